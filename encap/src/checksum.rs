@@ -1,0 +1,154 @@
+//! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+//!
+//! IPv4, UDP and ICMPv4 all use the 16-bit ones' complement sum. Forwarding
+//! changes only a few header words (TTL, an address), so instead of summing
+//! the whole header again the engine patches the checksum with RFC 1624
+//! eqn. 3: `HC' = ~(~HC + ~m + m')`, which is correct even where the
+//! older RFC 1141 formula produced 0xffff for a zero sum.
+
+use std::net::Ipv4Addr;
+
+/// Adds `data` to a running ones' complement sum, 16 bits at a time,
+/// big-endian, padding an odd last byte with zero (RFC 1071 §4.1).
+#[inline]
+pub fn accumulate(mut sum: u32, data: &[u8]) -> u32 {
+    // Sum in a u64 so no carry is lost; fold at the end.
+    let mut wide = u64::from(sum);
+    let mut chunks = data.chunks_exact(8);
+    for chunk in &mut chunks {
+        let word = u64::from_be_bytes([
+            chunk[0], chunk[1], chunk[2], chunk[3], chunk[4], chunk[5], chunk[6], chunk[7],
+        ]);
+        wide += (word >> 48) + ((word >> 32) & 0xffff) + ((word >> 16) & 0xffff) + (word & 0xffff);
+    }
+    let mut rest = chunks.remainder().chunks_exact(2);
+    for pair in &mut rest {
+        wide += u64::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = rest.remainder() {
+        wide += u64::from(*last) << 8;
+    }
+    while wide > 0xffff_ffff {
+        wide = (wide & 0xffff_ffff) + (wide >> 32);
+    }
+    sum = wide as u32;
+    sum
+}
+
+/// Folds a 32-bit sum into 16 bits with end-around carry.
+#[inline]
+pub fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// The checksum field value for `data`: the complement of its folded sum.
+#[inline]
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(accumulate(0, data))
+}
+
+/// The sum of the IPv4 pseudo-header used by UDP and TCP (RFC 768).
+#[inline]
+pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16) -> u32 {
+    let s = src.octets();
+    let d = dst.octets();
+    u32::from(u16::from_be_bytes([s[0], s[1]]))
+        + u32::from(u16::from_be_bytes([s[2], s[3]]))
+        + u32::from(u16::from_be_bytes([d[0], d[1]]))
+        + u32::from(u16::from_be_bytes([d[2], d[3]]))
+        + u32::from(protocol)
+        + u32::from(length)
+}
+
+/// Patches checksum `old_checksum` for one 16-bit word changing from `old`
+/// to `new` (RFC 1624 eqn. 3).
+#[inline]
+pub fn update_word(old_checksum: u16, old: u16, new: u16) -> u16 {
+    let sum = u32::from(!old_checksum) + u32::from(!old) + u32::from(new);
+    !fold(sum)
+}
+
+/// Patches a checksum for a 32-bit field (an IPv4 address) changing.
+#[inline]
+pub fn update_u32(old_checksum: u16, old: u32, new: u32) -> u16 {
+    let sum = u32::from(!old_checksum)
+        + u32::from(!(old >> 16) as u16)
+        + u32::from(!(old as u16))
+        + (new >> 16)
+        + (new & 0xffff);
+    !fold(sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worked example of RFC 1071 §3: bytes 00 01 f2 03 f4 f5 f6 f7
+    /// sum to 0xddf2.
+    #[test]
+    fn rfc1071_example_sum() {
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(accumulate(0, &data)), 0xddf2);
+        assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    #[test]
+    fn odd_length_pads_with_zero() {
+        assert_eq!(fold(accumulate(0, &[0x12, 0x34, 0x56])), 0x1234 + 0x5600);
+    }
+
+    /// A header with a correct checksum sums to 0xffff.
+    #[test]
+    fn verified_header_sums_to_all_ones() {
+        // IPv4 header from the Wikipedia/RFC 1071 style example.
+        let mut header = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        let c = checksum(&header);
+        assert_eq!(c, 0xb861);
+        header[10..12].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(fold(accumulate(0, &header)), 0xffff);
+    }
+
+    /// RFC 1624 §4: incremental update equals recomputation, including the
+    /// corner case where the RFC 1141 formula gave 0xffff instead of 0.
+    #[test]
+    fn incremental_update_matches_recompute() {
+        let mut header = [
+            0x45, 0x00, 0x00, 0x54, 0x12, 0x34, 0x40, 0x00, 0x40, 0x01, 0x00, 0x00, 0x0a, 0xf4,
+            0x02, 0x02, 0x0a, 0xf4, 0x01, 0x02,
+        ];
+        let c = checksum(&header);
+        header[10..12].copy_from_slice(&c.to_be_bytes());
+        for ttl in (1..=64u8).rev() {
+            let old_word = u16::from_be_bytes([header[8], header[9]]);
+            header[8] = ttl - 1;
+            let new_word = u16::from_be_bytes([header[8], header[9]]);
+            let old_c = u16::from_be_bytes([header[10], header[11]]);
+            let patched = update_word(old_c, old_word, new_word);
+            header[10..12].copy_from_slice(&[0, 0]);
+            assert_eq!(patched, checksum(&header), "ttl {ttl}");
+            header[10..12].copy_from_slice(&patched.to_be_bytes());
+        }
+        let old_addr = u32::from_be_bytes([header[12], header[13], header[14], header[15]]);
+        let new_addr = u32::from(Ipv4Addr::new(10, 244, 9, 77));
+        let old_c = u16::from_be_bytes([header[10], header[11]]);
+        let patched = update_u32(old_c, old_addr, new_addr);
+        header[12..16].copy_from_slice(&new_addr.to_be_bytes());
+        header[10..12].copy_from_slice(&[0, 0]);
+        assert_eq!(patched, checksum(&header));
+    }
+
+    /// The RFC 1624 §3 corner case: a header summing to 0xffff except for the
+    /// changed word must yield checksum 0x0000, never 0xffff (-0).
+    #[test]
+    fn rfc1624_negative_zero_case() {
+        // Checksum 0xdd2f over data whose sum changes by exactly 0x5555 -> ...
+        // Direct check from RFC 1624 §3: HC = 0xdd2f, m = 0x5555, m' = 0x3285.
+        assert_eq!(update_word(0xdd2f, 0x5555, 0x3285), 0x0000);
+    }
+}

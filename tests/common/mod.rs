@@ -1,0 +1,256 @@
+//! Shared helpers of the integration tests: checking for root and tools,
+//! network namespaces that delete themselves, and tcpdump captures.
+//!
+//! Every namespace a test makes is named `psw-t<pid>-<n>-<what>`, lives in a
+//! [`Netns`] guard and is deleted when the guard drops, panics included.
+//! Test traffic stays inside these namespaces, on DESIGN.md's address plan.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use podswitch_encap::pcap::PcapReader;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// Panics with a clear message unless we are root and every tool exists.
+/// CI runs as root with everything installed (scripts/setup.sh).
+pub fn require(tools: &[&str]) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("?");
+    assert_eq!(
+        euid, "0",
+        "this test needs root (network namespaces); run the suite as root"
+    );
+    for tool in tools {
+        let found = std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+            .unwrap_or(false);
+        assert!(
+            found,
+            "this test needs `{tool}` on PATH: run scripts/setup.sh"
+        );
+    }
+}
+
+/// A unique name for this process's `what`.
+pub fn unique(what: &str) -> String {
+    format!(
+        "psw-t{}-{}-{what}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Runs a command, panicking with its stderr if it fails.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "`{program} {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(what: &str) -> Netns {
+        let name = unique(what);
+        run("ip", &["netns", "add", &name]);
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NAME args...`.
+    pub fn ip(&self, args: &[&str]) -> Output {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// `ip netns exec NAME program args...`, checked.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", self.name.as_str(), program];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// The same, as a child process.
+    pub fn spawn(&self, program: &str, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"))
+    }
+
+    /// The MAC address of `dev` inside the namespace.
+    pub fn mac(&self, dev: &str) -> podswitch_encap::MacAddr {
+        let out = self.ip(&["-br", "link", "show", "dev", dev]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .nth(2)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("no MAC in {text:?}"))
+    }
+
+    /// Sends raw Ethernet frames out of `dev` through an AF_PACKET socket
+    /// (Python's standard library: the bytes go out exactly as given).
+    pub fn send_raw(&self, dev: &str, frames: &[Vec<u8>]) {
+        let hex: Vec<String> = frames
+            .iter()
+            .map(|f| podswitch_encap::hex::encode(f))
+            .collect();
+        let mut args = vec![
+            "-c",
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+             s.bind((sys.argv[1], 0))\n\
+             for h in sys.argv[2:]: s.send(bytes.fromhex(h))",
+            dev,
+        ];
+        args.extend(hex.iter().map(String::as_str));
+        self.exec("/usr/bin/python3", &args);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair between two namespaces.
+pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) {
+    run(
+        "ip",
+        &[
+            "link", "add", a_dev, "netns", &a.name, "type", "veth", "peer", "name", b_dev, "netns",
+            &b.name,
+        ],
+    );
+    a.ip(&["link", "set", a_dev, "up"]);
+    b.ip(&["link", "set", b_dev, "up"]);
+}
+
+/// A file in the temp directory removed on drop.
+#[derive(Debug)]
+pub struct TempFile(pub PathBuf);
+
+impl TempFile {
+    pub fn new(what: &str) -> TempFile {
+        TempFile(std::env::temp_dir().join(unique(what)))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A running tcpdump writing a pcap file.
+pub struct Capture {
+    child: Child,
+    file: TempFile,
+    log: TempFile,
+}
+
+impl Capture {
+    /// Starts `tcpdump -i dev -Q in -c count -w FILE filter` in `ns` and
+    /// waits until it is listening.
+    pub fn start(ns: &Netns, dev: &str, count: usize, filter: &str) -> Capture {
+        let file = TempFile::new("cap.pcap");
+        let log = TempFile::new("cap.log");
+        let count = count.to_string();
+        let child = Command::new("ip")
+            .args([
+                "netns", "exec", &ns.name, "tcpdump", "-i", dev, "-Q", "in", "-U", "-c", &count,
+                "-w",
+            ])
+            .arg(&file.0)
+            .arg(filter)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log.0).unwrap())
+            .spawn()
+            .expect("spawn tcpdump");
+        let mut capture = Capture { child, file, log };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&capture.log.0).unwrap_or_default();
+            if text.contains("listening on") {
+                break;
+            }
+            if let Ok(Some(status)) = capture.child.try_wait() {
+                panic!("tcpdump exited ({status}): {text}");
+            }
+            assert!(Instant::now() < deadline, "tcpdump did not start: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        capture
+    }
+
+    /// Waits for tcpdump to capture its count and returns the frames.
+    pub fn finish(mut self, timeout: Duration) -> Vec<Vec<u8>> {
+        wait_child(&mut self.child, timeout, "tcpdump");
+        read_pcap(&self.file.0)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for a child to exit successfully within `timeout`.
+pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            assert!(status.success(), "{what} exited with {status}");
+            return;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every frame of a pcap file.
+pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
+    let file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    PcapReader::new(std::io::BufReader::new(file))
+        .unwrap()
+        .records()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.data)
+        .collect()
+}

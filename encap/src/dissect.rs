@@ -146,12 +146,22 @@ impl Dissector<'_> {
     fn payload(&mut self, title: &'static str, offset: usize, end: usize) {
         if offset < end {
             let len = end - offset;
+            let bytes = &self.bytes[offset..end];
+            // Printable payloads (HTTP, the demo's messages) are shown as text.
+            let value = if bytes.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+                format!(
+                    "{len} bytes: {:?}",
+                    String::from_utf8_lossy(&bytes[..len.min(24)])
+                )
+            } else {
+                format!("{len} bytes")
+            };
             let s = self.section(title, offset, len);
             s.fields.push(Field {
                 name: "bytes",
                 offset,
                 len,
-                value: format!("{len} bytes"),
+                value,
             });
         }
     }
@@ -446,6 +456,7 @@ impl Dissector<'_> {
                 IpProtocol::Icmp => self.icmp(l4, packet_end),
                 IpProtocol::Tcp => self.tcp(l4, packet_end),
                 IpProtocol::Ipip => self.tunnelled_ipv4(
+                    "IPIP tunnel",
                     "IPIP (RFC 2003): the inner IPv4 packet follows",
                     l4,
                     packet_end,
@@ -458,9 +469,9 @@ impl Dissector<'_> {
 
     /// An IPv4 packet carried without a tunnel header of its own (IPIP,
     /// IP-in-UDP): a zero-length tunnel marker, then the inner packet.
-    fn tunnelled_ipv4(&mut self, what: &str, offset: usize, end: usize) {
+    fn tunnelled_ipv4(&mut self, title: &'static str, what: &str, offset: usize, end: usize) {
         self.level = Level::Tunnel;
-        let s = self.section("Tunnel", offset, 0);
+        let s = self.section(title, offset, 0);
         s.fields.push(Field {
             name: "carries",
             offset,
@@ -533,6 +544,7 @@ impl Dissector<'_> {
             self.vxlan(payload, udp_end);
         } else if self.options.ip_in_udp_ports.contains(&dport) {
             self.tunnelled_ipv4(
+                "IP-in-UDP tunnel",
                 "flannel udp: the inner IPv4 packet is the UDP payload",
                 payload,
                 udp_end,
@@ -723,14 +735,11 @@ impl fmt::Display for Dissection {
                 if bytes.len() > 12 {
                     hex.push_str("...");
                 }
-                writeln!(
-                    f,
+                let line = format!(
                     "  {:04x}  {:<17} {:<44} {}",
-                    field.offset,
-                    field.name,
-                    field.value,
-                    hex.trim_end()
-                )?;
+                    field.offset, field.name, field.value, hex
+                );
+                writeln!(f, "{}", line.trim_end())?;
             }
             for p in &s.problems {
                 writeln!(f, "  !!    {p}")?;

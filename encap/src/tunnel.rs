@@ -27,6 +27,7 @@ use core::ops::Range;
 use std::net::Ipv4Addr;
 
 use crate::buffer::FrameBuf;
+use crate::checksum;
 use crate::ecn::{self, DecapEcn, Ecn};
 use crate::error::{Layer, WireError};
 use crate::ethernet::{self, EtherType, EthernetRepr, MacAddr};
@@ -332,20 +333,128 @@ impl Tunnel {
         &self.config
     }
 
+    /// Builds the outer headers towards `path` once; the engine keeps the
+    /// template per peer and calls [`EncapTemplate::encapsulate`] per packet.
+    pub fn template(&self, path: &OuterPath) -> EncapTemplate {
+        let cfg = &self.config;
+        let mode = cfg.mode;
+        let mut header = [0u8; MAX_OUTER_HEADER_LEN];
+        EthernetRepr {
+            src: path.src_mac,
+            dst: path.dst_mac,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(&mut header);
+        let protocol = if mode == TunnelMode::Ipip {
+            IpProtocol::Ipip
+        } else {
+            IpProtocol::Udp
+        };
+        // Per-packet fields are written as zero, so the sum of the header is
+        // the sum of its constant words: version/IHL, protocol, addresses.
+        Ipv4Repr {
+            src: path.src_ip,
+            dst: path.dst_ip,
+            protocol,
+            payload_len: 0,
+            ttl: 0,
+            tos: 0,
+            ident: 0,
+            dont_frag: false,
+        }
+        .emit(&mut header[ethernet::HEADER_LEN..]);
+        header[ethernet::HEADER_LEN + 2..ethernet::HEADER_LEN + 4].copy_from_slice(&[0, 0]); // total length
+        header[ethernet::HEADER_LEN + 10..ethernet::HEADER_LEN + 12].copy_from_slice(&[0, 0]); // checksum
+        let ip_sum = checksum::accumulate(0, &header[ethernet::HEADER_LEN..OUTER_ETH_IP]);
+        let mut udp_sum = 0;
+        if mode != TunnelMode::Ipip {
+            UdpRepr {
+                src_port: 0,
+                dst_port: cfg.dst_port,
+                payload_len: 0,
+            }
+            .emit(&mut header[OUTER_ETH_IP..]);
+            header[OUTER_ETH_IP + 4..OUTER_ETH_IP + 6].copy_from_slice(&[0, 0]); // length
+            if mode == TunnelMode::Vxlan {
+                vxlan::emit(cfg.vni, &mut header[OUTER_ETH_IP + udp::HEADER_LEN..]);
+            }
+            // Pseudo-header without its length, the destination port, and
+            // the VXLAN header: everything in the checksum that is constant.
+            udp_sum =
+                checksum::pseudo_header_v4(path.src_ip, path.dst_ip, u8::from(IpProtocol::Udp), 0);
+            udp_sum = checksum::accumulate(udp_sum, &header[OUTER_ETH_IP..mode.outer_header_len()]);
+        }
+        EncapTemplate {
+            tunnel: *self,
+            header,
+            ip_sum,
+            udp_sum,
+        }
+    }
+
     /// Encapsulates the Ethernet frame in `frame` towards `path`, writing
     /// the outer headers into its headroom. On success `frame` holds the
     /// outer Ethernet frame. `ident` is the outer IPv4 identification (the
     /// caller keeps a counter; RFC 6864 lets it be anything for DF packets).
-    #[inline]
+    ///
+    /// Builds a template each call: for one-off use. Per-packet callers keep
+    /// the [`Self::template`] of each peer.
     pub fn encapsulate(
         &self,
         path: &OuterPath,
         frame: &mut FrameBuf<'_>,
         ident: u16,
     ) -> Result<(), EncapError> {
-        let (ethertype, l3_offset) =
-            ethernet::payload_info(frame.frame()).map_err(EncapError::Inner)?;
-        let mode = self.config.mode;
+        self.template(path).encapsulate(frame, ident)
+    }
+}
+
+/// Longest outer header: VXLAN's 50 bytes.
+const MAX_OUTER_HEADER_LEN: usize = OUTER_ETH_IP + udp::HEADER_LEN + vxlan::HEADER_LEN;
+
+/// The outer headers towards one peer, built once: per packet only the
+/// lengths, TOS, TTL, DF, identification, UDP source port and checksums
+/// are filled in, and the IPv4 header checksum is finished from the
+/// precomputed sum of the constant words. (Open vSwitch pushes tunnel
+/// headers the same way: a header prebuilt per tunnel, patched per packet.)
+#[derive(Debug, Clone, Copy)]
+pub struct EncapTemplate {
+    tunnel: Tunnel,
+    header: [u8; MAX_OUTER_HEADER_LEN],
+    /// Sum of the outer IPv4 header's constant words.
+    ip_sum: u32,
+    /// Sum of the UDP checksum's constant inputs (pseudo-header addresses
+    /// and protocol, destination port, VXLAN header).
+    udp_sum: u32,
+}
+
+impl EncapTemplate {
+    /// The tunnel this template belongs to.
+    pub const fn tunnel(&self) -> &Tunnel {
+        &self.tunnel
+    }
+
+    /// Encapsulates the Ethernet frame in `frame`, writing the outer headers
+    /// into its headroom; see [`Tunnel::encapsulate`].
+    #[inline]
+    pub fn encapsulate(&self, frame: &mut FrameBuf<'_>, ident: u16) -> Result<(), EncapError> {
+        let cfg = &self.tunnel.config;
+        let mode = cfg.mode;
+        let bytes = frame.frame();
+        // Pods send untagged frames: read the EtherType directly and walk
+        // VLAN tags only when there are some.
+        let (ethertype, l3_offset) = match bytes.get(12..14) {
+            Some(&[0x08, 0x00]) => (EtherType::Ipv4, ethernet::HEADER_LEN),
+            Some(_) => ethernet::payload_info(bytes).map_err(EncapError::Inner)?,
+            None => {
+                return Err(EncapError::Inner(WireError::Truncated {
+                    layer: Layer::Ethernet,
+                    needed: ethernet::HEADER_LEN,
+                    available: bytes.len(),
+                }))
+            }
+        };
+        let l3 = &bytes[l3_offset..];
         // The bytes that travel: the whole frame (VXLAN), or its IPv4 packet
         // without Ethernet padding (IPIP, IP-in-UDP).
         let (carried_start, carried_end) = match mode {
@@ -354,13 +463,12 @@ impl Tunnel {
                 if ethertype != EtherType::Ipv4 {
                     return Err(EncapError::InnerNotIpv4(ethertype));
                 }
-                let packet = Ipv4Packet::new_checked(&frame.frame()[l3_offset..])
-                    .map_err(EncapError::Inner)?;
+                let packet = Ipv4Packet::new_checked(l3).map_err(EncapError::Inner)?;
                 let start = frame.start() + l3_offset;
                 (start, start + packet.packet_len())
             }
         };
-        let inner_info = inner_ip_info(ethertype, &frame.frame()[l3_offset..]);
+        let inner_info = inner_ip_info(ethertype, l3);
         let outer_len = mode.outer_header_len();
         if carried_start < outer_len {
             return Err(EncapError::Headroom {
@@ -370,13 +478,12 @@ impl Tunnel {
         }
         let carried_len = carried_end - carried_start;
         let ip_payload_len = outer_len - OUTER_ETH_IP + carried_len;
-        if ipv4::HEADER_LEN + ip_payload_len > usize::from(u16::MAX) {
+        let Ok(total_len) = u16::try_from(ipv4::HEADER_LEN + ip_payload_len) else {
             return Err(EncapError::TooLong {
                 total_len: ipv4::HEADER_LEN + ip_payload_len,
             });
-        }
+        };
 
-        let cfg = &self.config;
         let ttl = match (cfg.ttl, inner_info) {
             (Ttl::Fixed(ttl), _) => ttl,
             (Ttl::Inherit, Some(info)) => info.ttl,
@@ -396,57 +503,54 @@ impl Tunnel {
         let src_port = match cfg.src_port {
             SourcePort::Fixed(port) => port,
             SourcePort::FlowHash(range) => {
-                let hash = match mode {
-                    TunnelMode::Vxlan => self.hasher.hash_ethernet(frame.frame()),
-                    _ => self
-                        .hasher
-                        .hash_ipv4(&frame.frame()[l3_offset..])
-                        .unwrap_or(0),
-                };
+                let hash = self.tunnel.hasher.hash_l3(bytes, ethertype, l3_offset);
                 range.pick(hash)
             }
         };
+        let flags: u16 = if dont_frag { ipv4::FLAG_DF } else { 0 };
 
         let outer_start = carried_start - outer_len;
         frame.set_bounds(outer_start, carried_end);
         let out = frame.frame_mut();
-        EthernetRepr {
-            src: path.src_mac,
-            dst: path.dst_mac,
-            ethertype: EtherType::Ipv4,
+        // Constant lengths per mode let the compiler copy with a few moves.
+        match mode {
+            TunnelMode::Vxlan => out[..50].copy_from_slice(&self.header[..50]),
+            TunnelMode::Ipip => out[..34].copy_from_slice(&self.header[..34]),
+            TunnelMode::IpInUdp => out[..42].copy_from_slice(&self.header[..42]),
         }
-        .emit(out);
-        let protocol = if mode == TunnelMode::Ipip {
-            IpProtocol::Ipip
-        } else {
-            IpProtocol::Udp
-        };
-        Ipv4Repr {
-            src: path.src_ip,
-            dst: path.dst_ip,
-            protocol,
-            payload_len: ip_payload_len,
-            ttl,
-            tos,
-            ident,
-            dont_frag,
-        }
-        .emit(&mut out[ethernet::HEADER_LEN..]);
+        let ip = &mut out[ethernet::HEADER_LEN..OUTER_ETH_IP];
+        ip[1] = tos;
+        ip[2..4].copy_from_slice(&total_len.to_be_bytes());
+        ip[4..6].copy_from_slice(&ident.to_be_bytes());
+        ip[6..8].copy_from_slice(&flags.to_be_bytes());
+        ip[8] = ttl;
+        let ip_sum = self.ip_sum
+            + u32::from(tos)
+            + u32::from(total_len)
+            + u32::from(ident)
+            + u32::from(flags)
+            + (u32::from(ttl) << 8);
+        ip[10..12].copy_from_slice(&(!checksum::fold(ip_sum)).to_be_bytes());
         if mode == TunnelMode::Ipip {
             return Ok(());
         }
-        let udp_at = OUTER_ETH_IP;
-        UdpRepr {
-            src_port,
-            dst_port: cfg.dst_port,
-            payload_len: ip_payload_len - udp::HEADER_LEN,
-        }
-        .emit(&mut out[udp_at..]);
-        if mode == TunnelMode::Vxlan {
-            vxlan::emit(cfg.vni, &mut out[udp_at + udp::HEADER_LEN..]);
-        }
+        let udp_len = total_len - ipv4::HEADER_LEN as u16;
+        let (udp, payload) = out[OUTER_ETH_IP..].split_at_mut(udp::HEADER_LEN);
+        udp[0..2].copy_from_slice(&src_port.to_be_bytes());
+        udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
         if cfg.udp_checksum {
-            UdpPacket::new_unchecked(&mut out[udp_at..]).fill_checksum(path.src_ip, path.dst_ip);
+            // Pseudo-header length + UDP length field + source port + data
+            // after the template's part (the VXLAN header is in udp_sum).
+            let data = &payload[outer_len - OUTER_ETH_IP - udp::HEADER_LEN..];
+            let sum = checksum::accumulate(
+                self.udp_sum + 2 * u32::from(udp_len) + u32::from(src_port),
+                data,
+            );
+            let c = match !checksum::fold(sum) {
+                0 => 0xffff, // RFC 768: a computed zero is sent as all ones
+                c => c,
+            };
+            udp[6..8].copy_from_slice(&c.to_be_bytes());
         }
         Ok(())
     }

@@ -16,16 +16,26 @@ use proptest::prelude::*;
 const HEADROOM: usize = 64;
 
 fn mode() -> impl Strategy<Value = TunnelMode> {
-    prop_oneof![Just(TunnelMode::Vxlan), Just(TunnelMode::Ipip), Just(TunnelMode::IpInUdp)]
+    prop_oneof![
+        Just(TunnelMode::Vxlan),
+        Just(TunnelMode::Ipip),
+        Just(TunnelMode::IpInUdp)
+    ]
 }
 
 fn path() -> impl Strategy<Value = OuterPath> {
-    (any::<[u8; 6]>(), any::<[u8; 6]>(), any::<u32>(), any::<u32>()).prop_map(|(s, d, si, di)| OuterPath {
-        src_mac: MacAddr(s),
-        dst_mac: MacAddr(d),
-        src_ip: Ipv4Addr::from(si),
-        dst_ip: Ipv4Addr::from(di),
-    })
+    (
+        any::<[u8; 6]>(),
+        any::<[u8; 6]>(),
+        any::<u32>(),
+        any::<u32>(),
+    )
+        .prop_map(|(s, d, si, di)| OuterPath {
+            src_mac: MacAddr(s),
+            dst_mac: MacAddr(d),
+            src_ip: Ipv4Addr::from(si),
+            dst_ip: Ipv4Addr::from(di),
+        })
 }
 
 /// An Ethernet frame carrying a well-formed IPv4 packet with arbitrary
@@ -79,7 +89,9 @@ fn encapsulate(config: TunnelConfig, path: &OuterPath, inner: &[u8]) -> Vec<u8> 
     let mut buf = vec![0u8; HEADROOM + inner.len()];
     buf[HEADROOM..].copy_from_slice(inner);
     let mut frame = FrameBuf::new(&mut buf, HEADROOM, HEADROOM + inner.len());
-    Tunnel::new(config).encapsulate(path, &mut frame, 0x1234).expect("encapsulate");
+    Tunnel::new(config)
+        .encapsulate(path, &mut frame, 0x1234)
+        .expect("encapsulate");
     frame.frame().to_vec()
 }
 
@@ -221,9 +233,15 @@ fn every_truncation_is_an_error() {
         let outer = encapsulate(config(mode, 1, true, 0), &path, &inner);
         for len in 0..outer.len() {
             let mut cut = outer[..len].to_vec();
-            assert!(accept_all().decapsulate_frame(&mut cut).is_err(), "{mode} cut at {len}");
+            assert!(
+                accept_all().decapsulate_frame(&mut cut).is_err(),
+                "{mode} cut at {len}"
+            );
         }
         let mut whole = outer.clone();
-        assert!(accept_all().decapsulate_frame(&mut whole).is_ok(), "{mode} whole");
+        assert!(
+            accept_all().decapsulate_frame(&mut whole).is_ok(),
+            "{mode} whole"
+        );
     }
 }

@@ -37,13 +37,12 @@ pub fn accumulate(sum: u32, data: &[u8]) -> u32 {
     u32::from(u16::from_be(native)) + u32::from(fold(sum))
 }
 
-/// Folds a 32-bit sum into 16 bits with end-around carry.
+/// Folds a 32-bit sum into 16 bits with end-around carry. Two folds are
+/// always enough: the first leaves at most 0x1fffe, the second at most 0xffff.
 #[inline]
-pub fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+pub fn fold(sum: u32) -> u16 {
+    let once = (sum & 0xffff) + (sum >> 16);
+    ((once & 0xffff) + (once >> 16)) as u16
 }
 
 /// The checksum field value for `data`: the complement of its folded sum.

@@ -1,12 +1,44 @@
-//! # podswitch-engine
+//! # podswitch-engine: from "a batch arrived" to "batches leave"
 //!
-//! The data path between "a batch of frames arrived on a port" and "a batch
-//! of frames leaves on ports": packet buffers with headroom, ports, the
-//! lock-free FDB/FIB/neighbour tables, the switching and routing pipeline,
-//! workers and statistics. Wire formats and encapsulation come from
-//! [`podswitch_encap`].
+//! The data path of podswitch, without I/O of its own. Read it top-down:
 //!
-//! This crate is being built: today it only re-exports the wire layer that
-//! the pipeline will stand on.
+//! 1. **Ports** ([`port`]) move batches of up to 32 frames. Each frame sits
+//!    in a [`packet::PacketBuf`] from a preallocated [`packet::PacketPool`],
+//!    with headroom for tunnel headers.
+//! 2. **Classify** ([`pipeline`]): by the port it came from (pod, underlay,
+//!    host) and the frame's EtherType: ARP, IPv4 to route, other L2 to
+//!    switch; underlay frames are decapsulated first
+//!    (`podswitch_encap::Decapsulator`) and must come from a known peer.
+//! 3. **Tables** ([`tables`]), read without locks from one published
+//!    [`tables::Snapshot`]: the [`fib`] (longest-prefix match, DIR-16-8-8),
+//!    [`peer`]s, ports and neighbours; plus the [`fdb`], which the data path
+//!    itself learns into with atomics.
+//! 4. **Rewrite or encapsulate**: TTL decrement with an incremental
+//!    checksum, MAC rewrite, or a tunnel header pushed from the peer's
+//!    prebuilt template; ICMP errors for expired TTLs and oversized DF
+//!    packets.
+//! 5. **Transmit**: frames are sorted into per-port output batches.
+//!
+//! Every frame either leaves or is dropped with a [`drop::DropReason`],
+//! counted in [`stats`]. [`pipeline::Pipeline::trace`] runs one frame
+//! through the same code and returns every decision ([`trace`]).
+//!
+//! The core is deterministic: it takes the time as an argument and owns no
+//! threads or sockets, so scenario tests drive it in-process.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod drop;
+pub mod fdb;
+pub mod fib;
+pub mod packet;
+pub mod peer;
+pub mod pipeline;
+pub mod port;
+pub mod stats;
+pub mod tables;
+pub mod trace;
 
 pub use podswitch_encap as encap;

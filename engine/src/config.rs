@@ -1,0 +1,210 @@
+//! The node's settings: what flannel or Calico would have configured on the
+//! node's kernel, said once.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use podswitch_encap::{MacAddr, Vni};
+
+use crate::fib::Prefix;
+
+/// How pods reach their gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GatewayMode {
+    /// flannel: pods share a bridge (cni0) with a gateway address (the
+    /// pod subnet's .1); same-subnet pods talk over L2.
+    Bridge,
+    /// Calico: every pod has a /32 and `default via 169.254.1.1`; the host
+    /// side answers every ARP request with ee:ee:ee:ee:ee:ee; there is no L2
+    /// between pods.
+    ProxyArp,
+}
+
+impl fmt::Display for GatewayMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GatewayMode::Bridge => "bridge",
+            GatewayMode::ProxyArp => "proxy-arp",
+        })
+    }
+}
+
+/// How this node reaches other nodes' pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// flannel vxlan (VNI 1, port 8472).
+    Vxlan,
+    /// Calico IPIP.
+    Ipip,
+    /// flannel udp (port 8285).
+    Udp,
+    /// flannel host-gw: routes via the node's underlay address, no tunnel.
+    HostGw,
+    /// flannel DirectRouting: host-gw for peers on our underlay subnet,
+    /// VXLAN for the others.
+    DirectRouting,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Vxlan => "vxlan",
+            Backend::Ipip => "ipip",
+            Backend::Udp => "udp",
+            Backend::HostGw => "host-gw",
+            Backend::DirectRouting => "directrouting",
+        })
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vxlan" => Ok(Backend::Vxlan),
+            "ipip" => Ok(Backend::Ipip),
+            "udp" => Ok(Backend::Udp),
+            "host-gw" => Ok(Backend::HostGw),
+            "directrouting" => Ok(Backend::DirectRouting),
+            other => Err(format!(
+                "unknown backend {other:?}: vxlan, ipip, udp, host-gw or directrouting"
+            )),
+        }
+    }
+}
+
+/// Calico's gateway address for pods in proxy-ARP mode.
+pub const PROXY_ARP_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The MAC Calico gives every host-side pod interface.
+pub const PROXY_ARP_MAC: MacAddr = MacAddr([0xee; 6]);
+
+/// Everything the pipeline needs to know about its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Node name.
+    pub name: String,
+    /// This node's pod subnet (10.244.X.0/24).
+    pub pod_cidr: Prefix,
+    /// The whole cluster's pod network (10.244.0.0/16).
+    pub cluster_cidr: Prefix,
+    /// Bridge (flannel) or proxy ARP (Calico).
+    pub gateway_mode: GatewayMode,
+    /// The pods' gateway: 10.244.X.1 in bridge mode, 169.254.1.1 in proxy-ARP mode.
+    pub gateway_ip: Ipv4Addr,
+    /// The MAC that answers for the gateway.
+    pub gateway_mac: MacAddr,
+    /// The address ICMP errors come from (Linux uses an address of the
+    /// node: cni0's 10.244.X.1 in bridge mode; the same here in both modes).
+    pub icmp_source: Ipv4Addr,
+    /// Tunnel backend.
+    pub backend: Backend,
+    /// This node's underlay address.
+    pub underlay_ip: Ipv4Addr,
+    /// Prefix length of the underlay subnet (DirectRouting's "same subnet").
+    pub underlay_prefix_len: u8,
+    /// This node's underlay MAC.
+    pub underlay_mac: MacAddr,
+    /// MTU of the underlay (IP packet size).
+    pub underlay_mtu: u16,
+    /// This node's VTEP MAC (flannel.1's address).
+    pub vtep_mac: MacAddr,
+    /// VXLAN VNI.
+    pub vni: Vni,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+    /// IP-in-UDP port.
+    pub udp_port: u16,
+    /// FDB size limit.
+    pub fdb_limit: usize,
+    /// FDB aging time in seconds (the Linux bridge's default is 300).
+    pub fdb_aging_secs: u32,
+    /// Learned neighbours kept at most.
+    pub neighbour_limit: usize,
+}
+
+impl NodeConfig {
+    /// A node with flannel's defaults for pod subnet `pod_cidr` and underlay
+    /// address `underlay_ip` (/24): vxlan, VNI 1, port 8472, bridge mode.
+    pub fn flannel(name: &str, pod_cidr: Prefix, underlay_ip: Ipv4Addr) -> Self {
+        let o = underlay_ip.octets();
+        NodeConfig {
+            name: name.to_string(),
+            pod_cidr,
+            cluster_cidr: Prefix::new_truncating(pod_cidr.addr(), 16),
+            gateway_mode: GatewayMode::Bridge,
+            gateway_ip: pod_cidr.nth(1),
+            gateway_mac: derived_mac(0x0a, name),
+            icmp_source: pod_cidr.nth(1),
+            backend: Backend::Vxlan,
+            underlay_ip,
+            underlay_prefix_len: 24,
+            underlay_mac: MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]]),
+            underlay_mtu: 1500,
+            vtep_mac: derived_mac(0x0e, name),
+            vni: Vni::FLANNEL,
+            vxlan_port: podswitch_encap::vxlan::PORT_FLANNEL,
+            udp_port: podswitch_encap::tunnel::PORT_FLANNEL_UDP,
+            fdb_limit: 8192,
+            fdb_aging_secs: 300,
+            neighbour_limit: 4096,
+        }
+    }
+
+    /// A node configured like Calico: proxy ARP, IPIP, gateway 169.254.1.1.
+    pub fn calico(name: &str, pod_cidr: Prefix, underlay_ip: Ipv4Addr) -> Self {
+        NodeConfig {
+            gateway_mode: GatewayMode::ProxyArp,
+            gateway_ip: PROXY_ARP_GATEWAY,
+            gateway_mac: PROXY_ARP_MAC,
+            backend: Backend::Ipip,
+            ..NodeConfig::flannel(name, pod_cidr, underlay_ip)
+        }
+    }
+
+    /// True if `ip` is on this node's underlay subnet.
+    pub fn on_underlay_subnet(&self, ip: Ipv4Addr) -> bool {
+        Prefix::new_truncating(self.underlay_ip, self.underlay_prefix_len).contains(ip)
+    }
+}
+
+/// A stable, locally administered MAC derived from a name (FNV-1a), with
+/// `kind` as its second octet so the gateway and VTEP MACs differ.
+pub fn derived_mac(kind: u8, name: &str) -> MacAddr {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    let b = h.to_be_bytes();
+    MacAddr([0x02, kind, b[0], b[1], b[2], b[3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_flannel_and_calico() {
+        let f = NodeConfig::flannel(
+            "node1",
+            "10.244.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 100, 1),
+        );
+        assert_eq!(f.gateway_ip, Ipv4Addr::new(10, 244, 1, 1));
+        assert_eq!(f.cluster_cidr.to_string(), "10.244.0.0/16");
+        assert!(f.gateway_mac.is_local() && !f.gateway_mac.is_multicast());
+        assert_ne!(f.gateway_mac, f.vtep_mac);
+        assert_eq!(derived_mac(0x0e, "node1"), f.vtep_mac, "stable across runs");
+        assert!(f.on_underlay_subnet(Ipv4Addr::new(192, 168, 100, 9)));
+        assert!(!f.on_underlay_subnet(Ipv4Addr::new(192, 168, 101, 9)));
+        let c = NodeConfig::calico(
+            "node1",
+            "10.244.1.64/26".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 100, 1),
+        );
+        assert_eq!(c.gateway_mac, MacAddr([0xee; 6]));
+        assert_eq!(c.backend, Backend::Ipip);
+        assert_eq!("host-gw".parse::<Backend>(), Ok(Backend::HostGw));
+        assert!("gre".parse::<Backend>().is_err());
+    }
+}

@@ -1,0 +1,149 @@
+//! Why a frame was dropped. Every drop in the engine names one of these
+//! and increments its counter; there are no silent drops.
+
+use std::fmt;
+
+use podswitch_encap::{DecapError, Layer, WireError};
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal, $what:literal;)*) => {
+        /// Why a frame was dropped.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $(#[doc = $what] $variant,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            /// Number of reasons.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// Its name in stats output (snake case, stable).
+            pub const fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)* }
+            }
+
+            /// What it means, for people.
+            pub const fn describe(self) -> &'static str {
+                match self { $(DropReason::$variant => $what,)* }
+            }
+
+            /// Its counter index.
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    EthernetTruncated => "ethernet_truncated", "the frame is shorter than an Ethernet header";
+    InvalidSourceMac => "invalid_source_mac", "the source MAC is multicast or zero";
+    SpoofedSourceMac => "spoofed_source_mac", "a pod sent from a MAC that is not its own";
+    SpoofedSourceIp => "spoofed_source_ip", "a pod sent from an IP address that is not its own";
+    L2Hairpin => "l2_hairpin", "the destination MAC is behind the port the frame came from";
+    NotSwitched => "not_switched", "no L2 segment to switch this frame in (proxy-ARP mode, or a non-pod port)";
+    NoFloodTargets => "no_flood_targets", "a broadcast or unknown unicast with no other port in the segment";
+    UnsupportedEtherType => "unsupported_ethertype", "an EtherType podswitch does not route here";
+    Ipv6NotConfigured => "ipv6_not_configured", "IPv6 (router advertisements included) while IPv6 is not configured";
+    ArpMalformed => "arp_malformed", "an ARP packet that is not Ethernet/IPv4 or is truncated";
+    ArpHandled => "arp_handled", "an ARP reply addressed to the gateway, consumed after learning";
+    Ipv4Truncated => "ipv4_truncated", "the IPv4 header or its total length runs past the frame";
+    Ipv4BadVersion => "ipv4_bad_version", "the IPv4 version field is not 4";
+    Ipv4BadHeaderLength => "ipv4_bad_header_length", "IPv4 IHL below 5";
+    Ipv4BadTotalLength => "ipv4_bad_total_length", "IPv4 total length below the header length";
+    Ipv4BadChecksum => "ipv4_bad_checksum", "the IPv4 header checksum does not verify";
+    Ipv4NotUnicast => "ipv4_not_unicast", "a broadcast, multicast or zero address that is not routed";
+    NoRoute => "no_route", "no FIB entry matches the destination";
+    Blackhole => "blackhole", "the destination matches a blackhole route (an unassigned pod address)";
+    TtlExpired => "ttl_expired", "TTL 0 or 1 on a packet to forward (ICMP Time Exceeded sent)";
+    FragmentationNeeded => "fragmentation_needed", "DF set and too big for the path (ICMP Fragmentation Needed sent)";
+    TooBigNoDf => "too_big_no_df", "too big for the path without DF: podswitch does not fragment";
+    NoNeighbour => "no_neighbour", "no MAC known for a local destination";
+    PortGone => "port_gone", "the route names a port that is not attached";
+    PeerGone => "peer_gone", "the route names a peer that was removed";
+    NoUnderlayPort => "no_underlay_port", "the packet must leave on the underlay and there is none";
+    NoHostPort => "no_host_port", "the packet is for the node and there is no host port";
+    NotTunnel => "not_tunnel", "underlay traffic that is no configured tunnel and not for a local pod";
+    OuterMalformed => "outer_malformed", "a tunnel packet's outer Ethernet/IPv4/UDP header is malformed";
+    OuterFragment => "outer_fragment", "a tunnel packet's outer IPv4 header is a fragment";
+    UdpChecksum => "udp_checksum", "a tunnel packet's non-zero outer UDP checksum does not verify";
+    VxlanTruncated => "vxlan_truncated", "the VXLAN header is truncated";
+    VxlanNoVni => "vxlan_no_vni", "the VXLAN I flag is clear";
+    VxlanReserved => "vxlan_reserved", "VXLAN reserved bits are set";
+    UnknownVni => "unknown_vni", "a VNI other than the configured one";
+    InnerMalformed => "inner_malformed", "the decapsulated frame or packet is malformed or too short";
+    InnerNotIpv4 => "inner_not_ipv4", "IPIP or IP-in-UDP carrying something other than IPv4";
+    EcnCongestionOnNotEct => "ecn_ce_on_not_ect", "outer ECN CE over a not-ECT inner packet (RFC 6040)";
+    UnknownPeer => "unknown_peer", "a tunnel packet from an underlay address that is no peer";
+    TunnelModeMismatch => "tunnel_mode_mismatch", "a peer sent a tunnel type that is not its backend";
+    InnerNotForVtep => "inner_not_for_vtep", "a VXLAN inner frame not addressed to our VTEP MAC";
+    SpoofedTunnelSource => "spoofed_tunnel_source", "a decapsulated packet's source is outside the sending peer's pod subnet";
+    TunnelTransit => "tunnel_transit", "a decapsulated packet would leave through the underlay again";
+    PoolExhausted => "pool_exhausted", "no free packet buffer for a copy or a reply";
+    EncapFailed => "encap_failed", "encapsulation failed (no headroom or too long)";
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl DropReason {
+    /// The reason for a malformed IPv4 header.
+    pub fn from_ipv4(err: WireError) -> DropReason {
+        match err {
+            WireError::Truncated { .. } => DropReason::Ipv4Truncated,
+            WireError::Ipv4Version(_) => DropReason::Ipv4BadVersion,
+            WireError::Ipv4HeaderLength(_) => DropReason::Ipv4BadHeaderLength,
+            WireError::Ipv4TotalLength { .. } => DropReason::Ipv4BadTotalLength,
+            WireError::Ipv4Checksum { .. } => DropReason::Ipv4BadChecksum,
+            WireError::Ipv6Version(_) | WireError::UdpLength(_) | WireError::ArpFormat { .. } => {
+                DropReason::Ipv4Truncated
+            }
+        }
+    }
+
+    /// The reason for a decapsulation failure.
+    pub fn from_decap(err: DecapError) -> DropReason {
+        match err {
+            DecapError::NotIpv4(_)
+            | DecapError::NotTunnelProtocol(_)
+            | DecapError::NotTunnelPort(_) => DropReason::NotTunnel,
+            DecapError::Outer(WireError::Truncated {
+                layer: Layer::Ethernet,
+                ..
+            }) => DropReason::EthernetTruncated,
+            DecapError::Outer(_) => DropReason::OuterMalformed,
+            DecapError::OuterFragment => DropReason::OuterFragment,
+            DecapError::UdpChecksum { .. } => DropReason::UdpChecksum,
+            DecapError::VxlanTruncated { .. } => DropReason::VxlanTruncated,
+            DecapError::VxlanNoVni { .. } => DropReason::VxlanNoVni,
+            DecapError::VxlanReserved { .. } => DropReason::VxlanReserved,
+            DecapError::UnknownVni(_) => DropReason::UnknownVni,
+            DecapError::Inner(_) => DropReason::InnerMalformed,
+            DecapError::InnerNotIpv4 { .. } => DropReason::InnerNotIpv4,
+            DecapError::EcnCongestionOnNotEct => DropReason::EcnCongestionOnNotEct,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_indexed() {
+        let mut names: Vec<&str> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            assert!(!r.describe().is_empty());
+        }
+    }
+}

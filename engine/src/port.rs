@@ -1,0 +1,215 @@
+//! Ports: where batches of frames come from and go to.
+//!
+//! A port is a small table of operations over batches of up to
+//! [`BATCH_SIZE`] frames, as in Open vSwitch's netdev providers: `recv`
+//! fills a batch with buffers from the pool, `send` consumes a batch and
+//! gives its buffers back. The pipeline only ever sees this trait, so the
+//! in-memory port here and the kernel-facing ports (AF_XDP, AF_PACKET,
+//! TAP/TUN, UDP and raw sockets) are interchangeable.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+
+use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
+
+/// A port's number in the engine (its index in the port table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortId(pub u16);
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What a port is attached to, which decides how the pipeline treats
+/// frames from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PortRole {
+    /// The host side of a pod's interface.
+    Pod,
+    /// The node's link to other nodes: tunnels and host-gw traffic.
+    Underlay,
+    /// The node's own network stack (a TUN device).
+    Host,
+}
+
+impl fmt::Display for PortRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PortRole::Pod => "pod",
+            PortRole::Underlay => "underlay",
+            PortRole::Host => "host",
+        })
+    }
+}
+
+/// How a port moves frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PortKind {
+    /// In memory: tests and benchmarks.
+    Memory,
+    /// AF_XDP socket on a veth.
+    AfXdp,
+    /// AF_PACKET socket on a veth.
+    AfPacket,
+    /// A TAP device.
+    Tap,
+    /// A TUN device (the host port).
+    Tun,
+    /// A UDP socket (VXLAN, IP-in-UDP underlay).
+    UdpSocket,
+    /// A raw IP socket (IPIP underlay).
+    RawIp,
+}
+
+/// The operations every port provides.
+pub trait Port: Send {
+    /// Its name (the interface name for kernel ports).
+    fn name(&self) -> &str;
+
+    /// How it moves frames.
+    fn kind(&self) -> PortKind;
+
+    /// Receives up to `BATCH_SIZE - batch.len()` frames into `batch`,
+    /// taking buffers from `pool`, and returns how many arrived. A frame
+    /// that finds the pool empty is counted by the port and dropped.
+    fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize>;
+
+    /// Sends every frame of `batch`, returning all buffers to `pool`
+    /// (whether or not each was sent), and returns how many were sent.
+    fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize>;
+}
+
+/// A port over two in-memory queues, with the pool copy a real NIC's DMA
+/// would make.
+#[derive(Debug)]
+pub struct MemoryPort {
+    name: String,
+    id: crate::port::PortId,
+    /// Frames waiting to be received.
+    pub rx: VecDeque<Vec<u8>>,
+    /// Frames sent, if this port keeps them.
+    pub tx: Vec<Vec<u8>>,
+    keep_tx: bool,
+    /// Frames sent since creation (kept or not).
+    pub tx_count: u64,
+    /// Frames that found the pool empty on receive.
+    pub rx_no_buffer: u64,
+    replay: Option<Vec<u8>>,
+}
+
+impl MemoryPort {
+    /// A port that keeps every frame it sends in [`Self::tx`].
+    pub fn new(name: &str, id: PortId) -> Self {
+        MemoryPort {
+            name: name.to_string(),
+            id,
+            rx: VecDeque::new(),
+            tx: Vec::new(),
+            keep_tx: true,
+            tx_count: 0,
+            rx_no_buffer: 0,
+            replay: None,
+        }
+    }
+
+    /// A port for benchmarks: it receives copies of `frame` forever and
+    /// counts what it sends without keeping it.
+    pub fn replaying(name: &str, id: PortId, frame: Vec<u8>) -> Self {
+        MemoryPort {
+            keep_tx: false,
+            replay: Some(frame),
+            ..MemoryPort::new(name, id)
+        }
+    }
+
+    /// A port that counts what it sends without keeping it.
+    pub fn discarding(name: &str, id: PortId) -> Self {
+        MemoryPort {
+            keep_tx: false,
+            ..MemoryPort::new(name, id)
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> PortId {
+        self.id
+    }
+}
+
+impl Port for MemoryPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> PortKind {
+        PortKind::Memory
+    }
+
+    fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
+        let mut received = 0;
+        while batch.len() < BATCH_SIZE {
+            let data = match &self.replay {
+                Some(frame) => frame.as_slice(),
+                None => match self.rx.front() {
+                    Some(frame) => frame.as_slice(),
+                    None => break,
+                },
+            };
+            match pool.alloc_with(self.id, data) {
+                Some(buf) => {
+                    batch.push(buf);
+                    received += 1;
+                }
+                None => {
+                    self.rx_no_buffer += 1;
+                    if self.replay.is_some() {
+                        break;
+                    }
+                }
+            }
+            if self.replay.is_none() {
+                self.rx.pop_front();
+            }
+        }
+        Ok(received)
+    }
+
+    fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
+        let sent = batch.len();
+        for buf in batch.drain(..) {
+            if self.keep_tx {
+                self.tx.push(buf.frame().to_vec());
+            }
+            pool.free(buf);
+        }
+        self.tx_count += sent as u64;
+        Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_port_moves_batches() {
+        let mut pool = PacketPool::new(64, 256);
+        let mut port = MemoryPort::new("veth0", PortId(3));
+        for i in 0..40u8 {
+            port.rx.push_back(vec![i; 60]);
+        }
+        let mut batch = Vec::with_capacity(BATCH_SIZE);
+        assert_eq!(port.recv(&mut pool, &mut batch).unwrap(), BATCH_SIZE);
+        assert_eq!(batch[5].frame(), &[5u8; 60][..]);
+        assert_eq!(batch[5].in_port, PortId(3));
+        assert_eq!(port.send(&mut batch, &mut pool).unwrap(), BATCH_SIZE);
+        assert_eq!(pool.in_use(), 0);
+        assert_eq!(port.recv(&mut pool, &mut batch).unwrap(), 8);
+        assert_eq!(port.tx.len(), BATCH_SIZE);
+        pool.free_all(&mut batch);
+        assert_eq!(pool.in_use(), 0);
+    }
+}

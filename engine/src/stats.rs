@@ -1,0 +1,145 @@
+//! Counters: per port (rx/tx packets and bytes, drops) and per drop reason.
+//!
+//! # Contract
+//! Workers add to the counters with relaxed atomic adds, once per batch
+//! where they can; anyone may read them at any time. A [`StatsSnapshot`] is
+//! a copy of every counter taken without stopping the workers: each value
+//! is exact, but two counters may be read a few packets apart.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::drop::DropReason;
+use crate::port::PortId;
+
+/// The counters of one port.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    drops: AtomicU64,
+}
+
+/// A copy of one port's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Frames received on this port that were dropped.
+    pub drops: u64,
+}
+
+/// Every counter of an engine.
+#[derive(Debug)]
+pub struct Stats {
+    ports: Box<[PortCounters]>,
+    drops: Box<[AtomicU64]>,
+}
+
+/// A copy of every counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Ports with any traffic, by id.
+    pub ports: Vec<(PortId, PortStats)>,
+    /// Drop counts by reason (every reason, zeros included).
+    pub drops: Vec<(DropReason, u64)>,
+}
+
+impl StatsSnapshot {
+    /// The count for one reason.
+    pub fn drop_count(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].1
+    }
+
+    /// All drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().map(|(_, n)| n).sum()
+    }
+
+    /// One port's counters (zero if it had no traffic).
+    pub fn port(&self, id: PortId) -> PortStats {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == id)
+            .map(|(_, s)| *s)
+            .unwrap_or_default()
+    }
+}
+
+impl Stats {
+    /// Counters for ports 0..max_ports.
+    pub fn new(max_ports: usize) -> Self {
+        Stats {
+            ports: (0..max_ports).map(|_| PortCounters::default()).collect(),
+            drops: (0..DropReason::COUNT).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Number of ports counted.
+    pub fn max_ports(&self) -> usize {
+        self.ports.len()
+    }
+
+    #[inline]
+    fn port(&self, port: PortId) -> Option<&PortCounters> {
+        self.ports.get(usize::from(port.0))
+    }
+
+    /// Counts frames received on a port.
+    #[inline]
+    pub fn add_rx(&self, port: PortId, packets: u64, bytes: u64) {
+        if let Some(c) = self.port(port) {
+            c.rx_packets.fetch_add(packets, Ordering::Relaxed);
+            c.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts frames sent on a port.
+    #[inline]
+    pub fn add_tx(&self, port: PortId, packets: u64, bytes: u64) {
+        if let Some(c) = self.port(port) {
+            c.tx_packets.fetch_add(packets, Ordering::Relaxed);
+            c.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a drop of a frame received on `port`.
+    #[inline]
+    pub fn add_drop(&self, port: PortId, reason: DropReason) {
+        self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = self.port(port) {
+            c.drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A copy of every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let ports = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let s = PortStats {
+                    rx_packets: c.rx_packets.load(Ordering::Relaxed),
+                    rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
+                    tx_packets: c.tx_packets.load(Ordering::Relaxed),
+                    tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
+                    drops: c.drops.load(Ordering::Relaxed),
+                };
+                (s != PortStats::default()).then_some((PortId(i as u16), s))
+            })
+            .collect();
+        let drops = DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.drops[r.index()].load(Ordering::Relaxed)))
+            .collect();
+        StatsSnapshot { ports, drops }
+    }
+}

@@ -1,0 +1,561 @@
+//! The tables the pipeline reads, published together as one [`Snapshot`].
+//!
+//! # Contract
+//! - Readers (workers) load the current snapshot once per batch with one
+//!   atomic load and read it without locks. A snapshot never changes; FIB,
+//!   peers, ports and neighbours in it are consistent with each other (a
+//!   route never names a peer that its snapshot lacks).
+//! - Writers (the control socket, and the data path learning a neighbour
+//!   from ARP, which is rare) serialise on a mutex, build the next snapshot
+//!   from the current one (sharing every table they did not change) and
+//!   publish it with one atomic store (RCU through `arc-swap`).
+//! - A replaced snapshot is freed when the last reader holding it drops it:
+//!   no reader ever sees freed memory.
+//! - The FDB and the counters are not in the snapshot: the data path
+//!   writes them, with atomics (see [`crate::fdb`], [`crate::stats`]).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+use podswitch_encap::{DecapConfig, Decapsulator, MacAddr};
+
+use crate::config::{Backend, GatewayMode, NodeConfig};
+use crate::fdb::Fdb;
+use crate::fib::{Fib, FibBuilder, NextHop, Prefix};
+use crate::peer::{Forwarding, Peer, PeerId, PeerSpec, PeerTable};
+use crate::port::{PortId, PortRole};
+use crate::stats::Stats;
+
+/// What the control side says about a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpec {
+    /// Interface name.
+    pub name: String,
+    /// Pod, underlay or host.
+    pub role: PortRole,
+    /// The pod's MAC (pod ports).
+    pub mac: Option<MacAddr>,
+    /// The pod's IPv4 address (pod ports).
+    pub ip: Option<Ipv4Addr>,
+    /// Drop frames whose source MAC or IP is not the pod's own.
+    pub anti_spoof: bool,
+    /// The container it belongs to.
+    pub container_id: Option<String>,
+}
+
+impl PortSpec {
+    /// A pod port with anti-spoofing on.
+    pub fn pod(name: &str, ip: Ipv4Addr, mac: MacAddr) -> Self {
+        PortSpec {
+            name: name.into(),
+            role: PortRole::Pod,
+            mac: Some(mac),
+            ip: Some(ip),
+            anti_spoof: true,
+            container_id: None,
+        }
+    }
+
+    /// The underlay port.
+    pub fn underlay(name: &str) -> Self {
+        PortSpec {
+            name: name.into(),
+            role: PortRole::Underlay,
+            mac: None,
+            ip: None,
+            anti_spoof: false,
+            container_id: None,
+        }
+    }
+
+    /// The host port.
+    pub fn host(name: &str) -> Self {
+        PortSpec {
+            role: PortRole::Host,
+            ..PortSpec::underlay(name)
+        }
+    }
+}
+
+/// An attached port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortEntry {
+    /// Its id.
+    pub id: PortId,
+    /// What the control side said.
+    pub spec: PortSpec,
+}
+
+/// The attached ports.
+#[derive(Debug, Clone, Default)]
+pub struct PortTable {
+    by_id: Vec<Option<PortEntry>>,
+    /// Pod ports on the bridge segment (bridge mode), in id order.
+    pub segment: Vec<PortId>,
+    /// The underlay port.
+    pub underlay: Option<PortId>,
+    /// The host port.
+    pub host: Option<PortId>,
+}
+
+impl PortTable {
+    /// The port with this id.
+    #[inline]
+    pub fn get(&self, id: PortId) -> Option<&PortEntry> {
+        self.by_id.get(usize::from(id.0)).and_then(Option::as_ref)
+    }
+
+    /// Every port.
+    pub fn iter(&self) -> impl Iterator<Item = &PortEntry> {
+        self.by_id.iter().flatten()
+    }
+
+    /// The port with this interface name.
+    pub fn by_name(&self, name: &str) -> Option<&PortEntry> {
+        self.iter().find(|p| p.spec.name == name)
+    }
+}
+
+/// A pod's MAC, as the ARP table (`ip neigh`) knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Neighbour {
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// Its port.
+    pub port: PortId,
+    /// Learned from ARP (not configured with the port).
+    pub learned: bool,
+}
+
+/// Everything the pipeline reads, as of one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The node.
+    pub node: Arc<NodeConfig>,
+    /// Routes.
+    pub fib: Arc<Fib>,
+    /// Other nodes.
+    pub peers: Arc<PeerTable>,
+    /// Ports.
+    pub ports: Arc<PortTable>,
+    /// Local pods' MACs by IP.
+    pub neighbours: Arc<HashMap<Ipv4Addr, Neighbour>>,
+    /// Which tunnels the underlay accepts.
+    pub decap: Decapsulator,
+    /// Version, incremented at each publish.
+    pub version: u64,
+}
+
+/// Why a control request could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableError {
+    /// A port with this name is attached.
+    PortExists(String),
+    /// No such port.
+    NoSuchPort(String),
+    /// Port ids are exhausted.
+    TooManyPorts(usize),
+    /// A pod port needs its IP and MAC.
+    PodPortIncomplete(String),
+    /// The address is attached to another port.
+    AddressInUse(Ipv4Addr, String),
+    /// The pod address is outside the node's pod subnet.
+    AddressOutsidePodCidr(Ipv4Addr, Prefix),
+    /// A second underlay or host port.
+    RoleTaken(PortRole),
+    /// A peer with this name or underlay address exists.
+    PeerExists(String),
+    /// No such peer.
+    NoSuchPeer(String),
+    /// Peer ids are exhausted.
+    TooManyPeers,
+    /// The peer's pod subnet overlaps ours.
+    PeerOverlapsNode(Prefix),
+    /// No route for this prefix.
+    NoSuchRoute(Prefix),
+    /// A route names a port or peer that does not exist.
+    BadNextHop(NextHop),
+}
+
+impl fmt::Display for TableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TableError::PortExists(n) => write!(f, "port {n} is already attached"),
+            TableError::NoSuchPort(n) => write!(f, "no port {n}"),
+            TableError::TooManyPorts(max) => write!(f, "all {max} port ids are in use"),
+            TableError::PodPortIncomplete(n) => {
+                write!(f, "pod port {n} needs an IP address and a MAC")
+            }
+            TableError::AddressInUse(ip, n) => write!(f, "{ip} is already attached on port {n}"),
+            TableError::AddressOutsidePodCidr(ip, p) => {
+                write!(f, "{ip} is outside this node's pod subnet {p}")
+            }
+            TableError::RoleTaken(r) => write!(f, "there is already a {r} port"),
+            TableError::PeerExists(n) => {
+                write!(f, "peer {n} exists (same name or underlay address)")
+            }
+            TableError::NoSuchPeer(n) => write!(f, "no peer {n}"),
+            TableError::TooManyPeers => f.write_str("all peer ids are in use"),
+            TableError::PeerOverlapsNode(p) => {
+                write!(f, "peer pod subnet {p} overlaps this node's")
+            }
+            TableError::NoSuchRoute(p) => write!(f, "no route for {p}"),
+            TableError::BadNextHop(nh) => write!(f, "next hop {nh} does not exist"),
+        }
+    }
+}
+
+impl std::error::Error for TableError {}
+
+/// The tables of one node: the published snapshot, the FDB and counters.
+#[derive(Debug)]
+pub struct Tables {
+    current: ArcSwap<Snapshot>,
+    writer: Mutex<FibBuilder>,
+    /// MAC learning table of the bridge segment.
+    pub fdb: Fdb,
+    /// Counters.
+    pub stats: Stats,
+    max_ports: usize,
+}
+
+fn decap_for(node: &NodeConfig) -> Decapsulator {
+    let vxlan = matches!(node.backend, Backend::Vxlan | Backend::DirectRouting);
+    Decapsulator::new(DecapConfig {
+        vxlan_port: vxlan.then_some(node.vxlan_port),
+        vni: node.vni,
+        ip_in_udp_port: (node.backend == Backend::Udp).then_some(node.udp_port),
+        ipip: node.backend == Backend::Ipip,
+        ignore_vxlan_reserved: false,
+    })
+}
+
+impl Tables {
+    /// Tables for `node` with room for `max_ports` ports. The node's own
+    /// routes are installed: its pod subnet blackholed (addresses with no
+    /// pod; each attached pod gets a /32), the default route to the host,
+    /// and in bridge mode the gateway address (cni0's) to the host.
+    pub fn new(node: NodeConfig, max_ports: usize) -> Arc<Tables> {
+        let mut fib = FibBuilder::new();
+        fib.insert(node.pod_cidr, NextHop::Blackhole);
+        fib.insert(
+            Prefix::new_truncating(Ipv4Addr::UNSPECIFIED, 0),
+            NextHop::Host,
+        );
+        if node.gateway_mode == GatewayMode::Bridge {
+            fib.insert(Prefix::new_truncating(node.gateway_ip, 32), NextHop::Host);
+        }
+        let snapshot = Snapshot {
+            decap: decap_for(&node),
+            fib: Arc::new(fib.build()),
+            node: Arc::new(node.clone()),
+            peers: Arc::default(),
+            ports: Arc::default(),
+            neighbours: Arc::default(),
+            version: 0,
+        };
+        Arc::new(Tables {
+            current: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(fib),
+            fdb: Fdb::new(node.fdb_limit, node.fdb_aging_secs),
+            stats: Stats::new(max_ports),
+            max_ports,
+        })
+    }
+
+    /// The current snapshot (one atomic load; no lock).
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned `Arc`.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Applies a set of changes and publishes them as one new snapshot.
+    /// Nothing is published if `f` fails.
+    pub fn edit<R>(
+        &self,
+        f: impl FnOnce(&mut Editor) -> Result<R, TableError>,
+    ) -> Result<R, TableError> {
+        // A panic while editing left no published change, so the builder
+        // behind a poisoned lock is still the published one's source.
+        let mut fib = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.load_full();
+        let mut editor = Editor {
+            next: (*current).clone(),
+            fib: fib.clone(),
+            fib_dirty: false,
+            max_ports: self.max_ports,
+            detached: Vec::new(),
+        };
+        let result = f(&mut editor)?;
+        let Editor {
+            mut next,
+            fib: new_fib,
+            fib_dirty,
+            detached,
+            ..
+        } = editor;
+        if fib_dirty {
+            next.fib = Arc::new(new_fib.build());
+            *fib = new_fib;
+        }
+        next.version = current.version + 1;
+        self.current.store(Arc::new(next));
+        for port in detached {
+            self.fdb.remove_port(port);
+        }
+        Ok(result)
+    }
+
+    /// Attaches a port; see [`Editor::attach_port`].
+    pub fn attach_port(&self, spec: PortSpec) -> Result<PortId, TableError> {
+        self.edit(|e| e.attach_port(spec))
+    }
+
+    /// Detaches a port by name.
+    pub fn detach_port(&self, name: &str) -> Result<PortId, TableError> {
+        self.edit(|e| e.detach_port(name))
+    }
+
+    /// Adds a peer; see [`Editor::add_peer`].
+    pub fn add_peer(&self, spec: PeerSpec) -> Result<PeerId, TableError> {
+        self.edit(|e| e.add_peer(spec))
+    }
+
+    /// Removes a peer by name.
+    pub fn remove_peer(&self, name: &str) -> Result<PeerId, TableError> {
+        self.edit(|e| e.remove_peer(name))
+    }
+
+    /// Adds or replaces a route.
+    pub fn add_route(&self, prefix: Prefix, next_hop: NextHop) -> Result<(), TableError> {
+        self.edit(|e| e.add_route(prefix, next_hop))
+    }
+
+    /// Removes a route.
+    pub fn remove_route(&self, prefix: Prefix) -> Result<NextHop, TableError> {
+        self.edit(|e| e.remove_route(prefix))
+    }
+
+    /// Records that `ip` is at `mac` behind `port`, learned from ARP.
+    /// Lock-free when nothing changes (the common case); takes the writer
+    /// lock only to publish a new or moved entry, and refuses new entries
+    /// past the node's neighbour limit.
+    pub fn learn_neighbour(&self, ip: Ipv4Addr, mac: MacAddr, port: PortId) -> bool {
+        let known = self.load().neighbours.get(&ip).copied();
+        match known {
+            Some(n) if n.mac == mac && n.port == port => return false,
+            Some(n) if !n.learned => return false, // configured entries win
+            _ => {}
+        }
+        self.edit(|e| {
+            if e.next.neighbours.len() >= e.next.node.neighbour_limit
+                && !e.next.neighbours.contains_key(&ip)
+            {
+                return Ok(false);
+            }
+            Arc::make_mut(&mut e.next.neighbours).insert(
+                ip,
+                Neighbour {
+                    mac,
+                    port,
+                    learned: true,
+                },
+            );
+            Ok(true)
+        })
+        .unwrap_or(false)
+    }
+}
+
+/// Changes being prepared for the next snapshot; see [`Tables::edit`].
+#[derive(Debug)]
+pub struct Editor {
+    next: Snapshot,
+    fib: FibBuilder,
+    fib_dirty: bool,
+    max_ports: usize,
+    detached: Vec<PortId>,
+}
+
+impl Editor {
+    /// The snapshot as it stands with the changes so far.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.next
+    }
+
+    fn ports_mut(&mut self) -> &mut PortTable {
+        Arc::make_mut(&mut self.next.ports)
+    }
+
+    fn set_route(&mut self, prefix: Prefix, next_hop: NextHop) {
+        self.fib.insert(prefix, next_hop);
+        self.fib_dirty = true;
+    }
+
+    /// Attaches a port. A pod port needs its IP (inside the node's pod
+    /// subnet) and MAC; it gets a /32 route and a neighbour entry, and in
+    /// bridge mode joins the segment. There is at most one underlay and one
+    /// host port.
+    pub fn attach_port(&mut self, spec: PortSpec) -> Result<PortId, TableError> {
+        let ports = &self.next.ports;
+        if ports.by_name(&spec.name).is_some() {
+            return Err(TableError::PortExists(spec.name));
+        }
+        match spec.role {
+            PortRole::Underlay if ports.underlay.is_some() => {
+                return Err(TableError::RoleTaken(spec.role))
+            }
+            PortRole::Host if ports.host.is_some() => return Err(TableError::RoleTaken(spec.role)),
+            _ => {}
+        }
+        let pod = if spec.role == PortRole::Pod {
+            let (Some(ip), Some(mac)) = (spec.ip, spec.mac) else {
+                return Err(TableError::PodPortIncomplete(spec.name));
+            };
+            if !self.next.node.pod_cidr.contains(ip) {
+                return Err(TableError::AddressOutsidePodCidr(
+                    ip,
+                    self.next.node.pod_cidr,
+                ));
+            }
+            if let Some(other) = ports.iter().find(|p| p.spec.ip == Some(ip)) {
+                return Err(TableError::AddressInUse(ip, other.spec.name.clone()));
+            }
+            Some((ip, mac))
+        } else {
+            None
+        };
+        let free = ports
+            .by_id
+            .iter()
+            .position(Option::is_none)
+            .unwrap_or(ports.by_id.len());
+        if free >= self.max_ports {
+            return Err(TableError::TooManyPorts(self.max_ports));
+        }
+        let id = PortId(free as u16);
+        let bridge = self.next.node.gateway_mode == GatewayMode::Bridge;
+        let role = spec.role;
+        let table = self.ports_mut();
+        if table.by_id.len() <= free {
+            table.by_id.resize(free + 1, None);
+        }
+        table.by_id[free] = Some(PortEntry { id, spec });
+        match role {
+            PortRole::Pod if bridge => {
+                table.segment.push(id);
+                table.segment.sort_unstable();
+            }
+            PortRole::Underlay => table.underlay = Some(id),
+            PortRole::Host => table.host = Some(id),
+            PortRole::Pod => {}
+        }
+        if let Some((ip, mac)) = pod {
+            self.set_route(Prefix::new_truncating(ip, 32), NextHop::Local(id));
+            Arc::make_mut(&mut self.next.neighbours).insert(
+                ip,
+                Neighbour {
+                    mac,
+                    port: id,
+                    learned: false,
+                },
+            );
+        }
+        Ok(id)
+    }
+
+    /// Detaches a port by name, with its route, neighbours and FDB entries.
+    pub fn detach_port(&mut self, name: &str) -> Result<PortId, TableError> {
+        let entry = self
+            .next
+            .ports
+            .by_name(name)
+            .cloned()
+            .ok_or_else(|| TableError::NoSuchPort(name.into()))?;
+        let id = entry.id;
+        let table = self.ports_mut();
+        table.by_id[usize::from(id.0)] = None;
+        table.segment.retain(|p| *p != id);
+        if table.underlay == Some(id) {
+            table.underlay = None;
+        }
+        if table.host == Some(id) {
+            table.host = None;
+        }
+        self.fib.retain(|_, nh| *nh != NextHop::Local(id));
+        self.fib_dirty = true;
+        Arc::make_mut(&mut self.next.neighbours).retain(|_, n| n.port != id);
+        self.detached.push(id);
+        Ok(id)
+    }
+
+    /// Adds a peer and its route: `pod_cidr -> Peer` (tunnel) or
+    /// `pod_cidr -> Direct` (host-gw, or DirectRouting on our subnet).
+    pub fn add_peer(&mut self, spec: PeerSpec) -> Result<PeerId, TableError> {
+        let peers = &self.next.peers;
+        if peers.by_name(&spec.name).is_some() || peers.by_underlay_ip(spec.underlay_ip).is_some() {
+            return Err(TableError::PeerExists(spec.name));
+        }
+        let node = &self.next.node;
+        if spec.pod_cidr.covers(&node.pod_cidr) || node.pod_cidr.covers(&spec.pod_cidr) {
+            return Err(TableError::PeerOverlapsNode(spec.pod_cidr));
+        }
+        let id = peers.free_id().ok_or(TableError::TooManyPeers)?;
+        let peer = Peer::resolve(id, spec, node);
+        let next_hop = match peer.forwarding {
+            Forwarding::Tunnel(_) => NextHop::Peer(id),
+            Forwarding::Direct => NextHop::Direct(id),
+        };
+        let pod_cidr = peer.spec.pod_cidr;
+        Arc::make_mut(&mut self.next.peers).insert(peer);
+        self.set_route(pod_cidr, next_hop);
+        Ok(id)
+    }
+
+    /// Removes a peer by name, with every route through it.
+    pub fn remove_peer(&mut self, name: &str) -> Result<PeerId, TableError> {
+        let id = self
+            .next
+            .peers
+            .by_name(name)
+            .map(|p| p.id)
+            .ok_or_else(|| TableError::NoSuchPeer(name.into()))?;
+        Arc::make_mut(&mut self.next.peers).remove(id);
+        self.fib
+            .retain(|_, nh| *nh != NextHop::Peer(id) && *nh != NextHop::Direct(id));
+        self.fib_dirty = true;
+        Ok(id)
+    }
+
+    /// Adds or replaces a route. Its port or peer must exist.
+    pub fn add_route(&mut self, prefix: Prefix, next_hop: NextHop) -> Result<(), TableError> {
+        let exists = match next_hop {
+            NextHop::Local(p) => self.next.ports.get(p).is_some(),
+            NextHop::Peer(p) | NextHop::Direct(p) => self.next.peers.get(p).is_some(),
+            NextHop::Host | NextHop::Blackhole => true,
+        };
+        if !exists {
+            return Err(TableError::BadNextHop(next_hop));
+        }
+        self.set_route(prefix, next_hop);
+        Ok(())
+    }
+
+    /// Removes a route.
+    pub fn remove_route(&mut self, prefix: Prefix) -> Result<NextHop, TableError> {
+        let nh = self
+            .fib
+            .remove(&prefix)
+            .ok_or(TableError::NoSuchRoute(prefix))?;
+        self.fib_dirty = true;
+        Ok(nh)
+    }
+}

@@ -413,7 +413,7 @@ mod tests {
         b.insert(p("10.244.1.64/26"), NextHop::Blackhole);
         b.insert(p("10.244.1.65/32"), NextHop::Local(PortId(5)));
         b.insert(p("10.244.1.66/32"), NextHop::Local(PortId(6)));
-        b.insert(p("10.245.0.0/15"), NextHop::Direct(PeerId(9)));
+        b.insert(p("10.246.0.0/15"), NextHop::Direct(PeerId(9)));
         let fib = b.build();
         assert_eq!(fib.lookup(ip("8.8.8.8")), Some(NextHop::Host));
         assert_eq!(fib.lookup(ip("10.244.9.9")), Some(NextHop::Blackhole));

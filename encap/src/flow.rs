@@ -108,26 +108,22 @@ impl FlowHasher {
     /// header. Ports count only for TCP/UDP non-fragments.
     #[inline]
     pub fn hash_ipv4(&self, packet: &[u8]) -> Option<u32> {
-        if packet.len() < ipv4::HEADER_LEN || packet[0] >> 4 != 4 {
+        let h: &[u8; ipv4::HEADER_LEN] = packet.get(..ipv4::HEADER_LEN)?.try_into().ok()?;
+        if h[0] >> 4 != 4 {
             return None;
         }
-        let header_len = usize::from(packet[0] & 0x0f) * 4;
-        let protocol = packet[9];
-        let addresses = u64::from(be32(packet, 12)) << 32 | u64::from(be32(packet, 16));
-        let first_fragment =
-            u16::from_be_bytes([packet[6], packet[7]]) & ipv4::FRAG_OFFSET_MASK == 0;
-        let has_ports = matches!(
-            IpProtocol::from(protocol),
-            IpProtocol::Tcp | IpProtocol::Udp
-        );
-        let ports = if has_ports
-            && first_fragment
-            && header_len >= ipv4::HEADER_LEN
-            && packet.len() >= header_len + 4
-        {
-            be32(packet, header_len)
-        } else {
-            0
+        let header_len = usize::from(h[0] & 0x0f) * 4;
+        let protocol = h[9];
+        // Addresses as one word, straight from the fixed header.
+        let addresses =
+            u64::from_be_bytes([h[12], h[13], h[14], h[15], h[16], h[17], h[18], h[19]]);
+        let first_fragment = u16::from_be_bytes([h[6], h[7]]) & ipv4::FRAG_OFFSET_MASK == 0;
+        let has_ports = protocol == 6 || protocol == 17; // TCP, UDP
+        let ports = match packet.get(header_len..header_len + 4) {
+            Some(p) if has_ports && first_fragment && header_len >= ipv4::HEADER_LEN => {
+                u32::from_be_bytes([p[0], p[1], p[2], p[3]])
+            }
+            _ => 0,
         };
         let rest = (u64::from(ports) << 32 | u64::from(protocol)) ^ u64::from(self.seed) << 8;
         Some(fold_mul(addresses, rest))

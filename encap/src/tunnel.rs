@@ -510,7 +510,8 @@ impl EncapTemplate {
         let flags: u16 = if dont_frag { ipv4::FLAG_DF } else { 0 };
 
         let outer_start = carried_start - outer_len;
-        frame.set_bounds(outer_start, carried_end);
+        // outer_start >= 0 (headroom checked) and carried_end <= the old end.
+        frame.set_bounds_trusted(outer_start, carried_end);
         let out = frame.frame_mut();
         // Constant lengths per mode let the compiler copy with a few moves.
         match mode {

@@ -22,7 +22,7 @@
 //! inserted shortest first when the table is built, which makes leaf pushing
 //! a plain copy of the parent entry into a new chunk.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -224,18 +224,15 @@ impl FibBuilder {
             prefixes: Vec::new(),
             routes: self.routes.clone(),
         };
-        let mut hop_ids: HashMap<(NextHop, Prefix), u32> = HashMap::new();
         let mut by_len: Vec<(&Prefix, &NextHop)> = self.routes.iter().collect();
         by_len.sort_by_key(|(p, _)| p.len);
         for (prefix, next_hop) in by_len {
-            // Each route gets its own entry value so a lookup can tell which
+            // Each route gets its own entry value, so a lookup can tell which
             // prefix matched (for `trace`), not only where it goes.
-            let id = *hop_ids.entry((*next_hop, *prefix)).or_insert_with(|| {
-                fib.next_hops.push(*next_hop);
-                fib.prefixes.push(*prefix);
-                fib.next_hops.len() as u32
-            });
-            fib.insert(*prefix, id);
+            fib.next_hops.push(*next_hop);
+            fib.prefixes.push(*prefix);
+            let value = fib.next_hops.len() as u32;
+            fib.insert(*prefix, value);
         }
         fib
     }

@@ -33,6 +33,7 @@ pub mod config;
 pub mod drop;
 pub mod fdb;
 pub mod fib;
+pub mod ipmap;
 pub mod packet;
 pub mod peer;
 pub mod pipeline;

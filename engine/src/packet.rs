@@ -127,16 +127,17 @@ impl PacketBuf {
     }
 
     /// Lends the buffer to the encapsulation code as a frame with headroom;
-    /// call [`Self::take_frame_buf`] with the result to keep its new bounds.
+    /// the pipeline adopts its new bounds afterwards.
     #[inline]
     pub fn frame_buf(&mut self) -> FrameBuf<'_> {
         FrameBuf::new(&mut self.bytes, self.start, self.end)
     }
 
-    /// Adopts the bounds a [`FrameBuf`] ended with.
+    /// Adopts the bounds a [`FrameBuf`] lent by [`Self::frame_buf`] ended
+    /// with (a `FrameBuf` keeps its bounds inside the buffer).
     #[inline]
-    pub fn set_bounds(&mut self, start: usize, end: usize) {
-        assert!(
+    pub(crate) fn adopt_bounds(&mut self, start: usize, end: usize) {
+        debug_assert!(
             start <= end && end <= self.bytes.len(),
             "bounds outside the buffer"
         );

@@ -2,7 +2,6 @@
 //! (`bridge fdb show dev flannel.1`, the ARP entry for 10.244.Y.0, the route
 //! to 10.244.Y.0/24) and Calico in its BGP routes.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -11,6 +10,7 @@ use podswitch_encap::{MacAddr, OuterPath, Tunnel, TunnelConfig, TunnelMode, Vni}
 
 use crate::config::{Backend, NodeConfig};
 use crate::fib::Prefix;
+use crate::ipmap::IpMap;
 
 /// A peer's number in the peer table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -125,7 +125,7 @@ impl Peer {
 #[derive(Debug, Clone, Default)]
 pub struct PeerTable {
     by_id: Vec<Option<Peer>>,
-    by_underlay: HashMap<Ipv4Addr, PeerId>,
+    by_underlay: IpMap<PeerId>,
 }
 
 impl PeerTable {

@@ -109,8 +109,8 @@ use Verdict::{Drop, Output};
 /// which next hops it may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
-    /// A pod port (source checks done before routing).
-    Pod,
+    /// A pod port; with anti-spoofing on, the IPv4 source it must use.
+    Pod(Option<Ipv4Addr>),
     /// Decapsulated from this peer's tunnel.
     Tunnel(PeerId),
     /// From this host-gw peer, without a tunnel.
@@ -143,12 +143,18 @@ pub struct Pipeline {
     /// Outer IPv4 identification of the next packet we originate or
     /// encapsulate.
     ident: u16,
+    /// The last source MAC learned, with its port and second.
+    last_learned: Option<(MacAddr, PortId, u32)>,
 }
 
 impl Pipeline {
     /// A pipeline over `tables`.
     pub fn new(tables: Arc<Tables>) -> Self {
-        Pipeline { tables, ident: 0 }
+        Pipeline {
+            tables,
+            ident: 0,
+            last_learned: None,
+        }
     }
 
     /// The tables it reads.
@@ -320,17 +326,27 @@ impl Pipeline {
         }
         let bridged = node.gateway_mode == GatewayMode::Bridge;
         if bridged {
-            let result = ctx
-                .learning
-                .then(|| ctx.tables.fdb.learn(src, port.id, ctx.now));
+            // A batch is mostly one pod's frames: learn each (MAC, port)
+            // once per second, not once per frame.
+            let key = (src, port.id, ctx.now);
+            let result = if ctx.learning && self.last_learned != Some(key) {
+                self.last_learned = Some(key);
+                Some(ctx.tables.fdb.learn(src, port.id, ctx.now))
+            } else {
+                None
+            };
             t.step(|| Step::FdbLearn {
                 mac: src,
                 port: port.id,
                 result,
             });
         }
-        let Ok((ethertype, l3)) = eth.payload_info() else {
-            return Drop(DropReason::EthernetTruncated);
+        let (ethertype, l3) = match buf.frame()[12..14] {
+            [0x08, 0x00] => (EtherType::Ipv4, ETH), // untagged IPv4: the common case
+            _ => match ethernet::payload_info(buf.frame()) {
+                Ok(info) => info,
+                Err(_) => return Drop(DropReason::EthernetTruncated),
+            },
         };
         match ethertype {
             EtherType::Arp => {
@@ -338,29 +354,28 @@ impl Pipeline {
                 self.arp_from_pod(ctx, port, buf, l3, bridged, pool, out, t)
             }
             EtherType::Ipv4 if l3 == ETH => {
+                let expected_src = if port.spec.anti_spoof {
+                    Some(port.spec.ip.unwrap_or(Ipv4Addr::UNSPECIFIED))
+                } else {
+                    None
+                };
+                if dst == node.gateway_mac {
+                    t.step(|| Step::Classified("IPv4 to the gateway: routed"));
+                    return self.route(ctx, buf, Origin::Pod(expected_src), pool, out, t);
+                }
+                if !bridged {
+                    return Drop(DropReason::NotSwitched);
+                }
+                // Switched, not routed: the source IP must still be the pod's.
                 let packet = match Ipv4Packet::new_checked(&buf.frame()[ETH..]) {
                     Ok(p) => p,
                     Err(e) => return Drop(DropReason::from_ipv4(e)),
                 };
-                if port.spec.anti_spoof && Some(packet.src()) != port.spec.ip {
+                if expected_src.is_some_and(|ip| ip != packet.src()) {
                     return Drop(DropReason::SpoofedSourceIp);
                 }
-                if port.spec.anti_spoof {
-                    t.step(|| Step::SourceOk {
-                        what: "source MAC and IP are the pod's own",
-                    });
-                }
-                if dst == node.gateway_mac {
-                    t.step(|| Step::Classified("IPv4 to the gateway: routed"));
-                    self.route(ctx, buf, Origin::Pod, pool, out, t)
-                } else if bridged {
-                    t.step(|| {
-                        Step::Classified("IPv4 to another MAC: switched in the bridge segment")
-                    });
-                    self.switch(ctx, buf, pool, out, t)
-                } else {
-                    Drop(DropReason::NotSwitched)
-                }
+                t.step(|| Step::Classified("IPv4 to another MAC: switched in the bridge segment"));
+                self.switch(ctx, buf, pool, out, t)
             }
             EtherType::Ipv6 => Drop(DropReason::Ipv6NotConfigured),
             _ if bridged => {
@@ -669,6 +684,14 @@ impl Pipeline {
             packet.packet_len(),
             packet.dont_frag(),
         );
+        if let Origin::Pod(Some(expected)) = origin {
+            if src != expected {
+                return Drop(DropReason::SpoofedSourceIp);
+            }
+            t.step(|| Step::SourceOk {
+                what: "source MAC and IP are the pod's own",
+            });
+        }
         // Bytes after the total length are link padding, not packet: they
         // must not travel on (Open vSwitch's CVE-2020-35498 forwarded them).
         if buf.len() > ETH + total_len {
@@ -679,9 +702,14 @@ impl Pipeline {
         if !is_unicast(dst) || src.is_multicast() || src.is_broadcast() {
             return Drop(DropReason::Ipv4NotUnicast);
         }
-        let route = snap.fib.lookup_route(dst);
-        t.step(|| Step::FibLookup { dst, route });
-        let Some((_, next_hop)) = route else {
+        let next_hop = if T::ENABLED {
+            let route = snap.fib.lookup_route(dst);
+            t.step(|| Step::FibLookup { dst, route });
+            route.map(|(_, nh)| nh)
+        } else {
+            snap.fib.lookup(dst)
+        };
+        let Some(next_hop) = next_hop else {
             return Drop(DropReason::NoRoute);
         };
         if origin.from_underlay() && matches!(next_hop, NextHop::Peer(_) | NextHop::Direct(_)) {
@@ -833,7 +861,7 @@ impl Pipeline {
         let mut frame = buf.frame_buf();
         template.encapsulate(&mut frame, self.ident)?;
         let (start, end) = (frame.start(), frame.end());
-        buf.set_bounds(start, end);
+        buf.adopt_bounds(start, end);
         Ok(())
     }
 

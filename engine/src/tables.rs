@@ -14,7 +14,6 @@
 //! - The FDB and the counters are not in the snapshot: the data path
 //!   writes them, with atomics (see [`crate::fdb`], [`crate::stats`]).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -25,6 +24,7 @@ use podswitch_encap::{DecapConfig, Decapsulator, MacAddr};
 use crate::config::{Backend, GatewayMode, NodeConfig};
 use crate::fdb::Fdb;
 use crate::fib::{Fib, FibBuilder, NextHop, Prefix};
+use crate::ipmap::IpMap;
 use crate::peer::{Forwarding, Peer, PeerId, PeerSpec, PeerTable};
 use crate::port::{PortId, PortRole};
 use crate::stats::Stats;
@@ -142,7 +142,7 @@ pub struct Snapshot {
     /// Ports.
     pub ports: Arc<PortTable>,
     /// Local pods' MACs by IP.
-    pub neighbours: Arc<HashMap<Ipv4Addr, Neighbour>>,
+    pub neighbours: Arc<IpMap<Neighbour>>,
     /// Which tunnels the underlay accepts.
     pub decap: Decapsulator,
     /// Version, incremented at each publish.

@@ -1,0 +1,677 @@
+//! One scenario per row of DESIGN.md's reference table, over in-memory
+//! ports. Each asserts the exact bytes that leave, or the drop reason.
+
+mod support;
+
+use podswitch_engine::config::{Backend, GatewayMode, NodeConfig, PROXY_ARP_MAC};
+use podswitch_engine::drop::DropReason;
+use podswitch_engine::encap::icmpv4::{Icmpv4Packet, Icmpv4Type};
+use podswitch_engine::encap::ipv4::Ipv4Packet;
+use podswitch_engine::encap::{
+    DecapConfig, Decapsulator, FrameBuf, MacAddr, OuterPath, Tunnel, TunnelConfig, TunnelMode,
+};
+use podswitch_engine::fib::NextHop;
+use podswitch_engine::trace::Step;
+use support::*;
+
+/// The outer path node 1 uses towards node 2.
+fn path_to_node2(node: &Node) -> OuterPath {
+    let cfg = node.tables.load().node.clone();
+    OuterPath {
+        src_mac: cfg.underlay_mac,
+        dst_mac: NODE2_UNDERLAY_MAC,
+        src_ip: NODE1_UNDERLAY,
+        dst_ip: NODE2_UNDERLAY,
+    }
+}
+
+fn encapsulate(config: TunnelConfig, path: &OuterPath, inner: &[u8], ident: u16) -> Vec<u8> {
+    let mut buf = vec![0u8; 128 + inner.len()];
+    buf[128..].copy_from_slice(inner);
+    let mut frame = FrameBuf::new(&mut buf, 128, 128 + inner.len());
+    Tunnel::new(config)
+        .encapsulate(path, &mut frame, ident)
+        .unwrap();
+    frame.frame().to_vec()
+}
+
+/// What node 2 would send node 1: `inner` encapsulated from node 2.
+fn from_node2(node: &Node, config: TunnelConfig, inner: &[u8]) -> Vec<u8> {
+    let cfg = node.tables.load().node.clone();
+    let path = OuterPath {
+        src_mac: NODE2_UNDERLAY_MAC,
+        dst_mac: cfg.underlay_mac,
+        src_ip: NODE2_UNDERLAY,
+        dst_ip: NODE1_UNDERLAY,
+    };
+    encapsulate(config, &path, inner, 77)
+}
+
+// ---- flannel, bridge mode ---------------------------------------------------
+
+/// busybox1 -> busybox2 on one node: ARP through the bridge, then L2.
+#[test]
+fn same_node_pods_switch_through_the_bridge() {
+    let mut node = Node::flannel(Backend::Vxlan);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    let bb2 = node.pod("veth-bb2", "10.244.1.3", BUSYBOX2_MAC);
+    let bb3 = node.pod(
+        "veth-bb3",
+        "10.244.1.4",
+        MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x04]),
+    );
+
+    // Who has 10.244.1.3? Flooded to the other pods only: not the
+    // underlay, not the host, not back to busybox1.
+    let request = arp_request(BUSYBOX1_MAC, "10.244.1.2", "10.244.1.3");
+    let out = node.send(bb1, request.clone());
+    assert_eq!(out, vec![(bb3, request.clone()), (bb2, request)]);
+
+    // busybox2 answers; busybox1's MAC was learned, so it is unicast.
+    let reply = arp_reply(BUSYBOX2_MAC, "10.244.1.3", BUSYBOX1_MAC, "10.244.1.2");
+    assert_eq!(node.send(bb2, reply.clone()), vec![(bb1, reply)]);
+
+    // The ping goes over L2, bytes unchanged.
+    let ping = ping_frame(BUSYBOX1_MAC, BUSYBOX2_MAC, "10.244.1.2", "10.244.1.3", 64);
+    assert_eq!(node.send(bb1, ping.clone()), vec![(bb2, ping)]);
+    let s = node.stats();
+    assert_eq!(s.port(bb1).rx_packets, 2);
+    assert_eq!(s.port(bb2).tx_packets, 2);
+    assert_eq!(s.total_drops(), 0);
+}
+
+#[test]
+fn arp_for_the_gateway_is_answered_and_never_for_the_asker() {
+    let mut node = Node::flannel(Backend::Vxlan);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    let gw_mac = node.tables.load().node.gateway_mac;
+    let out = node.send(bb1, arp_request(BUSYBOX1_MAC, "10.244.1.2", "10.244.1.1"));
+    assert_eq!(
+        out,
+        vec![(
+            bb1,
+            arp_reply(gw_mac, "10.244.1.1", BUSYBOX1_MAC, "10.244.1.2")
+        )]
+    );
+    // A gratuitous ARP for its own address: flooded (nobody else here), never answered.
+    node.expect_drop(
+        bb1,
+        arp_request(BUSYBOX1_MAC, "10.244.1.2", "10.244.1.2"),
+        DropReason::NoFloodTargets,
+    );
+}
+
+/// flannel vxlan, node 1 -> node 2 and back.
+#[test]
+fn cross_node_flannel_vxlan() {
+    let mut node = Node::flannel(Backend::Vxlan);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    node.peer(
+        "node2",
+        NODE2_UNDERLAY,
+        NODE2_UNDERLAY_MAC,
+        "10.244.2.0/24",
+        Backend::Vxlan,
+    );
+    let cfg = node.tables.load().node.clone();
+
+    // Out: the inner frame goes VTEP to VTEP, TTL 63, in VXLAN VNI 1 to 8472.
+    let ping = ping_frame(
+        BUSYBOX1_MAC,
+        cfg.gateway_mac,
+        "10.244.1.2",
+        "10.244.2.5",
+        64,
+    );
+    let inner = routed(&ping, cfg.vtep_mac, NODE2_VTEP);
+    let expected = encapsulate(TunnelConfig::vxlan(), &path_to_node2(&node), &inner, 1);
+    assert_eq!(node.send(bb1, ping), vec![(node.underlay, expected)]);
+
+    // In: from node 2's pod to busybox1, delivered with the gateway's MAC, TTL - 1.
+    let reply = ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.2.5", "10.244.1.2", 64);
+    let out = node.send(
+        node.underlay,
+        from_node2(&node, TunnelConfig::vxlan(), &reply),
+    );
+    assert_eq!(
+        out,
+        vec![(bb1, routed(&reply, cfg.gateway_mac, BUSYBOX1_MAC))]
+    );
+}
+
+/// flannel udp: the inner IP packet in UDP 8285.
+#[test]
+fn cross_node_flannel_udp() {
+    let mut node = Node::flannel(Backend::Udp);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    node.peer(
+        "node2",
+        NODE2_UNDERLAY,
+        NODE2_UNDERLAY_MAC,
+        "10.244.2.0/24",
+        Backend::Udp,
+    );
+    let cfg = node.tables.load().node.clone();
+
+    let ping = ping_frame(
+        BUSYBOX1_MAC,
+        cfg.gateway_mac,
+        "10.244.1.2",
+        "10.244.2.5",
+        64,
+    );
+    let inner = routed(&ping, cfg.gateway_mac, cfg.gateway_mac); // MACs do not travel
+    let expected = encapsulate(TunnelConfig::ip_in_udp(), &path_to_node2(&node), &inner, 1);
+    let out = node.send(bb1, ping);
+    assert_eq!(out, vec![(node.underlay, expected.clone())]);
+    assert_eq!(
+        &expected[34..38],
+        &[0x20, 0x5d, 0x20, 0x5d],
+        "UDP 8285 -> 8285"
+    );
+
+    let reply = ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.2.5", "10.244.1.2", 64);
+    let out = node.send(
+        node.underlay,
+        from_node2(&node, TunnelConfig::ip_in_udp(), &reply),
+    );
+    assert_eq!(
+        out,
+        vec![(bb1, routed(&reply, cfg.gateway_mac, BUSYBOX1_MAC))]
+    );
+}
+
+/// flannel host-gw: no tunnel, the frame goes to node 2's underlay MAC.
+#[test]
+fn cross_node_host_gw() {
+    let mut node = Node::flannel(Backend::HostGw);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    node.peer(
+        "node2",
+        NODE2_UNDERLAY,
+        NODE2_UNDERLAY_MAC,
+        "10.244.2.0/24",
+        Backend::HostGw,
+    );
+    let cfg = node.tables.load().node.clone();
+
+    let frame = udp_frame(
+        BUSYBOX1_MAC,
+        cfg.gateway_mac,
+        "10.244.1.2",
+        "10.244.2.5",
+        64,
+        true,
+        100,
+    );
+    assert_eq!(
+        node.send(bb1, frame.clone()),
+        vec![(
+            node.underlay,
+            routed(&frame, cfg.underlay_mac, NODE2_UNDERLAY_MAC)
+        )]
+    );
+
+    let back = udp_frame(
+        NODE2_UNDERLAY_MAC,
+        cfg.underlay_mac,
+        "10.244.2.5",
+        "10.244.1.2",
+        63,
+        true,
+        100,
+    );
+    assert_eq!(
+        node.send(node.underlay, back.clone()),
+        vec![(bb1, routed(&back, cfg.gateway_mac, BUSYBOX1_MAC))]
+    );
+    // A plain frame from a source no host-gw peer owns is not accepted.
+    let stray = udp_frame(
+        NODE2_UNDERLAY_MAC,
+        cfg.underlay_mac,
+        "10.244.9.5",
+        "10.244.1.2",
+        63,
+        true,
+        100,
+    );
+    node.expect_drop(node.underlay, stray, DropReason::NotTunnel);
+}
+
+/// DirectRouting: host-gw for a peer on our underlay subnet, VXLAN otherwise.
+#[test]
+fn directrouting_picks_host_gw_on_the_same_subnet_and_vxlan_across() {
+    let mut config = NodeConfig::flannel("node1", "10.244.1.0/24".parse().unwrap(), NODE1_UNDERLAY);
+    config.backend = Backend::DirectRouting;
+    config.underlay_prefix_len = 25; // 192.168.100.0/25: .2 is near, .130 is not
+    let mut node = Node::new(config);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    let near = node.peer(
+        "node2",
+        NODE2_UNDERLAY,
+        NODE2_UNDERLAY_MAC,
+        "10.244.2.0/24",
+        Backend::DirectRouting,
+    );
+    let far_ip = ip("192.168.100.130");
+    let far = node.peer(
+        "node3",
+        far_ip,
+        MacAddr([2, 0, 0xc0, 0xa8, 0x64, 0x82]),
+        "10.244.3.0/24",
+        Backend::DirectRouting,
+    );
+    let snap = node.tables.load();
+    assert_eq!(
+        snap.fib.lookup(ip("10.244.2.9")),
+        Some(NextHop::Direct(near))
+    );
+    assert_eq!(snap.fib.lookup(ip("10.244.3.9")), Some(NextHop::Peer(far)));
+    let cfg = snap.node.clone();
+
+    let to_near = udp_frame(
+        BUSYBOX1_MAC,
+        cfg.gateway_mac,
+        "10.244.1.2",
+        "10.244.2.9",
+        64,
+        false,
+        50,
+    );
+    assert_eq!(
+        node.send(bb1, to_near.clone()),
+        vec![(
+            node.underlay,
+            routed(&to_near, cfg.underlay_mac, NODE2_UNDERLAY_MAC)
+        )]
+    );
+
+    let to_far = udp_frame(
+        BUSYBOX1_MAC,
+        cfg.gateway_mac,
+        "10.244.1.2",
+        "10.244.3.9",
+        64,
+        false,
+        50,
+    );
+    let out = node.send(bb1, to_far);
+    assert_eq!(out.len(), 1);
+    let mut outer = out[0].1.clone();
+    let d = Decapsulator::new(DecapConfig::for_tunnel(&TunnelConfig::vxlan()))
+        .decapsulate_frame(&mut outer)
+        .unwrap();
+    assert_eq!((d.mode, d.outer_dst), (TunnelMode::Vxlan, far_ip));
+}
+
+// ---- Calico, proxy-ARP mode ------------------------------------------------
+
+fn calico_node() -> (Node, support::Ports) {
+    let config = NodeConfig::calico("node1", "10.244.1.64/26".parse().unwrap(), NODE1_UNDERLAY);
+    let node = Node::new(config);
+    let a = node.pod("cali16cfa08a6f9", "10.244.1.65", BUSYBOX1_MAC);
+    let b = node.pod("caliae3c1d6879e", "10.244.1.66", BUSYBOX2_MAC);
+    node.peer(
+        "node2",
+        NODE2_UNDERLAY,
+        NODE2_UNDERLAY_MAC,
+        "10.244.2.64/26",
+        Backend::Ipip,
+    );
+    (node, support::Ports { a, b })
+}
+
+#[test]
+fn calico_proxy_arp_answers_everything_but_the_pods_own_address() {
+    let (mut node, pods) = calico_node();
+    assert_eq!(node.tables.load().node.gateway_mode, GatewayMode::ProxyArp);
+    for target in ["169.254.1.1", "10.244.1.66", "10.244.2.70", "8.8.8.8"] {
+        let out = node.send(pods.a, arp_request(BUSYBOX1_MAC, "10.244.1.65", target));
+        assert_eq!(
+            out,
+            vec![(
+                pods.a,
+                arp_reply(PROXY_ARP_MAC, target, BUSYBOX1_MAC, "10.244.1.65")
+            )],
+            "{target}"
+        );
+    }
+    node.expect_drop(
+        pods.a,
+        arp_request(BUSYBOX1_MAC, "10.244.1.65", "10.244.1.65"),
+        DropReason::NotSwitched,
+    );
+    node.expect_drop(
+        pods.a,
+        arp_request(BUSYBOX1_MAC, "0.0.0.0", "10.244.1.65"),
+        DropReason::NotSwitched,
+    );
+}
+
+#[test]
+fn calico_same_node_is_routed_through_slash32s() {
+    let (mut node, pods) = calico_node();
+    let frame = ping_frame(
+        BUSYBOX1_MAC,
+        PROXY_ARP_MAC,
+        "10.244.1.65",
+        "10.244.1.66",
+        64,
+    );
+    assert_eq!(
+        node.send(pods.a, frame.clone()),
+        vec![(pods.b, routed(&frame, PROXY_ARP_MAC, BUSYBOX2_MAC))]
+    );
+    // No L2 between pods: a frame to the other pod's MAC goes nowhere.
+    let l2 = ping_frame(BUSYBOX1_MAC, BUSYBOX2_MAC, "10.244.1.65", "10.244.1.66", 64);
+    node.expect_drop(pods.a, l2, DropReason::NotSwitched);
+}
+
+#[test]
+fn calico_ipip_cross_node() {
+    let (mut node, pods) = calico_node();
+    let cfg = node.tables.load().node.clone();
+    let frame = udp_frame(
+        BUSYBOX1_MAC,
+        PROXY_ARP_MAC,
+        "10.244.1.65",
+        "10.244.2.70",
+        64,
+        true,
+        200,
+    );
+    let inner = routed(&frame, PROXY_ARP_MAC, PROXY_ARP_MAC);
+    let expected = encapsulate(TunnelConfig::ipip(), &path_to_node2(&node), &inner, 1);
+    let out = node.send(pods.a, frame);
+    assert_eq!(out, vec![(node.underlay, expected.clone())]);
+    assert_eq!(expected[23], 4, "outer protocol 4");
+    assert_eq!(
+        expected[22], 63,
+        "outer TTL inherited from the routed inner packet"
+    );
+
+    let back = udp_frame(
+        MacAddr::ZERO,
+        MacAddr::ZERO,
+        "10.244.2.70",
+        "10.244.1.65",
+        64,
+        true,
+        200,
+    );
+    let out = node.send(
+        node.underlay,
+        from_node2(&node, TunnelConfig::ipip(), &back),
+    );
+    let mut expected_in = routed(&back, PROXY_ARP_MAC, BUSYBOX1_MAC);
+    expected_in[6..12].copy_from_slice(&cfg.gateway_mac.0);
+    assert_eq!(out, vec![(pods.a, expected_in)]);
+}
+
+#[test]
+fn unassigned_address_in_the_block_is_blackholed() {
+    let (mut node, pods) = calico_node();
+    let frame = ping_frame(
+        BUSYBOX1_MAC,
+        PROXY_ARP_MAC,
+        "10.244.1.65",
+        "10.244.1.67",
+        64,
+    );
+    node.expect_drop(pods.a, frame, DropReason::Blackhole);
+}
+
+// ---- failures ----------------------------------------------------------------
+
+#[test]
+fn ttl_expiry_sends_time_exceeded() {
+    let mut node = Node::flannel(Backend::Vxlan);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    node.peer(
+        "node2",
+        NODE2_UNDERLAY,
+        NODE2_UNDERLAY_MAC,
+        "10.244.2.0/24",
+        Backend::Vxlan,
+    );
+    let cfg = node.tables.load().node.clone();
+    let frame = ping_frame(BUSYBOX1_MAC, cfg.gateway_mac, "10.244.1.2", "10.244.2.5", 1);
+    let out = node.send(bb1, frame.clone());
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (port, icmp_frame) = &out[0];
+    assert_eq!(*port, bb1);
+    assert_eq!(&icmp_frame[0..6], &BUSYBOX1_MAC.0);
+    let ip4 = Ipv4Packet::new_checked(&icmp_frame[14..]).unwrap();
+    ip4.verify_checksum().unwrap();
+    assert_eq!((ip4.src(), ip4.dst()), (ip("10.244.1.1"), ip("10.244.1.2")));
+    let icmp = Icmpv4Packet::new_checked(ip4.payload()).unwrap();
+    assert_eq!(
+        (icmp.msg_type(), icmp.code()),
+        (Icmpv4Type::TimeExceeded, 0)
+    );
+    assert!(icmp.checksum_ok());
+    assert_eq!(
+        icmp.data(),
+        &frame[14..14 + 28],
+        "quotes the IP header and 8 bytes"
+    );
+    assert_eq!(node.stats().drop_count(DropReason::TtlExpired), 1);
+    // TTL 0 likewise.
+    let out = node.send(
+        bb1,
+        ping_frame(BUSYBOX1_MAC, cfg.gateway_mac, "10.244.1.2", "10.244.2.5", 0),
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(node.stats().drop_count(DropReason::TtlExpired), 2);
+}
+
+#[test]
+fn df_over_the_tunnel_mtu_gets_fragmentation_needed() {
+    let mut node = Node::flannel(Backend::Vxlan);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    node.peer(
+        "node2",
+        NODE2_UNDERLAY,
+        NODE2_UNDERLAY_MAC,
+        "10.244.2.0/24",
+        Backend::Vxlan,
+    );
+    let gw = node.tables.load().node.gateway_mac;
+    // 1450 bytes of IP fit (ping -s 1422); 1451 do not.
+    let fits = udp_frame(
+        BUSYBOX1_MAC,
+        gw,
+        "10.244.1.2",
+        "10.244.2.5",
+        64,
+        true,
+        1450 - 28,
+    );
+    assert_eq!(node.send(bb1, fits)[0].0, node.underlay);
+    let big = udp_frame(
+        BUSYBOX1_MAC,
+        gw,
+        "10.244.1.2",
+        "10.244.2.5",
+        64,
+        true,
+        1451 - 28,
+    );
+    let out = node.send(bb1, big);
+    assert_eq!(out.len(), 1);
+    let ip4 = Ipv4Packet::new_checked(&out[0].1[14..]).unwrap();
+    let icmp = Icmpv4Packet::new_checked(ip4.payload()).unwrap();
+    assert_eq!(
+        (icmp.msg_type(), icmp.code(), icmp.next_hop_mtu()),
+        (Icmpv4Type::DestUnreachable, 4, 1450)
+    );
+    assert_eq!(node.stats().drop_count(DropReason::FragmentationNeeded), 1);
+    let no_df = udp_frame(
+        BUSYBOX1_MAC,
+        gw,
+        "10.244.1.2",
+        "10.244.2.5",
+        64,
+        false,
+        1451 - 28,
+    );
+    node.expect_drop(bb1, no_df, DropReason::TooBigNoDf);
+}
+
+#[test]
+fn spoofed_sources_are_dropped_unless_anti_spoofing_is_off() {
+    let mut node = Node::flannel(Backend::Vxlan);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    let _bb2 = node.pod("veth-bb2", "10.244.1.3", BUSYBOX2_MAC);
+    let gw = node.tables.load().node.gateway_mac;
+    node.expect_drop(
+        bb1,
+        ping_frame(BUSYBOX1_MAC, gw, "10.244.1.99", "10.244.1.3", 64),
+        DropReason::SpoofedSourceIp,
+    );
+    node.expect_drop(
+        bb1,
+        ping_frame(BUSYBOX2_MAC, gw, "10.244.1.2", "10.244.1.3", 64),
+        DropReason::SpoofedSourceMac,
+    );
+    node.expect_drop(
+        bb1,
+        arp_request(BUSYBOX1_MAC, "10.244.1.3", "10.244.1.1"),
+        DropReason::SpoofedSourceIp,
+    );
+
+    let mut spec = podswitch_engine::tables::PortSpec::pod(
+        "veth-free",
+        ip("10.244.1.9"),
+        MacAddr([2, 9, 9, 9, 9, 9]),
+    );
+    spec.anti_spoof = false;
+    let free = node.tables.attach_port(spec).unwrap();
+    let out = node.send(
+        free,
+        ping_frame(
+            MacAddr([2, 9, 9, 9, 9, 9]),
+            gw,
+            "10.244.1.99",
+            "10.244.1.3",
+            64,
+        ),
+    );
+    assert_eq!(out.len(), 1, "anti-spoofing off: forwarded");
+}
+
+#[test]
+fn unknown_vni_and_unknown_peer_are_dropped() {
+    let mut node = Node::flannel(Backend::Vxlan);
+    node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    node.peer(
+        "node2",
+        NODE2_UNDERLAY,
+        NODE2_UNDERLAY_MAC,
+        "10.244.2.0/24",
+        Backend::Vxlan,
+    );
+    let cfg = node.tables.load().node.clone();
+    let inner = ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.2.5", "10.244.1.2", 64);
+    let vni2 = TunnelConfig {
+        vni: podswitch_engine::encap::Vni::new(2).unwrap(),
+        ..TunnelConfig::vxlan()
+    };
+    node.expect_drop(
+        node.underlay,
+        from_node2(&node, vni2, &inner),
+        DropReason::UnknownVni,
+    );
+
+    // From 192.168.100.9, which is no peer: the overlay-injection class.
+    let stranger = OuterPath {
+        src_mac: NODE2_UNDERLAY_MAC,
+        dst_mac: cfg.underlay_mac,
+        src_ip: ip("192.168.100.9"),
+        dst_ip: NODE1_UNDERLAY,
+    };
+    node.expect_drop(
+        node.underlay,
+        encapsulate(TunnelConfig::vxlan(), &stranger, &inner, 1),
+        DropReason::UnknownPeer,
+    );
+
+    // A known peer carrying a source outside its pod subnet.
+    let forged = ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.1.50", "10.244.1.2", 64);
+    node.expect_drop(
+        node.underlay,
+        from_node2(&node, TunnelConfig::vxlan(), &forged),
+        DropReason::SpoofedTunnelSource,
+    );
+    // A known peer sending IPIP while configured for VXLAN is not decapsulated.
+    node.expect_drop(
+        node.underlay,
+        from_node2(&node, TunnelConfig::ipip(), &inner),
+        DropReason::NotTunnel,
+    );
+}
+
+#[test]
+fn host_port_reaches_pods_and_pods_reach_the_host() {
+    let mut node = Node::flannel(Backend::Vxlan);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    let gw = node.tables.load().node.gateway_mac;
+    // curl <pod IP> from the node: TTL untouched (the node is not forwarding).
+    let from_host = udp_frame(gw, gw, "192.168.100.1", "10.244.1.2", 64, true, 20);
+    let mut expected = from_host.clone();
+    expected[0..6].copy_from_slice(&BUSYBOX1_MAC.0);
+    let out = node.send(node.host, from_host);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, bb1);
+    assert_eq!(out[0].1, expected);
+    // The pod pings its gateway (cni0's address): delivered to the host.
+    let out = node.send(
+        bb1,
+        ping_frame(BUSYBOX1_MAC, gw, "10.244.1.2", "10.244.1.1", 64),
+    );
+    assert_eq!(out[0].0, node.host);
+}
+
+#[test]
+fn trace_shows_every_decision_of_the_vxlan_path() {
+    let mut node = Node::flannel(Backend::Vxlan);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    node.peer(
+        "node2",
+        NODE2_UNDERLAY,
+        NODE2_UNDERLAY_MAC,
+        "10.244.2.0/24",
+        Backend::Vxlan,
+    );
+    let gw = node.tables.load().node.gateway_mac;
+    let frame = ping_frame(BUSYBOX1_MAC, gw, "10.244.1.2", "10.244.2.5", 64);
+    let trace = node.pipeline.trace(&frame, bb1, node.now);
+    let text = trace.to_string();
+    for expected in [
+        "received 66 bytes on port 2",
+        "fdb learn 0a:58:0a:f4:01:02 -> port 2 (not applied in a trace)",
+        "classified: IPv4 to the gateway: routed",
+        "fib lookup 10.244.2.5: 10.244.2.0/24 -> peer 0 (tunnel)",
+        "peer 0 node2 at 192.168.100.2, vxlan tunnel",
+        "ttl 64 -> 63",
+        "encapsulate vxlan: 192.168.100.1 -> 192.168.100.2",
+        "vni 1, 116 bytes",
+        "output to port 0",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+    assert_eq!(trace.outputs.len(), 1);
+    assert!(matches!(trace.steps.last(), Some(Step::Output(_))));
+    // A trace learns nothing, counts nothing, sends nothing.
+    assert!(node.tables.fdb.is_empty());
+    assert_eq!(node.stats().port(bb1).rx_packets, 0);
+    let dropped = node.pipeline.trace(
+        &ping_frame(BUSYBOX1_MAC, gw, "10.244.1.2", "10.244.1.77", 64),
+        bb1,
+        node.now,
+    );
+    assert_eq!(
+        dropped.steps.last(),
+        Some(&Step::Drop(DropReason::Blackhole))
+    );
+}

@@ -62,7 +62,7 @@ fn setup(
     let tables = Tables::new(config.clone(), 64);
     let underlay = tables.attach_port(PortSpec::underlay("eth0")).unwrap();
     tables.attach_port(PortSpec::host("podswitch0")).unwrap();
-    let pod_ip = if config.pod_cidr.len() == 24 {
+    let pod_ip = if config.pod_cidr.prefix_len() == 24 {
         "10.244.1.2"
     } else {
         "10.244.1.65"
@@ -70,7 +70,7 @@ fn setup(
     let pod1 = tables
         .attach_port(PortSpec::pod("veth1", pod_ip.parse().unwrap(), POD1_MAC))
         .unwrap();
-    let pod2_ip = if config.pod_cidr.len() == 24 {
+    let pod2_ip = if config.pod_cidr.prefix_len() == 24 {
         "10.244.1.3"
     } else {
         "10.244.1.66"
@@ -78,7 +78,7 @@ fn setup(
     let pod2 = tables
         .attach_port(PortSpec::pod("veth2", pod2_ip.parse().unwrap(), POD2_MAC))
         .unwrap();
-    let peer_cidr = if config.pod_cidr.len() == 24 {
+    let peer_cidr = if config.pod_cidr.prefix_len() == 24 {
         "10.244.2.0/24"
     } else {
         "10.244.2.64/26"

@@ -33,36 +33,33 @@ impl Rng {
     }
 }
 
-/// `n` realistic routes in 10.0.0.0/8.
+/// `n` realistic routes in 10.0.0.0/8: per node a /24, its four /26
+/// Calico blocks and 45 pods as /32s (50 routes a node).
 fn routes(n: usize) -> Vec<(Prefix, NextHop)> {
     let mut rng = Rng(0x5eed);
     let nodes = (n / 50).max(1);
-    let mut out = Vec::with_capacity(n);
-    let mut node_nets = Vec::new();
+    let mut node_nets = std::collections::BTreeSet::new();
     while node_nets.len() < nodes {
-        let net = Ipv4Addr::from(0x0a00_0000 | (rng.next() as u32 & 0x00ff_ff00));
-        if !node_nets.contains(&net) {
-            node_nets.push(net);
-        }
+        node_nets.insert(0x0a00_0000 | (rng.next() as u32 & 0x00ff_ff00));
     }
-    for (i, net) in node_nets.iter().enumerate() {
-        out.push((
-            Prefix::new_truncating(*net, 24),
-            NextHop::Peer(podswitch_engine::peer::PeerId(i as u16)),
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    while out.len() < n {
-        let net = u32::from(node_nets[rng.next() as usize % nodes]);
-        let (addr, len) = if out.len() % 50 < 5 {
-            (net | ((rng.next() as u32 & 3) << 6), 26)
-        } else {
-            (net | (rng.next() as u32 & 0xff), 32)
-        };
-        if seen.insert((addr, len)) {
+    let mut out = Vec::with_capacity(n);
+    for (i, net) in node_nets.into_iter().enumerate() {
+        let peer = NextHop::Peer(podswitch_engine::peer::PeerId(i as u16));
+        out.push((Prefix::new_truncating(Ipv4Addr::from(net), 24), peer));
+        for block in 0..4u32 {
             out.push((
-                Prefix::new_truncating(Ipv4Addr::from(addr), len),
-                NextHop::Local(PortId((out.len() % 4000) as u16)),
+                Prefix::new_truncating(Ipv4Addr::from(net | block << 6), 26),
+                peer,
+            ));
+        }
+        let mut hosts = std::collections::BTreeSet::new();
+        while hosts.len() < 45 {
+            hosts.insert(rng.next() as u32 & 0xff);
+        }
+        for host in hosts {
+            out.push((
+                Prefix::new_truncating(Ipv4Addr::from(net | host), 32),
+                NextHop::Local(PortId(host as u16)),
             ));
         }
     }
@@ -92,7 +89,7 @@ fn bench_fib(c: &mut Criterion) {
         );
         let mut reference = IpLookupTable::new();
         for (p, nh) in &set {
-            reference.insert(p.addr(), u32::from(p.len()), *nh);
+            reference.insert(p.addr(), u32::from(p.prefix_len()), *nh);
         }
         group.throughput(Throughput::Elements(1024));
         let mut at = 0usize;

@@ -15,3 +15,5 @@ echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== concurrency stress, release mode"
+PODSWITCH_STRESS_ITERATIONS=3000 cargo test --release --locked -p podswitch-engine --test concurrency

@@ -93,7 +93,7 @@ impl FlowHasher {
 
     /// Hashes a frame whose EtherType and network-header offset the caller
     /// already read.
-    #[inline]
+    #[inline(always)]
     pub fn hash_l3(&self, frame: &[u8], ethertype: EtherType, l3_offset: usize) -> u32 {
         let l3 = frame.get(l3_offset..).unwrap_or_default();
         let hash = match ethertype {
@@ -106,7 +106,7 @@ impl FlowHasher {
 
     /// Hashes an IPv4 packet's flow, `None` if it is not a readable IPv4
     /// header. Ports count only for TCP/UDP non-fragments.
-    #[inline]
+    #[inline(always)]
     pub fn hash_ipv4(&self, packet: &[u8]) -> Option<u32> {
         let h: &[u8; ipv4::HEADER_LEN] = packet.get(..ipv4::HEADER_LEN)?.try_into().ok()?;
         if h[0] >> 4 != 4 {

@@ -255,7 +255,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// Checks the header checksum (RFC 791: the ones' complement sum of the
     /// whole header, checksum included, is all ones).
-    #[inline]
+    #[inline(always)]
     pub fn verify_checksum(&self) -> WireResult<()> {
         let header = self.header();
         let sum = match header.try_into() {
@@ -288,6 +288,26 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         let new = self.word(field::TTL..field::TTL + 2);
         let patched = checksum::update_word(self.checksum(), old, new);
         self.set_word(field::CHECKSUM, patched);
+    }
+
+    /// Decrements TTL by one and patches the checksum: one less in the TTL
+    /// byte is 0x0100 less in the header sum, so 0x0100 more in its
+    /// complement, with the end-around carry (the kernel's
+    /// `ip_decrease_ttl()`, include/net/ip.h; a special case of RFC 1624
+    /// that never produces 0xffff). Returns the new TTL.
+    ///
+    /// # Panics
+    /// If the buffer is shorter than 12 bytes, or TTL is already 0 (callers
+    /// send Time Exceeded instead).
+    #[inline]
+    pub fn decrement_ttl(&mut self) -> u8 {
+        let h: &mut [u8] = &mut self.buffer.as_mut()[..12];
+        assert!(h[field::TTL] > 0, "decrementing TTL 0");
+        let check = u32::from(u16::from_be_bytes([h[10], h[11]])) + 0x0100;
+        let check = (check + u32::from(check >= 0xffff)) as u16;
+        h[field::TTL] -= 1;
+        h[10..12].copy_from_slice(&check.to_be_bytes());
+        h[field::TTL]
     }
 
     /// Sets the TOS byte and patches the checksum incrementally.
@@ -532,6 +552,25 @@ mod tests {
         packet.set_src_patch_checksum(Ipv4Addr::new(192, 168, 100, 3));
         packet.set_tos_patch_checksum(0xb9);
         packet.verify_checksum().unwrap();
+    }
+
+    /// The kernel's one-add TTL decrement equals a full recomputation for
+    /// every TTL and a spread of header checksums.
+    #[test]
+    fn decrement_ttl_matches_recompute() {
+        let mut buf = sample();
+        for ident in (0..=u16::MAX).step_by(251) {
+            buf[4..6].copy_from_slice(&ident.to_be_bytes());
+            buf[8] = 255;
+            let mut packet = Ipv4Packet::new_checked(&mut buf[..]).unwrap();
+            packet.fill_checksum();
+            while packet.ttl() > 0 {
+                let ttl = packet.decrement_ttl();
+                assert_eq!(ttl, packet.ttl());
+                packet.verify_checksum().unwrap();
+                assert_ne!(packet.checksum(), 0xffff);
+            }
+        }
     }
 
     #[test]

@@ -91,7 +91,7 @@ impl Prefix {
     }
 
     /// The prefix length.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -374,14 +374,14 @@ mod tests {
         routes
             .iter()
             .filter(|(pfx, _)| pfx.contains(addr))
-            .max_by_key(|(pfx, _)| pfx.len())
+            .max_by_key(|(pfx, _)| pfx.prefix_len())
             .map(|(_, nh)| *nh)
     }
 
     #[test]
     fn prefix_parsing() {
         assert_eq!(p("10.244.1.0/24").to_string(), "10.244.1.0/24");
-        assert_eq!(p("10.244.1.7").len(), 32);
+        assert_eq!(p("10.244.1.7").prefix_len(), 32);
         assert!(matches!(
             "10.244.1.7/24".parse::<Prefix>(),
             Err(PrefixError::HostBits(..))
@@ -468,7 +468,7 @@ mod tests {
             }
             // Every route's first and last address.
             for pfx in b.routes().keys() {
-                let last = Ipv4Addr::from(u32::from(pfx.addr()) | !mask(pfx.len()));
+                let last = Ipv4Addr::from(u32::from(pfx.addr()) | !mask(pfx.prefix_len()));
                 assert_eq!(fib.lookup(pfx.addr()), naive(b.routes(), pfx.addr()));
                 assert_eq!(fib.lookup(last), naive(b.routes(), last));
             }

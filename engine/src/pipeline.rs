@@ -52,6 +52,8 @@ const ETH: usize = ethernet::HEADER_LEN;
 pub struct Outputs {
     batches: Vec<Vec<PacketBuf>>,
     active: Vec<PortId>,
+    /// Frames of each batch already counted in the port's tx counters.
+    counted: Vec<usize>,
 }
 
 impl Outputs {
@@ -60,11 +62,12 @@ impl Outputs {
         Outputs::default()
     }
 
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, port: PortId, buf: PacketBuf) {
         let i = usize::from(port.0);
         if self.batches.len() <= i {
             self.batches.resize_with(i + 1, Vec::new);
+            self.counted.resize(i + 1, 0);
         }
         if self.batches[i].is_empty() {
             self.active.push(port);
@@ -77,6 +80,7 @@ impl Outputs {
     pub fn drain(&mut self, mut send: impl FnMut(PortId, &mut Vec<PacketBuf>)) {
         for port in self.active.drain(..) {
             let batch = &mut self.batches[usize::from(port.0)];
+            self.counted[usize::from(port.0)] = 0;
             send(port, batch);
             debug_assert!(batch.is_empty(), "send must consume the batch");
         }
@@ -122,7 +126,7 @@ enum Origin {
 }
 
 impl Origin {
-    fn from_underlay(self) -> bool {
+    fn is_underlay(self) -> bool {
         matches!(self, Origin::Tunnel(_) | Origin::Direct(_))
     }
 }
@@ -182,7 +186,7 @@ impl Pipeline {
         };
         // Receive counters once per run of frames from one port.
         let mut run: Option<(PortId, u64, u64)> = None;
-        for buf in batch.iter() {
+        for mut buf in batch.drain(..) {
             match &mut run {
                 Some((port, packets, bytes)) if *port == buf.in_port => {
                     *packets += 1;
@@ -195,28 +199,24 @@ impl Pipeline {
                     run = Some((buf.in_port, 1, buf.len() as u64));
                 }
             }
+            let verdict = self.handle(&ctx, &mut buf, pool, out, &mut NoTrace);
+            self.finish(&ctx, buf, verdict, pool, out);
         }
         if let Some((port, packets, bytes)) = run {
             tables.stats.add_rx(port, packets, bytes);
         }
-        let before: Vec<PortId> = out.active.clone();
-        for mut buf in batch.drain(..) {
-            let verdict = self.handle(&ctx, &mut buf, pool, out, &mut NoTrace);
-            self.finish(&ctx, buf, verdict, pool, out);
-        }
-        // Transmit counters once per output batch.
-        for port in &out.active {
-            if !before.contains(port) {
-                let b = &out.batches[usize::from(port.0)];
-                tables.stats.add_tx(
-                    *port,
-                    b.len() as u64,
-                    b.iter().map(|f| f.len() as u64).sum(),
-                );
-            }
+        // Transmit counters once per output batch, for the frames queued
+        // since the last count.
+        for &port in &out.active {
+            let i = usize::from(port.0);
+            let queued = &out.batches[i][out.counted[i]..];
+            let bytes = queued.iter().map(|f| f.len() as u64).sum();
+            tables.stats.add_tx(port, queued.len() as u64, bytes);
+            out.counted[i] = out.batches[i].len();
         }
     }
 
+    #[inline(always)]
     fn finish(
         &mut self,
         ctx: &Ctx<'_>,
@@ -296,15 +296,15 @@ impl Pipeline {
             return Drop(DropReason::PortGone);
         };
         match port.spec.role {
-            PortRole::Pod => self.from_pod(ctx, port, buf, pool, out, t),
-            PortRole::Underlay => self.from_underlay(ctx, buf, pool, out, t),
-            PortRole::Host => self.from_host(ctx, buf, pool, out, t),
+            PortRole::Pod => self.on_pod(ctx, port, buf, pool, out, t),
+            PortRole::Underlay => self.on_underlay(ctx, buf, pool, out, t),
+            PortRole::Host => self.on_host(ctx, buf, pool, out, t),
         }
     }
 
     // ---- pod ports -------------------------------------------------------
 
-    fn from_pod<T: Tracer>(
+    fn on_pod<T: Tracer>(
         &mut self,
         ctx: &Ctx<'_>,
         port: &PortEntry,
@@ -534,7 +534,7 @@ impl Pipeline {
 
     // ---- underlay and host ------------------------------------------------
 
-    fn from_underlay<T: Tracer>(
+    fn on_underlay<T: Tracer>(
         &mut self,
         ctx: &Ctx<'_>,
         buf: &mut PacketBuf,
@@ -551,7 +551,7 @@ impl Pipeline {
                 | DecapError::NotTunnelProtocol(_)
                 | DecapError::NotTunnelPort(_),
             ) => {
-                return self.direct_from_underlay(ctx, buf, pool, out, t);
+                return self.on_underlay_direct(ctx, buf, pool, out, t);
             }
             Err(e) => return Drop(DropReason::from_decap(e)),
         };
@@ -611,7 +611,7 @@ impl Pipeline {
 
     /// host-gw: a plain IPv4 frame from a peer whose packets come without a
     /// tunnel.
-    fn direct_from_underlay<T: Tracer>(
+    fn on_underlay_direct<T: Tracer>(
         &mut self,
         ctx: &Ctx<'_>,
         buf: &mut PacketBuf,
@@ -638,7 +638,7 @@ impl Pipeline {
         }
     }
 
-    fn from_host<T: Tracer>(
+    fn on_host<T: Tracer>(
         &mut self,
         ctx: &Ctx<'_>,
         buf: &mut PacketBuf,
@@ -712,7 +712,7 @@ impl Pipeline {
         let Some(next_hop) = next_hop else {
             return Drop(DropReason::NoRoute);
         };
-        if origin.from_underlay() && matches!(next_hop, NextHop::Peer(_) | NextHop::Direct(_)) {
+        if origin.is_underlay() && matches!(next_hop, NextHop::Peer(_) | NextHop::Direct(_)) {
             return Drop(DropReason::TunnelTransit);
         }
         match next_hop {
@@ -780,7 +780,7 @@ impl Pipeline {
                     );
                     return Drop(DropReason::FragmentationNeeded);
                 }
-                self.to_peer(ctx, buf, peer, underlay, t)
+                self.forward_to_peer(ctx, buf, peer, underlay, t)
             }
         }
     }
@@ -788,6 +788,7 @@ impl Pipeline {
     /// Sends an ICMP Time Exceeded and returns a drop if the packet's TTL
     /// does not allow another hop; decrements it otherwise.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn check_ttl<T: Tracer>(
         &mut self,
         ctx: &Ctx<'_>,
@@ -807,7 +808,7 @@ impl Pipeline {
             self.icmp_error(ctx, buf, Icmpv4Error::TtlExceeded, pool, out, t);
             return Some(Drop(DropReason::TtlExpired));
         }
-        Ipv4Packet::new_unchecked(&mut buf.frame_mut()[ETH..]).set_ttl_patch_checksum(ttl - 1);
+        Ipv4Packet::new_unchecked(&mut buf.frame_mut()[ETH..]).decrement_ttl();
         t.step(|| Step::Ttl {
             from: ttl,
             to: ttl - 1,
@@ -815,7 +816,7 @@ impl Pipeline {
         None
     }
 
-    fn to_peer<T: Tracer>(
+    fn forward_to_peer<T: Tracer>(
         &mut self,
         ctx: &Ctx<'_>,
         buf: &mut PacketBuf,

@@ -675,3 +675,88 @@ fn trace_shows_every_decision_of_the_vxlan_path() {
         Some(&Step::Drop(DropReason::Blackhole))
     );
 }
+
+/// Neighbours are configured with the port, and learned from ARP: a pod
+/// that answers for a second address (anti-spoofing off) is reached there.
+#[test]
+fn neighbours_are_learned_from_arp() {
+    let mut node = Node::flannel(Backend::Vxlan);
+    let mut spec =
+        podswitch_engine::tables::PortSpec::pod("veth-multi", ip("10.244.1.2"), BUSYBOX1_MAC);
+    spec.anti_spoof = false;
+    let multi = node.tables.attach_port(spec).unwrap();
+    let bb2 = node.pod("veth-bb2", "10.244.1.3", BUSYBOX2_MAC);
+    node.tables
+        .add_route("10.244.1.200/32".parse().unwrap(), NextHop::Local(multi))
+        .unwrap();
+    let second_mac = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0xc8]);
+    assert_eq!(node.tables.load().neighbours.get(&ip("10.244.1.200")), None);
+    // A gratuitous ARP announces 10.244.1.200 at another MAC.
+    let garp = {
+        let mut f = arp_request(second_mac, "10.244.1.200", "10.244.1.200");
+        f[6..12].copy_from_slice(&second_mac.0);
+        f
+    };
+    node.send(multi, garp);
+    let n = node
+        .tables
+        .load()
+        .neighbours
+        .get(&ip("10.244.1.200"))
+        .copied()
+        .unwrap();
+    assert_eq!((n.mac, n.port, n.learned), (second_mac, multi, true));
+    // Routed traffic to that address now uses the learned MAC.
+    let gw = node.tables.load().node.gateway_mac;
+    let frame = ping_frame(BUSYBOX2_MAC, gw, "10.244.1.3", "10.244.1.200", 64);
+    assert_eq!(
+        node.send(bb2, frame.clone()),
+        vec![(multi, routed(&frame, gw, second_mac))]
+    );
+    // A configured neighbour is never overwritten by ARP.
+    node.send(multi, arp_request(second_mac, "10.244.1.2", "10.244.1.1"));
+    assert_eq!(
+        node.tables
+            .load()
+            .neighbours
+            .get(&ip("10.244.1.2"))
+            .unwrap()
+            .mac,
+        BUSYBOX1_MAC
+    );
+}
+
+/// Counters match the traffic, also when outputs pile up over several
+/// `process` calls before the caller sends them.
+#[test]
+fn counters_match_the_traffic() {
+    use podswitch_engine::pipeline::Outputs;
+    let mut node = Node::flannel(Backend::Vxlan);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    let bb2 = node.pod("veth-bb2", "10.244.1.3", BUSYBOX2_MAC);
+    node.tables.fdb.learn(BUSYBOX2_MAC, bb2, node.now);
+    let frame = ping_frame(BUSYBOX1_MAC, BUSYBOX2_MAC, "10.244.1.2", "10.244.1.3", 64);
+    let mut out = Outputs::new();
+    for _ in 0..3 {
+        let mut batch = vec![
+            node.pool.alloc_with(bb1, &frame).unwrap(),
+            node.pool.alloc_with(bb1, &frame).unwrap(),
+        ];
+        node.pipeline
+            .process(&mut batch, &mut node.pool, &mut out, node.now);
+    }
+    assert_eq!(out.len(), 6);
+    let pool = &mut node.pool;
+    out.drain(|_, b| pool.free_all(b));
+    let s = node.stats();
+    assert_eq!(s.port(bb1).rx_packets, 6);
+    assert_eq!(s.port(bb1).rx_bytes, 6 * frame.len() as u64);
+    assert_eq!(s.port(bb2).tx_packets, 6);
+    assert_eq!(s.port(bb2).tx_bytes, 6 * frame.len() as u64);
+    node.expect_drop(
+        bb1,
+        ping_frame(BUSYBOX1_MAC, BUSYBOX1_MAC, "10.244.1.2", "10.244.1.3", 64),
+        DropReason::L2Hairpin,
+    );
+    assert_eq!(node.stats().port(bb1).drops, 1);
+}

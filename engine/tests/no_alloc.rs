@@ -1,0 +1,128 @@
+//! Nothing allocates per packet: after a warm-up batch, running batches
+//! through the pipeline (switching, VXLAN encapsulation and decapsulation,
+//! an ICMP error) makes no heap allocation. A counting global allocator
+//! checks it.
+
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use podswitch_engine::config::Backend;
+use podswitch_engine::encap::{FrameBuf, OuterPath, Tunnel, TunnelConfig};
+use podswitch_engine::packet::{PacketBuf, BATCH_SIZE};
+use podswitch_engine::pipeline::Outputs;
+use podswitch_engine::port::PortId;
+use support::*;
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the
+// counter has no effect on the memory handed out.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System` with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn the_data_path_does_not_allocate() {
+    let mut node = Node::flannel(Backend::Vxlan);
+    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    let bb2 = node.pod("veth-bb2", "10.244.1.3", BUSYBOX2_MAC);
+    node.peer(
+        "node2",
+        NODE2_UNDERLAY,
+        NODE2_UNDERLAY_MAC,
+        "10.244.2.0/24",
+        Backend::Vxlan,
+    );
+    let cfg = node.tables.load().node.clone();
+    let from_node2 = {
+        let inner = ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.2.5", "10.244.1.2", 64);
+        let path = OuterPath {
+            src_mac: NODE2_UNDERLAY_MAC,
+            dst_mac: cfg.underlay_mac,
+            src_ip: NODE2_UNDERLAY,
+            dst_ip: NODE1_UNDERLAY,
+        };
+        let mut buf = vec![0u8; 128 + inner.len()];
+        buf[128..].copy_from_slice(&inner);
+        let mut f = FrameBuf::new(&mut buf, 128, 128 + inner.len());
+        Tunnel::new(TunnelConfig::vxlan())
+            .encapsulate(&path, &mut f, 1)
+            .unwrap();
+        f.frame().to_vec()
+    };
+    let cases: Vec<(PortId, Vec<u8>)> = vec![
+        (
+            bb1,
+            ping_frame(BUSYBOX1_MAC, BUSYBOX2_MAC, "10.244.1.2", "10.244.1.3", 64),
+        ),
+        (
+            bb1,
+            ping_frame(
+                BUSYBOX1_MAC,
+                cfg.gateway_mac,
+                "10.244.1.2",
+                "10.244.2.5",
+                64,
+            ),
+        ),
+        (node.underlay, from_node2),
+        (
+            bb1,
+            ping_frame(BUSYBOX1_MAC, cfg.gateway_mac, "10.244.1.2", "10.244.2.5", 1),
+        ), // ICMP error
+        (
+            bb2,
+            ping_frame(BUSYBOX2_MAC, BUSYBOX1_MAC, "10.244.1.3", "10.244.1.2", 64),
+        ),
+    ];
+    let mut batch: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE);
+    let mut out = Outputs::new();
+    let mut sent = 0u64;
+    let mut round = |node: &mut Node, batch: &mut Vec<PacketBuf>, out: &mut Outputs| {
+        for i in 0..BATCH_SIZE {
+            let (port, frame) = &cases[i % cases.len()];
+            batch.push(node.pool.alloc_with(*port, frame).unwrap());
+        }
+        node.pipeline.process(batch, &mut node.pool, out, node.now);
+        let pool = &mut node.pool;
+        out.drain(|_, b| {
+            sent += b.len() as u64;
+            pool.free_all(b);
+        });
+    };
+    round(&mut node, &mut batch, &mut out); // warm-up: output batches reach their size
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..1000 {
+        round(&mut node, &mut batch, &mut out);
+    }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        allocations, 0,
+        "{allocations} heap allocations in 32 000 packets"
+    );
+    assert!(
+        sent >= 1001 * BATCH_SIZE as u64,
+        "every frame left ({sent})"
+    );
+    assert_eq!(node.pool.in_use(), 0);
+}

@@ -26,6 +26,11 @@
 //! writes capture files.
 //!
 //! No I/O, no allocation per packet, no `unsafe`.
+//!
+//! The views are our own rather than etherparse's, because the data path
+//! writes headers in place in front of a frame and cannot allocate; the
+//! tests use etherparse as the independent parser that checks them, next to
+//! Scapy, tshark and the Linux kernel's own vxlan device.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -6,7 +6,7 @@ mod support;
 
 use podswitch_engine::config::{Backend, NodeConfig};
 use podswitch_engine::drop::DropReason;
-use podswitch_engine::encap::{FrameBuf, MacAddr, OuterPath, Tunnel, TunnelConfig};
+use podswitch_engine::encap::{MacAddr, TunnelConfig};
 use podswitch_engine::port::PortId;
 use proptest::prelude::*;
 use support::*;
@@ -35,23 +35,6 @@ fn setup(backend: Backend) -> Setup {
         gw: cfg.gateway_mac,
         vtep: cfg.vtep_mac,
     }
-}
-
-fn from_node2(s: &Setup, config: TunnelConfig, inner: &[u8]) -> Vec<u8> {
-    let cfg = s.node.tables.load().node.clone();
-    let path = OuterPath {
-        src_mac: NODE2_UNDERLAY_MAC,
-        dst_mac: cfg.underlay_mac,
-        src_ip: NODE2_UNDERLAY,
-        dst_ip: NODE1_UNDERLAY,
-    };
-    let mut buf = vec![0u8; 128 + inner.len()];
-    buf[128..].copy_from_slice(inner);
-    let mut frame = FrameBuf::new(&mut buf, 128, 128 + inner.len());
-    Tunnel::new(config)
-        .encapsulate(&path, &mut frame, 9)
-        .unwrap();
-    frame.frame().to_vec()
 }
 
 /// Recomputes the IPv4 header checksum at `at` (to build frames whose only
@@ -98,7 +81,7 @@ fn ipv4_truncated_at_every_length() {
 fn outer_udp_truncated_at_every_length() {
     let mut s = setup(Backend::Vxlan);
     let inner = ping_frame(NODE2_VTEP, s.vtep, "10.244.2.5", "10.244.1.2", 64);
-    let outer = from_node2(&s, TunnelConfig::vxlan(), &inner);
+    let outer = from_node2(&s.node, TunnelConfig::vxlan(), &inner);
     let under = s.node.underlay;
     for len in 34..42 {
         // A consistent IPv4 header around a cut UDP header.
@@ -189,7 +172,7 @@ fn hostile_vxlan() {
     let mut s = setup(Backend::Vxlan);
     let under = s.node.underlay;
     let inner = ping_frame(NODE2_VTEP, s.vtep, "10.244.2.5", "10.244.1.2", 64);
-    let good = from_node2(&s, TunnelConfig::vxlan(), &inner);
+    let good = from_node2(&s.node, TunnelConfig::vxlan(), &inner);
     assert_eq!(
         s.node.send(under, good.clone()).len(),
         1,
@@ -234,7 +217,7 @@ fn hostile_vxlan() {
     );
     s.node.expect_drop(
         under,
-        from_node2(&s, TunnelConfig::vxlan(), &elsewhere),
+        from_node2(&s.node, TunnelConfig::vxlan(), &elsewhere),
         DropReason::InnerNotForVtep,
     );
 }
@@ -266,7 +249,7 @@ fn ipip_outer_fragment_is_dropped() {
         false,
         20,
     );
-    let good = from_node2(&s, TunnelConfig::ipip(), &inner);
+    let good = from_node2(&s.node, TunnelConfig::ipip(), &inner);
     let mut node = s.node;
     assert_eq!(node.send(node.underlay, good.clone()).len(), 1);
     let under = node.underlay;

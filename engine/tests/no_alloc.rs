@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use podswitch_engine::config::Backend;
-use podswitch_engine::encap::{FrameBuf, OuterPath, Tunnel, TunnelConfig};
+use podswitch_engine::encap::TunnelConfig;
 use podswitch_engine::packet::{PacketBuf, BATCH_SIZE};
 use podswitch_engine::pipeline::Outputs;
 use podswitch_engine::port::PortId;
@@ -54,22 +54,11 @@ fn the_data_path_does_not_allocate() {
         Backend::Vxlan,
     );
     let cfg = node.tables.load().node.clone();
-    let from_node2 = {
-        let inner = ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.2.5", "10.244.1.2", 64);
-        let path = OuterPath {
-            src_mac: NODE2_UNDERLAY_MAC,
-            dst_mac: cfg.underlay_mac,
-            src_ip: NODE2_UNDERLAY,
-            dst_ip: NODE1_UNDERLAY,
-        };
-        let mut buf = vec![0u8; 128 + inner.len()];
-        buf[128..].copy_from_slice(&inner);
-        let mut f = FrameBuf::new(&mut buf, 128, 128 + inner.len());
-        Tunnel::new(TunnelConfig::vxlan())
-            .encapsulate(&path, &mut f, 1)
-            .unwrap();
-        f.frame().to_vec()
-    };
+    let from_node2 = from_node2(
+        &node,
+        TunnelConfig::vxlan(),
+        &ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.2.5", "10.244.1.2", 64),
+    );
     let cases: Vec<(PortId, Vec<u8>)> = vec![
         (
             bb1,

@@ -8,44 +8,11 @@ use podswitch_engine::drop::DropReason;
 use podswitch_engine::encap::icmpv4::{Icmpv4Packet, Icmpv4Type};
 use podswitch_engine::encap::ipv4::Ipv4Packet;
 use podswitch_engine::encap::{
-    DecapConfig, Decapsulator, FrameBuf, MacAddr, OuterPath, Tunnel, TunnelConfig, TunnelMode,
+    DecapConfig, Decapsulator, MacAddr, OuterPath, TunnelConfig, TunnelMode,
 };
 use podswitch_engine::fib::NextHop;
 use podswitch_engine::trace::Step;
 use support::*;
-
-/// The outer path node 1 uses towards node 2.
-fn path_to_node2(node: &Node) -> OuterPath {
-    let cfg = node.tables.load().node.clone();
-    OuterPath {
-        src_mac: cfg.underlay_mac,
-        dst_mac: NODE2_UNDERLAY_MAC,
-        src_ip: NODE1_UNDERLAY,
-        dst_ip: NODE2_UNDERLAY,
-    }
-}
-
-fn encapsulate(config: TunnelConfig, path: &OuterPath, inner: &[u8], ident: u16) -> Vec<u8> {
-    let mut buf = vec![0u8; 128 + inner.len()];
-    buf[128..].copy_from_slice(inner);
-    let mut frame = FrameBuf::new(&mut buf, 128, 128 + inner.len());
-    Tunnel::new(config)
-        .encapsulate(path, &mut frame, ident)
-        .unwrap();
-    frame.frame().to_vec()
-}
-
-/// What node 2 would send node 1: `inner` encapsulated from node 2.
-fn from_node2(node: &Node, config: TunnelConfig, inner: &[u8]) -> Vec<u8> {
-    let cfg = node.tables.load().node.clone();
-    let path = OuterPath {
-        src_mac: NODE2_UNDERLAY_MAC,
-        dst_mac: cfg.underlay_mac,
-        src_ip: NODE2_UNDERLAY,
-        dst_ip: NODE1_UNDERLAY,
-    };
-    encapsulate(config, &path, inner, 77)
-}
 
 // ---- flannel, bridge mode ---------------------------------------------------
 
@@ -101,21 +68,22 @@ fn arp_for_the_gateway_is_answered_and_never_for_the_asker() {
     );
 }
 
-/// flannel vxlan, node 1 -> node 2 and back.
-#[test]
-fn cross_node_flannel_vxlan() {
-    let mut node = Node::flannel(Backend::Vxlan);
+/// A pod on node 1 pings a pod on node 2 through `backend`'s tunnel and
+/// gets the reply: the exact frames on the underlay and at the pod.
+fn tunnel_round_trip(backend: Backend, tunnel: TunnelConfig) -> Vec<u8> {
+    let mut node = Node::flannel(backend);
     let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
     node.peer(
         "node2",
         NODE2_UNDERLAY,
         NODE2_UNDERLAY_MAC,
         "10.244.2.0/24",
-        Backend::Vxlan,
+        backend,
     );
     let cfg = node.tables.load().node.clone();
 
-    // Out: the inner frame goes VTEP to VTEP, TTL 63, in VXLAN VNI 1 to 8472.
+    // Out: TTL 63; VXLAN carries the frame VTEP to VTEP (flannel.1's ARP
+    // entry for 10.244.2.0), the other tunnels carry only the IP packet.
     let ping = ping_frame(
         BUSYBOX1_MAC,
         cfg.gateway_mac,
@@ -123,61 +91,47 @@ fn cross_node_flannel_vxlan() {
         "10.244.2.5",
         64,
     );
-    let inner = routed(&ping, cfg.vtep_mac, NODE2_VTEP);
-    let expected = encapsulate(TunnelConfig::vxlan(), &path_to_node2(&node), &inner, 1);
-    assert_eq!(node.send(bb1, ping), vec![(node.underlay, expected)]);
-
-    // In: from node 2's pod to busybox1, delivered with the gateway's MAC, TTL - 1.
-    let reply = ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.2.5", "10.244.1.2", 64);
-    let out = node.send(
-        node.underlay,
-        from_node2(&node, TunnelConfig::vxlan(), &reply),
+    let inner = match tunnel.mode {
+        TunnelMode::Vxlan => routed(&ping, cfg.vtep_mac, NODE2_VTEP),
+        _ => routed(&ping, cfg.gateway_mac, cfg.gateway_mac), // MACs do not travel
+    };
+    let expected = encapsulate(tunnel, &path_to_node2(&node), &inner, 1);
+    assert_eq!(
+        node.send(bb1, ping),
+        vec![(node.underlay, expected.clone())]
     );
+
+    // In: node 2's pod answers; busybox1 gets it from the gateway MAC, TTL - 1.
+    let reply = ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.2.5", "10.244.1.2", 64);
+    let out = node.send(node.underlay, from_node2(&node, tunnel, &reply));
     assert_eq!(
         out,
         vec![(bb1, routed(&reply, cfg.gateway_mac, BUSYBOX1_MAC))]
     );
+    expected
+}
+
+/// flannel vxlan: VNI 1, UDP to 8472.
+#[test]
+fn cross_node_flannel_vxlan() {
+    let outer = tunnel_round_trip(Backend::Vxlan, TunnelConfig::vxlan());
+    assert_eq!(&outer[36..38], &[0x21, 0x18], "UDP to 8472");
+    assert_eq!(&outer[42..50], &[0x08, 0, 0, 0, 0, 0, 1, 0], "VXLAN, VNI 1");
 }
 
 /// flannel udp: the inner IP packet in UDP 8285.
 #[test]
 fn cross_node_flannel_udp() {
-    let mut node = Node::flannel(Backend::Udp);
-    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
-    node.peer(
-        "node2",
-        NODE2_UNDERLAY,
-        NODE2_UNDERLAY_MAC,
-        "10.244.2.0/24",
-        Backend::Udp,
-    );
-    let cfg = node.tables.load().node.clone();
-
-    let ping = ping_frame(
-        BUSYBOX1_MAC,
-        cfg.gateway_mac,
-        "10.244.1.2",
-        "10.244.2.5",
-        64,
-    );
-    let inner = routed(&ping, cfg.gateway_mac, cfg.gateway_mac); // MACs do not travel
-    let expected = encapsulate(TunnelConfig::ip_in_udp(), &path_to_node2(&node), &inner, 1);
-    let out = node.send(bb1, ping);
-    assert_eq!(out, vec![(node.underlay, expected.clone())]);
+    let outer = tunnel_round_trip(Backend::Udp, TunnelConfig::ip_in_udp());
     assert_eq!(
-        &expected[34..38],
+        &outer[34..38],
         &[0x20, 0x5d, 0x20, 0x5d],
         "UDP 8285 -> 8285"
     );
-
-    let reply = ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.2.5", "10.244.1.2", 64);
-    let out = node.send(
-        node.underlay,
-        from_node2(&node, TunnelConfig::ip_in_udp(), &reply),
-    );
     assert_eq!(
-        out,
-        vec![(bb1, routed(&reply, cfg.gateway_mac, BUSYBOX1_MAC))]
+        outer[42] >> 4,
+        4,
+        "the inner IPv4 header follows the UDP header"
     );
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use etherparse::{IpNumber, Ipv4Header};
 use podswitch_engine::config::{Backend, NodeConfig};
 use podswitch_engine::drop::DropReason;
-use podswitch_engine::encap::{MacAddr, Vni};
+use podswitch_engine::encap::{FrameBuf, MacAddr, OuterPath, Tunnel, TunnelConfig, Vni};
 use podswitch_engine::packet::{PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
 use podswitch_engine::peer::{PeerId, PeerSpec};
 use podswitch_engine::pipeline::{Outputs, Pipeline};
@@ -254,4 +254,39 @@ pub fn routed(frame: &[u8], src_mac: MacAddr, dst_mac: MacAddr) -> Vec<u8> {
 pub struct Ports {
     pub a: PortId,
     pub b: PortId,
+}
+
+/// The outer path node 1 uses towards node 2.
+pub fn path_to_node2(node: &Node) -> OuterPath {
+    let cfg = node.tables.load().node.clone();
+    OuterPath {
+        src_mac: cfg.underlay_mac,
+        dst_mac: NODE2_UNDERLAY_MAC,
+        src_ip: NODE1_UNDERLAY,
+        dst_ip: NODE2_UNDERLAY,
+    }
+}
+
+/// `inner` encapsulated by podswitch-encap (checked against Scapy and the
+/// kernel in the encap tests) with `config` along `path`.
+pub fn encapsulate(config: TunnelConfig, path: &OuterPath, inner: &[u8], ident: u16) -> Vec<u8> {
+    let mut buf = vec![0u8; 128 + inner.len()];
+    buf[128..].copy_from_slice(inner);
+    let mut frame = FrameBuf::new(&mut buf, 128, 128 + inner.len());
+    Tunnel::new(config)
+        .encapsulate(path, &mut frame, ident)
+        .unwrap();
+    frame.frame().to_vec()
+}
+
+/// What node 2 would send node 1: `inner` encapsulated from node 2.
+pub fn from_node2(node: &Node, config: TunnelConfig, inner: &[u8]) -> Vec<u8> {
+    let cfg = node.tables.load().node.clone();
+    let path = OuterPath {
+        src_mac: NODE2_UNDERLAY_MAC,
+        dst_mac: cfg.underlay_mac,
+        src_ip: NODE2_UNDERLAY,
+        dst_ip: NODE1_UNDERLAY,
+    };
+    encapsulate(config, &path, inner, 77)
 }

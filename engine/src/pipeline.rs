@@ -403,11 +403,13 @@ impl Pipeline {
             return Drop(DropReason::ArpMalformed);
         };
         let unspecified = arp.sender_ip == Ipv4Addr::UNSPECIFIED; // an RFC 5227 probe
-        if port.spec.anti_spoof
-            && (Some(arp.sender_mac) != port.spec.mac
-                || (!unspecified && Some(arp.sender_ip) != port.spec.ip))
-        {
-            return Drop(DropReason::SpoofedSourceIp);
+        if port.spec.anti_spoof {
+            if Some(arp.sender_mac) != port.spec.mac {
+                return Drop(DropReason::SpoofedSourceMac);
+            }
+            if !unspecified && Some(arp.sender_ip) != port.spec.ip {
+                return Drop(DropReason::SpoofedSourceIp);
+            }
         }
         if !unspecified && node.pod_cidr.contains(arp.sender_ip) && ctx.learning {
             ctx.tables

@@ -281,7 +281,7 @@ impl Tables {
     /// Nothing is published if `f` fails.
     pub fn edit<R>(
         &self,
-        f: impl FnOnce(&mut Editor) -> Result<R, TableError>,
+        f: impl FnOnce(&mut Editor<'_>) -> Result<R, TableError>,
     ) -> Result<R, TableError> {
         // A panic while editing left no published change, so the builder
         // behind a poisoned lock is still the published one's source.
@@ -289,20 +289,19 @@ impl Tables {
         let current = self.current.load_full();
         let mut editor = Editor {
             next: (*current).clone(),
-            fib: fib.clone(),
-            fib_dirty: false,
+            base: &fib,
+            changed: None,
             max_ports: self.max_ports,
             detached: Vec::new(),
         };
         let result = f(&mut editor)?;
         let Editor {
             mut next,
-            fib: new_fib,
-            fib_dirty,
+            changed,
             detached,
             ..
         } = editor;
-        if fib_dirty {
+        if let Some(new_fib) = changed {
             next.fib = Arc::new(new_fib.build());
             *fib = new_fib;
         }
@@ -377,15 +376,28 @@ impl Tables {
 
 /// Changes being prepared for the next snapshot; see [`Tables::edit`].
 #[derive(Debug)]
-pub struct Editor {
+pub struct Editor<'a> {
     next: Snapshot,
-    fib: FibBuilder,
-    fib_dirty: bool,
+    /// The published routes.
+    base: &'a FibBuilder,
+    /// The routes with this edit's changes, copied from `base` on the first
+    /// route change: edits that touch no route (a learned neighbour, a port
+    /// without an address) neither copy nor rebuild the FIB.
+    changed: Option<FibBuilder>,
     max_ports: usize,
     detached: Vec<PortId>,
 }
 
-impl Editor {
+impl Editor<'_> {
+    fn routes(&self) -> &FibBuilder {
+        self.changed.as_ref().unwrap_or(self.base)
+    }
+
+    fn routes_mut(&mut self) -> &mut FibBuilder {
+        let base = self.base;
+        self.changed.get_or_insert_with(|| base.clone())
+    }
+
     /// The snapshot as it stands with the changes so far.
     pub fn snapshot(&self) -> &Snapshot {
         &self.next
@@ -396,8 +408,7 @@ impl Editor {
     }
 
     fn set_route(&mut self, prefix: Prefix, next_hop: NextHop) {
-        self.fib.insert(prefix, next_hop);
-        self.fib_dirty = true;
+        self.routes_mut().insert(prefix, next_hop);
     }
 
     /// Attaches a port. A pod port needs its IP (inside the node's pod
@@ -490,8 +501,7 @@ impl Editor {
         if table.host == Some(id) {
             table.host = None;
         }
-        self.fib.retain(|_, nh| *nh != NextHop::Local(id));
-        self.fib_dirty = true;
+        self.routes_mut().retain(|_, nh| *nh != NextHop::Local(id));
         Arc::make_mut(&mut self.next.neighbours).retain(|_, n| n.port != id);
         self.detached.push(id);
         Ok(id)
@@ -529,9 +539,8 @@ impl Editor {
             .map(|p| p.id)
             .ok_or_else(|| TableError::NoSuchPeer(name.into()))?;
         Arc::make_mut(&mut self.next.peers).remove(id);
-        self.fib
+        self.routes_mut()
             .retain(|_, nh| *nh != NextHop::Peer(id) && *nh != NextHop::Direct(id));
-        self.fib_dirty = true;
         Ok(id)
     }
 
@@ -551,11 +560,9 @@ impl Editor {
 
     /// Removes a route.
     pub fn remove_route(&mut self, prefix: Prefix) -> Result<NextHop, TableError> {
-        let nh = self
-            .fib
-            .remove(&prefix)
-            .ok_or(TableError::NoSuchRoute(prefix))?;
-        self.fib_dirty = true;
-        Ok(nh)
+        if !self.routes().routes().contains_key(&prefix) {
+            return Err(TableError::NoSuchRoute(prefix));
+        }
+        Ok(self.routes_mut().remove(&prefix).expect("checked above"))
     }
 }

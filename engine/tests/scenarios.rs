@@ -493,6 +493,10 @@ fn spoofed_sources_are_dropped_unless_anti_spoofing_is_off() {
         arp_request(BUSYBOX1_MAC, "10.244.1.3", "10.244.1.1"),
         DropReason::SpoofedSourceIp,
     );
+    // An ARP whose sender MAC field is not the pod's, in an honest frame.
+    let mut forged = arp_request(BUSYBOX1_MAC, "10.244.1.2", "10.244.1.1");
+    forged[22..28].copy_from_slice(&BUSYBOX2_MAC.0);
+    node.expect_drop(bb1, forged, DropReason::SpoofedSourceMac);
 
     let mut spec = podswitch_engine::tables::PortSpec::pod(
         "veth-free",
@@ -651,7 +655,12 @@ fn neighbours_are_learned_from_arp() {
         f[6..12].copy_from_slice(&second_mac.0);
         f
     };
+    let fib_before = node.tables.snapshot().fib.clone();
     node.send(multi, garp);
+    assert!(
+        std::sync::Arc::ptr_eq(&fib_before, &node.tables.snapshot().fib),
+        "learning a neighbour publishes a snapshot without copying or rebuilding the FIB"
+    );
     let n = node
         .tables
         .load()

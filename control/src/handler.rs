@@ -1,0 +1,425 @@
+//! Applies control requests to an engine's tables.
+//!
+//! The handler owns a [`Pipeline`] of its own over the same tables, used
+//! only for `trace` (a trace learns, counts and sends nothing, so it never
+//! disturbs the workers). Every failure becomes an error reply; nothing in
+//! a request can make the handler panic.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use podswitch_engine::config::Backend;
+use podswitch_engine::encap::ethernet::{EtherType, EthernetRepr};
+use podswitch_engine::encap::ipv4::Ipv4Repr;
+use podswitch_engine::encap::udp::UdpRepr;
+use podswitch_engine::encap::{checksum, hex, IpProtocol, MacAddr, Vni};
+use podswitch_engine::fib::{NextHop, Prefix};
+use podswitch_engine::peer::{Forwarding, PeerSpec};
+use podswitch_engine::pipeline::Pipeline;
+use podswitch_engine::tables::{PortSpec, Snapshot, Tables};
+use serde_json::{json, Value};
+
+use crate::protocol::{FrameSpec, NextHopSpec, Request, PROTOCOL_VERSION};
+
+/// Serves requests against one node's tables.
+#[derive(Debug)]
+pub struct Handler {
+    tables: Arc<Tables>,
+    tracer: Mutex<Pipeline>,
+    started: Instant,
+    clock: fn() -> u32,
+}
+
+fn parse_ip(what: &str, s: &str) -> Result<Ipv4Addr, String> {
+    s.parse()
+        .map_err(|_| format!("{what}: {s:?} is not an IPv4 address"))
+}
+
+fn parse_mac(what: &str, s: &str) -> Result<MacAddr, String> {
+    s.parse().map_err(|e| format!("{what}: {e}"))
+}
+
+fn parse_prefix(what: &str, s: &str) -> Result<Prefix, String> {
+    s.parse().map_err(|e| format!("{what}: {e}"))
+}
+
+impl Handler {
+    /// A handler over `tables`; `clock` gives the engine's seconds (FDB ages).
+    pub fn new(tables: Arc<Tables>, clock: fn() -> u32) -> Self {
+        Handler {
+            tracer: Mutex::new(Pipeline::new(Arc::clone(&tables))),
+            tables,
+            started: Instant::now(),
+            clock,
+        }
+    }
+
+    /// Handles one request.
+    pub fn handle(&self, request: &Request) -> Result<Value, String> {
+        let err = |e: podswitch_engine::tables::TableError| e.to_string();
+        match request {
+            Request::Version => {
+                Ok(json!({ "podswitch": env!("CARGO_PKG_VERSION"), "protocol": PROTOCOL_VERSION }))
+            }
+            Request::Status => Ok(self.status()),
+            Request::PortAdd {
+                interface,
+                ip,
+                mac,
+                container_id,
+                anti_spoof,
+            } => {
+                let mut spec =
+                    PortSpec::pod(interface, parse_ip("ip", ip)?, parse_mac("mac", mac)?);
+                spec.anti_spoof = *anti_spoof;
+                spec.container_id = container_id.clone();
+                let id = self.tables.attach_port(spec).map_err(err)?;
+                Ok(json!({ "port": id.0 }))
+            }
+            Request::PortDel { interface } => {
+                let id = self.tables.detach_port(interface).map_err(err)?;
+                Ok(json!({ "port": id.0 }))
+            }
+            Request::PortList => Ok(ports(&self.tables.load())),
+            Request::RouteAdd { prefix, next_hop } => {
+                let prefix = parse_prefix("prefix", prefix)?;
+                let snap = self.tables.load();
+                let next_hop = resolve(&snap, next_hop)?;
+                self.tables.add_route(prefix, next_hop).map_err(err)?;
+                Ok(Value::Null)
+            }
+            Request::RouteDel { prefix } => {
+                self.tables
+                    .remove_route(parse_prefix("prefix", prefix)?)
+                    .map_err(err)?;
+                Ok(Value::Null)
+            }
+            Request::RouteList => Ok(routes(&self.tables.load())),
+            Request::PeerAdd {
+                name,
+                underlay_ip,
+                pod_cidr,
+                vtep_mac,
+                underlay_mac,
+                backend,
+                vni,
+            } => {
+                let snap = self.tables.load();
+                let underlay_ip = parse_ip("underlay_ip", underlay_ip)?;
+                let o = underlay_ip.octets();
+                let spec = PeerSpec {
+                    name: name.clone(),
+                    underlay_ip,
+                    underlay_mac: match underlay_mac {
+                        Some(m) => parse_mac("underlay_mac", m)?,
+                        None => MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]]),
+                    },
+                    pod_cidr: parse_prefix("pod_cidr", pod_cidr)?,
+                    backend: match backend {
+                        Some(b) => b.parse::<Backend>()?,
+                        None => snap.node.backend,
+                    },
+                    vni: match vni {
+                        Some(v) => {
+                            Vni::new(*v).ok_or_else(|| format!("vni {v} does not fit 24 bits"))?
+                        }
+                        None => snap.node.vni,
+                    },
+                    vtep_mac: parse_mac("vtep_mac", vtep_mac)?,
+                };
+                let id = self.tables.add_peer(spec).map_err(err)?;
+                Ok(json!({ "peer": id.0 }))
+            }
+            Request::PeerDel { name } => {
+                let id = self.tables.remove_peer(name).map_err(err)?;
+                Ok(json!({ "peer": id.0 }))
+            }
+            Request::PeerList => Ok(peers(&self.tables.load())),
+            Request::FdbShow => {
+                let snap = self.tables.load();
+                let entries: Vec<Value> = self
+                    .tables
+                    .fdb
+                    .entries((self.clock)())
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "mac": e.mac.to_string(),
+                            "port": port_name(&snap, e.port.0),
+                            "static": e.is_static,
+                            "age_secs": e.age_secs,
+                        })
+                    })
+                    .collect();
+                Ok(
+                    json!({ "entries": entries, "limit": self.tables.fdb.limit(), "refused": self.tables.fdb.refused() }),
+                )
+            }
+            Request::FdbFlush => Ok(json!({ "flushed": self.tables.fdb.flush() })),
+            Request::NeighShow => {
+                let snap = self.tables.load();
+                let mut list: Vec<(Ipv4Addr, Value)> = snap
+                    .neighbours
+                    .iter()
+                    .map(|(ip, n)| {
+                        (*ip, json!({ "ip": ip.to_string(), "mac": n.mac.to_string(), "port": port_name(&snap, n.port.0), "learned": n.learned }))
+                    })
+                    .collect();
+                list.sort_by_key(|(ip, _)| *ip);
+                Ok(Value::Array(list.into_iter().map(|(_, v)| v).collect()))
+            }
+            Request::Stats => Ok(self.stats()),
+            Request::Trace {
+                in_port,
+                hex: frame_hex,
+                frame,
+            } => {
+                let snap = self.tables.load();
+                let port = snap
+                    .ports
+                    .by_name(in_port)
+                    .ok_or_else(|| format!("no port {in_port}"))?;
+                let bytes = match (frame_hex, frame) {
+                    (Some(h), None) => hex::decode(h).map_err(|e| format!("hex: {e}"))?,
+                    (None, Some(spec)) => build_frame(&snap, port.spec.mac, port.spec.ip, spec)?,
+                    _ => return Err("trace needs exactly one of \"hex\" and \"frame\"".into()),
+                };
+                let id = port.id;
+                drop(snap);
+                let mut tracer = self.tracer.lock().unwrap_or_else(|e| e.into_inner());
+                let result = tracer.trace(&bytes, id, (self.clock)());
+                let snap = self.tables.load();
+                Ok(json!({
+                    "steps": result.steps.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                    "outputs": result.outputs.iter().map(|(p, f)| json!({ "port": port_name(&snap, p.0), "hex": hex::encode(f) })).collect::<Vec<_>>(),
+                }))
+            }
+        }
+    }
+
+    fn status(&self) -> Value {
+        let snap = self.tables.load();
+        let node = &snap.node;
+        json!({
+            "node": node.name,
+            "pod_cidr": node.pod_cidr.to_string(),
+            "cluster_cidr": node.cluster_cidr.to_string(),
+            "gateway_mode": node.gateway_mode.to_string(),
+            "gateway": node.gateway_ip.to_string(),
+            "underlay_ip": node.underlay_ip.to_string(),
+            "vtep_mac": node.vtep_mac.to_string(),
+            "backend": node.backend.to_string(),
+            "vni": node.vni.get(),
+            "mtu": node.underlay_mtu,
+            "ports": snap.ports.iter().count(),
+            "peers": snap.peers.len(),
+            "routes": snap.fib.len(),
+            "uptime_secs": self.started.elapsed().as_secs(),
+        })
+    }
+
+    fn stats(&self) -> Value {
+        let snap = self.tables.load();
+        let s = self.tables.stats.snapshot();
+        let ports: Vec<Value> = s
+            .ports
+            .iter()
+            .map(|(p, c)| {
+                json!({
+                    "port": port_name(&snap, p.0),
+                    "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
+                    "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
+                    "drops": c.drops,
+                })
+            })
+            .collect();
+        let drops: serde_json::Map<String, Value> = s
+            .drops
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| (r.name().to_string(), Value::from(*n)))
+            .collect();
+        json!({ "ports": ports, "drops": drops })
+    }
+}
+
+/// A port's name, or its number if it is gone.
+fn port_name(snap: &Snapshot, id: u16) -> String {
+    snap.ports
+        .get(podswitch_engine::port::PortId(id))
+        .map(|p| p.spec.name.clone())
+        .unwrap_or_else(|| format!("#{id}"))
+}
+
+fn resolve(snap: &Snapshot, spec: &NextHopSpec) -> Result<NextHop, String> {
+    let peer = |name: &str| {
+        snap.peers
+            .by_name(name)
+            .map(|p| p.id)
+            .ok_or_else(|| format!("no peer {name}"))
+    };
+    Ok(match spec {
+        NextHopSpec::Local(name) => NextHop::Local(
+            snap.ports
+                .by_name(name)
+                .map(|p| p.id)
+                .ok_or_else(|| format!("no port {name}"))?,
+        ),
+        NextHopSpec::Peer(name) => NextHop::Peer(peer(name)?),
+        NextHopSpec::Direct(name) => NextHop::Direct(peer(name)?),
+        NextHopSpec::Host => NextHop::Host,
+        NextHopSpec::Blackhole => NextHop::Blackhole,
+    })
+}
+
+fn describe(snap: &Snapshot, nh: &NextHop) -> Value {
+    match nh {
+        NextHop::Local(p) => json!({ "local": port_name(snap, p.0) }),
+        NextHop::Peer(p) | NextHop::Direct(p) => {
+            let name = snap
+                .peers
+                .get(*p)
+                .map(|p| p.spec.name.clone())
+                .unwrap_or_else(|| format!("#{}", p.0));
+            if matches!(nh, NextHop::Peer(_)) {
+                json!({ "peer": name })
+            } else {
+                json!({ "direct": name })
+            }
+        }
+        NextHop::Host => json!("host"),
+        NextHop::Blackhole => json!("blackhole"),
+    }
+}
+
+fn routes(snap: &Snapshot) -> Value {
+    Value::Array(
+        snap.fib
+            .routes()
+            .iter()
+            .map(|(p, nh)| json!({ "prefix": p.to_string(), "next_hop": describe(snap, nh) }))
+            .collect(),
+    )
+}
+
+fn ports(snap: &Snapshot) -> Value {
+    Value::Array(
+        snap.ports
+            .iter()
+            .map(|p| {
+                json!({
+                    "port": p.id.0,
+                    "interface": p.spec.name,
+                    "role": p.spec.role.to_string(),
+                    "ip": p.spec.ip.map(|i| i.to_string()),
+                    "mac": p.spec.mac.map(|m| m.to_string()),
+                    "anti_spoof": p.spec.anti_spoof,
+                    "container_id": p.spec.container_id,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn peers(snap: &Snapshot) -> Value {
+    Value::Array(
+        snap.peers
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.spec.name,
+                    "underlay_ip": p.spec.underlay_ip.to_string(),
+                    "pod_cidr": p.spec.pod_cidr.to_string(),
+                    "backend": p.spec.backend.to_string(),
+                    "vni": p.spec.vni.get(),
+                    "vtep_mac": p.spec.vtep_mac.to_string(),
+                    "forwarding": match &p.forwarding {
+                        Forwarding::Tunnel(t) => t.tunnel().config().mode.to_string(),
+                        Forwarding::Direct => "direct".to_string(),
+                    },
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Builds a frame from its fields: Ethernet, IPv4 and an ICMP echo
+/// request, UDP datagram or TCP SYN.
+fn build_frame(
+    snap: &Snapshot,
+    port_mac: Option<MacAddr>,
+    port_ip: Option<Ipv4Addr>,
+    spec: &FrameSpec,
+) -> Result<Vec<u8>, String> {
+    let src_mac = match &spec.src_mac {
+        Some(m) => parse_mac("src_mac", m)?,
+        None => port_mac.ok_or("src_mac: the port has no MAC, give one")?,
+    };
+    let dst_mac = match &spec.dst_mac {
+        Some(m) => parse_mac("dst_mac", m)?,
+        None => snap.node.gateway_mac,
+    };
+    let src = match &spec.src_ip {
+        Some(s) => parse_ip("src_ip", s)?,
+        None => port_ip.ok_or("src_ip: the port has no address, give one")?,
+    };
+    let dst = parse_ip("dst_ip", &spec.dst_ip)?;
+    let payload_len = spec.payload_len.unwrap_or(32);
+    if payload_len > 9000 {
+        return Err(format!("payload_len {payload_len} is above 9000"));
+    }
+    let (protocol, l4_len) = match spec.protocol.as_deref().unwrap_or("icmp") {
+        "icmp" => (IpProtocol::Icmp, 8),
+        "udp" => (IpProtocol::Udp, 8),
+        "tcp" => (IpProtocol::Tcp, 20),
+        other => return Err(format!("protocol {other:?}: icmp, udp or tcp")),
+    };
+    let mut f = vec![0u8; 14 + 20 + l4_len + payload_len];
+    EthernetRepr {
+        src: src_mac,
+        dst: dst_mac,
+        ethertype: EtherType::Ipv4,
+    }
+    .emit(&mut f);
+    Ipv4Repr {
+        src,
+        dst,
+        protocol,
+        payload_len: l4_len + payload_len,
+        ttl: spec.ttl.unwrap_or(64),
+        tos: 0,
+        ident: 1,
+        dont_frag: spec.dont_frag.unwrap_or(true),
+    }
+    .emit(&mut f[14..]);
+    let l4 = &mut f[34..];
+    match protocol {
+        IpProtocol::Icmp => {
+            l4[0] = 8;
+            l4[4..8].copy_from_slice(&[0, 1, 0, 1]);
+            let c = checksum::checksum(l4);
+            l4[2..4].copy_from_slice(&c.to_be_bytes());
+        }
+        IpProtocol::Udp => {
+            UdpRepr {
+                src_port: 40000,
+                dst_port: 5201,
+                payload_len,
+            }
+            .emit(l4);
+            podswitch_engine::encap::udp::UdpPacket::new_unchecked(&mut l4[..])
+                .fill_checksum(src, dst);
+        }
+        _ => {
+            l4[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            l4[2..4].copy_from_slice(&80u16.to_be_bytes());
+            l4[12] = 0x50;
+            l4[13] = 0x02; // SYN
+            let sum = checksum::pseudo_header_v4(src, dst, 6, (20 + payload_len) as u16);
+            let c = !checksum::fold(checksum::accumulate(sum, l4));
+            l4[16..18].copy_from_slice(&c.to_be_bytes());
+        }
+    }
+    Ok(f)
+}

@@ -1,0 +1,218 @@
+//! The control socket: a Unix stream socket, mode 0600, serving one
+//! request and one reply per line to each client on its own thread.
+//!
+//! Only root and the daemon's own user may talk to it: the socket's mode
+//! says so to the file system, and each client's credentials
+//! (`SO_PEERCRED`) are checked when it connects, so a socket moved or
+//! re-permissioned by mistake still refuses others (Cilium's CVE-2022-29178
+//! was a control socket other users could reach). A bad line gets an error
+//! reply and the connection stays open; a line over the length limit is
+//! answered and skipped without being buffered.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use crate::handler::Handler;
+use crate::protocol::{Reply, Request, MAX_LINE};
+
+/// Clients served at once; more are told to retry.
+pub const MAX_CLIENTS: usize = 64;
+
+/// A bound control socket.
+#[derive(Debug)]
+pub struct Server {
+    path: PathBuf,
+    listener: UnixListener,
+    handler: Arc<Handler>,
+    stop: Arc<AtomicBool>,
+    clients: Arc<AtomicUsize>,
+}
+
+/// Stops a running [`Server`] from another thread.
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+}
+
+impl Stopper {
+    /// Asks the server to stop and wakes its accept loop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = UnixStream::connect(&self.path);
+    }
+}
+
+impl Server {
+    /// Binds `path` (creating its directory), mode 0600. A stale socket
+    /// file is replaced; a socket another process still serves is not.
+    pub fn bind(path: &Path, handler: Arc<Handler>) -> io::Result<Server> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        match fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if UnixStream::connect(path).is_ok() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("{} is served by another running podswitchd", path.display()),
+                    ));
+                }
+                fs::remove_file(path)?;
+            }
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket; not replacing it",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let listener = UnixListener::bind(path)?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+        Ok(Server {
+            path: path.to_path_buf(),
+            listener,
+            handler,
+            stop: Arc::new(AtomicBool::new(false)),
+            clients: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// A handle that stops [`Self::run`].
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            path: self.path.clone(),
+            stop: Arc::clone(&self.stop),
+        }
+    }
+
+    /// Accepts and serves clients until stopped.
+    pub fn run(&self) -> io::Result<()> {
+        let own_uid = rustix::process::getuid().as_raw();
+        for stream in self.listener.incoming() {
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let mut stream = match stream {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            match rustix::net::sockopt::socket_peercred(&stream) {
+                Ok(cred) if cred.uid.is_root() || cred.uid.as_raw() == own_uid => {}
+                Ok(cred) => {
+                    let reply = Reply::error(format!(
+                        "uid {} may not use this socket: only root and uid {own_uid}",
+                        cred.uid.as_raw()
+                    ));
+                    let _ = writeln!(stream, "{}", reply.to_line());
+                    continue;
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        stream,
+                        "{}",
+                        Reply::error(format!("cannot read peer credentials: {e}")).to_line()
+                    );
+                    continue;
+                }
+            }
+            if self.clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                self.clients.fetch_sub(1, Ordering::SeqCst);
+                let _ = writeln!(
+                    stream,
+                    "{}",
+                    Reply::error(format!("{MAX_CLIENTS} clients are connected; try again"))
+                        .to_line()
+                );
+                continue;
+            }
+            let handler = Arc::clone(&self.handler);
+            let clients = Arc::clone(&self.clients);
+            thread::spawn(move || {
+                let _ = serve_client(stream, &handler);
+                clients.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Serves one client until it hangs up.
+fn serve_client(stream: UnixStream, handler: &Handler) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        line.clear();
+        let (complete, too_long) = read_line_bounded(&mut reader, &mut line)?;
+        if line.is_empty() && !complete && !too_long {
+            return Ok(()); // hung up
+        }
+        let reply = if too_long {
+            Reply::error(format!("request line is over the {MAX_LINE}-byte limit"))
+        } else {
+            match std::str::from_utf8(&line) {
+                Err(_) => Reply::error("request is not UTF-8"),
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => match Request::parse(text.trim_end()) {
+                    Err(e) => Reply::error(e.to_string()),
+                    Ok(request) => match handler.handle(&request) {
+                        Ok(result) => Reply::ok(result),
+                        Err(message) => Reply::error(message),
+                    },
+                },
+            }
+        };
+        writeln!(writer, "{}", reply.to_line())?;
+        if !complete && !too_long {
+            return Ok(()); // the last line had no newline: the client is done
+        }
+    }
+}
+
+/// Reads up to a newline into `line`, keeping at most [`MAX_LINE`] bytes.
+/// Returns (ended with a newline, was too long).
+fn read_line_bounded(reader: &mut impl BufRead, line: &mut Vec<u8>) -> io::Result<(bool, bool)> {
+    let mut too_long = false;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok((false, too_long));
+        }
+        let (chunk, found) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], Some(i)),
+            None => (buf, None),
+        };
+        if !too_long {
+            if line.len() + chunk.len() > MAX_LINE {
+                too_long = true;
+                line.clear();
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        let consumed = found.map_or(chunk.len(), |i| i + 1);
+        reader.consume(consumed);
+        if found.is_some() {
+            return Ok((true, too_long));
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The control socket end to end, in-process: every request type, bad
+//! input of every kind, many clients at once, mode 0600, peer credentials.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use podswitch_control::client::{Client, ClientError};
+use podswitch_control::handler::Handler;
+use podswitch_control::protocol::{FrameSpec, NextHopSpec, Request, MAX_LINE};
+use podswitch_control::server::{Server, Stopper};
+use podswitch_engine::config::NodeConfig;
+use podswitch_engine::tables::{PortSpec, Tables};
+use serde_json::Value;
+
+struct Running {
+    path: PathBuf,
+    stopper: Stopper,
+    thread: Option<thread::JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stopper.stop();
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start() -> Running {
+    let dir =
+        std::env::temp_dir().join(format!("psw-ctl-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.join("podswitchd.sock");
+    let config = NodeConfig::flannel(
+        "node1",
+        "10.244.1.0/24".parse().unwrap(),
+        Ipv4Addr::new(192, 168, 100, 1),
+    );
+    let tables = Tables::new(config, 64);
+    tables.attach_port(PortSpec::underlay("eth0")).unwrap();
+    tables.attach_port(PortSpec::host("podswitch0")).unwrap();
+    let server = Server::bind(&path, Arc::new(Handler::new(tables, || 1000))).unwrap();
+    let stopper = server.stopper();
+    let thread = thread::spawn(move || server.run().unwrap());
+    Running {
+        path,
+        stopper,
+        thread: Some(thread),
+        dir,
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn client(r: &Running) -> Client {
+    Client::connect(&r.path, Duration::from_secs(10)).unwrap()
+}
+
+fn ok(c: &mut Client, request: Request) -> Value {
+    c.call(&request)
+        .unwrap_or_else(|e| panic!("{request:?}: {e}"))
+}
+
+fn fails(c: &mut Client, request: Request, expect: &str) {
+    match c.call(&request) {
+        Err(ClientError::Daemon(e)) => {
+            assert!(e.contains(expect), "{request:?}: {e:?} lacks {expect:?}")
+        }
+        other => panic!("{request:?}: expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_request_type() {
+    let r = start();
+    let mode = std::fs::metadata(&r.path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode, 0o600,
+        "the socket is for root and the daemon's user only"
+    );
+    let mut c = client(&r);
+    assert_eq!(ok(&mut c, Request::Version)["protocol"], 1);
+    assert_eq!(ok(&mut c, Request::Status)["node"], "node1");
+
+    let added = ok(
+        &mut c,
+        Request::PortAdd {
+            interface: "veth-bb1".into(),
+            ip: "10.244.1.2".into(),
+            mac: "0a:58:0a:f4:01:02".into(),
+            container_id: Some("c0ffee".into()),
+            anti_spoof: true,
+        },
+    );
+    assert_eq!(added["port"], 2);
+    fails(
+        &mut c,
+        Request::PortAdd {
+            interface: "veth-x".into(),
+            ip: "10.244.1.2".into(),
+            mac: "0a:58:0a:f4:01:09".into(),
+            container_id: None,
+            anti_spoof: true,
+        },
+        "already attached",
+    );
+    fails(
+        &mut c,
+        Request::PortAdd {
+            interface: "veth-y".into(),
+            ip: "10.9.9.9".into(),
+            mac: "0a:58:0a:f4:01:09".into(),
+            container_id: None,
+            anti_spoof: true,
+        },
+        "outside this node's pod subnet",
+    );
+    fails(
+        &mut c,
+        Request::PortAdd {
+            interface: "veth-z".into(),
+            ip: "10.244.1.9".into(),
+            mac: "nope".into(),
+            container_id: None,
+            anti_spoof: true,
+        },
+        "invalid MAC",
+    );
+    let ports = ok(&mut c, Request::PortList);
+    assert!(ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["interface"] == "veth-bb1" && p["container_id"] == "c0ffee"));
+
+    ok(
+        &mut c,
+        Request::PeerAdd {
+            name: "node2".into(),
+            underlay_ip: "192.168.100.2".into(),
+            pod_cidr: "10.244.2.0/24".into(),
+            vtep_mac: "d6:8a:5e:47:3c:02".into(),
+            underlay_mac: None,
+            backend: None,
+            vni: None,
+        },
+    );
+    fails(
+        &mut c,
+        Request::PeerAdd {
+            name: "node3".into(),
+            underlay_ip: "192.168.100.3".into(),
+            pod_cidr: "10.244.1.0/24".into(),
+            vtep_mac: "d6:8a:5e:47:3c:03".into(),
+            underlay_mac: None,
+            backend: None,
+            vni: None,
+        },
+        "overlaps",
+    );
+    fails(
+        &mut c,
+        Request::PeerAdd {
+            name: "node4".into(),
+            underlay_ip: "192.168.100.4".into(),
+            pod_cidr: "10.244.4.0/24".into(),
+            vtep_mac: "d6:8a:5e:47:3c:04".into(),
+            underlay_mac: None,
+            backend: Some("gre".into()),
+            vni: None,
+        },
+        "unknown backend",
+    );
+    assert_eq!(ok(&mut c, Request::PeerList)[0]["forwarding"], "vxlan");
+
+    ok(
+        &mut c,
+        Request::RouteAdd {
+            prefix: "10.250.0.0/16".into(),
+            next_hop: NextHopSpec::Peer("node2".into()),
+        },
+    );
+    fails(
+        &mut c,
+        Request::RouteAdd {
+            prefix: "10.250.0.1/16".into(),
+            next_hop: NextHopSpec::Host,
+        },
+        "host bits",
+    );
+    fails(
+        &mut c,
+        Request::RouteAdd {
+            prefix: "10.251.0.0/16".into(),
+            next_hop: NextHopSpec::Peer("nobody".into()),
+        },
+        "no peer nobody",
+    );
+    let routes = ok(&mut c, Request::RouteList);
+    assert!(routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["prefix"] == "10.250.0.0/16" && r["next_hop"]["peer"] == "node2"));
+    ok(
+        &mut c,
+        Request::RouteDel {
+            prefix: "10.250.0.0/16".into(),
+        },
+    );
+    fails(
+        &mut c,
+        Request::RouteDel {
+            prefix: "10.250.0.0/16".into(),
+        },
+        "no route",
+    );
+
+    // Trace by fields: the pod pings node2's pod, encapsulated in VXLAN.
+    let trace = ok(
+        &mut c,
+        Request::Trace {
+            in_port: "veth-bb1".into(),
+            hex: None,
+            frame: Some(FrameSpec {
+                src_mac: None,
+                dst_mac: None,
+                src_ip: None,
+                dst_ip: "10.244.2.5".into(),
+                protocol: None,
+                ttl: None,
+                payload_len: None,
+                dont_frag: None,
+            }),
+        },
+    );
+    let steps: Vec<&str> = trace["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.starts_with("encapsulate vxlan: 192.168.100.1 -> 192.168.100.2")),
+        "{steps:?}"
+    );
+    assert_eq!(trace["outputs"][0]["port"], "eth0");
+    // Trace by hex: the frame that just came out, replayed from the underlay,
+    // is not for us (node2's VTEP) and is dropped with its reason.
+    let hex = trace["outputs"][0]["hex"].as_str().unwrap().to_string();
+    let replay = ok(
+        &mut c,
+        Request::Trace {
+            in_port: "eth0".into(),
+            hex: Some(hex),
+            frame: None,
+        },
+    );
+    assert!(
+        replay["steps"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .starts_with("drop: "),
+        "{replay}"
+    );
+    fails(
+        &mut c,
+        Request::Trace {
+            in_port: "eth0".into(),
+            hex: None,
+            frame: None,
+        },
+        "exactly one",
+    );
+    fails(
+        &mut c,
+        Request::Trace {
+            in_port: "veth-nope".into(),
+            hex: Some("00".into()),
+            frame: None,
+        },
+        "no port veth-nope",
+    );
+    fails(
+        &mut c,
+        Request::Trace {
+            in_port: "eth0".into(),
+            hex: Some("0g".into()),
+            frame: None,
+        },
+        "hex",
+    );
+
+    let stats = ok(&mut c, Request::Stats);
+    assert!(stats["ports"].is_array() && stats["drops"].is_object());
+    assert!(ok(&mut c, Request::FdbShow)["entries"].is_array());
+    assert!(ok(&mut c, Request::FdbFlush)["flushed"].is_number());
+    assert_eq!(ok(&mut c, Request::NeighShow)[0]["ip"], "10.244.1.2");
+    ok(
+        &mut c,
+        Request::PeerDel {
+            name: "node2".into(),
+        },
+    );
+    fails(
+        &mut c,
+        Request::PeerDel {
+            name: "node2".into(),
+        },
+        "no peer node2",
+    );
+    ok(
+        &mut c,
+        Request::PortDel {
+            interface: "veth-bb1".into(),
+        },
+    );
+    fails(
+        &mut c,
+        Request::PortDel {
+            interface: "veth-bb1".into(),
+        },
+        "no port veth-bb1",
+    );
+}
+
+#[test]
+fn bad_input_gets_an_error_and_the_connection_keeps_working() {
+    let r = start();
+    let mut c = client(&r);
+    let reply = |c: &mut Client, line: &str| -> Value {
+        serde_json::from_str(&c.raw(line).unwrap()).unwrap()
+    };
+    for (line, expect) in [
+        ("garbage", "not a JSON object"),
+        (r#"{"v":1,"request":"status""#, "not a JSON object"),
+        (r#"{"v":1,"request":"reboot"}"#, "unknown variant"),
+        (r#"{"request":"status"}"#, "missing \"v\""),
+        (r#"{"v":7,"request":"status"}"#, "version 7"),
+        (
+            r#"{"v":1,"request":"port-del","interfce":"x"}"#,
+            "unknown field",
+        ),
+        ("[]", "not a JSON object"),
+    ] {
+        let v = reply(&mut c, line);
+        assert_eq!(v["ok"], false, "{line}");
+        assert!(v["error"].as_str().unwrap().contains(expect), "{line}: {v}");
+    }
+    let huge = format!(
+        r#"{{"v":1,"request":"port-del","interface":"{}"}}"#,
+        "x".repeat(MAX_LINE + 100_000)
+    );
+    let v = reply(&mut c, &huge);
+    assert!(v["error"].as_str().unwrap().contains("over the"), "{v}");
+    // Raw bytes that are not UTF-8.
+    let mut s = UnixStream::connect(&r.path).unwrap();
+    s.write_all(b"\xff\xfe\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("not UTF-8"), "{line}");
+    // Still serving, on the same connection.
+    assert_eq!(c.call(&Request::Status).unwrap()["node"], "node1");
+}
+
+#[test]
+fn many_clients_at_once() {
+    let r = start();
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let path = r.path.clone();
+            thread::spawn(move || {
+                let mut c = Client::connect(&path, Duration::from_secs(10)).unwrap();
+                for j in 0..50 {
+                    let prefix = format!("10.{}.{}.0/24", 100 + i, j);
+                    c.call(&Request::RouteAdd {
+                        prefix: prefix.clone(),
+                        next_hop: NextHopSpec::Blackhole,
+                    })
+                    .unwrap();
+                    assert!(c.raw("nonsense").unwrap().contains("\"ok\":false"));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let routes = client(&r).call(&Request::RouteList).unwrap();
+    let ours = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["next_hop"] == "blackhole" && r["prefix"].as_str().unwrap().starts_with("10.1")
+        })
+        .count();
+    assert_eq!(ours, 16 * 50, "every client's routes are there");
+}
+
+#[test]
+fn socket_file_lifecycle() {
+    let r = start();
+    // A second daemon on the same path is refused while the first serves.
+    let tables = Tables::new(
+        NodeConfig::flannel(
+            "n",
+            "10.244.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 100, 1),
+        ),
+        8,
+    );
+    let err = Server::bind(&r.path, Arc::new(Handler::new(tables.clone(), || 0))).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    let path = r.path.clone();
+    let dir = r.dir.clone();
+    drop(r);
+    assert!(
+        !path.exists(),
+        "the socket file is removed when the server stops"
+    );
+    // A stale socket file (its server gone without cleaning up) is replaced.
+    std::fs::create_dir_all(&dir).unwrap();
+    let stale = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    drop(stale);
+    assert!(path.exists());
+    let server = Server::bind(&path, Arc::new(Handler::new(tables, || 0))).unwrap();
+    drop(server);
+    // A regular file at the path is never replaced.
+    std::fs::write(&path, b"not a socket").unwrap();
+    let tables = Tables::new(
+        NodeConfig::flannel(
+            "n",
+            "10.244.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 100, 1),
+        ),
+        8,
+    );
+    assert!(Server::bind(&path, Arc::new(Handler::new(tables, || 0))).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Even with the socket's mode opened by mistake, another user is refused
+/// by the credential check (needs root to run a client as `nobody`).
+#[test]
+fn other_users_are_refused() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
+        "this test needs root"
+    );
+    let r = start();
+    std::fs::set_permissions(&r.path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(b'{\"v\":1,\"request\":\"status\"}\\n')\nprint(s.makefile().readline())";
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .arg(&r.path)
+        .output()
+        .expect("setpriv (util-linux)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("uid 65534 may not use this socket"),
+        "stdout {text:?} stderr {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,37 +1,17 @@
-//! `podswitchctl`: the command-line tool of podswitch.
-//!
-//! Today it explains frames (`podswitchctl explain`); the control-socket
-//! commands (ports, routes, peers, stats, trace, capture) and the lab join
-//! it as the daemon grows.
+//! `podswitchctl explain`: a frame layer by layer.
 
 use std::fs::File;
 use std::io::BufReader;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 use podswitch_encap::dissect::{dissect, DissectOptions};
 use podswitch_encap::{hex, pcap};
 
-/// podswitch's command-line tool.
-#[derive(Debug, Parser)]
-#[command(name = "podswitchctl", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print a frame layer by layer: outer headers, tunnel header, inner
-    /// headers, with offsets, values and bytes, and what is wrong with it.
-    Explain(ExplainArgs),
-}
-
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["file", "hex"])))]
-struct ExplainArgs {
+pub(crate) struct ExplainArgs {
     /// A pcap file (Ethernet link type) whose frames to explain.
     file: Option<PathBuf>,
     /// A frame given as hex digits instead of a file (spaces and colons allowed).
@@ -48,7 +28,7 @@ struct ExplainArgs {
     udp_port: Vec<u16>,
 }
 
-fn explain(args: &ExplainArgs) -> Result<bool> {
+pub(crate) fn explain(args: &ExplainArgs) -> Result<bool> {
     let mut options = DissectOptions::default();
     options.vxlan_ports.extend(&args.vxlan_port);
     options.ip_in_udp_ports.extend(&args.udp_port);
@@ -91,21 +71,4 @@ fn explain(args: &ExplainArgs) -> Result<bool> {
         print!("{d}");
     }
     Ok(clean)
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match &cli.command {
-        Command::Explain(args) => explain(args),
-    };
-    match result {
-        Ok(true) => ExitCode::SUCCESS,
-        // The explanation was printed; a malformed frame still exits 1 so
-        // scripts can tell.
-        Ok(false) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("podswitchctl: {e:#}");
-            ExitCode::from(2)
-        }
-    }
 }

@@ -19,7 +19,8 @@
 //!    packets.
 //! 5. **Transmit**: frames are sorted into per-port output batches.
 //!
-//! Every frame either leaves or is dropped with a [`drop::DropReason`],
+//! [`capture::Capture`] wraps any port and writes its traffic to a pcap
+//! file. Every frame either leaves or is dropped with a [`drop::DropReason`],
 //! counted in [`stats`]. [`pipeline::Pipeline::trace`] runs one frame
 //! through the same code and returns every decision ([`trace`]).
 //!
@@ -29,6 +30,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod capture;
 pub mod config;
 pub mod drop;
 pub mod fdb;

@@ -19,15 +19,7 @@ struct Setup {
 }
 
 fn setup(backend: Backend) -> Setup {
-    let node = Node::flannel(backend);
-    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
-    node.peer(
-        "node2",
-        NODE2_UNDERLAY,
-        NODE2_UNDERLAY_MAC,
-        "10.244.2.0/24",
-        backend,
-    );
+    let (node, bb1) = Node::flannel_with_peer(backend);
     let cfg = node.tables.load().node.clone();
     Setup {
         node,

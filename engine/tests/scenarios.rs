@@ -71,15 +71,7 @@ fn arp_for_the_gateway_is_answered_and_never_for_the_asker() {
 /// A pod on node 1 pings a pod on node 2 through `backend`'s tunnel and
 /// gets the reply: the exact frames on the underlay and at the pod.
 fn tunnel_round_trip(backend: Backend, tunnel: TunnelConfig) -> Vec<u8> {
-    let mut node = Node::flannel(backend);
-    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
-    node.peer(
-        "node2",
-        NODE2_UNDERLAY,
-        NODE2_UNDERLAY_MAC,
-        "10.244.2.0/24",
-        backend,
-    );
+    let (mut node, bb1) = Node::flannel_with_peer(backend);
     let cfg = node.tables.load().node.clone();
 
     // Out: TTL 63; VXLAN carries the frame VTEP to VTEP (flannel.1's ARP
@@ -138,15 +130,7 @@ fn cross_node_flannel_udp() {
 /// flannel host-gw: no tunnel, the frame goes to node 2's underlay MAC.
 #[test]
 fn cross_node_host_gw() {
-    let mut node = Node::flannel(Backend::HostGw);
-    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
-    node.peer(
-        "node2",
-        NODE2_UNDERLAY,
-        NODE2_UNDERLAY_MAC,
-        "10.244.2.0/24",
-        Backend::HostGw,
-    );
+    let (mut node, bb1) = Node::flannel_with_peer(Backend::HostGw);
     let cfg = node.tables.load().node.clone();
 
     let frame = udp_frame(
@@ -379,15 +363,7 @@ fn unassigned_address_in_the_block_is_blackholed() {
 
 #[test]
 fn ttl_expiry_sends_time_exceeded() {
-    let mut node = Node::flannel(Backend::Vxlan);
-    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
-    node.peer(
-        "node2",
-        NODE2_UNDERLAY,
-        NODE2_UNDERLAY_MAC,
-        "10.244.2.0/24",
-        Backend::Vxlan,
-    );
+    let (mut node, bb1) = Node::flannel_with_peer(Backend::Vxlan);
     let cfg = node.tables.load().node.clone();
     let frame = ping_frame(BUSYBOX1_MAC, cfg.gateway_mac, "10.244.1.2", "10.244.2.5", 1);
     let out = node.send(bb1, frame.clone());
@@ -421,15 +397,7 @@ fn ttl_expiry_sends_time_exceeded() {
 
 #[test]
 fn df_over_the_tunnel_mtu_gets_fragmentation_needed() {
-    let mut node = Node::flannel(Backend::Vxlan);
-    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
-    node.peer(
-        "node2",
-        NODE2_UNDERLAY,
-        NODE2_UNDERLAY_MAC,
-        "10.244.2.0/24",
-        Backend::Vxlan,
-    );
+    let (mut node, bb1) = Node::flannel_with_peer(Backend::Vxlan);
     let gw = node.tables.load().node.gateway_mac;
     // 1450 bytes of IP fit (ping -s 1422); 1451 do not.
     let fits = udp_frame(
@@ -592,15 +560,7 @@ fn host_port_reaches_pods_and_pods_reach_the_host() {
 
 #[test]
 fn trace_shows_every_decision_of_the_vxlan_path() {
-    let mut node = Node::flannel(Backend::Vxlan);
-    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
-    node.peer(
-        "node2",
-        NODE2_UNDERLAY,
-        NODE2_UNDERLAY_MAC,
-        "10.244.2.0/24",
-        Backend::Vxlan,
-    );
+    let (mut node, bb1) = Node::flannel_with_peer(Backend::Vxlan);
     let gw = node.tables.load().node.gateway_mac;
     let frame = ping_frame(BUSYBOX1_MAC, gw, "10.244.1.2", "10.244.2.5", 64);
     let trace = node.pipeline.trace(&frame, bb1, node.now);

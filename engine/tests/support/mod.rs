@@ -62,6 +62,21 @@ impl Node {
         Node::new(config)
     }
 
+    /// flannel node 1 with busybox1 (10.244.1.2) and peer node2
+    /// (192.168.100.2, 10.244.2.0/24) on the same backend.
+    pub fn flannel_with_peer(backend: Backend) -> (Node, PortId) {
+        let node = Node::flannel(backend);
+        let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+        node.peer(
+            "node2",
+            NODE2_UNDERLAY,
+            NODE2_UNDERLAY_MAC,
+            "10.244.2.0/24",
+            backend,
+        );
+        (node, bb1)
+    }
+
     pub fn pod(&self, name: &str, addr: &str, mac: MacAddr) -> PortId {
         self.tables
             .attach_port(PortSpec::pod(name, ip(addr), mac))

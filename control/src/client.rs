@@ -59,16 +59,23 @@ impl Client {
 
     /// Sends one line and returns the reply line.
     pub fn raw(&mut self, line: &str) -> io::Result<String> {
-        self.writer.write_all(line.as_bytes())?;
-        self.writer.write_all(b"\n")?;
+        let sent = self
+            .writer
+            .write_all(line.as_bytes())
+            .and_then(|()| self.writer.write_all(b"\n"));
         let mut reply = String::new();
-        if self.reader.read_line(&mut reply)? == 0 {
-            return Err(io::Error::new(
+        match (sent, self.reader.read_line(&mut reply)) {
+            // A daemon that refuses a client (credentials, too many clients)
+            // answers and closes at once, so the write may fail with a
+            // broken pipe while its reason already waits to be read.
+            (_, Ok(n)) if n > 0 => Ok(reply),
+            (Err(e), _) => Err(e),
+            (Ok(()), Ok(_)) => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "podswitchd closed the connection",
-            ));
+            )),
+            (Ok(()), Err(e)) => Err(e),
         }
-        Ok(reply)
     }
 
     /// Sends a request and returns its result.

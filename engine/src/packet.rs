@@ -61,11 +61,6 @@ impl PacketBuf {
         self.start
     }
 
-    /// Largest frame this buffer holds with the standard headroom.
-    pub fn capacity(&self) -> usize {
-        self.bytes.len() - HEADROOM
-    }
-
     /// Replaces the frame with `data`, placed after the standard headroom.
     /// Returns false (and leaves the buffer empty) if it does not fit.
     #[inline]

@@ -596,18 +596,6 @@ impl Pipeline {
                 .emit(header);
             }
         }
-        let src = match Ipv4Packet::new_checked(&buf.frame()[ETH..]) {
-            Ok(p) => p.src(),
-            Err(e) => return Drop(DropReason::from_ipv4(e)),
-        };
-        // A tunnel carries only its peer's pods: anything else is someone
-        // injecting packets into the overlay.
-        if !peer.spec.pod_cidr.contains(src) {
-            return Drop(DropReason::SpoofedTunnelSource);
-        }
-        t.step(|| Step::SourceOk {
-            what: "inner source is inside the peer's pod subnet",
-        });
         self.route(ctx, buf, Origin::Tunnel(peer.id), pool, out, t)
     }
 
@@ -686,13 +674,31 @@ impl Pipeline {
             packet.packet_len(),
             packet.dont_frag(),
         );
-        if let Origin::Pod(Some(expected)) = origin {
-            if src != expected {
-                return Drop(DropReason::SpoofedSourceIp);
+        match origin {
+            Origin::Pod(Some(expected)) => {
+                if src != expected {
+                    return Drop(DropReason::SpoofedSourceIp);
+                }
+                t.step(|| Step::SourceOk {
+                    what: "source MAC and IP are the pod's own",
+                });
             }
-            t.step(|| Step::SourceOk {
-                what: "source MAC and IP are the pod's own",
-            });
+            // A tunnel carries only its peer's pods: anything else is
+            // someone injecting packets into the overlay.
+            Origin::Tunnel(peer) => {
+                let inside = ctx
+                    .snap
+                    .peers
+                    .get(peer)
+                    .is_some_and(|p| p.spec.pod_cidr.contains(src));
+                if !inside {
+                    return Drop(DropReason::SpoofedTunnelSource);
+                }
+                t.step(|| Step::SourceOk {
+                    what: "inner source is inside the peer's pod subnet",
+                });
+            }
+            _ => {}
         }
         // Bytes after the total length are link padding, not packet: they
         // must not travel on (Open vSwitch's CVE-2020-35498 forwarded them).

@@ -43,16 +43,8 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn the_data_path_does_not_allocate() {
-    let mut node = Node::flannel(Backend::Vxlan);
-    let bb1 = node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
+    let (mut node, bb1) = Node::flannel_with_peer(Backend::Vxlan);
     let bb2 = node.pod("veth-bb2", "10.244.1.3", BUSYBOX2_MAC);
-    node.peer(
-        "node2",
-        NODE2_UNDERLAY,
-        NODE2_UNDERLAY_MAC,
-        "10.244.2.0/24",
-        Backend::Vxlan,
-    );
     let cfg = node.tables.load().node.clone();
     let from_node2 = from_node2(
         &node,

@@ -488,15 +488,7 @@ fn spoofed_sources_are_dropped_unless_anti_spoofing_is_off() {
 
 #[test]
 fn unknown_vni_and_unknown_peer_are_dropped() {
-    let mut node = Node::flannel(Backend::Vxlan);
-    node.pod("veth-bb1", "10.244.1.2", BUSYBOX1_MAC);
-    node.peer(
-        "node2",
-        NODE2_UNDERLAY,
-        NODE2_UNDERLAY_MAC,
-        "10.244.2.0/24",
-        Backend::Vxlan,
-    );
+    let (mut node, _bb1) = Node::flannel_with_peer(Backend::Vxlan);
     let cfg = node.tables.load().node.clone();
     let inner = ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.2.5", "10.244.1.2", 64);
     let vni2 = TunnelConfig {

@@ -6,6 +6,7 @@
 //! a request can make the handler panic.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -17,10 +18,39 @@ use podswitch_engine::encap::{checksum, hex, IpProtocol, MacAddr, Vni};
 use podswitch_engine::fib::{NextHop, Prefix};
 use podswitch_engine::peer::{Forwarding, PeerSpec};
 use podswitch_engine::pipeline::Pipeline;
+use podswitch_engine::port::{PortId, PortRole};
 use podswitch_engine::tables::{PortSpec, Snapshot, Tables};
 use serde_json::{json, Value};
 
 use crate::protocol::{FrameSpec, NextHopSpec, Request, PROTOCOL_VERSION};
+
+/// What a running daemon does beyond the tables: the kernel side of
+/// ports, captures, and finding a host-gw peer's MAC. A handler without
+/// one (tests, `podswitchctl` against an in-process server) programs the
+/// tables only.
+pub trait Dataplane: Send + Sync + std::fmt::Debug {
+    /// Opens the kernel side of a port just added to the tables (`kind` as
+    /// the request gave it) and returns the kind used. An error makes the
+    /// handler take the port out of the tables again.
+    fn open_port(&self, id: PortId, name: &str, kind: Option<&str>) -> Result<String, String>;
+    /// Closes the kernel side of a port taken out of the tables.
+    fn close_port(&self, id: PortId, name: &str);
+    /// Captures a port's frames into `file` and returns when done.
+    fn capture(
+        &self,
+        id: PortId,
+        file: &Path,
+        packets: Option<u64>,
+        seconds: u64,
+    ) -> Result<Value, String>;
+    /// The MAC of `ip` on the underlay (host-gw next hops).
+    fn resolve_underlay_mac(&self, ip: Ipv4Addr) -> Result<MacAddr, String>;
+}
+
+/// Longest capture, in seconds.
+pub const MAX_CAPTURE_SECS: u64 = 3600;
+/// Capture length when a request gives none.
+pub const DEFAULT_CAPTURE_SECS: u64 = 10;
 
 /// Serves requests against one node's tables.
 #[derive(Debug)]
@@ -29,6 +59,7 @@ pub struct Handler {
     tracer: Mutex<Pipeline>,
     started: Instant,
     clock: fn() -> u32,
+    dataplane: Option<Arc<dyn Dataplane>>,
 }
 
 fn parse_ip(what: &str, s: &str) -> Result<Ipv4Addr, String> {
@@ -52,6 +83,20 @@ impl Handler {
             tables,
             started: Instant::now(),
             clock,
+            dataplane: None,
+        }
+    }
+
+    /// A handler whose port, capture and peer requests also reach a
+    /// running data plane.
+    pub fn with_dataplane(
+        tables: Arc<Tables>,
+        clock: fn() -> u32,
+        dataplane: Arc<dyn Dataplane>,
+    ) -> Self {
+        Handler {
+            dataplane: Some(dataplane),
+            ..Handler::new(tables, clock)
         }
     }
 
@@ -69,17 +114,70 @@ impl Handler {
                 mac,
                 container_id,
                 anti_spoof,
+                kind,
             } => {
                 let mut spec =
                     PortSpec::pod(interface, parse_ip("ip", ip)?, parse_mac("mac", mac)?);
                 spec.anti_spoof = *anti_spoof;
                 spec.container_id = container_id.clone();
                 let id = self.tables.attach_port(spec).map_err(err)?;
-                Ok(json!({ "port": id.0 }))
+                let Some(dataplane) = &self.dataplane else {
+                    return Ok(json!({ "port": id.0 }));
+                };
+                match dataplane.open_port(id, interface, kind.as_deref()) {
+                    Ok(kind) => Ok(json!({ "port": id.0, "kind": kind })),
+                    Err(e) => {
+                        let _ = self.tables.detach_port(interface);
+                        Err(e)
+                    }
+                }
             }
             Request::PortDel { interface } => {
+                let snap = self.tables.load();
+                match snap.ports.by_name(interface) {
+                    Some(p) if p.spec.role != PortRole::Pod => {
+                        return Err(format!(
+                            "{interface} is the {} port: it stays while the daemon runs",
+                            p.spec.role
+                        ))
+                    }
+                    _ => {}
+                }
+                drop(snap);
                 let id = self.tables.detach_port(interface).map_err(err)?;
+                if let Some(dataplane) = &self.dataplane {
+                    dataplane.close_port(id, interface);
+                }
                 Ok(json!({ "port": id.0 }))
+            }
+            Request::Capture {
+                interface,
+                file,
+                packets,
+                seconds,
+            } => {
+                let Some(dataplane) = &self.dataplane else {
+                    return Err("capture needs a running data plane".into());
+                };
+                let path = Path::new(file);
+                if !path.is_absolute() {
+                    return Err(format!("file {file:?}: give an absolute path (the daemon's working directory is not yours)"));
+                }
+                let seconds = seconds.unwrap_or(DEFAULT_CAPTURE_SECS);
+                if seconds == 0 || seconds > MAX_CAPTURE_SECS {
+                    return Err(format!("seconds must be 1 to {MAX_CAPTURE_SECS}"));
+                }
+                if *packets == Some(0) {
+                    return Err("packets must be at least 1".into());
+                }
+                let id = self
+                    .tables
+                    .load()
+                    .ports
+                    .by_name(interface)
+                    .map(|p| p.id)
+                    .ok_or_else(|| format!("no port {interface}"))?;
+                dataplane.capture(id, path, *packets, seconds)
             }
             Request::PortList => Ok(ports(&self.tables.load())),
             Request::RouteAdd { prefix, next_hop } => {
@@ -108,18 +206,25 @@ impl Handler {
                 let snap = self.tables.load();
                 let underlay_ip = parse_ip("underlay_ip", underlay_ip)?;
                 let o = underlay_ip.octets();
+                let backend = match backend {
+                    Some(b) => b.parse::<Backend>()?,
+                    None => snap.node.backend,
+                };
+                // host-gw next hops need the peer's real MAC: ask the
+                // underlay when the request does not say.
+                let direct = backend == Backend::HostGw
+                    || (backend == Backend::DirectRouting
+                        && snap.node.on_underlay_subnet(underlay_ip));
                 let spec = PeerSpec {
                     name: name.clone(),
                     underlay_ip,
-                    underlay_mac: match underlay_mac {
-                        Some(m) => parse_mac("underlay_mac", m)?,
-                        None => MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]]),
+                    underlay_mac: match (underlay_mac, &self.dataplane) {
+                        (Some(m), _) => parse_mac("underlay_mac", m)?,
+                        (None, Some(dp)) if direct => dp.resolve_underlay_mac(underlay_ip)?,
+                        (None, _) => MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]]),
                     },
                     pod_cidr: parse_prefix("pod_cidr", pod_cidr)?,
-                    backend: match backend {
-                        Some(b) => b.parse::<Backend>()?,
-                        None => snap.node.backend,
-                    },
+                    backend,
                     vni: match vni {
                         Some(v) => {
                             Vni::new(*v).ok_or_else(|| format!("vni {v} does not fit 24 bits"))?
@@ -211,7 +316,8 @@ impl Handler {
             "vtep_mac": node.vtep_mac.to_string(),
             "backend": node.backend.to_string(),
             "vni": node.vni.get(),
-            "mtu": node.underlay_mtu,
+            "mtu": node.pod_mtu(),
+            "underlay_mtu": node.underlay_mtu,
             "ports": snap.ports.iter().count(),
             "peers": snap.peers.len(),
             "routes": snap.fib.len(),

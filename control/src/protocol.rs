@@ -93,6 +93,11 @@ pub enum Request {
         /// Drop frames not from the pod's own MAC and IP (default true).
         #[serde(default = "yes")]
         anti_spoof: bool,
+        /// How the daemon reads the interface: `af-packet` (a veth's host
+        /// side) or `tap` (a TAP device the daemon creates); default
+        /// af-packet.
+        #[serde(default)]
+        kind: Option<String>,
     },
     /// Detach a port.
     PortDel {
@@ -152,6 +157,19 @@ pub enum Request {
     NeighShow,
     /// Counters per port and per drop reason.
     Stats,
+    /// Write the frames a port receives and sends to a pcap file.
+    Capture {
+        /// The port, by interface name.
+        interface: String,
+        /// The pcap file to write (created or truncated; absolute path).
+        file: String,
+        /// Stop after this many frames.
+        #[serde(default)]
+        packets: Option<u64>,
+        /// Stop after this many seconds (default 10, at most 3600).
+        #[serde(default)]
+        seconds: Option<u64>,
+    },
     /// Run a frame through the pipeline without sending it.
     Trace {
         /// The port it arrives on, by interface name.

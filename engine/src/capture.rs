@@ -45,14 +45,19 @@ impl<P: Port, W: Write + Send> Capture<P, W> {
     /// `clock` gives microseconds since the epoch (frame timestamps and the
     /// deadline).
     pub fn new(inner: P, out: W, limit: CaptureLimit, clock: fn() -> u64) -> io::Result<Self> {
-        Ok(Capture {
+        Ok(Capture::wrap(inner, PcapWriter::new(out)?, limit, clock))
+    }
+
+    /// Wraps `inner`, writing to a pcap file whose header is written.
+    pub fn wrap(inner: P, writer: PcapWriter<W>, limit: CaptureLimit, clock: fn() -> u64) -> Self {
+        Capture {
             inner,
-            writer: Some(PcapWriter::new(out)?),
+            writer: Some(writer),
             limit,
             captured: 0,
             clock,
             error: None,
-        })
+        }
     }
 
     /// Frames written so far.
@@ -63,6 +68,16 @@ impl<P: Port, W: Write + Send> Capture<P, W> {
     /// True while frames are still being written.
     pub fn is_active(&self) -> bool {
         self.writer.is_some()
+    }
+
+    /// Stops the capture if its deadline has passed (a port with no
+    /// traffic never reaches [`Self::record`]); returns whether it is
+    /// still active.
+    pub fn check_deadline(&mut self) -> bool {
+        if self.limit.until_micros.is_some_and(|t| (self.clock)() >= t) {
+            self.stop();
+        }
+        self.is_active()
     }
 
     /// Stops capturing (flushing the file) and returns the wrapped port and
@@ -129,6 +144,10 @@ impl<P: Port, W: Write + Send> Port for Capture<P, W> {
             self.record(batch);
         }
         self.inner.send(batch, pool)
+    }
+
+    fn poll_fds(&self) -> Vec<std::os::fd::RawFd> {
+        self.inner.poll_fds()
     }
 }
 

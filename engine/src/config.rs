@@ -162,6 +162,21 @@ impl NodeConfig {
         }
     }
 
+    /// The MTU pods get: the underlay's less the backend's tunnel
+    /// overhead (flannel's vxlan gives 1450 over 1500; Calico's IPIP 1480).
+    /// DirectRouting reckons with VXLAN, which some peers may need.
+    pub fn pod_mtu(&self) -> u16 {
+        use podswitch_encap::TunnelMode;
+        match self.backend {
+            Backend::Vxlan | Backend::DirectRouting => {
+                TunnelMode::Vxlan.inner_mtu(self.underlay_mtu)
+            }
+            Backend::Ipip => TunnelMode::Ipip.inner_mtu(self.underlay_mtu),
+            Backend::Udp => TunnelMode::IpInUdp.inner_mtu(self.underlay_mtu),
+            Backend::HostGw => self.underlay_mtu,
+        }
+    }
+
     /// True if `ip` is on this node's underlay subnet.
     pub fn on_underlay_subnet(&self, ip: Ipv4Addr) -> bool {
         Prefix::new_truncating(self.underlay_ip, self.underlay_prefix_len).contains(ip)

@@ -84,6 +84,12 @@ drop_reasons! {
     TunnelTransit => "tunnel_transit", "a decapsulated packet would leave through the underlay again";
     PoolExhausted => "pool_exhausted", "no free packet buffer for a copy or a reply";
     EncapFailed => "encap_failed", "encapsulation failed (no headroom or too long)";
+    RxTooLong => "rx_too_long", "a received frame longer than a packet buffer, without segmentation offload";
+    OffloadChecksum => "offload_checksum", "a partial checksum whose offsets point outside the frame";
+    GsoUnsupported => "gso_unsupported", "a segmentation-offload frame of a type podswitch does not segment (IPv6, legacy UFO)";
+    GsoMalformed => "gso_malformed", "a segmentation-offload frame whose headers do not match its type";
+    HostNotIp => "host_not_ip", "a packet from the host port that is neither IPv4 nor IPv6";
+    TxFailed => "tx_failed", "the kernel did not take a frame on send (queue full or link down)";
 }
 
 impl fmt::Display for DropReason {

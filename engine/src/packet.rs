@@ -128,6 +128,22 @@ impl PacketBuf {
         FrameBuf::new(&mut self.bytes, self.start, self.end)
     }
 
+    /// The bytes a port may receive into: everything after the headroom
+    /// and `reserve` more bytes (kept for headers the port writes in front,
+    /// such as the Ethernet header of a TUN packet).
+    #[inline]
+    pub(crate) fn receive_area(&mut self, reserve: usize) -> &mut [u8] {
+        &mut self.bytes[HEADROOM + reserve..]
+    }
+
+    /// Makes the frame `len` bytes received at `reserve` plus the `reserve`
+    /// bytes in front of them (which the caller fills).
+    #[inline]
+    pub(crate) fn set_received(&mut self, reserve: usize, len: usize) {
+        self.start = HEADROOM;
+        self.end = (HEADROOM + reserve + len).min(self.bytes.len());
+    }
+
     /// Adopts the bounds a [`FrameBuf`] lent by [`Self::frame_buf`] ended
     /// with (a `FrameBuf` keeps its bounds inside the buffer).
     #[inline]

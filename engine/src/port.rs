@@ -80,6 +80,34 @@ pub trait Port: Send {
     /// Sends every frame of `batch`, returning all buffers to `pool`
     /// (whether or not each was sent), and returns how many were sent.
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize>;
+
+    /// The file descriptors a worker polls for this port's receive side
+    /// (none for in-memory ports).
+    fn poll_fds(&self) -> Vec<std::os::fd::RawFd> {
+        Vec::new()
+    }
+}
+
+impl<P: Port + ?Sized> Port for Box<P> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+
+    fn kind(&self) -> PortKind {
+        (**self).kind()
+    }
+
+    fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
+        (**self).recv(pool, batch)
+    }
+
+    fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
+        (**self).send(batch, pool)
+    }
+
+    fn poll_fds(&self) -> Vec<std::os::fd::RawFd> {
+        (**self).poll_fds()
+    }
 }
 
 /// A port over two in-memory queues, with the pool copy a real NIC's DMA

@@ -35,6 +35,21 @@ pub(crate) enum ControlCommand {
     /// Run a frame through the pipeline without sending it, and print
     /// every decision (like `ovs-appctl ofproto/trace`).
     Trace(TraceArgs),
+    /// Write the frames a port receives and sends to a pcap file (read it
+    /// with tcpdump -r, tshark -r or `podswitchctl explain`).
+    Capture {
+        /// The port (interface name).
+        interface: String,
+        /// The pcap file the daemon writes.
+        #[arg(long, short = 'w')]
+        file: std::path::PathBuf,
+        /// Stop after this many frames.
+        #[arg(long, short = 'c')]
+        packets: Option<u64>,
+        /// Stop after this many seconds (default 10).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +70,10 @@ pub(crate) enum PortCommand {
         /// Accept frames from any source MAC and IP.
         #[arg(long)]
         no_anti_spoof: bool,
+        /// af-packet (the host side of a veth, default) or tap (the daemon
+        /// creates a TAP device of this name).
+        #[arg(long)]
+        kind: Option<String>,
     },
     /// Detach a port.
     Del {
@@ -185,12 +204,14 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
             mac,
             container_id,
             no_anti_spoof,
+            kind,
         }) => Request::PortAdd {
             interface: interface.clone(),
             ip: ip.clone(),
             mac: mac.clone(),
             container_id: container_id.clone(),
             anti_spoof: !no_anti_spoof,
+            kind: kind.clone(),
         },
         ControlCommand::Port(PortCommand::Del { interface }) => Request::PortDel {
             interface: interface.clone(),
@@ -230,6 +251,22 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
         ControlCommand::Fdb(FdbCommand::Flush) => Request::FdbFlush,
         ControlCommand::Neigh(NeighCommand::Show) => Request::NeighShow,
         ControlCommand::Stats => Request::Stats,
+        ControlCommand::Capture {
+            interface,
+            file,
+            packets,
+            seconds,
+        } => {
+            // The daemon writes the file: give it a path that does not
+            // depend on its working directory.
+            let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            Request::Capture {
+                interface: interface.clone(),
+                file: file.to_string_lossy().into_owned(),
+                packets: *packets,
+                seconds: *seconds,
+            }
+        }
         ControlCommand::Trace(t) => Request::Trace {
             in_port: t.in_port.clone(),
             hex: t.hex.clone(),
@@ -256,7 +293,14 @@ pub(crate) fn run(command: &ControlCommand, socket: &Path, json: bool) -> ExitCo
             return ExitCode::from(2);
         }
     };
-    let result = Client::connect(socket, Duration::from_secs(30))
+    // A capture answers when it ends.
+    let timeout = match command {
+        ControlCommand::Capture { seconds, .. } => {
+            Duration::from_secs(seconds.unwrap_or(10).saturating_add(30))
+        }
+        _ => Duration::from_secs(30),
+    };
+    let result = Client::connect(socket, timeout)
         .map_err(ClientError::Io)
         .and_then(|mut c| c.call(&request));
     match result {
@@ -421,6 +465,11 @@ fn human(command: &ControlCommand, v: &Value) -> String {
             ));
             out
         }
+        ControlCommand::Capture { interface, .. } => format!(
+            "{} frames of {interface} written to {}\n",
+            cell(&v["packets"]),
+            cell(&v["file"])
+        ),
         ControlCommand::Trace(_) => {
             let mut out = String::new();
             for (i, step) in v["steps"].as_array().into_iter().flatten().enumerate() {

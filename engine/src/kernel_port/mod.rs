@@ -1,0 +1,59 @@
+//! Ports over the kernel's interfaces: what podswitchd attaches.
+//!
+//! | port | kernel interface | frames |
+//! |---|---|---|
+//! | [`AfPacketPort`] | AF_PACKET socket on a pod veth's host side | Ethernet, offloads completed ([`crate::offload`]) |
+//! | [`TapPort`] | a TAP device a pod uses as its interface | Ethernet |
+//! | [`HostPort`] | the TUN device `podswitch0` | IPv4 to and from the node's own stack |
+//! | [`UnderlayPort`] | UDP socket (VXLAN, IP-in-UDP), raw IPIP socket, raw sending socket, AF_PACKET for host-gw | outer frames |
+//!
+//! Every port speaks Ethernet frames to the pipeline, whatever its kernel
+//! interface carries: a TUN port adds and strips an Ethernet header, and
+//! the socket-backed underlay rebuilds the outer headers the kernel
+//! consumed, so the pipeline, `trace` and `capture` see the same frames an
+//! AF_XDP underlay will give them. Frames a port cannot take or deliver
+//! are dropped with a [`DropReason`] counted on that port.
+
+mod af_packet;
+mod tuntap;
+mod underlay;
+
+use std::sync::Arc;
+
+pub use af_packet::AfPacketPort;
+pub use tuntap::{HostPort, HostPortOptions, TapPort};
+pub use underlay::{UnderlayOptions, UnderlayPort};
+
+use crate::drop::DropReason;
+use crate::packet::{PacketBuf, PacketPool};
+use crate::port::PortId;
+use crate::tables::Tables;
+
+/// What every kernel port needs to count its own drops.
+#[derive(Debug, Clone)]
+struct Counter {
+    tables: Arc<Tables>,
+    id: PortId,
+}
+
+impl Counter {
+    fn drop(&self, reason: DropReason) {
+        self.tables.stats.add_drop(self.id, reason);
+    }
+
+    fn drop_n(&self, reason: DropReason, n: usize) {
+        for _ in 0..n {
+            self.tables.stats.add_drop(self.id, reason);
+        }
+    }
+}
+
+/// Takes up to `want` buffers from `pool` into `staging` for a receive.
+fn stage(pool: &mut PacketPool, staging: &mut Vec<PacketBuf>, want: usize, id: PortId) {
+    while staging.len() < want {
+        match pool.alloc(id) {
+            Some(buf) => staging.push(buf),
+            None => break,
+        }
+    }
+}

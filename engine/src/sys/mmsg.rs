@@ -1,0 +1,189 @@
+//! `recvmmsg(2)` and `sendmmsg(2)`: one system call per batch.
+//!
+//! Callers describe each message as up to three byte slices (for example a
+//! virtio-net header, a pool buffer and an overflow area); the iovecs,
+//! addresses and control buffers live on the stack, so a batch allocates
+//! nothing.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::SocketAddrV4;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr;
+
+use super::{cvt, from_sockaddr_in, sockaddr_in};
+
+/// Most messages one call moves.
+pub const MAX_BATCH: usize = 64;
+/// Slices per message.
+pub const MAX_PARTS: usize = 3;
+const CMSG_SPACE: usize = 64;
+
+/// What the kernel said about one received message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes the message had (more than the buffers held if `truncated`).
+    pub len: usize,
+    /// The message did not fit the buffers (`MSG_TRUNC`).
+    pub truncated: bool,
+    /// Its source address (IPv4 sockets).
+    pub from: Option<SocketAddrV4>,
+    /// The TOS byte of its IPv4 header (`IP_RECVTOS`).
+    pub tos: Option<u8>,
+    /// The TTL of its IPv4 header (`IP_RECVTTL`).
+    pub ttl: Option<u8>,
+}
+
+/// Receive buffers: the slices of message `i`, in the order the kernel
+/// fills them.
+pub trait RecvBuffers {
+    /// Messages to receive at most.
+    fn count(&self) -> usize;
+    /// The slices of message `i` (`i < count()`).
+    fn parts(&mut self, i: usize) -> [&mut [u8]; MAX_PARTS];
+}
+
+/// Send buffers: the slices of message `i` and where it goes.
+pub trait SendBuffers {
+    /// Messages to send.
+    fn count(&self) -> usize;
+    /// The slices of message `i`.
+    fn parts(&self, i: usize) -> [&[u8]; MAX_PARTS];
+    /// Its destination, for unconnected sockets that need one.
+    fn destination(&self, i: usize) -> Option<SocketAddrV4>;
+}
+
+/// Receives up to `min(bufs.count(), MAX_BATCH)` messages without
+/// blocking; returns how many arrived (0 when none was waiting).
+/// `meta[i]` describes message `i`.
+pub fn recv_batch(
+    fd: BorrowedFd<'_>,
+    bufs: &mut impl RecvBuffers,
+    meta: &mut [Received],
+) -> io::Result<usize> {
+    let n = bufs.count().min(MAX_BATCH).min(meta.len());
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: iovec, sockaddr_in, mmsghdr and byte arrays are plain C data
+    // for which all-zero bytes are a valid value.
+    let mut iovs: [[libc::iovec; MAX_PARTS]; MAX_BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut names: [libc::sockaddr_in; MAX_BATCH] = unsafe { zeroed() };
+    let mut controls = [[0u64; CMSG_SPACE / 8]; MAX_BATCH];
+    // SAFETY: as above.
+    let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+    for i in 0..n {
+        for (iov, part) in iovs[i].iter_mut().zip(bufs.parts(i)) {
+            iov.iov_base = part.as_mut_ptr().cast();
+            iov.iov_len = part.len();
+        }
+        let h = &mut headers[i].msg_hdr;
+        h.msg_iov = iovs[i].as_mut_ptr();
+        h.msg_iovlen = MAX_PARTS;
+        h.msg_name = ptr::from_mut(&mut names[i]).cast();
+        h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        h.msg_control = controls[i].as_mut_ptr().cast();
+        h.msg_controllen = CMSG_SPACE;
+    }
+    // SAFETY: every header points at iovecs, a name and a control buffer
+    // that live on this stack frame for the whole call, with their true
+    // lengths. The iovecs point into slices `bufs` lent us; we hold `bufs`
+    // mutably until we return, so no Rust reference reads or writes them
+    // while the kernel does.
+    let got = cvt(unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            headers.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            ptr::null_mut(),
+        )
+    });
+    let got = match got {
+        Ok(got) => got as usize,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for i in 0..got {
+        let h = &headers[i];
+        let mut m = Received {
+            len: h.msg_len as usize,
+            truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            from: None,
+            tos: None,
+            ttl: None,
+        };
+        if h.msg_hdr.msg_namelen as usize >= size_of::<libc::sockaddr_in>()
+            && names[i].sin_family == libc::AF_INET as libc::sa_family_t
+        {
+            m.from = Some(from_sockaddr_in(&names[i]));
+        }
+        // SAFETY: the CMSG_* macros walk the control buffer the kernel
+        // filled, bounded by the msg_controllen it set; each data pointer
+        // is read only for the byte the option carries.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::IPPROTO_IP {
+                    let byte = *libc::CMSG_DATA(c);
+                    match (*c).cmsg_type {
+                        libc::IP_TOS => m.tos = Some(byte),
+                        libc::IP_TTL => m.ttl = Some(byte),
+                        _ => {}
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
+            }
+        }
+        meta[i] = m;
+    }
+    Ok(got)
+}
+
+/// Sends up to `min(bufs.count(), MAX_BATCH)` messages without blocking;
+/// returns how many the kernel took. A full socket buffer takes none
+/// (`Ok(0)`); an error on the first message is returned.
+pub fn send_batch(fd: BorrowedFd<'_>, bufs: &impl SendBuffers) -> io::Result<usize> {
+    let n = bufs.count().min(MAX_BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    // SAFETY: plain C data; all-zero bytes are valid values.
+    let mut iovs: [[libc::iovec; MAX_PARTS]; MAX_BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut names: [libc::sockaddr_in; MAX_BATCH] = unsafe { zeroed() };
+    // SAFETY: as above.
+    let mut headers: [libc::mmsghdr; MAX_BATCH] = unsafe { zeroed() };
+    for i in 0..n {
+        for (iov, part) in iovs[i].iter_mut().zip(bufs.parts(i)) {
+            // The kernel only reads send buffers.
+            iov.iov_base = part.as_ptr().cast_mut().cast();
+            iov.iov_len = part.len();
+        }
+        let h = &mut headers[i].msg_hdr;
+        h.msg_iov = iovs[i].as_mut_ptr();
+        h.msg_iovlen = MAX_PARTS;
+        if let Some(dst) = bufs.destination(i) {
+            names[i] = sockaddr_in(dst);
+            h.msg_name = ptr::from_mut(&mut names[i]).cast();
+            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        }
+    }
+    // SAFETY: the headers point at iovecs and names on this stack frame;
+    // the iovecs point into slices `bufs` lends for the whole call, which
+    // the kernel only reads.
+    let sent = cvt(unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            headers.as_mut_ptr(),
+            n as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    });
+    match sent {
+        Ok(sent) => Ok(sent as usize),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,85 @@
+//! The kernel interfaces the data path needs, and the only place in the
+//! engine where `unsafe` is allowed: each block wraps one system call or
+//! one `repr(C)` structure the kernel reads, with a `// SAFETY:` comment.
+//!
+//! Everything above this module is safe Rust over these wrappers:
+//! batched socket calls ([`mmsg`]), AF_PACKET sockets ([`packet_socket`]),
+//! UDP and raw IPv4 sockets ([`inet`]), TUN/TAP devices ([`tun`]) and the
+//! interface ioctls the daemon needs ([`netdev`]).
+
+#![allow(unsafe_code)]
+
+pub mod inet;
+pub mod mmsg;
+pub mod netdev;
+pub mod packet_socket;
+pub mod tun;
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// Turns a C return value into an `io::Result`, reading `errno` on -1.
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// `socket(2)`, non-blocking and close-on-exec.
+fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) takes no pointers; a non-negative return is a new
+    // descriptor that nothing else owns.
+    let fd = cvt(unsafe {
+        libc::socket(
+            domain,
+            ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    })?;
+    // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `setsockopt(2)` with a plain value.
+fn setsockopt<T: Copy>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: `value` points to a live `T` of `size_of::<T>()` bytes, which
+    // the kernel only reads; every caller passes the type the option takes.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// An `AF_INET` socket address as the kernel lays it out.
+fn sockaddr_in(addr: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// The address in a `sockaddr_in` the kernel filled.
+fn from_sockaddr_in(sa: &libc::sockaddr_in) -> std::net::SocketAddrV4 {
+    std::net::SocketAddrV4::new(
+        u32::from_be(sa.sin_addr.s_addr).into(),
+        u16::from_be(sa.sin_port),
+    )
+}

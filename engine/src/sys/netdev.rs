@@ -1,0 +1,217 @@
+//! Interface facts and settings through the classic `SIOC*` ioctls
+//! (netdevice(7)) and sysctl files: index, MAC, MTU, IPv4 address, link up,
+//! and the one route the host port needs (`SIOCADDRT`, route(8)'s ioctl).
+//! Routes through a device disappear with it, so the daemon's TUN route
+//! needs no cleanup of its own.
+
+use std::ffi::CString;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use super::{cvt, socket};
+
+/// A name as `struct ifreq` holds it, or an error if it cannot be one.
+pub(super) fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', '\0', ' ']) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a valid interface name (1-15 bytes, no '/', space or NUL)"),
+        ));
+    }
+    // SAFETY: ifreq is plain C data (a name and a union of plain C
+    // data); all-zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+fn control_socket() -> io::Result<OwnedFd> {
+    socket(libc::AF_INET, libc::SOCK_DGRAM, 0)
+}
+
+/// Runs one interface ioctl on `req`.
+fn ioctl(request: libc::c_ulong, req: &mut libc::ifreq, name: &str) -> io::Result<()> {
+    let fd = control_socket()?;
+    // SAFETY: every request used here reads or writes one `struct ifreq`,
+    // and `req` is a valid, exclusively borrowed ifreq.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), request, std::ptr::from_mut(req)) })
+        .map(|_| ())
+        .map_err(|e| io::Error::new(e.kind(), format!("interface {name}: {e}")))
+}
+
+/// The interface's index, or an error naming it.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let c = CString::new(name).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: `c` is a NUL-terminated string that outlives the call.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no interface {name}"),
+        )),
+        i => Ok(i),
+    }
+}
+
+/// The interface's MAC address.
+pub fn mac(name: &str) -> io::Result<[u8; 6]> {
+    let mut req = ifreq(name)?;
+    ioctl(libc::SIOCGIFHWADDR, &mut req, name)?;
+    // SAFETY: SIOCGIFHWADDR filled the union's hwaddr member.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    Ok(std::array::from_fn(|i| data[i] as u8))
+}
+
+/// The interface's MTU.
+pub fn mtu(name: &str) -> io::Result<u32> {
+    let mut req = ifreq(name)?;
+    ioctl(libc::SIOCGIFMTU, &mut req, name)?;
+    // SAFETY: SIOCGIFMTU filled the union's mtu member.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// Sets the interface's MTU.
+pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+    ioctl(libc::SIOCSIFMTU, &mut req, name)
+}
+
+/// Sets interface flags (`IFF_*`).
+fn set_flags(name: &str, flags: libc::c_int) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    ioctl(libc::SIOCGIFFLAGS, &mut req, name)?;
+    // SAFETY: SIOCGIFFLAGS filled the union's flags member.
+    let current = unsafe { req.ifr_ifru.ifru_flags };
+    req.ifr_ifru.ifru_flags = current | flags as libc::c_short;
+    ioctl(libc::SIOCSIFFLAGS, &mut req, name)
+}
+
+/// Brings the interface up.
+pub fn set_up(name: &str) -> io::Result<()> {
+    set_flags(name, libc::IFF_UP)
+}
+
+/// Stops the kernel's ARP on the interface (`ip link set NAME arp off`):
+/// `arp_rcv` drops what arrives there, so only podswitch answers.
+pub fn set_noarp(name: &str) -> io::Result<()> {
+    set_flags(name, libc::IFF_NOARP)
+}
+
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {
+    let sin = super::sockaddr_in(std::net::SocketAddrV4::new(ip, 0));
+    // SAFETY: sockaddr_in and sockaddr are both 16 bytes of plain C data;
+    // the kernel reads this one as the sockaddr_in it is.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn sockaddr_ip(sa: &libc::sockaddr) -> Ipv4Addr {
+    Ipv4Addr::new(
+        sa.sa_data[2] as u8,
+        sa.sa_data[3] as u8,
+        sa.sa_data[4] as u8,
+        sa.sa_data[5] as u8,
+    )
+}
+
+/// The interface's primary IPv4 address and its prefix length, or `None`
+/// if it has none.
+pub fn ipv4(name: &str) -> io::Result<Option<(Ipv4Addr, u8)>> {
+    let mut req = ifreq(name)?;
+    match ioctl(libc::SIOCGIFADDR, &mut req, name) {
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
+    // SAFETY: SIOCGIFADDR filled the union's addr member.
+    let ip = sockaddr_ip(unsafe { &req.ifr_ifru.ifru_addr });
+    let mut req = ifreq(name)?;
+    ioctl(libc::SIOCGIFNETMASK, &mut req, name)?;
+    // SAFETY: SIOCGIFNETMASK filled the union's netmask member.
+    let mask = sockaddr_ip(unsafe { &req.ifr_ifru.ifru_netmask });
+    Ok(Some((ip, u32::from(mask).count_ones() as u8)))
+}
+
+/// Gives the interface an IPv4 address with a prefix length.
+pub fn set_ipv4(name: &str, ip: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_addr = sockaddr(ip);
+    ioctl(libc::SIOCSIFADDR, &mut req, name)?;
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::from(mask));
+    ioctl(libc::SIOCSIFNETMASK, &mut req, name)
+}
+
+/// `struct rtentry` of include/uapi/linux/route.h (glibc's libc crate
+/// does not export it).
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_tos: libc::c_uchar,
+    rt_class: libc::c_uchar,
+    rt_pad4: [libc::c_short; 3],
+    rt_metric: libc::c_short,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+const RTF_UP: libc::c_ushort = 0x0001;
+
+/// Adds the route `prefix/len dev name` (an existing one is not an error).
+pub fn add_device_route(prefix: Ipv4Addr, prefix_len: u8, dev: &str) -> io::Result<()> {
+    ifreq(dev)?; // validates the name
+    let mut dev_name = CString::new(dev)
+        .map_err(|_| io::ErrorKind::InvalidInput)?
+        .into_bytes_with_nul();
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len))
+        .unwrap_or(0);
+    // SAFETY: RtEntry is plain C data and a null rt_dev pointer; all-zero
+    // bytes are a valid value.
+    let mut rt: RtEntry = unsafe { std::mem::zeroed() };
+    rt.rt_dst = sockaddr(prefix);
+    rt.rt_genmask = sockaddr(Ipv4Addr::from(mask));
+    rt.rt_flags = RTF_UP;
+    rt.rt_dev = dev_name.as_mut_ptr().cast();
+    let fd = control_socket()?;
+    // SAFETY: SIOCADDRT reads one `struct rtentry`; `rt` is laid out as
+    // the kernel's and its `rt_dev` points to the NUL-terminated
+    // `dev_name`, alive for the call.
+    let result =
+        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCADDRT, std::ptr::from_mut(&mut rt)) });
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("route {prefix}/{prefix_len} dev {dev}: {e}"),
+        )),
+    }
+}
+
+/// Writes a sysctl under /proc/sys/net (for example
+/// `ipv6/conf/podswitch0/disable_ipv6`).
+pub fn set_net_sysctl(path: &str, value: &str) -> io::Result<()> {
+    std::fs::write(format!("/proc/sys/net/{path}"), value)
+        .map_err(|e| io::Error::new(e.kind(), format!("sysctl net/{path}: {e}")))
+}
+
+/// Reads a sysctl under /proc/sys/net.
+pub fn net_sysctl(path: &str) -> io::Result<String> {
+    Ok(std::fs::read_to_string(format!("/proc/sys/net/{path}"))?
+        .trim()
+        .to_string())
+}

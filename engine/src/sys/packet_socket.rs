@@ -1,0 +1,176 @@
+//! AF_PACKET sockets bound to one interface (packet(7)).
+//!
+//! Options used, each from include/uapi/linux/if_packet.h:
+//! - `PACKET_VNET_HDR`: every frame is preceded by a 10-byte virtio-net
+//!   header, which carries what checksum and segmentation offloads left
+//!   undone (a pod's TCP arrives as 64 KiB TSO frames with a partial
+//!   checksum; see [`crate::offload`]).
+//! - `PACKET_QDISC_BYPASS`: sends go straight to the driver, as
+//!   `pktgen` does; a pod veth has no queue worth keeping.
+//! - `PACKET_IGNORE_OUTGOING` (Linux 4.20): our own transmissions are not
+//!   looped back to us as received frames.
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use super::mmsg::{self, Received, RecvBuffers, SendBuffers};
+use super::{cvt, setsockopt, socket};
+
+const SOL_PACKET: libc::c_int = 263;
+const PACKET_VNET_HDR: libc::c_int = 15;
+const PACKET_QDISC_BYPASS: libc::c_int = 20;
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+/// Every protocol (`ETH_P_ALL`).
+pub const ETH_P_ALL: u16 = 0x0003;
+/// ARP.
+pub const ETH_P_ARP: u16 = 0x0806;
+/// IPv4.
+pub const ETH_P_IP: u16 = 0x0800;
+
+/// How to open a packet socket.
+#[derive(Debug, Clone, Copy)]
+pub struct PacketOptions {
+    /// EtherType to receive (host order), or [`ETH_P_ALL`].
+    pub protocol: u16,
+    /// Exchange virtio-net headers with the kernel.
+    pub vnet_hdr: bool,
+    /// Bypass the queueing discipline on send.
+    pub qdisc_bypass: bool,
+    /// Receive buffer size to ask for (bytes).
+    pub rcvbuf: usize,
+}
+
+impl Default for PacketOptions {
+    fn default() -> Self {
+        PacketOptions {
+            protocol: ETH_P_ALL,
+            vnet_hdr: true,
+            qdisc_bypass: true,
+            rcvbuf: 4 << 20,
+        }
+    }
+}
+
+/// One instruction of a classic BPF socket filter (`struct sock_filter`).
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BpfInstruction {
+    /// Operation.
+    pub code: u16,
+    /// Jump offset if true.
+    pub jt: u8,
+    /// Jump offset if false.
+    pub jf: u8,
+    /// Operand.
+    pub k: u32,
+}
+
+/// An AF_PACKET socket bound to one interface.
+#[derive(Debug)]
+pub struct PacketSocket {
+    fd: OwnedFd,
+    ifindex: u32,
+    vnet_hdr: bool,
+}
+
+impl PacketSocket {
+    /// Opens a socket on interface `ifindex`.
+    pub fn open(ifindex: u32, options: PacketOptions) -> io::Result<PacketSocket> {
+        let fd = socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW,
+            i32::from(options.protocol.to_be()),
+        )?;
+        let one: libc::c_int = 1;
+        if options.vnet_hdr {
+            setsockopt(fd.as_fd(), SOL_PACKET, PACKET_VNET_HDR, &one)?;
+        }
+        if options.qdisc_bypass {
+            setsockopt(fd.as_fd(), SOL_PACKET, PACKET_QDISC_BYPASS, &one)?;
+        }
+        // Without it (kernels before 4.20) outgoing frames come back with
+        // sll_pkttype PACKET_OUTGOING; we need 4.20 for veth XDP anyway.
+        setsockopt(fd.as_fd(), SOL_PACKET, PACKET_IGNORE_OUTGOING, &one)?;
+        let rcvbuf = options.rcvbuf as libc::c_int;
+        // SO_RCVBUFFORCE passes rmem_max as root; plain SO_RCVBUF otherwise.
+        if setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &rcvbuf).is_err() {
+            setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf)?;
+        }
+        let sndbuf = rcvbuf;
+        if setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &sndbuf).is_err() {
+            setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &sndbuf)?;
+        }
+        let sock = PacketSocket {
+            fd,
+            ifindex,
+            vnet_hdr: options.vnet_hdr,
+        };
+        sock.bind(options.protocol)?;
+        Ok(sock)
+    }
+
+    fn bind(&self, protocol: u16) -> io::Result<()> {
+        // SAFETY: sockaddr_ll is plain C data; zero is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = protocol.to_be();
+        sll.sll_ifindex = self.ifindex as libc::c_int;
+        // SAFETY: `sll` is a valid sockaddr_ll of the length passed, read
+        // by the kernel only.
+        cvt(unsafe {
+            libc::bind(
+                self.fd.as_raw_fd(),
+                std::ptr::from_ref(&sll).cast(),
+                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Attaches a classic BPF filter: frames it rejects never reach the
+    /// socket's queue.
+    pub fn attach_filter(&self, program: &[BpfInstruction]) -> io::Result<()> {
+        let prog = libc::sock_fprog {
+            len: program.len() as u16,
+            // The kernel copies the program and never writes it.
+            filter: program.as_ptr().cast_mut().cast(),
+        };
+        setsockopt(
+            self.fd.as_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            &prog,
+        )
+    }
+
+    /// True if frames carry a virtio-net header.
+    pub fn has_vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// The interface it is bound to.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Receives a batch (see [`mmsg::recv_batch`]).
+    pub fn recv_batch(
+        &self,
+        bufs: &mut impl RecvBuffers,
+        meta: &mut [Received],
+    ) -> io::Result<usize> {
+        mmsg::recv_batch(self.fd.as_fd(), bufs, meta)
+    }
+
+    /// Sends a batch on the bound interface (see [`mmsg::send_batch`]).
+    pub fn send_batch(&self, bufs: &impl SendBuffers) -> io::Result<usize> {
+        mmsg::send_batch(self.fd.as_fd(), bufs)
+    }
+}
+
+impl AsFd for PacketSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

@@ -1,0 +1,110 @@
+//! TUN and TAP devices (Documentation/networking/tuntap.rst).
+//!
+//! A TUN device exchanges IP packets with the kernel's stack (the node's
+//! host port); a TAP device exchanges Ethernet frames (a pod attached by
+//! TAP). Both are opened without the packet-information prefix
+//! (`IFF_NO_PI`) and non-blocking. The device lives as long as the file
+//! descriptor: closing it removes the interface and its routes.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use super::cvt;
+
+/// TUN (IP packets) or TAP (Ethernet frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunKind {
+    /// IP packets.
+    Tun,
+    /// Ethernet frames.
+    Tap,
+}
+
+/// An open TUN or TAP device.
+#[derive(Debug)]
+pub struct TunDevice {
+    fd: OwnedFd,
+    name: String,
+}
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+
+impl TunDevice {
+    /// Creates (or attaches to) the device `name`.
+    pub fn open(name: &str, kind: TunKind) -> io::Result<TunDevice> {
+        // SAFETY: the path is a NUL-terminated literal; a non-negative
+        // return is a new descriptor owned by no one else.
+        let raw = cvt(unsafe {
+            libc::open(
+                c"/dev/net/tun".as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        })
+        .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e}")))?;
+        // SAFETY: `raw` was just returned by open(2).
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut req = super::netdev::ifreq(name)?;
+        let flags = match kind {
+            TunKind::Tun => libc::IFF_TUN,
+            TunKind::Tap => libc::IFF_TAP,
+        } | libc::IFF_NO_PI;
+        req.ifr_ifru.ifru_flags = flags as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `req` is a
+        // valid, exclusively borrowed ifreq.
+        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, std::ptr::from_mut(&mut req)) })
+            .map_err(|e| io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")))?;
+        Ok(TunDevice {
+            fd,
+            name: name.to_string(),
+        })
+    }
+
+    /// Its interface name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads one packet (or frame) into `buf`; `Ok(None)` when none waits.
+    pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: `buf` is a live, exclusively borrowed slice of the length
+        // passed.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(n as usize))
+    }
+
+    /// Writes one packet (or frame) made of `parts`.
+    pub fn write(&self, parts: &[&[u8]]) -> io::Result<usize> {
+        let iov: [libc::iovec; 2] = std::array::from_fn(|i| libc::iovec {
+            iov_base: parts
+                .get(i)
+                .map_or(std::ptr::null_mut(), |p| p.as_ptr().cast_mut().cast()),
+            iov_len: parts.get(i).map_or(0, |p| p.len()),
+        });
+        // SAFETY: the iovecs point into slices borrowed for the call, which
+        // the kernel only reads.
+        let n = unsafe {
+            libc::writev(
+                self.fd.as_raw_fd(),
+                iov.as_ptr(),
+                parts.len().min(2) as libc::c_int,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
+
+impl AsFd for TunDevice {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

@@ -1,0 +1,502 @@
+//! podswitchd's configuration: a TOML file, every key of which a command
+//! line option can override, checked into [`Settings`] before anything is
+//! touched. An error names the file (or option), the key and the reason.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use podswitch_engine::config::{derived_mac, Backend, GatewayMode, NodeConfig};
+use podswitch_engine::encap::{MacAddr, TunnelMode, Vni};
+use podswitch_engine::fib::Prefix;
+use podswitch_engine::sys::netdev;
+use serde::Deserialize;
+
+/// podswitchd: the podswitch data plane of one node.
+///
+/// Reads pod veths (AF_PACKET) and TAP devices, switches and routes their
+/// frames, encapsulates traffic to other nodes (VXLAN, IPIP, IP-in-UDP) or
+/// forwards it directly (host-gw), gives the node's own stack a TUN port,
+/// and serves a control socket (see `podswitchctl --help`). Settings come
+/// from --config FILE (TOML, keys as in the option names: `[node] name`,
+/// `[backend] type`, ...); an option on the command line wins over the
+/// file. SIGTERM or SIGINT stop it cleanly.
+#[derive(Debug, Parser)]
+#[command(name = "podswitchd", version)]
+pub(crate) struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short = 'c', env = "PODSWITCHD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// [node] name: this node's name (also seeds its MACs).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// [node] pod_cidr: this node's pod subnet, e.g. 10.244.1.0/24.
+    #[arg(long)]
+    pub pod_cidr: Option<String>,
+    /// [node] cluster_cidr: all pods of the cluster (default: the pod
+    /// subnet widened to /16), routed to pods through the host port.
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+    /// [node] underlay_interface: the interface towards other nodes.
+    #[arg(long)]
+    pub underlay_interface: Option<String>,
+    /// [node] underlay_ip: the node's address on it (default: the
+    /// interface's first IPv4 address).
+    #[arg(long)]
+    pub underlay_ip: Option<String>,
+    /// [node] vtep_mac: the VXLAN VTEP MAC (default: a stable locally
+    /// administered MAC derived from the node name).
+    #[arg(long)]
+    pub vtep_mac: Option<String>,
+    /// [node] gateway_mode: bridge (flannel: gateway .1 of the pod subnet)
+    /// or proxy-arp (Calico: every ARP answered, gateway 169.254.1.1).
+    #[arg(long)]
+    pub gateway_mode: Option<String>,
+    /// [backend] type: vxlan, ipip, udp, host-gw or directrouting.
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// [backend] vni: VXLAN network identifier (default 1).
+    #[arg(long)]
+    pub vni: Option<u32>,
+    /// [backend] port: tunnel UDP port (default 8472 for vxlan, 8285 for udp).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// [backend] mtu: the pods' MTU (default: the underlay's less the
+    /// tunnel overhead, 1450 for vxlan over 1500).
+    #[arg(long)]
+    pub mtu: Option<u16>,
+    /// [control] socket: the control socket's path.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// [dataplane] host_interface: the TUN device of the node's host port.
+    #[arg(long)]
+    pub host_interface: Option<String>,
+    /// [dataplane] port_kind: how pod ports are read when a request does
+    /// not say: af-packet or tap.
+    #[arg(long)]
+    pub port_kind: Option<String>,
+    /// [dataplane] busy_poll_us: microseconds the worker keeps polling
+    /// after the last packet before sleeping (default 200).
+    #[arg(long)]
+    pub busy_poll_us: Option<u64>,
+    /// [dataplane] pool_buffers: packet buffers of 2 KiB (default 16384).
+    #[arg(long)]
+    pub pool_buffers: Option<usize>,
+    /// A static peer, repeatable: name=N,underlay_ip=IP,pod_cidr=CIDR[,vtep_mac=MAC][,underlay_mac=MAC][,backend=B]
+    #[arg(long = "peer", value_name = "KEY=VALUE,...")]
+    pub peers: Vec<String>,
+    /// A static pod port, repeatable: interface=IF,ip=IP,mac=MAC[,kind=K][,container_id=ID]
+    #[arg(long = "pod-port", value_name = "KEY=VALUE,...")]
+    pub ports: Vec<String>,
+    /// Log level: error, warn, info or debug.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    node: NodeSection,
+    #[serde(default)]
+    backend: BackendSection,
+    #[serde(default)]
+    control: ControlSection,
+    #[serde(default)]
+    dataplane: DataplaneSection,
+    #[serde(default)]
+    peer: Vec<PeerConfig>,
+    #[serde(default)]
+    port: Vec<PortConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeSection {
+    name: Option<String>,
+    pod_cidr: Option<String>,
+    cluster_cidr: Option<String>,
+    underlay_interface: Option<String>,
+    underlay_ip: Option<String>,
+    vtep_mac: Option<String>,
+    gateway_mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendSection {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    vni: Option<u32>,
+    port: Option<u16>,
+    mtu: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlSection {
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataplaneSection {
+    host_interface: Option<String>,
+    port_kind: Option<String>,
+    busy_poll_us: Option<u64>,
+    pool_buffers: Option<usize>,
+}
+
+/// A static peer, as `[[peer]]` or `--peer` gives it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PeerConfig {
+    pub name: String,
+    pub underlay_ip: String,
+    pub pod_cidr: String,
+    #[serde(default)]
+    pub vtep_mac: Option<String>,
+    #[serde(default)]
+    pub underlay_mac: Option<String>,
+    #[serde(default)]
+    pub backend: Option<String>,
+}
+
+/// A static pod port, as `[[port]]` or `--pod-port` gives it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PortConfig {
+    pub interface: String,
+    pub ip: String,
+    pub mac: String,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+}
+
+/// Everything podswitchd runs with, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub node: NodeConfig,
+    pub underlay_interface: String,
+    pub socket: PathBuf,
+    pub host_interface: String,
+    pub port_kind: String,
+    pub busy_poll_us: u64,
+    pub pool_buffers: usize,
+    pub peers: Vec<PeerConfig>,
+    pub ports: Vec<PortConfig>,
+}
+
+/// The default control socket.
+pub(crate) const DEFAULT_SOCKET: &str = "/run/podswitch/podswitchd.sock";
+/// Port kinds a pod port may have.
+pub(crate) const PORT_KINDS: &[&str] = &["af-packet", "tap"];
+
+/// Where a value came from, for error messages.
+struct Origin<'a> {
+    file: Option<&'a Path>,
+}
+
+impl Origin<'_> {
+    fn error(&self, key: &str, reason: impl std::fmt::Display) -> String {
+        match self.file {
+            Some(f) => format!("{}: {key}: {reason}", f.display()),
+            None => format!("{key}: {reason}"),
+        }
+    }
+}
+
+/// Parses `key=value,key=value` into a table for one `[[peer]]`/`[[port]]`.
+fn key_values<T: serde::de::DeserializeOwned>(option: &str, text: &str) -> Result<T, String> {
+    let mut table = toml::Table::new();
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--{option} {text:?}: {pair:?} is not KEY=VALUE"))?;
+        table.insert(
+            k.trim().to_string(),
+            toml::Value::String(v.trim().to_string()),
+        );
+    }
+    table
+        .try_into()
+        .map_err(|e| format!("--{option} {text:?}: {e}"))
+}
+
+impl Settings {
+    /// Reads the file (if any), applies the command line, and checks
+    /// everything, looking at the underlay interface for defaults.
+    pub(crate) fn load(cli: &Cli) -> Result<Settings, String> {
+        let file: FileConfig = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let origin = Origin {
+            file: cli.config.as_deref(),
+        };
+        let pick = |cli: &Option<String>, file: &Option<String>| cli.clone().or(file.clone());
+        let need = |key: &str, option: &str, v: Option<String>| {
+            v.ok_or_else(|| {
+                origin.error(
+                    key,
+                    format!("missing (set it in the file or with --{option})"),
+                )
+            })
+        };
+        let name = need(
+            "node.name",
+            "node-name",
+            pick(&cli.node_name, &file.node.name),
+        )?;
+        if name.is_empty() {
+            return Err(origin.error("node.name", "empty"));
+        }
+        let pod_cidr_text = need(
+            "node.pod_cidr",
+            "pod-cidr",
+            pick(&cli.pod_cidr, &file.node.pod_cidr),
+        )?;
+        let pod_cidr: Prefix = pod_cidr_text
+            .parse()
+            .map_err(|e| origin.error("node.pod_cidr", e))?;
+        let cluster_cidr: Prefix = match pick(&cli.cluster_cidr, &file.node.cluster_cidr) {
+            Some(t) => t
+                .parse()
+                .map_err(|e| origin.error("node.cluster_cidr", e))?,
+            None => Prefix::new_truncating(pod_cidr.addr(), 16.min(pod_cidr.prefix_len())),
+        };
+        if !cluster_cidr.covers(&pod_cidr) {
+            return Err(origin.error(
+                "node.cluster_cidr",
+                format!("{cluster_cidr} does not contain the pod CIDR {pod_cidr}"),
+            ));
+        }
+        let underlay_interface = need(
+            "node.underlay_interface",
+            "underlay-interface",
+            pick(&cli.underlay_interface, &file.node.underlay_interface),
+        )?;
+        let iface_addr = netdev::ipv4(&underlay_interface)
+            .map_err(|e| origin.error("node.underlay_interface", e))?;
+        let (underlay_ip, prefix_len) = match pick(&cli.underlay_ip, &file.node.underlay_ip) {
+            Some(t) => {
+                let ip: Ipv4Addr = t.parse().map_err(|_| {
+                    origin.error("node.underlay_ip", format!("{t:?} is not an IPv4 address"))
+                })?;
+                let len = iface_addr.filter(|(a, _)| *a == ip).map_or(24, |(_, l)| l);
+                (ip, len)
+            }
+            None => iface_addr.ok_or_else(|| {
+                origin.error(
+                    "node.underlay_ip",
+                    format!("not given, and {underlay_interface} has no IPv4 address"),
+                )
+            })?,
+        };
+        let gateway_mode = match pick(&cli.gateway_mode, &file.node.gateway_mode).as_deref() {
+            None | Some("bridge") => GatewayMode::Bridge,
+            Some("proxy-arp") => GatewayMode::ProxyArp,
+            Some(other) => {
+                return Err(origin.error(
+                    "node.gateway_mode",
+                    format!("{other:?}: bridge or proxy-arp"),
+                ))
+            }
+        };
+        let backend: Backend = match pick(&cli.backend, &file.backend.kind) {
+            Some(t) => t.parse().map_err(|e| origin.error("backend.type", e))?,
+            None => Backend::Vxlan,
+        };
+        let mut node = match gateway_mode {
+            GatewayMode::Bridge => NodeConfig::flannel(&name, pod_cidr, underlay_ip),
+            GatewayMode::ProxyArp => NodeConfig::calico(&name, pod_cidr, underlay_ip),
+        };
+        node.backend = backend;
+        node.cluster_cidr = cluster_cidr;
+        node.underlay_prefix_len = prefix_len;
+        node.underlay_mac = MacAddr(
+            netdev::mac(&underlay_interface)
+                .map_err(|e| origin.error("node.underlay_interface", e))?,
+        );
+        if let Some(t) = pick(&cli.vtep_mac, &file.node.vtep_mac) {
+            node.vtep_mac = t.parse().map_err(|e| origin.error("node.vtep_mac", e))?;
+        } else {
+            node.vtep_mac = derived_mac(0x0e, &name);
+        }
+        if let Some(v) = cli.vni.or(file.backend.vni) {
+            node.vni = Vni::new(v)
+                .ok_or_else(|| origin.error("backend.vni", format!("{v} does not fit 24 bits")))?;
+        }
+        if let Some(p) = cli.port.or(file.backend.port) {
+            if p == 0 {
+                return Err(origin.error("backend.port", "0 is not a port"));
+            }
+            match backend {
+                Backend::Udp => node.udp_port = p,
+                _ => node.vxlan_port = p,
+            }
+        }
+        let overhead = match backend {
+            Backend::Vxlan | Backend::DirectRouting => TunnelMode::Vxlan.overhead(),
+            Backend::Ipip => TunnelMode::Ipip.overhead(),
+            Backend::Udp => TunnelMode::IpInUdp.overhead(),
+            Backend::HostGw => 0,
+        };
+        let iface_mtu = netdev::mtu(&underlay_interface)
+            .map_err(|e| origin.error("node.underlay_interface", e))?;
+        node.underlay_mtu = match cli.mtu.or(file.backend.mtu) {
+            Some(mtu) => {
+                if !(576..=9000).contains(&mtu) || u32::from(mtu) + u32::from(overhead) > iface_mtu
+                {
+                    return Err(origin.error(
+                        "backend.mtu",
+                        format!(
+                            "{mtu} does not fit: 576 at least, and with the {backend} overhead of {overhead} bytes at most the underlay's {iface_mtu}"
+                        ),
+                    ));
+                }
+                mtu + overhead
+            }
+            None => u16::try_from(iface_mtu).unwrap_or(u16::MAX),
+        };
+        let port_kind = cli
+            .port_kind
+            .clone()
+            .or(file.dataplane.port_kind.clone())
+            .unwrap_or_else(|| "af-packet".into());
+        if !PORT_KINDS.contains(&port_kind.as_str()) {
+            return Err(origin.error(
+                "dataplane.port_kind",
+                format!("{port_kind:?}: one of {}", PORT_KINDS.join(", ")),
+            ));
+        }
+        let host_interface = pick(&cli.host_interface, &file.dataplane.host_interface)
+            .unwrap_or_else(|| "podswitch0".into());
+        netdev::ifindex(&host_interface).ok(); // validated when created
+        let pool_buffers = cli
+            .pool_buffers
+            .or(file.dataplane.pool_buffers)
+            .unwrap_or(16384);
+        if pool_buffers < 1024 {
+            return Err(origin.error("dataplane.pool_buffers", "at least 1024"));
+        }
+        let mut peers = file.peer;
+        for text in &cli.peers {
+            peers.push(key_values("peer", text)?);
+        }
+        let mut ports = file.port;
+        for text in &cli.ports {
+            ports.push(key_values("pod-port", text)?);
+        }
+        Ok(Settings {
+            node,
+            underlay_interface,
+            socket: cli
+                .socket
+                .clone()
+                .or(file.control.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            host_interface,
+            port_kind,
+            busy_poll_us: cli
+                .busy_poll_us
+                .or(file.dataplane.busy_poll_us)
+                .unwrap_or(200),
+            pool_buffers,
+            peers,
+            ports,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("podswitchd").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn file_errors_name_file_key_and_reason() {
+        let dir = std::env::temp_dir().join(format!("psw-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let typo = write("typo.toml", "[node]\nnme = \"node1\"\n");
+        let e = Settings::load(&cli(&["--config", typo.to_str().unwrap()])).unwrap_err();
+        assert!(e.contains("typo.toml") && e.contains("nme"), "{e}");
+
+        let bad = write(
+            "bad.toml",
+            "[node]\nname = \"node1\"\npod_cidr = \"10.244.1.0/33\"\nunderlay_interface = \"lo\"\n",
+        );
+        let e = Settings::load(&cli(&["--config", bad.to_str().unwrap()])).unwrap_err();
+        assert!(e.contains("bad.toml: node.pod_cidr:"), "{e}");
+
+        let missing = write("missing.toml", "[backend]\ntype = \"vxlan\"\n");
+        let e = Settings::load(&cli(&["--config", missing.to_str().unwrap()])).unwrap_err();
+        assert!(
+            e.contains("node.name: missing") && e.contains("--node-name"),
+            "{e}"
+        );
+
+        let e = Settings::load(&cli(&["--config", "/nonexistent/x.toml"])).unwrap_err();
+        assert!(e.starts_with("/nonexistent/x.toml:"), "{e}");
+
+        let backend = write(
+            "backend.toml",
+            "[node]\nname = \"n\"\npod_cidr = \"10.244.1.0/24\"\nunderlay_interface = \"lo\"\nunderlay_ip = \"127.0.0.1\"\n[backend]\ntype = \"gre\"\n",
+        );
+        let e = Settings::load(&cli(&["--config", backend.to_str().unwrap()])).unwrap_err();
+        assert!(e.contains("backend.type") && e.contains("gre"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn command_line_wins_and_defaults_follow_flannel() {
+        // The loopback interface exists everywhere; its MTU is 65536.
+        let s = Settings::load(&cli(&[
+            "--node-name",
+            "node1",
+            "--pod-cidr",
+            "10.244.1.0/24",
+            "--underlay-interface",
+            "lo",
+            "--underlay-ip",
+            "127.0.0.1",
+            "--mtu",
+            "1450",
+            "--peer",
+            "name=node2,underlay_ip=192.168.100.2,pod_cidr=10.244.2.0/24,vtep_mac=02:0e:00:00:00:02",
+        ]))
+        .unwrap();
+        assert_eq!(s.node.cluster_cidr.to_string(), "10.244.0.0/16");
+        assert_eq!(s.node.pod_mtu(), 1450);
+        assert_eq!(s.node.vxlan_port, 8472);
+        assert_eq!(s.node.vtep_mac, derived_mac(0x0e, "node1"));
+        assert_eq!(s.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(s.peers[0].pod_cidr, "10.244.2.0/24");
+        let e = Settings::load(&cli(&[
+            "--node-name",
+            "n",
+            "--pod-cidr",
+            "10.244.1.0/24",
+            "--underlay-interface",
+            "lo",
+            "--peer",
+            "name",
+        ]))
+        .unwrap_err();
+        assert!(e.contains("--peer") && e.contains("KEY=VALUE"), "{e}");
+    }
+}

@@ -1,0 +1,218 @@
+//! The daemon's side of control requests: opening and closing the kernel
+//! side of ports on the worker, captures, and ARP for host-gw next hops.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use podswitch_control::handler::Dataplane;
+use podswitch_engine::capture::CaptureLimit;
+use podswitch_engine::encap::arp::{ArpOperation, ArpRepr};
+use podswitch_engine::encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
+use podswitch_engine::encap::MacAddr;
+use podswitch_engine::kernel_port::{AfPacketPort, TapPort};
+use podswitch_engine::port::{Port, PortId};
+use podswitch_engine::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
+use podswitch_engine::sys::netdev;
+use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ARP};
+use podswitch_engine::tables::Tables;
+use podswitch_engine::worker::Worker;
+use serde_json::{json, Value};
+
+/// What the control handler reaches through [`Dataplane`].
+#[derive(Debug)]
+pub(crate) struct Daemon {
+    pub tables: Arc<Tables>,
+    pub worker: Arc<Worker>,
+    pub underlay_interface: String,
+    pub default_port_kind: String,
+    pub clock_micros: fn() -> u64,
+}
+
+impl Daemon {
+    fn open(&self, id: PortId, name: &str, kind: &str) -> std::io::Result<Box<dyn Port>> {
+        match kind {
+            "af-packet" => {
+                // The host side of a pod veth must give the kernel no
+                // reason to act on pod frames (DESIGN.md): no ARP answers
+                // for the node's addresses (the TUN port holds the
+                // gateway address), no IPv6 of its own.
+                netdev::set_noarp(name)?;
+                let _ = netdev::set_net_sysctl(&format!("ipv6/conf/{name}/disable_ipv6"), "1");
+                netdev::set_up(name)?;
+                Ok(Box::new(AfPacketPort::open(
+                    name,
+                    id,
+                    Arc::clone(&self.tables),
+                )?))
+            }
+            "tap" => Ok(Box::new(TapPort::open(name, id, Arc::clone(&self.tables))?)),
+            other => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "port kind {other:?}: one of {}",
+                    crate::config::PORT_KINDS.join(", ")
+                ),
+            )),
+        }
+    }
+}
+
+impl Dataplane for Daemon {
+    fn open_port(&self, id: PortId, name: &str, kind: Option<&str>) -> Result<String, String> {
+        let kind = kind.unwrap_or(&self.default_port_kind);
+        let port = self
+            .open(id, name, kind)
+            .map_err(|e| format!("{name}: {e}"))?;
+        self.worker
+            .attach(id, port)
+            .map_err(|e| format!("{name}: {e}"))?;
+        tracing::info!(port = id.0, interface = name, kind, "port attached");
+        Ok(kind.to_string())
+    }
+
+    fn close_port(&self, id: PortId, name: &str) {
+        match self.worker.detach(id) {
+            Ok(_) => tracing::info!(port = id.0, interface = name, "port detached"),
+            Err(e) => tracing::warn!(port = id.0, interface = name, "detaching: {e}"),
+        }
+    }
+
+    fn capture(
+        &self,
+        id: PortId,
+        file: &Path,
+        packets: Option<u64>,
+        seconds: u64,
+    ) -> Result<Value, String> {
+        let out = File::create(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let limit = CaptureLimit {
+            packets,
+            until_micros: Some((self.clock_micros)() + seconds * 1_000_000),
+        };
+        tracing::info!(port = id.0, file = %file.display(), ?packets, seconds, "capture started");
+        let done = self
+            .worker
+            .capture(id, out, limit)
+            .map_err(|e| e.to_string())?;
+        let result = done
+            .recv_timeout(Duration::from_secs(seconds + 5))
+            .map_err(|_| "the capture did not finish".to_string())?
+            .map_err(|e| e.to_string())?;
+        tracing::info!(port = id.0, packets = result.packets, "capture finished");
+        if let Some(e) = result.error {
+            return Err(format!(
+                "{}: {e} (after {} frames)",
+                file.display(),
+                result.packets
+            ));
+        }
+        Ok(json!({ "file": file.display().to_string(), "packets": result.packets }))
+    }
+
+    fn resolve_underlay_mac(&self, ip: Ipv4Addr) -> Result<MacAddr, String> {
+        if let Some(mac) = kernel_neighbour(ip) {
+            return Ok(mac);
+        }
+        arp(&self.underlay_interface, ip).map_err(|e| {
+            format!(
+                "cannot find the underlay MAC of {ip} on {}: {e} (give underlay_mac)",
+                self.underlay_interface
+            )
+        })
+    }
+}
+
+/// The kernel's ARP entry for `ip`, if complete (/proc/net/arp).
+fn kernel_neighbour(ip: Ipv4Addr) -> Option<MacAddr> {
+    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // IP address, HW type, Flags (0x2 = complete), HW address, ...
+        let complete = f.get(2).is_some_and(|fl| *fl == "0x2" || *fl == "0x6");
+        (f.first()? == &ip.to_string().as_str() && complete)
+            .then(|| f.get(3)?.parse().ok())
+            .flatten()
+    })
+}
+
+struct OneFrame<'a>(&'a [u8]);
+
+impl SendBuffers for OneFrame<'_> {
+    fn count(&self) -> usize {
+        1
+    }
+    fn parts(&self, _: usize) -> [&[u8]; MAX_PARTS] {
+        [self.0, &[], &[]]
+    }
+    fn destination(&self, _: usize) -> Option<std::net::SocketAddrV4> {
+        None
+    }
+}
+
+struct OneBuffer<'a>(&'a mut [u8]);
+
+impl RecvBuffers for OneBuffer<'_> {
+    fn count(&self) -> usize {
+        1
+    }
+    fn parts(&mut self, _: usize) -> [&mut [u8]; MAX_PARTS] {
+        [&mut *self.0, &mut [], &mut []]
+    }
+}
+
+/// Asks for `ip`'s MAC with ARP on `interface` (RFC 826), up to three
+/// requests a second apart.
+fn arp(interface: &str, ip: Ipv4Addr) -> std::io::Result<MacAddr> {
+    let ifindex = netdev::ifindex(interface)?;
+    let our_mac = MacAddr(netdev::mac(interface)?);
+    let our_ip = netdev::ipv4(interface)?.map_or(Ipv4Addr::UNSPECIFIED, |(a, _)| a);
+    let sock = PacketSocket::open(
+        ifindex,
+        PacketOptions {
+            protocol: ETH_P_ARP,
+            vnet_hdr: false,
+            qdisc_bypass: false,
+            rcvbuf: 1 << 16,
+        },
+    )?;
+    let mut request = [0u8; ETH + 28];
+    EthernetRepr {
+        src: our_mac,
+        dst: MacAddr::BROADCAST,
+        ethertype: EtherType::Arp,
+    }
+    .emit(&mut request);
+    ArpRepr {
+        operation: ArpOperation::Request,
+        sender_mac: our_mac,
+        sender_ip: our_ip,
+        target_mac: MacAddr::ZERO,
+        target_ip: ip,
+    }
+    .emit(&mut request[ETH..]);
+    let mut buf = [0u8; 128];
+    let mut meta = [Received::default()];
+    for _ in 0..3 {
+        sock.send_batch(&OneFrame(&request))?;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if sock.recv_batch(&mut OneBuffer(&mut buf), &mut meta)? == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+            let len = meta[0].len.min(buf.len());
+            if let Ok(reply) = ArpRepr::parse(buf.get(ETH..len).unwrap_or(&[])) {
+                if reply.operation == ArpOperation::Reply && reply.sender_ip == ip {
+                    return Ok(reply.sender_mac);
+                }
+            }
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no ARP reply",
+    ))
+}

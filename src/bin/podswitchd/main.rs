@@ -1,0 +1,247 @@
+//! `podswitchd`: the podswitch data plane of one node.
+//!
+//! Start-up, in order: settings (file, then command line; any error stops
+//! here, naming the key), tables, the worker thread, the underlay port,
+//! the host port (TUN) with its cluster route, static peers and ports,
+//! then the control socket. It then waits for SIGTERM or SIGINT and takes
+//! everything down in reverse: the socket file, the ports (closing the TUN
+//! device removes it and its route), the worker.
+
+mod config;
+mod dataplane;
+
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use podswitch_control::handler::Handler;
+use podswitch_control::protocol::Request;
+use podswitch_control::server::Server;
+use podswitch_engine::config::{Backend, GatewayMode};
+use podswitch_engine::fib::{NextHop, Prefix};
+use podswitch_engine::kernel_port::{HostPort, HostPortOptions, UnderlayOptions, UnderlayPort};
+use podswitch_engine::port::PortId;
+use podswitch_engine::sys::netdev;
+use podswitch_engine::tables::{PortSpec, Tables};
+use podswitch_engine::worker::{Worker, WorkerOptions};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use config::{Cli, Settings};
+use dataplane::Daemon;
+
+/// Most ports (pods, underlay, host) one daemon serves.
+const MAX_PORTS: usize = 4096;
+
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+fn clock_secs() -> u32 {
+    STARTED.get_or_init(Instant::now).elapsed().as_secs() as u32
+}
+
+fn clock_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.log_level.as_str() {
+        "error" => tracing::Level::ERROR,
+        "warn" => tracing::Level::WARN,
+        "debug" => tracing::Level::DEBUG,
+        _ => tracing::Level::INFO,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let settings = match Settings::load(&cli) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("podswitchd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("podswitchd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(settings: Settings) -> Result<(), String> {
+    STARTED.get_or_init(Instant::now);
+    // Register for signals first: a stop during start-up still cleans up.
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+    let node = settings.node.clone();
+    tracing::info!(
+        node = %node.name,
+        pod_cidr = %node.pod_cidr,
+        backend = %node.backend,
+        gateway_mode = %node.gateway_mode,
+        underlay = %format!("{} {}", settings.underlay_interface, node.underlay_ip),
+        pod_mtu = node.pod_mtu(),
+        "starting"
+    );
+    if matches!(node.backend, Backend::HostGw | Backend::DirectRouting) {
+        let key = format!("ipv4/conf/{}/forwarding", settings.underlay_interface);
+        if netdev::net_sysctl(&key).is_ok_and(|v| v == "1") {
+            tracing::warn!(
+                "net.{} is 1: the kernel would also forward host-gw packets for pods into {}; \
+                 set it to 0 for the underlay so that only podswitch does",
+                key.replace('/', "."),
+                settings.host_interface
+            );
+        }
+    }
+    let tables = Tables::new(node.clone(), MAX_PORTS);
+    // The node's own address towards pods reaches the host stack in both
+    // gateway modes (in bridge mode it is the gateway, already routed).
+    let host_address = node.icmp_source;
+    if node.gateway_mode == GatewayMode::ProxyArp {
+        tables
+            .add_route(Prefix::new_truncating(host_address, 32), NextHop::Host)
+            .map_err(|e| e.to_string())?;
+    }
+    let worker = Arc::new(
+        Worker::spawn(
+            "podswitch-worker",
+            Arc::clone(&tables),
+            WorkerOptions {
+                pool_buffers: settings.pool_buffers,
+                busy_poll: Duration::from_micros(settings.busy_poll_us),
+                clock_secs,
+                clock_micros,
+            },
+        )
+        .map_err(|e| format!("worker: {e}"))?,
+    );
+
+    let underlay_id = tables
+        .attach_port(PortSpec::underlay(&settings.underlay_interface))
+        .map_err(|e| e.to_string())?;
+    let underlay = UnderlayPort::open(
+        &UnderlayOptions {
+            interface: settings.underlay_interface.clone(),
+            local_ip: node.underlay_ip,
+            backend: node.backend,
+            vxlan_port: node.vxlan_port,
+            udp_port: node.udp_port,
+            pod_cidr: node.pod_cidr,
+        },
+        underlay_id,
+        Arc::clone(&tables),
+    )
+    .map_err(|e| format!("underlay {}: {e}", settings.underlay_interface))?;
+    attach(&worker, underlay_id, Box::new(underlay), "underlay")?;
+
+    let host_id = tables
+        .attach_port(PortSpec::host(&settings.host_interface))
+        .map_err(|e| e.to_string())?;
+    let host = HostPort::open(
+        &HostPortOptions {
+            name: settings.host_interface.clone(),
+            mtu: u32::from(node.pod_mtu()),
+            address: host_address,
+            routes: vec![node.cluster_cidr],
+        },
+        host_id,
+        Arc::clone(&tables),
+    )
+    .map_err(|e| format!("host port {}: {e}", settings.host_interface))?;
+    attach(&worker, host_id, Box::new(host), "host")?;
+    tracing::info!(
+        interface = %settings.host_interface,
+        address = %host_address,
+        route = %node.cluster_cidr,
+        "host port up"
+    );
+
+    let daemon = Arc::new(Daemon {
+        tables: Arc::clone(&tables),
+        worker: Arc::clone(&worker),
+        underlay_interface: settings.underlay_interface.clone(),
+        default_port_kind: settings.port_kind.clone(),
+        clock_micros,
+    });
+    let handler = Arc::new(Handler::with_dataplane(
+        Arc::clone(&tables),
+        clock_secs,
+        daemon,
+    ));
+    for peer in &settings.peers {
+        let request = Request::PeerAdd {
+            name: peer.name.clone(),
+            underlay_ip: peer.underlay_ip.clone(),
+            pod_cidr: peer.pod_cidr.clone(),
+            vtep_mac: peer.vtep_mac.clone().unwrap_or_else(|| {
+                podswitch_engine::config::derived_mac(0x0e, &peer.name).to_string()
+            }),
+            underlay_mac: peer.underlay_mac.clone(),
+            backend: peer.backend.clone(),
+            vni: None,
+        };
+        handler
+            .handle(&request)
+            .map_err(|e| format!("peer {}: {e}", peer.name))?;
+        tracing::info!(peer = %peer.name, underlay_ip = %peer.underlay_ip, pod_cidr = %peer.pod_cidr, "peer added");
+    }
+    for port in &settings.ports {
+        let request = Request::PortAdd {
+            interface: port.interface.clone(),
+            ip: port.ip.clone(),
+            mac: port.mac.clone(),
+            container_id: port.container_id.clone(),
+            anti_spoof: true,
+            kind: port.kind.clone(),
+        };
+        handler
+            .handle(&request)
+            .map_err(|e| format!("port {}: {e}", port.interface))?;
+    }
+
+    let server = Server::bind(&settings.socket, Arc::clone(&handler))
+        .map_err(|e| format!("control socket {}: {e}", settings.socket.display()))?;
+    let stopper = server.stopper();
+    let server_thread = std::thread::Builder::new()
+        .name("podswitch-control".into())
+        .spawn(move || server.run())
+        .map_err(|e| e.to_string())?;
+    tracing::info!(socket = %settings.socket.display(), "ready");
+
+    let signal = signals.forever().next();
+    tracing::info!(signal = ?signal, "stopping");
+    stopper.stop();
+    match server_thread.join() {
+        Ok(Err(e)) => tracing::warn!("control socket: {e}"),
+        Err(_) => tracing::warn!("control thread panicked"),
+        Ok(Ok(())) => {}
+    }
+    let _ = std::fs::remove_file(&settings.socket);
+    drop(handler);
+    match Arc::try_unwrap(worker) {
+        Ok(worker) => worker.stop(),
+        Err(_) => tracing::warn!("worker still referenced at exit"),
+    }
+    tracing::info!("stopped: ports closed, {} removed", settings.host_interface);
+    Ok(())
+}
+
+fn attach(
+    worker: &Worker,
+    id: PortId,
+    port: Box<dyn podswitch_engine::port::Port>,
+    role: &str,
+) -> Result<(), String> {
+    let (name, kind) = (port.name().to_string(), port.kind());
+    worker.attach(id, port).map_err(|e| e.to_string())?;
+    tracing::info!(port = id.0, interface = %name, ?kind, role, "port attached");
+    Ok(())
+}

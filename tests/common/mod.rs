@@ -254,3 +254,5 @@ pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
         .map(|r| r.data)
         .collect()
 }
+
+pub mod cluster;

@@ -1,0 +1,512 @@
+//! Simulated clusters for the daemon's integration tests: node namespaces
+//! joined by an underlay veth (192.168.100.0/24), pods as namespaces
+//! behind each node (node X owns 10.244.X.0/24), and a podswitchd per
+//! node, all removed when the [`Cluster`] drops.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{run, veth, Netns, TempFile};
+
+/// Gateway mode names as podswitchd takes them.
+pub const MODES: [&str; 2] = ["bridge", "proxy-arp"];
+/// Backends as podswitchd takes them.
+pub const BACKENDS: [&str; 5] = ["vxlan", "ipip", "udp", "host-gw", "directrouting"];
+
+/// The pods' MTU for a backend over a 1500-byte underlay.
+pub fn pod_mtu(backend: &str) -> u32 {
+    match backend {
+        "vxlan" | "directrouting" => 1450,
+        "ipip" => 1480,
+        "udp" => 1472,
+        _ => 1500,
+    }
+}
+
+/// A podswitchd process; stopped with SIGTERM on drop.
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: TempFile,
+    pub config: TempFile,
+}
+
+impl Daemon {
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log.0).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        run("kill", &["-TERM", &child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "podswitchd ignored SIGTERM: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// A simulated node.
+pub struct Node {
+    pub index: u8,
+    pub ns: Netns,
+    pub underlay_ip: String,
+    pub daemon: Option<Daemon>,
+}
+
+/// A pod: a namespace with eth0, behind a node.
+pub struct Pod {
+    pub ns: Netns,
+    pub node: usize,
+    /// The host-side interface in the node's namespace.
+    pub host_if: String,
+    pub ip: String,
+    pub mac: String,
+}
+
+/// Nodes and pods; drop order removes pods, then nodes.
+pub struct Cluster {
+    pub pods: Vec<Pod>,
+    pub nodes: Vec<Node>,
+    pub underlay_peer: Option<Netns>,
+    pub backend: String,
+    pub mode: String,
+}
+
+/// The podswitchd binary under test.
+pub fn podswitchd() -> &'static str {
+    env!("CARGO_BIN_EXE_podswitchd")
+}
+
+/// The podswitchctl binary under test.
+pub fn podswitchctl() -> &'static str {
+    env!("CARGO_BIN_EXE_podswitchctl")
+}
+
+impl Node {
+    /// The node's pod subnet.
+    pub fn pod_cidr(&self) -> String {
+        format!("10.244.{}.0/24", self.index)
+    }
+
+    /// Runs podswitchctl against this node's daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let daemon = self.daemon.as_ref().expect("podswitchd running");
+        Command::new(podswitchctl())
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(args)
+            .output()
+            .expect("run podswitchctl")
+    }
+
+    /// Runs podswitchctl and returns its JSON output, panicking on failure.
+    pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.ctl(&full);
+        assert!(
+            out.status.success(),
+            "podswitchctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+}
+
+impl Cluster {
+    /// Two nodes on one underlay, `pods_per_node` pods each, no daemons yet.
+    pub fn new(backend: &str, mode: &str, pods_per_node: u8) -> Cluster {
+        let mut nodes = Vec::new();
+        for index in 1..=2u8 {
+            let ns = Netns::new(&format!("node{index}"));
+            nodes.push(Node {
+                index,
+                ns,
+                underlay_ip: format!("192.168.100.{index}"),
+                daemon: None,
+            });
+        }
+        veth(&nodes[0].ns, "ul0", &nodes[1].ns, "ul0");
+        for node in &nodes {
+            node.ns.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", node.underlay_ip),
+                "dev",
+                "ul0",
+            ]);
+        }
+        let mut cluster = Cluster {
+            pods: Vec::new(),
+            nodes,
+            underlay_peer: None,
+            backend: backend.into(),
+            mode: mode.into(),
+        };
+        for n in 0..2 {
+            for p in 0..pods_per_node {
+                cluster.add_pod(n, p + 2, pod_mtu(backend));
+            }
+        }
+        cluster
+    }
+
+    /// Adds a pod with address 10.244.X.`host` behind node `n` (index in
+    /// `nodes`), its veth keeping the kernel's default offloads.
+    pub fn add_pod(&mut self, n: usize, host: u8, mtu: u32) -> usize {
+        let node = &self.nodes[n];
+        let x = node.index;
+        let ns = Netns::new(&format!("pod{x}-{host}"));
+        let host_if = format!("vp{x}x{host}");
+        let ip = format!("10.244.{x}.{host}");
+        let mac = format!("02:00:0a:f4:{x:02x}:{host:02x}");
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &host_if,
+                "netns",
+                &node.ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                &ns.name,
+            ],
+        );
+        ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        ns.ip(&[
+            "link",
+            "set",
+            "eth0",
+            "address",
+            &mac,
+            "mtu",
+            &mtu.to_string(),
+            "up",
+        ]);
+        node.ns.ip(&["link", "set", &host_if, "up"]);
+        if self.mode == "bridge" {
+            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            ns.ip(&["route", "add", "default", "via", &format!("10.244.{x}.1")]);
+        } else {
+            ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+            ns.ip(&[
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ]);
+            ns.ip(&["route", "add", "default", "via", "169.254.1.1"]);
+        }
+        self.pods.push(Pod {
+            ns,
+            node: n,
+            host_if,
+            ip,
+            mac,
+        });
+        self.pods.len() - 1
+    }
+
+    /// The TOML configuration of node `n`'s daemon, with the other node
+    /// as a static peer.
+    pub fn config(&self, n: usize) -> String {
+        let node = &self.nodes[n];
+        let mut text = format!(
+            "[node]\nname = \"node{x}\"\npod_cidr = \"{cidr}\"\ncluster_cidr = \"10.244.0.0/16\"\n\
+             underlay_interface = \"ul0\"\ngateway_mode = \"{mode}\"\n\n[backend]\ntype = \"{backend}\"\n\n\
+             [dataplane]\nbusy_poll_us = 50\npool_buffers = 4096\n",
+            x = node.index,
+            cidr = node.pod_cidr(),
+            mode = self.mode,
+            backend = self.backend,
+        );
+        for other in self.nodes.iter().filter(|o| o.index != node.index) {
+            write!(
+                text,
+                "\n[[peer]]\nname = \"node{}\"\nunderlay_ip = \"{}\"\npod_cidr = \"{}\"\n",
+                other.index,
+                other.underlay_ip,
+                other.pod_cidr()
+            )
+            .unwrap();
+        }
+        text
+    }
+
+    /// Starts podswitchd on node `n` with [`Self::config`] (plus `extra`
+    /// arguments) and waits until its control socket answers.
+    pub fn start(&mut self, n: usize, extra: &[&str]) {
+        let config = TempFile::new("podswitchd.toml");
+        std::fs::write(&config.0, self.config(n)).unwrap();
+        let log = TempFile::new("podswitchd.log");
+        let socket = std::env::temp_dir().join(super::unique("ctl.sock"));
+        let node = &mut self.nodes[n];
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.ns.name, podswitchd(), "--config"])
+            .arg(&config.0)
+            .arg("--socket")
+            .arg(&socket)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log.0).unwrap())
+            .spawn()
+            .expect("spawn podswitchd");
+        node.daemon = Some(Daemon {
+            child: Some(child),
+            socket,
+            log,
+            config,
+        });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let daemon = node.daemon.as_mut().unwrap();
+            if let Some(status) = daemon.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("podswitchd exited ({status}): {}", daemon.log_text());
+            }
+            if daemon.log_text().contains("ready") && node.ctl(&["status"]).status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "podswitchd did not become ready: {}",
+                node.daemon.as_ref().unwrap().log_text()
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// Registers every pod of node `n` with its daemon through podswitchctl.
+    pub fn attach_pods(&self, n: usize) {
+        for pod in self.pods.iter().filter(|p| p.node == n) {
+            let out = self.nodes[n].ctl(&[
+                "port",
+                "add",
+                &pod.host_if,
+                "--ip",
+                &pod.ip,
+                "--mac",
+                &pod.mac,
+            ]);
+            assert!(
+                out.status.success(),
+                "port add {}: {}",
+                pod.host_if,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// Starts both daemons and attaches every pod.
+    pub fn start_all(&mut self) {
+        for n in 0..self.nodes.len() {
+            self.start(n, &[]);
+            self.attach_pods(n);
+        }
+    }
+
+    /// The logs of every daemon, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .filter_map(|n| {
+                n.daemon
+                    .as_ref()
+                    .map(|d| format!("--- node{} ---\n{}", n.index, d.log_text()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.daemon.take();
+        }
+        self.pods.clear();
+    }
+}
+
+/// `ping` from `ns` to `ip`; true if every echo came back.
+pub fn ping(ns: &Netns, ip: &str, count: u32) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "ping",
+            "-q",
+            "-n",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.05",
+            "-W",
+            "2",
+            ip,
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Python (Debian's) that receives one TCP stream on `port` and prints
+/// `BYTES SHA256`.
+const TCP_SINK: &str = "import socket, hashlib, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(1); s.settimeout(30)
+print('ready', flush=True)
+c, _ = s.accept(); c.settimeout(30); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(1 << 16)
+    if not b: break
+    h.update(b); n += len(b)
+print(n, h.hexdigest(), flush=True)";
+
+/// Python that sends `BYTES` random bytes to `IP PORT` and prints
+/// `BYTES SHA256` of what it sent.
+const TCP_SOURCE: &str = "import socket, hashlib, os, sys
+data = os.urandom(int(sys.argv[3]))
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+s.sendall(data); s.close()
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)";
+
+/// Python that receives UDP datagrams on `port` until `count` arrived or
+/// 3 s of silence, and prints how many.
+const UDP_SINK: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', int(sys.argv[1])))
+s.settimeout(3); want = int(sys.argv[2]); n = 0
+print('ready', flush=True)
+try:
+    while n < want:
+        d, _ = s.recvfrom(65535)
+        if len(d) == int(sys.argv[3]): n += 1
+except socket.timeout: pass
+print(n, flush=True)";
+
+/// Python that sends `count` UDP datagrams of `size` bytes to `IP PORT`.
+const UDP_SOURCE: &str = "import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[3])):
+    s.sendto(bytes([i % 256]) * int(sys.argv[4]), (sys.argv[1], int(sys.argv[2]))); time.sleep(0.001)";
+
+fn python(ns: &Netns, script: &str, args: &[&str]) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", &ns.name, "/usr/bin/python3", "-c", script])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python3")
+}
+
+fn wait_ready(child: &mut Child) -> std::io::BufReader<std::process::ChildStdout> {
+    use std::io::BufRead;
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "sink did not start");
+    out
+}
+
+fn finish(child: Child, mut out: std::io::BufReader<std::process::ChildStdout>) -> String {
+    use std::io::Read;
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    rest.trim().to_string()
+}
+
+/// Sends `bytes` over TCP from `from` to `to_ip` and checks that the
+/// receiver got exactly those bytes (length and SHA-256). Returns an error
+/// text instead of panicking so callers can add context.
+pub fn tcp_transfer(from: &Netns, to: &Netns, to_ip: &str, bytes: usize) -> Result<(), String> {
+    let mut sink = python(to, TCP_SINK, &["5201"]);
+    let out = wait_ready(&mut sink);
+    let source = python(from, TCP_SOURCE, &[to_ip, "5201", &bytes.to_string()])
+        .wait_with_output()
+        .unwrap();
+    if !source.status.success() {
+        let _ = sink.kill();
+        return Err(format!(
+            "sender: {}",
+            String::from_utf8_lossy(&source.stderr)
+        ));
+    }
+    let sent = String::from_utf8_lossy(&source.stdout).trim().to_string();
+    let received = finish(sink, out);
+    if sent != received {
+        return Err(format!("sent {sent}, received {received}"));
+    }
+    Ok(())
+}
+
+/// Sends `count` UDP datagrams of `size` bytes and returns how many the
+/// receiver counted.
+pub fn udp_datagrams(from: &Netns, to: &Netns, to_ip: &str, count: u32, size: usize) -> u32 {
+    let mut sink = python(
+        to,
+        UDP_SINK,
+        &["5300", &count.to_string(), &size.to_string()],
+    );
+    let out = wait_ready(&mut sink);
+    let source = python(
+        from,
+        UDP_SOURCE,
+        &[to_ip, "5300", &count.to_string(), &size.to_string()],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert!(
+        source.status.success(),
+        "{}",
+        String::from_utf8_lossy(&source.stderr)
+    );
+    finish(sink, out).parse().unwrap_or(0)
+}

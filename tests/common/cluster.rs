@@ -103,6 +103,9 @@ pub struct Cluster {
     pub underlay_peer: Option<Netns>,
     pub backend: String,
     pub mode: String,
+    /// VTEP MACs to configure, by node position (default: podswitchd's
+    /// derived ones).
+    pub vtep_macs: Vec<Option<String>>,
 }
 
 /// The podswitchd binary under test.
@@ -176,6 +179,7 @@ impl Cluster {
             underlay_peer: None,
             backend: backend.into(),
             mode: mode.into(),
+            vtep_macs: vec![None, None],
         };
         for n in 0..2 {
             for p in 0..pods_per_node {
@@ -262,7 +266,10 @@ impl Cluster {
             mode = self.mode,
             backend = self.backend,
         );
-        for other in self.nodes.iter().filter(|o| o.index != node.index) {
+        if let Some(mac) = &self.vtep_macs[n] {
+            text = text.replace("[backend]", &format!("vtep_mac = \"{mac}\"\n\n[backend]"));
+        }
+        for (o, other) in self.nodes.iter().enumerate().filter(|(o, _)| *o != n) {
             write!(
                 text,
                 "\n[[peer]]\nname = \"node{}\"\nunderlay_ip = \"{}\"\npod_cidr = \"{}\"\n",
@@ -271,6 +278,9 @@ impl Cluster {
                 other.pod_cidr()
             )
             .unwrap();
+            if let Some(mac) = &self.vtep_macs[o] {
+                writeln!(text, "vtep_mac = \"{mac}\"").unwrap();
+            }
         }
         text
     }

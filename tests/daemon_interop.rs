@@ -1,0 +1,176 @@
+//! podswitchd beside the kernel's own flannel dataplane, and the tunnel
+//! MTU (needs root; CI has it).
+//!
+//! Interop: node 1 runs podswitchd with VXLAN; node 2 runs exactly what
+//! flannel writes into a node's kernel: pods on the `cni0` bridge (gateway
+//! 10.244.2.1), `flannel.1` as a vxlan device (VNI 1, port 8472,
+//! nolearning) with address 10.244.2.0/32, the onlink route to node 1's
+//! subnet via 10.244.1.0, the ARP entry for 10.244.1.0 (node 1's VTEP
+//! MAC) and the FDB entry sending that MAC to node 1's underlay address.
+//! Pods on both nodes must reach each other both ways, TCP included.
+
+mod common;
+
+use common::cluster::{ping, tcp_transfer, Cluster};
+use common::require;
+
+const NODE1_VTEP: &str = "02:0e:00:00:01:01";
+/// flannel.1's MAC on node 2, as flannel would publish it in its lease.
+const NODE2_VTEP: &str = "42:88:6a:88:a9:3f";
+
+#[test]
+fn kernel_flannel_node_and_podswitch_node_reach_each_other() {
+    require(&["ip", "bridge", "ping", "ethtool", "/usr/bin/python3", "sysctl"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 2);
+    cluster.vtep_macs = vec![Some(NODE1_VTEP.into()), Some(NODE2_VTEP.into())];
+    let kernel = &cluster.nodes[1].ns;
+    kernel.ip(&["link", "add", "cni0", "type", "bridge"]);
+    kernel.ip(&["addr", "add", "10.244.2.1/24", "dev", "cni0"]);
+    kernel.ip(&["link", "set", "cni0", "up"]);
+    for pod in cluster.pods.iter().filter(|p| p.node == 1) {
+        kernel.ip(&["link", "set", &pod.host_if, "master", "cni0"]);
+    }
+    kernel.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "address",
+        NODE2_VTEP,
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "local",
+        "192.168.100.2",
+        "dev",
+        "ul0",
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+    kernel.ip(&["link", "set", "flannel.1", "mtu", "1450", "up"]);
+    kernel.ip(&["addr", "add", "10.244.2.0/32", "dev", "flannel.1"]);
+    kernel.ip(&[
+        "route",
+        "add",
+        "10.244.1.0/24",
+        "via",
+        "10.244.1.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    kernel.ip(&[
+        "neigh",
+        "add",
+        "10.244.1.0",
+        "lladdr",
+        NODE1_VTEP,
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    common::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &kernel.name,
+            "bridge",
+            "fdb",
+            "add",
+            NODE1_VTEP,
+            "dev",
+            "flannel.1",
+            "dst",
+            "192.168.100.1",
+        ],
+    );
+    kernel.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    // The underlay here is a veth, not a wire. With TX checksum offload on
+    // it, the kernel node's vxlan packets reach node 1 with the inner TCP
+    // checksum still partial (CHECKSUM_PARTIAL survives a veth; a NIC, or
+    // the kernel for a NIC without tunnel offloads, would have finished
+    // it), and a UDP socket cannot tell podswitch so. Turning it off on
+    // the kernel node's underlay makes the veth behave as a wire; the
+    // pods' veths keep every default offload.
+    kernel.exec("ethtool", &["-K", "ul0", "tx", "off"]);
+
+    cluster.start(0, &[]);
+    cluster.attach_pods(0);
+
+    let (ours, theirs): (Vec<_>, Vec<_>) = cluster.pods.iter().partition(|p| p.node == 0);
+    for a in &ours {
+        for b in &theirs {
+            assert!(
+                ping(&a.ns, &b.ip, 3),
+                "podswitch pod {} -> kernel pod {}\n{}",
+                a.ip,
+                b.ip,
+                cluster.logs()
+            );
+            assert!(
+                ping(&b.ns, &a.ip, 3),
+                "kernel pod {} -> podswitch pod {}\n{}",
+                b.ip,
+                a.ip,
+                cluster.logs()
+            );
+        }
+    }
+    let (a, b) = (ours[0], theirs[0]);
+    tcp_transfer(&a.ns, &b.ns, &b.ip, 10 << 20)
+        .unwrap_or_else(|e| panic!("TCP podswitch -> kernel: {e}\n{}", cluster.logs()));
+    tcp_transfer(&b.ns, &a.ns, &a.ip, 10 << 20)
+        .unwrap_or_else(|e| panic!("TCP kernel -> podswitch: {e}\n{}", cluster.logs()));
+    // The kernel node's own stack reaches podswitch's pods over flannel.1.
+    assert!(ping(&cluster.nodes[1].ns, &a.ip, 2));
+}
+
+#[test]
+fn vxlan_mtu_is_1450_and_too_big_gets_fragmentation_needed() {
+    require(&["ip", "ping", "/usr/bin/python3"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.start_all();
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    // A pod MTU above the tunnel's lets the oversized packet leave the
+    // pod, so that podswitch is the one to refuse it.
+    a.ns.ip(&["link", "set", "eth0", "mtu", "1500"]);
+    let ping_df = |size: &str| {
+        std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &a.ns.name, "ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s",
+                size, &b.ip,
+            ])
+            .output()
+            .unwrap()
+    };
+    let fits = ping_df("1422");
+    assert!(
+        fits.status.success(),
+        "1422 + 28 = 1450 bytes must cross: {}",
+        String::from_utf8_lossy(&fits.stdout)
+    );
+    let too_big = ping_df("1423");
+    let text = String::from_utf8_lossy(&too_big.stdout);
+    assert!(
+        !too_big.status.success(),
+        "1451 bytes must not cross: {text}"
+    );
+    assert!(
+        text.contains("Frag needed and DF set (mtu = 1450)"),
+        "expected ICMP Fragmentation Needed with MTU 1450 from the gateway: {text}"
+    );
+    let stats = cluster.nodes[0].ctl_json(&["stats"]);
+    assert!(
+        stats["drops"]["fragmentation_needed"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    // With the pods' MTU at 1450, TCP crosses.
+    a.ns.ip(&["link", "set", "eth0", "mtu", "1450"]);
+    tcp_transfer(&a.ns, &b.ns, &b.ip, 10 << 20)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    tcp_transfer(&b.ns, &a.ns, &a.ip, 10 << 20)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+}

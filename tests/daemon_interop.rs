@@ -20,7 +20,14 @@ const NODE2_VTEP: &str = "42:88:6a:88:a9:3f";
 
 #[test]
 fn kernel_flannel_node_and_podswitch_node_reach_each_other() {
-    require(&["ip", "bridge", "ping", "ethtool", "/usr/bin/python3", "sysctl"]);
+    require(&[
+        "ip",
+        "bridge",
+        "ping",
+        "ethtool",
+        "/usr/bin/python3",
+        "sysctl",
+    ]);
     let mut cluster = Cluster::new("vxlan", "bridge", 2);
     cluster.vtep_macs = vec![Some(NODE1_VTEP.into()), Some(NODE2_VTEP.into())];
     let kernel = &cluster.nodes[1].ns;

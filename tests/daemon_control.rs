@@ -1,0 +1,395 @@
+//! podswitchd's control socket through podswitchctl, its counters, its
+//! TAP ports and its life cycle, on a running two-node vxlan cluster
+//! (needs root; CI has it).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::cluster::{ping, udp_datagrams, Cluster};
+use common::{require, Netns, TempFile};
+
+fn ok(out: &std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn port_counters(cluster: &Cluster, node: usize, port: &str) -> (u64, u64, u64) {
+    let stats = cluster.nodes[node].ctl_json(&["stats"]);
+    let p = stats["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == port)
+        .unwrap_or_else(|| panic!("no port {port} in {stats}"));
+    (
+        p["rx_packets"].as_u64().unwrap(),
+        p["tx_packets"].as_u64().unwrap(),
+        p["drops"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn every_request_through_podswitchctl_on_a_running_daemon() {
+    require(&["ip", "ping", "tcpdump", "/usr/bin/python3"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 2);
+    cluster.start_all();
+    let node = &cluster.nodes[0];
+    let socket = node.daemon.as_ref().unwrap().socket.clone();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode");
+
+    let version = ok(&node.ctl(&["version"]), "version");
+    assert!(version.contains("protocol 1"), "{version}");
+    let status = node.ctl_json(&["status"]);
+    assert_eq!(status["node"], "node1");
+    assert_eq!(status["pod_cidr"], "10.244.1.0/24");
+    assert_eq!(status["underlay_ip"], "192.168.100.1");
+    assert_eq!(status["backend"], "vxlan");
+    assert_eq!(status["mtu"], 1450);
+    assert_eq!(status["peers"], 1);
+    assert_eq!(status["ports"], 4, "underlay, host and two pods: {status}");
+    let (a, b, remote) = (&cluster.pods[0], &cluster.pods[1], &cluster.pods[2]);
+    assert!(ping(&a.ns, &remote.ip, 2) && ping(&a.ns, &b.ip, 2));
+
+    let ports = node.ctl_json(&["port", "list"]);
+    assert!(
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["interface"] == a.host_if && p["ip"] == a.ip.as_str()),
+        "{ports}"
+    );
+    let table = ok(&node.ctl(&["port", "list"]), "port list");
+    assert!(
+        table.starts_with("PORT") && table.contains(&a.host_if),
+        "{table}"
+    );
+
+    ok(
+        &node.ctl(&["route", "add", "10.244.9.0/24", "blackhole"]),
+        "route add",
+    );
+    let routes = node.ctl_json(&["route", "list"]);
+    assert!(routes.to_string().contains("10.244.9.0/24"), "{routes}");
+    ok(&node.ctl(&["route", "del", "10.244.9.0/24"]), "route del");
+    assert!(!node
+        .ctl_json(&["route", "list"])
+        .to_string()
+        .contains("10.244.9.0/24"));
+
+    // Peer removed: cross-node traffic stops; added back: it resumes.
+    let peers = node.ctl_json(&["peer", "list"]);
+    assert_eq!(peers[0]["name"], "node2", "{peers}");
+    let vtep = peers[0]["vtep_mac"].as_str().unwrap().to_string();
+    ok(&node.ctl(&["peer", "del", "node2"]), "peer del");
+    assert!(!ping(&a.ns, &remote.ip, 1), "no peer, no route");
+    ok(
+        &node.ctl(&[
+            "peer",
+            "add",
+            "node2",
+            "--underlay-ip",
+            "192.168.100.2",
+            "--pod-cidr",
+            "10.244.2.0/24",
+            "--vtep-mac",
+            &vtep,
+        ]),
+        "peer add",
+    );
+    assert!(ping(&a.ns, &remote.ip, 2), "peer back");
+
+    let fdb = node.ctl_json(&["fdb", "show"]);
+    assert!(fdb.to_string().contains(&a.mac), "learned pod MAC: {fdb}");
+    ok(&node.ctl(&["fdb", "flush"]), "fdb flush");
+    let neigh = node.ctl_json(&["neigh", "show"]);
+    assert!(neigh.to_string().contains(&b.mac), "{neigh}");
+
+    let trace = node.ctl_json(&["trace", "--in-port", &a.host_if, "--dst-ip", &remote.ip]);
+    let steps = trace["steps"].to_string();
+    assert!(
+        steps.contains("VXLAN") || steps.contains("vxlan"),
+        "{trace}"
+    );
+    assert_eq!(trace["outputs"][0]["port"], "ul0", "{trace}");
+
+    // Capture four frames of a ping on the pod's port.
+    let pcap = TempFile::new("capture.pcap");
+    let file = pcap.0.to_str().unwrap().to_string();
+    let pinger = {
+        let ns = a.ns.name.clone();
+        let ip = remote.ip.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            common::run(
+                "ip",
+                &["netns", "exec", &ns, "ping", "-c", "4", "-i", "0.1", &ip],
+            );
+        })
+    };
+    let captured = node.ctl_json(&[
+        "capture",
+        &a.host_if,
+        "--file",
+        &file,
+        "--packets",
+        "4",
+        "--seconds",
+        "10",
+    ]);
+    pinger.join().unwrap();
+    assert_eq!(captured["packets"], 4, "{captured}");
+    let frames = common::read_pcap(&pcap.0);
+    assert_eq!(frames.len(), 4);
+    let decoded = common::run("tcpdump", &["-nr", &file]);
+    assert!(
+        String::from_utf8_lossy(&decoded.stdout).contains("ICMP echo"),
+        "tcpdump reads it"
+    );
+
+    // podswitchctl exits non-zero with the daemon's reason.
+    let refused = node.ctl(&["port", "del", "nosuch0"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("nosuch0"));
+    let refused = node.ctl(&["port", "del", "ul0"]);
+    assert_eq!(refused.status.code(), Some(1), "the underlay port stays");
+
+    // Bad lines on one connection: each gets an error, the connection and
+    // the forwarding carry on.
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let oversized = format!(
+        "{{\"v\":1,\"request\":\"status\",\"x\":\"{}\"}}",
+        "a".repeat(70_000)
+    );
+    for line in [
+        "garbage",
+        "{\"v\":1,\"request\":\"sta",
+        "{\"v\":1,\"request\":\"explode\"}",
+        oversized.as_str(),
+        "{\"request\":\"status\"}",
+    ] {
+        stream.write_all(line.as_bytes()).unwrap();
+        stream.write_all(b"\n").unwrap();
+        let mut reply = String::new();
+        reader.read_line(&mut reply).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(reply["ok"], false, "{line:.40}: {reply}");
+        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    stream
+        .write_all(b"{\"v\":1,\"request\":\"version\"}\n")
+        .unwrap();
+    let mut reply = String::new();
+    reader.read_line(&mut reply).unwrap();
+    assert!(reply.contains("\"ok\":true"), "{reply}");
+    assert!(ping(&a.ns, &remote.ip, 2), "forwarding after bad requests");
+
+    // Many clients at once.
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                std::process::Command::new(common::cluster::podswitchctl())
+                    .arg("--socket")
+                    .arg(&socket)
+                    .arg("status")
+                    .output()
+                    .unwrap()
+                    .status
+                    .success()
+            })
+        })
+        .collect();
+    for c in clients {
+        assert!(c.join().unwrap(), "a concurrent client failed");
+    }
+
+    // Port del: the pod is cut off; the daemon keeps serving others.
+    ok(&node.ctl(&["port", "del", &b.host_if]), "port del");
+    assert!(!ping(&b.ns, &a.ip, 1));
+    assert!(ping(&a.ns, &remote.ip, 1));
+}
+
+#[test]
+fn counters_match_the_traffic_and_drops_show_their_reason() {
+    require(&["ip", "ping", "/usr/bin/python3"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 2);
+    cluster.start_all();
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    assert!(
+        ping(&a.ns, &b.ip, 1) && ping(&b.ns, &a.ip, 1),
+        "ARP settled both ways"
+    );
+    let before_a = port_counters(&cluster, 0, &a.host_if);
+    let before_b = port_counters(&cluster, 0, &b.host_if);
+    assert_eq!(udp_datagrams(&a.ns, &b.ns, &b.ip, 100, 200), 100);
+    let after_a = port_counters(&cluster, 0, &a.host_if);
+    let after_b = port_counters(&cluster, 0, &b.host_if);
+    assert_eq!(after_a.0 - before_a.0, 100, "rx on the sender's port");
+    assert_eq!(after_b.1 - before_b.1, 100, "tx on the receiver's port");
+    assert_eq!(after_a.2, before_a.2, "no drops");
+
+    // A frame from pod a with someone else's source address.
+    let mut frame = Vec::new();
+    // podswitchd's gateway MAC: derived from the node name.
+    let gateway = podswitch_engine::config::derived_mac(0x0a, "node1");
+    let src_mac: podswitch_encap::MacAddr = a.mac.parse().unwrap();
+    etherparse::PacketBuilder::ethernet2(src_mac.0, gateway.0)
+        .ipv4([10, 244, 1, 99], [10, 244, 1, 3], 64)
+        .udp(1000, 2000)
+        .write(&mut frame, b"spoofed")
+        .unwrap();
+    let before = cluster.nodes[0].ctl_json(&["stats"])["drops"]["spoofed_source_ip"]
+        .as_u64()
+        .unwrap_or(0);
+    a.ns.send_raw("eth0", &[frame]);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = cluster.nodes[0].ctl_json(&["stats"])["drops"]["spoofed_source_ip"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(
+        after - before,
+        1,
+        "the spoofed frame is counted under its reason"
+    );
+    assert_eq!(port_counters(&cluster, 0, &a.host_if).2, after_a.2 + 1);
+}
+
+#[test]
+fn tap_ports_lifecycle_and_idle_cpu() {
+    require(&["ip", "ping", "/usr/bin/python3", "kill"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.start_all();
+    // A pod attached through a TAP device the daemon creates.
+    let node = &cluster.nodes[0];
+    ok(
+        &node.ctl(&[
+            "port",
+            "add",
+            "tap9",
+            "--kind",
+            "tap",
+            "--ip",
+            "10.244.1.9",
+            "--mac",
+            "02:00:0a:f4:01:09",
+        ]),
+        "port add --kind tap",
+    );
+    let pod = Netns::new("tappod");
+    node.ns.ip(&["link", "set", "tap9", "netns", &pod.name]);
+    pod.ip(&[
+        "link",
+        "set",
+        "tap9",
+        "address",
+        "02:00:0a:f4:01:09",
+        "mtu",
+        "1450",
+        "up",
+    ]);
+    pod.ip(&["addr", "add", "10.244.1.9/24", "dev", "tap9"]);
+    pod.ip(&["route", "add", "default", "via", "10.244.1.1"]);
+    assert!(
+        ping(&pod, &cluster.pods[0].ip, 2),
+        "TAP pod to a veth pod\n{}",
+        cluster.logs()
+    );
+    assert!(
+        ping(&pod, &cluster.pods[1].ip, 2),
+        "TAP pod across nodes\n{}",
+        cluster.logs()
+    );
+
+    // Idle: the worker sleeps in the kernel.
+    let pid = node.daemon.as_ref().unwrap().child.as_ref().unwrap().id();
+    let ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let before = ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = ticks() - before;
+    assert!(
+        used <= 2,
+        "an idle podswitchd used {used} clock ticks in 2 s"
+    );
+
+    // SIGTERM: clean exit, socket file and TUN device gone.
+    let node = &mut cluster.nodes[0];
+    let socket = node.daemon.as_ref().unwrap().socket.clone();
+    let status = node.daemon.as_mut().unwrap().stop();
+    assert!(status.success(), "exit status {status}");
+    assert!(!socket.exists(), "socket file removed");
+    let links = node.ns.ip(&["-br", "link"]);
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("podswitch0"),
+        "TUN removed"
+    );
+    let log = node.daemon.as_ref().unwrap().log_text();
+    assert!(log.contains("stopping") && log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn a_bad_config_fails_at_start_naming_file_key_and_reason() {
+    let config = TempFile::new("bad.toml");
+    std::fs::write(
+        &config.0,
+        "[node]\nname = \"node1\"\npod_cidr = \"10.244.1.0/24\"\n[backend]\ntype = \"gre\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::cluster::podswitchd())
+        .arg("--config")
+        .arg(&config.0)
+        .arg("--underlay-interface")
+        .arg("lo")
+        .arg("--underlay-ip")
+        .arg("127.0.0.1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(config.0.to_str().unwrap())
+            && err.contains("backend.type")
+            && err.contains("gre"),
+        "{err}"
+    );
+    let help = std::process::Command::new(common::cluster::podswitchd())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for option in [
+        "--config",
+        "--pod-cidr",
+        "--backend",
+        "--gateway-mode",
+        "--vni",
+        "--mtu",
+        "--socket",
+        "--peer",
+    ] {
+        assert!(help.contains(option), "--help documents {option}");
+    }
+}

@@ -335,7 +335,18 @@ fn tap_ports_lifecycle_and_idle_cpu() {
         "an idle podswitchd used {used} clock ticks in 2 s"
     );
 
-    // SIGTERM: clean exit, socket file and TUN device gone.
+    // The pod's veth carries podswitchd's XDP program while it runs.
+    let veth = cluster.pods[0].host_if.clone();
+    let xdp_attached = |node: &common::cluster::Node| {
+        let out = node.ns.ip(&["link", "show", "dev", &veth]);
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    };
+    assert!(
+        xdp_attached(&cluster.nodes[0]),
+        "AF_XDP is the default pod port"
+    );
+
+    // SIGTERM: clean exit; socket file, TUN device and XDP program gone.
     let node = &mut cluster.nodes[0];
     let socket = node.daemon.as_ref().unwrap().socket.clone();
     let status = node.daemon.as_mut().unwrap().stop();

@@ -7,6 +7,10 @@
 //! offloads (TX checksum, TSO): their TCP reaches podswitch as 64 KiB
 //! frames with partial checksums, which it must complete and segment.
 //!
+//! Pods attach both ways podswitchd reads a veth: AF_XDP (where the
+//! kernel turns the pod's TSO off and leaves partial checksums) and
+//! AF_PACKET (where TCP arrives as TSO super-frames to segment).
+//!
 //! Per cluster, between every pair of pods (same node and across nodes)
 //! and from each node's own stack (through its TUN host port) to pods:
 //! ping; 10 MB over TCP whose SHA-256 the receiver checks; 20 UDP
@@ -22,11 +26,20 @@ const DATAGRAMS: u32 = 20;
 
 fn every_path(backend: &str) {
     require(&["ip", "ping", "/usr/bin/python3", "kill"]);
-    for mode in MODES {
+    for (kind, mode) in ["af-xdp", "af-packet"]
+        .into_iter()
+        .flat_map(|k| MODES.map(|m| (k, m)))
+    {
         let mut cluster = Cluster::new(backend, mode, 2);
+        cluster.port_kind = kind.into();
         cluster.start_all();
-        let what = |a: &str, b: &str| format!("{backend}/{mode}: {a} -> {b}");
+        let ports = cluster.nodes[0].ctl_json(&["port", "list"]).to_string();
+        let what = |a: &str, b: &str| format!("{backend}/{mode}/{kind}: {a} -> {b}");
         let pods = &cluster.pods;
+        assert!(
+            ports.contains(&format!("\"kind\":\"{kind}\"")),
+            "{kind} pod ports: {ports}"
+        );
         for a in pods {
             for b in pods.iter().filter(|b| b.ip != a.ip) {
                 assert!(

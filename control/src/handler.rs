@@ -60,6 +60,9 @@ pub struct Handler {
     started: Instant,
     clock: fn() -> u32,
     dataplane: Option<Arc<dyn Dataplane>>,
+    /// How each port's frames move (`af-xdp`, `udp+raw`, ...), by port id,
+    /// as the data plane reported it.
+    kinds: Mutex<std::collections::HashMap<u16, String>>,
 }
 
 fn parse_ip(what: &str, s: &str) -> Result<Ipv4Addr, String> {
@@ -84,6 +87,7 @@ impl Handler {
             started: Instant::now(),
             clock,
             dataplane: None,
+            kinds: Mutex::default(),
         }
     }
 
@@ -98,6 +102,15 @@ impl Handler {
             dataplane: Some(dataplane),
             ..Handler::new(tables, clock)
         }
+    }
+
+    /// Records how a port's frames move, for `port-list`.
+    pub fn note_kind(&self, id: PortId, kind: &str) {
+        self.lock_kinds().insert(id.0, kind.to_string());
+    }
+
+    fn lock_kinds(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u16, String>> {
+        self.kinds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Handles one request.
@@ -125,7 +138,10 @@ impl Handler {
                     return Ok(json!({ "port": id.0 }));
                 };
                 match dataplane.open_port(id, interface, kind.as_deref()) {
-                    Ok(kind) => Ok(json!({ "port": id.0, "kind": kind })),
+                    Ok(kind) => {
+                        self.note_kind(id, &kind);
+                        Ok(json!({ "port": id.0, "kind": kind }))
+                    }
                     Err(e) => {
                         let _ = self.tables.detach_port(interface);
                         Err(e)
@@ -148,6 +164,7 @@ impl Handler {
                 if let Some(dataplane) = &self.dataplane {
                     dataplane.close_port(id, interface);
                 }
+                self.lock_kinds().remove(&id.0);
                 Ok(json!({ "port": id.0 }))
             }
             Request::Capture {
@@ -179,7 +196,7 @@ impl Handler {
                     .ok_or_else(|| format!("no port {interface}"))?;
                 dataplane.capture(id, path, *packets, seconds)
             }
-            Request::PortList => Ok(ports(&self.tables.load())),
+            Request::PortList => Ok(ports(&self.tables.load(), &self.lock_kinds())),
             Request::RouteAdd { prefix, next_hop } => {
                 let prefix = parse_prefix("prefix", prefix)?;
                 let snap = self.tables.load();
@@ -409,7 +426,7 @@ fn routes(snap: &Snapshot) -> Value {
     )
 }
 
-fn ports(snap: &Snapshot) -> Value {
+fn ports(snap: &Snapshot, kinds: &std::collections::HashMap<u16, String>) -> Value {
     Value::Array(
         snap.ports
             .iter()
@@ -418,6 +435,7 @@ fn ports(snap: &Snapshot) -> Value {
                     "port": p.id.0,
                     "interface": p.spec.name,
                     "role": p.spec.role.to_string(),
+                    "kind": kinds.get(&p.id.0),
                     "ip": p.spec.ip.map(|i| i.to_string()),
                     "mac": p.spec.mac.map(|m| m.to_string()),
                     "anti_spoof": p.spec.anti_spoof,

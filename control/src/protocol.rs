@@ -93,9 +93,9 @@ pub enum Request {
         /// Drop frames not from the pod's own MAC and IP (default true).
         #[serde(default = "yes")]
         anti_spoof: bool,
-        /// How the daemon reads the interface: `af-packet` (a veth's host
-        /// side) or `tap` (a TAP device the daemon creates); default
-        /// af-packet.
+        /// How the daemon reads the interface: `af-xdp` or `af-packet` (a
+        /// veth's host side) or `tap` (a TAP device the daemon creates);
+        /// default: the daemon's `port_kind` (af-xdp).
         #[serde(default)]
         kind: Option<String>,
     },

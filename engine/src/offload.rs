@@ -135,6 +135,53 @@ pub fn complete_checksum(
     Ok(())
 }
 
+/// Finishes the TCP or UDP checksum of an untagged IPv4 frame if it is
+/// partial, and reports whether it was.
+///
+/// For interfaces that say nothing about offloads (an AF_XDP socket gets
+/// the bare frame): a partial checksum is recognised by its value, the
+/// folded pseudo-header sum that `CHECKSUM_PARTIAL` leaves in the field
+/// (`~csum_tcpudp_magic(..., 0)`), together with a sum that does not
+/// verify. A checksum that verifies, or that is wrong in any other way, is
+/// left as the sender made it: a corrupt packet stays corrupt, and its
+/// receiver drops it as it would have without podswitch.
+pub fn complete_partial_l4(frame: &mut [u8]) -> bool {
+    if frame.len() < ETH_LEN + 20 || frame[12..14] != [0x08, 0x00] {
+        return false;
+    }
+    let ip = &frame[ETH_LEN..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+    if ip[0] >> 4 != 4 || ihl < 20 || total < ihl || total > ip.len() || fragment {
+        return false;
+    }
+    let field = match ip[9] {
+        6 => 16,
+        17 => 6,
+        _ => return false,
+    };
+    let l4 = ETH_LEN + ihl;
+    let end = ETH_LEN + total;
+    if end < l4 + field + 2 {
+        return false;
+    }
+    let stored = u16::from_be_bytes([frame[l4 + field], frame[l4 + field + 1]]);
+    if ip[9] == 17 && stored == 0 {
+        return false; // UDP without a checksum (RFC 768)
+    }
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let pseudo = checksum::pseudo_header_v4(src, dst, ip[9], (end - l4) as u16);
+    if checksum::fold(checksum::accumulate(pseudo, &frame[l4..end])) == 0xffff {
+        return false; // complete and correct
+    }
+    if stored != checksum::fold(pseudo) {
+        return false; // wrong, not partial
+    }
+    complete_checksum(&mut frame[..end], l4, field).is_ok()
+}
+
 /// Layer-4 protocol of a frame being segmented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
@@ -374,6 +421,25 @@ mod tests {
             complete_checksum(&mut frame, 5000, 0),
             Err(OffloadError::ChecksumOutOfFrame)
         );
+    }
+
+    #[test]
+    fn recognises_partial_checksums_and_leaves_others_alone() {
+        let payload: Vec<u8> = (0..300u32).map(|i| (i * 13) as u8).collect();
+        let (frame, _) = tso_frame(&payload, false);
+        let mut partial = frame.clone();
+        assert!(complete_partial_l4(&mut partial), "partial: completed");
+        assert!(tcp_checksum_ok(&partial));
+        let mut complete = partial.clone();
+        assert!(!complete_partial_l4(&mut complete), "complete: untouched");
+        assert_eq!(complete, partial);
+        let mut corrupt = partial.clone();
+        corrupt[60] ^= 0xff;
+        let before = corrupt.clone();
+        assert!(!complete_partial_l4(&mut corrupt), "corrupt: left corrupt");
+        assert_eq!(corrupt, before);
+        let mut short = frame[..30].to_vec();
+        assert!(!complete_partial_l4(&mut short));
     }
 
     #[test]

@@ -64,6 +64,20 @@ pub enum PortKind {
     RawIp,
 }
 
+impl fmt::Display for PortKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PortKind::Memory => "memory",
+            PortKind::AfXdp => "af-xdp",
+            PortKind::AfPacket => "af-packet",
+            PortKind::Tap => "tap",
+            PortKind::Tun => "tun",
+            PortKind::UdpSocket => "udp-socket",
+            PortKind::RawIp => "raw-ip",
+        })
+    }
+}
+
 /// The operations every port provides.
 pub trait Port: Send {
     /// Its name (the interface name for kernel ports).

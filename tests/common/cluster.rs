@@ -106,6 +106,8 @@ pub struct Cluster {
     /// VTEP MACs to configure, by node position (default: podswitchd's
     /// derived ones).
     pub vtep_macs: Vec<Option<String>>,
+    /// How podswitchd reads pod veths: af-xdp (its default) or af-packet.
+    pub port_kind: String,
 }
 
 /// The podswitchd binary under test.
@@ -180,6 +182,7 @@ impl Cluster {
             backend: backend.into(),
             mode: mode.into(),
             vtep_macs: vec![None, None],
+            port_kind: "af-xdp".into(),
         };
         for n in 0..2 {
             for p in 0..pods_per_node {
@@ -260,11 +263,12 @@ impl Cluster {
         let mut text = format!(
             "[node]\nname = \"node{x}\"\npod_cidr = \"{cidr}\"\ncluster_cidr = \"10.244.0.0/16\"\n\
              underlay_interface = \"ul0\"\ngateway_mode = \"{mode}\"\n\n[backend]\ntype = \"{backend}\"\n\n\
-             [dataplane]\nbusy_poll_us = 50\npool_buffers = 4096\n",
+             [dataplane]\nbusy_poll_us = 50\npool_buffers = 4096\nport_kind = \"{kind}\"\n",
             x = node.index,
             cidr = node.pod_cidr(),
             mode = self.mode,
             backend = self.backend,
+            kind = self.port_kind,
         );
         if let Some(mac) = &self.vtep_macs[n] {
             text = text.replace("[backend]", &format!("vtep_mac = \"{mac}\"\n\n[backend]"));

@@ -2,6 +2,7 @@
 //!
 //! | port | kernel interface | frames |
 //! |---|---|---|
+//! | [`AfXdpPort`] | AF_XDP socket on a pod veth's host side (the default) | Ethernet, partial checksums completed |
 //! | [`AfPacketPort`] | AF_PACKET socket on a pod veth's host side | Ethernet, offloads completed ([`crate::offload`]) |
 //! | [`TapPort`] | a TAP device a pod uses as its interface | Ethernet |
 //! | [`HostPort`] | the TUN device `podswitch0` | IPv4 to and from the node's own stack |
@@ -15,12 +16,14 @@
 //! are dropped with a [`DropReason`] counted on that port.
 
 mod af_packet;
+mod af_xdp;
 mod tuntap;
 mod underlay;
 
 use std::sync::Arc;
 
 pub use af_packet::AfPacketPort;
+pub use af_xdp::AfXdpPort;
 pub use tuntap::{HostPort, HostPortOptions, TapPort};
 pub use underlay::{UnderlayOptions, UnderlayPort};
 

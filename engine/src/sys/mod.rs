@@ -14,6 +14,7 @@ pub mod mmsg;
 pub mod netdev;
 pub mod packet_socket;
 pub mod tun;
+pub mod xdp;
 
 use std::io;
 use std::mem::size_of;

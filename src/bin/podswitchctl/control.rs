@@ -70,8 +70,9 @@ pub(crate) enum PortCommand {
         /// Accept frames from any source MAC and IP.
         #[arg(long)]
         no_anti_spoof: bool,
-        /// af-packet (the host side of a veth, default) or tap (the daemon
-        /// creates a TAP device of this name).
+        /// af-xdp or af-packet (the host side of a veth; default: the
+        /// daemon's port_kind, af-xdp) or tap (the daemon creates a TAP
+        /// device of this name).
         #[arg(long)]
         kind: Option<String>,
     },
@@ -393,6 +394,7 @@ fn human(command: &ControlCommand, v: &Value) -> String {
                 ("port", "PORT"),
                 ("interface", "INTERFACE"),
                 ("role", "ROLE"),
+                ("kind", "KIND"),
                 ("ip", "IP"),
                 ("mac", "MAC"),
                 ("anti_spoof", "ANTI-SPOOF"),

@@ -72,7 +72,8 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub host_interface: Option<String>,
     /// [dataplane] port_kind: how pod ports are read when a request does
-    /// not say: af-packet or tap.
+    /// not say: af-xdp (default; native XDP, falling back to generic XDP,
+    /// then to af-packet, each fallback logged), af-packet or tap.
     #[arg(long)]
     pub port_kind: Option<String>,
     /// [dataplane] busy_poll_us: microseconds the worker keeps polling
@@ -192,7 +193,7 @@ pub(crate) struct Settings {
 /// The default control socket.
 pub(crate) const DEFAULT_SOCKET: &str = "/run/podswitch/podswitchd.sock";
 /// Port kinds a pod port may have.
-pub(crate) const PORT_KINDS: &[&str] = &["af-packet", "tap"];
+pub(crate) const PORT_KINDS: &[&str] = &["af-xdp", "af-packet", "tap"];
 
 /// Where a value came from, for error messages.
 struct Origin<'a> {
@@ -369,7 +370,7 @@ impl Settings {
             .port_kind
             .clone()
             .or(file.dataplane.port_kind.clone())
-            .unwrap_or_else(|| "af-packet".into());
+            .unwrap_or_else(|| "af-xdp".into());
         if !PORT_KINDS.contains(&port_kind.as_str()) {
             return Err(origin.error(
                 "dataplane.port_kind",

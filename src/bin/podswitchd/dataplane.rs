@@ -12,11 +12,12 @@ use podswitch_engine::capture::CaptureLimit;
 use podswitch_engine::encap::arp::{ArpOperation, ArpRepr};
 use podswitch_engine::encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
 use podswitch_engine::encap::MacAddr;
-use podswitch_engine::kernel_port::{AfPacketPort, TapPort};
+use podswitch_engine::kernel_port::{AfPacketPort, AfXdpPort, TapPort};
 use podswitch_engine::port::{Port, PortId};
 use podswitch_engine::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use podswitch_engine::sys::netdev;
 use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ARP};
+use podswitch_engine::sys::xdp::{self, XdpMode};
 use podswitch_engine::tables::Tables;
 use podswitch_engine::worker::Worker;
 use serde_json::{json, Value};
@@ -32,23 +33,52 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    fn open(&self, id: PortId, name: &str, kind: &str) -> std::io::Result<Box<dyn Port>> {
+    fn open(&self, id: PortId, name: &str, kind: &str) -> std::io::Result<(Box<dyn Port>, String)> {
         match kind {
+            "af-xdp" => {
+                if let Err(e) = xdp::ensure_bpffs() {
+                    tracing::warn!("{e}: libxdp loads its program without a dispatcher");
+                }
+                match AfXdpPort::open(name, id, Arc::clone(&self.tables), true) {
+                    Ok(port) => {
+                        if port.mode() == XdpMode::Generic {
+                            tracing::warn!(
+                                interface = name,
+                                "native XDP refused: fallback to generic (skb) XDP"
+                            );
+                        }
+                        netdev::set_up(name)?;
+                        let mode = match port.mode() {
+                            XdpMode::Native => "af-xdp",
+                            XdpMode::Generic => "af-xdp-generic",
+                        };
+                        Ok((Box::new(port), mode.to_string()))
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            interface = name,
+                            "AF_XDP unavailable ({e}): fallback to AF_PACKET"
+                        );
+                        self.open(id, name, "af-packet")
+                    }
+                }
+            }
             "af-packet" => {
-                // The host side of a pod veth must give the kernel no
+                // With AF_PACKET the kernel still receives every pod
+                // frame: the host side of a pod veth must give it no
                 // reason to act on pod frames (DESIGN.md): no ARP answers
                 // for the node's addresses (the TUN port holds the
                 // gateway address), no IPv6 of its own.
                 netdev::set_noarp(name)?;
                 let _ = netdev::set_net_sysctl(&format!("ipv6/conf/{name}/disable_ipv6"), "1");
                 netdev::set_up(name)?;
-                Ok(Box::new(AfPacketPort::open(
-                    name,
-                    id,
-                    Arc::clone(&self.tables),
-                )?))
+                let port = AfPacketPort::open(name, id, Arc::clone(&self.tables))?;
+                Ok((Box::new(port), kind.to_string()))
             }
-            "tap" => Ok(Box::new(TapPort::open(name, id, Arc::clone(&self.tables))?)),
+            "tap" => {
+                let port = TapPort::open(name, id, Arc::clone(&self.tables))?;
+                Ok((Box::new(port), kind.to_string()))
+            }
             other => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!(
@@ -63,14 +93,14 @@ impl Daemon {
 impl Dataplane for Daemon {
     fn open_port(&self, id: PortId, name: &str, kind: Option<&str>) -> Result<String, String> {
         let kind = kind.unwrap_or(&self.default_port_kind);
-        let port = self
+        let (port, kind) = self
             .open(id, name, kind)
             .map_err(|e| format!("{name}: {e}"))?;
         self.worker
             .attach(id, port)
             .map_err(|e| format!("{name}: {e}"))?;
         tracing::info!(port = id.0, interface = name, kind, "port attached");
-        Ok(kind.to_string())
+        Ok(kind)
     }
 
     fn close_port(&self, id: PortId, name: &str) {

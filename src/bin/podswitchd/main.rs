@@ -78,6 +78,7 @@ fn main() -> ExitCode {
 
 fn run(settings: Settings) -> Result<(), String> {
     STARTED.get_or_init(Instant::now);
+    podswitch_engine::sys::xdp::prepare_process();
     // Register for signals first: a stop during start-up still cleans up.
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
     let node = settings.node.clone();
@@ -140,7 +141,7 @@ fn run(settings: Settings) -> Result<(), String> {
         Arc::clone(&tables),
     )
     .map_err(|e| format!("underlay {}: {e}", settings.underlay_interface))?;
-    attach(&worker, underlay_id, Box::new(underlay), "underlay")?;
+    let underlay_kind = attach(&worker, underlay_id, Box::new(underlay), "underlay")?;
 
     let host_id = tables
         .attach_port(PortSpec::host(&settings.host_interface))
@@ -156,7 +157,7 @@ fn run(settings: Settings) -> Result<(), String> {
         Arc::clone(&tables),
     )
     .map_err(|e| format!("host port {}: {e}", settings.host_interface))?;
-    attach(&worker, host_id, Box::new(host), "host")?;
+    let host_kind = attach(&worker, host_id, Box::new(host), "host")?;
     tracing::info!(
         interface = %settings.host_interface,
         address = %host_address,
@@ -176,6 +177,8 @@ fn run(settings: Settings) -> Result<(), String> {
         clock_secs,
         daemon,
     ));
+    handler.note_kind(underlay_id, &underlay_kind);
+    handler.note_kind(host_id, &host_kind);
     for peer in &settings.peers {
         let request = Request::PeerAdd {
             name: peer.name.clone(),
@@ -239,9 +242,9 @@ fn attach(
     id: PortId,
     port: Box<dyn podswitch_engine::port::Port>,
     role: &str,
-) -> Result<(), String> {
-    let (name, kind) = (port.name().to_string(), port.kind());
+) -> Result<String, String> {
+    let (name, kind) = (port.name().to_string(), port.kind().to_string());
     worker.attach(id, port).map_err(|e| e.to_string())?;
-    tracing::info!(port = id.0, interface = %name, ?kind, role, "port attached");
-    Ok(())
+    tracing::info!(port = id.0, interface = %name, kind, role, "port attached");
+    Ok(kind)
 }

@@ -104,6 +104,7 @@ fn every_request_type() {
             mac: "0a:58:0a:f4:01:02".into(),
             container_id: Some("c0ffee".into()),
             anti_spoof: true,
+            kind: None,
         },
     );
     assert_eq!(added["port"], 2);
@@ -115,6 +116,7 @@ fn every_request_type() {
             mac: "0a:58:0a:f4:01:09".into(),
             container_id: None,
             anti_spoof: true,
+            kind: None,
         },
         "already attached",
     );
@@ -126,6 +128,7 @@ fn every_request_type() {
             mac: "0a:58:0a:f4:01:09".into(),
             container_id: None,
             anti_spoof: true,
+            kind: None,
         },
         "outside this node's pod subnet",
     );
@@ -137,6 +140,7 @@ fn every_request_type() {
             mac: "nope".into(),
             container_id: None,
             anti_spoof: true,
+            kind: None,
         },
         "invalid MAC",
     );

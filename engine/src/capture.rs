@@ -71,7 +71,7 @@ impl<P: Port, W: Write + Send> Capture<P, W> {
     }
 
     /// Stops the capture if its deadline has passed (a port with no
-    /// traffic never reaches [`Self::record`]); returns whether it is
+    /// traffic never records a frame); returns whether it is
     /// still active.
     pub fn check_deadline(&mut self) -> bool {
         if self.limit.until_micros.is_some_and(|t| (self.clock)() >= t) {

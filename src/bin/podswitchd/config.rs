@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 /// podswitchd: the podswitch data plane of one node.
 ///
-/// Reads pod veths (AF_PACKET) and TAP devices, switches and routes their
+/// Reads pod veths (AF_XDP, or AF_PACKET) and TAP devices, switches and routes their
 /// frames, encapsulates traffic to other nodes (VXLAN, IPIP, IP-in-UDP) or
 /// forwards it directly (host-gw), gives the node's own stack a TUN port,
 /// and serves a control socket (see `podswitchctl --help`). Settings come
@@ -27,66 +27,68 @@ pub(crate) struct Cli {
     /// TOML configuration file.
     #[arg(long, short = 'c', env = "PODSWITCHD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// [node] name: this node's name (also seeds its MACs).
+    /// `[node] name`: this node's name (also seeds its MACs).
     #[arg(long)]
     pub node_name: Option<String>,
-    /// [node] pod_cidr: this node's pod subnet, e.g. 10.244.1.0/24.
+    /// `[node] pod_cidr`: this node's pod subnet, e.g. 10.244.1.0/24.
     #[arg(long)]
     pub pod_cidr: Option<String>,
-    /// [node] cluster_cidr: all pods of the cluster (default: the pod
+    /// `[node] cluster_cidr`: all pods of the cluster (default: the pod
     /// subnet widened to /16), routed to pods through the host port.
     #[arg(long)]
     pub cluster_cidr: Option<String>,
-    /// [node] underlay_interface: the interface towards other nodes.
+    /// `[node] underlay_interface`: the interface towards other nodes.
     #[arg(long)]
     pub underlay_interface: Option<String>,
-    /// [node] underlay_ip: the node's address on it (default: the
+    /// `[node] underlay_ip`: the node's address on it (default: the
     /// interface's first IPv4 address).
     #[arg(long)]
     pub underlay_ip: Option<String>,
-    /// [node] vtep_mac: the VXLAN VTEP MAC (default: a stable locally
+    /// `[node] vtep_mac`: the VXLAN VTEP MAC (default: a stable locally
     /// administered MAC derived from the node name).
     #[arg(long)]
     pub vtep_mac: Option<String>,
-    /// [node] gateway_mode: bridge (flannel: gateway .1 of the pod subnet)
+    /// `[node] gateway_mode`: bridge (flannel: gateway .1 of the pod subnet)
     /// or proxy-arp (Calico: every ARP answered, gateway 169.254.1.1).
     #[arg(long)]
     pub gateway_mode: Option<String>,
-    /// [backend] type: vxlan, ipip, udp, host-gw or directrouting.
+    /// `[backend] type`: vxlan, ipip, udp, host-gw or directrouting.
     #[arg(long)]
     pub backend: Option<String>,
-    /// [backend] vni: VXLAN network identifier (default 1).
+    /// `[backend] vni`: VXLAN network identifier (default 1).
     #[arg(long)]
     pub vni: Option<u32>,
-    /// [backend] port: tunnel UDP port (default 8472 for vxlan, 8285 for udp).
+    /// `[backend] port`: tunnel UDP port (default 8472 for vxlan, 8285 for udp).
     #[arg(long)]
     pub port: Option<u16>,
-    /// [backend] mtu: the pods' MTU (default: the underlay's less the
+    /// `[backend] mtu`: the pods' MTU (default: the underlay's less the
     /// tunnel overhead, 1450 for vxlan over 1500).
     #[arg(long)]
     pub mtu: Option<u16>,
-    /// [control] socket: the control socket's path.
+    /// `[control] socket`: the control socket's path.
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// [dataplane] host_interface: the TUN device of the node's host port.
+    /// `[dataplane] host_interface`: the TUN device of the node's host port.
     #[arg(long)]
     pub host_interface: Option<String>,
-    /// [dataplane] port_kind: how pod ports are read when a request does
+    /// `[dataplane] port_kind`: how pod ports are read when a request does
     /// not say: af-xdp (default; native XDP, falling back to generic XDP,
     /// then to af-packet, each fallback logged), af-packet or tap.
     #[arg(long)]
     pub port_kind: Option<String>,
-    /// [dataplane] busy_poll_us: microseconds the worker keeps polling
+    /// `[dataplane] busy_poll_us`: microseconds the worker keeps polling
     /// after the last packet before sleeping (default 200).
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
-    /// [dataplane] pool_buffers: packet buffers of 2 KiB (default 16384).
+    /// `[dataplane] pool_buffers`: packet buffers of 2 KiB (default 16384).
     #[arg(long)]
     pub pool_buffers: Option<usize>,
-    /// A static peer, repeatable: name=N,underlay_ip=IP,pod_cidr=CIDR[,vtep_mac=MAC][,underlay_mac=MAC][,backend=B]
+    /// A static peer, repeatable: `name=N,underlay_ip=IP,pod_cidr=CIDR` and
+    /// optionally `,vtep_mac=MAC`, `,underlay_mac=MAC`, `,backend=B` (as `[[peer]]`).
     #[arg(long = "peer", value_name = "KEY=VALUE,...")]
     pub peers: Vec<String>,
-    /// A static pod port, repeatable: interface=IF,ip=IP,mac=MAC[,kind=K][,container_id=ID]
+    /// A static pod port, repeatable: `interface=IF,ip=IP,mac=MAC` and
+    /// optionally `,kind=K`, `,container_id=ID` (as `[[port]]`).
     #[arg(long = "pod-port", value_name = "KEY=VALUE,...")]
     pub ports: Vec<String>,
     /// Log level: error, warn, info or debug.

@@ -45,6 +45,9 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
     ) -> Result<Value, String>;
     /// The MAC of `ip` on the underlay (host-gw next hops).
     fn resolve_underlay_mac(&self, ip: Ipv4Addr) -> Result<MacAddr, String>;
+    /// A request changed the tables (for the daemon's log: one line per
+    /// state change).
+    fn changed(&self, what: &str);
 }
 
 /// Longest capture, in seconds.
@@ -101,6 +104,12 @@ impl Handler {
         Handler {
             dataplane: Some(dataplane),
             ..Handler::new(tables, clock)
+        }
+    }
+
+    fn changed(&self, what: impl FnOnce() -> String) {
+        if let Some(dataplane) = &self.dataplane {
+            dataplane.changed(&what());
         }
     }
 
@@ -202,12 +211,14 @@ impl Handler {
                 let snap = self.tables.load();
                 let next_hop = resolve(&snap, next_hop)?;
                 self.tables.add_route(prefix, next_hop).map_err(err)?;
+                self.changed(|| format!("route {prefix} -> {next_hop:?} added"));
                 Ok(Value::Null)
             }
             Request::RouteDel { prefix } => {
                 self.tables
                     .remove_route(parse_prefix("prefix", prefix)?)
                     .map_err(err)?;
+                self.changed(|| format!("route {prefix} removed"));
                 Ok(Value::Null)
             }
             Request::RouteList => Ok(routes(&self.tables.load())),
@@ -251,10 +262,12 @@ impl Handler {
                     vtep_mac: parse_mac("vtep_mac", vtep_mac)?,
                 };
                 let id = self.tables.add_peer(spec).map_err(err)?;
+                self.changed(|| format!("peer {name} at {underlay_ip} added"));
                 Ok(json!({ "peer": id.0 }))
             }
             Request::PeerDel { name } => {
                 let id = self.tables.remove_peer(name).map_err(err)?;
+                self.changed(|| format!("peer {name} removed"));
                 Ok(json!({ "peer": id.0 }))
             }
             Request::PeerList => Ok(peers(&self.tables.load())),
@@ -278,7 +291,11 @@ impl Handler {
                     json!({ "entries": entries, "limit": self.tables.fdb.limit(), "refused": self.tables.fdb.refused() }),
                 )
             }
-            Request::FdbFlush => Ok(json!({ "flushed": self.tables.fdb.flush() })),
+            Request::FdbFlush => {
+                let flushed = self.tables.fdb.flush();
+                self.changed(|| format!("fdb flushed ({flushed} entries)"));
+                Ok(json!({ "flushed": flushed }))
+            }
             Request::NeighShow => {
                 let snap = self.tables.load();
                 let mut list: Vec<(Ipv4Addr, Value)> = snap

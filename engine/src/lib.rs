@@ -1,6 +1,6 @@
 //! # podswitch-engine: from "a batch arrived" to "batches leave"
 //!
-//! The data path of podswitch, without I/O of its own. Read it top-down:
+//! The data path of podswitch. Read it top-down:
 //!
 //! 1. **Ports** ([`port`]) move batches of up to 32 frames. Each frame sits
 //!    in a [`packet::PacketBuf`] from a preallocated [`packet::PacketPool`],
@@ -25,7 +25,12 @@
 //! through the same code and returns every decision ([`trace`]).
 //!
 //! The core is deterministic: it takes the time as an argument and owns no
-//! threads or sockets, so scenario tests drive it in-process.
+//! threads or sockets, so scenario tests drive it in-process. Around it,
+//! for podswitchd: [`kernel_port`] (AF_XDP, AF_PACKET, TAP, TUN and the
+//! socket underlay behind the same [`port::Port`] trait), [`offload`]
+//! (finishing the checksums and segmentation a veth leaves undone),
+//! [`worker`] (the polling thread) and [`sys`], the one module allowed
+//! `unsafe`, each block a system call with its `// SAFETY:` comment.
 
 // Only `sys` (system calls) may use `unsafe`; it allows it explicitly.
 #![deny(unsafe_code)]

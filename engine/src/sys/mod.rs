@@ -12,6 +12,7 @@
 pub mod inet;
 pub mod mmsg;
 pub mod netdev;
+pub mod netlink;
 pub mod packet_socket;
 pub mod tun;
 pub mod xdp;

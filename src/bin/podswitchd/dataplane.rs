@@ -142,6 +142,10 @@ impl Dataplane for Daemon {
         Ok(json!({ "file": file.display().to_string(), "packets": result.packets }))
     }
 
+    fn changed(&self, what: &str) {
+        tracing::info!("{what}");
+    }
+
     fn resolve_underlay_mac(&self, ip: Ipv4Addr) -> Result<MacAddr, String> {
         if let Some(mac) = kernel_neighbour(ip) {
             return Ok(mac);

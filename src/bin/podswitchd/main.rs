@@ -194,7 +194,6 @@ fn run(settings: Settings) -> Result<(), String> {
         handler
             .handle(&request)
             .map_err(|e| format!("peer {}: {e}", peer.name))?;
-        tracing::info!(peer = %peer.name, underlay_ip = %peer.underlay_ip, pod_cidr = %peer.pod_cidr, "peer added");
     }
     for port in &settings.ports {
         let request = Request::PortAdd {

@@ -135,6 +135,7 @@ impl Handler {
                 ip,
                 mac,
                 container_id,
+                ifname,
                 anti_spoof,
                 kind,
             } => {
@@ -142,6 +143,7 @@ impl Handler {
                     PortSpec::pod(interface, parse_ip("ip", ip)?, parse_mac("mac", mac)?);
                 spec.anti_spoof = *anti_spoof;
                 spec.container_id = container_id.clone();
+                spec.ifname = ifname.clone();
                 let id = self.tables.attach_port(spec).map_err(err)?;
                 let Some(dataplane) = &self.dataplane else {
                     return Ok(json!({ "port": id.0 }));
@@ -457,6 +459,7 @@ fn ports(snap: &Snapshot, kinds: &std::collections::HashMap<u16, String>) -> Val
                     "mac": p.spec.mac.map(|m| m.to_string()),
                     "anti_spoof": p.spec.anti_spoof,
                     "container_id": p.spec.container_id,
+                    "ifname": p.spec.ifname,
                 })
             })
             .collect(),

@@ -90,6 +90,9 @@ pub enum Request {
         /// The container it belongs to.
         #[serde(default)]
         container_id: Option<String>,
+        /// The interface name inside the container (CNI_IFNAME).
+        #[serde(default)]
+        ifname: Option<String>,
         /// Drop frames not from the pod's own MAC and IP (default true).
         #[serde(default = "yes")]
         anti_spoof: bool,

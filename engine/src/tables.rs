@@ -44,6 +44,9 @@ pub struct PortSpec {
     pub anti_spoof: bool,
     /// The container it belongs to.
     pub container_id: Option<String>,
+    /// The interface name inside the container (CNI_IFNAME): with the
+    /// container id, the CNI attachment this port is.
+    pub ifname: Option<String>,
 }
 
 impl PortSpec {
@@ -56,6 +59,7 @@ impl PortSpec {
             ip: Some(ip),
             anti_spoof: true,
             container_id: None,
+            ifname: None,
         }
     }
 
@@ -68,6 +72,7 @@ impl PortSpec {
             ip: None,
             anti_spoof: false,
             container_id: None,
+            ifname: None,
         }
     }
 

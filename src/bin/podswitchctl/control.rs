@@ -67,6 +67,9 @@ pub(crate) enum PortCommand {
         /// The container it belongs to.
         #[arg(long)]
         container_id: Option<String>,
+        /// The interface name inside the container.
+        #[arg(long)]
+        ifname: Option<String>,
         /// Accept frames from any source MAC and IP.
         #[arg(long)]
         no_anti_spoof: bool,
@@ -204,6 +207,7 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
             ip,
             mac,
             container_id,
+            ifname,
             no_anti_spoof,
             kind,
         }) => Request::PortAdd {
@@ -211,6 +215,7 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
             ip: ip.clone(),
             mac: mac.clone(),
             container_id: container_id.clone(),
+            ifname: ifname.clone(),
             anti_spoof: !no_anti_spoof,
             kind: kind.clone(),
         },

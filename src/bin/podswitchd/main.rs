@@ -201,6 +201,7 @@ fn run(settings: Settings) -> Result<(), String> {
             ip: port.ip.clone(),
             mac: port.mac.clone(),
             container_id: port.container_id.clone(),
+            ifname: None,
             anti_spoof: true,
             kind: port.kind.clone(),
         };

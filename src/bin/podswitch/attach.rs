@@ -1,0 +1,176 @@
+//! The per-pod kernel work: the veth pair, the pod side's address and
+//! routes, and taking them away again. All through rtnetlink
+//! (`podswitch_engine::sys::netlink`), never by running `ip`.
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+
+use podswitch_engine::sys::netlink::{in_netns, Netlink, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE};
+
+use crate::cni::GatewayMode;
+
+/// The proxy-ARP gateway (Calico's).
+pub(crate) const PROXY_ARP_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The host-side name of an attachment: `psw` and 11 hex digits of a hash
+/// of the container id and interface name (15 characters at most, the
+/// kernel's limit; the same every time, so DEL finds it without state).
+pub(crate) fn host_interface(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a 64
+    for b in container_id.bytes().chain([b'/']).chain(ifname.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("psw{:011x}", h >> 20)
+}
+
+/// What the pod side ended up with.
+#[derive(Debug, Clone)]
+pub(crate) struct PodSide {
+    pub(crate) host_mac: [u8; 6],
+    pub(crate) pod_mac: [u8; 6],
+}
+
+/// The pod's addressing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Addressing {
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) prefix_len: u8,
+    pub(crate) gateway: Ipv4Addr,
+    pub(crate) mode: GatewayMode,
+}
+
+impl Addressing {
+    /// The address's prefix on the pod's interface: the subnet's in
+    /// bridge mode, /32 with proxy ARP.
+    pub(crate) fn interface_prefix(&self) -> u8 {
+        match self.mode {
+            GatewayMode::Bridge => self.prefix_len,
+            GatewayMode::ProxyArp => 32,
+        }
+    }
+}
+
+/// Creates the veth pair (`host` here, `ifname` in `netns`), brings both
+/// up and configures the pod side. Leaves nothing behind on failure.
+pub(crate) fn create(
+    host: &str,
+    netns: &str,
+    ifname: &str,
+    mtu: u32,
+    addr: Addressing,
+) -> io::Result<PodSide> {
+    let ns =
+        File::open(netns).map_err(|e| io::Error::new(e.kind(), format!("netns {netns}: {e}")))?;
+    let mut nl = Netlink::open()?;
+    nl.add_veth(host, ifname, ns.as_raw_fd(), mtu)
+        .map_err(|e| io::Error::new(e.kind(), format!("veth {host} / {ifname}: {e}")))?;
+    let result = (|| {
+        let link = nl
+            .link(host)?
+            .ok_or_else(|| io::Error::other(format!("{host} vanished")))?;
+        nl.set_up(link.index)?;
+        let pod_mac = in_netns(netns, || configure_pod(ifname, addr))?;
+        Ok(PodSide {
+            host_mac: link.mac.unwrap_or_default(),
+            pod_mac,
+        })
+    })();
+    if result.is_err() {
+        let _ = nl.del_link(host);
+    }
+    result
+}
+
+fn configure_pod(ifname: &str, addr: Addressing) -> io::Result<[u8; 6]> {
+    let mut nl = Netlink::open()?;
+    let link = nl
+        .link(ifname)?
+        .ok_or_else(|| io::Error::other(format!("{ifname} is not in the pod's namespace")))?;
+    nl.set_up(link.index)?;
+    nl.add_address(link.index, addr.ip, addr.interface_prefix())?;
+    match addr.mode {
+        GatewayMode::Bridge => {
+            nl.add_route(
+                Ipv4Addr::UNSPECIFIED,
+                0,
+                Some(addr.gateway),
+                link.index,
+                RT_SCOPE_UNIVERSE,
+            )?;
+        }
+        GatewayMode::ProxyArp => {
+            nl.add_route(PROXY_ARP_GATEWAY, 32, None, link.index, RT_SCOPE_LINK)?;
+            nl.add_route(
+                Ipv4Addr::UNSPECIFIED,
+                0,
+                Some(PROXY_ARP_GATEWAY),
+                link.index,
+                RT_SCOPE_UNIVERSE,
+            )?;
+        }
+    }
+    Ok(link.mac.unwrap_or_default())
+}
+
+/// Deletes the host side (and with it the pod side); false if it was gone.
+pub(crate) fn delete(host: &str) -> io::Result<bool> {
+    Netlink::open()?.del_link(host)
+}
+
+/// What CHECK verifies in the pod's namespace: the interface, its address
+/// and the default route through the gateway.
+pub(crate) fn check_pod(netns: &str, ifname: &str, addr: Addressing) -> Result<(), String> {
+    let ifname_owned = ifname.to_string();
+    in_netns(netns, move || {
+        let mut nl = Netlink::open()?;
+        let Some(link) = nl.link(&ifname_owned)? else {
+            return Ok(Err(format!(
+                "{ifname_owned} is missing from the pod's namespace"
+            )));
+        };
+        let addresses = nl.addresses(link.index)?;
+        if !addresses.contains(&(addr.ip, addr.interface_prefix())) {
+            return Ok(Err(format!(
+                "{ifname_owned} lacks {}/{} (has {addresses:?})",
+                addr.ip,
+                addr.interface_prefix()
+            )));
+        }
+        let gateway = match addr.mode {
+            GatewayMode::Bridge => addr.gateway,
+            GatewayMode::ProxyArp => PROXY_ARP_GATEWAY,
+        };
+        let default = nl
+            .routes()?
+            .into_iter()
+            .any(|r| r.dst.1 == 0 && r.gateway == Some(gateway) && r.oif == Some(link.index));
+        if !default {
+            return Ok(Err(format!(
+                "no default route via {gateway} on {ifname_owned}"
+            )));
+        }
+        Ok(Ok(()))
+    })
+    .map_err(|e| e.to_string())?
+}
+
+/// True if the host side exists.
+pub(crate) fn host_exists(host: &str) -> io::Result<bool> {
+    Ok(Netlink::open()?.link(host)?.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_stable_short_and_distinct() {
+        let a = host_interface("c0ffee", "eth0");
+        assert_eq!(a, host_interface("c0ffee", "eth0"));
+        assert!(a.len() <= 15 && a.starts_with("psw"), "{a}");
+        assert_ne!(a, host_interface("c0ffee", "eth1"));
+        assert_ne!(a, host_interface("c0ffef", "eth0"));
+    }
+}

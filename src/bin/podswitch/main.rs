@@ -1,0 +1,356 @@
+//! `podswitch`: the CNI plugin that attaches pods to podswitchd.
+//!
+//! A thin shim, run by the container runtime per pod (CNI specification
+//! 1.1.0; results also in the 0.3.1, 0.4.0 and 1.0.0 shapes). ADD takes an
+//! address from the IPAM plugin (host-local), creates the pod's veth pair
+//! through netlink, configures the pod side (bridge mode: the address with
+//! its prefix and `default via` the gateway; proxy-ARP mode: a /32,
+//! `169.254.1.1 dev eth0 scope link`, `default via 169.254.1.1`) and
+//! registers the host side with podswitchd over its control socket; any
+//! failure undoes every step. DEL undoes it all and is idempotent. CHECK,
+//! VERSION, STATUS and GC do what the specification says. The daemon keeps
+//! its ports across restarts itself; the plugin talks to it only through
+//! the control client.
+//!
+//! Configuration keys, besides the specification's (`cniVersion`, `name`,
+//! `type`, `ipam`, `prevResult`, ...):
+//!
+//! - `socket`: podswitchd's control socket (default
+//!   /run/podswitch/podswitchd.sock);
+//! - `mtu`: the pod interface's MTU (default 1450, VXLAN over 1500);
+//! - `gatewayMode`: `bridge` (default, flannel) or `proxy-arp` (Calico).
+
+mod attach;
+mod cni;
+mod ipam;
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use podswitch_control::client::{Client, ClientError};
+use podswitch_control::protocol::Request;
+use serde_json::{json, Value};
+
+use attach::{Addressing, PROXY_ARP_GATEWAY};
+use cni::{shape_result, CniError, Code, Command, Env, GatewayMode, NetConf, SUPPORTED};
+use ipam::Ipam;
+
+fn main() -> ExitCode {
+    let mut input = String::new();
+    let env = Env::read();
+    let needs_stdin = !matches!(&env, Ok(e) if e.command == Command::Version);
+    if needs_stdin || std::env::var_os("CNI_COMMAND").is_some() {
+        let _ = std::io::stdin().read_to_string(&mut input);
+    }
+    let version = serde_json::from_str::<Value>(&input)
+        .ok()
+        .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+        .filter(|v| SUPPORTED.contains(&v.as_str()))
+        .unwrap_or_else(|| "1.1.0".into());
+    let result = env.and_then(|env| run(&env, &input));
+    match result {
+        Ok(Some(out)) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("{}", e.to_json(&version));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(env: &Env, input: &str) -> Result<Option<Value>, CniError> {
+    if env.command == Command::Version {
+        let asked = serde_json::from_str::<Value>(input)
+            .ok()
+            .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "1.1.0".into());
+        return Ok(Some(
+            json!({ "cniVersion": asked, "supportedVersions": SUPPORTED }),
+        ));
+    }
+    let conf = NetConf::parse(input)?;
+    match env.command {
+        Command::Add => add(env, &conf).map(Some),
+        Command::Del => del(env, &conf).map(|()| None),
+        Command::Check => check(env, &conf).map(|()| None),
+        Command::Status => status(&conf).map(|()| None),
+        Command::Gc => gc(env, &conf).map(|()| None),
+        Command::Version => unreachable!("answered above"),
+    }
+}
+
+fn connect(conf: &NetConf) -> Result<Client, CniError> {
+    Client::connect(Path::new(&conf.socket), Duration::from_secs(30)).map_err(|e| {
+        CniError::new(
+            Code::TryAgainLater,
+            format!("podswitchd is not reachable at {}", conf.socket),
+        )
+        .details(e)
+    })
+}
+
+fn call(client: &mut Client, request: &Request) -> Result<Value, CniError> {
+    client.call(request).map_err(|e| match e {
+        ClientError::Daemon(reason) => CniError::new(Code::Failed, format!("podswitchd: {reason}")),
+        other => CniError::new(Code::TryAgainLater, "podswitchd stopped answering").details(other),
+    })
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The pod's address, prefix and gateway from an IPAM result.
+fn addressing(ipam_result: &Value, mode: GatewayMode) -> Result<Addressing, CniError> {
+    let ip = ipam_result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|ip| {
+            let (addr, len) = ip["address"].as_str()?.split_once('/')?;
+            Some((
+                addr.parse::<Ipv4Addr>().ok()?,
+                len.parse::<u8>().ok()?,
+                ip["gateway"].as_str(),
+            ))
+        })
+        .ok_or_else(|| {
+            CniError::new(Code::Failed, "the IPAM plugin returned no IPv4 address")
+                .details(ipam_result)
+        })?;
+    let gateway = match (mode, ip.2) {
+        (GatewayMode::ProxyArp, _) => PROXY_ARP_GATEWAY,
+        (GatewayMode::Bridge, Some(gw)) => gw
+            .parse()
+            .map_err(|_| CniError::new(Code::Failed, format!("IPAM gateway {gw:?} is not IPv4")))?,
+        (GatewayMode::Bridge, None) => {
+            // host-local's default: the subnet's first address.
+            let net = u32::from(ip.0) & u32::MAX.checked_shl(32 - u32::from(ip.1)).unwrap_or(0);
+            Ipv4Addr::from(net + 1)
+        }
+    };
+    Ok(Addressing {
+        ip: ip.0,
+        prefix_len: ip.1,
+        gateway,
+        mode,
+    })
+}
+
+fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
+    if !Path::new(&env.netns).exists() {
+        return Err(CniError::new(
+            Code::InvalidEnvironment,
+            format!("CNI_NETNS {} does not exist", env.netns),
+        ));
+    }
+    // The daemon first: if it is down, nothing has been done yet.
+    let mut client = connect(conf)?;
+    let ipam = Ipam::find(conf, env)?;
+    let host = attach::host_interface(&env.container_id, &env.ifname);
+    let ipam_result = ipam.run("ADD", conf, &env.container_id, &env.ifname)?;
+    // Every step from here has an undo, run in reverse if a later one fails.
+    let release = || {
+        let _ = ipam.run("DEL", conf, &env.container_id, &env.ifname);
+    };
+    let addr = match addressing(&ipam_result, conf.gateway_mode) {
+        Ok(a) => a,
+        Err(e) => {
+            release();
+            return Err(e);
+        }
+    };
+    let side = match attach::create(&host, &env.netns, &env.ifname, conf.mtu, addr) {
+        Ok(side) => side,
+        Err(e) => {
+            release();
+            return Err(
+                CniError::new(Code::Failed, "cannot create the pod's interface").details(e),
+            );
+        }
+    };
+    let request = Request::PortAdd {
+        interface: host.clone(),
+        ip: addr.ip.to_string(),
+        mac: mac_text(side.pod_mac),
+        container_id: Some(env.container_id.clone()),
+        ifname: Some(env.ifname.clone()),
+        anti_spoof: true,
+        kind: None,
+    };
+    if let Err(e) = call(&mut client, &request) {
+        let _ = attach::delete(&host);
+        release();
+        return Err(e);
+    }
+    // Chained: what earlier plugins reported comes first.
+    let mut result = conf.prev_result.clone().unwrap_or_else(|| json!({}));
+    let interfaces = result["interfaces"].as_array().map_or(0, Vec::len);
+    let mut list = result["interfaces"].as_array().cloned().unwrap_or_default();
+    list.push(json!({ "name": host, "mac": mac_text(side.host_mac) }));
+    list.push(json!({ "name": env.ifname, "mac": mac_text(side.pod_mac), "sandbox": env.netns }));
+    result["interfaces"] = Value::Array(list);
+    let mut ips = result["ips"].as_array().cloned().unwrap_or_default();
+    ips.push(json!({
+        "address": format!("{}/{}", addr.ip, addr.interface_prefix()),
+        "gateway": addr.gateway.to_string(),
+        "interface": interfaces + 1,
+    }));
+    result["ips"] = Value::Array(ips);
+    let mut routes = result["routes"].as_array().cloned().unwrap_or_default();
+    if addr.mode == GatewayMode::ProxyArp {
+        routes.push(json!({ "dst": "169.254.1.1/32" }));
+    }
+    routes.push(json!({ "dst": "0.0.0.0/0", "gw": addr.gateway.to_string() }));
+    result["routes"] = Value::Array(routes);
+    if result.get("dns").is_none() {
+        result["dns"] = ipam_result.get("dns").cloned().unwrap_or_else(|| json!({}));
+    }
+    Ok(shape_result(result, &conf.cni_version))
+}
+
+fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let host = attach::host_interface(&env.container_id, &env.ifname);
+    // Each step runs whatever the others found; missing pieces are fine.
+    let daemon = connect(conf).and_then(|mut c| {
+        match c.call(&Request::PortDel {
+            interface: host.clone(),
+        }) {
+            Ok(_) | Err(ClientError::Daemon(_)) => Ok(()), // detached now, or never attached
+            Err(e) => {
+                Err(CniError::new(Code::TryAgainLater, "podswitchd stopped answering").details(e))
+            }
+        }
+    });
+    let link = attach::delete(&host)
+        .map_err(|e| CniError::new(Code::Failed, format!("deleting {host}")).details(e));
+    let ipam =
+        Ipam::find(conf, env).and_then(|i| i.run("DEL", conf, &env.container_id, &env.ifname));
+    // The daemon's error last: the runtime retries DEL, which then finds
+    // only the port left to detach.
+    link?;
+    ipam?;
+    daemon
+}
+
+fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::new(Code::InvalidConfig, "CHECK needs prevResult"))?;
+    let addr = addressing(prev, conf.gateway_mode)?;
+    let failed = |msg: String| CniError::new(Code::Failed, msg);
+    let host = attach::host_interface(&env.container_id, &env.ifname);
+    if !attach::host_exists(&host).map_err(|e| failed(e.to_string()))? {
+        return Err(failed(format!("host interface {host} is missing")));
+    }
+    // The prevResult's address carries the interface's prefix already.
+    let addr = Addressing {
+        prefix_len: addr.prefix_len,
+        ..addr
+    };
+    let on_pod = match addr.mode {
+        GatewayMode::Bridge => addr,
+        GatewayMode::ProxyArp => Addressing {
+            prefix_len: 32,
+            ..addr
+        },
+    };
+    attach::check_pod(&env.netns, &env.ifname, on_pod).map_err(failed)?;
+    let mut client = connect(conf)?;
+    let ports = call(&mut client, &Request::PortList)?;
+    let registered = ports.as_array().into_iter().flatten().any(|p| {
+        p["interface"] == host.as_str()
+            && p["container_id"] == env.container_id.as_str()
+            && p["ip"] == addr.ip.to_string().as_str()
+    });
+    if !registered {
+        return Err(failed(format!(
+            "podswitchd has no port {host} for container {}",
+            env.container_id
+        )));
+    }
+    let ipam = Ipam::find(conf, env)?;
+    if cni::version_key(&ipam.version) >= (0, 4, 0) {
+        let mut with_prev = conf.clone();
+        with_prev.raw.insert("prevResult".into(), prev.clone());
+        ipam.run("CHECK", &with_prev, &env.container_id, &env.ifname)?;
+    }
+    Ok(())
+}
+
+fn status(conf: &NetConf) -> Result<(), CniError> {
+    let unavailable = |e: String| {
+        CniError::new(
+            Code::PluginNotAvailable,
+            format!("podswitchd is not ready at {}", conf.socket),
+        )
+        .details(e)
+    };
+    let mut client = Client::connect(Path::new(&conf.socket), Duration::from_secs(5))
+        .map_err(|e| unavailable(e.to_string()))?;
+    client
+        .call(&Request::Status)
+        .map_err(|e| unavailable(e.to_string()))?;
+    Ok(())
+}
+
+fn gc(env: &Env, conf: &NetConf) -> Result<(), CniError> {
+    let listed = conf
+        .raw
+        .get("cni.dev/valid-attachments")
+        .or_else(|| conf.raw.get("cni.dev/attachments"));
+    let valid: HashSet<(String, String)> = listed
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a["containerID"].as_str()?.to_string(),
+                a["ifname"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let mut client = connect(conf)?;
+    let ports = call(&mut client, &Request::PortList)?;
+    let ipam = Ipam::find(conf, env)?;
+    for port in ports.as_array().into_iter().flatten() {
+        let (Some(cid), Some(ifname), Some(host)) = (
+            port["container_id"].as_str(),
+            port["ifname"].as_str(),
+            port["interface"].as_str(),
+        ) else {
+            continue; // not a CNI attachment (static ports, TAP pods)
+        };
+        if valid.contains(&(cid.to_string(), ifname.to_string())) {
+            continue;
+        }
+        call(
+            &mut client,
+            &Request::PortDel {
+                interface: host.to_string(),
+            },
+        )?;
+        attach::delete(host)
+            .map_err(|e| CniError::new(Code::Failed, format!("deleting {host}")).details(e))?;
+        // An IPAM plugin without GC (host-local before CNI 1.1) releases
+        // the stale attachment's address on DEL.
+        if !ipam.has_gc {
+            ipam.run("DEL", conf, cid, ifname)?;
+        }
+    }
+    if ipam.has_gc {
+        ipam.run("GC", conf, "", "")?;
+    }
+    Ok(())
+}

@@ -31,6 +31,7 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub log: TempFile,
     pub config: TempFile,
+    pub state: TempFile,
 }
 
 impl Daemon {
@@ -296,12 +297,19 @@ impl Cluster {
         std::fs::write(&config.0, self.config(n)).unwrap();
         let log = TempFile::new("podswitchd.log");
         let socket = std::env::temp_dir().join(super::unique("ctl.sock"));
+        let state = self.nodes[n]
+            .daemon
+            .take()
+            .map(|mut d| std::mem::replace(&mut d.state, TempFile::new("unused")))
+            .unwrap_or_else(|| TempFile::new("ports.json"));
         let node = &mut self.nodes[n];
         let child = Command::new("ip")
             .args(["netns", "exec", &node.ns.name, podswitchd(), "--config"])
             .arg(&config.0)
             .arg("--socket")
             .arg(&socket)
+            .arg("--state-file")
+            .arg(&state.0)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log.0).unwrap())
@@ -312,6 +320,7 @@ impl Cluster {
             socket,
             log,
             config,
+            state,
         });
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {

@@ -1,7 +1,14 @@
-//! AF_XDP sockets through xsk-rs (libxdp): an XDP program on the
-//! interface redirects every frame of queue 0 into the socket's RX ring;
-//! the socket's TX ring sends frames out of it
-//! (Documentation/networking/af_xdp.rst).
+//! AF_XDP sockets through libxdp (the C library of the xdp-tools
+//! project, via libxdp-sys): an XDP program on the interface redirects
+//! every frame of queue 0 into the socket's RX ring; the socket's TX ring
+//! sends frames out of it (Documentation/networking/af_xdp.rst).
+//!
+//! Why not xsk-rs, the Rust wrapper we started with: xsk-rs 0.7 gives
+//! libxdp pointers to ring structures that it then moves, and libxdp
+//! reads them again in `xsk_socket__delete` (to unmap the rings). With
+//! fifty pods attaching and detaching that read hit freed memory and
+//! crashed the daemon. Here the four rings live in boxes that stay put
+//! until the socket is deleted.
 //!
 //! One UMEM per socket: half its frames circulate through the fill and RX
 //! rings, half through the TX and completion rings. A veth has no
@@ -11,15 +18,18 @@
 //! goes back to the fill ring as soon as it is copied.
 //!
 //! Native (driver) XDP is tried first; where it fails the socket falls
-//! back to generic (skb) XDP and says so in [`XdpSocket::mode`]. Closing
+//! back to generic (skb) XDP and says so in [`XdpSocket::mode`]. Deleting
 //! the socket detaches the program libxdp loaded.
 
-use std::io::{self, Write};
-use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, RawFd};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::RawFd;
+use std::ptr;
 
-use xsk_rs::config::{BindFlags, FrameSize, QueueSize, SocketConfig, UmemConfig, XdpFlags};
-use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+use libxdp_sys::{
+    xsk_ring_cons, xsk_ring_prod, xsk_socket, xsk_socket_config, xsk_socket_config__bindgen_ty_1,
+    xsk_umem, xsk_umem_config,
+};
 
 /// Frames of one socket's UMEM.
 const FRAMES: u32 = 2048;
@@ -37,30 +47,13 @@ pub enum XdpMode {
     Generic,
 }
 
-/// An AF_XDP socket on queue 0 of one interface.
-pub struct XdpSocket {
-    umem: Umem,
-    rx: RxQueue,
-    tx: TxQueue,
-    fill: FillQueue,
-    comp: CompQueue,
-    /// RX descriptors being read (scratch).
-    rx_descs: Vec<FrameDesc>,
-    /// TX frames free to fill.
-    tx_free: Vec<FrameDesc>,
-    /// TX frames being handed to the ring (scratch).
-    tx_batch: Vec<FrameDesc>,
-    mode: XdpMode,
-    fd: RawFd,
-}
+/// libxdp keeps per-process state about the XDP programs it loads (a
+/// list of contexts per interface) without locking: every libxdp call
+/// that creates or deletes a socket holds this lock.
+static LIBXDP: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-impl std::fmt::Debug for XdpSocket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("XdpSocket")
-            .field("mode", &self.mode)
-            .field("fd", &self.fd)
-            .finish_non_exhaustive()
-    }
+fn libxdp_lock() -> std::sync::MutexGuard<'static, ()> {
+    LIBXDP.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn other(what: &str, e: impl std::fmt::Display) -> io::Error {
@@ -118,68 +111,169 @@ pub fn ensure_bpffs() -> io::Result<()> {
     Ok(())
 }
 
+const XDP_FLAGS_SKB_MODE: u32 = 2;
+const XDP_FLAGS_DRV_MODE: u32 = 4;
+const XDP_COPY: u16 = 2;
+
+/// An AF_XDP socket on queue 0 of one interface.
+pub struct XdpSocket {
+    xsk: *mut xsk_socket,
+    umem: *mut xsk_umem,
+    area: *mut u8,
+    area_len: usize,
+    // The kernel's rings as libxdp maps them; libxdp keeps pointers to
+    // these four until the socket and UMEM are deleted, so they are boxed
+    // and never move.
+    fill: Box<xsk_ring_prod>,
+    comp: Box<xsk_ring_cons>,
+    rx: Box<xsk_ring_cons>,
+    tx: Box<xsk_ring_prod>,
+    /// UMEM addresses of TX frames free to fill.
+    tx_free: Vec<u64>,
+    /// TX frames being handed to the ring (scratch): address, length.
+    tx_batch: Vec<(u64, u32)>,
+    mode: XdpMode,
+    fd: RawFd,
+}
+
+// SAFETY: the raw pointers are owned by this value alone (libxdp objects
+// and an mmap'd area nothing else references), so moving it to another
+// thread moves sole ownership; it is never shared (no Sync).
+unsafe impl Send for XdpSocket {}
+
+impl std::fmt::Debug for XdpSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpSocket")
+            .field("mode", &self.mode)
+            .field("fd", &self.fd)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A zeroed ring structure for libxdp to fill.
+fn ring<T>() -> Box<T> {
+    // SAFETY: xsk_ring_prod and xsk_ring_cons are plain C structures of
+    // integers and pointers, for which all-zero bytes are valid.
+    Box::new(unsafe { std::mem::zeroed() })
+}
+
 impl XdpSocket {
     /// Opens a socket on `interface`, native XDP first, generic if the
     /// driver refuses (or only generic if `native` is false).
     pub fn open(interface: &str, native: bool) -> io::Result<XdpSocket> {
+        let _libxdp = libxdp_lock();
         if native {
-            match XdpSocket::open_mode(interface, XdpMode::Native) {
-                Ok(s) => return Ok(s),
-                Err(_) => return XdpSocket::open_mode(interface, XdpMode::Generic),
+            if let Ok(s) = XdpSocket::open_mode(interface, XdpMode::Native) {
+                return Ok(s);
             }
         }
         XdpSocket::open_mode(interface, XdpMode::Generic)
     }
 
     fn open_mode(interface: &str, mode: XdpMode) -> io::Result<XdpSocket> {
-        let ring = QueueSize::new(RING).map_err(|e| other("ring size", e))?;
-        let umem_config = UmemConfig::builder()
-            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| other("frame size", e))?)
-            .fill_queue_size(ring)
-            .comp_queue_size(ring)
-            .build()
-            .map_err(|e| other("UMEM config", e))?;
-        let count = NonZeroU32::new(FRAMES).expect("non-zero");
-        let (umem, mut descs) =
-            Umem::new(umem_config, count, false).map_err(|e| other("UMEM", e))?;
-        let socket_config = SocketConfig::builder()
-            .rx_queue_size(ring)
-            .tx_queue_size(ring)
-            .xdp_flags(match mode {
-                XdpMode::Native => XdpFlags::XDP_FLAGS_DRV_MODE,
-                XdpMode::Generic => XdpFlags::XDP_FLAGS_SKB_MODE,
-            })
-            .bind_flags(BindFlags::XDP_COPY)
-            .build();
-        let name = interface
-            .parse()
-            .map_err(|e| other(&format!("interface {interface:?}"), e))?;
-        // SAFETY: `umem` outlives the socket (the queues keep it alive),
-        // and its frames are used only through these queues as below.
-        let (tx, rx, queues) = unsafe { Socket::new(socket_config, &umem, &name, 0) }
-            .map_err(|e| other(&format!("AF_XDP socket on {interface}"), e))?;
-        let (mut fill, comp) =
-            queues.ok_or_else(|| other("AF_XDP socket", "no fill and completion queues"))?;
-        let tx_free = descs.split_off(descs.len() / 2);
-        // SAFETY: these descriptors belong to `umem` and are in no other
-        // ring; the fill ring (2048) has room for all 1024.
-        let filled = unsafe { fill.produce(&descs) };
-        if filled != descs.len() {
-            return Err(other("AF_XDP fill ring", "refused the initial frames"));
+        let name = CString::new(interface).map_err(|e| other("interface name", e))?;
+        let area_len = (FRAMES * FRAME_SIZE) as usize;
+        // SAFETY: an anonymous private mapping of `area_len` bytes; the
+        // result is checked against MAP_FAILED.
+        let area = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                area_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if area == libc::MAP_FAILED {
+            return Err(other("UMEM area", io::Error::last_os_error()));
         }
-        let fd = rx.fd().as_raw_fd();
-        Ok(XdpSocket {
-            umem,
-            rx,
-            tx,
-            fill,
-            comp,
-            rx_descs: descs,
-            tx_batch: Vec::with_capacity(tx_free.len()),
-            tx_free,
+        let mut sock = XdpSocket {
+            xsk: ptr::null_mut(),
+            umem: ptr::null_mut(),
+            area: area.cast(),
+            area_len,
+            fill: ring(),
+            comp: ring(),
+            rx: ring(),
+            tx: ring(),
+            tx_free: Vec::with_capacity(FRAMES as usize / 2),
+            tx_batch: Vec::with_capacity(FRAMES as usize / 2),
             mode,
-            fd,
-        })
+            fd: -1,
+        };
+        let umem_config = xsk_umem_config {
+            fill_size: RING,
+            comp_size: RING,
+            frame_size: FRAME_SIZE,
+            frame_headroom: 0,
+            flags: 0,
+        };
+        // SAFETY: `area` is a live mapping of `area_len` bytes owned by
+        // `sock`; the ring boxes outlive the UMEM (deleted in Drop first).
+        let ret = unsafe {
+            libxdp_sys::xsk_umem__create(
+                &mut sock.umem,
+                sock.area.cast(),
+                area_len as u64,
+                &mut *sock.fill,
+                &mut *sock.comp,
+                &umem_config,
+            )
+        };
+        if ret != 0 {
+            return Err(other("AF_XDP UMEM", io::Error::from_raw_os_error(-ret)));
+        }
+        let socket_config = xsk_socket_config {
+            rx_size: RING,
+            tx_size: RING,
+            __bindgen_anon_1: xsk_socket_config__bindgen_ty_1 { libxdp_flags: 0 },
+            xdp_flags: match mode {
+                XdpMode::Native => XDP_FLAGS_DRV_MODE,
+                XdpMode::Generic => XDP_FLAGS_SKB_MODE,
+            },
+            bind_flags: XDP_COPY,
+        };
+        // SAFETY: `name` is NUL-terminated; the UMEM was created above;
+        // the RX/TX ring boxes stay put until Drop deletes the socket.
+        let ret = unsafe {
+            libxdp_sys::xsk_socket__create(
+                &mut sock.xsk,
+                name.as_ptr(),
+                0,
+                sock.umem,
+                &mut *sock.rx,
+                &mut *sock.tx,
+                &socket_config,
+            )
+        };
+        if ret != 0 {
+            return Err(other(
+                &format!("AF_XDP socket on {interface}"),
+                io::Error::from_raw_os_error(-ret),
+            ));
+        }
+        // SAFETY: `xsk` was just created.
+        sock.fd = unsafe { libxdp_sys::xsk_socket__fd(sock.xsk) };
+        // Half the frames wait in the fill ring for packets to arrive.
+        let half = FRAMES / 2;
+        let mut idx = 0u32;
+        // SAFETY: the fill ring was set up by xsk_umem__create; each
+        // reserved slot is written once with a frame address inside the
+        // UMEM, then submitted.
+        unsafe {
+            if libxdp_sys::xsk_ring_prod__reserve(&mut *sock.fill, half, &mut idx) != half {
+                return Err(other("AF_XDP fill ring", "no room for the initial frames"));
+            }
+            for i in 0..half {
+                *libxdp_sys::xsk_ring_prod__fill_addr(&mut *sock.fill, idx + i) =
+                    u64::from(i * FRAME_SIZE);
+            }
+            libxdp_sys::xsk_ring_prod__submit(&mut *sock.fill, half);
+        }
+        sock.tx_free
+            .extend((half..FRAMES).map(|i| u64::from(i * FRAME_SIZE)));
+        Ok(sock)
     }
 
     /// Native or generic XDP.
@@ -192,72 +286,138 @@ impl XdpSocket {
         self.fd
     }
 
+    /// The UMEM bytes of a descriptor, if they lie inside the area.
+    fn frame(&self, addr: u64, len: u32) -> Option<&[u8]> {
+        let (start, len) = (usize::try_from(addr).ok()?, len as usize);
+        if start.checked_add(len)? > self.area_len {
+            return None;
+        }
+        // SAFETY: the range was checked to lie inside the live mapping;
+        // the kernel handed this frame to us and does not write it until
+        // it goes back on the fill ring.
+        Some(unsafe { std::slice::from_raw_parts(self.area.add(start), len) })
+    }
+
     /// Hands up to `max` received frames to `each`, then gives their UMEM
     /// frames back to the kernel; returns how many there were.
     pub fn recv(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> usize {
-        let max = max.min(self.rx_descs.len());
-        // SAFETY: `rx_descs` are this UMEM's descriptors; consume() only
-        // overwrites them with the frames the kernel filled.
-        let n = unsafe { self.rx.consume(&mut self.rx_descs[..max]) };
-        for desc in &self.rx_descs[..n] {
-            // SAFETY: the kernel handed this frame to us (RX ring) and
-            // will not write it until we put it back on the fill ring.
-            let data = unsafe { self.umem.data(desc) };
-            each(data.contents());
+        let mut idx = 0u32;
+        // SAFETY: the RX ring was set up by xsk_socket__create.
+        let n = unsafe { libxdp_sys::xsk_ring_cons__peek(&mut *self.rx, max as u32, &mut idx) };
+        if n == 0 {
+            return 0;
         }
-        if n > 0 {
-            // SAFETY: the frames were just consumed from RX and are read no
-            // more; the fill ring has room for every RX frame.
-            unsafe { self.fill.produce(&self.rx_descs[..n]) };
+        let mut fill_idx = 0u32;
+        // SAFETY: the fill ring holds at most FRAMES/2 frames and has RING
+        // (>= FRAMES) slots: every received frame finds room.
+        let reserved =
+            unsafe { libxdp_sys::xsk_ring_prod__reserve(&mut *self.fill, n, &mut fill_idx) };
+        for i in 0..n {
+            // SAFETY: slots idx..idx+n were returned by peek.
+            let desc = unsafe { *libxdp_sys::xsk_ring_cons__rx_desc(&*self.rx, idx + i) };
+            if let Some(frame) = self.frame(desc.addr, desc.len) {
+                each(frame);
+            }
+            if i < reserved {
+                // Back to the fill ring: the frame's base address.
+                let base = desc.addr & !u64::from(FRAME_SIZE - 1);
+                // SAFETY: slot fill_idx+i was reserved above.
+                unsafe {
+                    *libxdp_sys::xsk_ring_prod__fill_addr(&mut *self.fill, fill_idx + i) = base
+                };
+            }
         }
-        n
+        // SAFETY: releasing the n peeked RX slots and submitting the
+        // reserved fill slots, all written above.
+        unsafe {
+            libxdp_sys::xsk_ring_cons__release(&mut *self.rx, n);
+            libxdp_sys::xsk_ring_prod__submit(&mut *self.fill, reserved);
+        }
+        n as usize
     }
 
     /// Queues every frame of `frames` for sending and kicks the kernel;
     /// returns how many were queued (the rest found no free TX frame or
-    /// ring slot, or did not fit a frame).
+    /// ring slot, or were longer than a frame).
     pub fn send<'a>(&mut self, frames: impl Iterator<Item = &'a [u8]>) -> usize {
         self.reclaim();
         self.tx_batch.clear();
         for frame in frames {
-            let Some(mut desc) = self.tx_free.pop() else {
-                break;
-            };
-            // SAFETY: `desc` came back through the completion ring (or was
-            // never sent): the kernel no longer reads it.
-            let mut data = unsafe { self.umem.data_mut(&mut desc) };
-            let mut cursor = data.cursor();
-            if cursor.write_all(frame).is_err() {
-                self.tx_free.push(desc);
+            if frame.len() > FRAME_SIZE as usize {
                 continue;
             }
-            self.tx_batch.push(desc);
+            let Some(addr) = self.tx_free.pop() else {
+                break;
+            };
+            // SAFETY: `addr` is a free TX frame (not in any ring) inside
+            // the mapping, and the copy fits one frame.
+            unsafe {
+                ptr::copy_nonoverlapping(frame.as_ptr(), self.area.add(addr as usize), frame.len())
+            };
+            self.tx_batch.push((addr, frame.len() as u32));
         }
-        // SAFETY: the batch holds this UMEM's frames, filled above and in
-        // no ring; they come back through the completion ring.
-        let queued = unsafe { self.tx.produce(&self.tx_batch) };
-        if queued == 0 {
-            self.tx_free.append(&mut self.tx_batch);
+        let want = self.tx_batch.len() as u32;
+        let mut idx = 0u32;
+        // SAFETY: the TX ring was set up by xsk_socket__create.
+        let got = unsafe { libxdp_sys::xsk_ring_prod__reserve(&mut *self.tx, want, &mut idx) };
+        for (i, &(addr, len)) in self.tx_batch.iter().enumerate() {
+            if i as u32 >= got {
+                self.tx_free.push(addr);
+                continue;
+            }
+            // SAFETY: slot idx+i was reserved above.
+            unsafe {
+                let desc = libxdp_sys::xsk_ring_prod__tx_desc(&mut *self.tx, idx + i as u32);
+                (*desc).addr = addr;
+                (*desc).len = len;
+                (*desc).options = 0;
+            }
         }
-        // Copy mode transmits only from sendto().
-        let _ = self.tx.wakeup();
-        queued
+        if got > 0 {
+            // SAFETY: submitting the slots written above; sendto with no
+            // data is how copy mode is told to transmit.
+            unsafe {
+                libxdp_sys::xsk_ring_prod__submit(&mut *self.tx, got);
+                libc::sendto(self.fd, ptr::null(), 0, libc::MSG_DONTWAIT, ptr::null(), 0);
+            }
+        }
+        got as usize
     }
 
     /// Takes back the frames the kernel finished sending.
     fn reclaim(&mut self) {
-        let start = self.tx_free.len();
-        let capacity = FRAMES as usize / 2;
-        if start == capacity {
+        let out = FRAMES / 2 - self.tx_free.len() as u32;
+        if out == 0 {
             return;
         }
-        // Room for every frame out: grow the free list to full size and
-        // let the completion ring fill the tail.
-        self.tx_free
-            .resize(capacity, self.tx_free.first().copied().unwrap_or_default());
-        // SAFETY: consume() overwrites the tail with descriptors of frames
-        // the kernel completed; the tail's old contents are discarded.
-        let done = unsafe { self.comp.consume(&mut self.tx_free[start..]) };
-        self.tx_free.truncate(start + done);
+        let mut idx = 0u32;
+        // SAFETY: the completion ring was set up by xsk_umem__create; each
+        // peeked slot holds the address of a frame we sent.
+        unsafe {
+            let n = libxdp_sys::xsk_ring_cons__peek(&mut *self.comp, out, &mut idx);
+            for i in 0..n {
+                self.tx_free
+                    .push(*libxdp_sys::xsk_ring_cons__comp_addr(&*self.comp, idx + i));
+            }
+            libxdp_sys::xsk_ring_cons__release(&mut *self.comp, n);
+        }
+    }
+}
+
+impl Drop for XdpSocket {
+    fn drop(&mut self) {
+        let _libxdp = libxdp_lock();
+        // SAFETY: the socket and UMEM were created by open_mode (or are
+        // null after a failure there) and are deleted once, socket first;
+        // the ring boxes are still alive; the area is unmapped last.
+        unsafe {
+            if !self.xsk.is_null() {
+                libxdp_sys::xsk_socket__delete(self.xsk);
+            }
+            if !self.umem.is_null() {
+                libxdp_sys::xsk_umem__delete(self.umem);
+            }
+            libc::munmap(self.area.cast(), self.area_len);
+        }
     }
 }

@@ -68,6 +68,10 @@ pub(crate) struct Cli {
     /// `[control] socket`: the control socket's path.
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// `[control] state_file`: where attached pod ports are kept, so that a
+    /// restarted daemon reattaches them (default /run/podswitch/ports.json).
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
     /// `[dataplane] host_interface`: the TUN device of the node's host port.
     #[arg(long)]
     pub host_interface: Option<String>,
@@ -139,6 +143,7 @@ struct BackendSection {
 #[serde(deny_unknown_fields)]
 struct ControlSection {
     socket: Option<PathBuf>,
+    state_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -184,6 +189,7 @@ pub(crate) struct Settings {
     pub node: NodeConfig,
     pub underlay_interface: String,
     pub socket: PathBuf,
+    pub state_file: PathBuf,
     pub host_interface: String,
     pub port_kind: String,
     pub busy_poll_us: u64,
@@ -192,6 +198,8 @@ pub(crate) struct Settings {
     pub ports: Vec<PortConfig>,
 }
 
+/// The default state file.
+pub(crate) const DEFAULT_STATE_FILE: &str = "/run/podswitch/ports.json";
 /// The default control socket.
 pub(crate) const DEFAULT_SOCKET: &str = "/run/podswitch/podswitchd.sock";
 /// Port kinds a pod port may have.
@@ -405,6 +413,11 @@ impl Settings {
                 .clone()
                 .or(file.control.socket)
                 .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            state_file: cli
+                .state_file
+                .clone()
+                .or(file.control.state_file)
+                .unwrap_or_else(|| DEFAULT_STATE_FILE.into()),
             host_interface,
             port_kind,
             busy_poll_us: cli

@@ -16,11 +16,14 @@ use podswitch_engine::kernel_port::{AfPacketPort, AfXdpPort, TapPort};
 use podswitch_engine::port::{Port, PortId};
 use podswitch_engine::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use podswitch_engine::sys::netdev;
+use podswitch_engine::sys::netlink::Netlink;
 use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ARP};
 use podswitch_engine::sys::xdp::{self, XdpMode};
 use podswitch_engine::tables::Tables;
 use podswitch_engine::worker::Worker;
 use serde_json::{json, Value};
+
+use crate::state::{PortRecord, StateFile};
 
 /// What the control handler reaches through [`Dataplane`].
 #[derive(Debug)]
@@ -30,6 +33,7 @@ pub(crate) struct Daemon {
     pub underlay_interface: String,
     pub default_port_kind: String,
     pub clock_micros: fn() -> u64,
+    pub state: StateFile,
 }
 
 impl Daemon {
@@ -39,7 +43,17 @@ impl Daemon {
                 if let Err(e) = xdp::ensure_bpffs() {
                     tracing::warn!("{e}: libxdp loads its program without a dispatcher");
                 }
-                match AfXdpPort::open(name, id, Arc::clone(&self.tables), true) {
+                let opened = AfXdpPort::open(name, id, Arc::clone(&self.tables), true).or_else(|e| {
+                    // A podswitchd killed without its cleanup leaves its
+                    // XDP program on the veth: take it off and try again.
+                    if remove_stale_xdp(name) {
+                        tracing::info!(interface = name, "AF_XDP refused ({e}): detached the XDP program left on it, retrying");
+                        AfXdpPort::open(name, id, Arc::clone(&self.tables), true)
+                    } else {
+                        Err(e)
+                    }
+                });
+                match opened {
                     Ok(port) => {
                         if port.mode() == XdpMode::Generic {
                             tracing::warn!(
@@ -92,6 +106,7 @@ impl Daemon {
 
 impl Dataplane for Daemon {
     fn open_port(&self, id: PortId, name: &str, kind: Option<&str>) -> Result<String, String> {
+        let requested = kind;
         let kind = kind.unwrap_or(&self.default_port_kind);
         let (port, kind) = self
             .open(id, name, kind)
@@ -100,6 +115,21 @@ impl Dataplane for Daemon {
             .attach(id, port)
             .map_err(|e| format!("{name}: {e}"))?;
         tracing::info!(port = id.0, interface = name, kind, "port attached");
+        if let Some(entry) = self.tables.load().ports.get(id) {
+            let spec = &entry.spec;
+            let record = PortRecord {
+                interface: name.to_string(),
+                ip: spec.ip.map(|i| i.to_string()).unwrap_or_default(),
+                mac: spec.mac.map(|m| m.to_string()).unwrap_or_default(),
+                container_id: spec.container_id.clone(),
+                ifname: spec.ifname.clone(),
+                kind: requested.map(str::to_string),
+                anti_spoof: spec.anti_spoof,
+            };
+            if let Err(e) = self.state.put(record) {
+                tracing::warn!(interface = name, "state file: {e}");
+            }
+        }
         Ok(kind)
     }
 
@@ -107,6 +137,9 @@ impl Dataplane for Daemon {
         match self.worker.detach(id) {
             Ok(_) => tracing::info!(port = id.0, interface = name, "port detached"),
             Err(e) => tracing::warn!(port = id.0, interface = name, "detaching: {e}"),
+        }
+        if let Err(e) = self.state.remove(name) {
+            tracing::warn!(interface = name, "state file: {e}");
         }
     }
 
@@ -156,6 +189,18 @@ impl Dataplane for Daemon {
                 self.underlay_interface
             )
         })
+    }
+}
+
+/// Detaches whatever XDP program `name` carries; true if the kernel
+/// took the request (it is a no-op on a link without one).
+fn remove_stale_xdp(name: &str) -> bool {
+    let Ok(mut nl) = Netlink::open() else {
+        return false;
+    };
+    match nl.link(name) {
+        Ok(Some(link)) => nl.detach_xdp(link.index).is_ok(),
+        _ => false,
     }
 }
 

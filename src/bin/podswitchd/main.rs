@@ -9,6 +9,7 @@
 
 mod config;
 mod dataplane;
+mod state;
 
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
@@ -30,6 +31,7 @@ use signal_hook::iterator::Signals;
 
 use config::{Cli, Settings};
 use dataplane::Daemon;
+use state::StateFile;
 
 /// Most ports (pods, underlay, host) one daemon serves.
 const MAX_PORTS: usize = 4096;
@@ -165,17 +167,19 @@ fn run(settings: Settings) -> Result<(), String> {
         "host port up"
     );
 
+    let (state, saved_ports) = StateFile::open(&settings.state_file)?;
     let daemon = Arc::new(Daemon {
         tables: Arc::clone(&tables),
         worker: Arc::clone(&worker),
         underlay_interface: settings.underlay_interface.clone(),
         default_port_kind: settings.port_kind.clone(),
         clock_micros,
+        state,
     });
     let handler = Arc::new(Handler::with_dataplane(
         Arc::clone(&tables),
         clock_secs,
-        daemon,
+        Arc::clone(&daemon) as Arc<dyn podswitch_control::handler::Dataplane>,
     ));
     handler.note_kind(underlay_id, &underlay_kind);
     handler.note_kind(host_id, &host_kind);
@@ -195,6 +199,30 @@ fn run(settings: Settings) -> Result<(), String> {
             .handle(&request)
             .map_err(|e| format!("peer {}: {e}", peer.name))?;
     }
+    // Ports attached before a restart come back first; one whose
+    // interface is gone (its pod was deleted meanwhile) is dropped.
+    for saved in saved_ports {
+        if netdev::ifindex(&saved.interface).is_err() {
+            tracing::warn!(interface = %saved.interface, "saved port dropped: the interface is gone");
+            continue;
+        }
+        let request = Request::PortAdd {
+            interface: saved.interface.clone(),
+            ip: saved.ip,
+            mac: saved.mac,
+            container_id: saved.container_id,
+            ifname: saved.ifname,
+            anti_spoof: saved.anti_spoof,
+            kind: saved.kind,
+        };
+        match handler.handle(&request) {
+            Ok(_) => tracing::info!(interface = %saved.interface, "saved port restored"),
+            Err(e) => tracing::warn!(interface = %saved.interface, "saved port not restored: {e}"),
+        }
+    }
+    if let Err(e) = daemon.state.flush() {
+        tracing::warn!("state file {}: {e}", settings.state_file.display());
+    }
     for port in &settings.ports {
         let request = Request::PortAdd {
             interface: port.interface.clone(),
@@ -205,6 +233,10 @@ fn run(settings: Settings) -> Result<(), String> {
             anti_spoof: true,
             kind: port.kind.clone(),
         };
+        let exists = tables.load().ports.by_name(&port.interface).is_some();
+        if exists {
+            continue; // restored from the state file
+        }
         handler
             .handle(&request)
             .map_err(|e| format!("port {}: {e}", port.interface))?;

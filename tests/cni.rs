@@ -1,0 +1,505 @@
+//! The CNI plugin driven exactly as a container runtime drives it: CNI_*
+//! environment variables, the network configuration on stdin, JSON on
+//! stdout, with the real host-local IPAM plugin from Debian's
+//! containernetworking-plugins (needs root; CI has it).
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{ping, tcp_transfer, Cluster, MODES};
+use common::{require, unique, Netns};
+use serde_json::{json, Value};
+
+const CNI_PATH: &str = "/usr/lib/cni";
+
+/// host-local's store for one test, removed on drop.
+struct IpamDir(PathBuf);
+
+impl IpamDir {
+    fn new() -> IpamDir {
+        IpamDir(std::env::temp_dir().join(unique("ipam")))
+    }
+
+    /// Addresses host-local holds (one file per address).
+    fn allocated(&self) -> Vec<String> {
+        let dir = self.0.join("podnet");
+        std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for IpamDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn conf(version: &str, socket: &str, mode: &str, subnet: &str, ipam: &IpamDir) -> Value {
+    json!({
+        "cniVersion": version, "name": "podnet", "type": "podswitch",
+        "socket": socket, "mtu": 1450, "gatewayMode": mode,
+        "ipam": {
+            "type": "host-local", "dataDir": ipam.0.to_str().unwrap(),
+            "ranges": [[{ "subnet": subnet }]], "routes": [{ "dst": "0.0.0.0/0" }]
+        }
+    })
+}
+
+/// Runs the plugin in the node's namespace; returns (exit code, stdout as JSON or Null).
+fn cni(
+    node: &Netns,
+    command: &str,
+    container: &str,
+    netns: Option<&Netns>,
+    config: &str,
+) -> (i32, Value) {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node.name, env!("CARGO_BIN_EXE_podswitch")])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_PATH", CNI_PATH)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if !command.is_empty() {
+        cmd.env("CNI_COMMAND", command);
+    }
+    if !container.is_empty() {
+        cmd.env("CNI_CONTAINERID", container)
+            .env("CNI_IFNAME", "eth0");
+    }
+    if let Some(ns) = netns {
+        cmd.env("CNI_NETNS", format!("/var/run/netns/{}", ns.name));
+    }
+    let mut child = cmd.spawn().expect("run the plugin");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code().unwrap_or(-1), value)
+}
+
+fn host_links(node: &Netns) -> Vec<String> {
+    let out = node.ip(&["-br", "link"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(['@', ' ']).next())
+        .filter(|n| n.starts_with("psw"))
+        .map(str::to_string)
+        .collect()
+}
+
+fn pod_ports(cluster: &Cluster, n: usize) -> Vec<Value> {
+    cluster.nodes[n]
+        .ctl_json(&["port", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["role"] == "pod")
+        .cloned()
+        .collect()
+}
+
+fn socket(cluster: &Cluster, n: usize) -> String {
+    cluster.nodes[n]
+        .daemon
+        .as_ref()
+        .unwrap()
+        .socket
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Nothing of an attachment is left: no host veth, no address held, no port.
+fn assert_nothing_left(cluster: &Cluster, n: usize, ipam: &IpamDir, what: &str) {
+    assert_eq!(
+        host_links(&cluster.nodes[n].ns),
+        Vec::<String>::new(),
+        "{what}: veths left"
+    );
+    assert_eq!(
+        ipam.allocated(),
+        Vec::<String>::new(),
+        "{what}: addresses left in host-local"
+    );
+    assert_eq!(
+        pod_ports(cluster, n),
+        Vec::<Value>::new(),
+        "{what}: ports left in podswitchd"
+    );
+}
+
+#[test]
+fn add_check_del_in_both_gateway_modes_and_every_result_version() {
+    require(&["ip", "ping", "/usr/bin/python3"]);
+    for mode in MODES {
+        let mut cluster = Cluster::new("vxlan", mode, 0);
+        cluster.start(0, &[]);
+        cluster.start(1, &[]);
+        let ipams = [IpamDir::new(), IpamDir::new()];
+        let pods = [Netns::new("cni-a"), Netns::new("cni-b")];
+        let mut results = Vec::new();
+        for n in 0..2 {
+            let subnet = format!("10.244.{}.0/24", n + 1);
+            let config = conf("1.1.0", &socket(&cluster, n), mode, &subnet, &ipams[n]).to_string();
+            let (code, result) = cni(
+                &cluster.nodes[n].ns,
+                "ADD",
+                &format!("pod{n}"),
+                Some(&pods[n]),
+                &config,
+            );
+            assert_eq!(code, 0, "{mode} ADD: {result}\n{}", cluster.logs());
+            let ip = &result["ips"][0];
+            let prefix = if mode == "bridge" { "/24" } else { "/32" };
+            assert!(
+                ip["address"].as_str().unwrap().ends_with(prefix),
+                "{result}"
+            );
+            assert_eq!(
+                result["interfaces"][ip["interface"].as_u64().unwrap() as usize]["sandbox"],
+                format!("/var/run/netns/{}", pods[n].name)
+            );
+            assert_eq!(result["cniVersion"], "1.1.0");
+            let routes = pods[n].ip(&["route"]);
+            let routes = String::from_utf8_lossy(&routes.stdout);
+            let gw = if mode == "bridge" {
+                format!("default via 10.244.{}.1", n + 1)
+            } else {
+                "default via 169.254.1.1".into()
+            };
+            assert!(routes.contains(&gw), "{mode}: {routes}");
+            results.push((config, result));
+        }
+        let ip_of = |r: &Value| {
+            r["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let (a, b) = (ip_of(&results[0].1), ip_of(&results[1].1));
+        assert!(
+            ping(&pods[0], &b, 2) && ping(&pods[1], &a, 2),
+            "{mode}: pods made by the plugin reach each other\n{}",
+            cluster.logs()
+        );
+        tcp_transfer(&pods[0], &pods[1], &b, 1 << 20).unwrap();
+        for n in 0..2 {
+            let (config, result) = &results[n];
+            let mut with_prev: Value = serde_json::from_str(config).unwrap();
+            with_prev["prevResult"] = result.clone();
+            let (code, out) = cni(
+                &cluster.nodes[n].ns,
+                "CHECK",
+                &format!("pod{n}"),
+                Some(&pods[n]),
+                &with_prev.to_string(),
+            );
+            assert_eq!(code, 0, "{mode} CHECK: {out}");
+            // CHECK notices a missing route.
+            pods[n].ip(&["route", "del", "default"]);
+            let (code, out) = cni(
+                &cluster.nodes[n].ns,
+                "CHECK",
+                &format!("pod{n}"),
+                Some(&pods[n]),
+                &with_prev.to_string(),
+            );
+            assert_ne!(code, 0, "CHECK without the default route: {out}");
+            for round in 0..2 {
+                let (code, out) = cni(
+                    &cluster.nodes[n].ns,
+                    "DEL",
+                    &format!("pod{n}"),
+                    Some(&pods[n]),
+                    config,
+                );
+                assert_eq!(code, 0, "{mode} DEL #{round}: {out}");
+            }
+            assert_nothing_left(&cluster, n, &ipams[n], "after DEL");
+        }
+        // Older result shapes: IPs carry "version": "4" before 1.0.0.
+        for version in ["0.3.1", "0.4.0", "1.0.0"] {
+            let config = conf(
+                version,
+                &socket(&cluster, 0),
+                mode,
+                "10.244.1.0/24",
+                &ipams[0],
+            )
+            .to_string();
+            let (code, result) = cni(&cluster.nodes[0].ns, "ADD", "old", Some(&pods[0]), &config);
+            assert_eq!(code, 0, "{version}: {result}");
+            assert_eq!(result["cniVersion"], version);
+            assert_eq!(
+                result["ips"][0].get("version").is_some(),
+                version != "1.0.0",
+                "{version}: {result}"
+            );
+            assert_eq!(
+                cni(&cluster.nodes[0].ns, "DEL", "old", Some(&pods[0]), &config).0,
+                0
+            );
+        }
+        assert_nothing_left(&cluster, 0, &ipams[0], "after the version round");
+    }
+}
+
+#[test]
+fn every_failure_has_its_code_and_leaves_nothing_behind() {
+    require(&["ip"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 0);
+    cluster.start(0, &[]);
+    let node = &cluster.nodes[0].ns;
+    let ipam = IpamDir::new();
+    let pod = Netns::new("cni-bad");
+    let good = conf(
+        "1.1.0",
+        &socket(&cluster, 0),
+        "bridge",
+        "10.244.1.0/24",
+        &ipam,
+    )
+    .to_string();
+    let code_of = |v: &Value| v["code"].as_u64();
+
+    let (rc, out) = cni(node, "DEL", "never-added", Some(&pod), &good);
+    assert_eq!(rc, 0, "DEL without ADD: {out}");
+    let (rc, out) = cni(node, "DEL", "never-added", None, &good);
+    assert_eq!(rc, 0, "DEL without a netns: {out}");
+
+    let (rc, out) = cni(
+        node,
+        "ADD",
+        "c1",
+        Some(&pod),
+        "{\"cniVersion\": \"1.1.0\", ",
+    );
+    assert_eq!((rc, code_of(&out)), (1, Some(6)), "bad JSON: {out}");
+    let (rc, out) = cni(node, "", "c1", Some(&pod), &good);
+    assert_eq!((rc, code_of(&out)), (1, Some(4)), "no CNI_COMMAND: {out}");
+    let (rc, out) = cni(node, "ADD", "c1", None, &good);
+    assert_eq!((rc, code_of(&out)), (1, Some(4)), "no CNI_NETNS: {out}");
+    let mut v: Value = serde_json::from_str(&good).unwrap();
+    v["cniVersion"] = json!("2.0.0");
+    let (rc, out) = cni(node, "ADD", "c1", Some(&pod), &v.to_string());
+    assert_eq!(
+        (rc, code_of(&out)),
+        (1, Some(1)),
+        "unknown cniVersion: {out}"
+    );
+    let mut v: Value = serde_json::from_str(&good).unwrap();
+    v["gatewaymode"] = json!("bridge");
+    let (rc, out) = cni(node, "ADD", "c1", Some(&pod), &v.to_string());
+    assert_eq!((rc, code_of(&out)), (1, Some(2)), "a misspelt key: {out}");
+    let down = conf(
+        "1.1.0",
+        "/run/podswitch-test-nothing-here.sock",
+        "bridge",
+        "10.244.1.0/24",
+        &ipam,
+    )
+    .to_string();
+    let (rc, out) = cni(node, "ADD", "c1", Some(&pod), &down);
+    assert_eq!((rc, code_of(&out)), (1, Some(11)), "daemon down: {out}");
+    let (rc, out) = cni(node, "STATUS", "", None, &down);
+    assert_eq!(
+        (rc, code_of(&out)),
+        (1, Some(50)),
+        "STATUS, daemon down: {out}"
+    );
+    assert_eq!(
+        cni(node, "STATUS", "", None, &good).0,
+        0,
+        "STATUS, daemon up"
+    );
+    // A failure after IPAM and the veth: podswitchd refuses an address
+    // outside its pod CIDR, and ADD undoes everything before it.
+    let outside = conf(
+        "1.1.0",
+        &socket(&cluster, 0),
+        "bridge",
+        "10.244.9.0/24",
+        &ipam,
+    )
+    .to_string();
+    let (rc, out) = cni(node, "ADD", "c1", Some(&pod), &outside);
+    assert_eq!(rc, 1, "{out}");
+    assert!(out["msg"].as_str().unwrap().contains("podswitchd"), "{out}");
+    assert_nothing_left(&cluster, 0, &ipam, "after failed ADDs");
+    let links = pod.ip(&["-br", "link"]);
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("eth0"),
+        "pod side removed"
+    );
+
+    let (rc, out) = cni(node, "VERSION", "", None, "{\"cniVersion\":\"1.0.0\"}");
+    assert_eq!(rc, 0);
+    assert_eq!(
+        out["supportedVersions"],
+        json!(["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+}
+
+#[test]
+fn fifty_concurrent_adds_then_dels_and_gc() {
+    require(&["ip"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 0);
+    cluster.start(0, &[]);
+    let ipam = IpamDir::new();
+    let config = conf(
+        "1.1.0",
+        &socket(&cluster, 0),
+        "bridge",
+        "10.244.1.0/24",
+        &ipam,
+    )
+    .to_string();
+    let pods: Vec<Netns> = (0..50).map(|i| Netns::new(&format!("many{i}"))).collect();
+    let node = &cluster.nodes[0].ns;
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let config = &config;
+                s.spawn(move || {
+                    let (rc, out) = cni(node, "ADD", &format!("ctr{i}"), Some(pod), config);
+                    assert_eq!(rc, 0, "ADD {i}: {out}");
+                    out["ips"][0]["address"].as_str().unwrap().to_string()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        ips.iter().collect::<HashSet<_>>().len(),
+        50,
+        "50 distinct addresses"
+    );
+    assert_eq!(pod_ports(&cluster, 0).len(), 50);
+    assert_eq!(host_links(node).len(), 50);
+
+    // GC keeps the attachments it is told are valid.
+    let mut gc: Value = serde_json::from_str(&config).unwrap();
+    gc["cni.dev/valid-attachments"] = json!((0..40)
+        .map(|i| json!({"containerID": format!("ctr{i}"), "ifname": "eth0"}))
+        .collect::<Vec<_>>());
+    let (rc, out) = cni(node, "GC", "", None, &gc.to_string());
+    assert_eq!(rc, 0, "GC: {out}\n{}", cluster.logs());
+    assert_eq!(
+        pod_ports(&cluster, 0).len(),
+        40,
+        "GC removed the 10 stale ports"
+    );
+    assert_eq!(host_links(node).len(), 40);
+    assert_eq!(ipam.allocated().len(), 40, "GC released their addresses");
+
+    std::thread::scope(|s| {
+        for (i, pod) in pods.iter().enumerate() {
+            let config = &config;
+            s.spawn(move || {
+                let (rc, out) = cni(node, "DEL", &format!("ctr{i}"), Some(pod), config);
+                assert_eq!(rc, 0, "DEL {i}: {out}");
+            });
+        }
+    });
+    assert_nothing_left(&cluster, 0, &ipam, "after 50 DELs");
+}
+
+#[test]
+fn pods_survive_a_killed_daemon_without_any_cni_call() {
+    require(&["ip", "ping", "/usr/bin/python3", "kill"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 0);
+    cluster.start(0, &[]);
+    cluster.start(1, &[]);
+    let ipams = [IpamDir::new(), IpamDir::new()];
+    let pods = [Netns::new("keep-a"), Netns::new("keep-b")];
+    let mut ips = Vec::new();
+    for n in 0..2 {
+        let config = conf(
+            "1.1.0",
+            &socket(&cluster, n),
+            "bridge",
+            &format!("10.244.{}.0/24", n + 1),
+            &ipams[n],
+        )
+        .to_string();
+        let (rc, out) = cni(
+            &cluster.nodes[n].ns,
+            "ADD",
+            &format!("keep{n}"),
+            Some(&pods[n]),
+            &config,
+        );
+        assert_eq!(rc, 0, "{out}");
+        ips.push(
+            out["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(ping(&pods[0], &ips[1], 2));
+    tcp_transfer(&pods[0], &pods[1], &ips[1], 1 << 20).unwrap();
+
+    // kill -9: no cleanup at all, then a fresh daemon with the same state.
+    let pid = cluster.nodes[0]
+        .daemon
+        .as_ref()
+        .unwrap()
+        .child
+        .as_ref()
+        .unwrap()
+        .id();
+    common::run("kill", &["-KILL", &pid.to_string()]);
+    let _ = cluster.nodes[0]
+        .daemon
+        .as_mut()
+        .unwrap()
+        .child
+        .as_mut()
+        .unwrap()
+        .wait();
+    cluster.nodes[0].daemon.as_mut().unwrap().child = None;
+    assert!(!ping(&pods[0], &ips[1], 1), "no daemon, no forwarding");
+    cluster.start(0, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ping(&pods[0], &ips[1], 1) {
+        assert!(
+            Instant::now() < deadline,
+            "traffic did not resume\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ping(&pods[1], &ips[0], 2));
+    tcp_transfer(&pods[1], &pods[0], &ips[0], 1 << 20).unwrap();
+    assert!(
+        cluster.logs().contains("saved port restored"),
+        "{}",
+        cluster.logs()
+    );
+}

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The demo on built-in defaults: how a pod's packet crosses nodes under
-# flannel VXLAN, Calico IPIP and flannel UDP, byte by byte; every decision
-# podswitch's pipeline makes about it on both nodes; and the frame the Linux
-# kernel's own vxlan device sent, explained by podswitchctl. Nothing leaves
-# this machine: the walkthroughs build frames and run the engine in-process.
+# The demo on built-in defaults (as root): a two-node VXLAN cluster on
+# podswitch in network namespaces; a pod on node1 pings a pod on node2; the
+# path of that ping hop by hop as podswitch sees it on both nodes (pod
+# port, FDB/FIB lookups, encapsulation with the outer headers, underlay,
+# decapsulation, delivery); one encapsulated frame captured on node2's
+# underlay, explained byte by byte; then the lab is torn down. After it,
+# the same packet under flannel VXLAN, Calico IPIP and flannel UDP built
+# in-process, and a frame from the kernel's own vxlan device explained.
+# Nothing leaves this machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -11,9 +15,40 @@ if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
 say() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 
 say "building podswitch (release)"
-cargo build --release --locked --quiet --bin podswitchctl --example encap_walkthrough --example pipeline_walkthrough
+cargo build --release --locked --quiet --bins --example encap_walkthrough --example pipeline_walkthrough
+ctl=target/release/podswitchctl
 
-say "walkthrough: pod 10.244.2.2 on node02 pings pod 10.244.1.2 on node01, three ways"
+say "starting a two-node vxlan lab on podswitch: podswitchd per node, pods attached through the CNI plugin"
+trap '$ctl lab down --name demo' EXIT
+$ctl lab up --name demo --nodes 2 --pods-per-node 1 --backend vxlan --dataplane podswitch
+status=$($ctl lab status --name demo --json)
+field() { /usr/bin/python3 -c "import json,sys; v=json.loads(sys.argv[1]); print(eval(sys.argv[2]))" "$status" "$1"; }
+dst=$(field 'next(p["ip"] for p in v["pods"] if p["node"]=="node2")')
+src=$(field 'next(p["ip"] for p in v["pods"] if p["node"]=="node1")')
+sock1=$(field 'v["nodes"][0]["socket"]'); sock2=$(field 'v["nodes"][1]["socket"]')
+
+say "pod1-1 ($src) on node1 pings pod2-1 ($dst) on node2"
+$ctl lab exec --name demo pod1-1 -- ping -c 3 -i 0.2 "$dst"
+
+port=$($ctl --socket "$sock1" --json port list | /usr/bin/python3 -c "import json,sys; print(next(p['interface'] for p in json.load(sys.stdin) if p['ip']=='$src'))")
+say "node1: what podswitch does with that ping, from pod1-1's port ($port) to the underlay"
+$ctl --socket "$sock1" trace --in-port "$port" --dst-ip "$dst"
+encapsulated=$($ctl --socket "$sock1" --json trace --in-port "$port" --dst-ip "$dst" | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['outputs'][0]['hex'])")
+say "node2: the same frame as it arrives on the underlay, decapsulated and delivered"
+$ctl --socket "$sock2" trace --in-port ul0 --hex "$encapsulated"
+
+say "capturing one encapsulated frame on node2's underlay while pod1-1 pings again"
+capture=$(mktemp /tmp/podswitch-demo-XXXX.pcap)
+( sleep 0.5; $ctl lab exec --name demo pod1-1 -- ping -c 2 -i 0.2 "$dst" >/dev/null ) &
+$ctl --socket "$sock2" capture ul0 -w "$capture" -c 1 --seconds 10
+wait
+say "podswitchctl explain: that frame, outer Ethernet to inner ICMP"
+$ctl explain "$capture"
+rm -f "$capture"
+$ctl lab down --name demo
+trap - EXIT
+
+say "in-process walkthrough: pod 10.244.2.2 on node02 pings pod 10.244.1.2 on node01, three encapsulations"
 pcap=target/walkthrough.pcap
 target/release/examples/encap_walkthrough "$pcap"
 

@@ -6,6 +6,7 @@
 
 mod control;
 mod explain;
+mod lab;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ enum Command {
     /// Print a frame layer by layer: outer headers, tunnel header, inner
     /// headers, with offsets, values and bytes, and what is wrong with it.
     Explain(explain::ExplainArgs),
+    /// Simulated clusters in network namespaces: lab up, down, status, exec.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
     #[command(flatten)]
     Control(control::ControlCommand),
 }
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Lab(command) => lab::run_command(command, cli.json),
         Command::Control(command) => control::run(command, &cli.socket, cli.json),
     }
 }

@@ -1,0 +1,814 @@
+//! `podswitchctl lab`: simulated clusters on this machine, for benchmarks
+//! and for learning. One network namespace per node, joined by an
+//! underlay (a veth from each node to a bridge in an underlay namespace,
+//! 192.168.100.0/24), pods as namespaces behind each node, node X owning
+//! 10.244.X.0/24 (DESIGN.md's address plan).
+//!
+//! Two dataplanes on the same topology:
+//! - `podswitch`: a podswitchd per node, pods attached through the CNI
+//!   plugin as a container runtime would;
+//! - `kernel`: exactly what flannel writes into a node's kernel (`cni0`
+//!   bridge, `flannel.1` vxlan device with VNI 1 on port 8472 and static
+//!   FDB and ARP entries with onlink routes; host-gw routes), or Calico's
+//!   pod attachment (proxy ARP, /32 routes) in proxy-arp mode.
+//!
+//! A lab's state (nodes, pods, daemons) is kept in
+//! /run/podswitch-lab/NAME/lab.json; every namespace is named
+//! `lab-NAME-...`, so labs of different names live side by side and
+//! `lab down` finds everything.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use podswitch_engine::config::derived_mac;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Where labs keep their state.
+const LAB_ROOT: &str = "/run/podswitch-lab";
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LabCommand {
+    /// Build a simulated cluster (a stale lab of the same name is removed first).
+    Up(UpArgs),
+    /// Remove a lab: daemons, namespaces, links, files.
+    Down(NameArg),
+    /// Nodes, pods and daemon health.
+    Status(NameArg),
+    /// Run a command in a pod's network namespace: lab exec POD -- CMD...
+    Exec(ExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NameArg {
+    /// The lab's name.
+    #[arg(long, default_value = "lab")]
+    name: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// The lab's name (letters, digits, '-'; up to 12).
+    #[arg(long, default_value = "lab")]
+    name: String,
+    /// Nodes (1 to 9).
+    #[arg(long, default_value_t = 2)]
+    nodes: u8,
+    /// Pods per node (0 to 50).
+    #[arg(long, default_value_t = 2)]
+    pods_per_node: u8,
+    /// vxlan, ipip, udp, host-gw or directrouting.
+    #[arg(long, default_value = "vxlan")]
+    backend: String,
+    /// bridge (flannel) or proxy-arp (Calico).
+    #[arg(long, default_value = "bridge")]
+    gateway_mode: String,
+    /// podswitch or kernel.
+    #[arg(long, default_value = "podswitch")]
+    dataplane: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExecArgs {
+    /// The lab's name.
+    #[arg(long, default_value = "lab")]
+    name: String,
+    /// The pod (as `lab status` names it).
+    pod: String,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// A lab as recorded in lab.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Lab {
+    pub(crate) name: String,
+    pub(crate) dataplane: String,
+    pub(crate) backend: String,
+    pub(crate) gateway_mode: String,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) pods: Vec<Pod>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) index: u8,
+    pub(crate) netns: String,
+    pub(crate) underlay_ip: String,
+    pub(crate) pod_cidr: String,
+    /// podswitchd's pid and socket (podswitch dataplane).
+    pub(crate) pid: Option<u32>,
+    pub(crate) socket: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Pod {
+    pub(crate) name: String,
+    pub(crate) node: String,
+    pub(crate) netns: String,
+    pub(crate) ip: String,
+}
+
+fn lab_dir(name: &str) -> PathBuf {
+    Path::new(LAB_ROOT).join(name)
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 12
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        bail!("lab name {name:?}: 1 to 12 letters, digits or '-'");
+    }
+    Ok(())
+}
+
+/// Runs a command, failing with its stderr.
+fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    run("ip", args)
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["-n", ns];
+    full.extend_from_slice(args);
+    ip(&full)
+}
+
+fn sibling(binary: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("where podswitchctl is")?;
+    let path = exe.with_file_name(binary);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build podswitch (cargo build --release)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+impl Lab {
+    /// Reads a lab's state.
+    pub(crate) fn load(name: &str) -> Result<Lab> {
+        check_name(name)?;
+        let path = lab_dir(name).join("lab.json");
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("no lab {name:?} ({})", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    fn save(&self) -> Result<()> {
+        let dir = lab_dir(&self.name);
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join("lab.json.tmp");
+        fs::write(&tmp, serde_json::to_string_pretty(self)?)?;
+        fs::rename(&tmp, dir.join("lab.json"))?;
+        Ok(())
+    }
+
+    /// The pod called `name`.
+    pub(crate) fn pod(&self, name: &str) -> Result<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name:?} in lab {:?}", self.name))
+    }
+}
+
+fn pod_mtu(backend: &str) -> u32 {
+    match backend {
+        "vxlan" | "directrouting" => 1450,
+        "ipip" => 1480,
+        "udp" => 1472,
+        _ => 1500,
+    }
+}
+
+/// Builds a lab.
+pub(crate) fn up(args: &UpArgs) -> Result<Lab> {
+    check_name(&args.name)?;
+    if !(1..=9).contains(&args.nodes) || args.pods_per_node > 50 {
+        bail!("--nodes 1 to 9, --pods-per-node 0 to 50");
+    }
+    if !["vxlan", "ipip", "udp", "host-gw", "directrouting"].contains(&args.backend.as_str()) {
+        bail!(
+            "--backend {:?}: vxlan, ipip, udp, host-gw or directrouting",
+            args.backend
+        );
+    }
+    if !["bridge", "proxy-arp"].contains(&args.gateway_mode.as_str()) {
+        bail!(
+            "--gateway-mode {:?}: bridge or proxy-arp",
+            args.gateway_mode
+        );
+    }
+    let kernel = match args.dataplane.as_str() {
+        "podswitch" => false,
+        "kernel" => true,
+        other => bail!("--dataplane {other:?}: podswitch or kernel"),
+    };
+    if kernel && args.backend == "udp" {
+        bail!("the kernel has no udp backend: flannel's udp backend is flanneld forwarding in userspace; use --dataplane podswitch");
+    }
+    // A stale lab of this name goes first.
+    down(&args.name)?;
+    let mut lab = Lab {
+        name: args.name.clone(),
+        dataplane: args.dataplane.clone(),
+        backend: args.backend.clone(),
+        gateway_mode: args.gateway_mode.clone(),
+        nodes: Vec::new(),
+        pods: Vec::new(),
+    };
+    let result = build(&mut lab, args, kernel);
+    if let Err(e) = result {
+        let _ = down(&lab.name);
+        return Err(e);
+    }
+    Ok(lab)
+}
+
+fn build(lab: &mut Lab, args: &UpArgs, kernel: bool) -> Result<()> {
+    let prefix = format!("lab-{}", lab.name);
+    fs::create_dir_all(lab_dir(&lab.name))?;
+    let underlay = format!("{prefix}-ul");
+    ip(&["netns", "add", &underlay])?;
+    in_ns(&underlay, &["link", "add", "br0", "type", "bridge"])?;
+    in_ns(&underlay, &["link", "set", "br0", "up"])?;
+    for x in 1..=args.nodes {
+        let netns = format!("{prefix}-n{x}");
+        ip(&["netns", "add", &netns])?;
+        in_ns(&netns, &["link", "set", "lo", "up"])?;
+        let port = format!("n{x}");
+        ip(&[
+            "link", "add", "ul0", "netns", &netns, "type", "veth", "peer", "name", &port, "netns",
+            &underlay,
+        ])?;
+        in_ns(&underlay, &["link", "set", &port, "master", "br0", "up"])?;
+        let underlay_ip = format!("192.168.100.{x}");
+        in_ns(
+            &netns,
+            &["addr", "add", &format!("{underlay_ip}/24"), "dev", "ul0"],
+        )?;
+        in_ns(&netns, &["link", "set", "ul0", "up"])?;
+        lab.nodes.push(Node {
+            name: format!("node{x}"),
+            index: x,
+            netns,
+            underlay_ip,
+            pod_cidr: format!("10.244.{x}.0/24"),
+            pid: None,
+            socket: None,
+        });
+    }
+    lab.save()?;
+    if kernel {
+        kernel_nodes(lab)?;
+    } else {
+        for i in 0..lab.nodes.len() {
+            start_daemon(lab, i)?;
+            lab.save()?;
+        }
+    }
+    for i in 0..lab.nodes.len() {
+        for y in 1..=args.pods_per_node {
+            let pod = if kernel {
+                kernel_pod(lab, i, y)?
+            } else {
+                cni_pod(lab, i, y)?
+            };
+            lab.pods.push(pod);
+            lab.save()?;
+        }
+    }
+    Ok(())
+}
+
+/// podswitchd on node `i`, with every other node as a static peer.
+fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
+    let node = lab.nodes[i].clone();
+    let dir = lab_dir(&lab.name);
+    let mut config = format!(
+        "[node]\nname = \"{}\"\npod_cidr = \"{}\"\ncluster_cidr = \"10.244.0.0/16\"\nunderlay_interface = \"ul0\"\n\
+         gateway_mode = \"{}\"\n\n[backend]\ntype = \"{}\"\n",
+        node.name, node.pod_cidr, lab.gateway_mode, lab.backend
+    );
+    for other in lab.nodes.iter().filter(|o| o.index != node.index) {
+        config.push_str(&format!(
+            "\n[[peer]]\nname = \"{}\"\nunderlay_ip = \"{}\"\npod_cidr = \"{}\"\n",
+            other.name, other.underlay_ip, other.pod_cidr
+        ));
+    }
+    let config_path = dir.join(format!("{}.toml", node.name));
+    fs::write(&config_path, config)?;
+    let socket = dir.join(format!("{}.sock", node.name));
+    let log = fs::File::create(dir.join(format!("{}.log", node.name)))?;
+    let daemon = sibling("podswitchd")?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(&daemon)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-file")
+        .arg(dir.join(format!("{}.ports.json", node.name)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting podswitchd")?;
+    lab.nodes[i].pid = Some(child.id());
+    lab.nodes[i].socket = Some(socket.display().to_string());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = socket.exists()
+            && Command::new(sibling("podswitchctl")?)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("status")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline || !alive(child.id()) {
+            let log =
+                fs::read_to_string(dir.join(format!("{}.log", node.name))).unwrap_or_default();
+            bail!("podswitchd on {} did not start:\n{log}", node.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// A pod attached the way a container runtime attaches it: the CNI
+/// plugin with host-local IPAM.
+fn cni_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
+    let node = &lab.nodes[i];
+    let name = format!("pod{}-{y}", node.index);
+    let netns = format!("lab-{}-{name}", lab.name);
+    ip(&["netns", "add", &netns])?;
+    ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+    let config = json!({
+        "cniVersion": "1.1.0", "name": "lab", "type": "podswitch",
+        "socket": node.socket, "mtu": pod_mtu(&lab.backend), "gatewayMode": lab.gateway_mode,
+        "ipam": {
+            "type": "host-local", "dataDir": lab_dir(&lab.name).join("ipam").join(&node.name),
+            "ranges": [[{ "subnet": node.pod_cidr }]], "routes": [{ "dst": "0.0.0.0/0" }]
+        }
+    });
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(sibling("podswitch")?)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &netns)
+        .env("CNI_NETNS", format!("/var/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin:/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        config.to_string().as_bytes(),
+    )?;
+    let out = child.wait_with_output()?;
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if !out.status.success() {
+        bail!("CNI ADD for {name}: {result}");
+    }
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .context("the CNI result has no address")?
+        .to_string();
+    Ok(Pod {
+        name,
+        node: node.name.clone(),
+        netns,
+        ip,
+    })
+}
+
+/// flannel's kernel configuration on every node (Calico's pod side in
+/// proxy-arp mode).
+fn kernel_nodes(lab: &Lab) -> Result<()> {
+    for node in &lab.nodes {
+        let ns = node.netns.as_str();
+        let x = node.index;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+        if lab.gateway_mode == "proxy-arp" {
+            // Proxy ARP answers only for addresses the node routes out of
+            // another interface; Calico's nodes reach 169.254.1.1 through
+            // their default route, and these have none.
+            in_ns(ns, &["route", "add", "169.254.1.1/32", "dev", "ul0"])?;
+        }
+        if lab.gateway_mode == "bridge" {
+            in_ns(ns, &["link", "add", "cni0", "type", "bridge"])?;
+            in_ns(
+                ns,
+                &["addr", "add", &format!("10.244.{x}.1/24"), "dev", "cni0"],
+            )?;
+            in_ns(ns, &["link", "set", "cni0", "up"])?;
+        }
+        match lab.backend.as_str() {
+            "vxlan" => {
+                let vtep = derived_mac(0x0e, &node.name).to_string();
+                in_ns(
+                    ns,
+                    &[
+                        "link",
+                        "add",
+                        "flannel.1",
+                        "address",
+                        &vtep,
+                        "type",
+                        "vxlan",
+                        "id",
+                        "1",
+                        "local",
+                        &node.underlay_ip,
+                        "dev",
+                        "ul0",
+                        "dstport",
+                        "8472",
+                        "nolearning",
+                    ],
+                )?;
+                in_ns(ns, &["link", "set", "flannel.1", "mtu", "1450", "up"])?;
+                in_ns(
+                    ns,
+                    &[
+                        "addr",
+                        "add",
+                        &format!("10.244.{x}.0/32"),
+                        "dev",
+                        "flannel.1",
+                    ],
+                )?;
+                for other in lab.nodes.iter().filter(|o| o.index != x) {
+                    let y = other.index;
+                    let their_vtep = derived_mac(0x0e, &other.name).to_string();
+                    let gw = format!("10.244.{y}.0");
+                    in_ns(
+                        ns,
+                        &[
+                            "route",
+                            "add",
+                            &other.pod_cidr,
+                            "via",
+                            &gw,
+                            "dev",
+                            "flannel.1",
+                            "onlink",
+                        ],
+                    )?;
+                    in_ns(
+                        ns,
+                        &[
+                            "neigh",
+                            "add",
+                            &gw,
+                            "lladdr",
+                            &their_vtep,
+                            "dev",
+                            "flannel.1",
+                            "nud",
+                            "permanent",
+                        ],
+                    )?;
+                    run(
+                        "ip",
+                        &[
+                            "netns",
+                            "exec",
+                            ns,
+                            "bridge",
+                            "fdb",
+                            "append",
+                            &their_vtep,
+                            "dev",
+                            "flannel.1",
+                            "dst",
+                            &other.underlay_ip,
+                        ],
+                    )?;
+                }
+            }
+            "host-gw" | "directrouting" => {
+                // All nodes share the underlay subnet: DirectRouting takes
+                // host-gw routes for every peer.
+                for other in lab.nodes.iter().filter(|o| o.index != x) {
+                    in_ns(
+                        ns,
+                        &[
+                            "route",
+                            "add",
+                            &other.pod_cidr,
+                            "via",
+                            &other.underlay_ip,
+                            "dev",
+                            "ul0",
+                        ],
+                    )?;
+                }
+            }
+            "ipip" => {
+                let probe = in_ns(ns, &["link", "add", "tunl-probe", "type", "ipip"]);
+                if let Err(e) = probe {
+                    bail!("this machine's kernel has no IPIP support, so the kernel dataplane cannot run the ipip backend ({e}); use --dataplane podswitch");
+                }
+                let _ = in_ns(ns, &["link", "del", "tunl-probe"]);
+                in_ns(ns, &["link", "set", "tunl0", "up"])?;
+                for other in lab.nodes.iter().filter(|o| o.index != x) {
+                    in_ns(
+                        ns,
+                        &[
+                            "route",
+                            "add",
+                            &other.pod_cidr,
+                            "via",
+                            &other.underlay_ip,
+                            "dev",
+                            "tunl0",
+                            "onlink",
+                        ],
+                    )?;
+                }
+            }
+            other => bail!("backend {other} has no kernel configuration"),
+        }
+    }
+    Ok(())
+}
+
+/// A pod on the kernel dataplane: on cni0 (bridge) or Calico-style.
+fn kernel_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
+    let node = &lab.nodes[i];
+    let x = node.index;
+    let name = format!("pod{x}-{y}");
+    let netns = format!("lab-{}-{name}", lab.name);
+    let addr = format!("10.244.{x}.{}", u32::from(y) + 1);
+    let host = format!("veth{x}p{y}");
+    ip(&["netns", "add", &netns])?;
+    ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+    ip(&[
+        "link",
+        "add",
+        &host,
+        "netns",
+        &node.netns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &netns,
+    ])?;
+    let mtu = pod_mtu(&lab.backend).to_string();
+    ip(&["-n", &netns, "link", "set", "eth0", "mtu", &mtu, "up"])?;
+    in_ns(&node.netns, &["link", "set", &host, "up"])?;
+    if lab.gateway_mode == "bridge" {
+        in_ns(&node.netns, &["link", "set", &host, "master", "cni0"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.244.{x}.1"),
+        ])?;
+    } else {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &node.netns,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{host}.proxy_arp=1"),
+            ],
+        )?;
+        in_ns(
+            &node.netns,
+            &["route", "add", &format!("{addr}/32"), "dev", &host],
+        )?;
+        ip(&[
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{addr}/32"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            &netns,
+            "route",
+            "add",
+            "169.254.1.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ])?;
+        ip(&[
+            "-n",
+            &netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.1.1",
+        ])?;
+    }
+    Ok(Pod {
+        name,
+        node: node.name.clone(),
+        netns,
+        ip: addr,
+    })
+}
+
+/// Removes a lab (and is quiet when there is none).
+pub(crate) fn down(name: &str) -> Result<()> {
+    check_name(name)?;
+    if let Ok(lab) = Lab::load(name) {
+        for node in &lab.nodes {
+            if let Some(pid) = node.pid {
+                stop(pid);
+            }
+        }
+    }
+    let prefix = format!("lab-{name}-");
+    let list = ip(&["netns", "list"]).unwrap_or_default();
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        if ns.starts_with(&prefix) {
+            // Anything still running in it (a daemon from a lab whose
+            // state was lost) goes with it.
+            if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
+                for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
+                    stop(pid);
+                }
+            }
+            ip(&["netns", "del", ns])?;
+        }
+    }
+    let dir = lab_dir(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn stop(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if alive(pid) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
+/// The lab as `lab status --json` prints it.
+fn status_json(lab: &Lab) -> serde_json::Value {
+    json!({
+        "name": lab.name,
+        "dataplane": lab.dataplane,
+        "backend": lab.backend,
+        "gateway_mode": lab.gateway_mode,
+        "nodes": lab.nodes.iter().map(|n| json!({
+            "name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "pod_cidr": n.pod_cidr,
+            "daemon": n.pid.map(|pid| if alive(pid) { "running" } else { "stopped" }),
+            "pid": n.pid, "socket": n.socket,
+        })).collect::<Vec<_>>(),
+        "pods": lab.pods.iter().map(|p| json!({
+            "name": p.name, "node": p.node, "ip": p.ip, "netns": p.netns,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs a lab command.
+pub(crate) fn run_command(command: &LabCommand, json_out: bool) -> ExitCode {
+    let result = match command {
+        LabCommand::Up(args) => up(args).map(|lab| {
+            eprintln!(
+                "lab {}: {} nodes, {} pods, {} on {} ({} mode)",
+                lab.name,
+                lab.nodes.len(),
+                lab.pods.len(),
+                lab.backend,
+                lab.dataplane,
+                lab.gateway_mode
+            );
+            print_status(&lab, json_out);
+        }),
+        LabCommand::Down(n) => down(&n.name),
+        LabCommand::Status(n) => Lab::load(&n.name).map(|lab| print_status(&lab, json_out)),
+        LabCommand::Exec(e) => exec(e),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podswitchctl lab: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_status(lab: &Lab, json_out: bool) {
+    let v = status_json(lab);
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("JSON values serialise")
+        );
+        return;
+    }
+    println!(
+        "lab {} ({} dataplane, {}, {})",
+        lab.name, lab.dataplane, lab.backend, lab.gateway_mode
+    );
+    println!("{:<8} {:<16} {:<16} DAEMON", "NODE", "UNDERLAY", "POD CIDR");
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "{:<8} {:<16} {:<16} {}",
+            n["name"].as_str().unwrap_or(""),
+            n["underlay_ip"].as_str().unwrap_or(""),
+            n["pod_cidr"].as_str().unwrap_or(""),
+            n["daemon"].as_str().unwrap_or("- (kernel)")
+        );
+    }
+    println!("{:<10} {:<8} IP", "POD", "NODE");
+    for p in &lab.pods {
+        println!("{:<10} {:<8} {}", p.name, p.node, p.ip);
+    }
+}
+
+fn exec(args: &ExecArgs) -> Result<()> {
+    let lab = Lab::load(&args.name)?;
+    let pod = lab.pod(&args.pod)?;
+    let err = Command::new("ip")
+        .args(["netns", "exec", &pod.netns])
+        .args(&args.command)
+        .exec();
+    Err(err).context("ip netns exec")
+}

@@ -43,6 +43,9 @@ capture=$(mktemp /tmp/podswitch-demo-XXXX.pcap)
 $ctl --socket "$sock2" capture ul0 -w "$capture" -c 1 --seconds 10
 wait
 say "podswitchctl explain: that frame, outer Ethernet to inner ICMP"
+echo "(podswitch receives VXLAN through a UDP socket, which hands over the payload: the outer"
+echo " headers below are rebuilt from what the kernel reports - addresses, ports, TOS, TTL;"
+echo " the sender's MAC and IP identification are not reported, so they show as zero)"
 $ctl explain "$capture"
 rm -f "$capture"
 $ctl lab down --name demo

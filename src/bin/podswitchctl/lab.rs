@@ -73,6 +73,20 @@ pub(crate) struct UpArgs {
     dataplane: String,
 }
 
+impl UpArgs {
+    /// Two nodes with two pods each, bridge mode: the bench's topology.
+    pub(crate) fn new(name: &str, dataplane: &str, backend: &str) -> UpArgs {
+        UpArgs {
+            name: name.to_string(),
+            nodes: 2,
+            pods_per_node: 2,
+            backend: backend.to_string(),
+            gateway_mode: "bridge".to_string(),
+            dataplane: dataplane.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct ExecArgs {
     /// The lab's name.

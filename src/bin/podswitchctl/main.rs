@@ -4,6 +4,7 @@
 //! socket (ports, routes, peers, FDB, neighbours, stats, trace, status),
 //! printing tables for people and JSON with `--json`.
 
+mod bench;
 mod control;
 mod explain;
 mod lab;
@@ -39,6 +40,9 @@ enum Command {
     /// Print a frame layer by layer: outer headers, tunnel header, inner
     /// headers, with offsets, values and bytes, and what is wrong with it.
     Explain(explain::ExplainArgs),
+    /// Measure podswitch against the kernel path on lab clusters, in one
+    /// run with alternated rounds; print a table of medians and ratios.
+    Bench(bench::BenchArgs),
     /// Simulated clusters in network namespaces: lab up, down, status, exec.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -47,6 +51,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("bench") {
+        let bench = bench::BenchCli::parse_from(
+            std::iter::once("podswitchctl bench".to_string()).chain(args[2..].iter().cloned()),
+        );
+        return bench::run(&bench.args);
+    }
     let cli = Cli::parse();
     match &cli.command {
         Command::Explain(args) => match explain::explain(args) {
@@ -60,6 +71,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Lab(command) => lab::run_command(command, cli.json),
+        Command::Bench(args) => bench::run(args),
         Command::Control(command) => control::run(command, &cli.socket, cli.json),
     }
 }

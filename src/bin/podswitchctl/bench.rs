@@ -1,0 +1,467 @@
+//! `podswitchctl bench`: podswitch against the kernel path, measured on
+//! the same lab topology in the same run.
+//!
+//! For each backend both dataplanes can do (vxlan, host-gw, directrouting) it builds a
+//! kernel lab and a podswitch lab (two nodes, two pods each), then for
+//! each case (cross-node: pod1-1 -> pod2-1; same-node: pod1-1 -> pod1-2)
+//! and each metric runs rounds alternating kernel, podswitch, kernel,
+//! podswitch..., so that a drift of the machine hits both alike, and
+//! reports the median of each with the ratio podswitch / kernel:
+//!
+//! - TCP throughput, iperf3 with 1 and 4 streams (Gbit/s);
+//! - small packets: trafgen (netsniff-ng, an AF_PACKET TX ring) sends
+//!   64-byte UDP frames as fast as it can from the source pod; what counts
+//!   is the packets per second the destination pod's eth0 received;
+//! - latency: ping round trips every 2 ms, p50 and p99 (µs);
+//! - CPU: machine CPU seconds per million packets received during the
+//!   small-packet run, the generator's own CPU taken out.
+//!
+//! docs/benchmarks.md explains the method and records figures.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::lab::{self, Lab, UpArgs};
+
+/// `podswitchctl bench`, parsed on its own: its `--json FILE` takes a
+/// file, where every other command's `--json` is a switch.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "podswitchctl bench",
+    about = "Measure podswitch against the kernel path on lab clusters"
+)]
+pub(crate) struct BenchCli {
+    #[command(flatten)]
+    pub(crate) args: BenchArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Rounds per dataplane and case (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Backends to measure (both dataplanes must do them).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "vxlan,host-gw,directrouting"
+    )]
+    backends: Vec<String>,
+    /// Write every raw figure here as JSON.
+    #[arg(long = "json", id = "json_file", value_name = "FILE")]
+    json: Option<std::path::PathBuf>,
+    /// Draw the comparison as an SVG chart.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<std::path::PathBuf>,
+}
+
+/// One metric: its name, unit, and whether more is better.
+#[derive(Debug, Clone, Copy)]
+struct Metric {
+    name: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+}
+
+const METRICS: &[Metric] = &[
+    Metric {
+        name: "tcp-1-stream",
+        unit: "Gbit/s",
+        higher_is_better: true,
+    },
+    Metric {
+        name: "tcp-4-streams",
+        unit: "Gbit/s",
+        higher_is_better: true,
+    },
+    Metric {
+        name: "udp-64B",
+        unit: "Mpps",
+        higher_is_better: true,
+    },
+    Metric {
+        name: "cpu-per-Mpkt",
+        unit: "CPU s",
+        higher_is_better: false,
+    },
+    Metric {
+        name: "latency-p50",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    Metric {
+        name: "latency-p99",
+        unit: "µs",
+        higher_is_better: false,
+    },
+];
+
+fn ns_run(ns: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .output()
+        .with_context(|| format!("{} in {ns}", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "{} in {ns}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2]
+}
+
+/// TCP throughput in Gbit/s; a run that moved nothing (the server not
+/// listening yet) is tried once more.
+fn tcp(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> Result<f64> {
+    match tcp_once(src, dst, dst_ip, streams, seconds) {
+        Ok(g) if g > 0.0 => Ok(g),
+        _ => tcp_once(src, dst, dst_ip, streams, seconds),
+    }
+}
+
+fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> Result<f64> {
+    ns_run(dst, &["iperf3", "-s", "-1", "-D", "-p", "5201"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = ns_run(
+        src,
+        &[
+            "iperf3",
+            "-c",
+            dst_ip,
+            "-p",
+            "5201",
+            "-J",
+            "-P",
+            &streams.to_string(),
+            "-t",
+            &seconds.to_string(),
+        ],
+    )?;
+    let v: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    Ok(v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9)
+}
+
+fn rx_packets(ns: &str) -> Result<u64> {
+    Ok(
+        ns_run(ns, &["cat", "/sys/class/net/eth0/statistics/rx_packets"])?
+            .trim()
+            .parse()?,
+    )
+}
+
+/// Busy jiffies of the whole machine (/proc/stat).
+fn busy_jiffies() -> u64 {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    cpu.iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn process_jiffies(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let f: Vec<String> = s
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// 64-byte UDP: (received Mpps, dataplane CPU seconds per million packets).
+fn small_packets(lab: &Lab, src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f64)> {
+    // The pod's gateway MAC, as its ARP table holds it after a ping.
+    ns_run(&src.netns, &["ping", "-c", "1", "-W", "2", &dst.ip])?;
+    let gw = if lab.gateway_mode == "bridge" {
+        format!("10.244.{}.1", &src.node[4..])
+    } else {
+        "169.254.1.1".to_string()
+    };
+    let neigh = ns_run(&src.netns, &["ip", "neigh", "show", &gw])?;
+    let mac = neigh
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .with_context(|| format!("no ARP entry for the gateway {gw}: {neigh}"))?
+        .to_string();
+    let conf = std::env::temp_dir().join(format!("podswitch-bench-{}.trafgen", std::process::id()));
+    fs::write(
+        &conf,
+        format!(
+            "{{ eth(da={mac}, type=0x0800), ipv4(saddr={}, daddr={}, ttl=64, df), udp(sp=9, dp=9), fill(0x42, 18) }}\n",
+            src.ip, dst.ip
+        ),
+    )?;
+    let before_rx = rx_packets(&dst.netns)?;
+    let before_cpu = busy_jiffies();
+    let started = Instant::now();
+    let mut generator = Command::new("ip")
+        .args(["netns", "exec", &src.netns, "trafgen", "-o", "eth0", "-i"])
+        .arg(&conf)
+        .args(["-P", "1", "-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("trafgen")?;
+    std::thread::sleep(Duration::from_secs(seconds));
+    let generator_cpu = process_jiffies(generator.id());
+    let after_rx = rx_packets(&dst.netns)?;
+    let after_cpu = busy_jiffies();
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = generator.kill();
+    let _ = generator.wait();
+    let _ = fs::remove_file(&conf);
+    let packets = after_rx.saturating_sub(before_rx) as f64;
+    let cpu_secs = (after_cpu
+        .saturating_sub(before_cpu)
+        .saturating_sub(generator_cpu)) as f64
+        / 100.0;
+    if packets == 0.0 {
+        bail!("no 64-byte packet reached {}", dst.name);
+    }
+    Ok((packets / elapsed / 1e6, cpu_secs / (packets / 1e6)))
+}
+
+/// Ping round trips: (p50, p99) in µs.
+fn latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f64)> {
+    let count = (seconds * 500).clamp(50, 5000).to_string();
+    let out = ns_run(
+        &src.netns,
+        &[
+            "ping", "-n", "-c", &count, "-i", "0.002", "-W", "1", &dst.ip,
+        ],
+    )?;
+    let mut rtts: Vec<f64> = out
+        .lines()
+        .filter_map(|l| {
+            l.split("time=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .map(|ms| ms * 1000.0)
+        .collect();
+    if rtts.is_empty() {
+        bail!("no ping reply from {}", dst.ip);
+    }
+    rtts.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| rtts[((rtts.len() as f64 - 1.0) * q).round() as usize];
+    Ok((p(0.5), p(0.99)))
+}
+
+struct Case {
+    backend: String,
+    scope: &'static str,
+}
+
+pub(crate) fn run(args: &BenchArgs) -> ExitCode {
+    match bench(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podswitchctl bench: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    if args.rounds == 0 || args.seconds == 0 {
+        bail!("--rounds and --seconds must be at least 1");
+    }
+    let dataplanes = ["kernel", "podswitch"];
+    let cases: Vec<Case> = args
+        .backends
+        .iter()
+        .flat_map(|b| {
+            ["cross-node", "same-node"].map(|scope| Case {
+                backend: b.clone(),
+                scope,
+            })
+        })
+        .collect();
+    // Time estimate: per case and round, both dataplanes run TCP twice,
+    // small packets and latency, each about `seconds` plus set-up.
+    let per_round = 4 * (args.seconds + 1) * 2;
+    let total = per_round * args.rounds as u64 * cases.len() as u64;
+    let started = Instant::now();
+    let mut raw = Vec::new();
+    let mut table = Vec::new();
+    for backend in &args.backends {
+        let mut labs = Vec::new();
+        for dp in dataplanes {
+            eprintln!("building the {dp} lab for {backend}...");
+            let lab = lab::up(&UpArgs::new(
+                &format!(
+                    "b{}{}",
+                    &dp[..1],
+                    &backend.replace('-', "").chars().take(8).collect::<String>()
+                ),
+                dp,
+                backend,
+            ))?;
+            labs.push(lab);
+        }
+        let outcome = (|| -> Result<()> {
+            for case in cases.iter().filter(|c| &c.backend == backend) {
+                // values[metric][dataplane] = samples
+                let mut values = vec![vec![Vec::<f64>::new(); 2]; METRICS.len()];
+                for round in 0..args.rounds {
+                    for (d, lab) in labs.iter().enumerate() {
+                        let elapsed = started.elapsed().as_secs();
+                        eprint!(
+                            "\r\x1b[K[{} {} {} round {}/{}] about {}s left",
+                            case.backend,
+                            case.scope,
+                            dataplanes[d],
+                            round + 1,
+                            args.rounds,
+                            total.saturating_sub(elapsed)
+                        );
+                        let src = lab.pod("pod1-1")?;
+                        let dst = lab.pod(if case.scope == "cross-node" {
+                            "pod2-1"
+                        } else {
+                            "pod1-2"
+                        })?;
+                        let t1 = tcp(&src.netns, &dst.netns, &dst.ip, 1, args.seconds)?;
+                        let t4 = tcp(&src.netns, &dst.netns, &dst.ip, 4, args.seconds)?;
+                        let (mpps, cpu) = small_packets(lab, src, dst, args.seconds)?;
+                        let (p50, p99) = latency(src, dst, args.seconds)?;
+                        for (m, v) in [t1, t4, mpps, cpu, p50, p99].into_iter().enumerate() {
+                            values[m][d].push(v);
+                            raw.push(json!({
+                                "backend": case.backend, "scope": case.scope, "dataplane": dataplanes[d],
+                                "metric": METRICS[m].name, "unit": METRICS[m].unit, "round": round, "value": v,
+                            }));
+                        }
+                    }
+                }
+                for (m, metric) in METRICS.iter().enumerate() {
+                    let k = median(&mut values[m][0]);
+                    let p = median(&mut values[m][1]);
+                    table.push((format!("{} {}", case.scope, case.backend), *metric, k, p));
+                }
+            }
+            Ok(())
+        })();
+        for lab in &labs {
+            let _ = lab::down(&lab.name);
+        }
+        outcome?;
+    }
+    eprintln!("\r\x1b[Kdone in {}s", started.elapsed().as_secs());
+    println!("| case | metric | kernel | podswitch | podswitch / kernel |");
+    println!("|---|---|---|---|---|");
+    for (case, metric, k, p) in &table {
+        let ratio = if *k > 0.0 { p / k } else { 0.0 };
+        let better = if (ratio >= 1.0) == metric.higher_is_better {
+            "better"
+        } else {
+            "worse"
+        };
+        println!(
+            "| {case} | {} ({}) | {k:.3} | {p:.3} | {ratio:.2}x ({better}) |",
+            metric.name, metric.unit
+        );
+    }
+    if let Some(path) = &args.json {
+        let summary: Vec<Value> = table
+            .iter()
+            .map(|(case, m, k, p)| json!({ "case": case, "metric": m.name, "unit": m.unit, "kernel": k, "podswitch": p }))
+            .collect();
+        fs::write(
+            path,
+            serde_json::to_string_pretty(&json!({ "medians": summary, "samples": raw }))?,
+        )
+        .with_context(|| format!("{}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        fs::write(path, svg(&table)).with_context(|| format!("{}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Bars of podswitch / kernel per case and metric, a line at 1.0, each
+/// bar green where podswitch does better and red where it does worse.
+fn svg(table: &[(String, Metric, f64, f64)]) -> String {
+    let row = 22.0;
+    let left = 300.0;
+    let width = 400.0;
+    let max = table
+        .iter()
+        .map(|(_, _, k, p)| if *k > 0.0 { p / k } else { 0.0 })
+        .fold(2.0_f64, f64::max);
+    let height = 60.0 + row * table.len() as f64;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <text x=\"10\" y=\"20\" font-size=\"15\">podswitch / kernel, same run, medians (right of the line: podswitch is higher)</text>\n",
+        left + width + 80.0
+    );
+    let x1 = left + width / max;
+    for (i, (case, m, k, p)) in table.iter().enumerate() {
+        let y = 40.0 + row * i as f64;
+        let ratio = if *k > 0.0 { p / k } else { 0.0 };
+        let good = (ratio >= 1.0) == m.higher_is_better;
+        let color = if good { "#2a9d4b" } else { "#c0392b" };
+        let _ = writeln!(
+            s,
+            "<text x=\"10\" y=\"{:.1}\">{case}, {} ({})</text><rect x=\"{left}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\">{ratio:.2}x</text>",
+            y + 14.0,
+            m.name,
+            if m.higher_is_better { "higher is better" } else { "lower is better" },
+            y + 3.0,
+            width * ratio / max,
+            row - 6.0,
+            left + width * ratio / max + 5.0,
+            y + 14.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<line x1=\"{x1:.1}\" y1=\"30\" x2=\"{x1:.1}\" y2=\"{:.1}\" stroke=\"black\" stroke-dasharray=\"4\"/><text x=\"{:.1}\" y=\"{:.1}\">1.0 = kernel</text>\n</svg>",
+        height - 10.0,
+        x1 + 4.0,
+        height - 4.0
+    );
+    s
+}

@@ -1,0 +1,68 @@
+//! A short `podswitchctl bench` run: every figure is produced and
+//! non-zero. Never how fast: speed is for docs/benchmarks.md (needs root;
+//! CI has it).
+
+mod common;
+
+use common::{require, TempFile};
+use serde_json::Value;
+
+#[test]
+fn a_short_bench_produces_every_figure() {
+    require(&["ip", "ping", "iperf3", "trafgen", "bridge", "sysctl"]);
+    let json = TempFile::new("bench.json");
+    let svg = TempFile::new("bench.svg");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_podswitchctl"))
+        .args([
+            "bench",
+            "--seconds",
+            "1",
+            "--rounds",
+            "1",
+            "--backends",
+            "vxlan",
+            "--json",
+        ])
+        .arg(&json.0)
+        .arg("--plot")
+        .arg(&svg.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| cross-node vxlan | tcp-1-stream"),
+        "{table}"
+    );
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json.0).unwrap()).unwrap();
+    let medians = v["medians"].as_array().unwrap();
+    // 2 cases x 6 metrics, each for both dataplanes.
+    assert_eq!(medians.len(), 12, "{v}");
+    for m in medians {
+        for dataplane in ["kernel", "podswitch"] {
+            assert!(
+                m[dataplane].as_f64().is_some_and(|x| x > 0.0),
+                "{dataplane} {m}"
+            );
+        }
+    }
+    assert_eq!(v["samples"].as_array().unwrap().len(), 2 * 2 * 6);
+    let chart = std::fs::read_to_string(&svg.0).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("tcp-1-stream"));
+    let netns = String::from_utf8_lossy(
+        &std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !netns.contains("lab-bkvxlan") && !netns.contains("lab-bpvxlan"),
+        "labs left: {netns}"
+    );
+}

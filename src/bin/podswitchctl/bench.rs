@@ -105,20 +105,11 @@ const METRICS: &[Metric] = &[
     },
 ];
 
+/// Runs a command in a namespace (`ip netns exec`), failing with its stderr.
 fn ns_run(ns: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .with_context(|| format!("{} in {ns}", args[0]))?;
-    if !out.status.success() {
-        bail!(
-            "{} in {ns}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let mut full = vec!["netns", "exec", ns];
+    full.extend_from_slice(args);
+    lab::run("ip", &full)
 }
 
 fn median(v: &mut [f64]) -> f64 {

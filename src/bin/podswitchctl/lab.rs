@@ -145,7 +145,7 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// Runs a command, failing with its stderr.
-fn run(program: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .output()

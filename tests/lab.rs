@@ -20,6 +20,15 @@ fn name(what: &str) -> String {
     format!("t{}{what}", std::process::id() % 10000)
 }
 
+/// Takes a lab down when dropped, a failing test included.
+struct LabGuard(String);
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = ctl(&["lab", "down", "--name", &self.0]);
+    }
+}
+
 fn up(name: &str, dataplane: &str, backend: &str, mode: &str) -> Value {
     let out = ctl(&[
         "lab",
@@ -116,6 +125,7 @@ fn every_dataplane_and_backend_builds_a_working_lab_and_leaves_nothing() {
     ];
     for (i, (dataplane, backend, mode)) in cases.into_iter().enumerate() {
         let lab = name(&format!("m{i}"));
+        let _guard = LabGuard(lab.clone());
         let status = up(&lab, dataplane, backend, mode);
         assert_eq!(status["nodes"].as_array().unwrap().len(), 2);
         if dataplane == "podswitch" {
@@ -138,6 +148,11 @@ fn every_dataplane_and_backend_builds_a_working_lab_and_leaves_nothing() {
 fn labs_side_by_side_do_not_interfere_and_missing_features_are_named() {
     require(&["ip", "ping", "bridge", "sysctl", "ps"]);
     let (a, b) = (name("a"), name("b"));
+    let _guards = [
+        LabGuard(a.clone()),
+        LabGuard(b.clone()),
+        LabGuard(name("c")),
+    ];
     let status_a = up(&a, "podswitch", "vxlan", "bridge");
     let status_b = up(&b, "kernel", "vxlan", "bridge");
     all_reach(&a, &status_a);

@@ -320,7 +320,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         let mut labs = Vec::new();
         for dp in dataplanes {
             eprintln!("building the {dp} lab for {backend}...");
-            let lab = lab::up(&UpArgs::new(
+            let built = lab::up(&UpArgs::new(
                 &format!(
                     "b{}{}",
                     &dp[..1],
@@ -328,8 +328,18 @@ fn bench(args: &BenchArgs) -> Result<()> {
                 ),
                 dp,
                 backend,
-            ))?;
-            labs.push(lab);
+            ));
+            match built {
+                Ok(lab) => labs.push(lab),
+                Err(e) => {
+                    // lab::up removed its own half-built lab; the ones
+                    // before it go too.
+                    for lab in &labs {
+                        let _ = lab::down(&lab.name);
+                    }
+                    return Err(e);
+                }
+            }
         }
         let outcome = (|| -> Result<()> {
             for case in cases.iter().filter(|c| &c.backend == backend) {

@@ -51,6 +51,13 @@ fn a_short_bench_produces_every_figure() {
         }
     }
     assert_eq!(v["samples"].as_array().unwrap().len(), 2 * 2 * 6);
+    assert!(
+        v["generator_ceiling_mpps"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0),
+        "{v}"
+    );
+    assert!(table.contains("Generator ceiling"), "{table}");
     let chart = std::fs::read_to_string(&svg.0).unwrap();
     assert!(chart.starts_with("<svg") && chart.contains("tcp-1-stream"));
     let netns = String::from_utf8_lossy(

@@ -250,6 +250,55 @@ fn small_packets(lab: &Lab, src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Res
     Ok((packets / elapsed / 1e6, cpu_secs / (packets / 1e6)))
 }
 
+/// The generator's own ceiling: trafgen into a veth whose other end only
+/// counts (no forwarding behind it), in Mpps. The dataplanes' figures are
+/// meaningful only well below it.
+fn generator_ceiling(seconds: u64) -> Result<f64> {
+    let (a, b) = (
+        format!("podswitch-gen-{}-a", std::process::id()),
+        format!("podswitch-gen-{}-b", std::process::id()),
+    );
+    let result = (|| -> Result<f64> {
+        lab::run("ip", &["netns", "add", &a])?;
+        lab::run("ip", &["netns", "add", &b])?;
+        lab::run(
+            "ip",
+            &[
+                "link", "add", "eth0", "netns", &a, "type", "veth", "peer", "name", "eth0",
+                "netns", &b,
+            ],
+        )?;
+        lab::run("ip", &["-n", &a, "link", "set", "eth0", "up"])?;
+        lab::run("ip", &["-n", &b, "link", "set", "eth0", "up"])?;
+        let conf =
+            std::env::temp_dir().join(format!("podswitch-gen-{}.trafgen", std::process::id()));
+        fs::write(
+            &conf,
+            "{ eth(da=02:00:00:00:00:99, type=0x0800), ipv4(saddr=10.244.1.2, daddr=10.244.2.2, ttl=64, df), udp(sp=9, dp=9), fill(0x42, 18) }\n",
+        )?;
+        let before = rx_packets(&b)?;
+        let started = Instant::now();
+        let mut generator = Command::new("ip")
+            .args(["netns", "exec", &a, "trafgen", "-o", "eth0", "-i"])
+            .arg(&conf)
+            .args(["-P", "1", "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("trafgen")?;
+        std::thread::sleep(Duration::from_secs(seconds));
+        let after = rx_packets(&b)?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let _ = generator.kill();
+        let _ = generator.wait();
+        let _ = fs::remove_file(&conf);
+        Ok(after.saturating_sub(before) as f64 / elapsed / 1e6)
+    })();
+    let _ = lab::run("ip", &["netns", "del", &a]);
+    let _ = lab::run("ip", &["netns", "del", &b]);
+    result
+}
+
 /// Ping round trips: (p50, p99) in µs.
 fn latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f64)> {
     let count = (seconds * 500).clamp(50, 5000).to_string();
@@ -314,6 +363,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let per_round = 4 * (args.seconds + 1) * 2;
     let total = per_round * args.rounds as u64 * cases.len() as u64;
     let started = Instant::now();
+    eprintln!("measuring the generator alone (trafgen into a counting veth)...");
+    let ceiling = generator_ceiling(args.seconds)?;
     let mut raw = Vec::new();
     let mut table = Vec::new();
     for backend in &args.backends {
@@ -390,6 +441,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
         outcome?;
     }
     eprintln!("\r\x1b[Kdone in {}s", started.elapsed().as_secs());
+    println!(
+        "Generator ceiling: trafgen alone puts {ceiling:.3} Mpps of 64-byte frames into a veth; the udp-64B figures below are the dataplanes' limits as long as they stay well under it.\n"
+    );
     println!("| case | metric | kernel | podswitch | podswitch / kernel |");
     println!("|---|---|---|---|---|");
     for (case, metric, k, p) in &table {
@@ -411,7 +465,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
             .collect();
         fs::write(
             path,
-            serde_json::to_string_pretty(&json!({ "medians": summary, "samples": raw }))?,
+            serde_json::to_string_pretty(
+                &json!({ "generator_ceiling_mpps": ceiling, "medians": summary, "samples": raw }),
+            )?,
         )
         .with_context(|| format!("{}", path.display()))?;
     }

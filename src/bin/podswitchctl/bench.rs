@@ -8,7 +8,8 @@
 //! podswitch..., so that a drift of the machine hits both alike, and
 //! reports the median of each with the ratio podswitch / kernel:
 //!
-//! - TCP throughput, iperf3 with 1 and 4 streams (Gbit/s);
+//! - TCP throughput, iperf3 with 1 and 4 streams, the first second (slow
+//!   start, connection set-up) left out (Gbit/s);
 //! - small packets: trafgen (netsniff-ng, an AF_PACKET TX ring) sends
 //!   64-byte UDP frames as fast as it can from the source pod; what counts
 //!   is the packets per second the destination pod's eth0 received;
@@ -141,6 +142,8 @@ fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> R
             "-p",
             "5201",
             "-J",
+            "-O",
+            "1",
             "-P",
             &streams.to_string(),
             "-t",

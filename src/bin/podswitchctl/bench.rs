@@ -199,6 +199,64 @@ fn process_jiffies(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// What one trafgen run delivered.
+struct Blast {
+    /// Packets the destination's eth0 received.
+    packets: f64,
+    /// Per second, in millions.
+    mpps: f64,
+    /// Busy CPU of the machine during the run, the generator's own taken out.
+    cpu_secs: f64,
+}
+
+/// Sends 64-byte UDP frames (60 bytes + FCS) from `src_ns`'s eth0 to
+/// `dst_mac`/`dst_ip` for `seconds` with trafgen on one CPU, and counts
+/// what `dst_ns`'s eth0 received.
+fn blast(
+    src_ns: &str,
+    dst_ns: &str,
+    dst_mac: &str,
+    src_ip: &str,
+    dst_ip: &str,
+    seconds: u64,
+) -> Result<Blast> {
+    let conf = std::env::temp_dir().join(format!("podswitch-bench-{}.trafgen", std::process::id()));
+    fs::write(
+        &conf,
+        format!(
+            "{{ eth(da={dst_mac}, type=0x0800), ipv4(saddr={src_ip}, daddr={dst_ip}, ttl=64, df), udp(sp=9, dp=9), fill(0x42, 18) }}\n"
+        ),
+    )?;
+    let before_rx = rx_packets(dst_ns)?;
+    let before_cpu = busy_jiffies();
+    let started = Instant::now();
+    let mut generator = Command::new("ip")
+        .args(["netns", "exec", src_ns, "trafgen", "-o", "eth0", "-i"])
+        .arg(&conf)
+        .args(["-P", "1", "-q"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("trafgen")?;
+    std::thread::sleep(Duration::from_secs(seconds));
+    let generator_cpu = process_jiffies(generator.id());
+    let after_rx = rx_packets(dst_ns);
+    let after_cpu = busy_jiffies();
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = generator.kill();
+    let _ = generator.wait();
+    let _ = fs::remove_file(&conf);
+    let packets = after_rx?.saturating_sub(before_rx) as f64;
+    Ok(Blast {
+        packets,
+        mpps: packets / elapsed / 1e6,
+        cpu_secs: after_cpu
+            .saturating_sub(before_cpu)
+            .saturating_sub(generator_cpu) as f64
+            / 100.0,
+    })
+}
+
 /// 64-byte UDP: (received Mpps, dataplane CPU seconds per million packets).
 fn small_packets(lab: &Lab, src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f64)> {
     // The pod's gateway MAC, as its ARP table holds it after a ping.
@@ -215,42 +273,11 @@ fn small_packets(lab: &Lab, src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Res
         .nth(1)
         .with_context(|| format!("no ARP entry for the gateway {gw}: {neigh}"))?
         .to_string();
-    let conf = std::env::temp_dir().join(format!("podswitch-bench-{}.trafgen", std::process::id()));
-    fs::write(
-        &conf,
-        format!(
-            "{{ eth(da={mac}, type=0x0800), ipv4(saddr={}, daddr={}, ttl=64, df), udp(sp=9, dp=9), fill(0x42, 18) }}\n",
-            src.ip, dst.ip
-        ),
-    )?;
-    let before_rx = rx_packets(&dst.netns)?;
-    let before_cpu = busy_jiffies();
-    let started = Instant::now();
-    let mut generator = Command::new("ip")
-        .args(["netns", "exec", &src.netns, "trafgen", "-o", "eth0", "-i"])
-        .arg(&conf)
-        .args(["-P", "1", "-q"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("trafgen")?;
-    std::thread::sleep(Duration::from_secs(seconds));
-    let generator_cpu = process_jiffies(generator.id());
-    let after_rx = rx_packets(&dst.netns)?;
-    let after_cpu = busy_jiffies();
-    let elapsed = started.elapsed().as_secs_f64();
-    let _ = generator.kill();
-    let _ = generator.wait();
-    let _ = fs::remove_file(&conf);
-    let packets = after_rx.saturating_sub(before_rx) as f64;
-    let cpu_secs = (after_cpu
-        .saturating_sub(before_cpu)
-        .saturating_sub(generator_cpu)) as f64
-        / 100.0;
-    if packets == 0.0 {
+    let run = blast(&src.netns, &dst.netns, &mac, &src.ip, &dst.ip, seconds)?;
+    if run.packets == 0.0 {
         bail!("no 64-byte packet reached {}", dst.name);
     }
-    Ok((packets / elapsed / 1e6, cpu_secs / (packets / 1e6)))
+    Ok((run.mpps, run.cpu_secs / (run.packets / 1e6)))
 }
 
 /// The generator's own ceiling: trafgen into a veth whose other end only
@@ -273,29 +300,15 @@ fn generator_ceiling(seconds: u64) -> Result<f64> {
         )?;
         lab::run("ip", &["-n", &a, "link", "set", "eth0", "up"])?;
         lab::run("ip", &["-n", &b, "link", "set", "eth0", "up"])?;
-        let conf =
-            std::env::temp_dir().join(format!("podswitch-gen-{}.trafgen", std::process::id()));
-        fs::write(
-            &conf,
-            "{ eth(da=02:00:00:00:00:99, type=0x0800), ipv4(saddr=10.244.1.2, daddr=10.244.2.2, ttl=64, df), udp(sp=9, dp=9), fill(0x42, 18) }\n",
-        )?;
-        let before = rx_packets(&b)?;
-        let started = Instant::now();
-        let mut generator = Command::new("ip")
-            .args(["netns", "exec", &a, "trafgen", "-o", "eth0", "-i"])
-            .arg(&conf)
-            .args(["-P", "1", "-q"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("trafgen")?;
-        std::thread::sleep(Duration::from_secs(seconds));
-        let after = rx_packets(&b)?;
-        let elapsed = started.elapsed().as_secs_f64();
-        let _ = generator.kill();
-        let _ = generator.wait();
-        let _ = fs::remove_file(&conf);
-        Ok(after.saturating_sub(before) as f64 / elapsed / 1e6)
+        Ok(blast(
+            &a,
+            &b,
+            "02:00:00:00:00:99",
+            "10.244.1.2",
+            "10.244.2.2",
+            seconds,
+        )?
+        .mpps)
     })();
     let _ = lab::run("ip", &["netns", "del", &a]);
     let _ = lab::run("ip", &["netns", "del", &b]);

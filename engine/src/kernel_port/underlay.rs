@@ -169,13 +169,14 @@ impl UnderlayPort {
             Socket::Udp => ETH + IPV4 + UDP,
             Socket::Ipip => ETH,
         };
-        let want = BATCH_SIZE.saturating_sub(batch.len());
-        stage(pool, &mut self.staging, want, self.counter.id);
         let sock = match which {
             Socket::Udp => self.udp.as_ref().map(|(s, _)| s),
             Socket::Ipip => self.ipip.as_ref(),
         };
+        // A backend has one of the two sockets: no buffers for the other.
         let Some(sock) = sock else { return Ok(0) };
+        let want = BATCH_SIZE.saturating_sub(batch.len());
+        stage(pool, &mut self.staging, want, self.counter.id);
         let mut bufs = AreaBuffers {
             bufs: &mut self.staging,
             reserve,

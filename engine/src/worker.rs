@@ -191,6 +191,8 @@ struct Loop {
     slots: Vec<Option<Slot>>,
     ready: Vec<bool>,
     ready_list: Vec<PortId>,
+    /// Ports being captured (their deadlines need a timed wake-up).
+    captures: usize,
     options: WorkerOptions,
 }
 
@@ -210,6 +212,7 @@ impl Loop {
             slots: Vec::new(),
             ready: Vec::new(),
             ready_list: Vec::new(),
+            captures: 0,
             options,
         }
     }
@@ -221,11 +224,7 @@ impl Loop {
         let mut out = Outputs::new();
         let mut busy_until = Instant::now();
         loop {
-            let capturing = self
-                .slots
-                .iter()
-                .flatten()
-                .any(|s| matches!(s, Slot::Captured(..)));
+            let capturing = self.captures > 0;
             let timeout = if !self.ready_list.is_empty() || Instant::now() < busy_until {
                 Some(Duration::ZERO)
             } else if capturing {
@@ -322,6 +321,9 @@ impl Loop {
                 }
                 Command::Detach(id, reply) => {
                     let slot = self.slots.get_mut(usize::from(id.0)).and_then(Option::take);
+                    if matches!(slot, Some(Slot::Captured(..))) {
+                        self.captures -= 1;
+                    }
                     let port = slot.map(|s| {
                         let port = s.into_port();
                         self.deregister(port.as_ref());
@@ -356,6 +358,7 @@ impl Loop {
                                 Ok(w) => {
                                     let c = Capture::wrap(p, w, limit, clock);
                                     self.slots[i] = Some(Slot::Captured(Box::new(c), done));
+                                    self.captures += 1;
                                 }
                                 Err(e) => {
                                     self.slots[i] = Some(Slot::Plain(p));
@@ -379,6 +382,7 @@ impl Loop {
             if finished {
                 let port = slot.take().map(Slot::into_port);
                 *slot = port.map(Slot::Plain);
+                self.captures -= 1;
             }
         }
     }

@@ -343,7 +343,7 @@ fn tap_ports_lifecycle_and_idle_cpu() {
     };
     assert!(
         xdp_attached(&cluster.nodes[0]),
-        "AF_XDP is the default pod port"
+        "an AF_XDP pod port carries podswitchd's XDP program"
     );
 
     // SIGTERM: clean exit; socket file, TUN device and XDP program gone.

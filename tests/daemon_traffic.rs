@@ -122,3 +122,75 @@ fn host_gw_carries_ping_tcp_and_udp_everywhere() {
 fn directrouting_carries_ping_tcp_and_udp_everywhere() {
     every_path("directrouting");
 }
+
+/// One port's counters from `podswitchctl stats --json`.
+fn port_stats(cluster: &Cluster, node: usize, port: &str) -> serde_json::Value {
+    let stats = cluster.nodes[node].ctl_json(&["stats"]);
+    stats["ports"]
+        .as_array()
+        .and_then(|ports| ports.iter().find(|p| p["port"] == port))
+        .cloned()
+        .unwrap_or_else(|| panic!("no counters for {port} on node {node}: {stats}"))
+}
+
+fn counter(port: &serde_json::Value, name: &str) -> u64 {
+    port[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {port}"))
+}
+
+/// Bytes per frame: above 3000, most bytes moved as super-frames (a
+/// super-frame counts once in the packet counters, with all its bytes).
+fn bytes_per_frame(port: &serde_json::Value, dir: &str) -> u64 {
+    counter(port, &format!("{dir}_bytes")) / counter(port, &format!("{dir}_packets")).max(1)
+}
+
+/// A pod's TCP to a pod on the other node, with default offloads: which
+/// path its super-frames take, per backend, as `podswitchctl stats` shows
+/// it.
+#[test]
+fn cross_node_tcp_moves_as_super_frames() {
+    require(&["ip", "ping", "/usr/bin/python3"]);
+    for backend in ["vxlan", "udp", "host-gw", "ipip"] {
+        let mut cluster = Cluster::new(backend, "bridge", 1);
+        cluster.port_kind = "af-packet".into();
+        cluster.start_all();
+        let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+        assert_ne!(a.node, b.node);
+        tcp_transfer(&a.ns, &b.ns, &b.ip, 4 * TCP_BYTES)
+            .unwrap_or_else(|e| panic!("{backend}: {e}\n{}", cluster.logs()));
+        let source = port_stats(&cluster, a.node, &a.host_if);
+        let sender_underlay = port_stats(&cluster, a.node, "ul0");
+        let receiver_underlay = port_stats(&cluster, b.node, "ul0");
+        let destination = port_stats(&cluster, b.node, &b.host_if);
+        let all = format!(
+            "{backend}:\nsource pod {source}\nsender underlay {sender_underlay}\n\
+             receiver underlay {receiver_underlay}\ndestination pod {destination}"
+        );
+        // The pod's TSO segments arrive whole...
+        assert!(counter(&source, "super_frames_in") > 0, "{all}");
+        assert!(bytes_per_frame(&source, "rx") > 3000, "{all}");
+        match backend {
+            // ... leave in UDP_SEGMENT bursts, are merged again on the
+            // other node and reach the pod whole;
+            "vxlan" | "udp" => {
+                assert!(counter(&sender_underlay, "super_frames_out") > 0, "{all}");
+                assert!(counter(&receiver_underlay, "coalesced") > 0, "{all}");
+                assert!(counter(&destination, "super_frames_out") > 0, "{all}");
+                assert!(bytes_per_frame(&destination, "tx") > 3000, "{all}");
+            }
+            // ... cross the underlay whole, as the kernel's host-gw does;
+            "host-gw" => {
+                assert!(counter(&sender_underlay, "super_frames_out") > 0, "{all}");
+                assert!(counter(&receiver_underlay, "super_frames_in") > 0, "{all}");
+                assert!(bytes_per_frame(&destination, "tx") > 3000, "{all}");
+            }
+            // ... or, for IPIP, which no GSO type the kernel takes from
+            // userspace describes, are cut once on the sending node.
+            _ => {
+                assert!(counter(&sender_underlay, "segmented") > 0, "{all}");
+                assert_eq!(counter(&sender_underlay, "super_frames_out"), 0, "{all}");
+            }
+        }
+    }
+}

@@ -373,6 +373,12 @@ impl Handler {
                     "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
                     "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
                     "drops": c.drops,
+                    "super_frames_in": c.super_frames_in,
+                    "super_frames_out": c.super_frames_out,
+                    "segmented": c.segmented,
+                    "segments_made": c.segments_made,
+                    "checksums_completed": c.checksums_completed,
+                    "coalesced": c.coalesced,
                 })
             })
             .collect();

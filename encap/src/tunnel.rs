@@ -758,6 +758,16 @@ impl Decapsulator {
             IpProtocol::Udp => {
                 let udp = UdpPacket::new_checked(&packet[header_len..packet_len])
                     .map_err(DecapError::Outer)?;
+                let payload_start = header_len + udp::HEADER_LEN;
+                let payload = payload_start..header_len + usize::from(udp.len());
+                let (src_port, dst_port) = (udp.src_port(), udp.dst_port());
+                let tunnel_port = Some(dst_port) == self.config.vxlan_port
+                    || Some(dst_port) == self.config.ip_in_udp_port;
+                if !tunnel_port {
+                    // Not ours to judge: a host-gw frame's UDP checksum may
+                    // still be partial, for the receiving pod to trust.
+                    return Err(DecapError::NotTunnelPort(dst_port));
+                }
                 let received = udp.checksum();
                 if received != 0 && !udp.checksum_ok(outer_src, outer_dst) {
                     return Err(DecapError::UdpChecksum {
@@ -765,9 +775,6 @@ impl Decapsulator {
                         computed: udp.compute_checksum(outer_src, outer_dst),
                     });
                 }
-                let payload_start = header_len + udp::HEADER_LEN;
-                let payload = payload_start..header_len + usize::from(udp.len());
-                let (src_port, dst_port) = (udp.src_port(), udp.dst_port());
                 if Some(dst_port) == self.config.vxlan_port {
                     let vni = self.check_vxlan(&packet[payload.clone()])?;
                     let inner = payload.start + vxlan::HEADER_LEN..payload.end;

@@ -35,9 +35,11 @@ use podswitch_encap::{DecapError, Inner, MacAddr, TunnelMode};
 use crate::config::GatewayMode;
 use crate::drop::DropReason;
 use crate::fib::NextHop;
+use crate::offload::{complete_checksum, recognise_offloads, L4Checksum};
 use crate::packet::{PacketBuf, PacketPool};
 use crate::peer::{Forwarding, Peer, PeerId};
 use crate::port::{PortId, PortRole};
+use crate::stats::OffloadEvent;
 use crate::tables::{PortEntry, Snapshot, Tables};
 use crate::trace::{NoTrace, Recorder, Step, TraceResult, Tracer};
 
@@ -292,6 +294,13 @@ impl Pipeline {
             port: buf.in_port,
             len: buf.len(),
         });
+        if let Some(gso) = buf.offload().gso {
+            t.step(|| Step::Offload {
+                what: "a GSO super-frame: routed as one packet, segmented only by a port that cannot take it whole",
+                gso_size: Some(gso.size),
+                partial_checksum: buf.offload().partial_csum.is_some(),
+            });
+        }
         let Some(port) = ctx.snap.ports.get(buf.in_port) else {
             return Drop(DropReason::PortGone);
         };
@@ -523,7 +532,7 @@ impl Pipeline {
             t.step(|| Step::Flood(all));
         }
         for port in targets {
-            match pool.alloc_with(in_port, buf.frame()) {
+            match pool.copy(buf) {
                 Some(copy) => out.push(port, copy),
                 None => ctx
                     .tables
@@ -596,7 +605,42 @@ impl Pipeline {
                 .emit(header);
             }
         }
+        // A socket says nothing of offloads: a kernel node behind a veth
+        // leaves the inner checksum partial and sends whole GSO datagrams.
+        // (A super-frame the underlay port merged already says it all.)
+        if buf.offload().is_none() {
+            self.recognise_inner_offloads(ctx, buf, peer, t);
+        }
         self.route(ctx, buf, Origin::Tunnel(peer.id), pool, out, t)
+    }
+
+    /// Marks what a socket could not say about a decapsulated packet (see
+    /// [`recognise_offloads`]).
+    fn recognise_inner_offloads<T: Tracer>(
+        &mut self,
+        ctx: &Ctx<'_>,
+        buf: &mut PacketBuf,
+        peer: &Peer,
+        t: &mut T,
+    ) {
+        let mtu = peer.path_mtu(ctx.snap.node.underlay_mtu);
+        let checked = recognise_offloads(buf, ETH, mtu);
+        if let Some(gso) = buf.offload().gso {
+            ctx.tables
+                .stats
+                .add_offload(buf.in_port, OffloadEvent::SuperFrameIn, 1);
+            t.step(|| Step::Offload {
+                what: "a GSO datagram from the peer's kernel, carried on as one super-frame",
+                gso_size: Some(gso.size),
+                partial_checksum: buf.offload().partial_csum.is_some(),
+            });
+        } else if checked == L4Checksum::Partial {
+            t.step(|| Step::Offload {
+                what: "inner checksum left partial by the peer's kernel, carried as such",
+                gso_size: None,
+                partial_checksum: true,
+            });
+        }
     }
 
     /// host-gw: a plain IPv4 frame from a peer whose packets come without a
@@ -770,7 +814,14 @@ impl Pipeline {
                     return verdict;
                 }
                 let mtu = peer.path_mtu(snap.node.underlay_mtu);
-                if total_len > usize::from(mtu) {
+                // A super-frame leaves as segments of its GSO size (or
+                // whole, segmented by the kernel into the same): what must
+                // fit the path is its largest segment.
+                let wire_len = match buf.offload().gso {
+                    Some(gso) => total_len.min(usize::from(gso.header_len) + usize::from(gso.size)),
+                    None => total_len,
+                };
+                if wire_len > usize::from(mtu) {
                     if !dont_frag {
                         // podswitch does not fragment: pods get an MTU that
                         // fits the tunnel, so only a misconfigured sender
@@ -844,6 +895,12 @@ impl Pipeline {
                     // What flannel.1 does: the inner frame goes from our VTEP
                     // to the peer's (the ARP entry for 10.244.Y.0).
                     rewrite_macs(buf, node.vtep_mac, peer.spec.vtep_mac, t);
+                }
+                if template.tunnel().config().udp_checksum && !buf.is_gso() {
+                    // The outer UDP checksum covers the inner packet: finish
+                    // the inner one first (a super-frame's outer checksums
+                    // are made per segment).
+                    finish_partial_checksum(buf);
                 }
                 match self.encapsulate(template, buf) {
                     Ok(()) => {
@@ -939,6 +996,23 @@ impl Pipeline {
         });
         let verdict = self.route(ctx, &mut reply, Origin::Local, pool, out, t);
         self.finish(ctx, reply, verdict, pool, out);
+    }
+}
+
+/// Completes a frame's partial transport checksum in place, if it has one
+/// that lies inside the frame.
+fn finish_partial_checksum(buf: &mut PacketBuf) {
+    let Some(c) = buf.offload().partial_csum else {
+        return;
+    };
+    if let Some(start) = buf.frame_offset(c.start) {
+        if complete_checksum(buf.frame_mut(), start, usize::from(c.offset)).is_ok() {
+            let offload = crate::packet::Offload {
+                partial_csum: None,
+                ..*buf.offload()
+            };
+            buf.set_offload(offload);
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Counters: per port (rx/tx packets and bytes, drops) and per drop reason.
+//! Counters: per port (rx/tx packets and bytes, drops, and which offload
+//! path its frames took) and per drop reason.
 //!
 //! # Contract
 //! Workers add to the counters with relaxed atomic adds, once per batch
@@ -11,6 +12,30 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::drop::DropReason;
 use crate::port::PortId;
 
+/// What happened to a frame's offloads on a port: the counters that show
+/// which path traffic took (a super-frame carried whole, or cut up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OffloadEvent {
+    /// A GSO super-frame arrived (reported by the kernel, or recognised
+    /// after decapsulation).
+    SuperFrameIn,
+    /// A super-frame left whole, for the kernel or the pod to segment.
+    SuperFrameOut,
+    /// A super-frame was cut into segments in userspace.
+    Segmented,
+    /// Segments those cuts made.
+    SegmentsMade,
+    /// A partial checksum was completed in userspace.
+    ChecksumCompleted,
+    /// Frames merged into a super-frame (receive coalescing).
+    Coalesced,
+}
+
+impl OffloadEvent {
+    const COUNT: usize = 6;
+}
+
 /// The counters of one port.
 #[derive(Debug, Default)]
 pub struct PortCounters {
@@ -19,6 +44,7 @@ pub struct PortCounters {
     tx_packets: AtomicU64,
     tx_bytes: AtomicU64,
     drops: AtomicU64,
+    offload: [AtomicU64; OffloadEvent::COUNT],
 }
 
 /// A copy of one port's counters.
@@ -34,6 +60,18 @@ pub struct PortStats {
     pub tx_bytes: u64,
     /// Frames received on this port that were dropped.
     pub drops: u64,
+    /// GSO super-frames received (each counts once in `rx_packets`).
+    pub super_frames_in: u64,
+    /// Super-frames sent whole (each counts once in `tx_packets`).
+    pub super_frames_out: u64,
+    /// Super-frames this port cut into segments before sending.
+    pub segmented: u64,
+    /// Segments those cuts made.
+    pub segments_made: u64,
+    /// Partial checksums completed in userspace.
+    pub checksums_completed: u64,
+    /// Frames merged into super-frames on receive.
+    pub coalesced: u64,
 }
 
 /// Every counter of an engine.
@@ -110,6 +148,14 @@ impl Stats {
         }
     }
 
+    /// Counts `n` offload events on a port.
+    #[inline]
+    pub fn add_offload(&self, port: PortId, event: OffloadEvent, n: u64) {
+        if let Some(c) = self.port(port) {
+            c.offload[event as usize].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// Counts a drop of a frame received on `port`.
     #[inline]
     pub fn add_drop(&self, port: PortId, reason: DropReason) {
@@ -126,12 +172,19 @@ impl Stats {
             .iter()
             .enumerate()
             .filter_map(|(i, c)| {
+                let offload = |e: OffloadEvent| c.offload[e as usize].load(Ordering::Relaxed);
                 let s = PortStats {
                     rx_packets: c.rx_packets.load(Ordering::Relaxed),
                     rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
                     tx_packets: c.tx_packets.load(Ordering::Relaxed),
                     tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
                     drops: c.drops.load(Ordering::Relaxed),
+                    super_frames_in: offload(OffloadEvent::SuperFrameIn),
+                    super_frames_out: offload(OffloadEvent::SuperFrameOut),
+                    segmented: offload(OffloadEvent::Segmented),
+                    segments_made: offload(OffloadEvent::SegmentsMade),
+                    checksums_completed: offload(OffloadEvent::ChecksumCompleted),
+                    coalesced: offload(OffloadEvent::Coalesced),
                 };
                 (s != PortStats::default()).then_some((PortId(i as u16), s))
             })

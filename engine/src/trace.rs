@@ -131,6 +131,15 @@ pub enum Step {
         /// Bytes cut.
         bytes: usize,
     },
+    /// What the frame's offloads leave to do, and what podswitch does.
+    Offload {
+        /// What was found and done.
+        what: &'static str,
+        /// The GSO segment size of a super-frame.
+        gso_size: Option<u16>,
+        /// Its transport checksum is partial.
+        partial_checksum: bool,
+    },
     /// Flooded to these ports.
     Flood(Vec<PortId>),
     /// Leaves on this port.
@@ -219,6 +228,20 @@ impl fmt::Display for Step {
                 f,
                 "trimmed {bytes} bytes of padding after the IPv4 total length"
             ),
+            Step::Offload {
+                what,
+                gso_size,
+                partial_checksum,
+            } => {
+                write!(f, "offload: {what}")?;
+                if let Some(size) = gso_size {
+                    write!(f, "; gso size {size}")?;
+                }
+                if *partial_checksum {
+                    write!(f, "; checksum partial (pseudo-header sum)")?;
+                }
+                Ok(())
+            }
             Step::Flood(ports) => {
                 let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
                 write!(f, "flood to ports [{}]", list.join(", "))

@@ -39,6 +39,8 @@ const WAKER: Token = Token(usize::MAX);
 pub struct WorkerOptions {
     /// Packet buffers in its pool.
     pub pool_buffers: usize,
+    /// Super-frame buffers (64 KiB) in its pool.
+    pub large_buffers: usize,
     /// How long it keeps polling without sleeping after the last packet.
     pub busy_poll: Duration,
     /// The engine's clock in seconds (FDB aging).
@@ -208,7 +210,11 @@ impl Loop {
             commands,
             pipeline: Pipeline::new(Arc::clone(&tables)),
             tables,
-            pool: PacketPool::new(options.pool_buffers, DEFAULT_BUF_SIZE),
+            pool: PacketPool::with_large(
+                options.pool_buffers,
+                DEFAULT_BUF_SIZE,
+                options.large_buffers,
+            ),
             slots: Vec::new(),
             ready: Vec::new(),
             ready_list: Vec::new(),
@@ -219,7 +225,7 @@ impl Loop {
 
     fn run(mut self) {
         let mut events = Events::with_capacity(256);
-        // A segmented super-frame turns one message into ~45 frames.
+        // A port that cannot take a super-frame turns it into ~45 frames.
         let mut batch: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE * 48);
         let mut out = Outputs::new();
         let mut busy_until = Instant::now();

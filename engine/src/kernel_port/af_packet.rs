@@ -1,36 +1,30 @@
-//! Pod ports over AF_PACKET: one `recvmmsg` and one `sendmmsg` per batch.
+//! Pod ports over AF_PACKET: one `recvmmsg` and one `sendmmsg` per batch,
+//! super-frames carried whole both ways.
 //!
 //! Each received message is scattered over three areas: its virtio-net
-//! header, a pool buffer, and a per-worker overflow slot that only a
-//! segmentation-offload super-frame (up to 64 KiB) reaches. Ordinary
-//! frames therefore land in their pool buffer with no copy; super-frames
-//! are segmented from the two parts into fresh pool buffers.
+//! header, a small pool buffer, and a super-frame pool buffer that only a
+//! GSO super-frame (up to 64 KiB) reaches. Ordinary frames therefore land
+//! in their small buffer with no copy; a super-frame is made whole in its
+//! large buffer by copying the small buffer's part in front (under 2 KiB)
+//! and travels on as one packet with its offload state
+//! ([`accept_vnet_header`]). On send, each frame's virtio-net header hands
+//! its offloads to the kernel ([`vnet_header_for`]): a super-frame reaches
+//! the pod as one skb, segmented late or never, as in the kernel's own
+//! path (DESIGN.md, "Offloads").
 
-use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 
-use super::{stage, Counter};
+use super::{finish_offloads, has_offloads, stage, Counter};
 use crate::drop::DropReason;
-use crate::offload::{complete_checksum, Segmenter, VnetHeader, VNET_HDR_LEN};
-use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
+use crate::offload::{accept_vnet_header, vnet_header_for, OffloadError, VnetHeader, VNET_HDR_LEN};
+use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
+use crate::stats::OffloadEvent;
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::packet_socket::{PacketOptions, PacketSocket};
 use crate::tables::Tables;
-use std::sync::Arc;
-
-/// The largest frame the kernel can hand over: a 64 KiB GSO packet plus
-/// its Ethernet and VLAN headers.
-const MAX_FRAME: usize = 65536 + 64;
-
-thread_local! {
-    /// Overflow slots of the receiving thread: one per message of a batch.
-    /// Ports are polled by one thread at a time, so they share it.
-    static OVERFLOW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// Where a super-frame is made contiguous before segmenting.
-    static JOINED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// The receive side shared by pod ports and the underlay's host-gw socket.
 #[derive(Debug)]
@@ -39,13 +33,17 @@ pub(super) struct PacketRx {
     hdrs: Vec<[u8; VNET_HDR_LEN]>,
     meta: Vec<Received>,
     staging: Vec<PacketBuf>,
+    /// Super-frame buffers behind the staged small ones, one per message
+    /// while the pool has them.
+    staging_large: Vec<Option<PacketBuf>>,
 }
 
 struct RxBuffers<'a> {
     hdrs: &'a mut [[u8; VNET_HDR_LEN]],
     bufs: &'a mut [PacketBuf],
-    overflow: &'a mut [u8],
+    large: &'a mut [Option<PacketBuf>],
     vnet: bool,
+    small_area: usize,
 }
 
 impl RecvBuffers for RxBuffers<'_> {
@@ -59,8 +57,11 @@ impl RecvBuffers for RxBuffers<'_> {
         } else {
             &mut []
         };
-        let slot = &mut self.overflow[i * MAX_FRAME..(i + 1) * MAX_FRAME];
-        [hdr, self.bufs[i].receive_area(0), slot]
+        let rest: &mut [u8] = match self.large.get_mut(i) {
+            Some(Some(large)) => large.receive_area(self.small_area),
+            _ => &mut [],
+        };
+        [hdr, self.bufs[i].receive_area(0), rest]
     }
 }
 
@@ -71,10 +72,12 @@ impl PacketRx {
             hdrs: vec![[0; VNET_HDR_LEN]; BATCH_SIZE],
             meta: vec![Received::default(); BATCH_SIZE],
             staging: Vec::with_capacity(BATCH_SIZE),
+            staging_large: Vec::with_capacity(BATCH_SIZE),
         }
     }
 
-    /// Receives up to a batch into `batch`, completing offloads.
+    /// Receives up to a batch into `batch`, with each frame's offload
+    /// state.
     pub(super) fn recv(
         &mut self,
         counter: &Counter,
@@ -87,132 +90,150 @@ impl PacketRx {
             return Ok(0);
         }
         let vnet = self.sock.has_vnet_hdr();
-        let got = OVERFLOW.with_borrow_mut(|overflow| {
-            if overflow.len() < BATCH_SIZE * MAX_FRAME {
-                overflow.resize(BATCH_SIZE * MAX_FRAME, 0);
+        // Only a socket with virtio-net headers gets super-frames.
+        if vnet {
+            while self.staging_large.len() < self.staging.len() {
+                match pool.alloc_large(counter.id) {
+                    Some(buf) => self.staging_large.push(Some(buf)),
+                    None => break,
+                }
             }
-            let mut bufs = RxBuffers {
-                hdrs: &mut self.hdrs,
-                bufs: &mut self.staging,
-                overflow,
-                vnet,
-            };
-            let got = self.sock.recv_batch(&mut bufs, &mut self.meta)?;
-            let before = batch.len();
-            for (i, buf) in self.staging.drain(..got).enumerate() {
-                let meta = self.meta[i];
-                let hdr = if vnet {
-                    VnetHeader::parse(&self.hdrs[i])
-                } else {
-                    VnetHeader::default()
-                };
-                let len = meta.len.saturating_sub(if vnet { VNET_HDR_LEN } else { 0 });
-                let overflowed = &overflow[i * MAX_FRAME..(i + 1) * MAX_FRAME];
-                complete_frame(
-                    counter,
-                    buf,
-                    len,
-                    meta.truncated,
-                    &hdr,
-                    overflowed,
-                    pool,
-                    batch,
-                );
-            }
-            Ok::<usize, io::Error>(batch.len() - before)
-        });
-        // Buffers the kernel had no message for go back.
-        pool.free_all(&mut self.staging);
-        got
-    }
-}
-
-/// Turns one received message into frames of `batch`: as it is, with its
-/// checksum completed, or segmented.
-#[allow(clippy::too_many_arguments)]
-fn complete_frame(
-    counter: &Counter,
-    mut buf: PacketBuf,
-    len: usize,
-    truncated: bool,
-    hdr: &VnetHeader,
-    overflow: &[u8],
-    pool: &mut PacketPool,
-    batch: &mut Vec<PacketBuf>,
-) {
-    let area = buf.receive_area(0).len();
-    if truncated {
-        counter.drop(DropReason::RxTooLong);
-        pool.free(buf);
-        return;
-    }
-    if !hdr.is_gso() {
-        if len > area {
-            counter.drop(DropReason::RxTooLong);
-            pool.free(buf);
-            return;
         }
-        buf.set_received(0, len);
-        if hdr.needs_checksum()
-            && complete_checksum(
-                buf.frame_mut(),
-                usize::from(hdr.csum_start),
-                usize::from(hdr.csum_offset),
-            )
-            .is_err()
-        {
-            counter.drop(DropReason::OffloadChecksum);
-            pool.free(buf);
-            return;
-        }
-        batch.push(buf);
-        return;
-    }
-    JOINED.with_borrow_mut(|joined| {
-        joined.clear();
-        let head = len.min(area);
-        joined.extend_from_slice(&buf.receive_area(0)[..head]);
-        joined.extend_from_slice(&overflow[..len - head]);
-        let in_port = buf.in_port;
-        pool.free(buf);
-        let segmenter = match Segmenter::new(joined, hdr) {
-            Ok(s) => s,
-            Err(crate::offload::OffloadError::GsoUnsupported(_)) => {
-                counter.drop(DropReason::GsoUnsupported);
-                return;
-            }
-            Err(_) => {
-                counter.drop(DropReason::GsoMalformed);
-                return;
+        let small_area = pool.buf_size() - HEADROOM;
+        let mut bufs = RxBuffers {
+            hdrs: &mut self.hdrs,
+            bufs: &mut self.staging,
+            large: &mut self.staging_large,
+            vnet,
+            small_area,
+        };
+        let got = self.sock.recv_batch(&mut bufs, &mut self.meta);
+        let got = match got {
+            Ok(n) => n,
+            Err(e) => {
+                self.give_back(pool);
+                return Err(e);
             }
         };
-        for i in 0..segmenter.count() {
-            let Some(mut seg) = pool.alloc(in_port) else {
-                counter.drop(DropReason::PoolExhausted);
-                continue;
+        let before = batch.len();
+        for (i, mut small) in self.staging.drain(..got).enumerate() {
+            let meta = self.meta[i];
+            let large = self.staging_large.get_mut(i).and_then(Option::take);
+            let hdr = if vnet {
+                VnetHeader::parse(&self.hdrs[i])
+            } else {
+                VnetHeader::default()
             };
-            match segmenter.write(joined, i, seg.receive_area(0)) {
-                Some(n) => {
-                    seg.set_received(0, n);
-                    batch.push(seg);
+            let len = meta.len.saturating_sub(if vnet { VNET_HDR_LEN } else { 0 });
+            if meta.truncated {
+                // Only a message longer than 64 KiB, or one that found no
+                // super-frame buffer, is cut.
+                counter.drop(if large.is_some() {
+                    DropReason::RxTooLong
+                } else {
+                    DropReason::PoolExhausted
+                });
+                pool.free(small);
+                if let Some(large) = large {
+                    pool.free(large);
                 }
-                None => {
-                    counter.drop(DropReason::RxTooLong);
-                    pool.free(seg);
+                continue;
+            }
+            let mut buf = match large {
+                Some(mut large) if len > small_area => {
+                    large.join_received(&small.receive_area(0)[..small_area], 0, len);
+                    pool.free(small);
+                    large
+                }
+                large => {
+                    if let Some(large) = large {
+                        pool.free(large);
+                    }
+                    small.set_received(0, len);
+                    small
+                }
+            };
+            match accept_vnet_header(&mut buf, &hdr) {
+                Ok(()) => {
+                    if buf.is_gso() {
+                        counter.offload(OffloadEvent::SuperFrameIn, 1);
+                    }
+                    batch.push(buf);
+                }
+                Err(e) => {
+                    counter.drop(match e {
+                        OffloadError::ChecksumOutOfFrame => DropReason::OffloadChecksum,
+                        OffloadError::GsoUnsupported(_) => DropReason::GsoUnsupported,
+                        OffloadError::GsoMalformed(_) => DropReason::GsoMalformed,
+                    });
+                    pool.free(buf);
                 }
             }
         }
-    });
+        self.give_back(pool);
+        Ok(batch.len() - before)
+    }
+
+    /// Buffers the kernel had no message for go back to the pool.
+    fn give_back(&mut self, pool: &mut PacketPool) {
+        pool.free_all(&mut self.staging);
+        for large in self.staging_large.drain(..).flatten() {
+            pool.free(large);
+        }
+    }
+
+    /// Sends `batch` with each frame's offloads in its virtio-net header
+    /// (a socket without them gets complete frames), counting super-frames
+    /// sent whole; returns how many frames were sent.
+    pub(super) fn send(
+        &self,
+        counter: &Counter,
+        tx: &mut TxScratch,
+        batch: &mut Vec<PacketBuf>,
+        pool: &mut PacketPool,
+    ) -> usize {
+        let vnet = self.sock.has_vnet_hdr();
+        tx.hdrs.clear();
+        if vnet {
+            // A frame whose offloads no virtio-net header describes (an
+            // encapsulated super-frame) is finished here first.
+            finish_offloads(counter, batch, pool, &mut tx.finish, |b| {
+                vnet_header_for(b).is_none()
+            });
+            let mut super_frames = 0;
+            for buf in batch.iter() {
+                let hdr = vnet_header_for(buf).unwrap_or_default();
+                super_frames += usize::from(hdr.is_gso());
+                tx.hdrs.push(hdr.to_bytes());
+            }
+            counter.offload(OffloadEvent::SuperFrameOut, super_frames);
+        } else {
+            finish_offloads(counter, batch, pool, &mut tx.finish, has_offloads);
+        }
+        let sock = &self.sock;
+        let hdrs = &tx.hdrs;
+        send_counted(counter, batch, pool, |from, frames| {
+            sock.send_batch(&TxBuffers {
+                frames,
+                hdrs: if vnet { &hdrs[from..] } else { &[] },
+            })
+        })
+    }
 }
 
-/// Frames to send, each behind an all-zero virtio-net header ("checksum
-/// complete, no segmentation") when the socket uses one.
+/// A packet socket port's reusable send state.
+#[derive(Debug, Default)]
+pub(super) struct TxScratch {
+    hdrs: Vec<[u8; VNET_HDR_LEN]>,
+    finish: Vec<PacketBuf>,
+}
+
+/// Frames to send, each behind its virtio-net header when the socket
+/// uses them (`hdrs[i]` for `frames[i]`; empty otherwise).
 pub(super) struct TxBuffers<'a> {
     pub(super) frames: &'a [PacketBuf],
-    pub(super) vnet: bool,
+    pub(super) hdrs: &'a [[u8; VNET_HDR_LEN]],
 }
-
-const NO_OFFLOAD: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 impl SendBuffers for TxBuffers<'_> {
     fn count(&self) -> usize {
@@ -220,7 +241,7 @@ impl SendBuffers for TxBuffers<'_> {
     }
 
     fn parts(&self, i: usize) -> [&[u8]; MAX_PARTS] {
-        let hdr: &[u8] = if self.vnet { &NO_OFFLOAD } else { &[] };
+        let hdr: &[u8] = self.hdrs.get(i).map_or(&[], |h| h.as_slice());
         [hdr, self.frames[i].frame(), &[]]
     }
 
@@ -230,18 +251,19 @@ impl SendBuffers for TxBuffers<'_> {
 }
 
 /// Sends every frame of `batch` through `send` (one batched call per
-/// round), counting each frame the kernel refused as
-/// [`DropReason::TxFailed`]; returns how many were sent. A refusal is a
-/// counted drop, not a port failure: the other frames still go.
+/// round, given the index of its first frame and the frames from there),
+/// counting each frame the kernel refused as [`DropReason::TxFailed`];
+/// returns how many were sent. A refusal is a counted drop, not a port
+/// failure: the other frames still go.
 pub(super) fn send_counted(
     counter: &Counter,
     batch: &mut Vec<PacketBuf>,
     pool: &mut PacketPool,
-    mut send: impl FnMut(&[PacketBuf]) -> io::Result<usize>,
+    mut send: impl FnMut(usize, &[PacketBuf]) -> io::Result<usize>,
 ) -> usize {
     let (mut next, mut sent) = (0, 0);
     while next < batch.len() {
-        match send(&batch[next..]) {
+        match send(next, &batch[next..]) {
             Ok(0) => break, // socket buffer full: the rest is refused
             Ok(n) => {
                 next += n;
@@ -264,6 +286,7 @@ pub struct AfPacketPort {
     name: String,
     counter: Counter,
     rx: PacketRx,
+    tx: TxScratch,
 }
 
 impl AfPacketPort {
@@ -277,6 +300,7 @@ impl AfPacketPort {
             name: name.to_string(),
             counter: Counter { tables, id },
             rx: PacketRx::new(sock),
+            tx: TxScratch::default(),
         })
     }
 }
@@ -295,11 +319,7 @@ impl Port for AfPacketPort {
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
-        let sock = &self.rx.sock;
-        let vnet = sock.has_vnet_hdr();
-        Ok(send_counted(&self.counter, batch, pool, |frames| {
-            sock.send_batch(&TxBuffers { frames, vnet })
-        }))
+        Ok(self.rx.send(&self.counter, &mut self.tx, batch, pool))
     }
 
     fn poll_fds(&self) -> Vec<RawFd> {

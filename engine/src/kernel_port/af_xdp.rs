@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use super::Counter;
+use super::{finish_offloads, has_offloads, Counter};
 use crate::drop::DropReason;
 use crate::offload::complete_partial_l4;
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
@@ -27,6 +27,7 @@ pub struct AfXdpPort {
     name: String,
     counter: Counter,
     sock: XdpSocket,
+    scratch: Vec<PacketBuf>,
 }
 
 impl AfXdpPort {
@@ -42,6 +43,7 @@ impl AfXdpPort {
             name: name.to_string(),
             counter: Counter { tables, id },
             sock: XdpSocket::open(name, native)?,
+            scratch: Vec::new(),
         })
     }
 
@@ -77,6 +79,8 @@ impl Port for AfXdpPort {
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
+        // An XDP frame is one wire-sized packet with nothing left to do.
+        finish_offloads(&self.counter, batch, pool, &mut self.scratch, has_offloads);
         let sent = self.sock.send(batch.iter().map(PacketBuf::frame));
         self.counter
             .drop_n(DropReason::TxFailed, batch.len() - sent);

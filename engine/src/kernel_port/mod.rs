@@ -3,7 +3,7 @@
 //! | port | kernel interface | frames |
 //! |---|---|---|
 //! | [`AfXdpPort`] | AF_XDP socket on a pod veth's host side (the default) | Ethernet, partial checksums completed |
-//! | [`AfPacketPort`] | AF_PACKET socket on a pod veth's host side | Ethernet, offloads completed ([`crate::offload`]) |
+//! | [`AfPacketPort`] | AF_PACKET socket on a pod veth's host side | Ethernet; super-frames and partial checksums carried both ways ([`crate::offload`]) |
 //! | [`TapPort`] | a TAP device a pod uses as its interface | Ethernet |
 //! | [`HostPort`] | the TUN device `podswitch0` | IPv4 to and from the node's own stack |
 //! | [`UnderlayPort`] | UDP socket (VXLAN, IP-in-UDP), raw IPIP socket, raw sending socket, AF_PACKET for host-gw | outer frames |
@@ -13,7 +13,10 @@
 //! the socket-backed underlay rebuilds the outer headers the kernel
 //! consumed, so the pipeline, `trace` and `capture` see the same frames an
 //! AF_XDP underlay will give them. Frames a port cannot take or deliver
-//! are dropped with a [`DropReason`] counted on that port.
+//! are dropped with a [`DropReason`] counted on that port. A port whose
+//! kernel interface cannot take a super-frame or a partial checksum
+//! finishes it in software before sending (`finish_offloads`), counted
+//! under [`OffloadEvent`].
 
 mod af_packet;
 mod af_xdp;
@@ -28,8 +31,10 @@ pub use tuntap::{HostPort, HostPortOptions, TapPort};
 pub use underlay::{UnderlayOptions, UnderlayPort};
 
 use crate::drop::DropReason;
+use crate::offload::{finish_in_software, Finished};
 use crate::packet::{PacketBuf, PacketPool};
 use crate::port::PortId;
+use crate::stats::OffloadEvent;
 use crate::tables::Tables;
 
 /// What every kernel port needs to count its own drops.
@@ -49,6 +54,51 @@ impl Counter {
             self.tables.stats.add_drop(self.id, reason);
         }
     }
+
+    fn offload(&self, event: OffloadEvent, n: usize) {
+        self.tables.stats.add_offload(self.id, event, n as u64);
+    }
+}
+
+/// Finishes in software what the offloads of each frame of `batch` for
+/// which `must_finish` holds left undone (segments super-frames, completes
+/// partial checksums), counting it, and leaves in `batch`, in order, the
+/// frames to send. `scratch` is the port's spare batch (its capacity is
+/// kept). A port that sends only complete wire-sized frames passes
+/// [`has_offloads`].
+fn finish_offloads(
+    counter: &Counter,
+    batch: &mut Vec<PacketBuf>,
+    pool: &mut PacketPool,
+    scratch: &mut Vec<PacketBuf>,
+    must_finish: impl Fn(&PacketBuf) -> bool,
+) {
+    if !batch.iter().any(&must_finish) {
+        return;
+    }
+    scratch.clear();
+    for buf in batch.drain(..) {
+        if !must_finish(&buf) {
+            scratch.push(buf);
+            continue;
+        }
+        match finish_in_software(buf, pool, scratch) {
+            Ok(Finished::Untouched) => {}
+            Ok(Finished::ChecksumCompleted) => counter.offload(OffloadEvent::ChecksumCompleted, 1),
+            Ok(Finished::Segmented(n)) => {
+                counter.offload(OffloadEvent::Segmented, 1);
+                counter.offload(OffloadEvent::SegmentsMade, n);
+            }
+            Err(reason) => counter.drop(reason),
+        }
+    }
+    std::mem::swap(batch, scratch);
+}
+
+/// True if a frame has offload work left (a super-frame or a partial
+/// checksum).
+fn has_offloads(buf: &PacketBuf) -> bool {
+    !buf.offload().is_none()
 }
 
 /// Takes up to `want` buffers from `pool` into `staging` for a receive.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use podswitch_encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
 use podswitch_encap::MacAddr;
 
-use super::{stage, Counter};
+use super::{finish_offloads, has_offloads, stage, Counter};
 use crate::drop::DropReason;
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 use crate::port::{Port, PortId, PortKind};
@@ -66,14 +66,17 @@ fn read_batch(
     Ok(got)
 }
 
-/// Writes each frame of `batch` (from `skip` bytes on), counting refusals.
+/// Writes each frame of `batch` (from `skip` bytes on), its offloads
+/// finished first, counting refusals.
 fn write_batch(
     dev: &TunDevice,
     counter: &Counter,
     batch: &mut Vec<PacketBuf>,
     pool: &mut PacketPool,
+    scratch: &mut Vec<PacketBuf>,
     skip: usize,
 ) -> usize {
+    finish_offloads(counter, batch, pool, scratch, has_offloads);
     let mut sent = 0;
     for buf in batch.iter() {
         match buf.frame().get(skip..).map(|p| dev.write(&[p])) {
@@ -91,6 +94,7 @@ pub struct TapPort {
     dev: TunDevice,
     counter: Counter,
     staging: Vec<PacketBuf>,
+    scratch: Vec<PacketBuf>,
 }
 
 impl TapPort {
@@ -104,6 +108,7 @@ impl TapPort {
             dev,
             counter: Counter { tables, id },
             staging: Vec::with_capacity(1),
+            scratch: Vec::new(),
         })
     }
 }
@@ -130,7 +135,14 @@ impl Port for TapPort {
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
-        Ok(write_batch(&self.dev, &self.counter, batch, pool, 0))
+        Ok(write_batch(
+            &self.dev,
+            &self.counter,
+            batch,
+            pool,
+            &mut self.scratch,
+            0,
+        ))
     }
 
     fn poll_fds(&self) -> Vec<RawFd> {
@@ -148,6 +160,7 @@ pub struct HostPort {
     dev: TunDevice,
     counter: Counter,
     staging: Vec<PacketBuf>,
+    scratch: Vec<PacketBuf>,
     gateway_mac: MacAddr,
 }
 
@@ -188,6 +201,7 @@ impl HostPort {
             dev,
             counter: Counter { tables, id },
             staging: Vec::with_capacity(1),
+            scratch: Vec::new(),
             gateway_mac,
         })
     }
@@ -229,7 +243,14 @@ impl Port for HostPort {
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
-        Ok(write_batch(&self.dev, &self.counter, batch, pool, ETH))
+        Ok(write_batch(
+            &self.dev,
+            &self.counter,
+            batch,
+            pool,
+            &mut self.scratch,
+            ETH,
+        ))
     }
 
     fn poll_fds(&self) -> Vec<RawFd> {

@@ -15,6 +15,30 @@
 //!   AF_PACKET socket, filtered in the kernel (classic BPF) to IPv4 for
 //!   our pod CIDR.
 //!
+//! Super-frames (DESIGN.md, "Offloads"):
+//!
+//! - **Send with GSO**: an encapsulated VXLAN or IP-in-UDP super-frame
+//!   leaves as one `sendmsg` on a UDP socket with `UDP_SEGMENT`: podswitch
+//!   cuts the inner TCP segment once, writing the datagrams back to back
+//!   (inner checksums complete, so any receiver, a kernel flannel.1
+//!   included, takes them), and the kernel makes the outer IPv4/UDP
+//!   headers per datagram, or carries the whole burst across a veth as
+//!   one skb. The outer source port is the socket's: a pool of
+//!   `SEGMENT_SENDERS` (16) sockets bound to ports the kernel picks, one
+//!   chosen per flow by the flow hash, and every other packet of the flow
+//!   (sent through the raw socket) gets the same port, so one flow keeps
+//!   one outer 5-tuple (what ECMP and RSS need). IPIP has no UDP to
+//!   segment and no virtio GSO type the kernel would take from userspace:
+//!   IPIP super-frames are cut in userspace and go through the raw socket.
+//!   Without `UDP_SEGMENT` (Linux before 4.18) the same fallback is used.
+//! - **Receive with GRO**: the UDP socket has `UDP_GRO` on and buffers of
+//!   64 KiB. A peer's `UDP_SEGMENT` burst arrives as one super-datagram
+//!   with its segment size; when its datagrams are in-order segments of one
+//!   TCP flow they are merged into one inner super-frame
+//!   ([`coalesce_datagrams`]), which reaches the pod as one skb. Otherwise
+//!   each datagram goes on as it came. A kernel node's GSO datagram
+//!   (whole, its inner checksum partial) is recognised by the pipeline.
+//!
 //! A socket hands over the payload, not the outer headers; the port
 //! rebuilds them from what the kernel reports (source address and port,
 //! TOS with its ECN bits, TTL) so that the pipeline decapsulates, and
@@ -30,13 +54,15 @@ use podswitch_encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
 use podswitch_encap::ipv4::{Ipv4Repr, HEADER_LEN as IPV4};
 use podswitch_encap::{IpProtocol, MacAddr};
 
-use super::af_packet::{send_counted, PacketRx, TxBuffers};
-use super::{stage, Counter};
+use super::af_packet::{send_counted, PacketRx, TxScratch};
+use super::{finish_offloads, has_offloads, stage, Counter};
 use crate::config::Backend;
 use crate::drop::DropReason;
 use crate::fib::Prefix;
-use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
+use crate::offload::{coalesce_datagrams, Segmenter};
+use crate::packet::{Gso, Offload, PacketBuf, PacketPool, PartialChecksum, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
+use crate::stats::OffloadEvent;
 use crate::sys::inet::{InetSocket, IPPROTO_IPIP};
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::netdev;
@@ -44,6 +70,16 @@ use crate::sys::packet_socket::{BpfInstruction, PacketOptions, PacketSocket, ETH
 use crate::tables::Tables;
 
 const UDP: usize = 8;
+/// VXLAN header and inner Ethernet header: where a VXLAN datagram's inner
+/// IPv4 packet starts.
+const VXLAN_INNER_L3: usize = 8 + ETH;
+/// UDP sockets sending super-frames, one per outer source port.
+const SEGMENT_SENDERS: usize = 16;
+/// Most datagrams one `UDP_SEGMENT` send may carry (`UDP_MAX_SEGMENTS`
+/// was 64 before Linux 5.7).
+const MAX_SEGMENTS: usize = 64;
+/// Largest UDP payload of one send.
+const MAX_UDP_PAYLOAD: usize = 65507;
 
 /// What the underlay port needs to know.
 #[derive(Debug, Clone)]
@@ -76,8 +112,20 @@ pub struct UnderlayPort {
     direct: Option<PacketRx>,
     meta: Vec<Received>,
     staging: Vec<PacketBuf>,
+    /// Super-frame buffers behind the staged ones: a kernel node sends
+    /// whole GSO datagrams of up to 64 KiB, which a UDP socket hands over
+    /// unsegmented.
+    staging_large: Vec<Option<PacketBuf>>,
     tunnel_out: Vec<PacketBuf>,
     direct_out: Vec<PacketBuf>,
+    finish: Vec<PacketBuf>,
+    direct_tx: TxScratch,
+    /// `UDP_SEGMENT` senders and their ports (UDP tunnels only).
+    segment_senders: Vec<(InetSocket, u16)>,
+    /// Where a super-frame's datagrams are written for one send.
+    segment_scratch: Vec<u8>,
+    /// Where the inner IPv4 packet of a received datagram starts.
+    inner_l3: usize,
 }
 
 /// Classic BPF: accept untagged IPv4 frames whose destination is inside
@@ -113,11 +161,24 @@ impl UnderlayPort {
             Backend::Ipip | Backend::HostGw => None,
         };
         let udp = match tunnel_port {
-            Some(port) => Some((
-                InetSocket::udp_bound(SocketAddrV4::new(options.local_ip, port))?,
-                port,
-            )),
+            Some(port) => {
+                let sock = InetSocket::udp_bound(SocketAddrV4::new(options.local_ip, port))?;
+                // Without UDP_GRO (before Linux 5.0) datagrams come one by one.
+                let _ = sock.enable_gro();
+                Some((sock, port))
+            }
             None => None,
+        };
+        // Without UDP_SEGMENT the raw socket sends everything.
+        let segment_senders = match tunnel_port {
+            Some(_) => (0..SEGMENT_SENDERS)
+                .map_while(|_| InetSocket::udp_segment_sender(options.local_ip).ok())
+                .collect(),
+            None => Vec::new(),
+        };
+        let inner_l3 = match options.backend {
+            Backend::Udp => 0,
+            _ => VXLAN_INNER_L3,
         };
         let ipip = match options.backend {
             Backend::Ipip => Some(InetSocket::raw_receiver(IPPROTO_IPIP, options.local_ip)?),
@@ -152,8 +213,14 @@ impl UnderlayPort {
             direct,
             meta: vec![Received::default(); BATCH_SIZE],
             staging: Vec::with_capacity(BATCH_SIZE),
+            staging_large: Vec::with_capacity(BATCH_SIZE),
             tunnel_out: Vec::with_capacity(BATCH_SIZE),
             direct_out: Vec::with_capacity(BATCH_SIZE),
+            finish: Vec::with_capacity(BATCH_SIZE),
+            direct_tx: TxScratch::default(),
+            segment_senders,
+            segment_scratch: vec![0; MAX_UDP_PAYLOAD + 2 * ETH + IPV4 + UDP + 256],
+            inner_l3,
         })
     }
 
@@ -177,61 +244,310 @@ impl UnderlayPort {
         let Some(sock) = sock else { return Ok(0) };
         let want = BATCH_SIZE.saturating_sub(batch.len());
         stage(pool, &mut self.staging, want, self.counter.id);
+        while self.staging_large.len() < self.staging.len() {
+            match pool.alloc_large(self.counter.id) {
+                Some(buf) => self.staging_large.push(Some(buf)),
+                None => break,
+            }
+        }
+        let small_area = pool.buf_size() - HEADROOM - reserve;
         let mut bufs = AreaBuffers {
             bufs: &mut self.staging,
+            large: &mut self.staging_large,
             reserve,
+            small_area,
         };
         let got = sock.recv_batch(&mut bufs, &mut self.meta);
         let got = match got {
             Ok(n) => n,
             Err(e) => {
-                pool.free_all(&mut self.staging);
+                give_back(pool, &mut self.staging, &mut self.staging_large);
                 return Err(e);
             }
         };
         let tunnel_port = self.udp.as_ref().map_or(0, |(_, p)| *p);
-        for (i, mut buf) in self.staging.drain(..got).enumerate() {
+        let mut staging = std::mem::take(&mut self.staging);
+        let mut staging_large = std::mem::take(&mut self.staging_large);
+        for (i, mut small) in staging.drain(..got).enumerate() {
             let meta = self.meta[i];
-            if meta.truncated || meta.len + reserve > buf.receive_area(0).len() {
-                self.counter.drop(DropReason::RxTooLong);
-                pool.free(buf);
+            let large = staging_large.get_mut(i).and_then(Option::take);
+            if meta.truncated {
+                // Longer than 64 KiB cannot be; no super-frame buffer can.
+                self.counter.drop(if large.is_some() {
+                    DropReason::RxTooLong
+                } else {
+                    DropReason::PoolExhausted
+                });
+                pool.free(small);
+                if let Some(large) = large {
+                    pool.free(large);
+                }
                 continue;
             }
-            buf.set_received(reserve, meta.len);
-            let frame = buf.frame_mut();
-            EthernetRepr {
-                src: MacAddr::ZERO,
-                dst: self.local_mac,
-                ethertype: EtherType::Ipv4,
-            }
-            .emit(frame);
-            if which == Socket::Udp {
-                let Some(from) = meta.from else {
-                    self.counter.drop(DropReason::OuterMalformed);
-                    pool.free(buf);
-                    continue;
-                };
-                Ipv4Repr {
-                    src: *from.ip(),
-                    dst: self.local_ip,
-                    protocol: IpProtocol::Udp,
-                    payload_len: UDP + meta.len,
-                    ttl: meta.ttl.unwrap_or(64),
-                    tos: meta.tos.unwrap_or(0),
-                    ident: 0,
-                    dont_frag: false,
+            let mut buf = match large {
+                Some(mut large) if meta.len > small_area => {
+                    let head = &small.receive_area(reserve)[..small_area];
+                    large.join_received(head, reserve, meta.len);
+                    pool.free(small);
+                    large
                 }
-                .emit(&mut frame[ETH..]);
-                let udp = &mut frame[ETH + IPV4..ETH + IPV4 + UDP];
-                udp[0..2].copy_from_slice(&from.port().to_be_bytes());
-                udp[2..4].copy_from_slice(&tunnel_port.to_be_bytes());
-                udp[4..6].copy_from_slice(&((UDP + meta.len) as u16).to_be_bytes());
-                udp[6..8].fill(0);
+                large => {
+                    if let Some(large) = large {
+                        pool.free(large);
+                    }
+                    small.set_received(reserve, meta.len);
+                    small
+                }
+            };
+            let len = meta.len;
+            let coalescible =
+                which == Socket::Udp && meta.segment_size.is_some_and(|s| len > usize::from(s));
+            if coalescible {
+                let segment = usize::from(meta.segment_size.unwrap_or(0));
+                self.receive_burst(buf, reserve, len, segment, &meta, tunnel_port, pool, batch);
+                continue;
             }
-            batch.push(buf);
+            if self.rebuild_outer(&mut buf, which, &meta, len, tunnel_port) {
+                batch.push(buf);
+            } else {
+                pool.free(buf);
+            }
         }
-        pool.free_all(&mut self.staging);
+        give_back(pool, &mut staging, &mut staging_large);
+        self.staging = staging;
+        self.staging_large = staging_large;
         Ok(got)
+    }
+}
+
+impl UnderlayPort {
+    /// Writes in front of the `len` bytes of payload at the buffer's
+    /// reserve the outer headers the kernel consumed (the Ethernet header;
+    /// for UDP the IPv4 and UDP headers as the kernel reported them); false
+    /// (counted) if it cannot.
+    fn rebuild_outer(
+        &self,
+        buf: &mut PacketBuf,
+        which: Socket,
+        meta: &Received,
+        len: usize,
+        tunnel_port: u16,
+    ) -> bool {
+        let frame = buf.frame_mut();
+        EthernetRepr {
+            src: MacAddr::ZERO,
+            dst: self.local_mac,
+            ethertype: EtherType::Ipv4,
+        }
+        .emit(frame);
+        if which == Socket::Udp {
+            let Some(from) = meta.from else {
+                self.counter.drop(DropReason::OuterMalformed);
+                return false;
+            };
+            Ipv4Repr {
+                src: *from.ip(),
+                dst: self.local_ip,
+                protocol: IpProtocol::Udp,
+                payload_len: UDP + len,
+                ttl: meta.ttl.unwrap_or(64),
+                tos: meta.tos.unwrap_or(0),
+                ident: 0,
+                dont_frag: false,
+            }
+            .emit(&mut frame[ETH..]);
+            let udp = &mut frame[ETH + IPV4..ETH + IPV4 + UDP];
+            udp[0..2].copy_from_slice(&from.port().to_be_bytes());
+            udp[2..4].copy_from_slice(&tunnel_port.to_be_bytes());
+            udp[4..6].copy_from_slice(&((UDP + len) as u16).to_be_bytes());
+            udp[6..8].fill(0);
+        }
+        true
+    }
+
+    /// A `UDP_GRO` super-datagram: `len` bytes of datagrams of `segment`
+    /// bytes at the buffer's reserve. Merged into one inner super-frame
+    /// when they are segments of one TCP flow, else split into one buffer
+    /// per datagram.
+    #[allow(clippy::too_many_arguments)]
+    fn receive_burst(
+        &self,
+        mut buf: PacketBuf,
+        reserve: usize,
+        len: usize,
+        segment: usize,
+        meta: &Received,
+        tunnel_port: u16,
+        pool: &mut PacketPool,
+        batch: &mut Vec<PacketBuf>,
+    ) {
+        let merged = coalesce_datagrams(
+            &mut buf.frame_mut()[reserve..reserve + len],
+            segment,
+            self.inner_l3,
+        );
+        if let Some(m) = merged {
+            buf.truncate(reserve + m.len);
+            if !self.rebuild_outer(&mut buf, Socket::Udp, meta, m.len, tunnel_port) {
+                pool.free(buf);
+                return;
+            }
+            let l3 = reserve + self.inner_l3;
+            let l4 = l3 + usize::from(m.gso.header_len) - tcp_header_len(buf.frame(), l3);
+            buf.set_offload(Offload {
+                gso: Some(Gso { ..m.gso }),
+                partial_csum: Some(PartialChecksum {
+                    start: buf.position(l4),
+                    offset: 16,
+                }),
+                l3: buf.position(l3),
+            });
+            self.counter.offload(OffloadEvent::Coalesced, m.count);
+            self.counter.offload(OffloadEvent::SuperFrameIn, 1);
+            batch.push(buf);
+            return;
+        }
+        let mut at = 0;
+        while at < len {
+            let piece = segment.min(len - at);
+            let Some(mut one) = pool.alloc(self.counter.id) else {
+                self.counter.drop(DropReason::PoolExhausted);
+                at += piece;
+                continue;
+            };
+            let area = one.receive_area(reserve);
+            if piece > area.len() {
+                self.counter.drop(DropReason::RxTooLong);
+                pool.free(one);
+                at += piece;
+                continue;
+            }
+            area[..piece].copy_from_slice(&buf.frame()[reserve + at..reserve + at + piece]);
+            one.set_received(reserve, piece);
+            if self.rebuild_outer(&mut one, Socket::Udp, meta, piece, tunnel_port) {
+                batch.push(one);
+            } else {
+                pool.free(one);
+            }
+            at += piece;
+        }
+        pool.free(buf);
+    }
+
+    /// Sends an encapsulated UDP-tunnel super-frame as `UDP_SEGMENT`
+    /// bursts. Returns false, sending nothing, if it must go the software
+    /// way (no sender, or this kernel has no `UDP_SEGMENT`).
+    fn send_segmented(&mut self, buf: &PacketBuf) -> bool {
+        let Some(gso) = buf.offload().gso else {
+            return false;
+        };
+        if self.segment_senders.is_empty() {
+            return false;
+        }
+        let frame = buf.frame();
+        let Some(l3) = buf.frame_offset(buf.offload().l3) else {
+            return false;
+        };
+        let Ok(segmenter) = Segmenter::at(frame, l3, gso.kind, gso.size) else {
+            return false;
+        };
+        let udp_payload = ETH + usize::from(frame[ETH] & 0x0f) * 4 + UDP;
+        let each = segmenter.datagram_len(udp_payload);
+        // As few sends as fit, of even size: the receiver merges each
+        // send into one super-frame.
+        let count = segmenter.count();
+        let most = (MAX_UDP_PAYLOAD / each).clamp(1, MAX_SEGMENTS);
+        let per_send = count.div_ceil(count.div_ceil(most));
+        let ip = &frame[ETH..];
+        let dst = SocketAddrV4::new(
+            Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            u16::from_be_bytes([frame[udp_payload - 6], frame[udp_payload - 5]]),
+        );
+        let (tos, ttl) = (ip[1], ip[8]);
+        let flow_port =
+            u16::from_be_bytes([frame[udp_payload - UDP], frame[udp_payload - UDP + 1]]);
+        let sock = &self.segment_senders[usize::from(flow_port) % self.segment_senders.len()].0;
+        let mut first = 0;
+        while first < count {
+            let range = first..(first + per_send).min(count);
+            let Some((at, len)) = segmenter.write_datagrams(
+                frame,
+                udp_payload,
+                range.clone(),
+                &mut self.segment_scratch,
+            ) else {
+                self.counter.drop(DropReason::EncapFailed);
+                return true;
+            };
+            let payload = &self.segment_scratch[at..at + len];
+            match sock.send_segmented(payload, dst, each as u16, tos, ttl) {
+                Ok(true) => {}
+                Ok(false) => self.counter.drop(DropReason::TxFailed),
+                Err(e)
+                    if first == 0
+                        && matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINVAL | libc::ENOPROTOOPT | libc::EIO)
+                        ) =>
+                {
+                    // This kernel cannot: from now on, the software way.
+                    self.segment_senders.clear();
+                    return false;
+                }
+                Err(_) => self.counter.drop(DropReason::TxFailed),
+            }
+            first = range.end;
+        }
+        self.counter.offload(OffloadEvent::SuperFrameOut, 1);
+        true
+    }
+
+    /// Rewrites the outer UDP source port of a tunnel packet for the raw
+    /// socket to [`Self::flow_source_port`] (RFC 1624 update of a UDP
+    /// checksum, if it has one).
+    fn use_flow_source_port(&self, buf: &mut PacketBuf) {
+        let frame = buf.frame_mut();
+        let udp = ETH + usize::from(frame[ETH] & 0x0f) * 4;
+        if frame.len() < udp + UDP {
+            return;
+        }
+        let old = u16::from_be_bytes([frame[udp], frame[udp + 1]]);
+        let Some(new) = self.flow_source_port(old) else {
+            return;
+        };
+        frame[udp..udp + 2].copy_from_slice(&new.to_be_bytes());
+        let check = u16::from_be_bytes([frame[udp + 6], frame[udp + 7]]);
+        if check != 0 {
+            let updated = podswitch_encap::checksum::update_word(check, old, new);
+            let updated = if updated == 0 { 0xffff } else { updated };
+            frame[udp + 6..udp + 8].copy_from_slice(&updated.to_be_bytes());
+        }
+    }
+
+    /// The outer UDP source port a tunnel flow leaves with: the port of
+    /// the `UDP_SEGMENT` sender its flow-hashed port picks, so that the
+    /// flow's super-frames and its other packets share one outer 5-tuple.
+    fn flow_source_port(&self, flow_port: u16) -> Option<u16> {
+        let n = self.segment_senders.len();
+        (n > 0).then(|| self.segment_senders[usize::from(flow_port) % n].1)
+    }
+}
+
+/// The TCP header length of the IPv4 packet at `l3`.
+fn tcp_header_len(frame: &[u8], l3: usize) -> usize {
+    let ihl = usize::from(frame[l3] & 0x0f) * 4;
+    usize::from(frame[l3 + ihl + 12] >> 4) * 4
+}
+
+/// Staged buffers the kernel had no datagram for go back to the pool.
+fn give_back(
+    pool: &mut PacketPool,
+    small: &mut Vec<PacketBuf>,
+    large: &mut Vec<Option<PacketBuf>>,
+) {
+    pool.free_all(small);
+    for buf in large.drain(..).flatten() {
+        pool.free(buf);
     }
 }
 
@@ -241,10 +557,13 @@ enum Socket {
     Ipip,
 }
 
-/// Pool buffers as receive areas, `reserve` bytes in.
+/// Pool buffers as receive areas, `reserve` bytes in, each continued by
+/// a super-frame buffer where the pool had one.
 struct AreaBuffers<'a> {
     bufs: &'a mut [PacketBuf],
+    large: &'a mut [Option<PacketBuf>],
     reserve: usize,
+    small_area: usize,
 }
 
 impl RecvBuffers for AreaBuffers<'_> {
@@ -253,7 +572,15 @@ impl RecvBuffers for AreaBuffers<'_> {
     }
 
     fn parts(&mut self, i: usize) -> [&mut [u8]; MAX_PARTS] {
-        [self.bufs[i].receive_area(self.reserve), &mut [], &mut []]
+        let rest: &mut [u8] = match self.large.get_mut(i) {
+            Some(Some(large)) => large.receive_area(self.reserve + self.small_area),
+            _ => &mut [],
+        };
+        [
+            &mut self.bufs[i].receive_area(self.reserve)[..self.small_area],
+            rest,
+            &mut [],
+        ]
     }
 }
 
@@ -317,10 +644,35 @@ impl Port for UnderlayPort {
             }
         }
         let mut sent = 0;
+        if !self.tunnel_out.is_empty() && !self.segment_senders.is_empty() {
+            let mut rest = std::mem::take(&mut self.finish);
+            rest.clear();
+            for mut buf in std::mem::take(&mut self.tunnel_out) {
+                let udp = buf.frame()[ETH + 9] == 17;
+                if udp && buf.is_gso() && self.send_segmented(&buf) {
+                    sent += 1;
+                    pool.free(buf);
+                    continue;
+                }
+                if udp {
+                    self.use_flow_source_port(&mut buf);
+                }
+                rest.push(buf);
+            }
+            self.tunnel_out = rest;
+        }
         if !self.tunnel_out.is_empty() {
             match &self.sender {
                 Some(sock) => {
-                    sent += send_counted(&self.counter, &mut self.tunnel_out, pool, |frames| {
+                    // The raw socket sends wire-sized packets only.
+                    finish_offloads(
+                        &self.counter,
+                        &mut self.tunnel_out,
+                        pool,
+                        &mut self.finish,
+                        has_offloads,
+                    );
+                    sent += send_counted(&self.counter, &mut self.tunnel_out, pool, |_, frames| {
                         sock.send_batch(&RawPackets { frames })
                     });
                 }
@@ -334,10 +686,14 @@ impl Port for UnderlayPort {
         if !self.direct_out.is_empty() {
             match &self.direct {
                 Some(rx) => {
-                    let sock = &rx.sock;
-                    sent += send_counted(&self.counter, &mut self.direct_out, pool, |frames| {
-                        sock.send_batch(&TxBuffers { frames, vnet: true })
-                    });
+                    // host-gw frames keep their super-frames: the peer's
+                    // kernel takes them whole, as from its own pods.
+                    sent += rx.send(
+                        &self.counter,
+                        &mut self.direct_tx,
+                        &mut self.direct_out,
+                        pool,
+                    );
                 }
                 None => {
                     self.counter

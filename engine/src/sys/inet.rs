@@ -33,6 +33,135 @@ impl InetSocket {
         Ok(sock)
     }
 
+    /// A UDP socket for sending tunnel super-datagrams with `UDP_SEGMENT`
+    /// (Linux 4.18): bound to `local` and a port the kernel picks from its
+    /// ephemeral range, which becomes the outer source port of what it
+    /// sends. It never reads: its receive buffer is the smallest the
+    /// kernel allows. The outer IPv4 header goes without DF, as flannel.1
+    /// sends it. Returns the socket and its port.
+    pub fn udp_segment_sender(local: Ipv4Addr) -> io::Result<(InetSocket, u16)> {
+        let sock = InetSocket {
+            fd: socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?,
+        };
+        let smallest: libc::c_int = 0;
+        setsockopt(
+            sock.fd.as_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &smallest,
+        )?;
+        let send: libc::c_int = 4 << 20;
+        if setsockopt(
+            sock.fd.as_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            &send,
+        )
+        .is_err()
+        {
+            setsockopt(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &send)?;
+        }
+        let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
+        setsockopt(
+            sock.fd.as_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            &dont,
+        )?;
+        sock.bind(SocketAddrV4::new(local, 0))?;
+        let port = sock.local_port()?;
+        Ok((sock, port))
+    }
+
+    /// Asks the kernel to hand over coalesced datagrams whole, with their
+    /// segment size (`UDP_GRO`, Linux 5.0): a peer's `UDP_SEGMENT`
+    /// super-datagram crossing a veth arrives as one, as does what GRO
+    /// merged on a NIC. [`Received::segment_size`] says so.
+    pub fn enable_gro(&self) -> io::Result<()> {
+        let one: libc::c_int = 1;
+        setsockopt(self.fd.as_fd(), libc::SOL_UDP, super::UDP_GRO, &one)
+    }
+
+    fn local_port(&self) -> io::Result<u16> {
+        // SAFETY: sockaddr_in is plain C data; zero is a valid value.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `sa` and `len` are valid for writes of the length given.
+        cvt(unsafe {
+            libc::getsockname(
+                self.fd.as_raw_fd(),
+                std::ptr::from_mut(&mut sa).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(u16::from_be(sa.sin_port))
+    }
+
+    /// Sends `payload` to `dst` as datagrams of `segment` bytes each (the
+    /// last may be shorter), cut by the kernel (`UDP_SEGMENT`), with the
+    /// outer IPv4 TOS and TTL given. Returns false if the socket buffer is
+    /// full (nothing was sent).
+    pub fn send_segmented(
+        &self,
+        payload: &[u8],
+        dst: SocketAddrV4,
+        segment: u16,
+        tos: u8,
+        ttl: u8,
+    ) -> io::Result<bool> {
+        const ROOM: usize = 96;
+        let mut control = [0u64; ROOM / 8];
+        // SAFETY: CMSG_SPACE only computes an aligned length.
+        let space = unsafe { libc::CMSG_SPACE(2) + 2 * libc::CMSG_SPACE(4) } as usize;
+        debug_assert!(space <= ROOM);
+        let mut name = sockaddr_in(dst);
+        let mut iov = libc::iovec {
+            // The kernel only reads send buffers.
+            iov_base: payload.as_ptr().cast_mut().cast(),
+            iov_len: payload.len(),
+        };
+        // SAFETY: msghdr is plain C data; zero is a valid value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = std::ptr::from_mut(&mut name).cast();
+        msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space.min(ROOM);
+        // SAFETY: the control buffer holds `space` bytes (72 on 64-bit
+        // Linux), exactly the three headers written; CMSG_FIRSTHDR/NXTHDR
+        // stay inside msg_controllen (the buffer is zeroed, so the length
+        // NXTHDR reads ahead is 0) and each data write is the size its
+        // header's length declares.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_UDP;
+            (*c).cmsg_type = super::UDP_SEGMENT;
+            (*c).cmsg_len = libc::CMSG_LEN(2) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), segment);
+            let c = libc::CMSG_NXTHDR(&msg, c);
+            (*c).cmsg_level = libc::IPPROTO_IP;
+            (*c).cmsg_type = libc::IP_TOS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), tos.into());
+            let c = libc::CMSG_NXTHDR(&msg, c);
+            (*c).cmsg_level = libc::IPPROTO_IP;
+            (*c).cmsg_type = libc::IP_TTL;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), ttl.into());
+        }
+        // SAFETY: `msg` points at a name, an iovec and a control buffer on
+        // this stack frame that outlive the call; the iovec points into
+        // `payload`, which the kernel only reads.
+        match cvt(unsafe {
+            libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) as libc::c_int
+        }) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// A raw socket receiving every IPv4 packet of `protocol` addressed to
     /// `local` (the kernel hands raw sockets the whole packet, IPv4 header
     /// included).

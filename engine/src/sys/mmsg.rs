@@ -32,6 +32,9 @@ pub struct Received {
     pub tos: Option<u8>,
     /// The TTL of its IPv4 header (`IP_RECVTTL`).
     pub ttl: Option<u8>,
+    /// A coalesced datagram's segment size (`UDP_GRO`): the message is
+    /// several datagrams of this many bytes (the last may be shorter).
+    pub segment_size: Option<u16>,
 }
 
 /// Receive buffers: the slices of message `i`, in the order the kernel
@@ -113,6 +116,7 @@ pub fn recv_batch(
             from: None,
             tos: None,
             ttl: None,
+            segment_size: None,
         };
         if h.msg_hdr.msg_namelen as usize >= size_of::<libc::sockaddr_in>()
             && names[i].sin_family == libc::AF_INET as libc::sa_family_t
@@ -132,6 +136,10 @@ pub fn recv_batch(
                         libc::IP_TTL => m.ttl = Some(byte),
                         _ => {}
                     }
+                } else if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == super::UDP_GRO {
+                    // udp_cmsg_recv() puts the segment size as an int.
+                    let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                    m.segment_size = u16::try_from(size).ok().filter(|s| *s > 0);
                 }
                 c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
             }

@@ -22,6 +22,11 @@ use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 /// Turns a C return value into an `io::Result`, reading `errno` on -1.
+/// `UDP_SEGMENT` (include/uapi/linux/udp.h; not in the libc crate for glibc).
+const UDP_SEGMENT: libc::c_int = 103;
+/// `UDP_GRO` (include/uapi/linux/udp.h).
+const UDP_GRO: libc::c_int = 104;
+
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret == -1 {
         Err(io::Error::last_os_error())

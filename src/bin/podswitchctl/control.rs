@@ -457,6 +457,20 @@ fn human(command: &ControlCommand, v: &Value) -> String {
                     ("drops", "DROPS"),
                 ],
             );
+            // Which offload path the traffic took, per port.
+            out.push('\n');
+            out.push_str(&table(
+                &v["ports"],
+                &[
+                    ("port", "PORT"),
+                    ("super_frames_in", "SUPER-FRAMES IN"),
+                    ("super_frames_out", "OUT WHOLE"),
+                    ("segmented", "SEGMENTED"),
+                    ("segments_made", "SEGMENTS"),
+                    ("checksums_completed", "CSUM COMPLETED"),
+                    ("coalesced", "COALESCED"),
+                ],
+            ));
             let drops: Vec<Value> = v["drops"]
                 .as_object()
                 .map(|o| {

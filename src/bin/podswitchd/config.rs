@@ -76,8 +76,10 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub host_interface: Option<String>,
     /// `[dataplane] port_kind`: how pod ports are read when a request does
-    /// not say: af-xdp (default; native XDP, falling back to generic XDP,
-    /// then to af-packet, each fallback logged), af-packet or tap.
+    /// not say: af-packet (default: carries the pods' 64 KiB TCP
+    /// super-frames whole both ways), af-xdp (native XDP, falling back to
+    /// generic XDP, then to af-packet, each fallback logged; the kernel
+    /// takes TSO off a veth with XDP, so TCP moves frame by frame) or tap.
     #[arg(long)]
     pub port_kind: Option<String>,
     /// `[dataplane] busy_poll_us`: microseconds the worker keeps polling
@@ -383,7 +385,7 @@ impl Settings {
             .port_kind
             .clone()
             .or(file.dataplane.port_kind.clone())
-            .unwrap_or_else(|| "af-xdp".into());
+            .unwrap_or_else(|| "af-packet".into());
         if !PORT_KINDS.contains(&port_kind.as_str()) {
             return Err(origin.error(
                 "dataplane.port_kind",

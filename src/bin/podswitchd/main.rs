@@ -119,6 +119,7 @@ fn run(settings: Settings) -> Result<(), String> {
             Arc::clone(&tables),
             WorkerOptions {
                 pool_buffers: settings.pool_buffers,
+                large_buffers: podswitch_engine::packet::DEFAULT_LARGE_BUFFERS,
                 busy_poll: Duration::from_micros(settings.busy_poll_us),
                 clock_secs,
                 clock_micros,

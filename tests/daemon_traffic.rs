@@ -192,5 +192,25 @@ fn cross_node_tcp_moves_as_super_frames() {
                 assert_eq!(counter(&sender_underlay, "super_frames_out"), 0, "{all}");
             }
         }
+        // The node's own stack and the pods exchange super-frames through
+        // the TUN host port both ways.
+        let node = &cluster.nodes[a.node];
+        tcp_transfer(&node.ns, &b.ns, &b.ip, TCP_BYTES)
+            .unwrap_or_else(|e| panic!("{backend}: node -> pod: {e}\n{}", cluster.logs()));
+        let gateway = format!("10.244.{}.1", node.index);
+        tcp_transfer(&b.ns, &node.ns, &gateway, TCP_BYTES)
+            .unwrap_or_else(|e| panic!("{backend}: pod -> node: {e}\n{}", cluster.logs()));
+        let host = port_stats(&cluster, a.node, "podswitch0");
+        assert!(
+            counter(&host, "super_frames_in") > 0,
+            "{backend}: host port {host}"
+        );
+        if backend != "ipip" {
+            // (IPIP arrives cut: nothing to merge whole.)
+            assert!(
+                counter(&host, "super_frames_out") > 0,
+                "{backend}: host port {host}"
+            );
+        }
     }
 }

@@ -16,9 +16,9 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use super::{finish_offloads, has_offloads, stage, Counter};
+use super::{finish_offloads, has_offloads, offload_drop_reason, stage, Counter};
 use crate::drop::DropReason;
-use crate::offload::{accept_vnet_header, vnet_header_for, OffloadError, VnetHeader, VNET_HDR_LEN};
+use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::OffloadEvent;
@@ -161,11 +161,7 @@ impl PacketRx {
                     batch.push(buf);
                 }
                 Err(e) => {
-                    counter.drop(match e {
-                        OffloadError::ChecksumOutOfFrame => DropReason::OffloadChecksum,
-                        OffloadError::GsoUnsupported(_) => DropReason::GsoUnsupported,
-                        OffloadError::GsoMalformed(_) => DropReason::GsoMalformed,
-                    });
+                    counter.drop(offload_drop_reason(e));
                     pool.free(buf);
                 }
             }

@@ -31,7 +31,7 @@ pub use tuntap::{HostPort, HostPortOptions, TapPort};
 pub use underlay::{UnderlayOptions, UnderlayPort};
 
 use crate::drop::DropReason;
-use crate::offload::{finish_in_software, Finished};
+use crate::offload::{finish_in_software, Finished, OffloadError};
 use crate::packet::{PacketBuf, PacketPool};
 use crate::port::PortId;
 use crate::stats::OffloadEvent;
@@ -93,6 +93,15 @@ fn finish_offloads(
         }
     }
     std::mem::swap(batch, scratch);
+}
+
+/// The drop reason for offload metadata a port refused.
+fn offload_drop_reason(e: OffloadError) -> DropReason {
+    match e {
+        OffloadError::ChecksumOutOfFrame => DropReason::OffloadChecksum,
+        OffloadError::GsoUnsupported(_) => DropReason::GsoUnsupported,
+        OffloadError::GsoMalformed(_) => DropReason::GsoMalformed,
+    }
 }
 
 /// True if a frame has offload work left (a super-frame or a partial

@@ -1,6 +1,12 @@
 //! TAP pod ports and the TUN host port. A character device moves one
 //! packet per `read`/`write` (there is no batched call for it); both are
 //! non-blocking and drained to `EAGAIN` by the worker.
+//!
+//! Both devices are opened with virtio-net headers and TCP offloads
+//! ([`TunDevice::open_with_offloads`]; without them where the kernel
+//! refuses): the node's stack (or a TAP pod) hands podswitch its 64 KiB
+//! TCP super-frames whole, scattered into a small and a super-frame pool
+//! buffer as on an AF_PACKET port, and takes them whole back.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -9,81 +15,212 @@ use std::sync::Arc;
 use podswitch_encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
 use podswitch_encap::MacAddr;
 
-use super::{finish_offloads, has_offloads, stage, Counter};
+use super::{finish_offloads, has_offloads, offload_drop_reason, stage, Counter};
 use crate::drop::DropReason;
+use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 use crate::port::{Port, PortId, PortKind};
+use crate::stats::OffloadEvent;
 use crate::sys::netdev;
 use crate::sys::tun::{TunDevice, TunKind};
 use crate::tables::Tables;
 
-/// Reads up to a batch of packets from `dev`, each at `reserve` bytes into
-/// a pool buffer; `finish` completes each frame (or refuses it with a
-/// reason).
+/// A TUN or TAP device as a port sees it.
+#[derive(Debug)]
+struct Device {
+    dev: TunDevice,
+    /// Packets carry virtio-net headers.
+    vnet: bool,
+    /// Bytes podswitch keeps in front of what the device carries (the
+    /// Ethernet header it gives a TUN packet); a virtio-net header's
+    /// offsets count from the device's packet, the engine's from the frame.
+    shift: usize,
+}
+
+impl Device {
+    /// Opens `name` with offloads if the kernel takes them.
+    fn open(name: &str, kind: TunKind) -> io::Result<Device> {
+        let shift = match kind {
+            TunKind::Tun => ETH,
+            TunKind::Tap => 0,
+        };
+        match TunDevice::open_with_offloads(name, kind) {
+            Ok(dev) => Ok(Device {
+                dev,
+                vnet: true,
+                shift,
+            }),
+            Err(_) => Ok(Device {
+                dev: TunDevice::open(name, kind)?,
+                vnet: false,
+                shift,
+            }),
+        }
+    }
+}
+
+/// Moves a virtio-net header's offsets by `by` bytes (positive: from the
+/// device's packet to the engine's frame).
+fn shift_header(hdr: &mut VnetHeader, by: i32) {
+    let shift = |v: u16| (i32::from(v) + by).clamp(0, i32::from(u16::MAX)) as u16;
+    if hdr.needs_checksum() {
+        hdr.csum_start = shift(hdr.csum_start);
+    }
+    if hdr.hdr_len != 0 {
+        hdr.hdr_len = shift(hdr.hdr_len);
+    }
+}
+
+/// Reads up to a batch of packets from `dev`, each at the device's shift
+/// into a pool buffer (a super-frame continuing into a large one);
+/// `finish` completes each frame (or refuses it with a reason), then its
+/// offload state is taken from its virtio-net header.
 fn read_batch(
-    dev: &TunDevice,
+    dev: &Device,
     counter: &Counter,
     staging: &mut Vec<PacketBuf>,
     pool: &mut PacketPool,
     batch: &mut Vec<PacketBuf>,
-    reserve: usize,
     mut finish: impl FnMut(&mut PacketBuf) -> Result<(), DropReason>,
 ) -> io::Result<usize> {
     let want = BATCH_SIZE.saturating_sub(batch.len());
+    let reserve = dev.shift;
     let mut got = 0;
     while got < want {
         stage(pool, staging, 1, counter.id);
-        let Some(mut buf) = staging.pop() else { break };
-        let area = buf.receive_area(reserve);
-        let capacity = area.len();
-        match dev.read(area) {
-            Ok(Some(n)) if n < capacity => {
-                buf.set_received(reserve, n);
-                got += 1;
-                match finish(&mut buf) {
-                    Ok(()) => batch.push(buf),
-                    Err(reason) => {
-                        counter.drop(reason);
-                        pool.free(buf);
-                    }
-                }
-            }
-            Ok(Some(_)) => {
-                // Filled to the brim: the packet may have been cut.
-                counter.drop(DropReason::RxTooLong);
-                pool.free(buf);
-            }
+        let Some(mut small) = staging.pop() else {
+            break;
+        };
+        let mut large = if dev.vnet {
+            pool.alloc_large(counter.id)
+        } else {
+            None
+        };
+        let small_area = small.receive_area(reserve).len();
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        let head: &mut [u8] = if dev.vnet { &mut hdr } else { &mut [] };
+        let (capacity, read) = {
+            let rest: &mut [u8] = match large.as_mut() {
+                Some(l) => l.receive_area(reserve + small_area),
+                None => &mut [],
+            };
+            let capacity = head.len() + small_area + rest.len();
+            (
+                capacity,
+                dev.dev
+                    .read_parts([head, small.receive_area(reserve), rest]),
+            )
+        };
+        let n = match read {
+            Ok(Some(n)) => n,
             Ok(None) => {
-                pool.free(buf);
+                pool.free(small);
+                if let Some(l) = large {
+                    pool.free(l);
+                }
                 break;
             }
             Err(e) => {
-                pool.free(buf);
+                pool.free(small);
+                if let Some(l) = large {
+                    pool.free(l);
+                }
                 return Err(e);
             }
+        };
+        got += 1;
+        if n >= capacity || n < head_len(dev) {
+            // Filled to the brim: the packet may have been cut.
+            counter.drop(DropReason::RxTooLong);
+            pool.free(small);
+            if let Some(l) = large {
+                pool.free(l);
+            }
+            continue;
         }
+        let len = n - head_len(dev);
+        let mut buf = match large {
+            Some(mut l) if len > small_area => {
+                l.join_received(&small.receive_area(reserve)[..small_area], reserve, len);
+                pool.free(small);
+                l
+            }
+            other => {
+                if let Some(l) = other {
+                    pool.free(l);
+                }
+                small.set_received(reserve, len);
+                small
+            }
+        };
+        if let Err(reason) = finish(&mut buf) {
+            counter.drop(reason);
+            pool.free(buf);
+            continue;
+        }
+        if dev.vnet {
+            let mut header = VnetHeader::parse(&hdr);
+            shift_header(&mut header, reserve as i32);
+            if let Err(e) = accept_vnet_header(&mut buf, &header) {
+                counter.drop(offload_drop_reason(e));
+                pool.free(buf);
+                continue;
+            }
+            if buf.is_gso() {
+                counter.offload(OffloadEvent::SuperFrameIn, 1);
+            }
+        }
+        batch.push(buf);
     }
     Ok(got)
 }
 
-/// Writes each frame of `batch` (from `skip` bytes on), its offloads
-/// finished first, counting refusals.
+fn head_len(dev: &Device) -> usize {
+    if dev.vnet {
+        VNET_HDR_LEN
+    } else {
+        0
+    }
+}
+
+/// Writes each frame of `batch` (from the device's shift on): whole with
+/// its virtio-net header where the device takes them, its offloads
+/// finished first otherwise; counts refusals.
 fn write_batch(
-    dev: &TunDevice,
+    dev: &Device,
     counter: &Counter,
     batch: &mut Vec<PacketBuf>,
     pool: &mut PacketPool,
     scratch: &mut Vec<PacketBuf>,
-    skip: usize,
 ) -> usize {
-    finish_offloads(counter, batch, pool, scratch, has_offloads);
+    if dev.vnet {
+        finish_offloads(counter, batch, pool, scratch, |b| {
+            vnet_header_for(b).is_none()
+        });
+    } else {
+        finish_offloads(counter, batch, pool, scratch, has_offloads);
+    }
     let mut sent = 0;
+    let mut super_frames = 0;
     for buf in batch.iter() {
-        match buf.frame().get(skip..).map(|p| dev.write(&[p])) {
-            Some(Ok(_)) => sent += 1,
-            _ => counter.drop(DropReason::TxFailed),
+        let Some(packet) = buf.frame().get(dev.shift..) else {
+            counter.drop(DropReason::TxFailed);
+            continue;
+        };
+        let result = if dev.vnet {
+            let mut hdr = vnet_header_for(buf).unwrap_or_default();
+            shift_header(&mut hdr, -(dev.shift as i32));
+            super_frames += usize::from(hdr.is_gso());
+            dev.dev.write(&[&hdr.to_bytes(), packet])
+        } else {
+            dev.dev.write(&[packet])
+        };
+        match result {
+            Ok(_) => sent += 1,
+            Err(_) => counter.drop(DropReason::TxFailed),
         }
     }
+    counter.offload(OffloadEvent::SuperFrameOut, super_frames);
     pool.free_all(batch);
     sent
 }
@@ -91,7 +228,7 @@ fn write_batch(
 /// A pod attached through a TAP device: Ethernet frames both ways.
 #[derive(Debug)]
 pub struct TapPort {
-    dev: TunDevice,
+    dev: Device,
     counter: Counter,
     staging: Vec<PacketBuf>,
     scratch: Vec<PacketBuf>,
@@ -102,7 +239,7 @@ impl TapPort {
     /// The device can then be moved into the pod's network namespace; the
     /// port keeps working through its file descriptor.
     pub fn open(name: &str, id: PortId, tables: Arc<Tables>) -> io::Result<TapPort> {
-        let dev = TunDevice::open(name, TunKind::Tap)?;
+        let dev = Device::open(name, TunKind::Tap)?;
         netdev::set_up(name)?;
         Ok(TapPort {
             dev,
@@ -115,7 +252,7 @@ impl TapPort {
 
 impl Port for TapPort {
     fn name(&self) -> &str {
-        self.dev.name()
+        self.dev.dev.name()
     }
 
     fn kind(&self) -> PortKind {
@@ -129,7 +266,6 @@ impl Port for TapPort {
             &mut self.staging,
             pool,
             batch,
-            0,
             |_| Ok(()),
         )
     }
@@ -141,12 +277,11 @@ impl Port for TapPort {
             batch,
             pool,
             &mut self.scratch,
-            0,
         ))
     }
 
     fn poll_fds(&self) -> Vec<RawFd> {
-        vec![self.dev.as_fd().as_raw_fd()]
+        vec![self.dev.dev.as_fd().as_raw_fd()]
     }
 }
 
@@ -157,7 +292,7 @@ impl Port for TapPort {
 /// stack lose theirs.
 #[derive(Debug)]
 pub struct HostPort {
-    dev: TunDevice,
+    dev: Device,
     counter: Counter,
     staging: Vec<PacketBuf>,
     scratch: Vec<PacketBuf>,
@@ -188,7 +323,7 @@ impl HostPort {
         tables: Arc<Tables>,
     ) -> io::Result<HostPort> {
         let name = options.name.as_str();
-        let dev = TunDevice::open(name, TunKind::Tun)?;
+        let dev = Device::open(name, TunKind::Tun)?;
         let _ = netdev::set_net_sysctl(&format!("ipv6/conf/{name}/disable_ipv6"), "1");
         netdev::set_mtu(name, options.mtu)?;
         netdev::set_ipv4(name, options.address, 32)?;
@@ -209,7 +344,7 @@ impl HostPort {
 
 impl Port for HostPort {
     fn name(&self) -> &str {
-        self.dev.name()
+        self.dev.dev.name()
     }
 
     fn kind(&self) -> PortKind {
@@ -224,7 +359,6 @@ impl Port for HostPort {
             &mut self.staging,
             pool,
             batch,
-            ETH,
             |buf| {
                 let ethertype = match buf.frame().get(ETH).map(|b| b >> 4) {
                     Some(4) => EtherType::Ipv4,
@@ -249,11 +383,10 @@ impl Port for HostPort {
             batch,
             pool,
             &mut self.scratch,
-            ETH,
         ))
     }
 
     fn poll_fds(&self) -> Vec<RawFd> {
-        vec![self.dev.as_fd().as_raw_fd()]
+        vec![self.dev.dev.as_fd().as_raw_fd()]
     }
 }

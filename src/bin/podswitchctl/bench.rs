@@ -21,6 +21,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -184,19 +185,38 @@ fn busy_jiffies() -> u64 {
         .sum()
 }
 
-fn process_jiffies(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
+fn process_group_jiffies(pgid: u32) -> u64 {
+    // After the ')' of the command: state (0), ppid (1), pgrp (2), ...,
+    // utime (11), stime (12).
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|s| {
             let f: Vec<String> = s
                 .rsplit_once(')')?
                 .1
                 .split_whitespace()
                 .map(str::to_string)
                 .collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            (f.get(2)?.parse::<u32>().ok()? == pgid)
+                .then(|| Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))?
         })
-        .unwrap_or(0)
+        .sum()
+}
+
+/// Stops every process of group `pgid`: trafgen runs its work in child
+/// processes, which a signal to the parent alone leaves running (a
+/// SIGKILLed trafgen's workers went on flooding the lab through the
+/// measurements after it).
+fn stop_group(pgid: u32) {
+    let group = format!("-{pgid}");
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &group])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// What one trafgen run delivered.
@@ -236,14 +256,16 @@ fn blast(
         .args(["-P", "1", "-q"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .context("trafgen")?;
     std::thread::sleep(Duration::from_secs(seconds));
-    let generator_cpu = process_jiffies(generator.id());
+    // trafgen and its worker process: the generator's whole CPU.
+    let generator_cpu = process_group_jiffies(generator.id());
     let after_rx = rx_packets(dst_ns);
     let after_cpu = busy_jiffies();
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = generator.kill();
+    stop_group(generator.id());
     let _ = generator.wait();
     let _ = fs::remove_file(&conf);
     let packets = after_rx?.saturating_sub(before_rx) as f64;

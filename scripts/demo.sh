@@ -3,7 +3,8 @@
 # podswitch in network namespaces; a pod on node1 pings a pod on node2; the
 # path of that ping hop by hop as podswitch sees it on both nodes (pod
 # port, FDB/FIB lookups, encapsulation with the outer headers, underlay,
-# decapsulation, delivery); one encapsulated frame captured on node2's
+# decapsulation, delivery); a TCP transfer and the counters that show its
+# super-frames' path; one encapsulated frame captured on node2's
 # underlay, explained byte by byte; then the lab is torn down. After it,
 # the same packet under flannel VXLAN, Calico IPIP and flannel UDP built
 # in-process, and a frame from the kernel's own vxlan device explained.
@@ -36,6 +37,18 @@ $ctl --socket "$sock1" trace --in-port "$port" --dst-ip "$dst"
 encapsulated=$($ctl --socket "$sock1" --json trace --in-port "$port" --dst-ip "$dst" | /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['outputs'][0]['hex'])")
 say "node2: the same frame as it arrives on the underlay, decapsulated and delivered"
 $ctl --socket "$sock2" trace --in-port ul0 --hex "$encapsulated"
+
+say "pod1-1 sends 20 MB of TCP to pod2-1: the path of a super-frame, next to the ping's"
+echo "(a pod's TCP leaves its eth0 as 64 KiB TSO super-frames; podswitch carries each as one"
+echo " packet: whole from the pod's port, one UDP_SEGMENT burst on node1's underlay, merged"
+echo " again on node2 and handed to pod2-1 whole. The counters below show which path it took.)"
+$ctl lab exec --name demo pod2-1 -- iperf3 -s -1 -D >/dev/null
+sleep 0.5
+$ctl lab exec --name demo pod1-1 -- iperf3 -c "$dst" -n 20M | grep -E 'sender|receiver' || true
+echo "node1:"
+$ctl --socket "$sock1" stats | sed -n '/SUPER-FRAMES/,/^$/p'
+echo "node2:"
+$ctl --socket "$sock2" stats | sed -n '/SUPER-FRAMES/,/^$/p'
 
 say "capturing one encapsulated frame on node2's underlay while pod1-1 pings again"
 capture=$(mktemp /tmp/podswitch-demo-XXXX.pcap)

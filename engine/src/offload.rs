@@ -364,13 +364,34 @@ impl Segmenter {
     /// Writes segment `i` of `frame` (the frame given to [`Self::new`])
     /// into `dst` and returns its length, or `None` if `dst` is too small.
     pub fn write(&self, frame: &[u8], i: usize, dst: &mut [u8]) -> Option<usize> {
-        let from = self.payload + i * self.mss;
-        let to = (from + self.mss).min(self.len);
-        let chunk = frame.get(from..to)?;
+        let chunk = self.chunk(i);
         let total = self.payload + chunk.len();
         let out = dst.get_mut(..total)?;
-        out[..self.payload].copy_from_slice(&frame[..self.payload]);
-        out[self.payload..].copy_from_slice(chunk);
+        self.write_headers(frame, i, &mut out[..self.payload])?;
+        out[self.payload..].copy_from_slice(frame.get(chunk)?);
+        Some(total)
+    }
+
+    /// Where segment `i`'s payload is in the super-frame.
+    pub fn chunk(&self, i: usize) -> std::ops::Range<usize> {
+        let from = (self.payload + i * self.mss).min(self.len);
+        from..(from + self.mss).min(self.len)
+    }
+
+    /// Writes the headers of segment `i` (the super-frame's headers with
+    /// its lengths, identification, sequence number, flags and checksums,
+    /// which cover its payload, [`Self::chunk`]) into `dst`, exactly
+    /// [`Self::header_bytes`] long; the payload itself is not copied, so
+    /// a sender can gather headers and payload straight from the
+    /// super-frame. `None` if `dst` has the wrong length.
+    pub fn write_headers(&self, frame: &[u8], i: usize, dst: &mut [u8]) -> Option<()> {
+        if dst.len() != self.payload {
+            return None;
+        }
+        let data = frame.get(self.chunk(i))?;
+        let total = self.payload + data.len();
+        let out = dst;
+        out.copy_from_slice(frame.get(..self.payload)?);
         let last = i + 1 == self.count();
 
         // IPv4: total length, identification, header checksum.
@@ -402,9 +423,14 @@ impl Segmenter {
             }
         };
         out[field..field + 2].fill(0);
+        // Transport headers are a whole number of 16-bit words, so the sum
+        // of headers and payload is the sum of the two.
         let sum = checksum::accumulate(
-            checksum::pseudo_header_v4(self.src, self.dst, protocol, l4_len),
-            &out[self.l4..],
+            checksum::accumulate(
+                checksum::pseudo_header_v4(self.src, self.dst, protocol, l4_len),
+                &out[self.l4..],
+            ),
+            data,
         );
         out[field..field + 2].copy_from_slice(&transport_checksum(sum).to_be_bytes());
 
@@ -417,14 +443,23 @@ impl Segmenter {
                 if outer.udp_checksum {
                     out[udp + 6..udp + 8].fill(0);
                     let sum = checksum::accumulate(
-                        checksum::pseudo_header_v4(outer.src, outer.dst, 17, udp_len),
-                        &out[udp..],
+                        checksum::accumulate(
+                            checksum::pseudo_header_v4(outer.src, outer.dst, 17, udp_len),
+                            &out[udp..],
+                        ),
+                        data,
                     );
                     out[udp + 6..udp + 8].copy_from_slice(&transport_checksum(sum).to_be_bytes());
                 }
             }
         }
-        Some(total)
+        Some(())
+    }
+
+    /// Bytes of headers in front of each segment's payload (outer headers
+    /// included).
+    pub fn header_bytes(&self) -> usize {
+        self.payload
     }
 }
 
@@ -434,32 +469,6 @@ impl Segmenter {
     /// IP-in-UDP payload).
     pub fn datagram_len(&self, udp_payload: usize) -> usize {
         self.max_segment_len() - udp_payload
-    }
-
-    /// Writes segments `range` of the encapsulated super-frame `frame` as
-    /// one `UDP_SEGMENT` send's payload: each segment's datagram (all
-    /// that follows its outer UDP header at `udp_payload`), back to back,
-    /// complete (inner checksums included). Returns where in `dst` the
-    /// payload starts and its length; `None` if `dst` is too small.
-    ///
-    /// Each segment is written whole, outer headers included, in reverse
-    /// order: its outer headers land on the tail of the segment before it,
-    /// which is written next and overwrites them.
-    pub fn write_datagrams(
-        &self,
-        frame: &[u8],
-        udp_payload: usize,
-        range: std::ops::Range<usize>,
-        dst: &mut [u8],
-    ) -> Option<(usize, usize)> {
-        let each = self.datagram_len(udp_payload);
-        let mut total = 0;
-        for i in range.clone().rev() {
-            let at = (i - range.start) * each;
-            let len = self.write(frame, i, dst.get_mut(at..)?)?;
-            total += len - udp_payload;
-        }
-        Some((udp_payload, total))
     }
 }
 
@@ -1424,12 +1433,17 @@ mod carried {
         let (outer, l3) = encapsulated(&inner, true);
         let segmenter = Segmenter::at(&outer, l3, GsoKind::TcpV4, mss).unwrap();
         let udp_payload = 42;
-        let mut scratch = vec![0u8; 70_000];
-        let (at, len) = segmenter
-            .write_datagrams(&outer, udp_payload, 0..segmenter.count(), &mut scratch)
-            .unwrap();
+        // Gathered as the underlay port gathers them: each datagram is its
+        // headers (from write_headers) and its payload (from the frame).
+        let mut datagrams = Vec::new();
+        let mut headers = vec![0u8; segmenter.header_bytes()];
+        for i in 0..segmenter.count() {
+            segmenter.write_headers(&outer, i, &mut headers).unwrap();
+            datagrams.extend_from_slice(&headers[udp_payload..]);
+            datagrams.extend_from_slice(&outer[segmenter.chunk(i)]);
+        }
         let each = segmenter.datagram_len(udp_payload);
-        (scratch[at..at + len].to_vec(), each, inner)
+        (datagrams, each, inner)
     }
 
     #[test]

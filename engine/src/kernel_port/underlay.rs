@@ -122,7 +122,8 @@ pub struct UnderlayPort {
     direct_tx: TxScratch,
     /// `UDP_SEGMENT` senders and their ports (UDP tunnels only).
     segment_senders: Vec<(InetSocket, u16)>,
-    /// Where a super-frame's datagrams are written for one send.
+    /// Where the headers of one send's datagrams are written (a segment's
+    /// headers are at most 256 bytes: IPv4 and TCP options included).
     segment_scratch: Vec<u8>,
     /// Where the inner IPv4 packet of a received datagram starts.
     inner_l3: usize,
@@ -219,7 +220,7 @@ impl UnderlayPort {
             finish: Vec::with_capacity(BATCH_SIZE),
             direct_tx: TxScratch::default(),
             segment_senders,
-            segment_scratch: vec![0; MAX_UDP_PAYLOAD + 2 * ETH + IPV4 + UDP + 256],
+            segment_scratch: vec![0; MAX_SEGMENTS * 256],
             inner_l3,
         })
     }
@@ -458,6 +459,7 @@ impl UnderlayPort {
         let count = segmenter.count();
         let most = (MAX_UDP_PAYLOAD / each).clamp(1, MAX_SEGMENTS);
         let per_send = count.div_ceil(count.div_ceil(most));
+        let header_bytes = segmenter.header_bytes();
         let ip = &frame[ETH..];
         let dst = SocketAddrV4::new(
             Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
@@ -466,21 +468,35 @@ impl UnderlayPort {
         let (tos, ttl) = (ip[1], ip[8]);
         let flow_port =
             u16::from_be_bytes([frame[udp_payload - UDP], frame[udp_payload - UDP + 1]]);
-        let sock = &self.segment_senders[usize::from(flow_port) % self.segment_senders.len()].0;
+        let sender = usize::from(flow_port) % self.segment_senders.len();
         let mut first = 0;
         while first < count {
             let range = first..(first + per_send).min(count);
-            let Some((at, len)) = segmenter.write_datagrams(
-                frame,
-                udp_payload,
-                range.clone(),
-                &mut self.segment_scratch,
-            ) else {
-                self.counter.drop(DropReason::EncapFailed);
-                return true;
-            };
-            let payload = &self.segment_scratch[at..at + len];
-            match sock.send_segmented(payload, dst, each as u16, tos, ttl) {
+            // Each datagram is gathered from two places: its headers,
+            // written here, and its payload, straight from the super-frame.
+            let mut parts: [&[u8]; InetSocket::MAX_SEND_PARTS] = [&[]; InetSocket::MAX_SEND_PARTS];
+            for (k, i) in range.clone().enumerate() {
+                let at = k * header_bytes;
+                let Some(dst) = self.segment_scratch.get_mut(at..at + header_bytes) else {
+                    self.counter.drop(DropReason::EncapFailed);
+                    return true;
+                };
+                if segmenter.write_headers(frame, i, dst).is_none() {
+                    self.counter.drop(DropReason::EncapFailed);
+                    return true;
+                }
+            }
+            for (k, i) in range.clone().enumerate() {
+                let at = k * header_bytes;
+                parts[2 * k] = &self.segment_scratch[at + udp_payload..at + header_bytes];
+                parts[2 * k + 1] = &frame[segmenter.chunk(i)];
+            }
+            let parts = &parts[..2 * range.len()];
+            let sent =
+                self.segment_senders[sender]
+                    .0
+                    .send_segmented(parts, dst, each as u16, tos, ttl);
+            match sent {
                 Ok(true) => {}
                 Ok(false) => self.counter.drop(DropReason::TxFailed),
                 Err(e)
@@ -645,9 +661,12 @@ impl Port for UnderlayPort {
         }
         let mut sent = 0;
         if !self.tunnel_out.is_empty() && !self.segment_senders.is_empty() {
+            // Two batches swap places, so both keep their capacity: no
+            // allocation per send.
             let mut rest = std::mem::take(&mut self.finish);
             rest.clear();
-            for mut buf in std::mem::take(&mut self.tunnel_out) {
+            let mut out = std::mem::take(&mut self.tunnel_out);
+            for mut buf in out.drain(..) {
                 let udp = buf.frame()[ETH + 9] == 17;
                 if udp && buf.is_gso() && self.send_segmented(&buf) {
                     sent += 1;
@@ -660,6 +679,7 @@ impl Port for UnderlayPort {
                 rest.push(buf);
             }
             self.tunnel_out = rest;
+            self.finish = out;
         }
         if !self.tunnel_out.is_empty() {
             match &self.sender {

@@ -97,35 +97,46 @@ impl InetSocket {
         Ok(u16::from_be(sa.sin_port))
     }
 
-    /// Sends `payload` to `dst` as datagrams of `segment` bytes each (the
-    /// last may be shorter), cut by the kernel (`UDP_SEGMENT`), with the
-    /// outer IPv4 TOS and TTL given. Returns false if the socket buffer is
-    /// full (nothing was sent).
+    /// Most slices one [`Self::send_segmented`] gathers.
+    pub const MAX_SEND_PARTS: usize = 256;
+
+    /// Sends the payload gathered from `parts` (at most
+    /// [`Self::MAX_SEND_PARTS`]) to `dst` as datagrams of `segment` bytes
+    /// each (the last may be shorter), cut by the kernel (`UDP_SEGMENT`),
+    /// with the outer IPv4 TOS and TTL given. Returns false if the socket
+    /// buffer is full (nothing was sent).
     pub fn send_segmented(
         &self,
-        payload: &[u8],
+        parts: &[&[u8]],
         dst: SocketAddrV4,
         segment: u16,
         tos: u8,
         ttl: u8,
     ) -> io::Result<bool> {
+        if parts.len() > Self::MAX_SEND_PARTS {
+            return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+        }
         const ROOM: usize = 96;
         let mut control = [0u64; ROOM / 8];
         // SAFETY: CMSG_SPACE only computes an aligned length.
         let space = unsafe { libc::CMSG_SPACE(2) + 2 * libc::CMSG_SPACE(4) } as usize;
         debug_assert!(space <= ROOM);
         let mut name = sockaddr_in(dst);
-        let mut iov = libc::iovec {
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; Self::MAX_SEND_PARTS];
+        for (v, part) in iov.iter_mut().zip(parts) {
             // The kernel only reads send buffers.
-            iov_base: payload.as_ptr().cast_mut().cast(),
-            iov_len: payload.len(),
-        };
+            v.iov_base = part.as_ptr().cast_mut().cast();
+            v.iov_len = part.len();
+        }
         // SAFETY: msghdr is plain C data; zero is a valid value.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_name = std::ptr::from_mut(&mut name).cast();
         msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = parts.len();
         msg.msg_control = control.as_mut_ptr().cast();
         msg.msg_controllen = space.min(ROOM);
         // SAFETY: the control buffer holds `space` bytes (72 on 64-bit
@@ -150,9 +161,9 @@ impl InetSocket {
             (*c).cmsg_len = libc::CMSG_LEN(4) as _;
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), ttl.into());
         }
-        // SAFETY: `msg` points at a name, an iovec and a control buffer on
-        // this stack frame that outlive the call; the iovec points into
-        // `payload`, which the kernel only reads.
+        // SAFETY: `msg` points at a name, iovecs and a control buffer on
+        // this stack frame that outlive the call; the iovecs point into
+        // `parts`, which the kernel only reads.
         match cvt(unsafe {
             libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) as libc::c_int
         }) {

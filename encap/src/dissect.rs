@@ -9,6 +9,7 @@ use core::fmt;
 use std::net::Ipv4Addr;
 
 use crate::arp::{ArpOperation, ArpRepr};
+use crate::checksum;
 use crate::ecn::Ecn;
 use crate::ethernet::{self, EtherType, MacAddr};
 use crate::icmpv4::{Icmpv4Packet, Icmpv4Type};
@@ -454,7 +455,7 @@ impl Dissector<'_> {
             match protocol {
                 IpProtocol::Udp => self.udp(l4, packet_end, src, dst),
                 IpProtocol::Icmp => self.icmp(l4, packet_end),
-                IpProtocol::Tcp => self.tcp(l4, packet_end),
+                IpProtocol::Tcp => self.tcp(l4, packet_end, src, dst),
                 IpProtocol::Ipip => self.tunnelled_ipv4(
                     "IPIP tunnel",
                     "IPIP (RFC 2003): the inner IPv4 packet follows",
@@ -493,19 +494,27 @@ impl Dissector<'_> {
                 return;
             }
         };
+        let ulen = usize::from(udp.len());
+        let partial = is_partial_checksum(
+            udp.checksum(),
+            src,
+            dst,
+            IpProtocol::Udp,
+            &self.bytes[offset..offset + ulen.min(end - offset)],
+        );
         let checksum = match (udp.checksum(), udp.checksum_ok(src, dst)) {
             (0, _) => "0x0000 (none: allowed over IPv4)".to_string(),
             (c, true) => format!("0x{c:04x} (correct)"),
+            (c, false) if partial => format!("0x{c:04x} ({PARTIAL})"),
             (c, false) => format!(
                 "0x{c:04x} (WRONG, should be 0x{:04x})",
                 udp.compute_checksum(src, dst)
             ),
         };
-        let (sport, dport, ulen, bad) = (
+        let (sport, dport, bad) = (
             udp.src_port(),
             udp.dst_port(),
-            usize::from(udp.len()),
-            !udp.checksum_ok(src, dst),
+            !udp.checksum_ok(src, dst) && !partial,
         );
         let computed = udp.compute_checksum(src, dst);
         let s = self.section("UDP", offset, 8);
@@ -649,12 +658,29 @@ impl Dissector<'_> {
         self.payload("Data", offset + 8, end);
     }
 
-    fn tcp(&mut self, offset: usize, end: usize) {
+    fn tcp(&mut self, offset: usize, end: usize, src: Ipv4Addr, dst: Ipv4Addr) {
         let b = &self.bytes[offset..end];
         if b.len() < 20 {
             return self.truncated("TCP", offset, end, 20);
         }
         let data_offset = usize::from(b[12] >> 4) * 4;
+        let stored = u16::from_be_bytes([b[16], b[17]]);
+        let pseudo = checksum::pseudo_header_v4(src, dst, 6, b.len() as u16);
+        let verifies = checksum::fold(checksum::accumulate(pseudo, b)) == 0xffff;
+        let partial = !verifies && is_partial_checksum(stored, src, dst, IpProtocol::Tcp, b);
+        let checksum_value = if verifies {
+            format!("0x{stored:04x} (correct)")
+        } else if partial {
+            format!("0x{stored:04x} ({PARTIAL})")
+        } else {
+            let mut zeroed = b.to_vec();
+            zeroed[16..18].fill(0);
+            let should = !checksum::fold(checksum::accumulate(pseudo, &zeroed));
+            format!("0x{stored:04x} (WRONG, should be 0x{should:04x})")
+        };
+        // Longer than any link here carries: a super-frame as GSO hands it
+        // over, cut at the sender's MSS (which is not in the frame).
+        let super_frame = b.len() > 9000;
         let s = self.section("TCP", offset, data_offset.clamp(20, b.len()));
         s.fields.push(Field {
             name: "source port",
@@ -680,6 +706,27 @@ impl Dissector<'_> {
             len: 1,
             value: format!("{data_offset} bytes"),
         });
+        s.fields.push(Field {
+            name: "checksum",
+            offset: offset + 16,
+            len: 2,
+            value: checksum_value,
+        });
+        if !verifies && !partial {
+            s.problems
+                .push("checksum is wrong (a receiver drops this)".to_string());
+        }
+        if super_frame {
+            s.fields.push(Field {
+                name: "segmentation",
+                offset,
+                len: b.len(),
+                value: format!(
+                    "a GSO super-frame of {} bytes of TCP: cut into MSS-sized segments late, by the kernel or a port that cannot take it whole",
+                    b.len()
+                ),
+            });
+        }
         if data_offset < 20 || data_offset > b.len() {
             s.problems.push(format!(
                 "data offset {data_offset} is outside 20..={}",
@@ -689,6 +736,25 @@ impl Dissector<'_> {
         }
         self.payload("Data", offset + data_offset, end);
     }
+}
+
+/// How a partial checksum is described.
+const PARTIAL: &str =
+    "partial: the pseudo-header sum only, as checksum offload leaves it for the NIC or the receiving kernel (CHECKSUM_PARTIAL)";
+
+/// True if `stored` is the folded pseudo-header sum of a TCP or UDP
+/// segment whose full sum does not verify: a checksum offload left undone
+/// (Linux's CHECKSUM_PARTIAL), not corruption.
+fn is_partial_checksum(
+    stored: u16,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: IpProtocol,
+    segment: &[u8],
+) -> bool {
+    let pseudo = checksum::pseudo_header_v4(src, dst, u8::from(protocol), segment.len() as u16);
+    checksum::fold(checksum::accumulate(pseudo, segment)) != 0xffff
+        && stored == checksum::fold(pseudo)
 }
 
 fn describe_mac(mac: MacAddr) -> String {
@@ -751,5 +817,55 @@ impl fmt::Display for Dissection {
         } else {
             writeln!(f, "{} problem(s) found", problems.len())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    /// A TCP frame, its checksum complete, partial (the pseudo-header sum
+    /// only) or corrupt; and a 20,000-byte super-frame.
+    #[test]
+    fn tcp_checksums_are_told_apart_and_super_frames_named() {
+        let src = Ipv4Addr::new(10, 244, 1, 2);
+        let dst = Ipv4Addr::new(10, 244, 2, 2);
+        let frame = |len: usize| {
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4(src.octets(), dst.octets(), 64)
+                .tcp(40000, 5201, 1, 64000)
+                .ack(1)
+                .write(&mut f, &vec![7u8; len])
+                .unwrap();
+            f
+        };
+        let complete = frame(100);
+        let d = dissect(&complete, &DissectOptions::default());
+        assert!(d.problems().is_empty(), "{d}");
+        assert!(d.to_string().contains("(correct)"), "{d}");
+
+        let mut partial = complete.clone();
+        let pseudo = checksum::fold(checksum::pseudo_header_v4(src, dst, 6, 120));
+        partial[50..52].copy_from_slice(&pseudo.to_be_bytes());
+        let d = dissect(&partial, &DissectOptions::default());
+        assert!(d.problems().is_empty(), "{d}");
+        assert!(
+            d.to_string().contains("partial: the pseudo-header sum"),
+            "{d}"
+        );
+
+        let mut corrupt = complete.clone();
+        corrupt[60] ^= 1;
+        let d = dissect(&corrupt, &DissectOptions::default());
+        assert_eq!(d.problems().len(), 1, "{d}");
+        assert!(d.to_string().contains("WRONG, should be"), "{d}");
+
+        let d = dissect(&frame(20_000), &DissectOptions::default());
+        assert!(
+            d.to_string().contains("a GSO super-frame of 20020 bytes"),
+            "{d}"
+        );
     }
 }

@@ -326,10 +326,20 @@ impl Handler {
                     (None, Some(spec)) => build_frame(&snap, port.spec.mac, port.spec.ip, spec)?,
                     _ => return Err("trace needs exactly one of \"hex\" and \"frame\"".into()),
                 };
+                if bytes.len() > MAX_TRACE_FRAME {
+                    return Err(format!(
+                        "a {}-byte frame: the longest a port hands over is {MAX_TRACE_FRAME}",
+                        bytes.len()
+                    ));
+                }
+                let gso_size = frame.as_ref().and_then(|f| f.gso_size);
                 let id = port.id;
                 drop(snap);
                 let mut tracer = self.tracer.lock().unwrap_or_else(|e| e.into_inner());
-                let result = tracer.trace(&bytes, id, (self.clock)());
+                let result = match gso_size {
+                    Some(size) => tracer.trace_super_frame(&bytes, id, (self.clock)(), size),
+                    None => tracer.trace(&bytes, id, (self.clock)()),
+                };
                 let snap = self.tables.load();
                 Ok(json!({
                     "steps": result.steps.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
@@ -496,6 +506,10 @@ fn peers(snap: &Snapshot) -> Value {
 
 /// Builds a frame from its fields: Ethernet, IPv4 and an ICMP echo
 /// request, UDP datagram or TCP SYN.
+/// The longest frame a trace takes: a 64 KiB GSO super-frame and its
+/// Ethernet header.
+const MAX_TRACE_FRAME: usize = 65_536 + 14;
+
 fn build_frame(
     snap: &Snapshot,
     port_mac: Option<MacAddr>,
@@ -516,8 +530,19 @@ fn build_frame(
     };
     let dst = parse_ip("dst_ip", &spec.dst_ip)?;
     let payload_len = spec.payload_len.unwrap_or(32);
-    if payload_len > 9000 {
-        return Err(format!("payload_len {payload_len} is above 9000"));
+    let limit = if spec.gso_size.is_some() {
+        65_000
+    } else {
+        9000
+    };
+    if payload_len > limit {
+        return Err(format!("payload_len {payload_len} is above {limit}"));
+    }
+    if spec.gso_size == Some(0) {
+        return Err("gso_size 0: a segment carries at least one byte".into());
+    }
+    if spec.gso_size.is_some() && spec.protocol.as_deref() != Some("tcp") {
+        return Err("gso_size: a super-frame is TCP here (give protocol tcp)".into());
     }
     let (protocol, l4_len) = match spec.protocol.as_deref().unwrap_or("icmp") {
         "icmp" => (IpProtocol::Icmp, 8),
@@ -560,6 +585,16 @@ fn build_frame(
             .emit(l4);
             podswitch_engine::encap::udp::UdpPacket::new_unchecked(&mut l4[..])
                 .fill_checksum(src, dst);
+        }
+        _ if spec.gso_size.is_some() => {
+            // A TSO super-frame as a pod's kernel hands it over: ACK|PSH,
+            // and only the pseudo-header sum in the checksum field.
+            l4[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            l4[2..4].copy_from_slice(&5201u16.to_be_bytes());
+            l4[12] = 0x50;
+            l4[13] = 0x18;
+            let sum = checksum::pseudo_header_v4(src, dst, 6, (20 + payload_len) as u16);
+            l4[16..18].copy_from_slice(&checksum::fold(sum).to_be_bytes());
         }
         _ => {
             l4[0..2].copy_from_slice(&40000u16.to_be_bytes());

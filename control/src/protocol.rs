@@ -65,6 +65,11 @@ pub struct FrameSpec {
     /// Set DF (default true).
     #[serde(default)]
     pub dont_frag: Option<bool>,
+    /// Trace a TCP super-frame: the frame (protocol `tcp`, up to 65,000
+    /// payload bytes) carries segmentation offload with this segment size
+    /// and a partial checksum, as a pod's TSO hands it over.
+    #[serde(default)]
+    pub gso_size: Option<u16>,
 }
 
 fn yes() -> bool {

@@ -253,6 +253,7 @@ fn every_request_type() {
                 ttl: None,
                 payload_len: None,
                 dont_frag: None,
+                gso_size: None,
             }),
         },
     );
@@ -269,6 +270,39 @@ fn every_request_type() {
         "{steps:?}"
     );
     assert_eq!(trace["outputs"][0]["port"], "eth0");
+    // A pod's 20,000-byte TSO super-frame: routed and encapsulated as one
+    // packet, leaving as 15 segments' worth (20000 / 1398).
+    let super_frame = |gso_size, protocol: &str| Request::Trace {
+        in_port: "veth-bb1".into(),
+        hex: None,
+        frame: Some(FrameSpec {
+            src_mac: None,
+            dst_mac: None,
+            src_ip: None,
+            dst_ip: "10.244.2.5".into(),
+            protocol: Some(protocol.into()),
+            ttl: None,
+            payload_len: Some(20_000),
+            dont_frag: None,
+            gso_size: Some(gso_size),
+        }),
+    };
+    let traced = ok(&mut c, super_frame(1398, "tcp"));
+    let text = traced["steps"].to_string();
+    assert!(text.contains("offload: a GSO super-frame"), "{text}");
+    assert!(text.contains("gso size 1398"), "{text}");
+    assert!(text.contains("encapsulate vxlan"), "{text}");
+    assert!(text.contains("a super-frame of 15 segments"), "{text}");
+    // Its segments, not its length, must fit the tunnel: 1460 does not.
+    let too_big = ok(&mut c, super_frame(1460, "tcp"));
+    assert!(
+        too_big["steps"]
+            .to_string()
+            .contains("fragmentation_needed"),
+        "{too_big}"
+    );
+    fails(&mut c, super_frame(1398, "udp"), "a super-frame is TCP");
+    fails(&mut c, super_frame(0, "tcp"), "gso_size 0");
     // Trace by hex: the frame that just came out, replayed from the underlay,
     // is not for us (node2's VTEP) and is dropped with its reason.
     let hex = trace["outputs"][0]["hex"].as_str().unwrap().to_string();

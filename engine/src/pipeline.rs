@@ -35,7 +35,10 @@ use podswitch_encap::{DecapError, Inner, MacAddr, TunnelMode};
 use crate::config::GatewayMode;
 use crate::drop::DropReason;
 use crate::fib::NextHop;
-use crate::offload::{complete_checksum, recognise_offloads, L4Checksum};
+use crate::offload::{
+    accept_vnet_header, complete_checksum, recognise_offloads, L4Checksum, Segmenter, VnetHeader,
+    FLAG_NEEDS_CSUM, GSO_TCPV4,
+};
 use crate::packet::{PacketBuf, PacketPool};
 use crate::peer::{Forwarding, Peer, PeerId};
 use crate::port::{PortId, PortRole};
@@ -240,6 +243,29 @@ impl Pipeline {
     /// without learning, counting or sending anything, and returns every
     /// decision and the frames that would leave.
     pub fn trace(&mut self, frame: &[u8], in_port: PortId, now: u32) -> TraceResult {
+        self.trace_with(frame, in_port, now, None)
+    }
+
+    /// [`Self::trace`] for a TCP super-frame: `frame` arrives with
+    /// segmentation offload of `gso_size` bytes per segment and a partial
+    /// checksum, as a pod's TSO hands it to an AF_PACKET port.
+    pub fn trace_super_frame(
+        &mut self,
+        frame: &[u8],
+        in_port: PortId,
+        now: u32,
+        gso_size: u16,
+    ) -> TraceResult {
+        self.trace_with(frame, in_port, now, Some(gso_size))
+    }
+
+    fn trace_with(
+        &mut self,
+        frame: &[u8],
+        in_port: PortId,
+        now: u32,
+        gso_size: Option<u16>,
+    ) -> TraceResult {
         let tables = Arc::clone(&self.tables);
         let snap = tables.load();
         let ctx = Ctx {
@@ -248,16 +274,20 @@ impl Pipeline {
             now,
             learning: false,
         };
-        let mut pool = PacketPool::new(
-            64,
-            (frame.len() + crate::packet::HEADROOM + 64).max(crate::packet::DEFAULT_BUF_SIZE),
-        );
+        let mut pool = PacketPool::with_large(64, crate::packet::DEFAULT_BUF_SIZE, 4);
         let mut out = Outputs::new();
         let mut rec = Recorder::default();
         let ident = self.ident;
         match pool.alloc_with(in_port, frame) {
             Some(mut buf) => {
-                let verdict = self.handle(&ctx, &mut buf, &mut pool, &mut out, &mut rec);
+                let offloaded = match gso_size {
+                    Some(size) => super_frame_offload(&mut buf, size),
+                    None => Ok(()),
+                };
+                let verdict = match offloaded {
+                    Ok(()) => self.handle(&ctx, &mut buf, &mut pool, &mut out, &mut rec),
+                    Err(reason) => Drop(reason),
+                };
                 match verdict {
                     Output(port) => out.push(port, buf),
                     Drop(reason) => {
@@ -272,6 +302,13 @@ impl Pipeline {
         let mut outputs = Vec::new();
         out.drain(|port, batch| {
             for buf in batch.drain(..) {
+                if let Some(gso) = buf.offload().gso {
+                    let segments = buf
+                        .frame_offset(buf.offload().l3)
+                        .and_then(|l3| Segmenter::at(buf.frame(), l3, gso.kind, gso.size).ok())
+                        .map_or(0, |s| s.count());
+                    rec.step(|| Step::LeavesWhole { port, segments });
+                }
                 outputs.push((port, buf.frame().to_vec()));
                 pool.free(buf);
             }
@@ -997,6 +1034,23 @@ impl Pipeline {
         let verdict = self.route(ctx, &mut reply, Origin::Local, pool, out, t);
         self.finish(ctx, reply, verdict, pool, out);
     }
+}
+
+/// Gives a traced frame the offload state a pod's TSO super-frame
+/// arrives with (checked as a port checks it).
+fn super_frame_offload(buf: &mut PacketBuf, gso_size: u16) -> Result<(), DropReason> {
+    let frame = buf.frame();
+    let l4 = ETH + usize::from(frame.get(ETH).map_or(0, |b| b & 0x0f)) * 4;
+    let doff = frame.get(l4 + 12).map_or(0, |b| usize::from(b >> 4) * 4);
+    let hdr = VnetHeader {
+        flags: FLAG_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: (l4 + doff) as u16,
+        gso_size,
+        csum_start: l4 as u16,
+        csum_offset: 16,
+    };
+    accept_vnet_header(buf, &hdr).map_err(|_| DropReason::GsoMalformed)
 }
 
 /// Completes a frame's partial transport checksum in place, if it has one

@@ -140,6 +140,14 @@ pub enum Step {
         /// Its transport checksum is partial.
         partial_checksum: bool,
     },
+    /// A super-frame leaves: whole where the port takes super-frames,
+    /// cut into `segments` frames where it cannot.
+    LeavesWhole {
+        /// The port.
+        port: PortId,
+        /// Segments it makes on the wire.
+        segments: usize,
+    },
     /// Flooded to these ports.
     Flood(Vec<PortId>),
     /// Leaves on this port.
@@ -242,6 +250,10 @@ impl fmt::Display for Step {
                 }
                 Ok(())
             }
+            Step::LeavesWhole { port, segments } => write!(
+                f,
+                "port {port} gets a super-frame of {segments} segments: sent whole where it takes them (AF_PACKET and TUN/TAP ports, the UDP_SEGMENT underlay, host-gw), cut into {segments} frames where it cannot (AF_XDP, IPIP)"
+            ),
             Step::Flood(ports) => {
                 let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
                 write!(f, "flood to ports [{}]", list.join(", "))

@@ -160,7 +160,7 @@ pub(crate) struct TraceArgs {
     #[arg(long)]
     in_port: String,
     /// The frame as hex (instead of the fields below).
-    #[arg(long, conflicts_with_all = ["dst_ip", "src_ip", "src_mac", "dst_mac", "protocol", "ttl", "payload_len"])]
+    #[arg(long, conflicts_with_all = ["dst_ip", "src_ip", "src_mac", "dst_mac", "protocol", "ttl", "payload_len", "gso_size"])]
     hex: Option<String>,
     /// Destination IPv4 address.
     #[arg(long, required_unless_present = "hex")]
@@ -180,9 +180,15 @@ pub(crate) struct TraceArgs {
     /// TTL (default 64).
     #[arg(long)]
     ttl: Option<u8>,
-    /// Payload bytes after the L4 header (default 32).
+    /// Payload bytes after the L4 header (default 32; up to 65000 with
+    /// --gso-size).
     #[arg(long)]
     payload_len: Option<usize>,
+    /// Trace a TCP super-frame of this segment size (a pod's TSO frame:
+    /// give --protocol tcp and a --payload-len of up to 65000), to see
+    /// where it travels whole and where it is cut.
+    #[arg(long, requires = "dst_ip")]
+    gso_size: Option<u16>,
 }
 
 fn next_hop(text: &str) -> Result<NextHopSpec, String> {
@@ -285,6 +291,7 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
                 ttl: t.ttl,
                 payload_len: t.payload_len,
                 dont_frag: None,
+                gso_size: t.gso_size,
             }),
         },
     })

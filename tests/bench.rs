@@ -9,7 +9,9 @@ use serde_json::Value;
 
 #[test]
 fn a_short_bench_produces_every_figure() {
-    require(&["ip", "ping", "iperf3", "trafgen", "bridge", "sysctl"]);
+    require(&[
+        "ip", "ping", "iperf3", "trafgen", "bridge", "sysctl", "pgrep",
+    ]);
     let json = TempFile::new("bench.json");
     let svg = TempFile::new("bench.svg");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_podswitchctl"))
@@ -57,7 +59,24 @@ fn a_short_bench_produces_every_figure() {
             .is_some_and(|x| x > 0.0),
         "{v}"
     );
+    assert!(
+        v["generator_cpu_us_per_frame"]
+            .as_f64()
+            .is_some_and(|x| x > 0.0),
+        "{v}"
+    );
     assert!(table.contains("Generator ceiling"), "{table}");
+    // No generator outlives its measurement (trafgen's worker process once
+    // went on flooding the lab through the measurements after it).
+    let left = std::process::Command::new("pgrep")
+        .args(["-x", "trafgen"])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "trafgen still running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
     let chart = std::fs::read_to_string(&svg.0).unwrap();
     assert!(chart.starts_with("<svg") && chart.contains("tcp-1-stream"));
     let netns = String::from_utf8_lossy(

@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use super::{finish_offloads, has_offloads, offload_drop_reason, stage, Counter};
+use super::{finish_offloads, has_offloads, offload_drop_reason, received_frame, stage, Counter};
 use crate::drop::DropReason;
 use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, HEADROOM};
@@ -116,7 +116,7 @@ impl PacketRx {
             }
         };
         let before = batch.len();
-        for (i, mut small) in self.staging.drain(..got).enumerate() {
+        for (i, small) in self.staging.drain(..got).enumerate() {
             let meta = self.meta[i];
             let large = self.staging_large.get_mut(i).and_then(Option::take);
             let hdr = if vnet {
@@ -125,33 +125,11 @@ impl PacketRx {
                 VnetHeader::default()
             };
             let len = meta.len.saturating_sub(if vnet { VNET_HDR_LEN } else { 0 });
-            if meta.truncated {
-                // Only a message longer than 64 KiB, or one that found no
-                // super-frame buffer, is cut.
-                counter.drop(if large.is_some() {
-                    DropReason::RxTooLong
-                } else {
-                    DropReason::PoolExhausted
-                });
-                pool.free(small);
-                if let Some(large) = large {
-                    pool.free(large);
-                }
+            // Only a message longer than 64 KiB, or one that found no
+            // super-frame buffer, is cut.
+            let Some(mut buf) = received_frame(counter, pool, small, large, 0, len, meta.truncated)
+            else {
                 continue;
-            }
-            let mut buf = match large {
-                Some(mut large) if len > small_area => {
-                    large.join_received(&small.receive_area(0)[..small_area], 0, len);
-                    pool.free(small);
-                    large
-                }
-                large => {
-                    if let Some(large) = large {
-                        pool.free(large);
-                    }
-                    small.set_received(0, len);
-                    small
-                }
             };
             match accept_vnet_header(&mut buf, &hdr) {
                 Ok(()) => {

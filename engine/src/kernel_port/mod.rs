@@ -110,6 +110,50 @@ fn has_offloads(buf: &PacketBuf) -> bool {
     !buf.offload().is_none()
 }
 
+/// Makes one received message a frame of `len` bytes at `reserve`: in its
+/// small buffer, or, when longer, joined into the super-frame buffer the
+/// kernel continued it in (the small buffer's part copied in front). A
+/// message the kernel cut (`truncated`: longer than both, or no
+/// super-frame buffer was free) is counted and gives `None`. The buffer
+/// not used goes back to the pool.
+fn received_frame(
+    counter: &Counter,
+    pool: &mut PacketPool,
+    mut small: PacketBuf,
+    large: Option<PacketBuf>,
+    reserve: usize,
+    len: usize,
+    truncated: bool,
+) -> Option<PacketBuf> {
+    let small_area = small.receive_area(reserve).len();
+    if truncated {
+        counter.drop(if large.is_some() {
+            DropReason::RxTooLong
+        } else {
+            DropReason::PoolExhausted
+        });
+        pool.free(small);
+        if let Some(large) = large {
+            pool.free(large);
+        }
+        return None;
+    }
+    match large {
+        Some(mut large) if len > small_area => {
+            large.join_received(&small.receive_area(reserve)[..small_area], reserve, len);
+            pool.free(small);
+            Some(large)
+        }
+        large => {
+            if let Some(large) = large {
+                pool.free(large);
+            }
+            small.set_received(reserve, len);
+            Some(small)
+        }
+    }
+}
+
 /// Takes up to `want` buffers from `pool` into `staging` for a receive.
 fn stage(pool: &mut PacketPool, staging: &mut Vec<PacketBuf>, want: usize, id: PortId) {
     while staging.len() < want {

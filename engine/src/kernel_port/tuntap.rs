@@ -15,7 +15,7 @@ use std::sync::Arc;
 use podswitch_encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
 use podswitch_encap::MacAddr;
 
-use super::{finish_offloads, has_offloads, offload_drop_reason, stage, Counter};
+use super::{finish_offloads, has_offloads, offload_drop_reason, received_frame, stage, Counter};
 use crate::drop::DropReason;
 use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
@@ -112,46 +112,28 @@ fn read_batch(
             )
         };
         let n = match read {
-            Ok(Some(n)) => n,
-            Ok(None) => {
+            Ok(Some(n)) if n < capacity && n >= head_len(dev) => n,
+            other => {
                 pool.free(small);
                 if let Some(l) = large {
                     pool.free(l);
                 }
-                break;
-            }
-            Err(e) => {
-                pool.free(small);
-                if let Some(l) = large {
-                    pool.free(l);
+                match other {
+                    Ok(None) => break,
+                    Err(e) => return Err(e),
+                    // Filled to the brim: the packet may have been cut.
+                    _ => {
+                        got += 1;
+                        counter.drop(DropReason::RxTooLong);
+                        continue;
+                    }
                 }
-                return Err(e);
             }
         };
         got += 1;
-        if n >= capacity || n < head_len(dev) {
-            // Filled to the brim: the packet may have been cut.
-            counter.drop(DropReason::RxTooLong);
-            pool.free(small);
-            if let Some(l) = large {
-                pool.free(l);
-            }
-            continue;
-        }
         let len = n - head_len(dev);
-        let mut buf = match large {
-            Some(mut l) if len > small_area => {
-                l.join_received(&small.receive_area(reserve)[..small_area], reserve, len);
-                pool.free(small);
-                l
-            }
-            other => {
-                if let Some(l) = other {
-                    pool.free(l);
-                }
-                small.set_received(reserve, len);
-                small
-            }
+        let Some(mut buf) = received_frame(counter, pool, small, large, reserve, len, false) else {
+            continue;
         };
         if let Err(reason) = finish(&mut buf) {
             counter.drop(reason);

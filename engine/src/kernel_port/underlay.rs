@@ -55,7 +55,7 @@ use podswitch_encap::ipv4::{Ipv4Repr, HEADER_LEN as IPV4};
 use podswitch_encap::{IpProtocol, MacAddr};
 
 use super::af_packet::{send_counted, PacketRx, TxScratch};
-use super::{finish_offloads, has_offloads, stage, Counter};
+use super::{finish_offloads, has_offloads, received_frame, stage, Counter};
 use crate::config::Backend;
 use crate::drop::DropReason;
 use crate::fib::Prefix;
@@ -269,36 +269,19 @@ impl UnderlayPort {
         let tunnel_port = self.udp.as_ref().map_or(0, |(_, p)| *p);
         let mut staging = std::mem::take(&mut self.staging);
         let mut staging_large = std::mem::take(&mut self.staging_large);
-        for (i, mut small) in staging.drain(..got).enumerate() {
+        for (i, small) in staging.drain(..got).enumerate() {
             let meta = self.meta[i];
             let large = staging_large.get_mut(i).and_then(Option::take);
-            if meta.truncated {
-                // Longer than 64 KiB cannot be; no super-frame buffer can.
-                self.counter.drop(if large.is_some() {
-                    DropReason::RxTooLong
-                } else {
-                    DropReason::PoolExhausted
-                });
-                pool.free(small);
-                if let Some(large) = large {
-                    pool.free(large);
-                }
+            let Some(mut buf) = received_frame(
+                &self.counter,
+                pool,
+                small,
+                large,
+                reserve,
+                meta.len,
+                meta.truncated,
+            ) else {
                 continue;
-            }
-            let mut buf = match large {
-                Some(mut large) if meta.len > small_area => {
-                    let head = &small.receive_area(reserve)[..small_area];
-                    large.join_received(head, reserve, meta.len);
-                    pool.free(small);
-                    large
-                }
-                large => {
-                    if let Some(large) = large {
-                        pool.free(large);
-                    }
-                    small.set_received(reserve, meta.len);
-                    small
-                }
             };
             let len = meta.len;
             let coalescible =

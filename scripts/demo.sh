@@ -40,8 +40,9 @@ $ctl --socket "$sock2" trace --in-port ul0 --hex "$encapsulated"
 
 say "pod1-1 sends 20 MB of TCP to pod2-1: the path of a super-frame, next to the ping's"
 echo "(a pod's TCP leaves its eth0 as 64 KiB TSO super-frames; podswitch carries each as one"
-echo " packet: whole from the pod's port, one UDP_SEGMENT burst on node1's underlay, merged"
-echo " again on node2 and handed to pod2-1 whole. The counters below show which path it took.)"
+echo " packet: whole from the pod's port, in one or two UDP_SEGMENT bursts on node1's underlay,"
+echo " each burst merged again on node2 and handed to pod2-1 whole. The counters below show"
+echo " which path it took.)"
 $ctl lab exec --name demo pod2-1 -- iperf3 -s -1 -D >/dev/null
 sleep 0.5
 $ctl lab exec --name demo pod1-1 -- iperf3 -c "$dst" -n 20M | grep -E 'sender|receiver' || true
@@ -49,6 +50,8 @@ echo "node1:"
 $ctl --socket "$sock1" stats | sed -n '/SUPER-FRAMES/,/^$/p'
 echo "node2:"
 $ctl --socket "$sock2" stats | sed -n '/SUPER-FRAMES/,/^$/p'
+say "node1: one such super-frame (20,000 bytes of TCP, segment size 1398), traced"
+$ctl --socket "$sock1" trace --in-port "$port" --dst-ip "$dst" --protocol tcp --payload-len 20000 --gso-size 1398
 
 say "capturing one encapsulated frame on node2's underlay while pod1-1 pings again"
 capture=$(mktemp /tmp/podswitch-demo-XXXX.pcap)

@@ -18,19 +18,22 @@
 //! Super-frames (DESIGN.md, "Offloads"):
 //!
 //! - **Send with GSO**: an encapsulated VXLAN or IP-in-UDP super-frame
-//!   leaves as one `sendmsg` on a UDP socket with `UDP_SEGMENT`: podswitch
-//!   cuts the inner TCP segment once, writing the datagrams back to back
-//!   (inner checksums complete, so any receiver, a kernel flannel.1
-//!   included, takes them), and the kernel makes the outer IPv4/UDP
-//!   headers per datagram, or carries the whole burst across a veth as
-//!   one skb. The outer source port is the socket's: a pool of
-//!   `SEGMENT_SENDERS` (16) sockets bound to ports the kernel picks, one
-//!   chosen per flow by the flow hash, and every other packet of the flow
-//!   (sent through the raw socket) gets the same port, so one flow keeps
-//!   one outer 5-tuple (what ECMP and RSS need). IPIP has no UDP to
-//!   segment and no virtio GSO type the kernel would take from userspace:
-//!   IPIP super-frames are cut in userspace and go through the raw socket.
-//!   Without `UDP_SEGMENT` (Linux before 4.18) the same fallback is used.
+//!   leaves as one `sendmsg` on a UDP socket with `UDP_SEGMENT` (two when
+//!   it holds more datagrams than 64 KiB): podswitch writes each segment's
+//!   headers once (inner checksums complete, so any receiver, a kernel
+//!   flannel.1 included, takes them) and the send gathers them with the
+//!   payloads straight from the super-frame; the kernel makes the outer
+//!   IPv4/UDP headers per datagram, or carries the whole burst across a
+//!   veth as one skb. The outer source port is the socket's. For VXLAN: a
+//!   pool of `SEGMENT_SENDERS` (16) sockets bound to ports the kernel
+//!   picks, one chosen per flow by the flow hash, and every other packet of
+//!   the flow (sent through the raw socket) gets the same port, so one
+//!   flow keeps one outer 5-tuple (what ECMP and RSS need). For IP-in-UDP:
+//!   the receiving socket, so the source port stays 8285, as flanneld
+//!   sends. IPIP has no UDP to segment and no virtio GSO type the kernel
+//!   would take from userspace: IPIP super-frames are cut in userspace and
+//!   go through the raw socket. Without `UDP_SEGMENT` (Linux before 4.18)
+//!   the same fallback is used.
 //! - **Receive with GRO**: the UDP socket has `UDP_GRO` on and buffers of
 //!   64 KiB. A peer's `UDP_SEGMENT` burst arrives as one super-datagram
 //!   with its segment size; when its datagrams are in-order segments of one
@@ -120,8 +123,12 @@ pub struct UnderlayPort {
     direct_out: Vec<PacketBuf>,
     finish: Vec<PacketBuf>,
     direct_tx: TxScratch,
-    /// `UDP_SEGMENT` senders and their ports (UDP tunnels only).
+    /// `UDP_SEGMENT` senders and their ports (VXLAN only: IP-in-UDP
+    /// sends from its receiving socket, whose port flanneld sends from).
     segment_senders: Vec<(InetSocket, u16)>,
+    /// Super-frames leave as `UDP_SEGMENT` bursts (a UDP tunnel, on a
+    /// kernel that has it).
+    segmenting: bool,
     /// Where the headers of one send's datagrams are written (a segment's
     /// headers are at most 256 bytes: IPv4 and TCP options included).
     segment_scratch: Vec<u8>,
@@ -171,11 +178,15 @@ impl UnderlayPort {
             None => None,
         };
         // Without UDP_SEGMENT the raw socket sends everything.
-        let segment_senders = match tunnel_port {
-            Some(_) => (0..SEGMENT_SENDERS)
+        let segment_senders: Vec<_> = match options.backend {
+            Backend::Vxlan | Backend::DirectRouting => (0..SEGMENT_SENDERS)
                 .map_while(|_| InetSocket::udp_segment_sender(options.local_ip).ok())
                 .collect(),
-            None => Vec::new(),
+            _ => Vec::new(),
+        };
+        let segmenting = match options.backend {
+            Backend::Udp => true,
+            _ => !segment_senders.is_empty(),
         };
         let inner_l3 = match options.backend {
             Backend::Udp => 0,
@@ -220,6 +231,7 @@ impl UnderlayPort {
             finish: Vec::with_capacity(BATCH_SIZE),
             direct_tx: TxScratch::default(),
             segment_senders,
+            segmenting,
             segment_scratch: vec![0; MAX_SEGMENTS * 256],
             inner_l3,
         })
@@ -425,7 +437,7 @@ impl UnderlayPort {
         let Some(gso) = buf.offload().gso else {
             return false;
         };
-        if self.segment_senders.is_empty() {
+        if !self.segmenting {
             return false;
         }
         let frame = buf.frame();
@@ -451,7 +463,12 @@ impl UnderlayPort {
         let (tos, ttl) = (ip[1], ip[8]);
         let flow_port =
             u16::from_be_bytes([frame[udp_payload - UDP], frame[udp_payload - UDP + 1]]);
-        let sender = usize::from(flow_port) % self.segment_senders.len();
+        // VXLAN: the pool socket the flow's hashed port picks; IP-in-UDP:
+        // the receiving socket, so the source port stays flanneld's 8285.
+        let sender = match self.segment_senders.len() {
+            0 => None,
+            n => Some(usize::from(flow_port) % n),
+        };
         let mut first = 0;
         while first < count {
             let range = first..(first + per_send).min(count);
@@ -475,10 +492,14 @@ impl UnderlayPort {
                 parts[2 * k + 1] = &frame[segmenter.chunk(i)];
             }
             let parts = &parts[..2 * range.len()];
-            let sent =
-                self.segment_senders[sender]
-                    .0
-                    .send_segmented(parts, dst, each as u16, tos, ttl);
+            let sock = match sender {
+                Some(i) => &self.segment_senders[i].0,
+                None => match &self.udp {
+                    Some((sock, _)) => sock,
+                    None => return false,
+                },
+            };
+            let sent = sock.send_segmented(parts, dst, each as u16, tos, ttl);
             match sent {
                 Ok(true) => {}
                 Ok(false) => self.counter.drop(DropReason::TxFailed),
@@ -491,6 +512,7 @@ impl UnderlayPort {
                 {
                     // This kernel cannot: from now on, the software way.
                     self.segment_senders.clear();
+                    self.segmenting = false;
                     return false;
                 }
                 Err(_) => self.counter.drop(DropReason::TxFailed),
@@ -643,7 +665,7 @@ impl Port for UnderlayPort {
             }
         }
         let mut sent = 0;
-        if !self.tunnel_out.is_empty() && !self.segment_senders.is_empty() {
+        if !self.tunnel_out.is_empty() && self.segmenting {
             // Two batches swap places, so both keep their capacity: no
             // allocation per send.
             let mut rest = std::mem::take(&mut self.finish);

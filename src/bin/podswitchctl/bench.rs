@@ -188,10 +188,20 @@ fn busy_jiffies() -> u64 {
 }
 
 fn process_group_jiffies(pgid: u32) -> u64 {
+    group_members(pgid).iter().map(|m| m.jiffies).sum()
+}
+
+/// One process of a group, from /proc/PID/stat.
+struct Member {
+    jiffies: u64,
+}
+
+/// The processes of group `pgid` still in /proc.
+fn group_members(pgid: u32) -> Vec<Member> {
     // After the ')' of the command: state (0), ppid (1), pgrp (2), ...,
     // utime (11), stime (12).
     let Ok(dir) = fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
     dir.filter_map(Result::ok)
         .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
@@ -202,10 +212,13 @@ fn process_group_jiffies(pgid: u32) -> u64 {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect();
-            (f.get(2)?.parse::<u32>().ok()? == pgid)
-                .then(|| Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))?
+            (f.get(2)?.parse::<u32>().ok()? == pgid).then(|| {
+                Some(Member {
+                    jiffies: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+                })
+            })?
         })
-        .sum()
+        .collect()
 }
 
 /// Stops every process of group `pgid`: trafgen runs its work in child
@@ -276,6 +289,12 @@ fn blast(
     let elapsed = started.elapsed().as_secs_f64();
     stop_group(generator.id());
     let _ = generator.wait();
+    // The worker dies a moment after the signal: the next measurement
+    // starts only once it is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !group_members(generator.id()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let _ = fs::remove_file(&conf);
     let packets = after_rx?.saturating_sub(before_rx) as f64;
     Ok(Blast {

@@ -404,3 +404,66 @@ fn a_bad_config_fails_at_start_naming_file_key_and_reason() {
         assert!(help.contains(option), "--help documents {option}");
     }
 }
+
+/// A port-add whose AF_XDP socket fails (a bridge has no native XDP)
+/// answers, and the daemon keeps taking port-adds: the failed open once
+/// dropped its half-built socket under libxdp's lock, whose Drop took the
+/// same lock, and every later port-add hung (issue 15).
+#[test]
+fn a_failed_af_xdp_open_answers_and_the_next_port_add_works() {
+    require(&["ip", "timeout"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.start_all();
+    let node = &cluster.nodes[0];
+    node.ns.ip(&["link", "add", "brx", "type", "bridge"]);
+    node.ns.ip(&["link", "set", "brx", "up"]);
+    let socket = node.daemon.as_ref().unwrap().socket.clone();
+    let ctl = |args: &[&str]| {
+        std::process::Command::new("timeout")
+            .arg("20")
+            .arg(common::cluster::podswitchctl())
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let add = ctl(&[
+        "port",
+        "add",
+        "brx",
+        "--kind",
+        "af-xdp",
+        "--ip",
+        "10.244.1.20",
+        "--mac",
+        "02:00:0a:f4:01:14",
+    ]);
+    assert_ne!(
+        add.status.code(),
+        Some(124),
+        "the port-add never answered\n{}",
+        cluster.logs()
+    );
+    let next = ctl(&[
+        "port",
+        "add",
+        "tap21",
+        "--kind",
+        "tap",
+        "--ip",
+        "10.244.1.21",
+        "--mac",
+        "02:00:0a:f4:01:15",
+    ]);
+    assert!(
+        next.status.success(),
+        "the next port-add: {}\n{}",
+        String::from_utf8_lossy(&next.stderr),
+        cluster.logs()
+    );
+    // Whatever became of brx, no port is left without a kind.
+    let ports = node.ctl_json(&["port", "list"]).to_string();
+    assert!(!ports.contains("\"kind\":\"-\""), "{ports}");
+    assert!(ports.contains("tap21"), "{ports}");
+}

@@ -161,7 +161,6 @@ impl XdpSocket {
     /// Opens a socket on `interface`, native XDP first, generic if the
     /// driver refuses (or only generic if `native` is false).
     pub fn open(interface: &str, native: bool) -> io::Result<XdpSocket> {
-        let _libxdp = libxdp_lock();
         if native {
             if let Ok(s) = XdpSocket::open_mode(interface, XdpMode::Native) {
                 return Ok(s);
@@ -202,6 +201,12 @@ impl XdpSocket {
             mode,
             fd: -1,
         };
+        // libxdp's create calls are serialised. The guard is declared after
+        // `sock`, so on an early return it is released before `sock` is
+        // dropped: Drop takes the same (not reentrant) lock, and a failed
+        // open that dropped its half-built socket under the guard
+        // deadlocked every later port-add.
+        let _libxdp = libxdp_lock();
         let umem_config = xsk_umem_config {
             fill_size: RING,
             comp_size: RING,

@@ -47,6 +47,7 @@ drop_reasons! {
     NotSwitched => "not_switched", "no L2 segment to switch this frame in (proxy-ARP mode, or a non-pod port)";
     NoFloodTargets => "no_flood_targets", "a broadcast or unknown unicast with no other port in the segment";
     UnsupportedEtherType => "unsupported_ethertype", "an EtherType podswitch does not route here";
+    VlanTagged => "vlan_tagged", "an 802.1Q/802.1ad-tagged frame from a pod: VLAN tagging is not configured";
     Ipv6NotConfigured => "ipv6_not_configured", "IPv6 (router advertisements included) while IPv6 is not configured";
     ArpMalformed => "arp_malformed", "an ARP packet that is not Ethernet/IPv4 or is truncated";
     ArpHandled => "arp_handled", "an ARP reply addressed to the gateway, consumed after learning";

@@ -394,6 +394,13 @@ impl Pipeline {
                 Err(_) => return Drop(DropReason::EthernetTruncated),
             },
         };
+        // Pods send untagged frames. A tag (even VID 0, priority only)
+        // would carry IPv4 past every check below, which read untagged
+        // frames, and be switched as "other L2": one classification for
+        // every tagged frame, whatever it carries (issue 15).
+        if l3 != ETH {
+            return Drop(DropReason::VlanTagged);
+        }
         match ethertype {
             EtherType::Arp => {
                 t.step(|| Step::Classified("ARP"));

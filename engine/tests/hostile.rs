@@ -296,3 +296,72 @@ proptest! {
         prop_assert_eq!(s.node.pool.in_use(), 0);
     }
 }
+
+/// `frame` with 802.1Q (and, if `outer` is given, an outer 802.1ad) tag(s)
+/// inserted after the MAC addresses.
+fn tagged(frame: &[u8], vid: u16, outer: Option<u16>) -> Vec<u8> {
+    let mut t = frame[..12].to_vec();
+    if let Some(outer_vid) = outer {
+        t.extend_from_slice(&[0x88, 0xa8]);
+        t.extend_from_slice(&outer_vid.to_be_bytes());
+    }
+    t.extend_from_slice(&[0x81, 0x00]);
+    t.extend_from_slice(&vid.to_be_bytes());
+    t.extend_from_slice(&frame[12..]);
+    t
+}
+
+/// A tag carried IPv4 with a forged source past the anti-spoofing checks
+/// (switched as "other L2" to a neighbour's MAC, flooded when sent to the
+/// gateway's): every tagged frame from a pod is now one counted drop.
+#[test]
+fn vlan_tagged_frames_from_pods_are_dropped_whatever_they_carry() {
+    let mut s = setup(Backend::Vxlan);
+    s.node.pod("veth-bb2", "10.244.1.3", BUSYBOX2_MAC);
+    // Forged source 10.244.1.99, to busybox2's MAC and to the gateway's.
+    let to_neighbour = ping_frame(BUSYBOX1_MAC, BUSYBOX2_MAC, "10.244.1.99", "10.244.1.3", 64);
+    let to_gateway = ping_frame(BUSYBOX1_MAC, s.gw, "10.244.1.99", "10.244.2.5", 64);
+    for frame in [&to_neighbour, &to_gateway] {
+        // Untagged, the forged source is caught where it always was.
+        s.node
+            .expect_drop(s.bb1, frame.clone(), DropReason::SpoofedSourceIp);
+        for vid in [0, 1, 4094] {
+            s.node
+                .expect_drop(s.bb1, tagged(frame, vid, None), DropReason::VlanTagged);
+        }
+        s.node
+            .expect_drop(s.bb1, tagged(frame, 0, Some(100)), DropReason::VlanTagged);
+    }
+    // A tagged ARP request and a tagged honest ping: dropped too.
+    let honest = ping_frame(BUSYBOX1_MAC, s.gw, "10.244.1.2", "10.244.2.5", 64);
+    s.node
+        .expect_drop(s.bb1, tagged(&honest, 0, None), DropReason::VlanTagged);
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&BUSYBOX1_MAC.0);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&BUSYBOX1_MAC.0);
+    arp.extend_from_slice(&[10, 244, 1, 2, 0, 0, 0, 0, 0, 0, 10, 244, 1, 1]);
+    s.node
+        .expect_drop(s.bb1, tagged(&arp, 0, None), DropReason::VlanTagged);
+    // The honest frame untagged still goes.
+    assert_eq!(s.node.send(s.bb1, honest).len(), 1);
+}
+
+/// An 802.3 frame with an LLC/SNAP header (a length, not an EtherType,
+/// after the MACs), even one whose SNAP header names IPv4, carries no IP a
+/// Linux receiver takes: in bridge mode it is switched as cni0 would
+/// switch it, never routed.
+#[test]
+fn llc_snap_frames_are_switched_in_the_bridge_segment_not_routed() {
+    let mut s = setup(Backend::Vxlan);
+    let bb2 = s.node.pod("veth-bb2", "10.244.1.3", BUSYBOX2_MAC);
+    let mut llc = BUSYBOX2_MAC.0.to_vec();
+    llc.extend_from_slice(&BUSYBOX1_MAC.0);
+    let payload = [0xaa, 0xaa, 0x03, 0, 0, 0, 0x08, 0x00, 0x45, 0, 0, 20];
+    llc.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    llc.extend_from_slice(&payload);
+    llc.resize(60, 0);
+    let out = s.node.send(s.bb1, llc.clone());
+    assert_eq!(out.len(), 1, "switched (flooded) in the bridge segment");
+    assert_eq!(out[0].0, bb2);
+}

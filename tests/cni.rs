@@ -299,6 +299,14 @@ fn every_failure_has_its_code_and_leaves_nothing_behind() {
     assert_eq!((rc, code_of(&out)), (1, Some(4)), "no CNI_COMMAND: {out}");
     let (rc, out) = cni(node, "ADD", "c1", None, &good);
     assert_eq!((rc, code_of(&out)), (1, Some(4)), "no CNI_NETNS: {out}");
+    // The node's own namespace (where the plugin runs) is no pod's
+    // (issue 15): refused, nothing made.
+    let (rc, out) = cni(node, "ADD", "c1", Some(node), &good);
+    assert_eq!(
+        (rc, code_of(&out)),
+        (1, Some(4)),
+        "CNI_NETNS = the node's: {out}"
+    );
     let mut v: Value = serde_json::from_str(&good).unwrap();
     v["cniVersion"] = json!("2.0.0");
     let (rc, out) = cni(node, "ADD", "c1", Some(&pod), &v.to_string());
@@ -321,6 +329,27 @@ fn every_failure_has_its_code_and_leaves_nothing_behind() {
     .to_string();
     let (rc, out) = cni(node, "ADD", "c1", Some(&pod), &down);
     assert_eq!((rc, code_of(&out)), (1, Some(11)), "daemon down: {out}");
+    // DEL while the daemon is down succeeds once the veth and the address
+    // are gone (a runtime never retries a failed DEL, and its cache would
+    // leak); the port it leaves is the daemon's to drop (issue 15).
+    let (rc, out) = cni(node, "ADD", "c2", Some(&pod), &good);
+    assert_eq!(rc, 0, "ADD c2: {out}");
+    let (rc, out) = cni(node, "DEL", "c2", Some(&pod), &down);
+    assert_eq!(rc, 0, "DEL, daemon down: {out}");
+    assert_eq!(
+        host_links(node),
+        Vec::<String>::new(),
+        "DEL, daemon down: veth left"
+    );
+    assert_eq!(
+        ipam.allocated(),
+        Vec::<String>::new(),
+        "DEL, daemon down: address left"
+    );
+    // The port is still in the running daemon of this test: DEL again,
+    // with the daemon reachable, takes it out.
+    let (rc, out) = cni(node, "DEL", "c2", Some(&pod), &good);
+    assert_eq!(rc, 0, "DEL c2 again: {out}");
     let (rc, out) = cni(node, "STATUS", "", None, &down);
     assert_eq!(
         (rc, code_of(&out)),

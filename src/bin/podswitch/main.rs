@@ -154,6 +154,17 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             format!("CNI_NETNS {} does not exist", env.netns),
         ));
     }
+    if same_file(Path::new(&env.netns), Path::new("/proc/self/ns/net")) {
+        // The pod's end would land in the node's own namespace, as eth0
+        // with the pod's address: never what a runtime means.
+        return Err(CniError::new(
+            Code::InvalidEnvironment,
+            format!(
+                "CNI_NETNS {} is the node's own network namespace, not a pod's",
+                env.netns
+            ),
+        ));
+    }
     // The daemon first: if it is down, nothing has been done yet.
     let mut client = connect(conf)?;
     let ipam = Ipam::find(conf, env)?;
@@ -219,19 +230,40 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     Ok(shape_result(result, &conf.cni_version))
 }
 
+/// True if both paths name the same file (a namespace: same device and
+/// inode, as `ip netns identify` compares them).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let host = attach::host_interface(&env.container_id, &env.ifname);
     // Each step runs whatever the others found; missing pieces are fine.
-    let daemon = connect(conf).and_then(|mut c| {
-        match c.call(&Request::PortDel {
+    let daemon = match connect(conf) {
+        Ok(mut c) => match c.call(&Request::PortDel {
             interface: host.clone(),
         }) {
             Ok(_) | Err(ClientError::Daemon(_)) => Ok(()), // detached now, or never attached
             Err(e) => {
                 Err(CniError::new(Code::TryAgainLater, "podswitchd stopped answering").details(e))
             }
+        },
+        // Not running: once the veth is gone nothing of the pod is left
+        // that a DEL could free, and a restarted podswitchd drops a port
+        // whose interface is gone. A runtime does not retry a failed DEL
+        // (podman's result cache would leak), so this one succeeds.
+        Err(e) => {
+            eprintln!(
+                "podswitch: DEL without podswitchd: {} ({})",
+                e.msg, e.details
+            );
+            Ok(())
         }
-    });
+    };
     let link = attach::delete(&host)
         .map_err(|e| CniError::new(Code::Failed, format!("deleting {host}")).details(e));
     let ipam =

@@ -183,6 +183,14 @@ pub enum TableError {
     NoSuchRoute(Prefix),
     /// A route names a port or peer that does not exist.
     BadNextHop(NextHop),
+    /// A pod address the node keeps for itself or the subnet (the
+    /// gateway, the network or the broadcast address).
+    ReservedAddress(Ipv4Addr, &'static str),
+    /// A pod MAC that no single interface can own (multicast, broadcast,
+    /// zero) or that is the gateway's.
+    BadPodMac(MacAddr, &'static str),
+    /// A `local` route to a port that is not a pod's.
+    LocalRouteToNonPod(String),
 }
 
 impl fmt::Display for TableError {
@@ -209,6 +217,13 @@ impl fmt::Display for TableError {
             }
             TableError::NoSuchRoute(p) => write!(f, "no route for {p}"),
             TableError::BadNextHop(nh) => write!(f, "next hop {nh} does not exist"),
+            TableError::ReservedAddress(ip, what) => {
+                write!(f, "{ip} is the pod subnet's {what}: no pod may have it")
+            }
+            TableError::BadPodMac(mac, why) => write!(f, "pod MAC {mac} {why}"),
+            TableError::LocalRouteToNonPod(n) => {
+                write!(f, "a local route leads to a pod port, and {n} is not one")
+            }
         }
     }
 }
@@ -442,6 +457,33 @@ impl Editor<'_> {
                     self.next.node.pod_cidr,
                 ));
             }
+            let node = &self.next.node;
+            let cidr = node.pod_cidr;
+            let host_bits = 32 - u32::from(cidr.prefix_len());
+            let broadcast = Ipv4Addr::from(
+                u32::from(cidr.addr()) | u32::MAX.checked_shr(32 - host_bits).unwrap_or(0),
+            );
+            let reserved = if ip == node.gateway_ip {
+                Some("gateway")
+            } else if host_bits >= 2 && ip == cidr.addr() {
+                Some("network address")
+            } else if host_bits >= 2 && ip == broadcast {
+                Some("broadcast address")
+            } else {
+                None
+            };
+            if let Some(what) = reserved {
+                return Err(TableError::ReservedAddress(ip, what));
+            }
+            if mac.is_multicast() || mac == MacAddr::ZERO {
+                return Err(TableError::BadPodMac(
+                    mac,
+                    "is multicast, broadcast or zero: no single interface owns it",
+                ));
+            }
+            if mac == node.gateway_mac {
+                return Err(TableError::BadPodMac(mac, "is the gateway's"));
+            }
             if let Some(other) = ports.iter().find(|p| p.spec.ip == Some(ip)) {
                 return Err(TableError::AddressInUse(ip, other.spec.name.clone()));
             }
@@ -551,6 +593,13 @@ impl Editor<'_> {
 
     /// Adds or replaces a route. Its port or peer must exist.
     pub fn add_route(&mut self, prefix: Prefix, next_hop: NextHop) -> Result<(), TableError> {
+        if let NextHop::Local(p) = next_hop {
+            if let Some(port) = self.next.ports.get(p) {
+                if port.spec.role != PortRole::Pod {
+                    return Err(TableError::LocalRouteToNonPod(port.spec.name.clone()));
+                }
+            }
+        }
         let exists = match next_hop {
             NextHop::Local(p) => self.next.ports.get(p).is_some(),
             NextHop::Peer(p) | NextHop::Direct(p) => self.next.peers.get(p).is_some(),

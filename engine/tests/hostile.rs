@@ -365,3 +365,52 @@ fn llc_snap_frames_are_switched_in_the_bridge_segment_not_routed() {
     assert_eq!(out.len(), 1, "switched (flooded) in the bridge segment");
     assert_eq!(out[0].0, bb2);
 }
+
+/// Ports and routes that would hand a pod what is not its own are refused
+/// with the reason (issue 15): the gateway, network and broadcast
+/// addresses, MACs no single interface owns, and `local` routes to the
+/// underlay or host port.
+#[test]
+fn pod_ports_and_local_routes_that_cannot_be_right_are_refused() {
+    use podswitch_engine::fib::NextHop;
+    use podswitch_engine::tables::{PortSpec, TableError};
+    let s = setup(Backend::Vxlan);
+    let tables = &s.node.tables;
+    let pod = |ip: &str, mac: MacAddr| {
+        tables.attach_port(PortSpec::pod("veth-x", ip.parse().unwrap(), mac))
+    };
+    let ok_mac = MacAddr([0x02, 0, 0, 0, 0, 0x42]);
+    for (ip, what) in [
+        ("10.244.1.1", "gateway"),
+        ("10.244.1.0", "network address"),
+        ("10.244.1.255", "broadcast address"),
+    ] {
+        assert_eq!(
+            pod(ip, ok_mac),
+            Err(TableError::ReservedAddress(ip.parse().unwrap(), what))
+        );
+    }
+    for mac in [
+        MacAddr::BROADCAST,
+        MacAddr::ZERO,
+        MacAddr([0x01, 0, 0x5e, 0, 0, 1]),
+        s.gw,
+    ] {
+        assert!(
+            matches!(pod("10.244.1.42", mac), Err(TableError::BadPodMac(..))),
+            "{mac}"
+        );
+    }
+    assert!(
+        pod("10.244.1.42", ok_mac).is_ok(),
+        "an ordinary pod is taken"
+    );
+    let underlay = s.node.underlay;
+    assert_eq!(
+        tables.add_route("10.244.1.77/32".parse().unwrap(), NextHop::Local(underlay)),
+        Err(TableError::LocalRouteToNonPod("eth0".into()))
+    );
+    assert!(tables
+        .add_route("10.244.1.77/32".parse().unwrap(), NextHop::Local(s.bb1))
+        .is_ok());
+}

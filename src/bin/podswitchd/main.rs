@@ -261,12 +261,25 @@ fn run(settings: Settings) -> Result<(), String> {
         Ok(Ok(())) => {}
     }
     let _ = std::fs::remove_file(&settings.socket);
+    // The handler and the daemon's dataplane hold the worker too: with
+    // them gone, the worker is ours alone and its stop closes every port
+    // (sockets, XDP programs, the TUN device) before the line below says so.
     drop(handler);
+    drop(daemon);
     match Arc::try_unwrap(worker) {
-        Ok(worker) => worker.stop(),
-        Err(_) => tracing::warn!("worker still referenced at exit"),
+        Ok(worker) => {
+            worker.stop();
+            tracing::info!("stopped: ports closed, {} removed", settings.host_interface);
+        }
+        Err(worker) => {
+            // Not expected: stop the thread anyway; its ports close when
+            // the process exits.
+            tracing::warn!(
+                references = Arc::strong_count(&worker),
+                "worker still referenced at exit: its ports close with the process"
+            );
+        }
     }
-    tracing::info!("stopped: ports closed, {} removed", settings.host_interface);
     Ok(())
 }
 

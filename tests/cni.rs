@@ -316,6 +316,11 @@ fn every_failure_has_its_code_and_leaves_nothing_behind() {
         "unknown cniVersion: {out}"
     );
     let mut v: Value = serde_json::from_str(&good).unwrap();
+    v["ipam"]["type"] = json!("/usr/lib/cni/host-local");
+    let (rc, out) = cni(node, "ADD", "c1", Some(&pod), &v.to_string());
+    assert_eq!((rc, code_of(&out)), (1, Some(7)), "an IPAM path: {out}");
+    assert!(out.to_string().contains("is a path"), "{out}");
+    let mut v: Value = serde_json::from_str(&good).unwrap();
     v["gatewaymode"] = json!("bridge");
     let (rc, out) = cni(node, "ADD", "c1", Some(&pod), &v.to_string());
     assert_eq!((rc, code_of(&out)), (1, Some(2)), "a misspelt key: {out}");

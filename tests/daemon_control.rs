@@ -345,6 +345,17 @@ fn tap_ports_lifecycle_and_idle_cpu() {
         xdp_attached(&cluster.nodes[0]),
         "an AF_XDP pod port carries podswitchd's XDP program"
     );
+    // Its host side has no IPv6 of its own, so the node sends no router
+    // solicitations into the pod (issue 15).
+    let ipv6 = cluster.nodes[0].ns.exec(
+        "cat",
+        &[&format!("/proc/sys/net/ipv6/conf/{veth}/disable_ipv6")],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&ipv6.stdout).trim(),
+        "1",
+        "IPv6 on {veth}"
+    );
 
     // SIGTERM: clean exit; socket file, TUN device and XDP program gone.
     let node = &mut cluster.nodes[0];

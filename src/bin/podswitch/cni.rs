@@ -246,13 +246,25 @@ impl NetConf {
                 )))
             }
         };
-        let ipam_type = raw
+        let ipam_type = match raw
             .get("ipam")
             .and_then(|i| i.get("type"))
             .and_then(Value::as_str)
-            .filter(|t| !t.is_empty() && !t.contains('/'))
-            .ok_or_else(|| invalid("ipam.type is missing (for example \"host-local\")".into()))?
-            .to_string();
+        {
+            None | Some("") => {
+                return Err(invalid(
+                    "ipam.type is missing (for example \"host-local\")".into(),
+                ))
+            }
+            // A plugin is found by name in CNI_PATH, never by path (the
+            // specification's rule, and no way out of CNI_PATH).
+            Some(t) if t.contains('/') => {
+                return Err(invalid(format!(
+                    "ipam.type {t:?} is a path: give a plugin name, found in CNI_PATH"
+                )))
+            }
+            Some(t) => t.to_string(),
+        };
         Ok(NetConf {
             prev_result: raw.get("prevResult").cloned(),
             cni_version,

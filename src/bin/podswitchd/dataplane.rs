@@ -55,6 +55,12 @@ impl Daemon {
                 });
                 match opened {
                     Ok(port) => {
+                        // The host side has no IPv6 of its own either: the
+                        // node would otherwise send router solicitations
+                        // into the pod (DESIGN.md: no reason for the
+                        // kernel to act on a pod veth).
+                        let _ =
+                            netdev::set_net_sysctl(&format!("ipv6/conf/{name}/disable_ipv6"), "1");
                         if port.mode() == XdpMode::Generic {
                             tracing::warn!(
                                 interface = name,

@@ -84,6 +84,7 @@ drop_reasons! {
     SpoofedTunnelSource => "spoofed_tunnel_source", "a decapsulated packet's source is outside the sending peer's pod subnet";
     TunnelTransit => "tunnel_transit", "a decapsulated packet would leave through the underlay again";
     PoolExhausted => "pool_exhausted", "no free packet buffer for a copy or a reply";
+    IcmpRateLimited => "icmp_rate_limited", "an ICMP error not sent: past 1000 a second, bursts of 50 (Linux's icmp_msgs_per_sec and icmp_msgs_burst)";
     EncapFailed => "encap_failed", "encapsulation failed (no headroom or too long)";
     RxTooLong => "rx_too_long", "a received frame longer than a packet buffer, without segmentation offload";
     OffloadChecksum => "offload_checksum", "a partial checksum whose offsets point outside the frame";

@@ -154,6 +154,46 @@ pub struct Pipeline {
     ident: u16,
     /// The last source MAC learned, with its port and second.
     last_learned: Option<(MacAddr, PortId, u32)>,
+    /// ICMP errors it may still send now.
+    icmp_limit: IcmpLimiter,
+}
+
+/// The ICMP errors a node sends, bounded as Linux bounds its own
+/// (`icmp_global_allow`: `net.ipv4.icmp_msgs_per_sec` = 1000 a second,
+/// bursts of `icmp_msgs_burst` = 50): a flood of TTL-1 or oversized
+/// packets cannot turn podswitch into an ICMP flood. A token bucket,
+/// refilled from the monotonic clock, read only when an error is due.
+#[derive(Debug, Clone, Copy)]
+struct IcmpLimiter {
+    tokens: u32,
+    refilled: Option<std::time::Instant>,
+}
+
+impl IcmpLimiter {
+    const PER_SEC: u32 = 1000;
+    const BURST: u32 = 50;
+
+    const fn new() -> Self {
+        IcmpLimiter {
+            tokens: Self::BURST,
+            refilled: None,
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let last = *self.refilled.get_or_insert(now);
+        let earned = now.duration_since(last).as_millis() as u64 * u64::from(Self::PER_SEC) / 1000;
+        if earned > 0 {
+            self.tokens = (u64::from(self.tokens) + earned).min(u64::from(Self::BURST)) as u32;
+            self.refilled = Some(now);
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
 }
 
 impl Pipeline {
@@ -163,6 +203,7 @@ impl Pipeline {
             tables,
             ident: 0,
             last_learned: None,
+            icmp_limit: IcmpLimiter::new(),
         }
     }
 
@@ -998,6 +1039,13 @@ impl Pipeline {
                 )
             });
         if about_error || packet.frag_offset() != 0 || !is_unicast(packet.src()) {
+            return;
+        }
+        // A trace sends nothing, so it spends no token.
+        if !T::ENABLED && !self.icmp_limit.allow() {
+            ctx.tables
+                .stats
+                .add_drop(offending.in_port, DropReason::IcmpRateLimited);
             return;
         }
         let quoted = &ip[..Icmpv4Error::quote_len(packet.header_len(), packet.packet_len())];

@@ -414,3 +414,25 @@ fn pod_ports_and_local_routes_that_cannot_be_right_are_refused() {
         .add_route("10.244.1.77/32".parse().unwrap(), NextHop::Local(s.bb1))
         .is_ok());
 }
+
+/// A flood of TTL-1 packets gets ICMP errors as Linux would send them: a
+/// burst of 50, then about 1000 a second; every suppressed one counted.
+#[test]
+fn icmp_errors_are_rate_limited_and_the_rest_counted() {
+    let mut s = setup(Backend::Vxlan);
+    let frame = ping_frame(BUSYBOX1_MAC, s.gw, "10.244.1.2", "10.244.2.5", 1);
+    let flood: Vec<_> = (0..200).map(|_| (s.bb1, frame.clone())).collect();
+    let out = s.node.run(&flood);
+    let stats = s.node.stats();
+    let sent = out.len() as u64;
+    assert!(
+        out.iter().all(|(port, _)| *port == s.bb1),
+        "errors go back to the pod"
+    );
+    assert!(
+        (50..=60).contains(&sent),
+        "{sent} ICMP errors for 200 packets in a few milliseconds"
+    );
+    assert_eq!(stats.drop_count(DropReason::TtlExpired), 200);
+    assert_eq!(stats.drop_count(DropReason::IcmpRateLimited), 200 - sent);
+}

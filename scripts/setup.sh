@@ -7,7 +7,7 @@ packages=(
   # build: crates that compile C (libbpf/libxdp for AF_XDP come later)
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev libpcap-dev m4 gcc-multilib
   # tests: namespaces, independent wire-format sources, traffic
-  iproute2 tcpdump tshark python3-scapy iputils-ping iperf3 ethtool netsniff-ng
+  iproute2 procps tcpdump tshark python3-scapy iputils-ping iperf3 ethtool netsniff-ng
   containernetworking-plugins
 )
 

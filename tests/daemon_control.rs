@@ -484,3 +484,82 @@ fn a_failed_af_xdp_open_answers_and_the_next_port_add_works() {
     assert!(!ports.contains("\"kind\":\"-\""), "{ports}");
     assert!(ports.contains("tap21"), "{ports}");
 }
+
+/// Peers and routes programmed through the control socket come back after
+/// `kill -9` and a restart on the same state file; the config file's peer
+/// is there once, as the config says (issue 15, item 4).
+#[test]
+fn runtime_peers_and_routes_survive_kill_9() {
+    require(&["ip", "ping", "kill"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.start_all();
+    let node = &cluster.nodes[0];
+    ok(
+        &node.ctl(&[
+            "peer",
+            "add",
+            "node3",
+            "--underlay-ip",
+            "192.168.100.3",
+            "--pod-cidr",
+            "10.244.3.0/24",
+            "--vtep-mac",
+            "02:0e:00:00:00:03",
+        ]),
+        "peer add",
+    );
+    ok(
+        &node.ctl(&["route", "add", "10.244.99.0/24", "peer:node3"]),
+        "route add",
+    );
+    ok(
+        &node.ctl(&["route", "add", "10.244.98.0/24", "blackhole"]),
+        "route add",
+    );
+    ok(
+        &node.ctl(&["route", "add", "10.244.97.0/24", "blackhole"]),
+        "route add",
+    );
+    ok(&node.ctl(&["route", "del", "10.244.97.0/24"]), "route del");
+
+    // kill -9, then a new daemon on the same state file.
+    let daemon = cluster.nodes[0].daemon.as_mut().unwrap();
+    let pid = daemon.child.as_ref().unwrap().id();
+    common::run("kill", &["-KILL", &pid.to_string()]);
+    let _ = daemon.child.as_mut().unwrap().wait();
+    daemon.child = None;
+    cluster.start(0, &[]);
+    let node = &cluster.nodes[0];
+    let peers = node.ctl_json(&["peer", "list"]).to_string();
+    assert!(peers.contains("\"node3\""), "{peers}");
+    assert_eq!(peers.matches("\"node2\"").count(), 1, "{peers}");
+    let routes = node.ctl_json(&["route", "list"]).to_string();
+    assert!(
+        routes.contains("10.244.99.0/24") && routes.contains("10.244.98.0/24"),
+        "{routes}"
+    );
+    assert!(
+        !routes.contains("10.244.97.0/24"),
+        "a deleted route stays deleted: {routes}"
+    );
+    // A pod's packet to node3's subnet goes to node3's underlay address.
+    let port = cluster.pods[0].host_if.clone();
+    let trace = node.ctl_json(&["trace", "--in-port", &port, "--dst-ip", "10.244.99.5"]);
+    assert!(trace.to_string().contains("192.168.100.3"), "{trace}");
+    // And the config's peer still carries traffic.
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ping(&a.ns, &b.ip, 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "traffic did not resume\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("saved peer restored") && logs.contains("saved route restored"),
+        "{logs}"
+    );
+}

@@ -48,6 +48,9 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
     /// A request changed the tables (for the daemon's log: one line per
     /// state change).
     fn changed(&self, what: &str);
+    /// A peer or route request was applied: a daemon keeps it, so that a
+    /// restart brings it back (the default keeps nothing).
+    fn applied(&self, _request: &Request) {}
 }
 
 /// Longest capture, in seconds.
@@ -110,6 +113,12 @@ impl Handler {
     fn changed(&self, what: impl FnOnce() -> String) {
         if let Some(dataplane) = &self.dataplane {
             dataplane.changed(&what());
+        }
+    }
+
+    fn applied(&self, request: &Request) {
+        if let Some(dataplane) = &self.dataplane {
+            dataplane.applied(request);
         }
     }
 
@@ -214,6 +223,7 @@ impl Handler {
                 let next_hop = resolve(&snap, next_hop)?;
                 self.tables.add_route(prefix, next_hop).map_err(err)?;
                 self.changed(|| format!("route {prefix} -> {next_hop:?} added"));
+                self.applied(request);
                 Ok(Value::Null)
             }
             Request::RouteDel { prefix } => {
@@ -221,6 +231,7 @@ impl Handler {
                     .remove_route(parse_prefix("prefix", prefix)?)
                     .map_err(err)?;
                 self.changed(|| format!("route {prefix} removed"));
+                self.applied(request);
                 Ok(Value::Null)
             }
             Request::RouteList => Ok(routes(&self.tables.load())),
@@ -265,11 +276,13 @@ impl Handler {
                 };
                 let id = self.tables.add_peer(spec).map_err(err)?;
                 self.changed(|| format!("peer {name} at {underlay_ip} added"));
+                self.applied(request);
                 Ok(json!({ "peer": id.0 }))
             }
             Request::PeerDel { name } => {
                 let id = self.tables.remove_peer(name).map_err(err)?;
                 self.changed(|| format!("peer {name} removed"));
+                self.applied(request);
                 Ok(json!({ "peer": id.0 }))
             }
             Request::PeerList => Ok(peers(&self.tables.load())),

@@ -34,6 +34,10 @@ pub(crate) struct Daemon {
     pub default_port_kind: String,
     pub clock_micros: fn() -> u64,
     pub state: StateFile,
+    /// Peer and route requests are kept in the state file: off while the
+    /// config file's peers are applied (the config says them again at
+    /// every start, and wins), on for the control socket's.
+    pub keep_runtime_changes: std::sync::atomic::AtomicBool,
 }
 
 impl Daemon {
@@ -183,6 +187,18 @@ impl Dataplane for Daemon {
 
     fn changed(&self, what: &str) {
         tracing::info!("{what}");
+    }
+
+    fn applied(&self, request: &podswitch_control::protocol::Request) {
+        if !self
+            .keep_runtime_changes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        if let Err(e) = self.state.apply(request) {
+            tracing::warn!("state file: {e}: this change is lost at a restart");
+        }
     }
 
     fn resolve_underlay_mac(&self, ip: Ipv4Addr) -> Result<MacAddr, String> {

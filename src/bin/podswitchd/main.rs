@@ -168,7 +168,7 @@ fn run(settings: Settings) -> Result<(), String> {
         "host port up"
     );
 
-    let (state, saved_ports) = StateFile::open(&settings.state_file)?;
+    let (state, saved) = StateFile::open(&settings.state_file)?;
     let daemon = Arc::new(Daemon {
         tables: Arc::clone(&tables),
         worker: Arc::clone(&worker),
@@ -176,6 +176,7 @@ fn run(settings: Settings) -> Result<(), String> {
         default_port_kind: settings.port_kind.clone(),
         clock_micros,
         state,
+        keep_runtime_changes: std::sync::atomic::AtomicBool::new(false),
     });
     let handler = Arc::new(Handler::with_dataplane(
         Arc::clone(&tables),
@@ -200,9 +201,27 @@ fn run(settings: Settings) -> Result<(), String> {
             .handle(&request)
             .map_err(|e| format!("peer {}: {e}", peer.name))?;
     }
+    // Peers programmed at runtime before a restart come back; the config
+    // file's win (a saved peer of the same name is dropped).
+    daemon
+        .keep_runtime_changes
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    for request in &saved.peers {
+        let Request::PeerAdd { name, .. } = request else {
+            continue;
+        };
+        if settings.peers.iter().any(|p| &p.name == name) {
+            tracing::warn!(peer = %name, "saved peer dropped: the config file names it");
+            continue;
+        }
+        match handler.handle(request) {
+            Ok(_) => tracing::info!(peer = %name, "saved peer restored"),
+            Err(e) => tracing::warn!(peer = %name, "saved peer not restored: {e}"),
+        }
+    }
     // Ports attached before a restart come back first; one whose
     // interface is gone (its pod was deleted meanwhile) is dropped.
-    for saved in saved_ports {
+    for saved in saved.ports {
         if netdev::ifindex(&saved.interface).is_err() {
             tracing::warn!(interface = %saved.interface, "saved port dropped: the interface is gone");
             continue;
@@ -241,6 +260,20 @@ fn run(settings: Settings) -> Result<(), String> {
         handler
             .handle(&request)
             .map_err(|e| format!("port {}: {e}", port.interface))?;
+    }
+    // Routes programmed at runtime, once the ports and peers they lead to
+    // are back.
+    for request in &saved.routes {
+        let Request::RouteAdd { prefix, .. } = request else {
+            continue;
+        };
+        match handler.handle(request) {
+            Ok(_) => tracing::info!(%prefix, "saved route restored"),
+            Err(e) => tracing::warn!(%prefix, "saved route not restored: {e}"),
+        }
+    }
+    if let Err(e) = daemon.state.flush() {
+        tracing::warn!("state file {}: {e}", settings.state_file.display());
     }
 
     let server = Server::bind(&settings.socket, Arc::clone(&handler))

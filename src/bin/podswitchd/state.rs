@@ -1,8 +1,11 @@
-//! The daemon's port attachments on disk, so that a restarted podswitchd
-//! (after a crash or `kill -9`) brings every pod port back by itself, with
-//! no CNI call. The file is JSON, rewritten whole on every change through
-//! a temporary file, fsync and rename: a crash leaves the old file or the
-//! new one, never half of one.
+//! The daemon's runtime state on disk: pod port attachments, and the
+//! peers and routes programmed through the control socket, so that a
+//! restarted podswitchd (after a crash or `kill -9`) brings them all back
+//! by itself, with no CNI call and no operator. Peers and routes of the
+//! config file are not kept here: the config says them again, and wins.
+//! The file is JSON, rewritten whole on every change through a temporary
+//! file, fsync and rename: a crash leaves the old file or the new one,
+//! never half of one.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -10,6 +13,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use podswitch_control::protocol::{NextHopSpec, Request};
+use podswitch_engine::fib::Prefix;
 use serde::{Deserialize, Serialize};
 
 /// One attached pod port.
@@ -28,52 +33,115 @@ pub(crate) struct PortRecord {
 struct Contents {
     version: u32,
     ports: Vec<PortRecord>,
+    /// `peer-add` requests applied at runtime (absent in older files).
+    #[serde(default)]
+    peers: Vec<Request>,
+    /// `route-add` requests applied at runtime.
+    #[serde(default)]
+    routes: Vec<Request>,
+}
+
+/// What a state file held when it was opened.
+#[derive(Debug, Default)]
+pub(crate) struct Saved {
+    pub(crate) ports: Vec<PortRecord>,
+    pub(crate) peers: Vec<Request>,
+    pub(crate) routes: Vec<Request>,
+}
+
+/// The records, by key: ports by interface, peers by name, routes by
+/// prefix.
+#[derive(Debug, Default)]
+struct Records {
+    ports: BTreeMap<String, PortRecord>,
+    peers: BTreeMap<String, Request>,
+    routes: BTreeMap<String, Request>,
+}
+
+/// A route's key: its prefix written canonically.
+fn route_key(prefix: &str) -> String {
+    prefix
+        .parse::<Prefix>()
+        .map_or_else(|_| prefix.to_string(), |p| p.to_string())
 }
 
 /// The state file and what it holds.
 #[derive(Debug)]
 pub(crate) struct StateFile {
     path: PathBuf,
-    ports: Mutex<BTreeMap<String, PortRecord>>,
+    records: Mutex<Records>,
 }
 
 impl StateFile {
-    /// Opens `path` and returns the ports it lists (none if it does not
-    /// exist). The in-memory set starts empty: restored ports are put
-    /// back one by one as they reattach.
-    pub(crate) fn open(path: &Path) -> Result<(StateFile, Vec<PortRecord>), String> {
+    /// Opens `path` and returns what it lists (nothing if it does not
+    /// exist). The in-memory set starts empty: restored entries are put
+    /// back one by one as they are applied again.
+    pub(crate) fn open(path: &Path) -> Result<(StateFile, Saved), String> {
         let saved = match fs::read_to_string(path) {
             Ok(text) => {
                 let contents: Contents = serde_json::from_str(&text)
                     .map_err(|e| format!("state file {}: {e}", path.display()))?;
-                contents.ports
+                Saved {
+                    ports: contents.ports,
+                    peers: contents.peers,
+                    routes: contents.routes,
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Saved::default(),
             Err(e) => return Err(format!("state file {}: {e}", path.display())),
         };
         let state = StateFile {
             path: path.to_path_buf(),
-            ports: Mutex::default(),
+            records: Mutex::default(),
         };
         Ok((state, saved))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, PortRecord>> {
-        self.ports.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records a port and saves.
     pub(crate) fn put(&self, record: PortRecord) -> io::Result<()> {
-        let mut ports = self.lock();
-        ports.insert(record.interface.clone(), record);
-        self.save(&ports)
+        let mut records = self.lock();
+        records.ports.insert(record.interface.clone(), record);
+        self.save(&records)
     }
 
     /// Forgets a port and saves.
     pub(crate) fn remove(&self, interface: &str) -> io::Result<()> {
-        let mut ports = self.lock();
-        ports.remove(interface);
-        self.save(&ports)
+        let mut records = self.lock();
+        records.ports.remove(interface);
+        self.save(&records)
+    }
+
+    /// Records an applied peer or route request (a removal forgets what it
+    /// removes; a removed peer takes its routes along, as the tables do)
+    /// and saves. Other requests are not kept.
+    pub(crate) fn apply(&self, request: &Request) -> io::Result<()> {
+        let mut records = self.lock();
+        match request {
+            Request::PeerAdd { name, .. } => {
+                records.peers.insert(name.clone(), request.clone());
+            }
+            Request::PeerDel { name } => {
+                records.peers.remove(name);
+                records.routes.retain(|_, r| {
+                    !matches!(r, Request::RouteAdd {
+                        next_hop: NextHopSpec::Peer(p) | NextHopSpec::Direct(p),
+                        ..
+                    } if p == name)
+                });
+            }
+            Request::RouteAdd { prefix, .. } => {
+                records.routes.insert(route_key(prefix), request.clone());
+            }
+            Request::RouteDel { prefix } => {
+                records.routes.remove(&route_key(prefix));
+            }
+            _ => return Ok(()),
+        }
+        self.save(&records)
     }
 
     /// Saves what is recorded now.
@@ -81,13 +149,15 @@ impl StateFile {
         self.save(&self.lock())
     }
 
-    fn save(&self, ports: &BTreeMap<String, PortRecord>) -> io::Result<()> {
+    fn save(&self, records: &Records) -> io::Result<()> {
         if let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir)?;
         }
         let contents = Contents {
             version: 1,
-            ports: ports.values().cloned().collect(),
+            ports: records.ports.values().cloned().collect(),
+            peers: records.peers.values().cloned().collect(),
+            routes: records.routes.values().cloned().collect(),
         };
         let tmp = self.path.with_extension("tmp");
         let mut file = fs::File::create(&tmp)?;
@@ -110,7 +180,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("psw-state-{}", std::process::id()));
         let path = dir.join("ports.json");
         let (state, saved) = StateFile::open(&path).unwrap();
-        assert!(saved.is_empty());
+        assert!(saved.ports.is_empty());
         let record = PortRecord {
             interface: "psw0123".into(),
             ip: "10.244.1.2".into(),
@@ -122,9 +192,66 @@ mod tests {
         };
         state.put(record.clone()).unwrap();
         let (_, saved) = StateFile::open(&path).unwrap();
-        assert_eq!(saved, vec![record]);
+        assert_eq!(saved.ports, vec![record]);
         state.remove("psw0123").unwrap();
-        assert!(StateFile::open(&path).unwrap().1.is_empty());
+        assert!(StateFile::open(&path).unwrap().1.ports.is_empty());
+        // Peers and routes: kept, replaced, and a removed peer takes its
+        // routes along.
+        let peer = |name: &str, ip: &str| Request::PeerAdd {
+            name: name.into(),
+            underlay_ip: ip.into(),
+            pod_cidr: "10.244.9.0/24".into(),
+            vtep_mac: "02:00:00:00:00:09".into(),
+            underlay_mac: None,
+            backend: None,
+            vni: None,
+        };
+        let route = |prefix: &str, next_hop: NextHopSpec| Request::RouteAdd {
+            prefix: prefix.into(),
+            next_hop,
+        };
+        state.apply(&peer("node9", "192.168.100.9")).unwrap();
+        state.apply(&peer("node9", "192.168.100.19")).unwrap();
+        state.apply(&peer("node8", "192.168.100.8")).unwrap();
+        state
+            .apply(&route("10.99.0.0/16", NextHopSpec::Peer("node9".into())))
+            .unwrap();
+        state
+            .apply(&route("10.98.0.0/16", NextHopSpec::Blackhole))
+            .unwrap();
+        state
+            .apply(&route("10.97.0.0/16", NextHopSpec::Host))
+            .unwrap();
+        state
+            .apply(&Request::RouteDel {
+                prefix: "10.97.0.0/16".into(),
+            })
+            .unwrap();
+        state
+            .apply(&Request::PeerDel {
+                name: "node8".into(),
+            })
+            .unwrap();
+        let saved = StateFile::open(&path).unwrap().1;
+        assert_eq!(saved.peers, vec![peer("node9", "192.168.100.19")]);
+        assert_eq!(
+            saved.routes,
+            vec![
+                route("10.98.0.0/16", NextHopSpec::Blackhole),
+                route("10.99.0.0/16", NextHopSpec::Peer("node9".into())),
+            ]
+        );
+        state
+            .apply(&Request::PeerDel {
+                name: "node9".into(),
+            })
+            .unwrap();
+        let saved = StateFile::open(&path).unwrap().1;
+        assert!(saved.peers.is_empty());
+        assert_eq!(
+            saved.routes,
+            vec![route("10.98.0.0/16", NextHopSpec::Blackhole)]
+        );
         fs::write(&path, "{not json").unwrap();
         assert!(StateFile::open(&path).unwrap_err().contains("ports.json"));
         fs::remove_dir_all(&dir).unwrap();

@@ -563,3 +563,70 @@ fn runtime_peers_and_routes_survive_kill_9() {
         "{logs}"
     );
 }
+
+/// A second daemon on a running one's socket and state file (here from
+/// another network namespace, where nothing else stops it) is refused
+/// before it writes anything: the running daemon's records stay whole
+/// (issue 15, item 2).
+#[test]
+fn a_refused_second_daemon_leaves_the_state_file_alone() {
+    require(&["ip"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    // Node 2's namespace stays free for the second daemon.
+    cluster.start(0, &[]);
+    cluster.attach_pods(0);
+    let running = cluster.nodes[0].daemon.as_ref().unwrap();
+    let before = std::fs::read_to_string(&running.state.0).unwrap();
+    assert!(before.contains(&cluster.pods[0].host_if), "{before}");
+    let config = TempFile::new("second.toml");
+    std::fs::write(&config.0, cluster.config(1)).unwrap();
+    let second = std::process::Command::new("ip")
+        .args(["netns", "exec", &cluster.nodes[1].ns.name])
+        .arg(common::cluster::podswitchd())
+        .arg("--config")
+        .arg(&config.0)
+        .arg("--socket")
+        .arg(&running.socket)
+        .arg("--state-file")
+        .arg(&running.state.0)
+        .arg("--host-interface")
+        .arg("psw-second")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{text}");
+    assert!(
+        text.contains("served by another running podswitchd"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&running.state.0).unwrap(),
+        before,
+        "the refused daemon wrote the state file"
+    );
+}
+
+/// A port the config file gives wins over a saved one of the same
+/// interface, whatever the state file says (issue 15, item 2: a saved
+/// record with another pod's MAC dropped the pod's frames as spoofed).
+#[test]
+fn the_config_files_port_wins_over_a_saved_one() {
+    require(&["ip", "ping"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    let pod = &cluster.pods[0];
+    let (iface, ip, mac) = (pod.host_if.clone(), pod.ip.clone(), pod.mac.clone());
+    let wrong = format!("--pod-port=interface={iface},ip={ip},mac=02:00:00:00:00:77");
+    let right = format!("--pod-port=interface={iface},ip={ip},mac={mac}");
+    cluster.start(0, &[&wrong]);
+    let node = &mut cluster.nodes[0];
+    let status = node.daemon.as_mut().unwrap().stop();
+    assert!(status.success());
+    cluster.start(0, &[&right]);
+    cluster.start(1, &[]);
+    cluster.attach_pods(1);
+    let ports = cluster.nodes[0].ctl_json(&["port", "list"]).to_string();
+    assert!(ports.contains(&mac), "{ports}");
+    assert!(!ports.contains("02:00:00:00:00:77"), "{ports}");
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    assert!(ping(&a.ns, &b.ip, 2), "{}", cluster.logs());
+}

@@ -68,8 +68,11 @@ pub(crate) struct Cli {
     /// `[control] socket`: the control socket's path.
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// `[control] state_file`: where attached pod ports are kept, so that a
-    /// restarted daemon reattaches them (default /run/podswitch/ports.json).
+    /// `[control] state_file`: where attached pod ports and runtime peers
+    /// and routes are kept, so that a restarted daemon brings them back
+    /// (default: beside the control socket, named after it:
+    /// /run/podswitch/podswitchd.state.json; one file per daemon, as the
+    /// socket is one per daemon).
     #[arg(long)]
     pub state_file: Option<PathBuf>,
     /// `[dataplane] host_interface`: the TUN device of the node's host port.
@@ -204,7 +207,12 @@ pub(crate) struct Settings {
 }
 
 /// The default state file.
-pub(crate) const DEFAULT_STATE_FILE: &str = "/run/podswitch/ports.json";
+/// A daemon's state file: beside its control socket, named after it. The
+/// socket is what makes a daemon one (a second daemon on the same socket
+/// is refused), so two daemons never share a state file by default.
+pub(crate) fn state_file_beside(socket: &std::path::Path) -> PathBuf {
+    socket.with_extension("state.json")
+}
 /// The default control socket.
 pub(crate) const DEFAULT_SOCKET: &str = "/run/podswitch/podswitchd.sock";
 /// Port kinds a pod port may have.
@@ -410,19 +418,20 @@ impl Settings {
         for text in &cli.ports {
             ports.push(key_values("pod-port", text)?);
         }
+        let socket_path: PathBuf = cli
+            .socket
+            .clone()
+            .or(file.control.socket.clone())
+            .unwrap_or_else(|| DEFAULT_SOCKET.into());
         Ok(Settings {
             node,
             underlay_interface,
-            socket: cli
-                .socket
-                .clone()
-                .or(file.control.socket)
-                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            socket: socket_path.clone(),
             state_file: cli
                 .state_file
                 .clone()
                 .or(file.control.state_file)
-                .unwrap_or_else(|| DEFAULT_STATE_FILE.into()),
+                .unwrap_or_else(|| state_file_beside(&socket_path)),
             host_interface,
             port_kind,
             busy_poll_us: cli

@@ -135,6 +135,7 @@ impl Dataplane for Daemon {
                 ifname: spec.ifname.clone(),
                 kind: requested.map(str::to_string),
                 anti_spoof: spec.anti_spoof,
+                ifindex: netdev::ifindex(name).ok(),
             };
             if let Err(e) = self.state.put(record) {
                 tracing::warn!(interface = name, "state file: {e}");

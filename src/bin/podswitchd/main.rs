@@ -185,6 +185,11 @@ fn run(settings: Settings) -> Result<(), String> {
     ));
     handler.note_kind(underlay_id, &underlay_kind);
     handler.note_kind(host_id, &host_kind);
+    // The socket first: a daemon refused here (another one serves it)
+    // stops before it writes anything, and the state file is the socket's
+    // owner's alone. Connections wait in the backlog until it serves.
+    let server = Server::bind(&settings.socket, Arc::clone(&handler))
+        .map_err(|e| format!("control socket {}: {e}", settings.socket.display()))?;
     for peer in &settings.peers {
         let request = Request::PeerAdd {
             name: peer.name.clone(),
@@ -219,11 +224,50 @@ fn run(settings: Settings) -> Result<(), String> {
             Err(e) => tracing::warn!(peer = %name, "saved peer not restored: {e}"),
         }
     }
-    // Ports attached before a restart come back first; one whose
-    // interface is gone (its pod was deleted meanwhile) is dropped.
+    // The config file's ports first: they win over a saved port of the
+    // same interface, whatever it says.
+    for port in &settings.ports {
+        let request = Request::PortAdd {
+            interface: port.interface.clone(),
+            ip: port.ip.clone(),
+            mac: port.mac.clone(),
+            container_id: port.container_id.clone(),
+            ifname: None,
+            anti_spoof: true,
+            kind: port.kind.clone(),
+        };
+        handler
+            .handle(&request)
+            .map_err(|e| format!("port {}: {e}", port.interface))?;
+    }
+    // Ports attached before a restart come back; one whose interface is
+    // gone (its pod was deleted meanwhile), or was made anew since (another
+    // index: another pod may have its name now), is dropped.
     for saved in saved.ports {
-        if netdev::ifindex(&saved.interface).is_err() {
+        if let Some(port) = settings
+            .ports
+            .iter()
+            .find(|p| p.interface == saved.interface)
+        {
+            if port.ip != saved.ip || !port.mac.eq_ignore_ascii_case(&saved.mac) {
+                tracing::warn!(
+                    interface = %saved.interface,
+                    "saved port ({} {}) dropped: the config file gives it {} {}",
+                    saved.ip, saved.mac, port.ip, port.mac
+                );
+            }
+            continue;
+        }
+        let Ok(ifindex) = netdev::ifindex(&saved.interface) else {
             tracing::warn!(interface = %saved.interface, "saved port dropped: the interface is gone");
+            continue;
+        };
+        if saved.ifindex.is_some_and(|i| i != ifindex) {
+            tracing::warn!(
+                interface = %saved.interface,
+                "saved port dropped: the interface was made anew since (index {} now {ifindex})",
+                saved.ifindex.unwrap_or(0)
+            );
             continue;
         }
         let request = Request::PortAdd {
@@ -240,27 +284,6 @@ fn run(settings: Settings) -> Result<(), String> {
             Err(e) => tracing::warn!(interface = %saved.interface, "saved port not restored: {e}"),
         }
     }
-    if let Err(e) = daemon.state.flush() {
-        tracing::warn!("state file {}: {e}", settings.state_file.display());
-    }
-    for port in &settings.ports {
-        let request = Request::PortAdd {
-            interface: port.interface.clone(),
-            ip: port.ip.clone(),
-            mac: port.mac.clone(),
-            container_id: port.container_id.clone(),
-            ifname: None,
-            anti_spoof: true,
-            kind: port.kind.clone(),
-        };
-        let exists = tables.load().ports.by_name(&port.interface).is_some();
-        if exists {
-            continue; // restored from the state file
-        }
-        handler
-            .handle(&request)
-            .map_err(|e| format!("port {}: {e}", port.interface))?;
-    }
     // Routes programmed at runtime, once the ports and peers they lead to
     // are back.
     for request in &saved.routes {
@@ -276,8 +299,6 @@ fn run(settings: Settings) -> Result<(), String> {
         tracing::warn!("state file {}: {e}", settings.state_file.display());
     }
 
-    let server = Server::bind(&settings.socket, Arc::clone(&handler))
-        .map_err(|e| format!("control socket {}: {e}", settings.socket.display()))?;
     let stopper = server.stopper();
     let server_thread = std::thread::Builder::new()
         .name("podswitch-control".into())

@@ -27,6 +27,10 @@ pub(crate) struct PortRecord {
     pub(crate) ifname: Option<String>,
     pub(crate) kind: Option<String>,
     pub(crate) anti_spoof: bool,
+    /// The interface's index when it was attached: a restart restores the
+    /// port only onto the same interface, not a new one of the same name.
+    #[serde(default)]
+    pub(crate) ifindex: Option<u32>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -189,6 +193,7 @@ mod tests {
             ifname: Some("eth0".into()),
             kind: None,
             anti_spoof: true,
+            ifindex: Some(7),
         };
         state.put(record.clone()).unwrap();
         let (_, saved) = StateFile::open(&path).unwrap();

@@ -154,12 +154,28 @@ pub fn complete_checksum(
     if start >= frame.len() || field + 2 > frame.len() {
         return Err(OffloadError::ChecksumOutOfFrame);
     }
-    let value = match !checksum::fold(checksum::accumulate(0, &frame[start..])) {
-        0 => 0xffff,
-        v => v,
-    };
+    let value = transport_checksum(checksum::accumulate(0, &frame[start..]));
     frame[field..field + 2].copy_from_slice(&value.to_be_bytes());
     Ok(())
+}
+
+/// Completes `buf`'s partial transport checksum in place and clears it
+/// from its offload state: `Ok(true)` if it had one, `Ok(false)` if not,
+/// an error (the frame untouched) if its offsets leave the frame.
+pub fn complete_partial_checksum(buf: &mut PacketBuf) -> Result<bool, OffloadError> {
+    let Some(c) = buf.offload().partial_csum else {
+        return Ok(false);
+    };
+    let start = buf
+        .frame_offset(c.start)
+        .ok_or(OffloadError::ChecksumOutOfFrame)?;
+    complete_checksum(buf.frame_mut(), start, usize::from(c.offset))?;
+    let offload = Offload {
+        partial_csum: None,
+        ..*buf.offload()
+    };
+    buf.set_offload(offload);
+    Ok(true)
 }
 
 /// Finishes the TCP or UDP checksum of an untagged IPv4 frame if it is
@@ -461,9 +477,7 @@ impl Segmenter {
     pub fn header_bytes(&self) -> usize {
         self.payload
     }
-}
 
-impl Segmenter {
     /// Bytes of one full segment's datagram: what follows the outer UDP
     /// header at `udp_payload` (an encapsulated super-frame's VXLAN or
     /// IP-in-UDP payload).
@@ -481,6 +495,18 @@ fn write_ipv4_lengths(out: &mut [u8], l3: usize, l4: usize, frame_len: usize, id
     out[l3 + 10..l3 + 12].fill(0);
     let ip_sum = checksum::checksum(&out[l3..l4]);
     out[l3 + 10..l3 + 12].copy_from_slice(&ip_sum.to_be_bytes());
+}
+
+/// The pseudo-header sum (RFC 768, RFC 793) of a `len`-byte transport
+/// segment of the IPv4 packet whose header is `ip`: its addresses and
+/// protocol.
+fn pseudo_header(ip: &[u8], len: usize) -> u32 {
+    checksum::pseudo_header_v4(
+        Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+        ip[9],
+        len as u16,
+    )
 }
 
 /// A TCP or UDP checksum field from the sum over pseudo-header and
@@ -629,20 +655,20 @@ pub fn finish_in_software(
         }
         return Ok(Finished::Segmented(count));
     }
-    if let Some(c) = offload.partial_csum {
-        let done = buf
-            .frame_offset(c.start)
-            .map(|start| complete_checksum(buf.frame_mut(), start, usize::from(c.offset)));
-        if !matches!(done, Some(Ok(()))) {
-            pool.free(buf);
-            return Err(DropReason::OffloadChecksum);
+    match complete_partial_checksum(&mut buf) {
+        Ok(completed) => {
+            out.push(buf);
+            Ok(if completed {
+                Finished::ChecksumCompleted
+            } else {
+                Finished::Untouched
+            })
         }
-        buf.set_offload(Offload::default());
-        out.push(buf);
-        return Ok(Finished::ChecksumCompleted);
+        Err(_) => {
+            pool.free(buf);
+            Err(DropReason::OffloadChecksum)
+        }
     }
-    out.push(buf);
-    Ok(Finished::Untouched)
 }
 
 /// What the transport checksum of an IPv4 packet says.
@@ -686,9 +712,7 @@ pub fn check_l4(frame: &[u8], l3: usize) -> L4Checksum {
     if ip[9] == 17 && stored == 0 {
         return L4Checksum::NotChecked; // UDP without a checksum (RFC 768)
     }
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let pseudo = checksum::pseudo_header_v4(src, dst, ip[9], l4.len() as u16);
+    let pseudo = pseudo_header(ip, l4.len());
     if checksum::fold(checksum::accumulate(pseudo, l4)) == 0xffff {
         L4Checksum::Valid
     } else if stored == checksum::fold(pseudo) {
@@ -730,24 +754,7 @@ pub fn recognise_offloads(buf: &mut PacketBuf, l3: usize, mtu: u16) -> L4Checksu
             if verdict == L4Checksum::Valid {
                 // A super-frame travels with a partial checksum: put the
                 // pseudo-header sum back (the full sum verified above).
-                let src = Ipv4Addr::new(
-                    frame[l3 + 12],
-                    frame[l3 + 13],
-                    frame[l3 + 14],
-                    frame[l3 + 15],
-                );
-                let dst = Ipv4Addr::new(
-                    frame[l3 + 16],
-                    frame[l3 + 17],
-                    frame[l3 + 18],
-                    frame[l3 + 19],
-                );
-                let pseudo = checksum::fold(checksum::pseudo_header_v4(
-                    src,
-                    dst,
-                    6,
-                    (total - ihl) as u16,
-                ));
+                let pseudo = checksum::fold(pseudo_header(&frame[l3..], total - ihl));
                 buf.frame_mut()[l4 + 16..l4 + 18].copy_from_slice(&pseudo.to_be_bytes());
                 offload.partial_csum = Some(PartialChecksum {
                     start: buf.position(l4),
@@ -906,25 +913,11 @@ pub fn coalesce_datagrams(
     }
     let ip = inner_l3;
     let tcp = inner_l3 + first.ihl;
-    let ip_len = (end - ip) as u16;
-    payload[ip + 2..ip + 4].copy_from_slice(&ip_len.to_be_bytes());
-    payload[ip + 10..ip + 12].fill(0);
-    let ip_sum = checksum::checksum(&payload[ip..tcp]);
-    payload[ip + 10..ip + 12].copy_from_slice(&ip_sum.to_be_bytes());
+    // The first datagram's identification stays.
+    let ident = u16::from_be_bytes([payload[ip + 4], payload[ip + 5]]);
+    write_ipv4_lengths(payload, ip, tcp, end, ident);
     payload[tcp + 13] = (first.flags & !(TCP_FIN | TCP_PSH)) | (last_flags & (TCP_FIN | TCP_PSH));
-    let src = Ipv4Addr::new(
-        payload[ip + 12],
-        payload[ip + 13],
-        payload[ip + 14],
-        payload[ip + 15],
-    );
-    let dst = Ipv4Addr::new(
-        payload[ip + 16],
-        payload[ip + 17],
-        payload[ip + 18],
-        payload[ip + 19],
-    );
-    let pseudo = checksum::fold(checksum::pseudo_header_v4(src, dst, 6, (end - tcp) as u16));
+    let pseudo = checksum::fold(pseudo_header(&payload[ip..], end - tcp));
     payload[tcp + 16..tcp + 18].copy_from_slice(&pseudo.to_be_bytes());
     Some(Coalesced {
         len: end,

@@ -36,8 +36,8 @@ use crate::config::GatewayMode;
 use crate::drop::DropReason;
 use crate::fib::NextHop;
 use crate::offload::{
-    accept_vnet_header, complete_checksum, recognise_offloads, L4Checksum, Segmenter, VnetHeader,
-    FLAG_NEEDS_CSUM, GSO_TCPV4,
+    accept_vnet_header, complete_partial_checksum, recognise_offloads, L4Checksum, Segmenter,
+    VnetHeader, FLAG_NEEDS_CSUM, GSO_TCPV4,
 };
 use crate::packet::{PacketBuf, PacketPool};
 use crate::peer::{Forwarding, Peer, PeerId};
@@ -985,7 +985,8 @@ impl Pipeline {
                     // The outer UDP checksum covers the inner packet: finish
                     // the inner one first (a super-frame's outer checksums
                     // are made per segment).
-                    finish_partial_checksum(buf);
+                    // (One whose offsets leave the frame stays as it is.)
+                    let _ = complete_partial_checksum(buf);
                 }
                 match self.encapsulate(template, buf) {
                     Ok(()) => {
@@ -1106,23 +1107,6 @@ fn super_frame_offload(buf: &mut PacketBuf, gso_size: u16) -> Result<(), DropRea
         csum_offset: 16,
     };
     accept_vnet_header(buf, &hdr).map_err(|_| DropReason::GsoMalformed)
-}
-
-/// Completes a frame's partial transport checksum in place, if it has one
-/// that lies inside the frame.
-fn finish_partial_checksum(buf: &mut PacketBuf) {
-    let Some(c) = buf.offload().partial_csum else {
-        return;
-    };
-    if let Some(start) = buf.frame_offset(c.start) {
-        if complete_checksum(buf.frame_mut(), start, usize::from(c.offset)).is_ok() {
-            let offload = crate::packet::Offload {
-                partial_csum: None,
-                ..*buf.offload()
-            };
-            buf.set_offload(offload);
-        }
-    }
 }
 
 /// Unicast: not 0.0.0.0, not broadcast, not multicast.

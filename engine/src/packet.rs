@@ -392,7 +392,7 @@ impl PacketPool {
     /// Gives a buffer back.
     #[inline]
     pub fn free(&mut self, buf: PacketBuf) {
-        if buf.bytes.len() == LARGE_BUF_SIZE {
+        if buf.is_large() {
             self.free_large.push(buf.bytes);
         } else {
             debug_assert_eq!(buf.bytes.len(), self.buf_size, "buffer from another pool");
@@ -420,11 +420,6 @@ impl PacketPool {
     /// Size of each small buffer.
     pub fn buf_size(&self) -> usize {
         self.buf_size
-    }
-
-    /// Super-frame buffers in the pool.
-    pub fn large_total(&self) -> usize {
-        self.total_large
     }
 }
 

@@ -16,7 +16,10 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
-use super::{finish_offloads, has_offloads, offload_drop_reason, received_frame, stage, Counter};
+use super::{
+    finish_offloads, give_back, has_offloads, offload_drop_reason, received_frame, stage,
+    stage_large, Counter,
+};
 use crate::drop::DropReason;
 use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, HEADROOM};
@@ -92,12 +95,12 @@ impl PacketRx {
         let vnet = self.sock.has_vnet_hdr();
         // Only a socket with virtio-net headers gets super-frames.
         if vnet {
-            while self.staging_large.len() < self.staging.len() {
-                match pool.alloc_large(counter.id) {
-                    Some(buf) => self.staging_large.push(Some(buf)),
-                    None => break,
-                }
-            }
+            stage_large(
+                pool,
+                &mut self.staging_large,
+                self.staging.len(),
+                counter.id,
+            );
         }
         let small_area = pool.buf_size() - HEADROOM;
         let mut bufs = RxBuffers {
@@ -111,7 +114,7 @@ impl PacketRx {
         let got = match got {
             Ok(n) => n,
             Err(e) => {
-                self.give_back(pool);
+                give_back(pool, &mut self.staging, &mut self.staging_large);
                 return Err(e);
             }
         };
@@ -144,16 +147,8 @@ impl PacketRx {
                 }
             }
         }
-        self.give_back(pool);
+        give_back(pool, &mut self.staging, &mut self.staging_large);
         Ok(batch.len() - before)
-    }
-
-    /// Buffers the kernel had no message for go back to the pool.
-    fn give_back(&mut self, pool: &mut PacketPool) {
-        pool.free_all(&mut self.staging);
-        for large in self.staging_large.drain(..).flatten() {
-            pool.free(large);
-        }
     }
 
     /// Sends `batch` with each frame's offloads in its virtio-net header

@@ -154,6 +154,34 @@ fn received_frame(
     }
 }
 
+/// Puts a super-frame buffer behind each staged small one, while the pool
+/// has them: the area a message longer than a small buffer continues in.
+fn stage_large(
+    pool: &mut PacketPool,
+    staging_large: &mut Vec<Option<PacketBuf>>,
+    staged: usize,
+    id: PortId,
+) {
+    while staging_large.len() < staged {
+        match pool.alloc_large(id) {
+            Some(buf) => staging_large.push(Some(buf)),
+            None => break,
+        }
+    }
+}
+
+/// Staged buffers the kernel had no message for go back to the pool.
+fn give_back(
+    pool: &mut PacketPool,
+    staging: &mut Vec<PacketBuf>,
+    staging_large: &mut Vec<Option<PacketBuf>>,
+) {
+    pool.free_all(staging);
+    for buf in staging_large.drain(..).flatten() {
+        pool.free(buf);
+    }
+}
+
 /// Takes up to `want` buffers from `pool` into `staging` for a receive.
 fn stage(pool: &mut PacketPool, staging: &mut Vec<PacketBuf>, want: usize, id: PortId) {
     while staging.len() < want {

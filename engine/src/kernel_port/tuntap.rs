@@ -306,7 +306,7 @@ impl HostPort {
     ) -> io::Result<HostPort> {
         let name = options.name.as_str();
         let dev = Device::open(name, TunKind::Tun)?;
-        let _ = netdev::set_net_sysctl(&format!("ipv6/conf/{name}/disable_ipv6"), "1");
+        let _ = netdev::disable_ipv6(name);
         netdev::set_mtu(name, options.mtu)?;
         netdev::set_ipv4(name, options.address, 32)?;
         netdev::set_up(name)?;

@@ -58,12 +58,14 @@ use podswitch_encap::ipv4::{Ipv4Repr, HEADER_LEN as IPV4};
 use podswitch_encap::{IpProtocol, MacAddr};
 
 use super::af_packet::{send_counted, PacketRx, TxScratch};
-use super::{finish_offloads, has_offloads, received_frame, stage, Counter};
+use super::{
+    finish_offloads, give_back, has_offloads, received_frame, stage, stage_large, Counter,
+};
 use crate::config::Backend;
 use crate::drop::DropReason;
 use crate::fib::Prefix;
 use crate::offload::{coalesce_datagrams, Segmenter};
-use crate::packet::{Gso, Offload, PacketBuf, PacketPool, PartialChecksum, BATCH_SIZE, HEADROOM};
+use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::OffloadEvent;
 use crate::sys::inet::{InetSocket, IPPROTO_IPIP};
@@ -257,12 +259,12 @@ impl UnderlayPort {
         let Some(sock) = sock else { return Ok(0) };
         let want = BATCH_SIZE.saturating_sub(batch.len());
         stage(pool, &mut self.staging, want, self.counter.id);
-        while self.staging_large.len() < self.staging.len() {
-            match pool.alloc_large(self.counter.id) {
-                Some(buf) => self.staging_large.push(Some(buf)),
-                None => break,
-            }
-        }
+        stage_large(
+            pool,
+            &mut self.staging_large,
+            self.staging.len(),
+            self.counter.id,
+        );
         let small_area = pool.buf_size() - HEADROOM - reserve;
         let mut bufs = AreaBuffers {
             bufs: &mut self.staging,
@@ -389,9 +391,9 @@ impl UnderlayPort {
                 return;
             }
             let l3 = reserve + self.inner_l3;
-            let l4 = l3 + usize::from(m.gso.header_len) - tcp_header_len(buf.frame(), l3);
+            let l4 = l3 + usize::from(buf.frame()[l3] & 0x0f) * 4;
             buf.set_offload(Offload {
-                gso: Some(Gso { ..m.gso }),
+                gso: Some(m.gso),
                 partial_csum: Some(PartialChecksum {
                     start: buf.position(l4),
                     offset: 16,
@@ -551,24 +553,6 @@ impl UnderlayPort {
     fn flow_source_port(&self, flow_port: u16) -> Option<u16> {
         let n = self.segment_senders.len();
         (n > 0).then(|| self.segment_senders[usize::from(flow_port) % n].1)
-    }
-}
-
-/// The TCP header length of the IPv4 packet at `l3`.
-fn tcp_header_len(frame: &[u8], l3: usize) -> usize {
-    let ihl = usize::from(frame[l3] & 0x0f) * 4;
-    usize::from(frame[l3 + ihl + 12] >> 4) * 4
-}
-
-/// Staged buffers the kernel had no datagram for go back to the pool.
-fn give_back(
-    pool: &mut PacketPool,
-    small: &mut Vec<PacketBuf>,
-    large: &mut Vec<Option<PacketBuf>>,
-) {
-    pool.free_all(small);
-    for buf in large.drain(..).flatten() {
-        pool.free(buf);
     }
 }
 

@@ -209,6 +209,13 @@ pub fn set_net_sysctl(path: &str, value: &str) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("sysctl net/{path}: {e}")))
 }
 
+/// Takes IPv6 off interface `name`: podswitch configures none, and the
+/// kernel would otherwise give the interface a link-local address and send
+/// router solicitations through it.
+pub fn disable_ipv6(name: &str) -> io::Result<()> {
+    set_net_sysctl(&format!("ipv6/conf/{name}/disable_ipv6"), "1")
+}
+
 /// Reads a sysctl under /proc/sys/net.
 pub fn net_sysctl(path: &str) -> io::Result<String> {
     Ok(std::fs::read_to_string(format!("/proc/sys/net/{path}"))?

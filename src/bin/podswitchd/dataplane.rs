@@ -63,8 +63,7 @@ impl Daemon {
                         // node would otherwise send router solicitations
                         // into the pod (DESIGN.md: no reason for the
                         // kernel to act on a pod veth).
-                        let _ =
-                            netdev::set_net_sysctl(&format!("ipv6/conf/{name}/disable_ipv6"), "1");
+                        let _ = netdev::disable_ipv6(name);
                         if port.mode() == XdpMode::Generic {
                             tracing::warn!(
                                 interface = name,
@@ -94,7 +93,7 @@ impl Daemon {
                 // for the node's addresses (the TUN port holds the
                 // gateway address), no IPv6 of its own.
                 netdev::set_noarp(name)?;
-                let _ = netdev::set_net_sysctl(&format!("ipv6/conf/{name}/disable_ipv6"), "1");
+                let _ = netdev::disable_ipv6(name);
                 netdev::set_up(name)?;
                 let port = AfPacketPort::open(name, id, Arc::clone(&self.tables))?;
                 Ok((Box::new(port), kind.to_string()))

@@ -495,14 +495,13 @@ impl Dissector<'_> {
             }
         };
         let ulen = usize::from(udp.len());
-        let partial = is_partial_checksum(
-            udp.checksum(),
-            src,
-            dst,
-            IpProtocol::Udp,
-            &self.bytes[offset..offset + ulen.min(end - offset)],
-        );
-        let checksum = match (udp.checksum(), udp.checksum_ok(src, dst)) {
+        let ok = udp.checksum_ok(src, dst);
+        let partial = !ok
+            && is_partial_checksum(
+                udp.checksum(),
+                checksum::pseudo_header_v4(src, dst, u8::from(IpProtocol::Udp), udp.len()),
+            );
+        let checksum = match (udp.checksum(), ok) {
             (0, _) => "0x0000 (none: allowed over IPv4)".to_string(),
             (c, true) => format!("0x{c:04x} (correct)"),
             (c, false) if partial => format!("0x{c:04x} ({PARTIAL})"),
@@ -511,11 +510,7 @@ impl Dissector<'_> {
                 udp.compute_checksum(src, dst)
             ),
         };
-        let (sport, dport, bad) = (
-            udp.src_port(),
-            udp.dst_port(),
-            !udp.checksum_ok(src, dst) && !partial,
-        );
+        let (sport, dport, bad) = (udp.src_port(), udp.dst_port(), !ok && !partial);
         let computed = udp.compute_checksum(src, dst);
         let s = self.section("UDP", offset, 8);
         s.fields.push(Field {
@@ -667,15 +662,15 @@ impl Dissector<'_> {
         let stored = u16::from_be_bytes([b[16], b[17]]);
         let pseudo = checksum::pseudo_header_v4(src, dst, 6, b.len() as u16);
         let verifies = checksum::fold(checksum::accumulate(pseudo, b)) == 0xffff;
-        let partial = !verifies && is_partial_checksum(stored, src, dst, IpProtocol::Tcp, b);
+        let partial = !verifies && is_partial_checksum(stored, pseudo);
         let checksum_value = if verifies {
             format!("0x{stored:04x} (correct)")
         } else if partial {
             format!("0x{stored:04x} ({PARTIAL})")
         } else {
-            let mut zeroed = b.to_vec();
-            zeroed[16..18].fill(0);
-            let should = !checksum::fold(checksum::accumulate(pseudo, &zeroed));
+            // The sum without the field (it sits at an even offset).
+            let without = checksum::accumulate(checksum::accumulate(pseudo, &b[..16]), &b[18..]);
+            let should = !checksum::fold(without);
             format!("0x{stored:04x} (WRONG, should be 0x{should:04x})")
         };
         // Longer than any link here carries: a super-frame as GSO hands it
@@ -742,19 +737,11 @@ impl Dissector<'_> {
 const PARTIAL: &str =
     "partial: the pseudo-header sum only, as checksum offload leaves it for the NIC or the receiving kernel (CHECKSUM_PARTIAL)";
 
-/// True if `stored` is the folded pseudo-header sum of a TCP or UDP
-/// segment whose full sum does not verify: a checksum offload left undone
-/// (Linux's CHECKSUM_PARTIAL), not corruption.
-fn is_partial_checksum(
-    stored: u16,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    protocol: IpProtocol,
-    segment: &[u8],
-) -> bool {
-    let pseudo = checksum::pseudo_header_v4(src, dst, u8::from(protocol), segment.len() as u16);
-    checksum::fold(checksum::accumulate(pseudo, segment)) != 0xffff
-        && stored == checksum::fold(pseudo)
+/// True if `stored` is the folded pseudo-header sum `pseudo`: in a TCP or
+/// UDP segment whose full sum does not verify (the caller checks), a
+/// checksum offload left undone (Linux's CHECKSUM_PARTIAL), not corruption.
+fn is_partial_checksum(stored: u16, pseudo: u32) -> bool {
+    stored == checksum::fold(pseudo)
 }
 
 fn describe_mac(mac: MacAddr) -> String {

@@ -187,17 +187,9 @@ fn busy_jiffies() -> u64 {
         .sum()
 }
 
-fn process_group_jiffies(pgid: u32) -> u64 {
-    group_members(pgid).iter().map(|m| m.jiffies).sum()
-}
-
-/// One process of a group, from /proc/PID/stat.
-struct Member {
-    jiffies: u64,
-}
-
-/// The processes of group `pgid` still in /proc.
-fn group_members(pgid: u32) -> Vec<Member> {
+/// The CPU jiffies (user and system) of each process of group `pgid`
+/// still in /proc: one entry per process.
+fn group_jiffies(pgid: u32) -> Vec<u64> {
     // After the ')' of the command: state (0), ppid (1), pgrp (2), ...,
     // utime (11), stime (12).
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -212,11 +204,8 @@ fn group_members(pgid: u32) -> Vec<Member> {
                 .split_whitespace()
                 .map(str::to_string)
                 .collect();
-            (f.get(2)?.parse::<u32>().ok()? == pgid).then(|| {
-                Some(Member {
-                    jiffies: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
-                })
-            })?
+            (f.get(2)?.parse::<u32>().ok()? == pgid)
+                .then(|| Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))?
         })
         .collect()
 }
@@ -282,7 +271,7 @@ fn blast(
         .context("trafgen")?;
     std::thread::sleep(Duration::from_secs(seconds));
     // trafgen and its worker process: the generator's whole CPU.
-    let generator_cpu = process_group_jiffies(generator.id());
+    let generator_cpu: u64 = group_jiffies(generator.id()).iter().sum();
     let after_rx = rx_packets(dst_ns);
     let after_tx = eth0_counter(src_ns, "tx_packets");
     let after_cpu = busy_jiffies();
@@ -292,7 +281,7 @@ fn blast(
     // The worker dies a moment after the signal: the next measurement
     // starts only once it is gone.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !group_members(generator.id()).is_empty() && Instant::now() < deadline {
+    while !group_jiffies(generator.id()).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = fs::remove_file(&conf);

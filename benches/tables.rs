@@ -19,52 +19,12 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use ip_network_table_deps_treebitmap::IpLookupTable;
 use podswitch_engine::encap::MacAddr;
 use podswitch_engine::fdb::Fdb;
-use podswitch_engine::fib::{FibBuilder, NextHop, Prefix};
+use podswitch_engine::fib::{NextHop, Prefix, RouteTable};
 use podswitch_engine::port::PortId;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// `n` realistic routes in 10.0.0.0/8: per node a /24, its four /26
-/// Calico blocks and 45 pods as /32s (50 routes a node).
-fn routes(n: usize) -> Vec<(Prefix, NextHop)> {
-    let mut rng = Rng(0x5eed);
-    let nodes = (n / 50).max(1);
-    let mut node_nets = std::collections::BTreeSet::new();
-    while node_nets.len() < nodes {
-        node_nets.insert(0x0a00_0000 | (rng.next() as u32 & 0x00ff_ff00));
-    }
-    let mut out = Vec::with_capacity(n);
-    for (i, net) in node_nets.into_iter().enumerate() {
-        let peer = NextHop::Peer(podswitch_engine::peer::PeerId(i as u16));
-        out.push((Prefix::new_truncating(Ipv4Addr::from(net), 24), peer));
-        for block in 0..4u32 {
-            out.push((
-                Prefix::new_truncating(Ipv4Addr::from(net | block << 6), 26),
-                peer,
-            ));
-        }
-        let mut hosts = std::collections::BTreeSet::new();
-        while hosts.len() < 45 {
-            hosts.insert(rng.next() as u32 & 0xff);
-        }
-        for host in hosts {
-            out.push((
-                Prefix::new_truncating(Ipv4Addr::from(net | host), 32),
-                NextHop::Local(PortId(host as u16)),
-            ));
-        }
-    }
-    out
-}
+#[path = "support/routes.rs"]
+mod routes;
+use routes::{routes, Rng};
 
 fn bench_fib(c: &mut Criterion) {
     let mut group = c.benchmark_group("fib");
@@ -74,12 +34,15 @@ fn bench_fib(c: &mut Criterion) {
         .collect();
     for n in [1_000usize, 10_000, 100_000] {
         let set = routes(n);
-        let mut builder = FibBuilder::new();
-        for (p, nh) in &set {
-            builder.insert(*p, *nh);
-        }
+        let load = |set: &[(Prefix, NextHop)]| {
+            let mut table = RouteTable::new();
+            for (p, nh) in set {
+                table.insert(*p, *nh);
+            }
+            table.fib()
+        };
         let started = Instant::now();
-        let fib = builder.build();
+        let fib = load(&set);
         let build = started.elapsed();
         eprintln!(
             "fib {n} routes: build {:.2} ms ({:.1} M routes/s), {:.2} MiB",
@@ -116,7 +79,7 @@ fn bench_fib(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.sample_size(10);
         group.bench_function(BenchmarkId::new("build", n), |b| {
-            b.iter(|| black_box(builder.build().len()))
+            b.iter(|| black_box(load(&set).len()))
         });
         group.sample_size(100);
     }

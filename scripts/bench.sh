@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Runs the criterion benchmarks and prints README's tables: podswitch's
 # figures and the ratio against the reference measured in the same run.
-# Usage: scripts/bench.sh [bench ...]   (default: encap tables pipeline)
+# Usage: scripts/bench.sh [bench ...]   (default: encap tables routes pipeline)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(encap tables pipeline)
+[ ${#benches[@]} -gt 0 ] || benches=(encap tables routes pipeline)
 log=target/bench-stderr.log
 : > "$log"
 for b in "${benches[@]}"; do
@@ -45,7 +45,7 @@ if ns("fib", "lookup", 1000):
         m = re.match(r"fib (\d+) routes: build ([\d.]+) ms \(([\d.]+) M routes/s\), ([\d.]+) MiB", line)
         if m:
             built[int(m.group(1))] = (float(m.group(2)), float(m.group(3)), float(m.group(4)))
-    print("FIB (DIR-16-8-8), random addresses in 10.0.0.0/8, per lookup:\n")
+    print("FIB (8-8-8-8 trie, copy-on-write), random addresses in 10.0.0.0/8, per lookup:\n")
     print("| routes | lookup | reference (tree bitmap) | ratio | full build | table memory |")
     print("|---|---|---|---|---|---|")
     for n in (1000, 10000, 100000):
@@ -55,6 +55,24 @@ if ns("fib", "lookup", 1000):
         b = built.get(n)
         mem = f"{b[2]:.2f} MiB" if b else "-"
         print(f"| {n:,} | {ours:.1f} ns | {ref:.1f} ns | {ref / ours:.2f}x faster | {build / 1e6:.2f} ms ({n / (build / 1e9) / 1e6:.1f} M routes/s) | {mem} |")
+    print()
+
+if ns("routes", "add-delete", 1000):
+    churn = {}
+    for line in open(sys.argv[1]):
+        m = re.match(r"routes (\d+): (\d+) changes during lookup-churn, ([\d.]+) us each", line)
+        if m:
+            churn[int(m.group(1))] = (int(m.group(2)), float(m.group(3)))
+    print("Route changes through `Tables` (validate, edit, publish), at N routes:\n")
+    print("| routes | add + delete | lookup, idle | lookup, a change every ms | changes made (cost each) |")
+    print("|---|---|---|---|---|")
+    for n in (1000, 10000, 100000):
+        both = ns("routes", "add-delete", n)
+        idle = ns("routes", "lookup-idle", n) / 1024
+        busy = ns("routes", "lookup-churn", n) / 1024
+        made = churn.get(n)
+        made = f"{made[0]:,} ({made[1]:.1f} us)" if made else "-"
+        print(f"| {n:,} | {both / 1e3:.1f} us | {idle:.1f} ns | {busy:.1f} ns ({idle / busy:.2f}x) | {made} |")
     print()
 
 if ns("fdb", "lookup-hit"):

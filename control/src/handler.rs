@@ -234,7 +234,7 @@ impl Handler {
                 self.applied(request);
                 Ok(Value::Null)
             }
-            Request::RouteList => Ok(routes(&self.tables.load())),
+            Request::RouteList => Ok(routes(&self.tables)),
             Request::PeerAdd {
                 name,
                 underlay_ip,
@@ -464,12 +464,12 @@ fn describe(snap: &Snapshot, nh: &NextHop) -> Value {
     }
 }
 
-fn routes(snap: &Snapshot) -> Value {
+fn routes(tables: &Tables) -> Value {
+    let (snap, routes) = tables.routes();
     Value::Array(
-        snap.fib
-            .routes()
+        routes
             .iter()
-            .map(|(p, nh)| json!({ "prefix": p.to_string(), "next_hop": describe(snap, nh) }))
+            .map(|(p, nh)| json!({ "prefix": p.to_string(), "next_hop": describe(&snap, nh) }))
             .collect(),
     )
 }

@@ -10,7 +10,7 @@
 //!    switch; underlay frames are decapsulated first
 //!    (`podswitch_encap::Decapsulator`) and must come from a known peer.
 //! 3. **Tables** ([`tables`]), read without locks from one published
-//!    [`tables::Snapshot`]: the [`fib`] (longest-prefix match, DIR-16-8-8),
+//!    [`tables::Snapshot`]: the [`fib`] (longest-prefix match, a copy-on-write stride-8 trie),
 //!    [`peer`]s, ports and neighbours; plus the [`fdb`], which the data path
 //!    itself learns into with atomics.
 //! 4. **Rewrite or encapsulate**: TTL decrement with an incremental

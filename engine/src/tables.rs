@@ -7,8 +7,10 @@
 //!   route never names a peer that its snapshot lacks).
 //! - Writers (the control socket, and the data path learning a neighbour
 //!   from ARP, which is rare) serialise on a mutex, build the next snapshot
-//!   from the current one (sharing every table they did not change) and
-//!   publish it with one atomic store (RCU through `arc-swap`).
+//!   from the current one (sharing every table they did not change, and
+//!   every FIB chunk a route change did not touch, see [`crate::fib`]) and
+//!   publish it with one atomic store (RCU through `arc-swap`). An edit
+//!   that fails is undone step by step and publishes nothing.
 //! - A replaced snapshot is freed when the last reader holding it drops it:
 //!   no reader ever sees freed memory.
 //! - The FDB and the counters are not in the snapshot: the data path
@@ -23,7 +25,7 @@ use podswitch_encap::{DecapConfig, Decapsulator, MacAddr};
 
 use crate::config::{Backend, GatewayMode, NodeConfig};
 use crate::fdb::Fdb;
-use crate::fib::{Fib, FibBuilder, NextHop, Prefix};
+use crate::fib::{Fib, NextHop, Prefix, RouteTable};
 use crate::ipmap::IpMap;
 use crate::peer::{Forwarding, Peer, PeerId, PeerSpec, PeerTable};
 use crate::port::{PortId, PortRole};
@@ -234,7 +236,7 @@ impl std::error::Error for TableError {}
 #[derive(Debug)]
 pub struct Tables {
     current: ArcSwap<Snapshot>,
-    writer: Mutex<FibBuilder>,
+    writer: Mutex<RouteTable>,
     /// MAC learning table of the bridge segment.
     pub fdb: Fdb,
     /// Counters.
@@ -259,18 +261,18 @@ impl Tables {
     /// pod; each attached pod gets a /32), the default route to the host,
     /// and in bridge mode the gateway address (cni0's) to the host.
     pub fn new(node: NodeConfig, max_ports: usize) -> Arc<Tables> {
-        let mut fib = FibBuilder::new();
-        fib.insert(node.pod_cidr, NextHop::Blackhole);
-        fib.insert(
+        let mut routes = RouteTable::new();
+        routes.insert(node.pod_cidr, NextHop::Blackhole);
+        routes.insert(
             Prefix::new_truncating(Ipv4Addr::UNSPECIFIED, 0),
             NextHop::Host,
         );
         if node.gateway_mode == GatewayMode::Bridge {
-            fib.insert(Prefix::new_truncating(node.gateway_ip, 32), NextHop::Host);
+            routes.insert(Prefix::new_truncating(node.gateway_ip, 32), NextHop::Host);
         }
         let snapshot = Snapshot {
             decap: decap_for(&node),
-            fib: Arc::new(fib.build()),
+            fib: routes.fib(),
             node: Arc::new(node.clone()),
             peers: Arc::default(),
             ports: Arc::default(),
@@ -279,7 +281,7 @@ impl Tables {
         };
         Arc::new(Tables {
             current: ArcSwap::from_pointee(snapshot),
-            writer: Mutex::new(fib),
+            writer: Mutex::new(routes),
             fdb: Fdb::new(node.fdb_limit, node.fdb_aging_secs),
             stats: Stats::new(max_ports),
             max_ports,
@@ -303,28 +305,28 @@ impl Tables {
         &self,
         f: impl FnOnce(&mut Editor<'_>) -> Result<R, TableError>,
     ) -> Result<R, TableError> {
-        // A panic while editing left no published change, so the builder
-        // behind a poisoned lock is still the published one's source.
-        let mut fib = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // A panic while editing unwinds through the editor's drop, which
+        // undoes its route changes: the route table behind a poisoned lock
+        // still matches the published snapshot.
+        let mut routes = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.current.load_full();
         let mut editor = Editor {
             next: (*current).clone(),
-            base: &fib,
-            changed: None,
+            routes: &mut routes,
+            undo: Vec::new(),
             max_ports: self.max_ports,
             detached: Vec::new(),
         };
+        // On failure the editor is dropped here, undoing its route changes.
         let result = f(&mut editor)?;
-        let Editor {
-            mut next,
-            changed,
-            detached,
-            ..
-        } = editor;
-        if let Some(new_fib) = changed {
-            next.fib = Arc::new(new_fib.build());
-            *fib = new_fib;
+        let routes_changed = !editor.undo.is_empty();
+        editor.undo.clear();
+        let mut next = editor.next.clone();
+        if routes_changed {
+            next.fib = editor.routes.fib();
         }
+        let detached = std::mem::take(&mut editor.detached);
+        drop(editor);
         next.version = current.version + 1;
         self.current.store(Arc::new(next));
         for port in detached {
@@ -363,6 +365,15 @@ impl Tables {
         self.edit(|e| e.remove_route(prefix))
     }
 
+    /// Every route, by prefix, with the snapshot they belong to (to name
+    /// their ports and peers). A published [`Fib`] answers lookups only; the
+    /// list lives with the writer.
+    pub fn routes(&self) -> (Arc<Snapshot>, Vec<(Prefix, NextHop)>) {
+        let routes = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let list = routes.routes().iter().map(|(p, nh)| (*p, *nh)).collect();
+        (self.snapshot(), list)
+    }
+
     /// Records that `ip` is at `mac` behind `port`, learned from ARP.
     /// Lock-free when nothing changes (the common case); takes the writer
     /// lock only to publish a new or moved entry, and refuses new entries
@@ -398,24 +409,32 @@ impl Tables {
 #[derive(Debug)]
 pub struct Editor<'a> {
     next: Snapshot,
-    /// The published routes.
-    base: &'a FibBuilder,
-    /// The routes with this edit's changes, copied from `base` on the first
-    /// route change: edits that touch no route (a learned neighbour, a port
-    /// without an address) neither copy nor rebuild the FIB.
-    changed: Option<FibBuilder>,
+    /// The routes, edited in place: edits that touch no route (a learned
+    /// neighbour, a port without an address) leave the FIB as it is.
+    routes: &'a mut RouteTable,
+    /// Each route change's prefix and what it held before, to undo an edit
+    /// that fails (or panics) before it is published.
+    undo: Vec<(Prefix, Option<NextHop>)>,
     max_ports: usize,
     detached: Vec<PortId>,
 }
 
-impl Editor<'_> {
-    fn routes(&self) -> &FibBuilder {
-        self.changed.as_ref().unwrap_or(self.base)
+impl Drop for Editor<'_> {
+    fn drop(&mut self) {
+        while let Some((prefix, before)) = self.undo.pop() {
+            match before {
+                Some(next_hop) => self.routes.insert(prefix, next_hop),
+                None => self.routes.remove(&prefix),
+            };
+        }
     }
+}
 
-    fn routes_mut(&mut self) -> &mut FibBuilder {
-        let base = self.base;
-        self.changed.get_or_insert_with(|| base.clone())
+impl Editor<'_> {
+    fn remove_routes_via(&mut self, next_hop: NextHop) {
+        for prefix in self.routes.remove_via(next_hop) {
+            self.undo.push((prefix, Some(next_hop)));
+        }
     }
 
     /// The snapshot as it stands with the changes so far.
@@ -428,7 +447,8 @@ impl Editor<'_> {
     }
 
     fn set_route(&mut self, prefix: Prefix, next_hop: NextHop) {
-        self.routes_mut().insert(prefix, next_hop);
+        let before = self.routes.insert(prefix, next_hop);
+        self.undo.push((prefix, before));
     }
 
     /// Attaches a port. A pod port needs its IP (inside the node's pod
@@ -548,7 +568,7 @@ impl Editor<'_> {
         if table.host == Some(id) {
             table.host = None;
         }
-        self.routes_mut().retain(|_, nh| *nh != NextHop::Local(id));
+        self.remove_routes_via(NextHop::Local(id));
         Arc::make_mut(&mut self.next.neighbours).retain(|_, n| n.port != id);
         self.detached.push(id);
         Ok(id)
@@ -586,8 +606,8 @@ impl Editor<'_> {
             .map(|p| p.id)
             .ok_or_else(|| TableError::NoSuchPeer(name.into()))?;
         Arc::make_mut(&mut self.next.peers).remove(id);
-        self.routes_mut()
-            .retain(|_, nh| *nh != NextHop::Peer(id) && *nh != NextHop::Direct(id));
+        self.remove_routes_via(NextHop::Peer(id));
+        self.remove_routes_via(NextHop::Direct(id));
         Ok(id)
     }
 
@@ -614,9 +634,123 @@ impl Editor<'_> {
 
     /// Removes a route.
     pub fn remove_route(&mut self, prefix: Prefix) -> Result<NextHop, TableError> {
-        if !self.routes().routes().contains_key(&prefix) {
-            return Err(TableError::NoSuchRoute(prefix));
-        }
-        Ok(self.routes_mut().remove(&prefix).expect("checked above"))
+        let before = self
+            .routes
+            .remove(&prefix)
+            .ok_or(TableError::NoSuchRoute(prefix))?;
+        self.undo.push((prefix, Some(before)));
+        Ok(before)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables() -> Arc<Tables> {
+        Tables::new(
+            NodeConfig::flannel(
+                "node1",
+                "10.244.1.0/24".parse().unwrap(),
+                Ipv4Addr::new(192, 168, 100, 1),
+            ),
+            8,
+        )
+    }
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    /// An edit that fails half-way leaves the routes and the published
+    /// FIB as they were, and the next edit starts from them.
+    #[test]
+    fn failed_edit_undoes_its_route_changes() {
+        let tables = tables();
+        tables.add_route(p("10.9.0.0/16"), NextHop::Host).unwrap();
+        let (_, before) = tables.routes();
+        let published = tables.snapshot();
+        let err = tables.edit(|e| {
+            e.add_route(p("10.9.0.0/16"), NextHop::Blackhole)?;
+            e.add_route(p("10.9.1.0/24"), NextHop::Blackhole)?;
+            e.remove_route(p("10.244.1.0/24"))?;
+            e.remove_route(p("10.7.0.0/16")) // no such route: the edit fails
+        });
+        assert_eq!(err, Err(TableError::NoSuchRoute(p("10.7.0.0/16"))));
+        assert_eq!(tables.routes().1, before);
+        let now = tables.snapshot();
+        assert_eq!(now.version, published.version, "nothing published");
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(now.fib.lookup(ip("10.9.1.1")), Some(NextHop::Host));
+        assert_eq!(now.fib.lookup(ip("10.244.1.9")), Some(NextHop::Blackhole));
+        // The table the next edit starts from is the published one.
+        tables
+            .add_route(p("10.8.0.0/16"), NextHop::Blackhole)
+            .unwrap();
+        let fib = &tables.snapshot().fib;
+        assert_eq!(fib.lookup(ip("10.9.1.1")), Some(NextHop::Host));
+        assert_eq!(fib.lookup(ip("10.244.1.9")), Some(NextHop::Blackhole));
+        assert_eq!(fib.len(), before.len() + 1);
+    }
+
+    /// A panic inside an edit unwinds through the undo as well.
+    #[test]
+    fn panicking_edit_undoes_its_route_changes() {
+        let tables = tables();
+        let (_, before) = tables.routes();
+        let shared = Arc::clone(&tables);
+        let outcome = std::panic::catch_unwind(move || {
+            let _ = shared.edit(|e| -> Result<(), TableError> {
+                e.add_route(p("10.9.0.0/16"), NextHop::Host)?;
+                panic!("a bug in the middle of an edit");
+            });
+        });
+        assert!(outcome.is_err());
+        assert_eq!(tables.routes().1, before);
+        tables.add_route(p("10.8.0.0/16"), NextHop::Host).unwrap();
+        let ip = "10.9.0.1".parse().unwrap();
+        assert_eq!(
+            tables.snapshot().fib.lookup(ip),
+            Some(NextHop::Host),
+            "default route"
+        );
+        assert_eq!(tables.routes().1.len(), before.len() + 1);
+    }
+
+    /// Removing a peer or detaching a pod takes exactly their routes.
+    #[test]
+    fn peer_and_port_removal_take_their_routes() {
+        let tables = tables();
+        let before = tables.routes().1.len();
+        let pod = tables
+            .attach_port(PortSpec::pod(
+                "veth1",
+                "10.244.1.2".parse().unwrap(),
+                MacAddr([2, 0, 0, 0, 0, 2]),
+            ))
+            .unwrap();
+        let peer = tables
+            .add_peer(PeerSpec {
+                name: "node2".into(),
+                underlay_ip: Ipv4Addr::new(192, 168, 100, 2),
+                underlay_mac: MacAddr([2, 0, 0, 0, 0, 3]),
+                pod_cidr: p("10.244.2.0/24"),
+                backend: Backend::Vxlan,
+                vni: podswitch_encap::Vni::FLANNEL,
+                vtep_mac: MacAddr([2, 0, 0, 0, 0, 4]),
+            })
+            .unwrap();
+        tables
+            .add_route(p("10.250.0.0/16"), NextHop::Peer(peer))
+            .unwrap();
+        assert_eq!(tables.routes().1.len(), before + 3);
+        tables.remove_peer("node2").unwrap();
+        tables.detach_port("veth1").unwrap();
+        let (snap, routes) = tables.routes();
+        assert_eq!(routes.len(), before);
+        assert!(routes
+            .iter()
+            .all(|(_, nh)| *nh != NextHop::Peer(peer) && *nh != NextHop::Local(pod)));
+        assert_eq!(snap.fib.len(), before);
     }
 }

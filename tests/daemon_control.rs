@@ -630,3 +630,121 @@ fn the_config_files_port_wins_over_a_saved_one() {
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
     assert!(ping(&a.ns, &b.ip, 2), "{}", cluster.logs());
 }
+
+/// The longest silence between two echo replies, from `ping -D` output.
+fn longest_reply_gap(ping_output: &str) -> (Duration, usize) {
+    let stamps: Vec<f64> = ping_output
+        .lines()
+        .filter(|l| l.contains("bytes from"))
+        .filter_map(|l| l.strip_prefix('[')?.split(']').next()?.parse().ok())
+        .collect();
+    let gap = stamps
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0f64, f64::max);
+    (Duration::from_secs_f64(gap), stamps.len())
+}
+
+/// `kill -9` of a node's daemon while a TCP stream crosses it and pings
+/// run every 5 ms, then an immediate restart (what systemd's
+/// `Restart=always` does): the longest silence between echo replies is
+/// the outage, and it must stay under 0.5 s (issue 15, item 8), with
+/// AF_XDP and with AF_PACKET pod ports. The runtime-added peer and route
+/// are back afterwards.
+#[test]
+fn kill_9_under_load_costs_under_half_a_second() {
+    require(&["ip", "ping", "iperf3", "kill"]);
+    for kind in ["af-xdp", "af-packet"] {
+        kill_9_under_load(kind);
+    }
+}
+
+fn kill_9_under_load(kind: &str) {
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.port_kind = kind.into();
+    cluster.start_all();
+    let node = &cluster.nodes[0];
+    ok(
+        &node.ctl(&[
+            "peer",
+            "add",
+            "node3",
+            "--underlay-ip",
+            "192.168.100.3",
+            "--pod-cidr",
+            "10.244.3.0/24",
+            "--vtep-mac",
+            "02:0e:00:00:00:03",
+        ]),
+        "peer add",
+    );
+    ok(
+        &node.ctl(&["route", "add", "10.244.99.0/24", "peer:node3"]),
+        "route add",
+    );
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    assert!(ping(&a.ns, &b.ip, 3), "no traffic before the kill");
+    let spawn_in = |ns: &Netns, args: &[&str]| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut server = spawn_in(&b.ns, &["iperf3", "-s", "-1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let load = spawn_in(&a.ns, &["iperf3", "-c", &b.ip, "-t", "6"]);
+    let pinger = spawn_in(
+        &a.ns,
+        &[
+            "ping", "-D", "-n", "-i", "0.005", "-W", "1", "-w", "5", &b.ip,
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+
+    let daemon = cluster.nodes[0].daemon.as_mut().unwrap();
+    let pid = daemon.child.as_ref().unwrap().id();
+    let killed = std::time::Instant::now();
+    common::run("kill", &["-KILL", &pid.to_string()]);
+    let _ = daemon.child.as_mut().unwrap().wait();
+    let exited = killed.elapsed();
+    daemon.child = None;
+    cluster.start(0, &[]);
+    let ready = killed.elapsed();
+
+    let pings = pinger.wait_with_output().unwrap();
+    let load = load.wait_with_output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&pings.stdout);
+    let (outage, replies) = longest_reply_gap(&text);
+    eprintln!(
+        "{kind}: kill -9 under iperf3 load: outage {:.0} ms (killed process gone after \
+         {:.0} ms, new daemon ready after {:.0} ms), {replies} echo replies",
+        outage.as_secs_f64() * 1e3,
+        exited.as_secs_f64() * 1e3,
+        ready.as_secs_f64() * 1e3
+    );
+    assert!(
+        replies > 100,
+        "too few replies to measure: {text}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        outage < Duration::from_millis(500),
+        "{kind}: outage {outage:?} (process gone after {exited:?}, ready after {ready:?})\n{}",
+        cluster.logs()
+    );
+    assert!(
+        load.status.success(),
+        "the TCP stream broke: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    let node = &cluster.nodes[0];
+    let peers = node.ctl_json(&["peer", "list"]).to_string();
+    assert!(peers.contains("\"node3\""), "{peers}");
+    let routes = node.ctl_json(&["route", "list"]).to_string();
+    assert!(routes.contains("10.244.99.0/24"), "{routes}");
+}

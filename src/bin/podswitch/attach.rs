@@ -9,10 +9,7 @@ use std::os::fd::AsRawFd;
 
 use podswitch_engine::sys::netlink::{in_netns, Netlink, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE};
 
-use crate::cni::GatewayMode;
-
-/// The proxy-ARP gateway (Calico's).
-pub(crate) const PROXY_ARP_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+use crate::cni::{Addressing, GatewayMode, PROXY_ARP_GATEWAY};
 
 /// The host-side name of an attachment: `psw` and 11 hex digits of a hash
 /// of the container id and interface name (15 characters at most, the
@@ -30,26 +27,6 @@ pub(crate) fn host_interface(container_id: &str, ifname: &str) -> String {
 pub(crate) struct PodSide {
     pub(crate) host_mac: [u8; 6],
     pub(crate) pod_mac: [u8; 6],
-}
-
-/// The pod's addressing.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Addressing {
-    pub(crate) ip: Ipv4Addr,
-    pub(crate) prefix_len: u8,
-    pub(crate) gateway: Ipv4Addr,
-    pub(crate) mode: GatewayMode,
-}
-
-impl Addressing {
-    /// The address's prefix on the pod's interface: the subnet's in
-    /// bridge mode, /32 with proxy ARP.
-    pub(crate) fn interface_prefix(&self) -> u8 {
-        match self.mode {
-            GatewayMode::Bridge => self.prefix_len,
-            GatewayMode::ProxyArp => 32,
-        }
-    }
 }
 
 /// Creates the veth pair (`host` here, `ifname` in `netns`), brings both

@@ -1,8 +1,12 @@
 //! The CNI contract (CNI specification 1.1.0, SPEC.md): the environment,
 //! the network configuration, errors and results, in each supported
-//! version's shape.
+//! version's shape, and the pod's addressing read from an IPAM result.
+//!
+//! The `cni_config` fuzz target compiles this file on its own (fuzz/), so
+//! it uses nothing of the plugin's other modules.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use serde_json::{json, Map, Value};
 
@@ -265,8 +269,15 @@ impl NetConf {
             }
             Some(t) => t.to_string(),
         };
+        // A chained plugin's result: an object, which ADD extends and
+        // CHECK reads (null is taken as absent).
+        let prev_result = match raw.get("prevResult") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(_) => return Err(invalid("prevResult is not a result object".into())),
+        };
         Ok(NetConf {
-            prev_result: raw.get("prevResult").cloned(),
+            prev_result,
             cni_version,
             socket,
             mtu,
@@ -283,6 +294,71 @@ impl NetConf {
         raw.insert("cniVersion".into(), Value::from(version));
         Value::Object(raw)
     }
+}
+
+/// The proxy-ARP gateway (Calico's).
+pub(crate) const PROXY_ARP_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The pod's addressing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Addressing {
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) prefix_len: u8,
+    pub(crate) gateway: Ipv4Addr,
+    pub(crate) mode: GatewayMode,
+}
+
+impl Addressing {
+    /// The address's prefix on the pod's interface: the subnet's in
+    /// bridge mode, /32 with proxy ARP.
+    pub(crate) fn interface_prefix(&self) -> u8 {
+        match self.mode {
+            GatewayMode::Bridge => self.prefix_len,
+            GatewayMode::ProxyArp => 32,
+        }
+    }
+}
+
+/// The pod's address, prefix and gateway from an IPAM result.
+pub(crate) fn addressing(ipam_result: &Value, mode: GatewayMode) -> Result<Addressing, CniError> {
+    let ip = ipam_result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|ip| {
+            let (addr, len) = ip["address"].as_str()?.split_once('/')?;
+            Some((
+                addr.parse::<Ipv4Addr>().ok()?,
+                len.parse::<u8>().ok().filter(|&l| l <= 32)?,
+                ip["gateway"].as_str(),
+            ))
+        })
+        .ok_or_else(|| {
+            CniError::new(Code::Failed, "the IPAM plugin returned no IPv4 address")
+                .details(ipam_result)
+        })?;
+    let gateway = match (mode, ip.2) {
+        (GatewayMode::ProxyArp, _) => PROXY_ARP_GATEWAY,
+        (GatewayMode::Bridge, Some(gw)) => gw
+            .parse()
+            .map_err(|_| CniError::new(Code::Failed, format!("IPAM gateway {gw:?} is not IPv4")))?,
+        (GatewayMode::Bridge, None) => {
+            // host-local's default: the subnet's first address.
+            let net = u32::from(ip.0) & u32::MAX.checked_shl(32 - u32::from(ip.1)).unwrap_or(0);
+            net.checked_add(1).map(Ipv4Addr::from).ok_or_else(|| {
+                CniError::new(
+                    Code::Failed,
+                    format!("{}/{} has no first address for a gateway", ip.0, ip.1),
+                )
+            })?
+        }
+    };
+    Ok(Addressing {
+        ip: ip.0,
+        prefix_len: ip.1,
+        gateway,
+        mode,
+    })
 }
 
 /// Compares versions "a.b.c" numerically.
@@ -340,6 +416,41 @@ mod tests {
         assert_eq!(ok.gateway_mode, GatewayMode::ProxyArp);
         assert_eq!(ok.socket, DEFAULT_SOCKET);
         assert_eq!(ok.mtu, 1450);
+    }
+
+    /// Found by the `cni_config` fuzz target's inputs (a non-object
+    /// prevResult made ADD's and shape_result's `result[key] = ...` panic;
+    /// a prefix over 32 or the last address without a gateway overflowed).
+    #[test]
+    fn hostile_prev_results_are_errors_not_panics() {
+        let conf = |prev: &str| {
+            format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","ipam":{{"type":"host-local"}},"prevResult":{prev}}}"#
+            )
+        };
+        for prev in ["5", "[]", r#""x""#, "true"] {
+            let e = NetConf::parse(&conf(prev)).unwrap_err();
+            assert_eq!(e.code, Code::InvalidConfig, "{prev}");
+        }
+        assert!(NetConf::parse(&conf("null")).unwrap().prev_result.is_none());
+        let address = |a: &str| {
+            let c = NetConf::parse(&conf(&format!(r#"{{"ips":[{{"address":"{a}"}}]}}"#))).unwrap();
+            addressing(c.prev_result.as_ref().unwrap(), GatewayMode::Bridge)
+        };
+        assert_eq!(address("10.244.1.5/44").unwrap_err().code, Code::Failed);
+        assert_eq!(
+            address("255.255.255.255/32").unwrap_err().code,
+            Code::Failed
+        );
+        let a = address("10.244.1.5/24").unwrap();
+        assert_eq!(
+            (a.prefix_len, a.gateway),
+            (24, Ipv4Addr::new(10, 244, 1, 1))
+        );
+        assert_eq!(
+            address("10.0.0.1/0").unwrap().gateway,
+            Ipv4Addr::new(0, 0, 0, 1)
+        );
     }
 
     #[test]

@@ -26,7 +26,6 @@ mod ipam;
 
 use std::collections::HashSet;
 use std::io::Read;
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -35,8 +34,10 @@ use podswitch_control::client::{Client, ClientError};
 use podswitch_control::protocol::Request;
 use serde_json::{json, Value};
 
-use attach::{Addressing, PROXY_ARP_GATEWAY};
-use cni::{shape_result, CniError, Code, Command, Env, GatewayMode, NetConf, SUPPORTED};
+use cni::{
+    addressing, shape_result, Addressing, CniError, Code, Command, Env, GatewayMode, NetConf,
+    SUPPORTED,
+};
 use ipam::Ipam;
 
 fn main() -> ExitCode {
@@ -108,43 +109,6 @@ fn mac_text(mac: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-/// The pod's address, prefix and gateway from an IPAM result.
-fn addressing(ipam_result: &Value, mode: GatewayMode) -> Result<Addressing, CniError> {
-    let ip = ipam_result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find_map(|ip| {
-            let (addr, len) = ip["address"].as_str()?.split_once('/')?;
-            Some((
-                addr.parse::<Ipv4Addr>().ok()?,
-                len.parse::<u8>().ok()?,
-                ip["gateway"].as_str(),
-            ))
-        })
-        .ok_or_else(|| {
-            CniError::new(Code::Failed, "the IPAM plugin returned no IPv4 address")
-                .details(ipam_result)
-        })?;
-    let gateway = match (mode, ip.2) {
-        (GatewayMode::ProxyArp, _) => PROXY_ARP_GATEWAY,
-        (GatewayMode::Bridge, Some(gw)) => gw
-            .parse()
-            .map_err(|_| CniError::new(Code::Failed, format!("IPAM gateway {gw:?} is not IPv4")))?,
-        (GatewayMode::Bridge, None) => {
-            // host-local's default: the subnet's first address.
-            let net = u32::from(ip.0) & u32::MAX.checked_shl(32 - u32::from(ip.1)).unwrap_or(0);
-            Ipv4Addr::from(net + 1)
-        }
-    };
-    Ok(Addressing {
-        ip: ip.0,
-        prefix_len: ip.1,
-        gateway,
-        mode,
-    })
 }
 
 fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {

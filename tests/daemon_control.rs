@@ -747,4 +747,110 @@ fn kill_9_under_load(kind: &str) {
     assert!(peers.contains("\"node3\""), "{peers}");
     let routes = node.ctl_json(&["route", "list"]).to_string();
     assert!(routes.contains("10.244.99.0/24"), "{routes}");
+    // The restored pod ports are of the kind asked for: with AF_XDP, the
+    // program the killed daemon left was its own and was replaced.
+    let ports = node.ctl_json(&["port", "list"]);
+    let pod_if = &cluster.pods[0].host_if;
+    let restored = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["interface"] == pod_if.as_str())
+        .map(|p| p["kind"].clone());
+    assert_eq!(restored, Some(serde_json::json!(kind)), "{ports}");
+}
+
+/// An interface that carries someone else's XDP program keeps it: the
+/// AF_XDP port-add that cannot attach falls back to AF_PACKET, says why,
+/// and podswitch never detaches a program it did not attach (issue 15,
+/// test discipline). Its own program left by a killed daemon is taken off
+/// (`kill_9_under_load_costs_under_half_a_second`, AF_XDP case).
+#[test]
+fn a_foreign_xdp_program_is_never_removed() {
+    require(&["ip", "clang"]);
+    let object = TempFile::new("foreign_pass.o");
+    let source = TempFile::new("foreign_pass.c");
+    std::fs::write(
+        &source.0,
+        "__attribute__((section(\"xdp\"), used)) int foreign_pass(void *ctx) { return 2; }\n\
+         char _license[] __attribute__((section(\"license\"), used)) = \"GPL\";\n",
+    )
+    .unwrap();
+    let cc = std::process::Command::new("clang")
+        .args(["-O2", "-target", "bpf", "-c"])
+        .arg(&source.0)
+        .arg("-o")
+        .arg(&object.0)
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "clang -target bpf: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.start_all();
+    let node = &cluster.nodes[0];
+    let ns = node.ns.name.clone();
+    node.ns
+        .ip(&["link", "add", "xf0", "type", "veth", "peer", "name", "xf1"]);
+    let object_path = object.0.to_str().unwrap();
+    let attach = common::run(
+        "ip",
+        &[
+            "-n",
+            &ns,
+            "link",
+            "set",
+            "dev",
+            "xf0",
+            "xdpgeneric",
+            "obj",
+            object_path,
+            "sec",
+            "xdp",
+        ],
+    );
+    assert!(attach.status.success(), "{attach:?}");
+    let program = || {
+        let out = node.ns.ip(&["-d", "link", "show", "xf0"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace()
+            .skip_while(|w| *w != "prog/xdp")
+            .nth(2)
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no XDP program on xf0: {text}"))
+    };
+    let before = program();
+    let add = node.ctl(&[
+        "port",
+        "add",
+        "xf0",
+        "--kind",
+        "af-xdp",
+        "--ip",
+        "10.244.1.30",
+        "--mac",
+        "02:00:0a:f4:01:1e",
+    ]);
+    assert!(
+        add.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&add.stderr),
+        cluster.logs()
+    );
+    assert_eq!(program(), before, "the foreign program was replaced");
+    let ports = node.ctl_json(&["port", "list"]);
+    let kind = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["interface"] == "xf0")
+        .map(|p| p["kind"].clone());
+    assert_eq!(kind, Some(serde_json::json!("af-packet")), "{ports}");
+    let logs = cluster.logs();
+    assert!(
+        logs.contains("did not attach") && logs.contains("foreign_pass"),
+        "{logs}"
+    );
 }

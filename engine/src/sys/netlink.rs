@@ -32,11 +32,6 @@ const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
-const IFLA_XDP: u16 = 43;
-const IFLA_XDP_FD: u16 = 1;
-const IFLA_XDP_FLAGS: u16 = 3;
-const XDP_FLAGS_SKB_MODE: u32 = 2;
-const XDP_FLAGS_DRV_MODE: u32 = 4;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
@@ -341,21 +336,6 @@ impl Netlink {
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
         let m = Message::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, IFF_UP, IFF_UP));
         self.request(m).map(|_| ())
-    }
-
-    /// Detaches any XDP program from a link, in driver and in generic
-    /// mode (what `ip link set dev X xdp off` does). A program left by a
-    /// podswitchd that was killed keeps its AF_XDP map but no socket.
-    pub fn detach_xdp(&mut self, index: u32) -> io::Result<()> {
-        for mode in [XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE] {
-            let mut m = Message::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));
-            m.begin(IFLA_XDP)
-                .attr(IFLA_XDP_FD, &(-1i32).to_ne_bytes())
-                .attr(IFLA_XDP_FLAGS, &mode.to_ne_bytes())
-                .end();
-            self.request(m)?;
-        }
-        Ok(())
     }
 
     /// Adds an IPv4 address with its prefix length to a link.

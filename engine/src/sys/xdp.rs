@@ -111,6 +111,92 @@ pub fn ensure_bpffs() -> io::Result<()> {
     Ok(())
 }
 
+/// The name of the one XDP program podswitch ever attaches: libxdp's
+/// AF_XDP redirect program (lib/libxdp/xsk_def_xdp_prog.c in xdp-tools),
+/// loaded by `xsk_socket__create`, alone or as a component of libxdp's
+/// dispatcher.
+pub const OWN_PROGRAM: &str = "xsk_def_prog";
+
+/// What [`remove_stale_program`] found on an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaleProgram {
+    /// No XDP program is attached.
+    None,
+    /// Only podswitch's own program was attached (left by a daemon that
+    /// was killed before its cleanup), and it was detached.
+    Removed,
+    /// Programs podswitch did not attach, by name: left in place.
+    Foreign(Vec<String>),
+}
+
+/// Detaches the XDP programs of interface `ifindex` if, and only if, every
+/// one of them is podswitch's own ([`OWN_PROGRAM`]). Someone else's
+/// program (a CNI's, a firewall's, an operator's) is never removed.
+pub fn remove_stale_program(ifindex: u32) -> io::Result<StaleProgram> {
+    let _libxdp = libxdp_lock();
+    let index = i32::try_from(ifindex).map_err(|e| other("interface index", e))?;
+    // SAFETY: a plain query; the returned object is checked with
+    // libxdp_get_error before use and closed below.
+    let mp = unsafe { libxdp_sys::xdp_multiprog__get_from_ifindex(index) };
+    // SAFETY: libxdp_get_error only inspects the pointer value.
+    let err = unsafe { libxdp_sys::libxdp_get_error(mp.cast()) };
+    if err == -i64::from(libc::ENOENT) {
+        return Ok(StaleProgram::None);
+    }
+    if err != 0 {
+        return Err(other(
+            "reading the interface's XDP programs",
+            io::Error::from_raw_os_error(-err as i32),
+        ));
+    }
+    let mut names = Vec::new();
+    // SAFETY: `mp` is valid until closed; the programs it hands out belong
+    // to it, and their names are NUL-terminated strings it owns.
+    unsafe {
+        let name_of = |prog: *const libxdp_sys::xdp_program| {
+            let name = libxdp_sys::xdp_program__name(prog);
+            if name.is_null() {
+                String::from("?")
+            } else {
+                std::ffi::CStr::from_ptr(name)
+                    .to_string_lossy()
+                    .into_owned()
+            }
+        };
+        if libxdp_sys::xdp_multiprog__is_legacy(mp) {
+            let main = libxdp_sys::xdp_multiprog__main_prog(mp);
+            if !main.is_null() {
+                names.push(name_of(main));
+            }
+        } else {
+            let mut prog = libxdp_sys::xdp_multiprog__next_prog(ptr::null(), mp);
+            while !prog.is_null() {
+                names.push(name_of(prog));
+                prog = libxdp_sys::xdp_multiprog__next_prog(prog, mp);
+            }
+        }
+    }
+    let ours = !names.is_empty() && names.iter().all(|n| n == OWN_PROGRAM);
+    let outcome = if ours {
+        // SAFETY: `mp` is valid; detaching is what it is for.
+        let ret = unsafe { libxdp_sys::xdp_multiprog__detach(mp) };
+        if ret < 0 {
+            Err(other(
+                "detaching the stale XDP program",
+                io::Error::from_raw_os_error(-ret),
+            ))
+        } else {
+            Ok(StaleProgram::Removed)
+        }
+    } else {
+        Ok(StaleProgram::Foreign(names))
+    };
+    // SAFETY: `mp` came from xdp_multiprog__get_from_ifindex and is closed
+    // once; nothing borrowed from it is used past here.
+    unsafe { libxdp_sys::xdp_multiprog__close(mp) };
+    outcome
+}
+
 const XDP_FLAGS_SKB_MODE: u32 = 2;
 const XDP_FLAGS_DRV_MODE: u32 = 4;
 const XDP_COPY: u16 = 2;

@@ -214,15 +214,29 @@ impl Dataplane for Daemon {
     }
 }
 
-/// Detaches whatever XDP program `name` carries; true if the kernel
-/// took the request (it is a no-op on a link without one).
+/// Detaches the XDP program a killed podswitchd left on `name`; true if
+/// there was one to take off. A program podswitch did not attach stays
+/// where it is, with a warning.
 fn remove_stale_xdp(name: &str) -> bool {
-    let Ok(mut nl) = Netlink::open() else {
-        return false;
+    let index = match Netlink::open().and_then(|mut nl| nl.link(name)) {
+        Ok(Some(link)) => link.index,
+        _ => return false,
     };
-    match nl.link(name) {
-        Ok(Some(link)) => nl.detach_xdp(link.index).is_ok(),
-        _ => false,
+    match xdp::remove_stale_program(index) {
+        Ok(xdp::StaleProgram::Removed) => true,
+        Ok(xdp::StaleProgram::None) => false,
+        Ok(xdp::StaleProgram::Foreign(names)) => {
+            tracing::warn!(
+                interface = name,
+                programs = ?names,
+                "the interface carries XDP programs podswitch did not attach: left in place"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(interface = name, "{e}");
+            false
+        }
     }
 }
 

@@ -430,6 +430,12 @@ fn a_bad_config_fails_at_start_naming_file_key_and_reason() {
 fn a_failed_af_xdp_open_answers_and_the_next_port_add_works() {
     require(&["ip", "timeout"]);
     let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    // A bridge has no native XDP: the socket falls back to generic XDP or,
+    // where that fails too, to AF_PACKET; either way the log says so.
+    cluster.expected_warnings.extend([
+        "AF_XDP unavailable (AF_XDP socket on brx",
+        "fallback to generic (skb) XDP interface=\"brx\"",
+    ]);
     cluster.start_all();
     let node = &cluster.nodes[0];
     node.ns.ip(&["link", "add", "brx", "type", "bridge"]);
@@ -613,6 +619,9 @@ fn a_refused_second_daemon_leaves_the_state_file_alone() {
 fn the_config_files_port_wins_over_a_saved_one() {
     require(&["ip", "ping"]);
     let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster
+        .expected_warnings
+        .push("saved port (10.244.1.2 02:00:00:00:00:77) dropped");
     let pod = &cluster.pods[0];
     let (iface, ip, mac) = (pod.host_if.clone(), pod.ip.clone(), pod.mac.clone());
     let wrong = format!("--pod-port=interface={iface},ip={ip},mac=02:00:00:00:00:77");
@@ -789,6 +798,10 @@ fn a_foreign_xdp_program_is_never_removed() {
         String::from_utf8_lossy(&cc.stderr)
     );
     let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.expected_warnings.extend([
+        "XDP programs podswitch did not attach: left in place interface=\"xf0\"",
+        "AF_XDP unavailable (AF_XDP socket on xf0",
+    ]);
     cluster.start_all();
     let node = &cluster.nodes[0];
     let ns = node.ns.name.clone();

@@ -109,6 +109,10 @@ pub struct Cluster {
     pub vtep_macs: Vec<Option<String>>,
     /// How podswitchd reads pod veths: af-xdp (its default) or af-packet.
     pub port_kind: String,
+    /// WARN and ERROR log lines a test provokes on purpose, by a piece of
+    /// their text; any other one fails the test when the cluster stops
+    /// (as Open vSwitch's tests check the daemon's log at exit).
+    pub expected_warnings: Vec<&'static str>,
 }
 
 /// The podswitchd binary under test.
@@ -184,6 +188,7 @@ impl Cluster {
             mode: mode.into(),
             vtep_macs: vec![None, None],
             port_kind: "af-xdp".into(),
+            expected_warnings: Vec::new(),
         };
         for n in 0..2 {
             for p in 0..pods_per_node {
@@ -359,6 +364,21 @@ impl Cluster {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        // Every pod port is of the kind asked for: a silent fallback (AF_XDP
+        // to AF_PACKET) would test the other kind under this one's name.
+        let ports = self.nodes[n].ctl_json(&["port", "list"]);
+        for pod in self.pods.iter().filter(|p| p.node == n) {
+            let kind = ports
+                .as_array()
+                .and_then(|a| a.iter().find(|p| p["interface"] == pod.host_if.as_str()))
+                .map(|p| p["kind"].clone());
+            assert_eq!(
+                kind,
+                Some(serde_json::json!(self.port_kind)),
+                "{}: {ports}",
+                pod.host_if
+            );
+        }
     }
 
     /// Starts both daemons and attaches every pod.
@@ -382,16 +402,44 @@ impl Cluster {
     }
 }
 
+/// The WARN and ERROR lines of a daemon log that `expected` does not name.
+pub fn unexpected_warnings(log: &str, expected: &[&str]) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .filter(|l| !expected.iter().any(|e| l.contains(e)))
+        .map(str::to_string)
+        .collect()
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
+        let mut unexpected = Vec::new();
         for node in &mut self.nodes {
-            node.daemon.take();
+            let Some(mut daemon) = node.daemon.take() else {
+                continue;
+            };
+            if std::thread::panicking() {
+                continue; // the test failed already; just clean up
+            }
+            if daemon.child.is_some() {
+                daemon.stop();
+            }
+            for line in unexpected_warnings(&daemon.log_text(), &self.expected_warnings) {
+                unexpected.push(format!("node{}: {line}", node.index));
+            }
         }
         self.pods.clear();
+        assert!(
+            unexpected.is_empty(),
+            "unexpected WARN/ERROR lines in podswitchd's log:\n{}",
+            unexpected.join("\n")
+        );
     }
 }
 
-/// `ping` from `ns` to `ip`; true if every echo came back.
+/// `ping` from `ns` to `ip`; true if every echo came back. iputils exits
+/// 0 once one reply arrives, so the summary line is what counts (as in
+/// Open vSwitch's FORMAT_PING).
 pub fn ping(ns: &Netns, ip: &str, count: u32) -> bool {
     Command::new("ip")
         .args([
@@ -410,7 +458,9 @@ pub fn ping(ns: &Netns, ip: &str, count: u32) -> bool {
             ip,
         ])
         .output()
-        .map(|o| o.status.success())
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(", 0% packet loss")
+        })
         .unwrap_or(false)
 }
 

@@ -3,6 +3,9 @@
 //!
 //! Every namespace a test makes is named `psw-t<pid>-<n>-<what>`, lives in a
 //! [`Netns`] guard and is deleted when the guard drops, panics included.
+//! A run that was killed (SIGKILL, a CI timeout) drops no guard: the first
+//! namespace a test process makes sweeps away those whose test process is
+//! gone, with the daemons still running in them.
 //! Test traffic stays inside these namespaces, on DESIGN.md's address plan.
 
 #![allow(dead_code, unreachable_pub)]
@@ -71,8 +74,40 @@ pub struct Netns {
     pub name: String,
 }
 
+/// Deletes the namespaces of test processes that no longer run, after
+/// killing whatever still runs inside them (a podswitchd, a tcpdump).
+fn sweep_stale_namespaces() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        let Some(pid) = name
+            .strip_prefix("psw-t")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue; // its test process still runs
+        }
+        if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        eprintln!("swept {name}, left by a test run that was killed");
+    }
+}
+
 impl Netns {
     pub fn new(what: &str) -> Netns {
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(sweep_stale_namespaces);
         let name = unique(what);
         run("ip", &["netns", "add", &name]);
         let ns = Netns { name };

@@ -139,6 +139,12 @@ fn podswitchctl_drives_the_daemon() {
     assert!(ok(s, &["stats"]).contains("DROP REASON"));
     assert!(ok(s, &["fdb", "show"]).contains("entries, limit 8192"));
     ok(s, &["fdb", "flush"]);
+    assert!(
+        ok(s, &["fdb", "show"])
+            .lines()
+            .any(|l| l.trim_start().starts_with("0 entries,")),
+        "the table is empty after a flush"
+    );
     assert!(ok(s, &["neigh", "show"]).contains("0a:58:0a:f4:01:02"));
     ok(s, &["route", "del", "10.244.9.0/24"]);
     ok(s, &["peer", "del", "node2"]);

@@ -111,6 +111,8 @@ fn every_request_through_podswitchctl_on_a_running_daemon() {
     let fdb = node.ctl_json(&["fdb", "show"]);
     assert!(fdb.to_string().contains(&a.mac), "learned pod MAC: {fdb}");
     ok(&node.ctl(&["fdb", "flush"]), "fdb flush");
+    let fdb = node.ctl_json(&["fdb", "show"]);
+    assert!(!fdb.to_string().contains(&a.mac), "flushed: {fdb}");
     let neigh = node.ctl_json(&["neigh", "show"]);
     assert!(neigh.to_string().contains(&b.mac), "{neigh}");
 
@@ -256,10 +258,16 @@ fn counters_match_the_traffic_and_drops_show_their_reason() {
         .as_u64()
         .unwrap_or(0);
     a.ns.send_raw("eth0", &[frame]);
-    std::thread::sleep(Duration::from_millis(200));
-    let after = cluster.nodes[0].ctl_json(&["stats"])["drops"]["spoofed_source_ip"]
-        .as_u64()
-        .unwrap_or(0);
+    let spoofed = || {
+        cluster.nodes[0].ctl_json(&["stats"])["drops"]["spoofed_source_ip"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while spoofed() == before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = spoofed();
     assert_eq!(
         after - before,
         1,
@@ -662,7 +670,7 @@ fn longest_reply_gap(ping_output: &str) -> (Duration, usize) {
 /// are back afterwards.
 #[test]
 fn kill_9_under_load_costs_under_half_a_second() {
-    require(&["ip", "ping", "iperf3", "kill"]);
+    require(&["ip", "ping", "iperf3", "kill", "ss"]);
     for kind in ["af-xdp", "af-packet"] {
         kill_9_under_load(kind);
     }
@@ -703,7 +711,16 @@ fn kill_9_under_load(kind: &str) {
             .unwrap()
     };
     let mut server = spawn_in(&b.ns, &["iperf3", "-s", "-1"]);
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&b.ns.exec("ss", &["-Hltn", "sport = :5201"]).stdout)
+        .contains("5201")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "iperf3 -s never listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let load = spawn_in(&a.ns, &["iperf3", "-c", &b.ip, "-t", "6"]);
     let pinger = spawn_in(
         &a.ns,

@@ -64,6 +64,18 @@ fn cni(
     netns: Option<&Netns>,
     config: &str,
 ) -> (i32, Value) {
+    cni_with_env(node, command, container, netns, config, &[])
+}
+
+/// [`cni`] with more environment variables (CNI_ARGS).
+fn cni_with_env(
+    node: &Netns,
+    command: &str,
+    container: &str,
+    netns: Option<&Netns>,
+    config: &str,
+    extra: &[(&str, &str)],
+) -> (i32, Value) {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &node.name, env!("CARGO_BIN_EXE_podswitch")])
         .env_clear()
@@ -82,6 +94,7 @@ fn cni(
     if let Some(ns) = netns {
         cmd.env("CNI_NETNS", format!("/var/run/netns/{}", ns.name));
     }
+    cmd.envs(extra.iter().copied());
     let mut child = cmd.spawn().expect("run the plugin");
     child
         .stdin
@@ -536,4 +549,103 @@ fn pods_survive_a_killed_daemon_without_any_cni_call() {
         "{}",
         cluster.logs()
     );
+}
+
+/// The runtime chooses the pod's MAC: `MAC=` in CNI_ARGS (podman's
+/// `--mac-address`) or the `mac` capability in runtimeConfig, which wins.
+/// The pod's interface, the result and the daemon's port all carry it,
+/// and traffic flows; a MAC no interface can own is refused before
+/// anything is made (issue 15, item 6).
+#[test]
+fn the_runtime_chooses_the_pod_mac() {
+    require(&["ip", "ping"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 0);
+    cluster.start(0, &[]);
+    let ipam = IpamDir::new();
+    let base = conf(
+        "1.1.0",
+        &socket(&cluster, 0),
+        "bridge",
+        "10.244.1.0/24",
+        &ipam,
+    );
+    let cases: [(&str, Option<&str>, &str); 2] = [
+        (
+            "IgnoreUnknown=1;MAC=0a:58:0a:f4:01:63",
+            None,
+            "0a:58:0a:f4:01:63",
+        ),
+        (
+            "IgnoreUnknown=1;MAC=0a:58:0a:f4:01:64",
+            Some("0a:58:0a:f4:01:65"),
+            "0a:58:0a:f4:01:65",
+        ),
+    ];
+    for (i, (args, runtime_mac, expected)) in cases.into_iter().enumerate() {
+        let mut config = base.clone();
+        if let Some(mac) = runtime_mac {
+            config["runtimeConfig"] = json!({ "mac": mac });
+        }
+        let pod = Netns::new("mac");
+        let container = format!("mac{i}");
+        let (rc, out) = cni_with_env(
+            &cluster.nodes[0].ns,
+            "ADD",
+            &container,
+            Some(&pod),
+            &config.to_string(),
+            &[("CNI_ARGS", args)],
+        );
+        assert_eq!(rc, 0, "{out}");
+        let result_mac = out["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == "eth0")
+            .map(|i| i["mac"].clone());
+        assert_eq!(result_mac, Some(json!(expected)), "{out}");
+        let link = pod.ip(&["-br", "link", "show", "eth0"]);
+        assert!(
+            String::from_utf8_lossy(&link.stdout).contains(expected),
+            "{link:?}"
+        );
+        let ports = pod_ports(&cluster, 0);
+        assert!(ports.iter().any(|p| p["mac"] == expected), "{ports:?}");
+        assert!(ping(&pod, "10.244.1.1", 2), "the pod reaches its gateway");
+        let (rc, out) = cni(
+            &cluster.nodes[0].ns,
+            "DEL",
+            &container,
+            Some(&pod),
+            &config.to_string(),
+        );
+        assert_eq!(rc, 0, "{out}");
+    }
+    for (args, runtime_mac, code) in [
+        ("MAC=01:00:5e:00:00:01", None, 4),
+        ("MAC=0a:58:zz:f4:01:02", None, 4),
+        ("", Some("ff:ff:ff:ff:ff:ff"), 7),
+    ] {
+        let mut config = base.clone();
+        if let Some(mac) = runtime_mac {
+            config["runtimeConfig"] = json!({ "mac": mac });
+        }
+        let pod = Netns::new("badmac");
+        let (rc, out) = cni_with_env(
+            &cluster.nodes[0].ns,
+            "ADD",
+            "badmac",
+            Some(&pod),
+            &config.to_string(),
+            &[("CNI_ARGS", args)],
+        );
+        assert_ne!(rc, 0, "{args} {runtime_mac:?}: {out}");
+        assert_eq!(out["code"], code, "{args} {runtime_mac:?}: {out}");
+        assert!(
+            out["msg"].as_str().unwrap_or("").contains("MAC")
+                || out["msg"].as_str().unwrap_or("").contains("mac"),
+            "{out}"
+        );
+        assert_nothing_left(&cluster, 0, &ipam, "a refused MAC");
+    }
 }

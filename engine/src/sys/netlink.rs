@@ -332,6 +332,13 @@ impl Netlink {
             .collect())
     }
 
+    /// Sets a link's MAC address (`ip link set dev X address M`).
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut m = Message::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));
+        m.attr(IFLA_ADDRESS, &mac);
+        self.request(m).map(|_| ())
+    }
+
     /// Brings a link up.
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
         let m = Message::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, IFF_UP, IFF_UP));

@@ -30,13 +30,15 @@ pub(crate) struct PodSide {
 }
 
 /// Creates the veth pair (`host` here, `ifname` in `netns`), brings both
-/// up and configures the pod side. Leaves nothing behind on failure.
+/// up and configures the pod side, with the MAC the runtime asked for if
+/// it did. Leaves nothing behind on failure.
 pub(crate) fn create(
     host: &str,
     netns: &str,
     ifname: &str,
     mtu: u32,
     addr: Addressing,
+    mac: Option<[u8; 6]>,
 ) -> io::Result<PodSide> {
     let ns =
         File::open(netns).map_err(|e| io::Error::new(e.kind(), format!("netns {netns}: {e}")))?;
@@ -48,7 +50,7 @@ pub(crate) fn create(
             .link(host)?
             .ok_or_else(|| io::Error::other(format!("{host} vanished")))?;
         nl.set_up(link.index)?;
-        let pod_mac = in_netns(netns, || configure_pod(ifname, addr))?;
+        let pod_mac = in_netns(netns, || configure_pod(ifname, addr, mac))?;
         Ok(PodSide {
             host_mac: link.mac.unwrap_or_default(),
             pod_mac,
@@ -60,11 +62,16 @@ pub(crate) fn create(
     result
 }
 
-fn configure_pod(ifname: &str, addr: Addressing) -> io::Result<[u8; 6]> {
+fn configure_pod(ifname: &str, addr: Addressing, mac: Option<[u8; 6]>) -> io::Result<[u8; 6]> {
     let mut nl = Netlink::open()?;
-    let link = nl
+    let mut link = nl
         .link(ifname)?
         .ok_or_else(|| io::Error::other(format!("{ifname} is not in the pod's namespace")))?;
+    if let Some(mac) = mac {
+        // Before the link is up: no frame ever leaves with the other MAC.
+        nl.set_mac(link.index, mac)?;
+        link.mac = Some(mac);
+    }
     nl.set_up(link.index)?;
     nl.add_address(link.index, addr.ip, addr.interface_prefix())?;
     match addr.mode {

@@ -88,6 +88,8 @@ pub(crate) struct Env {
     pub(crate) netns: String,
     pub(crate) ifname: String,
     pub(crate) path: String,
+    /// CNI_ARGS: `KEY=VALUE` pairs separated by `;` (SPEC.md, "Parameters").
+    pub(crate) args: String,
 }
 
 fn var(name: &str) -> Option<String> {
@@ -134,6 +136,7 @@ impl Env {
                 "CNI_PATH",
                 !matches!(command, Command::Version | Command::Status),
             )?,
+            args: get("CNI_ARGS", false)?,
         };
         if needs_attachment && (env.ifname.len() > 15 || env.ifname.contains(['/', ' '])) {
             return Err(CniError::new(
@@ -383,6 +386,52 @@ pub(crate) fn shape_result(mut result: Value, version: &str) -> Value {
         }
     }
     result
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` as a MAC a pod's interface may take: one
+/// interface's own (unicast) and not all zero.
+fn pod_mac(text: &str) -> Result<[u8; 6], String> {
+    let octets: Vec<u8> = text
+        .split(':')
+        .map(|o| {
+            (o.len() == 2)
+                .then(|| u8::from_str_radix(o, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("{text:?} is not a MAC like 0a:58:0a:f4:01:02"))?;
+    let mac: [u8; 6] = octets
+        .try_into()
+        .map_err(|_| format!("{text:?} is not a MAC like 0a:58:0a:f4:01:02"))?;
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(format!(
+            "{text} is multicast, broadcast or zero: no single interface owns it"
+        ));
+    }
+    Ok(mac)
+}
+
+/// The MAC the runtime asks for the pod's interface, if any: the `mac`
+/// capability (`runtimeConfig.mac`, CONVENTIONS.md; the configuration
+/// must declare `"capabilities": {"mac": true}` for a runtime to pass it),
+/// else `MAC=` in CNI_ARGS (what podman's `--mac-address` sets).
+pub(crate) fn requested_mac(env: &Env, conf: &NetConf) -> Result<Option<[u8; 6]>, CniError> {
+    if let Some(value) = conf.raw.get("runtimeConfig").and_then(|r| r.get("mac")) {
+        let text = value.as_str().unwrap_or_default();
+        return pod_mac(text)
+            .map(Some)
+            .map_err(|e| CniError::new(Code::InvalidConfig, format!("runtimeConfig.mac: {e}")));
+    }
+    let from_args = env.args.split(';').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key.trim() == "MAC").then(|| value.trim())
+    });
+    match from_args {
+        None => Ok(None),
+        Some(text) => pod_mac(text)
+            .map(Some)
+            .map_err(|e| CniError::new(Code::InvalidEnvironment, format!("CNI_ARGS MAC: {e}"))),
+    }
 }
 
 #[cfg(test)]

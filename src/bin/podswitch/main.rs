@@ -129,6 +129,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             ),
         ));
     }
+    let mac = cni::requested_mac(env, conf)?;
     // The daemon first: if it is down, nothing has been done yet.
     let mut client = connect(conf)?;
     let ipam = Ipam::find(conf, env)?;
@@ -145,7 +146,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             return Err(e);
         }
     };
-    let side = match attach::create(&host, &env.netns, &env.ifname, conf.mtu, addr) {
+    let side = match attach::create(&host, &env.netns, &env.ifname, conf.mtu, addr, mac) {
         Ok(side) => side,
         Err(e) => {
             release();

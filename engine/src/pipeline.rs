@@ -835,6 +835,17 @@ impl Pipeline {
             let extra = buf.len() - ETH - total_len;
             t.step(|| Step::Trimmed { bytes: extra });
             buf.truncate(ETH + total_len);
+            // A partial checksum a pod's virtio-net header placed in the
+            // padding now points outside the frame: handed on, the kernel
+            // would refuse it ("bad partial csum").
+            if let Some(c) = buf.offload().partial_csum {
+                let inside = buf
+                    .frame_offset(c.start)
+                    .is_some_and(|start| start + usize::from(c.offset) + 2 <= buf.len());
+                if !inside {
+                    return Drop(DropReason::OffloadChecksum);
+                }
+            }
         }
         if !is_unicast(dst) || src.is_multicast() || src.is_broadcast() {
             return Drop(DropReason::Ipv4NotUnicast);

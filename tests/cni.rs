@@ -649,3 +649,244 @@ fn the_runtime_chooses_the_pod_mac() {
         assert_nothing_left(&cluster, 0, &ipam, "a refused MAC");
     }
 }
+
+/// host-local behind a wrapper that fails one ADD in eight before it
+/// allocates and one in eight after (the address stays held, as an IPAM
+/// plugin that crashes half-way leaves it, until a DEL releases it).
+const FLAKY_IPAM: &str = r#"#!/bin/sh
+roll=$(od -An -N1 -tu1 /dev/urandom | tr -d ' ')
+if [ "$CNI_COMMAND" = ADD ] && [ $((roll % 8)) -eq 0 ]; then
+  echo '{"cniVersion":"1.0.0","code":11,"msg":"injected IPAM failure before allocating"}'
+  exit 1
+fi
+if [ "$CNI_COMMAND" = ADD ] && [ $((roll % 8)) -eq 1 ]; then
+  /usr/lib/cni/host-local >/dev/null
+  echo '{"cniVersion":"1.0.0","code":11,"msg":"injected IPAM failure after allocating"}'
+  exit 1
+fi
+exec /usr/lib/cni/host-local
+"#;
+
+/// What went wrong in the campaign's ADDs, by cause.
+#[derive(Debug, Default)]
+struct Faults {
+    adds_ok: usize,
+    netns_gone_before_add: usize,
+    ipam_injected: usize,
+    daemon_unreachable: usize,
+    other_add_failures: Vec<String>,
+    netns_gone_before_del: usize,
+    daemon_kills: usize,
+    gcs: usize,
+}
+
+/// The CNI fault campaign (issue 15): ADD/DEL cycles (1000, or
+/// PODSWITCH_CNI_CYCLES) from four concurrent "runtimes" while faults are
+/// injected: podswitchd killed with SIGKILL and restarted every 1.5 s
+/// (mid-ADD, mid-DEL, between), an IPAM plugin failing before and after it
+/// allocates, pod namespaces that vanish before ADD or before DEL, and GC
+/// running beside it all with the attachments the runtime knows. Every DEL
+/// succeeds (a runtime does not retry one), every ADD failure has a known
+/// cause, and at the end nothing is left: no veth, no address held, no
+/// port in the daemon.
+#[test]
+fn cni_fault_campaign_leaves_nothing_behind() {
+    require(&["ip", "kill", "od"]);
+    let cycles: usize = std::env::var("PODSWITCH_CNI_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut cluster = Cluster::new("vxlan", "bridge", 0);
+    // Restarts drop the ports whose veth went while the daemon was down.
+    cluster
+        .expected_warnings
+        .push("saved port dropped: the interface is gone");
+    cluster.start(0, &[]);
+    let ipam = IpamDir::new();
+    let plugins = std::env::temp_dir().join(unique("cni-path"));
+    std::fs::create_dir_all(&plugins).unwrap();
+    let flaky = plugins.join("flaky-ipam");
+    std::fs::write(&flaky, FLAKY_IPAM).unwrap();
+    std::fs::set_permissions(&flaky, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let cni_path = format!("{}:{CNI_PATH}", plugins.display());
+    let mut config = conf(
+        "1.1.0",
+        &socket(&cluster, 0),
+        "bridge",
+        "10.244.1.0/24",
+        &ipam,
+    );
+    config["ipam"]["type"] = json!("flaky-ipam");
+    let config = config.to_string();
+
+    // The daemon, restarted by hand on the same socket and state file.
+    let mut daemon = cluster.nodes[0].daemon.take().unwrap();
+    let node_ns = cluster.nodes[0].ns.name.clone();
+    let spawn_daemon = |daemon: &common::cluster::Daemon| {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&daemon.log.0)
+            .unwrap();
+        Command::new("ip")
+            .args(["netns", "exec", &node_ns, common::cluster::podswitchd()])
+            .arg("--config")
+            .arg(&daemon.config.0)
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg("--state-file")
+            .arg(&daemon.state.0)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let daemon_ready = |daemon: &common::cluster::Daemon| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !Command::new(common::cluster::podswitchctl())
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .arg("status")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            assert!(Instant::now() < deadline, "{}", daemon.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    let known = std::sync::Mutex::new(HashSet::<String>::new());
+    let faults = std::sync::Mutex::new(Faults::default());
+    let next_cycle = std::sync::atomic::AtomicUsize::new(0);
+    let running = std::sync::atomic::AtomicUsize::new(4);
+    let node = &cluster.nodes[0].ns;
+    std::thread::scope(|s| {
+        for worker in 0..4u64 {
+            let (config, cni_path) = (&config, &cni_path);
+            let (known, faults, next_cycle, running) = (&known, &faults, &next_cycle, &running);
+            s.spawn(move || {
+                // Counts this worker out even if it panics, so the fault
+                // loop below ends and the panic is reported.
+                struct Done<'a>(&'a std::sync::atomic::AtomicUsize);
+                impl Drop for Done<'_> {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                let _done = Done(running);
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (worker + 1);
+                let mut roll = move || {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng % 10
+                };
+                let env = [("CNI_PATH", cni_path.as_str())];
+                loop {
+                    let cycle = next_cycle.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if cycle >= cycles {
+                        break;
+                    }
+                    let id = format!("fault{cycle}");
+                    known.lock().unwrap().insert(id.clone());
+                    let mut pod = Some(Netns::new("fault"));
+                    let vanish_before_add = roll() == 0;
+                    if vanish_before_add {
+                        pod.take();
+                    }
+                    let netns = pod
+                        .as_ref()
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|| unique("gone"));
+                    let run = |command: &str| {
+                        let mut full = vec![("CNI_NETNS", format!("/var/run/netns/{netns}"))];
+                        full.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+                        let extra: Vec<(&str, &str)> =
+                            full.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                        cni_with_env(node, command, &id, None, config, &extra)
+                    };
+                    let (rc, out) = run("ADD");
+                    {
+                        let mut f = faults.lock().unwrap();
+                        let msg = out.to_string();
+                        if rc == 0 {
+                            f.adds_ok += 1;
+                        } else if vanish_before_add && msg.contains("does not exist") {
+                            f.netns_gone_before_add += 1;
+                        } else if msg.contains("injected IPAM failure") {
+                            f.ipam_injected += 1;
+                        } else if msg.contains("podswitchd") {
+                            f.daemon_unreachable += 1;
+                        } else {
+                            f.other_add_failures.push(msg);
+                        }
+                    }
+                    if roll() == 0 && pod.take().is_some() {
+                        faults.lock().unwrap().netns_gone_before_del += 1;
+                    }
+                    // A runtime calls DEL after every ADD, failed or not.
+                    let (rc, out) = run("DEL");
+                    assert_eq!(rc, 0, "DEL {id}: {out}");
+                    drop(pod);
+                    known.lock().unwrap().remove(&id);
+                }
+            });
+        }
+        // Faults: kill -9 and restart every 1.5 s; GC every 0.5 s with the
+        // attachments the runtime knows (no ADD starts meanwhile: a
+        // runtime lists every attachment it is making).
+        let mut last_kill = Instant::now();
+        while running.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            std::thread::sleep(Duration::from_millis(500));
+            {
+                let known = known.lock().unwrap_or_else(|e| e.into_inner());
+                let mut gc: Value = serde_json::from_str(&config).unwrap();
+                gc["cni.dev/valid-attachments"] = json!(known
+                    .iter()
+                    .map(|id| json!({"containerID": id, "ifname": "eth0"}))
+                    .collect::<Vec<_>>());
+                let env = [("CNI_PATH", cni_path.as_str())];
+                let (rc, out) = cni_with_env(node, "GC", "", None, &gc.to_string(), &env);
+                // GC with the daemon down is an error the runtime retries.
+                assert!(
+                    rc == 0 || out.to_string().contains("podswitchd"),
+                    "GC: {out}"
+                );
+                faults.lock().unwrap().gcs += usize::from(rc == 0);
+            }
+            if last_kill.elapsed() >= Duration::from_millis(1500) {
+                let mut child = daemon.child.take().unwrap();
+                common::run("kill", &["-KILL", &child.id().to_string()]);
+                let _ = child.wait();
+                faults.lock().unwrap().daemon_kills += 1;
+                daemon.child = Some(spawn_daemon(&daemon));
+                last_kill = Instant::now();
+            }
+        }
+    });
+    daemon_ready(&daemon);
+    cluster.nodes[0].daemon = Some(daemon);
+    let faults = faults.into_inner().unwrap();
+    eprintln!("CNI fault campaign, {cycles} cycles: {faults:?}");
+    assert!(
+        faults.other_add_failures.is_empty(),
+        "ADD failures of no known cause: {:?}",
+        faults.other_add_failures
+    );
+    assert!(
+        faults.adds_ok > 0
+            && faults.netns_gone_before_add > 0
+            && faults.ipam_injected > 0
+            && faults.netns_gone_before_del > 0
+            && faults.daemon_kills > 0
+            && faults.gcs > 0,
+        "every fault was injected at least once: {faults:?}"
+    );
+    // The restarted daemon drops the ports whose veth went while it was
+    // down as it restores them; give it the moment that takes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pod_ports(&cluster, 0).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_nothing_left(&cluster, 0, &ipam, "after the fault campaign");
+    let _ = std::fs::remove_dir_all(&plugins);
+}

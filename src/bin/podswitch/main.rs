@@ -208,36 +208,40 @@ fn same_file(a: &Path, b: &Path) -> bool {
 fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let host = attach::host_interface(&env.container_id, &env.ifname);
     // Each step runs whatever the others found; missing pieces are fine.
-    let daemon = match connect(conf) {
-        Ok(mut c) => match c.call(&Request::PortDel {
-            interface: host.clone(),
-        }) {
-            Ok(_) | Err(ClientError::Daemon(_)) => Ok(()), // detached now, or never attached
-            Err(e) => {
-                Err(CniError::new(Code::TryAgainLater, "podswitchd stopped answering").details(e))
-            }
-        },
-        // Not running: once the veth is gone nothing of the pod is left
-        // that a DEL could free, and a restarted podswitchd drops a port
-        // whose interface is gone. A runtime does not retry a failed DEL
-        // (podman's result cache would leak), so this one succeeds.
-        Err(e) => {
-            eprintln!(
-                "podswitch: DEL without podswitchd: {} ({})",
-                e.msg, e.details
-            );
-            Ok(())
-        }
-    };
+    detach_from_daemon(conf, &host);
     let link = attach::delete(&host)
         .map_err(|e| CniError::new(Code::Failed, format!("deleting {host}")).details(e));
     let ipam =
         Ipam::find(conf, env).and_then(|i| i.run("DEL", conf, &env.container_id, &env.ifname));
-    // The daemon's error last: the runtime retries DEL, which then finds
-    // only the port left to detach.
     link?;
-    ipam?;
-    daemon
+    ipam.map(|_| ())
+}
+
+/// Asks podswitchd to detach the pod's port. A daemon that is down, or that
+/// dies while it answers (the CNI fault campaign kills it mid-DEL), fails
+/// nothing: once the veth is gone nothing of the pod is left that a DEL
+/// could free, and a restarted podswitchd drops a port whose interface is
+/// gone. A runtime does not retry a failed DEL (podman's result cache
+/// would leak), so DEL never fails on the daemon's account. One retry
+/// reaches a daemon that was restarted meanwhile.
+fn detach_from_daemon(conf: &NetConf, host: &str) {
+    let request = Request::PortDel {
+        interface: host.to_string(),
+    };
+    for attempt in 0..2 {
+        let outcome = match connect(conf) {
+            Ok(mut client) => match client.call(&request) {
+                // Detached now, or never attached.
+                Ok(_) | Err(ClientError::Daemon(_)) => return,
+                Err(e) => format!("podswitchd stopped answering: {e}"),
+            },
+            Err(e) => format!("{} ({})", e.msg, e.details),
+        };
+        if attempt == 1 || outcome.contains("not reachable") {
+            eprintln!("podswitch: DEL without podswitchd: {outcome}");
+            return;
+        }
+    }
 }
 
 fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {

@@ -884,3 +884,35 @@ fn a_foreign_xdp_program_is_never_removed() {
         "{logs}"
     );
 }
+
+/// A saved port whose pod end of the veth was moved to another namespace
+/// while the daemon was down is not restored: the interface index on the
+/// node is the same, but what is behind it is not the pod it was (issue
+/// 15, item 2).
+#[test]
+fn a_saved_port_whose_pod_end_moved_is_not_restored() {
+    require(&["ip"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 2);
+    cluster
+        .expected_warnings
+        .push("saved port dropped: the pod's end of the veth moved");
+    cluster.port_kind = "af-packet".into();
+    cluster.start(0, &[]);
+    cluster.attach_pods(0);
+    let moved = cluster.pods[0].host_if.clone();
+    let kept = cluster.pods[1].host_if.clone();
+    cluster.nodes[0].daemon.as_mut().unwrap().stop();
+    let elsewhere = Netns::new("elsewhere");
+    cluster.pods[0]
+        .ns
+        .ip(&["link", "set", "eth0", "netns", &elsewhere.name]);
+    cluster.start(0, &[]);
+    let ports = cluster.nodes[0].ctl_json(&["port", "list"]).to_string();
+    assert!(!ports.contains(&moved), "{ports}");
+    assert!(ports.contains(&kept), "{ports}");
+    assert!(
+        cluster.logs().contains("the pod's end of the veth moved"),
+        "{}",
+        cluster.logs()
+    );
+}

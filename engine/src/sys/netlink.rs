@@ -30,8 +30,10 @@ const RTM_GETROUTE: u16 = 26;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
+const IFLA_LINK: u16 = 5;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_NET_NS_FD: u16 = 28;
+const IFLA_LINK_NETNSID: u16 = 37;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
 const VETH_INFO_PEER: u16 = 1;
@@ -63,6 +65,19 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// `IFF_UP` set.
     pub up: bool,
+    /// The other end of a veth: its interface index, and the id this
+    /// namespace gives the namespace it is in (absent when it is here).
+    pub peer: Option<LinkPeer>,
+}
+
+/// Where the other end of a veth is (`link-netnsid` and `@if<N>` in
+/// `ip link`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkPeer {
+    /// Its interface index, in its namespace.
+    pub index: u32,
+    /// This namespace's id for its namespace, if another.
+    pub netnsid: Option<i32>,
 }
 
 /// One IPv4 route of the main table.
@@ -458,7 +473,9 @@ fn parse_link(body: &[u8]) -> Option<Link> {
         mac: None,
         mtu: None,
         up: flags & IFF_UP != 0,
+        peer: None,
     };
+    let mut netnsid = None;
     for (ty, data) in attrs(body, 16) {
         match ty {
             IFLA_IFNAME => {
@@ -466,8 +483,18 @@ fn parse_link(body: &[u8]) -> Option<Link> {
             }
             IFLA_ADDRESS => link.mac = data.try_into().ok(),
             IFLA_MTU => link.mtu = data.try_into().ok().map(u32::from_ne_bytes),
+            IFLA_LINK => {
+                link.peer = data.try_into().ok().map(|b| LinkPeer {
+                    index: u32::from_ne_bytes(b),
+                    netnsid: None,
+                })
+            }
+            IFLA_LINK_NETNSID => netnsid = data.try_into().ok().map(i32::from_ne_bytes),
             _ => {}
         }
+    }
+    if let Some(peer) = &mut link.peer {
+        peer.netnsid = netnsid;
     }
     Some(link)
 }

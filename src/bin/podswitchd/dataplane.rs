@@ -23,7 +23,7 @@ use podswitch_engine::tables::Tables;
 use podswitch_engine::worker::Worker;
 use serde_json::{json, Value};
 
-use crate::state::{PortRecord, StateFile};
+use crate::state::{PodEnd, PortRecord, StateFile};
 
 /// What the control handler reaches through [`Dataplane`].
 #[derive(Debug)]
@@ -135,6 +135,7 @@ impl Dataplane for Daemon {
                 kind: requested.map(str::to_string),
                 anti_spoof: spec.anti_spoof,
                 ifindex: netdev::ifindex(name).ok(),
+                pod_end: PodEnd::of(name),
             };
             if let Err(e) = self.state.put(record) {
                 tracing::warn!(interface = name, "state file: {e}");

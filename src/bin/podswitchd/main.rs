@@ -270,6 +270,15 @@ fn run(settings: Settings) -> Result<(), String> {
             );
             continue;
         }
+        let pod_end = state::PodEnd::of(&saved.interface);
+        if saved.pod_end.is_some() && pod_end != saved.pod_end {
+            tracing::warn!(
+                interface = %saved.interface,
+                "saved port dropped: the pod's end of the veth moved since ({:?}, now {:?})",
+                saved.pod_end, pod_end
+            );
+            continue;
+        }
         let request = Request::PortAdd {
             interface: saved.interface.clone(),
             ip: saved.ip,

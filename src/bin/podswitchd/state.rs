@@ -31,6 +31,32 @@ pub(crate) struct PortRecord {
     /// port only onto the same interface, not a new one of the same name.
     #[serde(default)]
     pub(crate) ifindex: Option<u32>,
+    /// Where the pod's end of the veth was: a restart restores the port
+    /// only if it is still there (not moved to another namespace).
+    #[serde(default)]
+    pub(crate) pod_end: Option<PodEnd>,
+}
+
+/// The pod's end of a veth, as the node's namespace sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PodEnd {
+    /// Its interface index in the pod's namespace.
+    pub(crate) ifindex: u32,
+    /// The node namespace's id for the pod's namespace (`link-netnsid`).
+    pub(crate) netnsid: Option<i32>,
+}
+
+impl PodEnd {
+    /// The other end of veth `interface`, if it is one.
+    pub(crate) fn of(interface: &str) -> Option<PodEnd> {
+        let link = podswitch_engine::sys::netlink::Netlink::open()
+            .and_then(|mut nl| nl.link(interface))
+            .ok()??;
+        link.peer.map(|p| PodEnd {
+            ifindex: p.index,
+            netnsid: p.netnsid,
+        })
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -194,6 +220,10 @@ mod tests {
             kind: None,
             anti_spoof: true,
             ifindex: Some(7),
+            pod_end: Some(PodEnd {
+                ifindex: 2,
+                netnsid: Some(3),
+            }),
         };
         state.put(record.clone()).unwrap();
         let (_, saved) = StateFile::open(&path).unwrap();

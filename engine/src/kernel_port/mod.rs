@@ -191,3 +191,72 @@ fn stage(pool: &mut PacketPool, staging: &mut Vec<PacketBuf>, want: usize, id: P
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NodeConfig;
+    use crate::packet::DEFAULT_BUF_SIZE;
+
+    fn counter() -> Counter {
+        let node = NodeConfig::flannel(
+            "node1",
+            "10.244.1.0/24".parse().unwrap(),
+            std::net::Ipv4Addr::new(192, 168, 100, 1),
+        );
+        Counter {
+            tables: Tables::new(node, 4),
+            id: PortId(1),
+        }
+    }
+
+    /// A message the kernel cut (MSG_TRUNC) is counted, under rx_too_long
+    /// when a super-frame buffer was there and still too short, under
+    /// pool_exhausted when none was free; both buffers go back.
+    #[test]
+    fn a_cut_message_is_counted_and_its_buffers_returned() {
+        let counter = counter();
+        let mut pool = PacketPool::with_large(4, DEFAULT_BUF_SIZE, 2);
+        let small = pool.alloc(PortId(1)).unwrap();
+        let large = pool.alloc_large(PortId(1));
+        assert!(large.is_some());
+        let got = received_frame(&counter, &mut pool, small, large, 0, 70_000, true);
+        assert!(got.is_none());
+        let small = pool.alloc(PortId(1)).unwrap();
+        let got = received_frame(&counter, &mut pool, small, None, 0, 3000, true);
+        assert!(got.is_none());
+        assert_eq!(pool.in_use(), 0, "every buffer back in the pool");
+        let stats = counter.tables.stats.snapshot();
+        assert_eq!(stats.drop_count(DropReason::RxTooLong), 1);
+        assert_eq!(stats.drop_count(DropReason::PoolExhausted), 1);
+    }
+
+    /// A whole message longer than the small buffer is joined into the
+    /// super-frame buffer, the small part in front; a short one stays in
+    /// the small buffer and the large one goes back.
+    #[test]
+    fn a_long_message_is_joined_and_a_short_one_kept_small() {
+        let counter = counter();
+        let mut pool = PacketPool::with_large(4, DEFAULT_BUF_SIZE, 2);
+        let mut small = pool.alloc(PortId(1)).unwrap();
+        let split = small.receive_area(0).len();
+        small.receive_area(0).fill(0xab);
+        let mut large = pool.alloc_large(PortId(1)).unwrap();
+        // The kernel continues the message in the large buffer's area
+        // after the room the small part will take.
+        large.receive_area(0)[split..split + 10].fill(0xcd);
+        let len = split + 10;
+        let got = received_frame(&counter, &mut pool, small, Some(large), 0, len, false).unwrap();
+        assert_eq!(got.len(), len);
+        assert!(got.frame()[..split].iter().all(|b| *b == 0xab));
+        assert!(got.frame()[split..].iter().all(|b| *b == 0xcd));
+        pool.free(got);
+        let small = pool.alloc(PortId(1)).unwrap();
+        let large = pool.alloc_large(PortId(1));
+        let got = received_frame(&counter, &mut pool, small, large, 0, 60, false).unwrap();
+        assert_eq!(got.len(), 60);
+        assert!(!got.is_large());
+        pool.free(got);
+        assert_eq!(pool.in_use(), 0);
+    }
+}

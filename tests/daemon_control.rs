@@ -92,6 +92,15 @@ fn every_request_through_podswitchctl_on_a_running_daemon() {
     let vtep = peers[0]["vtep_mac"].as_str().unwrap().to_string();
     ok(&node.ctl(&["peer", "del", "node2"]), "peer del");
     assert!(!ping(&a.ns, &remote.ip, 1), "no peer, no route");
+    // Not a crashed daemon: it answers, and its own trace says the packet
+    // no longer leaves through the underlay (the default route takes it
+    // to the host).
+    let trace = node.ctl_json(&["trace", "--in-port", &a.host_if, "--dst-ip", &remote.ip]);
+    let outputs = trace["outputs"].to_string();
+    assert!(
+        !outputs.contains("\"ul0\"") && outputs.contains("podswitch0"),
+        "{trace}"
+    );
     ok(
         &node.ctl(&[
             "peer",
@@ -222,6 +231,9 @@ fn every_request_through_podswitchctl_on_a_running_daemon() {
     // Port del: the pod is cut off; the daemon keeps serving others.
     ok(&node.ctl(&["port", "del", &b.host_if]), "port del");
     assert!(!ping(&b.ns, &a.ip, 1));
+    // The port is gone from a daemon that still answers and forwards.
+    let ports = node.ctl_json(&["port", "list"]).to_string();
+    assert!(!ports.contains(&b.host_if), "{ports}");
     assert!(ping(&a.ns, &remote.ip, 1));
 }
 

@@ -15,37 +15,21 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use podswitch_engine::config::{Backend, NodeConfig};
-use podswitch_engine::encap::{checksum, FrameBuf, MacAddr, OuterPath, Tunnel, TunnelConfig, Vni};
+use podswitch_engine::encap::{FrameBuf, MacAddr, OuterPath, Tunnel, TunnelConfig, Vni};
 use podswitch_engine::packet::{PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
 use podswitch_engine::peer::PeerSpec;
 use podswitch_engine::pipeline::{Outputs, Pipeline};
 use podswitch_engine::port::{MemoryPort, Port, PortId};
 use podswitch_engine::tables::{PortSpec, Tables};
 
+#[path = "support/frames.rs"]
+mod frames;
+use frames::frame64;
+
 const POD1_MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
 const POD2_MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
 const NODE2_MAC: MacAddr = MacAddr([0x02, 0, 0xc0, 0xa8, 0x64, 0x02]);
 const NODE2_VTEP: MacAddr = MacAddr([0xd6, 0x8a, 0x5e, 0x47, 0x3c, 0x02]);
-
-/// A 64-byte Ethernet + IPv4 + UDP frame.
-fn frame64(src_mac: MacAddr, dst_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
-    let mut f = vec![0u8; 64];
-    f[0..6].copy_from_slice(&dst_mac.0);
-    f[6..12].copy_from_slice(&src_mac.0);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&50u16.to_be_bytes());
-    f[22] = 64;
-    f[23] = 17;
-    f[26..30].copy_from_slice(&src.octets());
-    f[30..34].copy_from_slice(&dst.octets());
-    let c = checksum::checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&5201u16.to_be_bytes());
-    f[38..40].copy_from_slice(&30u16.to_be_bytes());
-    f
-}
 
 struct Setup {
     tables: Arc<Tables>,

@@ -10,6 +10,9 @@
 //! - `routes/lookup-idle/N` and `routes/lookup-churn/N`: 1024 lookups
 //!   through the published snapshot, as a worker does them, without and
 //!   with another thread changing a route every millisecond.
+//! - `routes/forward-idle/N` and `routes/forward-churn/N`: the whole
+//!   pipeline forwarding batches of 32 64-byte frames from a pod to
+//!   addresses spread over the routes, the same two ways.
 //!
 //! Run: `cargo bench --bench routes`.
 
@@ -22,15 +25,26 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use podswitch_engine::config::NodeConfig;
+use podswitch_engine::encap::MacAddr;
 use podswitch_engine::fib::{NextHop, Prefix};
-use podswitch_engine::tables::Tables;
+use podswitch_engine::packet::{PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
+use podswitch_engine::pipeline::{Outputs, Pipeline};
+use podswitch_engine::port::PortId;
+use podswitch_engine::tables::{PortSpec, Tables};
+
+#[path = "support/frames.rs"]
+mod frames;
+use frames::frame64;
 
 #[path = "support/routes.rs"]
 mod routes;
 use routes::{routes, Rng};
 
-/// A node holding `n` routes, loaded in one edit (one publish).
-fn node_with_routes(n: usize) -> Arc<Tables> {
+const POD_MAC: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
+
+/// A node holding `n` routes, loaded in one edit (one publish), with a
+/// host port and one pod (its port id returned).
+fn node_with_routes(n: usize) -> (Arc<Tables>, PortId) {
     let node = NodeConfig::flannel(
         "node1",
         "10.244.1.0/24".parse().unwrap(),
@@ -47,7 +61,15 @@ fn node_with_routes(n: usize) -> Arc<Tables> {
             Ok(())
         })
         .unwrap();
-    tables
+    tables.attach_port(PortSpec::host("podswitch0")).unwrap();
+    let pod = tables
+        .attach_port(PortSpec::pod(
+            "veth1",
+            Ipv4Addr::new(10, 244, 1, 2),
+            POD_MAC,
+        ))
+        .unwrap();
+    (tables, pod)
 }
 
 /// A /32 no route set uses (172.16.0.0/12 is outside 10.0.0.0/8).
@@ -62,7 +84,33 @@ fn bench_routes(c: &mut Criterion) {
         .map(|_| Ipv4Addr::from(0x0a00_0000 | (rng.next() as u32 & 0x00ff_ffff)))
         .collect();
     for n in [1_000usize, 10_000, 100_000] {
-        let tables = node_with_routes(n);
+        let (tables, pod) = node_with_routes(n);
+        let gateway = tables.load().node.gateway_mac;
+        let frames: Vec<Vec<u8>> = keys[..1024]
+            .iter()
+            .map(|dst| frame64(POD_MAC, gateway, Ipv4Addr::new(10, 244, 1, 2), *dst))
+            .collect();
+        let mut pipeline = Pipeline::new(Arc::clone(&tables));
+        let mut pool = PacketPool::new(256, DEFAULT_BUF_SIZE);
+        let mut out = Outputs::new();
+        let mut batch = Vec::with_capacity(BATCH_SIZE);
+        let mut next_frame = 0usize;
+        let mut forward = || {
+            for _ in 0..BATCH_SIZE {
+                next_frame = (next_frame + 1) & 1023;
+                batch.push(pool.alloc_with(pod, &frames[next_frame]).unwrap());
+            }
+            pipeline.process(black_box(&mut batch), &mut pool, &mut out, 1);
+            let mut sent = 0;
+            out.drain(|_, bufs| {
+                for buf in bufs.drain(..) {
+                    sent += 1;
+                    pool.free(buf);
+                }
+            });
+            sent
+        };
+        assert_eq!(forward(), BATCH_SIZE, "every frame is forwarded");
         group.sample_size(20);
         group.throughput(Throughput::Elements(2));
         let mut i = 0u32;
@@ -90,6 +138,11 @@ fn bench_routes(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("lookup-idle", n), |b| {
             b.iter(|| lookups(&tables, &mut at))
         });
+        group.throughput(Throughput::Elements(BATCH_SIZE as u64));
+        group.bench_function(BenchmarkId::new("forward-idle", n), |b| {
+            b.iter(&mut forward)
+        });
+        group.throughput(Throughput::Elements(1024));
 
         let stop = Arc::new(AtomicBool::new(false));
         let churn = {
@@ -118,6 +171,10 @@ fn bench_routes(c: &mut Criterion) {
         };
         group.bench_function(BenchmarkId::new("lookup-churn", n), |b| {
             b.iter(|| lookups(&tables, &mut at))
+        });
+        group.throughput(Throughput::Elements(BATCH_SIZE as u64));
+        group.bench_function(BenchmarkId::new("forward-churn", n), |b| {
+            b.iter(&mut forward)
         });
         stop.store(true, Ordering::Relaxed);
         let (changes, busy) = churn.join().unwrap();

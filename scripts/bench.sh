@@ -64,15 +64,17 @@ if ns("routes", "add-delete", 1000):
         if m:
             churn[int(m.group(1))] = (int(m.group(2)), float(m.group(3)))
     print("Route changes through `Tables` (validate, edit, publish), at N routes:\n")
-    print("| routes | add + delete | lookup, idle | lookup, a change every ms | changes made (cost each) |")
-    print("|---|---|---|---|---|")
+    print("| routes | add + delete | lookup, idle | lookup, a change every ms | forwarding, idle | forwarding, a change every ms | changes made (cost each) |")
+    print("|---|---|---|---|---|---|---|")
     for n in (1000, 10000, 100000):
         both = ns("routes", "add-delete", n)
         idle = ns("routes", "lookup-idle", n) / 1024
         busy = ns("routes", "lookup-churn", n) / 1024
+        fwd_idle = 32 / ns("routes", "forward-idle", n) * 1e3
+        fwd_busy = 32 / ns("routes", "forward-churn", n) * 1e3
         made = churn.get(n)
         made = f"{made[0]:,} ({made[1]:.1f} us)" if made else "-"
-        print(f"| {n:,} | {both / 1e3:.1f} us | {idle:.1f} ns | {busy:.1f} ns ({idle / busy:.2f}x) | {made} |")
+        print(f"| {n:,} | {both / 1e3:.1f} us | {idle:.1f} ns | {busy:.1f} ns ({idle / busy:.2f}x) | {fwd_idle:.1f} Mpps | {fwd_busy:.1f} Mpps ({fwd_busy / fwd_idle:.2f}x) | {made} |")
     print()
 
 if ns("fdb", "lookup-hit"):

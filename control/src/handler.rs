@@ -10,6 +10,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::metrics::ControlCounters;
+
 use podswitch_engine::config::Backend;
 use podswitch_engine::encap::ethernet::{EtherType, EthernetRepr};
 use podswitch_engine::encap::ipv4::Ipv4Repr;
@@ -20,6 +22,7 @@ use podswitch_engine::peer::{Forwarding, PeerSpec};
 use podswitch_engine::pipeline::Pipeline;
 use podswitch_engine::port::{PortId, PortRole};
 use podswitch_engine::tables::{PortSpec, Snapshot, Tables};
+use podswitch_engine::worker::WorkerStats;
 use serde_json::{json, Value};
 
 use crate::protocol::{FrameSpec, NextHopSpec, Request, PROTOCOL_VERSION};
@@ -69,6 +72,10 @@ pub struct Handler {
     /// How each port's frames move (`af-xdp`, `udp+raw`, ...), by port id,
     /// as the data plane reported it.
     kinds: Mutex<std::collections::HashMap<u16, String>>,
+    /// The data plane's workers, for their load in `stats`.
+    workers: Mutex<Vec<Arc<WorkerStats>>>,
+    /// Requests answered through the control socket.
+    requests: Arc<ControlCounters>,
 }
 
 fn parse_ip(what: &str, s: &str) -> Result<Ipv4Addr, String> {
@@ -94,7 +101,27 @@ impl Handler {
             clock,
             dataplane: None,
             kinds: Mutex::default(),
+            workers: Mutex::default(),
+            requests: Arc::default(),
         }
+    }
+
+    /// Records the data plane's workers, whose load `stats` reports.
+    pub fn note_workers(&self, workers: Vec<Arc<WorkerStats>>) {
+        *self.workers.lock().unwrap_or_else(|e| e.into_inner()) = workers;
+    }
+
+    /// The data plane's workers, as noted.
+    pub fn workers(&self) -> Vec<Arc<WorkerStats>> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The count of requests answered through the control socket.
+    pub fn requests(&self) -> Arc<ControlCounters> {
+        Arc::clone(&self.requests)
     }
 
     /// A handler whose port, capture and peer requests also reach a
@@ -411,7 +438,23 @@ impl Handler {
             .filter(|(_, n)| *n > 0)
             .map(|(r, n)| (r.name().to_string(), Value::from(*n)))
             .collect();
-        json!({ "ports": ports, "drops": drops })
+        let workers: Vec<Value> = self
+            .workers()
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let s = w.snapshot();
+                json!({
+                    "worker": i,
+                    "busy_secs": s.busy_secs(),
+                    "idle_secs": s.idle_secs,
+                    "wakeups": s.wakeups,
+                    "batches": s.batches,
+                    "batch_packets": s.batch_packets,
+                })
+            })
+            .collect();
+        json!({ "ports": ports, "drops": drops, "workers": workers })
     }
 }
 

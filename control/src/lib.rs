@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod handler;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 

@@ -181,6 +181,7 @@ fn serve_client(stream: UnixStream, handler: &Handler) -> io::Result<()> {
                 },
             }
         };
+        handler.requests().count(reply.ok);
         writeln!(writer, "{}", reply.to_line())?;
         if !complete && !too_long {
             return Ok(()); // the last line had no newline: the client is done

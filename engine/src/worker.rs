@@ -14,6 +14,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -103,6 +104,7 @@ pub struct Worker {
     commands: mpsc::Sender<Command>,
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
+    stats: Arc<WorkerStats>,
 }
 
 impl fmt::Debug for Worker {
@@ -117,14 +119,22 @@ impl Worker {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(WorkerStats::default());
+        let loop_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || Loop::new(poll, rx, tables, options).run())?;
+            .spawn(move || Loop::new(poll, rx, tables, options, loop_stats).run())?;
         Ok(Worker {
             commands: tx,
             waker,
             thread: Some(thread),
+            stats,
         })
+    }
+
+    /// What its loop did: sleeping, waking, batches.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        Arc::clone(&self.stats)
     }
 
     fn send(&self, command: Command) -> io::Result<()> {
@@ -196,6 +206,7 @@ struct Loop {
     /// Ports being captured (their deadlines need a timed wake-up).
     captures: usize,
     options: WorkerOptions,
+    stats: Arc<WorkerStats>,
 }
 
 impl Loop {
@@ -204,8 +215,10 @@ impl Loop {
         commands: mpsc::Receiver<Command>,
         tables: Arc<Tables>,
         options: WorkerOptions,
+        stats: Arc<WorkerStats>,
     ) -> Loop {
         Loop {
+            stats,
             poll,
             commands,
             pipeline: Pipeline::new(Arc::clone(&tables)),
@@ -238,7 +251,14 @@ impl Loop {
             } else {
                 None
             };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
+            // Only a wait that may sleep is timed: the busy-polling turns
+            // (timeout zero) are the worker's work.
+            let sleep_started = (timeout != Some(Duration::ZERO)).then(Instant::now);
+            let polled = self.poll.poll(&mut events, timeout);
+            if let Some(started) = sleep_started {
+                self.stats.slept(started);
+            }
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     eprintln!("podswitch worker: poll failed: {e}");
                     return;
@@ -271,6 +291,7 @@ impl Loop {
                     continue;
                 }
                 moved = true;
+                self.stats.batch(batch.len());
                 let now = (self.options.clock_secs)();
                 self.pipeline
                     .process(&mut batch, &mut self.pool, &mut out, now);
@@ -411,6 +432,93 @@ impl Loop {
     fn deregister(&self, port: &dyn Port) {
         for fd in port.poll_fds() {
             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+    }
+}
+
+/// Upper bounds of the batch-size histogram's buckets (packets a pipeline
+/// run handled; a super-frame counts once).
+pub const BATCH_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+/// What one worker's loop did, counted with relaxed atomics (one update
+/// per loop turn and per batch, read by the metrics endpoint and `top`).
+#[derive(Debug)]
+pub struct WorkerStats {
+    started: Instant,
+    idle_nanos: AtomicU64,
+    wakeups: AtomicU64,
+    batches: AtomicU64,
+    batch_packets: AtomicU64,
+    /// Batches by size: `batch_sizes[i]` counts those of at most
+    /// `BATCH_BUCKETS[i]` packets (and more than the bucket before); the
+    /// last slot counts the larger ones.
+    batch_sizes: [AtomicU64; BATCH_BUCKETS.len() + 1],
+}
+
+/// A [`WorkerStats`] read at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorkerStatsSnapshot {
+    /// Seconds since the worker started.
+    pub elapsed_secs: f64,
+    /// Seconds it slept in `epoll_wait`, waiting for packets or commands.
+    pub idle_secs: f64,
+    /// Times it woke from such a sleep.
+    pub wakeups: u64,
+    /// Pipeline runs.
+    pub batches: u64,
+    /// Packets in them.
+    pub batch_packets: u64,
+    /// Runs by size, per bucket of [`BATCH_BUCKETS`] (the last: larger).
+    pub batch_sizes: [u64; BATCH_BUCKETS.len() + 1],
+}
+
+impl WorkerStatsSnapshot {
+    /// Seconds it was awake: polling, forwarding or busy-polling.
+    pub fn busy_secs(&self) -> f64 {
+        (self.elapsed_secs - self.idle_secs).max(0.0)
+    }
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            started: Instant::now(),
+            idle_nanos: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            batch_packets: AtomicU64::new(0),
+            batch_sizes: Default::default(),
+        }
+    }
+}
+
+impl WorkerStats {
+    fn slept(&self, since: Instant) {
+        let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.idle_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn batch(&self, packets: usize) {
+        let packets = packets as u64;
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_packets.fetch_add(packets, Ordering::Relaxed);
+        let bucket = BATCH_BUCKETS
+            .iter()
+            .position(|&bound| packets <= bound)
+            .unwrap_or(BATCH_BUCKETS.len());
+        self.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> WorkerStatsSnapshot {
+        WorkerStatsSnapshot {
+            elapsed_secs: self.started.elapsed().as_secs_f64(),
+            idle_secs: self.idle_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            wakeups: self.wakeups.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            batch_packets: self.batch_packets.load(Ordering::Relaxed),
+            batch_sizes: std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed)),
         }
     }
 }

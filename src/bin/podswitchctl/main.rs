@@ -8,6 +8,7 @@ mod bench;
 mod control;
 mod explain;
 mod lab;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,9 @@ enum Command {
     /// Simulated clusters in network namespaces: lab up, down, status, exec.
     #[command(subcommand)]
     Lab(lab::LabCommand),
+    /// Rates per port, drops per second by reason and worker load,
+    /// refreshed in the terminal (`--once`: one frame).
+    Top(top::TopArgs),
     #[command(flatten)]
     Control(control::ControlCommand),
 }
@@ -72,6 +76,7 @@ fn main() -> ExitCode {
         },
         Command::Lab(command) => lab::run_command(command, cli.json),
         Command::Bench(args) => bench::run(args),
+        Command::Top(args) => top::run(args, &cli.socket),
         Command::Control(command) => control::run(command, &cli.socket, cli.json),
     }
 }

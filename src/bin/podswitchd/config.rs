@@ -95,6 +95,11 @@ pub(crate) struct Cli {
     /// `[dataplane] pool_buffers`: packet buffers of 2 KiB (default 16384).
     #[arg(long)]
     pub pool_buffers: Option<usize>,
+    /// `[metrics] listen`: serve Prometheus metrics at
+    /// http://ADDRESS:PORT/metrics, for example 127.0.0.1:9469 (default:
+    /// no metrics endpoint).
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    pub metrics_listen: Option<String>,
     /// A static peer, repeatable: `name=N,underlay_ip=IP,pod_cidr=CIDR` and
     /// optionally `,vtep_mac=MAC`, `,underlay_mac=MAC`, `,backend=B` (as `[[peer]]`).
     #[arg(long = "peer", value_name = "KEY=VALUE,...")]
@@ -119,6 +124,8 @@ struct FileConfig {
     control: ControlSection,
     #[serde(default)]
     dataplane: DataplaneSection,
+    #[serde(default)]
+    metrics: MetricsSection,
     #[serde(default)]
     peer: Vec<PeerConfig>,
     #[serde(default)]
@@ -163,6 +170,12 @@ struct DataplaneSection {
     pool_buffers: Option<usize>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    listen: Option<String>,
+}
+
 /// A static peer, as `[[peer]]` or `--peer` gives it.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +215,8 @@ pub(crate) struct Settings {
     pub port_kind: String,
     pub busy_poll_us: u64,
     pub pool_buffers: usize,
+    /// Where the Prometheus endpoint listens, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub peers: Vec<PeerConfig>,
     pub ports: Vec<PortConfig>,
 }
@@ -423,6 +438,15 @@ impl Settings {
             .clone()
             .or(file.control.socket.clone())
             .unwrap_or_else(|| DEFAULT_SOCKET.into());
+        let metrics_listen = match cli.metrics_listen.clone().or(file.metrics.listen) {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                origin.error(
+                    "metrics.listen",
+                    format!("{text:?} is not an address and port like 127.0.0.1:9469"),
+                )
+            })?),
+        };
         Ok(Settings {
             node,
             underlay_interface,
@@ -439,6 +463,7 @@ impl Settings {
                 .or(file.dataplane.busy_poll_us)
                 .unwrap_or(200),
             pool_buffers,
+            metrics_listen,
             peers,
             ports,
         })

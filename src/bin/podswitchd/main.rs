@@ -184,6 +184,7 @@ fn run(settings: Settings) -> Result<(), String> {
         Arc::clone(&daemon) as Arc<dyn podswitch_control::handler::Dataplane>,
     ));
     handler.note_kind(underlay_id, &underlay_kind);
+    handler.note_workers(vec![worker.stats()]);
     handler.note_kind(host_id, &host_kind);
     // The socket first: a daemon refused here (another one serves it)
     // stops before it writes anything, and the state file is the socket's
@@ -308,6 +309,20 @@ fn run(settings: Settings) -> Result<(), String> {
         tracing::warn!("state file {}: {e}", settings.state_file.display());
     }
 
+    // Metrics once the daemon owns its socket: a refused second daemon
+    // never takes the first one's metrics port either.
+    if let Some(listen) = settings.metrics_listen {
+        let metrics = podswitch_control::metrics::Metrics::new(
+            Arc::clone(&tables),
+            handler.workers(),
+            handler.requests(),
+        );
+        // The endpoint's thread lives as long as the process.
+        metrics
+            .serve(listen)
+            .map_err(|e| format!("metrics endpoint {listen}: {e}"))?;
+        tracing::info!(%listen, "metrics at http://{listen}/metrics");
+    }
     let stopper = server.stopper();
     let server_thread = std::thread::Builder::new()
         .name("podswitch-control".into())

@@ -1,0 +1,349 @@
+//! Prometheus metrics over HTTP (`[metrics] listen = "127.0.0.1:9469"`):
+//! the counters `podswitchctl stats` shows, per-worker load, table sizes
+//! and control requests, in the OpenMetrics text format that Prometheus
+//! scrapes.
+//!
+//! A scrape reads the same atomics the control socket reads and the
+//! published snapshot; it never talks to a worker, takes no lock a worker
+//! takes, and allocates only on its own thread. The endpoint runs on a
+//! thread of its own (tiny_http reads requests on its own threads too) and
+//! writes each response from a thread of its own (at most 16 at once, then
+//! 503), so a scraper that stops reading holds only its own connection, and
+//! forwarding never waits on any of it.
+//!
+//! Names follow Prometheus's conventions: a `podswitch_` prefix, counters
+//! ending in `_total` (the encoder adds it), base units (seconds, bytes),
+//! one family per quantity with labels for ports, reasons and workers.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use podswitch_engine::drop::DropReason;
+use podswitch_engine::tables::Tables;
+use podswitch_engine::worker::{WorkerStats, BATCH_BUCKETS};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// Requests the control socket answered, by outcome.
+#[derive(Debug, Default)]
+pub struct ControlCounters {
+    /// Answered with a result.
+    pub ok: AtomicU64,
+    /// Answered with an error (bad request or refused change).
+    pub failed: AtomicU64,
+}
+
+impl ControlCounters {
+    /// Counts one answered request.
+    pub fn count(&self, ok: bool) {
+        let counter = if ok { &self.ok } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a scrape reads.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    tables: Arc<Tables>,
+    workers: Vec<Arc<WorkerStats>>,
+    control: Arc<ControlCounters>,
+}
+
+/// The OpenMetrics content type the endpoint answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+impl Metrics {
+    /// Metrics of a node's tables, its workers and its control socket.
+    pub fn new(
+        tables: Arc<Tables>,
+        workers: Vec<Arc<WorkerStats>>,
+        control: Arc<ControlCounters>,
+    ) -> Metrics {
+        Metrics {
+            tables,
+            workers,
+            control,
+        }
+    }
+
+    /// The exposition text, as of now.
+    pub fn render(&self) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        let mut text = String::new();
+        // Writing into a String cannot fail; an encoder error would be a
+        // bug in a name, caught by the tests.
+        prometheus_client::encoding::text::encode(&mut text, &registry)
+            .expect("metrics encode into a String");
+        text
+    }
+
+    /// Serves `GET /metrics` on `listen` from a thread of its own.
+    pub fn serve(self, listen: SocketAddr) -> io::Result<JoinHandle<()>> {
+        let server = tiny_http::Server::http(listen).map_err(io::Error::other)?;
+        std::thread::Builder::new()
+            .name("podswitch-metrics".into())
+            .spawn(move || {
+                // At most this many responses in flight: each on a thread of
+                // its own, so a client that stops reading stalls only its own.
+                let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                for request in server.incoming_requests() {
+                    let response = match (request.method(), request.url()) {
+                        (tiny_http::Method::Get, "/metrics") => {
+                            let header =
+                                tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE)
+                                    .expect("a valid header");
+                            tiny_http::Response::from_string(self.render()).with_header(header)
+                        }
+                        (tiny_http::Method::Get, _) => {
+                            tiny_http::Response::from_string("podswitch: metrics are at /metrics\n")
+                                .with_status_code(404)
+                        }
+                        _ => tiny_http::Response::from_string("GET only\n").with_status_code(405),
+                    };
+                    if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                        let busy = tiny_http::Response::from_string("busy\n").with_status_code(503);
+                        // Dropped if this client does not read either.
+                        std::thread::spawn(move || drop(request.respond(busy)));
+                        continue;
+                    }
+                    let counted = Arc::clone(&in_flight);
+                    let spawned = std::thread::Builder::new()
+                        .name("podswitch-metrics-reply".into())
+                        .spawn(move || {
+                            // A client that went away or stopped reading
+                            // costs this thread only.
+                            let _ = request.respond(response);
+                            counted.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    if spawned.is_err() {
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+            })
+    }
+}
+
+/// One counter family with a label per sample.
+fn counters<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in samples {
+        ConstCounter::new(n).encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snap = self.tables.load();
+        let stats = self.tables.stats.snapshot();
+        let ports: Vec<(String, podswitch_engine::stats::PortStats)> = stats
+            .ports
+            .iter()
+            .map(|(id, s)| {
+                let name = snap
+                    .ports
+                    .get(*id)
+                    .map(|p| p.spec.name.clone())
+                    .unwrap_or_else(|| format!("#{}", id.0));
+                (name, *s)
+            })
+            .collect();
+        type Field = fn(&podswitch_engine::stats::PortStats) -> u64;
+        let per_port: [(&str, &str, Field); 11] = [
+            (
+                "podswitch_port_rx_packets",
+                "Frames received on the port.",
+                |s| s.rx_packets,
+            ),
+            (
+                "podswitch_port_rx_bytes",
+                "Bytes received on the port.",
+                |s| s.rx_bytes,
+            ),
+            (
+                "podswitch_port_tx_packets",
+                "Frames sent out of the port.",
+                |s| s.tx_packets,
+            ),
+            (
+                "podswitch_port_tx_bytes",
+                "Bytes sent out of the port.",
+                |s| s.tx_bytes,
+            ),
+            (
+                "podswitch_port_drops",
+                "Frames from or to the port dropped, every reason.",
+                |s| s.drops,
+            ),
+            (
+                "podswitch_port_super_frames_in",
+                "GSO super-frames received whole.",
+                |s| s.super_frames_in,
+            ),
+            (
+                "podswitch_port_super_frames_out",
+                "GSO super-frames sent whole.",
+                |s| s.super_frames_out,
+            ),
+            (
+                "podswitch_port_segmented",
+                "Super-frames cut into segments in software.",
+                |s| s.segmented,
+            ),
+            (
+                "podswitch_port_segments_made",
+                "Segments those cuts made.",
+                |s| s.segments_made,
+            ),
+            (
+                "podswitch_port_checksums_completed",
+                "Partial checksums completed in software.",
+                |s| s.checksums_completed,
+            ),
+            (
+                "podswitch_port_coalesced",
+                "Datagrams merged into received super-frames.",
+                |s| s.coalesced,
+            ),
+        ];
+        for (name, help, field) in per_port {
+            counters(
+                &mut encoder,
+                name,
+                help,
+                "port",
+                ports.iter().map(|(port, s)| (port.as_str(), field(s))),
+            )?;
+        }
+        counters(
+            &mut encoder,
+            "podswitch_drops",
+            "Frames dropped, by reason (podswitchctl stats lists the reasons).",
+            "reason",
+            stats.drops.iter().map(|(r, n)| (r.name(), *n)),
+        )?;
+        debug_assert_eq!(stats.drops.len(), DropReason::ALL.len());
+
+        let workers: Vec<(String, _)> = self
+            .workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (i.to_string(), w.snapshot()))
+            .collect();
+        let mut family = encoder.encode_descriptor(
+            "podswitch_worker_busy_seconds",
+            "Seconds a worker was awake: forwarding or polling for more.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (w, s) in &workers {
+            ConstCounter::new(s.busy_secs())
+                .encode(family.encode_family(&[("worker", w.as_str())])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "podswitch_worker_idle_seconds",
+            "Seconds a worker slept in epoll_wait.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (w, s) in &workers {
+            ConstCounter::new(s.idle_secs)
+                .encode(family.encode_family(&[("worker", w.as_str())])?)?;
+        }
+        counters(
+            &mut encoder,
+            "podswitch_worker_wakeups",
+            "Times a worker woke from epoll_wait.",
+            "worker",
+            workers.iter().map(|(w, s)| (w.as_str(), s.wakeups)),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "podswitch_worker_batch_size",
+            "Packets per pipeline run (a super-frame counts once).",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (w, s) in &workers {
+            let buckets: Vec<(f64, u64)> = BATCH_BUCKETS
+                .iter()
+                .map(|b| *b as f64)
+                .chain([f64::INFINITY])
+                .zip(s.batch_sizes)
+                .collect();
+            family
+                .encode_family(&[("worker", w.as_str())])?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                s.batch_packets as f64,
+                s.batches,
+                &buckets,
+                None,
+            )?;
+        }
+
+        let to_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        gauge(
+            &mut encoder,
+            "podswitch_routes",
+            "Routes in the FIB.",
+            to_i64(snap.fib.len()),
+        )?;
+        gauge(
+            &mut encoder,
+            "podswitch_peers",
+            "Peer nodes.",
+            to_i64(snap.peers.len()),
+        )?;
+        gauge(
+            &mut encoder,
+            "podswitch_ports",
+            "Attached ports.",
+            to_i64(snap.ports.iter().count()),
+        )?;
+        gauge(
+            &mut encoder,
+            "podswitch_neighbours",
+            "Neighbour (ARP) entries of local pods.",
+            to_i64(snap.neighbours.len()),
+        )?;
+        gauge(
+            &mut encoder,
+            "podswitch_fdb_entries",
+            "MAC addresses in the bridge segment's forwarding database.",
+            to_i64(self.tables.fdb.len()),
+        )?;
+        counters(
+            &mut encoder,
+            "podswitch_control_requests",
+            "Control socket requests answered, by outcome.",
+            "outcome",
+            [
+                ("ok", self.control.ok.load(Ordering::Relaxed)),
+                ("error", self.control.failed.load(Ordering::Relaxed)),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// Responses the endpoint writes at once; see [`Metrics::serve`].
+const MAX_IN_FLIGHT: usize = 16;

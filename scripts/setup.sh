@@ -8,7 +8,7 @@ packages=(
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev libpcap-dev m4 gcc-multilib
   # tests: namespaces, independent wire-format sources, traffic
   iproute2 procps tcpdump tshark python3-scapy iputils-ping iperf3 ethtool netsniff-ng
-  python3-prometheus-client
+  python3-prometheus-client nftables
   containernetworking-plugins
 )
 

@@ -199,3 +199,226 @@ fn labs_side_by_side_do_not_interfere_and_missing_features_are_named() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("udp"));
     assert_gone(&c);
 }
+
+/// Runs `cmd` in a lab pod; its stdout.
+fn exec_out(name: &str, pod: &str, cmd: &[&str]) -> String {
+    let mut args = vec!["lab", "exec", "--name", name, pod, "--"];
+    args.extend_from_slice(cmd);
+    let out = ctl(&args);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Python: accepts one TCP connection on 5201 and prints the address it
+/// came from.
+const PEER_ADDRESS: &str = "import socket\n\
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('0.0.0.0', 5201)); s.listen(1); print('listening', flush=True)\n\
+c, a = s.accept(); c.recv(16); print(a[0], flush=True)\n";
+
+/// Which address `to` sees a TCP connection from `from_pod` come from.
+fn seen_address(
+    name: &str,
+    server: &mut std::process::Child,
+    from_pod: &str,
+    to_ip: &str,
+) -> String {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "listening");
+    let client =
+        format!("import socket; socket.create_connection(('{to_ip}', 5201), timeout=5).send(b'x')");
+    assert!(exec_ok(
+        name,
+        from_pod,
+        &["/usr/bin/python3", "-c", &client]
+    ));
+    let seen = lines.next().unwrap().unwrap();
+    let _ = server.wait();
+    seen
+}
+
+/// Pod egress (issue 13): a pod reaches an "outside" host on the underlay
+/// that has no route to the pods (ping and TCP) and is seen with its
+/// node's address; pod-to-pod traffic keeps the pod's address. The
+/// nftables table is replaced, not duplicated, by a daemon restarted after
+/// kill -9, and a SIGTERM removes it and puts forwarding back.
+#[test]
+fn pods_reach_outside_masqueraded_and_nothing_stays() {
+    require(&["ip", "ping", "nft", "/usr/bin/python3", "pgrep"]);
+    let name = name("egr");
+    let _guard = LabGuard(name.clone());
+    let _status = up(&name, "podswitch", "vxlan", "bridge");
+    let node1 = format!("lab-{name}-n1");
+    let forwarding = |key: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &node1, "sysctl", "-n", key])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(forwarding("net.ipv4.conf.ul0.forwarding"), "1");
+
+    // The outside host: on the underlay bridge, no route to 10.244.0.0/16.
+    let outside = common::Netns::new("outside");
+    common::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &outside.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "out0",
+            "netns",
+            &format!("lab-{name}-ul"),
+        ],
+    );
+    common::run(
+        "ip",
+        &[
+            "-n",
+            &format!("lab-{name}-ul"),
+            "link",
+            "set",
+            "out0",
+            "master",
+            "br0",
+            "up",
+        ],
+    );
+    outside.ip(&["addr", "add", "192.168.100.200/24", "dev", "eth0"]);
+    outside.ip(&["link", "set", "eth0", "up"]);
+
+    let ping = exec_out(
+        &name,
+        "pod1-1",
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "192.168.100.200"],
+    );
+    assert!(ping.contains(", 0% packet loss"), "{ping}");
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &outside.name,
+            "/usr/bin/python3",
+            "-c",
+            PEER_ADDRESS,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(
+        seen_address(&name, &mut server, "pod1-1", "192.168.100.200"),
+        "192.168.100.1",
+        "the outside sees the node's address"
+    );
+    let mut server = ctl_spawn(&name, "pod2-1", PEER_ADDRESS);
+    assert_eq!(
+        seen_address(&name, &mut server, "pod1-1", "10.244.2.2"),
+        "10.244.1.2",
+        "another pod sees the pod's address"
+    );
+
+    // kill -9 and a new daemon on the same files: one table, one rule.
+    let pid = String::from_utf8_lossy(
+        &Command::new("pgrep")
+            .args(["-f", &format!("podswitch-lab/{name}/node1.toml")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    common::run("kill", &["-KILL", &pid]);
+    // Its parent is init, which reaps it late: dead is a zombie (its
+    // sockets closed), as a supervisor would see it exit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+        !s.lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+    }) {
+        assert!(std::time::Instant::now() < deadline, "kill -9 did not kill");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let dir = format!("/run/podswitch-lab/{name}");
+    let socket = format!("{dir}/node1.sock");
+    let mut daemon = Command::new("ip")
+        .args(["netns", "exec", &node1, env!("CARGO_BIN_EXE_podswitchd")])
+        .args([
+            "--config",
+            &format!("{dir}/node1.toml"),
+            "--socket",
+            &socket,
+        ])
+        .args(["--state-file", &format!("{dir}/node1.ports.json")])
+        .stderr(std::fs::File::create(format!("{dir}/restarted.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !ctl(&["--socket", &socket, "status"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted daemon never answered: {}",
+            std::fs::read_to_string(format!("{dir}/restarted.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let table = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node1,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "podswitch",
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert_eq!(table.matches("masquerade").count(), 1, "{table}");
+    let ping = exec_out(
+        &name,
+        "pod1-1",
+        &["ping", "-c", "3", "-i", "0.2", "-W", "2", "192.168.100.200"],
+    );
+    assert!(
+        ping.contains(", 0% packet loss"),
+        "after the restart: {ping}"
+    );
+
+    // SIGTERM: the table goes and forwarding is what it was before podswitch.
+    common::run("kill", &["-TERM", &daemon.id().to_string()]);
+    daemon.wait().unwrap();
+    let tables = Command::new("ip")
+        .args(["netns", "exec", &node1, "nft", "list", "tables"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
+    assert!(!tables.contains("podswitch"), "{tables}");
+    assert_eq!(forwarding("net.ipv4.conf.ul0.forwarding"), "0");
+}
+
+/// Spawns Python `script` in a lab pod, stdout piped.
+fn ctl_spawn(name: &str, pod: &str, script: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_podswitchctl"))
+        .args([
+            "lab",
+            "exec",
+            "--name",
+            name,
+            pod,
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}

@@ -95,6 +95,15 @@ pub(crate) struct Cli {
     /// `[dataplane] pool_buffers`: packet buffers of 2 KiB (default 16384).
     #[arg(long)]
     pub pool_buffers: Option<usize>,
+    /// `[node] masquerade`: pods' traffic to addresses outside the cluster
+    /// CIDR leaves with the node's address (default true; nftables table
+    /// `podswitch`, removed on exit).
+    #[arg(long, value_name = "true|false")]
+    pub masquerade: Option<bool>,
+    /// `[node] no_masquerade`: more destinations that keep the pod's
+    /// address (repeatable), like ip-masq-agent's nonMasqueradeCIDRs.
+    #[arg(long = "no-masquerade", value_name = "CIDR")]
+    pub no_masquerade: Vec<String>,
     /// `[metrics] listen`: serve Prometheus metrics at
     /// http://ADDRESS:PORT/metrics, for example 127.0.0.1:9469 (default:
     /// no metrics endpoint).
@@ -142,6 +151,9 @@ struct NodeSection {
     underlay_ip: Option<String>,
     vtep_mac: Option<String>,
     gateway_mode: Option<String>,
+    masquerade: Option<bool>,
+    #[serde(default)]
+    no_masquerade: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +229,10 @@ pub(crate) struct Settings {
     pub pool_buffers: usize,
     /// Where the Prometheus endpoint listens, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Masquerade pod egress; see `egress`.
+    pub masquerade: bool,
+    /// Destinations outside the cluster CIDR that keep the pod's address.
+    pub no_masquerade: Vec<Prefix>,
     pub peers: Vec<PeerConfig>,
     pub ports: Vec<PortConfig>,
 }
@@ -438,6 +454,17 @@ impl Settings {
             .clone()
             .or(file.control.socket.clone())
             .unwrap_or_else(|| DEFAULT_SOCKET.into());
+        let no_masquerade = if cli.no_masquerade.is_empty() {
+            &file.node.no_masquerade
+        } else {
+            &cli.no_masquerade
+        }
+        .iter()
+        .map(|c| {
+            c.parse::<Prefix>()
+                .map_err(|e| origin.error("node.no_masquerade", e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
         let metrics_listen = match cli.metrics_listen.clone().or(file.metrics.listen) {
             None => None,
             Some(text) => Some(text.parse().map_err(|_| {
@@ -464,6 +491,8 @@ impl Settings {
                 .unwrap_or(200),
             pool_buffers,
             metrics_listen,
+            masquerade: cli.masquerade.or(file.node.masquerade).unwrap_or(true),
+            no_masquerade,
             peers,
             ports,
         })

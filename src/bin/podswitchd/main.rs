@@ -9,6 +9,7 @@
 
 mod config;
 mod dataplane;
+mod egress;
 mod state;
 
 use std::process::ExitCode;
@@ -93,7 +94,9 @@ fn run(settings: Settings) -> Result<(), String> {
         pod_mtu = node.pod_mtu(),
         "starting"
     );
-    if matches!(node.backend, Backend::HostGw | Backend::DirectRouting) {
+    // With masquerade on, podswitchd's forward chain lets the kernel send
+    // only replies towards pods, whatever the forwarding setting.
+    if !settings.masquerade && matches!(node.backend, Backend::HostGw | Backend::DirectRouting) {
         let key = format!("ipv4/conf/{}/forwarding", settings.underlay_interface);
         if netdev::net_sysctl(&key).is_ok_and(|v| v == "1") {
             tracing::warn!(
@@ -191,6 +194,31 @@ fn run(settings: Settings) -> Result<(), String> {
     // owner's alone. Connections wait in the backlog until it serves.
     let server = Server::bind(&settings.socket, Arc::clone(&handler))
         .map_err(|e| format!("control socket {}: {e}", settings.socket.display()))?;
+    // Egress once the daemon owns its socket: a refused second daemon
+    // changes nothing in the kernel either.
+    let egress = if settings.masquerade {
+        let config = egress::EgressConfig {
+            pod_cidr: node.pod_cidr,
+            cluster_cidr: node.cluster_cidr,
+            no_masquerade: settings.no_masquerade.clone(),
+            host_interface: settings.host_interface.clone(),
+            underlay_interface: settings.underlay_interface.clone(),
+        };
+        let originals = egress::install(&config, saved.sysctls.clone())
+            .map_err(|e| format!("masquerade: {e}"))?;
+        daemon
+            .state
+            .set_sysctls(originals.clone())
+            .map_err(|e| format!("state file {}: {e}", settings.state_file.display()))?;
+        tracing::info!(
+            table = egress::TABLE,
+            "pod egress masqueraded outside {}",
+            node.cluster_cidr
+        );
+        Some(originals)
+    } else {
+        None
+    };
     for peer in &settings.peers {
         let request = Request::PeerAdd {
             name: peer.name.clone(),
@@ -339,6 +367,14 @@ fn run(settings: Settings) -> Result<(), String> {
         Ok(Ok(())) => {}
     }
     let _ = std::fs::remove_file(&settings.socket);
+    if let Some(originals) = &egress {
+        for failure in egress::remove(originals) {
+            tracing::warn!("undoing egress: {failure}");
+        }
+        if let Err(e) = daemon.state.set_sysctls(Default::default()) {
+            tracing::warn!("state file {}: {e}", settings.state_file.display());
+        }
+    }
     // The handler and the daemon's dataplane hold the worker too: with
     // them gone, the worker is ours alone and its stop closes every port
     // (sockets, XDP programs, the TUN device) before the line below says so.

@@ -69,6 +69,10 @@ struct Contents {
     /// `route-add` requests applied at runtime.
     #[serde(default)]
     routes: Vec<Request>,
+    /// Sysctls egress changed, with the values found before (put back on
+    /// a clean stop).
+    #[serde(default)]
+    sysctls: BTreeMap<String, String>,
 }
 
 /// What a state file held when it was opened.
@@ -77,6 +81,7 @@ pub(crate) struct Saved {
     pub(crate) ports: Vec<PortRecord>,
     pub(crate) peers: Vec<Request>,
     pub(crate) routes: Vec<Request>,
+    pub(crate) sysctls: BTreeMap<String, String>,
 }
 
 /// The records, by key: ports by interface, peers by name, routes by
@@ -86,6 +91,7 @@ struct Records {
     ports: BTreeMap<String, PortRecord>,
     peers: BTreeMap<String, Request>,
     routes: BTreeMap<String, Request>,
+    sysctls: BTreeMap<String, String>,
 }
 
 /// A route's key: its prefix written canonically.
@@ -115,6 +121,7 @@ impl StateFile {
                     ports: contents.ports,
                     peers: contents.peers,
                     routes: contents.routes,
+                    sysctls: contents.sysctls,
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Saved::default(),
@@ -174,6 +181,14 @@ impl StateFile {
         self.save(&records)
     }
 
+    /// Records the sysctls egress changed and their original values
+    /// (empty once they are put back) and saves.
+    pub(crate) fn set_sysctls(&self, sysctls: BTreeMap<String, String>) -> io::Result<()> {
+        let mut records = self.lock();
+        records.sysctls = sysctls;
+        self.save(&records)
+    }
+
     /// Saves what is recorded now.
     pub(crate) fn flush(&self) -> io::Result<()> {
         self.save(&self.lock())
@@ -188,6 +203,7 @@ impl StateFile {
             ports: records.ports.values().cloned().collect(),
             peers: records.peers.values().cloned().collect(),
             routes: records.routes.values().cloned().collect(),
+            sysctls: records.sysctls.clone(),
         };
         let tmp = self.path.with_extension("tmp");
         let mut file = fs::File::create(&tmp)?;

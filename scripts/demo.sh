@@ -50,6 +50,10 @@ echo "node1:"
 $ctl --socket "$sock1" stats | sed -n '/SUPER-FRAMES/,/^$/p'
 echo "node2:"
 $ctl --socket "$sock2" stats | sed -n '/SUPER-FRAMES/,/^$/p'
+say "node1: podswitchctl top --once while pod1-1 pings pod2-1 every 10 ms (rates over one second)"
+( $ctl lab exec --name demo pod1-1 -- ping -q -c 150 -i 0.01 "$dst" >/dev/null ) &
+$ctl --socket "$sock1" top --once
+wait
 say "node1: one such super-frame (20,000 bytes of TCP, segment size 1398), traced"
 $ctl --socket "$sock1" trace --in-port "$port" --dst-ip "$dst" --protocol tcp --payload-len 20000 --gso-size 1398
 

@@ -19,7 +19,6 @@
 //!
 //! docs/benchmarks.md explains the method and records figures.
 
-use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode, Stdio};
@@ -61,20 +60,25 @@ pub(crate) struct BenchArgs {
     /// Write every raw figure here as JSON.
     #[arg(long = "json", id = "json_file", value_name = "FILE")]
     json: Option<std::path::PathBuf>,
-    /// Draw the comparison as an SVG chart.
+    /// Draw the comparison as an SVG chart: each metric's values with
+    /// error bars from the rounds, and every ratio on a log axis.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
+    /// Draw the chart of a run saved with --json instead of measuring
+    /// (needs --plot).
+    #[arg(long, value_name = "FILE.json", requires = "plot")]
+    plot_from: Option<std::path::PathBuf>,
 }
 
 /// One metric: its name, unit, and whether more is better.
 #[derive(Debug, Clone, Copy)]
-struct Metric {
-    name: &'static str,
-    unit: &'static str,
-    higher_is_better: bool,
+pub(crate) struct Metric {
+    pub(crate) name: &'static str,
+    pub(crate) unit: &'static str,
+    pub(crate) higher_is_better: bool,
 }
 
-const METRICS: &[Metric] = &[
+pub(crate) const METRICS: &[Metric] = &[
     Metric {
         name: "tcp-1-stream",
         unit: "Gbit/s",
@@ -423,6 +427,15 @@ pub(crate) fn run(args: &BenchArgs) -> ExitCode {
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
+    if let (Some(from), Some(to)) = (&args.plot_from, &args.plot) {
+        let text = fs::read_to_string(from).with_context(|| format!("{}", from.display()))?;
+        let record: Value =
+            serde_json::from_str(&text).with_context(|| format!("{}", from.display()))?;
+        let svg = crate::chart::render(&record, METRICS)
+            .with_context(|| format!("{}", from.display()))?;
+        fs::write(to, svg).with_context(|| format!("{}", to.display()))?;
+        return Ok(());
+    }
     if args.rounds == 0 || args.seconds == 0 {
         bail!("--rounds and --seconds must be at least 1");
     }
@@ -539,70 +552,23 @@ fn bench(args: &BenchArgs) -> Result<()> {
             metric.name, metric.unit
         );
     }
+    let summary: Vec<Value> = table
+        .iter()
+        .map(|(case, m, k, p)| json!({ "case": case, "metric": m.name, "unit": m.unit, "kernel": k, "podswitch": p }))
+        .collect();
+    let record = json!({
+        "generator_ceiling_mpps": ceiling.mpps,
+        "generator_cpu_us_per_frame": ceiling.secs_per_frame * 1e6,
+        "medians": summary,
+        "samples": raw,
+    });
     if let Some(path) = &args.json {
-        let summary: Vec<Value> = table
-            .iter()
-            .map(|(case, m, k, p)| json!({ "case": case, "metric": m.name, "unit": m.unit, "kernel": k, "podswitch": p }))
-            .collect();
-        fs::write(
-            path,
-            serde_json::to_string_pretty(&json!({
-                "generator_ceiling_mpps": ceiling.mpps,
-                "generator_cpu_us_per_frame": ceiling.secs_per_frame * 1e6,
-                "medians": summary,
-                "samples": raw,
-            }))?,
-        )
-        .with_context(|| format!("{}", path.display()))?;
+        fs::write(path, serde_json::to_string_pretty(&record)?)
+            .with_context(|| format!("{}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        fs::write(path, svg(&table)).with_context(|| format!("{}", path.display()))?;
+        fs::write(path, crate::chart::render(&record, METRICS)?)
+            .with_context(|| format!("{}", path.display()))?;
     }
     Ok(())
-}
-
-/// Bars of podswitch / kernel per case and metric, a line at 1.0, each
-/// bar green where podswitch does better and red where it does worse.
-fn svg(table: &[(String, Metric, f64, f64)]) -> String {
-    let row = 22.0;
-    let left = 300.0;
-    let width = 400.0;
-    let max = table
-        .iter()
-        .map(|(_, _, k, p)| if *k > 0.0 { p / k } else { 0.0 })
-        .fold(2.0_f64, f64::max);
-    let height = 60.0 + row * table.len() as f64;
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <text x=\"10\" y=\"20\" font-size=\"15\">podswitch / kernel, same run, medians (right of the line: podswitch is higher)</text>\n",
-        left + width + 80.0
-    );
-    let x1 = left + width / max;
-    for (i, (case, m, k, p)) in table.iter().enumerate() {
-        let y = 40.0 + row * i as f64;
-        let ratio = if *k > 0.0 { p / k } else { 0.0 };
-        let good = (ratio >= 1.0) == m.higher_is_better;
-        let color = if good { "#2a9d4b" } else { "#c0392b" };
-        let _ = writeln!(
-            s,
-            "<text x=\"10\" y=\"{:.1}\">{case}, {} ({})</text><rect x=\"{left}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{color}\"/>\
-             <text x=\"{:.1}\" y=\"{:.1}\">{ratio:.2}x</text>",
-            y + 14.0,
-            m.name,
-            if m.higher_is_better { "higher is better" } else { "lower is better" },
-            y + 3.0,
-            width * ratio / max,
-            row - 6.0,
-            left + width * ratio / max + 5.0,
-            y + 14.0
-        );
-    }
-    let _ = writeln!(
-        s,
-        "<line x1=\"{x1:.1}\" y1=\"30\" x2=\"{x1:.1}\" y2=\"{:.1}\" stroke=\"black\" stroke-dasharray=\"4\"/><text x=\"{:.1}\" y=\"{:.1}\">1.0 = kernel</text>\n</svg>",
-        height - 10.0,
-        x1 + 4.0,
-        height - 4.0
-    );
-    s
 }

@@ -5,6 +5,7 @@
 //! printing tables for people and JSON with `--json`.
 
 mod bench;
+mod chart;
 mod control;
 mod explain;
 mod lab;

@@ -1,0 +1,416 @@
+//! The bench's chart (`podswitchctl bench --plot`), drawn with plotters
+//! from the raw record `--json` writes, so a saved run can be drawn again
+//! (`--plot-from FILE.json`).
+//!
+//! Two parts, each readable on its own:
+//! - one panel per metric: both dataplanes' values per case side by side,
+//!   bars at the median of the rounds, error bars from the lowest to the
+//!   highest round, the median written on each bar (so a bar dwarfed by
+//!   its neighbour still reads);
+//! - the ratios: per case and metric, how many times better or worse
+//!   podswitch is than the kernel, on a log axis where right is always
+//!   better for podswitch (higher throughput, lower CPU and latency), so a
+//!   580x gap and a 1.1x one both stay visible. Labels sit in a column of
+//!   their own, one row each: they never overlap the bars or each other.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, Result};
+use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use serde_json::Value;
+
+use crate::bench::Metric;
+
+/// One measurement of the raw record.
+struct Sample {
+    case: String,
+    metric: String,
+    kernel: bool,
+    value: f64,
+}
+
+fn samples(raw: &Value) -> Result<Vec<Sample>> {
+    raw["samples"]
+        .as_array()
+        .ok_or_else(|| anyhow!("the record has no \"samples\" list (write it with bench --json)"))?
+        .iter()
+        .map(|s| {
+            let text = |k: &str| {
+                s[k].as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("a sample lacks {k:?}: {s}"))
+            };
+            Ok(Sample {
+                case: format!("{} {}", text("scope")?, text("backend")?),
+                metric: text("metric")?,
+                kernel: text("dataplane")? == "kernel",
+                value: s["value"]
+                    .as_f64()
+                    .ok_or_else(|| anyhow!("a sample lacks its value: {s}"))?,
+            })
+        })
+        .collect()
+}
+
+/// Lowest, median and highest of the rounds.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    low: f64,
+    median: f64,
+    high: f64,
+}
+
+fn spread(mut v: Vec<f64>) -> Option<Spread> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(Spread {
+        low: v[0],
+        median: v[v.len() / 2],
+        high: v[v.len() - 1],
+    })
+}
+
+const KERNEL: RGBColor = RGBColor(0x5b, 0x6f, 0x86);
+const PODSWITCH: RGBColor = RGBColor(0xe0, 0x8a, 0x1e);
+const BETTER: RGBColor = RGBColor(0x2a, 0x9d, 0x4b);
+const WORSE: RGBColor = RGBColor(0xc0, 0x39, 0x2b);
+
+const WIDTH: u32 = 1400;
+const PANEL_HEIGHT: u32 = 330;
+const ROW: u32 = 24;
+
+fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing the chart: {e:?}")
+}
+
+/// The chart of a raw record, as SVG.
+pub(crate) fn render(raw: &Value, metrics: &[Metric]) -> Result<String> {
+    let samples = samples(raw)?;
+    let mut cases: Vec<String> = Vec::new();
+    for s in &samples {
+        if !cases.contains(&s.case) {
+            cases.push(s.case.clone());
+        }
+    }
+    // (case, metric) -> (kernel, podswitch)
+    let mut values: BTreeMap<(usize, usize), (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+    for s in &samples {
+        let (Some(c), Some(m)) = (
+            cases.iter().position(|c| *c == s.case),
+            metrics.iter().position(|m| m.name == s.metric),
+        ) else {
+            continue;
+        };
+        let entry = values.entry((c, m)).or_default();
+        if s.kernel {
+            entry.0.push(s.value)
+        } else {
+            entry.1.push(s.value)
+        }
+    }
+    let spreads: BTreeMap<(usize, usize), (Spread, Spread)> = values
+        .into_iter()
+        .filter_map(|(key, (k, p))| Some((key, (spread(k)?, spread(p)?))))
+        .collect();
+    if spreads.is_empty() {
+        return Err(anyhow!("the record has no measurement of both dataplanes"));
+    }
+
+    let columns = 3;
+    let panel_rows = metrics.len().div_ceil(columns) as u32;
+    let ratio_rows = spreads.len() as u32;
+    let height = 50 + panel_rows * PANEL_HEIGHT + 90 + ratio_rows * ROW + 60;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let title = ("sans-serif", 20).into_font();
+        root.draw(&Text::new(
+            "podswitch against the kernel, one run: medians of the rounds, bars from lowest to highest",
+            (16, 16),
+            title,
+        ))
+        .map_err(err)?;
+        let legend = ("sans-serif", 14).into_font();
+        for (i, (name, color)) in [("kernel", KERNEL), ("podswitch", PODSWITCH)]
+            .into_iter()
+            .enumerate()
+        {
+            let x = WIDTH as i32 - 260 + 120 * i as i32;
+            root.draw(&Rectangle::new([(x, 18), (x + 14, 32)], color.filled()))
+                .map_err(err)?;
+            root.draw(&Text::new(name, (x + 20, 18), legend.clone()))
+                .map_err(err)?;
+        }
+        let (_, body) = root.split_vertically(50);
+        let (grid, ratios) = body.split_vertically(panel_rows * PANEL_HEIGHT);
+        let panels = grid.split_evenly((panel_rows as usize, columns));
+        for ((m, metric), area) in metrics.iter().enumerate().zip(panels.iter()) {
+            metric_panel(area, &cases, m, metric, &spreads)?;
+        }
+        ratio_panel(&ratios, &cases, metrics, &spreads)?;
+        root.present().map_err(err)?;
+    }
+    Ok(svg)
+}
+
+/// One metric: per case, the kernel's bar and podswitch's.
+fn metric_panel(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    cases: &[String],
+    m: usize,
+    metric: &Metric,
+    spreads: &BTreeMap<(usize, usize), (Spread, Spread)>,
+) -> Result<()> {
+    let top = spreads
+        .iter()
+        .filter(|((_, mm), _)| *mm == m)
+        .map(|(_, (k, p))| k.high.max(p.high))
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    let better = if metric.higher_is_better {
+        "higher is better"
+    } else {
+        "lower is better"
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!("{} ({}), {better}", metric.name, metric.unit),
+            ("sans-serif", 15),
+        )
+        .margin(10)
+        .x_label_area_size(28)
+        .y_label_area_size(56)
+        .build_cartesian_2d(segments(cases.len()), 0f64..top * 1.2)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|v| match v {
+            // "cross-node vxlan" as "cross vxlan": four fit under a panel.
+            SegmentValue::CenterOf(i) => cases
+                .get(*i)
+                .map(|c| c.replace("-node", ""))
+                .unwrap_or_default(),
+            _ => String::new(),
+        })
+        .x_label_style(("sans-serif", 12))
+        .y_label_style(("sans-serif", 11))
+        .draw()
+        .map_err(err)?;
+    let value_font = ("sans-serif", 10).into_font();
+    for c in 0..cases.len() {
+        let Some((k, p)) = spreads.get(&(c, m)) else {
+            continue;
+        };
+        for (slot, (s, color)) in [(*k, KERNEL), (*p, PODSWITCH)].into_iter().enumerate() {
+            // Two bars in the case's segment: pixel columns left and right
+            // of its centre.
+            let (x0, y0) = chart.backend_coord(&(SegmentValue::Exact(c), s.median));
+            let (x1, _) = chart.backend_coord(&(SegmentValue::Exact(c + 1), s.median));
+            let (_, base) = chart.backend_coord(&(SegmentValue::Exact(c), 0.0));
+            let width = x1 - x0;
+            let left = x0 + width / 8 + slot as i32 * (width * 3 / 8);
+            let right = left + width * 3 / 8 - 2;
+            let root = area.strip_coord_spec();
+            let (ax, ay) = area.get_base_pixel();
+            let local = |x: i32, y: i32| (x - ax, y - ay);
+            root.draw(&Rectangle::new(
+                [local(left, y0), local(right, base)],
+                color.filled(),
+            ))
+            .map_err(err)?;
+            let (_, low) = chart.backend_coord(&(SegmentValue::Exact(c), s.low));
+            let (_, high) = chart.backend_coord(&(SegmentValue::Exact(c), s.high));
+            let mid = (left + right) / 2;
+            root.draw(&PathElement::new(
+                vec![local(mid, low), local(mid, high)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(err)?;
+            for y in [low, high] {
+                root.draw(&PathElement::new(
+                    vec![local(mid - 4, y), local(mid + 4, y)],
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(err)?;
+            }
+            root.draw(&Text::new(
+                short(s.median),
+                local(mid, high.min(y0) - 3),
+                TextStyle::from(value_font.clone()).pos(Pos::new(HPos::Center, VPos::Bottom)),
+            ))
+            .map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// `n` segments, one per case or row (plotters' integer ranges include
+/// their end).
+fn segments(
+    n: usize,
+) -> plotters::coord::ranged1d::SegmentedCoord<plotters::coord::types::RangedCoordusize> {
+    (0..n.saturating_sub(1)).into_segmented()
+}
+
+/// `0.0612` as `0.061`, `2080` as `2080`, `9.317` as `9.32`.
+fn short(v: f64) -> String {
+    match v.abs() {
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 1.0 => format!("{v:.2}"),
+        _ => format!("{v:.3}"),
+    }
+}
+
+/// How many times better podswitch is (above 1) or worse (below 1).
+fn advantage(metric: &Metric, k: f64, p: f64) -> f64 {
+    let r = if metric.higher_is_better {
+        p / k
+    } else {
+        k / p
+    };
+    if r.is_finite() && r > 0.0 {
+        r
+    } else {
+        1.0
+    }
+}
+
+/// Every case and metric as one row of podswitch's advantage, log axis.
+fn ratio_panel(
+    area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
+    cases: &[String],
+    metrics: &[Metric],
+    spreads: &BTreeMap<(usize, usize), (Spread, Spread)>,
+) -> Result<()> {
+    let rows: Vec<(String, f64)> = spreads
+        .iter()
+        .map(|(&(c, m), (k, p))| {
+            (
+                format!("{}, {}", cases[c], metrics[m].name),
+                advantage(&metrics[m], k.median, p.median),
+            )
+        })
+        .collect();
+    let lo = rows.iter().map(|r| r.1).fold(0.5f64, f64::min) / 1.6;
+    let hi = rows.iter().map(|r| r.1).fold(2.0f64, f64::max) * 1.6;
+    let n = rows.len();
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "podswitch / kernel, turned so that right is better for podswitch (log scale)",
+            ("sans-serif", 16),
+        )
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(300)
+        .build_cartesian_2d((lo..hi).log_scale(), segments(n))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(n)
+        .y_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => n
+                .checked_sub(1 + *i)
+                .and_then(|j| rows.get(j))
+                .map(|r| r.0.clone())
+                .unwrap_or_default(),
+            _ => String::new(),
+        })
+        .y_label_style(("sans-serif", 12))
+        .x_label_formatter(&|x| format!("{}x", short(*x)))
+        .x_desc("<- the kernel is better  |  podswitch is better ->")
+        .draw()
+        .map_err(err)?;
+    let label_font = ("sans-serif", 11).into_font();
+    for (i, (_, r)) in rows.iter().enumerate() {
+        // The first row on top.
+        let y = n - 1 - i;
+        let color = if *r >= 1.0 { BETTER } else { WORSE };
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [
+                    (1.0f64, SegmentValue::Exact(y)),
+                    (*r, SegmentValue::Exact(y + 1)),
+                ],
+                color.mix(0.85).filled(),
+            )))
+            .map_err(err)?;
+        let text = if *r >= 1.0 {
+            format!("{}x better", short(*r))
+        } else {
+            format!("{}x worse", short(1.0 / r))
+        };
+        let anchor = if *r >= 1.0 { HPos::Left } else { HPos::Right };
+        let (x, y) = chart.backend_coord(&(*r, SegmentValue::CenterOf(y)));
+        let offset = if *r >= 1.0 { 4 } else { -4 };
+        let root = area.strip_coord_spec();
+        let (ax, ay) = area.get_base_pixel();
+        root.draw(&Text::new(
+            text,
+            (x - ax + offset, y - ay),
+            TextStyle::from(label_font.clone()).pos(Pos::new(anchor, VPos::Center)),
+        ))
+        .map_err(err)?;
+    }
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            vec![
+                (1.0f64, SegmentValue::Exact(0)),
+                (1.0f64, SegmentValue::Exact(n)),
+            ],
+            BLACK.stroke_width(2),
+        )))
+        .map_err(err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Value {
+        let mut samples = Vec::new();
+        for (scope, scale) in [("cross-node", 1.0), ("same-node", 2.0)] {
+            for round in 0..3 {
+                for (dp, factor) in [("kernel", 1.0), ("podswitch", 0.5)] {
+                    for m in crate::bench::METRICS {
+                        samples.push(serde_json::json!({
+                            "backend": "vxlan", "scope": scope, "dataplane": dp,
+                            "metric": m.name, "unit": m.unit, "round": round,
+                            "value": scale * factor * (1.0 + round as f64 / 10.0),
+                        }));
+                    }
+                }
+            }
+        }
+        serde_json::json!({ "samples": samples })
+    }
+
+    /// Every case and metric gets its bars, error bars and a ratio row;
+    /// the ratio rows say better or worse the right way round.
+    #[test]
+    fn a_record_becomes_panels_and_ratio_rows() {
+        let svg = render(&record(), crate::bench::METRICS).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", &svg[..80]);
+        for m in crate::bench::METRICS {
+            assert!(svg.contains(m.name), "{}", m.name);
+        }
+        // Half the kernel's throughput is 2x worse; half its CPU and
+        // latency is 2x better.
+        assert_eq!(svg.matches("2.00x worse").count(), 2 * 3);
+        assert_eq!(svg.matches("2.00x better").count(), 2 * 3);
+        assert!(svg.contains("cross-node vxlan, tcp-1-stream"));
+    }
+
+    #[test]
+    fn a_record_without_samples_is_an_error() {
+        let e = render(&serde_json::json!({}), crate::bench::METRICS).unwrap_err();
+        assert!(e.to_string().contains("samples"), "{e}");
+    }
+}

@@ -513,24 +513,7 @@ fn pods_survive_a_killed_daemon_without_any_cni_call() {
     tcp_transfer(&pods[0], &pods[1], &ips[1], 1 << 20).unwrap();
 
     // kill -9: no cleanup at all, then a fresh daemon with the same state.
-    let pid = cluster.nodes[0]
-        .daemon
-        .as_ref()
-        .unwrap()
-        .child
-        .as_ref()
-        .unwrap()
-        .id();
-    common::run("kill", &["-KILL", &pid.to_string()]);
-    let _ = cluster.nodes[0]
-        .daemon
-        .as_mut()
-        .unwrap()
-        .child
-        .as_mut()
-        .unwrap()
-        .wait();
-    cluster.nodes[0].daemon.as_mut().unwrap().child = None;
+    cluster.nodes[0].daemon.as_mut().unwrap().kill_9();
     assert!(!ping(&pods[0], &ips[1], 1), "no daemon, no forwarding");
     cluster.start(0, &[]);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -854,9 +837,7 @@ fn cni_fault_campaign_leaves_nothing_behind() {
                 faults.lock().unwrap().gcs += usize::from(rc == 0);
             }
             if last_kill.elapsed() >= Duration::from_millis(1500) {
-                let mut child = daemon.child.take().unwrap();
-                common::run("kill", &["-KILL", &child.id().to_string()]);
-                let _ = child.wait();
+                daemon.kill_9();
                 faults.lock().unwrap().daemon_kills += 1;
                 daemon.child = Some(spawn_daemon(&daemon));
                 last_kill = Instant::now();

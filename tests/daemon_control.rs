@@ -335,7 +335,7 @@ fn tap_ports_lifecycle_and_idle_cpu() {
     );
 
     // Idle: the worker sleeps in the kernel.
-    let pid = node.daemon.as_ref().unwrap().child.as_ref().unwrap().id();
+    let pid = node.daemon.as_ref().unwrap().pid();
     let ticks = || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let fields: Vec<&str> = stat
@@ -520,24 +520,7 @@ fn runtime_peers_and_routes_survive_kill_9() {
     let mut cluster = Cluster::new("vxlan", "bridge", 1);
     cluster.start_all();
     let node = &cluster.nodes[0];
-    ok(
-        &node.ctl(&[
-            "peer",
-            "add",
-            "node3",
-            "--underlay-ip",
-            "192.168.100.3",
-            "--pod-cidr",
-            "10.244.3.0/24",
-            "--vtep-mac",
-            "02:0e:00:00:00:03",
-        ]),
-        "peer add",
-    );
-    ok(
-        &node.ctl(&["route", "add", "10.244.99.0/24", "peer:node3"]),
-        "route add",
-    );
+    add_runtime_peer_and_route(node);
     ok(
         &node.ctl(&["route", "add", "10.244.98.0/24", "blackhole"]),
         "route add",
@@ -549,11 +532,7 @@ fn runtime_peers_and_routes_survive_kill_9() {
     ok(&node.ctl(&["route", "del", "10.244.97.0/24"]), "route del");
 
     // kill -9, then a new daemon on the same state file.
-    let daemon = cluster.nodes[0].daemon.as_mut().unwrap();
-    let pid = daemon.child.as_ref().unwrap().id();
-    common::run("kill", &["-KILL", &pid.to_string()]);
-    let _ = daemon.child.as_mut().unwrap().wait();
-    daemon.child = None;
+    cluster.nodes[0].daemon.as_mut().unwrap().kill_9();
     cluster.start(0, &[]);
     let node = &cluster.nodes[0];
     let peers = node.ctl_json(&["peer", "list"]).to_string();
@@ -693,24 +672,7 @@ fn kill_9_under_load(kind: &str) {
     cluster.port_kind = kind.into();
     cluster.start_all();
     let node = &cluster.nodes[0];
-    ok(
-        &node.ctl(&[
-            "peer",
-            "add",
-            "node3",
-            "--underlay-ip",
-            "192.168.100.3",
-            "--pod-cidr",
-            "10.244.3.0/24",
-            "--vtep-mac",
-            "02:0e:00:00:00:03",
-        ]),
-        "peer add",
-    );
-    ok(
-        &node.ctl(&["route", "add", "10.244.99.0/24", "peer:node3"]),
-        "route add",
-    );
+    add_runtime_peer_and_route(node);
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
     assert!(ping(&a.ns, &b.ip, 3), "no traffic before the kill");
     let spawn_in = |ns: &Netns, args: &[&str]| {
@@ -742,13 +704,9 @@ fn kill_9_under_load(kind: &str) {
     );
     std::thread::sleep(Duration::from_secs(2));
 
-    let daemon = cluster.nodes[0].daemon.as_mut().unwrap();
-    let pid = daemon.child.as_ref().unwrap().id();
     let killed = std::time::Instant::now();
-    common::run("kill", &["-KILL", &pid.to_string()]);
-    let _ = daemon.child.as_mut().unwrap().wait();
+    cluster.nodes[0].daemon.as_mut().unwrap().kill_9();
     let exited = killed.elapsed();
-    daemon.child = None;
     cluster.start(0, &[]);
     let ready = killed.elapsed();
 
@@ -926,5 +884,28 @@ fn a_saved_port_whose_pod_end_moved_is_not_restored() {
         cluster.logs().contains("the pod's end of the veth moved"),
         "{}",
         cluster.logs()
+    );
+}
+
+/// Programs peer node3 and a route through it at runtime, through the
+/// control socket (what a restart must bring back).
+fn add_runtime_peer_and_route(node: &common::cluster::Node) {
+    ok(
+        &node.ctl(&[
+            "peer",
+            "add",
+            "node3",
+            "--underlay-ip",
+            "192.168.100.3",
+            "--pod-cidr",
+            "10.244.3.0/24",
+            "--vtep-mac",
+            "02:0e:00:00:00:03",
+        ]),
+        "peer add",
+    );
+    ok(
+        &node.ctl(&["route", "add", "10.244.99.0/24", "peer:node3"]),
+        "route add",
     );
 }

@@ -174,14 +174,7 @@ fn metrics_parse_count_exactly_and_ignore_slow_clients() {
         .expect("TCP with stalled scrapers");
     // Threads stay bounded by the connections (tiny_http reads each on a
     // thread; a response waits on its own thread), not by the requests.
-    let pid = cluster.nodes[0]
-        .daemon
-        .as_ref()
-        .unwrap()
-        .child
-        .as_ref()
-        .unwrap()
-        .id();
+    let pid = cluster.nodes[0].daemon.as_ref().unwrap().pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let threads: usize = status
         .lines()

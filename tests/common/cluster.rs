@@ -35,6 +35,18 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Its process id (`ip netns exec` runs it in its own place).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon running").id()
+    }
+
+    /// `kill -9`: no cleanup at all; returns once every thread is gone.
+    pub fn kill_9(&mut self) {
+        let mut child = self.child.take().expect("daemon running");
+        run("kill", &["-KILL", &child.id().to_string()]);
+        let _ = child.wait();
+    }
+
     /// The daemon's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log.0).unwrap_or_default()

@@ -20,12 +20,32 @@ fn name(what: &str) -> String {
     format!("t{}{what}", std::process::id() % 10000)
 }
 
-/// Takes a lab down when dropped, a failing test included.
+/// Takes a lab down when dropped, a failing test included; a passing
+/// test's daemons must have logged no WARN or ERROR line (checked before
+/// the lab and its logs go).
 struct LabGuard(String);
 
 impl Drop for LabGuard {
     fn drop(&mut self) {
+        let mut unexpected = Vec::new();
+        if !std::thread::panicking() {
+            let dir = format!("/run/podswitch-lab/{}", self.0);
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let log = std::fs::read_to_string(&path).unwrap_or_default();
+                    for line in common::cluster::unexpected_warnings(&log, &[]) {
+                        unexpected.push(format!("{}: {line}", path.display()));
+                    }
+                }
+            }
+        }
         let _ = ctl(&["lab", "down", "--name", &self.0]);
+        assert!(
+            unexpected.is_empty(),
+            "unexpected WARN/ERROR lines in the lab's logs:\n{}",
+            unexpected.join("\n")
+        );
     }
 }
 

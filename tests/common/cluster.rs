@@ -506,15 +506,21 @@ print('ready', flush=True)
 try:
     while n < want:
         d, _ = s.recvfrom(65535)
-        if len(d) == int(sys.argv[3]): n += 1
+        if len(d) == int(sys.argv[3]) and d.count(d[:1]) == len(d): n += 1
 except socket.timeout: pass
 print(n, flush=True)";
 
-/// Python that sends `count` UDP datagrams of `size` bytes to `IP PORT`.
+/// Python that sends `count` UDP datagrams of `size` bytes to `IP PORT`;
+/// with `SEGMENTS` above 1, each send carries that many datagrams in one
+/// buffer cut by the kernel's UDP segmentation offload (UDP_SEGMENT), and
+/// leaves the pod as one super-frame where the veth allows it.
 const UDP_SOURCE: &str = "import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+size, seg = int(sys.argv[4]), int(sys.argv[5])
+if seg > 1: s.setsockopt(17, 103, size)  # SOL_UDP, UDP_SEGMENT
 for i in range(int(sys.argv[3])):
-    s.sendto(bytes([i % 256]) * int(sys.argv[4]), (sys.argv[1], int(sys.argv[2]))); time.sleep(0.001)";
+    data = b''.join(bytes([(i * seg + j) % 256]) * size for j in range(seg))
+    s.sendto(data, (sys.argv[1], int(sys.argv[2]))); time.sleep(0.001)";
 
 fn python(ns: &Netns, script: &str, args: &[&str]) -> Child {
     Command::new("ip")
@@ -575,6 +581,21 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_ip: &str, bytes: usize) -> Resu
 /// Sends `count` UDP datagrams of `size` bytes and returns how many the
 /// receiver counted.
 pub fn udp_datagrams(from: &Netns, to: &Netns, to_ip: &str, count: u32, size: usize) -> u32 {
+    udp_gso_datagrams(from, to, to_ip, count, 1, size)
+}
+
+/// Sends `sends` buffers of `segments` UDP datagrams of `size` bytes each
+/// with UDP_SEGMENT (see [`UDP_SOURCE`]); returns how many whole, intact
+/// datagrams the receiver counted.
+pub fn udp_gso_datagrams(
+    from: &Netns,
+    to: &Netns,
+    to_ip: &str,
+    sends: u32,
+    segments: u32,
+    size: usize,
+) -> u32 {
+    let count = sends * segments;
     let mut sink = python(
         to,
         UDP_SINK,
@@ -584,7 +605,13 @@ pub fn udp_datagrams(from: &Netns, to: &Netns, to_ip: &str, count: u32, size: us
     let source = python(
         from,
         UDP_SOURCE,
-        &[to_ip, "5300", &count.to_string(), &size.to_string()],
+        &[
+            to_ip,
+            "5300",
+            &sends.to_string(),
+            &size.to_string(),
+            &segments.to_string(),
+        ],
     )
     .wait_with_output()
     .unwrap();

@@ -21,6 +21,12 @@
 //!   forward towards pods is dropped, so forwarding never makes the kernel
 //!   a second, unchecked path into pods (a host-gw peer's packets for our
 //!   pods reach the underlay interface too).
+//! - `prerouting` and `output` (raw): `notrack` for what never needs
+//!   translating: traffic with both ends in the cluster CIDR (the kernel
+//!   sees every pod frame on the host side of an AF_PACKET pod's veth) and
+//!   the tunnel's own packets (VXLAN or IP-in-UDP port, IP protocol 4). A
+//!   NAT table turns on connection tracking for the whole namespace; left
+//!   alone it would track every packet podswitch forwards.
 //!
 //! Forwarding is turned on only where egress needs it: on the host port
 //! (the pods' packets come in there) and on the interfaces replies come
@@ -48,6 +54,9 @@ pub(crate) struct EgressConfig {
     pub no_masquerade: Vec<Prefix>,
     pub host_interface: String,
     pub underlay_interface: String,
+    /// The tunnel's UDP ports (VXLAN, IP-in-UDP), whose packets are not
+    /// tracked.
+    pub tunnel_ports: Vec<u16>,
 }
 
 /// The ruleset, as `nft -f` reads it. Deleting the table first makes the
@@ -69,11 +78,34 @@ pub(crate) fn ruleset(config: &EgressConfig) -> String {
          \t\toifname \"{host}\" ct state established,related accept\n\
          \t\toifname \"{host}\" drop\n\
          \t}}\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority raw; policy accept;\n\
+         {untracked}\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority raw; policy accept;\n\
+         {untracked}\
+         \t}}\n\
          }}\n",
         pod = config.pod_cidr,
         keep = keep.join(", "),
         host = config.host_interface,
+        untracked = untracked(config),
     )
+}
+
+/// The `notrack` rules of the raw chains; see the module docs.
+fn untracked(config: &EgressConfig) -> String {
+    let cluster = config.cluster_cidr;
+    let mut rules = format!("\t\tip saddr {cluster} ip daddr {cluster} notrack\n");
+    if !config.tunnel_ports.is_empty() {
+        let ports: Vec<String> = config.tunnel_ports.iter().map(u16::to_string).collect();
+        let ports = ports.join(", ");
+        rules +=
+            &format!("\t\tudp dport {{ {ports} }} notrack\n\t\tudp sport {{ {ports} }} notrack\n");
+    }
+    rules += "\t\tip protocol 4 notrack\n";
+    rules
 }
 
 fn nft(script: &str) -> Result<(), String> {
@@ -176,6 +208,7 @@ mod tests {
             no_masquerade: vec!["172.16.0.0/12".parse().unwrap()],
             host_interface: "podswitch0".into(),
             underlay_interface: "ul0".into(),
+            tunnel_ports: vec![8472],
         };
         let rules = ruleset(&config);
         assert!(rules.starts_with("table ip podswitch\ndelete table ip podswitch\n"));
@@ -185,5 +218,14 @@ mod tests {
         ));
         assert!(rules.contains("oifname \"podswitch0\" ct state established,related accept"));
         assert!(rules.contains("oifname \"podswitch0\" drop"));
+        assert_eq!(
+            rules
+                .matches("ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 notrack")
+                .count(),
+            2,
+            "prerouting and output"
+        );
+        assert!(rules.contains("udp dport { 8472 } notrack"));
+        assert!(rules.contains("ip protocol 4 notrack"));
     }
 }

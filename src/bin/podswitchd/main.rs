@@ -203,6 +203,7 @@ fn run(settings: Settings) -> Result<(), String> {
             no_masquerade: settings.no_masquerade.clone(),
             host_interface: settings.host_interface.clone(),
             underlay_interface: settings.underlay_interface.clone(),
+            tunnel_ports: vec![node.vxlan_port, node.udp_port],
         };
         let originals = egress::install(&config, saved.sysctls.clone())
             .map_err(|e| format!("masquerade: {e}"))?;

@@ -461,9 +461,7 @@ impl Handler {
 /// A port's name, or its number if it is gone.
 fn port_name(snap: &Snapshot, id: u16) -> String {
     snap.ports
-        .get(podswitch_engine::port::PortId(id))
-        .map(|p| p.spec.name.clone())
-        .unwrap_or_else(|| format!("#{id}"))
+        .name_or_number(podswitch_engine::port::PortId(id))
 }
 
 fn resolve(snap: &Snapshot, spec: &NextHopSpec) -> Result<NextHop, String> {

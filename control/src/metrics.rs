@@ -25,7 +25,7 @@ use podswitch_engine::drop::DropReason;
 use podswitch_engine::tables::Tables;
 use podswitch_engine::worker::{WorkerStats, BATCH_BUCKETS};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -133,12 +133,12 @@ impl Metrics {
 }
 
 /// One counter family with a label per sample.
-fn counters<'a>(
+fn counters<'a, N: EncodeCounterValue>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     label: &str,
-    samples: impl IntoIterator<Item = (&'a str, u64)>,
+    samples: impl IntoIterator<Item = (&'a str, N)>,
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (value, n) in samples {
@@ -160,11 +160,7 @@ impl Collector for Metrics {
             .ports
             .iter()
             .map(|(id, s)| {
-                let name = snap
-                    .ports
-                    .get(*id)
-                    .map(|p| p.spec.name.clone())
-                    .unwrap_or_else(|| format!("#{}", id.0));
+                let name = snap.ports.name_or_number(*id);
                 (name, *s)
             })
             .collect();
@@ -250,26 +246,20 @@ impl Collector for Metrics {
             .enumerate()
             .map(|(i, w)| (i.to_string(), w.snapshot()))
             .collect();
-        let mut family = encoder.encode_descriptor(
+        counters(
+            &mut encoder,
             "podswitch_worker_busy_seconds",
             "Seconds a worker was awake: forwarding or polling for more.",
-            None,
-            MetricType::Counter,
+            "worker",
+            workers.iter().map(|(w, s)| (w.as_str(), s.busy_secs())),
         )?;
-        for (w, s) in &workers {
-            ConstCounter::new(s.busy_secs())
-                .encode(family.encode_family(&[("worker", w.as_str())])?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        counters(
+            &mut encoder,
             "podswitch_worker_idle_seconds",
             "Seconds a worker slept in epoll_wait.",
-            None,
-            MetricType::Counter,
+            "worker",
+            workers.iter().map(|(w, s)| (w.as_str(), s.idle_secs)),
         )?;
-        for (w, s) in &workers {
-            ConstCounter::new(s.idle_secs)
-                .encode(family.encode_family(&[("worker", w.as_str())])?)?;
-        }
         counters(
             &mut encoder,
             "podswitch_worker_wakeups",

@@ -124,6 +124,14 @@ impl PortTable {
     pub fn by_name(&self, name: &str) -> Option<&PortEntry> {
         self.iter().find(|p| p.spec.name == name)
     }
+
+    /// The interface name of port `id`, or `#id` once it is detached
+    /// (counters and learned entries outlive their port).
+    pub fn name_or_number(&self, id: PortId) -> String {
+        self.get(id)
+            .map(|p| p.spec.name.clone())
+            .unwrap_or_else(|| format!("#{}", id.0))
+    }
 }
 
 /// A pod's MAC, as the ARP table (`ip neigh`) knows it.

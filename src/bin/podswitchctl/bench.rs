@@ -118,7 +118,8 @@ fn ns_run(ns: &str, args: &[&str]) -> Result<String> {
     lab::run("ip", &full)
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// The middle value of `v` (the upper one of an even count), sorting it.
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return 0.0;

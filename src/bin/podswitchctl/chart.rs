@@ -66,10 +66,11 @@ fn spread(mut v: Vec<f64>) -> Option<Spread> {
     if v.is_empty() {
         return None;
     }
-    v.sort_by(f64::total_cmp);
+    // The bench's own median, which leaves `v` sorted.
+    let median = crate::bench::median(&mut v);
     Some(Spread {
         low: v[0],
-        median: v[v.len() / 2],
+        median,
         high: v[v.len() - 1],
     })
 }

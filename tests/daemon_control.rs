@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::cluster::{ping, udp_datagrams, Cluster};
+use common::cluster::{ping, port_kind, udp_datagrams, Cluster};
 use common::{require, Netns, TempFile};
 
 fn ok(out: &std::process::Output, what: &str) -> String {
@@ -746,13 +746,7 @@ fn kill_9_under_load(kind: &str) {
     // The restored pod ports are of the kind asked for: with AF_XDP, the
     // program the killed daemon left was its own and was replaced.
     let ports = node.ctl_json(&["port", "list"]);
-    let pod_if = &cluster.pods[0].host_if;
-    let restored = ports
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["interface"] == pod_if.as_str())
-        .map(|p| p["kind"].clone());
+    let restored = port_kind(&ports, &cluster.pods[0].host_if);
     assert_eq!(restored, Some(serde_json::json!(kind)), "{ports}");
 }
 
@@ -841,12 +835,7 @@ fn a_foreign_xdp_program_is_never_removed() {
     );
     assert_eq!(program(), before, "the foreign program was replaced");
     let ports = node.ctl_json(&["port", "list"]);
-    let kind = ports
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["interface"] == "xf0")
-        .map(|p| p["kind"].clone());
+    let kind = port_kind(&ports, "xf0");
     assert_eq!(kind, Some(serde_json::json!("af-packet")), "{ports}");
     let logs = cluster.logs();
     assert!(

@@ -39,7 +39,7 @@ pub enum NextHopSpec {
 }
 
 /// A frame for `trace`, described by its fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FrameSpec {
     /// Source MAC (default: the in port's pod MAC).

@@ -245,15 +245,8 @@ fn every_request_type() {
             in_port: "veth-bb1".into(),
             hex: None,
             frame: Some(FrameSpec {
-                src_mac: None,
-                dst_mac: None,
-                src_ip: None,
                 dst_ip: "10.244.2.5".into(),
-                protocol: None,
-                ttl: None,
-                payload_len: None,
-                dont_frag: None,
-                gso_size: None,
+                ..FrameSpec::default()
             }),
         },
     );
@@ -276,15 +269,11 @@ fn every_request_type() {
         in_port: "veth-bb1".into(),
         hex: None,
         frame: Some(FrameSpec {
-            src_mac: None,
-            dst_mac: None,
-            src_ip: None,
             dst_ip: "10.244.2.5".into(),
             protocol: Some(protocol.into()),
-            ttl: None,
             payload_len: Some(20_000),
-            dont_frag: None,
             gso_size: Some(gso_size),
+            ..FrameSpec::default()
         }),
     };
     let traced = ok(&mut c, super_frame(1398, "tcp"));

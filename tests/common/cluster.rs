@@ -380,10 +380,7 @@ impl Cluster {
         // to AF_PACKET) would test the other kind under this one's name.
         let ports = self.nodes[n].ctl_json(&["port", "list"]);
         for pod in self.pods.iter().filter(|p| p.node == n) {
-            let kind = ports
-                .as_array()
-                .and_then(|a| a.iter().find(|p| p["interface"] == pod.host_if.as_str()))
-                .map(|p| p["kind"].clone());
+            let kind = port_kind(&ports, &pod.host_if);
             assert_eq!(
                 kind,
                 Some(serde_json::json!(self.port_kind)),
@@ -412,6 +409,16 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// The kind (`af-xdp`, `af-packet`, ...) of `interface` in a `port list`
+/// reply, if it is attached.
+pub fn port_kind(ports: &serde_json::Value, interface: &str) -> Option<serde_json::Value> {
+    ports
+        .as_array()?
+        .iter()
+        .find(|p| p["interface"] == interface)
+        .map(|p| p["kind"].clone())
 }
 
 /// The WARN and ERROR lines of a daemon log that `expected` does not name.

@@ -264,7 +264,7 @@ fn seen_address(
 /// kill -9, and a SIGTERM removes it and puts forwarding back.
 #[test]
 fn pods_reach_outside_masqueraded_and_nothing_stays() {
-    require(&["ip", "ping", "nft", "/usr/bin/python3", "pgrep"]);
+    require(&["ip", "ping", "nft", "/usr/bin/python3", "pgrep", "tcpdump"]);
     let name = name("egr");
     let _guard = LabGuard(name.clone());
     let _status = up(&name, "podswitch", "vxlan", "bridge");
@@ -319,29 +319,46 @@ fn pods_reach_outside_masqueraded_and_nothing_stays() {
         &["ping", "-c", "3", "-i", "0.2", "-W", "2", "192.168.100.200"],
     );
     assert!(ping.contains(", 0% packet loss"), "{ping}");
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &outside.name,
-            "/usr/bin/python3",
-            "-c",
-            PEER_ADDRESS,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert_eq!(
-        seen_address(&name, &mut server, "pod1-1", "192.168.100.200"),
-        "192.168.100.1",
-        "the outside sees the node's address"
-    );
-    let mut server = ctl_spawn(&name, "pod2-1", PEER_ADDRESS);
-    assert_eq!(
-        seen_address(&name, &mut server, "pod1-1", "10.244.2.2"),
-        "10.244.1.2",
-        "another pod sees the pod's address"
-    );
+    let in_outside = |args: &[&str]| {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &outside.name]).args(args);
+        cmd
+    };
+    let in_pod2 = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podswitchctl"));
+        cmd.args(["lab", "exec", "--name", &name, "pod2-1", "--"])
+            .args(args);
+        cmd
+    };
+    let receivers: [(&dyn Fn(&[&str]) -> Command, &str, &str, &str); 2] = [
+        (
+            &in_outside,
+            "192.168.100.200",
+            "192.168.100.1",
+            "the outside sees the node's address",
+        ),
+        (
+            &in_pod2,
+            "10.244.2.2",
+            "10.244.1.2",
+            "another pod sees the pod's address",
+        ),
+    ];
+    for (receiver, to_ip, expected, what) in receivers {
+        // Seen twice at the receiver: by tcpdump on its interface, and by
+        // the server's socket.
+        let capture = SynCapture::start(receiver(&[]));
+        let mut server = receiver(&["/usr/bin/python3", "-c", PEER_ADDRESS])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert_eq!(
+            seen_address(&name, &mut server, "pod1-1", to_ip),
+            expected,
+            "{what}"
+        );
+        assert_eq!(capture.source(), expected, "{what} (tcpdump)");
+    }
 
     // kill -9 and a new daemon on the same files: one table, one rule.
     let pid = String::from_utf8_lossy(
@@ -422,21 +439,43 @@ fn pods_reach_outside_masqueraded_and_nothing_stays() {
     assert_eq!(forwarding("net.ipv4.conf.ul0.forwarding"), "0");
 }
 
-/// Spawns Python `script` in a lab pod, stdout piped.
-fn ctl_spawn(name: &str, pod: &str, script: &str) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_podswitchctl"))
-        .args([
-            "lab",
-            "exec",
-            "--name",
-            name,
-            pod,
-            "--",
-            "/usr/bin/python3",
-            "-c",
-            script,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
+/// tcpdump on a receiver's eth0, waiting for the first TCP SYN to 5201.
+struct SynCapture(std::process::Child);
+
+impl SynCapture {
+    /// Starts tcpdump through `receiver` (a command that runs its
+    /// arguments where the receiver is) and returns once it listens.
+    fn start(mut receiver: Command) -> SynCapture {
+        use std::io::BufRead;
+        let mut child = receiver
+            .args(["tcpdump", "-n", "-l", "-i", "eth0", "-c", "1"])
+            .arg("tcp dst port 5201 and tcp[tcpflags] & tcp-syn != 0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("listening on") {
+            line.clear();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "tcpdump did not start"
+            );
+        }
+        SynCapture(child)
+    }
+
+    /// The source address of the SYN it saw.
+    fn source(self) -> String {
+        let out = self.0.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // "12:00:00.000000 IP 10.244.1.2.40000 > 10.244.2.2.5201: Flags [S], ..."
+        let source = text.split_whitespace().skip_while(|w| *w != "IP").nth(1);
+        let source = source.unwrap_or_else(|| panic!("no SYN captured: {text}"));
+        source
+            .rsplit_once('.')
+            .map(|(ip, _)| ip.to_string())
+            .unwrap()
+    }
 }

@@ -330,7 +330,9 @@ fn pods_reach_outside_masqueraded_and_nothing_stays() {
             .args(args);
         cmd
     };
-    let receivers: [(&dyn Fn(&[&str]) -> Command, &str, &str, &str); 2] = [
+    // (runs a command at the receiver, its address, the source it must see, what that says)
+    type Receiver<'a> = &'a dyn Fn(&[&str]) -> Command;
+    let receivers: [(Receiver, &str, &str, &str); 2] = [
         (
             &in_outside,
             "192.168.100.200",

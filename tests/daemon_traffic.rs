@@ -19,7 +19,8 @@
 mod common;
 
 use common::cluster::{ping, tcp_transfer, udp_datagrams, udp_gso_datagrams, Cluster, MODES};
-use common::require;
+use common::{require, Netns};
+use std::fmt::Write as _;
 
 const TCP_BYTES: usize = 10 * 1024 * 1024;
 const DATAGRAMS: u32 = 20;
@@ -215,6 +216,40 @@ fn cross_node_tcp_moves_as_super_frames() {
     }
 }
 
+/// Where datagrams went, for a failed count: every node's counters and
+/// the kernel's UDP and IP counters on each node and in the receiving pod
+/// (a full socket shows there as `UdpRcvbufErrors`), then the logs.
+fn where_lost(cluster: &Cluster, receiver: &Netns) -> String {
+    let mut report = String::new();
+    for node in &cluster.nodes {
+        let stats = node.ctl_json(&["stats"]);
+        let name = format!("node{}", node.index);
+        let _ = writeln!(report, "{name} counters: {stats}");
+        let _ = writeln!(report, "{name} kernel: {}", kernel_counters(&node.ns));
+    }
+    let _ = writeln!(
+        report,
+        "receiving pod kernel: {}",
+        kernel_counters(receiver)
+    );
+    report + &cluster.logs()
+}
+
+/// The nonzero IP and UDP counters of a namespace's kernel, as `nstat`
+/// prints them since boot.
+fn kernel_counters(ns: &Netns) -> String {
+    let out = ns.exec("nstat", &["-a"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("Ip") || l.starts_with("Udp"))
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            Some(format!("{}={}", fields.next()?, fields.next()?))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A pod's UDP segmentation offload (UDP_SEGMENT, what QUIC stacks use):
 /// each send leaves the pod as one super-frame of 16 datagrams, which
 /// podswitch takes whole from the pod's port, and every datagram reaches
@@ -248,7 +283,7 @@ fn pods_sending_udp_gso_reach_pods_intact() {
                 got,
                 sends * segments,
                 "{backend} {where_}: every datagram, intact\n{}",
-                cluster.logs()
+                where_lost(&cluster, &b.ns)
             );
             let after = counter(&port_stats(&cluster, a.node, &a.host_if), "super_frames_in");
             assert!(

@@ -505,9 +505,14 @@ s.sendall(data); s.close()
 print(len(data), hashlib.sha256(data).hexdigest(), flush=True)";
 
 /// Python that receives UDP datagrams on `port` until `count` arrived or
-/// 3 s of silence, and prints how many.
+/// 3 s of silence, and prints how many. Its socket buffer is 8 MiB
+/// (SO_RCVBUFFORCE, root in the test's namespace): a UDP_SEGMENT burst
+/// reaches the pod as 16 datagrams in microseconds, and a Python reader
+/// descheduled on a 2-core machine overflowed the default 208 KiB (the
+/// pod's kernel counted them as `UdpRcvbufErrors`, not podswitch).
 const UDP_SINK: &str = "import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', int(sys.argv[1])))
+s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
 s.settimeout(3); want = int(sys.argv[2]); n = 0
 print('ready', flush=True)
 try:

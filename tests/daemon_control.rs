@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::cluster::{ping, port_kind, udp_datagrams, Cluster};
+use common::cluster::{ping, port_kind, udp_datagrams, Cluster, UdpSink};
 use common::{require, Netns, TempFile};
 
 fn ok(out: &std::process::Output, what: &str) -> String {
@@ -286,6 +286,60 @@ fn counters_match_the_traffic_and_drops_show_their_reason() {
         "the spoofed frame is counted under its reason"
     );
     assert_eq!(port_counters(&cluster, 0, &a.host_if).2, after_a.2 + 1);
+}
+
+/// A pod's frames end in podswitch, never in the node's own stack: the
+/// host side of an AF_PACKET pod's veth is a tap the node's kernel would
+/// otherwise go on with, and an Ethernet broadcast carrying a forged
+/// source address to one of the node's own addresses was delivered to the
+/// node's sockets past podswitch's anti-spoofing. Each such frame is
+/// counted by podswitch as spoofed and reaches no node socket. Once the
+/// port is taken off, the same frames reach the node's socket again: the
+/// probe is one the kernel answers, and the stop goes with the port.
+#[test]
+fn pod_frames_end_in_podswitch_not_in_the_nodes_stack() {
+    require(&["ip", "ping", "/usr/bin/python3"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.port_kind = "af-packet".into();
+    cluster.start_all();
+    let a = &cluster.pods[0];
+    let node = &cluster.nodes[a.node];
+    assert!(ping(&a.ns, &format!("10.244.{}.1", node.index), 1));
+    let payload = [b'x'; 16];
+    let src_mac: podswitch_encap::MacAddr = a.mac.parse().unwrap();
+    let forged: Vec<Vec<u8>> = [node.underlay_ip.as_str(), "10.244.1.1"]
+        .iter()
+        .map(|to| {
+            let to: std::net::Ipv4Addr = to.parse().unwrap();
+            let mut frame = Vec::new();
+            etherparse::PacketBuilder::ethernet2(src_mac.0, [0xff; 6])
+                .ipv4([10, 244, 1, 99], to.octets(), 64)
+                .udp(1000, 9999)
+                .write(&mut frame, &payload)
+                .unwrap();
+            frame
+        })
+        .collect();
+    let spoofed = || {
+        node.ctl_json(&["stats"])["drops"]["spoofed_source_ip"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+
+    let before = spoofed();
+    let sink = UdpSink::start(&node.ns, 9999, 1, payload.len());
+    a.ns.send_raw("eth0", &forged);
+    assert_eq!(sink.count(), 0, "a forged frame reached the node's socket");
+    assert_eq!(spoofed() - before, 2, "podswitch counted both as spoofed");
+
+    node.ctl_json(&["port", "del", &a.host_if]);
+    let sink = UdpSink::start(&node.ns, 9999, 1, payload.len());
+    a.ns.send_raw("eth0", &forged);
+    assert_eq!(
+        sink.count(),
+        1,
+        "without the port, the kernel takes the frame (the probe works)"
+    );
 }
 
 #[test]

@@ -250,6 +250,18 @@ fn kernel_counters(ns: &Netns) -> String {
         .join(" ")
 }
 
+/// One of a namespace's kernel counters (`nstat -az NAME`), since the
+/// namespace was made.
+fn kernel_counter(ns: &Netns, name: &str) -> u64 {
+    let nstat = ns.exec("nstat", &["-az", name]);
+    String::from_utf8_lossy(&nstat.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// A pod's UDP segmentation offload (UDP_SEGMENT, what QUIC stacks use):
 /// each send leaves the pod as one super-frame of 16 datagrams, which
 /// podswitch takes whole from the pod's port, and every datagram reaches
@@ -290,13 +302,7 @@ fn pods_sending_udp_gso_reach_pods_intact() {
                 after >= before + u64::from(sends),
                 "{backend} {where_}: the sends arrived as super-frames ({before} -> {after})"
             );
-            let nstat = b.ns.exec("nstat", &["-az", "UdpInCsumErrors"]);
-            let errors: u64 = String::from_utf8_lossy(&nstat.stdout)
-                .lines()
-                .find_map(|l| l.strip_prefix("UdpInCsumErrors"))
-                .and_then(|l| l.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+            let errors = kernel_counter(&b.ns, "UdpInCsumErrors");
             assert_eq!(errors, 0, "{backend} {where_}: UDP checksum errors");
         }
     }

@@ -607,13 +607,7 @@ pub fn udp_gso_datagrams(
     segments: u32,
     size: usize,
 ) -> u32 {
-    let count = sends * segments;
-    let mut sink = python(
-        to,
-        UDP_SINK,
-        &["5300", &count.to_string(), &size.to_string()],
-    );
-    let out = wait_ready(&mut sink);
+    let sink = UdpSink::start(to, 5300, sends * segments, size);
     let source = python(
         from,
         UDP_SOURCE,
@@ -632,5 +626,31 @@ pub fn udp_gso_datagrams(
         "{}",
         String::from_utf8_lossy(&source.stderr)
     );
-    finish(sink, out).parse().unwrap_or(0)
+    sink.count()
+}
+
+/// A UDP receiver in a namespace ([`UDP_SINK`]): counts intact datagrams
+/// of one size (every byte the same) on one port.
+pub struct UdpSink {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl UdpSink {
+    /// Listens on `port` in `ns`, ready when this returns, until `want`
+    /// datagrams of `size` bytes arrived or 3 s passed without one.
+    pub fn start(ns: &Netns, port: u16, want: u32, size: usize) -> UdpSink {
+        let mut child = python(
+            ns,
+            UDP_SINK,
+            &[&port.to_string(), &want.to_string(), &size.to_string()],
+        );
+        let out = wait_ready(&mut child);
+        UdpSink { child, out }
+    }
+
+    /// How many arrived.
+    pub fn count(self) -> u32 {
+        finish(self.child, self.out).parse().unwrap_or(0)
+    }
 }

@@ -27,6 +27,7 @@ use crate::port::{Port, PortId, PortKind};
 use crate::stats::OffloadEvent;
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::packet_socket::{PacketOptions, PacketSocket};
+use crate::sys::tcx::IngressStop;
 use crate::tables::Tables;
 
 /// The receive side shared by pod ports and the underlay's host-gw socket.
@@ -256,21 +257,39 @@ pub struct AfPacketPort {
     counter: Counter,
     rx: PacketRx,
     tx: TxScratch,
+    /// What ends the node kernel's own handling of the pod's frames once
+    /// the socket has them ([`crate::sys::tcx`]), or why it could not be
+    /// attached.
+    kernel_stop: io::Result<IngressStop>,
 }
 
 impl AfPacketPort {
     /// Opens the port on interface `name` with the pod offloads handled
-    /// (virtio-net headers) and the qdisc bypassed.
+    /// (virtio-net headers) and the qdisc bypassed, and ends the pod's
+    /// frames in podswitch: the node's kernel, which sees them first on
+    /// the veth, does not go on with them where it has tcx (see
+    /// [`AfPacketPort::kernel_stop_error`]).
     pub fn open(name: &str, id: PortId, tables: Arc<Tables>) -> io::Result<AfPacketPort> {
         let ifindex = crate::sys::netdev::ifindex(name)?;
         let sock = PacketSocket::open(ifindex, PacketOptions::default())
             .map_err(|e| io::Error::new(e.kind(), format!("AF_PACKET on {name}: {e}")))?;
+        // After the socket is bound, so that no frame reaches neither.
+        let kernel_stop = IngressStop::attach(ifindex);
         Ok(AfPacketPort {
             name: name.to_string(),
             counter: Counter { tables, id },
             rx: PacketRx::new(sock),
             tx: TxScratch::default(),
+            kernel_stop,
         })
+    }
+
+    /// Why the node's kernel still goes on with this pod's frames after
+    /// the socket has them (a kernel before 6.6, BPF not allowed), if it
+    /// does. Then a pod's Ethernet broadcast reaches the node's own stack
+    /// past podswitch's checks, as it would with any tap.
+    pub fn kernel_stop_error(&self) -> Option<&io::Error> {
+        self.kernel_stop.as_ref().err()
     }
 }
 

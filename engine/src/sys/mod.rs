@@ -5,7 +5,9 @@
 //! Everything above this module is safe Rust over these wrappers:
 //! batched socket calls ([`mmsg`]), AF_PACKET sockets ([`packet_socket`]),
 //! UDP and raw IPv4 sockets ([`inet`]), TUN/TAP devices ([`tun`]) and the
-//! interface ioctls the daemon needs ([`netdev`]).
+//! interface ioctls the daemon needs ([`netdev`]), and the tcx hook that
+//! stops pod frames in the node's kernel once podswitch has them
+//! ([`tcx`]).
 
 #![allow(unsafe_code)]
 
@@ -14,6 +16,7 @@ pub mod mmsg;
 pub mod netdev;
 pub mod netlink;
 pub mod packet_socket;
+pub mod tcx;
 pub mod tun;
 pub mod xdp;
 

@@ -96,6 +96,12 @@ impl Daemon {
                 let _ = netdev::disable_ipv6(name);
                 netdev::set_up(name)?;
                 let port = AfPacketPort::open(name, id, Arc::clone(&self.tables))?;
+                if let Some(e) = port.kernel_stop_error() {
+                    tracing::warn!(
+                        interface = name,
+                        "tcx unavailable ({e}): the node's kernel also takes this pod's frames, broadcasts to the node's own addresses included"
+                    );
+                }
                 Ok((Box::new(port), kind.to_string()))
             }
             "tap" => {

@@ -34,6 +34,9 @@ use podswitch_encap::pcap::PcapWriter;
 /// File descriptors one port may ask to be polled.
 const FDS_PER_PORT: usize = 8;
 const WAKER: Token = Token(usize::MAX);
+/// While some port has frames waiting, epoll is asked once in this many
+/// turns of the loop.
+const POLL_EVERY_TURNS: u32 = 4;
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -242,35 +245,45 @@ impl Loop {
         let mut batch: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE * 48);
         let mut out = Outputs::new();
         let mut busy_until = Instant::now();
+        let mut turns_since_poll = 0;
         loop {
             let capturing = self.captures > 0;
-            let timeout = if !self.ready_list.is_empty() || Instant::now() < busy_until {
-                Some(Duration::ZERO)
-            } else if capturing {
-                Some(Duration::from_millis(100))
-            } else {
-                None
-            };
-            // Only a wait that may sleep is timed: the busy-polling turns
-            // (timeout zero) are the worker's work.
-            let sleep_started = (timeout != Some(Duration::ZERO)).then(Instant::now);
-            let polled = self.poll.poll(&mut events, timeout);
-            if let Some(started) = sleep_started {
-                self.stats.slept(started);
-            }
-            if let Err(e) = polled {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    eprintln!("podswitch worker: poll failed: {e}");
-                    return;
+            // While ports still have frames queued, most turns skip
+            // epoll: its answer (new readiness, commands) can wait a few
+            // turns, since edge-triggered events stay queued in the
+            // kernel until asked for, and the system call is a tenth of
+            // the worker's time under load.
+            turns_since_poll += 1;
+            if self.ready_list.is_empty() || turns_since_poll >= POLL_EVERY_TURNS {
+                turns_since_poll = 0;
+                let timeout = if !self.ready_list.is_empty() || Instant::now() < busy_until {
+                    Some(Duration::ZERO)
+                } else if capturing {
+                    Some(Duration::from_millis(100))
+                } else {
+                    None
+                };
+                // Only a wait that may sleep is timed: the busy-polling
+                // turns (timeout zero) are the worker's work.
+                let sleep_started = (timeout != Some(Duration::ZERO)).then(Instant::now);
+                let polled = self.poll.poll(&mut events, timeout);
+                if let Some(started) = sleep_started {
+                    self.stats.slept(started);
                 }
-            }
-            for event in &events {
-                if event.token() == WAKER {
-                    if !self.commands() {
+                if let Err(e) = polled {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        eprintln!("podswitch worker: poll failed: {e}");
                         return;
                     }
-                } else {
-                    self.mark_ready(PortId((event.token().0 / FDS_PER_PORT) as u16));
+                }
+                for event in &events {
+                    if event.token() == WAKER {
+                        if !self.commands() {
+                            return;
+                        }
+                    } else {
+                        self.mark_ready(PortId((event.token().0 / FDS_PER_PORT) as u16));
+                    }
                 }
             }
             let mut moved = false;

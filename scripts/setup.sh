@@ -4,11 +4,15 @@
 set -euo pipefail
 
 packages=(
-  # build: crates that compile C (libbpf/libxdp for AF_XDP come later)
+  # build: crates that compile C (libbpf/libxdp for AF_XDP come later);
+  # protoc for etcd-client's gRPC definitions
   build-essential pkg-config clang llvm libelf-dev zlib1g-dev libpcap-dev m4 gcc-multilib
+  protobuf-compiler libprotobuf-dev
   # tests: namespaces, independent wire-format sources, traffic
   iproute2 procps tcpdump tshark python3-scapy iputils-ping iperf3 ethtool netsniff-ng
   python3-prometheus-client nftables
+  # the lease store's tests run a real etcd
+  etcd-server
   containernetworking-plugins
 )
 

@@ -54,6 +54,10 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
     /// A peer or route request was applied: a daemon keeps it, so that a
     /// restart brings it back (the default keeps nothing).
     fn applied(&self, _request: &Request) {}
+    /// The lease store's health, for `status` (None: peers are static).
+    fn store_status(&self) -> Option<Value> {
+        None
+    }
 }
 
 /// Longest capture, in seconds.
@@ -408,6 +412,7 @@ impl Handler {
             "peers": snap.peers.len(),
             "routes": snap.fib.len(),
             "uptime_secs": self.started.elapsed().as_secs(),
+            "store": self.dataplane.as_ref().and_then(|d| d.store_status()),
         })
     }
 

@@ -97,6 +97,11 @@ pub struct Node {
     pub ns: Netns,
     pub underlay_ip: String,
     pub daemon: Option<Daemon>,
+    /// The first three octets of the node's pod /24 (10.244.`index` unless
+    /// a lease store gave it another).
+    pub pod_net: String,
+    /// Where a daemon with a lease store writes flannel's subnet file.
+    pub subnet_file: TempFile,
 }
 
 /// A pod: a namespace with eth0, behind a node.
@@ -125,6 +130,9 @@ pub struct Cluster {
     /// their text; any other one fails the test when the cluster stops
     /// (as Open vSwitch's tests check the daemon's log at exit).
     pub expected_warnings: Vec<&'static str>,
+    /// A lease store's URL: the daemons lease their subnets and learn
+    /// their peers there (`[cluster] store = "etcd"`).
+    pub store: Option<String>,
 }
 
 /// The podswitchd binary under test.
@@ -140,7 +148,7 @@ pub fn podswitchctl() -> &'static str {
 impl Node {
     /// The node's pod subnet.
     pub fn pod_cidr(&self) -> String {
-        format!("10.244.{}.0/24", self.index)
+        format!("{}.0/24", self.pod_net)
     }
 
     /// Runs podswitchctl against this node's daemon.
@@ -180,6 +188,8 @@ impl Cluster {
                 ns,
                 underlay_ip: format!("192.168.100.{index}"),
                 daemon: None,
+                pod_net: format!("10.244.{index}"),
+                subnet_file: TempFile::new("subnet.env"),
             });
         }
         veth(&nodes[0].ns, "ul0", &nodes[1].ns, "ul0");
@@ -201,6 +211,7 @@ impl Cluster {
             vtep_macs: vec![None, None],
             port_kind: "af-xdp".into(),
             expected_warnings: Vec::new(),
+            store: None,
         };
         for n in 0..2 {
             for p in 0..pods_per_node {
@@ -217,7 +228,7 @@ impl Cluster {
         let x = node.index;
         let ns = Netns::new(&format!("pod{x}-{host}"));
         let host_if = format!("vp{x}x{host}");
-        let ip = format!("10.244.{x}.{host}");
+        let ip = format!("{}.{host}", node.pod_net);
         let mac = format!("02:00:0a:f4:{x:02x}:{host:02x}");
         run(
             "ip",
@@ -250,7 +261,13 @@ impl Cluster {
         node.ns.ip(&["link", "set", &host_if, "up"]);
         if self.mode == "bridge" {
             ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-            ns.ip(&["route", "add", "default", "via", &format!("10.244.{x}.1")]);
+            ns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("{}.1", node.pod_net),
+            ]);
         } else {
             ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
             ns.ip(&[
@@ -275,9 +292,21 @@ impl Cluster {
     }
 
     /// The TOML configuration of node `n`'s daemon, with the other node
-    /// as a static peer.
+    /// as a static peer; with a lease store, the subnet, network, backend
+    /// and peers come from the store instead.
     pub fn config(&self, n: usize) -> String {
         let node = &self.nodes[n];
+        if let Some(url) = &self.store {
+            return format!(
+                "[node]\nname = \"node{x}\"\nunderlay_interface = \"ul0\"\ngateway_mode = \"{mode}\"\n\n\
+                 [cluster]\nstore = \"etcd\"\nendpoints = [\"{url}\"]\nsubnet_file = \"{file}\"\n\n\
+                 [dataplane]\nbusy_poll_us = 50\npool_buffers = 4096\nport_kind = \"{kind}\"\n",
+                x = node.index,
+                mode = self.mode,
+                file = node.subnet_file.0.display(),
+                kind = self.port_kind,
+            );
+        }
         let mut text = format!(
             "[node]\nname = \"node{x}\"\npod_cidr = \"{cidr}\"\ncluster_cidr = \"10.244.0.0/16\"\n\
              underlay_interface = \"ul0\"\ngateway_mode = \"{mode}\"\n\n[backend]\ntype = \"{backend}\"\n\n\

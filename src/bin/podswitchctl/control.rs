@@ -384,6 +384,31 @@ fn table(rows: &Value, columns: &[(&str, &str)]) -> String {
     out
 }
 
+/// The lease store's line of `status`: static peers, or the etcd store's
+/// health in a sentence.
+fn store_health(v: &Value) -> String {
+    if v.is_null() {
+        return "static (peers from the config file and the control socket)".into();
+    }
+    let state = if v["connected"] == true {
+        "etcd, connected".to_string()
+    } else {
+        format!(
+            "etcd, UNREACHABLE ({}); forwarding with the last known peers",
+            cell(&v["last_error"])
+        )
+    };
+    format!(
+        "{state}; our lease {} (expires {}); {} other leases; {} resyncs, {} errors, {} bad leases",
+        cell(&v["subnet"]),
+        cell(&v["expires"]),
+        cell(&v["leases"]),
+        cell(&v["resyncs"]),
+        cell(&v["errors"]),
+        cell(&v["bad_leases"]),
+    )
+}
+
 fn human(command: &ControlCommand, v: &Value) -> String {
     match command {
         ControlCommand::Version => format!(
@@ -396,7 +421,14 @@ fn human(command: &ControlCommand, v: &Value) -> String {
             .as_object()
             .map(|o| {
                 o.iter()
-                    .map(|(k, val)| format!("{:<14}{}\n", format!("{k}:"), cell(val)))
+                    .map(|(k, val)| {
+                        let text = if k == "store" {
+                            store_health(val)
+                        } else {
+                            cell(val)
+                        };
+                        format!("{:<14}{text}\n", format!("{k}:"))
+                    })
                     .collect()
             })
             .unwrap_or_default(),

@@ -10,6 +10,7 @@ use podswitch_engine::config::{derived_mac, Backend, GatewayMode, NodeConfig};
 use podswitch_engine::encap::{MacAddr, TunnelMode, Vni};
 use podswitch_engine::fib::Prefix;
 use podswitch_engine::sys::netdev;
+use podswitch_lease::etcd::EtcdOptions;
 use serde::Deserialize;
 
 /// podswitchd: the podswitch data plane of one node.
@@ -109,6 +110,35 @@ pub(crate) struct Cli {
     /// no metrics endpoint).
     #[arg(long, value_name = "ADDRESS:PORT")]
     pub metrics_listen: Option<String>,
+    /// `[cluster] store`: where peers come from: static (the `[[peer]]`
+    /// tables and `podswitchctl peer add`; the default) or etcd (every
+    /// node's subnet lease in flannel's layout, watched live; `pod_cidr`,
+    /// `cluster_cidr` and the backend then come from the store's network
+    /// config unless set here).
+    #[arg(long, value_name = "static|etcd")]
+    pub store: Option<String>,
+    /// `[cluster] endpoints`: etcd client URLs, comma-separated (default
+    /// http://127.0.0.1:2379).
+    #[arg(long, value_name = "URL,...", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// `[cluster] prefix`: the etcd key prefix (default flannel's
+    /// /coreos.com/network).
+    #[arg(long)]
+    pub etcd_prefix: Option<String>,
+    /// `[cluster] ca_file`: CA certificate (PEM) of etcd's servers.
+    #[arg(long)]
+    pub etcd_cafile: Option<PathBuf>,
+    /// `[cluster] cert_file`: client certificate (PEM) for etcd.
+    #[arg(long)]
+    pub etcd_certfile: Option<PathBuf>,
+    /// `[cluster] key_file`: the client certificate's key (PEM).
+    #[arg(long)]
+    pub etcd_keyfile: Option<PathBuf>,
+    /// `[cluster] subnet_file`: where the node's lease is written in
+    /// flannel's format for tools that read it (default
+    /// /run/flannel/subnet.env; with the etcd store only).
+    #[arg(long)]
+    pub subnet_file: Option<PathBuf>,
     /// A static peer, repeatable: `name=N,underlay_ip=IP,pod_cidr=CIDR` and
     /// optionally `,vtep_mac=MAC`, `,underlay_mac=MAC`, `,backend=B` (as `[[peer]]`).
     #[arg(long = "peer", value_name = "KEY=VALUE,...")]
@@ -135,6 +165,8 @@ struct FileConfig {
     dataplane: DataplaneSection,
     #[serde(default)]
     metrics: MetricsSection,
+    #[serde(default)]
+    cluster: ClusterSection,
     #[serde(default)]
     peer: Vec<PeerConfig>,
     #[serde(default)]
@@ -186,6 +218,46 @@ struct DataplaneSection {
 #[serde(deny_unknown_fields)]
 struct MetricsSection {
     listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    store: Option<String>,
+    endpoints: Option<Vec<String>>,
+    prefix: Option<String>,
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    subnet_file: Option<PathBuf>,
+}
+
+/// The lease store, when `[cluster] store = "etcd"`.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreSettings {
+    pub etcd: EtcdOptions,
+    /// flannel's subnet file.
+    pub subnet_file: PathBuf,
+}
+
+/// What the lease store is asked for, once the node's identity is known.
+#[derive(Debug, Clone)]
+pub(crate) struct LeaseRequest<'a> {
+    pub store: &'a StoreSettings,
+    pub underlay_ip: Ipv4Addr,
+    pub vtep_mac: MacAddr,
+    /// The subnet the configuration fixes, if it does.
+    pub pod_cidr: Option<Prefix>,
+}
+
+/// What the store assigned: the node's subnet and the network's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Assignment {
+    pub pod_cidr: Prefix,
+    pub network: Prefix,
+    pub backend: Backend,
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
 }
 
 /// A static peer, as `[[peer]]` or `--peer` gives it.
@@ -282,8 +354,22 @@ fn key_values<T: serde::de::DeserializeOwned>(option: &str, text: &str) -> Resul
 
 impl Settings {
     /// Reads the file (if any), applies the command line, and checks
-    /// everything, looking at the underlay interface for defaults.
+    /// everything, looking at the underlay interface for defaults. A
+    /// configuration with a lease store is refused here; see
+    /// [`Settings::load_with`].
+    #[cfg(test)]
     pub(crate) fn load(cli: &Cli) -> Result<Settings, String> {
+        Settings::load_with(cli, &mut |_| Err("no lease store here".into()))
+    }
+
+    /// The same, with `assign` asked for the node's subnet and the
+    /// network's settings when the configuration names a lease store
+    /// (`[cluster] store = "etcd"`): values the configuration gives must
+    /// agree with the store's.
+    pub(crate) fn load_with(
+        cli: &Cli,
+        assign: &mut dyn FnMut(&LeaseRequest<'_>) -> Result<Assignment, String>,
+    ) -> Result<Settings, String> {
         let file: FileConfig = match &cli.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -312,26 +398,6 @@ impl Settings {
         if name.is_empty() {
             return Err(origin.error("node.name", "empty"));
         }
-        let pod_cidr_text = need(
-            "node.pod_cidr",
-            "pod-cidr",
-            pick(&cli.pod_cidr, &file.node.pod_cidr),
-        )?;
-        let pod_cidr: Prefix = pod_cidr_text
-            .parse()
-            .map_err(|e| origin.error("node.pod_cidr", e))?;
-        let cluster_cidr: Prefix = match pick(&cli.cluster_cidr, &file.node.cluster_cidr) {
-            Some(t) => t
-                .parse()
-                .map_err(|e| origin.error("node.cluster_cidr", e))?,
-            None => Prefix::new_truncating(pod_cidr.addr(), 16.min(pod_cidr.prefix_len())),
-        };
-        if !cluster_cidr.covers(&pod_cidr) {
-            return Err(origin.error(
-                "node.cluster_cidr",
-                format!("{cluster_cidr} does not contain the pod CIDR {pod_cidr}"),
-            ));
-        }
         let underlay_interface = need(
             "node.underlay_interface",
             "underlay-interface",
@@ -354,6 +420,61 @@ impl Settings {
                 )
             })?,
         };
+        let vtep_mac = match pick(&cli.vtep_mac, &file.node.vtep_mac) {
+            Some(t) => t.parse().map_err(|e| origin.error("node.vtep_mac", e))?,
+            None => derived_mac(0x0e, &name),
+        };
+        let store = store_settings(cli, &file.cluster).map_err(|e| origin.error("cluster", e))?;
+        let pod_cidr_given = match pick(&cli.pod_cidr, &file.node.pod_cidr) {
+            Some(t) => Some(
+                t.parse::<Prefix>()
+                    .map_err(|e| origin.error("node.pod_cidr", e))?,
+            ),
+            None => None,
+        };
+        let assigned = match &store {
+            Some(store) => Some(assign(&LeaseRequest {
+                store,
+                underlay_ip,
+                vtep_mac,
+                pod_cidr: pod_cidr_given,
+            })?),
+            None => None,
+        };
+        let pod_cidr = match (&assigned, pod_cidr_given) {
+            (Some(a), _) => a.pod_cidr,
+            (None, Some(p)) => p,
+            (None, None) => {
+                return Err(origin.error(
+                    "node.pod_cidr",
+                    "missing (set it in the file or with --pod-cidr, or lease one from a store: [cluster] store = \"etcd\")",
+                ))
+            }
+        };
+        let cluster_cidr: Prefix = match pick(&cli.cluster_cidr, &file.node.cluster_cidr) {
+            Some(t) => {
+                let given: Prefix = t
+                    .parse()
+                    .map_err(|e| origin.error("node.cluster_cidr", e))?;
+                if let Some(a) = assigned.as_ref().filter(|a| a.network != given) {
+                    return Err(origin.error(
+                        "node.cluster_cidr",
+                        format!("{given}, but the store's network is {}", a.network),
+                    ));
+                }
+                given
+            }
+            None => match &assigned {
+                Some(a) => a.network,
+                None => Prefix::new_truncating(pod_cidr.addr(), 16.min(pod_cidr.prefix_len())),
+            },
+        };
+        if !cluster_cidr.covers(&pod_cidr) {
+            return Err(origin.error(
+                "node.cluster_cidr",
+                format!("{cluster_cidr} does not contain the pod CIDR {pod_cidr}"),
+            ));
+        }
         let gateway_mode = match pick(&cli.gateway_mode, &file.node.gateway_mode).as_deref() {
             None | Some("bridge") => GatewayMode::Bridge,
             Some("proxy-arp") => GatewayMode::ProxyArp,
@@ -365,8 +486,17 @@ impl Settings {
             }
         };
         let backend: Backend = match pick(&cli.backend, &file.backend.kind) {
-            Some(t) => t.parse().map_err(|e| origin.error("backend.type", e))?,
-            None => Backend::Vxlan,
+            Some(t) => {
+                let given: Backend = t.parse().map_err(|e| origin.error("backend.type", e))?;
+                if let Some(a) = assigned.as_ref().filter(|a| a.backend != given) {
+                    return Err(origin.error(
+                        "backend.type",
+                        format!("{given}, but the store's network config says {}", a.backend),
+                    ));
+                }
+                given
+            }
+            None => assigned.as_ref().map_or(Backend::Vxlan, |a| a.backend),
         };
         let mut node = match gateway_mode {
             GatewayMode::Bridge => NodeConfig::flannel(&name, pod_cidr, underlay_ip),
@@ -379,16 +509,20 @@ impl Settings {
             netdev::mac(&underlay_interface)
                 .map_err(|e| origin.error("node.underlay_interface", e))?,
         );
-        if let Some(t) = pick(&cli.vtep_mac, &file.node.vtep_mac) {
-            node.vtep_mac = t.parse().map_err(|e| origin.error("node.vtep_mac", e))?;
-        } else {
-            node.vtep_mac = derived_mac(0x0e, &name);
-        }
-        if let Some(v) = cli.vni.or(file.backend.vni) {
+        node.vtep_mac = vtep_mac;
+        if let Some(v) = cli
+            .vni
+            .or(file.backend.vni)
+            .or(assigned.as_ref().and_then(|a| a.vni))
+        {
             node.vni = Vni::new(v)
                 .ok_or_else(|| origin.error("backend.vni", format!("{v} does not fit 24 bits")))?;
         }
-        if let Some(p) = cli.port.or(file.backend.port) {
+        if let Some(p) = cli
+            .port
+            .or(file.backend.port)
+            .or(assigned.as_ref().and_then(|a| a.port))
+        {
             if p == 0 {
                 return Err(origin.error("backend.port", "0 is not a port"));
             }
@@ -497,6 +631,56 @@ impl Settings {
             ports,
         })
     }
+}
+
+/// `[cluster]` and its options: None for the static store.
+fn store_settings(cli: &Cli, file: &ClusterSection) -> Result<Option<StoreSettings>, String> {
+    match cli.store.as_deref().or(file.store.as_deref()) {
+        None | Some("static") => return Ok(None),
+        Some("etcd") => {}
+        Some(other) => return Err(format!("store {other:?}: static or etcd")),
+    }
+    let endpoints = if cli.etcd_endpoints.is_empty() {
+        file.endpoints
+            .clone()
+            .unwrap_or_else(|| vec!["http://127.0.0.1:2379".into()])
+    } else {
+        cli.etcd_endpoints.clone()
+    };
+    if let Some(bad) = endpoints
+        .iter()
+        .find(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+    {
+        return Err(format!("endpoint {bad:?}: an http:// or https:// URL"));
+    }
+    let prefix = cli
+        .etcd_prefix
+        .clone()
+        .or(file.prefix.clone())
+        .unwrap_or_else(|| podswitch_lease::flannel::DEFAULT_PREFIX.into());
+    if !prefix.starts_with('/') {
+        return Err(format!("prefix {prefix:?}: an etcd key starting with /"));
+    }
+    let pick = |c: &Option<PathBuf>, f: &Option<PathBuf>| c.clone().or(f.clone());
+    let (cert_file, key_file) = (
+        pick(&cli.etcd_certfile, &file.cert_file),
+        pick(&cli.etcd_keyfile, &file.key_file),
+    );
+    if cert_file.is_some() != key_file.is_some() {
+        return Err("cert_file and key_file go together".into());
+    }
+    Ok(Some(StoreSettings {
+        etcd: EtcdOptions {
+            endpoints,
+            prefix,
+            ca_file: pick(&cli.etcd_cafile, &file.ca_file),
+            cert_file,
+            key_file,
+            timeout: std::time::Duration::from_secs(5),
+        },
+        subnet_file: pick(&cli.subnet_file, &file.subnet_file)
+            .unwrap_or_else(|| podswitch_lease::flannel::DEFAULT_SUBNET_FILE.into()),
+    }))
 }
 
 #[cfg(test)]

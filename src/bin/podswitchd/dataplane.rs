@@ -38,6 +38,8 @@ pub(crate) struct Daemon {
     /// config file's peers are applied (the config says them again at
     /// every start, and wins), on for the control socket's.
     pub keep_runtime_changes: std::sync::atomic::AtomicBool,
+    /// The lease store's health, when peers come from one.
+    pub store_health: Option<Arc<podswitch_lease::etcd::Health>>,
 }
 
 impl Daemon {
@@ -197,15 +199,26 @@ impl Dataplane for Daemon {
     }
 
     fn applied(&self, request: &podswitch_control::protocol::Request) {
+        use podswitch_control::protocol::Request;
         if !self
             .keep_runtime_changes
             .load(std::sync::atomic::Ordering::Relaxed)
         {
             return;
         }
+        // Peers made from leases come back from the store, not the file.
+        if let Request::PeerAdd { name, .. } | Request::PeerDel { name } = request {
+            if self.store_health.is_some() && crate::cluster::is_lease_peer(name) {
+                return;
+            }
+        }
         if let Err(e) = self.state.apply(request) {
             tracing::warn!("state file: {e}: this change is lost at a restart");
         }
+    }
+
+    fn store_status(&self) -> Option<serde_json::Value> {
+        self.store_health.as_ref().map(|h| h.to_json())
     }
 
     fn resolve_underlay_mac(&self, ip: Ipv4Addr) -> Result<MacAddr, String> {

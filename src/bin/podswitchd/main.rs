@@ -7,6 +7,7 @@
 //! everything down in reverse: the socket file, the ports (closing the TUN
 //! device removes it and its route), the worker.
 
+mod cluster;
 mod config;
 mod dataplane;
 mod egress;
@@ -62,14 +63,22 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
-    let settings = match Settings::load(&cli) {
+    // With a lease store, the node's subnet is leased while the settings
+    // are read: the rest of them (routes, MTU, gateway) follow from it.
+    let mut leased = None;
+    let loaded = Settings::load_with(&cli, &mut |request| {
+        let (assignment, taken) = cluster::acquire(request)?;
+        leased = Some(taken);
+        Ok(assignment)
+    });
+    let settings = match loaded {
         Ok(s) => s,
         Err(e) => {
             eprintln!("podswitchd: {e}");
             return ExitCode::from(2);
         }
     };
-    match run(settings) {
+    match run(settings, leased) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -79,7 +88,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(settings: Settings) -> Result<(), String> {
+fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String> {
     STARTED.get_or_init(Instant::now);
     podswitch_engine::sys::xdp::prepare_process();
     // Register for signals first: a stop during start-up still cleans up.
@@ -180,6 +189,7 @@ fn run(settings: Settings) -> Result<(), String> {
         clock_micros,
         state,
         keep_runtime_changes: std::sync::atomic::AtomicBool::new(false),
+        store_health: leased.as_ref().map(|_| Arc::default()),
     });
     let handler = Arc::new(Handler::with_dataplane(
         Arc::clone(&tables),
@@ -337,6 +347,26 @@ fn run(settings: Settings) -> Result<(), String> {
     if let Err(e) = daemon.state.flush() {
         tracing::warn!("state file {}: {e}", settings.state_file.display());
     }
+    // The other nodes' leases, once our own ports and peers are back.
+    let lease_follower = match (leased, &daemon.store_health) {
+        (Some(leased), Some(health)) => {
+            let file = &leased.settings.subnet_file;
+            match cluster::write_subnet_file(
+                file,
+                &node.cluster_cidr,
+                &leased.lease.subnet,
+                node.pod_mtu(),
+                settings.masquerade,
+            ) {
+                Ok(()) => tracing::info!(file = %file.display(), "subnet file written"),
+                Err(e) => tracing::warn!("subnet file {}: {e}", file.display()),
+            }
+            let follower = cluster::follow(leased, Arc::clone(&handler), Arc::clone(health))
+                .map_err(|e| format!("lease thread: {e}"))?;
+            Some(follower)
+        }
+        _ => None,
+    };
 
     // Metrics once the daemon owns its socket: a refused second daemon
     // never takes the first one's metrics port either.
@@ -362,6 +392,14 @@ fn run(settings: Settings) -> Result<(), String> {
     let signal = signals.forever().next();
     tracing::info!(signal = ?signal, "stopping");
     stopper.stop();
+    if let Some((thread, stop)) = lease_follower {
+        // The lease stays in the store (with its TTL), as flanneld leaves
+        // it: a restarted node takes the same subnet back.
+        let _ = stop.send(true);
+        if thread.join().is_err() {
+            tracing::warn!("lease thread panicked");
+        }
+    }
     match server_thread.join() {
         Ok(Err(e)) => tracing::warn!("control socket: {e}"),
         Err(_) => tracing::warn!("control thread panicked"),

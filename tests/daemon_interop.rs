@@ -12,6 +12,7 @@
 mod common;
 
 use common::cluster::{ping, tcp_transfer, Cluster};
+use common::flannel::{kernel_flannel_node, kernel_flannel_peer};
 use common::require;
 
 const NODE1_VTEP: &str = "02:0e:00:00:01:01";
@@ -31,70 +32,20 @@ fn kernel_flannel_node_and_podswitch_node_reach_each_other() {
     let mut cluster = Cluster::new("vxlan", "bridge", 2);
     cluster.vtep_macs = vec![Some(NODE1_VTEP.into()), Some(NODE2_VTEP.into())];
     let kernel = &cluster.nodes[1].ns;
-    kernel.ip(&["link", "add", "cni0", "type", "bridge"]);
-    kernel.ip(&["addr", "add", "10.244.2.1/24", "dev", "cni0"]);
-    kernel.ip(&["link", "set", "cni0", "up"]);
-    for pod in cluster.pods.iter().filter(|p| p.node == 1) {
-        kernel.ip(&["link", "set", &pod.host_if, "master", "cni0"]);
-    }
-    kernel.ip(&[
-        "link",
-        "add",
-        "flannel.1",
-        "address",
+    let kernel_pods: Vec<&str> = cluster
+        .pods
+        .iter()
+        .filter(|p| p.node == 1)
+        .map(|p| p.host_if.as_str())
+        .collect();
+    kernel_flannel_node(
+        kernel,
+        "10.244.2",
         NODE2_VTEP,
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
         "192.168.100.2",
-        "dev",
-        "ul0",
-        "dstport",
-        "8472",
-        "nolearning",
-    ]);
-    kernel.ip(&["link", "set", "flannel.1", "mtu", "1450", "up"]);
-    kernel.ip(&["addr", "add", "10.244.2.0/32", "dev", "flannel.1"]);
-    kernel.ip(&[
-        "route",
-        "add",
-        "10.244.1.0/24",
-        "via",
-        "10.244.1.0",
-        "dev",
-        "flannel.1",
-        "onlink",
-    ]);
-    kernel.ip(&[
-        "neigh",
-        "add",
-        "10.244.1.0",
-        "lladdr",
-        NODE1_VTEP,
-        "dev",
-        "flannel.1",
-        "nud",
-        "permanent",
-    ]);
-    common::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &kernel.name,
-            "bridge",
-            "fdb",
-            "add",
-            NODE1_VTEP,
-            "dev",
-            "flannel.1",
-            "dst",
-            "192.168.100.1",
-        ],
+        &kernel_pods,
     );
-    kernel.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    kernel_flannel_peer(kernel, "10.244.1", NODE1_VTEP, "192.168.100.1");
     // Every interface of both nodes keeps its default offloads. Over a
     // veth underlay the kernel node sends VXLAN whose inner TCP checksum
     // is still partial, and whole GSO datagrams of up to 64 KiB (a NIC, or

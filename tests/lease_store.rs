@@ -9,8 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{ping, Cluster};
+use common::cluster::{ping, tcp_transfer, Cluster};
 use common::etcd::Etcd;
+use common::flannel::{kernel_flannel_node, kernel_flannel_peer};
 use common::require;
 use serde_json::Value;
 
@@ -291,4 +292,78 @@ fn race_for_leases(url: &str) {
     subnets.sort();
     subnets.dedup();
     assert_eq!(subnets.len(), 10, "two nodes hold one subnet: {subnets:?}");
+}
+
+/// A podswitch node joins a cluster whose other node runs flannel's
+/// kernel data path, through the store alone: the kernel node's lease is
+/// in etcd as flanneld writes it; podswitchd leases a subnet beside it and
+/// makes it a peer; the kernel node gets flanneld's three entries from
+/// podswitch's lease, read from etcd as flanneld reads it. Pods reach each
+/// other both ways, TCP included, with every default offload on.
+#[test]
+fn a_podswitch_node_joins_a_kernel_flannel_node_through_etcd() {
+    require(&["ip", "bridge", "ping", "etcd", "/usr/bin/python3", "sysctl"]);
+    const KERNEL_VTEP: &str = "42:88:6a:88:a9:3f";
+    let mut cluster = Cluster::new("vxlan", "bridge", 0);
+    cluster.port_kind = "af-packet".into();
+    let etcd = Etcd::start(&cluster.nodes[0].ns, "192.168.100.1");
+    etcd.put(&format!("{PREFIX}/config"), NETWORK);
+    let kernel_pod = cluster.add_pod(1, 2, 1450);
+    kernel_flannel_node(
+        &cluster.nodes[1].ns,
+        "10.244.2",
+        KERNEL_VTEP,
+        "192.168.100.2",
+        &[&cluster.pods[kernel_pod].host_if],
+    );
+    etcd.put(
+        &format!("{PREFIX}/subnets/10.244.2.0-24"),
+        &format!(
+            r#"{{"PublicIP":"192.168.100.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{KERNEL_VTEP}"}}}}"#
+        ),
+    );
+    cluster.store = Some(etcd.url.clone());
+    cluster.start(0, &[]);
+
+    let subnet = cluster.nodes[0].ctl_json(&["status"])["pod_cidr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(subnet, "10.244.2.0/24", "the kernel node's subnet is taken");
+    let lease: Value = serde_json::from_str(
+        &etcd
+            .get(&format!("{PREFIX}/subnets/{}", subnet.replace('/', "-")))
+            .expect("podswitch's lease"),
+    )
+    .unwrap();
+    let net = subnet.trim_end_matches(".0/24").to_string();
+    kernel_flannel_peer(
+        &cluster.nodes[1].ns,
+        &net,
+        lease["BackendData"]["VtepMAC"].as_str().unwrap(),
+        lease["PublicIP"].as_str().unwrap(),
+    );
+    wait_until("the kernel node's lease applied", || {
+        peer(&cluster, 0, "10.244.2.0-24").is_some_and(|p| p["vtep_mac"] == KERNEL_VTEP)
+    });
+    cluster.nodes[0].pod_net = net;
+    let ours = cluster.add_pod(0, 2, 1450);
+    cluster.attach_pods(0);
+    let (a, b) = (&cluster.pods[ours], &cluster.pods[kernel_pod]);
+    assert!(
+        ping(&a.ns, &b.ip, 3),
+        "podswitch -> kernel\n{}",
+        cluster.logs()
+    );
+    assert!(
+        ping(&b.ns, &a.ip, 3),
+        "kernel -> podswitch\n{}",
+        cluster.logs()
+    );
+    tcp_transfer(&a.ns, &b.ns, &b.ip, 4 << 20)
+        .unwrap_or_else(|e| panic!("TCP podswitch -> kernel: {e}\n{}", cluster.logs()));
+    tcp_transfer(&b.ns, &a.ns, &a.ip, 4 << 20)
+        .unwrap_or_else(|e| panic!("TCP kernel -> podswitch: {e}\n{}", cluster.logs()));
+    drop(cluster);
+    drop(etcd);
 }

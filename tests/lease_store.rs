@@ -36,6 +36,17 @@ fn peer(cluster: &Cluster, n: usize, name: &str) -> Option<Value> {
         .and_then(|peers| peers.iter().find(|p| p["name"] == name).cloned())
 }
 
+/// The network config for one of podswitch's backends.
+fn network_for(backend: &str) -> String {
+    match backend {
+        "directrouting" => NETWORK.replace(
+            r#""Type": "vxlan""#,
+            r#""Type": "vxlan", "DirectRouting": true"#,
+        ),
+        other => NETWORK.replace("vxlan", other),
+    }
+}
+
 /// A cluster of two nodes that lease their subnets from a fresh etcd.
 /// Drop the cluster first: daemons that outlive their store say so.
 fn leased_cluster(backend: &str) -> (Cluster, Etcd) {
@@ -43,10 +54,7 @@ fn leased_cluster(backend: &str) -> (Cluster, Etcd) {
     let mut cluster = Cluster::new(backend, "bridge", 0);
     cluster.port_kind = "af-packet".into();
     let etcd = Etcd::start(&cluster.nodes[0].ns, "192.168.100.1");
-    etcd.put(
-        &format!("{PREFIX}/config"),
-        &NETWORK.replace("vxlan", backend),
-    );
+    etcd.put(&format!("{PREFIX}/config"), &network_for(backend));
     cluster.store = Some(etcd.url.clone());
     cluster.start(0, &[]);
     cluster.start(1, &[]);
@@ -366,4 +374,43 @@ fn a_podswitch_node_joins_a_kernel_flannel_node_through_etcd() {
         .unwrap_or_else(|e| panic!("TCP kernel -> podswitch: {e}\n{}", cluster.logs()));
     drop(cluster);
     drop(etcd);
+}
+
+/// Nodes started with no peers find each other through the store and
+/// carry ping and SHA-256-checked TCP in every backend; a node killed
+/// whose lease is then revoked disappears from the other's peers.
+#[test]
+fn every_backend_carries_traffic_between_nodes_that_met_in_the_store() {
+    for backend in ["vxlan", "host-gw", "udp", "ipip", "directrouting"] {
+        let (mut cluster, etcd) = leased_cluster(backend);
+        let mut keys = Vec::new();
+        for n in 0..2 {
+            let status = cluster.nodes[n].ctl_json(&["status"]);
+            assert_eq!(status["backend"], backend, "{status}");
+            let subnet = status["pod_cidr"].as_str().unwrap().to_string();
+            keys.push(subnet.replace('/', "-"));
+            cluster.nodes[n].pod_net = subnet.trim_end_matches(".0/24").to_string();
+        }
+        for n in 0..2 {
+            wait_until("the other node's lease applied", || {
+                peer(&cluster, n, &keys[1 - n]).is_some()
+            });
+            cluster.add_pod(n, 2, common::cluster::pod_mtu(backend));
+            cluster.attach_pods(n);
+        }
+        let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+        assert!(ping(&a.ns, &b.ip, 2), "{backend}\n{}", cluster.logs());
+        tcp_transfer(&a.ns, &b.ns, &b.ip, 4 << 20)
+            .unwrap_or_else(|e| panic!("{backend}: {e}\n{}", cluster.logs()));
+        tcp_transfer(&b.ns, &a.ns, &a.ip, 4 << 20)
+            .unwrap_or_else(|e| panic!("{backend}: {e}\n{}", cluster.logs()));
+
+        cluster.nodes[1].daemon.as_mut().unwrap().kill_9();
+        etcd.delete(&format!("{PREFIX}/subnets/{}", keys[1]));
+        wait_until("a revoked lease's peer removed", || {
+            peer(&cluster, 0, &keys[1]).is_none()
+        });
+        drop(cluster);
+        drop(etcd);
+    }
 }

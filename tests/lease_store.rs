@@ -56,8 +56,9 @@ fn leased_cluster(backend: &str) -> (Cluster, Etcd) {
     let etcd = Etcd::start(&cluster.nodes[0].ns, "192.168.100.1");
     etcd.put(&format!("{PREFIX}/config"), &network_for(backend));
     cluster.store = Some(etcd.url.clone());
-    cluster.start(0, &[]);
-    cluster.start(1, &[]);
+    for n in 0..2 {
+        cluster.start(n, &["--metrics-listen", "127.0.0.1:9469"]);
+    }
     (cluster, etcd)
 }
 
@@ -111,6 +112,23 @@ fn nodes_lease_subnets_in_flannels_layout_and_follow_each_other() {
         });
         let status = cluster.nodes[n].ctl_json(&["status"]);
         assert_eq!(status["store"]["leases"], 1, "{status}");
+        // The same health in the node's metrics.
+        let scrape = cluster.nodes[n].ns.exec(
+            "/usr/bin/python3",
+            &[
+                "-c",
+                "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9469/metrics', timeout=5).read().decode())",
+            ],
+        );
+        let text = String::from_utf8_lossy(&scrape.stdout);
+        for line in [
+            "podswitch_lease_store_connected 1",
+            "podswitch_lease_store_leases 1",
+            "podswitch_lease_store_errors_total 0",
+            "podswitch_lease_store_resyncs_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
     cluster.add_pod(0, 2, 1450);
     cluster.add_pod(1, 2, 1450);

@@ -54,6 +54,19 @@ pub struct Metrics {
     tables: Arc<Tables>,
     workers: Vec<Arc<WorkerStats>>,
     control: Arc<ControlCounters>,
+    store: Option<StoreStatus>,
+}
+
+/// The lease store's health as `status` reports it (`connected`,
+/// `leases`, `expires`, `resyncs`, `errors`, `bad_leases`), read at each
+/// scrape.
+#[derive(Clone)]
+pub struct StoreStatus(pub Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+
+impl std::fmt::Debug for StoreStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreStatus")
+    }
 }
 
 /// The OpenMetrics content type the endpoint answers with.
@@ -70,7 +83,14 @@ impl Metrics {
             tables,
             workers,
             control,
+            store: None,
         }
+    }
+
+    /// Also the lease store's health (`podswitch_lease_store_*`).
+    pub fn with_store(mut self, store: StoreStatus) -> Metrics {
+        self.store = Some(store);
+        self
     }
 
     /// The exposition text, as of now.
@@ -145,6 +165,11 @@ fn counters<'a, N: EncodeCounterValue>(
         ConstCounter::new(n).encode(family.encode_family(&[(label, value)])?)?;
     }
     Ok(())
+}
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, n: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(n);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
@@ -331,6 +356,46 @@ impl Collector for Metrics {
                 ("error", self.control.failed.load(Ordering::Relaxed)),
             ],
         )?;
+        if let Some(store) = &self.store {
+            let v = (store.0)();
+            let n = |key: &str| v[key].as_u64().unwrap_or(0);
+            gauge(
+                &mut encoder,
+                "podswitch_lease_store_connected",
+                "1 while the last exchange with the lease store worked.",
+                i64::from(v["connected"] == true),
+            )?;
+            gauge(
+                &mut encoder,
+                "podswitch_lease_store_leases",
+                "Other nodes' leases known from the store.",
+                i64::try_from(n("leases")).unwrap_or(i64::MAX),
+            )?;
+            gauge(
+                &mut encoder,
+                "podswitch_lease_expiry_timestamp_seconds",
+                "When this node's lease expires unless renewed (0: a reservation).",
+                i64::try_from(n("expires")).unwrap_or(i64::MAX),
+            )?;
+            counter(
+                &mut encoder,
+                "podswitch_lease_store_errors",
+                "Failed exchanges with the lease store.",
+                n("errors"),
+            )?;
+            counter(
+                &mut encoder,
+                "podswitch_lease_store_resyncs",
+                "Full reads of every lease (at start, and after the watch fell behind compaction).",
+                n("resyncs"),
+            )?;
+            counter(
+                &mut encoder,
+                "podswitch_lease_store_bad_leases",
+                "Keys under the subnets prefix that were not leases, skipped.",
+                n("bad_leases"),
+            )?;
+        }
         Ok(())
     }
 }

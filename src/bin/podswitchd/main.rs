@@ -371,11 +371,17 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     // Metrics once the daemon owns its socket: a refused second daemon
     // never takes the first one's metrics port either.
     if let Some(listen) = settings.metrics_listen {
-        let metrics = podswitch_control::metrics::Metrics::new(
+        let mut metrics = podswitch_control::metrics::Metrics::new(
             Arc::clone(&tables),
             handler.workers(),
             handler.requests(),
         );
+        if let Some(health) = &daemon.store_health {
+            let health = Arc::clone(health);
+            metrics = metrics.with_store(podswitch_control::metrics::StoreStatus(Arc::new(
+                move || health.to_json(),
+            )));
+        }
         // The endpoint's thread lives as long as the process.
         metrics
             .serve(listen)

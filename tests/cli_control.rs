@@ -27,7 +27,10 @@ impl Drop for Daemon {
 }
 
 fn daemon() -> Daemon {
-    let dir = std::env::temp_dir().join(format!("psw-cli-{}", std::process::id()));
+    // One directory per daemon: tests run in parallel.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("psw-cli-{}-{n}", std::process::id()));
     let path = dir.join("podswitchd.sock");
     let config = NodeConfig::flannel(
         "node1",
@@ -171,4 +174,39 @@ fn an_unreachable_daemon_is_reported() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("cannot reach podswitchd at /nonexistent/podswitchd.sock"));
+}
+
+/// A reader that stops early (`podswitchctl status | grep -q ...`, `|
+/// head`) is no error: podswitchctl exits 0 and says nothing, where it
+/// used to panic on the broken pipe.
+#[test]
+fn a_reader_that_goes_away_is_no_error() {
+    let d = daemon();
+    for args in [
+        &["status"][..],
+        &["--json", "status"],
+        &["--json", "peer", "list"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_podswitchctl"))
+            .arg("--socket")
+            .arg(&d.path)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the reading end before the reply can be written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -318,15 +318,12 @@ pub(crate) fn run(command: &ControlCommand, socket: &Path, json: bool) -> ExitCo
         .and_then(|mut c| c.call(&request));
     match result {
         Ok(value) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&value).expect("JSON values serialise")
-                );
+            let text = if json {
+                serde_json::to_string_pretty(&value).expect("JSON values serialise") + "\n"
             } else {
-                print!("{}", human(command, &value));
-            }
-            ExitCode::SUCCESS
+                human(command, &value)
+            };
+            emit(&text)
         }
         Err(ClientError::Daemon(reason)) => {
             eprintln!("podswitchctl: {reason}");
@@ -407,6 +404,22 @@ fn store_health(v: &Value) -> String {
         cell(&v["errors"]),
         cell(&v["bad_leases"]),
     )
+}
+
+/// Writes a reply to stdout. A reader that went away (`| head`,
+/// `| grep -q`) is not an error: the reply was delivered as far as
+/// anyone wanted it.
+fn emit(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("podswitchctl: writing the reply: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn human(command: &ControlCommand, v: &Value) -> String {

@@ -432,3 +432,33 @@ fn every_backend_carries_traffic_between_nodes_that_met_in_the_store() {
         drop(etcd);
     }
 }
+
+/// The store over TLS with client certificates, as production etcd runs:
+/// podswitchd checks the server against the CA it is given and shows its
+/// own certificate; nodes lease and find each other as over plain HTTP.
+#[test]
+fn the_store_over_tls_with_client_certificates() {
+    require(&["ip", "ping", "etcd", "openssl", "/usr/bin/python3"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 0);
+    cluster.port_kind = "af-packet".into();
+    let certs = common::etcd::Certs::new("192.168.100.1");
+    let etcd = Etcd::start_tls(&cluster.nodes[0].ns, "192.168.100.1", &certs);
+    etcd.put(&format!("{PREFIX}/config"), NETWORK);
+    let d = certs.dir.display();
+    cluster.store = Some(etcd.url.clone());
+    cluster.store_tls = Some([
+        format!("{d}/ca.pem"),
+        format!("{d}/client.pem"),
+        format!("{d}/client-key.pem"),
+    ]);
+    cluster.start(0, &[]);
+    cluster.start(1, &[]);
+    assert_eq!(etcd.range(&format!("{PREFIX}/subnets/")).0.len(), 2);
+    for n in 0..2 {
+        wait_until("the other node's lease applied over TLS", || {
+            cluster.nodes[n].ctl_json(&["status"])["store"]["leases"] == 1
+        });
+    }
+    drop(cluster);
+    drop(etcd);
+}

@@ -133,6 +133,8 @@ pub struct Cluster {
     /// A lease store's URL: the daemons lease their subnets and learn
     /// their peers there (`[cluster] store = "etcd"`).
     pub store: Option<String>,
+    /// The lease store's CA, client certificate and key, for TLS.
+    pub store_tls: Option<[String; 3]>,
 }
 
 /// The podswitchd binary under test.
@@ -212,6 +214,7 @@ impl Cluster {
             port_kind: "af-xdp".into(),
             expected_warnings: Vec::new(),
             store: None,
+            store_tls: None,
         };
         for n in 0..2 {
             for p in 0..pods_per_node {
@@ -297,9 +300,15 @@ impl Cluster {
     pub fn config(&self, n: usize) -> String {
         let node = &self.nodes[n];
         if let Some(url) = &self.store {
+            let tls = match &self.store_tls {
+                Some([ca, cert, key]) => {
+                    format!("ca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n")
+                }
+                None => String::new(),
+            };
             return format!(
                 "[node]\nname = \"node{x}\"\nunderlay_interface = \"ul0\"\ngateway_mode = \"{mode}\"\n\n\
-                 [cluster]\nstore = \"etcd\"\nendpoints = [\"{url}\"]\nsubnet_file = \"{file}\"\n\n\
+                 [cluster]\nstore = \"etcd\"\nendpoints = [\"{url}\"]\nsubnet_file = \"{file}\"\n{tls}\n\
                  [dataplane]\nbusy_poll_us = 50\npool_buffers = 4096\nport_kind = \"{kind}\"\n",
                 x = node.index,
                 mode = self.mode,

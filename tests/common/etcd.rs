@@ -19,6 +19,8 @@ pub struct Etcd {
     local_url: String,
     data_dir: std::path::PathBuf,
     log: std::path::PathBuf,
+    /// More options (TLS).
+    extra: Vec<String>,
 }
 
 const CLIENT: &str = "import base64, json, sys, urllib.request
@@ -52,7 +54,34 @@ impl Etcd {
             local_url: "http://127.0.0.1:2379".into(),
             data_dir,
             log,
+            extra: Vec::new(),
         };
+        etcd.resume();
+        etcd
+    }
+
+    /// Starts etcd in `ns` serving clients over TLS on `ip`:2379, with
+    /// client certificates required (signed by `certs`' CA).
+    pub fn start_tls(ns: &Netns, ip: &str, certs: &Certs) -> Etcd {
+        let mut etcd = Etcd {
+            child: None,
+            ns_name: ns.name.clone(),
+            url: format!("https://{ip}:2379"),
+            local_url: "http://127.0.0.1:2379".into(),
+            data_dir: std::env::temp_dir().join(unique("etcd")),
+            log: std::env::temp_dir().join(unique("etcd.log")),
+            extra: Vec::new(),
+        };
+        let dir = certs.dir.display().to_string();
+        etcd.extra = vec![
+            "--cert-file".into(),
+            format!("{dir}/server.pem"),
+            "--key-file".into(),
+            format!("{dir}/server-key.pem"),
+            "--trusted-ca-file".into(),
+            format!("{dir}/ca.pem"),
+            "--client-cert-auth".into(),
+        ];
         etcd.resume();
         etcd
     }
@@ -81,6 +110,7 @@ impl Etcd {
                 "--initial-cluster",
                 "test=http://127.0.0.1:2380",
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&self.log).unwrap())
             .spawn()
@@ -202,5 +232,82 @@ impl Drop for Etcd {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.data_dir);
         let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A CA, a server certificate for one IP address and a client
+/// certificate, made with openssl (ECDSA P-256) in a directory removed on
+/// drop.
+pub struct Certs {
+    pub dir: std::path::PathBuf,
+}
+
+impl Certs {
+    pub fn new(server_ip: &str) -> Certs {
+        let dir = std::env::temp_dir().join(unique("certs"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.display().to_string();
+        let ssl = |args: &[&str]| super::run("openssl", args);
+        ssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{d}/ca-key.pem"),
+            "-out",
+            &format!("{d}/ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=podswitch test CA",
+        ]);
+        for (name, ext) in [
+            ("server", format!("subjectAltName=IP:{server_ip}")),
+            ("client", "extendedKeyUsage=clientAuth".to_string()),
+        ] {
+            ssl(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{d}/{name}-key.pem"),
+                "-out",
+                &format!("{d}/{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            std::fs::write(format!("{d}/{name}.ext"), &ext).unwrap();
+            ssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{d}/{name}.csr"),
+                "-CA",
+                &format!("{d}/ca.pem"),
+                "-CAkey",
+                &format!("{d}/ca-key.pem"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{d}/{name}.ext"),
+                "-out",
+                &format!("{d}/{name}.pem"),
+            ]);
+        }
+        Certs { dir }
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

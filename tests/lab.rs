@@ -164,6 +164,51 @@ fn every_dataplane_and_backend_builds_a_working_lab_and_leaves_nothing() {
     }
 }
 
+/// `lab up --store etcd`: an etcd on the underlay holds flannel's network
+/// config; nodes start with no subnet and no peers, lease distinct
+/// subnets, learn each other there, and their pods reach each other; the
+/// lab goes down with its etcd.
+#[test]
+fn a_lab_whose_nodes_meet_in_etcd() {
+    require(&["ip", "ping", "etcd", "ps"]);
+    let lab = name("etcd");
+    let _guard = LabGuard(lab.clone());
+    let out = ctl(&[
+        "lab",
+        "up",
+        "--name",
+        &lab,
+        "--store",
+        "etcd",
+        "--nodes",
+        "2",
+        "--pods-per-node",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["store"], "http://192.168.100.254:2379", "{status}");
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_ne!(nodes[0]["pod_cidr"], nodes[1]["pod_cidr"], "{status}");
+    for node in nodes {
+        let env = std::fs::read_to_string(format!(
+            "/run/podswitch-lab/{lab}/{}.subnet.env",
+            node["name"].as_str().unwrap()
+        ))
+        .unwrap();
+        let gateway = node["pod_cidr"].as_str().unwrap().replace(".0/24", ".1/24");
+        assert!(env.contains(&format!("FLANNEL_SUBNET={gateway}")), "{env}");
+    }
+    all_reach(&lab, &status);
+    assert!(ctl(&["lab", "down", "--name", &lab]).status.success());
+    assert_gone(&lab);
+}
+
 #[test]
 fn labs_side_by_side_do_not_interfere_and_missing_features_are_named() {
     require(&["ip", "ping", "bridge", "sysctl", "ps"]);

@@ -267,6 +267,19 @@ impl Store {
         NetworkConfig::parse(&String::from_utf8_lossy(kv.value())).map_err(|e| err(&key, e))
     }
 
+    /// Writes `<prefix>/config` (checked first: what flanneld would
+    /// refuse is not written), as `etcdctl put` does when a cluster is set
+    /// up.
+    pub fn write_network(&self, text: &str) -> Result<NetworkConfig, String> {
+        let config = NetworkConfig::parse(text)?;
+        let key = self.key("config");
+        let mut client = self.client.clone();
+        self.runtime
+            .block_on(client.put(key.as_str(), text, None))
+            .map_err(|e| err(&key, e))?;
+        Ok(config)
+    }
+
     /// Takes a lease for this node, as flanneld does (see the module
     /// documentation); `wanted` is a subnet the configuration fixes,
     /// `previous` one the node held before (from its subnet file).

@@ -71,6 +71,12 @@ pub(crate) struct UpArgs {
     /// podswitch or kernel.
     #[arg(long, default_value = "podswitch")]
     dataplane: String,
+    /// static (every node names the others as peers) or etcd (an etcd in
+    /// the underlay namespace at 192.168.100.254 holds flannel's network
+    /// config; nodes start with no subnet and no peers, lease their
+    /// subnets and learn each other there).
+    #[arg(long, default_value = "static")]
+    store: String,
 }
 
 impl UpArgs {
@@ -83,6 +89,7 @@ impl UpArgs {
             backend: backend.to_string(),
             gateway_mode: "bridge".to_string(),
             dataplane: dataplane.to_string(),
+            store: "static".to_string(),
         }
     }
 }
@@ -108,6 +115,9 @@ pub(crate) struct Lab {
     pub(crate) gateway_mode: String,
     pub(crate) nodes: Vec<Node>,
     pub(crate) pods: Vec<Pod>,
+    /// The etcd the nodes lease their subnets from, if any.
+    #[serde(default)]
+    pub(crate) store: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -242,6 +252,14 @@ pub(crate) fn up(args: &UpArgs) -> Result<Lab> {
         "kernel" => true,
         other => bail!("--dataplane {other:?}: podswitch or kernel"),
     };
+    let store = match args.store.as_str() {
+        "static" => None,
+        "etcd" if kernel => bail!(
+            "--store etcd runs podswitch nodes; kernel nodes from etcd are not in the lab yet"
+        ),
+        "etcd" => Some(format!("http://{LAB_ETCD_IP}:2379")),
+        other => bail!("--store {other:?}: static or etcd"),
+    };
     if kernel && args.backend == "udp" {
         bail!("the kernel has no udp backend: flannel's udp backend is flanneld forwarding in userspace; use --dataplane podswitch");
     }
@@ -254,6 +272,7 @@ pub(crate) fn up(args: &UpArgs) -> Result<Lab> {
         gateway_mode: args.gateway_mode.clone(),
         nodes: Vec::new(),
         pods: Vec::new(),
+        store,
     };
     let result = build(&mut lab, args, kernel);
     if let Err(e) = result {
@@ -270,6 +289,9 @@ fn build(lab: &mut Lab, args: &UpArgs, kernel: bool) -> Result<()> {
     ip(&["netns", "add", &underlay])?;
     in_ns(&underlay, &["link", "add", "br0", "type", "bridge"])?;
     in_ns(&underlay, &["link", "set", "br0", "up"])?;
+    if lab.store.is_some() {
+        start_etcd(lab, &underlay)?;
+    }
     for x in 1..=args.nodes {
         let netns = format!("{prefix}-n{x}");
         ip(&["netns", "add", &netns])?;
@@ -319,16 +341,103 @@ fn build(lab: &mut Lab, args: &UpArgs, kernel: bool) -> Result<()> {
     Ok(())
 }
 
-/// podswitchd on node `i`, with every other node as a static peer.
+/// The lab's etcd, on the underlay bridge.
+const LAB_ETCD_IP: &str = "192.168.100.254";
+
+/// flannel's network config for the lab's backend.
+fn lab_network(backend: &str) -> String {
+    let backend = match backend {
+        "directrouting" => r#"{"Type": "vxlan", "VNI": 1, "DirectRouting": true}"#.to_string(),
+        "vxlan" => r#"{"Type": "vxlan", "VNI": 1}"#.to_string(),
+        other => format!(r#"{{"Type": "{other}"}}"#),
+    };
+    format!(r#"{{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {backend}}}"#)
+}
+
+/// etcd in the underlay namespace, one member, its data in the lab's
+/// directory, with flannel's network config written.
+fn start_etcd(lab: &Lab, underlay: &str) -> Result<()> {
+    let dir = lab_dir(&lab.name);
+    in_ns(underlay, &["link", "set", "lo", "up"])?;
+    in_ns(
+        underlay,
+        &["addr", "add", &format!("{LAB_ETCD_IP}/24"), "dev", "br0"],
+    )?;
+    let url = format!("http://{LAB_ETCD_IP}:2379");
+    Command::new("ip")
+        .args(["netns", "exec", underlay, "etcd", "--name", "lab"])
+        .arg("--data-dir")
+        .arg(dir.join("etcd"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "lab=http://127.0.0.1:2380",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(dir.join("etcd.log"))?)
+        .process_group(0)
+        .spawn()
+        .context("starting etcd (Debian's etcd-server; scripts/setup.sh installs it)")?;
+    let options = podswitch_lease::etcd::EtcdOptions {
+        endpoints: vec![url],
+        prefix: podswitch_lease::flannel::DEFAULT_PREFIX.into(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        timeout: Duration::from_secs(2),
+    };
+    let network = lab_network(&lab.backend);
+    let written =
+        podswitch_engine::sys::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let attempt = podswitch_lease::etcd::Store::connect(options.clone())
+                    .and_then(|store| store.write_network(&network));
+                match attempt {
+                    Ok(_) => return Ok(()),
+                    Err(e) if Instant::now() > deadline => return Err(std::io::Error::other(e)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        });
+    written.with_context(|| {
+        let log = fs::read_to_string(dir.join("etcd.log")).unwrap_or_default();
+        format!("etcd did not take the network config:\n{log}")
+    })
+}
+
+/// podswitchd on node `i`, with every other node as a static peer, or
+/// with the lab's etcd as its lease store.
 fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
     let node = lab.nodes[i].clone();
     let dir = lab_dir(&lab.name);
-    let mut config = format!(
-        "[node]\nname = \"{}\"\npod_cidr = \"{}\"\ncluster_cidr = \"10.244.0.0/16\"\nunderlay_interface = \"ul0\"\n\
-         gateway_mode = \"{}\"\n\n[backend]\ntype = \"{}\"\n",
-        node.name, node.pod_cidr, lab.gateway_mode, lab.backend
-    );
-    for other in lab.nodes.iter().filter(|o| o.index != node.index) {
+    let mut config = match &lab.store {
+        Some(url) => format!(
+            "[node]\nname = \"{}\"\nunderlay_interface = \"ul0\"\ngateway_mode = \"{}\"\n\n\
+             [cluster]\nstore = \"etcd\"\nendpoints = [\"{url}\"]\nsubnet_file = \"{}\"\n",
+            node.name,
+            lab.gateway_mode,
+            dir.join(format!("{}.subnet.env", node.name)).display()
+        ),
+        None => format!(
+            "[node]\nname = \"{}\"\npod_cidr = \"{}\"\ncluster_cidr = \"10.244.0.0/16\"\nunderlay_interface = \"ul0\"\n\
+             gateway_mode = \"{}\"\n\n[backend]\ntype = \"{}\"\n",
+            node.name, node.pod_cidr, lab.gateway_mode, lab.backend
+        ),
+    };
+    let static_peers = lab
+        .nodes
+        .iter()
+        .filter(|o| lab.store.is_none() && o.index != node.index);
+    for other in static_peers {
         config.push_str(&format!(
             "\n[[peer]]\nname = \"{}\"\nunderlay_ip = \"{}\"\npod_cidr = \"{}\"\n",
             other.name, other.underlay_ip, other.pod_cidr
@@ -368,6 +477,23 @@ fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
                 .status()
                 .is_ok_and(|s| s.success());
         if ready {
+            if lab.store.is_some() {
+                // The subnet the node leased, for its pods' IPAM.
+                let status = run(
+                    &sibling("podswitchctl")?.display().to_string(),
+                    &[
+                        "--socket",
+                        &socket.display().to_string(),
+                        "--json",
+                        "status",
+                    ],
+                )?;
+                let status: serde_json::Value = serde_json::from_str(&status)?;
+                lab.nodes[i].pod_cidr = status["pod_cidr"]
+                    .as_str()
+                    .context("status without pod_cidr")?
+                    .to_string();
+            }
             return Ok(());
         }
         if Instant::now() > deadline || !alive(child.id()) {
@@ -749,6 +875,7 @@ fn status_json(lab: &Lab) -> serde_json::Value {
         "dataplane": lab.dataplane,
         "backend": lab.backend,
         "gateway_mode": lab.gateway_mode,
+        "store": lab.store,
         "nodes": lab.nodes.iter().map(|n| json!({
             "name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "pod_cidr": n.pod_cidr,
             "daemon": n.pid.map(|pid| if alive(pid) { "running" } else { "stopped" }),

@@ -871,3 +871,40 @@ fn cni_fault_campaign_leaves_nothing_behind() {
     assert_nothing_left(&cluster, 0, &ipam, "after the fault campaign");
     let _ = std::fs::remove_dir_all(&plugins);
 }
+
+/// A host-local configuration with no subnet gets the node's, asked of
+/// podswitchd (as flannel's plugin reads its subnet file; with a lease
+/// store the subnet is the one the node leased), and the pods get the
+/// node's MTU when the configuration names none. DEL still releases the
+/// address with the daemon stopped.
+#[test]
+fn host_local_without_a_subnet_gets_the_nodes() {
+    require(&["ip", "ping", "/usr/lib/cni/host-local"]);
+    let mut cluster = Cluster::new("host-gw", "bridge", 0);
+    cluster.port_kind = "af-packet".into();
+    cluster.start(0, &[]);
+    let ipam = IpamDir::new();
+    let mut config = conf("1.1.0", &socket(&cluster, 0), "bridge", "unused", &ipam);
+    config["ipam"].as_object_mut().unwrap().remove("ranges");
+    config.as_object_mut().unwrap().remove("mtu");
+    let pod = Netns::new("pod");
+    let node = &cluster.nodes[0].ns;
+    let (code, result) = cni(node, "ADD", "c1", Some(&pod), &config.to_string());
+    assert_eq!(code, 0, "{result}");
+    let address = result["ips"][0]["address"].as_str().unwrap_or_default();
+    assert!(
+        address.starts_with("10.244.1.") && address.ends_with("/24"),
+        "{result}"
+    );
+    let link =
+        String::from_utf8_lossy(&pod.ip(&["-o", "link", "show", "eth0"]).stdout).into_owned();
+    assert!(link.contains("mtu 1500"), "host-gw's pod MTU: {link}");
+    assert!(ping(&pod, "10.244.1.1", 1), "the pod reaches its gateway");
+    assert_eq!(ipam.allocated().len(), 1);
+
+    cluster.nodes[0].daemon.as_mut().unwrap().stop();
+    let node = &cluster.nodes[0].ns;
+    let (code, result) = cni(node, "DEL", "c1", Some(&pod), &config.to_string());
+    assert_eq!(code, 0, "{result}");
+    assert!(ipam.allocated().is_empty(), "{:?}", ipam.allocated());
+}

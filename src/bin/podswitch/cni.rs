@@ -290,6 +290,28 @@ impl NetConf {
         })
     }
 
+    /// True when the IPAM plugin is host-local and the configuration
+    /// gives it no subnet (`ranges` or `subnet`): the node's own subnet is
+    /// to be filled in, as flannel's CNI plugin fills it from its subnet
+    /// file.
+    pub(crate) fn wants_node_subnet(&self) -> bool {
+        let ipam = &self.raw["ipam"];
+        self.ipam_type == "host-local"
+            && ipam.get("ranges").is_none()
+            && ipam.get("subnet").is_none()
+    }
+
+    /// Gives host-local the node's subnet (`ipam.ranges`), and the pods
+    /// the node's MTU when the configuration names none.
+    pub(crate) fn fill_node_network(&mut self, subnet: &str, mtu: Option<u32>) {
+        if let Some(Value::Object(ipam)) = self.raw.get_mut("ipam") {
+            ipam.insert("ranges".into(), serde_json::json!([[{ "subnet": subnet }]]));
+        }
+        if let Some(mtu) = mtu.filter(|_| !self.raw.contains_key("mtu")) {
+            self.mtu = mtu;
+        }
+    }
+
     /// The configuration with another cniVersion (for an IPAM plugin that
     /// speaks an older one).
     pub(crate) fn with_version(&self, version: &str) -> Value {

@@ -76,7 +76,17 @@ fn run(env: &Env, input: &str) -> Result<Option<Value>, CniError> {
             json!({ "cniVersion": asked, "supportedVersions": SUPPORTED }),
         ));
     }
-    let conf = NetConf::parse(input)?;
+    let mut conf = NetConf::parse(input)?;
+    if conf.wants_node_subnet() {
+        match node_network(&conf) {
+            Ok((subnet, mtu)) => conf.fill_node_network(&subnet, mtu),
+            // host-local's DEL releases by container id whatever the
+            // range (its store is per network name): any range will do,
+            // and DEL never fails on the daemon's account.
+            Err(_) if env.command == Command::Del => conf.fill_node_network("169.254.0.0/16", None),
+            Err(e) => return Err(e),
+        }
+    }
     match env.command {
         Command::Add => add(env, &conf).map(Some),
         Command::Del => del(env, &conf).map(|()| None),
@@ -86,6 +96,54 @@ fn run(env: &Env, input: &str) -> Result<Option<Value>, CniError> {
         Command::Version => unreachable!("answered above"),
     }
 }
+
+/// The node's pod subnet and pods' MTU, for a host-local configuration
+/// that names no subnet: from podswitchd (which leased it, or was given
+/// it), else from the subnet file it wrote (flannel's format, so that DEL
+/// still works while the daemon is down, and a flanneld node's file
+/// serves as well).
+fn node_network(conf: &NetConf) -> Result<(String, Option<u32>), CniError> {
+    let from_daemon = Client::connect(Path::new(&conf.socket), Duration::from_secs(5))
+        .ok()
+        .and_then(|mut c| c.call(&Request::Status).ok())
+        .and_then(|status| {
+            let subnet = status["pod_cidr"].as_str()?.to_string();
+            let mtu = status["mtu"].as_u64().and_then(|m| u32::try_from(m).ok());
+            Some((subnet, mtu))
+        });
+    if let Some(found) = from_daemon {
+        return Ok(found);
+    }
+    let text = std::fs::read_to_string(SUBNET_FILE).unwrap_or_default();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|v| v.trim().to_string())
+    };
+    let subnet = value("FLANNEL_SUBNET=").and_then(|gateway| {
+        let (addr, len) = gateway.split_once('/')?;
+        let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
+        let addr: std::net::Ipv4Addr = addr.parse().ok()?;
+        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+        Some(format!(
+            "{}/{len}",
+            std::net::Ipv4Addr::from(u32::from(addr) & mask)
+        ))
+    });
+    match subnet {
+        Some(subnet) => Ok((subnet, value("FLANNEL_MTU=").and_then(|m| m.parse().ok()))),
+        None => Err(CniError::new(
+            Code::TryAgainLater,
+            format!(
+                "ipam gives host-local no subnet, and neither podswitchd at {} nor {SUBNET_FILE} says the node's",
+                conf.socket
+            ),
+        )),
+    }
+}
+
+/// Where podswitchd writes the node's lease (flannel's subnet file).
+const SUBNET_FILE: &str = "/run/flannel/subnet.env";
 
 fn connect(conf: &NetConf) -> Result<Client, CniError> {
     Client::connect(Path::new(&conf.socket), Duration::from_secs(30)).map_err(|e| {

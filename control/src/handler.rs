@@ -266,45 +266,9 @@ impl Handler {
                 Ok(Value::Null)
             }
             Request::RouteList => Ok(routes(&self.tables)),
-            Request::PeerAdd {
-                name,
-                underlay_ip,
-                pod_cidr,
-                vtep_mac,
-                underlay_mac,
-                backend,
-                vni,
-            } => {
-                let snap = self.tables.load();
-                let underlay_ip = parse_ip("underlay_ip", underlay_ip)?;
-                let o = underlay_ip.octets();
-                let backend = match backend {
-                    Some(b) => b.parse::<Backend>()?,
-                    None => snap.node.backend,
-                };
-                // host-gw next hops need the peer's real MAC: ask the
-                // underlay when the request does not say.
-                let direct = backend == Backend::HostGw
-                    || (backend == Backend::DirectRouting
-                        && snap.node.on_underlay_subnet(underlay_ip));
-                let spec = PeerSpec {
-                    name: name.clone(),
-                    underlay_ip,
-                    underlay_mac: match (underlay_mac, &self.dataplane) {
-                        (Some(m), _) => parse_mac("underlay_mac", m)?,
-                        (None, Some(dp)) if direct => dp.resolve_underlay_mac(underlay_ip)?,
-                        (None, _) => MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]]),
-                    },
-                    pod_cidr: parse_prefix("pod_cidr", pod_cidr)?,
-                    backend,
-                    vni: match vni {
-                        Some(v) => {
-                            Vni::new(*v).ok_or_else(|| format!("vni {v} does not fit 24 bits"))?
-                        }
-                        None => snap.node.vni,
-                    },
-                    vtep_mac: parse_mac("vtep_mac", vtep_mac)?,
-                };
+            Request::PeerAdd { .. } => {
+                let spec = self.peer_spec(request)?;
+                let (name, underlay_ip) = (spec.name.clone(), spec.underlay_ip);
                 let id = self.tables.add_peer(spec).map_err(err)?;
                 self.changed(|| format!("peer {name} at {underlay_ip} added"));
                 self.applied(request);
@@ -391,6 +355,84 @@ impl Handler {
                 }))
             }
         }
+    }
+
+    /// The peer a `PeerAdd` request describes.
+    fn peer_spec(&self, request: &Request) -> Result<PeerSpec, String> {
+        let Request::PeerAdd {
+            name,
+            underlay_ip,
+            pod_cidr,
+            vtep_mac,
+            underlay_mac,
+            backend,
+            vni,
+        } = request
+        else {
+            return Err("not a peer-add request".into());
+        };
+        let snap = self.tables.load();
+        let underlay_ip = parse_ip("underlay_ip", underlay_ip)?;
+        let o = underlay_ip.octets();
+        let backend = match backend {
+            Some(b) => b.parse::<Backend>()?,
+            None => snap.node.backend,
+        };
+        // host-gw next hops need the peer's real MAC: ask the underlay
+        // when the request does not say.
+        let direct = backend == Backend::HostGw
+            || (backend == Backend::DirectRouting && snap.node.on_underlay_subnet(underlay_ip));
+        Ok(PeerSpec {
+            name: name.clone(),
+            underlay_ip,
+            underlay_mac: match (underlay_mac, &self.dataplane) {
+                (Some(m), _) => parse_mac("underlay_mac", m)?,
+                (None, Some(dp)) if direct => dp.resolve_underlay_mac(underlay_ip)?,
+                (None, _) => MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]]),
+            },
+            pod_cidr: parse_prefix("pod_cidr", pod_cidr)?,
+            backend,
+            vni: match vni {
+                Some(v) => Vni::new(*v).ok_or_else(|| format!("vni {v} does not fit 24 bits"))?,
+                None => snap.node.vni,
+            },
+            vtep_mac: parse_mac("vtep_mac", vtep_mac)?,
+        })
+    }
+
+    /// Applies many `PeerAdd` requests as one table change (one copy of
+    /// the peer table and one new snapshot, where one request at a time
+    /// copies the growing table once per peer); each gets its own answer,
+    /// as [`Handler::handle`] would have given it.
+    pub fn add_peers(&self, requests: &[Request]) -> Vec<Result<Value, String>> {
+        let specs: Vec<Result<PeerSpec, String>> =
+            requests.iter().map(|r| self.peer_spec(r)).collect();
+        let added = self.tables.edit(|editor| {
+            Ok(specs
+                .iter()
+                .map(|spec| match spec {
+                    Ok(spec) => editor.add_peer(spec.clone()).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.clone()),
+                })
+                .collect::<Vec<_>>())
+        });
+        let added = match added {
+            Ok(added) => added,
+            Err(e) => return requests.iter().map(|_| Err(e.to_string())).collect(),
+        };
+        requests
+            .iter()
+            .zip(specs)
+            .zip(added)
+            .map(|((request, spec), id)| {
+                let id = id?;
+                if let Ok(spec) = spec {
+                    self.changed(|| format!("peer {} at {} added", spec.name, spec.underlay_ip));
+                }
+                self.applied(request);
+                Ok(json!({ "peer": id.0 }))
+            })
+            .collect()
     }
 
     fn status(&self) -> Value {

@@ -526,3 +526,53 @@ fn other_users_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Many peers added as one table change answer each as one request at a
+/// time would: a bad request and a duplicate fail alone, the others are
+/// in, in one new snapshot.
+#[test]
+fn peers_added_together_answer_one_by_one() {
+    let config = NodeConfig::flannel(
+        "node1",
+        "10.244.1.0/24".parse().unwrap(),
+        Ipv4Addr::new(192, 168, 100, 1),
+    );
+    let tables = Tables::new(config, 64);
+    let handler = Handler::new(Arc::clone(&tables), || 0);
+    let peer = |n: u8, mac: &str| Request::PeerAdd {
+        name: format!("node{n}"),
+        underlay_ip: format!("192.168.100.{n}"),
+        pod_cidr: format!("10.244.{n}.0/24"),
+        vtep_mac: mac.into(),
+        underlay_mac: None,
+        backend: None,
+        vni: None,
+    };
+    let version = tables.load().version;
+    let answers = handler.add_peers(&[
+        peer(2, "02:0e:00:00:00:02"),
+        peer(3, "not a mac"),
+        peer(2, "02:0e:00:00:00:22"),
+        peer(4, "02:0e:00:00:00:04"),
+    ]);
+    assert!(answers[0].is_ok(), "{answers:?}");
+    assert!(
+        answers[1].as_ref().unwrap_err().contains("vtep_mac"),
+        "{answers:?}"
+    );
+    assert!(answers[2].is_err(), "a duplicate: {answers:?}");
+    assert!(answers[3].is_ok(), "{answers:?}");
+    let snap = tables.load();
+    assert_eq!(snap.version, version + 1, "one snapshot for the batch");
+    assert_eq!(snap.peers.len(), 2);
+    assert_eq!(
+        handler
+            .handle(&Request::PeerList)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(tables.routes().1.len() >= 2, "routes to both peers");
+}

@@ -214,8 +214,32 @@ impl LeasePeers {
                 for subnet in gone {
                     self.remove(subnet);
                 }
+                // New leases (all of them at start) as one table change;
+                // changed ones one by one.
+                let mut new = Vec::new();
                 for (subnet, attrs) in now {
-                    self.set(subnet, attrs);
+                    if self.known.contains_key(&subnet) {
+                        self.set(subnet, attrs);
+                    } else {
+                        match peer_request(subnet, &attrs, &self.network) {
+                            Ok(request) => new.push((subnet, attrs, request)),
+                            Err(e) => {
+                                tracing::warn!(lease = %subnet_key(&subnet), "lease ignored: {e}")
+                            }
+                        }
+                    }
+                }
+                let requests: Vec<Request> = new.iter().map(|(_, _, r)| r.clone()).collect();
+                let answers = self.handler.add_peers(&requests);
+                for ((subnet, attrs, _), answer) in new.into_iter().zip(answers) {
+                    match answer {
+                        Ok(_) => {
+                            self.known.insert(subnet, attrs);
+                        }
+                        Err(e) => {
+                            tracing::warn!(lease = %subnet_key(&subnet), "lease not applied: {e}")
+                        }
+                    }
                 }
             }
             LeaseEvent::Set(subnet, attrs) => self.set(subnet, attrs),

@@ -131,7 +131,8 @@ pub struct Cluster {
     /// (as Open vSwitch's tests check the daemon's log at exit).
     pub expected_warnings: Vec<&'static str>,
     /// A lease store's URL: the daemons lease their subnets and learn
-    /// their peers there (`[cluster] store = "etcd"`).
+    /// their peers there (`[cluster] store = "etcd"`). Several are joined
+    /// by `", "` (the TOML array's separator).
     pub store: Option<String>,
     /// The lease store's CA, client certificate and key, for TLS.
     pub store_tls: Option<[String; 3]>,

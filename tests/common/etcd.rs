@@ -21,6 +21,9 @@ pub struct Etcd {
     log: std::path::PathBuf,
     /// More options (TLS).
     extra: Vec<String>,
+    name: String,
+    peer_url: String,
+    initial_cluster: String,
 }
 
 const CLIENT: &str = "import base64, json, sys, urllib.request
@@ -31,47 +34,60 @@ if op == 'put': body['value'] = b64(sys.argv[4])
 if op == 'range' and key.endswith('/'):
     body['range_end'] = b64(key[:-1] + chr(ord(key[-1]) + 1))
 if op == 'compaction': body = {'revision': int(key)}
-path = {'put': 'kv/put', 'range': 'kv/range', 'deleterange': 'kv/deleterange', 'compaction': 'kv/compaction'}[op]
+if op == 'status': body = {}
+path = {'put': 'kv/put', 'range': 'kv/range', 'deleterange': 'kv/deleterange', 'compaction': 'kv/compaction', 'status': 'maintenance/status'}[op]
 req = urllib.request.Request(url + '/v3/' + path, data=json.dumps(body).encode(), headers={'Content-Type': 'application/json'})
 reply = json.load(urllib.request.urlopen(req, timeout=5))
 if op == 'range':
     for kv in reply.get('kvs', []):
         print(base64.b64decode(kv['key']).decode(), base64.b64decode(kv.get('value', '')).decode(), kv.get('lease', '0'), sep='\\t')
     print('revision', reply['header']['revision'], sep='\\t')
+elif op == 'status':
+    print('leader' if reply.get('leader') == reply['header']['member_id'] else 'follower')
 else:
     print(reply['header']['revision'])";
 
 impl Etcd {
+    fn member(ns: &Netns, name: &str, url: String, local_port: u16, peer_url: String) -> Etcd {
+        Etcd {
+            child: None,
+            ns_name: ns.name.clone(),
+            url,
+            local_url: format!("http://127.0.0.1:{local_port}"),
+            data_dir: std::env::temp_dir().join(unique("etcd")),
+            log: std::env::temp_dir().join(unique("etcd.log")),
+            extra: Vec::new(),
+            name: name.to_string(),
+            initial_cluster: format!("{name}={peer_url}"),
+            peer_url,
+        }
+    }
+
     /// Starts etcd in `ns`, serving clients on `ip`:2379, and waits until
     /// it answers.
     pub fn start(ns: &Netns, ip: &str) -> Etcd {
-        let data_dir = std::env::temp_dir().join(unique("etcd"));
-        let log = std::env::temp_dir().join(unique("etcd.log"));
-        let mut etcd = Etcd {
-            child: None,
-            ns_name: ns.name.clone(),
-            url: format!("http://{ip}:2379"),
-            local_url: "http://127.0.0.1:2379".into(),
-            data_dir,
-            log,
-            extra: Vec::new(),
-        };
-        etcd.resume();
+        let mut etcd = Etcd::member(
+            ns,
+            "test",
+            format!("http://{ip}:2379"),
+            2379,
+            "http://127.0.0.1:2380".into(),
+        );
+        etcd.spawn();
+        etcd.wait_ready();
         etcd
     }
 
     /// Starts etcd in `ns` serving clients over TLS on `ip`:2379, with
     /// client certificates required (signed by `certs`' CA).
     pub fn start_tls(ns: &Netns, ip: &str, certs: &Certs) -> Etcd {
-        let mut etcd = Etcd {
-            child: None,
-            ns_name: ns.name.clone(),
-            url: format!("https://{ip}:2379"),
-            local_url: "http://127.0.0.1:2379".into(),
-            data_dir: std::env::temp_dir().join(unique("etcd")),
-            log: std::env::temp_dir().join(unique("etcd.log")),
-            extra: Vec::new(),
-        };
+        let mut etcd = Etcd::member(
+            ns,
+            "test",
+            format!("https://{ip}:2379"),
+            2379,
+            "http://127.0.0.1:2380".into(),
+        );
         let dir = certs.dir.display().to_string();
         etcd.extra = vec![
             "--cert-file".into(),
@@ -82,12 +98,45 @@ impl Etcd {
             format!("{dir}/ca.pem"),
             "--client-cert-auth".into(),
         ];
-        etcd.resume();
+        etcd.spawn();
+        etcd.wait_ready();
         etcd
+    }
+
+    /// A cluster of one member per address in `ips` (clients on :2379,
+    /// peers on :2380), all in `ns`, each ready when this returns.
+    pub fn start_cluster(ns: &Netns, ips: &[&str]) -> Vec<Etcd> {
+        let mut members: Vec<Etcd> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| {
+                Etcd::member(
+                    ns,
+                    &format!("m{i}"),
+                    format!("http://{ip}:2379"),
+                    22379 + 10 * i as u16,
+                    format!("http://{ip}:2380"),
+                )
+            })
+            .collect();
+        let initial: Vec<String> = members.iter().map(|m| m.initial_cluster.clone()).collect();
+        for m in &mut members {
+            m.initial_cluster = initial.join(",");
+            m.spawn();
+        }
+        for m in &members {
+            m.wait_ready();
+        }
+        members
     }
 
     /// Starts the server again on the same data (after [`Etcd::kill`]).
     pub fn resume(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    fn spawn(&mut self) {
         assert!(self.child.is_none(), "etcd already runs");
         let listen = if self.url == self.local_url {
             self.url.clone()
@@ -95,7 +144,7 @@ impl Etcd {
             format!("{},{}", self.local_url, self.url)
         };
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns_name, "etcd", "--name", "test"])
+            .args(["netns", "exec", &self.ns_name, "etcd", "--name", &self.name])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args([
@@ -104,11 +153,11 @@ impl Etcd {
                 "--advertise-client-urls",
                 &self.url,
                 "--listen-peer-urls",
-                "http://127.0.0.1:2380",
+                &self.peer_url,
                 "--initial-advertise-peer-urls",
-                "http://127.0.0.1:2380",
+                &self.peer_url,
                 "--initial-cluster",
-                "test=http://127.0.0.1:2380",
+                &self.initial_cluster,
             ])
             .args(&self.extra)
             .stdout(Stdio::null())
@@ -116,6 +165,9 @@ impl Etcd {
             .spawn()
             .expect("etcd (Debian's etcd-server; scripts/setup.sh installs it)");
         self.child = Some(child);
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.try_call(&["range", "/"]).is_none() {
             assert!(
@@ -125,6 +177,17 @@ impl Etcd {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// True if this member leads the cluster now.
+    pub fn is_leader(&self) -> bool {
+        self.try_call(&["status", "-"])
+            .is_some_and(|out| out.trim() == "leader")
+    }
+
+    /// True while the server process runs.
+    pub fn child_alive(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Kills the server (its data stays).

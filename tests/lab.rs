@@ -50,26 +50,37 @@ impl Drop for LabGuard {
 }
 
 fn up(name: &str, dataplane: &str, backend: &str, mode: &str) -> Value {
-    let out = ctl(&[
+    up_with(
+        name,
+        &[
+            "--dataplane",
+            dataplane,
+            "--backend",
+            backend,
+            "--gateway-mode",
+            mode,
+        ],
+    )
+}
+
+/// `lab up` of two nodes with two pods each, and `options`.
+fn up_with(name: &str, options: &[&str]) -> Value {
+    let mut args = vec![
         "lab",
         "up",
         "--name",
         name,
-        "--dataplane",
-        dataplane,
-        "--backend",
-        backend,
-        "--gateway-mode",
-        mode,
         "--nodes",
         "2",
         "--pods-per-node",
         "2",
-        "--json",
-    ]);
+    ];
+    args.extend_from_slice(options);
+    args.push("--json");
+    let out = ctl(&args);
     assert!(
         out.status.success(),
-        "lab up {dataplane}/{backend}/{mode}: {}",
+        "lab up {options:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("lab status JSON")
@@ -173,25 +184,7 @@ fn a_lab_whose_nodes_meet_in_etcd() {
     require(&["ip", "ping", "etcd", "ps"]);
     let lab = name("etcd");
     let _guard = LabGuard(lab.clone());
-    let out = ctl(&[
-        "lab",
-        "up",
-        "--name",
-        &lab,
-        "--store",
-        "etcd",
-        "--nodes",
-        "2",
-        "--pods-per-node",
-        "2",
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = up_with(&lab, &["--store", "etcd"]);
     assert_eq!(status["store"], "http://192.168.100.254:2379", "{status}");
     let nodes = status["nodes"].as_array().unwrap();
     assert_ne!(nodes[0]["pod_cidr"], nodes[1]["pod_cidr"], "{status}");

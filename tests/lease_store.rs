@@ -62,6 +62,28 @@ fn leased_cluster(backend: &str) -> (Cluster, Etcd) {
     (cluster, etcd)
 }
 
+/// Once both daemons run: notes the subnet each leased, waits until each
+/// made the other a peer, and gives each node one attached pod (MTU
+/// `mtu`) in its subnet.
+fn meet_and_add_pods(cluster: &mut Cluster, mtu: u32) {
+    for n in 0..2 {
+        let status = cluster.nodes[n].ctl_json(&["status"]);
+        let subnet = status["pod_cidr"].as_str().unwrap().to_string();
+        cluster.nodes[n].pod_net = subnet.trim_end_matches(".0/24").to_string();
+    }
+    for n in 0..2 {
+        wait_until("the other node's lease applied", || {
+            cluster.nodes[n]
+                .ctl_json(&["peer", "list"])
+                .as_array()
+                .map(Vec::len)
+                == Some(1)
+        });
+        cluster.add_pod(n, 2, mtu);
+        cluster.attach_pods(n);
+    }
+}
+
 #[test]
 fn nodes_lease_subnets_in_flannels_layout_and_follow_each_other() {
     let (mut cluster, etcd) = leased_cluster("vxlan");
@@ -191,24 +213,7 @@ fn nodes_lease_subnets_in_flannels_layout_and_follow_each_other() {
 #[test]
 fn forwarding_goes_on_while_the_store_is_away_and_resyncs_after() {
     let (mut cluster, mut etcd) = leased_cluster("host-gw");
-    for n in 0..2 {
-        let status = cluster.nodes[n].ctl_json(&["status"]);
-        let subnet = status["pod_cidr"].as_str().unwrap().to_string();
-        cluster.nodes[n].pod_net = subnet.trim_end_matches(".0/24").to_string();
-    }
-    for n in 0..2 {
-        wait_until("the other node's lease applied", || {
-            cluster.nodes[n]
-                .ctl_json(&["peer", "list"])
-                .as_array()
-                .map(Vec::len)
-                == Some(1)
-        });
-    }
-    cluster.add_pod(0, 2, 1500);
-    cluster.add_pod(1, 2, 1500);
-    cluster.attach_pods(0);
-    cluster.attach_pods(1);
+    meet_and_add_pods(&mut cluster, 1500);
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
     assert!(ping(&a.ns, &b.ip, 2), "{}", cluster.logs());
 
@@ -406,21 +411,16 @@ fn a_podswitch_node_joins_a_kernel_flannel_node_through_etcd() {
 fn every_backend_carries_traffic_between_nodes_that_met_in_the_store() {
     for backend in ["vxlan", "host-gw", "udp", "ipip", "directrouting"] {
         let (mut cluster, etcd) = leased_cluster(backend);
-        let mut keys = Vec::new();
-        for n in 0..2 {
-            let status = cluster.nodes[n].ctl_json(&["status"]);
-            assert_eq!(status["backend"], backend, "{status}");
-            let subnet = status["pod_cidr"].as_str().unwrap().to_string();
-            keys.push(subnet.replace('/', "-"));
-            cluster.nodes[n].pod_net = subnet.trim_end_matches(".0/24").to_string();
-        }
-        for n in 0..2 {
-            wait_until("the other node's lease applied", || {
-                peer(&cluster, n, &keys[1 - n]).is_some()
-            });
-            cluster.add_pod(n, 2, common::cluster::pod_mtu(backend));
-            cluster.attach_pods(n);
-        }
+        meet_and_add_pods(&mut cluster, common::cluster::pod_mtu(backend));
+        let keys: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|node| {
+                let status = node.ctl_json(&["status"]);
+                assert_eq!(status["backend"], backend, "{status}");
+                status["pod_cidr"].as_str().unwrap().replace('/', "-")
+            })
+            .collect();
         let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
         assert!(ping(&a.ns, &b.ip, 2), "{backend}\n{}", cluster.logs());
         tcp_transfer(&a.ns, &b.ns, &b.ip, 4 << 20)
@@ -491,21 +491,8 @@ fn the_stores_leader_dies_and_nothing_is_lost() {
     cluster.expected_warnings.push("lease store unreachable");
     for n in 0..2 {
         cluster.start(n, &[]);
-        let status = cluster.nodes[n].ctl_json(&["status"]);
-        let subnet = status["pod_cidr"].as_str().unwrap().to_string();
-        cluster.nodes[n].pod_net = subnet.trim_end_matches(".0/24").to_string();
     }
-    for n in 0..2 {
-        wait_until("the other node's lease applied", || {
-            cluster.nodes[n]
-                .ctl_json(&["peer", "list"])
-                .as_array()
-                .map(Vec::len)
-                == Some(1)
-        });
-        cluster.add_pod(n, 2, 1450);
-        cluster.attach_pods(n);
-    }
+    meet_and_add_pods(&mut cluster, 1450);
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
     assert!(ping(&a.ns, &b.ip, 2), "{}", cluster.logs());
 

@@ -311,41 +311,46 @@ impl Certs {
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.display().to_string();
         let ssl = |args: &[&str]| super::run("openssl", args);
-        ssl(&[
-            "req",
-            "-x509",
+        // A new P-256 key, unencrypted, with its request or certificate.
+        let new_key = [
             "-newkey",
             "ec",
             "-pkeyopt",
             "ec_paramgen_curve:prime256v1",
             "-nodes",
-            "-keyout",
-            &format!("{d}/ca-key.pem"),
-            "-out",
-            &format!("{d}/ca.pem"),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=podswitch test CA",
-        ]);
+        ];
+        ssl(&[
+            &["req", "-x509"][..],
+            &new_key,
+            &[
+                "-keyout",
+                &format!("{d}/ca-key.pem"),
+                "-out",
+                &format!("{d}/ca.pem"),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=podswitch test CA",
+            ],
+        ]
+        .concat());
         for (name, ext) in [
             ("server", format!("subjectAltName=IP:{server_ip}")),
             ("client", "extendedKeyUsage=clientAuth".to_string()),
         ] {
             ssl(&[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                &format!("{d}/{name}-key.pem"),
-                "-out",
-                &format!("{d}/{name}.csr"),
-                "-subj",
-                &format!("/CN={name}"),
-            ]);
+                &["req"][..],
+                &new_key,
+                &[
+                    "-keyout",
+                    &format!("{d}/{name}-key.pem"),
+                    "-out",
+                    &format!("{d}/{name}.csr"),
+                    "-subj",
+                    &format!("/CN={name}"),
+                ],
+            ]
+            .concat());
             std::fs::write(format!("{d}/{name}.ext"), &ext).unwrap();
             ssl(&[
                 "x509",

@@ -181,6 +181,17 @@ fn nodes_lease_subnets_in_flannels_layout_and_follow_each_other() {
     wait_until("a removed lease's peer removed", || {
         peer(&cluster, 0, "10.244.77.0-24").is_none()
     });
+    // One log line per change: added, changed, removed.
+    let log = cluster.nodes[0].daemon.as_ref().unwrap().log_text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("peer 10.244.77.0-24"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[1].contains("changed: now at 192.168.100.77, VTEP 0e:00:00:00:00:78"),
+        "{lines:#?}"
+    );
     // A value that is no lease is skipped and counted, not applied.
     etcd.put(&format!("{PREFIX}/subnets/10.244.88.0-24"), "not json");
     wait_until("a bad lease counted", || {

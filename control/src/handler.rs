@@ -400,6 +400,25 @@ impl Handler {
         })
     }
 
+    /// Puts the peer a `PeerAdd` request describes in place of the peer
+    /// of that name, as one table change: no snapshot is without it (the
+    /// traffic to its pods flows on while its VTEP or address changes),
+    /// and one log line says so.
+    pub fn replace_peer(&self, request: &Request) -> Result<Value, String> {
+        let spec = self.peer_spec(request)?;
+        let (name, underlay_ip, vtep_mac) = (spec.name.clone(), spec.underlay_ip, spec.vtep_mac);
+        let id = self
+            .tables
+            .edit(|editor| {
+                editor.remove_peer(&spec.name)?;
+                editor.add_peer(spec.clone())
+            })
+            .map_err(|e| e.to_string())?;
+        self.changed(|| format!("peer {name} changed: now at {underlay_ip}, VTEP {vtep_mac}"));
+        self.applied(request);
+        Ok(json!({ "peer": id.0 }))
+    }
+
     /// Applies many `PeerAdd` requests as one table change (one copy of
     /// the peer table and one new snapshot, where one request at a time
     /// copies the growing table once per peer); each gets its own answer,

@@ -576,3 +576,44 @@ fn peers_added_together_answer_one_by_one() {
     );
     assert!(tables.routes().1.len() >= 2, "routes to both peers");
 }
+
+/// A peer replaced (a lease whose VTEP or address changed) is one table
+/// change: the very next snapshot has the new peer and its route, and no
+/// snapshot was published without it. A peer that is not there cannot
+/// be replaced.
+#[test]
+fn a_peer_is_replaced_in_one_change() {
+    let config = NodeConfig::flannel(
+        "node1",
+        "10.244.1.0/24".parse().unwrap(),
+        Ipv4Addr::new(192, 168, 100, 1),
+    );
+    let tables = Tables::new(config, 64);
+    let handler = Handler::new(Arc::clone(&tables), || 0);
+    let peer = |ip: &str, mac: &str| Request::PeerAdd {
+        name: "node2".into(),
+        underlay_ip: ip.into(),
+        pod_cidr: "10.244.2.0/24".into(),
+        vtep_mac: mac.into(),
+        underlay_mac: None,
+        backend: None,
+        vni: None,
+    };
+    assert!(handler
+        .replace_peer(&peer("192.168.100.2", "02:0e:00:00:00:02"))
+        .is_err());
+    handler
+        .handle(&peer("192.168.100.2", "02:0e:00:00:00:02"))
+        .unwrap();
+    let version = tables.load().version;
+    handler
+        .replace_peer(&peer("192.168.100.22", "02:0e:00:00:00:22"))
+        .unwrap();
+    let snap = tables.load();
+    assert_eq!(snap.version, version + 1, "one change");
+    let list = handler.handle(&Request::PeerList).unwrap();
+    assert_eq!(list[0]["underlay_ip"], "192.168.100.22", "{list}");
+    assert_eq!(list[0]["vtep_mac"], "02:0e:00:00:00:22", "{list}");
+    let routes = handler.handle(&Request::RouteList).unwrap().to_string();
+    assert!(routes.contains("10.244.2.0/24"), "{routes}");
+}

@@ -260,14 +260,14 @@ impl LeasePeers {
                 return;
             }
         };
-        let changed = self.known.contains_key(&subnet);
-        if changed {
-            // The handler's own log line says what the peer is now.
-            let _ = self.handler.handle(&Request::PeerDel {
-                name: subnet_key(&subnet),
-            });
-        }
-        match self.handler.handle(&request) {
+        let answer = if self.known.contains_key(&subnet) {
+            // One table change: the subnet's traffic never meets a moment
+            // without its peer.
+            self.handler.replace_peer(&request)
+        } else {
+            self.handler.handle(&request)
+        };
+        match answer {
             Ok(_) => {
                 self.known.insert(subnet, attrs);
             }

@@ -178,7 +178,8 @@ fn every_dataplane_and_backend_builds_a_working_lab_and_leaves_nothing() {
 /// `lab up --store etcd`: an etcd on the underlay holds flannel's network
 /// config; nodes start with no subnet and no peers, lease distinct
 /// subnets, learn each other there, and their pods reach each other; the
-/// lab goes down with its etcd.
+/// lab goes down with its etcd. With `--kernel-nodes 1`, a kernel flannel
+/// node joins through the same store.
 #[test]
 fn a_lab_whose_nodes_meet_in_etcd() {
     require(&["ip", "ping", "etcd", "ps"]);
@@ -199,6 +200,26 @@ fn a_lab_whose_nodes_meet_in_etcd() {
     }
     all_reach(&lab, &status);
     assert!(ctl(&["lab", "down", "--name", &lab]).status.success());
+    assert_gone(&lab);
+
+    // A mixed lab: node2 runs flannel's kernel data path, its lease
+    // written as flanneld writes it; node1, podswitch, leases around it.
+    let status = up_with(&lab, &["--store", "etcd", "--kernel-nodes", "1"]);
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes[0]["dataplane"], "podswitch", "{status}");
+    assert_eq!(nodes[1]["dataplane"], "kernel", "{status}");
+    assert_eq!(nodes[1]["pod_cidr"], "10.244.2.0/24", "{status}");
+    assert_ne!(nodes[0]["pod_cidr"], nodes[1]["pod_cidr"], "{status}");
+    all_reach(&lab, &status);
+    assert!(ctl(&["lab", "down", "--name", &lab]).status.success());
+    assert_gone(&lab);
+    let refused = ctl(&["lab", "up", "--name", &lab, "--kernel-nodes", "1"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--store etcd"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     assert_gone(&lab);
 }
 

@@ -77,6 +77,12 @@ pub(crate) struct UpArgs {
     /// subnets and learn each other there).
     #[arg(long, default_value = "static")]
     store: String,
+    /// With --store etcd: the last N nodes run flannel's kernel data path
+    /// (vxlan, bridge mode), their leases written as flanneld writes them
+    /// and their kernels programmed from the other nodes' leases, beside
+    /// podswitch nodes.
+    #[arg(long, default_value_t = 0)]
+    kernel_nodes: u8,
 }
 
 impl UpArgs {
@@ -90,6 +96,7 @@ impl UpArgs {
             gateway_mode: "bridge".to_string(),
             dataplane: dataplane.to_string(),
             store: "static".to_string(),
+            kernel_nodes: 0,
         }
     }
 }
@@ -130,6 +137,9 @@ pub(crate) struct Node {
     /// podswitchd's pid and socket (podswitch dataplane).
     pub(crate) pid: Option<u32>,
     pub(crate) socket: Option<String>,
+    /// A kernel flannel node in a lab of podswitch nodes.
+    #[serde(default)]
+    pub(crate) kernel: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,6 +270,15 @@ pub(crate) fn up(args: &UpArgs) -> Result<Lab> {
         "etcd" => Some(format!("http://{LAB_ETCD_IP}:2379")),
         other => bail!("--store {other:?}: static or etcd"),
     };
+    if args.kernel_nodes > 0
+        && (store.is_none()
+            || kernel
+            || args.backend != "vxlan"
+            || args.gateway_mode != "bridge"
+            || args.kernel_nodes >= args.nodes)
+    {
+        bail!("--kernel-nodes N mixes kernel flannel nodes into a lab of podswitch nodes: it needs --store etcd, --backend vxlan, bridge mode, and fewer kernel nodes than --nodes");
+    }
     if kernel && args.backend == "udp" {
         bail!("the kernel has no udp backend: flannel's udp backend is flanneld forwarding in userspace; use --dataplane podswitch");
     }
@@ -316,20 +335,25 @@ fn build(lab: &mut Lab, args: &UpArgs, kernel: bool) -> Result<()> {
             pod_cidr: format!("10.244.{x}.0/24"),
             pid: None,
             socket: None,
+            kernel: kernel || x > args.nodes - args.kernel_nodes,
         });
     }
     lab.save()?;
-    if kernel {
-        kernel_nodes(lab)?;
-    } else {
-        for i in 0..lab.nodes.len() {
+    if args.kernel_nodes > 0 {
+        // The kernel nodes' leases first, as their flanneld would write
+        // them: the podswitch nodes lease around them and learn them.
+        lease_for_kernel_nodes(lab, &underlay)?;
+    }
+    for i in 0..lab.nodes.len() {
+        if !lab.nodes[i].kernel {
             start_daemon(lab, i)?;
             lab.save()?;
         }
     }
+    kernel_nodes(lab)?;
     for i in 0..lab.nodes.len() {
         for y in 1..=args.pods_per_node {
-            let pod = if kernel {
+            let pod = if lab.nodes[i].kernel {
                 kernel_pod(lab, i, y)?
             } else {
                 cni_pod(lab, i, y)?
@@ -352,6 +376,43 @@ fn lab_network(backend: &str) -> String {
         other => format!(r#"{{"Type": "{other}"}}"#),
     };
     format!(r#"{{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {backend}}}"#)
+}
+
+/// Writes each kernel node's lease (its 10.244.X.0/24, its address, the
+/// VTEP MAC of its flannel.1) into the lab's etcd, as flanneld would.
+fn lease_for_kernel_nodes(lab: &Lab, underlay: &str) -> Result<()> {
+    let options = lab_etcd_options();
+    let leased =
+        podswitch_engine::sys::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
+            let store =
+                podswitch_lease::etcd::Store::connect(options).map_err(std::io::Error::other)?;
+            let network = store.network().map_err(std::io::Error::other)?;
+            for node in lab.nodes.iter().filter(|n| n.kernel) {
+                let attrs = podswitch_lease::flannel::LeaseAttrs::own(
+                    node.underlay_ip.parse().map_err(std::io::Error::other)?,
+                    "vxlan",
+                    1,
+                    &derived_mac(0x0e, &node.name).to_string(),
+                );
+                let subnet = node.pod_cidr.parse().map_err(std::io::Error::other)?;
+                store
+                    .acquire(&network, &attrs, Some(subnet), None)
+                    .map_err(std::io::Error::other)?;
+            }
+            Ok(())
+        });
+    leased.context("writing the kernel nodes' leases")
+}
+
+fn lab_etcd_options() -> podswitch_lease::etcd::EtcdOptions {
+    podswitch_lease::etcd::EtcdOptions {
+        endpoints: vec![format!("http://{LAB_ETCD_IP}:2379")],
+        prefix: podswitch_lease::flannel::DEFAULT_PREFIX.into(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        timeout: Duration::from_secs(2),
+    }
 }
 
 /// etcd in the underlay namespace, one member, its data in the lab's
@@ -386,14 +447,7 @@ fn start_etcd(lab: &Lab, underlay: &str) -> Result<()> {
         .process_group(0)
         .spawn()
         .context("starting etcd (Debian's etcd-server; scripts/setup.sh installs it)")?;
-    let options = podswitch_lease::etcd::EtcdOptions {
-        endpoints: vec![url],
-        prefix: podswitch_lease::flannel::DEFAULT_PREFIX.into(),
-        ca_file: None,
-        cert_file: None,
-        key_file: None,
-        timeout: Duration::from_secs(2),
-    };
+    let options = lab_etcd_options();
     let network = lab_network(&lab.backend);
     let written =
         podswitch_engine::sys::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
@@ -562,7 +616,7 @@ fn cni_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
 /// flannel's kernel configuration on every node (Calico's pod side in
 /// proxy-arp mode).
 fn kernel_nodes(lab: &Lab) -> Result<()> {
-    for node in &lab.nodes {
+    for node in lab.nodes.iter().filter(|n| n.kernel) {
         let ns = node.netns.as_str();
         let x = node.index;
         run(
@@ -626,9 +680,10 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
                     ],
                 )?;
                 for other in lab.nodes.iter().filter(|o| o.index != x) {
-                    let y = other.index;
+                    // Every node's VTEP MAC is derived from its name, the
+                    // kernel nodes' here and podswitchd's by default.
                     let their_vtep = derived_mac(0x0e, &other.name).to_string();
-                    let gw = format!("10.244.{y}.0");
+                    let gw = other.pod_cidr.trim_end_matches("/24").to_string();
                     in_ns(
                         ns,
                         &[
@@ -880,6 +935,7 @@ fn status_json(lab: &Lab) -> serde_json::Value {
             "name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "pod_cidr": n.pod_cidr,
             "daemon": n.pid.map(|pid| if alive(pid) { "running" } else { "stopped" }),
             "pid": n.pid, "socket": n.socket,
+            "dataplane": if n.kernel { "kernel" } else { "podswitch" },
         })).collect::<Vec<_>>(),
         "pods": lab.pods.iter().map(|p| json!({
             "name": p.name, "node": p.node, "ip": p.ip, "netns": p.netns,

@@ -213,6 +213,16 @@ fn a_lab_whose_nodes_meet_in_etcd() {
     all_reach(&lab, &status);
     assert!(ctl(&["lab", "down", "--name", &lab]).status.success());
     assert_gone(&lab);
+    // Three etcd members, every node given all three.
+    let status = up_with(&lab, &["--store", "etcd", "--etcd-members", "3"]);
+    assert_eq!(
+        status["store"],
+        "http://192.168.100.254:2379,http://192.168.100.253:2379,http://192.168.100.252:2379",
+        "{status}"
+    );
+    all_reach(&lab, &status);
+    assert!(ctl(&["lab", "down", "--name", &lab]).status.success());
+    assert_gone(&lab);
     let refused = ctl(&["lab", "up", "--name", &lab, "--kernel-nodes", "1"]);
     assert!(!refused.status.success());
     assert!(

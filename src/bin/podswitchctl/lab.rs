@@ -83,6 +83,10 @@ pub(crate) struct UpArgs {
     /// podswitch nodes.
     #[arg(long, default_value_t = 0)]
     kernel_nodes: u8,
+    /// With --store etcd: members of the lab's etcd cluster (1 or 3), at
+    /// 192.168.100.254, .253 and .252; nodes are given every member.
+    #[arg(long, default_value_t = 1)]
+    etcd_members: u8,
 }
 
 impl UpArgs {
@@ -97,6 +101,7 @@ impl UpArgs {
             dataplane: dataplane.to_string(),
             store: "static".to_string(),
             kernel_nodes: 0,
+            etcd_members: 1,
         }
     }
 }
@@ -122,7 +127,8 @@ pub(crate) struct Lab {
     pub(crate) gateway_mode: String,
     pub(crate) nodes: Vec<Node>,
     pub(crate) pods: Vec<Pod>,
-    /// The etcd the nodes lease their subnets from, if any.
+    /// The client URLs of the etcd the nodes lease their subnets from, if
+    /// any (comma-separated).
     #[serde(default)]
     pub(crate) store: Option<String>,
 }
@@ -267,9 +273,18 @@ pub(crate) fn up(args: &UpArgs) -> Result<Lab> {
         "etcd" if kernel => bail!(
             "--store etcd runs podswitch nodes; kernel nodes from etcd are not in the lab yet"
         ),
-        "etcd" => Some(format!("http://{LAB_ETCD_IP}:2379")),
+        "etcd" => Some(
+            etcd_member_ips(args.etcd_members)?
+                .iter()
+                .map(|ip| format!("http://{ip}:2379"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         other => bail!("--store {other:?}: static or etcd"),
     };
+    if args.etcd_members != 1 && store.is_none() {
+        bail!("--etcd-members goes with --store etcd");
+    }
     if args.kernel_nodes > 0
         && (store.is_none()
             || kernel
@@ -365,8 +380,15 @@ fn build(lab: &mut Lab, args: &UpArgs, kernel: bool) -> Result<()> {
     Ok(())
 }
 
-/// The lab's etcd, on the underlay bridge.
-const LAB_ETCD_IP: &str = "192.168.100.254";
+/// The addresses of the lab's etcd members, on the underlay bridge.
+fn etcd_member_ips(members: u8) -> Result<Vec<String>> {
+    match members {
+        1 | 3 => Ok((0..members)
+            .map(|i| format!("192.168.100.{}", 254 - i))
+            .collect()),
+        other => bail!("--etcd-members {other}: 1 or 3"),
+    }
+}
 
 /// flannel's network config for the lab's backend.
 fn lab_network(backend: &str) -> String {
@@ -381,7 +403,7 @@ fn lab_network(backend: &str) -> String {
 /// Writes each kernel node's lease (its 10.244.X.0/24, its address, the
 /// VTEP MAC of its flannel.1) into the lab's etcd, as flanneld would.
 fn lease_for_kernel_nodes(lab: &Lab, underlay: &str) -> Result<()> {
-    let options = lab_etcd_options();
+    let options = lab_etcd_options(lab);
     let leased =
         podswitch_engine::sys::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
             let store =
@@ -404,9 +426,14 @@ fn lease_for_kernel_nodes(lab: &Lab, underlay: &str) -> Result<()> {
     leased.context("writing the kernel nodes' leases")
 }
 
-fn lab_etcd_options() -> podswitch_lease::etcd::EtcdOptions {
+fn lab_etcd_options(lab: &Lab) -> podswitch_lease::etcd::EtcdOptions {
     podswitch_lease::etcd::EtcdOptions {
-        endpoints: vec![format!("http://{LAB_ETCD_IP}:2379")],
+        endpoints: lab
+            .store
+            .iter()
+            .flat_map(|urls| urls.split(','))
+            .map(str::to_string)
+            .collect(),
         prefix: podswitch_lease::flannel::DEFAULT_PREFIX.into(),
         ca_file: None,
         cert_file: None,
@@ -415,39 +442,58 @@ fn lab_etcd_options() -> podswitch_lease::etcd::EtcdOptions {
     }
 }
 
-/// etcd in the underlay namespace, one member, its data in the lab's
-/// directory, with flannel's network config written.
+/// etcd in the underlay namespace (one member, or three), its data in the
+/// lab's directory, with flannel's network config written.
 fn start_etcd(lab: &Lab, underlay: &str) -> Result<()> {
     let dir = lab_dir(&lab.name);
     in_ns(underlay, &["link", "set", "lo", "up"])?;
-    in_ns(
-        underlay,
-        &["addr", "add", &format!("{LAB_ETCD_IP}/24"), "dev", "br0"],
-    )?;
-    let url = format!("http://{LAB_ETCD_IP}:2379");
-    Command::new("ip")
-        .args(["netns", "exec", underlay, "etcd", "--name", "lab"])
-        .arg("--data-dir")
-        .arg(dir.join("etcd"))
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-            "--listen-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "lab=http://127.0.0.1:2380",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(dir.join("etcd.log"))?)
-        .process_group(0)
-        .spawn()
-        .context("starting etcd (Debian's etcd-server; scripts/setup.sh installs it)")?;
-    let options = lab_etcd_options();
+    let urls: Vec<&str> = lab.store.iter().flat_map(|u| u.split(',')).collect();
+    let ips: Vec<&str> = urls
+        .iter()
+        .map(|u| u.trim_start_matches("http://").trim_end_matches(":2379"))
+        .collect();
+    let initial: Vec<String> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("lab{i}=http://{ip}:2380"))
+        .collect();
+    for (i, ip) in ips.iter().enumerate() {
+        in_ns(
+            underlay,
+            &["addr", "add", &format!("{ip}/24"), "dev", "br0"],
+        )?;
+        let (url, peer) = (urls[i], format!("http://{ip}:2380"));
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                underlay,
+                "etcd",
+                "--name",
+                &format!("lab{i}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.join(format!("etcd{i}")))
+            .args([
+                "--listen-client-urls",
+                url,
+                "--advertise-client-urls",
+                url,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &initial.join(","),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join(format!("etcd{i}.log")))?)
+            .process_group(0)
+            .spawn()
+            .context("starting etcd (Debian's etcd-server; scripts/setup.sh installs it)")?;
+    }
+    let options = lab_etcd_options(lab);
     let network = lab_network(&lab.backend);
     let written =
         podswitch_engine::sys::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
@@ -463,7 +509,7 @@ fn start_etcd(lab: &Lab, underlay: &str) -> Result<()> {
             }
         });
     written.with_context(|| {
-        let log = fs::read_to_string(dir.join("etcd.log")).unwrap_or_default();
+        let log = fs::read_to_string(dir.join("etcd0.log")).unwrap_or_default();
         format!("etcd did not take the network config:\n{log}")
     })
 }
@@ -474,11 +520,12 @@ fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
     let node = lab.nodes[i].clone();
     let dir = lab_dir(&lab.name);
     let mut config = match &lab.store {
-        Some(url) => format!(
+        Some(urls) => format!(
             "[node]\nname = \"{}\"\nunderlay_interface = \"ul0\"\ngateway_mode = \"{}\"\n\n\
-             [cluster]\nstore = \"etcd\"\nendpoints = [\"{url}\"]\nsubnet_file = \"{}\"\n",
+             [cluster]\nstore = \"etcd\"\nendpoints = [\"{}\"]\nsubnet_file = \"{}\"\n",
             node.name,
             lab.gateway_mode,
+            urls.replace(',', "\", \""),
             dir.join(format!("{}.subnet.env", node.name)).display()
         ),
         None => format!(

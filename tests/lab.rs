@@ -213,6 +213,13 @@ fn a_lab_whose_nodes_meet_in_etcd() {
     all_reach(&lab, &status);
     assert!(ctl(&["lab", "down", "--name", &lab]).status.success());
     assert_gone(&lab);
+    // flannel's kernel nodes alone, each programmed from the other's
+    // lease in etcd.
+    let status = up_with(&lab, &["--store", "etcd", "--dataplane", "kernel"]);
+    all_reach(&lab, &status);
+    assert!(ctl(&["lab", "down", "--name", &lab]).status.success());
+    assert_gone(&lab);
+
     // Three etcd members, every node given all three.
     let status = up_with(&lab, &["--store", "etcd", "--etcd-members", "3"]);
     assert_eq!(

@@ -280,6 +280,16 @@ impl Store {
         Ok(config)
     }
 
+    /// Every lease in the store: subnet and value (keys that are not
+    /// leases are skipped).
+    pub fn leases(&self) -> Result<Vec<(Prefix, LeaseAttrs)>, String> {
+        let mut client = self.client.clone();
+        let (leases, _) = self
+            .runtime
+            .block_on(list(&mut client, &self.key("subnets/"), None))?;
+        Ok(leases.into_iter().map(|(s, a, _)| (s, a)).collect())
+    }
+
     /// Takes a lease for this node, as flanneld does (see the module
     /// documentation); `wanted` is a subnet the configuration fixes,
     /// `previous` one the node held before (from its subnet file).

@@ -270,9 +270,6 @@ pub(crate) fn up(args: &UpArgs) -> Result<Lab> {
     };
     let store = match args.store.as_str() {
         "static" => None,
-        "etcd" if kernel => bail!(
-            "--store etcd runs podswitch nodes; kernel nodes from etcd are not in the lab yet"
-        ),
         "etcd" => Some(
             etcd_member_ips(args.etcd_members)?
                 .iter()
@@ -293,6 +290,9 @@ pub(crate) fn up(args: &UpArgs) -> Result<Lab> {
             || args.kernel_nodes >= args.nodes)
     {
         bail!("--kernel-nodes N mixes kernel flannel nodes into a lab of podswitch nodes: it needs --store etcd, --backend vxlan, bridge mode, and fewer kernel nodes than --nodes");
+    }
+    if kernel && store.is_some() && args.gateway_mode != "bridge" {
+        bail!("--dataplane kernel --store etcd runs flannel's nodes: bridge mode");
     }
     if kernel && args.backend == "udp" {
         bail!("the kernel has no udp backend: flannel's udp backend is flanneld forwarding in userspace; use --dataplane podswitch");
@@ -354,7 +354,7 @@ fn build(lab: &mut Lab, args: &UpArgs, kernel: bool) -> Result<()> {
         });
     }
     lab.save()?;
-    if args.kernel_nodes > 0 {
+    if lab.store.is_some() && lab.nodes.iter().any(|n| n.kernel) {
         // The kernel nodes' leases first, as their flanneld would write
         // them: the podswitch nodes lease around them and learn them.
         lease_for_kernel_nodes(lab, &underlay)?;
@@ -409,10 +409,15 @@ fn lease_for_kernel_nodes(lab: &Lab, underlay: &str) -> Result<()> {
             let store =
                 podswitch_lease::etcd::Store::connect(options).map_err(std::io::Error::other)?;
             let network = store.network().map_err(std::io::Error::other)?;
+            // flanneld's backend names: DirectRouting is vxlan's option.
+            let backend = match lab.backend.as_str() {
+                "directrouting" => "vxlan",
+                other => other,
+            };
             for node in lab.nodes.iter().filter(|n| n.kernel) {
                 let attrs = podswitch_lease::flannel::LeaseAttrs::own(
                     node.underlay_ip.parse().map_err(std::io::Error::other)?,
-                    "vxlan",
+                    backend,
                     1,
                     &derived_mac(0x0e, &node.name).to_string(),
                 );
@@ -662,8 +667,51 @@ fn cni_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
 
 /// flannel's kernel configuration on every node (Calico's pod side in
 /// proxy-arp mode).
+/// Another node as a kernel flannel node programs it: its pod subnet,
+/// its address on the underlay, its VTEP MAC.
+struct KernelPeer {
+    pod_cidr: String,
+    underlay_ip: String,
+    vtep: String,
+}
+
+/// The other nodes as `node`'s flanneld learns them: from their leases in
+/// the lab's etcd, or from the lab's record when there is no store.
+fn kernel_peers(lab: &Lab, node: &Node) -> Result<Vec<KernelPeer>> {
+    if lab.store.is_none() {
+        return Ok(lab
+            .nodes
+            .iter()
+            .filter(|o| o.index != node.index)
+            .map(|o| KernelPeer {
+                pod_cidr: o.pod_cidr.clone(),
+                underlay_ip: o.underlay_ip.clone(),
+                vtep: derived_mac(0x0e, &o.name).to_string(),
+            })
+            .collect());
+    }
+    let options = lab_etcd_options(lab);
+    let underlay = format!("/var/run/netns/lab-{}-ul", lab.name);
+    let leases = podswitch_engine::sys::netlink::in_netns(&underlay, || {
+        podswitch_lease::etcd::Store::connect(options)
+            .and_then(|store| store.leases())
+            .map_err(std::io::Error::other)
+    })
+    .context("reading the leases")?;
+    Ok(leases
+        .into_iter()
+        .filter(|(subnet, _)| subnet.to_string() != node.pod_cidr)
+        .map(|(subnet, attrs)| KernelPeer {
+            pod_cidr: subnet.to_string(),
+            underlay_ip: attrs.public_ip.to_string(),
+            vtep: attrs.vxlan().map(|d| d.vtep_mac).unwrap_or_default(),
+        })
+        .collect())
+}
+
 fn kernel_nodes(lab: &Lab) -> Result<()> {
     for node in lab.nodes.iter().filter(|n| n.kernel) {
+        let peers = kernel_peers(lab, node)?;
         let ns = node.netns.as_str();
         let x = node.index;
         run(
@@ -726,10 +774,8 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
                         "flannel.1",
                     ],
                 )?;
-                for other in lab.nodes.iter().filter(|o| o.index != x) {
-                    // Every node's VTEP MAC is derived from its name, the
-                    // kernel nodes' here and podswitchd's by default.
-                    let their_vtep = derived_mac(0x0e, &other.name).to_string();
+                for other in &peers {
+                    let their_vtep = other.vtep.clone();
                     let gw = other.pod_cidr.trim_end_matches("/24").to_string();
                     in_ns(
                         ns,
@@ -779,7 +825,7 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
             "host-gw" | "directrouting" => {
                 // All nodes share the underlay subnet: DirectRouting takes
                 // host-gw routes for every peer.
-                for other in lab.nodes.iter().filter(|o| o.index != x) {
+                for other in &peers {
                     in_ns(
                         ns,
                         &[
@@ -801,7 +847,7 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
                 }
                 let _ = in_ns(ns, &["link", "del", "tunl-probe"]);
                 in_ns(ns, &["link", "set", "tunl0", "up"])?;
-                for other in lab.nodes.iter().filter(|o| o.index != x) {
+                for other in &peers {
                     in_ns(
                         ns,
                         &[

@@ -651,3 +651,51 @@ async fn rewrite_own(client: &mut Client, prefix: &str, own: &mut Lease, health:
         Err(e) => health.failed(&err("writing our lease again", e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(expires: Option<u64>) -> Lease {
+        Lease {
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            attrs: LeaseAttrs::own(std::net::Ipv4Addr::new(192, 168, 100, 1), "udp", 1, ""),
+            expires,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_renewed_an_hour_before_it_ends() {
+        let now = unix_now();
+        let day = lease(Some(now + LEASE_TTL_SECS as u64)).renew_in();
+        let want = Duration::from_secs((LEASE_TTL_SECS - RENEW_MARGIN_SECS) as u64);
+        assert!(
+            day <= want && day + Duration::from_secs(5) >= want,
+            "{day:?}"
+        );
+        // Inside the margin, or past the end (the store was away): now.
+        assert_eq!(lease(Some(now + 600)).renew_in(), Duration::ZERO);
+        assert_eq!(
+            lease(Some(now.saturating_sub(600))).renew_in(),
+            Duration::ZERO
+        );
+        // A reservation is never renewed in practice.
+        assert!(lease(None).renew_in() > Duration::from_secs(300 * 24 * 3600));
+    }
+
+    #[test]
+    fn health_reports_what_happened() {
+        let health = Health::default();
+        assert!(!health.connected());
+        health.reached();
+        health.failed("first");
+        health.failed("second");
+        let v = health.to_json();
+        assert_eq!(v["connected"], false);
+        assert_eq!(v["errors"], 2);
+        assert_eq!(v["last_error"], "second");
+        health.reached();
+        assert!(health.connected());
+        assert_eq!(health.errors(), 2);
+    }
+}

@@ -35,18 +35,24 @@ impl Drop for Running {
     }
 }
 
+/// The tables of node1 (10.244.1.0/24 at 192.168.100.1, flannel's
+/// layout), room for 64 ports.
+fn node1_tables() -> Arc<Tables> {
+    let config = NodeConfig::flannel(
+        "node1",
+        "10.244.1.0/24".parse().unwrap(),
+        Ipv4Addr::new(192, 168, 100, 1),
+    );
+    Tables::new(config, 64)
+}
+
 fn start() -> Running {
     let dir =
         std::env::temp_dir().join(format!("psw-ctl-{}-{}", std::process::id(), rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = dir.join("podswitchd.sock");
-    let config = NodeConfig::flannel(
-        "node1",
-        "10.244.1.0/24".parse().unwrap(),
-        Ipv4Addr::new(192, 168, 100, 1),
-    );
-    let tables = Tables::new(config, 64);
+    let tables = node1_tables();
     tables.attach_port(PortSpec::underlay("eth0")).unwrap();
     tables.attach_port(PortSpec::host("podswitch0")).unwrap();
     let server = Server::bind(&path, Arc::new(Handler::new(tables, || 1000))).unwrap();
@@ -532,12 +538,7 @@ fn other_users_are_refused() {
 /// in, in one new snapshot.
 #[test]
 fn peers_added_together_answer_one_by_one() {
-    let config = NodeConfig::flannel(
-        "node1",
-        "10.244.1.0/24".parse().unwrap(),
-        Ipv4Addr::new(192, 168, 100, 1),
-    );
-    let tables = Tables::new(config, 64);
+    let tables = node1_tables();
     let handler = Handler::new(Arc::clone(&tables), || 0);
     let peer = |n: u8, mac: &str| Request::PeerAdd {
         name: format!("node{n}"),
@@ -583,12 +584,7 @@ fn peers_added_together_answer_one_by_one() {
 /// be replaced.
 #[test]
 fn a_peer_is_replaced_in_one_change() {
-    let config = NodeConfig::flannel(
-        "node1",
-        "10.244.1.0/24".parse().unwrap(),
-        Ipv4Addr::new(192, 168, 100, 1),
-    );
-    let tables = Tables::new(config, 64);
+    let tables = node1_tables();
     let handler = Handler::new(Arc::clone(&tables), || 0);
     let peer = |ip: &str, mac: &str| Request::PeerAdd {
         name: "node2".into(),

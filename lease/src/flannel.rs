@@ -346,6 +346,24 @@ pub fn subnet_env(network: &Prefix, subnet: &Prefix, mtu: u16, ip_masq: bool) ->
     )
 }
 
+/// What a subnet file says back: the node's subnet (`FLANNEL_SUBNET`,
+/// written as the gateway address, host bits cleared here) and the pods'
+/// MTU (`FLANNEL_MTU`), each if present and well formed.
+pub fn read_subnet_env(text: &str) -> (Option<Prefix>, Option<u16>) {
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    let subnet = value("FLANNEL_SUBNET=").and_then(|gateway| {
+        let (addr, len) = gateway.split_once('/')?;
+        let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
+        Some(Prefix::new_truncating(addr.parse().ok()?, len))
+    });
+    let mtu = value("FLANNEL_MTU=").and_then(|m| m.parse().ok());
+    (subnet, mtu)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +508,12 @@ mod tests {
         assert_eq!(
             subnet_env(&p("10.5.0.0/16"), &p("10.5.52.0/24"), 1450, false),
             "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        let env = subnet_env(&p("10.5.0.0/16"), &p("10.5.52.0/24"), 1450, false);
+        assert_eq!(read_subnet_env(&env), (Some(p("10.5.52.0/24")), Some(1450)));
+        assert_eq!(
+            read_subnet_env("FLANNEL_SUBNET=10.5.52.1/33\n"),
+            (None, None)
         );
     }
 }

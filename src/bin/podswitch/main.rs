@@ -115,23 +115,9 @@ fn node_network(conf: &NetConf) -> Result<(String, Option<u32>), CniError> {
         return Ok(found);
     }
     let text = std::fs::read_to_string(SUBNET_FILE).unwrap_or_default();
-    let value = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .map(|v| v.trim().to_string())
-    };
-    let subnet = value("FLANNEL_SUBNET=").and_then(|gateway| {
-        let (addr, len) = gateway.split_once('/')?;
-        let len: u32 = len.parse().ok().filter(|l| *l <= 32)?;
-        let addr: std::net::Ipv4Addr = addr.parse().ok()?;
-        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-        Some(format!(
-            "{}/{len}",
-            std::net::Ipv4Addr::from(u32::from(addr) & mask)
-        ))
-    });
+    let (subnet, mtu) = podswitch_lease::flannel::read_subnet_env(&text);
     match subnet {
-        Some(subnet) => Ok((subnet, value("FLANNEL_MTU=").and_then(|m| m.parse().ok()))),
+        Some(subnet) => Ok((subnet.to_string(), mtu.map(u32::from))),
         None => Err(CniError::new(
             Code::TryAgainLater,
             format!(
@@ -143,7 +129,7 @@ fn node_network(conf: &NetConf) -> Result<(String, Option<u32>), CniError> {
 }
 
 /// Where podswitchd writes the node's lease (flannel's subnet file).
-const SUBNET_FILE: &str = "/run/flannel/subnet.env";
+const SUBNET_FILE: &str = podswitch_lease::flannel::DEFAULT_SUBNET_FILE;
 
 fn connect(conf: &NetConf) -> Result<Client, CniError> {
     Client::connect(Path::new(&conf.socket), Duration::from_secs(30)).map_err(|e| {

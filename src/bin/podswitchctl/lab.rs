@@ -665,24 +665,22 @@ fn cni_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
     })
 }
 
-/// flannel's kernel configuration on every node (Calico's pod side in
-/// proxy-arp mode).
-/// Another node as a kernel flannel node programs it: its pod subnet,
-/// its address on the underlay, its VTEP MAC.
+/// A node as a kernel flannel node programs it: its pod subnet, its
+/// address on the underlay, its VTEP MAC.
 struct KernelPeer {
     pod_cidr: String,
     underlay_ip: String,
     vtep: String,
 }
 
-/// The other nodes as `node`'s flanneld learns them: from their leases in
-/// the lab's etcd, or from the lab's record when there is no store.
-fn kernel_peers(lab: &Lab, node: &Node) -> Result<Vec<KernelPeer>> {
+/// Every node as a kernel node's flanneld learns it: from the leases in
+/// the lab's etcd (read once for all kernel nodes), or from the lab's
+/// record when there is no store.
+fn kernel_peers(lab: &Lab) -> Result<Vec<KernelPeer>> {
     if lab.store.is_none() {
         return Ok(lab
             .nodes
             .iter()
-            .filter(|o| o.index != node.index)
             .map(|o| KernelPeer {
                 pod_cidr: o.pod_cidr.clone(),
                 underlay_ip: o.underlay_ip.clone(),
@@ -700,7 +698,6 @@ fn kernel_peers(lab: &Lab, node: &Node) -> Result<Vec<KernelPeer>> {
     .context("reading the leases")?;
     Ok(leases
         .into_iter()
-        .filter(|(subnet, _)| subnet.to_string() != node.pod_cidr)
         .map(|(subnet, attrs)| KernelPeer {
             pod_cidr: subnet.to_string(),
             underlay_ip: attrs.public_ip.to_string(),
@@ -709,9 +706,18 @@ fn kernel_peers(lab: &Lab, node: &Node) -> Result<Vec<KernelPeer>> {
         .collect())
 }
 
+/// flannel's kernel configuration on every kernel node (Calico's pod side
+/// in proxy-arp mode).
 fn kernel_nodes(lab: &Lab) -> Result<()> {
+    if !lab.nodes.iter().any(|n| n.kernel) {
+        return Ok(());
+    }
+    let everyone = kernel_peers(lab)?;
     for node in lab.nodes.iter().filter(|n| n.kernel) {
-        let peers = kernel_peers(lab, node)?;
+        let peers: Vec<&KernelPeer> = everyone
+            .iter()
+            .filter(|p| p.pod_cidr != node.pod_cidr)
+            .collect();
         let ns = node.netns.as_str();
         let x = node.index;
         run(
@@ -774,7 +780,7 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
                         "flannel.1",
                     ],
                 )?;
-                for other in &peers {
+                for other in peers.iter() {
                     let their_vtep = other.vtep.clone();
                     let gw = other.pod_cidr.trim_end_matches("/24").to_string();
                     in_ns(
@@ -825,7 +831,7 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
             "host-gw" | "directrouting" => {
                 // All nodes share the underlay subnet: DirectRouting takes
                 // host-gw routes for every peer.
-                for other in &peers {
+                for other in peers.iter() {
                     in_ns(
                         ns,
                         &[
@@ -847,7 +853,7 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
                 }
                 let _ = in_ns(ns, &["link", "del", "tunl-probe"]);
                 in_ns(ns, &["link", "set", "tunl0", "up"])?;
-                for other in &peers {
+                for other in peers.iter() {
                     in_ns(
                         ns,
                         &[

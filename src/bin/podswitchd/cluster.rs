@@ -22,7 +22,9 @@ use podswitch_control::protocol::Request;
 use podswitch_engine::config::Backend;
 use podswitch_engine::fib::Prefix;
 use podswitch_lease::etcd::{Health, Lease, LeaseEvent, Store};
-use podswitch_lease::flannel::{subnet_env, subnet_key, LeaseAttrs, NetworkConfig, DEFAULT_VNI};
+use podswitch_lease::flannel::{
+    read_subnet_env, subnet_env, subnet_key, LeaseAttrs, NetworkConfig, DEFAULT_VNI,
+};
 
 use crate::config::{Assignment, LeaseRequest, StoreSettings};
 
@@ -51,17 +53,9 @@ fn node_backend(network: &NetworkConfig) -> Backend {
 }
 
 /// `FLANNEL_SUBNET` of an earlier subnet file, as flanneld reads it back
-/// at start (its gateway address; the host bits are cleared).
+/// at start.
 fn previous_subnet(path: &Path) -> Option<Prefix> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value = text
-        .lines()
-        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))?;
-    let (addr, len) = value.trim().split_once('/')?;
-    Some(Prefix::new_truncating(
-        addr.parse().ok()?,
-        len.parse().ok()?,
-    ))
+    read_subnet_env(&std::fs::read_to_string(path).ok()?).0
 }
 
 /// Connects to the store (retrying for up to a minute: a node that

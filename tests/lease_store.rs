@@ -18,6 +18,10 @@ use serde_json::Value;
 const PREFIX: &str = "/coreos.com/network";
 const NETWORK: &str =
     r#"{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}"#;
+/// Subnets the tests write leases for by hand are above 10.244.200.0:
+/// a node picks among the first hundred free subnets (flannel's rule), so
+/// it never holds one of these, and a hand-written lease never lands on a
+/// node's own key.
 /// A flanneld vxlan node's lease, as flannel's documentation shows one.
 const FLANNELD_LEASE: &str = r#"{"PublicIP":"192.168.100.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:77"}}"#;
 
@@ -161,31 +165,31 @@ fn nodes_lease_subnets_in_flannels_layout_and_follow_each_other() {
 
     // A flanneld node's lease: a peer with its VTEP, changed live, then
     // removed.
-    let key = format!("{PREFIX}/subnets/10.244.77.0-24");
+    let key = format!("{PREFIX}/subnets/10.244.207.0-24");
     etcd.put(&key, FLANNELD_LEASE);
     for n in 0..2 {
         wait_until("a flanneld lease applied", || {
-            peer(&cluster, n, "10.244.77.0-24").is_some_and(|p| {
+            peer(&cluster, n, "10.244.207.0-24").is_some_and(|p| {
                 p["vtep_mac"] == "0e:00:00:00:00:77"
                     && p["underlay_ip"] == "192.168.100.77"
-                    && p["pod_cidr"] == "10.244.77.0/24"
+                    && p["pod_cidr"] == "10.244.207.0/24"
                     && p["forwarding"] == "vxlan"
             })
         });
     }
     etcd.put(&key, &FLANNELD_LEASE.replace(":77\"", ":78\""));
     wait_until("a changed VtepMAC applied", || {
-        peer(&cluster, 0, "10.244.77.0-24").is_some_and(|p| p["vtep_mac"] == "0e:00:00:00:00:78")
+        peer(&cluster, 0, "10.244.207.0-24").is_some_and(|p| p["vtep_mac"] == "0e:00:00:00:00:78")
     });
     etcd.delete(&key);
     wait_until("a removed lease's peer removed", || {
-        peer(&cluster, 0, "10.244.77.0-24").is_none()
+        peer(&cluster, 0, "10.244.207.0-24").is_none()
     });
     // One log line per change: added, changed, removed.
     let log = cluster.nodes[0].daemon.as_ref().unwrap().log_text();
     let lines: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("peer 10.244.77.0-24"))
+        .filter(|l| l.contains("peer 10.244.207.0-24"))
         .collect();
     assert_eq!(lines.len(), 3, "{lines:#?}");
     assert!(
@@ -193,11 +197,11 @@ fn nodes_lease_subnets_in_flannels_layout_and_follow_each_other() {
         "{lines:#?}"
     );
     // A value that is no lease is skipped and counted, not applied.
-    etcd.put(&format!("{PREFIX}/subnets/10.244.88.0-24"), "not json");
+    etcd.put(&format!("{PREFIX}/subnets/10.244.208.0-24"), "not json");
     wait_until("a bad lease counted", || {
         cluster.nodes[0].ctl_json(&["status"])["store"]["bad_leases"] == 1
     });
-    assert!(peer(&cluster, 0, "10.244.88.0-24").is_none());
+    assert!(peer(&cluster, 0, "10.244.208.0-24").is_none());
 
     // A restarted node takes its own lease back (same PublicIP), and its
     // peers from the store, not from its state file.
@@ -241,14 +245,14 @@ fn forwarding_goes_on_while_the_store_is_away_and_resyncs_after() {
     etcd.cut_off(true);
     etcd.resume();
     // (Two writes: a watch may resume at the compaction's own revision.)
-    etcd.put(&format!("{PREFIX}/subnets/10.244.76.0-24"), FLANNELD_LEASE);
-    etcd.delete(&format!("{PREFIX}/subnets/10.244.76.0-24"));
-    let revision = etcd.put(&format!("{PREFIX}/subnets/10.244.77.0-24"), FLANNELD_LEASE);
+    etcd.put(&format!("{PREFIX}/subnets/10.244.206.0-24"), FLANNELD_LEASE);
+    etcd.delete(&format!("{PREFIX}/subnets/10.244.206.0-24"));
+    let revision = etcd.put(&format!("{PREFIX}/subnets/10.244.207.0-24"), FLANNELD_LEASE);
     etcd.compact(revision);
     etcd.cut_off(false);
     for n in 0..2 {
         wait_until("a lease written while away applied", || {
-            peer(&cluster, n, "10.244.77.0-24").is_some()
+            peer(&cluster, n, "10.244.207.0-24").is_some()
         });
         let status = cluster.nodes[n].ctl_json(&["status"]);
         assert_eq!(status["store"]["connected"], true, "{status}");
@@ -516,10 +520,10 @@ fn the_stores_leader_dies_and_nothing_is_lost() {
     });
     let survivor = members.iter().position(|m| m.child_alive()).unwrap();
     wait_until("a new leader", || members.iter().any(Etcd::is_leader));
-    members[survivor].put(&format!("{PREFIX}/subnets/10.244.77.0-24"), FLANNELD_LEASE);
+    members[survivor].put(&format!("{PREFIX}/subnets/10.244.207.0-24"), FLANNELD_LEASE);
     for n in 0..2 {
         wait_until("a lease written after the failover applied", || {
-            peer(&cluster, n, "10.244.77.0-24").is_some()
+            peer(&cluster, n, "10.244.207.0-24").is_some()
         });
     }
     drop(cluster);

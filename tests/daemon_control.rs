@@ -408,6 +408,20 @@ fn tap_ports_lifecycle_and_idle_cpu() {
         used <= 2,
         "an idle podswitchd used {used} clock ticks in 2 s"
     );
+    // It got there by spinning after the pings and then sleeping: the
+    // worker counts the spin that ran out, and its window (adapted to
+    // the pings' gaps) never exceeds busy_poll_us (200 by default).
+    let workers = node.ctl_json(&["stats"])["workers"].clone();
+    let worker = &workers[0];
+    assert!(
+        worker["spins_expired"].as_u64().unwrap() >= 1,
+        "the spin after the last ping ended in sleep: {worker}"
+    );
+    let window = worker["spin_window_secs"].as_f64().unwrap();
+    assert!(
+        (0.0..=200e-6).contains(&window),
+        "spin window {window} s, bound 200 µs"
+    );
 
     // The pod's veth carries podswitchd's XDP program while it runs.
     let veth = cluster.pods[0].host_if.clone();

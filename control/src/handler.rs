@@ -517,6 +517,9 @@ impl Handler {
                     "wakeups": s.wakeups,
                     "batches": s.batches,
                     "batch_packets": s.batch_packets,
+                    "spin_window_secs": s.spin_window_secs,
+                    "spins_caught": s.spins_caught,
+                    "spins_expired": s.spins_expired,
                 })
             })
             .collect();

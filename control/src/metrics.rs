@@ -292,6 +292,30 @@ impl Collector for Metrics {
             "worker",
             workers.iter().map(|(w, s)| (w.as_str(), s.wakeups)),
         )?;
+        counters(
+            &mut encoder,
+            "podswitch_worker_spins_caught",
+            "Busy-poll spins that ended with a packet (each saved a wake-up).",
+            "worker",
+            workers.iter().map(|(w, s)| (w.as_str(), s.spins_caught)),
+        )?;
+        counters(
+            &mut encoder,
+            "podswitch_worker_spins_expired",
+            "Busy-poll spins that ended in sleep (each cost its window in CPU).",
+            "worker",
+            workers.iter().map(|(w, s)| (w.as_str(), s.spins_expired)),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "podswitch_worker_spin_window_seconds",
+            "How long a worker polls after its last packet before it sleeps (adapted to the gaps between packets, at most busy_poll_us).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (w, s) in &workers {
+            ConstGauge::new(s.spin_window_secs)
+                .encode(family.encode_family(&[("worker", w.as_str())])?)?;
+        }
         let mut family = encoder.encode_descriptor(
             "podswitch_worker_batch_size",
             "Packets per pipeline run (a super-frame counts once).",

@@ -3,10 +3,12 @@
 //!
 //! The loop sleeps in `epoll_wait` (mio) while nothing arrives, so an idle
 //! daemon uses no CPU. Once traffic flows it keeps polling without
-//! sleeping (`timeout 0`) for the configured busy-poll window after the
-//! last packet: under load no thread is woken per packet, and a burst
-//! finds the worker awake. mio is edge-triggered, so a port that signalled
-//! stays on the ready list until a receive finds it empty.
+//! sleeping (`timeout 0`) for a while after the last packet: under load no
+//! thread is woken per packet, and a burst finds the worker awake. How
+//! long is a window (`SpinWindow`) the loop adapts to the gaps it sees, and the
+//! thread spins in the `SCHED_IDLE` class ([`sched`]) so that it never
+//! holds a CPU a pod wants. mio is edge-triggered, so a port that
+//! signalled stays on the ready list until a receive finds it empty.
 //!
 //! Ports are attached, detached and wrapped in a [`Capture`] through
 //! commands sent from the control thread with a [`mio::Waker`].
@@ -28,6 +30,7 @@ use crate::drop::DropReason;
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
 use crate::pipeline::{Outputs, Pipeline};
 use crate::port::{Port, PortId};
+use crate::sys::sched;
 use crate::tables::Tables;
 use podswitch_encap::pcap::PcapWriter;
 
@@ -208,6 +211,11 @@ struct Loop {
     ready_list: Vec<PortId>,
     /// Ports being captured (their deadlines need a timed wake-up).
     captures: usize,
+    /// The thread is in `SCHED_IDLE` (spinning).
+    idle_class: bool,
+    /// The class is not changed: the process may not leave the idle
+    /// class, or changing it failed once.
+    class_fixed: bool,
     options: WorkerOptions,
     stats: Arc<WorkerStats>,
 }
@@ -235,6 +243,8 @@ impl Loop {
             ready: Vec::new(),
             ready_list: Vec::new(),
             captures: 0,
+            idle_class: false,
+            class_fixed: false,
             options,
         }
     }
@@ -244,7 +254,18 @@ impl Loop {
         // A port that cannot take a super-frame turns it into ~45 frames.
         let mut batch: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE * 48);
         let mut out = Outputs::new();
-        let mut busy_until = Instant::now();
+        if !sched::idle_class_reversible() {
+            eprintln!(
+                "podswitch worker: no CAP_SYS_NICE: spinning at normal priority (the pods on its CPU wait while it spins)"
+            );
+            self.class_fixed = true;
+        }
+        let mut spin = SpinWindow::new(self.options.busy_poll);
+        self.stats.spin_window(spin.window());
+        let mut last_packet = Instant::now();
+        // The worker slept since it last moved a packet.
+        let mut slept = false;
+        let mut spinning = false;
         let mut turns_since_poll = 0;
         loop {
             let capturing = self.captures > 0;
@@ -256,19 +277,30 @@ impl Loop {
             turns_since_poll += 1;
             if self.ready_list.is_empty() || turns_since_poll >= POLL_EVERY_TURNS {
                 turns_since_poll = 0;
-                let timeout = if !self.ready_list.is_empty() || Instant::now() < busy_until {
+                let idle = self.ready_list.is_empty();
+                let spin_now = idle && last_packet.elapsed() < spin.window();
+                if spinning && idle && !spin_now {
+                    self.stats.spin_expired();
+                }
+                spinning = spin_now;
+                let timeout = if !idle || spin_now {
                     Some(Duration::ZERO)
                 } else if capturing {
                     Some(Duration::from_millis(100))
                 } else {
                     None
                 };
+                // Spinning with nothing to do: in the idle class, so the
+                // pods on this CPU run first. Sleeping or working: back
+                // in the normal class.
+                self.spin_class(spin_now);
                 // Only a wait that may sleep is timed: the busy-polling
                 // turns (timeout zero) are the worker's work.
                 let sleep_started = (timeout != Some(Duration::ZERO)).then(Instant::now);
                 let polled = self.poll.poll(&mut events, timeout);
                 if let Some(started) = sleep_started {
                     self.stats.slept(started);
+                    slept = true;
                 }
                 if let Err(e) = polled {
                     if e.kind() != io::ErrorKind::Interrupted {
@@ -284,6 +316,9 @@ impl Loop {
                     } else {
                         self.mark_ready(PortId((event.token().0 / FDS_PER_PORT) as u16));
                     }
+                }
+                if !self.ready_list.is_empty() {
+                    self.spin_class(false);
                 }
             }
             let mut moved = false;
@@ -323,10 +358,34 @@ impl Loop {
                 i += 1;
             }
             if moved {
-                busy_until = Instant::now() + self.options.busy_poll;
+                let now = Instant::now();
+                if slept {
+                    spin.after_sleep(now - last_packet);
+                    self.stats.spin_window(spin.window());
+                    slept = false;
+                } else if spinning {
+                    self.stats.spin_caught();
+                }
+                spinning = false;
+                last_packet = now;
             }
             if capturing {
                 self.finish_captures();
+            }
+        }
+    }
+
+    /// Moves the thread into the idle scheduling class while it spins
+    /// and back before it works or sleeps (see [`sched`]).
+    fn spin_class(&mut self, idle: bool) {
+        if self.idle_class == idle || self.class_fixed {
+            return;
+        }
+        match sched::set_idle_class(idle) {
+            Ok(()) => self.idle_class = idle,
+            Err(e) => {
+                eprintln!("podswitch worker: cannot change scheduling class ({e}); spinning at normal priority");
+                self.class_fixed = true;
             }
         }
     }
@@ -449,6 +508,56 @@ impl Loop {
     }
 }
 
+/// How long a worker keeps polling after its last packet before it
+/// sleeps: a window it adapts to the gaps it sees, as the kernel's
+/// haltpoll governor adapts a virtual CPU's halt polling
+/// (Documentation/virt/guest-halt-polling.rst).
+///
+/// Spinning pays only when the next packet comes before the window ends;
+/// otherwise it costs a CPU the pods could use and, worse on a small VM,
+/// it keeps that CPU busy so that every task woken meanwhile lands on a
+/// halted virtual CPU, which takes about 200 µs to wake. So the window
+/// grows, up to the configured bound, to cover a gap the worker slept
+/// through that spinning would have caught, and halves after a gap longer
+/// than the bound, which no spin could have caught. Under load the gaps
+/// are microseconds and the window stays at its bound; for a ping every
+/// few milliseconds it falls to zero and the worker sleeps at once.
+#[derive(Debug, Clone, Copy)]
+struct SpinWindow {
+    window: Duration,
+    bound: Duration,
+}
+
+impl SpinWindow {
+    /// Below this, a shrinking window becomes zero.
+    const FLOOR: Duration = Duration::from_micros(5);
+
+    /// Starts at its bound: a worker that sees traffic at once is busy.
+    fn new(bound: Duration) -> SpinWindow {
+        SpinWindow {
+            window: bound,
+            bound,
+        }
+    }
+
+    fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The worker slept `gap` between two packets.
+    fn after_sleep(&mut self, gap: Duration) {
+        if gap <= self.bound {
+            // A quarter more than the gap: the next one is rarely shorter.
+            self.window = (self.window * 2).max(gap + gap / 4).min(self.bound);
+        } else {
+            self.window /= 2;
+            if self.window < Self::FLOOR {
+                self.window = Duration::ZERO;
+            }
+        }
+    }
+}
+
 /// Upper bounds of the batch-size histogram's buckets (packets a pipeline
 /// run handled; a super-frame counts once).
 pub const BATCH_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
@@ -466,6 +575,9 @@ pub struct WorkerStats {
     /// `BATCH_BUCKETS[i]` packets (and more than the bucket before); the
     /// last slot counts the larger ones.
     batch_sizes: [AtomicU64; BATCH_BUCKETS.len() + 1],
+    spin_window_nanos: AtomicU64,
+    spins_caught: AtomicU64,
+    spins_expired: AtomicU64,
 }
 
 /// A [`WorkerStats`] read at one moment.
@@ -483,6 +595,13 @@ pub struct WorkerStatsSnapshot {
     pub batch_packets: u64,
     /// Runs by size, per bucket of [`BATCH_BUCKETS`] (the last: larger).
     pub batch_sizes: [u64; BATCH_BUCKETS.len() + 1],
+    /// How long it polls after its last packet before it sleeps, now
+    /// (adapted to the traffic, at most `busy_poll`).
+    pub spin_window_secs: f64,
+    /// Spins that ended with a packet (each saved a wake-up).
+    pub spins_caught: u64,
+    /// Spins that ended in sleep (each cost its window in CPU).
+    pub spins_expired: u64,
 }
 
 impl WorkerStatsSnapshot {
@@ -501,6 +620,9 @@ impl Default for WorkerStats {
             batches: AtomicU64::new(0),
             batch_packets: AtomicU64::new(0),
             batch_sizes: Default::default(),
+            spin_window_nanos: AtomicU64::new(0),
+            spins_caught: AtomicU64::new(0),
+            spins_expired: AtomicU64::new(0),
         }
     }
 }
@@ -523,6 +645,19 @@ impl WorkerStats {
         self.batch_sizes[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
+    fn spin_window(&self, window: Duration) {
+        let nanos = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        self.spin_window_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    fn spin_caught(&self) {
+        self.spins_caught.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn spin_expired(&self) {
+        self.spins_expired.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> WorkerStatsSnapshot {
         WorkerStatsSnapshot {
@@ -532,6 +667,65 @@ impl WorkerStats {
             batches: self.batches.load(Ordering::Relaxed),
             batch_packets: self.batch_packets.load(Ordering::Relaxed),
             batch_sizes: std::array::from_fn(|i| self.batch_sizes[i].load(Ordering::Relaxed)),
+            spin_window_secs: self.spin_window_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            spins_caught: self.spins_caught.load(Ordering::Relaxed),
+            spins_expired: self.spins_expired.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUND: Duration = Duration::from_micros(200);
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn the_window_starts_at_its_bound_and_stays_there_under_load() {
+        let mut spin = SpinWindow::new(BOUND);
+        assert_eq!(spin.window(), BOUND);
+        for _ in 0..100 {
+            spin.after_sleep(us(3));
+        }
+        assert_eq!(spin.window(), BOUND);
+    }
+
+    #[test]
+    fn gaps_no_spin_could_catch_take_the_window_to_zero() {
+        let mut spin = SpinWindow::new(BOUND);
+        // A ping every 2 ms: 200, 100, 50, 25, 12, 6, then zero.
+        for _ in 0..6 {
+            assert!(spin.window() > Duration::ZERO);
+            spin.after_sleep(us(2000));
+        }
+        assert_eq!(spin.window(), Duration::ZERO);
+        spin.after_sleep(us(2000));
+        assert_eq!(spin.window(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_gap_spinning_would_have_caught_grows_the_window_past_it() {
+        let mut spin = SpinWindow::new(BOUND);
+        for _ in 0..10 {
+            spin.after_sleep(us(5000));
+        }
+        assert_eq!(spin.window(), Duration::ZERO);
+        // A pod that answers 40 µs after each request.
+        spin.after_sleep(us(40));
+        assert_eq!(spin.window(), us(50));
+        // Never past the bound, however short the gaps.
+        spin.after_sleep(us(190));
+        assert_eq!(spin.window(), BOUND);
+    }
+
+    #[test]
+    fn a_zero_bound_never_spins() {
+        let mut spin = SpinWindow::new(Duration::ZERO);
+        spin.after_sleep(us(1));
+        assert_eq!(spin.window(), Duration::ZERO);
     }
 }

@@ -16,6 +16,7 @@ pub mod mmsg;
 pub mod netdev;
 pub mod netlink;
 pub mod packet_socket;
+pub mod sched;
 pub mod tcx;
 pub mod tun;
 pub mod xdp;

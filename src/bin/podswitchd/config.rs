@@ -86,11 +86,12 @@ pub(crate) struct Cli {
     /// takes TSO off a veth with XDP, so TCP moves frame by frame) or tap.
     #[arg(long)]
     pub port_kind: Option<String>,
-    /// `[dataplane] busy_poll_us`: microseconds the worker keeps polling
-    /// after the last packet before sleeping (default 200). Waking a
-    /// sleeping worker costs about 250 µs on a VM; a longer window saves
-    /// that for traffic that pauses, at the price of a spinning core that
-    /// the pods on a small machine may need.
+    /// `[dataplane] busy_poll_us`: the most microseconds the worker keeps
+    /// polling after its last packet before it sleeps (default 200; 0
+    /// never spins). Within this bound the window adapts: it grows while
+    /// the gaps between packets are shorter and falls to zero when they
+    /// are longer (a ping every few ms), and the worker spins in the
+    /// SCHED_IDLE class, so a pod on its CPU always runs first.
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
     /// `[dataplane] pool_buffers`: packet buffers of 2 KiB (default 16384).

@@ -42,8 +42,15 @@ fn a_short_bench_produces_every_figure() {
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json.0).unwrap()).unwrap();
     let medians = v["medians"].as_array().unwrap();
-    // 2 cases x 6 metrics, each for both dataplanes.
-    assert_eq!(medians.len(), 12, "{v}");
+    // 2 cases x 8 metrics (TCP 1 and 4 streams, 64-byte UDP, CPU, idle
+    // and loaded latency p50 and p99), each for both dataplanes.
+    assert_eq!(medians.len(), 16, "{v}");
+    for metric in ["loaded-p50", "loaded-p99"] {
+        assert!(
+            medians.iter().any(|m| m["metric"] == metric),
+            "{metric}: {v}"
+        );
+    }
     for m in medians {
         for dataplane in ["kernel", "podswitch"] {
             assert!(
@@ -52,7 +59,7 @@ fn a_short_bench_produces_every_figure() {
             );
         }
     }
-    assert_eq!(v["samples"].as_array().unwrap().len(), 2 * 2 * 6);
+    assert_eq!(v["samples"].as_array().unwrap().len(), 2 * 2 * 8);
     assert!(
         v["generator_ceiling_mpps"]
             .as_f64()

@@ -13,7 +13,9 @@
 //! - small packets: trafgen (netsniff-ng, an AF_PACKET TX ring) sends
 //!   64-byte UDP frames as fast as it can from the source pod; what counts
 //!   is the packets per second the destination pod's eth0 received;
-//! - latency: ping round trips every 2 ms, p50 and p99 (µs);
+//! - latency: ping round trips every 2 ms, p50 and p99 (µs), on an idle
+//!   lab and again while an iperf3 TCP stream runs between the same two
+//!   pods (latency under load);
 //! - CPU: machine CPU seconds per million packets received during the
 //!   small-packet run, the generator's own CPU taken out.
 //!
@@ -106,6 +108,16 @@ pub(crate) const METRICS: &[Metric] = &[
     },
     Metric {
         name: "latency-p99",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    Metric {
+        name: "loaded-p50",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    Metric {
+        name: "loaded-p99",
         unit: "µs",
         higher_is_better: false,
     },
@@ -412,6 +424,26 @@ fn latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f64)> {
     Ok((p(0.5), p(0.99)))
 }
 
+/// Ping round trips while one iperf3 TCP stream runs from `src` to
+/// `dst`: (p50, p99) in µs.
+fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f64)> {
+    ns_run(&dst.netns, &["iperf3", "-s", "-1", "-D", "-p", "5202"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    // The stream outlasts the pings by a second on each side.
+    let mut load = Command::new("ip")
+        .args(["netns", "exec", &src.netns, "iperf3", "-c", &dst.ip])
+        .args(["-p", "5202", "-t", &(seconds + 2).to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .context("starting iperf3")?;
+    std::thread::sleep(Duration::from_secs(1));
+    let measured = latency(src, dst, seconds);
+    let _ = load.wait();
+    measured
+}
+
 struct Case {
     backend: String,
     scope: &'static str,
@@ -452,8 +484,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
         })
         .collect();
     // Time estimate: per case and round, both dataplanes run TCP twice,
-    // small packets and latency, each about `seconds` plus set-up.
-    let per_round = 4 * (args.seconds + 1) * 2;
+    // small packets and latency twice, each about `seconds` plus set-up.
+    let per_round = 5 * (args.seconds + 1) * 2;
     let total = per_round * args.rounds as u64 * cases.len() as u64;
     let started = Instant::now();
     eprintln!("measuring the generator alone (trafgen into a counting veth)...");
@@ -511,7 +543,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
                         let t4 = tcp(&src.netns, &dst.netns, &dst.ip, 4, args.seconds)?;
                         let (mpps, cpu) = small_packets(lab, src, dst, args.seconds, &ceiling)?;
                         let (p50, p99) = latency(src, dst, args.seconds)?;
-                        for (m, v) in [t1, t4, mpps, cpu, p50, p99].into_iter().enumerate() {
+                        let (loaded_p50, loaded_p99) = loaded_latency(src, dst, args.seconds)?;
+                        let figures = [t1, t4, mpps, cpu, p50, p99, loaded_p50, loaded_p99];
+                        for (m, v) in figures.into_iter().enumerate() {
                             values[m][d].push(v);
                             raw.push(json!({
                                 "backend": case.backend, "scope": case.scope, "dataplane": dataplanes[d],

@@ -404,8 +404,13 @@ mod tests {
         }
         // Half the kernel's throughput is 2x worse; half its CPU and
         // latency is 2x better.
-        assert_eq!(svg.matches("2.00x worse").count(), 2 * 3);
-        assert_eq!(svg.matches("2.00x better").count(), 2 * 3);
+        let higher = crate::bench::METRICS
+            .iter()
+            .filter(|m| m.higher_is_better)
+            .count();
+        let lower = crate::bench::METRICS.len() - higher;
+        assert_eq!(svg.matches("2.00x worse").count(), 2 * higher);
+        assert_eq!(svg.matches("2.00x better").count(), 2 * lower);
         assert!(svg.contains("cross-node vxlan, tcp-1-stream"));
     }
 

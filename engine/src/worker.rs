@@ -5,9 +5,9 @@
 //! daemon uses no CPU. Once traffic flows it keeps polling without
 //! sleeping (`timeout 0`) for a while after the last packet: under load no
 //! thread is woken per packet, and a burst finds the worker awake. How
-//! long is a window (`SpinWindow`) the loop adapts to the gaps it sees, and the
-//! thread spins in the `SCHED_IDLE` class ([`sched`]) so that it never
-//! holds a CPU a pod wants. mio is edge-triggered, so a port that
+//! long is a window (`SpinWindow`) the loop adapts to the gaps it sees,
+//! and the thread spins in the `SCHED_IDLE` class ([`sched`]) so that it
+//! never holds a CPU a pod wants. mio is edge-triggered, so a port that
 //! signalled stays on the ready list until a receive finds it empty.
 //!
 //! Ports are attached, detached and wrapped in a [`Capture`] through

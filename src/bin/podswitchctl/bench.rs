@@ -148,9 +148,16 @@ fn tcp(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> Result
     }
 }
 
-fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> Result<f64> {
-    ns_run(dst, &["iperf3", "-s", "-1", "-D", "-p", "5201"])?;
+/// Starts a one-shot iperf3 server in `ns` on `port` and gives it time to
+/// listen.
+fn iperf3_server(ns: &str, port: &str) -> Result<()> {
+    ns_run(ns, &["iperf3", "-s", "-1", "-D", "-p", port])?;
     std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
+fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> Result<f64> {
+    iperf3_server(dst, "5201")?;
     let out = ns_run(
         src,
         &[
@@ -427,8 +434,7 @@ fn latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f64)> {
 /// Ping round trips while one iperf3 TCP stream runs from `src` to
 /// `dst`: (p50, p99) in µs.
 fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f64)> {
-    ns_run(&dst.netns, &["iperf3", "-s", "-1", "-D", "-p", "5202"])?;
-    std::thread::sleep(Duration::from_millis(300));
+    iperf3_server(&dst.netns, "5202")?;
     // The stream outlasts the pings by a second on each side.
     let mut load = Command::new("ip")
         .args(["netns", "exec", &src.netns, "iperf3", "-c", &dst.ip])
@@ -440,7 +446,11 @@ fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, 
         .context("starting iperf3")?;
     std::thread::sleep(Duration::from_secs(1));
     let measured = latency(src, dst, seconds);
-    let _ = load.wait();
+    // A stream that failed would leave an idle-lab figure labelled loaded.
+    let status = load.wait().context("waiting for iperf3")?;
+    if !status.success() {
+        bail!("the iperf3 stream under the pings failed ({status})");
+    }
     measured
 }
 

@@ -21,6 +21,27 @@ fn ok(out: &std::process::Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `SCHED_FIFO` (include/uapi/linux/sched.h).
+const SCHED_FIFO: u32 = 1;
+
+/// The scheduling policy of the thread of process `pid` named `comm`
+/// (field 41 of /proc/PID/task/TID/stat, proc(5)).
+fn thread_policy(pid: u32, comm: &str) -> Option<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .find_map(|task| {
+            let name = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if name.trim_end() != comm {
+                return None;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // Fields after the command's closing parenthesis start at 3.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            fields.get(41 - 3)?.parse().ok()
+        })
+}
+
 fn port_counters(cluster: &Cluster, node: usize, port: &str) -> (u64, u64, u64) {
     let stats = cluster.nodes[node].ctl_json(&["stats"]);
     let p = stats["ports"]
@@ -409,13 +430,24 @@ fn tap_ports_lifecycle_and_idle_cpu() {
         "an idle podswitchd used {used} clock ticks in 2 s"
     );
     // It got there by spinning after the pings and then sleeping: the
-    // worker counts the spin that ran out, and its window (adapted to
+    // worker counts the spin that ran out (or that another task
+    // preempted, which also ends in sleep), and its window (adapted to
     // the pings' gaps) never exceeds busy_poll_us (200 by default).
     let workers = node.ctl_json(&["stats"])["workers"].clone();
     let worker = &workers[0];
+    let ended =
+        worker["spins_expired"].as_u64().unwrap() + worker["spins_preempted"].as_u64().unwrap();
     assert!(
-        worker["spins_expired"].as_u64().unwrap() >= 1,
+        ended >= 1,
         "the spin after the last ping ended in sleep: {worker}"
+    );
+    // It sleeps, as it forwards, in SCHED_FIFO (the default
+    // worker_priority): a packet wakes it ahead of the pods.
+    assert_eq!(worker["realtime"], true, "{worker}");
+    assert_eq!(
+        thread_policy(pid, "podswitch-worke"),
+        Some(SCHED_FIFO),
+        "the worker thread's scheduling policy"
     );
     let window = worker["spin_window_secs"].as_f64().unwrap();
     assert!(

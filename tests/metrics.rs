@@ -119,6 +119,15 @@ fn metrics_parse_count_exactly_and_ignore_slow_clients() {
             .map(String::as_str),
         Some("histogram")
     );
+    // The worker forwards in SCHED_FIFO by default (worker_priority).
+    assert_eq!(before.value("podswitch_worker_realtime{worker=0}"), 1.0);
+    assert_eq!(
+        before
+            .types
+            .get("podswitch_worker_spins_preempted")
+            .map(String::as_str),
+        Some("counter")
+    );
     assert_eq!(before.value("podswitch_peers{}"), 1.0);
     assert!(before.value("podswitch_routes{}") >= 4.0);
 

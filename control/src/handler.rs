@@ -520,6 +520,8 @@ impl Handler {
                     "spin_window_secs": s.spin_window_secs,
                     "spins_caught": s.spins_caught,
                     "spins_expired": s.spins_expired,
+                    "spins_preempted": s.spins_preempted,
+                    "realtime": s.realtime,
                 })
             })
             .collect();

@@ -306,6 +306,23 @@ impl Collector for Metrics {
             "worker",
             workers.iter().map(|(w, s)| (w.as_str(), s.spins_expired)),
         )?;
+        counters(
+            &mut encoder,
+            "podswitch_worker_spins_preempted",
+            "Busy-poll spins another task preempted (each paused spinning: the CPU was not idle).",
+            "worker",
+            workers.iter().map(|(w, s)| (w.as_str(), s.spins_preempted)),
+        )?;
+        let mut family = encoder.encode_descriptor(
+            "podswitch_worker_realtime",
+            "1 if the worker forwards in SCHED_FIFO, ahead of the pods; 0 if in SCHED_OTHER.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (w, s) in &workers {
+            ConstGauge::new(i64::from(s.realtime))
+                .encode(family.encode_family(&[("worker", w.as_str())])?)?;
+        }
         let mut family = encoder.encode_descriptor(
             "podswitch_worker_spin_window_seconds",
             "How long a worker polls after its last packet before it sleeps (adapted to the gaps between packets, at most busy_poll_us).",

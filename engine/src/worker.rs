@@ -7,8 +7,15 @@
 //! thread is woken per packet, and a burst finds the worker awake. How
 //! long is a window (`SpinWindow`) the loop adapts to the gaps it sees,
 //! and the thread spins in the `SCHED_IDLE` class ([`sched`]) so that it
-//! never holds a CPU a pod wants. mio is edge-triggered, so a port that
-//! signalled stays on the ready list until a receive finds it empty.
+//! never holds a CPU a pod wants. It forwards in `SCHED_FIFO` (unless
+//! told otherwise), ahead of the pods, as the kernel forwards in softirq
+//! context: a worker that waited for its CPU behind the pods' time slices
+//! made every packet wait with it. A spin that a pod preempted means the
+//! CPU is not idle: spinning pauses, so that the worker sleeps in
+//! `epoll_wait`, from which a packet wakes it at once, rather than sit
+//! runnable in the idle class, where nothing would run it before the
+//! pods. mio is edge-triggered, so a port that signalled stays on the
+//! ready list until a receive finds it empty.
 //!
 //! Ports are attached, detached and wrapped in a [`Capture`] through
 //! commands sent from the control thread with a [`mio::Waker`].
@@ -30,7 +37,7 @@ use crate::drop::DropReason;
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
 use crate::pipeline::{Outputs, Pipeline};
 use crate::port::{Port, PortId};
-use crate::sys::sched;
+use crate::sys::sched::{self, ThreadClass};
 use crate::tables::Tables;
 use podswitch_encap::pcap::PcapWriter;
 
@@ -50,6 +57,10 @@ pub struct WorkerOptions {
     pub large_buffers: usize,
     /// How long it keeps polling without sleeping after the last packet.
     pub busy_poll: Duration,
+    /// Forward in `SCHED_FIFO` ([`ThreadClass::Realtime`]) rather than
+    /// `SCHED_OTHER`; without the right to, it logs why and forwards in
+    /// `SCHED_OTHER`.
+    pub realtime: bool,
     /// The engine's clock in seconds (FDB aging).
     pub clock_secs: fn() -> u32,
     /// Microseconds since the epoch (capture timestamps and deadlines).
@@ -211,10 +222,12 @@ struct Loop {
     ready_list: Vec<PortId>,
     /// Ports being captured (their deadlines need a timed wake-up).
     captures: usize,
-    /// The thread is in `SCHED_IDLE` (spinning).
-    idle_class: bool,
-    /// The class is not changed: the process may not leave the idle
-    /// class, or changing it failed once.
+    /// The thread's class now.
+    class: ThreadClass,
+    /// The class it forwards and sleeps in.
+    work_class: ThreadClass,
+    /// It does not spin in `SCHED_IDLE`: the process may not leave that
+    /// class, or changing class failed once.
     class_fixed: bool,
     options: WorkerOptions,
     stats: Arc<WorkerStats>,
@@ -243,7 +256,8 @@ impl Loop {
             ready: Vec::new(),
             ready_list: Vec::new(),
             captures: 0,
-            idle_class: false,
+            class: ThreadClass::Normal,
+            work_class: ThreadClass::Normal,
             class_fixed: false,
             options,
         }
@@ -254,9 +268,24 @@ impl Loop {
         // A port that cannot take a super-frame turns it into ~45 frames.
         let mut batch: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE * 48);
         let mut out = Outputs::new();
-        if !sched::idle_class_reversible() {
+        if self.options.realtime {
+            match sched::class_allowed(ThreadClass::Realtime)
+                .and_then(|()| sched::set_class(ThreadClass::Realtime).map_err(|e| e.to_string()))
+            {
+                Ok(()) => {
+                    self.work_class = ThreadClass::Realtime;
+                    self.class = ThreadClass::Realtime;
+                }
+                Err(e) => eprintln!(
+                    "podswitch worker: cannot forward in SCHED_FIFO ({e}): forwarding in SCHED_OTHER, so packets wait while the pods on its CPU run"
+                ),
+            }
+        }
+        self.stats
+            .realtime(self.work_class == ThreadClass::Realtime);
+        if let Err(e) = sched::class_allowed(ThreadClass::Idle) {
             eprintln!(
-                "podswitch worker: no CAP_SYS_NICE: spinning at normal priority (the pods on its CPU wait while it spins)"
+                "podswitch worker: cannot spin in SCHED_IDLE ({e}): spinning in its working class (the pods on its CPU wait while it spins)"
             );
             self.class_fixed = true;
         }
@@ -266,6 +295,8 @@ impl Loop {
         // The worker slept since it last moved a packet.
         let mut slept = false;
         let mut spinning = false;
+        // When the loop last decided whether to spin.
+        let mut last_turn = Instant::now();
         let mut turns_since_poll = 0;
         loop {
             let capturing = self.captures > 0;
@@ -278,8 +309,17 @@ impl Loop {
             if self.ready_list.is_empty() || turns_since_poll >= POLL_EVERY_TURNS {
                 turns_since_poll = 0;
                 let idle = self.ready_list.is_empty();
-                let spin_now = idle && last_packet.elapsed() < spin.window();
-                if spinning && idle && !spin_now {
+                let now = Instant::now();
+                // A spinning turn takes a microsecond or two; a longer
+                // gap means another task had the CPU.
+                let preempted = spinning && now - last_turn > SpinWindow::PREEMPTED;
+                if preempted {
+                    spin.preempted(now);
+                    self.stats.spin_preempted();
+                }
+                last_turn = now;
+                let spin_now = idle && now - last_packet < spin.window_at(now);
+                if spinning && idle && !spin_now && !preempted {
                     self.stats.spin_expired();
                 }
                 spinning = spin_now;
@@ -376,16 +416,27 @@ impl Loop {
     }
 
     /// Moves the thread into the idle scheduling class while it spins
-    /// and back before it works or sleeps (see [`sched`]).
+    /// and back to its working class before it works or sleeps (see
+    /// [`sched`]).
     fn spin_class(&mut self, idle: bool) {
-        if self.idle_class == idle || self.class_fixed {
+        let class = if idle {
+            ThreadClass::Idle
+        } else {
+            self.work_class
+        };
+        if self.class == class || self.class_fixed {
             return;
         }
-        match sched::set_idle_class(idle) {
-            Ok(()) => self.idle_class = idle,
+        match sched::set_class(class) {
+            Ok(()) => self.class = class,
             Err(e) => {
-                eprintln!("podswitch worker: cannot change scheduling class ({e}); spinning at normal priority");
+                eprintln!("podswitch worker: cannot change scheduling class ({e}); spinning in its working class");
                 self.class_fixed = true;
+                // Back to work: a thread left in the idle class would
+                // starve behind every pod.
+                if sched::set_class(self.work_class).is_ok() {
+                    self.class = self.work_class;
+                }
             }
         }
     }
@@ -522,26 +573,76 @@ impl Loop {
 /// than the bound, which no spin could have caught. Under load the gaps
 /// are microseconds and the window stays at its bound; for a ping every
 /// few milliseconds it falls to zero and the worker sleeps at once.
+///
+/// A spin that another task preempted pauses spinning: the CPU is not
+/// idle, and a worker in the idle class that a busy pod preempted runs
+/// again only when that pod sleeps, however many packets wait (under a
+/// TCP stream between two pods, pings waited milliseconds). Sleeping in
+/// `epoll_wait` instead, it is woken by the first packet, in its working
+/// class, ahead of the pod. The pause is 100 ms, doubling up to a second
+/// while preemptions come within two seconds of each other, so a busy
+/// CPU sees at most about one such stall a second.
 #[derive(Debug, Clone, Copy)]
 struct SpinWindow {
     window: Duration,
     bound: Duration,
+    /// No spinning before this instant.
+    paused_until: Option<Instant>,
+    /// The last pause, and when it began.
+    pause: Duration,
+    last_preempted: Option<Instant>,
 }
 
 impl SpinWindow {
     /// Below this, a shrinking window becomes zero.
     const FLOOR: Duration = Duration::from_micros(5);
+    /// A gap between two spinning turns longer than this is a preemption.
+    const PREEMPTED: Duration = Duration::from_micros(50);
+    const FIRST_PAUSE: Duration = Duration::from_millis(100);
+    const LONGEST_PAUSE: Duration = Duration::from_secs(1);
+    /// Preemptions closer than this make the pause grow.
+    const CONTENDED: Duration = Duration::from_secs(2);
 
     /// Starts at its bound: a worker that sees traffic at once is busy.
     fn new(bound: Duration) -> SpinWindow {
         SpinWindow {
             window: bound,
             bound,
+            paused_until: None,
+            pause: Duration::ZERO,
+            last_preempted: None,
         }
     }
 
+    /// The window as adapted to the gaps (what the stats show).
     fn window(&self) -> Duration {
         self.window
+    }
+
+    /// The window in force at `now`: zero while spinning is paused.
+    fn window_at(&mut self, now: Instant) -> Duration {
+        match self.paused_until {
+            Some(until) if now < until => Duration::ZERO,
+            Some(_) => {
+                self.paused_until = None;
+                self.window
+            }
+            None => self.window,
+        }
+    }
+
+    /// Another task took the CPU while the worker spun.
+    fn preempted(&mut self, now: Instant) {
+        let contended = self
+            .last_preempted
+            .is_some_and(|last| now.saturating_duration_since(last) < Self::CONTENDED);
+        self.pause = if contended {
+            (self.pause * 2).clamp(Self::FIRST_PAUSE, Self::LONGEST_PAUSE)
+        } else {
+            Self::FIRST_PAUSE
+        };
+        self.last_preempted = Some(now);
+        self.paused_until = Some(now + self.pause);
     }
 
     /// The worker slept `gap` between two packets.
@@ -578,6 +679,8 @@ pub struct WorkerStats {
     spin_window_nanos: AtomicU64,
     spins_caught: AtomicU64,
     spins_expired: AtomicU64,
+    spins_preempted: AtomicU64,
+    realtime: std::sync::atomic::AtomicBool,
 }
 
 /// A [`WorkerStats`] read at one moment.
@@ -602,6 +705,10 @@ pub struct WorkerStatsSnapshot {
     pub spins_caught: u64,
     /// Spins that ended in sleep (each cost its window in CPU).
     pub spins_expired: u64,
+    /// Spins another task preempted (each paused spinning).
+    pub spins_preempted: u64,
+    /// It forwards in `SCHED_FIFO`.
+    pub realtime: bool,
 }
 
 impl WorkerStatsSnapshot {
@@ -623,6 +730,8 @@ impl Default for WorkerStats {
             spin_window_nanos: AtomicU64::new(0),
             spins_caught: AtomicU64::new(0),
             spins_expired: AtomicU64::new(0),
+            spins_preempted: AtomicU64::new(0),
+            realtime: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -658,6 +767,14 @@ impl WorkerStats {
         self.spins_expired.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn spin_preempted(&self) {
+        self.spins_preempted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn realtime(&self, realtime: bool) {
+        self.realtime.store(realtime, Ordering::Relaxed);
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> WorkerStatsSnapshot {
         WorkerStatsSnapshot {
@@ -670,6 +787,8 @@ impl WorkerStats {
             spin_window_secs: self.spin_window_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             spins_caught: self.spins_caught.load(Ordering::Relaxed),
             spins_expired: self.spins_expired.load(Ordering::Relaxed),
+            spins_preempted: self.spins_preempted.load(Ordering::Relaxed),
+            realtime: self.realtime.load(Ordering::Relaxed),
         }
     }
 }
@@ -682,6 +801,35 @@ mod tests {
 
     fn us(n: u64) -> Duration {
         Duration::from_micros(n)
+    }
+
+    #[test]
+    fn a_preempted_spin_pauses_spinning_longer_while_preemptions_go_on() {
+        let ms = Duration::from_millis;
+        let mut spin = SpinWindow::new(BOUND);
+        let t0 = Instant::now();
+        spin.preempted(t0);
+        assert_eq!(spin.window_at(t0 + ms(99)), Duration::ZERO);
+        assert_eq!(spin.window_at(t0 + ms(100)), BOUND);
+        // Preempted again soon after: a pause twice as long.
+        let t1 = t0 + ms(150);
+        spin.preempted(t1);
+        assert_eq!(spin.window_at(t1 + ms(199)), Duration::ZERO);
+        assert_eq!(spin.window_at(t1 + ms(200)), BOUND);
+        // While preemptions go on, the pause stops growing at a second.
+        let mut t = t1;
+        for _ in 0..10 {
+            t += ms(1500);
+            spin.preempted(t);
+        }
+        assert_eq!(spin.window_at(t + ms(999)), Duration::ZERO);
+        assert_eq!(spin.window_at(t + ms(1000)), BOUND);
+        // A preemption long after the last one: a short pause again.
+        let t2 = t + Duration::from_secs(3);
+        spin.preempted(t2);
+        assert_eq!(spin.window_at(t2 + ms(100)), BOUND);
+        // The adapted window itself is left as it was.
+        assert_eq!(spin.window(), BOUND);
     }
 
     #[test]

@@ -97,6 +97,13 @@ pub(crate) struct Cli {
     /// `[dataplane] pool_buffers`: packet buffers of 2 KiB (default 16384).
     #[arg(long)]
     pub pool_buffers: Option<usize>,
+    /// `[dataplane] worker_priority`: realtime (default: the worker
+    /// forwards in SCHED_FIFO at the lowest real-time priority, ahead of
+    /// the pods, as the kernel forwards in softirq context; it spins in
+    /// SCHED_IDLE) or normal (SCHED_OTHER: under load each packet waits
+    /// while the pods on the worker's CPU run their time slices).
+    #[arg(long, value_name = "realtime|normal")]
+    pub worker_priority: Option<String>,
     /// `[node] masquerade`: pods' traffic to addresses outside the cluster
     /// CIDR leaves with the node's address (default true; nftables table
     /// `podswitch`, removed on exit).
@@ -213,6 +220,7 @@ struct DataplaneSection {
     port_kind: Option<String>,
     busy_poll_us: Option<u64>,
     pool_buffers: Option<usize>,
+    worker_priority: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -300,6 +308,8 @@ pub(crate) struct Settings {
     pub port_kind: String,
     pub busy_poll_us: u64,
     pub pool_buffers: usize,
+    /// The worker forwards in SCHED_FIFO.
+    pub realtime: bool,
     /// Where the Prometheus endpoint listens, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Masquerade pod egress; see `egress`.
@@ -576,6 +586,17 @@ impl Settings {
         if pool_buffers < 1024 {
             return Err(origin.error("dataplane.pool_buffers", "at least 1024"));
         }
+        let realtime = match pick(&cli.worker_priority, &file.dataplane.worker_priority).as_deref()
+        {
+            None | Some("realtime") => true,
+            Some("normal") => false,
+            Some(other) => {
+                return Err(origin.error(
+                    "dataplane.worker_priority",
+                    format!("{other:?}: realtime or normal"),
+                ))
+            }
+        };
         let mut peers = file.peer;
         for text in &cli.peers {
             peers.push(key_values("peer", text)?);
@@ -625,6 +646,7 @@ impl Settings {
                 .or(file.dataplane.busy_poll_us)
                 .unwrap_or(200),
             pool_buffers,
+            realtime,
             metrics_listen,
             masquerade: cli.masquerade.or(file.node.masquerade).unwrap_or(true),
             no_masquerade,
@@ -767,5 +789,31 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.contains("--peer") && e.contains("KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn the_worker_forwards_in_real_time_unless_told_otherwise() {
+        let node = [
+            "--node-name",
+            "node1",
+            "--pod-cidr",
+            "10.244.1.0/24",
+            "--underlay-interface",
+            "lo",
+            "--underlay-ip",
+            "127.0.0.1",
+        ];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = node.iter().chain(extra).copied().collect();
+            Settings::load(&cli(&args))
+        };
+        assert!(with(&[]).unwrap().realtime);
+        assert!(!with(&["--worker-priority", "normal"]).unwrap().realtime);
+        assert!(with(&["--worker-priority", "realtime"]).unwrap().realtime);
+        let e = with(&["--worker-priority", "high"]).unwrap_err();
+        assert!(
+            e.contains("dataplane.worker_priority") && e.contains("realtime or normal"),
+            "{e}"
+        );
     }
 }

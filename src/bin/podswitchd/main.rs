@@ -133,6 +133,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                 pool_buffers: settings.pool_buffers,
                 large_buffers: podswitch_engine::packet::DEFAULT_LARGE_BUFFERS,
                 busy_poll: Duration::from_micros(settings.busy_poll_us),
+                realtime: settings.realtime,
                 clock_secs,
                 clock_micros,
             },

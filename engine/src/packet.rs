@@ -281,11 +281,22 @@ impl PacketBuf {
     }
 }
 
-/// A fixed set of buffers of two sizes, allocated up front.
+/// A fixed number of buffers of two sizes, each allocated the first time
+/// the pool runs short of free ones and kept for good: the pool holds as
+/// much memory as the most frames it ever had in flight, and in steady
+/// state a packet costs no allocation.
+///
+/// Allocating all of them up front made every buffer resident at once,
+/// used or not (32 MiB for the default 16,384: the allocator writes a
+/// header beside each 2 KiB chunk, so every page of the pool is touched),
+/// which was most of an idle podswitchd's memory.
 #[derive(Debug)]
 pub struct PacketPool {
     free: Vec<Box<[u8]>>,
     free_large: Vec<Box<[u8]>>,
+    /// Buffers made so far, of each size.
+    made: usize,
+    made_large: usize,
     total: usize,
     total_large: usize,
     buf_size: usize,
@@ -312,17 +323,11 @@ impl PacketPool {
             buf_size > HEADROOM && buf_size < LARGE_BUF_SIZE,
             "a buffer must hold more than its headroom and less than a super-frame buffer"
         );
-        // vec![0; n] comes from calloc: pages no frame has touched are
-        // never made resident.
-        let free = (0..count)
-            .map(|_| vec![0u8; buf_size].into_boxed_slice())
-            .collect();
-        let free_large = (0..large)
-            .map(|_| vec![0u8; LARGE_BUF_SIZE].into_boxed_slice())
-            .collect();
         PacketPool {
-            free,
-            free_large,
+            free: Vec::with_capacity(count),
+            free_large: Vec::with_capacity(large),
+            made: 0,
+            made_large: 0,
             total: count,
             total_large: large,
             buf_size,
@@ -344,15 +349,31 @@ impl PacketPool {
     /// buffer is in use.
     #[inline]
     pub fn alloc(&mut self, in_port: PortId) -> Option<PacketBuf> {
-        self.free.pop().map(|bytes| Self::wrap(bytes, in_port))
+        let bytes = match self.free.pop() {
+            Some(bytes) => bytes,
+            None if self.made < self.total => {
+                self.made += 1;
+                vec![0u8; self.buf_size].into_boxed_slice()
+            }
+            None => return None,
+        };
+        Some(Self::wrap(bytes, in_port))
     }
 
     /// A super-frame buffer, or `None` if every one is in use.
     #[inline]
     pub fn alloc_large(&mut self, in_port: PortId) -> Option<PacketBuf> {
-        self.free_large
-            .pop()
-            .map(|bytes| Self::wrap(bytes, in_port))
+        let bytes = match self.free_large.pop() {
+            Some(bytes) => bytes,
+            None if self.made_large < self.total_large => {
+                self.made_large += 1;
+                // calloc maps a buffer this large on its own: pages no
+                // frame reaches stay untouched.
+                vec![0u8; LARGE_BUF_SIZE].into_boxed_slice()
+            }
+            None => return None,
+        };
+        Some(Self::wrap(bytes, in_port))
     }
 
     /// A buffer holding a copy of `data` (a super-frame buffer if it needs
@@ -409,7 +430,12 @@ impl PacketPool {
 
     /// Buffers currently taken, of both sizes.
     pub fn in_use(&self) -> usize {
-        self.total - self.free.len() + self.total_large - self.free_large.len()
+        self.made - self.free.len() + self.made_large - self.free_large.len()
+    }
+
+    /// Buffers allocated so far, of both sizes (the most ever in use).
+    pub fn allocated(&self) -> usize {
+        self.made + self.made_large
     }
 
     /// Buffers in the pool, of both sizes.
@@ -426,6 +452,30 @@ impl PacketPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffers_are_made_when_first_needed_and_then_reused() {
+        let mut pool = PacketPool::with_large(1000, 256, 10);
+        assert_eq!((pool.allocated(), pool.total()), (0, 1010));
+        let a = pool.alloc(PortId(1)).unwrap();
+        let b = pool.alloc(PortId(1)).unwrap();
+        let big = pool.alloc_large(PortId(1)).unwrap();
+        assert_eq!(pool.allocated(), 3);
+        pool.free(a);
+        pool.free(big);
+        // Freed buffers come back before any new one is made.
+        let c = pool.alloc(PortId(1)).unwrap();
+        let big = pool.alloc_large(PortId(1)).unwrap();
+        assert_eq!((pool.allocated(), pool.in_use()), (3, 3));
+        for buf in [b, c, big] {
+            pool.free(buf);
+        }
+        assert_eq!(pool.in_use(), 0);
+        // Never more than the pool's size.
+        let taken: Vec<_> = std::iter::from_fn(|| pool.alloc(PortId(1))).collect();
+        assert_eq!(taken.len(), 1000);
+        assert_eq!(pool.allocated(), 1001);
+    }
 
     #[test]
     fn alloc_free_counts_and_headroom() {

@@ -23,6 +23,8 @@ fn a_short_bench_produces_every_figure() {
             "1",
             "--backends",
             "vxlan",
+            "--memory-pods",
+            "8",
             "--json",
         ])
         .arg(&json.0)
@@ -73,6 +75,14 @@ fn a_short_bench_produces_every_figure() {
         "{v}"
     );
     assert!(table.contains("Generator ceiling"), "{table}");
+    // podswitchd's memory with no pod and with 8.
+    let memory = &v["memory"];
+    assert_eq!(memory["pods"], 8, "{v}");
+    let no_pod = memory["rss_kib_no_pod"].as_u64().unwrap();
+    let with_pods = memory["rss_kib_with_pods"].as_u64().unwrap();
+    assert!(no_pod > 0 && with_pods > 0, "{memory}");
+    assert!(memory["per_pod_kib"].as_f64().is_some(), "{memory}");
+    assert!(table.contains("KiB per pod"), "{table}");
     // No generator outlives its measurement (trafgen's worker process once
     // went on flooding the lab through the measurements after it).
     let left = std::process::Command::new("pgrep")

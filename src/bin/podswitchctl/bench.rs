@@ -17,7 +17,11 @@
 //!   lab and again while an iperf3 TCP stream runs between the same two
 //!   pods (latency under load);
 //! - CPU: machine CPU seconds per million packets received during the
-//!   small-packet run, the generator's own CPU taken out.
+//!   small-packet run, the generator's own CPU taken out;
+//! - memory: podswitchd's resident memory on a one-node lab with no pod
+//!   and with `--memory-pods` pods (110, Kubernetes' default maxPods),
+//!   and what each pod added (no kernel figure: the kernel path has no
+//!   daemon).
 //!
 //! docs/benchmarks.md explains the method and records figures.
 
@@ -59,6 +63,9 @@ pub(crate) struct BenchArgs {
         default_value = "vxlan,host-gw,directrouting"
     )]
     backends: Vec<String>,
+    /// Pods of the memory measurement (0 leaves it out).
+    #[arg(long, default_value_t = lab::MAX_PODS_PER_NODE, value_name = "N")]
+    memory_pods: u8,
     /// Write every raw figure here as JSON.
     #[arg(long = "json", id = "json_file", value_name = "FILE")]
     json: Option<std::path::PathBuf>,
@@ -459,6 +466,55 @@ struct Case {
     scope: &'static str,
 }
 
+/// podswitchd's resident memory with no pod and with some.
+struct Memory {
+    pods: u8,
+    /// Resident set (VmRSS) with no pod, in KiB.
+    empty_kib: u64,
+    /// With `pods` pods, in KiB.
+    full_kib: u64,
+}
+
+impl Memory {
+    /// What each pod added, in KiB.
+    fn per_pod_kib(&self) -> f64 {
+        self.full_kib.saturating_sub(self.empty_kib) as f64 / f64::from(self.pods.max(1))
+    }
+}
+
+/// podswitchd's resident set size (/proc/PID/status, VmRSS), in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("podswitchd (pid {pid}) is gone"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/PID/status")
+}
+
+/// Brings up a one-node podswitch lab of `pods` pods, waits for its
+/// daemon to settle, and reads its resident memory; the lab goes after.
+fn lab_rss(pods: u8) -> Result<u64> {
+    let lab = lab::up(&UpArgs::new("bmem", "podswitch", "vxlan").sized(1, pods))?;
+    let measured = (|| {
+        let pid = lab.nodes[0].pid.context("the lab's node has no daemon")?;
+        // Ports open in the worker a moment after their requests.
+        std::thread::sleep(Duration::from_secs(1));
+        rss_kib(pid)
+    })();
+    let _ = lab::down(&lab.name);
+    measured
+}
+
+fn memory(pods: u8) -> Result<Memory> {
+    Ok(Memory {
+        pods,
+        empty_kib: lab_rss(0)?,
+        full_kib: lab_rss(pods)?,
+    })
+}
+
 pub(crate) fn run(args: &BenchArgs) -> ExitCode {
     match bench(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -500,6 +556,15 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     eprintln!("measuring the generator alone (trafgen into a counting veth)...");
     let ceiling = generator_ceiling(args.seconds)?;
+    let memory = if args.memory_pods > 0 {
+        eprintln!(
+            "measuring podswitchd's memory with no pod and with {} pods...",
+            args.memory_pods
+        );
+        Some(memory(args.memory_pods)?)
+    } else {
+        None
+    };
     let mut raw = Vec::new();
     let mut table = Vec::new();
     for backend in &args.backends {
@@ -597,6 +662,15 @@ fn bench(args: &BenchArgs) -> Result<()> {
             metric.name, metric.unit
         );
     }
+    if let Some(m) = &memory {
+        println!(
+            "\nMemory: podswitchd holds {:.1} MiB resident with no pod and {:.1} MiB with {} pods: {:.0} KiB per pod.",
+            m.empty_kib as f64 / 1024.0,
+            m.full_kib as f64 / 1024.0,
+            m.pods,
+            m.per_pod_kib()
+        );
+    }
     let summary: Vec<Value> = table
         .iter()
         .map(|(case, m, k, p)| json!({ "case": case, "metric": m.name, "unit": m.unit, "kernel": k, "podswitch": p }))
@@ -606,6 +680,12 @@ fn bench(args: &BenchArgs) -> Result<()> {
         "generator_cpu_us_per_frame": ceiling.secs_per_frame * 1e6,
         "medians": summary,
         "samples": raw,
+        "memory": memory.as_ref().map(|m| json!({
+            "pods": m.pods,
+            "rss_kib_no_pod": m.empty_kib,
+            "rss_kib_with_pods": m.full_kib,
+            "per_pod_kib": m.per_pod_kib(),
+        })),
     });
     if let Some(path) = &args.json {
         fs::write(path, serde_json::to_string_pretty(&record)?)

@@ -59,7 +59,7 @@ pub(crate) struct UpArgs {
     /// Nodes (1 to 9).
     #[arg(long, default_value_t = 2)]
     nodes: u8,
-    /// Pods per node (0 to 50).
+    /// Pods per node (0 to 110, Kubernetes' default maxPods).
     #[arg(long, default_value_t = 2)]
     pods_per_node: u8,
     /// vxlan, ipip, udp, host-gw or directrouting.
@@ -89,7 +89,17 @@ pub(crate) struct UpArgs {
     etcd_members: u8,
 }
 
+/// The most pods a lab node has: Kubernetes' default `maxPods`.
+pub(crate) const MAX_PODS_PER_NODE: u8 = 110;
+
 impl UpArgs {
+    /// `nodes` nodes of `pods_per_node` pods each.
+    pub(crate) fn sized(mut self, nodes: u8, pods_per_node: u8) -> UpArgs {
+        self.nodes = nodes;
+        self.pods_per_node = pods_per_node;
+        self
+    }
+
     /// Two nodes with two pods each, bridge mode: the bench's topology.
     pub(crate) fn new(name: &str, dataplane: &str, backend: &str) -> UpArgs {
         UpArgs {
@@ -248,8 +258,8 @@ fn pod_mtu(backend: &str) -> u32 {
 /// Builds a lab.
 pub(crate) fn up(args: &UpArgs) -> Result<Lab> {
     check_name(&args.name)?;
-    if !(1..=9).contains(&args.nodes) || args.pods_per_node > 50 {
-        bail!("--nodes 1 to 9, --pods-per-node 0 to 50");
+    if !(1..=9).contains(&args.nodes) || args.pods_per_node > MAX_PODS_PER_NODE {
+        bail!("--nodes 1 to 9, --pods-per-node 0 to {MAX_PODS_PER_NODE}");
     }
     if !["vxlan", "ipip", "udp", "host-gw", "directrouting"].contains(&args.backend.as_str()) {
         bail!(

@@ -714,6 +714,23 @@ mod tests {
         Cli::parse_from(std::iter::once("podswitchd").chain(args.iter().copied()))
     }
 
+    /// A node on the loopback interface, which exists everywhere (its MTU
+    /// is 65536), with `extra` options.
+    fn load_node1(extra: &[&str]) -> Result<Settings, String> {
+        let node = [
+            "--node-name",
+            "node1",
+            "--pod-cidr",
+            "10.244.1.0/24",
+            "--underlay-interface",
+            "lo",
+            "--underlay-ip",
+            "127.0.0.1",
+        ];
+        let args: Vec<&str> = node.iter().chain(extra).copied().collect();
+        Settings::load(&cli(&args))
+    }
+
     #[test]
     fn file_errors_name_file_key_and_reason() {
         let dir = std::env::temp_dir().join(format!("psw-cfg-{}", std::process::id()));
@@ -755,21 +772,12 @@ mod tests {
 
     #[test]
     fn command_line_wins_and_defaults_follow_flannel() {
-        // The loopback interface exists everywhere; its MTU is 65536.
-        let s = Settings::load(&cli(&[
-            "--node-name",
-            "node1",
-            "--pod-cidr",
-            "10.244.1.0/24",
-            "--underlay-interface",
-            "lo",
-            "--underlay-ip",
-            "127.0.0.1",
+        let s = load_node1(&[
             "--mtu",
             "1450",
             "--peer",
             "name=node2,underlay_ip=192.168.100.2,pod_cidr=10.244.2.0/24,vtep_mac=02:0e:00:00:00:02",
-        ]))
+        ])
         .unwrap();
         assert_eq!(s.node.cluster_cidr.to_string(), "10.244.0.0/16");
         assert_eq!(s.node.pod_mtu(), 1450);
@@ -793,20 +801,7 @@ mod tests {
 
     #[test]
     fn the_worker_forwards_in_real_time_unless_told_otherwise() {
-        let node = [
-            "--node-name",
-            "node1",
-            "--pod-cidr",
-            "10.244.1.0/24",
-            "--underlay-interface",
-            "lo",
-            "--underlay-ip",
-            "127.0.0.1",
-        ];
-        let with = |extra: &[&str]| {
-            let args: Vec<&str> = node.iter().chain(extra).copied().collect();
-            Settings::load(&cli(&args))
-        };
+        let with = load_node1;
         assert!(with(&[]).unwrap().realtime);
         assert!(!with(&["--worker-priority", "normal"]).unwrap().realtime);
         assert!(with(&["--worker-priority", "realtime"]).unwrap().realtime);

@@ -44,10 +44,11 @@ fn a_short_bench_produces_every_figure() {
     );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json.0).unwrap()).unwrap();
     let medians = v["medians"].as_array().unwrap();
-    // 2 cases x 8 metrics (TCP 1 and 4 streams, 64-byte UDP, CPU, idle
-    // and loaded latency p50 and p99), each for both dataplanes.
-    assert_eq!(medians.len(), 16, "{v}");
-    for metric in ["loaded-p50", "loaded-p99"] {
+    // 2 cases x 9 metrics (TCP 1 and 4 streams, 64-byte UDP from one and
+    // from two generators, CPU, idle and loaded latency p50 and p99),
+    // each for both dataplanes.
+    assert_eq!(medians.len(), 18, "{v}");
+    for metric in ["udp-64B-2gen", "loaded-p50", "loaded-p99"] {
         assert!(
             medians.iter().any(|m| m["metric"] == metric),
             "{metric}: {v}"
@@ -61,7 +62,7 @@ fn a_short_bench_produces_every_figure() {
             );
         }
     }
-    assert_eq!(v["samples"].as_array().unwrap().len(), 2 * 2 * 8);
+    assert_eq!(v["samples"].as_array().unwrap().len(), 2 * 2 * 9);
     assert!(
         v["generator_ceiling_mpps"]
             .as_f64()

@@ -12,7 +12,10 @@
 //!   start, connection set-up) left out (Gbit/s);
 //! - small packets: trafgen (netsniff-ng, an AF_PACKET TX ring) sends
 //!   64-byte UDP frames as fast as it can from the source pod; what counts
-//!   is the packets per second the destination pod's eth0 received;
+//!   is the packets per second the destination pod's eth0 received; then
+//!   the same with two generators at once, each pod of the case sending to
+//!   the other side (two flows: what a dataplane does with more senders
+//!   than one);
 //! - latency: ping round trips every 2 ms, p50 and p99 (µs), on an idle
 //!   lab and again while an iperf3 TCP stream runs between the same two
 //!   pods (latency under load);
@@ -100,6 +103,11 @@ pub(crate) const METRICS: &[Metric] = &[
     },
     Metric {
         name: "udp-64B",
+        unit: "Mpps",
+        higher_is_better: true,
+    },
+    Metric {
+        name: "udp-64B-2gen",
         unit: "Mpps",
         higher_is_better: true,
     },
@@ -269,61 +277,98 @@ struct Blast {
     generator_secs: f64,
 }
 
-/// Sends 64-byte UDP frames (60 bytes + FCS) from `src_ns`'s eth0 to
-/// `dst_mac`/`dst_ip` for `seconds` with trafgen on one CPU, and counts
-/// what `dst_ns`'s eth0 received.
-fn blast(
-    src_ns: &str,
-    dst_ns: &str,
-    dst_mac: &str,
-    src_ip: &str,
-    dst_ip: &str,
-    seconds: u64,
-) -> Result<Blast> {
-    let conf = std::env::temp_dir().join(format!("podswitch-bench-{}.trafgen", std::process::id()));
-    fs::write(
-        &conf,
-        format!(
-            "{{ eth(da={dst_mac}, type=0x0800), ipv4(saddr={src_ip}, daddr={dst_ip}, ttl=64, df), udp(sp=9, dp=9), fill(0x42, 18) }}\n"
-        ),
-    )?;
-    let before_rx = rx_packets(dst_ns)?;
-    let before_tx = eth0_counter(src_ns, "tx_packets")?;
+/// One generator's stream: from `src_ns`'s eth0 to `dst_mac`/`dst_ip`,
+/// counted at `dst_ns`'s eth0.
+struct Flow<'a> {
+    src_ns: &'a str,
+    dst_ns: &'a str,
+    dst_mac: String,
+    src_ip: &'a str,
+    dst_ip: &'a str,
+}
+
+/// Sends 64-byte UDP frames (60 bytes + FCS) along every flow at once for
+/// `seconds`, one trafgen on one CPU per flow, and counts what the flows'
+/// destinations' eth0 received.
+fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
+    let mut confs = Vec::new();
+    for (i, f) in flows.iter().enumerate() {
+        let conf = std::env::temp_dir().join(format!(
+            "podswitch-bench-{}-{i}.trafgen",
+            std::process::id()
+        ));
+        fs::write(
+            &conf,
+            format!(
+                "{{ eth(da={}, type=0x0800), ipv4(saddr={}, daddr={}, ttl=64, df), udp(sp=9, dp=9), fill(0x42, 18) }}\n",
+                f.dst_mac, f.src_ip, f.dst_ip
+            ),
+        )?;
+        confs.push(conf);
+    }
+    let counters = |f: &Flow| -> Result<(u64, u64)> {
+        Ok((rx_packets(f.dst_ns)?, eth0_counter(f.src_ns, "tx_packets")?))
+    };
+    let before = flows.iter().map(counters).collect::<Result<Vec<_>>>()?;
     let before_cpu = busy_jiffies();
     let started = Instant::now();
-    let mut generator = Command::new("ip")
-        .args(["netns", "exec", src_ns, "trafgen", "-o", "eth0", "-i"])
-        .arg(&conf)
-        .args(["-P", "1", "-q"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .context("trafgen")?;
+    let mut generators = Vec::new();
+    for (f, conf) in flows.iter().zip(&confs) {
+        let spawned = Command::new("ip")
+            .args(["netns", "exec", f.src_ns, "trafgen", "-o", "eth0", "-i"])
+            .arg(conf)
+            .args(["-P", "1", "-q"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .context("trafgen");
+        match spawned {
+            Ok(child) => generators.push(child),
+            Err(e) => {
+                stop_generators(&mut generators);
+                return Err(e);
+            }
+        }
+    }
     std::thread::sleep(Duration::from_secs(seconds));
-    // trafgen and its worker process: the generator's whole CPU.
-    let generator_cpu: u64 = group_jiffies(generator.id()).iter().sum();
-    let after_rx = rx_packets(dst_ns);
-    let after_tx = eth0_counter(src_ns, "tx_packets");
+    // trafgen and its worker process: the generators' whole CPU.
+    let generator_cpu: u64 = generators.iter().flat_map(|g| group_jiffies(g.id())).sum();
+    let after = flows.iter().map(counters).collect::<Result<Vec<_>>>();
     let after_cpu = busy_jiffies();
     let elapsed = started.elapsed().as_secs_f64();
-    stop_group(generator.id());
-    let _ = generator.wait();
-    // The worker dies a moment after the signal: the next measurement
-    // starts only once it is gone.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !group_jiffies(generator.id()).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
+    stop_generators(&mut generators);
+    for conf in &confs {
+        let _ = fs::remove_file(conf);
     }
-    let _ = fs::remove_file(&conf);
-    let packets = after_rx?.saturating_sub(before_rx) as f64;
+    let (mut packets, mut sent) = (0.0, 0.0);
+    for ((rx0, tx0), (rx1, tx1)) in before.iter().zip(after?) {
+        packets += rx1.saturating_sub(*rx0) as f64;
+        sent += tx1.saturating_sub(*tx0) as f64;
+    }
     Ok(Blast {
         packets,
         mpps: packets / elapsed / 1e6,
-        sent: after_tx?.saturating_sub(before_tx) as f64,
+        sent,
         busy_secs: after_cpu.saturating_sub(before_cpu) as f64 / 100.0,
         generator_secs: generator_cpu as f64 / 100.0,
     })
+}
+
+/// Stops every generator's process group and waits until each is gone:
+/// the next measurement starts only once they are (a worker dies a moment
+/// after the signal).
+fn stop_generators(generators: &mut Vec<std::process::Child>) {
+    for g in generators.iter_mut() {
+        stop_group(g.id());
+        let _ = g.wait();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while generators.iter().any(|g| !group_jiffies(g.id()).is_empty()) && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    generators.clear();
 }
 
 /// 64-byte UDP: (received Mpps, dataplane CPU seconds per million packets).
@@ -335,12 +380,33 @@ fn blast(
 /// system calls, and that time is the kernel's cost, not the generator's.
 fn small_packets(
     lab: &Lab,
-    src: &lab::Pod,
-    dst: &lab::Pod,
+    pairs: &[(&lab::Pod, &lab::Pod)],
     seconds: u64,
     ceiling: &Ceiling,
 ) -> Result<(f64, f64)> {
-    // The pod's gateway MAC, as its ARP table holds it after a ping.
+    let flows = pairs
+        .iter()
+        .map(|(src, dst)| {
+            Ok(Flow {
+                src_ns: &src.netns,
+                dst_ns: &dst.netns,
+                dst_mac: gateway_mac(lab, src, dst)?,
+                src_ip: &src.ip,
+                dst_ip: &dst.ip,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let run = blast(&flows, seconds)?;
+    if run.packets == 0.0 {
+        bail!("no 64-byte packet reached its destination");
+    }
+    let dataplane_secs = (run.busy_secs - ceiling.secs_per_frame * run.sent).max(0.0);
+    Ok((run.mpps, dataplane_secs / (run.packets / 1e6)))
+}
+
+/// The MAC of `src`'s gateway, as its ARP table holds it after a ping to
+/// `dst`.
+fn gateway_mac(lab: &Lab, src: &lab::Pod, dst: &lab::Pod) -> Result<String> {
     ns_run(&src.netns, &["ping", "-c", "1", "-W", "2", &dst.ip])?;
     let gw = if lab.gateway_mode == "bridge" {
         format!("10.244.{}.1", &src.node[4..])
@@ -348,18 +414,12 @@ fn small_packets(
         "169.254.1.1".to_string()
     };
     let neigh = ns_run(&src.netns, &["ip", "neigh", "show", &gw])?;
-    let mac = neigh
+    Ok(neigh
         .split_whitespace()
         .skip_while(|w| *w != "lladdr")
         .nth(1)
         .with_context(|| format!("no ARP entry for the gateway {gw}: {neigh}"))?
-        .to_string();
-    let run = blast(&src.netns, &dst.netns, &mac, &src.ip, &dst.ip, seconds)?;
-    if run.packets == 0.0 {
-        bail!("no 64-byte packet reached {}", dst.name);
-    }
-    let dataplane_secs = (run.busy_secs - ceiling.secs_per_frame * run.sent).max(0.0);
-    Ok((run.mpps, dataplane_secs / (run.packets / 1e6)))
+        .to_string())
 }
 
 /// What the generator does alone.
@@ -392,11 +452,13 @@ fn generator_ceiling(seconds: u64) -> Result<Ceiling> {
         lab::run("ip", &["-n", &a, "link", "set", "eth0", "up"])?;
         lab::run("ip", &["-n", &b, "link", "set", "eth0", "up"])?;
         let run = blast(
-            &a,
-            &b,
-            "02:00:00:00:00:99",
-            "10.244.1.2",
-            "10.244.2.2",
+            &[Flow {
+                src_ns: &a,
+                dst_ns: &b,
+                dst_mac: "02:00:00:00:00:99".into(),
+                src_ip: "10.244.1.2",
+                dst_ip: "10.244.2.2",
+            }],
             seconds,
         )?;
         Ok(Ceiling {
@@ -550,8 +612,9 @@ fn bench(args: &BenchArgs) -> Result<()> {
         })
         .collect();
     // Time estimate: per case and round, both dataplanes run TCP twice,
-    // small packets and latency twice, each about `seconds` plus set-up.
-    let per_round = 5 * (args.seconds + 1) * 2;
+    // small packets twice and latency twice, each about `seconds` plus
+    // set-up.
+    let per_round = 6 * (args.seconds + 1) * 2;
     let total = per_round * args.rounds as u64 * cases.len() as u64;
     let started = Instant::now();
     eprintln!("measuring the generator alone (trafgen into a counting veth)...");
@@ -616,10 +679,24 @@ fn bench(args: &BenchArgs) -> Result<()> {
                         })?;
                         let t1 = tcp(&src.netns, &dst.netns, &dst.ip, 1, args.seconds)?;
                         let t4 = tcp(&src.netns, &dst.netns, &dst.ip, 4, args.seconds)?;
-                        let (mpps, cpu) = small_packets(lab, src, dst, args.seconds, &ceiling)?;
+                        let (mpps, cpu) =
+                            small_packets(lab, &[(src, dst)], args.seconds, &ceiling)?;
+                        // The case's other pod sends too: across nodes
+                        // pod1-2 to pod2-2, on one node back to pod1-1.
+                        let (src2, dst2) = if case.scope == "cross-node" {
+                            (lab.pod("pod1-2")?, lab.pod("pod2-2")?)
+                        } else {
+                            (dst, src)
+                        };
+                        let (mpps2, _) = small_packets(
+                            lab,
+                            &[(src, dst), (src2, dst2)],
+                            args.seconds,
+                            &ceiling,
+                        )?;
                         let (p50, p99) = latency(src, dst, args.seconds)?;
                         let (loaded_p50, loaded_p99) = loaded_latency(src, dst, args.seconds)?;
-                        let figures = [t1, t4, mpps, cpu, p50, p99, loaded_p50, loaded_p99];
+                        let figures = [t1, t4, mpps, mpps2, cpu, p50, p99, loaded_p50, loaded_p99];
                         for (m, v) in figures.into_iter().enumerate() {
                             values[m][d].push(v);
                             raw.push(json!({

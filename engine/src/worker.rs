@@ -332,7 +332,8 @@ impl Loop {
                 };
                 // Spinning with nothing to do: in the idle class, so the
                 // pods on this CPU run first. Sleeping or working: back
-                // in the normal class.
+                // in the working class (real-time by default, so that a
+                // packet wakes it ahead of the pods).
                 self.spin_class(spin_now);
                 // Only a wait that may sleep is timed: the busy-polling
                 // turns (timeout zero) are the worker's work.

@@ -94,7 +94,8 @@ pub(crate) struct Cli {
     /// SCHED_IDLE class, so a pod on its CPU always runs first.
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
-    /// `[dataplane] pool_buffers`: packet buffers of 2 KiB (default 16384).
+    /// `[dataplane] pool_buffers`: the most packet buffers of 2 KiB
+    /// (default 16384), each allocated when first needed and kept.
     #[arg(long)]
     pub pool_buffers: Option<usize>,
     /// `[dataplane] worker_priority`: realtime (default: the worker

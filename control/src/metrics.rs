@@ -25,7 +25,9 @@ use podswitch_engine::drop::DropReason;
 use podswitch_engine::tables::Tables;
 use podswitch_engine::worker::{WorkerStats, BATCH_BUCKETS};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeMetric,
+};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -163,6 +165,21 @@ fn counters<'a, N: EncodeCounterValue>(
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (value, n) in samples {
         ConstCounter::new(n).encode(family.encode_family(&[(label, value)])?)?;
+    }
+    Ok(())
+}
+
+/// One gauge family with a label per sample.
+fn gauges<'a, N: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    samples: impl IntoIterator<Item = (&'a str, N)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (value, v) in samples {
+        ConstGauge::new(v).encode(family.encode_family(&[(label, value)])?)?;
     }
     Ok(())
 }
@@ -313,26 +330,22 @@ impl Collector for Metrics {
             "worker",
             workers.iter().map(|(w, s)| (w.as_str(), s.spins_preempted)),
         )?;
-        let mut family = encoder.encode_descriptor(
+        gauges(
+            &mut encoder,
             "podswitch_worker_realtime",
             "1 if the worker forwards in SCHED_FIFO, ahead of the pods; 0 if in SCHED_OTHER.",
-            None,
-            MetricType::Gauge,
+            "worker",
+            workers
+                .iter()
+                .map(|(w, s)| (w.as_str(), i64::from(s.realtime))),
         )?;
-        for (w, s) in &workers {
-            ConstGauge::new(i64::from(s.realtime))
-                .encode(family.encode_family(&[("worker", w.as_str())])?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        gauges(
+            &mut encoder,
             "podswitch_worker_spin_window_seconds",
             "How long a worker polls after its last packet before it sleeps (adapted to the gaps between packets, at most busy_poll_us).",
-            None,
-            MetricType::Gauge,
+            "worker",
+            workers.iter().map(|(w, s)| (w.as_str(), s.spin_window_secs)),
         )?;
-        for (w, s) in &workers {
-            ConstGauge::new(s.spin_window_secs)
-                .encode(family.encode_family(&[("worker", w.as_str())])?)?;
-        }
         let mut family = encoder.encode_descriptor(
             "podswitch_worker_batch_size",
             "Packets per pipeline run (a super-frame counts once).",

@@ -349,30 +349,21 @@ impl PacketPool {
     /// buffer is in use.
     #[inline]
     pub fn alloc(&mut self, in_port: PortId) -> Option<PacketBuf> {
-        let bytes = match self.free.pop() {
-            Some(bytes) => bytes,
-            None if self.made < self.total => {
-                self.made += 1;
-                vec![0u8; self.buf_size].into_boxed_slice()
-            }
-            None => return None,
-        };
+        let bytes = take_or_make(&mut self.free, &mut self.made, self.total, self.buf_size)?;
         Some(Self::wrap(bytes, in_port))
     }
 
     /// A super-frame buffer, or `None` if every one is in use.
     #[inline]
     pub fn alloc_large(&mut self, in_port: PortId) -> Option<PacketBuf> {
-        let bytes = match self.free_large.pop() {
-            Some(bytes) => bytes,
-            None if self.made_large < self.total_large => {
-                self.made_large += 1;
-                // calloc maps a buffer this large on its own: pages no
-                // frame reaches stay untouched.
-                vec![0u8; LARGE_BUF_SIZE].into_boxed_slice()
-            }
-            None => return None,
-        };
+        // calloc maps a buffer this large on its own: pages no frame
+        // reaches stay untouched.
+        let bytes = take_or_make(
+            &mut self.free_large,
+            &mut self.made_large,
+            self.total_large,
+            LARGE_BUF_SIZE,
+        )?;
         Some(Self::wrap(bytes, in_port))
     }
 
@@ -447,6 +438,25 @@ impl PacketPool {
     pub fn buf_size(&self) -> usize {
         self.buf_size
     }
+}
+
+/// A free buffer of `free`, or a new one of `size` bytes while fewer than
+/// `total` have been `made`.
+#[inline]
+fn take_or_make(
+    free: &mut Vec<Box<[u8]>>,
+    made: &mut usize,
+    total: usize,
+    size: usize,
+) -> Option<Box<[u8]>> {
+    if let Some(bytes) = free.pop() {
+        return Some(bytes);
+    }
+    if *made == total {
+        return None;
+    }
+    *made += 1;
+    Some(vec![0u8; size].into_boxed_slice())
 }
 
 #[cfg(test)]

@@ -621,14 +621,11 @@ impl SpinWindow {
     }
 
     /// The window in force at `now`: zero while spinning is paused.
-    fn window_at(&mut self, now: Instant) -> Duration {
-        match self.paused_until {
-            Some(until) if now < until => Duration::ZERO,
-            Some(_) => {
-                self.paused_until = None;
-                self.window
-            }
-            None => self.window,
+    fn window_at(&self, now: Instant) -> Duration {
+        if self.paused_until.is_some_and(|until| now < until) {
+            Duration::ZERO
+        } else {
+            self.window
         }
     }
 

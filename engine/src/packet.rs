@@ -1,13 +1,14 @@
-//! Packet buffers with headroom and offload metadata, from a preallocated
-//! pool.
+//! Packet buffers with headroom and offload metadata, from a bounded pool.
 //!
 //! A [`PacketBuf`] owns a fixed-size byte buffer; the frame sits at
 //! `bytes[start..end]` with at least [`HEADROOM`] free bytes in front, so a
 //! tunnel header is written in place (see `podswitch_encap::FrameBuf`).
-//! Buffers are allocated once, when the [`PacketPool`] is made; taking one
-//! and giving it back moves a `Box` between the pool's free lists and the
-//! caller, which allocates nothing. The pool counts buffers in use, so a
-//! test can prove that nothing leaked (DPDK's mempools do the same).
+//! Each buffer is allocated once, the first time the [`PacketPool`] needs
+//! it; taking one and giving it back moves a `Box` between the pool's free
+//! lists and the caller, which allocates nothing. Workers share buffers
+//! through a [`BufferDepot`], each one's pool a cache in front of it. The
+//! pool counts buffers in use, so a test can prove that nothing leaked
+//! (DPDK's mempools do the same).
 //!
 //! A pool has two sizes of buffer: small ones for wire-sized frames, and a
 //! smaller number of [`LARGE_BUF_SIZE`] ones for GSO super-frames (a pod's
@@ -16,6 +17,10 @@
 //! segmented, if at all, only by the port it leaves on (DESIGN.md, "Offloads").
 //! Each buffer carries the [`Offload`] state the kernel reported with it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
 use podswitch_encap::FrameBuf;
 
 use crate::port::PortId;
@@ -290,16 +295,17 @@ impl PacketBuf {
 /// used or not (32 MiB for the default 16,384: the allocator writes a
 /// header beside each 2 KiB chunk, so every page of the pool is touched),
 /// which was most of an idle podswitchd's memory.
+///
+/// Workers that hand frames to each other share their buffers through a
+/// [`BufferDepot`]: each worker's pool is then a cache in front of it, as
+/// each core's cache sits in front of a DPDK mempool's ring. A buffer one
+/// worker filled and another freed stays with the second; a cache grown
+/// past its bound gives half back to the depot, where any worker's pool
+/// finds it, so the buffers follow the traffic and the total stays bound.
 #[derive(Debug)]
 pub struct PacketPool {
-    free: Vec<Box<[u8]>>,
-    free_large: Vec<Box<[u8]>>,
-    /// Buffers made so far, of each size.
-    made: usize,
-    made_large: usize,
-    total: usize,
-    total_large: usize,
-    buf_size: usize,
+    small: SizeClass,
+    large: SizeClass,
 }
 
 impl PacketPool {
@@ -319,18 +325,19 @@ impl PacketPool {
     /// If `buf_size` does not exceed [`HEADROOM`] or is not smaller than
     /// [`LARGE_BUF_SIZE`].
     pub fn with_large(count: usize, buf_size: usize, large: usize) -> Self {
-        assert!(
-            buf_size > HEADROOM && buf_size < LARGE_BUF_SIZE,
-            "a buffer must hold more than its headroom and less than a super-frame buffer"
-        );
+        check_buf_size(buf_size);
         PacketPool {
-            free: Vec::with_capacity(count),
-            free_large: Vec::with_capacity(large),
-            made: 0,
-            made_large: 0,
-            total: count,
-            total_large: large,
-            buf_size,
+            small: SizeClass::own(count, buf_size),
+            large: SizeClass::own(large, LARGE_BUF_SIZE),
+        }
+    }
+
+    /// A pool that caches buffers of `depot`, shared with the other pools
+    /// made from it.
+    pub fn from_depot(depot: &Arc<BufferDepot>) -> Self {
+        PacketPool {
+            small: SizeClass::shared(Arc::clone(&depot.small), depot.small_cache),
+            large: SizeClass::shared(Arc::clone(&depot.large), depot.large_cache),
         }
     }
 
@@ -349,8 +356,7 @@ impl PacketPool {
     /// buffer is in use.
     #[inline]
     pub fn alloc(&mut self, in_port: PortId) -> Option<PacketBuf> {
-        let bytes = take_or_make(&mut self.free, &mut self.made, self.total, self.buf_size)?;
-        Some(Self::wrap(bytes, in_port))
+        Some(Self::wrap(self.small.take()?, in_port))
     }
 
     /// A super-frame buffer, or `None` if every one is in use.
@@ -358,20 +364,14 @@ impl PacketPool {
     pub fn alloc_large(&mut self, in_port: PortId) -> Option<PacketBuf> {
         // calloc maps a buffer this large on its own: pages no frame
         // reaches stay untouched.
-        let bytes = take_or_make(
-            &mut self.free_large,
-            &mut self.made_large,
-            self.total_large,
-            LARGE_BUF_SIZE,
-        )?;
-        Some(Self::wrap(bytes, in_port))
+        Some(Self::wrap(self.large.take()?, in_port))
     }
 
     /// A buffer holding a copy of `data` (a super-frame buffer if it needs
     /// one); `None` if the pool has no buffer it fits.
     #[inline]
     pub fn alloc_with(&mut self, in_port: PortId, data: &[u8]) -> Option<PacketBuf> {
-        let mut buf = if data.len() <= self.buf_size - HEADROOM {
+        let mut buf = if data.len() <= self.small.size - HEADROOM {
             self.alloc(in_port)?
         } else {
             self.alloc_large(in_port)?
@@ -405,10 +405,10 @@ impl PacketPool {
     #[inline]
     pub fn free(&mut self, buf: PacketBuf) {
         if buf.is_large() {
-            self.free_large.push(buf.bytes);
+            self.large.give(buf.bytes);
         } else {
-            debug_assert_eq!(buf.bytes.len(), self.buf_size, "buffer from another pool");
-            self.free.push(buf.bytes);
+            debug_assert_eq!(buf.bytes.len(), self.small.size, "buffer from another pool");
+            self.small.give(buf.bytes);
         }
     }
 
@@ -419,44 +419,192 @@ impl PacketPool {
         }
     }
 
-    /// Buffers currently taken, of both sizes.
+    /// Buffers currently taken, of both sizes. A pool from a depot counts
+    /// those cached by the depot's other pools as taken.
     pub fn in_use(&self) -> usize {
-        self.made - self.free.len() + self.made_large - self.free_large.len()
+        self.small.in_use() + self.large.in_use()
     }
 
-    /// Buffers allocated so far, of both sizes (the most ever in use).
+    /// Buffers allocated so far, of both sizes (the most ever in use); a
+    /// pool from a depot counts the depot's.
     pub fn allocated(&self) -> usize {
-        self.made + self.made_large
+        self.small.made() + self.large.made()
     }
 
-    /// Buffers in the pool, of both sizes.
+    /// Buffers in the pool (or its depot), of both sizes.
     pub fn total(&self) -> usize {
-        self.total + self.total_large
+        self.small.total() + self.large.total()
     }
 
     /// Size of each small buffer.
     pub fn buf_size(&self) -> usize {
-        self.buf_size
+        self.small.size
     }
 }
 
-/// A free buffer of `free`, or a new one of `size` bytes while fewer than
-/// `total` have been `made`.
-#[inline]
-fn take_or_make(
-    free: &mut Vec<Box<[u8]>>,
-    made: &mut usize,
+fn check_buf_size(buf_size: usize) {
+    assert!(
+        buf_size > HEADROOM && buf_size < LARGE_BUF_SIZE,
+        "a buffer must hold more than its headroom and less than a super-frame buffer"
+    );
+}
+
+/// The buffers several workers' pools share ([`PacketPool::from_depot`]):
+/// made on demand up to a fixed number, kept in a lock-free queue while no
+/// pool caches them.
+#[derive(Debug)]
+pub struct BufferDepot {
+    small: Arc<SharedBuffers>,
+    large: Arc<SharedBuffers>,
+    small_cache: usize,
+    large_cache: usize,
+}
+
+impl BufferDepot {
+    /// A depot of `count` buffers of `buf_size` bytes and `large`
+    /// super-frame buffers, for the pools of `workers` workers: each pool
+    /// caches at most about a quarter of its share, so no worker hoards
+    /// what another one needs.
+    ///
+    /// # Panics
+    /// As [`PacketPool::with_large`].
+    pub fn new(count: usize, buf_size: usize, large: usize, workers: usize) -> Arc<Self> {
+        check_buf_size(buf_size);
+        let share = |total: usize, floor: usize| (total / (4 * workers.max(1))).max(floor);
+        Arc::new(BufferDepot {
+            small: Arc::new(SharedBuffers::new(count, buf_size)),
+            large: Arc::new(SharedBuffers::new(large, LARGE_BUF_SIZE)),
+            small_cache: share(count, BATCH_SIZE),
+            large_cache: share(large, 2),
+        })
+    }
+}
+
+/// Buffers of one size shared by several pools.
+#[derive(Debug)]
+struct SharedBuffers {
+    /// Buffers no pool caches. It can hold every buffer, so a push never
+    /// fails.
+    spare: ArrayQueue<Box<[u8]>>,
+    made: AtomicUsize,
     total: usize,
     size: usize,
-) -> Option<Box<[u8]>> {
-    if let Some(bytes) = free.pop() {
-        return Some(bytes);
+}
+
+impl SharedBuffers {
+    fn new(total: usize, size: usize) -> Self {
+        SharedBuffers {
+            spare: ArrayQueue::new(total.max(1)),
+            made: AtomicUsize::new(0),
+            total,
+            size,
+        }
     }
-    if *made == total {
-        return None;
+}
+
+/// A pool's buffers of one size: its free list, and where a new one comes
+/// from when that is empty.
+#[derive(Debug)]
+struct SizeClass {
+    free: Vec<Box<[u8]>>,
+    size: usize,
+    supply: Supply,
+}
+
+#[derive(Debug)]
+enum Supply {
+    /// The pool makes them, up to `total`.
+    Own { made: usize, total: usize },
+    /// A depot: the free list is a cache of at most `cache` buffers.
+    Shared {
+        depot: Arc<SharedBuffers>,
+        cache: usize,
+    },
+}
+
+impl SizeClass {
+    fn own(total: usize, size: usize) -> Self {
+        SizeClass {
+            free: Vec::with_capacity(total),
+            size,
+            supply: Supply::Own { made: 0, total },
+        }
     }
-    *made += 1;
-    Some(vec![0u8; size].into_boxed_slice())
+
+    fn shared(depot: Arc<SharedBuffers>, cache: usize) -> Self {
+        SizeClass {
+            free: Vec::with_capacity(cache + 1),
+            size: depot.size,
+            supply: Supply::Shared { depot, cache },
+        }
+    }
+
+    /// A free buffer, else a spare one from the depot, else a new one
+    /// while fewer than the total have been made.
+    #[inline]
+    fn take(&mut self) -> Option<Box<[u8]>> {
+        if let Some(bytes) = self.free.pop() {
+            return Some(bytes);
+        }
+        match &mut self.supply {
+            Supply::Own { made, total } => {
+                if *made == *total {
+                    return None;
+                }
+                *made += 1;
+            }
+            Supply::Shared { depot, .. } => {
+                if let Some(bytes) = depot.spare.pop() {
+                    return Some(bytes);
+                }
+                depot
+                    .made
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |made| {
+                        (made < depot.total).then_some(made + 1)
+                    })
+                    .ok()?;
+            }
+        }
+        Some(vec![0u8; self.size].into_boxed_slice())
+    }
+
+    #[inline]
+    fn give(&mut self, bytes: Box<[u8]>) {
+        self.free.push(bytes);
+        if let Supply::Shared { depot, cache } = &self.supply {
+            if self.free.len() > *cache {
+                // Half back to the depot: the cache keeps room both ways.
+                for bytes in self.free.drain(*cache / 2..) {
+                    // The queue holds every buffer the depot made: only a
+                    // buffer from elsewhere can find it full, and goes.
+                    let pushed = depot.spare.push(bytes);
+                    debug_assert!(pushed.is_ok(), "a buffer from outside the depot");
+                }
+            }
+        }
+    }
+
+    fn made(&self) -> usize {
+        match &self.supply {
+            Supply::Own { made, .. } => *made,
+            Supply::Shared { depot, .. } => depot.made.load(Ordering::Relaxed),
+        }
+    }
+
+    fn total(&self) -> usize {
+        match &self.supply {
+            Supply::Own { total, .. } => *total,
+            Supply::Shared { depot, .. } => depot.total,
+        }
+    }
+
+    fn in_use(&self) -> usize {
+        let spare = match &self.supply {
+            Supply::Own { .. } => 0,
+            Supply::Shared { depot, .. } => depot.spare.len(),
+        };
+        self.made().saturating_sub(self.free.len() + spare)
+    }
 }
 
 #[cfg(test)]
@@ -485,6 +633,49 @@ mod tests {
         let taken: Vec<_> = std::iter::from_fn(|| pool.alloc(PortId(1))).collect();
         assert_eq!(taken.len(), 1000);
         assert_eq!(pool.allocated(), 1001);
+    }
+
+    #[test]
+    fn buffers_one_worker_fills_and_another_frees_come_back_through_the_depot() {
+        let depot = BufferDepot::new(256, 256, 8, 2);
+        let (mut rx, mut tx) = (
+            PacketPool::from_depot(&depot),
+            PacketPool::from_depot(&depot),
+        );
+        assert_eq!(rx.total(), 264);
+        // One worker receives everything, the other sends (and frees) it,
+        // many times the depot's size over.
+        for round in 0..100u8 {
+            let batch: Vec<_> = (0..32)
+                .map(|_| rx.alloc_with(PortId(1), &[round; 60]).expect("a buffer"))
+                .collect();
+            let big = rx
+                .alloc_with(PortId(1), &[round; 3000])
+                .expect("a super-frame buffer");
+            for buf in batch {
+                assert_eq!(buf.frame(), &[round; 60][..]);
+                tx.free(buf);
+            }
+            tx.free(big);
+        }
+        // No more buffers made than one round needed and the second pool
+        // caches: the rest came back.
+        let made = rx.allocated();
+        assert!(made <= 32 + 32 + 2 + 2, "{made} buffers made");
+        assert_eq!(tx.allocated(), made, "one count for the depot");
+        // The bound holds for the pools together.
+        let mut held: Vec<_> = std::iter::from_fn(|| rx.alloc(PortId(1))).collect();
+        held.extend(std::iter::from_fn(|| tx.alloc(PortId(1))));
+        assert_eq!(held.len(), 256);
+        for buf in held {
+            tx.free(buf);
+        }
+        assert_eq!(tx.in_use(), 0);
+        let cached = rx.in_use();
+        assert!(
+            cached > 0 && cached <= 256 / (4 * 2),
+            "{cached}: only what the other pool caches counts as taken"
+        );
     }
 
     #[test]

@@ -1,0 +1,406 @@
+//! A worker's loop: it polls its ports, runs each received batch through
+//! its pipeline and hands the outputs to their ports.
+
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::spin::SpinWindow;
+use super::stats::WorkerStats;
+use super::{CaptureResult, Command, WorkerOptions, WAKER};
+use crate::capture::Capture;
+use crate::drop::DropReason;
+use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
+use crate::pipeline::{Outputs, Pipeline};
+use crate::port::{Port, PortId};
+use crate::sys::sched::{self, ThreadClass};
+use crate::tables::Tables;
+use podswitch_encap::pcap::PcapWriter;
+
+/// File descriptors one port may ask to be polled.
+const FDS_PER_PORT: usize = 8;
+/// While some port has frames waiting, epoll is asked once in this many
+/// turns of the loop.
+const POLL_EVERY_TURNS: u32 = 4;
+
+type CaptureFile = Capture<Box<dyn Port>, BufWriter<File>>;
+
+enum Slot {
+    Plain(Box<dyn Port>),
+    Captured(Box<CaptureFile>, mpsc::Sender<io::Result<CaptureResult>>),
+}
+
+impl Slot {
+    fn port(&mut self) -> &mut dyn Port {
+        match self {
+            Slot::Plain(p) => p.as_mut(),
+            Slot::Captured(c, _) => c.as_mut(),
+        }
+    }
+
+    fn into_port(self) -> Box<dyn Port> {
+        match self {
+            Slot::Plain(p) => p,
+            Slot::Captured(c, done) => {
+                let packets = c.captured();
+                let (port, error) = c.finish();
+                let _ = done.send(Ok(CaptureResult { packets, error }));
+                port
+            }
+        }
+    }
+}
+
+pub(super) struct Loop {
+    poll: Poll,
+    commands: mpsc::Receiver<Command>,
+    tables: Arc<Tables>,
+    pipeline: Pipeline,
+    pool: PacketPool,
+    slots: Vec<Option<Slot>>,
+    ready: Vec<bool>,
+    ready_list: Vec<PortId>,
+    /// Ports being captured (their deadlines need a timed wake-up).
+    captures: usize,
+    /// The thread's class now.
+    class: ThreadClass,
+    /// The class it forwards and sleeps in.
+    work_class: ThreadClass,
+    /// It does not spin in `SCHED_IDLE`: the process may not leave that
+    /// class, or changing class failed once.
+    class_fixed: bool,
+    options: WorkerOptions,
+    stats: Arc<WorkerStats>,
+}
+
+impl Loop {
+    pub(super) fn new(
+        poll: Poll,
+        commands: mpsc::Receiver<Command>,
+        tables: Arc<Tables>,
+        options: WorkerOptions,
+        stats: Arc<WorkerStats>,
+    ) -> Loop {
+        Loop {
+            stats,
+            poll,
+            commands,
+            pipeline: Pipeline::new(Arc::clone(&tables)),
+            tables,
+            pool: PacketPool::with_large(
+                options.pool_buffers,
+                DEFAULT_BUF_SIZE,
+                options.large_buffers,
+            ),
+            slots: Vec::new(),
+            ready: Vec::new(),
+            ready_list: Vec::new(),
+            captures: 0,
+            class: ThreadClass::Normal,
+            work_class: ThreadClass::Normal,
+            class_fixed: false,
+            options,
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut events = Events::with_capacity(256);
+        // A port that cannot take a super-frame turns it into ~45 frames.
+        let mut batch: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE * 48);
+        let mut out = Outputs::new();
+        if self.options.realtime {
+            match sched::class_allowed(ThreadClass::Realtime)
+                .and_then(|()| sched::set_class(ThreadClass::Realtime).map_err(|e| e.to_string()))
+            {
+                Ok(()) => {
+                    self.work_class = ThreadClass::Realtime;
+                    self.class = ThreadClass::Realtime;
+                }
+                Err(e) => eprintln!(
+                    "podswitch worker: cannot forward in SCHED_FIFO ({e}): forwarding in SCHED_OTHER, so packets wait while the pods on its CPU run"
+                ),
+            }
+        }
+        self.stats
+            .realtime(self.work_class == ThreadClass::Realtime);
+        if let Err(e) = sched::class_allowed(ThreadClass::Idle) {
+            eprintln!(
+                "podswitch worker: cannot spin in SCHED_IDLE ({e}): spinning in its working class (the pods on its CPU wait while it spins)"
+            );
+            self.class_fixed = true;
+        }
+        let mut spin = SpinWindow::new(self.options.busy_poll);
+        self.stats.spin_window(spin.window());
+        let mut last_packet = Instant::now();
+        // The worker slept since it last moved a packet.
+        let mut slept = false;
+        let mut spinning = false;
+        // When the loop last decided whether to spin.
+        let mut last_turn = Instant::now();
+        let mut turns_since_poll = 0;
+        loop {
+            let capturing = self.captures > 0;
+            // While ports still have frames queued, most turns skip
+            // epoll: its answer (new readiness, commands) can wait a few
+            // turns, since edge-triggered events stay queued in the
+            // kernel until asked for, and the system call is a tenth of
+            // the worker's time under load.
+            turns_since_poll += 1;
+            if self.ready_list.is_empty() || turns_since_poll >= POLL_EVERY_TURNS {
+                turns_since_poll = 0;
+                let idle = self.ready_list.is_empty();
+                let now = Instant::now();
+                // A spinning turn takes a microsecond or two; a longer
+                // gap means another task had the CPU.
+                let preempted = spinning && now - last_turn > SpinWindow::PREEMPTED;
+                if preempted {
+                    spin.preempted(now);
+                    self.stats.spin_preempted();
+                }
+                last_turn = now;
+                let spin_now = idle && now - last_packet < spin.window_at(now);
+                if spinning && idle && !spin_now && !preempted {
+                    self.stats.spin_expired();
+                }
+                spinning = spin_now;
+                let timeout = if !idle || spin_now {
+                    Some(Duration::ZERO)
+                } else if capturing {
+                    Some(Duration::from_millis(100))
+                } else {
+                    None
+                };
+                // Spinning with nothing to do: in the idle class, so the
+                // pods on this CPU run first. Sleeping or working: back
+                // in the working class (real-time by default, so that a
+                // packet wakes it ahead of the pods).
+                self.spin_class(spin_now);
+                // Only a wait that may sleep is timed: the busy-polling
+                // turns (timeout zero) are the worker's work.
+                let sleep_started = (timeout != Some(Duration::ZERO)).then(Instant::now);
+                let polled = self.poll.poll(&mut events, timeout);
+                if let Some(started) = sleep_started {
+                    self.stats.slept(started);
+                    slept = true;
+                }
+                if let Err(e) = polled {
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        eprintln!("podswitch worker: poll failed: {e}");
+                        return;
+                    }
+                }
+                for event in &events {
+                    if event.token() == WAKER {
+                        if !self.commands() {
+                            return;
+                        }
+                    } else {
+                        self.mark_ready(PortId((event.token().0 / FDS_PER_PORT) as u16));
+                    }
+                }
+                if !self.ready_list.is_empty() {
+                    self.spin_class(false);
+                }
+            }
+            let mut moved = false;
+            let mut i = 0;
+            while i < self.ready_list.len() {
+                let id = self.ready_list[i];
+                let received = match self.slots.get_mut(usize::from(id.0)) {
+                    Some(Some(slot)) => slot.port().recv(&mut self.pool, &mut batch),
+                    _ => Ok(0),
+                };
+                let received = received.unwrap_or_else(|e| {
+                    eprintln!("podswitch worker: receive on port {id} failed: {e}");
+                    0
+                });
+                if received == 0 && batch.is_empty() {
+                    self.ready[usize::from(id.0)] = false;
+                    self.ready_list.swap_remove(i);
+                    continue;
+                }
+                moved = true;
+                self.stats.batch(batch.len());
+                let now = (self.options.clock_secs)();
+                self.pipeline
+                    .process(&mut batch, &mut self.pool, &mut out, now);
+                let (slots, pool, tables) = (&mut self.slots, &mut self.pool, &self.tables);
+                out.drain(|port, frames| match slots.get_mut(usize::from(port.0)) {
+                    Some(Some(slot)) => {
+                        let _ = slot.port().send(frames, pool);
+                    }
+                    _ => {
+                        for _ in 0..frames.len() {
+                            tables.stats.add_drop(port, DropReason::PortGone);
+                        }
+                        pool.free_all(frames);
+                    }
+                });
+                i += 1;
+            }
+            if moved {
+                let now = Instant::now();
+                if slept {
+                    spin.after_sleep(now - last_packet);
+                    self.stats.spin_window(spin.window());
+                    slept = false;
+                } else if spinning {
+                    self.stats.spin_caught();
+                }
+                spinning = false;
+                last_packet = now;
+            }
+            if capturing {
+                self.finish_captures();
+            }
+        }
+    }
+
+    /// Moves the thread into the idle scheduling class while it spins
+    /// and back to its working class before it works or sleeps (see
+    /// [`sched`]).
+    fn spin_class(&mut self, idle: bool) {
+        let class = if idle {
+            ThreadClass::Idle
+        } else {
+            self.work_class
+        };
+        if self.class == class || self.class_fixed {
+            return;
+        }
+        match sched::set_class(class) {
+            Ok(()) => self.class = class,
+            Err(e) => {
+                eprintln!("podswitch worker: cannot change scheduling class ({e}); spinning in its working class");
+                self.class_fixed = true;
+                // Back to work: a thread left in the idle class would
+                // starve behind every pod.
+                if sched::set_class(self.work_class).is_ok() {
+                    self.class = self.work_class;
+                }
+            }
+        }
+    }
+
+    fn mark_ready(&mut self, id: PortId) {
+        let i = usize::from(id.0);
+        if self.ready.len() <= i {
+            self.ready.resize(i + 1, false);
+        }
+        if !self.ready[i] {
+            self.ready[i] = true;
+            self.ready_list.push(id);
+        }
+    }
+
+    /// Applies waiting commands; false on Stop.
+    fn commands(&mut self) -> bool {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Stop => return false,
+                Command::Attach(id, port) => {
+                    if let Err(e) = self.register(id, port.as_ref()) {
+                        eprintln!("podswitch worker: cannot poll port {id}: {e}");
+                    }
+                    let i = usize::from(id.0);
+                    if self.slots.len() <= i {
+                        self.slots.resize_with(i + 1, || None);
+                    }
+                    self.slots[i] = Some(Slot::Plain(port));
+                    // Frames may have queued before we registered.
+                    self.mark_ready(id);
+                }
+                Command::Detach(id, reply) => {
+                    let slot = self.slots.get_mut(usize::from(id.0)).and_then(Option::take);
+                    if matches!(slot, Some(Slot::Captured(..))) {
+                        self.captures -= 1;
+                    }
+                    let port = slot.map(|s| {
+                        let port = s.into_port();
+                        self.deregister(port.as_ref());
+                        port
+                    });
+                    let _ = reply.send(port);
+                }
+                Command::Capture {
+                    port,
+                    out,
+                    limit,
+                    done,
+                } => {
+                    let i = usize::from(port.0);
+                    match self.slots.get_mut(i).and_then(Option::take) {
+                        None => {
+                            let _ = done.send(Err(io::Error::new(
+                                io::ErrorKind::NotFound,
+                                format!("port {port} is not attached to this worker"),
+                            )));
+                        }
+                        Some(Slot::Captured(c, other)) => {
+                            self.slots[i] = Some(Slot::Captured(c, other));
+                            let _ = done.send(Err(io::Error::new(
+                                io::ErrorKind::AddrInUse,
+                                format!("port {port} is already being captured"),
+                            )));
+                        }
+                        Some(Slot::Plain(p)) => {
+                            let clock = self.options.clock_micros;
+                            match PcapWriter::new(out) {
+                                Ok(w) => {
+                                    let c = Capture::wrap(p, w, limit, clock);
+                                    self.slots[i] = Some(Slot::Captured(Box::new(c), done));
+                                    self.captures += 1;
+                                }
+                                Err(e) => {
+                                    self.slots[i] = Some(Slot::Plain(p));
+                                    let _ = done.send(Err(e));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn finish_captures(&mut self) {
+        for slot in &mut self.slots {
+            let finished = match slot {
+                Some(Slot::Captured(c, _)) => !c.check_deadline(),
+                _ => false,
+            };
+            if finished {
+                let port = slot.take().map(Slot::into_port);
+                *slot = port.map(Slot::Plain);
+                self.captures -= 1;
+            }
+        }
+    }
+
+    fn register(&self, id: PortId, port: &dyn Port) -> io::Result<()> {
+        let fds = port.poll_fds();
+        if fds.len() > FDS_PER_PORT {
+            return Err(io::Error::other("too many descriptors for one port"));
+        }
+        for (k, fd) in fds.iter().enumerate() {
+            self.poll.registry().register(
+                &mut SourceFd(fd),
+                Token(usize::from(id.0) * FDS_PER_PORT + k),
+                Interest::READABLE,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn deregister(&self, port: &dyn Port) {
+        for fd in port.poll_fds() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+    }
+}

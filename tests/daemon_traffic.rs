@@ -35,67 +35,71 @@ fn every_path(backend: &str) {
         cluster.port_kind = kind.into();
         cluster.start_all();
         let ports = cluster.nodes[0].ctl_json(&["port", "list"]).to_string();
-        let what = |a: &str, b: &str| format!("{backend}/{mode}/{kind}: {a} -> {b}");
-        let pods = &cluster.pods;
         assert!(
             ports.contains(&format!("\"kind\":\"{kind}\"")),
             "{kind} pod ports: {ports}"
         );
-        for a in pods {
-            for b in pods.iter().filter(|b| b.ip != a.ip) {
-                assert!(
-                    ping(&a.ns, &b.ip, 2),
-                    "ping {}\n{}",
-                    what(&a.ip, &b.ip),
-                    cluster.logs()
-                );
-                let got = udp_datagrams(&a.ns, &b.ns, &b.ip, DATAGRAMS, 1000);
-                assert_eq!(
-                    got,
-                    DATAGRAMS,
-                    "UDP {}\n{}",
-                    what(&a.ip, &b.ip),
-                    cluster.logs()
-                );
-            }
-        }
-        for (i, a) in pods.iter().enumerate() {
-            for b in &pods[i + 1..] {
-                tcp_transfer(&a.ns, &b.ns, &b.ip, TCP_BYTES).unwrap_or_else(|e| {
-                    panic!("TCP {}: {e}\n{}", what(&a.ip, &b.ip), cluster.logs())
-                });
-            }
-        }
-        // The node's own stack reaches pods on both nodes through its
-        // host port (what `curl <pod IP>` on a node does).
-        for node in &cluster.nodes {
-            let name = format!("node{}", node.index);
-            for pod in pods {
-                assert!(
-                    ping(&node.ns, &pod.ip, 2),
-                    "ping {}\n{}",
-                    what(&name, &pod.ip),
-                    cluster.logs()
-                );
-            }
-            let remote = pods
-                .iter()
-                .find(|p| p.node != usize::from(node.index - 1))
-                .unwrap();
-            tcp_transfer(&node.ns, &remote.ns, &remote.ip, TCP_BYTES).unwrap_or_else(|e| {
-                panic!("TCP {}: {e}\n{}", what(&name, &remote.ip), cluster.logs())
-            });
-            let got = udp_datagrams(&node.ns, &remote.ns, &remote.ip, DATAGRAMS, 1000);
-            assert_eq!(got, DATAGRAMS, "UDP {}", what(&name, &remote.ip));
-            let got = udp_datagrams(
-                &remote.ns,
-                &node.ns,
-                &format!("10.244.{}.1", node.index),
-                DATAGRAMS,
-                1000,
+        traffic_matrix(&cluster, &format!("{backend}/{mode}/{kind}"));
+    }
+}
+
+/// Between every pair of pods (same node and across nodes) and from each
+/// node's own stack to pods: ping, UDP both ways, TCP with its checksum.
+fn traffic_matrix(cluster: &Cluster, label: &str) {
+    let what = |a: &str, b: &str| format!("{label}: {a} -> {b}");
+    let pods = &cluster.pods;
+    for a in pods {
+        for b in pods.iter().filter(|b| b.ip != a.ip) {
+            assert!(
+                ping(&a.ns, &b.ip, 2),
+                "ping {}\n{}",
+                what(&a.ip, &b.ip),
+                cluster.logs()
             );
-            assert_eq!(got, DATAGRAMS, "UDP {} -> {name}", remote.ip);
+            let got = udp_datagrams(&a.ns, &b.ns, &b.ip, DATAGRAMS, 1000);
+            assert_eq!(
+                got,
+                DATAGRAMS,
+                "UDP {}\n{}",
+                what(&a.ip, &b.ip),
+                cluster.logs()
+            );
         }
+    }
+    for (i, a) in pods.iter().enumerate() {
+        for b in &pods[i + 1..] {
+            tcp_transfer(&a.ns, &b.ns, &b.ip, TCP_BYTES)
+                .unwrap_or_else(|e| panic!("TCP {}: {e}\n{}", what(&a.ip, &b.ip), cluster.logs()));
+        }
+    }
+    // The node's own stack reaches pods on both nodes through its
+    // host port (what `curl <pod IP>` on a node does).
+    for node in &cluster.nodes {
+        let name = format!("node{}", node.index);
+        for pod in pods {
+            assert!(
+                ping(&node.ns, &pod.ip, 2),
+                "ping {}\n{}",
+                what(&name, &pod.ip),
+                cluster.logs()
+            );
+        }
+        let remote = pods
+            .iter()
+            .find(|p| p.node != usize::from(node.index - 1))
+            .unwrap();
+        tcp_transfer(&node.ns, &remote.ns, &remote.ip, TCP_BYTES)
+            .unwrap_or_else(|e| panic!("TCP {}: {e}\n{}", what(&name, &remote.ip), cluster.logs()));
+        let got = udp_datagrams(&node.ns, &remote.ns, &remote.ip, DATAGRAMS, 1000);
+        assert_eq!(got, DATAGRAMS, "UDP {}", what(&name, &remote.ip));
+        let got = udp_datagrams(
+            &remote.ns,
+            &node.ns,
+            &format!("10.244.{}.1", node.index),
+            DATAGRAMS,
+            1000,
+        );
+        assert_eq!(got, DATAGRAMS, "UDP {} -> {name}", remote.ip);
     }
 }
 
@@ -122,6 +126,56 @@ fn host_gw_carries_ping_tcp_and_udp_everywhere() {
 #[test]
 fn directrouting_carries_ping_tcp_and_udp_everywhere() {
     every_path("directrouting");
+}
+
+/// Two workers per node, pods of each kind: a node's two pods sit on
+/// different workers and the underlay on the first, so every same-node
+/// frame and every frame between a pod and the underlay or the host port
+/// passes from one worker to the other through its mailbox.
+#[test]
+fn two_workers_hand_frames_to_each_other_on_every_path() {
+    require(&["ip", "ping", "/usr/bin/python3", "kill"]);
+    for (backend, kind) in [("vxlan", "af-packet"), ("host-gw", "af-xdp")] {
+        let mut cluster = Cluster::new(backend, "bridge", 2);
+        cluster.port_kind = kind.into();
+        for n in 0..cluster.nodes.len() {
+            cluster.start(n, &["--workers", "2"]);
+            cluster.attach_pods(n);
+        }
+        for (n, node) in cluster.nodes.iter().enumerate() {
+            let ports = node.ctl_json(&["port", "list"]);
+            let mut workers: Vec<u64> = cluster
+                .pods
+                .iter()
+                .filter(|p| p.node == n)
+                .map(|p| {
+                    ports
+                        .as_array()
+                        .and_then(|all| all.iter().find(|q| q["interface"] == p.host_if.as_str()))
+                        .and_then(|q| q["worker"].as_u64())
+                        .unwrap_or_else(|| panic!("{}: no worker in {ports}", p.host_if))
+                })
+                .collect();
+            workers.sort_unstable();
+            assert_eq!(workers, [0, 1], "one pod on each worker: {ports}");
+        }
+        traffic_matrix(&cluster, &format!("{backend}/{kind}/2 workers"));
+        for (n, node) in cluster.nodes.iter().enumerate() {
+            let stats = node.ctl_json(&["stats"]);
+            let workers = stats["workers"].as_array().expect("workers");
+            assert_eq!(workers.len(), 2, "{stats}");
+            for w in workers {
+                assert!(
+                    w["handed_off"].as_u64().unwrap() > 0,
+                    "node {n}: every worker handed frames to the other: {stats}"
+                );
+            }
+            assert!(
+                stats["drops"].get("handoff_full").is_none(),
+                "node {n}: no mailbox overflowed: {stats}"
+            );
+        }
+    }
 }
 
 /// One port's counters from `podswitchctl stats --json`.

@@ -54,6 +54,10 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
     /// A peer or route request was applied: a daemon keeps it, so that a
     /// restart brings it back (the default keeps nothing).
     fn applied(&self, _request: &Request) {}
+    /// The worker that polls a port, for `port list` (None: no workers).
+    fn port_worker(&self, _id: PortId) -> Option<usize> {
+        None
+    }
     /// The lease store's health, for `status` (None: peers are static).
     fn store_status(&self) -> Option<Value> {
         None
@@ -247,7 +251,9 @@ impl Handler {
                     .ok_or_else(|| format!("no port {interface}"))?;
                 dataplane.capture(id, path, *packets, seconds)
             }
-            Request::PortList => Ok(ports(&self.tables.load(), &self.lock_kinds())),
+            Request::PortList => Ok(ports(&self.tables.load(), &self.lock_kinds(), |id| {
+                self.dataplane.as_ref().and_then(|d| d.port_worker(id))
+            })),
             Request::RouteAdd { prefix, next_hop } => {
                 let prefix = parse_prefix("prefix", prefix)?;
                 let snap = self.tables.load();
@@ -521,6 +527,7 @@ impl Handler {
                     "spins_caught": s.spins_caught,
                     "spins_expired": s.spins_expired,
                     "spins_preempted": s.spins_preempted,
+                    "handed_off": s.handed_off,
                     "realtime": s.realtime,
                 })
             })
@@ -586,7 +593,11 @@ fn routes(tables: &Tables) -> Value {
     )
 }
 
-fn ports(snap: &Snapshot, kinds: &std::collections::HashMap<u16, String>) -> Value {
+fn ports(
+    snap: &Snapshot,
+    kinds: &std::collections::HashMap<u16, String>,
+    worker: impl Fn(PortId) -> Option<usize>,
+) -> Value {
     Value::Array(
         snap.ports
             .iter()
@@ -596,6 +607,7 @@ fn ports(snap: &Snapshot, kinds: &std::collections::HashMap<u16, String>) -> Val
                     "interface": p.spec.name,
                     "role": p.spec.role.to_string(),
                     "kind": kinds.get(&p.id.0),
+                    "worker": worker(p.id),
                     "ip": p.spec.ip.map(|i| i.to_string()),
                     "mac": p.spec.mac.map(|m| m.to_string()),
                     "anti_spoof": p.spec.anti_spoof,

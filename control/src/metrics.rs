@@ -330,6 +330,13 @@ impl Collector for Metrics {
             "worker",
             workers.iter().map(|(w, s)| (w.as_str(), s.spins_preempted)),
         )?;
+        counters(
+            &mut encoder,
+            "podswitch_worker_handed_off",
+            "Frames a worker posted to the worker that owns their output port.",
+            "worker",
+            workers.iter().map(|(w, s)| (w.as_str(), s.handed_off)),
+        )?;
         gauges(
             &mut encoder,
             "podswitch_worker_realtime",

@@ -64,6 +64,7 @@ drop_reasons! {
     TooBigNoDf => "too_big_no_df", "too big for the path without DF: podswitch does not fragment";
     NoNeighbour => "no_neighbour", "no MAC known for a local destination";
     PortGone => "port_gone", "the route names a port that is not attached";
+    HandoffFull => "handoff_full", "the worker that owns the output port has a full mailbox (it is stalled or overloaded)";
     PeerGone => "peer_gone", "the route names a peer that was removed";
     NoUnderlayPort => "no_underlay_port", "the packet must leave on the underlay and there is none";
     NoHostPort => "no_host_port", "the packet is for the node and there is no host port";

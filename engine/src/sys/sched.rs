@@ -58,6 +58,49 @@ pub fn set_class(class: ThreadClass) -> io::Result<()> {
     Ok(())
 }
 
+/// The CPUs the calling thread may run on (its affinity mask).
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain bits, valid zeroed; sched_getaffinity(2)
+    // writes at most the length given; CPU_ISSET reads within the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        cvt(libc::sched_getaffinity(
+            0,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &mut set,
+        ))?;
+        Ok((0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect())
+    }
+}
+
+/// Pins the calling thread to CPU `cpu` (a worker on a CPU kept for it).
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "CPU {cpu} is beyond the {} a CPU set holds",
+                libc::CPU_SETSIZE
+            ),
+        ));
+    }
+    // SAFETY: cpu_set_t is plain bits, valid zeroed; CPU_SET writes within
+    // it (cpu checked above); sched_setaffinity(2) reads `set` for the
+    // length given, with pid 0 the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        cvt(libc::sched_setaffinity(
+            0,
+            std::mem::size_of::<libc::cpu_set_t>(),
+            &set,
+        ))?;
+    }
+    Ok(())
+}
+
 /// Whether this process may move a thread into `class` and back to
 /// `SCHED_OTHER`: leaving `SCHED_IDLE` needs `CAP_SYS_NICE` or a
 /// `RLIMIT_NICE` that allows nice 0 (`can_nice()` in
@@ -95,6 +138,22 @@ mod tests {
     fn policy() -> libc::c_int {
         // SAFETY: sched_getscheduler(2) takes no pointers; 0 is this thread.
         unsafe { libc::sched_getscheduler(0) }
+    }
+
+    #[test]
+    fn a_thread_pinned_to_one_allowed_cpu_may_run_only_there() {
+        let cpus = allowed_cpus().unwrap();
+        assert!(!cpus.is_empty());
+        let last = *cpus.last().unwrap();
+        let seen = std::thread::spawn(move || {
+            pin_to_cpu(last).unwrap();
+            allowed_cpus().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, vec![last]);
+        assert_eq!(allowed_cpus().unwrap(), cpus, "only that thread moved");
+        assert!(pin_to_cpu(libc::CPU_SETSIZE as usize).is_err());
     }
 
     #[test]

@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+use super::handoff::{Crew, MAILBOX_FRAMES};
 use super::spin::SpinWindow;
 use super::stats::WorkerStats;
-use super::{CaptureResult, Command, WorkerOptions, WAKER};
+use super::{CaptureResult, Command, Place, WorkerOptions, WAKER};
 use crate::capture::Capture;
 use crate::drop::DropReason;
-use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
+use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 use crate::pipeline::{Outputs, Pipeline};
 use crate::port::{Port, PortId};
 use crate::sys::sched::{self, ThreadClass};
@@ -76,6 +77,10 @@ pub(super) struct Loop {
     class_fixed: bool,
     options: WorkerOptions,
     stats: Arc<WorkerStats>,
+    /// Its index in its group.
+    me: usize,
+    crew: Arc<Crew>,
+    cpu: Option<usize>,
 }
 
 impl Loop {
@@ -85,6 +90,7 @@ impl Loop {
         tables: Arc<Tables>,
         options: WorkerOptions,
         stats: Arc<WorkerStats>,
+        place: Place,
     ) -> Loop {
         Loop {
             stats,
@@ -92,11 +98,10 @@ impl Loop {
             commands,
             pipeline: Pipeline::new(Arc::clone(&tables)),
             tables,
-            pool: PacketPool::with_large(
-                options.pool_buffers,
-                DEFAULT_BUF_SIZE,
-                options.large_buffers,
-            ),
+            pool: place.pool,
+            me: place.index,
+            crew: place.crew,
+            cpu: place.cpu,
             slots: Vec::new(),
             ready: Vec::new(),
             ready_list: Vec::new(),
@@ -113,6 +118,13 @@ impl Loop {
         // A port that cannot take a super-frame turns it into ~45 frames.
         let mut batch: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE * 48);
         let mut out = Outputs::new();
+        // Frames from the mailbox, a run for one port at a time.
+        let mut mail: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE * 48);
+        if let Some(cpu) = self.cpu {
+            if let Err(e) = sched::pin_to_cpu(cpu) {
+                eprintln!("podswitch worker {}: cannot pin to CPU {cpu}: {e}", self.me);
+            }
+        }
         if self.options.realtime {
             match sched::class_allowed(ThreadClass::Realtime)
                 .and_then(|()| sched::set_class(ThreadClass::Realtime).map_err(|e| e.to_string()))
@@ -153,7 +165,7 @@ impl Loop {
             turns_since_poll += 1;
             if self.ready_list.is_empty() || turns_since_poll >= POLL_EVERY_TURNS {
                 turns_since_poll = 0;
-                let idle = self.ready_list.is_empty();
+                let idle = self.ready_list.is_empty() && !self.crew.has_mail(self.me);
                 let now = Instant::now();
                 // A spinning turn takes a microsecond or two; a longer
                 // gap means another task had the CPU.
@@ -168,13 +180,18 @@ impl Loop {
                     self.stats.spin_expired();
                 }
                 spinning = spin_now;
-                let timeout = if !idle || spin_now {
+                let mut timeout = if !idle || spin_now {
                     Some(Duration::ZERO)
                 } else if capturing {
                     Some(Duration::from_millis(100))
                 } else {
                     None
                 };
+                // Before a wait that may sleep, the other workers are told
+                // to wake this one for its mail (see `handoff`).
+                if timeout != Some(Duration::ZERO) && !self.crew.going_to_sleep(self.me) {
+                    timeout = Some(Duration::ZERO);
+                }
                 // Spinning with nothing to do: in the idle class, so the
                 // pods on this CPU run first. Sleeping or working: back
                 // in the working class (real-time by default, so that a
@@ -184,6 +201,7 @@ impl Loop {
                 // turns (timeout zero) are the worker's work.
                 let sleep_started = (timeout != Some(Duration::ZERO)).then(Instant::now);
                 let polled = self.poll.poll(&mut events, timeout);
+                self.crew.awake(self.me);
                 if let Some(started) = sleep_started {
                     self.stats.slept(started);
                     slept = true;
@@ -207,7 +225,7 @@ impl Loop {
                     self.spin_class(false);
                 }
             }
-            let mut moved = false;
+            let mut moved = self.deliver_mail(&mut mail) > 0;
             let mut i = 0;
             while i < self.ready_list.len() {
                 let id = self.ready_list[i];
@@ -230,16 +248,33 @@ impl Loop {
                 self.pipeline
                     .process(&mut batch, &mut self.pool, &mut out, now);
                 let (slots, pool, tables) = (&mut self.slots, &mut self.pool, &self.tables);
+                let (crew, me, stats) = (&self.crew, self.me, &self.stats);
                 out.drain(|port, frames| match slots.get_mut(usize::from(port.0)) {
                     Some(Some(slot)) => {
                         let _ = slot.port().send(frames, pool);
                     }
-                    _ => {
-                        for _ in 0..frames.len() {
-                            tables.stats.add_drop(port, DropReason::PortGone);
+                    _ => match crew.owner(port) {
+                        Some(owner) if owner != me => {
+                            let mut posted = 0;
+                            for frame in frames.drain(..) {
+                                match crew.post(owner, port, frame) {
+                                    Ok(()) => posted += 1,
+                                    Err(frame) => {
+                                        tables.stats.add_drop(port, DropReason::HandoffFull);
+                                        pool.free(frame);
+                                    }
+                                }
+                            }
+                            stats.handed_off(posted);
+                            crew.nudge(owner);
                         }
-                        pool.free_all(frames);
-                    }
+                        _ => {
+                            for _ in 0..frames.len() {
+                                tables.stats.add_drop(port, DropReason::PortGone);
+                            }
+                            pool.free_all(frames);
+                        }
+                    },
                 });
                 i += 1;
             }
@@ -259,6 +294,45 @@ impl Loop {
                 self.finish_captures();
             }
         }
+    }
+
+    /// Writes the frames other workers posted for this one's ports, a run
+    /// of frames for one port at a time, at most a mailbox's worth per
+    /// turn; returns how many it took.
+    fn deliver_mail(&mut self, run: &mut Vec<PacketBuf>) -> usize {
+        let mut taken = 0;
+        let mut run_port = PortId(0);
+        while taken < MAILBOX_FRAMES {
+            let Some((port, frame)) = self.crew.take(self.me) else {
+                break;
+            };
+            if !run.is_empty() && (port != run_port || run.len() >= BATCH_SIZE) {
+                self.write_run(run_port, run);
+            }
+            run_port = port;
+            run.push(frame);
+            taken += 1;
+        }
+        if !run.is_empty() {
+            self.write_run(run_port, run);
+        }
+        taken
+    }
+
+    /// Sends `run` on `port`, or counts it lost if the port went away
+    /// since it was posted.
+    fn write_run(&mut self, port: PortId, run: &mut Vec<PacketBuf>) {
+        match self.slots.get_mut(usize::from(port.0)) {
+            Some(Some(slot)) => {
+                let _ = slot.port().send(run, &mut self.pool);
+            }
+            _ => {
+                for _ in 0..run.len() {
+                    self.tables.stats.add_drop(port, DropReason::PortGone);
+                }
+            }
+        }
+        self.pool.free_all(run);
     }
 
     /// Moves the thread into the idle scheduling class while it spins
@@ -311,11 +385,18 @@ impl Loop {
                     if self.slots.len() <= i {
                         self.slots.resize_with(i + 1, || None);
                     }
+                    if let Some(old) = self.slots[i].take() {
+                        self.deregister(old.into_port().as_ref());
+                    }
                     self.slots[i] = Some(Slot::Plain(port));
+                    self.crew.set_owner(id, Some(self.me));
                     // Frames may have queued before we registered.
                     self.mark_ready(id);
                 }
                 Command::Detach(id, reply) => {
+                    if self.crew.owner(id) == Some(self.me) {
+                        self.crew.set_owner(id, None);
+                    }
                     let slot = self.slots.get_mut(usize::from(id.0)).and_then(Option::take);
                     if matches!(slot, Some(Slot::Captured(..))) {
                         self.captures -= 1;

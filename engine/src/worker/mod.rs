@@ -1,12 +1,16 @@
-//! A worker: one thread that polls its ports, runs each received batch
-//! through its [`Pipeline`] and hands the outputs to their ports.
+//! Workers: threads that each poll their own ports, run each received
+//! batch through their own [`Pipeline`](crate::pipeline::Pipeline) and hand
+//! the outputs to their ports, or, for a port another worker owns, to that
+//! worker's mailbox ([`handoff`]). [`Workers`] is the group the daemon
+//! runs; each port is placed on the worker with the fewest.
 //!
 //! The loop sleeps in `epoll_wait` (mio) while nothing arrives, so an idle
 //! daemon uses no CPU. Once traffic flows it keeps polling without
 //! sleeping (`timeout 0`) for a while after the last packet: under load no
 //! thread is woken per packet, and a burst finds the worker awake. How
 //! long is a window (`SpinWindow`) the loop adapts to the gaps it sees,
-//! and the thread spins in the `SCHED_IDLE` class ([`sched`]) so that it
+//! and the thread spins in the `SCHED_IDLE` class
+//! ([`sched`](crate::sys::sched)) so that it
 //! never holds a CPU a pod wants. It forwards in `SCHED_FIFO` (unless
 //! told otherwise), ahead of the pods, as the kernel forwards in softirq
 //! context: a worker that waited for its CPU behind the pods' time slices
@@ -17,23 +21,27 @@
 //! pods. mio is edge-triggered, so a port that signalled stays on the
 //! ready list until a receive finds it empty.
 //!
-//! Ports are attached, detached and wrapped in a [`Capture`] through
-//! commands sent from the control thread with a [`mio::Waker`].
+//! Ports are attached, detached and wrapped in a
+//! [`Capture`](crate::capture::Capture) through commands sent from the
+//! control thread to the port's owner with a [`mio::Waker`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use mio::{Poll, Token, Waker};
 
 use crate::capture::CaptureLimit;
+use crate::packet::{BufferDepot, PacketPool, DEFAULT_BUF_SIZE};
 use crate::port::{Port, PortId};
 use crate::tables::Tables;
 use event_loop::Loop;
+use handoff::Crew;
 
 /// The token of the waker commands come with.
 const WAKER: Token = Token(usize::MAX);
@@ -41,9 +49,9 @@ const WAKER: Token = Token(usize::MAX);
 /// How a worker runs.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    /// Packet buffers in its pool.
+    /// Packet buffers, shared by the workers of a group.
     pub pool_buffers: usize,
-    /// Super-frame buffers (64 KiB) in its pool.
+    /// Super-frame buffers (64 KiB), shared likewise.
     pub large_buffers: usize,
     /// How long it keeps polling without sleeping after the last packet.
     pub busy_poll: Duration,
@@ -78,60 +86,135 @@ enum Command {
     Stop,
 }
 
-/// A running worker thread.
-pub struct Worker {
-    commands: mpsc::Sender<Command>,
-    waker: Arc<Waker>,
-    thread: Option<JoinHandle<()>>,
-    stats: Arc<WorkerStats>,
+/// A group of workers over one set of tables: each port is owned by one
+/// of them, frames for a port another worker owns go through its mailbox
+/// ([`handoff`]), and the packet buffers come from one [`BufferDepot`].
+///
+/// | who | owns | shares |
+/// |---|---|---|
+/// | each worker thread | its ports (polls and writes them), its pipeline, its pool's cache, its stats | the tables (lock-free reads), the depot, the crew |
+/// | the control thread | nothing it forwards with | sends commands to the owner of a port |
+pub struct Workers {
+    workers: Vec<Worker>,
+    crew: Arc<Crew>,
+    /// Where each attached port was placed (the owner records it itself
+    /// once it has the port; commands are routed by this one).
+    placement: Mutex<HashMap<PortId, usize>>,
 }
 
-impl fmt::Debug for Worker {
+impl fmt::Debug for Workers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Worker").finish_non_exhaustive()
+        f.debug_struct("Workers")
+            .field("workers", &self.workers.len())
+            .finish_non_exhaustive()
     }
 }
 
-impl Worker {
-    /// Starts a worker over `tables`.
-    pub fn spawn(name: &str, tables: Arc<Tables>, options: WorkerOptions) -> io::Result<Worker> {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (tx, rx) = mpsc::channel();
-        let stats = Arc::new(WorkerStats::default());
-        let loop_stats = Arc::clone(&stats);
-        let thread = std::thread::Builder::new()
-            .name(name.to_string())
-            .spawn(move || Loop::new(poll, rx, tables, options, loop_stats).run())?;
-        Ok(Worker {
-            commands: tx,
-            waker,
-            thread: Some(thread),
-            stats,
+impl Workers {
+    /// Starts `count` workers (1 to [`MAX_WORKERS`]) over `tables`,
+    /// named `name-0`, `name-1`... (`name` alone for one). Worker `i` is
+    /// pinned to `cpus[i % cpus.len()]` if `cpus` is not empty.
+    pub fn spawn(
+        name: &str,
+        tables: Arc<Tables>,
+        options: WorkerOptions,
+        count: usize,
+        cpus: &[usize],
+    ) -> io::Result<Workers> {
+        if count == 0 || count > MAX_WORKERS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{count} workers: from 1 to {MAX_WORKERS}"),
+            ));
+        }
+        let depot = BufferDepot::new(
+            options.pool_buffers,
+            DEFAULT_BUF_SIZE,
+            options.large_buffers,
+            count,
+        );
+        let polls = (0..count)
+            .map(|_| Poll::new())
+            .collect::<io::Result<Vec<_>>>()?;
+        let wakers = polls
+            .iter()
+            .map(|poll| Waker::new(poll.registry(), WAKER).map(Arc::new))
+            .collect::<io::Result<Vec<_>>>()?;
+        let crew = Arc::new(Crew::new(wakers.clone()));
+        let mut workers = Vec::with_capacity(count);
+        for (index, (poll, waker)) in polls.into_iter().zip(wakers).enumerate() {
+            let thread_name = if count == 1 {
+                name.to_string()
+            } else {
+                format!("{name}-{index}")
+            };
+            let place = Place {
+                index,
+                crew: Arc::clone(&crew),
+                pool: PacketPool::from_depot(&depot),
+                cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
+            };
+            workers.push(Worker::spawn(
+                &thread_name,
+                poll,
+                waker,
+                Arc::clone(&tables),
+                options.clone(),
+                place,
+            )?);
+        }
+        Ok(Workers {
+            workers,
+            crew,
+            placement: Mutex::default(),
         })
     }
 
-    /// What its loop did: sleeping, waking, batches.
-    pub fn stats(&self) -> Arc<WorkerStats> {
-        Arc::clone(&self.stats)
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.workers.len()
     }
 
-    fn send(&self, command: Command) -> io::Result<()> {
-        self.commands
-            .send(command)
-            .map_err(|_| io::Error::other("the worker has stopped"))?;
-        self.waker.wake()
+    /// Always false: a group has at least one worker.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
     }
 
-    /// Hands `port` to the worker, which polls it from now on.
-    pub fn attach(&self, id: PortId, port: Box<dyn Port>) -> io::Result<()> {
-        self.send(Command::Attach(id, port))
+    /// What each worker's loop did, in worker order.
+    pub fn stats(&self) -> Vec<Arc<WorkerStats>> {
+        self.workers.iter().map(|w| Arc::clone(&w.stats)).collect()
+    }
+
+    /// The worker that polls `port`, if it is attached.
+    pub fn owner(&self, port: PortId) -> Option<usize> {
+        self.placement().get(&port).copied()
+    }
+
+    fn placement(&self) -> std::sync::MutexGuard<'_, HashMap<PortId, usize>> {
+        self.placement.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `port` to the worker with the fewest ports (the first of
+    /// them on a tie), which polls it from now on; returns that worker.
+    pub fn attach(&self, id: PortId, port: Box<dyn Port>) -> io::Result<usize> {
+        let mut placement = self.placement();
+        let mut load = vec![0usize; self.workers.len()];
+        for (_, &w) in placement.iter().filter(|(&p, _)| p != id) {
+            load[w] += 1;
+        }
+        let worker = (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0);
+        self.workers[worker].send(Command::Attach(id, port))?;
+        placement.insert(id, worker);
+        Ok(worker)
     }
 
     /// Takes a port back (the caller drops it, closing its sockets).
     pub fn detach(&self, id: PortId) -> io::Result<Option<Box<dyn Port>>> {
+        let Some(worker) = self.placement().remove(&id) else {
+            return Ok(None);
+        };
         let (tx, rx) = mpsc::channel();
-        self.send(Command::Detach(id, tx))?;
+        self.workers[worker].send(Command::Detach(id, tx))?;
         rx.recv_timeout(Duration::from_secs(5))
             .map_err(|_| io::Error::other("the worker did not answer"))
     }
@@ -144,8 +227,14 @@ impl Worker {
         out: File,
         limit: CaptureLimit,
     ) -> io::Result<mpsc::Receiver<io::Result<CaptureResult>>> {
+        let worker = self.owner(port).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("port {port} is not attached to a worker"),
+            )
+        })?;
         let (tx, rx) = mpsc::channel();
-        self.send(Command::Capture {
+        self.workers[worker].send(Command::Capture {
             port,
             out: BufWriter::new(out),
             limit,
@@ -154,9 +243,64 @@ impl Worker {
         Ok(rx)
     }
 
-    /// Stops the thread and drops its ports.
-    pub fn stop(mut self) {
-        self.shutdown();
+    /// Stops every thread and drops their ports.
+    pub fn stop(self) {}
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for worker in &mut self.workers {
+            worker.shutdown();
+        }
+        // Frames left in mailboxes go with the crew.
+        let _ = &self.crew;
+    }
+}
+
+/// Where a worker stands in its group.
+struct Place {
+    index: usize,
+    crew: Arc<Crew>,
+    pool: PacketPool,
+    cpu: Option<usize>,
+}
+
+/// One running worker thread.
+struct Worker {
+    commands: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+    stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    fn spawn(
+        name: &str,
+        poll: Poll,
+        waker: Arc<Waker>,
+        tables: Arc<Tables>,
+        options: WorkerOptions,
+        place: Place,
+    ) -> io::Result<Worker> {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(WorkerStats::default());
+        let loop_stats = Arc::clone(&stats);
+        let thread = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || Loop::new(poll, rx, tables, options, loop_stats, place).run())?;
+        Ok(Worker {
+            commands: tx,
+            waker,
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    fn send(&self, command: Command) -> io::Result<()> {
+        self.commands
+            .send(command)
+            .map_err(|_| io::Error::other("the worker has stopped"))?;
+        self.waker.wake()
     }
 
     fn shutdown(&mut self) {
@@ -167,14 +311,10 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
 mod event_loop;
+mod handoff;
 mod spin;
 mod stats;
 
+pub use handoff::MAX_WORKERS;
 pub use stats::{WorkerStats, WorkerStatsSnapshot, BATCH_BUCKETS};

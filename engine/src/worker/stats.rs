@@ -24,6 +24,7 @@ pub struct WorkerStats {
     spins_caught: AtomicU64,
     spins_expired: AtomicU64,
     spins_preempted: AtomicU64,
+    handed_off: AtomicU64,
     realtime: AtomicBool,
 }
 
@@ -51,6 +52,8 @@ pub struct WorkerStatsSnapshot {
     pub spins_expired: u64,
     /// Spins another task preempted (each paused spinning).
     pub spins_preempted: u64,
+    /// Frames it posted to another worker, which owns their port.
+    pub handed_off: u64,
     /// It forwards in `SCHED_FIFO`.
     pub realtime: bool,
 }
@@ -75,6 +78,7 @@ impl Default for WorkerStats {
             spins_caught: AtomicU64::new(0),
             spins_expired: AtomicU64::new(0),
             spins_preempted: AtomicU64::new(0),
+            handed_off: AtomicU64::new(0),
             realtime: AtomicBool::new(false),
         }
     }
@@ -115,6 +119,10 @@ impl WorkerStats {
         self.spins_preempted.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(super) fn handed_off(&self, frames: u64) {
+        self.handed_off.fetch_add(frames, Ordering::Relaxed);
+    }
+
     pub(super) fn realtime(&self, realtime: bool) {
         self.realtime.store(realtime, Ordering::Relaxed);
     }
@@ -132,6 +140,7 @@ impl WorkerStats {
             spins_caught: self.spins_caught.load(Ordering::Relaxed),
             spins_expired: self.spins_expired.load(Ordering::Relaxed),
             spins_preempted: self.spins_preempted.load(Ordering::Relaxed),
+            handed_off: self.handed_off.load(Ordering::Relaxed),
             realtime: self.realtime.load(Ordering::Relaxed),
         }
     }

@@ -66,6 +66,11 @@ pub(crate) struct BenchArgs {
         default_value = "vxlan,host-gw,directrouting"
     )]
     backends: Vec<String>,
+    /// podswitchd's worker counts to measure side by side, each on a
+    /// podswitch lab of its own beside the kernel's, e.g. `1,2` (default:
+    /// one podswitch lab with podswitchd's default).
+    #[arg(long, value_delimiter = ',', value_name = "N,N...")]
+    workers: Vec<usize>,
     /// Pods of the memory measurement (0 leaves it out).
     #[arg(long, default_value_t = lab::MAX_PODS_PER_NODE, value_name = "N")]
     memory_pods: u8,
@@ -523,6 +528,13 @@ fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, 
     measured
 }
 
+/// A dataplane the bench measures: the kernel, or podswitch with a number
+/// of workers.
+struct Dataplane {
+    label: String,
+    workers: Option<usize>,
+}
+
 struct Case {
     backend: String,
     scope: &'static str,
@@ -600,7 +612,26 @@ fn bench(args: &BenchArgs) -> Result<()> {
     if args.rounds == 0 || args.seconds == 0 {
         bail!("--rounds and --seconds must be at least 1");
     }
-    let dataplanes = ["kernel", "podswitch"];
+    // The kernel, then podswitch once per worker count asked for.
+    let mut dataplanes = vec![Dataplane {
+        label: "kernel".into(),
+        workers: None,
+    }];
+    if args.workers.is_empty() {
+        dataplanes.push(Dataplane {
+            label: "podswitch".into(),
+            workers: None,
+        });
+    }
+    for &w in &args.workers {
+        if !(1..=9).contains(&w) {
+            bail!("--workers {w}: from 1 to 9 here (lab names are short)");
+        }
+        dataplanes.push(Dataplane {
+            label: format!("podswitch-w{w}"),
+            workers: Some(w),
+        });
+    }
     let cases: Vec<Case> = args
         .backends
         .iter()
@@ -614,7 +645,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     // Time estimate: per case and round, both dataplanes run TCP twice,
     // small packets twice and latency twice, each about `seconds` plus
     // set-up.
-    let per_round = 6 * (args.seconds + 1) * 2;
+    let per_round = 6 * (args.seconds + 1) * dataplanes.len() as u64;
     let total = per_round * args.rounds as u64 * cases.len() as u64;
     let started = Instant::now();
     eprintln!("measuring the generator alone (trafgen into a counting veth)...");
@@ -632,17 +663,24 @@ fn bench(args: &BenchArgs) -> Result<()> {
     let mut table = Vec::new();
     for backend in &args.backends {
         let mut labs = Vec::new();
-        for dp in dataplanes {
-            eprintln!("building the {dp} lab for {backend}...");
-            let built = lab::up(&UpArgs::new(
-                &format!(
-                    "b{}{}",
-                    &dp[..1],
-                    &backend.replace('-', "").chars().take(8).collect::<String>()
-                ),
-                dp,
-                backend,
-            ));
+        for dp in &dataplanes {
+            eprintln!("building the {} lab for {backend}...", dp.label);
+            let name = format!(
+                "b{}{}{}",
+                &dp.label[..1],
+                dp.workers.map(|w| w.to_string()).unwrap_or_default(),
+                &backend.replace('-', "").chars().take(8).collect::<String>()
+            );
+            let kind = if dp.workers.is_some() || dp.label == "podswitch" {
+                "podswitch"
+            } else {
+                "kernel"
+            };
+            let mut up = UpArgs::new(&name, kind, backend);
+            if let Some(w) = dp.workers {
+                up = up.workers(w);
+            }
+            let built = lab::up(&up);
             match built {
                 Ok(lab) => labs.push(lab),
                 Err(e) => {
@@ -658,7 +696,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         let outcome = (|| -> Result<()> {
             for case in cases.iter().filter(|c| &c.backend == backend) {
                 // values[metric][dataplane] = samples
-                let mut values = vec![vec![Vec::<f64>::new(); 2]; METRICS.len()];
+                let mut values = vec![vec![Vec::<f64>::new(); dataplanes.len()]; METRICS.len()];
                 for round in 0..args.rounds {
                     for (d, lab) in labs.iter().enumerate() {
                         let elapsed = started.elapsed().as_secs();
@@ -666,7 +704,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
                             "\r\x1b[K[{} {} {} round {}/{}] about {}s left",
                             case.backend,
                             case.scope,
-                            dataplanes[d],
+                            dataplanes[d].label,
                             round + 1,
                             args.rounds,
                             total.saturating_sub(elapsed)
@@ -700,16 +738,23 @@ fn bench(args: &BenchArgs) -> Result<()> {
                         for (m, v) in figures.into_iter().enumerate() {
                             values[m][d].push(v);
                             raw.push(json!({
-                                "backend": case.backend, "scope": case.scope, "dataplane": dataplanes[d],
+                                "backend": case.backend, "scope": case.scope, "dataplane": dataplanes[d].label,
                                 "metric": METRICS[m].name, "unit": METRICS[m].unit, "round": round, "value": v,
                             }));
                         }
                     }
                 }
-                for (m, metric) in METRICS.iter().enumerate() {
-                    let k = median(&mut values[m][0]);
-                    let p = median(&mut values[m][1]);
-                    table.push((format!("{} {}", case.scope, case.backend), *metric, k, p));
+                // Each podswitch variant against the same run's kernel.
+                for (d, dp) in dataplanes.iter().enumerate().skip(1) {
+                    for (m, metric) in METRICS.iter().enumerate() {
+                        let k = median(&mut values[m][0]);
+                        let p = median(&mut values[m][d]);
+                        let case = match dp.workers {
+                            Some(w) => format!("{} {} workers={w}", case.scope, case.backend),
+                            None => format!("{} {}", case.scope, case.backend),
+                        };
+                        table.push((case, *metric, k, p));
+                    }
                 }
             }
             Ok(())

@@ -42,10 +42,17 @@ fn samples(raw: &Value) -> Result<Vec<Sample>> {
                     .map(str::to_string)
                     .ok_or_else(|| anyhow!("a sample lacks {k:?}: {s}"))
             };
+            let dataplane = text("dataplane")?;
+            // podswitch with a number of workers ("podswitch-w2") is a
+            // case of its own, against the same run's kernel.
+            let workers = dataplane
+                .strip_prefix("podswitch-w")
+                .map(|w| format!(" workers={w}"))
+                .unwrap_or_default();
             Ok(Sample {
-                case: format!("{} {}", text("scope")?, text("backend")?),
+                case: format!("{} {}{workers}", text("scope")?, text("backend")?),
                 metric: text("metric")?,
-                kernel: text("dataplane")? == "kernel",
+                kernel: dataplane == "kernel",
                 value: s["value"]
                     .as_f64()
                     .ok_or_else(|| anyhow!("a sample lacks its value: {s}"))?,
@@ -113,6 +120,22 @@ pub(crate) fn render(raw: &Value, metrics: &[Metric]) -> Result<String> {
             entry.1.push(s.value)
         }
     }
+    // A case of podswitch with a number of workers takes the kernel's
+    // samples of its case.
+    for c in 0..cases.len() {
+        let Some((base, _)) = cases[c].split_once(" workers=") else {
+            continue;
+        };
+        let Some(b) = cases.iter().position(|k| k == base) else {
+            continue;
+        };
+        for m in 0..metrics.len() {
+            let kernel = values.get(&(b, m)).map(|v| v.0.clone()).unwrap_or_default();
+            if let Some(entry) = values.get_mut(&(c, m)) {
+                entry.0 = kernel;
+            }
+        }
+    }
     let spreads: BTreeMap<(usize, usize), (Spread, Spread)> = values
         .into_iter()
         .filter_map(|(key, (k, p))| Some((key, (spread(k)?, spread(p)?))))
@@ -120,6 +143,16 @@ pub(crate) fn render(raw: &Value, metrics: &[Metric]) -> Result<String> {
     if spreads.is_empty() {
         return Err(anyhow!("the record has no measurement of both dataplanes"));
     }
+    // Cases of the kernel alone (when every podswitch case has a worker
+    // count) have no bars of their own: leave them out.
+    let shown: Vec<usize> = (0..cases.len())
+        .filter(|&c| spreads.keys().any(|&(k, _)| k == c))
+        .collect();
+    let spreads: BTreeMap<(usize, usize), (Spread, Spread)> = spreads
+        .into_iter()
+        .map(|((c, m), v)| ((shown.iter().position(|&s| s == c).unwrap_or(c), m), v))
+        .collect();
+    let cases: Vec<String> = shown.iter().map(|&c| cases[c].clone()).collect();
 
     let columns = 3;
     let panel_rows = metrics.len().div_ceil(columns) as u32;
@@ -412,6 +445,29 @@ mod tests {
         assert_eq!(svg.matches("2.00x worse").count(), 2 * higher);
         assert_eq!(svg.matches("2.00x better").count(), 2 * lower);
         assert!(svg.contains("cross-node vxlan, tcp-1-stream"));
+    }
+
+    /// podswitch measured with several worker counts: a case for each,
+    /// against the kernel of its case.
+    #[test]
+    fn each_worker_count_is_a_case_against_the_same_kernel() {
+        let mut record = record();
+        for sample in record["samples"].as_array_mut().unwrap() {
+            if sample["dataplane"] == "podswitch" {
+                sample["dataplane"] = "podswitch-w2".into();
+            }
+        }
+        let svg = render(&record, crate::bench::METRICS).unwrap();
+        assert!(svg.contains("cross-node vxlan workers=2, tcp-1-stream"));
+        assert!(
+            !svg.contains("cross-node vxlan, tcp-1-stream"),
+            "no case of the kernel alone"
+        );
+        let higher = crate::bench::METRICS
+            .iter()
+            .filter(|m| m.higher_is_better)
+            .count();
+        assert_eq!(svg.matches("2.00x worse").count(), 2 * higher);
     }
 
     #[test]

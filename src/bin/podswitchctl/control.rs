@@ -452,6 +452,7 @@ fn human(command: &ControlCommand, v: &Value) -> String {
                 ("interface", "INTERFACE"),
                 ("role", "ROLE"),
                 ("kind", "KIND"),
+                ("worker", "WORKER"),
                 ("ip", "IP"),
                 ("mac", "MAC"),
                 ("anti_spoof", "ANTI-SPOOF"),

@@ -87,6 +87,10 @@ pub(crate) struct UpArgs {
     /// 192.168.100.254, .253 and .252; nodes are given every member.
     #[arg(long, default_value_t = 1)]
     etcd_members: u8,
+    /// podswitchd's forwarding threads on each node (default: podswitchd's
+    /// own, one per four CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 /// The most pods a lab node has: Kubernetes' default `maxPods`.
@@ -112,7 +116,14 @@ impl UpArgs {
             store: "static".to_string(),
             kernel_nodes: 0,
             etcd_members: 1,
+            workers: None,
         }
+    }
+
+    /// podswitchd with `workers` forwarding threads.
+    pub(crate) fn workers(mut self, workers: usize) -> UpArgs {
+        self.workers = Some(workers);
+        self
     }
 }
 
@@ -141,6 +152,9 @@ pub(crate) struct Lab {
     /// any (comma-separated).
     #[serde(default)]
     pub(crate) store: Option<String>,
+    /// podswitchd's forwarding threads, if the lab chose.
+    #[serde(default)]
+    pub(crate) workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -317,6 +331,7 @@ pub(crate) fn up(args: &UpArgs) -> Result<Lab> {
         nodes: Vec::new(),
         pods: Vec::new(),
         store,
+        workers: args.workers,
     };
     let result = build(&mut lab, args, kernel);
     if let Err(e) = result {
@@ -558,6 +573,9 @@ fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
             "\n[[peer]]\nname = \"{}\"\nunderlay_ip = \"{}\"\npod_cidr = \"{}\"\n",
             other.name, other.underlay_ip, other.pod_cidr
         ));
+    }
+    if let Some(workers) = lab.workers {
+        config.push_str(&format!("\n[dataplane]\nworkers = {workers}\n"));
     }
     let config_path = dir.join(format!("{}.toml", node.name));
     fs::write(&config_path, config)?;

@@ -9,7 +9,8 @@ use clap::Parser;
 use podswitch_engine::config::{derived_mac, Backend, GatewayMode, NodeConfig};
 use podswitch_engine::encap::{MacAddr, TunnelMode, Vni};
 use podswitch_engine::fib::Prefix;
-use podswitch_engine::sys::netdev;
+use podswitch_engine::sys::{netdev, sched};
+use podswitch_engine::worker::MAX_WORKERS;
 use podswitch_lease::etcd::EtcdOptions;
 use serde::Deserialize;
 
@@ -105,6 +106,17 @@ pub(crate) struct Cli {
     /// while the pods on the worker's CPU run their time slices).
     #[arg(long, value_name = "realtime|normal")]
     pub worker_priority: Option<String>,
+    /// `[dataplane] workers`: forwarding threads (1 to 64; default one per
+    /// four CPUs the daemon may run on, at least one). Each port is polled
+    /// by one worker, the one with the fewest ports when it is attached;
+    /// a frame for a port another worker owns is handed to that worker.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// `[dataplane] worker_cpus`: CPUs to pin the workers to, worker i to
+    /// the i-th (wrapping around), e.g. `2,3` (TOML: `[2, 3]`); default
+    /// unpinned.
+    #[arg(long, value_name = "CPU,CPU...", value_delimiter = ',')]
+    pub worker_cpus: Vec<usize>,
     /// `[node] masquerade`: pods' traffic to addresses outside the cluster
     /// CIDR leaves with the node's address (default true; nftables table
     /// `podswitch`, removed on exit).
@@ -222,6 +234,8 @@ struct DataplaneSection {
     busy_poll_us: Option<u64>,
     pool_buffers: Option<usize>,
     worker_priority: Option<String>,
+    workers: Option<usize>,
+    worker_cpus: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,6 +312,15 @@ pub(crate) struct PortConfig {
     pub container_id: Option<String>,
 }
 
+/// Workers when none are configured: one per four CPUs the daemon may run
+/// on, at least one. On a node the pods make the traffic a worker
+/// forwards, and a worker under load keeps its CPU: three CPUs in four stay
+/// the pods'. On this project's 2-vCPU bench machine a second worker
+/// bought nothing and cost latency (docs/benchmarks.md, "Two workers").
+pub(crate) fn default_workers(cpus: usize) -> usize {
+    (cpus / 4).clamp(1, MAX_WORKERS)
+}
+
 /// Everything podswitchd runs with, checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -311,6 +334,10 @@ pub(crate) struct Settings {
     pub pool_buffers: usize,
     /// The worker forwards in SCHED_FIFO.
     pub realtime: bool,
+    /// Forwarding threads.
+    pub workers: usize,
+    /// CPUs the workers are pinned to (none: unpinned).
+    pub worker_cpus: Vec<usize>,
     /// Where the Prometheus endpoint listens, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Masquerade pod egress; see `egress`.
@@ -598,6 +625,29 @@ impl Settings {
                 ))
             }
         };
+        let allowed =
+            sched::allowed_cpus().map_err(|e| format!("the CPUs podswitchd may use: {e}"))?;
+        let workers = cli
+            .workers
+            .or(file.dataplane.workers)
+            .unwrap_or_else(|| default_workers(allowed.len()));
+        if !(1..=MAX_WORKERS).contains(&workers) {
+            return Err(origin.error(
+                "dataplane.workers",
+                format!("{workers}: from 1 to {MAX_WORKERS}"),
+            ));
+        }
+        let worker_cpus = if cli.worker_cpus.is_empty() {
+            file.dataplane.worker_cpus.unwrap_or_default()
+        } else {
+            cli.worker_cpus.clone()
+        };
+        if let Some(cpu) = worker_cpus.iter().find(|c| !allowed.contains(c)) {
+            return Err(origin.error(
+                "dataplane.worker_cpus",
+                format!("CPU {cpu} is not one podswitchd may run on ({allowed:?})"),
+            ));
+        }
         let mut peers = file.peer;
         for text in &cli.peers {
             peers.push(key_values("peer", text)?);
@@ -648,6 +698,8 @@ impl Settings {
                 .unwrap_or(200),
             pool_buffers,
             realtime,
+            workers,
+            worker_cpus,
             metrics_listen,
             masquerade: cli.masquerade.or(file.node.masquerade).unwrap_or(true),
             no_masquerade,
@@ -798,6 +850,38 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(e.contains("--peer") && e.contains("KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn workers_default_to_one_per_four_cpus_and_pin_only_to_cpus_allowed() {
+        assert_eq!(default_workers(1), 1);
+        assert_eq!(default_workers(2), 1);
+        assert_eq!(default_workers(8), 2);
+        assert_eq!(default_workers(1024), MAX_WORKERS);
+        let with = load_node1;
+        let cpus = sched::allowed_cpus().unwrap();
+        assert_eq!(with(&[]).unwrap().workers, default_workers(cpus.len()));
+        assert!(with(&[]).unwrap().worker_cpus.is_empty());
+        let s = with(&[
+            "--workers",
+            "3",
+            "--worker-cpus",
+            &format!("{},{}", cpus[0], cpus[0]),
+        ])
+        .unwrap();
+        assert_eq!((s.workers, s.worker_cpus), (3, vec![cpus[0]; 2]));
+        for bad in ["0", "65"] {
+            let e = with(&["--workers", bad]).unwrap_err();
+            assert!(
+                e.contains("dataplane.workers") && e.contains("from 1 to 64"),
+                "{e}"
+            );
+        }
+        let e = with(&["--worker-cpus", "100000"]).unwrap_err();
+        assert!(
+            e.contains("dataplane.worker_cpus") && e.contains("CPU 100000"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use podswitch_engine::sys::netlink::Netlink;
 use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ARP};
 use podswitch_engine::sys::xdp::{self, XdpMode};
 use podswitch_engine::tables::Tables;
-use podswitch_engine::worker::Worker;
+use podswitch_engine::worker::Workers;
 use serde_json::{json, Value};
 
 use crate::state::{PodEnd, PortRecord, StateFile};
@@ -29,7 +29,7 @@ use crate::state::{PodEnd, PortRecord, StateFile};
 #[derive(Debug)]
 pub(crate) struct Daemon {
     pub tables: Arc<Tables>,
-    pub worker: Arc<Worker>,
+    pub workers: Arc<Workers>,
     pub underlay_interface: String,
     pub default_port_kind: String,
     pub clock_micros: fn() -> u64,
@@ -128,10 +128,11 @@ impl Dataplane for Daemon {
         let (port, kind) = self
             .open(id, name, kind)
             .map_err(|e| format!("{name}: {e}"))?;
-        self.worker
+        let worker = self
+            .workers
             .attach(id, port)
             .map_err(|e| format!("{name}: {e}"))?;
-        tracing::info!(port = id.0, interface = name, kind, "port attached");
+        tracing::info!(port = id.0, interface = name, kind, worker, "port attached");
         if let Some(entry) = self.tables.load().ports.get(id) {
             let spec = &entry.spec;
             let record = PortRecord {
@@ -153,7 +154,7 @@ impl Dataplane for Daemon {
     }
 
     fn close_port(&self, id: PortId, name: &str) {
-        match self.worker.detach(id) {
+        match self.workers.detach(id) {
             Ok(_) => tracing::info!(port = id.0, interface = name, "port detached"),
             Err(e) => tracing::warn!(port = id.0, interface = name, "detaching: {e}"),
         }
@@ -176,7 +177,7 @@ impl Dataplane for Daemon {
         };
         tracing::info!(port = id.0, file = %file.display(), ?packets, seconds, "capture started");
         let done = self
-            .worker
+            .workers
             .capture(id, out, limit)
             .map_err(|e| e.to_string())?;
         let result = done
@@ -192,6 +193,10 @@ impl Dataplane for Daemon {
             ));
         }
         Ok(json!({ "file": file.display().to_string(), "packets": result.packets }))
+    }
+
+    fn port_worker(&self, id: PortId) -> Option<usize> {
+        self.workers.owner(id)
     }
 
     fn changed(&self, what: &str) {

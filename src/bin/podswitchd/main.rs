@@ -1,11 +1,11 @@
 //! `podswitchd`: the podswitch data plane of one node.
 //!
 //! Start-up, in order: settings (file, then command line; any error stops
-//! here, naming the key), tables, the worker thread, the underlay port,
+//! here, naming the key), tables, the worker threads, the underlay port,
 //! the host port (TUN) with its cluster route, static peers and ports,
 //! then the control socket. It then waits for SIGTERM or SIGINT and takes
 //! everything down in reverse: the socket file, the ports (closing the TUN
-//! device removes it and its route), the worker.
+//! device removes it and its route), the workers.
 
 mod cluster;
 mod config;
@@ -27,7 +27,7 @@ use podswitch_engine::kernel_port::{HostPort, HostPortOptions, UnderlayOptions, 
 use podswitch_engine::port::PortId;
 use podswitch_engine::sys::netdev;
 use podswitch_engine::tables::{PortSpec, Tables};
-use podswitch_engine::worker::{Worker, WorkerOptions};
+use podswitch_engine::worker::{WorkerOptions, Workers};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -101,6 +101,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         gateway_mode = %node.gateway_mode,
         underlay = %format!("{} {}", settings.underlay_interface, node.underlay_ip),
         pod_mtu = node.pod_mtu(),
+        workers = settings.workers,
         "starting"
     );
     // With masquerade on, podswitchd's forward chain lets the kernel send
@@ -125,8 +126,8 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             .add_route(Prefix::new_truncating(host_address, 32), NextHop::Host)
             .map_err(|e| e.to_string())?;
     }
-    let worker = Arc::new(
-        Worker::spawn(
+    let workers = Arc::new(
+        Workers::spawn(
             "podswitch-worker",
             Arc::clone(&tables),
             WorkerOptions {
@@ -137,8 +138,10 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                 clock_secs,
                 clock_micros,
             },
+            settings.workers,
+            &settings.worker_cpus,
         )
-        .map_err(|e| format!("worker: {e}"))?,
+        .map_err(|e| format!("workers: {e}"))?,
     );
 
     let underlay_id = tables
@@ -157,7 +160,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         Arc::clone(&tables),
     )
     .map_err(|e| format!("underlay {}: {e}", settings.underlay_interface))?;
-    let underlay_kind = attach(&worker, underlay_id, Box::new(underlay), "underlay")?;
+    let underlay_kind = attach(&workers, underlay_id, Box::new(underlay), "underlay")?;
 
     let host_id = tables
         .attach_port(PortSpec::host(&settings.host_interface))
@@ -173,7 +176,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         Arc::clone(&tables),
     )
     .map_err(|e| format!("host port {}: {e}", settings.host_interface))?;
-    let host_kind = attach(&worker, host_id, Box::new(host), "host")?;
+    let host_kind = attach(&workers, host_id, Box::new(host), "host")?;
     tracing::info!(
         interface = %settings.host_interface,
         address = %host_address,
@@ -184,7 +187,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     let (state, saved) = StateFile::open(&settings.state_file)?;
     let daemon = Arc::new(Daemon {
         tables: Arc::clone(&tables),
-        worker: Arc::clone(&worker),
+        workers: Arc::clone(&workers),
         underlay_interface: settings.underlay_interface.clone(),
         default_port_kind: settings.port_kind.clone(),
         clock_micros,
@@ -198,7 +201,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         Arc::clone(&daemon) as Arc<dyn podswitch_control::handler::Dataplane>,
     ));
     handler.note_kind(underlay_id, &underlay_kind);
-    handler.note_workers(vec![worker.stats()]);
+    handler.note_workers(workers.stats());
     handler.note_kind(host_id, &host_kind);
     // The socket first: a daemon refused here (another one serves it)
     // stops before it writes anything, and the state file is the socket's
@@ -421,22 +424,22 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             tracing::warn!("state file {}: {e}", settings.state_file.display());
         }
     }
-    // The handler and the daemon's dataplane hold the worker too: with
-    // them gone, the worker is ours alone and its stop closes every port
-    // (sockets, XDP programs, the TUN device) before the line below says so.
+    // The handler and the daemon's dataplane hold the workers too: with
+    // them gone, the workers are ours alone and their stop closes every
+    // port (sockets, XDP programs, the TUN device) before the line below
+    // says so.
     drop(handler);
     drop(daemon);
-    match Arc::try_unwrap(worker) {
-        Ok(worker) => {
-            worker.stop();
+    match Arc::try_unwrap(workers) {
+        Ok(workers) => {
+            workers.stop();
             tracing::info!("stopped: ports closed, {} removed", settings.host_interface);
         }
-        Err(worker) => {
-            // Not expected: stop the thread anyway; its ports close when
-            // the process exits.
+        Err(workers) => {
+            // Not expected: their ports close when the process exits.
             tracing::warn!(
-                references = Arc::strong_count(&worker),
-                "worker still referenced at exit: its ports close with the process"
+                references = Arc::strong_count(&workers),
+                "workers still referenced at exit: their ports close with the process"
             );
         }
     }
@@ -444,13 +447,13 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
 }
 
 fn attach(
-    worker: &Worker,
+    workers: &Workers,
     id: PortId,
     port: Box<dyn podswitch_engine::port::Port>,
     role: &str,
 ) -> Result<String, String> {
     let (name, kind) = (port.name().to_string(), port.kind().to_string());
-    worker.attach(id, port).map_err(|e| e.to_string())?;
-    tracing::info!(port = id.0, interface = %name, kind, role, "port attached");
+    let worker = workers.attach(id, port).map_err(|e| e.to_string())?;
+    tracing::info!(port = id.0, interface = %name, kind, role, worker, "port attached");
     Ok(kind)
 }

@@ -411,20 +411,7 @@ fn tap_ports_lifecycle_and_idle_cpu() {
 
     // Idle: the worker sleeps in the kernel.
     let pid = node.daemon.as_ref().unwrap().pid();
-    let ticks = || {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-    };
-    std::thread::sleep(Duration::from_millis(500));
-    let before = ticks();
-    std::thread::sleep(Duration::from_secs(2));
-    let used = ticks() - before;
+    let used = common::idle_ticks(pid);
     assert!(
         used <= 2,
         "an idle podswitchd used {used} clock ticks in 2 s"

@@ -160,6 +160,14 @@ fn two_workers_hand_frames_to_each_other_on_every_path() {
             assert_eq!(workers, [0, 1], "one pod on each worker: {ports}");
         }
         traffic_matrix(&cluster, &format!("{backend}/{kind}/2 workers"));
+        // Idle again, both workers sleep: no mail wakes them.
+        for node in &cluster.nodes {
+            let used = common::idle_ticks(node.daemon.as_ref().unwrap().pid());
+            assert!(
+                used <= 2,
+                "an idle podswitchd with two workers used {used} clock ticks in 2 s"
+            );
+        }
         for (n, node) in cluster.nodes.iter().enumerate() {
             let stats = node.ctl_json(&["stats"]);
             let workers = stats["workers"].as_array().expect("workers");

@@ -121,13 +121,18 @@ fn metrics_parse_count_exactly_and_ignore_slow_clients() {
     );
     // The worker forwards in SCHED_FIFO by default (worker_priority).
     assert_eq!(before.value("podswitch_worker_realtime{worker=0}"), 1.0);
-    assert_eq!(
-        before
-            .types
-            .get("podswitch_worker_spins_preempted")
-            .map(String::as_str),
-        Some("counter")
-    );
+    for family in [
+        "podswitch_worker_spins_preempted",
+        "podswitch_worker_handed_off",
+        "podswitch_worker_yields",
+    ] {
+        assert_eq!(
+            before.types.get(family).map(String::as_str),
+            Some("counter"),
+            "{family}"
+        );
+    }
+    assert!(before.value("podswitch_worker_handed_off_total{worker=0}") >= 0.0);
     assert_eq!(before.value("podswitch_peers{}"), 1.0);
     assert!(before.value("podswitch_routes{}") >= 4.0);
 

@@ -528,6 +528,7 @@ impl Handler {
                     "spins_expired": s.spins_expired,
                     "spins_preempted": s.spins_preempted,
                     "handed_off": s.handed_off,
+                    "yields": s.yields,
                     "realtime": s.realtime,
                 })
             })

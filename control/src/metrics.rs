@@ -337,6 +337,13 @@ impl Collector for Metrics {
             "worker",
             workers.iter().map(|(w, s)| (w.as_str(), s.handed_off)),
         )?;
+        counters(
+            &mut encoder,
+            "podswitch_worker_yields",
+            "Times a worker gave its CPU to the other workers after working a millisecond without sleeping.",
+            "worker",
+            workers.iter().map(|(w, s)| (w.as_str(), s.yields)),
+        )?;
         gauges(
             &mut encoder,
             "podswitch_worker_realtime",

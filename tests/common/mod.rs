@@ -45,6 +45,29 @@ pub fn require(tools: &[&str]) {
 }
 
 /// A unique name for this process's `what`.
+/// Clock ticks (user and system) process `pid` has used, from
+/// /proc/PID/stat.
+#[allow(dead_code)]
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Clock ticks process `pid` uses in 2 s, from half a second from now.
+#[allow(dead_code)]
+pub fn idle_ticks(pid: u32) -> u64 {
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    cpu_ticks(pid) - before
+}
+
 pub fn unique(what: &str) -> String {
     format!(
         "psw-t{}-{}-{what}",

@@ -28,6 +28,11 @@ const FDS_PER_PORT: usize = 8;
 /// While some port has frames waiting, epoll is asked once in this many
 /// turns of the loop.
 const POLL_EVERY_TURNS: u32 = 4;
+/// A worker that has worked this long without sleeping yields its CPU to
+/// the other real-time threads of its priority (the other workers): in
+/// `SCHED_FIFO` nothing else would preempt it. The kernel bounds its own
+/// receive work the same way (`netdev_budget_usecs`, 2 ms by default).
+const YIELD_AFTER: Duration = Duration::from_millis(1);
 
 type CaptureFile = Capture<Box<dyn Port>, BufWriter<File>>;
 
@@ -155,6 +160,8 @@ impl Loop {
         // When the loop last decided whether to spin.
         let mut last_turn = Instant::now();
         let mut turns_since_poll = 0;
+        // Since when it has worked without sleeping or yielding.
+        let mut working_since = Instant::now();
         loop {
             let capturing = self.captures > 0;
             // While ports still have frames queued, most turns skip
@@ -205,6 +212,7 @@ impl Loop {
                 if let Some(started) = sleep_started {
                     self.stats.slept(started);
                     slept = true;
+                    working_since = Instant::now();
                 }
                 if let Err(e) = polled {
                     if e.kind() != io::ErrorKind::Interrupted {
@@ -289,6 +297,13 @@ impl Loop {
                 }
                 spinning = false;
                 last_packet = now;
+                if now - working_since > YIELD_AFTER {
+                    // Another worker starved of its CPU stalls every
+                    // port it owns, and fills its mailbox.
+                    std::thread::yield_now();
+                    self.stats.yielded();
+                    working_since = Instant::now();
+                }
             }
             if capturing {
                 self.finish_captures();

@@ -318,3 +318,187 @@ mod stats;
 
 pub use handoff::MAX_WORKERS;
 pub use stats::{WorkerStats, WorkerStatsSnapshot, BATCH_BUCKETS};
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::config::NodeConfig;
+    use crate::drop::DropReason;
+    use crate::encap::{checksum, MacAddr};
+    use crate::packet::{PacketBuf, BATCH_SIZE};
+    use crate::port::PortKind;
+    use crate::tables::PortSpec;
+
+    const MAC1: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
+    const MAC2: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
+    const IP1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+    const IP2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+
+    /// A port over one end of a datagram socket pair: a worker polls it
+    /// like a kernel port, and the test writes and reads frames at the
+    /// other end.
+    struct SocketPort {
+        name: String,
+        id: PortId,
+        socket: UnixDatagram,
+    }
+
+    impl Port for SocketPort {
+        fn name(&self) -> &str {
+            &self.name
+        }
+
+        fn kind(&self) -> PortKind {
+            PortKind::Memory
+        }
+
+        fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
+            let mut received = 0;
+            let mut bytes = [0u8; 2048];
+            while batch.len() < BATCH_SIZE {
+                match self.socket.recv(&mut bytes) {
+                    Ok(len) => {
+                        batch.push(pool.alloc_with(self.id, &bytes[..len]).expect("a buffer"));
+                        received += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(received)
+        }
+
+        fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
+            let sent = batch.len();
+            for buf in batch.drain(..) {
+                self.socket.send(buf.frame())?;
+                pool.free(buf);
+            }
+            Ok(sent)
+        }
+
+        fn poll_fds(&self) -> Vec<RawFd> {
+            vec![self.socket.as_raw_fd()]
+        }
+    }
+
+    /// A port for `id` and the test's end of it.
+    fn socket_port(name: &str, id: PortId) -> (Box<dyn Port>, UnixDatagram) {
+        let (port, wire) = UnixDatagram::pair().unwrap();
+        port.set_nonblocking(true).unwrap();
+        wire.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let port = SocketPort {
+            name: name.into(),
+            id,
+            socket: port,
+        };
+        (Box::new(port), wire)
+    }
+
+    /// A UDP frame from one pod to the other on the node's bridge.
+    fn frame(src: (MacAddr, Ipv4Addr), dst: (MacAddr, Ipv4Addr)) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[0..6].copy_from_slice(&dst.0 .0);
+        f[6..12].copy_from_slice(&src.0 .0);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&50u16.to_be_bytes());
+        f[22] = 64;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&src.1.octets());
+        f[30..34].copy_from_slice(&dst.1.octets());
+        let c = checksum::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&5201u16.to_be_bytes());
+        f[38..40].copy_from_slice(&30u16.to_be_bytes());
+        f
+    }
+
+    fn options() -> WorkerOptions {
+        WorkerOptions {
+            pool_buffers: 1024,
+            large_buffers: 4,
+            // No spinning: a worker sleeps at once, so each hand-off must
+            // wake it.
+            busy_poll: Duration::ZERO,
+            realtime: false,
+            clock_secs: || 1,
+            clock_micros: || 1,
+        }
+    }
+
+    #[test]
+    fn frames_for_a_port_of_another_worker_go_through_its_mailbox() {
+        let node = NodeConfig::flannel(
+            "node1",
+            "10.244.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 100, 1),
+        );
+        let tables = Tables::new(node, 16);
+        let a = tables
+            .attach_port(PortSpec::pod("veth1", IP1, MAC1))
+            .unwrap();
+        let b = tables
+            .attach_port(PortSpec::pod("veth2", IP2, MAC2))
+            .unwrap();
+        tables.fdb.learn(MAC1, a, 1);
+        tables.fdb.learn(MAC2, b, 1);
+        let workers =
+            Workers::spawn("test-worker", Arc::clone(&tables), options(), 2, &[]).unwrap();
+        let (a_port, a_wire) = socket_port("veth1", a);
+        let (b_port, b_wire) = socket_port("veth2", b);
+        // Each port on the worker with the fewest: one each.
+        assert_eq!(workers.attach(a, a_port).unwrap(), 0);
+        assert_eq!(workers.attach(b, b_port).unwrap(), 1);
+        assert_eq!((workers.owner(a), workers.owner(b)), (Some(0), Some(1)));
+
+        let mut got = [0u8; 2048];
+        for round in 0..50 {
+            let there = frame((MAC1, IP1), (MAC2, IP2));
+            a_wire.send(&there).unwrap();
+            let n = b_wire
+                .recv(&mut got)
+                .expect("worker 1 sends what worker 0 received");
+            assert_eq!(&got[..n], &there[..], "round {round}");
+            let back = frame((MAC2, IP2), (MAC1, IP1));
+            b_wire.send(&back).unwrap();
+            let n = a_wire.recv(&mut got).expect("and back");
+            assert_eq!(&got[..n], &back[..], "round {round}");
+        }
+        let stats: Vec<_> = workers.stats().iter().map(|s| s.snapshot()).collect();
+        assert_eq!((stats[0].handed_off, stats[1].handed_off), (50, 50));
+        assert_eq!(tables.stats.snapshot().total_drops(), 0);
+
+        // A port let go: frames for it are counted, not lost silently.
+        assert!(workers.detach(b).unwrap().is_some());
+        assert_eq!(workers.owner(b), None);
+        a_wire.send(&frame((MAC1, IP1), (MAC2, IP2))).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tables.stats.snapshot().drop_count(DropReason::PortGone) == 0 {
+            assert!(Instant::now() < deadline, "the frame was not counted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(tables.stats.snapshot().total_drops(), 1);
+        workers.stop();
+    }
+
+    #[test]
+    fn a_group_has_one_to_max_workers() {
+        let node = NodeConfig::flannel(
+            "node1",
+            "10.244.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 100, 1),
+        );
+        let tables = Tables::new(node, 4);
+        for count in [0, MAX_WORKERS + 1] {
+            let e = Workers::spawn("w", Arc::clone(&tables), options(), count, &[]).unwrap_err();
+            assert!(e.to_string().contains("from 1 to 64"), "{e}");
+        }
+    }
+}

@@ -25,6 +25,7 @@ pub struct WorkerStats {
     spins_expired: AtomicU64,
     spins_preempted: AtomicU64,
     handed_off: AtomicU64,
+    yields: AtomicU64,
     realtime: AtomicBool,
 }
 
@@ -54,6 +55,8 @@ pub struct WorkerStatsSnapshot {
     pub spins_preempted: u64,
     /// Frames it posted to another worker, which owns their port.
     pub handed_off: u64,
+    /// Times it yielded its CPU after working a millisecond on end.
+    pub yields: u64,
     /// It forwards in `SCHED_FIFO`.
     pub realtime: bool,
 }
@@ -79,6 +82,7 @@ impl Default for WorkerStats {
             spins_expired: AtomicU64::new(0),
             spins_preempted: AtomicU64::new(0),
             handed_off: AtomicU64::new(0),
+            yields: AtomicU64::new(0),
             realtime: AtomicBool::new(false),
         }
     }
@@ -123,6 +127,10 @@ impl WorkerStats {
         self.handed_off.fetch_add(frames, Ordering::Relaxed);
     }
 
+    pub(super) fn yielded(&self) {
+        self.yields.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(super) fn realtime(&self, realtime: bool) {
         self.realtime.store(realtime, Ordering::Relaxed);
     }
@@ -141,6 +149,7 @@ impl WorkerStats {
             spins_expired: self.spins_expired.load(Ordering::Relaxed),
             spins_preempted: self.spins_preempted.load(Ordering::Relaxed),
             handed_off: self.handed_off.load(Ordering::Relaxed),
+            yields: self.yields.load(Ordering::Relaxed),
             realtime: self.realtime.load(Ordering::Relaxed),
         }
     }

@@ -316,7 +316,8 @@ pub(crate) struct PortConfig {
 /// on, at least one. On a node the pods make the traffic a worker
 /// forwards, and a worker under load keeps its CPU: three CPUs in four stay
 /// the pods'. On this project's 2-vCPU bench machine a second worker
-/// bought nothing and cost latency (docs/benchmarks.md, "Two workers").
+/// forwarded more small packets between the pods of one node but cost TCP
+/// and latency (docs/benchmarks.md, "Two workers").
 pub(crate) fn default_workers(cpus: usize) -> usize {
     (cpus / 4).clamp(1, MAX_WORKERS)
 }

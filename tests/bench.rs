@@ -25,6 +25,8 @@ fn a_short_bench_produces_every_figure() {
             "vxlan",
             "--memory-pods",
             "8",
+            "--workers",
+            "1,2",
             "--json",
         ])
         .arg(&json.0)
@@ -38,16 +40,21 @@ fn a_short_bench_produces_every_figure() {
         String::from_utf8_lossy(&out.stderr)
     );
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        table.contains("| cross-node vxlan | tcp-1-stream"),
-        "{table}"
-    );
+    for workers in [1, 2] {
+        assert!(
+            table.contains(&format!(
+                "| cross-node vxlan workers={workers} | tcp-1-stream"
+            )),
+            "{table}"
+        );
+    }
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json.0).unwrap()).unwrap();
     let medians = v["medians"].as_array().unwrap();
     // 2 cases x 9 metrics (TCP 1 and 4 streams, 64-byte UDP from one and
     // from two generators, CPU, idle and loaded latency p50 and p99),
-    // each for both dataplanes.
-    assert_eq!(medians.len(), 18, "{v}");
+    // for podswitch with one worker and with two, each against the
+    // kernel.
+    assert_eq!(medians.len(), 2 * 2 * 9, "{v}");
     for metric in ["udp-64B-2gen", "loaded-p50", "loaded-p99"] {
         assert!(
             medians.iter().any(|m| m["metric"] == metric),
@@ -62,7 +69,15 @@ fn a_short_bench_produces_every_figure() {
             );
         }
     }
-    assert_eq!(v["samples"].as_array().unwrap().len(), 2 * 2 * 9);
+    // Samples of three dataplanes: the kernel and both podswitch labs.
+    let samples = v["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2 * 3 * 9);
+    for dataplane in ["kernel", "podswitch-w1", "podswitch-w2"] {
+        assert!(
+            samples.iter().any(|s| s["dataplane"] == dataplane),
+            "{dataplane}"
+        );
+    }
     assert!(
         v["generator_ceiling_mpps"]
             .as_f64()

@@ -175,6 +175,37 @@ fn every_dataplane_and_backend_builds_a_working_lab_and_leaves_nothing() {
     }
 }
 
+/// `lab up --workers 2`: each node's podswitchd runs two workers, and its
+/// ports are spread over both.
+#[test]
+fn a_lab_of_two_workers_per_node() {
+    require(&["ip", "ping", "bridge", "sysctl", "ps"]);
+    let lab = name("w2");
+    let _guard = LabGuard(lab.clone());
+    let status = up_with(&lab, &["--backend", "vxlan", "--workers", "2"]);
+    all_reach(&lab, &status);
+    for node in status["nodes"].as_array().unwrap() {
+        let socket = node["socket"].as_str().expect("a daemon's socket");
+        let out = ctl(&["--socket", socket, "--json", "port", "list"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ports: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut workers: Vec<u64> = ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["worker"].as_u64().expect("each port has a worker"))
+            .collect();
+        workers.sort_unstable();
+        assert_eq!(workers, [0, 0, 1, 1], "{ports}");
+    }
+    assert!(ctl(&["lab", "down", "--name", &lab]).status.success());
+    assert_gone(&lab);
+}
+
 /// `lab up --store etcd`: an etcd on the underlay holds flannel's network
 /// config; nodes start with no subnet and no peers, lease distinct
 /// subnets, learn each other there, and their pods reach each other; the

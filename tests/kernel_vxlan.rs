@@ -17,6 +17,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::{require, veth, Capture, Netns};
+use podswitch::kernel_flannel::{self, VxlanNode, VxlanPeer};
 use podswitch_encap::checksum;
 use podswitch_encap::{
     DecapConfig, Decapsulator, FrameBuf, Inner, MacAddr, OuterPath, Tunnel, TunnelConfig, Vni,
@@ -37,65 +38,20 @@ fn topology(udp_checksum: bool) -> (Netns, Netns) {
     // finish it; with offload off the kernel does, so the capture shows the
     // checksum that goes on a real wire.
     kernel.exec("ethtool", &["-K", "ul-a", "tx", "off"]);
-    let csum = if udp_checksum { "udpcsum" } else { "noudpcsum" };
-    kernel.ip(&[
-        "link",
-        "add",
-        "flannel.1",
-        "address",
-        NODE1_VTEP,
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "local",
-        "192.168.100.1",
-        "dev",
-        "ul-a",
-        "dstport",
-        "8472",
-        "nolearning",
-        csum,
-    ]);
-    kernel.ip(&["link", "set", "flannel.1", "mtu", "1450", "up"]);
-    kernel.ip(&["addr", "add", "10.244.1.0/32", "dev", "flannel.1"]);
-    kernel.ip(&[
-        "route",
-        "add",
-        "10.244.2.0/24",
-        "via",
-        "10.244.2.0",
-        "dev",
-        "flannel.1",
-        "onlink",
-    ]);
-    kernel.ip(&[
-        "neigh",
-        "add",
-        "10.244.2.0",
-        "lladdr",
-        NODE2_VTEP,
-        "dev",
-        "flannel.1",
-        "nud",
-        "permanent",
-    ]);
-    common::run(
-        "bridge",
-        &[
-            "-n",
-            &kernel.name,
-            "fdb",
-            "append",
-            NODE2_VTEP,
-            "dev",
-            "flannel.1",
-            "dst",
-            "192.168.100.2",
-            "self",
-            "permanent",
-        ],
-    );
+    let node = VxlanNode {
+        vtep: NODE1_VTEP,
+        local_ip: "192.168.100.1",
+        underlay: "ul-a",
+        network: "10.244.1.0",
+        udp_checksum: Some(udp_checksum),
+    };
+    kernel_flannel::vxlan_device(&kernel.name, &node).unwrap();
+    let node2 = VxlanPeer {
+        subnet: "10.244.2.0/24",
+        vtep: NODE2_VTEP,
+        public_ip: "192.168.100.2",
+    };
+    kernel_flannel::vxlan_peer(&kernel.name, &node2).unwrap();
     (kernel, peer)
 }
 

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use podswitch::kernel_flannel::{self, VxlanNode, VxlanPeer};
 use podswitch_engine::config::derived_mac;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -748,17 +749,7 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
             .collect();
         let ns = node.netns.as_str();
         let x = node.index;
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                ns,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ],
-        )?;
+        kernel_flannel::enable_forwarding(ns)?;
         if lab.gateway_mode == "proxy-arp" {
             // Proxy ARP answers only for addresses the node routes out of
             // another interface; Calico's nodes reach 169.254.1.1 through
@@ -766,94 +757,28 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
             in_ns(ns, &["route", "add", "169.254.1.1/32", "dev", "ul0"])?;
         }
         if lab.gateway_mode == "bridge" {
-            in_ns(ns, &["link", "add", "cni0", "type", "bridge"])?;
-            in_ns(
-                ns,
-                &["addr", "add", &format!("10.244.{x}.1/24"), "dev", "cni0"],
-            )?;
-            in_ns(ns, &["link", "set", "cni0", "up"])?;
+            // The pods join it as they are made.
+            kernel_flannel::cni_bridge(ns, &format!("10.244.{x}.1/24"), &[])?;
         }
         match lab.backend.as_str() {
             "vxlan" => {
                 let vtep = derived_mac(0x0e, &node.name).to_string();
-                in_ns(
-                    ns,
-                    &[
-                        "link",
-                        "add",
-                        "flannel.1",
-                        "address",
-                        &vtep,
-                        "type",
-                        "vxlan",
-                        "id",
-                        "1",
-                        "local",
-                        &node.underlay_ip,
-                        "dev",
-                        "ul0",
-                        "dstport",
-                        "8472",
-                        "nolearning",
-                    ],
-                )?;
-                in_ns(ns, &["link", "set", "flannel.1", "mtu", "1450", "up"])?;
-                in_ns(
-                    ns,
-                    &[
-                        "addr",
-                        "add",
-                        &format!("10.244.{x}.0/32"),
-                        "dev",
-                        "flannel.1",
-                    ],
-                )?;
+                let network = format!("10.244.{x}.0");
+                let own = VxlanNode {
+                    vtep: &vtep,
+                    local_ip: &node.underlay_ip,
+                    underlay: "ul0",
+                    network: &network,
+                    udp_checksum: None,
+                };
+                kernel_flannel::vxlan_device(ns, &own)?;
                 for other in peers.iter() {
-                    let their_vtep = other.vtep.clone();
-                    let gw = other.pod_cidr.trim_end_matches("/24").to_string();
-                    in_ns(
-                        ns,
-                        &[
-                            "route",
-                            "add",
-                            &other.pod_cidr,
-                            "via",
-                            &gw,
-                            "dev",
-                            "flannel.1",
-                            "onlink",
-                        ],
-                    )?;
-                    in_ns(
-                        ns,
-                        &[
-                            "neigh",
-                            "add",
-                            &gw,
-                            "lladdr",
-                            &their_vtep,
-                            "dev",
-                            "flannel.1",
-                            "nud",
-                            "permanent",
-                        ],
-                    )?;
-                    run(
-                        "ip",
-                        &[
-                            "netns",
-                            "exec",
-                            ns,
-                            "bridge",
-                            "fdb",
-                            "append",
-                            &their_vtep,
-                            "dev",
-                            "flannel.1",
-                            "dst",
-                            &other.underlay_ip,
-                        ],
-                    )?;
+                    let peer = VxlanPeer {
+                        subnet: &other.pod_cidr,
+                        vtep: &other.vtep,
+                        public_ip: &other.underlay_ip,
+                    };
+                    kernel_flannel::vxlan_peer(ns, &peer)?;
                 }
             }
             "host-gw" | "directrouting" => {

@@ -13,9 +13,7 @@
 //!   adds (`handleSubnetEvents`): a permanent ARP entry for the subnet's
 //!   network address, an FDB entry for its VTEP MAC, and an onlink route.
 
-use std::process::Command;
-
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 
 /// The vxlan device flanneld creates.
 pub const VXLAN_DEVICE: &str = "flannel.1";
@@ -23,19 +21,25 @@ pub const VXLAN_DEVICE: &str = "flannel.1";
 /// Runs `program` with `args` in network namespace `ns` (`-n NS`, which
 /// `ip` and `bridge` both take), failing with its stderr.
 fn in_netns(program: &str, ns: &str, args: &[&str]) -> Result<()> {
-    let out = Command::new(program)
-        .args(["-n", ns])
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{program} -n {ns} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    let mut full = vec!["-n", ns];
+    full.extend_from_slice(args);
+    crate::run(program, &full).map(drop)
+}
+
+/// IPv4 forwarding on in `ns`, as flanneld requires of its node.
+pub fn enable_forwarding(ns: &str) -> Result<()> {
+    crate::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ],
+    )
+    .map(drop)
 }
 
 /// The pods' bridge `cni0` in `ns`, with `gateway` (like "10.244.1.1/24")
@@ -49,28 +53,6 @@ pub fn cni_bridge(ns: &str, gateway: &str, pod_ifs: &[&str]) -> Result<()> {
         in_netns("ip", ns, &["link", "set", pod_if, "master", "cni0"])?;
     }
     enable_forwarding(ns)
-}
-
-/// IPv4 forwarding on in `ns`, as flanneld requires of its node.
-pub fn enable_forwarding(ns: &str) -> Result<()> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])
-        .output()
-        .context("running sysctl")?;
-    if !out.status.success() {
-        bail!(
-            "ip_forward in {ns}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 /// A node's own side of flannel's vxlan backend.

@@ -392,9 +392,11 @@ impl Loop {
         while let Ok(command) = self.commands.try_recv() {
             match command {
                 Command::Stop => return false,
-                Command::Attach(id, port) => {
+                Command::Attach(id, port, reply) => {
                     if let Err(e) = self.register(id, port.as_ref()) {
-                        eprintln!("podswitch worker: cannot poll port {id}: {e}");
+                        self.deregister(port.as_ref());
+                        let _ = reply.send(Err(e));
+                        continue;
                     }
                     let i = usize::from(id.0);
                     if self.slots.len() <= i {
@@ -405,6 +407,7 @@ impl Loop {
                     }
                     self.slots[i] = Some(Slot::Plain(port));
                     self.crew.set_owner(id, Some(self.me));
+                    let _ = reply.send(Ok(()));
                     // Frames may have queued before we registered.
                     self.mark_ready(id);
                 }

@@ -75,7 +75,8 @@ pub struct CaptureResult {
 }
 
 enum Command {
-    Attach(PortId, Box<dyn Port>),
+    /// Answered once the worker polls the port and owns it.
+    Attach(PortId, Box<dyn Port>, mpsc::Sender<io::Result<()>>),
     Detach(PortId, mpsc::Sender<Option<Box<dyn Port>>>),
     Capture {
         port: PortId,
@@ -195,15 +196,25 @@ impl Workers {
     }
 
     /// Hands `port` to the worker with the fewest ports (the first of
-    /// them on a tie), which polls it from now on; returns that worker.
+    /// them on a tie; the worker that has it, for a port attached again),
+    /// and returns that worker once it polls the port: from then on,
+    /// frames any worker sends to the port reach it.
     pub fn attach(&self, id: PortId, port: Box<dyn Port>) -> io::Result<usize> {
         let mut placement = self.placement();
-        let mut load = vec![0usize; self.workers.len()];
-        for (_, &w) in placement.iter().filter(|(&p, _)| p != id) {
-            load[w] += 1;
-        }
-        let worker = (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0);
-        self.workers[worker].send(Command::Attach(id, port))?;
+        let worker = match placement.get(&id) {
+            Some(&worker) => worker,
+            None => {
+                let mut load = vec![0usize; self.workers.len()];
+                for &w in placement.values() {
+                    load[w] += 1;
+                }
+                (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0)
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        self.workers[worker].send(Command::Attach(id, port, tx))?;
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| io::Error::other("the worker did not answer"))??;
         placement.insert(id, worker);
         Ok(worker)
     }
@@ -420,6 +431,16 @@ mod tests {
         f
     }
 
+    /// Node 1 of the address plan, flannel's defaults.
+    fn tables() -> Arc<Tables> {
+        let node = NodeConfig::flannel(
+            "node1",
+            "10.244.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 100, 1),
+        );
+        Tables::new(node, 16)
+    }
+
     fn options() -> WorkerOptions {
         WorkerOptions {
             pool_buffers: 1024,
@@ -435,12 +456,7 @@ mod tests {
 
     #[test]
     fn frames_for_a_port_of_another_worker_go_through_its_mailbox() {
-        let node = NodeConfig::flannel(
-            "node1",
-            "10.244.1.0/24".parse().unwrap(),
-            Ipv4Addr::new(192, 168, 100, 1),
-        );
-        let tables = Tables::new(node, 16);
+        let tables = tables();
         let a = tables
             .attach_port(PortSpec::pod("veth1", IP1, MAC1))
             .unwrap();
@@ -490,12 +506,7 @@ mod tests {
 
     #[test]
     fn a_group_has_one_to_max_workers() {
-        let node = NodeConfig::flannel(
-            "node1",
-            "10.244.1.0/24".parse().unwrap(),
-            Ipv4Addr::new(192, 168, 100, 1),
-        );
-        let tables = Tables::new(node, 4);
+        let tables = tables();
         for count in [0, MAX_WORKERS + 1] {
             let e = Workers::spawn("w", Arc::clone(&tables), options(), count, &[]).unwrap_err();
             assert!(e.to_string().contains("from 1 to 64"), "{e}");

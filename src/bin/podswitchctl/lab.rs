@@ -195,21 +195,7 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command, failing with its stderr.
-pub(crate) fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+pub(crate) use podswitch::run;
 
 fn ip(args: &[&str]) -> Result<String> {
     run("ip", args)

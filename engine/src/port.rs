@@ -87,8 +87,12 @@ pub trait Port: Send {
     fn kind(&self) -> PortKind;
 
     /// Receives up to `BATCH_SIZE - batch.len()` frames into `batch`,
-    /// taking buffers from `pool`, and returns how many arrived. A frame
-    /// that finds the pool empty is counted by the port and dropped.
+    /// taking buffers from `pool`, and returns how many it took from its
+    /// source, kept or dropped: zero only when none was waiting (or no
+    /// buffer was free to receive one), so that a batch the port dropped
+    /// whole does not leave the frames behind it waiting for the next
+    /// arrival. A frame that finds the pool empty is counted by the port
+    /// and dropped.
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize>;
 
     /// Sends every frame of `batch`, returning all buffers to `pool`
@@ -191,6 +195,7 @@ impl Port for MemoryPort {
     }
 
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
+        // Frames taken from the queue, kept or dropped.
         let mut received = 0;
         while batch.len() < BATCH_SIZE {
             let data = match &self.replay {
@@ -210,6 +215,7 @@ impl Port for MemoryPort {
                     if self.replay.is_some() {
                         break;
                     }
+                    received += 1;
                 }
             }
             if self.replay.is_none() {
@@ -253,5 +259,27 @@ mod tests {
         assert_eq!(port.tx.len(), BATCH_SIZE);
         pool.free_all(&mut batch);
         assert_eq!(pool.in_use(), 0);
+    }
+
+    /// Frames dropped for want of a buffer count as taken: the queue
+    /// moved, though nothing was kept.
+    #[test]
+    fn frames_dropped_on_receive_count_as_taken() {
+        let mut pool = PacketPool::new(2, 256);
+        let held = [
+            pool.alloc(PortId(0)).unwrap(),
+            pool.alloc(PortId(0)).unwrap(),
+        ];
+        let mut port = MemoryPort::new("veth0", PortId(3));
+        for i in 0..5u8 {
+            port.rx.push_back(vec![i; 60]);
+        }
+        let mut batch = Vec::new();
+        assert_eq!(port.recv(&mut pool, &mut batch).unwrap(), 5);
+        assert!(batch.is_empty());
+        assert_eq!((port.rx.len(), port.rx_no_buffer), (0, 5));
+        for buf in held {
+            pool.free(buf);
+        }
     }
 }

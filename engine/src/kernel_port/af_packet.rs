@@ -119,7 +119,6 @@ impl PacketRx {
                 return Err(e);
             }
         };
-        let before = batch.len();
         for (i, small) in self.staging.drain(..got).enumerate() {
             let meta = self.meta[i];
             let large = self.staging_large.get_mut(i).and_then(Option::take);
@@ -149,7 +148,9 @@ impl PacketRx {
             }
         }
         give_back(pool, &mut self.staging, &mut self.staging_large);
-        Ok(batch.len() - before)
+        // Messages read, kept or dropped: a batch dropped whole does not
+        // mean the socket is empty.
+        Ok(got)
     }
 
     /// Sends `batch` with each frame's offloads in its virtio-net header

@@ -65,8 +65,9 @@ impl Port for AfXdpPort {
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
         let want = BATCH_SIZE.saturating_sub(batch.len());
         let counter = &self.counter;
-        let before = batch.len();
-        self.sock
+        // Frames read, kept or dropped (the `Port::recv` contract).
+        let read = self
+            .sock
             .recv(want, |frame| match pool.alloc_with(counter.id, frame) {
                 Some(mut buf) => {
                     complete_partial_l4(buf.frame_mut());
@@ -75,7 +76,7 @@ impl Port for AfXdpPort {
                 None if frame.len() > pool.buf_size() => counter.drop(DropReason::RxTooLong),
                 None => counter.drop(DropReason::PoolExhausted),
             });
-        Ok(batch.len() - before)
+        Ok(read)
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {

@@ -250,6 +250,12 @@ impl Loop {
                     self.ready_list.swap_remove(i);
                     continue;
                 }
+                if batch.is_empty() {
+                    // Everything read was dropped in the port (counted
+                    // there); the port stays ready for what follows.
+                    i += 1;
+                    continue;
+                }
                 moved = true;
                 self.stats.batch(batch.len());
                 let now = (self.options.clock_secs)();

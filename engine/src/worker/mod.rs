@@ -1,7 +1,7 @@
 //! Workers: threads that each poll their own ports, run each received
 //! batch through their own [`Pipeline`](crate::pipeline::Pipeline) and hand
 //! the outputs to their ports, or, for a port another worker owns, to that
-//! worker's mailbox ([`handoff`]). [`Workers`] is the group the daemon
+//! worker's mailbox (`handoff.rs`). [`Workers`] is the group the daemon
 //! runs; each port is placed on the worker with the fewest.
 //!
 //! The loop sleeps in `epoll_wait` (mio) while nothing arrives, so an idle
@@ -55,9 +55,10 @@ pub struct WorkerOptions {
     pub large_buffers: usize,
     /// How long it keeps polling without sleeping after the last packet.
     pub busy_poll: Duration,
-    /// Forward in `SCHED_FIFO` ([`ThreadClass::Realtime`]) rather than
-    /// `SCHED_OTHER`; without the right to, it logs why and forwards in
-    /// `SCHED_OTHER`.
+    /// Forward in `SCHED_FIFO`
+    /// ([`ThreadClass::Realtime`](crate::sys::sched::ThreadClass::Realtime))
+    /// rather than `SCHED_OTHER`; without the right to, it logs why and
+    /// forwards in `SCHED_OTHER`.
     pub realtime: bool,
     /// The engine's clock in seconds (FDB aging).
     pub clock_secs: fn() -> u32,
@@ -89,7 +90,8 @@ enum Command {
 
 /// A group of workers over one set of tables: each port is owned by one
 /// of them, frames for a port another worker owns go through its mailbox
-/// ([`handoff`]), and the packet buffers come from one [`BufferDepot`].
+/// (`handoff.rs`, docs/architecture.md), and the packet buffers come from
+/// one [`BufferDepot`].
 ///
 /// | who | owns | shares |
 /// |---|---|---|

@@ -1,0 +1,72 @@
+//! Kernel ports driven by the test directly, without a daemon: what a
+//! receive reports to the worker (needs root; CI has it).
+
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::{require, Netns};
+use podswitch_engine::config::NodeConfig;
+use podswitch_engine::drop::DropReason;
+use podswitch_engine::kernel_port::AfPacketPort;
+use podswitch_engine::packet::{PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
+use podswitch_engine::port::{Port, PortId};
+use podswitch_engine::sys::netlink::in_netns;
+use podswitch_engine::tables::Tables;
+
+/// An Ethernet frame of `len` bytes from one made-up pod to another.
+fn frame(len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f
+}
+
+/// A whole batch the port had to drop (frames longer than a small buffer,
+/// with no super-frame buffer left to take them) still counts as read, so
+/// that the worker reads on: reported as nothing, it took the socket for
+/// empty and left the frames behind the batch queued until the next
+/// arrival.
+#[test]
+fn an_af_packet_port_reports_a_batch_it_dropped_whole_as_read() {
+    require(&["ip", "sysctl", "/usr/bin/python3"]);
+    let ns = Netns::new("afp");
+    // Nothing but the test's frames on the link.
+    ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    ns.ip(&["link", "add", "rx0", "type", "veth", "peer", "name", "tx0"]);
+    for dev in ["rx0", "tx0"] {
+        ns.ip(&["link", "set", dev, "mtu", "9000", "up"]);
+    }
+    let node = NodeConfig::flannel(
+        "node1",
+        "10.244.1.0/24".parse().unwrap(),
+        Ipv4Addr::new(192, 168, 100, 1),
+    );
+    let tables = Tables::new(node, 4);
+    let path = format!("/var/run/netns/{}", ns.name);
+    let port_tables = std::sync::Arc::clone(&tables);
+    let mut port = in_netns(&path, move || {
+        AfPacketPort::open("rx0", PortId(1), port_tables)
+    })
+    .expect("an AF_PACKET port on the veth");
+    let mut frames = vec![frame(3000); BATCH_SIZE + 1];
+    frames.push(frame(100));
+    ns.send_raw("tx0", &frames);
+
+    // No super-frame buffer: each 3000-byte frame is cut and dropped.
+    let mut pool = PacketPool::with_large(256, DEFAULT_BUF_SIZE, 0);
+    let mut batch = Vec::new();
+    assert_eq!(port.recv(&mut pool, &mut batch).unwrap(), BATCH_SIZE);
+    assert!(batch.is_empty(), "every frame of the first batch dropped");
+    assert_eq!(port.recv(&mut pool, &mut batch).unwrap(), 2);
+    assert_eq!(batch.len(), 1, "the short frame behind them");
+    assert_eq!(batch[0].frame(), &frame(100)[..]);
+    let stats = tables.stats.snapshot();
+    assert_eq!(
+        stats.drop_count(DropReason::PoolExhausted),
+        BATCH_SIZE as u64 + 1
+    );
+    assert_eq!(port.recv(&mut pool, &mut batch).unwrap(), 0, "then empty");
+    pool.free_all(&mut batch);
+}

@@ -222,7 +222,7 @@ fn metrics_parse_count_exactly_and_ignore_slow_clients() {
         .unwrap_or(0.0);
     assert!(rx_pps > 10.0, "pings at 100/s show as a rate: {text}");
     assert!(
-        text.contains("DROP REASON") && text.contains("WORKER"),
+        text.contains("DROP REASON") && text.contains("WORKER") && text.contains("HANDOFFS/S"),
         "{text}"
     );
     assert!(

@@ -32,7 +32,9 @@ struct Reading {
     at: Instant,
     ports: BTreeMap<String, [u64; 5]>,
     drops: BTreeMap<String, u64>,
-    workers: Vec<(f64, f64, u64, u64, u64)>,
+    /// Per worker: busy and idle seconds, wake-ups, batches, packets in
+    /// them, frames handed to other workers.
+    workers: Vec<(f64, f64, u64, u64, u64, u64)>,
 }
 
 fn read(client: &mut Client) -> Result<Reading, String> {
@@ -73,6 +75,7 @@ fn read(client: &mut Client) -> Result<Reading, String> {
                 n(&w["wakeups"]),
                 n(&w["batches"]),
                 n(&w["batch_packets"]),
+                n(&w["handed_off"]),
             )
         })
         .collect();
@@ -136,8 +139,8 @@ fn frame(before: &Reading, after: &Reading) -> String {
     }
     let _ = writeln!(
         out,
-        "\n{:<8} {:>7} {:>11} {:>11} {:>12}",
-        "WORKER", "BUSY", "WAKEUPS/S", "BATCHES/S", "PKTS/BATCH"
+        "\n{:<8} {:>7} {:>11} {:>11} {:>12} {:>11}",
+        "WORKER", "BUSY", "WAKEUPS/S", "BATCHES/S", "PKTS/BATCH", "HANDOFFS/S"
     );
     for (i, now) in after.workers.iter().enumerate() {
         let was = before.workers.get(i).copied().unwrap_or_default();
@@ -151,7 +154,7 @@ fn frame(before: &Reading, after: &Reading) -> String {
         };
         let _ = writeln!(
             out,
-            "{i:<8} {:>6.1}% {:>11} {:>11} {:>12}",
+            "{i:<8} {:>6.1}% {:>11} {:>11} {:>12} {:>11}",
             if awake > 0.0 {
                 busy / awake * 100.0
             } else {
@@ -160,6 +163,7 @@ fn frame(before: &Reading, after: &Reading) -> String {
             si(rate(was.2, now.2)),
             si(rate(was.3, now.3)),
             per_batch,
+            si(rate(was.5, now.5)),
         );
     }
     out

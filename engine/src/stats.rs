@@ -159,9 +159,18 @@ impl Stats {
     /// Counts a drop of a frame received on `port`.
     #[inline]
     pub fn add_drop(&self, port: PortId, reason: DropReason) {
-        self.drops[reason.index()].fetch_add(1, Ordering::Relaxed);
+        self.add_drops(port, reason, 1);
+    }
+
+    /// Counts `n` frames received on (or bound for) `port` dropped for
+    /// `reason`.
+    pub fn add_drops(&self, port: PortId, reason: DropReason, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.drops[reason.index()].fetch_add(n, Ordering::Relaxed);
         if let Some(c) = self.port(port) {
-            c.drops.fetch_add(1, Ordering::Relaxed);
+            c.drops.fetch_add(n, Ordering::Relaxed);
         }
     }
 

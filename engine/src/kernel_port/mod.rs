@@ -50,9 +50,7 @@ impl Counter {
     }
 
     fn drop_n(&self, reason: DropReason, n: usize) {
-        for _ in 0..n {
-            self.tables.stats.add_drop(self.id, reason);
-        }
+        self.tables.stats.add_drops(self.id, reason, n as u64);
     }
 
     fn offload(&self, event: OffloadEvent, n: usize) {

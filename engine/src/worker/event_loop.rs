@@ -23,6 +23,19 @@ use crate::sys::sched::{self, ThreadClass};
 use crate::tables::Tables;
 use podswitch_encap::pcap::PcapWriter;
 
+/// Counts every frame of `frames`, bound for `port`, dropped for `reason`,
+/// and gives their buffers back.
+fn drop_all(
+    tables: &Tables,
+    pool: &mut PacketPool,
+    port: PortId,
+    reason: DropReason,
+    frames: &mut Vec<PacketBuf>,
+) {
+    tables.stats.add_drops(port, reason, frames.len() as u64);
+    pool.free_all(frames);
+}
+
 /// File descriptors one port may ask to be polled.
 const FDS_PER_PORT: usize = 8;
 /// While some port has frames waiting, epoll is asked once in this many
@@ -282,12 +295,7 @@ impl Loop {
                             stats.handed_off(posted);
                             crew.nudge(owner);
                         }
-                        _ => {
-                            for _ in 0..frames.len() {
-                                tables.stats.add_drop(port, DropReason::PortGone);
-                            }
-                            pool.free_all(frames);
-                        }
+                        _ => drop_all(tables, pool, port, DropReason::PortGone, frames),
                     },
                 });
                 i += 1;
@@ -347,13 +355,14 @@ impl Loop {
             Some(Some(slot)) => {
                 let _ = slot.port().send(run, &mut self.pool);
             }
-            _ => {
-                for _ in 0..run.len() {
-                    self.tables.stats.add_drop(port, DropReason::PortGone);
-                }
-            }
+            _ => drop_all(
+                &self.tables,
+                &mut self.pool,
+                port,
+                DropReason::PortGone,
+                run,
+            ),
         }
-        self.pool.free_all(run);
     }
 
     /// Moves the thread into the idle scheduling class while it spins

@@ -74,6 +74,17 @@ impl Crew {
         }
     }
 
+    /// How many ports each of `workers` workers owns.
+    pub(super) fn ports_per_worker(&self, workers: usize) -> Vec<usize> {
+        let mut load = vec![0; workers];
+        for owner in self.owners.iter() {
+            if let Some(n) = load.get_mut(usize::from(owner.load(Ordering::Acquire))) {
+                *n += 1;
+            }
+        }
+        load
+    }
+
     /// Worker `worker` polls `port` from now on (`None`: nobody does).
     pub(super) fn set_owner(&self, port: PortId, worker: Option<usize>) {
         let owner = worker.map_or(NO_OWNER, |w| w as u8);

@@ -25,7 +25,6 @@
 //! [`Capture`](crate::capture::Capture) through commands sent from the
 //! control thread to the port's owner with a [`mio::Waker`].
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -99,10 +98,12 @@ enum Command {
 /// | the control thread | nothing it forwards with | sends commands to the owner of a port |
 pub struct Workers {
     workers: Vec<Worker>,
+    /// Who owns each port: each worker records the ports it takes and
+    /// lets go, and commands are routed by it.
     crew: Arc<Crew>,
-    /// Where each attached port was placed (the owner records it itself
-    /// once it has the port; commands are routed by this one).
-    placement: Mutex<HashMap<PortId, usize>>,
+    /// One placement decision at a time, so that ports attached together
+    /// still spread.
+    attaching: Mutex<()>,
 }
 
 impl fmt::Debug for Workers {
@@ -169,18 +170,8 @@ impl Workers {
         Ok(Workers {
             workers,
             crew,
-            placement: Mutex::default(),
+            attaching: Mutex::default(),
         })
-    }
-
-    /// How many there are.
-    pub fn len(&self) -> usize {
-        self.workers.len()
-    }
-
-    /// Always false: a group has at least one worker.
-    pub fn is_empty(&self) -> bool {
-        self.workers.is_empty()
     }
 
     /// What each worker's loop did, in worker order.
@@ -190,11 +181,20 @@ impl Workers {
 
     /// The worker that polls `port`, if it is attached.
     pub fn owner(&self, port: PortId) -> Option<usize> {
-        self.placement().get(&port).copied()
+        self.crew.owner(port)
     }
 
-    fn placement(&self) -> std::sync::MutexGuard<'_, HashMap<PortId, usize>> {
-        self.placement.lock().unwrap_or_else(|e| e.into_inner())
+    /// Sends worker `worker` the command `make` builds around a reply
+    /// channel, and waits for the reply.
+    fn ask<T>(
+        &self,
+        worker: usize,
+        make: impl FnOnce(mpsc::Sender<T>) -> Command,
+    ) -> io::Result<T> {
+        let (tx, rx) = mpsc::channel();
+        self.workers[worker].send(make(tx))?;
+        rx.recv_timeout(Duration::from_secs(5))
+            .map_err(|_| io::Error::other("the worker did not answer"))
     }
 
     /// Hands `port` to the worker with the fewest ports (the first of
@@ -202,34 +202,21 @@ impl Workers {
     /// and returns that worker once it polls the port: from then on,
     /// frames any worker sends to the port reach it.
     pub fn attach(&self, id: PortId, port: Box<dyn Port>) -> io::Result<usize> {
-        let mut placement = self.placement();
-        let worker = match placement.get(&id) {
-            Some(&worker) => worker,
-            None => {
-                let mut load = vec![0usize; self.workers.len()];
-                for &w in placement.values() {
-                    load[w] += 1;
-                }
-                (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0)
-            }
-        };
-        let (tx, rx) = mpsc::channel();
-        self.workers[worker].send(Command::Attach(id, port, tx))?;
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| io::Error::other("the worker did not answer"))??;
-        placement.insert(id, worker);
+        let _one_at_a_time = self.attaching.lock().unwrap_or_else(|e| e.into_inner());
+        let worker = self.crew.owner(id).unwrap_or_else(|| {
+            let load = self.crew.ports_per_worker(self.workers.len());
+            (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0)
+        });
+        self.ask(worker, |reply| Command::Attach(id, port, reply))??;
         Ok(worker)
     }
 
     /// Takes a port back (the caller drops it, closing its sockets).
     pub fn detach(&self, id: PortId) -> io::Result<Option<Box<dyn Port>>> {
-        let Some(worker) = self.placement().remove(&id) else {
+        let Some(worker) = self.crew.owner(id) else {
             return Ok(None);
         };
-        let (tx, rx) = mpsc::channel();
-        self.workers[worker].send(Command::Detach(id, tx))?;
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| io::Error::other("the worker did not answer"))
+        self.ask(worker, |reply| Command::Detach(id, reply))
     }
 
     /// Starts writing the frames of `port` to `out`; the returned channel
@@ -265,8 +252,6 @@ impl Drop for Workers {
         for worker in &mut self.workers {
             worker.shutdown();
         }
-        // Frames left in mailboxes go with the crew.
-        let _ = &self.crew;
     }
 }
 

@@ -43,8 +43,7 @@ pub fn enable_forwarding(ns: &str) -> Result<()> {
 }
 
 /// The pods' bridge `cni0` in `ns`, with `gateway` (like "10.244.1.1/24")
-/// and `pod_ifs` (the host ends of the pods' veths) on it, and IPv4
-/// forwarding on.
+/// and `pod_ifs` (the host ends of the pods' veths) on it.
 pub fn cni_bridge(ns: &str, gateway: &str, pod_ifs: &[&str]) -> Result<()> {
     in_netns("ip", ns, &["link", "add", "cni0", "type", "bridge"])?;
     in_netns("ip", ns, &["addr", "add", gateway, "dev", "cni0"])?;
@@ -52,7 +51,7 @@ pub fn cni_bridge(ns: &str, gateway: &str, pod_ifs: &[&str]) -> Result<()> {
     for pod_if in pod_ifs {
         in_netns("ip", ns, &["link", "set", pod_if, "master", "cni0"])?;
     }
-    enable_forwarding(ns)
+    Ok(())
 }
 
 /// A node's own side of flannel's vxlan backend.

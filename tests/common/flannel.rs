@@ -11,6 +11,7 @@ use super::Netns;
 /// "10.244.2"), its VTEP `vtep` on `local_ip`, with `pod_ifs` (the host
 /// ends of its pods' veths) on `cni0`.
 pub fn kernel_flannel_node(ns: &Netns, net: &str, vtep: &str, local_ip: &str, pod_ifs: &[&str]) {
+    kernel_flannel::enable_forwarding(&ns.name).unwrap();
     kernel_flannel::cni_bridge(&ns.name, &format!("{net}.1/24"), pod_ifs).unwrap();
     let network = format!("{net}.0");
     let node = VxlanNode {

@@ -532,6 +532,8 @@ fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, 
 /// of workers.
 struct Dataplane {
     label: String,
+    /// The lab's `--dataplane`.
+    kind: &'static str,
     workers: Option<usize>,
 }
 
@@ -615,11 +617,13 @@ fn bench(args: &BenchArgs) -> Result<()> {
     // The kernel, then podswitch once per worker count asked for.
     let mut dataplanes = vec![Dataplane {
         label: "kernel".into(),
+        kind: "kernel",
         workers: None,
     }];
     if args.workers.is_empty() {
         dataplanes.push(Dataplane {
             label: "podswitch".into(),
+            kind: "podswitch",
             workers: None,
         });
     }
@@ -629,6 +633,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
         }
         dataplanes.push(Dataplane {
             label: format!("podswitch-w{w}"),
+            kind: "podswitch",
             workers: Some(w),
         });
     }
@@ -671,12 +676,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
                 dp.workers.map(|w| w.to_string()).unwrap_or_default(),
                 &backend.replace('-', "").chars().take(8).collect::<String>()
             );
-            let kind = if dp.workers.is_some() || dp.label == "podswitch" {
-                "podswitch"
-            } else {
-                "kernel"
-            };
-            let mut up = UpArgs::new(&name, kind, backend);
+            let mut up = UpArgs::new(&name, dp.kind, backend);
             if let Some(w) = dp.workers {
                 up = up.workers(w);
             }
@@ -745,9 +745,10 @@ fn bench(args: &BenchArgs) -> Result<()> {
                     }
                 }
                 // Each podswitch variant against the same run's kernel.
+                let kernel: Vec<f64> = values.iter_mut().map(|v| median(&mut v[0])).collect();
                 for (d, dp) in dataplanes.iter().enumerate().skip(1) {
                     for (m, metric) in METRICS.iter().enumerate() {
-                        let k = median(&mut values[m][0]);
+                        let k = kernel[m];
                         let p = median(&mut values[m][d]);
                         let case = match dp.workers {
                             Some(w) => format!("{} {} workers={w}", case.scope, case.backend),

@@ -18,12 +18,12 @@
 
 mod common;
 
-use common::cluster::{ping, tcp_transfer, udp_datagrams, udp_gso_datagrams, Cluster, MODES};
+use common::cluster::{
+    kernel_counter, ping, tcp_transfer, traffic_matrix, udp_gso_datagrams, Cluster, MODES,
+    TCP_BYTES,
+};
 use common::{require, Netns};
 use std::fmt::Write as _;
-
-const TCP_BYTES: usize = 10 * 1024 * 1024;
-const DATAGRAMS: u32 = 20;
 
 fn every_path(backend: &str) {
     require(&["ip", "ping", "/usr/bin/python3", "kill"]);
@@ -40,66 +40,6 @@ fn every_path(backend: &str) {
             "{kind} pod ports: {ports}"
         );
         traffic_matrix(&cluster, &format!("{backend}/{mode}/{kind}"));
-    }
-}
-
-/// Between every pair of pods (same node and across nodes) and from each
-/// node's own stack to pods: ping, UDP both ways, TCP with its checksum.
-fn traffic_matrix(cluster: &Cluster, label: &str) {
-    let what = |a: &str, b: &str| format!("{label}: {a} -> {b}");
-    let pods = &cluster.pods;
-    for a in pods {
-        for b in pods.iter().filter(|b| b.ip != a.ip) {
-            assert!(
-                ping(&a.ns, &b.ip, 2),
-                "ping {}\n{}",
-                what(&a.ip, &b.ip),
-                cluster.logs()
-            );
-            let got = udp_datagrams(&a.ns, &b.ns, &b.ip, DATAGRAMS, 1000);
-            assert_eq!(
-                got,
-                DATAGRAMS,
-                "UDP {}\n{}",
-                what(&a.ip, &b.ip),
-                cluster.logs()
-            );
-        }
-    }
-    for (i, a) in pods.iter().enumerate() {
-        for b in &pods[i + 1..] {
-            tcp_transfer(&a.ns, &b.ns, &b.ip, TCP_BYTES)
-                .unwrap_or_else(|e| panic!("TCP {}: {e}\n{}", what(&a.ip, &b.ip), cluster.logs()));
-        }
-    }
-    // The node's own stack reaches pods on both nodes through its
-    // host port (what `curl <pod IP>` on a node does).
-    for node in &cluster.nodes {
-        let name = format!("node{}", node.index);
-        for pod in pods {
-            assert!(
-                ping(&node.ns, &pod.ip, 2),
-                "ping {}\n{}",
-                what(&name, &pod.ip),
-                cluster.logs()
-            );
-        }
-        let remote = pods
-            .iter()
-            .find(|p| p.node != usize::from(node.index - 1))
-            .unwrap();
-        tcp_transfer(&node.ns, &remote.ns, &remote.ip, TCP_BYTES)
-            .unwrap_or_else(|e| panic!("TCP {}: {e}\n{}", what(&name, &remote.ip), cluster.logs()));
-        let got = udp_datagrams(&node.ns, &remote.ns, &remote.ip, DATAGRAMS, 1000);
-        assert_eq!(got, DATAGRAMS, "UDP {}", what(&name, &remote.ip));
-        let got = udp_datagrams(
-            &remote.ns,
-            &node.ns,
-            &format!("10.244.{}.1", node.index),
-            DATAGRAMS,
-            1000,
-        );
-        assert_eq!(got, DATAGRAMS, "UDP {} -> {name}", remote.ip);
     }
 }
 
@@ -310,18 +250,6 @@ fn kernel_counters(ns: &Netns) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// One of a namespace's kernel counters (`nstat -az NAME`), since the
-/// namespace was made.
-fn kernel_counter(ns: &Netns, name: &str) -> u64 {
-    let nstat = ns.exec("nstat", &["-az", name]);
-    String::from_utf8_lossy(&nstat.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// A pod's UDP segmentation offload (UDP_SEGMENT, what QUIC stacks use):

@@ -15,6 +15,11 @@ pub const MODES: [&str; 2] = ["bridge", "proxy-arp"];
 /// Backends as podswitchd takes them.
 pub const BACKENDS: [&str; 5] = ["vxlan", "ipip", "udp", "host-gw", "directrouting"];
 
+/// Bytes of each TCP transfer of [`traffic_matrix`].
+pub const TCP_BYTES: usize = 10 * 1024 * 1024;
+/// UDP datagrams of each direction of [`traffic_matrix`].
+pub const DATAGRAMS: u32 = 20;
+
 /// The pods' MTU for a backend over a 1500-byte underlay.
 pub fn pod_mtu(backend: &str) -> u32 {
     match backend {
@@ -126,6 +131,9 @@ pub struct Cluster {
     pub vtep_macs: Vec<Option<String>>,
     /// How podswitchd reads pod veths: af-xdp (its default) or af-packet.
     pub port_kind: String,
+    /// How podswitchd receives tunnel packets (`underlay_kind`), if not
+    /// its default.
+    pub underlay_kind: Option<String>,
     /// WARN and ERROR log lines a test provokes on purpose, by a piece of
     /// their text; any other one fails the test when the cluster stops
     /// (as Open vSwitch's tests check the daemon's log at exit).
@@ -213,6 +221,7 @@ impl Cluster {
             mode: mode.into(),
             vtep_macs: vec![None, None],
             port_kind: "af-xdp".into(),
+            underlay_kind: None,
             expected_warnings: Vec::new(),
             store: None,
             store_tls: None,
@@ -329,6 +338,9 @@ impl Cluster {
         );
         if let Some(mac) = &self.vtep_macs[n] {
             text = text.replace("[backend]", &format!("vtep_mac = \"{mac}\"\n\n[backend]"));
+        }
+        if let Some(kind) = &self.underlay_kind {
+            writeln!(text, "underlay_kind = \"{kind}\"").unwrap();
         }
         for (o, other) in self.nodes.iter().enumerate().filter(|(o, _)| *o != n) {
             write!(
@@ -692,4 +704,76 @@ impl UdpSink {
     pub fn count(self) -> u32 {
         finish(self.child, self.out).parse().unwrap_or(0)
     }
+}
+
+/// Between every pair of pods (same node and across nodes) and from each
+/// node's own stack to pods: ping, UDP both ways, TCP with its checksum.
+pub fn traffic_matrix(cluster: &Cluster, label: &str) {
+    let what = |a: &str, b: &str| format!("{label}: {a} -> {b}");
+    let pods = &cluster.pods;
+    for a in pods {
+        for b in pods.iter().filter(|b| b.ip != a.ip) {
+            assert!(
+                ping(&a.ns, &b.ip, 2),
+                "ping {}\n{}",
+                what(&a.ip, &b.ip),
+                cluster.logs()
+            );
+            let got = udp_datagrams(&a.ns, &b.ns, &b.ip, DATAGRAMS, 1000);
+            assert_eq!(
+                got,
+                DATAGRAMS,
+                "UDP {}\n{}",
+                what(&a.ip, &b.ip),
+                cluster.logs()
+            );
+        }
+    }
+    for (i, a) in pods.iter().enumerate() {
+        for b in &pods[i + 1..] {
+            tcp_transfer(&a.ns, &b.ns, &b.ip, TCP_BYTES)
+                .unwrap_or_else(|e| panic!("TCP {}: {e}\n{}", what(&a.ip, &b.ip), cluster.logs()));
+        }
+    }
+    // The node's own stack reaches pods on both nodes through its
+    // host port (what `curl <pod IP>` on a node does).
+    for node in &cluster.nodes {
+        let name = format!("node{}", node.index);
+        for pod in pods {
+            assert!(
+                ping(&node.ns, &pod.ip, 2),
+                "ping {}\n{}",
+                what(&name, &pod.ip),
+                cluster.logs()
+            );
+        }
+        let remote = pods
+            .iter()
+            .find(|p| p.node != usize::from(node.index - 1))
+            .unwrap();
+        tcp_transfer(&node.ns, &remote.ns, &remote.ip, TCP_BYTES)
+            .unwrap_or_else(|e| panic!("TCP {}: {e}\n{}", what(&name, &remote.ip), cluster.logs()));
+        let got = udp_datagrams(&node.ns, &remote.ns, &remote.ip, DATAGRAMS, 1000);
+        assert_eq!(got, DATAGRAMS, "UDP {}", what(&name, &remote.ip));
+        let got = udp_datagrams(
+            &remote.ns,
+            &node.ns,
+            &format!("10.244.{}.1", node.index),
+            DATAGRAMS,
+            1000,
+        );
+        assert_eq!(got, DATAGRAMS, "UDP {} -> {name}", remote.ip);
+    }
+}
+
+/// One of a namespace's kernel counters (`nstat -az NAME`), since the
+/// namespace was made.
+pub fn kernel_counter(ns: &Netns, name: &str) -> u64 {
+    let nstat = ns.exec("nstat", &["-az", name]);
+    String::from_utf8_lossy(&nstat.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

@@ -76,6 +76,10 @@ impl Port for AfXdpPort {
                 None if frame.len() > pool.buf_size() => counter.drop(DropReason::RxTooLong),
                 None => counter.drop(DropReason::PoolExhausted),
             });
+        let lost = self.sock.take_kernel_drops();
+        if lost > 0 {
+            counter.drop_n(DropReason::RxQueueFull, lost as usize);
+        }
         Ok(read)
     }
 

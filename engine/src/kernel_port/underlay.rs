@@ -42,6 +42,19 @@
 //!   each datagram goes on as it came. A kernel node's GSO datagram
 //!   (whole, its inner checksum partial) is recognised by the pipeline.
 //!
+//! **AF_XDP receive** (`UnderlayOptions::af_xdp`, Linux 5.9+): an XDP
+//! program on the underlay interface ([`crate::sys::xdp_steer`]) steers
+//! the tunnel's packets for the node, except those carrying TCP, into an
+//! AF_XDP socket on receive queue 0 (generic XDP on a veth, native
+//! elsewhere); they reach the pipeline as the wire
+//! frames they are, without crossing the kernel's IP and UDP stack.
+//! Everything else still reaches the kernel, and the sockets above stay
+//! open for what the program passes: TCP (as super-datagrams, which GRO
+//! makes where native XDP took GSO off a veth's peer), fragments, frames
+//! with IP options, other receive queues. Where the program cannot be
+//! attached the port keeps the sockets alone and says why
+//! ([`UnderlayPort::xdp_refused`]).
+//!
 //! A socket hands over the payload, not the outer headers; the port
 //! rebuilds them from what the kernel reports (source address and port,
 //! TOS with its ECN bits, TTL) so that the pipeline decapsulates, and
@@ -72,6 +85,8 @@ use crate::sys::inet::{InetSocket, IPPROTO_IPIP};
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::netdev;
 use crate::sys::packet_socket::{BpfInstruction, PacketOptions, PacketSocket, ETH_P_IP};
+use crate::sys::xdp::{Frames, XdpMode, XdpSocket};
+use crate::sys::xdp_steer::{inner_protocol, Steer, SteerRules, TunnelSteering};
 use crate::tables::Tables;
 
 const UDP: usize = 8;
@@ -101,6 +116,103 @@ pub struct UnderlayOptions {
     pub udp_port: u16,
     /// The node's pod CIDR (host-gw frames to receive).
     pub pod_cidr: Prefix,
+    /// Receive tunnel packets through an AF_XDP socket (see
+    /// [`crate::sys::xdp_steer`]); where that cannot be set up, the port
+    /// receives through its sockets and [`UnderlayPort::xdp_refused`]
+    /// says why.
+    pub af_xdp: bool,
+}
+
+/// The AF_XDP receive path: the steering program and the socket it
+/// redirects into. The program is declared first, so it is detached
+/// before the socket closes.
+#[derive(Debug)]
+struct XdpReceive {
+    steering: TunnelSteering,
+    socket: XdpSocket,
+    /// The interface whose GRO was turned on for the TCP path, to turn
+    /// off again when the port closes.
+    gro_turned_on: Option<String>,
+}
+
+impl Drop for XdpReceive {
+    fn drop(&mut self) {
+        if let Some(interface) = &self.gro_turned_on {
+            let _ = netdev::set_gro(interface, false);
+        }
+    }
+}
+
+/// Receive queue the AF_XDP socket reads; tunnel packets arriving on
+/// other queues reach the kernel and the tunnel socket (a veth has one).
+const XDP_QUEUE: u32 = 0;
+/// Entries of the steering program's socket map: receive queues it can
+/// tell apart.
+const XDP_MAP_QUEUES: u32 = 64;
+/// The AF_XDP underlay socket's frames: receive only (the underlay sends
+/// through its sockets), 8,192 of them (16 MiB) so that a burst arriving
+/// while the worker is off its CPU waits in the ring, as it would in a
+/// UDP socket's receive buffer, instead of being dropped: with 1,024, two
+/// generators across nodes lost four frames in five (`rx_queue_full`).
+const XDP_UNDERLAY_FRAMES: Frames = Frames { rx: 8192, tx: 0 };
+
+impl XdpReceive {
+    fn open(options: &UnderlayOptions, ifindex: u32, mac: MacAddr) -> io::Result<XdpReceive> {
+        let steer = match options.backend {
+            Backend::Vxlan | Backend::DirectRouting => vec![Steer::Udp {
+                port: options.vxlan_port,
+                inner_protocol: inner_protocol::VXLAN,
+            }],
+            Backend::Udp => vec![Steer::Udp {
+                port: options.udp_port,
+                inner_protocol: inner_protocol::IP_IN_UDP,
+            }],
+            Backend::Ipip => vec![Steer::Ipip],
+            Backend::HostGw => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "host-gw carries no tunnel packets to steer",
+                ))
+            }
+        };
+        let rules = SteerRules {
+            mac: mac.0,
+            local_ip: options.local_ip,
+            steer,
+        };
+        // Native XDP on a veth takes GSO off its peer (`veth_xdp_set`,
+        // drivers/net/veth.c): every TCP super-frame a peer sends would be
+        // segmented before it, and merged again by GRO after, which cost
+        // more than AF_XDP saved (docs/benchmarks.md, "AF_XDP underlay").
+        // Generic XDP leaves the peer alone, so a veth gets generic; any
+        // other driver native where it takes it.
+        let native = netdev::driver(&options.interface).map_or(true, |d| d != "veth");
+        let steering = TunnelSteering::attach(ifindex, &rules, XDP_MAP_QUEUES, native)?;
+        let socket = XdpSocket::open_for_program(
+            &options.interface,
+            XDP_QUEUE,
+            steering.mode(),
+            XDP_UNDERLAY_FRAMES,
+        )?;
+        steering.insert(XDP_QUEUE, socket.fd())?;
+        // With native XDP the TCP packets the program passes reach the
+        // tunnel socket as super-datagrams only through GRO: where it is
+        // off (a veth's default) it is turned on for as long as the port
+        // lives; a daemon killed with SIGKILL leaves it on, which is every
+        // NIC's default.
+        let gro_turned_on = match (steering.mode(), netdev::gro(&options.interface)) {
+            (XdpMode::Native, Ok(false)) => {
+                netdev::set_gro(&options.interface, true)?;
+                Some(options.interface.clone())
+            }
+            _ => None,
+        };
+        Ok(XdpReceive {
+            steering,
+            socket,
+            gro_turned_on,
+        })
+    }
 }
 
 /// The node's underlay.
@@ -136,6 +248,10 @@ pub struct UnderlayPort {
     segment_scratch: Vec<u8>,
     /// Where the inner IPv4 packet of a received datagram starts.
     inner_l3: usize,
+    /// Tunnel packets received through AF_XDP, if asked for and set up.
+    xdp: Option<XdpReceive>,
+    /// Why AF_XDP receive was asked for and not set up.
+    xdp_refused: Option<String>,
 }
 
 /// Classic BPF: accept untagged IPv4 frames whose destination is inside
@@ -216,6 +332,14 @@ impl UnderlayPort {
             }
             _ => None,
         };
+        let (xdp, xdp_refused) = if options.af_xdp {
+            match XdpReceive::open(options, ifindex, local_mac) {
+                Ok(x) => (Some(x), None),
+                Err(e) => (None, Some(e.to_string())),
+            }
+        } else {
+            (None, None)
+        };
         Ok(UnderlayPort {
             name: options.interface.clone(),
             counter: Counter { tables, id },
@@ -236,7 +360,42 @@ impl UnderlayPort {
             segmenting,
             segment_scratch: vec![0; MAX_SEGMENTS * 256],
             inner_l3,
+            xdp,
+            xdp_refused,
         })
+    }
+
+    /// How the AF_XDP receive path runs, if it does.
+    pub fn xdp_mode(&self) -> Option<XdpMode> {
+        self.xdp.as_ref().map(|x| x.steering.mode())
+    }
+
+    /// Why the AF_XDP receive path asked for is not running.
+    pub fn xdp_refused(&self) -> Option<&str> {
+        self.xdp_refused.as_deref()
+    }
+
+    /// Tunnel frames from the AF_XDP socket: whole frames as on the wire,
+    /// which the pipeline checks as it checks every underlay frame (outer
+    /// IPv4 header checksum, UDP length and checksum).
+    fn recv_xdp(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> usize {
+        let Some(xdp) = self.xdp.as_mut() else {
+            return 0;
+        };
+        let want = BATCH_SIZE.saturating_sub(batch.len());
+        let counter = &self.counter;
+        let read = xdp
+            .socket
+            .recv(want, |frame| match pool.alloc_with(counter.id, frame) {
+                Some(buf) => batch.push(buf),
+                None if frame.len() > pool.buf_size() => counter.drop(DropReason::RxTooLong),
+                None => counter.drop(DropReason::PoolExhausted),
+            });
+        let lost = xdp.socket.take_kernel_drops();
+        if lost > 0 {
+            counter.drop_n(DropReason::RxQueueFull, lost as usize);
+        }
+        read
     }
 
     /// Receives datagrams from `sock`, each at `reserve` bytes into its
@@ -616,7 +775,9 @@ impl Port for UnderlayPort {
     }
 
     fn kind(&self) -> PortKind {
-        if self.udp.is_some() {
+        if self.xdp.is_some() {
+            PortKind::AfXdp
+        } else if self.udp.is_some() {
             PortKind::UdpSocket
         } else if self.ipip.is_some() {
             PortKind::RawIp
@@ -626,7 +787,8 @@ impl Port for UnderlayPort {
     }
 
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
-        let mut got = self.recv_socket(Socket::Udp, pool, batch)?;
+        let mut got = self.recv_xdp(pool, batch);
+        got += self.recv_socket(Socket::Udp, pool, batch)?;
         got += self.recv_socket(Socket::Ipip, pool, batch)?;
         if let Some(direct) = self.direct.as_mut() {
             got += direct.recv(&self.counter, pool, batch)?;
@@ -716,6 +878,9 @@ impl Port for UnderlayPort {
 
     fn poll_fds(&self) -> Vec<RawFd> {
         let mut fds = Vec::new();
+        if let Some(x) = &self.xdp {
+            fds.push(x.socket.fd());
+        }
         if let Some((s, _)) = &self.udp {
             fds.push(s.as_fd().as_raw_fd());
         }

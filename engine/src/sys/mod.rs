@@ -5,12 +5,15 @@
 //! Everything above this module is safe Rust over these wrappers:
 //! batched socket calls ([`mmsg`]), AF_PACKET sockets ([`packet_socket`]),
 //! UDP and raw IPv4 sockets ([`inet`]), TUN/TAP devices ([`tun`]) and the
-//! interface ioctls the daemon needs ([`netdev`]), and the tcx hook that
-//! stops pod frames in the node's kernel once podswitch has them
-//! ([`tcx`]).
+//! interface ioctls the daemon needs ([`netdev`]), the BPF programs
+//! podswitch writes as instructions ([`bpf`]): the tcx hook that stops pod
+//! frames in the node's kernel once podswitch has them ([`tcx`]) and the
+//! XDP program that steers tunnel packets to the AF_XDP underlay
+//! ([`xdp_steer`]), beside the AF_XDP sockets themselves ([`xdp`]).
 
 #![allow(unsafe_code)]
 
+pub mod bpf;
 pub mod inet;
 pub mod mmsg;
 pub mod netdev;
@@ -20,6 +23,7 @@ pub mod sched;
 pub mod tcx;
 pub mod tun;
 pub mod xdp;
+pub mod xdp_steer;
 
 use std::io;
 use std::mem::size_of;

@@ -36,7 +36,10 @@ fn control_socket() -> io::Result<OwnedFd> {
 fn ioctl(request: libc::c_ulong, req: &mut libc::ifreq, name: &str) -> io::Result<()> {
     let fd = control_socket()?;
     // SAFETY: every request used here reads or writes one `struct ifreq`,
-    // and `req` is a valid, exclusively borrowed ifreq.
+    // and `req` is a valid, exclusively borrowed ifreq; for SIOCETHTOOL
+    // its data pointer points at a live structure of the layout the
+    // command reads and writes (`ethtool_value`, `ethtool_drvinfo`),
+    // which the caller holds across this call.
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), request, std::ptr::from_mut(req)) })
         .map(|_| ())
         .map_err(|e| io::Error::new(e.kind(), format!("interface {name}: {e}")))
@@ -98,6 +101,62 @@ pub fn set_up(name: &str) -> io::Result<()> {
 /// `arp_rcv` drops what arrives there, so only podswitch answers.
 pub fn set_noarp(name: &str) -> io::Result<()> {
     set_flags(name, libc::IFF_NOARP)
+}
+
+/// `ETHTOOL_GGRO` and `ETHTOOL_SGRO` (include/uapi/linux/ethtool.h): the
+/// legacy one-feature calls for generic receive offload, which the kernel
+/// still maps onto `NETIF_F_GRO` (net/ethtool/ioctl.c).
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
+
+/// Runs one `SIOCETHTOOL` call carrying a `struct ethtool_value`.
+fn ethtool_value(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let mut value = EthtoolValue { cmd, data };
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_data = std::ptr::from_mut(&mut value).cast();
+    ioctl(libc::SIOCETHTOOL, &mut req, name)?;
+    Ok(value.data)
+}
+
+/// `ETHTOOL_GDRVINFO`: the driver's name, among other facts.
+const ETHTOOL_GDRVINFO: u32 = 0x03;
+
+/// The interface's driver (`ethtool -i NAME`: "veth", "virtio_net"...).
+pub fn driver(name: &str) -> io::Result<String> {
+    // struct ethtool_drvinfo (include/uapi/linux/ethtool.h): cmd, then
+    // driver[32], version[32], fw_version[32], bus_info[32],
+    // erom_version[32], reserved2[12], then five u32 counts.
+    #[repr(C)]
+    struct DriverInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 32 * 4 + 12 + 5 * 4],
+    }
+    let mut info = DriverInfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        rest: [0; 32 * 4 + 12 + 5 * 4],
+    };
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_data = std::ptr::from_mut(&mut info).cast();
+    ioctl(libc::SIOCETHTOOL, &mut req, name)?;
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// Whether generic receive offload is on (`ethtool -k NAME`).
+pub fn gro(name: &str) -> io::Result<bool> {
+    Ok(ethtool_value(name, ETHTOOL_GGRO, 0)? != 0)
+}
+
+/// Turns generic receive offload on or off (`ethtool -K NAME gro on`).
+pub fn set_gro(name: &str, on: bool) -> io::Result<()> {
+    ethtool_value(name, ETHTOOL_SGRO, u32::from(on)).map(|_| ())
 }
 
 fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr {

@@ -26,47 +26,19 @@
 //! tcx programs on the interface are left alone; ours is appended after
 //! them.
 //!
-//! The program and the link go through libbpf (libbpf-sys, already linked
-//! for AF_XDP); the program is written here as raw instructions because
-//! it is two of them, where a compiled object would need clang at build
-//! time.
+//! The program and the link go through libbpf, the program written as
+//! raw instructions ([`super::bpf`]) because it is two of them.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-/// One BPF instruction (`struct bpf_insn`, include/uapi/linux/bpf.h):
-/// `regs` holds dst_reg in its low nibble and src_reg in its high one.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Instruction {
-    code: u8,
-    regs: u8,
-    off: i16,
-    imm: i32,
-}
+use super::bpf::{exit, load_program, mov64_imm, Instruction};
 
-/// `BPF_ALU64 | BPF_MOV | BPF_K`: dst = imm.
-const MOV64_IMM: u8 = 0x07 | 0xb0;
-/// `BPF_JMP | BPF_EXIT`: return r0.
-const EXIT: u8 = 0x05 | 0x90;
 /// `TCX_DROP` (enum tcx_action_base).
 const TCX_DROP: i32 = 2;
 
 /// `r0 = TCX_DROP; exit`.
-const DROP_EVERYTHING: [Instruction; 2] = [
-    Instruction {
-        code: MOV64_IMM,
-        regs: 0,
-        off: 0,
-        imm: TCX_DROP,
-    },
-    Instruction {
-        code: EXIT,
-        regs: 0,
-        off: 0,
-        imm: 0,
-    },
-];
+const DROP_EVERYTHING: [Instruction; 2] = [mov64_imm(0, TCX_DROP), exit()];
 
 /// The name the program shows under in `bpftool prog` and
 /// `bpftool net` (at most 15 characters).
@@ -85,7 +57,11 @@ impl IngressStop {
     /// kernel's error where tcx does not exist (before Linux 6.6, or
     /// without `CONFIG_NET_XGRESS`) or BPF is not allowed (not root).
     pub fn attach(ifindex: u32) -> io::Result<IngressStop> {
-        let program = load_program()?;
+        let program = load_program(
+            libbpf_sys::BPF_PROG_TYPE_SCHED_CLS,
+            PROGRAM_NAME,
+            &DROP_EVERYTHING,
+        )?;
         let target = i32::try_from(ifindex)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))?;
         // SAFETY: `program` is a live BPF program descriptor; null options
@@ -106,43 +82,5 @@ impl IngressStop {
         // owns it. The link keeps the program loaded; `program` may close.
         let link = unsafe { OwnedFd::from_raw_fd(link) };
         Ok(IngressStop { _link: link })
-    }
-}
-
-fn load_program() -> io::Result<OwnedFd> {
-    let name = std::ffi::CString::new(PROGRAM_NAME).expect("no NUL in the name");
-    // SAFETY: `Instruction` has the layout of `struct bpf_insn` (8 bytes:
-    // u8, u8 of two nibbles, s16, s32); the pointer and count describe the
-    // live constant array; name and license are NUL-terminated; null
-    // options mean none. The return is a new descriptor or a negative
-    // errno.
-    let fd = unsafe {
-        libbpf_sys::bpf_prog_load(
-            libbpf_sys::BPF_PROG_TYPE_SCHED_CLS,
-            name.as_ptr(),
-            c"Apache-2.0".as_ptr(),
-            DROP_EVERYTHING.as_ptr().cast(),
-            DROP_EVERYTHING.len() as libbpf_sys::size_t,
-            std::ptr::null_mut(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::from_raw_os_error(-fd));
-    }
-    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn instructions_have_the_kernels_layout() {
-        assert_eq!(std::mem::size_of::<Instruction>(), 8);
-        assert_eq!(
-            std::mem::size_of::<Instruction>(),
-            std::mem::size_of::<libbpf_sys::bpf_insn>()
-        );
     }
 }

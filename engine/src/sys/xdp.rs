@@ -20,6 +20,10 @@
 //! Native (driver) XDP is tried first; where it fails the socket falls
 //! back to generic (skb) XDP and says so in [`XdpSocket::mode`]. Deleting
 //! the socket detaches the program libxdp loaded.
+//!
+//! The AF_XDP underlay binds its socket without libxdp's program
+//! ([`XdpSocket::open_for_program`]): its own program
+//! ([`super::xdp_steer`]) redirects only tunnel packets into it.
 
 use std::ffi::CString;
 use std::io;
@@ -31,12 +35,32 @@ use libxdp_sys::{
     xsk_umem, xsk_umem_config,
 };
 
-/// Frames of one socket's UMEM.
-const FRAMES: u32 = 2048;
 /// Bytes per UMEM frame.
 const FRAME_SIZE: u32 = 2048;
-/// Descriptors per ring.
-const RING: u32 = 2048;
+
+/// How one socket's UMEM frames are shared between receiving (the fill
+/// and RX rings) and sending (the TX and completion rings). Each ring has
+/// room for every frame of its side, so a frame always finds a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frames {
+    /// Frames waiting in the fill ring for packets.
+    pub rx: u32,
+    /// Frames for sending.
+    pub tx: u32,
+}
+
+impl Frames {
+    /// A pod port: 1,024 frames each way (4 MiB of UMEM).
+    pub const POD: Frames = Frames { rx: 1024, tx: 1024 };
+
+    fn rx_ring(self) -> u32 {
+        self.rx.next_power_of_two()
+    }
+
+    fn tx_ring(self) -> u32 {
+        self.tx.max(1).next_power_of_two()
+    }
+}
 
 /// How the XDP program runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,8 +224,12 @@ pub fn remove_stale_program(ifindex: u32) -> io::Result<StaleProgram> {
 const XDP_FLAGS_SKB_MODE: u32 = 2;
 const XDP_FLAGS_DRV_MODE: u32 = 4;
 const XDP_COPY: u16 = 2;
+/// `XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD` (xdp/xsk.h): bind the socket,
+/// attach nothing.
+const XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD: u32 = 1;
 
-/// An AF_XDP socket on queue 0 of one interface.
+/// An AF_XDP socket on one receive queue of one interface (queue 0 for
+/// pod ports).
 pub struct XdpSocket {
     xsk: *mut xsk_socket,
     umem: *mut xsk_umem,
@@ -216,10 +244,38 @@ pub struct XdpSocket {
     tx: Box<xsk_ring_prod>,
     /// UMEM addresses of TX frames free to fill.
     tx_free: Vec<u64>,
+    /// The UMEM's frames, by side.
+    frames: Frames,
     /// TX frames being handed to the ring (scratch): address, length.
     tx_batch: Vec<(u64, u32)>,
     mode: XdpMode,
     fd: RawFd,
+    /// Receive drops the kernel had counted at the last look
+    /// (`XDP_STATISTICS`), and those not yet taken by the port.
+    kernel_drops_seen: u64,
+    kernel_drops_untaken: u64,
+    /// Batches received since the last look, and whether the last call
+    /// found frames.
+    batches_since_look: u32,
+    busy: bool,
+}
+
+/// `SOL_XDP` and `XDP_STATISTICS` (include/uapi/linux/if_xdp.h).
+const SOL_XDP: libc::c_int = 283;
+const XDP_STATISTICS: libc::c_int = 7;
+/// Busy batches between two looks at the kernel's drop counters.
+const BATCHES_PER_LOOK: u32 = 64;
+
+/// `struct xdp_statistics`.
+#[repr(C)]
+#[derive(Default)]
+struct XdpStatistics {
+    rx_dropped: u64,
+    rx_invalid_descs: u64,
+    tx_invalid_descs: u64,
+    rx_ring_full: u64,
+    rx_fill_ring_empty_descs: u64,
+    tx_ring_empty_descs: u64,
 }
 
 // SAFETY: the raw pointers are owned by this value alone (libxdp objects
@@ -248,16 +304,40 @@ impl XdpSocket {
     /// driver refuses (or only generic if `native` is false).
     pub fn open(interface: &str, native: bool) -> io::Result<XdpSocket> {
         if native {
-            if let Ok(s) = XdpSocket::open_mode(interface, XdpMode::Native) {
+            if let Ok(s) = XdpSocket::open_mode(interface, 0, XdpMode::Native, 0, Frames::POD) {
                 return Ok(s);
             }
         }
-        XdpSocket::open_mode(interface, XdpMode::Generic)
+        XdpSocket::open_mode(interface, 0, XdpMode::Generic, 0, Frames::POD)
     }
 
-    fn open_mode(interface: &str, mode: XdpMode) -> io::Result<XdpSocket> {
+    /// Opens a socket on receive queue `queue` of `interface` without
+    /// loading libxdp's program: the caller's own program (attached in
+    /// `mode`) redirects into it, once the caller puts the socket's
+    /// descriptor in its map.
+    pub fn open_for_program(
+        interface: &str,
+        queue: u32,
+        mode: XdpMode,
+        frames: Frames,
+    ) -> io::Result<XdpSocket> {
+        let flags = XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD;
+        XdpSocket::open_mode(interface, queue, mode, flags, frames)
+    }
+
+    fn open_mode(
+        interface: &str,
+        queue: u32,
+        mode: XdpMode,
+        libxdp_flags: u32,
+        frames: Frames,
+    ) -> io::Result<XdpSocket> {
         let name = CString::new(interface).map_err(|e| other("interface name", e))?;
-        let area_len = (FRAMES * FRAME_SIZE) as usize;
+        if frames.rx == 0 {
+            return Err(other("AF_XDP UMEM", "no frames to receive into"));
+        }
+        let total = frames.rx + frames.tx;
+        let area_len = (total * FRAME_SIZE) as usize;
         // SAFETY: an anonymous private mapping of `area_len` bytes; the
         // result is checked against MAP_FAILED.
         let area = unsafe {
@@ -282,10 +362,15 @@ impl XdpSocket {
             comp: ring(),
             rx: ring(),
             tx: ring(),
-            tx_free: Vec::with_capacity(FRAMES as usize / 2),
-            tx_batch: Vec::with_capacity(FRAMES as usize / 2),
+            tx_free: Vec::with_capacity(frames.tx as usize),
+            tx_batch: Vec::with_capacity(frames.tx as usize),
+            frames,
             mode,
             fd: -1,
+            kernel_drops_seen: 0,
+            kernel_drops_untaken: 0,
+            batches_since_look: 0,
+            busy: false,
         };
         // libxdp's create calls are serialised. The guard is declared after
         // `sock`, so on an early return it is released before `sock` is
@@ -294,8 +379,8 @@ impl XdpSocket {
         // deadlocked every later port-add.
         let _libxdp = libxdp_lock();
         let umem_config = xsk_umem_config {
-            fill_size: RING,
-            comp_size: RING,
+            fill_size: frames.rx_ring(),
+            comp_size: frames.tx_ring(),
             frame_size: FRAME_SIZE,
             frame_headroom: 0,
             flags: 0,
@@ -316,9 +401,9 @@ impl XdpSocket {
             return Err(other("AF_XDP UMEM", io::Error::from_raw_os_error(-ret)));
         }
         let socket_config = xsk_socket_config {
-            rx_size: RING,
-            tx_size: RING,
-            __bindgen_anon_1: xsk_socket_config__bindgen_ty_1 { libxdp_flags: 0 },
+            rx_size: frames.rx_ring(),
+            tx_size: frames.tx_ring(),
+            __bindgen_anon_1: xsk_socket_config__bindgen_ty_1 { libxdp_flags },
             xdp_flags: match mode {
                 XdpMode::Native => XDP_FLAGS_DRV_MODE,
                 XdpMode::Generic => XDP_FLAGS_SKB_MODE,
@@ -331,7 +416,7 @@ impl XdpSocket {
             libxdp_sys::xsk_socket__create(
                 &mut sock.xsk,
                 name.as_ptr(),
-                0,
+                queue,
                 sock.umem,
                 &mut *sock.rx,
                 &mut *sock.tx,
@@ -346,8 +431,8 @@ impl XdpSocket {
         }
         // SAFETY: `xsk` was just created.
         sock.fd = unsafe { libxdp_sys::xsk_socket__fd(sock.xsk) };
-        // Half the frames wait in the fill ring for packets to arrive.
-        let half = FRAMES / 2;
+        // The receiving frames wait in the fill ring for packets to arrive.
+        let half = frames.rx;
         let mut idx = 0u32;
         // SAFETY: the fill ring was set up by xsk_umem__create; each
         // reserved slot is written once with a frame address inside the
@@ -363,7 +448,7 @@ impl XdpSocket {
             libxdp_sys::xsk_ring_prod__submit(&mut *sock.fill, half);
         }
         sock.tx_free
-            .extend((half..FRAMES).map(|i| u64::from(i * FRAME_SIZE)));
+            .extend((half..total).map(|i| u64::from(i * FRAME_SIZE)));
         Ok(sock)
     }
 
@@ -389,6 +474,44 @@ impl XdpSocket {
         Some(unsafe { std::slice::from_raw_parts(self.area.add(start), len) })
     }
 
+    /// Frames the kernel dropped before they reached the RX ring (the
+    /// ring full, or no frame in the fill ring: podswitch fell behind)
+    /// since the last call. The kernel's counters are read every
+    /// `BATCHES_PER_LOOK` busy batches and when traffic stops, so a drop
+    /// is reported at the latest at the end of its burst.
+    pub fn take_kernel_drops(&mut self) -> u64 {
+        std::mem::take(&mut self.kernel_drops_untaken)
+    }
+
+    /// Reads the kernel's receive drop counters into
+    /// `kernel_drops_untaken`.
+    fn look_at_kernel_drops(&mut self) {
+        self.batches_since_look = 0;
+        let mut stats = XdpStatistics::default();
+        let mut len = std::mem::size_of::<XdpStatistics>() as libc::socklen_t;
+        // SAFETY: `stats` is a live, writable `struct xdp_statistics` of
+        // `len` bytes; the kernel writes at most `len` bytes and the new
+        // length.
+        let ret = unsafe {
+            libc::getsockopt(
+                self.fd,
+                SOL_XDP,
+                XDP_STATISTICS,
+                std::ptr::from_mut(&mut stats).cast(),
+                &mut len,
+            )
+        };
+        if ret != 0 {
+            return;
+        }
+        // A frame with no fill-ring frame to go into is counted in
+        // rx_dropped (xsk_rcv's failed allocation), a full RX ring in
+        // rx_ring_full (net/xdp/xsk.c).
+        let total = stats.rx_dropped + stats.rx_ring_full;
+        self.kernel_drops_untaken += total.saturating_sub(self.kernel_drops_seen);
+        self.kernel_drops_seen = total;
+    }
+
     /// Hands up to `max` received frames to `each`, then gives their UMEM
     /// frames back to the kernel; returns how many there were.
     pub fn recv(&mut self, max: usize, mut each: impl FnMut(&[u8])) -> usize {
@@ -396,11 +519,19 @@ impl XdpSocket {
         // SAFETY: the RX ring was set up by xsk_socket__create.
         let n = unsafe { libxdp_sys::xsk_ring_cons__peek(&mut *self.rx, max as u32, &mut idx) };
         if n == 0 {
+            if std::mem::take(&mut self.busy) {
+                self.look_at_kernel_drops();
+            }
             return 0;
         }
+        self.busy = true;
+        self.batches_since_look += 1;
+        if self.batches_since_look >= BATCHES_PER_LOOK {
+            self.look_at_kernel_drops();
+        }
         let mut fill_idx = 0u32;
-        // SAFETY: the fill ring holds at most FRAMES/2 frames and has RING
-        // (>= FRAMES) slots: every received frame finds room.
+        // SAFETY: the fill ring holds at most `frames.rx` frames and has
+        // at least as many slots: every received frame finds room.
         let reserved =
             unsafe { libxdp_sys::xsk_ring_prod__reserve(&mut *self.fill, n, &mut fill_idx) };
         for i in 0..n {
@@ -477,7 +608,7 @@ impl XdpSocket {
 
     /// Takes back the frames the kernel finished sending.
     fn reclaim(&mut self) {
-        let out = FRAMES / 2 - self.tx_free.len() as u32;
+        let out = self.frames.tx - self.tx_free.len() as u32;
         if out == 0 {
             return;
         }

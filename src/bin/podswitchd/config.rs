@@ -87,6 +87,16 @@ pub(crate) struct Cli {
     /// takes TSO off a veth with XDP, so TCP moves frame by frame) or tap.
     #[arg(long)]
     pub port_kind: Option<String>,
+    /// `[dataplane] underlay_kind`: how tunnel packets are received:
+    /// socket (default: a UDP socket for VXLAN and IP-in-UDP, a raw socket
+    /// for IPIP, through the kernel's IP stack) or af-xdp (an XDP program
+    /// on the underlay interface steers the tunnel's packets to an AF_XDP
+    /// socket and passes everything else, ARP and the node's own traffic,
+    /// to the kernel; packets carrying TCP stay on the socket path, where
+    /// the kernel merges them into super-frames; falls back to socket,
+    /// logged, where XDP cannot be attached; not for host-gw).
+    #[arg(long, value_name = "socket|af-xdp")]
+    pub underlay_kind: Option<String>,
     /// `[dataplane] busy_poll_us`: the most microseconds the worker keeps
     /// polling after its last packet before it sleeps (default 200; 0
     /// never spins). Within this bound the window adapts: it grows while
@@ -231,6 +241,7 @@ struct ControlSection {
 struct DataplaneSection {
     host_interface: Option<String>,
     port_kind: Option<String>,
+    underlay_kind: Option<String>,
     busy_poll_us: Option<u64>,
     pool_buffers: Option<usize>,
     worker_priority: Option<String>,
@@ -331,6 +342,8 @@ pub(crate) struct Settings {
     pub state_file: PathBuf,
     pub host_interface: String,
     pub port_kind: String,
+    /// Tunnel packets received through AF_XDP (`underlay_kind = "af-xdp"`).
+    pub underlay_af_xdp: bool,
     pub busy_poll_us: u64,
     pub pool_buffers: usize,
     /// The worker forwards in SCHED_FIFO.
@@ -605,6 +618,19 @@ impl Settings {
                 format!("{port_kind:?}: one of {}", PORT_KINDS.join(", ")),
             ));
         }
+        let underlay_af_xdp = match pick(&cli.underlay_kind, &file.dataplane.underlay_kind)
+            .as_deref()
+            .unwrap_or("socket")
+        {
+            "socket" => false,
+            "af-xdp" => true,
+            other => {
+                return Err(origin.error(
+                    "dataplane.underlay_kind",
+                    format!("{other:?}: socket or af-xdp"),
+                ))
+            }
+        };
         let host_interface = pick(&cli.host_interface, &file.dataplane.host_interface)
             .unwrap_or_else(|| "podswitch0".into());
         netdev::ifindex(&host_interface).ok(); // validated when created
@@ -693,6 +719,7 @@ impl Settings {
                 .unwrap_or_else(|| state_file_beside(&socket_path)),
             host_interface,
             port_kind,
+            underlay_af_xdp,
             busy_poll_us: cli
                 .busy_poll_us
                 .or(file.dataplane.busy_poll_us)
@@ -894,6 +921,27 @@ mod tests {
         let e = with(&["--worker-priority", "high"]).unwrap_err();
         assert!(
             e.contains("dataplane.worker_priority") && e.contains("realtime or normal"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tunnel_packets_come_through_sockets_unless_af_xdp_is_asked_for() {
+        let with = load_node1;
+        assert!(!with(&[]).unwrap().underlay_af_xdp);
+        assert!(
+            !with(&["--underlay-kind", "socket"])
+                .unwrap()
+                .underlay_af_xdp
+        );
+        assert!(
+            with(&["--underlay-kind", "af-xdp"])
+                .unwrap()
+                .underlay_af_xdp
+        );
+        let e = with(&["--underlay-kind", "dpdk"]).unwrap_err();
+        assert!(
+            e.contains("dataplane.underlay_kind") && e.contains("socket or af-xdp"),
             "{e}"
         );
     }

@@ -155,11 +155,25 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             vxlan_port: node.vxlan_port,
             udp_port: node.udp_port,
             pod_cidr: node.pod_cidr,
+            af_xdp: settings.underlay_af_xdp,
         },
         underlay_id,
         Arc::clone(&tables),
     )
     .map_err(|e| format!("underlay {}: {e}", settings.underlay_interface))?;
+    if let Some(mode) = underlay.xdp_mode() {
+        tracing::info!(
+            interface = %settings.underlay_interface,
+            mode = ?mode,
+            "tunnel packets are received through AF_XDP",
+        );
+    }
+    if let Some(why) = underlay.xdp_refused() {
+        tracing::warn!(
+            interface = %settings.underlay_interface,
+            "underlay_kind = \"af-xdp\" cannot be set up ({why}): tunnel packets are received through the kernel's sockets",
+        );
+    }
     let underlay_kind = attach(&workers, underlay_id, Box::new(underlay), "underlay")?;
 
     let host_id = tables

@@ -71,6 +71,11 @@ pub(crate) struct BenchArgs {
     /// one podswitch lab with podswitchd's default).
     #[arg(long, value_delimiter = ',', value_name = "N,N...")]
     workers: Vec<usize>,
+    /// podswitchd's underlay kinds to measure side by side (socket,
+    /// af-xdp), each on a podswitch lab of its own, for every worker
+    /// count (default: podswitchd's default, socket).
+    #[arg(long, value_delimiter = ',', value_name = "KIND,KIND...")]
+    underlay_kinds: Vec<String>,
     /// Pods of the memory measurement (0 leaves it out).
     #[arg(long, default_value_t = lab::MAX_PODS_PER_NODE, value_name = "N")]
     memory_pods: u8,
@@ -529,12 +534,51 @@ fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, 
 }
 
 /// A dataplane the bench measures: the kernel, or podswitch with a number
-/// of workers.
+/// of workers and an underlay kind.
 struct Dataplane {
     label: String,
     /// The lab's `--dataplane`.
     kind: &'static str,
     workers: Option<usize>,
+    underlay_kind: Option<String>,
+}
+
+/// The label of podswitch with `workers` and `underlay_kind` (when chosen):
+/// "podswitch", "podswitch-w2", "podswitch-af-xdp", "podswitch-w2-af-xdp".
+fn podswitch_label(workers: Option<usize>, underlay_kind: Option<&str>) -> String {
+    let mut label = "podswitch".to_string();
+    if let Some(w) = workers {
+        label.push_str(&format!("-w{w}"));
+    }
+    if let Some(k) = underlay_kind {
+        label.push('-');
+        label.push_str(k);
+    }
+    label
+}
+
+/// What a dataplane label adds to a case's name: " workers=2",
+/// " underlay=af-xdp", both, or nothing (the kernel, podswitch's
+/// defaults). The chart reads labels back with it.
+pub(crate) fn case_suffix(label: &str) -> String {
+    let Some(rest) = label.strip_prefix("podswitch-") else {
+        return String::new();
+    };
+    let (workers, underlay) = match rest.strip_prefix('w') {
+        Some(w) => {
+            let digits = w.find('-').unwrap_or(w.len());
+            (Some(&w[..digits]), w[digits..].strip_prefix('-'))
+        }
+        None => (None, Some(rest)),
+    };
+    let mut suffix = String::new();
+    if let Some(w) = workers {
+        suffix.push_str(&format!(" workers={w}"));
+    }
+    if let Some(u) = underlay.filter(|u| !u.is_empty()) {
+        suffix.push_str(&format!(" underlay={u}"));
+    }
+    suffix
 }
 
 struct Case {
@@ -619,23 +663,39 @@ fn bench(args: &BenchArgs) -> Result<()> {
         label: "kernel".into(),
         kind: "kernel",
         workers: None,
+        underlay_kind: None,
     }];
-    if args.workers.is_empty() {
-        dataplanes.push(Dataplane {
-            label: "podswitch".into(),
-            kind: "podswitch",
-            workers: None,
-        });
-    }
     for &w in &args.workers {
         if !(1..=9).contains(&w) {
             bail!("--workers {w}: from 1 to 9 here (lab names are short)");
         }
-        dataplanes.push(Dataplane {
-            label: format!("podswitch-w{w}"),
-            kind: "podswitch",
-            workers: Some(w),
-        });
+    }
+    for k in &args.underlay_kinds {
+        if !["socket", "af-xdp"].contains(&k.as_str()) {
+            bail!("--underlay-kinds {k}: socket or af-xdp");
+        }
+    }
+    let worker_counts: Vec<Option<usize>> = match args.workers.is_empty() {
+        true => vec![None],
+        false => args.workers.iter().copied().map(Some).collect(),
+    };
+    let underlay_kinds: Vec<Option<&str>> = match args.underlay_kinds.is_empty() {
+        true => vec![None],
+        false => args
+            .underlay_kinds
+            .iter()
+            .map(|k| Some(k.as_str()))
+            .collect(),
+    };
+    for &workers in &worker_counts {
+        for &underlay_kind in &underlay_kinds {
+            dataplanes.push(Dataplane {
+                label: podswitch_label(workers, underlay_kind),
+                kind: "podswitch",
+                workers,
+                underlay_kind: underlay_kind.map(str::to_string),
+            });
+        }
     }
     let cases: Vec<Case> = args
         .backends
@@ -671,14 +731,21 @@ fn bench(args: &BenchArgs) -> Result<()> {
         for dp in &dataplanes {
             eprintln!("building the {} lab for {backend}...", dp.label);
             let name = format!(
-                "b{}{}{}",
+                "b{}{}{}{}",
                 &dp.label[..1],
                 dp.workers.map(|w| w.to_string()).unwrap_or_default(),
-                &backend.replace('-', "").chars().take(8).collect::<String>()
+                match dp.underlay_kind.as_deref() {
+                    Some("af-xdp") => "x",
+                    _ => "",
+                },
+                &backend.replace('-', "").chars().take(7).collect::<String>()
             );
             let mut up = UpArgs::new(&name, dp.kind, backend);
             if let Some(w) = dp.workers {
                 up = up.workers(w);
+            }
+            if let Some(k) = &dp.underlay_kind {
+                up = up.underlay_kind(k);
             }
             let built = lab::up(&up);
             match built {
@@ -750,10 +817,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
                     for (m, metric) in METRICS.iter().enumerate() {
                         let k = kernel[m];
                         let p = median(&mut values[m][d]);
-                        let case = match dp.workers {
-                            Some(w) => format!("{} {} workers={w}", case.scope, case.backend),
-                            None => format!("{} {}", case.scope, case.backend),
-                        };
+                        let case =
+                            format!("{} {}{}", case.scope, case.backend, case_suffix(&dp.label));
                         table.push((case, *metric, k, p));
                     }
                 }
@@ -819,4 +884,28 @@ fn bench(args: &BenchArgs) -> Result<()> {
             .with_context(|| format!("{}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_name_their_variant_and_read_back() {
+        for (workers, kind, label, suffix) in [
+            (None, None, "podswitch", ""),
+            (Some(2), None, "podswitch-w2", " workers=2"),
+            (None, Some("af-xdp"), "podswitch-af-xdp", " underlay=af-xdp"),
+            (
+                Some(1),
+                Some("socket"),
+                "podswitch-w1-socket",
+                " workers=1 underlay=socket",
+            ),
+        ] {
+            assert_eq!(podswitch_label(workers, kind), label);
+            assert_eq!(case_suffix(label), suffix);
+        }
+        assert_eq!(case_suffix("kernel"), "");
+    }
 }

@@ -43,14 +43,12 @@ fn samples(raw: &Value) -> Result<Vec<Sample>> {
                     .ok_or_else(|| anyhow!("a sample lacks {k:?}: {s}"))
             };
             let dataplane = text("dataplane")?;
-            // podswitch with a number of workers ("podswitch-w2") is a
-            // case of its own, against the same run's kernel.
-            let workers = dataplane
-                .strip_prefix("podswitch-w")
-                .map(|w| format!(" workers={w}"))
-                .unwrap_or_default();
+            // podswitch with a number of workers or an underlay kind
+            // ("podswitch-w2", "podswitch-af-xdp") is a case of its own,
+            // against the same run's kernel.
+            let variant = crate::bench::case_suffix(&dataplane);
             Ok(Sample {
-                case: format!("{} {}{workers}", text("scope")?, text("backend")?),
+                case: format!("{} {}{variant}", text("scope")?, text("backend")?),
                 metric: text("metric")?,
                 kernel: dataplane == "kernel",
                 value: s["value"]
@@ -120,13 +118,15 @@ pub(crate) fn render(raw: &Value, metrics: &[Metric]) -> Result<String> {
             entry.1.push(s.value)
         }
     }
-    // A case of podswitch with a number of workers takes the kernel's
-    // samples of its case.
+    // A case of a podswitch variant takes the kernel's samples of its
+    // case (the scope and backend, the first two words).
     for c in 0..cases.len() {
-        let Some((base, _)) = cases[c].split_once(" workers=") else {
+        let words: Vec<&str> = cases[c].splitn(3, ' ').collect();
+        if words.len() < 3 {
             continue;
-        };
-        let Some(b) = cases.iter().position(|k| k == base) else {
+        }
+        let base = format!("{} {}", words[0], words[1]);
+        let Some(b) = cases.iter().position(|k| *k == base) else {
             continue;
         };
         for m in 0..metrics.len() {

@@ -92,6 +92,10 @@ pub(crate) struct UpArgs {
     /// own, one per four CPUs).
     #[arg(long)]
     workers: Option<usize>,
+    /// How podswitchd receives tunnel packets: socket or af-xdp (default:
+    /// podswitchd's own, socket).
+    #[arg(long, value_name = "socket|af-xdp")]
+    underlay_kind: Option<String>,
 }
 
 /// The most pods a lab node has: Kubernetes' default `maxPods`.
@@ -118,12 +122,19 @@ impl UpArgs {
             kernel_nodes: 0,
             etcd_members: 1,
             workers: None,
+            underlay_kind: None,
         }
     }
 
     /// podswitchd with `workers` forwarding threads.
     pub(crate) fn workers(mut self, workers: usize) -> UpArgs {
         self.workers = Some(workers);
+        self
+    }
+
+    /// podswitchd receiving tunnel packets as `kind` says.
+    pub(crate) fn underlay_kind(mut self, kind: &str) -> UpArgs {
+        self.underlay_kind = Some(kind.to_string());
         self
     }
 }
@@ -156,6 +167,9 @@ pub(crate) struct Lab {
     /// podswitchd's forwarding threads, if the lab chose.
     #[serde(default)]
     pub(crate) workers: Option<usize>,
+    /// How podswitchd receives tunnel packets, if the lab chose.
+    #[serde(default)]
+    pub(crate) underlay_kind: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -319,6 +333,7 @@ pub(crate) fn up(args: &UpArgs) -> Result<Lab> {
         pods: Vec::new(),
         store,
         workers: args.workers,
+        underlay_kind: args.underlay_kind.clone(),
     };
     let result = build(&mut lab, args, kernel);
     if let Err(e) = result {
@@ -561,8 +576,15 @@ fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
             other.name, other.underlay_ip, other.pod_cidr
         ));
     }
+    let mut dataplane = String::new();
     if let Some(workers) = lab.workers {
-        config.push_str(&format!("\n[dataplane]\nworkers = {workers}\n"));
+        dataplane.push_str(&format!("workers = {workers}\n"));
+    }
+    if let Some(kind) = &lab.underlay_kind {
+        dataplane.push_str(&format!("underlay_kind = \"{kind}\"\n"));
+    }
+    if !dataplane.is_empty() {
+        config.push_str(&format!("\n[dataplane]\n{dataplane}"));
     }
     let config_path = dir.join(format!("{}.toml", node.name));
     fs::write(&config_path, config)?;

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::cluster::{ping, tcp_transfer, Cluster};
+use common::cluster::{kernel_counter, ping, port_kind, tcp_transfer, udp_datagrams, Cluster};
 use common::flannel::{kernel_flannel_node, kernel_flannel_peer};
 use common::require;
 
@@ -29,7 +29,17 @@ fn kernel_flannel_node_and_podswitch_node_reach_each_other() {
         "/usr/bin/python3",
         "sysctl",
     ]);
+    // podswitchd receiving through its sockets, then through AF_XDP
+    // (where the kernel's frames reach it as they are on the wire, inner
+    // checksums left partial included).
+    for underlay_kind in [None, Some("af-xdp")] {
+        interop(underlay_kind);
+    }
+}
+
+fn interop(underlay_kind: Option<&str>) {
     let mut cluster = Cluster::new("vxlan", "bridge", 2);
+    cluster.underlay_kind = underlay_kind.map(str::to_string);
     cluster.vtep_macs = vec![Some(NODE1_VTEP.into()), Some(NODE2_VTEP.into())];
     let kernel = &cluster.nodes[1].ns;
     let kernel_pods: Vec<&str> = cluster
@@ -54,15 +64,24 @@ fn kernel_flannel_node_and_podswitch_node_reach_each_other() {
     // recognise both (engine/src/offload.rs, recognise_offloads).
     cluster.start(0, &[]);
     cluster.attach_pods(0);
+    if let Some(kind) = underlay_kind {
+        let ports = cluster.nodes[0].ctl_json(&["port", "list"]);
+        assert_eq!(
+            port_kind(&ports, "ul0"),
+            Some(serde_json::json!(kind)),
+            "{ports}"
+        );
+    }
 
     let (ours, theirs): (Vec<_>, Vec<_>) = cluster.pods.iter().partition(|p| p.node == 0);
     for a in &ours {
         for b in &theirs {
             assert!(
                 ping(&a.ns, &b.ip, 3),
-                "podswitch pod {} -> kernel pod {}\n{}",
+                "podswitch pod {} -> kernel pod {}\n{}\n{}",
                 a.ip,
                 b.ip,
+                cluster.nodes[0].ctl_json(&["stats"]),
                 cluster.logs()
             );
             assert!(
@@ -79,10 +98,24 @@ fn kernel_flannel_node_and_podswitch_node_reach_each_other() {
         .unwrap_or_else(|e| panic!("TCP podswitch -> kernel: {e}\n{}", cluster.logs()));
     tcp_transfer(&b.ns, &a.ns, &a.ip, 10 << 20)
         .unwrap_or_else(|e| panic!("TCP kernel -> podswitch: {e}\n{}", cluster.logs()));
+    for (from, to) in [(a, b), (b, a)] {
+        let got = udp_datagrams(&from.ns, &to.ns, &to.ip, 20, 1000);
+        assert_eq!(
+            got,
+            20,
+            "UDP {} -> {}\n{}\n{}",
+            from.ip,
+            to.ip,
+            cluster.nodes[0].ctl_json(&["stats"]),
+            cluster.logs()
+        );
+    }
     // No pod saw a bad checksum: nothing reached it with one.
     for pod in [a, b] {
         let errors = tcp_checksum_errors(&pod.ns);
         assert_eq!(errors, 0, "TcpInCsumErrors in pod {}", pod.ip);
+        let errors = kernel_counter(&pod.ns, "UdpInCsumErrors");
+        assert_eq!(errors, 0, "UdpInCsumErrors in pod {}", pod.ip);
     }
     // The kernel node's GSO datagrams crossed podswitch as super-frames.
     let stats = cluster.nodes[0].ctl_json(&["stats"]);

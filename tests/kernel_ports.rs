@@ -23,21 +23,20 @@ fn frame(len: usize) -> Vec<u8> {
     f
 }
 
-/// A whole batch the port had to drop (frames longer than a small buffer,
-/// with no super-frame buffer left to take them) still counts as read, so
-/// that the worker reads on: reported as nothing, it took the socket for
-/// empty and left the frames behind the batch queued until the next
-/// arrival.
-#[test]
-fn an_af_packet_port_reports_a_batch_it_dropped_whole_as_read() {
-    require(&["ip", "sysctl", "/usr/bin/python3"]);
+/// A namespace with a veth pair rx0/tx0 (MTU 9000) and nothing else on
+/// the link.
+fn veth_pair() -> Netns {
     let ns = Netns::new("afp");
-    // Nothing but the test's frames on the link.
     ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
     ns.ip(&["link", "add", "rx0", "type", "veth", "peer", "name", "tx0"]);
     for dev in ["rx0", "tx0"] {
         ns.ip(&["link", "set", dev, "mtu", "9000", "up"]);
     }
+    ns
+}
+
+/// An AF_PACKET port on `rx0` of `ns`, and the tables it counts in.
+fn af_packet_port(ns: &Netns) -> (std::sync::Arc<Tables>, AfPacketPort) {
     let node = NodeConfig::flannel(
         "node1",
         "10.244.1.0/24".parse().unwrap(),
@@ -46,10 +45,73 @@ fn an_af_packet_port_reports_a_batch_it_dropped_whole_as_read() {
     let tables = Tables::new(node, 4);
     let path = format!("/var/run/netns/{}", ns.name);
     let port_tables = std::sync::Arc::clone(&tables);
-    let mut port = in_netns(&path, move || {
+    let port = in_netns(&path, move || {
         AfPacketPort::open("rx0", PortId(1), port_tables)
     })
     .expect("an AF_PACKET port on the veth");
+    (tables, port)
+}
+
+/// Frames the kernel drops because the port's socket is full are counted
+/// (`rx_queue_full`): every frame sent is either read or counted.
+#[test]
+fn frames_the_kernel_dropped_for_a_full_socket_are_counted() {
+    require(&["ip", "sysctl", "/usr/bin/python3"]);
+    let ns = veth_pair();
+    let (tables, mut port) = af_packet_port(&ns);
+    // Far more than the socket's receive buffer (4 MiB, doubled by the
+    // kernel) holds while nobody reads.
+    const SENT: usize = 12_000;
+    let hex = podswitch_encap::hex::encode(&frame(1400));
+    let count = SENT.to_string();
+    ns.exec(
+        "/usr/bin/python3",
+        &[
+            "-c",
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+             s.bind((sys.argv[1], 0))\n\
+             f = bytes.fromhex(sys.argv[2])\n\
+             for _ in range(int(sys.argv[3])): s.send(f)",
+            "tx0",
+            &hex,
+            &count,
+        ],
+    );
+    let mut pool = PacketPool::with_large(256, DEFAULT_BUF_SIZE, 0);
+    let mut batch = Vec::new();
+    let mut read = 0;
+    loop {
+        let got = port.recv(&mut pool, &mut batch).unwrap();
+        pool.free_all(&mut batch);
+        if got == 0 {
+            break;
+        }
+        read += got;
+    }
+    let counted = tables.stats.snapshot().drop_count(DropReason::RxQueueFull);
+    assert!(
+        read < SENT,
+        "the socket never overflowed: read {read} of {SENT}"
+    );
+    assert_eq!(
+        read as u64 + counted,
+        SENT as u64,
+        "read {read}, counted {counted} dropped by the kernel, of {SENT} sent"
+    );
+}
+
+/// A whole batch the port had to drop (frames longer than a small buffer,
+/// with no super-frame buffer left to take them) still counts as read, so
+/// that the worker reads on: reported as nothing, it took the socket for
+/// empty and left the frames behind the batch queued until the next
+/// arrival.
+#[test]
+fn an_af_packet_port_reports_a_batch_it_dropped_whole_as_read() {
+    require(&["ip", "sysctl", "/usr/bin/python3"]);
+    // Nothing but the test's frames on the link.
+    let ns = veth_pair();
+    let (tables, mut port) = af_packet_port(&ns);
     let mut frames = vec![frame(3000); BATCH_SIZE + 1];
     frames.push(frame(100));
     ns.send_raw("tx0", &frames);

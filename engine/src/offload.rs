@@ -202,6 +202,40 @@ pub fn complete_partial_l4(frame: &mut [u8]) -> bool {
     complete_checksum(&mut frame[..ETH_LEN + total], ETH_LEN + ihl, field).is_ok()
 }
 
+/// Settles the outer UDP checksum of a tunnel datagram read off the wire
+/// (the IPv4 packet at `l3` of `frame`, its inner IPv4 packet at
+/// `inner_l3`) the way the receiving kernel would, and clears it when it
+/// holds: over IPv4 a zero UDP checksum means none (RFC 768), so the
+/// pipeline does not check it a second time. It holds when
+///
+/// - it verifies;
+/// - it is the pseudo-header sum alone: the sender's kernel left it for
+///   the NIC (`CHECKSUM_PARTIAL`), and a veth carries it so to the other
+///   namespace;
+/// - it does not verify but the inner transport checksum is partial: the
+///   sender's kernel computed the outer one as if the inner one were done
+///   (local checksum offload, Documentation/networking/checksum-offloads.rst),
+///   which the inner one will be where it leaves (the pipeline carries it
+///   as partial).
+///
+/// A checksum that is wrong otherwise is left for the pipeline to drop
+/// (`udp_checksum`). Returns false only then.
+pub fn settle_outer_udp_checksum(frame: &mut [u8], l3: usize, inner_l3: usize) -> bool {
+    let field = match frame.get(l3..l3 + 20) {
+        Some(ip) if ip[9] == 17 => l3 + usize::from(ip[0] & 0x0f) * 4 + 6,
+        _ => return true,
+    };
+    let holds = match check_l4(frame, l3) {
+        L4Checksum::NotChecked => return true,
+        L4Checksum::Valid | L4Checksum::Partial => true,
+        L4Checksum::Bad => check_l4(frame, inner_l3) == L4Checksum::Partial,
+    };
+    if holds {
+        frame[field..field + 2].fill(0);
+    }
+    holds
+}
+
 /// Layer-4 protocol of a frame being segmented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Transport {
@@ -935,6 +969,69 @@ pub fn coalesce_datagrams(
 mod tests {
     use super::*;
     use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+    /// An outer UDP checksum that verifies, is left partial, or was
+    /// computed over an inner checksum still partial (LCO) is settled and
+    /// cleared; a wrong one is kept for the pipeline to drop.
+    #[test]
+    fn outer_udp_checksums_are_settled_as_the_kernel_would() {
+        // VXLAN around an inner UDP datagram.
+        let mut inner = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 4])
+            .ipv4([10, 244, 2, 2], [10, 244, 1, 2], 64)
+            .udp(5000, 6000)
+            .write(&mut inner, &[0x5a; 64])
+            .unwrap();
+        let mut vxlan = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+        vxlan.extend_from_slice(&inner);
+        let mut complete = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([192, 168, 100, 2], [192, 168, 100, 1], 64)
+            .udp(40000, 8472)
+            .write(&mut complete, &vxlan)
+            .unwrap();
+        const INNER_L3: usize = 14 + 20 + 8 + 8 + 14;
+        let outer_len = (complete.len() - 34) as u16;
+        let cleared = |mut f: Vec<u8>| {
+            assert!(settle_outer_udp_checksum(&mut f, 14, INNER_L3));
+            assert_eq!(&f[40..42], &[0, 0]);
+            assert_eq!(f[42..], complete[42..], "nothing else touched");
+        };
+        cleared(complete.clone());
+        // Left partial by the sender's kernel.
+        let pseudo = checksum::fold(checksum::pseudo_header_v4(
+            Ipv4Addr::new(192, 168, 100, 2),
+            Ipv4Addr::new(192, 168, 100, 1),
+            17,
+            outer_len,
+        ));
+        let mut partial = complete.clone();
+        partial[40..42].copy_from_slice(&pseudo.to_be_bytes());
+        cleared(partial);
+        // Wrong, with a complete inner checksum: kept, and not cleared.
+        let mut wrong = complete.clone();
+        wrong[40] ^= 0x01;
+        assert!(!settle_outer_udp_checksum(&mut wrong, 14, INNER_L3));
+        assert_ne!(&wrong[40..42], &[0, 0]);
+        // LCO: the outer checksum was computed as if the inner one were
+        // complete, and the inner one is left partial.
+        let inner_field = INNER_L3 + 20 + 6;
+        let inner_pseudo = checksum::fold(checksum::pseudo_header_v4(
+            Ipv4Addr::new(10, 244, 2, 2),
+            Ipv4Addr::new(10, 244, 1, 2),
+            17,
+            8 + 64,
+        ));
+        let mut lco = complete.clone();
+        lco[inner_field..inner_field + 2].copy_from_slice(&inner_pseudo.to_be_bytes());
+        assert!(settle_outer_udp_checksum(&mut lco, 14, INNER_L3));
+        assert_eq!(&lco[40..42], &[0, 0]);
+        assert_eq!(
+            &lco[inner_field..inner_field + 2],
+            &inner_pseudo.to_be_bytes(),
+            "the inner checksum stays partial, for the pipeline to carry"
+        );
+    }
 
     /// A TSO super-frame as a veth hands it over: full-length headers and
     /// only the pseudo-header sum in the TCP checksum field.

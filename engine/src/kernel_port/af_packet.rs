@@ -13,12 +13,12 @@
 //! path (DESIGN.md, "Offloads").
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::Arc;
 
 use super::{
     finish_offloads, give_back, has_offloads, offload_drop_reason, received_frame, stage,
-    stage_large, Counter,
+    stage_large, Counter, KernelDrops,
 };
 use crate::drop::DropReason;
 use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
@@ -27,6 +27,7 @@ use crate::port::{Port, PortId, PortKind};
 use crate::stats::OffloadEvent;
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::packet_socket::{PacketOptions, PacketSocket};
+use crate::sys::socket_drops;
 use crate::sys::tcx::IngressStop;
 use crate::tables::Tables;
 
@@ -40,6 +41,8 @@ pub(super) struct PacketRx {
     /// Super-frame buffers behind the staged small ones, one per message
     /// while the pool has them.
     staging_large: Vec<Option<PacketBuf>>,
+    /// What the kernel dropped for the socket.
+    kernel_drops: KernelDrops,
 }
 
 struct RxBuffers<'a> {
@@ -77,6 +80,7 @@ impl PacketRx {
             meta: vec![Received::default(); BATCH_SIZE],
             staging: Vec::with_capacity(BATCH_SIZE),
             staging_large: Vec::with_capacity(BATCH_SIZE),
+            kernel_drops: KernelDrops::new(32),
         }
     }
 
@@ -119,6 +123,10 @@ impl PacketRx {
                 return Err(e);
             }
         };
+        let sock = &self.sock;
+        self.kernel_drops.after_recv(counter, got, || {
+            socket_drops(sock.as_fd()).ok().map(u64::from)
+        });
         for (i, small) in self.staging.drain(..got).enumerate() {
             let meta = self.meta[i];
             let large = self.staging_large.get_mut(i).and_then(Option::take);
@@ -312,6 +320,6 @@ impl Port for AfPacketPort {
     }
 
     fn poll_fds(&self) -> Vec<RawFd> {
-        vec![std::os::fd::AsFd::as_fd(&self.rx.sock).as_raw_fd()]
+        vec![self.rx.sock.as_fd().as_raw_fd()]
     }
 }

@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use super::{finish_offloads, has_offloads, Counter};
+use super::{finish_offloads, has_offloads, Counter, KernelDrops};
 use crate::drop::DropReason;
 use crate::offload::complete_partial_l4;
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
@@ -28,6 +28,7 @@ pub struct AfXdpPort {
     counter: Counter,
     sock: XdpSocket,
     scratch: Vec<PacketBuf>,
+    kernel_drops: KernelDrops,
 }
 
 impl AfXdpPort {
@@ -44,6 +45,7 @@ impl AfXdpPort {
             counter: Counter { tables, id },
             sock: XdpSocket::open(name, native)?,
             scratch: Vec::new(),
+            kernel_drops: KernelDrops::new(64),
         })
     }
 
@@ -76,10 +78,9 @@ impl Port for AfXdpPort {
                 None if frame.len() > pool.buf_size() => counter.drop(DropReason::RxTooLong),
                 None => counter.drop(DropReason::PoolExhausted),
             });
-        let lost = self.sock.take_kernel_drops();
-        if lost > 0 {
-            counter.drop_n(DropReason::RxQueueFull, lost as usize);
-        }
+        let sock = &self.sock;
+        self.kernel_drops
+            .after_recv(counter, read, || sock.kernel_drops().ok());
         Ok(read)
     }
 

@@ -58,6 +58,60 @@ impl Counter {
     }
 }
 
+/// Busy reads between two looks at a socket's kernel drop counter.
+const READS_PER_LOOK: u32 = 64;
+
+/// Frames the kernel dropped for one of a port's sockets before podswitch
+/// read them (its receive queue or ring full), counted as
+/// [`DropReason::RxQueueFull`]. The kernel's counter is read every
+/// `READS_PER_LOOK` reads that found frames and once when the traffic
+/// stops, so a drop is counted by the end of its burst without a system
+/// call per read.
+#[derive(Debug)]
+struct KernelDrops {
+    /// The kernel's count at the last look.
+    seen: u64,
+    /// Width of the kernel's counter (`sk_drops` is 32 bits and wraps).
+    bits: u32,
+    reads: u32,
+    busy: bool,
+}
+
+impl KernelDrops {
+    /// For a counter of `bits` bits that starts at zero with the socket.
+    fn new(bits: u32) -> KernelDrops {
+        KernelDrops {
+            seen: 0,
+            bits,
+            reads: 0,
+            busy: false,
+        }
+    }
+
+    /// After a read that found `got` frames: when a look is due, reads the
+    /// kernel's count with `total` and counts what is new on `counter`.
+    fn after_recv(&mut self, counter: &Counter, got: usize, total: impl FnOnce() -> Option<u64>) {
+        let due = if got == 0 {
+            std::mem::take(&mut self.busy)
+        } else {
+            self.busy = true;
+            self.reads += 1;
+            self.reads >= READS_PER_LOOK
+        };
+        if !due {
+            return;
+        }
+        self.reads = 0;
+        let Some(total) = total() else { return };
+        let mask = u64::MAX >> (64 - self.bits);
+        let new = total.wrapping_sub(self.seen) & mask;
+        self.seen = total;
+        if new > 0 {
+            counter.drop_n(DropReason::RxQueueFull, new as usize);
+        }
+    }
+}
+
 /// Finishes in software what the offloads of each frame of `batch` for
 /// which `must_finish` holds left undone (segments super-frames, completes
 /// partial checksums), counting it, and leaves in `batch`, in order, the
@@ -206,6 +260,47 @@ mod tests {
             tables: Tables::new(node, 4),
             id: PortId(1),
         }
+    }
+
+    /// Kernel drops are looked at after READS_PER_LOOK busy reads and when
+    /// the traffic stops, counted once, across a 32-bit counter's wrap.
+    #[test]
+    fn kernel_drops_are_counted_by_the_end_of_a_burst_once() {
+        let counter = counter();
+        let count = |c: &Counter| {
+            c.tables
+                .stats
+                .snapshot()
+                .drop_count(DropReason::RxQueueFull)
+        };
+        let mut drops = KernelDrops::new(32);
+        let mut looks = 0;
+        let mut kernel = u64::from(u32::MAX) - 2;
+        for _ in 0..READS_PER_LOOK - 1 {
+            drops.after_recv(&counter, 8, || {
+                looks += 1;
+                Some(kernel)
+            });
+        }
+        assert_eq!(looks, 0, "no look before READS_PER_LOOK busy reads");
+        drops.after_recv(&counter, 8, || {
+            looks += 1;
+            Some(kernel)
+        });
+        assert_eq!((looks, count(&counter)), (1, u64::from(u32::MAX) - 2));
+        // The counter wraps: 5 more drops read as 2.
+        kernel = 2;
+        drops.after_recv(&counter, 0, || {
+            looks += 1;
+            Some(kernel)
+        });
+        assert_eq!((looks, count(&counter)), (2, u64::from(u32::MAX) + 3));
+        // Idle reads after that look no more.
+        drops.after_recv(&counter, 0, || {
+            looks += 1;
+            Some(kernel)
+        });
+        assert_eq!(looks, 2);
     }
 
     /// A message the kernel cut (MSG_TRUNC) is counted, under rx_too_long

@@ -73,11 +73,12 @@ use podswitch_encap::{IpProtocol, MacAddr};
 use super::af_packet::{send_counted, PacketRx, TxScratch};
 use super::{
     finish_offloads, give_back, has_offloads, received_frame, stage, stage_large, Counter,
+    KernelDrops,
 };
 use crate::config::Backend;
 use crate::drop::DropReason;
 use crate::fib::Prefix;
-use crate::offload::{coalesce_datagrams, Segmenter};
+use crate::offload::{coalesce_datagrams, settle_outer_udp_checksum, Segmenter};
 use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::OffloadEvent;
@@ -85,6 +86,7 @@ use crate::sys::inet::{InetSocket, IPPROTO_IPIP};
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::netdev;
 use crate::sys::packet_socket::{BpfInstruction, PacketOptions, PacketSocket, ETH_P_IP};
+use crate::sys::socket_drops;
 use crate::sys::xdp::{Frames, XdpMode, XdpSocket};
 use crate::sys::xdp_steer::{inner_protocol, Steer, SteerRules, TunnelSteering};
 use crate::tables::Tables;
@@ -130,6 +132,7 @@ pub struct UnderlayOptions {
 struct XdpReceive {
     steering: TunnelSteering,
     socket: XdpSocket,
+    kernel_drops: KernelDrops,
     /// The interface whose GRO was turned on for the TCP path, to turn
     /// off again when the port closes.
     gro_turned_on: Option<String>,
@@ -210,6 +213,7 @@ impl XdpReceive {
         Ok(XdpReceive {
             steering,
             socket,
+            kernel_drops: KernelDrops::new(64),
             gro_turned_on,
         })
     }
@@ -225,6 +229,9 @@ pub struct UnderlayPort {
     /// VXLAN / IP-in-UDP receiver and its port.
     udp: Option<(InetSocket, u16)>,
     ipip: Option<InetSocket>,
+    /// What the kernel dropped for the UDP and IPIP sockets.
+    udp_drops: KernelDrops,
+    ipip_drops: KernelDrops,
     sender: Option<InetSocket>,
     direct: Option<PacketRx>,
     meta: Vec<Received>,
@@ -347,6 +354,8 @@ impl UnderlayPort {
             local_mac,
             udp,
             ipip,
+            udp_drops: KernelDrops::new(32),
+            ipip_drops: KernelDrops::new(32),
             sender,
             direct,
             meta: vec![Received::default(); BATCH_SIZE],
@@ -384,17 +393,21 @@ impl UnderlayPort {
         };
         let want = BATCH_SIZE.saturating_sub(batch.len());
         let counter = &self.counter;
+        let inner_l3 = ETH + IPV4 + UDP + self.inner_l3;
         let read = xdp
             .socket
             .recv(want, |frame| match pool.alloc_with(counter.id, frame) {
-                Some(buf) => batch.push(buf),
+                Some(mut buf) => {
+                    // What a UDP socket would have taken, this path takes.
+                    settle_outer_udp_checksum(buf.frame_mut(), ETH, inner_l3);
+                    batch.push(buf);
+                }
                 None if frame.len() > pool.buf_size() => counter.drop(DropReason::RxTooLong),
                 None => counter.drop(DropReason::PoolExhausted),
             });
-        let lost = xdp.socket.take_kernel_drops();
-        if lost > 0 {
-            counter.drop_n(DropReason::RxQueueFull, lost as usize);
-        }
+        let socket = &xdp.socket;
+        xdp.kernel_drops
+            .after_recv(counter, read, || socket.kernel_drops().ok());
         read
     }
 
@@ -439,6 +452,13 @@ impl UnderlayPort {
                 return Err(e);
             }
         };
+        let kernel_drops = match which {
+            Socket::Udp => &mut self.udp_drops,
+            Socket::Ipip => &mut self.ipip_drops,
+        };
+        kernel_drops.after_recv(&self.counter, got, || {
+            socket_drops(sock.as_fd()).ok().map(u64::from)
+        });
         let tunnel_port = self.udp.as_ref().map_or(0, |(_, p)| *p);
         let mut staging = std::mem::take(&mut self.staging);
         let mut staging_large = std::mem::take(&mut self.staging_large);

@@ -58,6 +58,34 @@ fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> io::Re
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `SO_MEMINFO` (include/uapi/asm-generic/socket.h, Linux 4.12) and the
+/// index of the socket's drop count in what it returns
+/// (include/uapi/linux/sock_diag.h, `SK_MEMINFO_DROPS`).
+const SO_MEMINFO: libc::c_int = 55;
+const SK_MEMINFO_DROPS: usize = 8;
+const SK_MEMINFO_VARS: usize = 9;
+
+/// Frames the kernel dropped for socket `fd` since it was opened because
+/// its receive queue was full (`sk_drops`, which UDP, raw and packet
+/// sockets count: `__udp_queue_rcv_skb`, `raw_rcv_skb`, `packet_rcv`). A
+/// 32-bit counter that wraps.
+pub fn socket_drops(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is a live, writable array of `len` bytes; the kernel
+    // writes at most `len` bytes of its u32 counters and the length.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    })?;
+    Ok(info[SK_MEMINFO_DROPS])
+}
+
 /// `setsockopt(2)` with a plain value.
 fn setsockopt<T: Copy>(
     fd: BorrowedFd<'_>,

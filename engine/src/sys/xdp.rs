@@ -250,21 +250,11 @@ pub struct XdpSocket {
     tx_batch: Vec<(u64, u32)>,
     mode: XdpMode,
     fd: RawFd,
-    /// Receive drops the kernel had counted at the last look
-    /// (`XDP_STATISTICS`), and those not yet taken by the port.
-    kernel_drops_seen: u64,
-    kernel_drops_untaken: u64,
-    /// Batches received since the last look, and whether the last call
-    /// found frames.
-    batches_since_look: u32,
-    busy: bool,
 }
 
 /// `SOL_XDP` and `XDP_STATISTICS` (include/uapi/linux/if_xdp.h).
 const SOL_XDP: libc::c_int = 283;
 const XDP_STATISTICS: libc::c_int = 7;
-/// Busy batches between two looks at the kernel's drop counters.
-const BATCHES_PER_LOOK: u32 = 64;
 
 /// `struct xdp_statistics`.
 #[repr(C)]
@@ -367,10 +357,6 @@ impl XdpSocket {
             frames,
             mode,
             fd: -1,
-            kernel_drops_seen: 0,
-            kernel_drops_untaken: 0,
-            batches_since_look: 0,
-            busy: false,
         };
         // libxdp's create calls are serialised. The guard is declared after
         // `sock`, so on an early return it is released before `sock` is
@@ -474,19 +460,13 @@ impl XdpSocket {
         Some(unsafe { std::slice::from_raw_parts(self.area.add(start), len) })
     }
 
-    /// Frames the kernel dropped before they reached the RX ring (the
-    /// ring full, or no frame in the fill ring: podswitch fell behind)
-    /// since the last call. The kernel's counters are read every
-    /// `BATCHES_PER_LOOK` busy batches and when traffic stops, so a drop
-    /// is reported at the latest at the end of its burst.
-    pub fn take_kernel_drops(&mut self) -> u64 {
-        std::mem::take(&mut self.kernel_drops_untaken)
-    }
-
-    /// Reads the kernel's receive drop counters into
-    /// `kernel_drops_untaken`.
-    fn look_at_kernel_drops(&mut self) {
-        self.batches_since_look = 0;
+    /// Frames the kernel dropped before they reached the RX ring since
+    /// the socket was opened: the ring full, or no frame in the fill ring
+    /// (podswitch fell behind). `XDP_STATISTICS`: a frame with no
+    /// fill-ring frame to go into is counted in `rx_dropped` (a failed
+    /// allocation in `xsk_rcv`), a full RX ring in `rx_ring_full`
+    /// (net/xdp/xsk.c).
+    pub fn kernel_drops(&self) -> io::Result<u64> {
         let mut stats = XdpStatistics::default();
         let mut len = std::mem::size_of::<XdpStatistics>() as libc::socklen_t;
         // SAFETY: `stats` is a live, writable `struct xdp_statistics` of
@@ -502,14 +482,9 @@ impl XdpSocket {
             )
         };
         if ret != 0 {
-            return;
+            return Err(io::Error::last_os_error());
         }
-        // A frame with no fill-ring frame to go into is counted in
-        // rx_dropped (xsk_rcv's failed allocation), a full RX ring in
-        // rx_ring_full (net/xdp/xsk.c).
-        let total = stats.rx_dropped + stats.rx_ring_full;
-        self.kernel_drops_untaken += total.saturating_sub(self.kernel_drops_seen);
-        self.kernel_drops_seen = total;
+        Ok(stats.rx_dropped + stats.rx_ring_full)
     }
 
     /// Hands up to `max` received frames to `each`, then gives their UMEM
@@ -519,15 +494,7 @@ impl XdpSocket {
         // SAFETY: the RX ring was set up by xsk_socket__create.
         let n = unsafe { libxdp_sys::xsk_ring_cons__peek(&mut *self.rx, max as u32, &mut idx) };
         if n == 0 {
-            if std::mem::take(&mut self.busy) {
-                self.look_at_kernel_drops();
-            }
             return 0;
-        }
-        self.busy = true;
-        self.batches_since_look += 1;
-        if self.batches_since_look >= BATCHES_PER_LOOK {
-            self.look_at_kernel_drops();
         }
         let mut fill_idx = 0u32;
         // SAFETY: the fill ring holds at most `frames.rx` frames and has

@@ -21,14 +21,59 @@ use crate::port::{Port, PortId, PortKind};
 use crate::sys::xdp::{XdpMode, XdpSocket};
 use crate::tables::Tables;
 
+/// An AF_XDP socket read into pool buffers: what the pod ports and the
+/// AF_XDP underlay share.
+#[derive(Debug)]
+pub(super) struct XdpRx {
+    pub(super) sock: XdpSocket,
+    kernel_drops: KernelDrops,
+}
+
+impl XdpRx {
+    pub(super) fn new(sock: XdpSocket) -> XdpRx {
+        XdpRx {
+            sock,
+            kernel_drops: KernelDrops::new(64),
+        }
+    }
+
+    /// Reads up to a batch's room of frames, each copied into a pool
+    /// buffer and handed to `fix` before it joins `batch`; counts the
+    /// frames the pool could not take and those the kernel dropped.
+    /// Returns the frames read, kept or dropped (the `Port::recv`
+    /// contract).
+    pub(super) fn recv(
+        &mut self,
+        counter: &Counter,
+        pool: &mut PacketPool,
+        batch: &mut Vec<PacketBuf>,
+        fix: impl Fn(&mut [u8]),
+    ) -> usize {
+        let want = BATCH_SIZE.saturating_sub(batch.len());
+        let read = self
+            .sock
+            .recv(want, |frame| match pool.alloc_with(counter.id, frame) {
+                Some(mut buf) => {
+                    fix(buf.frame_mut());
+                    batch.push(buf);
+                }
+                None if frame.len() > pool.buf_size() => counter.drop(DropReason::RxTooLong),
+                None => counter.drop(DropReason::PoolExhausted),
+            });
+        let sock = &self.sock;
+        self.kernel_drops
+            .after_recv(counter, read, || sock.kernel_drops().ok());
+        read
+    }
+}
+
 /// A pod port: AF_XDP on the host side of the pod's veth.
 #[derive(Debug)]
 pub struct AfXdpPort {
     name: String,
     counter: Counter,
-    sock: XdpSocket,
+    rx: XdpRx,
     scratch: Vec<PacketBuf>,
-    kernel_drops: KernelDrops,
 }
 
 impl AfXdpPort {
@@ -43,15 +88,14 @@ impl AfXdpPort {
         Ok(AfXdpPort {
             name: name.to_string(),
             counter: Counter { tables, id },
-            sock: XdpSocket::open(name, native)?,
+            rx: XdpRx::new(XdpSocket::open(name, native)?),
             scratch: Vec::new(),
-            kernel_drops: KernelDrops::new(64),
         })
     }
 
     /// Native or generic XDP.
     pub fn mode(&self) -> XdpMode {
-        self.sock.mode()
+        self.rx.sock.mode()
     }
 }
 
@@ -65,29 +109,17 @@ impl Port for AfXdpPort {
     }
 
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
-        let want = BATCH_SIZE.saturating_sub(batch.len());
-        let counter = &self.counter;
-        // Frames read, kept or dropped (the `Port::recv` contract).
-        let read = self
-            .sock
-            .recv(want, |frame| match pool.alloc_with(counter.id, frame) {
-                Some(mut buf) => {
-                    complete_partial_l4(buf.frame_mut());
-                    batch.push(buf);
-                }
-                None if frame.len() > pool.buf_size() => counter.drop(DropReason::RxTooLong),
-                None => counter.drop(DropReason::PoolExhausted),
-            });
-        let sock = &self.sock;
-        self.kernel_drops
-            .after_recv(counter, read, || sock.kernel_drops().ok());
+        // The kernel leaves TCP and UDP checksums partial (see above).
+        let read = self.rx.recv(&self.counter, pool, batch, |frame| {
+            complete_partial_l4(frame);
+        });
         Ok(read)
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
         // An XDP frame is one wire-sized packet with nothing left to do.
         finish_offloads(&self.counter, batch, pool, &mut self.scratch, has_offloads);
-        let sent = self.sock.send(batch.iter().map(PacketBuf::frame));
+        let sent = self.rx.sock.send(batch.iter().map(PacketBuf::frame));
         self.counter
             .drop_n(DropReason::TxFailed, batch.len() - sent);
         pool.free_all(batch);
@@ -95,6 +127,6 @@ impl Port for AfXdpPort {
     }
 
     fn poll_fds(&self) -> Vec<RawFd> {
-        vec![self.sock.fd()]
+        vec![self.rx.sock.fd()]
     }
 }

@@ -71,6 +71,7 @@ use podswitch_encap::ipv4::{Ipv4Repr, HEADER_LEN as IPV4};
 use podswitch_encap::{IpProtocol, MacAddr};
 
 use super::af_packet::{send_counted, PacketRx, TxScratch};
+use super::af_xdp::XdpRx;
 use super::{
     finish_offloads, give_back, has_offloads, received_frame, stage, stage_large, Counter,
     KernelDrops,
@@ -131,8 +132,7 @@ pub struct UnderlayOptions {
 #[derive(Debug)]
 struct XdpReceive {
     steering: TunnelSteering,
-    socket: XdpSocket,
-    kernel_drops: KernelDrops,
+    rx: XdpRx,
     /// The interface whose GRO was turned on for the TCP path, to turn
     /// off again when the port closes.
     gro_turned_on: Option<String>,
@@ -212,8 +212,7 @@ impl XdpReceive {
         };
         Ok(XdpReceive {
             steering,
-            socket,
-            kernel_drops: KernelDrops::new(64),
+            rx: XdpRx::new(socket),
             gro_turned_on,
         })
     }
@@ -391,24 +390,11 @@ impl UnderlayPort {
         let Some(xdp) = self.xdp.as_mut() else {
             return 0;
         };
-        let want = BATCH_SIZE.saturating_sub(batch.len());
-        let counter = &self.counter;
         let inner_l3 = ETH + IPV4 + UDP + self.inner_l3;
-        let read = xdp
-            .socket
-            .recv(want, |frame| match pool.alloc_with(counter.id, frame) {
-                Some(mut buf) => {
-                    // What a UDP socket would have taken, this path takes.
-                    settle_outer_udp_checksum(buf.frame_mut(), ETH, inner_l3);
-                    batch.push(buf);
-                }
-                None if frame.len() > pool.buf_size() => counter.drop(DropReason::RxTooLong),
-                None => counter.drop(DropReason::PoolExhausted),
-            });
-        let socket = &xdp.socket;
-        xdp.kernel_drops
-            .after_recv(counter, read, || socket.kernel_drops().ok());
-        read
+        // What a UDP socket would have taken, this path takes.
+        xdp.rx.recv(&self.counter, pool, batch, |frame| {
+            settle_outer_udp_checksum(frame, ETH, inner_l3);
+        })
     }
 
     /// Receives datagrams from `sock`, each at `reserve` bytes into its
@@ -899,7 +885,7 @@ impl Port for UnderlayPort {
     fn poll_fds(&self) -> Vec<RawFd> {
         let mut fds = Vec::new();
         if let Some(x) = &self.xdp {
-            fds.push(x.socket.fd());
+            fds.push(x.rx.sock.fd());
         }
         if let Some((s, _)) = &self.udp {
             fds.push(s.as_fd().as_raw_fd());

@@ -247,8 +247,9 @@ pub struct Tables {
     writer: Mutex<RouteTable>,
     /// MAC learning table of the bridge segment.
     pub fdb: Fdb,
-    /// Counters.
-    pub stats: Stats,
+    /// Counters, shared with the kernel ports, which count their own
+    /// drops in them.
+    pub stats: Arc<Stats>,
     max_ports: usize,
 }
 
@@ -291,7 +292,7 @@ impl Tables {
             current: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(routes),
             fdb: Fdb::new(node.fdb_limit, node.fdb_aging_secs),
-            stats: Stats::new(max_ports),
+            stats: Arc::new(Stats::new(max_ports)),
             max_ports,
         })
     }

@@ -25,11 +25,11 @@ use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_L
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::OffloadEvent;
+use crate::stats::Stats;
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::packet_socket::{PacketOptions, PacketSocket};
 use crate::sys::socket_drops;
 use crate::sys::tcx::IngressStop;
-use crate::tables::Tables;
 
 /// The receive side shared by pod ports and the underlay's host-gw socket.
 #[derive(Debug)]
@@ -278,7 +278,7 @@ impl AfPacketPort {
     /// frames in podswitch: the node's kernel, which sees them first on
     /// the veth, does not go on with them where it has tcx (see
     /// [`AfPacketPort::kernel_stop_error`]).
-    pub fn open(name: &str, id: PortId, tables: Arc<Tables>) -> io::Result<AfPacketPort> {
+    pub fn open(name: &str, id: PortId, stats: Arc<Stats>) -> io::Result<AfPacketPort> {
         let ifindex = crate::sys::netdev::ifindex(name)?;
         let sock = PacketSocket::open(ifindex, PacketOptions::default())
             .map_err(|e| io::Error::new(e.kind(), format!("AF_PACKET on {name}: {e}")))?;
@@ -286,7 +286,7 @@ impl AfPacketPort {
         let kernel_stop = IngressStop::attach(ifindex);
         Ok(AfPacketPort {
             name: name.to_string(),
-            counter: Counter { tables, id },
+            counter: Counter { stats, id },
             rx: PacketRx::new(sock),
             tx: TxScratch::default(),
             kernel_stop,

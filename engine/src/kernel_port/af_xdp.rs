@@ -18,8 +18,8 @@ use crate::drop::DropReason;
 use crate::offload::complete_partial_l4;
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 use crate::port::{Port, PortId, PortKind};
+use crate::stats::Stats;
 use crate::sys::xdp::{XdpMode, XdpSocket};
-use crate::tables::Tables;
 
 /// An AF_XDP socket read into pool buffers: what the pod ports and the
 /// AF_XDP underlay share.
@@ -79,15 +79,10 @@ pub struct AfXdpPort {
 impl AfXdpPort {
     /// Opens the port on interface `name`: native XDP if the driver takes
     /// it (and `native`), generic otherwise; [`Self::mode`] says which.
-    pub fn open(
-        name: &str,
-        id: PortId,
-        tables: Arc<Tables>,
-        native: bool,
-    ) -> io::Result<AfXdpPort> {
+    pub fn open(name: &str, id: PortId, stats: Arc<Stats>, native: bool) -> io::Result<AfXdpPort> {
         Ok(AfXdpPort {
             name: name.to_string(),
-            counter: Counter { tables, id },
+            counter: Counter { stats, id },
             rx: XdpRx::new(XdpSocket::open(name, native)?),
             scratch: Vec::new(),
         })

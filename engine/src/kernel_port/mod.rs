@@ -35,26 +35,26 @@ use crate::offload::{finish_in_software, Finished, OffloadError};
 use crate::packet::{PacketBuf, PacketPool};
 use crate::port::PortId;
 use crate::stats::OffloadEvent;
-use crate::tables::Tables;
+use crate::stats::Stats;
 
 /// What every kernel port needs to count its own drops.
 #[derive(Debug, Clone)]
 struct Counter {
-    tables: Arc<Tables>,
+    stats: Arc<Stats>,
     id: PortId,
 }
 
 impl Counter {
     fn drop(&self, reason: DropReason) {
-        self.tables.stats.add_drop(self.id, reason);
+        self.stats.add_drop(self.id, reason);
     }
 
     fn drop_n(&self, reason: DropReason, n: usize) {
-        self.tables.stats.add_drops(self.id, reason, n as u64);
+        self.stats.add_drops(self.id, reason, n as u64);
     }
 
     fn offload(&self, event: OffloadEvent, n: usize) {
-        self.tables.stats.add_offload(self.id, event, n as u64);
+        self.stats.add_offload(self.id, event, n as u64);
     }
 }
 
@@ -247,17 +247,11 @@ fn stage(pool: &mut PacketPool, staging: &mut Vec<PacketBuf>, want: usize, id: P
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NodeConfig;
     use crate::packet::DEFAULT_BUF_SIZE;
 
     fn counter() -> Counter {
-        let node = NodeConfig::flannel(
-            "node1",
-            "10.244.1.0/24".parse().unwrap(),
-            std::net::Ipv4Addr::new(192, 168, 100, 1),
-        );
         Counter {
-            tables: Tables::new(node, 4),
+            stats: Arc::new(Stats::new(4)),
             id: PortId(1),
         }
     }
@@ -267,12 +261,7 @@ mod tests {
     #[test]
     fn kernel_drops_are_counted_by_the_end_of_a_burst_once() {
         let counter = counter();
-        let count = |c: &Counter| {
-            c.tables
-                .stats
-                .snapshot()
-                .drop_count(DropReason::RxQueueFull)
-        };
+        let count = |c: &Counter| c.stats.snapshot().drop_count(DropReason::RxQueueFull);
         let mut drops = KernelDrops::new(32);
         let mut looks = 0;
         let mut kernel = u64::from(u32::MAX) - 2;
@@ -319,7 +308,7 @@ mod tests {
         let got = received_frame(&counter, &mut pool, small, None, 0, 3000, true);
         assert!(got.is_none());
         assert_eq!(pool.in_use(), 0, "every buffer back in the pool");
-        let stats = counter.tables.stats.snapshot();
+        let stats = counter.stats.snapshot();
         assert_eq!(stats.drop_count(DropReason::RxTooLong), 1);
         assert_eq!(stats.drop_count(DropReason::PoolExhausted), 1);
     }

@@ -21,9 +21,9 @@ use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_L
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::OffloadEvent;
+use crate::stats::Stats;
 use crate::sys::netdev;
 use crate::sys::tun::{TunDevice, TunKind};
-use crate::tables::Tables;
 
 /// A TUN or TAP device as a port sees it.
 #[derive(Debug)]
@@ -220,12 +220,12 @@ impl TapPort {
     /// Creates (or attaches to) the TAP device `name` and brings it up.
     /// The device can then be moved into the pod's network namespace; the
     /// port keeps working through its file descriptor.
-    pub fn open(name: &str, id: PortId, tables: Arc<Tables>) -> io::Result<TapPort> {
+    pub fn open(name: &str, id: PortId, stats: Arc<Stats>) -> io::Result<TapPort> {
         let dev = Device::open(name, TunKind::Tap)?;
         netdev::set_up(name)?;
         Ok(TapPort {
             dev,
-            counter: Counter { tables, id },
+            counter: Counter { stats, id },
             staging: Vec::with_capacity(1),
             scratch: Vec::new(),
         })
@@ -293,17 +293,16 @@ pub struct HostPortOptions {
     pub address: std::net::Ipv4Addr,
     /// Routed through the device: the cluster CIDR.
     pub routes: Vec<crate::fib::Prefix>,
+    /// The MAC the node's packets come from, as the pipeline sees them
+    /// (the gateway's).
+    pub gateway_mac: MacAddr,
 }
 
 impl HostPort {
     /// Creates the TUN device, sets its MTU and address, brings it up and
     /// adds the routes. IPv6 is disabled on it: IPv6 is not configured,
     /// and the stack would otherwise send router solicitations into it.
-    pub fn open(
-        options: &HostPortOptions,
-        id: PortId,
-        tables: Arc<Tables>,
-    ) -> io::Result<HostPort> {
+    pub fn open(options: &HostPortOptions, id: PortId, stats: Arc<Stats>) -> io::Result<HostPort> {
         let name = options.name.as_str();
         let dev = Device::open(name, TunKind::Tun)?;
         let _ = netdev::disable_ipv6(name);
@@ -313,13 +312,12 @@ impl HostPort {
         for route in &options.routes {
             netdev::add_device_route(route.addr(), route.prefix_len(), name)?;
         }
-        let gateway_mac = tables.load().node.gateway_mac;
         Ok(HostPort {
             dev,
-            counter: Counter { tables, id },
+            counter: Counter { stats, id },
             staging: Vec::with_capacity(1),
             scratch: Vec::new(),
-            gateway_mac,
+            gateway_mac: options.gateway_mac,
         })
     }
 }

@@ -83,6 +83,7 @@ use crate::offload::{coalesce_datagrams, settle_outer_udp_checksum, Segmenter};
 use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::OffloadEvent;
+use crate::stats::Stats;
 use crate::sys::inet::{InetSocket, IPPROTO_IPIP};
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::netdev;
@@ -90,7 +91,6 @@ use crate::sys::packet_socket::{BpfInstruction, PacketOptions, PacketSocket, ETH
 use crate::sys::socket_drops;
 use crate::sys::xdp::{Frames, XdpMode, XdpSocket};
 use crate::sys::xdp_steer::{inner_protocol, Steer, SteerRules, TunnelSteering};
-use crate::tables::Tables;
 
 const UDP: usize = 8;
 /// VXLAN header and inner Ethernet header: where a VXLAN datagram's inner
@@ -283,7 +283,7 @@ impl UnderlayPort {
     pub fn open(
         options: &UnderlayOptions,
         id: PortId,
-        tables: Arc<Tables>,
+        stats: Arc<Stats>,
     ) -> io::Result<UnderlayPort> {
         let local_mac = MacAddr(netdev::mac(&options.interface)?);
         let ifindex = netdev::ifindex(&options.interface)?;
@@ -348,7 +348,7 @@ impl UnderlayPort {
         };
         Ok(UnderlayPort {
             name: options.interface.clone(),
-            counter: Counter { tables, id },
+            counter: Counter { stats, id },
             local_ip: options.local_ip,
             local_mac,
             udp,

@@ -49,12 +49,12 @@ impl Daemon {
                 if let Err(e) = xdp::ensure_bpffs() {
                     tracing::warn!("{e}: libxdp loads its program without a dispatcher");
                 }
-                let opened = AfXdpPort::open(name, id, Arc::clone(&self.tables), true).or_else(|e| {
+                let opened = AfXdpPort::open(name, id, Arc::clone(&self.tables.stats), true).or_else(|e| {
                     // A podswitchd killed without its cleanup leaves its
                     // XDP program on the veth: take it off and try again.
                     if remove_stale_xdp(name) {
                         tracing::info!(interface = name, "AF_XDP refused ({e}): detached the XDP program left on it, retrying");
-                        AfXdpPort::open(name, id, Arc::clone(&self.tables), true)
+                        AfXdpPort::open(name, id, Arc::clone(&self.tables.stats), true)
                     } else {
                         Err(e)
                     }
@@ -97,7 +97,7 @@ impl Daemon {
                 netdev::set_noarp(name)?;
                 let _ = netdev::disable_ipv6(name);
                 netdev::set_up(name)?;
-                let port = AfPacketPort::open(name, id, Arc::clone(&self.tables))?;
+                let port = AfPacketPort::open(name, id, Arc::clone(&self.tables.stats))?;
                 if let Some(e) = port.kernel_stop_error() {
                     tracing::warn!(
                         interface = name,
@@ -107,7 +107,7 @@ impl Daemon {
                 Ok((Box::new(port), kind.to_string()))
             }
             "tap" => {
-                let port = TapPort::open(name, id, Arc::clone(&self.tables))?;
+                let port = TapPort::open(name, id, Arc::clone(&self.tables.stats))?;
                 Ok((Box::new(port), kind.to_string()))
             }
             other => Err(std::io::Error::new(

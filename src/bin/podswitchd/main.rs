@@ -158,7 +158,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             af_xdp: settings.underlay_af_xdp,
         },
         underlay_id,
-        Arc::clone(&tables),
+        Arc::clone(&tables.stats),
     )
     .map_err(|e| format!("underlay {}: {e}", settings.underlay_interface))?;
     if let Some(mode) = underlay.xdp_mode() {
@@ -185,9 +185,10 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             mtu: u32::from(node.pod_mtu()),
             address: host_address,
             routes: vec![node.cluster_cidr],
+            gateway_mac: node.gateway_mac,
         },
         host_id,
-        Arc::clone(&tables),
+        Arc::clone(&tables.stats),
     )
     .map_err(|e| format!("host port {}: {e}", settings.host_interface))?;
     let host_kind = attach(&workers, host_id, Box::new(host), "host")?;

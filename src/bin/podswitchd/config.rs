@@ -94,7 +94,9 @@ pub(crate) struct Cli {
     /// socket and passes everything else, ARP and the node's own traffic,
     /// to the kernel; packets carrying TCP stay on the socket path, where
     /// the kernel merges them into super-frames; falls back to socket,
-    /// logged, where XDP cannot be attached; not for host-gw).
+    /// logged, where XDP cannot be attached; not for host-gw). On a veth
+    /// underlay it saves CPU on small packets and costs TCP and latency
+    /// under load (docs/benchmarks.md, "AF_XDP underlay").
     #[arg(long, value_name = "socket|af-xdp")]
     pub underlay_kind: Option<String>,
     /// `[dataplane] busy_poll_us`: the most microseconds the worker keeps

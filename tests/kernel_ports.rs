@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use common::{require, Netns};
 use podswitch_engine::config::NodeConfig;
 use podswitch_engine::drop::DropReason;
-use podswitch_engine::kernel_port::AfPacketPort;
+use podswitch_engine::kernel_port::{AfPacketPort, HostPort, HostPortOptions};
 use podswitch_engine::packet::{PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
 use podswitch_engine::port::{Port, PortId};
 use podswitch_engine::sys::netlink::in_netns;
@@ -91,6 +91,80 @@ fn frames_the_kernel_dropped_for_a_full_socket_are_counted() {
     assert!(
         read < SENT,
         "the socket never overflowed: read {read} of {SENT}"
+    );
+    assert_eq!(
+        read as u64 + counted,
+        SENT as u64,
+        "read {read}, counted {counted} dropped by the kernel, of {SENT} sent"
+    );
+}
+
+/// Packets the node's stack sends to the host port's TUN device while
+/// podswitch does not read are dropped by the kernel at the device's
+/// queue, and counted (`rx_queue_full`): every packet sent is read or
+/// counted.
+#[test]
+fn packets_the_kernel_dropped_at_a_full_tun_queue_are_counted() {
+    require(&["ip", "sysctl", "/usr/bin/python3"]);
+    let ns = Netns::new("tunq");
+    ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    let node = NodeConfig::flannel(
+        "node1",
+        "10.244.1.0/24".parse().unwrap(),
+        Ipv4Addr::new(192, 168, 100, 1),
+    );
+    let gateway_mac = node.gateway_mac;
+    let tables = Tables::new(node, 4);
+    let stats = std::sync::Arc::clone(&tables.stats);
+    let path = format!("/var/run/netns/{}", ns.name);
+    let port = in_netns(&path, move || {
+        HostPort::open(
+            &HostPortOptions {
+                name: "pswtun0".into(),
+                mtu: 1450,
+                address: Ipv4Addr::new(10, 244, 1, 1),
+                routes: vec!["10.244.0.0/16".parse().unwrap()],
+                gateway_mac,
+            },
+            PortId(1),
+            stats,
+        )
+    })
+    .expect("a host port in the namespace");
+    // Far more than the device's queue (tx_queue_len 500) holds.
+    const SENT: usize = 3000;
+    let count = SENT.to_string();
+    ns.exec(
+        "/usr/bin/python3",
+        &[
+            "-c",
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             for _ in range(int(sys.argv[1])): s.sendto(b'x' * 100, ('10.244.2.2', 9))",
+            &count,
+        ],
+    );
+    // Read as podswitchd's worker does: in the namespace of the device,
+    // whose counters it reads.
+    let mut port = port;
+    let read = in_netns(&path, move || {
+        let mut pool = PacketPool::with_large(256, DEFAULT_BUF_SIZE, 0);
+        let mut batch = Vec::new();
+        let mut read = 0;
+        loop {
+            let got = port.recv(&mut pool, &mut batch)?;
+            pool.free_all(&mut batch);
+            if got == 0 {
+                return Ok(read);
+            }
+            read += got;
+        }
+    })
+    .expect("reading the host port");
+    let counted = tables.stats.snapshot().drop_count(DropReason::RxQueueFull);
+    assert!(
+        read < SENT,
+        "the queue never overflowed: read {read} of {SENT}"
     );
     assert_eq!(
         read as u64 + counted,

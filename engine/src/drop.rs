@@ -93,7 +93,7 @@ drop_reasons! {
     GsoMalformed => "gso_malformed", "a segmentation-offload frame whose headers do not match its type";
     HostNotIp => "host_not_ip", "a packet from the host port that is neither IPv4 nor IPv6";
     TxFailed => "tx_failed", "the kernel did not take a frame on send (queue full or link down)";
-    RxQueueFull => "rx_queue_full", "the kernel dropped a frame for the port before podswitch read it: its socket's receive queue or AF_XDP ring was full (podswitch fell behind)";
+    RxQueueFull => "rx_queue_full", "the kernel dropped a frame for the port before podswitch read it: its socket's receive queue, AF_XDP ring or TUN/TAP queue was full (podswitch fell behind)";
 }
 
 impl fmt::Display for DropReason {

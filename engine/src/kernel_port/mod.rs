@@ -80,8 +80,14 @@ struct KernelDrops {
 impl KernelDrops {
     /// For a counter of `bits` bits that starts at zero with the socket.
     fn new(bits: u32) -> KernelDrops {
+        KernelDrops::from(bits, 0)
+    }
+
+    /// For a counter of `bits` bits that stands at `seen` now (a device's,
+    /// which may have counted before the port opened).
+    fn from(bits: u32, seen: u64) -> KernelDrops {
         KernelDrops {
-            seen: 0,
+            seen,
             bits,
             reads: 0,
             busy: false,

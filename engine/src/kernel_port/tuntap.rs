@@ -15,7 +15,9 @@ use std::sync::Arc;
 use podswitch_encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
 use podswitch_encap::MacAddr;
 
-use super::{finish_offloads, has_offloads, offload_drop_reason, received_frame, stage, Counter};
+use super::{
+    finish_offloads, has_offloads, offload_drop_reason, received_frame, stage, Counter, KernelDrops,
+};
 use crate::drop::DropReason;
 use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
@@ -35,6 +37,10 @@ struct Device {
     /// Ethernet header it gives a TUN packet); a virtio-net header's
     /// offsets count from the device's packet, the engine's from the frame.
     shift: usize,
+    /// Packets the kernel dropped because the device's queue to
+    /// podswitch was full (read while the device is in the daemon's
+    /// namespace; a TAP device moved into a pod's is not seen).
+    kernel_drops: KernelDrops,
 }
 
 impl Device {
@@ -44,18 +50,17 @@ impl Device {
             TunKind::Tun => ETH,
             TunKind::Tap => 0,
         };
-        match TunDevice::open_with_offloads(name, kind) {
-            Ok(dev) => Ok(Device {
-                dev,
-                vnet: true,
-                shift,
-            }),
-            Err(_) => Ok(Device {
-                dev: TunDevice::open(name, kind)?,
-                vnet: false,
-                shift,
-            }),
-        }
+        let (dev, vnet) = match TunDevice::open_with_offloads(name, kind) {
+            Ok(dev) => (dev, true),
+            Err(_) => (TunDevice::open(name, kind)?, false),
+        };
+        let dropped_before = netdev::tx_dropped(name).unwrap_or(0);
+        Ok(Device {
+            dev,
+            vnet,
+            shift,
+            kernel_drops: KernelDrops::from(64, dropped_before),
+        })
     }
 }
 
@@ -76,7 +81,7 @@ fn shift_header(hdr: &mut VnetHeader, by: i32) {
 /// `finish` completes each frame (or refuses it with a reason), then its
 /// offload state is taken from its virtio-net header.
 fn read_batch(
-    dev: &Device,
+    dev: &mut Device,
     counter: &Counter,
     staging: &mut Vec<PacketBuf>,
     pool: &mut PacketPool,
@@ -154,6 +159,9 @@ fn read_batch(
         }
         batch.push(buf);
     }
+    let name = dev.dev.name();
+    dev.kernel_drops
+        .after_recv(counter, got, || netdev::tx_dropped(name).ok());
     Ok(got)
 }
 
@@ -243,7 +251,7 @@ impl Port for TapPort {
 
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
         read_batch(
-            &self.dev,
+            &mut self.dev,
             &self.counter,
             &mut self.staging,
             pool,
@@ -334,7 +342,7 @@ impl Port for HostPort {
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
         let mac = self.gateway_mac;
         read_batch(
-            &self.dev,
+            &mut self.dev,
             &self.counter,
             &mut self.staging,
             pool,

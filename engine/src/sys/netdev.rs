@@ -123,6 +123,39 @@ fn ethtool_value(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
     Ok(value.data)
 }
 
+/// Packets the kernel dropped on their way out of interface `name` (its
+/// `tx_dropped`, the transmit "drop" column of /proc/net/dev, in the
+/// caller's network namespace). For a TUN or TAP device: those the
+/// reader's queue had no room for (`tun_net_xmit`, drivers/net/tun.c).
+pub fn tx_dropped(name: &str) -> io::Result<u64> {
+    // The calling thread's namespace: /proc/net is the process's.
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+    for line in text.lines().skip(2) {
+        let Some((iface, counters)) = line.split_once(':') else {
+            continue;
+        };
+        if iface.trim() != name {
+            continue;
+        }
+        // Receive: bytes packets errs drop fifo frame compressed
+        // multicast; then transmit: bytes packets errs drop ...
+        return counters
+            .split_whitespace()
+            .nth(11)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("/proc/net/dev: no transmit drops for {name}"),
+                )
+            });
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("/proc/net/dev: no interface {name}"),
+    ))
+}
+
 /// `ETHTOOL_GDRVINFO`: the driver's name, among other facts.
 const ETHTOOL_GDRVINFO: u32 = 0x03;
 

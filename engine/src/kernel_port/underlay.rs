@@ -45,7 +45,7 @@
 //! **AF_XDP receive** (`UnderlayOptions::af_xdp`, Linux 5.9+): an XDP
 //! program on the underlay interface ([`crate::sys::xdp_steer`]) steers
 //! the tunnel's packets for the node, except those carrying TCP, into an
-//! AF_XDP socket on receive queue 0 (generic XDP on a veth, native
+//! AF_XDP socket per receive queue (generic XDP on a veth, native
 //! elsewhere); they reach the pipeline as the wire
 //! frames they are, without crossing the kernel's IP and UDP stack.
 //! Everything else still reaches the kernel, and the sockets above stay
@@ -126,13 +126,13 @@ pub struct UnderlayOptions {
     pub af_xdp: bool,
 }
 
-/// The AF_XDP receive path: the steering program and the socket it
-/// redirects into. The program is declared first, so it is detached
-/// before the socket closes.
+/// The AF_XDP receive path: the steering program and the sockets it
+/// redirects into, one per receive queue. The program is declared first,
+/// so it is detached before the sockets close.
 #[derive(Debug)]
 struct XdpReceive {
     steering: TunnelSteering,
-    rx: XdpRx,
+    rx: Vec<XdpRx>,
     /// The interface whose GRO was turned on for the TCP path, to turn
     /// off again when the port closes.
     gro_turned_on: Option<String>,
@@ -146,18 +146,19 @@ impl Drop for XdpReceive {
     }
 }
 
-/// Receive queue the AF_XDP socket reads; tunnel packets arriving on
-/// other queues reach the kernel and the tunnel socket (a veth has one).
-const XDP_QUEUE: u32 = 0;
-/// Entries of the steering program's socket map: receive queues it can
-/// tell apart.
-const XDP_MAP_QUEUES: u32 = 64;
-/// The AF_XDP underlay socket's frames: receive only (the underlay sends
-/// through its sockets), 8,192 of them (16 MiB) so that a burst arriving
-/// while the worker is off its CPU waits in the ring, as it would in a
-/// UDP socket's receive buffer, instead of being dropped: with 1,024, two
-/// generators across nodes lost four frames in five (`rx_queue_full`).
-const XDP_UNDERLAY_FRAMES: Frames = Frames { rx: 8192, tx: 0 };
+/// Receive queues read through AF_XDP, at most: the steering program's
+/// socket map has an entry for each. Tunnel packets arriving on a queue
+/// beyond these reach the kernel and the tunnel socket.
+const XDP_MAX_QUEUES: u32 = 64;
+/// The AF_XDP underlay's receive frames, shared out between its queues'
+/// sockets (receive only: the underlay sends through its sockets). 8,192
+/// (16 MiB) so that a burst arriving while the worker is off its CPU
+/// waits in a ring, as it would in a UDP socket's receive buffer, instead
+/// of being dropped: with 1,024, two generators across nodes lost four
+/// frames in five (`rx_queue_full`).
+const XDP_UNDERLAY_FRAMES: u32 = 8192;
+/// Receive frames of one queue's socket, at least.
+const XDP_MIN_QUEUE_FRAMES: u32 = 2048;
 
 impl XdpReceive {
     fn open(options: &UnderlayOptions, ifindex: u32, mac: MacAddr) -> io::Result<XdpReceive> {
@@ -190,14 +191,21 @@ impl XdpReceive {
         // Generic XDP leaves the peer alone, so a veth gets generic; any
         // other driver native where it takes it.
         let native = netdev::driver(&options.interface).map_or(true, |d| d != "veth");
-        let steering = TunnelSteering::attach(ifindex, &rules, XDP_MAP_QUEUES, native)?;
-        let socket = XdpSocket::open_for_program(
-            &options.interface,
-            XDP_QUEUE,
-            steering.mode(),
-            XDP_UNDERLAY_FRAMES,
-        )?;
-        steering.insert(XDP_QUEUE, socket.fd())?;
+        let queues = netdev::rx_queues(&options.interface)
+            .unwrap_or(1)
+            .clamp(1, XDP_MAX_QUEUES);
+        let steering = TunnelSteering::attach(ifindex, &rules, queues, native)?;
+        let frames = Frames {
+            rx: (XDP_UNDERLAY_FRAMES / queues).max(XDP_MIN_QUEUE_FRAMES),
+            tx: 0,
+        };
+        let mut rx = Vec::with_capacity(queues as usize);
+        for queue in 0..queues {
+            let socket =
+                XdpSocket::open_for_program(&options.interface, queue, steering.mode(), frames)?;
+            steering.insert(queue, socket.fd())?;
+            rx.push(XdpRx::new(socket));
+        }
         // With native XDP the TCP packets the program passes reach the
         // tunnel socket as super-datagrams only through GRO: where it is
         // off (a veth's default) it is turned on for as long as the port
@@ -212,7 +220,7 @@ impl XdpReceive {
         };
         Ok(XdpReceive {
             steering,
-            rx: XdpRx::new(socket),
+            rx,
             gro_turned_on,
         })
     }
@@ -391,10 +399,14 @@ impl UnderlayPort {
             return 0;
         };
         let inner_l3 = ETH + IPV4 + UDP + self.inner_l3;
-        // What a UDP socket would have taken, this path takes.
-        xdp.rx.recv(&self.counter, pool, batch, |frame| {
-            settle_outer_udp_checksum(frame, ETH, inner_l3);
-        })
+        let mut read = 0;
+        for rx in &mut xdp.rx {
+            // What a UDP socket would have taken, this path takes.
+            read += rx.recv(&self.counter, pool, batch, |frame| {
+                settle_outer_udp_checksum(frame, ETH, inner_l3);
+            });
+        }
+        read
     }
 
     /// Receives datagrams from `sock`, each at `reserve` bytes into its
@@ -885,7 +897,7 @@ impl Port for UnderlayPort {
     fn poll_fds(&self) -> Vec<RawFd> {
         let mut fds = Vec::new();
         if let Some(x) = &self.xdp {
-            fds.push(x.rx.sock.fd());
+            fds.extend(x.rx.iter().map(|rx| rx.sock.fd()));
         }
         if let Some((s, _)) = &self.udp {
             fds.push(s.as_fd().as_raw_fd());

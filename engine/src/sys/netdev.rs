@@ -38,8 +38,8 @@ fn ioctl(request: libc::c_ulong, req: &mut libc::ifreq, name: &str) -> io::Resul
     // SAFETY: every request used here reads or writes one `struct ifreq`,
     // and `req` is a valid, exclusively borrowed ifreq; for SIOCETHTOOL
     // its data pointer points at a live structure of the layout the
-    // command reads and writes (`ethtool_value`, `ethtool_drvinfo`),
-    // which the caller holds across this call.
+    // command reads and writes (`ethtool_value`, `ethtool_drvinfo`,
+    // `ethtool_channels`), which the caller holds across this call.
     cvt(unsafe { libc::ioctl(fd.as_raw_fd(), request, std::ptr::from_mut(req)) })
         .map(|_| ())
         .map_err(|e| io::Error::new(e.kind(), format!("interface {name}: {e}")))
@@ -154,6 +154,36 @@ pub fn tx_dropped(name: &str) -> io::Result<u64> {
         io::ErrorKind::NotFound,
         format!("/proc/net/dev: no interface {name}"),
     ))
+}
+
+/// `ETHTOOL_GCHANNELS`: the interface's queue counts.
+const ETHTOOL_GCHANNELS: u32 = 0x3c;
+
+/// The interface's receive queues (`ethtool -l NAME`: its rx and
+/// combined channels), or an error where the driver does not say.
+pub fn rx_queues(name: &str) -> io::Result<u32> {
+    // struct ethtool_channels (include/uapi/linux/ethtool.h).
+    #[repr(C)]
+    #[derive(Default)]
+    struct Channels {
+        cmd: u32,
+        max_rx: u32,
+        max_tx: u32,
+        max_other: u32,
+        max_combined: u32,
+        rx_count: u32,
+        tx_count: u32,
+        other_count: u32,
+        combined_count: u32,
+    }
+    let mut channels = Channels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Channels::default()
+    };
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_data = std::ptr::from_mut(&mut channels).cast();
+    ioctl(libc::SIOCETHTOOL, &mut req, name)?;
+    Ok(channels.rx_count + channels.combined_count)
 }
 
 /// `ETHTOOL_GDRVINFO`: the driver's name, among other facts.

@@ -50,6 +50,36 @@ fn af_packet_port(ns: &Netns) -> (std::sync::Arc<Tables>, AfPacketPort) {
     (tables, port)
 }
 
+/// Reads `port` until it reports nothing read; returns the frames read.
+fn read_all(port: &mut dyn Port) -> std::io::Result<usize> {
+    let mut pool = PacketPool::with_large(256, DEFAULT_BUF_SIZE, 0);
+    let mut batch = Vec::new();
+    let mut read = 0;
+    loop {
+        let got = port.recv(&mut pool, &mut batch)?;
+        pool.free_all(&mut batch);
+        if got == 0 {
+            return Ok(read);
+        }
+        read += got;
+    }
+}
+
+/// Every one of `sent` frames was read or counted as dropped by the kernel
+/// (`rx_queue_full`), and some were dropped.
+fn assert_read_or_counted(tables: &Tables, read: usize, sent: usize) {
+    let counted = tables.stats.snapshot().drop_count(DropReason::RxQueueFull);
+    assert!(
+        read < sent,
+        "the queue never overflowed: read {read} of {sent}"
+    );
+    assert_eq!(
+        read as u64 + counted,
+        sent as u64,
+        "read {read}, counted {counted} dropped by the kernel, of {sent} sent"
+    );
+}
+
 /// Frames the kernel drops because the port's socket is full are counted
 /// (`rx_queue_full`): every frame sent is either read or counted.
 #[test]
@@ -76,27 +106,8 @@ fn frames_the_kernel_dropped_for_a_full_socket_are_counted() {
             &count,
         ],
     );
-    let mut pool = PacketPool::with_large(256, DEFAULT_BUF_SIZE, 0);
-    let mut batch = Vec::new();
-    let mut read = 0;
-    loop {
-        let got = port.recv(&mut pool, &mut batch).unwrap();
-        pool.free_all(&mut batch);
-        if got == 0 {
-            break;
-        }
-        read += got;
-    }
-    let counted = tables.stats.snapshot().drop_count(DropReason::RxQueueFull);
-    assert!(
-        read < SENT,
-        "the socket never overflowed: read {read} of {SENT}"
-    );
-    assert_eq!(
-        read as u64 + counted,
-        SENT as u64,
-        "read {read}, counted {counted} dropped by the kernel, of {SENT} sent"
-    );
+    let read = read_all(&mut port).unwrap();
+    assert_read_or_counted(&tables, read, SENT);
 }
 
 /// Packets the node's stack sends to the host port's TUN device while
@@ -147,30 +158,8 @@ fn packets_the_kernel_dropped_at_a_full_tun_queue_are_counted() {
     // Read as podswitchd's worker does: in the namespace of the device,
     // whose counters it reads.
     let mut port = port;
-    let read = in_netns(&path, move || {
-        let mut pool = PacketPool::with_large(256, DEFAULT_BUF_SIZE, 0);
-        let mut batch = Vec::new();
-        let mut read = 0;
-        loop {
-            let got = port.recv(&mut pool, &mut batch)?;
-            pool.free_all(&mut batch);
-            if got == 0 {
-                return Ok(read);
-            }
-            read += got;
-        }
-    })
-    .expect("reading the host port");
-    let counted = tables.stats.snapshot().drop_count(DropReason::RxQueueFull);
-    assert!(
-        read < SENT,
-        "the queue never overflowed: read {read} of {SENT}"
-    );
-    assert_eq!(
-        read as u64 + counted,
-        SENT as u64,
-        "read {read}, counted {counted} dropped by the kernel, of {SENT} sent"
-    );
+    let read = in_netns(&path, move || read_all(&mut port)).expect("reading the host port");
+    assert_read_or_counted(&tables, read, SENT);
 }
 
 /// A whole batch the port had to drop (frames longer than a small buffer,

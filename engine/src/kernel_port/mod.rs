@@ -6,14 +6,16 @@
 //! | [`AfPacketPort`] | AF_PACKET socket on a pod veth's host side | Ethernet; super-frames and partial checksums carried both ways ([`crate::offload`]) |
 //! | [`TapPort`] | a TAP device a pod uses as its interface | Ethernet |
 //! | [`HostPort`] | the TUN device `podswitch0` | IPv4 to and from the node's own stack |
-//! | [`UnderlayPort`] | UDP socket (VXLAN, IP-in-UDP), raw IPIP socket, raw sending socket, AF_PACKET for host-gw | outer frames |
+//! | [`UnderlayPort`] | UDP socket (VXLAN, IP-in-UDP), raw IPIP socket, raw sending socket, AF_PACKET for host-gw; optionally AF_XDP sockets fed by an XDP program for the tunnel's small packets | outer frames |
 //!
 //! Every port speaks Ethernet frames to the pipeline, whatever its kernel
 //! interface carries: a TUN port adds and strips an Ethernet header, and
 //! the socket-backed underlay rebuilds the outer headers the kernel
 //! consumed, so the pipeline, `trace` and `capture` see the same frames an
 //! AF_XDP underlay will give them. Frames a port cannot take or deliver
-//! are dropped with a [`DropReason`] counted on that port. A port whose
+//! are dropped with a [`DropReason`] counted on that port, and so are the
+//! frames the kernel dropped before podswitch could read them
+//! (`rx_queue_full`, read from the kernel's own counters). A port whose
 //! kernel interface cannot take a super-frame or a partial checksum
 //! finishes it in software before sending (`finish_offloads`), counted
 //! under [`OffloadEvent`].

@@ -24,11 +24,9 @@ use crate::drop::DropReason;
 use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
-use crate::stats::OffloadEvent;
-use crate::stats::Stats;
+use crate::stats::{OffloadEvent, Stats};
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::packet_socket::{PacketOptions, PacketSocket};
-use crate::sys::socket_drops;
 use crate::sys::tcx::IngressStop;
 
 /// The receive side shared by pod ports and the underlay's host-gw socket.
@@ -80,7 +78,7 @@ impl PacketRx {
             meta: vec![Received::default(); BATCH_SIZE],
             staging: Vec::with_capacity(BATCH_SIZE),
             staging_large: Vec::with_capacity(BATCH_SIZE),
-            kernel_drops: KernelDrops::new(32),
+            kernel_drops: KernelDrops::socket(),
         }
     }
 
@@ -123,10 +121,8 @@ impl PacketRx {
                 return Err(e);
             }
         };
-        let sock = &self.sock;
-        self.kernel_drops.after_recv(counter, got, || {
-            socket_drops(sock.as_fd()).ok().map(u64::from)
-        });
+        self.kernel_drops
+            .after_socket_recv(counter, got, want, self.sock.as_fd());
         for (i, small) in self.staging.drain(..got).enumerate() {
             let meta = self.meta[i];
             let large = self.staging_large.get_mut(i).and_then(Option::take);

@@ -33,7 +33,7 @@ impl XdpRx {
     pub(super) fn new(sock: XdpSocket) -> XdpRx {
         XdpRx {
             sock,
-            kernel_drops: KernelDrops::new(64),
+            kernel_drops: KernelDrops::xdp(),
         }
     }
 
@@ -62,7 +62,7 @@ impl XdpRx {
             });
         let sock = &self.sock;
         self.kernel_drops
-            .after_recv(counter, read, || sock.kernel_drops().ok());
+            .after_recv(counter, read, want, || sock.kernel_drops().ok());
         read
     }
 }

@@ -25,6 +25,7 @@ mod af_xdp;
 mod tuntap;
 mod underlay;
 
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 
 pub use af_packet::AfPacketPort;
@@ -36,8 +37,8 @@ use crate::drop::DropReason;
 use crate::offload::{finish_in_software, Finished, OffloadError};
 use crate::packet::{PacketBuf, PacketPool};
 use crate::port::PortId;
-use crate::stats::OffloadEvent;
-use crate::stats::Stats;
+use crate::stats::{OffloadEvent, Stats};
+use crate::sys::socket_drops;
 
 /// What every kernel port needs to count its own drops.
 #[derive(Debug, Clone)]
@@ -63,9 +64,9 @@ impl Counter {
 /// Busy reads between two looks at a socket's kernel drop counter.
 const READS_PER_LOOK: u32 = 64;
 
-/// Frames the kernel dropped for one of a port's sockets before podswitch
-/// read them (its receive queue or ring full), counted as
-/// [`DropReason::RxQueueFull`]. The kernel's counter is read every
+/// Frames the kernel dropped for one of a port's sockets or devices
+/// before podswitch read them (its receive queue or ring full), counted
+/// as [`DropReason::RxQueueFull`]. The kernel's counter is read every
 /// `READS_PER_LOOK` reads that found frames and once when the traffic
 /// stops, so a drop is counted by the end of its burst without a system
 /// call per read.
@@ -77,28 +78,57 @@ struct KernelDrops {
     bits: u32,
     reads: u32,
     busy: bool,
+    /// The counter is costly to read (a device's line of /proc/net/dev,
+    /// some 200 µs with a hundred pods' veths): look only if a read since
+    /// the last look took all the room it had. A queue that dropped was
+    /// full, and stays full until podswitch reads it, so that read is
+    /// sure to come.
+    only_after_full_reads: bool,
+    full_read: bool,
 }
 
 impl KernelDrops {
-    /// For a counter of `bits` bits that starts at zero with the socket.
-    fn new(bits: u32) -> KernelDrops {
-        KernelDrops::from(bits, 0)
-    }
-
-    /// For a counter of `bits` bits that stands at `seen` now (a device's,
-    /// which may have counted before the port opened).
-    fn from(bits: u32, seen: u64) -> KernelDrops {
+    fn with(bits: u32, seen: u64, only_after_full_reads: bool) -> KernelDrops {
         KernelDrops {
             seen,
             bits,
             reads: 0,
             busy: false,
+            only_after_full_reads,
+            full_read: false,
         }
     }
 
-    /// After a read that found `got` frames: when a look is due, reads the
-    /// kernel's count with `total` and counts what is new on `counter`.
-    fn after_recv(&mut self, counter: &Counter, got: usize, total: impl FnOnce() -> Option<u64>) {
+    /// A socket's `sk_drops` (UDP, raw, AF_PACKET): 32 bits, zero when it
+    /// opens, cheap to read.
+    fn socket() -> KernelDrops {
+        KernelDrops::with(32, 0, false)
+    }
+
+    /// An AF_XDP socket's `XDP_STATISTICS`: 64 bits, zero when it opens.
+    fn xdp() -> KernelDrops {
+        KernelDrops::with(64, 0, false)
+    }
+
+    /// A device's `tx_dropped`, which stands at `seen` when the port opens
+    /// and is costly to read.
+    fn device(seen: u64) -> KernelDrops {
+        KernelDrops::with(64, seen, true)
+    }
+
+    /// After a read that found `got` frames and had room for `room`: when
+    /// a look is due, reads the kernel's count with `total` and counts
+    /// what is new on `counter`.
+    fn after_recv(
+        &mut self,
+        counter: &Counter,
+        got: usize,
+        room: usize,
+        total: impl FnOnce() -> Option<u64>,
+    ) {
+        if got > 0 && got >= room {
+            self.full_read = true;
+        }
         let due = if got == 0 {
             std::mem::take(&mut self.busy)
         } else {
@@ -110,6 +140,9 @@ impl KernelDrops {
             return;
         }
         self.reads = 0;
+        if !std::mem::take(&mut self.full_read) && self.only_after_full_reads {
+            return;
+        }
         let Some(total) = total() else { return };
         let mask = u64::MAX >> (64 - self.bits);
         let new = total.wrapping_sub(self.seen) & mask;
@@ -117,6 +150,13 @@ impl KernelDrops {
         if new > 0 {
             counter.drop_n(DropReason::RxQueueFull, new as usize);
         }
+    }
+
+    /// [`Self::after_recv`] for socket `sock`'s `sk_drops`.
+    fn after_socket_recv(&mut self, counter: &Counter, got: usize, room: usize, sock: BorrowedFd) {
+        self.after_recv(counter, got, room, || {
+            socket_drops(sock).ok().map(u64::from)
+        });
     }
 }
 
@@ -270,34 +310,64 @@ mod tests {
     fn kernel_drops_are_counted_by_the_end_of_a_burst_once() {
         let counter = counter();
         let count = |c: &Counter| c.stats.snapshot().drop_count(DropReason::RxQueueFull);
-        let mut drops = KernelDrops::new(32);
+        let mut drops = KernelDrops::socket();
         let mut looks = 0;
         let mut kernel = u64::from(u32::MAX) - 2;
         for _ in 0..READS_PER_LOOK - 1 {
-            drops.after_recv(&counter, 8, || {
+            drops.after_recv(&counter, 8, 32, || {
                 looks += 1;
                 Some(kernel)
             });
         }
         assert_eq!(looks, 0, "no look before READS_PER_LOOK busy reads");
-        drops.after_recv(&counter, 8, || {
+        drops.after_recv(&counter, 8, 32, || {
             looks += 1;
             Some(kernel)
         });
         assert_eq!((looks, count(&counter)), (1, u64::from(u32::MAX) - 2));
         // The counter wraps: 5 more drops read as 2.
         kernel = 2;
-        drops.after_recv(&counter, 0, || {
+        drops.after_recv(&counter, 0, 32, || {
             looks += 1;
             Some(kernel)
         });
         assert_eq!((looks, count(&counter)), (2, u64::from(u32::MAX) + 3));
         // Idle reads after that look no more.
-        drops.after_recv(&counter, 0, || {
+        drops.after_recv(&counter, 0, 32, || {
             looks += 1;
             Some(kernel)
         });
         assert_eq!(looks, 2);
+    }
+
+    /// A device's costly counter is looked at only after a read that
+    /// filled its room: the end of a burst of short reads passes it by,
+    /// the end of one with a full read does not.
+    #[test]
+    fn a_device_counter_is_read_only_after_a_full_read() {
+        let counter = counter();
+        let mut drops = KernelDrops::device(7);
+        let mut looks = 0;
+        drops.after_recv(&counter, 3, 32, || {
+            looks += 1;
+            Some(7)
+        });
+        drops.after_recv(&counter, 0, 32, || {
+            looks += 1;
+            Some(7)
+        });
+        assert_eq!(looks, 0, "a burst that never filled a read: no look");
+        drops.after_recv(&counter, 32, 32, || {
+            looks += 1;
+            Some(9)
+        });
+        drops.after_recv(&counter, 0, 32, || {
+            looks += 1;
+            Some(9)
+        });
+        assert_eq!(looks, 1);
+        let counted = counter.stats.snapshot().drop_count(DropReason::RxQueueFull);
+        assert_eq!(counted, 2, "counted from where the device stood at open");
     }
 
     /// A message the kernel cut (MSG_TRUNC) is counted, under rx_too_long

@@ -22,8 +22,7 @@ use crate::drop::DropReason;
 use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 use crate::port::{Port, PortId, PortKind};
-use crate::stats::OffloadEvent;
-use crate::stats::Stats;
+use crate::stats::{OffloadEvent, Stats};
 use crate::sys::netdev;
 use crate::sys::tun::{TunDevice, TunKind};
 
@@ -59,7 +58,7 @@ impl Device {
             dev,
             vnet,
             shift,
-            kernel_drops: KernelDrops::from(64, dropped_before),
+            kernel_drops: KernelDrops::device(dropped_before),
         })
     }
 }
@@ -161,7 +160,7 @@ fn read_batch(
     }
     let name = dev.dev.name();
     dev.kernel_drops
-        .after_recv(counter, got, || netdev::tx_dropped(name).ok());
+        .after_recv(counter, got, want, || netdev::tx_dropped(name).ok());
     Ok(got)
 }
 

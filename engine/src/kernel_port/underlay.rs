@@ -82,13 +82,11 @@ use crate::fib::Prefix;
 use crate::offload::{coalesce_datagrams, settle_outer_udp_checksum, Segmenter};
 use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
-use crate::stats::OffloadEvent;
-use crate::stats::Stats;
+use crate::stats::{OffloadEvent, Stats};
 use crate::sys::inet::{InetSocket, IPPROTO_IPIP};
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::netdev;
 use crate::sys::packet_socket::{BpfInstruction, PacketOptions, PacketSocket, ETH_P_IP};
-use crate::sys::socket_drops;
 use crate::sys::xdp::{Frames, XdpMode, XdpSocket};
 use crate::sys::xdp_steer::{inner_protocol, Steer, SteerRules, TunnelSteering};
 
@@ -361,8 +359,8 @@ impl UnderlayPort {
             local_mac,
             udp,
             ipip,
-            udp_drops: KernelDrops::new(32),
-            ipip_drops: KernelDrops::new(32),
+            udp_drops: KernelDrops::socket(),
+            ipip_drops: KernelDrops::socket(),
             sender,
             direct,
             meta: vec![Received::default(); BATCH_SIZE],
@@ -454,9 +452,7 @@ impl UnderlayPort {
             Socket::Udp => &mut self.udp_drops,
             Socket::Ipip => &mut self.ipip_drops,
         };
-        kernel_drops.after_recv(&self.counter, got, || {
-            socket_drops(sock.as_fd()).ok().map(u64::from)
-        });
+        kernel_drops.after_socket_recv(&self.counter, got, want, sock.as_fd());
         let tunnel_port = self.udp.as_ref().map_or(0, |(_, p)| *p);
         let mut staging = std::mem::take(&mut self.staging);
         let mut staging_large = std::mem::take(&mut self.staging_large);

@@ -109,6 +109,14 @@ pub fn set_noarp(name: &str) -> io::Result<()> {
 const ETHTOOL_GGRO: u32 = 0x2b;
 const ETHTOOL_SGRO: u32 = 0x2c;
 
+/// Runs one `SIOCETHTOOL` call on `data`, the structure its command
+/// (its first field) reads and writes.
+fn ethtool<T>(name: &str, data: &mut T) -> io::Result<()> {
+    let mut req = ifreq(name)?;
+    req.ifr_ifru.ifru_data = std::ptr::from_mut(data).cast();
+    ioctl(libc::SIOCETHTOOL, &mut req, name)
+}
+
 /// Runs one `SIOCETHTOOL` call carrying a `struct ethtool_value`.
 fn ethtool_value(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
     #[repr(C)]
@@ -117,9 +125,7 @@ fn ethtool_value(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
         data: u32,
     }
     let mut value = EthtoolValue { cmd, data };
-    let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_data = std::ptr::from_mut(&mut value).cast();
-    ioctl(libc::SIOCETHTOOL, &mut req, name)?;
+    ethtool(name, &mut value)?;
     Ok(value.data)
 }
 
@@ -180,9 +186,7 @@ pub fn rx_queues(name: &str) -> io::Result<u32> {
         cmd: ETHTOOL_GCHANNELS,
         ..Channels::default()
     };
-    let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_data = std::ptr::from_mut(&mut channels).cast();
-    ioctl(libc::SIOCETHTOOL, &mut req, name)?;
+    ethtool(name, &mut channels)?;
     Ok(channels.rx_count + channels.combined_count)
 }
 
@@ -205,9 +209,7 @@ pub fn driver(name: &str) -> io::Result<String> {
         driver: [0; 32],
         rest: [0; 32 * 4 + 12 + 5 * 4],
     };
-    let mut req = ifreq(name)?;
-    req.ifr_ifru.ifru_data = std::ptr::from_mut(&mut info).cast();
-    ioctl(libc::SIOCETHTOOL, &mut req, name)?;
+    ethtool(name, &mut info)?;
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }

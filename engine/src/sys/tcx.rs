@@ -30,9 +30,9 @@
 //! raw instructions ([`super::bpf`]) because it is two of them.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::bpf::{exit, load_program, mov64_imm, Instruction};
+use super::bpf::{exit, load_program, mov64_imm, owned_fd, Instruction};
 
 /// `TCX_DROP` (enum tcx_action_base).
 const TCX_DROP: i32 = 2;
@@ -75,12 +75,9 @@ impl IngressStop {
                 std::ptr::null(),
             )
         };
-        if link < 0 {
-            return Err(io::Error::from_raw_os_error(-link));
-        }
-        // SAFETY: `link` was just returned by the kernel and nothing else
-        // owns it. The link keeps the program loaded; `program` may close.
-        let link = unsafe { OwnedFd::from_raw_fd(link) };
-        Ok(IngressStop { _link: link })
+        // The link keeps the program loaded; `program` may close.
+        Ok(IngressStop {
+            _link: owned_fd(link)?,
+        })
     }
 }

@@ -10,8 +10,9 @@
 //! crashed the daemon. Here the four rings live in boxes that stay put
 //! until the socket is deleted.
 //!
-//! One UMEM per socket: half its frames circulate through the fill and RX
-//! rings, half through the TX and completion rings. A veth has no
+//! One UMEM per socket, its frames split ([`Frames`]) between the fill
+//! and RX rings and the TX and completion rings (half each for a pod
+//! port; all receiving for the AF_XDP underlay). A veth has no
 //! zero-copy mode, so the kernel copies (`XDP_COPY`), and podswitch copies
 //! each frame between the UMEM and its packet pool once: the pipeline
 //! works in pool buffers with headroom for tunnel headers, and a frame
@@ -418,23 +419,24 @@ impl XdpSocket {
         // SAFETY: `xsk` was just created.
         sock.fd = unsafe { libxdp_sys::xsk_socket__fd(sock.xsk) };
         // The receiving frames wait in the fill ring for packets to arrive.
-        let half = frames.rx;
+        let receiving = frames.rx;
         let mut idx = 0u32;
         // SAFETY: the fill ring was set up by xsk_umem__create; each
         // reserved slot is written once with a frame address inside the
         // UMEM, then submitted.
         unsafe {
-            if libxdp_sys::xsk_ring_prod__reserve(&mut *sock.fill, half, &mut idx) != half {
+            if libxdp_sys::xsk_ring_prod__reserve(&mut *sock.fill, receiving, &mut idx) != receiving
+            {
                 return Err(other("AF_XDP fill ring", "no room for the initial frames"));
             }
-            for i in 0..half {
+            for i in 0..receiving {
                 *libxdp_sys::xsk_ring_prod__fill_addr(&mut *sock.fill, idx + i) =
                     u64::from(i * FRAME_SIZE);
             }
-            libxdp_sys::xsk_ring_prod__submit(&mut *sock.fill, half);
+            libxdp_sys::xsk_ring_prod__submit(&mut *sock.fill, receiving);
         }
         sock.tx_free
-            .extend((half..total).map(|i| u64::from(i * FRAME_SIZE)));
+            .extend((receiving..total).map(|i| u64::from(i * FRAME_SIZE)));
         Ok(sock)
     }
 

@@ -26,6 +26,9 @@ use crate::bench::Metric;
 /// One measurement of the raw record.
 struct Sample {
     case: String,
+    /// The scope and backend: the kernel's case a podswitch variant is
+    /// set against.
+    base: String,
     metric: String,
     kernel: bool,
     value: f64,
@@ -46,9 +49,10 @@ fn samples(raw: &Value) -> Result<Vec<Sample>> {
             // podswitch with a number of workers or an underlay kind
             // ("podswitch-w2", "podswitch-af-xdp") is a case of its own,
             // against the same run's kernel.
-            let variant = crate::bench::case_suffix(&dataplane);
+            let base = format!("{} {}", text("scope")?, text("backend")?);
             Ok(Sample {
-                case: format!("{} {}{variant}", text("scope")?, text("backend")?),
+                case: format!("{base}{}", crate::bench::case_suffix(&dataplane)),
+                base,
                 metric: text("metric")?,
                 kernel: dataplane == "kernel",
                 value: s["value"]
@@ -97,9 +101,11 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 pub(crate) fn render(raw: &Value, metrics: &[Metric]) -> Result<String> {
     let samples = samples(raw)?;
     let mut cases: Vec<String> = Vec::new();
+    let mut bases: Vec<String> = Vec::new();
     for s in &samples {
         if !cases.contains(&s.case) {
             cases.push(s.case.clone());
+            bases.push(s.base.clone());
         }
     }
     // (case, metric) -> (kernel, podswitch)
@@ -119,14 +125,12 @@ pub(crate) fn render(raw: &Value, metrics: &[Metric]) -> Result<String> {
         }
     }
     // A case of a podswitch variant takes the kernel's samples of its
-    // case (the scope and backend, the first two words).
+    // base case.
     for c in 0..cases.len() {
-        let words: Vec<&str> = cases[c].splitn(3, ' ').collect();
-        if words.len() < 3 {
+        if cases[c] == bases[c] {
             continue;
         }
-        let base = format!("{} {}", words[0], words[1]);
-        let Some(b) = cases.iter().position(|k| *k == base) else {
+        let Some(b) = cases.iter().position(|k| *k == bases[c]) else {
             continue;
         };
         for m in 0..metrics.len() {

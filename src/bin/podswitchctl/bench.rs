@@ -74,7 +74,7 @@ pub(crate) struct BenchArgs {
     /// podswitchd's underlay kinds to measure side by side (socket,
     /// af-xdp), each on a podswitch lab of its own, for every worker
     /// count (default: podswitchd's default, socket).
-    #[arg(long, value_delimiter = ',', value_name = "KIND,KIND...")]
+    #[arg(long, value_delimiter = ',', value_name = "KIND,KIND...", value_parser = lab::UNDERLAY_KINDS)]
     underlay_kinds: Vec<String>,
     /// Pods of the memory measurement (0 leaves it out).
     #[arg(long, default_value_t = lab::MAX_PODS_PER_NODE, value_name = "N")]
@@ -668,11 +668,6 @@ fn bench(args: &BenchArgs) -> Result<()> {
     for &w in &args.workers {
         if !(1..=9).contains(&w) {
             bail!("--workers {w}: from 1 to 9 here (lab names are short)");
-        }
-    }
-    for k in &args.underlay_kinds {
-        if !["socket", "af-xdp"].contains(&k.as_str()) {
-            bail!("--underlay-kinds {k}: socket or af-xdp");
         }
     }
     let worker_counts: Vec<Option<usize>> = match args.workers.is_empty() {

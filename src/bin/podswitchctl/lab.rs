@@ -94,9 +94,12 @@ pub(crate) struct UpArgs {
     workers: Option<usize>,
     /// How podswitchd receives tunnel packets: socket or af-xdp (default:
     /// podswitchd's own, socket).
-    #[arg(long, value_name = "socket|af-xdp")]
+    #[arg(long, value_parser = UNDERLAY_KINDS)]
     underlay_kind: Option<String>,
 }
+
+/// podswitchd's `underlay_kind` values.
+pub(crate) const UNDERLAY_KINDS: [&str; 2] = ["socket", "af-xdp"];
 
 /// The most pods a lab node has: Kubernetes' default `maxPods`.
 pub(crate) const MAX_PODS_PER_NODE: u8 = 110;

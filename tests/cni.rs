@@ -77,7 +77,8 @@ fn cni_with_env(
     extra: &[(&str, &str)],
 ) -> (i32, Value) {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &node.name, env!("CARGO_BIN_EXE_podswitch")])
+    cmd.args(["netns", "exec", &node.name])
+        .arg(common::cni_plugin())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CNI_PATH", CNI_PATH)

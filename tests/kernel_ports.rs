@@ -11,8 +11,8 @@ use podswitch_engine::drop::DropReason;
 use podswitch_engine::kernel_port::{AfPacketPort, HostPort, HostPortOptions};
 use podswitch_engine::packet::{PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
 use podswitch_engine::port::{Port, PortId};
-use podswitch_engine::sys::netlink::in_netns;
 use podswitch_engine::tables::Tables;
+use podswitch_host::netlink::in_netns;
 
 /// An Ethernet frame of `len` bytes from one made-up pod to another.
 fn frame(len: usize) -> Vec<u8> {

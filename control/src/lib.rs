@@ -8,15 +8,20 @@
 //! podswitchctl and the CNI plugin use. Every bad request gets an error
 //! reply; nothing a client sends can stop the daemon.
 //!
+//! The protocol's types and client are their own crate,
+//! `podswitch-protocol` (re-exported here as [`protocol`] and [`client`]),
+//! so that the CNI plugin can speak it without linking the engine.
+//!
 //! Dependencies point one way: binaries -> control -> engine -> encap.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod client;
 pub mod handler;
 pub mod metrics;
-pub mod protocol;
 pub mod server;
+
+pub use podswitch_protocol as protocol;
+pub use podswitch_protocol::client;
 
 pub use podswitch_engine as engine;

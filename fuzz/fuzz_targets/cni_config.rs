@@ -1,4 +1,4 @@
-//! The CNI plugin's network configuration (src/bin/podswitch/cni.rs): what
+//! The CNI plugin's network configuration (control/cni/src/cni.rs): what
 //! a container runtime writes on the plugin's stdin, parsed as ADD, DEL,
 //! CHECK, STATUS and GC parse it; then, for a configuration it accepts,
 //! the addressing CHECK reads from its `prevResult`, the copy an older
@@ -17,7 +17,7 @@
 #![no_main]
 
 #[allow(dead_code)]
-#[path = "../../src/bin/podswitch/cni.rs"]
+#[path = "../../control/cni/src/cni.rs"]
 mod cni;
 
 use cni::{addressing, shape_result, version_key, NetConf, SUPPORTED};

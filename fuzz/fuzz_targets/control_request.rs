@@ -1,4 +1,4 @@
-//! The control socket: request lines parsed (control/src/protocol.rs) and
+//! The control socket: request lines parsed (control/protocol/src/lib.rs) and
 //! applied by the handler (control/src/handler.rs) to the in-memory
 //! tables of a flannel node, one line after another, as
 //! `control::server` serves a client.

@@ -20,6 +20,22 @@ use podswitch_encap::pcap::PcapReader;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// The CNI plugin's binary. It is its own package (podswitch-cni, so that
+/// it links no data path), so Cargo gives this package no
+/// `CARGO_BIN_EXE_podswitch`: it sits beside podswitchd in the target
+/// directory, built by the same `cargo test` (the plugin's package has
+/// tests of its own, which makes Cargo build its binary).
+pub fn cni_plugin() -> PathBuf {
+    let plugin = Path::new(env!("CARGO_BIN_EXE_podswitchd")).with_file_name("podswitch");
+    assert!(
+        plugin.is_file(),
+        "no CNI plugin at {}: build it with `cargo build -p podswitch-cni` \
+         (`cargo test` at the workspace's top builds it)",
+        plugin.display()
+    );
+    plugin
+}
+
 /// Panics with a clear message unless we are root and every tool exists.
 /// CI runs as root with everything installed (scripts/setup.sh).
 pub fn require(tools: &[&str]) {

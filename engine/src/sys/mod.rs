@@ -17,7 +17,6 @@ pub mod bpf;
 pub mod inet;
 pub mod mmsg;
 pub mod netdev;
-pub mod netlink;
 pub mod packet_socket;
 pub mod sched;
 pub mod tcx;
@@ -27,36 +26,15 @@ pub mod xdp_steer;
 
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// Turns a C return value into an `io::Result`, reading `errno` on -1.
+// The two helpers every socket starts from, shared with the host plumbing.
+use podswitch_host::fd::{cvt, socket};
+
 /// `UDP_SEGMENT` (include/uapi/linux/udp.h; not in the libc crate for glibc).
 const UDP_SEGMENT: libc::c_int = 103;
 /// `UDP_GRO` (include/uapi/linux/udp.h).
 const UDP_GRO: libc::c_int = 104;
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-/// `socket(2)`, non-blocking and close-on-exec.
-fn socket(domain: libc::c_int, ty: libc::c_int, protocol: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) takes no pointers; a non-negative return is a new
-    // descriptor that nothing else owns.
-    let fd = cvt(unsafe {
-        libc::socket(
-            domain,
-            ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            protocol,
-        )
-    })?;
-    // SAFETY: `fd` was just returned by socket(2) and is owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
 
 /// `SO_MEMINFO` (include/uapi/asm-generic/socket.h, Linux 4.12) and the
 /// index of the socket's drop count in what it returns

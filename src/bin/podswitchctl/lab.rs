@@ -434,30 +434,29 @@ fn lab_network(backend: &str) -> String {
 /// VTEP MAC of its flannel.1) into the lab's etcd, as flanneld would.
 fn lease_for_kernel_nodes(lab: &Lab, underlay: &str) -> Result<()> {
     let options = lab_etcd_options(lab);
-    let leased =
-        podswitch_engine::sys::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
-            let store =
-                podswitch_lease::etcd::Store::connect(options).map_err(std::io::Error::other)?;
-            let network = store.network().map_err(std::io::Error::other)?;
-            // flanneld's backend names: DirectRouting is vxlan's option.
-            let backend = match lab.backend.as_str() {
-                "directrouting" => "vxlan",
-                other => other,
-            };
-            for node in lab.nodes.iter().filter(|n| n.kernel) {
-                let attrs = podswitch_lease::flannel::LeaseAttrs::own(
-                    node.underlay_ip.parse().map_err(std::io::Error::other)?,
-                    backend,
-                    1,
-                    &derived_mac(0x0e, &node.name).to_string(),
-                );
-                let subnet = node.pod_cidr.parse().map_err(std::io::Error::other)?;
-                store
-                    .acquire(&network, &attrs, Some(subnet), None)
-                    .map_err(std::io::Error::other)?;
-            }
-            Ok(())
-        });
+    let leased = podswitch_host::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
+        let store =
+            podswitch_lease::etcd::Store::connect(options).map_err(std::io::Error::other)?;
+        let network = store.network().map_err(std::io::Error::other)?;
+        // flanneld's backend names: DirectRouting is vxlan's option.
+        let backend = match lab.backend.as_str() {
+            "directrouting" => "vxlan",
+            other => other,
+        };
+        for node in lab.nodes.iter().filter(|n| n.kernel) {
+            let attrs = podswitch_lease::flannel::LeaseAttrs::own(
+                node.underlay_ip.parse().map_err(std::io::Error::other)?,
+                backend,
+                1,
+                &derived_mac(0x0e, &node.name).to_string(),
+            );
+            let subnet = node.pod_cidr.parse().map_err(std::io::Error::other)?;
+            store
+                .acquire(&network, &attrs, Some(subnet), None)
+                .map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    });
     leased.context("writing the kernel nodes' leases")
 }
 
@@ -530,19 +529,18 @@ fn start_etcd(lab: &Lab, underlay: &str) -> Result<()> {
     }
     let options = lab_etcd_options(lab);
     let network = lab_network(&lab.backend);
-    let written =
-        podswitch_engine::sys::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                let attempt = podswitch_lease::etcd::Store::connect(options.clone())
-                    .and_then(|store| store.write_network(&network));
-                match attempt {
-                    Ok(_) => return Ok(()),
-                    Err(e) if Instant::now() > deadline => return Err(std::io::Error::other(e)),
-                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
-                }
+    let written = podswitch_host::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let attempt = podswitch_lease::etcd::Store::connect(options.clone())
+                .and_then(|store| store.write_network(&network));
+            match attempt {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(std::io::Error::other(e)),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
-        });
+        }
+    });
     written.with_context(|| {
         let log = fs::read_to_string(dir.join("etcd0.log")).unwrap_or_default();
         format!("etcd did not take the network config:\n{log}")
@@ -730,7 +728,7 @@ fn kernel_peers(lab: &Lab) -> Result<Vec<KernelPeer>> {
     }
     let options = lab_etcd_options(lab);
     let underlay = format!("/var/run/netns/lab-{}-ul", lab.name);
-    let leases = podswitch_engine::sys::netlink::in_netns(&underlay, || {
+    let leases = podswitch_host::netlink::in_netns(&underlay, || {
         podswitch_lease::etcd::Store::connect(options)
             .and_then(|store| store.leases())
             .map_err(std::io::Error::other)

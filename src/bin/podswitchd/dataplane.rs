@@ -16,11 +16,11 @@ use podswitch_engine::kernel_port::{AfPacketPort, AfXdpPort, TapPort};
 use podswitch_engine::port::{Port, PortId};
 use podswitch_engine::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use podswitch_engine::sys::netdev;
-use podswitch_engine::sys::netlink::Netlink;
 use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ARP};
 use podswitch_engine::sys::xdp::{self, XdpMode};
 use podswitch_engine::tables::Tables;
 use podswitch_engine::worker::Workers;
+use podswitch_host::netlink::Netlink;
 use serde_json::{json, Value};
 
 use crate::state::{PodEnd, PortRecord, StateFile};

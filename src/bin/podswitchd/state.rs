@@ -49,7 +49,7 @@ pub(crate) struct PodEnd {
 impl PodEnd {
     /// The other end of veth `interface`, if it is one.
     pub(crate) fn of(interface: &str) -> Option<PodEnd> {
-        let link = podswitch_engine::sys::netlink::Netlink::open()
+        let link = podswitch_host::netlink::Netlink::open()
             .and_then(|mut nl| nl.link(interface))
             .ok()??;
         link.peer.map(|p| PodEnd {

@@ -1,13 +1,13 @@
 //! The per-pod kernel work: the veth pair, the pod side's address and
 //! routes, and taking them away again. All through rtnetlink
-//! (`podswitch_engine::sys::netlink`), never by running `ip`.
+//! (`podswitch_host::netlink`), never by running `ip`.
 
 use std::fs::File;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 
-use podswitch_engine::sys::netlink::{in_netns, Netlink, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE};
+use podswitch_host::netlink::{in_netns, Netlink, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE};
 
 use crate::cni::{Addressing, GatewayMode, PROXY_ARP_GATEWAY};
 

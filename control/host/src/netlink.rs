@@ -10,7 +10,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use super::{cvt, socket};
+use crate::fd::{cvt, socket};
 
 const NETLINK_ROUTE: libc::c_int = 0;
 const NLMSG_ERROR: u16 = 2;

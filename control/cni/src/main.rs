@@ -12,6 +12,10 @@
 //! its ports across restarts itself; the plugin talks to it only through
 //! the control client.
 //!
+//! The plugin is its own package and links only the protocol
+//! (`podswitch-protocol`) and the host plumbing (`podswitch-host`): a
+//! runtime starts it once per pod, and it has no use for the data path.
+//!
 //! Configuration keys, besides the specification's (`cniVersion`, `name`,
 //! `type`, `ipam`, `prevResult`, ...):
 //!
@@ -30,8 +34,9 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use podswitch_control::client::{Client, ClientError};
-use podswitch_control::protocol::Request;
+use podswitch_host::subnet_file;
+use podswitch_protocol::client::{Client, ClientError};
+use podswitch_protocol::Request;
 use serde_json::{json, Value};
 
 use cni::{
@@ -115,9 +120,9 @@ fn node_network(conf: &NetConf) -> Result<(String, Option<u32>), CniError> {
         return Ok(found);
     }
     let text = std::fs::read_to_string(SUBNET_FILE).unwrap_or_default();
-    let (subnet, mtu) = podswitch_lease::flannel::read_subnet_env(&text);
-    match subnet {
-        Some(subnet) => Ok((subnet.to_string(), mtu.map(u32::from))),
+    let file = subnet_file::parse(&text);
+    match file.subnet {
+        Some((addr, len)) => Ok((format!("{addr}/{len}"), file.mtu.map(u32::from))),
         None => Err(CniError::new(
             Code::TryAgainLater,
             format!(
@@ -129,7 +134,7 @@ fn node_network(conf: &NetConf) -> Result<(String, Option<u32>), CniError> {
 }
 
 /// Where podswitchd writes the node's lease (flannel's subnet file).
-const SUBNET_FILE: &str = podswitch_lease::flannel::DEFAULT_SUBNET_FILE;
+const SUBNET_FILE: &str = subnet_file::DEFAULT_PATH;
 
 fn connect(conf: &NetConf) -> Result<Client, CniError> {
     Client::connect(Path::new(&conf.socket), Duration::from_secs(30)).map_err(|e| {

@@ -1,4 +1,6 @@
-//! The control protocol, version 1: one JSON object per line each way.
+//! # podswitch-protocol: podswitchd's control protocol, version 1
+//!
+//! One JSON object per line each way, over podswitchd's Unix socket.
 //!
 //! A request names its operation in `"request"` and carries the protocol
 //! version in `"v"`; every request gets exactly one reply line:
@@ -13,6 +15,17 @@
 //! Unknown fields are errors (a typo must not be silently ignored), and so
 //! are unknown requests, other versions, and lines over [`MAX_LINE`] bytes.
 //! docs/control-protocol.md documents every request with an example.
+//!
+//! This crate is the protocol alone: the request and reply types and
+//! [`client`], the blocking client podswitchctl and the CNI plugin use.
+//! It depends on serde and nothing of podswitch, so that the CNI plugin,
+//! which a container runtime runs once per pod, does not link the data
+//! path. The server side lives in `podswitch-control`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::protocol::{Reply, Request};
+use crate::{Reply, Request};
 
 /// Why a request failed.
 #[derive(Debug)]

@@ -88,7 +88,7 @@ fn podswitchctl_drives_the_daemon() {
                 "0a:58:0a:f4:01:02"
             ]
         ),
-        "ok: port:2\n"
+        "ok: port 2\n"
     );
     let ports = ok(s, &["port", "list"]);
     assert!(ports.starts_with("PORT  INTERFACE"), "{ports}");

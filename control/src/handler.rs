@@ -23,9 +23,14 @@ use podswitch_engine::pipeline::Pipeline;
 use podswitch_engine::port::{PortId, PortRole};
 use podswitch_engine::tables::{PortSpec, Snapshot, Tables};
 use podswitch_engine::worker::WorkerStats;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::protocol::{FrameSpec, NextHopSpec, Request, PROTOCOL_VERSION};
+use crate::protocol::{
+    CaptureResult, Cidr, FdbEntry, FdbTable, Flushed, FrameSpec, Mac, Neighbour, NextHopSpec,
+    PeerInfo, PeerRef, PortCounters, PortInfo, PortRef, Request, RouteInfo, Stats, Status,
+    StoreStatus, TraceOutput, TraceResult, VersionInfo, WorkerCounters, PROTOCOL_VERSION,
+};
 
 /// What a running daemon does beyond the tables: the kernel side of
 /// ports, captures, and finding a host-gw peer's MAC. A handler without
@@ -45,7 +50,7 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
         file: &Path,
         packets: Option<u64>,
         seconds: u64,
-    ) -> Result<Value, String>;
+    ) -> Result<CaptureResult, String>;
     /// The MAC of `ip` on the underlay (host-gw next hops).
     fn resolve_underlay_mac(&self, ip: Ipv4Addr) -> Result<MacAddr, String>;
     /// A request changed the tables (for the daemon's log: one line per
@@ -59,7 +64,7 @@ pub trait Dataplane: Send + Sync + std::fmt::Debug {
         None
     }
     /// The lease store's health, for `status` (None: peers are static).
-    fn store_status(&self) -> Option<Value> {
+    fn store_status(&self) -> Option<StoreStatus> {
         None
     }
 }
@@ -170,10 +175,11 @@ impl Handler {
     pub fn handle(&self, request: &Request) -> Result<Value, String> {
         let err = |e: podswitch_engine::tables::TableError| e.to_string();
         match request {
-            Request::Version => {
-                Ok(json!({ "podswitch": env!("CARGO_PKG_VERSION"), "protocol": PROTOCOL_VERSION }))
-            }
-            Request::Status => Ok(self.status()),
+            Request::Version => Ok(result(VersionInfo {
+                podswitch: env!("CARGO_PKG_VERSION").into(),
+                protocol: PROTOCOL_VERSION,
+            })),
+            Request::Status => Ok(result(self.status())),
             Request::PortAdd {
                 interface,
                 ip,
@@ -190,12 +196,18 @@ impl Handler {
                 spec.ifname = ifname.clone();
                 let id = self.tables.attach_port(spec).map_err(err)?;
                 let Some(dataplane) = &self.dataplane else {
-                    return Ok(json!({ "port": id.0 }));
+                    return Ok(result(PortRef {
+                        port: id.0,
+                        kind: None,
+                    }));
                 };
                 match dataplane.open_port(id, interface, kind.as_deref()) {
                     Ok(kind) => {
                         self.note_kind(id, &kind);
-                        Ok(json!({ "port": id.0, "kind": kind }))
+                        Ok(result(PortRef {
+                            port: id.0,
+                            kind: Some(kind),
+                        }))
                     }
                     Err(e) => {
                         let _ = self.tables.detach_port(interface);
@@ -220,7 +232,10 @@ impl Handler {
                     dataplane.close_port(id, interface);
                 }
                 self.lock_kinds().remove(&id.0);
-                Ok(json!({ "port": id.0 }))
+                Ok(result(PortRef {
+                    port: id.0,
+                    kind: None,
+                }))
             }
             Request::Capture {
                 interface,
@@ -249,11 +264,13 @@ impl Handler {
                     .by_name(interface)
                     .map(|p| p.id)
                     .ok_or_else(|| format!("no port {interface}"))?;
-                dataplane.capture(id, path, *packets, seconds)
+                dataplane.capture(id, path, *packets, seconds).map(result)
             }
-            Request::PortList => Ok(ports(&self.tables.load(), &self.lock_kinds(), |id| {
-                self.dataplane.as_ref().and_then(|d| d.port_worker(id))
-            })),
+            Request::PortList => Ok(result(ports(
+                &self.tables.load(),
+                &self.lock_kinds(),
+                |id| self.dataplane.as_ref().and_then(|d| d.port_worker(id)),
+            ))),
             Request::RouteAdd { prefix, next_hop } => {
                 let prefix = parse_prefix("prefix", prefix)?;
                 let snap = self.tables.load();
@@ -271,60 +288,63 @@ impl Handler {
                 self.applied(request);
                 Ok(Value::Null)
             }
-            Request::RouteList => Ok(routes(&self.tables)),
+            Request::RouteList => Ok(result(routes(&self.tables))),
             Request::PeerAdd { .. } => {
                 let spec = self.peer_spec(request)?;
                 let (name, underlay_ip) = (spec.name.clone(), spec.underlay_ip);
                 let id = self.tables.add_peer(spec).map_err(err)?;
                 self.changed(|| format!("peer {name} at {underlay_ip} added"));
                 self.applied(request);
-                Ok(json!({ "peer": id.0 }))
+                Ok(result(PeerRef { peer: id.0 }))
             }
             Request::PeerDel { name } => {
                 let id = self.tables.remove_peer(name).map_err(err)?;
                 self.changed(|| format!("peer {name} removed"));
                 self.applied(request);
-                Ok(json!({ "peer": id.0 }))
+                Ok(result(PeerRef { peer: id.0 }))
             }
-            Request::PeerList => Ok(peers(&self.tables.load())),
+            Request::PeerList => Ok(result(peers(&self.tables.load()))),
             Request::FdbShow => {
                 let snap = self.tables.load();
-                let entries: Vec<Value> = self
+                let entries = self
                     .tables
                     .fdb
                     .entries((self.clock)())
                     .iter()
-                    .map(|e| {
-                        json!({
-                            "mac": e.mac.to_string(),
-                            "port": port_name(&snap, e.port.0),
-                            "static": e.is_static,
-                            "age_secs": e.age_secs,
-                        })
+                    .map(|e| FdbEntry {
+                        mac: mac(e.mac),
+                        port: port_name(&snap, e.port.0),
+                        is_static: e.is_static,
+                        age_secs: e.age_secs,
                     })
                     .collect();
-                Ok(
-                    json!({ "entries": entries, "limit": self.tables.fdb.limit(), "refused": self.tables.fdb.refused() }),
-                )
+                Ok(result(FdbTable {
+                    entries,
+                    limit: self.tables.fdb.limit(),
+                    refused: self.tables.fdb.refused(),
+                }))
             }
             Request::FdbFlush => {
                 let flushed = self.tables.fdb.flush();
                 self.changed(|| format!("fdb flushed ({flushed} entries)"));
-                Ok(json!({ "flushed": flushed }))
+                Ok(result(Flushed { flushed }))
             }
             Request::NeighShow => {
                 let snap = self.tables.load();
-                let mut list: Vec<(Ipv4Addr, Value)> = snap
+                let mut list: Vec<Neighbour> = snap
                     .neighbours
                     .iter()
-                    .map(|(ip, n)| {
-                        (*ip, json!({ "ip": ip.to_string(), "mac": n.mac.to_string(), "port": port_name(&snap, n.port.0), "learned": n.learned }))
+                    .map(|(ip, n)| Neighbour {
+                        ip: *ip,
+                        mac: mac(n.mac),
+                        port: port_name(&snap, n.port.0),
+                        learned: n.learned,
                     })
                     .collect();
-                list.sort_by_key(|(ip, _)| *ip);
-                Ok(Value::Array(list.into_iter().map(|(_, v)| v).collect()))
+                list.sort_by_key(|n| n.ip);
+                Ok(result(list))
             }
-            Request::Stats => Ok(self.stats()),
+            Request::Stats => Ok(result(self.stats())),
             Request::Trace {
                 in_port,
                 hex: frame_hex,
@@ -350,14 +370,21 @@ impl Handler {
                 let id = port.id;
                 drop(snap);
                 let mut tracer = self.tracer.lock().unwrap_or_else(|e| e.into_inner());
-                let result = match gso_size {
+                let traced = match gso_size {
                     Some(size) => tracer.trace_super_frame(&bytes, id, (self.clock)(), size),
                     None => tracer.trace(&bytes, id, (self.clock)()),
                 };
                 let snap = self.tables.load();
-                Ok(json!({
-                    "steps": result.steps.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-                    "outputs": result.outputs.iter().map(|(p, f)| json!({ "port": port_name(&snap, p.0), "hex": hex::encode(f) })).collect::<Vec<_>>(),
+                Ok(result(TraceResult {
+                    steps: traced.steps.iter().map(|s| s.to_string()).collect(),
+                    outputs: traced
+                        .outputs
+                        .iter()
+                        .map(|(p, f)| TraceOutput {
+                            port: port_name(&snap, p.0),
+                            hex: hex::encode(f),
+                        })
+                        .collect(),
                 }))
             }
         }
@@ -422,7 +449,7 @@ impl Handler {
             .map_err(|e| e.to_string())?;
         self.changed(|| format!("peer {name} changed: now at {underlay_ip}, VTEP {vtep_mac}"));
         self.applied(request);
-        Ok(json!({ "peer": id.0 }))
+        Ok(result(PeerRef { peer: id.0 }))
     }
 
     /// Applies many `PeerAdd` requests as one table change (one copy of
@@ -455,86 +482,105 @@ impl Handler {
                     self.changed(|| format!("peer {} at {} added", spec.name, spec.underlay_ip));
                 }
                 self.applied(request);
-                Ok(json!({ "peer": id.0 }))
+                Ok(result(PeerRef { peer: id.0 }))
             })
             .collect()
     }
 
-    fn status(&self) -> Value {
+    fn status(&self) -> Status {
         let snap = self.tables.load();
         let node = &snap.node;
-        json!({
-            "node": node.name,
-            "pod_cidr": node.pod_cidr.to_string(),
-            "cluster_cidr": node.cluster_cidr.to_string(),
-            "gateway_mode": node.gateway_mode.to_string(),
-            "gateway": node.gateway_ip.to_string(),
-            "underlay_ip": node.underlay_ip.to_string(),
-            "vtep_mac": node.vtep_mac.to_string(),
-            "backend": node.backend.to_string(),
-            "vni": node.vni.get(),
-            "mtu": node.pod_mtu(),
-            "underlay_mtu": node.underlay_mtu,
-            "ports": snap.ports.iter().count(),
-            "peers": snap.peers.len(),
-            "routes": snap.fib.len(),
-            "uptime_secs": self.started.elapsed().as_secs(),
-            "store": self.dataplane.as_ref().and_then(|d| d.store_status()),
-        })
+        Status {
+            node: node.name.clone(),
+            pod_cidr: cidr(node.pod_cidr),
+            cluster_cidr: cidr(node.cluster_cidr),
+            gateway_mode: node.gateway_mode.to_string(),
+            gateway: node.gateway_ip,
+            underlay_ip: node.underlay_ip,
+            vtep_mac: mac(node.vtep_mac),
+            backend: node.backend.to_string(),
+            vni: node.vni.get(),
+            mtu: node.pod_mtu(),
+            underlay_mtu: node.underlay_mtu,
+            ports: snap.ports.iter().count(),
+            peers: snap.peers.len(),
+            routes: snap.fib.len(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            store: self.dataplane.as_ref().and_then(|d| d.store_status()),
+        }
     }
 
-    fn stats(&self) -> Value {
+    fn stats(&self) -> Stats {
         let snap = self.tables.load();
         let s = self.tables.stats.snapshot();
-        let ports: Vec<Value> = s
+        let ports = s
             .ports
             .iter()
-            .map(|(p, c)| {
-                json!({
-                    "port": port_name(&snap, p.0),
-                    "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
-                    "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
-                    "drops": c.drops,
-                    "super_frames_in": c.super_frames_in,
-                    "super_frames_out": c.super_frames_out,
-                    "segmented": c.segmented,
-                    "segments_made": c.segments_made,
-                    "checksums_completed": c.checksums_completed,
-                    "coalesced": c.coalesced,
-                })
+            .map(|(p, c)| PortCounters {
+                port: port_name(&snap, p.0),
+                rx_packets: c.rx_packets,
+                rx_bytes: c.rx_bytes,
+                tx_packets: c.tx_packets,
+                tx_bytes: c.tx_bytes,
+                drops: c.drops,
+                super_frames_in: c.super_frames_in,
+                super_frames_out: c.super_frames_out,
+                segmented: c.segmented,
+                segments_made: c.segments_made,
+                checksums_completed: c.checksums_completed,
+                coalesced: c.coalesced,
             })
             .collect();
-        let drops: serde_json::Map<String, Value> = s
+        let drops = s
             .drops
             .iter()
             .filter(|(_, n)| *n > 0)
-            .map(|(r, n)| (r.name().to_string(), Value::from(*n)))
+            .map(|(r, n)| (r.name().to_string(), *n))
             .collect();
-        let workers: Vec<Value> = self
+        let workers = self
             .workers()
             .iter()
             .enumerate()
             .map(|(i, w)| {
                 let s = w.snapshot();
-                json!({
-                    "worker": i,
-                    "busy_secs": s.busy_secs(),
-                    "idle_secs": s.idle_secs,
-                    "wakeups": s.wakeups,
-                    "batches": s.batches,
-                    "batch_packets": s.batch_packets,
-                    "spin_window_secs": s.spin_window_secs,
-                    "spins_caught": s.spins_caught,
-                    "spins_expired": s.spins_expired,
-                    "spins_preempted": s.spins_preempted,
-                    "handed_off": s.handed_off,
-                    "yields": s.yields,
-                    "realtime": s.realtime,
-                })
+                WorkerCounters {
+                    worker: i,
+                    busy_secs: s.busy_secs(),
+                    idle_secs: s.idle_secs,
+                    wakeups: s.wakeups,
+                    batches: s.batches,
+                    batch_packets: s.batch_packets,
+                    spin_window_secs: s.spin_window_secs,
+                    spins_caught: s.spins_caught,
+                    spins_expired: s.spins_expired,
+                    spins_preempted: s.spins_preempted,
+                    handed_off: s.handed_off,
+                    yields: s.yields,
+                    realtime: s.realtime,
+                }
             })
             .collect();
-        json!({ "ports": ports, "drops": drops, "workers": workers })
+        Stats {
+            ports,
+            drops,
+            workers,
+        }
     }
+}
+
+/// A reply's result as JSON: every reply type serialises.
+fn result(reply: impl Serialize) -> Value {
+    serde_json::to_value(reply).expect("reply types serialise")
+}
+
+/// The engine's MAC as the protocol's.
+fn mac(mac: MacAddr) -> Mac {
+    Mac(mac.0)
+}
+
+/// The engine's prefix as the protocol's network.
+fn cidr(prefix: Prefix) -> Cidr {
+    Cidr::new(prefix.addr(), prefix.prefix_len()).expect("a prefix has its host bits clear")
 }
 
 /// A port's name, or its number if it is gone.
@@ -564,90 +610,81 @@ fn resolve(snap: &Snapshot, spec: &NextHopSpec) -> Result<NextHop, String> {
     })
 }
 
-fn describe(snap: &Snapshot, nh: &NextHop) -> Value {
+/// A FIB next hop as the protocol names it: ports and peers by name (a
+/// number, `#3`, for a peer that is gone).
+fn describe(snap: &Snapshot, nh: &NextHop) -> NextHopSpec {
+    let peer_name = |p: podswitch_engine::peer::PeerId| {
+        snap.peers
+            .get(p)
+            .map(|p| p.spec.name.clone())
+            .unwrap_or_else(|| format!("#{}", p.0))
+    };
     match nh {
-        NextHop::Local(p) => json!({ "local": port_name(snap, p.0) }),
-        NextHop::Peer(p) | NextHop::Direct(p) => {
-            let name = snap
-                .peers
-                .get(*p)
-                .map(|p| p.spec.name.clone())
-                .unwrap_or_else(|| format!("#{}", p.0));
-            if matches!(nh, NextHop::Peer(_)) {
-                json!({ "peer": name })
-            } else {
-                json!({ "direct": name })
-            }
-        }
-        NextHop::Host => json!("host"),
-        NextHop::Blackhole => json!("blackhole"),
+        NextHop::Local(p) => NextHopSpec::Local(port_name(snap, p.0)),
+        NextHop::Peer(p) => NextHopSpec::Peer(peer_name(*p)),
+        NextHop::Direct(p) => NextHopSpec::Direct(peer_name(*p)),
+        NextHop::Host => NextHopSpec::Host,
+        NextHop::Blackhole => NextHopSpec::Blackhole,
     }
 }
 
-fn routes(tables: &Tables) -> Value {
+fn routes(tables: &Tables) -> Vec<RouteInfo> {
     let (snap, routes) = tables.routes();
-    Value::Array(
-        routes
-            .iter()
-            .map(|(p, nh)| json!({ "prefix": p.to_string(), "next_hop": describe(&snap, nh) }))
-            .collect(),
-    )
+    routes
+        .iter()
+        .map(|(p, nh)| RouteInfo {
+            prefix: cidr(*p),
+            next_hop: describe(&snap, nh),
+        })
+        .collect()
 }
 
 fn ports(
     snap: &Snapshot,
     kinds: &std::collections::HashMap<u16, String>,
     worker: impl Fn(PortId) -> Option<usize>,
-) -> Value {
-    Value::Array(
-        snap.ports
-            .iter()
-            .map(|p| {
-                json!({
-                    "port": p.id.0,
-                    "interface": p.spec.name,
-                    "role": p.spec.role.to_string(),
-                    "kind": kinds.get(&p.id.0),
-                    "worker": worker(p.id),
-                    "ip": p.spec.ip.map(|i| i.to_string()),
-                    "mac": p.spec.mac.map(|m| m.to_string()),
-                    "anti_spoof": p.spec.anti_spoof,
-                    "container_id": p.spec.container_id,
-                    "ifname": p.spec.ifname,
-                })
-            })
-            .collect(),
-    )
+) -> Vec<PortInfo> {
+    snap.ports
+        .iter()
+        .map(|p| PortInfo {
+            port: p.id.0,
+            interface: p.spec.name.clone(),
+            role: p.spec.role.to_string(),
+            kind: kinds.get(&p.id.0).cloned(),
+            worker: worker(p.id),
+            ip: p.spec.ip,
+            mac: p.spec.mac.map(mac),
+            anti_spoof: p.spec.anti_spoof,
+            container_id: p.spec.container_id.clone(),
+            ifname: p.spec.ifname.clone(),
+        })
+        .collect()
 }
 
-fn peers(snap: &Snapshot) -> Value {
-    Value::Array(
-        snap.peers
-            .iter()
-            .map(|p| {
-                json!({
-                    "name": p.spec.name,
-                    "underlay_ip": p.spec.underlay_ip.to_string(),
-                    "pod_cidr": p.spec.pod_cidr.to_string(),
-                    "backend": p.spec.backend.to_string(),
-                    "vni": p.spec.vni.get(),
-                    "vtep_mac": p.spec.vtep_mac.to_string(),
-                    "forwarding": match &p.forwarding {
-                        Forwarding::Tunnel(t) => t.tunnel().config().mode.to_string(),
-                        Forwarding::Direct => "direct".to_string(),
-                    },
-                })
-            })
-            .collect(),
-    )
+fn peers(snap: &Snapshot) -> Vec<PeerInfo> {
+    snap.peers
+        .iter()
+        .map(|p| PeerInfo {
+            name: p.spec.name.clone(),
+            underlay_ip: p.spec.underlay_ip,
+            pod_cidr: cidr(p.spec.pod_cidr),
+            backend: p.spec.backend.to_string(),
+            vni: p.spec.vni.get(),
+            vtep_mac: mac(p.spec.vtep_mac),
+            forwarding: match &p.forwarding {
+                Forwarding::Tunnel(t) => t.tunnel().config().mode.to_string(),
+                Forwarding::Direct => "direct".to_string(),
+            },
+        })
+        .collect()
 }
 
-/// Builds a frame from its fields: Ethernet, IPv4 and an ICMP echo
-/// request, UDP datagram or TCP SYN.
 /// The longest frame a trace takes: a 64 KiB GSO super-frame and its
 /// Ethernet header.
 const MAX_TRACE_FRAME: usize = 65_536 + 14;
 
+/// Builds a frame from its fields: Ethernet, IPv4 and an ICMP echo
+/// request, UDP datagram or TCP SYN.
 fn build_frame(
     snap: &Snapshot,
     port_mac: Option<MacAddr>,

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::protocol::StoreStatus;
 use podswitch_engine::drop::DropReason;
 use podswitch_engine::tables::Tables;
 use podswitch_engine::worker::{WorkerStats, BATCH_BUCKETS};
@@ -56,18 +57,16 @@ pub struct Metrics {
     tables: Arc<Tables>,
     workers: Vec<Arc<WorkerStats>>,
     control: Arc<ControlCounters>,
-    store: Option<StoreStatus>,
+    store: Option<StoreHealth>,
 }
 
-/// The lease store's health as `status` reports it (`connected`,
-/// `leases`, `expires`, `resyncs`, `errors`, `bad_leases`), read at each
-/// scrape.
+/// The lease store's health as `status` reports it, read at each scrape.
 #[derive(Clone)]
-pub struct StoreStatus(pub Arc<dyn Fn() -> serde_json::Value + Send + Sync>);
+pub struct StoreHealth(pub Arc<dyn Fn() -> StoreStatus + Send + Sync>);
 
-impl std::fmt::Debug for StoreStatus {
+impl std::fmt::Debug for StoreHealth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StoreStatus")
+        f.write_str("StoreHealth")
     }
 }
 
@@ -90,7 +89,7 @@ impl Metrics {
     }
 
     /// Also the lease store's health (`podswitch_lease_store_*`).
-    pub fn with_store(mut self, store: StoreStatus) -> Metrics {
+    pub fn with_store(mut self, store: StoreHealth) -> Metrics {
         self.store = Some(store);
         self
     }
@@ -425,43 +424,43 @@ impl Collector for Metrics {
             ],
         )?;
         if let Some(store) = &self.store {
-            let v = (store.0)();
-            let n = |key: &str| v[key].as_u64().unwrap_or(0);
+            let health = (store.0)();
+            let gauge_of = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
             gauge(
                 &mut encoder,
                 "podswitch_lease_store_connected",
                 "1 while the last exchange with the lease store worked.",
-                i64::from(v["connected"] == true),
+                i64::from(health.connected),
             )?;
             gauge(
                 &mut encoder,
                 "podswitch_lease_store_leases",
                 "Other nodes' leases known from the store.",
-                i64::try_from(n("leases")).unwrap_or(i64::MAX),
+                gauge_of(health.leases as u64),
             )?;
             gauge(
                 &mut encoder,
                 "podswitch_lease_expiry_timestamp_seconds",
                 "When this node's lease expires unless renewed (0: a reservation).",
-                i64::try_from(n("expires")).unwrap_or(i64::MAX),
+                gauge_of(health.expires.unwrap_or(0)),
             )?;
             counter(
                 &mut encoder,
                 "podswitch_lease_store_errors",
                 "Failed exchanges with the lease store.",
-                n("errors"),
+                health.errors,
             )?;
             counter(
                 &mut encoder,
                 "podswitch_lease_store_resyncs",
                 "Full reads of every lease (at start, and after the watch fell behind compaction).",
-                n("resyncs"),
+                health.resyncs,
             )?;
             counter(
                 &mut encoder,
                 "podswitch_lease_store_bad_leases",
                 "Keys under the subnets prefix that were not leases, skipped.",
-                n("bad_leases"),
+                health.bad_leases,
             )?;
         }
         Ok(())

@@ -30,7 +30,7 @@ use etcd_client::{
     PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use podswitch_engine::fib::Prefix;
-use serde_json::{json, Value};
+use podswitch_protocol::{Cidr, StoreStatus};
 
 use crate::flannel::{
     parse_subnet_key, subnet_key, LeaseAttrs, NetworkConfig, LEASE_TTL_SECS, RENEW_MARGIN_SECS,
@@ -150,20 +150,19 @@ impl Health {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).errors
     }
 
-    /// The state as JSON: `connected`, `leases` (other nodes), `subnet` and
-    /// `expires` (ours), `resyncs`, `errors`, `bad_leases`, `last_error`.
-    pub fn to_json(&self) -> Value {
+    /// The state as `podswitchctl status` shows it.
+    pub fn status(&self) -> StoreStatus {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        json!({
-            "connected": s.connected,
-            "leases": s.leases,
-            "subnet": s.own.map(|(p, _)| p.to_string()),
-            "expires": s.own.and_then(|(_, e)| e),
-            "resyncs": s.resyncs,
-            "errors": s.errors,
-            "bad_leases": s.bad_leases,
-            "last_error": s.last_error,
-        })
+        StoreStatus {
+            connected: s.connected,
+            leases: s.leases,
+            subnet: s.own.and_then(|(p, _)| Cidr::new(p.addr(), p.prefix_len())),
+            expires: s.own.and_then(|(_, e)| e),
+            resyncs: s.resyncs,
+            errors: s.errors,
+            bad_leases: s.bad_leases,
+            last_error: s.last_error,
+        }
     }
 }
 
@@ -690,10 +689,10 @@ mod tests {
         health.reached();
         health.failed("first");
         health.failed("second");
-        let v = health.to_json();
-        assert_eq!(v["connected"], false);
-        assert_eq!(v["errors"], 2);
-        assert_eq!(v["last_error"], "second");
+        let status = health.status();
+        assert!(!status.connected);
+        assert_eq!(status.errors, 2);
+        assert_eq!(status.last_error.as_deref(), Some("second"));
         health.reached();
         assert!(health.connected());
         assert_eq!(health.errors(), 2);

@@ -36,7 +36,8 @@ use std::time::Duration;
 
 use podswitch_host::subnet_file;
 use podswitch_protocol::client::{Client, ClientError};
-use podswitch_protocol::Request;
+use podswitch_protocol::{PortInfo, PortRef, Request, Status};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use cni::{
@@ -110,12 +111,8 @@ fn run(env: &Env, input: &str) -> Result<Option<Value>, CniError> {
 fn node_network(conf: &NetConf) -> Result<(String, Option<u32>), CniError> {
     let from_daemon = Client::connect(Path::new(&conf.socket), Duration::from_secs(5))
         .ok()
-        .and_then(|mut c| c.call(&Request::Status).ok())
-        .and_then(|status| {
-            let subnet = status["pod_cidr"].as_str()?.to_string();
-            let mtu = status["mtu"].as_u64().and_then(|m| u32::try_from(m).ok());
-            Some((subnet, mtu))
-        });
+        .and_then(|mut c| c.call_for::<Status>(&Request::Status).ok())
+        .map(|status| (status.pod_cidr.to_string(), Some(u32::from(status.mtu))));
     if let Some(found) = from_daemon {
         return Ok(found);
     }
@@ -146,8 +143,9 @@ fn connect(conf: &NetConf) -> Result<Client, CniError> {
     })
 }
 
-fn call(client: &mut Client, request: &Request) -> Result<Value, CniError> {
-    client.call(request).map_err(|e| match e {
+/// A request's result, read as its reply type.
+fn call<T: DeserializeOwned>(client: &mut Client, request: &Request) -> Result<T, CniError> {
+    client.call_for(request).map_err(|e| match e {
         ClientError::Daemon(reason) => CniError::new(Code::Failed, format!("podswitchd: {reason}")),
         other => CniError::new(Code::TryAgainLater, "podswitchd stopped answering").details(other),
     })
@@ -213,7 +211,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         anti_spoof: true,
         kind: None,
     };
-    if let Err(e) = call(&mut client, &request) {
+    if let Err(e) = call::<PortRef>(&mut client, &request) {
         let _ = attach::delete(&host);
         release();
         return Err(e);
@@ -318,11 +316,11 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     };
     attach::check_pod(&env.netns, &env.ifname, on_pod).map_err(failed)?;
     let mut client = connect(conf)?;
-    let ports = call(&mut client, &Request::PortList)?;
-    let registered = ports.as_array().into_iter().flatten().any(|p| {
-        p["interface"] == host.as_str()
-            && p["container_id"] == env.container_id.as_str()
-            && p["ip"] == addr.ip.to_string().as_str()
+    let ports: Vec<PortInfo> = call(&mut client, &Request::PortList)?;
+    let registered = ports.iter().any(|p| {
+        p.interface == host
+            && p.container_id.as_deref() == Some(env.container_id.as_str())
+            && p.ip == Some(addr.ip)
     });
     if !registered {
         return Err(failed(format!(
@@ -372,23 +370,20 @@ fn gc(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         })
         .collect();
     let mut client = connect(conf)?;
-    let ports = call(&mut client, &Request::PortList)?;
+    let ports: Vec<PortInfo> = call(&mut client, &Request::PortList)?;
     let ipam = Ipam::find(conf, env)?;
-    for port in ports.as_array().into_iter().flatten() {
-        let (Some(cid), Some(ifname), Some(host)) = (
-            port["container_id"].as_str(),
-            port["ifname"].as_str(),
-            port["interface"].as_str(),
-        ) else {
+    for port in &ports {
+        let (Some(cid), Some(ifname)) = (&port.container_id, &port.ifname) else {
             continue; // not a CNI attachment (static ports, TAP pods)
         };
-        if valid.contains(&(cid.to_string(), ifname.to_string())) {
+        if valid.contains(&(cid.clone(), ifname.clone())) {
             continue;
         }
-        call(
+        let host = &port.interface;
+        call::<PortRef>(
             &mut client,
             &Request::PortDel {
-                interface: host.to_string(),
+                interface: host.clone(),
             },
         )?;
         attach::delete(host)

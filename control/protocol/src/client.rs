@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{Reply, Request};
@@ -78,7 +79,15 @@ impl Client {
         }
     }
 
-    /// Sends a request and returns its result.
+    /// Sends a request and reads its result as `T`, the request's reply
+    /// type in [`crate::reply`].
+    pub fn call_for<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
+        let result = self.call(request)?;
+        serde_json::from_value(result.clone())
+            .map_err(|e| ClientError::Protocol(format!("{e}: {result}")))
+    }
+
+    /// Sends a request and returns its result as JSON.
     pub fn call(&mut self, request: &Request) -> Result<Value, ClientError> {
         let line = self.raw(&request.to_line()).map_err(ClientError::Io)?;
         let reply: Reply = serde_json::from_str(&line)

@@ -17,7 +17,9 @@
 //! docs/control-protocol.md documents every request with an example.
 //!
 //! This crate is the protocol alone: the request and reply types and
-//! [`client`], the blocking client podswitchctl and the CNI plugin use.
+//! [`client`], the blocking client podswitchctl and the CNI plugin use;
+//! each request's result has its type in [`reply`], with the address types
+//! [`Mac`] and [`Cidr`].
 //! It depends on serde and nothing of podswitch, so that the CNI plugin,
 //! which a container runtime runs once per pod, does not link the data
 //! path. The server side lives in `podswitch-control`.
@@ -26,6 +28,11 @@
 #![warn(missing_docs)]
 
 pub mod client;
+mod net;
+pub mod reply;
+
+pub use net::{Cidr, Mac};
+pub use reply::*;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -114,9 +121,9 @@ pub enum Request {
         /// Drop frames not from the pod's own MAC and IP (default true).
         #[serde(default = "yes")]
         anti_spoof: bool,
-        /// How the daemon reads the interface: `af-xdp` or `af-packet` (a
+        /// How the daemon reads the interface: `af-packet` or `af-xdp` (a
         /// veth's host side) or `tap` (a TAP device the daemon creates);
-        /// default: the daemon's `port_kind` (af-xdp).
+        /// default: the daemon's `port_kind` (af-packet).
         #[serde(default)]
         kind: Option<String>,
     },

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use podswitch_control::client::{Client, ClientError};
-use podswitch_control::protocol::{FrameSpec, NextHopSpec, Request};
+use podswitch_control::protocol::{
+    CaptureResult, FdbTable, Flushed, FrameSpec, Neighbour, NextHopSpec, PeerInfo, PeerRef,
+    PortInfo, PortRef, Request, RouteInfo, Stats, Status, StoreStatus, TraceResult, VersionInfo,
+};
 use serde_json::Value;
 
 #[derive(Debug, Subcommand)]
@@ -317,14 +320,16 @@ pub(crate) fn run(command: &ControlCommand, socket: &Path, json: bool) -> ExitCo
         .map_err(ClientError::Io)
         .and_then(|mut c| c.call(&request));
     match result {
-        Ok(value) => {
-            let text = if json {
-                serde_json::to_string_pretty(&value).expect("JSON values serialise") + "\n"
-            } else {
-                human(command, &value)
-            };
-            emit(&text)
+        Ok(value) if json => {
+            emit(&(serde_json::to_string_pretty(&value).expect("JSON values serialise") + "\n"))
         }
+        Ok(value) => match human(command, value) {
+            Ok(text) => emit(&text),
+            Err(e) => {
+                eprintln!("podswitchctl: unexpected reply from the daemon: {e}");
+                ExitCode::from(2)
+            }
+        },
         Err(ClientError::Daemon(reason)) => {
             eprintln!("podswitchctl: {reason}");
             ExitCode::from(1)
@@ -336,37 +341,21 @@ pub(crate) fn run(command: &ControlCommand, socket: &Path, json: bool) -> ExitCo
     }
 }
 
-/// A JSON value as a table cell.
-fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Object(o) => o
-            .iter()
-            .map(|(k, v)| format!("{k}:{}", cell(v)))
-            .collect::<Vec<_>>()
-            .join(","),
-        other => other.to_string(),
-    }
+/// An optional value as a table cell: `-` when absent.
+fn or_dash<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".into(), |v| v.to_string())
 }
 
-/// Rows of objects as an aligned table with these columns.
-fn table(rows: &Value, columns: &[(&str, &str)]) -> String {
-    let rows: Vec<Vec<String>> = rows
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| columns.iter().map(|(key, _)| cell(&r[*key])).collect())
-                .collect()
-        })
-        .unwrap_or_default();
-    let mut widths: Vec<usize> = columns.iter().map(|(_, title)| title.len()).collect();
+/// Rows as an aligned table under these titles.
+fn table(titles: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows.into_iter().collect();
+    let mut widths: Vec<usize> = titles.iter().map(|t| t.len()).collect();
     for row in &rows {
         for (w, c) in widths.iter_mut().zip(row) {
             *w = (*w).max(c.len());
         }
     }
-    let line = |cells: Vec<String>| -> String {
+    let line = |cells: &[String]| -> String {
         let text: Vec<String> = cells
             .iter()
             .zip(&widths)
@@ -374,8 +363,8 @@ fn table(rows: &Value, columns: &[(&str, &str)]) -> String {
             .collect();
         format!("{}\n", text.join("  ").trim_end())
     };
-    let mut out = line(columns.iter().map(|(_, t)| t.to_string()).collect());
-    for row in rows {
+    let mut out = line(&titles.iter().map(|t| t.to_string()).collect::<Vec<_>>());
+    for row in &rows {
         out.push_str(&line(row));
     }
     out
@@ -383,27 +372,38 @@ fn table(rows: &Value, columns: &[(&str, &str)]) -> String {
 
 /// The lease store's line of `status`: static peers, or the etcd store's
 /// health in a sentence.
-fn store_health(v: &Value) -> String {
-    if v.is_null() {
+fn store_health(store: Option<&StoreStatus>) -> String {
+    let Some(s) = store else {
         return "static (peers from the config file and the control socket)".into();
-    }
-    let state = if v["connected"] == true {
+    };
+    let state = if s.connected {
         "etcd, connected".to_string()
     } else {
         format!(
             "etcd, UNREACHABLE ({}); forwarding with the last known peers",
-            cell(&v["last_error"])
+            or_dash(s.last_error.as_deref())
         )
     };
     format!(
         "{state}; our lease {} (expires {}); {} other leases; {} resyncs, {} errors, {} bad leases",
-        cell(&v["subnet"]),
-        cell(&v["expires"]),
-        cell(&v["leases"]),
-        cell(&v["resyncs"]),
-        cell(&v["errors"]),
-        cell(&v["bad_leases"]),
+        or_dash(s.subnet),
+        or_dash(s.expires),
+        s.leases,
+        s.resyncs,
+        s.errors,
+        s.bad_leases,
     )
+}
+
+/// A route's next hop as `route list` shows it.
+fn next_hop_text(next_hop: &NextHopSpec) -> String {
+    match next_hop {
+        NextHopSpec::Local(port) => format!("local:{port}"),
+        NextHopSpec::Peer(peer) => format!("peer:{peer}"),
+        NextHopSpec::Direct(peer) => format!("direct:{peer}"),
+        NextHopSpec::Host => "host".into(),
+        NextHopSpec::Blackhole => "blackhole".into(),
+    }
 }
 
 /// Writes a reply to stdout. A reader that went away (`| head`,
@@ -422,142 +422,231 @@ fn emit(text: &str) -> ExitCode {
     }
 }
 
-fn human(command: &ControlCommand, v: &Value) -> String {
-    match command {
-        ControlCommand::Version => format!(
-            "podswitchctl {}\npodswitchd {}\nprotocol {}\n",
-            env!("CARGO_PKG_VERSION"),
-            cell(&v["podswitch"]),
-            cell(&v["protocol"])
-        ),
-        ControlCommand::Status => v
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .map(|(k, val)| {
-                        let text = if k == "store" {
-                            store_health(val)
-                        } else {
-                            cell(val)
-                        };
-                        format!("{:<14}{text}\n", format!("{k}:"))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        ControlCommand::Port(PortCommand::List) => table(
-            v,
-            &[
-                ("port", "PORT"),
-                ("interface", "INTERFACE"),
-                ("role", "ROLE"),
-                ("kind", "KIND"),
-                ("worker", "WORKER"),
-                ("ip", "IP"),
-                ("mac", "MAC"),
-                ("anti_spoof", "ANTI-SPOOF"),
-                ("container_id", "CONTAINER"),
-            ],
-        ),
-        ControlCommand::Route(RouteCommand::List) => {
-            table(v, &[("prefix", "PREFIX"), ("next_hop", "NEXT HOP")])
+/// A reply's result for people, read as the request's reply type.
+fn human(command: &ControlCommand, v: Value) -> Result<String, serde_json::Error> {
+    use serde_json::from_value;
+    Ok(match command {
+        ControlCommand::Version => {
+            let version: VersionInfo = from_value(v)?;
+            format!(
+                "podswitchctl {}\npodswitchd {}\nprotocol {}\n",
+                env!("CARGO_PKG_VERSION"),
+                version.podswitch,
+                version.protocol
+            )
         }
-        ControlCommand::Peer(PeerCommand::List) => table(
-            v,
-            &[
-                ("name", "NAME"),
-                ("underlay_ip", "UNDERLAY"),
-                ("pod_cidr", "POD CIDR"),
-                ("backend", "BACKEND"),
-                ("forwarding", "FORWARDING"),
-                ("vni", "VNI"),
-                ("vtep_mac", "VTEP MAC"),
-            ],
-        ),
-        ControlCommand::Fdb(FdbCommand::Show) => format!(
-            "{}{} entries, limit {}, learns refused {}\n",
+        ControlCommand::Status => {
+            let s: Status = from_value(v)?;
+            let rows = [
+                ("node", s.node),
+                ("pod_cidr", s.pod_cidr.to_string()),
+                ("cluster_cidr", s.cluster_cidr.to_string()),
+                ("gateway_mode", s.gateway_mode),
+                ("gateway", s.gateway.to_string()),
+                ("underlay_ip", s.underlay_ip.to_string()),
+                ("vtep_mac", s.vtep_mac.to_string()),
+                ("backend", s.backend),
+                ("vni", s.vni.to_string()),
+                ("mtu", s.mtu.to_string()),
+                ("underlay_mtu", s.underlay_mtu.to_string()),
+                ("ports", s.ports.to_string()),
+                ("peers", s.peers.to_string()),
+                ("routes", s.routes.to_string()),
+                ("uptime_secs", s.uptime_secs.to_string()),
+                ("store", store_health(s.store.as_ref())),
+            ];
+            rows.iter()
+                .map(|(k, text)| format!("{:<14}{text}\n", format!("{k}:")))
+                .collect()
+        }
+        ControlCommand::Port(PortCommand::List) => {
+            let ports: Vec<PortInfo> = from_value(v)?;
             table(
-                &v["entries"],
                 &[
-                    ("mac", "MAC"),
-                    ("port", "PORT"),
-                    ("static", "STATIC"),
-                    ("age_secs", "AGE")
-                ]
-            ),
-            v["entries"].as_array().map_or(0, Vec::len),
-            cell(&v["limit"]),
-            cell(&v["refused"])
-        ),
-        ControlCommand::Neigh(NeighCommand::Show) => table(
-            v,
-            &[
-                ("ip", "IP"),
-                ("mac", "MAC"),
-                ("port", "PORT"),
-                ("learned", "LEARNED"),
-            ],
-        ),
-        ControlCommand::Stats => {
-            let mut out = table(
-                &v["ports"],
-                &[
-                    ("port", "PORT"),
-                    ("rx_packets", "RX PACKETS"),
-                    ("rx_bytes", "RX BYTES"),
-                    ("tx_packets", "TX PACKETS"),
-                    ("tx_bytes", "TX BYTES"),
-                    ("drops", "DROPS"),
+                    "PORT",
+                    "INTERFACE",
+                    "ROLE",
+                    "KIND",
+                    "WORKER",
+                    "IP",
+                    "MAC",
+                    "ANTI-SPOOF",
+                    "CONTAINER",
                 ],
-            );
-            // Which offload path the traffic took, per port.
-            out.push('\n');
-            out.push_str(&table(
-                &v["ports"],
-                &[
-                    ("port", "PORT"),
-                    ("super_frames_in", "SUPER-FRAMES IN"),
-                    ("super_frames_out", "OUT WHOLE"),
-                    ("segmented", "SEGMENTED"),
-                    ("segments_made", "SEGMENTS"),
-                    ("checksums_completed", "CSUM COMPLETED"),
-                    ("coalesced", "COALESCED"),
-                ],
-            ));
-            let drops: Vec<Value> = v["drops"]
-                .as_object()
-                .map(|o| {
-                    o.iter()
-                        .map(|(k, n)| serde_json::json!({ "reason": k, "count": n }))
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push('\n');
-            out.push_str(&table(
-                &Value::Array(drops),
-                &[("reason", "DROP REASON"), ("count", "COUNT")],
-            ));
-            out
+                ports.into_iter().map(|p| {
+                    vec![
+                        p.port.to_string(),
+                        p.interface,
+                        p.role,
+                        or_dash(p.kind),
+                        or_dash(p.worker),
+                        or_dash(p.ip),
+                        or_dash(p.mac),
+                        p.anti_spoof.to_string(),
+                        or_dash(p.container_id),
+                    ]
+                }),
+            )
         }
-        ControlCommand::Capture { interface, .. } => format!(
-            "{} frames of {interface} written to {}\n",
-            cell(&v["packets"]),
-            cell(&v["file"])
-        ),
+        ControlCommand::Route(RouteCommand::List) => {
+            let routes: Vec<RouteInfo> = from_value(v)?;
+            table(
+                &["PREFIX", "NEXT HOP"],
+                routes
+                    .iter()
+                    .map(|r| vec![r.prefix.to_string(), next_hop_text(&r.next_hop)]),
+            )
+        }
+        ControlCommand::Peer(PeerCommand::List) => {
+            let peers: Vec<PeerInfo> = from_value(v)?;
+            table(
+                &[
+                    "NAME",
+                    "UNDERLAY",
+                    "POD CIDR",
+                    "BACKEND",
+                    "FORWARDING",
+                    "VNI",
+                    "VTEP MAC",
+                ],
+                peers.into_iter().map(|p| {
+                    vec![
+                        p.name,
+                        p.underlay_ip.to_string(),
+                        p.pod_cidr.to_string(),
+                        p.backend,
+                        p.forwarding,
+                        p.vni.to_string(),
+                        p.vtep_mac.to_string(),
+                    ]
+                }),
+            )
+        }
+        ControlCommand::Fdb(FdbCommand::Show) => {
+            let fdb: FdbTable = from_value(v)?;
+            format!(
+                "{}{} entries, limit {}, learns refused {}\n",
+                table(
+                    &["MAC", "PORT", "STATIC", "AGE"],
+                    fdb.entries.iter().map(|e| {
+                        vec![
+                            e.mac.to_string(),
+                            e.port.clone(),
+                            e.is_static.to_string(),
+                            e.age_secs.to_string(),
+                        ]
+                    }),
+                ),
+                fdb.entries.len(),
+                fdb.limit,
+                fdb.refused
+            )
+        }
+        ControlCommand::Fdb(FdbCommand::Flush) => {
+            let flushed: Flushed = from_value(v)?;
+            format!("ok: {} learned entries flushed\n", flushed.flushed)
+        }
+        ControlCommand::Neigh(NeighCommand::Show) => {
+            let neighbours: Vec<Neighbour> = from_value(v)?;
+            table(
+                &["IP", "MAC", "PORT", "LEARNED"],
+                neighbours.into_iter().map(|n| {
+                    vec![
+                        n.ip.to_string(),
+                        n.mac.to_string(),
+                        n.port,
+                        n.learned.to_string(),
+                    ]
+                }),
+            )
+        }
+        ControlCommand::Stats => stats_text(&from_value(v)?),
+        ControlCommand::Capture { interface, .. } => {
+            let capture: CaptureResult = from_value(v)?;
+            format!(
+                "{} frames of {interface} written to {}\n",
+                capture.packets, capture.file
+            )
+        }
         ControlCommand::Trace(_) => {
+            let trace: TraceResult = from_value(v)?;
             let mut out = String::new();
-            for (i, step) in v["steps"].as_array().into_iter().flatten().enumerate() {
-                out.push_str(&format!("{:>2}. {}\n", i + 1, cell(step)));
+            for (i, step) in trace.steps.iter().enumerate() {
+                out.push_str(&format!("{:>2}. {step}\n", i + 1));
             }
-            for o in v["outputs"].as_array().into_iter().flatten() {
-                let len = o["hex"].as_str().map_or(0, |h| h.len() / 2);
-                out.push_str(&format!("leaves on {}: {len} bytes (--json shows them; `podswitchctl explain --hex` breaks them down)\n", cell(&o["port"])));
+            for o in &trace.outputs {
+                out.push_str(&format!("leaves on {}: {} bytes (--json shows them; `podswitchctl explain --hex` breaks them down)\n", o.port, o.hex.len() / 2));
             }
             out
         }
-        _ => match v {
-            Value::Null => "ok\n".into(),
-            other => format!("ok: {}\n", cell(other)),
-        },
-    }
+        ControlCommand::Port(PortCommand::Add { .. } | PortCommand::Del { .. }) => {
+            let port: PortRef = from_value(v)?;
+            match port.kind {
+                Some(kind) => format!("ok: port {} ({kind})\n", port.port),
+                None => format!("ok: port {}\n", port.port),
+            }
+        }
+        ControlCommand::Peer(PeerCommand::Add { .. } | PeerCommand::Del { .. }) => {
+            let peer: PeerRef = from_value(v)?;
+            format!("ok: peer {}\n", peer.peer)
+        }
+        ControlCommand::Route(RouteCommand::Add { .. } | RouteCommand::Del { .. }) => "ok\n".into(),
+    })
+}
+
+/// `stats` for people: traffic per port, then which offload path it
+/// took, then drops by reason.
+fn stats_text(stats: &Stats) -> String {
+    let mut out = table(
+        &[
+            "PORT",
+            "RX PACKETS",
+            "RX BYTES",
+            "TX PACKETS",
+            "TX BYTES",
+            "DROPS",
+        ],
+        stats.ports.iter().map(|p| {
+            vec![
+                p.port.clone(),
+                p.rx_packets.to_string(),
+                p.rx_bytes.to_string(),
+                p.tx_packets.to_string(),
+                p.tx_bytes.to_string(),
+                p.drops.to_string(),
+            ]
+        }),
+    );
+    out.push('\n');
+    out.push_str(&table(
+        &[
+            "PORT",
+            "SUPER-FRAMES IN",
+            "OUT WHOLE",
+            "SEGMENTED",
+            "SEGMENTS",
+            "CSUM COMPLETED",
+            "COALESCED",
+        ],
+        stats.ports.iter().map(|p| {
+            vec![
+                p.port.clone(),
+                p.super_frames_in.to_string(),
+                p.super_frames_out.to_string(),
+                p.segmented.to_string(),
+                p.segments_made.to_string(),
+                p.checksums_completed.to_string(),
+                p.coalesced.to_string(),
+            ]
+        }),
+    ));
+    out.push('\n');
+    out.push_str(&table(
+        &["DROP REASON", "COUNT"],
+        stats
+            .drops
+            .iter()
+            .map(|(reason, n)| vec![reason.clone(), n.to_string()]),
+    ));
+    out
 }

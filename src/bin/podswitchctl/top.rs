@@ -4,7 +4,6 @@
 //! worker's load. Rates are the difference of two `stats` replies over the
 //! interval between them; `--once` prints one frame for scripts.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::path::Path;
@@ -13,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use podswitch_control::client::Client;
-use podswitch_control::protocol::Request;
-use serde_json::Value;
+use podswitch_control::protocol::{PortCounters, Request, Stats, WorkerCounters};
 
 /// `podswitchctl top`.
 #[derive(Debug, Args)]
@@ -30,60 +28,16 @@ pub(crate) struct TopArgs {
 /// One reading of the daemon's counters.
 struct Reading {
     at: Instant,
-    ports: BTreeMap<String, [u64; 5]>,
-    drops: BTreeMap<String, u64>,
-    /// Per worker: busy and idle seconds, wake-ups, batches, packets in
-    /// them, frames handed to other workers.
-    workers: Vec<(f64, f64, u64, u64, u64, u64)>,
+    stats: Stats,
 }
 
 fn read(client: &mut Client) -> Result<Reading, String> {
-    let v = client.call(&Request::Stats).map_err(|e| e.to_string())?;
-    let at = Instant::now();
-    let n = |v: &Value| v.as_u64().unwrap_or(0);
-    let ports = v["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            let name = p["port"].as_str().unwrap_or("?").to_string();
-            let counts = [
-                n(&p["rx_packets"]),
-                n(&p["rx_bytes"]),
-                n(&p["tx_packets"]),
-                n(&p["tx_bytes"]),
-                n(&p["drops"]),
-            ];
-            (name, counts)
-        })
-        .collect();
-    let drops = v["drops"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(reason, count)| (reason.clone(), n(count)))
-        .collect();
-    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
-    let workers = v["workers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|w| {
-            (
-                f(&w["busy_secs"]),
-                f(&w["idle_secs"]),
-                n(&w["wakeups"]),
-                n(&w["batches"]),
-                n(&w["batch_packets"]),
-                n(&w["handed_off"]),
-            )
-        })
-        .collect();
+    let stats = client
+        .call_for::<Stats>(&Request::Stats)
+        .map_err(|e| e.to_string())?;
     Ok(Reading {
-        at,
-        ports,
-        drops,
-        workers,
+        at: Instant::now(),
+        stats,
     })
 }
 
@@ -99,33 +53,38 @@ fn si(x: f64) -> String {
 
 /// The frame of rates between two readings.
 fn frame(before: &Reading, after: &Reading) -> String {
-    let secs = after.at.duration_since(before.at).as_secs_f64().max(1e-6);
-    let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs;
+    let secs_window = after.at.duration_since(before.at).as_secs_f64().max(1e-6);
+    let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / secs_window;
     let mut out = String::new();
-    let _ = writeln!(out, "podswitch top: rates over the last {secs:.1} s\n");
+    let _ = writeln!(
+        out,
+        "podswitch top: rates over the last {secs_window:.1} s\n"
+    );
     let _ = writeln!(
         out,
         "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "PORT", "RX PPS", "RX BIT/S", "TX PPS", "TX BIT/S", "DROPS/S"
     );
-    for (port, now) in &after.ports {
-        let was = before.ports.get(port).copied().unwrap_or_default();
+    for now in &after.stats.ports {
+        let was = before.stats.ports.iter().find(|p| p.port == now.port);
+        let delta = |count: fn(&PortCounters) -> u64| rate(was.map_or(0, count), count(now));
         let _ = writeln!(
             out,
             "{:<16} {:>10} {:>10} {:>10} {:>10} {:>10}",
-            port,
-            si(rate(was[0], now[0])),
-            si(rate(was[1], now[1]) * 8.0),
-            si(rate(was[2], now[2])),
-            si(rate(was[3], now[3]) * 8.0),
-            si(rate(was[4], now[4])),
+            now.port,
+            si(delta(|p| p.rx_packets)),
+            si(delta(|p| p.rx_bytes) * 8.0),
+            si(delta(|p| p.tx_packets)),
+            si(delta(|p| p.tx_bytes) * 8.0),
+            si(delta(|p| p.drops)),
         );
     }
     let dropping: Vec<(&String, f64)> = after
+        .stats
         .drops
         .iter()
         .map(|(reason, now)| {
-            let was = before.drops.get(reason).copied().unwrap_or(0);
+            let was = before.stats.drops.get(reason).copied().unwrap_or(0);
             (reason, rate(was, *now))
         })
         .filter(|(_, r)| *r > 0.0)
@@ -142,15 +101,19 @@ fn frame(before: &Reading, after: &Reading) -> String {
         "\n{:<8} {:>7} {:>11} {:>11} {:>12} {:>11}",
         "WORKER", "BUSY", "WAKEUPS/S", "BATCHES/S", "PKTS/BATCH", "HANDOFFS/S"
     );
-    for (i, now) in after.workers.iter().enumerate() {
-        let was = before.workers.get(i).copied().unwrap_or_default();
-        let busy = now.0 - was.0;
-        let awake = busy + (now.1 - was.1);
-        let batches = now.3.saturating_sub(was.3);
+    for (i, now) in after.stats.workers.iter().enumerate() {
+        let was = before.stats.workers.get(i);
+        let grown =
+            |count: fn(&WorkerCounters) -> u64| count(now).saturating_sub(was.map_or(0, count));
+        let per_sec = |count: fn(&WorkerCounters) -> u64| grown(count) as f64 / secs_window;
+        let secs = |secs: fn(&WorkerCounters) -> f64| secs(now) - was.map_or(0.0, secs);
+        let busy = secs(|w| w.busy_secs);
+        let awake = busy + secs(|w| w.idle_secs);
+        let batches = grown(|w| w.batches);
         let per_batch = if batches == 0 {
             "-".to_string()
         } else {
-            format!("{:.1}", now.4.saturating_sub(was.4) as f64 / batches as f64)
+            format!("{:.1}", grown(|w| w.batch_packets) as f64 / batches as f64)
         };
         let _ = writeln!(
             out,
@@ -160,10 +123,10 @@ fn frame(before: &Reading, after: &Reading) -> String {
             } else {
                 0.0
             },
-            si(rate(was.2, now.2)),
-            si(rate(was.3, now.3)),
+            si(per_sec(|w| w.wakeups)),
+            si(per_sec(|w| w.batches)),
             per_batch,
-            si(rate(was.5, now.5)),
+            si(per_sec(|w| w.handed_off)),
         );
     }
     out

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use podswitch_control::handler::Dataplane;
+use podswitch_control::protocol::{CaptureResult, StoreStatus};
 use podswitch_engine::capture::CaptureLimit;
 use podswitch_engine::encap::arp::{ArpOperation, ArpRepr};
 use podswitch_engine::encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
@@ -21,7 +22,6 @@ use podswitch_engine::sys::xdp::{self, XdpMode};
 use podswitch_engine::tables::Tables;
 use podswitch_engine::worker::Workers;
 use podswitch_host::netlink::Netlink;
-use serde_json::{json, Value};
 
 use crate::state::{PodEnd, PortRecord, StateFile};
 
@@ -169,7 +169,7 @@ impl Dataplane for Daemon {
         file: &Path,
         packets: Option<u64>,
         seconds: u64,
-    ) -> Result<Value, String> {
+    ) -> Result<CaptureResult, String> {
         let out = File::create(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let limit = CaptureLimit {
             packets,
@@ -192,7 +192,10 @@ impl Dataplane for Daemon {
                 result.packets
             ));
         }
-        Ok(json!({ "file": file.display().to_string(), "packets": result.packets }))
+        Ok(CaptureResult {
+            file: file.display().to_string(),
+            packets: result.packets,
+        })
     }
 
     fn port_worker(&self, id: PortId) -> Option<usize> {
@@ -222,8 +225,8 @@ impl Dataplane for Daemon {
         }
     }
 
-    fn store_status(&self) -> Option<serde_json::Value> {
-        self.store_health.as_ref().map(|h| h.to_json())
+    fn store_status(&self) -> Option<StoreStatus> {
+        self.store_health.as_ref().map(|h| h.status())
     }
 
     fn resolve_underlay_mac(&self, ip: Ipv4Addr) -> Result<MacAddr, String> {

@@ -397,8 +397,8 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         );
         if let Some(health) = &daemon.store_health {
             let health = Arc::clone(health);
-            metrics = metrics.with_store(podswitch_control::metrics::StoreStatus(Arc::new(
-                move || health.to_json(),
+            metrics = metrics.with_store(podswitch_control::metrics::StoreHealth(Arc::new(
+                move || health.status(),
             )));
         }
         // The endpoint's thread lives as long as the process.

@@ -91,19 +91,6 @@ pub struct Handler {
     requests: Arc<ControlCounters>,
 }
 
-fn parse_ip(what: &str, s: &str) -> Result<Ipv4Addr, String> {
-    s.parse()
-        .map_err(|_| format!("{what}: {s:?} is not an IPv4 address"))
-}
-
-fn parse_mac(what: &str, s: &str) -> Result<MacAddr, String> {
-    s.parse().map_err(|e| format!("{what}: {e}"))
-}
-
-fn parse_prefix(what: &str, s: &str) -> Result<Prefix, String> {
-    s.parse().map_err(|e| format!("{what}: {e}"))
-}
-
 impl Handler {
     /// A handler over `tables`; `clock` gives the engine's seconds (FDB ages).
     pub fn new(tables: Arc<Tables>, clock: fn() -> u32) -> Self {
@@ -189,8 +176,7 @@ impl Handler {
                 anti_spoof,
                 kind,
             } => {
-                let mut spec =
-                    PortSpec::pod(interface, parse_ip("ip", ip)?, parse_mac("mac", mac)?);
+                let mut spec = PortSpec::pod(interface, *ip, mac_addr(*mac));
                 spec.anti_spoof = *anti_spoof;
                 spec.container_id = container_id.clone();
                 spec.ifname = ifname.clone();
@@ -272,7 +258,7 @@ impl Handler {
                 |id| self.dataplane.as_ref().and_then(|d| d.port_worker(id)),
             ))),
             Request::RouteAdd { prefix, next_hop } => {
-                let prefix = parse_prefix("prefix", prefix)?;
+                let prefix = engine_prefix(*prefix);
                 let snap = self.tables.load();
                 let next_hop = resolve(&snap, next_hop)?;
                 self.tables.add_route(prefix, next_hop).map_err(err)?;
@@ -282,7 +268,7 @@ impl Handler {
             }
             Request::RouteDel { prefix } => {
                 self.tables
-                    .remove_route(parse_prefix("prefix", prefix)?)
+                    .remove_route(engine_prefix(*prefix))
                     .map_err(err)?;
                 self.changed(|| format!("route {prefix} removed"));
                 self.applied(request);
@@ -405,7 +391,7 @@ impl Handler {
             return Err("not a peer-add request".into());
         };
         let snap = self.tables.load();
-        let underlay_ip = parse_ip("underlay_ip", underlay_ip)?;
+        let underlay_ip = *underlay_ip;
         let o = underlay_ip.octets();
         let backend = match backend {
             Some(b) => b.parse::<Backend>()?,
@@ -419,17 +405,17 @@ impl Handler {
             name: name.clone(),
             underlay_ip,
             underlay_mac: match (underlay_mac, &self.dataplane) {
-                (Some(m), _) => parse_mac("underlay_mac", m)?,
+                (Some(m), _) => mac_addr(*m),
                 (None, Some(dp)) if direct => dp.resolve_underlay_mac(underlay_ip)?,
                 (None, _) => MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]]),
             },
-            pod_cidr: parse_prefix("pod_cidr", pod_cidr)?,
+            pod_cidr: engine_prefix(*pod_cidr),
             backend,
             vni: match vni {
                 Some(v) => Vni::new(*v).ok_or_else(|| format!("vni {v} does not fit 24 bits"))?,
                 None => snap.node.vni,
             },
-            vtep_mac: parse_mac("vtep_mac", vtep_mac)?,
+            vtep_mac: mac_addr(*vtep_mac),
         })
     }
 
@@ -583,6 +569,16 @@ fn cidr(prefix: Prefix) -> Cidr {
     Cidr::new(prefix.addr(), prefix.prefix_len()).expect("a prefix has its host bits clear")
 }
 
+/// The protocol's MAC as the engine's.
+fn mac_addr(mac: Mac) -> MacAddr {
+    MacAddr(mac.0)
+}
+
+/// The protocol's network as the engine's prefix.
+fn engine_prefix(cidr: Cidr) -> Prefix {
+    Prefix::new(cidr.addr(), cidr.prefix_len()).expect("a network has its host bits clear")
+}
+
 /// A port's name, or its number if it is gone.
 fn port_name(snap: &Snapshot, id: u16) -> String {
     snap.ports
@@ -692,18 +688,18 @@ fn build_frame(
     spec: &FrameSpec,
 ) -> Result<Vec<u8>, String> {
     let src_mac = match &spec.src_mac {
-        Some(m) => parse_mac("src_mac", m)?,
+        Some(m) => mac_addr(*m),
         None => port_mac.ok_or("src_mac: the port has no MAC, give one")?,
     };
     let dst_mac = match &spec.dst_mac {
-        Some(m) => parse_mac("dst_mac", m)?,
+        Some(m) => mac_addr(*m),
         None => snap.node.gateway_mac,
     };
     let src = match &spec.src_ip {
-        Some(s) => parse_ip("src_ip", s)?,
+        Some(s) => *s,
         None => port_ip.ok_or("src_ip: the port has no address, give one")?,
     };
-    let dst = parse_ip("dst_ip", &spec.dst_ip)?;
+    let dst = spec.dst_ip;
     let payload_len = spec.payload_len.unwrap_or(32);
     let limit = if spec.gso_size.is_some() {
         65_000

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use podswitch_protocol::Mac;
 use serde_json::{json, Map, Value};
 
 /// Versions this plugin speaks, oldest first.
@@ -413,18 +414,7 @@ pub(crate) fn shape_result(mut result: Value, version: &str) -> Value {
 /// Parses `aa:bb:cc:dd:ee:ff` as a MAC a pod's interface may take: one
 /// interface's own (unicast) and not all zero.
 fn pod_mac(text: &str) -> Result<[u8; 6], String> {
-    let octets: Vec<u8> = text
-        .split(':')
-        .map(|o| {
-            (o.len() == 2)
-                .then(|| u8::from_str_radix(o, 16).ok())
-                .flatten()
-        })
-        .collect::<Option<_>>()
-        .ok_or_else(|| format!("{text:?} is not a MAC like 0a:58:0a:f4:01:02"))?;
-    let mac: [u8; 6] = octets
-        .try_into()
-        .map_err(|_| format!("{text:?} is not a MAC like 0a:58:0a:f4:01:02"))?;
+    let Mac(mac) = text.parse()?;
     if mac[0] & 1 != 0 || mac == [0; 6] {
         return Err(format!(
             "{text} is multicast, broadcast or zero: no single interface owns it"

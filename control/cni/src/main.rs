@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use podswitch_host::subnet_file;
 use podswitch_protocol::client::{Client, ClientError};
-use podswitch_protocol::{PortInfo, PortRef, Request, Status};
+use podswitch_protocol::{Mac, PortInfo, PortRef, Request, Status};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -151,13 +151,6 @@ fn call<T: DeserializeOwned>(client: &mut Client, request: &Request) -> Result<T
     })
 }
 
-fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     if !Path::new(&env.netns).exists() {
         return Err(CniError::new(
@@ -204,8 +197,8 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     };
     let request = Request::PortAdd {
         interface: host.clone(),
-        ip: addr.ip.to_string(),
-        mac: mac_text(side.pod_mac),
+        ip: addr.ip,
+        mac: Mac(side.pod_mac),
         container_id: Some(env.container_id.clone()),
         ifname: Some(env.ifname.clone()),
         anti_spoof: true,
@@ -220,8 +213,10 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let mut result = conf.prev_result.clone().unwrap_or_else(|| json!({}));
     let interfaces = result["interfaces"].as_array().map_or(0, Vec::len);
     let mut list = result["interfaces"].as_array().cloned().unwrap_or_default();
-    list.push(json!({ "name": host, "mac": mac_text(side.host_mac) }));
-    list.push(json!({ "name": env.ifname, "mac": mac_text(side.pod_mac), "sandbox": env.netns }));
+    list.push(json!({ "name": host, "mac": Mac(side.host_mac).to_string() }));
+    list.push(
+        json!({ "name": env.ifname, "mac": Mac(side.pod_mac).to_string(), "sandbox": env.netns }),
+    );
     result["interfaces"] = Value::Array(list);
     let mut ips = result["ips"].as_array().cloned().unwrap_or_default();
     ips.push(json!({

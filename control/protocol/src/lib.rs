@@ -28,11 +28,13 @@
 #![warn(missing_docs)]
 
 pub mod client;
-mod net;
+pub(crate) mod net;
 pub mod reply;
 
 pub use net::{Cidr, Mac};
 pub use reply::*;
+
+use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -59,20 +61,21 @@ pub enum NextHopSpec {
 }
 
 /// A frame for `trace`, described by its fields.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FrameSpec {
     /// Source MAC (default: the in port's pod MAC).
     #[serde(default)]
-    pub src_mac: Option<String>,
+    pub src_mac: Option<Mac>,
     /// Destination MAC (default: the gateway MAC).
     #[serde(default)]
-    pub dst_mac: Option<String>,
+    pub dst_mac: Option<Mac>,
     /// Source IPv4 address (default: the in port's pod IP).
-    #[serde(default)]
-    pub src_ip: Option<String>,
+    #[serde(default, with = "net::ipv4_opt")]
+    pub src_ip: Option<Ipv4Addr>,
     /// Destination IPv4 address.
-    pub dst_ip: String,
+    #[serde(with = "net::ipv4")]
+    pub dst_ip: Ipv4Addr,
     /// `icmp` (an echo request, the default), `udp` or `tcp`.
     #[serde(default)]
     pub protocol: Option<String>,
@@ -92,6 +95,23 @@ pub struct FrameSpec {
     pub gso_size: Option<u16>,
 }
 
+impl FrameSpec {
+    /// An ICMP echo request to `dst_ip`, every other field its default.
+    pub fn to(dst_ip: Ipv4Addr) -> FrameSpec {
+        FrameSpec {
+            src_mac: None,
+            dst_mac: None,
+            src_ip: None,
+            dst_ip,
+            protocol: None,
+            ttl: None,
+            payload_len: None,
+            dont_frag: None,
+            gso_size: None,
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -109,9 +129,10 @@ pub enum Request {
         /// Host-side interface name.
         interface: String,
         /// The pod's IPv4 address.
-        ip: String,
+        #[serde(with = "net::ipv4")]
+        ip: Ipv4Addr,
         /// The pod's MAC.
-        mac: String,
+        mac: Mac,
         /// The container it belongs to.
         #[serde(default)]
         container_id: Option<String>,
@@ -137,14 +158,14 @@ pub enum Request {
     /// Add or replace a route.
     RouteAdd {
         /// The prefix, `a.b.c.d/len`.
-        prefix: String,
+        prefix: Cidr,
         /// Where it goes.
         next_hop: NextHopSpec,
     },
     /// Remove a route.
     RouteDel {
         /// The prefix.
-        prefix: String,
+        prefix: Cidr,
     },
     /// The routes.
     RouteList,
@@ -153,16 +174,17 @@ pub enum Request {
         /// Node name.
         name: String,
         /// Its underlay IPv4 address.
-        underlay_ip: String,
+        #[serde(with = "net::ipv4")]
+        underlay_ip: Ipv4Addr,
         /// Its pod subnet.
-        pod_cidr: String,
+        pod_cidr: Cidr,
         /// Its VTEP MAC.
-        vtep_mac: String,
+        vtep_mac: Mac,
         /// The MAC of its underlay interface, used by host-gw and by an L2
         /// underlay port (default: 02:00 and the address's four bytes, the
         /// MAC podswitch's own nodes give their underlay).
         #[serde(default)]
-        underlay_mac: Option<String>,
+        underlay_mac: Option<Mac>,
         /// vxlan, ipip, udp, host-gw or directrouting (default: the node's).
         #[serde(default)]
         backend: Option<String>,
@@ -324,7 +346,7 @@ mod tests {
     #[test]
     fn round_trip_and_errors() {
         let r = Request::RouteAdd {
-            prefix: "10.244.9.0/24".into(),
+            prefix: "10.244.9.0/24".parse().unwrap(),
             next_hop: NextHopSpec::Peer("node2".into()),
         };
         assert_eq!(Request::parse(&r.to_line()).unwrap(), r);
@@ -334,7 +356,7 @@ mod tests {
             )
             .unwrap(),
             Request::RouteAdd {
-                prefix: "10.244.9.0/24".into(),
+                prefix: "10.244.9.0/24".parse().unwrap(),
                 next_hop: NextHopSpec::Blackhole
             }
         );
@@ -370,6 +392,19 @@ mod tests {
             Request::parse(&long),
             Err(ProtocolError::TooLong(_))
         ));
+        // Malformed addresses are refused here, saying which text is wrong.
+        for (line, says) in [
+            (
+                r#"{"v":1,"request":"route-add","prefix":"10.244.9.1/24","next_hop":"blackhole"}"#,
+                "bad request: 10.244.9.1/24 has host bits set; did you mean 10.244.9.0/24?",
+            ),
+            (
+                r#"{"v":1,"request":"peer-add","name":"n","underlay_ip":"192.168.100","pod_cidr":"10.244.2.0/24","vtep_mac":"02:00:00:00:00:01"}"#,
+                "bad request: \"192.168.100\" is not an IPv4 address",
+            ),
+        ] {
+            assert_eq!(Request::parse(line).unwrap_err().to_string(), says);
+        }
         let port = Request::parse(r#"{"v":1,"request":"port-add","interface":"veth1","ip":"10.244.1.2","mac":"0a:58:0a:f4:01:02"}"#).unwrap();
         assert!(matches!(
             port,

@@ -26,11 +26,12 @@ impl fmt::Display for Mac {
 impl FromStr for Mac {
     type Err = String;
 
-    /// Six hexadecimal octets separated by colons, as `ip link` prints them.
+    /// Six hexadecimal octets separated by colons, as `ip link` prints
+    /// them (or by dashes).
     fn from_str(s: &str) -> Result<Mac, String> {
         let bad = || format!("{s:?} is not a MAC like 0a:58:0a:f4:01:02");
         let mut mac = [0u8; 6];
-        let mut parts = s.split(':');
+        let mut parts = s.split([':', '-']);
         for byte in &mut mac {
             let part = parts.next().ok_or_else(bad)?;
             if part.is_empty() || part.len() > 2 {
@@ -90,8 +91,12 @@ impl FromStr for Cidr {
         let bad = || format!("{s:?} is not a network like 10.244.1.0/24");
         let (addr, len) = s.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
-        let len: u8 = len.parse().map_err(|_| bad())?;
-        Cidr::new(addr, len).ok_or_else(bad)
+        let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(bad)?;
+        Cidr::new(addr, len).ok_or_else(|| {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            let network = Ipv4Addr::from(u32::from(addr) & mask);
+            format!("{s} has host bits set; did you mean {network}/{len}?")
+        })
     }
 }
 
@@ -115,6 +120,58 @@ macro_rules! serde_as_text {
 
 serde_as_text!(Mac, Cidr);
 
+/// An IPv4 address field whose error names the text that is not one
+/// (std's says only "invalid IP address syntax"): `#[serde(with =
+/// "net::ipv4")]`.
+pub(crate) mod ipv4 {
+    use std::net::Ipv4Addr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        ip: &Ipv4Addr,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(ip)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Ipv4Addr, D::Error> {
+        parse(&String::deserialize(deserializer)?)
+    }
+
+    pub(super) fn parse<E: serde::de::Error>(text: &str) -> Result<Ipv4Addr, E> {
+        text.parse()
+            .map_err(|_| E::custom(format!("{text:?} is not an IPv4 address")))
+    }
+}
+
+/// [`ipv4`] for an optional field.
+pub(crate) mod ipv4_opt {
+    use std::net::Ipv4Addr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(
+        ip: &Option<Ipv4Addr>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match ip {
+            Some(ip) => super::ipv4::serialize(ip, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Ipv4Addr>, D::Error> {
+        Option::<String>::deserialize(deserializer)?
+            .map(|text| super::ipv4::parse(&text))
+            .transpose()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,12 +181,13 @@ mod tests {
         let mac: Mac = "0a:58:0A:f4:1:02".parse().unwrap();
         assert_eq!(mac, Mac([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]));
         assert_eq!(mac.to_string(), "0a:58:0a:f4:01:02");
+        assert_eq!("0a-58-0a-f4-01-02".parse::<Mac>().unwrap(), mac);
         for bad in [
             "",
             "0a:58:0a:f4:01",
             "0a:58:0a:f4:01:02:03",
             "0a:58:0a:f4:01:",
-            "0a-58-0a-f4-01-02",
+            "0a.58.0a.f4.01.02",
             "0a:58:0a:f4:01:123",
             "0a:58:0a:f4:01:gg",
         ] {
@@ -147,6 +205,10 @@ mod tests {
         assert_eq!(net.to_string(), "10.244.1.0/24");
         assert!("0.0.0.0/0".parse::<Cidr>().unwrap().is_default());
         assert_eq!("10.1.2.3/32".parse::<Cidr>().unwrap().prefix_len(), 32);
+        assert_eq!(
+            "10.244.9.1/24".parse::<Cidr>().unwrap_err(),
+            "10.244.9.1/24 has host bits set; did you mean 10.244.9.0/24?"
+        );
         for bad in [
             "10.244.1.5/24",
             "10.244.1.0/33",

@@ -1,5 +1,6 @@
 //! `podswitchctl` commands that talk to podswitchd's control socket.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,8 +8,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use podswitch_control::client::{Client, ClientError};
 use podswitch_control::protocol::{
-    CaptureResult, FdbTable, Flushed, FrameSpec, Neighbour, NextHopSpec, PeerInfo, PeerRef,
-    PortInfo, PortRef, Request, RouteInfo, Stats, Status, StoreStatus, TraceResult, VersionInfo,
+    CaptureResult, Cidr, FdbTable, Flushed, FrameSpec, Mac, Neighbour, NextHopSpec, PeerInfo,
+    PeerRef, PortInfo, PortRef, Request, RouteInfo, Stats, Status, StoreStatus, TraceResult,
+    VersionInfo,
 };
 use serde_json::Value;
 
@@ -63,10 +65,10 @@ pub(crate) enum PortCommand {
         interface: String,
         /// The pod's IPv4 address.
         #[arg(long)]
-        ip: String,
+        ip: Ipv4Addr,
         /// The pod's MAC.
         #[arg(long)]
-        mac: String,
+        mac: Mac,
         /// The container it belongs to.
         #[arg(long)]
         container_id: Option<String>,
@@ -76,8 +78,8 @@ pub(crate) enum PortCommand {
         /// Accept frames from any source MAC and IP.
         #[arg(long)]
         no_anti_spoof: bool,
-        /// af-xdp or af-packet (the host side of a veth; default: the
-        /// daemon's port_kind, af-xdp) or tap (the daemon creates a TAP
+        /// af-packet or af-xdp (the host side of a veth; default: the
+        /// daemon's port_kind, af-packet) or tap (the daemon creates a TAP
         /// device of this name).
         #[arg(long)]
         kind: Option<String>,
@@ -96,14 +98,14 @@ pub(crate) enum RouteCommand {
     /// Add or replace a route. NEXT_HOP: local:IFACE, peer:NAME, direct:NAME, host or blackhole.
     Add {
         /// a.b.c.d/len
-        prefix: String,
+        prefix: Cidr,
         /// Where it goes.
         next_hop: String,
     },
     /// Remove a route.
     Del {
         /// a.b.c.d/len
-        prefix: String,
+        prefix: Cidr,
     },
     /// List routes.
     List,
@@ -117,16 +119,16 @@ pub(crate) enum PeerCommand {
         name: String,
         /// Its underlay address.
         #[arg(long)]
-        underlay_ip: String,
+        underlay_ip: Ipv4Addr,
         /// Its pod subnet.
         #[arg(long)]
-        pod_cidr: String,
+        pod_cidr: Cidr,
         /// Its VTEP MAC.
         #[arg(long)]
-        vtep_mac: String,
+        vtep_mac: Mac,
         /// Its underlay MAC (host-gw).
         #[arg(long)]
-        underlay_mac: Option<String>,
+        underlay_mac: Option<Mac>,
         /// vxlan, ipip, udp, host-gw or directrouting (default: the node's).
         #[arg(long)]
         backend: Option<String>,
@@ -167,16 +169,16 @@ pub(crate) struct TraceArgs {
     hex: Option<String>,
     /// Destination IPv4 address.
     #[arg(long, required_unless_present = "hex")]
-    dst_ip: Option<String>,
+    dst_ip: Option<Ipv4Addr>,
     /// Source IPv4 address (default: the port's pod).
     #[arg(long)]
-    src_ip: Option<String>,
+    src_ip: Option<Ipv4Addr>,
     /// Source MAC (default: the port's pod).
     #[arg(long)]
-    src_mac: Option<String>,
+    src_mac: Option<Mac>,
     /// Destination MAC (default: the gateway).
     #[arg(long)]
-    dst_mac: Option<String>,
+    dst_mac: Option<Mac>,
     /// icmp, udp or tcp (default icmp).
     #[arg(long)]
     protocol: Option<String>,
@@ -221,8 +223,8 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
             kind,
         }) => Request::PortAdd {
             interface: interface.clone(),
-            ip: ip.clone(),
-            mac: mac.clone(),
+            ip: *ip,
+            mac: *mac,
             container_id: container_id.clone(),
             ifname: ifname.clone(),
             anti_spoof: !no_anti_spoof,
@@ -236,12 +238,12 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
             prefix,
             next_hop: nh,
         }) => Request::RouteAdd {
-            prefix: prefix.clone(),
+            prefix: *prefix,
             next_hop: next_hop(nh)?,
         },
-        ControlCommand::Route(RouteCommand::Del { prefix }) => Request::RouteDel {
-            prefix: prefix.clone(),
-        },
+        ControlCommand::Route(RouteCommand::Del { prefix }) => {
+            Request::RouteDel { prefix: *prefix }
+        }
         ControlCommand::Route(RouteCommand::List) => Request::RouteList,
         ControlCommand::Peer(PeerCommand::Add {
             name,
@@ -253,10 +255,10 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
             vni,
         }) => Request::PeerAdd {
             name: name.clone(),
-            underlay_ip: underlay_ip.clone(),
-            pod_cidr: pod_cidr.clone(),
-            vtep_mac: vtep_mac.clone(),
-            underlay_mac: underlay_mac.clone(),
+            underlay_ip: *underlay_ip,
+            pod_cidr: *pod_cidr,
+            vtep_mac: *vtep_mac,
+            underlay_mac: *underlay_mac,
             backend: backend.clone(),
             vni: *vni,
         },
@@ -285,11 +287,11 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
         ControlCommand::Trace(t) => Request::Trace {
             in_port: t.in_port.clone(),
             hex: t.hex.clone(),
-            frame: t.dst_ip.as_ref().map(|dst| FrameSpec {
-                src_mac: t.src_mac.clone(),
-                dst_mac: t.dst_mac.clone(),
-                src_ip: t.src_ip.clone(),
-                dst_ip: dst.clone(),
+            frame: t.dst_ip.map(|dst_ip| FrameSpec {
+                src_mac: t.src_mac,
+                dst_mac: t.dst_mac,
+                src_ip: t.src_ip,
+                dst_ip,
                 protocol: t.protocol.clone(),
                 ttl: t.ttl,
                 payload_len: t.payload_len,

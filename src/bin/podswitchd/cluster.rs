@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use podswitch_control::handler::Handler;
-use podswitch_control::protocol::Request;
+use podswitch_control::protocol::{Cidr, Mac, Request};
 use podswitch_engine::config::Backend;
 use podswitch_engine::fib::Prefix;
 use podswitch_lease::etcd::{Health, Lease, LeaseEvent, Store};
@@ -174,12 +174,13 @@ fn peer_request(
     };
     Ok(Request::PeerAdd {
         name: name.clone(),
-        underlay_ip: attrs.public_ip.to_string(),
-        pod_cidr: subnet.to_string(),
+        underlay_ip: attrs.public_ip,
+        pod_cidr: Cidr::new(subnet.addr(), subnet.prefix_len())
+            .expect("a prefix has its host bits clear"),
         vtep_mac: match &vxlan {
-            Some(data) => data.vtep_mac.clone(),
+            Some(data) => data.vtep_mac.parse().map_err(|e| format!("VtepMAC: {e}"))?,
             // Unused without VXLAN; the engine wants one all the same.
-            None => podswitch_engine::config::derived_mac(0x0e, &name).to_string(),
+            None => Mac(podswitch_engine::config::derived_mac(0x0e, &name).0),
         },
         underlay_mac: None,
         backend: Some(backend.to_string()),
@@ -346,9 +347,9 @@ mod tests {
             panic!("not a peer add")
         };
         assert_eq!(name, "10.244.2.0-24");
-        assert_eq!(underlay_ip, "192.168.100.2");
-        assert_eq!(pod_cidr, "10.244.2.0/24");
-        assert_eq!(vtep_mac, "aa:bb:cc:dd:ee:02");
+        assert_eq!(underlay_ip.to_string(), "192.168.100.2");
+        assert_eq!(pod_cidr.to_string(), "10.244.2.0/24");
+        assert_eq!(vtep_mac.to_string(), "aa:bb:cc:dd:ee:02");
         assert_eq!(backend.as_deref(), Some("vxlan"));
         assert_eq!(vni, Some(1));
         assert!(is_lease_peer(&name));

@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
+use podswitch_control::protocol::{Cidr, Mac};
 use podswitch_engine::config::{derived_mac, Backend, GatewayMode, NodeConfig};
 use podswitch_engine::encap::{MacAddr, TunnelMode, Vni};
 use podswitch_engine::fib::Prefix;
@@ -298,27 +299,27 @@ pub(crate) struct Assignment {
 }
 
 /// A static peer, as `[[peer]]` or `--peer` gives it.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PeerConfig {
     pub name: String,
-    pub underlay_ip: String,
-    pub pod_cidr: String,
+    pub underlay_ip: Ipv4Addr,
+    pub pod_cidr: Cidr,
     #[serde(default)]
-    pub vtep_mac: Option<String>,
+    pub vtep_mac: Option<Mac>,
     #[serde(default)]
-    pub underlay_mac: Option<String>,
+    pub underlay_mac: Option<Mac>,
     #[serde(default)]
     pub backend: Option<String>,
 }
 
 /// A static pod port, as `[[port]]` or `--pod-port` gives it.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PortConfig {
     pub interface: String,
-    pub ip: String,
-    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
     #[serde(default)]
     pub kind: Option<String>,
     #[serde(default)]
@@ -867,7 +868,7 @@ mod tests {
         assert_eq!(s.node.vxlan_port, 8472);
         assert_eq!(s.node.vtep_mac, derived_mac(0x0e, "node1"));
         assert_eq!(s.socket, PathBuf::from(DEFAULT_SOCKET));
-        assert_eq!(s.peers[0].pod_cidr, "10.244.2.0/24");
+        assert_eq!(s.peers[0].pod_cidr.to_string(), "10.244.2.0/24");
         let e = Settings::load(&cli(&[
             "--node-name",
             "n",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use podswitch_control::handler::Dataplane;
-use podswitch_control::protocol::{CaptureResult, StoreStatus};
+use podswitch_control::protocol::{CaptureResult, Mac, StoreStatus};
 use podswitch_engine::capture::CaptureLimit;
 use podswitch_engine::encap::arp::{ArpOperation, ArpRepr};
 use podswitch_engine::encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
@@ -133,12 +133,18 @@ impl Dataplane for Daemon {
             .attach(id, port)
             .map_err(|e| format!("{name}: {e}"))?;
         tracing::info!(port = id.0, interface = name, kind, worker, "port attached");
-        if let Some(entry) = self.tables.load().ports.get(id) {
-            let spec = &entry.spec;
+        // Every port opened here is a pod port, which has its address and
+        // MAC.
+        let snap = self.tables.load();
+        let pod = snap
+            .ports
+            .get(id)
+            .and_then(|e| Some((&e.spec, e.spec.ip?, e.spec.mac?)));
+        if let Some((spec, ip, mac)) = pod {
             let record = PortRecord {
                 interface: name.to_string(),
-                ip: spec.ip.map(|i| i.to_string()).unwrap_or_default(),
-                mac: spec.mac.map(|m| m.to_string()).unwrap_or_default(),
+                ip,
+                mac: Mac(mac.0),
                 container_id: spec.container_id.clone(),
                 ifname: spec.ifname.clone(),
                 kind: requested.map(str::to_string),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use podswitch_control::handler::Handler;
-use podswitch_control::protocol::Request;
+use podswitch_control::protocol::{Mac, Request};
 use podswitch_control::server::Server;
 use podswitch_engine::config::{Backend, GatewayMode};
 use podswitch_engine::fib::{NextHop, Prefix};
@@ -252,12 +252,12 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     for peer in &settings.peers {
         let request = Request::PeerAdd {
             name: peer.name.clone(),
-            underlay_ip: peer.underlay_ip.clone(),
-            pod_cidr: peer.pod_cidr.clone(),
-            vtep_mac: peer.vtep_mac.clone().unwrap_or_else(|| {
-                podswitch_engine::config::derived_mac(0x0e, &peer.name).to_string()
-            }),
-            underlay_mac: peer.underlay_mac.clone(),
+            underlay_ip: peer.underlay_ip,
+            pod_cidr: peer.pod_cidr,
+            vtep_mac: peer
+                .vtep_mac
+                .unwrap_or_else(|| Mac(podswitch_engine::config::derived_mac(0x0e, &peer.name).0)),
+            underlay_mac: peer.underlay_mac,
             backend: peer.backend.clone(),
             vni: None,
         };
@@ -288,8 +288,8 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     for port in &settings.ports {
         let request = Request::PortAdd {
             interface: port.interface.clone(),
-            ip: port.ip.clone(),
-            mac: port.mac.clone(),
+            ip: port.ip,
+            mac: port.mac,
             container_id: port.container_id.clone(),
             ifname: None,
             anti_spoof: true,
@@ -308,7 +308,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             .iter()
             .find(|p| p.interface == saved.interface)
         {
-            if port.ip != saved.ip || !port.mac.eq_ignore_ascii_case(&saved.mac) {
+            if port.ip != saved.ip || port.mac != saved.mac {
                 tracing::warn!(
                     interface = %saved.interface,
                     "saved port ({} {}) dropped: the config file gives it {} {}",

@@ -10,19 +10,19 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use podswitch_control::protocol::{NextHopSpec, Request};
-use podswitch_engine::fib::Prefix;
+use podswitch_control::protocol::{Cidr, Mac, NextHopSpec, Request};
 use serde::{Deserialize, Serialize};
 
 /// One attached pod port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PortRecord {
     pub(crate) interface: String,
-    pub(crate) ip: String,
-    pub(crate) mac: String,
+    pub(crate) ip: Ipv4Addr,
+    pub(crate) mac: Mac,
     pub(crate) container_id: Option<String>,
     pub(crate) ifname: Option<String>,
     pub(crate) kind: Option<String>,
@@ -95,10 +95,8 @@ struct Records {
 }
 
 /// A route's key: its prefix written canonically.
-fn route_key(prefix: &str) -> String {
-    prefix
-        .parse::<Prefix>()
-        .map_or_else(|_| prefix.to_string(), |p| p.to_string())
+fn route_key(prefix: &Cidr) -> String {
+    prefix.to_string()
 }
 
 /// The state file and what it holds.
@@ -229,8 +227,8 @@ mod tests {
         assert!(saved.ports.is_empty());
         let record = PortRecord {
             interface: "psw0123".into(),
-            ip: "10.244.1.2".into(),
-            mac: "02:00:0a:f4:01:02".into(),
+            ip: "10.244.1.2".parse().unwrap(),
+            mac: "02:00:0a:f4:01:02".parse().unwrap(),
             container_id: Some("c0ffee".into()),
             ifname: Some("eth0".into()),
             kind: None,
@@ -250,15 +248,15 @@ mod tests {
         // routes along.
         let peer = |name: &str, ip: &str| Request::PeerAdd {
             name: name.into(),
-            underlay_ip: ip.into(),
-            pod_cidr: "10.244.9.0/24".into(),
-            vtep_mac: "02:00:00:00:00:09".into(),
+            underlay_ip: ip.parse().unwrap(),
+            pod_cidr: "10.244.9.0/24".parse().unwrap(),
+            vtep_mac: "02:00:00:00:00:09".parse().unwrap(),
             underlay_mac: None,
             backend: None,
             vni: None,
         };
         let route = |prefix: &str, next_hop: NextHopSpec| Request::RouteAdd {
-            prefix: prefix.into(),
+            prefix: prefix.parse().unwrap(),
             next_hop,
         };
         state.apply(&peer("node9", "192.168.100.9")).unwrap();
@@ -275,7 +273,7 @@ mod tests {
             .unwrap();
         state
             .apply(&Request::RouteDel {
-                prefix: "10.97.0.0/16".into(),
+                prefix: "10.97.0.0/16".parse().unwrap(),
             })
             .unwrap();
         state

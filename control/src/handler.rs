@@ -18,6 +18,7 @@ use podswitch_engine::encap::ipv4::Ipv4Repr;
 use podswitch_engine::encap::udp::UdpRepr;
 use podswitch_engine::encap::{checksum, hex, IpProtocol, MacAddr, Vni};
 use podswitch_engine::fib::{NextHop, Prefix};
+use podswitch_engine::kernel_port::PodPortKind;
 use podswitch_engine::peer::{Forwarding, PeerSpec};
 use podswitch_engine::pipeline::Pipeline;
 use podswitch_engine::port::{PortId, PortRole};
@@ -38,9 +39,15 @@ use crate::protocol::{
 /// tables only.
 pub trait Dataplane: Send + Sync + std::fmt::Debug {
     /// Opens the kernel side of a port just added to the tables (`kind` as
-    /// the request gave it) and returns the kind used. An error makes the
-    /// handler take the port out of the tables again.
-    fn open_port(&self, id: PortId, name: &str, kind: Option<&str>) -> Result<String, String>;
+    /// the request gave it; none: the daemon's default) and returns how it
+    /// moves frames. An error makes the handler take the port out of the
+    /// tables again.
+    fn open_port(
+        &self,
+        id: PortId,
+        name: &str,
+        kind: Option<PodPortKind>,
+    ) -> Result<String, String>;
     /// Closes the kernel side of a port taken out of the tables.
     fn close_port(&self, id: PortId, name: &str);
     /// Captures a port's frames into `file` and returns when done.
@@ -176,6 +183,9 @@ impl Handler {
                 anti_spoof,
                 kind,
             } => {
+                // A kind the daemon cannot open is refused before the
+                // tables change.
+                let kind = kind.as_deref().map(str::parse::<PodPortKind>).transpose()?;
                 let mut spec = PortSpec::pod(interface, *ip, mac_addr(*mac));
                 spec.anti_spoof = *anti_spoof;
                 spec.container_id = container_id.clone();
@@ -187,7 +197,7 @@ impl Handler {
                         kind: None,
                     }));
                 };
-                match dataplane.open_port(id, interface, kind.as_deref()) {
+                match dataplane.open_port(id, interface, kind) {
                     Ok(kind) => {
                         self.note_kind(id, &kind);
                         Ok(result(PortRef {

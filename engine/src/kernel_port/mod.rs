@@ -2,8 +2,8 @@
 //!
 //! | port | kernel interface | frames |
 //! |---|---|---|
-//! | [`AfXdpPort`] | AF_XDP socket on a pod veth's host side (the default) | Ethernet, partial checksums completed |
-//! | [`AfPacketPort`] | AF_PACKET socket on a pod veth's host side | Ethernet; super-frames and partial checksums carried both ways ([`crate::offload`]) |
+//! | [`AfPacketPort`] | AF_PACKET socket on a pod veth's host side (the default) | Ethernet; super-frames and partial checksums carried both ways ([`crate::offload`]) |
+//! | [`AfXdpPort`] | AF_XDP socket on a pod veth's host side | Ethernet, partial checksums completed |
 //! | [`TapPort`] | a TAP device a pod uses as its interface | Ethernet |
 //! | [`HostPort`] | the TUN device `podswitch0` | IPv4 to and from the node's own stack |
 //! | [`UnderlayPort`] | UDP socket (VXLAN, IP-in-UDP), raw IPIP socket, raw sending socket, AF_PACKET for host-gw; optionally AF_XDP sockets fed by an XDP program for the tunnel's small packets | outer frames |
@@ -22,6 +22,7 @@
 
 mod af_packet;
 mod af_xdp;
+mod pod_port;
 mod tuntap;
 mod underlay;
 
@@ -30,6 +31,7 @@ use std::sync::Arc;
 
 pub use af_packet::AfPacketPort;
 pub use af_xdp::AfXdpPort;
+pub use pod_port::{open_pod_port, OpenedKind, OpenedPort, PodPortKind};
 pub use tuntap::{HostPort, HostPortOptions, TapPort};
 pub use underlay::{UnderlayOptions, UnderlayPort};
 

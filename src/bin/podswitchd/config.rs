@@ -10,6 +10,7 @@ use podswitch_control::protocol::{Cidr, Mac};
 use podswitch_engine::config::{derived_mac, Backend, GatewayMode, NodeConfig};
 use podswitch_engine::encap::{MacAddr, TunnelMode, Vni};
 use podswitch_engine::fib::Prefix;
+use podswitch_engine::kernel_port::PodPortKind;
 use podswitch_engine::sys::{netdev, sched};
 use podswitch_engine::worker::MAX_WORKERS;
 use podswitch_lease::etcd::EtcdOptions;
@@ -344,7 +345,7 @@ pub(crate) struct Settings {
     pub socket: PathBuf,
     pub state_file: PathBuf,
     pub host_interface: String,
-    pub port_kind: String,
+    pub port_kind: PodPortKind,
     /// Tunnel packets received through AF_XDP (`underlay_kind = "af-xdp"`).
     pub underlay_af_xdp: bool,
     pub busy_poll_us: u64,
@@ -374,8 +375,6 @@ pub(crate) fn state_file_beside(socket: &std::path::Path) -> PathBuf {
 }
 /// The default control socket.
 pub(crate) const DEFAULT_SOCKET: &str = "/run/podswitch/podswitchd.sock";
-/// Port kinds a pod port may have.
-pub(crate) const PORT_KINDS: &[&str] = &["af-xdp", "af-packet", "tap"];
 
 /// Where a value came from, for error messages.
 struct Origin<'a> {
@@ -610,17 +609,12 @@ impl Settings {
             }
             None => u16::try_from(iface_mtu).unwrap_or(u16::MAX),
         };
-        let port_kind = cli
-            .port_kind
-            .clone()
-            .or(file.dataplane.port_kind.clone())
-            .unwrap_or_else(|| "af-packet".into());
-        if !PORT_KINDS.contains(&port_kind.as_str()) {
-            return Err(origin.error(
-                "dataplane.port_kind",
-                format!("{port_kind:?}: one of {}", PORT_KINDS.join(", ")),
-            ));
-        }
+        let port_kind = match pick(&cli.port_kind, &file.dataplane.port_kind) {
+            Some(kind) => kind
+                .parse::<PodPortKind>()
+                .map_err(|e| origin.error("dataplane.port_kind", e))?,
+            None => PodPortKind::default(),
+        };
         let underlay_af_xdp = match pick(&cli.underlay_kind, &file.dataplane.underlay_kind)
             .as_deref()
             .unwrap_or("socket")

@@ -13,15 +13,13 @@ use podswitch_engine::capture::CaptureLimit;
 use podswitch_engine::encap::arp::{ArpOperation, ArpRepr};
 use podswitch_engine::encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
 use podswitch_engine::encap::MacAddr;
-use podswitch_engine::kernel_port::{AfPacketPort, AfXdpPort, TapPort};
-use podswitch_engine::port::{Port, PortId};
+use podswitch_engine::kernel_port::{open_pod_port, PodPortKind};
+use podswitch_engine::port::PortId;
 use podswitch_engine::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use podswitch_engine::sys::netdev;
 use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ARP};
-use podswitch_engine::sys::xdp::{self, XdpMode};
 use podswitch_engine::tables::Tables;
 use podswitch_engine::worker::Workers;
-use podswitch_host::netlink::Netlink;
 
 use crate::state::{PodEnd, PortRecord, StateFile};
 
@@ -31,7 +29,7 @@ pub(crate) struct Daemon {
     pub tables: Arc<Tables>,
     pub workers: Arc<Workers>,
     pub underlay_interface: String,
-    pub default_port_kind: String,
+    pub default_port_kind: PodPortKind,
     pub clock_micros: fn() -> u64,
     pub state: StateFile,
     /// Peer and route requests are kept in the state file: off while the
@@ -42,95 +40,28 @@ pub(crate) struct Daemon {
     pub store_health: Option<Arc<podswitch_lease::etcd::Health>>,
 }
 
-impl Daemon {
-    fn open(&self, id: PortId, name: &str, kind: &str) -> std::io::Result<(Box<dyn Port>, String)> {
-        match kind {
-            "af-xdp" => {
-                if let Err(e) = xdp::ensure_bpffs() {
-                    tracing::warn!("{e}: libxdp loads its program without a dispatcher");
-                }
-                let opened = AfXdpPort::open(name, id, Arc::clone(&self.tables.stats), true).or_else(|e| {
-                    // A podswitchd killed without its cleanup leaves its
-                    // XDP program on the veth: take it off and try again.
-                    if remove_stale_xdp(name) {
-                        tracing::info!(interface = name, "AF_XDP refused ({e}): detached the XDP program left on it, retrying");
-                        AfXdpPort::open(name, id, Arc::clone(&self.tables.stats), true)
-                    } else {
-                        Err(e)
-                    }
-                });
-                match opened {
-                    Ok(port) => {
-                        // The host side has no IPv6 of its own either: the
-                        // node would otherwise send router solicitations
-                        // into the pod (DESIGN.md: no reason for the
-                        // kernel to act on a pod veth).
-                        let _ = netdev::disable_ipv6(name);
-                        if port.mode() == XdpMode::Generic {
-                            tracing::warn!(
-                                interface = name,
-                                "native XDP refused: fallback to generic (skb) XDP"
-                            );
-                        }
-                        netdev::set_up(name)?;
-                        let mode = match port.mode() {
-                            XdpMode::Native => "af-xdp",
-                            XdpMode::Generic => "af-xdp-generic",
-                        };
-                        Ok((Box::new(port), mode.to_string()))
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            interface = name,
-                            "AF_XDP unavailable ({e}): fallback to AF_PACKET"
-                        );
-                        self.open(id, name, "af-packet")
-                    }
-                }
-            }
-            "af-packet" => {
-                // With AF_PACKET the kernel still receives every pod
-                // frame: the host side of a pod veth must give it no
-                // reason to act on pod frames (DESIGN.md): no ARP answers
-                // for the node's addresses (the TUN port holds the
-                // gateway address), no IPv6 of its own.
-                netdev::set_noarp(name)?;
-                let _ = netdev::disable_ipv6(name);
-                netdev::set_up(name)?;
-                let port = AfPacketPort::open(name, id, Arc::clone(&self.tables.stats))?;
-                if let Some(e) = port.kernel_stop_error() {
-                    tracing::warn!(
-                        interface = name,
-                        "tcx unavailable ({e}): the node's kernel also takes this pod's frames, broadcasts to the node's own addresses included"
-                    );
-                }
-                Ok((Box::new(port), kind.to_string()))
-            }
-            "tap" => {
-                let port = TapPort::open(name, id, Arc::clone(&self.tables.stats))?;
-                Ok((Box::new(port), kind.to_string()))
-            }
-            other => Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "port kind {other:?}: one of {}",
-                    crate::config::PORT_KINDS.join(", ")
-                ),
-            )),
-        }
-    }
-}
-
 impl Dataplane for Daemon {
-    fn open_port(&self, id: PortId, name: &str, kind: Option<&str>) -> Result<String, String> {
+    fn open_port(
+        &self,
+        id: PortId,
+        name: &str,
+        kind: Option<PodPortKind>,
+    ) -> Result<String, String> {
         let requested = kind;
-        let kind = kind.unwrap_or(&self.default_port_kind);
-        let (port, kind) = self
-            .open(id, name, kind)
-            .map_err(|e| format!("{name}: {e}"))?;
+        let opened = open_pod_port(
+            kind.unwrap_or(self.default_port_kind),
+            name,
+            id,
+            &self.tables.stats,
+        )
+        .map_err(|e| format!("{name}: {e}"))?;
+        for note in &opened.notes {
+            tracing::warn!(interface = name, "{note}");
+        }
+        let kind = opened.kind.to_string();
         let worker = self
             .workers
-            .attach(id, port)
+            .attach(id, opened.port)
             .map_err(|e| format!("{name}: {e}"))?;
         tracing::info!(port = id.0, interface = name, kind, worker, "port attached");
         // Every port opened here is a pod port, which has its address and
@@ -147,7 +78,7 @@ impl Dataplane for Daemon {
                 mac: Mac(mac.0),
                 container_id: spec.container_id.clone(),
                 ifname: spec.ifname.clone(),
-                kind: requested.map(str::to_string),
+                kind: requested.map(|k| k.to_string()),
                 anti_spoof: spec.anti_spoof,
                 ifindex: netdev::ifindex(name).ok(),
                 pod_end: PodEnd::of(name),
@@ -245,32 +176,6 @@ impl Dataplane for Daemon {
                 self.underlay_interface
             )
         })
-    }
-}
-
-/// Detaches the XDP program a killed podswitchd left on `name`; true if
-/// there was one to take off. A program podswitch did not attach stays
-/// where it is, with a warning.
-fn remove_stale_xdp(name: &str) -> bool {
-    let index = match Netlink::open().and_then(|mut nl| nl.link(name)) {
-        Ok(Some(link)) => link.index,
-        _ => return false,
-    };
-    match xdp::remove_stale_program(index) {
-        Ok(xdp::StaleProgram::Removed) => true,
-        Ok(xdp::StaleProgram::None) => false,
-        Ok(xdp::StaleProgram::Foreign(names)) => {
-            tracing::warn!(
-                interface = name,
-                programs = ?names,
-                "the interface carries XDP programs podswitch did not attach: left in place"
-            );
-            false
-        }
-        Err(e) => {
-            tracing::warn!(interface = name, "{e}");
-            false
-        }
     }
 }
 

@@ -204,7 +204,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         tables: Arc::clone(&tables),
         workers: Arc::clone(&workers),
         underlay_interface: settings.underlay_interface.clone(),
-        default_port_kind: settings.port_kind.clone(),
+        default_port_kind: settings.port_kind,
         clock_micros,
         state,
         keep_runtime_changes: std::sync::atomic::AtomicBool::new(false),

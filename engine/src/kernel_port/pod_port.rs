@@ -1,0 +1,256 @@
+//! Opening a pod's port: the kind asked for, what to fall back to when the
+//! kernel refuses it, and the settings the pod veth's host side needs so
+//! that the node's kernel has no reason to act on pod frames (DESIGN.md).
+//! podswitchd opens every pod port through [`open_pod_port`], for the
+//! control socket's `port-add` and for its config file alike.
+
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use super::{AfPacketPort, AfXdpPort, TapPort};
+use crate::port::{Port, PortId};
+use crate::stats::Stats;
+use crate::sys::netdev;
+use crate::sys::xdp::{self, StaleProgram, XdpMode};
+
+/// How a pod port may be asked to move frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PodPortKind {
+    /// AF_PACKET on the host side of the pod's veth, carrying super-frames
+    /// both ways: the default (docs/benchmarks.md, "Latest figures").
+    #[default]
+    AfPacket,
+    /// AF_XDP on the host side of the pod's veth: faster for small
+    /// packets, but any XDP program on a veth takes TSO off its peer
+    /// (`veth_xdp_set`), so TCP moves frame by frame.
+    AfXdp,
+    /// A TAP device podswitchd creates under the port's name, which can be
+    /// moved into the pod's namespace.
+    Tap,
+}
+
+impl PodPortKind {
+    /// Every kind, as configuration and requests name them.
+    pub const ALL: [PodPortKind; 3] = [PodPortKind::AfPacket, PodPortKind::AfXdp, PodPortKind::Tap];
+}
+
+impl fmt::Display for PodPortKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PodPortKind::AfPacket => "af-packet",
+            PodPortKind::AfXdp => "af-xdp",
+            PodPortKind::Tap => "tap",
+        })
+    }
+}
+
+impl FromStr for PodPortKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PodPortKind, String> {
+        PodPortKind::ALL
+            .into_iter()
+            .find(|k| k.to_string() == s)
+            .ok_or_else(|| {
+                let names: Vec<String> = PodPortKind::ALL.iter().map(|k| k.to_string()).collect();
+                format!("port kind {s:?}: one of {}", names.join(", "))
+            })
+    }
+}
+
+/// How an opened pod port moves frames: the kind asked for, or what the
+/// kernel left of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenedKind {
+    /// AF_PACKET (asked for, or the fallback from AF_XDP).
+    AfPacket,
+    /// AF_XDP, in the driver or on the skb (generic XDP, slower).
+    AfXdp(XdpMode),
+    /// A TAP device.
+    Tap,
+}
+
+impl fmt::Display for OpenedKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OpenedKind::AfPacket => "af-packet",
+            OpenedKind::AfXdp(XdpMode::Native) => "af-xdp",
+            OpenedKind::AfXdp(XdpMode::Generic) => "af-xdp-generic",
+            OpenedKind::Tap => "tap",
+        })
+    }
+}
+
+/// A pod port, opened, with what happened on the way: each fallback or
+/// weakened guarantee as a sentence for the daemon's log.
+pub struct OpenedPort {
+    /// The port, ready for a worker.
+    pub port: Box<dyn Port>,
+    /// How it moves frames.
+    pub kind: OpenedKind,
+    /// What did not go as asked, in order.
+    pub notes: Vec<String>,
+}
+
+impl fmt::Debug for OpenedPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenedPort")
+            .field("port", &self.port.name())
+            .field("kind", &self.kind)
+            .field("notes", &self.notes)
+            .finish()
+    }
+}
+
+/// Opens pod port `id` on interface `name` as `kind`, falling back from
+/// AF_XDP to AF_PACKET when the kernel refuses AF_XDP (after taking off an
+/// XDP program a killed podswitchd left on the interface).
+pub fn open_pod_port(
+    kind: PodPortKind,
+    name: &str,
+    id: PortId,
+    stats: &Arc<Stats>,
+) -> io::Result<OpenedPort> {
+    let mut notes = Vec::new();
+    let (port, kind): (Box<dyn Port>, OpenedKind) = match kind {
+        PodPortKind::AfXdp => match open_af_xdp(name, id, stats, &mut notes) {
+            Ok(port) => {
+                let mode = port.mode();
+                (Box::new(port), OpenedKind::AfXdp(mode))
+            }
+            Err(e) => {
+                notes.push(format!("AF_XDP unavailable ({e}): fallback to AF_PACKET"));
+                (
+                    Box::new(open_af_packet(name, id, stats, &mut notes)?),
+                    OpenedKind::AfPacket,
+                )
+            }
+        },
+        PodPortKind::AfPacket => (
+            Box::new(open_af_packet(name, id, stats, &mut notes)?),
+            OpenedKind::AfPacket,
+        ),
+        PodPortKind::Tap => (
+            Box::new(TapPort::open(name, id, Arc::clone(stats))?),
+            OpenedKind::Tap,
+        ),
+    };
+    Ok(OpenedPort { port, kind, notes })
+}
+
+fn open_af_xdp(
+    name: &str,
+    id: PortId,
+    stats: &Arc<Stats>,
+    notes: &mut Vec<String>,
+) -> io::Result<AfXdpPort> {
+    if let Err(e) = xdp::ensure_bpffs() {
+        notes.push(format!(
+            "{e}: libxdp loads its program without a dispatcher"
+        ));
+    }
+    let port = AfXdpPort::open(name, id, Arc::clone(stats), true).or_else(|e| {
+        // A podswitchd killed without its cleanup leaves its XDP program
+        // on the veth: take it off and try again.
+        if remove_stale_xdp(name, notes) {
+            notes.push(format!(
+                "AF_XDP refused ({e}): detached the XDP program left on it, retried"
+            ));
+            AfXdpPort::open(name, id, Arc::clone(stats), true)
+        } else {
+            Err(e)
+        }
+    })?;
+    // The host side has no IPv6 of its own: the node would otherwise send
+    // router solicitations into the pod.
+    let _ = netdev::disable_ipv6(name);
+    if port.mode() == XdpMode::Generic {
+        notes.push("native XDP refused: fallback to generic (skb) XDP".into());
+    }
+    netdev::set_up(name)?;
+    Ok(port)
+}
+
+fn open_af_packet(
+    name: &str,
+    id: PortId,
+    stats: &Arc<Stats>,
+    notes: &mut Vec<String>,
+) -> io::Result<AfPacketPort> {
+    // With AF_PACKET the kernel still receives every pod frame: the host
+    // side of a pod veth must give it no reason to act on them: no ARP
+    // answers for the node's addresses (the TUN port holds the gateway
+    // address), no IPv6 of its own.
+    netdev::set_noarp(name)?;
+    let _ = netdev::disable_ipv6(name);
+    netdev::set_up(name)?;
+    let port = AfPacketPort::open(name, id, Arc::clone(stats))?;
+    if let Some(e) = port.kernel_stop_error() {
+        notes.push(format!(
+            "tcx unavailable ({e}): the node's kernel also takes this pod's frames, broadcasts to the node's own addresses included"
+        ));
+    }
+    Ok(port)
+}
+
+/// Detaches the XDP program a killed podswitchd left on `name`; true if
+/// there was one to take off. A program podswitch did not attach stays
+/// where it is, with a note.
+fn remove_stale_xdp(name: &str, notes: &mut Vec<String>) -> bool {
+    let Ok(index) = netdev::ifindex(name) else {
+        return false;
+    };
+    match xdp::remove_stale_program(index) {
+        Ok(StaleProgram::Removed) => true,
+        Ok(StaleProgram::None) => false,
+        Ok(StaleProgram::Foreign(names)) => {
+            notes.push(format!(
+                "{names:?}: the interface carries XDP programs podswitch did not attach: left in place"
+            ));
+            false
+        }
+        Err(e) => {
+            notes.push(e.to_string());
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_read_as_they_print() {
+        for kind in PodPortKind::ALL {
+            assert_eq!(kind.to_string().parse::<PodPortKind>(), Ok(kind));
+        }
+        assert_eq!(PodPortKind::default(), PodPortKind::AfPacket);
+        let e = "af_xdp".parse::<PodPortKind>().unwrap_err();
+        assert_eq!(e, "port kind \"af_xdp\": one of af-packet, af-xdp, tap");
+    }
+
+    #[test]
+    fn opened_kinds_say_how_frames_move() {
+        assert_eq!(
+            OpenedKind::AfXdp(XdpMode::Generic).to_string(),
+            "af-xdp-generic"
+        );
+        assert_eq!(OpenedKind::AfXdp(XdpMode::Native).to_string(), "af-xdp");
+        assert_eq!(OpenedKind::AfPacket.to_string(), "af-packet");
+    }
+
+    #[test]
+    fn a_missing_interface_is_an_error_for_every_kind() {
+        let stats = Arc::new(Stats::new(16));
+        for kind in PodPortKind::ALL {
+            if kind == PodPortKind::Tap {
+                continue; // a TAP device is created, not found
+            }
+            let e = open_pod_port(kind, "psw-no-such-if", PortId(9), &stats).unwrap_err();
+            assert!(!e.to_string().is_empty(), "{kind}");
+        }
+    }
+}

@@ -17,7 +17,7 @@ use podswitch_engine::encap::ethernet::{EtherType, EthernetRepr};
 use podswitch_engine::encap::ipv4::Ipv4Repr;
 use podswitch_engine::encap::udp::UdpRepr;
 use podswitch_engine::encap::{checksum, hex, IpProtocol, MacAddr, Vni};
-use podswitch_engine::fib::{NextHop, Prefix};
+use podswitch_engine::fib::NextHop;
 use podswitch_engine::kernel_port::PodPortKind;
 use podswitch_engine::peer::{Forwarding, PeerSpec};
 use podswitch_engine::pipeline::Pipeline;
@@ -28,9 +28,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::protocol::{
-    CaptureResult, Cidr, FdbEntry, FdbTable, Flushed, FrameSpec, Mac, Neighbour, NextHopSpec,
-    PeerInfo, PeerRef, PortCounters, PortInfo, PortRef, Request, RouteInfo, Stats, Status,
-    StoreStatus, TraceOutput, TraceResult, VersionInfo, WorkerCounters, PROTOCOL_VERSION,
+    CaptureResult, FdbEntry, FdbTable, Flushed, FrameSpec, Neighbour, NextHopSpec, PeerInfo,
+    PeerRef, PortCounters, PortInfo, PortRef, Request, RouteInfo, Stats, Status, StoreStatus,
+    TraceOutput, TraceResult, VersionInfo, WorkerCounters, PROTOCOL_VERSION,
 };
 
 /// What a running daemon does beyond the tables: the kernel side of
@@ -186,7 +186,7 @@ impl Handler {
                 // A kind the daemon cannot open is refused before the
                 // tables change.
                 let kind = kind.as_deref().map(str::parse::<PodPortKind>).transpose()?;
-                let mut spec = PortSpec::pod(interface, *ip, mac_addr(*mac));
+                let mut spec = PortSpec::pod(interface, *ip, *mac);
                 spec.anti_spoof = *anti_spoof;
                 spec.container_id = container_id.clone();
                 spec.ifname = ifname.clone();
@@ -268,18 +268,15 @@ impl Handler {
                 |id| self.dataplane.as_ref().and_then(|d| d.port_worker(id)),
             ))),
             Request::RouteAdd { prefix, next_hop } => {
-                let prefix = engine_prefix(*prefix);
                 let snap = self.tables.load();
                 let next_hop = resolve(&snap, next_hop)?;
-                self.tables.add_route(prefix, next_hop).map_err(err)?;
+                self.tables.add_route(*prefix, next_hop).map_err(err)?;
                 self.changed(|| format!("route {prefix} -> {next_hop:?} added"));
                 self.applied(request);
                 Ok(Value::Null)
             }
             Request::RouteDel { prefix } => {
-                self.tables
-                    .remove_route(engine_prefix(*prefix))
-                    .map_err(err)?;
+                self.tables.remove_route(*prefix).map_err(err)?;
                 self.changed(|| format!("route {prefix} removed"));
                 self.applied(request);
                 Ok(Value::Null)
@@ -308,7 +305,7 @@ impl Handler {
                     .entries((self.clock)())
                     .iter()
                     .map(|e| FdbEntry {
-                        mac: mac(e.mac),
+                        mac: e.mac,
                         port: port_name(&snap, e.port.0),
                         is_static: e.is_static,
                         age_secs: e.age_secs,
@@ -332,7 +329,7 @@ impl Handler {
                     .iter()
                     .map(|(ip, n)| Neighbour {
                         ip: *ip,
-                        mac: mac(n.mac),
+                        mac: n.mac,
                         port: port_name(&snap, n.port.0),
                         learned: n.learned,
                     })
@@ -415,17 +412,17 @@ impl Handler {
             name: name.clone(),
             underlay_ip,
             underlay_mac: match (underlay_mac, &self.dataplane) {
-                (Some(m), _) => mac_addr(*m),
+                (Some(m), _) => *m,
                 (None, Some(dp)) if direct => dp.resolve_underlay_mac(underlay_ip)?,
                 (None, _) => MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]]),
             },
-            pod_cidr: engine_prefix(*pod_cidr),
+            pod_cidr: *pod_cidr,
             backend,
             vni: match vni {
                 Some(v) => Vni::new(*v).ok_or_else(|| format!("vni {v} does not fit 24 bits"))?,
                 None => snap.node.vni,
             },
-            vtep_mac: mac_addr(*vtep_mac),
+            vtep_mac: *vtep_mac,
         })
     }
 
@@ -488,12 +485,12 @@ impl Handler {
         let node = &snap.node;
         Status {
             node: node.name.clone(),
-            pod_cidr: cidr(node.pod_cidr),
-            cluster_cidr: cidr(node.cluster_cidr),
+            pod_cidr: node.pod_cidr,
+            cluster_cidr: node.cluster_cidr,
             gateway_mode: node.gateway_mode.to_string(),
             gateway: node.gateway_ip,
             underlay_ip: node.underlay_ip,
-            vtep_mac: mac(node.vtep_mac),
+            vtep_mac: node.vtep_mac,
             backend: node.backend.to_string(),
             vni: node.vni.get(),
             mtu: node.pod_mtu(),
@@ -569,26 +566,6 @@ fn result(reply: impl Serialize) -> Value {
     serde_json::to_value(reply).expect("reply types serialise")
 }
 
-/// The engine's MAC as the protocol's.
-fn mac(mac: MacAddr) -> Mac {
-    Mac(mac.0)
-}
-
-/// The engine's prefix as the protocol's network.
-fn cidr(prefix: Prefix) -> Cidr {
-    Cidr::new(prefix.addr(), prefix.prefix_len()).expect("a prefix has its host bits clear")
-}
-
-/// The protocol's MAC as the engine's.
-fn mac_addr(mac: Mac) -> MacAddr {
-    MacAddr(mac.0)
-}
-
-/// The protocol's network as the engine's prefix.
-fn engine_prefix(cidr: Cidr) -> Prefix {
-    Prefix::new(cidr.addr(), cidr.prefix_len()).expect("a network has its host bits clear")
-}
-
 /// A port's name, or its number if it is gone.
 fn port_name(snap: &Snapshot, id: u16) -> String {
     snap.ports
@@ -639,7 +616,7 @@ fn routes(tables: &Tables) -> Vec<RouteInfo> {
     routes
         .iter()
         .map(|(p, nh)| RouteInfo {
-            prefix: cidr(*p),
+            prefix: *p,
             next_hop: describe(&snap, nh),
         })
         .collect()
@@ -659,7 +636,7 @@ fn ports(
             kind: kinds.get(&p.id.0).cloned(),
             worker: worker(p.id),
             ip: p.spec.ip,
-            mac: p.spec.mac.map(mac),
+            mac: p.spec.mac,
             anti_spoof: p.spec.anti_spoof,
             container_id: p.spec.container_id.clone(),
             ifname: p.spec.ifname.clone(),
@@ -673,10 +650,10 @@ fn peers(snap: &Snapshot) -> Vec<PeerInfo> {
         .map(|p| PeerInfo {
             name: p.spec.name.clone(),
             underlay_ip: p.spec.underlay_ip,
-            pod_cidr: cidr(p.spec.pod_cidr),
+            pod_cidr: p.spec.pod_cidr,
             backend: p.spec.backend.to_string(),
             vni: p.spec.vni.get(),
-            vtep_mac: mac(p.spec.vtep_mac),
+            vtep_mac: p.spec.vtep_mac,
             forwarding: match &p.forwarding {
                 Forwarding::Tunnel(t) => t.tunnel().config().mode.to_string(),
                 Forwarding::Direct => "direct".to_string(),
@@ -697,12 +674,12 @@ fn build_frame(
     port_ip: Option<Ipv4Addr>,
     spec: &FrameSpec,
 ) -> Result<Vec<u8>, String> {
-    let src_mac = match &spec.src_mac {
-        Some(m) => mac_addr(*m),
+    let src_mac = match spec.src_mac {
+        Some(m) => m,
         None => port_mac.ok_or("src_mac: the port has no MAC, give one")?,
     };
-    let dst_mac = match &spec.dst_mac {
-        Some(m) => mac_addr(*m),
+    let dst_mac = match spec.dst_mac {
+        Some(m) => m,
         None => snap.node.gateway_mac,
     };
     let src = match &spec.src_ip {

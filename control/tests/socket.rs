@@ -377,7 +377,7 @@ fn bad_input_gets_an_error_and_the_connection_keeps_working() {
         // Malformed addresses, named in the error.
         (
             r#"{"v":1,"request":"port-add","interface":"veth-z","ip":"10.244.1.9","mac":"nope"}"#,
-            "\"nope\" is not a MAC",
+            "invalid MAC address \"nope\"",
         ),
         (
             r#"{"v":1,"request":"port-add","interface":"veth-z","ip":"10.244.1.300","mac":"0a:58:0a:f4:01:02"}"#,

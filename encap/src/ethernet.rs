@@ -2,9 +2,12 @@
 //! the 802.1Q / 802.1ad tags that may follow the addresses.
 
 use core::fmt;
-use core::str::FromStr;
 
 use crate::error::{check_len, Layer, WireResult};
+
+// The MAC address is podswitch's vocabulary, shared with the tables and
+// the control protocol.
+pub use podswitch_addr::{MacAddr, ParseMacError};
 
 /// Length of an Ethernet II header without tags: two MACs and the EtherType.
 pub const HEADER_LEN: usize = 14;
@@ -12,97 +15,6 @@ pub const HEADER_LEN: usize = 14;
 pub const VLAN_TAG_LEN: usize = 4;
 /// Most tags we skip before giving up (QinQ is two; three is generous).
 pub const MAX_VLAN_TAGS: usize = 3;
-
-/// A 48-bit IEEE MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// ff:ff:ff:ff:ff:ff.
-    pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
-    /// 00:00:00:00:00:00 (ARP requests carry it as the unknown target).
-    pub const ZERO: MacAddr = MacAddr([0; 6]);
-
-    /// The address as bytes.
-    pub const fn octets(&self) -> [u8; 6] {
-        self.0
-    }
-
-    /// Broadcast or multicast: the I/G bit (least significant bit of the
-    /// first octet) is set.
-    pub const fn is_multicast(&self) -> bool {
-        self.0[0] & 0x01 != 0
-    }
-
-    /// Locally administered: the U/L bit is set (what podswitch uses for
-    /// VTEP and gateway MACs it invents).
-    pub const fn is_local(&self) -> bool {
-        self.0[0] & 0x02 != 0
-    }
-
-    /// Reads six bytes. Panics if `bytes` is shorter: callers pass slices
-    /// whose length a view has already checked.
-    #[inline]
-    pub(crate) fn from_slice(bytes: &[u8]) -> MacAddr {
-        let mut mac = [0u8; 6];
-        mac.copy_from_slice(&bytes[..6]);
-        MacAddr(mac)
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Error of parsing a MAC address from text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseMacError(String);
-
-impl fmt::Display for ParseMacError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid MAC address {:?}: expected six hex octets like 42:88:6a:88:a9:3f",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for ParseMacError {}
-
-impl FromStr for MacAddr {
-    type Err = ParseMacError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || ParseMacError(s.to_owned());
-        let mut mac = [0u8; 6];
-        let mut parts = s.split([':', '-']);
-        for octet in &mut mac {
-            let part = parts.next().ok_or_else(err)?;
-            if part.is_empty() || part.len() > 2 {
-                return Err(err());
-            }
-            *octet = u8::from_str_radix(part, 16).map_err(|_| err())?;
-        }
-        if parts.next().is_some() {
-            return Err(err());
-        }
-        Ok(MacAddr(mac))
-    }
-}
 
 /// EtherType values (IEEE 802 numbers). Open: unknown values are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -34,129 +34,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::peer::PeerId;
 use crate::port::PortId;
-/// An IPv4 prefix with its host bits zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Prefix {
-    addr: u32,
-    len: u8,
-}
-
-/// Why a prefix is not valid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PrefixError {
-    /// The text is not `a.b.c.d/len`.
-    Syntax(String),
-    /// The length exceeds 32.
-    Length(u8),
-    /// Bits are set past the prefix length (`10.244.1.5/24`).
-    HostBits(Ipv4Addr, u8),
-}
-
-impl fmt::Display for PrefixError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PrefixError::Syntax(s) => write!(f, "{s:?} is not a prefix like 10.244.1.0/24"),
-            PrefixError::Length(l) => write!(f, "prefix length {l} is above 32"),
-            PrefixError::HostBits(a, l) => {
-                let p = Prefix::new_truncating(*a, *l);
-                write!(f, "{a}/{l} has host bits set; did you mean {p}?")
-            }
-        }
-    }
-}
-
-impl std::error::Error for PrefixError {}
-
-impl Prefix {
-    /// A prefix; host bits must be zero.
-    pub fn new(addr: Ipv4Addr, len: u8) -> Result<Prefix, PrefixError> {
-        if len > 32 {
-            return Err(PrefixError::Length(len));
-        }
-        let p = Prefix::new_truncating(addr, len);
-        if p.addr != u32::from(addr) {
-            return Err(PrefixError::HostBits(addr, len));
-        }
-        Ok(p)
-    }
-
-    /// A prefix, clearing host bits. Lengths above 32 count as 32.
-    pub fn new_truncating(addr: Ipv4Addr, len: u8) -> Prefix {
-        let len = len.min(32);
-        Prefix {
-            addr: u32::from(addr) & mask(len),
-            len,
-        }
-    }
-
-    /// The network address.
-    pub fn addr(&self) -> Ipv4Addr {
-        Ipv4Addr::from(self.addr)
-    }
-
-    /// The prefix length.
-    pub fn prefix_len(&self) -> u8 {
-        self.len
-    }
-
-    /// True for 0.0.0.0/0.
-    pub fn is_default(&self) -> bool {
-        self.len == 0
-    }
-
-    /// True if `ip` is inside.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask(self.len) == self.addr
-    }
-
-    /// True if `other` is inside (or equal).
-    pub fn covers(&self, other: &Prefix) -> bool {
-        other.len >= self.len && other.addr & mask(self.len) == self.addr
-    }
-
-    /// The n-th address of the prefix (n = 1 is a bridge's usual gateway).
-    pub fn nth(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(self.addr.wrapping_add(n))
-    }
-}
-
-const fn mask(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - len as u32)
-    }
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr(), self.len)
-    }
-}
-
-impl FromStr for Prefix {
-    type Err = PrefixError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, len) = match s.split_once('/') {
-            Some((a, l)) => (
-                a,
-                l.parse::<u8>()
-                    .map_err(|_| PrefixError::Syntax(s.to_string()))?,
-            ),
-            None => (s, 32),
-        };
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| PrefixError::Syntax(s.to_string()))?;
-        Prefix::new(addr, len)
-    }
-}
+// The prefix is podswitch's vocabulary, shared with the control protocol.
+pub use podswitch_addr::{mask, Prefix, PrefixError};
 
 /// Where a route sends packets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -246,7 +129,9 @@ impl Entry {
     fn overwrite(&mut self, route: Route) {
         match self {
             Entry::Empty => *self = Entry::Route(route),
-            Entry::Route(r) if r.prefix.len <= route.prefix.len => *self = Entry::Route(route),
+            Entry::Route(r) if r.prefix.prefix_len() <= route.prefix.prefix_len() => {
+                *self = Entry::Route(route)
+            }
             Entry::Route(_) => {}
             Entry::Chunk(c) => {
                 Arc::make_mut(c).iter_mut().for_each(|e| e.overwrite(route));
@@ -311,13 +196,13 @@ impl Fib {
     /// Writes `route` (a new prefix, or a new next hop for a known one).
     fn set(&mut self, route: Route) {
         let Route { prefix, .. } = route;
-        let end = end_level(prefix.len);
+        let end = end_level(prefix.prefix_len());
         let mut chunk = &mut self.root;
         for level in 0..end {
-            chunk = chunk[index(prefix.addr, level)].chunk_mut();
+            chunk = chunk[index(prefix.bits(), level)].chunk_mut();
         }
-        let first = index(prefix.addr, end);
-        for entry in &mut chunk[first..first + span(prefix.len)] {
+        let first = index(prefix.bits(), end);
+        for entry in &mut chunk[first..first + span(prefix.prefix_len())] {
             entry.overwrite(route);
         }
         self.collapse_along(prefix);
@@ -327,18 +212,18 @@ impl Fib {
     /// that covers it (or nothing).
     fn unset(&mut self, prefix: Prefix, fallback: Option<Route>) {
         let fallback = fallback.map_or(Entry::Empty, Entry::Route);
-        let end = end_level(prefix.len);
+        let end = end_level(prefix.prefix_len());
         let mut chunk = &mut self.root;
         for level in 0..end {
-            match &mut chunk[index(prefix.addr, level)] {
+            match &mut chunk[index(prefix.bits(), level)] {
                 Entry::Chunk(c) => chunk = Arc::make_mut(c),
                 // A leaf above the prefix's level: the prefix was never
                 // written below it.
                 _ => return,
             }
         }
-        let first = index(prefix.addr, end);
-        for entry in &mut chunk[first..first + span(prefix.len)] {
+        let first = index(prefix.bits(), end);
+        for entry in &mut chunk[first..first + span(prefix.prefix_len())] {
             entry.replace(prefix, &fallback);
         }
         self.collapse_along(prefix);
@@ -360,9 +245,14 @@ impl Fib {
                 entry.collapse();
             }
         }
-        let end = end_level(prefix.len);
+        let end = end_level(prefix.prefix_len());
         if end > 0 {
-            walk(&mut self.root[index(prefix.addr, 0)], prefix.addr, 1, end);
+            walk(
+                &mut self.root[index(prefix.bits(), 0)],
+                prefix.bits(),
+                1,
+                end,
+            );
         }
     }
 
@@ -483,7 +373,7 @@ impl RouteTable {
 
     /// The longest route strictly shorter than `prefix` that covers it.
     fn covering(&self, prefix: Prefix) -> Option<Route> {
-        (0..prefix.len).rev().find_map(|len| {
+        (0..prefix.prefix_len()).rev().find_map(|len| {
             let shorter = Prefix::new_truncating(prefix.addr(), len);
             self.routes.get(&shorter).map(|&next_hop| Route {
                 prefix: shorter,

@@ -30,7 +30,7 @@ use etcd_client::{
     PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use podswitch_engine::fib::Prefix;
-use podswitch_protocol::{Cidr, StoreStatus};
+use podswitch_protocol::StoreStatus;
 
 use crate::flannel::{
     parse_subnet_key, subnet_key, LeaseAttrs, NetworkConfig, LEASE_TTL_SECS, RENEW_MARGIN_SECS,
@@ -156,7 +156,7 @@ impl Health {
         StoreStatus {
             connected: s.connected,
             leases: s.leases,
-            subnet: s.own.and_then(|(p, _)| Cidr::new(p.addr(), p.prefix_len())),
+            subnet: s.own.map(|(p, _)| p),
             expires: s.own.and_then(|(_, e)| e),
             resyncs: s.resyncs,
             errors: s.errors,

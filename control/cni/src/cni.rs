@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use podswitch_protocol::Mac;
+use podswitch_protocol::{MacAddr, ParseMacError};
 use serde_json::{json, Map, Value};
 
 /// Versions this plugin speaks, oldest first.
@@ -414,7 +414,7 @@ pub(crate) fn shape_result(mut result: Value, version: &str) -> Value {
 /// Parses `aa:bb:cc:dd:ee:ff` as a MAC a pod's interface may take: one
 /// interface's own (unicast) and not all zero.
 fn pod_mac(text: &str) -> Result<[u8; 6], String> {
-    let Mac(mac) = text.parse()?;
+    let MacAddr(mac) = text.parse().map_err(|e: ParseMacError| e.to_string())?;
     if mac[0] & 1 != 0 || mac == [0; 6] {
         return Err(format!(
             "{text} is multicast, broadcast or zero: no single interface owns it"

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use podswitch_host::subnet_file;
 use podswitch_protocol::client::{Client, ClientError};
-use podswitch_protocol::{Mac, PortInfo, PortRef, Request, Status};
+use podswitch_protocol::{MacAddr, PortInfo, PortRef, Request, Status};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -198,7 +198,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let request = Request::PortAdd {
         interface: host.clone(),
         ip: addr.ip,
-        mac: Mac(side.pod_mac),
+        mac: MacAddr(side.pod_mac),
         container_id: Some(env.container_id.clone()),
         ifname: Some(env.ifname.clone()),
         anti_spoof: true,
@@ -213,9 +213,9 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let mut result = conf.prev_result.clone().unwrap_or_else(|| json!({}));
     let interfaces = result["interfaces"].as_array().map_or(0, Vec::len);
     let mut list = result["interfaces"].as_array().cloned().unwrap_or_default();
-    list.push(json!({ "name": host, "mac": Mac(side.host_mac).to_string() }));
+    list.push(json!({ "name": host, "mac": MacAddr(side.host_mac).to_string() }));
     list.push(
-        json!({ "name": env.ifname, "mac": Mac(side.pod_mac).to_string(), "sandbox": env.netns }),
+        json!({ "name": env.ifname, "mac": MacAddr(side.pod_mac).to_string(), "sandbox": env.netns }),
     );
     result["interfaces"] = Value::Array(list);
     let mut ips = result["ips"].as_array().cloned().unwrap_or_default();

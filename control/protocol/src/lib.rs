@@ -18,9 +18,9 @@
 //!
 //! This crate is the protocol alone: the request and reply types and
 //! [`client`], the blocking client podswitchctl and the CNI plugin use;
-//! each request's result has its type in [`reply`], with the address types
-//! [`Mac`] and [`Cidr`].
-//! It depends on serde and nothing of podswitch, so that the CNI plugin,
+//! each request's result has its type in [`reply`]. MACs and networks are
+//! podswitch-addr's [`MacAddr`] and [`Prefix`], the types the engine uses.
+//! It depends on serde and podswitch-addr and nothing else of podswitch, so that the CNI plugin,
 //! which a container runtime runs once per pod, does not link the data
 //! path. The server side lives in `podswitch-control`.
 
@@ -31,7 +31,7 @@ pub mod client;
 pub(crate) mod net;
 pub mod reply;
 
-pub use net::{Cidr, Mac};
+pub use podswitch_addr::{MacAddr, ParseMacError, Prefix, PrefixError};
 pub use reply::*;
 
 use std::net::Ipv4Addr;
@@ -66,10 +66,10 @@ pub enum NextHopSpec {
 pub struct FrameSpec {
     /// Source MAC (default: the in port's pod MAC).
     #[serde(default)]
-    pub src_mac: Option<Mac>,
+    pub src_mac: Option<MacAddr>,
     /// Destination MAC (default: the gateway MAC).
     #[serde(default)]
-    pub dst_mac: Option<Mac>,
+    pub dst_mac: Option<MacAddr>,
     /// Source IPv4 address (default: the in port's pod IP).
     #[serde(default, with = "net::ipv4_opt")]
     pub src_ip: Option<Ipv4Addr>,
@@ -132,7 +132,7 @@ pub enum Request {
         #[serde(with = "net::ipv4")]
         ip: Ipv4Addr,
         /// The pod's MAC.
-        mac: Mac,
+        mac: MacAddr,
         /// The container it belongs to.
         #[serde(default)]
         container_id: Option<String>,
@@ -158,14 +158,14 @@ pub enum Request {
     /// Add or replace a route.
     RouteAdd {
         /// The prefix, `a.b.c.d/len`.
-        prefix: Cidr,
+        prefix: Prefix,
         /// Where it goes.
         next_hop: NextHopSpec,
     },
     /// Remove a route.
     RouteDel {
         /// The prefix.
-        prefix: Cidr,
+        prefix: Prefix,
     },
     /// The routes.
     RouteList,
@@ -177,14 +177,14 @@ pub enum Request {
         #[serde(with = "net::ipv4")]
         underlay_ip: Ipv4Addr,
         /// Its pod subnet.
-        pod_cidr: Cidr,
+        pod_cidr: Prefix,
         /// Its VTEP MAC.
-        vtep_mac: Mac,
+        vtep_mac: MacAddr,
         /// The MAC of its underlay interface, used by host-gw and by an L2
         /// underlay port (default: 02:00 and the address's four bytes, the
         /// MAC podswitch's own nodes give their underlay).
         #[serde(default)]
-        underlay_mac: Option<Mac>,
+        underlay_mac: Option<MacAddr>,
         /// vxlan, ipip, udp, host-gw or directrouting (default: the node's).
         #[serde(default)]
         backend: Option<String>,

@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Cidr, Mac, NextHopSpec};
+use crate::{MacAddr, NextHopSpec, Prefix};
 
 /// `version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,9 +29,9 @@ pub struct Status {
     /// Node name.
     pub node: String,
     /// This node's pod subnet.
-    pub pod_cidr: Cidr,
+    pub pod_cidr: Prefix,
     /// The whole cluster's pod network.
-    pub cluster_cidr: Cidr,
+    pub cluster_cidr: Prefix,
     /// `bridge` or `proxy-arp`.
     pub gateway_mode: String,
     /// The pods' gateway address.
@@ -39,7 +39,7 @@ pub struct Status {
     /// The node's underlay address.
     pub underlay_ip: Ipv4Addr,
     /// The node's VTEP MAC.
-    pub vtep_mac: Mac,
+    pub vtep_mac: MacAddr,
     /// vxlan, ipip, udp, host-gw or directrouting.
     pub backend: String,
     /// The VXLAN network identifier.
@@ -68,7 +68,7 @@ pub struct StoreStatus {
     /// The other nodes' leases.
     pub leases: usize,
     /// This node's leased subnet, once it has one.
-    pub subnet: Option<Cidr>,
+    pub subnet: Option<Prefix>,
     /// When this node's lease expires (seconds since the epoch); `None`
     /// for a reservation.
     pub expires: Option<u64>,
@@ -110,7 +110,7 @@ pub struct PortInfo {
     /// A pod port's address.
     pub ip: Option<Ipv4Addr>,
     /// A pod port's MAC.
-    pub mac: Option<Mac>,
+    pub mac: Option<MacAddr>,
     /// Whether frames not from the pod's own MAC and IP are dropped.
     pub anti_spoof: bool,
     /// The container it belongs to.
@@ -124,7 +124,7 @@ pub struct PortInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteInfo {
     /// The destination.
-    pub prefix: Cidr,
+    pub prefix: Prefix,
     /// Where it goes.
     pub next_hop: NextHopSpec,
 }
@@ -144,13 +144,13 @@ pub struct PeerInfo {
     /// Its underlay address.
     pub underlay_ip: Ipv4Addr,
     /// Its pod subnet.
-    pub pod_cidr: Cidr,
+    pub pod_cidr: Prefix,
     /// Its backend.
     pub backend: String,
     /// The VNI.
     pub vni: u32,
     /// Its VTEP MAC.
-    pub vtep_mac: Mac,
+    pub vtep_mac: MacAddr,
     /// How packets reach it: the tunnel (`vxlan`, `ipip`, `udp`) or
     /// `direct`.
     pub forwarding: String,
@@ -171,7 +171,7 @@ pub struct FdbTable {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FdbEntry {
     /// The MAC.
-    pub mac: Mac,
+    pub mac: MacAddr,
     /// The port it was learned on (or a number, if that port is gone).
     pub port: String,
     /// Programmed rather than learned.
@@ -194,7 +194,7 @@ pub struct Neighbour {
     /// The address.
     pub ip: Ipv4Addr,
     /// Its MAC.
-    pub mac: Mac,
+    pub mac: MacAddr,
     /// The port it is behind.
     pub port: String,
     /// Learned from traffic rather than programmed.

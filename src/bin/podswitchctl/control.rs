@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use podswitch_control::client::{Client, ClientError};
 use podswitch_control::protocol::{
-    CaptureResult, Cidr, FdbTable, Flushed, FrameSpec, Mac, Neighbour, NextHopSpec, PeerInfo,
-    PeerRef, PortInfo, PortRef, Request, RouteInfo, Stats, Status, StoreStatus, TraceResult,
-    VersionInfo,
+    CaptureResult, FdbTable, Flushed, FrameSpec, MacAddr, Neighbour, NextHopSpec, PeerInfo,
+    PeerRef, PortInfo, PortRef, Prefix, Request, RouteInfo, Stats, Status, StoreStatus,
+    TraceResult, VersionInfo,
 };
 use serde_json::Value;
 
@@ -68,7 +68,7 @@ pub(crate) enum PortCommand {
         ip: Ipv4Addr,
         /// The pod's MAC.
         #[arg(long)]
-        mac: Mac,
+        mac: MacAddr,
         /// The container it belongs to.
         #[arg(long)]
         container_id: Option<String>,
@@ -98,14 +98,14 @@ pub(crate) enum RouteCommand {
     /// Add or replace a route. NEXT_HOP: local:IFACE, peer:NAME, direct:NAME, host or blackhole.
     Add {
         /// a.b.c.d/len
-        prefix: Cidr,
+        prefix: Prefix,
         /// Where it goes.
         next_hop: String,
     },
     /// Remove a route.
     Del {
         /// a.b.c.d/len
-        prefix: Cidr,
+        prefix: Prefix,
     },
     /// List routes.
     List,
@@ -122,13 +122,13 @@ pub(crate) enum PeerCommand {
         underlay_ip: Ipv4Addr,
         /// Its pod subnet.
         #[arg(long)]
-        pod_cidr: Cidr,
+        pod_cidr: Prefix,
         /// Its VTEP MAC.
         #[arg(long)]
-        vtep_mac: Mac,
+        vtep_mac: MacAddr,
         /// Its underlay MAC (host-gw).
         #[arg(long)]
-        underlay_mac: Option<Mac>,
+        underlay_mac: Option<MacAddr>,
         /// vxlan, ipip, udp, host-gw or directrouting (default: the node's).
         #[arg(long)]
         backend: Option<String>,
@@ -175,10 +175,10 @@ pub(crate) struct TraceArgs {
     src_ip: Option<Ipv4Addr>,
     /// Source MAC (default: the port's pod).
     #[arg(long)]
-    src_mac: Option<Mac>,
+    src_mac: Option<MacAddr>,
     /// Destination MAC (default: the gateway).
     #[arg(long)]
-    dst_mac: Option<Mac>,
+    dst_mac: Option<MacAddr>,
     /// icmp, udp or tcp (default icmp).
     #[arg(long)]
     protocol: Option<String>,

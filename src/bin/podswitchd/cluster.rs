@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use podswitch_control::handler::Handler;
-use podswitch_control::protocol::{Cidr, Mac, Request};
+use podswitch_control::protocol::Request;
 use podswitch_engine::config::Backend;
 use podswitch_engine::fib::Prefix;
 use podswitch_lease::etcd::{Health, Lease, LeaseEvent, Store};
@@ -175,12 +175,11 @@ fn peer_request(
     Ok(Request::PeerAdd {
         name: name.clone(),
         underlay_ip: attrs.public_ip,
-        pod_cidr: Cidr::new(subnet.addr(), subnet.prefix_len())
-            .expect("a prefix has its host bits clear"),
+        pod_cidr: subnet,
         vtep_mac: match &vxlan {
             Some(data) => data.vtep_mac.parse().map_err(|e| format!("VtepMAC: {e}"))?,
             // Unused without VXLAN; the engine wants one all the same.
-            None => Mac(podswitch_engine::config::derived_mac(0x0e, &name).0),
+            None => podswitch_engine::config::derived_mac(0x0e, &name),
         },
         underlay_mac: None,
         backend: Some(backend.to_string()),

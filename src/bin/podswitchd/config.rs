@@ -6,7 +6,6 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use podswitch_control::protocol::{Cidr, Mac};
 use podswitch_engine::config::{derived_mac, Backend, GatewayMode, NodeConfig};
 use podswitch_engine::encap::{MacAddr, TunnelMode, Vni};
 use podswitch_engine::fib::Prefix;
@@ -305,11 +304,11 @@ pub(crate) struct Assignment {
 pub(crate) struct PeerConfig {
     pub name: String,
     pub underlay_ip: Ipv4Addr,
-    pub pod_cidr: Cidr,
+    pub pod_cidr: Prefix,
     #[serde(default)]
-    pub vtep_mac: Option<Mac>,
+    pub vtep_mac: Option<MacAddr>,
     #[serde(default)]
-    pub underlay_mac: Option<Mac>,
+    pub underlay_mac: Option<MacAddr>,
     #[serde(default)]
     pub backend: Option<String>,
 }
@@ -320,7 +319,7 @@ pub(crate) struct PeerConfig {
 pub(crate) struct PortConfig {
     pub interface: String,
     pub ip: Ipv4Addr,
-    pub mac: Mac,
+    pub mac: MacAddr,
     #[serde(default)]
     pub kind: Option<String>,
     #[serde(default)]

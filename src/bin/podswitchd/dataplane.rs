@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use podswitch_control::handler::Dataplane;
-use podswitch_control::protocol::{CaptureResult, Mac, StoreStatus};
+use podswitch_control::protocol::{CaptureResult, StoreStatus};
 use podswitch_engine::capture::CaptureLimit;
 use podswitch_engine::encap::arp::{ArpOperation, ArpRepr};
 use podswitch_engine::encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
@@ -75,7 +75,7 @@ impl Dataplane for Daemon {
             let record = PortRecord {
                 interface: name.to_string(),
                 ip,
-                mac: Mac(mac.0),
+                mac,
                 container_id: spec.container_id.clone(),
                 ifname: spec.ifname.clone(),
                 kind: requested.map(|k| k.to_string()),

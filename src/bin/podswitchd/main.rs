@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use podswitch_control::handler::Handler;
-use podswitch_control::protocol::{Mac, Request};
+use podswitch_control::protocol::Request;
 use podswitch_control::server::Server;
 use podswitch_engine::config::{Backend, GatewayMode};
 use podswitch_engine::fib::{NextHop, Prefix};
@@ -256,7 +256,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             pod_cidr: peer.pod_cidr,
             vtep_mac: peer
                 .vtep_mac
-                .unwrap_or_else(|| Mac(podswitch_engine::config::derived_mac(0x0e, &peer.name).0)),
+                .unwrap_or_else(|| podswitch_engine::config::derived_mac(0x0e, &peer.name)),
             underlay_mac: peer.underlay_mac,
             backend: peer.backend.clone(),
             vni: None,

@@ -14,7 +14,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use podswitch_control::protocol::{Cidr, Mac, NextHopSpec, Request};
+use podswitch_control::protocol::{NextHopSpec, Request};
+use podswitch_engine::encap::MacAddr;
+use podswitch_engine::fib::Prefix;
 use serde::{Deserialize, Serialize};
 
 /// One attached pod port.
@@ -22,7 +24,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct PortRecord {
     pub(crate) interface: String,
     pub(crate) ip: Ipv4Addr,
-    pub(crate) mac: Mac,
+    pub(crate) mac: MacAddr,
     pub(crate) container_id: Option<String>,
     pub(crate) ifname: Option<String>,
     pub(crate) kind: Option<String>,
@@ -95,7 +97,7 @@ struct Records {
 }
 
 /// A route's key: its prefix written canonically.
-fn route_key(prefix: &Cidr) -> String {
+fn route_key(prefix: &Prefix) -> String {
     prefix.to_string()
 }
 

@@ -20,15 +20,16 @@
 //! [`client`], the blocking client podswitchctl and the CNI plugin use;
 //! each request's result has its type in [`reply`]. MACs and networks are
 //! podswitch-addr's [`MacAddr`] and [`Prefix`], the types the engine uses.
-//! It depends on serde and podswitch-addr and nothing else of podswitch, so that the CNI plugin,
-//! which a container runtime runs once per pod, does not link the data
-//! path. The server side lives in `podswitch-control`.
+//! It depends on serde and podswitch-addr and nothing else of podswitch,
+//! so that the CNI plugin, which a container runtime runs once per pod,
+//! does not link the data path. The server side lives in
+//! `podswitch-control`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod client;
-pub(crate) mod net;
+mod ipv4_field;
 pub mod reply;
 
 pub use podswitch_addr::{MacAddr, ParseMacError, Prefix, PrefixError};
@@ -71,10 +72,10 @@ pub struct FrameSpec {
     #[serde(default)]
     pub dst_mac: Option<MacAddr>,
     /// Source IPv4 address (default: the in port's pod IP).
-    #[serde(default, with = "net::ipv4_opt")]
+    #[serde(default, with = "ipv4_field::optional")]
     pub src_ip: Option<Ipv4Addr>,
     /// Destination IPv4 address.
-    #[serde(with = "net::ipv4")]
+    #[serde(with = "ipv4_field::required")]
     pub dst_ip: Ipv4Addr,
     /// `icmp` (an echo request, the default), `udp` or `tcp`.
     #[serde(default)]
@@ -129,7 +130,7 @@ pub enum Request {
         /// Host-side interface name.
         interface: String,
         /// The pod's IPv4 address.
-        #[serde(with = "net::ipv4")]
+        #[serde(with = "ipv4_field::required")]
         ip: Ipv4Addr,
         /// The pod's MAC.
         mac: MacAddr,
@@ -174,7 +175,7 @@ pub enum Request {
         /// Node name.
         name: String,
         /// Its underlay IPv4 address.
-        #[serde(with = "net::ipv4")]
+        #[serde(with = "ipv4_field::required")]
         underlay_ip: Ipv4Addr,
         /// Its pod subnet.
         pod_cidr: Prefix,

@@ -1,12 +1,10 @@
-//! IPv4 address fields that say which text is not an address. MACs and
-//! networks are podswitch-addr's `MacAddr` and `Prefix`, which travel as
-//! their text (`"0a:58:0a:f4:01:02"`, `"10.244.1.0/24"`) and say so
-//! themselves.
+//! IPv4 address fields whose error names the text that is not an address
+//! (std's says only "invalid IP address syntax"), for `#[serde(with =
+//! ...)]`. MACs and networks are podswitch-addr's `MacAddr` and `Prefix`,
+//! whose errors say so themselves.
 
-/// An IPv4 address field whose error names the text that is not one
-/// (std's says only "invalid IP address syntax"): `#[serde(with =
-/// "net::ipv4")]`.
-pub(crate) mod ipv4 {
+/// A required field: `#[serde(with = "ipv4_field::required")]`.
+pub(crate) mod required {
     use std::net::Ipv4Addr;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -30,8 +28,8 @@ pub(crate) mod ipv4 {
     }
 }
 
-/// [`ipv4`] for an optional field.
-pub(crate) mod ipv4_opt {
+/// An optional field: `#[serde(default, with = "ipv4_field::optional")]`.
+pub(crate) mod optional {
     use std::net::Ipv4Addr;
 
     use serde::{Deserialize, Deserializer, Serializer};
@@ -41,7 +39,7 @@ pub(crate) mod ipv4_opt {
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         match ip {
-            Some(ip) => super::ipv4::serialize(ip, serializer),
+            Some(ip) => super::required::serialize(ip, serializer),
             None => serializer.serialize_none(),
         }
     }
@@ -50,7 +48,7 @@ pub(crate) mod ipv4_opt {
         deserializer: D,
     ) -> Result<Option<Ipv4Addr>, D::Error> {
         Option::<String>::deserialize(deserializer)?
-            .map(|text| super::ipv4::parse(&text))
+            .map(|text| super::required::parse(&text))
             .transpose()
     }
 }

@@ -8,8 +8,8 @@
 //!   `{"PublicIP":"192.168.100.1","PublicIPv6":null,"BackendType":"vxlan",
 //!   "BackendData":{"VNI":1,"VtepMAC":"..."}}`, attached to an etcd lease
 //!   of 24 hours;
-//! - `/run/flannel/subnet.env` ([`subnet_env`], in the format of
-//!   `podswitch_host::subnet_file`).
+//! - `/run/flannel/subnet.env`: written by podswitchd in the format of
+//!   `podswitch_host::subnet_file`.
 //!
 //! IPv6 leases (`EnableIPv6`, a `&fc00::-64` key suffix) are read for
 //! their IPv4 half; podswitch does not route IPv6.
@@ -17,14 +17,11 @@
 use std::net::Ipv4Addr;
 
 use podswitch_engine::fib::Prefix;
-use podswitch_host::subnet_file;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// flannel's `--etcd-prefix` default.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
-/// flannel's `--subnet-file` default.
-pub const DEFAULT_SUBNET_FILE: &str = subnet_file::DEFAULT_PATH;
 /// A lease's time to live (flannel's `subnetTTL`).
 pub const LEASE_TTL_SECS: i64 = 24 * 60 * 60;
 /// How long before expiry a lease is renewed (flannel's
@@ -337,26 +334,6 @@ pub fn parse_subnet_key(key: &str) -> Option<Prefix> {
     Some(prefix)
 }
 
-/// flannel's `/run/flannel/subnet.env` for a node holding `subnet`
-/// (the format is `podswitch_host::subnet_file`'s).
-pub fn subnet_env(network: &Prefix, subnet: &Prefix, mtu: u16, ip_masq: bool) -> String {
-    subnet_file::render(network_of(network), network_of(subnet), mtu, ip_masq)
-}
-
-/// What a subnet file says back: the node's subnet and the pods' MTU,
-/// each if present and well formed.
-pub fn read_subnet_env(text: &str) -> (Option<Prefix>, Option<u16>) {
-    let file = subnet_file::parse(text);
-    let subnet = file
-        .subnet
-        .map(|(addr, len)| Prefix::new_truncating(addr, len));
-    (subnet, file.mtu)
-}
-
-fn network_of(prefix: &Prefix) -> subnet_file::Network {
-    (prefix.addr(), prefix.prefix_len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,13 +470,5 @@ mod tests {
         assert!(all.iter().all(|s| c.fits(s)));
         assert!(!c.fits(&p("10.244.0.0/24")));
         assert!(!c.fits(&p("10.244.1.0/25")));
-    }
-
-    #[test]
-    fn subnet_env_round_trips_through_prefixes() {
-        // The format's own tests are podswitch_host::subnet_file's.
-        let env = subnet_env(&p("10.5.0.0/16"), &p("10.5.52.0/24"), 1450, false);
-        assert!(env.contains("FLANNEL_NETWORK=10.5.0.0/16\n"), "{env}");
-        assert_eq!(read_subnet_env(&env), (Some(p("10.5.52.0/24")), Some(1450)));
     }
 }

@@ -119,7 +119,7 @@ fn node_network(conf: &NetConf) -> Result<(String, Option<u32>), CniError> {
     let text = std::fs::read_to_string(SUBNET_FILE).unwrap_or_default();
     let file = subnet_file::parse(&text);
     match file.subnet {
-        Some((addr, len)) => Ok((format!("{addr}/{len}"), file.mtu.map(u32::from))),
+        Some(subnet) => Ok((subnet.to_string(), file.mtu.map(u32::from))),
         None => Err(CniError::new(
             Code::TryAgainLater,
             format!(

@@ -10,7 +10,8 @@
 //! and `podswitchctl lab` use it for the same plumbing. The engine shares
 //! its descriptor helpers ([`fd`]).
 //!
-//! Dependencies: libc only.
+//! Dependencies: libc, and podswitch-addr for the prefixes of the subnet
+//! file.
 
 #![warn(missing_docs)]
 

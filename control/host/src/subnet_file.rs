@@ -13,20 +13,17 @@
 //! `FLANNEL_SUBNET` is the gateway, the subnet's first address, with the
 //! subnet's length, not the subnet itself.
 
-use std::net::Ipv4Addr;
+use podswitch_addr::Prefix;
 
 /// flannel's `--subnet-file` default.
 pub const DEFAULT_PATH: &str = "/run/flannel/subnet.env";
 
-/// An IPv4 network as the file writes it: an address and a length.
-pub type Network = (Ipv4Addr, u8);
-
-/// The file for a node holding `subnet` (host bits clear) of `network`.
-pub fn render(network: Network, subnet: Network, mtu: u16, ip_masq: bool) -> String {
-    let gateway = Ipv4Addr::from(u32::from(subnet.0).wrapping_add(1));
+/// The file for a node holding `subnet` of `network`.
+pub fn render(network: &Prefix, subnet: &Prefix, mtu: u16, ip_masq: bool) -> String {
     format!(
-        "FLANNEL_NETWORK={}/{}\nFLANNEL_SUBNET={gateway}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ip_masq}\n",
-        network.0, network.1, subnet.1
+        "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ={ip_masq}\n",
+        subnet.nth(1),
+        subnet.prefix_len()
     )
 }
 
@@ -35,7 +32,7 @@ pub fn render(network: Network, subnet: Network, mtu: u16, ip_masq: bool) -> Str
 pub struct SubnetFile {
     /// The node's subnet (`FLANNEL_SUBNET`, with the host bits of the
     /// gateway address cleared).
-    pub subnet: Option<Network>,
+    pub subnet: Option<Prefix>,
     /// The pods' MTU (`FLANNEL_MTU`).
     pub mtu: Option<u16>,
 }
@@ -50,10 +47,8 @@ pub fn parse(text: &str) -> SubnetFile {
     };
     let subnet = value("FLANNEL_SUBNET=").and_then(|gateway| {
         let (addr, len) = gateway.split_once('/')?;
-        let addr: Ipv4Addr = addr.parse().ok()?;
         let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
-        let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-        Some((Ipv4Addr::from(u32::from(addr) & mask), len))
+        Some(Prefix::new_truncating(addr.parse().ok()?, len))
     });
     let mtu = value("FLANNEL_MTU=").and_then(|m| m.parse().ok());
     SubnetFile { subnet, mtu }
@@ -63,36 +58,37 @@ pub fn parse(text: &str) -> SubnetFile {
 mod tests {
     use super::*;
 
-    const NETWORK: Network = (Ipv4Addr::new(10, 5, 0, 0), 16);
-    const SUBNET: Network = (Ipv4Addr::new(10, 5, 52, 0), 24);
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
 
     #[test]
     fn written_as_flannel_writes_it() {
         // flannel's Documentation/reservations.md example.
         assert_eq!(
-            render(NETWORK, SUBNET, 1450, false),
+            render(&p("10.5.0.0/16"), &p("10.5.52.0/24"), 1450, false),
             "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
         );
     }
 
     #[test]
     fn read_back_with_the_gateway_cleared_to_the_subnet() {
-        let file = parse(&render(NETWORK, SUBNET, 1450, true));
+        let file = parse(&render(&p("10.5.0.0/16"), &p("10.5.52.0/24"), 1450, true));
         assert_eq!(
             file,
             SubnetFile {
-                subnet: Some(SUBNET),
+                subnet: Some(p("10.5.52.0/24")),
                 mtu: Some(1450)
             }
         );
         assert_eq!(
             parse("FLANNEL_SUBNET=0.0.0.1/0\n").subnet,
-            Some((Ipv4Addr::UNSPECIFIED, 0)),
+            Some(p("0.0.0.0/0")),
             "a /0 clears every bit"
         );
         assert_eq!(
             parse("FLANNEL_SUBNET=10.1.2.3/32\n").subnet,
-            Some((Ipv4Addr::new(10, 1, 2, 3), 32))
+            Some(p("10.1.2.3/32"))
         );
     }
 

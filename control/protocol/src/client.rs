@@ -83,8 +83,7 @@ impl Client {
     /// type in [`crate::reply`].
     pub fn call_for<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
         let result = self.call(request)?;
-        serde_json::from_value(result.clone())
-            .map_err(|e| ClientError::Protocol(format!("{e}: {result}")))
+        T::deserialize(&result).map_err(|e| ClientError::Protocol(format!("{e}: {result}")))
     }
 
     /// Sends a request and returns its result as JSON.

@@ -21,10 +21,9 @@ use podswitch_control::handler::Handler;
 use podswitch_control::protocol::Request;
 use podswitch_engine::config::Backend;
 use podswitch_engine::fib::Prefix;
+use podswitch_host::subnet_file;
 use podswitch_lease::etcd::{Health, Lease, LeaseEvent, Store};
-use podswitch_lease::flannel::{
-    read_subnet_env, subnet_env, subnet_key, LeaseAttrs, NetworkConfig, DEFAULT_VNI,
-};
+use podswitch_lease::flannel::{subnet_key, LeaseAttrs, NetworkConfig, DEFAULT_VNI};
 
 use crate::config::{Assignment, LeaseRequest, StoreSettings};
 
@@ -55,7 +54,7 @@ fn node_backend(network: &NetworkConfig) -> Backend {
 /// `FLANNEL_SUBNET` of an earlier subnet file, as flanneld reads it back
 /// at start.
 fn previous_subnet(path: &Path) -> Option<Prefix> {
-    read_subnet_env(&std::fs::read_to_string(path).ok()?).0
+    subnet_file::parse(&std::fs::read_to_string(path).ok()?).subnet
 }
 
 /// Connects to the store (retrying for up to a minute: a node that
@@ -145,7 +144,10 @@ pub(crate) fn write_subnet_file(
         std::fs::create_dir_all(dir)?;
     }
     let temporary = path.with_extension("env.tmp");
-    std::fs::write(&temporary, subnet_env(network, subnet, mtu, ip_masq))?;
+    std::fs::write(
+        &temporary,
+        subnet_file::render(network, subnet, mtu, ip_masq),
+    )?;
     std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o644))?;
     std::fs::rename(&temporary, path)
 }

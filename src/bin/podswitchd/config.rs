@@ -779,7 +779,7 @@ fn store_settings(cli: &Cli, file: &ClusterSection) -> Result<Option<StoreSettin
             timeout: std::time::Duration::from_secs(5),
         },
         subnet_file: pick(&cli.subnet_file, &file.subnet_file)
-            .unwrap_or_else(|| podswitch_lease::flannel::DEFAULT_SUBNET_FILE.into()),
+            .unwrap_or_else(|| podswitch_host::subnet_file::DEFAULT_PATH.into()),
     }))
 }
 

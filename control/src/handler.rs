@@ -1,4 +1,6 @@
-//! Applies control requests to an engine's tables.
+//! Applies control requests to a node's data path: a thin translation
+//! from the protocol's requests into [`Datapath`] calls and table edits,
+//! and from their results into the protocol's replies.
 //!
 //! The handler owns a [`Pipeline`] of its own over the same tables, used
 //! only for `trace` (a trace learns, counts and sends nothing, so it never
@@ -8,11 +10,12 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::metrics::ControlCounters;
 
 use podswitch_engine::config::Backend;
+use podswitch_engine::datapath::{AttachedPort, Datapath, RemovedPort};
 use podswitch_engine::encap::ethernet::{EtherType, EthernetRepr};
 use podswitch_engine::encap::ipv4::Ipv4Repr;
 use podswitch_engine::encap::udp::UdpRepr;
@@ -21,7 +24,6 @@ use podswitch_engine::fib::NextHop;
 use podswitch_engine::kernel_port::PodPortKind;
 use podswitch_engine::peer::{Forwarding, PeerSpec};
 use podswitch_engine::pipeline::Pipeline;
-use podswitch_engine::port::{PortId, PortRole};
 use podswitch_engine::tables::{PortSpec, Snapshot, Tables};
 use podswitch_engine::worker::WorkerStats;
 use serde::Serialize;
@@ -33,43 +35,20 @@ use crate::protocol::{
     TraceOutput, TraceResult, VersionInfo, WorkerCounters, PROTOCOL_VERSION,
 };
 
-/// What a running daemon does beyond the tables: the kernel side of
-/// ports, captures, and finding a host-gw peer's MAC. A handler without
-/// one (tests, `podswitchctl` against an in-process server) programs the
-/// tables only.
-pub trait Dataplane: Send + Sync + std::fmt::Debug {
-    /// Opens the kernel side of a port just added to the tables (`kind` as
-    /// the request gave it; none: the daemon's default) and returns how it
-    /// moves frames. An error makes the handler take the port out of the
-    /// tables again.
-    fn open_port(
-        &self,
-        id: PortId,
-        name: &str,
-        kind: Option<PodPortKind>,
-    ) -> Result<String, String>;
-    /// Closes the kernel side of a port taken out of the tables.
-    fn close_port(&self, id: PortId, name: &str);
-    /// Captures a port's frames into `file` and returns when done.
-    fn capture(
-        &self,
-        id: PortId,
-        file: &Path,
-        packets: Option<u64>,
-        seconds: u64,
-    ) -> Result<CaptureResult, String>;
-    /// The MAC of `ip` on the underlay (host-gw next hops).
-    fn resolve_underlay_mac(&self, ip: Ipv4Addr) -> Result<MacAddr, String>;
+/// What a running daemon keeps beside the data path: its log, its state
+/// file, its lease store. A handler without one (tests, `podswitchctl`
+/// against an in-process server) changes the data path only.
+pub trait DaemonHooks: Send + Sync + std::fmt::Debug {
     /// A request changed the tables (for the daemon's log: one line per
     /// state change).
     fn changed(&self, what: &str);
     /// A peer or route request was applied: a daemon keeps it, so that a
     /// restart brings it back (the default keeps nothing).
     fn applied(&self, _request: &Request) {}
-    /// The worker that polls a port, for `port list` (None: no workers).
-    fn port_worker(&self, _id: PortId) -> Option<usize> {
-        None
-    }
+    /// A pod port was added (`requested`: the kind its request named).
+    fn port_added(&self, _spec: &PortSpec, _requested: Option<PodPortKind>, _port: &AttachedPort) {}
+    /// A pod port was removed.
+    fn port_removed(&self, _name: &str, _port: &RemovedPort) {}
     /// The lease store's health, for `status` (None: peers are static).
     fn store_status(&self) -> Option<StoreStatus> {
         None
@@ -81,49 +60,53 @@ pub const MAX_CAPTURE_SECS: u64 = 3600;
 /// Capture length when a request gives none.
 pub const DEFAULT_CAPTURE_SECS: u64 = 10;
 
-/// Serves requests against one node's tables.
+/// Serves requests against one node's data path.
 #[derive(Debug)]
 pub struct Handler {
+    datapath: Arc<Datapath>,
+    /// The data path's tables, which most requests read or edit.
     tables: Arc<Tables>,
     tracer: Mutex<Pipeline>,
     started: Instant,
     clock: fn() -> u32,
-    dataplane: Option<Arc<dyn Dataplane>>,
-    /// How each port's frames move (`af-xdp`, `udp+raw`, ...), by port id,
-    /// as the data plane reported it.
-    kinds: Mutex<std::collections::HashMap<u16, String>>,
-    /// The data plane's workers, for their load in `stats`.
-    workers: Mutex<Vec<Arc<WorkerStats>>>,
+    hooks: Option<Arc<dyn DaemonHooks>>,
     /// Requests answered through the control socket.
     requests: Arc<ControlCounters>,
 }
 
 impl Handler {
-    /// A handler over `tables`; `clock` gives the engine's seconds (FDB ages).
+    /// A handler over a data path of `tables` only (no workers, no kernel
+    /// ports); `clock` gives the engine's seconds (FDB ages).
     pub fn new(tables: Arc<Tables>, clock: fn() -> u32) -> Self {
+        Handler::build(Arc::new(Datapath::tables_only(tables)), clock, None)
+    }
+
+    /// A daemon's handler: requests reach `datapath`, and `hooks` hear
+    /// of every change.
+    pub fn over(datapath: Arc<Datapath>, clock: fn() -> u32, hooks: Arc<dyn DaemonHooks>) -> Self {
+        Handler::build(datapath, clock, Some(hooks))
+    }
+
+    fn build(
+        datapath: Arc<Datapath>,
+        clock: fn() -> u32,
+        hooks: Option<Arc<dyn DaemonHooks>>,
+    ) -> Self {
+        let tables = Arc::clone(datapath.tables());
         Handler {
             tracer: Mutex::new(Pipeline::new(Arc::clone(&tables))),
             tables,
+            datapath,
             started: Instant::now(),
             clock,
-            dataplane: None,
-            kinds: Mutex::default(),
-            workers: Mutex::default(),
+            hooks,
             requests: Arc::default(),
         }
     }
 
-    /// Records the data plane's workers, whose load `stats` reports.
-    pub fn note_workers(&self, workers: Vec<Arc<WorkerStats>>) {
-        *self.workers.lock().unwrap_or_else(|e| e.into_inner()) = workers;
-    }
-
-    /// The data plane's workers, as noted.
+    /// The data path's workers, whose load `stats` reports.
     pub fn workers(&self) -> Vec<Arc<WorkerStats>> {
-        self.workers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.datapath.worker_stats()
     }
 
     /// The count of requests answered through the control socket.
@@ -131,38 +114,34 @@ impl Handler {
         Arc::clone(&self.requests)
     }
 
-    /// A handler whose port, capture and peer requests also reach a
-    /// running data plane.
-    pub fn with_dataplane(
-        tables: Arc<Tables>,
-        clock: fn() -> u32,
-        dataplane: Arc<dyn Dataplane>,
-    ) -> Self {
-        Handler {
-            dataplane: Some(dataplane),
-            ..Handler::new(tables, clock)
-        }
-    }
-
     fn changed(&self, what: impl FnOnce() -> String) {
-        if let Some(dataplane) = &self.dataplane {
-            dataplane.changed(&what());
+        if let Some(hooks) = &self.hooks {
+            hooks.changed(&what());
         }
     }
 
     fn applied(&self, request: &Request) {
-        if let Some(dataplane) = &self.dataplane {
-            dataplane.applied(request);
+        if let Some(hooks) = &self.hooks {
+            hooks.applied(request);
         }
     }
 
-    /// Records how a port's frames move, for `port-list`.
-    pub fn note_kind(&self, id: PortId, kind: &str) {
-        self.lock_kinds().insert(id.0, kind.to_string());
-    }
-
-    fn lock_kinds(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u16, String>> {
-        self.kinds.lock().unwrap_or_else(|e| e.into_inner())
+    /// Adds a pod port, opened as `kind` (none: the daemon's default):
+    /// what `port-add` does, and what podswitchd does for the ports of its
+    /// config and state files.
+    pub fn add_port(
+        &self,
+        spec: PortSpec,
+        kind: Option<PodPortKind>,
+    ) -> Result<AttachedPort, String> {
+        let port = self
+            .datapath
+            .add_pod_port(spec.clone(), kind)
+            .map_err(|e| e.to_string())?;
+        if let Some(hooks) = &self.hooks {
+            hooks.port_added(&spec, kind, &port);
+        }
+        Ok(port)
     }
 
     /// Handles one request.
@@ -190,46 +169,22 @@ impl Handler {
                 spec.anti_spoof = *anti_spoof;
                 spec.container_id = container_id.clone();
                 spec.ifname = ifname.clone();
-                let id = self.tables.attach_port(spec).map_err(err)?;
-                let Some(dataplane) = &self.dataplane else {
-                    return Ok(result(PortRef {
-                        port: id.0,
-                        kind: None,
-                    }));
-                };
-                match dataplane.open_port(id, interface, kind) {
-                    Ok(kind) => {
-                        self.note_kind(id, &kind);
-                        Ok(result(PortRef {
-                            port: id.0,
-                            kind: Some(kind),
-                        }))
-                    }
-                    Err(e) => {
-                        let _ = self.tables.detach_port(interface);
-                        Err(e)
-                    }
-                }
+                let port = self.add_port(spec, kind)?;
+                Ok(result(PortRef {
+                    port: port.id.0,
+                    kind: port.kind,
+                }))
             }
             Request::PortDel { interface } => {
-                let snap = self.tables.load();
-                match snap.ports.by_name(interface) {
-                    Some(p) if p.spec.role != PortRole::Pod => {
-                        return Err(format!(
-                            "{interface} is the {} port: it stays while the daemon runs",
-                            p.spec.role
-                        ))
-                    }
-                    _ => {}
+                let removed = self
+                    .datapath
+                    .remove_pod_port(interface)
+                    .map_err(|e| e.to_string())?;
+                if let Some(hooks) = &self.hooks {
+                    hooks.port_removed(interface, &removed);
                 }
-                drop(snap);
-                let id = self.tables.detach_port(interface).map_err(err)?;
-                if let Some(dataplane) = &self.dataplane {
-                    dataplane.close_port(id, interface);
-                }
-                self.lock_kinds().remove(&id.0);
                 Ok(result(PortRef {
-                    port: id.0,
+                    port: removed.id.0,
                     kind: None,
                 }))
             }
@@ -239,9 +194,6 @@ impl Handler {
                 packets,
                 seconds,
             } => {
-                let Some(dataplane) = &self.dataplane else {
-                    return Err("capture needs a running data plane".into());
-                };
                 let path = Path::new(file);
                 if !path.is_absolute() {
                     return Err(format!("file {file:?}: give an absolute path (the daemon's working directory is not yours)"));
@@ -253,20 +205,16 @@ impl Handler {
                 if *packets == Some(0) {
                     return Err("packets must be at least 1".into());
                 }
-                let id = self
-                    .tables
-                    .load()
-                    .ports
-                    .by_name(interface)
-                    .map(|p| p.id)
-                    .ok_or_else(|| format!("no port {interface}"))?;
-                dataplane.capture(id, path, *packets, seconds).map(result)
+                let captured = self
+                    .datapath
+                    .capture(interface, path, *packets, Duration::from_secs(seconds))
+                    .map_err(|e| e.to_string())?;
+                Ok(result(CaptureResult {
+                    file: file.clone(),
+                    packets: captured.packets,
+                }))
             }
-            Request::PortList => Ok(result(ports(
-                &self.tables.load(),
-                &self.lock_kinds(),
-                |id| self.dataplane.as_ref().and_then(|d| d.port_worker(id)),
-            ))),
+            Request::PortList => Ok(result(self.ports())),
             Request::RouteAdd { prefix, next_hop } => {
                 let snap = self.tables.load();
                 let next_hop = resolve(&snap, next_hop)?;
@@ -411,10 +359,13 @@ impl Handler {
         Ok(PeerSpec {
             name: name.clone(),
             underlay_ip,
-            underlay_mac: match (underlay_mac, &self.dataplane) {
-                (Some(m), _) => *m,
-                (None, Some(dp)) if direct => dp.resolve_underlay_mac(underlay_ip)?,
-                (None, _) => MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]]),
+            underlay_mac: match underlay_mac {
+                Some(m) => *m,
+                None if direct && self.datapath.is_running() => self
+                    .datapath
+                    .resolve_neighbour(underlay_ip)
+                    .map_err(|e| e.to_string())?,
+                None => MacAddr([0x02, 0x00, o[0], o[1], o[2], o[3]]),
             },
             pod_cidr: *pod_cidr,
             backend,
@@ -480,6 +431,26 @@ impl Handler {
             .collect()
     }
 
+    fn ports(&self) -> Vec<PortInfo> {
+        self.tables
+            .load()
+            .ports
+            .iter()
+            .map(|p| PortInfo {
+                port: p.id.0,
+                interface: p.spec.name.clone(),
+                role: p.spec.role.to_string(),
+                kind: self.datapath.port_kind(p.id),
+                worker: self.datapath.port_worker(p.id),
+                ip: p.spec.ip,
+                mac: p.spec.mac,
+                anti_spoof: p.spec.anti_spoof,
+                container_id: p.spec.container_id.clone(),
+                ifname: p.spec.ifname.clone(),
+            })
+            .collect()
+    }
+
     fn status(&self) -> Status {
         let snap = self.tables.load();
         let node = &snap.node;
@@ -499,7 +470,7 @@ impl Handler {
             peers: snap.peers.len(),
             routes: snap.fib.len(),
             uptime_secs: self.started.elapsed().as_secs(),
-            store: self.dataplane.as_ref().and_then(|d| d.store_status()),
+            store: self.hooks.as_ref().and_then(|h| h.store_status()),
         }
     }
 
@@ -618,28 +589,6 @@ fn routes(tables: &Tables) -> Vec<RouteInfo> {
         .map(|(p, nh)| RouteInfo {
             prefix: *p,
             next_hop: describe(&snap, nh),
-        })
-        .collect()
-}
-
-fn ports(
-    snap: &Snapshot,
-    kinds: &std::collections::HashMap<u16, String>,
-    worker: impl Fn(PortId) -> Option<usize>,
-) -> Vec<PortInfo> {
-    snap.ports
-        .iter()
-        .map(|p| PortInfo {
-            port: p.id.0,
-            interface: p.spec.name.clone(),
-            role: p.spec.role.to_string(),
-            kind: kinds.get(&p.id.0).cloned(),
-            worker: worker(p.id),
-            ip: p.spec.ip,
-            mac: p.spec.mac,
-            anti_spoof: p.spec.anti_spoof,
-            container_id: p.spec.container_id.clone(),
-            ifname: p.spec.ifname.clone(),
         })
         .collect()
 }

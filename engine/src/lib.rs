@@ -38,6 +38,7 @@
 
 pub mod capture;
 pub mod config;
+pub mod datapath;
 pub mod drop;
 pub mod fdb;
 pub mod fib;

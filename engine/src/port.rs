@@ -238,6 +238,80 @@ impl Port for MemoryPort {
     }
 }
 
+/// A port over one end of a datagram socket pair, for the engine's own
+/// tests: a worker polls it like a kernel port.
+#[cfg(test)]
+pub(crate) mod socket_pair {
+    use std::io;
+    use std::os::fd::{AsRawFd, RawFd};
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    use super::{Port, PortId, PortKind};
+    use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
+
+    /// A port over one end of a datagram socket pair: a worker polls it
+    /// like a kernel port, and the test writes and reads frames at the
+    /// other end.
+    pub(crate) struct SocketPort {
+        name: String,
+        id: PortId,
+        socket: UnixDatagram,
+    }
+
+    impl Port for SocketPort {
+        fn name(&self) -> &str {
+            &self.name
+        }
+
+        fn kind(&self) -> PortKind {
+            PortKind::Memory
+        }
+
+        fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
+            let mut received = 0;
+            let mut bytes = [0u8; 2048];
+            while batch.len() < BATCH_SIZE {
+                match self.socket.recv(&mut bytes) {
+                    Ok(len) => {
+                        batch.push(pool.alloc_with(self.id, &bytes[..len]).expect("a buffer"));
+                        received += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(received)
+        }
+
+        fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
+            let sent = batch.len();
+            for buf in batch.drain(..) {
+                self.socket.send(buf.frame())?;
+                pool.free(buf);
+            }
+            Ok(sent)
+        }
+
+        fn poll_fds(&self) -> Vec<RawFd> {
+            vec![self.socket.as_raw_fd()]
+        }
+    }
+
+    /// A port for `id` and the test's end of it.
+    pub(crate) fn socket_port(name: &str, id: PortId) -> (Box<dyn Port>, UnixDatagram) {
+        let (port, wire) = UnixDatagram::pair().unwrap();
+        port.set_nonblocking(true).unwrap();
+        wire.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let port = SocketPort {
+            name: name.into(),
+            id,
+            socket: port,
+        };
+        (Box::new(port), wire)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@
 
 mod af_packet;
 mod af_xdp;
+mod neighbour;
 mod pod_port;
 mod tuntap;
 mod underlay;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 
 pub use af_packet::AfPacketPort;
 pub use af_xdp::AfXdpPort;
+pub use neighbour::resolve_neighbour;
 pub use pod_port::{open_pod_port, OpenedKind, OpenedPort, PodPortKind};
 pub use tuntap::{HostPort, HostPortOptions, TapPort};
 pub use underlay::{UnderlayOptions, UnderlayPort};

@@ -70,6 +70,8 @@ pub enum OpenedKind {
     AfXdp(XdpMode),
     /// A TAP device.
     Tap,
+    /// In memory: a test's [`Kernel`](crate::datapath::Kernel).
+    Memory,
 }
 
 impl fmt::Display for OpenedKind {
@@ -79,6 +81,7 @@ impl fmt::Display for OpenedKind {
             OpenedKind::AfXdp(XdpMode::Native) => "af-xdp",
             OpenedKind::AfXdp(XdpMode::Generic) => "af-xdp-generic",
             OpenedKind::Tap => "tap",
+            OpenedKind::Memory => "memory",
         })
     }
 }

@@ -104,3 +104,22 @@ fn from_sockaddr_in(sa: &libc::sockaddr_in) -> std::net::SocketAddrV4 {
         u16::from_be(sa.sin_port),
     )
 }
+
+/// Waits until `fd` has something to read or `timeout` passes
+/// (`poll(2)`); true if it is readable. An interrupted wait counts as a
+/// timeout: callers loop until their own deadline.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pollfd` is one live, writable `struct pollfd`, and the count
+    // passed is 1.
+    match unsafe { libc::poll(&mut pollfd, 1, millis) } {
+        -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => Ok(false),
+        -1 => Err(io::Error::last_os_error()),
+        n => Ok(n > 0 && pollfd.revents & libc::POLLIN != 0),
+    }
+}

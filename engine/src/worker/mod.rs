@@ -320,83 +320,19 @@ pub use stats::{WorkerStats, WorkerStatsSnapshot, BATCH_BUCKETS};
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
-    use std::os::fd::{AsRawFd, RawFd};
-    use std::os::unix::net::UnixDatagram;
     use std::time::Instant;
 
     use super::*;
     use crate::config::NodeConfig;
     use crate::drop::DropReason;
     use crate::encap::{checksum, MacAddr};
-    use crate::packet::{PacketBuf, BATCH_SIZE};
-    use crate::port::PortKind;
+    use crate::port::socket_pair::socket_port;
     use crate::tables::PortSpec;
 
     const MAC1: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
     const MAC2: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
     const IP1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
     const IP2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
-
-    /// A port over one end of a datagram socket pair: a worker polls it
-    /// like a kernel port, and the test writes and reads frames at the
-    /// other end.
-    struct SocketPort {
-        name: String,
-        id: PortId,
-        socket: UnixDatagram,
-    }
-
-    impl Port for SocketPort {
-        fn name(&self) -> &str {
-            &self.name
-        }
-
-        fn kind(&self) -> PortKind {
-            PortKind::Memory
-        }
-
-        fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
-            let mut received = 0;
-            let mut bytes = [0u8; 2048];
-            while batch.len() < BATCH_SIZE {
-                match self.socket.recv(&mut bytes) {
-                    Ok(len) => {
-                        batch.push(pool.alloc_with(self.id, &bytes[..len]).expect("a buffer"));
-                        received += 1;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(received)
-        }
-
-        fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
-            let sent = batch.len();
-            for buf in batch.drain(..) {
-                self.socket.send(buf.frame())?;
-                pool.free(buf);
-            }
-            Ok(sent)
-        }
-
-        fn poll_fds(&self) -> Vec<RawFd> {
-            vec![self.socket.as_raw_fd()]
-        }
-    }
-
-    /// A port for `id` and the test's end of it.
-    fn socket_port(name: &str, id: PortId) -> (Box<dyn Port>, UnixDatagram) {
-        let (port, wire) = UnixDatagram::pair().unwrap();
-        port.set_nonblocking(true).unwrap();
-        wire.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let port = SocketPort {
-            name: name.into(),
-            id,
-            socket: port,
-        };
-        (Box::new(port), wire)
-    }
 
     /// A UDP frame from one pod to the other on the node's bridge.
     fn frame(src: (MacAddr, Ipv4Addr), dst: (MacAddr, Ipv4Addr)) -> Vec<u8> {

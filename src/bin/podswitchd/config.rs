@@ -320,10 +320,17 @@ pub(crate) struct PortConfig {
     pub interface: String,
     pub ip: Ipv4Addr,
     pub mac: MacAddr,
-    #[serde(default)]
-    pub kind: Option<String>,
+    #[serde(default, deserialize_with = "port_kind")]
+    pub kind: Option<PodPortKind>,
     #[serde(default)]
     pub container_id: Option<String>,
+}
+
+/// A port's `kind`, checked where the config names it.
+fn port_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PodPortKind>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| text.parse().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// Workers when none are configured: one per four CPUs the daemon may run

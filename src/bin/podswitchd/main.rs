@@ -9,8 +9,8 @@
 
 mod cluster;
 mod config;
-mod dataplane;
 mod egress;
+mod hooks;
 mod state;
 
 use std::process::ExitCode;
@@ -18,21 +18,21 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use podswitch_control::handler::Handler;
+use podswitch_control::handler::{DaemonHooks, Handler};
 use podswitch_control::protocol::Request;
 use podswitch_control::server::Server;
 use podswitch_engine::config::{Backend, GatewayMode};
+use podswitch_engine::datapath::{AttachedPort, Datapath, DatapathOptions, LinuxKernel};
 use podswitch_engine::fib::{NextHop, Prefix};
 use podswitch_engine::kernel_port::{HostPort, HostPortOptions, UnderlayOptions, UnderlayPort};
-use podswitch_engine::port::PortId;
 use podswitch_engine::sys::netdev;
 use podswitch_engine::tables::{PortSpec, Tables};
-use podswitch_engine::worker::{WorkerOptions, Workers};
+use podswitch_engine::worker::WorkerOptions;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use config::{Cli, Settings};
-use dataplane::Daemon;
+use hooks::Daemon;
 use state::StateFile;
 
 /// Most ports (pods, underlay, host) one daemon serves.
@@ -126,72 +126,71 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             .add_route(Prefix::new_truncating(host_address, 32), NextHop::Host)
             .map_err(|e| e.to_string())?;
     }
-    let workers = Arc::new(
-        Workers::spawn(
-            "podswitch-worker",
+    let datapath = Arc::new(
+        Datapath::start(
             Arc::clone(&tables),
-            WorkerOptions {
-                pool_buffers: settings.pool_buffers,
-                large_buffers: podswitch_engine::packet::DEFAULT_LARGE_BUFFERS,
-                busy_poll: Duration::from_micros(settings.busy_poll_us),
-                realtime: settings.realtime,
-                clock_secs,
-                clock_micros,
+            DatapathOptions {
+                worker: WorkerOptions {
+                    pool_buffers: settings.pool_buffers,
+                    large_buffers: podswitch_engine::packet::DEFAULT_LARGE_BUFFERS,
+                    busy_poll: Duration::from_micros(settings.busy_poll_us),
+                    realtime: settings.realtime,
+                    clock_secs,
+                    clock_micros,
+                },
+                workers: settings.workers,
+                worker_cpus: settings.worker_cpus.clone(),
+                pod_port: settings.port_kind,
             },
-            settings.workers,
-            &settings.worker_cpus,
+            Box::new(LinuxKernel),
         )
         .map_err(|e| format!("workers: {e}"))?,
     );
 
-    let underlay_id = tables
-        .attach_port(PortSpec::underlay(&settings.underlay_interface))
-        .map_err(|e| e.to_string())?;
-    let underlay = UnderlayPort::open(
-        &UnderlayOptions {
-            interface: settings.underlay_interface.clone(),
-            local_ip: node.underlay_ip,
-            backend: node.backend,
-            vxlan_port: node.vxlan_port,
-            udp_port: node.udp_port,
-            pod_cidr: node.pod_cidr,
-            af_xdp: settings.underlay_af_xdp,
-        },
-        underlay_id,
-        Arc::clone(&tables.stats),
-    )
-    .map_err(|e| format!("underlay {}: {e}", settings.underlay_interface))?;
-    if let Some(mode) = underlay.xdp_mode() {
-        tracing::info!(
-            interface = %settings.underlay_interface,
-            mode = ?mode,
-            "tunnel packets are received through AF_XDP",
-        );
-    }
-    if let Some(why) = underlay.xdp_refused() {
-        tracing::warn!(
-            interface = %settings.underlay_interface,
-            "underlay_kind = \"af-xdp\" cannot be set up ({why}): tunnel packets are received through the kernel's sockets",
-        );
-    }
-    let underlay_kind = attach(&workers, underlay_id, Box::new(underlay), "underlay")?;
+    let underlay_options = UnderlayOptions {
+        interface: settings.underlay_interface.clone(),
+        local_ip: node.underlay_ip,
+        backend: node.backend,
+        vxlan_port: node.vxlan_port,
+        udp_port: node.udp_port,
+        pod_cidr: node.pod_cidr,
+        af_xdp: settings.underlay_af_xdp,
+    };
+    let underlay = datapath
+        .attach_port(PortSpec::underlay(&settings.underlay_interface), |id| {
+            let underlay = UnderlayPort::open(&underlay_options, id, Arc::clone(&tables.stats))?;
+            if let Some(mode) = underlay.xdp_mode() {
+                tracing::info!(
+                    interface = %settings.underlay_interface,
+                    mode = ?mode,
+                    "tunnel packets are received through AF_XDP",
+                );
+            }
+            if let Some(why) = underlay.xdp_refused() {
+                tracing::warn!(
+                    interface = %settings.underlay_interface,
+                    "underlay_kind = \"af-xdp\" cannot be set up ({why}): tunnel packets are received through the kernel's sockets",
+                );
+            }
+            Ok(Box::new(underlay))
+        })
+        .map_err(|e| format!("underlay {e}"))?;
+    log_attached(&settings.underlay_interface, "underlay", &underlay);
 
-    let host_id = tables
-        .attach_port(PortSpec::host(&settings.host_interface))
-        .map_err(|e| e.to_string())?;
-    let host = HostPort::open(
-        &HostPortOptions {
-            name: settings.host_interface.clone(),
-            mtu: u32::from(node.pod_mtu()),
-            address: host_address,
-            routes: vec![node.cluster_cidr],
-            gateway_mac: node.gateway_mac,
-        },
-        host_id,
-        Arc::clone(&tables.stats),
-    )
-    .map_err(|e| format!("host port {}: {e}", settings.host_interface))?;
-    let host_kind = attach(&workers, host_id, Box::new(host), "host")?;
+    let host_options = HostPortOptions {
+        name: settings.host_interface.clone(),
+        mtu: u32::from(node.pod_mtu()),
+        address: host_address,
+        routes: vec![node.cluster_cidr],
+        gateway_mac: node.gateway_mac,
+    };
+    let host = datapath
+        .attach_port(PortSpec::host(&settings.host_interface), |id| {
+            let host = HostPort::open(&host_options, id, Arc::clone(&tables.stats))?;
+            Ok(Box::new(host))
+        })
+        .map_err(|e| format!("host port {e}"))?;
+    log_attached(&settings.host_interface, "host", &host);
     tracing::info!(
         interface = %settings.host_interface,
         address = %host_address,
@@ -201,23 +200,15 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
 
     let (state, saved) = StateFile::open(&settings.state_file)?;
     let daemon = Arc::new(Daemon {
-        tables: Arc::clone(&tables),
-        workers: Arc::clone(&workers),
-        underlay_interface: settings.underlay_interface.clone(),
-        default_port_kind: settings.port_kind,
-        clock_micros,
         state,
         keep_runtime_changes: std::sync::atomic::AtomicBool::new(false),
         store_health: leased.as_ref().map(|_| Arc::default()),
     });
-    let handler = Arc::new(Handler::with_dataplane(
-        Arc::clone(&tables),
+    let handler = Arc::new(Handler::over(
+        Arc::clone(&datapath),
         clock_secs,
-        Arc::clone(&daemon) as Arc<dyn podswitch_control::handler::Dataplane>,
+        Arc::clone(&daemon) as Arc<dyn DaemonHooks>,
     ));
-    handler.note_kind(underlay_id, &underlay_kind);
-    handler.note_workers(workers.stats());
-    handler.note_kind(host_id, &host_kind);
     // The socket first: a daemon refused here (another one serves it)
     // stops before it writes anything, and the state file is the socket's
     // owner's alone. Connections wait in the backlog until it serves.
@@ -286,17 +277,10 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     // The config file's ports first: they win over a saved port of the
     // same interface, whatever it says.
     for port in &settings.ports {
-        let request = Request::PortAdd {
-            interface: port.interface.clone(),
-            ip: port.ip,
-            mac: port.mac,
-            container_id: port.container_id.clone(),
-            ifname: None,
-            anti_spoof: true,
-            kind: port.kind.clone(),
-        };
+        let mut spec = PortSpec::pod(&port.interface, port.ip, port.mac);
+        spec.container_id = port.container_id.clone();
         handler
-            .handle(&request)
+            .add_port(spec, port.kind)
             .map_err(|e| format!("port {}: {e}", port.interface))?;
     }
     // Ports attached before a restart come back; one whose interface is
@@ -338,16 +322,18 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             );
             continue;
         }
-        let request = Request::PortAdd {
-            interface: saved.interface.clone(),
-            ip: saved.ip,
-            mac: saved.mac,
-            container_id: saved.container_id,
-            ifname: saved.ifname,
-            anti_spoof: saved.anti_spoof,
-            kind: saved.kind,
+        let kind = match saved.kind.as_deref().map(str::parse).transpose() {
+            Ok(kind) => kind,
+            Err(e) => {
+                tracing::warn!(interface = %saved.interface, "saved port dropped: {e}");
+                continue;
+            }
         };
-        match handler.handle(&request) {
+        let mut spec = PortSpec::pod(&saved.interface, saved.ip, saved.mac);
+        spec.container_id = saved.container_id;
+        spec.ifname = saved.ifname;
+        spec.anti_spoof = saved.anti_spoof;
+        match handler.add_port(spec, kind) {
             Ok(_) => tracing::info!(interface = %saved.interface, "saved port restored"),
             Err(e) => tracing::warn!(interface = %saved.interface, "saved port not restored: {e}"),
         }
@@ -439,36 +425,34 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             tracing::warn!("state file {}: {e}", settings.state_file.display());
         }
     }
-    // The handler and the daemon's dataplane hold the workers too: with
-    // them gone, the workers are ours alone and their stop closes every
-    // port (sockets, XDP programs, the TUN device) before the line below
-    // says so.
+    // The handler holds the data path too: with it gone, the data path is
+    // ours alone and its stop closes every port (sockets, XDP programs,
+    // the TUN device) before the line below says so.
     drop(handler);
-    drop(daemon);
-    match Arc::try_unwrap(workers) {
-        Ok(workers) => {
-            workers.stop();
+    match Arc::try_unwrap(datapath) {
+        Ok(datapath) => {
+            datapath.stop();
             tracing::info!("stopped: ports closed, {} removed", settings.host_interface);
         }
-        Err(workers) => {
+        Err(datapath) => {
             // Not expected: their ports close when the process exits.
             tracing::warn!(
-                references = Arc::strong_count(&workers),
-                "workers still referenced at exit: their ports close with the process"
+                references = Arc::strong_count(&datapath),
+                "data path still referenced at exit: its ports close with the process"
             );
         }
     }
     Ok(())
 }
 
-fn attach(
-    workers: &Workers,
-    id: PortId,
-    port: Box<dyn podswitch_engine::port::Port>,
-    role: &str,
-) -> Result<String, String> {
-    let (name, kind) = (port.name().to_string(), port.kind().to_string());
-    let worker = workers.attach(id, port).map_err(|e| e.to_string())?;
-    tracing::info!(port = id.0, interface = %name, kind, role, worker, "port attached");
-    Ok(kind)
+/// The daemon's log line for a port it opened itself.
+fn log_attached(name: &str, role: &str, port: &AttachedPort) {
+    tracing::info!(
+        port = port.id.0,
+        interface = %name,
+        kind = port.kind.as_deref().unwrap_or("-"),
+        role,
+        worker = port.worker,
+        "port attached"
+    );
 }

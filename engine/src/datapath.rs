@@ -1,0 +1,771 @@
+//! The node's data path as one owner: its tables, its workers and the
+//! ports they poll, behind typed operations.
+//!
+//! A port is added to the tables, opened on the kernel, handed to a
+//! worker, and taken back, here and nowhere else: the control handler
+//! (`port-add`, `port-del`, `capture`), podswitchd's start-up (its config
+//! file's ports and its state file's) and tests all call the same
+//! [`Datapath::add_pod_port`]. A step that fails undoes the steps before
+//! it, so the tables never name a port no worker polls.
+//!
+//! What the data path asks of the machine it runs on (open a pod's port,
+//! find a neighbour's MAC) goes through [`Kernel`]: [`LinuxKernel`] in
+//! podswitchd, a kernel of in-memory ports in tests, so that port add,
+//! remove and capture are tested without a daemon or root.
+//!
+//! | who | owns |
+//! |---|---|
+//! | [`Datapath`] | the [`Tables`], the [`Workers`], how each port was opened |
+//! | each worker | the ports it polls (docs/architecture.md, "Threads") |
+//! | the control handler | nothing: it translates requests into calls here |
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use podswitch_encap::MacAddr;
+
+use crate::capture::CaptureLimit;
+use crate::kernel_port::{open_pod_port, resolve_neighbour, OpenedPort, PodPortKind};
+use crate::port::{Port, PortId, PortRole};
+use crate::stats::Stats;
+use crate::tables::{PortSpec, TableError, Tables};
+use crate::worker::{WorkerOptions, WorkerStats, Workers};
+
+/// What the data path asks of the machine it runs on.
+pub trait Kernel: Send + Sync + fmt::Debug {
+    /// Opens pod port `id` on interface `name` as `kind` (or what the
+    /// kernel allows of it: see [`OpenedPort::notes`]).
+    fn open_pod_port(
+        &self,
+        kind: PodPortKind,
+        name: &str,
+        id: PortId,
+        stats: &Arc<Stats>,
+    ) -> io::Result<OpenedPort>;
+
+    /// The MAC of `ip`, a neighbour on `interface`.
+    fn resolve_neighbour(&self, interface: &str, ip: Ipv4Addr) -> io::Result<MacAddr>;
+}
+
+/// Linux: pod ports over AF_PACKET, AF_XDP or TAP
+/// ([`open_pod_port`]), neighbours from the ARP table or ARP
+/// ([`resolve_neighbour`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinuxKernel;
+
+impl Kernel for LinuxKernel {
+    fn open_pod_port(
+        &self,
+        kind: PodPortKind,
+        name: &str,
+        id: PortId,
+        stats: &Arc<Stats>,
+    ) -> io::Result<OpenedPort> {
+        open_pod_port(kind, name, id, stats)
+    }
+
+    fn resolve_neighbour(&self, interface: &str, ip: Ipv4Addr) -> io::Result<MacAddr> {
+        resolve_neighbour(interface, ip)
+    }
+}
+
+/// How a data path with workers runs.
+#[derive(Debug, Clone)]
+pub struct DatapathOptions {
+    /// Each worker's settings.
+    pub worker: WorkerOptions,
+    /// How many workers (1 to [`crate::worker::MAX_WORKERS`]).
+    pub workers: usize,
+    /// CPUs to pin workers to, round robin (empty: no pinning).
+    pub worker_cpus: Vec<usize>,
+    /// How a pod port is opened when its request names no kind.
+    pub pod_port: PodPortKind,
+}
+
+/// Why a data path operation failed. Nothing changed: a failed step
+/// undoes the steps before it.
+#[derive(Debug)]
+pub enum DatapathError {
+    /// The tables refused the change.
+    Table(TableError),
+    /// The operation is for pod ports, and this one is not.
+    NotAPodPort {
+        /// The port's interface.
+        name: String,
+        /// What it is.
+        role: PortRole,
+    },
+    /// The operation needs workers and kernel ports, and this data path
+    /// has tables only.
+    NotRunning(&'static str),
+    /// The kernel side of a port could not be opened.
+    Open {
+        /// The port's interface.
+        name: String,
+        /// Why.
+        error: io::Error,
+    },
+    /// A worker did not take or capture a port.
+    Worker {
+        /// The port's interface.
+        name: String,
+        /// Why.
+        error: io::Error,
+    },
+    /// A capture could not start, or stopped on an error.
+    Capture {
+        /// The capture file.
+        file: String,
+        /// Frames written before the error.
+        packets: u64,
+        /// Why.
+        error: io::Error,
+    },
+    /// A neighbour's MAC could not be found.
+    Neighbour {
+        /// The neighbour.
+        ip: Ipv4Addr,
+        /// Where it was looked for.
+        interface: String,
+        /// Why.
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for DatapathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatapathError::Table(e) => e.fmt(f),
+            DatapathError::NotAPodPort { name, role } => {
+                write!(
+                    f,
+                    "{name} is the {role} port: it stays while the daemon runs"
+                )
+            }
+            DatapathError::NotRunning(what) => write!(f, "{what} needs a running data plane"),
+            DatapathError::Open { name, error } | DatapathError::Worker { name, error } => {
+                write!(f, "{name}: {error}")
+            }
+            DatapathError::Capture {
+                file,
+                packets,
+                error,
+            } => write!(f, "{file}: {error} (after {packets} frames)"),
+            DatapathError::Neighbour {
+                ip,
+                interface,
+                error,
+            } => write!(
+                f,
+                "cannot find the underlay MAC of {ip} on {interface}: {error} (give underlay_mac)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DatapathError {}
+
+impl From<TableError> for DatapathError {
+    fn from(e: TableError) -> Self {
+        DatapathError::Table(e)
+    }
+}
+
+/// A port the data path took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedPort {
+    /// Its id in the tables.
+    pub id: PortId,
+    /// How it moves frames (`af-packet`, `af-xdp-generic`, `udp-socket`...);
+    /// none on a data path of tables only.
+    pub kind: Option<String>,
+    /// The worker that polls it; none on a data path of tables only.
+    pub worker: Option<usize>,
+    /// What did not go as asked (a fallback, a weaker guarantee), as
+    /// sentences for the daemon's log.
+    pub notes: Vec<String>,
+}
+
+/// A port the data path let go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedPort {
+    /// The id it had.
+    pub id: PortId,
+    /// What did not go as asked, as sentences for the daemon's log.
+    pub notes: Vec<String>,
+}
+
+/// How a capture ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Captured {
+    /// Frames written to the file.
+    pub packets: u64,
+}
+
+/// The workers and the kernel of a data path that forwards.
+#[derive(Debug)]
+struct Running {
+    workers: Workers,
+    kernel: Box<dyn Kernel>,
+    pod_port: PodPortKind,
+    clock_micros: fn() -> u64,
+}
+
+/// One node's data path: see the module's documentation.
+#[derive(Debug)]
+pub struct Datapath {
+    tables: Arc<Tables>,
+    running: Option<Running>,
+    /// How each attached port moves frames, as it was opened.
+    kinds: Mutex<HashMap<PortId, String>>,
+}
+
+impl Datapath {
+    /// A data path of tables only: ports are added to the tables and
+    /// nothing polls them (the control socket's tests, `podswitchctl`
+    /// against an in-process server, fuzzing).
+    pub fn tables_only(tables: Arc<Tables>) -> Datapath {
+        Datapath {
+            tables,
+            running: None,
+            kinds: Mutex::default(),
+        }
+    }
+
+    /// Starts the workers over `tables`; pod ports are opened through
+    /// `kernel`.
+    pub fn start(
+        tables: Arc<Tables>,
+        options: DatapathOptions,
+        kernel: Box<dyn Kernel>,
+    ) -> io::Result<Datapath> {
+        let workers = Workers::spawn(
+            "podswitch-worker",
+            Arc::clone(&tables),
+            options.worker.clone(),
+            options.workers,
+            &options.worker_cpus,
+        )?;
+        Ok(Datapath {
+            tables,
+            running: Some(Running {
+                workers,
+                kernel,
+                pod_port: options.pod_port,
+                clock_micros: options.worker.clock_micros,
+            }),
+            kinds: Mutex::default(),
+        })
+    }
+
+    /// The tables the workers read.
+    pub fn tables(&self) -> &Arc<Tables> {
+        &self.tables
+    }
+
+    /// Whether workers forward (false: tables only).
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// What each worker's loop did, in worker order (none without workers).
+    pub fn worker_stats(&self) -> Vec<Arc<WorkerStats>> {
+        self.running
+            .as_ref()
+            .map(|r| r.workers.stats())
+            .unwrap_or_default()
+    }
+
+    /// How port `id` moves frames, if it was opened here.
+    pub fn port_kind(&self, id: PortId) -> Option<String> {
+        self.lock_kinds().get(&id).cloned()
+    }
+
+    /// The worker that polls port `id`.
+    pub fn port_worker(&self, id: PortId) -> Option<usize> {
+        self.running.as_ref()?.workers.owner(id)
+    }
+
+    fn lock_kinds(&self) -> MutexGuard<'_, HashMap<PortId, String>> {
+        self.kinds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a port the caller opens itself (the underlay and the host
+    /// port, whose options are the daemon's): `open` gets the port's id.
+    /// On a data path of tables only, the port goes in the tables and
+    /// `open` is not called.
+    pub fn attach_port(
+        &self,
+        spec: PortSpec,
+        open: impl FnOnce(PortId) -> io::Result<Box<dyn Port>>,
+    ) -> Result<AttachedPort, DatapathError> {
+        let name = spec.name.clone();
+        let id = self.tables.attach_port(spec)?;
+        self.hand_to_worker(id, &name, |_| {
+            let port = open(id)?;
+            let kind = port.kind().to_string();
+            Ok((port, kind, Vec::new()))
+        })
+    }
+
+    /// Adds a pod port, opened as `kind` (none: the data path's default).
+    pub fn add_pod_port(
+        &self,
+        spec: PortSpec,
+        kind: Option<PodPortKind>,
+    ) -> Result<AttachedPort, DatapathError> {
+        if spec.role != PortRole::Pod {
+            return Err(DatapathError::NotAPodPort {
+                name: spec.name,
+                role: spec.role,
+            });
+        }
+        let name = spec.name.clone();
+        let id = self.tables.attach_port(spec)?;
+        self.hand_to_worker(id, &name, |running| {
+            let kind = kind.unwrap_or(running.pod_port);
+            let opened = running
+                .kernel
+                .open_pod_port(kind, &name, id, &self.tables.stats)?;
+            Ok((opened.port, opened.kind.to_string(), opened.notes))
+        })
+    }
+
+    /// Opens port `id` (just added to the tables as `name`) with `open`,
+    /// which says how the port moves frames, and hands it to a worker; takes it out of the tables again if
+    /// either fails.
+    fn hand_to_worker(
+        &self,
+        id: PortId,
+        name: &str,
+        open: impl FnOnce(&Running) -> io::Result<(Box<dyn Port>, String, Vec<String>)>,
+    ) -> Result<AttachedPort, DatapathError> {
+        let Some(running) = &self.running else {
+            return Ok(AttachedPort {
+                id,
+                kind: None,
+                worker: None,
+                notes: Vec::new(),
+            });
+        };
+        let undo = |error| {
+            let _ = self.tables.detach_port(name);
+            error
+        };
+        let (port, kind, notes) = open(running).map_err(|error| {
+            undo(DatapathError::Open {
+                name: name.to_string(),
+                error,
+            })
+        })?;
+        let worker = running.workers.attach(id, port).map_err(|error| {
+            undo(DatapathError::Worker {
+                name: name.to_string(),
+                error,
+            })
+        })?;
+        self.lock_kinds().insert(id, kind.clone());
+        Ok(AttachedPort {
+            id,
+            kind: Some(kind),
+            worker: Some(worker),
+            notes,
+        })
+    }
+
+    /// Takes pod port `name` out of the tables and from its worker, which
+    /// closes its kernel side.
+    pub fn remove_pod_port(&self, name: &str) -> Result<RemovedPort, DatapathError> {
+        if let Some(port) = self.tables.load().ports.by_name(name) {
+            if port.spec.role != PortRole::Pod {
+                return Err(DatapathError::NotAPodPort {
+                    name: name.to_string(),
+                    role: port.spec.role,
+                });
+            }
+        }
+        let id = self.tables.detach_port(name)?;
+        self.lock_kinds().remove(&id);
+        let mut notes = Vec::new();
+        if let Some(running) = &self.running {
+            // Out of the tables first: no worker sends to it any more when
+            // its owner lets it go. The port closes when dropped here.
+            if let Err(e) = running.workers.detach(id) {
+                notes.push(format!(
+                    "its worker did not give it back ({e}): it closes when the workers stop"
+                ));
+            }
+        }
+        Ok(RemovedPort { id, notes })
+    }
+
+    /// Writes the frames port `name` receives and sends to `file` (pcap)
+    /// until `packets` frames or `duration` have passed, and returns when
+    /// done.
+    pub fn capture(
+        &self,
+        name: &str,
+        file: &Path,
+        packets: Option<u64>,
+        duration: Duration,
+    ) -> Result<Captured, DatapathError> {
+        let running = self
+            .running
+            .as_ref()
+            .ok_or(DatapathError::NotRunning("capture"))?;
+        let id = self
+            .tables
+            .load()
+            .ports
+            .by_name(name)
+            .map(|p| p.id)
+            .ok_or_else(|| TableError::NoSuchPort(name.to_string()))?;
+        let failed = |packets, error| DatapathError::Capture {
+            file: file.display().to_string(),
+            packets,
+            error,
+        };
+        let out = File::create(file).map_err(|e| failed(0, e))?;
+        let limit = CaptureLimit {
+            packets,
+            until_micros: Some(
+                (running.clock_micros)().saturating_add(duration.as_micros() as u64),
+            ),
+        };
+        let done =
+            running
+                .workers
+                .capture(id, out, limit)
+                .map_err(|error| DatapathError::Worker {
+                    name: name.to_string(),
+                    error,
+                })?;
+        // The worker stops the capture at its deadline; a little more for
+        // it to notice and answer.
+        let result = done
+            .recv_timeout(duration + Duration::from_secs(5))
+            .map_err(|_| {
+                failed(
+                    0,
+                    io::Error::new(io::ErrorKind::TimedOut, "the capture did not finish"),
+                )
+            })?
+            .map_err(|e| failed(0, e))?;
+        match result.error {
+            Some(e) => Err(failed(result.packets, e)),
+            None => Ok(Captured {
+                packets: result.packets,
+            }),
+        }
+    }
+
+    /// The MAC of `ip`, a neighbour on the underlay.
+    pub fn resolve_neighbour(&self, ip: Ipv4Addr) -> Result<MacAddr, DatapathError> {
+        let running = self
+            .running
+            .as_ref()
+            .ok_or(DatapathError::NotRunning("finding a neighbour"))?;
+        let snap = self.tables.load();
+        let interface = snap
+            .ports
+            .underlay
+            .and_then(|id| snap.ports.get(id))
+            .map(|p| p.spec.name.clone())
+            .ok_or(DatapathError::NotRunning(
+                "finding a neighbour (no underlay)",
+            ))?;
+        running
+            .kernel
+            .resolve_neighbour(&interface, ip)
+            .map_err(|error| DatapathError::Neighbour {
+                ip,
+                interface,
+                error,
+            })
+    }
+
+    /// Stops the workers, closing every port (sockets, XDP programs, TUN
+    /// devices) before it returns.
+    pub fn stop(self) {
+        if let Some(running) = self.running {
+            running.workers.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+    use super::*;
+    use crate::config::NodeConfig;
+    use crate::encap::checksum;
+    use crate::kernel_port::OpenedKind;
+    use crate::port::socket_pair::socket_port;
+
+    const MAC1: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
+    const MAC2: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
+    const IP1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+    const IP2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+    const PEER_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x00, 0x00, 0x02]);
+
+    /// A kernel of socket-pair ports: the test keeps each port's other
+    /// end. Interfaces named `gone*` do not exist.
+    #[derive(Debug, Default)]
+    struct SocketKernel {
+        wires: Mutex<HashMap<String, UnixDatagram>>,
+        asked_on: Mutex<Vec<String>>,
+    }
+
+    impl SocketKernel {
+        fn wire(&self, name: &str) -> UnixDatagram {
+            self.wires.lock().unwrap().remove(name).expect("opened")
+        }
+    }
+
+    impl Kernel for Arc<SocketKernel> {
+        fn open_pod_port(
+            &self,
+            _kind: PodPortKind,
+            name: &str,
+            id: PortId,
+            _stats: &Arc<Stats>,
+        ) -> io::Result<OpenedPort> {
+            if name.starts_with("gone") {
+                return Err(io::Error::from_raw_os_error(libc::ENODEV));
+            }
+            let (port, wire) = socket_port(name, id);
+            self.wires.lock().unwrap().insert(name.to_string(), wire);
+            Ok(OpenedPort {
+                port,
+                kind: OpenedKind::Memory,
+                notes: vec![format!("{name} is in memory")],
+            })
+        }
+
+        fn resolve_neighbour(&self, interface: &str, _ip: Ipv4Addr) -> io::Result<MacAddr> {
+            self.asked_on.lock().unwrap().push(interface.to_string());
+            Ok(PEER_MAC)
+        }
+    }
+
+    fn micros() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    }
+
+    fn tables() -> Arc<Tables> {
+        let node = NodeConfig::flannel(
+            "node1",
+            "10.244.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 100, 1),
+        );
+        Tables::new(node, 16)
+    }
+
+    fn start() -> (Datapath, Arc<SocketKernel>) {
+        let kernel = Arc::new(SocketKernel::default());
+        let options = DatapathOptions {
+            worker: WorkerOptions {
+                pool_buffers: 256,
+                large_buffers: 2,
+                busy_poll: Duration::ZERO,
+                realtime: false,
+                clock_secs: || 1,
+                clock_micros: micros,
+            },
+            workers: 2,
+            worker_cpus: Vec::new(),
+            pod_port: PodPortKind::AfPacket,
+        };
+        let datapath = Datapath::start(tables(), options, Box::new(Arc::clone(&kernel))).unwrap();
+        (datapath, kernel)
+    }
+
+    /// A UDP frame from one pod to the other on the node's bridge.
+    fn frame(src: (MacAddr, Ipv4Addr), dst: (MacAddr, Ipv4Addr)) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[0..6].copy_from_slice(&dst.0 .0);
+        f[6..12].copy_from_slice(&src.0 .0);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&50u16.to_be_bytes());
+        f[22] = 64;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&src.1.octets());
+        f[30..34].copy_from_slice(&dst.1.octets());
+        let c = checksum::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&5201u16.to_be_bytes());
+        f[38..40].copy_from_slice(&30u16.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn pod_ports_added_here_are_polled_and_switch_frames() {
+        let (datapath, kernel) = start();
+        let a = datapath
+            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None)
+            .unwrap();
+        let b = datapath
+            .add_pod_port(PortSpec::pod("veth2", IP2, MAC2), Some(PodPortKind::Tap))
+            .unwrap();
+        assert_eq!(a.kind.as_deref(), Some("memory"));
+        assert_eq!(a.notes, ["veth1 is in memory"]);
+        // Spread over the two workers, and each says so.
+        assert_eq!((a.worker, b.worker), (Some(0), Some(1)));
+        assert_eq!(datapath.port_worker(b.id), Some(1));
+        assert_eq!(datapath.port_kind(b.id).as_deref(), Some("memory"));
+        datapath.tables().fdb.learn(MAC2, b.id, 1);
+
+        let (a_wire, b_wire) = (kernel.wire("veth1"), kernel.wire("veth2"));
+        b_wire
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let sent = frame((MAC1, IP1), (MAC2, IP2));
+        a_wire.send(&sent).unwrap();
+        let mut got = [0u8; 2048];
+        let n = b_wire.recv(&mut got).expect("switched from veth1 to veth2");
+        assert_eq!(&got[..n], &sent[..]);
+        datapath.stop();
+    }
+
+    #[test]
+    fn a_port_the_kernel_cannot_open_leaves_the_tables_as_they_were() {
+        let (datapath, _kernel) = start();
+        let before = datapath.tables().load().ports.iter().count();
+        let e = datapath
+            .add_pod_port(PortSpec::pod("gone1", IP1, MAC1), None)
+            .unwrap_err();
+        assert!(matches!(e, DatapathError::Open { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("gone1: "), "{e}");
+        assert_eq!(datapath.tables().load().ports.iter().count(), before);
+        // The name is free for the next try.
+        assert!(datapath.tables().load().ports.by_name("gone1").is_none());
+    }
+
+    #[test]
+    fn removing_a_pod_port_lets_its_worker_go_and_keeps_the_underlay() {
+        let (datapath, kernel) = start();
+        let underlay = datapath
+            .attach_port(PortSpec::underlay("eth0"), |id| {
+                Ok(socket_port("eth0", id).0)
+            })
+            .unwrap();
+        assert_eq!(underlay.kind.as_deref(), Some("memory"));
+        let pod = datapath
+            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None)
+            .unwrap();
+        drop(kernel.wire("veth1"));
+
+        let e = datapath.remove_pod_port("eth0").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "eth0 is the underlay port: it stays while the daemon runs"
+        );
+        let e = datapath
+            .add_pod_port(PortSpec::underlay("eth1"), None)
+            .unwrap_err();
+        assert!(matches!(e, DatapathError::NotAPodPort { .. }), "{e:?}");
+
+        assert_eq!(
+            datapath.remove_pod_port("veth1").unwrap(),
+            RemovedPort {
+                id: pod.id,
+                notes: Vec::new()
+            }
+        );
+        assert_eq!(datapath.port_worker(pod.id), None);
+        assert_eq!(datapath.port_kind(pod.id), None);
+        assert!(datapath.tables().load().ports.by_name("veth1").is_none());
+        assert!(matches!(
+            datapath.remove_pod_port("veth1"),
+            Err(DatapathError::Table(TableError::NoSuchPort(_)))
+        ));
+        assert_eq!(datapath.port_worker(underlay.id), Some(0));
+    }
+
+    #[test]
+    fn a_capture_writes_what_the_port_receives() {
+        let (datapath, kernel) = start();
+        let a = datapath
+            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None)
+            .unwrap();
+        let a_wire = kernel.wire("veth1");
+        let file = std::env::temp_dir().join(format!("podswitch-capture-{}.pcap", a.id));
+        let done = AtomicBool::new(false);
+        let captured = std::thread::scope(|s| {
+            s.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let _ = a_wire.send(&frame((MAC1, IP1), (MAC2, IP2)));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            });
+            let captured = datapath.capture("veth1", &file, Some(2), Duration::from_secs(8));
+            done.store(true, Ordering::Relaxed);
+            captured
+        });
+        assert_eq!(captured.unwrap(), Captured { packets: 2 });
+        let pcap = std::fs::read(&file).unwrap();
+        let _ = std::fs::remove_file(&file);
+        // pcap file header, then two records of a header and 64 bytes.
+        assert_eq!(pcap.len(), 24 + 2 * (16 + 64));
+        assert_eq!(&pcap[..4], &0xa1b2_c3d4u32.to_le_bytes());
+
+        let e = datapath
+            .capture("veth9", &file, Some(1), Duration::from_secs(1))
+            .unwrap_err();
+        assert_eq!(e.to_string(), "no port veth9");
+    }
+
+    #[test]
+    fn neighbours_are_looked_for_on_the_underlay() {
+        let (datapath, kernel) = start();
+        let e = datapath
+            .resolve_neighbour(Ipv4Addr::new(192, 168, 100, 2))
+            .unwrap_err();
+        assert!(e.to_string().contains("no underlay"), "{e}");
+        datapath
+            .attach_port(PortSpec::underlay("eth0"), |id| {
+                Ok(socket_port("eth0", id).0)
+            })
+            .unwrap();
+        let mac = datapath
+            .resolve_neighbour(Ipv4Addr::new(192, 168, 100, 2))
+            .unwrap();
+        assert_eq!(mac, PEER_MAC);
+        assert_eq!(*kernel.asked_on.lock().unwrap(), ["eth0"]);
+    }
+
+    #[test]
+    fn a_data_path_of_tables_only_programs_tables_and_captures_nothing() {
+        let datapath = Datapath::tables_only(tables());
+        let added = datapath
+            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None)
+            .unwrap();
+        assert_eq!((added.kind, added.worker), (None, None));
+        assert!(datapath.tables().load().ports.by_name("veth1").is_some());
+        let e = datapath
+            .capture(
+                "veth1",
+                Path::new("/nonexistent"),
+                None,
+                Duration::from_secs(1),
+            )
+            .unwrap_err();
+        assert_eq!(e.to_string(), "capture needs a running data plane");
+        assert_eq!(datapath.remove_pod_port("veth1").unwrap().id, added.id);
+        assert!(datapath.worker_stats().is_empty());
+    }
+}

@@ -1,12 +1,18 @@
 //! What the `podswitch` package's binaries and its integration tests
-//! share beyond the engine: host set-up for labs and tests.
+//! share beyond the engine: labs, the bench, host set-up.
 //!
-//! - [`run`]: a command whose failure carries its stderr.
+//! - [`lab`]: simulated clusters in network namespaces, on podswitch or on
+//!   the kernel's own flannel/Calico configuration (`podswitchctl lab`).
+//! - [`bench`](mod@bench): both dataplanes measured on the same lab topology in one
+//!   run (`podswitchctl bench`), and its chart.
 //! - [`kernel_flannel`]: what flanneld makes a node's kernel do, written
-//!   once for `podswitchctl lab`, `podswitchctl bench` and the tests that
-//!   put a kernel flannel node beside podswitch.
+//!   once for the lab, the bench and the tests that put a kernel flannel
+//!   node beside podswitch.
+//! - [`run`]: a command whose failure carries its stderr.
 
+pub mod bench;
 pub mod kernel_flannel;
+pub mod lab;
 
 use std::process::Command;
 

@@ -27,7 +27,7 @@ fn a_short_bench_produces_every_figure() {
             "8",
             "--workers",
             "1,2",
-            "--json",
+            "--record",
         ])
         .arg(&json.0)
         .arg("--plot")

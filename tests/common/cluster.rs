@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use podswitch::lab::pod_mtu;
+use podswitch::lab::{pod_interface, PodInterface};
+
 use super::{run, veth, Netns, TempFile};
 
 /// Gateway mode names as podswitchd takes them.
@@ -19,16 +22,6 @@ pub const BACKENDS: [&str; 5] = ["vxlan", "ipip", "udp", "host-gw", "directrouti
 pub const TCP_BYTES: usize = 10 * 1024 * 1024;
 /// UDP datagrams of each direction of [`traffic_matrix`].
 pub const DATAGRAMS: u32 = 20;
-
-/// The pods' MTU for a backend over a 1500-byte underlay.
-pub fn pod_mtu(backend: &str) -> u32 {
-    match backend {
-        "vxlan" | "directrouting" => 1450,
-        "ipip" => 1480,
-        "udp" => 1472,
-        _ => 1500,
-    }
-}
 
 /// A podswitchd process; stopped with SIGTERM on drop.
 pub struct Daemon {
@@ -243,57 +236,18 @@ impl Cluster {
         let host_if = format!("vp{x}x{host}");
         let ip = format!("{}.{host}", node.pod_net);
         let mac = format!("02:00:0a:f4:{x:02x}:{host:02x}");
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &host_if,
-                "netns",
-                &node.ns.name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &ns.name,
-            ],
-        );
         ns.exec("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        ns.ip(&[
-            "link",
-            "set",
-            "eth0",
-            "address",
-            &mac,
-            "mtu",
-            &mtu.to_string(),
-            "up",
-        ]);
-        node.ns.ip(&["link", "set", &host_if, "up"]);
-        if self.mode == "bridge" {
-            ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-            ns.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("{}.1", node.pod_net),
-            ]);
-        } else {
-            ns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-            ns.ip(&[
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ]);
-            ns.ip(&["route", "add", "default", "via", "169.254.1.1"]);
-        }
+        pod_interface(&PodInterface {
+            node_netns: &node.ns.name,
+            pod_netns: &ns.name,
+            host_if: &host_if,
+            ip: &ip,
+            mac: Some(&mac),
+            mtu,
+            gateway_mode: &self.mode,
+            gateway: &format!("{}.1", node.pod_net),
+        })
+        .expect("the pod's interface");
         self.pods.push(Pod {
             ns,
             node: n,

@@ -4,8 +4,6 @@
 //! socket (ports, routes, peers, FDB, neighbours, stats, trace, status),
 //! printing tables for people and JSON with `--json`.
 
-mod bench;
-mod chart;
 mod control;
 mod explain;
 mod lab;
@@ -30,7 +28,8 @@ struct Cli {
     /// podswitchd's control socket.
     #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET, env = "PODSWITCH_SOCKET")]
     socket: PathBuf,
-    /// Print the daemon's reply as JSON instead of tables.
+    /// Print JSON instead of tables: the daemon's reply, a lab's status,
+    /// a bench run's record.
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -44,7 +43,7 @@ enum Command {
     Explain(explain::ExplainArgs),
     /// Measure podswitch against the kernel path on lab clusters, in one
     /// run with alternated rounds; print a table of medians and ratios.
-    Bench(bench::BenchArgs),
+    Bench(podswitch::bench::BenchArgs),
     /// Simulated clusters in network namespaces: lab up, down, status, exec.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -56,13 +55,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("bench") {
-        let bench = bench::BenchCli::parse_from(
-            std::iter::once("podswitchctl bench".to_string()).chain(args[2..].iter().cloned()),
-        );
-        return bench::run(&bench.args);
-    }
     let cli = Cli::parse();
     match &cli.command {
         Command::Explain(args) => match explain::explain(args) {
@@ -76,7 +68,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Lab(command) => lab::run_command(command, cli.json),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => match podswitch::bench::run(args, cli.json) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("podswitchctl bench: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Top(args) => top::run(args, &cli.socket),
         Command::Control(command) => control::run(command, &cli.socket, cli.json),
     }

@@ -1,5 +1,5 @@
 //! The bench's chart (`podswitchctl bench --plot`), drawn with plotters
-//! from the raw record `--json` writes, so a saved run can be drawn again
+//! from the record `--record` writes, so a saved run can be drawn again
 //! (`--plot-from FILE.json`).
 //!
 //! Two parts, each readable on its own:
@@ -37,7 +37,9 @@ struct Sample {
 fn samples(raw: &Value) -> Result<Vec<Sample>> {
     raw["samples"]
         .as_array()
-        .ok_or_else(|| anyhow!("the record has no \"samples\" list (write it with bench --json)"))?
+        .ok_or_else(|| {
+            anyhow!("the record has no \"samples\" list (write it with bench --record)")
+        })?
         .iter()
         .map(|s| {
             let text = |k: &str| {
@@ -98,7 +100,7 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 }
 
 /// The chart of a raw record, as SVG.
-pub(crate) fn render(raw: &Value, metrics: &[Metric]) -> Result<String> {
+pub fn render(raw: &Value, metrics: &[Metric]) -> Result<String> {
     let samples = samples(raw)?;
     let mut cases: Vec<String> = Vec::new();
     let mut bases: Vec<String> = Vec::new();

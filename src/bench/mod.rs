@@ -1,5 +1,5 @@
-//! `podswitchctl bench`: podswitch against the kernel path, measured on
-//! the same lab topology in the same run.
+//! The bench behind `podswitchctl bench`: podswitch against the kernel
+//! path, measured on the same lab topology in the same run.
 //!
 //! For each backend both dataplanes can do (vxlan, host-gw, directrouting) it builds a
 //! kernel lab and a podswitch lab (two nodes, two pods each), then for
@@ -30,7 +30,7 @@
 
 use std::fs;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -39,20 +39,10 @@ use serde_json::{json, Value};
 
 use crate::lab::{self, Lab, UpArgs};
 
-/// `podswitchctl bench`, parsed on its own: its `--json FILE` takes a
-/// file, where every other command's `--json` is a switch.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "podswitchctl bench",
-    about = "Measure podswitch against the kernel path on lab clusters"
-)]
-pub(crate) struct BenchCli {
-    #[command(flatten)]
-    pub(crate) args: BenchArgs,
-}
+pub mod chart;
 
 #[derive(Debug, Args)]
-pub(crate) struct BenchArgs {
+pub struct BenchArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -79,14 +69,15 @@ pub(crate) struct BenchArgs {
     /// Pods of the memory measurement (0 leaves it out).
     #[arg(long, default_value_t = lab::MAX_PODS_PER_NODE, value_name = "N")]
     memory_pods: u8,
-    /// Write every raw figure here as JSON.
-    #[arg(long = "json", id = "json_file", value_name = "FILE")]
-    json: Option<std::path::PathBuf>,
+    /// Write the run's record here as JSON: every sample, the medians and
+    /// the memory figures (what `--json` prints instead of the table).
+    #[arg(long, value_name = "FILE.json")]
+    record: Option<std::path::PathBuf>,
     /// Draw the comparison as an SVG chart: each metric's values with
     /// error bars from the rounds, and every ratio on a log axis.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<std::path::PathBuf>,
-    /// Draw the chart of a run saved with --json instead of measuring
+    /// Draw the chart of a run saved with --record instead of measuring
     /// (needs --plot).
     #[arg(long, value_name = "FILE.json", requires = "plot")]
     plot_from: Option<std::path::PathBuf>,
@@ -94,13 +85,13 @@ pub(crate) struct BenchArgs {
 
 /// One metric: its name, unit, and whether more is better.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Metric {
-    pub(crate) name: &'static str,
-    pub(crate) unit: &'static str,
-    pub(crate) higher_is_better: bool,
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: &'static str,
+    pub higher_is_better: bool,
 }
 
-pub(crate) const METRICS: &[Metric] = &[
+pub const METRICS: &[Metric] = &[
     Metric {
         name: "tcp-1-stream",
         unit: "Gbit/s",
@@ -152,11 +143,11 @@ pub(crate) const METRICS: &[Metric] = &[
 fn ns_run(ns: &str, args: &[&str]) -> Result<String> {
     let mut full = vec!["netns", "exec", ns];
     full.extend_from_slice(args);
-    lab::run("ip", &full)
+    crate::run("ip", &full)
 }
 
 /// The middle value of `v` (the upper one of an even count), sorting it.
-pub(crate) fn median(v: &mut [f64]) -> f64 {
+pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         return 0.0;
@@ -450,17 +441,17 @@ fn generator_ceiling(seconds: u64) -> Result<Ceiling> {
         format!("podswitch-gen-{}-b", std::process::id()),
     );
     let result = (|| -> Result<Ceiling> {
-        lab::run("ip", &["netns", "add", &a])?;
-        lab::run("ip", &["netns", "add", &b])?;
-        lab::run(
+        crate::run("ip", &["netns", "add", &a])?;
+        crate::run("ip", &["netns", "add", &b])?;
+        crate::run(
             "ip",
             &[
                 "link", "add", "eth0", "netns", &a, "type", "veth", "peer", "name", "eth0",
                 "netns", &b,
             ],
         )?;
-        lab::run("ip", &["-n", &a, "link", "set", "eth0", "up"])?;
-        lab::run("ip", &["-n", &b, "link", "set", "eth0", "up"])?;
+        crate::run("ip", &["-n", &a, "link", "set", "eth0", "up"])?;
+        crate::run("ip", &["-n", &b, "link", "set", "eth0", "up"])?;
         let run = blast(
             &[Flow {
                 src_ns: &a,
@@ -476,8 +467,8 @@ fn generator_ceiling(seconds: u64) -> Result<Ceiling> {
             secs_per_frame: run.generator_secs / run.sent.max(1.0),
         })
     })();
-    let _ = lab::run("ip", &["netns", "del", &a]);
-    let _ = lab::run("ip", &["netns", "del", &b]);
+    let _ = crate::run("ip", &["netns", "del", &a]);
+    let _ = crate::run("ip", &["netns", "del", &b]);
     result
 }
 
@@ -560,7 +551,7 @@ fn podswitch_label(workers: Option<usize>, underlay_kind: Option<&str>) -> Strin
 /// What a dataplane label adds to a case's name: " workers=2",
 /// " underlay=af-xdp", both, or nothing (the kernel, podswitch's
 /// defaults). The chart reads labels back with it.
-pub(crate) fn case_suffix(label: &str) -> String {
+pub fn case_suffix(label: &str) -> String {
     let Some(rest) = label.strip_prefix("podswitch-") else {
         return String::new();
     };
@@ -635,23 +626,14 @@ fn memory(pods: u8) -> Result<Memory> {
     })
 }
 
-pub(crate) fn run(args: &BenchArgs) -> ExitCode {
-    match bench(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("podswitchctl bench: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn bench(args: &BenchArgs) -> Result<()> {
+/// Runs the bench (or draws a saved run's chart); `json_out`: the record
+/// on stdout instead of the table.
+pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
     if let (Some(from), Some(to)) = (&args.plot_from, &args.plot) {
         let text = fs::read_to_string(from).with_context(|| format!("{}", from.display()))?;
         let record: Value =
             serde_json::from_str(&text).with_context(|| format!("{}", from.display()))?;
-        let svg = crate::chart::render(&record, METRICS)
-            .with_context(|| format!("{}", from.display()))?;
+        let svg = chart::render(&record, METRICS).with_context(|| format!("{}", from.display()))?;
         fs::write(to, svg).with_context(|| format!("{}", to.display()))?;
         return Ok(());
     }
@@ -826,34 +808,6 @@ fn bench(args: &BenchArgs) -> Result<()> {
         outcome?;
     }
     eprintln!("\r\x1b[Kdone in {}s", started.elapsed().as_secs());
-    println!(
-        "Generator ceiling: trafgen alone puts {:.3} Mpps of 64-byte frames into a veth, at {:.2} CPU µs a frame (taken out of cpu-per-Mpkt); the udp-64B figures below are the dataplanes' limits as long as they stay well under it.\n",
-        ceiling.mpps,
-        ceiling.secs_per_frame * 1e6
-    );
-    println!("| case | metric | kernel | podswitch | podswitch / kernel |");
-    println!("|---|---|---|---|---|");
-    for (case, metric, k, p) in &table {
-        let ratio = if *k > 0.0 { p / k } else { 0.0 };
-        let better = if (ratio >= 1.0) == metric.higher_is_better {
-            "better"
-        } else {
-            "worse"
-        };
-        println!(
-            "| {case} | {} ({}) | {k:.3} | {p:.3} | {ratio:.2}x ({better}) |",
-            metric.name, metric.unit
-        );
-    }
-    if let Some(m) = &memory {
-        println!(
-            "\nMemory: podswitchd holds {:.1} MiB resident with no pod and {:.1} MiB with {} pods: {:.0} KiB per pod.",
-            m.empty_kib as f64 / 1024.0,
-            m.full_kib as f64 / 1024.0,
-            m.pods,
-            m.per_pod_kib()
-        );
-    }
     let summary: Vec<Value> = table
         .iter()
         .map(|(case, m, k, p)| json!({ "case": case, "metric": m.name, "unit": m.unit, "kernel": k, "podswitch": p }))
@@ -870,15 +824,52 @@ fn bench(args: &BenchArgs) -> Result<()> {
             "per_pod_kib": m.per_pod_kib(),
         })),
     });
-    if let Some(path) = &args.json {
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        print_table(&ceiling, &table, memory.as_ref());
+    }
+    if let Some(path) = &args.record {
         fs::write(path, serde_json::to_string_pretty(&record)?)
             .with_context(|| format!("{}", path.display()))?;
     }
     if let Some(path) = &args.plot {
-        fs::write(path, crate::chart::render(&record, METRICS)?)
+        fs::write(path, chart::render(&record, METRICS)?)
             .with_context(|| format!("{}", path.display()))?;
     }
     Ok(())
+}
+
+/// The run as a Markdown table of medians and ratios, for people.
+fn print_table(ceiling: &Ceiling, table: &[(String, Metric, f64, f64)], memory: Option<&Memory>) {
+    println!(
+        "Generator ceiling: trafgen alone puts {:.3} Mpps of 64-byte frames into a veth, at {:.2} CPU µs a frame (taken out of cpu-per-Mpkt); the udp-64B figures below are the dataplanes' limits as long as they stay well under it.\n",
+        ceiling.mpps,
+        ceiling.secs_per_frame * 1e6
+    );
+    println!("| case | metric | kernel | podswitch | podswitch / kernel |");
+    println!("|---|---|---|---|---|");
+    for (case, metric, k, p) in table {
+        let ratio = if *k > 0.0 { p / k } else { 0.0 };
+        let better = if (ratio >= 1.0) == metric.higher_is_better {
+            "better"
+        } else {
+            "worse"
+        };
+        println!(
+            "| {case} | {} ({}) | {k:.3} | {p:.3} | {ratio:.2}x ({better}) |",
+            metric.name, metric.unit
+        );
+    }
+    if let Some(m) = memory {
+        println!(
+            "\nMemory: podswitchd holds {:.1} MiB resident with no pod and {:.1} MiB with {} pods: {:.0} KiB per pod.",
+            m.empty_kib as f64 / 1024.0,
+            m.full_kib as f64 / 1024.0,
+            m.pods,
+            m.per_pod_kib()
+        );
+    }
 }
 
 #[cfg(test)]

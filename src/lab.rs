@@ -1,0 +1,1008 @@
+//! Simulated clusters on this machine, for benchmarks and for learning:
+//! what `podswitchctl lab` and `podswitchctl bench` build. One network namespace per node, joined by an
+//! underlay (a veth from each node to a bridge in an underlay namespace,
+//! 192.168.100.0/24), pods as namespaces behind each node, node X owning
+//! 10.244.X.0/24 (DESIGN.md's address plan).
+//!
+//! Two dataplanes on the same topology:
+//! - `podswitch`: a podswitchd per node, pods attached through the CNI
+//!   plugin as a container runtime would;
+//! - `kernel`: exactly what flannel writes into a node's kernel (`cni0`
+//!   bridge, `flannel.1` vxlan device with VNI 1 on port 8472 and static
+//!   FDB and ARP entries with onlink routes; host-gw routes), or Calico's
+//!   pod attachment (proxy ARP, /32 routes) in proxy-arp mode.
+//!
+//! A lab's state (nodes, pods, daemons) is kept in
+//! /run/podswitch-lab/NAME/lab.json; every namespace is named
+//! `lab-NAME-...`, so labs of different names live side by side and
+//! `lab down` finds everything.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::kernel_flannel::{self, VxlanNode, VxlanPeer};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use podswitch_engine::config::derived_mac;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Where labs keep their state.
+const LAB_ROOT: &str = "/run/podswitch-lab";
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The lab's name (letters, digits, '-'; up to 12).
+    #[arg(long, default_value = "lab")]
+    name: String,
+    /// Nodes (1 to 9).
+    #[arg(long, default_value_t = 2)]
+    nodes: u8,
+    /// Pods per node (0 to 110, Kubernetes' default maxPods).
+    #[arg(long, default_value_t = 2)]
+    pods_per_node: u8,
+    /// vxlan, ipip, udp, host-gw or directrouting.
+    #[arg(long, default_value = "vxlan")]
+    backend: String,
+    /// bridge (flannel) or proxy-arp (Calico).
+    #[arg(long, default_value = "bridge")]
+    gateway_mode: String,
+    /// podswitch or kernel.
+    #[arg(long, default_value = "podswitch")]
+    dataplane: String,
+    /// static (every node names the others as peers) or etcd (an etcd in
+    /// the underlay namespace at 192.168.100.254 holds flannel's network
+    /// config; nodes start with no subnet and no peers, lease their
+    /// subnets and learn each other there).
+    #[arg(long, default_value = "static")]
+    store: String,
+    /// With --store etcd: the last N nodes run flannel's kernel data path
+    /// (vxlan, bridge mode), their leases written as flanneld writes them
+    /// and their kernels programmed from the other nodes' leases, beside
+    /// podswitch nodes.
+    #[arg(long, default_value_t = 0)]
+    kernel_nodes: u8,
+    /// With --store etcd: members of the lab's etcd cluster (1 or 3), at
+    /// 192.168.100.254, .253 and .252; nodes are given every member.
+    #[arg(long, default_value_t = 1)]
+    etcd_members: u8,
+    /// podswitchd's forwarding threads on each node (default: podswitchd's
+    /// own, one per four CPUs).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// How podswitchd receives tunnel packets: socket or af-xdp (default:
+    /// podswitchd's own, socket).
+    #[arg(long, value_parser = UNDERLAY_KINDS)]
+    underlay_kind: Option<String>,
+}
+
+/// podswitchd's `underlay_kind` values.
+pub const UNDERLAY_KINDS: [&str; 2] = ["socket", "af-xdp"];
+
+/// The most pods a lab node has: Kubernetes' default `maxPods`.
+pub const MAX_PODS_PER_NODE: u8 = 110;
+
+impl UpArgs {
+    /// `nodes` nodes of `pods_per_node` pods each.
+    pub fn sized(mut self, nodes: u8, pods_per_node: u8) -> UpArgs {
+        self.nodes = nodes;
+        self.pods_per_node = pods_per_node;
+        self
+    }
+
+    /// Two nodes with two pods each, bridge mode: the bench's topology.
+    pub fn new(name: &str, dataplane: &str, backend: &str) -> UpArgs {
+        UpArgs {
+            name: name.to_string(),
+            nodes: 2,
+            pods_per_node: 2,
+            backend: backend.to_string(),
+            gateway_mode: "bridge".to_string(),
+            dataplane: dataplane.to_string(),
+            store: "static".to_string(),
+            kernel_nodes: 0,
+            etcd_members: 1,
+            workers: None,
+            underlay_kind: None,
+        }
+    }
+
+    /// podswitchd with `workers` forwarding threads.
+    pub fn workers(mut self, workers: usize) -> UpArgs {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// podswitchd receiving tunnel packets as `kind` says.
+    pub fn underlay_kind(mut self, kind: &str) -> UpArgs {
+        self.underlay_kind = Some(kind.to_string());
+        self
+    }
+}
+
+/// A lab as recorded in lab.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Lab {
+    pub name: String,
+    pub dataplane: String,
+    pub backend: String,
+    pub gateway_mode: String,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+    /// The client URLs of the etcd the nodes lease their subnets from, if
+    /// any (comma-separated).
+    #[serde(default)]
+    pub store: Option<String>,
+    /// podswitchd's forwarding threads, if the lab chose.
+    #[serde(default)]
+    pub workers: Option<usize>,
+    /// How podswitchd receives tunnel packets, if the lab chose.
+    #[serde(default)]
+    pub underlay_kind: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub index: u8,
+    pub netns: String,
+    pub underlay_ip: String,
+    pub pod_cidr: String,
+    /// podswitchd's pid and socket (podswitch dataplane).
+    pub pid: Option<u32>,
+    pub socket: Option<String>,
+    /// A kernel flannel node in a lab of podswitch nodes.
+    #[serde(default)]
+    pub kernel: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pod {
+    pub name: String,
+    pub node: String,
+    pub netns: String,
+    pub ip: String,
+}
+
+fn lab_dir(name: &str) -> PathBuf {
+    Path::new(LAB_ROOT).join(name)
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 12
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        bail!("lab name {name:?}: 1 to 12 letters, digits or '-'");
+    }
+    Ok(())
+}
+
+use crate::run;
+
+fn ip(args: &[&str]) -> Result<String> {
+    run("ip", args)
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut full = vec!["-n", ns];
+    full.extend_from_slice(args);
+    ip(&full)
+}
+
+fn sibling(binary: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("where podswitchctl is")?;
+    let path = exe.with_file_name(binary);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build podswitch (cargo build --release)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+impl Lab {
+    /// Reads a lab's state.
+    pub fn load(name: &str) -> Result<Lab> {
+        check_name(name)?;
+        let path = lab_dir(name).join("lab.json");
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("no lab {name:?} ({})", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}", path.display()))
+    }
+
+    fn save(&self) -> Result<()> {
+        let dir = lab_dir(&self.name);
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join("lab.json.tmp");
+        fs::write(&tmp, serde_json::to_string_pretty(self)?)?;
+        fs::rename(&tmp, dir.join("lab.json"))?;
+        Ok(())
+    }
+
+    /// The pod called `name`.
+    pub fn pod(&self, name: &str) -> Result<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no pod {name:?} in lab {:?}", self.name))
+    }
+}
+
+/// The pods' MTU for a backend over a 1500-byte underlay: what flannel
+/// (and Calico, for IPIP) give pods, the tunnel's overhead taken off.
+pub fn pod_mtu(backend: &str) -> u32 {
+    match backend {
+        "vxlan" | "directrouting" => 1450,
+        "ipip" => 1480,
+        "udp" => 1472,
+        _ => 1500,
+    }
+}
+
+/// A pod's interface, as a CNI plugin leaves it: a veth from the node's
+/// namespace (`host_if`) to the pod's (`eth0`), addressed for the
+/// gateway mode (DESIGN.md): in bridge mode (flannel) a /24 and a default
+/// route via the node's gateway; in proxy-arp mode (Calico) a /32 and a
+/// default route via 169.254.1.1, which the node's side answers for.
+#[derive(Debug, Clone, Copy)]
+pub struct PodInterface<'a> {
+    /// The node's namespace.
+    pub node_netns: &'a str,
+    /// The pod's namespace.
+    pub pod_netns: &'a str,
+    /// The veth's name on the node.
+    pub host_if: &'a str,
+    /// The pod's address.
+    pub ip: &'a str,
+    /// The pod's MAC (none: the kernel's random one).
+    pub mac: Option<&'a str>,
+    /// Its MTU ([`pod_mtu`]).
+    pub mtu: u32,
+    /// `bridge` or `proxy-arp`.
+    pub gateway_mode: &'a str,
+    /// The pod network's gateway (bridge mode).
+    pub gateway: &'a str,
+}
+
+/// Makes the pod's interface [`PodInterface`] describes. The node's side
+/// is left up and unattached: the dataplane takes it from there.
+pub fn pod_interface(pod: &PodInterface) -> Result<()> {
+    ip(&[
+        "link",
+        "add",
+        pod.host_if,
+        "netns",
+        pod.node_netns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.pod_netns,
+    ])?;
+    let mtu = pod.mtu.to_string();
+    let mut eth0 = vec!["link", "set", "eth0"];
+    if let Some(mac) = pod.mac {
+        eth0.extend(["address", mac]);
+    }
+    eth0.extend(["mtu", &mtu, "up"]);
+    in_ns(pod.pod_netns, &eth0)?;
+    in_ns(pod.node_netns, &["link", "set", pod.host_if, "up"])?;
+    if pod.gateway_mode == "bridge" {
+        in_ns(
+            pod.pod_netns,
+            &["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"],
+        )?;
+        in_ns(
+            pod.pod_netns,
+            &["route", "add", "default", "via", pod.gateway],
+        )?;
+    } else {
+        in_ns(
+            pod.pod_netns,
+            &["addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"],
+        )?;
+        in_ns(
+            pod.pod_netns,
+            &[
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ],
+        )?;
+        in_ns(
+            pod.pod_netns,
+            &["route", "add", "default", "via", "169.254.1.1"],
+        )?;
+    }
+    Ok(())
+}
+
+/// Builds a lab.
+pub fn up(args: &UpArgs) -> Result<Lab> {
+    check_name(&args.name)?;
+    if !(1..=9).contains(&args.nodes) || args.pods_per_node > MAX_PODS_PER_NODE {
+        bail!("--nodes 1 to 9, --pods-per-node 0 to {MAX_PODS_PER_NODE}");
+    }
+    if !["vxlan", "ipip", "udp", "host-gw", "directrouting"].contains(&args.backend.as_str()) {
+        bail!(
+            "--backend {:?}: vxlan, ipip, udp, host-gw or directrouting",
+            args.backend
+        );
+    }
+    if !["bridge", "proxy-arp"].contains(&args.gateway_mode.as_str()) {
+        bail!(
+            "--gateway-mode {:?}: bridge or proxy-arp",
+            args.gateway_mode
+        );
+    }
+    let kernel = match args.dataplane.as_str() {
+        "podswitch" => false,
+        "kernel" => true,
+        other => bail!("--dataplane {other:?}: podswitch or kernel"),
+    };
+    let store = match args.store.as_str() {
+        "static" => None,
+        "etcd" => Some(
+            etcd_member_ips(args.etcd_members)?
+                .iter()
+                .map(|ip| format!("http://{ip}:2379"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        other => bail!("--store {other:?}: static or etcd"),
+    };
+    if args.etcd_members != 1 && store.is_none() {
+        bail!("--etcd-members goes with --store etcd");
+    }
+    if args.kernel_nodes > 0
+        && (store.is_none()
+            || kernel
+            || args.backend != "vxlan"
+            || args.gateway_mode != "bridge"
+            || args.kernel_nodes >= args.nodes)
+    {
+        bail!("--kernel-nodes N mixes kernel flannel nodes into a lab of podswitch nodes: it needs --store etcd, --backend vxlan, bridge mode, and fewer kernel nodes than --nodes");
+    }
+    if kernel && store.is_some() && args.gateway_mode != "bridge" {
+        bail!("--dataplane kernel --store etcd runs flannel's nodes: bridge mode");
+    }
+    if kernel && args.backend == "udp" {
+        bail!("the kernel has no udp backend: flannel's udp backend is flanneld forwarding in userspace; use --dataplane podswitch");
+    }
+    // A stale lab of this name goes first.
+    down(&args.name)?;
+    let mut lab = Lab {
+        name: args.name.clone(),
+        dataplane: args.dataplane.clone(),
+        backend: args.backend.clone(),
+        gateway_mode: args.gateway_mode.clone(),
+        nodes: Vec::new(),
+        pods: Vec::new(),
+        store,
+        workers: args.workers,
+        underlay_kind: args.underlay_kind.clone(),
+    };
+    let result = build(&mut lab, args, kernel);
+    if let Err(e) = result {
+        let _ = down(&lab.name);
+        return Err(e);
+    }
+    Ok(lab)
+}
+
+fn build(lab: &mut Lab, args: &UpArgs, kernel: bool) -> Result<()> {
+    let prefix = format!("lab-{}", lab.name);
+    fs::create_dir_all(lab_dir(&lab.name))?;
+    let underlay = format!("{prefix}-ul");
+    ip(&["netns", "add", &underlay])?;
+    in_ns(&underlay, &["link", "add", "br0", "type", "bridge"])?;
+    in_ns(&underlay, &["link", "set", "br0", "up"])?;
+    if lab.store.is_some() {
+        start_etcd(lab, &underlay)?;
+    }
+    for x in 1..=args.nodes {
+        let netns = format!("{prefix}-n{x}");
+        ip(&["netns", "add", &netns])?;
+        in_ns(&netns, &["link", "set", "lo", "up"])?;
+        let port = format!("n{x}");
+        ip(&[
+            "link", "add", "ul0", "netns", &netns, "type", "veth", "peer", "name", &port, "netns",
+            &underlay,
+        ])?;
+        in_ns(&underlay, &["link", "set", &port, "master", "br0", "up"])?;
+        let underlay_ip = format!("192.168.100.{x}");
+        in_ns(
+            &netns,
+            &["addr", "add", &format!("{underlay_ip}/24"), "dev", "ul0"],
+        )?;
+        in_ns(&netns, &["link", "set", "ul0", "up"])?;
+        lab.nodes.push(Node {
+            name: format!("node{x}"),
+            index: x,
+            netns,
+            underlay_ip,
+            pod_cidr: format!("10.244.{x}.0/24"),
+            pid: None,
+            socket: None,
+            kernel: kernel || x > args.nodes - args.kernel_nodes,
+        });
+    }
+    lab.save()?;
+    if lab.store.is_some() && lab.nodes.iter().any(|n| n.kernel) {
+        // The kernel nodes' leases first, as their flanneld would write
+        // them: the podswitch nodes lease around them and learn them.
+        lease_for_kernel_nodes(lab, &underlay)?;
+    }
+    for i in 0..lab.nodes.len() {
+        if !lab.nodes[i].kernel {
+            start_daemon(lab, i)?;
+            lab.save()?;
+        }
+    }
+    kernel_nodes(lab)?;
+    for i in 0..lab.nodes.len() {
+        for y in 1..=args.pods_per_node {
+            let pod = if lab.nodes[i].kernel {
+                kernel_pod(lab, i, y)?
+            } else {
+                cni_pod(lab, i, y)?
+            };
+            lab.pods.push(pod);
+            lab.save()?;
+        }
+    }
+    Ok(())
+}
+
+/// The addresses of the lab's etcd members, on the underlay bridge.
+fn etcd_member_ips(members: u8) -> Result<Vec<String>> {
+    match members {
+        1 | 3 => Ok((0..members)
+            .map(|i| format!("192.168.100.{}", 254 - i))
+            .collect()),
+        other => bail!("--etcd-members {other}: 1 or 3"),
+    }
+}
+
+/// flannel's network config for the lab's backend.
+fn lab_network(backend: &str) -> String {
+    let backend = match backend {
+        "directrouting" => r#"{"Type": "vxlan", "VNI": 1, "DirectRouting": true}"#.to_string(),
+        "vxlan" => r#"{"Type": "vxlan", "VNI": 1}"#.to_string(),
+        other => format!(r#"{{"Type": "{other}"}}"#),
+    };
+    format!(r#"{{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {backend}}}"#)
+}
+
+/// Writes each kernel node's lease (its 10.244.X.0/24, its address, the
+/// VTEP MAC of its flannel.1) into the lab's etcd, as flanneld would.
+fn lease_for_kernel_nodes(lab: &Lab, underlay: &str) -> Result<()> {
+    let options = lab_etcd_options(lab);
+    let leased = podswitch_host::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
+        let store =
+            podswitch_lease::etcd::Store::connect(options).map_err(std::io::Error::other)?;
+        let network = store.network().map_err(std::io::Error::other)?;
+        // flanneld's backend names: DirectRouting is vxlan's option.
+        let backend = match lab.backend.as_str() {
+            "directrouting" => "vxlan",
+            other => other,
+        };
+        for node in lab.nodes.iter().filter(|n| n.kernel) {
+            let attrs = podswitch_lease::flannel::LeaseAttrs::own(
+                node.underlay_ip.parse().map_err(std::io::Error::other)?,
+                backend,
+                1,
+                &derived_mac(0x0e, &node.name).to_string(),
+            );
+            let subnet = node.pod_cidr.parse().map_err(std::io::Error::other)?;
+            store
+                .acquire(&network, &attrs, Some(subnet), None)
+                .map_err(std::io::Error::other)?;
+        }
+        Ok(())
+    });
+    leased.context("writing the kernel nodes' leases")
+}
+
+fn lab_etcd_options(lab: &Lab) -> podswitch_lease::etcd::EtcdOptions {
+    podswitch_lease::etcd::EtcdOptions {
+        endpoints: lab
+            .store
+            .iter()
+            .flat_map(|urls| urls.split(','))
+            .map(str::to_string)
+            .collect(),
+        prefix: podswitch_lease::flannel::DEFAULT_PREFIX.into(),
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+        timeout: Duration::from_secs(2),
+    }
+}
+
+/// etcd in the underlay namespace (one member, or three), its data in the
+/// lab's directory, with flannel's network config written.
+fn start_etcd(lab: &Lab, underlay: &str) -> Result<()> {
+    let dir = lab_dir(&lab.name);
+    in_ns(underlay, &["link", "set", "lo", "up"])?;
+    let urls: Vec<&str> = lab.store.iter().flat_map(|u| u.split(',')).collect();
+    let ips: Vec<&str> = urls
+        .iter()
+        .map(|u| u.trim_start_matches("http://").trim_end_matches(":2379"))
+        .collect();
+    let initial: Vec<String> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("lab{i}=http://{ip}:2380"))
+        .collect();
+    for (i, ip) in ips.iter().enumerate() {
+        in_ns(
+            underlay,
+            &["addr", "add", &format!("{ip}/24"), "dev", "br0"],
+        )?;
+        let (url, peer) = (urls[i], format!("http://{ip}:2380"));
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                underlay,
+                "etcd",
+                "--name",
+                &format!("lab{i}"),
+            ])
+            .arg("--data-dir")
+            .arg(dir.join(format!("etcd{i}")))
+            .args([
+                "--listen-client-urls",
+                url,
+                "--advertise-client-urls",
+                url,
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+                "--initial-cluster",
+                &initial.join(","),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join(format!("etcd{i}.log")))?)
+            .process_group(0)
+            .spawn()
+            .context("starting etcd (Debian's etcd-server; scripts/setup.sh installs it)")?;
+    }
+    let options = lab_etcd_options(lab);
+    let network = lab_network(&lab.backend);
+    let written = podswitch_host::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let attempt = podswitch_lease::etcd::Store::connect(options.clone())
+                .and_then(|store| store.write_network(&network));
+            match attempt {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(std::io::Error::other(e)),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+    written.with_context(|| {
+        let log = fs::read_to_string(dir.join("etcd0.log")).unwrap_or_default();
+        format!("etcd did not take the network config:\n{log}")
+    })
+}
+
+/// podswitchd on node `i`, with every other node as a static peer, or
+/// with the lab's etcd as its lease store.
+fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
+    let node = lab.nodes[i].clone();
+    let dir = lab_dir(&lab.name);
+    let mut config = match &lab.store {
+        Some(urls) => format!(
+            "[node]\nname = \"{}\"\nunderlay_interface = \"ul0\"\ngateway_mode = \"{}\"\n\n\
+             [cluster]\nstore = \"etcd\"\nendpoints = [\"{}\"]\nsubnet_file = \"{}\"\n",
+            node.name,
+            lab.gateway_mode,
+            urls.replace(',', "\", \""),
+            dir.join(format!("{}.subnet.env", node.name)).display()
+        ),
+        None => format!(
+            "[node]\nname = \"{}\"\npod_cidr = \"{}\"\ncluster_cidr = \"10.244.0.0/16\"\nunderlay_interface = \"ul0\"\n\
+             gateway_mode = \"{}\"\n\n[backend]\ntype = \"{}\"\n",
+            node.name, node.pod_cidr, lab.gateway_mode, lab.backend
+        ),
+    };
+    let static_peers = lab
+        .nodes
+        .iter()
+        .filter(|o| lab.store.is_none() && o.index != node.index);
+    for other in static_peers {
+        config.push_str(&format!(
+            "\n[[peer]]\nname = \"{}\"\nunderlay_ip = \"{}\"\npod_cidr = \"{}\"\n",
+            other.name, other.underlay_ip, other.pod_cidr
+        ));
+    }
+    let mut dataplane = String::new();
+    if let Some(workers) = lab.workers {
+        dataplane.push_str(&format!("workers = {workers}\n"));
+    }
+    if let Some(kind) = &lab.underlay_kind {
+        dataplane.push_str(&format!("underlay_kind = \"{kind}\"\n"));
+    }
+    if !dataplane.is_empty() {
+        config.push_str(&format!("\n[dataplane]\n{dataplane}"));
+    }
+    let config_path = dir.join(format!("{}.toml", node.name));
+    fs::write(&config_path, config)?;
+    let socket = dir.join(format!("{}.sock", node.name));
+    let log = fs::File::create(dir.join(format!("{}.log", node.name)))?;
+    let daemon = sibling("podswitchd")?;
+    let child = Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(&daemon)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-file")
+        .arg(dir.join(format!("{}.ports.json", node.name)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting podswitchd")?;
+    lab.nodes[i].pid = Some(child.id());
+    lab.nodes[i].socket = Some(socket.display().to_string());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = socket.exists()
+            && Command::new(sibling("podswitchctl")?)
+                .arg("--socket")
+                .arg(&socket)
+                .arg("status")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+        if ready {
+            if lab.store.is_some() {
+                // The subnet the node leased, for its pods' IPAM.
+                let status = run(
+                    &sibling("podswitchctl")?.display().to_string(),
+                    &[
+                        "--socket",
+                        &socket.display().to_string(),
+                        "--json",
+                        "status",
+                    ],
+                )?;
+                let status: serde_json::Value = serde_json::from_str(&status)?;
+                lab.nodes[i].pod_cidr = status["pod_cidr"]
+                    .as_str()
+                    .context("status without pod_cidr")?
+                    .to_string();
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline || !alive(child.id()) {
+            let log =
+                fs::read_to_string(dir.join(format!("{}.log", node.name))).unwrap_or_default();
+            bail!("podswitchd on {} did not start:\n{log}", node.name);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// A pod attached the way a container runtime attaches it: the CNI
+/// plugin with host-local IPAM.
+fn cni_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
+    let node = &lab.nodes[i];
+    let name = format!("pod{}-{y}", node.index);
+    let netns = format!("lab-{}-{name}", lab.name);
+    ip(&["netns", "add", &netns])?;
+    ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+    let config = json!({
+        "cniVersion": "1.1.0", "name": "lab", "type": "podswitch",
+        "socket": node.socket, "mtu": pod_mtu(&lab.backend), "gatewayMode": lab.gateway_mode,
+        "ipam": {
+            "type": "host-local", "dataDir": lab_dir(&lab.name).join("ipam").join(&node.name),
+            "ranges": [[{ "subnet": node.pod_cidr }]], "routes": [{ "dst": "0.0.0.0/0" }]
+        }
+    });
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.netns])
+        .arg(sibling("podswitch")?)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", &netns)
+        .env("CNI_NETNS", format!("/var/run/netns/{netns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/opt/cni/bin:/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        config.to_string().as_bytes(),
+    )?;
+    let out = child.wait_with_output()?;
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if !out.status.success() {
+        bail!("CNI ADD for {name}: {result}");
+    }
+    let ip = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .context("the CNI result has no address")?
+        .to_string();
+    Ok(Pod {
+        name,
+        node: node.name.clone(),
+        netns,
+        ip,
+    })
+}
+
+/// A node as a kernel flannel node programs it: its pod subnet, its
+/// address on the underlay, its VTEP MAC.
+struct KernelPeer {
+    pod_cidr: String,
+    underlay_ip: String,
+    vtep: String,
+}
+
+/// Every node as a kernel node's flanneld learns it: from the leases in
+/// the lab's etcd (read once for all kernel nodes), or from the lab's
+/// record when there is no store.
+fn kernel_peers(lab: &Lab) -> Result<Vec<KernelPeer>> {
+    if lab.store.is_none() {
+        return Ok(lab
+            .nodes
+            .iter()
+            .map(|o| KernelPeer {
+                pod_cidr: o.pod_cidr.clone(),
+                underlay_ip: o.underlay_ip.clone(),
+                vtep: derived_mac(0x0e, &o.name).to_string(),
+            })
+            .collect());
+    }
+    let options = lab_etcd_options(lab);
+    let underlay = format!("/var/run/netns/lab-{}-ul", lab.name);
+    let leases = podswitch_host::netlink::in_netns(&underlay, || {
+        podswitch_lease::etcd::Store::connect(options)
+            .and_then(|store| store.leases())
+            .map_err(std::io::Error::other)
+    })
+    .context("reading the leases")?;
+    Ok(leases
+        .into_iter()
+        .map(|(subnet, attrs)| KernelPeer {
+            pod_cidr: subnet.to_string(),
+            underlay_ip: attrs.public_ip.to_string(),
+            vtep: attrs.vxlan().map(|d| d.vtep_mac).unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// flannel's kernel configuration on every kernel node (Calico's pod side
+/// in proxy-arp mode).
+fn kernel_nodes(lab: &Lab) -> Result<()> {
+    if !lab.nodes.iter().any(|n| n.kernel) {
+        return Ok(());
+    }
+    let everyone = kernel_peers(lab)?;
+    for node in lab.nodes.iter().filter(|n| n.kernel) {
+        let peers: Vec<&KernelPeer> = everyone
+            .iter()
+            .filter(|p| p.pod_cidr != node.pod_cidr)
+            .collect();
+        let ns = node.netns.as_str();
+        let x = node.index;
+        kernel_flannel::enable_forwarding(ns)?;
+        if lab.gateway_mode == "proxy-arp" {
+            // Proxy ARP answers only for addresses the node routes out of
+            // another interface; Calico's nodes reach 169.254.1.1 through
+            // their default route, and these have none.
+            in_ns(ns, &["route", "add", "169.254.1.1/32", "dev", "ul0"])?;
+        }
+        if lab.gateway_mode == "bridge" {
+            // The pods join it as they are made.
+            kernel_flannel::cni_bridge(ns, &format!("10.244.{x}.1/24"), &[])?;
+        }
+        match lab.backend.as_str() {
+            "vxlan" => {
+                let vtep = derived_mac(0x0e, &node.name).to_string();
+                let network = format!("10.244.{x}.0");
+                let own = VxlanNode {
+                    vtep: &vtep,
+                    local_ip: &node.underlay_ip,
+                    underlay: "ul0",
+                    network: &network,
+                    udp_checksum: None,
+                };
+                kernel_flannel::vxlan_device(ns, &own)?;
+                for other in peers.iter() {
+                    let peer = VxlanPeer {
+                        subnet: &other.pod_cidr,
+                        vtep: &other.vtep,
+                        public_ip: &other.underlay_ip,
+                    };
+                    kernel_flannel::vxlan_peer(ns, &peer)?;
+                }
+            }
+            "host-gw" | "directrouting" => {
+                // All nodes share the underlay subnet: DirectRouting takes
+                // host-gw routes for every peer.
+                for other in peers.iter() {
+                    in_ns(
+                        ns,
+                        &[
+                            "route",
+                            "add",
+                            &other.pod_cidr,
+                            "via",
+                            &other.underlay_ip,
+                            "dev",
+                            "ul0",
+                        ],
+                    )?;
+                }
+            }
+            "ipip" => {
+                let probe = in_ns(ns, &["link", "add", "tunl-probe", "type", "ipip"]);
+                if let Err(e) = probe {
+                    bail!("this machine's kernel has no IPIP support, so the kernel dataplane cannot run the ipip backend ({e}); use --dataplane podswitch");
+                }
+                let _ = in_ns(ns, &["link", "del", "tunl-probe"]);
+                in_ns(ns, &["link", "set", "tunl0", "up"])?;
+                for other in peers.iter() {
+                    in_ns(
+                        ns,
+                        &[
+                            "route",
+                            "add",
+                            &other.pod_cidr,
+                            "via",
+                            &other.underlay_ip,
+                            "dev",
+                            "tunl0",
+                            "onlink",
+                        ],
+                    )?;
+                }
+            }
+            other => bail!("backend {other} has no kernel configuration"),
+        }
+    }
+    Ok(())
+}
+
+/// A pod on the kernel dataplane: on cni0 (bridge) or Calico-style.
+fn kernel_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
+    let node = &lab.nodes[i];
+    let x = node.index;
+    let name = format!("pod{x}-{y}");
+    let netns = format!("lab-{}-{name}", lab.name);
+    let addr = format!("10.244.{x}.{}", u32::from(y) + 1);
+    let host = format!("veth{x}p{y}");
+    ip(&["netns", "add", &netns])?;
+    ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+    pod_interface(&PodInterface {
+        node_netns: &node.netns,
+        pod_netns: &netns,
+        host_if: &host,
+        ip: &addr,
+        mac: None,
+        mtu: pod_mtu(&lab.backend),
+        gateway_mode: &lab.gateway_mode,
+        gateway: &format!("10.244.{x}.1"),
+    })?;
+    if lab.gateway_mode == "bridge" {
+        in_ns(&node.netns, &["link", "set", &host, "master", "cni0"])?;
+    } else {
+        // Calico's node side: proxy ARP for 169.254.1.1 and a /32 route
+        // to the pod.
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &node.netns,
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.conf.{host}.proxy_arp=1"),
+            ],
+        )?;
+        in_ns(
+            &node.netns,
+            &["route", "add", &format!("{addr}/32"), "dev", &host],
+        )?;
+    }
+    Ok(Pod {
+        name,
+        node: node.name.clone(),
+        netns,
+        ip: addr,
+    })
+}
+
+/// Removes a lab (and is quiet when there is none).
+pub fn down(name: &str) -> Result<()> {
+    check_name(name)?;
+    if let Ok(lab) = Lab::load(name) {
+        for node in &lab.nodes {
+            if let Some(pid) = node.pid {
+                stop(pid);
+            }
+        }
+    }
+    let prefix = format!("lab-{name}-");
+    let list = ip(&["netns", "list"]).unwrap_or_default();
+    for ns in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        if ns.starts_with(&prefix) {
+            // Anything still running in it (a daemon from a lab whose
+            // state was lost) goes with it.
+            if let Ok(pids) = run("ip", &["netns", "pids", ns]) {
+                for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
+                    stop(pid);
+                }
+            }
+            ip(&["netns", "del", ns])?;
+        }
+    }
+    let dir = lab_dir(name);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn stop(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if alive(pid) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
+/// The lab as `lab status --json` prints it.
+pub fn status_json(lab: &Lab) -> serde_json::Value {
+    json!({
+        "name": lab.name,
+        "dataplane": lab.dataplane,
+        "backend": lab.backend,
+        "gateway_mode": lab.gateway_mode,
+        "store": lab.store,
+        "nodes": lab.nodes.iter().map(|n| json!({
+            "name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "pod_cidr": n.pod_cidr,
+            "daemon": n.pid.map(|pid| if alive(pid) { "running" } else { "stopped" }),
+            "pid": n.pid, "socket": n.socket,
+            "dataplane": if n.kernel { "kernel" } else { "podswitch" },
+        })).collect::<Vec<_>>(),
+        "pods": lab.pods.iter().map(|p| json!({
+            "name": p.name, "node": p.node, "ip": p.ip, "netns": p.netns,
+        })).collect::<Vec<_>>(),
+    })
+}

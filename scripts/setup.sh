@@ -11,6 +11,8 @@ packages=(
   # tests: namespaces, independent wire-format sources, traffic
   iproute2 procps tcpdump tshark python3-scapy iputils-ping iperf3 ethtool netsniff-ng
   python3-prometheus-client nftables
+  # instructions per packet (scripts/instructions.sh)
+  valgrind
   # the lease store's tests run a real etcd, over TLS too
   etcd-server openssl
   containernetworking-plugins

@@ -1,0 +1,325 @@
+//! Routing a packet to its next hop: the FIB lookup, TTL and MTU, MAC
+//! rewriting for pods and host-gw peers, and encapsulation towards a
+//! tunnel peer (RFC 7348 VXLAN, RFC 2003 IPIP, IP-in-UDP).
+
+use std::net::Ipv4Addr;
+
+use podswitch_encap::ethernet::EthernetFrame;
+use podswitch_encap::icmpv4::Icmpv4Error;
+use podswitch_encap::ipv4::Ipv4Packet;
+use podswitch_encap::tunnel::EncapTemplate;
+use podswitch_encap::{MacAddr, TunnelMode};
+
+use crate::drop::DropReason;
+use crate::fib::NextHop;
+use crate::offload::{
+    accept_vnet_header, complete_partial_checksum, VnetHeader, FLAG_NEEDS_CSUM, GSO_TCPV4,
+};
+use crate::packet::{PacketBuf, PacketPool};
+use crate::peer::{Forwarding, Peer};
+use crate::port::PortId;
+use crate::trace::{Step, Tracer};
+
+use super::{Ctx, Drop, Origin, Output, Outputs, Pipeline, Verdict, ETH};
+
+impl Pipeline {
+    /// Routes the untagged IPv4 frame in `buf`.
+    pub(super) fn route<T: Tracer>(
+        &mut self,
+        ctx: &Ctx<'_>,
+        buf: &mut PacketBuf,
+        origin: Origin,
+        pool: &mut PacketPool,
+        out: &mut Outputs,
+        t: &mut T,
+    ) -> Verdict {
+        let snap = ctx.snap;
+        let packet = match Ipv4Packet::new_checked(&buf.frame()[ETH..]) {
+            Ok(p) => p,
+            Err(e) => return Drop(DropReason::from_ipv4(e)),
+        };
+        if packet.verify_checksum().is_err() {
+            return Drop(DropReason::Ipv4BadChecksum);
+        }
+        let (src, dst, ttl, total_len, dont_frag) = (
+            packet.src(),
+            packet.dst(),
+            packet.ttl(),
+            packet.packet_len(),
+            packet.dont_frag(),
+        );
+        match origin {
+            Origin::Pod(Some(expected)) => {
+                if src != expected {
+                    return Drop(DropReason::SpoofedSourceIp);
+                }
+                t.step(|| Step::SourceOk {
+                    what: "source MAC and IP are the pod's own",
+                });
+            }
+            // A tunnel carries only its peer's pods: anything else is
+            // someone injecting packets into the overlay.
+            Origin::Tunnel(peer) => {
+                let inside = ctx
+                    .snap
+                    .peers
+                    .get(peer)
+                    .is_some_and(|p| p.spec.pod_cidr.contains(src));
+                if !inside {
+                    return Drop(DropReason::SpoofedTunnelSource);
+                }
+                t.step(|| Step::SourceOk {
+                    what: "inner source is inside the peer's pod subnet",
+                });
+            }
+            _ => {}
+        }
+        // Bytes after the total length are link padding, not packet: they
+        // must not travel on (Open vSwitch's CVE-2020-35498 forwarded them).
+        if buf.len() > ETH + total_len {
+            let extra = buf.len() - ETH - total_len;
+            t.step(|| Step::Trimmed { bytes: extra });
+            buf.truncate(ETH + total_len);
+            // A partial checksum a pod's virtio-net header placed in the
+            // padding now points outside the frame: handed on, the kernel
+            // would refuse it ("bad partial csum").
+            if let Some(c) = buf.offload().partial_csum {
+                let inside = buf
+                    .frame_offset(c.start)
+                    .is_some_and(|start| start + usize::from(c.offset) + 2 <= buf.len());
+                if !inside {
+                    return Drop(DropReason::OffloadChecksum);
+                }
+            }
+        }
+        if !is_unicast(dst) || src.is_multicast() || src.is_broadcast() {
+            return Drop(DropReason::Ipv4NotUnicast);
+        }
+        let next_hop = if T::ENABLED {
+            let route = snap.fib.lookup_route(dst);
+            t.step(|| Step::FibLookup { dst, route });
+            route.map(|(_, nh)| nh)
+        } else {
+            snap.fib.lookup(dst)
+        };
+        let Some(next_hop) = next_hop else {
+            return Drop(DropReason::NoRoute);
+        };
+        if origin.is_underlay() && matches!(next_hop, NextHop::Peer(_) | NextHop::Direct(_)) {
+            return Drop(DropReason::TunnelTransit);
+        }
+        match next_hop {
+            NextHop::Blackhole => Drop(DropReason::Blackhole),
+            NextHop::Host => {
+                // Local delivery: the host stack decrements TTL if it forwards.
+                let Some(host) = snap.ports.host else {
+                    return Drop(DropReason::NoHostPort);
+                };
+                if origin == Origin::Host {
+                    return Drop(DropReason::NoRoute);
+                }
+                rewrite_macs(buf, snap.node.gateway_mac, snap.node.gateway_mac, t);
+                t.step(|| Step::Output(host));
+                Output(host)
+            }
+            NextHop::Local(port_id) => {
+                let Some(port) = snap.ports.get(port_id) else {
+                    return Drop(DropReason::PortGone);
+                };
+                let mac = snap.neighbours.get(&dst).map(|n| n.mac).or(port.spec.mac);
+                t.step(|| Step::Neighbour { ip: dst, mac });
+                let Some(mac) = mac else {
+                    return Drop(DropReason::NoNeighbour);
+                };
+                if let Some(verdict) = self.check_ttl(ctx, buf, origin, ttl, pool, out, t) {
+                    return verdict;
+                }
+                rewrite_macs(buf, snap.node.gateway_mac, mac, t);
+                t.step(|| Step::Output(port_id));
+                Output(port_id)
+            }
+            NextHop::Peer(id) | NextHop::Direct(id) => {
+                let Some(peer) = snap.peers.get(id) else {
+                    return Drop(DropReason::PeerGone);
+                };
+                t.step(|| Step::Peer {
+                    id,
+                    name: peer.spec.name.clone(),
+                    underlay_ip: peer.spec.underlay_ip,
+                    mode: peer.tunnel_mode(),
+                });
+                let Some(underlay) = snap.ports.underlay else {
+                    return Drop(DropReason::NoUnderlayPort);
+                };
+                if let Some(verdict) = self.check_ttl(ctx, buf, origin, ttl, pool, out, t) {
+                    return verdict;
+                }
+                let mtu = peer.path_mtu(snap.node.underlay_mtu);
+                // A super-frame leaves as segments of its GSO size (or
+                // whole, segmented by the kernel into the same): what must
+                // fit the path is its largest segment.
+                let wire_len = match buf.offload().gso {
+                    Some(gso) => total_len.min(usize::from(gso.header_len) + usize::from(gso.size)),
+                    None => total_len,
+                };
+                if wire_len > usize::from(mtu) {
+                    if !dont_frag {
+                        // podswitch does not fragment: pods get an MTU that
+                        // fits the tunnel, so only a misconfigured sender
+                        // gets here, and fragmenting inner packets costs
+                        // every receiver a reassembly.
+                        return Drop(DropReason::TooBigNoDf);
+                    }
+                    self.icmp_error(
+                        ctx,
+                        buf,
+                        Icmpv4Error::FragNeeded { next_hop_mtu: mtu },
+                        pool,
+                        out,
+                        t,
+                    );
+                    return Drop(DropReason::FragmentationNeeded);
+                }
+                self.forward_to_peer(ctx, buf, peer, underlay, t)
+            }
+        }
+    }
+
+    /// Sends an ICMP Time Exceeded and returns a drop if the packet's TTL
+    /// does not allow another hop; decrements it otherwise.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(super) fn check_ttl<T: Tracer>(
+        &mut self,
+        ctx: &Ctx<'_>,
+        buf: &mut PacketBuf,
+        origin: Origin,
+        ttl: u8,
+        pool: &mut PacketPool,
+        out: &mut Outputs,
+        t: &mut T,
+    ) -> Option<Verdict> {
+        // Packets the node itself sends are not forwarded by it, as in the
+        // kernel path: no TTL decrement for the host's or our own packets.
+        if matches!(origin, Origin::Local | Origin::Host) {
+            return None;
+        }
+        if ttl <= 1 {
+            self.icmp_error(ctx, buf, Icmpv4Error::TtlExceeded, pool, out, t);
+            return Some(Drop(DropReason::TtlExpired));
+        }
+        Ipv4Packet::new_unchecked(&mut buf.frame_mut()[ETH..]).decrement_ttl();
+        t.step(|| Step::Ttl {
+            from: ttl,
+            to: ttl - 1,
+        });
+        None
+    }
+
+    pub(super) fn forward_to_peer<T: Tracer>(
+        &mut self,
+        ctx: &Ctx<'_>,
+        buf: &mut PacketBuf,
+        peer: &Peer,
+        underlay: PortId,
+        t: &mut T,
+    ) -> Verdict {
+        let node = &ctx.snap.node;
+        match &peer.forwarding {
+            Forwarding::Direct => {
+                rewrite_macs(buf, node.underlay_mac, peer.spec.underlay_mac, t);
+                t.step(|| Step::Output(underlay));
+                Output(underlay)
+            }
+            Forwarding::Tunnel(template) => {
+                if template.tunnel().config().mode == TunnelMode::Vxlan {
+                    // What flannel.1 does: the inner frame goes from our VTEP
+                    // to the peer's (the ARP entry for 10.244.Y.0).
+                    rewrite_macs(buf, node.vtep_mac, peer.spec.vtep_mac, t);
+                }
+                if template.tunnel().config().udp_checksum && !buf.is_gso() {
+                    // The outer UDP checksum covers the inner packet: finish
+                    // the inner one first (a super-frame's outer checksums
+                    // are made per segment).
+                    // (One whose offsets leave the frame stays as it is.)
+                    let _ = complete_partial_checksum(buf);
+                }
+                match self.encapsulate(template, buf) {
+                    Ok(()) => {
+                        if T::ENABLED {
+                            let step = encap_step(template, buf.frame());
+                            t.step(|| step);
+                        }
+                        t.step(|| Step::Output(underlay));
+                        Output(underlay)
+                    }
+                    Err(_) => Drop(DropReason::EncapFailed),
+                }
+            }
+        }
+    }
+
+    #[inline]
+    pub(super) fn encapsulate(
+        &mut self,
+        template: &EncapTemplate,
+        buf: &mut PacketBuf,
+    ) -> Result<(), podswitch_encap::EncapError> {
+        self.ident = self.ident.wrapping_add(1);
+        let mut frame = buf.frame_buf();
+        template.encapsulate(&mut frame, self.ident)?;
+        let (start, end) = (frame.start(), frame.end());
+        buf.adopt_bounds(start, end);
+        Ok(())
+    }
+}
+
+/// Gives a traced frame the offload state a pod's TSO super-frame
+/// arrives with (checked as a port checks it).
+pub(super) fn super_frame_offload(buf: &mut PacketBuf, gso_size: u16) -> Result<(), DropReason> {
+    let frame = buf.frame();
+    let l4 = ETH + usize::from(frame.get(ETH).map_or(0, |b| b & 0x0f)) * 4;
+    let doff = frame.get(l4 + 12).map_or(0, |b| usize::from(b >> 4) * 4);
+    let hdr = VnetHeader {
+        flags: FLAG_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: (l4 + doff) as u16,
+        gso_size,
+        csum_start: l4 as u16,
+        csum_offset: 16,
+    };
+    accept_vnet_header(buf, &hdr).map_err(|_| DropReason::GsoMalformed)
+}
+
+/// Unicast: not 0.0.0.0, not broadcast, not multicast.
+#[inline]
+pub(super) fn is_unicast(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast())
+}
+
+#[inline]
+pub(super) fn rewrite_macs<T: Tracer>(buf: &mut PacketBuf, src: MacAddr, dst: MacAddr, t: &mut T) {
+    let mut eth = EthernetFrame::new_unchecked(buf.frame_mut());
+    eth.set_src(src);
+    eth.set_dst(dst);
+    t.step(|| Step::Rewrite { src, dst });
+}
+
+pub(super) fn encap_step(template: &EncapTemplate, outer: &[u8]) -> Step {
+    let config = template.tunnel().config();
+    let ip = Ipv4Packet::new_unchecked(&outer[ETH..]);
+    let udp = &outer[ETH + 20..];
+    Step::Encapsulated {
+        mode: config.mode,
+        src: ip.src(),
+        dst: ip.dst(),
+        ports: (config.mode != TunnelMode::Ipip).then(|| {
+            (
+                u16::from_be_bytes([udp[0], udp[1]]),
+                u16::from_be_bytes([udp[2], udp[3]]),
+            )
+        }),
+        vni: (config.mode == TunnelMode::Vxlan).then_some(config.vni),
+        len: outer.len(),
+    }
+}

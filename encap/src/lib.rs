@@ -47,6 +47,7 @@ pub mod hex;
 pub mod icmpv4;
 pub mod ipv4;
 pub mod ipv6;
+pub mod offload;
 pub mod pcap;
 pub mod tunnel;
 pub mod udp;

@@ -41,29 +41,7 @@ pub const DEFAULT_LARGE_BUFFERS: usize = 256;
 /// Frames a port moves per call (Open vSwitch's NETDEV_MAX_BURST).
 pub const BATCH_SIZE: usize = 32;
 
-/// Which segmentation offload a super-frame carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GsoKind {
-    /// TCP over IPv4 (TSO): cut the payload at `size`, fix sequence numbers.
-    TcpV4,
-    /// UDP over IPv4 (`UDP_SEGMENT`): one datagram per `size` bytes.
-    UdpL4,
-}
-
-/// A super-frame's segmentation: what the kernel (or podswitch's own
-/// coalescing) left to be cut into wire-sized packets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Gso {
-    /// Transport segmented.
-    pub kind: GsoKind,
-    /// Payload bytes per segment (the MSS for TCP).
-    pub size: u16,
-    /// The first segment carries CWR (virtio's `GSO_ECN`).
-    pub ecn: bool,
-    /// Bytes of the segmented packet's IPv4 and transport headers: a
-    /// segment's IPv4 length is at most `header_len + size`.
-    pub header_len: u16,
-}
+pub use podswitch_encap::offload::{Gso, GsoKind};
 
 /// What offloads left undone on a frame. Offsets are absolute positions in
 /// the buffer, so encapsulation and decapsulation, which only move the

@@ -1,7 +1,8 @@
-//! The offload metadata code (engine/src/offload.rs) over untrusted
-//! bytes: the virtio-net header an AF_PACKET or TAP port receives with a
-//! pod's frame, the offloads recognised on a decapsulated packet, UDP GRO
-//! datagrams merged back into a TCP super-frame, and the checksum
+//! The offload code (the wire-level byte work in encap/src/offload/, the
+//! buffer state in engine/src/offload.rs) over untrusted bytes: the
+//! virtio-net header an AF_PACKET or TAP port receives with a pod's frame,
+//! the offloads recognised on a decapsulated packet, UDP GRO datagrams
+//! merged back into a TCP super-frame, and the checksum
 //! completion an AF_XDP port does.
 //!
 //! Why: a pod chooses both the header and the frame; a kernel peer (or

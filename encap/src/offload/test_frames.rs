@@ -1,0 +1,100 @@
+//! Frames for the offload tests, built with etherparse (an independent
+//! encoder): a TSO super-frame as a veth hands it over, the same frame
+//! inside a tunnel, and a check of a segment's checksums. Shared by this
+//! crate's tests and the engine's (`engine/src/offload.rs`), which include
+//! this file: the including module brings `checksum`, `VnetHeader` and its constants.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+use super::{checksum, VnetHeader, FLAG_NEEDS_CSUM, GSO_ECN, GSO_TCPV4};
+
+/// A TSO super-frame as a veth hands it over: full-length headers and
+/// only the pseudo-header sum in the TCP checksum field.
+pub(crate) fn tso_frame(payload: &[u8], flags_fin_psh_cwr: bool) -> (Vec<u8>, VnetHeader) {
+    let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 244, 1, 2], [10, 244, 2, 2], 64)
+        .tcp(40000, 5201, 1_000_000, 64000);
+    let builder = if flags_fin_psh_cwr {
+        builder.fin().psh().cwr().ack(7)
+    } else {
+        builder.ack(7)
+    };
+    let mut frame = Vec::new();
+    builder.write(&mut frame, payload).unwrap();
+    frame[18..20].copy_from_slice(&0x1234u16.to_be_bytes());
+    let ip_sum = checksum::checksum(&{
+        let mut h = frame[14..34].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    frame[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    let tcp_len = (frame.len() - 34) as u16;
+    let pseudo = checksum::fold(checksum::pseudo_header_v4(
+        Ipv4Addr::new(10, 244, 1, 2),
+        Ipv4Addr::new(10, 244, 2, 2),
+        6,
+        tcp_len,
+    ));
+    frame[50..52].copy_from_slice(&pseudo.to_be_bytes());
+    let hdr = VnetHeader {
+        flags: FLAG_NEEDS_CSUM,
+        gso_type: GSO_TCPV4 | if flags_fin_psh_cwr { GSO_ECN } else { 0 },
+        hdr_len: 54,
+        gso_size: 1398,
+        csum_start: 34,
+        csum_offset: 16,
+    };
+    (frame, hdr)
+}
+
+pub(crate) fn tcp_checksum_ok(seg: &[u8]) -> bool {
+    let p = SlicedPacket::from_ethernet(seg).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+        panic!("not TCP")
+    };
+    let computed = tcp
+        .to_header()
+        .calc_checksum_ipv4(&ip.header().to_header(), tcp.payload())
+        .unwrap();
+    // A computed 0 may be sent as 0xffff (its ones' complement twin,
+    // as skb_checksum_help does); a receiver's sum verifies either.
+    let field = tcp.checksum();
+    (computed == field || (computed == 0 && field == 0xffff))
+        && ip.header().to_header().calc_header_checksum() == ip.header().header_checksum()
+}
+
+/// `inner` behind outer Ethernet/IPv4/UDP/VXLAN headers (or IPv4
+/// protocol 4 for IPIP, which carries the inner IPv4 packet only).
+pub(crate) fn encapsulated(inner: &[u8], vxlan: bool) -> (Vec<u8>, usize) {
+    let mut outer = Vec::new();
+    let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb]).ipv4(
+        [192, 168, 100, 1],
+        [192, 168, 100, 2],
+        64,
+    );
+    if vxlan {
+        let mut payload = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+        payload.extend_from_slice(inner);
+        builder
+            .udp(40000, 8472)
+            .write(&mut outer, &payload)
+            .unwrap();
+        // flannel.1 sends no UDP checksum.
+        outer[40..42].fill(0);
+        (outer, 14 + 20 + 8 + 8 + 14)
+    } else {
+        let ip = &inner[14..];
+        let mut packet = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb])
+            .ipv4([192, 168, 100, 1], [192, 168, 100, 2], 64)
+            .write(&mut packet, etherparse::IpNumber::IPV4, ip)
+            .unwrap();
+        (packet, 14 + 20)
+    }
+}

@@ -1,0 +1,321 @@
+//! The wire-level offload tests: checksums settled and completed,
+//! segmentation and coalescing, each checked with etherparse.
+
+use std::net::Ipv4Addr;
+
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+
+use super::test_frames::{encapsulated, tcp_checksum_ok, tso_frame};
+use super::*;
+
+/// An outer UDP checksum that verifies, is left partial, or was
+/// computed over an inner checksum still partial (LCO) is settled and
+/// cleared; a wrong one is kept for the pipeline to drop.
+#[test]
+fn outer_udp_checksums_are_settled_as_the_kernel_would() {
+    // VXLAN around an inner UDP datagram.
+    let mut inner = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 4])
+        .ipv4([10, 244, 2, 2], [10, 244, 1, 2], 64)
+        .udp(5000, 6000)
+        .write(&mut inner, &[0x5a; 64])
+        .unwrap();
+    let mut vxlan = vec![0x08, 0, 0, 0, 0, 0, 1, 0];
+    vxlan.extend_from_slice(&inner);
+    let mut complete = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([192, 168, 100, 2], [192, 168, 100, 1], 64)
+        .udp(40000, 8472)
+        .write(&mut complete, &vxlan)
+        .unwrap();
+    const INNER_L3: usize = 14 + 20 + 8 + 8 + 14;
+    let outer_len = (complete.len() - 34) as u16;
+    let cleared = |mut f: Vec<u8>| {
+        assert!(settle_outer_udp_checksum(&mut f, 14, INNER_L3));
+        assert_eq!(&f[40..42], &[0, 0]);
+        assert_eq!(f[42..], complete[42..], "nothing else touched");
+    };
+    cleared(complete.clone());
+    // Left partial by the sender's kernel.
+    let pseudo = checksum::fold(checksum::pseudo_header_v4(
+        Ipv4Addr::new(192, 168, 100, 2),
+        Ipv4Addr::new(192, 168, 100, 1),
+        17,
+        outer_len,
+    ));
+    let mut partial = complete.clone();
+    partial[40..42].copy_from_slice(&pseudo.to_be_bytes());
+    cleared(partial);
+    // Wrong, with a complete inner checksum: kept, and not cleared.
+    let mut wrong = complete.clone();
+    wrong[40] ^= 0x01;
+    assert!(!settle_outer_udp_checksum(&mut wrong, 14, INNER_L3));
+    assert_ne!(&wrong[40..42], &[0, 0]);
+    // LCO: the outer checksum was computed as if the inner one were
+    // complete, and the inner one is left partial.
+    let inner_field = INNER_L3 + 20 + 6;
+    let inner_pseudo = checksum::fold(checksum::pseudo_header_v4(
+        Ipv4Addr::new(10, 244, 2, 2),
+        Ipv4Addr::new(10, 244, 1, 2),
+        17,
+        8 + 64,
+    ));
+    let mut lco = complete.clone();
+    lco[inner_field..inner_field + 2].copy_from_slice(&inner_pseudo.to_be_bytes());
+    assert!(settle_outer_udp_checksum(&mut lco, 14, INNER_L3));
+    assert_eq!(&lco[40..42], &[0, 0]);
+    assert_eq!(
+        &lco[inner_field..inner_field + 2],
+        &inner_pseudo.to_be_bytes(),
+        "the inner checksum stays partial, for the pipeline to carry"
+    );
+}
+
+#[test]
+fn completes_a_partial_tcp_checksum_as_the_nic_would() {
+    let payload: Vec<u8> = (0..999u32).map(|i| (i * 7) as u8).collect();
+    let (mut frame, hdr) = tso_frame(&payload, false);
+    assert!(
+        !tcp_checksum_ok(&frame),
+        "a partial checksum does not verify"
+    );
+    complete_checksum(
+        &mut frame,
+        usize::from(hdr.csum_start),
+        usize::from(hdr.csum_offset),
+    )
+    .unwrap();
+    assert!(tcp_checksum_ok(&frame));
+    assert_eq!(
+        complete_checksum(&mut frame, 34, 2000),
+        Err(OffloadError::ChecksumOutOfFrame)
+    );
+    assert_eq!(
+        complete_checksum(&mut frame, 5000, 0),
+        Err(OffloadError::ChecksumOutOfFrame)
+    );
+}
+
+#[test]
+fn recognises_partial_checksums_and_leaves_others_alone() {
+    let payload: Vec<u8> = (0..300u32).map(|i| (i * 13) as u8).collect();
+    let (frame, _) = tso_frame(&payload, false);
+    let mut partial = frame.clone();
+    assert!(complete_partial_l4(&mut partial), "partial: completed");
+    assert!(tcp_checksum_ok(&partial));
+    let mut complete = partial.clone();
+    assert!(!complete_partial_l4(&mut complete), "complete: untouched");
+    assert_eq!(complete, partial);
+    let mut corrupt = partial.clone();
+    corrupt[60] ^= 0xff;
+    let before = corrupt.clone();
+    assert!(!complete_partial_l4(&mut corrupt), "corrupt: left corrupt");
+    assert_eq!(corrupt, before);
+    let mut short = frame[..30].to_vec();
+    assert!(!complete_partial_l4(&mut short));
+}
+
+#[test]
+fn segments_tso_frames_like_the_kernel() {
+    let payload: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    let (frame, hdr) = tso_frame(&payload, true);
+    let seg = Segmenter::new(&frame, &hdr).unwrap();
+    assert_eq!(seg.count(), 10_000usize.div_ceil(1398));
+    let mut joined = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    for i in 0..seg.count() {
+        let len = seg.write(&frame, i, &mut buf).unwrap();
+        let s = &buf[..len];
+        assert!(tcp_checksum_ok(s), "segment {i} checksums");
+        let p = SlicedPacket::from_ethernet(s).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = &p.net else {
+            panic!()
+        };
+        let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+            panic!()
+        };
+        assert_eq!(
+            ip.header().identification(),
+            0x1234u16.wrapping_add(i as u16)
+        );
+        assert_eq!(tcp.sequence_number(), 1_000_000 + (i * 1398) as u32);
+        assert_eq!(tcp.acknowledgment_number(), 7);
+        let last = i + 1 == seg.count();
+        assert_eq!(tcp.fin(), last, "FIN only on the last segment");
+        assert_eq!(tcp.psh(), last, "PSH only on the last segment");
+        assert_eq!(tcp.cwr(), i == 0, "CWR only on the first segment");
+        assert!(len <= 14 + 1450);
+        joined.extend_from_slice(tcp.payload());
+    }
+    assert_eq!(joined, payload);
+    assert!(
+        seg.write(&frame, 0, &mut [0u8; 100]).is_none(),
+        "too small a buffer"
+    );
+}
+
+#[test]
+fn segments_udp_gso_and_refuses_what_it_cannot() {
+    let payload = vec![0xabu8; 3000];
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2([2; 6], [4; 6])
+        .ipv4([10, 244, 1, 2], [10, 244, 1, 3], 64)
+        .udp(5000, 6000)
+        .write(&mut frame, &payload)
+        .unwrap();
+    let hdr = VnetHeader {
+        gso_type: GSO_UDP_L4,
+        gso_size: 1000,
+        ..VnetHeader::default()
+    };
+    let seg = Segmenter::new(&frame, &hdr).unwrap();
+    assert_eq!(seg.count(), 3);
+    let mut buf = vec![0u8; 2048];
+    for i in 0..3 {
+        let len = seg.write(&frame, i, &mut buf).unwrap();
+        let p = SlicedPacket::from_ethernet(&buf[..len]).unwrap();
+        let Some(NetSlice::Ipv4(ip)) = &p.net else {
+            panic!()
+        };
+        let Some(TransportSlice::Udp(udp)) = &p.transport else {
+            panic!()
+        };
+        assert_eq!(udp.payload().len(), 1000);
+        assert_eq!(
+            udp.to_header()
+                .calc_checksum_ipv4(&ip.header().to_header(), udp.payload())
+                .unwrap(),
+            udp.checksum()
+        );
+    }
+    let tcp6 = VnetHeader {
+        gso_type: GSO_TCPV6,
+        gso_size: 1000,
+        ..hdr
+    };
+    assert_eq!(
+        Segmenter::new(&frame, &tcp6).unwrap_err(),
+        OffloadError::GsoUnsupported(GSO_TCPV6)
+    );
+    let wrong = VnetHeader {
+        gso_type: GSO_TCPV4,
+        ..hdr
+    };
+    assert!(matches!(
+        Segmenter::new(&frame, &wrong),
+        Err(OffloadError::GsoMalformed(_))
+    ));
+    assert!(matches!(
+        Segmenter::new(&frame[..20], &hdr),
+        Err(OffloadError::GsoMalformed(_))
+    ));
+    let zero = VnetHeader { gso_size: 0, ..hdr };
+    assert!(Segmenter::new(&frame, &zero).is_err());
+}
+
+/// A VXLAN super-frame's datagrams as a `UDP_SEGMENT` send carries
+/// them, and as a `UDP_GRO` socket hands them over: back to back.
+fn burst(payload: &[u8], mss: u16) -> (Vec<u8>, usize, Vec<u8>) {
+    let (inner, _) = tso_frame(payload, false);
+    let (outer, l3) = encapsulated(&inner, true);
+    let segmenter = Segmenter::at(&outer, l3, GsoKind::TcpV4, mss).unwrap();
+    let udp_payload = 42;
+    // Gathered as the underlay port gathers them: each datagram is its
+    // headers (from write_headers) and its payload (from the frame).
+    let mut datagrams = Vec::new();
+    let mut headers = vec![0u8; segmenter.header_bytes()];
+    for i in 0..segmenter.count() {
+        segmenter.write_headers(&outer, i, &mut headers).unwrap();
+        datagrams.extend_from_slice(&headers[udp_payload..]);
+        datagrams.extend_from_slice(&outer[segmenter.chunk(i)]);
+    }
+    let each = segmenter.datagram_len(udp_payload);
+    (datagrams, each, inner)
+}
+
+#[test]
+fn datagrams_of_one_flow_merge_back_into_the_super_frame() {
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 255) as u8).collect();
+    let (mut datagrams, each, inner) = burst(&payload, 1398);
+    let count = datagrams.len().div_ceil(each);
+    assert_eq!(count, 20_000usize.div_ceil(1398));
+    // Every datagram is a complete VXLAN payload a kernel would take.
+    for k in 0..count {
+        let d = &datagrams[k * each..((k + 1) * each).min(datagrams.len())];
+        assert_eq!(&d[..8], &[0x08, 0, 0, 0, 0, 0, 1, 0], "VXLAN header");
+        assert!(tcp_checksum_ok(&d[8..]), "datagram {k}");
+    }
+    let merged = coalesce_datagrams(&mut datagrams, each, VXLAN_L3).unwrap();
+    assert_eq!(merged.count, count);
+    assert_eq!(merged.gso.size, 1398);
+    assert_eq!(merged.gso.header_len, 40);
+    let frame = &datagrams[8..merged.len];
+    // The original super-frame, with its partial checksum.
+    assert_eq!(frame, &inner[..]);
+}
+
+const VXLAN_L3: usize = 8 + 14;
+
+#[test]
+fn datagrams_that_are_not_one_flow_in_order_stay_as_they_came() {
+    let payload: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
+    let (good, each, _) = burst(&payload, 1398);
+    let tcp = VXLAN_L3 + 20;
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Damage)> = vec![
+        (
+            "second out of order",
+            Box::new(move |d| d[each + tcp + 4..each + tcp + 8].copy_from_slice(&[0, 0, 0, 1])),
+        ),
+        (
+            "a corrupt payload byte",
+            Box::new(move |d| d[each + 100] ^= 0x40),
+        ),
+        (
+            "another destination port",
+            Box::new(move |d| d[2 * each + tcp + 3] ^= 1),
+        ),
+        ("a SYN", Box::new(move |d| d[tcp + 13] |= 0x02)),
+        ("another VNI", Box::new(move |d| d[each + 6] ^= 1)),
+        (
+            "a truncated last datagram",
+            Box::new(|d| {
+                let n = d.len() - 10;
+                d.truncate(n)
+            }),
+        ),
+    ];
+    for (what, damage) in cases {
+        let mut d = good.clone();
+        damage(&mut d);
+        let before = d.clone();
+        assert!(
+            coalesce_datagrams(&mut d, each, VXLAN_L3).is_none(),
+            "{what}"
+        );
+        assert_eq!(d, before, "{what}: left as it came");
+    }
+    let mut single = good[..each].to_vec();
+    assert!(coalesce_datagrams(&mut single, each, VXLAN_L3).is_none());
+    assert!(coalesce_datagrams(&mut good.clone(), 0, VXLAN_L3).is_none());
+}
+
+proptest::proptest! {
+    /// Cut for the wire, merged again: the same super-frame, for any
+    /// size and segment size, and every datagram checks with
+    /// etherparse.
+    #[test]
+    fn cut_then_merged_is_the_same_super_frame(len in 1500usize..40_000, mss in 536u16..1410) {
+        let payload: Vec<u8> = (0..len as u32).map(|i| (i ^ (i >> 8)) as u8).collect();
+        let (mut datagrams, each, inner) = burst(&payload, mss);
+        let count = datagrams.len().div_ceil(each);
+        for k in 0..count {
+            let d = &datagrams[k * each..((k + 1) * each).min(datagrams.len())];
+            proptest::prop_assert!(tcp_checksum_ok(&d[8..]));
+        }
+        if count > 1 {
+            let merged = coalesce_datagrams(&mut datagrams, each, VXLAN_L3).unwrap();
+            proptest::prop_assert_eq!(&datagrams[8..merged.len], &inner[..]);
+        }
+    }
+}

@@ -162,9 +162,7 @@ impl Handler {
                 anti_spoof,
                 kind,
             } => {
-                // A kind the daemon cannot open is refused before the
-                // tables change.
-                let kind = kind.as_deref().map(str::parse::<PodPortKind>).transpose()?;
+                let kind = *kind;
                 let mut spec = PortSpec::pod(interface, *ip, *mac);
                 spec.anti_spoof = *anti_spoof;
                 spec.container_id = container_id.clone();
@@ -348,10 +346,7 @@ impl Handler {
         let snap = self.tables.load();
         let underlay_ip = *underlay_ip;
         let o = underlay_ip.octets();
-        let backend = match backend {
-            Some(b) => b.parse::<Backend>()?,
-            None => snap.node.backend,
-        };
+        let backend = backend.unwrap_or(snap.node.backend);
         // host-gw next hops need the peer's real MAC: ask the underlay
         // when the request does not say.
         let direct = backend == Backend::HostGw
@@ -439,7 +434,7 @@ impl Handler {
             .map(|p| PortInfo {
                 port: p.id.0,
                 interface: p.spec.name.clone(),
-                role: p.spec.role.to_string(),
+                role: p.spec.role,
                 kind: self.datapath.port_kind(p.id),
                 worker: self.datapath.port_worker(p.id),
                 ip: p.spec.ip,
@@ -458,11 +453,11 @@ impl Handler {
             node: node.name.clone(),
             pod_cidr: node.pod_cidr,
             cluster_cidr: node.cluster_cidr,
-            gateway_mode: node.gateway_mode.to_string(),
+            gateway_mode: node.gateway_mode,
             gateway: node.gateway_ip,
             underlay_ip: node.underlay_ip,
             vtep_mac: node.vtep_mac,
-            backend: node.backend.to_string(),
+            backend: node.backend,
             vni: node.vni.get(),
             mtu: node.pod_mtu(),
             underlay_mtu: node.underlay_mtu,
@@ -600,7 +595,7 @@ fn peers(snap: &Snapshot) -> Vec<PeerInfo> {
             name: p.spec.name.clone(),
             underlay_ip: p.spec.underlay_ip,
             pod_cidr: p.spec.pod_cidr,
-            backend: p.spec.backend.to_string(),
+            backend: p.spec.backend,
             vni: p.spec.vni.get(),
             vtep_mac: p.spec.vtep_mac,
             forwarding: match &p.forwarding {

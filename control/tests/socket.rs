@@ -173,19 +173,6 @@ fn every_request_type() {
         },
         "overlaps",
     );
-    fails(
-        &mut c,
-        Request::PeerAdd {
-            name: "node4".into(),
-            underlay_ip: "192.168.100.4".parse().unwrap(),
-            pod_cidr: "10.244.4.0/24".parse().unwrap(),
-            vtep_mac: "d6:8a:5e:47:3c:04".parse().unwrap(),
-            underlay_mac: None,
-            backend: Some("gre".into()),
-            vni: None,
-        },
-        "unknown backend",
-    );
     assert_eq!(ok(&mut c, Request::PeerList)[0]["forwarding"], "vxlan");
 
     ok(
@@ -390,6 +377,15 @@ fn bad_input_gets_an_error_and_the_connection_keeps_working() {
         (
             r#"{"v":1,"request":"trace","in_port":"eth0","frame":{"dst_ip":"10.1.1.1","src_ip":"x"}}"#,
             "\"x\" is not an IPv4 address",
+        ),
+        // Unknown names, every choice named in the error.
+        (
+            r#"{"v":1,"request":"peer-add","name":"node4","underlay_ip":"192.168.100.4","pod_cidr":"10.244.4.0/24","vtep_mac":"d6:8a:5e:47:3c:04","backend":"gre"}"#,
+            "backend \"gre\": one of vxlan, ipip, udp, host-gw, directrouting",
+        ),
+        (
+            r#"{"v":1,"request":"port-add","interface":"veth-z","ip":"10.244.1.9","mac":"0a:58:0a:f4:01:09","kind":"af_xdp"}"#,
+            "port kind \"af_xdp\": one of af-packet, af-xdp, tap",
         ),
     ] {
         let v = reply(&mut c, line);

@@ -1,78 +1,15 @@
 //! The node's settings: what flannel or Calico would have configured on the
 //! node's kernel, said once.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 
 use podswitch_encap::{MacAddr, Vni};
 
 use crate::fib::Prefix;
 
-/// How pods reach their gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GatewayMode {
-    /// flannel: pods share a bridge (cni0) with a gateway address (the
-    /// pod subnet's .1); same-subnet pods talk over L2.
-    Bridge,
-    /// Calico: every pod has a /32 and `default via 169.254.1.1`; the host
-    /// side answers every ARP request with ee:ee:ee:ee:ee:ee; there is no L2
-    /// between pods.
-    ProxyArp,
-}
-
-impl fmt::Display for GatewayMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            GatewayMode::Bridge => "bridge",
-            GatewayMode::ProxyArp => "proxy-arp",
-        })
-    }
-}
-
-/// How this node reaches other nodes' pods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Backend {
-    /// flannel vxlan (VNI 1, port 8472).
-    Vxlan,
-    /// Calico IPIP.
-    Ipip,
-    /// flannel udp (port 8285).
-    Udp,
-    /// flannel host-gw: routes via the node's underlay address, no tunnel.
-    HostGw,
-    /// flannel DirectRouting: host-gw for peers on our underlay subnet,
-    /// VXLAN for the others.
-    DirectRouting,
-}
-
-impl fmt::Display for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Backend::Vxlan => "vxlan",
-            Backend::Ipip => "ipip",
-            Backend::Udp => "udp",
-            Backend::HostGw => "host-gw",
-            Backend::DirectRouting => "directrouting",
-        })
-    }
-}
-
-impl std::str::FromStr for Backend {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "vxlan" => Ok(Backend::Vxlan),
-            "ipip" => Ok(Backend::Ipip),
-            "udp" => Ok(Backend::Udp),
-            "host-gw" => Ok(Backend::HostGw),
-            "directrouting" => Ok(Backend::DirectRouting),
-            other => Err(format!(
-                "unknown backend {other:?}: vxlan, ipip, udp, host-gw or directrouting"
-            )),
-        }
-    }
-}
+// The names config files and requests use, shared through the vocabulary
+// crate.
+pub use podswitch_addr::{Backend, GatewayMode};
 
 /// Calico's gateway address for pods in proxy-ARP mode.
 pub const PROXY_ARP_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);

@@ -507,9 +507,8 @@ mod tests {
 
     use super::*;
     use crate::config::NodeConfig;
-    use crate::encap::checksum;
     use crate::kernel_port::OpenedKind;
-    use crate::port::socket_pair::socket_port;
+    use crate::port::socket_pair::{frame, socket_port};
 
     const MAC1: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
     const MAC2: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
@@ -589,26 +588,6 @@ mod tests {
         };
         let datapath = Datapath::start(tables(), options, Box::new(Arc::clone(&kernel))).unwrap();
         (datapath, kernel)
-    }
-
-    /// A UDP frame from one pod to the other on the node's bridge.
-    fn frame(src: (MacAddr, Ipv4Addr), dst: (MacAddr, Ipv4Addr)) -> Vec<u8> {
-        let mut f = vec![0u8; 64];
-        f[0..6].copy_from_slice(&dst.0 .0);
-        f[6..12].copy_from_slice(&src.0 .0);
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        f[14] = 0x45;
-        f[16..18].copy_from_slice(&50u16.to_be_bytes());
-        f[22] = 64;
-        f[23] = 17;
-        f[26..30].copy_from_slice(&src.1.octets());
-        f[30..34].copy_from_slice(&dst.1.octets());
-        let c = checksum::checksum(&f[14..34]);
-        f[24..26].copy_from_slice(&c.to_be_bytes());
-        f[34..36].copy_from_slice(&40000u16.to_be_bytes());
-        f[36..38].copy_from_slice(&5201u16.to_be_bytes());
-        f[38..40].copy_from_slice(&30u16.to_be_bytes());
-        f
     }
 
     #[test]

@@ -23,27 +23,7 @@ impl fmt::Display for PortId {
     }
 }
 
-/// What a port is attached to, which decides how the pipeline treats
-/// frames from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PortRole {
-    /// The host side of a pod's interface.
-    Pod,
-    /// The node's link to other nodes: tunnels and host-gw traffic.
-    Underlay,
-    /// The node's own network stack (a TUN device).
-    Host,
-}
-
-impl fmt::Display for PortRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PortRole::Pod => "pod",
-            PortRole::Underlay => "underlay",
-            PortRole::Host => "host",
-        })
-    }
-}
+pub use podswitch_addr::PortRole;
 
 /// How a port moves frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -239,7 +219,7 @@ impl Port for MemoryPort {
 }
 
 /// A port over one end of a datagram socket pair, for the engine's own
-/// tests: a worker polls it like a kernel port.
+/// tests: a worker polls it like a kernel port; and the frame they send.
 #[cfg(test)]
 pub(crate) mod socket_pair {
     use std::io;
@@ -296,6 +276,29 @@ pub(crate) mod socket_pair {
         fn poll_fds(&self) -> Vec<RawFd> {
             vec![self.socket.as_raw_fd()]
         }
+    }
+
+    /// A UDP frame from one pod to the other on the node's bridge.
+    pub(crate) fn frame(
+        src: (crate::encap::MacAddr, std::net::Ipv4Addr),
+        dst: (crate::encap::MacAddr, std::net::Ipv4Addr),
+    ) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[0..6].copy_from_slice(&dst.0 .0);
+        f[6..12].copy_from_slice(&src.0 .0);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&50u16.to_be_bytes());
+        f[22] = 64;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&src.1.octets());
+        f[30..34].copy_from_slice(&dst.1.octets());
+        let c = crate::encap::checksum::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+        f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&5201u16.to_be_bytes());
+        f[38..40].copy_from_slice(&30u16.to_be_bytes());
+        f
     }
 
     /// A port for `id` and the test's end of it.

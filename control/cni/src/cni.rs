@@ -149,14 +149,10 @@ impl Env {
     }
 }
 
-/// How the pod reaches its gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GatewayMode {
-    /// flannel: the pod's prefix and `default via` the subnet's gateway.
-    Bridge,
-    /// Calico: a /32, `169.254.1.1 dev eth0 scope link`, `default via 169.254.1.1`.
-    ProxyArp,
-}
+/// How the pod reaches its gateway: bridge (flannel: the pod's prefix and
+/// `default via` the subnet's gateway) or proxy-arp (Calico: a /32,
+/// `169.254.1.1 dev eth0 scope link`, `default via 169.254.1.1`).
+pub(crate) use podswitch_addr::GatewayMode;
 
 /// The network configuration (SPEC.md, "Network configuration"), with
 /// podswitch's own keys.
@@ -244,15 +240,13 @@ impl NetConf {
                 _ => return Err(invalid(format!("mtu {v}: a number from 576 to 9000"))),
             },
         };
-        let gateway_mode = match raw.get("gatewayMode").map(|v| v.as_str()) {
-            None | Some(Some("bridge")) => GatewayMode::Bridge,
-            Some(Some("proxy-arp")) => GatewayMode::ProxyArp,
-            Some(_) => {
-                return Err(invalid(format!(
-                    "gatewayMode {}: \"bridge\" or \"proxy-arp\"",
-                    raw["gatewayMode"]
-                )))
-            }
+        let gateway_mode = match raw.get("gatewayMode") {
+            None => GatewayMode::Bridge,
+            Some(v) => v
+                .as_str()
+                .ok_or_else(|| format!("gateway mode {v}: a string"))
+                .and_then(str::parse)
+                .map_err(|e| invalid(format!("gatewayMode: {e}")))?,
         };
         let ipam_type = match raw
             .get("ipam")

@@ -19,7 +19,9 @@
 //! This crate is the protocol alone: the request and reply types and
 //! [`client`], the blocking client podswitchctl and the CNI plugin use;
 //! each request's result has its type in [`reply`]. MACs and networks are
-//! podswitch-addr's [`MacAddr`] and [`Prefix`], the types the engine uses.
+//! podswitch-addr's [`MacAddr`] and [`Prefix`], and its named choices
+//! ([`Backend`], [`GatewayMode`], [`PortRole`], [`PodPortKind`]): the types
+//! the engine uses.
 //! It depends on serde and podswitch-addr and nothing else of podswitch,
 //! so that the CNI plugin, which a container runtime runs once per pod,
 //! does not link the data path. The server side lives in
@@ -32,7 +34,9 @@ pub mod client;
 mod ipv4_field;
 pub mod reply;
 
-pub use podswitch_addr::{MacAddr, ParseMacError, Prefix, PrefixError};
+pub use podswitch_addr::{
+    Backend, GatewayMode, MacAddr, ParseMacError, PodPortKind, PortRole, Prefix, PrefixError,
+};
 pub use reply::*;
 
 use std::net::Ipv4Addr;
@@ -147,7 +151,7 @@ pub enum Request {
         /// veth's host side) or `tap` (a TAP device the daemon creates);
         /// default: the daemon's `port_kind` (af-packet).
         #[serde(default)]
-        kind: Option<String>,
+        kind: Option<PodPortKind>,
     },
     /// Detach a port.
     PortDel {
@@ -188,7 +192,7 @@ pub enum Request {
         underlay_mac: Option<MacAddr>,
         /// vxlan, ipip, udp, host-gw or directrouting (default: the node's).
         #[serde(default)]
-        backend: Option<String>,
+        backend: Option<Backend>,
         /// VNI (default: the node's).
         #[serde(default)]
         vni: Option<u32>,

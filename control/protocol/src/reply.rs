@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{MacAddr, NextHopSpec, Prefix};
+use crate::{Backend, GatewayMode, MacAddr, NextHopSpec, PortRole, Prefix};
 
 /// `version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +33,7 @@ pub struct Status {
     /// The whole cluster's pod network.
     pub cluster_cidr: Prefix,
     /// `bridge` or `proxy-arp`.
-    pub gateway_mode: String,
+    pub gateway_mode: GatewayMode,
     /// The pods' gateway address.
     pub gateway: Ipv4Addr,
     /// The node's underlay address.
@@ -41,7 +41,7 @@ pub struct Status {
     /// The node's VTEP MAC.
     pub vtep_mac: MacAddr,
     /// vxlan, ipip, udp, host-gw or directrouting.
-    pub backend: String,
+    pub backend: Backend,
     /// The VXLAN network identifier.
     pub vni: u32,
     /// The pods' MTU (the underlay's less the tunnel overhead).
@@ -102,7 +102,7 @@ pub struct PortInfo {
     /// Host-side interface name.
     pub interface: String,
     /// `pod`, `underlay` or `host`.
-    pub role: String,
+    pub role: PortRole,
     /// How the daemon moves its frames (`af-packet`, `udp-socket`, ...).
     pub kind: Option<String>,
     /// The worker thread that owns it.
@@ -146,7 +146,7 @@ pub struct PeerInfo {
     /// Its pod subnet.
     pub pod_cidr: Prefix,
     /// Its backend.
-    pub backend: String,
+    pub backend: Backend,
     /// The VNI.
     pub vni: u32,
     /// Its VTEP MAC.

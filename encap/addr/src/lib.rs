@@ -1,12 +1,14 @@
-//! # podswitch-addr: the addresses podswitch speaks of
+//! # podswitch-addr: the addresses and names podswitch speaks of
 //!
 //! A MAC address ([`MacAddr`]) and an IPv4 prefix ([`Prefix`]), with the
-//! text forms `ip` prints (`0a:58:0a:f4:01:02`, `10.244.1.0/24`). They are
-//! podswitch's vocabulary: the wire formats (podswitch-encap), the tables
-//! (podswitch-engine) and the control protocol (podswitch-protocol) use
-//! these same types, so that nothing converts between look-alikes and
-//! each is parsed in one place. With the `serde` feature both travel as
-//! their text.
+//! text forms `ip` prints (`0a:58:0a:f4:01:02`, `10.244.1.0/24`), and the
+//! named choices ([`Backend`], [`GatewayMode`], [`PortRole`],
+//! [`PodPortKind`]) as configuration files and the control protocol spell
+//! them. They are podswitch's vocabulary: the wire formats
+//! (podswitch-encap), the tables (podswitch-engine), the control protocol
+//! (podswitch-protocol) and the CNI plugin use these same types, so that
+//! nothing converts between look-alikes and each is parsed in one place.
+//! With the `serde` feature all of them travel as their text.
 //!
 //! No I/O, no allocation but in error messages, no `unsafe`; std only.
 
@@ -16,6 +18,10 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+
+mod names;
+
+pub use names::{Backend, GatewayMode, PodPortKind, PortRole};
 
 /// A 48-bit IEEE MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
@@ -235,11 +241,11 @@ impl FromStr for Prefix {
 
 #[cfg(feature = "serde")]
 mod text {
-    //! Both types travel as their text in serde formats.
+    //! Every type travels as its text in serde formats.
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    use super::{MacAddr, Prefix};
+    use super::{Backend, GatewayMode, MacAddr, PodPortKind, PortRole, Prefix};
 
     macro_rules! serde_as_text {
         ($($ty:ty),*) => {$(
@@ -258,7 +264,7 @@ mod text {
         )*};
     }
 
-    serde_as_text!(MacAddr, Prefix);
+    serde_as_text!(MacAddr, Prefix, Backend, GatewayMode, PortRole, PodPortKind);
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 
 use std::fmt;
 use std::io;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use super::{AfPacketPort, AfXdpPort, TapPort};
@@ -15,50 +14,7 @@ use crate::stats::Stats;
 use crate::sys::netdev;
 use crate::sys::xdp::{self, StaleProgram, XdpMode};
 
-/// How a pod port may be asked to move frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum PodPortKind {
-    /// AF_PACKET on the host side of the pod's veth, carrying super-frames
-    /// both ways: the default (docs/benchmarks.md, "Latest figures").
-    #[default]
-    AfPacket,
-    /// AF_XDP on the host side of the pod's veth: faster for small
-    /// packets, but any XDP program on a veth takes TSO off its peer
-    /// (`veth_xdp_set`), so TCP moves frame by frame.
-    AfXdp,
-    /// A TAP device podswitchd creates under the port's name, which can be
-    /// moved into the pod's namespace.
-    Tap,
-}
-
-impl PodPortKind {
-    /// Every kind, as configuration and requests name them.
-    pub const ALL: [PodPortKind; 3] = [PodPortKind::AfPacket, PodPortKind::AfXdp, PodPortKind::Tap];
-}
-
-impl fmt::Display for PodPortKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PodPortKind::AfPacket => "af-packet",
-            PodPortKind::AfXdp => "af-xdp",
-            PodPortKind::Tap => "tap",
-        })
-    }
-}
-
-impl FromStr for PodPortKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<PodPortKind, String> {
-        PodPortKind::ALL
-            .into_iter()
-            .find(|k| k.to_string() == s)
-            .ok_or_else(|| {
-                let names: Vec<String> = PodPortKind::ALL.iter().map(|k| k.to_string()).collect();
-                format!("port kind {s:?}: one of {}", names.join(", "))
-            })
-    }
-}
+pub use podswitch_addr::PodPortKind;
 
 /// How an opened pod port moves frames: the kind asked for, or what the
 /// kernel left of it.

@@ -325,34 +325,14 @@ mod tests {
     use super::*;
     use crate::config::NodeConfig;
     use crate::drop::DropReason;
-    use crate::encap::{checksum, MacAddr};
-    use crate::port::socket_pair::socket_port;
+    use crate::encap::MacAddr;
+    use crate::port::socket_pair::{frame, socket_port};
     use crate::tables::PortSpec;
 
     const MAC1: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
     const MAC2: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
     const IP1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
     const IP2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
-
-    /// A UDP frame from one pod to the other on the node's bridge.
-    fn frame(src: (MacAddr, Ipv4Addr), dst: (MacAddr, Ipv4Addr)) -> Vec<u8> {
-        let mut f = vec![0u8; 64];
-        f[0..6].copy_from_slice(&dst.0 .0);
-        f[6..12].copy_from_slice(&src.0 .0);
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        f[14] = 0x45;
-        f[16..18].copy_from_slice(&50u16.to_be_bytes());
-        f[22] = 64;
-        f[23] = 17;
-        f[26..30].copy_from_slice(&src.1.octets());
-        f[30..34].copy_from_slice(&dst.1.octets());
-        let c = checksum::checksum(&f[14..34]);
-        f[24..26].copy_from_slice(&c.to_be_bytes());
-        f[34..36].copy_from_slice(&40000u16.to_be_bytes());
-        f[36..38].copy_from_slice(&5201u16.to_be_bytes());
-        f[38..40].copy_from_slice(&30u16.to_be_bytes());
-        f
-    }
 
     /// Node 1 of the address plan, flannel's defaults.
     fn tables() -> Arc<Tables> {

@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use podswitch_control::client::{Client, ClientError};
 use podswitch_control::protocol::{
-    CaptureResult, FdbTable, Flushed, FrameSpec, MacAddr, Neighbour, NextHopSpec, PeerInfo,
-    PeerRef, PortInfo, PortRef, Prefix, Request, RouteInfo, Stats, Status, StoreStatus,
-    TraceResult, VersionInfo,
+    Backend, CaptureResult, FdbTable, Flushed, FrameSpec, MacAddr, Neighbour, NextHopSpec,
+    PeerInfo, PeerRef, PodPortKind, PortInfo, PortRef, Prefix, Request, RouteInfo, Stats, Status,
+    StoreStatus, TraceResult, VersionInfo,
 };
 use serde_json::Value;
 
@@ -82,7 +82,7 @@ pub(crate) enum PortCommand {
         /// daemon's port_kind, af-packet) or tap (the daemon creates a TAP
         /// device of this name).
         #[arg(long)]
-        kind: Option<String>,
+        kind: Option<PodPortKind>,
     },
     /// Detach a port.
     Del {
@@ -131,7 +131,7 @@ pub(crate) enum PeerCommand {
         underlay_mac: Option<MacAddr>,
         /// vxlan, ipip, udp, host-gw or directrouting (default: the node's).
         #[arg(long)]
-        backend: Option<String>,
+        backend: Option<Backend>,
         /// VNI (default: the node's).
         #[arg(long)]
         vni: Option<u32>,
@@ -228,7 +228,7 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
             container_id: container_id.clone(),
             ifname: ifname.clone(),
             anti_spoof: !no_anti_spoof,
-            kind: kind.clone(),
+            kind: *kind,
         },
         ControlCommand::Port(PortCommand::Del { interface }) => Request::PortDel {
             interface: interface.clone(),
@@ -259,7 +259,7 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
             pod_cidr: *pod_cidr,
             vtep_mac: *vtep_mac,
             underlay_mac: *underlay_mac,
-            backend: backend.clone(),
+            backend: *backend,
             vni: *vni,
         },
         ControlCommand::Peer(PeerCommand::Del { name }) => Request::PeerDel { name: name.clone() },
@@ -443,11 +443,11 @@ fn human(command: &ControlCommand, v: Value) -> Result<String, serde_json::Error
                 ("node", s.node),
                 ("pod_cidr", s.pod_cidr.to_string()),
                 ("cluster_cidr", s.cluster_cidr.to_string()),
-                ("gateway_mode", s.gateway_mode),
+                ("gateway_mode", s.gateway_mode.to_string()),
                 ("gateway", s.gateway.to_string()),
                 ("underlay_ip", s.underlay_ip.to_string()),
                 ("vtep_mac", s.vtep_mac.to_string()),
-                ("backend", s.backend),
+                ("backend", s.backend.to_string()),
                 ("vni", s.vni.to_string()),
                 ("mtu", s.mtu.to_string()),
                 ("underlay_mtu", s.underlay_mtu.to_string()),
@@ -479,7 +479,7 @@ fn human(command: &ControlCommand, v: Value) -> Result<String, serde_json::Error
                     vec![
                         p.port.to_string(),
                         p.interface,
-                        p.role,
+                        p.role.to_string(),
                         or_dash(p.kind),
                         or_dash(p.worker),
                         or_dash(p.ip),
@@ -516,7 +516,7 @@ fn human(command: &ControlCommand, v: Value) -> Result<String, serde_json::Error
                         p.name,
                         p.underlay_ip.to_string(),
                         p.pod_cidr.to_string(),
-                        p.backend,
+                        p.backend.to_string(),
                         p.forwarding,
                         p.vni.to_string(),
                         p.vtep_mac.to_string(),

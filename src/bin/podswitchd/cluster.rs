@@ -184,7 +184,7 @@ fn peer_request(
             None => podswitch_engine::config::derived_mac(0x0e, &name),
         },
         underlay_mac: None,
-        backend: Some(backend.to_string()),
+        backend: Some(backend),
         vni: vxlan.map(|d| d.vni),
     })
 }
@@ -351,7 +351,7 @@ mod tests {
         assert_eq!(underlay_ip.to_string(), "192.168.100.2");
         assert_eq!(pod_cidr.to_string(), "10.244.2.0/24");
         assert_eq!(vtep_mac.to_string(), "aa:bb:cc:dd:ee:02");
-        assert_eq!(backend.as_deref(), Some("vxlan"));
+        assert_eq!(backend, Some(Backend::Vxlan));
         assert_eq!(vni, Some(1));
         assert!(is_lease_peer(&name));
         assert!(!is_lease_peer("node2"));
@@ -363,7 +363,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(backend.as_deref(), Some("directrouting"));
+        assert_eq!(backend, Some(Backend::DirectRouting));
 
         let host_gw =
             LeaseAttrs::parse(br#"{"PublicIP":"192.168.100.2","BackendType":"host-gw"}"#).unwrap();
@@ -371,13 +371,13 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((backend.as_deref(), vni), (Some("host-gw"), None));
+        assert_eq!((backend, vni), (Some(Backend::HostGw), None));
 
         let udp = LeaseAttrs::parse(br#"{"PublicIP":"192.168.100.2"}"#).unwrap();
         let Request::PeerAdd { backend, .. } = peer_request(subnet, &udp, &vxlan).unwrap() else {
             panic!()
         };
-        assert_eq!(backend.as_deref(), Some("udp"));
+        assert_eq!(backend, Some(Backend::Udp));
 
         let broken =
             LeaseAttrs::parse(br#"{"PublicIP":"192.168.100.2","BackendType":"vxlan"}"#).unwrap();

@@ -309,8 +309,8 @@ pub(crate) struct PeerConfig {
     pub vtep_mac: Option<MacAddr>,
     #[serde(default)]
     pub underlay_mac: Option<MacAddr>,
-    #[serde(default)]
-    pub backend: Option<String>,
+    #[serde(default, deserialize_with = "from_text")]
+    pub backend: Option<Backend>,
 }
 
 /// A static pod port, as `[[port]]` or `--pod-port` gives it.
@@ -320,14 +320,19 @@ pub(crate) struct PortConfig {
     pub interface: String,
     pub ip: Ipv4Addr,
     pub mac: MacAddr,
-    #[serde(default, deserialize_with = "port_kind")]
+    #[serde(default, deserialize_with = "from_text")]
     pub kind: Option<PodPortKind>,
     #[serde(default)]
     pub container_id: Option<String>,
 }
 
-/// A port's `kind`, checked where the config names it.
-fn port_kind<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<PodPortKind>, D::Error> {
+/// A named choice (a port's `kind`, a peer's `backend`), checked where the
+/// config names it.
+fn from_text<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr<Err = String>,
+{
     Option::<String>::deserialize(d)?
         .map(|text| text.parse().map_err(serde::de::Error::custom))
         .transpose()
@@ -536,15 +541,11 @@ impl Settings {
                 format!("{cluster_cidr} does not contain the pod CIDR {pod_cidr}"),
             ));
         }
-        let gateway_mode = match pick(&cli.gateway_mode, &file.node.gateway_mode).as_deref() {
-            None | Some("bridge") => GatewayMode::Bridge,
-            Some("proxy-arp") => GatewayMode::ProxyArp,
-            Some(other) => {
-                return Err(origin.error(
-                    "node.gateway_mode",
-                    format!("{other:?}: bridge or proxy-arp"),
-                ))
-            }
+        let gateway_mode = match pick(&cli.gateway_mode, &file.node.gateway_mode) {
+            None => GatewayMode::Bridge,
+            Some(text) => text
+                .parse()
+                .map_err(|e| origin.error("node.gateway_mode", e))?,
         };
         let backend: Backend = match pick(&cli.backend, &file.backend.kind) {
             Some(t) => {

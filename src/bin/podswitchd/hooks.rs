@@ -69,6 +69,8 @@ impl DaemonHooks for Daemon {
             mac,
             container_id: spec.container_id.clone(),
             ifname: spec.ifname.clone(),
+            // Text, so that a state file naming a kind this version does
+            // not know loses that port only (main.rs drops it, saying so).
             kind: requested.map(|k| k.to_string()),
             anti_spoof: spec.anti_spoof,
             ifindex: netdev::ifindex(name).ok(),

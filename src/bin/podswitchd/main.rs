@@ -249,7 +249,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                 .vtep_mac
                 .unwrap_or_else(|| podswitch_engine::config::derived_mac(0x0e, &peer.name)),
             underlay_mac: peer.underlay_mac,
-            backend: peer.backend.clone(),
+            backend: peer.backend,
             vni: None,
         };
         handler
@@ -322,6 +322,10 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             );
             continue;
         }
+        let mut spec = PortSpec::pod(&saved.interface, saved.ip, saved.mac);
+        spec.container_id = saved.container_id;
+        spec.ifname = saved.ifname;
+        spec.anti_spoof = saved.anti_spoof;
         let kind = match saved.kind.as_deref().map(str::parse).transpose() {
             Ok(kind) => kind,
             Err(e) => {
@@ -329,10 +333,6 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                 continue;
             }
         };
-        let mut spec = PortSpec::pod(&saved.interface, saved.ip, saved.mac);
-        spec.container_id = saved.container_id;
-        spec.ifname = saved.ifname;
-        spec.anti_spoof = saved.anti_spoof;
         match handler.add_port(spec, kind) {
             Ok(_) => tracing::info!(interface = %saved.interface, "saved port restored"),
             Err(e) => tracing::warn!(interface = %saved.interface, "saved port not restored: {e}"),

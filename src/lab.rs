@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use crate::kernel_flannel::{self, VxlanNode, VxlanPeer};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use podswitch_engine::config::derived_mac;
+use podswitch_engine::config::{derived_mac, Backend, GatewayMode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -46,13 +46,13 @@ pub struct UpArgs {
     pods_per_node: u8,
     /// vxlan, ipip, udp, host-gw or directrouting.
     #[arg(long, default_value = "vxlan")]
-    backend: String,
+    backend: Backend,
     /// bridge (flannel) or proxy-arp (Calico).
     #[arg(long, default_value = "bridge")]
-    gateway_mode: String,
+    gateway_mode: GatewayMode,
     /// podswitch or kernel.
     #[arg(long, default_value = "podswitch")]
-    dataplane: String,
+    dataplane: Dataplane,
     /// static (every node names the others as peers) or etcd (an etcd in
     /// the underlay namespace at 192.168.100.254 holds flannel's network
     /// config; nodes start with no subnet and no peers, lease their
@@ -79,6 +79,26 @@ pub struct UpArgs {
     underlay_kind: Option<String>,
 }
 
+/// Which dataplane a lab's nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Dataplane {
+    /// A podswitchd per node, pods attached through the CNI plugin.
+    Podswitch,
+    /// What flannel (or Calico, in proxy-arp mode) writes into a node's
+    /// kernel.
+    Kernel,
+}
+
+impl std::fmt::Display for Dataplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dataplane::Podswitch => "podswitch",
+            Dataplane::Kernel => "kernel",
+        })
+    }
+}
+
 /// podswitchd's `underlay_kind` values.
 pub const UNDERLAY_KINDS: [&str; 2] = ["socket", "af-xdp"];
 
@@ -94,14 +114,14 @@ impl UpArgs {
     }
 
     /// Two nodes with two pods each, bridge mode: the bench's topology.
-    pub fn new(name: &str, dataplane: &str, backend: &str) -> UpArgs {
+    pub fn new(name: &str, dataplane: Dataplane, backend: Backend) -> UpArgs {
         UpArgs {
             name: name.to_string(),
             nodes: 2,
             pods_per_node: 2,
-            backend: backend.to_string(),
-            gateway_mode: "bridge".to_string(),
-            dataplane: dataplane.to_string(),
+            backend,
+            gateway_mode: GatewayMode::Bridge,
+            dataplane,
             store: "static".to_string(),
             kernel_nodes: 0,
             etcd_members: 1,
@@ -127,9 +147,9 @@ impl UpArgs {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Lab {
     pub name: String,
-    pub dataplane: String,
-    pub backend: String,
-    pub gateway_mode: String,
+    pub dataplane: Dataplane,
+    pub backend: Backend,
+    pub gateway_mode: GatewayMode,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
     /// The client URLs of the etcd the nodes lease their subnets from, if
@@ -235,13 +255,8 @@ impl Lab {
 
 /// The pods' MTU for a backend over a 1500-byte underlay: what flannel
 /// (and Calico, for IPIP) give pods, the tunnel's overhead taken off.
-pub fn pod_mtu(backend: &str) -> u32 {
-    match backend {
-        "vxlan" | "directrouting" => 1450,
-        "ipip" => 1480,
-        "udp" => 1472,
-        _ => 1500,
-    }
+pub fn pod_mtu(backend: Backend) -> u32 {
+    u32::from(podswitch_engine::config::pod_mtu(backend, 1500))
 }
 
 /// A pod's interface, as a CNI plugin leaves it: a veth from the node's
@@ -263,8 +278,8 @@ pub struct PodInterface<'a> {
     pub mac: Option<&'a str>,
     /// Its MTU ([`pod_mtu`]).
     pub mtu: u32,
-    /// `bridge` or `proxy-arp`.
-    pub gateway_mode: &'a str,
+    /// How the pod reaches its gateway.
+    pub gateway_mode: GatewayMode,
     /// The pod network's gateway (bridge mode).
     pub gateway: &'a str,
 }
@@ -294,7 +309,7 @@ pub fn pod_interface(pod: &PodInterface) -> Result<()> {
     eth0.extend(["mtu", &mtu, "up"]);
     in_ns(pod.pod_netns, &eth0)?;
     in_ns(pod.node_netns, &["link", "set", pod.host_if, "up"])?;
-    if pod.gateway_mode == "bridge" {
+    if pod.gateway_mode == GatewayMode::Bridge {
         in_ns(
             pod.pod_netns,
             &["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"],
@@ -334,23 +349,7 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
     if !(1..=9).contains(&args.nodes) || args.pods_per_node > MAX_PODS_PER_NODE {
         bail!("--nodes 1 to 9, --pods-per-node 0 to {MAX_PODS_PER_NODE}");
     }
-    if !["vxlan", "ipip", "udp", "host-gw", "directrouting"].contains(&args.backend.as_str()) {
-        bail!(
-            "--backend {:?}: vxlan, ipip, udp, host-gw or directrouting",
-            args.backend
-        );
-    }
-    if !["bridge", "proxy-arp"].contains(&args.gateway_mode.as_str()) {
-        bail!(
-            "--gateway-mode {:?}: bridge or proxy-arp",
-            args.gateway_mode
-        );
-    }
-    let kernel = match args.dataplane.as_str() {
-        "podswitch" => false,
-        "kernel" => true,
-        other => bail!("--dataplane {other:?}: podswitch or kernel"),
-    };
+    let kernel = args.dataplane == Dataplane::Kernel;
     let store = match args.store.as_str() {
         "static" => None,
         "etcd" => Some(
@@ -368,25 +367,25 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
     if args.kernel_nodes > 0
         && (store.is_none()
             || kernel
-            || args.backend != "vxlan"
-            || args.gateway_mode != "bridge"
+            || args.backend != Backend::Vxlan
+            || args.gateway_mode != GatewayMode::Bridge
             || args.kernel_nodes >= args.nodes)
     {
         bail!("--kernel-nodes N mixes kernel flannel nodes into a lab of podswitch nodes: it needs --store etcd, --backend vxlan, bridge mode, and fewer kernel nodes than --nodes");
     }
-    if kernel && store.is_some() && args.gateway_mode != "bridge" {
+    if kernel && store.is_some() && args.gateway_mode != GatewayMode::Bridge {
         bail!("--dataplane kernel --store etcd runs flannel's nodes: bridge mode");
     }
-    if kernel && args.backend == "udp" {
+    if kernel && args.backend == Backend::Udp {
         bail!("the kernel has no udp backend: flannel's udp backend is flanneld forwarding in userspace; use --dataplane podswitch");
     }
     // A stale lab of this name goes first.
     down(&args.name)?;
     let mut lab = Lab {
         name: args.name.clone(),
-        dataplane: args.dataplane.clone(),
-        backend: args.backend.clone(),
-        gateway_mode: args.gateway_mode.clone(),
+        dataplane: args.dataplane,
+        backend: args.backend,
+        gateway_mode: args.gateway_mode,
         nodes: Vec::new(),
         pods: Vec::new(),
         store,
@@ -476,10 +475,12 @@ fn etcd_member_ips(members: u8) -> Result<Vec<String>> {
 }
 
 /// flannel's network config for the lab's backend.
-fn lab_network(backend: &str) -> String {
+fn lab_network(backend: Backend) -> String {
     let backend = match backend {
-        "directrouting" => r#"{"Type": "vxlan", "VNI": 1, "DirectRouting": true}"#.to_string(),
-        "vxlan" => r#"{"Type": "vxlan", "VNI": 1}"#.to_string(),
+        Backend::DirectRouting => {
+            r#"{"Type": "vxlan", "VNI": 1, "DirectRouting": true}"#.to_string()
+        }
+        Backend::Vxlan => r#"{"Type": "vxlan", "VNI": 1}"#.to_string(),
         other => format!(r#"{{"Type": "{other}"}}"#),
     };
     format!(r#"{{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {backend}}}"#)
@@ -494,14 +495,15 @@ fn lease_for_kernel_nodes(lab: &Lab, underlay: &str) -> Result<()> {
             podswitch_lease::etcd::Store::connect(options).map_err(std::io::Error::other)?;
         let network = store.network().map_err(std::io::Error::other)?;
         // flanneld's backend names: DirectRouting is vxlan's option.
-        let backend = match lab.backend.as_str() {
-            "directrouting" => "vxlan",
+        let backend = match lab.backend {
+            Backend::DirectRouting => Backend::Vxlan,
             other => other,
-        };
+        }
+        .to_string();
         for node in lab.nodes.iter().filter(|n| n.kernel) {
             let attrs = podswitch_lease::flannel::LeaseAttrs::own(
                 node.underlay_ip.parse().map_err(std::io::Error::other)?,
-                backend,
+                &backend,
                 1,
                 &derived_mac(0x0e, &node.name).to_string(),
             );
@@ -583,7 +585,7 @@ fn start_etcd(lab: &Lab, underlay: &str) -> Result<()> {
             .context("starting etcd (Debian's etcd-server; scripts/setup.sh installs it)")?;
     }
     let options = lab_etcd_options(lab);
-    let network = lab_network(&lab.backend);
+    let network = lab_network(lab.backend);
     let written = podswitch_host::netlink::in_netns(&format!("/var/run/netns/{underlay}"), || {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -719,7 +721,7 @@ fn cni_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
     ip(&["-n", &netns, "link", "set", "lo", "up"])?;
     let config = json!({
         "cniVersion": "1.1.0", "name": "lab", "type": "podswitch",
-        "socket": node.socket, "mtu": pod_mtu(&lab.backend), "gatewayMode": lab.gateway_mode,
+        "socket": node.socket, "mtu": pod_mtu(lab.backend), "gatewayMode": lab.gateway_mode,
         "ipam": {
             "type": "host-local", "dataDir": lab_dir(&lab.name).join("ipam").join(&node.name),
             "ranges": [[{ "subnet": node.pod_cidr }]], "routes": [{ "dst": "0.0.0.0/0" }]
@@ -814,18 +816,18 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
         let ns = node.netns.as_str();
         let x = node.index;
         kernel_flannel::enable_forwarding(ns)?;
-        if lab.gateway_mode == "proxy-arp" {
+        if lab.gateway_mode == GatewayMode::ProxyArp {
             // Proxy ARP answers only for addresses the node routes out of
             // another interface; Calico's nodes reach 169.254.1.1 through
             // their default route, and these have none.
             in_ns(ns, &["route", "add", "169.254.1.1/32", "dev", "ul0"])?;
         }
-        if lab.gateway_mode == "bridge" {
+        if lab.gateway_mode == GatewayMode::Bridge {
             // The pods join it as they are made.
             kernel_flannel::cni_bridge(ns, &format!("10.244.{x}.1/24"), &[])?;
         }
-        match lab.backend.as_str() {
-            "vxlan" => {
+        match lab.backend {
+            Backend::Vxlan => {
                 let vtep = derived_mac(0x0e, &node.name).to_string();
                 let network = format!("10.244.{x}.0");
                 let own = VxlanNode {
@@ -845,7 +847,7 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
                     kernel_flannel::vxlan_peer(ns, &peer)?;
                 }
             }
-            "host-gw" | "directrouting" => {
+            Backend::HostGw | Backend::DirectRouting => {
                 // All nodes share the underlay subnet: DirectRouting takes
                 // host-gw routes for every peer.
                 for other in peers.iter() {
@@ -863,7 +865,7 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
                     )?;
                 }
             }
-            "ipip" => {
+            Backend::Ipip => {
                 let probe = in_ns(ns, &["link", "add", "tunl-probe", "type", "ipip"]);
                 if let Err(e) = probe {
                     bail!("this machine's kernel has no IPIP support, so the kernel dataplane cannot run the ipip backend ({e}); use --dataplane podswitch");
@@ -886,7 +888,7 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
                     )?;
                 }
             }
-            other => bail!("backend {other} has no kernel configuration"),
+            Backend::Udp => bail!("backend udp has no kernel configuration"),
         }
     }
     Ok(())
@@ -908,11 +910,11 @@ fn kernel_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
         host_if: &host,
         ip: &addr,
         mac: None,
-        mtu: pod_mtu(&lab.backend),
-        gateway_mode: &lab.gateway_mode,
+        mtu: pod_mtu(lab.backend),
+        gateway_mode: lab.gateway_mode,
         gateway: &format!("10.244.{x}.1"),
     })?;
-    if lab.gateway_mode == "bridge" {
+    if lab.gateway_mode == GatewayMode::Bridge {
         in_ns(&node.netns, &["link", "set", &host, "master", "cni0"])?;
     } else {
         // Calico's node side: proxy ARP for 169.254.1.1 and a /32 route

@@ -426,7 +426,10 @@ fn a_podswitch_node_joins_a_kernel_flannel_node_through_etcd() {
 fn every_backend_carries_traffic_between_nodes_that_met_in_the_store() {
     for backend in ["vxlan", "host-gw", "udp", "ipip", "directrouting"] {
         let (mut cluster, etcd) = leased_cluster(backend);
-        meet_and_add_pods(&mut cluster, common::cluster::pod_mtu(backend));
+        meet_and_add_pods(
+            &mut cluster,
+            common::cluster::pod_mtu(backend.parse().unwrap()),
+        );
         let keys: Vec<String> = cluster
             .nodes
             .iter()

@@ -11,6 +11,19 @@ use crate::fib::Prefix;
 // crate.
 pub use podswitch_addr::{Backend, GatewayMode};
 
+/// The pods' MTU with `backend` over an underlay of `underlay_mtu`: the
+/// tunnel's overhead taken off (vxlan 1450, ipip 1480, udp 1472 over
+/// 1500, as flannel and Calico give their pods).
+pub fn pod_mtu(backend: Backend, underlay_mtu: u16) -> u16 {
+    use podswitch_encap::TunnelMode;
+    match backend {
+        Backend::Vxlan | Backend::DirectRouting => TunnelMode::Vxlan.inner_mtu(underlay_mtu),
+        Backend::Ipip => TunnelMode::Ipip.inner_mtu(underlay_mtu),
+        Backend::Udp => TunnelMode::IpInUdp.inner_mtu(underlay_mtu),
+        Backend::HostGw => underlay_mtu,
+    }
+}
+
 /// Calico's gateway address for pods in proxy-ARP mode.
 pub const PROXY_ARP_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The MAC Calico gives every host-side pod interface.
@@ -103,15 +116,7 @@ impl NodeConfig {
     /// overhead (flannel's vxlan gives 1450 over 1500; Calico's IPIP 1480).
     /// DirectRouting reckons with VXLAN, which some peers may need.
     pub fn pod_mtu(&self) -> u16 {
-        use podswitch_encap::TunnelMode;
-        match self.backend {
-            Backend::Vxlan | Backend::DirectRouting => {
-                TunnelMode::Vxlan.inner_mtu(self.underlay_mtu)
-            }
-            Backend::Ipip => TunnelMode::Ipip.inner_mtu(self.underlay_mtu),
-            Backend::Udp => TunnelMode::IpInUdp.inner_mtu(self.underlay_mtu),
-            Backend::HostGw => self.underlay_mtu,
-        }
+        pod_mtu(self.backend, self.underlay_mtu)
     }
 
     /// True if `ip` is on this node's underlay subnet.

@@ -37,6 +37,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
+use podswitch_engine::config::{Backend, GatewayMode};
+
 use crate::lab::{self, Lab, UpArgs};
 
 pub mod chart;
@@ -55,7 +57,7 @@ pub struct BenchArgs {
         value_delimiter = ',',
         default_value = "vxlan,host-gw,directrouting"
     )]
-    backends: Vec<String>,
+    backends: Vec<Backend>,
     /// podswitchd's worker counts to measure side by side, each on a
     /// podswitch lab of its own beside the kernel's, e.g. `1,2` (default:
     /// one podswitch lab with podswitchd's default).
@@ -409,7 +411,7 @@ fn small_packets(
 /// `dst`.
 fn gateway_mac(lab: &Lab, src: &lab::Pod, dst: &lab::Pod) -> Result<String> {
     ns_run(&src.netns, &["ping", "-c", "1", "-W", "2", &dst.ip])?;
-    let gw = if lab.gateway_mode == "bridge" {
+    let gw = if lab.gateway_mode == GatewayMode::Bridge {
         format!("10.244.{}.1", &src.node[4..])
     } else {
         "169.254.1.1".to_string()
@@ -529,7 +531,7 @@ fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, 
 struct Dataplane {
     label: String,
     /// The lab's `--dataplane`.
-    kind: &'static str,
+    kind: lab::Dataplane,
     workers: Option<usize>,
     underlay_kind: Option<String>,
 }
@@ -573,7 +575,7 @@ pub fn case_suffix(label: &str) -> String {
 }
 
 struct Case {
-    backend: String,
+    backend: Backend,
     scope: &'static str,
 }
 
@@ -607,7 +609,8 @@ fn rss_kib(pid: u32) -> Result<u64> {
 /// Brings up a one-node podswitch lab of `pods` pods, waits for its
 /// daemon to settle, and reads its resident memory; the lab goes after.
 fn lab_rss(pods: u8) -> Result<u64> {
-    let lab = lab::up(&UpArgs::new("bmem", "podswitch", "vxlan").sized(1, pods))?;
+    let lab =
+        lab::up(&UpArgs::new("bmem", lab::Dataplane::Podswitch, Backend::Vxlan).sized(1, pods))?;
     let measured = (|| {
         let pid = lab.nodes[0].pid.context("the lab's node has no daemon")?;
         // Ports open in the worker a moment after their requests.
@@ -643,7 +646,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
     // The kernel, then podswitch once per worker count asked for.
     let mut dataplanes = vec![Dataplane {
         label: "kernel".into(),
-        kind: "kernel",
+        kind: lab::Dataplane::Kernel,
         workers: None,
         underlay_kind: None,
     }];
@@ -668,7 +671,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
         for &underlay_kind in &underlay_kinds {
             dataplanes.push(Dataplane {
                 label: podswitch_label(workers, underlay_kind),
-                kind: "podswitch",
+                kind: lab::Dataplane::Podswitch,
                 workers,
                 underlay_kind: underlay_kind.map(str::to_string),
             });
@@ -677,12 +680,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
     let cases: Vec<Case> = args
         .backends
         .iter()
-        .flat_map(|b| {
-            ["cross-node", "same-node"].map(|scope| Case {
-                backend: b.clone(),
-                scope,
-            })
-        })
+        .flat_map(|b| ["cross-node", "same-node"].map(|scope| Case { backend: *b, scope }))
         .collect();
     // Time estimate: per case and round, both dataplanes run TCP twice,
     // small packets twice and latency twice, each about `seconds` plus
@@ -715,9 +713,14 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                     Some("af-xdp") => "x",
                     _ => "",
                 },
-                &backend.replace('-', "").chars().take(7).collect::<String>()
+                &backend
+                    .to_string()
+                    .replace('-', "")
+                    .chars()
+                    .take(7)
+                    .collect::<String>()
             );
-            let mut up = UpArgs::new(&name, dp.kind, backend);
+            let mut up = UpArgs::new(&name, dp.kind, *backend);
             if let Some(w) = dp.workers {
                 up = up.workers(w);
             }
@@ -738,7 +741,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             }
         }
         let outcome = (|| -> Result<()> {
-            for case in cases.iter().filter(|c| &c.backend == backend) {
+            for case in cases.iter().filter(|c| c.backend == *backend) {
                 // values[metric][dataplane] = samples
                 let mut values = vec![vec![Vec::<f64>::new(); dataplanes.len()]; METRICS.len()];
                 for round in 0..args.rounds {

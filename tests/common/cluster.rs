@@ -221,7 +221,7 @@ impl Cluster {
         };
         for n in 0..2 {
             for p in 0..pods_per_node {
-                cluster.add_pod(n, p + 2, pod_mtu(backend));
+                cluster.add_pod(n, p + 2, pod_mtu(backend.parse().expect("a backend")));
             }
         }
         cluster
@@ -244,7 +244,7 @@ impl Cluster {
             ip: &ip,
             mac: Some(&mac),
             mtu,
-            gateway_mode: &self.mode,
+            gateway_mode: self.mode.parse().expect("a gateway mode"),
             gateway: &format!("{}.1", node.pod_net),
         })
         .expect("the pod's interface");

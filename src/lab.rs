@@ -850,20 +850,7 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
             Backend::HostGw | Backend::DirectRouting => {
                 // All nodes share the underlay subnet: DirectRouting takes
                 // host-gw routes for every peer.
-                for other in peers.iter() {
-                    in_ns(
-                        ns,
-                        &[
-                            "route",
-                            "add",
-                            &other.pod_cidr,
-                            "via",
-                            &other.underlay_ip,
-                            "dev",
-                            "ul0",
-                        ],
-                    )?;
-                }
+                route_to_peers(ns, &peers, &["dev", "ul0"])?;
             }
             Backend::Ipip => {
                 let probe = in_ns(ns, &["link", "add", "tunl-probe", "type", "ipip"]);
@@ -872,24 +859,21 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
                 }
                 let _ = in_ns(ns, &["link", "del", "tunl-probe"]);
                 in_ns(ns, &["link", "set", "tunl0", "up"])?;
-                for other in peers.iter() {
-                    in_ns(
-                        ns,
-                        &[
-                            "route",
-                            "add",
-                            &other.pod_cidr,
-                            "via",
-                            &other.underlay_ip,
-                            "dev",
-                            "tunl0",
-                            "onlink",
-                        ],
-                    )?;
-                }
+                route_to_peers(ns, &peers, &["dev", "tunl0", "onlink"])?;
             }
             Backend::Udp => bail!("backend udp has no kernel configuration"),
         }
+    }
+    Ok(())
+}
+
+/// A route to each peer's pods via its underlay address, out of `via`
+/// (the device, and `onlink` for a tunnel).
+fn route_to_peers(ns: &str, peers: &[&KernelPeer], via: &[&str]) -> Result<()> {
+    for peer in peers {
+        let mut args = vec!["route", "add", &peer.pod_cidr, "via", &peer.underlay_ip];
+        args.extend_from_slice(via);
+        in_ns(ns, &args)?;
     }
     Ok(())
 }

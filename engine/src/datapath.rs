@@ -506,14 +506,12 @@ mod tests {
     use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
     use super::*;
-    use crate::config::NodeConfig;
-    use crate::kernel_port::OpenedKind;
-    use crate::port::socket_pair::{frame, socket_port};
 
-    const MAC1: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
-    const MAC2: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
-    const IP1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
-    const IP2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+    use crate::kernel_port::OpenedKind;
+    use crate::port::socket_pair::{
+        frame, node1_tables as tables, socket_port, IP1, IP2, MAC1, MAC2,
+    };
+
     const PEER_MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x00, 0x00, 0x02]);
 
     /// A kernel of socket-pair ports: the test keeps each port's other
@@ -560,15 +558,6 @@ mod tests {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64)
-    }
-
-    fn tables() -> Arc<Tables> {
-        let node = NodeConfig::flannel(
-            "node1",
-            "10.244.1.0/24".parse().unwrap(),
-            Ipv4Addr::new(192, 168, 100, 1),
-        );
-        Tables::new(node, 16)
     }
 
     fn start() -> (Datapath, Arc<SocketKernel>) {

@@ -219,7 +219,8 @@ impl Port for MemoryPort {
 }
 
 /// A port over one end of a datagram socket pair, for the engine's own
-/// tests: a worker polls it like a kernel port; and the frame they send.
+/// tests: a worker polls it like a kernel port; with node 1's tables, two
+/// of its pods and the frame between them.
 #[cfg(test)]
 pub(crate) mod socket_pair {
     use std::io;
@@ -276,6 +277,24 @@ pub(crate) mod socket_pair {
         fn poll_fds(&self) -> Vec<RawFd> {
             vec![self.socket.as_raw_fd()]
         }
+    }
+
+    /// Two pods of node 1 (DESIGN.md's address plan).
+    pub(crate) const MAC1: crate::encap::MacAddr =
+        crate::encap::MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
+    pub(crate) const MAC2: crate::encap::MacAddr =
+        crate::encap::MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
+    pub(crate) const IP1: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 244, 1, 2);
+    pub(crate) const IP2: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 244, 1, 3);
+
+    /// Node 1's tables with flannel's defaults, room for 16 ports.
+    pub(crate) fn node1_tables() -> std::sync::Arc<crate::tables::Tables> {
+        let node = crate::config::NodeConfig::flannel(
+            "node1",
+            "10.244.1.0/24".parse().unwrap(),
+            std::net::Ipv4Addr::new(192, 168, 100, 1),
+        );
+        crate::tables::Tables::new(node, 16)
     }
 
     /// A UDP frame from one pod to the other on the node's bridge.

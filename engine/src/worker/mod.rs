@@ -319,30 +319,17 @@ pub use stats::{WorkerStats, WorkerStatsSnapshot, BATCH_BUCKETS};
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+
     use std::time::Instant;
 
     use super::*;
-    use crate::config::NodeConfig;
+
     use crate::drop::DropReason;
-    use crate::encap::MacAddr;
-    use crate::port::socket_pair::{frame, socket_port};
+
+    use crate::port::socket_pair::{
+        frame, node1_tables as tables, socket_port, IP1, IP2, MAC1, MAC2,
+    };
     use crate::tables::PortSpec;
-
-    const MAC1: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
-    const MAC2: MacAddr = MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x03]);
-    const IP1: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
-    const IP2: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
-
-    /// Node 1 of the address plan, flannel's defaults.
-    fn tables() -> Arc<Tables> {
-        let node = NodeConfig::flannel(
-            "node1",
-            "10.244.1.0/24".parse().unwrap(),
-            Ipv4Addr::new(192, 168, 100, 1),
-        );
-        Tables::new(node, 16)
-    }
 
     fn options() -> WorkerOptions {
         WorkerOptions {

@@ -23,12 +23,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::kernel_flannel::{self, VxlanNode, VxlanPeer};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use podswitch_engine::config::{derived_mac, Backend, GatewayMode};
+use podswitch_lease::flannel;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+use crate::kernel_flannel::{self, VxlanNode, VxlanPeer};
 
 /// Where labs keep their state.
 const LAB_ROOT: &str = "/run/podswitch-lab";
@@ -481,7 +483,7 @@ fn lab_network(backend: Backend) -> String {
             r#"{"Type": "vxlan", "VNI": 1, "DirectRouting": true}"#.to_string()
         }
         Backend::Vxlan => r#"{"Type": "vxlan", "VNI": 1}"#.to_string(),
-        other => format!(r#"{{"Type": "{other}"}}"#),
+        other => format!(r#"{{"Type": "{}"}}"#, flannel::flannel_type(other)),
     };
     format!(r#"{{"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {backend}}}"#)
 }
@@ -494,16 +496,11 @@ fn lease_for_kernel_nodes(lab: &Lab, underlay: &str) -> Result<()> {
         let store =
             podswitch_lease::etcd::Store::connect(options).map_err(std::io::Error::other)?;
         let network = store.network().map_err(std::io::Error::other)?;
-        // flanneld's backend names: DirectRouting is vxlan's option.
-        let backend = match lab.backend {
-            Backend::DirectRouting => Backend::Vxlan,
-            other => other,
-        }
-        .to_string();
+        let backend = flannel::flannel_type(lab.backend);
         for node in lab.nodes.iter().filter(|n| n.kernel) {
-            let attrs = podswitch_lease::flannel::LeaseAttrs::own(
+            let attrs = flannel::LeaseAttrs::own(
                 node.underlay_ip.parse().map_err(std::io::Error::other)?,
-                &backend,
+                backend,
                 1,
                 &derived_mac(0x0e, &node.name).to_string(),
             );
@@ -525,7 +522,7 @@ fn lab_etcd_options(lab: &Lab) -> podswitch_lease::etcd::EtcdOptions {
             .flat_map(|urls| urls.split(','))
             .map(str::to_string)
             .collect(),
-        prefix: podswitch_lease::flannel::DEFAULT_PREFIX.into(),
+        prefix: flannel::DEFAULT_PREFIX.into(),
         ca_file: None,
         cert_file: None,
         key_file: None,

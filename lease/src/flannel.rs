@@ -16,6 +16,7 @@
 
 use std::net::Ipv4Addr;
 
+use podswitch_engine::config::Backend;
 use podswitch_engine::fib::Prefix;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -59,6 +60,32 @@ pub struct BackendConfig {
     /// `DirectRouting` (vxlan): peers on the node's own underlay subnet
     /// are routed directly, without the tunnel.
     pub direct_routing: bool,
+}
+
+/// The backend podswitch runs for flannel's backend type `kind` (as a
+/// network config's `Type` or a lease's `BackendType` names it): vxlan with
+/// `DirectRouting` is podswitch's directrouting. None for a type podswitch
+/// does not carry.
+pub fn podswitch_backend(kind: &str, direct_routing: bool) -> Option<Backend> {
+    match kind {
+        "vxlan" if direct_routing => Some(Backend::DirectRouting),
+        "vxlan" => Some(Backend::Vxlan),
+        "host-gw" => Some(Backend::HostGw),
+        "ipip" => Some(Backend::Ipip),
+        "udp" => Some(Backend::Udp),
+        _ => None,
+    }
+}
+
+/// flannel's backend type for podswitch's `backend` (DirectRouting is an
+/// option of vxlan).
+pub fn flannel_type(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Vxlan | Backend::DirectRouting => "vxlan",
+        Backend::HostGw => "host-gw",
+        Backend::Ipip => "ipip",
+        Backend::Udp => "udp",
+    }
 }
 
 /// Go's `encoding/json` matches object keys without regard to case; the
@@ -174,7 +201,7 @@ impl NetworkConfig {
                 direct_routing: b.direct_routing,
             },
         };
-        if !matches!(backend.kind.as_str(), "vxlan" | "host-gw" | "udp" | "ipip") {
+        if podswitch_backend(&backend.kind, false).is_none() {
             return Err(format!(
                 "Backend Type {:?}: podswitch carries vxlan, host-gw, udp and ipip",
                 backend.kind
@@ -340,6 +367,23 @@ mod tests {
 
     fn p(s: &str) -> Prefix {
         s.parse().unwrap()
+    }
+
+    /// Every podswitch backend has a flannel type that maps back to it
+    /// (DirectRouting as vxlan's option); a type flannel has and podswitch
+    /// does not carry maps to none.
+    #[test]
+    fn backends_and_flannel_types_map_both_ways() {
+        for backend in Backend::ALL {
+            let direct = backend == Backend::DirectRouting;
+            assert_eq!(
+                podswitch_backend(flannel_type(backend), direct),
+                Some(backend)
+            );
+        }
+        assert_eq!(flannel_type(Backend::DirectRouting), "vxlan");
+        assert_eq!(podswitch_backend("host-gw", true), Some(Backend::HostGw));
+        assert_eq!(podswitch_backend("wireguard", false), None);
     }
 
     #[test]

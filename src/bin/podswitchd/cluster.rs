@@ -23,7 +23,9 @@ use podswitch_engine::config::Backend;
 use podswitch_engine::fib::Prefix;
 use podswitch_host::subnet_file;
 use podswitch_lease::etcd::{Health, Lease, LeaseEvent, Store};
-use podswitch_lease::flannel::{subnet_key, LeaseAttrs, NetworkConfig, DEFAULT_VNI};
+use podswitch_lease::flannel::{
+    podswitch_backend, subnet_key, LeaseAttrs, NetworkConfig, DEFAULT_VNI,
+};
 
 use crate::config::{Assignment, LeaseRequest, StoreSettings};
 
@@ -42,13 +44,8 @@ pub(crate) struct Leased {
 
 /// The node's backend for the network config's `Backend`.
 fn node_backend(network: &NetworkConfig) -> Backend {
-    match network.backend.kind.as_str() {
-        "vxlan" if network.backend.direct_routing => Backend::DirectRouting,
-        "vxlan" => Backend::Vxlan,
-        "host-gw" => Backend::HostGw,
-        "ipip" => Backend::Ipip,
-        _ => Backend::Udp,
-    }
+    // The config was checked when it was read: its type is one of them.
+    podswitch_backend(&network.backend.kind, network.backend.direct_routing).unwrap_or(Backend::Udp)
 }
 
 /// `FLANNEL_SUBNET` of an earlier subnet file, as flanneld reads it back
@@ -159,20 +156,11 @@ fn peer_request(
     network: &NetworkConfig,
 ) -> Result<Request, String> {
     let name = subnet_key(&subnet);
-    let (backend, vxlan) = match attrs.backend() {
-        "vxlan" => {
-            let data = attrs.vxlan()?;
-            let backend = if network.backend.direct_routing {
-                Backend::DirectRouting
-            } else {
-                Backend::Vxlan
-            };
-            (backend, Some(data))
-        }
-        "host-gw" => (Backend::HostGw, None),
-        "ipip" => (Backend::Ipip, None),
-        "udp" => (Backend::Udp, None),
-        other => return Err(format!("backend {other:?} is not one podswitch carries")),
+    let backend = podswitch_backend(attrs.backend(), network.backend.direct_routing)
+        .ok_or_else(|| format!("backend {:?} is not one podswitch carries", attrs.backend()))?;
+    let vxlan = match backend {
+        Backend::Vxlan | Backend::DirectRouting => Some(attrs.vxlan()?),
+        _ => None,
     };
     Ok(Request::PeerAdd {
         name: name.clone(),

@@ -22,6 +22,7 @@
 pub use podswitch_encap::offload::*;
 
 use podswitch_encap::checksum;
+use podswitch_encap::ethernet::HEADER_LEN as ETH_LEN;
 
 use crate::drop::DropReason;
 use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum};
@@ -30,9 +31,6 @@ use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum};
 #[cfg(test)]
 #[path = "../../encap/src/offload/test_frames.rs"]
 mod test_frames;
-
-/// Length of an untagged Ethernet header.
-const ETH_LEN: usize = 14;
 
 /// Completes `buf`'s partial transport checksum in place and clears it
 /// from its offload state: `Ok(true)` if it had one, `Ok(false)` if not,

@@ -309,7 +309,7 @@ pub(crate) struct PeerConfig {
     pub vtep_mac: Option<MacAddr>,
     #[serde(default)]
     pub underlay_mac: Option<MacAddr>,
-    #[serde(default, deserialize_with = "from_text")]
+    #[serde(default)]
     pub backend: Option<Backend>,
 }
 
@@ -320,22 +320,10 @@ pub(crate) struct PortConfig {
     pub interface: String,
     pub ip: Ipv4Addr,
     pub mac: MacAddr,
-    #[serde(default, deserialize_with = "from_text")]
+    #[serde(default)]
     pub kind: Option<PodPortKind>,
     #[serde(default)]
     pub container_id: Option<String>,
-}
-
-/// A named choice (a port's `kind`, a peer's `backend`), checked where the
-/// config names it.
-fn from_text<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: std::str::FromStr<Err = String>,
-{
-    Option::<String>::deserialize(d)?
-        .map(|text| text.parse().map_err(serde::de::Error::custom))
-        .transpose()
 }
 
 /// Workers when none are configured: one per four CPUs the daemon may run

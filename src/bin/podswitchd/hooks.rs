@@ -10,6 +10,7 @@ use podswitch_control::handler::DaemonHooks;
 use podswitch_control::protocol::{Request, StoreStatus};
 use podswitch_engine::datapath::{AttachedPort, RemovedPort};
 use podswitch_engine::kernel_port::PodPortKind;
+use podswitch_engine::port::PortRole;
 use podswitch_engine::sys::netdev;
 use podswitch_engine::tables::PortSpec;
 
@@ -49,16 +50,7 @@ impl DaemonHooks for Daemon {
 
     fn port_added(&self, spec: &PortSpec, requested: Option<PodPortKind>, port: &AttachedPort) {
         let name = spec.name.as_str();
-        for note in &port.notes {
-            tracing::warn!(interface = name, "{note}");
-        }
-        tracing::info!(
-            port = port.id.0,
-            interface = name,
-            kind = port.kind.as_deref().unwrap_or("-"),
-            worker = port.worker,
-            "port attached"
-        );
+        log_attached(name, spec.role, port);
         // Every pod port has its address and MAC.
         let (Some(ip), Some(mac)) = (spec.ip, spec.mac) else {
             return;
@@ -94,4 +86,20 @@ impl DaemonHooks for Daemon {
     fn store_status(&self) -> Option<StoreStatus> {
         self.store_health.as_ref().map(|h| h.status())
     }
+}
+
+/// The daemon's log lines for a port it attached: what did not go as
+/// asked, then the port, its kind and its worker.
+pub(crate) fn log_attached(name: &str, role: PortRole, port: &AttachedPort) {
+    for note in &port.notes {
+        tracing::warn!(interface = name, "{note}");
+    }
+    tracing::info!(
+        port = port.id.0,
+        interface = name,
+        kind = port.kind.as_deref().unwrap_or("-"),
+        %role,
+        worker = port.worker,
+        "port attached"
+    );
 }

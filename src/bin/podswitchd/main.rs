@@ -22,9 +22,10 @@ use podswitch_control::handler::{DaemonHooks, Handler};
 use podswitch_control::protocol::Request;
 use podswitch_control::server::Server;
 use podswitch_engine::config::{Backend, GatewayMode};
-use podswitch_engine::datapath::{AttachedPort, Datapath, DatapathOptions, LinuxKernel};
+use podswitch_engine::datapath::{Datapath, DatapathOptions, LinuxKernel};
 use podswitch_engine::fib::{NextHop, Prefix};
 use podswitch_engine::kernel_port::{HostPort, HostPortOptions, UnderlayOptions, UnderlayPort};
+use podswitch_engine::port::PortRole;
 use podswitch_engine::sys::netdev;
 use podswitch_engine::tables::{PortSpec, Tables};
 use podswitch_engine::worker::WorkerOptions;
@@ -32,7 +33,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use config::{Cli, Settings};
-use hooks::Daemon;
+use hooks::{log_attached, Daemon};
 use state::StateFile;
 
 /// Most ports (pods, underlay, host) one daemon serves.
@@ -175,7 +176,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             Ok(Box::new(underlay))
         })
         .map_err(|e| format!("underlay {e}"))?;
-    log_attached(&settings.underlay_interface, "underlay", &underlay);
+    log_attached(&settings.underlay_interface, PortRole::Underlay, &underlay);
 
     let host_options = HostPortOptions {
         name: settings.host_interface.clone(),
@@ -190,7 +191,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             Ok(Box::new(host))
         })
         .map_err(|e| format!("host port {e}"))?;
-    log_attached(&settings.host_interface, "host", &host);
+    log_attached(&settings.host_interface, PortRole::Host, &host);
     tracing::info!(
         interface = %settings.host_interface,
         address = %host_address,
@@ -443,16 +444,4 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         }
     }
     Ok(())
-}
-
-/// The daemon's log line for a port it opened itself.
-fn log_attached(name: &str, role: &str, port: &AttachedPort) {
-    tracing::info!(
-        port = port.id.0,
-        interface = %name,
-        kind = port.kind.as_deref().unwrap_or("-"),
-        role,
-        worker = port.worker,
-        "port attached"
-    );
 }

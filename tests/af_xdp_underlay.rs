@@ -8,7 +8,8 @@
 
 mod common;
 
-use common::cluster::{kernel_counter, ping, traffic_matrix, udp_datagrams, Cluster};
+use common::cluster::Cluster;
+use common::traffic::{kernel_counter, ping, traffic_matrix, udp_datagrams};
 use common::{require, Netns};
 use std::time::{Duration, Instant};
 

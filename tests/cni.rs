@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{ping, tcp_transfer, Cluster, MODES};
+use common::cluster::{Cluster, MODES};
+use common::traffic::{ping, tcp_transfer};
 use common::{require, unique, Netns};
 use serde_json::{json, Value};
 

@@ -9,7 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::cluster::{ping, port_kind, udp_datagrams, Cluster, UdpSink};
+use common::cluster::{port_kind, Cluster};
+use common::traffic::{ping, udp_datagrams, UdpSink};
 use common::{require, Netns, TempFile};
 
 fn ok(out: &std::process::Output, what: &str) -> String {

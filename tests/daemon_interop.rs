@@ -11,9 +11,10 @@
 
 mod common;
 
-use common::cluster::{kernel_counter, ping, port_kind, tcp_transfer, udp_datagrams, Cluster};
+use common::cluster::{port_kind, Cluster};
 use common::flannel::{kernel_flannel_node, kernel_flannel_peer};
 use common::require;
+use common::traffic::{kernel_counter, ping, tcp_transfer, udp_datagrams};
 
 const NODE1_VTEP: &str = "02:0e:00:00:01:01";
 /// flannel.1's MAC on node 2, as flannel would publish it in its lease.

@@ -18,9 +18,9 @@
 
 mod common;
 
-use common::cluster::{
-    kernel_counter, ping, tcp_transfer, traffic_matrix, udp_gso_datagrams, Cluster, MODES,
-    TCP_BYTES,
+use common::cluster::{Cluster, MODES};
+use common::traffic::{
+    kernel_counter, ping, tcp_transfer, traffic_matrix, udp_gso_datagrams, TCP_BYTES,
 };
 use common::{require, Netns};
 use std::fmt::Write as _;

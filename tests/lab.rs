@@ -6,6 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::require;
+use common::traffic::{traffic_matrix, NodeSite, PodSite, Sites};
 use serde_json::Value;
 
 fn ctl(args: &[&str]) -> std::process::Output {
@@ -325,6 +326,94 @@ fn labs_side_by_side_do_not_interfere_and_missing_features_are_named() {
     ]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("udp"));
     assert_gone(&c);
+}
+
+/// A lab as the traffic scenarios see it, from its `lab up --json`.
+struct LabSites<'a> {
+    name: &'a str,
+    status: &'a Value,
+}
+
+impl LabSites<'_> {
+    fn field<'v>(value: &'v Value, key: &str) -> &'v str {
+        value[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} in {value}"))
+    }
+}
+
+impl Sites for LabSites<'_> {
+    fn pods(&self) -> Vec<PodSite> {
+        let nodes = self.status["nodes"].as_array().unwrap();
+        self.status["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| PodSite {
+                netns: Self::field(p, "netns").to_string(),
+                ip: Self::field(p, "ip").to_string(),
+                node: nodes
+                    .iter()
+                    .position(|n| n["name"] == p["node"])
+                    .unwrap_or_else(|| panic!("pod on no node: {p}")),
+            })
+            .collect()
+    }
+
+    /// Pods on another node reach a node's stack at its underlay address:
+    /// every lab node has one, where a kernel node in proxy-arp mode has
+    /// no pod gateway address (Calico gives the node none).
+    fn nodes(&self) -> Vec<NodeSite> {
+        self.status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| NodeSite {
+                name: Self::field(n, "name").to_string(),
+                netns: Self::field(n, "netns").to_string(),
+                address: Self::field(n, "underlay_ip").to_string(),
+            })
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        let dir = format!("/run/podswitch-lab/{}", self.name);
+        let mut logs = String::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
+                logs.push_str(&format!("--- {} ---\n{log}", path.display()));
+            }
+        }
+        logs
+    }
+}
+
+/// The daemon tests' traffic matrix (ping, UDP both ways and TCP whose
+/// bytes the receiver checks, between every pod and every node's stack)
+/// holds on the kernel's dataplane as on podswitch's, on the same lab:
+/// what the daemon tests ask of podswitch is what the kernel does.
+#[test]
+fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
+    require(&["ip", "ping", "bridge", "sysctl", "/usr/bin/python3"]);
+    let cases = [
+        ("kernel", "vxlan", "bridge"),
+        ("kernel", "host-gw", "bridge"),
+        ("kernel", "vxlan", "proxy-arp"),
+        ("podswitch", "vxlan", "bridge"),
+        ("podswitch", "host-gw", "proxy-arp"),
+    ];
+    for (i, (dataplane, backend, mode)) in cases.into_iter().enumerate() {
+        let lab = name(&format!("x{i}"));
+        let _guard = LabGuard(lab.clone());
+        let status = up(&lab, dataplane, backend, mode);
+        let sites = LabSites {
+            name: &lab,
+            status: &status,
+        };
+        traffic_matrix(&sites, &format!("lab {dataplane}/{backend}/{mode}"));
+    }
 }
 
 /// Runs `cmd` in a lab pod; its stdout.

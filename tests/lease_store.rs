@@ -9,10 +9,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::{ping, tcp_transfer, Cluster};
+use common::cluster::Cluster;
 use common::etcd::Etcd;
 use common::flannel::{kernel_flannel_node, kernel_flannel_peer};
 use common::require;
+use common::traffic::{ping, tcp_transfer};
 use serde_json::Value;
 
 const PREFIX: &str = "/coreos.com/network";

@@ -7,8 +7,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::cluster::{ping, tcp_transfer, udp_datagrams, Cluster};
+use common::cluster::Cluster;
 use common::require;
+use common::traffic::{ping, tcp_transfer, udp_datagrams};
 
 const LISTEN: &str = "127.0.0.1:9469";
 

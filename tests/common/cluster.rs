@@ -11,17 +11,13 @@ use std::time::{Duration, Instant};
 pub use podswitch::lab::pod_mtu;
 use podswitch::lab::{pod_interface, PodInterface};
 
+use super::traffic::{NodeSite, PodSite, Sites};
 use super::{run, veth, Netns, TempFile};
 
 /// Gateway mode names as podswitchd takes them.
 pub const MODES: [&str; 2] = ["bridge", "proxy-arp"];
 /// Backends as podswitchd takes them.
 pub const BACKENDS: [&str; 5] = ["vxlan", "ipip", "udp", "host-gw", "directrouting"];
-
-/// Bytes of each TCP transfer of [`traffic_matrix`].
-pub const TCP_BYTES: usize = 10 * 1024 * 1024;
-/// UDP datagrams of each direction of [`traffic_matrix`].
-pub const DATAGRAMS: u32 = 20;
 
 /// A podswitchd process; stopped with SIGTERM on drop.
 pub struct Daemon {
@@ -461,273 +457,32 @@ impl Drop for Cluster {
     }
 }
 
-/// `ping` from `ns` to `ip`; true if every echo came back. iputils exits
-/// 0 once one reply arrives, so the summary line is what counts (as in
-/// Open vSwitch's FORMAT_PING).
-pub fn ping(ns: &Netns, ip: &str, count: u32) -> bool {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "ping",
-            "-q",
-            "-n",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.05",
-            "-W",
-            "2",
-            ip,
-        ])
-        .output()
-        .map(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(", 0% packet loss")
-        })
-        .unwrap_or(false)
-}
-
-/// Python (Debian's) that receives one TCP stream on `port` and prints
-/// `BYTES SHA256`.
-const TCP_SINK: &str = "import socket, hashlib, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(1); s.settimeout(30)
-print('ready', flush=True)
-c, _ = s.accept(); c.settimeout(30); h = hashlib.sha256(); n = 0
-while True:
-    b = c.recv(1 << 16)
-    if not b: break
-    h.update(b); n += len(b)
-print(n, h.hexdigest(), flush=True)";
-
-/// Python that sends `BYTES` random bytes to `IP PORT` and prints
-/// `BYTES SHA256` of what it sent.
-const TCP_SOURCE: &str = "import socket, hashlib, os, sys
-data = os.urandom(int(sys.argv[3]))
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
-s.sendall(data); s.close()
-print(len(data), hashlib.sha256(data).hexdigest(), flush=True)";
-
-/// Python that receives UDP datagrams on `port` until `count` arrived or
-/// 3 s of silence, and prints how many. Its socket buffer is 8 MiB
-/// (SO_RCVBUFFORCE, root in the test's namespace): a UDP_SEGMENT burst
-/// reaches the pod as 16 datagrams in microseconds, and a Python reader
-/// descheduled on a 2-core machine overflowed the default 208 KiB (the
-/// pod's kernel counted them as `UdpRcvbufErrors`, not podswitch).
-const UDP_SINK: &str = "import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', int(sys.argv[1])))
-s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
-s.settimeout(3); want = int(sys.argv[2]); n = 0
-print('ready', flush=True)
-try:
-    while n < want:
-        d, _ = s.recvfrom(65535)
-        if len(d) == int(sys.argv[3]) and d.count(d[:1]) == len(d): n += 1
-except socket.timeout: pass
-print(n, flush=True)";
-
-/// Python that sends `count` UDP datagrams of `size` bytes to `IP PORT`;
-/// with `SEGMENTS` above 1, each send carries that many datagrams in one
-/// buffer cut by the kernel's UDP segmentation offload (UDP_SEGMENT), and
-/// leaves the pod as one super-frame where the veth allows it.
-const UDP_SOURCE: &str = "import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-size, seg = int(sys.argv[4]), int(sys.argv[5])
-if seg > 1: s.setsockopt(17, 103, size)  # SOL_UDP, UDP_SEGMENT
-for i in range(int(sys.argv[3])):
-    data = b''.join(bytes([(i * seg + j) % 256]) * size for j in range(seg))
-    s.sendto(data, (sys.argv[1], int(sys.argv[2]))); time.sleep(0.001)";
-
-fn python(ns: &Netns, script: &str, args: &[&str]) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", &ns.name, "/usr/bin/python3", "-c", script])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn python3")
-}
-
-fn wait_ready(child: &mut Child) -> std::io::BufReader<std::process::ChildStdout> {
-    use std::io::BufRead;
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line.trim(), "ready", "sink did not start");
-    out
-}
-
-fn finish(child: Child, mut out: std::io::BufReader<std::process::ChildStdout>) -> String {
-    use std::io::Read;
-    let mut rest = String::new();
-    out.read_to_string(&mut rest).unwrap();
-    let done = child.wait_with_output().unwrap();
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
-    rest.trim().to_string()
-}
-
-/// Sends `bytes` over TCP from `from` to `to_ip` and checks that the
-/// receiver got exactly those bytes (length and SHA-256). Returns an error
-/// text instead of panicking so callers can add context.
-pub fn tcp_transfer(from: &Netns, to: &Netns, to_ip: &str, bytes: usize) -> Result<(), String> {
-    let mut sink = python(to, TCP_SINK, &["5201"]);
-    let out = wait_ready(&mut sink);
-    let source = python(from, TCP_SOURCE, &[to_ip, "5201", &bytes.to_string()])
-        .wait_with_output()
-        .unwrap();
-    if !source.status.success() {
-        let _ = sink.kill();
-        return Err(format!(
-            "sender: {}",
-            String::from_utf8_lossy(&source.stderr)
-        ));
-    }
-    let sent = String::from_utf8_lossy(&source.stdout).trim().to_string();
-    let received = finish(sink, out);
-    if sent != received {
-        return Err(format!("sent {sent}, received {received}"));
-    }
-    Ok(())
-}
-
-/// Sends `count` UDP datagrams of `size` bytes and returns how many the
-/// receiver counted.
-pub fn udp_datagrams(from: &Netns, to: &Netns, to_ip: &str, count: u32, size: usize) -> u32 {
-    udp_gso_datagrams(from, to, to_ip, count, 1, size)
-}
-
-/// Sends `sends` buffers of `segments` UDP datagrams of `size` bytes each
-/// with UDP_SEGMENT (see [`UDP_SOURCE`]); returns how many whole, intact
-/// datagrams the receiver counted.
-pub fn udp_gso_datagrams(
-    from: &Netns,
-    to: &Netns,
-    to_ip: &str,
-    sends: u32,
-    segments: u32,
-    size: usize,
-) -> u32 {
-    let sink = UdpSink::start(to, 5300, sends * segments, size);
-    let source = python(
-        from,
-        UDP_SOURCE,
-        &[
-            to_ip,
-            "5300",
-            &sends.to_string(),
-            &size.to_string(),
-            &segments.to_string(),
-        ],
-    )
-    .wait_with_output()
-    .unwrap();
-    assert!(
-        source.status.success(),
-        "{}",
-        String::from_utf8_lossy(&source.stderr)
-    );
-    sink.count()
-}
-
-/// A UDP receiver in a namespace ([`UDP_SINK`]): counts intact datagrams
-/// of one size (every byte the same) on one port.
-pub struct UdpSink {
-    child: Child,
-    out: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl UdpSink {
-    /// Listens on `port` in `ns`, ready when this returns, until `want`
-    /// datagrams of `size` bytes arrived or 3 s passed without one.
-    pub fn start(ns: &Netns, port: u16, want: u32, size: usize) -> UdpSink {
-        let mut child = python(
-            ns,
-            UDP_SINK,
-            &[&port.to_string(), &want.to_string(), &size.to_string()],
-        );
-        let out = wait_ready(&mut child);
-        UdpSink { child, out }
-    }
-
-    /// How many arrived.
-    pub fn count(self) -> u32 {
-        finish(self.child, self.out).parse().unwrap_or(0)
-    }
-}
-
-/// Between every pair of pods (same node and across nodes) and from each
-/// node's own stack to pods: ping, UDP both ways, TCP with its checksum.
-pub fn traffic_matrix(cluster: &Cluster, label: &str) {
-    let what = |a: &str, b: &str| format!("{label}: {a} -> {b}");
-    let pods = &cluster.pods;
-    for a in pods {
-        for b in pods.iter().filter(|b| b.ip != a.ip) {
-            assert!(
-                ping(&a.ns, &b.ip, 2),
-                "ping {}\n{}",
-                what(&a.ip, &b.ip),
-                cluster.logs()
-            );
-            let got = udp_datagrams(&a.ns, &b.ns, &b.ip, DATAGRAMS, 1000);
-            assert_eq!(
-                got,
-                DATAGRAMS,
-                "UDP {}\n{}",
-                what(&a.ip, &b.ip),
-                cluster.logs()
-            );
-        }
-    }
-    for (i, a) in pods.iter().enumerate() {
-        for b in &pods[i + 1..] {
-            tcp_transfer(&a.ns, &b.ns, &b.ip, TCP_BYTES)
-                .unwrap_or_else(|e| panic!("TCP {}: {e}\n{}", what(&a.ip, &b.ip), cluster.logs()));
-        }
-    }
-    // The node's own stack reaches pods on both nodes through its
-    // host port (what `curl <pod IP>` on a node does).
-    for node in &cluster.nodes {
-        let name = format!("node{}", node.index);
-        for pod in pods {
-            assert!(
-                ping(&node.ns, &pod.ip, 2),
-                "ping {}\n{}",
-                what(&name, &pod.ip),
-                cluster.logs()
-            );
-        }
-        let remote = pods
+impl Sites for Cluster {
+    fn pods(&self) -> Vec<PodSite> {
+        self.pods
             .iter()
-            .find(|p| p.node != usize::from(node.index - 1))
-            .unwrap();
-        tcp_transfer(&node.ns, &remote.ns, &remote.ip, TCP_BYTES)
-            .unwrap_or_else(|e| panic!("TCP {}: {e}\n{}", what(&name, &remote.ip), cluster.logs()));
-        let got = udp_datagrams(&node.ns, &remote.ns, &remote.ip, DATAGRAMS, 1000);
-        assert_eq!(got, DATAGRAMS, "UDP {}", what(&name, &remote.ip));
-        let got = udp_datagrams(
-            &remote.ns,
-            &node.ns,
-            &format!("10.244.{}.1", node.index),
-            DATAGRAMS,
-            1000,
-        );
-        assert_eq!(got, DATAGRAMS, "UDP {} -> {name}", remote.ip);
+            .map(|p| PodSite {
+                netns: p.ns.name.clone(),
+                ip: p.ip.clone(),
+                node: p.node,
+            })
+            .collect()
     }
-}
 
-/// One of a namespace's kernel counters (`nstat -az NAME`), since the
-/// namespace was made.
-pub fn kernel_counter(ns: &Netns, name: &str) -> u64 {
-    let nstat = ns.exec("nstat", &["-az", name]);
-    String::from_utf8_lossy(&nstat.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    /// Pods on another node reach a node's stack at its pod gateway
+    /// (10.244.X.1, on podswitchd's host port).
+    fn nodes(&self) -> Vec<NodeSite> {
+        self.nodes
+            .iter()
+            .map(|n| NodeSite {
+                name: format!("node{}", n.index),
+                netns: n.ns.name.clone(),
+                address: format!("{}.1", n.pod_net),
+            })
+            .collect()
+    }
+
+    fn logs(&self) -> String {
+        Cluster::logs(self)
+    }
 }

@@ -332,3 +332,4 @@ pub fn read_pcap(path: &Path) -> Vec<Vec<u8>> {
 pub mod cluster;
 pub mod etcd;
 pub mod flannel;
+pub mod traffic;

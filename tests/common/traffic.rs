@@ -1,0 +1,372 @@
+//! Traffic scenarios over network namespaces named by their names: ping,
+//! TCP whose bytes the receiver checks, UDP datagrams counted whole, and
+//! the matrix of all of them between every pod and node of a dataplane.
+//! They take any namespace ([`InNetns`]: a test's [`Netns`] guard, or a
+//! lab's namespace by name), so the same scenario runs against the
+//! daemon tests' clusters and against `podswitchctl lab`'s kernel and
+//! podswitch dataplanes.
+
+use std::process::{Child, Command, Stdio};
+
+use super::Netns;
+
+/// Bytes of each TCP transfer of [`traffic_matrix`].
+pub const TCP_BYTES: usize = 10 * 1024 * 1024;
+/// UDP datagrams of each direction of [`traffic_matrix`].
+pub const DATAGRAMS: u32 = 20;
+
+/// Something that names a network namespace.
+pub trait InNetns {
+    /// The namespace's name (as `ip netns` lists it).
+    fn netns(&self) -> &str;
+}
+
+impl InNetns for Netns {
+    fn netns(&self) -> &str {
+        &self.name
+    }
+}
+
+impl InNetns for str {
+    fn netns(&self) -> &str {
+        self
+    }
+}
+
+impl InNetns for String {
+    fn netns(&self) -> &str {
+        self
+    }
+}
+
+/// A pod as a traffic scenario sees it.
+#[derive(Debug, Clone)]
+pub struct PodSite {
+    pub netns: String,
+    pub ip: String,
+    /// Its node's position in [`Sites::nodes`].
+    pub node: usize,
+}
+
+/// A node's own stack as a traffic scenario sees it.
+#[derive(Debug, Clone)]
+pub struct NodeSite {
+    /// For failure messages.
+    pub name: String,
+    pub netns: String,
+    /// An address of the node's own stack that pods on other nodes send
+    /// to.
+    pub address: String,
+}
+
+/// A dataplane's pods and nodes, and its logs for failure messages.
+pub trait Sites {
+    fn pods(&self) -> Vec<PodSite>;
+    fn nodes(&self) -> Vec<NodeSite>;
+    /// What the dataplane logged, to show when a scenario fails.
+    fn logs(&self) -> String;
+}
+
+/// `ping` from `ns` to `ip`; true if every echo came back. iputils exits
+/// 0 once one reply arrives, so the summary line is what counts (as in
+/// Open vSwitch's FORMAT_PING).
+pub fn ping(ns: &(impl InNetns + ?Sized), ip: &str, count: u32) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.netns(),
+            "ping",
+            "-q",
+            "-n",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.05",
+            "-W",
+            "2",
+            ip,
+        ])
+        .output()
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(", 0% packet loss")
+        })
+        .unwrap_or(false)
+}
+
+/// Python (Debian's) that receives one TCP stream on `port` and prints
+/// `BYTES SHA256`.
+const TCP_SINK: &str = "import socket, hashlib, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(1); s.settimeout(30)
+print('ready', flush=True)
+c, _ = s.accept(); c.settimeout(30); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(1 << 16)
+    if not b: break
+    h.update(b); n += len(b)
+print(n, h.hexdigest(), flush=True)";
+
+/// Python that sends `BYTES` random bytes to `IP PORT` and prints
+/// `BYTES SHA256` of what it sent.
+const TCP_SOURCE: &str = "import socket, hashlib, os, sys
+data = os.urandom(int(sys.argv[3]))
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+s.sendall(data); s.close()
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)";
+
+/// Python that receives UDP datagrams on `port` until `count` arrived or
+/// 3 s of silence, and prints how many. Its socket buffer is 8 MiB
+/// (SO_RCVBUFFORCE, root in the test's namespace): a UDP_SEGMENT burst
+/// reaches the pod as 16 datagrams in microseconds, and a Python reader
+/// descheduled on a 2-core machine overflowed the default 208 KiB (the
+/// pod's kernel counted them as `UdpRcvbufErrors`, not podswitch).
+const UDP_SINK: &str = "import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', int(sys.argv[1])))
+s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+s.settimeout(3); want = int(sys.argv[2]); n = 0
+print('ready', flush=True)
+try:
+    while n < want:
+        d, _ = s.recvfrom(65535)
+        if len(d) == int(sys.argv[3]) and d.count(d[:1]) == len(d): n += 1
+except socket.timeout: pass
+print(n, flush=True)";
+
+/// Python that sends `count` UDP datagrams of `size` bytes to `IP PORT`;
+/// with `SEGMENTS` above 1, each send carries that many datagrams in one
+/// buffer cut by the kernel's UDP segmentation offload (UDP_SEGMENT), and
+/// leaves the pod as one super-frame where the veth allows it.
+const UDP_SOURCE: &str = "import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+size, seg = int(sys.argv[4]), int(sys.argv[5])
+if seg > 1: s.setsockopt(17, 103, size)  # SOL_UDP, UDP_SEGMENT
+for i in range(int(sys.argv[3])):
+    data = b''.join(bytes([(i * seg + j) % 256]) * size for j in range(seg))
+    s.sendto(data, (sys.argv[1], int(sys.argv[2]))); time.sleep(0.001)";
+
+fn python(ns: &(impl InNetns + ?Sized), script: &str, args: &[&str]) -> Child {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.netns(),
+            "/usr/bin/python3",
+            "-c",
+            script,
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn python3")
+}
+
+fn wait_ready(child: &mut Child) -> std::io::BufReader<std::process::ChildStdout> {
+    use std::io::BufRead;
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "sink did not start");
+    out
+}
+
+fn finish(child: Child, mut out: std::io::BufReader<std::process::ChildStdout>) -> String {
+    use std::io::Read;
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let done = child.wait_with_output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    rest.trim().to_string()
+}
+
+/// Sends `bytes` over TCP from `from` to `to_ip` and checks that the
+/// receiver got exactly those bytes (length and SHA-256). Returns an error
+/// text instead of panicking so callers can add context.
+pub fn tcp_transfer(
+    from: &(impl InNetns + ?Sized),
+    to: &(impl InNetns + ?Sized),
+    to_ip: &str,
+    bytes: usize,
+) -> Result<(), String> {
+    let mut sink = python(to, TCP_SINK, &["5201"]);
+    let out = wait_ready(&mut sink);
+    let source = python(from, TCP_SOURCE, &[to_ip, "5201", &bytes.to_string()])
+        .wait_with_output()
+        .unwrap();
+    if !source.status.success() {
+        let _ = sink.kill();
+        return Err(format!(
+            "sender: {}",
+            String::from_utf8_lossy(&source.stderr)
+        ));
+    }
+    let sent = String::from_utf8_lossy(&source.stdout).trim().to_string();
+    let received = finish(sink, out);
+    if sent != received {
+        return Err(format!("sent {sent}, received {received}"));
+    }
+    Ok(())
+}
+
+/// Sends `count` UDP datagrams of `size` bytes and returns how many the
+/// receiver counted.
+pub fn udp_datagrams(
+    from: &(impl InNetns + ?Sized),
+    to: &(impl InNetns + ?Sized),
+    to_ip: &str,
+    count: u32,
+    size: usize,
+) -> u32 {
+    udp_gso_datagrams(from, to, to_ip, count, 1, size)
+}
+
+/// Sends `sends` buffers of `segments` UDP datagrams of `size` bytes each
+/// with UDP_SEGMENT (see [`UDP_SOURCE`]); returns how many whole, intact
+/// datagrams the receiver counted.
+pub fn udp_gso_datagrams(
+    from: &(impl InNetns + ?Sized),
+    to: &(impl InNetns + ?Sized),
+    to_ip: &str,
+    sends: u32,
+    segments: u32,
+    size: usize,
+) -> u32 {
+    let sink = UdpSink::start(to, 5300, sends * segments, size);
+    let source = python(
+        from,
+        UDP_SOURCE,
+        &[
+            to_ip,
+            "5300",
+            &sends.to_string(),
+            &size.to_string(),
+            &segments.to_string(),
+        ],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert!(
+        source.status.success(),
+        "{}",
+        String::from_utf8_lossy(&source.stderr)
+    );
+    sink.count()
+}
+
+/// A UDP receiver in a namespace ([`UDP_SINK`]): counts intact datagrams
+/// of one size (every byte the same) on one port.
+pub struct UdpSink {
+    child: Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl UdpSink {
+    /// Listens on `port` in `ns`, ready when this returns, until `want`
+    /// datagrams of `size` bytes arrived or 3 s passed without one.
+    pub fn start(ns: &(impl InNetns + ?Sized), port: u16, want: u32, size: usize) -> UdpSink {
+        let mut child = python(
+            ns,
+            UDP_SINK,
+            &[&port.to_string(), &want.to_string(), &size.to_string()],
+        );
+        let out = wait_ready(&mut child);
+        UdpSink { child, out }
+    }
+
+    /// How many arrived.
+    pub fn count(self) -> u32 {
+        finish(self.child, self.out).parse().unwrap_or(0)
+    }
+}
+
+/// Between every pair of pods (same node and across nodes) and between
+/// each node's own stack and pods: ping, UDP both ways, TCP with its
+/// checksum. The same scenario runs against every dataplane that can
+/// describe itself as [`Sites`], podswitch's and the kernel's alike (as
+/// Open vSwitch runs system-traffic.at against each datapath).
+pub fn traffic_matrix(dataplane: &impl Sites, label: &str) {
+    let what = |a: &str, b: &str| format!("{label}: {a} -> {b}");
+    let pods = dataplane.pods();
+    let nodes = dataplane.nodes();
+    for a in &pods {
+        for b in pods.iter().filter(|b| b.ip != a.ip) {
+            assert!(
+                ping(&a.netns, &b.ip, 2),
+                "ping {}\n{}",
+                what(&a.ip, &b.ip),
+                dataplane.logs()
+            );
+            let got = udp_datagrams(&a.netns, &b.netns, &b.ip, DATAGRAMS, 1000);
+            assert_eq!(
+                got,
+                DATAGRAMS,
+                "UDP {}\n{}",
+                what(&a.ip, &b.ip),
+                dataplane.logs()
+            );
+        }
+    }
+    for (i, a) in pods.iter().enumerate() {
+        for b in &pods[i + 1..] {
+            tcp_transfer(&a.netns, &b.netns, &b.ip, TCP_BYTES).unwrap_or_else(|e| {
+                panic!("TCP {}: {e}\n{}", what(&a.ip, &b.ip), dataplane.logs())
+            });
+        }
+    }
+    // The node's own stack reaches pods on every node (what `curl <pod
+    // IP>` on a node does), and a pod on another node reaches it back.
+    for (n, node) in nodes.iter().enumerate() {
+        for pod in &pods {
+            assert!(
+                ping(&node.netns, &pod.ip, 2),
+                "ping {}\n{}",
+                what(&node.name, &pod.ip),
+                dataplane.logs()
+            );
+        }
+        let remote = pods
+            .iter()
+            .find(|p| p.node != n)
+            .expect("a pod on another node");
+        tcp_transfer(&node.netns, &remote.netns, &remote.ip, TCP_BYTES).unwrap_or_else(|e| {
+            panic!(
+                "TCP {}: {e}\n{}",
+                what(&node.name, &remote.ip),
+                dataplane.logs()
+            )
+        });
+        let got = udp_datagrams(&node.netns, &remote.netns, &remote.ip, DATAGRAMS, 1000);
+        assert_eq!(
+            got,
+            DATAGRAMS,
+            "UDP {}\n{}",
+            what(&node.name, &remote.ip),
+            dataplane.logs()
+        );
+        let got = udp_datagrams(&remote.netns, &node.netns, &node.address, DATAGRAMS, 1000);
+        assert_eq!(
+            got,
+            DATAGRAMS,
+            "UDP {}\n{}",
+            what(&remote.ip, &node.address),
+            dataplane.logs()
+        );
+    }
+}
+
+/// One of a namespace's kernel counters (`nstat -az NAME`), since the
+/// namespace was made.
+pub fn kernel_counter(ns: &(impl InNetns + ?Sized), name: &str) -> u64 {
+    let nstat = super::run("ip", &["netns", "exec", ns.netns(), "nstat", "-az", name]);
+    String::from_utf8_lossy(&nstat.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}

@@ -438,40 +438,41 @@ struct Ceiling {
 /// counts (no forwarding behind it): its rate (the dataplanes' figures are
 /// meaningful only well below it) and its CPU per frame.
 fn generator_ceiling(seconds: u64) -> Result<Ceiling> {
-    let (a, b) = (
-        format!("podswitch-gen-{}-a", std::process::id()),
-        format!("podswitch-gen-{}-b", std::process::id()),
-    );
-    let result = (|| -> Result<Ceiling> {
-        crate::run("ip", &["netns", "add", &a])?;
-        crate::run("ip", &["netns", "add", &b])?;
-        crate::run(
-            "ip",
-            &[
-                "link", "add", "eth0", "netns", &a, "type", "veth", "peer", "name", "eth0",
-                "netns", &b,
-            ],
-        )?;
-        crate::run("ip", &["-n", &a, "link", "set", "eth0", "up"])?;
-        crate::run("ip", &["-n", &b, "link", "set", "eth0", "up"])?;
-        let run = blast(
-            &[Flow {
-                src_ns: &a,
-                dst_ns: &b,
-                dst_mac: "02:00:00:00:00:99".into(),
-                src_ip: "10.244.1.2",
-                dst_ip: "10.244.2.2",
-            }],
-            seconds,
-        )?;
-        Ok(Ceiling {
-            mpps: run.mpps,
-            secs_per_frame: run.generator_secs / run.sent.max(1.0),
-        })
-    })();
-    let _ = crate::run("ip", &["netns", "del", &a]);
-    let _ = crate::run("ip", &["netns", "del", &b]);
-    result
+    let a = lab::Namespace::add(&format!("podswitch-gen-{}-a", std::process::id()))?;
+    let b = lab::Namespace::add(&format!("podswitch-gen-{}-b", std::process::id()))?;
+    crate::run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            b.name(),
+        ],
+    )?;
+    crate::run("ip", &["-n", a.name(), "link", "set", "eth0", "up"])?;
+    crate::run("ip", &["-n", b.name(), "link", "set", "eth0", "up"])?;
+    let run = blast(
+        &[Flow {
+            src_ns: a.name(),
+            dst_ns: b.name(),
+            dst_mac: "02:00:00:00:00:99".into(),
+            src_ip: "10.244.1.2",
+            dst_ip: "10.244.2.2",
+        }],
+        seconds,
+    )?;
+    Ok(Ceiling {
+        mpps: run.mpps,
+        secs_per_frame: run.generator_secs / run.sent.max(1.0),
+    })
 }
 
 /// Ping round trips: (p50, p99) in µs.

@@ -1,7 +1,9 @@
-//! Simulated clusters for the daemon's integration tests: node namespaces
-//! joined by an underlay veth (192.168.100.0/24), pods as namespaces
-//! behind each node (node X owns 10.244.X.0/24), and a podswitchd per
-//! node, all removed when the [`Cluster`] drops.
+//! Simulated clusters for the daemon's integration tests, on the lab's
+//! topology (`podswitch::lab`'s building blocks): node namespaces whose
+//! `ul0` joins the underlay's bridge (192.168.100.0/24), pods as
+//! namespaces behind each node (node X owns 10.244.X.0/24) made as a CNI
+//! plugin makes them, and a podswitchd per node configured as each test
+//! asks, all removed when the [`Cluster`] drops.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -9,10 +11,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use podswitch::lab::pod_mtu;
-use podswitch::lab::{pod_interface, PodInterface};
+use podswitch::lab::{join_underlay, pod_interface, underlay_bridge, PodInterface};
 
 use super::traffic::{NodeSite, PodSite, Sites};
-use super::{run, veth, Netns, TempFile};
+use super::{run, Netns, TempFile};
 
 /// Gateway mode names as podswitchd takes them.
 pub const MODES: [&str; 2] = ["bridge", "proxy-arp"];
@@ -112,7 +114,8 @@ pub struct Pod {
 pub struct Cluster {
     pub pods: Vec<Pod>,
     pub nodes: Vec<Node>,
-    pub underlay_peer: Option<Netns>,
+    /// The underlay's bridge, between the nodes.
+    pub underlay: Netns,
     pub backend: String,
     pub mode: String,
     /// VTEP MACs to configure, by node position (default: podswitchd's
@@ -180,32 +183,27 @@ impl Node {
 impl Cluster {
     /// Two nodes on one underlay, `pods_per_node` pods each, no daemons yet.
     pub fn new(backend: &str, mode: &str, pods_per_node: u8) -> Cluster {
+        // The lab's topology: both nodes' ul0 on the underlay's bridge.
+        let underlay = Netns::new("ul");
+        underlay_bridge(&underlay.name).expect("the underlay");
         let mut nodes = Vec::new();
         for index in 1..=2u8 {
             let ns = Netns::new(&format!("node{index}"));
+            let underlay_ip =
+                join_underlay(&ns.name, &underlay.name, index).expect("the node's ul0");
             nodes.push(Node {
                 index,
                 ns,
-                underlay_ip: format!("192.168.100.{index}"),
+                underlay_ip,
                 daemon: None,
                 pod_net: format!("10.244.{index}"),
                 subnet_file: TempFile::new("subnet.env"),
             });
         }
-        veth(&nodes[0].ns, "ul0", &nodes[1].ns, "ul0");
-        for node in &nodes {
-            node.ns.ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", node.underlay_ip),
-                "dev",
-                "ul0",
-            ]);
-        }
         let mut cluster = Cluster {
             pods: Vec::new(),
             nodes,
-            underlay_peer: None,
+            underlay,
             backend: backend.into(),
             mode: mode.into(),
             vtep_macs: vec![None, None],

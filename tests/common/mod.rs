@@ -16,6 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use podswitch::lab::Namespace;
 use podswitch_encap::pcap::PcapReader;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -107,10 +108,12 @@ pub fn run(program: &str, args: &[&str]) -> Output {
     out
 }
 
-/// A network namespace deleted on drop.
+/// A network namespace deleted on drop: the lab library's
+/// [`Namespace`] guard, under a name unique to this test process.
 #[derive(Debug)]
 pub struct Netns {
     pub name: String,
+    namespace: Namespace,
 }
 
 /// Deletes the namespaces of test processes that no longer run, after
@@ -148,10 +151,8 @@ impl Netns {
         static SWEEP: std::sync::Once = std::sync::Once::new();
         SWEEP.call_once(sweep_stale_namespaces);
         let name = unique(what);
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
+        let namespace = Namespace::add(&name).unwrap_or_else(|e| panic!("namespace {name}: {e:#}"));
+        Netns { name, namespace }
     }
 
     /// `ip -n NAME args...`.
@@ -206,14 +207,6 @@ impl Netns {
         ];
         args.extend(hex.iter().map(String::as_str));
         self.exec("/usr/bin/python3", &args);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
     }
 }
 

@@ -32,6 +32,11 @@ use serde_json::json;
 
 use crate::kernel_flannel::{self, VxlanNode, VxlanPeer};
 
+mod topology;
+pub use topology::{
+    join_underlay, pod_interface, pod_mtu, underlay_bridge, Namespace, PodInterface,
+};
+
 /// Where labs keep their state.
 const LAB_ROOT: &str = "/run/podswitch-lab";
 
@@ -204,16 +209,7 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 use crate::run;
-
-fn ip(args: &[&str]) -> Result<String> {
-    run("ip", args)
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
-    let mut full = vec!["-n", ns];
-    full.extend_from_slice(args);
-    ip(&full)
-}
+use topology::{in_ns, ip};
 
 fn sibling(binary: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("where podswitchctl is")?;
@@ -253,96 +249,6 @@ impl Lab {
             .find(|p| p.name == name)
             .with_context(|| format!("no pod {name:?} in lab {:?}", self.name))
     }
-}
-
-/// The pods' MTU for a backend over a 1500-byte underlay: what flannel
-/// (and Calico, for IPIP) give pods, the tunnel's overhead taken off.
-pub fn pod_mtu(backend: Backend) -> u32 {
-    u32::from(podswitch_engine::config::pod_mtu(backend, 1500))
-}
-
-/// A pod's interface, as a CNI plugin leaves it: a veth from the node's
-/// namespace (`host_if`) to the pod's (`eth0`), addressed for the
-/// gateway mode (DESIGN.md): in bridge mode (flannel) a /24 and a default
-/// route via the node's gateway; in proxy-arp mode (Calico) a /32 and a
-/// default route via 169.254.1.1, which the node's side answers for.
-#[derive(Debug, Clone, Copy)]
-pub struct PodInterface<'a> {
-    /// The node's namespace.
-    pub node_netns: &'a str,
-    /// The pod's namespace.
-    pub pod_netns: &'a str,
-    /// The veth's name on the node.
-    pub host_if: &'a str,
-    /// The pod's address.
-    pub ip: &'a str,
-    /// The pod's MAC (none: the kernel's random one).
-    pub mac: Option<&'a str>,
-    /// Its MTU ([`pod_mtu`]).
-    pub mtu: u32,
-    /// How the pod reaches its gateway.
-    pub gateway_mode: GatewayMode,
-    /// The pod network's gateway (bridge mode).
-    pub gateway: &'a str,
-}
-
-/// Makes the pod's interface [`PodInterface`] describes. The node's side
-/// is left up and unattached: the dataplane takes it from there.
-pub fn pod_interface(pod: &PodInterface) -> Result<()> {
-    ip(&[
-        "link",
-        "add",
-        pod.host_if,
-        "netns",
-        pod.node_netns,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod.pod_netns,
-    ])?;
-    let mtu = pod.mtu.to_string();
-    let mut eth0 = vec!["link", "set", "eth0"];
-    if let Some(mac) = pod.mac {
-        eth0.extend(["address", mac]);
-    }
-    eth0.extend(["mtu", &mtu, "up"]);
-    in_ns(pod.pod_netns, &eth0)?;
-    in_ns(pod.node_netns, &["link", "set", pod.host_if, "up"])?;
-    if pod.gateway_mode == GatewayMode::Bridge {
-        in_ns(
-            pod.pod_netns,
-            &["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"],
-        )?;
-        in_ns(
-            pod.pod_netns,
-            &["route", "add", "default", "via", pod.gateway],
-        )?;
-    } else {
-        in_ns(
-            pod.pod_netns,
-            &["addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"],
-        )?;
-        in_ns(
-            pod.pod_netns,
-            &[
-                "route",
-                "add",
-                "169.254.1.1",
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ],
-        )?;
-        in_ns(
-            pod.pod_netns,
-            &["route", "add", "default", "via", "169.254.1.1"],
-        )?;
-    }
-    Ok(())
 }
 
 /// Builds a lab.
@@ -405,29 +311,16 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
 fn build(lab: &mut Lab, args: &UpArgs, kernel: bool) -> Result<()> {
     let prefix = format!("lab-{}", lab.name);
     fs::create_dir_all(lab_dir(&lab.name))?;
-    let underlay = format!("{prefix}-ul");
-    ip(&["netns", "add", &underlay])?;
-    in_ns(&underlay, &["link", "add", "br0", "type", "bridge"])?;
-    in_ns(&underlay, &["link", "set", "br0", "up"])?;
+    // Each namespace is the lab's once made: `lab down` removes it, a
+    // failed `lab up` included.
+    let underlay = Namespace::add(&format!("{prefix}-ul"))?.keep();
+    underlay_bridge(&underlay)?;
     if lab.store.is_some() {
         start_etcd(lab, &underlay)?;
     }
     for x in 1..=args.nodes {
-        let netns = format!("{prefix}-n{x}");
-        ip(&["netns", "add", &netns])?;
-        in_ns(&netns, &["link", "set", "lo", "up"])?;
-        let port = format!("n{x}");
-        ip(&[
-            "link", "add", "ul0", "netns", &netns, "type", "veth", "peer", "name", &port, "netns",
-            &underlay,
-        ])?;
-        in_ns(&underlay, &["link", "set", &port, "master", "br0", "up"])?;
-        let underlay_ip = format!("192.168.100.{x}");
-        in_ns(
-            &netns,
-            &["addr", "add", &format!("{underlay_ip}/24"), "dev", "ul0"],
-        )?;
-        in_ns(&netns, &["link", "set", "ul0", "up"])?;
+        let netns = Namespace::add(&format!("{prefix}-n{x}"))?.keep();
+        let underlay_ip = join_underlay(&netns, &underlay, x)?;
         lab.nodes.push(Node {
             name: format!("node{x}"),
             index: x,
@@ -714,8 +607,7 @@ fn cni_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
     let node = &lab.nodes[i];
     let name = format!("pod{}-{y}", node.index);
     let netns = format!("lab-{}-{name}", lab.name);
-    ip(&["netns", "add", &netns])?;
-    ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+    Namespace::add(&netns)?.keep();
     let config = json!({
         "cniVersion": "1.1.0", "name": "lab", "type": "podswitch",
         "socket": node.socket, "mtu": pod_mtu(lab.backend), "gatewayMode": lab.gateway_mode,
@@ -883,8 +775,7 @@ fn kernel_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
     let netns = format!("lab-{}-{name}", lab.name);
     let addr = format!("10.244.{x}.{}", u32::from(y) + 1);
     let host = format!("veth{x}p{y}");
-    ip(&["netns", "add", &netns])?;
-    ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+    Namespace::add(&netns)?.keep();
     pod_interface(&PodInterface {
         node_netns: &node.netns,
         pod_netns: &netns,

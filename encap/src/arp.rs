@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 
+use crate::describe::Section;
 use crate::error::{check_len, Layer, WireError, WireResult};
 use crate::ethernet::MacAddr;
 
@@ -114,6 +115,33 @@ impl ArpRepr {
             target_mac: self.sender_mac,
             target_ip: self.sender_ip,
         }
+    }
+}
+
+impl ArpRepr {
+    /// The ARP packet at `offset`, described field by field
+    /// ([`crate::describe`]).
+    pub fn describe(&self, offset: usize) -> Section {
+        let op = match self.operation {
+            ArpOperation::Request => {
+                format!(
+                    "request: who has {}? tell {}",
+                    self.target_ip, self.sender_ip
+                )
+            }
+            ArpOperation::Reply => {
+                format!("reply: {} is at {}", self.sender_ip, self.sender_mac)
+            }
+            ArpOperation::Unknown(v) => format!("operation {v}"),
+        };
+        let mut s = Section::new("ARP", offset, PACKET_LEN);
+        s.field("hw/proto", offset, 6, "Ethernet / IPv4");
+        s.field("operation", offset + 6, 2, op);
+        s.field("sender MAC", offset + 8, 6, self.sender_mac.to_string());
+        s.field("sender IP", offset + 14, 4, self.sender_ip.to_string());
+        s.field("target MAC", offset + 18, 6, self.target_mac.to_string());
+        s.field("target IP", offset + 24, 4, self.target_ip.to_string());
+        s
     }
 }
 

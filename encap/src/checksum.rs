@@ -95,6 +95,17 @@ pub fn update_u32(old_checksum: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
+/// True if `stored` is the folded pseudo-header sum `pseudo`: in a TCP or
+/// UDP segment whose full sum does not verify (the caller checks), a
+/// checksum offload left undone (Linux's CHECKSUM_PARTIAL), not corruption.
+pub fn is_partial(stored: u16, pseudo: u32) -> bool {
+    stored == fold(pseudo)
+}
+
+/// How [`crate::describe`] words a partial checksum.
+pub const PARTIAL_IN_WORDS: &str =
+    "partial: the pseudo-header sum only, as checksum offload leaves it for the NIC or the receiving kernel (CHECKSUM_PARTIAL)";
+
 #[cfg(test)]
 mod tests {
     use super::*;

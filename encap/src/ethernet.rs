@@ -3,6 +3,7 @@
 
 use core::fmt;
 
+use crate::describe::Section;
 use crate::error::{check_len, Layer, WireResult};
 
 // The MAC address is podswitch's vocabulary, shared with the tables and
@@ -208,6 +209,48 @@ impl EthernetRepr {
         frame.set_dst(self.dst);
         frame.set_src(self.src);
         frame.set_ethertype(self.ethertype);
+    }
+}
+
+/// The Ethernet header of `frame` at `offset` described field by field
+/// ([`crate::describe`]); `header_len` is where its payload starts (after
+/// any 802.1Q tags), as [`payload_info`] found it.
+pub fn describe(frame: &[u8], offset: usize, header_len: usize) -> Section {
+    let b = &frame[offset..];
+    let mac = |at: usize| MacAddr(b[at..at + 6].try_into().expect("6 bytes"));
+    let mut s = Section::new("Ethernet II", offset, header_len);
+    s.field("destination", offset, 6, describe_mac(mac(0)));
+    s.field("source", offset + 6, 6, describe_mac(mac(6)));
+    let mut at = 12;
+    while at + 2 < header_len {
+        let tci = u16::from_be_bytes([b[at + 2], b[at + 3]]);
+        let tpid = EtherType::from(u16::from_be_bytes([b[at], b[at + 1]]));
+        s.field(
+            "VLAN tag",
+            offset + at,
+            4,
+            format!("{tpid} VLAN {} priority {}", tci & 0x0fff, tci >> 13),
+        );
+        at += 4;
+    }
+    let ethertype = u16::from_be_bytes([b[header_len - 2], b[header_len - 1]]);
+    s.field(
+        "ethertype",
+        offset + header_len - 2,
+        2,
+        format!("0x{ethertype:04x} ({})", EtherType::from(ethertype)),
+    );
+    s
+}
+
+/// A MAC address, with what it is when it is a well-known one.
+fn describe_mac(mac: MacAddr) -> String {
+    if mac == MacAddr::BROADCAST {
+        format!("{mac} (broadcast)")
+    } else if mac == MacAddr([0xee; 6]) {
+        format!("{mac} (Calico's proxy-ARP MAC)")
+    } else {
+        mac.to_string()
     }
 }
 

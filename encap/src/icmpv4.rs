@@ -4,6 +4,7 @@
 use core::fmt;
 
 use crate::checksum;
+use crate::describe::Section;
 use crate::error::{check_len, Layer, WireResult};
 
 /// Length of the ICMP header: type, code, checksum, 4 bytes of "rest".
@@ -178,6 +179,45 @@ impl Icmpv4Error {
         buf[HEADER_LEN..].copy_from_slice(quoted);
         let c = checksum::checksum(buf);
         buf[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+impl<T: AsRef<[u8]>> Icmpv4Packet<T> {
+    /// The header at `offset`, described field by field
+    /// ([`crate::describe`]), a wrong checksum as its problem.
+    pub fn describe(&self, offset: usize) -> Section {
+        let (kind, code, ok) = (self.msg_type(), self.code(), self.checksum_ok());
+        let rest = match kind {
+            Icmpv4Type::EchoRequest | Icmpv4Type::EchoReply => {
+                format!("id 0x{:04x} seq {}", self.echo_ident(), self.echo_seq())
+            }
+            Icmpv4Type::DestUnreachable if code == CODE_FRAG_NEEDED => {
+                format!("next-hop MTU {}", self.next_hop_mtu())
+            }
+            _ => "unused".into(),
+        };
+        let mut s = Section::new("ICMPv4", offset, HEADER_LEN);
+        s.field(
+            "type, code",
+            offset,
+            2,
+            format!("{} ({kind}), {code}", u8::from(kind)),
+        );
+        s.field(
+            "checksum",
+            offset + 2,
+            2,
+            format!(
+                "0x{:04x} ({})",
+                self.checksum(),
+                if ok { "correct" } else { "WRONG" }
+            ),
+        );
+        s.field("rest of header", offset + 4, 4, rest);
+        if !ok {
+            s.problem("checksum is wrong");
+        }
+        s
     }
 }
 

@@ -11,6 +11,8 @@ use core::fmt;
 use std::net::Ipv4Addr;
 
 use crate::checksum;
+use crate::describe::Section;
+use crate::ecn::Ecn;
 use crate::error::{check_len, Layer, WireError, WireResult};
 
 /// Length of a header without options.
@@ -416,6 +418,96 @@ impl Ipv4Repr {
         h[field::DST].copy_from_slice(&self.dst.octets());
         let c = checksum::checksum(h);
         h[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+impl<T: AsRef<[u8]>> Ipv4Packet<T> {
+    /// The header at `offset`, described field by field
+    /// ([`crate::describe`]), a wrong header checksum as its problem.
+    pub fn describe(&self, offset: usize) -> Section {
+        let header_len = self.header_len();
+        let checksum_ok = self.verify_checksum().is_ok();
+        let checksum_state = if checksum_ok {
+            "correct".to_string()
+        } else {
+            format!("WRONG, should be 0x{:04x}", self.compute_checksum())
+        };
+        let mut flag_words = Vec::new();
+        if self.dont_frag() {
+            flag_words.push("DF");
+        }
+        if self.more_frags() {
+            flag_words.push("MF");
+        }
+        let flags = if flag_words.is_empty() {
+            "none".to_string()
+        } else {
+            flag_words.join("+")
+        };
+        let mut s = Section::new("IPv4", offset, header_len);
+        s.field(
+            "version, IHL",
+            offset,
+            1,
+            format!("4, {} ({header_len} bytes)", self.ihl()),
+        );
+        s.field(
+            "DSCP, ECN",
+            offset + 1,
+            1,
+            format!(
+                "DSCP {}, ECN {:?}",
+                self.tos() >> 2,
+                Ecn::from_tos(self.tos())
+            ),
+        );
+        s.field("total length", offset + 2, 2, self.total_len().to_string());
+        s.field(
+            "identification",
+            offset + 4,
+            2,
+            format!("0x{:04x}", self.ident()),
+        );
+        s.field(
+            "flags, fragment",
+            offset + 6,
+            2,
+            format!(
+                "{flags} offset {}",
+                (self.flags_fragment() & FRAG_OFFSET_MASK) * 8
+            ),
+        );
+        s.field("TTL", offset + 8, 1, self.ttl().to_string());
+        s.field(
+            "protocol",
+            offset + 9,
+            1,
+            format!("{} ({})", u8::from(self.protocol()), self.protocol()),
+        );
+        s.field(
+            "header checksum",
+            offset + 10,
+            2,
+            format!("0x{:04x} ({checksum_state})", self.checksum()),
+        );
+        s.field("source", offset + 12, 4, self.src().to_string());
+        s.field("destination", offset + 16, 4, self.dst().to_string());
+        if header_len > HEADER_LEN {
+            s.field(
+                "options",
+                offset + HEADER_LEN,
+                header_len - HEADER_LEN,
+                format!("{} bytes", header_len - HEADER_LEN),
+            );
+        }
+        if !checksum_ok {
+            s.problem(format!(
+                "header checksum 0x{:04x} is wrong, should be 0x{:04x}",
+                self.checksum(),
+                self.compute_checksum()
+            ));
+        }
+        s
     }
 }
 

@@ -3,6 +3,8 @@
 
 use std::net::Ipv6Addr;
 
+use crate::describe::Section;
+use crate::ecn::Ecn;
 use crate::error::{check_len, Layer, WireError, WireResult};
 use crate::ipv4::IpProtocol;
 
@@ -85,6 +87,35 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6Packet<T> {
         let b = self.buffer.as_mut();
         b[0] = 0x60 | (tc >> 4);
         b[1] = (b[1] & 0x0f) | (tc << 4);
+    }
+}
+
+impl<T: AsRef<[u8]>> Ipv6Packet<T> {
+    /// The fixed header at `offset`, described field by field
+    /// ([`crate::describe`]).
+    pub fn describe(&self, offset: usize) -> Section {
+        let mut s = Section::new("IPv6", offset, HEADER_LEN);
+        s.field(
+            "traffic class",
+            offset,
+            2,
+            format!(
+                "0x{:02x} (ECN {:?})",
+                self.traffic_class(),
+                Ecn::from_tos(self.traffic_class())
+            ),
+        );
+        s.field(
+            "payload length",
+            offset + 4,
+            2,
+            self.payload_len().to_string(),
+        );
+        s.field("next header", offset + 6, 1, self.next_header().to_string());
+        s.field("hop limit", offset + 7, 1, self.hop_limit().to_string());
+        s.field("source", offset + 8, 16, self.src().to_string());
+        s.field("destination", offset + 24, 16, self.dst().to_string());
+        s
     }
 }
 

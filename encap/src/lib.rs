@@ -21,9 +21,10 @@
 //!    header and returns where the inner frame is, or a [`DecapError`] with
 //!    one variant per cause, which the engine counts as a drop reason.
 //!
-//! For people rather than packets: [`dissect`] breaks any frame down field
-//! by field (what `podswitchctl explain` prints), and [`pcap`] reads and
-//! writes capture files.
+//! For people rather than packets: each wire view describes its header
+//! field by field ([`describe`]; TCP's in [`tcp`]), [`dissect`] walks a
+//! frame through them into any tunnel (what `podswitchctl explain`
+//! prints), and [`pcap`] reads and writes capture files.
 //!
 //! No I/O, no allocation per packet, no `unsafe`.
 //!
@@ -38,6 +39,7 @@
 pub mod arp;
 pub mod buffer;
 pub mod checksum;
+pub mod describe;
 pub mod dissect;
 pub mod ecn;
 pub mod error;
@@ -49,6 +51,7 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod offload;
 pub mod pcap;
+pub mod tcp;
 pub mod tunnel;
 pub mod udp;
 pub mod vxlan;

@@ -3,7 +3,9 @@
 use std::net::Ipv4Addr;
 
 use crate::checksum;
+use crate::describe::Section;
 use crate::error::{check_len, Layer, WireError, WireResult};
+use crate::ipv4::IpProtocol;
 
 /// Length of the UDP header.
 pub const HEADER_LEN: usize = 8;
@@ -131,6 +133,51 @@ impl UdpRepr {
         h[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
         h[4..6].copy_from_slice(&len.to_be_bytes());
         h[6..8].copy_from_slice(&[0, 0]);
+    }
+}
+
+impl<T: AsRef<[u8]>> UdpPacket<T> {
+    /// The header at `offset` of a datagram from `src` to `dst`,
+    /// described field by field ([`crate::describe`]); `port_name` names
+    /// a well-known destination port. A checksum left partial by offload
+    /// is told apart from a wrong one, which is the problem.
+    pub fn describe(
+        &self,
+        offset: usize,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        port_name: Option<&str>,
+    ) -> Section {
+        let ok = self.checksum_ok(src, dst);
+        let pseudo = checksum::pseudo_header_v4(src, dst, u8::from(IpProtocol::Udp), self.len());
+        let partial = !ok && checksum::is_partial(self.checksum(), pseudo);
+        let computed = self.compute_checksum(src, dst);
+        let checksum = match (self.checksum(), ok) {
+            (0, _) => "0x0000 (none: allowed over IPv4)".to_string(),
+            (c, true) => format!("0x{c:04x} (correct)"),
+            (c, false) if partial => format!("0x{c:04x} ({})", checksum::PARTIAL_IN_WORDS),
+            (c, false) => format!("0x{c:04x} (WRONG, should be 0x{computed:04x})"),
+        };
+        let dport = self.dst_port();
+        let mut s = Section::new("UDP", offset, HEADER_LEN);
+        s.field("source port", offset, 2, self.src_port().to_string());
+        s.field(
+            "destination port",
+            offset + 2,
+            2,
+            match port_name {
+                Some(name) => format!("{dport} ({name})"),
+                None => dport.to_string(),
+            },
+        );
+        s.field("length", offset + 4, 2, self.len().to_string());
+        s.field("checksum", offset + 6, 2, checksum);
+        if !ok && !partial {
+            s.problem(format!(
+                "checksum is wrong, should be 0x{computed:04x} (a receiver drops this)"
+            ));
+        }
+        s
     }
 }
 

@@ -12,6 +12,7 @@
 
 use core::fmt;
 
+use crate::describe::Section;
 use crate::error::{check_len, Layer, WireResult};
 
 /// Length of the VXLAN header.
@@ -126,6 +127,38 @@ pub fn emit(vni: Vni, buf: &mut [u8]) {
         v as u8,
         0,
     ]);
+}
+
+impl<T: AsRef<[u8]>> VxlanHeader<T> {
+    /// The header at `offset`, described field by field
+    /// ([`crate::describe`]), with what a receiver would refuse in it.
+    pub fn describe(&self, offset: usize) -> Section {
+        let flags = self.flags();
+        let mut s = Section::new("VXLAN", offset, HEADER_LEN);
+        s.field(
+            "flags",
+            offset,
+            1,
+            format!(
+                "0x{flags:02x} (I flag {})",
+                if flags & FLAG_I != 0 {
+                    "set: VNI valid"
+                } else {
+                    "CLEAR"
+                }
+            ),
+        );
+        s.field("reserved", offset + 1, 3, "must be zero");
+        s.field("VNI", offset + 4, 3, self.vni().to_string());
+        s.field("reserved", offset + 7, 1, "must be zero");
+        if flags & FLAG_I == 0 {
+            s.problem("I flag is clear: RFC 7348 requires it, receivers drop this");
+        }
+        if self.reserved_bits_set() {
+            s.problem("reserved bits are set: Linux drops this");
+        }
+        s
+    }
 }
 
 #[cfg(test)]

@@ -3,9 +3,8 @@
 
 use std::net::Ipv4Addr;
 
+use podswitch_addr::Prefix;
 use podswitch_encap::{MacAddr, Vni};
-
-use crate::fib::Prefix;
 
 // The names config files and requests use, shared through the vocabulary
 // crate.

@@ -36,8 +36,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::peer::PeerId;
-use crate::port::PortId;
+use crate::ids::{PeerId, PortId};
 // The prefix is podswitch's vocabulary, shared with the control protocol.
 pub use podswitch_addr::{mask, Prefix, PrefixError};
 

@@ -42,6 +42,7 @@ pub mod datapath;
 pub mod drop;
 pub mod fdb;
 pub mod fib;
+pub mod ids;
 pub mod ipmap;
 pub mod kernel_port;
 pub mod offload;

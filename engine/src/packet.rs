@@ -23,7 +23,7 @@ use std::sync::Arc;
 use crossbeam_queue::ArrayQueue;
 use podswitch_encap::FrameBuf;
 
-use crate::port::PortId;
+use crate::ids::PortId;
 
 /// Free bytes kept in front of a received frame: room for the largest outer
 /// header (VXLAN's 50 bytes) with cache-line alignment to spare.

@@ -2,25 +2,16 @@
 //! (`bridge fdb show dev flannel.1`, the ARP entry for 10.244.Y.0, the route
 //! to 10.244.Y.0/24) and Calico in its BGP routes.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 
+use podswitch_addr::Prefix;
 use podswitch_encap::tunnel::EncapTemplate;
 use podswitch_encap::{MacAddr, OuterPath, Tunnel, TunnelConfig, TunnelMode, Vni};
 
 use crate::config::{Backend, NodeConfig};
-use crate::fib::Prefix;
 use crate::ipmap::IpMap;
 
-/// A peer's number in the peer table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(pub u16);
-
-impl fmt::Display for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+pub use crate::ids::PeerId;
 
 /// What the control side says about a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,16 +13,7 @@ use std::io;
 
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 
-/// A port's number in the engine (its index in the port table).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortId(pub u16);
-
-impl fmt::Display for PortId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
+pub use crate::ids::PortId;
 pub use podswitch_addr::PortRole;
 
 /// How a port moves frames.

@@ -397,23 +397,58 @@ impl Sites for LabSites<'_> {
 #[test]
 fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
     require(&["ip", "ping", "bridge", "sysctl", "/usr/bin/python3"]);
-    let cases = [
-        ("kernel", "vxlan", "bridge"),
-        ("kernel", "host-gw", "bridge"),
-        ("kernel", "vxlan", "proxy-arp"),
-        ("podswitch", "vxlan", "bridge"),
-        ("podswitch", "host-gw", "proxy-arp"),
+    let cases: [&[&str]; 6] = [
+        &["--dataplane", "kernel", "--backend", "vxlan"],
+        &["--dataplane", "kernel", "--backend", "host-gw"],
+        &["--dataplane", "kernel", "--gateway-mode", "proxy-arp"],
+        &["--dataplane", "podswitch", "--backend", "vxlan"],
+        &["--backend", "host-gw", "--gateway-mode", "proxy-arp"],
+        &["--backend", "vxlan", "--port-kind", "af-xdp"],
     ];
-    for (i, (dataplane, backend, mode)) in cases.into_iter().enumerate() {
+    for (i, options) in cases.into_iter().enumerate() {
         let lab = name(&format!("x{i}"));
         let _guard = LabGuard(lab.clone());
-        let status = up(&lab, dataplane, backend, mode);
+        let status = up_with(&lab, options);
+        if let Some(kind) = options.iter().skip_while(|o| **o != "--port-kind").nth(1) {
+            // Every pod port is of the kind the lab asked for.
+            assert_eq!(status["port_kind"], *kind, "{status}");
+            for node in status["nodes"].as_array().unwrap() {
+                let socket = node["socket"].as_str().expect("a daemon's socket");
+                let out = ctl(&["--socket", socket, "--json", "port", "list"]);
+                let ports: Value = serde_json::from_slice(&out.stdout).expect("port list");
+                let pods: Vec<&Value> = ports
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p["role"] == "pod")
+                    .collect();
+                assert_eq!(pods.len(), 2, "{ports}");
+                assert!(pods.iter().all(|p| p["kind"] == *kind), "{ports}");
+            }
+        }
         let sites = LabSites {
             name: &lab,
             status: &status,
         };
-        traffic_matrix(&sites, &format!("lab {dataplane}/{backend}/{mode}"));
+        traffic_matrix(&sites, &format!("lab {}", options.join(" ")));
     }
+    // The choice is podswitchd's: the kernel's dataplane refuses it.
+    let refused = ctl(&[
+        "lab",
+        "up",
+        "--name",
+        &name("x9"),
+        "--dataplane",
+        "kernel",
+        "--port-kind",
+        "af-xdp",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--dataplane podswitch"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }
 
 /// Runs `cmd` in a lab pod; its stdout.

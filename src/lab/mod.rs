@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use podswitch_engine::config::{derived_mac, Backend, GatewayMode};
+use podswitch_engine::kernel_port::PodPortKind;
 use podswitch_lease::flannel;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -84,6 +85,10 @@ pub struct UpArgs {
     /// podswitchd's own, socket).
     #[arg(long, value_parser = UNDERLAY_KINDS)]
     underlay_kind: Option<String>,
+    /// How podswitchd reads the pods' veths: af-packet or af-xdp (default:
+    /// podswitchd's own, af-packet).
+    #[arg(long)]
+    port_kind: Option<PodPortKind>,
 }
 
 /// Which dataplane a lab's nodes run.
@@ -134,12 +139,19 @@ impl UpArgs {
             etcd_members: 1,
             workers: None,
             underlay_kind: None,
+            port_kind: None,
         }
     }
 
     /// podswitchd with `workers` forwarding threads.
     pub fn workers(mut self, workers: usize) -> UpArgs {
         self.workers = Some(workers);
+        self
+    }
+
+    /// podswitchd reading the pods' veths as `kind` says.
+    pub fn port_kind(mut self, kind: PodPortKind) -> UpArgs {
+        self.port_kind = Some(kind);
         self
     }
 
@@ -169,6 +181,9 @@ pub struct Lab {
     /// How podswitchd receives tunnel packets, if the lab chose.
     #[serde(default)]
     pub underlay_kind: Option<String>,
+    /// How podswitchd reads the pods' veths, if the lab chose.
+    #[serde(default)]
+    pub port_kind: Option<PodPortKind>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -284,6 +299,14 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
     if kernel && store.is_some() && args.gateway_mode != GatewayMode::Bridge {
         bail!("--dataplane kernel --store etcd runs flannel's nodes: bridge mode");
     }
+    if args.port_kind.is_some() && kernel {
+        bail!("--port-kind is how podswitchd reads pod veths: it goes with --dataplane podswitch");
+    }
+    if args.port_kind == Some(PodPortKind::Tap) {
+        bail!(
+            "--port-kind tap: a lab's pods are veths the CNI plugin makes; use af-packet or af-xdp"
+        );
+    }
     if kernel && args.backend == Backend::Udp {
         bail!("the kernel has no udp backend: flannel's udp backend is flanneld forwarding in userspace; use --dataplane podswitch");
     }
@@ -299,6 +322,7 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
         store,
         workers: args.workers,
         underlay_kind: args.underlay_kind.clone(),
+        port_kind: args.port_kind,
     };
     let result = build(&mut lab, args, kernel);
     if let Err(e) = result {
@@ -530,6 +554,9 @@ fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
     }
     if let Some(kind) = &lab.underlay_kind {
         dataplane.push_str(&format!("underlay_kind = \"{kind}\"\n"));
+    }
+    if let Some(kind) = lab.port_kind {
+        dataplane.push_str(&format!("port_kind = \"{kind}\"\n"));
     }
     if !dataplane.is_empty() {
         config.push_str(&format!("\n[dataplane]\n{dataplane}"));
@@ -869,6 +896,7 @@ pub fn status_json(lab: &Lab) -> serde_json::Value {
         "backend": lab.backend,
         "gateway_mode": lab.gateway_mode,
         "store": lab.store,
+        "port_kind": lab.port_kind,
         "nodes": lab.nodes.iter().map(|n| json!({
             "name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "pod_cidr": n.pod_cidr,
             "daemon": n.pid.map(|pid| if alive(pid) { "running" } else { "stopped" }),

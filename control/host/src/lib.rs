@@ -10,8 +10,10 @@
 //! and `podswitchctl lab` use it for the same plumbing. The engine shares
 //! its descriptor helpers ([`fd`]).
 //!
-//! Dependencies: libc, and podswitch-addr for the prefixes of the subnet
-//! file.
+//! Dependencies: libc; rust-netlink's `netlink-packet-route`,
+//! `netlink-packet-core` and `netlink-sys` for rtnetlink's messages and
+//! socket (synchronous; no async runtime); podswitch-addr for the
+//! prefixes of the subnet file.
 
 #![warn(missing_docs)]
 

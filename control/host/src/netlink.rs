@@ -1,56 +1,45 @@
-//! A small rtnetlink client (rtnetlink(7), include/uapi/linux/rtnetlink.h):
-//! the link, address and route requests the CNI plugin needs, and
-//! [`in_netns`] to run them inside a pod's network namespace.
+//! An rtnetlink client (rtnetlink(7)): the link, address and route
+//! requests the CNI plugin and podswitchd need, and [`in_netns`] to run
+//! them inside a pod's network namespace.
 //!
-//! Messages are built and parsed here in safe Rust; the only system calls
-//! are the socket's and `setns(2)`.
+//! The messages are the rust-netlink project's (`netlink-packet-route`
+//! builds and parses them, `netlink-sys` is the socket): a well-kept
+//! description of rtnetlink's structures and attributes rather than our
+//! own byte offsets. What stays here is the request and answer loop
+//! (acknowledgement, multi-part dumps, the kernel's errno as an
+//! `io::Error`) and the few shapes podswitch asks for. The crates are
+//! synchronous (no async runtime), as a CNI plugin that runs once per pod
+//! wants.
 
 use std::fs::File;
 use std::io;
-use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 
-use crate::fd::{cvt, socket};
+use netlink_packet_core::{
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-const NETLINK_ROUTE: libc::c_int = 0;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLM_F_EXCL: u16 = 0x200;
-const NLM_F_CREATE: u16 = 0x400;
-const RTM_NEWLINK: u16 = 16;
-const RTM_DELLINK: u16 = 17;
-const RTM_GETLINK: u16 = 18;
-const RTM_NEWADDR: u16 = 20;
-const RTM_GETADDR: u16 = 22;
-const RTM_NEWROUTE: u16 = 24;
-const RTM_GETROUTE: u16 = 26;
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_LINK: u16 = 5;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_NET_NS_FD: u16 = 28;
-const IFLA_LINK_NETNSID: u16 = 37;
-const IFLA_INFO_KIND: u16 = 1;
-const IFLA_INFO_DATA: u16 = 2;
-const VETH_INFO_PEER: u16 = 1;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_TABLE: u16 = 15;
-const RT_TABLE_MAIN: u8 = 254;
-const RTPROT_BOOT: u8 = 3;
-const RTN_UNICAST: u8 = 1;
-/// Route scope: reachable anywhere.
+use crate::fd::cvt;
+
+/// Route scope: anywhere (routes via a gateway).
 pub const RT_SCOPE_UNIVERSE: u8 = 0;
 /// Route scope: on the link (no gateway).
 pub const RT_SCOPE_LINK: u8 = 253;
-const IFF_UP: u32 = 1;
+
+/// How long the kernel may take to answer before a request fails (it
+/// answers rtnetlink synchronously: this guards against a lost answer).
+const ANSWER_TIMEOUT_MS: libc::c_int = 5000;
 
 /// One link as the kernel describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,195 +82,162 @@ pub struct Route {
     pub scope: u8,
 }
 
-/// Builds one netlink message: header, fixed part, attributes.
-struct Message {
-    buf: Vec<u8>,
-    nests: Vec<usize>,
-}
-
-impl Message {
-    fn new(ty: u16, flags: u16, fixed: &[u8]) -> Message {
-        let mut buf = vec![0u8; 16];
-        buf[4..6].copy_from_slice(&ty.to_ne_bytes());
-        buf[6..8].copy_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
-        buf.extend_from_slice(fixed);
-        Message {
-            buf,
-            nests: Vec::new(),
+impl Link {
+    fn from_message(message: &LinkMessage) -> Link {
+        let mut link = Link {
+            index: message.header.index,
+            name: String::new(),
+            mac: None,
+            mtu: None,
+            up: message.header.flags.contains(LinkFlags::Up),
+            peer: None,
+        };
+        let mut netnsid = None;
+        for attribute in &message.attributes {
+            match attribute {
+                LinkAttribute::IfName(name) => link.name.clone_from(name),
+                LinkAttribute::Address(mac) => link.mac = mac.as_slice().try_into().ok(),
+                LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
+                LinkAttribute::Link(index) => {
+                    link.peer = Some(LinkPeer {
+                        index: *index,
+                        netnsid: None,
+                    })
+                }
+                LinkAttribute::LinkNetNsId(id) => netnsid = Some(*id),
+                _ => {}
+            }
         }
-    }
-
-    fn align(&mut self) {
-        while self.buf.len() % 4 != 0 {
-            self.buf.push(0);
+        if let Some(peer) = &mut link.peer {
+            peer.netnsid = netnsid;
         }
-    }
-
-    fn attr(&mut self, ty: u16, data: &[u8]) -> &mut Self {
-        self.align();
-        let len = (4 + data.len()) as u16;
-        self.buf.extend_from_slice(&len.to_ne_bytes());
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self.buf.extend_from_slice(data);
-        self
-    }
-
-    fn attr_str(&mut self, ty: u16, s: &str) -> &mut Self {
-        let mut data = s.as_bytes().to_vec();
-        data.push(0);
-        self.attr(ty, &data)
-    }
-
-    fn raw(&mut self, data: &[u8]) -> &mut Self {
-        self.align();
-        self.buf.extend_from_slice(data);
-        self
-    }
-
-    fn begin(&mut self, ty: u16) -> &mut Self {
-        self.align();
-        self.nests.push(self.buf.len());
-        self.buf.extend_from_slice(&[0, 0]);
-        self.buf.extend_from_slice(&ty.to_ne_bytes());
-        self
-    }
-
-    fn end(&mut self) -> &mut Self {
-        let start = self.nests.pop().expect("balanced nests");
-        let len = (self.buf.len() - start) as u16;
-        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
-        self
-    }
-
-    fn finish(mut self, seq: u32) -> Vec<u8> {
-        self.align();
-        let len = self.buf.len() as u32;
-        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
-        self.buf[8..12].copy_from_slice(&seq.to_ne_bytes());
-        self.buf
+        link
     }
 }
 
-fn ifinfomsg(index: u32, flags: u32, change: u32) -> [u8; 16] {
-    let mut m = [0u8; 16];
-    m[0] = libc::AF_UNSPEC as u8;
-    m[4..8].copy_from_slice(&index.to_ne_bytes());
-    m[8..12].copy_from_slice(&flags.to_ne_bytes());
-    m[12..16].copy_from_slice(&change.to_ne_bytes());
-    m
+fn invalid_data(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("netlink: {e}"))
 }
 
-/// Attributes of a message body after `fixed` bytes: (type, data).
-fn attrs(body: &[u8], fixed: usize) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut at = fixed;
-    while at + 4 <= body.len() {
-        let len = usize::from(u16::from_ne_bytes([body[at], body[at + 1]]));
-        let ty = u16::from_ne_bytes([body[at + 2], body[at + 3]]) & 0x3fff;
-        if len < 4 || at + len > body.len() {
-            break;
-        }
-        out.push((ty, &body[at + 4..at + len]));
-        at += (len + 3) & !3;
+/// A link message naming a link (by name or, with `index`, by number).
+fn link_message(name: Option<&str>, index: u32) -> LinkMessage {
+    let mut message = LinkMessage::default();
+    message.header.index = index;
+    if let Some(name) = name {
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
     }
-    out
-}
-
-fn ipv4(data: &[u8]) -> Option<Ipv4Addr> {
-    <[u8; 4]>::try_from(data).ok().map(Ipv4Addr::from)
+    message
 }
 
 /// A NETLINK_ROUTE socket.
-#[derive(Debug)]
 pub struct Netlink {
-    fd: OwnedFd,
+    socket: Socket,
     seq: u32,
+    answer: Vec<u8>,
+}
+
+impl std::fmt::Debug for Netlink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Netlink").field("seq", &self.seq).finish()
+    }
 }
 
 impl Netlink {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> io::Result<Netlink> {
-        let fd = socket(libc::AF_NETLINK, libc::SOCK_RAW, NETLINK_ROUTE)?;
-        // The socket is non-blocking (as every socket we make); netlink
-        // answers come from the kernel synchronously, so wait with poll.
-        Ok(Netlink { fd, seq: 1 })
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        // Non-blocking, waited on with poll: a lost answer is an error
+        // after a while rather than a hung CNI plugin.
+        socket.set_non_blocking(true)?;
+        Ok(Netlink {
+            socket,
+            seq: 1,
+            // A dump's part fits in a page or two; 64 KiB holds any.
+            answer: vec![0; 64 * 1024],
+        })
     }
 
-    fn send(&self, msg: &[u8]) -> io::Result<()> {
-        // SAFETY: `msg` is a live buffer of the length passed; a null
-        // destination sends to the kernel (netlink's default peer).
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    fn wait_answer(&self) -> io::Result<()> {
+        let mut pfd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let ready = cvt(unsafe { libc::poll(&mut pfd, 1, ANSWER_TIMEOUT_MS) })?;
+        if ready == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "netlink: no answer",
+            ));
         }
         Ok(())
     }
 
-    fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, for the duration of the call.
-            let ready = cvt(unsafe { libc::poll(&mut pfd, 1, 5000) })?;
-            if ready == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "netlink: no answer",
-                ));
-            }
-            // SAFETY: `buf` is a live, exclusively borrowed buffer of the
-            // length passed.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        }
-    }
-
-    /// Sends a request and collects the data messages of the answer (for
-    /// a dump, every part) until the kernel's acknowledgement or error.
-    fn request(&mut self, msg: Message) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    /// Sends a request and collects the messages of the answer (for a
+    /// dump, every part) until the kernel's acknowledgement, the end of
+    /// the dump, or its error (the errno it carries).
+    fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        self.send(&msg.finish(seq))?;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = seq;
+        let mut request = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        request.finalize();
+        let mut bytes = vec![0; request.buffer_len()];
+        request.serialize(&mut bytes);
+        self.socket.send(&bytes, 0)?;
         let mut out = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = self.recv(&mut buf)?;
-            let mut at = 0;
-            while at + 16 <= n {
-                let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap()) as usize;
-                let ty = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
-                let got_seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().unwrap());
-                if len < 16 || at + len > n {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "netlink: bad message",
-                    ));
+            self.wait_answer()?;
+            let n = match self.socket.recv(&mut &mut self.answer[..], 0) {
+                Ok(n) => n,
+                Err(e)
+                    if e.kind() == io::ErrorKind::WouldBlock
+                        || e.kind() == io::ErrorKind::Interrupted =>
+                {
+                    continue
                 }
-                let body = &buf[at + 16..at + len];
+                Err(e) => return Err(e),
+            };
+            // One datagram holds one or more messages, each aligned to 4.
+            let mut at = 0;
+            while at < n {
+                let bytes = &self.answer[at..n];
+                let len = NetlinkBuffer::new_checked(bytes)
+                    .map_err(invalid_data)?
+                    .length() as usize;
+                if len == 0 {
+                    return Err(invalid_data("a message of length 0"));
+                }
                 at += (len + 3) & !3;
-                if got_seq != seq {
+                let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                    .map_err(invalid_data)?;
+                if answer.header.sequence_number != seq {
                     continue;
                 }
-                match ty {
-                    NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes(body[0..4].try_into().unwrap());
-                        if code == 0 {
-                            return Ok(out);
+                match answer.payload {
+                    NetlinkPayload::Error(error) => {
+                        return match error.code {
+                            None => Ok(out),
+                            Some(_) => Err(error.to_io()),
                         }
-                        return Err(io::Error::from_raw_os_error(-code));
                     }
-                    NLMSG_DONE => return Ok(out),
-                    _ => out.push((ty, body.to_vec())),
+                    NetlinkPayload::Done(done) if done.code != 0 => {
+                        return Err(io::Error::from_raw_os_error(-done.code));
+                    }
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::InnerMessage(message) => out.push(message),
+                    _ => {}
                 }
             }
         }
@@ -297,29 +253,27 @@ impl Netlink {
         peer_netns: RawFd,
         mtu: u32,
     ) -> io::Result<()> {
-        let mut m = Message::new(
-            RTM_NEWLINK,
+        let mut peer = link_message(Some(peer_name), 0);
+        peer.attributes.push(LinkAttribute::Mtu(mtu));
+        peer.attributes.push(LinkAttribute::NetNsFd(peer_netns));
+        let mut link = link_message(Some(name), 0);
+        link.attributes.push(LinkAttribute::Mtu(mtu));
+        // The kind comes before its data: the kernel reads them in order.
+        link.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.request(
+            RouteNetlinkMessage::NewLink(link),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            &ifinfomsg(0, 0, 0),
-        );
-        m.attr_str(IFLA_IFNAME, name)
-            .attr(IFLA_MTU, &mtu.to_ne_bytes());
-        m.begin(IFLA_LINKINFO).attr_str(IFLA_INFO_KIND, "veth");
-        m.begin(IFLA_INFO_DATA)
-            .begin(VETH_INFO_PEER)
-            .raw(&ifinfomsg(0, 0, 0));
-        m.attr_str(IFLA_IFNAME, peer_name)
-            .attr(IFLA_MTU, &mtu.to_ne_bytes())
-            .attr(IFLA_NET_NS_FD, &(peer_netns as u32).to_ne_bytes());
-        m.end().end().end();
-        self.request(m).map(|_| ())
+        )
+        .map(drop)
     }
 
     /// Deletes a link by name; false if there was none.
     pub fn del_link(&mut self, name: &str) -> io::Result<bool> {
-        let mut m = Message::new(RTM_DELLINK, NLM_F_ACK, &ifinfomsg(0, 0, 0));
-        m.attr_str(IFLA_IFNAME, name);
-        match self.request(m) {
+        let link = link_message(Some(name), 0);
+        match self.request(RouteNetlinkMessage::DelLink(link), NLM_F_ACK) {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(false),
             Err(e) => Err(e),
@@ -328,10 +282,12 @@ impl Netlink {
 
     /// The link called `name`, if any.
     pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
-        let mut m = Message::new(RTM_GETLINK, NLM_F_ACK, &ifinfomsg(0, 0, 0));
-        m.attr_str(IFLA_IFNAME, name);
-        match self.request(m) {
-            Ok(msgs) => Ok(msgs.iter().find_map(|(_, body)| parse_link(body))),
+        let link = link_message(Some(name), 0);
+        match self.request(RouteNetlinkMessage::GetLink(link), NLM_F_ACK) {
+            Ok(answer) => Ok(answer.iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(Link::from_message(link)),
+                _ => None,
+            })),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(e),
         }
@@ -339,55 +295,76 @@ impl Netlink {
 
     /// Every link.
     pub fn links(&mut self) -> io::Result<Vec<Link>> {
-        let m = Message::new(RTM_GETLINK, NLM_F_DUMP, &ifinfomsg(0, 0, 0));
-        Ok(self
-            .request(m)?
+        let answer = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(answer
             .iter()
-            .filter_map(|(_, b)| parse_link(b))
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(Link::from_message(link)),
+                _ => None,
+            })
             .collect())
     }
 
     /// Sets a link's MAC address (`ip link set dev X address M`).
     pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
-        let mut m = Message::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, 0, 0));
-        m.attr(IFLA_ADDRESS, &mac);
-        self.request(m).map(|_| ())
+        let mut link = link_message(None, index);
+        link.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(RouteNetlinkMessage::NewLink(link), NLM_F_ACK)
+            .map(drop)
     }
 
     /// Brings a link up.
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
-        let m = Message::new(RTM_NEWLINK, NLM_F_ACK, &ifinfomsg(index, IFF_UP, IFF_UP));
-        self.request(m).map(|_| ())
+        let mut link = link_message(None, index);
+        link.header.flags = LinkFlags::Up;
+        link.header.change_mask = LinkFlags::Up;
+        self.request(RouteNetlinkMessage::NewLink(link), NLM_F_ACK)
+            .map(drop)
     }
 
     /// Adds an IPv4 address with its prefix length to a link.
     pub fn add_address(&mut self, index: u32, ip: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
-        let mut fixed = [0u8; 8];
-        fixed[0] = libc::AF_INET as u8;
-        fixed[1] = prefix_len;
-        fixed[4..8].copy_from_slice(&index.to_ne_bytes());
-        let mut m = Message::new(RTM_NEWADDR, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &fixed);
-        m.attr(IFA_LOCAL, &ip.octets())
-            .attr(IFA_ADDRESS, &ip.octets());
-        self.request(m).map(|_| ())
+        let mut address = AddressMessage::default();
+        address.header.family = AddressFamily::Inet;
+        address.header.prefix_len = prefix_len;
+        address.header.index = index;
+        address
+            .attributes
+            .push(AddressAttribute::Local(IpAddr::V4(ip)));
+        address
+            .attributes
+            .push(AddressAttribute::Address(IpAddr::V4(ip)));
+        self.request(
+            RouteNetlinkMessage::NewAddress(address),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
     }
 
     /// The IPv4 addresses of a link.
     pub fn addresses(&mut self, index: u32) -> io::Result<Vec<(Ipv4Addr, u8)>> {
-        let mut fixed = [0u8; 8];
-        fixed[0] = libc::AF_INET as u8;
-        let m = Message::new(RTM_GETADDR, NLM_F_DUMP, &fixed);
+        let mut request = AddressMessage::default();
+        request.header.family = AddressFamily::Inet;
+        // A dump is of every link's addresses (the kernel filters only
+        // with strict checking on): this one's are picked out here.
+        let answer = self.request(RouteNetlinkMessage::GetAddress(request), NLM_F_DUMP)?;
         let mut out = Vec::new();
-        for (_, body) in self.request(m)? {
-            if body.len() < 8 || u32::from_ne_bytes(body[4..8].try_into().unwrap()) != index {
+        for message in &answer {
+            let RouteNetlinkMessage::NewAddress(address) = message else {
+                continue;
+            };
+            if address.header.index != index {
                 continue;
             }
-            let ip = attrs(&body, 8)
-                .into_iter()
-                .find(|(t, _)| *t == IFA_LOCAL)
-                .and_then(|(_, d)| ipv4(d));
-            if let Some(ip) = ip {
-                out.push((ip, body[1]));
+            let local = address.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = local {
+                out.push((ip, address.header.prefix_len));
             }
         }
         Ok(out)
@@ -403,100 +380,67 @@ impl Netlink {
         oif: u32,
         scope: u8,
     ) -> io::Result<()> {
-        let fixed = [
-            libc::AF_INET as u8,
-            len,
-            0,
-            0,
-            RT_TABLE_MAIN,
-            RTPROT_BOOT,
-            scope,
-            RTN_UNICAST,
-            0,
-            0,
-            0,
-            0,
-        ];
-        let mut m = Message::new(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, &fixed);
+        let mut route = RouteMessage::default();
+        route.header.address_family = AddressFamily::Inet;
+        route.header.destination_prefix_length = len;
+        route.header.table = RouteHeader::RT_TABLE_MAIN;
+        route.header.protocol = RouteProtocol::Boot;
+        route.header.scope = RouteScope::from(scope);
+        route.header.kind = RouteType::Unicast;
         if len > 0 {
-            m.attr(RTA_DST, &dst.octets());
+            route
+                .attributes
+                .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
         }
-        if let Some(gw) = gateway {
-            m.attr(RTA_GATEWAY, &gw.octets());
+        if let Some(gateway) = gateway {
+            route
+                .attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
         }
-        m.attr(RTA_OIF, &oif.to_ne_bytes());
-        self.request(m).map(|_| ())
+        route.attributes.push(RouteAttribute::Oif(oif));
+        self.request(
+            RouteNetlinkMessage::NewRoute(route),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
     }
 
     /// The IPv4 routes of the main table.
     pub fn routes(&mut self) -> io::Result<Vec<Route>> {
-        let fixed = [libc::AF_INET as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        let m = Message::new(RTM_GETROUTE, NLM_F_DUMP, &fixed);
+        let mut request = RouteMessage::default();
+        request.header.address_family = AddressFamily::Inet;
+        let answer = self.request(RouteNetlinkMessage::GetRoute(request), NLM_F_DUMP)?;
         let mut out = Vec::new();
-        for (_, body) in self.request(m)? {
-            if body.len() < 12 {
+        for message in &answer {
+            let RouteNetlinkMessage::NewRoute(message) = message else {
                 continue;
-            }
-            let mut table = u32::from(body[4]);
+            };
+            // RTA_TABLE holds tables above 255; the header's byte, the rest.
+            let mut table = u32::from(message.header.table);
             let mut route = Route {
-                dst: (Ipv4Addr::UNSPECIFIED, body[1]),
+                dst: (
+                    Ipv4Addr::UNSPECIFIED,
+                    message.header.destination_prefix_length,
+                ),
                 gateway: None,
                 oif: None,
-                scope: body[6],
+                scope: u8::from(message.header.scope),
             };
-            for (ty, data) in attrs(&body, 12) {
-                match ty {
-                    RTA_DST => route.dst.0 = ipv4(data).unwrap_or(Ipv4Addr::UNSPECIFIED),
-                    RTA_GATEWAY => route.gateway = ipv4(data),
-                    RTA_OIF => route.oif = data.try_into().ok().map(u32::from_ne_bytes),
-                    RTA_TABLE => table = data.try_into().map(u32::from_ne_bytes).unwrap_or(table),
+            for attribute in &message.attributes {
+                match attribute {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => route.dst.0 = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => route.gateway = Some(*ip),
+                    RouteAttribute::Oif(index) => route.oif = Some(*index),
+                    RouteAttribute::Table(t) => table = *t,
                     _ => {}
                 }
             }
-            if table == u32::from(RT_TABLE_MAIN) {
+            if table == u32::from(RouteHeader::RT_TABLE_MAIN) {
                 out.push(route);
             }
         }
         Ok(out)
     }
-}
-
-fn parse_link(body: &[u8]) -> Option<Link> {
-    if body.len() < 16 {
-        return None;
-    }
-    let index = u32::from_ne_bytes(body[4..8].try_into().ok()?);
-    let flags = u32::from_ne_bytes(body[8..12].try_into().ok()?);
-    let mut link = Link {
-        index,
-        name: String::new(),
-        mac: None,
-        mtu: None,
-        up: flags & IFF_UP != 0,
-        peer: None,
-    };
-    let mut netnsid = None;
-    for (ty, data) in attrs(body, 16) {
-        match ty {
-            IFLA_IFNAME => {
-                link.name = String::from_utf8_lossy(data.split(|b| *b == 0).next()?).into_owned()
-            }
-            IFLA_ADDRESS => link.mac = data.try_into().ok(),
-            IFLA_MTU => link.mtu = data.try_into().ok().map(u32::from_ne_bytes),
-            IFLA_LINK => {
-                link.peer = data.try_into().ok().map(|b| LinkPeer {
-                    index: u32::from_ne_bytes(b),
-                    netnsid: None,
-                })
-            }
-            IFLA_LINK_NETNSID => netnsid = data.try_into().ok().map(i32::from_ne_bytes),
-            _ => {}
-        }
-    }
-    if let Some(peer) = &mut link.peer {
-        peer.netnsid = netnsid;
-    }
-    Some(link)
 }
 
 /// Runs `f` with the calling code in the network namespace at `path`

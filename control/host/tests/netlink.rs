@@ -1,0 +1,154 @@
+//! The rtnetlink client against the running kernel, in two network
+//! namespaces of its own (needs root; CI has it): every request the CNI
+//! plugin and podswitchd make, read back both through the client and
+//! through `ip`, and the kernel's errors as the errno they carry.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+
+use podswitch_host::netlink::{in_netns, Netlink, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE};
+
+/// A namespace deleted on drop.
+struct Namespace(String);
+
+impl Namespace {
+    fn new(what: &str) -> Namespace {
+        let name = format!("psw-t{}-nl-{what}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("ip netns add: this test needs iproute2");
+        assert!(
+            out.status.success(),
+            "ip netns add (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Namespace(name)
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.0)
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn every_request_against_the_kernel() {
+    let (node, pod) = (Namespace::new("node"), Namespace::new("pod"));
+    let pod_file = std::fs::File::open(pod.path()).unwrap();
+    let pod_fd = pod_file.as_raw_fd();
+
+    let (host, peer) = in_netns(&node.path(), move || {
+        let mut nl = Netlink::open()?;
+        nl.add_veth("vhost0", "eth0", pod_fd, 1450)?;
+        // The same name again: the kernel's EEXIST, as an io::Error.
+        let again = nl.add_veth("vhost0", "eth1", pod_fd, 1450).unwrap_err();
+        assert_eq!(again.raw_os_error(), Some(libc::EEXIST), "{again}");
+        let host = nl.link("vhost0")?.expect("the host end");
+        nl.set_mac(host.index, [0x02, 0, 0x0a, 0xf4, 1, 1])?;
+        nl.set_up(host.index)?;
+        let host = nl.link("vhost0")?.expect("the host end");
+        assert!(nl.links()?.iter().any(|l| l.name == "lo"));
+        Ok((host, nl.link("eth0")?))
+    })
+    .unwrap();
+    assert_eq!(host.mtu, Some(1450));
+    assert_eq!(host.mac, Some([0x02, 0, 0x0a, 0xf4, 1, 1]));
+    assert!(host.up);
+    let host_peer = host.peer.expect("a veth names its peer");
+    assert!(
+        host_peer.netnsid.is_some(),
+        "the peer is in another namespace"
+    );
+    assert!(
+        peer.is_none(),
+        "the pod's end was made in the pod's namespace"
+    );
+    assert!(node
+        .ip(&["link", "show", "vhost0"])
+        .contains("02:00:0a:f4:01:01"));
+
+    let (eth0, addresses, routes) = in_netns(&pod.path(), || {
+        let mut nl = Netlink::open()?;
+        let eth0 = nl.link("eth0")?.expect("eth0 in the pod");
+        nl.set_up(eth0.index)?;
+        nl.add_address(eth0.index, Ipv4Addr::new(10, 244, 1, 2), 24)?;
+        let gateway = Ipv4Addr::new(10, 244, 1, 1);
+        nl.add_route(
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            Some(gateway),
+            eth0.index,
+            RT_SCOPE_UNIVERSE,
+        )?;
+        nl.add_route(
+            Ipv4Addr::new(169, 254, 1, 1),
+            32,
+            None,
+            eth0.index,
+            RT_SCOPE_LINK,
+        )?;
+        // A route via a gateway it cannot reach: the kernel's ENETUNREACH.
+        let unreachable = nl
+            .add_route(
+                Ipv4Addr::new(10, 9, 0, 0),
+                16,
+                Some(Ipv4Addr::new(192, 0, 2, 1)),
+                eth0.index,
+                RT_SCOPE_UNIVERSE,
+            )
+            .unwrap_err();
+        assert_eq!(unreachable.raw_os_error(), Some(libc::ENETUNREACH));
+        let (addresses, routes) = (nl.addresses(eth0.index)?, nl.routes()?);
+        Ok((eth0, addresses, routes))
+    })
+    .unwrap();
+    assert_eq!(eth0.index, host_peer.index, "the host end's peer is eth0");
+    assert_eq!(addresses, [(Ipv4Addr::new(10, 244, 1, 2), 24)]);
+    let default = routes
+        .iter()
+        .find(|r| r.dst == (Ipv4Addr::UNSPECIFIED, 0))
+        .expect("the default route");
+    assert_eq!(default.gateway, Some(Ipv4Addr::new(10, 244, 1, 1)));
+    assert_eq!(default.oif, Some(eth0.index));
+    let link_route = routes
+        .iter()
+        .find(|r| r.dst == (Ipv4Addr::new(169, 254, 1, 1), 32))
+        .expect("the on-link route");
+    assert_eq!(
+        (link_route.gateway, link_route.scope),
+        (None, RT_SCOPE_LINK)
+    );
+    let shown = pod.ip(&["route", "show"]);
+    assert!(shown.contains("default via 10.244.1.1 dev eth0"), "{shown}");
+    assert!(shown.contains("169.254.1.1 dev eth0 scope link"), "{shown}");
+
+    in_netns(&node.path(), || {
+        let mut nl = Netlink::open()?;
+        assert!(nl.del_link("vhost0")?);
+        assert!(!nl.del_link("vhost0")?, "a second delete finds nothing");
+        assert_eq!(nl.link("vhost0")?, None);
+        Ok(())
+    })
+    .unwrap();
+    assert!(
+        !pod.ip(&["link", "show"])
+            .contains(&format!("{}: eth0", eth0.index)),
+        "the pair went"
+    );
+}

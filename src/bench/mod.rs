@@ -440,23 +440,7 @@ struct Ceiling {
 fn generator_ceiling(seconds: u64) -> Result<Ceiling> {
     let a = lab::Namespace::add(&format!("podswitch-gen-{}-a", std::process::id()))?;
     let b = lab::Namespace::add(&format!("podswitch-gen-{}-b", std::process::id()))?;
-    crate::run(
-        "ip",
-        &[
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            a.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            b.name(),
-        ],
-    )?;
+    lab::veth(a.name(), "eth0", b.name(), "eth0")?;
     crate::run("ip", &["-n", a.name(), "link", "set", "eth0", "up"])?;
     crate::run("ip", &["-n", b.name(), "link", "set", "eth0", "up"])?;
     let run = blast(

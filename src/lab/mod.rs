@@ -35,7 +35,7 @@ use crate::kernel_flannel::{self, VxlanNode, VxlanPeer};
 
 mod topology;
 pub use topology::{
-    join_underlay, pod_interface, pod_mtu, underlay_bridge, Namespace, PodInterface,
+    join_underlay, pod_interface, pod_mtu, underlay_bridge, veth, Namespace, PodInterface,
 };
 
 /// Where labs keep their state.

@@ -60,6 +60,15 @@ impl Drop for Namespace {
     }
 }
 
+/// A veth pair: `a` in namespace `a_netns`, its peer `b` in `b_netns`,
+/// both down.
+pub fn veth(a_netns: &str, a: &str, b_netns: &str, b: &str) -> Result<()> {
+    ip(&[
+        "link", "add", a, "netns", a_netns, "type", "veth", "peer", "name", b, "netns", b_netns,
+    ])
+    .map(drop)
+}
+
 /// Makes `netns` the underlay: a bridge `br0` that every node's `ul0`
 /// joins, standing for the switch between a cluster's machines.
 pub fn underlay_bridge(netns: &str) -> Result<()> {
@@ -73,21 +82,8 @@ pub fn underlay_bridge(netns: &str) -> Result<()> {
 /// the node's underlay address.
 pub fn join_underlay(node_netns: &str, underlay_netns: &str, index: u8) -> Result<String> {
     let port = format!("n{index}");
-    ip(&[
-        "link",
-        "add",
-        "ul0",
-        "netns",
-        node_netns,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &port,
-        "netns",
-        underlay_netns,
-    ])
-    .with_context(|| format!("joining {node_netns} to the underlay"))?;
+    veth(node_netns, "ul0", underlay_netns, &port)
+        .with_context(|| format!("joining {node_netns} to the underlay"))?;
     in_ns(
         underlay_netns,
         &["link", "set", &port, "master", "br0", "up"],
@@ -135,20 +131,7 @@ pub struct PodInterface<'a> {
 /// Makes the pod's interface [`PodInterface`] describes. The node's side
 /// is left up and unattached: the dataplane takes it from there.
 pub fn pod_interface(pod: &PodInterface) -> Result<()> {
-    ip(&[
-        "link",
-        "add",
-        pod.host_if,
-        "netns",
-        pod.node_netns,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        pod.pod_netns,
-    ])?;
+    veth(pod.node_netns, pod.host_if, pod.pod_netns, "eth0")?;
     let mtu = pod.mtu.to_string();
     let mut eth0 = vec!["link", "set", "eth0"];
     if let Some(mac) = pod.mac {

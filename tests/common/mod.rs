@@ -210,15 +210,10 @@ impl Netns {
     }
 }
 
-/// A veth pair between two namespaces.
+/// A veth pair between two namespaces (the lab's), both ends up.
 pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) {
-    run(
-        "ip",
-        &[
-            "link", "add", a_dev, "netns", &a.name, "type", "veth", "peer", "name", b_dev, "netns",
-            &b.name,
-        ],
-    );
+    podswitch::lab::veth(&a.name, a_dev, &b.name, b_dev)
+        .unwrap_or_else(|e| panic!("veth {a_dev} - {b_dev}: {e:#}"));
     a.ip(&["link", "set", a_dev, "up"]);
     b.ip(&["link", "set", b_dev, "up"]);
 }

@@ -290,72 +290,46 @@ impl UdpSink {
 /// describe itself as [`Sites`], podswitch's and the kernel's alike (as
 /// Open vSwitch runs system-traffic.at against each datapath).
 pub fn traffic_matrix(dataplane: &impl Sites, label: &str) {
-    let what = |a: &str, b: &str| format!("{label}: {a} -> {b}");
+    // Each check names its path and, only when it fails, the logs.
+    let failed = |what: &str, from: &str, to: &str| {
+        format!("{what} {label}: {from} -> {to}\n{}", dataplane.logs())
+    };
+    let ping_ok = |from: &str, from_name: &str, to_ip: &str| {
+        assert!(ping(from, to_ip, 2), "{}", failed("ping", from_name, to_ip));
+    };
+    let udp_ok = |from: &str, from_name: &str, to: &str, to_ip: &str| {
+        let got = udp_datagrams(from, to, to_ip, DATAGRAMS, 1000);
+        assert_eq!(got, DATAGRAMS, "{}", failed("UDP", from_name, to_ip));
+    };
+    let tcp_ok = |from: &str, from_name: &str, to: &str, to_ip: &str| {
+        tcp_transfer(from, to, to_ip, TCP_BYTES)
+            .unwrap_or_else(|e| panic!("{e}: {}", failed("TCP", from_name, to_ip)));
+    };
     let pods = dataplane.pods();
-    let nodes = dataplane.nodes();
     for a in &pods {
         for b in pods.iter().filter(|b| b.ip != a.ip) {
-            assert!(
-                ping(&a.netns, &b.ip, 2),
-                "ping {}\n{}",
-                what(&a.ip, &b.ip),
-                dataplane.logs()
-            );
-            let got = udp_datagrams(&a.netns, &b.netns, &b.ip, DATAGRAMS, 1000);
-            assert_eq!(
-                got,
-                DATAGRAMS,
-                "UDP {}\n{}",
-                what(&a.ip, &b.ip),
-                dataplane.logs()
-            );
+            ping_ok(&a.netns, &a.ip, &b.ip);
+            udp_ok(&a.netns, &a.ip, &b.netns, &b.ip);
         }
     }
     for (i, a) in pods.iter().enumerate() {
         for b in &pods[i + 1..] {
-            tcp_transfer(&a.netns, &b.netns, &b.ip, TCP_BYTES).unwrap_or_else(|e| {
-                panic!("TCP {}: {e}\n{}", what(&a.ip, &b.ip), dataplane.logs())
-            });
+            tcp_ok(&a.netns, &a.ip, &b.netns, &b.ip);
         }
     }
     // The node's own stack reaches pods on every node (what `curl <pod
     // IP>` on a node does), and a pod on another node reaches it back.
-    for (n, node) in nodes.iter().enumerate() {
+    for (n, node) in dataplane.nodes().iter().enumerate() {
         for pod in &pods {
-            assert!(
-                ping(&node.netns, &pod.ip, 2),
-                "ping {}\n{}",
-                what(&node.name, &pod.ip),
-                dataplane.logs()
-            );
+            ping_ok(&node.netns, &node.name, &pod.ip);
         }
         let remote = pods
             .iter()
             .find(|p| p.node != n)
             .expect("a pod on another node");
-        tcp_transfer(&node.netns, &remote.netns, &remote.ip, TCP_BYTES).unwrap_or_else(|e| {
-            panic!(
-                "TCP {}: {e}\n{}",
-                what(&node.name, &remote.ip),
-                dataplane.logs()
-            )
-        });
-        let got = udp_datagrams(&node.netns, &remote.netns, &remote.ip, DATAGRAMS, 1000);
-        assert_eq!(
-            got,
-            DATAGRAMS,
-            "UDP {}\n{}",
-            what(&node.name, &remote.ip),
-            dataplane.logs()
-        );
-        let got = udp_datagrams(&remote.netns, &node.netns, &node.address, DATAGRAMS, 1000);
-        assert_eq!(
-            got,
-            DATAGRAMS,
-            "UDP {}\n{}",
-            what(&remote.ip, &node.address),
-            dataplane.logs()
-        );
+        tcp_ok(&node.netns, &node.name, &remote.netns, &remote.ip);
+        udp_ok(&node.netns, &node.name, &remote.netns, &remote.ip);
+        udp_ok(&remote.netns, &remote.ip, &node.netns, &node.address);
     }
 }
 

@@ -112,14 +112,7 @@ fn a_short_bench_produces_every_figure() {
     );
     let chart = std::fs::read_to_string(&svg.0).unwrap();
     assert!(chart.starts_with("<svg") && chart.contains("tcp-1-stream"));
-    let netns = String::from_utf8_lossy(
-        &std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
+    let netns = common::stdout_of("ip", &["netns", "list"]);
     assert!(
         !netns.contains("lab-bkvxlan") && !netns.contains("lab-bpvxlan"),
         "labs left: {netns}"

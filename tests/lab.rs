@@ -111,14 +111,7 @@ fn all_reach(name: &str, status: &Value) {
 
 /// No namespace, process or file of the lab is left.
 fn assert_gone(name: &str) {
-    let list = String::from_utf8_lossy(
-        &Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
+    let list = common::stdout_of("ip", &["netns", "list"]);
     assert!(
         !list.contains(&format!("lab-{name}-")),
         "namespaces left: {list}"
@@ -127,14 +120,7 @@ fn assert_gone(name: &str) {
         !std::path::Path::new(&format!("/run/podswitch-lab/{name}")).exists(),
         "state left"
     );
-    let ps = String::from_utf8_lossy(
-        &Command::new("ps")
-            .args(["-eo", "args"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .into_owned();
+    let ps = common::stdout_of("ps", &["-eo", "args"]);
     assert!(
         !ps.contains(&format!("/run/podswitch-lab/{name}/")),
         "daemons left: {ps}"

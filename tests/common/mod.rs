@@ -108,6 +108,11 @@ pub fn run(program: &str, args: &[&str]) -> Output {
     out
 }
 
+/// What `program args...` printed, checked as [`run`] checks it.
+pub fn stdout_of(program: &str, args: &[&str]) -> String {
+    String::from_utf8_lossy(&run(program, args).stdout).into_owned()
+}
+
 /// A network namespace deleted on drop: the lab library's
 /// [`Namespace`] guard, under a name unique to this test process.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ mod common;
 use common::cluster::{port_kind, Cluster};
 use common::flannel::{kernel_flannel_node, kernel_flannel_peer};
 use common::require;
-use common::traffic::{kernel_counter, ping, tcp_transfer, udp_datagrams};
+use common::traffic::{kernel_counter, path_mtu_is_told, ping, tcp_transfer, udp_datagrams};
 
 const NODE1_VTEP: &str = "02:0e:00:00:01:01";
 /// flannel.1's MAC on node 2, as flannel would publish it in its lease.
@@ -150,41 +150,14 @@ fn vxlan_mtu_is_1450_and_too_big_gets_fragmentation_needed() {
     let mut cluster = Cluster::new("vxlan", "bridge", 1);
     cluster.start_all();
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
-    // A pod MTU above the tunnel's lets the oversized packet leave the
-    // pod, so that podswitch is the one to refuse it.
-    a.ns.ip(&["link", "set", "eth0", "mtu", "1500"]);
-    let ping_df = |size: &str| {
-        std::process::Command::new("ip")
-            .args([
-                "netns", "exec", &a.ns.name, "ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s",
-                size, &b.ip,
-            ])
-            .output()
-            .unwrap()
-    };
-    let fits = ping_df("1422");
-    assert!(
-        fits.status.success(),
-        "1422 + 28 = 1450 bytes must cross: {}",
-        String::from_utf8_lossy(&fits.stdout)
-    );
-    let too_big = ping_df("1423");
-    let text = String::from_utf8_lossy(&too_big.stdout);
-    assert!(
-        !too_big.status.success(),
-        "1451 bytes must not cross: {text}"
-    );
-    assert!(
-        text.contains("Frag needed and DF set (mtu = 1450)"),
-        "expected ICMP Fragmentation Needed with MTU 1450 from the gateway: {text}"
-    );
+    // podswitch is the one to refuse the oversized packet, and says so.
+    path_mtu_is_told(&cluster, 1450, "podswitch vxlan");
     let stats = cluster.nodes[0].ctl_json(&["stats"]);
     assert!(
         stats["drops"]["fragmentation_needed"].as_u64() >= Some(1),
         "{stats}"
     );
     // With the pods' MTU at 1450, TCP crosses.
-    a.ns.ip(&["link", "set", "eth0", "mtu", "1450"]);
     tcp_transfer(&a.ns, &b.ns, &b.ip, 10 << 20)
         .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     tcp_transfer(&b.ns, &a.ns, &a.ip, 10 << 20)

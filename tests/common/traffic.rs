@@ -333,6 +333,63 @@ pub fn traffic_matrix(dataplane: &impl Sites, label: &str) {
     }
 }
 
+/// Path MTU across a tunnel of `tunnel_mtu` (DESIGN.md: 1450 for
+/// VXLAN): with a pod's own MTU raised to 1500 so that the oversized
+/// packet leaves the pod, a ping with DF set of exactly `tunnel_mtu`
+/// bytes crosses to a pod on another node and one byte more is answered
+/// by the gateway with ICMP "fragmentation needed" naming `tunnel_mtu`
+/// (RFC 1191), as the kernel's vxlan device does. The pod's MTU is put
+/// back after.
+pub fn path_mtu_is_told(dataplane: &impl Sites, tunnel_mtu: u32, label: &str) {
+    let pods = dataplane.pods();
+    let a = &pods[0];
+    let b = pods
+        .iter()
+        .find(|p| p.node != a.node)
+        .expect("a pod on another node");
+    let eth0_mtu = |mtu: u32| {
+        super::run(
+            "ip",
+            &[
+                "-n",
+                &a.netns,
+                "link",
+                "set",
+                "eth0",
+                "mtu",
+                &mtu.to_string(),
+            ],
+        )
+    };
+    let ping_df = |payload: u32| {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &a.netns, "ping", "-n", "-c", "1", "-W", "2",
+            ])
+            .args(["-M", "do", "-s", &payload.to_string(), &b.ip])
+            .output()
+            .unwrap()
+    };
+    eth0_mtu(1500);
+    // 20 bytes of IPv4 header and 8 of ICMP around the payload.
+    let fits = ping_df(tunnel_mtu - 28);
+    let too_big = ping_df(tunnel_mtu - 27);
+    eth0_mtu(tunnel_mtu);
+    assert!(
+        fits.status.success(),
+        "{label}: {tunnel_mtu} bytes with DF must cross: {}\n{}",
+        String::from_utf8_lossy(&fits.stdout),
+        dataplane.logs()
+    );
+    let text = String::from_utf8_lossy(&too_big.stdout);
+    assert!(
+        !too_big.status.success()
+            && text.contains(&format!("Frag needed and DF set (mtu = {tunnel_mtu})")),
+        "{label}: one byte more must get ICMP fragmentation needed with MTU {tunnel_mtu}: {text}\n{}",
+        dataplane.logs()
+    );
+}
+
 /// One of a namespace's kernel counters (`nstat -az NAME`), since the
 /// namespace was made.
 pub fn kernel_counter(ns: &(impl InNetns + ?Sized), name: &str) -> u64 {

@@ -21,6 +21,22 @@ fn name(what: &str) -> String {
     format!("t{}{what}", std::process::id() % 10000)
 }
 
+/// The daemons' logs of lab `name`: (path, text).
+fn lab_logs(name: &str) -> Vec<(String, String)> {
+    let dir = format!("/run/podswitch-lab/{name}");
+    std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .map(|path| {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            (path.display().to_string(), log)
+        })
+        .collect()
+}
+
 /// Takes a lab down when dropped, a failing test included; a passing
 /// test's daemons must have logged no WARN or ERROR line (checked before
 /// the lab and its logs go).
@@ -30,14 +46,9 @@ impl Drop for LabGuard {
     fn drop(&mut self) {
         let mut unexpected = Vec::new();
         if !std::thread::panicking() {
-            let dir = format!("/run/podswitch-lab/{}", self.0);
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let path = entry.path();
-                if path.extension().is_some_and(|e| e == "log") {
-                    let log = std::fs::read_to_string(&path).unwrap_or_default();
-                    for line in common::cluster::unexpected_warnings(&log, &[]) {
-                        unexpected.push(format!("{}: {line}", path.display()));
-                    }
+            for (path, log) in lab_logs(&self.0) {
+                for line in common::cluster::unexpected_warnings(&log, &[]) {
+                    unexpected.push(format!("{path}: {line}"));
                 }
             }
         }
@@ -363,23 +374,17 @@ impl Sites for LabSites<'_> {
     }
 
     fn logs(&self) -> String {
-        let dir = format!("/run/podswitch-lab/{}", self.name);
-        let mut logs = String::new();
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "log") {
-                let log = std::fs::read_to_string(&path).unwrap_or_default();
-                logs.push_str(&format!("--- {} ---\n{log}", path.display()));
-            }
-        }
-        logs
+        lab_logs(self.name)
+            .into_iter()
+            .map(|(path, log)| format!("--- {path} ---\n{log}"))
+            .collect()
     }
 }
 
 /// The daemon tests' traffic matrix (ping, UDP both ways and TCP whose
 /// bytes the receiver checks, between every pod and every node's stack)
 /// and, over VXLAN, the path MTU scenario hold on the kernel's dataplane
-/// as on podswitch's, on the same lab: what the daemon tests ask of
+/// as on podswitch's, on the same topology: what the daemon tests ask of
 /// podswitch is what the kernel does.
 #[test]
 fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {

@@ -78,6 +78,7 @@ pub fn dissect(frame: &[u8], options: &DissectOptions) -> Dissection {
         options,
         sections: Vec::new(),
         level: Level::Outer,
+        tunnels: 0,
     };
     d.ethernet(0, frame.len());
     Dissection {
@@ -91,7 +92,15 @@ struct Dissector<'a> {
     options: &'a DissectOptions,
     sections: Vec<Section>,
     level: Level,
+    /// Tunnels entered so far: a frame of tunnels in tunnels (IPIP in
+    /// IPIP ..., 20 bytes each) would otherwise recurse thousands deep.
+    tunnels: usize,
 }
+
+/// The deepest nesting of tunnels walked; anything inside is a problem.
+/// Real traffic has one tunnel; a tunnel in a tunnel is already a
+/// question.
+const MAX_TUNNELS: usize = 8;
 
 impl Dissector<'_> {
     /// Adds a header at the current tunnel level.
@@ -187,7 +196,23 @@ impl Dissector<'_> {
 
     /// An IPv4 packet carried without a tunnel header of its own (IPIP,
     /// IP-in-UDP): a zero-length tunnel marker, then the inner packet.
+    /// Enters one more tunnel, or says why not.
+    fn enter_tunnel(&mut self, title: &'static str, offset: usize, end: usize) -> bool {
+        if self.tunnels == MAX_TUNNELS {
+            let why = format!("tunnels nested more than {MAX_TUNNELS} deep: not walked further");
+            let level = std::mem::replace(&mut self.level, Level::Tunnel);
+            self.push(Section::malformed(title, offset, end, why));
+            self.level = level;
+            return false;
+        }
+        self.tunnels += 1;
+        true
+    }
+
     fn tunnelled_ipv4(&mut self, title: &'static str, what: &str, offset: usize, end: usize) {
+        if !self.enter_tunnel(title, offset, end) {
+            return;
+        }
         self.level = Level::Tunnel;
         let mut s = Section::new(title, offset, 0);
         s.field("carries", offset, 0, what);
@@ -220,6 +245,9 @@ impl Dissector<'_> {
     }
 
     fn vxlan(&mut self, offset: usize, end: usize) {
+        if !self.enter_tunnel("VXLAN", offset, end) {
+            return;
+        }
         self.level = Level::Tunnel;
         let Ok(header) = VxlanHeader::new_checked(&self.bytes[offset..end]) else {
             return self.push(Section::truncated("VXLAN", offset, end, vxlan::HEADER_LEN));
@@ -314,6 +342,43 @@ mod tests {
     use super::*;
     use crate::checksum;
     use etherparse::PacketBuilder;
+
+    /// 3,000 IPIP headers in one another (60 KB, as a hostile capture may
+    /// hold): walked 8 deep, the rest named as a problem, no stack
+    /// overflow.
+    #[test]
+    fn tunnels_in_tunnels_stop_at_a_depth() {
+        let mut frame = vec![0u8; 14];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        let depth = 3000usize;
+        for level in 0..depth {
+            let total = (20 * (depth - level)) as u16;
+            let mut header = [0u8; 20];
+            header[0] = 0x45;
+            header[2..4].copy_from_slice(&total.to_be_bytes());
+            header[8] = 64;
+            header[9] = 4; // IPIP
+            header[12..16].copy_from_slice(&[192, 168, 100, 1]);
+            header[16..20].copy_from_slice(&[192, 168, 100, 2]);
+            let sum = !checksum::fold(checksum::accumulate(0, &header));
+            header[10..12].copy_from_slice(&sum.to_be_bytes());
+            frame.extend_from_slice(&header);
+        }
+        let d = dissect(&frame, &DissectOptions::default());
+        let tunnels = d
+            .sections
+            .iter()
+            .filter(|s| s.level == Level::Tunnel)
+            .count();
+        assert_eq!(tunnels, MAX_TUNNELS + 1, "8 entered, the 9th refused");
+        assert!(
+            d.problems()
+                .iter()
+                .any(|p| p.contains("nested more than 8 deep")),
+            "{:?}",
+            d.problems()
+        );
+    }
 
     /// A TCP frame, its checksum complete, partial (the pseudo-header sum
     /// only) or corrupt; and a 20,000-byte super-frame.

@@ -215,6 +215,11 @@ impl EthernetRepr {
 /// The Ethernet header of `frame` at `offset` described field by field
 /// ([`crate::describe`]); `header_len` is where its payload starts (after
 /// any 802.1Q tags), as [`payload_info`] found it.
+///
+/// # Panics
+///
+/// If `header_len` is not one [`payload_info`] returned for this frame
+/// (shorter than an Ethernet header, or past the frame's end).
 pub fn describe(frame: &[u8], offset: usize, header_len: usize) -> Section {
     let b = &frame[offset..];
     let mac = |at: usize| MacAddr(b[at..at + 6].try_into().expect("6 bytes"));

@@ -24,6 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use podswitch_engine::config::{derived_mac, Backend, GatewayMode};
 use podswitch_engine::kernel_port::PodPortKind;
@@ -85,9 +86,10 @@ pub struct UpArgs {
     /// podswitchd's own, socket).
     #[arg(long, value_parser = UNDERLAY_KINDS)]
     underlay_kind: Option<String>,
-    /// How podswitchd reads the pods' veths: af-packet or af-xdp (default:
-    /// podswitchd's own, af-packet).
-    #[arg(long)]
+    /// How podswitchd reads the pods' veths (default: podswitchd's own,
+    /// af-packet). A lab's pods are veths, so tap is not offered.
+    #[arg(long, value_parser = PossibleValuesParser::new(["af-packet", "af-xdp"])
+        .try_map(|kind| kind.parse::<PodPortKind>()))]
     port_kind: Option<PodPortKind>,
 }
 

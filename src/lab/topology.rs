@@ -103,9 +103,12 @@ pub fn pod_mtu(backend: Backend) -> u32 {
     u32::from(podswitch_engine::config::pod_mtu(backend, 1500))
 }
 
-/// A pod's interface, as a CNI plugin leaves it: a veth from the node's
-/// namespace (`host_if`) to the pod's (`eth0`), addressed for the
-/// gateway mode (DESIGN.md): in bridge mode (flannel) a /24 and a default
+/// A pod's interface, addressed as a CNI plugin leaves it: a veth from
+/// the node's namespace (`host_if`) to the pod's (`eth0`), the MTU on the
+/// pod's end only (a CNI plugin sets both ends; left at 1500, the node's
+/// end lets a pod that raises its own MTU reach the gateway, which must
+/// then answer "fragmentation needed"), addressed for the gateway mode
+/// (DESIGN.md): in bridge mode (flannel) a /24 and a default
 /// route via the node's gateway; in proxy-arp mode (Calico) a /32 and a
 /// default route via 169.254.1.1, which the node's side answers for.
 #[derive(Debug, Clone, Copy)]

@@ -118,7 +118,8 @@ pub fn stdout_of(program: &str, args: &[&str]) -> String {
 #[derive(Debug)]
 pub struct Netns {
     pub name: String,
-    namespace: Namespace,
+    /// Deletes the namespace when the test lets go of it.
+    _deleted_on_drop: Namespace,
 }
 
 /// Deletes the namespaces of test processes that no longer run, after
@@ -157,7 +158,10 @@ impl Netns {
         SWEEP.call_once(sweep_stale_namespaces);
         let name = unique(what);
         let namespace = Namespace::add(&name).unwrap_or_else(|e| panic!("namespace {name}: {e:#}"));
-        Netns { name, namespace }
+        Netns {
+            name,
+            _deleted_on_drop: namespace,
+        }
     }
 
     /// `ip -n NAME args...`.

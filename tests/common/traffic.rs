@@ -338,8 +338,8 @@ pub fn traffic_matrix(dataplane: &impl Sites, label: &str) {
 /// packet leaves the pod, a ping with DF set of exactly `tunnel_mtu`
 /// bytes crosses to a pod on another node and one byte more is answered
 /// by the gateway with ICMP "fragmentation needed" naming `tunnel_mtu`
-/// (RFC 1191), as the kernel's vxlan device does. The pod's MTU is put
-/// back after.
+/// (RFC 1191), as the kernel's vxlan device does. The pod's own MTU is
+/// put back after.
 pub fn path_mtu_is_told(dataplane: &impl Sites, tunnel_mtu: u32, label: &str) {
     let pods = dataplane.pods();
     let a = &pods[0];
@@ -370,11 +370,21 @@ pub fn path_mtu_is_told(dataplane: &impl Sites, tunnel_mtu: u32, label: &str) {
             .output()
             .unwrap()
     };
+    let shown = String::from_utf8_lossy(
+        &super::run("ip", &["-n", &a.netns, "-o", "link", "show", "eth0"]).stdout,
+    )
+    .into_owned();
+    let pod_mtu: u32 = shown
+        .split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("no MTU in {shown:?}"));
     eth0_mtu(1500);
     // 20 bytes of IPv4 header and 8 of ICMP around the payload.
     let fits = ping_df(tunnel_mtu - 28);
     let too_big = ping_df(tunnel_mtu - 27);
-    eth0_mtu(tunnel_mtu);
+    eth0_mtu(pod_mtu);
     assert!(
         fits.status.success(),
         "{label}: {tunnel_mtu} bytes with DF must cross: {}\n{}",

@@ -196,6 +196,7 @@ impl Netlink {
         let mut bytes = vec![0; request.buffer_len()];
         request.serialize(&mut bytes);
         self.socket.send(&bytes, 0)?;
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut out = Vec::new();
         loop {
             self.wait_answer()?;
@@ -213,18 +214,24 @@ impl Netlink {
             let mut at = 0;
             while at < n {
                 let bytes = &self.answer[at..n];
-                let len = NetlinkBuffer::new_checked(bytes)
-                    .map_err(invalid_data)?
-                    .length() as usize;
-                if len == 0 {
-                    return Err(invalid_data("a message of length 0"));
-                }
+                // The checked header is at least 16 bytes long.
+                let header = NetlinkBuffer::new_checked(bytes).map_err(invalid_data)?;
+                let (len, answer_seq) = (header.length() as usize, header.sequence_number());
                 at += (len + 3) & !3;
-                let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
-                    .map_err(invalid_data)?;
-                if answer.header.sequence_number != seq {
+                // An earlier request's answer (one that timed out) is not
+                // this one's, and is not read.
+                if answer_seq != seq {
                     continue;
                 }
+                let answer = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
+                    Ok(answer) => answer,
+                    // A part of a dump the crate cannot read (a kernel newer
+                    // than its description of some attribute) is left out,
+                    // as `ip` passes over what it does not know; the answer
+                    // to a single request must be read.
+                    Err(_) if dump => continue,
+                    Err(e) => return Err(invalid_data(e)),
+                };
                 match answer.payload {
                     NetlinkPayload::Error(error) => {
                         return match error.code {
@@ -233,10 +240,19 @@ impl Netlink {
                         }
                     }
                     NetlinkPayload::Done(done) if done.code != 0 => {
-                        return Err(io::Error::from_raw_os_error(-done.code));
+                        let errno = i32::try_from(done.code.unsigned_abs()).unwrap_or(libc::EIO);
+                        return Err(io::Error::from_raw_os_error(errno));
                     }
                     NetlinkPayload::Done(_) => return Ok(out),
                     NetlinkPayload::InnerMessage(message) => out.push(message),
+                    NetlinkPayload::Overrun(_) => {
+                        return Err(io::Error::other(
+                            "netlink: the answer overran the socket's buffer",
+                        ))
+                    }
+                    NetlinkPayload::Noop => {}
+                    // The enum is non-exhaustive: anything newer says nothing
+                    // about this request's outcome.
                     _ => {}
                 }
             }
@@ -258,7 +274,8 @@ impl Netlink {
         peer.attributes.push(LinkAttribute::NetNsFd(peer_netns));
         let mut link = link_message(Some(name), 0);
         link.attributes.push(LinkAttribute::Mtu(mtu));
-        // The kind comes before its data: the kernel reads them in order.
+        // The kind before its data: the crate reads the data by the kind
+        // it has already seen (the kernel takes them in any order).
         link.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),

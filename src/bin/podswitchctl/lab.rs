@@ -76,8 +76,12 @@ fn print_status(lab: &Lab, json_out: bool) {
         );
         return;
     }
+    let pods_read_as = lab
+        .port_kind
+        .map(|kind| format!(", {kind} pod ports"))
+        .unwrap_or_default();
     println!(
-        "lab {} ({} dataplane, {}, {})",
+        "lab {} ({} dataplane, {}, {}{pods_read_as})",
         lab.name, lab.dataplane, lab.backend, lab.gateway_mode
     );
     println!("{:<8} {:<16} {:<16} DAEMON", "NODE", "UNDERLAY", "POD CIDR");

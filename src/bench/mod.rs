@@ -34,10 +34,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use serde_json::{json, Value};
 
 use podswitch_engine::config::{Backend, GatewayMode};
+use podswitch_engine::kernel_port::PodPortKind;
 
 use crate::lab::{self, Lab, UpArgs};
 
@@ -68,6 +70,13 @@ pub struct BenchArgs {
     /// count (default: podswitchd's default, socket).
     #[arg(long, value_delimiter = ',', value_name = "KIND,KIND...", value_parser = lab::UNDERLAY_KINDS)]
     underlay_kinds: Vec<String>,
+    /// podswitchd's pod port kinds to measure side by side (af-packet,
+    /// af-xdp), each on a podswitch lab of its own, for every worker count
+    /// and underlay kind (default: podswitchd's default, af-packet).
+    #[arg(long, value_delimiter = ',', value_name = "KIND,KIND...",
+        value_parser = PossibleValuesParser::new(["af-packet", "af-xdp"])
+            .try_map(|kind| kind.parse::<PodPortKind>()))]
+    port_kinds: Vec<PodPortKind>,
     /// Pods of the memory measurement (0 leaves it out).
     #[arg(long, default_value_t = lab::MAX_PODS_PER_NODE, value_name = "N")]
     memory_pods: u8,
@@ -512,18 +521,27 @@ fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, 
 }
 
 /// A dataplane the bench measures: the kernel, or podswitch with a number
-/// of workers and an underlay kind.
+/// of workers, an underlay kind and a pod port kind.
 struct Dataplane {
     label: String,
     /// The lab's `--dataplane`.
     kind: lab::Dataplane,
     workers: Option<usize>,
     underlay_kind: Option<String>,
+    port_kind: Option<PodPortKind>,
 }
 
-/// The label of podswitch with `workers` and `underlay_kind` (when chosen):
-/// "podswitch", "podswitch-w2", "podswitch-af-xdp", "podswitch-w2-af-xdp".
-fn podswitch_label(workers: Option<usize>, underlay_kind: Option<&str>) -> String {
+/// What a label puts before a pod port kind.
+const PODS_MARK: &str = "-pods-";
+
+/// The label of podswitch with `workers`, `underlay_kind` and `port_kind`
+/// (when chosen): "podswitch", "podswitch-w2", "podswitch-af-xdp",
+/// "podswitch-w2-af-xdp", "podswitch-pods-af-xdp", ...
+fn podswitch_label(
+    workers: Option<usize>,
+    underlay_kind: Option<&str>,
+    port_kind: Option<PodPortKind>,
+) -> String {
     let mut label = "podswitch".to_string();
     if let Some(w) = workers {
         label.push_str(&format!("-w{w}"));
@@ -532,15 +550,25 @@ fn podswitch_label(workers: Option<usize>, underlay_kind: Option<&str>) -> Strin
         label.push('-');
         label.push_str(k);
     }
+    if let Some(k) = port_kind {
+        label.push_str(PODS_MARK);
+        label.push_str(&k.to_string());
+    }
     label
 }
 
 /// What a dataplane label adds to a case's name: " workers=2",
-/// " underlay=af-xdp", both, or nothing (the kernel, podswitch's
-/// defaults). The chart reads labels back with it.
+/// " underlay=af-xdp", " pods=af-xdp", several, or nothing (the kernel,
+/// podswitch's defaults). The chart reads labels back with it (records
+/// from before pod port kinds have none).
 pub fn case_suffix(label: &str) -> String {
+    let (label, pods) = match label.find(PODS_MARK) {
+        Some(at) => (&label[..at], Some(&label[at + PODS_MARK.len()..])),
+        None => (label, None),
+    };
+    let pods = pods.map(|k| format!(" pods={k}")).unwrap_or_default();
     let Some(rest) = label.strip_prefix("podswitch-") else {
-        return String::new();
+        return pods;
     };
     let (workers, underlay) = match rest.strip_prefix('w') {
         Some(w) => {
@@ -556,7 +584,7 @@ pub fn case_suffix(label: &str) -> String {
     if let Some(u) = underlay.filter(|u| !u.is_empty()) {
         suffix.push_str(&format!(" underlay={u}"));
     }
-    suffix
+    suffix + &pods
 }
 
 struct Case {
@@ -634,6 +662,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
         kind: lab::Dataplane::Kernel,
         workers: None,
         underlay_kind: None,
+        port_kind: None,
     }];
     for &w in &args.workers {
         if !(1..=9).contains(&w) {
@@ -652,14 +681,21 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             .map(|k| Some(k.as_str()))
             .collect(),
     };
+    let port_kinds: Vec<Option<PodPortKind>> = match args.port_kinds.is_empty() {
+        true => vec![None],
+        false => args.port_kinds.iter().copied().map(Some).collect(),
+    };
     for &workers in &worker_counts {
         for &underlay_kind in &underlay_kinds {
-            dataplanes.push(Dataplane {
-                label: podswitch_label(workers, underlay_kind),
-                kind: lab::Dataplane::Podswitch,
-                workers,
-                underlay_kind: underlay_kind.map(str::to_string),
-            });
+            for &port_kind in &port_kinds {
+                dataplanes.push(Dataplane {
+                    label: podswitch_label(workers, underlay_kind, port_kind),
+                    kind: lab::Dataplane::Podswitch,
+                    workers,
+                    underlay_kind: underlay_kind.map(str::to_string),
+                    port_kind,
+                });
+            }
         }
     }
     let cases: Vec<Case> = args
@@ -691,12 +727,17 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
         for dp in &dataplanes {
             eprintln!("building the {} lab for {backend}...", dp.label);
             let name = format!(
-                "b{}{}{}{}",
+                "b{}{}{}{}{}",
                 &dp.label[..1],
                 dp.workers.map(|w| w.to_string()).unwrap_or_default(),
                 match dp.underlay_kind.as_deref() {
                     Some("af-xdp") => "x",
                     _ => "",
+                },
+                match dp.port_kind {
+                    Some(PodPortKind::AfXdp) => "a",
+                    Some(PodPortKind::AfPacket) => "k",
+                    Some(PodPortKind::Tap) | None => "",
                 },
                 &backend
                     .to_string()
@@ -711,6 +752,9 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             }
             if let Some(k) = &dp.underlay_kind {
                 up = up.underlay_kind(k);
+            }
+            if let Some(k) = dp.port_kind {
+                up = up.port_kind(k);
             }
             let built = lab::up(&up);
             match built {
@@ -866,18 +910,39 @@ mod tests {
 
     #[test]
     fn labels_name_their_variant_and_read_back() {
-        for (workers, kind, label, suffix) in [
-            (None, None, "podswitch", ""),
-            (Some(2), None, "podswitch-w2", " workers=2"),
-            (None, Some("af-xdp"), "podswitch-af-xdp", " underlay=af-xdp"),
+        for (workers, kind, pods, label, suffix) in [
+            (None, None, None, "podswitch", ""),
+            (Some(2), None, None, "podswitch-w2", " workers=2"),
+            (
+                None,
+                Some("af-xdp"),
+                None,
+                "podswitch-af-xdp",
+                " underlay=af-xdp",
+            ),
             (
                 Some(1),
                 Some("socket"),
+                None,
                 "podswitch-w1-socket",
                 " workers=1 underlay=socket",
             ),
+            (
+                None,
+                None,
+                Some(PodPortKind::AfXdp),
+                "podswitch-pods-af-xdp",
+                " pods=af-xdp",
+            ),
+            (
+                Some(2),
+                Some("af-xdp"),
+                Some(PodPortKind::AfPacket),
+                "podswitch-w2-af-xdp-pods-af-packet",
+                " workers=2 underlay=af-xdp pods=af-packet",
+            ),
         ] {
-            assert_eq!(podswitch_label(workers, kind), label);
+            assert_eq!(podswitch_label(workers, kind, pods), label);
             assert_eq!(case_suffix(label), suffix);
         }
         assert_eq!(case_suffix("kernel"), "");

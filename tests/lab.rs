@@ -98,6 +98,19 @@ fn up_with(name: &str, options: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("lab status JSON")
 }
 
+/// `port list` of a lab node's podswitchd, as `lab status --json` names
+/// the node.
+fn node_ports(node: &Value) -> Value {
+    let socket = node["socket"].as_str().expect("a daemon's socket");
+    let out = ctl(&["--socket", socket, "--json", "port", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("port list JSON")
+}
+
 fn exec_ok(name: &str, pod: &str, cmd: &[&str]) -> bool {
     let mut args = vec!["lab", "exec", "--name", name, pod, "--"];
     args.extend_from_slice(cmd);
@@ -183,14 +196,7 @@ fn a_lab_of_two_workers_per_node() {
     let status = up_with(&lab, &["--backend", "vxlan", "--workers", "2"]);
     all_reach(&lab, &status);
     for node in status["nodes"].as_array().unwrap() {
-        let socket = node["socket"].as_str().expect("a daemon's socket");
-        let out = ctl(&["--socket", socket, "--json", "port", "list"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let ports: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let ports = node_ports(node);
         let mut workers: Vec<u64> = ports
             .as_array()
             .unwrap()
@@ -405,9 +411,7 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
             // Every pod port is of the kind the lab asked for.
             assert_eq!(status["port_kind"], *kind, "{status}");
             for node in status["nodes"].as_array().unwrap() {
-                let socket = node["socket"].as_str().expect("a daemon's socket");
-                let out = ctl(&["--socket", socket, "--json", "port", "list"]);
-                let ports: Value = serde_json::from_slice(&out.stdout).expect("port list");
+                let ports = node_ports(node);
                 let pods: Vec<&Value> = ports
                     .as_array()
                     .unwrap()

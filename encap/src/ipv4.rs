@@ -426,11 +426,14 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// ([`crate::describe`]), a wrong header checksum as its problem.
     pub fn describe(&self, offset: usize) -> Section {
         let header_len = self.header_len();
-        let checksum_ok = self.verify_checksum().is_ok();
-        let checksum_state = if checksum_ok {
-            "correct".to_string()
-        } else {
-            format!("WRONG, should be 0x{:04x}", self.compute_checksum())
+        // What the field should hold, when it does not.
+        let should_be = self
+            .verify_checksum()
+            .err()
+            .map(|_| self.compute_checksum());
+        let checksum_state = match should_be {
+            None => "correct".to_string(),
+            Some(should_be) => format!("WRONG, should be 0x{should_be:04x}"),
         };
         let mut flag_words = Vec::new();
         if self.dont_frag() {
@@ -500,11 +503,10 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
                 format!("{} bytes", header_len - HEADER_LEN),
             );
         }
-        if !checksum_ok {
+        if let Some(should_be) = should_be {
             s.problem(format!(
-                "header checksum 0x{:04x} is wrong, should be 0x{:04x}",
-                self.checksum(),
-                self.compute_checksum()
+                "header checksum 0x{:04x} is wrong, should be 0x{should_be:04x}",
+                self.checksum()
             ));
         }
         s

@@ -34,7 +34,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 use serde_json::{json, Value};
 
@@ -73,9 +72,7 @@ pub struct BenchArgs {
     /// podswitchd's pod port kinds to measure side by side (af-packet,
     /// af-xdp), each on a podswitch lab of its own, for every worker count
     /// and underlay kind (default: podswitchd's default, af-packet).
-    #[arg(long, value_delimiter = ',', value_name = "KIND,KIND...",
-        value_parser = PossibleValuesParser::new(["af-packet", "af-xdp"])
-            .try_map(|kind| kind.parse::<PodPortKind>()))]
+    #[arg(long, value_delimiter = ',', value_name = "KIND,KIND...", value_parser = lab::veth_port_kinds())]
     port_kinds: Vec<PodPortKind>,
     /// Pods of the memory measurement (0 leaves it out).
     #[arg(long, default_value_t = lab::MAX_PODS_PER_NODE, value_name = "N")]

@@ -88,8 +88,7 @@ pub struct UpArgs {
     underlay_kind: Option<String>,
     /// How podswitchd reads the pods' veths (default: podswitchd's own,
     /// af-packet). A lab's pods are veths, so tap is not offered.
-    #[arg(long, value_parser = PossibleValuesParser::new(["af-packet", "af-xdp"])
-        .try_map(|kind| kind.parse::<PodPortKind>()))]
+    #[arg(long, value_parser = veth_port_kinds())]
     port_kind: Option<PodPortKind>,
 }
 
@@ -111,6 +110,12 @@ impl std::fmt::Display for Dataplane {
             Dataplane::Kernel => "kernel",
         })
     }
+}
+
+/// The pod port kinds a lab's pods can be read with, as clap parses them:
+/// the pods are veths, so not tap (a device podswitchd makes itself).
+pub fn veth_port_kinds() -> impl TypedValueParser<Value = PodPortKind> {
+    PossibleValuesParser::new(["af-packet", "af-xdp"]).try_map(|kind| kind.parse::<PodPortKind>())
 }
 
 /// podswitchd's `underlay_kind` values.

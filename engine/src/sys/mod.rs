@@ -109,17 +109,52 @@ fn from_sockaddr_in(sa: &libc::sockaddr_in) -> std::net::SocketAddrV4 {
 /// (`poll(2)`); true if it is readable. An interrupted wait counts as a
 /// timeout: callers loop until their own deadline.
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: std::time::Duration) -> io::Result<bool> {
-    let mut pollfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
+    wait_any_readable(&[fd], timeout)
+}
+
+/// Waits until one of `fds` (at most 8) has something to read or
+/// `timeout` passes (`poll(2)`); true if one is readable. An interrupted
+/// wait counts as a timeout.
+pub fn wait_any_readable(fds: &[BorrowedFd<'_>], timeout: std::time::Duration) -> io::Result<bool> {
+    const MOST: usize = 8;
+    assert!(
+        fds.len() <= MOST,
+        "wait_any_readable takes at most {MOST} fds"
+    );
+    let mut pollfds = [libc::pollfd {
+        fd: -1,
         events: libc::POLLIN,
         revents: 0,
-    };
+    }; MOST];
+    for (pollfd, fd) in pollfds.iter_mut().zip(fds) {
+        pollfd.fd = fd.as_raw_fd();
+    }
     let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pollfd` is one live, writable `struct pollfd`, and the count
-    // passed is 1.
-    match unsafe { libc::poll(&mut pollfd, 1, millis) } {
+    // SAFETY: `pollfds` is a live, writable array of `struct pollfd`, and
+    // the count passed is at most its length.
+    match unsafe { libc::poll(pollfds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) } {
         -1 if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => Ok(false),
         -1 => Err(io::Error::last_os_error()),
-        n => Ok(n > 0 && pollfd.revents & libc::POLLIN != 0),
+        n => Ok(n > 0 && pollfds.iter().any(|p| p.revents & libc::POLLIN != 0)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixDatagram;
+    use std::time::Duration;
+
+    #[test]
+    fn waiting_on_several_fds_wakes_for_the_one_that_became_readable() {
+        let (quiet, _quiet_peer) = UnixDatagram::pair().unwrap();
+        let (busy, busy_peer) = UnixDatagram::pair().unwrap();
+        let short = Duration::from_millis(20);
+        assert!(!wait_any_readable(&[quiet.as_fd(), busy.as_fd()], short).unwrap());
+        busy_peer.send(b"x").unwrap();
+        assert!(wait_any_readable(&[quiet.as_fd(), busy.as_fd()], short).unwrap());
+        assert!(wait_readable(busy.as_fd(), short).unwrap());
+        assert!(!wait_readable(quiet.as_fd(), short).unwrap());
     }
 }

@@ -1,0 +1,125 @@
+//! The fastest any AF_PACKET switch can be on this kernel: a cross-connect
+//! between two interfaces that does nothing but receive a batch with its
+//! virtio-net headers and send it whole out of the other interface, in
+//! one thread (as podswitchd's one worker), sleeping in `poll(2)` when both
+//! sides are empty (or, with `--spin`, never sleeping).
+//!
+//! No lookups, no pool, no counters, no checksums: what it moves per CPU
+//! second is the ceiling that the kernel's packet-socket interface puts on
+//! podswitch's AF_PACKET pod ports (docs/benchmarks.md, "The AF_PACKET
+//! ceiling"). Run it between the host ends of two pod veths and time a TCP
+//! transfer through it, then through a bridge, then through podswitch.
+//!
+//! ```text
+//! cargo run --release --example af_packet_ceiling -- [--spin] IFACE_A IFACE_B
+//! ```
+
+use std::io;
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use podswitch_engine::offload::VNET_HDR_LEN;
+use podswitch_engine::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_BATCH, MAX_PARTS};
+use podswitch_engine::sys::netdev;
+use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket};
+use podswitch_engine::sys::wait_any_readable;
+
+/// A 64 KiB TSO frame and its Ethernet header fit.
+const FRAME_BYTES: usize = 65_536 + 64;
+
+/// One batch of frames: virtio-net header and data for each.
+struct Batch {
+    headers: Vec<[u8; VNET_HDR_LEN]>,
+    frames: Vec<Vec<u8>>,
+    lens: Vec<usize>,
+    count: usize,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            headers: vec![[0; VNET_HDR_LEN]; MAX_BATCH],
+            frames: (0..MAX_BATCH).map(|_| vec![0; FRAME_BYTES]).collect(),
+            lens: vec![0; MAX_BATCH],
+            count: 0,
+        }
+    }
+}
+
+impl RecvBuffers for Batch {
+    fn count(&self) -> usize {
+        MAX_BATCH
+    }
+
+    fn parts(&mut self, i: usize) -> [&mut [u8]; MAX_PARTS] {
+        [&mut self.headers[i], &mut self.frames[i], &mut []]
+    }
+}
+
+impl SendBuffers for Batch {
+    fn count(&self) -> usize {
+        self.count
+    }
+
+    fn parts(&self, i: usize) -> [&[u8]; MAX_PARTS] {
+        [&self.headers[i], &self.frames[i][..self.lens[i]], &[]]
+    }
+
+    fn destination(&self, _: usize) -> Option<std::net::SocketAddrV4> {
+        None
+    }
+}
+
+/// Moves every frame `from` receives out of `to`, forever.
+/// Moves a batch from `from` out of `to`, if `from` had one; true if it
+/// had.
+fn forward(
+    from: &PacketSocket,
+    to: &PacketSocket,
+    batch: &mut Batch,
+    meta: &mut [Received; MAX_BATCH],
+) -> io::Result<bool> {
+    let got = from.recv_batch(batch, meta)?;
+    if got == 0 {
+        return Ok(false);
+    }
+    for (i, m) in meta[..got].iter().enumerate() {
+        batch.lens[i] = m.len.saturating_sub(VNET_HDR_LEN).min(FRAME_BYTES);
+    }
+    batch.count = got;
+    // A full send buffer takes none: try again, as a switch would before
+    // counting a drop.
+    while to.send_batch(batch)? == 0 {}
+    Ok(true)
+}
+
+/// Moves every frame each interface receives out of the other, forever.
+/// With `spin`, a turn that found both empty is followed by the next at
+/// once instead of a sleep in `poll(2)`.
+fn cross_connect(a: &PacketSocket, b: &PacketSocket, spin: bool) -> io::Result<()> {
+    let mut batch = Batch::new();
+    let mut meta = [Received::default(); MAX_BATCH];
+    loop {
+        let moved_ab = forward(a, b, &mut batch, &mut meta)?;
+        let moved_ba = forward(b, a, &mut batch, &mut meta)?;
+        if !moved_ab && !moved_ba && !spin {
+            wait_any_readable(&[a.as_fd(), b.as_fd()], Duration::from_secs(1))?;
+        }
+    }
+}
+
+fn main() -> io::Result<()> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let spin = args.first().is_some_and(|a| a == "--spin");
+    if spin {
+        args.remove(0);
+    }
+    let [a, b] = args.as_slice() else {
+        eprintln!("usage: af_packet_ceiling [--spin] IFACE_A IFACE_B");
+        std::process::exit(2);
+    };
+    let open = |name: &str| -> io::Result<PacketSocket> {
+        PacketSocket::open(netdev::ifindex(name)?, PacketOptions::default())
+    };
+    cross_connect(&open(a)?, &open(b)?, spin)
+}

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# How close podswitch's AF_PACKET pod ports come to the best any AF_PACKET
+# switch can do, on the same two pod veths in one run:
+#   podswitch  - the lab's podswitchd switching pod1-1 <-> pod1-2;
+#   ceiling    - examples/af_packet_ceiling.rs between the two host ends
+#                (receive a batch, send it whole, nothing else), sleeping
+#                in poll(2) when idle, then never sleeping (--spin);
+#   bridge     - a Linux bridge between them: the kernel path.
+# Per round: TCP 1 and 4 streams (iperf3) and ping p50/p99 (500 pings,
+# 2 ms apart). The four paths take turns in every round: the lab's
+# podswitchd is started for its turn (with the command line the lab gave
+# it; its ports come back from its state file) and stopped after it, to
+# leave the veths to the others.
+# With PODS_CPU=0 SWITCH_CPU=1 the pods' iperf3 and ping run on CPU 0 and
+# the cross-connect on CPU 1: a switch with a core of its own against the
+# kernel path on the pods' core (podswitch's rows are then left out).
+# Usage: scripts/ceiling.sh [ROUNDS] [SECONDS]   (root; docs/benchmarks.md)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-2}
+seconds=${2:-5}
+lab=ceil
+ns=lab-$lab-n1
+cargo build --release --locked --bin podswitchctl --bin podswitchd --bin podswitch --example af_packet_ceiling >/dev/null 2>&1 ||
+  { echo "ceiling: the release build failed (cargo build --release)" >&2; exit 1; }
+ctl=target/release/podswitchctl
+ceiling=target/release/examples/af_packet_ceiling
+forwarder=""
+daemon=""
+pods=()
+switch=()
+if [ -n "${PODS_CPU:-}" ]; then pods=(taskset -c "$PODS_CPU"); fi
+if [ -n "${SWITCH_CPU:-}" ]; then switch=(taskset -c "$SWITCH_CPU"); fi
+cleanup() {
+  [ -n "$forwarder" ] && kill "$forwarder" 2>/dev/null
+  [ -n "$daemon" ] && kill "$daemon" 2>/dev/null
+  "$ctl" lab down --name "$lab" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+"$ctl" lab up --name "$lab" --nodes 1 --pods-per-node 2 >/dev/null
+server=lab-$lab-pod1-2
+client=lab-$lab-pod1-1
+server_ip=10.244.1.3
+lab_daemon=$(pgrep -f "podswitchd.*/run/podswitch-lab/$lab/node1") ||
+  { echo "ceiling: the lab's podswitchd is not running" >&2; exit 1; }
+mapfile -d '' -t daemon_args < "/proc/$lab_daemon/cmdline"
+kill "$lab_daemon"
+sleep 1
+mapfile -t veths < <(ip -n "$ns" -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -v '^ul0$')
+[ "${#veths[@]}" -eq 2 ] || { echo "ceiling: expected 2 pod veths in $ns, found: ${veths[*]}" >&2; exit 1; }
+
+tcp() { # STREAMS -> Gbit/s
+  ip netns exec "$server" "${pods[@]}" iperf3 -s -D -1 -p 5301
+  sleep 0.3
+  ip netns exec "$client" "${pods[@]}" iperf3 -c "$server_ip" -p 5301 -t "$seconds" -P "$1" -f g |
+    grep receiver | tail -1 | awk '{print $(NF-2)}'
+}
+latency() { # -> "p50 p99" in microseconds
+  ip netns exec "$client" "${pods[@]}" ping -c 500 -i 0.002 "$server_ip" |
+    sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n |
+    awk '{v[NR]=$1} END {printf "%d %d", v[int(NR*0.5)]*1000, v[int(NR*0.99)]*1000}'
+}
+measure() { # LABEL
+  ip netns exec "$client" ping -c 3 -i 0.2 -q "$server_ip" >/dev/null
+  echo "| $1 | $(tcp 1) | $(tcp 4) | $(latency | sed 's/ / | /') |"
+}
+start_ceiling() { # [--spin]
+  ip netns exec "$ns" "${switch[@]}" "$ceiling" "$@" "${veths[0]}" "${veths[1]}" &
+  forwarder=$!
+  sleep 0.5
+}
+start_podswitch() {
+  ip netns exec "$ns" "${daemon_args[@]}" >/dev/null 2>&1 &
+  daemon=$!
+  # Ready when its control socket answers and both pods' ports are back.
+  for _ in $(seq 50); do
+    [ "$("$ctl" --socket "/run/podswitch-lab/$lab/node1.sock" port list 2>/dev/null | grep -c af-packet)" -ge 2 ] && return
+    sleep 0.1
+  done
+  echo "ceiling: podswitchd did not come back with its two ports" >&2
+  exit 1
+}
+stop_podswitch() {
+  kill "$daemon"
+  wait "$daemon" 2>/dev/null || true
+  daemon=""
+}
+stop_ceiling() {
+  kill "$forwarder"
+  wait "$forwarder" 2>/dev/null || true
+  forwarder=""
+}
+
+echo "| path | tcp 1 stream (Gbit/s) | tcp 4 streams (Gbit/s) | ping p50 (µs) | ping p99 (µs) |"
+echo "|---|---|---|---|---|"
+ip -n "$ns" link add ceil-br type bridge
+ip -n "$ns" link set ceil-br up
+for _ in $(seq "$rounds"); do
+  if [ -z "${PODS_CPU:-}" ]; then
+    start_podswitch
+    measure podswitch
+    stop_podswitch
+  fi
+  start_ceiling
+  measure ceiling
+  stop_ceiling
+  start_ceiling --spin
+  measure "ceiling, spinning"
+  stop_ceiling
+  for v in "${veths[@]}"; do ip -n "$ns" link set "$v" master ceil-br; done
+  sleep 1
+  measure bridge
+  for v in "${veths[@]}"; do ip -n "$ns" link set "$v" nomaster; done
+done

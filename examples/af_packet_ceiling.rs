@@ -84,7 +84,15 @@ fn forward(
         return Ok(false);
     }
     for (i, m) in meta[..got].iter().enumerate() {
-        batch.lens[i] = m.len.saturating_sub(VNET_HDR_LEN).min(FRAME_BYTES);
+        // A cut frame sent on would carry a header that no longer fits
+        // it: say so rather than send it.
+        if m.truncated {
+            return Err(io::Error::other(format!(
+                "a frame of {} bytes is larger than the cross-connect's {FRAME_BYTES}-byte buffers",
+                m.len
+            )));
+        }
+        batch.lens[i] = m.len.saturating_sub(VNET_HDR_LEN);
     }
     batch.count = got;
     // A full send buffer takes none: try again, as a switch would before

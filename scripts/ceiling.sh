@@ -6,8 +6,8 @@
 #                (receive a batch, send it whole, nothing else), sleeping
 #                in poll(2) when idle, then never sleeping (--spin);
 #   bridge     - a Linux bridge between them: the kernel path.
-# Per round: TCP 1 and 4 streams (iperf3) and ping p50/p99 (500 pings,
-# 2 ms apart). The four paths take turns in every round: the lab's
+# Per round: TCP 1 and 4 streams (iperf3), ping p50/p99 (500 pings, 2 ms
+# apart), and the same pings while one TCP stream runs (loaded). The four paths take turns in every round: the lab's
 # podswitchd is started for its turn (with the command line the lab gave
 # it; its ports come back from its state file) and stopped after it, to
 # leave the veths to the others.
@@ -60,9 +60,18 @@ latency() { # -> "p50 p99" in microseconds
     sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n |
     awk '{v[NR]=$1} END {printf "%d %d", v[int(NR*0.5)]*1000, v[int(NR*0.99)]*1000}'
 }
+loaded_latency() { # -> "p50 p99" in microseconds, under one TCP stream
+  ip netns exec "$server" "${pods[@]}" iperf3 -s -D -1 -p 5302
+  sleep 0.3
+  ip netns exec "$client" "${pods[@]}" iperf3 -c "$server_ip" -p 5302 -t 3 >/dev/null &
+  local load=$!
+  sleep 0.5
+  latency
+  wait "$load"
+}
 measure() { # LABEL
   ip netns exec "$client" ping -c 3 -i 0.2 -q "$server_ip" >/dev/null
-  echo "| $1 | $(tcp 1) | $(tcp 4) | $(latency | sed 's/ / | /') |"
+  echo "| $1 | $(tcp 1) | $(tcp 4) | $(latency | sed 's/ / | /') | $(loaded_latency | sed 's/ / | /') |"
 }
 start_ceiling() { # [--spin]
   ip netns exec "$ns" "${switch[@]}" "$ceiling" "$@" "${veths[0]}" "${veths[1]}" &
@@ -91,8 +100,8 @@ stop_ceiling() {
   forwarder=""
 }
 
-echo "| path | tcp 1 stream (Gbit/s) | tcp 4 streams (Gbit/s) | ping p50 (µs) | ping p99 (µs) |"
-echo "|---|---|---|---|---|"
+echo "| path | tcp 1 stream (Gbit/s) | tcp 4 streams (Gbit/s) | ping p50 (µs) | ping p99 (µs) | loaded p50 (µs) | loaded p99 (µs) |"
+echo "|---|---|---|---|---|---|---|"
 ip -n "$ns" link add ceil-br type bridge
 ip -n "$ns" link set ceil-br up
 for _ in $(seq "$rounds"); do

@@ -7,13 +7,18 @@
 #                in poll(2) when idle, then never sleeping (--spin);
 #   bridge     - a Linux bridge between them: the kernel path.
 # Per round: TCP 1 and 4 streams (iperf3), ping p50/p99 (500 pings, 2 ms
-# apart), and the same pings while one TCP stream runs (loaded). The four paths take turns in every round: the lab's
-# podswitchd is started for its turn (with the command line the lab gave
-# it; its ports come back from its state file) and stopped after it, to
-# leave the veths to the others.
+# apart), and the same pings while one TCP stream runs (loaded). The
+# four paths take turns in every round: the lab's podswitchd is started
+# for its turn (with the command line the lab gave it; its ports come
+# back from its state file) and stopped after it, to leave the veths to
+# the others.
 # With PODS_CPU=0 SWITCH_CPU=1 the pods' iperf3 and ping run on CPU 0 and
 # the cross-connect on CPU 1: a switch with a core of its own against the
 # kernel path on the pods' core (podswitch's rows are then left out).
+# With CHAIN=1 the second pod's veth moves to a second switch namespace,
+# joined to the first by a veth "wire": two cross-connects in a chain
+# (four AF_PACKET hops, as a cross-node frame crosses two nodes) against
+# two bridges in a chain (podswitch's rows are left out).
 # Usage: scripts/ceiling.sh [ROUNDS] [SECONDS]   (root; docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +37,9 @@ switch=()
 if [ -n "${PODS_CPU:-}" ]; then pods=(taskset -c "$PODS_CPU"); fi
 if [ -n "${SWITCH_CPU:-}" ]; then switch=(taskset -c "$SWITCH_CPU"); fi
 cleanup() {
-  [ -n "$forwarder" ] && kill "$forwarder" 2>/dev/null
+  [ -n "$forwarder" ] && kill $forwarder 2>/dev/null
   [ -n "$daemon" ] && kill "$daemon" 2>/dev/null
+  ip netns del "lab-$lab-sw2" 2>/dev/null || true
   "$ctl" lab down --name "$lab" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -48,6 +54,20 @@ kill "$lab_daemon"
 sleep 1
 mapfile -t veths < <(ip -n "$ns" -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -v '^ul0$')
 [ "${#veths[@]}" -eq 2 ] || { echo "ceiling: expected 2 pod veths in $ns, found: ${veths[*]}" >&2; exit 1; }
+# Where each cross-connect (or bridge) runs, and the two interfaces it joins.
+sides=("$ns ${veths[0]} ${veths[1]}")
+if [ -n "${CHAIN:-}" ]; then
+  ns2=lab-$lab-sw2
+  ip netns add "$ns2"
+  ip -n "$ns" link set "${veths[1]}" netns "$ns2"
+  ip -n "$ns" link add ceil-w1 type veth peer name ceil-w2 netns "$ns2"
+  ip -n "$ns2" link set "${veths[1]}" up
+  ip -n "$ns" link set ceil-w1 up
+  ip -n "$ns2" link set ceil-w2 up
+  ip -n "$ns2" link add ceil-br type bridge
+  ip -n "$ns2" link set ceil-br up
+  sides=("$ns ${veths[0]} ceil-w1" "$ns2 ceil-w2 ${veths[1]}")
+fi
 
 tcp() { # STREAMS -> Gbit/s
   ip netns exec "$server" "${pods[@]}" iperf3 -s -D -1 -p 5301
@@ -74,9 +94,22 @@ measure() { # LABEL
   echo "| $1 | $(tcp 1) | $(tcp 4) | $(latency | sed 's/ / | /') | $(loaded_latency | sed 's/ / | /') |"
 }
 start_ceiling() { # [--spin]
-  ip netns exec "$ns" "${switch[@]}" "$ceiling" "$@" "${veths[0]}" "${veths[1]}" &
-  forwarder=$!
+  local side
+  for side in "${sides[@]}"; do
+    read -r where a b <<<"$side"
+    ip netns exec "$where" "${switch[@]}" "$ceiling" "$@" "$a" "$b" &
+    forwarder="$forwarder $!"
+  done
   sleep 0.5
+}
+bridge_sides() { # master | nomaster
+  local side
+  for side in "${sides[@]}"; do
+    read -r where a b <<<"$side"
+    for v in "$a" "$b"; do
+      if [ "$1" = master ]; then ip -n "$where" link set "$v" master ceil-br; else ip -n "$where" link set "$v" nomaster; fi
+    done
+  done
 }
 start_podswitch() {
   ip netns exec "$ns" "${daemon_args[@]}" >/dev/null 2>&1 &
@@ -95,8 +128,8 @@ stop_podswitch() {
   daemon=""
 }
 stop_ceiling() {
-  kill "$forwarder"
-  wait "$forwarder" 2>/dev/null || true
+  kill $forwarder
+  wait $forwarder 2>/dev/null || true
   forwarder=""
 }
 
@@ -105,7 +138,7 @@ echo "|---|---|---|---|---|---|---|"
 ip -n "$ns" link add ceil-br type bridge
 ip -n "$ns" link set ceil-br up
 for _ in $(seq "$rounds"); do
-  if [ -z "${PODS_CPU:-}" ]; then
+  if [ -z "${PODS_CPU:-}" ] && [ -z "${CHAIN:-}" ]; then
     start_podswitch
     measure podswitch
     stop_podswitch
@@ -116,8 +149,8 @@ for _ in $(seq "$rounds"); do
   start_ceiling --spin
   measure "ceiling, spinning"
   stop_ceiling
-  for v in "${veths[@]}"; do ip -n "$ns" link set "$v" master ceil-br; done
+  bridge_sides master
   sleep 1
   measure bridge
-  for v in "${veths[@]}"; do ip -n "$ns" link set "$v" nomaster; done
+  bridge_sides nomaster
 done

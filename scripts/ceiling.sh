@@ -14,7 +14,8 @@
 # the others.
 # With PODS_CPU=0 SWITCH_CPU=1 the pods' iperf3 and ping run on CPU 0 and
 # the cross-connect on CPU 1: a switch with a core of its own against the
-# kernel path on the pods' core (podswitch's rows are then left out).
+# kernel path on the pods' core (podswitch's rows are left out when
+# either is set).
 # With CHAIN=1 the second pod's veth moves to a second switch namespace,
 # joined to the first by a veth "wire": two cross-connects in a chain
 # (four AF_PACKET hops, as a cross-node frame crosses two nodes) against
@@ -37,8 +38,8 @@ switch=()
 if [ -n "${PODS_CPU:-}" ]; then pods=(taskset -c "$PODS_CPU"); fi
 if [ -n "${SWITCH_CPU:-}" ]; then switch=(taskset -c "$SWITCH_CPU"); fi
 cleanup() {
-  [ -n "$forwarder" ] && kill $forwarder 2>/dev/null
-  [ -n "$daemon" ] && kill "$daemon" 2>/dev/null
+  if [ -n "$forwarder" ]; then kill $forwarder 2>/dev/null || true; fi
+  if [ -n "$daemon" ]; then kill "$daemon" 2>/dev/null || true; fi
   ip netns del "lab-$lab-sw2" 2>/dev/null || true
   "$ctl" lab down --name "$lab" >/dev/null 2>&1 || true
 }
@@ -51,7 +52,7 @@ lab_daemon=$(pgrep -f "podswitchd.*/run/podswitch-lab/$lab/node1") ||
   { echo "ceiling: the lab's podswitchd is not running" >&2; exit 1; }
 mapfile -d '' -t daemon_args < "/proc/$lab_daemon/cmdline"
 kill "$lab_daemon"
-sleep 1
+while kill -0 "$lab_daemon" 2>/dev/null; do sleep 0.1; done
 mapfile -t veths < <(ip -n "$ns" -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -v '^ul0$')
 [ "${#veths[@]}" -eq 2 ] || { echo "ceiling: expected 2 pod veths in $ns, found: ${veths[*]}" >&2; exit 1; }
 # Where each cross-connect (or bridge) runs, and the two interfaces it joins.
@@ -78,7 +79,12 @@ tcp() { # STREAMS -> Gbit/s
 latency() { # -> "p50 p99" in microseconds
   ip netns exec "$client" "${pods[@]}" ping -c 500 -i 0.002 "$server_ip" |
     sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n |
-    awk '{v[NR]=$1} END {printf "%d %d", v[int(NR*0.5)]*1000, v[int(NR*0.99)]*1000}'
+    awk '{v[NR]=$1}
+      END {
+        if (NR == 0) { print "ceiling: no ping came back" > "/dev/stderr"; exit 1 }
+        if (NR < 500) print "ceiling: " 500 - NR " of 500 pings lost (p99 of those answered)" > "/dev/stderr"
+        printf "%d %d", v[int(NR*0.5)]*1000, v[int(NR*0.99)]*1000
+      }'
 }
 loaded_latency() { # -> "p50 p99" in microseconds, under one TCP stream
   ip netns exec "$server" "${pods[@]}" iperf3 -s -D -1 -p 5302
@@ -91,7 +97,20 @@ loaded_latency() { # -> "p50 p99" in microseconds, under one TCP stream
 }
 measure() { # LABEL
   ip netns exec "$client" ping -c 3 -i 0.2 -q "$server_ip" >/dev/null
-  echo "| $1 | $(tcp 1) | $(tcp 4) | $(latency | sed 's/ / | /') | $(loaded_latency | sed 's/ / | /') |"
+  # Each figure in a variable of its own: a failed measurement stops
+  # the script instead of leaving an empty cell.
+  local one four idle loaded
+  one=$(tcp 1)
+  four=$(tcp 4)
+  idle=$(latency)
+  loaded=$(loaded_latency)
+  [ -n "$one" ] && [ -n "$four" ] || { echo "ceiling: no iperf3 figure for $1" >&2; exit 1; }
+  # A path that died during its turn measured nothing.
+  local pid
+  for pid in $forwarder $daemon; do
+    kill -0 "$pid" 2>/dev/null || { echo "ceiling: $1 exited during its turn" >&2; exit 1; }
+  done
+  echo "| $1 | $one | $four | ${idle/ / | } | ${loaded/ / | } |"
 }
 start_ceiling() { # [--spin]
   local side
@@ -123,12 +142,12 @@ start_podswitch() {
   exit 1
 }
 stop_podswitch() {
-  kill "$daemon"
+  kill "$daemon" || true
   wait "$daemon" 2>/dev/null || true
   daemon=""
 }
 stop_ceiling() {
-  kill $forwarder
+  kill $forwarder || true
   wait $forwarder 2>/dev/null || true
   forwarder=""
 }
@@ -138,7 +157,7 @@ echo "|---|---|---|---|---|---|---|"
 ip -n "$ns" link add ceil-br type bridge
 ip -n "$ns" link set ceil-br up
 for _ in $(seq "$rounds"); do
-  if [ -z "${PODS_CPU:-}" ] && [ -z "${CHAIN:-}" ]; then
+  if [ -z "${PODS_CPU:-}${SWITCH_CPU:-}${CHAIN:-}" ]; then
     start_podswitch
     measure podswitch
     stop_podswitch

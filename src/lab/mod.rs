@@ -635,6 +635,18 @@ fn alive(pid: u32) -> bool {
         && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
 
+/// The node's podswitchd, if the pid the lab recorded still runs it: a
+/// daemon that exited leaves its pid free for any other process, which
+/// `lab down` must not signal. Its command line names the node's socket.
+fn node_daemon(node: &Node) -> Option<u32> {
+    let (pid, socket) = (node.pid?, node.socket.as_deref()?);
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let runs_it = cmdline
+        .split(|&b| b == 0)
+        .any(|arg| arg == socket.as_bytes());
+    (runs_it && alive(pid)).then_some(pid)
+}
+
 /// A pod attached the way a container runtime attaches it: the CNI
 /// plugin with host-local IPAM.
 fn cni_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
@@ -854,7 +866,7 @@ pub fn down(name: &str) -> Result<()> {
     check_name(name)?;
     if let Ok(lab) = Lab::load(name) {
         for node in &lab.nodes {
-            if let Some(pid) = node.pid {
+            if let Some(pid) = node_daemon(node) {
                 stop(pid);
             }
         }
@@ -906,7 +918,7 @@ pub fn status_json(lab: &Lab) -> serde_json::Value {
         "port_kind": lab.port_kind,
         "nodes": lab.nodes.iter().map(|n| json!({
             "name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "pod_cidr": n.pod_cidr,
-            "daemon": n.pid.map(|pid| if alive(pid) { "running" } else { "stopped" }),
+            "daemon": n.pid.map(|_| if node_daemon(n).is_some() { "running" } else { "stopped" }),
             "pid": n.pid, "socket": n.socket,
             "dataplane": if n.kernel { "kernel" } else { "podswitch" },
         })).collect::<Vec<_>>(),

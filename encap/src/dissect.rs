@@ -194,9 +194,7 @@ impl Dissector<'_> {
         self.payload("Ethernet padding", packet_end, end);
     }
 
-    /// An IPv4 packet carried without a tunnel header of its own (IPIP,
-    /// IP-in-UDP): a zero-length tunnel marker, then the inner packet.
-    /// Enters one more tunnel, or says why not.
+    /// Enters one more tunnel, or says why not: true if the walk goes in.
     fn enter_tunnel(&mut self, title: &'static str, offset: usize, end: usize) -> bool {
         if self.tunnels == MAX_TUNNELS {
             let why = format!("tunnels nested more than {MAX_TUNNELS} deep: not walked further");
@@ -209,6 +207,8 @@ impl Dissector<'_> {
         true
     }
 
+    /// An IPv4 packet carried without a tunnel header of its own (IPIP,
+    /// IP-in-UDP): a zero-length tunnel marker, then the inner packet.
     fn tunnelled_ipv4(&mut self, title: &'static str, what: &str, offset: usize, end: usize) {
         if !self.enter_tunnel(title, offset, end) {
             return;

@@ -596,12 +596,9 @@ fn pods_reach_outside_masqueraded_and_nothing_stays() {
     }
 
     // kill -9 and a new daemon on the same files: one table, one rule.
-    let pid = String::from_utf8_lossy(
-        &Command::new("pgrep")
-            .args(["-f", &format!("podswitch-lab/{name}/node1.toml")])
-            .output()
-            .unwrap()
-            .stdout,
+    let pid = common::stdout_of(
+        "pgrep",
+        &["-f", &format!("podswitch-lab/{name}/node1.toml")],
     )
     .trim()
     .to_string();

@@ -370,10 +370,7 @@ pub fn path_mtu_is_told(dataplane: &impl Sites, tunnel_mtu: u32, label: &str) {
             .output()
             .unwrap()
     };
-    let shown = String::from_utf8_lossy(
-        &super::run("ip", &["-n", &a.netns, "-o", "link", "show", "eth0"]).stdout,
-    )
-    .into_owned();
+    let shown = super::stdout_of("ip", &["-n", &a.netns, "-o", "link", "show", "eth0"]);
     let pod_mtu: u32 = shown
         .split_whitespace()
         .skip_while(|w| *w != "mtu")

@@ -141,6 +141,96 @@ impl VnetHeader {
     }
 }
 
+/// Length of `struct virtio_net_hdr_v1_hash_tunnel`
+/// (include/uapi/linux/virtio_net.h, Linux 6.17): the legacy header's ten
+/// bytes, `num_buffers`, the hash fields, then where the outer transport
+/// header and the inner network header start.
+pub const TUNNEL_VNET_HDR_LEN: usize = 24;
+/// `VIRTIO_NET_HDR_GSO_UDP_TUNNEL_IPV4`: the segmented packet travels in a
+/// UDP tunnel over IPv4; or'ed with the inner type (`GSO_TCPV4`).
+pub const GSO_UDP_TUNNEL_IPV4: u8 = 0x20;
+
+/// The virtio-net header of a UDP-tunnel super-frame (a VXLAN datagram
+/// carrying a TCP super-frame), as a TAP with `TUN_F_UDP_TUNNEL_GSO`
+/// takes it: the kernel cuts the inner TCP payload at `gso_size` and
+/// repeats every header, outer ones included, in each datagram
+/// (`skb_udp_tunnel_segment`), or hands the whole datagram to a device
+/// that does that itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelVnetHeader {
+    /// The legacy part: type, sizes and the inner TCP checksum's place.
+    pub inner: VnetHeader,
+    /// Where the outer UDP header starts.
+    pub outer_th_offset: u16,
+    /// Where the inner IPv4 header starts.
+    pub inner_nh_offset: u16,
+}
+
+impl TunnelVnetHeader {
+    /// The header for `frame`, an Ethernet/IPv4/UDP datagram whose inner
+    /// IPv4 packet starts at `inner_l3` and is a TCP super-frame segmented
+    /// as `gso` says, its TCP checksum partial. `None` for what this
+    /// header cannot describe: not IPv4/UDP outside or IPv4/TCP inside, an
+    /// outer UDP checksum (the tunnel checksum offload is not asked for;
+    /// flannel's VXLAN sends none), IP options inside, a datagram longer
+    /// than an IPv4 length can say.
+    pub fn for_frame(frame: &[u8], inner_l3: usize, gso: &Gso) -> Option<TunnelVnetHeader> {
+        if gso.kind != GsoKind::TcpV4 || gso.size == 0 {
+            return None;
+        }
+        if frame.len() < ETH_LEN + 20 || frame[12..14] != [0x08, 0x00] {
+            return None;
+        }
+        let outer = &frame[ETH_LEN..];
+        let outer_ihl = usize::from(outer[0] & 0x0f) * 4;
+        if outer[0] >> 4 != 4 || outer[9] != 17 || outer_ihl < 20 || outer.len() > 0xffff {
+            return None;
+        }
+        let udp = ETH_LEN + outer_ihl;
+        if frame.len() < udp + 8 || frame[udp + 6..udp + 8] != [0, 0] || inner_l3 < udp + 8 {
+            return None;
+        }
+        let udp_len = usize::from(u16::from_be_bytes([frame[udp + 4], frame[udp + 5]]));
+        let outer_len = usize::from(u16::from_be_bytes([outer[2], outer[3]]));
+        if outer_len != outer.len() || udp_len != frame.len() - udp {
+            return None;
+        }
+        let inner = frame.get(inner_l3..inner_l3 + 20)?;
+        let inner_len = usize::from(u16::from_be_bytes([inner[2], inner[3]]));
+        if inner[0] != 0x45 || inner[9] != 6 || inner_len != frame.len() - inner_l3 {
+            return None;
+        }
+        let l4 = inner_l3 + 20;
+        let doff = usize::from(frame.get(l4 + 12)? >> 4) * 4;
+        if doff < 20 || l4 + doff > frame.len() {
+            return None;
+        }
+        let ecn = if gso.ecn { GSO_ECN } else { 0 };
+        Some(TunnelVnetHeader {
+            inner: VnetHeader {
+                flags: FLAG_NEEDS_CSUM,
+                gso_type: GSO_UDP_TUNNEL_IPV4 | GSO_TCPV4 | ecn,
+                hdr_len: u16::try_from(l4 + doff).ok()?,
+                gso_size: gso.size,
+                csum_start: u16::try_from(l4).ok()?,
+                csum_offset: 16,
+            },
+            outer_th_offset: u16::try_from(udp).ok()?,
+            inner_nh_offset: u16::try_from(inner_l3).ok()?,
+        })
+    }
+
+    /// Writes the header (host byte order, as [`VnetHeader`]; `num_buffers`
+    /// and the hash fields zero).
+    pub fn to_bytes(&self) -> [u8; TUNNEL_VNET_HDR_LEN] {
+        let mut b = [0u8; TUNNEL_VNET_HDR_LEN];
+        b[..VNET_HDR_LEN].copy_from_slice(&self.inner.to_bytes());
+        b[20..22].copy_from_slice(&self.outer_th_offset.to_ne_bytes());
+        b[22..24].copy_from_slice(&self.inner_nh_offset.to_ne_bytes());
+        b
+    }
+}
+
 /// Why an offloaded frame cannot be completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffloadError {

@@ -319,3 +319,93 @@ proptest::proptest! {
         }
     }
 }
+
+/// The header a TAP takes for a VXLAN datagram around a TCP super-frame:
+/// every offset where etherparse's encoder put the header.
+#[test]
+fn tunnel_vnet_header_points_at_the_encoders_headers() {
+    let payload: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 255) as u8).collect();
+    let (inner, inner_hdr) = tso_frame(&payload, true);
+    let (outer, l3) = encapsulated(&inner, true);
+    let gso = Gso {
+        kind: GsoKind::TcpV4,
+        size: inner_hdr.gso_size,
+        ecn: true,
+        header_len: 40,
+    };
+    let hdr = TunnelVnetHeader::for_frame(&outer, l3, &gso).unwrap();
+    let sliced = SlicedPacket::from_ethernet(&outer).unwrap();
+    let Some(TransportSlice::Udp(udp)) = &sliced.transport else {
+        panic!("not UDP")
+    };
+    // The outer UDP header, found by the encoder's own slice.
+    let udp_at = udp.slice().as_ptr() as usize - outer.as_ptr() as usize;
+    assert_eq!(usize::from(hdr.outer_th_offset), udp_at);
+    assert_eq!(usize::from(hdr.inner_nh_offset), l3);
+    // The inner headers: the tunnel's inner frame shifted by where it sits.
+    let shift = l3 - 14;
+    assert_eq!(
+        usize::from(hdr.inner.csum_start),
+        usize::from(inner_hdr.csum_start) + shift
+    );
+    assert_eq!(
+        usize::from(hdr.inner.hdr_len),
+        usize::from(inner_hdr.hdr_len) + shift
+    );
+    assert_eq!(hdr.inner.csum_offset, 16);
+    assert_eq!(hdr.inner.gso_size, 1398);
+    assert_eq!(
+        hdr.inner.gso_type,
+        GSO_UDP_TUNNEL_IPV4 | GSO_TCPV4 | GSO_ECN
+    );
+    assert_eq!(hdr.inner.flags, FLAG_NEEDS_CSUM);
+    let bytes = hdr.to_bytes();
+    assert_eq!(bytes.len(), 24);
+    assert_eq!(bytes[1], 0x21 | 0x80);
+    assert_eq!(
+        u16::from_ne_bytes([bytes[20], bytes[21]]),
+        hdr.outer_th_offset
+    );
+    assert_eq!(
+        u16::from_ne_bytes([bytes[22], bytes[23]]),
+        hdr.inner_nh_offset
+    );
+    assert!(bytes[10..20].iter().all(|&b| b == 0));
+}
+
+/// What the header cannot describe gets no header (the frame is then
+/// cut in userspace instead).
+#[test]
+fn tunnel_vnet_header_refuses_what_it_cannot_describe() {
+    let payload = vec![7u8; 5000];
+    let (inner, _) = tso_frame(&payload, false);
+    let (outer, l3) = encapsulated(&inner, true);
+    let gso = Gso {
+        kind: GsoKind::TcpV4,
+        size: 1398,
+        ecn: false,
+        header_len: 40,
+    };
+    assert!(TunnelVnetHeader::for_frame(&outer, l3, &gso).is_some());
+    // An outer UDP checksum (no tunnel checksum offload is asked for).
+    let mut with_checksum = outer.clone();
+    with_checksum[40..42].copy_from_slice(&[0x12, 0x34]);
+    assert!(TunnelVnetHeader::for_frame(&with_checksum, l3, &gso).is_none());
+    // UDP segmentation inside, a zero segment size.
+    let udp = Gso {
+        kind: GsoKind::UdpL4,
+        ..gso
+    };
+    assert!(TunnelVnetHeader::for_frame(&outer, l3, &udp).is_none());
+    let zero = Gso { size: 0, ..gso };
+    assert!(TunnelVnetHeader::for_frame(&outer, l3, &zero).is_none());
+    // IPIP outside; lengths that disagree with the frame; a cut frame.
+    let (ipip, ipip_l3) = encapsulated(&inner, false);
+    assert!(TunnelVnetHeader::for_frame(&ipip, ipip_l3, &gso).is_none());
+    let mut longer = outer.clone();
+    longer.push(0);
+    assert!(TunnelVnetHeader::for_frame(&longer, l3, &gso).is_none());
+    assert!(TunnelVnetHeader::for_frame(&outer[..l3 + 30], l3, &gso).is_none());
+    // An inner offset that is not the inner IPv4 header.
+    assert!(TunnelVnetHeader::for_frame(&outer, l3 + 2, &gso).is_none());
+}

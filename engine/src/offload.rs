@@ -232,6 +232,8 @@ pub fn recognise_offloads(buf: &mut PacketBuf, l3: usize, mtu: u16) -> L4Checksu
     if tcp && total > usize::from(mtu) {
         let doff = usize::from(frame[l4 + 12] >> 4) * 4;
         let header_len = ihl + doff;
+        // CWR on the first segment only, as the sender's TSO had it.
+        let cwr = frame[l4 + 13] & 0x80 != 0;
         if doff >= 20 && header_len < usize::from(mtu) && l4 + doff <= frame.len() {
             if verdict == L4Checksum::Valid {
                 // A super-frame travels with a partial checksum: put the
@@ -246,7 +248,7 @@ pub fn recognise_offloads(buf: &mut PacketBuf, l3: usize, mtu: u16) -> L4Checksu
             offload.gso = Some(Gso {
                 kind: GsoKind::TcpV4,
                 size: mtu - header_len as u16,
-                ecn: false,
+                ecn: cwr,
                 header_len: header_len as u16,
             });
             offload.l3 = buf.position(l3);

@@ -6,7 +6,7 @@
 //! | [`AfXdpPort`] | AF_XDP socket on a pod veth's host side | Ethernet, partial checksums completed |
 //! | [`TapPort`] | a TAP device a pod uses as its interface | Ethernet |
 //! | [`HostPort`] | the TUN device `podswitch0` | IPv4 to and from the node's own stack |
-//! | [`UnderlayPort`] | UDP socket (VXLAN, IP-in-UDP), raw IPIP socket, raw sending socket, AF_PACKET for host-gw; optionally AF_XDP sockets fed by an XDP program for the tunnel's small packets | outer frames |
+//! | [`UnderlayPort`] | UDP socket (VXLAN, IP-in-UDP), raw IPIP socket, raw sending socket, AF_PACKET for host-gw; optionally AF_XDP sockets fed by an XDP program for the tunnel's small packets; a TAP whose frames leave by the underlay interface, for VXLAN super-frames whole | outer frames |
 //!
 //! Every port speaks Ethernet frames to the pipeline, whatever its kernel
 //! interface carries: a TUN port adds and strips an Ethernet header, and
@@ -24,6 +24,7 @@ mod af_packet;
 mod af_xdp;
 mod neighbour;
 mod pod_port;
+mod tunnel_tap;
 mod tuntap;
 mod underlay;
 
@@ -34,6 +35,7 @@ pub use af_packet::AfPacketPort;
 pub use af_xdp::AfXdpPort;
 pub use neighbour::resolve_neighbour;
 pub use pod_port::{open_pod_port, OpenedKind, OpenedPort, PodPortKind};
+pub use tunnel_tap::DEFAULT_TUNNEL_TAP;
 pub use tuntap::{HostPort, HostPortOptions, TapPort};
 pub use underlay::{UnderlayOptions, UnderlayPort};
 

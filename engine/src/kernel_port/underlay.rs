@@ -17,6 +17,13 @@
 //!
 //! Super-frames (DESIGN.md, "Offloads"):
 //!
+//! - **Send whole** (VXLAN, Linux 6.17+): an encapsulated VXLAN
+//!   super-frame is written whole, with a virtio-net header that describes
+//!   the tunnel, to a TAP whose frames a BPF program sends straight out of
+//!   the underlay interface ([`super::tunnel_tap`]); the kernel cuts it
+//!   as late as it can, or a veth carries it whole to the other node, as
+//!   for the kernel's own VXLAN device. Where that TAP cannot be set up
+//!   ([`UnderlayPort::tunnel_tap_refused`]), as below.
 //! - **Send with GSO**: an encapsulated VXLAN or IP-in-UDP super-frame
 //!   leaves as one `sendmsg` on a UDP socket with `UDP_SEGMENT` (two when
 //!   it holds more datagrams than 64 KiB): podswitch writes each segment's
@@ -72,6 +79,7 @@ use podswitch_encap::{IpProtocol, MacAddr};
 
 use super::af_packet::{send_counted, PacketRx, TxScratch};
 use super::af_xdp::XdpRx;
+use super::tunnel_tap::TunnelTap;
 use super::{
     finish_offloads, give_back, has_offloads, received_frame, stage, stage_large, Counter,
     KernelDrops,
@@ -122,6 +130,9 @@ pub struct UnderlayOptions {
     /// receives through its sockets and [`UnderlayPort::xdp_refused`]
     /// says why.
     pub af_xdp: bool,
+    /// The TAP through which VXLAN super-frames leave whole
+    /// (`kernel_port/tunnel_tap.rs`); `None`: in `UDP_SEGMENT` bursts.
+    pub tunnel_tap: Option<String>,
 }
 
 /// The AF_XDP receive path: the steering program and the sockets it
@@ -255,6 +266,10 @@ pub struct UnderlayPort {
     /// Super-frames leave as `UDP_SEGMENT` bursts (a UDP tunnel, on a
     /// kernel that has it).
     segmenting: bool,
+    /// VXLAN super-frames leave whole through this TAP, if set up.
+    tunnel_tap: Option<TunnelTap>,
+    /// Why the TAP asked for is not set up.
+    tunnel_tap_refused: Option<String>,
     /// Where the headers of one send's datagrams are written (a segment's
     /// headers are at most 256 bytes: IPv4 and TCP options included).
     segment_scratch: Vec<u8>,
@@ -307,9 +322,19 @@ impl UnderlayPort {
             }
             None => None,
         };
-        // Without UDP_SEGMENT the raw socket sends everything.
+        let vxlan = matches!(options.backend, Backend::Vxlan | Backend::DirectRouting);
+        let (tunnel_tap, tunnel_tap_refused) = match &options.tunnel_tap {
+            Some(name) if vxlan => match TunnelTap::open(name, ifindex) {
+                Ok(tap) => (Some(tap), None),
+                Err(e) => (None, Some(e.to_string())),
+            },
+            _ => (None, None),
+        };
+        // Without UDP_SEGMENT the raw socket sends everything. With the
+        // TAP no burst is sent, and every packet of a flow keeps the
+        // flow-hashed source port the encapsulation gave it.
         let segment_senders: Vec<_> = match options.backend {
-            Backend::Vxlan | Backend::DirectRouting => (0..SEGMENT_SENDERS)
+            Backend::Vxlan | Backend::DirectRouting if tunnel_tap.is_none() => (0..SEGMENT_SENDERS)
                 .map_while(|_| InetSocket::udp_segment_sender(options.local_ip).ok())
                 .collect(),
             _ => Vec::new(),
@@ -372,6 +397,8 @@ impl UnderlayPort {
             direct_tx: TxScratch::default(),
             segment_senders,
             segmenting,
+            tunnel_tap,
+            tunnel_tap_refused,
             segment_scratch: vec![0; MAX_SEGMENTS * 256],
             inner_l3,
             xdp,
@@ -387,6 +414,17 @@ impl UnderlayPort {
     /// Why the AF_XDP receive path asked for is not running.
     pub fn xdp_refused(&self) -> Option<&str> {
         self.xdp_refused.as_deref()
+    }
+
+    /// The TAP VXLAN super-frames leave through whole, if set up.
+    pub fn tunnel_tap(&self) -> bool {
+        self.tunnel_tap.is_some()
+    }
+
+    /// Why the TAP asked for is not set up (VXLAN super-frames then leave
+    /// in `UDP_SEGMENT` bursts).
+    pub fn tunnel_tap_refused(&self) -> Option<&str> {
+        self.tunnel_tap_refused.as_deref()
     }
 
     /// Tunnel frames from the AF_XDP socket: whole frames as on the wire,
@@ -603,6 +641,28 @@ impl UnderlayPort {
             at += piece;
         }
         pool.free(buf);
+    }
+
+    /// Sends an encapsulated VXLAN super-frame whole through the TAP.
+    /// Returns false, sending nothing, if it must go another way (no TAP,
+    /// a frame its header cannot describe, or one the kernel refused:
+    /// `EINVAL`).
+    fn send_whole(&self, buf: &PacketBuf) -> bool {
+        let Some(tap) = &self.tunnel_tap else {
+            return false;
+        };
+        match tap.send(buf) {
+            Ok(true) => {
+                self.counter.offload(OffloadEvent::SuperFrameOut, 1);
+                true
+            }
+            Ok(false) => false,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => false,
+            Err(_) => {
+                self.counter.drop(DropReason::TxFailed);
+                true
+            }
+        }
     }
 
     /// Sends an encapsulated UDP-tunnel super-frame as `UDP_SEGMENT`
@@ -825,7 +885,7 @@ impl Port for UnderlayPort {
             }
         }
         let mut sent = 0;
-        if !self.tunnel_out.is_empty() && self.segmenting {
+        if !self.tunnel_out.is_empty() && (self.segmenting || self.tunnel_tap.is_some()) {
             // Two batches swap places, so both keep their capacity: no
             // allocation per send.
             let mut rest = std::mem::take(&mut self.finish);
@@ -833,7 +893,7 @@ impl Port for UnderlayPort {
             let mut out = std::mem::take(&mut self.tunnel_out);
             for mut buf in out.drain(..) {
                 let udp = buf.frame()[ETH + 9] == 17;
-                if udp && buf.is_gso() && self.send_segmented(&buf) {
+                if udp && buf.is_gso() && (self.send_whole(&buf) || self.send_segmented(&buf)) {
                     sent += 1;
                     pool.free(buf);
                     continue;

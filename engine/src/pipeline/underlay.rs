@@ -78,7 +78,8 @@ impl Pipeline {
             }
         }
         // A socket says nothing of offloads: a kernel node behind a veth
-        // leaves the inner checksum partial and sends whole GSO datagrams.
+        // leaves the inner checksum partial and sends whole GSO datagrams,
+        // and so does a podswitch peer through its tunnel TAP.
         // (A super-frame the underlay port merged already says it all.)
         if buf.offload().is_none() {
             self.recognise_inner_offloads(ctx, buf, peer, t);
@@ -102,7 +103,7 @@ impl Pipeline {
                 .stats
                 .add_offload(buf.in_port, OffloadEvent::SuperFrameIn, 1);
             t.step(|| Step::Offload {
-                what: "a GSO datagram from the peer's kernel, carried on as one super-frame",
+                what: "a whole GSO datagram from the peer (its kernel's VXLAN device or podswitch's tunnel TAP), carried on as one super-frame",
                 gso_size: Some(gso.size),
                 partial_checksum: buf.offload().partial_csum.is_some(),
             });

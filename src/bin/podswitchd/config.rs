@@ -9,7 +9,7 @@ use clap::Parser;
 use podswitch_engine::config::{derived_mac, Backend, GatewayMode, NodeConfig};
 use podswitch_engine::encap::{MacAddr, TunnelMode, Vni};
 use podswitch_engine::fib::Prefix;
-use podswitch_engine::kernel_port::PodPortKind;
+use podswitch_engine::kernel_port::{PodPortKind, DEFAULT_TUNNEL_TAP};
 use podswitch_engine::sys::{netdev, sched};
 use podswitch_engine::worker::MAX_WORKERS;
 use podswitch_lease::etcd::EtcdOptions;
@@ -100,6 +100,15 @@ pub(crate) struct Cli {
     /// under load (docs/benchmarks.md, "AF_XDP underlay").
     #[arg(long, value_name = "socket|af-xdp")]
     pub underlay_kind: Option<String>,
+    /// `[dataplane] tunnel_tap`: the TAP through which VXLAN super-frames
+    /// (a pod's 64 KiB TCP frames, encapsulated) leave whole, for the
+    /// kernel to cut as late as it can, as its own VXLAN device's; a BPF
+    /// program sends what enters it out of the underlay interface
+    /// (default podswitch-gso; needs Linux 6.17; "none", or a kernel
+    /// without it, logged: podswitch writes each datagram's headers and
+    /// sends them in UDP_SEGMENT bursts).
+    #[arg(long, value_name = "NAME|none")]
+    pub tunnel_tap: Option<String>,
     /// `[dataplane] busy_poll_us`: the most microseconds the worker keeps
     /// polling after its last packet before it sleeps (default 200; 0
     /// never spins). Within this bound the window adapts: it grows while
@@ -245,6 +254,7 @@ struct DataplaneSection {
     host_interface: Option<String>,
     port_kind: Option<String>,
     underlay_kind: Option<String>,
+    tunnel_tap: Option<String>,
     busy_poll_us: Option<u64>,
     pool_buffers: Option<usize>,
     worker_priority: Option<String>,
@@ -347,6 +357,9 @@ pub(crate) struct Settings {
     pub port_kind: PodPortKind,
     /// Tunnel packets received through AF_XDP (`underlay_kind = "af-xdp"`).
     pub underlay_af_xdp: bool,
+    /// The TAP VXLAN super-frames leave through (`tunnel_tap`; none:
+    /// `UDP_SEGMENT` bursts).
+    pub tunnel_tap: Option<String>,
     pub busy_poll_us: u64,
     pub pool_buffers: usize,
     /// The worker forwards in SCHED_FIFO.
@@ -623,6 +636,19 @@ impl Settings {
                 ))
             }
         };
+        let tunnel_tap = match pick(&cli.tunnel_tap, &file.dataplane.tunnel_tap) {
+            None => Some(DEFAULT_TUNNEL_TAP.to_string()),
+            Some(name) if name == "none" => None,
+            Some(name) => {
+                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+                    return Err(origin.error(
+                        "dataplane.tunnel_tap",
+                        format!("{name:?}: an interface name of 1 to 15 characters, or \"none\""),
+                    ));
+                }
+                Some(name)
+            }
+        };
         let host_interface = pick(&cli.host_interface, &file.dataplane.host_interface)
             .unwrap_or_else(|| "podswitch0".into());
         netdev::ifindex(&host_interface).ok(); // validated when created
@@ -712,6 +738,7 @@ impl Settings {
             host_interface,
             port_kind,
             underlay_af_xdp,
+            tunnel_tap,
             busy_poll_us: cli
                 .busy_poll_us
                 .or(file.dataplane.busy_poll_us)
@@ -915,6 +942,30 @@ mod tests {
             e.contains("dataplane.worker_priority") && e.contains("realtime or normal"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn vxlan_super_frames_leave_through_the_tunnel_tap_unless_told_otherwise() {
+        let with = load_node1;
+        assert_eq!(
+            with(&[]).unwrap().tunnel_tap.as_deref(),
+            Some(DEFAULT_TUNNEL_TAP)
+        );
+        assert_eq!(with(&["--tunnel-tap", "none"]).unwrap().tunnel_tap, None);
+        assert_eq!(
+            with(&["--tunnel-tap", "gso0"])
+                .unwrap()
+                .tunnel_tap
+                .as_deref(),
+            Some("gso0")
+        );
+        for bad in ["", "sixteen-chars-xx", "a/b"] {
+            let e = with(&["--tunnel-tap", bad]).unwrap_err();
+            assert!(
+                e.contains("dataplane.tunnel_tap") && e.contains("1 to 15 characters"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -156,6 +156,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         udp_port: node.udp_port,
         pod_cidr: node.pod_cidr,
         af_xdp: settings.underlay_af_xdp,
+        tunnel_tap: settings.tunnel_tap.clone(),
     };
     let underlay = datapath
         .attach_port(PortSpec::underlay(&settings.underlay_interface), |id| {
@@ -165,6 +166,18 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                     interface = %settings.underlay_interface,
                     mode = ?mode,
                     "tunnel packets are received through AF_XDP",
+                );
+            }
+            if underlay.tunnel_tap() {
+                tracing::info!(
+                    tap = settings.tunnel_tap.as_deref().unwrap_or_default(),
+                    "VXLAN super-frames leave whole through a TAP",
+                );
+            }
+            if let Some(why) = underlay.tunnel_tap_refused() {
+                tracing::warn!(
+                    tap = settings.tunnel_tap.as_deref().unwrap_or_default(),
+                    "VXLAN super-frames cannot leave whole ({why}): podswitch cuts them into UDP_SEGMENT bursts",
                 );
             }
             if let Some(why) = underlay.xdp_refused() {

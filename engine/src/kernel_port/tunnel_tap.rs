@@ -1,0 +1,95 @@
+//! VXLAN super-frames out whole: a TAP whose frames go straight out of
+//! the underlay interface.
+//!
+//! A pod's 64 KiB TCP super-frame, once encapsulated, is one VXLAN
+//! datagram far longer than the underlay's MTU. The kernel's own VXLAN
+//! device hands such a datagram down as one skb marked
+//! `SKB_GSO_UDP_TUNNEL`: a NIC with tunnel segmentation cuts it, a veth
+//! carries it whole to the other node's socket, and otherwise the kernel
+//! cuts it as late as it can (`skb_udp_tunnel_segment`), repeating every
+//! header. Userspace gets the same since Linux 6.17: a TAP with
+//! `TUN_F_UDP_TUNNEL_GSO` takes a frame with a 24-byte virtio-net header
+//! that says where the outer UDP header and the inner IPv4 header start
+//! ([`TunnelVnetHeader`]). Neither AF_PACKET nor a UDP socket takes that
+//! type (an AF_PACKET socket refuses it with `EINVAL`; a `UDP_SEGMENT`
+//! send needs every datagram's headers written and each inner checksum
+//! computed in userspace, then copied as 2 × 44 pieces).
+//!
+//! A frame written to a TAP enters the kernel as if the TAP had received
+//! it. A BPF program on the TAP's tcx ingress hook sends it on at once
+//! out of the underlay interface (`bpf_redirect_neigh`,
+//! [`IngressRedirect`]), the kernel's route and neighbour tables filling
+//! in its Ethernet addresses: it never reaches the TAP's IP stack, so no
+//! forwarding, `rp_filter`, conntrack or FORWARD chain (which Docker sets
+//! to DROP) is involved, and the datagram leaves as the node's own would,
+//! the outer source port the flow's hash as for every other packet of the
+//! flow. The TAP has no address, no ARP and no IPv6, so the kernel sends
+//! nothing to it.
+//!
+//! Where any of it is missing (a kernel before 6.17, no tcx before 6.6,
+//! no `bpf_redirect_neigh` before 5.10, BPF not allowed) the underlay
+//! keeps `UDP_SEGMENT` sends, and says why
+//! ([`super::UnderlayPort::tunnel_tap_refused`]).
+
+use std::io;
+
+use podswitch_encap::offload::{TunnelVnetHeader, TUNNEL_VNET_HDR_LEN};
+
+use crate::packet::PacketBuf;
+use crate::sys::netdev;
+use crate::sys::tcx::IngressRedirect;
+use crate::sys::tun::TunDevice;
+
+/// The TAP's default name (`[dataplane] tunnel_tap`).
+pub const DEFAULT_TUNNEL_TAP: &str = "podswitch-gso";
+
+/// The TAP and the program that sends what enters it out of the
+/// underlay. The program is declared first, so it is detached before the
+/// TAP (and with it the interface) goes.
+#[derive(Debug)]
+pub(super) struct TunnelTap {
+    _redirect: IngressRedirect,
+    dev: TunDevice,
+}
+
+impl TunnelTap {
+    /// Creates the TAP `name` and attaches the redirect to interface
+    /// `underlay_ifindex`.
+    pub(super) fn open(name: &str, underlay_ifindex: u32) -> io::Result<TunnelTap> {
+        let dev = TunDevice::open_tunnel_gso(name)?;
+        // Nothing of the kernel's own is to go to the TAP: nobody reads it.
+        netdev::set_noarp(name)?;
+        let _ = netdev::disable_ipv6(name);
+        netdev::set_up(name)?;
+        let ifindex = netdev::ifindex(name)?;
+        let redirect = IngressRedirect::attach(ifindex, underlay_ifindex).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("tcx redirect program on {name} (Linux 6.6+): {e}"),
+            )
+        })?;
+        Ok(TunnelTap {
+            _redirect: redirect,
+            dev,
+        })
+    }
+
+    /// Sends `buf`, an encapsulated VXLAN datagram around a TCP
+    /// super-frame, whole. `Ok(false)` if its header cannot describe the
+    /// frame (see [`TunnelVnetHeader::for_frame`]); the caller sends it
+    /// another way.
+    pub(super) fn send(&self, buf: &PacketBuf) -> io::Result<bool> {
+        let Some(gso) = buf.offload().gso else {
+            return Ok(false);
+        };
+        let Some(inner_l3) = buf.frame_offset(buf.offload().l3) else {
+            return Ok(false);
+        };
+        let Some(header) = TunnelVnetHeader::for_frame(buf.frame(), inner_l3, &gso) else {
+            return Ok(false);
+        };
+        let header: [u8; TUNNEL_VNET_HDR_LEN] = header.to_bytes();
+        self.dev.write(&[&header, buf.frame()])?;
+        Ok(true)
+    }
+}

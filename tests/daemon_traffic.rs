@@ -156,26 +156,30 @@ fn bytes_per_frame(port: &serde_json::Value, dir: &str) -> u64 {
 #[test]
 fn cross_node_tcp_moves_as_super_frames() {
     require(&["ip", "ping", "/usr/bin/python3"]);
-    for backend in ["vxlan", "udp", "host-gw", "ipip"] {
+    for case in ["vxlan", "vxlan-bursts", "udp", "host-gw", "ipip"] {
+        let backend = case.trim_end_matches("-bursts");
         let mut cluster = Cluster::new(backend, "bridge", 1);
         cluster.port_kind = "af-packet".into();
+        if case == "vxlan-bursts" {
+            cluster.tunnel_tap = Some("none".into());
+        }
         cluster.start_all();
         let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
         assert_ne!(a.node, b.node);
         tcp_transfer(&a.ns, &b.ns, &b.ip, 4 * TCP_BYTES)
-            .unwrap_or_else(|e| panic!("{backend}: {e}\n{}", cluster.logs()));
+            .unwrap_or_else(|e| panic!("{case}: {e}\n{}", cluster.logs()));
         let source = port_stats(&cluster, a.node, &a.host_if);
         let sender_underlay = port_stats(&cluster, a.node, "ul0");
         let receiver_underlay = port_stats(&cluster, b.node, "ul0");
         let destination = port_stats(&cluster, b.node, &b.host_if);
         let all = format!(
-            "{backend}:\nsource pod {source}\nsender underlay {sender_underlay}\n\
+            "{case}:\nsource pod {source}\nsender underlay {sender_underlay}\n\
              receiver underlay {receiver_underlay}\ndestination pod {destination}"
         );
         // The pod's TSO segments arrive whole...
         assert!(counter(&source, "super_frames_in") > 0, "{all}");
         assert!(bytes_per_frame(&source, "rx") > 3000, "{all}");
-        match backend {
+        match case {
             // ... leave whole through the tunnel TAP (this kernel has
             // UDP-tunnel GSO on TAPs), cross the underlay whole and reach
             // the pod whole, nothing to merge;
@@ -187,9 +191,10 @@ fn cross_node_tcp_moves_as_super_frames() {
                 assert!(counter(&destination, "super_frames_out") > 0, "{all}");
                 assert!(bytes_per_frame(&destination, "tx") > 3000, "{all}");
             }
-            // ... for IP-in-UDP, leave in UDP_SEGMENT bursts, are merged
-            // again on the other node and reach the pod whole;
-            "udp" => {
+            // ... for IP-in-UDP (and VXLAN without the TAP), leave in
+            // UDP_SEGMENT bursts, are merged again on the other node and
+            // reach the pod whole;
+            "udp" | "vxlan-bursts" => {
                 assert!(counter(&sender_underlay, "super_frames_out") > 0, "{all}");
                 assert!(counter(&receiver_underlay, "coalesced") > 0, "{all}");
                 assert!(counter(&destination, "super_frames_out") > 0, "{all}");
@@ -212,20 +217,20 @@ fn cross_node_tcp_moves_as_super_frames() {
         // the TUN host port both ways.
         let node = &cluster.nodes[a.node];
         tcp_transfer(&node.ns, &b.ns, &b.ip, TCP_BYTES)
-            .unwrap_or_else(|e| panic!("{backend}: node -> pod: {e}\n{}", cluster.logs()));
+            .unwrap_or_else(|e| panic!("{case}: node -> pod: {e}\n{}", cluster.logs()));
         let gateway = format!("10.244.{}.1", node.index);
         tcp_transfer(&b.ns, &node.ns, &gateway, TCP_BYTES)
-            .unwrap_or_else(|e| panic!("{backend}: pod -> node: {e}\n{}", cluster.logs()));
+            .unwrap_or_else(|e| panic!("{case}: pod -> node: {e}\n{}", cluster.logs()));
         let host = port_stats(&cluster, a.node, "podswitch0");
         assert!(
             counter(&host, "super_frames_in") > 0,
-            "{backend}: host port {host}"
+            "{case}: host port {host}"
         );
         if backend != "ipip" {
             // (IPIP arrives cut: nothing to merge whole.)
             assert!(
                 counter(&host, "super_frames_out") > 0,
-                "{backend}: host port {host}"
+                "{case}: host port {host}"
             );
         }
     }

@@ -126,6 +126,9 @@ pub struct Cluster {
     /// How podswitchd receives tunnel packets (`underlay_kind`), if not
     /// its default.
     pub underlay_kind: Option<String>,
+    /// The TAP VXLAN super-frames leave through (`tunnel_tap`), if not
+    /// the default; "none" sends them in `UDP_SEGMENT` bursts.
+    pub tunnel_tap: Option<String>,
     /// WARN and ERROR log lines a test provokes on purpose, by a piece of
     /// their text; any other one fails the test when the cluster stops
     /// (as Open vSwitch's tests check the daemon's log at exit).
@@ -209,6 +212,7 @@ impl Cluster {
             vtep_macs: vec![None, None],
             port_kind: "af-xdp".into(),
             underlay_kind: None,
+            tunnel_tap: None,
             expected_warnings: Vec::new(),
             store: None,
             store_tls: None,
@@ -289,6 +293,9 @@ impl Cluster {
         }
         if let Some(kind) = &self.underlay_kind {
             writeln!(text, "underlay_kind = \"{kind}\"").unwrap();
+        }
+        if let Some(tap) = &self.tunnel_tap {
+            writeln!(text, "tunnel_tap = \"{tap}\"").unwrap();
         }
         for (o, other) in self.nodes.iter().enumerate().filter(|(o, _)| *o != n) {
             write!(

@@ -252,7 +252,7 @@ impl fmt::Display for Step {
             }
             Step::LeavesWhole { port, segments } => write!(
                 f,
-                "port {port} gets a super-frame of {segments} segments: sent whole where it takes them (AF_PACKET and TUN/TAP ports, the UDP_SEGMENT underlay, host-gw), cut into {segments} frames where it cannot (AF_XDP, IPIP)"
+                "port {port} gets a super-frame of {segments} segments: sent whole where it takes them (AF_PACKET and TUN/TAP ports, the UDP-tunnel underlay, whole through the tunnel TAP or in UDP_SEGMENT bursts, host-gw), cut into {segments} frames where it cannot (AF_XDP, IPIP)"
             ),
             Step::Flood(ports) => {
                 let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();

@@ -308,6 +308,51 @@ fn vxlan_super_frames_are_cut_by_the_kernel_where_the_underlay_cannot() {
     assert_eq!(counter(&underlay, "segmented"), 0, "{underlay}");
 }
 
+/// Where the tunnel TAP cannot be made (here its name is taken by another
+/// interface; on a kernel before 6.17 the offload is refused), the daemon
+/// says why and VXLAN super-frames leave in `UDP_SEGMENT` bursts, merged
+/// again on the other node: TCP still crosses intact.
+#[test]
+fn vxlan_falls_back_to_udp_segment_bursts_without_the_tunnel_tap() {
+    require(&["ip", "/usr/bin/python3"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.port_kind = "af-packet".into();
+    cluster
+        .expected_warnings
+        .push("VXLAN super-frames cannot leave whole");
+    let sender = cluster.pods[0].node;
+    let taken = cluster.nodes[sender].ns.ip(&[
+        "link",
+        "add",
+        "podswitch-gso",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "gso-peer",
+    ]);
+    assert!(taken.status.success(), "ip link add: {taken:?}");
+    cluster.start_all();
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    tcp_transfer(&a.ns, &b.ns, &b.ip, 4 * TCP_BYTES)
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let log = cluster.nodes[sender].daemon.as_ref().unwrap().log_text();
+    assert!(
+        log.contains("VXLAN super-frames cannot leave whole (TUNSETIFF podswitch-gso"),
+        "{log}"
+    );
+    let sender_underlay = port_stats(&cluster, a.node, "ul0");
+    let receiver_underlay = port_stats(&cluster, b.node, "ul0");
+    assert!(
+        counter(&sender_underlay, "super_frames_out") > 0,
+        "{sender_underlay}"
+    );
+    assert!(
+        counter(&receiver_underlay, "coalesced") > 0,
+        "{receiver_underlay}"
+    );
+}
+
 /// Where datagrams went, for a failed count: every node's counters and
 /// the kernel's UDP and IP counters on each node and in the receiving pod
 /// (a full socket shows there as `UdpRcvbufErrors`), then the logs.

@@ -183,7 +183,7 @@ impl TunnelVnetHeader {
         }
         let outer = &frame[ETH_LEN..];
         let outer_ihl = usize::from(outer[0] & 0x0f) * 4;
-        if outer[0] >> 4 != 4 || outer[9] != 17 || outer_ihl < 20 || outer.len() > 0xffff {
+        if outer[0] >> 4 != 4 || outer[9] != 17 || outer_ihl < 20 {
             return None;
         }
         let udp = ETH_LEN + outer_ihl;
@@ -191,6 +191,7 @@ impl TunnelVnetHeader {
             return None;
         }
         let udp_len = usize::from(u16::from_be_bytes([frame[udp + 4], frame[udp + 5]]));
+        // Equal lengths also bound the datagram to what IPv4 can say.
         let outer_len = usize::from(u16::from_be_bytes([outer[2], outer[3]]));
         if outer_len != outer.len() || udp_len != frame.len() - udp {
             return None;

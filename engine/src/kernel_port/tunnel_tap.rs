@@ -33,7 +33,7 @@
 
 use std::io;
 
-use podswitch_encap::offload::{TunnelVnetHeader, TUNNEL_VNET_HDR_LEN};
+use podswitch_encap::offload::TunnelVnetHeader;
 
 use crate::packet::PacketBuf;
 use crate::sys::netdev;
@@ -88,8 +88,7 @@ impl TunnelTap {
         let Some(header) = TunnelVnetHeader::for_frame(buf.frame(), inner_l3, &gso) else {
             return Ok(false);
         };
-        let header: [u8; TUNNEL_VNET_HDR_LEN] = header.to_bytes();
-        self.dev.write(&[&header, buf.frame()])?;
+        self.dev.write(&[&header.to_bytes(), buf.frame()])?;
         Ok(true)
     }
 }

@@ -333,11 +333,12 @@ impl UnderlayPort {
         // Without UDP_SEGMENT the raw socket sends everything. With the
         // TAP no burst is sent, and every packet of a flow keeps the
         // flow-hashed source port the encapsulation gave it.
-        let segment_senders: Vec<_> = match options.backend {
-            Backend::Vxlan | Backend::DirectRouting if tunnel_tap.is_none() => (0..SEGMENT_SENDERS)
+        let segment_senders: Vec<_> = if vxlan && tunnel_tap.is_none() {
+            (0..SEGMENT_SENDERS)
                 .map_while(|_| InetSocket::udp_segment_sender(options.local_ip).ok())
-                .collect(),
-            _ => Vec::new(),
+                .collect()
+        } else {
+            Vec::new()
         };
         let segmenting = match options.backend {
             Backend::Udp => true,

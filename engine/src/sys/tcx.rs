@@ -103,10 +103,12 @@ impl IngressRedirect {
     /// [`IngressStop::attach`] does, and before Linux 5.10 (no
     /// `bpf_redirect_neigh`: the verifier refuses the program).
     pub fn attach(ifindex: u32, to: u32) -> io::Result<IngressRedirect> {
-        let to_index = i32::try_from(to)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))?;
         Ok(IngressRedirect {
-            _link: attach_ingress(ifindex, REDIRECT_PROGRAM_NAME, &redirect_out(to_index))?,
+            _link: attach_ingress(
+                ifindex,
+                REDIRECT_PROGRAM_NAME,
+                &redirect_out(interface_index(to)?),
+            )?,
         })
     }
 }
@@ -115,8 +117,7 @@ impl IngressRedirect {
 /// ingress of interface `ifindex`; the link descriptor keeps it attached.
 fn attach_ingress(ifindex: u32, name: &str, program: &[Instruction]) -> io::Result<OwnedFd> {
     let program = load_program(libbpf_sys::BPF_PROG_TYPE_SCHED_CLS, name, program)?;
-    let target = i32::try_from(ifindex)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))?;
+    let target = interface_index(ifindex)?;
     // SAFETY: `program` is a live BPF program descriptor; null options
     // are documented as "none" (libbpf reads them with OPTS_GET). The
     // return is a new link descriptor or a negative errno.
@@ -130,4 +131,11 @@ fn attach_ingress(ifindex: u32, name: &str, program: &[Instruction]) -> io::Resu
     };
     // The link keeps the program loaded; `program` may close.
     owned_fd(link)
+}
+
+/// An interface index as the kernel's `int` (BPF immediates and
+/// `bpf_link_create` take it signed).
+fn interface_index(ifindex: u32) -> io::Result<i32> {
+    i32::try_from(ifindex)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))
 }

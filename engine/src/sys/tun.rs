@@ -50,16 +50,7 @@ impl TunDevice {
     /// segmentation and checksum offloads on (see the module's doc).
     pub fn open_with_offloads(name: &str, kind: TunKind) -> io::Result<TunDevice> {
         let dev = Self::open_flags(name, kind, IFF_VNET_HDR)?;
-        let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN;
-        // SAFETY: TUNSETOFFLOAD takes its argument by value; no pointer.
-        cvt(unsafe {
-            libc::ioctl(
-                dev.fd.as_raw_fd(),
-                TUNSETOFFLOAD,
-                libc::c_ulong::from(offloads),
-            )
-        })
-        .map_err(|e| io::Error::new(e.kind(), format!("TUNSETOFFLOAD {name}: {e}")))?;
+        dev.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN)?;
         Ok(dev)
     }
 
@@ -82,22 +73,28 @@ impl TunDevice {
         .map_err(|e| io::Error::new(e.kind(), format!("TUNSETVNETHDRSZ {name}: {e}")))?;
         // The kernel takes tunnel segmentation only beside a plain one
         // (drivers/net/tun.c, set_offload).
-        let offloads = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN | TUN_F_UDP_TUNNEL_GSO;
+        dev.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN | TUN_F_UDP_TUNNEL_GSO)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("{e} (UDP tunnel segmentation needs Linux 6.17+)"),
+                )
+            })?;
+        Ok(dev)
+    }
+
+    /// Tells the kernel which offloads the reader takes (`TUN_F_*`).
+    fn set_offload(&self, offloads: libc::c_uint) -> io::Result<()> {
         // SAFETY: TUNSETOFFLOAD takes its argument by value; no pointer.
         cvt(unsafe {
             libc::ioctl(
-                dev.fd.as_raw_fd(),
+                self.fd.as_raw_fd(),
                 TUNSETOFFLOAD,
                 libc::c_ulong::from(offloads),
             )
         })
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("TUNSETOFFLOAD {name} with UDP tunnel segmentation (Linux 6.17+): {e}"),
-            )
-        })?;
-        Ok(dev)
+        .map(drop)
+        .map_err(|e| io::Error::new(e.kind(), format!("TUNSETOFFLOAD {}: {e}", self.name)))
     }
 
     fn open_flags(name: &str, kind: TunKind, extra: libc::c_int) -> io::Result<TunDevice> {

@@ -6,6 +6,12 @@
 //! `header_len <= total_len <= buffer.len()`. Bytes past `total_len` are
 //! Ethernet padding (a 60-byte minimum frame carrying a 28-byte ping) and are
 //! not part of the packet; [`Ipv4Packet::packet_len`] is where it ends.
+//!
+//! One exception, taken only where the caller knows the packet is a TCP
+//! super-frame ([`Ipv4Packet::new_checked_super_frame`]): BIG TCP (Linux
+//! 6.3) builds GSO packets longer than the 16-bit total length can say
+//! and writes 0 there; the packet then ends where the buffer does, as the
+//! kernel's `iph_totlen` reads it.
 
 use core::fmt;
 use std::net::Ipv4Addr;
@@ -115,6 +121,18 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Wraps untrusted bytes: version, IHL and total length are checked
     /// against the buffer. The checksum is not (see [`Self::verify_checksum`]).
     pub fn new_checked(buffer: T) -> WireResult<Self> {
+        Self::checked(buffer, false)
+    }
+
+    /// [`Self::new_checked`] for a TCP super-frame (the caller has its GSO
+    /// metadata): a total length of 0 is also taken when the buffer holds
+    /// more than 65535 bytes of a TCP packet, a BIG TCP packet (Linux
+    /// `iph_set_totlen`); [`Self::packet_len`] is then the buffer's length.
+    pub fn new_checked_super_frame(buffer: T) -> WireResult<Self> {
+        Self::checked(buffer, true)
+    }
+
+    fn checked(buffer: T, super_frame: bool) -> WireResult<Self> {
         let bytes = buffer.as_ref();
         check_len(Layer::Ipv4, bytes, HEADER_LEN)?;
         let packet = Ipv4Packet { buffer };
@@ -129,6 +147,9 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         let header_len = packet.header_len();
         check_len(Layer::Ipv4, packet.buffer.as_ref(), header_len)?;
         let total_len = packet.total_len();
+        if super_frame && packet.is_big_tcp() {
+            return Ok(packet);
+        }
         if usize::from(total_len) < header_len {
             return Err(WireError::Ipv4TotalLength {
                 total_len,
@@ -175,9 +196,23 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// Length of the packet in the buffer: the total length, which excludes
-    /// any link-layer padding after it.
+    /// any link-layer padding after it; for a BIG TCP packet (total length
+    /// 0, longer than 65535 bytes), the buffer's length.
     pub fn packet_len(&self) -> usize {
-        usize::from(self.total_len())
+        if self.is_big_tcp() {
+            self.buffer.as_ref().len()
+        } else {
+            usize::from(self.total_len())
+        }
+    }
+
+    /// True for a BIG TCP packet: total length 0, TCP, more than 65535
+    /// bytes in the buffer. Only a super-frame can be one: the pipeline
+    /// takes it only with GSO metadata ([`Self::new_checked_super_frame`]).
+    pub fn is_big_tcp(&self) -> bool {
+        self.total_len() == 0
+            && self.buffer.as_ref()[field::PROTOCOL] == 6
+            && self.buffer.as_ref().len() > usize::from(u16::MAX)
     }
 
     /// Identification.

@@ -374,6 +374,8 @@ pub struct Segmenter {
 }
 
 const ETH_LEN: usize = 14;
+/// The longest IPv4 packet a total length can say.
+const MAX_IPV4_LEN: usize = u16::MAX as usize;
 
 /// Reads an IPv4 header at `at`: its length, protocol and addresses.
 fn ipv4_header(frame: &[u8], at: usize) -> Result<(usize, u8, Ipv4Addr, Ipv4Addr), OffloadError> {
@@ -466,11 +468,16 @@ impl Segmenter {
             return Err(malformed("headers run past the frame"));
         }
         let total = usize::from(u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]));
-        if l3 + total != frame.len() {
+        // A BIG TCP super-frame (Linux 6.3) says 0 and ends with the frame.
+        let big_tcp = total == 0 && transport == Transport::Tcp && frame.len() - l3 > MAX_IPV4_LEN;
+        if l3 + total != frame.len() && !big_tcp {
             return Err(malformed("IPv4 total length does not match the frame"));
         }
         if mss == 0 {
             return Err(malformed("segment size 0"));
+        }
+        if payload - l3 + usize::from(mss) > MAX_IPV4_LEN {
+            return Err(malformed("a segment would be longer than IPv4 can say"));
         }
         let seq = match transport {
             Transport::Tcp => {
@@ -613,6 +620,68 @@ impl Segmenter {
                 }
             }
         }
+        Some(())
+    }
+
+    /// Segments per piece when a BIG TCP super-frame is cut into
+    /// super-frames an IPv4 total length can say ([`Self::write_piece_headers`]):
+    /// as many as fit 65535 bytes of IPv4 packet.
+    pub fn segments_per_piece(&self) -> usize {
+        // At least 1: `Self::at` refused a segment longer than that.
+        (MAX_IPV4_LEN - (self.payload - self.l3)) / self.mss
+    }
+
+    /// Number of pieces [`Self::write_piece_headers`] cuts the frame into.
+    pub fn piece_count(&self) -> usize {
+        self.count().div_ceil(self.segments_per_piece())
+    }
+
+    /// Where piece `j`'s payload is in the super-frame.
+    pub fn piece(&self, j: usize) -> std::ops::Range<usize> {
+        let size = self.segments_per_piece() * self.mss;
+        let from = (self.payload + j * size).min(self.len);
+        from..(from + size).min(self.len)
+    }
+
+    /// Writes the headers of piece `j`: segments `j * k ..` of a TCP
+    /// super-frame ([`Self::segments_per_piece`] `k` of them) as one
+    /// super-frame of their own, which a port or the kernel segments in
+    /// turn into exactly the segments [`Self::write`] would make. Its IPv4
+    /// total length and header checksum say its own length, its
+    /// identification is the one its first segment would carry, its
+    /// sequence number its first byte's; FIN and PSH stay on the last
+    /// piece and CWR on the first, as `tcp_gso_segment` leaves them; its
+    /// TCP checksum is partial (the pseudo-header sum, as a sender's TSO
+    /// leaves it). This is how a BIG TCP super-frame leaves on a port or
+    /// through a tunnel whose IPv4 lengths stop at 65535. `None` for UDP,
+    /// an encapsulated super-frame, or `dst` not [`Self::header_bytes`] long.
+    pub fn write_piece_headers(&self, frame: &[u8], j: usize, dst: &mut [u8]) -> Option<()> {
+        if self.transport != Transport::Tcp || self.outer.is_some() || dst.len() != self.payload {
+            return None;
+        }
+        let data_len = self.piece(j).len();
+        let total = self.payload + data_len;
+        let first_segment = j * self.segments_per_piece();
+        dst.copy_from_slice(frame.get(..self.payload)?);
+        write_ipv4_lengths(
+            dst,
+            self.l3,
+            self.l4,
+            total,
+            self.ident.wrapping_add(first_segment as u16),
+        );
+        let seq = self.seq.wrapping_add((first_segment * self.mss) as u32);
+        dst[self.l4 + 4..self.l4 + 8].copy_from_slice(&seq.to_be_bytes());
+        let flags = &mut dst[self.l4 + 13];
+        if j + 1 != self.piece_count() {
+            *flags &= !(0x01 | 0x08); // FIN, PSH: the last piece's
+        }
+        if j != 0 {
+            *flags &= !0x80; // CWR: the first piece's
+        }
+        let l4_len = (total - self.l4) as u16;
+        let partial = checksum::fold(checksum::pseudo_header_v4(self.src, self.dst, 6, l4_len));
+        dst[self.l4 + 16..self.l4 + 18].copy_from_slice(&partial.to_be_bytes());
         Some(())
     }
 

@@ -50,6 +50,23 @@ pub(crate) fn tso_frame(payload: &[u8], flags_fin_psh_cwr: bool) -> (Vec<u8>, Vn
     (frame, hdr)
 }
 
+/// A BIG TCP super-frame (Linux 6.3) as a pod's veth hands it over when
+/// its `gso_ipv4_max_size` is above 64 KiB: [`tso_frame`]'s headers
+/// (etherparse's) in front of `payload`, longer than an IPv4 total length
+/// can say, which is therefore 0 (the kernel's `iph_set_totlen`).
+#[allow(dead_code)] // each including crate uses its own share
+pub(crate) fn big_tcp_frame(payload: &[u8], flags_fin_psh_cwr: bool) -> (Vec<u8>, VnetHeader) {
+    assert!(34 + 20 + payload.len() > 65535, "a BIG TCP payload");
+    let (mut frame, hdr) = tso_frame(&payload[..1000], flags_fin_psh_cwr);
+    frame.truncate(54);
+    frame.extend_from_slice(payload);
+    frame[16..18].fill(0);
+    frame[24..26].fill(0);
+    let ip_sum = checksum::checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    (frame, hdr)
+}
+
 pub(crate) fn tcp_checksum_ok(seg: &[u8]) -> bool {
     let p = SlicedPacket::from_ethernet(seg).unwrap();
     let Some(NetSlice::Ipv4(ip)) = &p.net else {

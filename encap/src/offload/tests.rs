@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
-use super::test_frames::{encapsulated, tcp_checksum_ok, tso_frame};
+use super::test_frames::{big_tcp_frame, encapsulated, tcp_checksum_ok, tso_frame};
 use super::*;
 
 /// An outer UDP checksum that verifies, is left partial, or was
@@ -152,6 +152,95 @@ fn segments_tso_frames_like_the_kernel() {
         seg.write(&frame, 0, &mut [0u8; 100]).is_none(),
         "too small a buffer"
     );
+}
+
+/// A BIG TCP super-frame (IPv4 total length 0) is cut into pieces an
+/// IPv4 length can say, each itself a super-frame with a partial
+/// checksum; segmenting the pieces gives byte for byte the segments of
+/// the whole, each checked with etherparse.
+#[test]
+fn big_tcp_super_frames_cut_into_pieces_that_segment_as_the_whole_would() {
+    for (len, mss) in [
+        (65_600usize, 1398u16),
+        (150_000, 1398),
+        (196_000, 536),
+        (70_000, 65_495),
+    ] {
+        let payload: Vec<u8> = (0..len)
+            .map(|i| (i % 251) as u8 ^ (i / 251) as u8)
+            .collect();
+        let (frame, _) = big_tcp_frame(&payload, true);
+        let whole = Segmenter::at(&frame, 14, GsoKind::TcpV4, mss).unwrap();
+        assert_eq!(whole.count(), len.div_ceil(usize::from(mss)));
+        let mut direct = Vec::new();
+        let mut buf = vec![0u8; 70_000];
+        for i in 0..whole.count() {
+            let n = whole.write(&frame, i, &mut buf).unwrap();
+            assert!(tcp_checksum_ok(&buf[..n]), "segment {i} of the whole");
+            direct.push(buf[..n].to_vec());
+        }
+
+        let mut through_pieces = Vec::new();
+        let mut joined = Vec::new();
+        for j in 0..whole.piece_count() {
+            let mut piece = vec![0u8; whole.header_bytes()];
+            whole.write_piece_headers(&frame, j, &mut piece).unwrap();
+            piece.extend_from_slice(&frame[whole.piece(j)]);
+            assert!(piece.len() - 14 <= 65535, "piece {j} fits an IPv4 length");
+            let p = SlicedPacket::from_ethernet(&piece).unwrap();
+            let Some(NetSlice::Ipv4(ip)) = &p.net else {
+                panic!("piece {j} is not IPv4")
+            };
+            let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+                panic!("piece {j} is not TCP")
+            };
+            let ip_header = ip.header().to_header();
+            assert_eq!(usize::from(ip_header.total_len), piece.len() - 14);
+            assert_eq!(ip_header.calc_header_checksum(), ip_header.header_checksum);
+            let last = j + 1 == whole.piece_count();
+            assert_eq!((tcp.fin(), tcp.psh(), tcp.cwr()), (last, last, j == 0));
+            joined.extend_from_slice(tcp.payload());
+            // The checksum is partial: completing it makes it verify.
+            let mut completed = piece.clone();
+            complete_checksum(&mut completed, 34, 16).unwrap();
+            assert!(tcp_checksum_ok(&completed), "piece {j}'s partial checksum");
+
+            let cut = Segmenter::at(&piece, 14, GsoKind::TcpV4, mss).unwrap();
+            for i in 0..cut.count() {
+                let n = cut.write(&piece, i, &mut buf).unwrap();
+                through_pieces.push(buf[..n].to_vec());
+            }
+        }
+        assert_eq!(
+            joined, payload,
+            "{len}/{mss}: pieces carry the payload in order"
+        );
+        assert!(
+            through_pieces == direct,
+            "{len}/{mss}: the same segments either way"
+        );
+    }
+}
+
+/// Only a TCP frame longer than 65535 bytes may say 0, and only where the
+/// caller knows it is a super-frame.
+#[test]
+fn a_zero_total_length_is_big_tcp_only_on_a_long_tcp_super_frame() {
+    let payload = vec![7u8; 70_000];
+    let (frame, _) = big_tcp_frame(&payload, false);
+    let ip = &frame[14..];
+    assert!(crate::ipv4::Ipv4Packet::new_checked(ip).is_err());
+    let big = crate::ipv4::Ipv4Packet::new_checked_super_frame(ip).unwrap();
+    assert_eq!(big.packet_len(), ip.len());
+    // Short of 64 KiB, or UDP: still a bad total length.
+    assert!(crate::ipv4::Ipv4Packet::new_checked_super_frame(&ip[..60_000]).is_err());
+    let mut udp = ip.to_vec();
+    udp[9] = 17;
+    assert!(crate::ipv4::Ipv4Packet::new_checked_super_frame(&udp[..]).is_err());
+    assert!(Segmenter::at(&frame[..60_000], 14, GsoKind::TcpV4, 1398).is_err());
+    assert!(Segmenter::at(&frame, 14, GsoKind::UdpL4, 1398).is_err());
+    // A segment must fit an IPv4 length too.
+    assert!(Segmenter::at(&frame, 14, GsoKind::TcpV4, 65_496).is_err());
 }
 
 #[test]

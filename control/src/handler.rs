@@ -488,6 +488,7 @@ impl Handler {
                 segments_made: c.segments_made,
                 checksums_completed: c.checksums_completed,
                 coalesced: c.coalesced,
+                big_tcp_cut: c.big_tcp_cut,
             })
             .collect();
         let drops = s

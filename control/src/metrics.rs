@@ -206,7 +206,7 @@ impl Collector for Metrics {
             })
             .collect();
         type Field = fn(&podswitch_engine::stats::PortStats) -> u64;
-        let per_port: [(&str, &str, Field); 11] = [
+        let per_port: [(&str, &str, Field); 12] = [
             (
                 "podswitch_port_rx_packets",
                 "Frames received on the port.",
@@ -261,6 +261,11 @@ impl Collector for Metrics {
                 "podswitch_port_coalesced",
                 "Datagrams merged into received super-frames.",
                 |s| s.coalesced,
+            ),
+            (
+                "podswitch_port_big_tcp_cut",
+                "BIG TCP super-frames cut into super-frames of at most 64 KiB.",
+                |s| s.big_tcp_cut,
             ),
         ];
         for (name, help, field) in per_port {

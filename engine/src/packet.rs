@@ -12,7 +12,7 @@
 //!
 //! A pool has two sizes of buffer: small ones for wire-sized frames, and a
 //! smaller number of [`LARGE_BUF_SIZE`] ones for GSO super-frames (a pod's
-//! 64 KiB TCP segments, a kernel node's unsegmented VXLAN datagrams), so
+//! 64 KiB or BIG TCP segments, a kernel node's unsegmented VXLAN datagrams), so
 //! that a super-frame travels through the pipeline as one packet and is
 //! segmented, if at all, only by the port it leaves on (DESIGN.md, "Offloads").
 //! Each buffer carries the [`Offload`] state the kernel reported with it.
@@ -30,12 +30,15 @@ use crate::ids::PortId;
 pub const HEADROOM: usize = 128;
 /// Default buffer size: headroom plus a 1514-byte frame, rounded to 2 KiB.
 pub const DEFAULT_BUF_SIZE: usize = 2048;
-/// Size of a super-frame buffer: headroom, the largest GSO packet the
-/// kernel hands over (64 KiB) and its link headers, or the largest UDP
-/// datagram (65,507 bytes) behind the outer headers a socket port rebuilds.
-pub const LARGE_BUF_SIZE: usize = HEADROOM + 65536 + 256;
+/// Size of a super-frame buffer: headroom, the largest GSO packet a pod's
+/// veth hands over (BIG TCP's 192 KiB, as podswitch's CNI plugin sets
+/// it: `POD_GSO_IPV4_MAX_SIZE`; 64 KiB without BIG TCP) and its link
+/// headers; it also holds the largest UDP datagram (65,507 bytes) behind
+/// the outer headers a socket port rebuilds.
+pub const LARGE_BUF_SIZE: usize =
+    HEADROOM + podswitch_host::netlink::POD_GSO_IPV4_MAX_SIZE as usize + 256;
 /// Super-frame buffers a worker's pool holds by default: a batch being
-/// received, a batch being sent and room to spare (about 17 MiB of address
+/// received, a batch being sent and room to spare (about 49 MiB of address
 /// space, resident only as far as frames touch it).
 pub const DEFAULT_LARGE_BUFFERS: usize = 256;
 /// Frames a port moves per call (Open vSwitch's NETDEV_MAX_BURST).

@@ -30,10 +30,14 @@ pub enum OffloadEvent {
     ChecksumCompleted,
     /// Frames merged into a super-frame (receive coalescing).
     Coalesced,
+    /// A BIG TCP super-frame (longer than an IPv4 length can say) cut into
+    /// super-frames of at most 64 KiB for a next hop that cannot take it
+    /// whole (a tunnel, the host port, the underlay).
+    BigTcpCut,
 }
 
 impl OffloadEvent {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
 }
 
 /// The counters of one port.
@@ -72,6 +76,8 @@ pub struct PortStats {
     pub checksums_completed: u64,
     /// Frames merged into super-frames on receive.
     pub coalesced: u64,
+    /// BIG TCP super-frames received here and cut into 64 KiB ones.
+    pub big_tcp_cut: u64,
 }
 
 /// Every counter of an engine.
@@ -194,6 +200,7 @@ impl Stats {
                     segments_made: offload(OffloadEvent::SegmentsMade),
                     checksums_completed: offload(OffloadEvent::ChecksumCompleted),
                     coalesced: offload(OffloadEvent::Coalesced),
+                    big_tcp_cut: offload(OffloadEvent::BigTcpCut),
                 };
                 (s != PortStats::default()).then_some((PortId(i as u16), s))
             })

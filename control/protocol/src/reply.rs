@@ -240,6 +240,10 @@ pub struct PortCounters {
     pub checksums_completed: u64,
     /// Segments merged into super-frames on receive.
     pub coalesced: u64,
+    /// BIG TCP super-frames received here and cut into super-frames of at
+    /// most 64 KiB for a next hop whose IPv4 lengths stop there.
+    #[serde(default)]
+    pub big_tcp_cut: u64,
 }
 
 /// A worker's counters, in `stats`.

@@ -160,6 +160,9 @@ pub struct Pipeline {
     last_learned: Option<(MacAddr, PortId, u32)>,
     /// ICMP errors it may still send now.
     icmp_limit: IcmpLimiter,
+    /// Pieces of a BIG TCP super-frame being routed (kept for its
+    /// capacity).
+    pieces: Vec<PacketBuf>,
 }
 
 impl Pipeline {
@@ -170,6 +173,7 @@ impl Pipeline {
             ident: 0,
             last_learned: None,
             icmp_limit: IcmpLimiter::new(),
+            pieces: Vec::new(),
         }
     }
 

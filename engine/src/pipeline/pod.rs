@@ -6,7 +6,6 @@ use std::net::Ipv4Addr;
 
 use podswitch_encap::arp::{ArpOperation, ArpRepr};
 use podswitch_encap::ethernet::{self, EtherType, EthernetFrame, EthernetRepr};
-use podswitch_encap::ipv4::Ipv4Packet;
 use podswitch_encap::MacAddr;
 
 use crate::config::GatewayMode;
@@ -16,6 +15,7 @@ use crate::port::PortId;
 use crate::tables::PortEntry;
 use crate::trace::{Step, Tracer};
 
+use super::route::ipv4_of;
 use super::{Ctx, Drop, Origin, Output, Outputs, Pipeline, Verdict, ETH};
 
 impl Pipeline {
@@ -89,7 +89,7 @@ impl Pipeline {
                     return Drop(DropReason::NotSwitched);
                 }
                 // Switched, not routed: the source IP must still be the pod's.
-                let packet = match Ipv4Packet::new_checked(&buf.frame()[ETH..]) {
+                let packet = match ipv4_of(buf) {
                     Ok(p) => p,
                     Err(e) => return Drop(DropReason::from_ipv4(e)),
                 };

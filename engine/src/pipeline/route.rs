@@ -13,11 +13,13 @@ use podswitch_encap::{MacAddr, TunnelMode};
 use crate::drop::DropReason;
 use crate::fib::NextHop;
 use crate::offload::{
-    accept_vnet_header, complete_partial_checksum, VnetHeader, FLAG_NEEDS_CSUM, GSO_TCPV4,
+    accept_vnet_header, complete_partial_checksum, cut_big_tcp, is_big_tcp, GsoKind, VnetHeader,
+    FLAG_NEEDS_CSUM, GSO_TCPV4,
 };
 use crate::packet::{PacketBuf, PacketPool};
 use crate::peer::{Forwarding, Peer};
 use crate::port::PortId;
+use crate::stats::OffloadEvent;
 use crate::trace::{Step, Tracer};
 
 use super::{Ctx, Drop, Origin, Output, Outputs, Pipeline, Verdict, ETH};
@@ -34,7 +36,7 @@ impl Pipeline {
         t: &mut T,
     ) -> Verdict {
         let snap = ctx.snap;
-        let packet = match Ipv4Packet::new_checked(&buf.frame()[ETH..]) {
+        let packet = match ipv4_of(buf) {
             Ok(p) => p,
             Err(e) => return Drop(DropReason::from_ipv4(e)),
         };
@@ -107,6 +109,11 @@ impl Pipeline {
         };
         if origin.is_underlay() && matches!(next_hop, NextHop::Peer(_) | NextHop::Direct(_)) {
             return Drop(DropReason::TunnelTransit);
+        }
+        // A pod's veth takes a BIG TCP super-frame whole; a tunnel's outer
+        // header, the host port and the underlay stop at 64 KiB.
+        if !matches!(next_hop, NextHop::Local(_) | NextHop::Blackhole) && is_big_tcp(buf) {
+            return self.route_in_pieces(ctx, buf, origin, pool, out, t);
         }
         match next_hop {
             NextHop::Blackhole => Drop(DropReason::Blackhole),
@@ -183,6 +190,55 @@ impl Pipeline {
                 self.forward_to_peer(ctx, buf, peer, underlay, t)
             }
         }
+    }
+
+    /// Cuts a BIG TCP super-frame into super-frames of at most 64 KiB
+    /// ([`cut_big_tcp`]) and routes each, in order: all but the last are
+    /// queued here, the last (`buf`, cut in place) gets the verdict.
+    #[inline(never)]
+    fn route_in_pieces<T: Tracer>(
+        &mut self,
+        ctx: &Ctx<'_>,
+        buf: &mut PacketBuf,
+        origin: Origin,
+        pool: &mut PacketPool,
+        out: &mut Outputs,
+        t: &mut T,
+    ) -> Verdict {
+        let mut pieces = std::mem::take(&mut self.pieces);
+        match cut_big_tcp(buf, pool, &mut pieces) {
+            Ok(count) => {
+                t.step(|| Step::Offload {
+                    what: "a BIG TCP super-frame, longer than an IPv4 length can say: cut into super-frames of at most 64 KiB",
+                    gso_size: buf.offload().gso.map(|g| g.size),
+                    partial_checksum: true,
+                });
+                if !T::ENABLED {
+                    let stats = &ctx.tables.stats;
+                    stats.add_offload(buf.in_port, OffloadEvent::BigTcpCut, 1);
+                }
+                debug_assert_eq!(pieces.len(), count - 1);
+            }
+            Err(reason) => {
+                self.pieces = pieces;
+                return Drop(reason);
+            }
+        }
+        for mut piece in pieces.drain(..) {
+            match self.route(ctx, &mut piece, origin, pool, out, t) {
+                Output(port) => out.push(port, piece),
+                Drop(reason) => {
+                    if T::ENABLED {
+                        t.step(|| Step::Drop(reason));
+                    } else {
+                        ctx.tables.stats.add_drop(piece.in_port, reason);
+                    }
+                    pool.free(piece);
+                }
+            }
+        }
+        self.pieces = pieces;
+        self.route(ctx, buf, origin, pool, out, t)
     }
 
     /// Sends an ICMP Time Exceeded and returns a drop if the packet's TTL
@@ -271,6 +327,16 @@ impl Pipeline {
         let (start, end) = (frame.start(), frame.end());
         buf.adopt_bounds(start, end);
         Ok(())
+    }
+}
+
+/// The IPv4 packet behind `buf`'s Ethernet header, checked; a TCP
+/// super-frame's may be a BIG TCP packet (total length 0).
+pub(super) fn ipv4_of(buf: &PacketBuf) -> Result<Ipv4Packet<&[u8]>, podswitch_encap::WireError> {
+    let ip = &buf.frame()[ETH..];
+    match buf.offload().gso {
+        Some(gso) if gso.kind == GsoKind::TcpV4 => Ipv4Packet::new_checked_super_frame(ip),
+        _ => Ipv4Packet::new_checked(ip),
     }
 }
 

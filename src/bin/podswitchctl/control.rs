@@ -629,6 +629,7 @@ fn stats_text(stats: &Stats) -> String {
             "SEGMENTS",
             "CSUM COMPLETED",
             "COALESCED",
+            "BIG TCP CUT",
         ],
         stats.ports.iter().map(|p| {
             vec![
@@ -639,6 +640,7 @@ fn stats_text(stats: &Stats) -> String {
                 p.segments_made.to_string(),
                 p.checksums_completed.to_string(),
                 p.coalesced.to_string(),
+                p.big_tcp_cut.to_string(),
             ]
         }),
     ));

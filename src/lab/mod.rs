@@ -831,6 +831,8 @@ fn kernel_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
         mtu: pod_mtu(lab.backend),
         gateway_mode: lab.gateway_mode,
         gateway: &format!("10.244.{x}.1"),
+        // As flannel's bridge plugin leaves them.
+        big_tcp: false,
     })?;
     if lab.gateway_mode == GatewayMode::Bridge {
         in_ns(&node.netns, &["link", "set", &host, "master", "cni0"])?;

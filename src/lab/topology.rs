@@ -6,6 +6,7 @@
 
 use anyhow::{Context, Result};
 use podswitch_engine::config::{Backend, GatewayMode};
+use podswitch_host::netlink::{in_netns, Netlink, POD_GSO_IPV4_MAX_SIZE};
 
 use crate::run;
 
@@ -129,12 +130,29 @@ pub struct PodInterface<'a> {
     pub gateway_mode: GatewayMode,
     /// The pod network's gateway (bridge mode).
     pub gateway: &'a str,
+    /// Lets both ends carry BIG TCP super-frames, as podswitch's CNI
+    /// plugin does (`POD_GSO_IPV4_MAX_SIZE`); flannel's bridge plugin
+    /// leaves the kernel's 64 KiB.
+    pub big_tcp: bool,
 }
 
 /// Makes the pod's interface [`PodInterface`] describes. The node's side
 /// is left up and unattached: the dataplane takes it from there.
 pub fn pod_interface(pod: &PodInterface) -> Result<()> {
     veth(pod.node_netns, pod.host_if, pod.pod_netns, "eth0")?;
+    if pod.big_tcp {
+        // iproute2 6.1 has no gso_ipv4_max_size: rtnetlink directly.
+        for (netns, name) in [(pod.node_netns, pod.host_if), (pod.pod_netns, "eth0")] {
+            in_netns(&format!("/var/run/netns/{netns}"), || {
+                let mut nl = Netlink::open()?;
+                let link = nl
+                    .link(name)?
+                    .ok_or_else(|| std::io::Error::other(format!("{name} vanished")))?;
+                nl.set_gso_ipv4_max_size(link.index, POD_GSO_IPV4_MAX_SIZE)
+            })
+            .with_context(|| format!("BIG TCP size on {name} in {netns}"))?;
+        }
+    }
     let mtu = pod.mtu.to_string();
     let mut eth0 = vec!["link", "set", "eth0"];
     if let Some(mac) = pod.mac {

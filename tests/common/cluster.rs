@@ -129,6 +129,9 @@ pub struct Cluster {
     /// The TAP VXLAN super-frames leave through (`tunnel_tap`), if not
     /// the default; "none" sends them in `UDP_SEGMENT` bursts.
     pub tunnel_tap: Option<String>,
+    /// Pods' veths carry BIG TCP, as podswitch's CNI plugin leaves them
+    /// (the default); false: the kernel's 64 KiB.
+    pub big_tcp_pods: bool,
     /// WARN and ERROR log lines a test provokes on purpose, by a piece of
     /// their text; any other one fails the test when the cluster stops
     /// (as Open vSwitch's tests check the daemon's log at exit).
@@ -213,6 +216,7 @@ impl Cluster {
             port_kind: "af-xdp".into(),
             underlay_kind: None,
             tunnel_tap: None,
+            big_tcp_pods: true,
             expected_warnings: Vec::new(),
             store: None,
             store_tls: None,
@@ -244,6 +248,7 @@ impl Cluster {
             mtu,
             gateway_mode: self.mode.parse().expect("a gateway mode"),
             gateway: &format!("{}.1", node.pod_net),
+            big_tcp: self.big_tcp_pods,
         })
         .expect("the pod's interface");
         self.pods.push(Pod {

@@ -7,7 +7,9 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 
-use podswitch_host::netlink::{in_netns, Netlink, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE};
+use podswitch_host::netlink::{
+    in_netns, Link, Netlink, POD_GSO_IPV4_MAX_SIZE, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE,
+};
 
 use crate::cni::{Addressing, GatewayMode, PROXY_ARP_GATEWAY};
 
@@ -49,6 +51,7 @@ pub(crate) fn create(
         let link = nl
             .link(host)?
             .ok_or_else(|| io::Error::other(format!("{host} vanished")))?;
+        big_tcp(&mut nl, &link)?;
         nl.set_up(link.index)?;
         let pod_mac = in_netns(netns, || configure_pod(ifname, addr, mac))?;
         Ok(PodSide {
@@ -62,6 +65,14 @@ pub(crate) fn create(
     result
 }
 
+/// Lets a veth end carry BIG TCP super-frames (`POD_GSO_IPV4_MAX_SIZE`):
+/// the pod's end so that its TCP builds them, the node's end so that the
+/// kernel takes them whole when podswitch writes them to the pod.
+fn big_tcp(nl: &mut Netlink, link: &Link) -> io::Result<()> {
+    nl.set_gso_ipv4_max_size(link.index, POD_GSO_IPV4_MAX_SIZE)
+        .map_err(|e| io::Error::new(e.kind(), format!("BIG TCP size on {}: {e}", link.name)))
+}
+
 fn configure_pod(ifname: &str, addr: Addressing, mac: Option<[u8; 6]>) -> io::Result<[u8; 6]> {
     let mut nl = Netlink::open()?;
     let mut link = nl
@@ -72,6 +83,7 @@ fn configure_pod(ifname: &str, addr: Addressing, mac: Option<[u8; 6]>) -> io::Re
         nl.set_mac(link.index, mac)?;
         link.mac = Some(mac);
     }
+    big_tcp(&mut nl, &link)?;
     nl.set_up(link.index)?;
     nl.add_address(link.index, addr.ip, addr.interface_prefix())?;
     match addr.mode {

@@ -607,9 +607,9 @@ fn peers(snap: &Snapshot) -> Vec<PeerInfo> {
         .collect()
 }
 
-/// The longest frame a trace takes: a 64 KiB GSO super-frame and its
-/// Ethernet header.
-const MAX_TRACE_FRAME: usize = 65_536 + 14;
+/// The longest frame a trace takes: a BIG TCP super-frame as long as a
+/// pod's veth may hand over (`POD_GSO_IPV4_MAX_SIZE`).
+const MAX_TRACE_FRAME: usize = podswitch_host::netlink::POD_GSO_IPV4_MAX_SIZE as usize;
 
 /// Builds a frame from its fields: Ethernet, IPv4 and an ICMP echo
 /// request, UDP datagram or TCP SYN.
@@ -634,7 +634,8 @@ fn build_frame(
     let dst = spec.dst_ip;
     let payload_len = spec.payload_len.unwrap_or(32);
     let limit = if spec.gso_size.is_some() {
-        65_000
+        // A BIG TCP super-frame as the CNI plugin lets a pod's veth carry.
+        MAX_TRACE_FRAME - 14 - 20 - 20
     } else {
         9000
     };
@@ -654,6 +655,9 @@ fn build_frame(
         other => return Err(format!("protocol {other:?}: icmp, udp or tcp")),
     };
     let mut f = vec![0u8; 14 + 20 + l4_len + payload_len];
+    // Longer than an IPv4 total length can say: a BIG TCP super-frame,
+    // whose length says 0 (the kernel's `iph_set_totlen`).
+    let big_tcp = 20 + l4_len + payload_len > usize::from(u16::MAX);
     EthernetRepr {
         src: src_mac,
         dst: dst_mac,
@@ -664,13 +668,19 @@ fn build_frame(
         src,
         dst,
         protocol,
-        payload_len: l4_len + payload_len,
+        payload_len: if big_tcp { 0 } else { l4_len + payload_len },
         ttl: spec.ttl.unwrap_or(64),
         tos: 0,
         ident: 1,
         dont_frag: spec.dont_frag.unwrap_or(true),
     }
     .emit(&mut f[14..]);
+    if big_tcp {
+        f[16..18].fill(0);
+        f[24..26].fill(0);
+        let c = checksum::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&c.to_be_bytes());
+    }
     let l4 = &mut f[34..];
     match protocol {
         IpProtocol::Icmp => {
@@ -696,7 +706,10 @@ fn build_frame(
             l4[2..4].copy_from_slice(&5201u16.to_be_bytes());
             l4[12] = 0x50;
             l4[13] = 0x18;
-            let sum = checksum::pseudo_header_v4(src, dst, 6, (20 + payload_len) as u16);
+            // The TCP length in the pseudo-header as the kernel adds it,
+            // 32 bits wide (csum_tcpudp_nofold): a BIG TCP one exceeds 16.
+            let tcp_len = (20 + payload_len) as u32;
+            let sum = checksum::pseudo_header_v4_long(src, dst, 6, tcp_len);
             l4[16..18].copy_from_slice(&checksum::fold(sum).to_be_bytes());
         }
         _ => {

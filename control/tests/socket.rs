@@ -234,16 +234,17 @@ fn every_request_type() {
     assert_eq!(trace["outputs"][0]["port"], "eth0");
     // A pod's 20,000-byte TSO super-frame: routed and encapsulated as one
     // packet, leaving as 15 segments' worth (20000 / 1398).
-    let super_frame = |gso_size, protocol: &str| Request::Trace {
+    let sized = |payload_len, gso_size, protocol: &str| Request::Trace {
         in_port: "veth-bb1".into(),
         hex: None,
         frame: Some(FrameSpec {
             protocol: Some(protocol.into()),
-            payload_len: Some(20_000),
+            payload_len: Some(payload_len),
             gso_size: Some(gso_size),
             ..FrameSpec::to("10.244.2.5".parse().unwrap())
         }),
     };
+    let super_frame = |gso_size, protocol: &str| sized(20_000, gso_size, protocol);
     let traced = ok(&mut c, super_frame(1398, "tcp"));
     let text = traced["steps"].to_string();
     assert!(text.contains("offload: a GSO super-frame"), "{text}");
@@ -258,6 +259,21 @@ fn every_request_type() {
             .contains("fragmentation_needed"),
         "{too_big}"
     );
+    // A BIG TCP super-frame (150,000 bytes, longer than an IPv4 length
+    // can say) is cut into three of at most 64 KiB before the tunnel.
+    let big = ok(&mut c, sized(150_000, 1398, "tcp"));
+    let text = big["steps"].to_string();
+    assert!(text.contains("a BIG TCP super-frame"), "{text}");
+    assert_eq!(big["outputs"].as_array().map(Vec::len), Some(3), "{big}");
+    assert!(
+        big["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["hex"].as_str().unwrap().len() / 2 <= 14 + 65535),
+        "{big}"
+    );
+    fails(&mut c, sized(196_555, 1398, "tcp"), "above 196554");
     fails(&mut c, super_frame(1398, "udp"), "a super-frame is TCP");
     fails(&mut c, super_frame(0, "tcp"), "gso_size 0");
     // Trace by hex: the frame that just came out, replayed from the underlay,

@@ -76,6 +76,14 @@ pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16)
         + u32::from(length)
 }
 
+/// [`pseudo_header_v4`] with the transport length 32 bits wide, as the
+/// kernel's `csum_tcpudp_nofold` adds it: the same sum up to 65535, and
+/// the one a BIG TCP super-frame's partial checksum holds beyond.
+#[inline]
+pub fn pseudo_header_v4_long(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u32) -> u32 {
+    pseudo_header_v4(src, dst, protocol, 0) + (length >> 16) + (length & 0xffff)
+}
+
 /// Patches checksum `old_checksum` for one 16-bit word changing from `old`
 /// to `new` (RFC 1624 eqn. 3).
 #[inline]

@@ -164,14 +164,28 @@ impl Dissector<'_> {
     }
 
     fn ipv4(&mut self, offset: usize, end: usize) {
-        let packet = match Ipv4Packet::new_checked(&self.bytes[offset..end]) {
+        // A capture has no GSO metadata, but only a BIG TCP super-frame is
+        // TCP, longer than 65535 bytes and says 0.
+        let packet = match Ipv4Packet::new_checked_super_frame(&self.bytes[offset..end]) {
             Ok(p) => p,
             Err(e) => {
                 self.push(Section::malformed("IPv4", offset, end, e.to_string()));
                 return self.payload("Unparsed bytes", offset, end);
             }
         };
-        self.push(packet.describe(offset));
+        let mut section = packet.describe(offset);
+        if packet.is_big_tcp() {
+            section.field(
+                "BIG TCP",
+                offset + 2,
+                2,
+                format!(
+                    "a {}-byte super-frame, longer than a total length can say: 0, and the packet ends with the frame (Linux 6.3, iph_set_totlen)",
+                    packet.packet_len()
+                ),
+            );
+        }
+        self.push(section);
         let (src, dst) = (packet.src(), packet.dst());
         let l4 = offset + packet.header_len();
         let packet_end = offset + packet.packet_len();
@@ -422,5 +436,30 @@ mod tests {
             d.to_string().contains("a GSO super-frame of 20020 bytes"),
             "{d}"
         );
+
+        // BIG TCP: a 100,000-byte TCP payload, total length 0, its
+        // checksum the pseudo-header sum with the 32-bit length.
+        let mut big = frame(1000);
+        big.truncate(54);
+        big.extend_from_slice(&[7u8; 100_000]);
+        big[16..18].fill(0);
+        big[24..26].fill(0);
+        let ip_sum = checksum::checksum(&big[14..34]);
+        big[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+        let pseudo = checksum::pseudo_header_v4_long(src, dst, 6, 100_020);
+        big[50..52].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+        let d = dissect(&big, &DissectOptions::default());
+        assert!(d.problems().is_empty(), "{d}");
+        let text = d.to_string();
+        assert!(
+            text.contains("a 100040-byte super-frame, longer than"),
+            "{text}"
+        );
+        assert!(text.contains("partial: the pseudo-header sum"), "{text}");
+        // Short of 64 KiB, a zero total length is what it always was.
+        big.truncate(60_000);
+        assert!(!dissect(&big, &DissectOptions::default())
+            .problems()
+            .is_empty());
     }
 }

@@ -120,6 +120,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
     /// Wraps untrusted bytes: version, IHL and total length are checked
     /// against the buffer. The checksum is not (see [`Self::verify_checksum`]).
+    #[inline]
     pub fn new_checked(buffer: T) -> WireResult<Self> {
         Self::checked(buffer, false)
     }
@@ -128,10 +129,12 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// metadata): a total length of 0 is also taken when the buffer holds
     /// more than 65535 bytes of a TCP packet, a BIG TCP packet (Linux
     /// `iph_set_totlen`); [`Self::packet_len`] is then the buffer's length.
+    #[inline]
     pub fn new_checked_super_frame(buffer: T) -> WireResult<Self> {
         Self::checked(buffer, true)
     }
 
+    #[inline(always)]
     fn checked(buffer: T, super_frame: bool) -> WireResult<Self> {
         let bytes = buffer.as_ref();
         check_len(Layer::Ipv4, bytes, HEADER_LEN)?;
@@ -198,17 +201,18 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Length of the packet in the buffer: the total length, which excludes
     /// any link-layer padding after it; for a BIG TCP packet (total length
     /// 0, longer than 65535 bytes), the buffer's length.
+    #[inline]
     pub fn packet_len(&self) -> usize {
-        if self.is_big_tcp() {
-            self.buffer.as_ref().len()
-        } else {
-            usize::from(self.total_len())
+        match self.total_len() {
+            0 if self.is_big_tcp() => self.buffer.as_ref().len(),
+            len => usize::from(len),
         }
     }
 
     /// True for a BIG TCP packet: total length 0, TCP, more than 65535
     /// bytes in the buffer. Only a super-frame can be one: the pipeline
     /// takes it only with GSO metadata ([`Self::new_checked_super_frame`]).
+    #[inline]
     pub fn is_big_tcp(&self) -> bool {
         self.total_len() == 0
             && self.buffer.as_ref()[field::PROTOCOL] == 6

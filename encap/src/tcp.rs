@@ -38,9 +38,10 @@ pub fn describe(segment: &[u8], offset: usize, src: Ipv4Addr, dst: Ipv4Addr) -> 
     let b = segment;
     let data_offset = header_len(b);
     let stored = u16::from_be_bytes([b[16], b[17]]);
-    // A segment longer than 64 KiB cannot be in one IPv4 packet; the sum
-    // is over what there is.
-    let pseudo = checksum::pseudo_header_v4(src, dst, u8::from(IpProtocol::Tcp), b.len() as u16);
+    // A segment longer than 64 KiB is a BIG TCP super-frame's: its length
+    // is summed 32 bits wide, as the kernel does.
+    let pseudo =
+        checksum::pseudo_header_v4_long(src, dst, u8::from(IpProtocol::Tcp), b.len() as u32);
     let verifies = checksum::fold(checksum::accumulate(pseudo, b)) == 0xffff;
     let partial = !verifies && checksum::is_partial(stored, pseudo);
     let checksum_value = if verifies {

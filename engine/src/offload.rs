@@ -207,8 +207,12 @@ pub fn finish_in_software(
 /// True for a BIG TCP super-frame (Linux 6.3): a TCP super-frame whose
 /// IPv4 packet is longer than a total length can say (it says 0). Only a
 /// pod port whose veth allows it hands one over.
-#[inline]
+#[inline(always)]
 pub fn is_big_tcp(buf: &PacketBuf) -> bool {
+    // The frame's length first: one comparison settles every other frame.
+    if buf.len() <= usize::from(u16::MAX) {
+        return false;
+    }
     let offload = buf.offload();
     match (offload.gso, buf.frame_offset(offload.l3)) {
         (Some(gso), Some(l3)) => {
@@ -222,15 +226,14 @@ pub fn is_big_tcp(buf: &PacketBuf) -> bool {
 /// say (at most 65535 bytes of IPv4 packet, each a whole number of
 /// segments: [`Segmenter::write_piece_headers`]), for a next hop whose
 /// lengths stop there: a tunnel's outer header, the host port, an
-/// underlay NIC. The pieces but the last are taken from `pool` and pushed
-/// onto `pieces` in order; `buf` becomes the last one, its headers
-/// written in front of its own payload (where the bytes the other pieces
-/// copied were), so its tail is never moved. Returns the number of
-/// pieces. On error nothing was pushed and `buf` is unchanged.
+/// underlay NIC. `buf` becomes the first piece (its headers rewritten in
+/// place, the frame cut after its payload: nothing moves); the others are
+/// taken from `pool` and pushed onto `rest` in order. Returns the number
+/// of pieces. On error nothing was pushed and `buf` is unchanged.
 pub fn cut_big_tcp(
     buf: &mut PacketBuf,
     pool: &mut PacketPool,
-    pieces: &mut Vec<PacketBuf>,
+    rest: &mut Vec<PacketBuf>,
 ) -> Result<usize, DropReason> {
     let offload = *buf.offload();
     let (Some(gso), Some(l3)) = (offload.gso, buf.frame_offset(offload.l3)) else {
@@ -240,10 +243,9 @@ pub fn cut_big_tcp(
         Segmenter::at(buf.frame(), l3, gso.kind, gso.size).map_err(|_| DropReason::GsoMalformed)?;
     let header_bytes = segmenter.header_bytes();
     let count = segmenter.piece_count();
-    let pushed = pieces.len();
-    let piece_offload = |piece: &PacketBuf, j: usize, len: usize| Offload {
+    let piece_offload = |piece: &PacketBuf, j: usize| Offload {
         // A last piece of one segment is an ordinary frame.
-        gso: (len - header_bytes > usize::from(gso.size)).then_some(Gso {
+        gso: (segmenter.piece(j).len() > usize::from(gso.size)).then_some(Gso {
             ecn: gso.ecn && j == 0,
             ..gso
         }),
@@ -253,41 +255,37 @@ pub fn cut_big_tcp(
         }),
         l3: piece.position(l3),
     };
-    // The last piece's headers first, while the frame is whole: they go
-    // in place, where the bytes before its payload were.
-    let last = count - 1;
-    let mut last_headers = [0u8; 256];
-    let last_headers = last_headers
+    // The first piece's headers first, while the frame is whole: if they
+    // cannot be written, no other piece can.
+    let mut first_headers = [0u8; 256];
+    let first_headers = first_headers
         .get_mut(..header_bytes)
         .ok_or(DropReason::GsoMalformed)?;
     segmenter
-        .write_piece_headers(buf.frame(), last, last_headers)
+        .write_piece_headers(buf.frame(), 0, first_headers)
         .ok_or(DropReason::GsoMalformed)?;
-    for j in 0..last {
+    let pushed = rest.len();
+    for j in 1..count {
         let payload = segmenter.piece(j);
         let len = header_bytes + payload.len();
         let Some(mut piece) = pool.alloc_large(buf.in_port) else {
-            for piece in pieces.drain(pushed..) {
+            for piece in rest.drain(pushed..) {
                 pool.free(piece);
             }
             return Err(DropReason::PoolExhausted);
         };
         let area = &mut piece.receive_area(0)[..len];
-        let (headers, rest) = area.split_at_mut(header_bytes);
-        // Cannot fail: the last piece's headers were written above.
+        let (headers, data) = area.split_at_mut(header_bytes);
+        // Cannot fail: the first piece's headers were written above.
         let _ = segmenter.write_piece_headers(buf.frame(), j, headers);
-        rest.copy_from_slice(&buf.frame()[payload]);
+        data.copy_from_slice(&buf.frame()[payload]);
         piece.set_received(0, len);
-        piece.set_offload(piece_offload(&piece, j, len));
-        pieces.push(piece);
+        piece.set_offload(piece_offload(&piece, j));
+        rest.push(piece);
     }
-    let payload = segmenter.piece(last);
-    let start = payload.start - header_bytes;
-    buf.frame_mut()[start..payload.start].copy_from_slice(last_headers);
-    // Offsets in the frame stay as they were: its headers are laid out as
-    // the whole one's (positions move with its start).
-    buf.narrow(start..payload.end);
-    let offload = piece_offload(buf, last, buf.len());
+    buf.frame_mut()[..header_bytes].copy_from_slice(first_headers);
+    buf.truncate(segmenter.piece(0).end);
+    let offload = piece_offload(buf, 0);
     buf.set_offload(offload);
     Ok(count)
 }

@@ -160,9 +160,12 @@ pub struct Pipeline {
     last_learned: Option<(MacAddr, PortId, u32)>,
     /// ICMP errors it may still send now.
     icmp_limit: IcmpLimiter,
-    /// Pieces of a BIG TCP super-frame being routed (kept for its
-    /// capacity).
-    pieces: Vec<PacketBuf>,
+    /// Pieces of a BIG TCP super-frame cut by the route: the batch loop
+    /// runs them through right after the frame that became the first
+    /// piece (`route.rs`), so they leave in order.
+    pending: Vec<PacketBuf>,
+    /// Where the frame `pending` was cut from came from.
+    pending_origin: Origin,
 }
 
 impl Pipeline {
@@ -173,7 +176,8 @@ impl Pipeline {
             ident: 0,
             last_learned: None,
             icmp_limit: IcmpLimiter::new(),
-            pieces: Vec::new(),
+            pending: Vec::new(),
+            pending_origin: Origin::Local,
         }
     }
 
@@ -217,6 +221,9 @@ impl Pipeline {
             }
             let verdict = self.handle(&ctx, &mut buf, pool, out, &mut NoTrace);
             self.finish(&ctx, buf, verdict, pool, out);
+            if !self.pending.is_empty() {
+                self.handle_pending(&ctx, pool, out, &mut NoTrace);
+            }
         }
         if let Some((port, packets, bytes)) = run {
             tables.stats.add_rx(port, packets, bytes);
@@ -230,6 +237,37 @@ impl Pipeline {
             tables.stats.add_tx(port, queued.len() as u64, bytes);
             out.counted[i] = out.batches[i].len();
         }
+    }
+
+    /// Runs the frames the route set aside (the pieces of a BIG TCP
+    /// super-frame after its first) through the pipeline, in order. Rare,
+    /// and kept out of the batch loop.
+    #[cold]
+    #[inline(never)]
+    fn handle_pending<T: Tracer>(
+        &mut self,
+        ctx: &Ctx<'_>,
+        pool: &mut PacketPool,
+        out: &mut Outputs,
+        t: &mut T,
+    ) {
+        let mut pending = std::mem::take(&mut self.pending);
+        let origin = self.pending_origin;
+        for mut buf in pending.drain(..) {
+            // Checked and classified as the first piece was: routed again.
+            let verdict = self.route(ctx, &mut buf, origin, pool, out, t);
+            match verdict {
+                Output(port) => out.push(port, buf),
+                Drop(reason) => {
+                    t.step(|| Step::Drop(reason));
+                    if !T::ENABLED {
+                        ctx.tables.stats.add_drop(buf.in_port, reason);
+                    }
+                    pool.free(buf);
+                }
+            }
+        }
+        self.pending = pending;
     }
 
     #[inline(always)]
@@ -306,6 +344,7 @@ impl Pipeline {
                         pool.free(buf);
                     }
                 }
+                self.handle_pending(&ctx, &mut pool, &mut out, &mut rec);
             }
             None => rec.step(|| Step::Drop(DropReason::PoolExhausted)),
         }

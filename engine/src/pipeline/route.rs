@@ -43,7 +43,7 @@ impl Pipeline {
         if packet.verify_checksum().is_err() {
             return Drop(DropReason::Ipv4BadChecksum);
         }
-        let (src, dst, ttl, total_len, dont_frag) = (
+        let (src, dst, ttl, mut total_len, dont_frag) = (
             packet.src(),
             packet.dst(),
             packet.ttl(),
@@ -113,7 +113,10 @@ impl Pipeline {
         // A pod's veth takes a BIG TCP super-frame whole; a tunnel's outer
         // header, the host port and the underlay stop at 64 KiB.
         if !matches!(next_hop, NextHop::Local(_) | NextHop::Blackhole) && is_big_tcp(buf) {
-            return self.route_in_pieces(ctx, buf, origin, pool, out, t);
+            if let Err(reason) = self.cut_big_tcp(ctx, buf, origin, pool, t) {
+                return Drop(reason);
+            }
+            total_len = buf.len() - ETH;
         }
         match next_hop {
             NextHop::Blackhole => Drop(DropReason::Blackhole),
@@ -193,52 +196,31 @@ impl Pipeline {
     }
 
     /// Cuts a BIG TCP super-frame into super-frames of at most 64 KiB
-    /// ([`cut_big_tcp`]) and routes each, in order: all but the last are
-    /// queued here, the last (`buf`, cut in place) gets the verdict.
+    /// ([`cut_big_tcp`]): `buf` goes on as the first; the others wait in
+    /// `pending`, which the batch loop runs through the pipeline next, so
+    /// they leave after it and in order.
     #[inline(never)]
-    fn route_in_pieces<T: Tracer>(
+    fn cut_big_tcp<T: Tracer>(
         &mut self,
         ctx: &Ctx<'_>,
         buf: &mut PacketBuf,
         origin: Origin,
         pool: &mut PacketPool,
-        out: &mut Outputs,
         t: &mut T,
-    ) -> Verdict {
-        let mut pieces = std::mem::take(&mut self.pieces);
-        match cut_big_tcp(buf, pool, &mut pieces) {
-            Ok(count) => {
-                t.step(|| Step::Offload {
-                    what: "a BIG TCP super-frame, longer than an IPv4 length can say: cut into super-frames of at most 64 KiB",
-                    gso_size: buf.offload().gso.map(|g| g.size),
-                    partial_checksum: true,
-                });
-                if !T::ENABLED {
-                    let stats = &ctx.tables.stats;
-                    stats.add_offload(buf.in_port, OffloadEvent::BigTcpCut, 1);
-                }
-                debug_assert_eq!(pieces.len(), count - 1);
-            }
-            Err(reason) => {
-                self.pieces = pieces;
-                return Drop(reason);
-            }
+    ) -> Result<(), DropReason> {
+        let gso_size = buf.offload().gso.map(|g| g.size);
+        cut_big_tcp(buf, pool, &mut self.pending)?;
+        self.pending_origin = origin;
+        t.step(|| Step::Offload {
+            what: "a BIG TCP super-frame, longer than an IPv4 length can say: cut into super-frames of at most 64 KiB, routed one after the other",
+            gso_size,
+            partial_checksum: true,
+        });
+        if !T::ENABLED {
+            let stats = &ctx.tables.stats;
+            stats.add_offload(buf.in_port, OffloadEvent::BigTcpCut, 1);
         }
-        for mut piece in pieces.drain(..) {
-            match self.route(ctx, &mut piece, origin, pool, out, t) {
-                Output(port) => out.push(port, piece),
-                Drop(reason) => {
-                    if T::ENABLED {
-                        t.step(|| Step::Drop(reason));
-                    } else {
-                        ctx.tables.stats.add_drop(piece.in_port, reason);
-                    }
-                    pool.free(piece);
-                }
-            }
-        }
-        self.pieces = pieces;
-        self.route(ctx, buf, origin, pool, out, t)
+        Ok(())
     }
 
     /// Sends an ICMP Time Exceeded and returns a drop if the packet's TTL
@@ -332,6 +314,7 @@ impl Pipeline {
 
 /// The IPv4 packet behind `buf`'s Ethernet header, checked; a TCP
 /// super-frame's may be a BIG TCP packet (total length 0).
+#[inline(always)]
 pub(super) fn ipv4_of(buf: &PacketBuf) -> Result<Ipv4Packet<&[u8]>, podswitch_encap::WireError> {
     let ip = &buf.frame()[ETH..];
     match buf.offload().gso {

@@ -185,12 +185,12 @@ pub(crate) struct TraceArgs {
     /// TTL (default 64).
     #[arg(long)]
     ttl: Option<u8>,
-    /// Payload bytes after the L4 header (default 32; up to 65000 with
-    /// --gso-size).
+    /// Payload bytes after the L4 header (default 32; up to 196554 with
+    /// --gso-size: above 65495 a BIG TCP super-frame).
     #[arg(long)]
     payload_len: Option<usize>,
     /// Trace a TCP super-frame of this segment size (a pod's TSO frame:
-    /// give --protocol tcp and a --payload-len of up to 65000), to see
+    /// give --protocol tcp and a --payload-len of up to 196554), to see
     /// where it travels whole and where it is cut.
     #[arg(long, requires = "dst_ip")]
     gso_size: Option<u16>,

@@ -123,6 +123,6 @@ impl Pipeline {
             to: packet.src(),
         });
         let verdict = self.route(ctx, &mut reply, Origin::Local, pool, out, t);
-        self.finish(ctx, reply, verdict, pool, out);
+        self.finish(ctx, reply, verdict, pool, out, t);
     }
 }

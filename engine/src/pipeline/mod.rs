@@ -220,7 +220,7 @@ impl Pipeline {
                 }
             }
             let verdict = self.handle(&ctx, &mut buf, pool, out, &mut NoTrace);
-            self.finish(&ctx, buf, verdict, pool, out);
+            self.finish(&ctx, buf, verdict, pool, out, &mut NoTrace);
             if !self.pending.is_empty() {
                 self.handle_pending(&ctx, pool, out, &mut NoTrace);
             }
@@ -256,33 +256,30 @@ impl Pipeline {
         for mut buf in pending.drain(..) {
             // Checked and classified as the first piece was: routed again.
             let verdict = self.route(ctx, &mut buf, origin, pool, out, t);
-            match verdict {
-                Output(port) => out.push(port, buf),
-                Drop(reason) => {
-                    t.step(|| Step::Drop(reason));
-                    if !T::ENABLED {
-                        ctx.tables.stats.add_drop(buf.in_port, reason);
-                    }
-                    pool.free(buf);
-                }
-            }
+            self.finish(ctx, buf, verdict, pool, out, t);
         }
         self.pending = pending;
     }
 
+    /// Queues a frame on its port, or frees it and counts the drop (a
+    /// trace records it instead: it counts nothing).
     #[inline(always)]
-    fn finish(
+    fn finish<T: Tracer>(
         &mut self,
         ctx: &Ctx<'_>,
         buf: PacketBuf,
         verdict: Verdict,
         pool: &mut PacketPool,
         out: &mut Outputs,
+        t: &mut T,
     ) {
         match verdict {
             Output(port) => out.push(port, buf),
             Drop(reason) => {
-                ctx.tables.stats.add_drop(buf.in_port, reason);
+                t.step(|| Step::Drop(reason));
+                if !T::ENABLED {
+                    ctx.tables.stats.add_drop(buf.in_port, reason);
+                }
                 pool.free(buf);
             }
         }
@@ -337,13 +334,7 @@ impl Pipeline {
                     Ok(()) => self.handle(&ctx, &mut buf, &mut pool, &mut out, &mut rec),
                     Err(reason) => Drop(reason),
                 };
-                match verdict {
-                    Output(port) => out.push(port, buf),
-                    Drop(reason) => {
-                        rec.step(|| Step::Drop(reason));
-                        pool.free(buf);
-                    }
-                }
+                self.finish(&ctx, buf, verdict, &mut pool, &mut out, &mut rec);
                 self.handle_pending(&ctx, &mut pool, &mut out, &mut rec);
             }
             None => rec.step(|| Step::Drop(DropReason::PoolExhausted)),

@@ -37,6 +37,7 @@ use core::fmt;
 use std::net::Ipv4Addr;
 
 use crate::checksum;
+use crate::ipv4::Ipv4Packet;
 
 #[cfg(test)]
 mod test_frames;
@@ -469,7 +470,7 @@ impl Segmenter {
         }
         let total = usize::from(u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]));
         // A BIG TCP super-frame (Linux 6.3) says 0 and ends with the frame.
-        let big_tcp = total == 0 && transport == Transport::Tcp && frame.len() - l3 > MAX_IPV4_LEN;
+        let big_tcp = Ipv4Packet::new_unchecked(&frame[l3..]).is_big_tcp();
         if l3 + total != frame.len() && !big_tcp {
             return Err(malformed("IPv4 total length does not match the frame"));
         }

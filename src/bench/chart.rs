@@ -102,6 +102,13 @@ fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 /// The chart of a raw record, as SVG.
 pub fn render(raw: &Value, metrics: &[Metric]) -> Result<String> {
     let samples = samples(raw)?;
+    // A record made before a metric existed gets no empty panel for it.
+    let metrics: Vec<Metric> = metrics
+        .iter()
+        .filter(|m| samples.iter().any(|s| s.metric == m.name))
+        .copied()
+        .collect();
+    let metrics = metrics.as_slice();
     let mut cases: Vec<String> = Vec::new();
     let mut bases: Vec<String> = Vec::new();
     for s in &samples {
@@ -474,6 +481,20 @@ mod tests {
             .filter(|m| m.higher_is_better)
             .count();
         assert_eq!(svg.matches("2.00x worse").count(), 2 * higher);
+    }
+
+    /// A record saved before a metric existed draws what it has, with no
+    /// empty panel for the metric it lacks.
+    #[test]
+    fn a_metric_a_record_lacks_gets_no_panel() {
+        let mut record = record();
+        record["samples"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|s| s["metric"] != "tcp-cpu-per-GB");
+        let svg = render(&record, crate::bench::METRICS).unwrap();
+        assert!(!svg.contains("tcp-cpu-per-GB"));
+        assert!(svg.contains("cross-node vxlan, tcp-4-streams"));
     }
 
     #[test]

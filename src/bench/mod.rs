@@ -111,6 +111,11 @@ pub const METRICS: &[Metric] = &[
         higher_is_better: true,
     },
     Metric {
+        name: "tcp-cpu-per-GB",
+        unit: "CPU s",
+        higher_is_better: false,
+    },
+    Metric {
         name: "udp-64B",
         unit: "Mpps",
         higher_is_better: true,
@@ -163,11 +168,19 @@ pub fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// TCP throughput in Gbit/s; a run that moved nothing (the server not
-/// listening yet) is tried once more.
-fn tcp(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> Result<f64> {
+/// One iperf3 run.
+#[derive(Debug, Clone, Copy)]
+struct TcpRun {
+    gbit_per_sec: f64,
+    /// The whole machine's busy CPU seconds per GB moved.
+    cpu_secs_per_gb: f64,
+}
+
+/// TCP throughput and its CPU cost; a run that moved nothing (the server
+/// not listening yet) is tried once more.
+fn tcp(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> Result<TcpRun> {
     match tcp_once(src, dst, dst_ip, streams, seconds) {
-        Ok(g) if g > 0.0 => Ok(g),
+        Ok(run) if run.gbit_per_sec > 0.0 => Ok(run),
         _ => tcp_once(src, dst, dst_ip, streams, seconds),
     }
 }
@@ -180,8 +193,9 @@ fn iperf3_server(ns: &str, port: &str) -> Result<()> {
     Ok(())
 }
 
-fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> Result<f64> {
+fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> Result<TcpRun> {
     iperf3_server(dst, "5201")?;
+    let busy_before = busy_jiffies();
     let out = ns_run(
         src,
         &[
@@ -199,11 +213,23 @@ fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> R
             &seconds.to_string(),
         ],
     )?;
+    let busy_secs = busy_jiffies().saturating_sub(busy_before) as f64 / USER_HZ;
     let v: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-    Ok(v["end"]["sum_received"]["bits_per_second"]
+    let gbit_per_sec = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap_or(0.0)
-        / 1e9)
+        / 1e9;
+    // The CPU was counted over the second left out (`-O 1`) too: the
+    // bytes are taken at the measured rate over the whole run.
+    let gigabytes = gbit_per_sec / 8.0 * (seconds + 1) as f64;
+    Ok(TcpRun {
+        gbit_per_sec,
+        cpu_secs_per_gb: if gigabytes > 0.0 {
+            busy_secs / gigabytes
+        } else {
+            0.0
+        },
+    })
 }
 
 fn rx_packets(ns: &str) -> Result<u64> {
@@ -216,6 +242,9 @@ fn eth0_counter(ns: &str, name: &str) -> Result<u64> {
     Ok(ns_run(ns, &["cat", &path])?.trim().parse()?)
 }
 
+/// Clock ticks a second in /proc's CPU times (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
 /// Busy jiffies of the whole machine (/proc/stat).
 fn busy_jiffies() -> u64 {
     let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -227,8 +256,10 @@ fn busy_jiffies() -> u64 {
         .skip(1)
         .filter_map(|f| f.parse().ok())
         .collect();
-    // user nice system idle iowait irq softirq steal
+    // user nice system idle iowait irq softirq steal; guest and
+    // guest_nice, after them, are already counted in user and nice.
     cpu.iter()
+        .take(8)
         .enumerate()
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, v)| v)
@@ -359,8 +390,8 @@ fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
         packets,
         mpps: packets / elapsed / 1e6,
         sent,
-        busy_secs: after_cpu.saturating_sub(before_cpu) as f64 / 100.0,
-        generator_secs: generator_cpu as f64 / 100.0,
+        busy_secs: after_cpu.saturating_sub(before_cpu) as f64 / USER_HZ,
+        generator_secs: generator_cpu as f64 / USER_HZ,
     })
 }
 
@@ -807,7 +838,18 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                         )?;
                         let (p50, p99) = latency(src, dst, args.seconds)?;
                         let (loaded_p50, loaded_p99) = loaded_latency(src, dst, args.seconds)?;
-                        let figures = [t1, t4, mpps, mpps2, cpu, p50, p99, loaded_p50, loaded_p99];
+                        let figures = [
+                            t1.gbit_per_sec,
+                            t4.gbit_per_sec,
+                            t4.cpu_secs_per_gb,
+                            mpps,
+                            mpps2,
+                            cpu,
+                            p50,
+                            p99,
+                            loaded_p50,
+                            loaded_p99,
+                        ];
                         for (m, v) in figures.into_iter().enumerate() {
                             values[m][d].push(v);
                             raw.push(json!({

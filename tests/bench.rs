@@ -50,15 +50,22 @@ fn a_short_bench_produces_every_figure() {
     }
     let v: Value = serde_json::from_str(&std::fs::read_to_string(&json.0).unwrap()).unwrap();
     let medians = v["medians"].as_array().unwrap();
-    // 2 cases x 9 metrics (TCP 1 and 4 streams, 64-byte UDP from one and
-    // from two generators, CPU, idle and loaded latency p50 and p99),
-    // for podswitch with one worker and with two, each against the
-    // kernel.
-    assert_eq!(medians.len(), 2 * 2 * 9, "{v}");
-    for metric in ["udp-64B-2gen", "loaded-p50", "loaded-p99"] {
-        assert!(
-            medians.iter().any(|m| m["metric"] == metric),
-            "{metric}: {v}"
+    // 2 cases x every metric (TCP 1 and 4 streams and TCP's CPU per GB,
+    // 64-byte UDP from one and from two generators, CPU per packet, idle
+    // and loaded latency p50 and p99), for podswitch with one worker and
+    // with two, each against the kernel.
+    let metrics = podswitch::bench::METRICS;
+    assert_eq!(metrics.len(), 10);
+    assert_eq!(medians.len(), 2 * 2 * metrics.len(), "{v}");
+    for metric in metrics {
+        assert_eq!(
+            medians
+                .iter()
+                .filter(|m| m["metric"] == metric.name)
+                .count(),
+            2 * 2,
+            "{}: {v}",
+            metric.name
         );
     }
     for m in medians {
@@ -71,7 +78,7 @@ fn a_short_bench_produces_every_figure() {
     }
     // Samples of three dataplanes: the kernel and both podswitch labs.
     let samples = v["samples"].as_array().unwrap();
-    assert_eq!(samples.len(), 2 * 3 * 9);
+    assert_eq!(samples.len(), 2 * 3 * metrics.len());
     for dataplane in ["kernel", "podswitch-w1", "podswitch-w2"] {
         assert!(
             samples.iter().any(|s| s["dataplane"] == dataplane),

@@ -195,7 +195,7 @@ fn iperf3_server(ns: &str, port: &str) -> Result<()> {
 
 fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> Result<TcpRun> {
     iperf3_server(dst, "5201")?;
-    let busy_before = busy_jiffies();
+    let busy = BusyCpu::start();
     let out = ns_run(
         src,
         &[
@@ -213,7 +213,7 @@ fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> R
             &seconds.to_string(),
         ],
     )?;
-    let busy_secs = busy_jiffies().saturating_sub(busy_before) as f64 / USER_HZ;
+    let busy_secs = busy.secs();
     let v: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
     let gbit_per_sec = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
@@ -244,6 +244,24 @@ fn eth0_counter(ns: &str, name: &str) -> Result<u64> {
 
 /// Clock ticks a second in /proc's CPU times (`USER_HZ`, 100 on Linux).
 const USER_HZ: f64 = 100.0;
+
+/// The whole machine's busy CPU time from a start (/proc/stat).
+struct BusyCpu {
+    jiffies_at_start: u64,
+}
+
+impl BusyCpu {
+    fn start() -> BusyCpu {
+        BusyCpu {
+            jiffies_at_start: busy_jiffies(),
+        }
+    }
+
+    /// Busy CPU seconds since the start.
+    fn secs(&self) -> f64 {
+        busy_jiffies().saturating_sub(self.jiffies_at_start) as f64 / USER_HZ
+    }
+}
 
 /// Busy jiffies of the whole machine (/proc/stat).
 fn busy_jiffies() -> u64 {
@@ -350,7 +368,7 @@ fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
         Ok((rx_packets(f.dst_ns)?, eth0_counter(f.src_ns, "tx_packets")?))
     };
     let before = flows.iter().map(counters).collect::<Result<Vec<_>>>()?;
-    let before_cpu = busy_jiffies();
+    let busy = BusyCpu::start();
     let started = Instant::now();
     let mut generators = Vec::new();
     for (f, conf) in flows.iter().zip(&confs) {
@@ -375,7 +393,7 @@ fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
     // trafgen and its worker process: the generators' whole CPU.
     let generator_cpu: u64 = generators.iter().flat_map(|g| group_jiffies(g.id())).sum();
     let after = flows.iter().map(counters).collect::<Result<Vec<_>>>();
-    let after_cpu = busy_jiffies();
+    let busy_secs = busy.secs();
     let elapsed = started.elapsed().as_secs_f64();
     stop_generators(&mut generators);
     for conf in &confs {
@@ -390,7 +408,7 @@ fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
         packets,
         mpps: packets / elapsed / 1e6,
         sent,
-        busy_secs: after_cpu.saturating_sub(before_cpu) as f64 / USER_HZ,
+        busy_secs,
         generator_secs: generator_cpu as f64 / USER_HZ,
     })
 }

@@ -4,6 +4,13 @@
 //! one thread (as podswitchd's one worker), sleeping in `poll(2)` when both
 //! sides are empty (or, with `--spin`, never sleeping).
 //!
+//! With `--per-cpu` it runs one such thread per CPU, pinned, each with its
+//! own socket on each interface in a `PACKET_FANOUT_CPU` group: a frame
+//! is read by the thread on the CPU that received it, so the thread woken
+//! is on the waker's CPU (no wake-up of another, possibly halted, CPU).
+//! With `--realtime` its threads run in `SCHED_FIFO`, as podswitchd's
+//! workers do.
+//!
 //! No lookups, no pool, no counters, no checksums: what it moves per CPU
 //! second is the ceiling that the kernel's packet-socket interface puts on
 //! podswitch's AF_PACKET pod ports (docs/benchmarks.md, "The AF_PACKET
@@ -11,7 +18,7 @@
 //! transfer through it, then through a bridge, then through podswitch.
 //!
 //! ```text
-//! cargo run --release --example af_packet_ceiling -- [--spin] IFACE_A IFACE_B
+//! cargo run --release --example af_packet_ceiling -- [--spin] [--per-cpu] [--realtime] IFACE_A IFACE_B
 //! ```
 
 use std::io;
@@ -22,10 +29,12 @@ use podswitch_engine::offload::VNET_HDR_LEN;
 use podswitch_engine::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_BATCH, MAX_PARTS};
 use podswitch_engine::sys::netdev;
 use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket};
+use podswitch_engine::sys::sched::{self, ThreadClass};
 use podswitch_engine::sys::wait_any_readable;
 
-/// A 64 KiB TSO frame and its Ethernet header fit.
-const FRAME_BYTES: usize = 65_536 + 64;
+/// A BIG TCP frame of a pod veth (`POD_GSO_IPV4_MAX_SIZE`, which the CNI
+/// plugin sets) and its Ethernet header fit.
+const FRAME_BYTES: usize = podswitch_host::netlink::POD_GSO_IPV4_MAX_SIZE as usize + 64;
 
 /// One batch of frames: virtio-net header and data for each.
 struct Batch {
@@ -125,18 +134,80 @@ fn cross_connect(a: &PacketSocket, b: &PacketSocket, spin: bool) -> io::Result<(
     }
 }
 
+/// Options from the command line.
+struct Options {
+    spin: bool,
+    per_cpu: bool,
+    realtime: bool,
+}
+
+/// Runs one cross-connect thread per CPU, each on its own fanout member
+/// sockets (see the module's documentation).
+fn per_cpu(a: &str, b: &str, options: &Options) -> io::Result<()> {
+    let cpus = std::thread::available_parallelism()?.get();
+    let (a, b) = (netdev::ifindex(a)?, netdev::ifindex(b)?);
+    let open = |ifindex| PacketSocket::open(ifindex, PacketOptions::default());
+    // Members join in CPU order: member k takes CPU k's frames.
+    let first = (open(a)?, open(b)?);
+    let groups = (
+        first.0.start_fanout_by_cpu()?,
+        first.1.start_fanout_by_cpu()?,
+    );
+    let mut pairs = vec![first];
+    for _ in 1..cpus {
+        let pair = (open(a)?, open(b)?);
+        pair.0.join_fanout_by_cpu(groups.0)?;
+        pair.1.join_fanout_by_cpu(groups.1)?;
+        pairs.push(pair);
+    }
+    let (spin, realtime) = (options.spin, options.realtime);
+    let threads: Vec<_> = pairs
+        .into_iter()
+        .enumerate()
+        .map(|(cpu, (a, b))| {
+            std::thread::spawn(move || -> io::Result<()> {
+                sched::pin_to_cpu(cpu)?;
+                if realtime {
+                    sched::set_class(ThreadClass::Realtime)?;
+                }
+                cross_connect(&a, &b, spin)
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| io::Error::other("a cross-connect thread panicked"))??;
+    }
+    Ok(())
+}
+
 fn main() -> io::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let spin = args.first().is_some_and(|a| a == "--spin");
-    if spin {
-        args.remove(0);
-    }
+    let mut flag = |name: &str| match args.iter().position(|a| a == name) {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
+    let options = Options {
+        spin: flag("--spin"),
+        per_cpu: flag("--per-cpu"),
+        realtime: flag("--realtime"),
+    };
     let [a, b] = args.as_slice() else {
-        eprintln!("usage: af_packet_ceiling [--spin] IFACE_A IFACE_B");
+        eprintln!("usage: af_packet_ceiling [--spin] [--per-cpu] [--realtime] IFACE_A IFACE_B");
         std::process::exit(2);
     };
+    if options.per_cpu {
+        return per_cpu(a, b, &options);
+    }
+    if options.realtime {
+        sched::set_class(ThreadClass::Realtime)?;
+    }
     let open = |name: &str| -> io::Result<PacketSocket> {
         PacketSocket::open(netdev::ifindex(name)?, PacketOptions::default())
     };
-    cross_connect(&open(a)?, &open(b)?, spin)
+    cross_connect(&open(a)?, &open(b)?, options.spin)
 }

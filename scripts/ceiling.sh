@@ -20,6 +20,12 @@
 # joined to the first by a veth "wire": two cross-connects in a chain
 # (four AF_PACKET hops, as a cross-node frame crosses two nodes) against
 # two bridges in a chain (podswitch's rows are left out).
+# PATHS picks the rows, in order (default "podswitch ceiling spinning
+# bridge"); two more: "realtime" (the cross-connect's thread in
+# SCHED_FIFO, as podswitchd's worker) and "per-cpu" (one SCHED_FIFO
+# thread per CPU, pinned, each reading its CPU's frames through a
+# PACKET_FANOUT_CPU group: woken on the CPU the frame arrived on) and
+# "per-cpu-normal" (the same in SCHED_OTHER).
 # Usage: scripts/ceiling.sh [ROUNDS] [SECONDS]   (root; docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -157,19 +163,25 @@ echo "|---|---|---|---|---|---|---|"
 ip -n "$ns" link add ceil-br type bridge
 ip -n "$ns" link set ceil-br up
 for _ in $(seq "$rounds"); do
-  if [ -z "${PODS_CPU:-}${SWITCH_CPU:-}${CHAIN:-}" ]; then
-    start_podswitch
-    measure podswitch
-    stop_podswitch
-  fi
-  start_ceiling
-  measure ceiling
-  stop_ceiling
-  start_ceiling --spin
-  measure "ceiling, spinning"
-  stop_ceiling
-  bridge_sides master
-  sleep 1
-  measure bridge
-  bridge_sides nomaster
+  for path in ${PATHS:-podswitch ceiling spinning bridge}; do
+    case $path in
+      podswitch)
+        if [ -z "${PODS_CPU:-}${SWITCH_CPU:-}${CHAIN:-}" ]; then
+          start_podswitch
+          measure podswitch
+          stop_podswitch
+        fi ;;
+      ceiling) start_ceiling; measure ceiling; stop_ceiling ;;
+      spinning) start_ceiling --spin; measure "ceiling, spinning"; stop_ceiling ;;
+      realtime) start_ceiling --realtime; measure "ceiling, realtime"; stop_ceiling ;;
+      per-cpu) start_ceiling --per-cpu --realtime; measure "ceiling, per-CPU realtime"; stop_ceiling ;;
+      per-cpu-normal) start_ceiling --per-cpu; measure "ceiling, per-CPU normal"; stop_ceiling ;;
+      bridge)
+        bridge_sides master
+        sleep 1
+        measure bridge
+        bridge_sides nomaster ;;
+      *) echo "ceiling: unknown path $path (podswitch ceiling spinning realtime per-cpu per-cpu-normal bridge)" >&2; exit 1 ;;
+    esac
+  done
 done

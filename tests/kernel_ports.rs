@@ -193,3 +193,99 @@ fn an_af_packet_port_reports_a_batch_it_dropped_whole_as_read() {
     assert_eq!(port.recv(&mut pool, &mut batch).unwrap(), 0, "then empty");
     pool.free_all(&mut batch);
 }
+
+/// Receive buffers for whole frames, one per message.
+struct Frames(Vec<Vec<u8>>);
+
+impl podswitch_engine::sys::mmsg::RecvBuffers for Frames {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    fn parts(&mut self, i: usize) -> [&mut [u8]; podswitch_engine::sys::mmsg::MAX_PARTS] {
+        [&mut self.0[i], &mut [], &mut []]
+    }
+}
+
+/// A CPU-mode fanout group hands each frame to the member numbered as the
+/// CPU that received it: a frame a process pinned to CPU k sends into a
+/// veth reaches member k on the other end, and no other member. This is
+/// what lets a worker pinned to CPU k be woken on the CPU the frame
+/// arrived on.
+#[test]
+fn a_cpu_fanout_group_gives_each_cpu_its_own_member() {
+    use podswitch_engine::sys::mmsg::Received;
+    use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ALL};
+
+    require(&["ip", "sysctl", "taskset", "/usr/bin/python3"]);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        cpus >= 2,
+        "this test needs at least 2 CPUs to tell fanout members apart (found {cpus})"
+    );
+    let ns = veth_pair();
+    let path = format!("/var/run/netns/{}", ns.name);
+    let members = in_netns(&path, move || {
+        let options = PacketOptions {
+            protocol: ETH_P_ALL,
+            vnet_hdr: false,
+            ..PacketOptions::default()
+        };
+        let ifindex = podswitch_engine::sys::netdev::ifindex("rx0")?;
+        let first = PacketSocket::open(ifindex, options)?;
+        let group = first.start_fanout_by_cpu()?;
+        let mut members = vec![first];
+        for _ in 1..cpus {
+            let member = PacketSocket::open(ifindex, options)?;
+            member.join_fanout_by_cpu(group)?;
+            members.push(member);
+        }
+        Ok(members)
+    })
+    .expect("a fanout group on the veth");
+
+    const PER_CPU: usize = 5;
+    for cpu in 0..cpus {
+        // The frame names the CPU it was sent from, in its payload.
+        let mut f = frame(64);
+        f[14] = cpu as u8;
+        let hex = podswitch_encap::hex::encode(&f);
+        let (cpu_arg, count) = (cpu.to_string(), PER_CPU.to_string());
+        ns.exec(
+            "taskset",
+            &[
+                "-c",
+                &cpu_arg,
+                "/usr/bin/python3",
+                "-c",
+                "import socket, sys\n\
+                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                 s.bind((sys.argv[1], 0))\n\
+                 f = bytes.fromhex(sys.argv[2])\n\
+                 for _ in range(int(sys.argv[3])): s.send(f)",
+                "tx0",
+                &hex,
+                &count,
+            ],
+        );
+    }
+    for (member, sock) in members.iter().enumerate() {
+        let mut bufs = Frames(vec![vec![0; 2048]; 64]);
+        let mut meta = [Received::default(); 64];
+        let got = sock.recv_batch(&mut bufs, &mut meta).unwrap();
+        // Only the test's frames (the source MAC of `frame`), by the CPU
+        // each names.
+        let mut from_cpu = vec![0; cpus];
+        for (buf, m) in bufs.0.iter().zip(&meta).take(got) {
+            if m.len >= 15 && buf[6..12] == [0x02, 0, 0, 0, 0, 1] {
+                from_cpu[usize::from(buf[14])] += 1;
+            }
+        }
+        let mut want = vec![0; cpus];
+        want[member] = PER_CPU;
+        assert_eq!(
+            from_cpu, want,
+            "member {member} got frames sent from these CPUs"
+        );
+    }
+}

@@ -21,6 +21,12 @@ const SOL_PACKET: libc::c_int = 263;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+/// `PACKET_FANOUT`, its mode `PACKET_FANOUT_CPU` and the flag
+/// `PACKET_FANOUT_FLAG_UNIQUEID`, as the option's argument holds them
+/// (mode and flags above the group id: include/uapi/linux/if_packet.h).
+const PACKET_FANOUT: libc::c_int = 18;
+const PACKET_FANOUT_CPU: u32 = 2 << 16;
+const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000 << 16;
 /// Every protocol (`ETH_P_ALL`).
 pub const ETH_P_ALL: u16 = 0x0003;
 /// ARP.
@@ -142,6 +148,49 @@ impl PacketSocket {
             libc::SO_ATTACH_FILTER,
             &prog,
         )
+    }
+
+    /// Starts a fanout group in CPU mode with this socket as its first
+    /// member, under an id the kernel picks (`PACKET_FANOUT_FLAG_UNIQUEID`,
+    /// Linux 4.20), and returns the id for the other members to join with
+    /// [`PacketSocket::join_fanout_by_cpu`].
+    ///
+    /// In CPU mode each frame goes to the one member whose index is the
+    /// CPU that received it, modulo the members (`fanout_demux_cpu`,
+    /// net/packet/af_packet.c); members are numbered as they join. A
+    /// thread pinned to CPU k that reads member k is therefore woken on
+    /// the CPU the frame arrived on, which for a veth is the sender's
+    /// (`veth_xmit` queues to the sending CPU's backlog), and never wakes
+    /// another, possibly halted, CPU.
+    pub fn start_fanout_by_cpu(&self) -> io::Result<u16> {
+        setsockopt(
+            self.fd.as_fd(),
+            SOL_PACKET,
+            PACKET_FANOUT,
+            &(PACKET_FANOUT_CPU | PACKET_FANOUT_FLAG_UNIQUEID),
+        )?;
+        let mut arg: u32 = 0;
+        let mut len = size_of::<u32>() as libc::socklen_t;
+        // SAFETY: `arg` is a live, writable u32 and `len` its size; the
+        // kernel writes at most `len` bytes (`packet_getsockopt`).
+        cvt(unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                SOL_PACKET,
+                PACKET_FANOUT,
+                std::ptr::from_mut(&mut arg).cast(),
+                &mut len,
+            )
+        })?;
+        // The group's id in the low 16 bits, its mode and flags above.
+        Ok((arg & 0xffff) as u16)
+    }
+
+    /// Joins the CPU-mode fanout group `group` of its interface (see
+    /// [`PacketSocket::start_fanout_by_cpu`]) as its next member.
+    pub fn join_fanout_by_cpu(&self, group: u16) -> io::Result<()> {
+        let arg: u32 = u32::from(group) | PACKET_FANOUT_CPU;
+        setsockopt(self.fd.as_fd(), SOL_PACKET, PACKET_FANOUT, &arg)
     }
 
     /// True if frames carry a virtio-net header.

@@ -289,3 +289,60 @@ fn a_cpu_fanout_group_gives_each_cpu_its_own_member() {
         );
     }
 }
+
+/// A reuseport group steered by CPU hands each datagram to the socket
+/// numbered as the CPU that received it: datagrams a process pinned to
+/// CPU k sends reach socket k and no other (over loopback the receive
+/// runs on the sender's CPU, as over a veth).
+#[test]
+fn a_udp_group_by_cpu_gives_each_cpu_its_own_socket() {
+    use podswitch_engine::sys::inet::InetSocket;
+    use podswitch_engine::sys::mmsg::Received;
+    use std::net::SocketAddrV4;
+
+    require(&["ip", "taskset", "/usr/bin/python3"]);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        cpus >= 2,
+        "this test needs at least 2 CPUs to tell the group's sockets apart (found {cpus})"
+    );
+    let ns = Netns::new("reuse");
+    ns.ip(&["link", "set", "lo", "up"]);
+    let path = format!("/var/run/netns/{}", ns.name);
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8472);
+    let group = in_netns(&path, move || InetSocket::udp_bound_by_cpu(addr, cpus))
+        .expect("a reuseport group on the loopback");
+    const PER_CPU: usize = 5;
+    for cpu in 0..cpus {
+        let (cpu_arg, count) = (cpu.to_string(), PER_CPU.to_string());
+        ns.exec(
+            "taskset",
+            &[
+                "-c",
+                &cpu_arg,
+                "/usr/bin/python3",
+                "-c",
+                "import socket, sys\n\
+                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 for _ in range(int(sys.argv[2])): s.sendto(bytes([int(sys.argv[1])]), ('127.0.0.1', 8472))",
+                &cpu_arg,
+                &count,
+            ],
+        );
+    }
+    for (member, sock) in group.iter().enumerate() {
+        let mut bufs = Frames(vec![vec![0; 64]; 64]);
+        let mut meta = [Received::default(); 64];
+        let got = sock.recv_batch(&mut bufs, &mut meta).unwrap();
+        let mut from_cpu = vec![0; cpus];
+        for buf in bufs.0.iter().take(got) {
+            from_cpu[usize::from(buf[0])] += 1;
+        }
+        let mut want = vec![0; cpus];
+        want[member] = PER_CPU;
+        assert_eq!(
+            from_cpu, want,
+            "socket {member} got datagrams sent from these CPUs"
+        );
+    }
+}

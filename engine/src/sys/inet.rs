@@ -10,6 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::mmsg::{self, Received, RecvBuffers, SendBuffers};
+use super::packet_socket::BpfInstruction;
 use super::{cvt, setsockopt, sockaddr_in, socket};
 
 /// An IPv4 datagram or raw socket.
@@ -21,16 +22,99 @@ pub struct InetSocket {
 /// IPv4 protocol number of IPIP (RFC 2003).
 pub const IPPROTO_IPIP: libc::c_int = 4;
 
+/// `SO_ATTACH_REUSEPORT_CBPF` (include/uapi/asm-generic/socket.h).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+/// Classic BPF opcodes (include/uapi/linux/bpf_common.h) and the
+/// ancillary load of the current CPU (include/uapi/linux/filter.h).
+const BPF_LD: u16 = 0x00;
+const BPF_W: u16 = 0x00;
+const BPF_ABS: u16 = 0x20;
+const BPF_ALU: u16 = 0x04;
+const BPF_MOD: u16 = 0x90;
+const BPF_K: u16 = 0x00;
+const BPF_RET: u16 = 0x06;
+const BPF_A: u16 = 0x10;
+const SKF_AD_OFF: i32 = -0x1000;
+const SKF_AD_CPU: i32 = 36;
+
 impl InetSocket {
     /// A UDP socket bound to `addr`, reporting each datagram's TOS and TTL.
     pub fn udp_bound(addr: SocketAddrV4) -> io::Result<InetSocket> {
+        InetSocket::udp_receiver(addr, false)
+    }
+
+    fn udp_receiver(addr: SocketAddrV4, reuse_port: bool) -> io::Result<InetSocket> {
         let sock = InetSocket {
             fd: socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?,
         };
         sock.report_tos_ttl()?;
         sock.buffers(8 << 20)?;
+        if reuse_port {
+            let one: libc::c_int = 1;
+            setsockopt(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, &one)?;
+        }
         sock.bind(addr)?;
         Ok(sock)
+    }
+
+    /// `members` UDP sockets bound to `addr` (as [`InetSocket::udp_bound`])
+    /// in one `SO_REUSEPORT` group that hands each datagram to the socket
+    /// numbered as the CPU that received it, modulo `members`: a classic
+    /// BPF program on the group (`SO_ATTACH_REUSEPORT_CBPF`, Linux 4.5)
+    /// returns the CPU, which indexes the group's sockets in the order
+    /// they were bound (`reuseport_select_sock`,
+    /// net/core/sock_reuseport.c). A thread pinned to CPU k that reads
+    /// socket k is woken on the CPU the datagram arrived on, as with a
+    /// packet socket's CPU fanout
+    /// ([`PacketSocket::start_fanout_by_cpu`](super::packet_socket::PacketSocket::start_fanout_by_cpu)).
+    pub fn udp_bound_by_cpu(addr: SocketAddrV4, members: usize) -> io::Result<Vec<InetSocket>> {
+        let modulo = u32::try_from(members)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{members} sockets in a reuseport group"),
+                )
+            })?;
+        let group = (0..members)
+            .map(|_| InetSocket::udp_receiver(addr, true))
+            .collect::<io::Result<Vec<_>>>()?;
+        let program = [
+            // A = the CPU this datagram is received on (SKF_AD_CPU).
+            BpfInstruction {
+                code: BPF_LD | BPF_W | BPF_ABS,
+                jt: 0,
+                jf: 0,
+                k: SKF_AD_OFF.wrapping_add(SKF_AD_CPU) as u32,
+            },
+            // A %= members: a CPU past the last socket wraps around.
+            BpfInstruction {
+                code: BPF_ALU | BPF_MOD | BPF_K,
+                jt: 0,
+                jf: 0,
+                k: modulo,
+            },
+            // The index of the socket that gets it.
+            BpfInstruction {
+                code: BPF_RET | BPF_A,
+                jt: 0,
+                jf: 0,
+                k: 0,
+            },
+        ];
+        let prog = libc::sock_fprog {
+            len: program.len() as u16,
+            // The kernel copies the program and never writes it.
+            filter: program.as_ptr().cast_mut().cast(),
+        };
+        setsockopt(
+            group[0].fd.as_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            &prog,
+        )?;
+        Ok(group)
     }
 
     /// A UDP socket for sending tunnel super-datagrams with `UDP_SEGMENT`

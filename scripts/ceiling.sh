@@ -63,12 +63,29 @@ mapfile -t veths < <(ip -n "$ns" -o link show type veth | awk -F': ' '{print $2}
 [ "${#veths[@]}" -eq 2 ] || { echo "ceiling: expected 2 pod veths in $ns, found: ${veths[*]}" >&2; exit 1; }
 # Where each cross-connect (or bridge) runs, and the two interfaces it joins.
 sides=("$ns ${veths[0]} ${veths[1]}")
+big_tcp() { # NETNS IFACE: IPv4 GSO and GRO sizes of 196,608 bytes (Debian 12's ip cannot set them)
+  ip netns exec "$1" /usr/bin/python3 -c '
+import os, socket, struct, sys
+index = socket.if_nametoindex(sys.argv[1])
+attrs = b"".join(struct.pack("HHI", 8, kind, 196608) for kind in (63, 64))  # IFLA_{GSO,GRO}_IPV4_MAX_SIZE
+body = struct.pack("BxHiII", socket.AF_UNSPEC, 0, index, 0, 0) + attrs
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+s.send(struct.pack("IHHII", 16 + len(body), 16, 0x1 | 0x4, 1, 0) + body)  # RTM_NEWLINK, request, ack
+error = struct.unpack_from("i", s.recv(4096), 16)[0]
+if error: sys.exit("ceiling: BIG TCP sizes on %s: %s" % (sys.argv[1], os.strerror(-error)))
+' "$2"
+}
 if [ -n "${CHAIN:-}" ]; then
   ns2=lab-$lab-sw2
   ip netns add "$ns2"
   ip -n "$ns" link set "${veths[1]}" netns "$ns2"
   ip -n "$ns" link add ceil-w1 type veth peer name ceil-w2 netns "$ns2"
   ip -n "$ns2" link set "${veths[1]}" up
+  # The wire carries the pods' BIG TCP super-frames whole, as the pod
+  # veths do (the CNI plugin's POD_GSO_IPV4_MAX_SIZE): otherwise each
+  # 192 KiB frame sent into it is cut in software, or dropped.
+  big_tcp "$ns" ceil-w1
+  big_tcp "$ns2" ceil-w2
   ip -n "$ns" link set ceil-w1 up
   ip -n "$ns2" link set ceil-w2 up
   ip -n "$ns2" link add ceil-br type bridge

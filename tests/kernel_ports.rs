@@ -245,30 +245,7 @@ fn a_cpu_fanout_group_gives_each_cpu_its_own_member() {
     .expect("a fanout group on the veth");
 
     const PER_CPU: usize = 5;
-    for cpu in 0..cpus {
-        // The frame names the CPU it was sent from, in its payload.
-        let mut f = frame(64);
-        f[14] = cpu as u8;
-        let hex = podswitch_encap::hex::encode(&f);
-        let (cpu_arg, count) = (cpu.to_string(), PER_CPU.to_string());
-        ns.exec(
-            "taskset",
-            &[
-                "-c",
-                &cpu_arg,
-                "/usr/bin/python3",
-                "-c",
-                "import socket, sys\n\
-                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
-                 s.bind((sys.argv[1], 0))\n\
-                 f = bytes.fromhex(sys.argv[2])\n\
-                 for _ in range(int(sys.argv[3])): s.send(f)",
-                "tx0",
-                &hex,
-                &count,
-            ],
-        );
-    }
+    send_from_each_cpu(&ns, cpus, PER_CPU);
     for (member, sock) in members.iter().enumerate() {
         let mut bufs = Frames(vec![vec![0; 2048]; 64]);
         let mut meta = [Received::default(); 64];
@@ -345,4 +322,111 @@ fn a_udp_group_by_cpu_gives_each_cpu_its_own_socket() {
             "socket {member} got datagrams sent from these CPUs"
         );
     }
+}
+
+/// From a process pinned to each CPU in turn, sends `per_cpu` frames
+/// into `tx0` of `ns`, each naming in its byte 14 the CPU it was sent
+/// from.
+fn send_from_each_cpu(ns: &Netns, cpus: usize, per_cpu: usize) {
+    for cpu in 0..cpus {
+        let mut f = frame(64);
+        f[14] = cpu as u8;
+        let hex = podswitch_encap::hex::encode(&f);
+        let (cpu_arg, count) = (cpu.to_string(), per_cpu.to_string());
+        ns.exec(
+            "taskset",
+            &[
+                "-c",
+                &cpu_arg,
+                "/usr/bin/python3",
+                "-c",
+                "import socket, sys\n\
+                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                 s.bind((sys.argv[1], 0))\n\
+                 f = bytes.fromhex(sys.argv[2])\n\
+                 for _ in range(int(sys.argv[3])): s.send(f)",
+                "tx0",
+                &hex,
+                &count,
+            ],
+        );
+    }
+}
+
+/// An AF_PACKET pod port split by CPU ([`Port::fan_out`]): member k
+/// receives the frames sent from CPU k and no others, and every member
+/// sends.
+#[test]
+fn a_pod_port_split_by_cpu_gives_each_cpu_its_own_member() {
+    use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket};
+
+    require(&["ip", "sysctl", "taskset", "/usr/bin/python3"]);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        cpus >= 2,
+        "this test needs at least 2 CPUs to tell the members apart (found {cpus})"
+    );
+    let ns = veth_pair();
+    let (_tables, port) = af_packet_port(&ns);
+    let path = format!("/var/run/netns/{}", ns.name);
+    let (port, others, peer) = in_netns(&path, move || {
+        let mut port = port;
+        let others = port.fan_out(cpus)?;
+        // What the members send comes out of the veth's other end.
+        let peer = PacketSocket::open(
+            podswitch_engine::sys::netdev::ifindex("tx0")?,
+            PacketOptions {
+                vnet_hdr: false,
+                ..PacketOptions::default()
+            },
+        )?;
+        Ok((port, others, peer))
+    })
+    .expect("the pod port split by CPU");
+    assert_eq!(others.len(), cpus - 1);
+    let mut members: Vec<Box<dyn Port>> = vec![Box::new(port)];
+    members.extend(others);
+
+    const PER_CPU: usize = 5;
+    send_from_each_cpu(&ns, cpus, PER_CPU);
+    let mut pool = PacketPool::with_large(256, DEFAULT_BUF_SIZE, 0);
+    for (member, port) in members.iter_mut().enumerate() {
+        let mut batch = Vec::new();
+        port.recv(&mut pool, &mut batch).unwrap();
+        let mut from_cpu = vec![0; cpus];
+        for buf in &batch {
+            let f = buf.frame();
+            if f.len() > 14 && f[6..12] == [0x02, 0, 0, 0, 0, 1] {
+                from_cpu[usize::from(f[14])] += 1;
+            }
+        }
+        pool.free_all(&mut batch);
+        let mut want = vec![0; cpus];
+        want[member] = PER_CPU;
+        assert_eq!(
+            from_cpu, want,
+            "member {member} got frames sent from these CPUs"
+        );
+    }
+
+    for (member, port) in members.iter_mut().enumerate() {
+        let mut f = frame(64);
+        f[14] = member as u8;
+        let mut batch = vec![pool.alloc_with(PortId(1), &f).unwrap()];
+        assert_eq!(
+            port.send(&mut batch, &mut pool).unwrap(),
+            1,
+            "member {member} sends"
+        );
+    }
+    let mut bufs = Frames(vec![vec![0; 2048]; 64]);
+    let mut meta = [podswitch_engine::sys::mmsg::Received::default(); 64];
+    let got = peer.recv_batch(&mut bufs, &mut meta).unwrap();
+    let mut senders: Vec<u8> = bufs.0[..got]
+        .iter()
+        .filter(|b| b[6..12] == [0x02, 0, 0, 0, 0, 1])
+        .map(|b| b[14])
+        .collect();
+    senders.sort_unstable();
+    assert_eq!(senders, (0..cpus as u8).collect::<Vec<_>>());
 }

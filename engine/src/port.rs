@@ -75,6 +75,24 @@ pub trait Port: Send {
     fn poll_fds(&self) -> Vec<std::os::fd::RawFd> {
         Vec::new()
     }
+
+    /// Splits the port's receive side by CPU for `members` workers, one
+    /// pinned to each CPU (docs/architecture.md, "Where it is going"):
+    /// returns `members - 1` more ports on the same interface, counting
+    /// as this one, such that with this port as member 0, member k
+    /// receives the frames CPU k (modulo `members`) receives, and each
+    /// member sends on its own. A port that cannot split answers
+    /// [`io::ErrorKind::Unsupported`].
+    fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
+        let _ = members;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "a {} port cannot split its receive side by CPU",
+                self.kind()
+            ),
+        ))
+    }
 }
 
 impl<P: Port + ?Sized> Port for Box<P> {
@@ -96,6 +114,10 @@ impl<P: Port + ?Sized> Port for Box<P> {
 
     fn poll_fds(&self) -> Vec<std::os::fd::RawFd> {
         (**self).poll_fds()
+    }
+
+    fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
+        (**self).fan_out(members)
     }
 }
 

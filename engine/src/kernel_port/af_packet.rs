@@ -264,8 +264,9 @@ pub struct AfPacketPort {
     tx: TxScratch,
     /// What ends the node kernel's own handling of the pod's frames once
     /// the socket has them ([`crate::sys::tcx`]), or why it could not be
-    /// attached.
-    kernel_stop: io::Result<IngressStop>,
+    /// attached; `None` in the other members of a port split by CPU
+    /// ([`Port::fan_out`]), which the first member's covers.
+    kernel_stop: Option<io::Result<IngressStop>>,
 }
 
 impl AfPacketPort {
@@ -285,7 +286,7 @@ impl AfPacketPort {
             counter: Counter { stats, id },
             rx: PacketRx::new(sock),
             tx: TxScratch::default(),
-            kernel_stop,
+            kernel_stop: Some(kernel_stop),
         })
     }
 
@@ -294,7 +295,9 @@ impl AfPacketPort {
     /// does. Then a pod's Ethernet broadcast reaches the node's own stack
     /// past podswitch's checks, as it would with any tap.
     pub fn kernel_stop_error(&self) -> Option<&io::Error> {
-        self.kernel_stop.as_ref().err()
+        self.kernel_stop
+            .as_ref()
+            .and_then(|stop| stop.as_ref().err())
     }
 }
 
@@ -317,5 +320,37 @@ impl Port for AfPacketPort {
 
     fn poll_fds(&self) -> Vec<RawFd> {
         vec![self.rx.sock.as_fd().as_raw_fd()]
+    }
+
+    /// A `PACKET_FANOUT_CPU` group on the pod's veth, this port's socket
+    /// its first member
+    /// ([`PacketSocket::start_fanout_by_cpu`](crate::sys::packet_socket::PacketSocket::start_fanout_by_cpu)).
+    /// The new members open their sockets in the calling thread's network
+    /// namespace, which must be the port's.
+    fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
+        if members == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a port split by CPU has at least one member",
+            ));
+        }
+        let context =
+            |e: io::Error| io::Error::new(e.kind(), format!("splitting {} by CPU: {e}", self.name));
+        let group = self.rx.sock.start_fanout_by_cpu().map_err(context)?;
+        let mut others: Vec<Box<dyn Port>> = Vec::with_capacity(members - 1);
+        // Members are numbered as they join: the k-th opened takes CPU k.
+        for _ in 1..members {
+            let sock = PacketSocket::open(self.rx.sock.ifindex(), PacketOptions::default())
+                .map_err(context)?;
+            sock.join_fanout_by_cpu(group).map_err(context)?;
+            others.push(Box::new(AfPacketPort {
+                name: self.name.clone(),
+                counter: self.counter.clone(),
+                rx: PacketRx::new(sock),
+                tx: TxScratch::default(),
+                kernel_stop: None,
+            }));
+        }
+        Ok(others)
     }
 }

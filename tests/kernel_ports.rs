@@ -90,22 +90,7 @@ fn frames_the_kernel_dropped_for_a_full_socket_are_counted() {
     // Far more than the socket's receive buffer (4 MiB, doubled by the
     // kernel) holds while nobody reads.
     const SENT: usize = 12_000;
-    let hex = podswitch_encap::hex::encode(&frame(1400));
-    let count = SENT.to_string();
-    ns.exec(
-        "/usr/bin/python3",
-        &[
-            "-c",
-            "import socket, sys\n\
-             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
-             s.bind((sys.argv[1], 0))\n\
-             f = bytes.fromhex(sys.argv[2])\n\
-             for _ in range(int(sys.argv[3])): s.send(f)",
-            "tx0",
-            &hex,
-            &count,
-        ],
-    );
+    send_into_tx0(&ns, &frame(1400), SENT, None);
     let read = read_all(&mut port).unwrap();
     assert_read_or_counted(&tables, read, SENT);
 }
@@ -207,6 +192,38 @@ impl podswitch_engine::sys::mmsg::RecvBuffers for Frames {
     }
 }
 
+/// The CPUs of this machine, after checking the test can tell them apart
+/// (root, the tools to send from a pinned process, and at least two).
+fn cpus_to_tell_apart() -> usize {
+    require(&["ip", "sysctl", "taskset", "/usr/bin/python3"]);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert!(
+        cpus >= 2,
+        "this test needs at least 2 CPUs to tell the receivers of each CPU's frames apart (found {cpus})"
+    );
+    cpus
+}
+
+/// Receiver `member` got `per_cpu` frames from CPU `member` and none from
+/// the others, given the CPU each frame it got came from.
+fn assert_only_its_cpu(
+    member: usize,
+    cpus: usize,
+    per_cpu: usize,
+    origins: impl IntoIterator<Item = u8>,
+) {
+    let mut from_cpu = vec![0; cpus];
+    for cpu in origins {
+        from_cpu[usize::from(cpu)] += 1;
+    }
+    let mut want = vec![0; cpus];
+    want[member] = per_cpu;
+    assert_eq!(
+        from_cpu, want,
+        "receiver {member} got frames sent from these CPUs"
+    );
+}
+
 /// A CPU-mode fanout group hands each frame to the member numbered as the
 /// CPU that received it: a frame a process pinned to CPU k sends into a
 /// veth reaches member k on the other end, and no other member. This is
@@ -217,12 +234,7 @@ fn a_cpu_fanout_group_gives_each_cpu_its_own_member() {
     use podswitch_engine::sys::mmsg::Received;
     use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ALL};
 
-    require(&["ip", "sysctl", "taskset", "/usr/bin/python3"]);
-    let cpus = std::thread::available_parallelism().unwrap().get();
-    assert!(
-        cpus >= 2,
-        "this test needs at least 2 CPUs to tell fanout members apart (found {cpus})"
-    );
+    let cpus = cpus_to_tell_apart();
     let ns = veth_pair();
     let path = format!("/var/run/netns/{}", ns.name);
     let members = in_netns(&path, move || {
@@ -252,18 +264,9 @@ fn a_cpu_fanout_group_gives_each_cpu_its_own_member() {
         let got = sock.recv_batch(&mut bufs, &mut meta).unwrap();
         // Only the test's frames (the source MAC of `frame`), by the CPU
         // each names.
-        let mut from_cpu = vec![0; cpus];
-        for (buf, m) in bufs.0.iter().zip(&meta).take(got) {
-            if m.len >= 15 && buf[6..12] == [0x02, 0, 0, 0, 0, 1] {
-                from_cpu[usize::from(buf[14])] += 1;
-            }
-        }
-        let mut want = vec![0; cpus];
-        want[member] = PER_CPU;
-        assert_eq!(
-            from_cpu, want,
-            "member {member} got frames sent from these CPUs"
-        );
+        let origins = bufs.0.iter().zip(&meta).take(got);
+        let origins = origins.filter(|(buf, m)| m.len >= 15 && buf[6..12] == [0x02, 0, 0, 0, 0, 1]);
+        assert_only_its_cpu(member, cpus, PER_CPU, origins.map(|(buf, _)| buf[14]));
     }
 }
 
@@ -277,12 +280,7 @@ fn a_udp_group_by_cpu_gives_each_cpu_its_own_socket() {
     use podswitch_engine::sys::mmsg::Received;
     use std::net::SocketAddrV4;
 
-    require(&["ip", "taskset", "/usr/bin/python3"]);
-    let cpus = std::thread::available_parallelism().unwrap().get();
-    assert!(
-        cpus >= 2,
-        "this test needs at least 2 CPUs to tell the group's sockets apart (found {cpus})"
-    );
+    let cpus = cpus_to_tell_apart();
     let ns = Netns::new("reuse");
     ns.ip(&["link", "set", "lo", "up"]);
     let path = format!("/var/run/netns/{}", ns.name);
@@ -311,15 +309,11 @@ fn a_udp_group_by_cpu_gives_each_cpu_its_own_socket() {
         let mut bufs = Frames(vec![vec![0; 64]; 64]);
         let mut meta = [Received::default(); 64];
         let got = sock.recv_batch(&mut bufs, &mut meta).unwrap();
-        let mut from_cpu = vec![0; cpus];
-        for buf in bufs.0.iter().take(got) {
-            from_cpu[usize::from(buf[0])] += 1;
-        }
-        let mut want = vec![0; cpus];
-        want[member] = PER_CPU;
-        assert_eq!(
-            from_cpu, want,
-            "socket {member} got datagrams sent from these CPUs"
+        assert_only_its_cpu(
+            member,
+            cpus,
+            PER_CPU,
+            bufs.0.iter().take(got).map(|buf| buf[0]),
         );
     }
 }
@@ -331,26 +325,37 @@ fn send_from_each_cpu(ns: &Netns, cpus: usize, per_cpu: usize) {
     for cpu in 0..cpus {
         let mut f = frame(64);
         f[14] = cpu as u8;
-        let hex = podswitch_encap::hex::encode(&f);
-        let (cpu_arg, count) = (cpu.to_string(), per_cpu.to_string());
-        ns.exec(
-            "taskset",
-            &[
-                "-c",
-                &cpu_arg,
-                "/usr/bin/python3",
-                "-c",
-                "import socket, sys\n\
-                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
-                 s.bind((sys.argv[1], 0))\n\
-                 f = bytes.fromhex(sys.argv[2])\n\
-                 for _ in range(int(sys.argv[3])): s.send(f)",
-                "tx0",
-                &hex,
-                &count,
-            ],
-        );
+        send_into_tx0(ns, &f, per_cpu, Some(cpu));
     }
+}
+
+/// Sends `frame` `count` times into `tx0` of `ns` through a packet socket
+/// of a Python process, pinned to `cpu` if one is given.
+fn send_into_tx0(ns: &Netns, frame: &[u8], count: usize, cpu: Option<usize>) {
+    let hex = podswitch_encap::hex::encode(frame);
+    let count = count.to_string();
+    let cpu = cpu.map(|c| c.to_string());
+    let mut args: Vec<&str> = match &cpu {
+        Some(cpu) => vec!["-c", cpu, "/usr/bin/python3"],
+        None => Vec::new(),
+    };
+    args.extend([
+        "-c",
+        "import socket, sys\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind((sys.argv[1], 0))\n\
+         f = bytes.fromhex(sys.argv[2])\n\
+         for _ in range(int(sys.argv[3])): s.send(f)",
+        "tx0",
+        &hex,
+        &count,
+    ]);
+    let program = if cpu.is_some() {
+        "taskset"
+    } else {
+        "/usr/bin/python3"
+    };
+    ns.exec(program, &args);
 }
 
 /// An AF_PACKET pod port split by CPU ([`Port::fan_out`]): member k
@@ -360,12 +365,7 @@ fn send_from_each_cpu(ns: &Netns, cpus: usize, per_cpu: usize) {
 fn a_pod_port_split_by_cpu_gives_each_cpu_its_own_member() {
     use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket};
 
-    require(&["ip", "sysctl", "taskset", "/usr/bin/python3"]);
-    let cpus = std::thread::available_parallelism().unwrap().get();
-    assert!(
-        cpus >= 2,
-        "this test needs at least 2 CPUs to tell the members apart (found {cpus})"
-    );
+    let cpus = cpus_to_tell_apart();
     let ns = veth_pair();
     let (_tables, port) = af_packet_port(&ns);
     let path = format!("/var/run/netns/{}", ns.name);
@@ -393,20 +393,10 @@ fn a_pod_port_split_by_cpu_gives_each_cpu_its_own_member() {
     for (member, port) in members.iter_mut().enumerate() {
         let mut batch = Vec::new();
         port.recv(&mut pool, &mut batch).unwrap();
-        let mut from_cpu = vec![0; cpus];
-        for buf in &batch {
-            let f = buf.frame();
-            if f.len() > 14 && f[6..12] == [0x02, 0, 0, 0, 0, 1] {
-                from_cpu[usize::from(f[14])] += 1;
-            }
-        }
+        let origins = batch.iter().map(|buf| buf.frame());
+        let origins = origins.filter(|f| f.len() > 14 && f[6..12] == [0x02, 0, 0, 0, 0, 1]);
+        assert_only_its_cpu(member, cpus, PER_CPU, origins.map(|f| f[14]));
         pool.free_all(&mut batch);
-        let mut want = vec![0; cpus];
-        want[member] = PER_CPU;
-        assert_eq!(
-            from_cpu, want,
-            "member {member} got frames sent from these CPUs"
-        );
     }
 
     for (member, port) in members.iter_mut().enumerate() {

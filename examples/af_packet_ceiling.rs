@@ -155,7 +155,16 @@ struct Options {
 /// Runs one cross-connect thread per CPU, each on its own fanout member
 /// sockets (see the module's documentation).
 fn per_cpu(a: &str, b: &str, options: &Options) -> io::Result<()> {
+    // Member k takes the frames of CPU k: thread k must be able to run
+    // there, for every CPU a frame may arrive on.
     let cpus = std::thread::available_parallelism()?.get();
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+    if online.trim() != format!("0-{}", cpus - 1) && !(cpus == 1 && online.trim() == "0") {
+        return Err(io::Error::other(format!(
+            "--per-cpu needs every CPU (online: {}), this process may use {cpus}",
+            online.trim()
+        )));
+    }
     let (a, b) = (netdev::ifindex(a)?, netdev::ifindex(b)?);
     let open = |ifindex| PacketSocket::open(ifindex, PacketOptions::default());
     // Members join in CPU order: member k takes CPU k's frames.

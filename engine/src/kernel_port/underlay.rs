@@ -284,7 +284,7 @@ pub struct UnderlayPort {
 /// Classic BPF: accept untagged IPv4 frames whose destination is inside
 /// `cidr`, reject the rest (what `tcpdump -dd 'ip dst net CIDR'` gives).
 fn host_gw_filter(cidr: Prefix) -> [BpfInstruction; 7] {
-    let ins = |code, jt, jf, k| BpfInstruction { code, jt, jf, k };
+    let ins = BpfInstruction::new;
     let mask = u32::MAX
         .checked_shl(32 - u32::from(cidr.prefix_len()))
         .unwrap_or(0);

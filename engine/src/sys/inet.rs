@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::mmsg::{self, Received, RecvBuffers, SendBuffers};
-use super::packet_socket::BpfInstruction;
+use super::packet_socket::{set_program, BpfInstruction};
 use super::{cvt, setsockopt, sockaddr_in, socket};
 
 /// An IPv4 datagram or raw socket.
@@ -24,16 +24,8 @@ pub const IPPROTO_IPIP: libc::c_int = 4;
 
 /// `SO_ATTACH_REUSEPORT_CBPF` (include/uapi/asm-generic/socket.h).
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
-/// Classic BPF opcodes (include/uapi/linux/bpf_common.h) and the
-/// ancillary load of the current CPU (include/uapi/linux/filter.h).
-const BPF_LD: u16 = 0x00;
-const BPF_W: u16 = 0x00;
-const BPF_ABS: u16 = 0x20;
-const BPF_ALU: u16 = 0x04;
-const BPF_MOD: u16 = 0x90;
-const BPF_K: u16 = 0x00;
-const BPF_RET: u16 = 0x06;
-const BPF_A: u16 = 0x10;
+/// The ancillary load of the receiving CPU in classic BPF
+/// (include/uapi/linux/filter.h).
 const SKF_AD_OFF: i32 = -0x1000;
 const SKF_AD_CPU: i32 = 36;
 
@@ -80,40 +72,13 @@ impl InetSocket {
         let group = (0..members)
             .map(|_| InetSocket::udp_receiver(addr, true))
             .collect::<io::Result<Vec<_>>>()?;
+        let ins = BpfInstruction::new;
         let program = [
-            // A = the CPU this datagram is received on (SKF_AD_CPU).
-            BpfInstruction {
-                code: BPF_LD | BPF_W | BPF_ABS,
-                jt: 0,
-                jf: 0,
-                k: SKF_AD_OFF.wrapping_add(SKF_AD_CPU) as u32,
-            },
-            // A %= members: a CPU past the last socket wraps around.
-            BpfInstruction {
-                code: BPF_ALU | BPF_MOD | BPF_K,
-                jt: 0,
-                jf: 0,
-                k: modulo,
-            },
-            // The index of the socket that gets it.
-            BpfInstruction {
-                code: BPF_RET | BPF_A,
-                jt: 0,
-                jf: 0,
-                k: 0,
-            },
+            ins(0x20, 0, 0, SKF_AD_OFF.wrapping_add(SKF_AD_CPU) as u32), // ld #cpu  the receiving CPU
+            ins(0x94, 0, 0, modulo), // mod #members  a CPU past the last socket wraps around
+            ins(0x16, 0, 0, 0),      // ret a  the index of the socket that gets it
         ];
-        let prog = libc::sock_fprog {
-            len: program.len() as u16,
-            // The kernel copies the program and never writes it.
-            filter: program.as_ptr().cast_mut().cast(),
-        };
-        setsockopt(
-            group[0].fd.as_fd(),
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            &prog,
-        )?;
+        set_program(group[0].fd.as_fd(), SO_ATTACH_REUSEPORT_CBPF, &program)?;
         Ok(group)
     }
 

@@ -72,6 +72,29 @@ pub struct BpfInstruction {
     pub k: u32,
 }
 
+impl BpfInstruction {
+    /// An instruction from its four fields, in the order `tcpdump -dd`
+    /// prints them.
+    pub const fn new(code: u16, jt: u8, jf: u8, k: u32) -> BpfInstruction {
+        BpfInstruction { code, jt, jf, k }
+    }
+}
+
+/// Hands a classic BPF program to socket option `option` of `fd`
+/// (`SO_ATTACH_FILTER`, `SO_ATTACH_REUSEPORT_CBPF`); the kernel copies it.
+pub(super) fn set_program(
+    fd: BorrowedFd<'_>,
+    option: libc::c_int,
+    program: &[BpfInstruction],
+) -> io::Result<()> {
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        // The kernel copies the program and never writes it.
+        filter: program.as_ptr().cast_mut().cast(),
+    };
+    setsockopt(fd, libc::SOL_SOCKET, option, &prog)
+}
+
 /// An AF_PACKET socket bound to one interface.
 #[derive(Debug)]
 pub struct PacketSocket {
@@ -137,17 +160,7 @@ impl PacketSocket {
     /// Attaches a classic BPF filter: frames it rejects never reach the
     /// socket's queue.
     pub fn attach_filter(&self, program: &[BpfInstruction]) -> io::Result<()> {
-        let prog = libc::sock_fprog {
-            len: program.len() as u16,
-            // The kernel copies the program and never writes it.
-            filter: program.as_ptr().cast_mut().cast(),
-        };
-        setsockopt(
-            self.fd.as_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
-            &prog,
-        )
+        set_program(self.fd.as_fd(), libc::SO_ATTACH_FILTER, program)
     }
 
     /// Starts a fanout group in CPU mode with this socket as its first

@@ -166,20 +166,17 @@ fn per_cpu(a: &str, b: &str, options: &Options) -> io::Result<()> {
         )));
     }
     let (a, b) = (netdev::ifindex(a)?, netdev::ifindex(b)?);
-    let open = |ifindex| PacketSocket::open(ifindex, PacketOptions::default());
-    // Members join in CPU order: member k takes CPU k's frames.
-    let first = (open(a)?, open(b)?);
-    let groups = (
-        first.0.start_fanout_by_cpu()?,
-        first.1.start_fanout_by_cpu()?,
+    let socket_options = PacketOptions::default();
+    let (first_a, first_b) = (
+        PacketSocket::open(a, socket_options)?,
+        PacketSocket::open(b, socket_options)?,
     );
-    let mut pairs = vec![first];
-    for _ in 1..cpus {
-        let pair = (open(a)?, open(b)?);
-        pair.0.join_fanout_by_cpu(groups.0)?;
-        pair.1.join_fanout_by_cpu(groups.1)?;
-        pairs.push(pair);
-    }
+    // Member k of each side takes CPU k's frames.
+    let others = first_a
+        .fan_out_by_cpu(cpus - 1, socket_options)?
+        .into_iter()
+        .zip(first_b.fan_out_by_cpu(cpus - 1, socket_options)?);
+    let pairs: Vec<_> = std::iter::once((first_a, first_b)).chain(others).collect();
     let (spin, realtime) = (options.spin, options.realtime);
     let threads: Vec<_> = pairs
         .into_iter()

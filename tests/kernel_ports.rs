@@ -245,14 +245,8 @@ fn a_cpu_fanout_group_gives_each_cpu_its_own_member() {
         };
         let ifindex = podswitch_engine::sys::netdev::ifindex("rx0")?;
         let first = PacketSocket::open(ifindex, options)?;
-        let group = first.start_fanout_by_cpu()?;
-        let mut members = vec![first];
-        for _ in 1..cpus {
-            let member = PacketSocket::open(ifindex, options)?;
-            member.join_fanout_by_cpu(group)?;
-            members.push(member);
-        }
-        Ok(members)
+        let others = first.fan_out_by_cpu(cpus - 1, options)?;
+        Ok(std::iter::once(first).chain(others).collect::<Vec<_>>())
     })
     .expect("a fanout group on the veth");
 

@@ -83,8 +83,7 @@ pub trait Port: Send {
     /// receives the frames CPU k (modulo `members`) receives, and each
     /// member sends on its own. A port that cannot split answers
     /// [`io::ErrorKind::Unsupported`].
-    fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
-        let _ = members;
+    fn fan_out(&mut self, _members: usize) -> io::Result<Vec<Box<dyn Port>>> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             format!(

@@ -324,7 +324,7 @@ impl Port for AfPacketPort {
 
     /// A `PACKET_FANOUT_CPU` group on the pod's veth, this port's socket
     /// its first member
-    /// ([`PacketSocket::start_fanout_by_cpu`](crate::sys::packet_socket::PacketSocket::start_fanout_by_cpu)).
+    /// ([`PacketSocket::fan_out_by_cpu`](crate::sys::packet_socket::PacketSocket::fan_out_by_cpu)).
     /// The new members open their sockets in the calling thread's network
     /// namespace, which must be the port's.
     fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
@@ -334,23 +334,25 @@ impl Port for AfPacketPort {
                 "a port split by CPU has at least one member",
             ));
         }
-        let context =
-            |e: io::Error| io::Error::new(e.kind(), format!("splitting {} by CPU: {e}", self.name));
-        let group = self.rx.sock.start_fanout_by_cpu().map_err(context)?;
-        let mut others: Vec<Box<dyn Port>> = Vec::with_capacity(members - 1);
-        // Members are numbered as they join: the k-th opened takes CPU k.
-        for _ in 1..members {
-            let sock = PacketSocket::open(self.rx.sock.ifindex(), PacketOptions::default())
-                .map_err(context)?;
-            sock.join_fanout_by_cpu(group).map_err(context)?;
-            others.push(Box::new(AfPacketPort {
-                name: self.name.clone(),
-                counter: self.counter.clone(),
-                rx: PacketRx::new(sock),
-                tx: TxScratch::default(),
-                kernel_stop: None,
-            }));
-        }
+        let sockets = self
+            .rx
+            .sock
+            .fan_out_by_cpu(members - 1, PacketOptions::default())
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("splitting {} by CPU: {e}", self.name))
+            })?;
+        let others = sockets
+            .into_iter()
+            .map(|sock| {
+                Box::new(AfPacketPort {
+                    name: self.name.clone(),
+                    counter: self.counter.clone(),
+                    rx: PacketRx::new(sock),
+                    tx: TxScratch::default(),
+                    kernel_stop: None,
+                }) as Box<dyn Port>
+            })
+            .collect();
         Ok(others)
     }
 }

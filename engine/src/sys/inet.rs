@@ -58,7 +58,7 @@ impl InetSocket {
     /// net/core/sock_reuseport.c). A thread pinned to CPU k that reads
     /// socket k is woken on the CPU the datagram arrived on, as with a
     /// packet socket's CPU fanout
-    /// ([`PacketSocket::start_fanout_by_cpu`](super::packet_socket::PacketSocket::start_fanout_by_cpu)).
+    /// ([`PacketSocket::fan_out_by_cpu`](super::packet_socket::PacketSocket::fan_out_by_cpu)).
     pub fn udp_bound_by_cpu(addr: SocketAddrV4, members: usize) -> io::Result<Vec<InetSocket>> {
         let modulo = u32::try_from(members)
             .ok()

@@ -163,10 +163,10 @@ impl PacketSocket {
         set_program(self.fd.as_fd(), libc::SO_ATTACH_FILTER, program)
     }
 
-    /// Starts a fanout group in CPU mode with this socket as its first
-    /// member, under an id the kernel picks (`PACKET_FANOUT_FLAG_UNIQUEID`,
-    /// Linux 4.20), and returns the id for the other members to join with
-    /// [`PacketSocket::join_fanout_by_cpu`].
+    /// Makes this socket the first member of a new fanout group in CPU
+    /// mode and opens `more` sockets on its interface with `options`,
+    /// which join it in order: member k (this socket being member 0)
+    /// takes the frames CPU k receives.
     ///
     /// In CPU mode each frame goes to the one member whose index is the
     /// CPU that received it, modulo the members (`fanout_demux_cpu`,
@@ -174,8 +174,29 @@ impl PacketSocket {
     /// thread pinned to CPU k that reads member k is therefore woken on
     /// the CPU the frame arrived on, which for a veth is the sender's
     /// (`veth_xmit` queues to the sending CPU's backlog), and never wakes
-    /// another, possibly halted, CPU.
-    pub fn start_fanout_by_cpu(&self) -> io::Result<u16> {
+    /// another, possibly halted, CPU. The group's id is one the kernel
+    /// picks (`PACKET_FANOUT_FLAG_UNIQUEID`, Linux 4.20). The new sockets
+    /// are opened in the calling thread's network namespace, which must
+    /// be this socket's.
+    pub fn fan_out_by_cpu(
+        &self,
+        more: usize,
+        options: PacketOptions,
+    ) -> io::Result<Vec<PacketSocket>> {
+        let group = self.start_fanout_by_cpu()?;
+        (0..more)
+            .map(|_| {
+                let member = PacketSocket::open(self.ifindex, options)?;
+                let arg: u32 = u32::from(group) | PACKET_FANOUT_CPU;
+                setsockopt(member.fd.as_fd(), SOL_PACKET, PACKET_FANOUT, &arg)?;
+                Ok(member)
+            })
+            .collect()
+    }
+
+    /// Starts a CPU-mode fanout group with this socket as its first
+    /// member and returns the group's id, which the kernel picks.
+    fn start_fanout_by_cpu(&self) -> io::Result<u16> {
         setsockopt(
             self.fd.as_fd(),
             SOL_PACKET,
@@ -197,13 +218,6 @@ impl PacketSocket {
         })?;
         // The group's id in the low 16 bits, its mode and flags above.
         Ok((arg & 0xffff) as u16)
-    }
-
-    /// Joins the CPU-mode fanout group `group` of its interface (see
-    /// [`PacketSocket::start_fanout_by_cpu`]) as its next member.
-    pub fn join_fanout_by_cpu(&self, group: u16) -> io::Result<()> {
-        let arg: u32 = u32::from(group) | PACKET_FANOUT_CPU;
-        setsockopt(self.fd.as_fd(), SOL_PACKET, PACKET_FANOUT, &arg)
     }
 
     /// True if frames carry a virtio-net header.

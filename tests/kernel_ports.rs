@@ -11,14 +11,18 @@ use podswitch_engine::drop::DropReason;
 use podswitch_engine::kernel_port::{AfPacketPort, HostPort, HostPortOptions};
 use podswitch_engine::packet::{PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
 use podswitch_engine::port::{Port, PortId};
+use podswitch_engine::sys::mmsg::Received;
 use podswitch_engine::tables::Tables;
 use podswitch_host::netlink::in_netns;
+
+/// The source MAC of [`frame`]: the made-up pod that sends.
+const SENDER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 
 /// An Ethernet frame of `len` bytes from one made-up pod to another.
 fn frame(len: usize) -> Vec<u8> {
     let mut f = vec![0u8; len];
     f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&SENDER_MAC);
     f[12..14].copy_from_slice(&[0x08, 0x00]);
     f
 }
@@ -192,6 +196,35 @@ impl podswitch_engine::sys::mmsg::RecvBuffers for Frames {
     }
 }
 
+/// Up to 64 messages of up to 2 KiB that one `recv_batch` (of a packet
+/// or an IPv4 socket) gives, each cut to its length.
+fn received(
+    recv_batch: impl FnOnce(&mut Frames, &mut [Received]) -> std::io::Result<usize>,
+) -> Vec<Vec<u8>> {
+    let mut bufs = Frames(vec![vec![0; 2048]; 64]);
+    let mut meta = [Received::default(); 64];
+    let got = recv_batch(&mut bufs, &mut meta).unwrap();
+    bufs.0
+        .into_iter()
+        .zip(meta)
+        .take(got)
+        .map(|(mut buf, m)| {
+            buf.truncate(m.len);
+            buf
+        })
+        .collect()
+}
+
+/// The CPUs named in byte 14 of the test's own frames (from
+/// [`SENDER_MAC`]) among `frames`.
+fn sending_cpus<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    frames
+        .into_iter()
+        .filter(|f| f.len() > 14 && f[6..12] == SENDER_MAC)
+        .map(|f| f[14])
+        .collect()
+}
+
 /// The CPUs of this machine, after checking the test can tell them apart
 /// (root, the tools to send from a pinned process, and at least two).
 fn cpus_to_tell_apart() -> usize {
@@ -231,7 +264,6 @@ fn assert_only_its_cpu(
 /// arrived on.
 #[test]
 fn a_cpu_fanout_group_gives_each_cpu_its_own_member() {
-    use podswitch_engine::sys::mmsg::Received;
     use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ALL};
 
     let cpus = cpus_to_tell_apart();
@@ -253,14 +285,9 @@ fn a_cpu_fanout_group_gives_each_cpu_its_own_member() {
     const PER_CPU: usize = 5;
     send_from_each_cpu(&ns, cpus, PER_CPU);
     for (member, sock) in members.iter().enumerate() {
-        let mut bufs = Frames(vec![vec![0; 2048]; 64]);
-        let mut meta = [Received::default(); 64];
-        let got = sock.recv_batch(&mut bufs, &mut meta).unwrap();
-        // Only the test's frames (the source MAC of `frame`), by the CPU
-        // each names.
-        let origins = bufs.0.iter().zip(&meta).take(got);
-        let origins = origins.filter(|(buf, m)| m.len >= 15 && buf[6..12] == [0x02, 0, 0, 0, 0, 1]);
-        assert_only_its_cpu(member, cpus, PER_CPU, origins.map(|(buf, _)| buf[14]));
+        let frames = received(|bufs, meta| sock.recv_batch(bufs, meta));
+        let cpus_seen = sending_cpus(frames.iter().map(Vec::as_slice));
+        assert_only_its_cpu(member, cpus, PER_CPU, cpus_seen);
     }
 }
 
@@ -271,7 +298,6 @@ fn a_cpu_fanout_group_gives_each_cpu_its_own_member() {
 #[test]
 fn a_udp_group_by_cpu_gives_each_cpu_its_own_socket() {
     use podswitch_engine::sys::inet::InetSocket;
-    use podswitch_engine::sys::mmsg::Received;
     use std::net::SocketAddrV4;
 
     let cpus = cpus_to_tell_apart();
@@ -300,15 +326,8 @@ fn a_udp_group_by_cpu_gives_each_cpu_its_own_socket() {
         );
     }
     for (member, sock) in group.iter().enumerate() {
-        let mut bufs = Frames(vec![vec![0; 64]; 64]);
-        let mut meta = [Received::default(); 64];
-        let got = sock.recv_batch(&mut bufs, &mut meta).unwrap();
-        assert_only_its_cpu(
-            member,
-            cpus,
-            PER_CPU,
-            bufs.0.iter().take(got).map(|buf| buf[0]),
-        );
+        let datagrams = received(|bufs, meta| sock.recv_batch(bufs, meta));
+        assert_only_its_cpu(member, cpus, PER_CPU, datagrams.iter().map(|d| d[0]));
     }
 }
 
@@ -387,9 +406,8 @@ fn a_pod_port_split_by_cpu_gives_each_cpu_its_own_member() {
     for (member, port) in members.iter_mut().enumerate() {
         let mut batch = Vec::new();
         port.recv(&mut pool, &mut batch).unwrap();
-        let origins = batch.iter().map(|buf| buf.frame());
-        let origins = origins.filter(|f| f.len() > 14 && f[6..12] == [0x02, 0, 0, 0, 0, 1]);
-        assert_only_its_cpu(member, cpus, PER_CPU, origins.map(|f| f[14]));
+        let cpus_seen = sending_cpus(batch.iter().map(|buf| buf.frame()));
+        assert_only_its_cpu(member, cpus, PER_CPU, cpus_seen);
         pool.free_all(&mut batch);
     }
 
@@ -403,14 +421,8 @@ fn a_pod_port_split_by_cpu_gives_each_cpu_its_own_member() {
             "member {member} sends"
         );
     }
-    let mut bufs = Frames(vec![vec![0; 2048]; 64]);
-    let mut meta = [podswitch_engine::sys::mmsg::Received::default(); 64];
-    let got = peer.recv_batch(&mut bufs, &mut meta).unwrap();
-    let mut senders: Vec<u8> = bufs.0[..got]
-        .iter()
-        .filter(|b| b[6..12] == [0x02, 0, 0, 0, 0, 1])
-        .map(|b| b[14])
-        .collect();
+    let frames = received(|bufs, meta| peer.recv_batch(bufs, meta));
+    let mut senders = sending_cpus(frames.iter().map(Vec::as_slice));
     senders.sort_unstable();
     assert_eq!(senders, (0..cpus as u8).collect::<Vec<_>>());
 }

@@ -49,19 +49,32 @@ const SK_MEMINFO_VARS: usize = 9;
 /// 32-bit counter that wraps.
 pub fn socket_drops(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let mut info = [0u32; SK_MEMINFO_VARS];
-    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
-    // SAFETY: `info` is a live, writable array of `len` bytes; the kernel
-    // writes at most `len` bytes of its u32 counters and the length.
+    getsockopt(fd, libc::SOL_SOCKET, SO_MEMINFO, &mut info)?;
+    Ok(info[SK_MEMINFO_DROPS])
+}
+
+/// `getsockopt(2)` into a plain value: an integer, or an array of them,
+/// which any bytes the kernel writes leave valid.
+fn getsockopt<T: Copy>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &mut T,
+) -> io::Result<()> {
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` points to a live, writable `T` of `len` bytes; the
+    // kernel writes at most `len` bytes and the length, and every caller
+    // passes integers, for which any bytes are a value.
     cvt(unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_MEMINFO,
-            info.as_mut_ptr().cast(),
+            level,
+            name,
+            std::ptr::from_mut(value).cast(),
             &mut len,
         )
     })?;
-    Ok(info[SK_MEMINFO_DROPS])
+    Ok(())
 }
 
 /// `setsockopt(2)` with a plain value.

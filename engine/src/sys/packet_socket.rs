@@ -15,7 +15,7 @@ use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::mmsg::{self, Received, RecvBuffers, SendBuffers};
-use super::{cvt, setsockopt, socket};
+use super::{cvt, getsockopt, setsockopt, socket};
 
 const SOL_PACKET: libc::c_int = 263;
 const PACKET_VNET_HDR: libc::c_int = 15;
@@ -204,18 +204,7 @@ impl PacketSocket {
             &(PACKET_FANOUT_CPU | PACKET_FANOUT_FLAG_UNIQUEID),
         )?;
         let mut arg: u32 = 0;
-        let mut len = size_of::<u32>() as libc::socklen_t;
-        // SAFETY: `arg` is a live, writable u32 and `len` its size; the
-        // kernel writes at most `len` bytes (`packet_getsockopt`).
-        cvt(unsafe {
-            libc::getsockopt(
-                self.fd.as_raw_fd(),
-                SOL_PACKET,
-                PACKET_FANOUT,
-                std::ptr::from_mut(&mut arg).cast(),
-                &mut len,
-            )
-        })?;
+        getsockopt(self.fd.as_fd(), SOL_PACKET, PACKET_FANOUT, &mut arg)?;
         // The group's id in the low 16 bits, its mode and flags above.
         Ok((arg & 0xffff) as u16)
     }

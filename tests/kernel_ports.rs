@@ -426,3 +426,130 @@ fn a_pod_port_split_by_cpu_gives_each_cpu_its_own_member() {
     senders.sort_unstable();
     assert_eq!(senders, (0..cpus as u8).collect::<Vec<_>>());
 }
+
+/// A UDP frame from the made-up pod, from `10.244.1.<source>:<port>` to
+/// 10.244.1.3:2000, whose first payload byte is `marker`.
+fn udp_frame(source: u8, port: u16, marker: u8) -> Vec<u8> {
+    let mut f = frame(64);
+    f[14] = 0x45; // IPv4, a 20-byte header
+    f[16..18].copy_from_slice(&50u16.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[10, 244, 1, source]);
+    f[30..34].copy_from_slice(&[10, 244, 1, 3]);
+    f[34..36].copy_from_slice(&port.to_be_bytes());
+    f[36..38].copy_from_slice(&2000u16.to_be_bytes());
+    f[38..40].copy_from_slice(&30u16.to_be_bytes());
+    f[42] = marker;
+    f
+}
+
+/// The markers of the test's own UDP frames among `frames`.
+fn markers(frames: &[Vec<u8>]) -> Vec<u8> {
+    frames
+        .iter()
+        .filter(|f| f.len() > 42 && f[6..12] == SENDER_MAC)
+        .map(|f| f[42])
+        .collect()
+}
+
+/// A fanout group on `rx0` of `ns` with a member per CPU, steered by
+/// flow with a quiet gap of `gap`; and a reader for each member that
+/// reports its progress and returns the markers of what it read.
+fn flow_group(ns: &Netns, cpus: usize, gap: std::time::Duration) -> impl Fn(usize) -> Vec<u8> {
+    use podswitch_engine::sys::flow_steer::FlowSteering;
+    use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ALL};
+
+    let path = format!("/var/run/netns/{}", ns.name);
+    let (members, steering) = in_netns(&path, move || {
+        let options = PacketOptions {
+            protocol: ETH_P_ALL,
+            vnet_hdr: false,
+            ..PacketOptions::default()
+        };
+        let ifindex = podswitch_engine::sys::netdev::ifindex("rx0")?;
+        let steering = FlowSteering::new(cpus, gap)?;
+        let first = PacketSocket::open(ifindex, options)?;
+        let others = first.fan_out_by_flow(cpus - 1, options, &steering)?;
+        Ok((
+            std::iter::once(first).chain(others).collect::<Vec<_>>(),
+            steering,
+        ))
+    })
+    .expect("a fanout group steered by flow on the veth");
+    move |member: usize| -> Vec<u8> {
+        let progress = steering.progress(member);
+        let mark = progress.steered();
+        let frames = received(|bufs, meta| members[member].recv_batch(bufs, meta));
+        progress.read(mark, frames.len(), frames.len() < 64);
+        markers(&frames)
+    }
+}
+
+/// A fanout group steered by flow keeps a flow on the member that has its
+/// frames until that member's reader has read them, and only then lets
+/// it follow the CPU it arrives on: frames sent from CPU 1 after frames
+/// of the same flow from CPU 0 wait behind them in member 0's queue, so
+/// the flow stays in order; a new flow from CPU 1 goes to member 1; and
+/// once member 0 has read, the first flow moves to member 1 too.
+#[test]
+fn a_flow_group_moves_a_flow_only_once_its_member_has_read_it() {
+    let cpus = cpus_to_tell_apart();
+    let ns = veth_pair();
+    let read = flow_group(&ns, cpus, std::time::Duration::ZERO);
+
+    // Flow A: three frames from CPU 0, then three from CPU 1.
+    for (cpu, marker) in [(0, 1), (0, 2), (0, 3), (1, 4), (1, 5), (1, 6)] {
+        send_into_tx0(&ns, &udp_frame(2, 1000, marker), 1, Some(cpu));
+    }
+    // Flow B, new, from CPU 1.
+    for marker in [11, 12, 13] {
+        send_into_tx0(&ns, &udp_frame(4, 1001, marker), 1, Some(1));
+    }
+    assert_eq!(
+        read(0),
+        [1, 2, 3, 4, 5, 6],
+        "flow A, in order, on member 0 (its frames from CPU 1 wait behind those from CPU 0)"
+    );
+    // Member 0 has read flow A: its next frame from CPU 1 goes to member 1.
+    send_into_tx0(&ns, &udp_frame(2, 1000, 7), 1, Some(1));
+    assert_eq!(
+        read(1),
+        [11, 12, 13, 7],
+        "member 1: the new flow B from CPU 1, then flow A once member 0 had read it"
+    );
+    for member in 0..cpus {
+        assert_eq!(read(member), [0u8; 0], "member {member} has nothing left");
+    }
+}
+
+/// A flow moves to another member only after it has been quiet for the
+/// group's gap, even once its member has read all of it: a frame still
+/// on its way through the kernel from the old member's CPU could
+/// otherwise be overtaken.
+#[test]
+fn a_flow_group_moves_a_flow_only_after_a_quiet_gap() {
+    let cpus = cpus_to_tell_apart();
+    let ns = veth_pair();
+    let gap = std::time::Duration::from_millis(700);
+    let read = flow_group(&ns, cpus, gap);
+
+    let sent = std::time::Instant::now();
+    send_into_tx0(&ns, &udp_frame(2, 1000, 1), 1, Some(0));
+    assert_eq!(read(0), [1]);
+    send_into_tx0(&ns, &udp_frame(2, 1000, 2), 1, Some(1));
+    assert!(
+        sent.elapsed() < gap,
+        "sending two frames took {:?}, longer than the test's gap",
+        sent.elapsed()
+    );
+    assert_eq!(
+        read(0),
+        [2],
+        "within the gap the flow stays on member 0, though member 0 has read it"
+    );
+    std::thread::sleep(gap);
+    send_into_tx0(&ns, &udp_frame(2, 1000, 3), 1, Some(1));
+    assert_eq!(read(1), [3], "after a quiet gap the flow follows its CPU");
+    assert_eq!(read(0), [0u8; 0]);
+}

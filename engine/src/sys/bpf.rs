@@ -42,6 +42,7 @@ const fn insn(code: u8, dst: Reg, src: Reg, off: i16, imm: i32) -> Instruction {
 // Classes, sizes, modes and operations (include/uapi/linux/bpf_common.h).
 const LD: u8 = 0x00;
 const LDX: u8 = 0x01;
+const STX: u8 = 0x03;
 const JMP: u8 = 0x05;
 const JMP32: u8 = 0x06;
 const ALU: u8 = 0x04;
@@ -51,18 +52,33 @@ const H: u8 = 0x08;
 const B: u8 = 0x10;
 const DW: u8 = 0x18;
 const IMM: u8 = 0x00;
+const ABS: u8 = 0x20;
+const IND: u8 = 0x40;
 const MEM: u8 = 0x60;
+const ATOMIC: u8 = 0xc0;
 const K: u8 = 0x00;
 const X: u8 = 0x08;
 const ADD: u8 = 0x00;
+const SUB: u8 = 0x10;
+const MUL: u8 = 0x20;
+const LSH: u8 = 0x60;
+const RSH: u8 = 0x70;
 const AND: u8 = 0x50;
+const MOD: u8 = 0x90;
+const XOR: u8 = 0xa0;
 const MOV: u8 = 0xb0;
 const JA: u8 = 0x00;
 const JEQ: u8 = 0x10;
 const JGT: u8 = 0x20;
+const JGE: u8 = 0x30;
 const JNE: u8 = 0x50;
+const JSGE: u8 = 0x70;
+const JLT: u8 = 0xa0;
 const CALL: u8 = 0x80;
 const EXIT: u8 = 0x90;
+/// The atomic operation's `imm`: `BPF_ADD` (0x00) with `BPF_FETCH`
+/// (0x01), which returns the old value in the source register.
+const ATOMIC_FETCH_ADD: i32 = 0x01;
 /// `src_reg` of a 64-bit immediate load that names a map by descriptor.
 const PSEUDO_MAP_FD: u8 = 1;
 
@@ -81,6 +97,98 @@ pub const fn add64_imm(dst: Reg, imm: i32) -> Instruction {
 /// `dst &= imm` (32-bit: the upper half is cleared).
 pub const fn and32_imm(dst: Reg, imm: u32) -> Instruction {
     insn(ALU | AND | K, dst, 0, 0, imm as i32)
+}
+/// `dst = imm` (32-bit, the upper half cleared).
+pub const fn mov32_imm(dst: Reg, imm: u32) -> Instruction {
+    insn(ALU | MOV | K, dst, 0, 0, imm as i32)
+}
+/// `dst += imm` (32-bit).
+pub const fn add32_imm(dst: Reg, imm: u32) -> Instruction {
+    insn(ALU | ADD | K, dst, 0, 0, imm as i32)
+}
+/// `dst -= src` (32-bit).
+pub const fn sub32_reg(dst: Reg, src: Reg) -> Instruction {
+    insn(ALU | SUB | X, dst, src, 0, 0)
+}
+/// `dst *= imm` (32-bit, wrapping).
+pub const fn mul32_imm(dst: Reg, imm: u32) -> Instruction {
+    insn(ALU | MUL | K, dst, 0, 0, imm as i32)
+}
+/// `dst %= imm` (32-bit, unsigned).
+pub const fn mod32_imm(dst: Reg, imm: u32) -> Instruction {
+    insn(ALU | MOD | K, dst, 0, 0, imm as i32)
+}
+/// `dst <<= imm` (32-bit).
+pub const fn lsh32_imm(dst: Reg, imm: u32) -> Instruction {
+    insn(ALU | LSH | K, dst, 0, 0, imm as i32)
+}
+/// `dst >>= imm` (32-bit, logical).
+pub const fn rsh32_imm(dst: Reg, imm: u32) -> Instruction {
+    insn(ALU | RSH | K, dst, 0, 0, imm as i32)
+}
+/// `dst ^= src` (64-bit).
+pub const fn xor64_reg(dst: Reg, src: Reg) -> Instruction {
+    insn(ALU64 | XOR | X, dst, src, 0, 0)
+}
+/// The size of a legacy packet load ([`load_packet`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// One byte.
+    Byte,
+    /// Two bytes.
+    Half,
+    /// Four bytes.
+    Word,
+}
+impl Size {
+    const fn bits(self) -> u8 {
+        match self {
+            Size::Byte => B,
+            Size::Half => H,
+            Size::Word => W,
+        }
+    }
+}
+/// The offset base of a packet load that counts from the network
+/// header, wherever the socket's view of the packet starts (`SKF_NET_OFF`,
+/// include/uapi/linux/filter.h).
+pub const NETWORK_HEADER: i32 = -0x100000;
+/// `r0 = ` the packet's `size` bytes at `offset` (plus `index`'s value
+/// if one is given), in host order: the legacy `BPF_LD | BPF_ABS` and
+/// `BPF_IND` loads, for socket filter programs, whose context must be in
+/// r6. A load past the packet's end ends the program, returning 0
+/// (Documentation/bpf/standardization/instruction-set.rst, "Legacy BPF
+/// Packet access instructions"). They clobber r1 to r5.
+pub const fn load_packet(size: Size, index: Option<Reg>, offset: i32) -> Instruction {
+    match index {
+        Some(reg) => insn(LD | IND | size.bits(), 0, reg, 0, offset),
+        None => insn(LD | ABS | size.bits(), 0, 0, 0, offset),
+    }
+}
+/// `dst = *(u64 *)(src + off)`.
+pub const fn load64(dst: Reg, src: Reg, off: i16) -> Instruction {
+    insn(LDX | MEM | DW, dst, src, off, 0)
+}
+/// `*(u64 *)(dst + off) = src`.
+pub const fn store64(dst: Reg, off: i16, src: Reg) -> Instruction {
+    insn(STX | MEM | DW, dst, src, off, 0)
+}
+/// `dst -= src` (64-bit).
+pub const fn sub64_reg(dst: Reg, src: Reg) -> Instruction {
+    insn(ALU64 | SUB | X, dst, src, 0, 0)
+}
+/// `if dst < imm goto +off` (64-bit, unsigned; `imm` sign-extended).
+pub const fn jlt_imm(dst: Reg, imm: i32, off: i16) -> Instruction {
+    insn(JMP | JLT | K, dst, 0, off, imm)
+}
+/// `*(u32 *)(dst + off) = src`.
+pub const fn store32(dst: Reg, off: i16, src: Reg) -> Instruction {
+    insn(STX | MEM | W, dst, src, off, 0)
+}
+/// Atomically `src = fetch_add((u32 *)(dst + off), src)`: the old value
+/// comes back in `src` (Linux 5.12).
+pub const fn fetch_add32(dst: Reg, off: i16, src: Reg) -> Instruction {
+    insn(STX | ATOMIC | W, dst, src, off, ATOMIC_FETCH_ADD)
 }
 /// `dst = *(u32 *)(src + off)`.
 pub const fn load32(dst: Reg, src: Reg, off: i16) -> Instruction {
@@ -101,6 +209,30 @@ pub const fn jne32_imm(dst: Reg, imm: u32, off: i16) -> Instruction {
 /// `if (u32)dst == imm goto +off`.
 pub const fn jeq32_imm(dst: Reg, imm: u32, off: i16) -> Instruction {
     insn(JMP32 | JEQ | K, dst, 0, off, imm as i32)
+}
+/// `if (u32)dst == (u32)src goto +off`.
+pub const fn jeq32_reg(dst: Reg, src: Reg, off: i16) -> Instruction {
+    insn(JMP32 | JEQ | X, dst, src, off, 0)
+}
+/// `if (u32)dst >= imm goto +off` (unsigned).
+pub const fn jge32_imm(dst: Reg, imm: u32, off: i16) -> Instruction {
+    insn(JMP32 | JGE | K, dst, 0, off, imm as i32)
+}
+/// `if (u32)dst > (u32)src goto +off` (unsigned).
+pub const fn jgt32_reg(dst: Reg, src: Reg, off: i16) -> Instruction {
+    insn(JMP32 | JGT | X, dst, src, off, 0)
+}
+/// `if (u32)dst < imm goto +off` (unsigned).
+pub const fn jlt32_imm(dst: Reg, imm: u32, off: i16) -> Instruction {
+    insn(JMP32 | JLT | K, dst, 0, off, imm as i32)
+}
+/// `if (s32)dst >= imm goto +off` (signed).
+pub const fn jsge32_imm(dst: Reg, imm: i32, off: i16) -> Instruction {
+    insn(JMP32 | JSGE | K, dst, 0, off, imm)
+}
+/// `if dst == imm goto +off` (64-bit): a null check on a pointer.
+pub const fn jeq_imm(dst: Reg, imm: i32, off: i16) -> Instruction {
+    insn(JMP | JEQ | K, dst, 0, off, imm)
 }
 /// `if dst > src goto +off` (64-bit, unsigned).
 pub const fn jgt_reg(dst: Reg, src: Reg, off: i16) -> Instruction {
@@ -126,6 +258,68 @@ pub const fn load_map(dst: Reg, map_fd: i32) -> [Instruction; 2] {
         insn(LD | DW | IMM, dst, PSEUDO_MAP_FD, 0, map_fd),
         insn(0, 0, 0, 0, 0),
     ]
+}
+
+/// A program under construction, its forward jumps patched once the
+/// labels (any `L` that tells them apart) are placed.
+#[derive(Debug)]
+pub struct Assembler<L> {
+    code: Vec<Instruction>,
+    jumps: Vec<(usize, L)>,
+    labels: Vec<(L, usize)>,
+}
+
+impl<L> Default for Assembler<L> {
+    fn default() -> Self {
+        Assembler {
+            code: Vec::new(),
+            jumps: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+}
+
+impl<L: Copy + PartialEq + std::fmt::Debug> Assembler<L> {
+    /// Emits `i`.
+    pub fn op(&mut self, i: Instruction) {
+        self.code.push(i);
+    }
+
+    /// Emits each of `code`.
+    pub fn ops(&mut self, code: &[Instruction]) {
+        self.code.extend_from_slice(code);
+    }
+
+    /// Emits `jump` (whose offset is patched) towards `to`.
+    pub fn jump(&mut self, jump: Instruction, to: L) {
+        self.jumps.push((self.code.len(), to));
+        self.code.push(jump);
+    }
+
+    /// Places `label` at the next instruction.
+    pub fn place(&mut self, label: L) {
+        self.labels.push((label, self.code.len()));
+    }
+
+    /// The program, every jump patched to its label.
+    ///
+    /// # Panics
+    ///
+    /// If a jump's label was never placed, or lies behind it: programs
+    /// built here only jump forward.
+    pub fn finish(mut self) -> Vec<Instruction> {
+        for &(at, to) in &self.jumps {
+            let target = self
+                .labels
+                .iter()
+                .find(|(l, _)| *l == to)
+                .map(|&(_, pos)| pos)
+                .unwrap_or_else(|| panic!("label {to:?} is never placed"));
+            assert!(target > at, "label {to:?} lies behind its jump");
+            self.code[at].off = (target - at - 1) as i16;
+        }
+        self.code
+    }
 }
 
 /// Loads `program` as a BPF program of `kind` named `name` (at most 15
@@ -218,6 +412,31 @@ mod tests {
         assert_eq!(call(51).code, 0x85);
         assert_eq!(exit().code, 0x95);
         assert_eq!(ja(1).code, 0x05);
+        assert_eq!(mov32_imm(1, 1).code, 0xb4);
+        assert_eq!(add32_imm(1, 1).code, 0x04);
+        assert_eq!(sub32_reg(1, 2), insn(0x1c, 1, 2, 0, 0));
+        assert_eq!(mul32_imm(7, 3).code, 0x24);
+        assert_eq!(mod32_imm(0, 2).code, 0x94);
+        assert_eq!(lsh32_imm(0, 2).code, 0x64);
+        assert_eq!(rsh32_imm(7, 20).code, 0x74);
+        assert_eq!(xor64_reg(7, 0).code, 0xaf);
+        assert_eq!(load_packet(Size::Word, None, 12).code, 0x20);
+        assert_eq!(load_packet(Size::Half, None, 12).code, 0x28);
+        assert_eq!(load_packet(Size::Byte, None, 12).code, 0x30);
+        assert_eq!(load_packet(Size::Word, Some(1), 0), insn(0x40, 0, 1, 0, 0));
+        assert_eq!(store32(10, -4, 7), insn(0x63, 10, 7, -4, 0));
+        // BPF_ATOMIC | BPF_W | BPF_STX with BPF_ADD | BPF_FETCH.
+        assert_eq!(fetch_add32(0, 0, 1), insn(0xc3, 0, 1, 0, 1));
+        assert_eq!(jeq32_reg(1, 9, 0).code, 0x1e);
+        assert_eq!(jge32_imm(1, 2, 0).code, 0x36);
+        assert_eq!(jgt32_reg(2, 9, 0).code, 0x2e);
+        assert_eq!(jsge32_imm(1, 0, 0).code, 0x76);
+        assert_eq!(jlt32_imm(9, 20, 0).code, 0xa6);
+        assert_eq!(jlt_imm(2, 20, 0).code, 0xa5);
+        assert_eq!(load64(1, 8, 8), insn(0x79, 1, 8, 8, 0));
+        assert_eq!(store64(8, 8, 7), insn(0x7b, 8, 7, 8, 0));
+        assert_eq!(sub64_reg(2, 1).code, 0x1f);
+        assert_eq!(jeq_imm(0, 0, 0).code, 0x15);
         let [lo, hi] = load_map(1, 7);
         assert_eq!((lo.code, lo.regs, lo.imm), (0x18, 0x11, 7));
         assert_eq!(hi, insn(0, 0, 0, 0, 0));

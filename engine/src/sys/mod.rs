@@ -9,11 +9,14 @@
 //! podswitch writes as instructions ([`bpf`]): the tcx hook that stops pod
 //! frames in the node's kernel once podswitch has them ([`tcx`]) and the
 //! XDP program that steers tunnel packets to the AF_XDP underlay
-//! ([`xdp_steer`]), beside the AF_XDP sockets themselves ([`xdp`]).
+//! ([`xdp_steer`]), beside the AF_XDP sockets themselves ([`xdp`]), and
+//! the fanout program that splits a port among workers by flow, each
+//! flow kept in order ([`flow_steer`]).
 
 #![allow(unsafe_code)]
 
 pub mod bpf;
+pub mod flow_steer;
 pub mod inet;
 pub mod mmsg;
 pub mod netdev;

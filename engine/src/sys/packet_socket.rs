@@ -14,6 +14,7 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use super::flow_steer::FlowSteering;
 use super::mmsg::{self, Received, RecvBuffers, SendBuffers};
 use super::{cvt, getsockopt, setsockopt, socket};
 
@@ -21,11 +22,15 @@ const SOL_PACKET: libc::c_int = 263;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_QDISC_BYPASS: libc::c_int = 20;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-/// `PACKET_FANOUT`, its mode `PACKET_FANOUT_CPU` and the flag
+/// `PACKET_FANOUT`, its modes `PACKET_FANOUT_CPU` and `_EBPF`, and the flag
 /// `PACKET_FANOUT_FLAG_UNIQUEID`, as the option's argument holds them
 /// (mode and flags above the group id: include/uapi/linux/if_packet.h).
 const PACKET_FANOUT: libc::c_int = 18;
 const PACKET_FANOUT_CPU: u32 = 2 << 16;
+/// `PACKET_FANOUT_EBPF`: a BPF program picks the member; it is handed to
+/// the group with `PACKET_FANOUT_DATA`.
+const PACKET_FANOUT_EBPF: u32 = 7 << 16;
+const PACKET_FANOUT_DATA: libc::c_int = 22;
 const PACKET_FANOUT_FLAG_UNIQUEID: u32 = 0x2000 << 16;
 /// Every protocol (`ETH_P_ALL`).
 pub const ETH_P_ALL: u16 = 0x0003;
@@ -174,39 +179,84 @@ impl PacketSocket {
     /// thread pinned to CPU k that reads member k is therefore woken on
     /// the CPU the frame arrived on, which for a veth is the sender's
     /// (`veth_xmit` queues to the sending CPU's backlog), and never wakes
-    /// another, possibly halted, CPU. The group's id is one the kernel
-    /// picks (`PACKET_FANOUT_FLAG_UNIQUEID`, Linux 4.20). The new sockets
-    /// are opened in the calling thread's network namespace, which must
-    /// be this socket's.
+    /// another, possibly halted, CPU. The new sockets are opened in the
+    /// calling thread's network namespace, which must be this socket's.
+    ///
+    /// CPU mode reorders a flow whose frames arrive on two CPUs;
+    /// [`fan_out_by_flow`](Self::fan_out_by_flow) does not.
     pub fn fan_out_by_cpu(
         &self,
         more: usize,
         options: PacketOptions,
     ) -> io::Result<Vec<PacketSocket>> {
-        let group = self.start_fanout_by_cpu()?;
-        (0..more)
-            .map(|_| {
-                let member = PacketSocket::open(self.ifindex, options)?;
-                let arg: u32 = u32::from(group) | PACKET_FANOUT_CPU;
-                setsockopt(member.fd.as_fd(), SOL_PACKET, PACKET_FANOUT, &arg)?;
-                Ok(member)
-            })
-            .collect()
+        self.fan_out(more, options, PACKET_FANOUT_CPU, None)
     }
 
-    /// Starts a CPU-mode fanout group with this socket as its first
-    /// member and returns the group's id, which the kernel picks.
-    fn start_fanout_by_cpu(&self) -> io::Result<u16> {
+    /// As [`fan_out_by_cpu`](Self::fan_out_by_cpu), but member k takes
+    /// the frames CPU k receives only while no frame of the same flow
+    /// waits in another member's queue: `steering`'s program picks
+    /// (`PACKET_FANOUT_EBPF`, Linux 4.3; see [`super::flow_steer`]), and
+    /// each member's reader reports its progress through
+    /// [`FlowSteering::progress`]. `steering` must be made for `more + 1`
+    /// members.
+    pub fn fan_out_by_flow(
+        &self,
+        more: usize,
+        options: PacketOptions,
+        steering: &FlowSteering,
+    ) -> io::Result<Vec<PacketSocket>> {
+        if steering.members() != more + 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a steering program for {} members steers a group of {}",
+                    steering.members(),
+                    more + 1
+                ),
+            ));
+        }
+        self.fan_out(more, options, PACKET_FANOUT_EBPF, Some(steering))
+    }
+
+    /// Starts a fanout group in `mode` with this socket as its first
+    /// member (the group's id is one the kernel picks,
+    /// `PACKET_FANOUT_FLAG_UNIQUEID`, Linux 4.20), hands it `steering`'s
+    /// program if given, and opens `more` members that join it in order.
+    fn fan_out(
+        &self,
+        more: usize,
+        options: PacketOptions,
+        mode: u32,
+        steering: Option<&FlowSteering>,
+    ) -> io::Result<Vec<PacketSocket>> {
         setsockopt(
             self.fd.as_fd(),
             SOL_PACKET,
             PACKET_FANOUT,
-            &(PACKET_FANOUT_CPU | PACKET_FANOUT_FLAG_UNIQUEID),
+            &(mode | PACKET_FANOUT_FLAG_UNIQUEID),
         )?;
+        if let Some(steering) = steering {
+            // The program is the group's, set through any member
+            // (`fanout_set_data`); the group takes its own reference.
+            let program: libc::c_int = steering.program().as_raw_fd();
+            setsockopt(self.fd.as_fd(), SOL_PACKET, PACKET_FANOUT_DATA, &program)?;
+        }
         let mut arg: u32 = 0;
         getsockopt(self.fd.as_fd(), SOL_PACKET, PACKET_FANOUT, &mut arg)?;
         // The group's id in the low 16 bits, its mode and flags above.
-        Ok((arg & 0xffff) as u16)
+        let group = arg & 0xffff;
+        (0..more)
+            .map(|_| {
+                let member = PacketSocket::open(self.ifindex, options)?;
+                setsockopt(
+                    member.fd.as_fd(),
+                    SOL_PACKET,
+                    PACKET_FANOUT,
+                    &(group | mode),
+                )?;
+                Ok(member)
+            })
+            .collect()
     }
 
     /// True if frames carry a virtio-net header.

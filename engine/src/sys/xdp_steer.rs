@@ -35,7 +35,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::bpf::{
     add64_imm, and32_imm, call, exit, ja, jeq32_imm, jgt_reg, jne32_imm, load16, load32, load8,
-    load_map, load_program, mov64_imm, mov64_reg, owned_fd, Instruction,
+    load_map, load_program, mov64_imm, mov64_reg, owned_fd, Assembler, Instruction,
 };
 use super::xdp::XdpMode;
 
@@ -100,44 +100,6 @@ enum Label {
     Pass,
     Redirect,
     Rule(usize),
-}
-
-/// A program under construction, its forward jumps patched once the
-/// labels are placed.
-#[derive(Default)]
-struct Assembler {
-    code: Vec<Instruction>,
-    jumps: Vec<(usize, Label)>,
-    labels: Vec<(Label, usize)>,
-}
-
-impl Assembler {
-    fn op(&mut self, i: Instruction) {
-        self.code.push(i);
-    }
-
-    /// Emits `jump` (whose offset is patched) towards `to`.
-    fn jump(&mut self, jump: Instruction, to: Label) {
-        self.jumps.push((self.code.len(), to));
-        self.code.push(jump);
-    }
-
-    fn place(&mut self, label: Label) {
-        self.labels.push((label, self.code.len()));
-    }
-
-    fn finish(mut self) -> Vec<Instruction> {
-        for &(at, to) in &self.jumps {
-            let target = self
-                .labels
-                .iter()
-                .find(|(l, _)| *l == to)
-                .map(|&(_, pos)| pos)
-                .expect("every jump's label is placed");
-            self.code[at].off = (target - at - 1) as i16;
-        }
-        self.code
-    }
 }
 
 /// A value as a load from packet memory reads the wire's `bytes`.

@@ -5,9 +5,15 @@
 //! sides are empty (or, with `--spin`, never sleeping).
 //!
 //! With `--per-cpu` it runs one such thread per CPU, pinned, each with its
-//! own socket on each interface in a `PACKET_FANOUT_CPU` group: a frame
-//! is read by the thread on the CPU that received it, so the thread woken
-//! is on the waker's CPU (no wake-up of another, possibly halted, CPU).
+//! own socket on each interface in a fanout group steered by flow
+//! (`podswitch_engine::sys::flow_steer`): a frame is read by the thread
+//! on the CPU that received it, so the thread woken is on the waker's CPU
+//! (no wake-up of another, possibly halted, CPU), unless frames of its
+//! flow still wait for another thread, which keeps the flow in order.
+//! `--gap-us N` lets a flow move only after N µs without a frame (by
+//! default podswitch's, `flow_steer::DEFAULT_GAP`). With `--by-cpu` as well the group is a plain
+//! `PACKET_FANOUT_CPU` one, which reorders a flow whose frames arrive on
+//! two CPUs.
 //! With `--realtime` its threads run in `SCHED_FIFO`, as podswitchd's
 //! workers do.
 //!
@@ -18,7 +24,7 @@
 //! transfer through it, then through a bridge, then through podswitch.
 //!
 //! ```text
-//! cargo run --release --example af_packet_ceiling -- [--spin] [--per-cpu] [--realtime] IFACE_A IFACE_B
+//! cargo run --release --example af_packet_ceiling -- [--spin] [--per-cpu [--by-cpu | --gap-us N]] [--realtime] IFACE_A IFACE_B
 //! ```
 
 use std::io;
@@ -26,6 +32,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use podswitch_engine::offload::VNET_HDR_LEN;
+use podswitch_engine::sys::flow_steer::{self, FlowSteering, MemberProgress};
 use podswitch_engine::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_BATCH, MAX_PARTS};
 use podswitch_engine::sys::netdev;
 use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket};
@@ -91,13 +98,22 @@ impl SendBuffers for Batch {
 /// Moves a batch from `from` out of `to`, if `from` had one; true if it
 /// had.
 fn forward(
-    from: &PacketSocket,
-    to: &PacketSocket,
+    from: &Side,
+    to: &Side,
     batch: &mut Batch,
     meta: &mut [Received; MAX_BATCH],
 ) -> io::Result<bool> {
-    let got = from.recv_batch(batch, meta)?;
+    let mark = from.progress.as_ref().map(MemberProgress::steered);
+    let got = from.socket.recv_batch(batch, meta)?;
+    // Only once the frames are out may their flows move to another
+    // thread, whose sends could otherwise overtake them.
+    let done = || {
+        if let (Some(progress), Some(mark)) = (&from.progress, mark) {
+            progress.read(mark, got, got < MAX_BATCH);
+        }
+    };
     if got == 0 {
+        done();
         return Ok(false);
     }
     for (i, m) in meta[..got].iter().enumerate() {
@@ -118,7 +134,7 @@ fn forward(
     // there instead; a ceiling that dropped would measure TCP's
     // retransmissions, not the interface.)
     while batch.sent < batch.count {
-        match to.send_batch(batch) {
+        match to.socket.send_batch(batch) {
             Ok(n) => batch.sent += n,
             // The veth behind dropped the first frame left (its peer's
             // backlog was full: `NET_XMIT_DROP`): a loss TCP repairs, as
@@ -127,20 +143,40 @@ fn forward(
             Err(e) => return Err(e),
         }
     }
+    done();
     Ok(true)
+}
+
+/// One side of a cross-connect: its socket, and the progress its reads
+/// report if its fanout group is steered by flow.
+struct Side {
+    socket: PacketSocket,
+    progress: Option<MemberProgress>,
+}
+
+impl Side {
+    fn plain(socket: PacketSocket) -> Side {
+        Side {
+            socket,
+            progress: None,
+        }
+    }
 }
 
 /// Moves every frame each interface receives out of the other, forever.
 /// With `spin`, a turn that found both empty is followed by the next at
 /// once instead of a sleep in `poll(2)`.
-fn cross_connect(a: &PacketSocket, b: &PacketSocket, spin: bool) -> io::Result<()> {
+fn cross_connect(a: &Side, b: &Side, spin: bool) -> io::Result<()> {
     let mut batch = Batch::new();
     let mut meta = [Received::default(); MAX_BATCH];
     loop {
         let moved_ab = forward(a, b, &mut batch, &mut meta)?;
         let moved_ba = forward(b, a, &mut batch, &mut meta)?;
         if !moved_ab && !moved_ba && !spin {
-            wait_any_readable(&[a.as_fd(), b.as_fd()], Duration::from_secs(1))?;
+            wait_any_readable(
+                &[a.socket.as_fd(), b.socket.as_fd()],
+                Duration::from_secs(1),
+            )?;
         }
     }
 }
@@ -149,7 +185,10 @@ fn cross_connect(a: &PacketSocket, b: &PacketSocket, spin: bool) -> io::Result<(
 struct Options {
     spin: bool,
     per_cpu: bool,
+    by_cpu: bool,
     realtime: bool,
+    /// How long a flow must be quiet before it may move to another thread.
+    gap: Duration,
 }
 
 /// Runs one cross-connect thread per CPU, each on its own fanout member
@@ -165,18 +204,30 @@ fn per_cpu(a: &str, b: &str, options: &Options) -> io::Result<()> {
             online.trim()
         )));
     }
-    let (a, b) = (netdev::ifindex(a)?, netdev::ifindex(b)?);
-    let socket_options = PacketOptions::default();
-    let (first_a, first_b) = (
-        PacketSocket::open(a, socket_options)?,
-        PacketSocket::open(b, socket_options)?,
-    );
-    // Member k of each side takes CPU k's frames.
-    let others = first_a
-        .fan_out_by_cpu(cpus - 1, socket_options)?
-        .into_iter()
-        .zip(first_b.fan_out_by_cpu(cpus - 1, socket_options)?);
-    let pairs: Vec<_> = std::iter::once((first_a, first_b)).chain(others).collect();
+    // Member k of each side takes CPU k's frames (unless, steered by
+    // flow, frames of the same flow wait in another member).
+    let side = |name: &str| -> io::Result<Vec<Side>> {
+        let socket_options = PacketOptions::default();
+        let first = PacketSocket::open(netdev::ifindex(name)?, socket_options)?;
+        if options.by_cpu {
+            let others = first.fan_out_by_cpu(cpus - 1, socket_options)?;
+            return Ok(std::iter::once(first)
+                .chain(others)
+                .map(Side::plain)
+                .collect());
+        }
+        let steering = FlowSteering::new(cpus, options.gap)?;
+        let others = first.fan_out_by_flow(cpus - 1, socket_options, &steering)?;
+        Ok(std::iter::once(first)
+            .chain(others)
+            .enumerate()
+            .map(|(member, socket)| Side {
+                socket,
+                progress: Some(steering.progress(member)),
+            })
+            .collect())
+    };
+    let pairs: Vec<_> = side(a)?.into_iter().zip(side(b)?).collect();
     let (spin, realtime) = (options.spin, options.realtime);
     let threads: Vec<_> = pairs
         .into_iter()
@@ -201,6 +252,24 @@ fn per_cpu(a: &str, b: &str, options: &Options) -> io::Result<()> {
 
 fn main() -> io::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let gap = match args.iter().position(|a| a == "--gap-us") {
+        Some(i) if i + 1 < args.len() => {
+            let us: u64 = args[i + 1].parse().unwrap_or_else(|_| {
+                eprintln!(
+                    "af_packet_ceiling: --gap-us takes microseconds, not {}",
+                    args[i + 1]
+                );
+                std::process::exit(2);
+            });
+            args.drain(i..i + 2);
+            Duration::from_micros(us)
+        }
+        Some(_) => {
+            eprintln!("af_packet_ceiling: --gap-us takes microseconds");
+            std::process::exit(2);
+        }
+        None => flow_steer::DEFAULT_GAP,
+    };
     let mut flag = |name: &str| match args.iter().position(|a| a == name) {
         Some(i) => {
             args.remove(i);
@@ -209,14 +278,22 @@ fn main() -> io::Result<()> {
         None => false,
     };
     let options = Options {
+        gap,
         spin: flag("--spin"),
         per_cpu: flag("--per-cpu"),
+        by_cpu: flag("--by-cpu"),
         realtime: flag("--realtime"),
     };
     let [a, b] = args.as_slice() else {
-        eprintln!("usage: af_packet_ceiling [--spin] [--per-cpu] [--realtime] IFACE_A IFACE_B");
+        eprintln!(
+            "usage: af_packet_ceiling [--spin] [--per-cpu [--by-cpu | --gap-us N]] [--realtime] IFACE_A IFACE_B"
+        );
         std::process::exit(2);
     };
+    if options.by_cpu && !options.per_cpu {
+        eprintln!("af_packet_ceiling: --by-cpu picks how --per-cpu splits the frames; give both");
+        std::process::exit(2);
+    }
     if options.per_cpu {
         return per_cpu(a, b, &options);
     }
@@ -226,5 +303,5 @@ fn main() -> io::Result<()> {
     let open = |name: &str| -> io::Result<PacketSocket> {
         PacketSocket::open(netdev::ifindex(name)?, PacketOptions::default())
     };
-    cross_connect(&open(a)?, &open(b)?, options.spin)
+    cross_connect(&Side::plain(open(a)?), &Side::plain(open(b)?), options.spin)
 }

@@ -21,16 +21,23 @@
 # (four AF_PACKET hops, as a cross-node frame crosses two nodes) against
 # two bridges in a chain (podswitch's rows are left out).
 # PATHS picks the rows, in order (default "podswitch ceiling spinning
-# bridge"); two more: "realtime" (the cross-connect's thread in
-# SCHED_FIFO, as podswitchd's worker) and "per-cpu" (one SCHED_FIFO
-# thread per CPU, pinned, each reading its CPU's frames through a
-# PACKET_FANOUT_CPU group: woken on the CPU the frame arrived on) and
-# "per-cpu-normal" (the same in SCHED_OTHER).
+# bridge"); more: "realtime" (the cross-connect's thread in SCHED_FIFO,
+# as podswitchd's worker), "per-cpu" (one SCHED_FIFO thread per CPU,
+# pinned, each reading its CPU's frames through a fanout group steered
+# by flow: woken on the CPU the frame arrived on, a flow kept in order),
+# "per-cpu-normal" (the same in SCHED_OTHER) and "by-cpu-normal" (a plain
+# PACKET_FANOUT_CPU split, which reorders). GAP_US (default podswitch's,
+# 2000) is how long a flow must be quiet before the per-CPU paths move it
+# to another thread.
+# The last two columns count, over both TCP runs, the segments the
+# server's TCP queued out of order (TcpExtTCPOFOQueue) and those the
+# client sent again (TcpRetransSegs): a switch that reorders shows there.
 # Usage: scripts/ceiling.sh [ROUNDS] [SECONDS]   (root; docs/benchmarks.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-2}
 seconds=${2:-5}
+gap=${GAP_US:-2000}
 lab=ceil
 ns=lab-$lab-n1
 cargo build --release --locked --bin podswitchctl --bin podswitchd --bin podswitch --example af_packet_ceiling >/dev/null 2>&1 ||
@@ -118,13 +125,20 @@ loaded_latency() { # -> "p50 p99" in microseconds, under one TCP stream
   latency
   wait "$load"
 }
+counter() { # NETNS NAME -> its absolute value (nstat, history left alone)
+  ip netns exec "$1" nstat -as "$2" | awk -v n="$2" '$1 == n {v = $2} END {print v + 0}'
+}
 measure() { # LABEL
   ip netns exec "$client" ping -c 3 -i 0.2 -q "$server_ip" >/dev/null
   # Each figure in a variable of its own: a failed measurement stops
   # the script instead of leaving an empty cell.
-  local one four idle loaded
+  local one four idle loaded ofo retrans
+  ofo=$(counter "$server" TcpExtTCPOFOQueue)
+  retrans=$(counter "$client" TcpRetransSegs)
   one=$(tcp 1)
   four=$(tcp 4)
+  ofo=$(( $(counter "$server" TcpExtTCPOFOQueue) - ofo ))
+  retrans=$(( $(counter "$client" TcpRetransSegs) - retrans ))
   idle=$(latency)
   loaded=$(loaded_latency)
   [ -n "$one" ] && [ -n "$four" ] || { echo "ceiling: no iperf3 figure for $1" >&2; exit 1; }
@@ -133,7 +147,7 @@ measure() { # LABEL
   for pid in $forwarder $daemon; do
     kill -0 "$pid" 2>/dev/null || { echo "ceiling: $1 exited during its turn" >&2; exit 1; }
   done
-  echo "| $1 | $one | $four | ${idle/ / | } | ${loaded/ / | } |"
+  echo "| $1 | $one | $four | ${idle/ / | } | ${loaded/ / | } | $ofo | $retrans |"
 }
 start_ceiling() { # [--spin]
   local side
@@ -175,8 +189,8 @@ stop_ceiling() {
   forwarder=""
 }
 
-echo "| path | tcp 1 stream (Gbit/s) | tcp 4 streams (Gbit/s) | ping p50 (µs) | ping p99 (µs) | loaded p50 (µs) | loaded p99 (µs) |"
-echo "|---|---|---|---|---|---|---|"
+echo "| path | tcp 1 stream (Gbit/s) | tcp 4 streams (Gbit/s) | ping p50 (µs) | ping p99 (µs) | loaded p50 (µs) | loaded p99 (µs) | out of order | retransmitted |"
+echo "|---|---|---|---|---|---|---|---|---|"
 ip -n "$ns" link add ceil-br type bridge
 ip -n "$ns" link set ceil-br up
 for _ in $(seq "$rounds"); do
@@ -191,14 +205,15 @@ for _ in $(seq "$rounds"); do
       ceiling) start_ceiling; measure ceiling; stop_ceiling ;;
       spinning) start_ceiling --spin; measure "ceiling, spinning"; stop_ceiling ;;
       realtime) start_ceiling --realtime; measure "ceiling, realtime"; stop_ceiling ;;
-      per-cpu) start_ceiling --per-cpu --realtime; measure "ceiling, per-CPU realtime"; stop_ceiling ;;
-      per-cpu-normal) start_ceiling --per-cpu; measure "ceiling, per-CPU normal"; stop_ceiling ;;
+      per-cpu) start_ceiling --per-cpu --gap-us "$gap" --realtime; measure "ceiling, per-CPU realtime"; stop_ceiling ;;
+      per-cpu-normal) start_ceiling --per-cpu --gap-us "$gap"; measure "ceiling, per-CPU normal"; stop_ceiling ;;
+      by-cpu-normal) start_ceiling --per-cpu --by-cpu; measure "ceiling, by CPU normal"; stop_ceiling ;;
       bridge)
         bridge_sides master
         sleep 1
         measure bridge
         bridge_sides nomaster ;;
-      *) echo "ceiling: unknown path $path (podswitch ceiling spinning realtime per-cpu per-cpu-normal bridge)" >&2; exit 1 ;;
+      *) echo "ceiling: unknown path $path (podswitch ceiling spinning realtime per-cpu per-cpu-normal by-cpu-normal bridge)" >&2; exit 1 ;;
     esac
   done
 done

@@ -196,14 +196,13 @@ struct Options {
 fn per_cpu(a: &str, b: &str, options: &Options) -> io::Result<()> {
     // Member k takes the frames of CPU k: thread k must be able to run
     // there, for every CPU a frame may arrive on.
-    let cpus = std::thread::available_parallelism()?.get();
-    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
-    if online.trim() != format!("0-{}", cpus - 1) && !(cpus == 1 && online.trim() == "0") {
+    let (online, allowed) = (sched::online_cpus()?, sched::allowed_cpus()?);
+    if online != allowed {
         return Err(io::Error::other(format!(
-            "--per-cpu needs every CPU (online: {}), this process may use {cpus}",
-            online.trim()
+            "--per-cpu needs every CPU (online: {online:?}), this process may use {allowed:?}"
         )));
     }
+    let cpus = online.len();
     // Member k of each side takes CPU k's frames (unless, steered by
     // flow, frames of the same flow wait in another member).
     let side = |name: &str| -> io::Result<Vec<Side>> {

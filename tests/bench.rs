@@ -26,7 +26,7 @@ fn a_short_bench_produces_every_figure() {
             "--memory-pods",
             "8",
             "--workers",
-            "1,2",
+            "1,per-cpu",
             "--record",
         ])
         .arg(&json.0)
@@ -40,7 +40,7 @@ fn a_short_bench_produces_every_figure() {
         String::from_utf8_lossy(&out.stderr)
     );
     let table = String::from_utf8_lossy(&out.stdout);
-    for workers in [1, 2] {
+    for workers in ["1", "per-cpu"] {
         assert!(
             table.contains(&format!(
                 "| cross-node vxlan workers={workers} | tcp-1-stream"
@@ -53,7 +53,7 @@ fn a_short_bench_produces_every_figure() {
     // 2 cases x every metric (TCP 1 and 4 streams and TCP's CPU per GB,
     // 64-byte UDP from one and from two generators, CPU per packet, idle
     // and loaded latency p50 and p99), for podswitch with one worker and
-    // with two, each against the kernel.
+    // with a worker per CPU, each against the kernel.
     let metrics = podswitch::bench::METRICS;
     assert_eq!(metrics.len(), 10);
     assert_eq!(medians.len(), 2 * 2 * metrics.len(), "{v}");
@@ -79,7 +79,7 @@ fn a_short_bench_produces_every_figure() {
     // Samples of three dataplanes: the kernel and both podswitch labs.
     let samples = v["samples"].as_array().unwrap();
     assert_eq!(samples.len(), 2 * 3 * metrics.len());
-    for dataplane in ["kernel", "podswitch-w1", "podswitch-w2"] {
+    for dataplane in ["kernel", "podswitch-w1", "podswitch-wcpu"] {
         assert!(
             samples.iter().any(|s| s["dataplane"] == dataplane),
             "{dataplane}"

@@ -128,6 +128,133 @@ fn two_workers_hand_frames_to_each_other_on_every_path() {
     }
 }
 
+/// A worker per CPU (`per_cpu`), AF_PACKET pod ports split among them:
+/// every path still carries ping, TCP and UDP; a ping sent from each CPU
+/// in turn between two pods of a node is forwarded by that CPU's worker,
+/// which writes the other pod's port itself (no frame handed to another
+/// worker); a split port is detached from every worker; a capture on one
+/// is refused with the reason; an idle node uses no CPU.
+#[test]
+fn per_cpu_workers_split_pod_ports_and_carry_every_path() {
+    require(&["ip", "ping", "/usr/bin/python3", "kill", "taskset"]);
+    let cpus = podswitch_engine::sys::sched::allowed_cpus().unwrap();
+    assert!(
+        cpus.len() >= 2,
+        "this test needs 2 CPUs to see a worker per CPU (this process may use {cpus:?})"
+    );
+    let mut cluster = Cluster::new("vxlan", "bridge", 2);
+    cluster.port_kind = "af-packet".into();
+    for n in 0..cluster.nodes.len() {
+        cluster.start(n, &["--per-cpu", "true"]);
+        cluster.attach_pods(n);
+    }
+    traffic_matrix(&cluster, "vxlan/bridge/af-packet/per-CPU workers");
+
+    let node = &cluster.nodes[0];
+    let worker_stats = || -> Vec<(u64, u64)> {
+        let stats = node.ctl_json(&["stats"]);
+        stats["workers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no workers in {stats}"))
+            .iter()
+            .map(|w| {
+                (
+                    w["batches"].as_u64().unwrap(),
+                    w["handed_off"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = worker_stats();
+    assert_eq!(before.len(), cpus.len(), "a worker per CPU");
+    let (from, to) = {
+        let mut local = cluster.pods.iter().filter(|p| p.node == 0);
+        (local.next().unwrap(), local.next().unwrap())
+    };
+    for cpu in &cpus {
+        from.ns.exec(
+            "taskset",
+            &[
+                "-c",
+                &cpu.to_string(),
+                "ping",
+                "-c",
+                "3",
+                "-i",
+                "0.05",
+                "-W",
+                "2",
+                &to.ip,
+            ],
+        );
+    }
+    let after = worker_stats();
+    for (worker, (was, now)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            now.0 > was.0,
+            "worker {worker} forwarded the pings sent from its CPU: {before:?} -> {after:?}"
+        );
+        assert_eq!(
+            now.1, was.1,
+            "worker {worker} wrote the other pod's port itself, handing nothing off: {before:?} -> {after:?}"
+        );
+    }
+
+    let pcap = common::TempFile::new("split.pcap");
+    let refused = node.ctl(&[
+        "capture",
+        &from.host_if,
+        "--file",
+        pcap.0.to_str().unwrap(),
+        "--packets",
+        "1",
+        "--seconds",
+        "1",
+    ]);
+    assert!(
+        !refused.status.success(),
+        "a capture on a split port is refused"
+    );
+    let reason = String::from_utf8_lossy(&refused.stderr);
+    assert!(reason.contains("split among"), "{reason}");
+
+    for node in &cluster.nodes {
+        let used = common::idle_ticks(node.daemon.as_ref().unwrap().pid());
+        assert!(
+            used <= 2,
+            "an idle podswitchd with a worker per CPU used {used} clock ticks in 2 s"
+        );
+    }
+
+    // Detached from every worker: no member is left reading its veth.
+    let readers = || {
+        let ifindex = node.ns.exec(
+            "cat",
+            &[&format!("/sys/class/net/{}/ifindex", from.host_if)],
+        );
+        let ifindex = String::from_utf8_lossy(&ifindex.stdout).trim().to_string();
+        let table = node.ns.exec("cat", &["/proc/net/packet"]);
+        // sk RefCnt Type Proto Iface R Rmem User Inode
+        String::from_utf8_lossy(&table.stdout)
+            .lines()
+            .skip(1)
+            .filter(|line| line.split_whitespace().nth(4) == Some(ifindex.as_str()))
+            .count()
+    };
+    assert_eq!(
+        readers(),
+        cpus.len(),
+        "a packet socket per worker on the pod's veth"
+    );
+    let gone = node.ctl(&["port", "del", &from.host_if]);
+    assert!(
+        gone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    assert_eq!(readers(), 0, "every member closed with the port");
+}
+
 /// One port's counters from `podswitchctl stats --json`.
 fn port_stats(cluster: &Cluster, node: usize, port: &str) -> serde_json::Value {
     let stats = cluster.nodes[node].ctl_json(&["stats"]);

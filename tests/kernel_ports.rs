@@ -372,8 +372,10 @@ fn send_into_tx0(ns: &Netns, frame: &[u8], count: usize, cpu: Option<usize>) {
 }
 
 /// An AF_PACKET pod port split by CPU ([`Port::fan_out`]): member k
-/// receives the frames sent from CPU k and no others, and every member
-/// sends.
+/// receives the flows sent from CPU k and no others; a flow read by one
+/// member stays there, even when its frames come from another CPU, until
+/// that member's worker says it has forwarded them ([`Port::forwarded`]);
+/// and every member sends.
 #[test]
 fn a_pod_port_split_by_cpu_gives_each_cpu_its_own_member() {
     use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket};
@@ -400,16 +402,37 @@ fn a_pod_port_split_by_cpu_gives_each_cpu_its_own_member() {
     let mut members: Vec<Box<dyn Port>> = vec![Box::new(port)];
     members.extend(others);
 
+    // A flow per CPU, each frame marked with the CPU it is sent from.
     const PER_CPU: usize = 5;
-    send_from_each_cpu(&ns, cpus, PER_CPU);
+    for cpu in 0..cpus {
+        let flow = udp_frame(10 + cpu as u8, 1000, cpu as u8);
+        send_into_tx0(&ns, &flow, PER_CPU, Some(cpu));
+    }
     let mut pool = PacketPool::with_large(256, DEFAULT_BUF_SIZE, 0);
-    for (member, port) in members.iter_mut().enumerate() {
+    let mut read = |port: &mut Box<dyn Port>| -> Vec<u8> {
         let mut batch = Vec::new();
         port.recv(&mut pool, &mut batch).unwrap();
-        let cpus_seen = sending_cpus(batch.iter().map(|buf| buf.frame()));
-        assert_only_its_cpu(member, cpus, PER_CPU, cpus_seen);
+        let frames: Vec<Vec<u8>> = batch.iter().map(|buf| buf.frame().to_vec()).collect();
         pool.free_all(&mut batch);
+        markers(&frames)
+    };
+    for (member, port) in members.iter_mut().enumerate() {
+        let cpus_seen = read(port);
+        assert_only_its_cpu(member, cpus, PER_CPU, cpus_seen);
+        port.forwarded();
     }
+
+    // A flow member 0 has read but not yet forwarded stays with it.
+    send_into_tx0(&ns, &udp_frame(30, 1000, 1), 1, Some(0));
+    assert_eq!(read(&mut members[0]), [1]);
+    send_into_tx0(&ns, &udp_frame(30, 1000, 2), 1, Some(1));
+    assert_eq!(read(&mut members[1]), [0u8; 0], "held for member 0");
+    assert_eq!(read(&mut members[0]), [2]);
+    members[0].forwarded();
+    std::thread::sleep(podswitch_engine::sys::flow_steer::DEFAULT_GAP);
+    send_into_tx0(&ns, &udp_frame(30, 1000, 3), 1, Some(1));
+    assert_eq!(read(&mut members[1]), [3], "forwarded: it follows its CPU");
+    let mut pool = PacketPool::with_large(256, DEFAULT_BUF_SIZE, 0);
 
     for (member, port) in members.iter_mut().enumerate() {
         let mut f = frame(64);

@@ -149,6 +149,10 @@ impl<P: Port, W: Write + Send> Port for Capture<P, W> {
     fn poll_fds(&self) -> Vec<std::os::fd::RawFd> {
         self.inner.poll_fds()
     }
+
+    fn forwarded(&mut self) {
+        self.inner.forwarded();
+    }
 }
 
 #[cfg(test)]

@@ -570,6 +570,7 @@ mod tests {
                 realtime: false,
                 clock_secs: || 1,
                 clock_micros: micros,
+                split_ports: false,
             },
             workers: 2,
             worker_cpus: Vec::new(),

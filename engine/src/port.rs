@@ -76,13 +76,22 @@ pub trait Port: Send {
         Vec::new()
     }
 
+    /// Told by its worker that every frame of the last receive has been
+    /// sent on or handed to another worker; the worker says so after each
+    /// receive that gave frames, before the next. A port split among
+    /// workers ([`fan_out`](Self::fan_out)) only then lets the flows of
+    /// those frames move to another member, whose worker could otherwise
+    /// send a flow's next frame first.
+    fn forwarded(&mut self) {}
+
     /// Splits the port's receive side by CPU for `members` workers, one
     /// pinned to each CPU (docs/architecture.md, "Where it is going"):
     /// returns `members - 1` more ports on the same interface, counting
     /// as this one, such that with this port as member 0, member k
-    /// receives the frames CPU k (modulo `members`) receives, and each
-    /// member sends on its own. A port that cannot split answers
-    /// [`io::ErrorKind::Unsupported`].
+    /// receives the frames CPU k (modulo `members`) receives, except
+    /// that a flow whose frames still wait in another member (or that
+    /// is not yet quiet) stays there, and each member sends on its own.
+    /// A port that cannot split answers [`io::ErrorKind::Unsupported`].
     fn fan_out(&mut self, _members: usize) -> io::Result<Vec<Box<dyn Port>>> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
@@ -113,6 +122,10 @@ impl<P: Port + ?Sized> Port for Box<P> {
 
     fn poll_fds(&self) -> Vec<std::os::fd::RawFd> {
         (**self).poll_fds()
+    }
+
+    fn forwarded(&mut self) {
+        (**self).forwarded();
     }
 
     fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {

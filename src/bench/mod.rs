@@ -60,10 +60,11 @@ pub struct BenchArgs {
     )]
     backends: Vec<Backend>,
     /// podswitchd's worker counts to measure side by side, each on a
-    /// podswitch lab of its own beside the kernel's, e.g. `1,2` (default:
+    /// podswitch lab of its own beside the kernel's, e.g. `1,2`, or
+    /// `per-cpu` (a worker per CPU, pod ports split among them) (default:
     /// one podswitch lab with podswitchd's default).
-    #[arg(long, value_delimiter = ',', value_name = "N,N...")]
-    workers: Vec<usize>,
+    #[arg(long, value_delimiter = ',', value_name = "N|per-cpu,...")]
+    workers: Vec<WorkerChoice>,
     /// podswitchd's underlay kinds to measure side by side (socket,
     /// af-xdp), each on a podswitch lab of its own, for every worker
     /// count (default: podswitchd's default, socket).
@@ -566,13 +567,48 @@ fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, 
     measured
 }
 
+/// How many workers a podswitch lab runs: a count, or one per CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerChoice {
+    /// podswitchd's `workers`.
+    Count(usize),
+    /// podswitchd's `per_cpu`.
+    PerCpu,
+}
+
+impl std::str::FromStr for WorkerChoice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<WorkerChoice, String> {
+        if text == "per-cpu" {
+            return Ok(WorkerChoice::PerCpu);
+        }
+        match text.parse() {
+            Ok(n) if (1..=9).contains(&n) => Ok(WorkerChoice::Count(n)),
+            _ => Err(format!(
+                "{text:?}: a worker count from 1 to 9 (lab names are short) or per-cpu"
+            )),
+        }
+    }
+}
+
+impl WorkerChoice {
+    /// What labels and lab names carry: the count, or "cpu".
+    fn tag(self) -> String {
+        match self {
+            WorkerChoice::Count(n) => n.to_string(),
+            WorkerChoice::PerCpu => "cpu".into(),
+        }
+    }
+}
+
 /// A dataplane the bench measures: the kernel, or podswitch with a number
 /// of workers, an underlay kind and a pod port kind.
 struct Dataplane {
     label: String,
     /// The lab's `--dataplane`.
     kind: lab::Dataplane,
-    workers: Option<usize>,
+    workers: Option<WorkerChoice>,
     underlay_kind: Option<String>,
     port_kind: Option<PodPortKind>,
 }
@@ -581,16 +617,16 @@ struct Dataplane {
 const PODS_MARK: &str = "-pods-";
 
 /// The label of podswitch with `workers`, `underlay_kind` and `port_kind`
-/// (when chosen): "podswitch", "podswitch-w2", "podswitch-af-xdp",
-/// "podswitch-w2-af-xdp", "podswitch-pods-af-xdp", ...
+/// (when chosen): "podswitch", "podswitch-w2", "podswitch-wcpu",
+/// "podswitch-af-xdp", "podswitch-w2-af-xdp", "podswitch-pods-af-xdp", ...
 fn podswitch_label(
-    workers: Option<usize>,
+    workers: Option<WorkerChoice>,
     underlay_kind: Option<&str>,
     port_kind: Option<PodPortKind>,
 ) -> String {
     let mut label = "podswitch".to_string();
     if let Some(w) = workers {
-        label.push_str(&format!("-w{w}"));
+        label.push_str(&format!("-w{}", w.tag()));
     }
     if let Some(k) = underlay_kind {
         label.push('-');
@@ -604,7 +640,8 @@ fn podswitch_label(
 }
 
 /// What a dataplane label adds to a case's name: " workers=2",
-/// " underlay=af-xdp", " pods=af-xdp", several, or nothing (the kernel,
+/// " workers=per-cpu", " underlay=af-xdp", " pods=af-xdp", several, or
+/// nothing (the kernel,
 /// podswitch's defaults). The chart reads labels back with it (records
 /// from before pod port kinds have none).
 pub fn case_suffix(label: &str) -> String {
@@ -624,8 +661,10 @@ pub fn case_suffix(label: &str) -> String {
         None => (None, Some(rest)),
     };
     let mut suffix = String::new();
-    if let Some(w) = workers {
-        suffix.push_str(&format!(" workers={w}"));
+    match workers {
+        Some("cpu") => suffix.push_str(" workers=per-cpu"),
+        Some(w) => suffix.push_str(&format!(" workers={w}")),
+        None => {}
     }
     if let Some(u) = underlay.filter(|u| !u.is_empty()) {
         suffix.push_str(&format!(" underlay={u}"));
@@ -710,12 +749,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
         underlay_kind: None,
         port_kind: None,
     }];
-    for &w in &args.workers {
-        if !(1..=9).contains(&w) {
-            bail!("--workers {w}: from 1 to 9 here (lab names are short)");
-        }
-    }
-    let worker_counts: Vec<Option<usize>> = match args.workers.is_empty() {
+    let worker_counts: Vec<Option<WorkerChoice>> = match args.workers.is_empty() {
         true => vec![None],
         false => args.workers.iter().copied().map(Some).collect(),
     };
@@ -775,7 +809,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             let name = format!(
                 "b{}{}{}{}{}",
                 &dp.label[..1],
-                dp.workers.map(|w| w.to_string()).unwrap_or_default(),
+                dp.workers.map(WorkerChoice::tag).unwrap_or_default(),
                 match dp.underlay_kind.as_deref() {
                     Some("af-xdp") => "x",
                     _ => "",
@@ -793,8 +827,10 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                     .collect::<String>()
             );
             let mut up = UpArgs::new(&name, dp.kind, *backend);
-            if let Some(w) = dp.workers {
-                up = up.workers(w);
+            match dp.workers {
+                Some(WorkerChoice::Count(w)) => up = up.workers(w),
+                Some(WorkerChoice::PerCpu) => up = up.per_cpu(),
+                None => {}
             }
             if let Some(k) = &dp.underlay_kind {
                 up = up.underlay_kind(k);
@@ -969,7 +1005,20 @@ mod tests {
     fn labels_name_their_variant_and_read_back() {
         for (workers, kind, pods, label, suffix) in [
             (None, None, None, "podswitch", ""),
-            (Some(2), None, None, "podswitch-w2", " workers=2"),
+            (
+                Some(WorkerChoice::Count(2)),
+                None,
+                None,
+                "podswitch-w2",
+                " workers=2",
+            ),
+            (
+                Some(WorkerChoice::PerCpu),
+                None,
+                None,
+                "podswitch-wcpu",
+                " workers=per-cpu",
+            ),
             (
                 None,
                 Some("af-xdp"),
@@ -978,7 +1027,7 @@ mod tests {
                 " underlay=af-xdp",
             ),
             (
-                Some(1),
+                Some(WorkerChoice::Count(1)),
                 Some("socket"),
                 None,
                 "podswitch-w1-socket",
@@ -992,7 +1041,7 @@ mod tests {
                 " pods=af-xdp",
             ),
             (
-                Some(2),
+                Some(WorkerChoice::Count(2)),
                 Some("af-xdp"),
                 Some(PodPortKind::AfPacket),
                 "podswitch-w2-af-xdp-pods-af-packet",

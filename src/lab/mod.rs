@@ -80,8 +80,12 @@ pub struct UpArgs {
     etcd_members: u8,
     /// podswitchd's forwarding threads on each node (default: podswitchd's
     /// own, one per four CPUs).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "per_cpu")]
     workers: Option<usize>,
+    /// podswitchd with a worker per CPU, pod ports split among them
+    /// (its `per_cpu`).
+    #[arg(long)]
+    per_cpu: bool,
     /// How podswitchd receives tunnel packets: socket or af-xdp (default:
     /// podswitchd's own, socket).
     #[arg(long, value_parser = UNDERLAY_KINDS)]
@@ -145,6 +149,7 @@ impl UpArgs {
             kernel_nodes: 0,
             etcd_members: 1,
             workers: None,
+            per_cpu: false,
             underlay_kind: None,
             port_kind: None,
         }
@@ -153,6 +158,12 @@ impl UpArgs {
     /// podswitchd with `workers` forwarding threads.
     pub fn workers(mut self, workers: usize) -> UpArgs {
         self.workers = Some(workers);
+        self
+    }
+
+    /// podswitchd with a worker per CPU (`per_cpu`).
+    pub fn per_cpu(mut self) -> UpArgs {
+        self.per_cpu = true;
         self
     }
 
@@ -185,6 +196,9 @@ pub struct Lab {
     /// podswitchd's forwarding threads, if the lab chose.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// podswitchd runs a worker per CPU.
+    #[serde(default)]
+    pub per_cpu: bool,
     /// How podswitchd receives tunnel packets, if the lab chose.
     #[serde(default)]
     pub underlay_kind: Option<String>,
@@ -328,6 +342,7 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
         pods: Vec::new(),
         store,
         workers: args.workers,
+        per_cpu: args.per_cpu,
         underlay_kind: args.underlay_kind.clone(),
         port_kind: args.port_kind,
     };
@@ -558,6 +573,9 @@ fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
     let mut dataplane = String::new();
     if let Some(workers) = lab.workers {
         dataplane.push_str(&format!("workers = {workers}\n"));
+    }
+    if lab.per_cpu {
+        dataplane.push_str("per_cpu = true\n");
     }
     if let Some(kind) = &lab.underlay_kind {
         dataplane.push_str(&format!("underlay_kind = \"{kind}\"\n"));

@@ -25,6 +25,7 @@ use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_L
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::{OffloadEvent, Stats};
+use crate::sys::flow_steer::{self, FlowSteering, MemberProgress};
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::packet_socket::{PacketOptions, PacketSocket};
 use crate::sys::tcx::IngressStop;
@@ -41,6 +42,10 @@ pub(super) struct PacketRx {
     staging_large: Vec<Option<PacketBuf>>,
     /// What the kernel dropped for the socket.
     kernel_drops: KernelDrops,
+    /// How many messages the last receive asked the kernel for (the
+    /// buffers it could stage): a receive that got fewer found the
+    /// socket empty.
+    asked: usize,
 }
 
 struct RxBuffers<'a> {
@@ -79,6 +84,7 @@ impl PacketRx {
             staging: Vec::with_capacity(BATCH_SIZE),
             staging_large: Vec::with_capacity(BATCH_SIZE),
             kernel_drops: KernelDrops::socket(),
+            asked: 0,
         }
     }
 
@@ -92,6 +98,7 @@ impl PacketRx {
     ) -> io::Result<usize> {
         let want = BATCH_SIZE.saturating_sub(batch.len());
         stage(pool, &mut self.staging, want, counter.id);
+        self.asked = self.staging.len();
         if self.staging.is_empty() {
             return Ok(0);
         }
@@ -155,6 +162,12 @@ impl PacketRx {
         // Messages read, kept or dropped: a batch dropped whole does not
         // mean the socket is empty.
         Ok(got)
+    }
+
+    /// True if the last receive found the socket empty: it got fewer
+    /// messages than it asked for.
+    pub(super) fn emptied(&self, got: usize) -> bool {
+        got < self.asked
     }
 
     /// Sends `batch` with each frame's offloads in its virtio-net header
@@ -267,6 +280,35 @@ pub struct AfPacketPort {
     /// attached; `None` in the other members of a port split by CPU
     /// ([`Port::fan_out`]), which the first member's covers.
     kernel_stop: Option<io::Result<IngressStop>>,
+    /// A member of a port split among workers reports its reads to the
+    /// group's steering program ([`Port::fan_out`]).
+    steered: Option<Steered>,
+}
+
+/// A fanout member's report of how far its frames have been sent on
+/// ([`MemberProgress`]), and the receive not yet reported.
+#[derive(Debug)]
+struct Steered {
+    progress: MemberProgress,
+    /// The steering mark before the receive, the messages it read and
+    /// whether it found the socket empty.
+    held: Option<(u32, usize, bool)>,
+}
+
+impl Steered {
+    fn new(progress: MemberProgress) -> Steered {
+        Steered {
+            progress,
+            held: None,
+        }
+    }
+
+    /// Reports the held receive: its frames have been sent on.
+    fn release(&mut self) {
+        if let Some((mark, got, emptied)) = self.held.take() {
+            self.progress.read(mark, got, emptied);
+        }
+    }
 }
 
 impl AfPacketPort {
@@ -287,6 +329,7 @@ impl AfPacketPort {
             rx: PacketRx::new(sock),
             tx: TxScratch::default(),
             kernel_stop: Some(kernel_stop),
+            steered: None,
         })
     }
 
@@ -311,7 +354,25 @@ impl Port for AfPacketPort {
     }
 
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
-        self.rx.recv(&self.counter, pool, batch)
+        let Some(steered) = &mut self.steered else {
+            return self.rx.recv(&self.counter, pool, batch);
+        };
+        // A worker that receives again has sent on what it read before.
+        steered.release();
+        let mark = steered.progress.steered();
+        let got = self.rx.recv(&self.counter, pool, batch)?;
+        steered.held = Some((mark, got, self.rx.emptied(got)));
+        if got == 0 {
+            // Nothing held: the flows here may move at once.
+            steered.release();
+        }
+        Ok(got)
+    }
+
+    fn forwarded(&mut self) {
+        if let Some(steered) = &mut self.steered {
+            steered.release();
+        }
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
@@ -322,9 +383,11 @@ impl Port for AfPacketPort {
         vec![self.rx.sock.as_fd().as_raw_fd()]
     }
 
-    /// A `PACKET_FANOUT_CPU` group on the pod's veth, this port's socket
-    /// its first member
-    /// ([`PacketSocket::fan_out_by_cpu`](crate::sys::packet_socket::PacketSocket::fan_out_by_cpu)).
+    /// A fanout group on the pod's veth steered by flow, this port's
+    /// socket its first member
+    /// ([`PacketSocket::fan_out_by_flow`](crate::sys::packet_socket::PacketSocket::fan_out_by_flow),
+    /// with [`flow_steer::DEFAULT_GAP`]). Each member reports its reads
+    /// when its worker says they are forwarded ([`Port::forwarded`]).
     /// The new members open their sockets in the calling thread's network
     /// namespace, which must be the port's.
     fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
@@ -334,22 +397,26 @@ impl Port for AfPacketPort {
                 "a port split by CPU has at least one member",
             ));
         }
+        let splitting =
+            |e: io::Error| io::Error::new(e.kind(), format!("splitting {} by CPU: {e}", self.name));
+        let steering = FlowSteering::new(members, flow_steer::DEFAULT_GAP).map_err(splitting)?;
         let sockets = self
             .rx
             .sock
-            .fan_out_by_cpu(members - 1, PacketOptions::default())
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("splitting {} by CPU: {e}", self.name))
-            })?;
+            .fan_out_by_flow(members - 1, PacketOptions::default(), &steering)
+            .map_err(splitting)?;
+        self.steered = Some(Steered::new(steering.progress(0)));
         let others = sockets
             .into_iter()
-            .map(|sock| {
+            .enumerate()
+            .map(|(i, sock)| {
                 Box::new(AfPacketPort {
                     name: self.name.clone(),
                     counter: self.counter.clone(),
                     rx: PacketRx::new(sock),
                     tx: TxScratch::default(),
                     kernel_stop: None,
+                    steered: Some(Steered::new(steering.progress(i + 1))),
                 }) as Box<dyn Port>
             })
             .collect();

@@ -75,6 +75,37 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     }
 }
 
+/// The CPUs online (`/sys/devices/system/cpu/online`,
+/// Documentation/ABI/stable/sysfs-devices-system-cpu).
+pub fn online_cpus() -> io::Result<Vec<usize>> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online")?;
+    parse_cpu_list(text.trim()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("online CPUs: {:?} is not a CPU list", text.trim()),
+        )
+    })
+}
+
+/// A kernel CPU list (`0-3,6,8-9`), in order; None if it is not one.
+pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        let (first, last): (usize, usize) = match part.split_once('-') {
+            Some((a, b)) => (a.parse().ok()?, b.parse().ok()?),
+            None => {
+                let cpu = part.parse().ok()?;
+                (cpu, cpu)
+            }
+        };
+        if last < first {
+            return None;
+        }
+        cpus.extend(first..=last);
+    }
+    Some(cpus)
+}
+
 /// Pins the calling thread to CPU `cpu` (a worker on a CPU kept for it).
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
@@ -134,6 +165,17 @@ pub fn class_allowed(class: ThreadClass) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists_read_as_the_kernel_writes_them() {
+        assert_eq!(parse_cpu_list("0"), Some(vec![0]));
+        assert_eq!(parse_cpu_list("0-3,6,8-9"), Some(vec![0, 1, 2, 3, 6, 8, 9]));
+        for bad in ["", "a", "3-1", "0-", "1,,2"] {
+            assert_eq!(parse_cpu_list(bad), None, "{bad:?}");
+        }
+        let online = online_cpus().unwrap();
+        assert!(online.contains(&0), "CPU 0 is online: {online:?}");
+    }
 
     fn policy() -> libc::c_int {
         // SAFETY: sched_getscheduler(2) takes no pointers; 0 is this thread.

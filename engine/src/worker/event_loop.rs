@@ -266,6 +266,7 @@ impl Loop {
                 if batch.is_empty() {
                     // Everything read was dropped in the port (counted
                     // there); the port stays ready for what follows.
+                    self.forwarded(id);
                     i += 1;
                     continue;
                 }
@@ -298,6 +299,7 @@ impl Loop {
                         _ => drop_all(tables, pool, port, DropReason::PortGone, frames),
                     },
                 });
+                self.forwarded(id);
                 i += 1;
             }
             if moved {
@@ -322,6 +324,13 @@ impl Loop {
             if capturing {
                 self.finish_captures();
             }
+        }
+    }
+
+    /// Tells port `id` that what it last received has gone on.
+    fn forwarded(&mut self, id: PortId) {
+        if let Some(Some(slot)) = self.slots.get_mut(usize::from(id.0)) {
+            slot.port().forwarded();
         }
     }
 

@@ -25,6 +25,7 @@
 //! [`Capture`](crate::capture::Capture) through commands sent from the
 //! control thread to the port's owner with a [`mio::Waker`].
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -63,6 +64,12 @@ pub struct WorkerOptions {
     pub clock_secs: fn() -> u32,
     /// Microseconds since the epoch (capture timestamps and deadlines).
     pub clock_micros: fn() -> u64,
+    /// Split every port that can split ([`Port::fan_out`]) among all the
+    /// workers of the group, member k to worker k, instead of giving it to
+    /// one: member k takes the frames CPU k receives (the flows of other
+    /// CPUs' frames kept in order), so worker k, pinned to CPU k, is woken
+    /// where its frames arrive, and every worker writes the port itself.
+    pub split_ports: bool,
 }
 
 /// How a capture ended.
@@ -102,8 +109,9 @@ pub struct Workers {
     /// lets go, and commands are routed by it.
     crew: Arc<Crew>,
     /// One placement decision at a time, so that ports attached together
-    /// still spread.
-    attaching: Mutex<()>,
+    /// still spread; and the ports split among all workers.
+    attaching: Mutex<BTreeSet<PortId>>,
+    split_ports: bool,
 }
 
 impl fmt::Debug for Workers {
@@ -171,6 +179,7 @@ impl Workers {
             workers,
             crew,
             attaching: Mutex::default(),
+            split_ports: options.split_ports,
         })
     }
 
@@ -200,9 +209,24 @@ impl Workers {
     /// Hands `port` to the worker with the fewest ports (the first of
     /// them on a tie; the worker that has it, for a port attached again),
     /// and returns that worker once it polls the port: from then on,
-    /// frames any worker sends to the port reach it.
+    /// frames any worker sends to the port reach it. With
+    /// [`WorkerOptions::split_ports`], a port that can split goes to every
+    /// worker, a member each, and the answer is 0.
     pub fn attach(&self, id: PortId, port: Box<dyn Port>) -> io::Result<usize> {
-        let _one_at_a_time = self.attaching.lock().unwrap_or_else(|e| e.into_inner());
+        let mut split = self.attaching.lock().unwrap_or_else(|e| e.into_inner());
+        let mut port = port;
+        if self.split_ports && !split.contains(&id) && self.crew.owner(id).is_none() {
+            match port.fan_out(self.workers.len()) {
+                Ok(others) => {
+                    self.attach_split(id, std::iter::once(port).chain(others))?;
+                    split.insert(id);
+                    return Ok(0);
+                }
+                // Ports of other kinds have one owner, as without the option.
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+                Err(e) => return Err(e),
+            }
+        }
         let worker = self.crew.owner(id).unwrap_or_else(|| {
             let load = self.crew.ports_per_worker(self.workers.len());
             (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0)
@@ -211,8 +235,51 @@ impl Workers {
         Ok(worker)
     }
 
-    /// Takes a port back (the caller drops it, closing its sockets).
+    /// Gives member k of a split port to worker k; on a failure, takes
+    /// back the members already given.
+    fn attach_split(
+        &self,
+        id: PortId,
+        members: impl Iterator<Item = Box<dyn Port>>,
+    ) -> io::Result<()> {
+        for (worker, member) in members.enumerate() {
+            let attached = self
+                .ask(worker, |reply| Command::Attach(id, member, reply))
+                .and_then(|r| r);
+            if let Err(e) = attached {
+                for earlier in 0..worker {
+                    let _ = self.ask(earlier, |reply| Command::Detach(id, reply));
+                }
+                self.crew.set_owner(id, None);
+                return Err(e);
+            }
+        }
+        // Commands for the port (a detach, a capture) start at worker 0.
+        self.crew.set_owner(id, Some(0));
+        Ok(())
+    }
+
+    /// True if `port` is split among all the workers.
+    pub fn is_split(&self, port: PortId) -> bool {
+        self.attaching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&port)
+    }
+
+    /// Takes a port back (the caller drops it, closing its sockets); of a
+    /// split port, every worker's member is taken back, and the first
+    /// returned.
     pub fn detach(&self, id: PortId) -> io::Result<Option<Box<dyn Port>>> {
+        let mut split = self.attaching.lock().unwrap_or_else(|e| e.into_inner());
+        if split.remove(&id) {
+            let mut first = None;
+            for worker in 0..self.workers.len() {
+                let member = self.ask(worker, |reply| Command::Detach(id, reply))?;
+                first = first.or(member);
+            }
+            return Ok(first);
+        }
         let Some(worker) = self.crew.owner(id) else {
             return Ok(None);
         };
@@ -227,6 +294,15 @@ impl Workers {
         out: File,
         limit: CaptureLimit,
     ) -> io::Result<mpsc::Receiver<io::Result<CaptureResult>>> {
+        if self.is_split(port) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "port {port} is split among {} workers (split_ports): a capture does not span them yet",
+                    self.workers.len()
+                ),
+            ));
+        }
         let worker = self.owner(port).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
@@ -341,6 +417,7 @@ mod tests {
             realtime: false,
             clock_secs: || 1,
             clock_micros: || 1,
+            split_ports: false,
         }
     }
 

@@ -139,6 +139,14 @@ pub(crate) struct Cli {
     /// unpinned.
     #[arg(long, value_name = "CPU,CPU...", value_delimiter = ',')]
     pub worker_cpus: Vec<usize>,
+    /// `[dataplane] per_cpu`: one worker per CPU the daemon may run on,
+    /// each pinned to its CPU, and every AF_PACKET pod port split among
+    /// them, so that a frame is forwarded by the worker of the CPU it
+    /// arrived on, each flow kept in order (default false; not with
+    /// `workers` or `worker_cpus`; `podswitchctl capture` does not span a
+    /// split port yet). docs/architecture.md, "Where it is going".
+    #[arg(long, value_name = "true|false")]
+    pub per_cpu: Option<bool>,
     /// `[node] masquerade`: pods' traffic to addresses outside the cluster
     /// CIDR leaves with the node's address (default true; nftables table
     /// `podswitch`, removed on exit).
@@ -260,6 +268,7 @@ struct DataplaneSection {
     worker_priority: Option<String>,
     workers: Option<usize>,
     worker_cpus: Option<Vec<usize>>,
+    per_cpu: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -368,6 +377,8 @@ pub(crate) struct Settings {
     pub workers: usize,
     /// CPUs the workers are pinned to (none: unpinned).
     pub worker_cpus: Vec<usize>,
+    /// A worker per CPU, pod ports split among them.
+    pub per_cpu: bool,
     /// Where the Prometheus endpoint listens, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Masquerade pod egress; see `egress`.
@@ -672,17 +683,29 @@ impl Settings {
         };
         let allowed =
             sched::allowed_cpus().map_err(|e| format!("the CPUs podswitchd may use: {e}"))?;
-        let workers = cli
-            .workers
-            .or(file.dataplane.workers)
-            .unwrap_or_else(|| default_workers(allowed.len()));
+        let per_cpu = cli.per_cpu.or(file.dataplane.per_cpu).unwrap_or(false);
+        let chosen_workers = cli.workers.or(file.dataplane.workers);
+        let chosen_cpus = !cli.worker_cpus.is_empty() || file.dataplane.worker_cpus.is_some();
+        if per_cpu && (chosen_workers.is_some() || chosen_cpus) {
+            return Err(origin.error(
+                "dataplane.per_cpu",
+                "it sets the workers (one per CPU) and their CPUs itself: leave out workers and worker_cpus",
+            ));
+        }
+        let workers = if per_cpu {
+            allowed.len().min(MAX_WORKERS)
+        } else {
+            chosen_workers.unwrap_or_else(|| default_workers(allowed.len()))
+        };
         if !(1..=MAX_WORKERS).contains(&workers) {
             return Err(origin.error(
                 "dataplane.workers",
                 format!("{workers}: from 1 to {MAX_WORKERS}"),
             ));
         }
-        let worker_cpus = if cli.worker_cpus.is_empty() {
+        let worker_cpus = if per_cpu {
+            allowed[..workers].to_vec()
+        } else if cli.worker_cpus.is_empty() {
             file.dataplane.worker_cpus.unwrap_or_default()
         } else {
             cli.worker_cpus.clone()
@@ -747,6 +770,7 @@ impl Settings {
             realtime,
             workers,
             worker_cpus,
+            per_cpu,
             metrics_listen,
             masquerade: cli.masquerade.or(file.node.masquerade).unwrap_or(true),
             no_masquerade,
@@ -929,6 +953,29 @@ mod tests {
             e.contains("dataplane.worker_cpus") && e.contains("CPU 100000"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn per_cpu_gives_each_cpu_allowed_a_pinned_worker_and_excludes_choosing_them() {
+        let with = load_node1;
+        let cpus = sched::allowed_cpus().unwrap();
+        assert!(!with(&[]).unwrap().per_cpu);
+        let s = with(&["--per-cpu", "true"]).unwrap();
+        assert!(s.per_cpu);
+        assert_eq!(s.workers, cpus.len().min(MAX_WORKERS));
+        assert_eq!(s.worker_cpus, cpus[..s.workers]);
+        for also in [
+            &["--workers", "2"][..],
+            &["--worker-cpus", &cpus[0].to_string()],
+        ] {
+            let mut args = vec!["--per-cpu", "true"];
+            args.extend_from_slice(also);
+            let e = with(&args).unwrap_err();
+            assert!(
+                e.contains("dataplane.per_cpu") && e.contains("leave out workers"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -103,6 +103,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         underlay = %format!("{} {}", settings.underlay_interface, node.underlay_ip),
         pod_mtu = node.pod_mtu(),
         workers = settings.workers,
+        per_cpu = settings.per_cpu,
         "starting"
     );
     // With masquerade on, podswitchd's forward chain lets the kernel send
@@ -127,6 +128,9 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             .add_route(Prefix::new_truncating(host_address, 32), NextHop::Host)
             .map_err(|e| e.to_string())?;
     }
+    if settings.per_cpu {
+        warn_unless_every_cpu_has_its_worker(&settings.worker_cpus);
+    }
     let datapath = Arc::new(
         Datapath::start(
             Arc::clone(&tables),
@@ -138,6 +142,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                     realtime: settings.realtime,
                     clock_secs,
                     clock_micros,
+                    split_ports: settings.per_cpu,
                 },
                 workers: settings.workers,
                 worker_cpus: settings.worker_cpus.clone(),
@@ -457,4 +462,27 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         }
     }
     Ok(())
+}
+
+/// With `per_cpu`, member k of a split port takes the frames of every CPU
+/// numbered k modulo the workers, and worker k runs on `worker_cpus[k]`:
+/// each worker is woken on the CPU its frames arrive on only if the
+/// workers are pinned to CPUs 0, 1, 2... and no other CPU is online.
+/// Otherwise some wake-ups cross CPUs again, which is worth a line.
+fn warn_unless_every_cpu_has_its_worker(worker_cpus: &[usize]) {
+    let online = podswitch_engine::sys::sched::online_cpus().ok();
+    let aligned = worker_cpus.iter().enumerate().all(|(k, &cpu)| k == cpu);
+    if online
+        .as_ref()
+        .is_some_and(|online| online.len() == worker_cpus.len())
+        && aligned
+    {
+        return;
+    }
+    tracing::warn!(
+        workers_on = ?worker_cpus,
+        online = ?online,
+        "per_cpu: podswitchd may not run on every online CPU, so a frame that arrives on CPU k \
+         is read by the worker on CPU worker_cpus[k mod workers], woken from another CPU"
+    );
 }

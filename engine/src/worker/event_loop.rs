@@ -21,7 +21,6 @@ use crate::pipeline::{Outputs, Pipeline};
 use crate::port::{Port, PortId};
 use crate::sys::sched::{self, ThreadClass};
 use crate::tables::Tables;
-use podswitch_encap::pcap::PcapWriter;
 
 /// Counts every frame of `frames`, bound for `port`, dropped for `reason`,
 /// and gives their buffers back.
@@ -452,8 +451,7 @@ impl Loop {
                 }
                 Command::Capture {
                     port,
-                    out,
-                    limit,
+                    recording,
                     done,
                 } => {
                     let i = usize::from(port.0);
@@ -472,18 +470,9 @@ impl Loop {
                             )));
                         }
                         Some(Slot::Plain(p)) => {
-                            let clock = self.options.clock_micros;
-                            match PcapWriter::new(out) {
-                                Ok(w) => {
-                                    let c = Capture::wrap(p, w, limit, clock);
-                                    self.slots[i] = Some(Slot::Captured(Box::new(c), done));
-                                    self.captures += 1;
-                                }
-                                Err(e) => {
-                                    self.slots[i] = Some(Slot::Plain(p));
-                                    let _ = done.send(Err(e));
-                                }
-                            }
+                            let c = Capture::join(p, recording);
+                            self.slots[i] = Some(Slot::Captured(Box::new(c), done));
+                            self.captures += 1;
                         }
                     }
                 }

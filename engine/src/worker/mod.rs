@@ -36,12 +36,13 @@ use std::time::Duration;
 
 use mio::{Poll, Token, Waker};
 
-use crate::capture::CaptureLimit;
+use crate::capture::{CaptureLimit, Recording};
 use crate::packet::{BufferDepot, PacketPool, DEFAULT_BUF_SIZE};
 use crate::port::{Port, PortId};
 use crate::tables::Tables;
 use event_loop::Loop;
 use handoff::Crew;
+use podswitch_encap::pcap::PcapWriter;
 
 /// The token of the waker commands come with.
 const WAKER: Token = Token(usize::MAX);
@@ -85,10 +86,11 @@ enum Command {
     /// Answered once the worker polls the port and owns it.
     Attach(PortId, Box<dyn Port>, mpsc::Sender<io::Result<()>>),
     Detach(PortId, mpsc::Sender<Option<Box<dyn Port>>>),
+    /// Wraps the port (or the worker's member of a split port) in a
+    /// capture writing to `recording`.
     Capture {
         port: PortId,
-        out: BufWriter<File>,
-        limit: CaptureLimit,
+        recording: Arc<Recording<BufWriter<File>>>,
         done: mpsc::Sender<io::Result<CaptureResult>>,
     },
     Stop,
@@ -112,6 +114,8 @@ pub struct Workers {
     /// still spread; and the ports split among all workers.
     attaching: Mutex<BTreeSet<PortId>>,
     split_ports: bool,
+    /// Capture timestamps and deadlines.
+    clock_micros: fn() -> u64,
 }
 
 impl fmt::Debug for Workers {
@@ -180,6 +184,7 @@ impl Workers {
             crew,
             attaching: Mutex::default(),
             split_ports: options.split_ports,
+            clock_micros: options.clock_micros,
         })
     }
 
@@ -287,35 +292,39 @@ impl Workers {
     }
 
     /// Starts writing the frames of `port` to `out`; the returned channel
-    /// gets the result when the limit is reached or the port detached.
+    /// gets the result when the limit is reached or the port detached. A
+    /// port split among the workers is captured by every one of them
+    /// into the one file, up to the one limit; the first result is the
+    /// whole capture's (the recording has stopped by then).
     pub fn capture(
         &self,
         port: PortId,
         out: File,
         limit: CaptureLimit,
     ) -> io::Result<mpsc::Receiver<io::Result<CaptureResult>>> {
-        if self.is_split(port) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "port {port} is split among {} workers (split_ports): a capture does not span them yet",
-                    self.workers.len()
-                ),
-            ));
-        }
-        let worker = self.owner(port).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("port {port} is not attached to a worker"),
-            )
-        })?;
-        let (tx, rx) = mpsc::channel();
-        self.workers[worker].send(Command::Capture {
-            port,
-            out: BufWriter::new(out),
+        let writers: Vec<usize> = if self.is_split(port) {
+            (0..self.workers.len()).collect()
+        } else {
+            vec![self.owner(port).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("port {port} is not attached to a worker"),
+                )
+            })?]
+        };
+        let recording = Recording::new(
+            PcapWriter::new(BufWriter::new(out))?,
             limit,
-            done: tx,
-        })?;
+            self.clock_micros,
+        );
+        let (tx, rx) = mpsc::channel();
+        for worker in writers {
+            self.workers[worker].send(Command::Capture {
+                port,
+                recording: Arc::clone(&recording),
+                done: tx.clone(),
+            })?;
+        }
         Ok(rx)
     }
 

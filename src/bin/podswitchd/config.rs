@@ -143,8 +143,8 @@ pub(crate) struct Cli {
     /// each pinned to its CPU, and every AF_PACKET pod port split among
     /// them, so that a frame is forwarded by the worker of the CPU it
     /// arrived on, each flow kept in order (default false; not with
-    /// `workers` or `worker_cpus`; `podswitchctl capture` does not span a
-    /// split port yet). docs/architecture.md, "Where it is going".
+    /// `workers` or `worker_cpus`). docs/architecture.md, "Where it is
+    /// going".
     #[arg(long, value_name = "true|false")]
     pub per_cpu: Option<bool>,
     /// `[node] masquerade`: pods' traffic to addresses outside the cluster

@@ -215,7 +215,7 @@ fn per_cpu(a: &str, b: &str, options: &Options) -> io::Result<()> {
                 .map(Side::plain)
                 .collect());
         }
-        let steering = FlowSteering::new(cpus, options.gap)?;
+        let steering = FlowSteering::new(flow_steer::Group::Fanout, cpus, options.gap)?;
         let others = first.fan_out_by_flow(cpus - 1, socket_options, &steering)?;
         Ok(std::iter::once(first)
             .chain(others)

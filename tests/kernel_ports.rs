@@ -480,7 +480,7 @@ fn markers(frames: &[Vec<u8>]) -> Vec<u8> {
 /// flow with a quiet gap of `gap`; and a reader for each member that
 /// reports its progress and returns the markers of what it read.
 fn flow_group(ns: &Netns, cpus: usize, gap: std::time::Duration) -> impl Fn(usize) -> Vec<u8> {
-    use podswitch_engine::sys::flow_steer::FlowSteering;
+    use podswitch_engine::sys::flow_steer::{self, FlowSteering};
     use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ALL};
 
     let path = format!("/var/run/netns/{}", ns.name);
@@ -491,7 +491,7 @@ fn flow_group(ns: &Netns, cpus: usize, gap: std::time::Duration) -> impl Fn(usiz
             ..PacketOptions::default()
         };
         let ifindex = podswitch_engine::sys::netdev::ifindex("rx0")?;
-        let steering = FlowSteering::new(cpus, gap)?;
+        let steering = FlowSteering::new(flow_steer::Group::Fanout, cpus, gap)?;
         let first = PacketSocket::open(ifindex, options)?;
         let others = first.fan_out_by_flow(cpus - 1, options, &steering)?;
         Ok((
@@ -575,4 +575,75 @@ fn a_flow_group_moves_a_flow_only_after_a_quiet_gap() {
     send_into_tx0(&ns, &udp_frame(2, 1000, 3), 1, Some(1));
     assert_eq!(read(1), [3], "after a quiet gap the flow follows its CPU");
     assert_eq!(read(0), [0u8; 0]);
+}
+
+/// A reuseport group steered by flow does for UDP what a fanout group
+/// does for frames: a flow's datagrams from CPU 1 wait behind those from
+/// CPU 0 in socket 0 until its reader has sent them on, a new flow from
+/// CPU 1 goes to socket 1, and after that (and a quiet gap) the first
+/// flow follows CPU 1 too.
+#[test]
+fn a_udp_group_by_flow_moves_a_flow_only_once_its_socket_has_sent_it_on() {
+    use podswitch_engine::sys::flow_steer::{self, FlowSteering};
+    use podswitch_engine::sys::inet::InetSocket;
+    use std::net::SocketAddrV4;
+
+    let cpus = cpus_to_tell_apart();
+    let ns = Netns::new("reuse");
+    ns.ip(&["link", "set", "lo", "up"]);
+    let path = format!("/var/run/netns/{}", ns.name);
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8472);
+    let (group, steering) = in_netns(&path, move || {
+        let steering =
+            FlowSteering::new(flow_steer::Group::Reuseport, cpus, flow_steer::DEFAULT_GAP)?;
+        Ok((InetSocket::udp_bound_by_flow(addr, &steering)?, steering))
+    })
+    .expect("a reuseport group steered by flow on the loopback");
+    // One datagram from source port `port`, sent from `cpu`, carrying
+    // `marker`.
+    let send = |port: u16, cpu: usize, marker: u8| {
+        let (cpu, port, marker) = (cpu.to_string(), port.to_string(), marker.to_string());
+        ns.exec(
+            "taskset",
+            &[
+                "-c",
+                &cpu,
+                "/usr/bin/python3",
+                "-c",
+                "import socket, sys\n\
+                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 s.bind(('127.0.0.1', int(sys.argv[1])))\n\
+                 s.sendto(bytes([int(sys.argv[2])]), ('127.0.0.1', 8472))",
+                &port,
+                &marker,
+            ],
+        );
+    };
+    let read = |member: usize| -> Vec<u8> {
+        let progress = steering.progress(member);
+        let mark = progress.steered();
+        let datagrams = received(|bufs, meta| group[member].recv_batch(bufs, meta));
+        progress.read(mark, datagrams.len(), datagrams.len() < 64);
+        datagrams.iter().map(|d| d[0]).collect()
+    };
+
+    for (cpu, marker) in [(0, 1), (0, 2), (1, 3), (1, 4)] {
+        send(40000, cpu, marker);
+    }
+    send(40001, 1, 11);
+    assert_eq!(
+        read(0),
+        [1, 2, 3, 4],
+        "flow A, in order, on socket 0 (its datagrams from CPU 1 wait behind those from CPU 0)"
+    );
+    std::thread::sleep(flow_steer::DEFAULT_GAP);
+    send(40000, 1, 5);
+    assert_eq!(
+        read(1),
+        [11, 5],
+        "socket 1: the new flow B from CPU 1, then flow A once socket 0 had sent it on"
+    );
+    for member in 0..cpus {
+        assert_eq!(read(member), [0u8; 0], "socket {member} has nothing left");
+    }
 }

@@ -399,7 +399,7 @@ impl Port for AfPacketPort {
         }
         let splitting =
             |e: io::Error| io::Error::new(e.kind(), format!("splitting {} by CPU: {e}", self.name));
-        let steering = FlowSteering::new(members, flow_steer::DEFAULT_GAP).map_err(splitting)?;
+        let steering = FlowSteering::new(flow_steer::Group::Fanout, members, flow_steer::DEFAULT_GAP).map_err(splitting)?;
         let sockets = self
             .rx
             .sock

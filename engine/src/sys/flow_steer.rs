@@ -118,18 +118,41 @@ enum Label {
     Return,
 }
 
-/// The program for a group of `members`, with the flow table `flows_fd`
-/// and the members' counters `counters_fd`, that moves a flow only after
-/// it has been quiet for `gap_ns` (see [`FlowSteering::new`]). It reads
-/// the frame relative to the network header (`SKF_NET_OFF`), and checks
-/// lengths against `skb->len`, which for a fanout group counts from the
-/// network header: a reuseport group, whose program sees `skb->len` from
-/// the payload, would need other checks.
+/// Which kind of group a program steers: what `skb->len` counts from
+/// when it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// A packet socket fanout group (`PACKET_FANOUT_EBPF`): the program
+    /// sees the frame from its network header, and `skb->len` counts
+    /// from there.
+    Fanout,
+    /// A UDP socket's `SO_REUSEPORT` group (`SO_ATTACH_REUSEPORT_EBPF`,
+    /// Linux 4.6): the program sees the datagram with its UDP header
+    /// pulled, and `skb->len` counts the payload only
+    /// (`reuseport_select_sock`, net/core/sock_reuseport.c).
+    Reuseport,
+}
+
+/// The program for a `group` of `members`, with the flow table
+/// `flows_fd` and the members' counters `counters_fd`, that moves a flow
+/// only after it has been quiet for `gap_ns` (see [`FlowSteering::new`]).
+/// It reads the packet relative to its network header (`SKF_NET_OFF`),
+/// wherever the group's view of it starts. In a fanout group it checks
+/// the lengths it reads against `skb->len`; in a reuseport group, whose
+/// datagrams the kernel's UDP has checked, the loads' own bounds check
+/// (a load past the end ends the program: socket 0) is enough.
 ///
 /// Registers: r6 the context, r7 the hash, then the bucket, then the
 /// time; r8 the IPv4 protocol and then the flow's entry; r9 the frame's
 /// length and then the member chosen.
-pub fn program(members: u32, gap_ns: u32, flows_fd: i32, counters_fd: i32) -> Vec<Instruction> {
+pub fn program(
+    group: Group,
+    members: u32,
+    gap_ns: u32,
+    flows_fd: i32,
+    counters_fd: i32,
+) -> Vec<Instruction> {
+    let checks_lengths = group == Group::Fanout;
     let mut a = Assembler::default();
     a.op(mov64_reg(6, 1));
     a.op(mov64_imm(7, 0));
@@ -139,7 +162,9 @@ pub fn program(members: u32, gap_ns: u32, flows_fd: i32, counters_fd: i32) -> Ve
         jne32_imm(0, u32::from(u16::from_ne_bytes([0x08, 0x00])), 0),
         Label::Hashed,
     );
-    a.jump(jlt32_imm(9, IPV4_HEADER_BYTES, 0), Label::Hashed);
+    if checks_lengths {
+        a.jump(jlt32_imm(9, IPV4_HEADER_BYTES, 0), Label::Hashed);
+    }
     // Source and destination address, and the protocol.
     a.op(load_packet(Size::Word, None, NETWORK_HEADER + 12));
     a.op(mov64_reg(7, 0));
@@ -160,9 +185,11 @@ pub fn program(members: u32, gap_ns: u32, flows_fd: i32, counters_fd: i32) -> Ve
     a.op(and32_imm(0, 0x0f));
     a.op(lsh32_imm(0, 2));
     a.op(mov64_reg(1, 0));
-    a.op(mov64_reg(2, 0));
-    a.op(add32_imm(2, 4));
-    a.jump(jgt32_reg(2, 9, 0), Label::Mix);
+    if checks_lengths {
+        a.op(mov64_reg(2, 0));
+        a.op(add32_imm(2, 4));
+        a.jump(jgt32_reg(2, 9, 0), Label::Mix);
+    }
     a.op(load_packet(Size::Word, Some(1), NETWORK_HEADER));
     a.op(xor64_reg(7, 0));
     a.place(Label::Mix);
@@ -307,13 +334,15 @@ impl Drop for MemberCounters {
 pub struct FlowSteering {
     program: OwnedFd,
     counters: Arc<MemberCounters>,
+    group: Group,
 }
 
 impl FlowSteering {
-    /// Creates the maps and loads the program for a group of `members`,
-    /// which moves a flow to another member only after the flow has been
-    /// quiet for `gap` (see the module's documentation; at most 2 s).
-    pub fn new(members: usize, gap: Duration) -> io::Result<FlowSteering> {
+    /// Creates the maps and loads the program for a `group` of
+    /// `members`, which moves a flow to another member only after the
+    /// flow has been quiet for `gap` (see the module's documentation; at
+    /// most 2 s).
+    pub fn new(group: Group, members: usize, gap: Duration) -> io::Result<FlowSteering> {
         let gap_ns = u32::try_from(gap.as_nanos())
             .ok()
             .filter(|&ns| ns <= i32::MAX as u32)
@@ -339,7 +368,13 @@ impl FlowSteering {
         )
         .map_err(|e| io::Error::new(e.kind(), format!("the members' counters: {e}")))?;
         let counters = MemberCounters::map(counters_map.as_fd(), members)?;
-        let code = program(count, gap_ns, flows.as_raw_fd(), counters_map.as_raw_fd());
+        let code = program(
+            group,
+            count,
+            gap_ns,
+            flows.as_raw_fd(),
+            counters_map.as_raw_fd(),
+        );
         // The program holds both maps from here on, and the mapping holds
         // the counters: the descriptors can go.
         let program = load_program(libbpf_sys::BPF_PROG_TYPE_SOCKET_FILTER, PROGRAM_NAME, &code)
@@ -347,12 +382,18 @@ impl FlowSteering {
         Ok(FlowSteering {
             program,
             counters: Arc::new(counters),
+            group,
         })
     }
 
     /// The program, for `PACKET_FANOUT_DATA` or `SO_ATTACH_REUSEPORT_EBPF`.
     pub fn program(&self) -> BorrowedFd<'_> {
         self.program.as_fd()
+    }
+
+    /// The kind of group it is for.
+    pub fn group(&self) -> Group {
+        self.group
     }
 
     /// The members it steers among.
@@ -459,7 +500,12 @@ mod tests {
 
     #[test]
     fn every_jump_lands_inside_the_program_and_forward() {
-        let p = program(2, 100_000, 3, 4);
+        for group in [Group::Fanout, Group::Reuseport] {
+            every_jump_lands_inside(&program(group, 2, 100_000, 3, 4));
+        }
+    }
+
+    fn every_jump_lands_inside(p: &[Instruction]) {
         for (i, ins) in p.iter().enumerate() {
             let class = ins.code & 0x07;
             let is_jump = (class == 0x05 || class == 0x06) && ins.code != 0x85 && ins.code != 0x95;

@@ -9,6 +9,7 @@ use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
+use super::flow_steer::{FlowSteering, Group};
 use super::mmsg::{self, Received, RecvBuffers, SendBuffers};
 use super::packet_socket::{set_program, BpfInstruction};
 use super::{cvt, setsockopt, sockaddr_in, socket};
@@ -22,8 +23,9 @@ pub struct InetSocket {
 /// IPv4 protocol number of IPIP (RFC 2003).
 pub const IPPROTO_IPIP: libc::c_int = 4;
 
-/// `SO_ATTACH_REUSEPORT_CBPF` (include/uapi/asm-generic/socket.h).
+/// `SO_ATTACH_REUSEPORT_CBPF` and `_EBPF` (include/uapi/asm-generic/socket.h).
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
 /// The ancillary load of the receiving CPU in classic BPF
 /// (include/uapi/linux/filter.h).
 const SKF_AD_OFF: i32 = -0x1000;
@@ -79,6 +81,37 @@ impl InetSocket {
             ins(0x16, 0, 0, 0),      // ret a  the index of the socket that gets it
         ];
         set_program(group[0].fd.as_fd(), SO_ATTACH_REUSEPORT_CBPF, &program)?;
+        Ok(group)
+    }
+
+    /// `members` UDP sockets bound to `addr` in one `SO_REUSEPORT` group
+    /// steered by flow with `steering` (made for a
+    /// [`Group::Reuseport`] of `members`): socket k takes the datagrams
+    /// CPU k receives, except that a flow stays on its socket until that
+    /// socket's reader has sent it on and the flow has been quiet (see
+    /// [`super::flow_steer`]). The program goes to the group through its
+    /// first socket (`SO_ATTACH_REUSEPORT_EBPF`, Linux 4.6); it returns
+    /// the index of a socket in the order they were bound.
+    pub fn udp_bound_by_flow(
+        addr: SocketAddrV4,
+        steering: &FlowSteering,
+    ) -> io::Result<Vec<InetSocket>> {
+        if steering.group() != Group::Reuseport {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a steering program for a fanout group steers a reuseport group",
+            ));
+        }
+        let group = (0..steering.members())
+            .map(|_| InetSocket::udp_receiver(addr, true))
+            .collect::<io::Result<Vec<_>>>()?;
+        let program: libc::c_int = steering.program().as_raw_fd();
+        setsockopt(
+            group[0].fd.as_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_EBPF,
+            &program,
+        )?;
         Ok(group)
     }
 

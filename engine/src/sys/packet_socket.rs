@@ -14,7 +14,7 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use super::flow_steer::FlowSteering;
+use super::flow_steer::{FlowSteering, Group};
 use super::mmsg::{self, Received, RecvBuffers, SendBuffers};
 use super::{cvt, getsockopt, setsockopt, socket};
 
@@ -205,6 +205,12 @@ impl PacketSocket {
         options: PacketOptions,
         steering: &FlowSteering,
     ) -> io::Result<Vec<PacketSocket>> {
+        if steering.group() != Group::Fanout {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a steering program for a reuseport group steers a fanout group",
+            ));
+        }
         if steering.members() != more + 1 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

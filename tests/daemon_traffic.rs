@@ -132,23 +132,36 @@ fn two_workers_hand_frames_to_each_other_on_every_path() {
 /// every path still carries ping, TCP and UDP; a ping sent from each CPU
 /// in turn between two pods of a node is forwarded by that CPU's worker,
 /// which writes the other pod's port itself (no frame handed to another
-/// worker); a capture on a split port spans every worker's member; a
-/// split port is detached from every worker; an idle node uses no CPU.
+/// worker), and so are pings to the other node, through a VXLAN underlay
+/// split among the workers too; a capture on a split port spans every
+/// worker's member; a split port is detached from every worker; an idle
+/// node uses no CPU.
 #[test]
 fn per_cpu_workers_split_pod_ports_and_carry_every_path() {
-    require(&["ip", "ping", "/usr/bin/python3", "kill", "taskset"]);
+    require(&["ip", "ping", "/usr/bin/python3", "kill", "taskset", "ss"]);
+    for (backend, tunnel_port) in [("vxlan", 8472), ("udp", 8285)] {
+        per_cpu_workers(backend, tunnel_port);
+    }
+}
+
+/// [`per_cpu_workers_split_pod_ports_and_carry_every_path`] for `backend`,
+/// whose underlay receives on UDP port `tunnel_port`.
+fn per_cpu_workers(backend: &str, tunnel_port: u16) {
     let cpus = podswitch_engine::sys::sched::allowed_cpus().unwrap();
     assert!(
         cpus.len() >= 2,
         "this test needs 2 CPUs to see a worker per CPU (this process may use {cpus:?})"
     );
-    let mut cluster = Cluster::new("vxlan", "bridge", 2);
+    let mut cluster = Cluster::new(backend, "bridge", 2);
     cluster.port_kind = "af-packet".into();
     for n in 0..cluster.nodes.len() {
         cluster.start(n, &["--per-cpu", "true"]);
         cluster.attach_pods(n);
     }
-    traffic_matrix(&cluster, "vxlan/bridge/af-packet/per-CPU workers");
+    traffic_matrix(
+        &cluster,
+        &format!("{backend}/bridge/af-packet/per-CPU workers"),
+    );
 
     let node = &cluster.nodes[0];
     let worker_stats = || -> Vec<(u64, u64)> {
@@ -197,6 +210,46 @@ fn per_cpu_workers_split_pod_ports_and_carry_every_path() {
         assert_eq!(
             now.1, was.1,
             "worker {worker} wrote the other pod's port itself, handing nothing off: {before:?} -> {after:?}"
+        );
+    }
+
+    // Across nodes too: the underlay is split (a UDP socket per worker
+    // in a reuseport group), so a ping from each CPU to a pod of the other
+    // node and its reply are each handled by one worker on each node.
+    // (IP-in-UDP sends from its receiving socket: each member from its
+    // own.)
+    let port = format!(":{tunnel_port}");
+    let sockets = node.ns.exec("ss", &["-Huln", "sport", "=", &port]);
+    assert_eq!(
+        String::from_utf8_lossy(&sockets.stdout).lines().count(),
+        cpus.len(),
+        "{backend}: a tunnel socket per worker: {}",
+        String::from_utf8_lossy(&sockets.stdout)
+    );
+    let remote = cluster.pods.iter().find(|p| p.node == 1).unwrap();
+    let before = worker_stats();
+    for cpu in &cpus {
+        from.ns.exec(
+            "taskset",
+            &[
+                "-c",
+                &cpu.to_string(),
+                "ping",
+                "-c",
+                "3",
+                "-i",
+                "0.05",
+                "-W",
+                "2",
+                &remote.ip,
+            ],
+        );
+    }
+    let after = worker_stats();
+    for (worker, (was, now)) in before.iter().zip(&after).enumerate() {
+        assert_eq!(
+            now.1, was.1,
+            "worker {worker} sent into the underlay and the pod's port itself: {before:?} -> {after:?}"
         );
     }
 

@@ -18,14 +18,14 @@ use std::sync::Arc;
 
 use super::{
     finish_offloads, give_back, has_offloads, offload_drop_reason, received_frame, stage,
-    stage_large, Counter, KernelDrops,
+    stage_large, Counter, KernelDrops, Steered,
 };
 use crate::drop::DropReason;
 use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::{OffloadEvent, Stats};
-use crate::sys::flow_steer::{self, FlowSteering, MemberProgress};
+use crate::sys::flow_steer::{self, FlowSteering};
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::packet_socket::{PacketOptions, PacketSocket};
 use crate::sys::tcx::IngressStop;
@@ -285,32 +285,6 @@ pub struct AfPacketPort {
     steered: Option<Steered>,
 }
 
-/// A fanout member's report of how far its frames have been sent on
-/// ([`MemberProgress`]), and the receive not yet reported.
-#[derive(Debug)]
-struct Steered {
-    progress: MemberProgress,
-    /// The steering mark before the receive, the messages it read and
-    /// whether it found the socket empty.
-    held: Option<(u32, usize, bool)>,
-}
-
-impl Steered {
-    fn new(progress: MemberProgress) -> Steered {
-        Steered {
-            progress,
-            held: None,
-        }
-    }
-
-    /// Reports the held receive: its frames have been sent on.
-    fn release(&mut self) {
-        if let Some((mark, got, emptied)) = self.held.take() {
-            self.progress.read(mark, got, emptied);
-        }
-    }
-}
-
 impl AfPacketPort {
     /// Opens the port on interface `name` with the pod offloads handled
     /// (virtio-net headers) and the qdisc bypassed, and ends the pod's
@@ -357,15 +331,9 @@ impl Port for AfPacketPort {
         let Some(steered) = &mut self.steered else {
             return self.rx.recv(&self.counter, pool, batch);
         };
-        // A worker that receives again has sent on what it read before.
-        steered.release();
-        let mark = steered.progress.steered();
+        let mark = steered.before_recv();
         let got = self.rx.recv(&self.counter, pool, batch)?;
-        steered.held = Some((mark, got, self.rx.emptied(got)));
-        if got == 0 {
-            // Nothing held: the flows here may move at once.
-            steered.release();
-        }
+        steered.after_recv(mark, got, self.rx.emptied(got));
         Ok(got)
     }
 
@@ -399,7 +367,9 @@ impl Port for AfPacketPort {
         }
         let splitting =
             |e: io::Error| io::Error::new(e.kind(), format!("splitting {} by CPU: {e}", self.name));
-        let steering = FlowSteering::new(flow_steer::Group::Fanout, members, flow_steer::DEFAULT_GAP).map_err(splitting)?;
+        let steering =
+            FlowSteering::new(flow_steer::Group::Fanout, members, flow_steer::DEFAULT_GAP)
+                .map_err(splitting)?;
         let sockets = self
             .rx
             .sock

@@ -44,6 +44,7 @@ use crate::offload::{finish_in_software, Finished, OffloadError};
 use crate::packet::{PacketBuf, PacketPool};
 use crate::port::PortId;
 use crate::stats::{OffloadEvent, Stats};
+use crate::sys::flow_steer::MemberProgress;
 use crate::sys::socket_drops;
 
 /// What every kernel port needs to count its own drops.
@@ -69,6 +70,50 @@ impl Counter {
 
 /// Busy reads between two looks at a socket's kernel drop counter.
 const READS_PER_LOOK: u32 = 64;
+
+/// A member of a port split among workers ([`crate::port::Port::fan_out`]):
+/// its report to the group's steering program of how far its frames have
+/// been sent on ([`MemberProgress`]), and the receive not yet reported.
+#[derive(Debug)]
+struct Steered {
+    progress: MemberProgress,
+    /// The steering mark before the receive, the messages it read and
+    /// whether it found the socket empty.
+    held: Option<(u32, usize, bool)>,
+}
+
+impl Steered {
+    fn new(progress: MemberProgress) -> Steered {
+        Steered {
+            progress,
+            held: None,
+        }
+    }
+
+    /// Before a receive: a worker that receives again has sent on what it
+    /// read before. Returns the mark the receive is reported against.
+    fn before_recv(&mut self) -> u32 {
+        self.release();
+        self.progress.steered()
+    }
+
+    /// After a receive of `got` messages (`emptied`: it found the socket
+    /// empty), held until the worker says they are forwarded; a receive
+    /// of none is reported at once, so that its flows may move.
+    fn after_recv(&mut self, mark: u32, got: usize, emptied: bool) {
+        self.held = Some((mark, got, emptied));
+        if got == 0 {
+            self.release();
+        }
+    }
+
+    /// Reports the held receive: its frames have been sent on.
+    fn release(&mut self) {
+        if let Some((mark, got, emptied)) = self.held.take() {
+            self.progress.read(mark, got, emptied);
+        }
+    }
+}
 
 /// Frames the kernel dropped for one of a port's sockets or devices
 /// before podswitch read them (its receive queue or ring full), counted

@@ -82,7 +82,7 @@ use super::af_xdp::XdpRx;
 use super::tunnel_tap::TunnelTap;
 use super::{
     finish_offloads, give_back, has_offloads, received_frame, stage, stage_large, Counter,
-    KernelDrops,
+    KernelDrops, Steered,
 };
 use crate::config::Backend;
 use crate::drop::DropReason;
@@ -91,6 +91,7 @@ use crate::offload::{coalesce_datagrams, settle_outer_udp_checksum, Segmenter};
 use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::{OffloadEvent, Stats};
+use crate::sys::flow_steer::{FlowSteering, Group, MemberProgress, DEFAULT_GAP};
 use crate::sys::inet::{InetSocket, IPPROTO_IPIP};
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::netdev;
@@ -133,6 +134,13 @@ pub struct UnderlayOptions {
     /// The TAP through which VXLAN super-frames leave whole
     /// (`kernel_port/tunnel_tap.rs`); `None`: in `UDP_SEGMENT` bursts.
     pub tunnel_tap: Option<String>,
+    /// How many workers the port is to be split among ([`Port::fan_out`]):
+    /// above 1, a VXLAN or IP-in-UDP underlay receiving through its UDP
+    /// socket opens that many, in a reuseport group steered by flow
+    /// ([`InetSocket::udp_bound_by_flow`]). Other underlays (IPIP's raw
+    /// socket, host-gw's and directrouting's packet socket, AF_XDP) are
+    /// not split yet and keep one owner.
+    pub receivers: usize,
 }
 
 /// The AF_XDP receive path: the steering program and the sockets it
@@ -266,8 +274,9 @@ pub struct UnderlayPort {
     /// Super-frames leave as `UDP_SEGMENT` bursts (a UDP tunnel, on a
     /// kernel that has it).
     segmenting: bool,
-    /// VXLAN super-frames leave whole through this TAP, if set up.
-    tunnel_tap: Option<TunnelTap>,
+    /// VXLAN super-frames leave whole through this TAP, if set up; the
+    /// members of a split port all write to it (each write is one frame).
+    tunnel_tap: Option<Arc<TunnelTap>>,
     /// Why the TAP asked for is not set up.
     tunnel_tap_refused: Option<String>,
     /// Where the headers of one send's datagrams are written (a segment's
@@ -279,6 +288,14 @@ pub struct UnderlayPort {
     xdp: Option<XdpReceive>,
     /// Why AF_XDP receive was asked for and not set up.
     xdp_refused: Option<String>,
+    /// A member of a port split among workers reports its UDP reads to
+    /// the reuseport group's steering program.
+    steered: Option<Steered>,
+    /// The other members' UDP sockets, until [`Port::fan_out`] makes
+    /// them ports.
+    spare_receivers: Vec<(InetSocket, MemberProgress)>,
+    /// The last UDP receive found the socket empty.
+    udp_emptied: bool,
 }
 
 /// Classic BPF: accept untagged IPv4 frames whose destination is inside
@@ -313,11 +330,33 @@ impl UnderlayPort {
             Backend::Udp => Some(options.udp_port),
             Backend::Ipip | Backend::HostGw => None,
         };
+        let mut spare_receivers = Vec::new();
+        let mut steered = None;
         let udp = match tunnel_port {
             Some(port) => {
-                let sock = InetSocket::udp_bound(SocketAddrV4::new(options.local_ip, port))?;
-                // Without UDP_GRO (before Linux 5.0) datagrams come one by one.
-                let _ = sock.enable_gro();
+                let addr = SocketAddrV4::new(options.local_ip, port);
+                let mut group = if options.receivers > 1 && !options.af_xdp {
+                    let steering =
+                        FlowSteering::new(Group::Reuseport, options.receivers, DEFAULT_GAP)?;
+                    let group = InetSocket::udp_bound_by_flow(addr, &steering)?;
+                    (0..group.len())
+                        .map(|k| Some(steering.progress(k)))
+                        .zip(group)
+                        .collect()
+                } else {
+                    vec![(None, InetSocket::udp_bound(addr)?)]
+                };
+                for (_, sock) in &group {
+                    // Without UDP_GRO (before Linux 5.0) datagrams come one by one.
+                    let _ = sock.enable_gro();
+                }
+                spare_receivers = group
+                    .split_off(1)
+                    .into_iter()
+                    .filter_map(|(progress, sock)| Some((sock, progress?)))
+                    .collect();
+                let (progress, sock) = group.remove(0);
+                steered = progress.map(Steered::new);
                 Some((sock, port))
             }
             None => None,
@@ -325,7 +364,7 @@ impl UnderlayPort {
         let vxlan = matches!(options.backend, Backend::Vxlan | Backend::DirectRouting);
         let (tunnel_tap, tunnel_tap_refused) = match &options.tunnel_tap {
             Some(name) if vxlan => match TunnelTap::open(name, ifindex) {
-                Ok(tap) => (Some(tap), None),
+                Ok(tap) => (Some(Arc::new(tap)), None),
                 Err(e) => (None, Some(e.to_string())),
             },
             _ => (None, None),
@@ -404,6 +443,9 @@ impl UnderlayPort {
             inner_l3,
             xdp,
             xdp_refused,
+            steered,
+            spare_receivers,
+            udp_emptied: false,
         })
     }
 
@@ -473,6 +515,7 @@ impl UnderlayPort {
             self.counter.id,
         );
         let small_area = pool.buf_size() - HEADROOM - reserve;
+        let asked = self.staging.len();
         let mut bufs = AreaBuffers {
             bufs: &mut self.staging,
             large: &mut self.staging_large,
@@ -487,6 +530,9 @@ impl UnderlayPort {
                 return Err(e);
             }
         };
+        if which == Socket::Udp {
+            self.udp_emptied = got < asked;
+        }
         let kernel_drops = match which {
             Socket::Udp => &mut self.udp_drops,
             Socket::Ipip => &mut self.ipip_drops,
@@ -531,6 +577,53 @@ impl UnderlayPort {
 }
 
 impl UnderlayPort {
+    /// Another member of this UDP underlay, receiving through `udp` and
+    /// reporting to its group's steering through `progress`.
+    fn member(&self, udp: InetSocket, progress: MemberProgress) -> io::Result<UnderlayPort> {
+        let port = self.udp.as_ref().map_or(0, |(_, p)| *p);
+        let segment_senders = if self.segment_senders.is_empty() {
+            Vec::new()
+        } else {
+            (0..SEGMENT_SENDERS)
+                .map_while(|_| InetSocket::udp_segment_sender(self.local_ip).ok())
+                .collect()
+        };
+        let sender = match self.sender {
+            Some(_) => Some(InetSocket::raw_sender()?),
+            None => None,
+        };
+        Ok(UnderlayPort {
+            name: self.name.clone(),
+            counter: self.counter.clone(),
+            local_ip: self.local_ip,
+            local_mac: self.local_mac,
+            udp: Some((udp, port)),
+            ipip: None,
+            udp_drops: KernelDrops::socket(),
+            ipip_drops: KernelDrops::socket(),
+            sender,
+            direct: None,
+            meta: vec![Received::default(); BATCH_SIZE],
+            staging: Vec::with_capacity(BATCH_SIZE),
+            staging_large: Vec::with_capacity(BATCH_SIZE),
+            tunnel_out: Vec::with_capacity(BATCH_SIZE),
+            direct_out: Vec::with_capacity(BATCH_SIZE),
+            finish: Vec::with_capacity(BATCH_SIZE),
+            direct_tx: TxScratch::default(),
+            segmenting: self.segmenting,
+            segment_senders,
+            tunnel_tap: self.tunnel_tap.clone(),
+            tunnel_tap_refused: None,
+            segment_scratch: vec![0; MAX_SEGMENTS * 256],
+            inner_l3: self.inner_l3,
+            xdp: None,
+            xdp_refused: None,
+            steered: Some(Steered::new(progress)),
+            spare_receivers: Vec::new(),
+            udp_emptied: false,
+        })
+    }
+
     /// Writes in front of the `len` bytes of payload at the buffer's
     /// reserve the outer headers the kernel consumed (the Ethernet header;
     /// for UDP the IPv4 and UDP headers as the kernel reported them); false
@@ -863,7 +956,12 @@ impl Port for UnderlayPort {
 
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
         let mut got = self.recv_xdp(pool, batch);
-        got += self.recv_socket(Socket::Udp, pool, batch)?;
+        let mark = self.steered.as_mut().map(Steered::before_recv);
+        let from_udp = self.recv_socket(Socket::Udp, pool, batch)?;
+        if let (Some(steered), Some(mark)) = (self.steered.as_mut(), mark) {
+            steered.after_recv(mark, from_udp, self.udp_emptied);
+        }
+        got += from_udp;
         got += self.recv_socket(Socket::Ipip, pool, batch)?;
         if let Some(direct) = self.direct.as_mut() {
             got += direct.recv(&self.counter, pool, batch)?;
@@ -949,6 +1047,35 @@ impl Port for UnderlayPort {
             }
         }
         Ok(sent)
+    }
+
+    fn forwarded(&mut self) {
+        if let Some(steered) = &mut self.steered {
+            steered.release();
+        }
+    }
+
+    /// The members of a UDP underlay opened for `members` receivers
+    /// ([`UnderlayOptions::receivers`]): each takes its own socket of the
+    /// reuseport group and sends through its own raw and `UDP_SEGMENT`
+    /// sockets, and all write to the one tunnel TAP. Any other underlay
+    /// answers [`io::ErrorKind::Unsupported`].
+    fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
+        if self.spare_receivers.is_empty() || self.spare_receivers.len() + 1 != members {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the underlay {} was opened for {} receivers, not {members}",
+                    self.name,
+                    self.spare_receivers.len() + 1
+                ),
+            ));
+        }
+        let spare = std::mem::take(&mut self.spare_receivers);
+        spare
+            .into_iter()
+            .map(|(sock, progress)| Ok(Box::new(self.member(sock, progress)?) as Box<dyn Port>))
+            .collect()
     }
 
     fn poll_fds(&self) -> Vec<RawFd> {

@@ -162,7 +162,23 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         pod_cidr: node.pod_cidr,
         af_xdp: settings.underlay_af_xdp,
         tunnel_tap: settings.tunnel_tap.clone(),
+        // Split among the workers with them: each receives what its CPU
+        // receives, and sends itself.
+        receivers: if settings.per_cpu {
+            settings.workers
+        } else {
+            1
+        },
     };
+    let splits = matches!(node.backend, Backend::Vxlan | Backend::Udp) && !settings.underlay_af_xdp;
+    if settings.per_cpu && !splits {
+        tracing::info!(
+            backend = %node.backend,
+            af_xdp = settings.underlay_af_xdp,
+            "per_cpu: this underlay is not split among the workers (so far only a VXLAN or IP-in-UDP \
+             underlay receiving through its UDP socket is): one worker owns it, the others hand it their frames"
+        );
+    }
     let underlay = datapath
         .attach_port(PortSpec::underlay(&settings.underlay_interface), |id| {
             let underlay = UnderlayPort::open(&underlay_options, id, Arc::clone(&tables.stats))?;

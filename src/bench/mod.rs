@@ -61,9 +61,14 @@ pub struct BenchArgs {
     backends: Vec<Backend>,
     /// podswitchd's worker counts to measure side by side, each on a
     /// podswitch lab of its own beside the kernel's, e.g. `1,2`, or
-    /// `per-cpu` (a worker per CPU, pod ports split among them) (default:
-    /// one podswitch lab with podswitchd's default).
-    #[arg(long, value_delimiter = ',', value_name = "N|per-cpu,...")]
+    /// `per-cpu` (a worker per CPU, pod ports and the underlay split among
+    /// them), or `per-cpu-normal` (the same, forwarding in SCHED_OTHER)
+    /// (default: one podswitch lab with podswitchd's default).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "N|per-cpu|per-cpu-normal,..."
+    )]
     workers: Vec<WorkerChoice>,
     /// podswitchd's underlay kinds to measure side by side (socket,
     /// af-xdp), each on a podswitch lab of its own, for every worker
@@ -567,37 +572,53 @@ fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, 
     measured
 }
 
-/// How many workers a podswitch lab runs: a count, or one per CPU.
+/// How many workers a podswitch lab runs: a count, or one per CPU (in
+/// podswitchd's default class, or in the normal one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerChoice {
     /// podswitchd's `workers`.
     Count(usize),
     /// podswitchd's `per_cpu`.
     PerCpu,
+    /// podswitchd's `per_cpu` with `worker_priority = "normal"`.
+    PerCpuNormal,
 }
 
 impl std::str::FromStr for WorkerChoice {
     type Err = String;
 
     fn from_str(text: &str) -> Result<WorkerChoice, String> {
-        if text == "per-cpu" {
-            return Ok(WorkerChoice::PerCpu);
+        match text {
+            "per-cpu" => return Ok(WorkerChoice::PerCpu),
+            "per-cpu-normal" => return Ok(WorkerChoice::PerCpuNormal),
+            _ => {}
         }
         match text.parse() {
             Ok(n) if (1..=9).contains(&n) => Ok(WorkerChoice::Count(n)),
             _ => Err(format!(
-                "{text:?}: a worker count from 1 to 9 (lab names are short) or per-cpu"
+                "{text:?}: a worker count from 1 to 9 (lab names are short), per-cpu or per-cpu-normal"
             )),
         }
     }
 }
 
 impl WorkerChoice {
-    /// What labels and lab names carry: the count, or "cpu".
+    /// What labels and lab names carry: the count, "cpu" or "cpun".
     fn tag(self) -> String {
         match self {
             WorkerChoice::Count(n) => n.to_string(),
             WorkerChoice::PerCpu => "cpu".into(),
+            WorkerChoice::PerCpuNormal => "cpun".into(),
+        }
+    }
+
+    /// What a lab's name carries (at most 12 characters in all): the
+    /// count, "c" or "n".
+    fn lab_tag(self) -> String {
+        match self {
+            WorkerChoice::Count(n) => n.to_string(),
+            WorkerChoice::PerCpu => "c".into(),
+            WorkerChoice::PerCpuNormal => "n".into(),
         }
     }
 }
@@ -663,6 +684,7 @@ pub fn case_suffix(label: &str) -> String {
     let mut suffix = String::new();
     match workers {
         Some("cpu") => suffix.push_str(" workers=per-cpu"),
+        Some("cpun") => suffix.push_str(" workers=per-cpu-normal"),
         Some(w) => suffix.push_str(&format!(" workers={w}")),
         None => {}
     }
@@ -809,7 +831,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             let name = format!(
                 "b{}{}{}{}{}",
                 &dp.label[..1],
-                dp.workers.map(WorkerChoice::tag).unwrap_or_default(),
+                dp.workers.map(WorkerChoice::lab_tag).unwrap_or_default(),
                 match dp.underlay_kind.as_deref() {
                     Some("af-xdp") => "x",
                     _ => "",
@@ -830,6 +852,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             match dp.workers {
                 Some(WorkerChoice::Count(w)) => up = up.workers(w),
                 Some(WorkerChoice::PerCpu) => up = up.per_cpu(),
+                Some(WorkerChoice::PerCpuNormal) => up = up.per_cpu().worker_priority("normal"),
                 None => {}
             }
             if let Some(k) = &dp.underlay_kind {
@@ -1018,6 +1041,13 @@ mod tests {
                 None,
                 "podswitch-wcpu",
                 " workers=per-cpu",
+            ),
+            (
+                Some(WorkerChoice::PerCpuNormal),
+                None,
+                None,
+                "podswitch-wcpun",
+                " workers=per-cpu-normal",
             ),
             (
                 None,

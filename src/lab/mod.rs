@@ -86,6 +86,10 @@ pub struct UpArgs {
     /// (its `per_cpu`).
     #[arg(long)]
     per_cpu: bool,
+    /// The class podswitchd's workers forward in (its `worker_priority`;
+    /// default: podswitchd's own, realtime).
+    #[arg(long, value_parser = ["realtime", "normal"])]
+    worker_priority: Option<String>,
     /// How podswitchd receives tunnel packets: socket or af-xdp (default:
     /// podswitchd's own, socket).
     #[arg(long, value_parser = UNDERLAY_KINDS)]
@@ -150,6 +154,7 @@ impl UpArgs {
             etcd_members: 1,
             workers: None,
             per_cpu: false,
+            worker_priority: None,
             underlay_kind: None,
             port_kind: None,
         }
@@ -164,6 +169,12 @@ impl UpArgs {
     /// podswitchd with a worker per CPU (`per_cpu`).
     pub fn per_cpu(mut self) -> UpArgs {
         self.per_cpu = true;
+        self
+    }
+
+    /// podswitchd's workers forwarding in `class` (realtime or normal).
+    pub fn worker_priority(mut self, class: &str) -> UpArgs {
+        self.worker_priority = Some(class.to_string());
         self
     }
 
@@ -199,6 +210,9 @@ pub struct Lab {
     /// podswitchd runs a worker per CPU.
     #[serde(default)]
     pub per_cpu: bool,
+    /// The class podswitchd's workers forward in, if the lab chose.
+    #[serde(default)]
+    pub worker_priority: Option<String>,
     /// How podswitchd receives tunnel packets, if the lab chose.
     #[serde(default)]
     pub underlay_kind: Option<String>,
@@ -343,6 +357,7 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
         store,
         workers: args.workers,
         per_cpu: args.per_cpu,
+        worker_priority: args.worker_priority.clone(),
         underlay_kind: args.underlay_kind.clone(),
         port_kind: args.port_kind,
     };
@@ -576,6 +591,9 @@ fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
     }
     if lab.per_cpu {
         dataplane.push_str("per_cpu = true\n");
+    }
+    if let Some(class) = &lab.worker_priority {
+        dataplane.push_str(&format!("worker_priority = \"{class}\"\n"));
     }
     if let Some(kind) = &lab.underlay_kind {
         dataplane.push_str(&format!("underlay_kind = \"{kind}\"\n"));

@@ -110,9 +110,10 @@ pub struct Workers {
     /// Who owns each port: each worker records the ports it takes and
     /// lets go, and commands are routed by it.
     crew: Arc<Crew>,
-    /// One placement decision at a time, so that ports attached together
-    /// still spread; and the ports split among all workers.
-    attaching: Mutex<BTreeSet<PortId>>,
+    /// The ports split among all the workers; its lock also makes one
+    /// placement decision at a time, so that ports attached together
+    /// still spread.
+    split: Mutex<BTreeSet<PortId>>,
     split_ports: bool,
     /// Capture timestamps and deadlines.
     clock_micros: fn() -> u64,
@@ -182,7 +183,7 @@ impl Workers {
         Ok(Workers {
             workers,
             crew,
-            attaching: Mutex::default(),
+            split: Mutex::default(),
             split_ports: options.split_ports,
             clock_micros: options.clock_micros,
         })
@@ -218,7 +219,7 @@ impl Workers {
     /// [`WorkerOptions::split_ports`], a port that can split goes to every
     /// worker, a member each, and the answer is 0.
     pub fn attach(&self, id: PortId, port: Box<dyn Port>) -> io::Result<usize> {
-        let mut split = self.attaching.lock().unwrap_or_else(|e| e.into_inner());
+        let mut split = self.lock_split();
         let mut port = port;
         if self.split_ports && !split.contains(&id) && self.crew.owner(id).is_none() {
             match port.fan_out(self.workers.len()) {
@@ -266,18 +267,18 @@ impl Workers {
 
     /// True if `port` is split among all the workers.
     pub fn is_split(&self, port: PortId) -> bool {
-        self.attaching
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&port)
+        self.lock_split().contains(&port)
+    }
+
+    fn lock_split(&self) -> std::sync::MutexGuard<'_, BTreeSet<PortId>> {
+        self.split.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Takes a port back (the caller drops it, closing its sockets); of a
     /// split port, every worker's member is taken back, and the first
     /// returned.
     pub fn detach(&self, id: PortId) -> io::Result<Option<Box<dyn Port>>> {
-        let mut split = self.attaching.lock().unwrap_or_else(|e| e.into_inner());
-        if split.remove(&id) {
+        if self.lock_split().remove(&id) {
             let mut first = None;
             for worker in 0..self.workers.len() {
                 let member = self.ask(worker, |reply| Command::Detach(id, reply))?;

@@ -184,23 +184,7 @@ fn per_cpu_workers(backend: &str, tunnel_port: u16) {
         let mut local = cluster.pods.iter().filter(|p| p.node == 0);
         (local.next().unwrap(), local.next().unwrap())
     };
-    for cpu in &cpus {
-        from.ns.exec(
-            "taskset",
-            &[
-                "-c",
-                &cpu.to_string(),
-                "ping",
-                "-c",
-                "3",
-                "-i",
-                "0.05",
-                "-W",
-                "2",
-                &to.ip,
-            ],
-        );
-    }
+    ping_from_each_cpu(from, &cpus, &to.ip);
     let after = worker_stats();
     for (worker, (was, now)) in before.iter().zip(&after).enumerate() {
         assert!(
@@ -228,23 +212,7 @@ fn per_cpu_workers(backend: &str, tunnel_port: u16) {
     );
     let remote = cluster.pods.iter().find(|p| p.node == 1).unwrap();
     let before = worker_stats();
-    for cpu in &cpus {
-        from.ns.exec(
-            "taskset",
-            &[
-                "-c",
-                &cpu.to_string(),
-                "ping",
-                "-c",
-                "3",
-                "-i",
-                "0.05",
-                "-W",
-                "2",
-                &remote.ip,
-            ],
-        );
-    }
+    ping_from_each_cpu(from, &cpus, &remote.ip);
     let after = worker_stats();
     for (worker, (was, now)) in before.iter().zip(&after).enumerate() {
         assert_eq!(
@@ -330,6 +298,18 @@ fn per_cpu_workers(backend: &str, tunnel_port: u16) {
         String::from_utf8_lossy(&gone.stderr)
     );
     assert_eq!(readers(), 0, "every member closed with the port");
+}
+
+/// Three pings from `pod` to `ip`, from a process pinned to each of
+/// `cpus` in turn, each answered.
+fn ping_from_each_cpu(pod: &common::cluster::Pod, cpus: &[usize], ip: &str) {
+    for cpu in cpus {
+        let cpu = cpu.to_string();
+        pod.ns.exec(
+            "taskset",
+            &["-c", &cpu, "ping", "-c", "3", "-i", "0.05", "-W", "2", ip],
+        );
+    }
 }
 
 /// One port's counters from `podswitchctl stats --json`.

@@ -418,16 +418,47 @@ impl UnderlayPort {
             (None, None)
         };
         Ok(UnderlayPort {
-            name: options.interface.clone(),
-            counter: Counter { stats, id },
-            local_ip: options.local_ip,
-            local_mac,
             udp,
             ipip,
-            udp_drops: KernelDrops::socket(),
-            ipip_drops: KernelDrops::socket(),
             sender,
             direct,
+            segment_senders,
+            tunnel_tap,
+            tunnel_tap_refused,
+            xdp,
+            xdp_refused,
+            steered,
+            spare_receivers,
+            ..UnderlayPort::without_sockets(
+                options.interface.clone(),
+                Counter { stats, id },
+                (options.local_ip, local_mac),
+                inner_l3,
+                segmenting,
+            )
+        })
+    }
+
+    /// A port named `name` that counts with `counter`, whose node has
+    /// the address and MAC `local`, with its buffers and no socket yet.
+    fn without_sockets(
+        name: String,
+        counter: Counter,
+        local: (Ipv4Addr, MacAddr),
+        inner_l3: usize,
+        segmenting: bool,
+    ) -> UnderlayPort {
+        UnderlayPort {
+            name,
+            counter,
+            local_ip: local.0,
+            local_mac: local.1,
+            udp: None,
+            ipip: None,
+            udp_drops: KernelDrops::socket(),
+            ipip_drops: KernelDrops::socket(),
+            sender: None,
+            direct: None,
             meta: vec![Received::default(); BATCH_SIZE],
             staging: Vec::with_capacity(BATCH_SIZE),
             staging_large: Vec::with_capacity(BATCH_SIZE),
@@ -435,18 +466,18 @@ impl UnderlayPort {
             direct_out: Vec::with_capacity(BATCH_SIZE),
             finish: Vec::with_capacity(BATCH_SIZE),
             direct_tx: TxScratch::default(),
-            segment_senders,
+            segment_senders: Vec::new(),
             segmenting,
-            tunnel_tap,
-            tunnel_tap_refused,
+            tunnel_tap: None,
+            tunnel_tap_refused: None,
             segment_scratch: vec![0; MAX_SEGMENTS * 256],
             inner_l3,
-            xdp,
-            xdp_refused,
-            steered,
-            spare_receivers,
+            xdp: None,
+            xdp_refused: None,
+            steered: None,
+            spare_receivers: Vec::new(),
             udp_emptied: false,
-        })
+        }
     }
 
     /// How the AF_XDP receive path runs, if it does.
@@ -593,34 +624,18 @@ impl UnderlayPort {
             None => None,
         };
         Ok(UnderlayPort {
-            name: self.name.clone(),
-            counter: self.counter.clone(),
-            local_ip: self.local_ip,
-            local_mac: self.local_mac,
             udp: Some((udp, port)),
-            ipip: None,
-            udp_drops: KernelDrops::socket(),
-            ipip_drops: KernelDrops::socket(),
             sender,
-            direct: None,
-            meta: vec![Received::default(); BATCH_SIZE],
-            staging: Vec::with_capacity(BATCH_SIZE),
-            staging_large: Vec::with_capacity(BATCH_SIZE),
-            tunnel_out: Vec::with_capacity(BATCH_SIZE),
-            direct_out: Vec::with_capacity(BATCH_SIZE),
-            finish: Vec::with_capacity(BATCH_SIZE),
-            direct_tx: TxScratch::default(),
-            segmenting: self.segmenting,
             segment_senders,
             tunnel_tap: self.tunnel_tap.clone(),
-            tunnel_tap_refused: None,
-            segment_scratch: vec![0; MAX_SEGMENTS * 256],
-            inner_l3: self.inner_l3,
-            xdp: None,
-            xdp_refused: None,
             steered: Some(Steered::new(progress)),
-            spare_receivers: Vec::new(),
-            udp_emptied: false,
+            ..UnderlayPort::without_sockets(
+                self.name.clone(),
+                self.counter.clone(),
+                (self.local_ip, self.local_mac),
+                self.inner_l3,
+                self.segmenting,
+            )
         })
     }
 

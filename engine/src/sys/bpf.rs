@@ -381,6 +381,27 @@ pub fn owned_fd(ret: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(ret) })
 }
 
+/// Asserts that every jump of `program` goes forward and lands inside it
+/// (what [`Assembler::finish`] makes of placed labels, checked on the
+/// finished program).
+#[cfg(test)]
+pub(crate) fn assert_jumps_forward_inside(program: &[Instruction]) {
+    for (i, ins) in program.iter().enumerate() {
+        let class = ins.code & 0x07;
+        let is_jump = (class == JMP || class == JMP32)
+            && ins.code != (JMP | CALL)
+            && ins.code != (JMP | EXIT);
+        if is_jump {
+            let target = i as i64 + 1 + i64::from(ins.off);
+            assert!(ins.off >= 0, "instruction {i} jumps back");
+            assert!(
+                (target as usize) < program.len(),
+                "instruction {i} jumps out"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

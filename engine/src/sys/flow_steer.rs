@@ -54,7 +54,7 @@ use super::bpf::{
     jge32_imm, jgt32_reg, jlt32_imm, jlt_imm, jne32_imm, jsge32_imm, load32, load64, load_map,
     load_packet, load_program, lsh32_imm, mod32_imm, mov32_imm, mov64_imm, mov64_reg, mul32_imm,
     owned_fd, rsh32_imm, store32, store64, sub32_reg, sub64_reg, xor64_reg, Assembler, Instruction,
-    Size, NETWORK_HEADER,
+    Reg, Size, NETWORK_HEADER,
 };
 
 /// The name the program shows under in `bpftool prog`.
@@ -197,12 +197,7 @@ pub fn program(
     a.op(rsh32_imm(7, 32 - FLOW_BITS));
 
     a.place(Label::Hashed);
-    a.op(store32(10, -4, 7));
-    a.op(mov64_reg(2, 10));
-    a.op(add64_imm(2, -4));
-    a.ops(&load_map(1, flows_fd));
-    a.op(call(MAP_LOOKUP_ELEM));
-    a.jump(jeq_imm(0, 0, 0), Label::NoEntry);
+    lookup(&mut a, flows_fd, 7, Label::NoEntry);
     a.op(mov64_reg(8, 0));
     a.op(call(KTIME_GET_NS));
     a.op(mov64_reg(7, 0));
@@ -220,12 +215,7 @@ pub fn program(
     a.op(sub64_reg(3, 2));
     a.jump(jlt_imm(3, gap_ns as i32, 0), Label::Stay);
     // ...and that member's reader has read past the flow's last frame.
-    a.op(store32(10, -8, 1));
-    a.op(mov64_reg(2, 10));
-    a.op(add64_imm(2, -8));
-    a.ops(&load_map(1, counters_fd));
-    a.op(call(MAP_LOOKUP_ELEM));
-    a.jump(jeq_imm(0, 0, 0), Label::Chosen);
+    lookup(&mut a, counters_fd, 1, Label::Chosen);
     a.op(load32(1, 0, HEAD as i16));
     a.op(load32(2, 8, ENTRY_POSITION));
     a.op(sub32_reg(1, 2));
@@ -234,12 +224,7 @@ pub fn program(
     a.op(load32(9, 8, ENTRY_MEMBER));
 
     a.place(Label::Chosen);
-    a.op(store32(10, -8, 9));
-    a.op(mov64_reg(2, 10));
-    a.op(add64_imm(2, -8));
-    a.ops(&load_map(1, counters_fd));
-    a.op(call(MAP_LOOKUP_ELEM));
-    a.jump(jeq_imm(0, 0, 0), Label::Return);
+    lookup(&mut a, counters_fd, 9, Label::Return);
     a.op(mov32_imm(1, 1));
     a.op(fetch_add32(0, TAIL as i16, 1));
     a.op(add32_imm(1, 1));
@@ -256,6 +241,18 @@ pub fn program(
     a.op(call(GET_SMP_PROCESSOR_ID));
     a.op(exit());
     a.finish()
+}
+
+/// `r0 = &map[key]`, the map's value at the `u32` index in register
+/// `key` (staged on the stack, where the helper reads keys from), or a
+/// jump to `missing` if it has none; clobbers r1 to r5.
+fn lookup(a: &mut Assembler<Label>, map_fd: i32, key: Reg, missing: Label) {
+    a.op(store32(10, -4, key));
+    a.op(mov64_reg(2, 10));
+    a.op(add64_imm(2, -4));
+    a.ops(&load_map(1, map_fd));
+    a.op(call(MAP_LOOKUP_ELEM));
+    a.jump(jeq_imm(0, 0, 0), missing);
 }
 
 /// The members' counters, mapped into this process: `tail` and `head`
@@ -391,9 +388,18 @@ impl FlowSteering {
         self.program.as_fd()
     }
 
-    /// The kind of group it is for.
-    pub fn group(&self) -> Group {
-        self.group
+    /// Ok if it is made for a `group`; the error says what it is for.
+    pub fn check_group(&self, group: Group) -> io::Result<()> {
+        if self.group == group {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a steering program for a {:?} group steers a {group:?} group",
+                self.group
+            ),
+        ))
     }
 
     /// The members it steers among.
@@ -501,20 +507,9 @@ mod tests {
     #[test]
     fn every_jump_lands_inside_the_program_and_forward() {
         for group in [Group::Fanout, Group::Reuseport] {
-            every_jump_lands_inside(&program(group, 2, 100_000, 3, 4));
+            let p = program(group, 2, 100_000, 3, 4);
+            crate::sys::bpf::assert_jumps_forward_inside(&p);
+            assert_eq!(p[p.len() - 1], exit());
         }
-    }
-
-    fn every_jump_lands_inside(p: &[Instruction]) {
-        for (i, ins) in p.iter().enumerate() {
-            let class = ins.code & 0x07;
-            let is_jump = (class == 0x05 || class == 0x06) && ins.code != 0x85 && ins.code != 0x95;
-            if is_jump {
-                let target = i as i64 + 1 + i64::from(ins.off);
-                assert!(ins.off >= 0, "instruction {i} jumps back");
-                assert!((target as usize) < p.len(), "instruction {i} jumps out");
-            }
-        }
-        assert_eq!(p[p.len() - 1], exit());
     }
 }

@@ -96,12 +96,7 @@ impl InetSocket {
         addr: SocketAddrV4,
         steering: &FlowSteering,
     ) -> io::Result<Vec<InetSocket>> {
-        if steering.group() != Group::Reuseport {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a steering program for a fanout group steers a reuseport group",
-            ));
-        }
+        steering.check_group(Group::Reuseport)?;
         let group = (0..steering.members())
             .map(|_| InetSocket::udp_receiver(addr, true))
             .collect::<io::Result<Vec<_>>>()?;

@@ -205,12 +205,7 @@ impl PacketSocket {
         options: PacketOptions,
         steering: &FlowSteering,
     ) -> io::Result<Vec<PacketSocket>> {
-        if steering.group() != Group::Fanout {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a steering program for a reuseport group steers a fanout group",
-            ));
-        }
+        steering.check_group(Group::Fanout)?;
         if steering.members() != more + 1 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

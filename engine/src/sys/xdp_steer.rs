@@ -322,15 +322,7 @@ mod tests {
             ]),
             3,
         );
-        for (i, ins) in p.iter().enumerate() {
-            let class = ins.code & 0x07;
-            let is_jump = (class == 0x05 || class == 0x06) && ins.code != 0x85 && ins.code != 0x95;
-            if is_jump {
-                let target = i as i64 + 1 + i64::from(ins.off);
-                assert!(ins.off >= 0, "instruction {i} jumps back");
-                assert!((target as usize) < p.len(), "instruction {i} jumps out");
-            }
-        }
+        crate::sys::bpf::assert_jumps_forward_inside(&p);
         // It ends in the redirect: the call, then exit.
         assert_eq!(p[p.len() - 2].imm, REDIRECT_MAP);
         assert_eq!(p[p.len() - 1], exit());

@@ -144,6 +144,27 @@ fn per_cpu_workers_split_pod_ports_and_carry_every_path() {
     }
 }
 
+/// Where the underlay is not split among per-CPU workers (its raw or
+/// packet socket stays with one of them, which the others hand their
+/// frames), the pod ports still are, and every path still carries ping,
+/// TCP and UDP.
+#[test]
+fn per_cpu_workers_carry_every_path_where_the_underlay_stays_whole() {
+    require(&["ip", "ping", "/usr/bin/python3", "kill"]);
+    for backend in ["ipip", "host-gw", "directrouting"] {
+        let mut cluster = Cluster::new(backend, "bridge", 2);
+        cluster.port_kind = "af-packet".into();
+        for n in 0..cluster.nodes.len() {
+            cluster.start(n, &["--per-cpu", "true"]);
+            cluster.attach_pods(n);
+        }
+        traffic_matrix(
+            &cluster,
+            &format!("{backend}/bridge/af-packet/per-CPU workers"),
+        );
+    }
+}
+
 /// [`per_cpu_workers_split_pod_ports_and_carry_every_path`] for `backend`,
 /// whose underlay receives on UDP port `tunnel_port`.
 fn per_cpu_workers(backend: &str, tunnel_port: u16) {

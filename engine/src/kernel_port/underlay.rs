@@ -143,6 +143,15 @@ pub struct UnderlayOptions {
     pub receivers: usize,
 }
 
+impl UnderlayOptions {
+    /// True if the port these options open splits among
+    /// [`receivers`](Self::receivers) workers: more than one asked for,
+    /// and a VXLAN or IP-in-UDP underlay receiving through its socket.
+    pub fn splits(&self) -> bool {
+        self.receivers > 1 && !self.af_xdp && matches!(self.backend, Backend::Vxlan | Backend::Udp)
+    }
+}
+
 /// The AF_XDP receive path: the steering program and the sockets it
 /// redirects into, one per receive queue. The program is declared first,
 /// so it is detached before the sockets close.
@@ -335,7 +344,7 @@ impl UnderlayPort {
         let udp = match tunnel_port {
             Some(port) => {
                 let addr = SocketAddrV4::new(options.local_ip, port);
-                let mut group = if options.receivers > 1 && !options.af_xdp {
+                let mut group = if options.splits() {
                     let steering =
                         FlowSteering::new(Group::Reuseport, options.receivers, DEFAULT_GAP)?;
                     let group = InetSocket::udp_bound_by_flow(addr, &steering)?;

@@ -170,8 +170,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             1
         },
     };
-    let splits = matches!(node.backend, Backend::Vxlan | Backend::Udp) && !settings.underlay_af_xdp;
-    if settings.per_cpu && !splits {
+    if settings.per_cpu && settings.workers > 1 && !underlay_options.splits() {
         tracing::info!(
             backend = %node.backend,
             af_xdp = settings.underlay_af_xdp,

@@ -11,9 +11,9 @@
 //! (no wake-up of another, possibly halted, CPU), unless frames of its
 //! flow still wait for another thread, which keeps the flow in order.
 //! `--gap-us N` lets a flow move only after N µs without a frame (by
-//! default podswitch's, `flow_steer::DEFAULT_GAP`). With `--by-cpu` as well the group is a plain
-//! `PACKET_FANOUT_CPU` one, which reorders a flow whose frames arrive on
-//! two CPUs.
+//! default podswitch's, `flow_steer::DEFAULT_GAP`). With `--by-cpu` as
+//! well the group is a plain `PACKET_FANOUT_CPU` one, which reorders a
+//! flow whose frames arrive on two CPUs.
 //! With `--realtime` its threads run in `SCHED_FIFO`, as podswitchd's
 //! workers do.
 //!

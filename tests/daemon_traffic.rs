@@ -152,27 +152,13 @@ fn per_cpu_workers_split_pod_ports_and_carry_every_path() {
 fn per_cpu_workers_carry_every_path_where_the_underlay_stays_whole() {
     require(&["ip", "ping", "/usr/bin/python3", "kill"]);
     for backend in ["ipip", "host-gw", "directrouting"] {
-        let mut cluster = Cluster::new(backend, "bridge", 2);
-        cluster.port_kind = "af-packet".into();
-        for n in 0..cluster.nodes.len() {
-            cluster.start(n, &["--per-cpu", "true"]);
-            cluster.attach_pods(n);
-        }
-        traffic_matrix(
-            &cluster,
-            &format!("{backend}/bridge/af-packet/per-CPU workers"),
-        );
+        per_cpu_cluster(backend);
     }
 }
 
-/// [`per_cpu_workers_split_pod_ports_and_carry_every_path`] for `backend`,
-/// whose underlay receives on UDP port `tunnel_port`.
-fn per_cpu_workers(backend: &str, tunnel_port: u16) {
-    let cpus = podswitch_engine::sys::sched::allowed_cpus().unwrap();
-    assert!(
-        cpus.len() >= 2,
-        "this test needs 2 CPUs to see a worker per CPU (this process may use {cpus:?})"
-    );
+/// Two nodes of `backend` whose podswitchd runs a worker per CPU, with
+/// AF_PACKET pods, once the traffic matrix has passed on it.
+fn per_cpu_cluster(backend: &str) -> Cluster {
     let mut cluster = Cluster::new(backend, "bridge", 2);
     cluster.port_kind = "af-packet".into();
     for n in 0..cluster.nodes.len() {
@@ -183,6 +169,18 @@ fn per_cpu_workers(backend: &str, tunnel_port: u16) {
         &cluster,
         &format!("{backend}/bridge/af-packet/per-CPU workers"),
     );
+    cluster
+}
+
+/// [`per_cpu_workers_split_pod_ports_and_carry_every_path`] for `backend`,
+/// whose underlay receives on UDP port `tunnel_port`.
+fn per_cpu_workers(backend: &str, tunnel_port: u16) {
+    let cpus = podswitch_engine::sys::sched::allowed_cpus().unwrap();
+    assert!(
+        cpus.len() >= 2,
+        "this test needs 2 CPUs to see a worker per CPU (this process may use {cpus:?})"
+    );
+    let cluster = per_cpu_cluster(backend);
 
     let node = &cluster.nodes[0];
     let worker_stats = || -> Vec<(u64, u64)> {

@@ -344,29 +344,31 @@ impl UnderlayPort {
         let udp = match tunnel_port {
             Some(port) => {
                 let addr = SocketAddrV4::new(options.local_ip, port);
-                let mut group = if options.splits() {
-                    let steering =
-                        FlowSteering::new(Group::Reuseport, options.receivers, DEFAULT_GAP)?;
-                    let group = InetSocket::udp_bound_by_flow(addr, &steering)?;
-                    (0..group.len())
-                        .map(|k| Some(steering.progress(k)))
-                        .zip(group)
-                        .collect()
-                } else {
-                    vec![(None, InetSocket::udp_bound(addr)?)]
+                let steering = match options.splits() {
+                    true => Some(FlowSteering::new(
+                        Group::Reuseport,
+                        options.receivers,
+                        DEFAULT_GAP,
+                    )?),
+                    false => None,
                 };
-                for (_, sock) in &group {
+                let mut group = match &steering {
+                    Some(steering) => InetSocket::udp_bound_by_flow(addr, steering)?,
+                    None => vec![InetSocket::udp_bound(addr)?],
+                };
+                for sock in &group {
                     // Without UDP_GRO (before Linux 5.0) datagrams come one by one.
                     let _ = sock.enable_gro();
                 }
-                spare_receivers = group
-                    .split_off(1)
-                    .into_iter()
-                    .filter_map(|(progress, sock)| Some((sock, progress?)))
-                    .collect();
-                let (progress, sock) = group.remove(0);
-                steered = progress.map(Steered::new);
-                Some((sock, port))
+                if let Some(steering) = &steering {
+                    steered = Some(Steered::new(steering.progress(0)));
+                    spare_receivers = group
+                        .drain(1..)
+                        .zip(1..)
+                        .map(|(sock, member)| (sock, steering.progress(member)))
+                        .collect();
+                }
+                Some((group.remove(0), port))
             }
             None => None,
         };

@@ -493,11 +493,6 @@ impl MemberProgress {
         }
         head.store(position, Ordering::Release);
     }
-
-    /// The member this is the progress of.
-    pub fn member(&self) -> usize {
-        self.member
-    }
 }
 
 #[cfg(test)]

@@ -132,28 +132,32 @@ fn two_workers_hand_frames_to_each_other_on_every_path() {
 /// every path still carries ping, TCP and UDP; a ping sent from each CPU
 /// in turn between two pods of a node is forwarded by that CPU's worker,
 /// which writes the other pod's port itself (no frame handed to another
-/// worker), and so are pings to the other node, through a VXLAN underlay
-/// split among the workers too; a capture on a split port spans every
-/// worker's member; a split port is detached from every worker; an idle
-/// node uses no CPU.
+/// worker), and so are pings to the other node, through an underlay
+/// split among the workers too (a UDP socket, a packet socket taking
+/// host-gw frames, or both, per worker); a capture on a split port spans
+/// every worker's member; a split port is detached from every worker;
+/// an idle node uses no CPU.
 #[test]
 fn per_cpu_workers_split_pod_ports_and_carry_every_path() {
     require(&["ip", "ping", "/usr/bin/python3", "kill", "taskset", "ss"]);
-    for (backend, tunnel_port) in [("vxlan", 8472), ("udp", 8285)] {
+    for (backend, tunnel_port) in [
+        ("vxlan", Some(8472)),
+        ("udp", Some(8285)),
+        ("host-gw", None),
+        ("directrouting", Some(8472)),
+    ] {
         per_cpu_workers(backend, tunnel_port);
     }
 }
 
-/// Where the underlay is not split among per-CPU workers (its raw or
-/// packet socket stays with one of them, which the others hand their
-/// frames), the pod ports still are, and every path still carries ping,
-/// TCP and UDP.
+/// Where the underlay is not split among per-CPU workers (IPIP's raw
+/// socket stays with one of them, which the others hand their frames),
+/// the pod ports still are, and every path still carries ping, TCP and
+/// UDP.
 #[test]
 fn per_cpu_workers_carry_every_path_where_the_underlay_stays_whole() {
     require(&["ip", "ping", "/usr/bin/python3", "kill"]);
-    for backend in ["ipip", "host-gw", "directrouting"] {
-        per_cpu_cluster(backend);
-    }
+    per_cpu_cluster("ipip");
 }
 
 /// Two nodes of `backend` whose podswitchd runs a worker per CPU, with
@@ -173,8 +177,9 @@ fn per_cpu_cluster(backend: &str) -> Cluster {
 }
 
 /// [`per_cpu_workers_split_pod_ports_and_carry_every_path`] for `backend`,
-/// whose underlay receives on UDP port `tunnel_port`.
-fn per_cpu_workers(backend: &str, tunnel_port: u16) {
+/// whose underlay receives on UDP port `tunnel_port` if it has one, and
+/// host-gw frames through a packet socket for host-gw and directrouting.
+fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
     let cpus = podswitch_engine::sys::sched::allowed_cpus().unwrap();
     assert!(
         cpus.len() >= 2,
@@ -217,18 +222,28 @@ fn per_cpu_workers(backend: &str, tunnel_port: u16) {
     }
 
     // Across nodes too: the underlay is split (a UDP socket per worker
-    // in a reuseport group), so a ping from each CPU to a pod of the other
+    // in a reuseport group, a packet socket per worker in a fanout group
+    // for host-gw frames), so a ping from each CPU to a pod of the other
     // node and its reply are each handled by one worker on each node.
-    // (IP-in-UDP sends from its receiving socket: each member from its
-    // own.)
-    let port = format!(":{tunnel_port}");
-    let sockets = node.ns.exec("ss", &["-Huln", "sport", "=", &port]);
-    assert_eq!(
-        String::from_utf8_lossy(&sockets.stdout).lines().count(),
-        cpus.len(),
-        "{backend}: a tunnel socket per worker: {}",
-        String::from_utf8_lossy(&sockets.stdout)
-    );
+    // (IP-in-UDP sends from its receiving socket, host-gw frames leave
+    // through the packet socket: each member through its own.)
+    if let Some(tunnel_port) = tunnel_port {
+        let port = format!(":{tunnel_port}");
+        let sockets = node.ns.exec("ss", &["-Huln", "sport", "=", &port]);
+        assert_eq!(
+            String::from_utf8_lossy(&sockets.stdout).lines().count(),
+            cpus.len(),
+            "{backend}: a tunnel socket per worker: {}",
+            String::from_utf8_lossy(&sockets.stdout)
+        );
+    }
+    if matches!(backend, "host-gw" | "directrouting") {
+        assert_eq!(
+            packet_sockets(node, "ul0"),
+            cpus.len(),
+            "{backend}: a packet socket per worker taking host-gw frames"
+        );
+    }
     let remote = cluster.pods.iter().find(|p| p.node == 1).unwrap();
     let before = worker_stats();
     ping_from_each_cpu(from, &cpus, &remote.ip);
@@ -291,22 +306,8 @@ fn per_cpu_workers(backend: &str, tunnel_port: u16) {
     }
 
     // Detached from every worker: no member is left reading its veth.
-    let readers = || {
-        let ifindex = node.ns.exec(
-            "cat",
-            &[&format!("/sys/class/net/{}/ifindex", from.host_if)],
-        );
-        let ifindex = String::from_utf8_lossy(&ifindex.stdout).trim().to_string();
-        let table = node.ns.exec("cat", &["/proc/net/packet"]);
-        // sk RefCnt Type Proto Iface R Rmem User Inode
-        String::from_utf8_lossy(&table.stdout)
-            .lines()
-            .skip(1)
-            .filter(|line| line.split_whitespace().nth(4) == Some(ifindex.as_str()))
-            .count()
-    };
     assert_eq!(
-        readers(),
+        packet_sockets(node, &from.host_if),
         cpus.len(),
         "a packet socket per worker on the pod's veth"
     );
@@ -316,7 +317,27 @@ fn per_cpu_workers(backend: &str, tunnel_port: u16) {
         "{}",
         String::from_utf8_lossy(&gone.stderr)
     );
-    assert_eq!(readers(), 0, "every member closed with the port");
+    assert_eq!(
+        packet_sockets(node, &from.host_if),
+        0,
+        "every member closed with the port"
+    );
+}
+
+/// How many packet sockets in `node`'s namespace are bound to
+/// `interface`.
+fn packet_sockets(node: &common::cluster::Node, interface: &str) -> usize {
+    let ifindex = node
+        .ns
+        .exec("cat", &[&format!("/sys/class/net/{interface}/ifindex")]);
+    let ifindex = String::from_utf8_lossy(&ifindex.stdout).trim().to_string();
+    let table = node.ns.exec("cat", &["/proc/net/packet"]);
+    // sk RefCnt Type Proto Iface R Rmem User Inode
+    String::from_utf8_lossy(&table.stdout)
+        .lines()
+        .skip(1)
+        .filter(|line| line.split_whitespace().nth(4) == Some(ifindex.as_str()))
+        .count()
 }
 
 /// Three pings from `pod` to `ip`, from a process pinned to each of

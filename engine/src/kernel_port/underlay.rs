@@ -135,20 +135,53 @@ pub struct UnderlayOptions {
     /// (`kernel_port/tunnel_tap.rs`); `None`: in `UDP_SEGMENT` bursts.
     pub tunnel_tap: Option<String>,
     /// How many workers the port is to be split among ([`Port::fan_out`]):
-    /// above 1, a VXLAN or IP-in-UDP underlay receiving through its UDP
-    /// socket opens that many, in a reuseport group steered by flow
-    /// ([`InetSocket::udp_bound_by_flow`]). Other underlays (IPIP's raw
-    /// socket, host-gw's and directrouting's packet socket, AF_XDP) are
-    /// not split yet and keep one owner.
+    /// above 1, an underlay receiving through a UDP socket (VXLAN,
+    /// IP-in-UDP, directrouting) opens that many, in a reuseport group
+    /// steered by flow ([`InetSocket::udp_bound_by_flow`]), and one
+    /// receiving host-gw frames through a packet socket (host-gw,
+    /// directrouting) opens that many in a fanout group steered by flow
+    /// ([`PacketSocket::fan_out_by_flow`]). IPIP's raw socket (every raw
+    /// socket gets a copy of each packet) and AF_XDP are not split yet
+    /// and keep one owner.
     pub receivers: usize,
 }
 
 impl UnderlayOptions {
     /// True if the port these options open splits among
     /// [`receivers`](Self::receivers) workers: more than one asked for,
-    /// and a VXLAN or IP-in-UDP underlay receiving through its socket.
+    /// and an underlay that receives through its UDP or packet sockets
+    /// (all but IPIP and AF_XDP).
     pub fn splits(&self) -> bool {
-        self.receivers > 1 && !self.af_xdp && matches!(self.backend, Backend::Vxlan | Backend::Udp)
+        self.receivers > 1 && !self.af_xdp && self.backend != Backend::Ipip
+    }
+}
+
+/// The sockets of one more member of a split underlay, until
+/// [`Port::fan_out`] makes a port of them: its UDP socket of the
+/// reuseport group and its packet socket of the host-gw fanout group
+/// (whichever the backend has), each with its report to its group's
+/// steering program.
+#[derive(Debug)]
+struct SpareMember {
+    udp: Option<(InetSocket, MemberProgress)>,
+    direct: Option<(PacketSocket, MemberProgress)>,
+}
+
+/// A member's socket and its report to the group's steering program
+/// (if the port is split), taken apart.
+fn steered<S>(member: Option<(S, MemberProgress)>) -> (Option<S>, Option<Steered>) {
+    match member {
+        Some((sock, progress)) => (Some(sock), Some(Steered::new(progress))),
+        None => (None, None),
+    }
+}
+
+/// The steering program for a group of `receivers` sockets, if the
+/// underlay is split.
+fn group_steering(options: &UnderlayOptions, group: Group) -> io::Result<Option<FlowSteering>> {
+    match options.splits() {
+        true => FlowSteering::new(group, options.receivers, DEFAULT_GAP).map(Some),
+        false => Ok(None),
     }
 }
 
@@ -298,11 +331,13 @@ pub struct UnderlayPort {
     /// Why AF_XDP receive was asked for and not set up.
     xdp_refused: Option<String>,
     /// A member of a port split among workers reports its UDP reads to
-    /// the reuseport group's steering program.
-    steered: Option<Steered>,
-    /// The other members' UDP sockets, until [`Port::fan_out`] makes
-    /// them ports.
-    spare_receivers: Vec<(InetSocket, MemberProgress)>,
+    /// the reuseport group's steering program, and its host-gw reads to
+    /// the fanout group's.
+    udp_steered: Option<Steered>,
+    direct_steered: Option<Steered>,
+    /// The other members' sockets, until [`Port::fan_out`] makes them
+    /// ports.
+    spare_members: Vec<SpareMember>,
     /// The last UDP receive found the socket empty.
     udp_emptied: bool,
 }
@@ -339,19 +374,12 @@ impl UnderlayPort {
             Backend::Udp => Some(options.udp_port),
             Backend::Ipip | Backend::HostGw => None,
         };
-        let mut spare_receivers = Vec::new();
-        let mut steered = None;
+        let mut udp_members = Vec::new();
+        let mut udp_steered = None;
         let udp = match tunnel_port {
             Some(port) => {
                 let addr = SocketAddrV4::new(options.local_ip, port);
-                let steering = match options.splits() {
-                    true => Some(FlowSteering::new(
-                        Group::Reuseport,
-                        options.receivers,
-                        DEFAULT_GAP,
-                    )?),
-                    false => None,
-                };
+                let steering = group_steering(options, Group::Reuseport)?;
                 let mut group = match &steering {
                     Some(steering) => InetSocket::udp_bound_by_flow(addr, steering)?,
                     None => vec![InetSocket::udp_bound(addr)?],
@@ -361,8 +389,8 @@ impl UnderlayPort {
                     let _ = sock.enable_gro();
                 }
                 if let Some(steering) = &steering {
-                    steered = Some(Steered::new(steering.progress(0)));
-                    spare_receivers = group
+                    udp_steered = Some(Steered::new(steering.progress(0)));
+                    udp_members = group
                         .drain(1..)
                         .zip(1..)
                         .map(|(sock, member)| (sock, steering.progress(member)))
@@ -406,19 +434,36 @@ impl UnderlayPort {
             Backend::HostGw => None,
             _ => Some(InetSocket::raw_sender()?),
         };
+        let mut direct_members = Vec::new();
+        let mut direct_steered = None;
         let direct = match options.backend {
             Backend::HostGw | Backend::DirectRouting => {
-                let sock = PacketSocket::open(
-                    ifindex,
-                    PacketOptions {
-                        protocol: ETH_P_IP,
-                        ..PacketOptions::default()
-                    },
-                )?;
-                sock.attach_filter(&host_gw_filter(options.pod_cidr))?;
+                let socket_options = PacketOptions {
+                    protocol: ETH_P_IP,
+                    ..PacketOptions::default()
+                };
+                let filter = host_gw_filter(options.pod_cidr);
+                let sock = PacketSocket::open_filtered(ifindex, socket_options, Some(&filter))?;
+                if let Some(steering) = group_steering(options, Group::Fanout)? {
+                    direct_steered = Some(Steered::new(steering.progress(0)));
+                    direct_members = sock
+                        .fan_out_by_flow(options.receivers - 1, socket_options, &steering)?
+                        .into_iter()
+                        .zip(1..)
+                        .map(|(sock, member)| (sock, steering.progress(member)))
+                        .collect();
+                }
                 Some(PacketRx::new(sock))
             }
             _ => None,
+        };
+        let spare_members = {
+            let (mut udp, mut direct) = (udp_members.into_iter(), direct_members.into_iter());
+            std::iter::from_fn(|| match (udp.next(), direct.next()) {
+                (None, None) => None,
+                (udp, direct) => Some(SpareMember { udp, direct }),
+            })
+            .collect()
         };
         let (xdp, xdp_refused) = if options.af_xdp {
             match XdpReceive::open(options, ifindex, local_mac) {
@@ -438,8 +483,9 @@ impl UnderlayPort {
             tunnel_tap_refused,
             xdp,
             xdp_refused,
-            steered,
-            spare_receivers,
+            udp_steered,
+            direct_steered,
+            spare_members,
             ..UnderlayPort::without_sockets(
                 options.interface.clone(),
                 Counter { stats, id },
@@ -485,8 +531,9 @@ impl UnderlayPort {
             inner_l3,
             xdp: None,
             xdp_refused: None,
-            steered: None,
-            spare_receivers: Vec::new(),
+            udp_steered: None,
+            direct_steered: None,
+            spare_members: Vec::new(),
             udp_emptied: false,
         }
     }
@@ -619,10 +666,12 @@ impl UnderlayPort {
 }
 
 impl UnderlayPort {
-    /// Another member of this UDP underlay, receiving through `udp` and
-    /// reporting to its group's steering through `progress`.
-    fn member(&self, udp: InetSocket, progress: MemberProgress) -> io::Result<UnderlayPort> {
+    /// Another member of this split underlay, receiving through
+    /// `spare`'s sockets and sending through its own.
+    fn member(&self, spare: SpareMember) -> io::Result<UnderlayPort> {
         let port = self.udp.as_ref().map_or(0, |(_, p)| *p);
+        let (udp, udp_steered) = steered(spare.udp);
+        let (direct, direct_steered) = steered(spare.direct);
         let segment_senders = if self.segment_senders.is_empty() {
             Vec::new()
         } else {
@@ -635,11 +684,13 @@ impl UnderlayPort {
             None => None,
         };
         Ok(UnderlayPort {
-            udp: Some((udp, port)),
+            udp: udp.map(|sock| (sock, port)),
+            direct: direct.map(PacketRx::new),
             sender,
             segment_senders,
             tunnel_tap: self.tunnel_tap.clone(),
-            steered: Some(Steered::new(progress)),
+            udp_steered,
+            direct_steered,
             ..UnderlayPort::without_sockets(
                 self.name.clone(),
                 self.counter.clone(),
@@ -982,15 +1033,20 @@ impl Port for UnderlayPort {
 
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
         let mut got = self.recv_xdp(pool, batch);
-        let mark = self.steered.as_mut().map(Steered::before_recv);
+        let mark = self.udp_steered.as_mut().map(Steered::before_recv);
         let from_udp = self.recv_socket(Socket::Udp, pool, batch)?;
-        if let (Some(steered), Some(mark)) = (self.steered.as_mut(), mark) {
+        if let (Some(steered), Some(mark)) = (self.udp_steered.as_mut(), mark) {
             steered.after_recv(mark, from_udp, self.udp_emptied);
         }
         got += from_udp;
         got += self.recv_socket(Socket::Ipip, pool, batch)?;
         if let Some(direct) = self.direct.as_mut() {
-            got += direct.recv(&self.counter, pool, batch)?;
+            let mark = self.direct_steered.as_mut().map(Steered::before_recv);
+            let from_direct = direct.recv(&self.counter, pool, batch)?;
+            if let (Some(steered), Some(mark)) = (self.direct_steered.as_mut(), mark) {
+                steered.after_recv(mark, from_direct, direct.emptied(from_direct));
+            }
+            got += from_direct;
         }
         Ok(got)
     }
@@ -1076,31 +1132,36 @@ impl Port for UnderlayPort {
     }
 
     fn forwarded(&mut self) {
-        if let Some(steered) = &mut self.steered {
+        for steered in [&mut self.udp_steered, &mut self.direct_steered]
+            .into_iter()
+            .flatten()
+        {
             steered.release();
         }
     }
 
-    /// The members of a UDP underlay opened for `members` receivers
+    /// The members of an underlay opened for `members` receivers
     /// ([`UnderlayOptions::receivers`]): each takes its own socket of the
-    /// reuseport group and sends through its own raw and `UDP_SEGMENT`
-    /// sockets, and all write to the one tunnel TAP. Any other underlay
-    /// answers [`io::ErrorKind::Unsupported`].
+    /// UDP reuseport group and of the host-gw fanout group (whichever the
+    /// backend has; host-gw frames leave through that packet socket),
+    /// sends tunnel packets through its own raw and `UDP_SEGMENT`
+    /// sockets, and all write to the one tunnel TAP. An underlay that
+    /// does not split answers [`io::ErrorKind::Unsupported`].
     fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
-        if self.spare_receivers.is_empty() || self.spare_receivers.len() + 1 != members {
+        if self.spare_members.is_empty() || self.spare_members.len() + 1 != members {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!(
                     "the underlay {} was opened for {} receivers, not {members}",
                     self.name,
-                    self.spare_receivers.len() + 1
+                    self.spare_members.len() + 1
                 ),
             ));
         }
-        let spare = std::mem::take(&mut self.spare_receivers);
+        let spare = std::mem::take(&mut self.spare_members);
         spare
             .into_iter()
-            .map(|(sock, progress)| Ok(Box::new(self.member(sock, progress)?) as Box<dyn Port>))
+            .map(|spare| Ok(Box::new(self.member(spare)?) as Box<dyn Port>))
             .collect()
     }
 

@@ -106,11 +106,26 @@ pub struct PacketSocket {
     fd: OwnedFd,
     ifindex: u32,
     vnet_hdr: bool,
+    /// The classic BPF filter the socket was opened with, which the
+    /// members of a fanout group it starts take too.
+    filter: Option<Vec<BpfInstruction>>,
 }
 
 impl PacketSocket {
     /// Opens a socket on interface `ifindex`.
     pub fn open(ifindex: u32, options: PacketOptions) -> io::Result<PacketSocket> {
+        PacketSocket::open_filtered(ifindex, options, None)
+    }
+
+    /// Opens a socket on interface `ifindex` that takes only the frames
+    /// classic BPF `filter` accepts, if given. The filter is attached
+    /// before the socket is bound, so no frame it rejects ever reaches
+    /// the socket's queue.
+    pub fn open_filtered(
+        ifindex: u32,
+        options: PacketOptions,
+        filter: Option<&[BpfInstruction]>,
+    ) -> io::Result<PacketSocket> {
         let fd = socket(
             libc::AF_PACKET,
             libc::SOCK_RAW,
@@ -135,10 +150,14 @@ impl PacketSocket {
         if setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &sndbuf).is_err() {
             setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &sndbuf)?;
         }
+        if let Some(filter) = filter {
+            set_program(fd.as_fd(), libc::SO_ATTACH_FILTER, filter)?;
+        }
         let sock = PacketSocket {
             fd,
             ifindex,
             vnet_hdr: options.vnet_hdr,
+            filter: filter.map(<[BpfInstruction]>::to_vec),
         };
         sock.bind(options.protocol)?;
         Ok(sock)
@@ -160,12 +179,6 @@ impl PacketSocket {
             )
         })?;
         Ok(())
-    }
-
-    /// Attaches a classic BPF filter: frames it rejects never reach the
-    /// socket's queue.
-    pub fn attach_filter(&self, program: &[BpfInstruction]) -> io::Result<()> {
-        set_program(self.fd.as_fd(), libc::SO_ATTACH_FILTER, program)
     }
 
     /// Makes this socket the first member of a new fanout group in CPU
@@ -222,7 +235,9 @@ impl PacketSocket {
     /// Starts a fanout group in `mode` with this socket as its first
     /// member (the group's id is one the kernel picks,
     /// `PACKET_FANOUT_FLAG_UNIQUEID`, Linux 4.20), hands it `steering`'s
-    /// program if given, and opens `more` members that join it in order.
+    /// program if given, and opens `more` members that join it in order,
+    /// each with this socket's filter (a frame the group steers to a
+    /// member is filtered by that member's own).
     fn fan_out(
         &self,
         more: usize,
@@ -248,7 +263,11 @@ impl PacketSocket {
         let group = arg & 0xffff;
         (0..more)
             .map(|_| {
-                let member = PacketSocket::open(self.ifindex, options)?;
+                // A member is bound, and takes frames of its own, before
+                // it joins: with the group's filter those are at worst
+                // copies of frames the group takes too, never others.
+                let member =
+                    PacketSocket::open_filtered(self.ifindex, options, self.filter.as_deref())?;
                 setsockopt(
                     member.fd.as_fd(),
                     SOL_PACKET,

@@ -174,8 +174,8 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         tracing::info!(
             backend = %node.backend,
             af_xdp = settings.underlay_af_xdp,
-            "per_cpu: this underlay is not split among the workers (so far only a VXLAN or IP-in-UDP \
-             underlay receiving through its UDP socket is): one worker owns it, the others hand it their frames"
+            "per_cpu: this underlay is not split among the workers (IPIP's raw socket and the AF_XDP \
+             underlay are not yet): one worker owns it, the others hand it their frames"
         );
     }
     let underlay = datapath

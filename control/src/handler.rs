@@ -437,6 +437,7 @@ impl Handler {
                 role: p.spec.role,
                 kind: self.datapath.port_kind(p.id),
                 worker: self.datapath.port_worker(p.id),
+                split: self.datapath.port_split(p.id),
                 ip: p.spec.ip,
                 mac: p.spec.mac,
                 anti_spoof: p.spec.anti_spoof,

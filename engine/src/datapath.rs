@@ -287,9 +287,22 @@ impl Datapath {
         self.lock_kinds().get(&id).cloned()
     }
 
-    /// The worker that polls port `id`.
+    /// The worker that polls port `id`; none for a port split among
+    /// every worker ([`Datapath::port_split`]).
     pub fn port_worker(&self, id: PortId) -> Option<usize> {
-        self.running.as_ref()?.workers.owner(id)
+        let workers = &self.running.as_ref()?.workers;
+        match workers.is_split(id) {
+            true => None,
+            false => workers.owner(id),
+        }
+    }
+
+    /// True if port `id` is split among every worker, each polling its
+    /// own member (`per_cpu`, [`crate::port::Port::fan_out`]).
+    pub fn port_split(&self, id: PortId) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.workers.is_split(id))
     }
 
     fn lock_kinds(&self) -> MutexGuard<'_, HashMap<PortId, String>> {

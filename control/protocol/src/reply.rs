@@ -105,8 +105,12 @@ pub struct PortInfo {
     pub role: PortRole,
     /// How the daemon moves its frames (`af-packet`, `udp-socket`, ...).
     pub kind: Option<String>,
-    /// The worker thread that owns it.
+    /// The worker thread that owns it (none for a split port).
     pub worker: Option<usize>,
+    /// Split among every worker (`per_cpu`): each reads its own member
+    /// of the port, steered by flow, and writes the port through it.
+    #[serde(default)]
+    pub split: bool,
     /// A pod port's address.
     pub ip: Option<Ipv4Addr>,
     /// A pod port's MAC.

@@ -266,7 +266,7 @@ impl Workers {
     }
 
     /// True if `port` is split among all the workers.
-    fn is_split(&self, port: PortId) -> bool {
+    pub fn is_split(&self, port: PortId) -> bool {
         self.lock_split().contains(&port)
     }
 

@@ -481,7 +481,10 @@ fn human(command: &ControlCommand, v: Value) -> Result<String, serde_json::Error
                         p.interface,
                         p.role.to_string(),
                         or_dash(p.kind),
-                        or_dash(p.worker),
+                        match p.split {
+                            true => "all".to_string(),
+                            false => or_dash(p.worker),
+                        },
                         or_dash(p.ip),
                         or_dash(p.mac),
                         p.anti_spoof.to_string(),

@@ -204,6 +204,13 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
     };
     let before = worker_stats();
     assert_eq!(before.len(), cpus.len(), "a worker per CPU");
+    // `port list` says every port is split: the pod ports, the underlay
+    // and the host port.
+    let ports = node.ctl_json(&["port", "list"]);
+    for port in ports.as_array().expect("a list of ports") {
+        assert_eq!(port["split"], true, "{backend}: {port}");
+        assert!(port["worker"].is_null(), "{backend}: {port}");
+    }
     let (from, to) = {
         let mut local = cluster.pods.iter().filter(|p| p.node == 0);
         (local.next().unwrap(), local.next().unwrap())
@@ -252,6 +259,43 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
         assert_eq!(
             now.1, was.1,
             "worker {worker} sent into the underlay and the pod's port itself: {before:?} -> {after:?}"
+        );
+    }
+
+    // And between the node itself and a pod: the host port's TUN has a
+    // queue per worker, and the kernel steers what a process of the node
+    // sends to the queue of its CPU.
+    let queues = node.ns.exec("ls", &["/sys/class/net/podswitch0/queues"]);
+    let queues = String::from_utf8_lossy(&queues.stdout);
+    assert_eq!(
+        queues.lines().filter(|q| q.starts_with("tx-")).count(),
+        cpus.len(),
+        "a TUN queue per worker: {queues}"
+    );
+    let before = worker_stats();
+    for cpu in &cpus {
+        let cpu = cpu.to_string();
+        let ping = node.ns.exec(
+            "taskset",
+            &[
+                "-c", &cpu, "ping", "-c", "3", "-i", "0.05", "-W", "2", &to.ip,
+            ],
+        );
+        assert!(
+            ping.status.success(),
+            "the node pings {} from CPU {cpu}",
+            to.ip
+        );
+    }
+    let after = worker_stats();
+    for (worker, (was, now)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            now.0 > was.0,
+            "worker {worker} forwarded the node's pings sent from its CPU: {before:?} -> {after:?}"
+        );
+        assert_eq!(
+            now.1, was.1,
+            "worker {worker} read the node's pings from its own TUN queue and wrote the pod's port itself: {before:?} -> {after:?}"
         );
     }
 

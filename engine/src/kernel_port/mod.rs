@@ -29,6 +29,7 @@ mod tuntap;
 mod underlay;
 
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub use af_packet::AfPacketPort;
@@ -124,7 +125,7 @@ impl Steered {
 #[derive(Debug)]
 struct KernelDrops {
     /// The kernel's count at the last look.
-    seen: u64,
+    seen: Seen,
     /// Width of the kernel's counter (`sk_drops` is 32 bits and wraps).
     bits: u32,
     reads: u32,
@@ -138,10 +139,21 @@ struct KernelDrops {
     full_read: bool,
 }
 
+/// Where a [`KernelDrops`] keeps the kernel's count at its last look.
+#[derive(Debug)]
+enum Seen {
+    /// Its own: a socket's count, or a device's read by one port.
+    Own(u64),
+    /// Shared by the members of a port split among workers, each reading
+    /// its own queue of one device, whose count is the device's: whichever
+    /// member looks first counts what is new, once.
+    Shared(Arc<AtomicU64>),
+}
+
 impl KernelDrops {
     fn with(bits: u32, seen: u64, only_after_full_reads: bool) -> KernelDrops {
         KernelDrops {
-            seen,
+            seen: Seen::Own(seen),
             bits,
             reads: 0,
             busy: false,
@@ -196,10 +208,29 @@ impl KernelDrops {
         }
         let Some(total) = total() else { return };
         let mask = u64::MAX >> (64 - self.bits);
-        let new = total.wrapping_sub(self.seen) & mask;
-        self.seen = total;
+        let last = match &mut self.seen {
+            Seen::Own(seen) => std::mem::replace(seen, total),
+            // A device's count is 64 bits and never wraps: a member that
+            // read an older total than another's finds nothing new.
+            Seen::Shared(seen) => seen.fetch_max(total, Ordering::Relaxed).min(total),
+        };
+        let new = total.wrapping_sub(last) & mask;
         if new > 0 {
             counter.drop_n(DropReason::RxQueueFull, new as usize);
+        }
+    }
+
+    /// The same count for another member of a split port, reading another
+    /// queue of the same device: from now on both share the last look.
+    fn share(&mut self) -> KernelDrops {
+        let seen = match &self.seen {
+            Seen::Own(seen) => Arc::new(AtomicU64::new(*seen)),
+            Seen::Shared(seen) => Arc::clone(seen),
+        };
+        self.seen = Seen::Shared(Arc::clone(&seen));
+        KernelDrops {
+            seen: Seen::Shared(seen),
+            ..KernelDrops::with(self.bits, 0, self.only_after_full_reads)
         }
     }
 

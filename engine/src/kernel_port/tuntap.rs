@@ -7,6 +7,12 @@
 //! refuses): the node's stack (or a TAP pod) hands podswitch its 64 KiB
 //! TCP super-frames whole, scattered into a small and a super-frame pool
 //! buffer as on an AF_PACKET port, and takes them whole back.
+//!
+//! The host port may be opened with a queue per worker
+//! ([`HostPortOptions::queues`]) and split among them ([`Port::fan_out`]):
+//! the kernel steers each packet it sends into the TUN to the queue of
+//! the sender's CPU, flows kept in order ([`crate::sys::flow_steer`]), and
+//! each worker reads and writes its own queue.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -16,13 +22,15 @@ use podswitch_encap::ethernet::{EtherType, EthernetRepr, HEADER_LEN as ETH};
 use podswitch_encap::MacAddr;
 
 use super::{
-    finish_offloads, has_offloads, offload_drop_reason, received_frame, stage, Counter, KernelDrops,
+    finish_offloads, has_offloads, offload_drop_reason, received_frame, stage, Counter,
+    KernelDrops, Steered,
 };
 use crate::drop::DropReason;
 use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::{OffloadEvent, Stats};
+use crate::sys::flow_steer::{FlowSteering, Group, MemberProgress, DEFAULT_GAP};
 use crate::sys::netdev;
 use crate::sys::tun::{TunDevice, TunKind};
 
@@ -40,26 +48,43 @@ struct Device {
     /// podswitch was full (read while the device is in the daemon's
     /// namespace; a TAP device moved into a pod's is not seen).
     kernel_drops: KernelDrops,
+    /// The last read found the queue empty.
+    emptied: bool,
 }
 
 impl Device {
     /// Opens `name` with offloads if the kernel takes them.
     fn open(name: &str, kind: TunKind) -> io::Result<Device> {
+        let mut queues = Device::open_queues(name, kind, 1)?;
+        Ok(queues.remove(0))
+    }
+
+    /// Opens `name` with `queues` queues (a device each, the first
+    /// first), with offloads if the kernel takes them.
+    fn open_queues(name: &str, kind: TunKind, queues: usize) -> io::Result<Vec<Device>> {
         let shift = match kind {
             TunKind::Tun => ETH,
             TunKind::Tap => 0,
         };
-        let (dev, vnet) = match TunDevice::open_with_offloads(name, kind) {
-            Ok(dev) => (dev, true),
-            Err(_) => (TunDevice::open(name, kind)?, false),
+        let (devs, vnet) = match TunDevice::open_queues(name, kind, queues, true) {
+            Ok(devs) => (devs, true),
+            Err(_) => (TunDevice::open_queues(name, kind, queues, false)?, false),
         };
-        let dropped_before = netdev::tx_dropped(name).unwrap_or(0);
-        Ok(Device {
-            dev,
-            vnet,
-            shift,
-            kernel_drops: KernelDrops::device(dropped_before),
-        })
+        // The device counts every queue's drops together: its queues
+        // share one look at the count.
+        let mut first = KernelDrops::device(netdev::tx_dropped(name).unwrap_or(0));
+        let others: Vec<KernelDrops> = (1..devs.len()).map(|_| first.share()).collect();
+        Ok(devs
+            .into_iter()
+            .zip(std::iter::once(first).chain(others))
+            .map(|(dev, kernel_drops)| Device {
+                dev,
+                vnet,
+                shift,
+                kernel_drops,
+                emptied: false,
+            })
+            .collect())
     }
 }
 
@@ -90,6 +115,7 @@ fn read_batch(
     let want = BATCH_SIZE.saturating_sub(batch.len());
     let reserve = dev.shift;
     let mut got = 0;
+    dev.emptied = false;
     while got < want {
         stage(pool, staging, 1, counter.id);
         let Some(mut small) = staging.pop() else {
@@ -123,7 +149,10 @@ fn read_batch(
                     pool.free(l);
                 }
                 match other {
-                    Ok(None) => break,
+                    Ok(None) => {
+                        dev.emptied = true;
+                        break;
+                    }
                     Err(e) => return Err(e),
                     // Filled to the brim: the packet may have been cut.
                     _ => {
@@ -286,6 +315,11 @@ pub struct HostPort {
     staging: Vec<PacketBuf>,
     scratch: Vec<PacketBuf>,
     gateway_mac: MacAddr,
+    /// A member of a port split among workers reports its reads to the
+    /// queues' steering program.
+    steered: Option<Steered>,
+    /// The other queues, until [`Port::fan_out`] makes them ports.
+    spare_queues: Vec<(Device, MemberProgress)>,
 }
 
 /// How the host port is set up.
@@ -303,6 +337,11 @@ pub struct HostPortOptions {
     /// The MAC the node's packets come from, as the pipeline sees them
     /// (the gateway's).
     pub gateway_mac: MacAddr,
+    /// How many workers the port is to be split among ([`Port::fan_out`]):
+    /// above 1, the TUN has that many queues (`IFF_MULTI_QUEUE`), and a
+    /// program steers each packet the node sends to the queue of its CPU
+    /// by flow ([`FlowSteering`]).
+    pub queues: usize,
 }
 
 impl HostPort {
@@ -311,7 +350,20 @@ impl HostPort {
     /// and the stack would otherwise send router solicitations into it.
     pub fn open(options: &HostPortOptions, id: PortId, stats: Arc<Stats>) -> io::Result<HostPort> {
         let name = options.name.as_str();
-        let dev = Device::open(name, TunKind::Tun)?;
+        let mut queues = Device::open_queues(name, TunKind::Tun, options.queues.max(1))?;
+        let dev = queues.remove(0);
+        let (steered, spare_queues) = if queues.is_empty() {
+            (None, Vec::new())
+        } else {
+            let steering = FlowSteering::new(Group::Fanout, queues.len() + 1, DEFAULT_GAP)?;
+            dev.dev.set_steering_program(steering.program())?;
+            let spare = queues
+                .into_iter()
+                .zip(1..)
+                .map(|(queue, member)| (queue, steering.progress(member)))
+                .collect();
+            (Some(Steered::new(steering.progress(0))), spare)
+        };
         let _ = netdev::disable_ipv6(name);
         netdev::set_mtu(name, options.mtu)?;
         netdev::set_ipv4(name, options.address, 32)?;
@@ -325,6 +377,8 @@ impl HostPort {
             staging: Vec::with_capacity(1),
             scratch: Vec::new(),
             gateway_mac: options.gateway_mac,
+            steered,
+            spare_queues,
         })
     }
 }
@@ -340,7 +394,8 @@ impl Port for HostPort {
 
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
         let mac = self.gateway_mac;
-        read_batch(
+        let mark = self.steered.as_mut().map(Steered::before_recv);
+        let got = read_batch(
             &mut self.dev,
             &self.counter,
             &mut self.staging,
@@ -360,7 +415,17 @@ impl Port for HostPort {
                 .emit(buf.frame_mut());
                 Ok(())
             },
-        )
+        )?;
+        if let (Some(steered), Some(mark)) = (self.steered.as_mut(), mark) {
+            steered.after_recv(mark, got, self.dev.emptied);
+        }
+        Ok(got)
+    }
+
+    fn forwarded(&mut self) {
+        if let Some(steered) = &mut self.steered {
+            steered.release();
+        }
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
@@ -375,5 +440,36 @@ impl Port for HostPort {
 
     fn poll_fds(&self) -> Vec<RawFd> {
         vec![self.dev.dev.as_fd().as_raw_fd()]
+    }
+
+    /// The members of a host port opened with `members` queues
+    /// ([`HostPortOptions::queues`]): each reads and writes its own queue.
+    /// A host port of one queue answers [`io::ErrorKind::Unsupported`].
+    fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
+        if self.spare_queues.is_empty() || self.spare_queues.len() + 1 != members {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "the host port {} was opened with {} queues, not {members}",
+                    self.dev.dev.name(),
+                    self.spare_queues.len() + 1
+                ),
+            ));
+        }
+        let spare = std::mem::take(&mut self.spare_queues);
+        Ok(spare
+            .into_iter()
+            .map(|(dev, progress)| {
+                Box::new(HostPort {
+                    dev,
+                    counter: self.counter.clone(),
+                    staging: Vec::with_capacity(1),
+                    scratch: Vec::new(),
+                    gateway_mac: self.gateway_mac,
+                    steered: Some(Steered::new(progress)),
+                    spare_queues: Vec::new(),
+                }) as Box<dyn Port>
+            })
+            .collect())
     }
 }

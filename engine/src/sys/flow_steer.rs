@@ -122,9 +122,10 @@ enum Label {
 /// when it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
-    /// A packet socket fanout group (`PACKET_FANOUT_EBPF`): the program
-    /// sees the frame from its network header, and `skb->len` counts
-    /// from there.
+    /// A packet socket fanout group (`PACKET_FANOUT_EBPF`), or the
+    /// queues of a TUN device (`TUNSETSTEERINGEBPF`): the program sees
+    /// the frame from its network header, and `skb->len` counts from
+    /// there.
     Fanout,
     /// A UDP socket's `SO_REUSEPORT` group (`SO_ATTACH_REUSEPORT_EBPF`,
     /// Linux 4.6): the program sees the datagram with its UDP header

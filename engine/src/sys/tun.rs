@@ -5,6 +5,13 @@
 //! TAP). Both are opened without the packet-information prefix
 //! (`IFF_NO_PI`) and non-blocking. The device lives as long as the file
 //! descriptor: closing it removes the interface and its routes.
+//!
+//! A device may have several queues (`IFF_MULTI_QUEUE`, "Multiqueue
+//! tuntap interface" in the same document), each a descriptor of its own:
+//! the kernel picks the queue of each packet it sends into the device,
+//! through a steering program where one is set (`TUNSETSTEERINGEBPF`), and
+//! takes a packet written to any queue. The device lives until its last
+//! queue closes.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -31,6 +38,9 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 /// `_IOW('T', 208, unsigned int)` (include/uapi/linux/if_tun.h).
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const IFF_VNET_HDR: libc::c_int = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_int = 0x0100;
+/// `_IOR('T', 224, int)`: the queue-steering BPF program (Linux 4.16).
+const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
 const TUN_F_CSUM: libc::c_uint = 0x01;
 const TUN_F_TSO4: libc::c_uint = 0x02;
 const TUN_F_TSO_ECN: libc::c_uint = 0x08;
@@ -52,6 +62,53 @@ impl TunDevice {
         let dev = Self::open_flags(name, kind, IFF_VNET_HDR)?;
         dev.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN)?;
         Ok(dev)
+    }
+
+    /// Creates the device `name` with `queues` queues, the first returned
+    /// first, with virtio-net headers and offloads on if `offloads` (as
+    /// [`open_with_offloads`](Self::open_with_offloads)). One queue is a
+    /// plain device, as [`open`](Self::open) makes.
+    pub fn open_queues(
+        name: &str,
+        kind: TunKind,
+        queues: usize,
+        offloads: bool,
+    ) -> io::Result<Vec<TunDevice>> {
+        let mut flags = if offloads { IFF_VNET_HDR } else { 0 };
+        if queues > 1 {
+            flags |= IFF_MULTI_QUEUE;
+        }
+        // Every queue attaches with the device's flags (`tun_set_iff`,
+        // drivers/net/tun.c); the offloads are the device's, set once.
+        let first = Self::open_flags(name, kind, flags)?;
+        if offloads {
+            first.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN)?;
+        }
+        let mut all = vec![first];
+        for _ in 1..queues {
+            all.push(Self::open_flags(name, kind, flags)?);
+        }
+        Ok(all)
+    }
+
+    /// Hands the device the BPF program (`BPF_PROG_TYPE_SOCKET_FILTER`)
+    /// that picks the queue of each packet the kernel sends into it: its
+    /// return value modulo the queues (`tun_ebpf_select_queue`). It runs
+    /// in the sender's context, on the sender's CPU, and sees the packet
+    /// from its network header.
+    pub fn set_steering_program(&self, program: BorrowedFd<'_>) -> io::Result<()> {
+        let fd: libc::c_int = program.as_raw_fd();
+        // SAFETY: TUNSETSTEERINGEBPF reads one int through the pointer,
+        // which points at a live local.
+        cvt(unsafe {
+            libc::ioctl(
+                self.fd.as_raw_fd(),
+                TUNSETSTEERINGEBPF,
+                std::ptr::from_ref(&fd),
+            )
+        })
+        .map(drop)
+        .map_err(|e| io::Error::new(e.kind(), format!("TUNSETSTEERINGEBPF {}: {e}", self.name)))
     }
 
     /// Creates the TAP `name` for UDP-tunnel super-frames: 24-byte

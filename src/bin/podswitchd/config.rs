@@ -140,10 +140,11 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "CPU,CPU...", value_delimiter = ',')]
     pub worker_cpus: Vec<usize>,
     /// `[dataplane] per_cpu`: one worker per CPU the daemon may run on,
-    /// each pinned to its CPU, and every AF_PACKET pod port and the
-    /// underlay (but IPIP's and AF_XDP's) split among them, so that a frame is
-    /// forwarded by the worker of the CPU it arrived on, each flow kept
-    /// in order (default false; not with `workers` or `worker_cpus`).
+    /// each pinned to its CPU, and every AF_PACKET pod port, the host
+    /// port and the underlay (but IPIP's and AF_XDP's) split among them,
+    /// so that a frame is forwarded by the worker of the CPU it arrived
+    /// on, each flow kept in order (default false; not with `workers` or
+    /// `worker_cpus`).
     /// docs/architecture.md, "Where it is going".
     #[arg(long, value_name = "true|false")]
     pub per_cpu: Option<bool>,

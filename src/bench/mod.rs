@@ -9,7 +9,10 @@
 //! reports the median of each with the ratio podswitch / kernel:
 //!
 //! - TCP throughput, iperf3 with 1 and 4 streams, the first second (slow
-//!   start, connection set-up) left out (Gbit/s);
+//!   start, connection set-up) left out (Gbit/s), and for 4 streams what
+//!   reordering costs: the segments the receiver queued out of order and
+//!   those the sender sent again, per GB (a dataplane that reorders a
+//!   flow shows there before it shows in the rate);
 //! - small packets: trafgen (netsniff-ng, an AF_PACKET TX ring) sends
 //!   64-byte UDP frames as fast as it can from the source pod; what counts
 //!   is the packets per second the destination pod's eth0 received; then
@@ -122,6 +125,16 @@ pub const METRICS: &[Metric] = &[
         higher_is_better: false,
     },
     Metric {
+        name: "tcp-ofo-per-GB",
+        unit: "segments",
+        higher_is_better: false,
+    },
+    Metric {
+        name: "tcp-retrans-per-GB",
+        unit: "segments",
+        higher_is_better: false,
+    },
+    Metric {
         name: "udp-64B",
         unit: "Mpps",
         higher_is_better: true,
@@ -180,6 +193,12 @@ struct TcpRun {
     gbit_per_sec: f64,
     /// The whole machine's busy CPU seconds per GB moved.
     cpu_secs_per_gb: f64,
+    /// Segments the receiver queued out of order (its TCP's
+    /// `TCPOFOQueue`), per GB moved.
+    out_of_order_per_gb: f64,
+    /// Segments the sender sent again (iperf3's `retransmits`, the
+    /// kernel's count for its sockets), per GB of the measured seconds.
+    retransmits_per_gb: f64,
 }
 
 /// TCP throughput and its CPU cost; a run that moved nothing (the server
@@ -201,6 +220,7 @@ fn iperf3_server(ns: &str, port: &str) -> Result<()> {
 
 fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> Result<TcpRun> {
     iperf3_server(dst, "5201")?;
+    let out_of_order_before = tcp_ext_counter(dst, "TCPOFOQueue")?;
     let busy = BusyCpu::start();
     let out = ns_run(
         src,
@@ -220,22 +240,48 @@ fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> R
         ],
     )?;
     let busy_secs = busy.secs();
+    let out_of_order = tcp_ext_counter(dst, "TCPOFOQueue")?.saturating_sub(out_of_order_before);
     let v: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
     let gbit_per_sec = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap_or(0.0)
         / 1e9;
-    // The CPU was counted over the second left out (`-O 1`) too: the
-    // bytes are taken at the measured rate over the whole run.
+    // The CPU and the receiver's counter were read over the second left
+    // out (`-O 1`) too: the bytes are taken at the measured rate over the
+    // whole run.
     let gigabytes = gbit_per_sec / 8.0 * (seconds + 1) as f64;
-    Ok(TcpRun {
-        gbit_per_sec,
-        cpu_secs_per_gb: if gigabytes > 0.0 {
-            busy_secs / gigabytes
+    let measured_gigabytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) / 1e9;
+    let retransmits = v["end"]["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
+    let per = |count: f64, gigabytes: f64| {
+        if gigabytes > 0.0 {
+            count / gigabytes
         } else {
             0.0
-        },
+        }
+    };
+    Ok(TcpRun {
+        gbit_per_sec,
+        cpu_secs_per_gb: per(busy_secs, gigabytes),
+        out_of_order_per_gb: per(out_of_order as f64, gigabytes),
+        retransmits_per_gb: per(retransmits, measured_gigabytes),
     })
+}
+
+/// A counter of `ns`'s TCP extended statistics (the `TcpExt:` lines of
+/// /proc/net/netstat, one namespace's own).
+fn tcp_ext_counter(ns: &str, name: &str) -> Result<u64> {
+    let text = ns_run(ns, &["cat", "/proc/net/netstat"])?;
+    parse_tcp_ext(&text, name)
+        .with_context(|| format!("no TcpExt {name} in {ns}'s /proc/net/netstat"))
+}
+
+/// `name`'s value in /proc/net/netstat's text: a `TcpExt:` line of names
+/// followed by one of values.
+fn parse_tcp_ext(text: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 fn rx_packets(ns: &str) -> Result<u64> {
@@ -919,6 +965,8 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                             t1.gbit_per_sec,
                             t4.gbit_per_sec,
                             t4.cpu_secs_per_gb,
+                            t4.out_of_order_per_gb,
+                            t4.retransmits_per_gb,
                             mpps,
                             mpps2,
                             cpu,
@@ -998,15 +1046,11 @@ fn print_table(ceiling: &Ceiling, table: &[(String, Metric, f64, f64)], memory: 
     println!("| case | metric | kernel | podswitch | podswitch / kernel |");
     println!("|---|---|---|---|---|");
     for (case, metric, k, p) in table {
-        let ratio = if *k > 0.0 { p / k } else { 0.0 };
-        let better = if (ratio >= 1.0) == metric.higher_is_better {
-            "better"
-        } else {
-            "worse"
-        };
         println!(
-            "| {case} | {} ({}) | {k:.3} | {p:.3} | {ratio:.2}x ({better}) |",
-            metric.name, metric.unit
+            "| {case} | {} ({}) | {k:.3} | {p:.3} | {} |",
+            metric.name,
+            metric.unit,
+            ratio_text(*k, *p, metric.higher_is_better)
         );
     }
     if let Some(m) = memory {
@@ -1020,9 +1064,46 @@ fn print_table(ceiling: &Ceiling, table: &[(String, Metric, f64, f64)], memory: 
     }
 }
 
+/// A ratio podswitch / kernel as the table shows it; none where the
+/// kernel's figure is 0 (no out-of-order segment, say).
+fn ratio_text(kernel: f64, podswitch: f64, higher_is_better: bool) -> String {
+    if kernel <= 0.0 {
+        return match podswitch > 0.0 {
+            true => "- (kernel 0)".to_string(),
+            false => "- (both 0)".to_string(),
+        };
+    }
+    let ratio = podswitch / kernel;
+    let better = match (ratio >= 1.0) == higher_is_better {
+        true => "better",
+        false => "worse",
+    };
+    format!("{ratio:.2}x ({better})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_ext_counters_read_by_name() {
+        let text = "TcpExt: SyncookiesSent TCPOFOQueue TCPOFODrop\n\
+                    TcpExt: 0 1234 5\n\
+                    IpExt: InNoRoutes\n\
+                    IpExt: 7\n";
+        assert_eq!(parse_tcp_ext(text, "TCPOFOQueue"), Some(1234));
+        assert_eq!(parse_tcp_ext(text, "TCPOFODrop"), Some(5));
+        assert_eq!(parse_tcp_ext(text, "InNoRoutes"), None);
+        assert_eq!(parse_tcp_ext("TcpExt: TCPOFOQueue\n", "TCPOFOQueue"), None);
+    }
+
+    #[test]
+    fn ratios_say_which_way_is_better_and_never_divide_by_zero() {
+        assert_eq!(ratio_text(2.0, 3.0, true), "1.50x (better)");
+        assert_eq!(ratio_text(2.0, 3.0, false), "1.50x (worse)");
+        assert_eq!(ratio_text(0.0, 3.0, false), "- (kernel 0)");
+        assert_eq!(ratio_text(0.0, 0.0, false), "- (both 0)");
+    }
 
     #[test]
     fn labels_name_their_variant_and_read_back() {

@@ -492,6 +492,15 @@ impl MemberProgress {
         if emptied && (mark.wrapping_sub(position) as i32) > 0 {
             position = mark;
         }
+        // Never past what the program has steered here: a frame it never
+        // counted (one queued before the program was set, or while the
+        // group was still filling and the kernel took its choice modulo
+        // fewer members) would otherwise put `head` ahead for good, and
+        // let a flow move while its frames still wait.
+        let tail = self.steered();
+        if (position.wrapping_sub(tail) as i32) > 0 {
+            position = tail;
+        }
         head.store(position, Ordering::Release);
     }
 }

@@ -126,11 +126,11 @@ impl PacketSocket {
         options: PacketOptions,
         filter: Option<&[BpfInstruction]>,
     ) -> io::Result<PacketSocket> {
-        let fd = socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW,
-            i32::from(options.protocol.to_be()),
-        )?;
+        // Protocol 0 until the bind: a packet socket opened with a
+        // protocol takes that protocol's frames from every interface at
+        // once (`packet_create`, net/packet/af_packet.c), before its filter
+        // is attached and before the bind names its interface.
+        let fd = socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
         let one: libc::c_int = 1;
         if options.vnet_hdr {
             setsockopt(fd.as_fd(), SOL_PACKET, PACKET_VNET_HDR, &one)?;

@@ -314,18 +314,16 @@ fn short(v: f64) -> String {
     }
 }
 
-/// How many times better podswitch is (above 1) or worse (below 1).
-fn advantage(metric: &Metric, k: f64, p: f64) -> f64 {
+/// How many times better podswitch is (above 1) or worse (below 1);
+/// none where a figure is 0 (no segment out of order, say), which no
+/// ratio describes.
+fn advantage(metric: &Metric, k: f64, p: f64) -> Option<f64> {
     let r = if metric.higher_is_better {
         p / k
     } else {
         k / p
     };
-    if r.is_finite() && r > 0.0 {
-        r
-    } else {
-        1.0
-    }
+    (r.is_finite() && r > 0.0).then_some(r)
 }
 
 /// Every case and metric as one row of podswitch's advantage, log axis.
@@ -335,7 +333,7 @@ fn ratio_panel(
     metrics: &[Metric],
     spreads: &BTreeMap<(usize, usize), (Spread, Spread)>,
 ) -> Result<()> {
-    let rows: Vec<(String, f64)> = spreads
+    let rows: Vec<(String, Option<f64>)> = spreads
         .iter()
         .map(|(&(c, m), (k, p))| {
             (
@@ -344,8 +342,8 @@ fn ratio_panel(
             )
         })
         .collect();
-    let lo = rows.iter().map(|r| r.1).fold(0.5f64, f64::min) / 1.6;
-    let hi = rows.iter().map(|r| r.1).fold(2.0f64, f64::max) * 1.6;
+    let lo = rows.iter().filter_map(|r| r.1).fold(0.5f64, f64::min) / 1.6;
+    let hi = rows.iter().filter_map(|r| r.1).fold(2.0f64, f64::max) * 1.6;
     let n = rows.len();
     let mut chart = ChartBuilder::on(area)
         .caption(
@@ -378,6 +376,18 @@ fn ratio_panel(
     for (i, (_, r)) in rows.iter().enumerate() {
         // The first row on top.
         let y = n - 1 - i;
+        let root = area.strip_coord_spec();
+        let (ax, ay) = area.get_base_pixel();
+        let Some(r) = r else {
+            let (x, y) = chart.backend_coord(&(1.0, SegmentValue::CenterOf(y)));
+            root.draw(&Text::new(
+                "no ratio: a figure is 0",
+                (x - ax + 4, y - ay),
+                TextStyle::from(label_font.clone()).pos(Pos::new(HPos::Left, VPos::Center)),
+            ))
+            .map_err(err)?;
+            continue;
+        };
         let color = if *r >= 1.0 { BETTER } else { WORSE };
         chart
             .draw_series(std::iter::once(Rectangle::new(
@@ -396,8 +406,6 @@ fn ratio_panel(
         let anchor = if *r >= 1.0 { HPos::Left } else { HPos::Right };
         let (x, y) = chart.backend_coord(&(*r, SegmentValue::CenterOf(y)));
         let offset = if *r >= 1.0 { 4 } else { -4 };
-        let root = area.strip_coord_spec();
-        let (ax, ay) = area.get_base_pixel();
         root.draw(&Text::new(
             text,
             (x - ax + offset, y - ay),
@@ -458,6 +466,20 @@ mod tests {
         assert_eq!(svg.matches("2.00x worse").count(), 2 * higher);
         assert_eq!(svg.matches("2.00x better").count(), 2 * lower);
         assert!(svg.contains("cross-node vxlan, tcp-1-stream"));
+    }
+
+    /// A figure of 0 (no segment out of order) gets no ratio, not 1x.
+    #[test]
+    fn a_zero_figure_gets_no_ratio() {
+        let mut record = record();
+        for s in record["samples"].as_array_mut().unwrap() {
+            if s["metric"] == "tcp-ofo-per-GB" && s["dataplane"] == "kernel" {
+                s["value"] = 0.0.into();
+            }
+        }
+        let svg = render(&record, crate::bench::METRICS).unwrap();
+        assert_eq!(svg.matches("no ratio: a figure is 0").count(), 2);
+        assert!(svg.contains("cross-node vxlan, tcp-ofo-per-GB"));
     }
 
     /// podswitch measured with several worker counts: a case for each,

@@ -207,7 +207,15 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
     // `port list` says every port is split: the pod ports, the underlay
     // and the host port.
     let ports = node.ctl_json(&["port", "list"]);
-    for port in ports.as_array().expect("a list of ports") {
+    let ports = ports.as_array().expect("a list of ports");
+    let mut roles: Vec<&str> = ports.iter().filter_map(|p| p["role"].as_str()).collect();
+    roles.sort_unstable();
+    assert_eq!(
+        roles,
+        ["host", "pod", "pod", "underlay"],
+        "{backend}: {ports:?}"
+    );
+    for port in ports {
         assert_eq!(port["split"], true, "{backend}: {port}");
         assert!(port["worker"].is_null(), "{backend}: {port}");
     }

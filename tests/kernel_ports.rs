@@ -125,7 +125,7 @@ fn packets_the_kernel_dropped_at_a_full_tun_queue_are_counted() {
                 address: Ipv4Addr::new(10, 244, 1, 1),
                 routes: vec!["10.244.0.0/16".parse().unwrap()],
                 gateway_mac,
-                queues: 1,
+                multi_queue: false,
             },
             PortId(1),
             stats,

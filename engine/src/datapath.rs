@@ -185,8 +185,13 @@ pub struct AttachedPort {
     /// How it moves frames (`af-packet`, `af-xdp-generic`, `udp-socket`...);
     /// none on a data path of tables only.
     pub kind: Option<String>,
-    /// The worker that polls it; none on a data path of tables only.
+    /// The worker that polls it; none for a port split among every
+    /// worker ([`AttachedPort::split`]) and on a data path of tables
+    /// only.
     pub worker: Option<usize>,
+    /// Split among every worker, each polling its own member
+    /// ([`Datapath::port_split`]).
+    pub split: bool,
     /// What did not go as asked (a fallback, a weaker guarantee), as
     /// sentences for the daemon's log.
     pub notes: Vec<String>,
@@ -364,6 +369,7 @@ impl Datapath {
                 id,
                 kind: None,
                 worker: None,
+                split: false,
                 notes: Vec::new(),
             });
         };
@@ -387,7 +393,8 @@ impl Datapath {
         Ok(AttachedPort {
             id,
             kind: Some(kind),
-            worker: Some(worker),
+            worker,
+            split: worker.is_none(),
             notes,
         })
     }

@@ -8,8 +8,8 @@
 //! TCP super-frames whole, scattered into a small and a super-frame pool
 //! buffer as on an AF_PACKET port, and takes them whole back.
 //!
-//! The host port may be opened with a queue per worker
-//! ([`HostPortOptions::queues`]) and split among them ([`Port::fan_out`]):
+//! The host port may be split among workers ([`Port::fan_out`],
+//! [`HostPortOptions::multi_queue`]): its TUN gets a queue per worker,
 //! the kernel steers each packet it sends into the TUN to the queue of
 //! the sender's CPU, flows kept in order ([`crate::sys::flow_steer`]), and
 //! each worker reads and writes its own queue.
@@ -30,7 +30,7 @@ use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_L
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::{OffloadEvent, Stats};
-use crate::sys::flow_steer::{FlowSteering, Group, MemberProgress, DEFAULT_GAP};
+use crate::sys::flow_steer::{FlowSteering, Group, DEFAULT_GAP};
 use crate::sys::netdev;
 use crate::sys::tun::{TunDevice, TunKind};
 
@@ -53,38 +53,42 @@ struct Device {
 }
 
 impl Device {
-    /// Opens `name` with offloads if the kernel takes them.
-    fn open(name: &str, kind: TunKind) -> io::Result<Device> {
-        let mut queues = Device::open_queues(name, kind, 1)?;
-        Ok(queues.remove(0))
-    }
-
-    /// Opens `name` with `queues` queues (a device each, the first
-    /// first), with offloads if the kernel takes them.
-    fn open_queues(name: &str, kind: TunKind, queues: usize) -> io::Result<Vec<Device>> {
+    /// Opens `name` with offloads if the kernel takes them; able to take
+    /// more queues ([`Device::another_queue`]) if `multi_queue`.
+    fn open(name: &str, kind: TunKind, multi_queue: bool) -> io::Result<Device> {
         let shift = match kind {
             TunKind::Tun => ETH,
             TunKind::Tap => 0,
         };
-        let (devs, vnet) = match TunDevice::open_queues(name, kind, queues, true) {
-            Ok(devs) => (devs, true),
-            Err(_) => (TunDevice::open_queues(name, kind, queues, false)?, false),
+        let open = |offloads| match (multi_queue, offloads) {
+            (true, _) => TunDevice::open_multi_queue(name, kind, offloads),
+            (false, true) => TunDevice::open_with_offloads(name, kind),
+            (false, false) => TunDevice::open(name, kind),
         };
-        // The device counts every queue's drops together: its queues
-        // share one look at the count.
-        let mut first = KernelDrops::device(netdev::tx_dropped(name).unwrap_or(0));
-        let others: Vec<KernelDrops> = (1..devs.len()).map(|_| first.share()).collect();
-        Ok(devs
-            .into_iter()
-            .zip(std::iter::once(first).chain(others))
-            .map(|(dev, kernel_drops)| Device {
-                dev,
-                vnet,
-                shift,
-                kernel_drops,
-                emptied: false,
-            })
-            .collect())
+        let (dev, vnet) = match open(true) {
+            Ok(dev) => (dev, true),
+            Err(_) => (open(false)?, false),
+        };
+        let dropped_before = netdev::tx_dropped(name).unwrap_or(0);
+        Ok(Device {
+            dev,
+            vnet,
+            shift,
+            kernel_drops: KernelDrops::device(dropped_before),
+            emptied: false,
+        })
+    }
+
+    /// Another queue of this device. The device counts every queue's
+    /// drops together: its queues share one look at the count.
+    fn another_queue(&mut self) -> io::Result<Device> {
+        Ok(Device {
+            dev: self.dev.another_queue()?,
+            vnet: self.vnet,
+            shift: self.shift,
+            kernel_drops: self.kernel_drops.share(),
+            emptied: false,
+        })
     }
 }
 
@@ -257,7 +261,7 @@ impl TapPort {
     /// The device can then be moved into the pod's network namespace; the
     /// port keeps working through its file descriptor.
     pub fn open(name: &str, id: PortId, stats: Arc<Stats>) -> io::Result<TapPort> {
-        let dev = Device::open(name, TunKind::Tap)?;
+        let dev = Device::open(name, TunKind::Tap, false)?;
         netdev::set_up(name)?;
         Ok(TapPort {
             dev,
@@ -318,8 +322,6 @@ pub struct HostPort {
     /// A member of a port split among workers reports its reads to the
     /// queues' steering program.
     steered: Option<Steered>,
-    /// The other queues, until [`Port::fan_out`] makes them ports.
-    spare_queues: Vec<(Device, MemberProgress)>,
 }
 
 /// How the host port is set up.
@@ -337,11 +339,11 @@ pub struct HostPortOptions {
     /// The MAC the node's packets come from, as the pipeline sees them
     /// (the gateway's).
     pub gateway_mac: MacAddr,
-    /// How many workers the port is to be split among ([`Port::fan_out`]):
-    /// above 1, the TUN has that many queues (`IFF_MULTI_QUEUE`), and a
-    /// program steers each packet the node sends to the queue of its CPU
-    /// by flow ([`FlowSteering`]).
-    pub queues: usize,
+    /// The port may be split among workers ([`Port::fan_out`]): the TUN
+    /// is opened able to take a queue per worker (`IFF_MULTI_QUEUE`),
+    /// and when it splits a program steers each packet the node sends to
+    /// the queue of its CPU by flow ([`FlowSteering`]).
+    pub multi_queue: bool,
 }
 
 impl HostPort {
@@ -350,20 +352,7 @@ impl HostPort {
     /// and the stack would otherwise send router solicitations into it.
     pub fn open(options: &HostPortOptions, id: PortId, stats: Arc<Stats>) -> io::Result<HostPort> {
         let name = options.name.as_str();
-        let mut queues = Device::open_queues(name, TunKind::Tun, options.queues.max(1))?;
-        let dev = queues.remove(0);
-        let (steered, spare_queues) = if queues.is_empty() {
-            (None, Vec::new())
-        } else {
-            let steering = FlowSteering::new(Group::Fanout, queues.len() + 1, DEFAULT_GAP)?;
-            dev.dev.set_steering_program(steering.program())?;
-            let spare = queues
-                .into_iter()
-                .zip(1..)
-                .map(|(queue, member)| (queue, steering.progress(member)))
-                .collect();
-            (Some(Steered::new(steering.progress(0))), spare)
-        };
+        let dev = Device::open(name, TunKind::Tun, options.multi_queue)?;
         let _ = netdev::disable_ipv6(name);
         netdev::set_mtu(name, options.mtu)?;
         netdev::set_ipv4(name, options.address, 32)?;
@@ -377,8 +366,7 @@ impl HostPort {
             staging: Vec::with_capacity(1),
             scratch: Vec::new(),
             gateway_mac: options.gateway_mac,
-            steered,
-            spare_queues,
+            steered: None,
         })
     }
 }
@@ -442,32 +430,37 @@ impl Port for HostPort {
         vec![self.dev.dev.as_fd().as_raw_fd()]
     }
 
-    /// The members of a host port opened with `members` queues
-    /// ([`HostPortOptions::queues`]): each reads and writes its own queue.
-    /// A host port of one queue answers [`io::ErrorKind::Unsupported`].
+    /// Opens a queue of the TUN for each other member, and steers the
+    /// node's packets among the queues by flow: member k reads and writes
+    /// queue k. A host port opened without
+    /// [`HostPortOptions::multi_queue`] answers
+    /// [`io::ErrorKind::Unsupported`].
     fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
-        if self.spare_queues.is_empty() || self.spare_queues.len() + 1 != members {
+        if members == 0 {
             return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "the host port {} was opened with {} queues, not {members}",
-                    self.dev.dev.name(),
-                    self.spare_queues.len() + 1
-                ),
+                io::ErrorKind::InvalidInput,
+                "a port split by CPU has at least one member",
             ));
         }
-        let spare = std::mem::take(&mut self.spare_queues);
-        Ok(spare
+        let queues = (1..members)
+            .map(|_| self.dev.another_queue())
+            .collect::<io::Result<Vec<_>>>()?;
+        // Set once every queue is open: until then, every packet goes to
+        // the first (a device's queue count is its attached queues').
+        let steering = FlowSteering::new(Group::Fanout, members, DEFAULT_GAP)?;
+        self.dev.dev.set_steering_program(steering.program())?;
+        self.steered = Some(Steered::new(steering.progress(0)));
+        Ok(queues
             .into_iter()
-            .map(|(dev, progress)| {
+            .zip(1..)
+            .map(|(dev, member)| {
                 Box::new(HostPort {
                     dev,
                     counter: self.counter.clone(),
                     staging: Vec::with_capacity(1),
                     scratch: Vec::new(),
                     gateway_mac: self.gateway_mac,
-                    steered: Some(Steered::new(progress)),
-                    spare_queues: Vec::new(),
+                    steered: Some(Steered::new(steering.progress(member))),
                 }) as Box<dyn Port>
             })
             .collect())

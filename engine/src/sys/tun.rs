@@ -32,6 +32,11 @@ pub enum TunKind {
 pub struct TunDevice {
     fd: OwnedFd,
     name: String,
+    kind: TunKind,
+    /// The `IFF_*` flags it was opened with beyond its kind and
+    /// `IFF_NO_PI`, which another queue of the device must be opened with
+    /// too (`tun_set_iff`, drivers/net/tun.c).
+    extra: libc::c_int,
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -64,31 +69,31 @@ impl TunDevice {
         Ok(dev)
     }
 
-    /// Creates the device `name` with `queues` queues, the first returned
-    /// first, with virtio-net headers and offloads on if `offloads` (as
-    /// [`open_with_offloads`](Self::open_with_offloads)). One queue is a
-    /// plain device, as [`open`](Self::open) makes.
-    pub fn open_queues(
-        name: &str,
-        kind: TunKind,
-        queues: usize,
-        offloads: bool,
-    ) -> io::Result<Vec<TunDevice>> {
-        let mut flags = if offloads { IFF_VNET_HDR } else { 0 };
-        if queues > 1 {
-            flags |= IFF_MULTI_QUEUE;
-        }
-        // Every queue attaches with the device's flags (`tun_set_iff`,
-        // drivers/net/tun.c); the offloads are the device's, set once.
-        let first = Self::open_flags(name, kind, flags)?;
+    /// Creates the device `name` able to take more queues
+    /// (`IFF_MULTI_QUEUE`; [`another_queue`](Self::another_queue)), with
+    /// virtio-net headers and offloads on if `offloads` (as
+    /// [`open_with_offloads`](Self::open_with_offloads)); this is its
+    /// first queue.
+    pub fn open_multi_queue(name: &str, kind: TunKind, offloads: bool) -> io::Result<TunDevice> {
+        let flags = IFF_MULTI_QUEUE | if offloads { IFF_VNET_HDR } else { 0 };
+        let dev = Self::open_flags(name, kind, flags)?;
         if offloads {
-            first.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN)?;
+            // The offloads are the device's: set once, for every queue.
+            dev.set_offload(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO_ECN)?;
         }
-        let mut all = vec![first];
-        for _ in 1..queues {
-            all.push(Self::open_flags(name, kind, flags)?);
+        Ok(dev)
+    }
+
+    /// Opens another queue of this device, which must have been opened
+    /// with [`open_multi_queue`](Self::open_multi_queue).
+    pub fn another_queue(&self) -> io::Result<TunDevice> {
+        if self.extra & IFF_MULTI_QUEUE == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{} has one queue (not opened IFF_MULTI_QUEUE)", self.name),
+            ));
         }
-        Ok(all)
+        Self::open_flags(&self.name, self.kind, self.extra)
     }
 
     /// Hands the device the BPF program (`BPF_PROG_TYPE_SOCKET_FILTER`)
@@ -180,6 +185,8 @@ impl TunDevice {
         Ok(TunDevice {
             fd,
             name: name.to_string(),
+            kind,
+            extra,
         })
     }
 

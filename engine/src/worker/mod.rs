@@ -217,8 +217,8 @@ impl Workers {
     /// and returns that worker once it polls the port: from then on,
     /// frames any worker sends to the port reach it. With
     /// [`WorkerOptions::split_ports`], a port that can split goes to every
-    /// worker, a member each, and the answer is 0.
-    pub fn attach(&self, id: PortId, port: Box<dyn Port>) -> io::Result<usize> {
+    /// worker, a member each, and the answer is none.
+    pub fn attach(&self, id: PortId, port: Box<dyn Port>) -> io::Result<Option<usize>> {
         let mut split = self.lock_split();
         let mut port = port;
         if self.split_ports && !split.contains(&id) && self.crew.owner(id).is_none() {
@@ -226,7 +226,7 @@ impl Workers {
                 Ok(others) => {
                     self.attach_split(id, std::iter::once(port).chain(others))?;
                     split.insert(id);
-                    return Ok(0);
+                    return Ok(None);
                 }
                 // Ports of other kinds have one owner, as without the option.
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
@@ -238,7 +238,7 @@ impl Workers {
             (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0)
         });
         self.ask(worker, |reply| Command::Attach(id, port, reply))??;
-        Ok(worker)
+        Ok(Some(worker))
     }
 
     /// Gives member k of a split port to worker k; on a failure, takes
@@ -447,8 +447,8 @@ mod tests {
         let (a_port, a_wire) = socket_port("veth1", a);
         let (b_port, b_wire) = socket_port("veth2", b);
         // Each port on the worker with the fewest: one each.
-        assert_eq!(workers.attach(a, a_port).unwrap(), 0);
-        assert_eq!(workers.attach(b, b_port).unwrap(), 1);
+        assert_eq!(workers.attach(a, a_port).unwrap(), Some(0));
+        assert_eq!(workers.attach(b, b_port).unwrap(), Some(1));
         assert_eq!((workers.owner(a), workers.owner(b)), (Some(0), Some(1)));
 
         let mut got = [0u8; 2048];

@@ -100,6 +100,7 @@ pub(crate) fn log_attached(name: &str, role: PortRole, port: &AttachedPort) {
         kind = port.kind.as_deref().unwrap_or("-"),
         %role,
         worker = port.worker,
+        split = port.split,
         "port attached"
     );
 }

@@ -217,13 +217,9 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         address: host_address,
         routes: vec![node.cluster_cidr],
         gateway_mac: node.gateway_mac,
-        // A TUN queue per worker with per_cpu: each reads what its CPU's
+        // With per_cpu, a TUN queue per worker: each reads what its CPU's
         // processes send to pods, and writes to the node itself.
-        queues: if settings.per_cpu {
-            settings.workers
-        } else {
-            1
-        },
+        multi_queue: settings.per_cpu,
     };
     let host = datapath
         .attach_port(PortSpec::host(&settings.host_interface), |id| {

@@ -471,6 +471,7 @@ impl Handler {
     }
 
     fn stats(&self) -> Stats {
+        self.datapath.count_device_drops();
         let snap = self.tables.load();
         let s = self.tables.stats.snapshot();
         let ports = s

@@ -58,6 +58,18 @@ pub struct Metrics {
     workers: Vec<Arc<WorkerStats>>,
     control: Arc<ControlCounters>,
     store: Option<StoreHealth>,
+    before_scrape: Option<BeforeScrape>,
+}
+
+/// What brings the counters up to date before a scrape (the drops the
+/// ports' kernel devices counted, `Datapath::count_device_drops`).
+#[derive(Clone)]
+pub struct BeforeScrape(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for BeforeScrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeScrape")
+    }
 }
 
 /// The lease store's health as `status` reports it, read at each scrape.
@@ -85,7 +97,14 @@ impl Metrics {
             workers,
             control,
             store: None,
+            before_scrape: None,
         }
+    }
+
+    /// Also runs `update` before each scrape.
+    pub fn before_scrape(mut self, update: BeforeScrape) -> Metrics {
+        self.before_scrape = Some(update);
+        self
     }
 
     /// Also the lease store's health (`podswitch_lease_store_*`).
@@ -96,6 +115,9 @@ impl Metrics {
 
     /// The exposition text, as of now.
     pub fn render(&self) -> String {
+        if let Some(update) = &self.before_scrape {
+            (update.0)();
+        }
         let mut registry = Registry::default();
         registry.register_collector(Box::new(self.clone()));
         let mut text = String::new();

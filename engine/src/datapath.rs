@@ -31,9 +31,11 @@ use std::time::Duration;
 use podswitch_encap::MacAddr;
 
 use crate::capture::CaptureLimit;
+use crate::drop::DropReason;
 use crate::kernel_port::{open_pod_port, resolve_neighbour, OpenedPort, PodPortKind};
-use crate::port::{Port, PortId, PortRole};
+use crate::port::{DeviceCounter, Port, PortId, PortRole};
 use crate::stats::Stats;
+use crate::sys::netdev;
 use crate::tables::{PortSpec, TableError, Tables};
 use crate::worker::{WorkerOptions, WorkerStats, Workers};
 
@@ -229,6 +231,10 @@ pub struct Datapath {
     running: Option<Running>,
     /// How each attached port moves frames, as it was opened.
     kinds: Mutex<HashMap<PortId, String>>,
+    /// The device counters each attached port's sends are dropped
+    /// under ([`Port::send_drop_counters`]), each with the value
+    /// counted up to.
+    device_drops: Mutex<Vec<(PortId, DeviceCounter, u64)>>,
 }
 
 impl Datapath {
@@ -240,6 +246,7 @@ impl Datapath {
             tables,
             running: None,
             kinds: Mutex::default(),
+            device_drops: Mutex::default(),
         }
     }
 
@@ -266,6 +273,7 @@ impl Datapath {
                 clock_micros: options.worker.clock_micros,
             }),
             kinds: Mutex::default(),
+            device_drops: Mutex::default(),
         })
     }
 
@@ -312,6 +320,39 @@ impl Datapath {
 
     fn lock_kinds(&self) -> MutexGuard<'_, HashMap<PortId, String>> {
         self.kinds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_device_drops(&self) -> MutexGuard<'_, Vec<(PortId, DeviceCounter, u64)>> {
+        self.device_drops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts, as [`DropReason::TxDeviceDropped`] of their ports, the
+    /// frames the ports' devices dropped after the kernel took them
+    /// ([`Port::send_drop_counters`]) since the last count: one read of
+    /// /proc/net/dev in the calling thread's network namespace, which
+    /// must be the ports'. Called before the counters are read (`stats`,
+    /// metrics) and when a port goes.
+    pub fn count_device_drops(&self) {
+        let mut counters = self.lock_device_drops();
+        if counters.is_empty() {
+            return;
+        }
+        let Ok(text) = netdev::proc_net_dev() else {
+            return;
+        };
+        for (port, counter, counted) in counters.iter_mut() {
+            let Some(now) = counter.read(&text) else {
+                continue;
+            };
+            // A device made again starts from 0: count from there.
+            let new = now.checked_sub(*counted).unwrap_or(now);
+            if new > 0 {
+                self.tables
+                    .stats
+                    .add_drops(*port, DropReason::TxDeviceDropped, new);
+            }
+            *counted = now;
+        }
     }
 
     /// Adds a port the caller opens itself (the underlay and the host
@@ -383,6 +424,8 @@ impl Datapath {
                 error,
             })
         })?;
+        // Before the port is split: its members share its devices.
+        let device_counters = port.send_drop_counters();
         let worker = running.workers.attach(id, port).map_err(|error| {
             undo(DatapathError::Worker {
                 name: name.to_string(),
@@ -390,6 +433,16 @@ impl Datapath {
             })
         })?;
         self.lock_kinds().insert(id, kind.clone());
+        if !device_counters.is_empty() {
+            let text = netdev::proc_net_dev().unwrap_or_default();
+            let mut counted = self.lock_device_drops();
+            counted.retain(|(port, _, _)| *port != id);
+            for counter in device_counters {
+                // What the device dropped before the port: not the port's.
+                let now = counter.read(&text).unwrap_or(0);
+                counted.push((id, counter, now));
+            }
+        }
         Ok(AttachedPort {
             id,
             kind: Some(kind),
@@ -412,6 +465,8 @@ impl Datapath {
         }
         let id = self.tables.detach_port(name)?;
         self.lock_kinds().remove(&id);
+        self.count_device_drops();
+        self.lock_device_drops().retain(|(port, _, _)| *port != id);
         let mut notes = Vec::new();
         if let Some(running) = &self.running {
             // Out of the tables first: no worker sends to it any more when

@@ -84,6 +84,17 @@ pub trait Port: Send {
     /// send a flow's next frame first.
     fn forwarded(&mut self) {}
 
+    /// The kernel devices whose drop counters count frames this port
+    /// sent that the kernel took and then dropped, which no send call
+    /// reports (a raw or UDP socket without `IP_RECVERR` says nothing of
+    /// a full queue after it; a write to a TUN or TAP succeeds before the
+    /// frame enters the stack). Counted as
+    /// [`DropReason::TxDeviceDropped`](crate::drop::DropReason::TxDeviceDropped)
+    /// by [`crate::datapath::Datapath::count_device_drops`].
+    fn send_drop_counters(&self) -> Vec<DeviceCounter> {
+        Vec::new()
+    }
+
     /// Splits the port's receive side by CPU for `members` workers, one
     /// pinned to each CPU (docs/architecture.md, "Where it is going"):
     /// returns `members - 1` more ports on the same interface, counting
@@ -130,6 +141,35 @@ impl<P: Port + ?Sized> Port for Box<P> {
 
     fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
         (**self).fan_out(members)
+    }
+
+    fn send_drop_counters(&self) -> Vec<DeviceCounter> {
+        (**self).send_drop_counters()
+    }
+}
+
+/// One of a kernel device's drop counters (/proc/net/dev), which counts
+/// frames a port sent and the kernel dropped after taking them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceCounter {
+    /// The device's `rx_dropped`: a TUN or TAP the port writes to.
+    RxDropped(String),
+    /// The device's `tx_dropped`: a device the port's sockets send out of.
+    TxDropped(String),
+}
+
+impl DeviceCounter {
+    /// The counter's value in `proc_net_dev` (/proc/net/dev's text);
+    /// none if the device has gone.
+    pub fn read(&self, proc_net_dev: &str) -> Option<u64> {
+        match self {
+            DeviceCounter::RxDropped(name) => {
+                crate::sys::netdev::device_drops(proc_net_dev, name).map(|d| d.rx)
+            }
+            DeviceCounter::TxDropped(name) => {
+                crate::sys::netdev::device_drops(proc_net_dev, name).map(|d| d.tx)
+            }
+        }
     }
 }
 

@@ -74,6 +74,11 @@ impl TunnelTap {
         })
     }
 
+    /// The TAP's interface name.
+    pub(super) fn name(&self) -> &str {
+        self.dev.name()
+    }
+
     /// Sends `buf`, an encapsulated VXLAN datagram around a TCP
     /// super-frame, whole. `Ok(false)` if its header cannot describe the
     /// frame (see [`TunnelVnetHeader::for_frame`]); the caller sends it

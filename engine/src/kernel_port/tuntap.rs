@@ -28,7 +28,7 @@ use super::{
 use crate::drop::DropReason;
 use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
-use crate::port::{Port, PortId, PortKind};
+use crate::port::{DeviceCounter, Port, PortId, PortKind};
 use crate::stats::{OffloadEvent, Stats};
 use crate::sys::flow_steer::{FlowSteering, Group, DEFAULT_GAP};
 use crate::sys::netdev;
@@ -428,6 +428,12 @@ impl Port for HostPort {
 
     fn poll_fds(&self) -> Vec<RawFd> {
         vec![self.dev.dev.as_fd().as_raw_fd()]
+    }
+
+    /// The TUN's `rx_dropped`: a write succeeds before the packet enters
+    /// the node's stack, whose backlog may have no room for it.
+    fn send_drop_counters(&self) -> Vec<DeviceCounter> {
+        vec![DeviceCounter::RxDropped(self.dev.dev.name().to_string())]
     }
 
     /// Opens a queue of the TUN for each other member, and steers the

@@ -89,7 +89,7 @@ use crate::drop::DropReason;
 use crate::fib::Prefix;
 use crate::offload::{coalesce_datagrams, settle_outer_udp_checksum, Segmenter};
 use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum, BATCH_SIZE, HEADROOM};
-use crate::port::{Port, PortId, PortKind};
+use crate::port::{DeviceCounter, Port, PortId, PortKind};
 use crate::stats::{OffloadEvent, Stats};
 use crate::sys::flow_steer::{FlowSteering, Group, MemberProgress, DEFAULT_GAP};
 use crate::sys::inet::{InetSocket, IPPROTO_IPIP};
@@ -1163,6 +1163,19 @@ impl Port for UnderlayPort {
             .into_iter()
             .map(|spare| Ok(Box::new(self.member(spare)?) as Box<dyn Port>))
             .collect()
+    }
+
+    /// The underlay interface's `tx_dropped` (the raw and `UDP_SEGMENT`
+    /// sockets report no drop after the kernel took a packet), and the
+    /// tunnel TAP's `rx_dropped` (a write succeeds before the frame enters
+    /// the stack). Host-gw frames leave through the packet socket, which
+    /// reports a drop as a send error.
+    fn send_drop_counters(&self) -> Vec<DeviceCounter> {
+        let mut counters = vec![DeviceCounter::TxDropped(self.name.clone())];
+        if let Some(tap) = &self.tunnel_tap {
+            counters.push(DeviceCounter::RxDropped(tap.name().to_string()));
+        }
+        counters
     }
 
     fn poll_fds(&self) -> Vec<RawFd> {

@@ -134,8 +134,34 @@ fn ethtool_value(name: &str, cmd: u32, data: u32) -> io::Result<u32> {
 /// caller's network namespace). For a TUN or TAP device: those the
 /// reader's queue had no room for (`tun_net_xmit`, drivers/net/tun.c).
 pub fn tx_dropped(name: &str) -> io::Result<u64> {
+    let text = proc_net_dev()?;
+    device_drops(&text, name)
+        .map(|d| d.tx)
+        .ok_or_else(|| no_interface(name))
+}
+
+/// The "drop" columns of one interface in /proc/net/dev.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceDrops {
+    /// `rx_dropped`: packets the device received and dropped (for a TUN
+    /// or TAP, packets written to it that its way into the stack had no
+    /// room for, `enqueue_to_backlog`).
+    pub rx: u64,
+    /// `tx_dropped`: packets dropped on their way out of it (for a veth,
+    /// those its peer's backlog had no room for, or its peer down).
+    pub tx: u64,
+}
+
+/// /proc/net/dev of the calling thread's network namespace, to read
+/// several interfaces' drops with [`device_drops`] from one read.
+pub fn proc_net_dev() -> io::Result<String> {
     // The calling thread's namespace: /proc/net is the process's.
-    let text = std::fs::read_to_string("/proc/thread-self/net/dev")?;
+    std::fs::read_to_string("/proc/thread-self/net/dev")
+}
+
+/// Interface `name`'s drops in `text`, the contents of /proc/net/dev;
+/// none if it has no line.
+pub fn device_drops(text: &str, name: &str) -> Option<DeviceDrops> {
     for line in text.lines().skip(2) {
         let Some((iface, counters)) = line.split_once(':') else {
             continue;
@@ -145,21 +171,23 @@ pub fn tx_dropped(name: &str) -> io::Result<u64> {
         }
         // Receive: bytes packets errs drop fifo frame compressed
         // multicast; then transmit: bytes packets errs drop ...
-        return counters
+        let columns: Vec<u64> = counters
             .split_whitespace()
-            .nth(11)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("/proc/net/dev: no transmit drops for {name}"),
-                )
-            });
+            .map_while(|v| v.parse().ok())
+            .collect();
+        return Some(DeviceDrops {
+            rx: *columns.get(3)?,
+            tx: *columns.get(11)?,
+        });
     }
-    Err(io::Error::new(
+    None
+}
+
+fn no_interface(name: &str) -> io::Error {
+    io::Error::new(
         io::ErrorKind::NotFound,
         format!("/proc/net/dev: no interface {name}"),
-    ))
+    )
 }
 
 /// `ETHTOOL_GCHANNELS`: the interface's queue counts.
@@ -345,4 +373,24 @@ pub fn net_sysctl(path: &str) -> io::Result<String> {
     Ok(std::fs::read_to_string(format!("/proc/sys/net/{path}"))?
         .trim()
         .to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_read_from_their_columns() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+lo:  1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0\n   \
+ul0: 5000      50    1    7    0     0          0         0     9000      90    2   13    0     0       0          0\n";
+        assert_eq!(
+            device_drops(text, "ul0"),
+            Some(DeviceDrops { rx: 7, tx: 13 })
+        );
+        assert_eq!(device_drops(text, "lo"), Some(DeviceDrops { rx: 0, tx: 0 }));
+        assert_eq!(device_drops(text, "ul"), None);
+        assert_eq!(device_drops("a\nb\n  x: 1 2 3\n", "x"), None);
+    }
 }

@@ -418,6 +418,10 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             handler.workers(),
             handler.requests(),
         );
+        let counted = Arc::clone(&datapath);
+        metrics = metrics.before_scrape(podswitch_control::metrics::BeforeScrape(Arc::new(
+            move || counted.count_device_drops(),
+        )));
         if let Some(health) = &daemon.store_health {
             let health = Arc::clone(health);
             metrics = metrics.with_store(podswitch_control::metrics::StoreHealth(Arc::new(

@@ -424,8 +424,20 @@ impl Datapath {
                 error,
             })
         })?;
-        // Before the port is split: its members share its devices.
-        let device_counters = port.send_drop_counters();
+        // Before the port is split (its members share its devices) and
+        // sends: what the devices dropped before is not the port's.
+        let counters = port.send_drop_counters();
+        let text = match counters.is_empty() {
+            true => String::new(),
+            false => netdev::proc_net_dev().unwrap_or_default(),
+        };
+        let device_counters: Vec<(PortId, DeviceCounter, u64)> = counters
+            .into_iter()
+            .map(|counter| {
+                let now = counter.read(&text).unwrap_or(0);
+                (id, counter, now)
+            })
+            .collect();
         let worker = running.workers.attach(id, port).map_err(|error| {
             undo(DatapathError::Worker {
                 name: name.to_string(),
@@ -434,14 +446,9 @@ impl Datapath {
         })?;
         self.lock_kinds().insert(id, kind.clone());
         if !device_counters.is_empty() {
-            let text = netdev::proc_net_dev().unwrap_or_default();
             let mut counted = self.lock_device_drops();
             counted.retain(|(port, _, _)| *port != id);
-            for counter in device_counters {
-                // What the device dropped before the port: not the port's.
-                let now = counter.read(&text).unwrap_or(0);
-                counted.push((id, counter, now));
-            }
+            counted.extend(device_counters);
         }
         Ok(AttachedPort {
             id,

@@ -451,8 +451,10 @@ impl Port for HostPort {
         let queues = (1..members)
             .map(|_| self.dev.another_queue())
             .collect::<io::Result<Vec<_>>>()?;
-        // Set once every queue is open: until then, every packet goes to
-        // the first (a device's queue count is its attached queues').
+        // Set once every queue is open (its choice is taken modulo the
+        // queues attached). Until then the kernel spreads the node's
+        // packets by hash, and those in a queue not yet polled wait for
+        // its worker.
         let steering = FlowSteering::new(Group::Fanout, members, DEFAULT_GAP)?;
         self.dev.dev.set_steering_program(steering.program())?;
         self.steered = Some(Steered::new(steering.progress(0)));

@@ -418,9 +418,15 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             handler.workers(),
             handler.requests(),
         );
-        let counted = Arc::clone(&datapath);
+        // Weak: the endpoint's thread outlives the data path, which must
+        // be the last reference's at exit (its ports close then).
+        let counted = Arc::downgrade(&datapath);
         metrics = metrics.before_scrape(podswitch_control::metrics::BeforeScrape(Arc::new(
-            move || counted.count_device_drops(),
+            move || {
+                if let Some(datapath) = counted.upgrade() {
+                    datapath.count_device_drops();
+                }
+            },
         )));
         if let Some(health) = &daemon.store_health {
             let health = Arc::clone(health);

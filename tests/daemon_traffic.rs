@@ -224,17 +224,11 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
         (local.next().unwrap(), local.next().unwrap())
     };
     ping_from_each_cpu(from, &cpus, &to.ip);
-    let after = worker_stats();
-    for (worker, (was, now)) in before.iter().zip(&after).enumerate() {
-        assert!(
-            now.0 > was.0,
-            "worker {worker} forwarded the pings sent from its CPU: {before:?} -> {after:?}"
-        );
-        assert_eq!(
-            now.1, was.1,
-            "worker {worker} wrote the other pod's port itself, handing nothing off: {before:?} -> {after:?}"
-        );
-    }
+    each_worker_forwarded_alone(
+        &before,
+        &worker_stats(),
+        "the pings sent from its CPU, writing the other pod's port itself",
+    );
 
     // Across nodes too: the underlay is split (a UDP socket per worker
     // in a reuseport group, a packet socket per worker in a fanout group
@@ -295,17 +289,11 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
             to.ip
         );
     }
-    let after = worker_stats();
-    for (worker, (was, now)) in before.iter().zip(&after).enumerate() {
-        assert!(
-            now.0 > was.0,
-            "worker {worker} forwarded the node's pings sent from its CPU: {before:?} -> {after:?}"
-        );
-        assert_eq!(
-            now.1, was.1,
-            "worker {worker} read the node's pings from its own TUN queue and wrote the pod's port itself: {before:?} -> {after:?}"
-        );
-    }
+    each_worker_forwarded_alone(
+        &before,
+        &worker_stats(),
+        "the node's pings sent from its CPU, read from its own TUN queue",
+    );
 
     // A capture on a split port spans every worker's member: pings sent
     // from each CPU in turn, whose requests each CPU's member reads, all
@@ -374,6 +362,22 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
         0,
         "every member closed with the port"
     );
+}
+
+/// Each worker's (batches, frames handed off) went from `before` to
+/// `after`: every worker forwarded `what`, and none handed a frame to
+/// another.
+fn each_worker_forwarded_alone(before: &[(u64, u64)], after: &[(u64, u64)], what: &str) {
+    for (worker, (was, now)) in before.iter().zip(after).enumerate() {
+        assert!(
+            now.0 > was.0,
+            "worker {worker} forwarded {what}: {before:?} -> {after:?}"
+        );
+        assert_eq!(
+            now.1, was.1,
+            "worker {worker} forwarded {what} handing nothing off: {before:?} -> {after:?}"
+        );
+    }
 }
 
 /// How many packet sockets in `node`'s namespace are bound to

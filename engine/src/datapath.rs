@@ -472,8 +472,16 @@ impl Datapath {
         }
         let id = self.tables.detach_port(name)?;
         self.lock_kinds().remove(&id);
-        self.count_device_drops();
-        self.lock_device_drops().retain(|(port, _, _)| *port != id);
+        // A port with device counters has its last drops counted first
+        // (a pod port has none: no read of /proc/net/dev per pod).
+        if self
+            .lock_device_drops()
+            .iter()
+            .any(|(port, _, _)| *port == id)
+        {
+            self.count_device_drops();
+            self.lock_device_drops().retain(|(port, _, _)| *port != id);
+        }
         let mut notes = Vec::new();
         if let Some(running) = &self.running {
             // Out of the tables first: no worker sends to it any more when

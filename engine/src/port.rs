@@ -162,14 +162,12 @@ impl DeviceCounter {
     /// The counter's value in `proc_net_dev` (/proc/net/dev's text);
     /// none if the device has gone.
     pub fn read(&self, proc_net_dev: &str) -> Option<u64> {
-        match self {
-            DeviceCounter::RxDropped(name) => {
-                crate::sys::netdev::device_drops(proc_net_dev, name).map(|d| d.rx)
-            }
-            DeviceCounter::TxDropped(name) => {
-                crate::sys::netdev::device_drops(proc_net_dev, name).map(|d| d.tx)
-            }
-        }
+        let (DeviceCounter::RxDropped(name) | DeviceCounter::TxDropped(name)) = self;
+        let drops = crate::sys::netdev::device_drops(proc_net_dev, name)?;
+        Some(match self {
+            DeviceCounter::RxDropped(_) => drops.rx,
+            DeviceCounter::TxDropped(_) => drops.tx,
+        })
     }
 }
 

@@ -328,13 +328,10 @@ impl Port for AfPacketPort {
     }
 
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
-        let Some(steered) = &mut self.steered else {
-            return self.rx.recv(&self.counter, pool, batch);
-        };
-        let mark = steered.before_recv();
-        let got = self.rx.recv(&self.counter, pool, batch)?;
-        steered.after_recv(mark, got, self.rx.emptied(got));
-        Ok(got)
+        Steered::receive(self.steered.as_mut(), || {
+            let got = self.rx.recv(&self.counter, pool, batch)?;
+            Ok((got, self.rx.emptied(got)))
+        })
     }
 
     fn forwarded(&mut self) {

@@ -28,6 +28,7 @@ mod tunnel_tap;
 mod tuntap;
 mod underlay;
 
+use std::io;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,6 +107,22 @@ impl Steered {
         if got == 0 {
             self.release();
         }
+    }
+
+    /// Runs `recv`, a receive that returns the messages it read and
+    /// whether it found its socket empty, reported to `steered`'s
+    /// program if the port is split.
+    fn receive(
+        steered: Option<&mut Steered>,
+        recv: impl FnOnce() -> io::Result<(usize, bool)>,
+    ) -> io::Result<usize> {
+        let Some(steered) = steered else {
+            return recv().map(|(got, _)| got);
+        };
+        let mark = steered.before_recv();
+        let (got, emptied) = recv()?;
+        steered.after_recv(mark, got, emptied);
+        Ok(got)
     }
 
     /// Reports the held receive: its frames have been sent on.

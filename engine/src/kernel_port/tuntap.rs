@@ -382,32 +382,30 @@ impl Port for HostPort {
 
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
         let mac = self.gateway_mac;
-        let mark = self.steered.as_mut().map(Steered::before_recv);
-        let got = read_batch(
-            &mut self.dev,
-            &self.counter,
-            &mut self.staging,
-            pool,
-            batch,
-            |buf| {
-                let ethertype = match buf.frame().get(ETH).map(|b| b >> 4) {
-                    Some(4) => EtherType::Ipv4,
-                    Some(6) => EtherType::Ipv6,
-                    _ => return Err(DropReason::HostNotIp),
-                };
-                EthernetRepr {
-                    src: mac,
-                    dst: mac,
-                    ethertype,
-                }
-                .emit(buf.frame_mut());
-                Ok(())
-            },
-        )?;
-        if let (Some(steered), Some(mark)) = (self.steered.as_mut(), mark) {
-            steered.after_recv(mark, got, self.dev.emptied);
-        }
-        Ok(got)
+        Steered::receive(self.steered.as_mut(), || {
+            let got = read_batch(
+                &mut self.dev,
+                &self.counter,
+                &mut self.staging,
+                pool,
+                batch,
+                |buf| {
+                    let ethertype = match buf.frame().get(ETH).map(|b| b >> 4) {
+                        Some(4) => EtherType::Ipv4,
+                        Some(6) => EtherType::Ipv6,
+                        _ => return Err(DropReason::HostNotIp),
+                    };
+                    EthernetRepr {
+                        src: mac,
+                        dst: mac,
+                        ethertype,
+                    }
+                    .emit(buf.frame_mut());
+                    Ok(())
+                },
+            )?;
+            Ok((got, self.dev.emptied))
+        })
     }
 
     fn forwarded(&mut self) {

@@ -1033,6 +1033,8 @@ impl Port for UnderlayPort {
 
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
         let mut got = self.recv_xdp(pool, batch);
+        // In two halves, not `Steered::receive`: `recv_socket` borrows the
+        // whole port.
         let mark = self.udp_steered.as_mut().map(Steered::before_recv);
         let from_udp = self.recv_socket(Socket::Udp, pool, batch)?;
         if let (Some(steered), Some(mark)) = (self.udp_steered.as_mut(), mark) {
@@ -1041,12 +1043,10 @@ impl Port for UnderlayPort {
         got += from_udp;
         got += self.recv_socket(Socket::Ipip, pool, batch)?;
         if let Some(direct) = self.direct.as_mut() {
-            let mark = self.direct_steered.as_mut().map(Steered::before_recv);
-            let from_direct = direct.recv(&self.counter, pool, batch)?;
-            if let (Some(steered), Some(mark)) = (self.direct_steered.as_mut(), mark) {
-                steered.after_recv(mark, from_direct, direct.emptied(from_direct));
-            }
-            got += from_direct;
+            got += Steered::receive(self.direct_steered.as_mut(), || {
+                let got = direct.recv(&self.counter, pool, batch)?;
+                Ok((got, direct.emptied(got)))
+            })?;
         }
         Ok(got)
     }

@@ -648,3 +648,235 @@ fn a_udp_group_by_flow_moves_a_flow_only_once_its_socket_has_sent_it_on() {
         assert_eq!(read(member), [0u8; 0], "socket {member} has nothing left");
     }
 }
+
+/// The sequence number at which [`tcp_frame`]'s flow starts.
+const FLOW_SEQ: u32 = 7_000_000;
+
+/// A pod's TCP frame to a pod on node2 (10.244.1.2 → 10.244.2.5, port
+/// 40000 → 5201) with `payload_len` bytes from sequence number `seq`, its
+/// TCP checksum left partial (the pseudo-header sum) as a pod's offloads
+/// leave it.
+fn tcp_frame(gateway: podswitch_encap::MacAddr, seq: u32, payload_len: usize) -> Vec<u8> {
+    use podswitch_engine::encap::checksum;
+    let (src, dst) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 5));
+    let mut f = Vec::with_capacity(54 + payload_len);
+    f.extend_from_slice(&gateway.octets());
+    f.extend_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let total = (20 + 20 + payload_len) as u16;
+    f.extend_from_slice(&[0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0]);
+    f[16..18].copy_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&dst.octets());
+    let ip_sum = checksum::checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&5201u16.to_be_bytes());
+    f.extend_from_slice(&seq.to_be_bytes());
+    f.extend_from_slice(&1u32.to_be_bytes());
+    f.extend_from_slice(&[0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]); // ACK
+    let tcp_len = (20 + payload_len) as u16;
+    let pseudo = checksum::accumulate(
+        checksum::accumulate(0, &[&src.octets()[..], &dst.octets()[..]].concat()),
+        &[0, 6, (tcp_len >> 8) as u8, tcp_len as u8],
+    );
+    f[50..52].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    f.extend((0..payload_len).map(|i| i as u8));
+    f
+}
+
+/// The inner TCP sequence numbers of the first two VXLAN datagrams `sock`
+/// receives within a second, in the order they left (outer Ethernet,
+/// IPv4, UDP and VXLAN, then the inner Ethernet and IPv4 headers before
+/// the TCP header).
+fn inner_tcp_seqs(sock: &podswitch_engine::sys::packet_socket::PacketSocket) -> Vec<u32> {
+    const TCP: usize = 14 + 20 + 8 + 8 + 14 + 20;
+    let mut seqs = Vec::new();
+    for _ in 0..100 {
+        for frame in received(|bufs, meta| sock.recv_batch(bufs, meta)) {
+            assert!(frame.len() >= TCP + 8, "a short frame: {frame:02x?}");
+            seqs.push(u32::from_be_bytes(
+                frame[TCP + 4..TCP + 8].try_into().unwrap(),
+            ));
+        }
+        if seqs.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    seqs
+}
+
+/// A pod's wire-sized TCP segment and the super-frame that follows it
+/// leave the underlay in that order, in one send. The super-frame leaves
+/// in its own write (through the tunnel TAP, or as `UDP_SEGMENT` bursts
+/// where the TAP cannot be made) while the segment goes in the raw
+/// socket's batched send; the segment used to be sent after the
+/// super-frame, and the other node's TCP got the flow out of order.
+#[test]
+fn an_underlay_send_keeps_a_flow_in_order_around_a_super_frame() {
+    flow_order_around_a_super_frame(Some("psw-order-gso"));
+}
+
+/// The same with the super-frame sent as `UDP_SEGMENT` bursts (no tunnel
+/// TAP, as on a kernel before 6.17).
+#[test]
+fn an_underlay_send_keeps_a_flow_in_order_around_udp_segment_bursts() {
+    flow_order_around_a_super_frame(None);
+}
+
+/// Sends a pod's segment and its flow's next super-frame through a VXLAN
+/// underlay port with `tunnel_tap` and checks their order on the wire.
+fn flow_order_around_a_super_frame(tunnel_tap: Option<&str>) {
+    use podswitch_engine::config::Backend;
+    use podswitch_engine::encap::Vni;
+    use podswitch_engine::kernel_port::{UnderlayOptions, UnderlayPort};
+    use podswitch_engine::offload::{accept_vnet_header, VnetHeader, FLAG_NEEDS_CSUM, GSO_TCPV4};
+    use podswitch_engine::peer::PeerSpec;
+    use podswitch_engine::pipeline::{Outputs, Pipeline};
+    use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_IP};
+    use podswitch_engine::tables::PortSpec;
+    require(&["ip"]);
+
+    // node1's underlay ul0 (192.168.100.1), its wire end wire0, and node2
+    // (192.168.100.2) behind it, as in DESIGN.md's address plan.
+    let ns = Netns::new("ulorder");
+    ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    ns.ip(&[
+        "link", "add", "ul0", "type", "veth", "peer", "name", "wire0",
+    ]);
+    ns.ip(&["addr", "add", "192.168.100.1/24", "dev", "ul0"]);
+    for dev in ["ul0", "wire0"] {
+        ns.ip(&["link", "set", dev, "up"]);
+    }
+    let node2_mac = "02:00:c0:a8:64:02";
+    let neigh = ns.ip(&[
+        "neigh",
+        "add",
+        "192.168.100.2",
+        "lladdr",
+        node2_mac,
+        "dev",
+        "ul0",
+        "nud",
+        "permanent",
+    ]);
+    assert!(neigh.status.success(), "ip neigh add: {neigh:?}");
+
+    let mut config = NodeConfig::flannel(
+        "node1",
+        "10.244.1.0/24".parse().unwrap(),
+        Ipv4Addr::new(192, 168, 100, 1),
+    );
+    config.backend = Backend::Vxlan;
+    let tables = Tables::new(config, 16);
+    let underlay = tables.attach_port(PortSpec::underlay("ul0")).unwrap();
+    let pod = tables
+        .attach_port(PortSpec::pod(
+            "veth-bb1",
+            Ipv4Addr::new(10, 244, 1, 2),
+            podswitch_encap::MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]),
+        ))
+        .unwrap();
+    tables
+        .add_peer(PeerSpec {
+            name: "node2".into(),
+            underlay_ip: Ipv4Addr::new(192, 168, 100, 2),
+            underlay_mac: node2_mac.parse().unwrap(),
+            pod_cidr: "10.244.2.0/24".parse().unwrap(),
+            backend: Backend::Vxlan,
+            vni: Vni::FLANNEL,
+            vtep_mac: podswitch_encap::MacAddr([0xd6, 0x8a, 0x5e, 0x47, 0x3c, 0x02]),
+        })
+        .unwrap();
+
+    let path = format!("/var/run/netns/{}", ns.name);
+    let stats = std::sync::Arc::clone(&tables.stats);
+    let tunnel_tap_asked = tunnel_tap.is_some();
+    let tunnel_tap = tunnel_tap.map(String::from);
+    let (mut port, wire) = in_netns(&path, move || {
+        let options = UnderlayOptions {
+            interface: "ul0".into(),
+            local_ip: Ipv4Addr::new(192, 168, 100, 1),
+            backend: Backend::Vxlan,
+            vxlan_port: 8472,
+            udp_port: 8285,
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            af_xdp: false,
+            tunnel_tap,
+            receivers: 1,
+        };
+        let port = UnderlayPort::open(&options, underlay, stats)?;
+        let wire_index = podswitch_engine::sys::netdev::ifindex("wire0")?;
+        let wire = PacketSocket::open(
+            wire_index,
+            PacketOptions {
+                protocol: ETH_P_IP,
+                vnet_hdr: false,
+                ..PacketOptions::default()
+            },
+        )?;
+        Ok::<_, std::io::Error>((port, wire))
+    })
+    .expect("the underlay port and a socket on the wire");
+    match (tunnel_tap_asked, port.tunnel_tap_refused()) {
+        (true, None) => assert!(port.tunnel_tap(), "the tunnel TAP is up"),
+        (true, Some(why)) => panic!("the tunnel TAP (Linux 6.17+) was refused: {why}"),
+        (false, _) => assert!(!port.tunnel_tap(), "UDP_SEGMENT bursts"),
+    }
+
+    // The segment, then the super-frame of three full segments after it.
+    let gateway = tables.load().node.gateway_mac;
+    let mut pool = PacketPool::with_large(64, DEFAULT_BUF_SIZE, 4);
+    let segment = pool
+        .alloc_with(pod, &tcp_frame(gateway, FLOW_SEQ, 100))
+        .unwrap();
+    let mut segment = segment;
+    let partial = VnetHeader {
+        flags: FLAG_NEEDS_CSUM,
+        csum_start: 34,
+        csum_offset: 16,
+        ..VnetHeader::default()
+    };
+    accept_vnet_header(&mut segment, &partial).expect("a partial checksum");
+    let mut super_frame = pool
+        .alloc_with(pod, &tcp_frame(gateway, FLOW_SEQ + 100, 3 * 1398))
+        .expect("a super-frame buffer");
+    let tso = VnetHeader {
+        gso_type: GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1398,
+        ..partial
+    };
+    accept_vnet_header(&mut super_frame, &tso).expect("a TSO super-frame");
+
+    let mut pipeline = Pipeline::new(std::sync::Arc::clone(&tables));
+    let mut outputs = Outputs::new();
+    pipeline.process(
+        &mut vec![segment, super_frame],
+        &mut pool,
+        &mut outputs,
+        1000,
+    );
+    let mut to_underlay = Vec::new();
+    outputs.drain(|out, batch| {
+        assert_eq!(out, underlay, "only tunnel packets");
+        to_underlay.append(batch);
+    });
+    assert_eq!(to_underlay.len(), 2, "both encapsulated");
+    assert!(!to_underlay[0].is_gso() && to_underlay[1].is_gso());
+    let sent = port.send(&mut to_underlay, &mut pool).expect("a send");
+    assert_eq!(sent, 2);
+    let counted = tables.stats.snapshot().port(underlay);
+    assert_eq!(
+        (counted.super_frames_out, counted.segmented),
+        (1, 0),
+        "the super-frame left in its own write, not cut in software"
+    );
+
+    assert_eq!(
+        inner_tcp_seqs(&wire),
+        [FLOW_SEQ, FLOW_SEQ + 100],
+        "the flow's segment and super-frame, in the order the pod sent them"
+    );
+}

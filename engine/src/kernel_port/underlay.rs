@@ -308,6 +308,8 @@ pub struct UnderlayPort {
     staging_large: Vec<Option<PacketBuf>>,
     tunnel_out: Vec<PacketBuf>,
     direct_out: Vec<PacketBuf>,
+    /// Tunnel packets waiting for the raw socket's batched send.
+    tunnel_waiting: Vec<PacketBuf>,
     finish: Vec<PacketBuf>,
     direct_tx: TxScratch,
     /// `UDP_SEGMENT` senders and their ports (VXLAN only: IP-in-UDP
@@ -521,6 +523,7 @@ impl UnderlayPort {
             staging_large: Vec::with_capacity(BATCH_SIZE),
             tunnel_out: Vec::with_capacity(BATCH_SIZE),
             direct_out: Vec::with_capacity(BATCH_SIZE),
+            tunnel_waiting: Vec::with_capacity(BATCH_SIZE),
             finish: Vec::with_capacity(BATCH_SIZE),
             direct_tx: TxScratch::default(),
             segment_senders: Vec::new(),
@@ -929,6 +932,69 @@ impl UnderlayPort {
         true
     }
 
+    /// Sends the tunnel packets of `tunnel_out`, in their order. A UDP
+    /// tunnel's super-frame leaves at once, in its own write (whole through
+    /// the TAP, or in `UDP_SEGMENT` bursts), while the other packets wait
+    /// for the raw socket's batched send: those waiting are sent before
+    /// each super-frame, or it would overtake them. Without that, a flow
+    /// whose wire-sized segment came just before its super-frame reached
+    /// the other node out of order: the receiver queued the super-frame's
+    /// segments out of order and sent a duplicate acknowledgement for each
+    /// (RFC 5681, section 4.2).
+    fn send_tunnel_out(&mut self, pool: &mut PacketPool) -> usize {
+        let whole_or_bursts = self.segmenting || self.tunnel_tap.is_some();
+        if !whole_or_bursts {
+            let mut out = std::mem::take(&mut self.tunnel_out);
+            let sent = self.send_raw(&mut out, pool);
+            self.tunnel_out = out;
+            return sent;
+        }
+        // Both batches are put back, so they keep their capacity: no
+        // allocation per send.
+        let mut waiting = std::mem::take(&mut self.tunnel_waiting);
+        let mut out = std::mem::take(&mut self.tunnel_out);
+        let mut sent = 0;
+        for mut buf in out.drain(..) {
+            let udp = buf.frame()[ETH + 9] == 17;
+            if udp && buf.is_gso() {
+                if !waiting.is_empty() {
+                    sent += self.send_raw(&mut waiting, pool);
+                }
+                if self.send_whole(&buf) || self.send_segmented(&buf) {
+                    sent += 1;
+                    pool.free(buf);
+                    continue;
+                }
+            }
+            if udp {
+                self.use_flow_source_port(&mut buf);
+            }
+            waiting.push(buf);
+        }
+        sent += self.send_raw(&mut waiting, pool);
+        self.tunnel_out = out;
+        self.tunnel_waiting = waiting;
+        sent
+    }
+
+    /// Sends `frames` through the raw socket, which takes wire-sized
+    /// packets only: their offloads are finished in software first.
+    /// Leaves `frames` empty.
+    fn send_raw(&mut self, frames: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> usize {
+        if frames.is_empty() {
+            return 0;
+        }
+        let Some(sock) = &self.sender else {
+            self.counter.drop_n(DropReason::TxFailed, frames.len());
+            pool.free_all(frames);
+            return 0;
+        };
+        finish_offloads(&self.counter, frames, pool, &mut self.finish, has_offloads);
+        send_counted(&self.counter, frames, pool, |_, frames| {
+            sock.send_batch(&RawPackets { frames })
+        })
+    }
+
     /// Rewrites the outer UDP source port of a tunnel packet for the raw
     /// socket to [`Self::flow_source_port`] (RFC 1624 update of a UDP
     /// checksum, if it has one).
@@ -1066,48 +1132,8 @@ impl Port for UnderlayPort {
             }
         }
         let mut sent = 0;
-        if !self.tunnel_out.is_empty() && (self.segmenting || self.tunnel_tap.is_some()) {
-            // Two batches swap places, so both keep their capacity: no
-            // allocation per send.
-            let mut rest = std::mem::take(&mut self.finish);
-            rest.clear();
-            let mut out = std::mem::take(&mut self.tunnel_out);
-            for mut buf in out.drain(..) {
-                let udp = buf.frame()[ETH + 9] == 17;
-                if udp && buf.is_gso() && (self.send_whole(&buf) || self.send_segmented(&buf)) {
-                    sent += 1;
-                    pool.free(buf);
-                    continue;
-                }
-                if udp {
-                    self.use_flow_source_port(&mut buf);
-                }
-                rest.push(buf);
-            }
-            self.tunnel_out = rest;
-            self.finish = out;
-        }
         if !self.tunnel_out.is_empty() {
-            match &self.sender {
-                Some(sock) => {
-                    // The raw socket sends wire-sized packets only.
-                    finish_offloads(
-                        &self.counter,
-                        &mut self.tunnel_out,
-                        pool,
-                        &mut self.finish,
-                        has_offloads,
-                    );
-                    sent += send_counted(&self.counter, &mut self.tunnel_out, pool, |_, frames| {
-                        sock.send_batch(&RawPackets { frames })
-                    });
-                }
-                None => {
-                    self.counter
-                        .drop_n(DropReason::TxFailed, self.tunnel_out.len());
-                    pool.free_all(&mut self.tunnel_out);
-                }
-            }
+            sent += self.send_tunnel_out(pool);
         }
         if !self.direct_out.is_empty() {
             match &self.direct {

@@ -880,3 +880,78 @@ fn flow_order_around_a_super_frame(tunnel_tap: Option<&str>) {
         "the flow's segment and super-frame, in the order the pod sent them"
     );
 }
+
+/// Prints `ready`, then the type (`PACKET_OUTGOING` is 4) and bytes of
+/// each frame a tap on interface `argv[1]` sees, as tcpdump's socket
+/// would, for three seconds or until the first frame going out.
+const TAP_SCRIPT: &str = "\
+import select, socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((sys.argv[1], 0))
+print('ready', flush=True)
+end = time.time() + 3
+while time.time() < end:
+    if select.select([s], [], [], 0.1)[0]:
+        data, addr = s.recvfrom(65535)
+        print(addr[2], data.hex(), flush=True)
+        if addr[2] == socket.PACKET_OUTGOING:
+            break
+";
+
+/// A pod port sends through the transmit path of the pod veth's host end,
+/// as the kernel's own forwarding would: its queueing discipline takes
+/// the frame (here a TBF, which the CNI bandwidth plugin puts there to
+/// limit what the pod receives) and its taps see it (tcpdump on the host
+/// end shows both directions). Sent straight to the driver
+/// (`PACKET_QDISC_BYPASS`), a frame skipped both.
+#[test]
+fn a_pod_port_sends_through_the_veths_qdisc_and_taps() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    require(&["ip", "tc", "/usr/bin/python3"]);
+    let ns = veth_pair();
+    ns.exec(
+        "tc",
+        &[
+            "qdisc", "add", "dev", "rx0", "root", "tbf", "rate", "1gbit", "burst", "64k",
+            "latency", "10ms",
+        ],
+    );
+    let mut tap = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            "/usr/bin/python3",
+            "-c",
+            TAP_SCRIPT,
+        ])
+        .arg("rx0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = std::io::BufReader::new(tap.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+
+    let (tables, mut port) = af_packet_port(&ns);
+    let mut pool = PacketPool::with_large(16, DEFAULT_BUF_SIZE, 0);
+    let mut sent = frame(100);
+    sent[14..20].copy_from_slice(b"tapped");
+    let buf = pool.alloc_with(PortId(1), &sent).unwrap();
+    assert_eq!(port.send(&mut vec![buf], &mut pool).unwrap(), 1);
+    assert_eq!(tables.stats.snapshot().total_drops(), 0);
+
+    let qdisc = ns.exec("tc", &["-s", "qdisc", "show", "dev", "rx0"]);
+    let qdisc = String::from_utf8_lossy(&qdisc.stdout);
+    assert!(
+        qdisc.contains("Sent 100 bytes 1 pkt"),
+        "the TBF took the frame: {qdisc}"
+    );
+    let outgoing = format!("4 {}", podswitch_encap::hex::encode(&sent));
+    let tapped: Vec<String> = lines.map_while(Result::ok).collect();
+    let _ = tap.wait();
+    assert!(
+        tapped.contains(&outgoing),
+        "a tap on rx0 saw the frame leave: {tapped:?}"
+    );
+}

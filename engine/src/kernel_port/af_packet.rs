@@ -287,10 +287,9 @@ pub struct AfPacketPort {
 
 impl AfPacketPort {
     /// Opens the port on interface `name` with the pod offloads handled
-    /// (virtio-net headers) and the qdisc bypassed, and ends the pod's
-    /// frames in podswitch: the node's kernel, which sees them first on
-    /// the veth, does not go on with them where it has tcx (see
-    /// [`AfPacketPort::kernel_stop_error`]).
+    /// (virtio-net headers), and ends the pod's frames in podswitch: the
+    /// node's kernel, which sees them first on the veth, does not go on
+    /// with them where it has tcx (see [`AfPacketPort::kernel_stop_error`]).
     pub fn open(name: &str, id: PortId, stats: Arc<Stats>) -> io::Result<AfPacketPort> {
         let ifindex = crate::sys::netdev::ifindex(name)?;
         let sock = PacketSocket::open(ifindex, PacketOptions::default())

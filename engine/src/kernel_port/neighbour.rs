@@ -77,7 +77,6 @@ fn arp(interface: &str, ip: Ipv4Addr) -> io::Result<MacAddr> {
         PacketOptions {
             protocol: ETH_P_ARP,
             vnet_hdr: false,
-            qdisc_bypass: false,
             rcvbuf: 1 << 16,
         },
     )?;

@@ -5,8 +5,13 @@
 //!   header, which carries what checksum and segmentation offloads left
 //!   undone (a pod's TCP arrives as 64 KiB TSO frames with a partial
 //!   checksum; see [`crate::offload`]).
-//! - `PACKET_QDISC_BYPASS`: sends go straight to the driver, as
-//!   `pktgen` does; a pod veth has no queue worth keeping.
+//! - Sends go through the device's transmit path, not straight to the
+//!   driver (no `PACKET_QDISC_BYPASS`). `dev_direct_xmit` would skip the
+//!   queueing discipline, the tc egress hook and the taps, and so what
+//!   the node's tools and the pod's other plugins expect of the host end
+//!   of a pod's veth: tcpdump would see no frame podswitch sends to the
+//!   pod, and the CNI bandwidth plugin's TBF qdisc, which limits what the
+//!   pod receives, would limit nothing.
 //! - `PACKET_IGNORE_OUTGOING` (Linux 4.20): our own transmissions are not
 //!   looped back to us as received frames.
 
@@ -20,7 +25,6 @@ use super::{cvt, getsockopt, setsockopt, socket};
 
 const SOL_PACKET: libc::c_int = 263;
 const PACKET_VNET_HDR: libc::c_int = 15;
-const PACKET_QDISC_BYPASS: libc::c_int = 20;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
 /// `PACKET_FANOUT`, its modes `PACKET_FANOUT_CPU` and `_EBPF`, and the flag
 /// `PACKET_FANOUT_FLAG_UNIQUEID`, as the option's argument holds them
@@ -46,8 +50,6 @@ pub struct PacketOptions {
     pub protocol: u16,
     /// Exchange virtio-net headers with the kernel.
     pub vnet_hdr: bool,
-    /// Bypass the queueing discipline on send.
-    pub qdisc_bypass: bool,
     /// Receive buffer size to ask for (bytes).
     pub rcvbuf: usize,
 }
@@ -57,7 +59,6 @@ impl Default for PacketOptions {
         PacketOptions {
             protocol: ETH_P_ALL,
             vnet_hdr: true,
-            qdisc_bypass: true,
             rcvbuf: 4 << 20,
         }
     }
@@ -134,9 +135,6 @@ impl PacketSocket {
         let one: libc::c_int = 1;
         if options.vnet_hdr {
             setsockopt(fd.as_fd(), SOL_PACKET, PACKET_VNET_HDR, &one)?;
-        }
-        if options.qdisc_bypass {
-            setsockopt(fd.as_fd(), SOL_PACKET, PACKET_QDISC_BYPASS, &one)?;
         }
         // Without it (kernels before 4.20) outgoing frames come back with
         // sll_pkttype PACKET_OUTGOING; we need 4.20 for veth XDP anyway.

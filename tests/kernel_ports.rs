@@ -655,33 +655,20 @@ const FLOW_SEQ: u32 = 7_000_000;
 /// A pod's TCP frame to a pod on node2 (10.244.1.2 → 10.244.2.5, port
 /// 40000 → 5201) with `payload_len` bytes from sequence number `seq`, its
 /// TCP checksum left partial (the pseudo-header sum) as a pod's offloads
-/// leave it.
+/// leave it. Built with etherparse, an encoder independent of podswitch.
 fn tcp_frame(gateway: podswitch_encap::MacAddr, seq: u32, payload_len: usize) -> Vec<u8> {
     use podswitch_engine::encap::checksum;
     let (src, dst) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 5));
+    let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
     let mut f = Vec::with_capacity(54 + payload_len);
-    f.extend_from_slice(&gateway.octets());
-    f.extend_from_slice(&[0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + 20 + payload_len) as u16;
-    f.extend_from_slice(&[0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0]);
-    f[16..18].copy_from_slice(&total.to_be_bytes());
-    f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&dst.octets());
-    let ip_sum = checksum::checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&5201u16.to_be_bytes());
-    f.extend_from_slice(&seq.to_be_bytes());
-    f.extend_from_slice(&1u32.to_be_bytes());
-    f.extend_from_slice(&[0x50, 0x10, 0xff, 0xff, 0, 0, 0, 0]); // ACK
-    let tcp_len = (20 + payload_len) as u16;
-    let pseudo = checksum::accumulate(
-        checksum::accumulate(0, &[&src.octets()[..], &dst.octets()[..]].concat()),
-        &[0, 6, (tcp_len >> 8) as u8, tcp_len as u8],
-    );
+    etherparse::PacketBuilder::ethernet2([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02], gateway.octets())
+        .ipv4(src.octets(), dst.octets(), 64)
+        .tcp(40000, 5201, seq, 0xffff)
+        .ack(1)
+        .write(&mut f, &payload)
+        .expect("a TCP frame");
+    let pseudo = checksum::pseudo_header_v4(src, dst, 6, (20 + payload_len) as u16);
     f[50..52].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
-    f.extend((0..payload_len).map(|i| i as u8));
     f
 }
 

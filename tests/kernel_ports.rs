@@ -697,10 +697,9 @@ fn inner_tcp_seqs(sock: &podswitch_engine::sys::packet_socket::PacketSocket) -> 
 
 /// A pod's wire-sized TCP segment and the super-frame that follows it
 /// leave the underlay in that order, in one send. The super-frame leaves
-/// in its own write (through the tunnel TAP, or as `UDP_SEGMENT` bursts
-/// where the TAP cannot be made) while the segment goes in the raw
-/// socket's batched send; the segment used to be sent after the
-/// super-frame, and the other node's TCP got the flow out of order.
+/// in its own write, here through the tunnel TAP, while the segment goes
+/// in the raw socket's batched send; the segment used to be sent after
+/// the super-frame, and the other node's TCP got the flow out of order.
 #[test]
 fn an_underlay_send_keeps_a_flow_in_order_around_a_super_frame() {
     flow_order_around_a_super_frame(Some("psw-order-gso"));
@@ -816,10 +815,9 @@ fn flow_order_around_a_super_frame(tunnel_tap: Option<&str>) {
     // The segment, then the super-frame of three full segments after it.
     let gateway = tables.load().node.gateway_mac;
     let mut pool = PacketPool::with_large(64, DEFAULT_BUF_SIZE, 4);
-    let segment = pool
+    let mut segment = pool
         .alloc_with(pod, &tcp_frame(gateway, FLOW_SEQ, 100))
         .unwrap();
-    let mut segment = segment;
     let partial = VnetHeader {
         flags: FLAG_NEEDS_CSUM,
         csum_start: 34,
@@ -945,5 +943,53 @@ fn a_pod_port_sends_through_the_veths_qdisc_and_taps() {
     assert!(
         tapped.contains(&outgoing),
         "a tap on rx0 saw the frame leave: {tapped:?}"
+    );
+}
+
+/// A qdisc on the pod veth that cannot take what podswitch sends (a TBF
+/// far slower than the burst, as a low bandwidth limit makes it) loses no
+/// frame uncounted: every frame is sent or counted as `tx_failed`, and
+/// the TBF's own drops agree.
+#[test]
+fn frames_a_pod_veths_qdisc_refuses_are_counted() {
+    require(&["ip", "sysctl", "tc"]);
+    let ns = veth_pair();
+    ns.exec(
+        "tc",
+        &[
+            "qdisc", "add", "dev", "rx0", "root", "tbf", "rate", "8kbit", "burst", "1600", "limit",
+            "3000",
+        ],
+    );
+    let (tables, mut port) = af_packet_port(&ns);
+    let mut pool = PacketPool::with_large(2 * BATCH_SIZE, DEFAULT_BUF_SIZE, 0);
+    let mut batch: Vec<_> = (0..BATCH_SIZE)
+        .map(|_| pool.alloc_with(PortId(1), &frame(1000)).unwrap())
+        .collect();
+    let sent = port.send(&mut batch, &mut pool).unwrap();
+    let failed = tables.stats.snapshot().drop_count(DropReason::TxFailed);
+    assert_eq!(
+        sent as u64 + failed,
+        BATCH_SIZE as u64,
+        "each frame sent or counted"
+    );
+    assert!(failed > 0 && sent > 0, "sent {sent}, refused {failed}");
+    // What the port counted as sent is what the TBF holds or has passed
+    // on ("Sent B bytes N pkt ... backlog Xb Mp").
+    let qdisc = ns.exec("tc", &["-s", "qdisc", "show", "dev", "rx0"]);
+    let qdisc = String::from_utf8_lossy(&qdisc.stdout);
+    // The n-th word after `word`, a count with `unit` after it.
+    let count_after = |word: &str, n: usize, unit: &str| -> u64 {
+        qdisc
+            .split_whitespace()
+            .skip_while(|w| *w != word)
+            .nth(n)
+            .and_then(|w| w.strip_suffix(unit)?.parse().ok())
+            .unwrap_or_else(|| panic!("no count {n} after {word:?} in {qdisc}"))
+    };
+    assert_eq!(
+        count_after("bytes", 1, "") + count_after("backlog", 2, "p"),
+        sent as u64,
+        "the TBF took every frame the port sent: {qdisc}"
     );
 }

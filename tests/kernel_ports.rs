@@ -9,7 +9,7 @@ use common::{require, Netns};
 use podswitch_engine::config::NodeConfig;
 use podswitch_engine::drop::DropReason;
 use podswitch_engine::kernel_port::{AfPacketPort, HostPort, HostPortOptions};
-use podswitch_engine::packet::{PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
+use podswitch_engine::packet::{PacketBuf, PacketPool, BATCH_SIZE, DEFAULT_BUF_SIZE};
 use podswitch_engine::port::{Port, PortId};
 use podswitch_engine::sys::mmsg::Received;
 use podswitch_engine::tables::Tables;
@@ -653,17 +653,22 @@ fn a_udp_group_by_flow_moves_a_flow_only_once_its_socket_has_sent_it_on() {
 const FLOW_SEQ: u32 = 7_000_000;
 
 /// A pod's TCP frame to a pod on node2 (10.244.1.2 → 10.244.2.5, port
-/// 40000 → 5201) with `payload_len` bytes from sequence number `seq`, its
+/// `source_port` → 5201) with `payload_len` bytes from sequence number `seq`, its
 /// TCP checksum left partial (the pseudo-header sum) as a pod's offloads
 /// leave it. Built with etherparse, an encoder independent of podswitch.
-fn tcp_frame(gateway: podswitch_encap::MacAddr, seq: u32, payload_len: usize) -> Vec<u8> {
+fn tcp_frame(
+    gateway: podswitch_encap::MacAddr,
+    source_port: u16,
+    seq: u32,
+    payload_len: usize,
+) -> Vec<u8> {
     use podswitch_engine::encap::checksum;
     let (src, dst) = (Ipv4Addr::new(10, 244, 1, 2), Ipv4Addr::new(10, 244, 2, 5));
     let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
     let mut f = Vec::with_capacity(54 + payload_len);
     etherparse::PacketBuilder::ethernet2([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02], gateway.octets())
         .ipv4(src.octets(), dst.octets(), 64)
-        .tcp(40000, 5201, seq, 0xffff)
+        .tcp(source_port, 5201, seq, 0xffff)
         .ack(1)
         .write(&mut f, &payload)
         .expect("a TCP frame");
@@ -715,149 +720,18 @@ fn an_underlay_send_keeps_a_flow_in_order_around_udp_segment_bursts() {
 /// Sends a pod's segment and its flow's next super-frame through a VXLAN
 /// underlay port with `tunnel_tap` and checks their order on the wire.
 fn flow_order_around_a_super_frame(tunnel_tap: Option<&str>) {
-    use podswitch_engine::config::Backend;
-    use podswitch_engine::encap::Vni;
-    use podswitch_engine::kernel_port::{UnderlayOptions, UnderlayPort};
-    use podswitch_engine::offload::{accept_vnet_header, VnetHeader, FLAG_NEEDS_CSUM, GSO_TCPV4};
-    use podswitch_engine::peer::PeerSpec;
-    use podswitch_engine::pipeline::{Outputs, Pipeline};
-    use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_IP};
-    use podswitch_engine::tables::PortSpec;
-    require(&["ip", "sysctl"]);
-
-    // node1's underlay ul0 (192.168.100.1), its wire end wire0, and node2
-    // (192.168.100.2) behind it, as in DESIGN.md's address plan.
-    let ns = Netns::new("ulorder");
-    ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-    ns.ip(&[
-        "link", "add", "ul0", "type", "veth", "peer", "name", "wire0",
-    ]);
-    ns.ip(&["addr", "add", "192.168.100.1/24", "dev", "ul0"]);
-    for dev in ["ul0", "wire0"] {
-        ns.ip(&["link", "set", dev, "up"]);
-    }
-    let node2_mac = "02:00:c0:a8:64:02";
-    let neigh = ns.ip(&[
-        "neigh",
-        "add",
-        "192.168.100.2",
-        "lladdr",
-        node2_mac,
-        "dev",
-        "ul0",
-        "nud",
-        "permanent",
-    ]);
-    assert!(neigh.status.success(), "ip neigh add: {neigh:?}");
-
-    let mut config = NodeConfig::flannel(
-        "node1",
-        "10.244.1.0/24".parse().unwrap(),
-        Ipv4Addr::new(192, 168, 100, 1),
-    );
-    config.backend = Backend::Vxlan;
-    let tables = Tables::new(config, 16);
-    let underlay = tables.attach_port(PortSpec::underlay("ul0")).unwrap();
-    let pod = tables
-        .attach_port(PortSpec::pod(
-            "veth-bb1",
-            Ipv4Addr::new(10, 244, 1, 2),
-            podswitch_encap::MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]),
-        ))
-        .unwrap();
-    tables
-        .add_peer(PeerSpec {
-            name: "node2".into(),
-            underlay_ip: Ipv4Addr::new(192, 168, 100, 2),
-            underlay_mac: node2_mac.parse().unwrap(),
-            pod_cidr: "10.244.2.0/24".parse().unwrap(),
-            backend: Backend::Vxlan,
-            vni: Vni::FLANNEL,
-            vtep_mac: podswitch_encap::MacAddr([0xd6, 0x8a, 0x5e, 0x47, 0x3c, 0x02]),
-        })
-        .unwrap();
-
-    let path = format!("/var/run/netns/{}", ns.name);
-    let stats = std::sync::Arc::clone(&tables.stats);
-    let tunnel_tap_asked = tunnel_tap.is_some();
-    let tunnel_tap = tunnel_tap.map(String::from);
-    let (mut port, wire) = in_netns(&path, move || {
-        let options = UnderlayOptions {
-            interface: "ul0".into(),
-            local_ip: Ipv4Addr::new(192, 168, 100, 1),
-            backend: Backend::Vxlan,
-            vxlan_port: 8472,
-            udp_port: 8285,
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
-            af_xdp: false,
-            tunnel_tap,
-            receivers: 1,
-        };
-        let port = UnderlayPort::open(&options, underlay, stats)?;
-        let wire_index = podswitch_engine::sys::netdev::ifindex("wire0")?;
-        let wire = PacketSocket::open(
-            wire_index,
-            PacketOptions {
-                protocol: ETH_P_IP,
-                vnet_hdr: false,
-                ..PacketOptions::default()
-            },
-        )?;
-        Ok::<_, std::io::Error>((port, wire))
-    })
-    .expect("the underlay port and a socket on the wire");
-    match (tunnel_tap_asked, port.tunnel_tap_refused()) {
-        (true, None) => assert!(port.tunnel_tap(), "the tunnel TAP is up"),
-        (true, Some(why)) => panic!("the tunnel TAP (Linux 6.17+) was refused: {why}"),
-        (false, _) => assert!(!port.tunnel_tap(), "UDP_SEGMENT bursts"),
-    }
-
-    // The segment, then the super-frame of three full segments after it.
-    let gateway = tables.load().node.gateway_mac;
-    let mut pool = PacketPool::with_large(64, DEFAULT_BUF_SIZE, 4);
-    let mut segment = pool
-        .alloc_with(pod, &tcp_frame(gateway, FLOW_SEQ, 100))
-        .unwrap();
-    let partial = VnetHeader {
-        flags: FLAG_NEEDS_CSUM,
-        csum_start: 34,
-        csum_offset: 16,
-        ..VnetHeader::default()
-    };
-    accept_vnet_header(&mut segment, &partial).expect("a partial checksum");
-    let mut super_frame = pool
-        .alloc_with(pod, &tcp_frame(gateway, FLOW_SEQ + 100, 3 * 1398))
-        .expect("a super-frame buffer");
-    let tso = VnetHeader {
-        gso_type: GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1398,
-        ..partial
-    };
-    accept_vnet_header(&mut super_frame, &tso).expect("a TSO super-frame");
-
-    let mut pipeline = Pipeline::new(std::sync::Arc::clone(&tables));
-    let mut outputs = Outputs::new();
-    pipeline.process(
-        &mut vec![segment, super_frame],
-        &mut pool,
-        &mut outputs,
-        1000,
-    );
-    let mut to_underlay = Vec::new();
-    outputs.drain(|out, batch| {
-        assert_eq!(out, underlay, "only tunnel packets");
-        to_underlay.append(batch);
-    });
-    assert_eq!(to_underlay.len(), 2, "both encapsulated");
-    assert!(!to_underlay[0].is_gso() && to_underlay[1].is_gso());
+    let mut lab = UnderlayLab::new(tunnel_tap, 1);
+    let mut to_underlay = lab.segment_and_super_frame(40000);
     // Both sends from one CPU: frames sent from two would wait in two
     // CPUs' backlogs on their way to the wire, in either order.
     let cpu = podswitch_engine::sys::sched::allowed_cpus().unwrap()[0];
     podswitch_engine::sys::sched::pin_to_cpu(cpu).expect("the test thread pinned");
-    let sent = port.send(&mut to_underlay, &mut pool).expect("a send");
+    let sent = lab
+        .port
+        .send(&mut to_underlay, &mut lab.pool)
+        .expect("a send");
     assert_eq!(sent, 2);
-    let counted = tables.stats.snapshot().port(underlay);
+    let counted = lab.tables.stats.snapshot().port(lab.underlay);
     assert_eq!(
         (counted.super_frames_out, counted.segmented),
         (1, 0),
@@ -865,10 +739,235 @@ fn flow_order_around_a_super_frame(tunnel_tap: Option<&str>) {
     );
 
     assert_eq!(
-        inner_tcp_seqs(&wire),
+        inner_tcp_seqs(&lab.wire),
         [FLOW_SEQ, FLOW_SEQ + 100],
         "the flow's segment and super-frame, in the order the pod sent them"
     );
+}
+
+/// Through an underlay interface with four transmit queues and no XPS
+/// map, each flow's super-frame (through the tunnel TAP) and its segment
+/// (through the raw socket) take one queue. The TAP's recorded receive
+/// queue used to send every super-frame to queue 0, while the segments
+/// took their flow's queue: two queues, which a NIC may send in either
+/// order.
+#[test]
+fn a_flows_super_frame_takes_the_transmit_queue_of_its_other_packets() {
+    let mut lab = UnderlayLab::new(Some("psw-queue-gso"), 4);
+    lab.ns.exec(
+        "tc",
+        &["qdisc", "add", "dev", "ul0", "root", "handle", "1:", "mq"],
+    );
+    // Bytes each queue's class has sent ("Sent B bytes N pkt"; its packet
+    // count would leave out a super-frame whose segments the kernel has
+    // not counted yet).
+    let sent_per_queue = |ns: &Netns| -> Vec<u64> {
+        let out = ns.exec("tc", &["-s", "class", "show", "dev", "ul0"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next() == Some("Sent")).then(|| words.next()?.parse().ok())?
+            })
+            .collect()
+    };
+    let mut queues_used = std::collections::BTreeSet::new();
+    for flow in 0..8 {
+        let mut frames = lab.segment_and_super_frame(40000 + flow);
+        let before = sent_per_queue(&lab.ns);
+        assert_eq!(before.len(), 4, "a class per transmit queue");
+        assert_eq!(lab.port.send(&mut frames, &mut lab.pool).unwrap(), 2);
+        let after = sent_per_queue(&lab.ns);
+        let grown: Vec<(usize, u64)> = (0..4)
+            .map(|q| (q, after[q] - before[q]))
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        assert_eq!(grown.len(), 1, "flow {flow} took one queue: {grown:?}");
+        queues_used.insert(grown[0].0);
+    }
+    eprintln!("the 8 flows took transmit queues {queues_used:?}");
+}
+
+/// node1's underlay for the underlay port tests: a namespace with `ul0`
+/// (192.168.100.1, `tx_queues` transmit queues) and its wire end `wire0`,
+/// node2 (192.168.100.2) behind it as in DESIGN.md's address plan, a
+/// VXLAN underlay port on `ul0` with `tunnel_tap`, a socket that reads
+/// the wire, and the tables and pool of a node with one pod.
+struct UnderlayLab {
+    port: podswitch_engine::kernel_port::UnderlayPort,
+    wire: podswitch_engine::sys::packet_socket::PacketSocket,
+    tables: std::sync::Arc<Tables>,
+    pool: PacketPool,
+    underlay: PortId,
+    pod: PortId,
+    /// Dropped last: the port and sockets live in it.
+    ns: Netns,
+}
+
+impl UnderlayLab {
+    fn new(tunnel_tap: Option<&str>, tx_queues: u32) -> UnderlayLab {
+        use podswitch_engine::config::Backend;
+        use podswitch_engine::encap::Vni;
+        use podswitch_engine::kernel_port::{UnderlayOptions, UnderlayPort};
+        use podswitch_engine::peer::PeerSpec;
+        use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_IP};
+        use podswitch_engine::tables::PortSpec;
+        require(&["ip", "sysctl", "tc"]);
+
+        let ns = Netns::new("ulorder");
+        ns.exec("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        let queues = tx_queues.to_string();
+        ns.ip(&[
+            "link",
+            "add",
+            "ul0",
+            "numtxqueues",
+            &queues,
+            "numrxqueues",
+            &queues,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "wire0",
+        ]);
+        ns.ip(&["addr", "add", "192.168.100.1/24", "dev", "ul0"]);
+        for dev in ["ul0", "wire0"] {
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        let node2_mac = "02:00:c0:a8:64:02";
+        let neigh = ns.ip(&[
+            "neigh",
+            "add",
+            "192.168.100.2",
+            "lladdr",
+            node2_mac,
+            "dev",
+            "ul0",
+            "nud",
+            "permanent",
+        ]);
+        assert!(neigh.status.success(), "ip neigh add: {neigh:?}");
+
+        let mut config = NodeConfig::flannel(
+            "node1",
+            "10.244.1.0/24".parse().unwrap(),
+            Ipv4Addr::new(192, 168, 100, 1),
+        );
+        config.backend = Backend::Vxlan;
+        let tables = Tables::new(config, 16);
+        let underlay = tables.attach_port(PortSpec::underlay("ul0")).unwrap();
+        let pod = tables
+            .attach_port(PortSpec::pod(
+                "veth-bb1",
+                Ipv4Addr::new(10, 244, 1, 2),
+                podswitch_encap::MacAddr([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x02]),
+            ))
+            .unwrap();
+        tables
+            .add_peer(PeerSpec {
+                name: "node2".into(),
+                underlay_ip: Ipv4Addr::new(192, 168, 100, 2),
+                underlay_mac: node2_mac.parse().unwrap(),
+                pod_cidr: "10.244.2.0/24".parse().unwrap(),
+                backend: Backend::Vxlan,
+                vni: Vni::FLANNEL,
+                vtep_mac: podswitch_encap::MacAddr([0xd6, 0x8a, 0x5e, 0x47, 0x3c, 0x02]),
+            })
+            .unwrap();
+
+        let path = format!("/var/run/netns/{}", ns.name);
+        let stats = std::sync::Arc::clone(&tables.stats);
+        let tunnel_tap_asked = tunnel_tap.is_some();
+        let tunnel_tap = tunnel_tap.map(String::from);
+        let (port, wire) = in_netns(&path, move || {
+            let options = UnderlayOptions {
+                interface: "ul0".into(),
+                local_ip: Ipv4Addr::new(192, 168, 100, 1),
+                backend: Backend::Vxlan,
+                vxlan_port: 8472,
+                udp_port: 8285,
+                pod_cidr: "10.244.1.0/24".parse().unwrap(),
+                af_xdp: false,
+                tunnel_tap,
+                receivers: 1,
+            };
+            let port = UnderlayPort::open(&options, underlay, stats)?;
+            let wire_index = podswitch_engine::sys::netdev::ifindex("wire0")?;
+            let wire = PacketSocket::open(
+                wire_index,
+                PacketOptions {
+                    protocol: ETH_P_IP,
+                    vnet_hdr: false,
+                    ..PacketOptions::default()
+                },
+            )?;
+            Ok::<_, std::io::Error>((port, wire))
+        })
+        .expect("the underlay port and a socket on the wire");
+        match (tunnel_tap_asked, port.tunnel_tap_refused()) {
+            (true, None) => assert!(port.tunnel_tap(), "the tunnel TAP is up"),
+            (true, Some(why)) => panic!("the tunnel TAP (Linux 6.17+) was refused: {why}"),
+            (false, _) => assert!(!port.tunnel_tap(), "UDP_SEGMENT bursts"),
+        }
+        UnderlayLab {
+            port,
+            wire,
+            tables,
+            pool: PacketPool::with_large(64, DEFAULT_BUF_SIZE, 4),
+            underlay,
+            pod,
+            ns,
+        }
+    }
+
+    /// A pod's TCP segment from `source_port` and the super-frame of three
+    /// full segments after it in its flow, routed and encapsulated for
+    /// node2: the two frames the pipeline hands the underlay port.
+    fn segment_and_super_frame(&mut self, source_port: u16) -> Vec<PacketBuf> {
+        use podswitch_engine::offload::{
+            accept_vnet_header, VnetHeader, FLAG_NEEDS_CSUM, GSO_TCPV4,
+        };
+        use podswitch_engine::pipeline::{Outputs, Pipeline};
+        let gateway = self.tables.load().node.gateway_mac;
+        let pool = &mut self.pool;
+        let mut segment = pool
+            .alloc_with(self.pod, &tcp_frame(gateway, source_port, FLOW_SEQ, 100))
+            .unwrap();
+        let partial = VnetHeader {
+            flags: FLAG_NEEDS_CSUM,
+            csum_start: 34,
+            csum_offset: 16,
+            ..VnetHeader::default()
+        };
+        accept_vnet_header(&mut segment, &partial).expect("a partial checksum");
+        let mut super_frame = pool
+            .alloc_with(
+                self.pod,
+                &tcp_frame(gateway, source_port, FLOW_SEQ + 100, 3 * 1398),
+            )
+            .expect("a super-frame buffer");
+        let tso = VnetHeader {
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: 1398,
+            ..partial
+        };
+        accept_vnet_header(&mut super_frame, &tso).expect("a TSO super-frame");
+
+        let mut pipeline = Pipeline::new(std::sync::Arc::clone(&self.tables));
+        let mut outputs = Outputs::new();
+        pipeline.process(&mut vec![segment, super_frame], pool, &mut outputs, 1000);
+        let mut to_underlay = Vec::new();
+        let underlay = self.underlay;
+        outputs.drain(|out, batch| {
+            assert_eq!(out, underlay, "only tunnel packets");
+            to_underlay.append(batch);
+        });
+        assert_eq!(to_underlay.len(), 2, "both encapsulated");
+        assert!(!to_underlay[0].is_gso() && to_underlay[1].is_gso());
+        to_underlay
+    }
 }
 
 /// Prints `ready`, then the type (`PACKET_OUTGOING` is 4) and bytes of

@@ -36,7 +36,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::bpf::{call, exit, load_program, mov64_imm, owned_fd, Instruction};
+use super::bpf::{call, exit, load_program, mov64_imm, owned_fd, store32, Instruction};
 
 /// `TCX_DROP` (enum tcx_action_base).
 const TCX_DROP: i32 = 2;
@@ -73,13 +73,27 @@ const REDIRECT_NEIGH: i32 = 152;
 /// The name the redirect program shows under.
 pub const REDIRECT_PROGRAM_NAME: &str = "podswitch_out";
 
-/// `bpf_redirect_neigh(to, NULL, 0, 0)`: send the frame out of interface
-/// `to`, its Ethernet addresses filled in by the kernel's route and
-/// neighbour lookup for its IP destination (ARP included, as for the
-/// node's own packets). The helper's return is the verdict:
-/// `TC_ACT_REDIRECT` (`TCX_REDIRECT`), or `TC_ACT_SHOT` when `to` is gone.
-const fn redirect_out(to: i32) -> [Instruction; 6] {
+/// Where `__sk_buff` keeps `queue_mapping` (include/uapi/linux/bpf.h).
+const SKB_QUEUE_MAPPING: i16 = 12;
+
+/// `skb->queue_mapping = 0`, then `bpf_redirect_neigh(to, NULL, 0, 0)`:
+/// send the frame out of interface `to`, its Ethernet addresses filled in
+/// by the kernel's route and neighbour lookup for its IP destination (ARP
+/// included, as for the node's own packets). The helper's return is the
+/// verdict: `TC_ACT_REDIRECT` (`TCX_REDIRECT`), or `TC_ACT_SHOT` when `to`
+/// is gone.
+///
+/// The TAP recorded its queue as the frame's receive queue
+/// (`skb_record_rx_queue` in `tun_get_user`). A device with several
+/// transmit queues and no XPS map would pick its queue from that record
+/// (`skb_tx_hash`, net/core/dev.c): queue 0 for every super-frame, while
+/// the flow's other packets, from podswitch's sockets, take the queue of
+/// their flow's hash. Two queues can reorder a flow. Cleared, the record
+/// no longer decides, and the super-frame takes its flow's queue too.
+const fn redirect_out(to: i32) -> [Instruction; 8] {
     [
+        mov64_imm(2, 0),
+        store32(1, SKB_QUEUE_MAPPING, 2),
         mov64_imm(1, to),
         mov64_imm(2, 0),
         mov64_imm(3, 0),

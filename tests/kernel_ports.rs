@@ -758,17 +758,12 @@ fn a_flows_super_frame_takes_the_transmit_queue_of_its_other_packets() {
         "tc",
         &["qdisc", "add", "dev", "ul0", "root", "handle", "1:", "mq"],
     );
-    // Bytes each queue's class has sent ("Sent B bytes N pkt"; its packet
-    // count would leave out a super-frame whose segments the kernel has
-    // not counted yet).
+    // Bytes each queue's class has sent (its packet count would leave out
+    // a super-frame whose segments the kernel has not counted yet).
     let sent_per_queue = |ns: &Netns| -> Vec<u64> {
-        let out = ns.exec("tc", &["-s", "class", "show", "dev", "ul0"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| {
-                let mut words = line.split_whitespace();
-                (words.next() == Some("Sent")).then(|| words.next()?.parse().ok())?
-            })
+        tc_stats(ns, "class", "ul0")
+            .iter()
+            .map(|class| class.sent_bytes)
             .collect()
     };
     let mut queues_used = std::collections::BTreeSet::new();
@@ -1030,11 +1025,12 @@ fn a_pod_port_sends_through_the_veths_qdisc_and_taps() {
     assert_eq!(port.send(&mut vec![buf], &mut pool).unwrap(), 1);
     assert_eq!(tables.stats.snapshot().total_drops(), 0);
 
-    let qdisc = ns.exec("tc", &["-s", "qdisc", "show", "dev", "rx0"]);
-    let qdisc = String::from_utf8_lossy(&qdisc.stdout);
+    let qdisc = tc_stats(&ns, "qdisc", "rx0");
     assert!(
-        qdisc.contains("Sent 100 bytes 1 pkt"),
-        "the TBF took the frame: {qdisc}"
+        qdisc
+            .iter()
+            .any(|q| (q.sent_bytes, q.sent_packets) == (100, 1)),
+        "the TBF took the frame: {qdisc:?}"
     );
     let outgoing = format!("4 {}", podswitch_encap::hex::encode(&sent));
     let tapped: Vec<String> = lines.map_while(Result::ok).collect();
@@ -1048,7 +1044,7 @@ fn a_pod_port_sends_through_the_veths_qdisc_and_taps() {
 /// A qdisc on the pod veth that cannot take what podswitch sends (a TBF
 /// far slower than the burst, as a low bandwidth limit makes it) loses no
 /// frame uncounted: every frame is sent or counted as `tx_failed`, and
-/// the TBF's own drops agree.
+/// what the port counted as sent is what the TBF took.
 #[test]
 fn frames_a_pod_veths_qdisc_refuses_are_counted() {
     require(&["ip", "sysctl", "tc"]);
@@ -1074,21 +1070,49 @@ fn frames_a_pod_veths_qdisc_refuses_are_counted() {
     );
     assert!(failed > 0 && sent > 0, "sent {sent}, refused {failed}");
     // What the port counted as sent is what the TBF holds or has passed
-    // on ("Sent B bytes N pkt ... backlog Xb Mp").
-    let qdisc = ns.exec("tc", &["-s", "qdisc", "show", "dev", "rx0"]);
-    let qdisc = String::from_utf8_lossy(&qdisc.stdout);
-    // The n-th word after `word`, a count with `unit` after it.
-    let count_after = |word: &str, n: usize, unit: &str| -> u64 {
-        qdisc
-            .split_whitespace()
-            .skip_while(|w| *w != word)
-            .nth(n)
-            .and_then(|w| w.strip_suffix(unit)?.parse().ok())
-            .unwrap_or_else(|| panic!("no count {n} after {word:?} in {qdisc}"))
-    };
+    // on. (Its own drop count is one higher: after a partial `sendmmsg`,
+    // the frame that failed is tried again.)
+    let qdisc = tc_stats(&ns, "qdisc", "rx0");
+    assert_eq!(qdisc.len(), 1, "the TBF alone: {qdisc:?}");
     assert_eq!(
-        count_after("bytes", 1, "") + count_after("backlog", 2, "p"),
+        qdisc[0].sent_packets + qdisc[0].backlog_packets,
         sent as u64,
-        "the TBF took every frame the port sent: {qdisc}"
+        "the TBF took every frame the port sent: {qdisc:?}"
     );
+}
+
+/// What `tc -s` reports of one qdisc or class.
+#[derive(Debug, Clone, Copy, Default)]
+struct TcStats {
+    sent_bytes: u64,
+    sent_packets: u64,
+    backlog_packets: u64,
+}
+
+/// The statistics of each qdisc or class (`object`) of interface `dev`,
+/// in `tc -s` order: " Sent B bytes N pkt (...)" then " backlog Xb Mp ...".
+fn tc_stats(ns: &Netns, object: &str, dev: &str) -> Vec<TcStats> {
+    let out = ns.exec("tc", &["-s", object, "show", "dev", dev]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let count = |word: Option<&str>, unit: &str| -> u64 {
+        word.and_then(|w| w.strip_suffix(unit)?.parse().ok())
+            .unwrap_or_else(|| panic!("a count in {text}"))
+    };
+    let mut stats: Vec<TcStats> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("Sent") => stats.push(TcStats {
+                sent_bytes: count(words.next(), ""),
+                sent_packets: count(words.nth(1), ""),
+                backlog_packets: 0,
+            }),
+            Some("backlog") => {
+                let last = stats.last_mut().unwrap_or_else(|| panic!("{text}"));
+                last.backlog_packets = count(words.nth(1), "p");
+            }
+            _ => {}
+        }
+    }
+    stats
 }

@@ -427,9 +427,10 @@ impl Datapath {
         // Before the port is split (its members share its devices) and
         // sends: what the devices dropped before is not the port's.
         let counters = port.send_drop_counters();
-        let text = match counters.is_empty() {
-            true => String::new(),
-            false => netdev::proc_net_dev().unwrap_or_default(),
+        let text = if counters.is_empty() {
+            String::new()
+        } else {
+            netdev::proc_net_dev().unwrap_or_default()
         };
         let device_counters: Vec<(PortId, DeviceCounter, u64)> = counters
             .into_iter()

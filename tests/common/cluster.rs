@@ -414,9 +414,20 @@ impl Cluster {
         self.nodes
             .iter()
             .filter_map(|n| {
-                n.daemon
-                    .as_ref()
-                    .map(|d| format!("--- node{} ---\n{}", n.index, d.log_text()))
+                n.daemon.as_ref().map(|d| {
+                    // The counters say where a lost packet went
+                    // (a drop reason, a port's tx_failed), which a
+                    // log of only attach and start lines cannot.
+                    let stats = n.ctl(&["stats"]);
+                    format!(
+                        "--- node{} ---\n{}--- node{} stats ---\n{}{}",
+                        n.index,
+                        d.log_text(),
+                        n.index,
+                        String::from_utf8_lossy(&stats.stdout),
+                        String::from_utf8_lossy(&stats.stderr)
+                    )
+                })
             })
             .collect()
     }

@@ -95,6 +95,7 @@ fn metrics_parse_count_exactly_and_ignore_slow_clients() {
         "podswitch_drops",
         "podswitch_worker_busy_seconds",
         "podswitch_worker_spins_preempted",
+        "podswitch_worker_spins_rescued",
         "podswitch_worker_handed_off",
         "podswitch_worker_yields",
         "podswitch_control_requests",

@@ -516,6 +516,7 @@ impl Handler {
                     spins_caught: s.spins_caught,
                     spins_expired: s.spins_expired,
                     spins_preempted: s.spins_preempted,
+                    spins_rescued: s.spins_rescued,
                     handed_off: s.handed_off,
                     yields: s.yields,
                     realtime: s.realtime,

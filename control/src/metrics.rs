@@ -358,6 +358,13 @@ impl Collector for Metrics {
         )?;
         counters(
             &mut encoder,
+            "podswitch_worker_spins_rescued",
+            "Preempted spins the worker's guard ended, moving it back to its working class (a busy task kept it off its CPU past its spin window).",
+            "worker",
+            workers.iter().map(|(w, s)| (w.as_str(), s.spins_rescued)),
+        )?;
+        counters(
+            &mut encoder,
             "podswitch_worker_handed_off",
             "Frames a worker posted to the worker that owns their output port.",
             "worker",

@@ -11,7 +11,8 @@
 //! XDP program that steers tunnel packets to the AF_XDP underlay
 //! ([`xdp_steer`]), beside the AF_XDP sockets themselves ([`xdp`]), and
 //! the fanout program that splits a port among workers by flow, each
-//! flow kept in order ([`flow_steer`]).
+//! flow kept in order ([`flow_steer`]); and for the workers' threads,
+//! scheduling classes ([`sched`]) and a timer to sleep on ([`timer`]).
 
 #![allow(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod netdev;
 pub mod packet_socket;
 pub mod sched;
 pub mod tcx;
+pub mod timer;
 pub mod tun;
 pub mod xdp;
 pub mod xdp_steer;

@@ -41,21 +41,64 @@ pub enum ThreadClass {
     Realtime,
 }
 
+/// A thread's id (`gettid(2)`), which names one thread of the process
+/// to the scheduler's calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadId(libc::pid_t);
+
+impl ThreadId {
+    /// The calling thread's.
+    pub fn current() -> ThreadId {
+        // SAFETY: gettid(2) takes no arguments and cannot fail.
+        ThreadId(unsafe { libc::gettid() })
+    }
+}
+
 /// Puts the calling thread in `class`.
 pub fn set_class(class: ThreadClass) -> io::Result<()> {
+    set_thread_class(ThreadId(0), class)
+}
+
+/// Puts thread `thread` (0: the calling one) in `class`, at
+/// [`WORK_PRIORITY`] if that is `SCHED_FIFO`.
+pub fn set_thread_class(thread: ThreadId, class: ThreadClass) -> io::Result<()> {
+    let priority = match class {
+        ThreadClass::Realtime => WORK_PRIORITY,
+        ThreadClass::Idle | ThreadClass::Normal => 0,
+    };
+    set_thread_policy(thread, class, priority)
+}
+
+/// Puts thread `thread` in `class` at real-time `priority` (which only
+/// `SCHED_FIFO` uses; the others take 0).
+pub fn set_thread_policy(
+    thread: ThreadId,
+    class: ThreadClass,
+    priority: libc::c_int,
+) -> io::Result<()> {
     let (policy, priority) = match class {
         ThreadClass::Idle => (libc::SCHED_IDLE, 0),
         ThreadClass::Normal => (libc::SCHED_OTHER, 0),
-        ThreadClass::Realtime => (libc::SCHED_FIFO, WORK_PRIORITY),
+        ThreadClass::Realtime => (libc::SCHED_FIFO, priority),
     };
     let param = libc::sched_param {
         sched_priority: priority,
     };
     // SAFETY: `param` is a valid sched_param for the duration of the call;
-    // pid 0 is the calling thread (sched_setscheduler(2) acts on threads
-    // on Linux).
-    cvt(unsafe { libc::sched_setscheduler(0, policy, &param) })?;
+    // sched_setscheduler(2) acts on the one thread named (0: the caller).
+    cvt(unsafe { libc::sched_setscheduler(thread.0, policy, &param) })?;
     Ok(())
+}
+
+/// The class the calling thread is in now.
+pub fn current_class() -> io::Result<ThreadClass> {
+    // SAFETY: sched_getscheduler(2) takes no pointers; 0 is this thread.
+    let policy = cvt(unsafe { libc::sched_getscheduler(0) })?;
+    Ok(match policy {
+        libc::SCHED_IDLE => ThreadClass::Idle,
+        libc::SCHED_FIFO | libc::SCHED_RR => ThreadClass::Realtime,
+        _ => ThreadClass::Normal,
+    })
 }
 
 /// The CPUs the calling thread may run on (its affinity mask).

@@ -12,6 +12,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::handoff::{Crew, MAILBOX_FRAMES};
 use super::spin::SpinWindow;
+use super::spin_guard::SpinGuard;
 use super::stats::WorkerStats;
 use super::{CaptureResult, Command, Place, WorkerOptions, WAKER};
 use crate::capture::Capture;
@@ -92,6 +93,9 @@ pub(super) struct Loop {
     /// It does not spin in `SCHED_IDLE`: the process may not leave that
     /// class, or changing class failed once.
     class_fixed: bool,
+    /// Puts it back in its working class when a busy task keeps it off
+    /// its CPU while it spins in the idle class.
+    guard: Option<SpinGuard>,
     options: WorkerOptions,
     stats: Arc<WorkerStats>,
     /// Its index in its group.
@@ -126,6 +130,7 @@ impl Loop {
             class: ThreadClass::Normal,
             work_class: ThreadClass::Normal,
             class_fixed: false,
+            guard: None,
             options,
         }
     }
@@ -163,6 +168,19 @@ impl Loop {
             );
             self.class_fixed = true;
         }
+        if !self.class_fixed && !self.options.busy_poll.is_zero() {
+            let name = format!("spin-guard-{}", self.me);
+            match SpinGuard::start(name, self.work_class, Arc::clone(&self.stats)) {
+                Ok(guard) => self.guard = Some(guard),
+                Err(e) => {
+                    // Unguarded, a spin in the idle class can wait a second
+                    // behind a busy task: better to spin in the working
+                    // class, for a window of microseconds.
+                    eprintln!("podswitch worker: cannot start its spin guard ({e}); spinning in its working class");
+                    self.class_fixed = true;
+                }
+            }
+        }
         let mut spin = SpinWindow::new(self.options.busy_poll);
         self.stats.spin_window(spin.window());
         let mut last_packet = Instant::now();
@@ -184,11 +202,18 @@ impl Loop {
             turns_since_poll += 1;
             if self.ready_list.is_empty() || turns_since_poll >= POLL_EVERY_TURNS {
                 turns_since_poll = 0;
+                let rescued = self.guard.as_ref().is_some_and(SpinGuard::rescued);
+                if rescued {
+                    // Moved to its working class by the guard: the class
+                    // it thinks it is in is stale.
+                    self.class = sched::current_class().unwrap_or(self.work_class);
+                }
                 let idle = self.ready_list.is_empty() && !self.crew.has_mail(self.me);
                 let now = Instant::now();
                 // A spinning turn takes a microsecond or two; a longer
-                // gap means another task had the CPU.
-                let preempted = spinning && now - last_turn > SpinWindow::PREEMPTED;
+                // gap means another task had the CPU. A rescue is one
+                // too, even if the spin has since found packets.
+                let preempted = rescued || (spinning && now - last_turn > SpinWindow::PREEMPTED);
                 if preempted {
                     spin.preempted(now);
                     self.stats.spin_preempted();
@@ -215,7 +240,7 @@ impl Loop {
                 // pods on this CPU run first. Sleeping or working: back
                 // in the working class (real-time by default, so that a
                 // packet wakes it ahead of the pods).
-                self.spin_class(spin_now);
+                self.spin_class(spin_now.then(|| spin.window_at(now)));
                 // Only a wait that may sleep is timed: the busy-polling
                 // turns (timeout zero) are the worker's work.
                 let sleep_started = (timeout != Some(Duration::ZERO)).then(Instant::now);
@@ -242,7 +267,7 @@ impl Loop {
                     }
                 }
                 if !self.ready_list.is_empty() {
-                    self.spin_class(false);
+                    self.spin_class(None);
                 }
             }
             let mut moved = self.deliver_mail(&mut mail) > 0;
@@ -374,10 +399,10 @@ impl Loop {
     }
 
     /// Moves the thread into the idle scheduling class while it spins
-    /// and back to its working class before it works or sleeps (see
-    /// [`sched`]).
-    fn spin_class(&mut self, idle: bool) {
-        let class = if idle {
+    /// (`spin_for`: at most that long, which its guard is told) and back
+    /// to its working class before it works or sleeps (see [`sched`]).
+    fn spin_class(&mut self, spin_for: Option<Duration>) {
+        let class = if spin_for.is_some() {
             ThreadClass::Idle
         } else {
             self.work_class
@@ -385,18 +410,40 @@ impl Loop {
         if self.class == class || self.class_fixed {
             return;
         }
+        // Guarded from before it goes in until after it is back out: a
+        // thread that has just entered the idle class may not run again
+        // for a long while, even to arm its guard.
+        if let (Some(guard), Some(window)) = (&self.guard, spin_for) {
+            if let Err(e) = guard.spinning(window) {
+                eprintln!("podswitch worker: cannot set its spin guard's timer ({e}); spinning in its working class");
+                self.leave_idle_class_for_good();
+                return;
+            }
+        }
         match sched::set_class(class) {
             Ok(()) => self.class = class,
             Err(e) => {
                 eprintln!("podswitch worker: cannot change scheduling class ({e}); spinning in its working class");
-                self.class_fixed = true;
-                // Back to work: a thread left in the idle class would
-                // starve behind every pod.
-                if sched::set_class(self.work_class).is_ok() {
-                    self.class = self.work_class;
-                }
+                self.leave_idle_class_for_good();
+                return;
             }
         }
+        if let (Some(guard), None) = (&self.guard, spin_for) {
+            if let Err(e) = guard.done() {
+                eprintln!("podswitch worker: cannot set its spin guard's timer ({e}); spinning in its working class");
+                self.leave_idle_class_for_good();
+            }
+        }
+    }
+
+    /// Spins in the working class from now on.
+    fn leave_idle_class_for_good(&mut self) {
+        self.class_fixed = true;
+        // A thread left in the idle class would starve behind every pod.
+        if sched::set_class(self.work_class).is_ok() {
+            self.class = self.work_class;
+        }
+        self.guard = None;
     }
 
     fn mark_ready(&mut self, id: PortId) {

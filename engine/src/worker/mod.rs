@@ -398,6 +398,7 @@ impl Worker {
 mod event_loop;
 mod handoff;
 mod spin;
+mod spin_guard;
 mod stats;
 
 pub use handoff::MAX_WORKERS;

@@ -24,6 +24,7 @@ pub struct WorkerStats {
     spins_caught: AtomicU64,
     spins_expired: AtomicU64,
     spins_preempted: AtomicU64,
+    spins_rescued: AtomicU64,
     handed_off: AtomicU64,
     yields: AtomicU64,
     realtime: AtomicBool,
@@ -53,6 +54,9 @@ pub struct WorkerStatsSnapshot {
     pub spins_expired: u64,
     /// Spins another task preempted (each paused spinning).
     pub spins_preempted: u64,
+    /// Of those, spins its guard ended: the worker, kept off its CPU past
+    /// its window, was moved back to its working class.
+    pub spins_rescued: u64,
     /// Frames it posted to another worker, which owns their port.
     pub handed_off: u64,
     /// Times it yielded its CPU after working a millisecond on end.
@@ -81,6 +85,7 @@ impl Default for WorkerStats {
             spins_caught: AtomicU64::new(0),
             spins_expired: AtomicU64::new(0),
             spins_preempted: AtomicU64::new(0),
+            spins_rescued: AtomicU64::new(0),
             handed_off: AtomicU64::new(0),
             yields: AtomicU64::new(0),
             realtime: AtomicBool::new(false),
@@ -123,6 +128,10 @@ impl WorkerStats {
         self.spins_preempted.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(super) fn spin_rescued(&self) {
+        self.spins_rescued.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(super) fn handed_off(&self, frames: u64) {
         self.handed_off.fetch_add(frames, Ordering::Relaxed);
     }
@@ -148,6 +157,7 @@ impl WorkerStats {
             spins_caught: self.spins_caught.load(Ordering::Relaxed),
             spins_expired: self.spins_expired.load(Ordering::Relaxed),
             spins_preempted: self.spins_preempted.load(Ordering::Relaxed),
+            spins_rescued: self.spins_rescued.load(Ordering::Relaxed),
             handed_off: self.handed_off.load(Ordering::Relaxed),
             yields: self.yields.load(Ordering::Relaxed),
             realtime: self.realtime.load(Ordering::Relaxed),

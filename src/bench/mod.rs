@@ -169,6 +169,16 @@ pub const METRICS: &[Metric] = &[
         unit: "µs",
         higher_is_better: false,
     },
+    Metric {
+        name: "busy-p50",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    Metric {
+        name: "busy-p99",
+        unit: "µs",
+        higher_is_better: false,
+    },
 ];
 
 /// Runs a command in a namespace (`ip netns exec`), failing with its stderr.
@@ -618,6 +628,30 @@ fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, 
     measured
 }
 
+/// Ping round trips while tasks that never sleep, two per CPU, keep
+/// every CPU busy (as pods computing would): (p50, p99) in µs. A
+/// forwarder that waits for CPU time behind them shows here.
+fn busy_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f64)> {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut loops = Vec::new();
+    let spawned = (0..2 * cpus).try_for_each(|_| {
+        Command::new("sh")
+            .args(["-c", "while :; do :; done"])
+            .spawn()
+            .map(|child| loops.push(child))
+    });
+    let measured = spawned.context("starting busy loops").and_then(|()| {
+        // The loops take their share of each CPU first.
+        std::thread::sleep(Duration::from_secs(1));
+        latency(src, dst, seconds)
+    });
+    for child in &mut loops {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    measured
+}
+
 /// How many workers a podswitch lab runs: a count, or one per CPU (in
 /// podswitchd's default class, or in the normal one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -961,6 +995,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                         )?;
                         let (p50, p99) = latency(src, dst, args.seconds)?;
                         let (loaded_p50, loaded_p99) = loaded_latency(src, dst, args.seconds)?;
+                        let (busy_p50, busy_p99) = busy_latency(src, dst, args.seconds)?;
                         let figures = [
                             t1.gbit_per_sec,
                             t4.gbit_per_sec,
@@ -974,6 +1009,8 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                             p99,
                             loaded_p50,
                             loaded_p99,
+                            busy_p50,
+                            busy_p99,
                         ];
                         for (m, v) in figures.into_iter().enumerate() {
                             values[m][d].push(v);

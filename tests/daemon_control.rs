@@ -987,22 +987,23 @@ fn add_runtime_peer_and_route(node: &common::cluster::Node) {
     );
 }
 
-/// Tasks that never sleep, two per CPU, for as long as this lives.
+/// Tasks that never sleep, two per CPU, for as long as this lives (and
+/// at most a minute, should the test process die without dropping it).
 struct BusyLoops(Vec<std::process::Child>);
 
 impl BusyLoops {
     fn start() -> BusyLoops {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        BusyLoops(
-            (0..2 * cpus)
-                .map(|_| {
-                    std::process::Command::new("sh")
-                        .args(["-c", "while :; do :; done"])
-                        .spawn()
-                        .expect("start a busy loop")
-                })
-                .collect(),
-        )
+        let mut loops = BusyLoops(Vec::new());
+        for _ in 0..2 * cpus {
+            // bash's own clock: no process between this one and the loop.
+            let child = std::process::Command::new("bash")
+                .args(["-c", "while ((SECONDS < 60)); do :; done"])
+                .spawn()
+                .expect("start a busy loop");
+            loops.0.push(child);
+        }
+        loops
     }
 }
 
@@ -1060,7 +1061,7 @@ fn ping_rtt_ms(from: &Netns, ip: &str, count: u32) -> Result<(f64, f64), String>
 /// without it: 21-325 ms on average, 284-860 ms at most).
 #[test]
 fn busy_tasks_do_not_keep_a_spinning_worker_from_its_packets() {
-    require(&["ip", "ping", "sh"]);
+    require(&["ip", "ping", "bash"]);
     let mut cluster = Cluster::new("vxlan", "bridge", 2);
     cluster.start_all();
     let (from, to) = (&cluster.pods[0], &cluster.pods[1]);

@@ -273,9 +273,9 @@ pub struct WorkerCounters {
     pub spins_expired: u64,
     /// Spins cut short by another task.
     pub spins_preempted: u64,
-    /// Of those, spins the worker's guard ended: it was moved back to
-    /// its working class after a busy task kept it off its CPU past its
-    /// window.
+    /// Spins the worker's guard ended (also counted as preempted): it was
+    /// moved back to its working class after a busy task kept it off its
+    /// CPU past its window.
     #[serde(default)]
     pub spins_rescued: u64,
     /// Frames posted to the worker that owns their output port.

@@ -91,7 +91,7 @@ pub(super) struct Loop {
     /// The class it forwards and sleeps in.
     work_class: ThreadClass,
     /// It does not spin in `SCHED_IDLE`: the process may not leave that
-    /// class, or changing class failed once.
+    /// class, or changing class or its spin guard failed once.
     class_fixed: bool,
     /// Puts it back in its working class when a busy task keeps it off
     /// its CPU while it spins in the idle class.
@@ -205,8 +205,14 @@ impl Loop {
                 let rescued = self.guard.as_ref().is_some_and(SpinGuard::rescued);
                 if rescued {
                     // Moved to its working class by the guard: the class
-                    // it thinks it is in is stale.
+                    // it thinks it is in is stale. Out of the idle class,
+                    // it tells the guard so (which stops looking again);
+                    // still in it (it went in just after the move), it
+                    // leaves it below, since the rescue pauses spinning.
                     self.class = sched::current_class().unwrap_or(self.work_class);
+                    if self.class != ThreadClass::Idle {
+                        self.guard_done();
+                    }
                 }
                 let idle = self.ready_list.is_empty() && !self.crew.has_mail(self.me);
                 let now = Instant::now();
@@ -214,7 +220,10 @@ impl Loop {
                 // gap means another task had the CPU. A rescue is one
                 // too, even if the spin has since found packets.
                 let preempted = rescued || (spinning && now - last_turn > SpinWindow::PREEMPTED);
-                if preempted {
+                // One preemption is seen twice when the gap shows it on
+                // one turn and the guard's flag on the next: the pause
+                // it began is not made longer.
+                if preempted && !spin.paused(now) {
                     spin.preempted(now);
                     self.stats.spin_preempted();
                 }
@@ -254,12 +263,16 @@ impl Loop {
                 if let Err(e) = polled {
                     if e.kind() != io::ErrorKind::Interrupted {
                         eprintln!("podswitch worker: poll failed: {e}");
+                        self.spin_class(None);
                         return;
                     }
                 }
                 for event in &events {
                     if event.token() == WAKER {
                         if !self.commands() {
+                            // Out of the idle class before it stops: the
+                            // ports' teardown must not wait behind pods.
+                            self.spin_class(None);
                             return;
                         }
                     } else {
@@ -327,6 +340,10 @@ impl Loop {
                 i += 1;
             }
             if moved {
+                // Mail that came after this turn's look went out in the
+                // idle class: back to work, so the next spin is guarded
+                // from its own start.
+                self.spin_class(None);
                 let now = Instant::now();
                 if slept {
                     spin.after_sleep(now - last_packet);
@@ -415,7 +432,7 @@ impl Loop {
         // for a long while, even to arm its guard.
         if let (Some(guard), Some(window)) = (&self.guard, spin_for) {
             if let Err(e) = guard.spinning(window) {
-                eprintln!("podswitch worker: cannot set its spin guard's timer ({e}); spinning in its working class");
+                eprintln!("podswitch worker: its spin guard cannot guard a spin ({e}); spinning in its working class");
                 self.leave_idle_class_for_good();
                 return;
             }
@@ -428,11 +445,16 @@ impl Loop {
                 return;
             }
         }
-        if let (Some(guard), None) = (&self.guard, spin_for) {
-            if let Err(e) = guard.done() {
-                eprintln!("podswitch worker: cannot set its spin guard's timer ({e}); spinning in its working class");
-                self.leave_idle_class_for_good();
-            }
+        if spin_for.is_none() {
+            self.guard_done();
+        }
+    }
+
+    /// Tells the guard the worker is out of the idle class.
+    fn guard_done(&mut self) {
+        if let Some(Err(e)) = self.guard.as_ref().map(SpinGuard::done) {
+            eprintln!("podswitch worker: cannot set its spin guard's timer ({e}); spinning in its working class");
+            self.leave_idle_class_for_good();
         }
     }
 
@@ -440,9 +462,13 @@ impl Loop {
     fn leave_idle_class_for_good(&mut self) {
         self.class_fixed = true;
         // A thread left in the idle class would starve behind every pod.
-        if sched::set_class(self.work_class).is_ok() {
-            self.class = self.work_class;
+        if let Err(e) = sched::set_class(self.work_class) {
+            eprintln!(
+                "podswitch worker: cannot go back to {:?} ({e}); packets may wait while pods run",
+                self.work_class
+            );
         }
+        self.class = sched::current_class().unwrap_or(self.work_class);
         self.guard = None;
     }
 

@@ -65,11 +65,16 @@ impl SpinWindow {
 
     /// The window in force at `now`: zero while spinning is paused.
     pub(super) fn window_at(&self, now: Instant) -> Duration {
-        if self.paused_until.is_some_and(|until| now < until) {
+        if self.paused(now) {
             Duration::ZERO
         } else {
             self.window
         }
+    }
+
+    /// Spinning is paused at `now` (after a preemption).
+    pub(super) fn paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|until| now < until)
     }
 
     /// Another task took the CPU while the worker spun.

@@ -21,10 +21,15 @@
 //! the guard moves it to its working class (`sched_setscheduler` on its
 //! thread id): a real-time task runs ahead of every fair one, so the
 //! worker preempts the busy task at once, sees that its spin was
-//! preempted and sleeps in `epoll_wait` from then on, where the next
-//! packet wakes it. A spinning worker thus waits at most its window and
-//! the grace longer than a sleeping one would. The guard costs a timer
-//! set per spin and nothing while the node is idle.
+//! preempted, and pauses spinning (100 ms to a second), sleeping in
+//! `epoll_wait` meanwhile, where the next packet wakes it. Until the
+//! worker has seen the rescue, the guard looks again every [`GRACE`]: a
+//! worker that went into the idle class just after the move is moved
+//! again. A spinning worker in `SCHED_FIFO` thus waits at most its window
+//! and about two graces longer than a sleeping one would. The guard costs
+//! two timer settings per spin and nothing while the node is idle; if it
+//! fails (its timer, a class change), the worker stops spinning in the
+//! idle class.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +66,9 @@ struct Shared {
     deadline_nanos: AtomicU64,
     /// The guard moved the worker since the worker last asked.
     rescued: AtomicBool,
+    /// The guard cannot do its work: the worker must not spin in the
+    /// idle class any more.
+    failed: AtomicBool,
     stop: AtomicBool,
 }
 
@@ -79,6 +87,7 @@ impl SpinGuard {
             epoch: Instant::now(),
             deadline_nanos: AtomicU64::new(0),
             rescued: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         let thread = {
@@ -93,8 +102,14 @@ impl SpinGuard {
         })
     }
 
-    /// The worker went into the idle class to spin for at most `window`.
+    /// The worker goes into the idle class to spin for at most `window`;
+    /// an error if the guard cannot guard it.
     pub(super) fn spinning(&self, window: Duration) -> io::Result<()> {
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(io::Error::other(
+                "the spin guard stopped (see its log line)",
+            ));
+        }
         let limit = window + GRACE;
         let deadline = self.shared.epoch.elapsed() + limit;
         let nanos = u64::try_from(deadline.as_nanos()).unwrap_or(u64::MAX);
@@ -102,7 +117,8 @@ impl SpinGuard {
         self.shared.timer.arm(limit)
     }
 
-    /// The worker left the idle class.
+    /// The worker is out of the idle class (it left it, or saw that the
+    /// guard moved it).
     pub(super) fn done(&self) -> io::Result<()> {
         self.shared.deadline_nanos.store(0, Ordering::Release);
         self.shared.timer.disarm()
@@ -122,7 +138,8 @@ impl Drop for SpinGuard {
         let woken = self.shared.timer.arm(Duration::ZERO);
         if let Some(thread) = self.thread.take() {
             // A guard that cannot be woken is left asleep rather than
-            // waited for: it holds nothing but its timer.
+            // waited for (its thread, timer and a reference to the
+            // worker's counters leak): joining it would hang the worker.
             if woken.is_ok() {
                 let _ = thread.join();
             }
@@ -136,39 +153,57 @@ fn guard(shared: &Shared, stats: &WorkerStats) {
     // Above the workers, so that a worker busy on this CPU does not delay
     // the rescue of another (a worker yields only after a millisecond).
     if shared.work_class == ThreadClass::Realtime {
-        let _ = sched::set_thread_policy(
+        if let Err(e) = sched::set_thread_policy(
             ThreadId::current(),
             ThreadClass::Realtime,
             WORK_PRIORITY + 1,
-        );
+        ) {
+            eprintln!("podswitch spin guard: cannot run above the workers ({e}); a busy worker on its CPU may delay a rescue by a millisecond");
+        }
     }
+    let fail = |what: &str, e: io::Error| {
+        eprintln!(
+            "podswitch spin guard: {what} ({e}); its worker stops spinning in the idle class"
+        );
+        shared.failed.store(true, Ordering::Release);
+    };
+    // The spin last rescued (its deadline), counted once however often
+    // the guard looks again.
+    let mut rescued_spin = 0;
     loop {
         if let Err(e) = shared.timer.wait() {
-            eprintln!("podswitch spin guard: cannot wait on its timer ({e}); a spinning worker kept off its CPU waits for it");
-            return;
+            return fail("cannot wait on its timer", e);
         }
         if shared.stop.load(Ordering::Acquire) {
             return;
         }
         let deadline = shared.deadline_nanos.load(Ordering::Acquire);
-        // An expiry from a spin that ended, read after the next began,
-        // finds a deadline still ahead.
-        let now = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if deadline == 0 || now < deadline {
+        if deadline == 0 {
+            // The worker is out of the idle class.
             continue;
         }
-        match sched::set_thread_class(shared.worker, shared.work_class) {
-            Ok(()) => {
-                shared.deadline_nanos.store(0, Ordering::Release);
-                shared.rescued.store(true, Ordering::Release);
-                stats.spin_rescued();
+        let now = u64::try_from(shared.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if now < deadline {
+            // A spin that began after this expiry was due, or whose arm
+            // this thread's look-again overwrote: wait for its deadline.
+            if let Err(e) = shared.timer.arm(Duration::from_nanos(deadline - now)) {
+                return fail("cannot set its timer", e);
             }
-            Err(e) => {
-                eprintln!(
-                    "podswitch spin guard: cannot move the worker back to {:?} ({e})",
-                    shared.work_class
-                );
-            }
+            continue;
+        }
+        if let Err(e) = sched::set_thread_class(shared.worker, shared.work_class) {
+            return fail("cannot move its worker back to work", e);
+        }
+        shared.rescued.store(true, Ordering::Release);
+        if rescued_spin != deadline {
+            rescued_spin = deadline;
+            stats.spin_rescued();
+        }
+        // Until the worker answers (`done`, or a new spin's deadline),
+        // look again: it may have gone into the idle class just after
+        // the move (it was between arming and changing class).
+        if let Err(e) = shared.timer.arm(GRACE) {
+            return fail("cannot set its timer", e);
         }
     }
 }

@@ -54,8 +54,9 @@ pub struct WorkerStatsSnapshot {
     pub spins_expired: u64,
     /// Spins another task preempted (each paused spinning).
     pub spins_preempted: u64,
-    /// Of those, spins its guard ended: the worker, kept off its CPU past
-    /// its window, was moved back to its working class.
+    /// Spins its guard ended (counted among those preempted): the worker,
+    /// kept off its CPU past its window, was moved back to its working
+    /// class.
     pub spins_rescued: u64,
     /// Frames it posted to another worker, which owns their port.
     pub handed_off: u64,

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::cluster::{port_kind, Cluster};
-use common::traffic::{ping, udp_datagrams, UdpSink};
+use common::traffic::{ping, ping_round_trips, udp_datagrams, UdpSink};
 use common::{require, Netns, TempFile};
 
 fn ok(out: &std::process::Output, what: &str) -> String {
@@ -1016,40 +1016,6 @@ impl Drop for BusyLoops {
     }
 }
 
-/// The average and the slowest reply of `ping -c count -i 0.01` from
-/// `from` to `ip`, in milliseconds, if every reply came back.
-fn ping_rtt_ms(from: &Netns, ip: &str, count: u32) -> Result<(f64, f64), String> {
-    let out = from.exec(
-        "ping",
-        &[
-            "-q",
-            "-n",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.01",
-            "-W",
-            "2",
-            ip,
-        ],
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !text.contains(", 0% packet loss") {
-        return Err(format!("replies lost: {text}"));
-    }
-    // rtt min/avg/max/mdev = 0.047/0.130/0.604/0.090 ms[, pipe 3]
-    let rtt: Vec<f64> = text
-        .lines()
-        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
-        .and_then(|v| v.split_once(" ms"))
-        .map(|(v, _)| v.split('/').filter_map(|x| x.parse().ok()).collect())
-        .unwrap_or_default();
-    match rtt[..] {
-        [_, avg, max, _] => Ok((avg, max)),
-        _ => Err(format!("no round-trip summary: {text}")),
-    }
-}
-
 /// A worker spins in SCHED_IDLE after its packets, so that pods run
 /// first; a task that never sleeps then keeps it off its CPU for as long
 /// as the scheduler's weights allow (up to a second with four such tasks
@@ -1069,7 +1035,7 @@ fn busy_tasks_do_not_keep_a_spinning_worker_from_its_packets() {
     let busy = BusyLoops::start();
     // The loops take their share first (as a pod's busy stretch would).
     std::thread::sleep(Duration::from_secs(1));
-    let rtt = ping_rtt_ms(&from.ns, &to.ip, 200);
+    let rtt = ping_round_trips(&from.ns, &to.ip, 200);
     drop(busy);
     let workers = cluster.nodes[0].ctl_json(&["stats"])["workers"].clone();
     match rtt {

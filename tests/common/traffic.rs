@@ -71,7 +71,39 @@ pub trait Sites {
 /// 0 once one reply arrives, so the summary line is what counts (as in
 /// Open vSwitch's FORMAT_PING).
 pub fn ping(ns: &(impl InNetns + ?Sized), ip: &str, count: u32) -> bool {
-    Command::new("ip")
+    ping_summary(ns, ip, count, "0.05").is_some()
+}
+
+/// The average and the slowest round trip of `count` pings every 10 ms
+/// from `ns` to `ip`, in milliseconds, if every echo came back.
+pub fn ping_round_trips(
+    ns: &(impl InNetns + ?Sized),
+    ip: &str,
+    count: u32,
+) -> Result<(f64, f64), String> {
+    let text = ping_summary(ns, ip, count, "0.01").ok_or("echoes lost")?;
+    // rtt min/avg/max/mdev = 0.047/0.130/0.604/0.090 ms[, pipe 3]
+    let rtt: Vec<f64> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
+        .and_then(|v| v.split_once(" ms"))
+        .map(|(v, _)| v.split('/').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_default();
+    match rtt[..] {
+        [_, avg, max, _] => Ok((avg, max)),
+        _ => Err(format!("no round-trip summary: {text}")),
+    }
+}
+
+/// ping's summary of `count` echoes `interval` seconds apart, if every
+/// one came back.
+fn ping_summary(
+    ns: &(impl InNetns + ?Sized),
+    ip: &str,
+    count: u32,
+    interval: &str,
+) -> Option<String> {
+    let out = Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -82,16 +114,15 @@ pub fn ping(ns: &(impl InNetns + ?Sized), ip: &str, count: u32) -> bool {
             "-c",
             &count.to_string(),
             "-i",
-            "0.05",
+            interval,
             "-W",
             "2",
             ip,
         ])
         .output()
-        .map(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(", 0% packet loss")
-        })
-        .unwrap_or(false)
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.success() && text.contains(", 0% packet loss")).then_some(text)
 }
 
 /// Python (Debian's) that receives one TCP stream on `port` and prints

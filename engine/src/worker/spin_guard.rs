@@ -23,9 +23,9 @@
 //! worker preempts the busy task at once, sees that its spin was
 //! preempted, and pauses spinning (100 ms to a second), sleeping in
 //! `epoll_wait` meanwhile, where the next packet wakes it. Until the
-//! worker has seen the rescue, the guard looks again every [`GRACE`]: a
-//! worker that went into the idle class just after the move is moved
-//! again. A spinning worker in `SCHED_FIFO` thus waits at most its window
+//! worker has seen the rescue, the guard looks again, after [`GRACE`]
+//! and then twice as long each time: a worker that went into the idle
+//! class just after the move is moved again. A spinning worker in `SCHED_FIFO` thus waits at most its window
 //! and about two graces longer than a sleeping one would. The guard costs
 //! two timer settings per spin and nothing while the node is idle; if it
 //! fails (its timer, a class change), the worker stops spinning in the
@@ -46,6 +46,10 @@ use crate::sys::timer::OneShotTimer;
 /// kind of VM (a VM exit, 200-250 µs), so that a spinning worker never
 /// waits much longer than a sleeping one would.
 pub(super) const GRACE: Duration = Duration::from_micros(250);
+
+/// The longest the guard waits before it looks again at a worker it
+/// moved that has not answered.
+const LONGEST_LOOK_AGAIN: Duration = Duration::from_millis(100);
 
 /// A worker's spin guard (see the module's documentation); dropping it
 /// stops its thread.
@@ -90,12 +94,19 @@ impl SpinGuard {
             failed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
+        let (ready, started) = std::sync::mpsc::sync_channel(1);
         let thread = {
             let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name(name)
-                .spawn(move || guard(&shared, &stats))?
+            std::thread::Builder::new().name(name).spawn(move || {
+                rise_above_the_workers(shared.work_class);
+                let _ = ready.send(());
+                guard(&shared, &stats);
+            })?
         };
+        // Until the guard has risen above its worker, it inherits the
+        // worker's class and CPUs: in SCHED_FIFO it would not run before
+        // the worker sleeps, and a first spin would go unguarded.
+        let _ = started.recv();
         Ok(SpinGuard {
             shared,
             thread: Some(thread),
@@ -147,20 +158,26 @@ impl Drop for SpinGuard {
     }
 }
 
+/// Puts the calling guard thread one real-time priority above workers
+/// that forward in `work_class`, if that is `SCHED_FIFO`: a worker busy on
+/// its CPU then does not delay a rescue (a worker yields only after a
+/// millisecond).
+fn rise_above_the_workers(work_class: ThreadClass) {
+    if work_class != ThreadClass::Realtime {
+        return;
+    }
+    if let Err(e) = sched::set_thread_policy(
+        ThreadId::current(),
+        ThreadClass::Realtime,
+        WORK_PRIORITY + 1,
+    ) {
+        eprintln!("podswitch spin guard: cannot run above the workers ({e}); a busy worker on its CPU may delay a rescue by a millisecond");
+    }
+}
+
 /// The guard's thread: sleeps on the timer, and moves the worker when it
 /// fires after the worker's spin should have ended.
 fn guard(shared: &Shared, stats: &WorkerStats) {
-    // Above the workers, so that a worker busy on this CPU does not delay
-    // the rescue of another (a worker yields only after a millisecond).
-    if shared.work_class == ThreadClass::Realtime {
-        if let Err(e) = sched::set_thread_policy(
-            ThreadId::current(),
-            ThreadClass::Realtime,
-            WORK_PRIORITY + 1,
-        ) {
-            eprintln!("podswitch spin guard: cannot run above the workers ({e}); a busy worker on its CPU may delay a rescue by a millisecond");
-        }
-    }
     let fail = |what: &str, e: io::Error| {
         eprintln!(
             "podswitch spin guard: {what} ({e}); its worker stops spinning in the idle class"
@@ -168,8 +185,11 @@ fn guard(shared: &Shared, stats: &WorkerStats) {
         shared.failed.store(true, Ordering::Release);
     };
     // The spin last rescued (its deadline), counted once however often
-    // the guard looks again.
+    // the guard looks again, and how long until it looks again: doubling,
+    // so that a worker that does not answer for a while (busy in a long
+    // system call) costs a few wake-ups, not thousands.
     let mut rescued_spin = 0;
+    let mut look_again = GRACE;
     loop {
         if let Err(e) = shared.timer.wait() {
             return fail("cannot wait on its timer", e);
@@ -197,13 +217,90 @@ fn guard(shared: &Shared, stats: &WorkerStats) {
         shared.rescued.store(true, Ordering::Release);
         if rescued_spin != deadline {
             rescued_spin = deadline;
+            look_again = GRACE;
             stats.spin_rescued();
         }
         // Until the worker answers (`done`, or a new spin's deadline),
         // look again: it may have gone into the idle class just after
         // the move (it was between arming and changing class).
-        if let Err(e) = shared.timer.arm(GRACE) {
+        if let Err(e) = shared.timer.arm(look_again) {
             return fail("cannot set its timer", e);
         }
+        look_again = (look_again * 2).min(LONGEST_LOOK_AGAIN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits, spinning, until `done` or ten seconds pass; whether `done`.
+    fn spin_until(mut done: impl FnMut() -> bool) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if done() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+
+    /// The race the guard's look-again closes: the guard moves a worker
+    /// that was between arming it and entering the idle class (so the
+    /// move changes nothing), and the worker then enters it with a busy
+    /// task on its CPU. Only a second move brings it back; without one it
+    /// would stay in the idle class, running a few milliseconds a second.
+    #[test]
+    fn a_worker_that_goes_idle_just_after_its_rescue_is_moved_again() {
+        assert_eq!(
+            sched::class_allowed(ThreadClass::Realtime),
+            Ok(()),
+            "this test needs CAP_SYS_NICE (run it as root)"
+        );
+        let cpu = *sched::allowed_cpus().unwrap().last().unwrap();
+        let stats = Arc::new(WorkerStats::default());
+        let worker = {
+            let stats = Arc::clone(&stats);
+            std::thread::spawn(move || {
+                sched::pin_to_cpu(cpu).unwrap();
+                sched::set_class(ThreadClass::Realtime).unwrap();
+                // Started here, the guard shares the worker's CPU, above it.
+                let guard =
+                    SpinGuard::start("test-guard".into(), ThreadClass::Realtime, stats).unwrap();
+                let stop = Arc::new(AtomicBool::new(false));
+                let busy = {
+                    let stop = Arc::clone(&stop);
+                    std::thread::spawn(move || {
+                        sched::pin_to_cpu(cpu).unwrap();
+                        // Not the worker's class, which it inherited.
+                        sched::set_class(ThreadClass::Normal).unwrap();
+                        while !stop.load(Ordering::Relaxed) {
+                            std::hint::spin_loop();
+                        }
+                    })
+                };
+                guard.spinning(Duration::ZERO).unwrap();
+                // Still in its working class when the guard fires.
+                let first_move = spin_until(|| guard.rescued());
+                sched::set_class(ThreadClass::Idle).unwrap();
+                let moved_again =
+                    spin_until(|| sched::current_class().unwrap() != ThreadClass::Idle);
+                let class = sched::current_class().unwrap();
+                sched::set_class(ThreadClass::Realtime).unwrap();
+                stop.store(true, Ordering::Relaxed);
+                busy.join().unwrap();
+                (first_move, moved_again, class)
+            })
+        };
+        let (first_move, moved_again, class) = worker.join().unwrap();
+        assert!(first_move, "the guard fired on the armed spin");
+        assert!(moved_again, "the worker stayed in the idle class");
+        assert_eq!(class, ThreadClass::Realtime);
+        assert_eq!(
+            stats.snapshot().spins_rescued,
+            1,
+            "one spin, counted once however often it was moved"
+        );
     }
 }

@@ -1049,4 +1049,10 @@ fn busy_tasks_do_not_keep_a_spinning_worker_from_its_packets() {
         workers[0]["spins_rescued"].is_u64(),
         "the stats count the guard's rescues: {workers}"
     );
+    let text = String::from_utf8_lossy(&cluster.nodes[0].ctl(&["stats"]).stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("WORKER") && l.contains("PREEMPTED") && l.contains("RESCUED")),
+        "podswitchctl stats shows how the workers waited:\n{text}"
+    );
 }

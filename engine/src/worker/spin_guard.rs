@@ -10,7 +10,8 @@
 //! again (kernel/sched/fair.c). Packets that arrive meanwhile wake
 //! nobody: the worker is runnable, not waiting in `epoll_wait`. With four
 //! busy loops on this two-CPU VM, a node's pings to its own pod took
-//! 223 ms on average and up to 900 ms; the kernel's path, 0.23 ms at most.
+//! 211 ms on average and up to 876 ms; the kernel's path, 0.15 ms at most
+//! (docs/benchmarks.md, "A spinning worker kept off its CPU").
 //! [`super::spin::SpinWindow`] pauses spinning after such a preemption,
 //! but only once the worker runs again.
 //!
@@ -25,8 +26,9 @@
 //! `epoll_wait` meanwhile, where the next packet wakes it. Until the
 //! worker has seen the rescue, the guard looks again, after [`GRACE`]
 //! and then twice as long each time: a worker that went into the idle
-//! class just after the move is moved again. A spinning worker in `SCHED_FIFO` thus waits at most its window
-//! and about two graces longer than a sleeping one would. The guard costs
+//! class just after the move is moved again. A spinning worker in
+//! `SCHED_FIFO` thus waits at most its window and about two graces
+//! longer than a sleeping one would. The guard costs
 //! two timer settings per spin and nothing while the node is idle; if it
 //! fails (its timer, a class change), the worker stops spinning in the
 //! idle class.

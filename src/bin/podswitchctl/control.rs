@@ -600,7 +600,7 @@ fn human(command: &ControlCommand, v: Value) -> Result<String, serde_json::Error
 }
 
 /// `stats` for people: traffic per port, then which offload path it
-/// took, then drops by reason.
+/// took, then drops by reason, then how each worker waited.
 fn stats_text(stats: &Stats) -> String {
     let mut out = table(
         &[
@@ -654,6 +654,37 @@ fn stats_text(stats: &Stats) -> String {
             .drops
             .iter()
             .map(|(reason, n)| vec![reason.clone(), n.to_string()]),
+    ));
+    out.push('\n');
+    // How each worker waited for packets: slept (wake-ups), or spun and
+    // caught one, ran out, or was preempted (and rescued by its guard).
+    out.push_str(&table(
+        &[
+            "WORKER",
+            "CLASS",
+            "BUSY S",
+            "WAKEUPS",
+            "BATCHES",
+            "SPINS CAUGHT",
+            "EXPIRED",
+            "PREEMPTED",
+            "RESCUED",
+            "HANDED OFF",
+        ],
+        stats.workers.iter().map(|w| {
+            vec![
+                w.worker.to_string(),
+                if w.realtime { "fifo" } else { "other" }.to_string(),
+                format!("{:.1}", w.busy_secs),
+                w.wakeups.to_string(),
+                w.batches.to_string(),
+                w.spins_caught.to_string(),
+                w.spins_expired.to_string(),
+                w.spins_preempted.to_string(),
+                w.spins_rescued.to_string(),
+                w.handed_off.to_string(),
+            ]
+        }),
     ));
     out
 }

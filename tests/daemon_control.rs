@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::cluster::{port_kind, Cluster};
 use common::traffic::{ping, ping_round_trips, udp_datagrams, UdpSink};
 use common::{require, Netns, TempFile};
+use podswitch::bench::BusyLoops;
 
 fn ok(out: &std::process::Output, what: &str) -> String {
     assert!(
@@ -987,35 +988,6 @@ fn add_runtime_peer_and_route(node: &common::cluster::Node) {
     );
 }
 
-/// Tasks that never sleep, two per CPU, for as long as this lives (and
-/// at most a minute, should the test process die without dropping it).
-struct BusyLoops(Vec<std::process::Child>);
-
-impl BusyLoops {
-    fn start() -> BusyLoops {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let mut loops = BusyLoops(Vec::new());
-        for _ in 0..2 * cpus {
-            // bash's own clock: no process between this one and the loop.
-            let child = std::process::Command::new("bash")
-                .args(["-c", "while ((SECONDS < 60)); do :; done"])
-                .spawn()
-                .expect("start a busy loop");
-            loops.0.push(child);
-        }
-        loops
-    }
-}
-
-impl Drop for BusyLoops {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// A worker spins in SCHED_IDLE after its packets, so that pods run
 /// first; a task that never sleeps then keeps it off its CPU for as long
 /// as the scheduler's weights allow (up to a second with four such tasks
@@ -1032,7 +1004,7 @@ fn busy_tasks_do_not_keep_a_spinning_worker_from_its_packets() {
     cluster.start_all();
     let (from, to) = (&cluster.pods[0], &cluster.pods[1]);
     assert!(ping(&from.ns, &to.ip, 2), "{}", cluster.logs());
-    let busy = BusyLoops::start();
+    let busy = BusyLoops::start(Duration::from_secs(60)).expect("start busy loops");
     // The loops take their share first (as a pod's busy stretch would).
     std::thread::sleep(Duration::from_secs(1));
     let rtt = ping_round_trips(&from.ns, &to.ip, 200);

@@ -628,28 +628,46 @@ fn loaded_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, 
     measured
 }
 
-/// Ping round trips while tasks that never sleep, two per CPU, keep
-/// every CPU busy (as pods computing would): (p50, p99) in µs. A
-/// forwarder that waits for CPU time behind them shows here.
-fn busy_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f64)> {
-    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut loops = Vec::new();
-    let spawned = (0..2 * cpus).try_for_each(|_| {
-        Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .spawn()
-            .map(|child| loops.push(child))
-    });
-    let measured = spawned.context("starting busy loops").and_then(|()| {
-        // The loops take their share of each CPU first.
-        std::thread::sleep(Duration::from_secs(1));
-        latency(src, dst, seconds)
-    });
-    for child in &mut loops {
-        let _ = child.kill();
-        let _ = child.wait();
+/// Tasks that never sleep, two per CPU (as pods computing would be), for
+/// as long as this lives, and each at most `limit` should its owner die
+/// without dropping it: the bench's `busy-*` case and the test that a
+/// busy CPU does not hold a spinning worker's packets.
+#[derive(Debug)]
+pub struct BusyLoops(Vec<std::process::Child>);
+
+impl BusyLoops {
+    /// Starts them; killed again if one cannot start.
+    pub fn start(limit: Duration) -> std::io::Result<BusyLoops> {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut loops = BusyLoops(Vec::new());
+        // bash's own clock: no process between this one and the loop.
+        let script = format!("while ((SECONDS < {})); do :; done", limit.as_secs().max(1));
+        for _ in 0..2 * cpus {
+            loops
+                .0
+                .push(Command::new("bash").args(["-c", &script]).spawn()?);
+        }
+        Ok(loops)
     }
-    measured
+}
+
+impl Drop for BusyLoops {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Ping round trips while [`BusyLoops`] keep every CPU busy: (p50, p99)
+/// in µs. A forwarder that waits for CPU time behind them shows here.
+fn busy_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f64)> {
+    let _busy =
+        BusyLoops::start(Duration::from_secs(seconds + 60)).context("starting busy loops")?;
+    // The loops take their share of each CPU first.
+    std::thread::sleep(Duration::from_secs(1));
+    latency(src, dst, seconds)
 }
 
 /// How many workers a podswitch lab runs: a count, or one per CPU (in

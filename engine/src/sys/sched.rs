@@ -62,11 +62,7 @@ pub fn set_class(class: ThreadClass) -> io::Result<()> {
 /// Puts thread `thread` (0: the calling one) in `class`, at
 /// [`WORK_PRIORITY`] if that is `SCHED_FIFO`.
 pub fn set_thread_class(thread: ThreadId, class: ThreadClass) -> io::Result<()> {
-    let priority = match class {
-        ThreadClass::Realtime => WORK_PRIORITY,
-        ThreadClass::Idle | ThreadClass::Normal => 0,
-    };
-    set_thread_policy(thread, class, priority)
+    set_thread_policy(thread, class, WORK_PRIORITY)
 }
 
 /// Puts thread `thread` in `class` at real-time `priority` (which only

@@ -491,6 +491,7 @@ impl Handler {
                 checksums_completed: c.checksums_completed,
                 coalesced: c.coalesced,
                 big_tcp_cut: c.big_tcp_cut,
+                datagrams_batched: c.datagrams_batched,
             })
             .collect();
         let drops = s

@@ -228,7 +228,7 @@ impl Collector for Metrics {
             })
             .collect();
         type Field = fn(&podswitch_engine::stats::PortStats) -> u64;
-        let per_port: [(&str, &str, Field); 12] = [
+        let per_port: [(&str, &str, Field); 13] = [
             (
                 "podswitch_port_rx_packets",
                 "Frames received on the port.",
@@ -288,6 +288,11 @@ impl Collector for Metrics {
                 "podswitch_port_big_tcp_cut",
                 "BIG TCP super-frames cut into super-frames of at most 64 KiB.",
                 |s| s.big_tcp_cut,
+            ),
+            (
+                "podswitch_port_datagrams_batched",
+                "Small tunnel datagrams of one flow sent together, one UDP_SEGMENT write per batch.",
+                |s| s.datagrams_batched,
             ),
         ];
         for (name, help, field) in per_port {

@@ -34,10 +34,13 @@ pub enum OffloadEvent {
     /// super-frames of at most 64 KiB for a next hop that cannot take it
     /// whole (a tunnel, the host port, the underlay).
     BigTcpCut,
+    /// Small tunnel datagrams of one flow sent together, as one
+    /// `UDP_SEGMENT` write the kernel cuts as late as it can (a batch).
+    DatagramsBatched,
 }
 
 impl OffloadEvent {
-    const COUNT: usize = 7;
+    const COUNT: usize = 8;
 }
 
 /// The counters of one port.
@@ -78,6 +81,9 @@ pub struct PortStats {
     pub coalesced: u64,
     /// BIG TCP super-frames received here and cut into 64 KiB ones.
     pub big_tcp_cut: u64,
+    /// Small tunnel datagrams sent in batches of one flow, each batch one
+    /// `UDP_SEGMENT` write (each datagram counts once in `tx_packets`).
+    pub datagrams_batched: u64,
 }
 
 /// Every counter of an engine.
@@ -201,6 +207,7 @@ impl Stats {
                     checksums_completed: offload(OffloadEvent::ChecksumCompleted),
                     coalesced: offload(OffloadEvent::Coalesced),
                     big_tcp_cut: offload(OffloadEvent::BigTcpCut),
+                    datagrams_batched: offload(OffloadEvent::DatagramsBatched),
                 };
                 (s != PortStats::default()).then_some((PortId(i as u16), s))
             })

@@ -248,6 +248,10 @@ pub struct PortCounters {
     /// most 64 KiB for a next hop whose IPv4 lengths stop there.
     #[serde(default)]
     pub big_tcp_cut: u64,
+    /// Small tunnel datagrams of one flow sent together, a batch per
+    /// `UDP_SEGMENT` write, which the kernel cuts as late as it can.
+    #[serde(default)]
+    pub datagrams_batched: u64,
 }
 
 /// A worker's counters, in `stats`.

@@ -233,6 +233,53 @@ impl TunnelVnetHeader {
     }
 }
 
+/// Bytes of the headers [`udp_batch_headers`] writes: Ethernet, IPv4
+/// without options, UDP.
+pub const UDP_BATCH_HEADERS: usize = ETH_LEN + 20 + 8;
+
+/// The headers of a batch of UDP datagrams written as one super-datagram
+/// for the kernel to cut, as it cuts a `UDP_SEGMENT` send
+/// (`SKB_GSO_UDP_L4`, `__udp_gso_segment`): `first`'s Ethernet, IPv4 (no
+/// options) and UDP headers, with the lengths of `payload_len` bytes of
+/// UDP payload in all, the IPv4 checksum recomputed and the UDP checksum
+/// left partial (the pseudo-header's sum over the whole length, which the
+/// kernel adjusts to each datagram's length before it finishes it); and
+/// the virtio-net header that asks for that, cutting every `segment`
+/// bytes of payload (`GSO_UDP_L4`, `NEEDS_CSUM`). `None` if `first` is
+/// not an Ethernet/IPv4/UDP datagram without IPv4 options, or the whole
+/// would be longer than an IPv4 length can say.
+pub fn udp_batch_headers(
+    first: &[u8],
+    payload_len: usize,
+    segment: u16,
+) -> Option<([u8; UDP_BATCH_HEADERS], VnetHeader)> {
+    let mut h: [u8; UDP_BATCH_HEADERS] = first.get(..UDP_BATCH_HEADERS)?.try_into().ok()?;
+    if h[12..14] != [0x08, 0x00] || h[ETH_LEN] != 0x45 || h[ETH_LEN + 9] != 17 {
+        return None;
+    }
+    let udp_len = u16::try_from(8 + payload_len).ok()?;
+    let total = udp_len.checked_add(20)?;
+    let ip = ETH_LEN;
+    h[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+    h[ip + 10..ip + 12].fill(0);
+    let ip_check = checksum::checksum(&h[ip..ip + 20]);
+    h[ip + 10..ip + 12].copy_from_slice(&ip_check.to_be_bytes());
+    let udp = ip + 20;
+    h[udp + 4..udp + 6].copy_from_slice(&udp_len.to_be_bytes());
+    let addr = |at: usize| Ipv4Addr::new(h[at], h[at + 1], h[at + 2], h[at + 3]);
+    let pseudo = checksum::pseudo_header_v4(addr(ip + 12), addr(ip + 16), 17, udp_len);
+    h[udp + 6..udp + 8].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    let vnet = VnetHeader {
+        flags: FLAG_NEEDS_CSUM,
+        gso_type: GSO_UDP_L4,
+        hdr_len: UDP_BATCH_HEADERS as u16,
+        gso_size: segment,
+        csum_start: udp as u16,
+        csum_offset: 6,
+    };
+    Some((h, vnet))
+}
+
 /// Why an offloaded frame cannot be completed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffloadError {

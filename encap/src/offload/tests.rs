@@ -498,3 +498,87 @@ fn tunnel_vnet_header_refuses_what_it_cannot_describe() {
     // An inner offset that is not the inner IPv4 header.
     assert!(TunnelVnetHeader::for_frame(&outer, l3 + 2, &gso).is_none());
 }
+
+/// A batch's headers say what the kernel needs to cut the batch as it
+/// cuts a `UDP_SEGMENT` send: the whole's lengths under a valid IPv4
+/// checksum, and a partial UDP checksum which, moved to each datagram's
+/// length as `__udp_gso_segment` moves it and then completed as
+/// `skb_checksum_help` completes it, verifies in every datagram
+/// (checked with etherparse).
+#[test]
+fn a_batchs_headers_cut_into_datagrams_that_verify() {
+    let payloads: Vec<Vec<u8>> = [100, 100, 61]
+        .iter()
+        .enumerate()
+        .map(|(k, len)| vec![0x41 + k as u8; *len])
+        .collect();
+    let mut first = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 0xa], [2, 0, 0, 0, 0, 0xb])
+        .ipv4([192, 168, 100, 1], [192, 168, 100, 2], 64)
+        .udp(40000, 8472)
+        .write(&mut first, &payloads[0])
+        .unwrap();
+    let total: usize = payloads.iter().map(Vec::len).sum();
+    let (h, vnet) = udp_batch_headers(&first, total, 100).unwrap();
+    assert_eq!(
+        (vnet.flags, vnet.gso_type, vnet.gso_size),
+        (FLAG_NEEDS_CSUM, GSO_UDP_L4, 100)
+    );
+    assert_eq!(
+        (vnet.hdr_len, vnet.csum_start, vnet.csum_offset),
+        (42, 34, 6)
+    );
+    let whole: Vec<u8> = h.iter().copied().chain(payloads.concat()).collect();
+    let p = SlicedPacket::from_ethernet(&whole).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        panic!("not IPv4")
+    };
+    let ip = ip.header().to_header();
+    assert_eq!(usize::from(ip.total_len), 20 + 8 + total);
+    assert_eq!(ip.calc_header_checksum(), ip.header_checksum);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([h[38], h[39]])),
+        8 + total,
+        "UDP length of the whole"
+    );
+    // Cut it as the kernel does.
+    let partial = u16::from_be_bytes([h[40], h[41]]);
+    let whole_len = (8 + total) as u16;
+    for payload in &payloads {
+        let udp_len = (8 + payload.len()) as u16;
+        let mut d = h.to_vec();
+        d.extend_from_slice(payload);
+        d[16..18].copy_from_slice(&(20 + udp_len).to_be_bytes());
+        d[24..26].fill(0);
+        let ip_check = checksum::checksum(&d[14..34]);
+        d[24..26].copy_from_slice(&ip_check.to_be_bytes());
+        d[38..40].copy_from_slice(&udp_len.to_be_bytes());
+        // csum16_add(csum16_sub(check, old length), new length)
+        let moved = checksum::fold(u32::from(partial) + u32::from(!whole_len) + u32::from(udp_len));
+        d[40..42].copy_from_slice(&moved.to_be_bytes());
+        let done = checksum::checksum(&d[34..]);
+        d[40..42].copy_from_slice(&done.to_be_bytes());
+        let p = SlicedPacket::from_ethernet(&d).unwrap();
+        let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Udp(udp))) = (&p.net, &p.transport)
+        else {
+            panic!("not IPv4/UDP")
+        };
+        let computed = udp
+            .to_header()
+            .calc_checksum_ipv4(&ip.header().to_header(), udp.payload())
+            .unwrap();
+        assert_eq!(
+            computed,
+            udp.checksum(),
+            "datagram of {} bytes",
+            payload.len()
+        );
+        assert_eq!(udp.payload(), &payload[..]);
+    }
+    // What it cannot describe.
+    let mut options = first.clone();
+    options[14] = 0x46;
+    assert!(udp_batch_headers(&options, total, 100).is_none());
+    assert!(udp_batch_headers(&first[..41], total, 100).is_none());
+    assert!(udp_batch_headers(&first, 65_536, 100).is_none());
+}

@@ -247,11 +247,22 @@ pub(super) fn send_counted(
     counter: &Counter,
     batch: &mut Vec<PacketBuf>,
     pool: &mut PacketPool,
+    send: impl FnMut(usize, &[PacketBuf]) -> io::Result<usize>,
+) -> usize {
+    let sent = send_counted_run(counter, batch, send);
+    pool.free_all(batch);
+    sent
+}
+
+/// [`send_counted`] for a run of frames the caller keeps (and frees).
+pub(super) fn send_counted_run(
+    counter: &Counter,
+    frames: &[PacketBuf],
     mut send: impl FnMut(usize, &[PacketBuf]) -> io::Result<usize>,
 ) -> usize {
     let (mut next, mut sent) = (0, 0);
-    while next < batch.len() {
-        match send(next, &batch[next..]) {
+    while next < frames.len() {
+        match send(next, &frames[next..]) {
             Ok(0) => break, // socket buffer full: the rest is refused
             Ok(n) => {
                 next += n;
@@ -263,8 +274,7 @@ pub(super) fn send_counted(
             }
         }
     }
-    counter.drop_n(DropReason::TxFailed, batch.len() - next);
-    pool.free_all(batch);
+    counter.drop_n(DropReason::TxFailed, frames.len() - next);
     sent
 }
 

@@ -26,6 +26,13 @@
 //! flow. The TAP has no address, no ARP and no IPv6, so the kernel sends
 //! nothing to it.
 //!
+//! The same TAP sends a batch of small VXLAN datagrams of one flow as one
+//! write ([`TunnelTap::send_batch`]): the first's headers with the whole's
+//! lengths, every payload behind them, and a virtio-net header asking for
+//! UDP segmentation (`GSO_UDP_L4`, Linux 6.2+), which the kernel performs
+//! as for a `UDP_SEGMENT` send. Each datagram keeps the flow's hashed
+//! source port, which a UDP socket (bound to one port) could not give.
+//!
 //! Where any of it is missing (a kernel before 6.17, no tcx before 6.6,
 //! no `bpf_redirect_neigh` before 5.10, BPF not allowed) the underlay
 //! keeps `UDP_SEGMENT` sends, and says why
@@ -33,7 +40,7 @@
 
 use std::io;
 
-use podswitch_encap::offload::TunnelVnetHeader;
+use podswitch_encap::offload::{udp_batch_headers, TunnelVnetHeader, UDP_BATCH_HEADERS};
 
 use crate::packet::PacketBuf;
 use crate::sys::netdev;
@@ -77,6 +84,44 @@ impl TunnelTap {
     /// The TAP's interface name.
     pub(super) fn name(&self) -> &str {
         self.dev.name()
+    }
+
+    /// Sends `frames`, Ethernet/IPv4/UDP datagrams alike but for their
+    /// payloads, every payload `segment` bytes long but the last's (a
+    /// batch: the underlay's `batch_len`), as one write the kernel cuts at
+    /// `segment` bytes of payload, filling in each datagram's UDP checksum
+    /// ([`udp_batch_headers`]). `Ok(false)` if the headers cannot describe
+    /// them; the caller sends them another way.
+    pub(super) fn send_batch(&self, frames: &[PacketBuf], segment: u16) -> io::Result<bool> {
+        let Some(first) = frames.first() else {
+            return Ok(false);
+        };
+        if frames.len() + 2 > TunDevice::MAX_WRITE_PARTS {
+            return Ok(false);
+        }
+        let payload_len = frames
+            .iter()
+            .map(|f| f.frame().len().saturating_sub(UDP_BATCH_HEADERS))
+            .sum();
+        let Some((headers, vnet)) = udp_batch_headers(first.frame(), payload_len, segment) else {
+            return Ok(false);
+        };
+        // The TAP's header is the tunnel one; without a tunnel GSO type
+        // its tunnel offsets are not read.
+        let vnet = TunnelVnetHeader {
+            inner: vnet,
+            outer_th_offset: 0,
+            inner_nh_offset: 0,
+        }
+        .to_bytes();
+        let mut parts: [&[u8]; TunDevice::MAX_WRITE_PARTS] = [&[]; TunDevice::MAX_WRITE_PARTS];
+        parts[0] = &vnet;
+        parts[1] = &headers;
+        for (part, f) in parts[2..].iter_mut().zip(frames) {
+            *part = f.frame().get(UDP_BATCH_HEADERS..).unwrap_or(&[]);
+        }
+        self.dev.write(&parts[..2 + frames.len()])?;
+        Ok(true)
     }
 
     /// Sends `buf`, an encapsulated VXLAN datagram around a TCP

@@ -199,15 +199,7 @@ impl InetSocket {
         let space = unsafe { libc::CMSG_SPACE(2) + 2 * libc::CMSG_SPACE(4) } as usize;
         debug_assert!(space <= ROOM);
         let mut name = sockaddr_in(dst);
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; Self::MAX_SEND_PARTS];
-        for (v, part) in iov.iter_mut().zip(parts) {
-            // The kernel only reads send buffers.
-            v.iov_base = part.as_ptr().cast_mut().cast();
-            v.iov_len = part.len();
-        }
+        let mut iov = super::gather::<{ Self::MAX_SEND_PARTS }>(parts);
         // SAFETY: msghdr is plain C data; zero is a valid value.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_name = std::ptr::from_mut(&mut name).cast();

@@ -58,6 +58,21 @@ pub fn socket_drops(fd: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(info[SK_MEMINFO_DROPS])
 }
 
+/// `parts` as the iovecs of one gathered send or write: the first
+/// `parts.len()` point at them (the kernel only reads send buffers), the
+/// rest are empty. The caller checks that `parts` holds at most `N`.
+fn gather<const N: usize>(parts: &[&[u8]]) -> [libc::iovec; N] {
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; N];
+    for (v, part) in iov.iter_mut().zip(parts) {
+        v.iov_base = part.as_ptr().cast_mut().cast();
+        v.iov_len = part.len();
+    }
+    iov
+}
+
 /// `getsockopt(2)` into a plain value: an integer, or an array of them,
 /// which any bytes the kernel writes leave valid.
 fn getsockopt<T: Copy>(

@@ -231,21 +231,24 @@ impl TunDevice {
         Ok(Some(n as usize))
     }
 
-    /// Writes one packet (or frame) made of `parts`.
+    /// Most parts one [`Self::write`] gathers: a virtio-net header, the
+    /// headers of a batch of datagrams and their 64 payloads.
+    pub const MAX_WRITE_PARTS: usize = 66;
+
+    /// Writes one packet (or frame) made of `parts` (at most
+    /// [`Self::MAX_WRITE_PARTS`]; more is `EMSGSIZE`).
     pub fn write(&self, parts: &[&[u8]]) -> io::Result<usize> {
-        let iov: [libc::iovec; 2] = std::array::from_fn(|i| libc::iovec {
-            iov_base: parts
-                .get(i)
-                .map_or(std::ptr::null_mut(), |p| p.as_ptr().cast_mut().cast()),
-            iov_len: parts.get(i).map_or(0, |p| p.len()),
-        });
-        // SAFETY: the iovecs point into slices borrowed for the call, which
-        // the kernel only reads.
+        if parts.len() > Self::MAX_WRITE_PARTS {
+            return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
+        }
+        let iov = super::gather::<{ Self::MAX_WRITE_PARTS }>(parts);
+        // SAFETY: the first `parts.len()` iovecs point into slices borrowed
+        // for the call, which the kernel only reads.
         let n = unsafe {
             libc::writev(
                 self.fd.as_raw_fd(),
                 iov.as_ptr(),
-                parts.len().min(2) as libc::c_int,
+                parts.len() as libc::c_int,
             )
         };
         if n < 0 {

@@ -633,6 +633,7 @@ fn stats_text(stats: &Stats) -> String {
             "CSUM COMPLETED",
             "COALESCED",
             "BIG TCP CUT",
+            "BATCHED OUT",
         ],
         stats.ports.iter().map(|p| {
             vec![
@@ -644,6 +645,7 @@ fn stats_text(stats: &Stats) -> String {
                 p.checksums_completed.to_string(),
                 p.coalesced.to_string(),
                 p.big_tcp_cut.to_string(),
+                p.datagrams_batched.to_string(),
             ]
         }),
     ));

@@ -94,6 +94,10 @@ pub const fn mov64_reg(dst: Reg, src: Reg) -> Instruction {
 pub const fn add64_imm(dst: Reg, imm: i32) -> Instruction {
     insn(ALU64 | ADD | K, dst, 0, 0, imm)
 }
+/// `dst += src` (64-bit).
+pub const fn add64_reg(dst: Reg, src: Reg) -> Instruction {
+    insn(ALU64 | ADD | X, dst, src, 0, 0)
+}
 /// `dst &= imm` (32-bit: the upper half is cleared).
 pub const fn and32_imm(dst: Reg, imm: u32) -> Instruction {
     insn(ALU | AND | K, dst, 0, 0, imm as i32)

@@ -7,7 +7,15 @@
 //! IP-in-UDP) or IP protocol 4 (IPIP). Everything else passes to the
 //! kernel untouched: ARP, ICMP to the node, the node's own TCP and UDP,
 //! fragments (the kernel reassembles them and the tunnel's socket, still
-//! bound, receives them), frames with IP options.
+//! bound, receives them), frames with IP options, and tunnel packets that
+//! do not end where their inner IPv4 packet does. Those are several
+//! datagrams the kernel has not cut yet, crossing a veth whole (generic
+//! XDP sees such an skb as one frame): a batch another podswitch node sent
+//! as one write, or a kernel node's GSO datagram, whose outer headers give
+//! the whole's length and whose first inner packet its own. An AF_XDP
+//! socket would take one as a single packet, or drop it as longer than its
+//! frames; the tunnel socket takes it whole (`UDP_GRO`) and podswitch
+//! splits it.
 //!
 //! Tunnel packets whose inner packet is TCP also pass to the kernel: the
 //! kernel merges them (GRO) into super-datagrams for the tunnel socket,
@@ -34,8 +42,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::bpf::{
-    add64_imm, and32_imm, call, exit, ja, jeq32_imm, jgt_reg, jne32_imm, load16, load32, load8,
-    load_map, load_program, mov64_imm, mov64_reg, owned_fd, Assembler, Instruction,
+    add64_imm, add64_reg, and32_imm, call, exit, ja, jeq32_imm, jgt_reg, jne32_imm, load16, load32,
+    load8, load_map, load_program, lsh32_imm, mov64_imm, mov64_reg, owned_fd, Assembler,
+    Instruction,
 };
 use super::xdp::XdpMode;
 
@@ -172,6 +181,20 @@ pub fn program(rules: &SteerRules, map_fd: i32) -> Vec<Instruction> {
         a.jump(jgt_reg(4, 3, 0), Label::Pass);
         a.op(load8(5, 2, inner as i16));
         a.jump(jeq32_imm(5, TCP, 0), Label::Pass);
+        // One tunnel packet: the frame ends where the inner IPv4 packet's
+        // total length says (r4 = data + its start + that length, against
+        // data_end). A batch's or a GSO datagram's headers give the
+        // whole's lengths outside and one packet's inside.
+        let inner_l3 = inner - 9;
+        a.op(load8(5, 2, (inner_l3 + 2) as i16));
+        a.op(lsh32_imm(5, 8));
+        a.op(load8(4, 2, (inner_l3 + 3) as i16));
+        a.op(add64_reg(5, 4));
+        a.op(mov64_reg(4, 2));
+        a.op(add64_reg(4, 5));
+        a.op(add64_imm(4, inner_l3 as i32));
+        a.jump(jgt_reg(4, 3, 0), Label::Pass);
+        a.jump(jgt_reg(3, 4, 0), Label::Pass);
         a.jump(ja(0), Label::Redirect);
     }
     a.place(Label::Pass);

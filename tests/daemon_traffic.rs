@@ -786,6 +786,110 @@ fn kernel_counters(ns: &Netns) -> String {
         .join(" ")
 }
 
+/// Small datagrams of one flow that find the sending node's worker busy
+/// (here: stopped while they queue) leave in batches, one `UDP_SEGMENT`
+/// write each, and reach the other node's pod intact, once each and in
+/// order, in both UDP tunnels. (Fails if the batches are not sent:
+/// `datagrams_batched` stays 0.)
+#[test]
+fn a_burst_of_small_datagrams_crosses_in_batches_intact_and_in_order() {
+    require(&["ip", "ping", "/usr/bin/python3", "kill"]);
+    for backend in ["vxlan", "udp"] {
+        let mut cluster = Cluster::new(backend, "bridge", 1);
+        cluster.start_all();
+        let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+        assert!(ping(&a.ns, &b.ip, 2), "{backend}\n{}", cluster.logs());
+        cluster.burst_crosses_in_batches(0, 1, backend);
+        // And back, where the other node sends the batches.
+        cluster.burst_crosses_in_batches(1, 0, &format!("{backend}, back"));
+    }
+}
+
+/// What a batch becomes on the wire, read by tshark, an independent
+/// decoder: where the underlay interface cannot carry a batch whole
+/// (node 1's `ul0` with UDP segmentation and checksum offload off, as a
+/// NIC without them), the kernel cuts it into VXLAN datagrams of the one
+/// flow's source port, each with its own lengths, IPv4 and UDP checksums
+/// that verify outside and inside, and one of the pod's datagrams within.
+/// (With the offloads on, the default, a batch crosses the veth whole; the
+/// burst tests check that path end to end.)
+#[test]
+fn a_batch_leaves_as_datagrams_tshark_verifies() {
+    require(&[
+        "ip",
+        "ping",
+        "/usr/bin/python3",
+        "kill",
+        "tcpdump",
+        "tshark",
+        "ethtool",
+    ]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.start_all();
+    let off = cluster.nodes[0].ns.exec(
+        "ethtool",
+        &[
+            "-K",
+            "ul0",
+            "tx-udp-segmentation",
+            "off",
+            "tx-checksumming",
+            "off",
+        ],
+    );
+    assert!(off.status.success(), "ethtool: {off:?}");
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    assert!(ping(&a.ns, &b.ip, 2), "{}", cluster.logs());
+    // node1's port on the underlay's bridge, frames coming from node1.
+    let capture = Capture::start(&cluster.underlay, "n1", 64, "udp dst port 8472");
+    cluster.burst_crosses_in_batches(0, 1, "vxlan, cut by the kernel");
+    let frames = capture.finish(Duration::from_secs(10));
+    let lines = common::tshark_fields(
+        &frames,
+        &["udp.port==8472,vxlan"],
+        &[
+            "frame.protocols",
+            "vxlan.vni",
+            "udp.srcport",
+            "udp.dstport",
+            "udp.length",
+            "ip.checksum.status",
+            "udp.checksum.status",
+            "_ws.malformed",
+        ],
+    );
+    let text = format!("{lines:?}");
+    assert_eq!(lines.len(), 64, "64 datagrams on the wire:\n{text}");
+    let source_port = lines[0][2]
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    for line in &lines {
+        assert_eq!(
+            line[0], "eth:ethertype:ip:udp:vxlan:eth:ethertype:ip:udp:data",
+            "{text}"
+        );
+        assert_eq!(line[1], "1", "VNI: {text}");
+        let outer_source = line[2].split(',').next().unwrap_or_default().to_string();
+        assert_eq!(
+            outer_source, source_port,
+            "one flow's outer source port: {text}"
+        );
+        assert_eq!(line[3], "8472,5301", "destination ports: {text}");
+        assert_eq!(line[4], "258,208", "each datagram its own lengths: {text}");
+        assert_eq!(
+            line[5], "1,1",
+            "IPv4 checksums good, outer and inner: {text}"
+        );
+        assert_eq!(
+            line[6], "1,1",
+            "UDP checksums good, outer and inner: {text}"
+        );
+        assert_eq!(line[7], "", "malformed: {text}");
+    }
+}
+
 /// A pod's UDP segmentation offload (UDP_SEGMENT, what QUIC stacks use):
 /// each send leaves the pod as one super-frame of 16 datagrams, which
 /// podswitch takes whole from the pod's port, and every datagram reaches

@@ -6,9 +6,7 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 
-use podswitch_encap::pcap::PcapWriter;
 use podswitch_encap::{hex, FrameBuf, MacAddr, OuterPath, Tunnel, TunnelConfig, TunnelMode, Vni};
 use serde_json::Value;
 
@@ -90,8 +88,7 @@ fn tshark_decodes_podswitch_tunnels() {
         src_ip: Ipv4Addr::new(192, 168, 100, 2),
         dst_ip: Ipv4Addr::new(192, 168, 100, 1),
     };
-    let pcap = common::TempFile::new("tshark.pcap");
-    let mut writer = PcapWriter::new(std::fs::File::create(&pcap.0).unwrap()).unwrap();
+    let mut frames = Vec::new();
     for (i, case) in cases.iter().enumerate() {
         let mut buf = vec![0u8; 64 + case.inner.len()];
         buf[64..].copy_from_slice(&case.inner);
@@ -99,65 +96,28 @@ fn tshark_decodes_podswitch_tunnels() {
         Tunnel::new(case.config)
             .encapsulate(&path, &mut frame, i as u16)
             .unwrap();
-        writer.write_frame(i as u64, frame.frame()).unwrap();
+        frames.push(frame.frame().to_vec());
     }
-    writer.finish().unwrap();
-
-    let out = Command::new("tshark")
-        .args(["-r"])
-        .arg(&pcap.0)
-        .args(["-d", "udp.port==8472,vxlan", "-d", "udp.port==8285,ip"])
-        .args([
-            "-o",
-            "ip.check_checksum:TRUE",
-            "-o",
-            "udp.check_checksum:TRUE",
-        ])
-        .args([
-            "-T",
-            "fields",
-            "-E",
-            "separator=;",
-            "-E",
-            "occurrence=a",
-            "-E",
-            "aggregator=,",
-        ])
-        .args([
-            "-e",
+    let lines = common::tshark_fields(
+        &frames,
+        &["udp.port==8472,vxlan", "udp.port==8285,ip"],
+        &[
             "frame.protocols",
-            "-e",
             "vxlan.vni",
-            "-e",
             "udp.dstport",
-            "-e",
             "udp.srcport",
-        ])
-        .args([
-            "-e",
             "ip.src",
-            "-e",
             "ip.dst",
-            "-e",
             "ip.proto",
-            "-e",
             "_ws.malformed",
-            "-e",
             "_ws.expert.severity",
-        ])
-        .args(["-e", "ip.checksum.status", "-e", "udp.checksum.status"])
-        .output()
-        .expect("run tshark");
-    assert!(
-        out.status.success(),
-        "tshark failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+            "ip.checksum.status",
+            "udp.checksum.status",
+        ],
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), cases.len(), "tshark output:\n{text}");
-    for (case, line) in cases.iter().zip(&lines) {
-        let f: Vec<&str> = line.split(';').collect();
+    assert_eq!(lines.len(), cases.len(), "tshark output:\n{lines:?}");
+    for (case, f) in cases.iter().zip(&lines) {
+        let line = f.join(";");
         let cfg = &case.config;
         assert_eq!(f[0], case.protocols, "{line}");
         let addresses: Vec<&str> = f[4].split(',').collect();

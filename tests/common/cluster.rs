@@ -36,6 +36,13 @@ impl Daemon {
         self.child.as_ref().expect("daemon running").id()
     }
 
+    /// Stops the daemon where it is (SIGSTOP), or lets it go on (SIGCONT):
+    /// what arrives meanwhile waits in its sockets' queues.
+    pub fn hold(&self, stopped: bool) {
+        let signal = if stopped { "-STOP" } else { "-CONT" };
+        run("kill", &[signal, &self.pid().to_string()]);
+    }
+
     /// `kill -9`: no cleanup at all; returns once every thread is gone.
     pub fn kill_9(&mut self) {
         let mut child = self.child.take().expect("daemon running");
@@ -184,9 +191,50 @@ impl Node {
         );
         serde_json::from_slice(&out.stdout).expect("JSON output")
     }
+
+    /// Counter `name` of port `port` in `podswitchctl stats` (0 while the
+    /// port has counted nothing: `stats` lists ports with traffic only).
+    pub fn port_counter(&self, port: &str, name: &str) -> u64 {
+        let stats = self.ctl_json(&["stats"]);
+        stats["ports"]
+            .as_array()
+            .and_then(|ports| ports.iter().find(|p| p["port"] == port))
+            .and_then(|p| p[name].as_u64())
+            .unwrap_or(0)
+    }
 }
 
 impl Cluster {
+    /// A burst of 64 small numbered datagrams from pod `from` to pod `to`
+    /// on another node, sent while `from`'s podswitchd is stopped, so that
+    /// it finds them all waiting: every one must arrive intact, once and
+    /// in order, and `from`'s underlay must have sent most of them in
+    /// batches (one `UDP_SEGMENT` write each, `datagrams_batched`).
+    pub fn burst_crosses_in_batches(&self, from: usize, to: usize, label: &str) {
+        let (a, b) = (&self.pods[from], &self.pods[to]);
+        assert_ne!(a.node, b.node, "{label}: a burst across nodes");
+        let node = &self.nodes[a.node];
+        let daemon = node.daemon.as_ref().expect("podswitchd running");
+        let before = node.port_counter("ul0", "datagrams_batched");
+        let count: u32 = 64;
+        let got =
+            super::traffic::udp_burst(&a.ns, &b.ns, &b.ip, count, 200, |stop| daemon.hold(stop));
+        let want: Vec<i64> = (0..i64::from(count)).collect();
+        assert_eq!(
+            got,
+            want,
+            "{label}: every datagram of the burst, intact, once, in order\n{}\n{}",
+            node.ctl_json(&["stats"]),
+            self.logs()
+        );
+        let batched = node.port_counter("ul0", "datagrams_batched") - before;
+        assert!(
+            batched >= u64::from(count) / 2,
+            "{label}: {batched} of {count} datagrams left in batches\n{}",
+            node.ctl_json(&["stats"])
+        );
+    }
+
     /// Two nodes on one underlay, `pods_per_node` pods each, no daemons yet.
     pub fn new(backend: &str, mode: &str, pods_per_node: u8) -> Cluster {
         // The lab's topology: both nodes' ul0 on the underlay's bridge.

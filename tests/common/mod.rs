@@ -330,3 +330,40 @@ pub mod cluster;
 pub mod etcd;
 pub mod flannel;
 pub mod traffic;
+
+/// `frames` as tshark, an independent decoder, reads them from a pcap,
+/// with `decode_as` (its `-d` rules: flannel's ports are not the
+/// registered ones) and IPv4 and UDP checksums verified: per frame, the
+/// `fields` asked for (`-e`), each field's occurrences joined by commas.
+pub fn tshark_fields(frames: &[Vec<u8>], decode_as: &[&str], fields: &[&str]) -> Vec<Vec<String>> {
+    let pcap = TempFile::new("tshark.pcap");
+    let mut writer =
+        podswitch_encap::pcap::PcapWriter::new(File::create(&pcap.0).unwrap()).unwrap();
+    for (i, frame) in frames.iter().enumerate() {
+        writer.write_frame(i as u64, frame).unwrap();
+    }
+    writer.finish().unwrap();
+    let mut tshark = Command::new("tshark");
+    tshark.arg("-r").arg(&pcap.0);
+    for rule in decode_as {
+        tshark.args(["-d", rule]);
+    }
+    tshark
+        .args(["-o", "ip.check_checksum:TRUE"])
+        .args(["-o", "udp.check_checksum:TRUE"])
+        .args(["-T", "fields", "-E", "separator=;", "-E", "occurrence=a"])
+        .args(["-E", "aggregator=,"]);
+    for field in fields {
+        tshark.args(["-e", field]);
+    }
+    let out = tshark.output().expect("run tshark");
+    assert!(
+        out.status.success(),
+        "tshark failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.split(';').map(str::to_string).collect())
+        .collect()
+}

@@ -176,6 +176,72 @@ for i in range(int(sys.argv[3])):
     data = b''.join(bytes([(i * seg + j) % 256]) * size for j in range(seg))
     s.sendto(data, (sys.argv[1], int(sys.argv[2]))); time.sleep(0.001)";
 
+/// Python that reads numbered datagrams on `PORT` ([`UDP_BURST`]'s) until
+/// `WANT` came or 3 s passed without one, and prints the number of each
+/// in the order read, -1 for one whose length or bytes are not what its
+/// number says.
+const UDP_NUMBERED_SINK: &str = "import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', int(sys.argv[1])))
+s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+s.settimeout(3); want, size = int(sys.argv[2]), int(sys.argv[3]); got = []
+print('ready', flush=True)
+try:
+    while len(got) < want:
+        d, _ = s.recvfrom(65535)
+        n = struct.unpack('!I', d[:4])[0] if len(d) >= 4 else -1
+        got.append(n if len(d) == size and d[4:] == bytes([n % 256]) * (size - 4) else -1)
+except socket.timeout: pass
+print(' '.join(map(str, got)), flush=True)";
+
+/// Python that sends `COUNT` datagrams of `SIZE` bytes to `IP PORT` back
+/// to back, each its number (4 bytes) and then that number's low byte.
+const UDP_BURST: &str = "import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 32, 8 << 20)  # SO_SNDBUFFORCE
+size = int(sys.argv[4])
+for n in range(int(sys.argv[3])):
+    s.sendto(struct.pack('!I', n) + bytes([n % 256]) * (size - 4), (sys.argv[1], int(sys.argv[2])))";
+
+/// Sends `count` numbered datagrams of `size` bytes from `from` to `to_ip`
+/// back to back while `hold` holds them where they wait (`hold(true)`
+/// before the burst, `hold(false)` after: a test stops the sending node's
+/// dataplane, so that it finds the whole burst waiting and forwards it in
+/// batches). Returns the numbers `to` read, in the order read (-1 for a
+/// damaged datagram).
+pub fn udp_burst(
+    from: &(impl InNetns + ?Sized),
+    to: &(impl InNetns + ?Sized),
+    to_ip: &str,
+    count: u32,
+    size: usize,
+    hold: impl Fn(bool),
+) -> Vec<i64> {
+    let mut sink = python(
+        to,
+        UDP_NUMBERED_SINK,
+        &["5301", &count.to_string(), &size.to_string()],
+    );
+    let out = wait_ready(&mut sink);
+    hold(true);
+    let source = python(
+        from,
+        UDP_BURST,
+        &[to_ip, "5301", &count.to_string(), &size.to_string()],
+    )
+    .wait_with_output()
+    .unwrap();
+    hold(false);
+    assert!(
+        source.status.success(),
+        "{}",
+        String::from_utf8_lossy(&source.stderr)
+    );
+    finish(sink, out)
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
 fn python(ns: &(impl InNetns + ?Sized), script: &str, args: &[&str]) -> Child {
     Command::new("ip")
         .args([

@@ -565,14 +565,32 @@ impl XdpSocket {
             }
         }
         if got > 0 {
-            // SAFETY: submitting the slots written above; sendto with no
-            // data is how copy mode is told to transmit.
-            unsafe {
-                libxdp_sys::xsk_ring_prod__submit(&mut *self.tx, got);
-                libc::sendto(self.fd, ptr::null(), 0, libc::MSG_DONTWAIT, ptr::null(), 0);
-            }
+            // SAFETY: submitting the slots written above.
+            unsafe { libxdp_sys::xsk_ring_prod__submit(&mut *self.tx, got) };
+            self.kick(got);
         }
         got as usize
+    }
+
+    /// Tells copy mode to transmit the `submitted` descriptors just queued.
+    /// One `sendto` with no data sends at most 32 of them
+    /// (`MAX_PER_SOCKET_BUDGET`, net/xdp/xsk.c) and answers `EAGAIN` while
+    /// more wait: one call for 32 would leave the rest in the ring until
+    /// the port's next send, which may never come. So it calls again while
+    /// the kernel says more wait, at most once per 32 and once more (a
+    /// full device also answers `EAGAIN`; what it refused waits for the
+    /// next send, as before).
+    fn kick(&self, submitted: u32) {
+        for _ in 0..=submitted.div_ceil(32) {
+            // SAFETY: a sendto with no data and no address only reads the
+            // socket's TX ring, which the kernel owns the other end of.
+            let r = unsafe {
+                libc::sendto(self.fd, ptr::null(), 0, libc::MSG_DONTWAIT, ptr::null(), 0)
+            };
+            if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+                return;
+            }
+        }
     }
 
     /// Takes back the frames the kernel finished sending.

@@ -207,9 +207,10 @@ impl Node {
 impl Cluster {
     /// A burst of 64 small numbered datagrams from pod `from` to pod `to`
     /// on another node, sent while `from`'s podswitchd is stopped, so that
-    /// it finds them all waiting: every one must arrive intact, once and
-    /// in order, and `from`'s underlay must have sent most of them in
-    /// batches (one `UDP_SEGMENT` write each, `datagrams_batched`).
+    /// it finds them all waiting, and received while `to`'s is stopped, so
+    /// that it reads the batches at once: every one must arrive intact,
+    /// once and in order, and `from`'s underlay must have sent most of
+    /// them in batches (one write each, `datagrams_batched`).
     pub fn burst_crosses_in_batches(&self, from: usize, to: usize, label: &str) {
         let (a, b) = (&self.pods[from], &self.pods[to]);
         assert_ne!(a.node, b.node, "{label}: a burst across nodes");
@@ -217,8 +218,20 @@ impl Cluster {
         let daemon = node.daemon.as_ref().expect("podswitchd running");
         let before = node.port_counter("ul0", "datagrams_batched");
         let count: u32 = 64;
-        let got =
-            super::traffic::udp_burst(&a.ns, &b.ns, &b.ip, count, 200, |stop| daemon.hold(stop));
+        // The receiving node's daemon (none on a kernel node) is stopped
+        // too until the batches wait in its socket, so that one read takes
+        // them all: more datagrams for the pod's port than one read of
+        // the port gives.
+        let receiver = self.nodes[b.node].daemon.as_ref();
+        let got = super::traffic::udp_burst(&a.ns, &b.ns, &b.ip, count, 200, |stop| {
+            daemon.hold(stop);
+            if let Some(receiver) = receiver {
+                if !stop {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                receiver.hold(stop);
+            }
+        });
         let want: Vec<i64> = (0..i64::from(count)).collect();
         assert_eq!(
             got,

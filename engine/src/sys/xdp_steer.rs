@@ -15,7 +15,8 @@
 //! the whole's length and whose first inner packet its own. An AF_XDP
 //! socket would take one as a single packet, or drop it as longer than its
 //! frames; the tunnel socket takes it whole (`UDP_GRO`) and podswitch
-//! splits it.
+//! splits it. (A VXLAN frame whose inner frame is not IPv4, ARP, says no
+//! such length and takes the socket too.)
 //!
 //! Tunnel packets whose inner packet is TCP also pass to the kernel: the
 //! kernel merges them (GRO) into super-datagrams for the tunnel socket,

@@ -252,7 +252,8 @@ impl Loop {
                 self.spin_class(spin_now.then(|| spin.window_at(now)));
                 // Only a wait that may sleep is timed: the busy-polling
                 // turns (timeout zero) are the worker's work.
-                let sleep_started = (timeout != Some(Duration::ZERO)).then(Instant::now);
+                let sleep_started =
+                    (timeout != Some(Duration::ZERO)).then(|| self.stats.sleeping());
                 let polled = self.poll.poll(&mut events, timeout);
                 self.crew.awake(self.me);
                 if let Some(started) = sleep_started {

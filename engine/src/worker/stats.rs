@@ -12,7 +12,14 @@ pub const BATCH_BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 32, 64];
 #[derive(Debug)]
 pub struct WorkerStats {
     started: Instant,
+    /// Sleeps that ended.
     idle_nanos: AtomicU64,
+    /// When the sleep going on began, in nanoseconds since `started` plus
+    /// one; 0 while awake. A reader counts that sleep too, or the time
+    /// since the last wake-up would read as work, and the busy seconds
+    /// would fall back when the sleep ends (a counter that goes down,
+    /// which the metrics' readers take for a restart).
+    asleep_since: AtomicU64,
     wakeups: AtomicU64,
     batches: AtomicU64,
     batch_packets: AtomicU64,
@@ -35,7 +42,9 @@ pub struct WorkerStats {
 pub struct WorkerStatsSnapshot {
     /// Seconds since the worker started.
     pub elapsed_secs: f64,
-    /// Seconds it slept in `epoll_wait`, waiting for packets or commands.
+    /// Seconds it slept in `epoll_wait`, waiting for packets or commands,
+    /// the sleep going on included (read at the instant of a wake-up, the
+    /// two halves may disagree by that instant).
     pub idle_secs: f64,
     /// Times it woke from such a sleep.
     pub wakeups: u64,
@@ -78,6 +87,7 @@ impl Default for WorkerStats {
         WorkerStats {
             started: Instant::now(),
             idle_nanos: AtomicU64::new(0),
+            asleep_since: AtomicU64::new(0),
             wakeups: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             batch_packets: AtomicU64::new(0),
@@ -95,10 +105,24 @@ impl Default for WorkerStats {
 }
 
 impl WorkerStats {
+    /// The worker goes to sleep (it may): returns when, for [`Self::slept`].
+    pub(super) fn sleeping(&self) -> Instant {
+        let now = Instant::now();
+        self.asleep_since
+            .store(self.nanos_since_start(now) + 1, Ordering::Relaxed);
+        now
+    }
+
+    /// The worker woke from the sleep that began `since`.
     pub(super) fn slept(&self, since: Instant) {
         let nanos = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.asleep_since.store(0, Ordering::Relaxed);
         self.idle_nanos.fetch_add(nanos, Ordering::Relaxed);
         self.wakeups.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn nanos_since_start(&self, at: Instant) -> u64 {
+        u64::try_from(at.duration_since(self.started).as_nanos()).unwrap_or(u64::MAX)
     }
 
     pub(super) fn batch(&self, packets: usize) {
@@ -147,9 +171,15 @@ impl WorkerStats {
 
     /// The counters now.
     pub fn snapshot(&self) -> WorkerStatsSnapshot {
+        let now = Instant::now();
+        let asleep_since = self.asleep_since.load(Ordering::Relaxed);
+        let asleep = match asleep_since {
+            0 => 0,
+            since => self.nanos_since_start(now).saturating_sub(since - 1),
+        };
         WorkerStatsSnapshot {
-            elapsed_secs: self.started.elapsed().as_secs_f64(),
-            idle_secs: self.idle_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            elapsed_secs: now.duration_since(self.started).as_secs_f64(),
+            idle_secs: (self.idle_nanos.load(Ordering::Relaxed) + asleep) as f64 / 1e9,
             wakeups: self.wakeups.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
             batch_packets: self.batch_packets.load(Ordering::Relaxed),
@@ -163,5 +193,31 @@ impl WorkerStats {
             yields: self.yields.load(Ordering::Relaxed),
             realtime: self.realtime.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sleep counts as idle while it goes on, not only once it ends: the
+    /// busy seconds never fall back (they did by the whole sleep when it
+    /// ended, and a Prometheus counter that falls reads as a restart).
+    #[test]
+    fn a_sleep_counts_as_idle_while_it_goes_on() {
+        let stats = WorkerStats::default();
+        let since = stats.sleeping();
+        std::thread::sleep(Duration::from_millis(30));
+        let asleep = stats.snapshot();
+        assert!(asleep.idle_secs >= 0.03, "{asleep:?}");
+        stats.slept(since);
+        let awake = stats.snapshot();
+        assert!(
+            awake.busy_secs() + 1e-6 >= asleep.busy_secs(),
+            "busy fell from {} to {}",
+            asleep.busy_secs(),
+            awake.busy_secs()
+        );
+        assert!(awake.idle_secs >= asleep.idle_secs);
     }
 }

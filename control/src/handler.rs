@@ -24,15 +24,16 @@ use podswitch_engine::fib::NextHop;
 use podswitch_engine::kernel_port::PodPortKind;
 use podswitch_engine::peer::{Forwarding, PeerSpec};
 use podswitch_engine::pipeline::Pipeline;
+use podswitch_engine::policer::RateLimit;
 use podswitch_engine::tables::{PortSpec, Snapshot, Tables};
 use podswitch_engine::worker::WorkerStats;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::protocol::{
-    CaptureResult, FdbEntry, FdbTable, Flushed, FrameSpec, Neighbour, NextHopSpec, PeerInfo,
-    PeerRef, PortCounters, PortInfo, PortRef, Request, RouteInfo, Stats, Status, StoreStatus,
-    TraceOutput, TraceResult, VersionInfo, WorkerCounters, PROTOCOL_VERSION,
+    CaptureResult, EgressLimit, FdbEntry, FdbTable, Flushed, FrameSpec, Neighbour, NextHopSpec,
+    PeerInfo, PeerRef, PortCounters, PortInfo, PortRef, Request, RouteInfo, Stats, Status,
+    StoreStatus, TraceOutput, TraceResult, VersionInfo, WorkerCounters, PROTOCOL_VERSION,
 };
 
 /// What a running daemon keeps beside the data path: its log, its state
@@ -161,10 +162,12 @@ impl Handler {
                 ifname,
                 anti_spoof,
                 kind,
+                egress_limit,
             } => {
                 let kind = *kind;
                 let mut spec = PortSpec::pod(interface, *ip, *mac);
                 spec.anti_spoof = *anti_spoof;
+                spec.egress_limit = egress_limit.map(rate_limit).transpose()?;
                 spec.container_id = container_id.clone();
                 spec.ifname = ifname.clone();
                 let port = self.add_port(spec, kind)?;
@@ -443,6 +446,7 @@ impl Handler {
                 anti_spoof: p.spec.anti_spoof,
                 container_id: p.spec.container_id.clone(),
                 ifname: p.spec.ifname.clone(),
+                egress_limit: p.spec.egress_limit.map(egress_limit),
             })
             .collect()
     }
@@ -533,6 +537,26 @@ impl Handler {
 }
 
 /// A reply's result as JSON: every reply type serialises.
+/// The engine's limit (bytes) for the protocol's (bits, as CNI gives
+/// them), refused when either is under a byte, which would drop every
+/// frame.
+pub fn rate_limit(limit: EgressLimit) -> Result<RateLimit, String> {
+    RateLimit::from_bits(limit.rate_bits, limit.burst_bits).ok_or_else(|| {
+        format!(
+            "egress_limit: rate_bits ({}) and burst_bits ({}) must each be at least 8 (one byte)",
+            limit.rate_bits, limit.burst_bits
+        )
+    })
+}
+
+/// The protocol's limit (bits) for the engine's (bytes).
+pub fn egress_limit(limit: RateLimit) -> EgressLimit {
+    EgressLimit {
+        rate_bits: limit.bytes_per_sec.saturating_mul(8),
+        burst_bits: limit.burst_bytes.saturating_mul(8),
+    }
+}
+
 fn result(reply: impl Serialize) -> Value {
     serde_json::to_value(reply).expect("reply types serialise")
 }

@@ -112,6 +112,7 @@ fn every_request_type() {
             ifname: Some("eth0".into()),
             anti_spoof: true,
             kind: None,
+            egress_limit: None,
         },
     );
     assert_eq!(added["port"], 2);
@@ -125,6 +126,7 @@ fn every_request_type() {
             ifname: None,
             anti_spoof: true,
             kind: None,
+            egress_limit: None,
         },
         "already attached",
     );
@@ -138,6 +140,7 @@ fn every_request_type() {
             ifname: None,
             anti_spoof: true,
             kind: None,
+            egress_limit: None,
         },
         "outside this node's pod subnet",
     );

@@ -43,6 +43,7 @@ drop_reasons! {
     InvalidSourceMac => "invalid_source_mac", "the source MAC is multicast or zero";
     SpoofedSourceMac => "spoofed_source_mac", "a pod sent from a MAC that is not its own";
     SpoofedSourceIp => "spoofed_source_ip", "a pod sent from an IP address that is not its own";
+    EgressRateLimited => "egress_rate_limited", "a pod sent beyond its egress rate and burst (the CNI bandwidth capability)";
     L2Hairpin => "l2_hairpin", "the destination MAC is behind the port the frame came from";
     NotSwitched => "not_switched", "no L2 segment to switch this frame in (proxy-ARP mode, or a non-pod port)";
     NoFloodTargets => "no_flood_targets", "a broadcast or unknown unicast with no other port in the segment";

@@ -49,6 +49,7 @@ pub mod offload;
 pub mod packet;
 pub mod peer;
 pub mod pipeline;
+pub mod policer;
 pub mod port;
 pub mod stats;
 pub mod sys;

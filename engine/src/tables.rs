@@ -28,6 +28,7 @@ use crate::fdb::Fdb;
 use crate::fib::{Fib, NextHop, Prefix, RouteTable};
 use crate::ipmap::IpMap;
 use crate::peer::{Forwarding, Peer, PeerId, PeerSpec, PeerTable};
+use crate::policer::{Policer, RateLimit};
 use crate::port::{PortId, PortRole};
 use crate::stats::Stats;
 
@@ -49,6 +50,10 @@ pub struct PortSpec {
     /// The interface name inside the container (CNI_IFNAME): with the
     /// container id, the CNI attachment this port is.
     pub ifname: Option<String>,
+    /// The most a pod may send (the CNI bandwidth capability's egress
+    /// rate and burst); beyond it its frames are dropped as
+    /// `egress_rate_limited`.
+    pub egress_limit: Option<RateLimit>,
 }
 
 impl PortSpec {
@@ -62,6 +67,7 @@ impl PortSpec {
             anti_spoof: true,
             container_id: None,
             ifname: None,
+            egress_limit: None,
         }
     }
 
@@ -75,6 +81,7 @@ impl PortSpec {
             anti_spoof: false,
             container_id: None,
             ifname: None,
+            egress_limit: None,
         }
     }
 
@@ -94,6 +101,9 @@ pub struct PortEntry {
     pub id: PortId,
     /// What the control side said.
     pub spec: PortSpec,
+    /// The bucket that enforces `spec.egress_limit`, shared by the workers
+    /// that read the port.
+    pub policer: Option<Arc<Policer>>,
 }
 
 /// The attached ports.
@@ -535,7 +545,8 @@ impl Editor<'_> {
         if table.by_id.len() <= free {
             table.by_id.resize(free + 1, None);
         }
-        table.by_id[free] = Some(PortEntry { id, spec });
+        let policer = spec.egress_limit.map(|limit| Arc::new(Policer::new(limit)));
+        table.by_id[free] = Some(PortEntry { id, spec, policer });
         match role {
             PortRole::Pod if bridge => {
                 table.segment.push(id);

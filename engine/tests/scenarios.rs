@@ -487,6 +487,54 @@ fn spoofed_sources_are_dropped_unless_anti_spoofing_is_off() {
 }
 
 #[test]
+fn a_pod_beyond_its_egress_limit_is_dropped_and_counted_and_a_trace_spends_nothing() {
+    use podswitch_engine::policer::RateLimit;
+    use podswitch_engine::trace::Step;
+
+    let mut node = Node::flannel(Backend::Vxlan);
+    let bb2 = node.pod("veth-bb2", "10.244.1.3", BUSYBOX2_MAC);
+    let gw = node.tables.load().node.gateway_mac;
+    let frame = ping_frame(BUSYBOX1_MAC, gw, "10.244.1.2", "10.244.1.3", 64);
+    // Three frames at once, then a byte a second: nothing refills within
+    // the test.
+    let mut spec =
+        podswitch_engine::tables::PortSpec::pod("veth-bb1", ip("10.244.1.2"), BUSYBOX1_MAC);
+    spec.egress_limit = Some(RateLimit {
+        bytes_per_sec: 1,
+        burst_bytes: 3 * frame.len() as u64,
+    });
+    let bb1 = node.tables.attach_port(spec).unwrap();
+
+    // A trace asks the bucket without drawing on it.
+    for _ in 0..5 {
+        let trace = node.pipeline.trace(&frame, bb1, node.now);
+        assert_eq!(trace.outputs.len(), 1, "{trace}");
+        assert!(
+            trace
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::SourceOk { what } if what.contains("egress rate"))),
+            "{trace}"
+        );
+    }
+    let out = node.run(&vec![(bb1, frame.clone()); 3]);
+    assert_eq!(out.len(), 3, "the burst passes");
+    node.expect_drop(bb1, frame.clone(), DropReason::EgressRateLimited);
+    node.expect_drop(bb1, frame.clone(), DropReason::EgressRateLimited);
+    let trace = node.pipeline.trace(&frame, bb1, node.now);
+    assert!(trace.outputs.is_empty(), "{trace}");
+    assert!(
+        trace
+            .steps
+            .contains(&Step::Drop(DropReason::EgressRateLimited)),
+        "{trace}"
+    );
+    // The other pod has no limit.
+    let back = ping_frame(BUSYBOX2_MAC, gw, "10.244.1.3", "10.244.1.2", 64);
+    assert_eq!(node.run(&vec![(bb2, back); 10]).len(), 10);
+}
+
+#[test]
 fn unknown_vni_and_unknown_peer_are_dropped() {
     let (mut node, _bb1) = Node::flannel_with_peer(Backend::Vxlan);
     let cfg = node.tables.load().node.clone();

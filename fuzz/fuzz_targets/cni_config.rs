@@ -2,7 +2,8 @@
 //! a container runtime writes on the plugin's stdin, parsed as ADD, DEL,
 //! CHECK, STATUS and GC parse it; then, for a configuration it accepts,
 //! the addressing CHECK reads from its `prevResult`, the copy an older
-//! IPAM plugin is given, and the result shaped for its version.
+//! IPAM plugin is given, the result shaped for its version, and the
+//! egress limit read from `runtimeConfig.bandwidth`.
 //!
 //! Why: the configuration comes from files any cluster admin (or a chained
 //! plugin's `prevResult`) writes; the plugin must answer every bad one
@@ -43,6 +44,8 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     assert!(SUPPORTED.contains(&conf.cni_version.as_str()));
+    // The bandwidth capability: a limit, none, or an error; never a panic.
+    let _ = cni::egress_limit(&conf);
     let _ = version_key(&conf.cni_version);
     for version in SUPPORTED {
         let copy = conf.with_version(version).to_string();

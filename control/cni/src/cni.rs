@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use podswitch_protocol::{MacAddr, ParseMacError};
+use podswitch_protocol::{EgressLimit, MacAddr, ParseMacError};
 use serde_json::{json, Map, Value};
 
 /// Versions this plugin speaks, oldest first.
@@ -440,9 +440,94 @@ pub(crate) fn requested_mac(env: &Env, conf: &NetConf) -> Result<Option<[u8; 6]>
     }
 }
 
+/// What the pod may send, from the `bandwidth` capability
+/// (`runtimeConfig.bandwidth`, CONVENTIONS.md: `egressRate` in bits per
+/// second, `egressBurst` in bits; the configuration must declare
+/// `"capabilities": {"bandwidth": true}` for a runtime to pass it, and
+/// Kubernetes fills it from the pod's `kubernetes.io/egress-bandwidth`).
+/// As the bandwidth plugin reads them: a rate needs a burst, and both
+/// zero or absent mean no limit. The ingress half is not podswitch's: the
+/// bandwidth plugin's qdisc on the host end of the veth shapes what
+/// podswitch sends the pod.
+pub(crate) fn egress_limit(conf: &NetConf) -> Result<Option<EgressLimit>, CniError> {
+    let Some(bandwidth) = conf
+        .raw
+        .get("runtimeConfig")
+        .and_then(|r| r.get("bandwidth"))
+    else {
+        return Ok(None);
+    };
+    let invalid = |msg: String| CniError::new(Code::InvalidConfig, msg);
+    let Some(bandwidth) = bandwidth.as_object() else {
+        return Err(invalid(format!(
+            "runtimeConfig.bandwidth: {bandwidth} is not an object"
+        )));
+    };
+    let field = |name: &str| match bandwidth.get(name) {
+        None | Some(Value::Null) => Ok(0),
+        Some(v) => v.as_u64().ok_or_else(|| {
+            invalid(format!(
+                "runtimeConfig.bandwidth.{name}: {v} is not a whole number of bits"
+            ))
+        }),
+    };
+    let (rate_bits, burst_bits) = (field("egressRate")?, field("egressBurst")?);
+    match (rate_bits, burst_bits) {
+        (0, 0) => Ok(None),
+        (0, _) | (_, 0) => Err(invalid(format!(
+            "runtimeConfig.bandwidth: egressRate ({rate_bits}) and egressBurst ({burst_bits}) must be set together"
+        ))),
+        (rate, burst) if rate < 8 || burst < 8 => Err(invalid(format!(
+            "runtimeConfig.bandwidth: egressRate ({rate}) and egressBurst ({burst}) must each be at least 8 bits (one byte)"
+        ))),
+        _ => Ok(Some(EgressLimit {
+            rate_bits,
+            burst_bits,
+        })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_egress_limit_is_read_as_the_bandwidth_plugin_reads_it() {
+        let limit = |bandwidth: &str| {
+            let conf = NetConf::parse(&format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","ipam":{{"type":"host-local"}},"runtimeConfig":{{"bandwidth":{bandwidth}}}}}"#
+            ))
+            .unwrap();
+            egress_limit(&conf)
+        };
+        assert_eq!(
+            limit(r#"{"egressRate":10000000,"egressBurst":800000,"ingressRate":5}"#).unwrap(),
+            Some(EgressLimit {
+                rate_bits: 10_000_000,
+                burst_bits: 800_000
+            })
+        );
+        assert_eq!(
+            limit(r#"{"ingressRate":1000,"ingressBurst":1000}"#).unwrap(),
+            None
+        );
+        assert_eq!(limit(r#"{"egressRate":0,"egressBurst":0}"#).unwrap(), None);
+        for bad in [
+            r#"{"egressRate":1000000}"#,
+            r#"{"egressBurst":1000000}"#,
+            r#"{"egressRate":-1,"egressBurst":1000}"#,
+            r#"{"egressRate":1.5e6,"egressBurst":1000}"#,
+            r#"{"egressRate":"1M","egressBurst":1000}"#,
+            r#"{"egressRate":7,"egressBurst":1000}"#,
+            r#"[1,2]"#,
+        ] {
+            assert_eq!(limit(bad).unwrap_err().code, Code::InvalidConfig, "{bad}");
+        }
+        let none =
+            NetConf::parse(r#"{"cniVersion":"1.1.0","name":"n","ipam":{"type":"host-local"}}"#)
+                .unwrap();
+        assert_eq!(egress_limit(&none).unwrap(), None);
+    }
 
     #[test]
     fn configuration_errors_have_the_spec_codes() {

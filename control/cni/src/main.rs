@@ -170,6 +170,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         ));
     }
     let mac = cni::requested_mac(env, conf)?;
+    let egress_limit = cni::egress_limit(conf)?;
     // The daemon first: if it is down, nothing has been done yet.
     let mut client = connect(conf)?;
     let ipam = Ipam::find(conf, env)?;
@@ -203,6 +204,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         ifname: Some(env.ifname.clone()),
         anti_spoof: true,
         kind: None,
+        egress_limit,
     };
     if let Err(e) = call::<PortRef>(&mut client, &request) {
         let _ = attach::delete(&host);

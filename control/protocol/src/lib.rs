@@ -121,6 +121,18 @@ fn yes() -> bool {
     true
 }
 
+/// A limit on what a pod sends, in the units of the CNI bandwidth
+/// capability (`runtimeConfig.bandwidth`'s `egressRate` and
+/// `egressBurst`, which `kubernetes.io/egress-bandwidth` becomes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressLimit {
+    /// Bits per second, at least 8.
+    pub rate_bits: u64,
+    /// Bits that may pass at once after a quiet spell, at least 8.
+    pub burst_bits: u64,
+}
+
 /// A request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case", deny_unknown_fields)]
@@ -152,6 +164,10 @@ pub enum Request {
         /// default: the daemon's `port_kind` (af-packet).
         #[serde(default)]
         kind: Option<PodPortKind>,
+        /// The most the pod may send (default: no limit); beyond it the
+        /// daemon drops its frames, counted as `egress_rate_limited`.
+        #[serde(default)]
+        egress_limit: Option<EgressLimit>,
     },
     /// Detach a port.
     PortDel {

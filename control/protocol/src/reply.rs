@@ -122,6 +122,9 @@ pub struct PortInfo {
     /// The interface name inside the container.
     #[serde(default)]
     pub ifname: Option<String>,
+    /// The most the pod may send, in whole bytes (shown in bits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_limit: Option<crate::EgressLimit>,
 }
 
 /// One entry of `route-list`.

@@ -11,6 +11,7 @@ use podswitch_encap::MacAddr;
 use crate::config::GatewayMode;
 use crate::drop::DropReason;
 use crate::packet::{PacketBuf, PacketPool};
+use crate::policer::wire_bytes;
 use crate::port::PortId;
 use crate::tables::PortEntry;
 use crate::trace::{Step, Tracer};
@@ -29,6 +30,24 @@ impl Pipeline {
         t: &mut T,
     ) -> Verdict {
         let node = &ctx.snap.node;
+        // Policed first, as the kernel's IFB would see every frame the pod
+        // sent: a flood of malformed or forged frames spends the pod's own
+        // allowance, not the node's CPU.
+        if let Some(policer) = &port.policer {
+            let bytes = wire_bytes(buf);
+            // A trace asks without drawing on the bucket.
+            let conforms = if T::ENABLED {
+                policer.conforms(bytes, ctx.clock)
+            } else {
+                policer.admit(bytes, ctx.clock)
+            };
+            if !conforms {
+                return Drop(DropReason::EgressRateLimited);
+            }
+            t.step(|| Step::SourceOk {
+                what: "within the pod's egress rate",
+            });
+        }
         let Ok(eth) = EthernetFrame::new_checked(buf.frame()) else {
             return Drop(DropReason::EthernetTruncated);
         };

@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use podswitch_control::client::{Client, ClientError};
 use podswitch_control::protocol::{
-    Backend, CaptureResult, FdbTable, Flushed, FrameSpec, MacAddr, Neighbour, NextHopSpec,
-    PeerInfo, PeerRef, PodPortKind, PortInfo, PortRef, Prefix, Request, RouteInfo, Stats, Status,
-    StoreStatus, TraceResult, VersionInfo,
+    Backend, CaptureResult, EgressLimit, FdbTable, Flushed, FrameSpec, MacAddr, Neighbour,
+    NextHopSpec, PeerInfo, PeerRef, PodPortKind, PortInfo, PortRef, Prefix, Request, RouteInfo,
+    Stats, Status, StoreStatus, TraceResult, VersionInfo,
 };
 use serde_json::Value;
 
@@ -83,6 +83,15 @@ pub(crate) enum PortCommand {
         /// device of this name).
         #[arg(long)]
         kind: Option<PodPortKind>,
+        /// The most the pod may send, in bits per second (as the CNI
+        /// bandwidth capability's egressRate); frames beyond it are dropped,
+        /// counted as egress_rate_limited.
+        #[arg(long, requires = "egress_burst")]
+        egress_rate: Option<u64>,
+        /// The bits the pod may send at once after a quiet spell (as
+        /// egressBurst).
+        #[arg(long, requires = "egress_rate")]
+        egress_burst: Option<u64>,
     },
     /// Detach a port.
     Del {
@@ -221,6 +230,8 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
             ifname,
             no_anti_spoof,
             kind,
+            egress_rate,
+            egress_burst,
         }) => Request::PortAdd {
             interface: interface.clone(),
             ip: *ip,
@@ -229,6 +240,12 @@ fn request(command: &ControlCommand) -> Result<Request, String> {
             ifname: ifname.clone(),
             anti_spoof: !no_anti_spoof,
             kind: *kind,
+            egress_limit: egress_rate
+                .zip(*egress_burst)
+                .map(|(rate_bits, burst_bits)| EgressLimit {
+                    rate_bits,
+                    burst_bits,
+                }),
         },
         ControlCommand::Port(PortCommand::Del { interface }) => Request::PortDel {
             interface: interface.clone(),

@@ -67,6 +67,9 @@ impl DaemonHooks for Daemon {
             anti_spoof: spec.anti_spoof,
             ifindex: netdev::ifindex(name).ok(),
             pod_end: PodEnd::of(name),
+            egress_limit: spec
+                .egress_limit
+                .map(podswitch_control::handler::egress_limit),
         };
         if let Err(e) = self.state.put(record) {
             tracing::warn!(interface = name, "state file: {e}");

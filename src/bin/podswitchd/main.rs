@@ -363,6 +363,17 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         spec.container_id = saved.container_id;
         spec.ifname = saved.ifname;
         spec.anti_spoof = saved.anti_spoof;
+        spec.egress_limit = match saved
+            .egress_limit
+            .map(podswitch_control::handler::rate_limit)
+            .transpose()
+        {
+            Ok(limit) => limit,
+            Err(e) => {
+                tracing::warn!(interface = %saved.interface, "saved port dropped: {e}");
+                continue;
+            }
+        };
         let kind = match saved.kind.as_deref().map(str::parse).transpose() {
             Ok(kind) => kind,
             Err(e) => {

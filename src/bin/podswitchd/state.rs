@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use podswitch_control::protocol::{NextHopSpec, Request};
+use podswitch_control::protocol::{EgressLimit, NextHopSpec, Request};
 use podswitch_engine::encap::MacAddr;
 use podswitch_engine::fib::Prefix;
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,9 @@ pub(crate) struct PortRecord {
     /// only if it is still there (not moved to another namespace).
     #[serde(default)]
     pub(crate) pod_end: Option<PodEnd>,
+    /// The most the pod may send (absent: no limit, and in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) egress_limit: Option<EgressLimit>,
 }
 
 /// The pod's end of a veth, as the node's namespace sees it.
@@ -239,6 +242,10 @@ mod tests {
             pod_end: Some(PodEnd {
                 ifindex: 2,
                 netnsid: Some(3),
+            }),
+            egress_limit: Some(EgressLimit {
+                rate_bits: 10_000_000,
+                burst_bits: 800_000,
             }),
         };
         state.put(record.clone()).unwrap();

@@ -31,6 +31,12 @@ pub enum Step {
         /// Which check.
         what: &'static str,
     },
+    /// The pod's egress limit (the CNI bandwidth capability).
+    EgressLimit {
+        /// Within it now; if not, podswitchd holds the frame until it is
+        /// (at most 25 ms) or drops it as `egress_rate_limited`.
+        conforms: bool,
+    },
     /// FDB learning of the source MAC.
     FdbLearn {
         /// The MAC.
@@ -162,6 +168,13 @@ impl fmt::Display for Step {
             Step::Received { port, len } => write!(f, "received {len} bytes on port {port}"),
             Step::Classified(what) => write!(f, "classified: {what}"),
             Step::SourceOk { what } => write!(f, "source check passed: {what}"),
+            Step::EgressLimit { conforms: true } => {
+                write!(f, "egress limit: within the pod's rate")
+            }
+            Step::EgressLimit { conforms: false } => write!(
+                f,
+                "egress limit: beyond the pod's rate now; podswitchd holds the frame until it conforms (at most 25 ms), else drops it (egress_rate_limited)"
+            ),
             Step::FdbLearn {
                 mac,
                 port,

@@ -30,23 +30,14 @@ impl Pipeline {
         t: &mut T,
     ) -> Verdict {
         let node = &ctx.snap.node;
-        // Policed first, as the kernel's IFB would see every frame the pod
-        // sent: a flood of malformed or forged frames spends the pod's own
-        // allowance, not the node's CPU.
-        if let Some(policer) = &port.policer {
-            let bytes = wire_bytes(buf);
-            // A trace asks without drawing on the bucket.
-            let conforms = if T::ENABLED {
-                policer.conforms(bytes, ctx.clock)
-            } else {
-                policer.admit(bytes, ctx.clock)
-            };
-            if !conforms {
-                return Drop(DropReason::EgressRateLimited);
+        // A pod's egress limit is the worker's to apply, before the
+        // pipeline (worker::shaper: a frame that must wait is held there);
+        // a trace says whether the frame would leave at once.
+        if T::ENABLED {
+            if let Some(policer) = &port.policer {
+                let conforms = policer.conforms(wire_bytes(buf), ctx.clock);
+                t.step(|| Step::EgressLimit { conforms });
             }
-            t.step(|| Step::SourceOk {
-                what: "within the pod's egress rate",
-            });
         }
         let Ok(eth) = EthernetFrame::new_checked(buf.frame()) else {
             return Drop(DropReason::EthernetTruncated);

@@ -11,6 +11,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::handoff::{Crew, MAILBOX_FRAMES};
+use super::shaper::Shaper;
 use super::spin::SpinWindow;
 use super::spin_guard::SpinGuard;
 use super::stats::WorkerStats;
@@ -102,6 +103,8 @@ pub(super) struct Loop {
     me: usize,
     crew: Arc<Crew>,
     cpu: Option<usize>,
+    /// Pods' frames waiting for their egress limit.
+    shaper: Shaper,
 }
 
 impl Loop {
@@ -132,6 +135,7 @@ impl Loop {
             class_fixed: false,
             guard: None,
             options,
+            shaper: Shaper::default(),
         }
     }
 
@@ -240,6 +244,11 @@ impl Loop {
                 } else {
                     None
                 };
+                // Held frames wake it when the first may leave.
+                if let Some(leaves) = self.shaper.next_release() {
+                    let wait = leaves.saturating_duration_since(now);
+                    timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+                }
                 // Before a wait that may sleep, the other workers are told
                 // to wake this one for its mail (see `handoff`).
                 if timeout != Some(Duration::ZERO) && !self.crew.going_to_sleep(self.me) {
@@ -277,7 +286,12 @@ impl Loop {
                             return;
                         }
                     } else {
-                        self.mark_ready(PortId((event.token().0 / FDS_PER_PORT) as u16));
+                        let id = PortId((event.token().0 / FDS_PER_PORT) as u16);
+                        // A port waiting for its held frames is read once
+                        // they have left (`release_held`), not before.
+                        if !self.shaper.is_holding(id) {
+                            self.mark_ready(id);
+                        }
                     }
                 }
                 if !self.ready_list.is_empty() {
@@ -285,6 +299,9 @@ impl Loop {
                 }
             }
             let mut moved = self.deliver_mail(&mut mail) > 0;
+            if self.shaper.next_release().is_some() {
+                moved |= self.release_held(&mut batch, &mut out);
+            }
             let mut i = 0;
             while i < self.ready_list.len() {
                 let id = self.ready_list[i];
@@ -301,44 +318,29 @@ impl Loop {
                     self.ready_list.swap_remove(i);
                     continue;
                 }
+                // A pod over its egress limit: what must wait is held,
+                // and the port is not read again until it has left.
+                let holding = !batch.is_empty() && self.shape(id, &mut batch);
                 if batch.is_empty() {
                     // Everything read was dropped in the port (counted
-                    // there); the port stays ready for what follows.
-                    self.forwarded(id);
-                    i += 1;
+                    // there) or held; the port stays ready for what
+                    // follows, unless it waits for its held frames.
+                    if holding {
+                        self.park(i);
+                    } else {
+                        self.forwarded(id);
+                        i += 1;
+                    }
                     continue;
                 }
                 moved = true;
-                self.stats.batch(batch.len());
-                let now = (self.options.clock_secs)();
-                self.pipeline
-                    .process(&mut batch, &mut self.pool, &mut out, now);
-                let (slots, pool, tables) = (&mut self.slots, &mut self.pool, &self.tables);
-                let (crew, me, stats) = (&self.crew, self.me, &self.stats);
-                out.drain(|port, frames| match slots.get_mut(usize::from(port.0)) {
-                    Some(Some(slot)) => {
-                        let _ = slot.port().send(frames, pool);
-                    }
-                    _ => match crew.owner(port) {
-                        Some(owner) if owner != me => {
-                            let mut posted = 0;
-                            for frame in frames.drain(..) {
-                                match crew.post(owner, port, frame) {
-                                    Ok(()) => posted += 1,
-                                    Err(frame) => {
-                                        tables.stats.add_drop(port, DropReason::HandoffFull);
-                                        pool.free(frame);
-                                    }
-                                }
-                            }
-                            stats.handed_off(posted);
-                            crew.nudge(owner);
-                        }
-                        _ => drop_all(tables, pool, port, DropReason::PortGone, frames),
-                    },
-                });
-                self.forwarded(id);
-                i += 1;
+                self.forward(&mut batch, &mut out);
+                if holding {
+                    self.park(i);
+                } else {
+                    self.forwarded(id);
+                    i += 1;
+                }
             }
             if moved {
                 // Mail that came after this turn's look went out in the
@@ -367,6 +369,88 @@ impl Loop {
                 self.finish_captures();
             }
         }
+    }
+
+    /// Runs `batch` (one port's frames) through the pipeline and writes
+    /// what leaves to its ports: this worker's own, or another worker's
+    /// through its mailbox.
+    fn forward(&mut self, batch: &mut Vec<PacketBuf>, out: &mut Outputs) {
+        self.stats.batch(batch.len());
+        let now = (self.options.clock_secs)();
+        self.pipeline.process(batch, &mut self.pool, out, now);
+        let (slots, pool, tables) = (&mut self.slots, &mut self.pool, &self.tables);
+        let (crew, me, stats) = (&self.crew, self.me, &self.stats);
+        out.drain(|port, frames| match slots.get_mut(usize::from(port.0)) {
+            Some(Some(slot)) => {
+                let _ = slot.port().send(frames, pool);
+            }
+            _ => match crew.owner(port) {
+                Some(owner) if owner != me => {
+                    let mut posted = 0;
+                    for frame in frames.drain(..) {
+                        match crew.post(owner, port, frame) {
+                            Ok(()) => posted += 1,
+                            Err(frame) => {
+                                tables.stats.add_drop(port, DropReason::HandoffFull);
+                                pool.free(frame);
+                            }
+                        }
+                    }
+                    stats.handed_off(posted);
+                    crew.nudge(owner);
+                }
+                _ => drop_all(tables, pool, port, DropReason::PortGone, frames),
+            },
+        });
+    }
+
+    /// Applies port `id`'s egress limit, if it has one, to `batch`;
+    /// true if the port now has frames held.
+    fn shape(&mut self, id: PortId, batch: &mut Vec<PacketBuf>) -> bool {
+        let snap = self.tables.load();
+        let Some(policer) = snap.ports.get(id).and_then(|p| p.policer.as_ref()) else {
+            return false;
+        };
+        self.shaper.shape(
+            id,
+            policer,
+            batch,
+            Instant::now(),
+            &self.tables.stats,
+            &mut self.pool,
+        );
+        self.shaper.is_holding(id)
+    }
+
+    /// Stops reading the port at `ready_list[i]` until its held frames
+    /// have left (`release_held` reads it again then).
+    fn park(&mut self, i: usize) {
+        let id = self.ready_list.swap_remove(i);
+        self.ready[usize::from(id.0)] = false;
+    }
+
+    /// Forwards the held frames whose time has come; true if any.
+    fn release_held(&mut self, batch: &mut Vec<PacketBuf>, out: &mut Outputs) -> bool {
+        let now = Instant::now();
+        let mut moved = false;
+        while let Some((id, still_holding)) = self.shaper.release(now, batch) {
+            moved = true;
+            self.forward(batch, out);
+            if !still_holding {
+                // Its frames have all gone on: read it again (what came
+                // meanwhile waits in its socket, and edge-triggered epoll
+                // does not say so again).
+                self.forwarded(id);
+                if self
+                    .slots
+                    .get(usize::from(id.0))
+                    .is_some_and(Option::is_some)
+                {
+                    self.mark_ready(id);
+                }
+            }
+        }
+        moved
     }
 
     /// Tells port `id` that what it last received has gone on.
@@ -509,6 +593,13 @@ impl Loop {
                     self.mark_ready(id);
                 }
                 Command::Detach(id, reply) => {
+                    let held = self.shaper.forget(id, &mut self.pool);
+                    if held > 0 {
+                        // They were paid for but never left.
+                        self.tables
+                            .stats
+                            .add_drops(id, DropReason::PortGone, held as u64);
+                    }
                     if self.crew.owner(id) == Some(self.me) {
                         self.crew.set_owner(id, None);
                     }

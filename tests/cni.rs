@@ -77,9 +77,23 @@ fn cni_with_env(
     config: &str,
     extra: &[(&str, &str)],
 ) -> (i32, Value) {
+    let plugin = common::cni_plugin();
+    run_plugin(&plugin, node, command, container, netns, config, extra)
+}
+
+/// Runs `plugin` as a runtime does, in the node's namespace.
+fn run_plugin(
+    plugin: &std::path::Path,
+    node: &Netns,
+    command: &str,
+    container: &str,
+    netns: Option<&Netns>,
+    config: &str,
+    extra: &[(&str, &str)],
+) -> (i32, Value) {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &node.name])
-        .arg(common::cni_plugin())
+        .arg(plugin)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("CNI_PATH", CNI_PATH)
@@ -568,13 +582,21 @@ fn drops(cluster: &Cluster, n: usize, reason: &str) -> u64 {
 /// limit; a bad limit is refused with nothing left.
 #[test]
 fn the_bandwidth_capability_limits_what_a_pod_sends() {
-    require(&["ip", "ping", "/usr/bin/python3"]);
+    require(&[
+        "ip",
+        "ping",
+        "tc",
+        "/usr/bin/python3",
+        "/usr/lib/cni/bandwidth",
+    ]);
     let mut cluster = Cluster::new("vxlan", "bridge", 0);
     cluster.port_kind = "af-packet".into();
     cluster.start(0, &[]);
     let ipam = IpamDir::new();
+    // One version for the whole chain, as in a configuration list: the
+    // newest Debian's bandwidth plugin speaks.
     let base = conf(
-        "1.1.0",
+        "1.0.0",
         &socket(&cluster, 0),
         "bridge",
         "10.244.1.0/24",
@@ -607,6 +629,7 @@ fn the_bandwidth_capability_limits_what_a_pod_sends() {
         Netns::new("bw-free"),
     ];
     let mut ips = Vec::new();
+    let mut results = Vec::new();
     for (i, config) in [&slow, &fast, &base.to_string()].into_iter().enumerate() {
         let (rc, out) = cni(
             &cluster.nodes[0].ns,
@@ -617,6 +640,7 @@ fn the_bandwidth_capability_limits_what_a_pod_sends() {
         );
         assert_eq!(rc, 0, "{out}");
         ips.push(pod_ip(&out));
+        results.push(out);
     }
     assert_eq!(
         limit_of(&cluster, &ips[0]),
@@ -627,6 +651,10 @@ fn the_bandwidth_capability_limits_what_a_pod_sends() {
         Some(Value::Null),
         "no limit asked"
     );
+    let table = cluster.nodes[0].ctl(&["port", "list"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("400kbit/s, burst 320kbit"), "{table}");
+    assert!(table.contains("80Mbit/s, burst 160kbit"), "{table}");
     assert!(ping(&pods[2], &ips[0], 2), "the limited pod answers");
 
     // 500 datagrams at once from the slow pod.
@@ -672,8 +700,40 @@ fn the_bandwidth_capability_limits_what_a_pod_sends() {
         free.len()
     );
 
+    // The bandwidth plugin chained after podswitch, as a cluster that
+    // limits pods configures it: it finds podswitch's host interface in
+    // the result and puts its IFB redirect and TBFs there, where they
+    // leave podswitch's port working (and its limit podswitch's).
+    let bandwidth = |command: &str, prev: &Value| {
+        let config = json!({
+            "cniVersion": "1.0.0", "name": "podnet", "type": "bandwidth",
+            "capabilities": { "bandwidth": true },
+            "runtimeConfig": { "bandwidth": { "egressRate": 80_000_000, "egressBurst": 160_000 } },
+            "prevResult": prev,
+        });
+        let plugin = std::path::Path::new(CNI_PATH).join("bandwidth");
+        let pod = &pods[1];
+        run_plugin(
+            &plugin,
+            &cluster.nodes[0].ns,
+            command,
+            "bw1",
+            Some(pod),
+            &config.to_string(),
+            &[],
+        )
+    };
+    let (rc, out) = bandwidth("ADD", &results[1]);
+    assert_eq!(rc, 0, "the bandwidth plugin after podswitch: {out}");
+    let qdiscs = cluster.nodes[0].ns.exec("tc", &["qdisc", "show"]);
+    assert!(
+        String::from_utf8_lossy(&qdiscs.stdout).contains("tbf"),
+        "the bandwidth plugin made no TBF: {qdiscs:?}"
+    );
     // TCP from the fast pod, whose super-frames outgrow its burst.
     tcp_transfer(&pods[1], &pods[2], &ips[2], 4 << 20).unwrap();
+    let (rc, out) = bandwidth("DEL", &results[1]);
+    assert_eq!(rc, 0, "{out}");
 
     // kill -9 and a fresh daemon: the limit comes back with the port.
     cluster.nodes[0].daemon.as_mut().unwrap().kill_9();
@@ -703,7 +763,7 @@ fn the_bandwidth_capability_limits_what_a_pod_sends() {
 
     // The restarted daemon listens on a socket of its own.
     let base = conf(
-        "1.1.0",
+        "1.0.0",
         &socket(&cluster, 0),
         "bridge",
         "10.244.1.0/24",

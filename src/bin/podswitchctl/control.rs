@@ -84,8 +84,9 @@ pub(crate) enum PortCommand {
         #[arg(long)]
         kind: Option<PodPortKind>,
         /// The most the pod may send, in bits per second (as the CNI
-        /// bandwidth capability's egressRate); frames beyond it are dropped,
-        /// counted as egress_rate_limited.
+        /// bandwidth capability's egressRate): past the burst, frames wait
+        /// until the rate lets them leave, and one that would wait more
+        /// than 25 ms is dropped, counted as egress_rate_limited.
         #[arg(long, requires = "egress_burst")]
         egress_rate: Option<u64>,
         /// The bits the pod may send at once after a quiet spell (as
@@ -415,6 +416,17 @@ fn store_health(store: Option<&StoreStatus>) -> String {
 }
 
 /// A route's next hop as `route list` shows it.
+/// `n` with an SI prefix when it is a whole number of one (80000000 is
+/// "80M", as tc writes rates), else as it is.
+fn si(n: u64) -> String {
+    for (unit, prefix) in [(1_000_000_000, "G"), (1_000_000, "M"), (1_000, "k")] {
+        if n >= unit && n % unit == 0 {
+            return format!("{}{prefix}", n / unit);
+        }
+    }
+    n.to_string()
+}
+
 fn next_hop_text(next_hop: &NextHopSpec) -> String {
     match next_hop {
         NextHopSpec::Local(port) => format!("local:{port}"),
@@ -490,6 +502,7 @@ fn human(command: &ControlCommand, v: Value) -> Result<String, serde_json::Error
                     "IP",
                     "MAC",
                     "ANTI-SPOOF",
+                    "EGRESS LIMIT",
                     "CONTAINER",
                 ],
                 ports.into_iter().map(|p| {
@@ -505,6 +518,9 @@ fn human(command: &ControlCommand, v: Value) -> Result<String, serde_json::Error
                         or_dash(p.ip),
                         or_dash(p.mac),
                         p.anti_spoof.to_string(),
+                        or_dash(p.egress_limit.map(|l| {
+                            format!("{}bit/s, burst {}bit", si(l.rate_bits), si(l.burst_bits))
+                        })),
                         or_dash(p.container_id),
                     ]
                 }),

@@ -578,7 +578,7 @@ fn drops(cluster: &Cluster, n: usize, reason: &str) -> u64 {
 /// of datagrams, what the burst and the rate allow arrives intact and the
 /// rest is counted as `egress_rate_limited`; TCP whose super-frames are
 /// larger than the burst still completes (shaped, not policed: see
-/// engine/src/policer.rs); a daemon restarted after kill -9 keeps the
+/// engine/src/egress_limit.rs); a daemon restarted after kill -9 keeps the
 /// limit; a bad limit is refused with nothing left.
 #[test]
 fn the_bandwidth_capability_limits_what_a_pod_sends() {

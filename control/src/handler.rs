@@ -16,6 +16,7 @@ use crate::metrics::ControlCounters;
 
 use podswitch_engine::config::Backend;
 use podswitch_engine::datapath::{AttachedPort, Datapath, RemovedPort};
+use podswitch_engine::egress_limit::RateLimit;
 use podswitch_engine::encap::ethernet::{EtherType, EthernetRepr};
 use podswitch_engine::encap::ipv4::Ipv4Repr;
 use podswitch_engine::encap::udp::UdpRepr;
@@ -24,7 +25,6 @@ use podswitch_engine::fib::NextHop;
 use podswitch_engine::kernel_port::PodPortKind;
 use podswitch_engine::peer::{Forwarding, PeerSpec};
 use podswitch_engine::pipeline::Pipeline;
-use podswitch_engine::policer::RateLimit;
 use podswitch_engine::tables::{PortSpec, Snapshot, Tables};
 use podswitch_engine::worker::WorkerStats;
 use serde::Serialize;

@@ -24,11 +24,11 @@ use arc_swap::{ArcSwap, Guard};
 use podswitch_encap::{DecapConfig, Decapsulator, MacAddr};
 
 use crate::config::{Backend, GatewayMode, NodeConfig};
+use crate::egress_limit::{EgressBucket, RateLimit};
 use crate::fdb::Fdb;
 use crate::fib::{Fib, NextHop, Prefix, RouteTable};
 use crate::ipmap::IpMap;
 use crate::peer::{Forwarding, Peer, PeerId, PeerSpec, PeerTable};
-use crate::policer::{Policer, RateLimit};
 use crate::port::{PortId, PortRole};
 use crate::stats::Stats;
 
@@ -103,7 +103,7 @@ pub struct PortEntry {
     pub spec: PortSpec,
     /// The bucket that enforces `spec.egress_limit`, shared by the workers
     /// that read the port.
-    pub policer: Option<Arc<Policer>>,
+    pub bucket: Option<Arc<EgressBucket>>,
 }
 
 /// The attached ports.
@@ -545,8 +545,10 @@ impl Editor<'_> {
         if table.by_id.len() <= free {
             table.by_id.resize(free + 1, None);
         }
-        let policer = spec.egress_limit.map(|limit| Arc::new(Policer::new(limit)));
-        table.by_id[free] = Some(PortEntry { id, spec, policer });
+        let bucket = spec
+            .egress_limit
+            .map(|limit| Arc::new(EgressBucket::new(limit)));
+        table.by_id[free] = Some(PortEntry { id, spec, bucket });
         match role {
             PortRole::Pod if bridge => {
                 table.segment.push(id);

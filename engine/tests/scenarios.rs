@@ -491,7 +491,7 @@ fn spoofed_sources_are_dropped_unless_anti_spoofing_is_off() {
 /// whether a frame would leave at once without drawing on the bucket.
 #[test]
 fn a_trace_tells_a_pods_egress_limit_without_spending_it() {
-    use podswitch_engine::policer::{Departure, RateLimit};
+    use podswitch_engine::egress_limit::{Departure, RateLimit};
     use podswitch_engine::trace::Step;
     use std::time::{Duration, Instant};
 
@@ -518,18 +518,18 @@ fn a_trace_tells_a_pods_egress_limit_without_spending_it() {
         assert_eq!(conforms(&trace), Some(true), "{trace}");
         assert_eq!(trace.outputs.len(), 1, "{trace}");
     }
-    let policer = node
+    let bucket = node
         .tables
         .load()
         .ports
         .get(bb1)
         .unwrap()
-        .policer
+        .bucket
         .clone()
         .unwrap();
     let len = frame.len() as u64;
     assert_eq!(
-        policer.schedule(len, Instant::now(), Duration::ZERO),
+        bucket.schedule(len, Instant::now(), Duration::ZERO),
         Departure::Now,
         "the traces spent nothing"
     );

@@ -10,8 +10,8 @@ use podswitch_encap::MacAddr;
 
 use crate::config::GatewayMode;
 use crate::drop::DropReason;
+use crate::egress_limit::wire_bytes;
 use crate::packet::{PacketBuf, PacketPool};
-use crate::policer::wire_bytes;
 use crate::port::PortId;
 use crate::tables::PortEntry;
 use crate::trace::{Step, Tracer};
@@ -34,8 +34,8 @@ impl Pipeline {
         // pipeline (worker::shaper: a frame that must wait is held there);
         // a trace says whether the frame would leave at once.
         if T::ENABLED {
-            if let Some(policer) = &port.policer {
-                let conforms = policer.conforms(wire_bytes(buf), ctx.clock);
+            if let Some(bucket) = &port.bucket {
+                let conforms = bucket.conforms(wire_bytes(buf), ctx.clock);
                 t.step(|| Step::EgressLimit { conforms });
             }
         }

@@ -408,12 +408,12 @@ impl Loop {
     /// true if the port now has frames held.
     fn shape(&mut self, id: PortId, batch: &mut Vec<PacketBuf>) -> bool {
         let snap = self.tables.load();
-        let Some(policer) = snap.ports.get(id).and_then(|p| p.policer.as_ref()) else {
+        let Some(bucket) = snap.ports.get(id).and_then(|p| p.bucket.as_ref()) else {
             return false;
         };
         self.shaper.shape(
             id,
-            policer,
+            bucket,
             batch,
             Instant::now(),
             &self.tables.stats,

@@ -1,5 +1,5 @@
 //! Holding a pod's frames until its egress limit lets them leave
-//! (`policer`): what the bandwidth plugin's TBF would queue, a worker
+//! (`egress_limit`): what the bandwidth plugin's TBF would queue, a worker
 //! keeps here, each frame with the instant it may go.
 //!
 //! A port with frames held is not read again until they have left: what
@@ -15,8 +15,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::drop::DropReason;
+use crate::egress_limit::{wire_bytes, Departure, EgressBucket, QUEUE_LIMIT};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
-use crate::policer::{wire_bytes, Departure, Policer, QUEUE_LIMIT};
 use crate::port::PortId;
 use crate::stats::Stats;
 
@@ -44,14 +44,14 @@ pub(super) struct Shaper {
 }
 
 impl Shaper {
-    /// Applies `policer` to `batch`, just read from `port`: frames that
+    /// Applies `bucket` to `batch`, just read from `port`: frames that
     /// may leave now stay in it, in order; from the first that must wait,
     /// every frame is held (a later one never leaves before it) or, past
     /// the queue or [`MAX_HELD`], dropped and counted.
     pub(super) fn shape(
         &mut self,
         port: PortId,
-        policer: &Policer,
+        bucket: &EgressBucket,
         batch: &mut Vec<PacketBuf>,
         now: Instant,
         stats: &Stats,
@@ -69,7 +69,7 @@ impl Shaper {
             } else {
                 Duration::ZERO
             };
-            match policer.schedule(wire_bytes(&frame), now, longest) {
+            match bucket.schedule(wire_bytes(&frame), now, longest) {
                 Departure::Now if !waiting => batch.push(frame),
                 // Paid for, but behind a frame that waits.
                 Departure::Now => self.hold(port, now, frame),
@@ -162,11 +162,11 @@ impl Shaper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policer::RateLimit;
+    use crate::egress_limit::RateLimit;
 
     /// 1 MB/s, a 2 kB burst: one 1,000-byte frame a millisecond.
-    fn policer() -> Policer {
-        Policer::new(RateLimit {
+    fn bucket() -> EgressBucket {
+        EgressBucket::new(RateLimit {
             bytes_per_sec: 1_000_000,
             burst_bytes: 2_000,
         })
@@ -187,7 +187,7 @@ mod tests {
         let mut pool = PacketPool::new(64, 2048);
         let stats = Stats::new(4);
         let port = PortId(1);
-        let p = policer();
+        let p = bucket();
         let mut shaper = Shaper::default();
         let now = Instant::now();
         let mut batch = frames(&mut pool, port, 32);
@@ -224,7 +224,7 @@ mod tests {
         let mut pool = PacketPool::new(64, 2048);
         let stats = Stats::new(4);
         let port = PortId(2);
-        let p = policer();
+        let p = bucket();
         let mut shaper = Shaper::default();
         let now = Instant::now();
         let mut batch = frames(&mut pool, port, 3);
@@ -249,7 +249,7 @@ mod tests {
     fn a_worker_holds_at_most_max_held_frames_and_forgets_a_detached_port() {
         let mut pool = PacketPool::new(4 * MAX_HELD, 2048);
         let stats = Stats::new(8);
-        let p = Policer::new(RateLimit {
+        let p = EgressBucket::new(RateLimit {
             bytes_per_sec: 100_000_000,
             burst_bytes: 1_000,
         });

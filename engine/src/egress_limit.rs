@@ -65,7 +65,7 @@ impl RateLimit {
 
 /// One pod's egress bucket, shared by every worker that reads the pod.
 #[derive(Debug)]
-pub struct Policer {
+pub struct EgressBucket {
     limit: RateLimit,
     /// The burst as time at the rate.
     burst_ns: u64,
@@ -76,15 +76,15 @@ pub struct Policer {
     epoch: Instant,
 }
 
-/// Two policers are equal when they enforce the same limit: a port's
+/// Two buckets are equal when they enforce the same limit: a port's
 /// table entry compares its configuration, not the bucket's fill.
-impl PartialEq for Policer {
-    fn eq(&self, other: &Policer) -> bool {
+impl PartialEq for EgressBucket {
+    fn eq(&self, other: &EgressBucket) -> bool {
         self.limit == other.limit
     }
 }
 
-impl Eq for Policer {}
+impl Eq for EgressBucket {}
 
 /// When a frame may leave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,10 +97,10 @@ pub enum Departure {
     Dropped,
 }
 
-impl Policer {
+impl EgressBucket {
     /// A full bucket for `limit`.
-    pub fn new(limit: RateLimit) -> Policer {
-        Policer {
+    pub fn new(limit: RateLimit) -> EgressBucket {
+        EgressBucket {
             limit,
             burst_ns: limit.nanos_for(limit.burst_bytes),
             next_ns: AtomicU64::new(0),
@@ -198,13 +198,13 @@ mod tests {
     }
 
     /// Whether `bytes` leave at once (paying), at no wait allowed.
-    fn now_or_never(p: &Policer, bytes: u64, at: Instant) -> bool {
+    fn now_or_never(p: &EgressBucket, bytes: u64, at: Instant) -> bool {
         p.schedule(bytes, at, Duration::ZERO) == Departure::Now
     }
 
     #[test]
     fn a_full_bucket_passes_the_burst_then_paces() {
-        let p = Policer::new(LIMIT);
+        let p = EgressBucket::new(LIMIT);
         let now = Instant::now();
         let at_once = (0..100)
             .take_while(|_| now_or_never(&p, 1_000, now))
@@ -229,7 +229,7 @@ mod tests {
 
     #[test]
     fn a_dropped_frame_costs_nothing() {
-        let p = Policer::new(LIMIT);
+        let p = EgressBucket::new(LIMIT);
         let now = Instant::now();
         while now_or_never(&p, 1_000, now) {}
         for _ in 0..100 {
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn over_time_it_passes_the_burst_and_the_rate_and_no_more() {
-        let p = Policer::new(LIMIT);
+        let p = EgressBucket::new(LIMIT);
         let start = Instant::now();
         let mut passed = 0u64;
         // 4 MB/s offered for 1 s: 100-byte frames every 25 µs.
@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_frame_larger_than_the_burst_leaves_once_the_bucket_is_full() {
-        let p = Policer::new(LIMIT);
+        let p = EgressBucket::new(LIMIT);
         let now = Instant::now();
         assert!(
             now_or_never(&p, 64_000, now),
@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn workers_sharing_a_bucket_pass_the_burst_once() {
-        let p = std::sync::Arc::new(Policer::new(LIMIT));
+        let p = std::sync::Arc::new(EgressBucket::new(LIMIT));
         let now = Instant::now();
         let passed: usize = std::thread::scope(|s| {
             let handles: Vec<_> = (0..4)

@@ -666,6 +666,17 @@ fn the_bandwidth_capability_limits_what_a_pod_sends() {
     let limited = (drops(&cluster, 0, "egress_rate_limited") - before) as usize;
     let queue_full = (drops(&cluster, 0, "rx_queue_full") - full_before) as usize;
     assert!(got.iter().all(|&n| n >= 0), "damaged datagrams: {got:?}");
+    let slow_port = pod_ports(&cluster, 0)
+        .into_iter()
+        .find(|p| p["ip"] == ips[0].as_str())
+        .map(|p| p["interface"].as_str().unwrap().to_string())
+        .unwrap();
+    let held = cluster.nodes[0].port_counter(&slow_port, "egress_held");
+    assert!(
+        held >= 1 && (held as usize) < got.len(),
+        "{held} frames held of the {} that arrived",
+        got.len()
+    );
     assert!(
         (25..=100).contains(&got.len()),
         "{} of 500 datagrams arrived; the burst allows about 38, the rate 48 a second",

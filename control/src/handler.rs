@@ -496,6 +496,7 @@ impl Handler {
                 coalesced: c.coalesced,
                 big_tcp_cut: c.big_tcp_cut,
                 datagrams_batched: c.datagrams_batched,
+                egress_held: c.egress_held,
             })
             .collect();
         let drops = s

@@ -228,7 +228,7 @@ impl Collector for Metrics {
             })
             .collect();
         type Field = fn(&podswitch_engine::stats::PortStats) -> u64;
-        let per_port: [(&str, &str, Field); 13] = [
+        let per_port: [(&str, &str, Field); 14] = [
             (
                 "podswitch_port_rx_packets",
                 "Frames received on the port.",
@@ -293,6 +293,11 @@ impl Collector for Metrics {
                 "podswitch_port_datagrams_batched",
                 "Small tunnel datagrams of one flow sent together, one UDP_SEGMENT write per batch.",
                 |s| s.datagrams_batched,
+            ),
+            (
+                "podswitch_port_egress_held",
+                "Frames of a pod that waited for its egress limit before they went on.",
+                |s| s.egress_held,
             ),
         ];
         for (name, help, field) in per_port {

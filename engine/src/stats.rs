@@ -37,10 +37,13 @@ pub enum OffloadEvent {
     /// Small tunnel datagrams of one flow sent together, as one
     /// `UDP_SEGMENT` write the kernel cuts as late as it can (a batch).
     DatagramsBatched,
+    /// A pod's frame held until its egress limit let it leave (not an
+    /// offload: the path a frame took all the same).
+    EgressHeld,
 }
 
 impl OffloadEvent {
-    const COUNT: usize = 8;
+    const COUNT: usize = 9;
 }
 
 /// The counters of one port.
@@ -84,6 +87,9 @@ pub struct PortStats {
     /// Small tunnel datagrams sent in batches of one flow, each batch one
     /// `UDP_SEGMENT` write (each datagram counts once in `tx_packets`).
     pub datagrams_batched: u64,
+    /// Frames of a pod that waited for its egress limit before they went
+    /// on (each also counts once in `rx_packets`).
+    pub egress_held: u64,
 }
 
 /// Every counter of an engine.
@@ -208,6 +214,7 @@ impl Stats {
                     coalesced: offload(OffloadEvent::Coalesced),
                     big_tcp_cut: offload(OffloadEvent::BigTcpCut),
                     datagrams_batched: offload(OffloadEvent::DatagramsBatched),
+                    egress_held: offload(OffloadEvent::EgressHeld),
                 };
                 (s != PortStats::default()).then_some((PortId(i as u16), s))
             })

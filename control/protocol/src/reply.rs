@@ -255,6 +255,10 @@ pub struct PortCounters {
     /// `UDP_SEGMENT` write, which the kernel cuts as late as it can.
     #[serde(default)]
     pub datagrams_batched: u64,
+    /// Frames of a pod that waited for its egress limit before they went
+    /// on.
+    #[serde(default)]
+    pub egress_held: u64,
 }
 
 /// A worker's counters, in `stats`.

@@ -18,7 +18,7 @@ use crate::drop::DropReason;
 use crate::egress_limit::{wire_bytes, Departure, EgressBucket, QUEUE_LIMIT};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 use crate::port::PortId;
-use crate::stats::Stats;
+use crate::stats::{OffloadEvent, Stats};
 
 /// The most frames a worker holds for every port together.
 pub(super) const MAX_HELD: usize = 4 * BATCH_SIZE;
@@ -63,6 +63,7 @@ impl Shaper {
         std::mem::swap(batch, &mut incoming);
         let mut waiting = self.is_holding(port);
         let mut dropped = 0;
+        let held_before = self.count;
         for frame in incoming.drain(..) {
             let longest = if self.count < MAX_HELD {
                 QUEUE_LIMIT
@@ -84,6 +85,10 @@ impl Shaper {
             }
         }
         self.incoming = incoming;
+        let held = self.count - held_before;
+        if held > 0 {
+            stats.add_offload(port, OffloadEvent::EgressHeld, held as u64);
+        }
         if dropped > 0 {
             stats.add_drops(port, DropReason::EgressRateLimited, dropped);
         }

@@ -643,6 +643,7 @@ fn stats_text(stats: &Stats) -> String {
             "TX PACKETS",
             "TX BYTES",
             "DROPS",
+            "HELD",
         ],
         stats.ports.iter().map(|p| {
             vec![
@@ -652,6 +653,7 @@ fn stats_text(stats: &Stats) -> String {
                 p.tx_packets.to_string(),
                 p.tx_bytes.to_string(),
                 p.drops.to_string(),
+                p.egress_held.to_string(),
             ]
         }),
     );

@@ -651,6 +651,28 @@ fn the_bandwidth_capability_limits_what_a_pod_sends() {
         Some(Value::Null),
         "no limit asked"
     );
+    // CHECK holds the port to the limit the configuration asks.
+    let check = |config: &str, prev: &Value| {
+        let mut with_prev: Value = serde_json::from_str(config).unwrap();
+        with_prev["prevResult"] = prev.clone();
+        cni(
+            &cluster.nodes[0].ns,
+            "CHECK",
+            "bw0",
+            Some(&pods[0]),
+            &with_prev.to_string(),
+        )
+    };
+    let (rc, out) = check(&slow, &results[0]);
+    assert_eq!(rc, 0, "CHECK with the limit asked: {out}");
+    let (rc, out) = check(&fast, &results[0]);
+    assert_ne!(rc, 0, "CHECK with another limit: {out}");
+    assert!(
+        out["msg"].as_str().unwrap_or("").contains("320000 bit"),
+        "{out}"
+    );
+    let (rc, out) = check(&base.to_string(), &results[0]);
+    assert_ne!(rc, 0, "CHECK without the limit: {out}");
     let table = cluster.nodes[0].ctl(&["port", "list"]);
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("400kbit/s, burst 320kbit"), "{table}");

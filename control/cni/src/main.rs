@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use podswitch_host::subnet_file;
 use podswitch_protocol::client::{Client, ClientError};
-use podswitch_protocol::{MacAddr, PortInfo, PortRef, Request, Status};
+use podswitch_protocol::{EgressLimit, MacAddr, PortInfo, PortRef, Request, Status};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
@@ -314,15 +314,31 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     attach::check_pod(&env.netns, &env.ifname, on_pod).map_err(failed)?;
     let mut client = connect(conf)?;
     let ports: Vec<PortInfo> = call(&mut client, &Request::PortList)?;
-    let registered = ports.iter().any(|p| {
+    let Some(port) = ports.iter().find(|p| {
         p.interface == host
             && p.container_id.as_deref() == Some(env.container_id.as_str())
             && p.ip == Some(addr.ip)
-    });
-    if !registered {
+    }) else {
         return Err(failed(format!(
             "podswitchd has no port {host} for container {}",
             env.container_id
+        )));
+    };
+    // The daemon keeps the limit in whole bytes.
+    let wanted = cni::egress_limit(conf)?.map(|l| EgressLimit {
+        rate_bits: l.rate_bits / 8 * 8,
+        burst_bits: l.burst_bits / 8 * 8,
+    });
+    if port.egress_limit != wanted {
+        let text = |l: Option<EgressLimit>| {
+            l.map_or("no limit".to_string(), |l| {
+                format!("{} bit/s, burst {} bit", l.rate_bits, l.burst_bits)
+            })
+        };
+        return Err(failed(format!(
+            "podswitchd limits what port {host} sends to {}, the configuration asks {}",
+            text(port.egress_limit),
+            text(wanted)
         )));
     }
     let ipam = Ipam::find(conf, env)?;

@@ -579,9 +579,21 @@ fn drops(cluster: &Cluster, n: usize, reason: &str) -> u64 {
 /// rest is counted as `egress_rate_limited`; TCP whose super-frames are
 /// larger than the burst still completes (shaped, not policed: see
 /// engine/src/egress_limit.rs); a daemon restarted after kill -9 keeps the
-/// limit; a bad limit is refused with nothing left.
+/// limit; a bad limit is refused with nothing left. The limit is the
+/// worker's, whatever reads the pod: both pod port kinds.
 #[test]
-fn the_bandwidth_capability_limits_what_a_pod_sends() {
+fn the_bandwidth_capability_limits_what_an_af_packet_pod_sends() {
+    bandwidth_limits_what_a_pod_sends("af-packet");
+}
+
+/// [`the_bandwidth_capability_limits_what_an_af_packet_pod_sends`] with
+/// AF_XDP pod ports.
+#[test]
+fn the_bandwidth_capability_limits_what_an_af_xdp_pod_sends() {
+    bandwidth_limits_what_a_pod_sends("af-xdp");
+}
+
+fn bandwidth_limits_what_a_pod_sends(kind: &str) {
     require(&[
         "ip",
         "ping",
@@ -590,7 +602,7 @@ fn the_bandwidth_capability_limits_what_a_pod_sends() {
         "/usr/lib/cni/bandwidth",
     ]);
     let mut cluster = Cluster::new("vxlan", "bridge", 0);
-    cluster.port_kind = "af-packet".into();
+    cluster.port_kind = kind.into();
     cluster.start(0, &[]);
     let ipam = IpamDir::new();
     // One version for the whole chain, as in a configuration list: the
@@ -701,7 +713,7 @@ fn the_bandwidth_capability_limits_what_a_pod_sends() {
     );
     assert!(
         (25..=100).contains(&got.len()),
-        "{} of 500 datagrams arrived; the burst allows about 38, the rate 48 a second",
+        "{kind}: {} of 500 datagrams arrived; the burst allows about 38, the rate 48 a second",
         got.len()
     );
     assert!(

@@ -483,6 +483,83 @@ mod tests {
         workers.stop();
     }
 
+    /// A pod over its egress limit: the burst goes at once, then a frame
+    /// each time the rate allows, for as long as the 25 ms queue lasts;
+    /// the rest is counted. Every frame of the pod's burst is accounted
+    /// for once it stops sending: a port whose held frames have left is
+    /// read again though no new frame wakes the worker for it.
+    #[test]
+    fn a_pod_over_its_egress_limit_is_paced_and_every_frame_accounted_for() {
+        use crate::egress_limit::RateLimit;
+
+        let tables = tables();
+        let mut spec = PortSpec::pod("veth1", IP1, MAC1);
+        // A 64-byte frame every 10 ms, three at once.
+        spec.egress_limit = Some(RateLimit {
+            bytes_per_sec: 6_400,
+            burst_bytes: 3 * 64,
+        });
+        let a = tables.attach_port(spec).unwrap();
+        let b = tables
+            .attach_port(PortSpec::pod("veth2", IP2, MAC2))
+            .unwrap();
+        tables.fdb.learn(MAC2, b, 1);
+        let workers =
+            Workers::spawn("test-worker", Arc::clone(&tables), options(), 1, &[]).unwrap();
+        let (a_port, a_wire) = socket_port("veth1", a);
+        let (b_port, b_wire) = socket_port("veth2", b);
+        workers.attach(a, a_port).unwrap();
+        workers.attach(b, b_port).unwrap();
+
+        let sent = 40;
+        let started = Instant::now();
+        for _ in 0..sent {
+            a_wire.send(&frame((MAC1, IP1), (MAC2, IP2))).unwrap();
+        }
+        let limited = || {
+            tables
+                .stats
+                .snapshot()
+                .drop_count(DropReason::EgressRateLimited)
+        };
+        let mut arrived = Vec::new();
+        let mut got = [0u8; 2048];
+        b_wire
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while arrived.len() as u64 + limited() < sent {
+            assert!(
+                Instant::now() < deadline,
+                "{} arrived, {} counted as egress_rate_limited, of {sent}: the rest were left unread",
+                arrived.len(),
+                limited()
+            );
+            if b_wire.recv(&mut got).is_ok() {
+                arrived.push(started.elapsed());
+            }
+        }
+        assert_eq!(arrived.len() as u64 + limited(), sent);
+        assert!(arrived.len() >= 5, "the burst and two held: {arrived:?}");
+        // Past the burst, at most one frame per 10 ms (less a millisecond
+        // for the release's timing).
+        let paced = &arrived[3..];
+        let span = paced[paced.len() - 1].saturating_sub(paced[0]);
+        assert!(
+            span >= Duration::from_millis(9 * (paced.len() as u64 - 1)),
+            "{arrived:?}"
+        );
+        let held = tables
+            .stats
+            .snapshot()
+            .ports
+            .iter()
+            .find(|(id, _)| *id == a)
+            .map_or(0, |(_, s)| s.egress_held);
+        assert!(held >= 2, "{held} held");
+        workers.stop();
+    }
+
     #[test]
     fn a_group_has_one_to_max_workers() {
         let tables = tables();

@@ -69,9 +69,10 @@ pub struct EgressBucket {
     limit: RateLimit,
     /// The burst as time at the rate.
     burst_ns: u64,
-    /// When the next frame would leave if the pod sent at exactly the rate
-    /// and the bucket were empty, in nanoseconds since `epoch`. At or
-    /// before now less the burst: the bucket is full.
+    /// The theoretical arrival time of the next frame (GCRA's TAT), in
+    /// nanoseconds since `epoch`: how far the pod has sent ahead of the
+    /// rate. At or before now the bucket is full; a frame of `n` bytes
+    /// conforms while it is at most the burst less `n` bytes' time ahead.
     next_ns: AtomicU64,
     epoch: Instant,
 }

@@ -51,8 +51,8 @@ pub struct PortSpec {
     /// container id, the CNI attachment this port is.
     pub ifname: Option<String>,
     /// The most a pod may send (the CNI bandwidth capability's egress
-    /// rate and burst); beyond it its frames are dropped as
-    /// `egress_rate_limited`.
+    /// rate and burst): past the burst its frames wait in the worker for
+    /// the rate (`egress_limit`, `worker::shaper`).
     pub egress_limit: Option<RateLimit>,
 }
 

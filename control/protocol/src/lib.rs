@@ -164,9 +164,12 @@ pub enum Request {
         /// default: the daemon's `port_kind` (af-packet).
         #[serde(default)]
         kind: Option<PodPortKind>,
-        /// The most the pod may send (default: no limit); beyond it the
-        /// daemon drops its frames, counted as `egress_rate_limited`.
-        #[serde(default)]
+        /// The most the pod may send (default: no limit): past the burst
+        /// the daemon holds its frames until the rate lets them go, and
+        /// drops one that would wait more than 25 ms, counted as
+        /// `egress_rate_limited`. Left out when there is none, so that a
+        /// daemon older than the field still takes the request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         egress_limit: Option<EgressLimit>,
     },
     /// Detach a port.
@@ -363,6 +366,36 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A port-add without a limit is written as before the field existed,
+    /// so a daemon that predates it (unknown fields are refused) still
+    /// takes it from a newer CNI plugin or podswitchctl.
+    #[test]
+    fn a_port_add_without_a_limit_leaves_the_field_out() {
+        let add = |egress_limit| Request::PortAdd {
+            interface: "veth1".into(),
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+            mac: "0a:58:0a:f4:01:02".parse().unwrap(),
+            container_id: None,
+            ifname: None,
+            anti_spoof: true,
+            kind: None,
+            egress_limit,
+        };
+        let line = serde_json::to_string(&add(None)).unwrap();
+        assert!(!line.contains("egress_limit"), "{line}");
+        let limit = EgressLimit {
+            rate_bits: 8_000,
+            burst_bits: 800,
+        };
+        let line = serde_json::to_string(&add(Some(limit))).unwrap();
+        assert!(
+            line.contains(r#""egress_limit":{"rate_bits":8000,"burst_bits":800}"#),
+            "{line}"
+        );
+        let back: Request = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, add(Some(limit)));
+    }
 
     #[test]
     fn round_trip_and_errors() {

@@ -55,6 +55,12 @@ impl OneShotTimer {
         Ok(())
     }
 
+    /// The descriptor, to wait for the expiry in epoll instead (it reads
+    /// as ready from the expiry until the next arm, which clears it).
+    pub fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
     /// Sleeps until the timer expires; a disarm before then does not end
     /// the sleep (timerfd_create(2)).
     pub fn wait(&self) -> io::Result<()> {

@@ -22,6 +22,7 @@ use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 use crate::pipeline::{Outputs, Pipeline};
 use crate::port::{Port, PortId};
 use crate::sys::sched::{self, ThreadClass};
+use crate::sys::timer::OneShotTimer;
 use crate::tables::Tables;
 
 /// Counts every frame of `frames`, bound for `port`, dropped for `reason`,
@@ -39,6 +40,9 @@ fn drop_all(
 
 /// File descriptors one port may ask to be polled.
 const FDS_PER_PORT: usize = 8;
+/// The release timer's token (the ports' are their number times
+/// [`FDS_PER_PORT`] and up; the waker's is the last).
+const RELEASE: Token = Token(usize::MAX - 1);
 /// While some port has frames waiting, epoll is asked once in this many
 /// turns of the loop.
 const POLL_EVERY_TURNS: u32 = 4;
@@ -105,6 +109,11 @@ pub(super) struct Loop {
     cpu: Option<usize>,
     /// Pods' frames waiting for their egress limit.
     shaper: Shaper,
+    /// Wakes the worker when the first held frame may leave, to the
+    /// nanosecond (epoll's own timeout counts whole milliseconds, which
+    /// would let a limited port move one batch a millisecond); made when
+    /// first needed, with the instant it is armed for.
+    release_timer: Option<(OneShotTimer, Option<Instant>)>,
 }
 
 impl Loop {
@@ -136,6 +145,7 @@ impl Loop {
             guard: None,
             options,
             shaper: Shaper::default(),
+            release_timer: None,
         }
     }
 
@@ -247,7 +257,11 @@ impl Loop {
                 // Held frames wake it when the first may leave.
                 if let Some(leaves) = self.shaper.next_release() {
                     let wait = leaves.saturating_duration_since(now);
-                    timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+                    if wait.is_zero() {
+                        timeout = Some(Duration::ZERO);
+                    } else if timeout != Some(Duration::ZERO) && !self.arm_release(leaves, wait) {
+                        timeout = Some(timeout.map_or(wait, |t| t.min(wait)));
+                    }
                 }
                 // Before a wait that may sleep, the other workers are told
                 // to wake this one for its mail (see `handoff`).
@@ -278,7 +292,9 @@ impl Loop {
                     }
                 }
                 for event in &events {
-                    if event.token() == WAKER {
+                    if event.token() == RELEASE {
+                        // Held frames are due: released below.
+                    } else if event.token() == WAKER {
                         if !self.commands() {
                             // Out of the idle class before it stops: the
                             // ports' teardown must not wait behind pods.
@@ -299,8 +315,10 @@ impl Loop {
                 }
             }
             let mut moved = self.deliver_mail(&mut mail) > 0;
-            if self.shaper.next_release().is_some() {
-                moved |= self.release_held(&mut batch, &mut out);
+            // Held frames leaving are not packets arriving: they stay out
+            // of the spin window's measure of the gaps between packets.
+            if self.shaper.next_release().is_some() && self.release_held(&mut batch, &mut out) {
+                self.spin_class(None);
             }
             let mut i = 0;
             while i < self.ready_list.len() {
@@ -420,6 +438,36 @@ impl Loop {
             &mut self.pool,
         );
         self.shaper.is_holding(id)
+    }
+
+    /// Arms the release timer for `leaves` (`wait` from now), unless it
+    /// already is; false if there is no timer (epoll's timeout does).
+    fn arm_release(&mut self, leaves: Instant, wait: Duration) -> bool {
+        if self.release_timer.is_none() {
+            match OneShotTimer::new().and_then(|timer| {
+                let fd = timer.as_raw_fd();
+                self.poll
+                    .registry()
+                    .register(&mut SourceFd(&fd), RELEASE, Interest::READABLE)
+                    .map(|()| timer)
+            }) {
+                Ok(timer) => self.release_timer = Some((timer, None)),
+                Err(e) => {
+                    eprintln!("podswitch worker: no release timer ({e}); held frames leave on epoll's millisecond timeout");
+                    return false;
+                }
+            }
+        }
+        let Some((timer, armed)) = &mut self.release_timer else {
+            return false;
+        };
+        if *armed != Some(leaves) {
+            if timer.arm(wait).is_err() {
+                return false;
+            }
+            *armed = Some(leaves);
+        }
+        true
     }
 
     /// Stops reading the port at `ready_list[i]` until its held frames

@@ -8,8 +8,11 @@
 //! per port. Frames that would wait longer than the plugin's queue
 //! (`QUEUE_LIMIT`) are dropped and counted as `egress_rate_limited`, and
 //! so are frames that must wait while the worker already holds
-//! [`MAX_HELD`] (the pool's super-frame buffers are shared with every
-//! other port).
+//! [`MAX_HELD`], or super-frames past [`MAX_HELD_LARGE`] (the pool's
+//! super-frame buffers, 256 by default, serve every port of every
+//! worker). While a port waits, what the pod sends waits in its socket's
+//! queue; past that queue the kernel drops it, and the port counts those
+//! drops as `rx_queue_full`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -20,8 +23,13 @@ use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
 use crate::port::PortId;
 use crate::stats::{OffloadEvent, Stats};
 
-/// The most frames a worker holds for every port together.
+/// The most frames a worker holds for every port together (a port holds
+/// at most about one batch: it is not read while it holds any).
 pub(super) const MAX_HELD: usize = 4 * BATCH_SIZE;
+/// The most super-frame buffers a worker holds: an eighth of the pool's
+/// default 256, so that a few limited pods sending TCP cannot starve the
+/// other ports of buffers for super-frames.
+pub(super) const MAX_HELD_LARGE: usize = BATCH_SIZE;
 
 /// A frame and when it may leave.
 struct Held {
@@ -39,6 +47,8 @@ pub(super) struct Shaper {
     holding: Vec<PortId>,
     /// Frames held, every port's.
     count: usize,
+    /// Of those, super-frame buffers.
+    large: usize,
     /// Where `shape` goes through a batch from.
     incoming: Vec<PacketBuf>,
 }
@@ -58,18 +68,15 @@ impl Shaper {
         pool: &mut PacketPool,
     ) {
         // The batch's frames are gone through from a second vector, kept
-        // between calls, so that no call allocates.
+        // between calls: after the first few calls, none allocates.
         let mut incoming = std::mem::take(&mut self.incoming);
         std::mem::swap(batch, &mut incoming);
         let mut waiting = self.is_holding(port);
         let mut dropped = 0;
         let held_before = self.count;
         for frame in incoming.drain(..) {
-            let longest = if self.count < MAX_HELD {
-                QUEUE_LIMIT
-            } else {
-                Duration::ZERO
-            };
+            let room = self.count < MAX_HELD && (!frame.is_large() || self.large < MAX_HELD_LARGE);
+            let longest = if room { QUEUE_LIMIT } else { Duration::ZERO };
             match bucket.schedule(wire_bytes(&frame), now, longest) {
                 Departure::Now if !waiting => batch.push(frame),
                 // Paid for, but behind a frame that waits.
@@ -102,6 +109,7 @@ impl Shaper {
         if self.held[index].is_empty() {
             self.holding.push(port);
         }
+        self.large += usize::from(frame.is_large());
         self.held[index].push_back(Held { leaves, frame });
         self.count += 1;
     }
@@ -139,6 +147,7 @@ impl Shaper {
         let queue = &mut self.held[usize::from(port.0)];
         while queue.front().is_some_and(|h| h.leaves <= now) {
             let held = queue.pop_front().expect("a front");
+            self.large -= usize::from(held.frame.is_large());
             batch.push(held.frame);
             self.count -= 1;
         }
@@ -156,6 +165,7 @@ impl Shaper {
         };
         let n = queue.len();
         for held in queue.drain(..) {
+            self.large -= usize::from(held.frame.is_large());
             pool.free(held.frame);
         }
         self.count -= n;
@@ -248,6 +258,39 @@ mod tests {
         assert_eq!(shaper.release(last, &mut batch), Some((port, false)));
         assert_eq!(tags(&batch), [9]);
         pool.free_all(&mut batch);
+    }
+
+    #[test]
+    fn a_worker_holds_at_most_max_held_large_super_frame_buffers() {
+        let mut pool = PacketPool::with_large(8, 2048, 4 * MAX_HELD_LARGE);
+        let stats = Stats::new(8);
+        // 1 MB/s, a frame's worth of burst: every later frame must wait.
+        let p = EgressBucket::new(RateLimit {
+            bytes_per_sec: 1_000_000,
+            burst_bytes: 64,
+        });
+        let mut shaper = Shaper::default();
+        let now = Instant::now();
+        for port in 1..=3u16 {
+            let mut batch: Vec<PacketBuf> = (0..MAX_HELD_LARGE)
+                .map(|_| {
+                    let mut buf = pool.alloc_large(PortId(port)).unwrap();
+                    assert!(buf.set(&[0; 64]));
+                    buf
+                })
+                .collect();
+            shaper.shape(PortId(port), &p, &mut batch, now, &stats, &mut pool);
+            pool.free_all(&mut batch);
+        }
+        assert_eq!(
+            shaper.large, MAX_HELD_LARGE,
+            "the cap on super-frame buffers"
+        );
+        for port in 1..=3u16 {
+            shaper.forget(PortId(port), &mut pool);
+        }
+        assert_eq!((shaper.large, shaper.count), (0, 0));
+        assert_eq!(pool.in_use(), 0);
     }
 
     #[test]

@@ -35,7 +35,6 @@ mod underlay;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use podswitch_encap::ethernet::{self, EtherType};
 use podswitch_encap::MacAddr;
@@ -146,8 +145,6 @@ struct Ctx<'a> {
     tables: &'a Tables,
     snap: &'a Snapshot,
     now: u32,
-    /// The batch's instant, for the pods' egress buckets.
-    clock: Instant,
     /// Learn into the FDB and neighbour table (off in a trace).
     learning: bool,
 }
@@ -205,7 +202,6 @@ impl Pipeline {
             tables: &tables,
             snap: &snap,
             now,
-            clock: Instant::now(),
             learning: true,
         };
         // Receive counters once per run of frames from one port.
@@ -322,7 +318,6 @@ impl Pipeline {
             tables: &tables,
             snap: &snap,
             now,
-            clock: Instant::now(),
             learning: false,
         };
         let mut pool = PacketPool::with_large(64, crate::packet::DEFAULT_BUF_SIZE, 4);

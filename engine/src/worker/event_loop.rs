@@ -339,20 +339,14 @@ impl Loop {
                 // A pod over its egress limit: what must wait is held,
                 // and the port is not read again until it has left.
                 let holding = !batch.is_empty() && self.shape(id, &mut batch);
-                if batch.is_empty() {
-                    // Everything read was dropped in the port (counted
-                    // there) or held; the port stays ready for what
-                    // follows, unless it waits for its held frames.
-                    if holding {
-                        self.park(i);
-                    } else {
-                        self.forwarded(id);
-                        i += 1;
-                    }
-                    continue;
+                // An empty batch: everything read was dropped in the port
+                // (counted there) or held.
+                if !batch.is_empty() {
+                    moved = true;
+                    self.forward(&mut batch, &mut out);
                 }
-                moved = true;
-                self.forward(&mut batch, &mut out);
+                // The port stays ready for what follows, unless it waits
+                // for its held frames.
                 if holding {
                     self.park(i);
                 } else {

@@ -20,7 +20,7 @@ mod common;
 
 use common::cluster::{Cluster, MODES};
 use common::traffic::{
-    kernel_counter, ping, tcp_transfer, traffic_matrix, udp_gso_datagrams, TCP_BYTES,
+    kernel_counter, ping, tcp_transfer, traffic_matrix, udp_burst, udp_gso_datagrams, TCP_BYTES,
 };
 use common::{require, Capture, Netns};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -896,6 +896,123 @@ fn a_batch_leaves_as_datagrams_tshark_verifies() {
             "UDP checksums good, outer and inner: {text}"
         );
         assert_eq!(line[7], "", "malformed: {text}");
+    }
+}
+
+/// A burst of one flow's small datagrams between two pods of a node
+/// leaves podswitch for the receiving pod in a few writes, each one
+/// super-datagram (`GSO_UDP_L4`) that the pod's kernel cuts back into
+/// the datagrams: every one reaches the pod's socket intact, once and in
+/// order, with no UDP checksum error counted by the pod's kernel, and the
+/// pod's eth0 counts fewer frames than datagrams (its own count, not
+/// podswitch's). With the segmentation and checksum offloads of the
+/// pod's host-side veth off, the node's kernel cuts each super-datagram
+/// in software before the veth, and tshark reads every datagram in the
+/// pod with its own lengths and IPv4 and UDP checksums that verify.
+#[test]
+fn a_flows_datagrams_reach_a_pod_in_few_writes_and_arrive_intact() {
+    require(&[
+        "ip",
+        "ping",
+        "/usr/bin/python3",
+        "kill",
+        "nstat",
+        "tcpdump",
+        "tshark",
+        "ethtool",
+    ]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 2);
+    cluster.port_kind = "af-packet".into();
+    cluster.start_all();
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    assert_eq!(a.node, b.node, "two pods of one node");
+    assert!(ping(&a.ns, &b.ip, 2), "{}", cluster.logs());
+    let node = &cluster.nodes[a.node];
+    let daemon = node.daemon.as_ref().expect("podswitchd running");
+    let count: u32 = 64;
+    let rx_packets = || -> u64 {
+        let out =
+            b.ns.exec("cat", &["/sys/class/net/eth0/statistics/rx_packets"]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    // The sending pod's frames wait in its port's socket while the
+    // daemon is stopped, so that it reads the burst in full batches.
+    let burst = |label: &str| -> (u64, u64) {
+        let (batched, frames) = (
+            node.port_counter(&b.host_if, "datagrams_batched"),
+            rx_packets(),
+        );
+        let got = udp_burst(&a.ns, &b.ns, &b.ip, count, 200, |stop| daemon.hold(stop));
+        assert_eq!(
+            got,
+            (0..i64::from(count)).collect::<Vec<_>>(),
+            "{label}: every datagram, intact, once, in order\n{}",
+            where_lost(&cluster, &b.ns)
+        );
+        (
+            node.port_counter(&b.host_if, "datagrams_batched") - batched,
+            rx_packets() - frames,
+        )
+    };
+    let _ = b.ns.exec("nstat", &["-n"]);
+    let (batched, frames) = burst("default offloads");
+    assert!(
+        batched >= u64::from(count) / 2,
+        "{batched} of {count} datagrams left in batches\n{}",
+        node.ctl_json(&["stats"])
+    );
+    assert!(
+        frames <= u64::from(count) / 2,
+        "the pod's eth0 took {frames} frames for {count} datagrams"
+    );
+    assert_eq!(
+        kernel_counter(&b.ns, "UdpInCsumErrors"),
+        0,
+        "UDP checksum errors"
+    );
+
+    let off = node.ns.exec(
+        "ethtool",
+        &[
+            "-K",
+            &b.host_if,
+            "tx-udp-segmentation",
+            "off",
+            "tx-checksumming",
+            "off",
+        ],
+    );
+    assert!(off.status.success(), "ethtool: {off:?}");
+    let capture = Capture::start(&b.ns, "eth0", count as usize, "udp dst port 5301");
+    let (batched, _) = burst("cut by the node's kernel");
+    assert!(
+        batched >= u64::from(count) / 2,
+        "{batched} of {count} in batches"
+    );
+    let frames = capture.finish(Duration::from_secs(10));
+    let lines = common::tshark_fields(
+        &frames,
+        &[],
+        &[
+            "frame.protocols",
+            "udp.length",
+            "ip.checksum.status",
+            "udp.checksum.status",
+            "_ws.malformed",
+        ],
+    );
+    let text = format!("{lines:?}");
+    assert_eq!(
+        lines.len(),
+        count as usize,
+        "{count} datagrams in the pod:\n{text}"
+    );
+    for line in &lines {
+        assert_eq!(line[0], "eth:ethertype:ip:udp:data", "{text}");
+        assert_eq!(line[1], "208", "each datagram its own length: {text}");
+        assert_eq!(line[2], "1", "IPv4 checksum good: {text}");
+        assert_eq!(line[3], "1", "UDP checksum good: {text}");
+        assert_eq!(line[4], "", "malformed: {text}");
     }
 }
 

@@ -291,7 +291,7 @@ impl Collector for Metrics {
             ),
             (
                 "podswitch_port_datagrams_batched",
-                "Small tunnel datagrams of one flow sent together, one UDP_SEGMENT write per batch.",
+                "Small datagrams of one flow sent together, one write per batch that the kernel cuts.",
                 |s| s.datagrams_batched,
             ),
             (

@@ -290,6 +290,112 @@ pub fn cut_big_tcp(
     Ok(count)
 }
 
+/// Merges each run of one flow's small UDP datagrams in `batch`
+/// ([`udp_run_len`]) into one UDP super-datagram (`GSO_UDP_L4`), in
+/// place of the run, for a port whose receiver cuts it back into the same
+/// datagrams: an AF_PACKET pod port, whose pod's kernel cuts it where it
+/// hands the datagrams to a socket (`udp_rcv_segment`), or the host-gw
+/// socket. One skb then crosses the veth and the receiving stack where
+/// each datagram took one, as the kernel's own UDP GRO hands a socket
+/// that asked for it (`UDP_GRO`) one skb per flow and NAPI poll. Returns
+/// `(super-datagrams made, datagrams merged into them)`; `datagrams`
+/// gets how many datagrams each frame of `batch` now carries (1 for a
+/// frame left alone), for a caller that counts what a refused send lost.
+///
+/// The run's payloads are copied behind the first datagram when its
+/// buffer has room (small datagrams: no buffer taken), else into a
+/// super-frame buffer; with none free, the run goes as it came.
+pub fn coalesce_udp_runs(
+    batch: &mut Vec<PacketBuf>,
+    pool: &mut PacketPool,
+    datagrams: &mut Vec<usize>,
+) -> (usize, usize) {
+    let (mut made, mut merged) = (0, 0);
+    datagrams.clear();
+    let mut at = 0;
+    while at < batch.len() {
+        let run = udp_run_len(
+            batch[at..]
+                .iter()
+                .take_while(|buf| leaves_whole_as_a_datagram(buf))
+                .map(PacketBuf::frame),
+        );
+        if run > 1 && merge_udp_run(batch, at, run, pool) {
+            made += 1;
+            merged += run;
+            datagrams.push(run);
+            at += 1;
+        } else {
+            let alone = run.max(1);
+            datagrams.resize(datagrams.len() + alone, 1);
+            at += alone;
+        }
+    }
+    (made, merged)
+}
+
+/// True if a frame carries no offload a UDP super-datagram could not
+/// keep: no segmentation, and a partial checksum only at the UDP
+/// checksum of an untagged IPv4 frame without options.
+#[inline]
+fn leaves_whole_as_a_datagram(buf: &PacketBuf) -> bool {
+    let offload = buf.offload();
+    offload.gso.is_none()
+        && offload.partial_csum.map_or(true, |c| {
+            buf.frame_offset(c.start) == Some(ETH_LEN + 20) && c.offset == 6
+        })
+}
+
+/// Replaces `batch[at..at + run]` with one super-datagram carrying every
+/// payload behind the first's headers ([`udp_batch_headers`]), freeing
+/// the others. False, with nothing changed, if no buffer can hold it.
+fn merge_udp_run(batch: &mut Vec<PacketBuf>, at: usize, run: usize, pool: &mut PacketPool) -> bool {
+    let members = &batch[at..at + run];
+    let segment = members[0].len() - UDP_BATCH_HEADERS;
+    let payload_len: usize = members.iter().map(|b| b.len() - UDP_BATCH_HEADERS).sum();
+    let Some((headers, _)) = udp_batch_headers(members[0].frame(), payload_len, segment as u16)
+    else {
+        return false;
+    };
+    let whole_len = UDP_BATCH_HEADERS + payload_len;
+    if !members[0].has_room_for(whole_len) {
+        let Some(mut large) = pool.alloc_large(members[0].in_port) else {
+            return false;
+        };
+        if !large.set(members[0].frame()) {
+            pool.free(large);
+            return false;
+        }
+        let first = std::mem::replace(&mut batch[at], large);
+        pool.free(first);
+    }
+    let (first, rest) = batch[at..at + run].split_at_mut(1);
+    let whole = &mut first[0];
+    for member in rest.iter() {
+        // Cannot fail: the buffer has room for the whole.
+        let _ = whole.append(&member.frame()[UDP_BATCH_HEADERS..]);
+    }
+    whole.frame_mut()[..UDP_BATCH_HEADERS].copy_from_slice(&headers);
+    let offload = Offload {
+        gso: Some(Gso {
+            kind: GsoKind::UdpL4,
+            size: segment as u16,
+            ecn: false,
+            header_len: (UDP_BATCH_HEADERS - ETH_LEN) as u16,
+        }),
+        partial_csum: Some(PartialChecksum {
+            start: whole.position(ETH_LEN + 20),
+            offset: 6,
+        }),
+        l3: whole.position(ETH_LEN),
+    };
+    whole.set_offload(offload);
+    for member in batch.drain(at + 1..at + run) {
+        pool.free(member);
+    }
+    true
+}
+
 /// Marks what a socket could not say about the IPv4 packet at frame offset
 /// `l3` of `buf` (a decapsulated packet from a UDP or raw socket, which
 /// reports no offloads): a partial transport checksum becomes
@@ -592,6 +698,125 @@ mod carried {
         assert!(buf.offload().is_none());
         pool.free(buf);
         let _ = hdr;
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    /// A datagram of one flow built by etherparse, with `ident` and DF.
+    fn udp_datagram(port: u16, ident: u16, dont_fragment: bool, payload: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([10, 244, 1, 2], [10, 244, 1, 3], 64)
+            .udp(40000, port)
+            .write(&mut frame, payload)
+            .unwrap();
+        frame[18..20].copy_from_slice(&ident.to_be_bytes());
+        frame[20] = if dont_fragment { 0x40 } else { 0 };
+        frame[24..26].fill(0);
+        let sum = checksum::checksum(&frame[14..34]);
+        frame[24..26].copy_from_slice(&sum.to_be_bytes());
+        frame
+    }
+
+    /// What the receiving kernel cuts a frame sent with its virtio-net
+    /// header into.
+    fn cut_as_sent(buf: &PacketBuf) -> Vec<Vec<u8>> {
+        let hdr = vnet_header_for(buf).expect("a virtio-net header describes it");
+        let segmenter = Segmenter::new(buf.frame(), &hdr).unwrap();
+        (0..segmenter.count())
+            .map(|i| {
+                let mut d = vec![0; segmenter.max_segment_len()];
+                let len = segmenter.write(buf.frame(), i, &mut d).unwrap();
+                d.truncate(len);
+                d
+            })
+            .collect()
+    }
+
+    /// Runs of one flow's datagrams become one super-datagram each, the
+    /// small one in its first buffer, the large one in a super-frame
+    /// buffer; what a receiver cuts from them is what was sent (but for
+    /// the identifications of DF datagrams); everything else keeps its
+    /// place; no buffer is lost.
+    #[test]
+    fn a_flows_datagrams_leave_as_one_super_datagram_and_cut_back_as_they_were() {
+        let mut pool = pool();
+        let small: Vec<Vec<u8>> = (0..6)
+            .map(|k| udp_datagram(5353, 0, true, &[k as u8; 18]))
+            .collect();
+        let large: Vec<Vec<u8>> = (0..3u16)
+            .map(|k| udp_datagram(443, 900 + k, false, &vec![k as u8; 1400]))
+            .collect();
+        let (tcp, _) = tso_frame(&[7; 100], false);
+        let mut batch: Vec<PacketBuf> = small[..5]
+            .iter()
+            .chain([&tcp])
+            .chain(&large)
+            .chain([&small[5]])
+            .map(|f| received(&mut pool, f))
+            .collect();
+        // One of the small ones as a sender on the node leaves it: its
+        // UDP checksum partial, and said so.
+        let partial = &mut batch[2];
+        let pseudo = checksum::fold(pseudo_header(&partial.frame()[14..34], 26));
+        partial.frame_mut()[40..42].copy_from_slice(&pseudo.to_be_bytes());
+        let start = partial.position(34);
+        partial.set_offload(Offload {
+            partial_csum: Some(PartialChecksum { start, offset: 6 }),
+            ..Offload::default()
+        });
+        let mut datagrams = Vec::new();
+        let made = coalesce_udp_runs(&mut batch, &mut pool, &mut datagrams);
+        assert_eq!(made, (2, 8));
+        assert_eq!(datagrams, [5, 1, 3, 1]);
+        assert_eq!(batch.len(), 4);
+        assert_eq!(pool.in_use(), 4, "the merged-away buffers are back");
+        assert!(!batch[0].is_large() && batch[2].is_large());
+        let hdr = vnet_header_for(&batch[0]).unwrap();
+        assert_eq!(
+            (
+                hdr.gso_type,
+                hdr.gso_size,
+                hdr.hdr_len,
+                hdr.csum_start,
+                hdr.csum_offset
+            ),
+            (GSO_UDP_L4, 18, 42, 34, 6)
+        );
+        for (cut, sent) in cut_as_sent(&batch[0]).iter().zip(&small) {
+            let mut cut = cut.clone();
+            cut[18..20].fill(0);
+            cut[24..26].fill(0);
+            let sum = checksum::checksum(&cut[14..34]);
+            cut[24..26].copy_from_slice(&sum.to_be_bytes());
+            assert_eq!(&cut, sent);
+        }
+        assert_eq!(cut_as_sent(&batch[0]).len(), 5);
+        assert_eq!(batch[1].frame(), &tcp[..]);
+        assert_eq!(cut_as_sent(&batch[2]), large);
+        assert_eq!(batch[3].frame(), &small[5][..]);
+        assert!(batch[3].offload().is_none());
+        pool.free_all(&mut batch);
+        assert_eq!(pool.in_use(), 0);
+    }
+
+    /// With no super-frame buffer free, a run too long for its first
+    /// buffer goes as it came.
+    #[test]
+    fn a_run_with_no_buffer_to_hold_it_goes_as_it_came() {
+        let mut pool = PacketPool::with_large(16, 2048, 0);
+        let large: Vec<Vec<u8>> = (0..3u16)
+            .map(|k| udp_datagram(443, 900 + k, false, &vec![k as u8; 1400]))
+            .collect();
+        let mut batch: Vec<PacketBuf> = large.iter().map(|f| received(&mut pool, f)).collect();
+        let mut datagrams = Vec::new();
+        assert_eq!(
+            coalesce_udp_runs(&mut batch, &mut pool, &mut datagrams),
+            (0, 0)
+        );
+        assert_eq!(datagrams, [1, 1, 1]);
+        let frames: Vec<&[u8]> = batch.iter().map(PacketBuf::frame).collect();
+        assert_eq!(frames, large.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        pool.free_all(&mut batch);
         assert_eq!(pool.in_use(), 0);
     }
 }

@@ -173,6 +173,25 @@ impl PacketBuf {
         self.bytes[HEADROOM..self.end].copy_from_slice(data);
         true
     }
+    /// True if the buffer can hold a frame of `len` bytes where this one
+    /// starts.
+    #[inline]
+    pub fn has_room_for(&self, len: usize) -> bool {
+        self.start + len <= self.bytes.len()
+    }
+
+    /// Grows the frame by `data` at its end. Returns false (and leaves the
+    /// frame as it was) if the buffer has no room for it.
+    #[inline]
+    pub fn append(&mut self, data: &[u8]) -> bool {
+        let Some(area) = self.bytes.get_mut(self.end..self.end + data.len()) else {
+            return false;
+        };
+        area.copy_from_slice(data);
+        self.end += data.len();
+        true
+    }
+
     /// Cuts the frame to `len` bytes (Ethernet padding after an IPv4
     /// packet's total length, for instance).
     #[inline]

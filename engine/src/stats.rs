@@ -34,8 +34,9 @@ pub enum OffloadEvent {
     /// super-frames of at most 64 KiB for a next hop that cannot take it
     /// whole (a tunnel, the host port, the underlay).
     BigTcpCut,
-    /// Small tunnel datagrams of one flow sent together, as one
-    /// `UDP_SEGMENT` write the kernel cuts as late as it can (a batch).
+    /// Small datagrams of one flow sent together, as one write the kernel
+    /// cuts as late as it can (a batch): tunnel datagrams on the
+    /// underlay, a flow's datagrams into a pod ([`crate::offload::coalesce_udp_runs`]).
     DatagramsBatched,
     /// A pod's frame held until its egress limit let it leave (not an
     /// offload: the path a frame took all the same).
@@ -84,8 +85,8 @@ pub struct PortStats {
     pub coalesced: u64,
     /// BIG TCP super-frames received here and cut into 64 KiB ones.
     pub big_tcp_cut: u64,
-    /// Small tunnel datagrams sent in batches of one flow, each batch one
-    /// `UDP_SEGMENT` write (each datagram counts once in `tx_packets`).
+    /// Small datagrams of one flow sent in batches, each batch one write
+    /// the kernel cuts (each datagram counts once in `tx_packets`).
     pub datagrams_batched: u64,
     /// Frames of a pod that waited for its egress limit before they went
     /// on (each also counts once in `rx_packets`).

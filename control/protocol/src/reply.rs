@@ -251,8 +251,9 @@ pub struct PortCounters {
     /// most 64 KiB for a next hop whose IPv4 lengths stop there.
     #[serde(default)]
     pub big_tcp_cut: u64,
-    /// Small tunnel datagrams of one flow sent together, a batch per
-    /// `UDP_SEGMENT` write, which the kernel cuts as late as it can.
+    /// Small datagrams of one flow sent together, a batch per write,
+    /// which the kernel cuts as late as it can (tunnel datagrams on the
+    /// underlay, a flow's datagrams into a pod).
     #[serde(default)]
     pub datagrams_batched: u64,
     /// Frames of a pod that waited for its egress limit before they went

@@ -31,7 +31,9 @@
 //! [`settle_outer_udp_checksum`] settles a tunnel's outer UDP checksum as
 //! the receiving kernel would, and [`coalesce_datagrams`] merges a UDP GRO
 //! burst of one TCP flow back into one super-frame, as the kernel's TCP GRO
-//! and wireguard-go do.
+//! and wireguard-go do. On send, [`udp_run_len`] finds the consecutive
+//! datagrams of one UDP flow that can leave as one super-datagram
+//! ([`udp_batch_headers`]), under the rules of the kernel's UDP GRO.
 
 use core::fmt;
 use std::net::Ipv4Addr;
@@ -278,6 +280,121 @@ pub fn udp_batch_headers(
         csum_offset: 6,
     };
     Some((h, vnet))
+}
+
+/// Most datagrams one UDP super-datagram may carry: what `UDP_SEGMENT`
+/// takes on every kernel that has it (`UDP_MAX_SEGMENTS`, 64 before
+/// Linux 5.7 and 128 since).
+pub const MAX_UDP_SEGMENTS: usize = 64;
+/// Most UDP payload bytes one IPv4 datagram can carry.
+pub const MAX_UDP_PAYLOAD: usize = 65_507;
+
+/// The fields of an untagged Ethernet/IPv4/UDP datagram that decide
+/// whether it continues a run of its flow.
+struct UdpDatagramView {
+    ident: u16,
+    dont_fragment: bool,
+    payload_len: usize,
+}
+
+/// The datagram `frame` holds, if it is one a UDP super-datagram can
+/// carry: IPv4 without options, not a fragment, UDP with a payload, and
+/// lengths that agree with the frame's (no Ethernet padding).
+fn udp_datagram_view(frame: &[u8]) -> Option<UdpDatagramView> {
+    let ip = frame.get(ETH_LEN..)?;
+    if frame.get(12..14)? != [0x08, 0x00] || ip.len() <= 28 || ip[0] != 0x45 || ip[9] != 17 {
+        return None;
+    }
+    // Reserved bit, MF and fragment offset all zero; DF either way.
+    if u16::from_be_bytes([ip[6], ip[7]]) & !0x4000 != 0 {
+        return None;
+    }
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let udp_len = usize::from(u16::from_be_bytes([ip[24], ip[25]]));
+    if total != ip.len() || udp_len + 20 != total {
+        return None;
+    }
+    Some(UdpDatagramView {
+        ident: u16::from_be_bytes([ip[4], ip[5]]),
+        dont_fragment: ip[6] & 0x40 != 0,
+        payload_len: udp_len - 8,
+    })
+}
+
+/// True if `frame` carries what `first` does in every header field a UDP
+/// super-datagram's datagrams share: Ethernet addresses, IPv4 TOS
+/// (ECN included), flags, TTL, protocol and addresses, UDP ports.
+fn same_udp_flow(first: &[u8], frame: &[u8]) -> bool {
+    let ip = ETH_LEN;
+    frame[..ETH_LEN] == first[..ETH_LEN]
+        && frame[ip + 1] == first[ip + 1]
+        && frame[ip + 6] == first[ip + 6]
+        && frame[ip + 8..ip + 10] == first[ip + 8..ip + 10]
+        && frame[ip + 12..ip + 24] == first[ip + 12..ip + 24]
+}
+
+/// True if the IPv4 header checksum of a datagram [`udp_datagram_view`]
+/// accepted verifies, and its UDP checksum verifies or is partial (left
+/// for the device by a sender on this node). A datagram without a UDP
+/// checksum, or with a wrong one, is not merged: the merged whole gets a
+/// checksum that would vouch for bytes nobody vouched for.
+fn udp_checksums_hold(frame: &[u8]) -> bool {
+    let ip = &frame[ETH_LEN..ETH_LEN + 20];
+    checksum::fold(checksum::accumulate(0, ip)) == 0xffff
+        && matches!(
+            check_l4(frame, ETH_LEN),
+            L4Checksum::Valid | L4Checksum::Partial
+        )
+}
+
+/// How many of `frames`, from the first, can go as one UDP
+/// super-datagram that the receiving kernel cuts back into the same
+/// datagrams (`SKB_GSO_UDP_L4`; [`udp_batch_headers`] writes its
+/// headers): consecutive datagrams of one flow ([`same_udp_flow`]) with
+/// one payload length, but for the last, which may be shorter, whose
+/// checksums hold, at most [`MAX_UDP_SEGMENTS`] of them and
+/// [`MAX_UDP_PAYLOAD`] bytes in all. The rules are the kernel's UDP GRO's
+/// (`udp_gro_receive_segment`, `inet_gro_flush`): the segmentation gives
+/// the datagrams the first's IPv4 identification plus one each, so
+/// without DF the identifications must already run so; with DF (atomic
+/// datagrams, whose identification means nothing, RFC 6864 §4.1) they
+/// may be anything. 1 if the first goes alone, 0 if there is none.
+pub fn udp_run_len<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> usize {
+    let mut frames = frames.into_iter();
+    let Some(first_frame) = frames.next() else {
+        return 0;
+    };
+    let Some(first) = udp_datagram_view(first_frame) else {
+        return 1;
+    };
+    let (mut count, mut bytes) = (1, first.payload_len);
+    for frame in frames {
+        let Some(view) = udp_datagram_view(frame) else {
+            break;
+        };
+        let continues = count < MAX_UDP_SEGMENTS
+            && same_udp_flow(first_frame, frame)
+            && (first.dont_fragment || view.ident == first.ident.wrapping_add(count as u16))
+            && view.payload_len <= first.payload_len
+            && bytes + view.payload_len <= MAX_UDP_PAYLOAD;
+        if !continues {
+            break;
+        }
+        // Checksums last, and the first's only once a second continues
+        // it: a datagram that goes alone costs no pass over its payload.
+        if count == 1 && !udp_checksums_hold(first_frame) {
+            return 1;
+        }
+        if !udp_checksums_hold(frame) {
+            break;
+        }
+        count += 1;
+        bytes += view.payload_len;
+        if view.payload_len < first.payload_len {
+            break;
+        }
+    }
+    count
 }
 
 /// Why an offloaded frame cannot be completed.

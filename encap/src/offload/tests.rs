@@ -582,3 +582,190 @@ fn a_batchs_headers_cut_into_datagrams_that_verify() {
     assert!(udp_batch_headers(&first[..41], total, 100).is_none());
     assert!(udp_batch_headers(&first, 65_536, 100).is_none());
 }
+
+// ---- a flow's UDP datagrams as one super-datagram ---------------------------
+
+/// A datagram of one flow, as a pod sends it, built by etherparse: the
+/// IPv4 identification `ident`, DF as asked, and full checksums.
+fn pod_datagram(ident: u16, dont_fragment: bool, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 244, 1, 2], [10, 244, 1, 3], 64)
+        .udp(40000, 5353)
+        .write(&mut frame, payload)
+        .unwrap();
+    frame[18..20].copy_from_slice(&ident.to_be_bytes());
+    frame[20] = if dont_fragment { 0x40 } else { 0 };
+    refresh_ipv4_checksum(&mut frame);
+    frame
+}
+
+fn refresh_ipv4_checksum(frame: &mut [u8]) {
+    frame[24..26].fill(0);
+    let sum = checksum::checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// `datagrams` merged as the engine merges a run: the first's headers
+/// from [`udp_batch_headers`], then every payload.
+fn merged(datagrams: &[Vec<u8>]) -> (Vec<u8>, VnetHeader) {
+    let segment = datagrams[0].len() - UDP_BATCH_HEADERS;
+    let payloads: Vec<u8> = datagrams
+        .iter()
+        .flat_map(|d| d[UDP_BATCH_HEADERS..].iter().copied())
+        .collect();
+    let (headers, vnet) = udp_batch_headers(&datagrams[0], payloads.len(), segment as u16).unwrap();
+    (headers.iter().copied().chain(payloads).collect(), vnet)
+}
+
+/// Cuts a super-datagram as the receiving kernel does (the segmenter
+/// follows `__udp_gso_segment` and `inet_gso_segment`).
+fn cut(whole: &[u8], vnet: &VnetHeader) -> Vec<Vec<u8>> {
+    let segmenter = Segmenter::new(whole, vnet).unwrap();
+    (0..segmenter.count())
+        .map(|i| {
+            let mut d = vec![0; segmenter.max_segment_len()];
+            let len = segmenter.write(whole, i, &mut d).unwrap();
+            d.truncate(len);
+            d
+        })
+        .collect()
+}
+
+proptest::proptest! {
+    /// A flow's datagrams (etherparse's), merged into one
+    /// super-datagram and cut again as the kernel cuts it, are the same
+    /// datagrams byte for byte when their identifications run on by one;
+    /// with DF only their identifications may differ (RFC 6864 §4.1).
+    #[test]
+    fn a_flows_datagrams_merged_and_cut_are_the_same_datagrams(
+        count in 2usize..80,
+        segment in 1usize..1473,
+        last_shorter_by in 0usize..100,
+        first_ident in proptest::prelude::any::<u16>(),
+        dont_fragment in proptest::prelude::any::<bool>(),
+    ) {
+        let mut datagrams: Vec<Vec<u8>> = (0..count)
+            .map(|k| {
+                let payload: Vec<u8> = (0..segment).map(|i| (i * 31 + k * 7) as u8).collect();
+                let ident = if dont_fragment { 0 } else { first_ident.wrapping_add(k as u16) };
+                pod_datagram(ident, dont_fragment, &payload)
+            })
+            .collect();
+        let shorter = segment.saturating_sub(last_shorter_by).max(1);
+        let last = datagrams.len() - 1;
+        let ident = if dont_fragment { 0 } else { first_ident.wrapping_add(last as u16) };
+        datagrams[last] = pod_datagram(ident, dont_fragment, &vec![0xee; shorter]);
+        let run = udp_run_len(datagrams.iter().map(Vec::as_slice));
+        // The longest run within both bounds.
+        let bytes = |n: usize| (n - 1) * segment + if n == count { shorter } else { segment };
+        let most = (1..=count)
+            .rev()
+            .find(|&n| n <= MAX_UDP_SEGMENTS && bytes(n) <= MAX_UDP_PAYLOAD)
+            .unwrap();
+        proptest::prop_assert_eq!(run, most);
+        if run > 1 {
+            let (whole, vnet) = merged(&datagrams[..run]);
+            for (k, (cut, original)) in cut(&whole, &vnet).iter().zip(&datagrams).enumerate() {
+                if dont_fragment {
+                    let mut cut = cut.clone();
+                    cut[18..20].fill(0);
+                    refresh_ipv4_checksum(&mut cut);
+                    proptest::prop_assert_eq!(&cut, original, "datagram {}", k);
+                } else {
+                    proptest::prop_assert_eq!(cut, original, "datagram {}", k);
+                }
+            }
+        }
+    }
+}
+
+/// A run ends at the first datagram the kernel would not cut back out of
+/// the first's super-datagram as it came, and never takes in one whose
+/// checksums do not hold.
+#[test]
+fn a_run_ends_where_a_datagram_would_not_come_back_as_it_was() {
+    let payload = [0x5a; 100];
+    let flow: Vec<Vec<u8>> = (0..4)
+        .map(|k| pod_datagram(7 + k, false, &payload))
+        .collect();
+    let run_with = |third: Vec<u8>| {
+        let mut frames = flow.clone();
+        frames[2] = third;
+        udp_run_len(frames.iter().map(Vec::as_slice))
+    };
+    assert_eq!(udp_run_len(flow.iter().map(Vec::as_slice)), 4);
+    assert_eq!(udp_run_len(std::iter::empty()), 0);
+    assert_eq!(udp_run_len([flow[0].as_slice()]), 1);
+    let changed = |at: usize, value: u8| {
+        let mut d = flow[2].clone();
+        d[at] = value;
+        if (14..34).contains(&at) {
+            refresh_ipv4_checksum(&mut d);
+        }
+        d
+    };
+    // Another destination MAC, TOS (an ECN mark), TTL, source address,
+    // destination port; DF where the first has none.
+    for (at, value, what) in [
+        (5, 9, "MAC"),
+        (15, 3, "ECN"),
+        (22, 63, "TTL"),
+        (29, 9, "source address"),
+        (37, 1, "destination port"),
+        (20, 0x40, "DF"),
+    ] {
+        assert_eq!(run_with(changed(at, value)), 2, "{what}");
+    }
+    // Identifications that do not run on by one, without DF.
+    assert_eq!(
+        run_with(pod_datagram(100, false, &payload)),
+        2,
+        "identification"
+    );
+    // A longer datagram; a shorter one ends the run after it.
+    assert_eq!(run_with(pod_datagram(9, false, &[1; 101])), 2, "longer");
+    assert_eq!(run_with(pod_datagram(9, false, &[1; 99])), 3, "shorter");
+    // A wrong UDP checksum, none at all, a wrong IPv4 header checksum.
+    let mut bad = flow[2].clone();
+    bad[60] ^= 1;
+    assert_eq!(run_with(bad.clone()), 2, "UDP checksum");
+    let mut none = flow[2].clone();
+    none[40..42].fill(0);
+    assert_eq!(run_with(none), 2, "no UDP checksum");
+    let mut bad_ip = flow[2].clone();
+    bad_ip[24] ^= 1;
+    assert_eq!(run_with(bad_ip), 2, "IPv4 header checksum");
+    // A first that goes alone: its checksum is wrong.
+    assert_eq!(udp_run_len([bad.as_slice(), &flow[3]]), 1);
+    // A fragment, IPv4 options, Ethernet padding, a VLAN tag, TCP.
+    let mut fragment = flow[2].clone();
+    fragment[20] = 0x20;
+    refresh_ipv4_checksum(&mut fragment);
+    assert_eq!(run_with(fragment), 2, "fragment");
+    let mut padded = flow[2].clone();
+    padded.push(0);
+    assert_eq!(run_with(padded), 2, "padding");
+    let mut options = flow[2].clone();
+    options[14] = 0x46;
+    assert_eq!(run_with(options), 2, "options");
+    let (tcp, _) = tso_frame(&payload, false);
+    assert_eq!(udp_run_len([tcp.as_slice(), &flow[0]]), 1, "TCP first");
+    assert_eq!(run_with(tcp), 2, "TCP");
+    // A checksum left partial by a sender on this node is merged.
+    let mut partial = flow[2].clone();
+    let pseudo = pseudo_header(&partial[14..34], partial.len() - 34);
+    partial[40..42].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    assert_eq!(run_with(partial), 4, "partial checksum");
+}
+
+/// With DF the identifications may be anything (a Linux socket that is
+/// not connected sends its DF datagrams with identification 0).
+#[test]
+fn atomic_datagrams_merge_whatever_their_identification() {
+    let frames: Vec<Vec<u8>> = [0, 0, 513, 2]
+        .iter()
+        .map(|&ident| pod_datagram(ident, true, &[3; 18]))
+        .collect();
+    assert_eq!(udp_run_len(frames.iter().map(Vec::as_slice)), 4);
+}

@@ -10,7 +10,9 @@
 //! ([`accept_vnet_header`]). On send, each frame's virtio-net header hands
 //! its offloads to the kernel ([`vnet_header_for`]): a super-frame reaches
 //! the pod as one skb, segmented late or never, as in the kernel's own
-//! path (DESIGN.md, "Offloads").
+//! path (DESIGN.md, "Offloads"); and consecutive small datagrams of one
+//! flow go as one super-datagram ([`coalesce_udp_runs`]), one skb where
+//! each took one.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
@@ -21,7 +23,9 @@ use super::{
     stage_large, Counter, KernelDrops, Steered,
 };
 use crate::drop::DropReason;
-use crate::offload::{accept_vnet_header, vnet_header_for, VnetHeader, VNET_HDR_LEN};
+use crate::offload::{
+    accept_vnet_header, coalesce_udp_runs, vnet_header_for, VnetHeader, VNET_HDR_LEN,
+};
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, HEADROOM};
 use crate::port::{Port, PortId, PortKind};
 use crate::stats::{OffloadEvent, Stats};
@@ -188,19 +192,23 @@ impl PacketRx {
             finish_offloads(counter, batch, pool, &mut tx.finish, |b| {
                 vnet_header_for(b).is_none()
             });
+            // Then a flow's small datagrams go as one super-datagram.
+            let (batches, batched) = coalesce_udp_runs(batch, pool, &mut tx.datagrams);
+            counter.offload(OffloadEvent::DatagramsBatched, batched);
             let mut super_frames = 0;
             for buf in batch.iter() {
                 let hdr = vnet_header_for(buf).unwrap_or_default();
                 super_frames += usize::from(hdr.is_gso());
                 tx.hdrs.push(hdr.to_bytes());
             }
-            counter.offload(OffloadEvent::SuperFrameOut, super_frames);
+            counter.offload(OffloadEvent::SuperFrameOut, super_frames - batches);
         } else {
             finish_offloads(counter, batch, pool, &mut tx.finish, has_offloads);
+            tx.datagrams.clear();
         }
         let sock = &self.sock;
         let hdrs = &tx.hdrs;
-        send_counted(counter, batch, pool, |from, frames| {
+        send_counted(counter, batch, pool, &tx.datagrams, |from, frames| {
             sock.send_batch(&TxBuffers {
                 frames,
                 hdrs: if vnet { &hdrs[from..] } else { &[] },
@@ -214,6 +222,9 @@ impl PacketRx {
 pub(super) struct TxScratch {
     hdrs: Vec<[u8; VNET_HDR_LEN]>,
     finish: Vec<PacketBuf>,
+    /// Datagrams each frame carries once a flow's were merged
+    /// ([`coalesce_udp_runs`]).
+    datagrams: Vec<usize>,
 }
 
 /// Frames to send, each behind its virtio-net header when the socket
@@ -240,16 +251,18 @@ impl SendBuffers for TxBuffers<'_> {
 
 /// Sends every frame of `batch` through `send` (one batched call per
 /// round, given the index of its first frame and the frames from there),
-/// counting each frame the kernel refused as [`DropReason::TxFailed`];
-/// returns how many were sent. A refusal is a counted drop, not a port
-/// failure: the other frames still go.
+/// counting each frame the kernel refused as [`DropReason::TxFailed`]
+/// (as many drops as it carries datagrams, `datagrams[i]` for frame `i`,
+/// when given; one each otherwise); returns how many were sent. A refusal
+/// is a counted drop, not a port failure: the other frames still go.
 pub(super) fn send_counted(
     counter: &Counter,
     batch: &mut Vec<PacketBuf>,
     pool: &mut PacketPool,
+    datagrams: &[usize],
     send: impl FnMut(usize, &[PacketBuf]) -> io::Result<usize>,
 ) -> usize {
-    let sent = send_counted_run(counter, batch, send);
+    let sent = send_counted_run(counter, batch, datagrams, send);
     pool.free_all(batch);
     sent
 }
@@ -258,8 +271,13 @@ pub(super) fn send_counted(
 pub(super) fn send_counted_run(
     counter: &Counter,
     frames: &[PacketBuf],
+    datagrams: &[usize],
     mut send: impl FnMut(usize, &[PacketBuf]) -> io::Result<usize>,
 ) -> usize {
+    let lost = |range: std::ops::Range<usize>| match datagrams.get(range.clone()) {
+        Some(counts) => counts.iter().sum(),
+        None => range.len(),
+    };
     let (mut next, mut sent) = (0, 0);
     while next < frames.len() {
         match send(next, &frames[next..]) {
@@ -269,12 +287,12 @@ pub(super) fn send_counted_run(
                 sent += n;
             }
             Err(_) => {
-                counter.drop(DropReason::TxFailed);
+                counter.drop_n(DropReason::TxFailed, lost(next..next + 1));
                 next += 1;
             }
         }
     }
-    counter.drop_n(DropReason::TxFailed, frames.len() - next);
+    counter.drop_n(DropReason::TxFailed, lost(next..frames.len()));
     sent
 }
 

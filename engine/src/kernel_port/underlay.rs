@@ -101,7 +101,9 @@ use super::{
 use crate::config::Backend;
 use crate::drop::DropReason;
 use crate::fib::Prefix;
-use crate::offload::{coalesce_datagrams, settle_outer_udp_checksum, Segmenter};
+use crate::offload::{
+    coalesce_datagrams, settle_outer_udp_checksum, Segmenter, MAX_UDP_PAYLOAD, MAX_UDP_SEGMENTS,
+};
 use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum, BATCH_SIZE, HEADROOM};
 use crate::port::{DeviceCounter, Port, PortId, PortKind};
 use crate::stats::{OffloadEvent, Stats};
@@ -119,11 +121,8 @@ const UDP: usize = 8;
 const VXLAN_INNER_L3: usize = 8 + ETH;
 /// UDP sockets sending super-frames, one per outer source port.
 const SEGMENT_SENDERS: usize = 16;
-/// Most datagrams one `UDP_SEGMENT` send may carry (`UDP_MAX_SEGMENTS`
-/// was 64 before Linux 5.7).
-const MAX_SEGMENTS: usize = 64;
-/// Largest UDP payload of one send.
-const MAX_UDP_PAYLOAD: usize = 65507;
+/// Most datagrams one `UDP_SEGMENT` send may carry.
+const MAX_SEGMENTS: usize = MAX_UDP_SEGMENTS;
 /// Fewest datagrams sent as one `UDP_SEGMENT` write rather than raw.
 const MIN_BATCH: usize = 2;
 
@@ -1057,7 +1056,7 @@ impl UnderlayPort {
             self.counter.drop_n(DropReason::TxFailed, frames.len());
             return 0;
         };
-        send_counted_run(&self.counter, frames, |_, frames| {
+        send_counted_run(&self.counter, frames, &[], |_, frames| {
             sock.send_batch(&RawPackets { frames })
         })
     }

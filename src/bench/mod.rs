@@ -14,8 +14,11 @@
 //!   those the sender sent again, per GB (a dataplane that reorders a
 //!   flow shows there before it shows in the rate);
 //! - small packets: trafgen (netsniff-ng, an AF_PACKET TX ring) sends
-//!   64-byte UDP frames as fast as it can from the source pod; what counts
-//!   is the packets per second the destination pod's eth0 received; then
+//!   64-byte UDP frames as fast as it can from the source pod to a socket
+//!   in the destination pod that never reads; what counts is the
+//!   datagrams per second the destination pod's UDP layer took for it
+//!   (queued or refused by the full socket buffer: the same work either
+//!   way, and a count of datagrams however many came in one skb); then
 //!   the same with two generators at once, each pod of the case sending to
 //!   the other side (two flows: what a dataplane does with more senders
 //!   than one);
@@ -281,21 +284,43 @@ fn tcp_once(src: &str, dst: &str, dst_ip: &str, streams: u32, seconds: u64) -> R
 /// /proc/net/netstat, one namespace's own).
 fn tcp_ext_counter(ns: &str, name: &str) -> Result<u64> {
     let text = ns_run(ns, &["cat", "/proc/net/netstat"])?;
-    parse_tcp_ext(&text, name)
+    parse_mib(&text, "TcpExt:", name)
         .with_context(|| format!("no TcpExt {name} in {ns}'s /proc/net/netstat"))
 }
 
-/// `name`'s value in /proc/net/netstat's text: a `TcpExt:` line of names
-/// followed by one of values.
-fn parse_tcp_ext(text: &str, name: &str) -> Option<u64> {
-    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+/// Datagrams `ns`'s UDP layer took for its sockets: read (`InDatagrams`)
+/// or refused by a full receive buffer (`RcvbufErrors`), from the
+/// namespace's own /proc/net/snmp. Counted per datagram after the kernel
+/// cut a super-datagram for the socket (`udp_rcv_segment`), where the
+/// interface's counters count skbs.
+fn udp_datagrams_taken(ns: &str) -> Result<u64> {
+    let text = ns_run(ns, &["cat", "/proc/net/snmp"])?;
+    let counter = |name| {
+        parse_mib(&text, "Udp:", name)
+            .with_context(|| format!("no Udp {name} in {ns}'s /proc/net/snmp"))
+    };
+    Ok(counter("InDatagrams")? + counter("RcvbufErrors")?)
+}
+
+/// `name`'s value in a /proc/net/netstat or /proc/net/snmp text: a line
+/// of names starting with `prefix` followed by one of values.
+fn parse_mib(text: &str, prefix: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
     let (names, values) = (lines.next()?, lines.next()?);
     let at = names.split_whitespace().position(|n| n == name)?;
     values.split_whitespace().nth(at)?.parse().ok()
 }
 
-fn rx_packets(ns: &str) -> Result<u64> {
-    eth0_counter(ns, "rx_packets")
+/// A UDP socket bound to `port` in namespace `ns` that nobody reads: what
+/// the small-packet runs send to, so that the destination's kernel does
+/// a socket's work for each datagram (and no ICMP error) in both
+/// dataplanes.
+fn unread_socket(ns: &str, port: u16) -> Result<std::net::UdpSocket> {
+    let path = format!("/run/netns/{ns}");
+    podswitch_host::netlink::in_netns(&path, || {
+        std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
+    })
+    .with_context(|| format!("a UDP socket on port {port} in {ns}"))
 }
 
 /// A counter of `ns`'s eth0 (/sys/class/net/eth0/statistics).
@@ -384,12 +409,15 @@ fn stop_group(pgid: u32) {
 
 /// What one trafgen run delivered.
 struct Blast {
-    /// Packets the destination's eth0 received.
+    /// Datagrams the destinations' UDP layers took
+    /// ([`udp_datagrams_taken`]).
     packets: f64,
     /// Per second, in millions.
     mpps: f64,
     /// Frames the generator put on the source's eth0.
     sent: f64,
+    /// Those per second, in millions.
+    sent_mpps: f64,
     /// Busy CPU of the whole machine during the run, in seconds.
     busy_secs: f64,
     /// CPU of the generator's processes (trafgen and its worker), in
@@ -398,7 +426,7 @@ struct Blast {
 }
 
 /// One generator's stream: from `src_ns`'s eth0 to `dst_mac`/`dst_ip`,
-/// counted at `dst_ns`'s eth0.
+/// counted by `dst_ns`'s UDP layer.
 struct Flow<'a> {
     src_ns: &'a str,
     dst_ns: &'a str,
@@ -408,9 +436,18 @@ struct Flow<'a> {
 }
 
 /// Sends 64-byte UDP frames (60 bytes + FCS) along every flow at once for
-/// `seconds`, one trafgen on one CPU per flow, and counts what the flows'
-/// destinations' eth0 received.
+/// `seconds`, one trafgen on one CPU per flow, to port 9 where each
+/// destination has a socket nobody reads ([`unread_socket`]), and counts
+/// the datagrams the flows' destinations took for it. (The first few
+/// hundred of a run fill the socket's buffer and are not counted.)
 fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
+    let mut destinations: Vec<&str> = flows.iter().map(|f| f.dst_ns).collect();
+    destinations.sort_unstable();
+    destinations.dedup();
+    let _sinks = destinations
+        .iter()
+        .map(|ns| unread_socket(ns, 9))
+        .collect::<Result<Vec<_>>>()?;
     let mut confs = Vec::new();
     for (i, f) in flows.iter().enumerate() {
         let conf = std::env::temp_dir().join(format!(
@@ -427,7 +464,10 @@ fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
         confs.push(conf);
     }
     let counters = |f: &Flow| -> Result<(u64, u64)> {
-        Ok((rx_packets(f.dst_ns)?, eth0_counter(f.src_ns, "tx_packets")?))
+        Ok((
+            udp_datagrams_taken(f.dst_ns)?,
+            eth0_counter(f.src_ns, "tx_packets")?,
+        ))
     };
     let before = flows.iter().map(counters).collect::<Result<Vec<_>>>()?;
     let busy = BusyCpu::start();
@@ -470,6 +510,7 @@ fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
         packets,
         mpps: packets / elapsed / 1e6,
         sent,
+        sent_mpps: sent / elapsed / 1e6,
         busy_secs,
         generator_secs: generator_cpu as f64 / USER_HZ,
     })
@@ -551,9 +592,10 @@ struct Ceiling {
     secs_per_frame: f64,
 }
 
-/// The generator's own ceiling: trafgen into a veth whose other end only
-/// counts (no forwarding behind it): its rate (the dataplanes' figures are
-/// meaningful only well below it) and its CPU per frame.
+/// The generator's own ceiling: trafgen into a veth whose other end drops
+/// every frame (addressed to another MAC; no forwarding behind it): its
+/// rate, counted where it sends (the dataplanes' figures are meaningful
+/// only well below it), and its CPU per frame.
 fn generator_ceiling(seconds: u64) -> Result<Ceiling> {
     let a = lab::Namespace::add(&format!("podswitch-gen-{}-a", std::process::id()))?;
     let b = lab::Namespace::add(&format!("podswitch-gen-{}-b", std::process::id()))?;
@@ -571,7 +613,7 @@ fn generator_ceiling(seconds: u64) -> Result<Ceiling> {
         seconds,
     )?;
     Ok(Ceiling {
-        mpps: run.mpps,
+        mpps: run.sent_mpps,
         secs_per_frame: run.generator_secs / run.sent.max(1.0),
     })
 }
@@ -1146,10 +1188,14 @@ mod tests {
                     TcpExt: 0 1234 5\n\
                     IpExt: InNoRoutes\n\
                     IpExt: 7\n";
-        assert_eq!(parse_tcp_ext(text, "TCPOFOQueue"), Some(1234));
-        assert_eq!(parse_tcp_ext(text, "TCPOFODrop"), Some(5));
-        assert_eq!(parse_tcp_ext(text, "InNoRoutes"), None);
-        assert_eq!(parse_tcp_ext("TcpExt: TCPOFOQueue\n", "TCPOFOQueue"), None);
+        assert_eq!(parse_mib(text, "TcpExt:", "TCPOFOQueue"), Some(1234));
+        assert_eq!(parse_mib(text, "TcpExt:", "TCPOFODrop"), Some(5));
+        assert_eq!(parse_mib(text, "TcpExt:", "InNoRoutes"), None);
+        assert_eq!(parse_mib(text, "IpExt:", "InNoRoutes"), Some(7));
+        assert_eq!(
+            parse_mib("TcpExt: TCPOFOQueue\n", "TcpExt:", "TCPOFOQueue"),
+            None
+        );
     }
 
     #[test]

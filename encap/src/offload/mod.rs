@@ -350,8 +350,9 @@ fn udp_checksums_hold(frame: &[u8]) -> bool {
 /// How many of `frames`, from the first, can go as one UDP
 /// super-datagram that the receiving kernel cuts back into the same
 /// datagrams (`SKB_GSO_UDP_L4`; [`udp_batch_headers`] writes its
-/// headers): consecutive datagrams of one flow ([`same_udp_flow`]) with
-/// one payload length, but for the last, which may be shorter, whose
+/// headers): consecutive datagrams of one flow (one Ethernet header;
+/// one IPv4 TOS, flags byte, TTL and pair of addresses; one pair of UDP
+/// ports) with one payload length, but for the last, which may be shorter, whose
 /// checksums hold, at most [`MAX_UDP_SEGMENTS`] of them and
 /// [`MAX_UDP_PAYLOAD`] bytes in all. The rules are the kernel's UDP GRO's
 /// (`udp_gro_receive_segment`, `inet_gro_flush`): the segmentation gives

@@ -50,6 +50,11 @@ pub(super) struct PacketRx {
     /// buffers it could stage): a receive that got fewer found the
     /// socket empty.
     asked: usize,
+    /// Whether a flow's datagrams leave as one super-datagram
+    /// ([`coalesce_udp_runs`]): on a socket with virtio-net headers, on a
+    /// kernel that takes `GSO_UDP_L4` from one (Linux 6.2,
+    /// `virtio_net_hdr_to_skb`); off for good once the kernel refused one.
+    udp_batches: bool,
 }
 
 struct RxBuffers<'a> {
@@ -82,13 +87,14 @@ impl RecvBuffers for RxBuffers<'_> {
 impl PacketRx {
     pub(super) fn new(sock: PacketSocket) -> PacketRx {
         PacketRx {
-            sock,
             hdrs: vec![[0; VNET_HDR_LEN]; BATCH_SIZE],
             meta: vec![Received::default(); BATCH_SIZE],
             staging: Vec::with_capacity(BATCH_SIZE),
             staging_large: Vec::with_capacity(BATCH_SIZE),
             kernel_drops: KernelDrops::socket(),
             asked: 0,
+            udp_batches: sock.has_vnet_hdr() && crate::sys::kernel_at_least(6, 2),
+            sock,
         }
     }
 
@@ -178,7 +184,7 @@ impl PacketRx {
     /// (a socket without them gets complete frames), counting super-frames
     /// sent whole; returns how many frames were sent.
     pub(super) fn send(
-        &self,
+        &mut self,
         counter: &Counter,
         tx: &mut TxScratch,
         batch: &mut Vec<PacketBuf>,
@@ -193,8 +199,12 @@ impl PacketRx {
                 vnet_header_for(b).is_none()
             });
             // Then a flow's small datagrams go as one super-datagram.
-            let (batches, batched) = coalesce_udp_runs(batch, pool, &mut tx.datagrams);
-            counter.offload(OffloadEvent::DatagramsBatched, batched);
+            let batches = if self.udp_batches {
+                coalesce_udp_runs(batch, pool, &mut tx.datagrams).0
+            } else {
+                tx.datagrams.clear();
+                0
+            };
             let mut super_frames = 0;
             for buf in batch.iter() {
                 let hdr = vnet_header_for(buf).unwrap_or_default();
@@ -207,13 +217,32 @@ impl PacketRx {
             tx.datagrams.clear();
         }
         let sock = &self.sock;
-        let hdrs = &tx.hdrs;
-        send_counted(counter, batch, pool, &tx.datagrams, |from, frames| {
-            sock.send_batch(&TxBuffers {
+        let (hdrs, datagrams) = (&tx.hdrs, &tx.datagrams);
+        let mut batch_refused = false;
+        let sent = send_counted(counter, batch, pool, datagrams, |from, frames| {
+            let sent = sock.send_batch(&TxBuffers {
                 frames,
                 hdrs: if vnet { &hdrs[from..] } else { &[] },
-            })
-        })
+            });
+            // sendmmsg reports an error only for its first message.
+            if matches!(&sent, Err(e) if e.raw_os_error() == Some(libc::EINVAL))
+                && datagrams.get(from).is_some_and(|&n| n > 1)
+            {
+                batch_refused = true;
+            }
+            sent
+        });
+        if batch_refused {
+            // Its datagrams were counted as dropped; the kernel will not
+            // take the next one either.
+            self.udp_batches = false;
+            eprintln!(
+                "podswitch: interface {} refused a UDP super-datagram (GSO_UDP_L4); \
+                 its datagrams leave one by one from now on",
+                self.sock.ifindex()
+            );
+        }
+        sent
     }
 }
 
@@ -253,8 +282,10 @@ impl SendBuffers for TxBuffers<'_> {
 /// round, given the index of its first frame and the frames from there),
 /// counting each frame the kernel refused as [`DropReason::TxFailed`]
 /// (as many drops as it carries datagrams, `datagrams[i]` for frame `i`,
-/// when given; one each otherwise); returns how many were sent. A refusal
-/// is a counted drop, not a port failure: the other frames still go.
+/// when given; one each otherwise) and the datagrams of each merged frame
+/// sent as [`OffloadEvent::DatagramsBatched`]; returns how many frames
+/// were sent. A refusal is a counted drop, not a port failure: the other
+/// frames still go.
 pub(super) fn send_counted(
     counter: &Counter,
     batch: &mut Vec<PacketBuf>,
@@ -283,6 +314,12 @@ pub(super) fn send_counted_run(
         match send(next, &frames[next..]) {
             Ok(0) => break, // socket buffer full: the rest is refused
             Ok(n) => {
+                if let Some(counts) = datagrams.get(next..next + n) {
+                    let batched: usize = counts.iter().filter(|&&c| c > 1).sum();
+                    if batched > 0 {
+                        counter.offload(OffloadEvent::DatagramsBatched, batched);
+                    }
+                }
                 next += n;
                 sent += n;
             }
@@ -415,5 +452,52 @@ impl Port for AfPacketPort {
             })
             .collect();
         Ok(others)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::port::PortId;
+
+    /// A send that the kernel partly refuses: the frames it took count
+    /// the datagrams merged into them as batched, each it refused counts
+    /// as many drops as it carried datagrams, and so does what a full
+    /// socket left.
+    #[test]
+    fn refused_frames_count_every_datagram_they_carried() {
+        let stats = Arc::new(Stats::new(4));
+        let counter = Counter {
+            stats: stats.clone(),
+            id: PortId(1),
+        };
+        let mut pool = PacketPool::new(8, 2048);
+        let frames: Vec<PacketBuf> = (0..5)
+            .map(|_| pool.alloc_with(PortId(1), &[0; 60]).unwrap())
+            .collect();
+        // Frame 0 (a batch of 32) goes; frame 1 (a batch of 5) is
+        // refused; frames 2 and 3 go; then the socket is full, leaving
+        // frame 4 (a batch of 7).
+        let datagrams = [32, 5, 1, 1, 7];
+        let mut calls = 0;
+        let sent = send_counted_run(&counter, &frames, &datagrams, |from, _| {
+            calls += 1;
+            match from {
+                0 => Ok(1),
+                1 => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+                2 => Ok(2),
+                _ => Ok(0),
+            }
+        });
+        assert_eq!((sent, calls), (3, 4));
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.drop_count(DropReason::TxFailed), 5 + 7);
+        assert_eq!(snapshot.port(PortId(1)).datagrams_batched, 32);
+        // Without counts, a frame is one drop.
+        let sent = send_counted_run(&counter, &frames, &[], |_, _| Ok(0));
+        assert_eq!(sent, 0);
+        assert_eq!(stats.snapshot().drop_count(DropReason::TxFailed), 12 + 5);
+        let mut frames = frames;
+        pool.free_all(&mut frames);
     }
 }

@@ -1361,7 +1361,7 @@ impl Port for UnderlayPort {
             sent += self.send_tunnel_out(pool);
         }
         if !self.direct_out.is_empty() {
-            match &self.direct {
+            match &mut self.direct {
                 Some(rx) => {
                     // host-gw frames keep their super-frames: the peer's
                     // kernel takes them whole, as from its own pods.

@@ -48,6 +48,37 @@ const SO_MEMINFO: libc::c_int = 55;
 const SK_MEMINFO_DROPS: usize = 8;
 const SK_MEMINFO_VARS: usize = 9;
 
+/// True if the running kernel's release is `major.minor` or later
+/// (`uname(2)`, read once); false if it cannot be read. For interfaces
+/// whose refusal cannot be told apart from a bad frame, where a probe
+/// would send a packet.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    static RELEASE: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    let release = *RELEASE.get_or_init(|| {
+        // SAFETY: utsname is plain C data (arrays of chars), for which
+        // all-zero bytes are a valid value; uname fills it in.
+        let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: `name` is a live, writable utsname.
+        if unsafe { libc::uname(&mut name) } != 0 {
+            return None;
+        }
+        let bytes: Vec<u8> = name
+            .release
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        parse_release(&String::from_utf8_lossy(&bytes))
+    });
+    release.is_some_and(|r| r >= (major, minor))
+}
+
+/// The major and minor numbers of a kernel release ("6.18.0-1-amd64").
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+    Some((numbers.next()?.parse().ok()?, numbers.next()?.parse().ok()?))
+}
+
 /// Frames the kernel dropped for socket `fd` since it was opened because
 /// its receive queue was full (`sk_drops`, which UDP, raw and packet
 /// sockets count: `__udp_queue_rcv_skb`, `raw_rcv_skb`, `packet_rcv`). A
@@ -178,6 +209,18 @@ mod tests {
     use std::os::fd::AsFd;
     use std::os::unix::net::UnixDatagram;
     use std::time::Duration;
+
+    #[test]
+    fn kernel_releases_read_as_major_and_minor() {
+        assert_eq!(parse_release("6.18.0-1-amd64"), Some((6, 18)));
+        assert_eq!(parse_release("5.10.0"), Some((5, 10)));
+        assert_eq!(parse_release("6.2-rc1"), Some((6, 2)));
+        assert_eq!(parse_release("6"), None);
+        assert_eq!(parse_release(""), None);
+        // This machine's kernel is older than no kernel podswitch runs on.
+        assert!(kernel_at_least(4, 0));
+        assert!(!kernel_at_least(u32::MAX, 0));
+    }
 
     #[test]
     fn waiting_on_several_fds_wakes_for_the_one_that_became_readable() {

@@ -1016,6 +1016,40 @@ fn a_flows_datagrams_reach_a_pod_in_few_writes_and_arrive_intact() {
     }
 }
 
+/// With `udp_batches = false` a node sends a pod each datagram of a
+/// flow's burst alone: none batched, one frame on the pod's eth0 for
+/// each datagram, every one intact.
+#[test]
+fn a_node_told_not_to_batch_sends_a_pod_each_datagram_alone() {
+    require(&["ip", "ping", "/usr/bin/python3", "kill"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 2);
+    cluster.port_kind = "af-packet".into();
+    cluster.udp_batches = Some(false);
+    cluster.start_all();
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    assert!(ping(&a.ns, &b.ip, 2), "{}", cluster.logs());
+    let node = &cluster.nodes[a.node];
+    let daemon = node.daemon.as_ref().expect("podswitchd running");
+    let rx_packets = || -> u64 {
+        let out =
+            b.ns.exec("cat", &["/sys/class/net/eth0/statistics/rx_packets"]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let count: u32 = 64;
+    let frames = rx_packets();
+    let got = udp_burst(&a.ns, &b.ns, &b.ip, count, 200, |stop| daemon.hold(stop));
+    assert_eq!(
+        got,
+        (0..i64::from(count)).collect::<Vec<_>>(),
+        "every datagram"
+    );
+    assert!(
+        rx_packets() - frames >= u64::from(count),
+        "a frame on the pod's eth0 for each datagram"
+    );
+    assert_eq!(node.port_counter(&b.host_if, "datagrams_batched"), 0);
+}
+
 /// A pod's UDP segmentation offload (UDP_SEGMENT, what QUIC stacks use):
 /// each send leaves the pod as one super-frame of 16 datagrams, which
 /// podswitch takes whole from the pod's port, and every datagram reaches

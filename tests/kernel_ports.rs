@@ -885,6 +885,7 @@ impl UnderlayLab {
                 pod_cidr: "10.244.1.0/24".parse().unwrap(),
                 af_xdp: false,
                 tunnel_tap,
+                udp_batches: true,
                 receivers: 1,
             };
             let port = UnderlayPort::open(&options, underlay, stats)?;

@@ -58,8 +58,21 @@ pub trait Kernel: Send + Sync + fmt::Debug {
 /// Linux: pod ports over AF_PACKET, AF_XDP or TAP
 /// ([`open_pod_port`]), neighbours from the ARP table or ARP
 /// ([`resolve_neighbour`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LinuxKernel;
+#[derive(Debug, Clone, Copy)]
+pub struct LinuxKernel {
+    /// Whether a flow's small datagrams reach an AF_PACKET pod as one
+    /// super-datagram ([`crate::offload::coalesce_udp_runs`]; the
+    /// default).
+    pub pod_udp_batches: bool,
+}
+
+impl Default for LinuxKernel {
+    fn default() -> Self {
+        LinuxKernel {
+            pod_udp_batches: true,
+        }
+    }
+}
 
 impl Kernel for LinuxKernel {
     fn open_pod_port(
@@ -69,7 +82,7 @@ impl Kernel for LinuxKernel {
         id: PortId,
         stats: &Arc<Stats>,
     ) -> io::Result<OpenedPort> {
-        open_pod_port(kind, name, id, stats)
+        open_pod_port(kind, name, id, stats, self.pod_udp_batches)
     }
 
     fn resolve_neighbour(&self, interface: &str, ip: Ipv4Addr) -> io::Result<MacAddr> {

@@ -136,6 +136,8 @@ pub struct Cluster {
     /// The TAP VXLAN super-frames leave through (`tunnel_tap`), if not
     /// the default; "none" sends them in `UDP_SEGMENT` bursts.
     pub tunnel_tap: Option<String>,
+    /// `udp_batches`, if not the default.
+    pub udp_batches: Option<bool>,
     /// Pods' veths carry BIG TCP, as podswitch's CNI plugin leaves them
     /// (the default); false: the kernel's 64 KiB.
     pub big_tcp_pods: bool,
@@ -277,6 +279,7 @@ impl Cluster {
             port_kind: "af-xdp".into(),
             underlay_kind: None,
             tunnel_tap: None,
+            udp_batches: None,
             big_tcp_pods: true,
             expected_warnings: Vec::new(),
             store: None,
@@ -362,6 +365,9 @@ impl Cluster {
         }
         if let Some(tap) = &self.tunnel_tap {
             writeln!(text, "tunnel_tap = \"{tap}\"").unwrap();
+        }
+        if let Some(on) = self.udp_batches {
+            writeln!(text, "udp_batches = {on}").unwrap();
         }
         for (o, other) in self.nodes.iter().enumerate().filter(|(o, _)| *o != n) {
             write!(

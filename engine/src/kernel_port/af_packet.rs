@@ -98,6 +98,18 @@ impl PacketRx {
         }
     }
 
+    /// The receive side with a flow's small datagrams sent one by one
+    /// unless `keep` (see [`PacketRx::udp_batches`]).
+    pub(super) fn keeping_udp_batches(mut self, keep: bool) -> PacketRx {
+        self.udp_batches &= keep;
+        self
+    }
+
+    /// Whether a flow's small datagrams leave as one super-datagram.
+    pub(super) fn udp_batches(&self) -> bool {
+        self.udp_batches
+    }
+
     /// Receives up to a batch into `batch`, with each frame's offload
     /// state.
     pub(super) fn recv(
@@ -371,6 +383,13 @@ impl AfPacketPort {
         })
     }
 
+    /// Turns off (with `false`) sending a flow's small datagrams to the
+    /// pod as one super-datagram ([`coalesce_udp_runs`]), which a port
+    /// does where its kernel allows.
+    pub fn keep_udp_batches(&mut self, keep: bool) {
+        self.rx.udp_batches &= keep;
+    }
+
     /// Why the node's kernel still goes on with this pod's frames after
     /// the socket has them (a kernel before 6.6, BPF not allowed), if it
     /// does. Then a pod's Ethernet broadcast reaches the node's own stack
@@ -444,7 +463,7 @@ impl Port for AfPacketPort {
                 Box::new(AfPacketPort {
                     name: self.name.clone(),
                     counter: self.counter.clone(),
-                    rx: PacketRx::new(sock),
+                    rx: PacketRx::new(sock).keeping_udp_batches(self.rx.udp_batches),
                     tx: TxScratch::default(),
                     kernel_stop: None,
                     steered: Some(Steered::new(steering.progress(i + 1))),

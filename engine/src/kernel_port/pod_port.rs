@@ -71,6 +71,7 @@ pub fn open_pod_port(
     name: &str,
     id: PortId,
     stats: &Arc<Stats>,
+    udp_batches: bool,
 ) -> io::Result<OpenedPort> {
     let mut notes = Vec::new();
     let (port, kind): (Box<dyn Port>, OpenedKind) = match kind {
@@ -82,13 +83,13 @@ pub fn open_pod_port(
             Err(e) => {
                 notes.push(format!("AF_XDP unavailable ({e}): fallback to AF_PACKET"));
                 (
-                    Box::new(open_af_packet(name, id, stats, &mut notes)?),
+                    Box::new(open_af_packet(name, id, stats, udp_batches, &mut notes)?),
                     OpenedKind::AfPacket,
                 )
             }
         },
         PodPortKind::AfPacket => (
-            Box::new(open_af_packet(name, id, stats, &mut notes)?),
+            Box::new(open_af_packet(name, id, stats, udp_batches, &mut notes)?),
             OpenedKind::AfPacket,
         ),
         PodPortKind::Tap => (
@@ -136,6 +137,7 @@ fn open_af_packet(
     name: &str,
     id: PortId,
     stats: &Arc<Stats>,
+    udp_batches: bool,
     notes: &mut Vec<String>,
 ) -> io::Result<AfPacketPort> {
     // With AF_PACKET the kernel still receives every pod frame: the host
@@ -145,7 +147,8 @@ fn open_af_packet(
     netdev::set_noarp(name)?;
     let _ = netdev::disable_ipv6(name);
     netdev::set_up(name)?;
-    let port = AfPacketPort::open(name, id, Arc::clone(stats))?;
+    let mut port = AfPacketPort::open(name, id, Arc::clone(stats))?;
+    port.keep_udp_batches(udp_batches);
     if let Some(e) = port.kernel_stop_error() {
         notes.push(format!(
             "tcx unavailable ({e}): the node's kernel also takes this pod's frames, broadcasts to the node's own addresses included"
@@ -208,7 +211,7 @@ mod tests {
             if kind == PodPortKind::Tap {
                 continue; // a TAP device is created, not found
             }
-            let e = open_pod_port(kind, "psw-no-such-if", PortId(9), &stats).unwrap_err();
+            let e = open_pod_port(kind, "psw-no-such-if", PortId(9), &stats, true).unwrap_err();
             assert!(!e.to_string().is_empty(), "{kind}");
         }
     }

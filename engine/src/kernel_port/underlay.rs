@@ -149,6 +149,9 @@ pub struct UnderlayOptions {
     /// The TAP through which VXLAN super-frames leave whole
     /// (`kernel_port/tunnel_tap.rs`); `None`: in `UDP_SEGMENT` bursts.
     pub tunnel_tap: Option<String>,
+    /// Whether a flow's small datagrams leave the host-gw socket as one
+    /// super-datagram ([`crate::offload::coalesce_udp_runs`]).
+    pub udp_batches: bool,
     /// How many workers the port is to be split among ([`Port::fan_out`]):
     /// above 1, an underlay receiving through a UDP socket (VXLAN,
     /// IP-in-UDP, directrouting) opens that many, in a reuseport group
@@ -474,7 +477,7 @@ impl UnderlayPort {
                         .map(|(sock, member)| (sock, steering.progress(member)))
                         .collect();
                 }
-                Some(PacketRx::new(sock))
+                Some(PacketRx::new(sock).keeping_udp_batches(options.udp_batches))
             }
             _ => None,
         };
@@ -708,7 +711,10 @@ impl UnderlayPort {
         };
         Ok(UnderlayPort {
             udp: udp.map(|sock| (sock, port)),
-            direct: direct.map(PacketRx::new),
+            direct: direct.map(|sock| {
+                let keep = self.direct.as_ref().is_some_and(PacketRx::udp_batches);
+                PacketRx::new(sock).keeping_udp_batches(keep)
+            }),
             sender,
             segment_senders,
             tunnel_tap: self.tunnel_tap.clone(),

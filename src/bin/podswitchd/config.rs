@@ -148,6 +148,15 @@ pub(crate) struct Cli {
     /// docs/architecture.md, "Where it is going".
     #[arg(long, value_name = "true|false")]
     pub per_cpu: Option<bool>,
+    /// `[dataplane] udp_batches`: consecutive small datagrams of one flow
+    /// reach an AF_PACKET pod (or leave the host-gw socket) as one
+    /// super-datagram that the receiving kernel cuts back where it hands
+    /// them to a socket (default true; Linux 6.2+). A UDP socket reads the
+    /// same datagrams either way; false for pods whose packet sockets,
+    /// firewall rules or conntrack must see each datagram as its own
+    /// packet.
+    #[arg(long, value_name = "true|false")]
+    pub udp_batches: Option<bool>,
     /// `[node] masquerade`: pods' traffic to addresses outside the cluster
     /// CIDR leaves with the node's address (default true; nftables table
     /// `podswitch`, removed on exit).
@@ -270,6 +279,7 @@ struct DataplaneSection {
     workers: Option<usize>,
     worker_cpus: Option<Vec<usize>>,
     per_cpu: Option<bool>,
+    udp_batches: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -380,6 +390,9 @@ pub(crate) struct Settings {
     pub worker_cpus: Vec<usize>,
     /// A worker per CPU, pod ports split among them.
     pub per_cpu: bool,
+    /// A flow's small datagrams into pods and out of the host-gw socket
+    /// as one super-datagram (`udp_batches`).
+    pub udp_batches: bool,
     /// Where the Prometheus endpoint listens, if anywhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Masquerade pod egress; see `egress`.
@@ -772,6 +785,10 @@ impl Settings {
             workers,
             worker_cpus,
             per_cpu,
+            udp_batches: cli
+                .udp_batches
+                .or(file.dataplane.udp_batches)
+                .unwrap_or(true),
             metrics_listen,
             masquerade: cli.masquerade.or(file.node.masquerade).unwrap_or(true),
             no_masquerade,
@@ -990,6 +1007,12 @@ mod tests {
             e.contains("dataplane.worker_priority") && e.contains("realtime or normal"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_flows_datagrams_are_batched_unless_told_otherwise() {
+        assert!(load_node1(&[]).unwrap().udp_batches);
+        assert!(!load_node1(&["--udp-batches", "false"]).unwrap().udp_batches);
     }
 
     #[test]

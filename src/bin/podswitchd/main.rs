@@ -148,7 +148,9 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                 worker_cpus: settings.worker_cpus.clone(),
                 pod_port: settings.port_kind,
             },
-            Box::new(LinuxKernel),
+            Box::new(LinuxKernel {
+                pod_udp_batches: settings.udp_batches,
+            }),
         )
         .map_err(|e| format!("workers: {e}"))?,
     );
@@ -162,6 +164,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         pod_cidr: node.pod_cidr,
         af_xdp: settings.underlay_af_xdp,
         tunnel_tap: settings.tunnel_tap.clone(),
+        udp_batches: settings.udp_batches,
         // Split among the workers with them: each receives what its CPU
         // receives, and sends itself.
         receivers: if settings.per_cpu {

@@ -89,6 +89,7 @@ drop_reasons! {
     IcmpRateLimited => "icmp_rate_limited", "an ICMP error not sent: past 1000 a second, bursts of 50 (Linux's icmp_msgs_per_sec and icmp_msgs_burst)";
     EncapFailed => "encap_failed", "encapsulation failed (no headroom or too long)";
     RxTooLong => "rx_too_long", "a received frame longer than a packet buffer, without segmentation offload";
+    RxControlTruncated => "rx_control_truncated", "the kernel cut a received tunnel datagram's control data (its outer TOS, TTL or coalesced segment size), which therefore cannot be read";
     OffloadChecksum => "offload_checksum", "a partial checksum whose offsets point outside the frame";
     GsoUnsupported => "gso_unsupported", "a segmentation-offload frame of a type podswitch does not segment (IPv6, legacy UFO)";
     GsoMalformed => "gso_malformed", "a segmentation-offload frame whose headers do not match its type";

@@ -670,6 +670,11 @@ impl UnderlayPort {
             ) else {
                 continue;
             };
+            if meta.control_truncated {
+                self.counter.drop(DropReason::RxControlTruncated);
+                pool.free(buf);
+                continue;
+            }
             let len = meta.len;
             let coalescible =
                 which == Socket::Udp && meta.segment_size.is_some_and(|s| len > usize::from(s));

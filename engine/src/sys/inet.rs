@@ -159,7 +159,7 @@ impl InetSocket {
         setsockopt(self.fd.as_fd(), libc::SOL_UDP, super::UDP_GRO, &one)
     }
 
-    fn local_port(&self) -> io::Result<u16> {
+    pub(crate) fn local_port(&self) -> io::Result<u16> {
         // SAFETY: sockaddr_in is plain C data; zero is a valid value.
         let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;

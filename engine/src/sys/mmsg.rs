@@ -17,7 +17,13 @@ use super::{cvt, from_sockaddr_in, sockaddr_in};
 pub const MAX_BATCH: usize = 64;
 /// Slices per message.
 pub const MAX_PARTS: usize = 3;
-const CMSG_SPACE: usize = 64;
+/// Control bytes per message: room for every option podswitch asks a
+/// socket for, `UDP_GRO`, `IP_TTL` and `IP_TOS`, `CMSG_SPACE(4)` = 24 bytes
+/// each on 64-bit Linux, and to spare. (It was 64: a coalesced datagram's
+/// third option, `IP_TOS` since `udp_recvmsg` writes `UDP_GRO` first, was
+/// cut to its header, and its byte was read from the next message's
+/// buffer.)
+const CMSG_SPACE: usize = 128;
 
 /// What the kernel said about one received message.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -35,6 +41,9 @@ pub struct Received {
     /// A coalesced datagram's segment size (`UDP_GRO`): the message is
     /// several datagrams of this many bytes (the last may be shorter).
     pub segment_size: Option<u16>,
+    /// The kernel cut the message's control data (`MSG_CTRUNC`): what it
+    /// says of TOS, TTL and segment size may be missing.
+    pub control_truncated: bool,
 }
 
 /// Receive buffers: the slices of message `i`, in the order the kernel
@@ -125,6 +134,7 @@ pub fn recv_batch(
             tos: None,
             ttl: None,
             segment_size: None,
+            control_truncated: h.msg_hdr.msg_flags & libc::MSG_CTRUNC != 0,
         };
         if h.msg_hdr.msg_namelen as usize >= size_of::<libc::sockaddr_in>() {
             // SAFETY: the kernel wrote `msg_namelen` bytes of the source
@@ -136,22 +146,31 @@ pub fn recv_batch(
         }
         // SAFETY: the CMSG_* macros walk the control buffer the kernel
         // filled, bounded by the msg_controllen it set (nothing past what
-        // it wrote is read); each data pointer is read only for the bytes
-        // the option carries.
+        // it wrote is read); an option's data is read only when its length
+        // says the kernel wrote all of it (put_cmsg cuts an option that
+        // does not fit to what does: its header alone).
         unsafe {
             let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
             while !c.is_null() {
-                if (*c).cmsg_level == libc::IPPROTO_IP {
-                    let byte = *libc::CMSG_DATA(c);
-                    match (*c).cmsg_type {
-                        libc::IP_TOS => m.tos = Some(byte),
-                        libc::IP_TTL => m.ttl = Some(byte),
-                        _ => {}
+                let holds = |bytes: u32| (*c).cmsg_len as usize >= libc::CMSG_LEN(bytes) as usize;
+                match ((*c).cmsg_level, (*c).cmsg_type) {
+                    // IP_TOS carries a byte (ip_cmsg_recv_tos), IP_TTL an
+                    // int (ip_cmsg_recv_ttl): its low byte, little-endian.
+                    (libc::IPPROTO_IP, libc::IP_TOS) if holds(1) => {
+                        m.tos = Some(*libc::CMSG_DATA(c));
                     }
-                } else if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == super::UDP_GRO {
+                    (libc::IPPROTO_IP, libc::IP_TTL) if holds(4) => {
+                        let ttl =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                        m.ttl = u8::try_from(ttl).ok();
+                    }
                     // udp_cmsg_recv() puts the segment size as an int.
-                    let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                    m.segment_size = u16::try_from(size).ok().filter(|s| *s > 0);
+                    (libc::SOL_UDP, super::UDP_GRO) if holds(4) => {
+                        let size =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                        m.segment_size = u16::try_from(size).ok().filter(|s| *s > 0);
+                    }
+                    _ => {}
                 }
                 c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
             }
@@ -209,5 +228,60 @@ pub fn send_batch(fd: BorrowedFd<'_>, bufs: &impl SendBuffers) -> io::Result<usi
         Ok(sent) => Ok(sent as usize),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::sys::inet::InetSocket;
+
+    struct Buffers(Vec<Vec<u8>>);
+
+    impl RecvBuffers for Buffers {
+        fn count(&self) -> usize {
+            self.0.len()
+        }
+
+        fn parts(&mut self, i: usize) -> [&mut [u8]; MAX_PARTS] {
+            [&mut self.0[i], &mut [], &mut []]
+        }
+    }
+
+    /// Coalesced datagrams (`UDP_GRO`) come with three options, TOS, TTL
+    /// and segment size, each read from its own message: several such
+    /// messages in one `recvmmsg` each tell their own, intact.
+    #[test]
+    fn each_coalesced_datagram_tells_its_own_tos_ttl_and_segment_size() {
+        let receiver = InetSocket::udp_bound(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        receiver.enable_gro().unwrap();
+        let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, receiver.local_port().unwrap());
+        let (sender, _) = InetSocket::udp_segment_sender(Ipv4Addr::LOCALHOST).unwrap();
+        // Over loopback a UDP_SEGMENT send reaches a UDP_GRO socket whole.
+        let sends = [
+            (0x00, 64, 100),
+            (0x02, 63, 200),
+            (0x01, 62, 300),
+            (0xb8, 61, 400),
+        ];
+        for (tos, ttl, segment) in sends {
+            let payload = vec![tos; 3 * segment];
+            assert!(sender
+                .send_segmented(&[&payload], to, segment as u16, tos, ttl)
+                .unwrap());
+        }
+        let mut bufs = Buffers(vec![vec![0; 4096]; 8]);
+        let mut meta = vec![Received::default(); 8];
+        let got = receiver.recv_batch(&mut bufs, &mut meta).unwrap();
+        assert_eq!(got, sends.len(), "one message per send");
+        for ((tos, ttl, segment), m) in sends.iter().zip(&meta) {
+            assert_eq!(m.len, 3 * segment);
+            assert!(!m.control_truncated, "{m:?}");
+            assert_eq!(m.segment_size, Some(*segment as u16), "{m:?}");
+            assert_eq!(m.tos, Some(*tos), "{m:?}");
+            assert_eq!(m.ttl, Some(*ttl), "{m:?}");
+        }
     }
 }

@@ -291,16 +291,21 @@ pub const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// The fields of an untagged Ethernet/IPv4/UDP datagram that decide
 /// whether it continues a run of its flow.
-struct UdpDatagramView {
-    ident: u16,
-    dont_fragment: bool,
-    payload_len: usize,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpDatagramView {
+    /// Its IPv4 identification.
+    pub ident: u16,
+    /// DF is set.
+    pub dont_fragment: bool,
+    /// Bytes of UDP payload.
+    pub payload_len: usize,
 }
 
-/// The datagram `frame` holds, if it is one a UDP super-datagram can
-/// carry: IPv4 without options, not a fragment, UDP with a payload, and
-/// lengths that agree with the frame's (no Ethernet padding).
-fn udp_datagram_view(frame: &[u8]) -> Option<UdpDatagramView> {
+/// The datagram `frame` holds, if it is one a UDP super-datagram (or a
+/// `UDP_SEGMENT` send) can carry: IPv4 without options, not a fragment,
+/// UDP with a payload, and lengths that agree with the frame's (no
+/// Ethernet padding).
+pub fn udp_datagram_view(frame: &[u8]) -> Option<UdpDatagramView> {
     let ip = frame.get(ETH_LEN..)?;
     if frame.get(12..14)? != [0x08, 0x00] || ip.len() <= 28 || ip[0] != 0x45 || ip[9] != 17 {
         return None;

@@ -102,7 +102,8 @@ use crate::config::Backend;
 use crate::drop::DropReason;
 use crate::fib::Prefix;
 use crate::offload::{
-    coalesce_datagrams, settle_outer_udp_checksum, Segmenter, MAX_UDP_PAYLOAD, MAX_UDP_SEGMENTS,
+    coalesce_datagrams, settle_outer_udp_checksum, udp_datagram_view, Segmenter, MAX_UDP_PAYLOAD,
+    MAX_UDP_SEGMENTS,
 };
 use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum, BATCH_SIZE, HEADROOM};
 use crate::port::{DeviceCounter, Port, PortId, PortKind};
@@ -1138,20 +1139,9 @@ struct BatchKey {
 /// as flannel.1 does: a frame with it goes raw), UDP, and lengths that
 /// agree with the frame's.
 fn batch_member(frame: &[u8]) -> Option<(BatchKey, usize)> {
-    let ip = frame.get(ETH..)?;
-    if frame.get(12..14)? != [0x08, 0x00] || ip.len() < IPV4 + UDP {
-        return None;
-    }
-    // Version 4, no options; UDP; DF, MF and fragment offset all zero.
-    if ip[0] != 0x45 || ip[9] != 17 || ip[6..8] != [0, 0] {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let view = udp_datagram_view(frame).filter(|v| !v.dont_fragment)?;
+    let ip = &frame[ETH..];
     let udp = &ip[IPV4..];
-    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    if total != ip.len() || udp_len + IPV4 != total || udp_len <= UDP {
-        return None;
-    }
     let key = BatchKey {
         dst: SocketAddrV4::new(
             Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
@@ -1161,7 +1151,7 @@ fn batch_member(frame: &[u8]) -> Option<(BatchKey, usize)> {
         tos: ip[1],
         ttl: ip[8],
     };
-    Some((key, udp_len - UDP))
+    Some((key, view.payload_len))
 }
 
 /// How many of `frames`, from the first, can leave as one `UDP_SEGMENT`

@@ -455,7 +455,9 @@ mod carried {
     //! Super-frames carried as one packet: the offload state a buffer
     //! takes from a virtio-net header, gives back to one, and what a port
     //! that cannot take it makes of it; checked with etherparse.
-    use super::test_frames::{encapsulated, tcp_checksum_ok, tso_frame};
+    use super::test_frames::{
+        cut, encapsulated, refresh_ipv4_checksum, tcp_checksum_ok, tso_frame, udp_datagram,
+    };
     use super::*;
     use crate::port::PortId;
     use etherparse::{NetSlice, SlicedPacket, TransportSlice};
@@ -701,35 +703,13 @@ mod carried {
         assert_eq!(pool.in_use(), 0);
     }
 
-    /// A datagram of one flow built by etherparse, with `ident` and DF.
-    fn udp_datagram(port: u16, ident: u16, dont_fragment: bool, payload: &[u8]) -> Vec<u8> {
-        let mut frame = Vec::new();
-        etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4([10, 244, 1, 2], [10, 244, 1, 3], 64)
-            .udp(40000, port)
-            .write(&mut frame, payload)
-            .unwrap();
-        frame[18..20].copy_from_slice(&ident.to_be_bytes());
-        frame[20] = if dont_fragment { 0x40 } else { 0 };
-        frame[24..26].fill(0);
-        let sum = checksum::checksum(&frame[14..34]);
-        frame[24..26].copy_from_slice(&sum.to_be_bytes());
-        frame
-    }
-
     /// What the receiving kernel cuts a frame sent with its virtio-net
     /// header into.
     fn cut_as_sent(buf: &PacketBuf) -> Vec<Vec<u8>> {
-        let hdr = vnet_header_for(buf).expect("a virtio-net header describes it");
-        let segmenter = Segmenter::new(buf.frame(), &hdr).unwrap();
-        (0..segmenter.count())
-            .map(|i| {
-                let mut d = vec![0; segmenter.max_segment_len()];
-                let len = segmenter.write(buf.frame(), i, &mut d).unwrap();
-                d.truncate(len);
-                d
-            })
-            .collect()
+        cut(
+            buf.frame(),
+            &vnet_header_for(buf).expect("a virtio-net header describes it"),
+        )
     }
 
     /// Runs of one flow's datagrams become one super-datagram each, the
@@ -785,9 +765,7 @@ mod carried {
         for (cut, sent) in cut_as_sent(&batch[0]).iter().zip(&small) {
             let mut cut = cut.clone();
             cut[18..20].fill(0);
-            cut[24..26].fill(0);
-            let sum = checksum::checksum(&cut[14..34]);
-            cut[24..26].copy_from_slice(&sum.to_be_bytes());
+            refresh_ipv4_checksum(&mut cut);
             assert_eq!(&cut, sent);
         }
         assert_eq!(cut_as_sent(&batch[0]).len(), 5);

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
-use super::{checksum, VnetHeader, FLAG_NEEDS_CSUM, GSO_ECN, GSO_TCPV4};
+use super::{checksum, Segmenter, VnetHeader, FLAG_NEEDS_CSUM, GSO_ECN, GSO_TCPV4};
 
 /// A TSO super-frame as a veth hands it over: full-length headers and
 /// only the pseudo-header sum in the TCP checksum field.
@@ -114,4 +114,41 @@ pub(crate) fn encapsulated(inner: &[u8], vxlan: bool) -> (Vec<u8>, usize) {
             .unwrap();
         (packet, 14 + 20)
     }
+}
+
+/// A UDP datagram of one flow (to `port`) as a pod's socket sends it,
+/// built by etherparse: the IPv4 identification `ident`, DF as asked,
+/// and full checksums.
+pub(crate) fn udp_datagram(port: u16, ident: u16, dont_fragment: bool, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4([10, 244, 1, 2], [10, 244, 1, 3], 64)
+        .udp(40000, port)
+        .write(&mut frame, payload)
+        .unwrap();
+    frame[18..20].copy_from_slice(&ident.to_be_bytes());
+    frame[20] = if dont_fragment { 0x40 } else { 0 };
+    refresh_ipv4_checksum(&mut frame);
+    frame
+}
+
+/// Recomputes the IPv4 header checksum of an untagged frame.
+pub(crate) fn refresh_ipv4_checksum(frame: &mut [u8]) {
+    frame[24..26].fill(0);
+    let sum = checksum::checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// Cuts a super-frame as the receiving kernel does (the segmenter
+/// follows `__udp_gso_segment`, `tcp_gso_segment` and `inet_gso_segment`).
+pub(crate) fn cut(whole: &[u8], vnet: &VnetHeader) -> Vec<Vec<u8>> {
+    let segmenter = Segmenter::new(whole, vnet).unwrap();
+    (0..segmenter.count())
+        .map(|i| {
+            let mut d = vec![0; segmenter.max_segment_len()];
+            let len = segmenter.write(whole, i, &mut d).unwrap();
+            d.truncate(len);
+            d
+        })
+        .collect()
 }

@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 
-use super::test_frames::{big_tcp_frame, encapsulated, tcp_checksum_ok, tso_frame};
+use super::test_frames::{
+    big_tcp_frame, cut, encapsulated, refresh_ipv4_checksum, tcp_checksum_ok, tso_frame,
+    udp_datagram,
+};
 use super::*;
 
 /// An outer UDP checksum that verifies, is left partial, or was
@@ -585,27 +588,6 @@ fn a_batchs_headers_cut_into_datagrams_that_verify() {
 
 // ---- a flow's UDP datagrams as one super-datagram ---------------------------
 
-/// A datagram of one flow, as a pod sends it, built by etherparse: the
-/// IPv4 identification `ident`, DF as asked, and full checksums.
-fn pod_datagram(ident: u16, dont_fragment: bool, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4([10, 244, 1, 2], [10, 244, 1, 3], 64)
-        .udp(40000, 5353)
-        .write(&mut frame, payload)
-        .unwrap();
-    frame[18..20].copy_from_slice(&ident.to_be_bytes());
-    frame[20] = if dont_fragment { 0x40 } else { 0 };
-    refresh_ipv4_checksum(&mut frame);
-    frame
-}
-
-fn refresh_ipv4_checksum(frame: &mut [u8]) {
-    frame[24..26].fill(0);
-    let sum = checksum::checksum(&frame[14..34]);
-    frame[24..26].copy_from_slice(&sum.to_be_bytes());
-}
-
 /// `datagrams` merged as the engine merges a run: the first's headers
 /// from [`udp_batch_headers`], then every payload.
 fn merged(datagrams: &[Vec<u8>]) -> (Vec<u8>, VnetHeader) {
@@ -616,20 +598,6 @@ fn merged(datagrams: &[Vec<u8>]) -> (Vec<u8>, VnetHeader) {
         .collect();
     let (headers, vnet) = udp_batch_headers(&datagrams[0], payloads.len(), segment as u16).unwrap();
     (headers.iter().copied().chain(payloads).collect(), vnet)
-}
-
-/// Cuts a super-datagram as the receiving kernel does (the segmenter
-/// follows `__udp_gso_segment` and `inet_gso_segment`).
-fn cut(whole: &[u8], vnet: &VnetHeader) -> Vec<Vec<u8>> {
-    let segmenter = Segmenter::new(whole, vnet).unwrap();
-    (0..segmenter.count())
-        .map(|i| {
-            let mut d = vec![0; segmenter.max_segment_len()];
-            let len = segmenter.write(whole, i, &mut d).unwrap();
-            d.truncate(len);
-            d
-        })
-        .collect()
 }
 
 proptest::proptest! {
@@ -649,13 +617,13 @@ proptest::proptest! {
             .map(|k| {
                 let payload: Vec<u8> = (0..segment).map(|i| (i * 31 + k * 7) as u8).collect();
                 let ident = if dont_fragment { 0 } else { first_ident.wrapping_add(k as u16) };
-                pod_datagram(ident, dont_fragment, &payload)
+                udp_datagram(5353, ident, dont_fragment, &payload)
             })
             .collect();
         let shorter = segment.saturating_sub(last_shorter_by).max(1);
         let last = datagrams.len() - 1;
         let ident = if dont_fragment { 0 } else { first_ident.wrapping_add(last as u16) };
-        datagrams[last] = pod_datagram(ident, dont_fragment, &vec![0xee; shorter]);
+        datagrams[last] = udp_datagram(5353, ident, dont_fragment, &vec![0xee; shorter]);
         let run = udp_run_len(datagrams.iter().map(Vec::as_slice));
         // The longest run within both bounds.
         let bytes = |n: usize| (n - 1) * segment + if n == count { shorter } else { segment };
@@ -687,7 +655,7 @@ proptest::proptest! {
 fn a_run_ends_where_a_datagram_would_not_come_back_as_it_was() {
     let payload = [0x5a; 100];
     let flow: Vec<Vec<u8>> = (0..4)
-        .map(|k| pod_datagram(7 + k, false, &payload))
+        .map(|k| udp_datagram(5353, 7 + k, false, &payload))
         .collect();
     let run_with = |third: Vec<u8>| {
         let mut frames = flow.clone();
@@ -719,13 +687,21 @@ fn a_run_ends_where_a_datagram_would_not_come_back_as_it_was() {
     }
     // Identifications that do not run on by one, without DF.
     assert_eq!(
-        run_with(pod_datagram(100, false, &payload)),
+        run_with(udp_datagram(5353, 100, false, &payload)),
         2,
         "identification"
     );
     // A longer datagram; a shorter one ends the run after it.
-    assert_eq!(run_with(pod_datagram(9, false, &[1; 101])), 2, "longer");
-    assert_eq!(run_with(pod_datagram(9, false, &[1; 99])), 3, "shorter");
+    assert_eq!(
+        run_with(udp_datagram(5353, 9, false, &[1; 101])),
+        2,
+        "longer"
+    );
+    assert_eq!(
+        run_with(udp_datagram(5353, 9, false, &[1; 99])),
+        3,
+        "shorter"
+    );
     // A wrong UDP checksum, none at all, a wrong IPv4 header checksum.
     let mut bad = flow[2].clone();
     bad[60] ^= 1;
@@ -765,7 +741,7 @@ fn a_run_ends_where_a_datagram_would_not_come_back_as_it_was() {
 fn atomic_datagrams_merge_whatever_their_identification() {
     let frames: Vec<Vec<u8>> = [0, 0, 513, 2]
         .iter()
-        .map(|&ident| pod_datagram(ident, true, &[3; 18]))
+        .map(|&ident| udp_datagram(5353, ident, true, &[3; 18]))
         .collect();
     assert_eq!(udp_run_len(frames.iter().map(Vec::as_slice)), 4);
 }

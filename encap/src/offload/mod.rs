@@ -352,6 +352,25 @@ fn udp_checksums_hold(frame: &[u8]) -> bool {
         )
 }
 
+/// True if the `index`-th datagram of a run (the first is 0) may carry
+/// the IPv4 identification `ident` when the first carries `first_ident`,
+/// for the run to go as one super-frame or super-datagram. Segmentation
+/// gives the datagrams the first's identification plus one each
+/// (`inet_gso_segment`), so without DF the identifications must already
+/// run so, or a datagram that is fragmented later would be reassembled
+/// with another's fragments. With DF (atomic datagrams) they may be
+/// anything: an atomic datagram's identification means nothing and may be
+/// rewritten (RFC 6864 §4.1), and a Linux socket that is not connected
+/// sends them all with identification 0.
+fn identification_continues(
+    dont_fragment: bool,
+    first_ident: u16,
+    ident: u16,
+    index: usize,
+) -> bool {
+    dont_fragment || ident == first_ident.wrapping_add(index as u16)
+}
+
 /// How many of `frames`, from the first, can go as one UDP
 /// super-datagram that the receiving kernel cuts back into the same
 /// datagrams (`SKB_GSO_UDP_L4`; [`udp_batch_headers`] writes its
@@ -359,12 +378,10 @@ fn udp_checksums_hold(frame: &[u8]) -> bool {
 /// one IPv4 TOS, flags byte, TTL and pair of addresses; one pair of UDP
 /// ports) with one payload length, but for the last, which may be shorter, whose
 /// checksums hold, at most [`MAX_UDP_SEGMENTS`] of them and
-/// [`MAX_UDP_PAYLOAD`] bytes in all. The rules are the kernel's UDP GRO's
-/// (`udp_gro_receive_segment`, `inet_gro_flush`): the segmentation gives
-/// the datagrams the first's IPv4 identification plus one each, so
-/// without DF the identifications must already run so; with DF (atomic
-/// datagrams, whose identification means nothing, RFC 6864 §4.1) they
-/// may be anything. 1 if the first goes alone, 0 if there is none.
+/// [`MAX_UDP_PAYLOAD`] bytes in all, whose identifications
+/// [continue](identification_continues) the first's. The rules are the
+/// kernel's UDP GRO's (`udp_gro_receive_segment`, `inet_gro_flush`). 1 if
+/// the first goes alone, 0 if there is none.
 pub fn udp_run_len<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> usize {
     let mut frames = frames.into_iter();
     let Some(first_frame) = frames.next() else {
@@ -380,7 +397,7 @@ pub fn udp_run_len<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> usize {
         };
         let continues = count < MAX_UDP_SEGMENTS
             && same_udp_flow(first_frame, frame)
-            && (first.dont_fragment || view.ident == first.ident.wrapping_add(count as u16))
+            && identification_continues(first.dont_fragment, first.ident, view.ident, count)
             && view.payload_len <= first.payload_len
             && bytes + view.payload_len <= MAX_UDP_PAYLOAD;
         if !continues {
@@ -982,6 +999,8 @@ pub struct Coalesced {
 struct TcpSegmentView {
     ihl: usize,
     doff: usize,
+    ident: u16,
+    dont_fragment: bool,
     flags: u8,
     seq: u32,
     data_len: usize,
@@ -1009,6 +1028,8 @@ fn tcp_segment_view(datagram: &[u8], inner_l3: usize) -> Option<TcpSegmentView> 
     Some(TcpSegmentView {
         ihl,
         doff,
+        ident: u16::from_be_bytes([ip[4], ip[5]]),
+        dont_fragment: ip[6] & 0x40 != 0,
         flags: tcp[13],
         seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         data_len: total - ihl - doff,
@@ -1021,7 +1042,8 @@ fn tcp_segment_view(datagram: &[u8], inner_l3: usize) -> Option<TcpSegmentView> 
 /// inner Ethernet header, or at 0 for IP-in-UDP). When they are in-order
 /// segments of one TCP flow, with identical headers but for what
 /// segmentation changes (lengths, identification, checksums, sequence
-/// numbers; PSH and FIN on the last, CWR on the first) and transport
+/// numbers; PSH and FIN on the last, CWR on the first), identifications
+/// that [continue](identification_continues) the first's, and transport
 /// checksums that verify (or are partial, as a kernel peer leaves them),
 /// the first datagram becomes one TCP super-frame carrying every payload,
 /// with a partial checksum, ready for a receiver that takes GSO: what
@@ -1052,6 +1074,7 @@ pub fn coalesce_datagrams(
         let same_shape = view.ihl == first.ihl
             && view.doff == first.doff
             && view.seq == expected_seq
+            && identification_continues(first.dont_fragment, first.ident, view.ident, k)
             && (view.data_len == mss || (last && view.data_len < mss));
         if !same_shape {
             return None;

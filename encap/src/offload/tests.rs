@@ -392,6 +392,51 @@ fn datagrams_that_are_not_one_flow_in_order_stay_as_they_came() {
     assert!(coalesce_datagrams(&mut good.clone(), 0, VXLAN_L3).is_none());
 }
 
+/// A merged super-frame's segments leave again with the first's IPv4
+/// identification plus one each. Without DF, segments whose
+/// identifications do not already run so stay as they came (a fragment
+/// of one would be reassembled with another's); with DF (atomic
+/// datagrams, RFC 6864) they merge whatever their identifications.
+#[test]
+fn segments_merge_only_if_their_identifications_would_come_back() {
+    let payload: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
+    let (good, each, _) = burst(&payload, 1398);
+    let count = good.len().div_ceil(each);
+    // The burst with datagram k's identification `ident(k)` and DF as
+    // asked, each inner IPv4 checksum made good again.
+    let with = |ident: &dyn Fn(u16) -> u16, dont_fragment: bool| {
+        let mut d = good.clone();
+        for k in 0..count {
+            let end = ((k + 1) * each).min(d.len());
+            let inner_frame = &mut d[k * each + 8..end];
+            let was = u16::from_be_bytes([inner_frame[18], inner_frame[19]]);
+            inner_frame[18..20].copy_from_slice(&ident(was).to_be_bytes());
+            inner_frame[20] = if dont_fragment { 0x40 } else { 0 };
+            refresh_ipv4_checksum(inner_frame);
+        }
+        d
+    };
+    let first = u16::from_be_bytes([good[VXLAN_L3 + 4], good[VXLAN_L3 + 5]]);
+    // What each datagram's identification becomes, from what it was.
+    type Identify<'a> = &'a dyn Fn(u16) -> u16;
+    let cases: [(&str, Identify, bool, bool); 5] = [
+        ("running on by one", &|id| id, false, true),
+        ("all the first's", &|_| first, false, false),
+        ("all zero", &|_| 0, false, false),
+        ("all zero, DF", &|_| 0, true, true),
+        ("scattered, DF", &|id| id.wrapping_mul(7919), true, true),
+    ];
+    for (what, ident, dont_fragment, merges) in cases {
+        let mut d = with(ident, dont_fragment);
+        let before = d.clone();
+        let merged = coalesce_datagrams(&mut d, each, VXLAN_L3);
+        assert_eq!(merged.is_some(), merges, "{what}");
+        if !merges {
+            assert_eq!(d, before, "{what}: left as it came");
+        }
+    }
+}
+
 proptest::proptest! {
     /// Cut for the wire, merged again: the same super-frame, for any
     /// size and segment size, and every datagram checks with

@@ -402,8 +402,8 @@ fn segments_merge_only_if_their_identifications_would_come_back() {
     let payload: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
     let (good, each, _) = burst(&payload, 1398);
     let count = good.len().div_ceil(each);
-    // The burst with datagram k's identification `ident(k)` and DF as
-    // asked, each inner IPv4 checksum made good again.
+    // The burst with each datagram's identification `ident(was)` and DF
+    // as asked, each inner IPv4 checksum made good again.
     let with = |ident: &dyn Fn(u16) -> u16, dont_fragment: bool| {
         let mut d = good.clone();
         for k in 0..count {
@@ -417,7 +417,8 @@ fn segments_merge_only_if_their_identifications_would_come_back() {
         d
     };
     let first = u16::from_be_bytes([good[VXLAN_L3 + 4], good[VXLAN_L3 + 5]]);
-    // What each datagram's identification becomes, from what it was.
+    // Each case: what it is, each identification from what it was, DF,
+    // and whether the burst merges.
     type Identify<'a> = &'a dyn Fn(u16) -> u16;
     let cases: [(&str, Identify, bool, bool); 5] = [
         ("running on by one", &|id| id, false, true),

@@ -378,8 +378,9 @@ fn identification_continues(
 /// one IPv4 TOS, flags byte, TTL and pair of addresses; one pair of UDP
 /// ports) with one payload length, but for the last, which may be shorter, whose
 /// checksums hold, at most [`MAX_UDP_SEGMENTS`] of them and
-/// [`MAX_UDP_PAYLOAD`] bytes in all, whose identifications
-/// [continue](identification_continues) the first's. The rules are the
+/// [`MAX_UDP_PAYLOAD`] bytes in all, whose IPv4 identifications run on
+/// by one from the first's unless DF is set (atomic datagrams, RFC 6864:
+/// see `identification_continues`). The rules are the
 /// kernel's UDP GRO's (`udp_gro_receive_segment`, `inet_gro_flush`). 1 if
 /// the first goes alone, 0 if there is none.
 pub fn udp_run_len<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> usize {
@@ -1042,8 +1043,9 @@ fn tcp_segment_view(datagram: &[u8], inner_l3: usize) -> Option<TcpSegmentView> 
 /// inner Ethernet header, or at 0 for IP-in-UDP). When they are in-order
 /// segments of one TCP flow, with identical headers but for what
 /// segmentation changes (lengths, identification, checksums, sequence
-/// numbers; PSH and FIN on the last, CWR on the first), identifications
-/// that [continue](identification_continues) the first's, and transport
+/// numbers; PSH and FIN on the last, CWR on the first), IPv4
+/// identifications that run on by one from the first's unless DF is set
+/// (as for [`udp_run_len`]), and transport
 /// checksums that verify (or are partial, as a kernel peer leaves them),
 /// the first datagram becomes one TCP super-frame carrying every payload,
 /// with a partial checksum, ready for a receiver that takes GSO: what

@@ -49,8 +49,10 @@ fn af_packet_port(ns: &Netns) -> (std::sync::Arc<Tables>, AfPacketPort) {
     let tables = Tables::new(node, 4);
     let path = format!("/var/run/netns/{}", ns.name);
     let stats = std::sync::Arc::clone(&tables.stats);
-    let port = in_netns(&path, move || AfPacketPort::open("rx0", PortId(1), stats))
-        .expect("an AF_PACKET port on the veth");
+    let port = in_netns(&path, move || {
+        AfPacketPort::open("rx0", PortId(1), stats, true)
+    })
+    .expect("an AF_PACKET port on the veth");
     (tables, port)
 }
 

@@ -85,7 +85,10 @@ impl RecvBuffers for RxBuffers<'_> {
 }
 
 impl PacketRx {
-    pub(super) fn new(sock: PacketSocket) -> PacketRx {
+    /// The socket's receive and send side; a flow's small datagrams leave
+    /// as one super-datagram if `udp_batches` and the socket and kernel
+    /// allow it (see [`PacketRx::udp_batches`]).
+    pub(super) fn new(sock: PacketSocket, udp_batches: bool) -> PacketRx {
         PacketRx {
             hdrs: vec![[0; VNET_HDR_LEN]; BATCH_SIZE],
             meta: vec![Received::default(); BATCH_SIZE],
@@ -93,16 +96,9 @@ impl PacketRx {
             staging_large: Vec::with_capacity(BATCH_SIZE),
             kernel_drops: KernelDrops::socket(),
             asked: 0,
-            udp_batches: sock.has_vnet_hdr() && crate::sys::kernel_at_least(6, 2),
+            udp_batches: udp_batches && sock.has_vnet_hdr() && crate::sys::kernel_at_least(6, 2),
             sock,
         }
-    }
-
-    /// The receive side with a flow's small datagrams sent one by one
-    /// unless `keep` (see [`PacketRx::udp_batches`]).
-    pub(super) fn keeping_udp_batches(mut self, keep: bool) -> PacketRx {
-        self.udp_batches &= keep;
-        self
     }
 
     /// Whether a flow's small datagrams leave as one super-datagram.
@@ -367,7 +363,14 @@ impl AfPacketPort {
     /// (virtio-net headers), and ends the pod's frames in podswitch: the
     /// node's kernel, which sees them first on the veth, does not go on
     /// with them where it has tcx (see [`AfPacketPort::kernel_stop_error`]).
-    pub fn open(name: &str, id: PortId, stats: Arc<Stats>) -> io::Result<AfPacketPort> {
+    /// With `udp_batches`, a flow's small datagrams reach the pod as one
+    /// super-datagram ([`coalesce_udp_runs`]) where the kernel allows it.
+    pub fn open(
+        name: &str,
+        id: PortId,
+        stats: Arc<Stats>,
+        udp_batches: bool,
+    ) -> io::Result<AfPacketPort> {
         let ifindex = crate::sys::netdev::ifindex(name)?;
         let sock = PacketSocket::open(ifindex, PacketOptions::default())
             .map_err(|e| io::Error::new(e.kind(), format!("AF_PACKET on {name}: {e}")))?;
@@ -376,18 +379,11 @@ impl AfPacketPort {
         Ok(AfPacketPort {
             name: name.to_string(),
             counter: Counter { stats, id },
-            rx: PacketRx::new(sock),
+            rx: PacketRx::new(sock, udp_batches),
             tx: TxScratch::default(),
             kernel_stop: Some(kernel_stop),
             steered: None,
         })
-    }
-
-    /// Turns off (with `false`) sending a flow's small datagrams to the
-    /// pod as one super-datagram ([`coalesce_udp_runs`]), which a port
-    /// does where its kernel allows.
-    pub fn keep_udp_batches(&mut self, keep: bool) {
-        self.rx.udp_batches &= keep;
     }
 
     /// Why the node's kernel still goes on with this pod's frames after
@@ -463,7 +459,7 @@ impl Port for AfPacketPort {
                 Box::new(AfPacketPort {
                     name: self.name.clone(),
                     counter: self.counter.clone(),
-                    rx: PacketRx::new(sock).keeping_udp_batches(self.rx.udp_batches),
+                    rx: PacketRx::new(sock, self.rx.udp_batches),
                     tx: TxScratch::default(),
                     kernel_stop: None,
                     steered: Some(Steered::new(steering.progress(i + 1))),

@@ -147,8 +147,7 @@ fn open_af_packet(
     netdev::set_noarp(name)?;
     let _ = netdev::disable_ipv6(name);
     netdev::set_up(name)?;
-    let mut port = AfPacketPort::open(name, id, Arc::clone(stats))?;
-    port.keep_udp_batches(udp_batches);
+    let port = AfPacketPort::open(name, id, Arc::clone(stats), udp_batches)?;
     if let Some(e) = port.kernel_stop_error() {
         notes.push(format!(
             "tcx unavailable ({e}): the node's kernel also takes this pod's frames, broadcasts to the node's own addresses included"

@@ -478,7 +478,7 @@ impl UnderlayPort {
                         .map(|(sock, member)| (sock, steering.progress(member)))
                         .collect();
                 }
-                Some(PacketRx::new(sock).keeping_udp_batches(options.udp_batches))
+                Some(PacketRx::new(sock, options.udp_batches))
             }
             _ => None,
         };
@@ -719,7 +719,7 @@ impl UnderlayPort {
             udp: udp.map(|sock| (sock, port)),
             direct: direct.map(|sock| {
                 let keep = self.direct.as_ref().is_some_and(PacketRx::udp_batches);
-                PacketRx::new(sock).keeping_udp_batches(keep)
+                PacketRx::new(sock, keep)
             }),
             sender,
             segment_senders,

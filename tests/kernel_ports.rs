@@ -580,6 +580,139 @@ fn a_flow_group_moves_a_flow_only_after_a_quiet_gap() {
     assert_eq!(read(0), [0u8; 0]);
 }
 
+/// Frames to send in one batch, each behind nothing (no virtio-net
+/// header), on the socket's bound interface.
+struct Outgoing(Vec<Vec<u8>>);
+
+impl podswitch_engine::sys::mmsg::SendBuffers for Outgoing {
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+
+    fn parts(&self, i: usize) -> [&[u8]; podswitch_engine::sys::mmsg::MAX_PARTS] {
+        [&self.0[i], &[], &[]]
+    }
+
+    fn destination(&self, _: usize) -> Option<std::net::SocketAddrV4> {
+        None
+    }
+}
+
+/// A fanout group steered by flow gives each frame to one member, even
+/// while it fills: the kernel lets only a bound socket join, and a bound
+/// socket takes frames on its own until it has joined, so a member that
+/// kept those would hold copies of frames the group gave another member
+/// too. Frames numbered one by one flood the veth while groups are made,
+/// and no number is read twice in a group.
+#[test]
+fn a_flow_group_filling_under_a_flood_reads_no_frame_twice() {
+    use podswitch_engine::sys::flow_steer::{self, FlowSteering};
+    use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ALL};
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+    cpus_to_tell_apart();
+    const GROUPS: usize = 20;
+    const MEMBERS: usize = 4;
+    let ns = veth_pair();
+    let path = format!("/var/run/netns/{}", ns.name);
+    let groups = in_netns(&path, move || {
+        let listen = PacketOptions {
+            protocol: ETH_P_ALL,
+            vnet_hdr: false,
+            ..PacketOptions::default()
+        };
+        // Protocol 0: it sends, and takes no frame itself.
+        let send_only = PacketOptions {
+            protocol: 0,
+            vnet_hdr: false,
+            rcvbuf: 1 << 16,
+        };
+        let rx0 = podswitch_engine::sys::netdev::ifindex("rx0")?;
+        let sender = PacketSocket::open(podswitch_engine::sys::netdev::ifindex("tx0")?, send_only)?;
+        let mut groups = Vec::new();
+        for _ in 0..GROUPS {
+            let steering = FlowSteering::new(
+                flow_steer::Group::Fanout,
+                MEMBERS,
+                std::time::Duration::ZERO,
+            )?;
+            let first = PacketSocket::open(rx0, listen)?;
+            podswitch_engine::sys::sched::pin_to_cpu(0)?;
+            let (stop, sent) = (AtomicBool::new(false), AtomicU32::new(0));
+            let (members, during_joins) = std::thread::scope(|scope| {
+                // The thread starts in this one's namespace. The two are
+                // kept apart on CPUs 0 and 1: frames must flow while the
+                // members join.
+                scope.spawn(|| {
+                    podswitch_engine::sys::sched::pin_to_cpu(1).expect("the sender on CPU 1");
+                    let mut next = 0u32;
+                    while !stop.load(Ordering::Relaxed) {
+                        let batch = Outgoing(
+                            (next..next + 4)
+                                .map(|n| {
+                                    let mut f = udp_frame(2, 1000, 0);
+                                    f[42..46].copy_from_slice(&n.to_be_bytes());
+                                    f
+                                })
+                                .collect(),
+                        );
+                        next += sender.send_batch(&batch).unwrap_or(0) as u32;
+                        sent.store(next, Ordering::Release);
+                    }
+                });
+                let wait_for_frames = |from: u32| {
+                    while sent.load(Ordering::Acquire) < from + 64 {
+                        std::hint::spin_loop();
+                    }
+                };
+                wait_for_frames(0);
+                let before = sent.load(Ordering::Acquire);
+                let others = first.fan_out_by_flow(MEMBERS - 1, listen, &steering);
+                let during_joins = sent.load(Ordering::Acquire) - before;
+                wait_for_frames(sent.load(Ordering::Acquire));
+                stop.store(true, Ordering::Relaxed);
+                (others, during_joins)
+            });
+            let members: Vec<PacketSocket> = std::iter::once(first).chain(members?).collect();
+            // Each member read to the end: numbers and how many frames.
+            let mut numbers = Vec::new();
+            for member in &members {
+                loop {
+                    let frames = received(|bufs, meta| member.recv_batch(bufs, meta));
+                    if frames.is_empty() {
+                        break;
+                    }
+                    numbers.extend(
+                        frames
+                            .iter()
+                            .filter(|f| f.len() >= 46 && f[6..12] == SENDER_MAC)
+                            .map(|f| u32::from_be_bytes(f[42..46].try_into().unwrap())),
+                    );
+                }
+            }
+            groups.push((numbers, during_joins, sent.load(Ordering::Acquire)));
+        }
+        Ok(groups)
+    })
+    .expect("fanout groups made under a flood");
+    for (i, (mut numbers, during_joins, sent)) in groups.into_iter().enumerate() {
+        assert!(
+            during_joins > 0,
+            "group {i}: no frame was sent while its members joined"
+        );
+        let read = numbers.len();
+        numbers.sort_unstable();
+        numbers.dedup();
+        assert_eq!(
+            read,
+            numbers.len(),
+            "group {i}: {} frames read twice (of {read} read, {sent} sent, {during_joins} while its members joined)",
+            read - numbers.len()
+        );
+        assert!(read > 0, "group {i}: nothing read of {sent} frames sent");
+    }
+}
+
 /// A reuseport group steered by flow does for UDP what a fanout group
 /// does for frames: a flow's datagrams from CPU 1 wait behind those from
 /// CPU 0 in socket 0 until its reader has sent them on, a new flow from

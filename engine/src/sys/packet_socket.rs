@@ -43,6 +43,10 @@ pub const ETH_P_ARP: u16 = 0x0806;
 /// IPv4.
 pub const ETH_P_IP: u16 = 0x0800;
 
+/// A classic BPF filter that takes no frame: `ret #0` (the bytes of the
+/// frame to keep).
+const TAKE_NOTHING: [BpfInstruction; 1] = [BpfInstruction::new(0x06, 0, 0, 0)];
+
 /// How to open a packet socket.
 #[derive(Debug, Clone, Copy)]
 pub struct PacketOptions {
@@ -194,7 +198,13 @@ impl PacketSocket {
     /// calling thread's network namespace, which must be this socket's.
     ///
     /// CPU mode reorders a flow whose frames arrive on two CPUs;
-    /// [`fan_out_by_flow`](Self::fan_out_by_flow) does not.
+    /// [`fan_out_by_flow`](Self::fan_out_by_flow) does not. No frame is
+    /// read twice, but the kernel hands a member frames as soon as it has
+    /// joined, before it takes any (a member is bound taking nothing, so
+    /// that it keeps no copies of the group's frames before it joins):
+    /// the few that reach it in that instant are lost. A group steered by
+    /// flow loses none: its program, set last, is what sends frames to
+    /// the members.
     pub fn fan_out_by_cpu(
         &self,
         more: usize,
@@ -232,10 +242,23 @@ impl PacketSocket {
 
     /// Starts a fanout group in `mode` with this socket as its first
     /// member (the group's id is one the kernel picks,
-    /// `PACKET_FANOUT_FLAG_UNIQUEID`, Linux 4.20), hands it `steering`'s
-    /// program if given, and opens `more` members that join it in order,
-    /// each with this socket's filter (a frame the group steers to a
-    /// member is filtered by that member's own).
+    /// `PACKET_FANOUT_FLAG_UNIQUEID`, Linux 4.20), opens `more` members
+    /// that join it in order, each with this socket's filter (a frame the
+    /// group steers to a member is filtered by that member's own), and
+    /// then hands the group `steering`'s program if given.
+    ///
+    /// No frame is read twice. The kernel lets only a bound socket join
+    /// (`fanout_add`, net/packet/af_packet.c), and a bound socket takes
+    /// every frame of its interface on its own until it has joined: a
+    /// member that did so would keep copies of frames the group gave
+    /// another member too. So a member is bound with a filter that takes
+    /// nothing ([`TAKE_NOTHING`]), and gets its own filter only once it
+    /// has joined. In a steered group the program comes last: until then
+    /// the group gives every frame to this socket (`fanout_demux_bpf`
+    /// picks member 0 while the group has no program), so none is lost
+    /// to a member still taking nothing either. In CPU mode the kernel
+    /// picks a member as soon as it has joined: a frame it picks for one
+    /// in the instant before its filter is set is lost.
     fn fan_out(
         &self,
         more: usize,
@@ -249,32 +272,49 @@ impl PacketSocket {
             PACKET_FANOUT,
             &(mode | PACKET_FANOUT_FLAG_UNIQUEID),
         )?;
-        if let Some(steering) = steering {
-            // The program is the group's, set through any member
-            // (`fanout_set_data`); the group takes its own reference.
-            let program: libc::c_int = steering.program().as_raw_fd();
-            setsockopt(self.fd.as_fd(), SOL_PACKET, PACKET_FANOUT_DATA, &program)?;
-        }
         let mut arg: u32 = 0;
         getsockopt(self.fd.as_fd(), SOL_PACKET, PACKET_FANOUT, &mut arg)?;
         // The group's id in the low 16 bits, its mode and flags above.
         let group = arg & 0xffff;
-        (0..more)
+        let members = (0..more)
             .map(|_| {
-                // A member is bound, and takes frames of its own, before
-                // it joins: with the group's filter those are at worst
-                // copies of frames the group takes too, never others.
-                let member =
-                    PacketSocket::open_filtered(self.ifindex, options, self.filter.as_deref())?;
+                let mut member =
+                    PacketSocket::open_filtered(self.ifindex, options, Some(&TAKE_NOTHING))?;
                 setsockopt(
                     member.fd.as_fd(),
                     SOL_PACKET,
                     PACKET_FANOUT,
                     &(group | mode),
                 )?;
+                member.set_filter(self.filter.as_deref())?;
                 Ok(member)
             })
-            .collect()
+            .collect::<io::Result<Vec<_>>>()?;
+        if let Some(steering) = steering {
+            // The program is the group's, set through any member
+            // (`fanout_set_data`); the group takes its own reference.
+            let program: libc::c_int = steering.program().as_raw_fd();
+            setsockopt(self.fd.as_fd(), SOL_PACKET, PACKET_FANOUT_DATA, &program)?;
+        }
+        Ok(members)
+    }
+
+    /// Replaces the socket's filter with `filter`, or takes it off.
+    fn set_filter(&mut self, filter: Option<&[BpfInstruction]>) -> io::Result<()> {
+        match filter {
+            Some(filter) => set_program(self.fd.as_fd(), libc::SO_ATTACH_FILTER, filter)?,
+            None => {
+                let unused: libc::c_int = 0;
+                setsockopt(
+                    self.fd.as_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_DETACH_FILTER,
+                    &unused,
+                )?;
+            }
+        }
+        self.filter = filter.map(<[BpfInstruction]>::to_vec);
+        Ok(())
     }
 
     /// True if frames carry a virtio-net header.

@@ -126,6 +126,13 @@ fn open_af_xdp(
     // The host side has no IPv6 of its own: the node would otherwise send
     // router solicitations into the pod.
     let _ = netdev::disable_ipv6(name);
+    // Nor does it answer ARP. While the XDP program is on, the node's
+    // kernel sees no pod frame; while podswitchd is down it sees them all,
+    // and would answer for the gateway address (on the TUN port) with the
+    // veth's own MAC. A pod that kept that MAC would be cut off once
+    // podswitchd is back, which takes frames to the gateway's MAC only,
+    // until the pod's neighbour entry failed (seen after a worker panic).
+    netdev::set_noarp(name)?;
     if port.mode() == XdpMode::Generic {
         notes.push("native XDP refused: fallback to generic (skb) XDP".into());
     }

@@ -600,6 +600,68 @@ fn a_failed_af_xdp_open_answers_and_the_next_port_add_works() {
     assert!(ports.contains("tap21"), "{ports}");
 }
 
+/// A worker that panics does not leave the daemon half alive, its pods
+/// cut off behind a control socket that still answers: podswitchd stops
+/// as on SIGTERM (control socket removed, ports closed) and exits with
+/// status 1 for its supervisor to start it again; a new daemon on the same
+/// state file forwards again. Debug builds make a worker panic on its
+/// first batch when asked (`PODSWITCH_TEST_WORKER_PANIC`).
+#[test]
+fn a_worker_that_panics_stops_the_daemon_with_an_error() {
+    require(&["ip", "ping", "kill"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.expected_warnings.extend([
+        "a thread panicked: podswitchd stops",
+        "stopped after a thread panicked",
+    ]);
+    cluster.start_with_env(0, &[], &[("PODSWITCH_TEST_WORKER_PANIC", "1")]);
+    cluster.attach_pods(0);
+    cluster.start(1, &[]);
+    cluster.attach_pods(1);
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    assert_eq!((a.node, b.node), (0, 1));
+    // The ping's first frame (its ARP request) panics node1's worker.
+    assert!(!ping(&a.ns, &b.ip, 1), "node1's worker forwarded a frame");
+    let daemon = cluster.nodes[0].daemon.as_mut().unwrap();
+    let mut child = daemon.child.take().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "podswitchd still runs 10 s after its worker panicked: {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = daemon.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    for line in [
+        "panics on its first batch",
+        "a thread panicked: podswitchd stops",
+        "stopped: ports closed",
+    ] {
+        assert!(log.contains(line), "no {line:?} in the log: {log}");
+    }
+    assert!(!daemon.socket.exists(), "the control socket file is left");
+
+    // Started again, as its supervisor would, it takes its ports back from
+    // the state file and forwards.
+    cluster.start(0, &[]);
+    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ping(&a.ns, &b.ip, 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "traffic did not resume\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Peers and routes programmed through the control socket come back after
 /// `kill -9` and a restart on the same state file; the config file's peer
 /// is there once, as the config says (issue 15, item 4).

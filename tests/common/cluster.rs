@@ -388,6 +388,11 @@ impl Cluster {
     /// Starts podswitchd on node `n` with [`Self::config`] (plus `extra`
     /// arguments) and waits until its control socket answers.
     pub fn start(&mut self, n: usize, extra: &[&str]) {
+        self.start_with_env(n, extra, &[]);
+    }
+
+    /// [`Self::start`] with `env` added to podswitchd's environment.
+    pub fn start_with_env(&mut self, n: usize, extra: &[&str], env: &[(&str, &str)]) {
         let config = TempFile::new("podswitchd.toml");
         std::fs::write(&config.0, self.config(n)).unwrap();
         let log = TempFile::new("podswitchd.log");
@@ -406,6 +411,7 @@ impl Cluster {
             .arg("--state-file")
             .arg(&state.0)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log.0).unwrap())
             .spawn()

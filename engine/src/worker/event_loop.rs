@@ -114,7 +114,17 @@ pub(super) struct Loop {
     /// would let a limited port move one batch a millisecond); made when
     /// first needed, with the instant it is armed for.
     release_timer: Option<(OneShotTimer, Option<Instant>)>,
+    /// Debug builds only: panic on the first batch to forward, as a bug
+    /// would, when the environment has [`PANIC_FOR_TESTS`] (for the test
+    /// of what the daemon does then).
+    #[cfg(debug_assertions)]
+    panic_for_tests: bool,
 }
+
+/// The environment variable that makes a debug build's workers panic on
+/// their first batch.
+#[cfg(debug_assertions)]
+const PANIC_FOR_TESTS: &str = "PODSWITCH_TEST_WORKER_PANIC";
 
 impl Loop {
     pub(super) fn new(
@@ -146,6 +156,8 @@ impl Loop {
             options,
             shaper: Shaper::default(),
             release_timer: None,
+            #[cfg(debug_assertions)]
+            panic_for_tests: std::env::var_os(PANIC_FOR_TESTS).is_some(),
         }
     }
 
@@ -387,6 +399,12 @@ impl Loop {
     /// what leaves to its ports: this worker's own, or another worker's
     /// through its mailbox.
     fn forward(&mut self, batch: &mut Vec<PacketBuf>, out: &mut Outputs) {
+        #[cfg(debug_assertions)]
+        assert!(
+            !self.panic_for_tests,
+            "{PANIC_FOR_TESTS} is set: worker {} panics on its first batch",
+            self.me
+        );
         self.stats.batch(batch.len());
         let now = (self.options.clock_secs)();
         self.pipeline.process(batch, &mut self.pool, out, now);

@@ -5,7 +5,9 @@
 //! the host port (TUN) with its cluster route, static peers and ports,
 //! then the control socket. It then waits for SIGTERM or SIGINT and takes
 //! everything down in reverse: the socket file, the ports (closing the TUN
-//! device removes it and its route), the workers.
+//! device removes it and its route), the workers. A thread that panics
+//! takes the same way down, and podswitchd then exits with status 1
+//! ([`stop_on_panic`]).
 
 mod cluster;
 mod config;
@@ -14,6 +16,7 @@ mod hooks;
 mod state;
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +43,9 @@ use state::StateFile;
 const MAX_PORTS: usize = 4096;
 
 static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Some thread of the daemon has panicked.
+static PANICKED: AtomicBool = AtomicBool::new(false);
 
 fn clock_secs() -> u32 {
     STARTED.get_or_init(Instant::now).elapsed().as_secs() as u32
@@ -94,6 +100,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     podswitch_engine::sys::xdp::prepare_process();
     // Register for signals first: a stop during start-up still cleans up.
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
+    stop_on_panic();
     let node = settings.node.clone();
     tracing::info!(
         node = %node.name,
@@ -503,7 +510,41 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             );
         }
     }
+    if PANICKED.load(Ordering::SeqCst) {
+        return Err(
+            "stopped after a thread panicked (see above); started again, podswitchd takes its ports back from the state file"
+                .into(),
+        );
+    }
     Ok(())
+}
+
+/// Makes a thread that panics take the daemon down the way SIGTERM does,
+/// rather than leave it half alive: a dead worker's pods would lose every
+/// frame while the control socket still answered, and a dead control
+/// thread would leave a data path no CNI call reaches. After Rust's own
+/// report (the message, and the backtrace with `RUST_BACKTRACE`), the
+/// hook raises SIGTERM for the main thread's usual stop (the ports closed,
+/// their XDP and tcx programs off, the egress rules undone), and
+/// [`run`] then returns an error: exit status 1, for the supervisor
+/// (systemd's `Restart=`, the DaemonSet's pod) to start podswitchd again.
+/// Called once the signals are registered, so that the raised SIGTERM is
+/// read by the main thread, not taken as the default kill.
+fn stop_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        if !PANICKED.swap(true, Ordering::SeqCst) {
+            let thread = std::thread::current();
+            tracing::error!(
+                thread = thread.name().unwrap_or("unnamed"),
+                "a thread panicked: podswitchd stops"
+            );
+            if let Err(e) = signal_hook::low_level::raise(SIGTERM) {
+                tracing::error!("raising SIGTERM: {e}");
+            }
+        }
+    }));
 }
 
 /// With `per_cpu`, member k of a split port takes the frames of every CPU

@@ -600,6 +600,81 @@ fn a_failed_af_xdp_open_answers_and_the_next_port_add_works() {
     assert!(ports.contains("tap21"), "{ports}");
 }
 
+/// The control socket outlives the daemon running out of file
+/// descriptors: while clients hold every one it may open, accept fails
+/// (`EMFILE`), which is logged once; once they hang up, the next request
+/// is answered. The accept loop once ended on the first such error,
+/// leaving a daemon that forwarded but took no request (no CNI ADD, no
+/// port-add) until it was restarted.
+#[test]
+fn the_control_socket_answers_again_after_running_out_of_descriptors() {
+    require(&["ip", "prlimit", "timeout"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster
+        .expected_warnings
+        .push("control socket: accept failed (Too many open files");
+    cluster.start(0, &[]);
+    let node = &cluster.nodes[0];
+    let daemon = node.daemon.as_ref().unwrap();
+    let pid = daemon.pid().to_string();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .expect("the daemon's open-file limit")
+        .to_string();
+    // The limit bounds descriptor numbers, and a new descriptor takes the
+    // lowest free one: two above the lowest free number leave room for
+    // two more (one client: its stream and the reader's clone).
+    let open: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
+    let prlimit = |soft: &str| {
+        let out = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={soft}:")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "prlimit: {out:?}");
+    };
+    prlimit(&(lowest_free + 2).to_string());
+    let clients: Vec<UnixStream> = (0..8)
+        .map(|_| UnixStream::connect(&daemon.socket).unwrap())
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !daemon.log_text().contains("accept failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "accept never failed: {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(clients);
+    prlimit(&soft);
+    let out = std::process::Command::new("timeout")
+        .arg("10")
+        .arg(common::cluster::podswitchctl())
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    let log = daemon.log_text();
+    assert!(
+        out.status.success(),
+        "no answer after the clients left: {out:?}\n{log}"
+    );
+    assert_eq!(
+        log.matches("accept failed").count(),
+        1,
+        "one line for the whole run of failures: {log}"
+    );
+    assert!(log.contains("control socket: accepting again"), "{log}");
+}
+
 /// A worker that panics does not leave the daemon half alive, its pods
 /// cut off behind a control socket that still answers: podswitchd stops
 /// as on SIGTERM (control socket removed, ports closed) and exits with

@@ -17,12 +17,38 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use crate::handler::Handler;
 use crate::protocol::{Reply, Request, MAX_LINE};
 
 /// Clients served at once; more are told to retry.
 pub const MAX_CLIENTS: usize = 64;
+
+/// How long the accept loop waits after an error it can outlive (out of
+/// file descriptors, memory or threads): the client waits in the listen
+/// backlog meanwhile, and a loop that tried again at once would spin on
+/// the same error. Go's net/http waits too, 5 ms doubling up to a second.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// True if accept(2) failing with `e` says the listening socket itself is
+/// unusable (accept(2), ERRORS), so that trying again cannot help; every
+/// other error (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`, `ECONNABORTED`,
+/// `EPROTO`, ...) belongs to one connection or to a shortage that passes.
+fn listener_broken(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error().is_some_and(|code| {
+        [
+            Errno::BADF,
+            Errno::INVAL,
+            Errno::NOTSOCK,
+            Errno::OPNOTSUPP,
+            Errno::FAULT,
+        ]
+        .iter()
+        .any(|errno| errno.raw_os_error() == code)
+    })
+}
 
 /// A bound control socket.
 #[derive(Debug)]
@@ -97,9 +123,15 @@ impl Server {
         }
     }
 
-    /// Accepts and serves clients until stopped.
+    /// Accepts and serves clients until stopped. An error that leaves the
+    /// listening socket usable (the process out of file descriptors, say)
+    /// is logged once, when it starts, and accepting goes on after
+    /// 100 ms; only an error of the listening socket itself ends
+    /// the loop, with that error.
     pub fn run(&self) -> io::Result<()> {
         let own_uid = rustix::process::getuid().as_raw();
+        // Accepts that failed in a row, and how the first failed.
+        let mut failing = 0u64;
         for stream in self.listener.incoming() {
             if self.stop.load(Ordering::SeqCst) {
                 break;
@@ -107,8 +139,23 @@ impl Server {
             let mut stream = match stream {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) if listener_broken(&e) => return Err(e),
+                Err(e) => {
+                    if failing == 0 {
+                        tracing::warn!(
+                            "control socket: accept failed ({e}); trying again every {} ms",
+                            ACCEPT_RETRY.as_millis()
+                        );
+                    }
+                    failing += 1;
+                    thread::sleep(ACCEPT_RETRY);
+                    continue;
+                }
             };
+            if failing > 0 {
+                tracing::info!(failed = failing, "control socket: accepting again");
+                failing = 0;
+            }
             match rustix::net::sockopt::socket_peercred(&stream) {
                 Ok(cred) if cred.uid.is_root() || cred.uid.as_raw() == own_uid => {}
                 Ok(cred) => {
@@ -140,10 +187,20 @@ impl Server {
             }
             let handler = Arc::clone(&self.handler);
             let clients = Arc::clone(&self.clients);
-            thread::spawn(move || {
-                let _ = serve_client(stream, &handler);
-                clients.fetch_sub(1, Ordering::SeqCst);
-            });
+            let spawned = thread::Builder::new()
+                .name("podswitch-client".into())
+                .spawn(move || {
+                    let _ = serve_client(stream, &handler);
+                    clients.fetch_sub(1, Ordering::SeqCst);
+                });
+            // `thread::spawn` would panic: the client is let go instead
+            // (its connection closes unanswered) and the next one tried.
+            if let Err(e) = spawned {
+                self.clients.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(
+                    "control socket: no thread for a client ({e}); its connection is closed"
+                );
+            }
         }
         Ok(())
     }

@@ -464,7 +464,18 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     let stopper = server.stopper();
     let server_thread = std::thread::Builder::new()
         .name("podswitch-control".into())
-        .spawn(move || server.run())
+        .spawn(move || {
+            let served = server.run();
+            if let Err(e) = &served {
+                // No request reaches the daemon any more: as half alive
+                // as with a dead worker (see `stop_on_panic`).
+                tracing::error!("control socket: {e}: podswitchd stops");
+                if let Err(e) = signal_hook::low_level::raise(SIGTERM) {
+                    tracing::error!("raising SIGTERM: {e}");
+                }
+            }
+            served
+        })
         .map_err(|e| e.to_string())?;
     tracing::info!(socket = %settings.socket.display(), "ready");
 
@@ -479,11 +490,11 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             tracing::warn!("lease thread panicked");
         }
     }
-    match server_thread.join() {
-        Ok(Err(e)) => tracing::warn!("control socket: {e}"),
-        Err(_) => tracing::warn!("control thread panicked"),
-        Ok(Ok(())) => {}
-    }
+    let control_failed = match server_thread.join() {
+        Ok(Err(e)) => Some(format!("control socket: {e}")),
+        // The panic hook has reported it.
+        Err(_) | Ok(Ok(())) => None,
+    };
     let _ = std::fs::remove_file(&settings.socket);
     if let Some(originals) = &egress {
         for failure in egress::remove(originals) {
@@ -509,6 +520,9 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                 "data path still referenced at exit: its ports close with the process"
             );
         }
+    }
+    if let Some(failure) = control_failed {
+        return Err(format!("stopped: {failure}"));
     }
     if PANICKED.load(Ordering::SeqCst) {
         return Err(

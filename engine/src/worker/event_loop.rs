@@ -298,9 +298,14 @@ impl Loop {
                 }
                 if let Err(e) = polled {
                     if e.kind() != io::ErrorKind::Interrupted {
-                        eprintln!("podswitch worker: poll failed: {e}");
+                        // epoll_wait fails only for a bad descriptor,
+                        // buffer or count (epoll_wait(2)): a bug, not a
+                        // state to wait out. A worker that just returned
+                        // would leave its ports unread behind a daemon
+                        // that looks alive; the panic reaches podswitchd,
+                        // which stops instead.
                         self.spin_class(None);
-                        return;
+                        panic!("podswitch worker {}: poll failed: {e}", self.me);
                     }
                 }
                 for event in &events {

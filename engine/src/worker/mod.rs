@@ -397,6 +397,7 @@ impl Worker {
 
 mod event_loop;
 mod handoff;
+mod placement;
 mod shaper;
 mod spin;
 mod spin_guard;

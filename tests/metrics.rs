@@ -98,7 +98,6 @@ fn metrics_parse_count_exactly_and_ignore_slow_clients() {
         "podswitch_worker_spins_rescued",
         "podswitch_worker_handed_off",
         "podswitch_worker_yields",
-        "podswitch_worker_cpu_moves",
         "podswitch_control_requests",
     ] {
         assert_eq!(

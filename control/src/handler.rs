@@ -525,7 +525,6 @@ impl Handler {
                     spins_rescued: s.spins_rescued,
                     handed_off: s.handed_off,
                     yields: s.yields,
-                    cpu_moves: s.cpu_moves,
                     realtime: s.realtime,
                 }
             })

@@ -387,13 +387,6 @@ impl Collector for Metrics {
             "worker",
             workers.iter().map(|(w, s)| (w.as_str(), s.yields)),
         )?;
-        counters(
-            &mut encoder,
-            "podswitch_worker_cpu_moves",
-            "Times a worker that is not pinned moved off a CPU it shared with a busy task to an idle one.",
-            "worker",
-            workers.iter().map(|(w, s)| (w.as_str(), s.cpu_moves)),
-        )?;
         gauges(
             &mut encoder,
             "podswitch_worker_realtime",

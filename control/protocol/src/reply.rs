@@ -294,9 +294,6 @@ pub struct WorkerCounters {
     pub handed_off: u64,
     /// Times it gave its CPU to the other workers.
     pub yields: u64,
-    /// Times it moved off a CPU it shared with a busy task to an idle one.
-    #[serde(default)]
-    pub cpu_moves: u64,
     /// Whether it forwards in `SCHED_FIFO`.
     pub realtime: bool,
 }

@@ -147,14 +147,7 @@ pub fn parse_cpu_list(text: &str) -> Option<Vec<usize>> {
 
 /// Pins the calling thread to CPU `cpu` (a worker on a CPU kept for it).
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-    set_allowed_cpus(&[cpu])
-}
-
-/// Sets the CPUs the calling thread may run on (its affinity mask); the
-/// kernel moves it before the call returns if it runs on another
-/// (`__set_cpus_allowed_ptr`, kernel/sched/core.c).
-pub fn set_allowed_cpus(cpus: &[usize]) -> io::Result<()> {
-    if let Some(&cpu) = cpus.iter().find(|&&cpu| cpu >= libc::CPU_SETSIZE as usize) {
+    if cpu >= libc::CPU_SETSIZE as usize {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!(
@@ -164,13 +157,11 @@ pub fn set_allowed_cpus(cpus: &[usize]) -> io::Result<()> {
         ));
     }
     // SAFETY: cpu_set_t is plain bits, valid zeroed; CPU_SET writes within
-    // it (each cpu checked above); sched_setaffinity(2) reads `set` for
-    // the length given, with pid 0 the calling thread.
+    // it (cpu checked above); sched_setaffinity(2) reads `set` for the
+    // length given, with pid 0 the calling thread.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        for &cpu in cpus {
-            libc::CPU_SET(cpu, &mut set);
-        }
+        libc::CPU_SET(cpu, &mut set);
         cvt(libc::sched_setaffinity(
             0,
             std::mem::size_of::<libc::cpu_set_t>(),
@@ -178,28 +169,6 @@ pub fn set_allowed_cpus(cpus: &[usize]) -> io::Result<()> {
         ))?;
     }
     Ok(())
-}
-
-/// The CPU the calling thread runs on (it may have moved by the time the
-/// caller looks), if the kernel says.
-pub fn current_cpu() -> Option<usize> {
-    // SAFETY: sched_getcpu(3) takes nothing and returns a number.
-    let cpu = unsafe { libc::sched_getcpu() };
-    usize::try_from(cpu).ok()
-}
-
-/// The CPU time the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`).
-pub fn thread_cpu_time() -> io::Result<std::time::Duration> {
-    let mut time = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime(2) writes one timespec to the valid pointer.
-    cvt(unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) })?;
-    Ok(std::time::Duration::new(
-        u64::try_from(time.tv_sec).unwrap_or(0),
-        u32::try_from(time.tv_nsec).unwrap_or(0),
-    ))
 }
 
 /// Whether this process may move a thread into `class` and back to

@@ -11,7 +11,6 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::handoff::{Crew, MAILBOX_FRAMES};
-use super::placement::Placement;
 use super::shaper::Shaper;
 use super::spin::SpinWindow;
 use super::spin_guard::SpinGuard;
@@ -118,9 +117,6 @@ pub(super) struct Loop {
     /// Debug builds only: panic on the first batch to forward, as a bug
     /// would, when the environment has [`PANIC_FOR_TESTS`] (for the test
     /// of what the daemon does then).
-    /// Moves it off a CPU it shares with a busy task (a worker that is
-    /// not pinned, on a machine where it may use more than one CPU).
-    placement: Option<Placement>,
     #[cfg(debug_assertions)]
     panic_for_tests: bool,
 }
@@ -160,7 +156,6 @@ impl Loop {
             options,
             shaper: Shaper::default(),
             release_timer: None,
-            placement: None,
             #[cfg(debug_assertions)]
             panic_for_tests: std::env::var_os(PANIC_FOR_TESTS).is_some(),
         }
@@ -173,13 +168,10 @@ impl Loop {
         let mut out = Outputs::new();
         // Frames from the mailbox, a run for one port at a time.
         let mut mail: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE * 48);
-        match self.cpu {
-            Some(cpu) => {
-                if let Err(e) = sched::pin_to_cpu(cpu) {
-                    eprintln!("podswitch worker {}: cannot pin to CPU {cpu}: {e}", self.me);
-                }
+        if let Some(cpu) = self.cpu {
+            if let Err(e) = sched::pin_to_cpu(cpu) {
+                eprintln!("podswitch worker {}: cannot pin to CPU {cpu}: {e}", self.me);
             }
-            None => self.placement = Placement::new(),
         }
         if self.options.realtime {
             match sched::class_allowed(ThreadClass::Realtime)
@@ -394,11 +386,6 @@ impl Loop {
                 }
                 spinning = false;
                 last_packet = now;
-                if let Some(placement) = &mut self.placement {
-                    if placement.look(now).is_some() {
-                        self.stats.moved_cpu();
-                    }
-                }
                 if now - working_since > YIELD_AFTER {
                     // Another worker starved of its CPU stalls every
                     // port it owns, and fills its mailbox.

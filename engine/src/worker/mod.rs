@@ -397,7 +397,6 @@ impl Worker {
 
 mod event_loop;
 mod handoff;
-mod placement;
 mod shaper;
 mod spin;
 mod spin_guard;

@@ -34,7 +34,6 @@ pub struct WorkerStats {
     spins_rescued: AtomicU64,
     handed_off: AtomicU64,
     yields: AtomicU64,
-    cpu_moves: AtomicU64,
     realtime: AtomicBool,
 }
 
@@ -72,9 +71,6 @@ pub struct WorkerStatsSnapshot {
     pub handed_off: u64,
     /// Times it yielded its CPU after working a millisecond on end.
     pub yields: u64,
-    /// Times it moved off a CPU it shared with a busy task to an idle one
-    /// (a worker that is not pinned; see `worker/placement.rs`).
-    pub cpu_moves: u64,
     /// It forwards in `SCHED_FIFO`.
     pub realtime: bool,
 }
@@ -103,7 +99,6 @@ impl Default for WorkerStats {
             spins_rescued: AtomicU64::new(0),
             handed_off: AtomicU64::new(0),
             yields: AtomicU64::new(0),
-            cpu_moves: AtomicU64::new(0),
             realtime: AtomicBool::new(false),
         }
     }
@@ -170,10 +165,6 @@ impl WorkerStats {
         self.yields.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn moved_cpu(&self) {
-        self.cpu_moves.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub(super) fn realtime(&self, realtime: bool) {
         self.realtime.store(realtime, Ordering::Relaxed);
     }
@@ -200,7 +191,6 @@ impl WorkerStats {
             spins_rescued: self.spins_rescued.load(Ordering::Relaxed),
             handed_off: self.handed_off.load(Ordering::Relaxed),
             yields: self.yields.load(Ordering::Relaxed),
-            cpu_moves: self.cpu_moves.load(Ordering::Relaxed),
             realtime: self.realtime.load(Ordering::Relaxed),
         }
     }

@@ -707,7 +707,6 @@ fn stats_text(stats: &Stats) -> String {
             "PREEMPTED",
             "RESCUED",
             "HANDED OFF",
-            "CPU MOVES",
         ],
         stats.workers.iter().map(|w| {
             vec![
@@ -721,7 +720,6 @@ fn stats_text(stats: &Stats) -> String {
                 w.spins_preempted.to_string(),
                 w.spins_rescued.to_string(),
                 w.handed_off.to_string(),
-                w.cpu_moves.to_string(),
             ]
         }),
     ));

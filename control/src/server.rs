@@ -130,7 +130,7 @@ impl Server {
     /// the loop, with that error.
     pub fn run(&self) -> io::Result<()> {
         let own_uid = rustix::process::getuid().as_raw();
-        // Accepts that failed in a row, and how the first failed.
+        // Accepts that have failed in a row.
         let mut failing = 0u64;
         for stream in self.listener.incoming() {
             if self.stop.load(Ordering::SeqCst) {

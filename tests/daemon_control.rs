@@ -725,6 +725,12 @@ fn a_worker_that_panics_stops_the_daemon_with_an_error() {
     // Started again, as its supervisor would, it takes its ports back from
     // the state file and forwards.
     cluster.start(0, &[]);
+    wait_for_traffic(&cluster);
+}
+
+/// Waits up to 10 s for the first pod's ping to the second to be
+/// answered, as traffic resumes after a restart.
+fn wait_for_traffic(cluster: &Cluster) {
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !ping(&a.ns, &b.ip, 1) {
@@ -778,16 +784,7 @@ fn runtime_peers_and_routes_survive_kill_9() {
     let trace = node.ctl_json(&["trace", "--in-port", &port, "--dst-ip", "10.244.99.5"]);
     assert!(trace.to_string().contains("192.168.100.3"), "{trace}");
     // And the config's peer still carries traffic.
-    let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !ping(&a.ns, &b.ip, 1) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "traffic did not resume\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_traffic(&cluster);
     let logs = cluster.logs();
     assert!(
         logs.contains("saved peer restored") && logs.contains("saved route restored"),

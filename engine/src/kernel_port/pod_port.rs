@@ -123,20 +123,12 @@ fn open_af_xdp(
             Err(e)
         }
     })?;
-    // The host side has no IPv6 of its own: the node would otherwise send
-    // router solicitations into the pod.
-    let _ = netdev::disable_ipv6(name);
-    // Nor does it answer ARP. While the XDP program is on, the node's
-    // kernel sees no pod frame; while podswitchd is down it sees them all,
-    // and would answer for the gateway address (on the TUN port) with the
-    // veth's own MAC. A pod that kept that MAC would be cut off once
-    // podswitchd is back, which takes frames to the gateway's MAC only,
-    // until the pod's neighbour entry failed (seen after a worker panic).
-    netdev::set_noarp(name)?;
+    // While the XDP program is on, the node's kernel sees no pod frame;
+    // while podswitchd is down it sees them all.
+    quiet_host_side(name)?;
     if port.mode() == XdpMode::Generic {
         notes.push("native XDP refused: fallback to generic (skb) XDP".into());
     }
-    netdev::set_up(name)?;
     Ok(port)
 }
 
@@ -147,13 +139,8 @@ fn open_af_packet(
     udp_batches: bool,
     notes: &mut Vec<String>,
 ) -> io::Result<AfPacketPort> {
-    // With AF_PACKET the kernel still receives every pod frame: the host
-    // side of a pod veth must give it no reason to act on them: no ARP
-    // answers for the node's addresses (the TUN port holds the gateway
-    // address), no IPv6 of its own.
-    netdev::set_noarp(name)?;
-    let _ = netdev::disable_ipv6(name);
-    netdev::set_up(name)?;
+    // With AF_PACKET the kernel still receives every pod frame.
+    quiet_host_side(name)?;
     let port = AfPacketPort::open(name, id, Arc::clone(stats), udp_batches)?;
     if let Some(e) = port.kernel_stop_error() {
         notes.push(format!(
@@ -161,6 +148,24 @@ fn open_af_packet(
         ));
     }
     Ok(port)
+}
+
+/// Brings up the host side `name` of a pod veth giving the node's kernel,
+/// which sees the pod's frames (every one with AF_PACKET; every one while
+/// podswitchd is down with AF_XDP), no reason to act on them:
+///
+/// - no ARP answers: it would answer for the node's addresses, the
+///   gateway's on the TUN port included, with the veth's own MAC, and a
+///   pod that kept that MAC would stay cut off once podswitchd is back,
+///   which takes gateway frames for the gateway's MAC only, until the
+///   pod's neighbour entry failed (seen after a worker panic, with
+///   AF_XDP);
+/// - no IPv6 of its own: the node would send router solicitations into
+///   the pod.
+fn quiet_host_side(name: &str) -> io::Result<()> {
+    netdev::set_noarp(name)?;
+    let _ = netdev::disable_ipv6(name);
+    netdev::set_up(name)
 }
 
 /// Detaches the XDP program a killed podswitchd left on `name`; true if

@@ -470,9 +470,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                 // No request reaches the daemon any more: as half alive
                 // as with a dead worker (see `stop_on_panic`).
                 tracing::error!("control socket: {e}: podswitchd stops");
-                if let Err(e) = signal_hook::low_level::raise(SIGTERM) {
-                    tracing::error!("raising SIGTERM: {e}");
-                }
+                stop_from_within();
             }
             served
         })
@@ -554,11 +552,16 @@ fn stop_on_panic() {
                 thread = thread.name().unwrap_or("unnamed"),
                 "a thread panicked: podswitchd stops"
             );
-            if let Err(e) = signal_hook::low_level::raise(SIGTERM) {
-                tracing::error!("raising SIGTERM: {e}");
-            }
+            stop_from_within();
         }
     }));
+}
+
+/// Has the main thread stop the daemon as on SIGTERM, from any thread.
+fn stop_from_within() {
+    if let Err(e) = signal_hook::low_level::raise(SIGTERM) {
+        tracing::error!("raising SIGTERM: {e}");
+    }
 }
 
 /// With `per_cpu`, member k of a split port takes the frames of every CPU

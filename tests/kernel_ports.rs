@@ -27,6 +27,17 @@ fn frame(len: usize) -> Vec<u8> {
     f
 }
 
+/// Packet socket options for the tests' own frames: every protocol,
+/// no virtio-net header.
+fn raw_frames() -> podswitch_engine::sys::packet_socket::PacketOptions {
+    use podswitch_engine::sys::packet_socket::{PacketOptions, ETH_P_ALL};
+    PacketOptions {
+        protocol: ETH_P_ALL,
+        vnet_hdr: false,
+        ..PacketOptions::default()
+    }
+}
+
 /// A namespace with a veth pair rx0/tx0 (MTU 9000) and nothing else on
 /// the link.
 fn veth_pair() -> Netns {
@@ -267,17 +278,13 @@ fn assert_only_its_cpu(
 /// arrived on.
 #[test]
 fn a_cpu_fanout_group_gives_each_cpu_its_own_member() {
-    use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ALL};
+    use podswitch_engine::sys::packet_socket::PacketSocket;
 
     let cpus = cpus_to_tell_apart();
     let ns = veth_pair();
     let path = format!("/var/run/netns/{}", ns.name);
     let members = in_netns(&path, move || {
-        let options = PacketOptions {
-            protocol: ETH_P_ALL,
-            vnet_hdr: false,
-            ..PacketOptions::default()
-        };
+        let options = raw_frames();
         let ifindex = podswitch_engine::sys::netdev::ifindex("rx0")?;
         let first = PacketSocket::open(ifindex, options)?;
         let others = first.fan_out_by_cpu(cpus - 1, options)?;
@@ -484,15 +491,11 @@ fn markers(frames: &[Vec<u8>]) -> Vec<u8> {
 /// reports its progress and returns the markers of what it read.
 fn flow_group(ns: &Netns, cpus: usize, gap: std::time::Duration) -> impl Fn(usize) -> Vec<u8> {
     use podswitch_engine::sys::flow_steer::{self, FlowSteering};
-    use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ALL};
+    use podswitch_engine::sys::packet_socket::PacketSocket;
 
     let path = format!("/var/run/netns/{}", ns.name);
     let (members, steering) = in_netns(&path, move || {
-        let options = PacketOptions {
-            protocol: ETH_P_ALL,
-            vnet_hdr: false,
-            ..PacketOptions::default()
-        };
+        let options = raw_frames();
         let ifindex = podswitch_engine::sys::netdev::ifindex("rx0")?;
         let steering = FlowSteering::new(flow_steer::Group::Fanout, cpus, gap)?;
         let first = PacketSocket::open(ifindex, options)?;
@@ -607,7 +610,7 @@ impl podswitch_engine::sys::mmsg::SendBuffers for Outgoing {
 #[test]
 fn a_flow_group_filling_under_a_flood_reads_no_frame_twice() {
     use podswitch_engine::sys::flow_steer::{self, FlowSteering};
-    use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket, ETH_P_ALL};
+    use podswitch_engine::sys::packet_socket::{PacketOptions, PacketSocket};
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
     cpus_to_tell_apart();
@@ -616,11 +619,7 @@ fn a_flow_group_filling_under_a_flood_reads_no_frame_twice() {
     let ns = veth_pair();
     let path = format!("/var/run/netns/{}", ns.name);
     let groups = in_netns(&path, move || {
-        let listen = PacketOptions {
-            protocol: ETH_P_ALL,
-            vnet_hdr: false,
-            ..PacketOptions::default()
-        };
+        let listen = raw_frames();
         // Protocol 0: it sends, and takes no frame itself.
         let send_only = PacketOptions {
             protocol: 0,

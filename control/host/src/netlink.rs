@@ -485,6 +485,131 @@ impl Netlink {
     }
 }
 
+/// A link change a [`LinkWatch`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkChange {
+    /// A link was deleted, or moved out of this namespace (rtnetlink says
+    /// `RTM_DELLINK` for both).
+    Deleted {
+        /// Its interface index.
+        index: u32,
+        /// Its name, if the message gave one.
+        name: String,
+    },
+    /// The kernel dropped notifications: the socket's queue overflowed
+    /// (`ENOBUFS`). What changed meanwhile is unknown; look again.
+    Lost,
+}
+
+/// A subscription to the link changes of the calling thread's network
+/// namespace (rtnetlink's `RTNLGRP_LINK` group, as `ip monitor link`).
+pub struct LinkWatch {
+    socket: Socket,
+    buffer: Vec<u8>,
+}
+
+impl std::fmt::Debug for LinkWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkWatch").finish_non_exhaustive()
+    }
+}
+
+impl LinkWatch {
+    /// The receive queue: a burst of link changes (fifty pods deleted at
+    /// once is a few hundred messages of about 1.5 KB) fits in it, and an
+    /// overflow is reported, never silent ([`LinkChange::Lost`]).
+    const QUEUE_BYTES: usize = 4 << 20;
+
+    /// Subscribes the calling thread's namespace's link changes.
+    pub fn open() -> io::Result<LinkWatch> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.add_membership(libc::RTNLGRP_LINK)?;
+        socket.set_non_blocking(true)?;
+        // Best effort: the kernel caps it at rmem_max without privilege.
+        let _ = socket.set_rx_buf_sz(Self::QUEUE_BYTES);
+        Ok(LinkWatch {
+            socket,
+            buffer: vec![0; 64 * 1024],
+        })
+    }
+
+    /// Waits up to `timeout` for link changes, then returns the
+    /// deletions among all that came (none if the time passed first).
+    pub fn wait(&mut self, timeout: std::time::Duration) -> io::Result<Vec<LinkChange>> {
+        let mut pfd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd, for the duration of the call.
+        match cvt(unsafe { libc::poll(&mut pfd, 1, millis) }) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+        let mut changes = Vec::new();
+        loop {
+            let n = match self.socket.recv(&mut &mut self.buffer[..], 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(changes),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // netlink(7): the queue overflowed and messages were lost;
+                // the socket goes on with what comes next.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    changes.push(LinkChange::Lost);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            changes.extend(deleted_links(&self.buffer[..n]));
+        }
+    }
+}
+
+/// The links a datagram of link notifications says were deleted. A
+/// message the crate cannot read (a newer kernel's attribute) is read for
+/// its header alone: the index is what matters.
+fn deleted_links(datagram: &[u8]) -> Vec<LinkChange> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < datagram.len() {
+        let bytes = &datagram[at..];
+        let Ok(header) = NetlinkBuffer::new_checked(bytes) else {
+            break;
+        };
+        let len = header.length() as usize;
+        at += (len + 3) & !3;
+        if header.message_type() != libc::RTM_DELLINK {
+            continue;
+        }
+        let change = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {
+            Ok(NetlinkMessage {
+                payload: NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)),
+                ..
+            }) => {
+                let link = Link::from_message(&link);
+                LinkChange::Deleted {
+                    index: link.index,
+                    name: link.name,
+                }
+            }
+            // struct ifinfomsg after the 16-byte header: family, pad,
+            // type (2 bytes), then the index (rtnetlink(7)).
+            _ => match header.payload().get(4..8) {
+                Some(index) => LinkChange::Deleted {
+                    index: u32::from_ne_bytes(index.try_into().expect("four bytes")),
+                    name: String::new(),
+                },
+                None => continue,
+            },
+        };
+        out.push(change);
+    }
+    out
+}
+
 /// Runs `f` with the calling code in the network namespace at `path`
 /// (a bind mount such as /var/run/netns/NAME, or /proc/PID/ns/net): on a
 /// thread of its own, since `setns(2)` moves only the calling thread.

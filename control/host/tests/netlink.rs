@@ -8,7 +8,8 @@ use std::os::fd::AsRawFd;
 use std::process::Command;
 
 use podswitch_host::netlink::{
-    in_netns, Netlink, POD_GSO_IPV4_MAX_SIZE, RT_SCOPE_LINK, RT_SCOPE_UNIVERSE,
+    in_netns, LinkChange, LinkWatch, Netlink, POD_GSO_IPV4_MAX_SIZE, RT_SCOPE_LINK,
+    RT_SCOPE_UNIVERSE,
 };
 
 /// A namespace deleted on drop.
@@ -157,4 +158,54 @@ fn every_request_against_the_kernel() {
             .contains(&format!("{}: eth0", eth0.index)),
         "the pair went"
     );
+}
+
+/// A link watch reports what the kernel says of deleted links: both ends
+/// of a deleted veth, and a link moved to another namespace, each by its
+/// index and name; a link made is not a deletion.
+#[test]
+fn a_link_watch_sees_deletions_and_moves() {
+    let (node, other) = (Namespace::new("watch"), Namespace::new("elsewhere"));
+    let (node_name, other_name) = (node.0.clone(), other.0.clone());
+    let (seen, indexes) = in_netns(&node.path(), move || {
+        let mut watch = LinkWatch::open()?;
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(["-n", &node_name])
+                .args(args)
+                .output()?;
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok::<_, std::io::Error>(())
+        };
+        ip(&["link", "add", "wa0", "type", "veth", "peer", "name", "wa1"])?;
+        ip(&["link", "add", "wb0", "type", "veth", "peer", "name", "wb1"])?;
+        let mut nl = Netlink::open()?;
+        let index = |nl: &mut Netlink, name: &str| nl.link(name).map(|l| l.expect(name).index);
+        let indexes = [
+            index(&mut nl, "wa0")?,
+            index(&mut nl, "wa1")?,
+            index(&mut nl, "wb1")?,
+        ];
+        ip(&["link", "del", "wa0"])?;
+        ip(&["link", "set", "wb1", "netns", &other_name])?;
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while seen.len() < 3 && std::time::Instant::now() < deadline {
+            seen.extend(watch.wait(std::time::Duration::from_millis(100))?);
+        }
+        Ok((seen, indexes))
+    })
+    .unwrap();
+    let deleted = |index: u32, name: &str| LinkChange::Deleted {
+        index,
+        name: name.to_string(),
+    };
+    assert!(seen.contains(&deleted(indexes[0], "wa0")), "{seen:?}");
+    assert!(seen.contains(&deleted(indexes[1], "wa1")), "{seen:?}");
+    assert!(seen.contains(&deleted(indexes[2], "wb1")), "{seen:?}");
+    assert_eq!(seen.len(), 3, "only the three deletions: {seen:?}");
 }

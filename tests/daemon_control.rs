@@ -1099,6 +1099,78 @@ fn a_saved_port_whose_pod_end_moved_is_not_restored() {
     );
 }
 
+/// A pod whose veth goes without a CNI DEL (deleting the pod's end, as
+/// destroying its network namespace does) leaves podswitch, for both pod
+/// port kinds: its port is detached within seconds, with a warning that
+/// says why, the state file forgets it, and a DEL that comes later finds
+/// nothing to detach. An unrelated link deleted on the node takes no
+/// port with it, and the other pod still reaches its gateway.
+#[test]
+fn a_pod_port_whose_interface_is_deleted_is_detached_without_a_del() {
+    require(&["ip", "ping"]);
+    for kind in ["af-xdp", "af-packet"] {
+        let mut cluster = Cluster::new("vxlan", "bridge", 2);
+        cluster.port_kind = kind.into();
+        cluster
+            .expected_warnings
+            .push("the pod port's interface is deleted");
+        cluster.start(0, &[]);
+        cluster.attach_pods(0);
+        let node = &cluster.nodes[0];
+        let (kept, gone) = (&cluster.pods[0], &cluster.pods[1]);
+        let gateway = format!("{}.1", node.pod_net);
+        assert!(ping(&kept.ns, &gateway, 2), "{kind}: {}", cluster.logs());
+
+        // A link of the node's own, made and deleted: no pod port's.
+        ok(
+            &node.ns.ip(&[
+                "link",
+                "add",
+                "unrelated0",
+                "type",
+                "veth",
+                "peer",
+                "unrelated1",
+            ]),
+            "ip link add",
+        );
+        ok(&node.ns.ip(&["link", "del", "unrelated0"]), "ip link del");
+        ok(&gone.ns.ip(&["link", "del", "eth0"]), "ip link del eth0");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut ports = node.ctl_json(&["port", "list"]);
+        while port_kind(&ports, &gone.host_if).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            ports = node.ctl_json(&["port", "list"]);
+        }
+        assert_eq!(
+            port_kind(&ports, &gone.host_if),
+            None,
+            "{kind}: the port of the deleted interface is still attached: {ports}\n{}",
+            cluster.logs()
+        );
+        assert_eq!(
+            port_kind(&ports, &kept.host_if),
+            Some(serde_json::json!(kind)),
+            "{kind}: {ports}"
+        );
+        let daemon = node.daemon.as_ref().expect("running");
+        let log = daemon.log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("the pod port's interface is deleted")
+                    && l.contains(&gone.host_if)),
+            "{kind}: {log}"
+        );
+        let state = std::fs::read_to_string(&daemon.state.0).expect("the state file");
+        assert!(!state.contains(&gone.host_if), "{kind}: {state}");
+        assert!(state.contains(&kept.host_if), "{kind}: {state}");
+        // What the CNI plugin's DEL asks: an error it takes as done.
+        let del = node.ctl(&["port", "del", &gone.host_if]);
+        assert!(!del.status.success(), "{kind}: a second detach succeeded");
+        assert!(ping(&kept.ns, &gateway, 2), "{kind}: {}", cluster.logs());
+    }
+}
+
 /// Programs peer node3 and a route through it at runtime, through the
 /// control socket (what a restart must bring back).
 fn add_runtime_peer_and_route(node: &common::cluster::Node) {

@@ -228,6 +228,17 @@ pub struct Captured {
     pub packets: u64,
 }
 
+/// How a port was opened.
+#[derive(Debug, Clone)]
+struct Opened {
+    /// How it moves frames (`af-packet`, `udp-socket`...).
+    kind: String,
+    /// A pod port: the index its interface had once the port was open.
+    /// An interface deleted and made again under the same name has
+    /// another, and the port is not on it.
+    ifindex: Option<u32>,
+}
+
 /// The workers and the kernel of a data path that forwards.
 #[derive(Debug)]
 struct Running {
@@ -242,8 +253,8 @@ struct Running {
 pub struct Datapath {
     tables: Arc<Tables>,
     running: Option<Running>,
-    /// How each attached port moves frames, as it was opened.
-    kinds: Mutex<HashMap<PortId, String>>,
+    /// How each attached port was opened.
+    opened: Mutex<HashMap<PortId, Opened>>,
     /// The device counters each attached port's sends are dropped
     /// under ([`Port::send_drop_counters`]), each with the value
     /// counted up to.
@@ -258,7 +269,7 @@ impl Datapath {
         Datapath {
             tables,
             running: None,
-            kinds: Mutex::default(),
+            opened: Mutex::default(),
             device_drops: Mutex::default(),
         }
     }
@@ -285,7 +296,7 @@ impl Datapath {
                 pod_port: options.pod_port,
                 clock_micros: options.worker.clock_micros,
             }),
-            kinds: Mutex::default(),
+            opened: Mutex::default(),
             device_drops: Mutex::default(),
         })
     }
@@ -310,7 +321,7 @@ impl Datapath {
 
     /// How port `id` moves frames, if it was opened here.
     pub fn port_kind(&self, id: PortId) -> Option<String> {
-        self.lock_kinds().get(&id).cloned()
+        self.lock_opened().get(&id).map(|o| o.kind.clone())
     }
 
     /// The worker that polls port `id`; none for a port split among
@@ -331,8 +342,8 @@ impl Datapath {
             .is_some_and(|r| r.workers.is_split(id))
     }
 
-    fn lock_kinds(&self) -> MutexGuard<'_, HashMap<PortId, String>> {
-        self.kinds.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_opened(&self) -> MutexGuard<'_, HashMap<PortId, Opened>> {
+        self.opened.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_device_drops(&self) -> MutexGuard<'_, Vec<(PortId, DeviceCounter, u64)>> {
@@ -382,7 +393,11 @@ impl Datapath {
         self.hand_to_worker(id, &name, |_| {
             let port = open(id)?;
             let kind = port.kind().to_string();
-            Ok((port, kind, Vec::new()))
+            let opened = Opened {
+                kind,
+                ifindex: None,
+            };
+            Ok((port, opened, Vec::new()))
         })
     }
 
@@ -405,7 +420,12 @@ impl Datapath {
             let opened = running
                 .kernel
                 .open_pod_port(kind, &name, id, &self.tables.stats)?;
-            Ok((opened.port, opened.kind.to_string(), opened.notes))
+            // Looked up once the port is open: if the interface were
+            // made anew in between, the port's socket would be on the one
+            // that went, and the next look at vanished ports takes it out.
+            let ifindex = netdev::ifindex(&name).ok();
+            let kind = opened.kind.to_string();
+            Ok((opened.port, Opened { kind, ifindex }, opened.notes))
         })
     }
 
@@ -416,7 +436,7 @@ impl Datapath {
         &self,
         id: PortId,
         name: &str,
-        open: impl FnOnce(&Running) -> io::Result<(Box<dyn Port>, String, Vec<String>)>,
+        open: impl FnOnce(&Running) -> io::Result<(Box<dyn Port>, Opened, Vec<String>)>,
     ) -> Result<AttachedPort, DatapathError> {
         let Some(running) = &self.running else {
             return Ok(AttachedPort {
@@ -431,7 +451,7 @@ impl Datapath {
             let _ = self.tables.detach_port(name);
             error
         };
-        let (port, kind, notes) = open(running).map_err(|error| {
+        let (port, opened, notes) = open(running).map_err(|error| {
             undo(DatapathError::Open {
                 name: name.to_string(),
                 error,
@@ -458,7 +478,8 @@ impl Datapath {
                 error,
             })
         })?;
-        self.lock_kinds().insert(id, kind.clone());
+        let kind = opened.kind.clone();
+        self.lock_opened().insert(id, opened);
         if !device_counters.is_empty() {
             let mut counted = self.lock_device_drops();
             counted.retain(|(port, _, _)| *port != id);
@@ -485,7 +506,7 @@ impl Datapath {
             }
         }
         let id = self.tables.detach_port(name)?;
-        self.lock_kinds().remove(&id);
+        self.lock_opened().remove(&id);
         // A port with device counters has its last drops counted first
         // (a pod port has none: no read of /proc/net/dev per pod).
         if self
@@ -507,6 +528,52 @@ impl Datapath {
             }
         }
         Ok(RemovedPort { id, notes })
+    }
+
+    /// Takes out every pod port whose interface has gone since the port
+    /// was opened on it: deleted (its pod's network namespace destroyed
+    /// before the CNI DEL, a runtime that crashed, `ip link del`), moved
+    /// to another namespace, or made anew under the same name (another
+    /// index). A bridge lets a port go in the same way when its device is
+    /// unregistered (`br_device_event`, net/bridge/br.c). Returns each
+    /// port taken out with its interface's name.
+    ///
+    /// Looks up each pod port's interface in the calling thread's network
+    /// namespace, which must be the ports'. A port is taken out only if
+    /// it is still the one opened on the interface that went: a CNI ADD
+    /// that makes a new port of the same name meanwhile keeps it.
+    pub fn remove_vanished_pod_ports(&self) -> Vec<(String, RemovedPort)> {
+        let snapshot = self.tables.load();
+        let vanished: Vec<(String, PortId, u32)> = {
+            let opened = self.lock_opened();
+            snapshot
+                .ports
+                .iter()
+                .filter(|port| port.spec.role == PortRole::Pod)
+                .filter_map(|port| {
+                    let ifindex = opened.get(&port.id)?.ifindex?;
+                    let name = &port.spec.name;
+                    let now = netdev::ifindex(name).ok();
+                    (now != Some(ifindex)).then(|| (name.clone(), port.id, ifindex))
+                })
+                .collect()
+        };
+        let mut removed = Vec::new();
+        for (name, id, ifindex) in vanished {
+            let still_that_port = self.tables.load().ports.by_name(&name).map(|p| p.id) == Some(id)
+                && self
+                    .lock_opened()
+                    .get(&id)
+                    .is_some_and(|o| o.ifindex == Some(ifindex));
+            if !still_that_port {
+                continue;
+            }
+            // A CNI DEL that took it out meanwhile has said so itself.
+            if let Ok(port) = self.remove_pod_port(&name) {
+                removed.push((name, port));
+            }
+        }
+        removed
     }
 
     /// Writes the frames port `name` receives and sends to `file` (pcap)

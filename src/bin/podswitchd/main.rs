@@ -13,6 +13,7 @@ mod cluster;
 mod config;
 mod egress;
 mod hooks;
+mod links;
 mod state;
 
 use std::process::ExitCode;
@@ -410,6 +411,21 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     if let Err(e) = daemon.state.flush() {
         tracing::warn!("state file {}: {e}", settings.state_file.display());
     }
+    // Once the saved ports are back: one whose interface went while
+    // podswitchd was starting is taken out by the first look.
+    let vanished_ports = match links::VanishedPorts::follow(
+        Arc::clone(&datapath),
+        Arc::clone(&daemon) as Arc<dyn DaemonHooks>,
+    ) {
+        Ok(follower) => Some(follower),
+        Err(e) => {
+            tracing::warn!(
+                "link changes cannot be followed ({e}): a pod port whose interface goes \
+                 without a CNI DEL stays until its DEL"
+            );
+            None
+        }
+    };
     // The other nodes' leases, once our own ports and peers are back.
     let lease_follower = match (leased, &daemon.store_health) {
         (Some(leased), Some(health)) => {
@@ -480,6 +496,8 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     let signal = signals.forever().next();
     tracing::info!(signal = ?signal, "stopping");
     stopper.stop();
+    // Its thread holds the data path, which must be ours alone below.
+    drop(vanished_ports);
     if let Some((thread, stop)) = lease_follower {
         // The lease stays in the store (with its TTL), as flanneld leaves
         // it: a restarted node takes the same subnet back.

@@ -1,0 +1,107 @@
+//! Pod ports whose interface goes without a CNI DEL leave podswitch when
+//! the kernel says so.
+//!
+//! A pod's veth can vanish before its DEL comes, or with none at all: the
+//! runtime destroys the pod's network namespace first (the kernel deletes
+//! the veth with it), a runtime crashes between the two, someone runs
+//! `ip link del`. A port left on the vanished interface would keep the
+//! pod's address, MAC and state-file entry, and every frame for it would
+//! be refused by the kernel (`tx_failed`) until a DEL that may never
+//! come. A bridge lets its port go when the device is unregistered
+//! (`br_device_event`, net/bridge/br.c), and podswitchd does the same: a
+//! thread follows the namespace's link deletions (rtnetlink's
+//! `RTNLGRP_LINK`, as `ip monitor link`) and takes out each pod port whose
+//! interface has gone ([`Datapath::remove_vanished_pod_ports`]). The DEL
+//! that may come later finds nothing to detach, which the CNI plugin
+//! takes as done.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use podswitch_control::handler::DaemonHooks;
+use podswitch_engine::datapath::Datapath;
+use podswitch_host::netlink::{LinkChange, LinkWatch};
+
+/// How often the thread looks at its stop flag while no link changes.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// The thread that takes out pod ports whose interface has gone.
+#[derive(Debug)]
+pub(crate) struct VanishedPorts {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl VanishedPorts {
+    /// Subscribes to the link changes of the calling thread's namespace
+    /// (the ports'), takes out the pod ports whose interface has already
+    /// gone, and follows the changes from then on in a thread of its own.
+    /// Each port taken out goes through `hooks` as a DEL's does (log line,
+    /// state file).
+    pub(crate) fn follow(
+        datapath: Arc<Datapath>,
+        hooks: Arc<dyn DaemonHooks>,
+    ) -> io::Result<VanishedPorts> {
+        let mut watch = LinkWatch::open()?;
+        // After the subscription: a link deleted from here on is seen
+        // either by this look or by the thread.
+        remove_vanished(&datapath, hooks.as_ref(), "gone since the port was opened");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("podswitch-links".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::Relaxed) {
+                    let changes = match watch.wait(STOP_CHECK) {
+                        Ok(changes) => changes,
+                        Err(e) => {
+                            tracing::error!(
+                                "link changes can no longer be read ({e}): a pod port whose \
+                                 interface goes now stays until its CNI DEL"
+                            );
+                            return;
+                        }
+                    };
+                    let why = if changes.contains(&LinkChange::Lost) {
+                        // Which links went is unknown: every port is looked at.
+                        "gone while link changes were lost"
+                    } else if changes.is_empty() {
+                        continue;
+                    } else {
+                        "deleted, or moved to another namespace"
+                    };
+                    remove_vanished(&datapath, hooks.as_ref(), why);
+                }
+            })?;
+        Ok(VanishedPorts {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for VanishedPorts {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Takes out the pod ports whose interface has gone, each with a warning
+/// that says `why` and what follows.
+fn remove_vanished(datapath: &Datapath, hooks: &dyn DaemonHooks, why: &str) {
+    for (name, port) in datapath.remove_vanished_pod_ports() {
+        tracing::warn!(
+            interface = %name,
+            port = port.id.0,
+            "the pod port's interface is {why}: the port is detached without a CNI DEL \
+             (its pod's address now answers as unassigned; a DEL later finds nothing to do)"
+        );
+        hooks.port_removed(&name, &port);
+    }
+}

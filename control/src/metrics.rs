@@ -241,12 +241,12 @@ impl Collector for Metrics {
             ),
             (
                 "podswitch_port_tx_packets",
-                "Frames sent out of the port.",
+                "Frames forwarded to the port to send; those not sent also count in its drops.",
                 |s| s.tx_packets,
             ),
             (
                 "podswitch_port_tx_bytes",
-                "Bytes sent out of the port.",
+                "Bytes of the frames forwarded to the port to send.",
                 |s| s.tx_bytes,
             ),
             (

@@ -65,11 +65,14 @@ pub struct PortStats {
     pub rx_packets: u64,
     /// Bytes received.
     pub rx_bytes: u64,
-    /// Frames sent.
+    /// Frames forwarded to the port to send. Those its kernel side then
+    /// refused or lost count in `drops` too (`tx_failed`, `handoff_full`,
+    /// `tx_device_dropped`).
     pub tx_packets: u64,
-    /// Bytes sent.
+    /// Bytes of those frames.
     pub tx_bytes: u64,
-    /// Frames received on this port that were dropped.
+    /// Frames dropped on this port: received on it, or forwarded to it
+    /// and not sent.
     pub drops: u64,
     /// GSO super-frames received (each counts once in `rx_packets`).
     pub super_frames_in: u64,

@@ -228,11 +228,13 @@ pub struct PortCounters {
     pub rx_packets: u64,
     /// Bytes received.
     pub rx_bytes: u64,
-    /// Frames sent.
+    /// Frames forwarded to the port to send; those it then failed to
+    /// send count in `drops` too.
     pub tx_packets: u64,
-    /// Bytes sent.
+    /// Bytes of those frames.
     pub tx_bytes: u64,
-    /// Frames dropped that arrived here.
+    /// Frames dropped on this port: received on it, or forwarded to it
+    /// and not sent (`tx_failed`, `handoff_full`, `tx_device_dropped`).
     pub drops: u64,
     /// Super-frames received whole.
     pub super_frames_in: u64,

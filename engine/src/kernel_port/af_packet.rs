@@ -244,10 +244,10 @@ impl PacketRx {
             // Its datagrams were counted as dropped; the kernel will not
             // take the next one either.
             self.udp_batches = false;
-            eprintln!(
-                "podswitch: interface {} refused a UDP super-datagram (GSO_UDP_L4); \
-                 its datagrams leave one by one from now on",
-                self.sock.ifindex()
+            tracing::warn!(
+                ifindex = self.sock.ifindex(),
+                "the interface refused a UDP super-datagram (GSO_UDP_L4): \
+                 its datagrams leave one by one from now on"
             );
         }
         sent

@@ -170,7 +170,7 @@ impl Loop {
         let mut mail: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE * 48);
         if let Some(cpu) = self.cpu {
             if let Err(e) = sched::pin_to_cpu(cpu) {
-                eprintln!("podswitch worker {}: cannot pin to CPU {cpu}: {e}", self.me);
+                tracing::warn!(worker = self.me, "cannot pin to CPU {cpu}: {e}");
             }
         }
         if self.options.realtime {
@@ -181,16 +181,18 @@ impl Loop {
                     self.work_class = ThreadClass::Realtime;
                     self.class = ThreadClass::Realtime;
                 }
-                Err(e) => eprintln!(
-                    "podswitch worker: cannot forward in SCHED_FIFO ({e}): forwarding in SCHED_OTHER, so packets wait while the pods on its CPU run"
+                Err(e) => tracing::warn!(
+                    worker = self.me,
+                    "cannot forward in SCHED_FIFO ({e}): forwarding in SCHED_OTHER, so packets wait while the pods on its CPU run"
                 ),
             }
         }
         self.stats
             .realtime(self.work_class == ThreadClass::Realtime);
         if let Err(e) = sched::class_allowed(ThreadClass::Idle) {
-            eprintln!(
-                "podswitch worker: cannot spin in SCHED_IDLE ({e}): spinning in its working class (the pods on its CPU wait while it spins)"
+            tracing::warn!(
+                worker = self.me,
+                "cannot spin in SCHED_IDLE ({e}): spinning in its working class (the pods on its CPU wait while it spins)"
             );
             self.class_fixed = true;
         }
@@ -202,7 +204,10 @@ impl Loop {
                     // Unguarded, a spin in the idle class can wait a second
                     // behind a busy task: better to spin in the working
                     // class, for a window of microseconds.
-                    eprintln!("podswitch worker: cannot start its spin guard ({e}); spinning in its working class");
+                    tracing::warn!(
+                        worker = self.me,
+                        "cannot start its spin guard ({e}); spinning in its working class"
+                    );
                     self.class_fixed = true;
                 }
             }
@@ -345,7 +350,19 @@ impl Loop {
                     _ => Ok(0),
                 };
                 let received = received.unwrap_or_else(|e| {
-                    eprintln!("podswitch worker: receive on port {id} failed: {e}");
+                    if e.raw_os_error() == Some(libc::ENETDOWN) {
+                        // packet(7) reports it once when the interface
+                        // goes down or away; frames come again once it is
+                        // up, and podswitchd detaches a pod port whose
+                        // interface was deleted.
+                        tracing::info!(
+                            worker = self.me,
+                            port = id.0,
+                            "the port's interface is down or gone"
+                        );
+                    } else {
+                        tracing::warn!(worker = self.me, port = id.0, "receive failed: {e}");
+                    }
                     0
                 });
                 if received == 0 && batch.is_empty() {
@@ -470,7 +487,10 @@ impl Loop {
             }) {
                 Ok(timer) => self.release_timer = Some((timer, None)),
                 Err(e) => {
-                    eprintln!("podswitch worker: no release timer ({e}); held frames leave on epoll's millisecond timeout");
+                    tracing::warn!(
+                        worker = self.me,
+                        "no release timer ({e}); held frames leave on epoll's millisecond timeout"
+                    );
                     return false;
                 }
             }
@@ -582,7 +602,10 @@ impl Loop {
         // for a long while, even to arm its guard.
         if let (Some(guard), Some(window)) = (&self.guard, spin_for) {
             if let Err(e) = guard.spinning(window) {
-                eprintln!("podswitch worker: its spin guard cannot guard a spin ({e}); spinning in its working class");
+                tracing::warn!(
+                    worker = self.me,
+                    "its spin guard cannot guard a spin ({e}); spinning in its working class"
+                );
                 self.leave_idle_class_for_good();
                 return;
             }
@@ -590,7 +613,10 @@ impl Loop {
         match sched::set_class(class) {
             Ok(()) => self.class = class,
             Err(e) => {
-                eprintln!("podswitch worker: cannot change scheduling class ({e}); spinning in its working class");
+                tracing::warn!(
+                    worker = self.me,
+                    "cannot change scheduling class ({e}); spinning in its working class"
+                );
                 self.leave_idle_class_for_good();
                 return;
             }
@@ -603,7 +629,10 @@ impl Loop {
     /// Tells the guard the worker is out of the idle class.
     fn guard_done(&mut self) {
         if let Some(Err(e)) = self.guard.as_ref().map(SpinGuard::done) {
-            eprintln!("podswitch worker: cannot set its spin guard's timer ({e}); spinning in its working class");
+            tracing::warn!(
+                worker = self.me,
+                "cannot set its spin guard's timer ({e}); spinning in its working class"
+            );
             self.leave_idle_class_for_good();
         }
     }
@@ -613,8 +642,9 @@ impl Loop {
         self.class_fixed = true;
         // A thread left in the idle class would starve behind every pod.
         if let Err(e) = sched::set_class(self.work_class) {
-            eprintln!(
-                "podswitch worker: cannot go back to {:?} ({e}); packets may wait while pods run",
+            tracing::warn!(
+                worker = self.me,
+                "cannot go back to {:?} ({e}); packets may wait while pods run",
                 self.work_class
             );
         }

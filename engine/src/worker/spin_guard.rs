@@ -173,7 +173,7 @@ fn rise_above_the_workers(work_class: ThreadClass) {
         ThreadClass::Realtime,
         WORK_PRIORITY + 1,
     ) {
-        eprintln!("podswitch spin guard: cannot run above the workers ({e}); a busy worker on its CPU may delay a rescue by a millisecond");
+        tracing::warn!("spin guard: cannot run above the workers ({e}); a busy worker on its CPU may delay a rescue by a millisecond");
     }
 }
 
@@ -181,9 +181,7 @@ fn rise_above_the_workers(work_class: ThreadClass) {
 /// fires after the worker's spin should have ended.
 fn guard(shared: &Shared, stats: &WorkerStats) {
     let fail = |what: &str, e: io::Error| {
-        eprintln!(
-            "podswitch spin guard: {what} ({e}); its worker stops spinning in the idle class"
-        );
+        tracing::warn!("spin guard: {what} ({e}); its worker stops spinning in the idle class");
         shared.failed.store(true, Ordering::Release);
     };
     // The spin last rescued (its deadline), counted once however often

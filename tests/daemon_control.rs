@@ -698,19 +698,7 @@ fn a_worker_that_panics_stops_the_daemon_with_an_error() {
     // The ping's first frame (its ARP request) panics node1's worker.
     assert!(!ping(&a.ns, &b.ip, 1), "node1's worker forwarded a frame");
     let daemon = cluster.nodes[0].daemon.as_mut().unwrap();
-    let mut child = daemon.child.take().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "podswitchd still runs 10 s after its worker panicked: {}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_for_exit(daemon, "its worker panicked");
     let log = daemon.log_text();
     assert_eq!(status.code(), Some(1), "{log}");
     for line in [
@@ -726,6 +714,54 @@ fn a_worker_that_panics_stops_the_daemon_with_an_error() {
     // the state file and forwards.
     cluster.start(0, &[]);
     wait_for_traffic(&cluster);
+}
+
+/// Waits up to 10 s for `daemon` to exit on its own, after `what`.
+fn wait_for_exit(daemon: &mut common::cluster::Daemon, what: &str) -> std::process::ExitStatus {
+    let mut child = daemon.child.take().expect("a running daemon");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "podswitchd still runs 10 s after {what}: {}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The node's own interfaces are not a pod's: when the underlay is
+/// deleted under a running podswitchd, it stops as on SIGTERM (ports
+/// closed, socket file removed) and exits with status 1, naming the
+/// interface, for its supervisor to start it again once the interface
+/// is back, rather than run on with no way to another node.
+#[test]
+fn a_deleted_underlay_stops_the_daemon_with_an_error() {
+    require(&["ip"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.expected_warnings.extend([
+        "the underlay interface ul0 is deleted",
+        "stopped: the underlay interface ul0",
+    ]);
+    cluster.start(0, &[]);
+    cluster.attach_pods(0);
+    let node = &mut cluster.nodes[0];
+    ok(&node.ns.ip(&["link", "del", "ul0"]), "ip link del ul0");
+    let daemon = node.daemon.as_mut().unwrap();
+    let status = wait_for_exit(daemon, "its underlay was deleted");
+    let log = daemon.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    for line in [
+        "the underlay interface ul0 is deleted",
+        "stopped: ports closed",
+        "stopped: the underlay interface ul0",
+    ] {
+        assert!(log.contains(line), "no {line:?} in the log: {log}");
+    }
+    assert!(!daemon.socket.exists(), "the control socket file is left");
 }
 
 /// Waits up to 10 s for the first pod's ping to the second to be
@@ -1111,9 +1147,6 @@ fn a_pod_port_whose_interface_is_deleted_is_detached_without_a_del() {
     for kind in ["af-xdp", "af-packet"] {
         let mut cluster = Cluster::new("vxlan", "bridge", 2);
         cluster.port_kind = kind.into();
-        cluster
-            .expected_warnings
-            .push("the pod port's interface is deleted");
         cluster.start(0, &[]);
         cluster.attach_pods(0);
         let node = &cluster.nodes[0];

@@ -233,9 +233,9 @@ pub struct Captured {
 struct Opened {
     /// How it moves frames (`af-packet`, `udp-socket`...).
     kind: String,
-    /// A pod port: the index its interface had once the port was open.
-    /// An interface deleted and made again under the same name has
-    /// another, and the port is not on it.
+    /// The index its interface had once the port was open (none for a
+    /// port on no interface of that name). An interface deleted and made
+    /// again under the same name has another, and the port is not on it.
     ifindex: Option<u32>,
 }
 
@@ -393,11 +393,8 @@ impl Datapath {
         self.hand_to_worker(id, &name, |_| {
             let port = open(id)?;
             let kind = port.kind().to_string();
-            let opened = Opened {
-                kind,
-                ifindex: None,
-            };
-            Ok((port, opened, Vec::new()))
+            let ifindex = netdev::ifindex(&name).ok();
+            Ok((port, Opened { kind, ifindex }, Vec::new()))
         })
     }
 
@@ -543,23 +540,8 @@ impl Datapath {
     /// it is still the one opened on the interface that went: a CNI ADD
     /// that makes a new port of the same name meanwhile keeps it.
     pub fn remove_vanished_pod_ports(&self) -> Vec<(String, RemovedPort)> {
-        let snapshot = self.tables.load();
-        let vanished: Vec<(String, PortId, u32)> = {
-            let opened = self.lock_opened();
-            snapshot
-                .ports
-                .iter()
-                .filter(|port| port.spec.role == PortRole::Pod)
-                .filter_map(|port| {
-                    let ifindex = opened.get(&port.id)?.ifindex?;
-                    let name = &port.spec.name;
-                    let now = netdev::ifindex(name).ok();
-                    (now != Some(ifindex)).then(|| (name.clone(), port.id, ifindex))
-                })
-                .collect()
-        };
         let mut removed = Vec::new();
-        for (name, id, ifindex) in vanished {
+        for (name, id, ifindex, _) in self.off_their_interface(true) {
             let still_that_port = self.tables.load().ports.by_name(&name).map(|p| p.id) == Some(id)
                 && self
                     .lock_opened()
@@ -574,6 +556,38 @@ impl Datapath {
             }
         }
         removed
+    }
+
+    /// The underlay and host ports whose interface has gone since they
+    /// were opened (deleted, moved to another namespace, or made anew),
+    /// by name. Without them the node cannot reach its peers or its own
+    /// stack, and they are not opened again while the daemon runs.
+    /// Looks in the calling thread's network namespace, which must be the
+    /// ports'.
+    pub fn vanished_node_ports(&self) -> Vec<(String, PortRole)> {
+        self.off_their_interface(false)
+            .into_iter()
+            .map(|(name, _, _, role)| (name, role))
+            .collect()
+    }
+
+    /// The pod ports (`pods`), or the others, whose interface no longer
+    /// has the index it had when the port was opened: each with its name,
+    /// id, that index and role.
+    fn off_their_interface(&self, pods: bool) -> Vec<(String, PortId, u32, PortRole)> {
+        let snapshot = self.tables.load();
+        let opened = self.lock_opened();
+        snapshot
+            .ports
+            .iter()
+            .filter(|port| (port.spec.role == PortRole::Pod) == pods)
+            .filter_map(|port| {
+                let ifindex = opened.get(&port.id)?.ifindex?;
+                let name = &port.spec.name;
+                let now = netdev::ifindex(name).ok();
+                (now != Some(ifindex)).then(|| (name.clone(), port.id, ifindex, port.spec.role))
+            })
+            .collect()
     }
 
     /// Writes the frames port `name` receives and sends to `file` (pcap)

@@ -14,10 +14,17 @@
 //! interface has gone ([`Datapath::remove_vanished_pod_ports`]). The DEL
 //! that may come later finds nothing to detach, which the CNI plugin
 //! takes as done.
+//!
+//! The underlay and host interfaces are the node's, not a pod's: without
+//! either, no pod reaches another node or the node itself, and podswitchd
+//! does not open them again while it runs. When one goes, podswitchd
+//! stops with an error, as it does when a thread panics, so that its
+//! supervisor starts it again; the new daemon opens the interface once it
+//! exists again.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -33,6 +40,9 @@ const STOP_CHECK: Duration = Duration::from_millis(200);
 pub(crate) struct VanishedPorts {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The node's interfaces (underlay, host) that went, said as a
+    /// sentence, once one has.
+    node_port_gone: Arc<Mutex<Option<String>>>,
 }
 
 impl VanishedPorts {
@@ -40,15 +50,45 @@ impl VanishedPorts {
     /// (the ports'), takes out the pod ports whose interface has already
     /// gone, and follows the changes from then on in a thread of its own.
     /// Each port taken out goes through `hooks` as a DEL's does (log line,
-    /// state file).
+    /// state file). When the underlay or host interface goes, the thread
+    /// calls `stop_daemon` and ends.
     pub(crate) fn follow(
         datapath: Arc<Datapath>,
         hooks: Arc<dyn DaemonHooks>,
+        stop_daemon: fn(),
     ) -> io::Result<VanishedPorts> {
         let mut watch = LinkWatch::open()?;
+        let node_port_gone = Arc::new(Mutex::new(None));
+        let gone = Arc::clone(&node_port_gone);
+        let look = move |why: &str| {
+            remove_vanished(&datapath, hooks.as_ref(), why);
+            let lost = datapath.vanished_node_ports();
+            if lost.is_empty() {
+                return false;
+            }
+            let what = lost
+                .iter()
+                .map(|(name, role)| format!("the {role} interface {name}"))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            let what = format!("{what} is {why}");
+            tracing::error!(
+                "{what}: no pod reaches other nodes or the node without it, and podswitchd does \
+                 not open it again while it runs; it stops, to be started again once it exists"
+            );
+            *gone.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+            stop_daemon();
+            true
+        };
         // After the subscription: a link deleted from here on is seen
         // either by this look or by the thread.
-        remove_vanished(&datapath, hooks.as_ref(), "gone since the port was opened");
+        if look("gone since it was opened") {
+            return Ok(VanishedPorts {
+                stop: Arc::new(AtomicBool::new(true)),
+                thread: None,
+                node_port_gone,
+            });
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -73,13 +113,24 @@ impl VanishedPorts {
                     } else {
                         "deleted, or moved to another namespace"
                     };
-                    remove_vanished(&datapath, hooks.as_ref(), why);
+                    if look(why) {
+                        return;
+                    }
                 }
             })?;
         Ok(VanishedPorts {
             stop,
             thread: Some(thread),
+            node_port_gone,
         })
+    }
+
+    /// The node's interfaces that went, as a sentence, if one has.
+    pub(crate) fn node_port_gone(&self) -> Option<String> {
+        self.node_port_gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -92,11 +143,13 @@ impl Drop for VanishedPorts {
     }
 }
 
-/// Takes out the pod ports whose interface has gone, each with a warning
-/// that says `why` and what follows.
+/// Takes out the pod ports whose interface has gone, each with a line
+/// that says `why` and what follows: at INFO, as a bridge says a port
+/// left (a runtime that destroys a pod's network namespace before its
+/// DEL is doing nothing wrong).
 fn remove_vanished(datapath: &Datapath, hooks: &dyn DaemonHooks, why: &str) {
     for (name, port) in datapath.remove_vanished_pod_ports() {
-        tracing::warn!(
+        tracing::info!(
             interface = %name,
             port = port.id.0,
             "the pod port's interface is {why}: the port is detached without a CNI DEL \

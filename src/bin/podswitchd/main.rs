@@ -416,6 +416,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     let vanished_ports = match links::VanishedPorts::follow(
         Arc::clone(&datapath),
         Arc::clone(&daemon) as Arc<dyn DaemonHooks>,
+        stop_from_within,
     ) {
         Ok(follower) => Some(follower),
         Err(e) => {
@@ -496,6 +497,9 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     let signal = signals.forever().next();
     tracing::info!(signal = ?signal, "stopping");
     stopper.stop();
+    let node_port_gone = vanished_ports
+        .as_ref()
+        .and_then(links::VanishedPorts::node_port_gone);
     // Its thread holds the data path, which must be ours alone below.
     drop(vanished_ports);
     if let Some((thread, stop)) = lease_follower {
@@ -539,6 +543,9 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     }
     if let Some(failure) = control_failed {
         return Err(format!("stopped: {failure}"));
+    }
+    if let Some(gone) = node_port_gone {
+        return Err(format!("stopped: {gone}"));
     }
     if PANICKED.load(Ordering::SeqCst) {
         return Err(

@@ -1136,9 +1136,9 @@ fn a_saved_port_whose_pod_end_moved_is_not_restored() {
 }
 
 /// A pod whose veth goes without a CNI DEL (deleting the pod's end, as
-/// destroying its network namespace does) leaves podswitch, for both pod
-/// port kinds: its port is detached within seconds, with a warning that
-/// says why, the state file forgets it, and a DEL that comes later finds
+/// destroying its network namespace does) leaves podswitch, on AF_XDP and
+/// AF_PACKET ports: its port is detached within seconds, with a log line
+/// that says why, the state file forgets it, and a DEL that comes later finds
 /// nothing to detach. An unrelated link deleted on the node takes no
 /// port with it, and the other pod still reaches its gateway.
 #[test]

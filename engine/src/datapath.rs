@@ -233,9 +233,10 @@ pub struct Captured {
 struct Opened {
     /// How it moves frames (`af-packet`, `udp-socket`...).
     kind: String,
-    /// The index its interface had once the port was open (none for a
-    /// port on no interface of that name). An interface deleted and made
-    /// again under the same name has another, and the port is not on it.
+    /// The index of the interface the port was opened on, for a port
+    /// that goes with it ([`OpenedPort::ifindex`]; the underlay and host
+    /// ports). Indexes are not reused: an interface deleted and made again
+    /// under the same name has another, and the port is not on it.
     ifindex: Option<u32>,
 }
 
@@ -255,6 +256,11 @@ pub struct Datapath {
     running: Option<Running>,
     /// How each attached port was opened.
     opened: Mutex<HashMap<PortId, Opened>>,
+    /// Held while a port comes or goes (added, removed, or found off its
+    /// interface and removed): a port id freed by one is not given to
+    /// another before the first is done with its worker, and a port found
+    /// off its interface is the port removed.
+    port_changes: Mutex<()>,
     /// The device counters each attached port's sends are dropped
     /// under ([`Port::send_drop_counters`]), each with the value
     /// counted up to.
@@ -270,6 +276,7 @@ impl Datapath {
             tables,
             running: None,
             opened: Mutex::default(),
+            port_changes: Mutex::default(),
             device_drops: Mutex::default(),
         }
     }
@@ -297,6 +304,7 @@ impl Datapath {
                 clock_micros: options.worker.clock_micros,
             }),
             opened: Mutex::default(),
+            port_changes: Mutex::default(),
             device_drops: Mutex::default(),
         })
     }
@@ -340,6 +348,10 @@ impl Datapath {
         self.running
             .as_ref()
             .is_some_and(|r| r.workers.is_split(id))
+    }
+
+    fn lock_port_changes(&self) -> MutexGuard<'_, ()> {
+        self.port_changes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_opened(&self) -> MutexGuard<'_, HashMap<PortId, Opened>> {
@@ -388,6 +400,7 @@ impl Datapath {
         spec: PortSpec,
         open: impl FnOnce(PortId) -> io::Result<Box<dyn Port>>,
     ) -> Result<AttachedPort, DatapathError> {
+        let _changing = self.lock_port_changes();
         let name = spec.name.clone();
         let id = self.tables.attach_port(spec)?;
         self.hand_to_worker(id, &name, |_| {
@@ -410,6 +423,7 @@ impl Datapath {
                 role: spec.role,
             });
         }
+        let _changing = self.lock_port_changes();
         let name = spec.name.clone();
         let id = self.tables.attach_port(spec)?;
         self.hand_to_worker(id, &name, |running| {
@@ -417,11 +431,8 @@ impl Datapath {
             let opened = running
                 .kernel
                 .open_pod_port(kind, &name, id, &self.tables.stats)?;
-            // Looked up once the port is open: if the interface were
-            // made anew in between, the port's socket would be on the one
-            // that went, and the next look at vanished ports takes it out.
-            let ifindex = netdev::ifindex(&name).ok();
             let kind = opened.kind.to_string();
+            let ifindex = opened.ifindex;
             Ok((opened.port, Opened { kind, ifindex }, opened.notes))
         })
     }
@@ -494,6 +505,12 @@ impl Datapath {
     /// Takes pod port `name` out of the tables and from its worker, which
     /// closes its kernel side.
     pub fn remove_pod_port(&self, name: &str) -> Result<RemovedPort, DatapathError> {
+        let _changing = self.lock_port_changes();
+        self.remove_pod_port_now(name)
+    }
+
+    /// [`Datapath::remove_pod_port`], with the port changes held.
+    fn remove_pod_port_now(&self, name: &str) -> Result<RemovedPort, DatapathError> {
         if let Some(port) = self.tables.load().ports.by_name(name) {
             if port.spec.role != PortRole::Pod {
                 return Err(DatapathError::NotAPodPort {
@@ -529,52 +546,43 @@ impl Datapath {
 
     /// Takes out every pod port whose interface has gone since the port
     /// was opened on it: deleted (its pod's network namespace destroyed
-    /// before the CNI DEL, a runtime that crashed, `ip link del`), moved
-    /// to another namespace, or made anew under the same name (another
-    /// index). A bridge lets a port go in the same way when its device is
-    /// unregistered (`br_device_event`, net/bridge/br.c). Returns each
-    /// port taken out with its interface's name.
+    /// before the CNI DEL, a runtime that crashed, `ip link del`), or
+    /// moved to another namespace. A bridge lets a port go in the same way
+    /// when its device is unregistered (`br_device_event`,
+    /// net/bridge/br.c). Calls `removed` with each port taken out and its
+    /// interface's name, while no other port comes or goes (so that what
+    /// the caller records of it, such as a state file's entry, is not
+    /// about a new port of the same name).
     ///
-    /// Looks up each pod port's interface in the calling thread's network
-    /// namespace, which must be the ports'. A port is taken out only if
-    /// it is still the one opened on the interface that went: a CNI ADD
-    /// that makes a new port of the same name meanwhile keeps it.
-    pub fn remove_vanished_pod_ports(&self) -> Vec<(String, RemovedPort)> {
-        let mut removed = Vec::new();
-        for (name, id, ifindex, _) in self.off_their_interface(true) {
-            let still_that_port = self.tables.load().ports.by_name(&name).map(|p| p.id) == Some(id)
-                && self
-                    .lock_opened()
-                    .get(&id)
-                    .is_some_and(|o| o.ifindex == Some(ifindex));
-            if !still_that_port {
-                continue;
-            }
-            // A CNI DEL that took it out meanwhile has said so itself.
-            if let Ok(port) = self.remove_pod_port(&name) {
-                removed.push((name, port));
+    /// A port is known by the index of its interface, not its name: a
+    /// renamed interface keeps its port, and an interface made anew under
+    /// the same name has another index, on which the port is not. A TAP
+    /// pod port goes with no interface here ([`OpenedPort::ifindex`]).
+    /// Looks in the calling thread's network namespace, which must be the
+    /// ports'; an index it cannot look up (no descriptor left) counts as
+    /// there.
+    pub fn remove_vanished_pod_ports(&self, mut removed: impl FnMut(&str, &RemovedPort)) {
+        let _changing = self.lock_port_changes();
+        for (name, _) in self.off_their_interface(true) {
+            // Only this thread removes ports while it holds the changes.
+            if let Ok(port) = self.remove_pod_port_now(&name) {
+                removed(&name, &port);
             }
         }
-        removed
     }
 
     /// The underlay and host ports whose interface has gone since they
-    /// were opened (deleted, moved to another namespace, or made anew),
-    /// by name. Without them the node cannot reach its peers or its own
-    /// stack, and they are not opened again while the daemon runs.
-    /// Looks in the calling thread's network namespace, which must be the
-    /// ports'.
+    /// were opened (deleted or moved to another namespace), by name.
+    /// Without them the node cannot reach its peers or its own stack,
+    /// and they are not opened again while the daemon runs. Looks in the
+    /// calling thread's network namespace, which must be the ports'.
     pub fn vanished_node_ports(&self) -> Vec<(String, PortRole)> {
         self.off_their_interface(false)
-            .into_iter()
-            .map(|(name, _, _, role)| (name, role))
-            .collect()
     }
 
-    /// The pod ports (`pods`), or the others, whose interface no longer
-    /// has the index it had when the port was opened: each with its name,
-    /// id, that index and role.
-    fn off_their_interface(&self, pods: bool) -> Vec<(String, PortId, u32, PortRole)> {
+    /// The pod ports (`pods`), or the others, whose interface's index no
+    /// longer names an interface here, with their roles.
+    fn off_their_interface(&self, pods: bool) -> Vec<(String, PortRole)> {
         let snapshot = self.tables.load();
         let opened = self.lock_opened();
         snapshot
@@ -583,9 +591,8 @@ impl Datapath {
             .filter(|port| (port.spec.role == PortRole::Pod) == pods)
             .filter_map(|port| {
                 let ifindex = opened.get(&port.id)?.ifindex?;
-                let name = &port.spec.name;
-                let now = netdev::ifindex(name).ok();
-                (now != Some(ifindex)).then(|| (name.clone(), port.id, ifindex, port.spec.role))
+                let gone = matches!(netdev::index_exists(ifindex), Ok(false));
+                gone.then(|| (port.spec.name.clone(), port.spec.role))
             })
             .collect()
     }
@@ -730,6 +737,7 @@ mod tests {
                 port,
                 kind: OpenedKind::Memory,
                 notes: vec![format!("{name} is in memory")],
+                ifindex: None,
             })
         }
 

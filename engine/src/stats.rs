@@ -67,7 +67,7 @@ pub struct PortStats {
     pub rx_bytes: u64,
     /// Frames forwarded to the port to send. Those its kernel side then
     /// refused or lost count in `drops` too (`tx_failed`, `handoff_full`,
-    /// `tx_device_dropped`).
+    /// `tx_device_dropped`, `port_gone`).
     pub tx_packets: u64,
     /// Bytes of those frames.
     pub tx_bytes: u64,

@@ -489,7 +489,9 @@ impl Netlink {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkChange {
     /// A link was deleted, or moved out of this namespace (rtnetlink says
-    /// `RTM_DELLINK` for both).
+    /// `RTM_DELLINK` for both; a port leaving a bridge, which rtnetlink
+    /// also says with an `RTM_DELLINK` of the bridge family, is not
+    /// reported).
     Deleted {
         /// Its interface index.
         index: u32,
@@ -518,7 +520,7 @@ impl LinkWatch {
     /// The receive queue: a burst of link changes (fifty pods deleted at
     /// once is a few hundred messages of about 1.5 KB) fits in it, and an
     /// overflow is reported, never silent ([`LinkChange::Lost`]).
-    const QUEUE_BYTES: usize = 4 << 20;
+    const QUEUE_BYTES: libc::c_int = 4 << 20;
 
     /// Subscribes the calling thread's namespace's link changes.
     pub fn open() -> io::Result<LinkWatch> {
@@ -526,8 +528,20 @@ impl LinkWatch {
         socket.bind_auto()?;
         socket.add_membership(libc::RTNLGRP_LINK)?;
         socket.set_non_blocking(true)?;
-        // Best effort: the kernel caps it at rmem_max without privilege.
-        let _ = socket.set_rx_buf_sz(Self::QUEUE_BYTES);
+        // SO_RCVBUFFORCE passes net.core.rmem_max, for a process with
+        // CAP_NET_ADMIN; without it, the default queue (rmem_default)
+        // stays, and an overflow is still reported.
+        // SAFETY: a valid socket and a c_int option of its size, both
+        // live for the call.
+        let _ = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                std::ptr::from_ref(&Self::QUEUE_BYTES).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         Ok(LinkWatch {
             socket,
             buffer: vec![0; 64 * 1024],
@@ -581,7 +595,12 @@ fn deleted_links(datagram: &[u8]) -> Vec<LinkChange> {
         };
         let len = header.length() as usize;
         at += (len + 3) & !3;
-        if header.message_type() != libc::RTM_DELLINK {
+        // A link's own RTM_DELLINK has family AF_UNSPEC; the bridge sends
+        // one of family AF_BRIDGE when a port merely leaves it
+        // (br_ifinfo_notify), and the link stays.
+        if header.message_type() != libc::RTM_DELLINK
+            || header.payload().first() != Some(&(libc::AF_UNSPEC as u8))
+        {
             continue;
         }
         let change = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes) {

@@ -162,7 +162,8 @@ fn every_request_against_the_kernel() {
 
 /// A link watch reports what the kernel says of deleted links: both ends
 /// of a deleted veth, and a link moved to another namespace, each by its
-/// index and name; a link made is not a deletion.
+/// index and name; a link made, or a port leaving a bridge (an
+/// `RTM_DELLINK` of the bridge family), is not a deletion.
 #[test]
 fn a_link_watch_sees_deletions_and_moves() {
     let (node, other) = (Namespace::new("watch"), Namespace::new("elsewhere"));
@@ -183,6 +184,9 @@ fn a_link_watch_sees_deletions_and_moves() {
         };
         ip(&["link", "add", "wa0", "type", "veth", "peer", "name", "wa1"])?;
         ip(&["link", "add", "wb0", "type", "veth", "peer", "name", "wb1"])?;
+        ip(&["link", "add", "wbr0", "type", "bridge"])?;
+        ip(&["link", "set", "wb0", "master", "wbr0"])?;
+        ip(&["link", "set", "wb0", "nomaster"])?;
         let mut nl = Netlink::open()?;
         let index = |nl: &mut Netlink, name: &str| nl.link(name).map(|l| l.expect(name).index);
         let indexes = [

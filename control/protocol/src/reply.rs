@@ -234,7 +234,8 @@ pub struct PortCounters {
     /// Bytes of those frames.
     pub tx_bytes: u64,
     /// Frames dropped on this port: received on it, or forwarded to it
-    /// and not sent (`tx_failed`, `handoff_full`, `tx_device_dropped`).
+    /// and not sent (`tx_failed`, `handoff_full`, `tx_device_dropped`,
+    /// `port_gone`).
     pub drops: u64,
     /// Super-frames received whole.
     pub super_frames_in: u64,

@@ -51,6 +51,10 @@ pub struct OpenedPort {
     pub kind: OpenedKind,
     /// What did not go as asked, in order.
     pub notes: Vec<String>,
+    /// The index of the interface in this namespace the port is bound
+    /// to and goes with (a veth's host side); none for a port that keeps
+    /// working wherever its device is (a TAP moved into its pod).
+    pub ifindex: Option<u32>,
 }
 
 impl fmt::Debug for OpenedPort {
@@ -59,6 +63,7 @@ impl fmt::Debug for OpenedPort {
             .field("port", &self.port.name())
             .field("kind", &self.kind)
             .field("notes", &self.notes)
+            .field("ifindex", &self.ifindex)
             .finish()
     }
 }
@@ -74,6 +79,13 @@ pub fn open_pod_port(
     udp_batches: bool,
 ) -> io::Result<OpenedPort> {
     let mut notes = Vec::new();
+    // Before and after the open of a socket on the pod's veth: the same
+    // index both times is the interface it was bound to (indexes are not
+    // reused). A TAP port makes its device.
+    let before = match kind {
+        PodPortKind::Tap => None,
+        PodPortKind::AfXdp | PodPortKind::AfPacket => Some(netdev::ifindex(name)?),
+    };
     let (port, kind): (Box<dyn Port>, OpenedKind) = match kind {
         PodPortKind::AfXdp => match open_af_xdp(name, id, stats, &mut notes) {
             Ok(port) => {
@@ -97,7 +109,24 @@ pub fn open_pod_port(
             OpenedKind::Tap,
         ),
     };
-    Ok(OpenedPort { port, kind, notes })
+    let ifindex = match before {
+        None => None,
+        Some(before) => match netdev::ifindex(name) {
+            Ok(after) if after == before => Some(before),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("interface {name} was deleted or made anew while its port opened"),
+                ))
+            }
+        },
+    };
+    Ok(OpenedPort {
+        port,
+        kind,
+        notes,
+        ifindex,
+    })
 }
 
 fn open_af_xdp(

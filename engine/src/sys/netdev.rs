@@ -58,6 +58,24 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     }
 }
 
+/// Whether interface index `ifindex` names an interface in this
+/// namespace: false only when the kernel says there is none (`ENXIO` or
+/// `ENODEV`); an error when it could not be asked (`if_indextoname`
+/// opens a socket, which a process out of descriptors cannot).
+pub fn index_exists(ifindex: u32) -> io::Result<bool> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` holds IF_NAMESIZE bytes, as if_indextoname(3) asks,
+    // and outlives the call.
+    if !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::ENXIO | libc::ENODEV) => Ok(false),
+        _ => Err(error),
+    }
+}
+
 /// The interface's MAC address.
 pub fn mac(name: &str) -> io::Result<[u8; 6]> {
     let mut req = ifreq(name)?;

@@ -51,11 +51,14 @@ impl VanishedPorts {
     /// gone, and follows the changes from then on in a thread of its own.
     /// Each port taken out goes through `hooks` as a DEL's does (log line,
     /// state file). When the underlay or host interface goes, the thread
-    /// calls `stop_daemon` and ends.
+    /// calls `stop_daemon` and ends, unless `stopping` says the daemon is
+    /// already on its way down (a panicking worker closes the TUN device
+    /// of the host port it owns).
     pub(crate) fn follow(
         datapath: Arc<Datapath>,
         hooks: Arc<dyn DaemonHooks>,
         stop_daemon: fn(),
+        stopping: fn() -> bool,
     ) -> io::Result<VanishedPorts> {
         let mut watch = LinkWatch::open()?;
         let node_port_gone = Arc::new(Mutex::new(None));
@@ -65,6 +68,9 @@ impl VanishedPorts {
             let lost = datapath.vanished_node_ports();
             if lost.is_empty() {
                 return false;
+            }
+            if stopping() {
+                return true;
             }
             let what = lost
                 .iter()
@@ -125,21 +131,27 @@ impl VanishedPorts {
         })
     }
 
-    /// The node's interfaces that went, as a sentence, if one has.
-    pub(crate) fn node_port_gone(&self) -> Option<String> {
+    /// Stops the thread, and says which of the node's interfaces went, as
+    /// a sentence, if one has.
+    pub(crate) fn finish(mut self) -> Option<String> {
+        self.join();
         self.node_port_gone
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .take()
+    }
+
+    fn join(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
 impl Drop for VanishedPorts {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.join();
     }
 }
 
@@ -148,13 +160,13 @@ impl Drop for VanishedPorts {
 /// left (a runtime that destroys a pod's network namespace before its
 /// DEL is doing nothing wrong).
 fn remove_vanished(datapath: &Datapath, hooks: &dyn DaemonHooks, why: &str) {
-    for (name, port) in datapath.remove_vanished_pod_ports() {
+    datapath.remove_vanished_pod_ports(|name, port| {
         tracing::info!(
             interface = %name,
             port = port.id.0,
             "the pod port's interface is {why}: the port is detached without a CNI DEL \
              (its pod's address now answers as unassigned; a DEL later finds nothing to do)"
         );
-        hooks.port_removed(&name, &port);
-    }
+        hooks.port_removed(name, port);
+    });
 }

@@ -417,6 +417,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         Arc::clone(&datapath),
         Arc::clone(&daemon) as Arc<dyn DaemonHooks>,
         stop_from_within,
+        || PANICKED.load(Ordering::SeqCst),
     ) {
         Ok(follower) => Some(follower),
         Err(e) => {
@@ -497,11 +498,8 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     let signal = signals.forever().next();
     tracing::info!(signal = ?signal, "stopping");
     stopper.stop();
-    let node_port_gone = vanished_ports
-        .as_ref()
-        .and_then(links::VanishedPorts::node_port_gone);
     // Its thread holds the data path, which must be ours alone below.
-    drop(vanished_ports);
+    let node_port_gone = vanished_ports.and_then(links::VanishedPorts::finish);
     if let Some((thread, stop)) = lease_follower {
         // The lease stays in the store (with its TTL), as flanneld leaves
         // it: a restarted node takes the same subnet back.
@@ -544,14 +542,14 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     if let Some(failure) = control_failed {
         return Err(format!("stopped: {failure}"));
     }
-    if let Some(gone) = node_port_gone {
-        return Err(format!("stopped: {gone}"));
-    }
     if PANICKED.load(Ordering::SeqCst) {
         return Err(
             "stopped after a thread panicked (see above); started again, podswitchd takes its ports back from the state file"
                 .into(),
         );
+    }
+    if let Some(gone) = node_port_gone {
+        return Err(format!("stopped: {gone}"));
     }
     Ok(())
 }

@@ -694,11 +694,14 @@ fn a_flow_group_filling_under_a_flood_reads_no_frame_twice() {
         Ok(groups)
     })
     .expect("fanout groups made under a flood");
+    // The sender shares the machine with the other tests: in some groups
+    // it may not run while the members join, but it must in most.
+    let flooded = groups.iter().filter(|(_, during, _)| *during > 0).count();
+    assert!(
+        flooded >= GROUPS / 2,
+        "frames were sent while the members joined in only {flooded} of {GROUPS} groups"
+    );
     for (i, (mut numbers, during_joins, sent)) in groups.into_iter().enumerate() {
-        assert!(
-            during_joins > 0,
-            "group {i}: no frame was sent while its members joined"
-        );
         let read = numbers.len();
         numbers.sort_unstable();
         numbers.dedup();

@@ -14,7 +14,8 @@
 use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use netlink_packet_core::{
     NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
@@ -507,7 +508,32 @@ pub enum LinkChange {
 /// namespace (rtnetlink's `RTNLGRP_LINK` group, as `ip monitor link`).
 pub struct LinkWatch {
     socket: Socket,
+    /// An eventfd that [`LinkWatchWaker::wake`] makes readable for good.
+    wake: Arc<OwnedFd>,
     buffer: Vec<u8>,
+}
+
+/// Ends the [`LinkWatch::wait`] another thread is in, and makes every
+/// later one return at once: a thread that waits with no timeout (and so
+/// no wake-up while nothing changes) is stopped with it.
+#[derive(Debug, Clone)]
+pub struct LinkWatchWaker(Arc<OwnedFd>);
+
+impl LinkWatchWaker {
+    /// Wakes the watch's waits, now and from now on.
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: an eventfd takes an 8-byte counter increment from a
+        // buffer that lives for the call. An error (EAGAIN once the
+        // counter is full) leaves it readable, which is all a wake needs.
+        let _ = unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                std::ptr::from_ref(&one).cast(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
 }
 
 impl std::fmt::Debug for LinkWatch {
@@ -542,26 +568,50 @@ impl LinkWatch {
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
+        // SAFETY: eventfd(2) takes no pointers; a non-negative return is
+        // a new descriptor that nothing else owns.
+        let wake = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+        // SAFETY: `wake` was just returned by eventfd(2), owned by no one.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(wake) });
         Ok(LinkWatch {
             socket,
+            wake,
             buffer: vec![0; 64 * 1024],
         })
     }
 
-    /// Waits up to `timeout` for link changes, then returns the
-    /// deletions among all that came (none if the time passed first).
-    pub fn wait(&mut self, timeout: std::time::Duration) -> io::Result<Vec<LinkChange>> {
-        let mut pfd = libc::pollfd {
-            fd: self.socket.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        // SAFETY: one valid pollfd, for the duration of the call.
-        match cvt(unsafe { libc::poll(&mut pfd, 1, millis) }) {
+    /// What ends this watch's waits from another thread.
+    pub fn waker(&self) -> LinkWatchWaker {
+        LinkWatchWaker(Arc::clone(&self.wake))
+    }
+
+    /// Waits for link changes, for at most `timeout` if given, then
+    /// returns the deletions among all that came: none if the time passed
+    /// first or the watch was woken ([`LinkWatchWaker`]).
+    pub fn wait(&mut self, timeout: Option<std::time::Duration>) -> io::Result<Vec<LinkChange>> {
+        let mut pfds = [
+            libc::pollfd {
+                fd: self.socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let millis = timeout.map_or(-1, |t| {
+            libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX)
+        });
+        // SAFETY: two valid pollfds, for the duration of the call.
+        match cvt(unsafe { libc::poll(pfds.as_mut_ptr(), 2, millis) }) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
             Err(e) => return Err(e),
+        }
+        if pfds[1].revents != 0 {
+            return Ok(Vec::new());
         }
         let mut changes = Vec::new();
         loop {

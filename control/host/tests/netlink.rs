@@ -199,7 +199,7 @@ fn a_link_watch_sees_deletions_and_moves() {
         let mut seen = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while seen.len() < 3 && std::time::Instant::now() < deadline {
-            seen.extend(watch.wait(std::time::Duration::from_millis(100))?);
+            seen.extend(watch.wait(Some(std::time::Duration::from_millis(100)))?);
         }
         Ok((seen, indexes))
     })
@@ -212,4 +212,33 @@ fn a_link_watch_sees_deletions_and_moves() {
     assert!(seen.contains(&deleted(indexes[1], "wa1")), "{seen:?}");
     assert!(seen.contains(&deleted(indexes[2], "wb1")), "{seen:?}");
     assert_eq!(seen.len(), 3, "only the three deletions: {seen:?}");
+}
+
+/// A wait with no timeout ends when the watch is woken from another
+/// thread, and every wait after it returns at once.
+#[test]
+fn a_woken_link_watch_stops_waiting() {
+    let ns = Namespace::new("wake");
+    let waited = in_netns(&ns.path(), || {
+        let mut watch = LinkWatch::open()?;
+        let waker = watch.waker();
+        let started = std::time::Instant::now();
+        let waking = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            waker.wake();
+        });
+        let first = watch.wait(None)?;
+        let second = watch.wait(None)?;
+        waking.join().unwrap();
+        assert!(
+            first.is_empty() && second.is_empty(),
+            "{first:?} {second:?}"
+        );
+        Ok(started.elapsed())
+    })
+    .unwrap();
+    assert!(
+        waited >= std::time::Duration::from_millis(200),
+        "the wait ended before the wake: {waited:?}"
+    );
 }

@@ -26,19 +26,18 @@ use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use podswitch_control::handler::DaemonHooks;
 use podswitch_engine::datapath::Datapath;
-use podswitch_host::netlink::{LinkChange, LinkWatch};
-
-/// How often the thread looks at its stop flag while no link changes.
-const STOP_CHECK: Duration = Duration::from_millis(200);
+use podswitch_host::netlink::{LinkChange, LinkWatch, LinkWatchWaker};
 
 /// The thread that takes out pod ports whose interface has gone.
 #[derive(Debug)]
 pub(crate) struct VanishedPorts {
     stop: Arc<AtomicBool>,
+    /// Ends the thread's wait, which has no timeout: an idle node's
+    /// thread sleeps until a link changes.
+    waker: LinkWatchWaker,
     thread: Option<JoinHandle<()>>,
     /// The node's interfaces (underlay, host) that went, said as a
     /// sentence, once one has.
@@ -61,6 +60,7 @@ impl VanishedPorts {
         stopping: fn() -> bool,
     ) -> io::Result<VanishedPorts> {
         let mut watch = LinkWatch::open()?;
+        let waker = watch.waker();
         let node_port_gone = Arc::new(Mutex::new(None));
         let gone = Arc::clone(&node_port_gone);
         let look = move |why: &str| {
@@ -91,6 +91,7 @@ impl VanishedPorts {
         if look("gone since it was opened") {
             return Ok(VanishedPorts {
                 stop: Arc::new(AtomicBool::new(true)),
+                waker,
                 thread: None,
                 node_port_gone,
             });
@@ -101,7 +102,7 @@ impl VanishedPorts {
             .name("podswitch-links".into())
             .spawn(move || {
                 while !stopping.load(Ordering::Relaxed) {
-                    let changes = match watch.wait(STOP_CHECK) {
+                    let changes = match watch.wait(None) {
                         Ok(changes) => changes,
                         Err(e) => {
                             tracing::error!(
@@ -126,6 +127,7 @@ impl VanishedPorts {
             })?;
         Ok(VanishedPorts {
             stop,
+            waker,
             thread: Some(thread),
             node_port_gone,
         })
@@ -143,6 +145,7 @@ impl VanishedPorts {
 
     fn join(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.waker.wake();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

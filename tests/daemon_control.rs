@@ -410,6 +410,14 @@ fn tap_ports_lifecycle_and_idle_cpu() {
         "TAP pod across nodes\n{}",
         cluster.logs()
     );
+    // Its device left the node's namespace, as a deleted one would, but
+    // the port goes on through its descriptor and stays attached.
+    let ports = node.ctl_json(&["port", "list"]);
+    assert_eq!(
+        port_kind(&ports, "tap9"),
+        Some(serde_json::json!("tap")),
+        "{ports}"
+    );
 
     // Idle: the worker sleeps in the kernel.
     let pid = node.daemon.as_ref().unwrap().pid();
@@ -705,9 +713,14 @@ fn a_worker_that_panics_stops_the_daemon_with_an_error() {
         "panics on its first batch",
         "a thread panicked: podswitchd stops",
         "stopped: ports closed",
+        "stopped after a thread panicked",
     ] {
         assert!(log.contains(line), "no {line:?} in the log: {log}");
     }
+    // The panicking worker owns the host port, whose TUN device goes with
+    // it: that is the panic's doing, not a deleted interface's.
+    let unexpected = common::cluster::unexpected_warnings(&log, &cluster.expected_warnings);
+    assert!(unexpected.is_empty(), "{unexpected:?}\n{log}");
     assert!(!daemon.socket.exists(), "the control socket file is left");
 
     // Started again, as its supervisor would, it takes its ports back from

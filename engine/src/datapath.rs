@@ -210,6 +210,11 @@ pub struct AttachedPort {
     /// What did not go as asked (a fallback, a weaker guarantee), as
     /// sentences for the daemon's log.
     pub notes: Vec<String>,
+    /// The index of the interface it was opened on, for a port that goes
+    /// with that interface ([`OpenedPort::ifindex`]): what a record of
+    /// the port should name, rather than what the name means by the time
+    /// it is written.
+    pub ifindex: Option<u32>,
 }
 
 /// A port the data path let go.
@@ -453,6 +458,7 @@ impl Datapath {
                 worker: None,
                 split: false,
                 notes: Vec::new(),
+                ifindex: None,
             });
         };
         let undo = |error| {
@@ -486,7 +492,7 @@ impl Datapath {
                 error,
             })
         })?;
-        let kind = opened.kind.clone();
+        let (kind, ifindex) = (opened.kind.clone(), opened.ifindex);
         self.lock_opened().insert(id, opened);
         if !device_counters.is_empty() {
             let mut counted = self.lock_device_drops();
@@ -499,6 +505,7 @@ impl Datapath {
             worker,
             split: worker.is_none(),
             notes,
+            ifindex,
         })
     }
 
@@ -560,7 +567,7 @@ impl Datapath {
     /// pod port goes with no interface here ([`OpenedPort::ifindex`]).
     /// Looks in the calling thread's network namespace, which must be the
     /// ports'; an index it cannot look up (no descriptor left) counts as
-    /// there.
+    /// there, until a later call finds it gone.
     pub fn remove_vanished_pod_ports(&self, mut removed: impl FnMut(&str, &RemovedPort)) {
         let _changing = self.lock_port_changes();
         for (name, _) in self.off_their_interface(true) {

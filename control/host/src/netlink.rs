@@ -555,19 +555,24 @@ impl LinkWatch {
         socket.add_membership(libc::RTNLGRP_LINK)?;
         socket.set_non_blocking(true)?;
         // SO_RCVBUFFORCE passes net.core.rmem_max, for a process with
-        // CAP_NET_ADMIN; without it, the default queue (rmem_default)
-        // stays, and an overflow is still reported.
-        // SAFETY: a valid socket and a c_int option of its size, both
-        // live for the call.
-        let _ = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUFFORCE,
-                std::ptr::from_ref(&Self::QUEUE_BYTES).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        // CAP_NET_ADMIN; without it, SO_RCVBUF gets up to rmem_max. Either
+        // way an overflow is reported.
+        for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: a valid socket and a c_int option of its size, both
+            // live for the call.
+            let set = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    option,
+                    std::ptr::from_ref(&Self::QUEUE_BYTES).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if set == 0 {
+                break;
+            }
+        }
         // SAFETY: eventfd(2) takes no pointers; a non-negative return is
         // a new descriptor that nothing else owns.
         let wake = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;

@@ -214,8 +214,8 @@ fn a_link_watch_sees_deletions_and_moves() {
     assert_eq!(seen.len(), 3, "only the three deletions: {seen:?}");
 }
 
-/// A wait with no timeout ends when the watch is woken from another
-/// thread, and every wait after it returns at once.
+/// A wait ends when the watch is woken from another thread, and every
+/// wait after it returns at once.
 #[test]
 fn a_woken_link_watch_stops_waiting() {
     let ns = Namespace::new("wake");
@@ -227,8 +227,11 @@ fn a_woken_link_watch_stops_waiting() {
             std::thread::sleep(std::time::Duration::from_millis(200));
             waker.wake();
         });
-        let first = watch.wait(None)?;
-        let second = watch.wait(None)?;
+        // Bounded, so that a wake that does not work fails rather than
+        // hangs: the first wait would run to 5 s.
+        let bound = Some(std::time::Duration::from_secs(5));
+        let first = watch.wait(bound)?;
+        let second = watch.wait(bound)?;
         waking.join().unwrap();
         assert!(
             first.is_empty() && second.is_empty(),
@@ -240,5 +243,9 @@ fn a_woken_link_watch_stops_waiting() {
     assert!(
         waited >= std::time::Duration::from_millis(200),
         "the wait ended before the wake: {waited:?}"
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(5),
+        "the wake did not end the wait: {waited:?}"
     );
 }

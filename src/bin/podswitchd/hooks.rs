@@ -65,7 +65,9 @@ impl DaemonHooks for Daemon {
             // not know loses that port only (main.rs drops it, saying so).
             kind: requested.map(|k| k.to_string()),
             anti_spoof: spec.anti_spoof,
-            ifindex: netdev::ifindex(name).ok(),
+            // The interface the port was opened on: the name may already
+            // be another's, or no one's.
+            ifindex: port.ifindex.or_else(|| netdev::ifindex(name).ok()),
             pod_end: PodEnd::of(name),
             egress_limit: spec
                 .egress_limit

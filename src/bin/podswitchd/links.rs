@@ -97,11 +97,11 @@ impl VanishedPorts {
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
+        let told_to_stop = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("podswitch-links".into())
             .spawn(move || {
-                while !stopping.load(Ordering::Relaxed) {
+                while !told_to_stop.load(Ordering::Relaxed) {
                     let changes = match watch.wait(None) {
                         Ok(changes) => changes,
                         Err(e) => {

@@ -705,23 +705,19 @@ fn a_worker_that_panics_stops_the_daemon_with_an_error() {
     assert_eq!((a.node, b.node), (0, 1));
     // The ping's first frame (its ARP request) panics node1's worker.
     assert!(!ping(&a.ns, &b.ip, 1), "node1's worker forwarded a frame");
-    let daemon = cluster.nodes[0].daemon.as_mut().unwrap();
-    let status = wait_for_exit(daemon, "its worker panicked");
-    let log = daemon.log_text();
-    assert_eq!(status.code(), Some(1), "{log}");
-    for line in [
-        "panics on its first batch",
-        "a thread panicked: podswitchd stops",
-        "stopped: ports closed",
-        "stopped after a thread panicked",
-    ] {
-        assert!(log.contains(line), "no {line:?} in the log: {log}");
-    }
+    let log = stops_with_an_error(
+        cluster.nodes[0].daemon.as_mut().unwrap(),
+        "its worker panicked",
+        &[
+            "panics on its first batch",
+            "a thread panicked: podswitchd stops",
+            "stopped after a thread panicked",
+        ],
+    );
     // The panicking worker owns the host port, whose TUN device goes with
     // it: that is the panic's doing, not a deleted interface's.
     let unexpected = common::cluster::unexpected_warnings(&log, &cluster.expected_warnings);
     assert!(unexpected.is_empty(), "{unexpected:?}\n{log}");
-    assert!(!daemon.socket.exists(), "the control socket file is left");
 
     // Started again, as its supervisor would, it takes its ports back from
     // the state file and forwards.
@@ -729,13 +725,16 @@ fn a_worker_that_panics_stops_the_daemon_with_an_error() {
     wait_for_traffic(&cluster);
 }
 
-/// Waits up to 10 s for `daemon` to exit on its own, after `what`.
-fn wait_for_exit(daemon: &mut common::cluster::Daemon, what: &str) -> std::process::ExitStatus {
+/// Waits up to 10 s for `daemon` to exit on its own after `what`, and
+/// checks that it stopped as on SIGTERM (ports closed, socket file
+/// removed) with status 1 and every one of `lines` in its log; returns
+/// the log.
+fn stops_with_an_error(daemon: &mut common::cluster::Daemon, what: &str, lines: &[&str]) -> String {
     let mut child = daemon.child.take().expect("a running daemon");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status;
+            break status;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -743,7 +742,14 @@ fn wait_for_exit(daemon: &mut common::cluster::Daemon, what: &str) -> std::proce
             daemon.log_text()
         );
         std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = daemon.log_text();
+    assert_eq!(status.code(), Some(1), "{log}");
+    for line in lines.iter().chain(&["stopped: ports closed"]) {
+        assert!(log.contains(line), "no {line:?} in the log: {log}");
     }
+    assert!(!daemon.socket.exists(), "the control socket file is left");
+    log
 }
 
 /// The node's own interfaces are not a pod's: when the underlay is
@@ -763,18 +769,14 @@ fn a_deleted_underlay_stops_the_daemon_with_an_error() {
     cluster.attach_pods(0);
     let node = &mut cluster.nodes[0];
     ok(&node.ns.ip(&["link", "del", "ul0"]), "ip link del ul0");
-    let daemon = node.daemon.as_mut().unwrap();
-    let status = wait_for_exit(daemon, "its underlay was deleted");
-    let log = daemon.log_text();
-    assert_eq!(status.code(), Some(1), "{log}");
-    for line in [
-        "the underlay interface ul0 is deleted",
-        "stopped: ports closed",
-        "stopped: the underlay interface ul0",
-    ] {
-        assert!(log.contains(line), "no {line:?} in the log: {log}");
-    }
-    assert!(!daemon.socket.exists(), "the control socket file is left");
+    stops_with_an_error(
+        node.daemon.as_mut().unwrap(),
+        "its underlay was deleted",
+        &[
+            "the underlay interface ul0 is deleted",
+            "stopped: the underlay interface ul0",
+        ],
+    );
 }
 
 /// Waits up to 10 s for the first pod's ping to the second to be

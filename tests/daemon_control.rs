@@ -1219,6 +1219,61 @@ fn a_pod_port_whose_interface_is_deleted_is_detached_without_a_del() {
     }
 }
 
+/// Frames for a pod whose own end of the veth is down leave podswitch
+/// (the send succeeds) and are dropped by the host end, which has no
+/// carrier: they are counted on the pod's AF_PACKET port as
+/// `tx_device_dropped`, read from the veth's own counter, not lost
+/// unseen. Up again, the pod is reached again.
+#[test]
+fn frames_for_a_pod_whose_end_is_down_are_counted() {
+    require(&["ip", "ping"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 2);
+    cluster.port_kind = "af-packet".into();
+    cluster.start(0, &[]);
+    cluster.attach_pods(0);
+    let node = &cluster.nodes[0];
+    let (from, to) = (&cluster.pods[0], &cluster.pods[1]);
+    // Its MAC learned: the pings below go to it as unicast.
+    assert!(ping(&from.ns, &to.ip, 2), "{}", cluster.logs());
+    let dropped = || {
+        node.ctl_json(&["stats"])["drops"]["tx_device_dropped"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let (port_before, reason_before) = (node.port_counter(&to.host_if, "drops"), dropped());
+    ok(&to.ns.ip(&["link", "set", "eth0", "down"]), "eth0 down");
+    assert!(
+        !ping(&from.ns, &to.ip, 3),
+        "a pod whose eth0 is down answered"
+    );
+    let (port_after, reason_after) = (node.port_counter(&to.host_if, "drops"), dropped());
+    assert!(
+        port_after >= port_before + 3 && reason_after >= reason_before + 3,
+        "3 echoes to a pod whose end is down: port drops {port_before} -> {port_after}, \
+         tx_device_dropped {reason_before} -> {reason_after}\n{}",
+        cluster.logs()
+    );
+    ok(&to.ns.ip(&["link", "set", "eth0", "up"]), "eth0 up");
+    ok(
+        &to.ns.ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &format!("{}.1", node.pod_net),
+        ]),
+        "default route",
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !ping(&from.ns, &to.ip, 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pod is not reached once its end is up\n{}",
+            cluster.logs()
+        );
+    }
+}
+
 /// Programs peer node3 and a route through it at runtime, through the
 /// control socket (what a restart must bring back).
 fn add_runtime_peer_and_route(node: &common::cluster::Node) {

@@ -529,7 +529,7 @@ impl Datapath {
         let id = self.tables.detach_port(name)?;
         self.lock_opened().remove(&id);
         // A port with device counters has its last drops counted first
-        // (a pod port has none: no read of /proc/net/dev per pod).
+        // (one read of /proc/net/dev, for the interface's that remain).
         if self
             .lock_device_drops()
             .iter()

@@ -27,7 +27,7 @@ use crate::offload::{
     accept_vnet_header, coalesce_udp_runs, vnet_header_for, VnetHeader, VNET_HDR_LEN,
 };
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE, HEADROOM};
-use crate::port::{Port, PortId, PortKind};
+use crate::port::{DeviceCounter, Port, PortId, PortKind};
 use crate::stats::{OffloadEvent, Stats};
 use crate::sys::flow_steer::{self, FlowSteering};
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
@@ -425,6 +425,13 @@ impl Port for AfPacketPort {
 
     fn poll_fds(&self) -> Vec<RawFd> {
         vec![self.rx.sock.as_fd().as_raw_fd()]
+    }
+
+    /// The veth's `tx_dropped`: while the pod's end is down, the host end
+    /// has no carrier and drops what podswitch sends it after the send
+    /// has succeeded.
+    fn send_drop_counters(&self) -> Vec<DeviceCounter> {
+        vec![DeviceCounter::TxDropped(self.name.clone())]
     }
 
     /// A fanout group on the pod's veth steered by flow, this port's

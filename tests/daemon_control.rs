@@ -1223,7 +1223,8 @@ fn a_pod_port_whose_interface_is_deleted_is_detached_without_a_del() {
 /// (the send succeeds) and are dropped by the host end, which has no
 /// carrier: they are counted on the pod's AF_PACKET port as
 /// `tx_device_dropped`, read from the veth's own counter, not lost
-/// unseen. Up again, the pod is reached again.
+/// unseen. Up again, the pod is reached again (the first pod pings the
+/// second, as [`wait_for_traffic`] does).
 #[test]
 fn frames_for_a_pod_whose_end_is_down_are_counted() {
     require(&["ip", "ping"]);
@@ -1264,14 +1265,7 @@ fn frames_for_a_pod_whose_end_is_down_are_counted() {
         ]),
         "default route",
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !ping(&from.ns, &to.ip, 1) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the pod is not reached once its end is up\n{}",
-            cluster.logs()
-        );
-    }
+    wait_for_traffic(&cluster);
 }
 
 /// Programs peer node3 and a route through it at runtime, through the

@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use super::flow_steer::{FlowSteering, Group};
 use super::mmsg::{self, Received, RecvBuffers, SendBuffers};
 use super::packet_socket::{set_program, BpfInstruction};
-use super::{cvt, setsockopt, sockaddr_in, socket};
+use super::{cvt, set_buffer, setsockopt, sockaddr_in, socket, Buffer};
 
 /// An IPv4 datagram or raw socket.
 #[derive(Debug)]
@@ -127,17 +127,7 @@ impl InetSocket {
             libc::SO_RCVBUF,
             &smallest,
         )?;
-        let send: libc::c_int = 4 << 20;
-        if setsockopt(
-            sock.fd.as_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            &send,
-        )
-        .is_err()
-        {
-            setsockopt(sock.fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &send)?;
-        }
+        set_buffer(sock.fd.as_fd(), Buffer::Send, 4 << 20)?;
         let dont: libc::c_int = libc::IP_PMTUDISC_DONT;
         setsockopt(
             sock.fd.as_fd(),
@@ -270,15 +260,8 @@ impl InetSocket {
     }
 
     fn buffers(&self, bytes: libc::c_int) -> io::Result<()> {
-        for (force, plain) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-        ] {
-            if setsockopt(self.fd.as_fd(), libc::SOL_SOCKET, force, &bytes).is_err() {
-                setsockopt(self.fd.as_fd(), libc::SOL_SOCKET, plain, &bytes)?;
-            }
-        }
-        Ok(())
+        set_buffer(self.fd.as_fd(), Buffer::Receive, bytes)?;
+        set_buffer(self.fd.as_fd(), Buffer::Send, bytes)
     }
 
     fn bind(&self, addr: SocketAddrV4) -> io::Result<()> {

@@ -33,8 +33,8 @@ use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-// The two helpers every socket starts from, shared with the host plumbing.
-use podswitch_host::fd::{cvt, socket};
+// The helpers every socket starts from, shared with the host plumbing.
+use podswitch_host::fd::{cvt, set_buffer, setsockopt, socket, Buffer};
 
 /// `UDP_SEGMENT` (include/uapi/linux/udp.h; not in the libc crate for glibc).
 const UDP_SEGMENT: libc::c_int = 103;
@@ -123,27 +123,6 @@ fn getsockopt<T: Copy>(
             name,
             std::ptr::from_mut(value).cast(),
             &mut len,
-        )
-    })?;
-    Ok(())
-}
-
-/// `setsockopt(2)` with a plain value.
-fn setsockopt<T: Copy>(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-) -> io::Result<()> {
-    // SAFETY: `value` points to a live `T` of `size_of::<T>()` bytes, which
-    // the kernel only reads; every caller passes the type the option takes.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (value as *const T).cast(),
-            size_of::<T>() as libc::socklen_t,
         )
     })?;
     Ok(())

@@ -21,7 +21,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::flow_steer::{FlowSteering, Group};
 use super::mmsg::{self, Received, RecvBuffers, SendBuffers};
-use super::{cvt, getsockopt, setsockopt, socket};
+use super::{cvt, getsockopt, set_buffer, setsockopt, socket, Buffer};
 
 const SOL_PACKET: libc::c_int = 263;
 const PACKET_VNET_HDR: libc::c_int = 15;
@@ -143,15 +143,10 @@ impl PacketSocket {
         // Without it (kernels before 4.20) outgoing frames come back with
         // sll_pkttype PACKET_OUTGOING; we need 4.20 for veth XDP anyway.
         setsockopt(fd.as_fd(), SOL_PACKET, PACKET_IGNORE_OUTGOING, &one)?;
-        let rcvbuf = options.rcvbuf as libc::c_int;
-        // SO_RCVBUFFORCE passes rmem_max as root; plain SO_RCVBUF otherwise.
-        if setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &rcvbuf).is_err() {
-            setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, &rcvbuf)?;
-        }
-        let sndbuf = rcvbuf;
-        if setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, &sndbuf).is_err() {
-            setsockopt(fd.as_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &sndbuf)?;
-        }
+        // Both buffers of the size asked for.
+        let bytes = options.rcvbuf as libc::c_int;
+        set_buffer(fd.as_fd(), Buffer::Receive, bytes)?;
+        set_buffer(fd.as_fd(), Buffer::Send, bytes)?;
         if let Some(filter) = filter {
             set_program(fd.as_fd(), libc::SO_ATTACH_FILTER, filter)?;
         }

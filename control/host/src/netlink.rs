@@ -31,7 +31,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::fd::cvt;
+use crate::fd::{cvt, set_buffer, Buffer};
 
 /// Route scope: anywhere (routes via a gateway).
 pub const RT_SCOPE_UNIVERSE: u8 = 0;
@@ -513,9 +513,9 @@ pub struct LinkWatch {
     buffer: Vec<u8>,
 }
 
-/// Ends the [`LinkWatch::wait`] another thread is in, and makes every
-/// later one return at once: a thread that waits with no timeout (and so
-/// no wake-up while nothing changes) is stopped with it.
+/// Ends the [`LinkWatch::wait`] another thread is in, and every later
+/// one at once: a thread that waits with no timeout (and so no wake-up
+/// while nothing changes) is stopped with it.
 #[derive(Debug, Clone)]
 pub struct LinkWatchWaker(Arc<OwnedFd>);
 
@@ -554,25 +554,8 @@ impl LinkWatch {
         socket.bind_auto()?;
         socket.add_membership(libc::RTNLGRP_LINK)?;
         socket.set_non_blocking(true)?;
-        // SO_RCVBUFFORCE passes net.core.rmem_max, for a process with
-        // CAP_NET_ADMIN; without it, SO_RCVBUF gets up to rmem_max. Either
-        // way an overflow is reported.
-        for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-            // SAFETY: a valid socket and a c_int option of its size, both
-            // live for the call.
-            let set = unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    option,
-                    std::ptr::from_ref(&Self::QUEUE_BYTES).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if set == 0 {
-                break;
-            }
-        }
+        // Best effort: a smaller queue still reports its overflows.
+        let _ = set_buffer(socket.as_fd(), Buffer::Receive, Self::QUEUE_BYTES);
         // SAFETY: eventfd(2) takes no pointers; a non-negative return is
         // a new descriptor that nothing else owns.
         let wake = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
@@ -591,9 +574,12 @@ impl LinkWatch {
     }
 
     /// Waits for link changes, for at most `timeout` if given, then
-    /// returns the deletions among all that came: none if the time passed
-    /// first or the watch was woken ([`LinkWatchWaker`]).
-    pub fn wait(&mut self, timeout: Option<std::time::Duration>) -> io::Result<Vec<LinkChange>> {
+    /// returns the deletions among all that came (none if the time passed
+    /// first); `None` once the watch is woken ([`LinkWatchWaker`]).
+    pub fn wait(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+    ) -> io::Result<Option<Vec<LinkChange>>> {
         let mut pfds = [
             libc::pollfd {
                 fd: self.socket.as_raw_fd(),
@@ -612,17 +598,17 @@ impl LinkWatch {
         // SAFETY: two valid pollfds, for the duration of the call.
         match cvt(unsafe { libc::poll(pfds.as_mut_ptr(), 2, millis) }) {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Some(Vec::new())),
             Err(e) => return Err(e),
         }
         if pfds[1].revents != 0 {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         let mut changes = Vec::new();
         loop {
             let n = match self.socket.recv(&mut &mut self.buffer[..], 0) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(changes),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(changes)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // netlink(7): the queue overflowed and messages were lost;
                 // the socket goes on with what comes next.

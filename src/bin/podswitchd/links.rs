@@ -23,7 +23,6 @@
 //! exists again.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -34,9 +33,8 @@ use podswitch_host::netlink::{LinkChange, LinkWatch, LinkWatchWaker};
 /// The thread that takes out pod ports whose interface has gone.
 #[derive(Debug)]
 pub(crate) struct VanishedPorts {
-    stop: Arc<AtomicBool>,
-    /// Ends the thread's wait, which has no timeout: an idle node's
-    /// thread sleeps until a link changes.
+    /// Ends the thread: its wait has no timeout (an idle node's thread
+    /// sleeps until a link changes), and returns nothing once woken.
     waker: LinkWatchWaker,
     thread: Option<JoinHandle<()>>,
     /// The node's interfaces (underlay, host) that went, said as a
@@ -90,43 +88,39 @@ impl VanishedPorts {
         // either by this look or by the thread.
         if look("gone since it was opened") {
             return Ok(VanishedPorts {
-                stop: Arc::new(AtomicBool::new(true)),
                 waker,
                 thread: None,
                 node_port_gone,
             });
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let told_to_stop = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("podswitch-links".into())
-            .spawn(move || {
-                while !told_to_stop.load(Ordering::Relaxed) {
-                    let changes = match watch.wait(None) {
-                        Ok(changes) => changes,
-                        Err(e) => {
-                            tracing::error!(
-                                "link changes can no longer be read ({e}): a pod port whose \
-                                 interface goes now stays until its CNI DEL"
-                            );
-                            return;
-                        }
-                    };
-                    let why = if changes.contains(&LinkChange::Lost) {
-                        // Which links went is unknown: every port is looked at.
-                        "gone while link changes were lost"
-                    } else if changes.is_empty() {
-                        continue;
-                    } else {
-                        "deleted, or moved to another namespace"
-                    };
-                    if look(why) {
+            .spawn(move || loop {
+                let changes = match watch.wait(None) {
+                    Ok(Some(changes)) => changes,
+                    // Woken: the daemon stops.
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::error!(
+                            "link changes can no longer be read ({e}): a pod port whose \
+                             interface goes now stays until its CNI DEL"
+                        );
                         return;
                     }
+                };
+                let why = if changes.contains(&LinkChange::Lost) {
+                    // Which links went is unknown: every port is looked at.
+                    "gone while link changes were lost"
+                } else if changes.is_empty() {
+                    continue;
+                } else {
+                    "deleted, or moved to another namespace"
+                };
+                if look(why) {
+                    return;
                 }
             })?;
         Ok(VanishedPorts {
-            stop,
             waker,
             thread: Some(thread),
             node_port_gone,
@@ -144,7 +138,6 @@ impl VanishedPorts {
     }
 
     fn join(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
         self.waker.wake();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

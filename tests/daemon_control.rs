@@ -651,15 +651,11 @@ fn the_control_socket_answers_again_after_running_out_of_descriptors() {
     let clients: Vec<UnixStream> = (0..8)
         .map(|_| UnixStream::connect(&daemon.socket).unwrap())
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !daemon.log_text().contains("accept failed") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "accept never failed: {}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        common::eventually(10, || daemon.log_text().contains("accept failed")),
+        "accept never failed: {}",
+        daemon.log_text()
+    );
     drop(clients);
     prlimit(&soft);
     let out = std::process::Command::new("timeout")
@@ -731,20 +727,17 @@ fn a_worker_that_panics_stops_the_daemon_with_an_error() {
 /// the log.
 fn stops_with_an_error(daemon: &mut common::cluster::Daemon, what: &str, lines: &[&str]) -> String {
     let mut child = daemon.child.take().expect("a running daemon");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "podswitchd still runs 10 s after {what}: {}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut status = None;
+    assert!(
+        common::eventually(10, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "podswitchd still runs 10 s after {what}: {}",
+        daemon.log_text()
+    );
     let log = daemon.log_text();
-    assert_eq!(status.code(), Some(1), "{log}");
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
     for line in lines.iter().chain(&["stopped: ports closed"]) {
         assert!(log.contains(line), "no {line:?} in the log: {log}");
     }
@@ -783,15 +776,11 @@ fn a_deleted_underlay_stops_the_daemon_with_an_error() {
 /// answered, as traffic resumes after a restart.
 fn wait_for_traffic(cluster: &Cluster) {
     let (a, b) = (&cluster.pods[0], &cluster.pods[1]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !ping(&a.ns, &b.ip, 1) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "traffic did not resume\n{}",
-            cluster.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    assert!(
+        common::eventually(10, || ping(&a.ns, &b.ip, 1)),
+        "traffic did not resume\n{}",
+        cluster.logs()
+    );
 }
 
 /// Peers and routes programmed through the control socket come back after
@@ -1184,12 +1173,11 @@ fn a_pod_port_whose_interface_is_deleted_is_detached_without_a_del() {
         );
         ok(&node.ns.ip(&["link", "del", "unrelated0"]), "ip link del");
         ok(&gone.ns.ip(&["link", "del", "eth0"]), "ip link del eth0");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut ports = node.ctl_json(&["port", "list"]);
-        while port_kind(&ports, &gone.host_if).is_some() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
+        let mut ports = serde_json::Value::Null;
+        common::eventually(10, || {
             ports = node.ctl_json(&["port", "list"]);
-        }
+            port_kind(&ports, &gone.host_if).is_none()
+        });
         assert_eq!(
             port_kind(&ports, &gone.host_if),
             None,

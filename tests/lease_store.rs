@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cluster::Cluster;
 use common::etcd::Etcd;
@@ -26,12 +26,8 @@ const NETWORK: &str =
 /// A flanneld vxlan node's lease, as flannel's documentation shows one.
 const FLANNELD_LEASE: &str = r#"{"PublicIP":"192.168.100.77","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:77"}}"#;
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    assert!(common::eventually(10, done), "timed out waiting: {what}");
 }
 
 fn peer(cluster: &Cluster, n: usize, name: &str) -> Option<Value> {

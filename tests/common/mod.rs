@@ -227,6 +227,21 @@ pub fn veth(a: &Netns, a_dev: &str, b: &Netns, b_dev: &str) {
     b.ip(&["link", "set", b_dev, "up"]);
 }
 
+/// Asks `done` every 50 ms, for up to `seconds`, until it says true;
+/// false if it never did. The caller asserts, with what it wants said.
+pub fn eventually(seconds: u64, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A file in the temp directory removed on drop.
 #[derive(Debug)]
 pub struct TempFile(pub PathBuf);

@@ -1173,10 +1173,19 @@ fn a_pod_port_whose_interface_is_deleted_is_detached_without_a_del() {
         );
         ok(&node.ns.ip(&["link", "del", "unrelated0"]), "ip link del");
         ok(&gone.ns.ip(&["link", "del", "eth0"]), "ip link del eth0");
-        let mut ports = serde_json::Value::Null;
+        // The port leaves the tables first, then the sweep logs it and
+        // writes the state file: a reader can come between them.
+        let daemon = node.daemon.as_ref().expect("running");
+        let (mut ports, mut log, mut state) = Default::default();
         common::eventually(10, || {
             ports = node.ctl_json(&["port", "list"]);
+            log = daemon.log_text();
+            state = std::fs::read_to_string(&daemon.state.0).expect("the state file");
             port_kind(&ports, &gone.host_if).is_none()
+                && log.lines().any(|l| {
+                    l.contains("the pod port's interface is deleted") && l.contains(&gone.host_if)
+                })
+                && !state.contains(&gone.host_if)
         });
         assert_eq!(
             port_kind(&ports, &gone.host_if),
@@ -1189,15 +1198,12 @@ fn a_pod_port_whose_interface_is_deleted_is_detached_without_a_del() {
             Some(serde_json::json!(kind)),
             "{kind}: {ports}"
         );
-        let daemon = node.daemon.as_ref().expect("running");
-        let log = daemon.log_text();
         assert!(
             log.lines()
                 .any(|l| l.contains("the pod port's interface is deleted")
                     && l.contains(&gone.host_if)),
             "{kind}: {log}"
         );
-        let state = std::fs::read_to_string(&daemon.state.0).expect("the state file");
         assert!(!state.contains(&gone.host_if), "{kind}: {state}");
         assert!(state.contains(&kept.host_if), "{kind}: {state}");
         // What the CNI plugin's DEL asks: an error it takes as done.

@@ -47,8 +47,10 @@ pub trait DaemonHooks: Send + Sync + std::fmt::Debug {
     /// restart brings it back (the default keeps nothing).
     fn applied(&self, _request: &Request) {}
     /// A pod port was added (`requested`: the kind its request named).
+    /// Called before another port comes or goes, so it must not add or
+    /// remove one itself.
     fn port_added(&self, _spec: &PortSpec, _requested: Option<PodPortKind>, _port: &AttachedPort) {}
-    /// A pod port was removed.
+    /// A pod port was removed; called as [`DaemonHooks::port_added`] is.
     fn port_removed(&self, _name: &str, _port: &RemovedPort) {}
     /// The lease store's health, for `status` (None: peers are static).
     fn store_status(&self) -> Option<StoreStatus> {
@@ -135,14 +137,15 @@ impl Handler {
         spec: PortSpec,
         kind: Option<PodPortKind>,
     ) -> Result<AttachedPort, String> {
-        let port = self
-            .datapath
-            .add_pod_port(spec.clone(), kind)
-            .map_err(|e| e.to_string())?;
-        if let Some(hooks) = &self.hooks {
-            hooks.port_added(&spec, kind, &port);
-        }
-        Ok(port)
+        // The hooks run before another port comes or goes: a state file
+        // written in the order of the changes.
+        self.datapath
+            .add_pod_port(spec.clone(), kind, |port| {
+                if let Some(hooks) = &self.hooks {
+                    hooks.port_added(&spec, kind, port);
+                }
+            })
+            .map_err(|e| e.to_string())
     }
 
     /// Handles one request.
@@ -179,11 +182,12 @@ impl Handler {
             Request::PortDel { interface } => {
                 let removed = self
                     .datapath
-                    .remove_pod_port(interface)
+                    .remove_pod_port(interface, |removed| {
+                        if let Some(hooks) = &self.hooks {
+                            hooks.port_removed(interface, removed);
+                        }
+                    })
                     .map_err(|e| e.to_string())?;
-                if let Some(hooks) = &self.hooks {
-                    hooks.port_removed(interface, &removed);
-                }
                 Ok(result(PortRef {
                     port: removed.id.0,
                     kind: None,

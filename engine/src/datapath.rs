@@ -416,11 +416,16 @@ impl Datapath {
         })
     }
 
-    /// Adds a pod port, opened as `kind` (none: the data path's default).
+    /// Adds a pod port, opened as `kind` (none: the data path's default),
+    /// and calls `attached` with it before another port comes or goes: what
+    /// the caller records of the port (a state file's entry) then follows
+    /// the order of the changes, and cannot outlive a removal of the same
+    /// name that came after it.
     pub fn add_pod_port(
         &self,
         spec: PortSpec,
         kind: Option<PodPortKind>,
+        attached: impl FnOnce(&AttachedPort),
     ) -> Result<AttachedPort, DatapathError> {
         if spec.role != PortRole::Pod {
             return Err(DatapathError::NotAPodPort {
@@ -431,7 +436,7 @@ impl Datapath {
         let _changing = self.lock_port_changes();
         let name = spec.name.clone();
         let id = self.tables.attach_port(spec)?;
-        self.hand_to_worker(id, &name, |running| {
+        let port = self.hand_to_worker(id, &name, |running| {
             let kind = kind.unwrap_or(running.pod_port);
             let opened = running
                 .kernel
@@ -439,7 +444,9 @@ impl Datapath {
             let kind = opened.kind.to_string();
             let ifindex = opened.ifindex;
             Ok((opened.port, Opened { kind, ifindex }, opened.notes))
-        })
+        })?;
+        attached(&port);
+        Ok(port)
     }
 
     /// Opens port `id` (just added to the tables as `name`) with `open`,
@@ -510,10 +517,17 @@ impl Datapath {
     }
 
     /// Takes pod port `name` out of the tables and from its worker, which
-    /// closes its kernel side.
-    pub fn remove_pod_port(&self, name: &str) -> Result<RemovedPort, DatapathError> {
+    /// closes its kernel side, and calls `removed` with it before another
+    /// port comes or goes (as [`Datapath::add_pod_port`] does).
+    pub fn remove_pod_port(
+        &self,
+        name: &str,
+        removed: impl FnOnce(&RemovedPort),
+    ) -> Result<RemovedPort, DatapathError> {
         let _changing = self.lock_port_changes();
-        self.remove_pod_port_now(name)
+        let port = self.remove_pod_port_now(name)?;
+        removed(&port);
+        Ok(port)
     }
 
     /// [`Datapath::remove_pod_port`], with the port changes held.
@@ -784,10 +798,14 @@ mod tests {
     fn pod_ports_added_here_are_polled_and_switch_frames() {
         let (datapath, kernel) = start();
         let a = datapath
-            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None)
+            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None, |_| {})
             .unwrap();
         let b = datapath
-            .add_pod_port(PortSpec::pod("veth2", IP2, MAC2), Some(PodPortKind::Tap))
+            .add_pod_port(
+                PortSpec::pod("veth2", IP2, MAC2),
+                Some(PodPortKind::Tap),
+                |_| {},
+            )
             .unwrap();
         assert_eq!(a.kind.as_deref(), Some("memory"));
         assert_eq!(a.notes, ["veth1 is in memory"]);
@@ -814,7 +832,7 @@ mod tests {
         let (datapath, _kernel) = start();
         let before = datapath.tables().load().ports.iter().count();
         let e = datapath
-            .add_pod_port(PortSpec::pod("gone1", IP1, MAC1), None)
+            .add_pod_port(PortSpec::pod("gone1", IP1, MAC1), None, |_| {})
             .unwrap_err();
         assert!(matches!(e, DatapathError::Open { .. }), "{e:?}");
         assert!(e.to_string().starts_with("gone1: "), "{e}");
@@ -833,22 +851,22 @@ mod tests {
             .unwrap();
         assert_eq!(underlay.kind.as_deref(), Some("memory"));
         let pod = datapath
-            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None)
+            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None, |_| {})
             .unwrap();
         drop(kernel.wire("veth1"));
 
-        let e = datapath.remove_pod_port("eth0").unwrap_err();
+        let e = datapath.remove_pod_port("eth0", |_| {}).unwrap_err();
         assert_eq!(
             e.to_string(),
             "eth0 is the underlay port: it stays while the daemon runs"
         );
         let e = datapath
-            .add_pod_port(PortSpec::underlay("eth1"), None)
+            .add_pod_port(PortSpec::underlay("eth1"), None, |_| {})
             .unwrap_err();
         assert!(matches!(e, DatapathError::NotAPodPort { .. }), "{e:?}");
 
         assert_eq!(
-            datapath.remove_pod_port("veth1").unwrap(),
+            datapath.remove_pod_port("veth1", |_| {}).unwrap(),
             RemovedPort {
                 id: pod.id,
                 notes: Vec::new()
@@ -858,17 +876,46 @@ mod tests {
         assert_eq!(datapath.port_kind(pod.id), None);
         assert!(datapath.tables().load().ports.by_name("veth1").is_none());
         assert!(matches!(
-            datapath.remove_pod_port("veth1"),
+            datapath.remove_pod_port("veth1", |_| {}),
             Err(DatapathError::Table(TableError::NoSuchPort(_)))
         ));
         assert_eq!(datapath.port_worker(underlay.id), Some(0));
+    }
+
+    /// What the caller records of a port added or removed (podswitchd's
+    /// state file) is recorded before another change can start: a DEL or
+    /// a sweep of the same name cannot slip between a change and its
+    /// record. A port that fails to open is not recorded.
+    #[test]
+    fn a_port_change_is_recorded_before_the_next_change_starts() {
+        let (datapath, _kernel) = start();
+        let mut recorded = Vec::new();
+        let added = datapath
+            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None, |port| {
+                assert!(datapath.port_changes.try_lock().is_err(), "added unheld");
+                recorded.push(("added", port.id));
+            })
+            .unwrap();
+        datapath
+            .add_pod_port(PortSpec::pod("gone1", IP2, MAC2), None, |_| {
+                panic!("a port that failed to open was recorded")
+            })
+            .unwrap_err();
+        let removed = datapath
+            .remove_pod_port("veth1", |port| {
+                assert!(datapath.port_changes.try_lock().is_err(), "removed unheld");
+                recorded.push(("removed", port.id));
+            })
+            .unwrap();
+        assert_eq!(recorded, [("added", added.id), ("removed", removed.id)]);
+        assert_eq!(added.id, removed.id);
     }
 
     #[test]
     fn a_capture_writes_what_the_port_receives() {
         let (datapath, kernel) = start();
         let a = datapath
-            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None)
+            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None, |_| {})
             .unwrap();
         let a_wire = kernel.wire("veth1");
         let file = std::env::temp_dir().join(format!("podswitch-capture-{}.pcap", a.id));
@@ -921,7 +968,7 @@ mod tests {
     fn a_data_path_of_tables_only_programs_tables_and_captures_nothing() {
         let datapath = Datapath::tables_only(tables());
         let added = datapath
-            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None)
+            .add_pod_port(PortSpec::pod("veth1", IP1, MAC1), None, |_| {})
             .unwrap();
         assert_eq!((added.kind, added.worker), (None, None));
         assert!(datapath.tables().load().ports.by_name("veth1").is_some());
@@ -934,7 +981,10 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.to_string(), "capture needs a running data plane");
-        assert_eq!(datapath.remove_pod_port("veth1").unwrap().id, added.id);
+        assert_eq!(
+            datapath.remove_pod_port("veth1", |_| {}).unwrap().id,
+            added.id
+        );
         assert!(datapath.worker_stats().is_empty());
     }
 }

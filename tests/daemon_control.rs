@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::cluster::{port_kind, Cluster};
-use common::traffic::{ping, ping_round_trips, udp_datagrams, UdpSink};
+use common::traffic::{ping, ping_round_trips, udp_datagrams, udp_send, UdpSink};
 use common::{require, Netns, TempFile};
 use podswitch::bench::BusyLoops;
 
@@ -1215,51 +1215,68 @@ fn a_pod_port_whose_interface_is_deleted_is_detached_without_a_del() {
 
 /// Frames for a pod whose own end of the veth is down leave podswitch
 /// (the send succeeds) and are dropped by the host end, which has no
-/// carrier: they are counted on the pod's AF_PACKET port as
+/// carrier: they are counted on the pod's port, AF_XDP or AF_PACKET, as
 /// `tx_device_dropped`, read from the veth's own counter, not lost
-/// unseen. Up again, the pod is reached again (the first pod pings the
-/// second, as [`wait_for_traffic`] does).
+/// unseen. The device counts what it was handed: on AF_XDP every frame
+/// of a burst (the TX ring stops at the first frame the device drops,
+/// and podswitch sends on past it); on AF_PACKET, which writes a flow's
+/// datagrams into a pod as UDP super-frames, each super-frame once.
+/// Up again, the
+/// pod is reached again (the first pod pings the second, as
+/// [`wait_for_traffic`] does).
 #[test]
 fn frames_for_a_pod_whose_end_is_down_are_counted() {
     require(&["ip", "ping"]);
-    let mut cluster = Cluster::new("vxlan", "bridge", 2);
-    cluster.port_kind = "af-packet".into();
-    cluster.start(0, &[]);
-    cluster.attach_pods(0);
-    let node = &cluster.nodes[0];
-    let (from, to) = (&cluster.pods[0], &cluster.pods[1]);
-    // Its MAC learned: the pings below go to it as unicast.
-    assert!(ping(&from.ns, &to.ip, 2), "{}", cluster.logs());
-    let dropped = || {
-        node.ctl_json(&["stats"])["drops"]["tx_device_dropped"]
+    for kind in ["af-xdp", "af-packet"] {
+        let mut cluster = Cluster::new("vxlan", "bridge", 2);
+        cluster.port_kind = kind.into();
+        cluster.start(0, &[]);
+        cluster.attach_pods(0);
+        let node = &cluster.nodes[0];
+        let (from, to) = (&cluster.pods[0], &cluster.pods[1]);
+        // Its MAC learned: the frames below go to it as unicast.
+        assert!(ping(&from.ns, &to.ip, 2), "{kind}: {}", cluster.logs());
+        let dropped = || {
+            node.ctl_json(&["stats"])["drops"]["tx_device_dropped"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        let (port_before, reason_before) = (node.port_counter(&to.host_if, "drops"), dropped());
+        ok(&to.ns.ip(&["link", "set", "eth0", "down"]), "eth0 down");
+        assert!(
+            !ping(&from.ns, &to.ip, 3),
+            "{kind}: a pod whose eth0 is down answered"
+        );
+        udp_send(&from.ns, &to.ip, 5301, 300, 64);
+        let counted = if kind == "af-xdp" { 303 } else { 4 };
+        let (mut port_after, mut reason_after) = (0, 0);
+        common::eventually(5, || {
+            (port_after, reason_after) = (node.port_counter(&to.host_if, "drops"), dropped());
+            port_after >= port_before + counted && reason_after >= reason_before + counted
+        });
+        assert!(
+            port_after >= port_before + counted && reason_after >= reason_before + counted,
+            "{kind}: 3 echoes and 300 datagrams to a pod whose end is down: port drops \
+             {port_before} -> {port_after}, tx_device_dropped {reason_before} -> {reason_after}\n{}",
+            cluster.logs()
+        );
+        let failed = node.ctl_json(&["stats"])["drops"]["tx_failed"]
             .as_u64()
-            .unwrap_or(0)
-    };
-    let (port_before, reason_before) = (node.port_counter(&to.host_if, "drops"), dropped());
-    ok(&to.ns.ip(&["link", "set", "eth0", "down"]), "eth0 down");
-    assert!(
-        !ping(&from.ns, &to.ip, 3),
-        "a pod whose eth0 is down answered"
-    );
-    let (port_after, reason_after) = (node.port_counter(&to.host_if, "drops"), dropped());
-    assert!(
-        port_after >= port_before + 3 && reason_after >= reason_before + 3,
-        "3 echoes to a pod whose end is down: port drops {port_before} -> {port_after}, \
-         tx_device_dropped {reason_before} -> {reason_after}\n{}",
-        cluster.logs()
-    );
-    ok(&to.ns.ip(&["link", "set", "eth0", "up"]), "eth0 up");
-    ok(
-        &to.ns.ip(&[
-            "route",
-            "replace",
-            "default",
-            "via",
-            &format!("{}.1", node.pod_net),
-        ]),
-        "default route",
-    );
-    wait_for_traffic(&cluster);
+            .unwrap_or(0);
+        assert_eq!(failed, 0, "{kind}: counted twice, as tx_failed too");
+        ok(&to.ns.ip(&["link", "set", "eth0", "up"]), "eth0 up");
+        ok(
+            &to.ns.ip(&[
+                "route",
+                "replace",
+                "default",
+                "via",
+                &format!("{}.1", node.pod_net),
+            ]),
+            "default route",
+        );
+        wait_for_traffic(&cluster);
+    }
 }
 
 /// Programs peer node3 and a route through it at runtime, through the

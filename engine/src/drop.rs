@@ -96,7 +96,7 @@ drop_reasons! {
     HostNotIp => "host_not_ip", "a packet from the host port that is neither IPv4 nor IPv6";
     TxFailed => "tx_failed", "the kernel did not take a frame on send (queue full or link down)";
     RxQueueFull => "rx_queue_full", "the kernel dropped a frame for the port before podswitch read it: its socket's receive queue, AF_XDP ring or TUN/TAP queue was full (podswitch fell behind)";
-    TxDeviceDropped => "tx_device_dropped", "the kernel took a frame on send, then dropped it on its way (the next device's backlog or queue full, its peer down); read from the device's own counters, the underlay's including the node's own packets";
+    TxDeviceDropped => "tx_device_dropped", "the kernel took a frame on send, then dropped it on its way (the next device's backlog or queue full, its peer down); read from the device's own counters, which count a super-frame once, the underlay's including the node's own packets";
 }
 
 impl fmt::Display for DropReason {

@@ -223,23 +223,34 @@ pub fn udp_burst(
     );
     let out = wait_ready(&mut sink);
     hold(true);
+    udp_send(from, to_ip, 5301, count, size);
+    hold(false);
+    finish(sink, out)
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// Sends `count` numbered datagrams of `size` bytes from `from` to
+/// `to_ip`:`port` back to back, with no one to read them.
+pub fn udp_send(from: &(impl InNetns + ?Sized), to_ip: &str, port: u16, count: u32, size: usize) {
     let source = python(
         from,
         UDP_BURST,
-        &[to_ip, "5301", &count.to_string(), &size.to_string()],
+        &[
+            to_ip,
+            &port.to_string(),
+            &count.to_string(),
+            &size.to_string(),
+        ],
     )
     .wait_with_output()
     .unwrap();
-    hold(false);
     assert!(
         source.status.success(),
         "{}",
         String::from_utf8_lossy(&source.stderr)
     );
-    finish(sink, out)
-        .split_whitespace()
-        .filter_map(|n| n.parse().ok())
-        .collect()
 }
 
 fn python(ns: &(impl InNetns + ?Sized), script: &str, args: &[&str]) -> Child {

@@ -17,7 +17,7 @@ use super::{finish_offloads, has_offloads, Counter, KernelDrops};
 use crate::drop::DropReason;
 use crate::offload::complete_partial_l4;
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
-use crate::port::{Port, PortId, PortKind};
+use crate::port::{DeviceCounter, Port, PortId, PortKind};
 use crate::stats::Stats;
 use crate::sys::xdp::{XdpMode, XdpSocket};
 
@@ -123,5 +123,12 @@ impl Port for AfXdpPort {
 
     fn poll_fds(&self) -> Vec<RawFd> {
         vec![self.rx.sock.fd()]
+    }
+
+    /// The veth's `tx_dropped`: while the pod's end is down, the host end
+    /// has no carrier, and the kernel drops each frame of the TX ring
+    /// there (`__dev_direct_xmit`) after the ring took it.
+    fn send_drop_counters(&self) -> Vec<DeviceCounter> {
+        vec![DeviceCounter::TxDropped(self.name.clone())]
     }
 }

@@ -577,19 +577,34 @@ impl XdpSocket {
     /// (`MAX_PER_SOCKET_BUDGET`, net/xdp/xsk.c) and answers `EAGAIN` while
     /// more wait: one call for 32 would leave the rest in the ring until
     /// the port's next send, which may never come. So it calls again while
-    /// the kernel says more wait, at most once per 32 and once more (a
-    /// full device also answers `EAGAIN`; what it refused waits for the
-    /// next send, as before).
+    /// the kernel says more wait. It also calls again after `EBUSY`: the
+    /// device dropped one frame (`NET_XMIT_DROP`, as a veth whose peer is
+    /// down does, counted in its `tx_dropped`), completed it, and stopped
+    /// there, leaving the ones after it queued. Again at most once per 32
+    /// and once more after `EAGAIN` (a full device answers it too; what
+    /// it refused waits for the next send, as before), and once per
+    /// dropped frame after `EBUSY`.
     fn kick(&self, submitted: u32) {
-        for _ in 0..=submitted.div_ceil(32) {
+        let mut more_waiting = submitted.div_ceil(32) + 1;
+        let mut dropped = submitted;
+        loop {
             // SAFETY: a sendto with no data and no address only reads the
             // socket's TX ring, which the kernel owns the other end of.
             let r = unsafe {
                 libc::sendto(self.fd, ptr::null(), 0, libc::MSG_DONTWAIT, ptr::null(), 0)
             };
-            if r >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+            if r >= 0 {
                 return;
             }
+            let left = match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EAGAIN) => &mut more_waiting,
+                Some(libc::EBUSY) => &mut dropped,
+                _ => return,
+            };
+            if *left == 0 {
+                return;
+            }
+            *left -= 1;
         }
     }
 

@@ -2,7 +2,7 @@
 //! path, measured on the same lab topology in the same run.
 //!
 //! For each backend both dataplanes can do (vxlan, host-gw, directrouting) it builds a
-//! kernel lab and a podswitch lab (two nodes, two pods each), then for
+//! kernel lab and a podswitch lab (two nodes, three pods each), then for
 //! each case (cross-node: pod1-1 -> pod2-1; same-node: pod1-1 -> pod1-2)
 //! and each metric runs rounds alternating kernel, podswitch, kernel,
 //! podswitch..., so that a drift of the machine hits both alike, and
@@ -23,8 +23,11 @@
 //!   the other side (two flows: what a dataplane does with more senders
 //!   than one);
 //! - latency: ping round trips every 2 ms, p50 and p99 (µs), on an idle
-//!   lab and again while an iperf3 TCP stream runs between the same two
-//!   pods (latency under load);
+//!   lab, again while an iperf3 TCP stream runs between the same two
+//!   pods (latency under load), while busy loops keep every CPU busy, and
+//!   while a neighbour (node 1's third pod) floods node 2's third pod
+//!   with 64-byte UDP from one generator (`flooded`: what one pod's flood
+//!   costs the others);
 //! - CPU: machine CPU seconds per million packets received during the
 //!   small-packet run, the generator's own CPU taken out;
 //! - memory: podswitchd's resident memory on a one-node lab with no pod
@@ -179,6 +182,16 @@ pub const METRICS: &[Metric] = &[
     },
     Metric {
         name: "busy-p99",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    Metric {
+        name: "flooded-p50",
+        unit: "µs",
+        higher_is_better: false,
+    },
+    Metric {
+        name: "flooded-p99",
         unit: "µs",
         higher_is_better: false,
     },
@@ -448,21 +461,6 @@ fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
         .iter()
         .map(|ns| unread_socket(ns, 9))
         .collect::<Result<Vec<_>>>()?;
-    let mut confs = Vec::new();
-    for (i, f) in flows.iter().enumerate() {
-        let conf = std::env::temp_dir().join(format!(
-            "podswitch-bench-{}-{i}.trafgen",
-            std::process::id()
-        ));
-        fs::write(
-            &conf,
-            format!(
-                "{{ eth(da={}, type=0x0800), ipv4(saddr={}, daddr={}, ttl=64, df), udp(sp=9, dp=9), fill(0x42, 18) }}\n",
-                f.dst_mac, f.src_ip, f.dst_ip
-            ),
-        )?;
-        confs.push(conf);
-    }
     // What the destinations took, and what the sources sent.
     let counters = || -> Result<(u64, u64)> {
         let mut total = (0, 0);
@@ -477,35 +475,14 @@ fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
     let before = counters()?;
     let busy = BusyCpu::start();
     let started = Instant::now();
-    let mut generators = Vec::new();
-    for (f, conf) in flows.iter().zip(&confs) {
-        let spawned = Command::new("ip")
-            .args(["netns", "exec", f.src_ns, "trafgen", "-o", "eth0", "-i"])
-            .arg(conf)
-            .args(["-P", "1", "-q"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .context("trafgen");
-        match spawned {
-            Ok(child) => generators.push(child),
-            Err(e) => {
-                stop_generators(&mut generators);
-                return Err(e);
-            }
-        }
-    }
+    let generators = Generators::start(flows)?;
     std::thread::sleep(Duration::from_secs(seconds));
     // trafgen and its worker process: the generators' whole CPU.
-    let generator_cpu: u64 = generators.iter().flat_map(|g| group_jiffies(g.id())).sum();
+    let generator_cpu = generators.jiffies();
     let after = counters();
     let busy_secs = busy.secs();
     let elapsed = started.elapsed().as_secs_f64();
-    stop_generators(&mut generators);
-    for conf in &confs {
-        let _ = fs::remove_file(conf);
-    }
+    drop(generators);
     let after = after?;
     let packets = after.0.saturating_sub(before.0) as f64;
     let sent = after.1.saturating_sub(before.1) as f64;
@@ -519,20 +496,77 @@ fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
     })
 }
 
-/// Stops every generator's process group and waits until each is gone:
-/// the next measurement starts only once they are (a worker dies a moment
-/// after the signal).
-fn stop_generators(generators: &mut Vec<std::process::Child>) {
-    for g in generators.iter_mut() {
-        stop_group(g.id());
-        let _ = g.wait();
+/// One trafgen per flow, sending 64-byte UDP frames (60 bytes + FCS) to
+/// port 9, for as long as this lives: dropped, it stops every
+/// generator's process group and waits until each is gone (the next
+/// measurement starts only once they are; a worker dies a moment after
+/// the signal).
+struct Generators {
+    children: Vec<std::process::Child>,
+    confs: Vec<std::path::PathBuf>,
+}
+
+impl Generators {
+    fn start(flows: &[Flow]) -> Result<Generators> {
+        let mut generators = Generators {
+            children: Vec::new(),
+            confs: Vec::new(),
+        };
+        for (i, f) in flows.iter().enumerate() {
+            let conf = std::env::temp_dir().join(format!(
+                "podswitch-bench-{}-{i}.trafgen",
+                std::process::id()
+            ));
+            fs::write(
+                &conf,
+                format!(
+                    "{{ eth(da={}, type=0x0800), ipv4(saddr={}, daddr={}, ttl=64, df), udp(sp=9, dp=9), fill(0x42, 18) }}\n",
+                    f.dst_mac, f.src_ip, f.dst_ip
+                ),
+            )?;
+            generators.confs.push(conf.clone());
+            let child = Command::new("ip")
+                .args(["netns", "exec", f.src_ns, "trafgen", "-o", "eth0", "-i"])
+                .arg(&conf)
+                .args(["-P", "1", "-q"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .context("trafgen")?;
+            generators.children.push(child);
+        }
+        Ok(generators)
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while generators.iter().any(|g| !group_jiffies(g.id()).is_empty()) && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(10));
+
+    /// The CPU jiffies the generators' processes have used.
+    fn jiffies(&self) -> u64 {
+        self.children
+            .iter()
+            .flat_map(|g| group_jiffies(g.id()))
+            .sum()
     }
-    generators.clear();
+}
+
+impl Drop for Generators {
+    fn drop(&mut self) {
+        for g in &mut self.children {
+            stop_group(g.id());
+            let _ = g.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self
+            .children
+            .iter()
+            .any(|g| !group_jiffies(g.id()).is_empty())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for conf in &self.confs {
+            let _ = fs::remove_file(conf);
+        }
+    }
 }
 
 /// 64-byte UDP: (received Mpps, dataplane CPU seconds per million packets).
@@ -548,7 +582,17 @@ fn small_packets(
     seconds: u64,
     ceiling: &Ceiling,
 ) -> Result<(f64, f64)> {
-    let flows = pairs
+    let run = blast(&flows(lab, pairs)?, seconds)?;
+    if run.packets == 0.0 {
+        bail!("no 64-byte packet reached its destination");
+    }
+    let dataplane_secs = (run.busy_secs - ceiling.secs_per_frame * run.sent).max(0.0);
+    Ok((run.mpps, dataplane_secs / (run.packets / 1e6)))
+}
+
+/// A generator's flow for each pair of pods, from the first to the second.
+fn flows<'a>(lab: &Lab, pairs: &[(&'a lab::Pod, &'a lab::Pod)]) -> Result<Vec<Flow<'a>>> {
+    pairs
         .iter()
         .map(|(src, dst)| {
             Ok(Flow {
@@ -559,13 +603,7 @@ fn small_packets(
                 dst_ip: &dst.ip,
             })
         })
-        .collect::<Result<Vec<_>>>()?;
-    let run = blast(&flows, seconds)?;
-    if run.packets == 0.0 {
-        bail!("no 64-byte packet reached its destination");
-    }
-    let dataplane_secs = (run.busy_secs - ceiling.secs_per_frame * run.sent).max(0.0);
-    Ok((run.mpps, dataplane_secs / (run.packets / 1e6)))
+        .collect()
 }
 
 /// The MAC of `src`'s gateway, as its ARP table holds it after a ping to
@@ -711,6 +749,26 @@ fn busy_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f6
     let _busy =
         BusyLoops::start(Duration::from_secs(seconds + 60)).context("starting busy loops")?;
     // The loops take their share of each CPU first.
+    std::thread::sleep(Duration::from_secs(1));
+    latency(src, dst, seconds)
+}
+
+/// Ping round trips from `src` to `dst` while a neighbour, another pod
+/// pair (`flood`), sends 64-byte UDP as fast as one generator can: (p50,
+/// p99) in µs. A forwarder that makes other pods' packets wait behind a
+/// flood, or takes the CPU their processes need to forward it, shows
+/// here.
+fn flooded_latency(
+    lab: &Lab,
+    src: &lab::Pod,
+    dst: &lab::Pod,
+    flood: (&lab::Pod, &lab::Pod),
+    seconds: u64,
+) -> Result<(f64, f64)> {
+    let flows = flows(lab, &[flood])?;
+    let _sink = unread_socket(&flood.1.netns, 9)?;
+    let _generators = Generators::start(&flows)?;
+    // The flood takes its share of the CPUs first.
     std::thread::sleep(Duration::from_secs(1));
     latency(src, dst, seconds)
 }
@@ -948,10 +1006,10 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
         .iter()
         .flat_map(|b| ["cross-node", "same-node"].map(|scope| Case { backend: *b, scope }))
         .collect();
-    // Time estimate: per case and round, both dataplanes run TCP twice,
-    // small packets twice and latency twice, each about `seconds` plus
-    // set-up.
-    let per_round = 6 * (args.seconds + 1) * dataplanes.len() as u64;
+    // Time estimate: per case and round, each dataplane runs TCP twice,
+    // small packets twice and latency four times, each about `seconds`
+    // plus set-up.
+    let per_round = 8 * (args.seconds + 1) * dataplanes.len() as u64;
     let total = per_round * args.rounds as u64 * cases.len() as u64;
     let started = Instant::now();
     eprintln!("measuring the generator alone (trafgen into a counting veth)...");
@@ -991,7 +1049,8 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                     .take(7)
                     .collect::<String>()
             );
-            let mut up = UpArgs::new(&name, dp.kind, *backend);
+            // Three pods a node: the third is the flooded case's neighbour.
+            let mut up = UpArgs::new(&name, dp.kind, *backend).sized(2, 3);
             match dp.workers {
                 Some(WorkerChoice::Count(w)) => up = up.workers(w),
                 Some(WorkerChoice::PerCpu) => up = up.per_cpu(),
@@ -1059,6 +1118,10 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                         let (p50, p99) = latency(src, dst, args.seconds)?;
                         let (loaded_p50, loaded_p99) = loaded_latency(src, dst, args.seconds)?;
                         let (busy_p50, busy_p99) = busy_latency(src, dst, args.seconds)?;
+                        // The neighbour: node 1's third pod floods node 2's.
+                        let flood = (lab.pod("pod1-3")?, lab.pod("pod2-3")?);
+                        let (flooded_p50, flooded_p99) =
+                            flooded_latency(lab, src, dst, flood, args.seconds)?;
                         let figures = [
                             t1.gbit_per_sec,
                             t4.gbit_per_sec,
@@ -1074,6 +1137,8 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                             loaded_p99,
                             busy_p50,
                             busy_p99,
+                            flooded_p50,
+                            flooded_p99,
                         ];
                         for (m, v) in figures.into_iter().enumerate() {
                             values[m][d].push(v);

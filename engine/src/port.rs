@@ -96,7 +96,7 @@ pub trait Port: Send {
     }
 
     /// Splits the port's receive side by CPU for `members` workers, one
-    /// pinned to each CPU (docs/architecture.md, "Where it is going"):
+    /// pinned to each CPU (docs/architecture.md, "A worker per CPU"):
     /// returns `members - 1` more ports on the same interface, counting
     /// as this one, such that with this port as member 0, member k
     /// receives the frames CPU k (modulo `members`) receives, except

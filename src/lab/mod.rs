@@ -78,12 +78,12 @@ pub struct UpArgs {
     /// 192.168.100.254, .253 and .252; nodes are given every member.
     #[arg(long, default_value_t = 1)]
     etcd_members: u8,
-    /// podswitchd's forwarding threads on each node (default: podswitchd's
-    /// own, one per four CPUs).
+    /// podswitchd's forwarding threads on each node, owning the ports
+    /// (default: podswitchd's own, a worker per CPU).
     #[arg(long, conflicts_with = "per_cpu")]
     workers: Option<usize>,
     /// podswitchd with a worker per CPU, pod ports split among them
-    /// (its `per_cpu`).
+    /// (its `per_cpu`, its default too).
     #[arg(long)]
     per_cpu: bool,
     /// The class podswitchd's workers forward in (its `worker_priority`;

@@ -128,10 +128,12 @@ pub(crate) struct Cli {
     /// while the pods on the worker's CPU run their time slices).
     #[arg(long, value_name = "realtime|normal")]
     pub worker_priority: Option<String>,
-    /// `[dataplane] workers`: forwarding threads (1 to 64; default one per
-    /// four CPUs the daemon may run on, at least one). Each port is polled
-    /// by one worker, the one with the fewest ports when it is attached;
-    /// a frame for a port another worker owns is handed to that worker.
+    /// `[dataplane] workers`: forwarding threads (1 to 64), instead of the
+    /// default worker per CPU (`per_cpu`); with `per_cpu = false` and no
+    /// count, one per four CPUs the daemon may run on, at least one. Each
+    /// port is polled by one worker, the one with the fewest ports when it
+    /// is attached; a frame for a port another worker owns is handed to
+    /// that worker.
     #[arg(long)]
     pub workers: Option<usize>,
     /// `[dataplane] worker_cpus`: CPUs to pin the workers to, worker i to
@@ -143,9 +145,9 @@ pub(crate) struct Cli {
     /// each pinned to its CPU, and every AF_PACKET pod port, the host
     /// port and the underlay (but IPIP's and AF_XDP's) split among them,
     /// so that a frame is forwarded by the worker of the CPU it arrived
-    /// on, each flow kept in order (default false; not with `workers` or
-    /// `worker_cpus`).
-    /// docs/architecture.md, "Where it is going".
+    /// on, each flow kept in order (the default, unless `workers` or
+    /// `worker_cpus` is given; not with them).
+    /// docs/architecture.md, "A worker per CPU".
     #[arg(long, value_name = "true|false")]
     pub per_cpu: Option<bool>,
     /// `[dataplane] udp_batches`: consecutive small datagrams of one flow
@@ -356,12 +358,13 @@ pub(crate) struct PortConfig {
     pub container_id: Option<String>,
 }
 
-/// Workers when none are configured: one per four CPUs the daemon may run
-/// on, at least one. On a node the pods make the traffic a worker
-/// forwards, and a worker under load keeps its CPU: three CPUs in four stay
-/// the pods'. On this project's 2-vCPU bench machine a second worker
-/// forwarded more small packets between the pods of one node but cost TCP
-/// and latency (docs/benchmarks.md, "Two workers").
+/// Workers with `per_cpu = false` and no count: one per four CPUs the
+/// daemon may run on, at least one. On a node the pods make the traffic a
+/// worker forwards, and a worker under load keeps its CPU: three CPUs in
+/// four stay the pods'. On this project's 2-vCPU bench machine a second
+/// worker of this kind (ports owned, not split) forwarded more small
+/// packets between the pods of one node but cost TCP and latency
+/// (docs/benchmarks.md, "Two workers").
 pub(crate) fn default_workers(cpus: usize) -> usize {
     (cpus / 4).clamp(1, MAX_WORKERS)
 }
@@ -697,9 +700,14 @@ impl Settings {
         };
         let allowed =
             sched::allowed_cpus().map_err(|e| format!("the CPUs podswitchd may use: {e}"))?;
-        let per_cpu = cli.per_cpu.or(file.dataplane.per_cpu).unwrap_or(false);
         let chosen_workers = cli.workers.or(file.dataplane.workers);
         let chosen_cpus = !cli.worker_cpus.is_empty() || file.dataplane.worker_cpus.is_some();
+        // A worker per CPU unless told otherwise: the layout the kernel's
+        // own forwarding has (docs/architecture.md, "A worker per CPU").
+        let per_cpu = cli
+            .per_cpu
+            .or(file.dataplane.per_cpu)
+            .unwrap_or(chosen_workers.is_none() && !chosen_cpus);
         if per_cpu && (chosen_workers.is_some() || chosen_cpus) {
             return Err(origin.error(
                 "dataplane.per_cpu",
@@ -942,15 +950,17 @@ mod tests {
     }
 
     #[test]
-    fn workers_default_to_one_per_four_cpus_and_pin_only_to_cpus_allowed() {
+    fn without_per_cpu_workers_default_to_one_per_four_cpus_and_pin_only_to_cpus_allowed() {
         assert_eq!(default_workers(1), 1);
         assert_eq!(default_workers(2), 1);
         assert_eq!(default_workers(8), 2);
         assert_eq!(default_workers(1024), MAX_WORKERS);
         let with = load_node1;
         let cpus = sched::allowed_cpus().unwrap();
-        assert_eq!(with(&[]).unwrap().workers, default_workers(cpus.len()));
-        assert!(with(&[]).unwrap().worker_cpus.is_empty());
+        let owned = with(&["--per-cpu", "false"]).unwrap();
+        assert!(!owned.per_cpu);
+        assert_eq!(owned.workers, default_workers(cpus.len()));
+        assert!(owned.worker_cpus.is_empty());
         let s = with(&[
             "--workers",
             "3",
@@ -974,14 +984,22 @@ mod tests {
     }
 
     #[test]
-    fn per_cpu_gives_each_cpu_allowed_a_pinned_worker_and_excludes_choosing_them() {
+    fn per_cpu_by_default_gives_each_cpu_allowed_a_pinned_worker_and_excludes_choosing_them() {
         let with = load_node1;
         let cpus = sched::allowed_cpus().unwrap();
-        assert!(!with(&[]).unwrap().per_cpu);
-        let s = with(&["--per-cpu", "true"]).unwrap();
-        assert!(s.per_cpu);
-        assert_eq!(s.workers, cpus.len().min(MAX_WORKERS));
-        assert_eq!(s.worker_cpus, cpus[..s.workers]);
+        for args in [&[][..], &["--per-cpu", "true"]] {
+            let s = with(args).unwrap();
+            assert!(s.per_cpu, "{args:?}");
+            assert_eq!(s.workers, cpus.len().min(MAX_WORKERS));
+            assert_eq!(s.worker_cpus, cpus[..s.workers]);
+        }
+        // A count or CPUs chosen, and nothing said of per_cpu: owned ports.
+        for chosen in [
+            &["--workers", "2"][..],
+            &["--worker-cpus", &cpus[0].to_string()],
+        ] {
+            assert!(!with(chosen).unwrap().per_cpu, "{chosen:?}");
+        }
         for also in [
             &["--workers", "2"][..],
             &["--worker-cpus", &cpus[0].to_string()],

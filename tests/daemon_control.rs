@@ -635,10 +635,24 @@ fn the_control_socket_answers_again_after_running_out_of_descriptors() {
     // The limit bounds descriptor numbers, and a new descriptor takes the
     // lowest free one: two above the lowest free number leave room for
     // two more (one client: its stream and the reader's clone).
-    let open: std::collections::HashSet<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
+    let descriptors = || -> std::collections::BTreeSet<u32> {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    // Its threads may still be opening descriptors of their own just
+    // after it is ready (each worker's spin guard, say): counted once the
+    // set has held still for 200 ms, or a descriptor opened after the
+    // count takes the room left for the clients.
+    let mut open = descriptors();
+    common::eventually(10, || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = descriptors();
+        let held = now == open;
+        open = now;
+        held
+    });
     let lowest_free = (0..).find(|n| !open.contains(n)).unwrap();
     let prlimit = |soft: &str| {
         let out = std::process::Command::new("prlimit")

@@ -137,16 +137,21 @@ pub(crate) struct Cli {
     #[arg(long)]
     pub workers: Option<usize>,
     /// `[dataplane] worker_cpus`: CPUs to pin the workers to, worker i to
-    /// the i-th (wrapping around), e.g. `2,3` (TOML: `[2, 3]`); default
-    /// unpinned.
+    /// the i-th (wrapping around), e.g. `2,3` (TOML: `[2, 3]`); without
+    /// `workers`, a worker for each CPU listed. Not with `per_cpu`, whose
+    /// workers are pinned to every CPU.
     #[arg(long, value_name = "CPU,CPU...", value_delimiter = ',')]
     pub worker_cpus: Vec<usize>,
     /// `[dataplane] per_cpu`: one worker per CPU the daemon may run on,
     /// each pinned to its CPU, and every AF_PACKET pod port, the host
     /// port and the underlay (but IPIP's and AF_XDP's) split among them,
     /// so that a frame is forwarded by the worker of the CPU it arrived
-    /// on, each flow kept in order (the default, unless `workers` or
-    /// `worker_cpus` is given; not with them).
+    /// on, each flow kept in order. The default, unless `workers` or
+    /// `worker_cpus` is given (not with them), or podswitchd may not run
+    /// on every online CPU, the online CPUs are not numbered 0, 1, 2...,
+    /// or there are more than 64: a CPU would then share another's
+    /// worker, and podswitchd says at start that it keeps one worker per
+    /// four CPUs instead.
     /// docs/architecture.md, "A worker per CPU".
     #[arg(long, value_name = "true|false")]
     pub per_cpu: Option<bool>,
@@ -369,6 +374,33 @@ pub(crate) fn default_workers(cpus: usize) -> usize {
     (cpus / 4).clamp(1, MAX_WORKERS)
 }
 
+/// Whether a worker per CPU, on the CPUs podswitchd may use (`allowed`),
+/// gives every online CPU (`online`) a worker of its own: member k of a
+/// split port takes the frames that arrive on every CPU numbered k modulo
+/// the workers (`flow_steer`), so the CPUs must be all the online ones,
+/// numbered from 0, and at most [`MAX_WORKERS`]. Otherwise some frames
+/// would wake a worker on another CPU, each wake-up a cost one worker
+/// for the node pays as well; the reason, said as a sentence, if not.
+pub(crate) fn per_cpu_fits(allowed: &[usize], online: &[usize]) -> Result<(), String> {
+    if allowed != online {
+        return Err(format!(
+            "podswitchd may run on CPUs {allowed:?}, not on every online CPU ({online:?})"
+        ));
+    }
+    if allowed.len() > MAX_WORKERS {
+        return Err(format!(
+            "{} CPUs are online, more than the {MAX_WORKERS} workers podswitchd runs",
+            allowed.len()
+        ));
+    }
+    if allowed.iter().enumerate().any(|(k, &cpu)| k != cpu) {
+        return Err(format!(
+            "the online CPUs {online:?} are not numbered from 0 without a gap"
+        ));
+    }
+    Ok(())
+}
+
 /// Everything podswitchd runs with, checked.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -393,6 +425,9 @@ pub(crate) struct Settings {
     pub worker_cpus: Vec<usize>,
     /// A worker per CPU, pod ports split among them.
     pub per_cpu: bool,
+    /// Why a worker per CPU, the default, was not taken (none: it was, or
+    /// the config chose).
+    pub per_cpu_declined: Option<String>,
     /// A flow's small datagrams into pods and out of the host-gw socket
     /// as one super-datagram (`udp_batches`).
     pub udp_batches: bool,
@@ -702,22 +737,43 @@ impl Settings {
             sched::allowed_cpus().map_err(|e| format!("the CPUs podswitchd may use: {e}"))?;
         let chosen_workers = cli.workers.or(file.dataplane.workers);
         let chosen_cpus = !cli.worker_cpus.is_empty() || file.dataplane.worker_cpus.is_some();
-        // A worker per CPU unless told otherwise: the layout the kernel's
-        // own forwarding has (docs/architecture.md, "A worker per CPU").
-        let per_cpu = cli
-            .per_cpu
-            .or(file.dataplane.per_cpu)
-            .unwrap_or(chosen_workers.is_none() && !chosen_cpus);
+        // A worker per CPU unless told otherwise, where each CPU can have
+        // its own: the layout the kernel's own forwarding has
+        // (docs/architecture.md, "A worker per CPU").
+        let mut per_cpu_declined = None;
+        let per_cpu = match cli.per_cpu.or(file.dataplane.per_cpu) {
+            Some(chosen) => chosen,
+            None if chosen_workers.is_some() || chosen_cpus => false,
+            None => match sched::online_cpus()
+                .map_err(|e| e.to_string())
+                .and_then(|online| per_cpu_fits(&allowed, &online))
+            {
+                Ok(()) => true,
+                Err(why) => {
+                    per_cpu_declined = Some(why);
+                    false
+                }
+            },
+        };
         if per_cpu && (chosen_workers.is_some() || chosen_cpus) {
             return Err(origin.error(
                 "dataplane.per_cpu",
                 "it sets the workers (one per CPU) and their CPUs itself: leave out workers and worker_cpus",
             ));
         }
+        let chosen_cpu_count = match (&cli.worker_cpus[..], &file.dataplane.worker_cpus) {
+            ([], Some(cpus)) => cpus.len(),
+            (cpus, _) => cpus.len(),
+        };
         let workers = if per_cpu {
             allowed.len().min(MAX_WORKERS)
+        } else if let Some(workers) = chosen_workers {
+            workers
+        } else if chosen_cpus {
+            // A worker for each CPU listed, none left unused.
+            chosen_cpu_count.min(MAX_WORKERS)
         } else {
-            chosen_workers.unwrap_or_else(|| default_workers(allowed.len()))
+            default_workers(allowed.len())
         };
         if !(1..=MAX_WORKERS).contains(&workers) {
             return Err(origin.error(
@@ -793,6 +849,7 @@ impl Settings {
             workers,
             worker_cpus,
             per_cpu,
+            per_cpu_declined,
             udp_batches: cli
                 .udp_batches
                 .or(file.dataplane.udp_batches)
@@ -993,13 +1050,16 @@ mod tests {
             assert_eq!(s.workers, cpus.len().min(MAX_WORKERS));
             assert_eq!(s.worker_cpus, cpus[..s.workers]);
         }
-        // A count or CPUs chosen, and nothing said of per_cpu: owned ports.
+        // A count or CPUs chosen, and nothing said of per_cpu: owned ports,
+        // and a worker for each CPU listed.
         for chosen in [
             &["--workers", "2"][..],
             &["--worker-cpus", &cpus[0].to_string()],
         ] {
             assert!(!with(chosen).unwrap().per_cpu, "{chosen:?}");
         }
+        let listed = with(&["--worker-cpus", &format!("{0},{0},{0}", cpus[0])]).unwrap();
+        assert_eq!(listed.workers, 3);
         for also in [
             &["--workers", "2"][..],
             &["--worker-cpus", &cpus[0].to_string()],
@@ -1011,6 +1071,26 @@ mod tests {
                 e.contains("dataplane.per_cpu") && e.contains("leave out workers"),
                 "{e}"
             );
+        }
+    }
+
+    /// A worker per CPU is the default only where each CPU gets a worker
+    /// of its own; otherwise the reason is said.
+    #[test]
+    fn a_worker_per_cpu_fits_only_every_online_cpu_numbered_from_0() {
+        assert_eq!(per_cpu_fits(&[0, 1], &[0, 1]), Ok(()));
+        let cases: [(&[usize], &[usize], &str); 3] = [
+            (&[1, 2], &[0, 1, 2, 3], "not on every online CPU"),
+            (&[0, 2], &[0, 2], "not numbered from 0"),
+            (
+                &(0..65).collect::<Vec<_>>(),
+                &(0..65).collect::<Vec<_>>(),
+                "more than the 64",
+            ),
+        ];
+        for (allowed, online, why) in cases {
+            let e = per_cpu_fits(allowed, online).unwrap_err();
+            assert!(e.contains(why), "{allowed:?} of {online:?}: {e}");
         }
     }
 

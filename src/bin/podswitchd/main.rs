@@ -99,6 +99,12 @@ fn main() -> ExitCode {
 fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String> {
     STARTED.get_or_init(Instant::now);
     podswitch_engine::sys::xdp::prepare_process();
+    if let Err(e) = podswitch_host::fd::raise_open_file_limit() {
+        tracing::warn!(
+            "cannot raise the open-file limit to its hard limit ({e}): pod ports may fail \
+             to open with EMFILE on a node of many CPUs and pods"
+        );
+    }
     // Register for signals first: a stop during start-up still cleans up.
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(|e| format!("signals: {e}"))?;
     stop_on_panic();
@@ -138,6 +144,13 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     }
     if settings.per_cpu {
         warn_unless_every_cpu_has_its_worker(&settings.worker_cpus);
+    }
+    if let Some(why) = &settings.per_cpu_declined {
+        tracing::info!(
+            workers = settings.workers,
+            "not a worker per CPU, the default, since {why}: ports owned by one worker each \
+             (set workers = N, or per_cpu = true to split them anyway)"
+        );
     }
     let datapath = Arc::new(
         Datapath::start(
@@ -606,6 +619,7 @@ fn warn_unless_every_cpu_has_its_worker(worker_cpus: &[usize]) {
         workers_on = ?worker_cpus,
         online = ?online,
         "per_cpu: podswitchd may not run on every online CPU, so a frame that arrives on CPU k \
-         is read by the worker on CPU worker_cpus[k mod workers], woken from another CPU"
+         is read by the worker on CPU worker_cpus[k mod workers], woken from another CPU \
+         (per_cpu = false, or leaving it out, gives ports owned by one worker each)"
     );
 }

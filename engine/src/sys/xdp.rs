@@ -578,9 +578,12 @@ impl XdpSocket {
     /// more wait: one call for 32 would leave the rest in the ring until
     /// the port's next send, which may never come. So it calls again while
     /// the kernel says more wait. It also calls again after `EBUSY`: the
-    /// device dropped one frame (`NET_XMIT_DROP`, as a veth whose peer is
-    /// down does, counted in its `tx_dropped`), completed it, and stopped
-    /// there, leaving the ones after it queued. Again at most once per 32
+    /// device dropped one frame (`NET_XMIT_DROP`, as a veth does when its
+    /// peer is down or its peer's backlog is full, counted in its
+    /// `tx_dropped`), completed it, and stopped there, leaving the ones
+    /// after it queued: left there, they would reach a pod that comes back
+    /// seconds late. Under such drops that is a call per frame dropped,
+    /// the price of sending the rest now. Again at most once per 32
     /// and once more after `EAGAIN` (a full device answers it too; what
     /// it refused waits for the next send, as before), and once per
     /// dropped frame after `EBUSY`.

@@ -770,8 +770,9 @@ impl Settings {
         } else if let Some(workers) = chosen_workers {
             workers
         } else if chosen_cpus {
-            // A worker for each CPU listed, none left unused.
-            chosen_cpu_count.min(MAX_WORKERS)
+            // A worker for each CPU listed, none left unused (an empty
+            // list: one, unpinned).
+            chosen_cpu_count.clamp(1, MAX_WORKERS)
         } else {
             default_workers(allowed.len())
         };

@@ -615,8 +615,9 @@ fn a_failed_af_xdp_open_answers_and_the_next_port_add_works() {
 
 /// The control socket outlives the daemon running out of file
 /// descriptors: while clients hold every one it may open, accept fails
-/// (`EMFILE`), which is logged once; once they hang up, the next request
-/// is answered. The accept loop once ended on the first such error,
+/// (`EMFILE`), which is logged once, and a client accepted with no
+/// descriptor left for its reader is told why; once they hang up, the
+/// next request is answered. The accept loop once ended on the first such error,
 /// leaving a daemon that forwarded but took no request (no CNI ADD, no
 /// port-add) until it was restarted.
 #[test]
@@ -672,6 +673,20 @@ fn the_control_socket_answers_again_after_running_out_of_descriptors() {
             .unwrap();
         assert!(out.status.success(), "prlimit: {out:?}");
     };
+    // Room for one: a client is accepted, but no reader can be made for
+    // it, and it is told so rather than hung up on.
+    prlimit(&(lowest_free + 1).to_string());
+    let refused = UnixStream::connect(&daemon.socket).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = String::new();
+    BufReader::new(&refused).read_line(&mut reply).unwrap();
+    assert!(
+        reply.contains("cannot serve this connection") && reply.contains("Too many open files"),
+        "{reply}"
+    );
+    drop(refused);
     prlimit(&lowest_free.to_string());
     let clients: Vec<UnixStream> = (0..8)
         .map(|_| UnixStream::connect(&daemon.socket).unwrap())

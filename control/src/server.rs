@@ -214,7 +214,19 @@ impl Drop for Server {
 
 /// Serves one client until it hangs up.
 fn serve_client(stream: UnixStream, handler: &Handler) -> io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
+    let reader = match stream.try_clone() {
+        Ok(reader) => reader,
+        // Out of descriptors for its reader: the client is told why,
+        // rather than hung up on.
+        Err(e) => {
+            let reply = Reply::error(format!(
+                "podswitchd cannot serve this connection ({e}); try again"
+            ));
+            let _ = writeln!(&stream, "{}", reply.to_line());
+            return Err(e);
+        }
+    };
+    let mut reader = BufReader::new(reader);
     let mut writer = stream;
     let mut line = Vec::with_capacity(1024);
     loop {

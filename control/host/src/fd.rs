@@ -77,12 +77,7 @@ pub fn set_buffer(fd: BorrowedFd<'_>, buffer: Buffer, bytes: libc::c_int) -> io:
 /// hard default is far higher) would fail a CNI ADD with `EMFILE` on a
 /// node of many CPUs long before its pods are all there.
 pub fn raise_open_file_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid rlimit the kernel writes, for the call.
-    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    let mut limit = open_file_limit()?;
     if limit.rlim_cur < limit.rlim_max {
         limit.rlim_cur = limit.rlim_max;
         // SAFETY: `limit` is a valid rlimit the kernel only reads.
@@ -91,23 +86,24 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// The process's soft and hard limits on open files (`RLIMIT_NOFILE`).
+fn open_file_limit() -> io::Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit the kernel writes, for the call.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    Ok(limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn open_file_limit() -> libc::rlimit {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: a valid out pointer, for the call.
-        cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }).unwrap();
-        limit
-    }
-
     #[test]
     fn the_open_file_limit_is_raised_to_the_hard_one() {
-        let before = open_file_limit();
+        let before = open_file_limit().unwrap();
         assert!(before.rlim_max >= 256, "hard limit {}", before.rlim_max);
         let lowered = libc::rlimit {
             rlim_cur: 256,
@@ -116,7 +112,7 @@ mod tests {
         // SAFETY: a valid rlimit the kernel only reads.
         cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) }).unwrap();
         let raised = raise_open_file_limit().unwrap();
-        let after = open_file_limit();
+        let after = open_file_limit().unwrap();
         assert_eq!(
             (raised, after.rlim_cur, after.rlim_max),
             (before.rlim_max, before.rlim_max, before.rlim_max)

@@ -425,9 +425,11 @@ pub(crate) struct Settings {
     pub worker_cpus: Vec<usize>,
     /// A worker per CPU, pod ports split among them.
     pub per_cpu: bool,
-    /// Why a worker per CPU, the default, was not taken (none: it was, or
-    /// the config chose).
-    pub per_cpu_declined: Option<String>,
+    /// Why a worker per CPU does not give each CPU a worker of its own
+    /// ([`per_cpu_fits`]), where that matters: with `per_cpu`, chosen in
+    /// spite of it; without, the default it kept from being taken (none
+    /// when the config chose the workers).
+    pub per_cpu_misfit: Option<String>,
     /// A flow's small datagrams into pods and out of the host-gw socket
     /// as one super-datagram (`udp_batches`).
     pub udp_batches: bool,
@@ -740,19 +742,18 @@ impl Settings {
         // A worker per CPU unless told otherwise, where each CPU can have
         // its own: the layout the kernel's own forwarding has
         // (docs/architecture.md, "A worker per CPU").
-        let mut per_cpu_declined = None;
-        let per_cpu = match cli.per_cpu.or(file.dataplane.per_cpu) {
-            Some(chosen) => chosen,
-            None if chosen_workers.is_some() || chosen_cpus => false,
-            None => match sched::online_cpus()
+        let fits = || {
+            sched::online_cpus()
                 .map_err(|e| e.to_string())
                 .and_then(|online| per_cpu_fits(&allowed, &online))
-            {
-                Ok(()) => true,
-                Err(why) => {
-                    per_cpu_declined = Some(why);
-                    false
-                }
+        };
+        let (per_cpu, per_cpu_misfit) = match cli.per_cpu.or(file.dataplane.per_cpu) {
+            Some(true) => (true, fits().err()),
+            Some(false) => (false, None),
+            None if chosen_workers.is_some() || chosen_cpus => (false, None),
+            None => match fits() {
+                Ok(()) => (true, None),
+                Err(why) => (false, Some(why)),
             },
         };
         if per_cpu && (chosen_workers.is_some() || chosen_cpus) {
@@ -850,7 +851,7 @@ impl Settings {
             workers,
             worker_cpus,
             per_cpu,
-            per_cpu_declined,
+            per_cpu_misfit,
             udp_batches: cli
                 .udp_batches
                 .or(file.dataplane.udp_batches)

@@ -142,15 +142,22 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             .add_route(Prefix::new_truncating(host_address, 32), NextHop::Host)
             .map_err(|e| e.to_string())?;
     }
-    if settings.per_cpu {
-        warn_unless_every_cpu_has_its_worker(&settings.worker_cpus);
-    }
-    if let Some(why) = &settings.per_cpu_declined {
-        tracing::info!(
+    // Member k of a split port takes the frames of every CPU numbered k
+    // modulo the workers, and worker k runs on worker_cpus[k]: where that
+    // leaves a CPU without a worker of its own, some wake-ups cross CPUs.
+    match (&settings.per_cpu_misfit, settings.per_cpu) {
+        (Some(why), true) => tracing::warn!(
+            workers_on = ?settings.worker_cpus,
+            "per_cpu: {why}, so a frame that arrives on CPU k is read by the worker on CPU \
+             worker_cpus[k mod workers], woken from another CPU (per_cpu = false, or leaving \
+             it out, gives ports owned by one worker each)"
+        ),
+        (Some(why), false) => tracing::info!(
             workers = settings.workers,
             "not a worker per CPU, the default, since {why}: ports owned by one worker each \
              (set workers = N, or per_cpu = true to split them anyway)"
-        );
+        ),
+        (None, _) => {}
     }
     let datapath = Arc::new(
         Datapath::start(
@@ -598,28 +605,4 @@ fn stop_from_within() {
     if let Err(e) = signal_hook::low_level::raise(SIGTERM) {
         tracing::error!("raising SIGTERM: {e}");
     }
-}
-
-/// With `per_cpu`, member k of a split port takes the frames of every CPU
-/// numbered k modulo the workers, and worker k runs on `worker_cpus[k]`:
-/// each worker is woken on the CPU its frames arrive on only if the
-/// workers are pinned to CPUs 0, 1, 2... and no other CPU is online.
-/// Otherwise some wake-ups cross CPUs again, which is worth a line.
-fn warn_unless_every_cpu_has_its_worker(worker_cpus: &[usize]) {
-    let online = podswitch_engine::sys::sched::online_cpus().ok();
-    let aligned = worker_cpus.iter().enumerate().all(|(k, &cpu)| k == cpu);
-    if online
-        .as_ref()
-        .is_some_and(|online| online.len() == worker_cpus.len())
-        && aligned
-    {
-        return;
-    }
-    tracing::warn!(
-        workers_on = ?worker_cpus,
-        online = ?online,
-        "per_cpu: podswitchd may not run on every online CPU, so a frame that arrives on CPU k \
-         is read by the worker on CPU worker_cpus[k mod workers], woken from another CPU \
-         (per_cpu = false, or leaving it out, gives ports owned by one worker each)"
-    );
 }

@@ -161,7 +161,9 @@ impl Loop {
         }
     }
 
-    pub(super) fn run(mut self) {
+    /// Forwards until told to stop; `started` hears once the worker has
+    /// settled, before its first turn.
+    pub(super) fn run(mut self, started: mpsc::Sender<()>) {
         let mut events = Events::with_capacity(256);
         // A port that cannot take a super-frame turns it into ~45 frames.
         let mut batch: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE * 48);
@@ -214,6 +216,7 @@ impl Loop {
         }
         let mut spin = SpinWindow::new(self.options.busy_poll);
         self.stats.spin_window(spin.window());
+        let _ = started.send(());
         let mut last_packet = Instant::now();
         // The worker slept since it last moved a packet.
         let mut slept = false;

@@ -367,11 +367,20 @@ impl Worker {
         place: Place,
     ) -> io::Result<Worker> {
         let (tx, rx) = mpsc::channel();
+        let (started_tx, started) = mpsc::channel();
         let stats = Arc::new(WorkerStats::default());
         let loop_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(move || Loop::new(poll, rx, tables, options, loop_stats, place).run())?;
+            .spawn(move || {
+                Loop::new(poll, rx, tables, options, loop_stats, place).run(started_tx)
+            })?;
+        // Back only once the worker has settled (pinned, in its class, its
+        // spin guard started): what it warns of is logged before the
+        // daemon says it is ready, and the descriptors it opens are open
+        // by then. An error here means the thread ended first, which its
+        // join reports.
+        let _ = started.recv();
         Ok(Worker {
             commands: tx,
             waker,
@@ -557,6 +566,21 @@ mod tests {
             .find(|(id, _)| *id == a)
             .map_or(0, |(_, s)| s.egress_held);
         assert!(held >= 2, "{held} held");
+        workers.stop();
+    }
+
+    #[test]
+    fn workers_have_settled_when_spawn_returns() {
+        let tables = tables();
+        let options = WorkerOptions {
+            busy_poll: Duration::from_micros(50),
+            ..options()
+        };
+        let workers = Workers::spawn("settle", Arc::clone(&tables), options, 2, &[]).unwrap();
+        // What each loop records before its first turn is there already.
+        for stats in workers.stats() {
+            assert_eq!(stats.snapshot().spin_window_secs, 50e-6);
+        }
         workers.stop();
     }
 

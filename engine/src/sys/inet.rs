@@ -285,7 +285,12 @@ impl InetSocket {
         bufs: &mut impl RecvBuffers,
         meta: &mut [Received],
     ) -> io::Result<usize> {
-        mmsg::recv_batch(self.fd.as_fd(), bufs, meta)
+        mmsg::recv_batch(
+            self.fd.as_fd(),
+            bufs,
+            meta,
+            mmsg::Ancillary::SourceAndOptions,
+        )
     }
 
     /// Sends a batch (see [`mmsg::send_batch`]).

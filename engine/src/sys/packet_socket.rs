@@ -328,7 +328,7 @@ impl PacketSocket {
         bufs: &mut impl RecvBuffers,
         meta: &mut [Received],
     ) -> io::Result<usize> {
-        mmsg::recv_batch(self.fd.as_fd(), bufs, meta)
+        mmsg::recv_batch(self.fd.as_fd(), bufs, meta, mmsg::Ancillary::None)
     }
 
     /// Sends a batch on the bound interface (see [`mmsg::send_batch`]).

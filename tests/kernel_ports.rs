@@ -552,6 +552,43 @@ fn a_flow_group_moves_a_flow_only_once_its_member_has_read_it() {
     }
 }
 
+/// Sends `frame` `count` times into `tx0` of `ns` from CPU `cpu` (of
+/// `cpus`) through trafgen's packet ring: such a frame reaches the other
+/// end with nothing past its Ethernet header in the skb's linear part
+/// (`tpacket_fill_skb` puts the rest in pages), as the bench's
+/// generators' frames do.
+fn send_through_a_ring(ns: &Netns, frame: &[u8], count: usize, cpu: usize, cpus: usize) {
+    let bytes: Vec<String> = frame.iter().map(|b| format!("{b:#04x}")).collect();
+    let conf = common::TempFile::new("ring.trafgen");
+    std::fs::write(&conf.0, format!("cpu({cpu}): {{ {} }}\n", bytes.join(", "))).unwrap();
+    let conf_path = conf.0.to_str().unwrap().to_string();
+    let (cpus, count) = (cpus.to_string(), count.to_string());
+    ns.exec(
+        "trafgen",
+        &[
+            "-o", "tx0", "-i", &conf_path, "-P", &cpus, "-n", &count, "-q",
+        ],
+    );
+}
+
+/// The steering program reads a flow's addresses and ports from a frame
+/// whose headers are not in the skb's linear part too (a sender's packet
+/// ring): a new flow from CPU 1 goes to member 1 while member 0 still
+/// holds another flow's unread frames. Had the program failed to read
+/// the headers, both flows would share bucket 0, and the new one would
+/// wait behind the other on member 0.
+#[test]
+fn a_flow_group_tells_flows_apart_in_frames_sent_through_a_ring() {
+    require(&["trafgen"]);
+    let cpus = cpus_to_tell_apart();
+    let ns = veth_pair();
+    let read = flow_group(&ns, cpus, std::time::Duration::ZERO);
+    send_through_a_ring(&ns, &udp_frame(2, 1000, 1), 3, 0, cpus);
+    send_through_a_ring(&ns, &udp_frame(4, 1001, 11), 3, 1, cpus);
+    assert_eq!(read(0), [1, 1, 1], "member 0: the first flow, from CPU 0");
+    assert_eq!(read(1), [11, 11, 11], "member 1: the new flow, from CPU 1");
+}
+
 /// A flow moves to another member only after it has been quiet for the
 /// group's gap, even once its member has read all of it: a frame still
 /// on its way through the kernel from the old member's CPU could

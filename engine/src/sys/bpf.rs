@@ -4,9 +4,10 @@
 //! object would need clang at build time.
 //!
 //! The encoding is the kernel's (include/uapi/linux/bpf.h,
-//! Documentation/bpf/standardization/instruction-set.rst). Loads from
-//! packet memory read in the host's byte order: an immediate compared
-//! with one is built with `from_ne_bytes` over the wire's bytes.
+//! Documentation/bpf/standardization/instruction-set.rst). A load of
+//! packet bytes (copied to the stack by a helper) reads the wire's bytes
+//! in the host's order: an immediate compared with one is built with
+//! `from_ne_bytes` over the wire's bytes.
 
 use std::ffi::CString;
 use std::io;
@@ -52,8 +53,6 @@ const H: u8 = 0x08;
 const B: u8 = 0x10;
 const DW: u8 = 0x18;
 const IMM: u8 = 0x00;
-const ABS: u8 = 0x20;
-const IND: u8 = 0x40;
 const MEM: u8 = 0x60;
 const ATOMIC: u8 = 0xc0;
 const K: u8 = 0x00;
@@ -133,41 +132,6 @@ pub const fn rsh32_imm(dst: Reg, imm: u32) -> Instruction {
 /// `dst ^= src` (64-bit).
 pub const fn xor64_reg(dst: Reg, src: Reg) -> Instruction {
     insn(ALU64 | XOR | X, dst, src, 0, 0)
-}
-/// The size of a legacy packet load ([`load_packet`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Size {
-    /// One byte.
-    Byte,
-    /// Two bytes.
-    Half,
-    /// Four bytes.
-    Word,
-}
-impl Size {
-    const fn bits(self) -> u8 {
-        match self {
-            Size::Byte => B,
-            Size::Half => H,
-            Size::Word => W,
-        }
-    }
-}
-/// The offset base of a packet load that counts from the network
-/// header, wherever the socket's view of the packet starts (`SKF_NET_OFF`,
-/// include/uapi/linux/filter.h).
-pub const NETWORK_HEADER: i32 = -0x100000;
-/// `r0 = ` the packet's `size` bytes at `offset` (plus `index`'s value
-/// if one is given), in host order: the legacy `BPF_LD | BPF_ABS` and
-/// `BPF_IND` loads, for socket filter programs, whose context must be in
-/// r6. A load past the packet's end ends the program, returning 0
-/// (Documentation/bpf/standardization/instruction-set.rst, "Legacy BPF
-/// Packet access instructions"). They clobber r1 to r5.
-pub const fn load_packet(size: Size, index: Option<Reg>, offset: i32) -> Instruction {
-    match index {
-        Some(reg) => insn(LD | IND | size.bits(), 0, reg, 0, offset),
-        None => insn(LD | ABS | size.bits(), 0, 0, 0, offset),
-    }
 }
 /// `dst = *(u64 *)(src + off)`.
 pub const fn load64(dst: Reg, src: Reg, off: i16) -> Instruction {
@@ -445,10 +409,6 @@ mod tests {
         assert_eq!(lsh32_imm(0, 2).code, 0x64);
         assert_eq!(rsh32_imm(7, 20).code, 0x74);
         assert_eq!(xor64_reg(7, 0).code, 0xaf);
-        assert_eq!(load_packet(Size::Word, None, 12).code, 0x20);
-        assert_eq!(load_packet(Size::Half, None, 12).code, 0x28);
-        assert_eq!(load_packet(Size::Byte, None, 12).code, 0x30);
-        assert_eq!(load_packet(Size::Word, Some(1), 0), insn(0x40, 0, 1, 0, 0));
         assert_eq!(store32(10, -4, 7), insn(0x63, 10, 7, -4, 0));
         // BPF_ATOMIC | BPF_W | BPF_STX with BPF_ADD | BPF_FETCH.
         assert_eq!(fetch_add32(0, 0, 1), insn(0xc3, 0, 1, 0, 1));

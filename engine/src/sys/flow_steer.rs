@@ -51,10 +51,10 @@ use std::time::Duration;
 
 use super::bpf::{
     add32_imm, add64_imm, and32_imm, call, exit, fetch_add32, jeq32_imm, jeq32_reg, jeq_imm,
-    jge32_imm, jgt32_reg, jlt32_imm, jlt_imm, jne32_imm, jsge32_imm, load32, load64, load_map,
-    load_packet, load_program, lsh32_imm, mod32_imm, mov32_imm, mov64_imm, mov64_reg, mul32_imm,
+    jge32_imm, jgt32_reg, jlt32_imm, jlt_imm, jne32_imm, jsge32_imm, load16, load32, load64, load8,
+    load_map, load_program, lsh32_imm, mod32_imm, mov32_imm, mov64_imm, mov64_reg, mul32_imm,
     owned_fd, rsh32_imm, store32, store64, sub32_reg, sub64_reg, xor64_reg, Assembler, Instruction,
-    Reg, Size, NETWORK_HEADER,
+    Reg,
 };
 
 /// The name the program shows under in `bpftool prog`.
@@ -94,6 +94,16 @@ const SKB_PROTOCOL: i16 = 16;
 const MAP_LOOKUP_ELEM: i32 = 1;
 const KTIME_GET_NS: i32 = 5;
 const GET_SMP_PROCESSOR_ID: i32 = 8;
+const SKB_LOAD_BYTES: i32 = 26;
+const SKB_LOAD_BYTES_RELATIVE: i32 = 68;
+/// `BPF_HDR_START_NET`: an offset of `bpf_skb_load_bytes_relative` counts
+/// from the network header.
+const FROM_NETWORK_HEADER: i32 = 1;
+/// Where the program copies the IPv4 header's first 20 bytes, and a TCP
+/// or UDP header's ports, on its stack (below the map key [`lookup`]
+/// stages at -4).
+const HEADER_AT: i16 = -24;
+const PORTS_AT: i16 = -32;
 /// IP protocol numbers whose first four bytes are the two ports.
 const TCP: u32 = 6;
 const UDP: u32 = 17;
@@ -137,11 +147,13 @@ pub enum Group {
 /// The program for a `group` of `members`, with the flow table
 /// `flows_fd` and the members' counters `counters_fd`, that moves a flow
 /// only after it has been quiet for `gap_ns` (see [`FlowSteering::new`]).
-/// It reads the packet relative to its network header (`SKF_NET_OFF`),
-/// wherever the group's view of it starts. In a fanout group it checks
-/// the lengths it reads against `skb->len`; in a reuseport group, whose
-/// datagrams the kernel's UDP has checked, the loads' own bounds check
-/// (a load past the end ends the program: socket 0) is enough.
+/// It copies what it reads of the packet to its stack, relative to the
+/// network header wherever the group's view of the packet starts
+/// ([`copy_from_network_header`]). In a fanout group it checks the
+/// lengths it reads against `skb->len`; in a reuseport group, whose
+/// datagrams the kernel's UDP has checked, the copy's own bounds check
+/// is enough. A copy that fails leaves the frame in bucket 0 (no header)
+/// or hashed without its ports.
 ///
 /// Registers: r6 the context, r7 the hash, then the bucket, then the
 /// time; r8 the IPv4 protocol and then the flow's entry; r9 the frame's
@@ -166,32 +178,38 @@ pub fn program(
     if checks_lengths {
         a.jump(jlt32_imm(9, IPV4_HEADER_BYTES, 0), Label::Hashed);
     }
-    // Source and destination address, and the protocol.
-    a.op(load_packet(Size::Word, None, NETWORK_HEADER + 12));
-    a.op(mov64_reg(7, 0));
-    a.op(load_packet(Size::Word, None, NETWORK_HEADER + 16));
+    // Source and destination address, and the protocol, from the IPv4
+    // header copied whole to the stack: one helper call, where a legacy
+    // load per field costs a call each, and each a copy through
+    // `skb_copy_bits` when the header is not in the skb's linear part (a
+    // frame sent through a packet ring, as trafgen's, has none there).
+    copy_from_network_header(&mut a, group, None, IPV4_HEADER_BYTES, HEADER_AT);
+    a.jump(jne32_imm(0, 0, 0), Label::Hashed);
+    a.op(load32(7, 10, HEADER_AT + 12));
+    a.op(load32(0, 10, HEADER_AT + 16));
     a.op(xor64_reg(7, 0));
-    a.op(load_packet(Size::Byte, None, NETWORK_HEADER + 9));
-    a.op(mov64_reg(8, 0));
+    a.op(load8(8, 10, HEADER_AT + 9));
     a.op(xor64_reg(7, 8));
     // A fragment has no ports (or only the first has): the addresses
-    // alone keep every fragment of a datagram in one bucket.
-    a.op(load_packet(Size::Half, None, NETWORK_HEADER + 6));
-    a.op(and32_imm(0, 0x3fff));
+    // alone keep every fragment of a datagram in one bucket. (The
+    // stack holds the wire's bytes: the mask is built over them.)
+    a.op(load16(0, 10, HEADER_AT + 6));
+    a.op(and32_imm(0, u32::from(u16::from_ne_bytes([0x3f, 0xff]))));
     a.jump(jne32_imm(0, 0, 0), Label::Mix);
     a.jump(jeq32_imm(8, TCP, 0), Label::Ports);
     a.jump(jne32_imm(8, UDP, 0), Label::Mix);
     a.place(Label::Ports);
-    a.op(load_packet(Size::Byte, None, NETWORK_HEADER));
-    a.op(and32_imm(0, 0x0f));
-    a.op(lsh32_imm(0, 2));
-    a.op(mov64_reg(1, 0));
+    a.op(load8(2, 10, HEADER_AT));
+    a.op(and32_imm(2, 0x0f));
+    a.op(lsh32_imm(2, 2));
     if checks_lengths {
-        a.op(mov64_reg(2, 0));
-        a.op(add32_imm(2, 4));
-        a.jump(jgt32_reg(2, 9, 0), Label::Mix);
+        a.op(mov64_reg(1, 2));
+        a.op(add32_imm(1, 4));
+        a.jump(jgt32_reg(1, 9, 0), Label::Mix);
     }
-    a.op(load_packet(Size::Word, Some(1), NETWORK_HEADER));
+    copy_from_network_header(&mut a, group, Some(2), 4, PORTS_AT);
+    a.jump(jne32_imm(0, 0, 0), Label::Mix);
+    a.op(load32(0, 10, PORTS_AT));
     a.op(xor64_reg(7, 0));
     a.place(Label::Mix);
     a.op(mul32_imm(7, GOLDEN));
@@ -242,6 +260,39 @@ pub fn program(
     a.op(call(GET_SMP_PROCESSOR_ID));
     a.op(exit());
     a.finish()
+}
+
+/// Copies `len` bytes at `offset` from the network header (plus the
+/// value of register `index`, if one is given) to the stack at `to`;
+/// `r0` is 0, or negative if the packet is shorter. Clobbers r1 to r5.
+/// A fanout group's program sees the packet from its network header,
+/// through `bpf_skb_load_bytes`, which reads a non-linear skb too; a
+/// reuseport group's sees the UDP payload, and reaches back to the
+/// network header through `bpf_skb_load_bytes_relative`, which reads the
+/// linear part only, where UDP's receive has pulled the headers it
+/// checked.
+fn copy_from_network_header(
+    a: &mut Assembler<Label>,
+    group: Group,
+    index: Option<Reg>,
+    len: u32,
+    to: i16,
+) {
+    match index {
+        Some(reg) => a.op(mov64_reg(2, reg)),
+        None => a.op(mov64_imm(2, 0)),
+    }
+    a.op(mov64_reg(1, 6));
+    a.op(mov64_reg(3, 10));
+    a.op(add64_imm(3, i32::from(to)));
+    a.op(mov64_imm(4, len as i32));
+    match group {
+        Group::Fanout => a.op(call(SKB_LOAD_BYTES)),
+        Group::Reuseport => {
+            a.op(mov64_imm(5, FROM_NETWORK_HEADER));
+            a.op(call(SKB_LOAD_BYTES_RELATIVE));
+        }
+    }
 }
 
 /// `r0 = &map[key]`, the map's value at the `u32` index in register

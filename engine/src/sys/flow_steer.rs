@@ -149,7 +149,9 @@ pub enum Group {
 /// only after it has been quiet for `gap_ns` (see [`FlowSteering::new`]).
 /// It copies what it reads of the packet to its stack, relative to the
 /// network header wherever the group's view of the packet starts
-/// ([`copy_from_network_header`]). In a fanout group it checks the
+/// (`bpf_skb_load_bytes` in a fanout group, whose view starts there;
+/// `bpf_skb_load_bytes_relative` in a reuseport group, whose view starts
+/// at the UDP payload). In a fanout group it checks the
 /// lengths it reads against `skb->len`; in a reuseport group, whose
 /// datagrams the kernel's UDP has checked, the copy's own bounds check
 /// is enough. A copy that fails leaves the frame in bucket 0 (no header)

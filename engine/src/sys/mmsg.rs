@@ -72,8 +72,9 @@ pub enum Ancillary {
     /// `ttl`, `segment_size`): an IP socket's.
     SourceAndOptions,
     /// Nothing: a packet socket's `sockaddr_ll` says nothing podswitch
-    /// uses, and it asks for no option; each would be copied out per
-    /// message (`move_addr_to_user`), 1% of a worker's time at 64 bytes.
+    /// uses, and it asks for no option; the address would be copied out
+    /// per message (`move_addr_to_user`): 2% of the CPU forwarding a
+    /// same-node flood of 64-byte frames.
     None,
 }
 
@@ -120,7 +121,8 @@ pub fn recv_batch(
         }
         headers[i].write(header);
     }
-    // SAFETY: every header points at iovecs, a name and a control buffer
+    // SAFETY: every header points at iovecs, and unless `ancillary` is
+    // `None` a name and a control buffer (else null, with lengths 0),
     // that live on this stack frame for the whole call, with their true
     // lengths. The iovecs point into slices `bufs` lent us; we hold `bufs`
     // mutably until we return, so no Rust reference reads or writes them

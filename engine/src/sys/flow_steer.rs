@@ -185,7 +185,8 @@ pub fn program(
     // load per field costs a call each, and each a copy through
     // `skb_copy_bits` when the header is not in the skb's linear part (a
     // frame sent through a packet ring, as trafgen's, has none there).
-    copy_from_network_header(&mut a, group, None, IPV4_HEADER_BYTES, HEADER_AT);
+    a.op(mov64_imm(2, 0));
+    copy_from_network_header(&mut a, group, IPV4_HEADER_BYTES, HEADER_AT);
     a.jump(jne32_imm(0, 0, 0), Label::Hashed);
     a.op(load32(7, 10, HEADER_AT + 12));
     a.op(load32(0, 10, HEADER_AT + 16));
@@ -209,7 +210,7 @@ pub fn program(
         a.op(add32_imm(1, 4));
         a.jump(jgt32_reg(1, 9, 0), Label::Mix);
     }
-    copy_from_network_header(&mut a, group, Some(2), 4, PORTS_AT);
+    copy_from_network_header(&mut a, group, 4, PORTS_AT);
     a.jump(jne32_imm(0, 0, 0), Label::Mix);
     a.op(load32(0, 10, PORTS_AT));
     a.op(xor64_reg(7, 0));
@@ -264,26 +265,16 @@ pub fn program(
     a.finish()
 }
 
-/// Copies `len` bytes at `offset` from the network header (plus the
-/// value of register `index`, if one is given) to the stack at `to`;
-/// `r0` is 0, or negative if the packet is shorter. Clobbers r1 to r5.
+/// Copies `len` bytes at the offset in r2 from the network header to the
+/// stack at `to`; `r0` is 0, or negative if the packet is shorter.
+/// Clobbers r1 to r5.
 /// A fanout group's program sees the packet from its network header,
 /// through `bpf_skb_load_bytes`, which reads a non-linear skb too; a
 /// reuseport group's sees the UDP payload, and reaches back to the
 /// network header through `bpf_skb_load_bytes_relative`, which reads the
 /// linear part only, where UDP's receive has pulled the headers it
 /// checked.
-fn copy_from_network_header(
-    a: &mut Assembler<Label>,
-    group: Group,
-    index: Option<Reg>,
-    len: u32,
-    to: i16,
-) {
-    match index {
-        Some(reg) => a.op(mov64_reg(2, reg)),
-        None => a.op(mov64_imm(2, 0)),
-    }
+fn copy_from_network_header(a: &mut Assembler<Label>, group: Group, len: u32, to: i16) {
     a.op(mov64_reg(1, 6));
     a.op(mov64_reg(3, 10));
     a.op(add64_imm(3, i32::from(to)));

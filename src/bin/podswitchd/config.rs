@@ -738,7 +738,13 @@ impl Settings {
         let allowed =
             sched::allowed_cpus().map_err(|e| format!("the CPUs podswitchd may use: {e}"))?;
         let chosen_workers = cli.workers.or(file.dataplane.workers);
-        let chosen_cpus = !cli.worker_cpus.is_empty() || file.dataplane.worker_cpus.is_some();
+        // The CLI's list, if it gives one, else the file's.
+        let chosen_cpu_list = if cli.worker_cpus.is_empty() {
+            file.dataplane.worker_cpus.as_deref()
+        } else {
+            Some(&cli.worker_cpus[..])
+        };
+        let chosen_cpus = chosen_cpu_list.is_some();
         // A worker per CPU unless told otherwise, where each CPU can have
         // its own: the layout the kernel's own forwarding has
         // (docs/architecture.md, "A worker per CPU").
@@ -762,18 +768,14 @@ impl Settings {
                 "it sets the workers (one per CPU) and their CPUs itself: leave out workers and worker_cpus",
             ));
         }
-        let chosen_cpu_count = match (&cli.worker_cpus[..], &file.dataplane.worker_cpus) {
-            ([], Some(cpus)) => cpus.len(),
-            (cpus, _) => cpus.len(),
-        };
         let workers = if per_cpu {
             allowed.len().min(MAX_WORKERS)
         } else if let Some(workers) = chosen_workers {
             workers
-        } else if chosen_cpus {
+        } else if let Some(cpus) = chosen_cpu_list {
             // A worker for each CPU listed, none left unused (an empty
             // list: one, unpinned).
-            chosen_cpu_count.clamp(1, MAX_WORKERS)
+            cpus.len().clamp(1, MAX_WORKERS)
         } else {
             default_workers(allowed.len())
         };
@@ -785,10 +787,8 @@ impl Settings {
         }
         let worker_cpus = if per_cpu {
             allowed[..workers].to_vec()
-        } else if cli.worker_cpus.is_empty() {
-            file.dataplane.worker_cpus.unwrap_or_default()
         } else {
-            cli.worker_cpus.clone()
+            chosen_cpu_list.map(<[usize]>::to_vec).unwrap_or_default()
         };
         if let Some(cpu) = worker_cpus.iter().find(|c| !allowed.contains(c)) {
             return Err(origin.error(

@@ -1042,6 +1042,34 @@ mod tests {
         );
     }
 
+    /// The file's `worker_cpus` chooses the workers as `--worker-cpus`
+    /// does, and the command line's list wins over it.
+    #[test]
+    fn worker_cpus_from_the_file_give_a_worker_each_unless_the_command_line_lists_its_own() {
+        let cpu = sched::allowed_cpus().unwrap()[0];
+        let file = std::env::temp_dir().join(format!("psw-cpus-{}.toml", std::process::id()));
+        let load = |listed: &str, extra: &[&str]| {
+            std::fs::write(&file, format!("[dataplane]\nworker_cpus = [{listed}]\n")).unwrap();
+            let path = file.to_str().unwrap().to_string();
+            let mut args = vec!["--config", path.as_str()];
+            args.extend_from_slice(extra);
+            load_node1(&args).unwrap()
+        };
+        let s = load(&format!("{cpu}, {cpu}"), &[]);
+        assert_eq!(
+            (s.per_cpu, s.workers, s.worker_cpus),
+            (false, 2, vec![cpu; 2])
+        );
+        let s = load(
+            &format!("{cpu}, {cpu}"),
+            &["--worker-cpus", &cpu.to_string()],
+        );
+        assert_eq!((s.per_cpu, s.workers, s.worker_cpus), (false, 1, vec![cpu]));
+        let s = load("", &[]);
+        assert_eq!((s.per_cpu, s.workers, s.worker_cpus), (false, 1, vec![]));
+        std::fs::remove_file(&file).unwrap();
+    }
+
     #[test]
     fn per_cpu_by_default_gives_each_cpu_allowed_a_pinned_worker_and_excludes_choosing_them() {
         let with = load_node1;

@@ -166,7 +166,10 @@ fn per_cpu_cluster(backend: &str) -> Cluster {
     let mut cluster = Cluster::new(backend, "bridge", 2);
     cluster.port_kind = "af-packet".into();
     for n in 0..cluster.nodes.len() {
-        cluster.start(n, &["--per-cpu", "true"]);
+        // A spin window longer than the gaps of `ping_from_each_cpu`:
+        // a worker that spun for frames of split ports would spin after
+        // each of its pings.
+        cluster.start(n, &["--per-cpu", "true", "--busy-poll-us", "5000"]);
         cluster.attach_pods(n);
     }
     traffic_matrix(
@@ -179,6 +182,9 @@ fn per_cpu_cluster(backend: &str) -> Cluster {
 /// [`per_cpu_workers_split_pod_ports_and_carry_every_path`] for `backend`,
 /// whose underlay receives on UDP port `tunnel_port` if it has one, and
 /// host-gw frames through a packet socket for host-gw and directrouting.
+/// Every port is split, so every frame arrives on its worker's own CPU,
+/// and no worker spins: each sleeps at once after its frames, whose
+/// sender wakes it where it runs.
 fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
     let cpus = podswitch_engine::sys::sched::allowed_cpus().unwrap();
     assert!(
@@ -202,7 +208,11 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
             })
             .collect()
     };
+    // Past any pause of spinning a preemption began (a second at most),
+    // so that a worker that would spin for these pings does.
+    std::thread::sleep(Duration::from_millis(1100));
     let before = worker_stats();
+    let spins_before = spins(&cluster);
     assert_eq!(before.len(), cpus.len(), "a worker per CPU");
     // `port list` says every port is split: the pod ports, the underlay
     // and the host port.
@@ -257,6 +267,11 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
     let before = worker_stats();
     ping_from_each_cpu(from, &cpus, &remote.ip);
     let after = worker_stats();
+    assert_eq!(
+        spins(&cluster),
+        spins_before,
+        "{backend}: no worker of either node spun for frames of split ports (each arrives on its worker's CPU)"
+    );
     for (worker, (was, now)) in before.iter().zip(&after).enumerate() {
         assert_eq!(
             now.1, was.1,
@@ -364,6 +379,29 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
     );
 }
 
+/// For each node, each worker's spins so far: those that caught a frame,
+/// ran out, or were preempted.
+fn spins(cluster: &Cluster) -> Vec<Vec<u64>> {
+    cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            let stats = node.ctl_json(&["stats"]);
+            stats["workers"]
+                .as_array()
+                .unwrap_or_else(|| panic!("no workers in {stats}"))
+                .iter()
+                .map(|w| {
+                    ["spins_caught", "spins_expired", "spins_preempted"]
+                        .iter()
+                        .map(|name| w[name].as_u64().unwrap())
+                        .sum()
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Each worker's (batches, frames handed off) went from `before` to
 /// `after`: every worker forwarded `what`, and none handed a frame to
 /// another.
@@ -396,14 +434,14 @@ fn packet_sockets(node: &common::cluster::Node, interface: &str) -> usize {
         .count()
 }
 
-/// Three pings from `pod` to `ip`, from a process pinned to each of
-/// `cpus` in turn, each answered.
+/// Five pings 2 ms apart from `pod` to `ip`, from a process pinned to
+/// each of `cpus` in turn.
 fn ping_from_each_cpu(pod: &common::cluster::Pod, cpus: &[usize], ip: &str) {
     for cpu in cpus {
         let cpu = cpu.to_string();
         pod.ns.exec(
             "taskset",
-            &["-c", &cpu, "ping", "-c", "3", "-i", "0.05", "-W", "2", ip],
+            &["-c", &cpu, "ping", "-c", "5", "-i", "0.002", "-W", "2", ip],
         );
     }
 }

@@ -301,6 +301,8 @@ pub(crate) mod socket_pair {
         name: String,
         id: PortId,
         socket: UnixDatagram,
+        /// The other members it splits into, if made to split.
+        spare_members: Vec<SocketPort>,
     }
 
     impl Port for SocketPort {
@@ -339,6 +341,16 @@ pub(crate) mod socket_pair {
 
         fn poll_fds(&self) -> Vec<RawFd> {
             vec![self.socket.as_raw_fd()]
+        }
+
+        fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
+            if self.spare_members.is_empty() || self.spare_members.len() + 1 != members {
+                return Err(io::ErrorKind::Unsupported.into());
+            }
+            Ok(std::mem::take(&mut self.spare_members)
+                .into_iter()
+                .map(|member| Box::new(member) as Box<dyn Port>)
+                .collect())
         }
     }
 
@@ -385,6 +397,28 @@ pub(crate) mod socket_pair {
 
     /// A port for `id` and the test's end of it.
     pub(crate) fn socket_port(name: &str, id: PortId) -> (Box<dyn Port>, UnixDatagram) {
+        let (port, wire) = socket_member(name, id);
+        (Box::new(port), wire)
+    }
+
+    /// A port for `id` that splits into `members` ([`Port::fan_out`]), a
+    /// socket pair each, and the test's end of each member's, in order.
+    pub(crate) fn split_socket_port(
+        name: &str,
+        id: PortId,
+        members: usize,
+    ) -> (Box<dyn Port>, Vec<UnixDatagram>) {
+        let (mut first, wire) = socket_member(name, id);
+        let mut wires = vec![wire];
+        for _ in 1..members {
+            let (member, wire) = socket_member(name, id);
+            first.spare_members.push(member);
+            wires.push(wire);
+        }
+        (Box::new(first), wires)
+    }
+
+    fn socket_member(name: &str, id: PortId) -> (SocketPort, UnixDatagram) {
         let (port, wire) = UnixDatagram::pair().unwrap();
         port.set_nonblocking(true).unwrap();
         wire.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -392,8 +426,9 @@ pub(crate) mod socket_pair {
             name: name.into(),
             id,
             socket: port,
+            spare_members: Vec::new(),
         };
-        (Box::new(port), wire)
+        (port, wire)
     }
 }
 

@@ -15,7 +15,7 @@ use super::shaper::Shaper;
 use super::spin::SpinWindow;
 use super::spin_guard::SpinGuard;
 use super::stats::WorkerStats;
-use super::{CaptureResult, Command, Place, WorkerOptions, WAKER};
+use super::{Arrival, CaptureResult, Command, Place, WorkerOptions, WAKER};
 use crate::capture::Capture;
 use crate::drop::DropReason;
 use crate::packet::{PacketBuf, PacketPool, BATCH_SIZE};
@@ -87,6 +87,9 @@ pub(super) struct Loop {
     pipeline: Pipeline,
     pool: PacketPool,
     slots: Vec<Option<Slot>>,
+    /// For each port, its frames arrive on this worker's CPU
+    /// ([`Arrival::ThisCpu`], and the worker is pinned there).
+    arrives_here: Vec<bool>,
     ready: Vec<bool>,
     ready_list: Vec<PortId>,
     /// Ports being captured (their deadlines need a timed wake-up).
@@ -107,6 +110,8 @@ pub(super) struct Loop {
     me: usize,
     crew: Arc<Crew>,
     cpu: Option<usize>,
+    /// It runs on `cpu` (pinning did not fail).
+    pinned: bool,
     /// Pods' frames waiting for their egress limit.
     shaper: Shaper,
     /// Wakes the worker when the first held frame may leave, to the
@@ -145,7 +150,9 @@ impl Loop {
             me: place.index,
             crew: place.crew,
             cpu: place.cpu,
+            pinned: false,
             slots: Vec::new(),
+            arrives_here: Vec::new(),
             ready: Vec::new(),
             ready_list: Vec::new(),
             captures: 0,
@@ -171,8 +178,9 @@ impl Loop {
         // Frames from the mailbox, a run for one port at a time.
         let mut mail: Vec<PacketBuf> = Vec::with_capacity(BATCH_SIZE * 48);
         if let Some(cpu) = self.cpu {
-            if let Err(e) = sched::pin_to_cpu(cpu) {
-                tracing::warn!(worker = self.me, "cannot pin to CPU {cpu}: {e}");
+            match sched::pin_to_cpu(cpu) {
+                Ok(()) => self.pinned = true,
+                Err(e) => tracing::warn!(worker = self.me, "cannot pin to CPU {cpu}: {e}"),
             }
         }
         if self.options.realtime {
@@ -217,9 +225,13 @@ impl Loop {
         let mut spin = SpinWindow::new(self.options.busy_poll);
         self.stats.spin_window(spin.window());
         let _ = started.send(());
-        let mut last_packet = Instant::now();
-        // The worker slept since it last moved a packet.
+        // The last frame from another CPU: only those are worth a spin
+        // (`Arrival`), and the window adapts to the gaps between them.
+        let mut last_from_afar = Instant::now();
+        // The worker slept since it last moved a packet; since the last
+        // frame from another CPU.
         let mut slept = false;
+        let mut slept_since_afar = false;
         let mut spinning = false;
         // When the loop last decided whether to spin.
         let mut last_turn = Instant::now();
@@ -262,7 +274,7 @@ impl Loop {
                     self.stats.spin_preempted();
                 }
                 last_turn = now;
-                let spin_now = idle && now - last_packet < spin.window_at(now);
+                let spin_now = idle && now - last_from_afar < spin.window_at(now);
                 if spinning && idle && !spin_now && !preempted {
                     self.stats.spin_expired();
                 }
@@ -302,6 +314,7 @@ impl Loop {
                 if let Some(started) = sleep_started {
                     self.stats.slept(started);
                     slept = true;
+                    slept_since_afar = true;
                     working_since = Instant::now();
                 }
                 if let Err(e) = polled {
@@ -340,6 +353,8 @@ impl Loop {
                 }
             }
             let mut moved = self.deliver_mail(&mut mail) > 0;
+            // Mail comes from the other workers, on other CPUs.
+            let mut moved_from_afar = moved;
             // Held frames leaving are not packets arriving: they stay out
             // of the spin window's measure of the gaps between packets.
             if self.shaper.next_release().is_some() && self.release_held(&mut batch, &mut out) {
@@ -380,6 +395,7 @@ impl Loop {
                 // (counted there) or held.
                 if !batch.is_empty() {
                     moved = true;
+                    moved_from_afar |= !self.arrives_here(id);
                     self.forward(&mut batch, &mut out);
                 }
                 // The port stays ready for what follows, unless it waits
@@ -397,15 +413,19 @@ impl Loop {
                 // from its own start.
                 self.spin_class(None);
                 let now = Instant::now();
-                if slept {
-                    spin.after_sleep(now - last_packet);
-                    self.stats.spin_window(spin.window());
-                    slept = false;
-                } else if spinning {
+                if spinning && !slept {
                     self.stats.spin_caught();
                 }
+                slept = false;
                 spinning = false;
-                last_packet = now;
+                if moved_from_afar {
+                    if slept_since_afar {
+                        spin.after_sleep(now - last_from_afar);
+                        self.stats.spin_window(spin.window());
+                        slept_since_afar = false;
+                    }
+                    last_from_afar = now;
+                }
                 if now - working_since > YIELD_AFTER {
                     // Another worker starved of its CPU stalls every
                     // port it owns, and fills its mailbox.
@@ -655,6 +675,14 @@ impl Loop {
         self.guard = None;
     }
 
+    /// Port `id`'s frames arrive on this worker's CPU.
+    fn arrives_here(&self, id: PortId) -> bool {
+        self.arrives_here
+            .get(usize::from(id.0))
+            .copied()
+            .unwrap_or(false)
+    }
+
     fn mark_ready(&mut self, id: PortId) {
         let i = usize::from(id.0);
         if self.ready.len() <= i {
@@ -671,7 +699,7 @@ impl Loop {
         while let Ok(command) = self.commands.try_recv() {
             match command {
                 Command::Stop => return false,
-                Command::Attach(id, port, reply) => {
+                Command::Attach(id, port, arrival, reply) => {
                     if let Err(e) = self.register(id, port.as_ref()) {
                         self.deregister(port.as_ref());
                         let _ = reply.send(Err(e));
@@ -685,6 +713,10 @@ impl Loop {
                         self.deregister(old.into_port().as_ref());
                     }
                     self.slots[i] = Some(Slot::Plain(port));
+                    if self.arrives_here.len() <= i {
+                        self.arrives_here.resize(i + 1, false);
+                    }
+                    self.arrives_here[i] = arrival == Arrival::ThisCpu && self.pinned;
                     self.crew.set_owner(id, Some(self.me));
                     let _ = reply.send(Ok(()));
                     // Frames may have queued before we registered.

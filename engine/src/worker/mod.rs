@@ -6,8 +6,12 @@
 //!
 //! The loop sleeps in `epoll_wait` (mio) while nothing arrives, so an idle
 //! daemon uses no CPU. Once traffic flows it keeps polling without
-//! sleeping (`timeout 0`) for a while after the last packet: under load no
-//! thread is woken per packet, and a burst finds the worker awake. How
+//! sleeping (`timeout 0`) for a while after the last packet that came
+//! from another CPU: under load no thread is woken per packet, a burst
+//! finds the worker awake, and no frame pays a wake-up across CPUs (a VM
+//! exit). A frame that arrives on the worker's own CPU (a split port's
+//! member, with a worker per CPU) wakes it where it runs, for no more
+//! than a spin costs, so the worker sleeps at once after those. How
 //! long is a window (`SpinWindow`) the loop adapts to the gaps it sees,
 //! and the thread spins in the `SCHED_IDLE` class
 //! ([`sched`](crate::sys::sched)) so that it
@@ -39,6 +43,7 @@ use mio::{Poll, Token, Waker};
 use crate::capture::{CaptureLimit, Recording};
 use crate::packet::{BufferDepot, PacketPool, DEFAULT_BUF_SIZE};
 use crate::port::{Port, PortId};
+use crate::sys::sched;
 use crate::tables::Tables;
 use event_loop::Loop;
 use handoff::Crew;
@@ -84,7 +89,7 @@ pub struct CaptureResult {
 
 enum Command {
     /// Answered once the worker polls the port and owns it.
-    Attach(PortId, Box<dyn Port>, mpsc::Sender<io::Result<()>>),
+    Attach(PortId, Box<dyn Port>, Arrival, mpsc::Sender<io::Result<()>>),
     Detach(PortId, mpsc::Sender<Option<Box<dyn Port>>>),
     /// Wraps the port (or the worker's member of a split port) in a
     /// capture writing to `recording`.
@@ -94,6 +99,36 @@ enum Command {
         done: mpsc::Sender<io::Result<CaptureResult>>,
     },
     Stop,
+}
+
+/// Where the frames a port gives its worker were received, which decides
+/// whether the worker spins for the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// On any CPU: a frame may have to wake the worker from another CPU,
+    /// which on a VM is a VM exit (about 250 µs here) that a spin saves.
+    AnyCpu,
+    /// On the worker's own CPU: a member of a split port whose member k
+    /// takes the frames CPU k receives, read by the worker pinned to CPU
+    /// k. The task that brings a frame wakes the worker where it runs,
+    /// with no VM exit, so a spin saves nothing; it only keeps the CPU
+    /// from the pods and from the other threads that must run for the
+    /// next frame to come (docs/benchmarks.md, "No spinning for frames
+    /// that arrive on the worker's own CPU").
+    ThisCpu,
+}
+
+/// True if member k of a port split among `count` workers (the member
+/// that takes the frames of every CPU numbered k modulo `count`) is read
+/// where its frames arrive: worker k is pinned to `cpus[k]`, that is CPU
+/// k for every worker, and no other CPU is `online`.
+fn split_members_read_where_their_frames_arrive(
+    count: usize,
+    cpus: &[usize],
+    online: &[usize],
+) -> bool {
+    let numbered_from_0 = |list: &[usize]| list.iter().enumerate().all(|(k, &cpu)| cpu == k);
+    cpus.len() == count && online.len() == count && numbered_from_0(cpus) && numbered_from_0(online)
 }
 
 /// A group of workers over one set of tables: each port is owned by one
@@ -115,6 +150,8 @@ pub struct Workers {
     /// still spread.
     split: Mutex<BTreeSet<PortId>>,
     split_ports: bool,
+    /// Where a split port's members receive their frames.
+    split_arrival: Arrival,
     /// Capture timestamps and deadlines.
     clock_micros: fn() -> u64,
 }
@@ -180,11 +217,22 @@ impl Workers {
                 place,
             )?);
         }
+        // Unknown online CPUs: taken as frames from anywhere, which only
+        // costs the spins this would spare.
+        let online = sched::online_cpus().unwrap_or_default();
+        let split_arrival = if options.split_ports
+            && split_members_read_where_their_frames_arrive(count, cpus, &online)
+        {
+            Arrival::ThisCpu
+        } else {
+            Arrival::AnyCpu
+        };
         Ok(Workers {
             workers,
             crew,
             split: Mutex::default(),
             split_ports: options.split_ports,
+            split_arrival,
             clock_micros: options.clock_micros,
         })
     }
@@ -237,7 +285,9 @@ impl Workers {
             let load = self.crew.ports_per_worker(self.workers.len());
             (0..load.len()).min_by_key(|&w| load[w]).unwrap_or(0)
         });
-        self.ask(worker, |reply| Command::Attach(id, port, reply))??;
+        self.ask(worker, |reply| {
+            Command::Attach(id, port, Arrival::AnyCpu, reply)
+        })??;
         Ok(Some(worker))
     }
 
@@ -250,7 +300,9 @@ impl Workers {
     ) -> io::Result<()> {
         for (worker, member) in members.enumerate() {
             let attached = self
-                .ask(worker, |reply| Command::Attach(id, member, reply))
+                .ask(worker, |reply| {
+                    Command::Attach(id, member, self.split_arrival, reply)
+                })
                 .and_then(|r| r);
             if let Err(e) = attached {
                 for earlier in 0..worker {
@@ -424,7 +476,7 @@ mod tests {
     use crate::drop::DropReason;
 
     use crate::port::socket_pair::{
-        frame, node1_tables as tables, socket_port, IP1, IP2, MAC1, MAC2,
+        frame, node1_tables as tables, socket_port, split_socket_port, IP1, IP2, MAC1, MAC2,
     };
     use crate::tables::PortSpec;
 
@@ -582,6 +634,96 @@ mod tests {
             assert_eq!(stats.snapshot().spin_window_secs, 50e-6);
         }
         workers.stop();
+    }
+
+    /// With a worker pinned to each CPU, a split port's frames arrive on
+    /// their worker's own CPU, which a spin would not wake any sooner: the
+    /// worker sleeps at once after them. A frame of a port any CPU may
+    /// write still starts a spin.
+    #[test]
+    fn a_worker_spins_after_frames_from_any_cpu_but_not_after_a_split_ports() {
+        let online = sched::online_cpus().unwrap();
+        let allowed = sched::allowed_cpus().unwrap();
+        assert!(
+            allowed == online && online.len() <= MAX_WORKERS,
+            "this test pins a worker to each online CPU ({online:?}); this process may use {allowed:?}"
+        );
+        let tables = tables();
+        let a = tables
+            .attach_port(PortSpec::pod("veth1", IP1, MAC1))
+            .unwrap();
+        let b = tables
+            .attach_port(PortSpec::pod("veth2", IP2, MAC2))
+            .unwrap();
+        tables.fdb.learn(MAC1, a, 1);
+        tables.fdb.learn(MAC2, b, 1);
+        let options = WorkerOptions {
+            // Long enough to see a spin run out whatever the load.
+            busy_poll: Duration::from_millis(20),
+            split_ports: true,
+            ..options()
+        };
+        let workers = Workers::spawn(
+            "spin-test",
+            Arc::clone(&tables),
+            options,
+            online.len(),
+            &online,
+        )
+        .unwrap();
+        let (a_port, a_wires) = split_socket_port("veth1", a, online.len());
+        let (b_port, b_wire) = socket_port("veth2", b);
+        assert_eq!(workers.attach(a, a_port).unwrap(), None, "a is split");
+        let owner = workers.attach(b, b_port).unwrap().expect("b has one owner");
+        let spins = || {
+            let s = workers.stats()[owner].snapshot();
+            s.spins_caught + s.spins_expired + s.spins_preempted
+        };
+        // The spin each worker starts with has run out.
+        std::thread::sleep(Duration::from_millis(100));
+        let before = spins();
+
+        // From the member b's owner reads to b: no spin.
+        let mut got = [0u8; 2048];
+        let there = frame((MAC1, IP1), (MAC2, IP2));
+        a_wires[owner].send(&there).unwrap();
+        let n = b_wire.recv(&mut got).expect("a's frame reaches b");
+        assert_eq!(&got[..n], &there[..]);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(spins(), before, "no spin after a split port's frame");
+
+        // From b, which any CPU may write, back to a: a spin, which runs
+        // out.
+        let back = frame((MAC2, IP2), (MAC1, IP1));
+        b_wire.send(&back).unwrap();
+        let n = a_wires[owner].recv(&mut got).expect("b's frame reaches a");
+        assert_eq!(&got[..n], &back[..]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while spins() == before {
+            assert!(
+                Instant::now() < deadline,
+                "no spin after a frame from any CPU"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(tables.stats.snapshot().total_drops(), 0);
+        workers.stop();
+    }
+
+    #[test]
+    fn split_members_are_read_where_their_frames_arrive_only_with_a_worker_pinned_to_each_cpu() {
+        let read_here = split_members_read_where_their_frames_arrive;
+        assert!(read_here(2, &[0, 1], &[0, 1]));
+        assert!(read_here(1, &[0], &[0]));
+        // Unpinned workers run anywhere.
+        assert!(!read_here(2, &[], &[0, 1]));
+        // A CPU without a worker: its frames go to worker k modulo 2.
+        assert!(!read_here(2, &[0, 1], &[0, 1, 2, 3]));
+        // Worker 0 on CPU 1 reads member 0, which takes CPU 0's frames.
+        assert!(!read_here(2, &[1, 0], &[0, 1]));
+        // CPU 1 offline: member 1 takes CPU 2's frames, far from CPU 1.
+        assert!(!read_here(2, &[0, 1], &[0, 2]));
+        assert!(!read_here(3, &[0, 1, 2], &[0, 1]));
     }
 
     #[test]

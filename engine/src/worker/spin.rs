@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 /// haltpoll governor adapts a virtual CPU's halt polling
 /// (Documentation/virt/guest-halt-polling.rst).
 ///
+/// The packets it counts are those a spin could catch sooner than a
+/// wake-up: frames from other CPUs (the loop sleeps at once after frames
+/// that arrive on its own CPU, see `Arrival`).
+///
 /// Spinning pays only when the next packet comes before the window ends;
 /// otherwise it costs a CPU the pods could use and, worse on a small VM,
 /// it keeps that CPU busy so that every task woken meanwhile lands on a
@@ -91,7 +95,8 @@ impl SpinWindow {
         self.paused_until = Some(now + self.pause);
     }
 
-    /// The worker slept `gap` between two packets.
+    /// The worker slept during the `gap` between two packets from other
+    /// CPUs.
     pub(super) fn after_sleep(&mut self, gap: Duration) {
         if gap <= self.bound {
             // A quarter more than the gap: the next one is rarely shorter.

@@ -110,11 +110,14 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "NAME|none")]
     pub tunnel_tap: Option<String>,
     /// `[dataplane] busy_poll_us`: the most microseconds the worker keeps
-    /// polling after its last packet before it sleeps (default 200; 0
-    /// never spins). Within this bound the window adapts: it grows while
-    /// the gaps between packets are shorter and falls to zero when they
-    /// are longer (a ping every few ms), and the worker spins in the
-    /// SCHED_IDLE class, so a pod on its CPU always runs first.
+    /// polling after its last packet from another CPU before it sleeps
+    /// (default 200; 0 never spins). Within this bound the window adapts:
+    /// it grows while the gaps between packets are shorter and falls to
+    /// zero when they are longer (a ping every few ms), and the worker
+    /// spins in the SCHED_IDLE class, so a pod on its CPU always runs
+    /// first. With a worker per CPU, frames of split ports arrive on
+    /// their worker's own CPU, which waking costs no more than spinning:
+    /// the worker sleeps at once after those.
     #[arg(long)]
     pub busy_poll_us: Option<u64>,
     /// `[dataplane] pool_buffers`: the most packet buffers of 2 KiB

@@ -14,7 +14,7 @@
 //! than a spin costs, so the worker sleeps at once after those. How
 //! long is a window (`SpinWindow`) the loop adapts to the gaps it sees,
 //! and the thread spins in the `SCHED_IDLE` class
-//! ([`sched`](crate::sys::sched)) so that it
+//! ([`sched`]) so that it
 //! never holds a CPU a pod wants. It forwards in `SCHED_FIFO` (unless
 //! told otherwise), ahead of the pods, as the kernel forwards in softirq
 //! context: a worker that waited for its CPU behind the pods' time slices
@@ -114,7 +114,10 @@ enum Arrival {
     /// with no VM exit, so a spin saves nothing; it only keeps the CPU
     /// from the pods and from the other threads that must run for the
     /// next frame to come (docs/benchmarks.md, "No spinning for frames
-    /// that arrive on the worker's own CPU").
+    /// that arrive on the worker's own CPU"). The exception is a flow
+    /// kept on its member while its sender moved to another CPU
+    /// (`sys::flow_steer`): it moves once quiet for 2 ms, and until then
+    /// it is busy, so its worker is seldom asleep.
     ThisCpu,
 }
 

@@ -399,7 +399,7 @@ impl Collector for Metrics {
         gauges(
             &mut encoder,
             "podswitch_worker_spin_window_seconds",
-            "How long a worker polls after its last packet before it sleeps (adapted to the gaps between packets, at most busy_poll_us).",
+            "How long a worker polls after its last packet from another CPU before it sleeps (adapted to the gaps between such packets, at most busy_poll_us; after a frame that arrived on its own CPU it sleeps at once).",
             "worker",
             workers.iter().map(|(w, s)| (w.as_str(), s.spin_window_secs)),
         )?;

@@ -54,8 +54,9 @@ pub struct WorkerStatsSnapshot {
     pub batch_packets: u64,
     /// Runs by size, per bucket of [`BATCH_BUCKETS`] (the last: larger).
     pub batch_sizes: [u64; BATCH_BUCKETS.len() + 1],
-    /// How long it polls after its last packet before it sleeps, now
-    /// (adapted to the traffic, at most `busy_poll`).
+    /// How long it polls after its last packet from another CPU before
+    /// it sleeps, now (adapted to the traffic, at most `busy_poll`);
+    /// after a frame that arrived on its own CPU it sleeps at once.
     pub spin_window_secs: f64,
     /// Spins that ended with a packet (each saved a wake-up).
     pub spins_caught: u64,

@@ -195,10 +195,7 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
 
     let node = &cluster.nodes[0];
     let worker_stats = || -> Vec<(u64, u64)> {
-        let stats = node.ctl_json(&["stats"]);
-        stats["workers"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no workers in {stats}"))
+        workers(node)
             .iter()
             .map(|w| {
                 (
@@ -379,6 +376,15 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
     );
 }
 
+/// The `workers` of `node`'s stats.
+fn workers(node: &common::cluster::Node) -> Vec<serde_json::Value> {
+    let stats = node.ctl_json(&["stats"]);
+    stats["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no workers in {stats}"))
+        .clone()
+}
+
 /// For each node, each worker's spins so far: those that caught a frame,
 /// ran out, or were preempted.
 fn spins(cluster: &Cluster) -> Vec<Vec<u64>> {
@@ -386,10 +392,7 @@ fn spins(cluster: &Cluster) -> Vec<Vec<u64>> {
         .nodes
         .iter()
         .map(|node| {
-            let stats = node.ctl_json(&["stats"]);
-            stats["workers"]
-                .as_array()
-                .unwrap_or_else(|| panic!("no workers in {stats}"))
+            workers(node)
                 .iter()
                 .map(|w| {
                     ["spins_caught", "spins_expired", "spins_preempted"]

@@ -497,8 +497,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn frames_for_a_port_of_another_worker_go_through_its_mailbox() {
+    /// Node 1's tables with its two pods' ports, a (veth1) and b
+    /// (veth2), their MACs learned.
+    fn two_pods() -> (Arc<Tables>, PortId, PortId) {
         let tables = tables();
         let a = tables
             .attach_port(PortSpec::pod("veth1", IP1, MAC1))
@@ -508,6 +509,12 @@ mod tests {
             .unwrap();
         tables.fdb.learn(MAC1, a, 1);
         tables.fdb.learn(MAC2, b, 1);
+        (tables, a, b)
+    }
+
+    #[test]
+    fn frames_for_a_port_of_another_worker_go_through_its_mailbox() {
+        let (tables, a, b) = two_pods();
         let workers =
             Workers::spawn("test-worker", Arc::clone(&tables), options(), 2, &[]).unwrap();
         let (a_port, a_wire) = socket_port("veth1", a);
@@ -651,15 +658,7 @@ mod tests {
             allowed == online && online.len() <= MAX_WORKERS,
             "this test pins a worker to each online CPU ({online:?}); this process may use {allowed:?}"
         );
-        let tables = tables();
-        let a = tables
-            .attach_port(PortSpec::pod("veth1", IP1, MAC1))
-            .unwrap();
-        let b = tables
-            .attach_port(PortSpec::pod("veth2", IP2, MAC2))
-            .unwrap();
-        tables.fdb.learn(MAC1, a, 1);
-        tables.fdb.learn(MAC2, b, 1);
+        let (tables, a, b) = two_pods();
         let options = WorkerOptions {
             // Long enough to see a spin run out whatever the load.
             busy_poll: Duration::from_millis(20),

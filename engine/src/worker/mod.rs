@@ -121,17 +121,43 @@ enum Arrival {
     ThisCpu,
 }
 
+/// Whether a worker per CPU, on the CPUs podswitchd may use (`allowed`),
+/// gives every online CPU (`online`) a worker of its own: member k of a
+/// split port takes the frames that arrive on every CPU numbered k modulo
+/// the workers (`flow_steer`), so the CPUs must be all the online ones,
+/// numbered from 0, and at most [`MAX_WORKERS`]. Otherwise some frames
+/// would wake a worker on another CPU, each wake-up a cost one worker
+/// for the node pays as well; the reason, said as a sentence, if not.
+pub fn per_cpu_fits(allowed: &[usize], online: &[usize]) -> Result<(), String> {
+    if allowed != online {
+        return Err(format!(
+            "podswitchd may run on CPUs {allowed:?}, not on every online CPU ({online:?})"
+        ));
+    }
+    if allowed.len() > MAX_WORKERS {
+        return Err(format!(
+            "{} CPUs are online, more than the {MAX_WORKERS} workers podswitchd runs",
+            allowed.len()
+        ));
+    }
+    if allowed.iter().enumerate().any(|(k, &cpu)| k != cpu) {
+        return Err(format!(
+            "the online CPUs {online:?} are not numbered from 0 without a gap"
+        ));
+    }
+    Ok(())
+}
+
 /// True if member k of a port split among `count` workers (the member
 /// that takes the frames of every CPU numbered k modulo `count`) is read
-/// where its frames arrive: worker k is pinned to `cpus[k]`, that is CPU
-/// k for every worker, and no other CPU is `online`.
+/// where its frames arrive: worker k is pinned to `cpus[k]`, and those
+/// are a worker per CPU that fits ([`per_cpu_fits`]).
 fn split_members_read_where_their_frames_arrive(
     count: usize,
     cpus: &[usize],
     online: &[usize],
 ) -> bool {
-    let numbered_from_0 = |list: &[usize]| list.iter().enumerate().all(|(k, &cpu)| cpu == k);
-    cpus.len() == count && online.len() == count && numbered_from_0(cpus) && numbered_from_0(online)
+    cpus.len() == count && per_cpu_fits(cpus, online).is_ok()
 }
 
 /// A group of workers over one set of tables: each port is owned by one
@@ -719,6 +745,8 @@ mod tests {
         assert!(read_here(1, &[0], &[0]));
         // Unpinned workers run anywhere.
         assert!(!read_here(2, &[], &[0, 1]));
+        // One worker, pinned to CPU 0, reads CPU 1's frames too.
+        assert!(!read_here(1, &[0, 1], &[0, 1]));
         // A CPU without a worker: its frames go to worker k modulo 2.
         assert!(!read_here(2, &[0, 1], &[0, 1, 2, 3]));
         // Worker 0 on CPU 1 reads member 0, which takes CPU 0's frames.

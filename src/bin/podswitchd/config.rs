@@ -11,7 +11,7 @@ use podswitch_engine::encap::{MacAddr, TunnelMode, Vni};
 use podswitch_engine::fib::Prefix;
 use podswitch_engine::kernel_port::{PodPortKind, DEFAULT_TUNNEL_TAP};
 use podswitch_engine::sys::{netdev, sched};
-use podswitch_engine::worker::MAX_WORKERS;
+use podswitch_engine::worker::{per_cpu_fits, MAX_WORKERS};
 use podswitch_lease::etcd::EtcdOptions;
 use serde::Deserialize;
 
@@ -375,33 +375,6 @@ pub(crate) struct PortConfig {
 /// (docs/benchmarks.md, "Two workers").
 pub(crate) fn default_workers(cpus: usize) -> usize {
     (cpus / 4).clamp(1, MAX_WORKERS)
-}
-
-/// Whether a worker per CPU, on the CPUs podswitchd may use (`allowed`),
-/// gives every online CPU (`online`) a worker of its own: member k of a
-/// split port takes the frames that arrive on every CPU numbered k modulo
-/// the workers (`flow_steer`), so the CPUs must be all the online ones,
-/// numbered from 0, and at most [`MAX_WORKERS`]. Otherwise some frames
-/// would wake a worker on another CPU, each wake-up a cost one worker
-/// for the node pays as well; the reason, said as a sentence, if not.
-pub(crate) fn per_cpu_fits(allowed: &[usize], online: &[usize]) -> Result<(), String> {
-    if allowed != online {
-        return Err(format!(
-            "podswitchd may run on CPUs {allowed:?}, not on every online CPU ({online:?})"
-        ));
-    }
-    if allowed.len() > MAX_WORKERS {
-        return Err(format!(
-            "{} CPUs are online, more than the {MAX_WORKERS} workers podswitchd runs",
-            allowed.len()
-        ));
-    }
-    if allowed.iter().enumerate().any(|(k, &cpu)| k != cpu) {
-        return Err(format!(
-            "the online CPUs {online:?} are not numbered from 0 without a gap"
-        ));
-    }
-    Ok(())
 }
 
 /// Everything podswitchd runs with, checked.

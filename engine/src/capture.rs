@@ -236,6 +236,10 @@ impl<P: Port, W: Write + Send> Port for Capture<P, W> {
     fn forwarded(&mut self) {
         self.inner.forwarded();
     }
+
+    fn drained(&self) -> bool {
+        self.inner.drained()
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,17 @@ pub trait Port: Send {
     /// send a flow's next frame first.
     fn forwarded(&mut self) {}
 
+    /// True if the last receive found every kernel queue of the port
+    /// empty after the frames it took (a `recvmmsg` that returned fewer
+    /// messages than it asked for, a read that would block). Its worker
+    /// may then wait for epoll to report the port again rather than read
+    /// it once more only to find it empty: the port's descriptors are
+    /// edge-triggered, and a frame queued after that receive raises a new
+    /// event. False where the port cannot tell (the default).
+    fn drained(&self) -> bool {
+        false
+    }
+
     /// The kernel devices whose drop counters count frames this port
     /// sent that the kernel took and then dropped, which no send call
     /// reports (a raw or UDP socket without `IP_RECVERR` says nothing of
@@ -137,6 +148,10 @@ impl<P: Port + ?Sized> Port for Box<P> {
 
     fn forwarded(&mut self) {
         (**self).forwarded();
+    }
+
+    fn drained(&self) -> bool {
+        (**self).drained()
     }
 
     fn fan_out(&mut self, members: usize) -> io::Result<Vec<Box<dyn Port>>> {
@@ -289,6 +304,8 @@ pub(crate) mod socket_pair {
     use std::io;
     use std::os::fd::{AsRawFd, RawFd};
     use std::os::unix::net::UnixDatagram;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::{Port, PortId, PortKind};
@@ -303,6 +320,10 @@ pub(crate) mod socket_pair {
         socket: UnixDatagram,
         /// The other members it splits into, if made to split.
         spare_members: Vec<SocketPort>,
+        /// Its receives so far, for the test to count.
+        reads: Arc<AtomicUsize>,
+        /// The last receive stopped at an empty socket.
+        drained: bool,
     }
 
     impl Port for SocketPort {
@@ -315,6 +336,8 @@ pub(crate) mod socket_pair {
         }
 
         fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            self.drained = false;
             let mut received = 0;
             let mut bytes = [0u8; 2048];
             while batch.len() < BATCH_SIZE {
@@ -323,11 +346,18 @@ pub(crate) mod socket_pair {
                         batch.push(pool.alloc_with(self.id, &bytes[..len]).expect("a buffer"));
                         received += 1;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.drained = true;
+                        break;
+                    }
                     Err(e) => return Err(e),
                 }
             }
             Ok(received)
+        }
+
+        fn drained(&self) -> bool {
+            self.drained
         }
 
         fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
@@ -397,25 +427,38 @@ pub(crate) mod socket_pair {
 
     /// A port for `id` and the test's end of it.
     pub(crate) fn socket_port(name: &str, id: PortId) -> (Box<dyn Port>, UnixDatagram) {
+        let (port, wire, _) = counted_socket_port(name, id);
+        (port, wire)
+    }
+
+    /// [`socket_port`], with the count of its receives.
+    pub(crate) fn counted_socket_port(
+        name: &str,
+        id: PortId,
+    ) -> (Box<dyn Port>, UnixDatagram, Arc<AtomicUsize>) {
         let (port, wire) = socket_member(name, id);
-        (Box::new(port), wire)
+        let reads = Arc::clone(&port.reads);
+        (Box::new(port), wire, reads)
     }
 
     /// A port for `id` that splits into `members` ([`Port::fan_out`]), a
-    /// socket pair each, and the test's end of each member's, in order.
+    /// socket pair each; the test's end of each member's, in order, and
+    /// the count of each member's receives.
     pub(crate) fn split_socket_port(
         name: &str,
         id: PortId,
         members: usize,
-    ) -> (Box<dyn Port>, Vec<UnixDatagram>) {
+    ) -> (Box<dyn Port>, Vec<UnixDatagram>, Vec<Arc<AtomicUsize>>) {
         let (mut first, wire) = socket_member(name, id);
         let mut wires = vec![wire];
+        let mut reads = vec![Arc::clone(&first.reads)];
         for _ in 1..members {
             let (member, wire) = socket_member(name, id);
+            reads.push(Arc::clone(&member.reads));
             first.spare_members.push(member);
             wires.push(wire);
         }
-        (Box::new(first), wires)
+        (Box::new(first), wires, reads)
     }
 
     fn socket_member(name: &str, id: PortId) -> (SocketPort, UnixDatagram) {
@@ -427,6 +470,8 @@ pub(crate) mod socket_pair {
             id,
             socket: port,
             spare_members: Vec::new(),
+            reads: Arc::default(),
+            drained: false,
         };
         (port, wire)
     }

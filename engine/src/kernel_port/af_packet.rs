@@ -46,10 +46,9 @@ pub(super) struct PacketRx {
     staging_large: Vec<Option<PacketBuf>>,
     /// What the kernel dropped for the socket.
     kernel_drops: KernelDrops,
-    /// How many messages the last receive asked the kernel for (the
-    /// buffers it could stage): a receive that got fewer found the
-    /// socket empty.
-    asked: usize,
+    /// The last receive found the socket empty: it got fewer messages
+    /// than it asked the kernel for (the buffers it could stage).
+    pub(super) emptied: bool,
     /// Whether a flow's datagrams leave as one super-datagram
     /// ([`coalesce_udp_runs`]): on a socket with virtio-net headers, on a
     /// kernel that takes `GSO_UDP_L4` from one (Linux 6.2,
@@ -95,7 +94,7 @@ impl PacketRx {
             staging: Vec::with_capacity(BATCH_SIZE),
             staging_large: Vec::with_capacity(BATCH_SIZE),
             kernel_drops: KernelDrops::socket(),
-            asked: 0,
+            emptied: false,
             udp_batches: udp_batches && sock.has_vnet_hdr() && crate::sys::kernel_at_least(6, 2),
             sock,
         }
@@ -116,7 +115,8 @@ impl PacketRx {
     ) -> io::Result<usize> {
         let want = BATCH_SIZE.saturating_sub(batch.len());
         stage(pool, &mut self.staging, want, counter.id);
-        self.asked = self.staging.len();
+        let asked = self.staging.len();
+        self.emptied = false;
         if self.staging.is_empty() {
             return Ok(0);
         }
@@ -146,8 +146,9 @@ impl PacketRx {
                 return Err(e);
             }
         };
+        self.emptied = got < asked;
         self.kernel_drops
-            .after_socket_recv(counter, got, want, self.sock.as_fd());
+            .after_socket_recv(counter, got, want, self.emptied, self.sock.as_fd());
         for (i, small) in self.staging.drain(..got).enumerate() {
             let meta = self.meta[i];
             let large = self.staging_large.get_mut(i).and_then(Option::take);
@@ -180,12 +181,6 @@ impl PacketRx {
         // Messages read, kept or dropped: a batch dropped whole does not
         // mean the socket is empty.
         Ok(got)
-    }
-
-    /// True if the last receive found the socket empty: it got fewer
-    /// messages than it asked for.
-    pub(super) fn emptied(&self, got: usize) -> bool {
-        got < self.asked
     }
 
     /// Sends `batch` with each frame's offloads in its virtio-net header
@@ -409,7 +404,7 @@ impl Port for AfPacketPort {
     fn recv(&mut self, pool: &mut PacketPool, batch: &mut Vec<PacketBuf>) -> io::Result<usize> {
         Steered::receive(self.steered.as_mut(), || {
             let got = self.rx.recv(&self.counter, pool, batch)?;
-            Ok((got, self.rx.emptied(got)))
+            Ok((got, self.rx.emptied))
         })
     }
 
@@ -417,6 +412,10 @@ impl Port for AfPacketPort {
         if let Some(steered) = &mut self.steered {
             steered.release();
         }
+    }
+
+    fn drained(&self) -> bool {
+        self.rx.emptied
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {

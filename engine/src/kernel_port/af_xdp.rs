@@ -62,7 +62,7 @@ impl XdpRx {
             });
         let sock = &self.sock;
         self.kernel_drops
-            .after_recv(counter, read, want, || sock.kernel_drops().ok());
+            .after_recv(counter, read, want, false, || sock.kernel_drops().ok());
         read
     }
 }

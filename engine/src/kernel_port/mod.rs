@@ -137,8 +137,9 @@ impl Steered {
 /// before podswitch read them (its receive queue or ring full), counted
 /// as [`DropReason::RxQueueFull`]. The kernel's counter is read every
 /// `READS_PER_LOOK` reads that found frames and once when the traffic
-/// stops, so a drop is counted by the end of its burst without a system
-/// call per read.
+/// stops (a read that found the queue empty, whether or not it found
+/// frames first), so a drop is counted by the end of its burst without a
+/// system call per read.
 #[derive(Debug)]
 struct KernelDrops {
     /// The kernel's count at the last look.
@@ -196,14 +197,16 @@ impl KernelDrops {
         KernelDrops::with(64, seen, true)
     }
 
-    /// After a read that found `got` frames and had room for `room`: when
-    /// a look is due, reads the kernel's count with `total` and counts
-    /// what is new on `counter`.
+    /// After a read that found `got` frames and had room for `room`
+    /// (`emptied`: it found the queue empty after them, so it ends a
+    /// burst as an empty read would): when a look is due, reads the
+    /// kernel's count with `total` and counts what is new on `counter`.
     fn after_recv(
         &mut self,
         counter: &Counter,
         got: usize,
         room: usize,
+        emptied: bool,
         total: impl FnOnce() -> Option<u64>,
     ) {
         if got > 0 && got >= room {
@@ -211,6 +214,9 @@ impl KernelDrops {
         }
         let due = if got == 0 {
             std::mem::take(&mut self.busy)
+        } else if emptied {
+            self.busy = false;
+            true
         } else {
             self.busy = true;
             self.reads += 1;
@@ -252,8 +258,15 @@ impl KernelDrops {
     }
 
     /// [`Self::after_recv`] for socket `sock`'s `sk_drops`.
-    fn after_socket_recv(&mut self, counter: &Counter, got: usize, room: usize, sock: BorrowedFd) {
-        self.after_recv(counter, got, room, || {
+    fn after_socket_recv(
+        &mut self,
+        counter: &Counter,
+        got: usize,
+        room: usize,
+        emptied: bool,
+        sock: BorrowedFd,
+    ) {
+        self.after_recv(counter, got, room, emptied, || {
             socket_drops(sock).ok().map(u64::from)
         });
     }
@@ -413,30 +426,59 @@ mod tests {
         let mut looks = 0;
         let mut kernel = u64::from(u32::MAX) - 2;
         for _ in 0..READS_PER_LOOK - 1 {
-            drops.after_recv(&counter, 8, 32, || {
+            drops.after_recv(&counter, 8, 32, false, || {
                 looks += 1;
                 Some(kernel)
             });
         }
         assert_eq!(looks, 0, "no look before READS_PER_LOOK busy reads");
-        drops.after_recv(&counter, 8, 32, || {
+        drops.after_recv(&counter, 8, 32, false, || {
             looks += 1;
             Some(kernel)
         });
         assert_eq!((looks, count(&counter)), (1, u64::from(u32::MAX) - 2));
         // The counter wraps: 5 more drops read as 2.
         kernel = 2;
-        drops.after_recv(&counter, 0, 32, || {
+        drops.after_recv(&counter, 0, 32, false, || {
             looks += 1;
             Some(kernel)
         });
         assert_eq!((looks, count(&counter)), (2, u64::from(u32::MAX) + 3));
         // Idle reads after that look no more.
-        drops.after_recv(&counter, 0, 32, || {
+        drops.after_recv(&counter, 0, 32, false, || {
             looks += 1;
             Some(kernel)
         });
         assert_eq!(looks, 2);
+    }
+
+    /// A read that found frames and then the queue empty ends the burst:
+    /// the look is made then, and the empty read after it (a worker that
+    /// reads until one) makes none.
+    #[test]
+    fn kernel_drops_are_counted_by_a_read_that_emptied_the_queue() {
+        let counter = counter();
+        let mut drops = KernelDrops::socket();
+        let mut looks = 0;
+        drops.after_recv(&counter, 32, 32, false, || {
+            looks += 1;
+            Some(3)
+        });
+        assert_eq!(looks, 0);
+        drops.after_recv(&counter, 5, 32, true, || {
+            looks += 1;
+            Some(3)
+        });
+        assert_eq!(looks, 1, "the read that emptied the queue looks");
+        assert_eq!(
+            counter.stats.snapshot().drop_count(DropReason::RxQueueFull),
+            3
+        );
+        drops.after_recv(&counter, 0, 32, false, || {
+            looks += 1;
+            Some(3)
+        });
+        assert_eq!(looks, 1, "an empty read after it does not look again");
     }
 
     /// A device's costly counter is looked at only after a read that
@@ -447,20 +489,20 @@ mod tests {
         let counter = counter();
         let mut drops = KernelDrops::device(7);
         let mut looks = 0;
-        drops.after_recv(&counter, 3, 32, || {
+        drops.after_recv(&counter, 3, 32, false, || {
             looks += 1;
             Some(7)
         });
-        drops.after_recv(&counter, 0, 32, || {
+        drops.after_recv(&counter, 0, 32, false, || {
             looks += 1;
             Some(7)
         });
         assert_eq!(looks, 0, "a burst that never filled a read: no look");
-        drops.after_recv(&counter, 32, 32, || {
+        drops.after_recv(&counter, 32, 32, false, || {
             looks += 1;
             Some(9)
         });
-        drops.after_recv(&counter, 0, 32, || {
+        drops.after_recv(&counter, 0, 32, false, || {
             looks += 1;
             Some(9)
         });

@@ -193,7 +193,9 @@ fn read_batch(
     }
     let name = dev.dev.name();
     dev.kernel_drops
-        .after_recv(counter, got, want, || netdev::tx_dropped(name).ok());
+        .after_recv(counter, got, want, dev.emptied, || {
+            netdev::tx_dropped(name).ok()
+        });
     Ok(got)
 }
 
@@ -290,6 +292,10 @@ impl Port for TapPort {
             batch,
             |_| Ok(()),
         )
+    }
+
+    fn drained(&self) -> bool {
+        self.dev.emptied
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
@@ -412,6 +418,10 @@ impl Port for HostPort {
         if let Some(steered) = &mut self.steered {
             steered.release();
         }
+    }
+
+    fn drained(&self) -> bool {
+        self.dev.emptied
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {

@@ -363,8 +363,9 @@ pub struct UnderlayPort {
     /// The other members' sockets, until [`Port::fan_out`] makes them
     /// ports.
     spare_members: Vec<SpareMember>,
-    /// The last UDP receive found the socket empty.
+    /// The last UDP receive found the socket empty; the last IPIP one.
     udp_emptied: bool,
+    ipip_emptied: bool,
 }
 
 /// Classic BPF: accept untagged IPv4 frames whose destination is inside
@@ -562,6 +563,7 @@ impl UnderlayPort {
             direct_steered: None,
             spare_members: Vec::new(),
             udp_emptied: false,
+            ipip_emptied: false,
         }
     }
 
@@ -646,14 +648,13 @@ impl UnderlayPort {
                 return Err(e);
             }
         };
-        if which == Socket::Udp {
-            self.udp_emptied = got < asked;
-        }
-        let kernel_drops = match which {
-            Socket::Udp => &mut self.udp_drops,
-            Socket::Ipip => &mut self.ipip_drops,
+        let emptied = got < asked;
+        let (kernel_drops, emptied_flag) = match which {
+            Socket::Udp => (&mut self.udp_drops, &mut self.udp_emptied),
+            Socket::Ipip => (&mut self.ipip_drops, &mut self.ipip_emptied),
         };
-        kernel_drops.after_socket_recv(&self.counter, got, want, sock.as_fd());
+        *emptied_flag = emptied;
+        kernel_drops.after_socket_recv(&self.counter, got, want, emptied, sock.as_fd());
         let tunnel_port = self.udp.as_ref().map_or(0, |(_, p)| *p);
         let mut staging = std::mem::take(&mut self.staging);
         let mut staging_large = std::mem::take(&mut self.staging_large);
@@ -1337,7 +1338,7 @@ impl Port for UnderlayPort {
         if let Some(direct) = self.direct.as_mut() {
             got += Steered::receive(self.direct_steered.as_mut(), || {
                 let got = direct.recv(&self.counter, pool, batch)?;
-                Ok((got, direct.emptied(got)))
+                Ok((got, direct.emptied))
             })?;
         }
         Ok(got)
@@ -1390,6 +1391,15 @@ impl Port for UnderlayPort {
         {
             steered.release();
         }
+    }
+
+    /// Every socket it has found empty; never with AF_XDP rings, whose
+    /// reads do not say it.
+    fn drained(&self) -> bool {
+        self.xdp.is_none()
+            && (self.udp.is_none() || self.udp_emptied)
+            && (self.ipip.is_none() || self.ipip_emptied)
+            && self.direct.as_ref().map_or(true, |direct| direct.emptied)
     }
 
     /// The members of an underlay opened for `members` receivers

@@ -399,12 +399,23 @@ impl Loop {
                     self.forward(&mut batch, &mut out);
                 }
                 // The port stays ready for what follows, unless it waits
-                // for its held frames.
+                // for its held frames, or its frames arrive on this CPU
+                // and it was found empty: a read now would only learn
+                // that again, and epoll reports what comes next. With
+                // frames from afar the worker keeps that read: taken off
+                // sooner, it would spin sooner, and a spin's class
+                // changes cost more than the read (docs/benchmarks.md,
+                // "No read to learn a port is empty").
                 if holding {
                     self.park(i);
                 } else {
                     self.forwarded(id);
-                    i += 1;
+                    if self.arrives_here(id) && self.drained(id) {
+                        self.ready[usize::from(id.0)] = false;
+                        self.ready_list.swap_remove(i);
+                    } else {
+                        i += 1;
+                    }
                 }
             }
             if moved {
@@ -565,6 +576,14 @@ impl Loop {
     fn forwarded(&mut self, id: PortId) {
         if let Some(Some(slot)) = self.slots.get_mut(usize::from(id.0)) {
             slot.port().forwarded();
+        }
+    }
+
+    /// Whether port `id`'s last receive found it empty ([`Port::drained`]).
+    fn drained(&mut self, id: PortId) -> bool {
+        match self.slots.get_mut(usize::from(id.0)) {
+            Some(Some(slot)) => slot.port().drained(),
+            _ => false,
         }
     }
 

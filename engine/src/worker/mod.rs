@@ -498,6 +498,7 @@ pub use stats::{WorkerStats, WorkerStatsSnapshot, BATCH_BUCKETS};
 #[cfg(test)]
 mod tests {
 
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
 
     use super::*;
@@ -505,7 +506,8 @@ mod tests {
     use crate::drop::DropReason;
 
     use crate::port::socket_pair::{
-        frame, node1_tables as tables, socket_port, split_socket_port, IP1, IP2, MAC1, MAC2,
+        counted_socket_port, frame, node1_tables as tables, socket_port, split_socket_port, IP1,
+        IP2, MAC1, MAC2,
     };
     use crate::tables::PortSpec;
 
@@ -699,7 +701,7 @@ mod tests {
             &online,
         )
         .unwrap();
-        let (a_port, a_wires) = split_socket_port("veth1", a, online.len());
+        let (a_port, a_wires, _) = split_socket_port("veth1", a, online.len());
         let (b_port, b_wire) = socket_port("veth2", b);
         assert_eq!(workers.attach(a, a_port).unwrap(), None, "a is split");
         let owner = workers.attach(b, b_port).unwrap().expect("b has one owner");
@@ -734,6 +736,68 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+        assert_eq!(tables.stats.snapshot().total_drops(), 0);
+        workers.stop();
+    }
+
+    /// A port whose frames arrive on its worker's CPU is read once a
+    /// frame: the read that found it empty is its last until epoll
+    /// reports it again. A port any CPU writes is read once more to learn
+    /// that it is empty, since there the worker may spin next.
+    #[test]
+    fn a_worker_reads_a_drained_port_again_only_when_epoll_reports_it_if_its_frames_arrive_here() {
+        let online = sched::online_cpus().unwrap();
+        let allowed = sched::allowed_cpus().unwrap();
+        assert!(
+            allowed == online && online.len() <= MAX_WORKERS,
+            "this test pins a worker to each online CPU ({online:?}); this process may use {allowed:?}"
+        );
+        let (tables, a, b) = two_pods();
+        let options = WorkerOptions {
+            split_ports: true,
+            ..options()
+        };
+        let workers = Workers::spawn(
+            "drained-test",
+            Arc::clone(&tables),
+            options,
+            online.len(),
+            &online,
+        )
+        .unwrap();
+        let (a_port, a_wires, a_reads) = split_socket_port("veth1", a, online.len());
+        let (b_port, b_wire, b_reads) = counted_socket_port("veth2", b);
+        assert_eq!(workers.attach(a, a_port).unwrap(), None, "a is split");
+        let owner = workers.attach(b, b_port).unwrap().expect("b has one owner");
+        // Each port's first read, on attach, is over.
+        std::thread::sleep(Duration::from_millis(100));
+        let reads = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
+        let (a_before, b_before) = (reads(&a_reads[owner]), reads(&b_reads));
+
+        const FRAMES: usize = 20;
+        let mut got = [0u8; 2048];
+        let there = frame((MAC1, IP1), (MAC2, IP2));
+        let back = frame((MAC2, IP2), (MAC1, IP1));
+        for _ in 0..FRAMES {
+            a_wires[owner].send(&there).unwrap();
+            let n = b_wire.recv(&mut got).expect("a's frame reaches b");
+            assert_eq!(&got[..n], &there[..]);
+            b_wire.send(&back).unwrap();
+            let n = a_wires[owner].recv(&mut got).expect("b's frame reaches a");
+            assert_eq!(&got[..n], &back[..]);
+        }
+        // The worker may still be making b's last read.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            reads(&a_reads[owner]) - a_before,
+            FRAMES,
+            "a split member is read once a frame"
+        );
+        assert_eq!(
+            reads(&b_reads) - b_before,
+            2 * FRAMES,
+            "a port any CPU writes is read until a read finds it empty"
+        );
         assert_eq!(tables.stats.snapshot().total_drops(), 0);
         workers.stop();
     }

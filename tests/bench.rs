@@ -52,11 +52,11 @@ fn a_short_bench_produces_every_figure() {
     let medians = v["medians"].as_array().unwrap();
     // 2 cases x every metric (TCP 1 and 4 streams, TCP's CPU, segments
     // out of order and sent again per GB, 64-byte UDP from one and from
-    // two generators, CPU per packet, idle, loaded, busy and flooded
-    // latency p50 and p99), for podswitch with one worker and with a
-    // worker per CPU, each against the kernel.
+    // two generators, CPU per packet flooding and paced, idle, loaded,
+    // busy and flooded latency p50 and p99), for podswitch with one
+    // worker and with a worker per CPU, each against the kernel.
     let metrics = podswitch::bench::METRICS;
-    assert_eq!(metrics.len(), 16);
+    assert_eq!(metrics.len(), 17);
     assert_eq!(medians.len(), 2 * 2 * metrics.len(), "{v}");
     for metric in metrics {
         assert_eq!(

@@ -156,6 +156,11 @@ pub const METRICS: &[Metric] = &[
         higher_is_better: false,
     },
     Metric {
+        name: "cpu-per-Mpkt-paced",
+        unit: "CPU s",
+        higher_is_better: false,
+    },
+    Metric {
         name: "latency-p50",
         unit: "µs",
         higher_is_better: false,
@@ -448,12 +453,24 @@ struct Flow<'a> {
     dst_ip: &'a str,
 }
 
+/// trafgen's gap between two frames for `cpu-per-Mpkt-paced`, in µs:
+/// 15,000-19,000 frames a second on the lab's veths, where trafgen
+/// sleeps between frames. With gaps of some 10 µs it spins through them,
+/// and its CPU would swamp the dataplane's.
+const PACED_GAP_US: u64 = 30;
+
+/// The shortest paced run, in seconds: /proc/stat counts busy time in
+/// 10 ms ticks, and at the paced rate it takes this long to tell the
+/// dataplanes' costs apart to a fraction of a microsecond a packet.
+const PACED_MIN_SECONDS: u64 = 3;
+
 /// Sends 64-byte UDP frames (60 bytes + FCS) along every flow at once for
-/// `seconds`, one trafgen on one CPU per flow, to port 9 where each
-/// destination has a socket nobody reads ([`unread_socket`]), and counts
-/// the datagrams the flows' destinations took for it, each destination
-/// once however many flows it has.
-fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
+/// `seconds`, one trafgen on one CPU per flow, as fast as it can or
+/// `gap_us` apart, to port 9 where each destination has a socket nobody
+/// reads ([`unread_socket`]), and counts the datagrams the flows'
+/// destinations took for it, each destination once however many flows it
+/// has.
+fn blast(flows: &[Flow], seconds: u64, gap_us: Option<u64>) -> Result<Blast> {
     let mut destinations: Vec<&str> = flows.iter().map(|f| f.dst_ns).collect();
     destinations.sort_unstable();
     destinations.dedup();
@@ -475,7 +492,7 @@ fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
     let before = counters()?;
     let busy = BusyCpu::start();
     let started = Instant::now();
-    let generators = Generators::start(flows)?;
+    let generators = Generators::start(flows, gap_us)?;
     std::thread::sleep(Duration::from_secs(seconds));
     // trafgen and its worker process: the generators' whole CPU.
     let generator_cpu = generators.jiffies();
@@ -497,7 +514,8 @@ fn blast(flows: &[Flow], seconds: u64) -> Result<Blast> {
 }
 
 /// One trafgen per flow, sending 64-byte UDP frames (60 bytes + FCS) to
-/// port 9, for as long as this lives: dropped, it stops every
+/// port 9, as fast as it can or `gap_us` apart, for as long as this
+/// lives: dropped, it stops every
 /// generator's process group and waits until each is gone (the next
 /// measurement starts only once they are; a worker dies a moment after
 /// the signal).
@@ -507,7 +525,7 @@ struct Generators {
 }
 
 impl Generators {
-    fn start(flows: &[Flow]) -> Result<Generators> {
+    fn start(flows: &[Flow], gap_us: Option<u64>) -> Result<Generators> {
         let mut generators = Generators {
             children: Vec::new(),
             confs: Vec::new(),
@@ -525,10 +543,15 @@ impl Generators {
                 ),
             )?;
             generators.confs.push(conf.clone());
-            let child = Command::new("ip")
+            let mut trafgen = Command::new("ip");
+            trafgen
                 .args(["netns", "exec", f.src_ns, "trafgen", "-o", "eth0", "-i"])
                 .arg(&conf)
-                .args(["-P", "1", "-q"])
+                .args(["-P", "1", "-q"]);
+            if let Some(gap) = gap_us {
+                trafgen.args(["-t", &format!("{gap}us")]);
+            }
+            let child = trafgen
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .process_group(0)
@@ -582,12 +605,33 @@ fn small_packets(
     seconds: u64,
     ceiling: &Ceiling,
 ) -> Result<(f64, f64)> {
-    let run = blast(&flows(lab, pairs)?, seconds)?;
+    let run = blast(&flows(lab, pairs)?, seconds, None)?;
     if run.packets == 0.0 {
         bail!("no 64-byte packet reached its destination");
     }
     let dataplane_secs = (run.busy_secs - ceiling.secs_per_frame * run.sent).max(0.0);
     Ok((run.mpps, dataplane_secs / (run.packets / 1e6)))
+}
+
+/// 64-byte UDP from `src` to `dst` sent [`PACED_GAP_US`] apart, a rate a
+/// node meets every day rather than a flood: the dataplane's CPU seconds
+/// per million packets, counted as for [`small_packets`] with the paced
+/// generator's own cost taken out. At this rate a dataplane that batches
+/// has little to batch, and what each packet costs on its own shows.
+fn paced_packets_cpu(
+    lab: &Lab,
+    src: &lab::Pod,
+    dst: &lab::Pod,
+    seconds: u64,
+    ceiling: &Ceiling,
+) -> Result<f64> {
+    let seconds = seconds.max(PACED_MIN_SECONDS);
+    let run = blast(&flows(lab, &[(src, dst)])?, seconds, Some(PACED_GAP_US))?;
+    if run.packets == 0.0 {
+        bail!("no paced 64-byte packet reached its destination");
+    }
+    let dataplane_secs = (run.busy_secs - ceiling.paced_secs_per_frame * run.sent).max(0.0);
+    Ok(dataplane_secs / (run.packets / 1e6))
 }
 
 /// A generator's flow for each pair of pods, from the first to the second.
@@ -631,6 +675,8 @@ struct Ceiling {
     mpps: f64,
     /// Its CPU seconds per frame sent.
     secs_per_frame: f64,
+    /// The same, sending [`PACED_GAP_US`] apart.
+    paced_secs_per_frame: f64,
 }
 
 /// The generator's own ceiling: trafgen into a veth whose other end drops
@@ -643,19 +689,21 @@ fn generator_ceiling(seconds: u64) -> Result<Ceiling> {
     lab::veth(a.name(), "eth0", b.name(), "eth0")?;
     crate::run("ip", &["-n", a.name(), "link", "set", "eth0", "up"])?;
     crate::run("ip", &["-n", b.name(), "link", "set", "eth0", "up"])?;
-    let run = blast(
-        &[Flow {
-            src_ns: a.name(),
-            dst_ns: b.name(),
-            dst_mac: "02:00:00:00:00:99".into(),
-            src_ip: "10.244.1.2",
-            dst_ip: "10.244.2.2",
-        }],
-        seconds,
-    )?;
+    let flow = [Flow {
+        src_ns: a.name(),
+        dst_ns: b.name(),
+        dst_mac: "02:00:00:00:00:99".into(),
+        src_ip: "10.244.1.2",
+        dst_ip: "10.244.2.2",
+    }];
+    let run = blast(&flow, seconds, None)?;
+    // Paced, its sleeps and wake-ups are its CPU too: the machine's
+    // busy time, as the dataplanes' runs count it.
+    let paced = blast(&flow, seconds.max(PACED_MIN_SECONDS), Some(PACED_GAP_US))?;
     Ok(Ceiling {
         mpps: run.sent_mpps,
         secs_per_frame: run.generator_secs / run.sent.max(1.0),
+        paced_secs_per_frame: paced.busy_secs / paced.sent.max(1.0),
     })
 }
 
@@ -767,7 +815,7 @@ fn flooded_latency(
 ) -> Result<(f64, f64)> {
     let flows = flows(lab, &[flood])?;
     let _sink = unread_socket(&flood.1.netns, 9)?;
-    let _generators = Generators::start(&flows)?;
+    let _generators = Generators::start(&flows, None)?;
     // The flood takes its share of the CPUs first.
     std::thread::sleep(Duration::from_secs(1));
     latency(src, dst, seconds)
@@ -1007,9 +1055,11 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
         .flat_map(|b| ["cross-node", "same-node"].map(|scope| Case { backend: *b, scope }))
         .collect();
     // Time estimate: per case and round, each dataplane runs TCP twice,
-    // small packets twice and latency four times, each about `seconds`
+    // small packets three times (once paced, at least
+    // PACED_MIN_SECONDS) and latency four times, each about `seconds`
     // plus set-up.
-    let per_round = 8 * (args.seconds + 1) * dataplanes.len() as u64;
+    let per_round = (8 * (args.seconds + 1) + args.seconds.max(PACED_MIN_SECONDS) + 1)
+        * dataplanes.len() as u64;
     let total = per_round * args.rounds as u64 * cases.len() as u64;
     let started = Instant::now();
     eprintln!("measuring the generator alone (trafgen into a counting veth)...");
@@ -1115,6 +1165,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                             args.seconds,
                             &ceiling,
                         )?;
+                        let paced_cpu = paced_packets_cpu(lab, src, dst, args.seconds, &ceiling)?;
                         let (p50, p99) = latency(src, dst, args.seconds)?;
                         let (loaded_p50, loaded_p99) = loaded_latency(src, dst, args.seconds)?;
                         let (busy_p50, busy_p99) = busy_latency(src, dst, args.seconds)?;
@@ -1131,6 +1182,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                             mpps,
                             mpps2,
                             cpu,
+                            paced_cpu,
                             p50,
                             p99,
                             loaded_p50,
@@ -1176,6 +1228,8 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
     let record = json!({
         "generator_ceiling_mpps": ceiling.mpps,
         "generator_cpu_us_per_frame": ceiling.secs_per_frame * 1e6,
+        "paced_gap_us": PACED_GAP_US,
+        "generator_paced_cpu_us_per_frame": ceiling.paced_secs_per_frame * 1e6,
         "medians": summary,
         "samples": raw,
         "memory": memory.as_ref().map(|m| json!({
@@ -1204,9 +1258,10 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
 /// The run as a Markdown table of medians and ratios, for people.
 fn print_table(ceiling: &Ceiling, table: &[(String, Metric, f64, f64)], memory: Option<&Memory>) {
     println!(
-        "Generator ceiling: trafgen alone puts {:.3} Mpps of 64-byte frames into a veth, at {:.2} CPU µs a frame (taken out of cpu-per-Mpkt); the udp-64B figures below are the dataplanes' limits as long as they stay well under it.\n",
+        "Generator ceiling: trafgen alone puts {:.3} Mpps of 64-byte frames into a veth, at {:.2} CPU µs a frame (taken out of cpu-per-Mpkt); the udp-64B figures below are the dataplanes' limits as long as they stay well under it. Sending {PACED_GAP_US} µs apart it costs the machine {:.2} CPU µs a frame (taken out of cpu-per-Mpkt-paced).\n",
         ceiling.mpps,
-        ceiling.secs_per_frame * 1e6
+        ceiling.secs_per_frame * 1e6,
+        ceiling.paced_secs_per_frame * 1e6
     );
     println!("| case | metric | kernel | podswitch | podswitch / kernel |");
     println!("|---|---|---|---|---|");

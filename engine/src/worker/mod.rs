@@ -498,6 +498,7 @@ pub use stats::{WorkerStats, WorkerStatsSnapshot, BATCH_BUCKETS};
 #[cfg(test)]
 mod tests {
 
+    use std::os::unix::net::UnixDatagram;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Instant;
 
@@ -674,12 +675,22 @@ mod tests {
         workers.stop();
     }
 
-    /// With a worker pinned to each CPU, a split port's frames arrive on
-    /// their worker's own CPU, which a spin would not wake any sooner: the
-    /// worker sleeps at once after them. A frame of a port any CPU may
-    /// write still starts a spin.
-    #[test]
-    fn a_worker_spins_after_frames_from_any_cpu_but_not_after_a_split_ports() {
+    /// Two pods' ports under a worker pinned to each online CPU: a split
+    /// (each member read where its frames arrive), b not; the test's ends
+    /// of each and what each does, counted.
+    struct SplitPods {
+        tables: Arc<Tables>,
+        workers: Workers,
+        a_wires: Vec<UnixDatagram>,
+        a_reads: Vec<Arc<AtomicUsize>>,
+        b_wire: UnixDatagram,
+        b_reads: Arc<AtomicUsize>,
+        /// b's worker, which reads a's member of the same index.
+        owner: usize,
+    }
+
+    /// [`SplitPods`], the workers spinning up to `busy_poll`.
+    fn split_pods(name: &str, busy_poll: Duration) -> SplitPods {
         let online = sched::online_cpus().unwrap();
         let allowed = sched::allowed_cpus().unwrap();
         assert!(
@@ -688,23 +699,42 @@ mod tests {
         );
         let (tables, a, b) = two_pods();
         let options = WorkerOptions {
-            // Long enough to see a spin run out whatever the load.
-            busy_poll: Duration::from_millis(20),
+            busy_poll,
             split_ports: true,
             ..options()
         };
-        let workers = Workers::spawn(
-            "spin-test",
-            Arc::clone(&tables),
-            options,
-            online.len(),
-            &online,
-        )
-        .unwrap();
-        let (a_port, a_wires, _) = split_socket_port("veth1", a, online.len());
-        let (b_port, b_wire) = socket_port("veth2", b);
+        let workers =
+            Workers::spawn(name, Arc::clone(&tables), options, online.len(), &online).unwrap();
+        let (a_port, a_wires, a_reads) = split_socket_port("veth1", a, online.len());
+        let (b_port, b_wire, b_reads) = counted_socket_port("veth2", b);
         assert_eq!(workers.attach(a, a_port).unwrap(), None, "a is split");
         let owner = workers.attach(b, b_port).unwrap().expect("b has one owner");
+        SplitPods {
+            tables,
+            workers,
+            a_wires,
+            a_reads,
+            b_wire,
+            b_reads,
+            owner,
+        }
+    }
+
+    /// With a worker pinned to each CPU, a split port's frames arrive on
+    /// their worker's own CPU, which a spin would not wake any sooner: the
+    /// worker sleeps at once after them. A frame of a port any CPU may
+    /// write still starts a spin.
+    #[test]
+    fn a_worker_spins_after_frames_from_any_cpu_but_not_after_a_split_ports() {
+        // Long enough to see a spin run out whatever the load.
+        let SplitPods {
+            tables,
+            workers,
+            a_wires,
+            b_wire,
+            owner,
+            ..
+        } = split_pods("spin-test", Duration::from_millis(20));
         let spins = || {
             let s = workers.stats()[owner].snapshot();
             s.spins_caught + s.spins_expired + s.spins_preempted
@@ -746,60 +776,41 @@ mod tests {
     /// that it is empty, since there the worker may spin next.
     #[test]
     fn a_worker_reads_a_drained_port_again_only_when_epoll_reports_it_if_its_frames_arrive_here() {
-        let online = sched::online_cpus().unwrap();
-        let allowed = sched::allowed_cpus().unwrap();
-        assert!(
-            allowed == online && online.len() <= MAX_WORKERS,
-            "this test pins a worker to each online CPU ({online:?}); this process may use {allowed:?}"
-        );
-        let (tables, a, b) = two_pods();
-        let options = WorkerOptions {
-            split_ports: true,
-            ..options()
-        };
-        let workers = Workers::spawn(
-            "drained-test",
-            Arc::clone(&tables),
-            options,
-            online.len(),
-            &online,
-        )
-        .unwrap();
-        let (a_port, a_wires, a_reads) = split_socket_port("veth1", a, online.len());
-        let (b_port, b_wire, b_reads) = counted_socket_port("veth2", b);
-        assert_eq!(workers.attach(a, a_port).unwrap(), None, "a is split");
-        let owner = workers.attach(b, b_port).unwrap().expect("b has one owner");
+        let pods = split_pods("drained-test", Duration::ZERO);
+        let owner = pods.owner;
         // Each port's first read, on attach, is over.
         std::thread::sleep(Duration::from_millis(100));
         let reads = |counter: &AtomicUsize| counter.load(Ordering::Relaxed);
-        let (a_before, b_before) = (reads(&a_reads[owner]), reads(&b_reads));
+        let (a_before, b_before) = (reads(&pods.a_reads[owner]), reads(&pods.b_reads));
 
         const FRAMES: usize = 20;
         let mut got = [0u8; 2048];
         let there = frame((MAC1, IP1), (MAC2, IP2));
         let back = frame((MAC2, IP2), (MAC1, IP1));
         for _ in 0..FRAMES {
-            a_wires[owner].send(&there).unwrap();
-            let n = b_wire.recv(&mut got).expect("a's frame reaches b");
+            pods.a_wires[owner].send(&there).unwrap();
+            let n = pods.b_wire.recv(&mut got).expect("a's frame reaches b");
             assert_eq!(&got[..n], &there[..]);
-            b_wire.send(&back).unwrap();
-            let n = a_wires[owner].recv(&mut got).expect("b's frame reaches a");
+            pods.b_wire.send(&back).unwrap();
+            let n = pods.a_wires[owner]
+                .recv(&mut got)
+                .expect("b's frame reaches a");
             assert_eq!(&got[..n], &back[..]);
         }
         // The worker may still be making b's last read.
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(
-            reads(&a_reads[owner]) - a_before,
+            reads(&pods.a_reads[owner]) - a_before,
             FRAMES,
             "a split member is read once a frame"
         );
         assert_eq!(
-            reads(&b_reads) - b_before,
+            reads(&pods.b_reads) - b_before,
             2 * FRAMES,
             "a port any CPU writes is read until a read finds it empty"
         );
-        assert_eq!(tables.stats.snapshot().total_drops(), 0);
-        workers.stop();
+        assert_eq!(pods.tables.stats.snapshot().total_drops(), 0);
+        pods.workers.stop();
     }
 
     #[test]

@@ -515,10 +515,9 @@ fn blast(flows: &[Flow], seconds: u64, gap_us: Option<u64>) -> Result<Blast> {
 
 /// One trafgen per flow, sending 64-byte UDP frames (60 bytes + FCS) to
 /// port 9, as fast as it can or `gap_us` apart, for as long as this
-/// lives: dropped, it stops every
-/// generator's process group and waits until each is gone (the next
-/// measurement starts only once they are; a worker dies a moment after
-/// the signal).
+/// lives: dropped, it stops every generator's process group and waits
+/// until each is gone (the next measurement starts only once they are; a
+/// worker dies a moment after the signal).
 struct Generators {
     children: Vec<std::process::Child>,
     confs: Vec<std::path::PathBuf>,

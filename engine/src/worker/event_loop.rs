@@ -384,8 +384,7 @@ impl Loop {
                     0
                 });
                 if received == 0 && batch.is_empty() {
-                    self.ready[usize::from(id.0)] = false;
-                    self.ready_list.swap_remove(i);
+                    self.unready(i);
                     continue;
                 }
                 // A pod over its egress limit: what must wait is held,
@@ -407,12 +406,11 @@ impl Loop {
                 // changes cost more than the read (docs/benchmarks.md,
                 // "No read to learn a port is empty").
                 if holding {
-                    self.park(i);
+                    self.unready(i);
                 } else {
                     self.forwarded(id);
                     if self.arrives_here(id) && self.drained(id) {
-                        self.ready[usize::from(id.0)] = false;
-                        self.ready_list.swap_remove(i);
+                        self.unready(i);
                     } else {
                         i += 1;
                     }
@@ -541,9 +539,10 @@ impl Loop {
         true
     }
 
-    /// Stops reading the port at `ready_list[i]` until its held frames
-    /// have left (`release_held` reads it again then).
-    fn park(&mut self, i: usize) {
+    /// Takes the port at `ready_list[i]` off the ready list: it is read
+    /// again once marked ready, by epoll or, for a port waiting for its
+    /// held frames, by `release_held` once they have left.
+    fn unready(&mut self, i: usize) {
         let id = self.ready_list.swap_remove(i);
         self.ready[usize::from(id.0)] = false;
     }

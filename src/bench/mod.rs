@@ -591,13 +591,24 @@ impl Drop for Generators {
     }
 }
 
+impl Blast {
+    /// The dataplane's CPU seconds per million packets received: the
+    /// machine's busy time less what generating the frames costs, the
+    /// generator's CPU per frame measured alone (`generator_secs_per_frame`,
+    /// the ceiling run) times the frames it sent. Not the generator's CPU
+    /// in this run: on a veth the kernel dataplane forwards inside the
+    /// generator's system calls, and that time is the kernel's cost, not
+    /// the generator's.
+    fn dataplane_secs_per_mpkt(&self, generator_secs_per_frame: f64) -> Result<f64> {
+        if self.packets == 0.0 {
+            bail!("no 64-byte packet reached its destination");
+        }
+        let dataplane_secs = (self.busy_secs - generator_secs_per_frame * self.sent).max(0.0);
+        Ok(dataplane_secs / (self.packets / 1e6))
+    }
+}
+
 /// 64-byte UDP: (received Mpps, dataplane CPU seconds per million packets).
-///
-/// The dataplane's CPU is the machine's busy time less what generating the
-/// frames costs: the generator's CPU per frame measured alone (the
-/// ceiling run), times the frames it sent. Not the generator's CPU in this
-/// run: on a veth the kernel dataplane forwards inside the generator's
-/// system calls, and that time is the kernel's cost, not the generator's.
 fn small_packets(
     lab: &Lab,
     pairs: &[(&lab::Pod, &lab::Pod)],
@@ -605,11 +616,10 @@ fn small_packets(
     ceiling: &Ceiling,
 ) -> Result<(f64, f64)> {
     let run = blast(&flows(lab, pairs)?, seconds, None)?;
-    if run.packets == 0.0 {
-        bail!("no 64-byte packet reached its destination");
-    }
-    let dataplane_secs = (run.busy_secs - ceiling.secs_per_frame * run.sent).max(0.0);
-    Ok((run.mpps, dataplane_secs / (run.packets / 1e6)))
+    Ok((
+        run.mpps,
+        run.dataplane_secs_per_mpkt(ceiling.secs_per_frame)?,
+    ))
 }
 
 /// 64-byte UDP from `src` to `dst` sent [`PACED_GAP_US`] apart, a rate a
@@ -626,11 +636,7 @@ fn paced_packets_cpu(
 ) -> Result<f64> {
     let seconds = seconds.max(PACED_MIN_SECONDS);
     let run = blast(&flows(lab, &[(src, dst)])?, seconds, Some(PACED_GAP_US))?;
-    if run.packets == 0.0 {
-        bail!("no paced 64-byte packet reached its destination");
-    }
-    let dataplane_secs = (run.busy_secs - ceiling.paced_secs_per_frame * run.sent).max(0.0);
-    Ok(dataplane_secs / (run.packets / 1e6))
+    run.dataplane_secs_per_mpkt(ceiling.paced_secs_per_frame)
 }
 
 /// A generator's flow for each pair of pods, from the first to the second.

@@ -46,10 +46,10 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 
-use podswitch_engine::config::{Backend, GatewayMode};
+use podswitch_engine::config::Backend;
 use podswitch_engine::kernel_port::PodPortKind;
 
-use crate::lab::{self, Lab, UpArgs};
+use crate::lab::{self, UpArgs};
 
 pub mod chart;
 
@@ -610,12 +610,11 @@ impl Blast {
 
 /// 64-byte UDP: (received Mpps, dataplane CPU seconds per million packets).
 fn small_packets(
-    lab: &Lab,
     pairs: &[(&lab::Pod, &lab::Pod)],
     seconds: u64,
     ceiling: &Ceiling,
 ) -> Result<(f64, f64)> {
-    let run = blast(&flows(lab, pairs)?, seconds, None)?;
+    let run = blast(&flows(pairs)?, seconds, None)?;
     Ok((
         run.mpps,
         run.dataplane_secs_per_mpkt(ceiling.secs_per_frame)?,
@@ -628,26 +627,25 @@ fn small_packets(
 /// generator's own cost taken out. At this rate a dataplane that batches
 /// has little to batch, and what each packet costs on its own shows.
 fn paced_packets_cpu(
-    lab: &Lab,
     src: &lab::Pod,
     dst: &lab::Pod,
     seconds: u64,
     ceiling: &Ceiling,
 ) -> Result<f64> {
     let seconds = seconds.max(PACED_MIN_SECONDS);
-    let run = blast(&flows(lab, &[(src, dst)])?, seconds, Some(PACED_GAP_US))?;
+    let run = blast(&flows(&[(src, dst)])?, seconds, Some(PACED_GAP_US))?;
     run.dataplane_secs_per_mpkt(ceiling.paced_secs_per_frame)
 }
 
 /// A generator's flow for each pair of pods, from the first to the second.
-fn flows<'a>(lab: &Lab, pairs: &[(&'a lab::Pod, &'a lab::Pod)]) -> Result<Vec<Flow<'a>>> {
+fn flows<'a>(pairs: &[(&'a lab::Pod, &'a lab::Pod)]) -> Result<Vec<Flow<'a>>> {
     pairs
         .iter()
         .map(|(src, dst)| {
             Ok(Flow {
                 src_ns: &src.netns,
                 dst_ns: &dst.netns,
-                dst_mac: gateway_mac(lab, src, dst)?,
+                dst_mac: next_hop_mac(src, dst)?,
                 src_ip: &src.ip,
                 dst_ip: &dst.ip,
             })
@@ -655,22 +653,38 @@ fn flows<'a>(lab: &Lab, pairs: &[(&'a lab::Pod, &'a lab::Pod)]) -> Result<Vec<Fl
         .collect()
 }
 
-/// The MAC of `src`'s gateway, as its ARP table holds it after a ping to
-/// `dst`.
-fn gateway_mac(lab: &Lab, src: &lab::Pod, dst: &lab::Pod) -> Result<String> {
+/// The MAC `src`'s own stack sends `dst`'s packets to, as its routes and
+/// ARP table give it after a ping to `dst`: the gateway's for a
+/// destination behind one, the destination pod's own for one on the same
+/// link (two pods on one flannel node share `cni0`'s subnet, and the
+/// kernel path bridges them; sent to the gateway instead, the kernel
+/// would route them back out of `cni0`, a path pods never take).
+fn next_hop_mac(src: &lab::Pod, dst: &lab::Pod) -> Result<String> {
     ns_run(&src.netns, &["ping", "-c", "1", "-W", "2", &dst.ip])?;
-    let gw = if lab.gateway_mode == GatewayMode::Bridge {
-        format!("10.244.{}.1", &src.node[4..])
-    } else {
-        "169.254.1.1".to_string()
-    };
-    let neigh = ns_run(&src.netns, &["ip", "neigh", "show", &gw])?;
+    let route = ns_run(&src.netns, &["ip", "route", "get", &dst.ip])?;
+    let hop = next_hop(&route, &dst.ip);
+    let neigh = ns_run(&src.netns, &["ip", "neigh", "show", hop])?;
     Ok(neigh
         .split_whitespace()
         .skip_while(|w| *w != "lladdr")
         .nth(1)
-        .with_context(|| format!("no ARP entry for the gateway {gw}: {neigh}"))?
+        .with_context(|| {
+            format!(
+                "no ARP entry for {hop}, the next hop to {}: {neigh}",
+                dst.ip
+            )
+        })?
         .to_string())
+}
+
+/// The next hop in `ip route get`'s answer for `dst`: the `via` address,
+/// or `dst` itself when the route is on-link.
+fn next_hop<'a>(route_get: &'a str, dst: &'a str) -> &'a str {
+    route_get
+        .split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .unwrap_or(dst)
 }
 
 /// What the generator does alone.
@@ -812,13 +826,12 @@ fn busy_latency(src: &lab::Pod, dst: &lab::Pod, seconds: u64) -> Result<(f64, f6
 /// flood, or takes the CPU their processes need to forward it, shows
 /// here.
 fn flooded_latency(
-    lab: &Lab,
     src: &lab::Pod,
     dst: &lab::Pod,
     flood: (&lab::Pod, &lab::Pod),
     seconds: u64,
 ) -> Result<(f64, f64)> {
-    let flows = flows(lab, &[flood])?;
+    let flows = flows(&[flood])?;
     let _sink = unread_socket(&flood.1.netns, 9)?;
     let _generators = Generators::start(&flows, None)?;
     // The flood takes its share of the CPUs first.
@@ -1155,8 +1168,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                         })?;
                         let t1 = tcp(&src.netns, &dst.netns, &dst.ip, 1, args.seconds)?;
                         let t4 = tcp(&src.netns, &dst.netns, &dst.ip, 4, args.seconds)?;
-                        let (mpps, cpu) =
-                            small_packets(lab, &[(src, dst)], args.seconds, &ceiling)?;
+                        let (mpps, cpu) = small_packets(&[(src, dst)], args.seconds, &ceiling)?;
                         // The case's other pod sends too: across nodes
                         // pod1-2 to pod2-2, on one node back to pod1-1.
                         let (src2, dst2) = if case.scope == "cross-node" {
@@ -1164,20 +1176,16 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                         } else {
                             (dst, src)
                         };
-                        let (mpps2, _) = small_packets(
-                            lab,
-                            &[(src, dst), (src2, dst2)],
-                            args.seconds,
-                            &ceiling,
-                        )?;
-                        let paced_cpu = paced_packets_cpu(lab, src, dst, args.seconds, &ceiling)?;
+                        let (mpps2, _) =
+                            small_packets(&[(src, dst), (src2, dst2)], args.seconds, &ceiling)?;
+                        let paced_cpu = paced_packets_cpu(src, dst, args.seconds, &ceiling)?;
                         let (p50, p99) = latency(src, dst, args.seconds)?;
                         let (loaded_p50, loaded_p99) = loaded_latency(src, dst, args.seconds)?;
                         let (busy_p50, busy_p99) = busy_latency(src, dst, args.seconds)?;
                         // The neighbour: node 1's third pod floods node 2's.
                         let flood = (lab.pod("pod1-3")?, lab.pod("pod2-3")?);
                         let (flooded_p50, flooded_p99) =
-                            flooded_latency(lab, src, dst, flood, args.seconds)?;
+                            flooded_latency(src, dst, flood, args.seconds)?;
                         let figures = [
                             t1.gbit_per_sec,
                             t4.gbit_per_sec,
@@ -1309,6 +1317,19 @@ fn ratio_text(kernel: f64, podswitch: f64, higher_is_better: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ip route get` as iproute2 prints it in a lab's pods: on-link to a
+    /// pod of the same node in bridge mode, through the gateway across
+    /// nodes, and through Calico's link-local gateway in proxy-ARP mode.
+    #[test]
+    fn next_hop_is_the_via_address_or_the_destination_on_link() {
+        let on_link = "10.244.1.3 dev eth0 src 10.244.1.2 uid 0 \n    cache \n";
+        assert_eq!(next_hop(on_link, "10.244.1.3"), "10.244.1.3");
+        let routed = "10.244.2.2 via 10.244.1.1 dev eth0 src 10.244.1.2 uid 0 \n    cache \n";
+        assert_eq!(next_hop(routed, "10.244.2.2"), "10.244.1.1");
+        let proxy_arp = "10.244.1.3 via 169.254.1.1 dev eth0 src 10.244.1.2 uid 0 \n    cache \n";
+        assert_eq!(next_hop(proxy_arp, "10.244.1.3"), "169.254.1.1");
+    }
 
     #[test]
     fn tcp_ext_counters_read_by_name() {

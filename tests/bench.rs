@@ -71,13 +71,23 @@ fn a_short_bench_produces_every_figure() {
     }
     for m in medians {
         // A count of segments out of order or sent again may be 0; every
-        // rate, time and cost is more.
+        // rate, time and cost is more, but one: the kernel's CPU per
+        // packet at a paced rate on one node, where it bridges each frame
+        // in the sender's system call for less than the spread of the
+        // paced generator's own cost, which the bench takes out (a
+        // difference below 0 is reported as 0, with no ratio). podswitch's
+        // wake-ups keep its own figure well above that spread.
         let counts = m["unit"] == "segments";
+        let may_be_lost_in_the_generator = m["metric"] == "cpu-per-Mpkt-paced"
+            && m["case"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("same-node"));
         for dataplane in ["kernel", "podswitch"] {
+            let zero_allowed = counts || (dataplane == "kernel" && may_be_lost_in_the_generator);
             assert!(
                 m[dataplane]
                     .as_f64()
-                    .is_some_and(|x| x > 0.0 || (counts && x == 0.0)),
+                    .is_some_and(|x| x > 0.0 || (zero_allowed && x == 0.0)),
                 "{dataplane} {m}"
             );
         }

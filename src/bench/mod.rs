@@ -20,8 +20,8 @@
 //!   (queued or refused by the full socket buffer: the same work either
 //!   way, and a count of datagrams however many came in one skb); then
 //!   the same with two generators at once, each pod of the case sending to
-//!   the other side (two flows: what a dataplane does with more senders
-//!   than one);
+//!   the other side, each generator on its own CPU (two flows from two
+//!   CPUs: what a dataplane does with more senders than one);
 //! - latency: ping round trips every 2 ms, p50 and p99 (µs), on an idle
 //!   lab, again while an iperf3 TCP stream runs between the same two
 //!   pods (latency under load), while busy loops keep every CPU busy, and
@@ -392,22 +392,30 @@ fn busy_jiffies() -> u64 {
 /// The CPU jiffies (user and system) of each process of group `pgid`
 /// still in /proc: one entry per process.
 fn group_jiffies(pgid: u32) -> Vec<u64> {
+    group_processes(pgid).into_iter().map(|(_, j)| j).collect()
+}
+
+/// Each process of group `pgid` still in /proc: its pid and CPU jiffies
+/// (user and system).
+fn group_processes(pgid: u32) -> Vec<(u32, u64)> {
     // After the ')' of the command: state (0), ppid (1), pgrp (2), ...,
     // utime (11), stime (12).
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(Result::ok)
-        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|s| {
-            let f: Vec<String> = s
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .map(str::to_string)
-                .collect();
-            (f.get(2)?.parse::<u32>().ok()? == pgid)
-                .then(|| Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?))?
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((pid, fs::read_to_string(e.path().join("stat")).ok()?))
+        })
+        .filter_map(|(pid, s)| {
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            (f.get(2)?.parse::<u32>().ok()? == pgid).then(|| {
+                Some((
+                    pid,
+                    f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+                ))
+            })?
         })
         .collect()
 }
@@ -465,7 +473,8 @@ const PACED_GAP_US: u64 = 30;
 const PACED_MIN_SECONDS: u64 = 3;
 
 /// Sends 64-byte UDP frames (60 bytes + FCS) along every flow at once for
-/// `seconds`, one trafgen on one CPU per flow, as fast as it can or
+/// `seconds`, one trafgen per flow, each on a CPU of its own while there
+/// are CPUs enough ([`generator_cpu`]), as fast as it can or
 /// `gap_us` apart, to port 9 where each destination has a socket nobody
 /// reads ([`unread_socket`]), and counts the datagrams the flows'
 /// destinations took for it, each destination once however many flows it
@@ -513,7 +522,8 @@ fn blast(flows: &[Flow], seconds: u64, gap_us: Option<u64>) -> Result<Blast> {
     })
 }
 
-/// One trafgen per flow, sending 64-byte UDP frames (60 bytes + FCS) to
+/// One trafgen per flow, the `i`-th sending from CPU [`generator_cpu`]`(i,
+/// cpus)`, sending 64-byte UDP frames (60 bytes + FCS) to
 /// port 9, as fast as it can or `gap_us` apart, for as long as this
 /// lives: dropped, it stops every generator's process group and waits
 /// until each is gone (the next measurement starts only once they are; a
@@ -529,7 +539,9 @@ impl Generators {
             children: Vec::new(),
             confs: Vec::new(),
         };
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         for (i, f) in flows.iter().enumerate() {
+            let cpu = generator_cpu(i, cpus);
             let conf = std::env::temp_dir().join(format!(
                 "podswitch-bench-{}-{i}.trafgen",
                 std::process::id()
@@ -537,7 +549,7 @@ impl Generators {
             fs::write(
                 &conf,
                 format!(
-                    "{{ eth(da={}, type=0x0800), ipv4(saddr={}, daddr={}, ttl=64, df), udp(sp=9, dp=9), fill(0x42, 18) }}\n",
+                    "cpu({cpu}): {{ eth(da={}, type=0x0800), ipv4(saddr={}, daddr={}, ttl=64, df), udp(sp=9, dp=9), fill(0x42, 18) }}\n",
                     f.dst_mac, f.src_ip, f.dst_ip
                 ),
             )?;
@@ -546,7 +558,11 @@ impl Generators {
             trafgen
                 .args(["netns", "exec", f.src_ns, "trafgen", "-o", "eth0", "-i"])
                 .arg(&conf)
-                .args(["-P", "1", "-q"]);
+                // trafgen forks a sender for each of the first `-P` CPUs
+                // and pins it there (`sched_setaffinity`, so `taskset`
+                // cannot move it); the senders of CPUs the frame is not
+                // for (`cpu(N):` above) have nothing to send and exit.
+                .args(["-P", &(cpu + 1).to_string(), "-q"]);
             if let Some(gap) = gap_us {
                 trafgen.args(["-t", &format!("{gap}us")]);
             }
@@ -568,6 +584,15 @@ impl Generators {
             .flat_map(|g| group_jiffies(g.id()))
             .sum()
     }
+}
+
+/// The CPU the `i`-th of several generators sends from, of `cpus`: each
+/// its own while there are enough, CPU 0 for the first (the CPU the
+/// one-generator runs always used). Two generators that trafgen pinned to
+/// one CPU (as `-P 1` does, to CPU 0) would share it, and measure one
+/// sender's CPU with two flows rather than two senders.
+fn generator_cpu(i: usize, cpus: usize) -> usize {
+    i % cpus.max(1)
 }
 
 impl Drop for Generators {
@@ -1317,6 +1342,80 @@ fn ratio_text(kernel: f64, podswitch: f64, higher_is_better: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two generators send from two CPUs, each pinned to its own, and
+    /// their frames arrive (trafgen pins the sender of `-P 1` to CPU 0,
+    /// and two such runs once shared it). Needs root and trafgen, and a
+    /// machine of two CPUs or more.
+    #[test]
+    fn two_generators_send_from_two_cpus() {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        assert!(
+            status.lines().any(|l| l.starts_with("Uid:\t0\t")),
+            "this test needs root (network namespaces); run the suite as root"
+        );
+        let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+            std::env::split_paths(&paths).any(|d| d.join("trafgen").is_file())
+        });
+        assert!(
+            on_path,
+            "this test needs trafgen (netsniff-ng) on PATH: run scripts/setup.sh"
+        );
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert!(
+            cpus >= 2,
+            "this test needs two CPUs, the machine has {cpus}"
+        );
+        let a = lab::Namespace::add(&format!("podswitch-gen2-{}-a", std::process::id())).unwrap();
+        let b = lab::Namespace::add(&format!("podswitch-gen2-{}-b", std::process::id())).unwrap();
+        lab::veth(a.name(), "eth0", b.name(), "eth0").unwrap();
+        for ns in [a.name(), b.name()] {
+            crate::run("ip", &["-n", ns, "link", "set", "eth0", "up"]).unwrap();
+        }
+        let flow = |src_ns, dst_ns, src_ip, dst_ip| Flow {
+            src_ns,
+            dst_ns,
+            dst_mac: "02:00:00:00:00:99".into(),
+            src_ip,
+            dst_ip,
+        };
+        let flows = [
+            flow(a.name(), b.name(), "10.244.1.2", "10.244.1.3"),
+            flow(b.name(), a.name(), "10.244.1.3", "10.244.1.2"),
+        ];
+        let received = || [b.name(), a.name()].map(|ns| eth0_counter(ns, "rx_packets").unwrap());
+        let before = received();
+        let generators = Generators::start(&flows, None).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        // Each generator's processes that sent (used CPU), and the CPUs
+        // each may run on.
+        let pinned: Vec<Vec<String>> = generators
+            .children
+            .iter()
+            .map(|g| {
+                group_processes(g.id())
+                    .into_iter()
+                    .filter(|&(_, jiffies)| jiffies > 0)
+                    .filter_map(|(pid, _)| {
+                        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                        let cpus = status
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+                        Some(cpus.trim().to_string())
+                    })
+                    .collect()
+            })
+            .collect();
+        drop(generators);
+        let after = received();
+        assert_eq!(pinned, [vec!["0".to_string()], vec!["1".to_string()]]);
+        for (i, (before, after)) in before.iter().zip(after).enumerate() {
+            assert!(
+                after > before + 1000,
+                "flow {i}: {before} -> {after} frames"
+            );
+        }
+    }
 
     /// `ip route get` as iproute2 prints it in a lab's pods: on-link to a
     /// pod of the same node in bridge mode, through the gateway across

@@ -13,6 +13,7 @@ use common::cluster::{port_kind, Cluster};
 use common::traffic::{ping, ping_round_trips, udp_datagrams, udp_send, UdpSink};
 use common::{require, Netns, TempFile};
 use podswitch::bench::BusyLoops;
+use podswitch_host::netlink::in_netns;
 
 fn ok(out: &std::process::Output, what: &str) -> String {
     assert!(
@@ -865,6 +866,43 @@ fn wait_for_traffic(cluster: &Cluster) {
         "traffic did not resume\n{}",
         cluster.logs()
     );
+}
+
+/// host-gw: the underlay's tcx program that ends the kernel's own
+/// handling of the frames podswitch takes (`podswitch_taken`) is on
+/// `ul0` while podswitchd runs, once, and goes with it: after `kill -9`,
+/// after a restart (one again, not two) and after a clean stop. The node
+/// then takes a pod's datagrams to its gateway address from another node
+/// once each.
+#[test]
+fn host_gw_underlay_program_goes_with_the_daemon() {
+    require(&["ip", "/usr/bin/python3", "kill"]);
+    let mut cluster = Cluster::new("host-gw", "bridge", 1);
+    cluster.start_all();
+    let programs = |cluster: &Cluster| {
+        let path = format!("/var/run/netns/{}", cluster.nodes[0].ns.name);
+        in_netns(&path, || {
+            podswitch_engine::sys::tcx::ingress_programs(podswitch_engine::sys::netdev::ifindex(
+                "ul0",
+            )?)
+        })
+        .unwrap()
+    };
+    assert_eq!(programs(&cluster), 1, "podswitch_taken on ul0");
+    let once = |cluster: &Cluster| {
+        let (from, node) = (&cluster.pods[1], &cluster.nodes[0]);
+        let gateway = format!("{}.1", node.pod_net);
+        assert_eq!(udp_datagrams(&from.ns, &node.ns, &gateway, 20, 100), 20);
+    };
+    once(&cluster);
+    cluster.nodes[0].daemon.as_mut().unwrap().kill_9();
+    assert_eq!(programs(&cluster), 0, "left on ul0 after kill -9");
+    cluster.start(0, &[]);
+    assert_eq!(programs(&cluster), 1, "after a restart");
+    once(&cluster);
+    let status = cluster.nodes[0].daemon.as_mut().unwrap().stop();
+    assert!(status.success(), "{status}");
+    assert_eq!(programs(&cluster), 0, "left on ul0 after a clean stop");
 }
 
 /// Peers and routes programmed through the control socket come back after

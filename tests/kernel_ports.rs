@@ -1057,6 +1057,7 @@ impl UnderlayLab {
                 vxlan_port: 8472,
                 udp_port: 8285,
                 pod_cidr: "10.244.1.0/24".parse().unwrap(),
+                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
                 af_xdp: false,
                 tunnel_tap,
                 udp_batches: true,

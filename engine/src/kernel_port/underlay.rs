@@ -13,7 +13,10 @@
 //!   through a raw socket for protocol 4 (which also keeps the kernel from
 //!   answering "protocol unreachable"); host-gw frames through the
 //!   AF_PACKET socket, filtered in the kernel (classic BPF) to IPv4 for
-//!   our pod CIDR.
+//!   our pod CIDR. The kernel's own handling of the host-gw frames from
+//!   the cluster's pods then ends after the socket's tap
+//!   ([`crate::sys::tcx::IngressTaken`]): it would deliver those for the
+//!   node's gateway address a second time.
 //!
 //! Super-frames (DESIGN.md, "Offloads"):
 //!
@@ -112,7 +115,8 @@ use crate::sys::flow_steer::{FlowSteering, Group, MemberProgress, DEFAULT_GAP};
 use crate::sys::inet::{InetSocket, IPPROTO_IPIP};
 use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::netdev;
-use crate::sys::packet_socket::{BpfInstruction, PacketOptions, PacketSocket, ETH_P_IP};
+use crate::sys::packet_socket::{BpfInstruction, PacketOptions, PacketSocket};
+use crate::sys::tcx::IngressTaken;
 use crate::sys::xdp::{Frames, XdpMode, XdpSocket};
 use crate::sys::xdp_steer::{inner_protocol, Steer, SteerRules, TunnelSteering};
 
@@ -142,6 +146,9 @@ pub struct UnderlayOptions {
     pub udp_port: u16,
     /// The node's pod CIDR (host-gw frames to receive).
     pub pod_cidr: Prefix,
+    /// All pods of the cluster: the sources of the host-gw frames whose
+    /// handling by the node's kernel ends once podswitch has them.
+    pub cluster_cidr: Prefix,
     /// Receive tunnel packets through an AF_XDP socket (see
     /// [`crate::sys::xdp_steer`]); where that cannot be set up, the port
     /// receives through its sockets and [`UnderlayPort::xdp_refused`]
@@ -355,6 +362,11 @@ pub struct UnderlayPort {
     xdp: Option<XdpReceive>,
     /// Why AF_XDP receive was asked for and not set up.
     xdp_refused: Option<String>,
+    /// What ends the node kernel's own handling of the host-gw frames the
+    /// packet socket has taken, or why it could not be attached; `None`
+    /// without host-gw frames, and in the other members of a split port,
+    /// which the first member's covers.
+    kernel_stop: Option<io::Result<IngressTaken>>,
     /// A member of a port split among workers reports its UDP reads to
     /// the reuseport group's steering program, and its host-gw reads to
     /// the fanout group's.
@@ -464,10 +476,12 @@ impl UnderlayPort {
         let mut direct_steered = None;
         let direct = match options.backend {
             Backend::HostGw | Backend::DirectRouting => {
-                let socket_options = PacketOptions {
-                    protocol: ETH_P_IP,
-                    ..PacketOptions::default()
-                };
+                // Every protocol, so that the socket is a tap, whose copy
+                // the kernel hands over before its tcx ingress hook
+                // (`__netif_receive_skb_core`), where `IngressTaken`
+                // ends the kernel's own (a socket bound to IPv4 alone
+                // gets its copy after the hook). The filter keeps to IPv4.
+                let socket_options = PacketOptions::default();
                 let filter = host_gw_filter(options.pod_cidr);
                 let sock = PacketSocket::open_filtered(ifindex, socket_options, Some(&filter))?;
                 if let Some(steering) = group_steering(options, Group::Fanout)? {
@@ -499,11 +513,16 @@ impl UnderlayPort {
         } else {
             (None, None)
         };
+        // After every member is bound, so that no frame reaches neither.
+        let kernel_stop = direct
+            .is_some()
+            .then(|| IngressTaken::attach(ifindex, options.cluster_cidr, options.pod_cidr));
         Ok(UnderlayPort {
             udp,
             ipip,
             sender,
             direct,
+            kernel_stop,
             segment_senders,
             tunnel_tap,
             tunnel_tap_refused,
@@ -559,6 +578,7 @@ impl UnderlayPort {
             inner_l3,
             xdp: None,
             xdp_refused: None,
+            kernel_stop: None,
             udp_steered: None,
             direct_steered: None,
             spare_members: Vec::new(),
@@ -575,6 +595,17 @@ impl UnderlayPort {
     /// Why the AF_XDP receive path asked for is not running.
     pub fn xdp_refused(&self) -> Option<&str> {
         self.xdp_refused.as_deref()
+    }
+
+    /// Why the node's kernel still handles the host-gw frames this port
+    /// takes (a kernel before 6.6, BPF not allowed), if it does. Then a
+    /// datagram from another node's pod to the node's gateway address
+    /// reaches the node's socket twice, once through the kernel and once
+    /// through podswitch's host port.
+    pub fn kernel_stop_error(&self) -> Option<&io::Error> {
+        self.kernel_stop
+            .as_ref()
+            .and_then(|stop| stop.as_ref().err())
     }
 
     /// The TAP VXLAN super-frames leave through whole, if set up.

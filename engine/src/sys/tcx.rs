@@ -4,6 +4,10 @@
 //!
 //! - [`IngressStop`]: ending pod frames in podswitch, on the host side of
 //!   an AF_PACKET pod's veth (returns `TCX_DROP`).
+//! - [`IngressTaken`]: ending, on the underlay interface, the host-gw
+//!   frames podswitch's packet socket has taken: IPv4 from a pod of the
+//!   cluster to the node's pod subnet. Everything else goes on to the
+//!   kernel (`TCX_NEXT`): the node's own traffic, ARP, tunnel packets.
 //! - [`IngressRedirect`]: sending what enters the UDP-tunnel TAP out of
 //!   the underlay interface (`bpf_redirect_neigh`), for the VXLAN
 //!   super-frames the underlay port sends whole (`kernel_port/tunnel_tap.rs`).
@@ -26,6 +30,22 @@
 //! last tap before it runs the hook, so the order is the kernel's, not a
 //! matter of timing.
 //!
+//! Why host-gw frames end: the underlay is the node's own interface, so
+//! it cannot end everything as a pod's veth does; but a host-gw peer's
+//! frame for this node's pods reaches the kernel there too, after the
+//! tap. Sent to a pod, the kernel routed it towards the host port only to
+//! drop it in podswitch's forward chain (after a route lookup and a copy
+//! of its head, as `ip_forward` unshares the tap's clone). Sent to the
+//! node's gateway address (10.244.X.1, on the host port), the kernel
+//! delivered it to the node's socket itself (a host takes its addresses
+//! on any interface) while podswitch delivered it through the host port:
+//! every datagram from another node's pod to the gateway address arrived
+//! twice. The condition is what the packet socket's filter takes (the pod
+//! subnet as destination) and a source in the cluster CIDR, which every
+//! host-gw peer's pods have: a packet from outside the cluster to a pod
+//! (a reply to a pod that kept its address, `no_masquerade`) still goes
+//! through the kernel, which sends it on to the host port.
+//!
 //! Each attachment is a BPF link (`BPF_LINK_CREATE` with
 //! `BPF_TCX_INGRESS`): it lives as long as its descriptor, so it goes
 //! away with the port, with the interface, and with podswitchd however it
@@ -36,7 +56,12 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::bpf::{call, exit, load_program, mov64_imm, owned_fd, store32, Instruction};
+use podswitch_addr::{mask, Prefix};
+
+use super::bpf::{
+    add64_imm, and32_imm, call, exit, jne32_imm, load32, load_program, mov64_imm, mov64_reg,
+    owned_fd, store32, Assembler, Instruction,
+};
 
 /// `TCX_DROP` (enum tcx_action_base).
 const TCX_DROP: i32 = 2;
@@ -63,6 +88,94 @@ impl IngressStop {
     pub fn attach(ifindex: u32) -> io::Result<IngressStop> {
         Ok(IngressStop {
             _link: attach_ingress(ifindex, PROGRAM_NAME, &DROP_EVERYTHING)?,
+        })
+    }
+}
+
+/// `TCX_NEXT`: on to the interface's next tcx program, or to the kernel.
+const TCX_NEXT: i32 = -1;
+/// `skb->protocol` in `__sk_buff` (include/uapi/linux/bpf.h): the
+/// EtherType, in the wire's order.
+const SKB_PROTOCOL: i16 = 16;
+/// `BPF_FUNC_skb_load_bytes`.
+const SKB_LOAD_BYTES: i32 = 26;
+/// Where a tcx ingress program finds the IPv4 source and destination:
+/// the frame starts at its Ethernet header (`tcx_run` pushes it back).
+const IPV4_ADDRESSES_AT: i32 = 14 + 12;
+
+/// The name [`IngressTaken`]'s program shows under (at most 15
+/// characters).
+pub const TAKEN_PROGRAM_NAME: &str = "podswitch_taken";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Label {
+    Next,
+}
+
+/// `(addr & mask) == net` for the IPv4 address in register `reg` as
+/// loaded from the wire (in the host's order of the wire's bytes), or a
+/// jump to [`Label::Next`].
+fn jump_unless_inside(a: &mut Assembler<Label>, reg: u8, prefix: Prefix) {
+    let wire = |x: u32| u32::from_ne_bytes(x.to_be_bytes());
+    a.op(and32_imm(reg, wire(mask(prefix.prefix_len()))));
+    a.jump(
+        jne32_imm(reg, wire(u32::from(prefix.addr())), 0),
+        Label::Next,
+    );
+}
+
+/// Drops untagged IPv4 frames from `sources` to `destinations`
+/// (`TCX_DROP`), and passes everything else on (`TCX_NEXT`), a frame too
+/// short to hold the addresses included.
+fn drop_between(sources: Prefix, destinations: Prefix) -> Vec<Instruction> {
+    let mut a = Assembler::default();
+    a.op(mov64_reg(6, 1));
+    a.op(load32(0, 6, SKB_PROTOCOL));
+    a.jump(
+        jne32_imm(0, u32::from(u16::from_ne_bytes([0x08, 0x00])), 0),
+        Label::Next,
+    );
+    // Both addresses to the stack in one helper call.
+    a.op(mov64_reg(1, 6));
+    a.op(mov64_imm(2, IPV4_ADDRESSES_AT));
+    a.op(mov64_reg(3, 10));
+    a.op(add64_imm(3, -8));
+    a.op(mov64_imm(4, 8));
+    a.op(call(SKB_LOAD_BYTES));
+    a.jump(jne32_imm(0, 0, 0), Label::Next);
+    a.op(load32(1, 10, -8));
+    jump_unless_inside(&mut a, 1, sources);
+    a.op(load32(1, 10, -4));
+    jump_unless_inside(&mut a, 1, destinations);
+    a.op(mov64_imm(0, TCX_DROP));
+    a.op(exit());
+    a.place(Label::Next);
+    a.op(mov64_imm(0, TCX_NEXT));
+    a.op(exit());
+    a.finish()
+}
+
+/// The underlay's program that ends the host-gw frames podswitch has
+/// taken (see the module's documentation); detached when dropped.
+#[derive(Debug)]
+pub struct IngressTaken {
+    /// Held, never read: closing it detaches the program.
+    _link: OwnedFd,
+}
+
+impl IngressTaken {
+    /// Attaches to interface `ifindex` a program that drops IPv4 frames
+    /// from `cluster` to `pod_subnet`, after the taps (a packet socket
+    /// bound to `ETH_P_ALL` has its copy; one bound to `ETH_P_IP` would
+    /// come after the hook, and see nothing). Fails as
+    /// [`IngressStop::attach`] does.
+    pub fn attach(ifindex: u32, cluster: Prefix, pod_subnet: Prefix) -> io::Result<IngressTaken> {
+        Ok(IngressTaken {
+            _link: attach_ingress(
+                ifindex,
+                TAKEN_PROGRAM_NAME,
+                &drop_between(cluster, pod_subnet),
+            )?,
         })
     }
 }
@@ -127,6 +240,32 @@ impl IngressRedirect {
     }
 }
 
+/// How many programs interface `ifindex` (of this thread's network
+/// namespace) has on its tcx ingress, podswitch's and any other's: what
+/// `bpftool net` lists there.
+pub fn ingress_programs(ifindex: u32) -> io::Result<u32> {
+    let mut opts = libbpf_sys::bpf_prog_query_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as libbpf_sys::size_t,
+        ..Default::default()
+    };
+    // SAFETY: `opts` is sized and asks for no id arrays (their pointers
+    // are null), so the kernel writes only the count into it. The return
+    // is 0 or a negative errno.
+    let ret = unsafe {
+        libbpf_sys::bpf_prog_query_opts(
+            interface_index(ifindex)?,
+            libbpf_sys::BPF_TCX_INGRESS,
+            &mut opts,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::from_raw_os_error(-ret));
+    }
+    // SAFETY: both fields of the union are the same `__u32`, which the
+    // query wrote.
+    Ok(unsafe { opts.__bindgen_anon_1.count })
+}
+
 /// Loads `program` (`BPF_PROG_TYPE_SCHED_CLS`) and links it to the tcx
 /// ingress of interface `ifindex`; the link descriptor keeps it attached.
 fn attach_ingress(ifindex: u32, name: &str, program: &[Instruction]) -> io::Result<OwnedFd> {
@@ -152,4 +291,110 @@ fn attach_ingress(ifindex: u32, name: &str, program: &[Instruction]) -> io::Resu
 fn interface_index(ifindex: u32) -> io::Result<i32> {
     i32::try_from(ifindex)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface index"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet frame of `ether_type` carrying an IPv4 header from
+    /// `src` to `dst` (only the addresses matter to the program).
+    fn frame(ether_type: u16, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let mut f = vec![0u8; 64];
+        f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+        f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+        f[12..14].copy_from_slice(&ether_type.to_be_bytes());
+        f[14] = 0x45;
+        f[26..30].copy_from_slice(&src);
+        f[30..34].copy_from_slice(&dst);
+        f
+    }
+
+    /// The program's verdict on `data`, run by the kernel
+    /// (`BPF_PROG_TEST_RUN`, which sets `skb->protocol` from the frame
+    /// as a receive would).
+    fn verdict(program: &OwnedFd, data: &[u8]) -> i32 {
+        let mut opts = libbpf_sys::bpf_test_run_opts {
+            sz: std::mem::size_of::<libbpf_sys::bpf_test_run_opts>() as libbpf_sys::size_t,
+            data_in: data.as_ptr().cast(),
+            data_size_in: data.len() as u32,
+            repeat: 1,
+            ..Default::default()
+        };
+        // SAFETY: `program` is a live program descriptor; `opts` is
+        // sized, its input points at `data` for its length, and no
+        // output buffer is given.
+        let ret = unsafe { libbpf_sys::bpf_prog_test_run_opts(program.as_raw_fd(), &mut opts) };
+        assert_eq!(
+            ret,
+            0,
+            "BPF_PROG_TEST_RUN: {}",
+            io::Error::from_raw_os_error(-ret)
+        );
+        opts.retval as i32
+    }
+
+    /// Needs root (loading a BPF program).
+    #[test]
+    fn the_underlay_program_ends_only_cluster_frames_for_the_pod_subnet() {
+        let program = load_program(
+            libbpf_sys::BPF_PROG_TYPE_SCHED_CLS,
+            TAKEN_PROGRAM_NAME,
+            &drop_between(
+                "10.244.0.0/16".parse().unwrap(),
+                "10.244.1.0/24".parse().unwrap(),
+            ),
+        )
+        .unwrap_or_else(|e| panic!("loading the program needs root and BPF: {e}"));
+        let ipv4 = 0x0800;
+        let cases = [
+            (
+                "a peer's pod to a pod here",
+                frame(ipv4, [10, 244, 2, 2], [10, 244, 1, 2]),
+                TCX_DROP,
+            ),
+            (
+                "a peer's pod to the gateway",
+                frame(ipv4, [10, 244, 2, 2], [10, 244, 1, 1]),
+                TCX_DROP,
+            ),
+            (
+                "outside the cluster to a pod here",
+                frame(ipv4, [192, 168, 100, 200], [10, 244, 1, 2]),
+                TCX_NEXT,
+            ),
+            (
+                "a peer's pod to another node's pod",
+                frame(ipv4, [10, 244, 2, 2], [10, 244, 3, 2]),
+                TCX_NEXT,
+            ),
+            (
+                "a peer's pod to the node's address",
+                frame(ipv4, [10, 244, 2, 2], [192, 168, 100, 1]),
+                TCX_NEXT,
+            ),
+            (
+                "node to node",
+                frame(ipv4, [192, 168, 100, 2], [192, 168, 100, 1]),
+                TCX_NEXT,
+            ),
+            (
+                "ARP",
+                frame(0x0806, [10, 244, 2, 2], [10, 244, 1, 2]),
+                TCX_NEXT,
+            ),
+            (
+                "IPv6",
+                frame(0x86dd, [10, 244, 2, 2], [10, 244, 1, 2]),
+                TCX_NEXT,
+            ),
+        ];
+        for (what, data, want) in &cases {
+            assert_eq!(verdict(&program, data), *want, "{what}");
+        }
+        // (A frame too short for the addresses cannot be run here: the
+        // kernel's test run refuses an IPv4 frame shorter than its
+        // header. `bpf_skb_load_bytes` checks the bounds, and its error
+        // passes the frame on.)
+    }
 }

@@ -20,7 +20,8 @@
 //!   (`ct state established,related`); everything else the kernel would
 //!   forward towards pods is dropped, so forwarding never makes the kernel
 //!   a second, unchecked path into pods (a host-gw peer's packets for our
-//!   pods reach the underlay interface too).
+//!   pods reach the underlay interface too; where tcx exists they end
+//!   there, after podswitch's tap: `engine/src/sys/tcx.rs`).
 //! - `prerouting` and `output` (raw): `notrack` for what never needs
 //!   translating: traffic with both ends in the cluster CIDR (the kernel
 //!   sees every pod frame on the host side of an AF_PACKET pod's veth) and

@@ -190,6 +190,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         vxlan_port: node.vxlan_port,
         udp_port: node.udp_port,
         pod_cidr: node.pod_cidr,
+        cluster_cidr: node.cluster_cidr,
         af_xdp: settings.underlay_af_xdp,
         tunnel_tap: settings.tunnel_tap.clone(),
         udp_batches: settings.udp_batches,
@@ -229,6 +230,13 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                 tracing::warn!(
                     tap = settings.tunnel_tap.as_deref().unwrap_or_default(),
                     "VXLAN super-frames cannot leave whole ({why}): podswitch cuts them into UDP_SEGMENT bursts",
+                );
+            }
+            if let Some(why) = underlay.kernel_stop_error() {
+                tracing::warn!(
+                    interface = %settings.underlay_interface,
+                    "the node's kernel still handles the host-gw frames podswitch takes ({why}): \
+                     a datagram from another node's pod to this node's gateway address arrives twice",
                 );
             }
             if let Some(why) = underlay.xdp_refused() {

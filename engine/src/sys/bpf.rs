@@ -13,6 +13,30 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 
+// Where `__sk_buff` (include/uapi/linux/bpf.h) keeps the fields the
+// programs read, and the helpers they call by number
+// (`__BPF_FUNC_MAPPER`), shared by every program built here.
+/// `skb->len`.
+pub const SKB_LEN: i16 = 0;
+/// `skb->queue_mapping`.
+pub const SKB_QUEUE_MAPPING: i16 = 12;
+/// `skb->protocol`: the EtherType, in the wire's order.
+pub const SKB_PROTOCOL: i16 = 16;
+/// `bpf_map_lookup_elem`.
+pub const MAP_LOOKUP_ELEM: i32 = 1;
+/// `bpf_ktime_get_ns`.
+pub const KTIME_GET_NS: i32 = 5;
+/// `bpf_get_smp_processor_id`.
+pub const GET_SMP_PROCESSOR_ID: i32 = 8;
+/// `bpf_skb_load_bytes`.
+pub const SKB_LOAD_BYTES: i32 = 26;
+/// `bpf_redirect_map`.
+pub const REDIRECT_MAP: i32 = 51;
+/// `bpf_skb_load_bytes_relative`.
+pub const SKB_LOAD_BYTES_RELATIVE: i32 = 68;
+/// `bpf_redirect_neigh` (Linux 5.10).
+pub const REDIRECT_NEIGH: i32 = 152;
+
 /// One BPF instruction (`struct bpf_insn`): `regs` holds dst_reg in its
 /// low nibble and src_reg in its high one.
 #[repr(C)]

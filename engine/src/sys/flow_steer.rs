@@ -54,7 +54,8 @@ use super::bpf::{
     jge32_imm, jgt32_reg, jlt32_imm, jlt_imm, jne32_imm, jsge32_imm, load16, load32, load64, load8,
     load_map, load_program, lsh32_imm, mod32_imm, mov32_imm, mov64_imm, mov64_reg, mul32_imm,
     owned_fd, rsh32_imm, store32, store64, sub32_reg, sub64_reg, xor64_reg, Assembler, Instruction,
-    Reg,
+    Reg, GET_SMP_PROCESSOR_ID, KTIME_GET_NS, MAP_LOOKUP_ELEM, SKB_LEN, SKB_LOAD_BYTES,
+    SKB_LOAD_BYTES_RELATIVE, SKB_PROTOCOL,
 };
 
 /// The name the program shows under in `bpftool prog`.
@@ -87,15 +88,6 @@ const TAIL: usize = 0;
 const HEAD: usize = 64;
 const MEMBER_BYTES: usize = 128;
 
-/// `__sk_buff` fields (include/uapi/linux/bpf.h).
-const SKB_LEN: i16 = 0;
-const SKB_PROTOCOL: i16 = 16;
-/// Helpers (`__BPF_FUNC_MAPPER`).
-const MAP_LOOKUP_ELEM: i32 = 1;
-const KTIME_GET_NS: i32 = 5;
-const GET_SMP_PROCESSOR_ID: i32 = 8;
-const SKB_LOAD_BYTES: i32 = 26;
-const SKB_LOAD_BYTES_RELATIVE: i32 = 68;
 /// `BPF_HDR_START_NET`: an offset of `bpf_skb_load_bytes_relative` counts
 /// from the network header.
 const FROM_NETWORK_HEADER: i32 = 1;

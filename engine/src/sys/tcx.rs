@@ -60,7 +60,8 @@ use podswitch_addr::{mask, Prefix};
 
 use super::bpf::{
     add64_imm, and32_imm, call, exit, jne32_imm, load32, load_program, mov64_imm, mov64_reg,
-    owned_fd, store32, Assembler, Instruction,
+    owned_fd, store32, Assembler, Instruction, REDIRECT_NEIGH, SKB_LOAD_BYTES, SKB_PROTOCOL,
+    SKB_QUEUE_MAPPING,
 };
 
 /// `TCX_DROP` (enum tcx_action_base).
@@ -94,11 +95,6 @@ impl IngressStop {
 
 /// `TCX_NEXT`: on to the interface's next tcx program, or to the kernel.
 const TCX_NEXT: i32 = -1;
-/// `skb->protocol` in `__sk_buff` (include/uapi/linux/bpf.h): the
-/// EtherType, in the wire's order.
-const SKB_PROTOCOL: i16 = 16;
-/// `BPF_FUNC_skb_load_bytes`.
-const SKB_LOAD_BYTES: i32 = 26;
 /// Where a tcx ingress program finds the IPv4 source and destination:
 /// the frame starts at its Ethernet header (`tcx_run` pushes it back).
 const IPV4_ADDRESSES_AT: i32 = 14 + 12;
@@ -180,14 +176,8 @@ impl IngressTaken {
     }
 }
 
-/// `BPF_FUNC_redirect_neigh` (Linux 5.10).
-const REDIRECT_NEIGH: i32 = 152;
-
 /// The name the redirect program shows under.
 pub const REDIRECT_PROGRAM_NAME: &str = "podswitch_out";
-
-/// Where `__sk_buff` keeps `queue_mapping` (include/uapi/linux/bpf.h).
-const SKB_QUEUE_MAPPING: i16 = 12;
 
 /// `skb->queue_mapping = 0`, then `bpf_redirect_neigh(to, NULL, 0, 0)`:
 /// send the frame out of interface `to`, its Ethernet addresses filled in

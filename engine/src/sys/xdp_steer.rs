@@ -45,7 +45,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use super::bpf::{
     add64_imm, add64_reg, and32_imm, call, exit, ja, jeq32_imm, jgt_reg, jne32_imm, load16, load32,
     load8, load_map, load_program, lsh32_imm, mov64_imm, mov64_reg, owned_fd, Assembler,
-    Instruction,
+    Instruction, REDIRECT_MAP,
 };
 use super::xdp::XdpMode;
 
@@ -54,8 +54,6 @@ pub const PROGRAM_NAME: &str = "podswitch_tun";
 
 /// `XDP_PASS` (enum xdp_action).
 const XDP_PASS: i32 = 2;
-/// `BPF_FUNC_redirect_map`.
-const REDIRECT_MAP: i32 = 51;
 /// IP protocol numbers.
 const TCP: u32 = 6;
 const UDP: u32 = 17;

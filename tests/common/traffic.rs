@@ -146,8 +146,10 @@ s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
 s.sendall(data); s.close()
 print(len(data), hashlib.sha256(data).hexdigest(), flush=True)";
 
-/// Python that receives UDP datagrams on `port` until `count` arrived or
-/// 3 s of silence, and prints how many. Its socket buffer is 8 MiB
+/// Python that receives UDP datagrams on `PORT` until `WANT` intact ones
+/// of `SIZE` bytes arrived or 3 s of silence, then for `EXTRA` seconds
+/// more (copies of some that came twice; 0: none), and prints how many.
+/// Its socket buffer is 8 MiB
 /// (SO_RCVBUFFORCE, root in the test's namespace): a UDP_SEGMENT burst
 /// reaches the pod as 16 datagrams in microseconds, and a Python reader
 /// descheduled on a 2-core machine overflowed the default 208 KiB (the
@@ -155,16 +157,15 @@ print(len(data), hashlib.sha256(data).hexdigest(), flush=True)";
 const UDP_SINK: &str = "import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', int(sys.argv[1])))
 s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
-s.settimeout(3); want = int(sys.argv[2]); n = 0
+s.settimeout(3); want, size, extra = int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]); n = 0
+def intact():
+    d, _ = s.recvfrom(65535)
+    return len(d) == size and d.count(d[:1]) == len(d)
 print('ready', flush=True)
 try:
-    while n < want:
-        d, _ = s.recvfrom(65535)
-        if len(d) == int(sys.argv[3]) and d.count(d[:1]) == len(d): n += 1
-    s.settimeout(float(sys.argv[4]))
-    while float(sys.argv[4]) > 0:
-        d, _ = s.recvfrom(65535)
-        if len(d) == int(sys.argv[3]) and d.count(d[:1]) == len(d): n += 1
+    while n < want: n += intact()
+    s.settimeout(extra)
+    while extra > 0: n += intact()
 except socket.timeout: pass
 print(n, flush=True)";
 

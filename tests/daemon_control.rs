@@ -10,7 +10,9 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::cluster::{port_kind, Cluster};
-use common::traffic::{ping, ping_round_trips, udp_datagrams, udp_send, UdpSink};
+use common::traffic::{
+    ping, ping_round_trips, udp_datagrams, udp_datagrams_from, udp_send, UdpSink,
+};
 use common::{require, Netns, TempFile};
 use podswitch::bench::BusyLoops;
 use podswitch_host::netlink::in_netns;
@@ -893,6 +895,11 @@ fn host_gw_underlay_program_goes_with_the_daemon() {
         let (from, node) = (&cluster.pods[1], &cluster.nodes[0]);
         let gateway = format!("{}.1", node.pod_net);
         assert_eq!(udp_datagrams(&from.ns, &node.ns, &gateway, 20, 100), 20);
+        // From the other node itself, bound to its underlay address: the
+        // kernel's alone.
+        let other = &cluster.nodes[1];
+        let got = udp_datagrams_from(&other.ns, &other.underlay_ip, &node.ns, &gateway, 20, 100);
+        assert_eq!(got, 20, "from {} to {gateway}", other.underlay_ip);
     };
     once(&cluster);
     cluster.nodes[0].daemon.as_mut().unwrap().kill_9();

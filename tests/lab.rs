@@ -375,6 +375,7 @@ impl Sites for LabSites<'_> {
                 name: Self::field(n, "name").to_string(),
                 netns: Self::field(n, "netns").to_string(),
                 address: Self::field(n, "underlay_ip").to_string(),
+                underlay_ip: Self::field(n, "underlay_ip").to_string(),
             })
             .collect()
     }

@@ -83,7 +83,7 @@ drop_reasons! {
     UnknownPeer => "unknown_peer", "a tunnel packet from an underlay address that is no peer";
     TunnelModeMismatch => "tunnel_mode_mismatch", "a peer sent a tunnel type that is not its backend";
     InnerNotForVtep => "inner_not_for_vtep", "a VXLAN inner frame not addressed to our VTEP MAC";
-    SpoofedTunnelSource => "spoofed_tunnel_source", "a decapsulated packet's source is outside the sending peer's pod subnet";
+    SpoofedTunnelSource => "spoofed_tunnel_source", "a decapsulated packet's source is neither the sending peer's own address nor inside its pod subnet";
     TunnelTransit => "tunnel_transit", "a decapsulated packet would leave through the underlay again";
     PoolExhausted => "pool_exhausted", "no free packet buffer for a copy or a reply";
     IcmpRateLimited => "icmp_rate_limited", "an ICMP error not sent: past 1000 a second, bursts of 50 (Linux's icmp_msgs_per_sec and icmp_msgs_burst)";

@@ -87,6 +87,9 @@ pub struct PacketBuf {
     /// The port the frame arrived on.
     pub in_port: PortId,
     offload: Offload,
+    /// Set once the pipeline has put the frame inside a tunnel's outer
+    /// headers; see [`Self::is_encapsulated`].
+    encapsulated: bool,
 }
 
 impl PacketBuf {
@@ -132,6 +135,22 @@ impl PacketBuf {
         self.offload = offload;
     }
 
+    /// True once the pipeline has encapsulated the frame for a peer's
+    /// tunnel. The underlay port sends such a frame through its tunnel
+    /// sockets and every other one (host-gw) as the frame it is: what a
+    /// frame carries cannot tell them apart, as a node's own process bound
+    /// to the node's address sends UDP with the outer header's source.
+    #[inline]
+    pub fn is_encapsulated(&self) -> bool {
+        self.encapsulated
+    }
+
+    /// Marks the frame as encapsulated (see [`Self::is_encapsulated`]).
+    #[inline]
+    pub fn set_encapsulated(&mut self) {
+        self.encapsulated = true;
+    }
+
     /// True for a super-frame (it carries segmentation offload).
     #[inline]
     pub fn is_gso(&self) -> bool {
@@ -165,6 +184,7 @@ impl PacketBuf {
     pub fn set(&mut self, data: &[u8]) -> bool {
         self.start = HEADROOM;
         self.offload = Offload::default();
+        self.encapsulated = false;
         if data.len() > self.bytes.len() - HEADROOM {
             self.end = HEADROOM;
             return false;
@@ -260,6 +280,7 @@ impl PacketBuf {
         self.start = HEADROOM;
         self.end = (HEADROOM + reserve + len).min(self.bytes.len());
         self.offload = Offload::default();
+        self.encapsulated = false;
     }
 
     /// Makes this (super-frame) buffer hold a message the kernel scattered
@@ -349,6 +370,7 @@ impl PacketPool {
             end: HEADROOM,
             in_port,
             offload: Offload::default(),
+            encapsulated: false,
         }
     }
 
@@ -398,6 +420,7 @@ impl PacketPool {
             c.start = shift(c.start);
         }
         copy.offload = offload;
+        copy.encapsulated = buf.encapsulated;
         Some(copy)
     }
 

@@ -174,6 +174,45 @@ fn cross_node_host_gw() {
         100,
     );
     node.expect_drop(node.underlay, stray, DropReason::NotTunnel);
+
+    // Node 2 itself, from its own address (a process there bound to it),
+    // as the kernel's host-gw route carries it.
+    let from_node = udp_frame(
+        NODE2_UNDERLAY_MAC,
+        cfg.underlay_mac,
+        "192.168.100.2",
+        "10.244.1.2",
+        64,
+        true,
+        100,
+    );
+    assert_eq!(
+        node.send(node.underlay, from_node.clone()),
+        vec![(bb1, routed(&from_node, cfg.gateway_mac, BUSYBOX1_MAC))]
+    );
+    // To the node's gateway address it is the kernel's, which takes its
+    // own addresses on the underlay too.
+    let to_gateway = udp_frame(
+        NODE2_UNDERLAY_MAC,
+        cfg.underlay_mac,
+        "192.168.100.2",
+        "10.244.1.1",
+        64,
+        true,
+        100,
+    );
+    node.expect_drop(node.underlay, to_gateway, DropReason::NotTunnel);
+    // Another address on the underlay is no peer.
+    let stranger = udp_frame(
+        NODE2_UNDERLAY_MAC,
+        cfg.underlay_mac,
+        "192.168.100.9",
+        "10.244.1.2",
+        64,
+        true,
+        100,
+    );
+    node.expect_drop(node.underlay, stranger, DropReason::NotTunnel);
 }
 
 /// DirectRouting: host-gw for a peer on our underlay subnet, VXLAN otherwise.
@@ -578,6 +617,20 @@ fn unknown_vni_and_unknown_peer_are_dropped() {
     node.expect_drop(
         node.underlay,
         from_node2(&node, TunnelConfig::vxlan(), &forged),
+        DropReason::SpoofedTunnelSource,
+    );
+    // Node 2 itself may send from its own address (a process there bound
+    // to it), as through flannel.1; not from another node's.
+    let from_node2_itself = ping_frame(NODE2_VTEP, cfg.vtep_mac, "192.168.100.2", "10.244.1.2", 64);
+    let out = node.send(
+        node.underlay,
+        from_node2(&node, TunnelConfig::vxlan(), &from_node2_itself),
+    );
+    assert_eq!(out.len(), 1, "delivered to the pod");
+    let from_node3 = ping_frame(NODE2_VTEP, cfg.vtep_mac, "192.168.100.3", "10.244.1.2", 64);
+    node.expect_drop(
+        node.underlay,
+        from_node2(&node, TunnelConfig::vxlan(), &from_node3),
         DropReason::SpoofedTunnelSource,
     );
     // A known peer sending IPIP while configured for VXLAN is not decapsulated.

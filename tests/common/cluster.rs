@@ -572,6 +572,7 @@ impl Sites for Cluster {
                 name: format!("node{}", n.index),
                 netns: n.ns.name.clone(),
                 address: format!("{}.1", n.pod_net),
+                underlay_ip: n.underlay_ip.clone(),
             })
             .collect()
     }

@@ -57,6 +57,8 @@ pub struct NodeSite {
     /// An address of the node's own stack that pods on other nodes send
     /// to.
     pub address: String,
+    /// The node's address on the underlay.
+    pub underlay_ip: String,
 }
 
 /// A dataplane's pods and nodes, and its logs for failure messages.
@@ -181,6 +183,7 @@ const DUPLICATE_WAIT: &str = "0.05";
 /// leaves the pod as one super-frame where the veth allows it.
 const UDP_SOURCE: &str = "import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+if len(sys.argv) > 6: s.bind((sys.argv[6], 0))
 size, seg = int(sys.argv[4]), int(sys.argv[5])
 if seg > 1: s.setsockopt(17, 103, size)  # SOL_UDP, UDP_SEGMENT
 for i in range(int(sys.argv[3])):
@@ -356,20 +359,36 @@ pub fn udp_gso_datagrams(
     segments: u32,
     size: usize,
 ) -> u32 {
+    send_udp_datagrams(from, None, to, to_ip, sends, segments, size)
+}
+
+/// [`udp_datagrams`] from a socket bound to `source_ip`, one of the
+/// sending namespace's own addresses.
+pub fn udp_datagrams_from(
+    from: &(impl InNetns + ?Sized),
+    source_ip: &str,
+    to: &(impl InNetns + ?Sized),
+    to_ip: &str,
+    count: u32,
+    size: usize,
+) -> u32 {
+    send_udp_datagrams(from, Some(source_ip), to, to_ip, count, 1, size)
+}
+
+fn send_udp_datagrams(
+    from: &(impl InNetns + ?Sized),
+    source_ip: Option<&str>,
+    to: &(impl InNetns + ?Sized),
+    to_ip: &str,
+    sends: u32,
+    segments: u32,
+    size: usize,
+) -> u32 {
     let sink = UdpSink::start_counting_extra(to, 5300, sends * segments, size, DUPLICATE_WAIT);
-    let source = python(
-        from,
-        UDP_SOURCE,
-        &[
-            to_ip,
-            "5300",
-            &sends.to_string(),
-            &size.to_string(),
-            &segments.to_string(),
-        ],
-    )
-    .wait_with_output()
-    .unwrap();
+    let (sends, size, segments) = (sends.to_string(), size.to_string(), segments.to_string());
+    let mut args = vec![to_ip, "5300", &sends, &size, &segments];
+    args.extend(source_ip);
+    let source = python(from, UDP_SOURCE, &args).wait_with_output().unwrap();
     assert!(
         source.status.success(),
         "{}",
@@ -467,6 +486,18 @@ pub fn traffic_matrix(dataplane: &impl Sites, label: &str) {
         tcp_ok(&node.netns, &node.name, &remote.netns, &remote.ip);
         udp_ok(&node.netns, &node.name, &remote.netns, &remote.ip);
         udp_ok(&remote.netns, &remote.ip, &node.netns, &node.address);
+        // A process of the node's bound to the node's underlay address (a
+        // host-network pod, say) reaches a pod on another node, once each.
+        let got = udp_datagrams_from(
+            &node.netns,
+            &node.underlay_ip,
+            &remote.netns,
+            &remote.ip,
+            DATAGRAMS,
+            1000,
+        );
+        let from = format!("{} bound to {}", node.name, node.underlay_ip);
+        assert_eq!(got, DATAGRAMS, "{}", failed("UDP", &from, &remote.ip));
     }
 }
 

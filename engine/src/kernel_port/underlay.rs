@@ -13,7 +13,10 @@
 //!   through a raw socket for protocol 4 (which also keeps the kernel from
 //!   answering "protocol unreachable"); host-gw frames through the
 //!   AF_PACKET socket, filtered in the kernel (classic BPF) to IPv4 for
-//!   our pod CIDR. The kernel's own handling of the host-gw frames from
+//!   our pod CIDR. Which frame leaves which way is the pipeline's mark
+//!   ([`PacketBuf::is_encapsulated`]), not the frame's look: a node's own
+//!   process bound to the node's address sends UDP whose source is the
+//!   outer header's. The kernel's own handling of the host-gw frames from
 //!   the cluster's pods then ends after the socket's tap
 //!   ([`crate::sys::tcx::IngressTaken`]): it would deliver those for the
 //!   node's gateway address a second time.
@@ -1376,14 +1379,8 @@ impl Port for UnderlayPort {
     }
 
     fn send(&mut self, batch: &mut Vec<PacketBuf>, pool: &mut PacketPool) -> io::Result<usize> {
-        let local = self.local_ip.octets();
         for buf in batch.drain(..) {
-            let f = buf.frame();
-            let tunnel = f.len() >= ETH + IPV4
-                && f[12..14] == [0x08, 0x00]
-                && f[ETH + 12..ETH + 16] == local
-                && matches!(f[ETH + 9], 17 | 4);
-            if tunnel {
+            if buf.is_encapsulated() {
                 self.tunnel_out.push(buf);
             } else {
                 self.direct_out.push(buf);

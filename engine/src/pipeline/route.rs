@@ -59,19 +59,20 @@ impl Pipeline {
                     what: "source MAC and IP are the pod's own",
                 });
             }
-            // A tunnel carries only its peer's pods: anything else is
-            // someone injecting packets into the overlay.
+            // A tunnel carries only its peer's pods and the peer node
+            // itself (a process there bound to the node's address; flannel.1
+            // and tunl0 carry it too): anything else is someone injecting
+            // packets into the overlay.
             Origin::Tunnel(peer) => {
-                let inside = ctx
-                    .snap
-                    .peers
-                    .get(peer)
-                    .is_some_and(|p| p.spec.pod_cidr.contains(src));
+                let inside =
+                    ctx.snap.peers.get(peer).is_some_and(|p| {
+                        p.spec.pod_cidr.contains(src) || p.spec.underlay_ip == src
+                    });
                 if !inside {
                     return Drop(DropReason::SpoofedTunnelSource);
                 }
                 t.step(|| Step::SourceOk {
-                    what: "inner source is inside the peer's pod subnet",
+                    what: "inner source is the peer node or inside its pod subnet",
                 });
             }
             _ => {}
@@ -308,6 +309,7 @@ impl Pipeline {
         template.encapsulate(&mut frame, self.ident)?;
         let (start, end) = (frame.start(), frame.end());
         buf.adopt_bounds(start, end);
+        buf.set_encapsulated();
         Ok(())
     }
 }

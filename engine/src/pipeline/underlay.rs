@@ -132,14 +132,29 @@ impl Pipeline {
         ) {
             return Drop(DropReason::NotTunnel);
         }
-        let src = match Ipv4Packet::new_checked(&buf.frame()[ETH..]) {
-            Ok(p) => p.src(),
+        let (src, dst) = match Ipv4Packet::new_checked(&buf.frame()[ETH..]) {
+            Ok(p) => (p.src(), p.dst()),
             Err(e) => return Drop(DropReason::from_ipv4(e)),
         };
-        match ctx.snap.fib.lookup(src) {
-            Some(NextHop::Direct(peer)) => {
-                t.step(|| Step::Classified("IPv4 from a host-gw peer"));
-                self.route(ctx, buf, Origin::Direct(peer), pool, out, t)
+        if let Some(NextHop::Direct(peer)) = ctx.snap.fib.lookup(src) {
+            t.step(|| Step::Classified("IPv4 from a host-gw peer's pod"));
+            return self.route(ctx, buf, Origin::Direct(peer), pool, out, t);
+        }
+        // The peer node itself, from its own address: a process of its
+        // own (a host-network pod, say) bound to that address. The kernel's
+        // host-gw route carries these to pods as it carries the pods'.
+        // To this node's own addresses (the gateway's) they are the
+        // kernel's: a host takes its addresses on any interface, and the
+        // underlay's tcx program passes them on (only a source in the
+        // cluster CIDR ends there), so podswitch delivering them too
+        // would deliver them twice.
+        match ctx.snap.peers.by_underlay_ip(src) {
+            Some(peer)
+                if peer.tunnel_mode().is_none()
+                    && matches!(ctx.snap.fib.lookup(dst), Some(NextHop::Local(_))) =>
+            {
+                t.step(|| Step::Classified("IPv4 from a host-gw peer's own address"));
+                self.route(ctx, buf, Origin::Direct(peer.id), pool, out, t)
             }
             _ => Drop(DropReason::NotTunnel),
         }

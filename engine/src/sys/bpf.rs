@@ -37,6 +37,15 @@ pub const SKB_LOAD_BYTES_RELATIVE: i32 = 68;
 /// `bpf_redirect_neigh` (Linux 5.10).
 pub const REDIRECT_NEIGH: i32 = 152;
 
+// IP protocol numbers the programs compare with (IANA; the kernel's
+// `IPPROTO_*`).
+/// IP protocol 4: IPv4 in IPv4 (RFC 2003).
+pub const PROTOCOL_IPIP: u32 = 4;
+/// TCP.
+pub const PROTOCOL_TCP: u32 = 6;
+/// UDP.
+pub const PROTOCOL_UDP: u32 = 17;
+
 /// One BPF instruction (`struct bpf_insn`): `regs` holds dst_reg in its
 /// low nibble and src_reg in its high one.
 #[repr(C)]

@@ -54,8 +54,8 @@ use super::bpf::{
     jge32_imm, jgt32_reg, jlt32_imm, jlt_imm, jne32_imm, jsge32_imm, load16, load32, load64, load8,
     load_map, load_program, lsh32_imm, mod32_imm, mov32_imm, mov64_imm, mov64_reg, mul32_imm,
     owned_fd, rsh32_imm, store32, store64, sub32_reg, sub64_reg, xor64_reg, Assembler, Instruction,
-    Reg, GET_SMP_PROCESSOR_ID, KTIME_GET_NS, MAP_LOOKUP_ELEM, SKB_LEN, SKB_LOAD_BYTES,
-    SKB_LOAD_BYTES_RELATIVE, SKB_PROTOCOL,
+    Reg, GET_SMP_PROCESSOR_ID, KTIME_GET_NS, MAP_LOOKUP_ELEM, PROTOCOL_TCP, PROTOCOL_UDP, SKB_LEN,
+    SKB_LOAD_BYTES, SKB_LOAD_BYTES_RELATIVE, SKB_PROTOCOL,
 };
 
 /// The name the program shows under in `bpftool prog`.
@@ -96,9 +96,6 @@ const FROM_NETWORK_HEADER: i32 = 1;
 /// stages at -4).
 const HEADER_AT: i16 = -24;
 const PORTS_AT: i16 = -32;
-/// IP protocol numbers whose first four bytes are the two ports.
-const TCP: u32 = 6;
-const UDP: u32 = 17;
 /// The shortest IPv4 header.
 const IPV4_HEADER_BYTES: u32 = 20;
 /// Fibonacci hashing's multiplier (2^32 divided by the golden ratio): its
@@ -191,8 +188,9 @@ pub fn program(
     a.op(load16(0, 10, HEADER_AT + 6));
     a.op(and32_imm(0, u32::from(u16::from_ne_bytes([0x3f, 0xff]))));
     a.jump(jne32_imm(0, 0, 0), Label::Mix);
-    a.jump(jeq32_imm(8, TCP, 0), Label::Ports);
-    a.jump(jne32_imm(8, UDP, 0), Label::Mix);
+    // TCP's and UDP's first four bytes are the two ports.
+    a.jump(jeq32_imm(8, PROTOCOL_TCP, 0), Label::Ports);
+    a.jump(jne32_imm(8, PROTOCOL_UDP, 0), Label::Mix);
     a.place(Label::Ports);
     a.op(load8(2, 10, HEADER_AT));
     a.op(and32_imm(2, 0x0f));

@@ -45,7 +45,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use super::bpf::{
     add64_imm, add64_reg, and32_imm, call, exit, ja, jeq32_imm, jgt_reg, jne32_imm, load16, load32,
     load8, load_map, load_program, lsh32_imm, mov64_imm, mov64_reg, owned_fd, Assembler,
-    Instruction, REDIRECT_MAP,
+    Instruction, PROTOCOL_IPIP, PROTOCOL_TCP, PROTOCOL_UDP, REDIRECT_MAP,
 };
 use super::xdp::XdpMode;
 
@@ -54,10 +54,6 @@ pub const PROGRAM_NAME: &str = "podswitch_tun";
 
 /// `XDP_PASS` (enum xdp_action).
 const XDP_PASS: i32 = 2;
-/// IP protocol numbers.
-const TCP: u32 = 6;
-const UDP: u32 = 17;
-const IPIP: u32 = 4;
 /// Ethernet + IPv4 (no options) + UDP: the bytes every rule reads.
 const HEADERS: i32 = 14 + 20 + 8;
 /// Offsets of the IPv4 header's fields in the frame.
@@ -163,13 +159,13 @@ pub fn program(rules: &SteerRules, map_fd: i32) -> Vec<Instruction> {
                 port,
                 inner_protocol,
             } => {
-                a.jump(jne32_imm(8, UDP, 0), next);
+                a.jump(jne32_imm(8, PROTOCOL_UDP, 0), next);
                 a.op(load16(5, 2, UDP_DESTINATION));
                 a.jump(jne32_imm(5, wire16(port.to_be_bytes()), 0), next);
                 inner_protocol
             }
             Steer::Ipip => {
-                a.jump(jne32_imm(8, IPIP, 0), next);
+                a.jump(jne32_imm(8, PROTOCOL_IPIP, 0), next);
                 inner_protocol::IPIP
             }
         };
@@ -179,7 +175,7 @@ pub fn program(rules: &SteerRules, map_fd: i32) -> Vec<Instruction> {
         a.op(add64_imm(4, inner as i32 + 1));
         a.jump(jgt_reg(4, 3, 0), Label::Pass);
         a.op(load8(5, 2, inner as i16));
-        a.jump(jeq32_imm(5, TCP, 0), Label::Pass);
+        a.jump(jeq32_imm(5, PROTOCOL_TCP, 0), Label::Pass);
         // One tunnel packet: the frame ends where the inner IPv4 packet's
         // total length says (r4 = data + its start + that length, against
         // data_end). A batch's or a GSO datagram's headers give the

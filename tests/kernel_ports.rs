@@ -1058,6 +1058,7 @@ impl UnderlayLab {
                 udp_port: 8285,
                 pod_cidr: "10.244.1.0/24".parse().unwrap(),
                 cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+                underlay_subnet: "192.168.100.0/24".parse().unwrap(),
                 af_xdp: false,
                 tunnel_tap,
                 udp_batches: true,
@@ -1291,4 +1292,78 @@ fn tc_stats(ns: &Netns, object: &str, dev: &str) -> Vec<TcStats> {
         }
     }
     stats
+}
+
+/// A host-gw underlay's packet socket takes what a host-gw peer sends:
+/// IPv4 to this node's pods from the cluster's pods or from the
+/// underlay's subnet (a peer node's own address). A reply from outside
+/// both to a pod that kept its address is the kernel's, as are frames
+/// to another subnet and anything not IPv4: put on the wire, they never
+/// reach the port.
+#[test]
+fn a_host_gw_underlay_takes_only_what_a_peer_sends() {
+    use podswitch_engine::config::Backend;
+    use podswitch_engine::kernel_port::{UnderlayOptions, UnderlayPort};
+    use podswitch_engine::tables::PortSpec;
+    require(&["ip", "sysctl", "/usr/bin/python3"]);
+    let ns = veth_pair();
+    ns.ip(&["addr", "add", "192.168.100.1/24", "dev", "rx0"]);
+    let mut config = NodeConfig::flannel(
+        "node1",
+        "10.244.1.0/24".parse().unwrap(),
+        Ipv4Addr::new(192, 168, 100, 1),
+    );
+    config.backend = Backend::HostGw;
+    let tables = Tables::new(config, 4);
+    let id = tables.attach_port(PortSpec::underlay("rx0")).unwrap();
+    let stats = std::sync::Arc::clone(&tables.stats);
+    let path = format!("/var/run/netns/{}", ns.name);
+    let mut port = in_netns(&path, move || {
+        let options = UnderlayOptions {
+            interface: "rx0".into(),
+            local_ip: Ipv4Addr::new(192, 168, 100, 1),
+            backend: Backend::HostGw,
+            vxlan_port: 8472,
+            udp_port: 8285,
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            underlay_subnet: "192.168.100.0/24".parse().unwrap(),
+            af_xdp: false,
+            tunnel_tap: None,
+            udp_batches: false,
+            receivers: 1,
+        };
+        UnderlayPort::open(&options, id, stats)
+    })
+    .expect("a host-gw underlay port on the veth");
+
+    // (source, destination, EtherType, taken), each frame marked by its
+    // place in the list.
+    let cases: [(&str, &str, u16, bool); 7] = [
+        ("10.244.2.5", "10.244.1.2", 0x0800, true), // a peer's pod
+        ("10.244.2.5", "10.244.1.1", 0x0800, true), // ... to the gateway
+        ("192.168.100.2", "10.244.1.2", 0x0800, true), // a peer node itself
+        ("8.8.8.8", "10.244.1.2", 0x0800, false),   // a reply from outside
+        ("10.244.2.5", "10.244.3.2", 0x0800, false), // to another node's pods
+        ("10.244.2.5", "192.168.100.1", 0x0800, false), // to the node
+        ("10.244.2.5", "10.244.1.2", 0x0806, false), // not IPv4
+    ];
+    for (marker, (src, dst, ethertype, _)) in cases.iter().enumerate() {
+        let mut f = udp_frame(0, 1000, marker as u8);
+        f[12..14].copy_from_slice(&ethertype.to_be_bytes());
+        f[26..30].copy_from_slice(&src.parse::<Ipv4Addr>().unwrap().octets());
+        f[30..34].copy_from_slice(&dst.parse::<Ipv4Addr>().unwrap().octets());
+        send_into_tx0(&ns, &f, 1, None);
+    }
+    let mut pool = PacketPool::with_large(64, DEFAULT_BUF_SIZE, 0);
+    let mut batch = Vec::new();
+    let mut taken = Vec::new();
+    while port.recv(&mut pool, &mut batch).unwrap() > 0 {
+        taken.extend(batch.iter().map(|b| b.frame().to_vec()));
+        pool.free_all(&mut batch);
+    }
+    let wanted: Vec<u8> = (0..cases.len() as u8)
+        .filter(|&m| cases[usize::from(m)].3)
+        .collect();
+    assert_eq!(markers(&taken), wanted, "the frames the port took");
 }

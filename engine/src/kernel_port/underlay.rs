@@ -13,7 +13,8 @@
 //!   through a raw socket for protocol 4 (which also keeps the kernel from
 //!   answering "protocol unreachable"); host-gw frames through the
 //!   AF_PACKET socket, filtered in the kernel (classic BPF) to IPv4 for
-//!   our pod CIDR. Which frame leaves which way is the pipeline's mark
+//!   our pod CIDR from the cluster's pods or the underlay's subnet (a
+//!   peer node's own address). Which frame leaves which way is the pipeline's mark
 //!   ([`PacketBuf::is_encapsulated`]), not the frame's look: a node's own
 //!   process bound to the node's address sends UDP whose source is the
 //!   outer header's. The kernel's own handling of the host-gw frames from
@@ -152,6 +153,9 @@ pub struct UnderlayOptions {
     /// All pods of the cluster: the sources of the host-gw frames whose
     /// handling by the node's kernel ends once podswitch has them.
     pub cluster_cidr: Prefix,
+    /// The node's subnet on the underlay, where its host-gw peers are: a
+    /// peer's own address is a source of host-gw frames too.
+    pub underlay_subnet: Prefix,
     /// Receive tunnel packets through an AF_XDP socket (see
     /// [`crate::sys::xdp_steer`]); where that cannot be set up, the port
     /// receives through its sockets and [`UnderlayPort::xdp_refused`]
@@ -383,21 +387,33 @@ pub struct UnderlayPort {
     ipip_emptied: bool,
 }
 
-/// Classic BPF: accept untagged IPv4 frames whose destination is inside
-/// `cidr`, reject the rest (what `tcpdump -dd 'ip dst net CIDR'` gives).
-fn host_gw_filter(cidr: Prefix) -> [BpfInstruction; 7] {
+/// Classic BPF: accept untagged IPv4 frames from `sources` (either
+/// prefix) to `destinations`, reject the rest (what `tcpdump -dd 'ip
+/// and (src net A or src net B) and dst net C'` gives).
+fn host_gw_filter(sources: [Prefix; 2], destinations: Prefix) -> [BpfInstruction; 13] {
     let ins = BpfInstruction::new;
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(cidr.prefix_len()))
-        .unwrap_or(0);
+    let mask = |p: Prefix| {
+        u32::MAX
+            .checked_shl(32 - u32::from(p.prefix_len()))
+            .unwrap_or(0)
+    };
+    let net = |p: Prefix| u32::from(p.addr());
+    let [a, b] = sources;
+    // Jumps count the instructions after the jump's own; 12 rejects.
     [
-        ins(0x28, 0, 0, 12),                     // ldh [12]           EtherType
-        ins(0x15, 0, 4, 0x0800),                 // jeq #IPv4, next, reject
-        ins(0x20, 0, 0, 30),                     // ld [30]            IPv4 destination
-        ins(0x54, 0, 0, mask),                   // and #mask
-        ins(0x15, 0, 1, u32::from(cidr.addr())), // jeq #net, accept, reject
-        ins(0x06, 0, 0, 0x0004_0000),            // accept (up to 256 KiB)
-        ins(0x06, 0, 0, 0),                      // reject
+        ins(0x28, 0, 0, 12),                 // 0: ldh [12]        EtherType
+        ins(0x15, 0, 10, 0x0800),            // 1: jeq #IPv4, 2, 12
+        ins(0x20, 0, 0, 26),                 // 2: ld [26]         IPv4 source
+        ins(0x54, 0, 0, mask(a)),            // 3: and #mask
+        ins(0x15, 3, 0, net(a)),             // 4: jeq #net, 8, 5
+        ins(0x20, 0, 0, 26),                 // 5: ld [26]
+        ins(0x54, 0, 0, mask(b)),            // 6: and #mask
+        ins(0x15, 0, 4, net(b)),             // 7: jeq #net, 8, 12
+        ins(0x20, 0, 0, 30),                 // 8: ld [30]         IPv4 destination
+        ins(0x54, 0, 0, mask(destinations)), // 9: and #mask
+        ins(0x15, 0, 1, net(destinations)),  // 10: jeq #net, 11, 12
+        ins(0x06, 0, 0, 0x0004_0000),        // 11: accept (up to 256 KiB)
+        ins(0x06, 0, 0, 0),                  // 12: reject
     ]
 }
 
@@ -484,8 +500,17 @@ impl UnderlayPort {
                 // (`__netif_receive_skb_core`), where `IngressTaken`
                 // ends the kernel's own (a socket bound to IPv4 alone
                 // gets its copy after the hook). The filter keeps to IPv4.
+                // What it takes is what a host-gw peer sends: from its
+                // pods, or from the peer itself (a peer is on the
+                // underlay's subnet, whose MAC it is sent to). A reply
+                // to a pod that kept its address, from outside both, is
+                // the kernel's (it sends it on to the host port), and
+                // taken here it would only be counted as dropped.
                 let socket_options = PacketOptions::default();
-                let filter = host_gw_filter(options.pod_cidr);
+                let filter = host_gw_filter(
+                    [options.cluster_cidr, options.underlay_subnet],
+                    options.pod_cidr,
+                );
                 let sock = PacketSocket::open_filtered(ifindex, socket_options, Some(&filter))?;
                 if let Some(steering) = group_steering(options, Group::Fanout)? {
                     direct_steered = Some(Steered::new(steering.progress(0)));
@@ -1594,12 +1619,34 @@ mod tests {
     }
 
     #[test]
-    fn host_gw_filter_matches_the_pod_cidr() {
-        let p = host_gw_filter("10.244.2.0/24".parse().unwrap());
-        assert_eq!(p[3].k, 0xffff_ff00);
-        assert_eq!(p[4].k, u32::from(Ipv4Addr::new(10, 244, 2, 0)));
-        // Both jumps to "reject" land on the last instruction.
-        assert_eq!(1 + 1 + usize::from(p[1].jf), 6);
-        assert_eq!(4 + 1 + usize::from(p[4].jf), 6);
+    fn host_gw_filter_jumps_land_where_its_comments_say() {
+        let p = host_gw_filter(
+            [
+                "10.244.0.0/16".parse().unwrap(),
+                "192.168.100.0/24".parse().unwrap(),
+            ],
+            "10.244.2.0/24".parse().unwrap(),
+        );
+        assert_eq!(
+            (p[3].k, p[6].k, p[9].k),
+            (0xffff_0000, 0xffff_ff00, 0xffff_ff00)
+        );
+        assert_eq!(p[10].k, u32::from(Ipv4Addr::new(10, 244, 2, 0)));
+        let target = |at: usize, offset: u8| at + 1 + usize::from(offset);
+        let reject = p.len() - 1;
+        assert_eq!(target(1, p[1].jf), reject);
+        assert_eq!(
+            target(4, p[4].jt),
+            8,
+            "the first source: on to the destination"
+        );
+        assert_eq!(
+            target(7, p[7].jt),
+            8,
+            "the second source: on to the destination"
+        );
+        assert_eq!(target(7, p[7].jf), reject);
+        assert_eq!(target(10, p[10].jf), reject);
+        assert_eq!((p[11].k, p[reject].k), (0x0004_0000, 0));
     }
 }

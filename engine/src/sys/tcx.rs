@@ -40,11 +40,15 @@
 //! delivered it to the node's socket itself (a host takes its addresses
 //! on any interface) while podswitch delivered it through the host port:
 //! every datagram from another node's pod to the gateway address arrived
-//! twice. The condition is what the packet socket's filter takes (the pod
-//! subnet as destination) and a source in the cluster CIDR, which every
-//! host-gw peer's pods have: a packet from outside the cluster to a pod
-//! (a reply to a pod that kept its address, `no_masquerade`) still goes
-//! through the kernel, which sends it on to the host port.
+//! twice. The condition is the pod subnet as destination and a source in
+//! the cluster CIDR, which every host-gw peer's pods have: a packet from
+//! outside the cluster to a pod (a reply to a pod that kept its address,
+//! `no_masquerade`) still goes through the kernel, which sends it on to
+//! the host port. The packet socket also takes a peer node's own frames
+//! (from the underlay's subnet); those go on to the kernel too, which
+//! delivers them itself when they are for the gateway address (podswitch
+//! leaves those) and drops them in podswitch's forward chain when they
+//! are for a pod (podswitch delivers those).
 //!
 //! Each attachment is a BPF link (`BPF_LINK_CREATE` with
 //! `BPF_TCX_INGRESS`): it lives as long as its descriptor, so it goes

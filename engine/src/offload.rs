@@ -106,6 +106,12 @@ pub fn accept_vnet_header(buf: &mut PacketBuf, hdr: &VnetHeader) -> Result<(), O
 /// `None` if the frame cannot go whole: an encapsulated super-frame, whose
 /// outer headers virtio's TCP and UDP types do not describe.
 pub fn vnet_header_for(buf: &PacketBuf) -> Option<VnetHeader> {
+    vnet_header_with_l3_at(buf, ETH_LEN)
+}
+
+/// [`vnet_header_for`] a frame whose segmented IPv4 header is at frame
+/// offset `l3` (behind an outer IPv4 header, say); `None` if it is not.
+pub fn vnet_header_with_l3_at(buf: &PacketBuf, l3: usize) -> Option<VnetHeader> {
     let offload = buf.offload();
     let mut hdr = VnetHeader::default();
     if let Some(c) = offload.partial_csum {
@@ -115,7 +121,7 @@ pub fn vnet_header_for(buf: &PacketBuf) -> Option<VnetHeader> {
         hdr.hdr_len = hdr.csum_start + c.offset + 2;
     }
     if let Some(gso) = offload.gso {
-        if buf.frame_offset(offload.l3)? != ETH_LEN || offload.partial_csum.is_none() {
+        if buf.frame_offset(offload.l3)? != l3 || offload.partial_csum.is_none() {
             return None;
         }
         hdr.gso_type = match gso.kind {
@@ -123,7 +129,7 @@ pub fn vnet_header_for(buf: &PacketBuf) -> Option<VnetHeader> {
             GsoKind::UdpL4 => GSO_UDP_L4,
         } | if gso.ecn { GSO_ECN } else { 0 };
         hdr.gso_size = gso.size;
-        hdr.hdr_len = ETH_LEN as u16 + gso.header_len;
+        hdr.hdr_len = l3 as u16 + gso.header_len;
     }
     Some(hdr)
 }

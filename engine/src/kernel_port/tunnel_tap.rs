@@ -37,15 +37,32 @@
 //! no `bpf_redirect_neigh` before 5.10, BPF not allowed) the underlay
 //! keeps `UDP_SEGMENT` sends, and says why
 //! ([`super::UnderlayPort::tunnel_tap_refused`]).
+//!
+//! **IPIP** (Calico's tunl0) has the same need and no virtio-net type at
+//! all: the kernel marks its own IPIP super-frames `SKB_GSO_IPXIP4`,
+//! which no header from userspace can ask for, and a raw socket takes
+//! one packet a send. Without it every IPIP segment crossed the node's
+//! stack alone, cut in userspace, and TCP across nodes ran at a
+//! fifteenth of VXLAN's rate (docs/benchmarks.md, "IPIP super-frames
+//! sent whole"). The IPIP TAP takes the encapsulated super-frame with an
+//! ordinary `GSO_TCPV4` header that describes the inner TCP packet, and
+//! its program ([`IngressIpipOut`]) turns the outer IPv4 header into an
+//! encapsulation the kernel knows before it sends the frame on: a veth
+//! carries it whole, the receiving node's raw IPIP socket reads it
+//! whole, a NIC or the kernel cuts it as for tunl0. It needs tcx (6.6)
+//! and `bpf_redirect_neigh` (5.10), not Linux 6.17.
 
 use std::io;
 
-use podswitch_encap::offload::{udp_batch_headers, TunnelVnetHeader, UDP_BATCH_HEADERS};
+use podswitch_encap::ethernet::HEADER_LEN as ETH;
+use podswitch_encap::ipv4::HEADER_LEN as IPV4;
+use podswitch_encap::offload::{udp_batch_headers, GsoKind, TunnelVnetHeader, UDP_BATCH_HEADERS};
 
+use crate::offload::vnet_header_with_l3_at;
 use crate::packet::PacketBuf;
 use crate::sys::netdev;
-use crate::sys::tcx::IngressRedirect;
-use crate::sys::tun::TunDevice;
+use crate::sys::tcx::{IngressIpipOut, IngressRedirect};
+use crate::sys::tun::{TunDevice, TunKind};
 
 /// The TAP's default name (`[dataplane] tunnel_tap`).
 pub const DEFAULT_TUNNEL_TAP: &str = "podswitch-gso";
@@ -55,20 +72,25 @@ pub const DEFAULT_TUNNEL_TAP: &str = "podswitch-gso";
 /// TAP (and with it the interface) goes.
 #[derive(Debug)]
 pub(super) struct TunnelTap {
-    _redirect: IngressRedirect,
+    program: TapProgram,
     dev: TunDevice,
 }
 
+/// What the TAP's program does with what enters it.
+#[derive(Debug)]
+enum TapProgram {
+    /// Sends it on as it is (VXLAN).
+    Redirect { _attached: IngressRedirect },
+    /// Marks it as IPIP encapsulated, then sends it on.
+    Ipip { _attached: IngressIpipOut },
+}
+
 impl TunnelTap {
-    /// Creates the TAP `name` and attaches the redirect to interface
-    /// `underlay_ifindex`.
+    /// Creates the TAP `name` for VXLAN and attaches the redirect to
+    /// interface `underlay_ifindex`.
     pub(super) fn open(name: &str, underlay_ifindex: u32) -> io::Result<TunnelTap> {
         let dev = TunDevice::open_tunnel_gso(name)?;
-        // Nothing of the kernel's own is to go to the TAP: nobody reads it.
-        netdev::set_noarp(name)?;
-        let _ = netdev::disable_ipv6(name);
-        netdev::set_up(name)?;
-        let ifindex = netdev::ifindex(name)?;
+        let ifindex = quiet_and_up(name)?;
         let redirect = IngressRedirect::attach(ifindex, underlay_ifindex).map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -76,7 +98,27 @@ impl TunnelTap {
             )
         })?;
         Ok(TunnelTap {
-            _redirect: redirect,
+            program: TapProgram::Redirect {
+                _attached: redirect,
+            },
+            dev,
+        })
+    }
+
+    /// Creates the TAP `name` for IPIP (TCP segmentation offloads only)
+    /// and attaches its program ([`IngressIpipOut`]) towards interface
+    /// `underlay_ifindex`.
+    pub(super) fn open_ipip(name: &str, underlay_ifindex: u32) -> io::Result<TunnelTap> {
+        let dev = TunDevice::open_with_offloads(name, TunKind::Tap)?;
+        let ifindex = quiet_and_up(name)?;
+        let program = IngressIpipOut::attach(ifindex, underlay_ifindex).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("tcx IPIP program on {name} (Linux 6.6+): {e}"),
+            )
+        })?;
+        Ok(TunnelTap {
+            program: TapProgram::Ipip { _attached: program },
             dev,
         })
     }
@@ -129,6 +171,9 @@ impl TunnelTap {
     /// frame (see [`TunnelVnetHeader::for_frame`]); the caller sends it
     /// another way.
     pub(super) fn send(&self, buf: &PacketBuf) -> io::Result<bool> {
+        if let TapProgram::Ipip { .. } = self.program {
+            return self.send_ipip(buf);
+        }
         let Some(gso) = buf.offload().gso else {
             return Ok(false);
         };
@@ -141,4 +186,31 @@ impl TunnelTap {
         self.dev.write(&[&header.to_bytes(), buf.frame()])?;
         Ok(true)
     }
+
+    /// Sends `buf`, an IPIP packet around a TCP super-frame (its outer
+    /// header without options), whole, with a virtio-net header for the
+    /// inner packet; the TAP's program does the rest. `Ok(false)` if it
+    /// is not such a frame; the caller sends it another way.
+    fn send_ipip(&self, buf: &PacketBuf) -> io::Result<bool> {
+        let frame = buf.frame();
+        let outer_plain = frame.len() > ETH + IPV4 && frame[ETH] == 0x45 && frame[ETH + 9] == 4;
+        let tcp = buf.offload().gso.is_some_and(|g| g.kind == GsoKind::TcpV4);
+        if !(outer_plain && tcp) {
+            return Ok(false);
+        }
+        let Some(header) = vnet_header_with_l3_at(buf, ETH + IPV4) else {
+            return Ok(false);
+        };
+        self.dev.write(&[&header.to_bytes(), frame])?;
+        Ok(true)
+    }
+}
+
+/// Readies the TAP `name`: nothing of the kernel's own is to go to it
+/// (nobody reads it), and up. Returns its interface index.
+fn quiet_and_up(name: &str) -> io::Result<u32> {
+    netdev::set_noarp(name)?;
+    let _ = netdev::disable_ipv6(name);
+    netdev::set_up(name)?;
+    netdev::ifindex(name)
 }

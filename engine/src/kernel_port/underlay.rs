@@ -44,10 +44,13 @@
 //!   the flow (sent through the raw socket) gets the same port, so one
 //!   flow keeps one outer 5-tuple (what ECMP and RSS need). For IP-in-UDP:
 //!   the receiving socket, so the source port stays 8285, as flanneld
-//!   sends. IPIP has no UDP to segment and no virtio GSO type the kernel
-//!   would take from userspace: IPIP super-frames are cut in userspace and
-//!   go through the raw socket. Without `UDP_SEGMENT` (Linux before 4.18)
-//!   the same fallback is used.
+//!   sends. Without `UDP_SEGMENT` (Linux before 4.18) the raw socket
+//!   sends each segment, cut in userspace.
+//! - **IPIP super-frames** have no UDP to segment and no virtio GSO type:
+//!   they leave whole through the IPIP TAP, whose program marks them as
+//!   the kernel's own IPIP device does ([`super::tunnel_tap`]); where it
+//!   cannot be set up they are cut in userspace and go through the raw
+//!   socket.
 //! - **Small datagrams in batches** (VXLAN and IP-in-UDP): consecutive
 //!   small tunnel packets of one flow, alike in all but their payload
 //!   ([`batch_len`]: one outer destination, source port, TOS and TTL, one
@@ -458,12 +461,15 @@ impl UnderlayPort {
             None => None,
         };
         let vxlan = matches!(options.backend, Backend::Vxlan | Backend::DirectRouting);
-        let (tunnel_tap, tunnel_tap_refused) = match &options.tunnel_tap {
-            Some(name) if vxlan => match TunnelTap::open(name, ifindex) {
-                Ok(tap) => (Some(Arc::new(tap)), None),
-                Err(e) => (None, Some(e.to_string())),
-            },
-            _ => (None, None),
+        let tap = match (&options.tunnel_tap, options.backend) {
+            (Some(name), _) if vxlan => Some(TunnelTap::open(name, ifindex)),
+            (Some(name), Backend::Ipip) => Some(TunnelTap::open_ipip(name, ifindex)),
+            _ => None,
+        };
+        let (tunnel_tap, tunnel_tap_refused) = match tap {
+            Some(Ok(tap)) => (Some(Arc::new(tap)), None),
+            Some(Err(e)) => (None, Some(e.to_string())),
+            None => (None, None),
         };
         // Without UDP_SEGMENT the raw socket sends everything. With the
         // TAP no burst is sent, and every packet of a flow keeps the
@@ -1048,6 +1054,17 @@ impl UnderlayPort {
         let mut sent = 0;
         for mut buf in out.drain(..) {
             let udp = buf.frame()[ETH + 9] == 17;
+            let ipip = buf.frame()[ETH + 9] == 4;
+            if ipip && buf.is_gso() {
+                if !waiting.is_empty() {
+                    sent += self.send_small(&mut waiting, pool);
+                }
+                if self.send_whole(&buf) {
+                    sent += 1;
+                    pool.free(buf);
+                    continue;
+                }
+            }
             if udp && buf.is_gso() {
                 if !waiting.is_empty() {
                     sent += self.send_small(&mut waiting, pool);

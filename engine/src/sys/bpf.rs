@@ -28,8 +28,12 @@ pub const MAP_LOOKUP_ELEM: i32 = 1;
 pub const KTIME_GET_NS: i32 = 5;
 /// `bpf_get_smp_processor_id`.
 pub const GET_SMP_PROCESSOR_ID: i32 = 8;
+/// `bpf_skb_store_bytes`.
+pub const SKB_STORE_BYTES: i32 = 9;
 /// `bpf_skb_load_bytes`.
 pub const SKB_LOAD_BYTES: i32 = 26;
+/// `bpf_skb_adjust_room` (Linux 4.13; its encapsulation flags 5.2).
+pub const SKB_ADJUST_ROOM: i32 = 50;
 /// `bpf_redirect_map`.
 pub const REDIRECT_MAP: i32 = 51;
 /// `bpf_skb_load_bytes_relative`.

@@ -11,6 +11,9 @@
 //! - [`IngressRedirect`]: sending what enters the UDP-tunnel TAP out of
 //!   the underlay interface (`bpf_redirect_neigh`), for the VXLAN
 //!   super-frames the underlay port sends whole (`kernel_port/tunnel_tap.rs`).
+//! - [`IngressIpipOut`]: the same for the IPIP TAP, whose super-frames it
+//!   first marks as IPIP encapsulated, which a virtio-net header cannot
+//!   say.
 //!
 //! Why pod frames end: an AF_PACKET socket is a tap. In
 //! `__netif_receive_skb_core`
@@ -64,8 +67,8 @@ use podswitch_addr::{mask, Prefix};
 
 use super::bpf::{
     add64_imm, and32_imm, call, exit, jne32_imm, load32, load_program, mov64_imm, mov64_reg,
-    owned_fd, store32, Assembler, Instruction, REDIRECT_NEIGH, SKB_LOAD_BYTES, SKB_PROTOCOL,
-    SKB_QUEUE_MAPPING,
+    owned_fd, store32, Assembler, Instruction, REDIRECT_NEIGH, SKB_ADJUST_ROOM, SKB_LOAD_BYTES,
+    SKB_PROTOCOL, SKB_QUEUE_MAPPING, SKB_STORE_BYTES,
 };
 
 /// `TCX_DROP` (enum tcx_action_base).
@@ -229,6 +232,110 @@ impl IngressRedirect {
                 ifindex,
                 REDIRECT_PROGRAM_NAME,
                 &redirect_out(interface_index(to)?),
+            )?,
+        })
+    }
+}
+
+/// The name the IPIP TAP's program shows under.
+pub const IPIP_OUT_PROGRAM_NAME: &str = "podswitch_ipip";
+
+/// `TC_ACT_SHOT`.
+const TC_ACT_SHOT: i32 = 2;
+/// `BPF_ADJ_ROOM_MAC` (enum bpf_adj_room_mode): room taken or made right
+/// after the Ethernet header.
+const ADJ_ROOM_MAC: i32 = 1;
+/// `BPF_F_ADJ_ROOM_FIXED_GSO`: the segment size stays what it is.
+const ADJ_ROOM_FIXED_GSO: i32 = 1 << 0;
+/// `BPF_F_ADJ_ROOM_ENCAP_L3_IPV4`: the room made is an outer IPv4 header.
+const ADJ_ROOM_ENCAP_L3_IPV4: i32 = 1 << 1;
+/// Where the outer IPv4 header is kept on the program's stack.
+const OUTER_AT: i32 = -24;
+/// An outer IPv4 header without options.
+const OUTER_LEN: i32 = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shot {
+    Drop,
+}
+
+/// The IPIP TAP's program. A frame written to the TAP is an IPIP packet
+/// as the engine encapsulates it (its outer IPv4 header whole: lengths,
+/// TTL, TOS, DF, checksum) around a TCP super-frame, with a virtio-net
+/// header for the inner TCP segmentation (`GSO_TCPV4`). No virtio-net
+/// type says "inside IPIP", so the kernel would cut such a frame as if
+/// the outer header were the TCP segments' own. The program takes the
+/// outer header off (`bpf_skb_adjust_room`, shrinking after the Ethernet
+/// header, segment size kept) and makes the room again as an IPv4
+/// encapsulation (`BPF_F_ADJ_ROOM_ENCAP_L3_IPV4`), which marks the skb
+/// `SKB_GSO_IPXIP4`, `encapsulation` set, its inner headers where the
+/// TCP super-frame starts: what the kernel's own tunl0 hands down. It
+/// writes the outer header back into that room, and sends the frame out
+/// of interface `to` ([`redirect_out`]). A NIC with IPIP segmentation
+/// cuts it; a veth carries it whole to the other node; otherwise the
+/// kernel cuts it (`ipip_gso_segment`), repeating the outer header and
+/// fixing its length, ID and checksum per segment. Any helper's failure
+/// drops the frame (`TC_ACT_SHOT`; counted by the kernel as the TAP's
+/// receive drop).
+fn ipip_out(to: i32) -> Vec<Instruction> {
+    let mut a = Assembler::default();
+    a.op(mov64_reg(6, 1));
+    // The outer header to the stack.
+    a.op(mov64_imm(2, 14));
+    a.op(mov64_reg(3, 10));
+    a.op(add64_imm(3, OUTER_AT));
+    a.op(mov64_imm(4, OUTER_LEN));
+    a.op(call(SKB_LOAD_BYTES));
+    a.jump(jne32_imm(0, 0, 0), Shot::Drop);
+    // Off, leaving the TCP super-frame...
+    a.op(mov64_reg(1, 6));
+    a.op(mov64_imm(2, -OUTER_LEN));
+    a.op(mov64_imm(3, ADJ_ROOM_MAC));
+    a.op(mov64_imm(4, ADJ_ROOM_FIXED_GSO));
+    a.op(call(SKB_ADJUST_ROOM));
+    a.jump(jne32_imm(0, 0, 0), Shot::Drop);
+    // ... and on again as its IPv4 encapsulation.
+    a.op(mov64_reg(1, 6));
+    a.op(mov64_imm(2, OUTER_LEN));
+    a.op(mov64_imm(3, ADJ_ROOM_MAC));
+    a.op(mov64_imm(4, ADJ_ROOM_FIXED_GSO | ADJ_ROOM_ENCAP_L3_IPV4));
+    a.op(call(SKB_ADJUST_ROOM));
+    a.jump(jne32_imm(0, 0, 0), Shot::Drop);
+    a.op(mov64_reg(1, 6));
+    a.op(mov64_imm(2, 14));
+    a.op(mov64_reg(3, 10));
+    a.op(add64_imm(3, OUTER_AT));
+    a.op(mov64_imm(4, OUTER_LEN));
+    a.op(mov64_imm(5, 0));
+    a.op(call(SKB_STORE_BYTES));
+    a.jump(jne32_imm(0, 0, 0), Shot::Drop);
+    a.op(mov64_reg(1, 6));
+    a.ops(&redirect_out(to));
+    a.place(Shot::Drop);
+    a.op(mov64_imm(0, TC_ACT_SHOT));
+    a.op(exit());
+    a.finish()
+}
+
+/// The IPIP TAP's program (see [`ipip_out`]) on one interface's tcx
+/// ingress; detached when dropped.
+#[derive(Debug)]
+pub struct IngressIpipOut {
+    /// Held, never read: closing it detaches the program.
+    _link: OwnedFd,
+}
+
+impl IngressIpipOut {
+    /// Attaches to interface `ifindex` the program that sends the IPIP
+    /// super-frames written there out of interface `to`. Fails as
+    /// [`IngressRedirect::attach`] does, and before Linux 5.2 (no
+    /// encapsulation flags for `bpf_skb_adjust_room`).
+    pub fn attach(ifindex: u32, to: u32) -> io::Result<IngressIpipOut> {
+        Ok(IngressIpipOut {
+            _link: attach_ingress(
+                ifindex,
+                IPIP_OUT_PROGRAM_NAME,
+                &ipip_out(interface_index(to)?),
             )?,
         })
     }

@@ -100,13 +100,13 @@ pub(crate) struct Cli {
     /// under load (docs/benchmarks.md, "AF_XDP underlay").
     #[arg(long, value_name = "socket|af-xdp")]
     pub underlay_kind: Option<String>,
-    /// `[dataplane] tunnel_tap`: the TAP through which VXLAN super-frames
-    /// (a pod's 64 KiB TCP frames, encapsulated) leave whole, for the
-    /// kernel to cut as late as it can, as its own VXLAN device's; a BPF
-    /// program sends what enters it out of the underlay interface
-    /// (default podswitch-gso; needs Linux 6.17; "none", or a kernel
-    /// without it, logged: podswitch writes each datagram's headers and
-    /// sends them in UDP_SEGMENT bursts).
+    /// `[dataplane] tunnel_tap`: the TAP through which VXLAN and IPIP
+    /// super-frames (a pod's 64 KiB TCP frames, encapsulated) leave
+    /// whole, for the kernel to cut as late as it can, as its own VXLAN
+    /// and IPIP devices'; a BPF program sends what enters it out of the
+    /// underlay interface (default podswitch-gso; VXLAN needs Linux 6.17,
+    /// IPIP 6.6; "none", or a kernel without it, logged: podswitch cuts
+    /// them itself, VXLAN into UDP_SEGMENT bursts, IPIP into packets).
     #[arg(long, value_name = "NAME|none")]
     pub tunnel_tap: Option<String>,
     /// `[dataplane] busy_poll_us`: the most microseconds the worker keeps
@@ -388,8 +388,8 @@ pub(crate) struct Settings {
     pub port_kind: PodPortKind,
     /// Tunnel packets received through AF_XDP (`underlay_kind = "af-xdp"`).
     pub underlay_af_xdp: bool,
-    /// The TAP VXLAN super-frames leave through (`tunnel_tap`; none:
-    /// `UDP_SEGMENT` bursts).
+    /// The TAP VXLAN and IPIP super-frames leave through (`tunnel_tap`;
+    /// none: cut by podswitch).
     pub tunnel_tap: Option<String>,
     pub busy_poll_us: u64,
     pub pool_buffers: usize,

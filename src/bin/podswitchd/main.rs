@@ -221,16 +221,20 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                     "tunnel packets are received through AF_XDP",
                 );
             }
+            let (tunnel, cut) = match node.backend {
+                Backend::Ipip => ("IPIP", "into packets"),
+                _ => ("VXLAN", "into UDP_SEGMENT bursts"),
+            };
             if underlay.tunnel_tap() {
                 tracing::info!(
                     tap = settings.tunnel_tap.as_deref().unwrap_or_default(),
-                    "VXLAN super-frames leave whole through a TAP",
+                    "{tunnel} super-frames leave whole through a TAP",
                 );
             }
             if let Some(why) = underlay.tunnel_tap_refused() {
                 tracing::warn!(
                     tap = settings.tunnel_tap.as_deref().unwrap_or_default(),
-                    "VXLAN super-frames cannot leave whole ({why}): podswitch cuts them into UDP_SEGMENT bursts",
+                    "{tunnel} super-frames cannot leave whole ({why}): podswitch cuts them {cut}",
                 );
             }
             if let Some(why) = underlay.kernel_stop_error() {

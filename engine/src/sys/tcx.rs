@@ -317,8 +317,8 @@ fn ipip_out(to: i32) -> Vec<Instruction> {
     a.finish()
 }
 
-/// The IPIP TAP's program (see [`ipip_out`]) on one interface's tcx
-/// ingress; detached when dropped.
+/// The IPIP TAP's program on one interface's tcx ingress (what it does:
+/// `ipip_out` in this module); detached when dropped.
 #[derive(Debug)]
 pub struct IngressIpipOut {
     /// Held, never read: closing it detaches the program.

@@ -1018,13 +1018,7 @@ impl UnderlayLab {
         ]);
         assert!(neigh.status.success(), "ip neigh add: {neigh:?}");
 
-        let mut config = NodeConfig::flannel(
-            "node1",
-            "10.244.1.0/24".parse().unwrap(),
-            Ipv4Addr::new(192, 168, 100, 1),
-        );
-        config.backend = Backend::Vxlan;
-        let tables = Tables::new(config, 16);
+        let tables = node1_tables(Backend::Vxlan, 16);
         let underlay = tables.attach_port(PortSpec::underlay("ul0")).unwrap();
         let pod = tables
             .attach_port(PortSpec::pod(
@@ -1051,18 +1045,9 @@ impl UnderlayLab {
         let tunnel_tap = tunnel_tap.map(String::from);
         let (port, wire) = in_netns(&path, move || {
             let options = UnderlayOptions {
-                interface: "ul0".into(),
-                local_ip: Ipv4Addr::new(192, 168, 100, 1),
-                backend: Backend::Vxlan,
-                vxlan_port: 8472,
-                udp_port: 8285,
-                pod_cidr: "10.244.1.0/24".parse().unwrap(),
-                cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-                underlay_subnet: "192.168.100.0/24".parse().unwrap(),
-                af_xdp: false,
                 tunnel_tap,
                 udp_batches: true,
-                receivers: 1,
+                ..node1_underlay("ul0", Backend::Vxlan)
             };
             let port = UnderlayPort::open(&options, underlay, stats)?;
             let wire_index = podswitch_engine::sys::netdev::ifindex("wire0")?;
@@ -1303,37 +1288,17 @@ fn tc_stats(ns: &Netns, object: &str, dev: &str) -> Vec<TcStats> {
 #[test]
 fn a_host_gw_underlay_takes_only_what_a_peer_sends() {
     use podswitch_engine::config::Backend;
-    use podswitch_engine::kernel_port::{UnderlayOptions, UnderlayPort};
+    use podswitch_engine::kernel_port::UnderlayPort;
     use podswitch_engine::tables::PortSpec;
     require(&["ip", "sysctl", "/usr/bin/python3"]);
     let ns = veth_pair();
     ns.ip(&["addr", "add", "192.168.100.1/24", "dev", "rx0"]);
-    let mut config = NodeConfig::flannel(
-        "node1",
-        "10.244.1.0/24".parse().unwrap(),
-        Ipv4Addr::new(192, 168, 100, 1),
-    );
-    config.backend = Backend::HostGw;
-    let tables = Tables::new(config, 4);
+    let tables = node1_tables(Backend::HostGw, 4);
     let id = tables.attach_port(PortSpec::underlay("rx0")).unwrap();
     let stats = std::sync::Arc::clone(&tables.stats);
     let path = format!("/var/run/netns/{}", ns.name);
     let mut port = in_netns(&path, move || {
-        let options = UnderlayOptions {
-            interface: "rx0".into(),
-            local_ip: Ipv4Addr::new(192, 168, 100, 1),
-            backend: Backend::HostGw,
-            vxlan_port: 8472,
-            udp_port: 8285,
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            underlay_subnet: "192.168.100.0/24".parse().unwrap(),
-            af_xdp: false,
-            tunnel_tap: None,
-            udp_batches: false,
-            receivers: 1,
-        };
-        UnderlayPort::open(&options, id, stats)
+        UnderlayPort::open(&node1_underlay("rx0", Backend::HostGw), id, stats)
     })
     .expect("a host-gw underlay port on the veth");
 
@@ -1366,4 +1331,41 @@ fn a_host_gw_underlay_takes_only_what_a_peer_sends() {
         .filter(|&m| cases[usize::from(m)].3)
         .collect();
     assert_eq!(markers(&taken), wanted, "the frames the port took");
+}
+
+/// Node 1's tables (pod subnet 10.244.1.0/24, underlay address
+/// 192.168.100.1) for `backend`, room for `ports` ports.
+fn node1_tables(
+    backend: podswitch_engine::config::Backend,
+    ports: usize,
+) -> std::sync::Arc<Tables> {
+    let mut config = NodeConfig::flannel(
+        "node1",
+        "10.244.1.0/24".parse().unwrap(),
+        Ipv4Addr::new(192, 168, 100, 1),
+    );
+    config.backend = backend;
+    Tables::new(config, ports)
+}
+
+/// Node 1's underlay on `interface` for `backend`: flannel's ports, the
+/// lab's addresses, no tunnel TAP, no batches, one receiver.
+fn node1_underlay(
+    interface: &str,
+    backend: podswitch_engine::config::Backend,
+) -> podswitch_engine::kernel_port::UnderlayOptions {
+    podswitch_engine::kernel_port::UnderlayOptions {
+        interface: interface.into(),
+        local_ip: Ipv4Addr::new(192, 168, 100, 1),
+        backend,
+        vxlan_port: 8472,
+        udp_port: 8285,
+        pod_cidr: "10.244.1.0/24".parse().unwrap(),
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        underlay_subnet: "192.168.100.0/24".parse().unwrap(),
+        af_xdp: false,
+        tunnel_tap: None,
+        udp_batches: false,
+        receivers: 1,
+    }
 }

@@ -150,69 +150,44 @@ fn cross_node_host_gw() {
         )]
     );
 
-    let back = udp_frame(
-        NODE2_UNDERLAY_MAC,
-        cfg.underlay_mac,
-        "10.244.2.5",
-        "10.244.1.2",
-        63,
-        true,
-        100,
-    );
-    assert_eq!(
-        node.send(node.underlay, back.clone()),
-        vec![(bb1, routed(&back, cfg.gateway_mac, BUSYBOX1_MAC))]
-    );
-    // A plain frame from a source no host-gw peer owns is not accepted.
-    let stray = udp_frame(
-        NODE2_UNDERLAY_MAC,
-        cfg.underlay_mac,
-        "10.244.9.5",
-        "10.244.1.2",
-        63,
-        true,
-        100,
-    );
-    node.expect_drop(node.underlay, stray, DropReason::NotTunnel);
-
-    // Node 2 itself, from its own address (a process there bound to it),
-    // as the kernel's host-gw route carries it.
-    let from_node = udp_frame(
-        NODE2_UNDERLAY_MAC,
-        cfg.underlay_mac,
-        "192.168.100.2",
-        "10.244.1.2",
-        64,
-        true,
-        100,
-    );
-    assert_eq!(
-        node.send(node.underlay, from_node.clone()),
-        vec![(bb1, routed(&from_node, cfg.gateway_mac, BUSYBOX1_MAC))]
-    );
-    // To the node's gateway address it is the kernel's, which takes its
-    // own addresses on the underlay too.
-    let to_gateway = udp_frame(
-        NODE2_UNDERLAY_MAC,
-        cfg.underlay_mac,
-        "192.168.100.2",
-        "10.244.1.1",
-        64,
-        true,
-        100,
-    );
-    node.expect_drop(node.underlay, to_gateway, DropReason::NotTunnel);
-    // Another address on the underlay is no peer.
-    let stranger = udp_frame(
-        NODE2_UNDERLAY_MAC,
-        cfg.underlay_mac,
-        "192.168.100.9",
-        "10.244.1.2",
-        64,
-        true,
-        100,
-    );
-    node.expect_drop(node.underlay, stranger, DropReason::NotTunnel);
+    // Plain frames from node 2's MAC, by source and destination.
+    let plain_from_node2 = |src: &str, dst: &str| {
+        udp_frame(
+            NODE2_UNDERLAY_MAC,
+            cfg.underlay_mac,
+            src,
+            dst,
+            63,
+            true,
+            100,
+        )
+    };
+    // From a pod of node 2, and from node 2 itself, from its own address
+    // (a process there bound to it), as the kernel's host-gw route
+    // carries both.
+    for src in ["10.244.2.5", "192.168.100.2"] {
+        let back = plain_from_node2(src, "10.244.1.2");
+        assert_eq!(
+            node.send(node.underlay, back.clone()),
+            vec![(bb1, routed(&back, cfg.gateway_mac, BUSYBOX1_MAC))],
+            "from {src}"
+        );
+    }
+    // Not accepted: a source no host-gw peer owns, another address on
+    // the underlay (no peer), and node 2's own address to the node's
+    // gateway address, which is the kernel's (it takes its own addresses
+    // on the underlay too).
+    for (src, dst) in [
+        ("10.244.9.5", "10.244.1.2"),
+        ("192.168.100.9", "10.244.1.2"),
+        ("192.168.100.2", "10.244.1.1"),
+    ] {
+        node.expect_drop(
+            node.underlay,
+            plain_from_node2(src, dst),
+            DropReason::NotTunnel,
+        );
+    }
 }
 
 /// DirectRouting: host-gw for a peer on our underlay subnet, VXLAN otherwise.

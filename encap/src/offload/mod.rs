@@ -565,6 +565,13 @@ pub struct Segmenter {
 const ETH_LEN: usize = 14;
 /// The longest IPv4 packet a total length can say.
 const MAX_IPV4_LEN: usize = u16::MAX as usize;
+/// What a tunnel puts around a packet at most: VXLAN's outer IPv4, UDP
+/// and VXLAN headers and the inner Ethernet header (IPIP's is 20).
+const TUNNEL_ROOM: usize = 20 + 8 + 8 + ETH_LEN;
+/// The longest piece a BIG TCP super-frame is cut into: one that still
+/// fits an outer IPv4 total length once a tunnel has put its headers
+/// around it.
+const MAX_PIECE_LEN: usize = MAX_IPV4_LEN - TUNNEL_ROOM;
 
 /// Reads an IPv4 header at `at`: its length, protocol and addresses.
 fn ipv4_header(frame: &[u8], at: usize) -> Result<(usize, u8, Ipv4Addr, Ipv4Addr), OffloadError> {
@@ -814,10 +821,11 @@ impl Segmenter {
 
     /// Segments per piece when a BIG TCP super-frame is cut into
     /// super-frames an IPv4 total length can say ([`Self::write_piece_headers`]):
-    /// as many as fit 65535 bytes of IPv4 packet.
+    /// as many as fit 65,485 bytes of IPv4 packet, so that a tunnel's outer
+    /// headers (VXLAN's 50 bytes) still fit the outer total length; at
+    /// least one.
     pub fn segments_per_piece(&self) -> usize {
-        // At least 1: `Self::at` refused a segment longer than that.
-        (MAX_IPV4_LEN - (self.payload - self.l3)) / self.mss
+        (MAX_PIECE_LEN.saturating_sub(self.payload - self.l3) / self.mss).max(1)
     }
 
     /// Number of pieces [`Self::write_piece_headers`] cuts the frame into.

@@ -14,13 +14,13 @@
 //!   answering "protocol unreachable"); host-gw frames through the
 //!   AF_PACKET socket, filtered in the kernel (classic BPF) to IPv4 for
 //!   our pod CIDR from the cluster's pods or the underlay's subnet (a
-//!   peer node's own address). Which frame leaves which way is the pipeline's mark
-//!   ([`PacketBuf::is_encapsulated`]), not the frame's look: a node's own
-//!   process bound to the node's address sends UDP whose source is the
-//!   outer header's. The kernel's own handling of the host-gw frames from
-//!   the cluster's pods then ends after the socket's tap
-//!   ([`crate::sys::tcx::IngressTaken`]): it would deliver those for the
-//!   node's gateway address a second time.
+//!   peer node's own address). Which frame leaves which way is the
+//!   pipeline's mark ([`PacketBuf::is_encapsulated`]), not the frame's
+//!   look: a node's own process bound to the node's address sends UDP
+//!   whose source is the outer header's. The kernel's own handling of the
+//!   host-gw frames from the cluster's pods then ends after the socket's
+//!   tap ([`crate::sys::tcx::IngressTaken`]): it would deliver those for
+//!   the node's gateway address a second time.
 //!
 //! Super-frames (DESIGN.md, "Offloads"):
 //!
@@ -1055,7 +1055,7 @@ impl UnderlayPort {
         for mut buf in out.drain(..) {
             let udp = buf.frame()[ETH + 9] == 17;
             let ipip = buf.frame()[ETH + 9] == 4;
-            if ipip && buf.is_gso() {
+            if ipip && buf.is_gso() && self.tunnel_tap.is_some() {
                 if !waiting.is_empty() {
                     sent += self.send_small(&mut waiting, pool);
                 }

@@ -180,7 +180,8 @@ const DUPLICATE_WAIT: &str = "0.05";
 /// Python that sends `count` UDP datagrams of `size` bytes to `IP PORT`;
 /// with `SEGMENTS` above 1, each send carries that many datagrams in one
 /// buffer cut by the kernel's UDP segmentation offload (UDP_SEGMENT), and
-/// leaves the pod as one super-frame where the veth allows it.
+/// leaves the pod as one super-frame where the veth allows it; with a
+/// `SOURCE` after them, from a socket bound to that address.
 const UDP_SOURCE: &str = "import socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 if len(sys.argv) > 6: s.bind((sys.argv[6], 0))

@@ -118,9 +118,14 @@ impl NodeConfig {
         pod_mtu(self.backend, self.underlay_mtu)
     }
 
+    /// This node's underlay subnet.
+    pub fn underlay_subnet(&self) -> Prefix {
+        Prefix::new_truncating(self.underlay_ip, self.underlay_prefix_len)
+    }
+
     /// True if `ip` is on this node's underlay subnet.
     pub fn on_underlay_subnet(&self, ip: Ipv4Addr) -> bool {
-        Prefix::new_truncating(self.underlay_ip, self.underlay_prefix_len).contains(ip)
+        self.underlay_subnet().contains(ip)
     }
 }
 

@@ -1054,18 +1054,9 @@ impl UnderlayPort {
         let mut sent = 0;
         for mut buf in out.drain(..) {
             let udp = buf.frame()[ETH + 9] == 17;
-            let ipip = buf.frame()[ETH + 9] == 4;
-            if ipip && buf.is_gso() && self.tunnel_tap.is_some() {
-                if !waiting.is_empty() {
-                    sent += self.send_small(&mut waiting, pool);
-                }
-                if self.send_whole(&buf) {
-                    sent += 1;
-                    pool.free(buf);
-                    continue;
-                }
-            }
-            if udp && buf.is_gso() {
+            // IPIP leaves whole through the TAP or is cut with the rest.
+            let ipip_whole = buf.frame()[ETH + 9] == 4 && self.tunnel_tap.is_some();
+            if (udp || ipip_whole) && buf.is_gso() {
                 if !waiting.is_empty() {
                     sent += self.send_small(&mut waiting, pool);
                 }

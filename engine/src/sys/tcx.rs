@@ -279,42 +279,54 @@ enum Shot {
 /// receive drop).
 fn ipip_out(to: i32) -> Vec<Instruction> {
     let mut a = Assembler::default();
+    // r6: the skb, for every helper.
     a.op(mov64_reg(6, 1));
-    // The outer header to the stack.
-    a.op(mov64_imm(2, 14));
-    a.op(mov64_reg(3, 10));
-    a.op(add64_imm(3, OUTER_AT));
-    a.op(mov64_imm(4, OUTER_LEN));
-    a.op(call(SKB_LOAD_BYTES));
-    a.jump(jne32_imm(0, 0, 0), Shot::Drop);
-    // Off, leaving the TCP super-frame...
-    a.op(mov64_reg(1, 6));
-    a.op(mov64_imm(2, -OUTER_LEN));
-    a.op(mov64_imm(3, ADJ_ROOM_MAC));
-    a.op(mov64_imm(4, ADJ_ROOM_FIXED_GSO));
-    a.op(call(SKB_ADJUST_ROOM));
-    a.jump(jne32_imm(0, 0, 0), Shot::Drop);
-    // ... and on again as its IPv4 encapsulation.
-    a.op(mov64_reg(1, 6));
-    a.op(mov64_imm(2, OUTER_LEN));
-    a.op(mov64_imm(3, ADJ_ROOM_MAC));
-    a.op(mov64_imm(4, ADJ_ROOM_FIXED_GSO | ADJ_ROOM_ENCAP_L3_IPV4));
-    a.op(call(SKB_ADJUST_ROOM));
-    a.jump(jne32_imm(0, 0, 0), Shot::Drop);
-    a.op(mov64_reg(1, 6));
-    a.op(mov64_imm(2, 14));
-    a.op(mov64_reg(3, 10));
-    a.op(add64_imm(3, OUTER_AT));
-    a.op(mov64_imm(4, OUTER_LEN));
+    // The outer header to the stack...
+    outer_header_and_stack(&mut a);
+    call_or_drop(&mut a, SKB_LOAD_BYTES);
+    // ... off, leaving the TCP super-frame...
+    adjust_room(&mut a, -OUTER_LEN, ADJ_ROOM_FIXED_GSO);
+    // ... on again as its IPv4 encapsulation...
+    adjust_room(
+        &mut a,
+        OUTER_LEN,
+        ADJ_ROOM_FIXED_GSO | ADJ_ROOM_ENCAP_L3_IPV4,
+    );
+    // ... and back from the stack (flags 0).
+    outer_header_and_stack(&mut a);
     a.op(mov64_imm(5, 0));
-    a.op(call(SKB_STORE_BYTES));
-    a.jump(jne32_imm(0, 0, 0), Shot::Drop);
+    call_or_drop(&mut a, SKB_STORE_BYTES);
     a.op(mov64_reg(1, 6));
     a.ops(&redirect_out(to));
     a.place(Shot::Drop);
     a.op(mov64_imm(0, TC_ACT_SHOT));
     a.op(exit());
     a.finish()
+}
+
+/// r1 to r4 for `bpf_skb_load_bytes` or `bpf_skb_store_bytes` of the
+/// outer header (behind the Ethernet header) and its place on the stack.
+fn outer_header_and_stack(a: &mut Assembler<Shot>) {
+    a.op(mov64_reg(1, 6));
+    a.op(mov64_imm(2, 14));
+    a.op(mov64_reg(3, 10));
+    a.op(add64_imm(3, OUTER_AT));
+    a.op(mov64_imm(4, OUTER_LEN));
+}
+
+/// `bpf_skb_adjust_room(skb, len, BPF_ADJ_ROOM_MAC, flags)`, or drop.
+fn adjust_room(a: &mut Assembler<Shot>, len: i32, flags: i32) {
+    a.op(mov64_reg(1, 6));
+    a.op(mov64_imm(2, len));
+    a.op(mov64_imm(3, ADJ_ROOM_MAC));
+    a.op(mov64_imm(4, flags));
+    call_or_drop(a, SKB_ADJUST_ROOM);
+}
+
+/// Calls `helper` and drops the frame if it fails.
+fn call_or_drop(a: &mut Assembler<Shot>, helper: i32) {
+    a.op(call(helper));
+    a.jump(jne32_imm(0, 0, 0), Shot::Drop);
 }
 
 /// The IPIP TAP's program on one interface's tcx ingress (what it does:

@@ -191,7 +191,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         udp_port: node.udp_port,
         pod_cidr: node.pod_cidr,
         cluster_cidr: node.cluster_cidr,
-        underlay_subnet: Prefix::new_truncating(node.underlay_ip, node.underlay_prefix_len),
+        underlay_subnet: node.underlay_subnet(),
         af_xdp: settings.underlay_af_xdp,
         tunnel_tap: settings.tunnel_tap.clone(),
         udp_batches: settings.udp_batches,

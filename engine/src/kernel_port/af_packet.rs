@@ -386,9 +386,7 @@ impl AfPacketPort {
     /// does. Then a pod's Ethernet broadcast reaches the node's own stack
     /// past podswitch's checks, as it would with any tap.
     pub fn kernel_stop_error(&self) -> Option<&io::Error> {
-        self.kernel_stop
-            .as_ref()
-            .and_then(|stop| stop.as_ref().err())
+        super::kernel_stop_failure(&self.kernel_stop)
     }
 }
 

@@ -272,6 +272,12 @@ impl KernelDrops {
     }
 }
 
+/// Why a port's tcx program that ends the kernel's own handling of its
+/// frames could not be attached, if it was asked for and failed.
+fn kernel_stop_failure<T>(stop: &Option<io::Result<T>>) -> Option<&io::Error> {
+    stop.as_ref().and_then(|stop| stop.as_ref().err())
+}
+
 /// Finishes in software what the offloads of each frame of `batch` for
 /// which `must_finish` holds left undone (segments super-frames, completes
 /// partial checksums), counting it, and leaves in `batch`, in order, the

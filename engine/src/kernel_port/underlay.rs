@@ -637,9 +637,7 @@ impl UnderlayPort {
     /// reaches the node's socket twice, once through the kernel and once
     /// through podswitch's host port.
     pub fn kernel_stop_error(&self) -> Option<&io::Error> {
-        self.kernel_stop
-            .as_ref()
-            .and_then(|stop| stop.as_ref().err())
+        super::kernel_stop_failure(&self.kernel_stop)
     }
 
     /// The TAP VXLAN super-frames leave through whole, if set up.

@@ -32,6 +32,14 @@
 //! behind the flow's position. A frame of another protocol than IPv4
 //! falls in bucket 0; so does one too short to hold an IPv4 header.
 //!
+//! An IPIP packet (RFC 2003, IP protocol 4) is hashed by the packet it
+//! carries, in a fanout group (an IPIP underlay split among workers):
+//! every flow between two nodes has the same outer addresses, and hashed
+//! by them all would share one bucket, and so one member, as Receive
+//! Packet Steering's flow dissector looks inside IPIP for the same
+//! reason (`__skb_flow_dissect`, net/core/flow_dissector.c). A fragment
+//! of an IPIP packet is hashed by its outer header.
+//!
 //! A reader's `head` may lag its true position (a frame the kernel
 //! dropped for a full queue was counted in `tail` but is never read): a
 //! flow then stays on its member a little longer, which costs a wake-up
@@ -50,12 +58,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::bpf::{
-    add32_imm, add64_imm, and32_imm, call, exit, fetch_add32, jeq32_imm, jeq32_reg, jeq_imm,
-    jge32_imm, jgt32_reg, jlt32_imm, jlt_imm, jne32_imm, jsge32_imm, load16, load32, load64, load8,
-    load_map, load_program, lsh32_imm, mod32_imm, mov32_imm, mov64_imm, mov64_reg, mul32_imm,
-    owned_fd, rsh32_imm, store32, store64, sub32_reg, sub64_reg, xor64_reg, Assembler, Instruction,
-    Reg, GET_SMP_PROCESSOR_ID, KTIME_GET_NS, MAP_LOOKUP_ELEM, PROTOCOL_TCP, PROTOCOL_UDP, SKB_LEN,
-    SKB_LOAD_BYTES, SKB_LOAD_BYTES_RELATIVE, SKB_PROTOCOL,
+    add32_imm, add64_imm, add64_reg, and32_imm, call, exit, fetch_add32, jeq32_imm, jeq32_reg,
+    jeq_imm, jge32_imm, jgt32_reg, jlt32_imm, jlt_imm, jne32_imm, jsge32_imm, load16, load32,
+    load64, load8, load_map, load_program, lsh32_imm, mod32_imm, mov32_imm, mov64_imm, mov64_reg,
+    mul32_imm, owned_fd, rsh32_imm, store32, store64, sub32_reg, sub64_reg, xor64_reg, Assembler,
+    Instruction, Reg, GET_SMP_PROCESSOR_ID, KTIME_GET_NS, MAP_LOOKUP_ELEM, PROTOCOL_IPIP,
+    PROTOCOL_TCP, PROTOCOL_UDP, SKB_LEN, SKB_LOAD_BYTES, SKB_LOAD_BYTES_RELATIVE, SKB_PROTOCOL,
 };
 
 /// The name the program shows under in `bpftool prog`.
@@ -96,6 +104,9 @@ const FROM_NETWORK_HEADER: i32 = 1;
 /// stages at -4).
 const HEADER_AT: i16 = -24;
 const PORTS_AT: i16 = -32;
+/// Where the program keeps the offset of the header it hashes from the
+/// network header: 0, or past an IPIP packet's outer header.
+const BASE_AT: i16 = -40;
 /// The shortest IPv4 header.
 const IPV4_HEADER_BYTES: u32 = 20;
 /// Fibonacci hashing's multiplier (2^32 divided by the golden ratio): its
@@ -106,6 +117,8 @@ const GOLDEN: u32 = 0x9e37_79b9;
 enum Label {
     /// The bucket is in r7.
     Hashed,
+    /// The IPv4 header to hash is at `HEADER_AT`.
+    Header,
     /// Addresses and protocol are in r7; hash them.
     Mix,
     Ports,
@@ -177,6 +190,10 @@ pub fn program(
     a.op(mov64_imm(2, 0));
     copy_from_network_header(&mut a, group, IPV4_HEADER_BYTES, HEADER_AT);
     a.jump(jne32_imm(0, 0, 0), Label::Hashed);
+    if group == Group::Fanout {
+        look_inside_ipip(&mut a);
+    }
+    a.place(Label::Header);
     a.op(load32(7, 10, HEADER_AT + 12));
     a.op(load32(0, 10, HEADER_AT + 16));
     a.op(xor64_reg(7, 0));
@@ -195,6 +212,10 @@ pub fn program(
     a.op(load8(2, 10, HEADER_AT));
     a.op(and32_imm(2, 0x0f));
     a.op(lsh32_imm(2, 2));
+    if group == Group::Fanout {
+        a.op(load32(0, 10, BASE_AT));
+        a.op(add64_reg(2, 0));
+    }
     if checks_lengths {
         a.op(mov64_reg(1, 2));
         a.op(add32_imm(1, 4));
@@ -253,6 +274,31 @@ pub fn program(
     a.op(call(GET_SMP_PROCESSOR_ID));
     a.op(exit());
     a.finish()
+}
+
+/// In a fanout group: the header to hash is the IPv4 header an IPIP
+/// packet carries, copied over the outer one at `HEADER_AT`, and its
+/// offset goes to `BASE_AT` (0 for any other frame). Too short a packet,
+/// or a fragment, keeps the outer header. Clobbers r0 to r5 and r8.
+fn look_inside_ipip(a: &mut Assembler<Label>) {
+    a.op(mov64_imm(0, 0));
+    a.op(store32(10, BASE_AT, 0));
+    a.op(load8(8, 10, HEADER_AT + 9));
+    a.jump(jne32_imm(8, PROTOCOL_IPIP, 0), Label::Header);
+    a.op(load16(0, 10, HEADER_AT + 6));
+    a.op(and32_imm(0, u32::from(u16::from_ne_bytes([0x3f, 0xff]))));
+    a.jump(jne32_imm(0, 0, 0), Label::Header);
+    a.op(load8(2, 10, HEADER_AT));
+    a.op(and32_imm(2, 0x0f));
+    a.op(lsh32_imm(2, 2));
+    a.op(mov64_reg(1, 2));
+    a.op(add32_imm(1, IPV4_HEADER_BYTES));
+    a.jump(jgt32_reg(1, 9, 0), Label::Header);
+    a.op(store32(10, BASE_AT, 2));
+    copy_from_network_header(a, Group::Fanout, IPV4_HEADER_BYTES, HEADER_AT);
+    // A failed copy leaves the stack's header zeroed (the helper clears
+    // it): the frame goes to bucket 0, as any unreadable one.
+    a.jump(jne32_imm(0, 0, 0), Label::Hashed);
 }
 
 /// Copies `len` bytes at the offset in r2 from the network header to the

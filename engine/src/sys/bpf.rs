@@ -18,6 +18,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 // (`__BPF_FUNC_MAPPER`), shared by every program built here.
 /// `skb->len`.
 pub const SKB_LEN: i16 = 0;
+/// `skb->pkt_type`: `PACKET_HOST`, `PACKET_OTHERHOST`, ...
+pub const SKB_PKT_TYPE: i16 = 4;
 /// `skb->queue_mapping`.
 pub const SKB_QUEUE_MAPPING: i16 = 12;
 /// `skb->protocol`: the EtherType, in the wire's order.

@@ -8,6 +8,8 @@
 //!   frames podswitch's packet socket has taken: IPv4 from a pod of the
 //!   cluster to the node's pod subnet. Everything else goes on to the
 //!   kernel (`TCX_NEXT`): the node's own traffic, ARP, tunnel packets.
+//!   And on an IPIP underlay split among workers, the IPIP packets for
+//!   the node that podswitch's packet sockets have taken.
 //! - [`IngressRedirect`]: sending what enters the UDP-tunnel TAP out of
 //!   the underlay interface (`bpf_redirect_neigh`), for the VXLAN
 //!   super-frames the underlay port sends whole (`kernel_port/tunnel_tap.rs`).
@@ -53,6 +55,18 @@
 //! leaves those) and drops them in podswitch's forward chain when they
 //! are for a pod (podswitch delivers those).
 //!
+//! Why IPIP packets end: an IPIP underlay split among workers reads IPIP
+//! packets for the node from a packet socket per worker, a fanout group
+//! steered by flow, because a raw socket cannot be split (every raw socket
+//! of a protocol gets a copy of each packet, `raw_v4_input`). The kernel
+//! would go on with each packet after the group's tap, through `ip_rcv`
+//! to a raw socket that must stay open (below), and to an error it would
+//! send back without one ("protocol unreachable"): twice the work, and
+//! every packet read twice. The condition is the packet socket's own
+//! filter: IPv4 for the node (`PACKET_HOST`), protocol 4, to the node's
+//! address, not a fragment. A fragment goes on to the kernel, which
+//! reassembles it and hands the whole packet to the raw socket.
+//!
 //! Each attachment is a BPF link (`BPF_LINK_CREATE` with
 //! `BPF_TCX_INGRESS`): it lives as long as its descriptor, so it goes
 //! away with the port, with the interface, and with podswitchd however it
@@ -66,9 +80,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use podswitch_addr::{mask, Prefix};
 
 use super::bpf::{
-    add64_imm, and32_imm, call, exit, jne32_imm, load32, load_program, mov64_imm, mov64_reg,
-    owned_fd, store32, Assembler, Instruction, REDIRECT_NEIGH, SKB_ADJUST_ROOM, SKB_LOAD_BYTES,
-    SKB_PROTOCOL, SKB_QUEUE_MAPPING, SKB_STORE_BYTES,
+    add64_imm, and32_imm, call, exit, jne32_imm, load16, load32, load8, load_program, mov64_imm,
+    mov64_reg, owned_fd, store32, Assembler, Instruction, PROTOCOL_IPIP, REDIRECT_NEIGH,
+    SKB_ADJUST_ROOM, SKB_LOAD_BYTES, SKB_PKT_TYPE, SKB_PROTOCOL, SKB_QUEUE_MAPPING,
+    SKB_STORE_BYTES,
 };
 
 /// `TCX_DROP` (enum tcx_action_base).
@@ -158,8 +173,54 @@ fn drop_between(sources: Prefix, destinations: Prefix) -> Vec<Instruction> {
     a.finish()
 }
 
-/// The underlay's program that ends the host-gw frames podswitch has
-/// taken (see the module's documentation); detached when dropped.
+/// `PACKET_HOST`: a frame for this host (`skb->pkt_type`).
+const PACKET_HOST: u32 = 0;
+/// Where [`drop_ipip_to`] copies the IPv4 header on its stack.
+const IPV4_HEADER_AT: i16 = -24;
+
+/// Drops IPIP packets for `local` that are not fragments, received for
+/// this host (`TCX_DROP`); passes everything else on (`TCX_NEXT`). The
+/// condition is the one of the split IPIP underlay's packet socket
+/// (`kernel_port/underlay.rs`, `ipip_filter`).
+fn drop_ipip_to(local: std::net::Ipv4Addr) -> Vec<Instruction> {
+    let mut a = Assembler::default();
+    a.op(mov64_reg(6, 1));
+    a.op(load32(0, 6, SKB_PROTOCOL));
+    a.jump(
+        jne32_imm(0, u32::from(u16::from_ne_bytes([0x08, 0x00])), 0),
+        Label::Next,
+    );
+    a.op(load32(0, 6, SKB_PKT_TYPE));
+    a.jump(jne32_imm(0, PACKET_HOST, 0), Label::Next);
+    // The IPv4 header to the stack in one helper call.
+    a.op(mov64_reg(1, 6));
+    a.op(mov64_imm(2, 14));
+    a.op(mov64_reg(3, 10));
+    a.op(add64_imm(3, i32::from(IPV4_HEADER_AT)));
+    a.op(mov64_imm(4, 20));
+    a.op(call(SKB_LOAD_BYTES));
+    a.jump(jne32_imm(0, 0, 0), Label::Next);
+    a.op(load8(1, 10, IPV4_HEADER_AT + 9));
+    a.jump(jne32_imm(1, PROTOCOL_IPIP, 0), Label::Next);
+    a.op(load16(1, 10, IPV4_HEADER_AT + 6));
+    a.op(and32_imm(1, u32::from(u16::from_ne_bytes([0x3f, 0xff]))));
+    a.jump(jne32_imm(1, 0, 0), Label::Next);
+    a.op(load32(1, 10, IPV4_HEADER_AT + 16));
+    a.jump(
+        jne32_imm(1, u32::from_ne_bytes(local.octets()), 0),
+        Label::Next,
+    );
+    a.op(mov64_imm(0, TCX_DROP));
+    a.op(exit());
+    a.place(Label::Next);
+    a.op(mov64_imm(0, TCX_NEXT));
+    a.op(exit());
+    a.finish()
+}
+
+/// The underlay's program that ends what podswitch's packet sockets
+/// have taken there: host-gw frames, or the IPIP packets of a split IPIP
+/// underlay (see the module's documentation); detached when dropped.
 #[derive(Debug)]
 pub struct IngressTaken {
     /// Held, never read: closing it detaches the program.
@@ -179,6 +240,16 @@ impl IngressTaken {
                 TAKEN_PROGRAM_NAME,
                 &drop_between(cluster, pod_subnet),
             )?,
+        })
+    }
+
+    /// Attaches to interface `ifindex` a program that drops the IPIP
+    /// packets for `local` that are not fragments, after the taps, as
+    /// [`attach`](Self::attach) does. Fails as [`IngressStop::attach`]
+    /// does.
+    pub fn attach_ipip(ifindex: u32, local: std::net::Ipv4Addr) -> io::Result<IngressTaken> {
+        Ok(IngressTaken {
+            _link: attach_ingress(ifindex, TAKEN_PROGRAM_NAME, &drop_ipip_to(local))?,
         })
     }
 }
@@ -518,6 +589,47 @@ mod tests {
         // kernel's test run refuses an IPv4 frame shorter than its
         // header. `bpf_skb_load_bytes` checks the bounds, and its error
         // passes the frame on.)
+    }
+
+    /// Needs root (loading a BPF program).
+    #[test]
+    fn the_ipip_underlay_program_ends_only_whole_ipip_packets_for_the_node() {
+        let program = load_program(
+            libbpf_sys::BPF_PROG_TYPE_SCHED_CLS,
+            TAKEN_PROGRAM_NAME,
+            &drop_ipip_to(std::net::Ipv4Addr::new(192, 168, 100, 1)),
+        )
+        .unwrap_or_else(|e| panic!("loading the program needs root and BPF: {e}"));
+        // An IPv4 packet of `protocol` from node 2 to `dst`, with the
+        // fragment field `fragment`, sent to the MAC of the test run's
+        // device (the loopback's, all zero), which makes it this host's.
+        let packet = |protocol: u8, dst: [u8; 4], fragment: u16| {
+            let mut f = frame(0x0800, [192, 168, 100, 2], dst);
+            f[..6].fill(0);
+            f[14 + 6..14 + 8].copy_from_slice(&fragment.to_be_bytes());
+            f[14 + 9] = protocol;
+            f
+        };
+        let node = [192, 168, 100, 1];
+        let mut other_host = packet(4, node, 0);
+        other_host[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 9]);
+        let cases = [
+            ("IPIP to the node", packet(4, node, 0), TCX_DROP),
+            ("IPIP, DF set", packet(4, node, 0x4000), TCX_DROP),
+            ("IPIP, a first fragment", packet(4, node, 0x2000), TCX_NEXT),
+            ("IPIP, a last fragment", packet(4, node, 0x0010), TCX_NEXT),
+            (
+                "IPIP to another address",
+                packet(4, [192, 168, 100, 3], 0),
+                TCX_NEXT,
+            ),
+            ("IPIP to another host's MAC", other_host, TCX_NEXT),
+            ("UDP to the node", packet(17, node, 0), TCX_NEXT),
+            ("ARP", frame(0x0806, [0; 4], node), TCX_NEXT),
+        ];
+        for (what, data, want) in &cases {
+            assert_eq!(verdict(&program, data), *want, "{what}");
+        }
     }
 
     /// Needs root. The IPIP TAP's program takes the outer header off and

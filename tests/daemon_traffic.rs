@@ -134,7 +134,8 @@ fn two_workers_hand_frames_to_each_other_on_every_path() {
 /// which writes the other pod's port itself (no frame handed to another
 /// worker), and so are pings to the other node, through an underlay
 /// split among the workers too (a UDP socket, a packet socket taking
-/// host-gw frames, or both, per worker); a capture on a split port spans
+/// host-gw frames, or both, per worker; for IPIP a packet socket taking
+/// IPIP packets); a capture on a split port spans
 /// every worker's member; a split port is detached from every worker;
 /// an idle node uses no CPU.
 #[test]
@@ -145,26 +146,37 @@ fn per_cpu_workers_split_pod_ports_and_carry_every_path() {
         ("udp", Some(8285)),
         ("host-gw", None),
         ("directrouting", Some(8472)),
+        ("ipip", None),
     ] {
         per_cpu_workers(backend, tunnel_port);
     }
 }
 
-/// Where the underlay is not split among per-CPU workers (IPIP's raw
-/// socket stays with one of them, which the others hand their frames),
+/// Where the underlay is not split among per-CPU workers (the AF_XDP
+/// underlay stays with one of them, which the others hand their frames),
 /// the pod ports still are, and every path still carries ping, TCP and
 /// UDP.
 #[test]
 fn per_cpu_workers_carry_every_path_where_the_underlay_stays_whole() {
     require(&["ip", "ping", "/usr/bin/python3", "kill"]);
-    per_cpu_cluster("ipip");
+    let cluster = per_cpu_cluster("ipip", Some("af-xdp"));
+    for node in &cluster.nodes {
+        let ports = node.ctl_json(&["port", "list"]);
+        let ports = ports.as_array().expect("a list of ports");
+        for port in ports {
+            let whole = port["role"] == "underlay";
+            assert_eq!(port["split"], !whole, "{port}");
+        }
+    }
 }
 
 /// Two nodes of `backend` whose podswitchd runs a worker per CPU, with
-/// AF_PACKET pods, once the traffic matrix has passed on it.
-fn per_cpu_cluster(backend: &str) -> Cluster {
+/// AF_PACKET pods and the underlay kind `underlay_kind` (the default if
+/// none), once the traffic matrix has passed on it.
+fn per_cpu_cluster(backend: &str, underlay_kind: Option<&str>) -> Cluster {
     let mut cluster = Cluster::new(backend, "bridge", 2);
     cluster.port_kind = "af-packet".into();
+    cluster.underlay_kind = underlay_kind.map(str::to_string);
     for n in 0..cluster.nodes.len() {
         // A spin window longer than the gaps of `ping_from_each_cpu`:
         // a worker that spun for frames of split ports would spin after
@@ -191,7 +203,7 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
         cpus.len() >= 2,
         "this test needs 2 CPUs to see a worker per CPU (this process may use {cpus:?})"
     );
-    let cluster = per_cpu_cluster(backend);
+    let cluster = per_cpu_cluster(backend, None);
 
     let node = &cluster.nodes[0];
     let worker_stats = || -> Vec<(u64, u64)> {
@@ -253,11 +265,11 @@ fn per_cpu_workers(backend: &str, tunnel_port: Option<u16>) {
             String::from_utf8_lossy(&sockets.stdout)
         );
     }
-    if matches!(backend, "host-gw" | "directrouting") {
+    if matches!(backend, "host-gw" | "directrouting" | "ipip") {
         assert_eq!(
             packet_sockets(node, "ul0"),
             cpus.len(),
-            "{backend}: a packet socket per worker taking host-gw frames"
+            "{backend}: a packet socket per worker taking host-gw frames or IPIP packets"
         );
     }
     let remote = cluster.pods.iter().find(|p| p.node == 1).unwrap();

@@ -1333,6 +1333,138 @@ fn a_host_gw_underlay_takes_only_what_a_peer_sends() {
     assert_eq!(markers(&taken), wanted, "the frames the port took");
 }
 
+/// An IPIP packet from node 2 (192.168.100.2) to `outer_dst` in an
+/// Ethernet frame from [`SENDER_MAC`] to the MAC [`frame`] sends to,
+/// carrying UDP from `inner_src`:`port` to the pod 10.244.1.2:2000 with
+/// `marker` for payload (see [`ipip_marker`]); as `fragments` of it (one:
+/// whole), each with its outer header, cut at 8-byte multiples. Built
+/// with etherparse, checksums included.
+fn ipip_frames(
+    outer_dst: [u8; 4],
+    inner_src: [u8; 4],
+    port: u16,
+    marker: u8,
+    fragments: usize,
+) -> Vec<Vec<u8>> {
+    use etherparse::{IpFragOffset, IpNumber, Ipv4Header, PacketBuilder};
+    let mut inner = Vec::new();
+    PacketBuilder::ipv4(inner_src, [10, 244, 1, 2], 64)
+        .udp(port, 2000)
+        .write(&mut inner, &[marker; 32])
+        .unwrap();
+    let piece = (inner.len() / fragments).div_ceil(8) * 8;
+    inner
+        .chunks(piece)
+        .enumerate()
+        .map(|(i, payload)| {
+            let mut outer = Ipv4Header::new(
+                payload.len() as u16,
+                64,
+                IpNumber::IPV4,
+                [192, 168, 100, 2],
+                outer_dst,
+            )
+            .unwrap();
+            outer.identification = 7;
+            outer.more_fragments = (i + 1) * piece < inner.len();
+            outer.fragment_offset = IpFragOffset::try_new((i * piece / 8) as u16).unwrap();
+            outer.header_checksum = outer.calc_header_checksum();
+            let mut f = frame(14);
+            outer.write(&mut f).unwrap();
+            f.extend_from_slice(payload);
+            f
+        })
+        .collect()
+}
+
+/// The marker of an IPIP frame from [`ipip_frames`], as the port hands
+/// it over: behind Ethernet, the outer and inner IPv4 headers (20 bytes
+/// each) and UDP.
+fn ipip_marker(frame: &[u8]) -> Option<u8> {
+    frame.get(14 + 20 + 20 + 8).copied()
+}
+
+/// An IPIP underlay split among a worker per CPU reads each IPIP packet
+/// for the node once, on the member of the CPU its inner flow arrived on:
+/// two flows between the same two nodes (one outer address pair) arriving
+/// on two CPUs go to two members, which a hash of the outer header
+/// would have put together. The kernel's own copy of what the packet
+/// sockets took ends after their tap: the raw socket, kept open on the
+/// first member, reads only the packet the kernel reassembled from
+/// fragments. An IPIP packet to another address is not taken.
+#[test]
+fn an_ipip_underlay_split_by_flow_reads_each_packet_once() {
+    use podswitch_engine::config::Backend;
+    use podswitch_engine::kernel_port::{UnderlayOptions, UnderlayPort};
+    use podswitch_engine::tables::PortSpec;
+    let cpus = cpus_to_tell_apart();
+    let ns = veth_pair();
+    ns.ip(&["link", "set", "rx0", "address", "02:00:00:00:00:02"]);
+    ns.ip(&["addr", "add", "192.168.100.1/24", "dev", "rx0"]);
+    let tables = node1_tables(Backend::Ipip, 4);
+    let id = tables.attach_port(PortSpec::underlay("rx0")).unwrap();
+    let stats = std::sync::Arc::clone(&tables.stats);
+    let options = UnderlayOptions {
+        receivers: cpus,
+        ..node1_underlay("rx0", Backend::Ipip)
+    };
+    let path = format!("/var/run/netns/{}", ns.name);
+    let mut members = in_netns(&path, move || {
+        let mut first = UnderlayPort::open(&options, id, stats)?;
+        if let Some(why) = first.split_refused() {
+            return Err(std::io::Error::other(format!(
+                "the split was refused: {why}"
+            )));
+        }
+        let others = first.fan_out(cpus)?;
+        Ok(std::iter::once(Box::new(first) as Box<dyn Port>)
+            .chain(others)
+            .collect::<Vec<_>>())
+    })
+    .expect("an IPIP underlay split among the CPUs (needs Linux 6.6 for tcx)");
+
+    let node = [192, 168, 100, 1];
+    for (cpu, inner_src, port, marker) in [(0, 5, 1000, 1), (1, 6, 1001, 11)] {
+        for m in marker..marker + 3 {
+            for f in ipip_frames(node, [10, 244, 2, inner_src], port, m, 1) {
+                send_into_tx0(&ns, &f, 1, Some(cpu));
+            }
+        }
+    }
+    for f in ipip_frames([192, 168, 100, 3], [10, 244, 2, 5], 1000, 21, 1) {
+        send_into_tx0(&ns, &f, 1, Some(0));
+    }
+    for f in ipip_frames(node, [10, 244, 2, 5], 1000, 31, 2) {
+        send_into_tx0(&ns, &f, 1, Some(0));
+    }
+
+    let mut pool = PacketPool::with_large(64, DEFAULT_BUF_SIZE, 0);
+    let mut read = |member: &mut Box<dyn Port>| {
+        let mut batch = Vec::new();
+        let mut markers = Vec::new();
+        while member.recv(&mut pool, &mut batch).unwrap() > 0 {
+            markers.extend(batch.iter().filter_map(|b| ipip_marker(b.frame())));
+            pool.free_all(&mut batch);
+            member.forwarded();
+        }
+        markers.sort_unstable();
+        markers
+    };
+    assert_eq!(
+        read(&mut members[0]),
+        [1, 2, 3, 31],
+        "member 0: the flow from CPU 0, and the reassembled packet through the raw socket"
+    );
+    assert_eq!(
+        read(&mut members[1]),
+        [11, 12, 13],
+        "member 1: the flow from CPU 1"
+    );
+    for member in members.iter_mut().skip(2) {
+        assert_eq!(read(member), [0u8; 0]);
+    }
+}
+
 /// Node 1's tables (pod subnet 10.244.1.0/24, underlay address
 /// 192.168.100.1) for `backend`, room for `ports` ports.
 fn node1_tables(

@@ -34,7 +34,8 @@ use crate::sys::mmsg::{Received, RecvBuffers, SendBuffers, MAX_PARTS};
 use crate::sys::packet_socket::{PacketOptions, PacketSocket};
 use crate::sys::tcx::IngressStop;
 
-/// The receive side shared by pod ports and the underlay's host-gw socket.
+/// The receive side shared by pod ports and the underlay's host-gw and
+/// IPIP sockets.
 #[derive(Debug)]
 pub(super) struct PacketRx {
     pub(super) sock: PacketSocket,
@@ -54,6 +55,12 @@ pub(super) struct PacketRx {
     /// kernel that takes `GSO_UDP_L4` from one (Linux 6.2,
     /// `virtio_net_hdr_to_skb`); off for good once the kernel refused one.
     udp_batches: bool,
+    /// A message longer than a small buffer goes on into a super-frame
+    /// buffer though the socket has no virtio-net headers: the split IPIP
+    /// underlay's, whose super-frames the pipeline recognises after
+    /// decapsulation, as those from its raw socket (a virtio-net header
+    /// would describe the outer header as the segments' own).
+    whole_without_vnet: bool,
 }
 
 struct RxBuffers<'a> {
@@ -96,7 +103,18 @@ impl PacketRx {
             kernel_drops: KernelDrops::socket(),
             emptied: false,
             udp_batches: udp_batches && sock.has_vnet_hdr() && crate::sys::kernel_at_least(6, 2),
+            whole_without_vnet: false,
             sock,
+        }
+    }
+
+    /// The receive side of a socket without virtio-net headers that takes
+    /// frames up to a super-frame buffer's length whole (see
+    /// `whole_without_vnet`); it sends nothing.
+    pub(super) fn whole_frames(sock: PacketSocket) -> PacketRx {
+        PacketRx {
+            whole_without_vnet: true,
+            ..PacketRx::new(sock, false)
         }
     }
 
@@ -121,8 +139,9 @@ impl PacketRx {
             return Ok(0);
         }
         let vnet = self.sock.has_vnet_hdr();
-        // Only a socket with virtio-net headers gets super-frames.
-        if vnet {
+        // Only a socket with virtio-net headers gets super-frames, but for
+        // one asked to take them whole.
+        if vnet || self.whole_without_vnet {
             stage_large(
                 pool,
                 &mut self.staging_large,

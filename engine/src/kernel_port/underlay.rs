@@ -21,6 +21,19 @@
 //!   host-gw frames from the cluster's pods then ends after the socket's
 //!   tap ([`crate::sys::tcx::IngressTaken`]): it would deliver those for
 //!   the node's gateway address a second time.
+//! - **IPIP split among workers**: every raw socket of a protocol gets a
+//!   copy of each packet, so a raw socket cannot be shared out as a
+//!   reuseport group is. An IPIP underlay split among workers reads the
+//!   IPIP packets for the node through a packet socket per worker
+//!   instead, a fanout group steered by flow, which hashes the packet
+//!   IPIP carries ([`crate::sys::flow_steer`]), filtered in the kernel
+//!   to what the kernel's IP layer would take for the node: this host's
+//!   frames, IPv4, protocol 4, to the node's address, not fragments
+//!   ([`ipip_filter`]). The kernel's own handling of those ends after the
+//!   group's tap ([`IngressTaken::attach_ipip`]). A fragment goes on to
+//!   the kernel, which reassembles it for the raw socket, kept open on
+//!   the first member. Where that program cannot be attached, the port is
+//!   not split ([`UnderlayPort::split_refused`]).
 //!
 //! Super-frames (DESIGN.md, "Offloads"):
 //!
@@ -176,32 +189,43 @@ pub struct UnderlayOptions {
     /// steered by flow ([`InetSocket::udp_bound_by_flow`]), and one
     /// receiving host-gw frames through a packet socket (host-gw,
     /// directrouting) opens that many in a fanout group steered by flow
-    /// ([`PacketSocket::fan_out_by_flow`]). IPIP's raw socket (every raw
-    /// socket gets a copy of each packet) and AF_XDP are not split yet
-    /// and keep one owner.
+    /// ([`PacketSocket::fan_out_by_flow`]); an IPIP underlay reads its
+    /// IPIP packets through that many packet sockets in a fanout group
+    /// steered by flow (see the module's documentation). AF_XDP is not
+    /// split yet and keeps one owner.
     pub receivers: usize,
 }
 
 impl UnderlayOptions {
-    /// True if the port these options open splits among
+    /// True if the port these options open is to split among
     /// [`receivers`](Self::receivers) workers: more than one asked for,
-    /// and an underlay that receives through its UDP or packet sockets
-    /// (all but IPIP and AF_XDP).
+    /// and an underlay that receives through its sockets (not AF_XDP).
+    /// An IPIP underlay may still refuse
+    /// ([`UnderlayPort::split_refused`]).
     pub fn splits(&self) -> bool {
-        self.receivers > 1 && !self.af_xdp && self.backend != Backend::Ipip
+        self.receivers > 1 && !self.af_xdp
     }
 }
 
 /// The sockets of one more member of a split underlay, until
 /// [`Port::fan_out`] makes a port of them: its UDP socket of the
-/// reuseport group and its packet socket of the host-gw fanout group
-/// (whichever the backend has), each with its report to its group's
-/// steering program.
+/// reuseport group, its packet socket of the host-gw fanout group, or
+/// its packet socket of the IPIP fanout group (whichever the backend
+/// has), each with its report to its group's steering program.
 #[derive(Debug)]
 struct SpareMember {
     udp: Option<(InetSocket, MemberProgress)>,
     direct: Option<(PacketSocket, MemberProgress)>,
+    ipip: Option<(PacketSocket, MemberProgress)>,
 }
+
+/// A socket of a fanout group and its reports to the group's steering
+/// program: the first member's, and the others' until they are ports.
+type FanoutGroup = (
+    PacketSocket,
+    Option<Steered>,
+    Vec<(PacketSocket, MemberProgress)>,
+);
 
 /// A member's socket and its report to the group's steering program
 /// (if the port is split), taken apart.
@@ -331,6 +355,12 @@ pub struct UnderlayPort {
     /// VXLAN / IP-in-UDP receiver and its port.
     udp: Option<(InetSocket, u16)>,
     ipip: Option<InetSocket>,
+    /// IPIP packets taken by a packet socket of a fanout group, in a port
+    /// split among workers (the raw socket then gets only what the kernel
+    /// reassembled from fragments).
+    ipip_packets: Option<PacketRx>,
+    /// Why an IPIP port asked to split among workers did not.
+    split_refused: Option<String>,
     /// What the kernel dropped for the UDP and IPIP sockets.
     udp_drops: KernelDrops,
     ipip_drops: KernelDrops,
@@ -373,15 +403,17 @@ pub struct UnderlayPort {
     /// Why AF_XDP receive was asked for and not set up.
     xdp_refused: Option<String>,
     /// What ends the node kernel's own handling of the host-gw frames the
-    /// packet socket has taken, or why it could not be attached; `None`
-    /// without host-gw frames, and in the other members of a split port,
-    /// which the first member's covers.
+    /// packet socket has taken, or why it could not be attached; or of the
+    /// IPIP packets a split IPIP port's packet sockets take (which is not
+    /// split where it cannot be attached). `None` without either, and in
+    /// the other members of a split port, which the first member's covers.
     kernel_stop: Option<io::Result<IngressTaken>>,
     /// A member of a port split among workers reports its UDP reads to
     /// the reuseport group's steering program, and its host-gw reads to
     /// the fanout group's.
     udp_steered: Option<Steered>,
     direct_steered: Option<Steered>,
+    ipip_steered: Option<Steered>,
     /// The other members' sockets, until [`Port::fan_out`] makes them
     /// ports.
     spare_members: Vec<SpareMember>,
@@ -418,6 +450,59 @@ fn host_gw_filter(sources: [Prefix; 2], destinations: Prefix) -> [BpfInstruction
         ins(0x06, 0, 0, 0x0004_0000),        // 11: accept (up to 256 KiB)
         ins(0x06, 0, 0, 0),                  // 12: reject
     ]
+}
+
+/// Classic BPF: accept the frames the kernel's IP layer would take for
+/// `local` as IPIP packets, whole: this host's (`PACKET_HOST`), untagged
+/// IPv4, protocol 4, to `local`, not a fragment (what
+/// [`IngressTaken::attach_ipip`] ends, the same condition); reject the
+/// rest.
+fn ipip_filter(local: Ipv4Addr) -> [BpfInstruction; 12] {
+    let ins = BpfInstruction::new;
+    // `SKF_AD_OFF + SKF_AD_PKTTYPE`: an ancillary load of `skb->pkt_type`
+    // (what `tcpdump -dd inbound` loads).
+    const PKTTYPE: u32 = 0xffff_f004;
+    // Jumps count the instructions after the jump's own; 11 rejects.
+    [
+        ins(0x28, 0, 0, PKTTYPE),          // 0: ldh #pkttype
+        ins(0x15, 0, 9, 0),                // 1: jeq #PACKET_HOST, 2, 11
+        ins(0x28, 0, 0, 12),               // 2: ldh [12]        EtherType
+        ins(0x15, 0, 7, 0x0800),           // 3: jeq #IPv4, 4, 11
+        ins(0x30, 0, 0, 23),               // 4: ldb [23]        protocol
+        ins(0x15, 0, 5, 4),                // 5: jeq #IPIP, 6, 11
+        ins(0x20, 0, 0, 30),               // 6: ld [30]         destination
+        ins(0x15, 0, 3, u32::from(local)), // 7: jeq #local, 8, 11
+        ins(0x28, 0, 0, 20),               // 8: ldh [20]        flags, fragment offset
+        ins(0x45, 1, 0, 0x3fff),           // 9: jset #MF|offset, 11, 10
+        ins(0x06, 0, 0, 0x0004_0000),      // 10: accept (up to 256 KiB)
+        ins(0x06, 0, 0, 0),                // 11: reject
+    ]
+}
+
+/// The IPIP fanout group of a port split among `options.receivers`
+/// workers (see the module's documentation), and what ends the kernel's
+/// own handling of the packets it takes. In this order, so that no
+/// packet reaches neither: the group, steered by flow, then the program.
+fn ipip_fanout(options: &UnderlayOptions, ifindex: u32) -> io::Result<(FanoutGroup, IngressTaken)> {
+    let steering = FlowSteering::new(Group::Fanout, options.receivers, DEFAULT_GAP)?;
+    let socket_options = PacketOptions {
+        vnet_hdr: false,
+        rcvbuf: 8 << 20,
+        ..PacketOptions::default()
+    };
+    let filter = ipip_filter(options.local_ip);
+    let first = PacketSocket::open_filtered(ifindex, socket_options, Some(&filter))?;
+    let others = first
+        .fan_out_by_flow(options.receivers - 1, socket_options, &steering)?
+        .into_iter()
+        .zip(1..)
+        .map(|(sock, member)| (sock, steering.progress(member)))
+        .collect();
+    let stop = IngressTaken::attach_ipip(ifindex, options.local_ip)?;
+    Ok((
+        (first, Some(Steered::new(steering.progress(0))), others),
+        stop,
+    ))
 }
 
 impl UnderlayPort {
@@ -489,9 +574,26 @@ impl UnderlayPort {
             Backend::Udp => 0,
             _ => VXLAN_INNER_L3,
         };
+        // Split: the packet sockets and the program that ends the
+        // kernel's handling of what they take come first, so that the
+        // raw socket (for reassembled fragments) never takes a packet
+        // they took too.
+        let (ipip_group, ipip_stop, split_refused) = match (options.backend, options.splits()) {
+            (Backend::Ipip, true) => match ipip_fanout(options, ifindex) {
+                Ok((group, stop)) => (Some(group), Some(stop), None),
+                Err(e) => (None, None, Some(e.to_string())),
+            },
+            _ => (None, None, None),
+        };
         let ipip = match options.backend {
             Backend::Ipip => Some(InetSocket::raw_receiver(IPPROTO_IPIP, options.local_ip)?),
             _ => None,
+        };
+        let (ipip_packets, ipip_steered, ipip_members) = match ipip_group {
+            Some((first, steered, members)) => {
+                (Some(PacketRx::whole_frames(first)), steered, members)
+            }
+            None => (None, None, Vec::new()),
         };
         let sender = match options.backend {
             Backend::HostGw => None,
@@ -532,10 +634,12 @@ impl UnderlayPort {
             _ => None,
         };
         let spare_members = {
-            let (mut udp, mut direct) = (udp_members.into_iter(), direct_members.into_iter());
-            std::iter::from_fn(|| match (udp.next(), direct.next()) {
-                (None, None) => None,
-                (udp, direct) => Some(SpareMember { udp, direct }),
+            let mut udp = udp_members.into_iter();
+            let mut direct = direct_members.into_iter();
+            let mut ipip = ipip_members.into_iter();
+            std::iter::from_fn(|| match (udp.next(), direct.next(), ipip.next()) {
+                (None, None, None) => None,
+                (udp, direct, ipip) => Some(SpareMember { udp, direct, ipip }),
             })
             .collect()
         };
@@ -550,10 +654,14 @@ impl UnderlayPort {
         // After every member is bound, so that no frame reaches neither.
         let kernel_stop = direct
             .is_some()
-            .then(|| IngressTaken::attach(ifindex, options.cluster_cidr, options.pod_cidr));
+            .then(|| IngressTaken::attach(ifindex, options.cluster_cidr, options.pod_cidr))
+            .or(ipip_stop.map(Ok));
         Ok(UnderlayPort {
             udp,
             ipip,
+            ipip_packets,
+            ipip_steered,
+            split_refused,
             sender,
             direct,
             kernel_stop,
@@ -591,6 +699,8 @@ impl UnderlayPort {
             local_mac: local.1,
             udp: None,
             ipip: None,
+            ipip_packets: None,
+            split_refused: None,
             udp_drops: KernelDrops::socket(),
             ipip_drops: KernelDrops::socket(),
             sender: None,
@@ -615,6 +725,7 @@ impl UnderlayPort {
             kernel_stop: None,
             udp_steered: None,
             direct_steered: None,
+            ipip_steered: None,
             spare_members: Vec::new(),
             udp_emptied: false,
             ipip_emptied: false,
@@ -638,6 +749,14 @@ impl UnderlayPort {
     /// through podswitch's host port.
     pub fn kernel_stop_error(&self) -> Option<&io::Error> {
         super::kernel_stop_failure(&self.kernel_stop)
+    }
+
+    /// Why an IPIP underlay asked to split among workers is not (the
+    /// program that ends the kernel's handling of its packets could not
+    /// be attached: a kernel before 6.6, BPF not allowed): one worker
+    /// reads every IPIP packet, through the raw socket.
+    pub fn split_refused(&self) -> Option<&str> {
+        self.split_refused.as_deref()
     }
 
     /// The TAP VXLAN super-frames leave through whole, if set up.
@@ -768,6 +887,7 @@ impl UnderlayPort {
         let port = self.udp.as_ref().map_or(0, |(_, p)| *p);
         let (udp, udp_steered) = steered(spare.udp);
         let (direct, direct_steered) = steered(spare.direct);
+        let (ipip_packets, ipip_steered) = steered(spare.ipip);
         let segment_senders = if self.segment_senders.is_empty() {
             Vec::new()
         } else {
@@ -785,11 +905,13 @@ impl UnderlayPort {
                 let keep = self.direct.as_ref().is_some_and(PacketRx::udp_batches);
                 PacketRx::new(sock, keep)
             }),
+            ipip_packets: ipip_packets.map(PacketRx::whole_frames),
             sender,
             segment_senders,
             tunnel_tap: self.tunnel_tap.clone(),
             udp_steered,
             direct_steered,
+            ipip_steered,
             ..UnderlayPort::without_sockets(
                 self.name.clone(),
                 self.counter.clone(),
@@ -1382,7 +1504,7 @@ impl Port for UnderlayPort {
             PortKind::AfXdp
         } else if self.udp.is_some() {
             PortKind::UdpSocket
-        } else if self.ipip.is_some() {
+        } else if self.ipip.is_some() && self.ipip_packets.is_none() {
             PortKind::RawIp
         } else {
             PortKind::AfPacket
@@ -1400,11 +1522,16 @@ impl Port for UnderlayPort {
         }
         got += from_udp;
         got += self.recv_socket(Socket::Ipip, pool, batch)?;
-        if let Some(direct) = self.direct.as_mut() {
-            got += Steered::receive(self.direct_steered.as_mut(), || {
-                let got = direct.recv(&self.counter, pool, batch)?;
-                Ok((got, direct.emptied))
-            })?;
+        for (rx, steered) in [
+            (&mut self.direct, &mut self.direct_steered),
+            (&mut self.ipip_packets, &mut self.ipip_steered),
+        ] {
+            if let Some(rx) = rx.as_mut() {
+                got += Steered::receive(steered.as_mut(), || {
+                    let got = rx.recv(&self.counter, pool, batch)?;
+                    Ok((got, rx.emptied))
+                })?;
+            }
         }
         Ok(got)
     }
@@ -1444,9 +1571,13 @@ impl Port for UnderlayPort {
     }
 
     fn forwarded(&mut self) {
-        for steered in [&mut self.udp_steered, &mut self.direct_steered]
-            .into_iter()
-            .flatten()
+        for steered in [
+            &mut self.udp_steered,
+            &mut self.direct_steered,
+            &mut self.ipip_steered,
+        ]
+        .into_iter()
+        .flatten()
         {
             steered.release();
         }
@@ -1458,13 +1589,17 @@ impl Port for UnderlayPort {
         self.xdp.is_none()
             && (self.udp.is_none() || self.udp_emptied)
             && (self.ipip.is_none() || self.ipip_emptied)
-            && self.direct.as_ref().map_or(true, |direct| direct.emptied)
+            && [&self.direct, &self.ipip_packets]
+                .into_iter()
+                .flatten()
+                .all(|rx| rx.emptied)
     }
 
     /// The members of an underlay opened for `members` receivers
     /// ([`UnderlayOptions::receivers`]): each takes its own socket of the
-    /// UDP reuseport group and of the host-gw fanout group (whichever the
-    /// backend has; host-gw frames leave through that packet socket),
+    /// UDP reuseport group, of the host-gw fanout group or of the IPIP
+    /// fanout group (whichever the backend has; host-gw frames leave
+    /// through that packet socket),
     /// sends tunnel packets through its own raw and `UDP_SEGMENT`
     /// sockets, and all write to the one tunnel TAP. An underlay that
     /// does not split answers [`io::ErrorKind::Unsupported`].
@@ -1510,7 +1645,7 @@ impl Port for UnderlayPort {
         if let Some(s) = &self.ipip {
             fds.push(s.as_fd().as_raw_fd());
         }
-        if let Some(rx) = &self.direct {
+        for rx in [&self.direct, &self.ipip_packets].into_iter().flatten() {
             fds.push(rx.sock.as_fd().as_raw_fd());
         }
         fds

@@ -207,8 +207,8 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         tracing::info!(
             backend = %node.backend,
             af_xdp = settings.underlay_af_xdp,
-            "per_cpu: this underlay is not split among the workers (IPIP's raw socket and the AF_XDP \
-             underlay are not yet): one worker owns it, the others hand it their frames"
+            "per_cpu: this underlay is not split among the workers (the AF_XDP underlay is not \
+             yet): one worker owns it, the others hand it their frames"
         );
     }
     let underlay = datapath
@@ -242,6 +242,13 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                     interface = %settings.underlay_interface,
                     "the node's kernel still handles the host-gw frames podswitch takes ({why}): \
                      a datagram from another node's pod to this node's gateway address arrives twice",
+                );
+            }
+            if let Some(why) = underlay.split_refused() {
+                tracing::warn!(
+                    interface = %settings.underlay_interface,
+                    "per_cpu: IPIP packets cannot be shared out among the workers ({why}): one \
+                     worker reads them all, through a raw socket",
                 );
             }
             if let Some(why) = underlay.xdp_refused() {

@@ -1281,7 +1281,8 @@ fn tc_stats(ns: &Netns, object: &str, dev: &str) -> Vec<TcStats> {
 
 /// A host-gw underlay's packet socket takes what a host-gw peer sends:
 /// IPv4 to this node's pods from the cluster's pods or from the
-/// underlay's subnet (a peer node's own address). A reply from outside
+/// underlay's subnet (a peer node's own address, but for the gateway
+/// address, to which the kernel delivers it). A reply from outside
 /// both to a pod that kept its address is the kernel's, as are frames
 /// to another subnet and anything not IPv4: put on the wire, they never
 /// reach the port.
@@ -1304,10 +1305,11 @@ fn a_host_gw_underlay_takes_only_what_a_peer_sends() {
 
     // (source, destination, EtherType, taken), each frame marked by its
     // place in the list.
-    let cases: [(&str, &str, u16, bool); 7] = [
+    let cases: [(&str, &str, u16, bool); 8] = [
         ("10.244.2.5", "10.244.1.2", 0x0800, true), // a peer's pod
         ("10.244.2.5", "10.244.1.1", 0x0800, true), // ... to the gateway
         ("192.168.100.2", "10.244.1.2", 0x0800, true), // a peer node itself
+        ("192.168.100.2", "10.244.1.1", 0x0800, false), // ... to the gateway
         ("8.8.8.8", "10.244.1.2", 0x0800, false),   // a reply from outside
         ("10.244.2.5", "10.244.3.2", 0x0800, false), // to another node's pods
         ("10.244.2.5", "192.168.100.1", 0x0800, false), // to the node
@@ -1391,7 +1393,8 @@ fn ipip_marker(frame: &[u8]) -> Option<u8> {
 /// would have put together. The kernel's own copy of what the packet
 /// sockets took ends after their tap: the raw socket, kept open on the
 /// first member, reads only the packet the kernel reassembled from
-/// fragments. An IPIP packet to another address is not taken.
+/// fragments. An IPIP packet to another address, or to another host's
+/// MAC, is not taken.
 #[test]
 fn an_ipip_underlay_split_by_flow_reads_each_packet_once() {
     use podswitch_engine::config::Backend;
@@ -1432,6 +1435,12 @@ fn an_ipip_underlay_split_by_flow_reads_each_packet_once() {
         }
     }
     for f in ipip_frames([192, 168, 100, 3], [10, 244, 2, 5], 1000, 21, 1) {
+        send_into_tx0(&ns, &f, 1, Some(0));
+    }
+    // To the node's address but another host's MAC: the kernel's IP
+    // layer drops it (`PACKET_OTHERHOST`), and so does the filter.
+    for mut f in ipip_frames(node, [10, 244, 2, 5], 1000, 41, 1) {
+        f[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 9]);
         send_into_tx0(&ns, &f, 1, Some(0));
     }
     for f in ipip_frames(node, [10, 244, 2, 5], 1000, 31, 2) {
@@ -1495,6 +1504,7 @@ fn node1_underlay(
         pod_cidr: "10.244.1.0/24".parse().unwrap(),
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         underlay_subnet: "192.168.100.0/24".parse().unwrap(),
+        gateway: Ipv4Addr::new(10, 244, 1, 1),
         af_xdp: false,
         tunnel_tap: None,
         udp_batches: false,

@@ -14,7 +14,8 @@
 //!   answering "protocol unreachable"); host-gw frames through the
 //!   AF_PACKET socket, filtered in the kernel (classic BPF) to IPv4 for
 //!   our pod CIDR from the cluster's pods or the underlay's subnet (a
-//!   peer node's own address). Which frame leaves which way is the
+//!   peer node's own address; but for the node's gateway address, which
+//!   the kernel delivers a peer's frames to itself). Which frame leaves which way is the
 //!   pipeline's mark ([`PacketBuf::is_encapsulated`]), not the frame's
 //!   look: a node's own process bound to the node's address sends UDP
 //!   whose source is the outer header's. The kernel's own handling of the
@@ -27,9 +28,10 @@
 //!   IPIP packets for the node through a packet socket per worker
 //!   instead, a fanout group steered by flow, which hashes the packet
 //!   IPIP carries ([`crate::sys::flow_steer`]), filtered in the kernel
-//!   to what the kernel's IP layer would take for the node: this host's
-//!   frames, IPv4, protocol 4, to the node's address, not fragments
-//!   ([`ipip_filter`]). The kernel's own handling of those ends after the
+//!   to the IPIP packets for the node: frames to this host's MAC
+//!   (`PACKET_HOST`), IPv4, protocol 4, to the node's address, not
+//!   fragments ([`ipip_filter`]). Frames sent to a broadcast or
+//!   multicast MAC go on to the kernel and the raw socket. The kernel's own handling of those ends after the
 //!   group's tap ([`IngressTaken::attach_ipip`]). A fragment goes on to
 //!   the kernel, which reassembles it for the raw socket, kept open on
 //!   the first member. Where that program cannot be attached, the port is
@@ -150,6 +152,9 @@ const SEGMENT_SENDERS: usize = 16;
 const MAX_SEGMENTS: usize = MAX_UDP_SEGMENTS;
 /// Fewest datagrams sent as one `UDP_SEGMENT` write rather than raw.
 const MIN_BATCH: usize = 2;
+/// In an IPIP port split among workers, under load, one read in this
+/// many also reads the raw socket (reassembled fragments).
+const RAW_READ_EVERY: u8 = 8;
 
 /// What the underlay port needs to know.
 #[derive(Debug, Clone)]
@@ -172,6 +177,9 @@ pub struct UnderlayOptions {
     /// The node's subnet on the underlay, where its host-gw peers are: a
     /// peer's own address is a source of host-gw frames too.
     pub underlay_subnet: Prefix,
+    /// The node's own address in its pod CIDR (the host port's,
+    /// 10.244.X.1): a host-gw peer's own frames to it are the kernel's.
+    pub gateway: Ipv4Addr,
     /// Receive tunnel packets through an AF_XDP socket (see
     /// [`crate::sys::xdp_steer`]); where that cannot be set up, the port
     /// receives through its sockets and [`UnderlayPort::xdp_refused`]
@@ -218,14 +226,6 @@ struct SpareMember {
     direct: Option<(PacketSocket, MemberProgress)>,
     ipip: Option<(PacketSocket, MemberProgress)>,
 }
-
-/// A socket of a fanout group and its reports to the group's steering
-/// program: the first member's, and the others' until they are ports.
-type FanoutGroup = (
-    PacketSocket,
-    Option<Steered>,
-    Vec<(PacketSocket, MemberProgress)>,
-);
 
 /// A member's socket and its report to the group's steering program
 /// (if the port is split), taken apart.
@@ -361,6 +361,8 @@ pub struct UnderlayPort {
     ipip_packets: Option<PacketRx>,
     /// Why an IPIP port asked to split among workers did not.
     split_refused: Option<String>,
+    /// Reads since the raw socket was last read, in a split IPIP port.
+    raw_reads_skipped: u8,
     /// What the kernel dropped for the UDP and IPIP sockets.
     udp_drops: KernelDrops,
     ipip_drops: KernelDrops,
@@ -422,10 +424,23 @@ pub struct UnderlayPort {
     ipip_emptied: bool,
 }
 
-/// Classic BPF: accept untagged IPv4 frames from `sources` (either
-/// prefix) to `destinations`, reject the rest (what `tcpdump -dd 'ip
-/// and (src net A or src net B) and dst net C'` gives).
-fn host_gw_filter(sources: [Prefix; 2], destinations: Prefix) -> [BpfInstruction; 13] {
+/// Who sends host-gw frames: the cluster's pods, and the peer nodes
+/// themselves, from the underlay's subnet.
+#[derive(Debug, Clone, Copy)]
+struct HostGwSources {
+    pods: Prefix,
+    peers: Prefix,
+}
+
+/// Classic BPF: accept untagged IPv4 frames to `destinations` from the
+/// `sources`' pods, or from their peers but to `gateway`; reject the rest
+/// (what `tcpdump -dd 'ip and dst net C and (src net A or (src net B and
+/// not dst host G))'` gives).
+fn host_gw_filter(
+    sources: HostGwSources,
+    destinations: Prefix,
+    gateway: Ipv4Addr,
+) -> [BpfInstruction; 15] {
     let ins = BpfInstruction::new;
     let mask = |p: Prefix| {
         u32::MAX
@@ -433,30 +448,31 @@ fn host_gw_filter(sources: [Prefix; 2], destinations: Prefix) -> [BpfInstruction
             .unwrap_or(0)
     };
     let net = |p: Prefix| u32::from(p.addr());
-    let [a, b] = sources;
-    // Jumps count the instructions after the jump's own; 12 rejects.
+    let HostGwSources { pods, peers } = sources;
+    // Jumps count the instructions after the jump's own; 14 rejects.
     [
         ins(0x28, 0, 0, 12),                 // 0: ldh [12]        EtherType
-        ins(0x15, 0, 10, 0x0800),            // 1: jeq #IPv4, 2, 12
+        ins(0x15, 0, 12, 0x0800),            // 1: jeq #IPv4, 2, 14
         ins(0x20, 0, 0, 26),                 // 2: ld [26]         IPv4 source
-        ins(0x54, 0, 0, mask(a)),            // 3: and #mask
-        ins(0x15, 3, 0, net(a)),             // 4: jeq #net, 8, 5
+        ins(0x54, 0, 0, mask(pods)),         // 3: and #mask
+        ins(0x15, 5, 0, net(pods)),          // 4: jeq #net, 10, 5
         ins(0x20, 0, 0, 26),                 // 5: ld [26]
-        ins(0x54, 0, 0, mask(b)),            // 6: and #mask
-        ins(0x15, 0, 4, net(b)),             // 7: jeq #net, 8, 12
+        ins(0x54, 0, 0, mask(peers)),        // 6: and #mask
+        ins(0x15, 0, 6, net(peers)),         // 7: jeq #net, 8, 14
         ins(0x20, 0, 0, 30),                 // 8: ld [30]         IPv4 destination
-        ins(0x54, 0, 0, mask(destinations)), // 9: and #mask
-        ins(0x15, 0, 1, net(destinations)),  // 10: jeq #net, 11, 12
-        ins(0x06, 0, 0, 0x0004_0000),        // 11: accept (up to 256 KiB)
-        ins(0x06, 0, 0, 0),                  // 12: reject
+        ins(0x15, 4, 0, u32::from(gateway)), // 9: jeq #gateway, 14, 10
+        ins(0x20, 0, 0, 30),                 // 10: ld [30]
+        ins(0x54, 0, 0, mask(destinations)), // 11: and #mask
+        ins(0x15, 0, 1, net(destinations)),  // 12: jeq #net, 13, 14
+        ins(0x06, 0, 0, 0x0004_0000),        // 13: accept (up to 256 KiB)
+        ins(0x06, 0, 0, 0),                  // 14: reject
     ]
 }
 
-/// Classic BPF: accept the frames the kernel's IP layer would take for
-/// `local` as IPIP packets, whole: this host's (`PACKET_HOST`), untagged
-/// IPv4, protocol 4, to `local`, not a fragment (what
-/// [`IngressTaken::attach_ipip`] ends, the same condition); reject the
-/// rest.
+/// Classic BPF: accept whole IPIP packets for `local`: frames to this
+/// host's MAC (`PACKET_HOST`), IPv4, protocol 4, to `local`, not a
+/// fragment (what [`IngressTaken::attach_ipip`] ends, the same
+/// condition); reject the rest.
 fn ipip_filter(local: Ipv4Addr) -> [BpfInstruction; 12] {
     let ins = BpfInstruction::new;
     // `SKF_AD_OFF + SKF_AD_PKTTYPE`: an ancillary load of `skb->pkt_type`
@@ -480,10 +496,15 @@ fn ipip_filter(local: Ipv4Addr) -> [BpfInstruction; 12] {
 }
 
 /// The IPIP fanout group of a port split among `options.receivers`
-/// workers (see the module's documentation), and what ends the kernel's
-/// own handling of the packets it takes. In this order, so that no
-/// packet reaches neither: the group, steered by flow, then the program.
-fn ipip_fanout(options: &UnderlayOptions, ifindex: u32) -> io::Result<(FanoutGroup, IngressTaken)> {
+/// workers (see the module's documentation), each member's socket with
+/// its report to the group's steering program, and what ends the
+/// kernel's own handling of the packets it takes. In this order, so that
+/// no packet reaches neither: the group, steered by flow, then the
+/// program.
+fn ipip_fanout(
+    options: &UnderlayOptions,
+    ifindex: u32,
+) -> io::Result<(Vec<(PacketSocket, MemberProgress)>, IngressTaken)> {
     let steering = FlowSteering::new(Group::Fanout, options.receivers, DEFAULT_GAP)?;
     let socket_options = PacketOptions {
         vnet_hdr: false,
@@ -492,17 +513,14 @@ fn ipip_fanout(options: &UnderlayOptions, ifindex: u32) -> io::Result<(FanoutGro
     };
     let filter = ipip_filter(options.local_ip);
     let first = PacketSocket::open_filtered(ifindex, socket_options, Some(&filter))?;
-    let others = first
-        .fan_out_by_flow(options.receivers - 1, socket_options, &steering)?
-        .into_iter()
-        .zip(1..)
+    let others = first.fan_out_by_flow(options.receivers - 1, socket_options, &steering)?;
+    let members = std::iter::once(first)
+        .chain(others)
+        .zip(0..)
         .map(|(sock, member)| (sock, steering.progress(member)))
         .collect();
     let stop = IngressTaken::attach_ipip(ifindex, options.local_ip)?;
-    Ok((
-        (first, Some(Steered::new(steering.progress(0))), others),
-        stop,
-    ))
+    Ok((members, stop))
 }
 
 impl UnderlayPort {
@@ -589,12 +607,9 @@ impl UnderlayPort {
             Backend::Ipip => Some(InetSocket::raw_receiver(IPPROTO_IPIP, options.local_ip)?),
             _ => None,
         };
-        let (ipip_packets, ipip_steered, ipip_members) = match ipip_group {
-            Some((first, steered, members)) => {
-                (Some(PacketRx::whole_frames(first)), steered, members)
-            }
-            None => (None, None, Vec::new()),
-        };
+        let mut ipip_members = ipip_group.unwrap_or_default().into_iter();
+        let (ipip_packets, ipip_steered) = steered(ipip_members.next());
+        let ipip_packets = ipip_packets.map(PacketRx::whole_frames);
         let sender = match options.backend {
             Backend::HostGw => None,
             _ => Some(InetSocket::raw_sender()?),
@@ -613,12 +628,15 @@ impl UnderlayPort {
                 // underlay's subnet, whose MAC it is sent to). A reply
                 // to a pod that kept its address, from outside both, is
                 // the kernel's (it sends it on to the host port), and
-                // taken here it would only be counted as dropped.
+                // taken here it would only be counted as dropped; so is
+                // a peer's own frame to the gateway address, which the
+                // kernel delivers itself (`on_underlay_direct`).
                 let socket_options = PacketOptions::default();
-                let filter = host_gw_filter(
-                    [options.cluster_cidr, options.underlay_subnet],
-                    options.pod_cidr,
-                );
+                let sources = HostGwSources {
+                    pods: options.cluster_cidr,
+                    peers: options.underlay_subnet,
+                };
+                let filter = host_gw_filter(sources, options.pod_cidr, options.gateway);
                 let sock = PacketSocket::open_filtered(ifindex, socket_options, Some(&filter))?;
                 if let Some(steering) = group_steering(options, Group::Fanout)? {
                     direct_steered = Some(Steered::new(steering.progress(0)));
@@ -636,7 +654,7 @@ impl UnderlayPort {
         let spare_members = {
             let mut udp = udp_members.into_iter();
             let mut direct = direct_members.into_iter();
-            let mut ipip = ipip_members.into_iter();
+            let mut ipip = ipip_members;
             std::iter::from_fn(|| match (udp.next(), direct.next(), ipip.next()) {
                 (None, None, None) => None,
                 (udp, direct, ipip) => Some(SpareMember { udp, direct, ipip }),
@@ -701,6 +719,7 @@ impl UnderlayPort {
             ipip: None,
             ipip_packets: None,
             split_refused: None,
+            raw_reads_skipped: 0,
             udp_drops: KernelDrops::socket(),
             ipip_drops: KernelDrops::socket(),
             sender: None,
@@ -751,10 +770,11 @@ impl UnderlayPort {
         super::kernel_stop_failure(&self.kernel_stop)
     }
 
-    /// Why an IPIP underlay asked to split among workers is not (the
-    /// program that ends the kernel's handling of its packets could not
-    /// be attached: a kernel before 6.6, BPF not allowed): one worker
-    /// reads every IPIP packet, through the raw socket.
+    /// Why an IPIP underlay asked to split among workers is not: its
+    /// packet sockets, their steering program, or the program that ends
+    /// the kernel's handling of their packets could not be set up (before
+    /// Linux 6.6 for the last, or without the right to load BPF). One
+    /// worker then reads every IPIP packet, through the raw socket.
     pub fn split_refused(&self) -> Option<&str> {
         self.split_refused.as_deref()
     }
@@ -1521,17 +1541,32 @@ impl Port for UnderlayPort {
             steered.after_recv(mark, from_udp, self.udp_emptied);
         }
         got += from_udp;
-        got += self.recv_socket(Socket::Ipip, pool, batch)?;
+        let mut from_packets = 0;
         for (rx, steered) in [
             (&mut self.direct, &mut self.direct_steered),
             (&mut self.ipip_packets, &mut self.ipip_steered),
         ] {
             if let Some(rx) = rx.as_mut() {
-                got += Steered::receive(steered.as_mut(), || {
+                from_packets += Steered::receive(steered.as_mut(), || {
                     let got = rx.recv(&self.counter, pool, batch)?;
                     Ok((got, rx.emptied))
                 })?;
             }
+        }
+        got += from_packets;
+        // Split, the raw socket gets only what the kernel reassembled
+        // from fragments: read when the packet sockets gave nothing (the
+        // wake may be its own), and under load every few reads, not a
+        // system call on each (its stale `ipip_emptied` keeps the port
+        // polled while it had frames left).
+        let skip_raw = self.ipip_packets.is_some()
+            && from_packets > 0
+            && self.raw_reads_skipped + 1 < RAW_READ_EVERY;
+        if skip_raw {
+            self.raw_reads_skipped += 1;
+        } else {
+            self.raw_reads_skipped = 0;
+            got += self.recv_socket(Socket::Ipip, pool, batch)?;
         }
         Ok(got)
     }
@@ -1762,32 +1797,36 @@ mod tests {
     #[test]
     fn host_gw_filter_jumps_land_where_its_comments_say() {
         let p = host_gw_filter(
-            [
-                "10.244.0.0/16".parse().unwrap(),
-                "192.168.100.0/24".parse().unwrap(),
-            ],
+            HostGwSources {
+                pods: "10.244.0.0/16".parse().unwrap(),
+                peers: "192.168.100.0/24".parse().unwrap(),
+            },
             "10.244.2.0/24".parse().unwrap(),
+            Ipv4Addr::new(10, 244, 2, 1),
         );
         assert_eq!(
-            (p[3].k, p[6].k, p[9].k),
+            (p[3].k, p[6].k, p[11].k),
             (0xffff_0000, 0xffff_ff00, 0xffff_ff00)
         );
-        assert_eq!(p[10].k, u32::from(Ipv4Addr::new(10, 244, 2, 0)));
+        assert_eq!(p[9].k, u32::from(Ipv4Addr::new(10, 244, 2, 1)));
+        assert_eq!(p[12].k, u32::from(Ipv4Addr::new(10, 244, 2, 0)));
         let target = |at: usize, offset: u8| at + 1 + usize::from(offset);
         let reject = p.len() - 1;
         assert_eq!(target(1, p[1].jf), reject);
         assert_eq!(
             target(4, p[4].jt),
-            8,
-            "the first source: on to the destination"
+            10,
+            "a pod source: on to the destination"
         );
         assert_eq!(
             target(7, p[7].jt),
             8,
-            "the second source: on to the destination"
+            "a peer source: on to the gateway test"
         );
         assert_eq!(target(7, p[7].jf), reject);
-        assert_eq!(target(10, p[10].jf), reject);
-        assert_eq!((p[11].k, p[reject].k), (0x0004_0000, 0));
+        assert_eq!(target(9, p[9].jt), reject, "a peer to the gateway");
+        assert_eq!(target(9, p[9].jf), 10, "a peer elsewhere");
+        assert_eq!(target(12, p[12].jf), reject);
+        assert_eq!((p[13].k, p[reject].k), (0x0004_0000, 0));
     }
 }

@@ -50,9 +50,9 @@
 //! outside the cluster to a pod (a reply to a pod that kept its address,
 //! `no_masquerade`) still goes through the kernel, which sends it on to
 //! the host port. The packet socket also takes a peer node's own frames
-//! (from the underlay's subnet); those go on to the kernel too, which
-//! delivers them itself when they are for the gateway address (podswitch
-//! leaves those) and drops them in podswitch's forward chain when they
+//! (from the underlay's subnet) but for the gateway address; those go on
+//! to the kernel too, which delivers them itself when they are for the
+//! gateway address and drops them in podswitch's forward chain when they
 //! are for a pod (podswitch delivers those).
 //!
 //! Why IPIP packets end: an IPIP underlay split among workers reads IPIP
@@ -63,8 +63,8 @@
 //! to a raw socket that must stay open (below), and to an error it would
 //! send back without one ("protocol unreachable"): twice the work, and
 //! every packet read twice. The condition is the packet socket's own
-//! filter: IPv4 for the node (`PACKET_HOST`), protocol 4, to the node's
-//! address, not a fragment. A fragment goes on to the kernel, which
+//! filter: IPv4 to this host's MAC (`PACKET_HOST`), protocol 4, to the
+//! node's address, not a fragment. A fragment goes on to the kernel, which
 //! reassembles it and hands the whole packet to the raw socket.
 //!
 //! Each attachment is a BPF link (`BPF_LINK_CREATE` with

@@ -192,6 +192,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         pod_cidr: node.pod_cidr,
         cluster_cidr: node.cluster_cidr,
         underlay_subnet: node.underlay_subnet(),
+        gateway: host_address,
         af_xdp: settings.underlay_af_xdp,
         tunnel_tap: settings.tunnel_tap.clone(),
         udp_batches: settings.udp_batches,

@@ -147,24 +147,43 @@ fn jump_unless_inside(a: &mut Assembler<Label>, reg: u8, prefix: Prefix) {
 /// short to hold the addresses included.
 fn drop_between(sources: Prefix, destinations: Prefix) -> Vec<Instruction> {
     let mut a = Assembler::default();
+    next_unless_ipv4(&mut a);
+    // Both addresses to the stack in one helper call.
+    bytes_to_stack_or_next(&mut a, IPV4_ADDRESSES_AT, 8, -8);
+    a.op(load32(1, 10, -8));
+    jump_unless_inside(&mut a, 1, sources);
+    a.op(load32(1, 10, -4));
+    jump_unless_inside(&mut a, 1, destinations);
+    drop_here_else_next(a)
+}
+
+/// A dropping program's start: r6 the context, and a frame that is not
+/// IPv4 goes on ([`Label::Next`]).
+fn next_unless_ipv4(a: &mut Assembler<Label>) {
     a.op(mov64_reg(6, 1));
     a.op(load32(0, 6, SKB_PROTOCOL));
     a.jump(
         jne32_imm(0, u32::from(u16::from_ne_bytes([0x08, 0x00])), 0),
         Label::Next,
     );
-    // Both addresses to the stack in one helper call.
+}
+
+/// `len` bytes of the frame at `from` (its Ethernet header at 0) to the
+/// stack at `to`, in one helper call; a frame too short goes on
+/// ([`Label::Next`]). Clobbers r0 to r5.
+fn bytes_to_stack_or_next(a: &mut Assembler<Label>, from: i32, len: i32, to: i16) {
     a.op(mov64_reg(1, 6));
-    a.op(mov64_imm(2, IPV4_ADDRESSES_AT));
+    a.op(mov64_imm(2, from));
     a.op(mov64_reg(3, 10));
-    a.op(add64_imm(3, -8));
-    a.op(mov64_imm(4, 8));
+    a.op(add64_imm(3, i32::from(to)));
+    a.op(mov64_imm(4, len));
     a.op(call(SKB_LOAD_BYTES));
     a.jump(jne32_imm(0, 0, 0), Label::Next);
-    a.op(load32(1, 10, -8));
-    jump_unless_inside(&mut a, 1, sources);
-    a.op(load32(1, 10, -4));
-    jump_unless_inside(&mut a, 1, destinations);
+}
+
+/// A dropping program's end: what reaches here is dropped (`TCX_DROP`),
+/// what jumped to [`Label::Next`] goes on (`TCX_NEXT`).
+fn drop_here_else_next(mut a: Assembler<Label>) -> Vec<Instruction> {
     a.op(mov64_imm(0, TCX_DROP));
     a.op(exit());
     a.place(Label::Next);
@@ -184,22 +203,10 @@ const IPV4_HEADER_AT: i16 = -24;
 /// (`kernel_port/underlay.rs`, `ipip_filter`).
 fn drop_ipip_to(local: std::net::Ipv4Addr) -> Vec<Instruction> {
     let mut a = Assembler::default();
-    a.op(mov64_reg(6, 1));
-    a.op(load32(0, 6, SKB_PROTOCOL));
-    a.jump(
-        jne32_imm(0, u32::from(u16::from_ne_bytes([0x08, 0x00])), 0),
-        Label::Next,
-    );
+    next_unless_ipv4(&mut a);
     a.op(load32(0, 6, SKB_PKT_TYPE));
     a.jump(jne32_imm(0, PACKET_HOST, 0), Label::Next);
-    // The IPv4 header to the stack in one helper call.
-    a.op(mov64_reg(1, 6));
-    a.op(mov64_imm(2, 14));
-    a.op(mov64_reg(3, 10));
-    a.op(add64_imm(3, i32::from(IPV4_HEADER_AT)));
-    a.op(mov64_imm(4, 20));
-    a.op(call(SKB_LOAD_BYTES));
-    a.jump(jne32_imm(0, 0, 0), Label::Next);
+    bytes_to_stack_or_next(&mut a, 14, 20, IPV4_HEADER_AT);
     a.op(load8(1, 10, IPV4_HEADER_AT + 9));
     a.jump(jne32_imm(1, PROTOCOL_IPIP, 0), Label::Next);
     a.op(load16(1, 10, IPV4_HEADER_AT + 6));
@@ -210,12 +217,7 @@ fn drop_ipip_to(local: std::net::Ipv4Addr) -> Vec<Instruction> {
         jne32_imm(1, u32::from_ne_bytes(local.octets()), 0),
         Label::Next,
     );
-    a.op(mov64_imm(0, TCX_DROP));
-    a.op(exit());
-    a.place(Label::Next);
-    a.op(mov64_imm(0, TCX_NEXT));
-    a.op(exit());
-    a.finish()
+    drop_here_else_next(a)
 }
 
 /// The underlay's program that ends what podswitch's packet sockets

@@ -879,8 +879,42 @@ fn wait_for_traffic(cluster: &Cluster) {
 #[test]
 fn host_gw_underlay_program_goes_with_the_daemon() {
     require(&["ip", "/usr/bin/python3", "kill"]);
-    let mut cluster = Cluster::new("host-gw", "bridge", 1);
-    cluster.start_all();
+    underlay_program_goes_with_the_daemon("host-gw", &[], |cluster| {
+        let (from, node) = (&cluster.pods[1], &cluster.nodes[0]);
+        let gateway = format!("{}.1", node.pod_net);
+        assert_eq!(udp_datagrams(&from.ns, &node.ns, &gateway, 20, 100), 20);
+        // From the other node itself, bound to its underlay address: the
+        // kernel's alone.
+        let other = &cluster.nodes[1];
+        let got = udp_datagrams_from(&other.ns, &other.underlay_ip, &node.ns, &gateway, 20, 100);
+        assert_eq!(got, 20, "from {} to {gateway}", other.underlay_ip);
+    });
+}
+
+/// IPIP with a worker per CPU: the same for the program that ends the
+/// kernel's own handling of the IPIP packets the workers' packet sockets
+/// take. A pod's datagrams from the other node then arrive once each
+/// (were the kernel's copy not ended, the raw socket would read each a
+/// second time).
+#[test]
+fn ipip_underlay_program_goes_with_the_daemon() {
+    require(&["ip", "/usr/bin/python3", "kill"]);
+    underlay_program_goes_with_the_daemon("ipip", &["--per-cpu", "true"], |cluster| {
+        let (from, to) = (&cluster.pods[1], &cluster.pods[0]);
+        assert_eq!(udp_datagrams(&from.ns, &to.ns, &to.ip, 20, 100), 20);
+    });
+}
+
+/// Two nodes of `backend`, podswitchd started with `args`: one tcx
+/// program on node 1's `ul0` while podswitchd runs, `once` passes, and
+/// the program goes with the daemon, after `kill -9`, after a restart
+/// (one again, not two) and after a clean stop.
+fn underlay_program_goes_with_the_daemon(backend: &str, args: &[&str], once: impl Fn(&Cluster)) {
+    let mut cluster = Cluster::new(backend, "bridge", 1);
+    for n in 0..cluster.nodes.len() {
+        cluster.start(n, args);
+        cluster.attach_pods(n);
+    }
     let programs = |cluster: &Cluster| {
         let path = format!("/var/run/netns/{}", cluster.nodes[0].ns.name);
         in_netns(&path, || {
@@ -890,26 +924,24 @@ fn host_gw_underlay_program_goes_with_the_daemon() {
         })
         .unwrap()
     };
-    assert_eq!(programs(&cluster), 1, "podswitch_taken on ul0");
-    let once = |cluster: &Cluster| {
-        let (from, node) = (&cluster.pods[1], &cluster.nodes[0]);
-        let gateway = format!("{}.1", node.pod_net);
-        assert_eq!(udp_datagrams(&from.ns, &node.ns, &gateway, 20, 100), 20);
-        // From the other node itself, bound to its underlay address: the
-        // kernel's alone.
-        let other = &cluster.nodes[1];
-        let got = udp_datagrams_from(&other.ns, &other.underlay_ip, &node.ns, &gateway, 20, 100);
-        assert_eq!(got, 20, "from {} to {gateway}", other.underlay_ip);
-    };
+    assert_eq!(programs(&cluster), 1, "{backend}: podswitch_taken on ul0");
     once(&cluster);
     cluster.nodes[0].daemon.as_mut().unwrap().kill_9();
-    assert_eq!(programs(&cluster), 0, "left on ul0 after kill -9");
-    cluster.start(0, &[]);
-    assert_eq!(programs(&cluster), 1, "after a restart");
+    assert_eq!(
+        programs(&cluster),
+        0,
+        "{backend}: left on ul0 after kill -9"
+    );
+    cluster.start(0, args);
+    assert_eq!(programs(&cluster), 1, "{backend}: after a restart");
     once(&cluster);
     let status = cluster.nodes[0].daemon.as_mut().unwrap().stop();
     assert!(status.success(), "{status}");
-    assert_eq!(programs(&cluster), 0, "left on ul0 after a clean stop");
+    assert_eq!(
+        programs(&cluster),
+        0,
+        "{backend}: left on ul0 after a clean stop"
+    );
 }
 
 /// Peers and routes programmed through the control socket come back after

@@ -35,7 +35,12 @@
 //!   group's tap ([`IngressTaken::attach_ipip`]). A fragment goes on to
 //!   the kernel, which reassembles it for the raw socket, kept open on
 //!   the first member. Where that program cannot be attached, the port is
-//!   not split ([`UnderlayPort::split_refused`]).
+//!   not split ([`UnderlayPort::split_refused`]). The packets taken this
+//!   way do not cross the node's netfilter hooks (a firewall rule on
+//!   protocol 4 in `INPUT` no longer sees them), as those the AF_XDP path
+//!   takes do not: the pipeline decapsulates only known peers' packets
+//!   (`unknown_peer` counts the rest), what Calico's rule for IPIP
+//!   allows.
 //!
 //! Super-frames (DESIGN.md, "Offloads"):
 //!

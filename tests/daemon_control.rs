@@ -775,6 +775,14 @@ fn the_control_socket_answers_again_after_running_out_of_descriptors() {
 #[test]
 fn a_worker_that_panics_stops_the_daemon_with_an_error() {
     require(&["ip", "ping", "kill"]);
+    // The hook is compiled into debug builds only, and the podswitchd
+    // under test is built with this test's profile.
+    if !cfg!(debug_assertions) {
+        panic!(
+            "this test needs a debug build (cargo test without --release): a release podswitchd \
+             has no PODSWITCH_TEST_WORKER_PANIC hook, and its worker would forward the ping"
+        );
+    }
     let mut cluster = Cluster::new("vxlan", "bridge", 1);
     cluster.expected_warnings.extend([
         "a thread panicked: podswitchd stops",

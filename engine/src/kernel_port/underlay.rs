@@ -517,15 +517,28 @@ fn ipip_fanout(
         ..PacketOptions::default()
     };
     let filter = ipip_filter(options.local_ip);
-    let first = PacketSocket::open_filtered(ifindex, socket_options, Some(&filter))?;
-    let others = first.fan_out_by_flow(options.receivers - 1, socket_options, &steering)?;
-    let members = std::iter::once(first)
+    let members = steered_fanout(ifindex, socket_options, &filter, &steering)?;
+    let stop = IngressTaken::attach_ipip(ifindex, options.local_ip)?;
+    Ok((members, stop))
+}
+
+/// A fanout group of `steering`'s members on interface `ifindex`, each
+/// socket opened with `socket_options` and taking what `filter` accepts,
+/// each with its report to the group's steering program (member k's
+/// k-th).
+fn steered_fanout(
+    ifindex: u32,
+    socket_options: PacketOptions,
+    filter: &[BpfInstruction],
+    steering: &FlowSteering,
+) -> io::Result<Vec<(PacketSocket, MemberProgress)>> {
+    let first = PacketSocket::open_filtered(ifindex, socket_options, Some(filter))?;
+    let others = first.fan_out_by_flow(steering.members() - 1, socket_options, steering)?;
+    Ok(std::iter::once(first)
         .chain(others)
         .zip(0..)
         .map(|(sock, member)| (sock, steering.progress(member)))
-        .collect();
-    let stop = IngressTaken::attach_ipip(ifindex, options.local_ip)?;
-    Ok((members, stop))
+        .collect())
 }
 
 impl UnderlayPort {
@@ -642,16 +655,18 @@ impl UnderlayPort {
                     peers: options.underlay_subnet,
                 };
                 let filter = host_gw_filter(sources, options.pod_cidr, options.gateway);
-                let sock = PacketSocket::open_filtered(ifindex, socket_options, Some(&filter))?;
-                if let Some(steering) = group_steering(options, Group::Fanout)? {
-                    direct_steered = Some(Steered::new(steering.progress(0)));
-                    direct_members = sock
-                        .fan_out_by_flow(options.receivers - 1, socket_options, &steering)?
-                        .into_iter()
-                        .zip(1..)
-                        .map(|(sock, member)| (sock, steering.progress(member)))
-                        .collect();
+                let mut group = match group_steering(options, Group::Fanout)? {
+                    Some(steering) => steered_fanout(ifindex, socket_options, &filter, &steering)?,
+                    None => Vec::new(),
                 }
+                .into_iter();
+                let (first, first_steered) = steered(group.next());
+                direct_steered = first_steered;
+                direct_members = group.collect();
+                let sock = match first {
+                    Some(sock) => sock,
+                    None => PacketSocket::open_filtered(ifindex, socket_options, Some(&filter))?,
+                };
                 Some(PacketRx::new(sock, options.udp_batches))
             }
             _ => None,

@@ -364,7 +364,7 @@ pub(crate) fn addressing(ipam_result: &Value, mode: GatewayMode) -> Result<Addre
             .map_err(|_| CniError::new(Code::Failed, format!("IPAM gateway {gw:?} is not IPv4")))?,
         (GatewayMode::Bridge, None) => {
             // host-local's default: the subnet's first address.
-            let net = u32::from(ip.0) & u32::MAX.checked_shl(32 - u32::from(ip.1)).unwrap_or(0);
+            let net = u32::from(ip.0) & podswitch_addr::mask(ip.1);
             net.checked_add(1).map(Ipv4Addr::from).ok_or_else(|| {
                 CniError::new(
                     Code::Failed,

@@ -447,11 +447,7 @@ fn host_gw_filter(
     gateway: Ipv4Addr,
 ) -> [BpfInstruction; 15] {
     let ins = BpfInstruction::new;
-    let mask = |p: Prefix| {
-        u32::MAX
-            .checked_shl(32 - u32::from(p.prefix_len()))
-            .unwrap_or(0)
-    };
+    let mask = |p: Prefix| podswitch_addr::mask(p.prefix_len());
     let net = |p: Prefix| u32::from(p.addr());
     let HostGwSources { pods, peers } = sources;
     // Jumps count the instructions after the jump's own; 14 rejects.

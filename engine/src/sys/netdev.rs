@@ -309,9 +309,7 @@ pub fn set_ipv4(name: &str, ip: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_addr = sockaddr(ip);
     ioctl(libc::SIOCSIFADDR, &mut req, name)?;
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(prefix_len))
-        .unwrap_or(0);
+    let mask = podswitch_addr::mask(prefix_len);
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::from(mask));
     ioctl(libc::SIOCSIFNETMASK, &mut req, name)
@@ -346,9 +344,7 @@ pub fn add_device_route(prefix: Ipv4Addr, prefix_len: u8, dev: &str) -> io::Resu
     let mut dev_name = CString::new(dev)
         .map_err(|_| io::ErrorKind::InvalidInput)?
         .into_bytes_with_nul();
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(prefix_len))
-        .unwrap_or(0);
+    let mask = podswitch_addr::mask(prefix_len);
     // SAFETY: RtEntry is plain C data and a null rt_dev pointer; all-zero
     // bytes are a valid value.
     let mut rt: RtEntry = unsafe { std::mem::zeroed() };

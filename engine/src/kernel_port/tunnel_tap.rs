@@ -90,18 +90,11 @@ impl TunnelTap {
     /// interface `underlay_ifindex`.
     pub(super) fn open(name: &str, underlay_ifindex: u32) -> io::Result<TunnelTap> {
         let dev = TunDevice::open_tunnel_gso(name)?;
-        let ifindex = quiet_and_up(name)?;
-        let redirect = IngressRedirect::attach(ifindex, underlay_ifindex).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("tcx redirect program on {name} (Linux 6.6+): {e}"),
-            )
-        })?;
-        Ok(TunnelTap {
-            program: TapProgram::Redirect {
-                _attached: redirect,
-            },
-            dev,
+        TunnelTap::with_program(name, dev, "redirect", |ifindex| {
+            let attached = IngressRedirect::attach(ifindex, underlay_ifindex)?;
+            Ok(TapProgram::Redirect {
+                _attached: attached,
+            })
         })
     }
 
@@ -110,17 +103,30 @@ impl TunnelTap {
     /// `underlay_ifindex`.
     pub(super) fn open_ipip(name: &str, underlay_ifindex: u32) -> io::Result<TunnelTap> {
         let dev = TunDevice::open_with_offloads(name, TunKind::Tap)?;
+        TunnelTap::with_program(name, dev, "IPIP", |ifindex| {
+            let attached = IngressIpipOut::attach(ifindex, underlay_ifindex)?;
+            Ok(TapProgram::Ipip {
+                _attached: attached,
+            })
+        })
+    }
+
+    /// The TAP `name` opened as `dev`, quiet and up, with the program
+    /// `attach` puts on its tcx ingress (`what` names it in an error).
+    fn with_program(
+        name: &str,
+        dev: TunDevice,
+        what: &str,
+        attach: impl FnOnce(u32) -> io::Result<TapProgram>,
+    ) -> io::Result<TunnelTap> {
         let ifindex = quiet_and_up(name)?;
-        let program = IngressIpipOut::attach(ifindex, underlay_ifindex).map_err(|e| {
+        let program = attach(ifindex).map_err(|e| {
             io::Error::new(
                 e.kind(),
-                format!("tcx IPIP program on {name} (Linux 6.6+): {e}"),
+                format!("tcx {what} program on {name} (Linux 6.6+): {e}"),
             )
         })?;
-        Ok(TunnelTap {
-            program: TapProgram::Ipip { _attached: program },
-            dev,
-        })
+        Ok(TunnelTap { program, dev })
     }
 
     /// The TAP's interface name.

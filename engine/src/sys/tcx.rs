@@ -496,6 +496,13 @@ mod tests {
         f
     }
 
+    /// Loads `code` as a tcx program named `name`, or fails the test
+    /// saying why (loading needs root and BPF).
+    fn load_for_test(name: &str, code: &[Instruction]) -> OwnedFd {
+        load_program(libbpf_sys::BPF_PROG_TYPE_SCHED_CLS, name, code)
+            .unwrap_or_else(|e| panic!("loading the program needs root and BPF: {e}"))
+    }
+
     /// The program's verdict on `data`, run by the kernel
     /// (`BPF_PROG_TEST_RUN`, which sets `skb->protocol` from the frame
     /// as a receive would).
@@ -532,15 +539,13 @@ mod tests {
     /// Needs root (loading a BPF program).
     #[test]
     fn the_underlay_program_ends_only_cluster_frames_for_the_pod_subnet() {
-        let program = load_program(
-            libbpf_sys::BPF_PROG_TYPE_SCHED_CLS,
+        let program = load_for_test(
             TAKEN_PROGRAM_NAME,
             &drop_between(
                 "10.244.0.0/16".parse().unwrap(),
                 "10.244.1.0/24".parse().unwrap(),
             ),
-        )
-        .unwrap_or_else(|e| panic!("loading the program needs root and BPF: {e}"));
+        );
         let ipv4 = 0x0800;
         let cases = [
             (
@@ -596,12 +601,10 @@ mod tests {
     /// Needs root (loading a BPF program).
     #[test]
     fn the_ipip_underlay_program_ends_only_whole_ipip_packets_for_the_node() {
-        let program = load_program(
-            libbpf_sys::BPF_PROG_TYPE_SCHED_CLS,
+        let program = load_for_test(
             TAKEN_PROGRAM_NAME,
             &drop_ipip_to(std::net::Ipv4Addr::new(192, 168, 100, 1)),
-        )
-        .unwrap_or_else(|e| panic!("loading the program needs root and BPF: {e}"));
+        );
         // An IPv4 packet of `protocol` from node 2 to `dst`, with the
         // fragment field `fragment`, sent to the MAC of the test run's
         // device (the loopback's, all zero), which makes it this host's.
@@ -642,12 +645,7 @@ mod tests {
     /// room in (not IPv4) it drops.
     #[test]
     fn the_ipip_program_sends_the_frame_on_as_it_was_written() {
-        let program = load_program(
-            libbpf_sys::BPF_PROG_TYPE_SCHED_CLS,
-            IPIP_OUT_PROGRAM_NAME,
-            &ipip_out(1),
-        )
-        .unwrap_or_else(|e| panic!("loading the program needs root and BPF: {e}"));
+        let program = load_for_test(IPIP_OUT_PROGRAM_NAME, &ipip_out(1));
         // Ethernet, an outer IPv4 header (protocol 4) from node 1 to node
         // 2, an inner IPv4/TCP header and a payload.
         let mut ipip = frame(0x0800, [192, 168, 100, 1], [192, 168, 100, 2]);

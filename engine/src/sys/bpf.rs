@@ -52,6 +52,13 @@ pub const PROTOCOL_TCP: u32 = 6;
 /// UDP.
 pub const PROTOCOL_UDP: u32 = 17;
 
+/// The IPv4 EtherType as `skb->protocol` holds it (the wire's order).
+pub const ETHERTYPE_IPV4: u32 = u16::from_ne_bytes([0x08, 0x00]) as u32;
+/// An IPv4 header's "more fragments" flag and fragment offset, in a
+/// 16-bit load of its bytes 6 and 7 from the stack: not zero in a
+/// fragment.
+pub const IPV4_FRAGMENT_BITS: u32 = u16::from_ne_bytes([0x3f, 0xff]) as u32;
+
 /// One BPF instruction (`struct bpf_insn`): `regs` holds dst_reg in its
 /// low nibble and src_reg in its high one.
 #[repr(C)]

@@ -62,8 +62,9 @@ use super::bpf::{
     jeq_imm, jge32_imm, jgt32_reg, jlt32_imm, jlt_imm, jne32_imm, jsge32_imm, load16, load32,
     load64, load8, load_map, load_program, lsh32_imm, mod32_imm, mov32_imm, mov64_imm, mov64_reg,
     mul32_imm, owned_fd, rsh32_imm, store32, store64, sub32_reg, sub64_reg, xor64_reg, Assembler,
-    Instruction, Reg, GET_SMP_PROCESSOR_ID, KTIME_GET_NS, MAP_LOOKUP_ELEM, PROTOCOL_IPIP,
-    PROTOCOL_TCP, PROTOCOL_UDP, SKB_LEN, SKB_LOAD_BYTES, SKB_LOAD_BYTES_RELATIVE, SKB_PROTOCOL,
+    Instruction, Reg, ETHERTYPE_IPV4, GET_SMP_PROCESSOR_ID, IPV4_FRAGMENT_BITS, KTIME_GET_NS,
+    MAP_LOOKUP_ELEM, PROTOCOL_IPIP, PROTOCOL_TCP, PROTOCOL_UDP, SKB_LEN, SKB_LOAD_BYTES,
+    SKB_LOAD_BYTES_RELATIVE, SKB_PROTOCOL,
 };
 
 /// The name the program shows under in `bpftool prog`.
@@ -175,10 +176,7 @@ pub fn program(
     a.op(mov64_imm(7, 0));
     a.op(load32(9, 6, SKB_LEN));
     a.op(load32(0, 6, SKB_PROTOCOL));
-    a.jump(
-        jne32_imm(0, u32::from(u16::from_ne_bytes([0x08, 0x00])), 0),
-        Label::Hashed,
-    );
+    a.jump(jne32_imm(0, ETHERTYPE_IPV4, 0), Label::Hashed);
     if checks_lengths {
         a.jump(jlt32_imm(9, IPV4_HEADER_BYTES, 0), Label::Hashed);
     }
@@ -203,7 +201,7 @@ pub fn program(
     // alone keep every fragment of a datagram in one bucket. (The
     // stack holds the wire's bytes: the mask is built over them.)
     a.op(load16(0, 10, HEADER_AT + 6));
-    a.op(and32_imm(0, u32::from(u16::from_ne_bytes([0x3f, 0xff]))));
+    a.op(and32_imm(0, IPV4_FRAGMENT_BITS));
     a.jump(jne32_imm(0, 0, 0), Label::Mix);
     // TCP's and UDP's first four bytes are the two ports.
     a.jump(jeq32_imm(8, PROTOCOL_TCP, 0), Label::Ports);
@@ -286,7 +284,7 @@ fn look_inside_ipip(a: &mut Assembler<Label>) {
     a.op(load8(8, 10, HEADER_AT + 9));
     a.jump(jne32_imm(8, PROTOCOL_IPIP, 0), Label::Header);
     a.op(load16(0, 10, HEADER_AT + 6));
-    a.op(and32_imm(0, u32::from(u16::from_ne_bytes([0x3f, 0xff]))));
+    a.op(and32_imm(0, IPV4_FRAGMENT_BITS));
     a.jump(jne32_imm(0, 0, 0), Label::Header);
     a.op(load8(2, 10, HEADER_AT));
     a.op(and32_imm(2, 0x0f));

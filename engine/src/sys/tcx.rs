@@ -81,9 +81,9 @@ use podswitch_addr::{mask, Prefix};
 
 use super::bpf::{
     add64_imm, and32_imm, call, exit, jne32_imm, load16, load32, load8, load_program, mov64_imm,
-    mov64_reg, owned_fd, store32, Assembler, Instruction, PROTOCOL_IPIP, REDIRECT_NEIGH,
-    SKB_ADJUST_ROOM, SKB_LOAD_BYTES, SKB_PKT_TYPE, SKB_PROTOCOL, SKB_QUEUE_MAPPING,
-    SKB_STORE_BYTES,
+    mov64_reg, owned_fd, store32, Assembler, Instruction, ETHERTYPE_IPV4, IPV4_FRAGMENT_BITS,
+    PROTOCOL_IPIP, REDIRECT_NEIGH, SKB_ADJUST_ROOM, SKB_LOAD_BYTES, SKB_PKT_TYPE, SKB_PROTOCOL,
+    SKB_QUEUE_MAPPING, SKB_STORE_BYTES,
 };
 
 /// `TCX_DROP` (enum tcx_action_base).
@@ -162,10 +162,7 @@ fn drop_between(sources: Prefix, destinations: Prefix) -> Vec<Instruction> {
 fn next_unless_ipv4(a: &mut Assembler<Label>) {
     a.op(mov64_reg(6, 1));
     a.op(load32(0, 6, SKB_PROTOCOL));
-    a.jump(
-        jne32_imm(0, u32::from(u16::from_ne_bytes([0x08, 0x00])), 0),
-        Label::Next,
-    );
+    a.jump(jne32_imm(0, ETHERTYPE_IPV4, 0), Label::Next);
 }
 
 /// `len` bytes of the frame at `from` (its Ethernet header at 0) to the
@@ -210,7 +207,7 @@ fn drop_ipip_to(local: std::net::Ipv4Addr) -> Vec<Instruction> {
     a.op(load8(1, 10, IPV4_HEADER_AT + 9));
     a.jump(jne32_imm(1, PROTOCOL_IPIP, 0), Label::Next);
     a.op(load16(1, 10, IPV4_HEADER_AT + 6));
-    a.op(and32_imm(1, u32::from(u16::from_ne_bytes([0x3f, 0xff]))));
+    a.op(and32_imm(1, IPV4_FRAGMENT_BITS));
     a.jump(jne32_imm(1, 0, 0), Label::Next);
     a.op(load32(1, 10, IPV4_HEADER_AT + 16));
     a.jump(

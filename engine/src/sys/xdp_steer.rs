@@ -45,7 +45,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use super::bpf::{
     add64_imm, add64_reg, and32_imm, call, exit, ja, jeq32_imm, jgt_reg, jne32_imm, load16, load32,
     load8, load_map, load_program, lsh32_imm, mov64_imm, mov64_reg, owned_fd, Assembler,
-    Instruction, PROTOCOL_IPIP, PROTOCOL_TCP, PROTOCOL_UDP, REDIRECT_MAP,
+    Instruction, ETHERTYPE_IPV4, IPV4_FRAGMENT_BITS, PROTOCOL_IPIP, PROTOCOL_TCP, PROTOCOL_UDP,
+    REDIRECT_MAP,
 };
 use super::xdp::XdpMode;
 
@@ -135,13 +136,13 @@ pub fn program(rules: &SteerRules, map_fd: i32) -> Vec<Instruction> {
     a.op(load16(5, 2, 4));
     a.jump(jne32_imm(5, wire16([m[4], m[5]]), 0), Label::Pass);
     a.op(load16(5, 2, 12));
-    a.jump(jne32_imm(5, wire16([0x08, 0x00]), 0), Label::Pass);
+    a.jump(jne32_imm(5, ETHERTYPE_IPV4, 0), Label::Pass);
     // Version 4, a 20-byte header: options go to the kernel.
     a.op(load8(5, 2, IP_VERSION_IHL));
     a.jump(jne32_imm(5, 0x45, 0), Label::Pass);
     // More-fragments flag or a fragment offset: the kernel reassembles.
     a.op(load16(5, 2, IP_FRAGMENT));
-    a.op(and32_imm(5, wire16([0x3f, 0xff])));
+    a.op(and32_imm(5, IPV4_FRAGMENT_BITS));
     a.jump(jne32_imm(5, 0, 0), Label::Pass);
     a.op(load32(7, 2, IP_DESTINATION));
     a.op(load8(8, 2, IP_PROTOCOL));

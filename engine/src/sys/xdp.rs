@@ -38,6 +38,11 @@ use libxdp_sys::{
 
 /// Bytes per UMEM frame.
 const FRAME_SIZE: u32 = 2048;
+/// The longest frame a socket receives: a UMEM frame less the headroom
+/// the kernel keeps in front of it (`XDP_PACKET_HEADROOM`, 256, with no
+/// headroom of our own: `xsk_pool_get_rx_frame_size`). The kernel drops
+/// a longer one it is asked to put there.
+pub const MAX_RX_FRAME: u32 = FRAME_SIZE - 256;
 
 /// How one socket's UMEM frames are shared between receiving (the fill
 /// and RX rings) and sending (the TX and completion rings). Each ring has

@@ -16,7 +16,10 @@
 //! socket would take one as a single packet, or drop it as longer than its
 //! frames; the tunnel socket takes it whole (`UDP_GRO`) and podswitch
 //! splits it. (A VXLAN frame whose inner frame is not IPv4, ARP, says no
-//! such length and takes the socket too.)
+//! such length and takes the socket too.) So does any frame longer than an
+//! AF_XDP socket's frame ([`MAX_RX_FRAME`]): a kernel VXLAN node's whole
+//! datagram around a pod's `UDP_SEGMENT` write, one tunnel packet whose
+//! inner packet is the whole super-datagram, or a jumbo frame.
 //!
 //! Tunnel packets whose inner packet is TCP also pass to the kernel: the
 //! kernel merges them (GRO) into super-datagrams for the tunnel socket,
@@ -48,7 +51,7 @@ use super::bpf::{
     Instruction, ETHERTYPE_IPV4, IPV4_FRAGMENT_BITS, PROTOCOL_IPIP, PROTOCOL_TCP, PROTOCOL_UDP,
     REDIRECT_MAP,
 };
-use super::xdp::XdpMode;
+use super::xdp::{XdpMode, MAX_RX_FRAME};
 
 /// The name the program shows under in `bpftool prog` and `ip link`.
 pub const PROGRAM_NAME: &str = "podswitch_tun";
@@ -128,6 +131,9 @@ pub fn program(rules: &SteerRules, map_fd: i32) -> Vec<Instruction> {
     a.op(mov64_reg(4, 2));
     a.op(add64_imm(4, HEADERS));
     a.jump(jgt_reg(4, 3, 0), Label::Pass);
+    // Longer than a socket's frame: the socket would drop it.
+    a.op(add64_imm(4, MAX_RX_FRAME as i32 - HEADERS));
+    a.jump(jgt_reg(3, 4, 0), Label::Pass);
     a.op(load32(5, 2, 0));
     a.jump(
         jne32_imm(5, wire32([m[0], m[1], m[2], m[3]]), 0),

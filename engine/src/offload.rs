@@ -23,6 +23,7 @@ pub use podswitch_encap::offload::*;
 
 use podswitch_encap::checksum;
 use podswitch_encap::ethernet::HEADER_LEN as ETH_LEN;
+use podswitch_encap::udp::HEADER_LEN as UDP_HEADER_LEN;
 
 use crate::drop::DropReason;
 use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum};
@@ -408,8 +409,14 @@ fn merge_udp_run(batch: &mut Vec<PacketBuf>, at: usize, run: usize, pool: &mut P
 /// `partial_csum`, and a TCP packet longer than `mtu` (a kernel node's
 /// unsegmented GSO datagram) becomes a super-frame of `mtu`-sized
 /// segments, so that the port it leaves on either hands it on whole or
-/// segments it. Returns what the checksum said.
+/// segments it. A UDP packet becomes a super-datagram only where the
+/// socket said its segment size: the underlay port leaves that in `buf`
+/// as a `UdpL4` segmentation with no checksum state
+/// ([`Offload::udp_segment_said`]); nothing in the bytes tells where a
+/// pod's `UDP_SEGMENT` write is to be cut. Returns what the checksum said.
 pub fn recognise_offloads(buf: &mut PacketBuf, l3: usize, mtu: u16) -> L4Checksum {
+    let udp_segment = buf.offload().said_udp_segment();
+    buf.set_offload(Offload::default());
     let verdict = check_l4(buf.frame(), l3);
     if !matches!(verdict, L4Checksum::Partial | L4Checksum::Valid) {
         return verdict;
@@ -427,30 +434,41 @@ pub fn recognise_offloads(buf: &mut PacketBuf, l3: usize, mtu: u16) -> L4Checksu
             offset: field as u16,
         });
     }
-    if tcp && total > usize::from(mtu) {
+    let gso = if tcp && total > usize::from(mtu) {
         let doff = usize::from(frame[l4 + 12] >> 4) * 4;
         let header_len = ihl + doff;
         // CWR on the first segment only, as the sender's TSO had it.
         let cwr = frame[l4 + 13] & 0x80 != 0;
-        if doff >= 20 && header_len < usize::from(mtu) && l4 + doff <= frame.len() {
-            if verdict == L4Checksum::Valid {
-                // A super-frame travels with a partial checksum: put the
-                // pseudo-header sum back (the full sum verified above).
-                let pseudo = checksum::fold(pseudo_header(&frame[l3..], total - ihl));
-                buf.frame_mut()[l4 + 16..l4 + 18].copy_from_slice(&pseudo.to_be_bytes());
-                offload.partial_csum = Some(PartialChecksum {
-                    start: buf.position(l4),
-                    offset: 16,
-                });
-            }
-            offload.gso = Some(Gso {
-                kind: GsoKind::TcpV4,
-                size: mtu - header_len as u16,
-                ecn: cwr,
-                header_len: header_len as u16,
+        (doff >= 20 && header_len < usize::from(mtu) && l4 + doff <= frame.len()).then(|| Gso {
+            kind: GsoKind::TcpV4,
+            size: mtu - header_len as u16,
+            ecn: cwr,
+            header_len: header_len as u16,
+        })
+    } else {
+        // check_l4 found the UDP header inside the packet.
+        udp_segment
+            .filter(|&size| !tcp && total - ihl - UDP_HEADER_LEN > usize::from(size))
+            .map(|size| Gso {
+                kind: GsoKind::UdpL4,
+                size,
+                ecn: false,
+                header_len: (ihl + UDP_HEADER_LEN) as u16,
+            })
+    };
+    if let Some(gso) = gso {
+        if verdict == L4Checksum::Valid {
+            // A super-frame travels with a partial checksum: put the
+            // pseudo-header sum back (the full sum verified above).
+            let pseudo = checksum::fold(pseudo_header(&frame[l3..], total - ihl));
+            buf.frame_mut()[l4 + field..l4 + field + 2].copy_from_slice(&pseudo.to_be_bytes());
+            offload.partial_csum = Some(PartialChecksum {
+                start: buf.position(l4),
+                offset: field as u16,
             });
-            offload.l3 = buf.position(l3);
         }
+        offload.gso = Some(gso);
+        offload.l3 = buf.position(l3);
     }
     buf.set_offload(offload);
     verdict
@@ -632,6 +650,103 @@ mod carried {
             pool.free_all(&mut out);
             assert_eq!(pool.in_use(), 0);
         }
+    }
+
+    /// What a kernel flannel node's pod writes with `UDP_SEGMENT` and its
+    /// VXLAN device sends whole over a veth: one UDP datagram of
+    /// `segments` pieces of `size` bytes (piece k all of byte k), its
+    /// lengths the whole's and its checksum partial, as `udp_send_skb`
+    /// leaves it.
+    fn uso_datagram(segments: usize, size: usize) -> Vec<u8> {
+        let payload: Vec<u8> = (0..segments * size).map(|i| (i / size) as u8).collect();
+        let mut frame = udp_datagram(5300, 7, true, &payload);
+        let partial = checksum::fold(pseudo_header(&frame[14..], frame.len() - 34));
+        frame[40..42].copy_from_slice(&partial.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn a_kernel_nodes_udp_gso_datagram_is_cut_where_its_socket_said() {
+        let mut pool = pool();
+        let frame = uso_datagram(10, 1000);
+        let mut buf = received(&mut pool, &frame);
+        let l3 = buf.position(14);
+        buf.set_offload(Offload::udp_segment_said(1000, l3));
+        assert_eq!(recognise_offloads(&mut buf, 14, 1450), L4Checksum::Partial);
+        let gso = buf.offload().gso.unwrap();
+        assert_eq!(
+            (gso.kind, gso.size, gso.header_len),
+            (GsoKind::UdpL4, 1000, 28)
+        );
+        assert_eq!(
+            buf.offload().said_udp_segment(),
+            None,
+            "recognised, not said"
+        );
+        let hdr = vnet_header_for(&buf).unwrap();
+        assert_eq!(
+            (hdr.csum_start, hdr.csum_offset, hdr.gso_size),
+            (34, 6, 1000)
+        );
+        // Cut as a pod port that cannot take it does: each piece is one
+        // datagram, as the sending pod wrote it, checked by etherparse.
+        let check = |buf: PacketBuf, pool: &mut PacketPool| {
+            let mut out = Vec::new();
+            let done = finish_in_software(buf, pool, &mut out).unwrap();
+            assert_eq!(done, Finished::Segmented(10));
+            for (k, seg) in out.iter().enumerate() {
+                let p = SlicedPacket::from_ethernet(seg.frame()).unwrap();
+                let Some(NetSlice::Ipv4(ip)) = &p.net else {
+                    panic!("not IPv4")
+                };
+                let h = ip.header().to_header();
+                assert_eq!(h.calc_header_checksum(), ip.header().header_checksum());
+                let Some(TransportSlice::Udp(udp)) = &p.transport else {
+                    panic!("not UDP")
+                };
+                let expected = udp
+                    .to_header()
+                    .calc_checksum_ipv4(&h, udp.payload())
+                    .unwrap();
+                assert_eq!(udp.checksum(), expected, "datagram {k}");
+                assert_eq!(udp.payload(), &[k as u8; 1000][..], "datagram {k}");
+            }
+            pool.free_all(&mut out);
+        };
+        check(buf, &mut pool);
+        // With its checksum complete it is carried with a partial one.
+        let mut whole = frame.clone();
+        complete_checksum(&mut whole, 34, 6).unwrap();
+        let mut buf = received(&mut pool, &whole);
+        let l3 = buf.position(14);
+        buf.set_offload(Offload::udp_segment_said(1000, l3));
+        assert_eq!(recognise_offloads(&mut buf, 14, 1450), L4Checksum::Valid);
+        assert!(buf.is_gso() && buf.offload().partial_csum.is_some());
+        check(buf, &mut pool);
+        // What the size does not fit stays as it came, the size dropped:
+        // one datagram no longer than it, a corrupt one, a TCP packet.
+        let (tcp, _) = tso_frame(&[3u8; 500], false);
+        let mut corrupt = whole.clone();
+        corrupt[100] ^= 1;
+        for (what, frame, size, verdict) in [
+            (
+                "one piece",
+                uso_datagram(1, 1000),
+                1000,
+                L4Checksum::Partial,
+            ),
+            ("corrupt", corrupt, 1000, L4Checksum::Bad),
+            ("TCP", tcp, 100, L4Checksum::Partial),
+        ] {
+            let mut buf = received(&mut pool, &frame);
+            let l3 = buf.position(14);
+            buf.set_offload(Offload::udp_segment_said(size, l3));
+            assert_eq!(recognise_offloads(&mut buf, 14, 1450), verdict, "{what}");
+            assert!(!buf.is_gso(), "{what}");
+            assert_eq!(buf.offload().said_udp_segment(), None, "{what}");
+            pool.free(buf);
+        }
+        assert_eq!(pool.in_use(), 0);
     }
 
     #[test]

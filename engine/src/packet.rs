@@ -76,6 +76,33 @@ impl Offload {
     pub fn is_none(&self) -> bool {
         self.gso.is_none() && self.partial_csum.is_none()
     }
+
+    /// What a `UDP_GRO` socket said of a whole tunnel datagram before
+    /// anything looked at its inner packet (starting at buffer position
+    /// `l3`): the segment size of the inner UDP super-datagram. Read by
+    /// [`crate::offload::recognise_offloads`], which decides what the
+    /// datagram is.
+    pub fn udp_segment_said(size: u16, l3: u32) -> Offload {
+        Offload {
+            gso: Some(Gso {
+                kind: GsoKind::UdpL4,
+                size,
+                ecn: false,
+                header_len: 0,
+            }),
+            partial_csum: None,
+            l3,
+        }
+    }
+
+    /// The segment size [`Offload::udp_segment_said`] left, if that is
+    /// what this is.
+    pub fn said_udp_segment(&self) -> Option<u16> {
+        match self.gso {
+            Some(g) if g.kind == GsoKind::UdpL4 && self.partial_csum.is_none() => Some(g.size),
+            _ => None,
+        }
+    }
 }
 
 /// One frame in a pool buffer.

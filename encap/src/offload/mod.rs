@@ -992,6 +992,22 @@ const TCP_PSH: u8 = 0x08;
 const TCP_URG: u8 = 0x20;
 const TCP_CWR: u8 = 0x80;
 
+/// True if `payload`, what a `UDP_GRO` socket read as one super-datagram,
+/// is one tunnel datagram whose inner IPv4 packet (at `inner_l3`) fills
+/// it, not a burst of datagrams. A kernel VXLAN device behind a veth sends
+/// a pod's `UDP_SEGMENT` write as one such datagram around the whole inner
+/// super-datagram (`SKB_GSO_UDP_TUNNEL | SKB_GSO_UDP_L4`), and the socket
+/// reports the *inner* segment size for it (`udp_cmsg_recv` looks only at
+/// the `SKB_GSO_UDP_L4` bit). A burst cannot look like this: its first
+/// datagram is one segment long, shorter than the whole, and the inner
+/// packet it carries fits in it.
+pub fn is_one_tunnel_datagram(payload: &[u8], inner_l3: usize) -> bool {
+    let Some(ip) = payload.get(inner_l3..) else {
+        return false;
+    };
+    ip.len() >= 20 && ip[0] >> 4 == 4 && usize::from(u16::from_be_bytes([ip[2], ip[3]])) == ip.len()
+}
+
 /// What [`coalesce_datagrams`] made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Coalesced {

@@ -355,6 +355,30 @@ fn datagrams_of_one_flow_merge_back_into_the_super_frame() {
 const VXLAN_L3: usize = 8 + 14;
 
 #[test]
+fn a_whole_tunnel_datagram_is_told_from_a_burst() {
+    // A kernel VXLAN device's datagram around a pod's whole UDP_SEGMENT
+    // write: the inner packet ends where the datagram does.
+    let inner = udp_datagram(5300, 1, false, &[7u8; 10_000]);
+    let (outer, _) = encapsulated(&inner, true);
+    let payload = &outer[42..];
+    assert!(is_one_tunnel_datagram(payload, VXLAN_L3));
+    // Cut short, or not IPv4 inside, or too short to say: not one.
+    assert!(!is_one_tunnel_datagram(
+        &payload[..payload.len() - 1],
+        VXLAN_L3
+    ));
+    let mut other = payload.to_vec();
+    other[VXLAN_L3] = 0x65;
+    assert!(!is_one_tunnel_datagram(&other, VXLAN_L3));
+    assert!(!is_one_tunnel_datagram(&payload[..VXLAN_L3 + 19], VXLAN_L3));
+    // A burst of datagrams, each its own inner packet.
+    let data: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
+    let (datagrams, each, _) = burst(&data, 1398);
+    assert!(datagrams.len() > each);
+    assert!(!is_one_tunnel_datagram(&datagrams, VXLAN_L3));
+}
+
+#[test]
 fn datagrams_that_are_not_one_flow_in_order_stay_as_they_came() {
     let payload: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
     let (good, each, _) = burst(&payload, 1398);

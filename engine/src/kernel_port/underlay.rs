@@ -92,6 +92,12 @@
 //!   ([`coalesce_datagrams`]), which reaches the pod as one skb. Otherwise
 //!   each datagram goes on as it came. A kernel node's GSO datagram
 //!   (whole, its inner checksum partial) is recognised by the pipeline.
+//!   One around a pod's `UDP_SEGMENT` write comes with the size of the
+//!   pod's datagrams, which the socket reports as it would a burst's
+//!   ([`is_one_tunnel_datagram`] tells the two apart): the pipeline
+//!   carries it as a UDP super-datagram of that size
+//!   ([`crate::offload::recognise_offloads`]), so the pod receives the
+//!   datagrams its peer wrote.
 //!
 //! **AF_XDP receive** (`UnderlayOptions::af_xdp`, Linux 5.9+): an XDP
 //! program on the underlay interface ([`crate::sys::xdp_steer`]) steers
@@ -132,8 +138,8 @@ use crate::config::Backend;
 use crate::drop::DropReason;
 use crate::fib::Prefix;
 use crate::offload::{
-    coalesce_datagrams, settle_outer_udp_checksum, udp_datagram_view, Segmenter, MAX_UDP_PAYLOAD,
-    MAX_UDP_SEGMENTS,
+    coalesce_datagrams, is_one_tunnel_datagram, settle_outer_udp_checksum, udp_datagram_view,
+    Segmenter, MAX_UDP_PAYLOAD, MAX_UDP_SEGMENTS,
 };
 use crate::packet::{Offload, PacketBuf, PacketPool, PartialChecksum, BATCH_SIZE, HEADROOM};
 use crate::port::{DeviceCounter, Port, PortId, PortKind};
@@ -896,14 +902,23 @@ impl UnderlayPort {
                 continue;
             }
             let len = meta.len;
-            let coalescible =
-                which == Socket::Udp && meta.segment_size.is_some_and(|s| len > usize::from(s));
-            if coalescible {
-                let segment = usize::from(meta.segment_size.unwrap_or(0));
+            let segment = meta
+                .segment_size
+                .filter(|&s| which == Socket::Udp && len > usize::from(s));
+            // A kernel VXLAN device's whole datagram around a pod's
+            // `UDP_SEGMENT` write comes with the inner segment size.
+            let whole = segment.is_some()
+                && is_one_tunnel_datagram(&buf.frame()[reserve..reserve + len], self.inner_l3);
+            if let (Some(segment), false) = (segment, whole) {
+                let segment = usize::from(segment);
                 self.receive_burst(buf, reserve, len, segment, &meta, tunnel_port, pool, batch);
                 continue;
             }
             if self.rebuild_outer(&mut buf, which, &meta, len, tunnel_port) {
+                if let (Some(segment), true) = (segment, whole) {
+                    let l3 = buf.position(reserve + self.inner_l3);
+                    buf.set_offload(Offload::udp_segment_said(segment, l3));
+                }
                 batch.push(buf);
             } else {
                 pool.free(buf);

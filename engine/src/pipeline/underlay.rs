@@ -77,11 +77,12 @@ impl Pipeline {
                 .emit(header);
             }
         }
-        // A socket says nothing of offloads: a kernel node behind a veth
+        // A socket says little of offloads: a kernel node behind a veth
         // leaves the inner checksum partial and sends whole GSO datagrams,
-        // and so does a podswitch peer through its tunnel TAP.
-        // (A super-frame the underlay port merged already says it all.)
-        if buf.offload().is_none() {
+        // and so does a podswitch peer through its tunnel TAP. (A
+        // super-frame the underlay port merged already says it all; a
+        // segment size the socket reported is only what it said.)
+        if buf.offload().is_none() || buf.offload().said_udp_segment().is_some() {
             self.recognise_inner_offloads(ctx, buf, peer, t);
         }
         self.route(ctx, buf, Origin::Tunnel(peer.id), pool, out, t)

@@ -434,6 +434,7 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
             // one byte too many with "fragmentation needed" at 1450.
             path_mtu_is_told(&sites, 1450, &label);
         }
+        hops_answer_from_the_kernels_addresses(&lab, &status, &label);
     }
     // The choice is podswitchd's: the kernel's dataplane refuses it.
     let refused = ctl(&[
@@ -452,6 +453,62 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+/// What `traceroute` from a pod on node 1 to a pod on node 2 shows: the
+/// address each hop's "time exceeded" comes from. The kernel's nodes send
+/// it from the interface it leaves by: node 1 from cni0's 10.244.X.1 in
+/// bridge mode and from its underlay address in proxy-arp mode (a cali
+/// interface has none); node 2 from flannel.1's 10.244.Y.0 over VXLAN and
+/// from its underlay address over host-gw. podswitch must answer alike.
+fn hops_answer_from_the_kernels_addresses(lab: &str, status: &Value, label: &str) {
+    let nodes = status["nodes"].as_array().unwrap();
+    let pods = status["pods"].as_array().unwrap();
+    let field = |v: &Value, key: &str| LabSites::field(v, key).to_string();
+    let on = |node: &Value| {
+        pods.iter()
+            .find(|p| p["node"] == node["name"])
+            .unwrap_or_else(|| panic!("no pod on {node}"))
+    };
+    let (from, to) = (on(&nodes[0]), on(&nodes[1]));
+    // 10.244.X.0/24: its first address and its second.
+    let subnet_address = |node: &Value, last: u8| {
+        let cidr = field(node, "pod_cidr");
+        let network: std::net::Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
+        let [a, b, c, _] = network.octets();
+        std::net::Ipv4Addr::new(a, b, c, last).to_string()
+    };
+    let first_hop = match status["gateway_mode"].as_str() {
+        Some("proxy-arp") => field(&nodes[0], "underlay_ip"),
+        _ => subnet_address(&nodes[0], 1),
+    };
+    let second_hop = match status["backend"].as_str() {
+        Some("vxlan") => subnet_address(&nodes[1], 0),
+        _ => field(&nodes[1], "underlay_ip"),
+    };
+    for (ttl, expected) in [("1", first_hop), ("2", second_hop)] {
+        let out = exec_out(
+            lab,
+            &field(from, "name"),
+            &[
+                "ping",
+                "-n",
+                "-c",
+                "1",
+                "-W",
+                "2",
+                "-t",
+                ttl,
+                &field(to, "ip"),
+            ],
+        );
+        assert!(
+            out.contains(&format!("From {expected} icmp_seq=1 Time to live exceeded")),
+            "{label}: TTL {ttl} from {} to {} should expire at {expected}:\n{out}",
+            field(from, "ip"),
+            field(to, "ip")
+        );
+    }
 }
 
 /// Runs `cmd` in a lab pod; its stdout.

@@ -43,9 +43,11 @@ pub struct NodeConfig {
     pub gateway_ip: Ipv4Addr,
     /// The MAC that answers for the gateway.
     pub gateway_mac: MacAddr,
-    /// The address ICMP errors come from (Linux uses an address of the
-    /// node: cni0's 10.244.X.1 in bridge mode; the same here in both modes).
-    pub icmp_source: Ipv4Addr,
+    /// The node's own address in its pod subnet (10.244.X.1, cni0's in
+    /// bridge mode): its host port's, and where ICMP errors come from but
+    /// for those the kernel would send from another interface's
+    /// (`pipeline::icmp`).
+    pub host_address: Ipv4Addr,
     /// Tunnel backend.
     pub backend: Backend,
     /// This node's underlay address.
@@ -84,7 +86,7 @@ impl NodeConfig {
             gateway_mode: GatewayMode::Bridge,
             gateway_ip: pod_cidr.nth(1),
             gateway_mac: derived_mac(0x0a, name),
-            icmp_source: pod_cidr.nth(1),
+            host_address: pod_cidr.nth(1),
             backend: Backend::Vxlan,
             underlay_ip,
             underlay_prefix_len: 24,

@@ -136,7 +136,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     let tables = Tables::new(node.clone(), MAX_PORTS);
     // The node's own address towards pods reaches the host stack in both
     // gateway modes (in bridge mode it is the gateway, already routed).
-    let host_address = node.icmp_source;
+    let host_address = node.host_address;
     if node.gateway_mode == GatewayMode::ProxyArp {
         tables
             .add_route(Prefix::new_truncating(host_address, 32), NextHop::Host)

@@ -136,6 +136,7 @@ fn packets_the_kernel_dropped_at_a_full_tun_queue_are_counted() {
                 name: "pswtun0".into(),
                 mtu: 1450,
                 address: Ipv4Addr::new(10, 244, 1, 1),
+                tunnel_address: Some(Ipv4Addr::new(10, 244, 1, 0)),
                 routes: vec!["10.244.0.0/16".parse().unwrap()],
                 gateway_mac,
                 multi_queue: false,

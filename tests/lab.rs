@@ -435,6 +435,9 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
             path_mtu_is_told(&sites, 1450, &label);
         }
         hops_answer_from_the_kernels_addresses(&lab, &status, &label);
+        if status["backend"] == "vxlan" {
+            tunnel_ends_answer(&status, &label);
+        }
     }
     // The choice is podswitchd's: the kernel's dataplane refuses it.
     let refused = ctl(&[
@@ -508,6 +511,34 @@ fn hops_answer_from_the_kernels_addresses(lab: &str, status: &Value, label: &str
             field(from, "ip"),
             field(to, "ip")
         );
+    }
+}
+
+/// Every node answers at its tunnel end's address, flannel.1's
+/// 10.244.X.0, from every pod and every node, on one node and across.
+fn tunnel_ends_answer(status: &Value, label: &str) {
+    let namespaces = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(status["pods"].as_array().unwrap())
+        .map(|site| LabSites::field(site, "netns").to_string());
+    let namespaces: Vec<String> = namespaces.collect();
+    for node in status["nodes"].as_array().unwrap() {
+        let cidr = LabSites::field(node, "pod_cidr");
+        let end = cidr.split('/').next().unwrap();
+        for ns in &namespaces {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", ns, "ping", "-n", "-c", "1", "-W", "2", end])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{label}: {end}, {}'s tunnel end, from {ns}:\n{}",
+                LabSites::field(node, "name"),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
     }
 }
 

@@ -120,6 +120,16 @@ impl NodeConfig {
         pod_mtu(self.backend, self.underlay_mtu)
     }
 
+    /// The address of the node's tunnel end, where the backend has one:
+    /// the first of its pod subnet, 10.244.X.0, as flanneld gives its
+    /// flannel.1 (VXLAN, DirectRouting) or flannel0 (udp) and as a tunl0
+    /// takes one of its node's block (IPIP). The node answers at it, and
+    /// ICMP errors into a tunnel come from it (`pipeline::icmp`). host-gw
+    /// has no tunnel device, so no such address.
+    pub fn tunnel_address(&self) -> Option<Ipv4Addr> {
+        (self.backend != Backend::HostGw).then(|| self.pod_cidr.addr())
+    }
+
     /// This node's underlay subnet.
     pub fn underlay_subnet(&self) -> Prefix {
         Prefix::new_truncating(self.underlay_ip, self.underlay_prefix_len)

@@ -340,6 +340,10 @@ pub struct HostPortOptions {
     /// The address the node uses towards pods (the gateway's in bridge
     /// mode), given to the device as a /32.
     pub address: std::net::Ipv4Addr,
+    /// The node's tunnel end's address ([`crate::config::NodeConfig::tunnel_address`],
+    /// flannel.1's), given to the device as a second /32, so the node
+    /// takes what is sent to it.
+    pub tunnel_address: Option<std::net::Ipv4Addr>,
     /// Routed through the device: the cluster CIDR.
     pub routes: Vec<crate::fib::Prefix>,
     /// The MAC the node's packets come from, as the pipeline sees them
@@ -362,6 +366,10 @@ impl HostPort {
         let _ = netdev::disable_ipv6(name);
         netdev::set_mtu(name, options.mtu)?;
         netdev::set_ipv4(name, options.address, 32)?;
+        if let Some(address) = options.tunnel_address {
+            let index = netdev::ifindex(name)?;
+            podswitch_host::netlink::Netlink::open()?.add_address(index, address, 32)?;
+        }
         netdev::set_up(name)?;
         for route in &options.routes {
             netdev::add_device_route(route.addr(), route.prefix_len(), name)?;

@@ -69,7 +69,7 @@ impl IcmpLimiter {
 /// - to the node itself, 10.244.X.1.
 fn icmp_source(node: &NodeConfig, towards: Option<NextHop>) -> Ipv4Addr {
     match towards {
-        Some(NextHop::Peer(_)) => node.pod_cidr.addr(),
+        Some(NextHop::Peer(_)) => node.tunnel_address().unwrap_or(node.host_address),
         Some(NextHop::Direct(_)) => node.underlay_ip,
         Some(NextHop::Local(_)) if node.gateway_mode == GatewayMode::ProxyArp => node.underlay_ip,
         _ => node.host_address,

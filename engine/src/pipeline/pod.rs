@@ -154,9 +154,12 @@ impl Pipeline {
                 // tell the pod its address is taken.
                 let own = unspecified || arp.target_ip == arp.sender_ip;
                 let answer = match node.gateway_mode {
-                    GatewayMode::Bridge => {
-                        (arp.target_ip == node.gateway_ip).then_some(node.gateway_mac)
-                    }
+                    // The node's addresses, as cni0 answers for each of
+                    // the node's (arp_ignore 0): the gateway's and the
+                    // tunnel end's, flannel.1's.
+                    GatewayMode::Bridge => (arp.target_ip == node.gateway_ip
+                        || Some(arp.target_ip) == node.tunnel_address())
+                    .then_some(node.gateway_mac),
                     GatewayMode::ProxyArp => (!own).then_some(node.gateway_mac),
                 };
                 match answer {

@@ -142,6 +142,12 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             .add_route(Prefix::new_truncating(host_address, 32), NextHop::Host)
             .map_err(|e| e.to_string())?;
     }
+    // So does the tunnel end's, flannel.1's 10.244.X.0, from anywhere.
+    if let Some(address) = node.tunnel_address() {
+        tables
+            .add_route(Prefix::new_truncating(address, 32), NextHop::Host)
+            .map_err(|e| e.to_string())?;
+    }
     // Member k of a split port takes the frames of every CPU numbered k
     // modulo the workers, and worker k runs on worker_cpus[k]: where that
     // leaves a CPU without a worker of its own, some wake-ups cross CPUs.
@@ -267,6 +273,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         name: settings.host_interface.clone(),
         mtu: u32::from(node.pod_mtu()),
         address: host_address,
+        tunnel_address: node.tunnel_address(),
         routes: vec![node.cluster_cidr],
         gateway_mac: node.gateway_mac,
         // With per_cpu, a TUN queue per worker: each reads what its CPU's

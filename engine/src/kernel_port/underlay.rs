@@ -907,15 +907,17 @@ impl UnderlayPort {
                 .filter(|&s| which == Socket::Udp && len > usize::from(s));
             // A kernel VXLAN device's whole datagram around a pod's
             // `UDP_SEGMENT` write comes with the inner segment size.
-            let whole = segment.is_some()
-                && is_one_tunnel_datagram(&buf.frame()[reserve..reserve + len], self.inner_l3);
-            if let (Some(segment), false) = (segment, whole) {
+            let burst = segment.filter(|_| {
+                !is_one_tunnel_datagram(&buf.frame()[reserve..reserve + len], self.inner_l3)
+            });
+            if let Some(segment) = burst {
                 let segment = usize::from(segment);
                 self.receive_burst(buf, reserve, len, segment, &meta, tunnel_port, pool, batch);
                 continue;
             }
             if self.rebuild_outer(&mut buf, which, &meta, len, tunnel_port) {
-                if let (Some(segment), true) = (segment, whole) {
+                // Left, a segment size is a whole datagram's inner one.
+                if let Some(segment) = segment {
                     let l3 = buf.position(reserve + self.inner_l3);
                     buf.set_offload(Offload::udp_segment_said(segment, l3));
                 }

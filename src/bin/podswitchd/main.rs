@@ -135,15 +135,14 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     }
     let tables = Tables::new(node.clone(), MAX_PORTS);
     // The node's own address towards pods reaches the host stack in both
-    // gateway modes (in bridge mode it is the gateway, already routed).
+    // gateway modes (in bridge mode it is the gateway, already routed);
+    // so does the tunnel end's, flannel.1's 10.244.X.0, from anywhere.
     let host_address = node.host_address;
-    if node.gateway_mode == GatewayMode::ProxyArp {
-        tables
-            .add_route(Prefix::new_truncating(host_address, 32), NextHop::Host)
-            .map_err(|e| e.to_string())?;
-    }
-    // So does the tunnel end's, flannel.1's 10.244.X.0, from anywhere.
-    if let Some(address) = node.tunnel_address() {
+    let proxy_arp_host = (node.gateway_mode == GatewayMode::ProxyArp).then_some(host_address);
+    for address in [proxy_arp_host, node.tunnel_address()]
+        .into_iter()
+        .flatten()
+    {
         tables
             .add_route(Prefix::new_truncating(address, 32), NextHop::Host)
             .map_err(|e| e.to_string())?;

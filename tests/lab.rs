@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::require;
-use common::traffic::{path_mtu_is_told, traffic_matrix, NodeSite, PodSite, Sites};
+use common::traffic::{path_mtu_is_told, ping, traffic_matrix, NodeSite, PodSite, Sites};
 use serde_json::Value;
 
 fn ctl(args: &[&str]) -> std::process::Output {
@@ -474,19 +474,12 @@ fn hops_answer_from_the_kernels_addresses(lab: &str, status: &Value, label: &str
             .unwrap_or_else(|| panic!("no pod on {node}"))
     };
     let (from, to) = (on(&nodes[0]), on(&nodes[1]));
-    // 10.244.X.0/24: its first address and its second.
-    let subnet_address = |node: &Value, last: u8| {
-        let cidr = field(node, "pod_cidr");
-        let network: std::net::Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
-        let [a, b, c, _] = network.octets();
-        std::net::Ipv4Addr::new(a, b, c, last).to_string()
-    };
     let first_hop = match status["gateway_mode"].as_str() {
         Some("proxy-arp") => field(&nodes[0], "underlay_ip"),
-        _ => subnet_address(&nodes[0], 1),
+        _ => pod_subnet_address(&nodes[0], 1),
     };
     let second_hop = match status["backend"].as_str() {
-        Some("vxlan") => subnet_address(&nodes[1], 0),
+        Some("vxlan") => pod_subnet_address(&nodes[1], 0),
         _ => field(&nodes[1], "underlay_ip"),
     };
     for (ttl, expected) in [("1", first_hop), ("2", second_hop)] {
@@ -525,21 +518,24 @@ fn tunnel_ends_answer(status: &Value, label: &str) {
         .map(|site| LabSites::field(site, "netns").to_string());
     let namespaces: Vec<String> = namespaces.collect();
     for node in status["nodes"].as_array().unwrap() {
-        let cidr = LabSites::field(node, "pod_cidr");
-        let end = cidr.split('/').next().unwrap();
+        let end = pod_subnet_address(node, 0);
         for ns in &namespaces {
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", ns, "ping", "-n", "-c", "1", "-W", "2", end])
-                .output()
-                .unwrap();
             assert!(
-                out.status.success(),
-                "{label}: {end}, {}'s tunnel end, from {ns}:\n{}",
-                LabSites::field(node, "name"),
-                String::from_utf8_lossy(&out.stdout)
+                ping(ns.as_str(), &end, 1),
+                "{label}: {end}, {}'s tunnel end, from {ns}",
+                LabSites::field(node, "name")
             );
         }
     }
+}
+
+/// The address numbered `last` in a lab node's pod subnet (a /24):
+/// 10.244.X.`last`.
+fn pod_subnet_address(node: &Value, last: u8) -> String {
+    let cidr = LabSites::field(node, "pod_cidr");
+    let network: std::net::Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
+    let [a, b, c, _] = network.octets();
+    std::net::Ipv4Addr::new(a, b, c, last).to_string()
 }
 
 /// Runs `cmd` in a lab pod; its stdout.

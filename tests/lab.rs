@@ -435,6 +435,7 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
             path_mtu_is_told(&sites, 1450, &label);
         }
         hops_answer_from_the_kernels_addresses(&lab, &status, &label);
+        addresses_no_pod_has_answer_as_the_kernels_do(&lab, &status, &label);
         if status["backend"] == "vxlan" {
             tunnel_ends_answer(&status, &label);
         }
@@ -478,10 +479,7 @@ fn hops_answer_from_the_kernels_addresses(lab: &str, status: &Value, label: &str
         Some("proxy-arp") => field(&nodes[0], "underlay_ip"),
         _ => pod_subnet_address(&nodes[0], 1),
     };
-    let second_hop = match status["backend"].as_str() {
-        Some("vxlan") => pod_subnet_address(&nodes[1], 0),
-        _ => field(&nodes[1], "underlay_ip"),
-    };
+    let second_hop = far_node_address(status);
     for (ttl, expected) in [("1", first_hop), ("2", second_hop)] {
         let out = exec_out(
             lab,
@@ -505,6 +503,48 @@ fn hops_answer_from_the_kernels_addresses(lab: &str, status: &Value, label: &str
             field(to, "ip")
         );
     }
+}
+
+/// The address node 2 sends its errors to node 1's pods from: flannel.1's
+/// 10.244.Y.0 over VXLAN, its underlay address over host-gw.
+fn far_node_address(status: &Value) -> String {
+    let far = &status["nodes"][1];
+    match status["backend"].as_str() {
+        Some("vxlan") => pod_subnet_address(far, 0),
+        _ => LabSites::field(far, "underlay_ip").to_string(),
+    }
+}
+
+/// A pod on node 1 pings an address of node 2's pod subnet that no pod
+/// has. A flannel node's kernel routes it to cni0, its ARP goes
+/// unanswered, and after about 3 seconds it answers Host Unreachable from
+/// the way back's address; a Calico node blackholes its block and answers
+/// nothing. podswitch must answer alike (at once: it needs no ARP).
+fn addresses_no_pod_has_answer_as_the_kernels_do(lab: &str, status: &Value, label: &str) {
+    let far = &status["nodes"][1];
+    let from = status["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["node"] == status["nodes"][0]["name"])
+        .unwrap();
+    let nobody = pod_subnet_address(far, 99);
+    let out = exec_out(
+        lab,
+        LabSites::field(from, "name"),
+        &["ping", "-n", "-c", "1", "-W", "5", &nobody],
+    );
+    let expected = match status["gateway_mode"].as_str() {
+        Some("proxy-arp") => "1 packets transmitted, 0 received, 100% packet loss".to_string(),
+        _ => format!(
+            "From {} icmp_seq=1 Destination Host Unreachable",
+            far_node_address(status)
+        ),
+    };
+    assert!(
+        out.contains(&expected) && (expected.starts_with("From") || !out.contains("From")),
+        "{label}: {nobody}, which no pod has, should answer {expected:?}:\n{out}"
+    );
 }
 
 /// Every node answers at its tunnel end's address, flannel.1's

@@ -61,6 +61,8 @@ impl fmt::Display for Icmpv4Type {
     }
 }
 
+/// Code of Destination Unreachable saying "host unreachable".
+pub const CODE_HOST_UNREACHABLE: u8 = 1;
 /// Code of Destination Unreachable saying "fragmentation needed and DF set".
 pub const CODE_FRAG_NEEDED: u8 = 4;
 /// Code of Time Exceeded saying "TTL exceeded in transit".
@@ -135,6 +137,10 @@ pub enum Icmpv4Error {
         /// The largest IPv4 packet the next hop carries.
         next_hop_mtu: u16,
     },
+    /// Destination Unreachable, host unreachable (type 3 code 1): what a
+    /// Linux router sends when its ARP for the destination goes
+    /// unanswered (`ipv4_link_failure`).
+    HostUnreachable,
 }
 
 impl Icmpv4Error {
@@ -170,6 +176,9 @@ impl Icmpv4Error {
                     CODE_FRAG_NEEDED,
                     [0, 0, m[0], m[1]],
                 )
+            }
+            Icmpv4Error::HostUnreachable => {
+                (Icmpv4Type::DestUnreachable, CODE_HOST_UNREACHABLE, [0u8; 4])
             }
         };
         buf[0] = u8::from(msg_type);
@@ -239,6 +248,19 @@ mod tests {
         for len in 0..HEADER_LEN {
             assert!(Icmpv4Packet::new_checked(&buf[..len]).is_err());
         }
+    }
+
+    #[test]
+    fn host_unreachable_round_trip() {
+        let quoted = [0x45u8; 28];
+        let mut buf = vec![0u8; Icmpv4Error::buffer_len(quoted.len())];
+        Icmpv4Error::HostUnreachable.emit(&quoted, &mut buf);
+        let p = Icmpv4Packet::new_checked(&buf[..]).unwrap();
+        assert_eq!(p.msg_type(), Icmpv4Type::DestUnreachable);
+        assert_eq!(p.code(), CODE_HOST_UNREACHABLE);
+        assert_eq!(&buf[4..8], &[0, 0, 0, 0], "unused, zero (RFC 792)");
+        assert!(p.checksum_ok());
+        assert_eq!(p.data(), &quoted);
     }
 
     #[test]

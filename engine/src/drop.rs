@@ -59,7 +59,8 @@ drop_reasons! {
     Ipv4BadChecksum => "ipv4_bad_checksum", "the IPv4 header checksum does not verify";
     Ipv4NotUnicast => "ipv4_not_unicast", "a broadcast, multicast or zero address that is not routed";
     NoRoute => "no_route", "no FIB entry matches the destination";
-    Blackhole => "blackhole", "the destination matches a blackhole route (an unassigned pod address)";
+    Blackhole => "blackhole", "the destination matches a blackhole route (an unassigned address of a proxy-ARP node's block, or a route added as blackhole)";
+    NoPod => "no_pod", "no pod has the destination, an address of the node's own pod subnet in bridge mode (ICMP Host Unreachable sent, as the kernel sends when cni0's ARP for it goes unanswered)";
     TtlExpired => "ttl_expired", "TTL 0 or 1 on a packet to forward (ICMP Time Exceeded sent)";
     FragmentationNeeded => "fragmentation_needed", "DF set and too big for the path (ICMP Fragmentation Needed sent)";
     TooBigNoDf => "too_big_no_df", "too big for the path without DF: podswitch does not fragment";

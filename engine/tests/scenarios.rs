@@ -375,6 +375,109 @@ fn unassigned_address_in_the_block_is_blackholed() {
 
 // ---- failures ----------------------------------------------------------------
 
+/// An address of a flannel node's own pod subnet that no pod has: the
+/// kernel's node forwards the packet to cni0, its ARP goes unanswered, and
+/// it answers Host Unreachable from the address of the way back (cni0's
+/// 10.244.1.1 to its own pods, flannel.1's 10.244.1.0 into the tunnel).
+/// podswitch knows at once that no pod has it and answers alike.
+#[test]
+fn an_address_no_pod_has_gets_host_unreachable_from_the_way_back() {
+    let (mut node, bb1) = Node::flannel_with_peer(Backend::Vxlan);
+    let cfg = node.tables.load().node.clone();
+    let unreachable = |frame: &[u8]| {
+        let ip4 = Ipv4Packet::new_checked(frame).unwrap();
+        ip4.verify_checksum().unwrap();
+        let icmp = Icmpv4Packet::new_checked(ip4.payload()).unwrap();
+        assert!(icmp.checksum_ok());
+        assert_eq!(
+            (icmp.msg_type(), icmp.code()),
+            (Icmpv4Type::DestUnreachable, 1)
+        );
+        (ip4.src(), ip4.dst(), icmp.data().to_vec())
+    };
+
+    // From a pod of the node: the quote carries the TTL the node forwarded
+    // it with, as the kernel's does (ip_forward decrements it first).
+    let ping = ping_frame(
+        BUSYBOX1_MAC,
+        cfg.gateway_mac,
+        "10.244.1.2",
+        "10.244.1.77",
+        64,
+    );
+    let out = node.send(bb1, ping.clone());
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, bb1);
+    let (src, dst, quote) = unreachable(&out[0].1[14..]);
+    assert_eq!((src, dst), (ip("10.244.1.1"), ip("10.244.1.2")));
+    let mut forwarded = ping[14..14 + 28].to_vec();
+    Ipv4Packet::new_unchecked(&mut forwarded[..]).decrement_ttl();
+    assert_eq!(quote, forwarded);
+    assert_eq!(node.stats().drop_count(DropReason::NoPod), 1);
+
+    // From a pod of node 2, through the tunnel: the answer goes back in it.
+    let from_far = ping_frame(NODE2_VTEP, cfg.vtep_mac, "10.244.2.5", "10.244.1.77", 64);
+    let out = node.send(
+        node.underlay,
+        from_node2(&node, TunnelConfig::vxlan(), &from_far),
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].0, node.underlay);
+    let mut outer = out[0].1.clone();
+    let d = Decapsulator::new(DecapConfig::for_tunnel(&TunnelConfig::vxlan()))
+        .decapsulate_frame(&mut outer)
+        .unwrap();
+    assert_eq!(d.outer_dst, NODE2_UNDERLAY);
+    let (src, dst, _) = unreachable(&outer[d.inner_range.start + 14..d.inner_range.end]);
+    assert_eq!((src, dst), (ip("10.244.1.0"), ip("10.244.2.5")));
+    assert_eq!(node.stats().drop_count(DropReason::NoPod), 2);
+
+    // TTL 1 expires before it could be delivered: Time Exceeded instead.
+    let out = node.send(
+        bb1,
+        ping_frame(
+            BUSYBOX1_MAC,
+            cfg.gateway_mac,
+            "10.244.1.2",
+            "10.244.1.77",
+            1,
+        ),
+    );
+    let ip4 = Ipv4Packet::new_checked(&out[0].1[14..]).unwrap();
+    let icmp = Icmpv4Packet::new_checked(ip4.payload()).unwrap();
+    assert_eq!(icmp.msg_type(), Icmpv4Type::TimeExceeded);
+    assert_eq!(node.stats().drop_count(DropReason::NoPod), 2);
+
+    // The subnet's broadcast address gets no error (RFC 1812 §4.3.2.7),
+    // and neither does an address of a route an operator blackholed.
+    node.expect_drop(
+        bb1,
+        ping_frame(
+            BUSYBOX1_MAC,
+            cfg.gateway_mac,
+            "10.244.1.2",
+            "10.244.1.255",
+            64,
+        ),
+        DropReason::Blackhole,
+    );
+    node.tables
+        .add_route("10.244.1.128/25".parse().unwrap(), NextHop::Blackhole)
+        .unwrap();
+    node.expect_drop(
+        bb1,
+        ping_frame(
+            BUSYBOX1_MAC,
+            cfg.gateway_mac,
+            "10.244.1.2",
+            "10.244.1.200",
+            64,
+        ),
+        DropReason::Blackhole,
+    );
+    assert_eq!(node.stats().drop_count(DropReason::NoPod), 2);
+}
+
 #[test]
 fn ttl_expiry_sends_time_exceeded() {
     let (mut node, bb1) = Node::flannel_with_peer(Backend::Vxlan);
@@ -667,10 +770,7 @@ fn trace_shows_every_decision_of_the_vxlan_path() {
         bb1,
         node.now,
     );
-    assert_eq!(
-        dropped.steps.last(),
-        Some(&Step::Drop(DropReason::Blackhole))
-    );
+    assert_eq!(dropped.steps.last(), Some(&Step::Drop(DropReason::NoPod)));
 }
 
 /// Neighbours are configured with the port, and learned from ARP: a pod

@@ -792,6 +792,9 @@ fn kernel_nodes(lab: &Lab) -> Result<()> {
             // another interface; Calico's nodes reach 169.254.1.1 through
             // their default route, and these have none.
             in_ns(ns, &["route", "add", "169.254.1.1/32", "dev", "ul0"])?;
+            // Calico's BIRD blackholes the node's own block: an address of
+            // it that no pod has is dropped here, not routed on.
+            in_ns(ns, &["route", "add", "blackhole", &node.pod_cidr])?;
         }
         if lab.gateway_mode == GatewayMode::Bridge {
             // The pods join it as they are made.

@@ -1,6 +1,6 @@
-//! ICMP errors the node sends: time exceeded (RFC 792) and fragmentation
-//! needed with the next hop's MTU (RFC 1191), rate-limited as Linux limits
-//! its own.
+//! ICMP errors the node sends: time exceeded and host unreachable (RFC
+//! 792), fragmentation needed with the next hop's MTU (RFC 1191),
+//! rate-limited as Linux limits its own.
 
 use std::net::Ipv4Addr;
 
@@ -142,6 +142,7 @@ impl Pipeline {
         let what = match error {
             Icmpv4Error::TtlExceeded => "time exceeded",
             Icmpv4Error::FragNeeded { .. } => "fragmentation needed",
+            Icmpv4Error::HostUnreachable => "host unreachable",
         };
         t.step(|| Step::IcmpError {
             what,

@@ -13,7 +13,8 @@
 //!                                             ├─ Peer: TTL-1, MTU, (VXLAN: VTEP MACs), encapsulate ── underlay
 //!                                             ├─ Direct: TTL-1, MTU, underlay MACs ── underlay
 //!                                             ├─ Host ── host port
-//!                                             └─ Blackhole: drop
+//!                                             └─ Blackhole: drop (an address of the node's subnet
+//!                                                  no pod has, bridge mode: TTL-1, Host Unreachable)
 //! ```
 //!
 //! The pipeline is generic over a [`Tracer`]: [`Pipeline::process`] runs

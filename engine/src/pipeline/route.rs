@@ -10,8 +10,9 @@ use podswitch_encap::ipv4::Ipv4Packet;
 use podswitch_encap::tunnel::EncapTemplate;
 use podswitch_encap::{MacAddr, TunnelMode};
 
+use crate::config::{GatewayMode, NodeConfig};
 use crate::drop::DropReason;
-use crate::fib::NextHop;
+use crate::fib::{mask, Fib, NextHop};
 use crate::offload::{
     accept_vnet_header, complete_partial_checksum, cut_big_tcp, is_big_tcp, GsoKind, VnetHeader,
     FLAG_NEEDS_CSUM, GSO_TCPV4,
@@ -120,7 +121,20 @@ impl Pipeline {
             total_len = buf.len() - ETH;
         }
         match next_hop {
-            NextHop::Blackhole => Drop(DropReason::Blackhole),
+            NextHop::Blackhole => {
+                if !is_unassigned_pod_address(&snap.node, &snap.fib, dst) {
+                    return Drop(DropReason::Blackhole);
+                }
+                // What a flannel node's kernel does for an address of its
+                // own pod subnet that no pod has: forwards it (TTL first),
+                // finds no neighbour on cni0, and answers Host Unreachable
+                // (`ipv4_link_failure`). Here no ARP is needed to know.
+                if let Some(verdict) = self.check_ttl(ctx, buf, origin, ttl, pool, out, t) {
+                    return verdict;
+                }
+                self.icmp_error(ctx, buf, Icmpv4Error::HostUnreachable, pool, out, t);
+                Drop(DropReason::NoPod)
+            }
             NextHop::Host => {
                 // Local delivery: the host stack decrements TTL if it forwards.
                 let Some(host) = snap.ports.host else {
@@ -346,6 +360,24 @@ pub(super) fn super_frame_offload(buf: &mut PacketBuf, gso_size: u16) -> Result<
 #[inline]
 pub(super) fn is_unicast(ip: Ipv4Addr) -> bool {
     !(ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast())
+}
+
+/// Whether `dst`, which a blackhole route matched, is an address of the
+/// node's own pod subnet that no pod has, in bridge mode: the route the
+/// node installed itself, not one an operator added, and not the subnet's
+/// network or broadcast address (cni0's kernel takes those as broadcasts,
+/// and answers none with an error: RFC 1812 §4.3.2.7). In proxy-ARP mode a
+/// Calico node blackholes its block (`blackhole 10.244.X.64/26 proto
+/// bird`), and so drops it silently.
+fn is_unassigned_pod_address(node: &NodeConfig, fib: &Fib, dst: Ipv4Addr) -> bool {
+    let subnet = node.pod_cidr;
+    let broadcast = u32::from(subnet.addr()) | !mask(subnet.prefix_len());
+    node.gateway_mode == GatewayMode::Bridge
+        && dst != subnet.addr()
+        && u32::from(dst) != broadcast
+        && fib
+            .lookup_route(dst)
+            .is_some_and(|(prefix, _)| prefix == subnet)
 }
 
 #[inline]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::cluster::{port_kind, Cluster};
 use common::traffic::{
-    ping, ping_round_trips, udp_datagrams, udp_datagrams_from, udp_send, UdpSink,
+    ping, ping_once_output, ping_round_trips, udp_datagrams, udp_datagrams_from, udp_send, UdpSink,
 };
 use common::{require, Netns, TempFile};
 use podswitch::bench::BusyLoops;
@@ -1450,6 +1450,65 @@ fn frames_for_a_pod_whose_end_is_down_are_counted() {
         );
         wait_for_traffic(&cluster);
     }
+}
+
+/// The node's kernel routes into podswitch0 what podswitch sends
+/// elsewhere, a route per subnet as flannel writes one per lease, and
+/// follows peers and routes as they come and go. Never the cluster CIDR
+/// whole: a pod's packet to a subnet no node holds follows the node's own
+/// routes (here none: Net Unreachable, as from a kernel flannel node),
+/// where a /16 into podswitch0 made the node send it back in, after an
+/// ICMP redirect to the pod.
+#[test]
+fn the_nodes_routes_into_podswitch_follow_its_peers_and_routes() {
+    require(&["ip", "ping", "kill"]);
+    let mut cluster = Cluster::new("vxlan", "bridge", 1);
+    cluster.start_all();
+    let host_routes = |node: &common::cluster::Node| -> Vec<String> {
+        let out = ok(
+            &node.ns.ip(&["-4", "route", "show", "dev", "podswitch0"]),
+            "ip route",
+        );
+        out.lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    };
+    let node = &cluster.nodes[0];
+    let initial = host_routes(node);
+    assert_eq!(
+        initial,
+        ["10.244.1.0/24", "10.244.2.0/24"],
+        "own subnet and node2's"
+    );
+    add_runtime_peer_and_route(node);
+    assert_eq!(
+        host_routes(node),
+        [
+            "10.244.1.0/24",
+            "10.244.2.0/24",
+            "10.244.3.0/24",
+            "10.244.99.0/24"
+        ]
+    );
+    ok(&node.ctl(&["peer", "del", "node3"]), "peer del");
+    assert_eq!(host_routes(node), initial, "node3's routes went with it");
+
+    let pod = &cluster.pods[0];
+    let text = ping_once_output(&pod.ns, "10.244.9.5");
+    assert!(
+        text.contains(&format!(
+            "From {}.1 icmp_seq=1 Destination Net Unreachable",
+            node.pod_net
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("Redirect"), "{text}");
+
+    // A new daemon starts from the same routes.
+    cluster.nodes[0].daemon.as_mut().unwrap().kill_9();
+    cluster.start(0, &[]);
+    assert_eq!(host_routes(&cluster.nodes[0]), initial);
 }
 
 /// Programs peer node3 and a route through it at runtime, through the

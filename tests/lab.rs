@@ -520,6 +520,13 @@ fn far_node_address(status: &Value) -> String {
 /// unanswered, and after about 3 seconds it answers Host Unreachable from
 /// the way back's address; a Calico node blackholes its block and answers
 /// nothing. podswitch must answer alike (at once: it needs no ARP).
+///
+/// Then an address of a subnet no node holds: node 1's kernel has no route
+/// for it (the lab's nodes have no default route) and answers Net
+/// Unreachable, in bridge mode from cni0's 10.244.X.1. podswitch's node
+/// must not route it back into podswitch (an ICMP redirect to the pod, a
+/// silent drop): in proxy-arp mode its answer comes from podswitch0's
+/// 10.244.X.1, where a Calico node's comes from its underlay address.
 fn addresses_no_pod_has_answer_as_the_kernels_do(lab: &str, status: &Value, label: &str) {
     let far = &status["nodes"][1];
     let from = status["pods"]
@@ -544,6 +551,24 @@ fn addresses_no_pod_has_answer_as_the_kernels_do(lab: &str, status: &Value, labe
     assert!(
         out.contains(&expected) && (expected.starts_with("From") || !out.contains("From")),
         "{label}: {nobody}, which no pod has, should answer {expected:?}:\n{out}"
+    );
+
+    let unleased = "10.244.99.5";
+    let out = exec_out(
+        lab,
+        LabSites::field(from, "name"),
+        &["ping", "-n", "-c", "1", "-W", "2", unleased],
+    );
+    let expected = match status["gateway_mode"].as_str() {
+        Some("proxy-arp") => "icmp_seq=1 Destination Net Unreachable".to_string(),
+        _ => format!(
+            "From {} icmp_seq=1 Destination Net Unreachable",
+            pod_subnet_address(&status["nodes"][0], 1)
+        ),
+    };
+    assert!(
+        out.contains(&expected) && !out.contains("Redirect"),
+        "{label}: {unleased}, in no node's subnet, should answer {expected:?}:\n{out}"
     );
 }
 

@@ -393,6 +393,34 @@ impl Tables {
         (self.snapshot(), list)
     }
 
+    /// The prefixes the node's own kernel routes into the host port: what
+    /// the FIB sends anywhere but back to the node, less what a shorter one
+    /// of them covers (a pod's /32 inside the node's subnet). A flannel
+    /// node's kernel has one route per node's subnet and a Calico node's
+    /// one per block, and no route for the rest of the cluster CIDR: an
+    /// address of a subnet no node holds follows the node's own routes
+    /// (its default route, or Net Unreachable), where a route for the
+    /// whole cluster CIDR into podswitch would hand it back to the node,
+    /// which would send it in again (an ICMP redirect to the pod first).
+    pub fn host_routes(&self) -> Vec<Prefix> {
+        let (_, routes) = self.routes();
+        let away: std::collections::HashSet<Prefix> = routes
+            .iter()
+            .filter(|(prefix, next_hop)| *next_hop != NextHop::Host && !prefix.is_default())
+            .map(|(prefix, _)| *prefix)
+            .collect();
+        let mut out: Vec<Prefix> = away
+            .iter()
+            .filter(|prefix| {
+                (1..prefix.prefix_len())
+                    .all(|len| !away.contains(&Prefix::new_truncating(prefix.addr(), len)))
+            })
+            .copied()
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Records that `ip` is at `mac` behind `port`, learned from ARP.
     /// Lock-free when nothing changes (the common case); takes the writer
     /// lock only to publish a new or moved entry, and refuses new entries
@@ -774,5 +802,49 @@ mod tests {
             .iter()
             .all(|(_, nh)| *nh != NextHop::Peer(peer) && *nh != NextHop::Local(pod)));
         assert_eq!(snap.fib.len(), before);
+    }
+
+    /// The node's kernel routes into podswitch what podswitch sends
+    /// elsewhere: its own subnet (its pods' /32s inside it), each peer's
+    /// subnet and any block routed to a peer, and no more; not the cluster
+    /// CIDR as a whole, and nothing podswitch hands back to the node.
+    #[test]
+    fn the_node_routes_into_podswitch_what_podswitch_sends_elsewhere() {
+        let tables = tables();
+        assert_eq!(tables.host_routes(), vec![p("10.244.1.0/24")]);
+        tables
+            .attach_port(PortSpec::pod(
+                "veth1",
+                "10.244.1.2".parse().unwrap(),
+                MacAddr([2, 0, 0, 0, 0, 2]),
+            ))
+            .unwrap();
+        let peer = tables
+            .add_peer(PeerSpec {
+                name: "node2".into(),
+                underlay_ip: Ipv4Addr::new(192, 168, 100, 2),
+                underlay_mac: MacAddr([2, 0, 0, 0, 0, 3]),
+                pod_cidr: p("10.244.2.0/24"),
+                backend: Backend::Vxlan,
+                vni: podswitch_encap::Vni::FLANNEL,
+                vtep_mac: MacAddr([2, 0, 0, 0, 0, 4]),
+            })
+            .unwrap();
+        tables
+            .add_route(p("10.244.3.64/26"), NextHop::Peer(peer))
+            .unwrap();
+        tables.add_route(p("10.96.0.0/12"), NextHop::Host).unwrap();
+        assert_eq!(
+            tables.host_routes(),
+            vec![p("10.244.1.0/24"), p("10.244.2.0/24"), p("10.244.3.64/26")]
+        );
+        // A shorter prefix routed away covers the longer ones.
+        tables
+            .add_route(p("10.244.0.0/16"), NextHop::Blackhole)
+            .unwrap();
+        assert_eq!(tables.host_routes(), vec![p("10.244.0.0/16")]);
+        tables.remove_route(p("10.244.0.0/16")).unwrap();
+        tables.remove_peer("node2").unwrap();
+        assert_eq!(tables.host_routes(), vec![p("10.244.1.0/24")]);
     }
 }

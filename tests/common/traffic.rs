@@ -97,6 +97,27 @@ pub fn ping_round_trips(
     }
 }
 
+/// What one ping from `ns` to `ip` prints, answered or not: an ICMP
+/// error's `From ADDRESS icmp_seq=1 ...` line included.
+pub fn ping_once_output(ns: &(impl InNetns + ?Sized), ip: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.netns(),
+            "ping",
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            ip,
+        ])
+        .output()
+        .expect("run ping");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// ping's summary of `count` echoes `interval` seconds apart, if every
 /// one came back.
 fn ping_summary(

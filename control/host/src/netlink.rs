@@ -423,29 +423,33 @@ impl Netlink {
         oif: u32,
         scope: u8,
     ) -> io::Result<()> {
-        let mut route = RouteMessage::default();
-        route.header.address_family = AddressFamily::Inet;
-        route.header.destination_prefix_length = len;
-        route.header.table = RouteHeader::RT_TABLE_MAIN;
+        let mut route = route_message(dst, len, oif);
         route.header.protocol = RouteProtocol::Boot;
         route.header.scope = RouteScope::from(scope);
         route.header.kind = RouteType::Unicast;
-        if len > 0 {
-            route
-                .attributes
-                .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
-        }
         if let Some(gateway) = gateway {
             route
                 .attributes
                 .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
         }
-        route.attributes.push(RouteAttribute::Oif(oif));
         self.request(
             RouteNetlinkMessage::NewRoute(route),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         )
         .map(drop)
+    }
+
+    /// Deletes the main table's route to `dst/len` out of link `oif`;
+    /// false if there was none.
+    pub fn del_route(&mut self, dst: Ipv4Addr, len: u8, oif: u32) -> io::Result<bool> {
+        // Scope "nowhere" matches a route of any scope (fib_table_delete).
+        let mut route = route_message(dst, len, oif);
+        route.header.scope = RouteScope::NoWhere;
+        match self.request(RouteNetlinkMessage::DelRoute(route), NLM_F_ACK) {
+            Ok(_) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The IPv4 routes of the main table.
@@ -484,6 +488,22 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+/// A main-table IPv4 route message to `dst/len` out of link `oif`, the
+/// part a route's addition and deletion share.
+fn route_message(dst: Ipv4Addr, len: u8, oif: u32) -> RouteMessage {
+    let mut route = RouteMessage::default();
+    route.header.address_family = AddressFamily::Inet;
+    route.header.destination_prefix_length = len;
+    route.header.table = RouteHeader::RT_TABLE_MAIN;
+    if len > 0 {
+        route
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+    }
+    route.attributes.push(RouteAttribute::Oif(oif));
+    route
 }
 
 /// A link change a [`LinkWatch`] saw.

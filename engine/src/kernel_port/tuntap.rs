@@ -314,8 +314,8 @@ impl Port for TapPort {
 }
 
 /// The node's host port: a TUN device (default `podswitch0`) carrying IPv4
-/// between the node's own stack and the pods, with a route for the cluster
-/// CIDR through it. Packets from the stack get an Ethernet header with the
+/// between the node's own stack and the pods, with routes through it for
+/// the subnets the pods are in. Packets from the stack get an Ethernet header with the
 /// gateway MAC on both sides (the pipeline routes them by IP); frames to the
 /// stack lose theirs.
 #[derive(Debug)]
@@ -344,7 +344,9 @@ pub struct HostPortOptions {
     /// flannel.1's), given to the device as a second /32, so the node
     /// takes what is sent to it.
     pub tunnel_address: Option<std::net::Ipv4Addr>,
-    /// Routed through the device: the cluster CIDR.
+    /// Routed through the device as it opens: what the FIB sends away
+    /// from the node ([`crate::tables::Tables::host_routes`]; podswitchd
+    /// keeps them following it).
     pub routes: Vec<crate::fib::Prefix>,
     /// The MAC the node's packets come from, as the pipeline sees them
     /// (the gateway's).

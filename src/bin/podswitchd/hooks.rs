@@ -14,6 +14,7 @@ use podswitch_engine::port::PortRole;
 use podswitch_engine::sys::netdev;
 use podswitch_engine::tables::PortSpec;
 
+use crate::host_routes::HostRoutes;
 use crate::state::{PodEnd, PortRecord, StateFile};
 
 /// The daemon's side of control requests.
@@ -26,6 +27,8 @@ pub(crate) struct Daemon {
     pub keep_runtime_changes: AtomicBool,
     /// The lease store's health, when peers come from one.
     pub store_health: Option<Arc<podswitch_lease::etcd::Health>>,
+    /// The node's routes into the host port, which follow the FIB.
+    pub host_routes: HostRoutes,
 }
 
 impl DaemonHooks for Daemon {
@@ -34,6 +37,7 @@ impl DaemonHooks for Daemon {
     }
 
     fn applied(&self, request: &Request) {
+        self.host_routes.sync();
         if !self.keep_runtime_changes.load(Ordering::Relaxed) {
             return;
         }
@@ -51,6 +55,8 @@ impl DaemonHooks for Daemon {
     fn port_added(&self, spec: &PortSpec, requested: Option<PodPortKind>, port: &AttachedPort) {
         let name = spec.name.as_str();
         log_attached(name, spec.role, port);
+        // A pod outside the node's subnet (a static port) needs its own.
+        self.host_routes.sync();
         // Every pod port has its address and MAC.
         let (Some(ip), Some(mac)) = (spec.ip, spec.mac) else {
             return;
@@ -79,6 +85,7 @@ impl DaemonHooks for Daemon {
     }
 
     fn port_removed(&self, name: &str, port: &RemovedPort) {
+        self.host_routes.sync();
         for note in &port.notes {
             tracing::warn!(interface = name, "{note}");
         }

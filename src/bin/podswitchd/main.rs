@@ -13,6 +13,7 @@ mod cluster;
 mod config;
 mod egress;
 mod hooks;
+mod host_routes;
 mod links;
 mod state;
 
@@ -268,12 +269,15 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         .map_err(|e| format!("underlay {e}"))?;
     log_attached(&settings.underlay_interface, PortRole::Underlay, &underlay);
 
+    // The node routes into podswitch what podswitch sends elsewhere (its
+    // subnet now; each peer's as it comes), as flannel routes each lease.
+    let host_routes = tables.host_routes();
     let host_options = HostPortOptions {
         name: settings.host_interface.clone(),
         mtu: u32::from(node.pod_mtu()),
         address: host_address,
         tunnel_address: node.tunnel_address(),
-        routes: vec![node.cluster_cidr],
+        routes: host_routes.clone(),
         gateway_mac: node.gateway_mac,
         // With per_cpu, a TUN queue per worker: each reads what its CPU's
         // processes send to pods, and writes to the node itself.
@@ -289,7 +293,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     tracing::info!(
         interface = %settings.host_interface,
         address = %host_address,
-        route = %node.cluster_cidr,
+        routes = ?host_routes,
         "host port up"
     );
 
@@ -298,6 +302,11 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         state,
         keep_runtime_changes: std::sync::atomic::AtomicBool::new(false),
         store_health: leased.as_ref().map(|_| Arc::default()),
+        host_routes: host_routes::HostRoutes::new(
+            &settings.host_interface,
+            Arc::clone(&tables),
+            &host_routes,
+        ),
     });
     let handler = Arc::new(Handler::over(
         Arc::clone(&datapath),

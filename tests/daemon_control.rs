@@ -1453,8 +1453,10 @@ fn frames_for_a_pod_whose_end_is_down_are_counted() {
 }
 
 /// The node's kernel routes into podswitch0 what podswitch sends
-/// elsewhere, a route per subnet as flannel writes one per lease, and
-/// follows peers and routes as they come and go. Never the cluster CIDR
+/// elsewhere, a route per subnet as flannel writes one per lease, from the
+/// address a flannel node sends from along it (cni0's to its pods,
+/// flannel.1's into the tunnel), and follows peers and routes as they
+/// come and go. Never the cluster CIDR
 /// whole: a pod's packet to a subnet no node holds follows the node's own
 /// routes (here none: Net Unreachable, as from a kernel flannel node),
 /// where a /16 into podswitch0 made the node send it back in, after an
@@ -1464,31 +1466,38 @@ fn the_nodes_routes_into_podswitch_follow_its_peers_and_routes() {
     require(&["ip", "ping", "kill"]);
     let mut cluster = Cluster::new("vxlan", "bridge", 1);
     cluster.start_all();
+    // "PREFIX src ADDRESS" per route, as `ip route` prints them.
     let host_routes = |node: &common::cluster::Node| -> Vec<String> {
         let out = ok(
             &node.ns.ip(&["-4", "route", "show", "dev", "podswitch0"]),
             "ip route",
         );
         out.lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .map(str::to_string)
+            .map(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                let source = words.iter().skip_while(|w| **w != "src").nth(1);
+                format!("{} src {}", words[0], source.unwrap_or(&"-"))
+            })
             .collect()
     };
     let node = &cluster.nodes[0];
     let initial = host_routes(node);
     assert_eq!(
         initial,
-        ["10.244.1.0/24", "10.244.2.0/24"],
+        [
+            "10.244.1.0/24 src 10.244.1.1",
+            "10.244.2.0/24 src 10.244.1.0"
+        ],
         "own subnet and node2's"
     );
     add_runtime_peer_and_route(node);
     assert_eq!(
         host_routes(node),
         [
-            "10.244.1.0/24",
-            "10.244.2.0/24",
-            "10.244.3.0/24",
-            "10.244.99.0/24"
+            "10.244.1.0/24 src 10.244.1.1",
+            "10.244.2.0/24 src 10.244.1.0",
+            "10.244.3.0/24 src 10.244.1.0",
+            "10.244.99.0/24 src 10.244.1.0"
         ]
     );
     ok(&node.ctl(&["peer", "del", "node3"]), "peer del");

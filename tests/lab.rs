@@ -436,6 +436,7 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
         }
         hops_answer_from_the_kernels_addresses(&lab, &status, &label);
         addresses_no_pod_has_answer_as_the_kernels_do(&lab, &status, &label);
+        nodes_send_from_the_kernels_addresses(&status, &label);
         if status["backend"] == "vxlan" {
             tunnel_ends_answer(&status, &label);
         }
@@ -475,10 +476,7 @@ fn hops_answer_from_the_kernels_addresses(lab: &str, status: &Value, label: &str
             .unwrap_or_else(|| panic!("no pod on {node}"))
     };
     let (from, to) = (on(&nodes[0]), on(&nodes[1]));
-    let first_hop = match status["gateway_mode"].as_str() {
-        Some("proxy-arp") => field(&nodes[0], "underlay_ip"),
-        _ => pod_subnet_address(&nodes[0], 1),
-    };
+    let first_hop = address_towards_own_pods(status, &nodes[0]);
     let second_hop = far_node_address(status);
     for (ttl, expected) in [("1", first_hop), ("2", second_hop)] {
         let out = exec_out(
@@ -505,13 +503,59 @@ fn hops_answer_from_the_kernels_addresses(lab: &str, status: &Value, label: &str
     }
 }
 
-/// The address node 2 sends its errors to node 1's pods from: flannel.1's
-/// 10.244.Y.0 over VXLAN, its underlay address over host-gw.
+/// The address node 2 sends its errors to node 1's pods from.
 fn far_node_address(status: &Value) -> String {
-    let far = &status["nodes"][1];
+    address_towards_peers(status, &status["nodes"][1])
+}
+
+/// The address `node` sends from towards the other nodes' pods:
+/// flannel.1's 10.244.X.0 over VXLAN, its underlay address over host-gw.
+fn address_towards_peers(status: &Value, node: &Value) -> String {
     match status["backend"].as_str() {
-        Some("vxlan") => pod_subnet_address(far, 0),
-        _ => LabSites::field(far, "underlay_ip").to_string(),
+        Some("vxlan") => pod_subnet_address(node, 0),
+        _ => LabSites::field(node, "underlay_ip").to_string(),
+    }
+}
+
+/// The address `node` sends from towards its own pods: cni0's 10.244.X.1
+/// in bridge mode; in proxy-arp mode its underlay address (a cali
+/// interface has none).
+fn address_towards_own_pods(status: &Value, node: &Value) -> String {
+    match status["gateway_mode"].as_str() {
+        Some("proxy-arp") => LabSites::field(node, "underlay_ip").to_string(),
+        _ => pod_subnet_address(node, 1),
+    }
+}
+
+/// The source each node's own kernel picks for its traffic to a pod, on
+/// its node and on the other (`ip route get`): a kernel flannel or Calico
+/// node's, which a pod sees the node's connections come from. But for one
+/// difference: a podswitch node sends to a host-gw peer's pods from its
+/// pod-side address, 10.244.X.1, where a kernel node sends from its
+/// underlay address (the peer's kernel would masquerade the replies,
+/// never having seen the requests: `Tables::host_routes`).
+fn nodes_send_from_the_kernels_addresses(status: &Value, label: &str) {
+    let pods = status["pods"].as_array().unwrap();
+    let host_gw = status["backend"].as_str() != Some("vxlan");
+    for node in status["nodes"].as_array().unwrap() {
+        let podswitch_host_gw = host_gw && node["dataplane"] == "podswitch";
+        for pod in pods {
+            let expected = if pod["node"] == node["name"] {
+                address_towards_own_pods(status, node)
+            } else if podswitch_host_gw {
+                pod_subnet_address(node, 1)
+            } else {
+                address_towards_peers(status, node)
+            };
+            let ns = LabSites::field(node, "netns");
+            let ip = LabSites::field(pod, "ip");
+            let route = common::stdout_of("ip", &["-n", ns, "-4", "route", "get", ip]);
+            assert!(
+                route.contains(&format!(" src {expected} ")),
+                "{label}: {} should send to {ip} from {expected}: {route}",
+                LabSites::field(node, "name")
+            );
+        }
     }
 }
 

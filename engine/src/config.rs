@@ -130,6 +130,39 @@ impl NodeConfig {
         (self.backend != Backend::HostGw).then(|| self.pod_cidr.addr())
     }
 
+    /// The address this node sends from towards a host behind
+    /// `next_hop`: what a kernel flannel or Calico node takes, the address
+    /// of the interface the packet leaves by (`inet_select_addr`; for ICMP
+    /// errors `__icmp_send` with `icmp_errors_use_inbound_ifaddr` at its
+    /// default, 0, leaves it to the route back). `traceroute` from a pod
+    /// shows these, and a pod sees the node's own connections come from
+    /// them:
+    /// - into a tunnel, flannel.1's address, the node's pod subnet's
+    ///   first, 10.244.X.0 (flannel0's for the udp backend);
+    /// - to a host-gw peer, the node's underlay address (eth0's);
+    /// - to a pod of the node, cni0's 10.244.X.1 in bridge mode; in
+    ///   proxy-ARP mode the pod's cali interface has no address, and the
+    ///   kernel takes the node's (its underlay's);
+    /// - to the node itself, 10.244.X.1.
+    pub fn address_towards(&self, next_hop: Option<crate::fib::NextHop>) -> Ipv4Addr {
+        use crate::fib::NextHop;
+        match next_hop {
+            Some(NextHop::Peer(_)) => self.tunnel_address().unwrap_or(self.host_address),
+            Some(NextHop::Direct(_)) => self.underlay_ip,
+            Some(NextHop::Local(_)) => self.address_towards_pods(),
+            _ => self.host_address,
+        }
+    }
+
+    /// The address this node sends from towards its own pods
+    /// ([`Self::address_towards`] a local pod).
+    pub fn address_towards_pods(&self) -> Ipv4Addr {
+        match self.gateway_mode {
+            GatewayMode::Bridge => self.host_address,
+            GatewayMode::ProxyArp => self.underlay_ip,
+        }
+    }
+
     /// This node's underlay subnet.
     pub fn underlay_subnet(&self) -> Prefix {
         Prefix::new_truncating(self.underlay_ip, self.underlay_prefix_len)
@@ -155,6 +188,28 @@ pub fn derived_mac(kind: u8, name: &str) -> MacAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fib::NextHop;
+    use crate::ids::{PeerId, PortId};
+
+    #[test]
+    fn the_node_speaks_from_the_interface_the_kernel_would_send_by() {
+        let underlay = Ipv4Addr::new(192, 168, 100, 2);
+        let cidr = "10.244.2.0/24".parse().unwrap();
+        let flannel = NodeConfig::flannel("node2", cidr, underlay);
+        let calico = NodeConfig::calico("node2", cidr, underlay);
+        let (gateway, vtep) = (Ipv4Addr::new(10, 244, 2, 1), Ipv4Addr::new(10, 244, 2, 0));
+        let pod = Some(NextHop::Local(PortId(3)));
+        for (node, to_pod) in [(&flannel, gateway), (&calico, underlay)] {
+            assert_eq!(node.address_towards(pod), to_pod);
+            assert_eq!(node.address_towards(Some(NextHop::Peer(PeerId(1)))), vtep);
+            assert_eq!(
+                node.address_towards(Some(NextHop::Direct(PeerId(1)))),
+                underlay
+            );
+            assert_eq!(node.address_towards(Some(NextHop::Host)), gateway);
+            assert_eq!(node.address_towards(None), gateway);
+        }
+    }
 
     #[test]
     fn defaults_follow_flannel_and_calico() {

@@ -32,6 +32,16 @@ use crate::peer::{Forwarding, Peer, PeerId, PeerSpec, PeerTable};
 use crate::port::{PortId, PortRole};
 use crate::stats::Stats;
 
+/// A route the node's own kernel takes into the host port
+/// ([`Tables::host_routes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostRoute {
+    /// Where it leads.
+    pub prefix: Prefix,
+    /// The address the node sends from along it (the route's `src`).
+    pub source: Ipv4Addr,
+}
+
 /// What the control side says about a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortSpec {
@@ -402,20 +412,37 @@ impl Tables {
     /// (its default route, or Net Unreachable), where a route for the
     /// whole cluster CIDR into podswitch would hand it back to the node,
     /// which would send it in again (an ICMP redirect to the pod first).
-    pub fn host_routes(&self) -> Vec<Prefix> {
-        let (_, routes) = self.routes();
-        let away: std::collections::HashSet<Prefix> = routes
-            .iter()
+    ///
+    /// Each comes with the address the node sends from along it, as a
+    /// kernel node's route through flannel.1 or cni0 gives it
+    /// ([`NodeConfig::address_towards`] its next hop; towards its own
+    /// pods for the node's own subnet, a blackhole that holds them). Not
+    /// towards a host-gw peer: a kernel node sends from its underlay
+    /// address there, and the peer's kernel, which sees its pods' replies
+    /// but not (through podswitch) the requests, would take them for new
+    /// connections out of the cluster and masquerade them; the node's
+    /// pod-side address stays inside the cluster CIDR.
+    pub fn host_routes(&self) -> Vec<HostRoute> {
+        let (snap, routes) = self.routes();
+        let away: std::collections::HashMap<Prefix, NextHop> = routes
+            .into_iter()
             .filter(|(prefix, next_hop)| *next_hop != NextHop::Host && !prefix.is_default())
-            .map(|(prefix, _)| *prefix)
             .collect();
-        let mut out: Vec<Prefix> = away
+        let node = &snap.node;
+        let mut out: Vec<HostRoute> = away
             .iter()
-            .filter(|prefix| {
+            .filter(|(prefix, _)| {
                 (1..prefix.prefix_len())
-                    .all(|len| !away.contains(&Prefix::new_truncating(prefix.addr(), len)))
+                    .all(|len| !away.contains_key(&Prefix::new_truncating(prefix.addr(), len)))
             })
-            .copied()
+            .map(|(prefix, next_hop)| HostRoute {
+                prefix: *prefix,
+                source: match next_hop {
+                    _ if *prefix == node.pod_cidr => node.address_towards_pods(),
+                    NextHop::Direct(_) => node.host_address,
+                    _ => node.address_towards(Some(*next_hop)),
+                },
+            })
             .collect();
         out.sort();
         out
@@ -811,7 +838,10 @@ mod tests {
     #[test]
     fn the_node_routes_into_podswitch_what_podswitch_sends_elsewhere() {
         let tables = tables();
-        assert_eq!(tables.host_routes(), vec![p("10.244.1.0/24")]);
+        let prefixes = |tables: &Tables| -> Vec<Prefix> {
+            tables.host_routes().iter().map(|r| r.prefix).collect()
+        };
+        assert_eq!(prefixes(&tables), vec![p("10.244.1.0/24")]);
         tables
             .attach_port(PortSpec::pod(
                 "veth1",
@@ -834,17 +864,64 @@ mod tests {
             .add_route(p("10.244.3.64/26"), NextHop::Peer(peer))
             .unwrap();
         tables.add_route(p("10.96.0.0/12"), NextHop::Host).unwrap();
+        // From cni0's address to the node's pods, from flannel.1's into
+        // the tunnel.
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         assert_eq!(
             tables.host_routes(),
-            vec![p("10.244.1.0/24"), p("10.244.2.0/24"), p("10.244.3.64/26")]
+            vec![
+                HostRoute {
+                    prefix: p("10.244.1.0/24"),
+                    source: ip("10.244.1.1")
+                },
+                HostRoute {
+                    prefix: p("10.244.2.0/24"),
+                    source: ip("10.244.1.0")
+                },
+                HostRoute {
+                    prefix: p("10.244.3.64/26"),
+                    source: ip("10.244.1.0")
+                },
+            ]
         );
         // A shorter prefix routed away covers the longer ones.
         tables
             .add_route(p("10.244.0.0/16"), NextHop::Blackhole)
             .unwrap();
-        assert_eq!(tables.host_routes(), vec![p("10.244.0.0/16")]);
+        assert_eq!(prefixes(&tables), vec![p("10.244.0.0/16")]);
         tables.remove_route(p("10.244.0.0/16")).unwrap();
         tables.remove_peer("node2").unwrap();
-        assert_eq!(tables.host_routes(), vec![p("10.244.1.0/24")]);
+        assert_eq!(prefixes(&tables), vec![p("10.244.1.0/24")]);
+        // Towards a host-gw peer, from the pod side's address (see the
+        // method's docs for why not the underlay's).
+        tables
+            .add_peer(PeerSpec {
+                name: "node4".into(),
+                underlay_ip: Ipv4Addr::new(192, 168, 100, 4),
+                underlay_mac: MacAddr([2, 0, 0, 0, 0, 5]),
+                pod_cidr: p("10.244.4.0/24"),
+                backend: Backend::HostGw,
+                vni: podswitch_encap::Vni::FLANNEL,
+                vtep_mac: MacAddr([2, 0, 0, 0, 0, 6]),
+            })
+            .unwrap();
+        assert_eq!(
+            tables.host_routes()[1],
+            HostRoute {
+                prefix: p("10.244.4.0/24"),
+                source: ip("10.244.1.1")
+            }
+        );
+        // A Calico node's cali interfaces have no address: the kernel
+        // sends to its pods from the node's own.
+        let underlay = Ipv4Addr::new(192, 168, 100, 1);
+        let calico = Tables::new(NodeConfig::calico("node1", p("10.244.1.0/24"), underlay), 8);
+        assert_eq!(
+            calico.host_routes(),
+            vec![HostRoute {
+                prefix: p("10.244.1.0/24"),
+                source: underlay
+            }]
+        );
     }
 }

@@ -94,16 +94,18 @@ fn configure_pod(ifname: &str, addr: Addressing, mac: Option<[u8; 6]>) -> io::Re
                 Some(addr.gateway),
                 link.index,
                 RT_SCOPE_UNIVERSE,
+                None,
             )?;
         }
         GatewayMode::ProxyArp => {
-            nl.add_route(PROXY_ARP_GATEWAY, 32, None, link.index, RT_SCOPE_LINK)?;
+            nl.add_route(PROXY_ARP_GATEWAY, 32, None, link.index, RT_SCOPE_LINK, None)?;
             nl.add_route(
                 Ipv4Addr::UNSPECIFIED,
                 0,
                 Some(PROXY_ARP_GATEWAY),
                 link.index,
                 RT_SCOPE_UNIVERSE,
+                None,
             )?;
         }
     }

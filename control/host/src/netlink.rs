@@ -414,7 +414,8 @@ impl Netlink {
     }
 
     /// Adds a route in the main table: `dst/len` via `gateway` (if any) out
-    /// of link `oif`, with `scope`.
+    /// of link `oif`, with `scope`, sending from `source` (if any: `src`,
+    /// else the kernel picks the link's address).
     pub fn add_route(
         &mut self,
         dst: Ipv4Addr,
@@ -422,6 +423,7 @@ impl Netlink {
         gateway: Option<Ipv4Addr>,
         oif: u32,
         scope: u8,
+        source: Option<Ipv4Addr>,
     ) -> io::Result<()> {
         let mut route = route_message(dst, len, oif);
         route.header.protocol = RouteProtocol::Boot;
@@ -431,6 +433,11 @@ impl Netlink {
             route
                 .attributes
                 .push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+        }
+        if let Some(source) = source {
+            route
+                .attributes
+                .push(RouteAttribute::PrefSource(RouteAddress::Inet(source)));
         }
         self.request(
             RouteNetlinkMessage::NewRoute(route),

@@ -102,6 +102,7 @@ fn every_request_against_the_kernel() {
             Some(gateway),
             eth0.index,
             RT_SCOPE_UNIVERSE,
+            None,
         )?;
         nl.add_route(
             Ipv4Addr::new(169, 254, 1, 1),
@@ -109,6 +110,7 @@ fn every_request_against_the_kernel() {
             None,
             eth0.index,
             RT_SCOPE_LINK,
+            None,
         )?;
         // A route via a gateway it cannot reach: the kernel's ENETUNREACH.
         let unreachable = nl
@@ -118,6 +120,7 @@ fn every_request_against_the_kernel() {
                 Some(Ipv4Addr::new(192, 0, 2, 1)),
                 eth0.index,
                 RT_SCOPE_UNIVERSE,
+                None,
             )
             .unwrap_err();
         assert_eq!(unreachable.raw_os_error(), Some(libc::ENETUNREACH));

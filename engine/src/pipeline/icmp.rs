@@ -2,15 +2,11 @@
 //! 792), fragmentation needed with the next hop's MTU (RFC 1191),
 //! rate-limited as Linux limits its own.
 
-use std::net::Ipv4Addr;
-
 use podswitch_encap::ethernet::{EtherType, EthernetRepr};
 use podswitch_encap::icmpv4::{Icmpv4Error, Icmpv4Type};
 use podswitch_encap::ipv4::{IpProtocol, Ipv4Packet, Ipv4Repr};
 
-use crate::config::{GatewayMode, NodeConfig};
 use crate::drop::DropReason;
-use crate::fib::NextHop;
 use crate::packet::{PacketBuf, PacketPool};
 use crate::trace::{Step, Tracer};
 
@@ -52,27 +48,6 @@ impl IcmpLimiter {
         }
         self.tokens -= 1;
         true
-    }
-}
-
-/// Where an ICMP error to a host behind `towards` comes from: what the
-/// kernel's flannel and Calico nodes send it from, the address of the
-/// interface it leaves by (with `icmp_errors_use_inbound_ifaddr` at its
-/// default, 0, `__icmp_send` leaves the source to the route back).
-/// `traceroute` from a pod shows these hops:
-/// - into a tunnel, flannel.1's address, the node's pod subnet's first,
-///   10.244.X.0 (flannel0's for the udp backend);
-/// - to a host-gw peer, the node's underlay address (eth0's);
-/// - to a pod of the node, cni0's 10.244.X.1 in bridge mode; in proxy-ARP
-///   mode the pod's cali interface has no address, and the kernel takes
-///   the node's (its underlay's);
-/// - to the node itself, 10.244.X.1.
-fn icmp_source(node: &NodeConfig, towards: Option<NextHop>) -> Ipv4Addr {
-    match towards {
-        Some(NextHop::Peer(_)) => node.tunnel_address().unwrap_or(node.host_address),
-        Some(NextHop::Direct(_)) => node.underlay_ip,
-        Some(NextHop::Local(_)) if node.gateway_mode == GatewayMode::ProxyArp => node.underlay_ip,
-        _ => node.host_address,
     }
 }
 
@@ -127,7 +102,11 @@ impl Pipeline {
         }
         .emit(&mut bytes);
         Ipv4Repr {
-            src: icmp_source(&ctx.snap.node, ctx.snap.fib.lookup(packet.src())),
+            // From the interface a kernel node would send it by.
+            src: ctx
+                .snap
+                .node
+                .address_towards(ctx.snap.fib.lookup(packet.src())),
             dst: packet.src(),
             protocol: IpProtocol::Icmp,
             payload_len: icmp_len,
@@ -150,31 +129,5 @@ impl Pipeline {
         });
         let verdict = self.route(ctx, &mut reply, Origin::Local, pool, out, t);
         self.finish(ctx, reply, verdict, pool, out, t);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::{PeerId, PortId};
-
-    #[test]
-    fn an_icmp_error_comes_from_the_interface_the_kernel_would_send_it_by() {
-        let underlay = Ipv4Addr::new(192, 168, 100, 2);
-        let cidr = "10.244.2.0/24".parse().unwrap();
-        let flannel = NodeConfig::flannel("node2", cidr, underlay);
-        let calico = NodeConfig::calico("node2", cidr, underlay);
-        let (gateway, vtep) = (Ipv4Addr::new(10, 244, 2, 1), Ipv4Addr::new(10, 244, 2, 0));
-        let pod = Some(NextHop::Local(PortId(3)));
-        for (node, to_pod) in [(&flannel, gateway), (&calico, underlay)] {
-            assert_eq!(icmp_source(node, pod), to_pod);
-            assert_eq!(icmp_source(node, Some(NextHop::Peer(PeerId(1)))), vtep);
-            assert_eq!(
-                icmp_source(node, Some(NextHop::Direct(PeerId(1)))),
-                underlay
-            );
-            assert_eq!(icmp_source(node, Some(NextHop::Host)), gateway);
-            assert_eq!(icmp_source(node, None), gateway);
-        }
     }
 }

@@ -37,7 +37,8 @@ impl DaemonHooks for Daemon {
     }
 
     fn applied(&self, request: &Request) {
-        self.host_routes.sync();
+        // Refusals are logged, and tried again at the next change.
+        let _ = self.host_routes.sync();
         if !self.keep_runtime_changes.load(Ordering::Relaxed) {
             return;
         }
@@ -56,7 +57,7 @@ impl DaemonHooks for Daemon {
         let name = spec.name.as_str();
         log_attached(name, spec.role, port);
         // A pod outside the node's subnet (a static port) needs its own.
-        self.host_routes.sync();
+        let _ = self.host_routes.sync();
         // Every pod port has its address and MAC.
         let (Some(ip), Some(mac)) = (spec.ip, spec.mac) else {
             return;
@@ -85,7 +86,7 @@ impl DaemonHooks for Daemon {
     }
 
     fn port_removed(&self, name: &str, port: &RemovedPort) {
-        self.host_routes.sync();
+        let _ = self.host_routes.sync();
         for note in &port.notes {
             tracing::warn!(interface = name, "{note}");
         }

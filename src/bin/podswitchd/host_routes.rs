@@ -1,10 +1,12 @@
 //! The node's routes into podswitch: the prefixes the node's own kernel
-//! sends through the host port, kept equal to what the FIB routes away
-//! from the node ([`Tables::host_routes`]) as peers and routes come and
-//! go, as flanneld adds and removes one route per lease.
+//! sends through the host port, each with the address it sends from, kept
+//! equal to what the FIB routes away from the node
+//! ([`Tables::host_routes`]) as peers, routes and ports come and go, as
+//! flanneld adds and removes one route per lease.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io;
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
 use podswitch_engine::fib::Prefix;
@@ -17,80 +19,95 @@ use podswitch_host::netlink::{Netlink, RT_SCOPE_LINK};
 pub(crate) struct HostRoutes {
     interface: String,
     tables: Arc<Tables>,
-    /// The routes podswitchd added, behind the lock that orders syncs
-    /// from the control socket's and the lease store's threads.
-    installed: Mutex<BTreeSet<Prefix>>,
+    /// The routes podswitchd added and their sources, behind the lock
+    /// that orders syncs from the control socket's and the lease store's
+    /// threads.
+    installed: Mutex<BTreeMap<Prefix, Ipv4Addr>>,
 }
 
 impl HostRoutes {
-    /// Follows `tables` for the host port `interface`, which was opened
-    /// with the routes `installed`.
-    pub(crate) fn new(interface: &str, tables: Arc<Tables>, installed: &[Prefix]) -> HostRoutes {
+    /// Follows `tables` for the host port `interface`, which has no
+    /// route yet.
+    pub(crate) fn new(interface: &str, tables: Arc<Tables>) -> HostRoutes {
         HostRoutes {
             interface: interface.to_string(),
             tables,
-            installed: Mutex::new(installed.iter().copied().collect()),
+            installed: Mutex::default(),
         }
     }
 
     /// Adds the routes the FIB now asks for, then removes those it no
     /// longer does (a subnet that moves to a shorter prefix is never
-    /// without a route). A route the kernel refuses is logged and tried
-    /// again at the next sync.
-    pub(crate) fn sync(&self) {
+    /// without a route); a route whose source changed is replaced. Every
+    /// route the kernel refuses is logged, and tried again at the next
+    /// sync; the first refusal is the error.
+    pub(crate) fn sync(&self) -> io::Result<()> {
         let mut installed = self.installed.lock().unwrap_or_else(|e| e.into_inner());
-        let wanted: BTreeSet<Prefix> = self.tables.host_routes().into_iter().collect();
+        let wanted: BTreeMap<Prefix, Ipv4Addr> = self
+            .tables
+            .host_routes()
+            .into_iter()
+            .map(|route| (route.prefix, route.source))
+            .collect();
         if *installed == wanted {
-            return;
+            return Ok(());
         }
-        let kernel =
-            netdev::ifindex(&self.interface).and_then(|index| Ok((index, Netlink::open()?)));
-        let (index, mut netlink) = match kernel {
-            Ok(kernel) => kernel,
-            Err(e) => {
-                tracing::warn!(interface = %self.interface, "host routes not updated: {e}");
-                return;
-            }
+        let index = netdev::ifindex(&self.interface)?;
+        let mut netlink = Netlink::open()?;
+        let mut first_error = None;
+        let mut refused = |what: &str, prefix: Prefix, e: io::Error| {
+            tracing::warn!(
+                route = %prefix,
+                interface = %self.interface,
+                "host route not {what}: {e} (tried again at the next peer, route or port change)"
+            );
+            first_error.get_or_insert(e);
         };
-        let to_add: Vec<Prefix> = wanted.difference(&installed).copied().collect();
-        let to_remove: Vec<Prefix> = installed.difference(&wanted).copied().collect();
-        for prefix in to_add {
+        for (&prefix, &source) in &wanted {
+            if installed.get(&prefix) == Some(&source) {
+                continue;
+            }
+            if installed.contains_key(&prefix) {
+                match netlink.del_route(prefix.addr(), prefix.prefix_len(), index) {
+                    Ok(_) => {
+                        installed.remove(&prefix);
+                    }
+                    Err(e) => {
+                        refused("replaced", prefix, e);
+                        continue;
+                    }
+                }
+            }
             let added = netlink.add_route(
                 prefix.addr(),
                 prefix.prefix_len(),
                 None,
                 index,
                 RT_SCOPE_LINK,
+                Some(source),
             );
             match added {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    self.refused("added", prefix, &e);
-                    continue;
+                Ok(()) => {
+                    tracing::info!(route = %prefix, %source, interface = %self.interface, "host route added");
+                    installed.insert(prefix, source);
                 }
+                Err(e) => refused("added", prefix, e),
             }
-            tracing::info!(route = %prefix, interface = %self.interface, "host route added");
-            installed.insert(prefix);
         }
-        for prefix in to_remove {
+        let gone: Vec<Prefix> = installed
+            .keys()
+            .filter(|prefix| !wanted.contains_key(prefix))
+            .copied()
+            .collect();
+        for prefix in gone {
             match netlink.del_route(prefix.addr(), prefix.prefix_len(), index) {
-                Ok(_) => {}
-                Err(e) => {
-                    self.refused("removed", prefix, &e);
-                    continue;
+                Ok(_) => {
+                    tracing::info!(route = %prefix, interface = %self.interface, "host route removed");
+                    installed.remove(&prefix);
                 }
+                Err(e) => refused("removed", prefix, e),
             }
-            tracing::info!(route = %prefix, interface = %self.interface, "host route removed");
-            installed.remove(&prefix);
         }
-    }
-
-    fn refused(&self, what: &str, prefix: Prefix, e: &io::Error) {
-        tracing::warn!(
-            route = %prefix,
-            interface = %self.interface,
-            "host route not {what}: {e} (tried again at the next peer or route change)"
-        );
+        first_error.map_or(Ok(()), Err)
     }
 }

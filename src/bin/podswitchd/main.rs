@@ -269,15 +269,13 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         .map_err(|e| format!("underlay {e}"))?;
     log_attached(&settings.underlay_interface, PortRole::Underlay, &underlay);
 
-    // The node routes into podswitch what podswitch sends elsewhere (its
-    // subnet now; each peer's as it comes), as flannel routes each lease.
-    let host_routes = tables.host_routes();
     let host_options = HostPortOptions {
         name: settings.host_interface.clone(),
         mtu: u32::from(node.pod_mtu()),
         address: host_address,
         tunnel_address: node.tunnel_address(),
-        routes: host_routes.clone(),
+        // Added by `Daemon::host_routes` below, with their sources.
+        routes: Vec::new(),
         gateway_mac: node.gateway_mac,
         // With per_cpu, a TUN queue per worker: each reads what its CPU's
         // processes send to pods, and writes to the node itself.
@@ -293,7 +291,6 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
     tracing::info!(
         interface = %settings.host_interface,
         address = %host_address,
-        routes = ?host_routes,
         "host port up"
     );
 
@@ -302,12 +299,14 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         state,
         keep_runtime_changes: std::sync::atomic::AtomicBool::new(false),
         store_health: leased.as_ref().map(|_| Arc::default()),
-        host_routes: host_routes::HostRoutes::new(
-            &settings.host_interface,
-            Arc::clone(&tables),
-            &host_routes,
-        ),
+        host_routes: host_routes::HostRoutes::new(&settings.host_interface, Arc::clone(&tables)),
     });
+    // The node routes into podswitch what podswitch sends elsewhere (its
+    // subnet now; each peer's as it comes), as flannel routes each lease.
+    daemon
+        .host_routes
+        .sync()
+        .map_err(|e| format!("host port {}'s routes: {e}", settings.host_interface))?;
     let handler = Arc::new(Handler::over(
         Arc::clone(&datapath),
         clock_secs,

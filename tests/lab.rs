@@ -437,6 +437,7 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
         hops_answer_from_the_kernels_addresses(&lab, &status, &label);
         addresses_no_pod_has_answer_as_the_kernels_do(&lab, &status, &label);
         nodes_send_from_the_kernels_addresses(&status, &label);
+        services_reach_their_backends(&status, &label);
         if status["backend"] == "vxlan" {
             tunnel_ends_answer(&status, &label);
         }
@@ -616,6 +617,91 @@ fn addresses_no_pod_has_answer_as_the_kernels_do(lab: &str, status: &Value, labe
     );
 }
 
+/// A Service, as kube-proxy makes one (nftables mode: a DNAT in the
+/// node's `prerouting` and `output` NAT hooks), from a pod on node 1 and
+/// from node 1 itself, to a backend on node 2 and one on node 1: every
+/// connection reaches its backend, and its replies come back from the
+/// Service's address. The backend sees a pod client as the kernel
+/// dataplane shows it, from the pod, and through podswitch from the
+/// client's node (podswitchd's masquerade of Service traffic into the
+/// host port: egress.rs).
+fn services_reach_their_backends(status: &Value, label: &str) {
+    const SERVICE: &str = "10.96.0.10";
+    let nodes = status["nodes"].as_array().unwrap();
+    let pods = status["pods"].as_array().unwrap();
+    let node1 = &nodes[0];
+    let node1_ns = LabSites::field(node1, "netns");
+    let client = pods.iter().find(|p| p["node"] == node1["name"]).unwrap();
+    let local_backend = pods
+        .iter()
+        .filter(|p| p["node"] == node1["name"])
+        .nth(1)
+        .unwrap();
+    let remote_backend = pods.iter().find(|p| p["node"] == nodes[1]["name"]).unwrap();
+    // The node's own connections need a route to the Service range, as a
+    // node's default route gives it (the lab's nodes have none).
+    let route = ["route", "add", "10.96.0.0/12", "dev", "ul0"];
+    common::run("ip", &[&["-n", node1_ns], &route[..]].concat());
+    for backend in [remote_backend, local_backend] {
+        let backend_ip = LabSites::field(backend, "ip");
+        let rule = format!("ip daddr {SERVICE} tcp dport 5201 dnat to {backend_ip}");
+        let table = format!(
+            "table ip lab-service {{\n\
+             chain prerouting {{ type nat hook prerouting priority -100; {rule}; }}\n\
+             chain output {{ type nat hook output priority -100; {rule}; }}\n}}\n"
+        );
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", node1_ns, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(nft.stdin.as_mut().unwrap(), table.as_bytes()).unwrap();
+        assert!(nft.wait().unwrap().success(), "{label}: nft");
+        let clients = [
+            (
+                LabSites::field(client, "netns"),
+                LabSites::field(client, "ip"),
+            ),
+            (node1_ns, "the node"),
+        ];
+        for (client_ns, client_ip) in clients {
+            let mut server = Command::new("ip")
+                .args(["netns", "exec", LabSites::field(backend, "netns")])
+                .args(["/usr/bin/python3", "-c", PEER_ADDRESS])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let seen = seen_address(&mut server, client_ns, SERVICE);
+            let what = format!("{label}: {client_ip} to a Service backed by {backend_ip}");
+            let seen = seen.unwrap_or_else(|| panic!("{what}: no connection"));
+            if client_ip != "the node" {
+                let expected = match node1["dataplane"].as_str() {
+                    Some("kernel") => client_ip.to_string(),
+                    _ => pod_subnet_address(node1, 1),
+                };
+                assert_eq!(seen, expected, "{what}: seen from");
+            }
+        }
+        common::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                node1_ns,
+                "nft",
+                "delete",
+                "table",
+                "ip",
+                "lab-service",
+            ],
+        );
+    }
+    common::run(
+        "ip",
+        &[&["-n", node1_ns, "route", "del"], &route[2..]].concat(),
+    );
+}
+
 /// Every node answers at its tunnel end's address, flannel.1's
 /// 10.244.X.0, from every pod and every node, on one node and across.
 fn tunnel_ends_answer(status: &Value, label: &str) {
@@ -662,26 +748,38 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
 s.bind(('0.0.0.0', 5201)); s.listen(1); print('listening', flush=True)\n\
 c, a = s.accept(); c.recv(16); print(a[0], flush=True)\n";
 
-/// Which address `to` sees a TCP connection from `from_pod` come from.
+/// Which address `server` (running [`PEER_ADDRESS`]) sees a TCP
+/// connection from the namespace `client_netns` to `to_ip` come from; None
+/// if the connection failed.
 fn seen_address(
-    name: &str,
     server: &mut std::process::Child,
-    from_pod: &str,
+    client_netns: &str,
     to_ip: &str,
-) -> String {
+) -> Option<String> {
     use std::io::BufRead;
     let mut lines = std::io::BufReader::new(server.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "listening");
     let client =
         format!("import socket; socket.create_connection(('{to_ip}', 5201), timeout=5).send(b'x')");
-    assert!(exec_ok(
-        name,
-        from_pod,
-        &["/usr/bin/python3", "-c", &client]
-    ));
+    let connected = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            client_netns,
+            "/usr/bin/python3",
+            "-c",
+            &client,
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !connected {
+        let _ = server.kill();
+        let _ = server.wait();
+        return None;
+    }
     let seen = lines.next().unwrap().unwrap();
     let _ = server.wait();
-    seen
+    Some(seen)
 }
 
 /// Pod egress (issue 13): a pod reaches an "outside" host on the underlay
@@ -782,8 +880,8 @@ fn pods_reach_outside_masqueraded_and_nothing_stays() {
             .spawn()
             .unwrap();
         assert_eq!(
-            seen_address(&name, &mut server, "pod1-1", to_ip),
-            expected,
+            seen_address(&mut server, &format!("lab-{name}-pod1-1"), to_ip).as_deref(),
+            Some(expected),
             "{what}"
         );
         assert_eq!(capture.source(), expected, "{what} (tcpdump)");
@@ -842,7 +940,13 @@ fn pods_reach_outside_masqueraded_and_nothing_stays() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
-    assert_eq!(table.matches("masquerade").count(), 1, "{table}");
+    assert_eq!(
+        table
+            .matches("oifname != \"podswitch0\" masquerade")
+            .count(),
+        1,
+        "{table}"
+    );
     let ping = exec_out(
         &name,
         "pod1-1",

@@ -16,18 +16,40 @@
 //!   `nonMasqueradeCIDRs`), not out of the host port: `masquerade`.
 //!   Traffic between pods never reaches the kernel, and keeps the pod's
 //!   address.
+//! - `postrouting` (NAT), Services: a pod's packet that the node's own
+//!   rules translated to another destination (`ct status dnat`: kube-proxy
+//!   sends a pod's packet for a Service's ClusterIP to one of its
+//!   backends, in iptables, nftables or IPVS mode) and sends back into the
+//!   host port: `masquerade`, to the node's address there. The backend's
+//!   reply then comes back to the node, whose conntrack turns both
+//!   addresses back, and reaches the pod from the Service's address. On a
+//!   kernel flannel node the reply finds the node's conntrack by itself
+//!   (cni0 and flannel.1 route through the node; one node's pods through
+//!   `br_netfilter`); through podswitch it would go from the backend
+//!   straight to the pod, which drops it (it is from the backend's address,
+//!   not the Service's). So a Service's backend sees the connection come
+//!   from the client's node, as with kube-proxy's `--masquerade-all`,
+//!   where on a flannel node it sees the client pod. The node's own
+//!   connections to a Service likewise (`fib saddr type local`: from its
+//!   underlay address, the backend's node would masquerade the reply, not
+//!   having seen the request); a client outside the cluster keeps its
+//!   address (a Service with `externalTrafficPolicy: Local`), its replies
+//!   going through the node anyway.
 //! - `forward` (filter): into the host port only replies
-//!   (`ct state established,related`); everything else the kernel would
-//!   forward towards pods is dropped, so forwarding never makes the kernel
-//!   a second, unchecked path into pods (a host-gw peer's packets for our
-//!   pods reach the underlay interface too; where tcx exists they end
-//!   there, after podswitch's tap: `engine/src/sys/tcx.rs`).
+//!   (`ct state established,related`) and Service traffic (`ct status
+//!   dnat`, above); everything else the kernel would forward towards pods
+//!   is dropped, so forwarding never makes the kernel a second, unchecked
+//!   path into pods (a host-gw peer's packets for our pods reach the
+//!   underlay interface too; where tcx exists they end there, after
+//!   podswitch's tap: `engine/src/sys/tcx.rs`).
 //! - `prerouting` and `output` (raw): `notrack` for what never needs
 //!   translating: traffic with both ends in the cluster CIDR (the kernel
-//!   sees every pod frame on the host side of an AF_PACKET pod's veth) and
-//!   the tunnel's own packets (VXLAN or IP-in-UDP port, IP protocol 4). A
-//!   NAT table turns on connection tracking for the whole namespace; left
-//!   alone it would track every packet podswitch forwards.
+//!   sees every pod frame on the host side of an AF_PACKET pod's veth),
+//!   except what comes in from the host port (a Service backend's reply
+//!   to the node, which conntrack must turn back), and the tunnel's own
+//!   packets (VXLAN or IP-in-UDP port, IP protocol 4). A NAT table turns
+//!   on connection tracking for the whole namespace; left alone it would
+//!   track every packet podswitch forwards.
 //!
 //! Forwarding is turned on only where egress needs it: on the host port
 //! (the pods' packets come in there) and on the interfaces replies come
@@ -73,32 +95,38 @@ pub(crate) fn ruleset(config: &EgressConfig) -> String {
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {pod} ip daddr != {{ {keep} }} oifname != \"{host}\" masquerade\n\
+         \t\tip saddr {cluster} ct status dnat oifname \"{host}\" masquerade\n\
+         \t\tfib saddr type local ct status dnat oifname \"{host}\" masquerade\n\
          \t}}\n\
          \tchain forward {{\n\
          \t\ttype filter hook forward priority filter; policy accept;\n\
          \t\toifname \"{host}\" ct state established,related accept\n\
+         \t\toifname \"{host}\" ct status dnat accept\n\
          \t\toifname \"{host}\" drop\n\
          \t}}\n\
          \tchain prerouting {{\n\
          \t\ttype filter hook prerouting priority raw; policy accept;\n\
-         {untracked}\
+         \t\tiifname != \"{host}\" {untracked}\
          \t}}\n\
          \tchain output {{\n\
          \t\ttype filter hook output priority raw; policy accept;\n\
-         {untracked}\
+         \t\t{untracked}\
          \t}}\n\
          }}\n",
         pod = config.pod_cidr,
+        cluster = config.cluster_cidr,
         keep = keep.join(", "),
         host = config.host_interface,
         untracked = untracked(config),
     )
 }
 
-/// The `notrack` rules of the raw chains; see the module docs.
+/// The `notrack` rules of the raw chains, the first without its
+/// indentation (a chain may put a condition before it); see the module
+/// docs.
 fn untracked(config: &EgressConfig) -> String {
     let cluster = config.cluster_cidr;
-    let mut rules = format!("\t\tip saddr {cluster} ip daddr {cluster} notrack\n");
+    let mut rules = format!("ip saddr {cluster} ip daddr {cluster} notrack\n");
     if !config.tunnel_ports.is_empty() {
         let ports: Vec<String> = config.tunnel_ports.iter().map(u16::to_string).collect();
         let ports = ports.join(", ");
@@ -219,6 +247,16 @@ mod tests {
         ));
         assert!(rules.contains("oifname \"podswitch0\" ct state established,related accept"));
         assert!(rules.contains("oifname \"podswitch0\" drop"));
+        // Service traffic: into the host port, from the node's address.
+        assert!(rules
+            .contains("ip saddr 10.244.0.0/16 ct status dnat oifname \"podswitch0\" masquerade"));
+        assert!(
+            rules.contains("fib saddr type local ct status dnat oifname \"podswitch0\" masquerade")
+        );
+        assert!(rules.contains("oifname \"podswitch0\" ct status dnat accept"));
+        assert!(rules.contains(
+            "iifname != \"podswitch0\" ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 notrack"
+        ));
         assert_eq!(
             rules
                 .matches("ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 notrack")

@@ -1504,7 +1504,7 @@ fn the_nodes_routes_into_podswitch_follow_its_peers_and_routes() {
     assert_eq!(host_routes(node), initial, "node3's routes went with it");
 
     let pod = &cluster.pods[0];
-    let text = ping_once_output(&pod.ns, "10.244.9.5");
+    let text = ping_once_output(&pod.ns, "10.244.9.5", 2, &[]);
     assert!(
         text.contains(&format!(
             "From {}.1 icmp_seq=1 Destination Net Unreachable",

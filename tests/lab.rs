@@ -6,7 +6,9 @@ mod common;
 use std::process::Command;
 
 use common::require;
-use common::traffic::{path_mtu_is_told, ping, traffic_matrix, NodeSite, PodSite, Sites};
+use common::traffic::{
+    path_mtu_is_told, ping, ping_once_output, traffic_matrix, NodeSite, PodSite, Sites,
+};
 use serde_json::Value;
 
 fn ctl(args: &[&str]) -> std::process::Output {
@@ -434,8 +436,8 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
             // one byte too many with "fragmentation needed" at 1450.
             path_mtu_is_told(&sites, 1450, &label);
         }
-        hops_answer_from_the_kernels_addresses(&lab, &status, &label);
-        addresses_no_pod_has_answer_as_the_kernels_do(&lab, &status, &label);
+        hops_answer_from_the_kernels_addresses(&status, &label);
+        addresses_no_pod_has_answer_as_the_kernels_do(&status, &label);
         nodes_send_from_the_kernels_addresses(&status, &label);
         services_reach_their_backends(&status, &label);
         if status["backend"] == "vxlan" {
@@ -467,7 +469,7 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
 /// bridge mode and from its underlay address in proxy-arp mode (a cali
 /// interface has none); node 2 from flannel.1's 10.244.Y.0 over VXLAN and
 /// from its underlay address over host-gw. podswitch must answer alike.
-fn hops_answer_from_the_kernels_addresses(lab: &str, status: &Value, label: &str) {
+fn hops_answer_from_the_kernels_addresses(status: &Value, label: &str) {
     let nodes = status["nodes"].as_array().unwrap();
     let pods = status["pods"].as_array().unwrap();
     let field = |v: &Value, key: &str| LabSites::field(v, key).to_string();
@@ -480,20 +482,11 @@ fn hops_answer_from_the_kernels_addresses(lab: &str, status: &Value, label: &str
     let first_hop = address_towards_own_pods(status, &nodes[0]);
     let second_hop = far_node_address(status);
     for (ttl, expected) in [("1", first_hop), ("2", second_hop)] {
-        let out = exec_out(
-            lab,
-            &field(from, "name"),
-            &[
-                "ping",
-                "-n",
-                "-c",
-                "1",
-                "-W",
-                "2",
-                "-t",
-                ttl,
-                &field(to, "ip"),
-            ],
+        let out = ping_once_output(
+            LabSites::field(from, "netns"),
+            &field(to, "ip"),
+            2,
+            &["-t", ttl],
         );
         assert!(
             out.contains(&format!("From {expected} icmp_seq=1 Time to live exceeded")),
@@ -572,7 +565,7 @@ fn nodes_send_from_the_kernels_addresses(status: &Value, label: &str) {
 /// must not route it back into podswitch (an ICMP redirect to the pod, a
 /// silent drop): in proxy-arp mode its answer comes from podswitch0's
 /// 10.244.X.1, where a Calico node's comes from its underlay address.
-fn addresses_no_pod_has_answer_as_the_kernels_do(lab: &str, status: &Value, label: &str) {
+fn addresses_no_pod_has_answer_as_the_kernels_do(status: &Value, label: &str) {
     let far = &status["nodes"][1];
     let from = status["pods"]
         .as_array()
@@ -581,11 +574,8 @@ fn addresses_no_pod_has_answer_as_the_kernels_do(lab: &str, status: &Value, labe
         .find(|p| p["node"] == status["nodes"][0]["name"])
         .unwrap();
     let nobody = pod_subnet_address(far, 99);
-    let out = exec_out(
-        lab,
-        LabSites::field(from, "name"),
-        &["ping", "-n", "-c", "1", "-W", "5", &nobody],
-    );
+    let from = LabSites::field(from, "netns");
+    let out = ping_once_output(from, &nobody, 5, &[]);
     let expected = match status["gateway_mode"].as_str() {
         Some("proxy-arp") => "1 packets transmitted, 0 received, 100% packet loss".to_string(),
         _ => format!(
@@ -599,11 +589,7 @@ fn addresses_no_pod_has_answer_as_the_kernels_do(lab: &str, status: &Value, labe
     );
 
     let unleased = "10.244.99.5";
-    let out = exec_out(
-        lab,
-        LabSites::field(from, "name"),
-        &["ping", "-n", "-c", "1", "-W", "2", unleased],
-    );
+    let out = ping_once_output(from, unleased, 2, &[]);
     let expected = match status["gateway_mode"].as_str() {
         Some("proxy-arp") => "icmp_seq=1 Destination Net Unreachable".to_string(),
         _ => format!(

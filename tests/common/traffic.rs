@@ -97,25 +97,33 @@ pub fn ping_round_trips(
     }
 }
 
-/// What one ping from `ns` to `ip` prints, answered or not: an ICMP
-/// error's `From ADDRESS icmp_seq=1 ...` line included.
-pub fn ping_once_output(ns: &(impl InNetns + ?Sized), ip: &str) -> String {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.netns(),
-            "ping",
-            "-n",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            ip,
-        ])
-        .output()
-        .expect("run ping");
+/// What one ping from `ns` to `ip` prints, answered or not (an ICMP
+/// error's `From ADDRESS icmp_seq=1 ...` line included), waiting up to
+/// `wait_secs` for it; `options` go before the address (`-t 2`).
+pub fn ping_once_output(
+    ns: &(impl InNetns + ?Sized),
+    ip: &str,
+    wait_secs: u32,
+    options: &[&str],
+) -> String {
+    let wait = wait_secs.to_string();
+    let out = ping_in(ns, &["-c", "1", "-W", &wait], options, ip).expect("run ping");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `ping -n` in `ns` with `counts`, then `options`, then `ip`.
+fn ping_in(
+    ns: &(impl InNetns + ?Sized),
+    counts: &[&str],
+    options: &[&str],
+    ip: &str,
+) -> std::io::Result<std::process::Output> {
+    Command::new("ip")
+        .args(["netns", "exec", ns.netns(), "ping", "-n"])
+        .args(counts)
+        .args(options)
+        .arg(ip)
+        .output()
 }
 
 /// ping's summary of `count` echoes `interval` seconds apart, if every
@@ -126,24 +134,9 @@ fn ping_summary(
     count: u32,
     interval: &str,
 ) -> Option<String> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.netns(),
-            "ping",
-            "-q",
-            "-n",
-            "-c",
-            &count.to_string(),
-            "-i",
-            interval,
-            "-W",
-            "2",
-            ip,
-        ])
-        .output()
-        .ok()?;
+    let count = count.to_string();
+    let counts = ["-c", count.as_str(), "-i", interval, "-W", "2"];
+    let out = ping_in(ns, &counts, &["-q"], ip).ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     (out.status.success() && text.contains(", 0% packet loss")).then_some(text)
 }

@@ -739,6 +739,31 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// Attaches pod veth1 (10.244.1.2) and adds node2 as a VXLAN peer.
+    fn pod_and_peer(tables: &Tables) -> (PortId, PeerId) {
+        let pod = tables
+            .attach_port(PortSpec::pod(
+                "veth1",
+                "10.244.1.2".parse().unwrap(),
+                MacAddr([2, 0, 0, 0, 0, 2]),
+            ))
+            .unwrap();
+        (pod, tables.add_peer(peer_spec(2, Backend::Vxlan)).unwrap())
+    }
+
+    /// Node `n`'s peer: underlay 192.168.100.`n`, pods 10.244.`n`.0/24.
+    fn peer_spec(n: u8, backend: Backend) -> PeerSpec {
+        PeerSpec {
+            name: format!("node{n}"),
+            underlay_ip: Ipv4Addr::new(192, 168, 100, n),
+            underlay_mac: MacAddr([2, 0, 0, 0, 1, n]),
+            pod_cidr: p(&format!("10.244.{n}.0/24")),
+            backend,
+            vni: podswitch_encap::Vni::FLANNEL,
+            vtep_mac: MacAddr([2, 0, 0, 0, 2, n]),
+        }
+    }
+
     /// An edit that fails half-way leaves the routes and the published
     /// FIB as they were, and the next edit starts from them.
     #[test]
@@ -799,24 +824,7 @@ mod tests {
     fn peer_and_port_removal_take_their_routes() {
         let tables = tables();
         let before = tables.routes().1.len();
-        let pod = tables
-            .attach_port(PortSpec::pod(
-                "veth1",
-                "10.244.1.2".parse().unwrap(),
-                MacAddr([2, 0, 0, 0, 0, 2]),
-            ))
-            .unwrap();
-        let peer = tables
-            .add_peer(PeerSpec {
-                name: "node2".into(),
-                underlay_ip: Ipv4Addr::new(192, 168, 100, 2),
-                underlay_mac: MacAddr([2, 0, 0, 0, 0, 3]),
-                pod_cidr: p("10.244.2.0/24"),
-                backend: Backend::Vxlan,
-                vni: podswitch_encap::Vni::FLANNEL,
-                vtep_mac: MacAddr([2, 0, 0, 0, 0, 4]),
-            })
-            .unwrap();
+        let (pod, peer) = pod_and_peer(&tables);
         tables
             .add_route(p("10.250.0.0/16"), NextHop::Peer(peer))
             .unwrap();
@@ -842,24 +850,7 @@ mod tests {
             tables.host_routes().iter().map(|r| r.prefix).collect()
         };
         assert_eq!(prefixes(&tables), vec![p("10.244.1.0/24")]);
-        tables
-            .attach_port(PortSpec::pod(
-                "veth1",
-                "10.244.1.2".parse().unwrap(),
-                MacAddr([2, 0, 0, 0, 0, 2]),
-            ))
-            .unwrap();
-        let peer = tables
-            .add_peer(PeerSpec {
-                name: "node2".into(),
-                underlay_ip: Ipv4Addr::new(192, 168, 100, 2),
-                underlay_mac: MacAddr([2, 0, 0, 0, 0, 3]),
-                pod_cidr: p("10.244.2.0/24"),
-                backend: Backend::Vxlan,
-                vni: podswitch_encap::Vni::FLANNEL,
-                vtep_mac: MacAddr([2, 0, 0, 0, 0, 4]),
-            })
-            .unwrap();
+        let (_, peer) = pod_and_peer(&tables);
         tables
             .add_route(p("10.244.3.64/26"), NextHop::Peer(peer))
             .unwrap();
@@ -894,17 +885,7 @@ mod tests {
         assert_eq!(prefixes(&tables), vec![p("10.244.1.0/24")]);
         // Towards a host-gw peer, from the pod side's address (see the
         // method's docs for why not the underlay's).
-        tables
-            .add_peer(PeerSpec {
-                name: "node4".into(),
-                underlay_ip: Ipv4Addr::new(192, 168, 100, 4),
-                underlay_mac: MacAddr([2, 0, 0, 0, 0, 5]),
-                pod_cidr: p("10.244.4.0/24"),
-                backend: Backend::HostGw,
-                vni: podswitch_encap::Vni::FLANNEL,
-                vtep_mac: MacAddr([2, 0, 0, 0, 0, 6]),
-            })
-            .unwrap();
+        tables.add_peer(peer_spec(4, Backend::HostGw)).unwrap();
         assert_eq!(
             tables.host_routes()[1],
             HostRoute {

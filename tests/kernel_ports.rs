@@ -137,7 +137,6 @@ fn packets_the_kernel_dropped_at_a_full_tun_queue_are_counted() {
                 mtu: 1450,
                 address: Ipv4Addr::new(10, 244, 1, 1),
                 tunnel_address: Some(Ipv4Addr::new(10, 244, 1, 0)),
-                routes: vec!["10.244.0.0/16".parse().unwrap()],
                 gateway_mac,
                 multi_queue: false,
             },
@@ -146,6 +145,8 @@ fn packets_the_kernel_dropped_at_a_full_tun_queue_are_counted() {
         )
     })
     .expect("a host port in the namespace");
+    let route = ns.ip(&["route", "add", "10.244.0.0/16", "dev", "pswtun0"]);
+    assert!(route.status.success(), "route: {route:?}");
     // Far more than the device's queue (tx_queue_len 500) holds.
     const SENT: usize = 3000;
     let count = SENT.to_string();

@@ -107,21 +107,20 @@ pub fn ping_once_output(
     options: &[&str],
 ) -> String {
     let wait = wait_secs.to_string();
-    let out = ping_in(ns, &["-c", "1", "-W", &wait], options, ip).expect("run ping");
+    let args = [&["-c", "1", "-W", &wait][..], options].concat();
+    let out = ping_in(ns, &args, ip).expect("run ping");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Runs `ping -n` in `ns` with `counts`, then `options`, then `ip`.
+/// Runs `ping -n ARGS IP` in `ns`.
 fn ping_in(
     ns: &(impl InNetns + ?Sized),
-    counts: &[&str],
-    options: &[&str],
+    args: &[&str],
     ip: &str,
 ) -> std::io::Result<std::process::Output> {
     Command::new("ip")
         .args(["netns", "exec", ns.netns(), "ping", "-n"])
-        .args(counts)
-        .args(options)
+        .args(args)
         .arg(ip)
         .output()
 }
@@ -135,8 +134,8 @@ fn ping_summary(
     interval: &str,
 ) -> Option<String> {
     let count = count.to_string();
-    let counts = ["-c", count.as_str(), "-i", interval, "-W", "2"];
-    let out = ping_in(ns, &counts, &["-q"], ip).ok()?;
+    let args = ["-q", "-c", count.as_str(), "-i", interval, "-W", "2"];
+    let out = ping_in(ns, &args, ip).ok()?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     (out.status.success() && text.contains(", 0% packet loss")).then_some(text)
 }

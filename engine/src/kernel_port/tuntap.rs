@@ -314,10 +314,10 @@ impl Port for TapPort {
 }
 
 /// The node's host port: a TUN device (default `podswitch0`) carrying IPv4
-/// between the node's own stack and the pods, with routes through it for
-/// the subnets the pods are in. Packets from the stack get an Ethernet header with the
-/// gateway MAC on both sides (the pipeline routes them by IP); frames to the
-/// stack lose theirs.
+/// between the node's own stack and the pods; podswitchd routes the pods'
+/// subnets through it (`host_routes.rs`). Packets from the stack get an
+/// Ethernet header with the gateway MAC on both sides (the pipeline routes
+/// them by IP); frames to the stack lose theirs.
 #[derive(Debug)]
 pub struct HostPort {
     dev: Device,
@@ -344,10 +344,6 @@ pub struct HostPortOptions {
     /// flannel.1's), given to the device as a second /32, so the node
     /// takes what is sent to it.
     pub tunnel_address: Option<std::net::Ipv4Addr>,
-    /// Routed through the device as it opens: what the FIB sends away
-    /// from the node ([`crate::tables::Tables::host_routes`]; podswitchd
-    /// keeps them following it).
-    pub routes: Vec<crate::fib::Prefix>,
     /// The MAC the node's packets come from, as the pipeline sees them
     /// (the gateway's).
     pub gateway_mac: MacAddr,
@@ -359,9 +355,9 @@ pub struct HostPortOptions {
 }
 
 impl HostPort {
-    /// Creates the TUN device, sets its MTU and address, brings it up and
-    /// adds the routes. IPv6 is disabled on it: IPv6 is not configured,
-    /// and the stack would otherwise send router solicitations into it.
+    /// Creates the TUN device, sets its MTU and address and brings it up.
+    /// IPv6 is disabled on it: IPv6 is not configured, and the stack would
+    /// otherwise send router solicitations into it.
     pub fn open(options: &HostPortOptions, id: PortId, stats: Arc<Stats>) -> io::Result<HostPort> {
         let name = options.name.as_str();
         let dev = Device::open(name, TunKind::Tun, options.multi_queue)?;
@@ -373,9 +369,6 @@ impl HostPort {
             podswitch_host::netlink::Netlink::open()?.add_address(index, address, 32)?;
         }
         netdev::set_up(name)?;
-        for route in &options.routes {
-            netdev::add_device_route(route.addr(), route.prefix_len(), name)?;
-        }
         Ok(HostPort {
             dev,
             counter: Counter { stats, id },

@@ -315,59 +315,6 @@ pub fn set_ipv4(name: &str, ip: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
     ioctl(libc::SIOCSIFNETMASK, &mut req, name)
 }
 
-/// `struct rtentry` of include/uapi/linux/route.h (glibc's libc crate
-/// does not export it).
-#[repr(C)]
-struct RtEntry {
-    rt_pad1: libc::c_ulong,
-    rt_dst: libc::sockaddr,
-    rt_gateway: libc::sockaddr,
-    rt_genmask: libc::sockaddr,
-    rt_flags: libc::c_ushort,
-    rt_pad2: libc::c_short,
-    rt_pad3: libc::c_ulong,
-    rt_tos: libc::c_uchar,
-    rt_class: libc::c_uchar,
-    rt_pad4: [libc::c_short; 3],
-    rt_metric: libc::c_short,
-    rt_dev: *mut libc::c_char,
-    rt_mtu: libc::c_ulong,
-    rt_window: libc::c_ulong,
-    rt_irtt: libc::c_ushort,
-}
-
-const RTF_UP: libc::c_ushort = 0x0001;
-
-/// Adds the route `prefix/len dev name` (an existing one is not an error).
-pub fn add_device_route(prefix: Ipv4Addr, prefix_len: u8, dev: &str) -> io::Result<()> {
-    ifreq(dev)?; // validates the name
-    let mut dev_name = CString::new(dev)
-        .map_err(|_| io::ErrorKind::InvalidInput)?
-        .into_bytes_with_nul();
-    let mask = podswitch_addr::mask(prefix_len);
-    // SAFETY: RtEntry is plain C data and a null rt_dev pointer; all-zero
-    // bytes are a valid value.
-    let mut rt: RtEntry = unsafe { std::mem::zeroed() };
-    rt.rt_dst = sockaddr(prefix);
-    rt.rt_genmask = sockaddr(Ipv4Addr::from(mask));
-    rt.rt_flags = RTF_UP;
-    rt.rt_dev = dev_name.as_mut_ptr().cast();
-    let fd = control_socket()?;
-    // SAFETY: SIOCADDRT reads one `struct rtentry`; `rt` is laid out as
-    // the kernel's and its `rt_dev` points to the NUL-terminated
-    // `dev_name`, alive for the call.
-    let result =
-        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCADDRT, std::ptr::from_mut(&mut rt)) });
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(io::Error::new(
-            e.kind(),
-            format!("route {prefix}/{prefix_len} dev {dev}: {e}"),
-        )),
-    }
-}
-
 /// Writes a sysctl under /proc/sys/net (for example
 /// `ipv6/conf/podswitch0/disable_ipv6`).
 pub fn set_net_sysctl(path: &str, value: &str) -> io::Result<()> {

@@ -274,8 +274,6 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         mtu: u32::from(node.pod_mtu()),
         address: host_address,
         tunnel_address: node.tunnel_address(),
-        // Added by `Daemon::host_routes` below, with their sources.
-        routes: Vec::new(),
         gateway_mac: node.gateway_mac,
         // With per_cpu, a TUN queue per worker: each reads what its CPU's
         // processes send to pods, and writes to the node itself.

@@ -471,14 +471,8 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
 /// from its underlay address over host-gw. podswitch must answer alike.
 fn hops_answer_from_the_kernels_addresses(status: &Value, label: &str) {
     let nodes = status["nodes"].as_array().unwrap();
-    let pods = status["pods"].as_array().unwrap();
     let field = |v: &Value, key: &str| LabSites::field(v, key).to_string();
-    let on = |node: &Value| {
-        pods.iter()
-            .find(|p| p["node"] == node["name"])
-            .unwrap_or_else(|| panic!("no pod on {node}"))
-    };
-    let (from, to) = (on(&nodes[0]), on(&nodes[1]));
+    let (from, to) = (pods_on(status, &nodes[0])[0], pods_on(status, &nodes[1])[0]);
     let first_hop = address_towards_own_pods(status, &nodes[0]);
     let second_hop = far_node_address(status);
     for (ttl, expected) in [("1", first_hop), ("2", second_hop)] {
@@ -567,12 +561,7 @@ fn nodes_send_from_the_kernels_addresses(status: &Value, label: &str) {
 /// 10.244.X.1, where a Calico node's comes from its underlay address.
 fn addresses_no_pod_has_answer_as_the_kernels_do(status: &Value, label: &str) {
     let far = &status["nodes"][1];
-    let from = status["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["node"] == status["nodes"][0]["name"])
-        .unwrap();
+    let from = pods_on(status, &status["nodes"][0])[0];
     let nobody = pod_subnet_address(far, 99);
     let from = LabSites::field(from, "netns");
     let out = ping_once_output(from, &nobody, 5, &[]);
@@ -614,16 +603,10 @@ fn addresses_no_pod_has_answer_as_the_kernels_do(status: &Value, label: &str) {
 fn services_reach_their_backends(status: &Value, label: &str) {
     const SERVICE: &str = "10.96.0.10";
     let nodes = status["nodes"].as_array().unwrap();
-    let pods = status["pods"].as_array().unwrap();
     let node1 = &nodes[0];
     let node1_ns = LabSites::field(node1, "netns");
-    let client = pods.iter().find(|p| p["node"] == node1["name"]).unwrap();
-    let local_backend = pods
-        .iter()
-        .filter(|p| p["node"] == node1["name"])
-        .nth(1)
-        .unwrap();
-    let remote_backend = pods.iter().find(|p| p["node"] == nodes[1]["name"]).unwrap();
+    let (client, local_backend) = (pods_on(status, node1)[0], pods_on(status, node1)[1]);
+    let remote_backend = pods_on(status, &nodes[1])[0];
     // The node's own connections need a route to the Service range, as a
     // node's default route gives it (the lab's nodes have none).
     let route = ["route", "add", "10.96.0.0/12", "dev", "ul0"];
@@ -708,6 +691,15 @@ fn tunnel_ends_answer(status: &Value, label: &str) {
             );
         }
     }
+}
+
+/// A lab's pods on `node`, in the lab's order (at least two: the checks
+/// that take them need a client and a backend on one node).
+fn pods_on<'a>(status: &'a Value, node: &Value) -> Vec<&'a Value> {
+    let pods = status["pods"].as_array().unwrap();
+    let on: Vec<&Value> = pods.iter().filter(|p| p["node"] == node["name"]).collect();
+    assert!(on.len() >= 2, "two pods on {node}: {pods:?}");
+    on
 }
 
 /// The address numbered `last` in a lab node's pod subnet (a /24):

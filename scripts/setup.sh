@@ -16,6 +16,9 @@ packages=(
   # the lease store's tests run a real etcd, over TLS too
   etcd-server openssl
   containernetworking-plugins
+  # Open vSwitch's userspace datapath, the bench's second reference
+  # (lab --dataplane ovs)
+  openvswitch-switch
 )
 
 missing=()

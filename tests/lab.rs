@@ -383,11 +383,42 @@ impl Sites for LabSites<'_> {
     }
 
     fn logs(&self) -> String {
-        lab_logs(self.name)
+        let mut text: String = lab_logs(self.name)
             .into_iter()
             .map(|(path, log)| format!("--- {path} ---\n{log}"))
-            .collect()
+            .collect();
+        text.push_str(&open_vswitch_state(self.status));
+        text
     }
+}
+
+/// On an Open vSwitch lab, each node's switch log and its OpenFlow rules
+/// with their packet counts (which rule a lost packet last matched), for
+/// a failing check to show; nothing on other labs.
+fn open_vswitch_state(status: &Value) -> String {
+    let mut text = String::new();
+    if status["dataplane"] != "ovs" {
+        return text;
+    }
+    for node in status["nodes"].as_array().unwrap() {
+        let name = node["name"].as_str().unwrap();
+        let dir = format!(
+            "/run/podswitch-lab/{}/ovs-{name}",
+            status["name"].as_str().unwrap()
+        );
+        let log = std::fs::read_to_string(format!("{dir}/ovs-vswitchd.log")).unwrap_or_default();
+        let flows = Command::new("ip")
+            .args(["netns", "exec", node["netns"].as_str().unwrap()])
+            .args(["ovs-ofctl", "dump-flows", "br-int"])
+            .env("OVS_RUNDIR", &dir)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "--- {dir}/ovs-vswitchd.log ---\n{log}--- {name}'s rules ---\n{flows}"
+        ));
+    }
+    text
 }
 
 /// The daemon tests' traffic matrix (ping, UDP both ways and TCP whose
@@ -458,6 +489,151 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("--dataplane podswitch"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
+/// `lab up --dataplane ovs`: Open vSwitch's userspace datapath, the
+/// bench's second reference, carries every pod's traffic as flannel's
+/// vxlan backend does: bridged on a node, routed across nodes (one hop on
+/// each, as the replies' TTL shows), over VXLAN with VNI 1 on port 8472
+/// (read by tshark on the underlay); its daemons go with `lab down`; a
+/// backend it does not run is refused by name.
+#[test]
+fn an_open_vswitch_lab_carries_pods_traffic_as_flannel_does() {
+    require(&[
+        "ip",
+        "ping",
+        "ps",
+        "tcpdump",
+        "tshark",
+        "ethtool",
+        "ovs-vswitchd",
+        "/usr/bin/python3",
+    ]);
+    let lab = name("ovs");
+    let _guard = LabGuard(lab.clone());
+    let status = up_with(&lab, &["--dataplane", "ovs"]);
+    assert!(
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["dataplane"] == "ovs"),
+        "{status}"
+    );
+    let sites = LabSites {
+        name: &lab,
+        status: &status,
+    };
+    common::traffic::pods_reach_each_other(&sites, "lab --dataplane ovs");
+
+    let netns = |pod: &str| format!("lab-{lab}-{pod}");
+    let reply_ttl = |from: &str, to: &str| {
+        let to_ip = status["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == to)
+            .and_then(|p| p["ip"].as_str())
+            .unwrap()
+            .to_string();
+        let out = ping_once_output(netns(from).as_str(), &to_ip, 2, &[]);
+        out.split("ttl=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|ttl| ttl.parse::<u8>().ok())
+            .unwrap_or_else(|| panic!("no reply from {to}: {out}"))
+    };
+    assert_eq!(reply_ttl("pod1-1", "pod1-2"), 64, "bridged on the node");
+    assert_eq!(reply_ttl("pod1-1", "pod2-1"), 62, "a hop on each node");
+
+    let capture =
+        common::Capture::start_in(&format!("lab-{lab}-ul"), "br0", 2, "udp dst port 8472");
+    assert!(ping(netns("pod1-1").as_str(), "10.244.2.2", 1));
+    let frames = capture.finish(std::time::Duration::from_secs(5));
+    let fields = common::tshark_fields(
+        &frames,
+        &["udp.port==8472,vxlan"],
+        &["vxlan.vni", "ip.src", "ip.dst"],
+    );
+    for frame in &fields {
+        assert_eq!(frame[0], "1", "VNI: {fields:?}");
+        assert!(
+            frame[1].starts_with("192.168.100.") && frame[1].contains(",10.244."),
+            "outer and inner sources: {fields:?}"
+        );
+    }
+
+    // The bench holds a lab of Open vSwitch outside its turns: its
+    // switches stopped (their PMD threads would poll on), nothing
+    // forwarded; released, it forwards again.
+    let record = podswitch::lab::Lab::load(&lab).expect("the lab's record");
+    let switch_states = || -> Vec<char> {
+        (1..=2)
+            .flat_map(|n| {
+                common::stdout_of("ip", &["netns", "pids", &format!("lab-{lab}-n{n}")])
+                    .split_whitespace()
+                    .map(|pid| {
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()
+                    })
+                    .filter(|stat| stat.contains("(ovs-vswitchd)"))
+                    .filter_map(|stat| stat.rsplit(") ").next().and_then(|s| s.chars().next()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    podswitch::lab::hold_ovs(&record, true).unwrap();
+    assert_eq!(switch_states(), ['T', 'T'], "held switches are stopped");
+    assert!(!ping(netns("pod1-1").as_str(), "10.244.2.2", 1));
+    podswitch::lab::hold_ovs(&record, false).unwrap();
+    assert!(!switch_states().contains(&'T'), "{:?}", switch_states());
+    assert!(ping(netns("pod1-1").as_str(), "10.244.2.2", 2));
+
+    // Both nodes' ovsdb-server and ovs-vswitchd run in the nodes'
+    // namespaces, and stop with the lab.
+    let daemons: Vec<String> = (1..=2)
+        .flat_map(|n| {
+            common::stdout_of("ip", &["netns", "pids", &format!("lab-{lab}-n{n}")])
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let names: Vec<String> = daemons
+        .iter()
+        .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.trim() == "ovs-vswitchd").count(),
+        2,
+        "{names:?}"
+    );
+    assert!(ctl(&["lab", "down", "--name", &lab]).status.success());
+    assert_gone(&lab);
+    for pid in &daemons {
+        // A zombie has stopped; its parent (init, for a daemon) reaps it.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "process {pid} of the lab's nodes is left: {stat}"
+        );
+    }
+
+    let refused = ctl(&[
+        "lab",
+        "up",
+        "--name",
+        &name("ovsx"),
+        "--dataplane",
+        "ovs",
+        "--backend",
+        "host-gw",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--backend vxlan"),
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );

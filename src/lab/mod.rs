@@ -4,13 +4,15 @@
 //! 192.168.100.0/24), pods as namespaces behind each node, node X owning
 //! 10.244.X.0/24 (DESIGN.md's address plan).
 //!
-//! Two dataplanes on the same topology:
+//! Three dataplanes on the same topology:
 //! - `podswitch`: a podswitchd per node, pods attached through the CNI
 //!   plugin as a container runtime would;
 //! - `kernel`: exactly what flannel writes into a node's kernel (`cni0`
 //!   bridge, `flannel.1` vxlan device with VNI 1 on port 8472 and static
 //!   FDB and ARP entries with onlink routes; host-gw routes), or Calico's
-//!   pod attachment (proxy ARP, /32 routes) in proxy-arp mode.
+//!   pod attachment (proxy ARP, /32 routes) in proxy-arp mode;
+//! - `ovs`: Open vSwitch's userspace datapath with AF_XDP ports, routing
+//!   and tunnelling as flannel's vxlan backend does (the [`ovs`] module).
 //!
 //! A lab's state (nodes, pods, daemons) is kept in
 //! /run/podswitch-lab/NAME/lab.json; every namespace is named
@@ -34,6 +36,7 @@ use serde_json::json;
 
 use crate::kernel_flannel::{self, VxlanNode, VxlanPeer};
 
+mod ovs;
 mod topology;
 pub use topology::{
     join_underlay, pod_interface, pod_mtu, underlay_bridge, veth, Namespace, PodInterface,
@@ -59,7 +62,9 @@ pub struct UpArgs {
     /// bridge (flannel) or proxy-arp (Calico).
     #[arg(long, default_value = "bridge")]
     gateway_mode: GatewayMode,
-    /// podswitch or kernel.
+    /// podswitch, kernel (what flannel or Calico writes into the node's
+    /// kernel) or ovs (Open vSwitch's userspace datapath; vxlan, bridge
+    /// mode).
     #[arg(long, default_value = "podswitch")]
     dataplane: Dataplane,
     /// static (every node names the others as peers) or etcd (an etcd in
@@ -109,6 +114,9 @@ pub enum Dataplane {
     /// What flannel (or Calico, in proxy-arp mode) writes into a node's
     /// kernel.
     Kernel,
+    /// Open vSwitch's userspace datapath (`datapath_type=netdev`), its
+    /// ports read through AF_XDP.
+    Ovs,
 }
 
 impl std::fmt::Display for Dataplane {
@@ -116,6 +124,7 @@ impl std::fmt::Display for Dataplane {
         f.write_str(match self {
             Dataplane::Podswitch => "podswitch",
             Dataplane::Kernel => "kernel",
+            Dataplane::Ovs => "ovs",
         })
     }
 }
@@ -342,6 +351,23 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
             "--port-kind tap: a lab's pods are veths the CNI plugin makes; use af-packet or af-xdp"
         );
     }
+    if args.dataplane == Dataplane::Ovs {
+        if args.backend != Backend::Vxlan
+            || args.gateway_mode != GatewayMode::Bridge
+            || args.store != "static"
+        {
+            bail!("--dataplane ovs runs flannel's vxlan backend in bridge mode with static peers: --backend vxlan --gateway-mode bridge --store static");
+        }
+        if args.workers.is_some()
+            || args.per_cpu
+            || args.worker_priority.is_some()
+            || args.underlay_kind.is_some()
+            || args.port_kind.is_some()
+        {
+            bail!("--workers, --per-cpu, --worker-priority, --underlay-kind and --port-kind set podswitchd: they go with --dataplane podswitch");
+        }
+        ovs::check_installed()?;
+    }
     if kernel && args.backend == Backend::Udp {
         bail!("the kernel has no udp backend: flannel's udp backend is flanneld forwarding in userspace; use --dataplane podswitch");
     }
@@ -399,8 +425,11 @@ fn build(lab: &mut Lab, args: &UpArgs, kernel: bool) -> Result<()> {
         // them: the podswitch nodes lease around them and learn them.
         lease_for_kernel_nodes(lab, &underlay)?;
     }
+    let ovs = lab.dataplane == Dataplane::Ovs;
     for i in 0..lab.nodes.len() {
-        if !lab.nodes[i].kernel {
+        if ovs {
+            ovs::start_node(lab, &lab.nodes[i])?;
+        } else if !lab.nodes[i].kernel {
             start_daemon(lab, i)?;
             lab.save()?;
         }
@@ -408,7 +437,7 @@ fn build(lab: &mut Lab, args: &UpArgs, kernel: bool) -> Result<()> {
     kernel_nodes(lab)?;
     for i in 0..lab.nodes.len() {
         for y in 1..=args.pods_per_node {
-            let pod = if lab.nodes[i].kernel {
+            let pod = if lab.nodes[i].kernel || ovs {
                 kernel_pod(lab, i, y)?
             } else {
                 cni_pod(lab, i, y)?
@@ -416,6 +445,9 @@ fn build(lab: &mut Lab, args: &UpArgs, kernel: bool) -> Result<()> {
             lab.pods.push(pod);
             lab.save()?;
         }
+    }
+    if ovs {
+        ovs::program_flows(lab)?;
     }
     Ok(())
 }
@@ -852,14 +884,15 @@ fn route_to_peers(ns: &str, peers: &[&KernelPeer], via: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A pod on the kernel dataplane: on cni0 (bridge) or Calico-style.
+/// A pod on the kernel dataplane: on cni0 (bridge) or Calico-style; or
+/// on Open vSwitch's br-int.
 fn kernel_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
     let node = &lab.nodes[i];
     let x = node.index;
     let name = format!("pod{x}-{y}");
     let netns = format!("lab-{}-{name}", lab.name);
     let addr = format!("10.244.{x}.{}", u32::from(y) + 1);
-    let host = format!("veth{x}p{y}");
+    let host = pod_host_if(&name);
     Namespace::add(&netns)?.keep();
     pod_interface(&PodInterface {
         node_netns: &node.netns,
@@ -873,7 +906,9 @@ fn kernel_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
         // As flannel's bridge plugin leaves them.
         big_tcp: false,
     })?;
-    if lab.gateway_mode == GatewayMode::Bridge {
+    if lab.dataplane == Dataplane::Ovs {
+        ovs::attach_pod(lab, node, &host, &netns)?;
+    } else if lab.gateway_mode == GatewayMode::Bridge {
         in_ns(&node.netns, &["link", "set", &host, "master", "cni0"])?;
     } else {
         // Calico's node side: proxy ARP for 169.254.1.1 and a /32 route
@@ -900,6 +935,22 @@ fn kernel_pod(lab: &Lab, i: usize, y: u8) -> Result<Pod> {
         netns,
         ip: addr,
     })
+}
+
+/// The node-side name of a kernel or Open vSwitch lab pod's veth: pod
+/// X-Y's is vethXpY.
+fn pod_host_if(pod: &str) -> String {
+    format!("veth{}", pod.trim_start_matches("pod").replace('-', "p"))
+}
+
+/// Holds (`held`) or releases an Open vSwitch lab's switches, so that a
+/// bench measuring several labs in turn runs Open vSwitch's busy-polling
+/// threads only in its own turn; nothing for other dataplanes.
+pub fn hold_ovs(lab: &Lab, held: bool) -> Result<()> {
+    match lab.dataplane {
+        Dataplane::Ovs => ovs::hold(lab, held),
+        Dataplane::Podswitch | Dataplane::Kernel => Ok(()),
+    }
 }
 
 /// Removes a lab (and is quiet when there is none).
@@ -934,9 +985,13 @@ pub fn down(name: &str) -> Result<()> {
 }
 
 fn stop(pid: u32) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
+    // CONT after TERM: a process held with SIGSTOP (an Open vSwitch lab
+    // the bench held) takes its TERM only once it runs.
+    for signal in ["-TERM", "-CONT"] {
+        let _ = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+    }
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -961,7 +1016,7 @@ pub fn status_json(lab: &Lab) -> serde_json::Value {
             "name": n.name, "netns": n.netns, "underlay_ip": n.underlay_ip, "pod_cidr": n.pod_cidr,
             "daemon": n.pid.map(|_| if node_daemon(n).is_some() { "running" } else { "stopped" }),
             "pid": n.pid, "socket": n.socket,
-            "dataplane": if n.kernel { "kernel" } else { "podswitch" },
+            "dataplane": if n.kernel { Dataplane::Kernel } else { lab.dataplane },
         })).collect::<Vec<_>>(),
         "pods": lab.pods.iter().map(|p| json!({
             "name": p.name, "node": p.node, "ip": p.ip, "netns": p.netns,

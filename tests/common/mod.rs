@@ -269,13 +269,17 @@ impl Capture {
     /// Starts `tcpdump -i dev -Q in -c count -w FILE filter` in `ns` and
     /// waits until it is listening.
     pub fn start(ns: &Netns, dev: &str, count: usize, filter: &str) -> Capture {
+        Capture::start_in(&ns.name, dev, count, filter)
+    }
+
+    /// The same in the namespace called `ns` (a lab's, say).
+    pub fn start_in(ns: &str, dev: &str, count: usize, filter: &str) -> Capture {
         let file = TempFile::new("cap.pcap");
         let log = TempFile::new("cap.log");
         let count = count.to_string();
         let child = Command::new("ip")
             .args([
-                "netns", "exec", &ns.name, "tcpdump", "-i", dev, "-Q", "in", "-U", "-c", &count,
-                "-w",
+                "netns", "exec", ns, "tcpdump", "-i", dev, "-Q", "in", "-U", "-c", &count, "-w",
             ])
             .arg(&file.0)
             .arg(filter)

@@ -454,27 +454,41 @@ impl UdpSink {
     }
 }
 
-/// Between every pair of pods (same node and across nodes) and between
-/// each node's own stack and pods: ping, UDP both ways, TCP with its
-/// checksum. The same scenario runs against every dataplane that can
-/// describe itself as [`Sites`], podswitch's and the kernel's alike (as
-/// Open vSwitch runs system-traffic.at against each datapath).
-pub fn traffic_matrix(dataplane: &impl Sites, label: &str) {
-    // Each check names its path and, only when it fails, the logs.
-    let failed = |what: &str, from: &str, to: &str| {
+/// The matrix's checks, each naming its path and, only when it fails,
+/// the logs: ping, UDP (from, its name, to, its address), TCP (the same),
+/// and the failure text itself.
+#[allow(clippy::type_complexity)]
+fn checks<'a>(
+    dataplane: &'a impl Sites,
+    label: &'a str,
+) -> (
+    impl Fn(&str, &str, &str) + 'a,
+    impl Fn(&str, &str, &str, &str) + 'a,
+    impl Fn(&str, &str, &str, &str) + 'a,
+    impl Fn(&str, &str, &str) -> String + 'a,
+) {
+    let failed = move |what: &str, from: &str, to: &str| {
         format!("{what} {label}: {from} -> {to}\n{}", dataplane.logs())
     };
-    let ping_ok = |from: &str, from_name: &str, to_ip: &str| {
+    let ping_ok = move |from: &str, from_name: &str, to_ip: &str| {
         assert!(ping(from, to_ip, 2), "{}", failed("ping", from_name, to_ip));
     };
-    let udp_ok = |from: &str, from_name: &str, to: &str, to_ip: &str| {
+    let udp_ok = move |from: &str, from_name: &str, to: &str, to_ip: &str| {
         let got = udp_datagrams(from, to, to_ip, DATAGRAMS, 1000);
         assert_eq!(got, DATAGRAMS, "{}", failed("UDP", from_name, to_ip));
     };
-    let tcp_ok = |from: &str, from_name: &str, to: &str, to_ip: &str| {
+    let tcp_ok = move |from: &str, from_name: &str, to: &str, to_ip: &str| {
         tcp_transfer(from, to, to_ip, TCP_BYTES)
             .unwrap_or_else(|e| panic!("{e}: {}", failed("TCP", from_name, to_ip)));
     };
+    (ping_ok, udp_ok, tcp_ok, failed)
+}
+
+/// Between every pair of pods, on one node and across nodes: ping, UDP
+/// both ways, TCP with its checksum (the first half of
+/// [`traffic_matrix`], for a dataplane that carries only pods' traffic).
+pub fn pods_reach_each_other(dataplane: &impl Sites, label: &str) {
+    let (ping_ok, udp_ok, tcp_ok, _) = checks(dataplane, label);
     let pods = dataplane.pods();
     for a in &pods {
         for b in pods.iter().filter(|b| b.ip != a.ip) {
@@ -487,6 +501,17 @@ pub fn traffic_matrix(dataplane: &impl Sites, label: &str) {
             tcp_ok(&a.netns, &a.ip, &b.netns, &b.ip);
         }
     }
+}
+
+/// Between every pair of pods (same node and across nodes) and between
+/// each node's own stack and pods: ping, UDP both ways, TCP with its
+/// checksum. The same scenario runs against every dataplane that can
+/// describe itself as [`Sites`], podswitch's and the kernel's alike (as
+/// Open vSwitch runs system-traffic.at against each datapath).
+pub fn traffic_matrix(dataplane: &impl Sites, label: &str) {
+    let (ping_ok, udp_ok, tcp_ok, failed) = checks(dataplane, label);
+    pods_reach_each_other(dataplane, label);
+    let pods = dataplane.pods();
     // The node's own stack reaches pods on every node (what `curl <pod
     // IP>` on a node does), and a pod on another node reaches it back.
     for (n, node) in dataplane.nodes().iter().enumerate() {

@@ -91,7 +91,10 @@ fn print_status(lab: &Lab, json_out: bool) {
             n["name"].as_str().unwrap_or(""),
             n["underlay_ip"].as_str().unwrap_or(""),
             n["pod_cidr"].as_str().unwrap_or(""),
-            n["daemon"].as_str().unwrap_or("- (kernel)")
+            match n["daemon"].as_str() {
+                Some(state) => state.to_string(),
+                None => format!("- ({})", n["dataplane"].as_str().unwrap_or("kernel")),
+            }
         );
     }
     println!("{:<10} {:<8} IP", "POD", "NODE");

@@ -41,6 +41,9 @@ fn samples(raw: &Value) -> Result<Vec<Sample>> {
             anyhow!("the record has no \"samples\" list (write it with bench --record)")
         })?
         .iter()
+        // The chart sets podswitch against the kernel; the table sets it
+        // against Open vSwitch.
+        .filter(|s| s["dataplane"] != crate::bench::OVS_LABEL)
         .map(|s| {
             let text = |k: &str| {
                 s[k].as_str()

@@ -35,6 +35,11 @@
 //!   and what each pod added (no kernel figure: the kernel path has no
 //!   daemon).
 //!
+//! With `--ovs`, Open vSwitch's userspace datapath (`lab --dataplane
+//! ovs`: AF_XDP ports, a PMD thread per node) is measured too, on the
+//! vxlan backend, in the same rounds: a second table sets podswitch
+//! against it.
+//!
 //! docs/benchmarks.md explains the method and records figures.
 
 use std::fs;
@@ -89,6 +94,11 @@ pub struct BenchArgs {
     /// and underlay kind (default: podswitchd's default, af-packet).
     #[arg(long, value_delimiter = ',', value_name = "KIND,KIND...", value_parser = lab::veth_port_kinds())]
     port_kinds: Vec<PodPortKind>,
+    /// Also measure Open vSwitch's userspace datapath (`lab --dataplane
+    /// ovs`) on the vxlan backend, in the same rounds, and set podswitch
+    /// against it.
+    #[arg(long)]
+    ovs: bool,
     /// Pods of the memory measurement (0 leaves it out).
     #[arg(long, default_value_t = lab::MAX_PODS_PER_NODE, value_name = "N")]
     memory_pods: u8,
@@ -952,6 +962,9 @@ fn podswitch_label(
     label
 }
 
+/// The label of Open vSwitch's userspace datapath in a record.
+pub const OVS_LABEL: &str = "ovs";
+
 /// What a dataplane label adds to a case's name: " workers=2",
 /// " workers=per-cpu", " underlay=af-xdp", " pods=af-xdp", several, or
 /// nothing (the kernel,
@@ -1092,6 +1105,18 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             }
         }
     }
+    if args.ovs {
+        if !args.backends.contains(&Backend::Vxlan) {
+            bail!("--ovs measures Open vSwitch on the vxlan backend: add vxlan to --backends");
+        }
+        dataplanes.push(Dataplane {
+            label: OVS_LABEL.into(),
+            kind: lab::Dataplane::Ovs,
+            workers: None,
+            underlay_kind: None,
+            port_kind: None,
+        });
+    }
     let cases: Vec<Case> = args
         .backends
         .iter()
@@ -1118,7 +1143,13 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
     };
     let mut raw = Vec::new();
     let mut table = Vec::new();
+    let mut ovs_table = Vec::new();
     for backend in &args.backends {
+        // Open vSwitch runs flannel's vxlan backend only.
+        let dataplanes: Vec<&Dataplane> = dataplanes
+            .iter()
+            .filter(|dp| dp.kind != lab::Dataplane::Ovs || *backend == Backend::Vxlan)
+            .collect();
         let mut labs = Vec::new();
         for dp in &dataplanes {
             eprintln!("building the {} lab for {backend}...", dp.label);
@@ -1156,7 +1187,14 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
             if let Some(k) = dp.port_kind {
                 up = up.port_kind(k);
             }
-            let built = lab::up(&up);
+            // An Open vSwitch lab is held, but in its own turns.
+            let built = lab::up(&up).and_then(|lab| match lab::hold_ovs(&lab, true) {
+                Ok(()) => Ok(lab),
+                Err(e) => {
+                    let _ = lab::down(&lab.name);
+                    Err(e)
+                }
+            });
             match built {
                 Ok(lab) => labs.push(lab),
                 Err(e) => {
@@ -1185,6 +1223,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                             args.rounds,
                             total.saturating_sub(elapsed)
                         );
+                        lab::hold_ovs(lab, false)?;
                         let src = lab.pod("pod1-1")?;
                         let dst = lab.pod(if case.scope == "cross-node" {
                             "pod2-1"
@@ -1230,6 +1269,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                             flooded_p50,
                             flooded_p99,
                         ];
+                        lab::hold_ovs(lab, true)?;
                         for (m, v) in figures.into_iter().enumerate() {
                             values[m][d].push(v);
                             raw.push(json!({
@@ -1239,14 +1279,25 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
                         }
                     }
                 }
-                // Each podswitch variant against the same run's kernel.
+                // Each podswitch variant against the same run's kernel, and
+                // against Open vSwitch where it ran.
                 let kernel: Vec<f64> = values.iter_mut().map(|v| median(&mut v[0])).collect();
+                let ovs = dataplanes
+                    .iter()
+                    .position(|dp| dp.kind == lab::Dataplane::Ovs);
                 for (d, dp) in dataplanes.iter().enumerate().skip(1) {
+                    if Some(d) == ovs {
+                        continue;
+                    }
                     for (m, metric) in METRICS.iter().enumerate() {
                         let k = kernel[m];
                         let p = median(&mut values[m][d]);
                         let case =
                             format!("{} {}{}", case.scope, case.backend, case_suffix(&dp.label));
+                        if let Some(o) = ovs {
+                            let o = median(&mut values[m][o]);
+                            ovs_table.push((case.clone(), *metric, k, o, p));
+                        }
                         table.push((case, *metric, k, p));
                     }
                 }
@@ -1269,6 +1320,9 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
         "paced_gap_us": PACED_GAP_US,
         "generator_paced_cpu_us_per_frame": ceiling.paced_secs_per_frame * 1e6,
         "medians": summary,
+        "ovs_medians": ovs_table.iter().map(|(case, m, k, o, p)| json!({
+            "case": case, "metric": m.name, "unit": m.unit, "kernel": k, "ovs": o, "podswitch": p,
+        })).collect::<Vec<_>>(),
         "samples": raw,
         "memory": memory.as_ref().map(|m| json!({
             "pods": m.pods,
@@ -1281,6 +1335,7 @@ pub fn run(args: &BenchArgs, json_out: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
         print_table(&ceiling, &table, memory.as_ref());
+        print_ovs_table(&ovs_table);
     }
     if let Some(path) = &args.record {
         fs::write(path, serde_json::to_string_pretty(&record)?)
@@ -1308,7 +1363,7 @@ fn print_table(ceiling: &Ceiling, table: &[(String, Metric, f64, f64)], memory: 
             "| {case} | {} ({}) | {k:.3} | {p:.3} | {} |",
             metric.name,
             metric.unit,
-            ratio_text(*k, *p, metric.higher_is_better)
+            ratio_text(("kernel", *k), *p, metric.higher_is_better)
         );
     }
     if let Some(m) = memory {
@@ -1322,16 +1377,36 @@ fn print_table(ceiling: &Ceiling, table: &[(String, Metric, f64, f64)], memory: 
     }
 }
 
-/// A ratio podswitch / kernel as the table shows it; none where the
-/// kernel's figure is 0 (no out-of-order segment, say).
-fn ratio_text(kernel: f64, podswitch: f64, higher_is_better: bool) -> String {
-    if kernel <= 0.0 {
-        return match podswitch > 0.0 {
-            true => "- (kernel 0)".to_string(),
+/// podswitch against Open vSwitch's userspace datapath and both against
+/// the kernel, for the cases where Open vSwitch ran.
+fn print_ovs_table(table: &[(String, Metric, f64, f64, f64)]) {
+    if table.is_empty() {
+        return;
+    }
+    println!("\n| case | metric | kernel | Open vSwitch | podswitch | Open vSwitch / kernel | podswitch / Open vSwitch |");
+    println!("|---|---|---|---|---|---|---|");
+    for (case, metric, k, o, p) in table {
+        println!(
+            "| {case} | {} ({}) | {k:.3} | {o:.3} | {p:.3} | {} | {} |",
+            metric.name,
+            metric.unit,
+            ratio_text(("kernel", *k), *o, metric.higher_is_better),
+            ratio_text(("Open vSwitch", *o), *p, metric.higher_is_better)
+        );
+    }
+}
+
+/// A ratio `measured` / the reference's figure (podswitch / kernel, say)
+/// as the tables show it, better or worse for `measured`; none where the
+/// reference's figure is 0 (no out-of-order segment, say).
+fn ratio_text((reference, base): (&str, f64), measured: f64, higher_is_better: bool) -> String {
+    if base <= 0.0 {
+        return match measured > 0.0 {
+            true => format!("- ({reference} 0)"),
             false => "- (both 0)".to_string(),
         };
     }
-    let ratio = podswitch / kernel;
+    let ratio = measured / base;
     let better = match (ratio >= 1.0) == higher_is_better {
         true => "better",
         false => "worse",
@@ -1448,10 +1523,14 @@ mod tests {
 
     #[test]
     fn ratios_say_which_way_is_better_and_never_divide_by_zero() {
-        assert_eq!(ratio_text(2.0, 3.0, true), "1.50x (better)");
-        assert_eq!(ratio_text(2.0, 3.0, false), "1.50x (worse)");
-        assert_eq!(ratio_text(0.0, 3.0, false), "- (kernel 0)");
-        assert_eq!(ratio_text(0.0, 0.0, false), "- (both 0)");
+        assert_eq!(ratio_text(("kernel", 2.0), 3.0, true), "1.50x (better)");
+        assert_eq!(ratio_text(("kernel", 2.0), 3.0, false), "1.50x (worse)");
+        assert_eq!(ratio_text(("kernel", 0.0), 3.0, false), "- (kernel 0)");
+        assert_eq!(
+            ratio_text(("Open vSwitch", 0.0), 3.0, false),
+            "- (Open vSwitch 0)"
+        );
+        assert_eq!(ratio_text(("kernel", 0.0), 0.0, false), "- (both 0)");
     }
 
     #[test]

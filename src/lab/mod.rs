@@ -12,7 +12,7 @@
 //!   FDB and ARP entries with onlink routes; host-gw routes), or Calico's
 //!   pod attachment (proxy ARP, /32 routes) in proxy-arp mode;
 //! - `ovs`: Open vSwitch's userspace datapath with AF_XDP ports, routing
-//!   and tunnelling as flannel's vxlan backend does (the [`ovs`] module).
+//!   and tunnelling as flannel's vxlan backend does (src/lab/ovs.rs).
 //!
 //! A lab's state (nodes, pods, daemons) is kept in
 //! /run/podswitch-lab/NAME/lab.json; every namespace is named

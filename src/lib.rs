@@ -20,14 +20,20 @@ use anyhow::{bail, Context, Result};
 
 /// Runs a command, failing with its stderr; returns its stdout.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
+    let mut command = Command::new(program);
+    command.args(args);
+    run_command(command, &format!("`{program} {}`", args.join(" ")))
+}
+
+/// Runs `command`, which errors call `what`, failing with its stderr;
+/// returns its stdout.
+pub fn run_command(mut command: Command, what: &str) -> Result<String> {
+    let out = command
         .output()
-        .with_context(|| format!("running {program}"))?;
+        .with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!(
-            "`{program} {}` failed: {}",
-            args.join(" "),
+            "{what} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }

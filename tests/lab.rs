@@ -135,6 +135,17 @@ fn all_reach(name: &str, status: &Value) {
     }
 }
 
+/// `lab up --name name options` fails, its error naming `naming` (the
+/// option that would make it work).
+fn refused(name: &str, options: &[&str], naming: &str) {
+    let mut args = vec!["lab", "up", "--name", name];
+    args.extend_from_slice(options);
+    let out = ctl(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "lab up {options:?} was built");
+    assert!(stderr.contains(naming), "{stderr}");
+}
+
 /// No namespace, process or file of the lab is left.
 fn assert_gone(name: &str) {
     let list = common::stdout_of("ip", &["netns", "list"]);
@@ -267,13 +278,7 @@ fn a_lab_whose_nodes_meet_in_etcd() {
     all_reach(&lab, &status);
     assert!(ctl(&["lab", "down", "--name", &lab]).status.success());
     assert_gone(&lab);
-    let refused = ctl(&["lab", "up", "--name", &lab, "--kernel-nodes", "1"]);
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("--store etcd"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    refused(&lab, &["--kernel-nodes", "1"], "--store etcd");
     assert_gone(&lab);
 }
 
@@ -476,21 +481,10 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
         }
     }
     // The choice is podswitchd's: the kernel's dataplane refuses it.
-    let refused = ctl(&[
-        "lab",
-        "up",
-        "--name",
+    refused(
         &name("x9"),
-        "--dataplane",
-        "kernel",
-        "--port-kind",
-        "af-xdp",
-    ]);
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("--dataplane podswitch"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+        &["--dataplane", "kernel", "--port-kind", "af-xdp"],
+        "--dataplane podswitch",
     );
 }
 
@@ -621,21 +615,10 @@ fn an_open_vswitch_lab_carries_pods_traffic_as_flannel_does() {
         );
     }
 
-    let refused = ctl(&[
-        "lab",
-        "up",
-        "--name",
+    refused(
         &name("ovsx"),
-        "--dataplane",
-        "ovs",
-        "--backend",
-        "host-gw",
-    ]);
-    assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("--backend vxlan"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
+        &["--dataplane", "ovs", "--backend", "host-gw"],
+        "--backend vxlan",
     );
 }
 

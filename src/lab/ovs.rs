@@ -54,22 +54,14 @@ fn node_dir(lab: &str, node: &Node) -> PathBuf {
 /// `ovsdb-server` and `ovs-vswitchd` by the directories Open vSwitch
 /// reads from its environment.
 fn ovs(dir: &Path, ns: &str, program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new("ip")
+    let mut command = Command::new("ip");
+    command
         .args(["netns", "exec", ns, program])
         .args(args)
         .env("OVS_RUNDIR", dir)
         .env("OVS_DBDIR", dir)
-        .env("OVS_LOGDIR", dir)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "`{program} {}` in {ns} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        .env("OVS_LOGDIR", dir);
+    crate::run_command(command, &format!("`{program} {}` in {ns}", args.join(" ")))
 }
 
 /// Fails with what to install when Open vSwitch is missing.

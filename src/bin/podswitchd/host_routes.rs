@@ -19,10 +19,21 @@ use podswitch_host::netlink::{Netlink, RT_SCOPE_LINK};
 pub(crate) struct HostRoutes {
     interface: String,
     tables: Arc<Tables>,
-    /// The routes podswitchd added and their sources, behind the lock
-    /// that orders syncs from the control socket's and the lease store's
-    /// threads.
-    installed: Mutex<BTreeMap<Prefix, Ipv4Addr>>,
+    /// What podswitchd added, behind the lock that orders syncs from the
+    /// control socket's and the lease store's threads.
+    installed: Mutex<Installed>,
+}
+
+/// The routes podswitchd added, and when they were last whole.
+#[derive(Debug, Default)]
+struct Installed {
+    /// Each route and its source.
+    routes: BTreeMap<Prefix, Ipv4Addr>,
+    /// The tables' version at which every route the FIB asked for was in
+    /// place. A sync at that version has nothing to do: the lease store
+    /// applies a full read of thousands of leases as one table change,
+    /// and then asks for a sync per lease.
+    whole_at: Option<u64>,
 }
 
 impl HostRoutes {
@@ -42,7 +53,14 @@ impl HostRoutes {
     /// route the kernel refuses is logged, and tried again at the next
     /// sync; the first refusal is the error.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        let mut installed = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.installed.lock().unwrap_or_else(|e| e.into_inner());
+        // Read before the routes: a change published meanwhile has a later
+        // version, and its own sync will not be skipped.
+        let version = self.tables.load().version;
+        if guard.whole_at == Some(version) {
+            return Ok(());
+        }
+        let installed = &mut guard.routes;
         let wanted: BTreeMap<Prefix, Ipv4Addr> = self
             .tables
             .host_routes()
@@ -50,6 +68,7 @@ impl HostRoutes {
             .map(|route| (route.prefix, route.source))
             .collect();
         if *installed == wanted {
+            guard.whole_at = Some(version);
             return Ok(());
         }
         let index = netdev::ifindex(&self.interface)?;
@@ -108,6 +127,12 @@ impl HostRoutes {
                 Err(e) => refused("removed", prefix, e),
             }
         }
-        first_error.map_or(Ok(()), Err)
+        match first_error {
+            None => {
+                guard.whole_at = Some(version);
+                Ok(())
+            }
+            Some(e) => Err(e),
+        }
     }
 }

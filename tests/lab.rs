@@ -554,28 +554,35 @@ fn an_open_vswitch_lab_carries_pods_traffic_as_flannel_does() {
     );
     for frame in &fields {
         assert_eq!(frame[0], "1", "VNI: {fields:?}");
-        assert!(
-            frame[1].starts_with("192.168.100.") && frame[1].contains(",10.244."),
-            "outer and inner sources: {fields:?}"
-        );
+        for ends in &frame[1..] {
+            assert!(
+                ends.starts_with("192.168.100.") && ends.contains(",10.244."),
+                "outer and inner addresses: {fields:?}"
+            );
+        }
     }
 
     // The bench holds a lab of Open vSwitch outside its turns: its
     // switches stopped (their PMD threads would poll on), nothing
     // forwarded; released, it forwards again.
     let record = podswitch::lab::Lab::load(&lab).expect("the lab's record");
-    let switch_states = || -> Vec<char> {
+    // The processes in the two nodes' namespaces.
+    let node_pids = || -> Vec<String> {
         (1..=2)
             .flat_map(|n| {
                 common::stdout_of("ip", &["netns", "pids", &format!("lab-{lab}-n{n}")])
                     .split_whitespace()
-                    .map(|pid| {
-                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()
-                    })
-                    .filter(|stat| stat.contains("(ovs-vswitchd)"))
-                    .filter_map(|stat| stat.rsplit(") ").next().and_then(|s| s.chars().next()))
+                    .map(str::to_string)
                     .collect::<Vec<_>>()
             })
+            .collect()
+    };
+    let switch_states = || -> Vec<char> {
+        node_pids()
+            .iter()
+            .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
+            .filter(|stat| stat.contains("(ovs-vswitchd)"))
+            .filter_map(|stat| stat.rsplit(") ").next().and_then(|s| s.chars().next()))
             .collect()
     };
     podswitch::lab::hold_ovs(&record, true).unwrap();
@@ -587,14 +594,7 @@ fn an_open_vswitch_lab_carries_pods_traffic_as_flannel_does() {
 
     // Both nodes' ovsdb-server and ovs-vswitchd run in the nodes'
     // namespaces, and stop with the lab.
-    let daemons: Vec<String> = (1..=2)
-        .flat_map(|n| {
-            common::stdout_of("ip", &["netns", "pids", &format!("lab-{lab}-n{n}")])
-                .split_whitespace()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let daemons = node_pids();
     let names: Vec<String> = daemons
         .iter()
         .map(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default())

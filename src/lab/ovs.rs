@@ -118,11 +118,7 @@ pub(super) fn start_node(lab: &Lab, node: &Node) -> Result<()> {
     ovs(&dir, ns, "ovs-vswitchd", &switch)?;
 
     // The underlay: ul0 into br-phy, its address onto br-phy.
-    let ul0_mac = crate::run(
-        "ip",
-        &["netns", "exec", ns, "cat", "/sys/class/net/ul0/address"],
-    )?;
-    let hwaddr = format!("other_config:hwaddr={}", ul0_mac.trim());
+    let hwaddr = format!("other_config:hwaddr={}", interface_mac(ns, "ul0")?);
     ovs(
         &dir,
         ns,
@@ -204,6 +200,13 @@ pub(super) fn attach_pod(lab: &Lab, node: &Node, host_if: &str, pod_netns: &str)
     Ok(())
 }
 
+/// The MAC address of `interface` in namespace `ns`, as sysfs prints it.
+fn interface_mac(ns: &str, interface: &str) -> Result<String> {
+    let path = format!("/sys/class/net/{interface}/address");
+    let mac = crate::run("ip", &["netns", "exec", ns, "cat", &path])?;
+    Ok(mac.trim().to_string())
+}
+
 /// The gateway's MAC on node `node`'s pod link (OVS answers ARP for it).
 fn gateway_mac(node: &Node) -> String {
     derived_mac(0x0b, &node.name).to_string()
@@ -247,17 +250,7 @@ pub(super) fn program_flows(lab: &Lab) -> Result<()> {
                 &["get", "interface", &host_if, "ofport"],
             )?;
             let port = port.trim().to_string();
-            let mac = crate::run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &pod.netns,
-                    "cat",
-                    "/sys/class/net/eth0/address",
-                ],
-            )?;
-            let mac = mac.trim();
+            let mac = interface_mac(&pod.netns, "eth0")?;
             let ip = &pod.ip;
             // Routed to the pod: from another pod through the gateway, and
             // out of the tunnel (flannel's node routes from flannel.1 to

@@ -454,51 +454,54 @@ impl UdpSink {
     }
 }
 
-/// The matrix's checks, each naming its path and, only when it fails,
-/// the logs: ping, UDP (from, its name, to, its address), TCP (the same),
-/// and the failure text itself.
-#[allow(clippy::type_complexity)]
-fn checks<'a>(
-    dataplane: &'a impl Sites,
+/// The matrix's checks on one dataplane, each naming its path (the
+/// sender's name, the destination's address) and, only when it fails, the
+/// dataplane's logs.
+struct Checks<'a, S: Sites> {
+    dataplane: &'a S,
     label: &'a str,
-) -> (
-    impl Fn(&str, &str, &str) + 'a,
-    impl Fn(&str, &str, &str, &str) + 'a,
-    impl Fn(&str, &str, &str, &str) + 'a,
-    impl Fn(&str, &str, &str) -> String + 'a,
-) {
-    let failed = move |what: &str, from: &str, to: &str| {
-        format!("{what} {label}: {from} -> {to}\n{}", dataplane.logs())
-    };
-    let ping_ok = move |from: &str, from_name: &str, to_ip: &str| {
-        assert!(ping(from, to_ip, 2), "{}", failed("ping", from_name, to_ip));
-    };
-    let udp_ok = move |from: &str, from_name: &str, to: &str, to_ip: &str| {
+}
+
+impl<S: Sites> Checks<'_, S> {
+    fn failed(&self, what: &str, from: &str, to: &str) -> String {
+        format!(
+            "{what} {}: {from} -> {to}\n{}",
+            self.label,
+            self.dataplane.logs()
+        )
+    }
+
+    fn ping(&self, from: &str, from_name: &str, to_ip: &str) {
+        let answered = ping(from, to_ip, 2);
+        assert!(answered, "{}", self.failed("ping", from_name, to_ip));
+    }
+
+    fn udp(&self, from: &str, from_name: &str, to: &str, to_ip: &str) {
         let got = udp_datagrams(from, to, to_ip, DATAGRAMS, 1000);
-        assert_eq!(got, DATAGRAMS, "{}", failed("UDP", from_name, to_ip));
-    };
-    let tcp_ok = move |from: &str, from_name: &str, to: &str, to_ip: &str| {
+        assert_eq!(got, DATAGRAMS, "{}", self.failed("UDP", from_name, to_ip));
+    }
+
+    fn tcp(&self, from: &str, from_name: &str, to: &str, to_ip: &str) {
         tcp_transfer(from, to, to_ip, TCP_BYTES)
-            .unwrap_or_else(|e| panic!("{e}: {}", failed("TCP", from_name, to_ip)));
-    };
-    (ping_ok, udp_ok, tcp_ok, failed)
+            .unwrap_or_else(|e| panic!("{e}: {}", self.failed("TCP", from_name, to_ip)));
+    }
 }
 
 /// Between every pair of pods, on one node and across nodes: ping, UDP
 /// both ways, TCP with its checksum (the first half of
 /// [`traffic_matrix`], for a dataplane that carries only pods' traffic).
 pub fn pods_reach_each_other(dataplane: &impl Sites, label: &str) {
-    let (ping_ok, udp_ok, tcp_ok, _) = checks(dataplane, label);
+    let check = Checks { dataplane, label };
     let pods = dataplane.pods();
     for a in &pods {
         for b in pods.iter().filter(|b| b.ip != a.ip) {
-            ping_ok(&a.netns, &a.ip, &b.ip);
-            udp_ok(&a.netns, &a.ip, &b.netns, &b.ip);
+            check.ping(&a.netns, &a.ip, &b.ip);
+            check.udp(&a.netns, &a.ip, &b.netns, &b.ip);
         }
     }
     for (i, a) in pods.iter().enumerate() {
         for b in &pods[i + 1..] {
-            tcp_ok(&a.netns, &a.ip, &b.netns, &b.ip);
+            check.tcp(&a.netns, &a.ip, &b.netns, &b.ip);
         }
     }
 }
@@ -509,22 +512,22 @@ pub fn pods_reach_each_other(dataplane: &impl Sites, label: &str) {
 /// describe itself as [`Sites`], podswitch's and the kernel's alike (as
 /// Open vSwitch runs system-traffic.at against each datapath).
 pub fn traffic_matrix(dataplane: &impl Sites, label: &str) {
-    let (ping_ok, udp_ok, tcp_ok, failed) = checks(dataplane, label);
+    let check = Checks { dataplane, label };
     pods_reach_each_other(dataplane, label);
     let pods = dataplane.pods();
     // The node's own stack reaches pods on every node (what `curl <pod
     // IP>` on a node does), and a pod on another node reaches it back.
     for (n, node) in dataplane.nodes().iter().enumerate() {
         for pod in &pods {
-            ping_ok(&node.netns, &node.name, &pod.ip);
+            check.ping(&node.netns, &node.name, &pod.ip);
         }
         let remote = pods
             .iter()
             .find(|p| p.node != n)
             .expect("a pod on another node");
-        tcp_ok(&node.netns, &node.name, &remote.netns, &remote.ip);
-        udp_ok(&node.netns, &node.name, &remote.netns, &remote.ip);
-        udp_ok(&remote.netns, &remote.ip, &node.netns, &node.address);
+        check.tcp(&node.netns, &node.name, &remote.netns, &remote.ip);
+        check.udp(&node.netns, &node.name, &remote.netns, &remote.ip);
+        check.udp(&remote.netns, &remote.ip, &node.netns, &node.address);
         // A process of the node's bound to the node's underlay address (a
         // host-network pod, say) reaches a pod on another node, once each.
         let got = udp_datagrams_from(
@@ -536,7 +539,7 @@ pub fn traffic_matrix(dataplane: &impl Sites, label: &str) {
             1000,
         );
         let from = format!("{} bound to {}", node.name, node.underlay_ip);
-        assert_eq!(got, DATAGRAMS, "{}", failed("UDP", &from, &remote.ip));
+        assert_eq!(got, DATAGRAMS, "{}", check.failed("UDP", &from, &remote.ip));
     }
 }
 

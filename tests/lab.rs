@@ -4,6 +4,7 @@
 mod common;
 
 use std::process::Command;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use common::require;
 use common::traffic::{
@@ -16,6 +17,30 @@ fn ctl(args: &[&str]) -> std::process::Output {
         .args(args)
         .output()
         .expect("run podswitchctl")
+}
+
+/// The machine's CPUs, shared by the lab tests and taken whole by the
+/// Open vSwitch one. Open vSwitch's polling threads never sleep, one
+/// pinned to each CPU of this two-CPU VM, and its guide gives them CPUs
+/// of their own. Beside the other lab tests (podswitchd's realtime
+/// workers, iperf3, namespaces made and torn down), its datapath
+/// accepted frames that its ports then did not put on the wire for more
+/// than 3 s (7 of 20 datagrams in one run: its datapath counted all 20
+/// pushed into the tunnel, the underlay device sent 13), failing this
+/// test in two of three runs of the file with four tests at a time and
+/// about one in ten with two. Taking the CPUs whole, it failed in none
+/// of eight runs with four. This is Open vSwitch's operating condition,
+/// not a check made easier: every assertion stays as strict.
+static CPUS: RwLock<()> = RwLock::new(());
+
+/// For a lab test that runs beside the others.
+fn cpus_shared() -> RwLockReadGuard<'static, ()> {
+    CPUS.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// For the Open vSwitch test: no other lab test runs while it does.
+fn cpus_alone() -> RwLockWriteGuard<'static, ()> {
+    CPUS.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A unique lab name for this test process.
@@ -166,6 +191,7 @@ fn assert_gone(name: &str) {
 
 #[test]
 fn every_dataplane_and_backend_builds_a_working_lab_and_leaves_nothing() {
+    let _cpus = cpus_shared();
     require(&["ip", "ping", "bridge", "sysctl", "ps"]);
     let cases = [
         ("podswitch", "vxlan", "bridge"),
@@ -203,6 +229,7 @@ fn every_dataplane_and_backend_builds_a_working_lab_and_leaves_nothing() {
 /// ports are spread over both.
 #[test]
 fn a_lab_of_two_workers_per_node() {
+    let _cpus = cpus_shared();
     require(&["ip", "ping", "bridge", "sysctl", "ps"]);
     let lab = name("w2");
     let _guard = LabGuard(lab.clone());
@@ -230,6 +257,7 @@ fn a_lab_of_two_workers_per_node() {
 /// node joins through the same store.
 #[test]
 fn a_lab_whose_nodes_meet_in_etcd() {
+    let _cpus = cpus_shared();
     require(&["ip", "ping", "etcd", "ps"]);
     let lab = name("etcd");
     let _guard = LabGuard(lab.clone());
@@ -284,6 +312,7 @@ fn a_lab_whose_nodes_meet_in_etcd() {
 
 #[test]
 fn labs_side_by_side_do_not_interfere_and_missing_features_are_named() {
+    let _cpus = cpus_shared();
     require(&["ip", "ping", "bridge", "sysctl", "ps"]);
     let (a, b) = (name("a"), name("b"));
     let _guards = [
@@ -397,9 +426,11 @@ impl Sites for LabSites<'_> {
     }
 }
 
-/// On an Open vSwitch lab, each node's switch log and its OpenFlow rules
-/// with their packet counts (which rule a lost packet last matched), for
-/// a failing check to show; nothing on other labs.
+/// On an Open vSwitch lab, each node's switch log, its OpenFlow rules
+/// with their packet counts (which rule a lost packet last matched), its
+/// datapath flows, ports' counters, tunnel neighbours and event counters
+/// (where the datapath counts a drop), for a failing check to show;
+/// nothing on other labs.
 fn open_vswitch_state(status: &Value) -> String {
     let mut text = String::new();
     if status["dataplane"] != "ovs" {
@@ -412,16 +443,48 @@ fn open_vswitch_state(status: &Value) -> String {
             status["name"].as_str().unwrap()
         );
         let log = std::fs::read_to_string(format!("{dir}/ovs-vswitchd.log")).unwrap_or_default();
-        let flows = Command::new("ip")
-            .args(["netns", "exec", node["netns"].as_str().unwrap()])
-            .args(["ovs-ofctl", "dump-flows", "br-int"])
-            .env("OVS_RUNDIR", &dir)
+        text.push_str(&format!("--- {dir}/ovs-vswitchd.log ---\n{log}"));
+        let views: [&[&str]; 7] = [
+            &["ovs-ofctl", "dump-flows", "br-int"],
+            &["ovs-ofctl", "dump-flows", "br-phy"],
+            &["ovs-appctl", "dpctl/dump-flows"],
+            &["ovs-appctl", "dpif-netdev/pmd-stats-show"],
+            &["ovs-appctl", "tnl/neigh/show"],
+            &["ovs-appctl", "coverage/show"],
+            &[
+                "ovs-vsctl",
+                "--columns=name,statistics",
+                "list",
+                "interface",
+            ],
+        ];
+        for view in views {
+            let out = Command::new("ip")
+                .args(["netns", "exec", node["netns"].as_str().unwrap()])
+                .args(view)
+                .env("OVS_RUNDIR", &dir)
+                .output()
+                .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                .unwrap_or_default();
+            text.push_str(&format!("--- {name}: {} ---\n{out}", view.join(" ")));
+        }
+    }
+    // The kernel's own counters on every veth end, read at once (Open
+    // vSwitch refreshes its interface statistics every 5 s): whether a
+    // frame the switch sent reached the pod.
+    let spaces = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(status["pods"].as_array().unwrap())
+        .filter_map(|site| site["netns"].as_str());
+    for netns in spaces {
+        let out = Command::new("ip")
+            .args(["-n", netns, "-s", "-s", "link", "show"])
             .output()
             .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
             .unwrap_or_default();
-        text.push_str(&format!(
-            "--- {dir}/ovs-vswitchd.log ---\n{log}--- {name}'s rules ---\n{flows}"
-        ));
+        text.push_str(&format!("--- {netns}: ip -s -s link ---\n{out}"));
     }
     text
 }
@@ -433,6 +496,7 @@ fn open_vswitch_state(status: &Value) -> String {
 /// podswitch is what the kernel does.
 #[test]
 fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
+    let _cpus = cpus_shared();
     require(&["ip", "ping", "bridge", "sysctl", "/usr/bin/python3"]);
     let cases: [&[&str]; 6] = [
         &["--dataplane", "kernel", "--backend", "vxlan"],
@@ -496,6 +560,7 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
 /// backend it does not run is refused by name.
 #[test]
 fn an_open_vswitch_lab_carries_pods_traffic_as_flannel_does() {
+    let _cpus = cpus_alone();
     require(&[
         "ip",
         "ping",
@@ -926,6 +991,7 @@ fn seen_address(
 /// kill -9, and a SIGTERM removes it and puts forwarding back.
 #[test]
 fn pods_reach_outside_masqueraded_and_nothing_stays() {
+    let _cpus = cpus_shared();
     require(&["ip", "ping", "nft", "/usr/bin/python3", "pgrep", "tcpdump"]);
     let name = name("egr");
     let _guard = LabGuard(name.clone());

@@ -73,7 +73,13 @@ pub trait Sites {
 /// 0 once one reply arrives, so the summary line is what counts (as in
 /// Open vSwitch's FORMAT_PING).
 pub fn ping(ns: &(impl InNetns + ?Sized), ip: &str, count: u32) -> bool {
-    ping_summary(ns, ip, count, "0.05").is_some()
+    ping_answered(ns, ip, count).is_ok()
+}
+
+/// As [`ping`], with what ping printed (which echo went unanswered) as
+/// the error.
+pub fn ping_answered(ns: &(impl InNetns + ?Sized), ip: &str, count: u32) -> Result<(), String> {
+    ping_summary(ns, ip, count, "0.05").map(drop)
 }
 
 /// The average and the slowest round trip of `count` pings every 10 ms
@@ -83,7 +89,7 @@ pub fn ping_round_trips(
     ip: &str,
     count: u32,
 ) -> Result<(f64, f64), String> {
-    let text = ping_summary(ns, ip, count, "0.01").ok_or("echoes lost")?;
+    let text = ping_summary(ns, ip, count, "0.01").map_err(|out| format!("echoes lost: {out}"))?;
     // rtt min/avg/max/mdev = 0.047/0.130/0.604/0.090 ms[, pipe 3]
     let rtt: Vec<f64> = text
         .lines()
@@ -125,19 +131,24 @@ fn ping_in(
         .output()
 }
 
-/// ping's summary of `count` echoes `interval` seconds apart, if every
-/// one came back.
+/// ping's summary of `count` echoes `interval` seconds apart if every
+/// one came back; otherwise everything ping printed, each reply's line
+/// included (which sequence numbers went unanswered).
 fn ping_summary(
     ns: &(impl InNetns + ?Sized),
     ip: &str,
     count: u32,
     interval: &str,
-) -> Option<String> {
+) -> Result<String, String> {
     let count = count.to_string();
-    let args = ["-q", "-c", count.as_str(), "-i", interval, "-W", "2"];
-    let out = ping_in(ns, &args, ip).ok()?;
+    let args = ["-c", count.as_str(), "-i", interval, "-W", "2"];
+    let out = ping_in(ns, &args, ip).map_err(|e| format!("run ping: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.success() && text.contains(", 0% packet loss")).then_some(text)
+    if out.status.success() && text.contains(", 0% packet loss") {
+        Ok(text)
+    } else {
+        Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+    }
 }
 
 /// Python (Debian's) that receives one TCP stream on `port` and prints
@@ -472,8 +483,9 @@ impl<S: Sites> Checks<'_, S> {
     }
 
     fn ping(&self, from: &str, from_name: &str, to_ip: &str) {
-        let answered = ping(from, to_ip, 2);
-        assert!(answered, "{}", self.failed("ping", from_name, to_ip));
+        if let Err(out) = ping_answered(from, to_ip, 2) {
+            panic!("{out}{}", self.failed("ping", from_name, to_ip));
+        }
     }
 
     fn udp(&self, from: &str, from_name: &str, to: &str, to_ip: &str) {

@@ -62,12 +62,19 @@ fn readers_forward_while_writers_change_routes_and_peers() {
     // Readers and writers start together, so every reader runs while the
     // writers publish.
     let start = Arc::new(Barrier::new(4));
+    // Each reader says when it has forwarded with node3 gone and seen
+    // several snapshot versions; the writers keep going until both have.
+    // On two CPUs a reader can be off its CPU for the whole of the
+    // writers' `n` edits, so stopping there would leave to the scheduler
+    // what the test asserts.
+    let readers_saw_race = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);
 
     let readers: Vec<_> = (0..2)
         .map(|r| {
             let tables = Arc::clone(&tables);
             let stop = Arc::clone(&stop);
             let start = Arc::clone(&start);
+            let readers_saw_race = Arc::clone(&readers_saw_race);
             thread::spawn(move || {
                 let mut pipeline = Pipeline::new(Arc::clone(&tables));
                 let mut pool = PacketPool::new(128, DEFAULT_BUF_SIZE);
@@ -120,6 +127,9 @@ fn readers_forward_while_writers_change_routes_and_peers() {
                     assert_eq!(pool.in_use(), 0);
                     // Half of each batch goes to node3's pods.
                     node3_absent += 8 - (forwarded[1] - node3_before).min(8);
+                    if node3_absent > 0 && versions_seen > 2 {
+                        readers_saw_race[r].store(true, Ordering::Relaxed);
+                    }
                 }
                 (forwarded, node3_absent, versions_seen)
             })
@@ -128,13 +138,15 @@ fn readers_forward_while_writers_change_routes_and_peers() {
 
     // Each writer counts the times the other published between two of its
     // own edits (the snapshot version moved by more than its own step),
-    // and both keep going past `n` until each has seen that often: the
-    // race between them happened, however the threads were scheduled.
+    // and both keep going past `n` until each has seen that often and
+    // both readers have seen the race: the races happened, however the
+    // threads were scheduled.
     let interleaved = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     const ENOUGH: usize = 10;
     let writer = |me: usize, edit: Box<dyn Fn(usize) -> u64 + Send>| {
         let tables = Arc::clone(&tables);
         let interleaved = Arc::clone(&interleaved);
+        let readers_saw_race = Arc::clone(&readers_saw_race);
         let start = Arc::clone(&start);
         thread::spawn(move || {
             start.wait();
@@ -150,7 +162,8 @@ fn readers_forward_while_writers_change_routes_and_peers() {
                 done += 1;
                 let both = interleaved
                     .iter()
-                    .all(|c| c.load(Ordering::Relaxed) >= ENOUGH);
+                    .all(|c| c.load(Ordering::Relaxed) >= ENOUGH)
+                    && readers_saw_race.iter().all(|r| r.load(Ordering::Relaxed));
                 if done >= n && both || done >= 100 * n {
                     return done;
                 }

@@ -26,11 +26,12 @@ fn ctl(args: &[&str]) -> std::process::Output {
 /// workers, iperf3, namespaces made and torn down), its datapath
 /// accepted frames that its ports then did not put on the wire for more
 /// than 3 s (7 of 20 datagrams in one run: its datapath counted all 20
-/// pushed into the tunnel, the underlay device sent 13), failing this
-/// test in two of three runs of the file with four tests at a time and
-/// about one in ten with two. Taking the CPUs whole, it failed in none
-/// of eight runs with four. This is Open vSwitch's operating condition,
-/// not a check made easier: every assertion stays as strict.
+/// pushed into the tunnel, the underlay device sent 13). That failed
+/// this test in one CI run of about eight (two tests at a time), and in
+/// two of three runs of the file with four at a time and a busy loop on
+/// one CPU. Taking the CPUs whole, it failed in none of eight runs under
+/// that same load. This is Open vSwitch's operating condition, not a
+/// check made easier: every assertion stays as strict.
 static CPUS: RwLock<()> = RwLock::new(());
 
 /// For a lab test that runs beside the others.

@@ -498,14 +498,17 @@ fn open_vswitch_state(status: &Value) -> String {
 #[test]
 fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
     let _cpus = cpus_shared();
-    require(&["ip", "ping", "bridge", "sysctl", "/usr/bin/python3"]);
-    let cases: [&[&str]; 6] = [
+    require(&["ip", "ping", "bridge", "sysctl", "nft", "/usr/bin/python3"]);
+    let cases: [&[&str]; 7] = [
         &["--dataplane", "kernel", "--backend", "vxlan"],
         &["--dataplane", "kernel", "--backend", "host-gw"],
         &["--dataplane", "kernel", "--gateway-mode", "proxy-arp"],
         &["--dataplane", "podswitch", "--backend", "vxlan"],
         &["--backend", "host-gw", "--gateway-mode", "proxy-arp"],
         &["--backend", "vxlan", "--port-kind", "af-xdp"],
+        // Pods' egress keeping their addresses: Services work as they do
+        // on a flannel node run without --ip-masq.
+        &["--backend", "vxlan", "--masquerade", "false"],
     ];
     for (i, options) in cases.into_iter().enumerate() {
         let lab = name(&format!("x{i}"));
@@ -524,6 +527,29 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
                     .collect();
                 assert_eq!(pods.len(), 2, "{ports}");
                 assert!(pods.iter().all(|p| p["kind"] == *kind), "{ports}");
+            }
+        }
+        if options.contains(&"--masquerade") {
+            for node in status["nodes"].as_array().unwrap() {
+                let netns = LabSites::field(node, "netns");
+                let out = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        netns,
+                        "nft",
+                        "list",
+                        "table",
+                        "ip",
+                        "podswitch",
+                    ])
+                    .output()
+                    .unwrap();
+                let table = String::from_utf8_lossy(&out.stdout);
+                // No egress rule (it names what keeps the pod's address);
+                // the Services' rules are there.
+                assert!(!table.contains("daddr !="), "{netns}: {table}");
+                assert!(table.contains("ct status dnat"), "{netns}: {table}");
             }
         }
         let sites = LabSites {
@@ -549,6 +575,11 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
     refused(
         &name("x9"),
         &["--dataplane", "kernel", "--port-kind", "af-xdp"],
+        "--dataplane podswitch",
+    );
+    refused(
+        &name("x9"),
+        &["--dataplane", "kernel", "--masquerade", "false"],
         "--dataplane podswitch",
     );
 }

@@ -103,6 +103,10 @@ pub struct UpArgs {
     /// af-packet). A lab's pods are veths, so tap is not offered.
     #[arg(long, value_parser = veth_port_kinds())]
     port_kind: Option<PodPortKind>,
+    /// Whether podswitchd gives pods' traffic to outside the cluster the
+    /// node's address (its `masquerade`; default: podswitchd's own, true).
+    #[arg(long, value_name = "true|false")]
+    masquerade: Option<bool>,
 }
 
 /// Which dataplane a lab's nodes run.
@@ -166,6 +170,7 @@ impl UpArgs {
             worker_priority: None,
             underlay_kind: None,
             port_kind: None,
+            masquerade: None,
         }
     }
 
@@ -228,6 +233,9 @@ pub struct Lab {
     /// How podswitchd reads the pods' veths, if the lab chose.
     #[serde(default)]
     pub port_kind: Option<PodPortKind>,
+    /// podswitchd's `masquerade`, if the lab chose.
+    #[serde(default)]
+    pub masquerade: Option<bool>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,6 +354,9 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
     if args.port_kind.is_some() && kernel {
         bail!("--port-kind is how podswitchd reads pod veths: it goes with --dataplane podswitch");
     }
+    if args.masquerade.is_some() && args.dataplane != Dataplane::Podswitch {
+        bail!("--masquerade is podswitchd's egress setting: it goes with --dataplane podswitch");
+    }
     if args.port_kind == Some(PodPortKind::Tap) {
         bail!(
             "--port-kind tap: a lab's pods are veths the CNI plugin makes; use af-packet or af-xdp"
@@ -386,6 +397,7 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
         worker_priority: args.worker_priority.clone(),
         underlay_kind: args.underlay_kind.clone(),
         port_kind: args.port_kind,
+        masquerade: args.masquerade,
     };
     let result = build(&mut lab, args, kernel);
     if let Err(e) = result {
@@ -607,6 +619,13 @@ fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
             node.name, node.pod_cidr, lab.gateway_mode, lab.backend
         ),
     };
+    if let Some(masquerade) = lab.masquerade {
+        config = config.replacen(
+            "[node]\n",
+            &format!("[node]\nmasquerade = {masquerade}\n"),
+            1,
+        );
+    }
     let static_peers = lab
         .nodes
         .iter()

@@ -168,8 +168,9 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "true|false")]
     pub udp_batches: Option<bool>,
     /// `[node] masquerade`: pods' traffic to addresses outside the cluster
-    /// CIDR leaves with the node's address (default true; nftables table
-    /// `podswitch`, removed on exit).
+    /// CIDR leaves with the node's address (default true; a rule of the
+    /// nftables table `podswitch`, which Services need either way and
+    /// which goes on exit).
     #[arg(long, value_name = "true|false")]
     pub masquerade: Option<bool>,
     /// `[node] no_masquerade`: more destinations that keep the pod's

@@ -1,6 +1,10 @@
-//! Pod egress: traffic from pods to addresses outside the cluster leaves
-//! through the node with the node's address, as flannel's `--ip-masq` and
-//! kindnet's MASQUERADE rule make it leave.
+//! Pod egress and Services in the node's kernel: traffic from pods to
+//! addresses outside the cluster leaves through the node with the node's
+//! address, as flannel's `--ip-masq` and kindnet's MASQUERADE rule make it
+//! leave (`masquerade`, on by default); and a pod's connection that the
+//! node's own rules turn towards a Service's backend gets its replies
+//! back (always: on a flannel node Services work whatever `--ip-masq`
+//! says).
 //!
 //! Why the node's kernel translates, not the engine: a pod's packet to an
 //! address outside the cluster CIDR already goes to the host port (the
@@ -11,11 +15,13 @@
 //! the engine would have to reserve ports against it. So podswitchd
 //! programs the kernel, in an nftables table of its own:
 //!
-//! - `postrouting` (NAT): from the node's pod subnet, to anything outside
-//!   the cluster CIDR and the extra non-masquerade CIDRs (ip-masq-agent's
-//!   `nonMasqueradeCIDRs`), not out of the host port: `masquerade`.
-//!   Traffic between pods never reaches the kernel, and keeps the pod's
-//!   address.
+//! - `postrouting` (NAT), with `masquerade`: from the node's pod subnet,
+//!   to anything outside the cluster CIDR and the extra non-masquerade
+//!   CIDRs (ip-masq-agent's `nonMasqueradeCIDRs`), not out of the host
+//!   port: `masquerade`. Traffic between pods never reaches the kernel,
+//!   and keeps the pod's address. Without `masquerade` a pod's traffic
+//!   leaves with its own address (a pod network the rest of the world
+//!   routes to), and the rules below stay.
 //! - `postrouting` (NAT), Services: a pod's packet that the node's own
 //!   rules translated to another destination (`ct status dnat`: kube-proxy
 //!   sends a pod's packet for a Service's ClusterIP to one of its
@@ -80,21 +86,33 @@ pub(crate) struct EgressConfig {
     /// The tunnel's UDP ports (VXLAN, IP-in-UDP), whose packets are not
     /// tracked.
     pub tunnel_ports: Vec<u16>,
+    /// Pods' traffic to outside the cluster takes the node's address.
+    pub masquerade: bool,
 }
 
 /// The ruleset, as `nft -f` reads it. Deleting the table first makes the
 /// load replace whatever an earlier daemon left (one transaction: the
 /// `table` line before the delete creates it if it is missing).
 pub(crate) fn ruleset(config: &EgressConfig) -> String {
-    let mut keep = vec![config.cluster_cidr.to_string()];
-    keep.extend(config.no_masquerade.iter().map(ToString::to_string));
+    let egress = if config.masquerade {
+        let mut keep = vec![config.cluster_cidr.to_string()];
+        keep.extend(config.no_masquerade.iter().map(ToString::to_string));
+        format!(
+            "\t\tip saddr {pod} ip daddr != {{ {keep} }} oifname != \"{host}\" masquerade\n",
+            pod = config.pod_cidr,
+            keep = keep.join(", "),
+            host = config.host_interface,
+        )
+    } else {
+        String::new()
+    };
     format!(
         "table ip {TABLE}\n\
          delete table ip {TABLE}\n\
          table ip {TABLE} {{\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {pod} ip daddr != {{ {keep} }} oifname != \"{host}\" masquerade\n\
+         {egress}\
          \t\tip saddr {cluster} ct status dnat oifname \"{host}\" masquerade\n\
          \t\tfib saddr type local ct status dnat oifname \"{host}\" masquerade\n\
          \t}}\n\
@@ -113,9 +131,7 @@ pub(crate) fn ruleset(config: &EgressConfig) -> String {
          \t\t{untracked}\
          \t}}\n\
          }}\n",
-        pod = config.pod_cidr,
         cluster = config.cluster_cidr,
-        keep = keep.join(", "),
         host = config.host_interface,
         untracked = untracked(config),
     )
@@ -145,7 +161,7 @@ fn nft(script: &str) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
-            format!("nft: {e} (masquerade needs nftables' nft; install it or set [node] masquerade = false)")
+            format!("nft: {e} (podswitchd's table for pod egress and Services needs nftables' nft: install nftables)")
         })?;
     child
         .stdin
@@ -238,6 +254,7 @@ mod tests {
             host_interface: "podswitch0".into(),
             underlay_interface: "ul0".into(),
             tunnel_ports: vec![8472],
+            masquerade: true,
         };
         let rules = ruleset(&config);
         assert!(rules.starts_with("table ip podswitch\ndelete table ip podswitch\n"));
@@ -266,5 +283,18 @@ mod tests {
         );
         assert!(rules.contains("udp dport { 8472 } notrack"));
         assert!(rules.contains("ip protocol 4 notrack"));
+
+        // Without masquerade: pods' egress keeps their addresses, and
+        // everything Services need stays.
+        let rules = ruleset(&EgressConfig {
+            masquerade: false,
+            ..config
+        });
+        assert!(!rules.contains("ip daddr !="), "{rules}");
+        assert_eq!(rules.matches("masquerade").count(), 2, "{rules}");
+        assert!(rules
+            .contains("ip saddr 10.244.0.0/16 ct status dnat oifname \"podswitch0\" masquerade"));
+        assert!(rules.contains("oifname \"podswitch0\" ct status dnat accept"));
+        assert!(rules.contains("oifname \"podswitch0\" drop"));
     }
 }

@@ -121,19 +121,6 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         per_cpu = settings.per_cpu,
         "starting"
     );
-    // With masquerade on, podswitchd's forward chain lets the kernel send
-    // only replies towards pods, whatever the forwarding setting.
-    if !settings.masquerade && matches!(node.backend, Backend::HostGw | Backend::DirectRouting) {
-        let key = format!("ipv4/conf/{}/forwarding", settings.underlay_interface);
-        if netdev::net_sysctl(&key).is_ok_and(|v| v == "1") {
-            tracing::warn!(
-                "net.{} is 1: the kernel would also forward host-gw packets for pods into {}; \
-                 set it to 0 for the underlay so that only podswitch does",
-                key.replace('/', "."),
-                settings.host_interface
-            );
-        }
-    }
     let tables = Tables::new(node.clone(), MAX_PORTS);
     // The node's own address towards pods reaches the host stack in both
     // gateway modes (in bridge mode it is the gateway, already routed);
@@ -317,30 +304,61 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
         .map_err(|e| format!("control socket {}: {e}", settings.socket.display()))?;
     // Egress once the daemon owns its socket: a refused second daemon
     // changes nothing in the kernel either.
-    let egress = if settings.masquerade {
-        let config = egress::EgressConfig {
-            pod_cidr: node.pod_cidr,
-            cluster_cidr: node.cluster_cidr,
-            no_masquerade: settings.no_masquerade.clone(),
-            host_interface: settings.host_interface.clone(),
-            underlay_interface: settings.underlay_interface.clone(),
-            tunnel_ports: vec![node.vxlan_port, node.udp_port],
-        };
-        let originals = egress::install(&config, saved.sysctls.clone())
-            .map_err(|e| format!("masquerade: {e}"))?;
-        daemon
-            .state
-            .set_sysctls(originals.clone())
-            .map_err(|e| format!("state file {}: {e}", settings.state_file.display()))?;
-        tracing::info!(
-            table = egress::TABLE,
-            "pod egress masqueraded outside {}",
-            node.cluster_cidr
-        );
-        Some(originals)
-    } else {
-        None
+    let config = egress::EgressConfig {
+        pod_cidr: node.pod_cidr,
+        cluster_cidr: node.cluster_cidr,
+        no_masquerade: settings.no_masquerade.clone(),
+        host_interface: settings.host_interface.clone(),
+        underlay_interface: settings.underlay_interface.clone(),
+        tunnel_ports: vec![node.vxlan_port, node.udp_port],
+        masquerade: settings.masquerade,
     };
+    let egress = match egress::install(&config, saved.sysctls.clone()) {
+        Ok(originals) => {
+            daemon
+                .state
+                .set_sysctls(originals.clone())
+                .map_err(|e| format!("state file {}: {e}", settings.state_file.display()))?;
+            if settings.masquerade {
+                tracing::info!(
+                    table = egress::TABLE,
+                    "pod egress masqueraded outside {}; Services' replies come back through the node",
+                    node.cluster_cidr
+                );
+            } else {
+                tracing::info!(
+                    table = egress::TABLE,
+                    "pod egress keeps the pods' addresses (masquerade = false); Services' replies come back through the node"
+                );
+            }
+            Some(originals)
+        }
+        Err(e) if settings.masquerade => return Err(format!("masquerade: {e}")),
+        // Asked for no masquerade, the daemon still forwards without the
+        // table: pods reach each other, and the outside as far as the
+        // node forwards for them; only Services lose their replies.
+        Err(e) => {
+            tracing::warn!(
+                "Services: {e}; without podswitchd's nftables table a pod's connections to Services get no replies"
+            );
+            // A table in place with a sysctl that failed after it goes.
+            let _ = egress::remove(&Default::default());
+            None
+        }
+    };
+    // Without the table's forward chain, nothing keeps the kernel from
+    // forwarding host-gw packets for pods as well, if forwarding is on.
+    if egress.is_none() && matches!(node.backend, Backend::HostGw | Backend::DirectRouting) {
+        let key = format!("ipv4/conf/{}/forwarding", settings.underlay_interface);
+        if netdev::net_sysctl(&key).is_ok_and(|v| v == "1") {
+            tracing::warn!(
+                "net.{} is 1: the kernel would also forward host-gw packets for pods into {}; \
+                 set it to 0 for the underlay so that only podswitch does",
+                key.replace('/', "."),
+                settings.host_interface
+            );
+        }
+    }
     for peer in &settings.peers {
         let request = Request::PeerAdd {
             name: peer.name.clone(),

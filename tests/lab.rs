@@ -126,6 +126,25 @@ fn up_with(name: &str, options: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("lab status JSON")
 }
 
+/// podswitchd's nftables table in namespace `netns`, as `nft list`
+/// prints it (empty if there is none).
+fn podswitch_table(netns: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            netns,
+            "nft",
+            "list",
+            "table",
+            "ip",
+            "podswitch",
+        ])
+        .output()
+        .expect("run nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `port list` of a lab node's podswitchd, as `lab status --json` names
 /// the node.
 fn node_ports(node: &Value) -> Value {
@@ -532,20 +551,7 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
         if options.contains(&"--masquerade") {
             for node in status["nodes"].as_array().unwrap() {
                 let netns = LabSites::field(node, "netns");
-                let out = Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        netns,
-                        "nft",
-                        "list",
-                        "table",
-                        "ip",
-                        "podswitch",
-                    ])
-                    .output()
-                    .unwrap();
-                let table = String::from_utf8_lossy(&out.stdout);
+                let table = podswitch_table(netns);
                 // No egress rule (it names what keeps the pod's address);
                 // the Services' rules are there.
                 assert!(!table.contains("daddr !="), "{netns}: {table}");
@@ -1161,20 +1167,7 @@ fn pods_reach_outside_masqueraded_and_nothing_stays() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let table = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &node1,
-            "nft",
-            "list",
-            "table",
-            "ip",
-            "podswitch",
-        ])
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let table = podswitch_table(&node1);
     assert_eq!(
         table
             .matches("oifname != \"podswitch0\" masquerade")

@@ -127,10 +127,11 @@ fn up_with(name: &str, options: &[&str]) -> Value {
 }
 
 /// podswitchd's nftables table in namespace `netns`, as `nft list`
-/// prints it (empty if there is none).
+/// prints it (the test fails if there is none).
 fn podswitch_table(netns: &str) -> String {
-    let out = Command::new("ip")
-        .args([
+    common::stdout_of(
+        "ip",
+        &[
             "netns",
             "exec",
             netns,
@@ -139,10 +140,8 @@ fn podswitch_table(netns: &str) -> String {
             "table",
             "ip",
             "podswitch",
-        ])
-        .output()
-        .expect("run nft");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        ],
+    )
 }
 
 /// `port list` of a lab node's podswitchd, as `lab status --json` names

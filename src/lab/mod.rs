@@ -604,27 +604,24 @@ fn start_etcd(lab: &Lab, underlay: &str) -> Result<()> {
 fn start_daemon(lab: &mut Lab, i: usize) -> Result<()> {
     let node = lab.nodes[i].clone();
     let dir = lab_dir(&lab.name);
-    let mut config = match &lab.store {
-        Some(urls) => format!(
-            "[node]\nname = \"{}\"\nunderlay_interface = \"ul0\"\ngateway_mode = \"{}\"\n\n\
-             [cluster]\nstore = \"etcd\"\nendpoints = [\"{}\"]\nsubnet_file = \"{}\"\n",
-            node.name,
-            lab.gateway_mode,
+    let masquerade = lab
+        .masquerade
+        .map(|m| format!("masquerade = {m}\n"))
+        .unwrap_or_default();
+    let mut config = format!(
+        "[node]\nname = \"{}\"\nunderlay_interface = \"ul0\"\ngateway_mode = \"{}\"\n{masquerade}",
+        node.name, lab.gateway_mode
+    );
+    match &lab.store {
+        Some(urls) => config.push_str(&format!(
+            "\n[cluster]\nstore = \"etcd\"\nendpoints = [\"{}\"]\nsubnet_file = \"{}\"\n",
             urls.replace(',', "\", \""),
             dir.join(format!("{}.subnet.env", node.name)).display()
-        ),
-        None => format!(
-            "[node]\nname = \"{}\"\npod_cidr = \"{}\"\ncluster_cidr = \"10.244.0.0/16\"\nunderlay_interface = \"ul0\"\n\
-             gateway_mode = \"{}\"\n\n[backend]\ntype = \"{}\"\n",
-            node.name, node.pod_cidr, lab.gateway_mode, lab.backend
-        ),
-    };
-    if let Some(masquerade) = lab.masquerade {
-        config = config.replacen(
-            "[node]\n",
-            &format!("[node]\nmasquerade = {masquerade}\n"),
-            1,
-        );
+        )),
+        None => config.push_str(&format!(
+            "pod_cidr = \"{}\"\ncluster_cidr = \"10.244.0.0/16\"\n\n[backend]\ntype = \"{}\"\n",
+            node.pod_cidr, lab.backend
+        )),
     }
     let static_peers = lab
         .nodes

@@ -319,18 +319,14 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
                 .state
                 .set_sysctls(originals.clone())
                 .map_err(|e| format!("state file {}: {e}", settings.state_file.display()))?;
-            if settings.masquerade {
-                tracing::info!(
-                    table = egress::TABLE,
-                    "pod egress masqueraded outside {}; Services' replies come back through the node",
-                    node.cluster_cidr
-                );
-            } else {
-                tracing::info!(
-                    table = egress::TABLE,
-                    "pod egress keeps the pods' addresses (masquerade = false); Services' replies come back through the node"
-                );
-            }
+            let pods_egress = match settings.masquerade {
+                true => format!("masqueraded outside {}", node.cluster_cidr),
+                false => "keeps the pods' addresses (masquerade = false)".to_string(),
+            };
+            tracing::info!(
+                table = egress::TABLE,
+                "pod egress {pods_egress}; Services' replies come back through the node"
+            );
             Some(originals)
         }
         Err(e) if settings.masquerade => return Err(format!("masquerade: {e}")),

@@ -587,6 +587,19 @@ fn the_traffic_matrix_holds_on_the_kernel_dataplane_and_on_podswitch() {
         &["--dataplane", "kernel", "--masquerade", "false"],
         "--dataplane podswitch",
     );
+    // Every podswitchd option given is named.
+    refused(
+        &name("x9"),
+        &[
+            "--dataplane",
+            "kernel",
+            "--workers",
+            "2",
+            "--underlay-kind",
+            "af-xdp",
+        ],
+        "--workers, --underlay-kind: podswitchd's settings",
+    );
 }
 
 /// `lab up --dataplane ovs`: Open vSwitch's userspace datapath, the

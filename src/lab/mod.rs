@@ -351,11 +351,31 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
     if kernel && store.is_some() && args.gateway_mode != GatewayMode::Bridge {
         bail!("--dataplane kernel --store etcd runs flannel's nodes: bridge mode");
     }
-    if args.port_kind.is_some() && kernel {
-        bail!("--port-kind is how podswitchd reads pod veths: it goes with --dataplane podswitch");
-    }
-    if args.masquerade.is_some() && args.dataplane != Dataplane::Podswitch {
-        bail!("--masquerade is podswitchd's egress setting: it goes with --dataplane podswitch");
+    // podswitchd's own settings: the other dataplanes run no podswitchd,
+    // and would leave them unused without a word.
+    let podswitchd_options = [
+        ("--workers", args.workers.is_some()),
+        ("--per-cpu", args.per_cpu),
+        ("--worker-priority", args.worker_priority.is_some()),
+        ("--underlay-kind", args.underlay_kind.is_some()),
+        ("--port-kind", args.port_kind.is_some()),
+        ("--masquerade", args.masquerade.is_some()),
+    ];
+    let given: Vec<&str> = podswitchd_options
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(option, _)| *option)
+        .collect();
+    if args.dataplane != Dataplane::Podswitch && !given.is_empty() {
+        let settings = if given.len() == 1 {
+            "setting"
+        } else {
+            "settings"
+        };
+        bail!(
+            "{}: podswitchd's {settings}, for --dataplane podswitch",
+            given.join(", ")
+        );
     }
     if args.port_kind == Some(PodPortKind::Tap) {
         bail!(
@@ -368,14 +388,6 @@ pub fn up(args: &UpArgs) -> Result<Lab> {
             || args.store != "static"
         {
             bail!("--dataplane ovs runs flannel's vxlan backend in bridge mode with static peers: --backend vxlan --gateway-mode bridge --store static");
-        }
-        if args.workers.is_some()
-            || args.per_cpu
-            || args.worker_priority.is_some()
-            || args.underlay_kind.is_some()
-            || args.port_kind.is_some()
-        {
-            bail!("--workers, --per-cpu, --worker-priority, --underlay-kind and --port-kind set podswitchd: they go with --dataplane podswitch");
         }
         ovs::check_installed()?;
     }

@@ -47,6 +47,22 @@ pub const ETH_P_IP: u16 = 0x0800;
 /// frame to keep).
 const TAKE_NOTHING: [BpfInstruction; 1] = [BpfInstruction::new(0x06, 0, 0, 0)];
 
+/// Returns once every receive path that was running when it was called
+/// has finished, so none still holds a packet hook that was taken off a
+/// device's list before the call.
+///
+/// Closing a packet socket waits for exactly that (`synchronize_net` in
+/// `packet_release`, net/packet/af_packet.c: "no more input will
+/// appear"), whether or not the socket was bound: so this opens an
+/// unbound one, which takes no frame, and closes it. The close is
+/// finished when `close` returns (the last reference to the file is
+/// put before the call returns to user space). It takes an RCU grace
+/// period: about 17 ms on the 2-vCPU VM we test on, once a fanout group.
+fn wait_for_receive_paths() -> io::Result<()> {
+    drop(socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?);
+    Ok(())
+}
+
 /// How to open a packet socket.
 #[derive(Debug, Clone, Copy)]
 pub struct PacketOptions {
@@ -247,13 +263,22 @@ impl PacketSocket {
     /// every frame of its interface on its own until it has joined: a
     /// member that did so would keep copies of frames the group gave
     /// another member too. So a member is bound with a filter that takes
-    /// nothing ([`TAKE_NOTHING`]), and gets its own filter only once it
-    /// has joined. In a steered group the program comes last: until then
-    /// the group gives every frame to this socket (`fanout_demux_bpf`
-    /// picks member 0 while the group has no program), so none is lost
-    /// to a member still taking nothing either. In CPU mode the kernel
-    /// picks a member as soon as it has joined: a frame it picks for one
-    /// in the instant before its filter is set is lost.
+    /// nothing ([`TAKE_NOTHING`]), and gets its own filter only once no
+    /// receive path can still deliver to it on its own. Joining takes the
+    /// member's own hook off the device's list without waiting
+    /// (`__dev_remove_pack`): a receive path on another CPU that had
+    /// already passed it hands the frame to the member directly, and then
+    /// to the group as well, whose hook is further down the list. The
+    /// member's filter is read at that delivery, so it must still take
+    /// nothing until every such path has finished:
+    /// [`wait_for_receive_paths`] waits, once for all the members.
+    ///
+    /// In a steered group the program comes last: until then the group
+    /// gives every frame to this socket (`fanout_demux_bpf` picks member
+    /// 0 while the group has no program), so none is lost to a member
+    /// still taking nothing either. In CPU mode the kernel picks a member
+    /// as soon as it has joined: a frame it picks for one before its
+    /// filter is set is lost.
     fn fan_out(
         &self,
         more: usize,
@@ -271,9 +296,9 @@ impl PacketSocket {
         getsockopt(self.fd.as_fd(), SOL_PACKET, PACKET_FANOUT, &mut arg)?;
         // The group's id in the low 16 bits, its mode and flags above.
         let group = arg & 0xffff;
-        let members = (0..more)
+        let mut members = (0..more)
             .map(|_| {
-                let mut member =
+                let member =
                     PacketSocket::open_filtered(self.ifindex, options, Some(&TAKE_NOTHING))?;
                 setsockopt(
                     member.fd.as_fd(),
@@ -281,10 +306,15 @@ impl PacketSocket {
                     PACKET_FANOUT,
                     &(group | mode),
                 )?;
-                member.set_filter(self.filter.as_deref())?;
                 Ok(member)
             })
             .collect::<io::Result<Vec<_>>>()?;
+        if more > 0 {
+            wait_for_receive_paths()?;
+        }
+        for member in &mut members {
+            member.set_filter(self.filter.as_deref())?;
+        }
         if let Some(steering) = steering {
             // The program is the group's, set through any member
             // (`fanout_set_data`); the group takes its own reference.

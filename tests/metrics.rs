@@ -99,6 +99,7 @@ fn metrics_parse_count_exactly_and_ignore_slow_clients() {
         "podswitch_worker_handed_off",
         "podswitch_worker_yields",
         "podswitch_control_requests",
+        "podswitch_host_connections_evicted",
     ] {
         assert_eq!(
             before.types.get(family).map(String::as_str),
@@ -110,6 +111,7 @@ fn metrics_parse_count_exactly_and_ignore_slow_clients() {
         "podswitch_routes",
         "podswitch_peers",
         "podswitch_fdb_entries",
+        "podswitch_host_connections",
     ] {
         assert_eq!(
             before.types.get(family).map(String::as_str),

@@ -76,7 +76,8 @@ fn setup(
 
 /// Every case, by name: a pod to a pod on the node's bridge, a pod to a
 /// VXLAN peer (encapsulation), a VXLAN frame to a pod (decapsulation), a
-/// pod to an IPIP peer (Calico's /26 blocks).
+/// pod to an IPIP peer (Calico's /26 blocks); and the first and third
+/// on a node with Service connections to look up.
 pub(crate) fn cases() -> Vec<(&'static str, Setup)> {
     let flannel = NodeConfig::flannel(
         "node1",
@@ -89,45 +90,76 @@ pub(crate) fn cases() -> Vec<(&'static str, Setup)> {
         Ipv4Addr::new(192, 168, 100, 1),
     );
     let p = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let same_node_switch = || {
+        setup(flannel.clone(), Backend::Vxlan, false, |_| {
+            frame64(POD1_MAC, POD2_MAC, p("10.244.1.2"), p("10.244.1.3"))
+        })
+    };
+    let vxlan_decap = || {
+        setup(flannel.clone(), Backend::Vxlan, true, |n| {
+            let inner = frame64(NODE2_VTEP, n.vtep_mac, p("10.244.2.5"), p("10.244.1.2"));
+            let path = OuterPath {
+                src_mac: NODE2_MAC,
+                dst_mac: n.underlay_mac,
+                src_ip: p("192.168.100.2"),
+                dst_ip: n.underlay_ip,
+            };
+            let mut buf = vec![0u8; 128 + inner.len()];
+            buf[128..].copy_from_slice(&inner);
+            let mut fb = FrameBuf::new(&mut buf, 128, 128 + inner.len());
+            Tunnel::new(TunnelConfig::vxlan())
+                .encapsulate(&path, &mut fb, 1)
+                .unwrap();
+            fb.frame().to_vec()
+        })
+    };
     vec![
-        (
-            "same-node-switch",
-            setup(flannel.clone(), Backend::Vxlan, false, |_| {
-                frame64(POD1_MAC, POD2_MAC, p("10.244.1.2"), p("10.244.1.3"))
-            }),
-        ),
+        ("same-node-switch", same_node_switch()),
         (
             "vxlan-encap",
             setup(flannel.clone(), Backend::Vxlan, false, |n| {
                 frame64(POD1_MAC, n.gateway_mac, p("10.244.1.2"), p("10.244.2.5"))
             }),
         ),
-        (
-            "vxlan-decap",
-            setup(flannel, Backend::Vxlan, true, |n| {
-                let inner = frame64(NODE2_VTEP, n.vtep_mac, p("10.244.2.5"), p("10.244.1.2"));
-                let path = OuterPath {
-                    src_mac: NODE2_MAC,
-                    dst_mac: n.underlay_mac,
-                    src_ip: p("192.168.100.2"),
-                    dst_ip: n.underlay_ip,
-                };
-                let mut buf = vec![0u8; 128 + inner.len()];
-                buf[128..].copy_from_slice(&inner);
-                let mut fb = FrameBuf::new(&mut buf, 128, 128 + inner.len());
-                Tunnel::new(TunnelConfig::vxlan())
-                    .encapsulate(&path, &mut fb, 1)
-                    .unwrap();
-                fb.frame().to_vec()
-            }),
-        ),
+        ("vxlan-decap", vxlan_decap()),
         (
             "ipip-encap",
             setup(calico, Backend::Ipip, false, |n| {
                 frame64(POD1_MAC, n.gateway_mac, p("10.244.1.65"), p("10.244.2.70"))
             }),
         ),
+        // The same frames on a node whose host port handed on Service
+        // connections: each frame for a local pod is looked up among
+        // them, and is none of theirs.
+        (
+            "same-node-switch-services",
+            with_service_connections(same_node_switch()),
+        ),
+        (
+            "vxlan-decap-services",
+            with_service_connections(vxlan_decap()),
+        ),
     ]
+}
+
+/// `setup` after its host port handed on 10,000 connections from pods
+/// to pods (none the case's frames belong to).
+fn with_service_connections(setup: Setup) -> Setup {
+    use podswitch_engine::host_connections::Flow;
+    for i in 0..10_000u32 {
+        let flow = Flow {
+            protocol: 6,
+            src: (
+                Ipv4Addr::new(10, 244, 1, 10 + (i % 200) as u8),
+                30_000 + (i / 200) as u16,
+            ),
+            dst: (Ipv4Addr::new(10, 244, 2, 10), 443),
+            closing: false,
+            fragment: false,
+        };
+        setup.tables.host_connections.record(&flow, 0);
+    }
+    setup
 }
 
 /// One case set to run: the pipeline, its pool and ports.

@@ -457,6 +457,18 @@ impl Collector for Metrics {
             "MAC addresses in the bridge segment's forwarding database.",
             to_i64(self.tables.fdb.len()),
         )?;
+        gauge(
+            &mut encoder,
+            "podswitch_host_connections",
+            "Connections the host port handed on from a pod to a pod (Services), whose replies go back through it.",
+            to_i64(self.tables.host_connections.len()),
+        )?;
+        counter(
+            &mut encoder,
+            "podswitch_host_connections_evicted",
+            "Live host connections replaced by new ones in a full bucket of the table.",
+            self.tables.host_connections.evicted(),
+        )?;
         counters(
             &mut encoder,
             "podswitch_control_requests",

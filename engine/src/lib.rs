@@ -43,6 +43,7 @@ pub mod drop;
 pub mod egress_limit;
 pub mod fdb;
 pub mod fib;
+pub mod host_connections;
 pub mod ids;
 pub mod ipmap;
 pub mod kernel_port;

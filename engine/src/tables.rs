@@ -27,6 +27,7 @@ use crate::config::{Backend, GatewayMode, NodeConfig};
 use crate::egress_limit::{EgressBucket, RateLimit};
 use crate::fdb::Fdb;
 use crate::fib::{Fib, NextHop, Prefix, RouteTable};
+use crate::host_connections::HostConnections;
 use crate::ipmap::IpMap;
 use crate::peer::{Forwarding, Peer, PeerId, PeerSpec, PeerTable};
 use crate::port::{PortId, PortRole};
@@ -267,6 +268,9 @@ pub struct Tables {
     writer: Mutex<RouteTable>,
     /// MAC learning table of the bridge segment.
     pub fdb: Fdb,
+    /// The connections the host port handed on from a pod to a pod,
+    /// whose replies go back through it (Services).
+    pub host_connections: HostConnections,
     /// Counters, shared with the kernel ports, which count their own
     /// drops in them.
     pub stats: Arc<Stats>,
@@ -312,6 +316,7 @@ impl Tables {
             current: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(routes),
             fdb: Fdb::new(node.fdb_limit, node.fdb_aging_secs),
+            host_connections: HostConnections::new(),
             stats: Arc::new(Stats::new(max_ports)),
             max_ports,
         })

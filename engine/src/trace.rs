@@ -154,6 +154,13 @@ pub enum Step {
         /// Segments it makes on the wire.
         segments: usize,
     },
+    /// A connection the host port handed on from a pod to a pod (a
+    /// Service's, after kube-proxy's DNAT): recorded, or a reply of one
+    /// sent back through the host port (`host_connections`).
+    HostConnection {
+        /// What was done.
+        what: &'static str,
+    },
     /// Flooded to these ports.
     Flood(Vec<PortId>),
     /// Leaves on this port.
@@ -271,6 +278,7 @@ impl fmt::Display for Step {
                 let list: Vec<String> = ports.iter().map(|p| p.to_string()).collect();
                 write!(f, "flood to ports [{}]", list.join(", "))
             }
+            Step::HostConnection { what } => write!(f, "host connection: {what}"),
             Step::Output(p) => write!(f, "output to port {p}"),
             Step::Drop(r) => write!(f, "drop: {} ({})", r.name(), r.describe()),
         }

@@ -722,6 +722,124 @@ fn host_port_reaches_pods_and_pods_reach_the_host() {
     assert_eq!(out[0].0, node.host);
 }
 
+/// A pod's connection to a Service, which the node's kernel turned
+/// towards a backend (kube-proxy's DNAT) and sent into the host port: the
+/// backend's replies go back to the host port, whose conntrack turns the
+/// Service's address back, whether the backend switches them to its
+/// client on the bridge or another node's backend sends them through the
+/// tunnel. Other connections between the same pods go straight.
+#[test]
+fn replies_of_a_connection_the_host_port_handed_on_go_back_through_it() {
+    let (mut node, bb1) = Node::flannel_with_peer(Backend::Vxlan);
+    let bb2 = node.pod("veth-bb2", "10.244.1.3", BUSYBOX2_MAC);
+    let cfg = node.tables.load().node.clone();
+    let gw = cfg.gateway_mac;
+    let client = ("10.244.1.2", 40000);
+    let local_backend = ("10.244.1.3", 8080);
+    let remote_backend = ("10.244.2.5", 8080);
+    // The frame from `src` to `dst`, bytes unchanged past the MACs.
+    let between_macs = |frame: &[u8], src: MacAddr, dst: MacAddr| {
+        let mut f = frame.to_vec();
+        f[0..6].copy_from_slice(&dst.0);
+        f[6..12].copy_from_slice(&src.0);
+        f
+    };
+
+    // The request, after the DNAT: to the backend, TTL untouched.
+    let request = udp_datagram(gw, BUSYBOX2_MAC, client, local_backend, 63, true, 20);
+    let out = node.send(node.host, request.clone());
+    assert_eq!(out, vec![(bb2, request)]);
+    // The backend answers on the segment (its client is on its subnet):
+    // to the host port from and to the gateway MAC, TTL untouched (the
+    // kernel forwards it).
+    let reply = udp_datagram(
+        BUSYBOX2_MAC,
+        BUSYBOX1_MAC,
+        local_backend,
+        client,
+        64,
+        true,
+        20,
+    );
+    let to_host = between_macs(&reply, gw, gw);
+    assert_eq!(node.send(bb2, reply.clone()), vec![(node.host, to_host)]);
+    let trace = node.pipeline.trace(&reply, bb2, node.now);
+    assert!(
+        trace
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::HostConnection { .. })),
+        "{trace}"
+    );
+    // Another port of the client, and the client's own connection to the
+    // backend: switched, bytes unchanged.
+    for other in [
+        udp_datagram(
+            BUSYBOX2_MAC,
+            BUSYBOX1_MAC,
+            local_backend,
+            ("10.244.1.2", 40001),
+            64,
+            true,
+            20,
+        ),
+        udp_datagram(
+            BUSYBOX2_MAC,
+            BUSYBOX1_MAC,
+            ("10.244.1.3", 40000),
+            ("10.244.1.2", 8080),
+            64,
+            true,
+            20,
+        ),
+    ] {
+        assert_eq!(node.send(bb2, other.clone()), vec![(bb1, other)]);
+    }
+
+    // A backend on node 2: the request goes through the tunnel, the
+    // reply comes back through it and goes to the host port.
+    let request = udp_datagram(gw, gw, client, remote_backend, 63, true, 20);
+    let out = node.send(node.host, request);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, node.underlay);
+    let reply = udp_datagram(
+        NODE2_VTEP,
+        cfg.vtep_mac,
+        remote_backend,
+        client,
+        63,
+        true,
+        20,
+    );
+    let to_host = between_macs(&reply, gw, gw);
+    let encapsulated = from_node2(&node, TunnelConfig::vxlan(), &reply);
+    assert_eq!(
+        node.send(node.underlay, encapsulated),
+        vec![(node.host, to_host)]
+    );
+    // Node 2's pod speaking first to the client is not a reply: delivered.
+    let unsolicited = udp_datagram(
+        NODE2_VTEP,
+        cfg.vtep_mac,
+        ("10.244.2.5", 8081),
+        client,
+        63,
+        true,
+        20,
+    );
+    let out = node.send(
+        node.underlay,
+        from_node2(&node, TunnelConfig::vxlan(), &unsolicited),
+    );
+    assert_eq!(out, vec![(bb1, routed(&unsolicited, gw, BUSYBOX1_MAC))]);
+    assert_eq!(node.stats().total_drops(), 0);
+    assert_eq!(
+        node.tables.host_connections.len(),
+        4,
+        "two connections and their pairs"
+    );
+}
+
 #[test]
 fn trace_shows_every_decision_of_the_vxlan_path() {
     let (mut node, bb1) = Node::flannel_with_peer(Backend::Vxlan);

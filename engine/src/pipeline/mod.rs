@@ -7,9 +7,10 @@
 //!                                                     ├─ other L2 (bridge mode): switch in the segment
 //!                                                     └─ IPv6: drop (not configured)
 //! underlay ── decapsulate (outer checks, known peer, VNI) ── inner source check ── route
-//! host ────────────────────────────────────────────────────────────────────────── route
+//! host ──────────────────────────────────── a pod's connection to a pod: recorded ── route
 //!
 //! route: IPv4 checks, padding trimmed ── FIB ─┬─ Local(port): TTL-1, MACs ── pod port
+//!                                             │    (a reply of a recorded connection: ── host port)
 //!                                             ├─ Peer: TTL-1, MTU, (VXLAN: VTEP MACs), encapsulate ── underlay
 //!                                             ├─ Direct: TTL-1, MTU, underlay MACs ── underlay
 //!                                             ├─ Host ── host port

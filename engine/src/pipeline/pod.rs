@@ -106,6 +106,13 @@ impl Pipeline {
                 if expected_src.is_some_and(|ip| ip != packet.src()) {
                     return Drop(DropReason::SpoofedSourceIp);
                 }
+                // A Service backend answers its client on the segment;
+                // the node's kernel must see the reply (host_connections).
+                let connections = &ctx.tables.host_connections;
+                if connections.is_reply_packet(&buf.frame()[ETH..], ctx.now) {
+                    t.step(|| Step::Classified("IPv4 to another MAC, a reply of a connection the node's kernel forwarded: routed"));
+                    return self.route(ctx, buf, Origin::Pod(expected_src), pool, out, t);
+                }
                 t.step(|| Step::Classified("IPv4 to another MAC: switched in the bridge segment"));
                 self.switch(ctx, buf, pool, out, t)
             }

@@ -13,6 +13,7 @@ use podswitch_encap::{MacAddr, TunnelMode};
 use crate::config::{GatewayMode, NodeConfig};
 use crate::drop::DropReason;
 use crate::fib::{mask, Fib, NextHop};
+use crate::host_connections::Flow;
 use crate::offload::{
     accept_vnet_header, complete_partial_checksum, cut_big_tcp, is_big_tcp, GsoKind, VnetHeader,
     FLAG_NEEDS_CSUM, GSO_TCPV4,
@@ -109,6 +110,7 @@ impl Pipeline {
         let Some(next_hop) = next_hop else {
             return Drop(DropReason::NoRoute);
         };
+        let next_hop = self.through_host(ctx, buf, origin, src, next_hop, t);
         if origin.is_underlay() && matches!(next_hop, NextHop::Peer(_) | NextHop::Direct(_)) {
             return Drop(DropReason::TunnelTransit);
         }
@@ -208,6 +210,68 @@ impl Pipeline {
                 self.forward_to_peer(ctx, buf, peer, underlay, t)
             }
         }
+    }
+
+    /// Where a connection the node's kernel forwards from a pod to a pod
+    /// (a Service's, after kube-proxy's DNAT) has its packets go: one from
+    /// the host port is recorded, and a reply of one, for a local pod
+    /// from a pod or a tunnel, goes back to the host port instead, whose
+    /// conntrack turns the Service's address back (see
+    /// [`crate::host_connections`]). Everything else keeps `next_hop`.
+    #[inline(always)]
+    fn through_host<T: Tracer>(
+        &self,
+        ctx: &Ctx<'_>,
+        buf: &PacketBuf,
+        origin: Origin,
+        src: Ipv4Addr,
+        next_hop: NextHop,
+        t: &mut T,
+    ) -> NextHop {
+        match (origin, next_hop) {
+            (Origin::Host, NextHop::Local(_) | NextHop::Peer(_) | NextHop::Direct(_)) => {
+                self.record_host_connection(ctx, buf, src, t);
+                next_hop
+            }
+            (Origin::Pod(_) | Origin::Tunnel(_) | Origin::Direct(_), NextHop::Local(_)) => {
+                let connections = &ctx.tables.host_connections;
+                if !connections.is_reply_packet(&buf.frame()[ETH..], ctx.now)
+                    || ctx.snap.ports.host.is_none()
+                {
+                    return next_hop;
+                }
+                t.step(|| Step::HostConnection {
+                    what: "a reply of a connection the node's kernel forwarded: back through the host port, whose conntrack translates it",
+                });
+                NextHop::Host
+            }
+            _ => next_hop,
+        }
+    }
+
+    /// Records the connection of a packet from the host port, if its
+    /// source is a pod (of this node or another).
+    #[inline(never)]
+    fn record_host_connection<T: Tracer>(
+        &self,
+        ctx: &Ctx<'_>,
+        buf: &PacketBuf,
+        src: Ipv4Addr,
+        t: &mut T,
+    ) {
+        let from_pod = matches!(
+            ctx.snap.fib.lookup(src),
+            Some(NextHop::Local(_) | NextHop::Peer(_) | NextHop::Direct(_))
+        );
+        let Some(flow) = Flow::of_ipv4(&buf.frame()[ETH..]).filter(|_| from_pod) else {
+            return;
+        };
+        if ctx.learning {
+            ctx.tables.host_connections.record(&flow, ctx.now);
+        }
+        t.step(|| Step::HostConnection {
+            what: "from a pod to a pod through the node's kernel: recorded, its replies go back through the host port",
+        });
     }
 
     /// Cuts a BIG TCP super-frame into super-frames of at most 64 KiB

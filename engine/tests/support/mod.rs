@@ -176,12 +176,35 @@ pub fn nonzero(s: &StatsSnapshot) -> Vec<(DropReason, u64)> {
     s.drops.iter().filter(|(_, n)| *n > 0).copied().collect()
 }
 
-/// An Ethernet + IPv4 + UDP frame, built by etherparse.
+/// An Ethernet + IPv4 + UDP frame from port 40000 to 5201, built by
+/// etherparse.
 pub fn udp_frame(
     src_mac: MacAddr,
     dst_mac: MacAddr,
     src: &str,
     dst: &str,
+    ttl: u8,
+    df: bool,
+    payload_len: usize,
+) -> Vec<u8> {
+    udp_datagram(
+        src_mac,
+        dst_mac,
+        (src, 40000),
+        (dst, 5201),
+        ttl,
+        df,
+        payload_len,
+    )
+}
+
+/// An Ethernet + IPv4 + UDP frame between the addresses and ports given,
+/// built by etherparse.
+pub fn udp_datagram(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    (src, src_port): (&str, u16),
+    (dst, dst_port): (&str, u16),
     ttl: u8,
     df: bool,
     payload_len: usize,
@@ -201,7 +224,7 @@ pub fn udp_frame(
     let mut out = Vec::new();
     etherparse::PacketBuilder::ethernet2(src_mac.0, dst_mac.0)
         .ip(etherparse::IpHeaders::Ipv4(header, Default::default()))
-        .udp(40000, 5201)
+        .udp(src_port, dst_port)
         .write(&mut out, &payload)
         .unwrap();
     out

@@ -22,23 +22,20 @@
 //!   and keeps the pod's address. Without `masquerade` a pod's traffic
 //!   leaves with its own address (a pod network the rest of the world
 //!   routes to), and the rules below stay.
-//! - `postrouting` (NAT), Services: a pod's packet that the node's own
-//!   rules translated to another destination (`ct status dnat`: kube-proxy
-//!   sends a pod's packet for a Service's ClusterIP to one of its
-//!   backends, in iptables, nftables or IPVS mode) and sends back into the
-//!   host port: `masquerade`, to the node's address there. The backend's
-//!   reply then comes back to the node, whose conntrack turns both
-//!   addresses back, and reaches the pod from the Service's address. On a
-//!   kernel flannel node the reply finds the node's conntrack by itself
+//! - Services: kube-proxy sends a pod's packet for a Service's ClusterIP
+//!   to one of its backends (a DNAT in the node's rules, in iptables,
+//!   nftables or IPVS mode; `ct status dnat`), back into the host port.
+//!   The backend's reply must come back through the node, whose conntrack
+//!   turns the addresses back. On a kernel flannel node it does by itself
 //!   (cni0 and flannel.1 route through the node; one node's pods through
-//!   `br_netfilter`); through podswitch it would go from the backend
-//!   straight to the pod, which drops it (it is from the backend's address,
-//!   not the Service's). So a Service's backend sees the connection come
-//!   from the client's node, as with kube-proxy's `--masquerade-all`,
-//!   where on a flannel node it sees the client pod. The node's own
-//!   connections to a Service likewise (`fib saddr type local`: from its
-//!   underlay address, the backend's node would masquerade the reply, not
-//!   having seen the request); a client outside the cluster keeps its
+//!   `br_netfilter`); podswitch records the connections the host port
+//!   hands it from a pod to a pod and sends their replies to the host port
+//!   (the engine's `host_connections`), so the backend sees the client
+//!   pod's own address, as on a flannel node. The node's own connections
+//!   to a Service (`fib saddr type local`) are masqueraded in
+//!   `postrouting` (NAT), to the node's address in the host port: from
+//!   its underlay address, the backend's node would masquerade the reply,
+//!   not having seen the request. A client outside the cluster keeps its
 //!   address (a Service with `externalTrafficPolicy: Local`), its replies
 //!   going through the node anyway.
 //! - `forward` (filter): into the host port only replies
@@ -113,7 +110,6 @@ pub(crate) fn ruleset(config: &EgressConfig) -> String {
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          {egress}\
-         \t\tip saddr {cluster} ct status dnat oifname \"{host}\" masquerade\n\
          \t\tfib saddr type local ct status dnat oifname \"{host}\" masquerade\n\
          \t}}\n\
          \tchain forward {{\n\
@@ -131,7 +127,6 @@ pub(crate) fn ruleset(config: &EgressConfig) -> String {
          \t\t{untracked}\
          \t}}\n\
          }}\n",
-        cluster = config.cluster_cidr,
         host = config.host_interface,
         untracked = untracked(config),
     )
@@ -264,9 +259,9 @@ mod tests {
         ));
         assert!(rules.contains("oifname \"podswitch0\" ct state established,related accept"));
         assert!(rules.contains("oifname \"podswitch0\" drop"));
-        // Service traffic: into the host port, from the node's address.
-        assert!(rules
-            .contains("ip saddr 10.244.0.0/16 ct status dnat oifname \"podswitch0\" masquerade"));
+        // Service traffic: the node's own into the host port from the
+        // node's address there; a pod's keeps the pod's (host_connections).
+        assert!(!rules.contains("ip saddr 10.244.0.0/16 ct status dnat"));
         assert!(
             rules.contains("fib saddr type local ct status dnat oifname \"podswitch0\" masquerade")
         );
@@ -291,9 +286,10 @@ mod tests {
             ..config
         });
         assert!(!rules.contains("ip daddr !="), "{rules}");
-        assert_eq!(rules.matches("masquerade").count(), 2, "{rules}");
-        assert!(rules
-            .contains("ip saddr 10.244.0.0/16 ct status dnat oifname \"podswitch0\" masquerade"));
+        assert_eq!(rules.matches("masquerade").count(), 1, "{rules}");
+        assert!(
+            rules.contains("fib saddr type local ct status dnat oifname \"podswitch0\" masquerade")
+        );
         assert!(rules.contains("oifname \"podswitch0\" ct status dnat accept"));
         assert!(rules.contains("oifname \"podswitch0\" drop"));
     }

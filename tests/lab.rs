@@ -1136,6 +1136,10 @@ fn pods_reach_outside_masqueraded_and_nothing_stays() {
         assert_eq!(capture.source(), expected, "{what} (tcpdump)");
     }
 
+    // A connection to a Service (backed on node 2) that stays open across
+    // the restart, and whose next packet is the server's.
+    let service = ServiceConnection::open(&name);
+
     // kill -9 and a new daemon on the same files: one table, one rule.
     let pid = common::stdout_of(
         "pgrep",
@@ -1183,6 +1187,9 @@ fn pods_reach_outside_masqueraded_and_nothing_stays() {
         1,
         "{table}"
     );
+    // The restarted daemon read the connection from the kernel's
+    // conntrack table: the server's packet reaches the client translated.
+    service.server_speaks_first();
     let ping = exec_out(
         &name,
         "pod1-1",
@@ -1203,6 +1210,84 @@ fn pods_reach_outside_masqueraded_and_nothing_stays() {
     let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
     assert!(!tables.contains("podswitch"), "{tables}");
     assert_eq!(forwarding("net.ipv4.conf.ul0.forwarding"), "0");
+}
+
+/// A pod's TCP connection to a Service, from pod1-1 through a DNAT on
+/// node 1 (as kube-proxy's nftables mode makes one) to pod2-1, open and
+/// quiet until [`server_speaks_first`](Self::server_speaks_first).
+struct ServiceConnection {
+    server: std::process::Child,
+    client: std::process::Child,
+}
+
+impl ServiceConnection {
+    fn open(lab: &str) -> ServiceConnection {
+        use std::io::BufRead;
+        let node1 = format!("lab-{lab}-n1");
+        let table =
+            "table ip lab-service {\n chain prerouting { type nat hook prerouting priority -100; \
+                     ip daddr 10.96.0.10 tcp dport 5201 dnat to 10.244.2.2; }\n}\n";
+        let mut nft = Command::new("ip")
+            .args(["netns", "exec", &node1, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(nft.stdin.as_mut().unwrap(), table.as_bytes()).unwrap();
+        drop(nft.stdin.take());
+        assert!(nft.wait().unwrap().success(), "nft");
+        let python = |pod: &str, script: &str| {
+            Command::new("ip")
+                .args(["netns", "exec", &format!("lab-{lab}-{pod}")])
+                .args(["timeout", "60", "/usr/bin/python3", "-c", script])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let first_line = |child: &mut std::process::Child| {
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            line
+        };
+        // The server sends "pong" once told to on its stdin.
+        let mut server = python(
+            "pod2-1",
+            "import socket, sys\n\
+             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('0.0.0.0', 5201)); s.listen(1); print('listening', flush=True)\n\
+             c, _ = s.accept(); sys.stdin.readline(); c.sendall(b'pong\\n')\n",
+        );
+        assert_eq!(first_line(&mut server), "listening\n");
+        let mut client = python(
+            "pod1-1",
+            "import socket\n\
+             c = socket.create_connection(('10.96.0.10', 5201), timeout=30)\n\
+             print('connected', flush=True)\n\
+             try:\n    print(c.makefile().readline().strip() or 'closed', flush=True)\n\
+             except OSError as e:\n    print(e, flush=True)\n",
+        );
+        assert_eq!(
+            first_line(&mut client),
+            "connected\n",
+            "through the Service"
+        );
+        ServiceConnection { server, client }
+    }
+
+    fn server_speaks_first(mut self) {
+        use std::io::Write;
+        writeln!(self.server.stdin.as_mut().unwrap(), "go").unwrap();
+        let out = self.client.wait_with_output().unwrap();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "pong",
+            "the server's first packet after the restart, through the Service"
+        );
+    }
 }
 
 /// tcpdump on a receiver's eth0, waiting for the first TCP SYN to 5201.

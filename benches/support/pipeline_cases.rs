@@ -76,8 +76,8 @@ fn setup(
 
 /// Every case, by name: a pod to a pod on the node's bridge, a pod to a
 /// VXLAN peer (encapsulation), a VXLAN frame to a pod (decapsulation), a
-/// pod to an IPIP peer (Calico's /26 blocks); and the first and third
-/// on a node with Service connections to look up.
+/// pod to an IPIP peer (Calico's /26 blocks); and the first three on a
+/// node with Service connections to look up.
 pub(crate) fn cases() -> Vec<(&'static str, Setup)> {
     let flannel = NodeConfig::flannel(
         "node1",
@@ -93,6 +93,11 @@ pub(crate) fn cases() -> Vec<(&'static str, Setup)> {
     let same_node_switch = || {
         setup(flannel.clone(), Backend::Vxlan, false, |_| {
             frame64(POD1_MAC, POD2_MAC, p("10.244.1.2"), p("10.244.1.3"))
+        })
+    };
+    let vxlan_encap = || {
+        setup(flannel.clone(), Backend::Vxlan, false, |n| {
+            frame64(POD1_MAC, n.gateway_mac, p("10.244.1.2"), p("10.244.2.5"))
         })
     };
     let vxlan_decap = || {
@@ -115,12 +120,7 @@ pub(crate) fn cases() -> Vec<(&'static str, Setup)> {
     };
     vec![
         ("same-node-switch", same_node_switch()),
-        (
-            "vxlan-encap",
-            setup(flannel.clone(), Backend::Vxlan, false, |n| {
-                frame64(POD1_MAC, n.gateway_mac, p("10.244.1.2"), p("10.244.2.5"))
-            }),
-        ),
+        ("vxlan-encap", vxlan_encap()),
         ("vxlan-decap", vxlan_decap()),
         (
             "ipip-encap",
@@ -129,11 +129,15 @@ pub(crate) fn cases() -> Vec<(&'static str, Setup)> {
             }),
         ),
         // The same frames on a node whose host port handed on Service
-        // connections: each frame for a local pod is looked up among
-        // them, and is none of theirs.
+        // connections: each frame for a pod (and a pod's for another
+        // node's pod) is looked up among them, and is none of theirs.
         (
             "same-node-switch-services",
             with_service_connections(same_node_switch()),
+        ),
+        (
+            "vxlan-encap-services",
+            with_service_connections(vxlan_encap()),
         ),
         (
             "vxlan-decap-services",
@@ -155,6 +159,7 @@ fn with_service_connections(setup: Setup) -> Setup {
             ),
             dst: (Ipv4Addr::new(10, 244, 2, 10), 443),
             closing: false,
+            opening: false,
             fragment: false,
         };
         setup.tables.host_connections.record(&flow, 0);

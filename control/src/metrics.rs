@@ -460,7 +460,7 @@ impl Collector for Metrics {
         gauge(
             &mut encoder,
             "podswitch_host_connections",
-            "Connections the host port handed on from a pod to a pod (Services), whose replies go back through it.",
+            "Slots in use in the table of connections the host port handed on from a pod to a pod (Services): a connection takes one, its pair of addresses one more, and a timed-out one counts until its slot is reused.",
             to_i64(self.tables.host_connections.len()),
         )?;
         counter(

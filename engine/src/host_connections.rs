@@ -20,20 +20,26 @@
 //!   locks. A connection is one 64-bit word, a keyed hash of its protocol,
 //!   addresses and ports; slots are claimed with compare-and-swap.
 //! - A hash that two connections share (one in 2^64) sends the other's
-//!   replies through the host too, which forwards them unchanged: slower,
-//!   never wrong. A connection missing while the kernel still tracks it
-//!   is what must not happen: its replies would reach the client
-//!   untranslated. So entries outlive the kernel's conntrack timeouts: a
-//!   TCP connection five days from its last packet
-//!   (`nf_conntrack_tcp_timeout_established`), two minutes once a FIN or
-//!   RST was seen (`_time_wait`), anything else ten minutes (UDP's is two).
-//!   Either direction's packets refresh an entry, once a second at most.
+//!   replies through the host too, which forwards them unchanged
+//!   (podswitchd's table lets the host port's own traffic back into it):
+//!   slower, never wrong. A connection missing while the kernel still
+//!   tracks it is what must not happen: its replies would reach the client
+//!   untranslated, and the client's reset would end the connection. So
+//!   entries outlive the kernel's conntrack timeouts: a TCP connection
+//!   five days from its last packet (`nf_conntrack_tcp_timeout_established`),
+//!   an hour and a minute once a FIN or RST was seen (kube-proxy sets
+//!   `_close_wait` to an hour; a SYN opens the entry anew), anything else
+//!   three minutes (`nf_conntrack_udp_timeout_stream` is two). Either
+//!   direction's packets refresh an entry, once a second at most.
 //! - Fragments: a fragment after the first carries no ports, and every
 //!   fragment of a datagram must take one way (the kernel's conntrack
 //!   reassembles them first). So each connection also records its pair of
 //!   addresses and protocol, with no ports, and a fragmented reply goes
 //!   back through the host port if any connection of that pair is
 //!   recorded.
+//! - ICMP errors about a connection's packets (a UDP port without a
+//!   listener, a TTL run out) go back through the host port too: the
+//!   packet an error quotes names the connection.
 //! - Cost: a frame for a local pod is looked up only if its source could
 //!   be a connection's server: one bit per server (address, port and
 //!   protocol, hashed) is set when a connection is recorded and never
@@ -41,9 +47,13 @@
 //!   header and of that bit (`scripts/instructions.sh`, docs/benchmarks.md).
 //! - Bounds: the table's memory is fixed when it is made
 //!   ([`HostConnections::SLOTS`] slots, in buckets of eight). A new
-//!   connection whose bucket is full of live entries replaces the one
-//!   idle longest, and is counted ([`HostConnections::evicted`]); the
-//!   kernel's own table (`nf_conntrack_max`) is of the same order.
+//!   connection whose bucket is full of live entries replaces the closed
+//!   one idle longest, else the one idle longest, and is counted
+//!   ([`HostConnections::evicted`]); the kernel's own table
+//!   (`nf_conntrack_max`) is of the same order.
+//! - A restart loses the table while the kernel keeps its connections:
+//!   podswitchd fills it again from the kernel's conntrack table when it
+//!   starts.
 //! - The hash is keyed with a secret drawn when the table is made, so a
 //!   pod cannot pick ports that crowd one bucket and evict others'
 //!   connections.
@@ -55,6 +65,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Slots per bucket: one 64-byte cache line of keys.
 const BUCKET_SLOTS: usize = 8;
+/// A slot being claimed: its key is written last, after its time, so
+/// that no other writer takes the new key's slot for a timed-out one in
+/// between. No key is this value.
+const CLAIMING: u64 = u64::MAX;
 /// Bits of the servers' filter: 65,536 (8 KiB); a cluster with 6,500
 /// Service endpoints on this node's connections sets a tenth of them.
 const SERVER_FILTER_BITS: u32 = 16;
@@ -68,15 +82,17 @@ const SECONDS: u32 = TCP - 1;
 
 /// `nf_conntrack_tcp_timeout_established`'s default, five days.
 const TCP_IDLE_SECS: u32 = 432_000;
-/// `nf_conntrack_tcp_timeout_time_wait`'s default.
-const CLOSING_IDLE_SECS: u32 = 120;
-/// Five times `nf_conntrack_udp_timeout_stream`'s 120 s, and longer than
-/// any other protocol's default but TCP's.
-const OTHER_IDLE_SECS: u32 = 600;
+/// kube-proxy's `nf_conntrack_tcp_timeout_close_wait` (an hour), the
+/// longest of the closing states', and a minute.
+const CLOSING_IDLE_SECS: u32 = 3_660;
+/// `nf_conntrack_udp_timeout_stream`'s 120 s and a minute; SCTP's
+/// heartbeats (every 30 s) keep an association fresh.
+const OTHER_IDLE_SECS: u32 = 180;
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_ICMP: u8 = 1;
 
 #[derive(Debug, Default)]
 struct Bucket {
@@ -97,6 +113,8 @@ pub struct Flow {
     pub dst: (Ipv4Addr, u16),
     /// A TCP FIN or RST.
     pub closing: bool,
+    /// A TCP SYN without ACK: a connection's first packet.
+    pub opening: bool,
     /// A fragment (more follow, or it is not the first); after the first,
     /// the ports are 0.
     pub fragment: bool,
@@ -128,16 +146,20 @@ impl Flow {
         };
         let address =
             |at: usize| Ipv4Addr::new(packet[at], packet[at + 1], packet[at + 2], packet[at + 3]);
-        // FIN (0x01) or RST (0x04) in TCP's flags byte, 13 bytes in.
-        let closing = protocol == IPPROTO_TCP
-            && packet
-                .get(header_len + 13)
-                .is_some_and(|flags| flags & 0x05 != 0);
+        // FIN (0x01), SYN (0x02), RST (0x04) and ACK (0x10) in TCP's
+        // flags byte, 13 bytes in (none in a later fragment).
+        let flags = match protocol {
+            IPPROTO_TCP if flags_and_offset & 0x1fff == 0 => {
+                packet.get(header_len + 13).copied().unwrap_or(0)
+            }
+            _ => 0,
+        };
         Some(Flow {
             protocol,
             src: (address(12), u16::from_be_bytes([ports[0], ports[1]])),
             dst: (address(16), u16::from_be_bytes([ports[2], ports[3]])),
-            closing,
+            closing: flags & 0x05 != 0,
+            opening: flags & 0x12 == 0x02,
             fragment,
         })
     }
@@ -183,9 +205,10 @@ impl Default for HostConnections {
 }
 
 impl HostConnections {
-    /// Slots in the table: 131,072 (1.5 MiB), twice the kernel's
-    /// `nf_conntrack_max` on a node with 2 GiB of memory.
-    pub const SLOTS: usize = 1 << 17;
+    /// Slots in the table: 262,144 (3 MiB), for connections and their
+    /// pairs of addresses; kube-proxy sets `nf_conntrack_max` to 131,072
+    /// or 32,768 a CPU, whichever is more.
+    pub const SLOTS: usize = 1 << 18;
 
     /// An empty table of [`SLOTS`](Self::SLOTS) slots.
     pub fn new() -> Self {
@@ -224,7 +247,8 @@ impl HostConnections {
         // Two rounds of a 64-bit finaliser (MurmurHash3's fmix64), the
         // first keyed, the second over the first and the ports.
         let h = mix(mix(addresses ^ self.secret) ^ ports);
-        h | u64::from(h == 0)
+        // Neither 0 (empty) nor CLAIMING.
+        (h | u64::from(h == 0)) - u64::from(h == CLAIMING)
     }
 
     #[inline]
@@ -251,7 +275,14 @@ impl HostConnections {
     #[inline]
     fn seen_word(flow: &Flow, now: u32, old: u32) -> u32 {
         let tcp = if flow.protocol == IPPROTO_TCP { TCP } else { 0 };
-        let closing = if flow.closing { CLOSING } else { old & CLOSING };
+        // A FIN or RST closes; a SYN opens anew (a client port reused).
+        let closing = if flow.closing {
+            CLOSING
+        } else if flow.opening {
+            0
+        } else {
+            old & CLOSING
+        };
         (now & SECONDS) | tcp | closing
     }
 
@@ -275,6 +306,7 @@ impl HostConnections {
         // A FIN or RST closes one connection, not the pair.
         let pair = Flow {
             closing: false,
+            opening: false,
             ..*flow
         };
         let recorded_pair = self.record_key(
@@ -282,7 +314,8 @@ impl HostConnections {
             &pair,
             now,
         );
-        if flow.fragment {
+        // A fragment after the first has no ports to tell its connection.
+        if flow.fragment && flow.src.1 == 0 && flow.dst.1 == 0 {
             return recorded_pair;
         }
         let (word, bit) = self.server_bit(flow.protocol, flow.dst.0.to_bits(), flow.dst.1);
@@ -323,6 +356,9 @@ impl HostConnections {
         // "port" have their bit clear as often, and the slow path checks.
         let fragment = u16::from_be_bytes([header[6], header[7]]) & 0x3fff != 0;
         if !fragment {
+            if header[9] == IPPROTO_ICMP {
+                return self.is_icmp_error_reply(packet, now);
+            }
             let header_len = usize::from(header[0] & 0x0f) * 4;
             let Some(port) = packet.get(header_len..header_len + 2) else {
                 return false;
@@ -342,6 +378,35 @@ impl HostConnections {
         Flow::of_ipv4(packet).is_some_and(|flow| self.is_reply(&flow, now))
     }
 
+    /// True for an ICMP error (destination unreachable, time exceeded,
+    /// parameter problem) about a packet of a recorded connection: the
+    /// packet it quotes (its IPv4 header and first 8 bytes, RFC 792) went
+    /// from the client to the server, and the node's conntrack, which
+    /// takes the error as related to the connection, turns it back as it
+    /// turns the replies (a Service's UDP port without a listener answers
+    /// "port unreachable" to the client from the Service's address).
+    #[inline(never)]
+    fn is_icmp_error_reply(&self, packet: &[u8], now: u32) -> bool {
+        let header_len = usize::from(packet[0] & 0x0f) * 4;
+        let Some(icmp) = packet.get(header_len..) else {
+            return false;
+        };
+        if !matches!(icmp.first(), Some(3 | 11 | 12)) {
+            return false;
+        }
+        let Some(quoted) = icmp.get(8..) else {
+            return false;
+        };
+        Flow::of_ipv4(quoted).is_some_and(|quoted| {
+            let about = Flow {
+                closing: false,
+                opening: false,
+                ..quoted.reversed()
+            };
+            self.is_reply(&about, now)
+        })
+    }
+
     fn record_key(&self, key: u64, flow: &Flow, now: u32) -> Recorded {
         let bucket = self.bucket(key);
         if let Some(i) = Self::find(bucket, key, now) {
@@ -350,30 +415,38 @@ impl HostConnections {
         }
         let seen = Self::seen_word(flow, now, 0);
         loop {
-            // An empty or timed-out slot, else the one idle longest.
+            // An empty or timed-out slot, else the closed connection idle
+            // longest, else the connection idle longest. A slot another
+            // writer is claiming is left alone.
             let mut free = None;
-            let mut oldest = (0, 0, 0);
+            let mut victim: Option<(usize, u64, (bool, u32))> = None;
             for i in 0..BUCKET_SLOTS {
                 let k = bucket.keys[i].load(Ordering::Acquire);
+                if k == CLAIMING {
+                    continue;
+                }
                 let was = bucket.seen[i].load(Ordering::Relaxed);
                 if k == 0 || !Self::live(was, now) {
                     free = Some((i, k));
                     break;
                 }
-                let idle = now.wrapping_sub(was) & SECONDS;
-                if i == 0 || idle > oldest.2 {
-                    oldest = (i, k, idle);
+                let rank = (was & CLOSING != 0, now.wrapping_sub(was) & SECONDS);
+                if !matches!(victim, Some((_, _, best)) if best >= rank) {
+                    victim = Some((i, k, rank));
                 }
             }
-            let (i, old, how) = match free {
-                Some((i, k)) => (i, k, Recorded::Added),
-                None => (oldest.0, oldest.1, Recorded::Evicted),
+            let (i, old, how) = match (free, victim) {
+                (Some((i, k)), _) => (i, k, Recorded::Added),
+                (None, Some((i, k, _))) => (i, k, Recorded::Evicted),
+                // Every slot is being claimed: look again.
+                (None, None) => continue,
             };
             if bucket.keys[i]
-                .compare_exchange(old, key, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(old, CLAIMING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                bucket.seen[i].store(seen, Ordering::Release);
+                bucket.seen[i].store(seen, Ordering::Relaxed);
+                bucket.keys[i].store(key, Ordering::Release);
                 if old == 0 {
                     self.held.fetch_add(1, Ordering::Relaxed);
                 }
@@ -449,6 +522,7 @@ mod tests {
             src: (src.parse().unwrap(), sport),
             dst: (dst.parse().unwrap(), dport),
             closing,
+            opening: false,
             fragment: false,
         }
     }
@@ -508,6 +582,24 @@ mod tests {
         let mut later = reply.clone();
         later[6..8].copy_from_slice(&0x0010u16.to_be_bytes());
         assert!(table.is_reply_packet(&later, 1));
+
+        // The server's "port unreachable" to the client, quoting the
+        // request (RFC 792: the IPv4 header and 8 bytes); not an echo
+        // request, not an error quoting another connection's packet.
+        let icmp = |kind: u8, quoted: &[u8]| {
+            let mut packet = udp_packet([10, 244, 2, 5], 0, [10, 244, 1, 2], 0);
+            packet.truncate(20);
+            packet[9] = IPPROTO_ICMP;
+            packet.extend_from_slice(&[kind, 3, 0, 0, 0, 0, 0, 0]);
+            packet.extend_from_slice(quoted);
+            packet
+        };
+        let request = udp_packet([10, 244, 1, 2], 53000, [10, 244, 2, 5], 53);
+        assert!(table.is_reply_packet(&icmp(3, &request), 1));
+        assert!(!table.is_reply_packet(&icmp(8, &request), 1));
+        let other = udp_packet([10, 244, 1, 2], 53001, [10, 244, 2, 5], 53);
+        assert!(!table.is_reply_packet(&icmp(3, &other), 1));
+        assert!(!table.is_reply_packet(&icmp(3, &request[..10]), 1));
     }
 
     #[test]
@@ -564,10 +656,47 @@ mod tests {
         for flow in &flows[1..] {
             assert!(table.is_reply(&flow.reversed(), 20));
         }
+        // A closed connection gives way before an open one idle longer.
+        table.is_reply(&tcp("10.244.1.3", 80, "10.244.1.2", 40005, true), 30);
+        let newer = tcp("10.244.1.2", 40100, "10.244.1.3", 80, false);
+        assert_eq!(table.record(&newer, 31), Recorded::Evicted);
+        assert!(!table.is_reply(&flows[5].reversed(), 31));
+        assert!(table.is_reply(&flows[1].reversed(), 31));
+        assert_eq!(table.evicted(), 2);
         // A timed-out entry's slot is reused without an eviction.
         let late = tcp("10.244.1.2", 50000, "10.244.1.3", 80, false);
-        assert_eq!(table.record(&late, 21 + TCP_IDLE_SECS), Recorded::Added);
-        assert_eq!(table.evicted(), 1);
+        assert_eq!(table.record(&late, 32 + TCP_IDLE_SECS), Recorded::Added);
+        assert_eq!(table.evicted(), 2);
+    }
+
+    #[test]
+    fn a_syn_opens_a_closed_connections_entry_anew() {
+        let table = HostConnections::with_slots(64);
+        let open = tcp("10.244.1.2", 40000, "10.244.1.3", 80, false);
+        table.record(&open, 0);
+        table.record(&tcp("10.244.1.2", 40000, "10.244.1.3", 80, true), 1);
+        assert!(!table.is_reply(&open.reversed(), 2 + CLOSING_IDLE_SECS));
+        // The client port again, soon after: the new connection lives as
+        // long as an open one.
+        table.record(&open, 10);
+        table.record(&tcp("10.244.1.2", 40000, "10.244.1.3", 80, true), 11);
+        let syn = Flow {
+            opening: true,
+            ..open
+        };
+        table.record(&syn, 12);
+        assert!(table.is_reply(&open.reversed(), 13 + CLOSING_IDLE_SECS));
+    }
+
+    #[test]
+    fn a_fragmented_request_records_its_connection_from_the_first_fragment() {
+        let table = HostConnections::with_slots(64);
+        let first = Flow {
+            fragment: true,
+            ..tcp("10.244.1.2", 40000, "10.244.2.5", 443, false)
+        };
+        table.record(&first, 1);
+        assert!(table.is_reply(&tcp("10.244.2.5", 443, "10.244.1.2", 40000, false), 1));
     }
 
     #[test]
@@ -624,6 +753,9 @@ mod tests {
         use std::sync::atomic::AtomicUsize;
         const WORKERS: usize = 4;
         const EACH: usize = 3000;
+        // Late enough that a slot never used reads as timed out: a
+        // writer must not take a slot another is claiming for that.
+        const NOW: u32 = 3 * TCP_IDLE_SECS;
         // Room enough that no bucket of eight fills (12,004 entries in
         // 32,768 buckets).
         let table = HostConnections::with_slots(1 << 18);
@@ -643,14 +775,14 @@ mod tests {
                 let (table, published) = (&table, &published);
                 scope.spawn(move || {
                     for i in 0..EACH {
-                        table.record(&flow(worker, i), 7);
+                        table.record(&flow(worker, i), NOW);
                         published[worker].store(i + 1, Ordering::Release);
                         // Look up another worker's latest connection.
                         let other = (worker + 1 + i % (WORKERS - 1)) % WORKERS;
                         let done = published[other].load(Ordering::Acquire);
                         if done > 0 {
                             assert!(
-                                table.is_reply(&flow(other, done - 1).reversed(), 7),
+                                table.is_reply(&flow(other, done - 1).reversed(), NOW),
                                 "worker {worker}: worker {other}'s connection {}",
                                 done - 1
                             );
@@ -662,7 +794,7 @@ mod tests {
         for worker in 0..WORKERS {
             for i in 0..EACH {
                 assert!(
-                    table.is_reply(&flow(worker, i).reversed(), 8),
+                    table.is_reply(&flow(worker, i).reversed(), NOW + 1),
                     "{worker} {i}"
                 );
             }

@@ -832,11 +832,23 @@ fn replies_of_a_connection_the_host_port_handed_on_go_back_through_it() {
         from_node2(&node, TunnelConfig::vxlan(), &unsolicited),
     );
     assert_eq!(out, vec![(bb1, routed(&unsolicited, gw, BUSYBOX1_MAC))]);
+
+    // A client on node 2 (its packet to a NodePort of this node's,
+    // translated here): the local backend's reply goes to the host port,
+    // not into the tunnel.
+    let remote_client = ("10.244.2.5", 41000);
+    let request = udp_datagram(gw, BUSYBOX2_MAC, remote_client, local_backend, 63, true, 20);
+    assert_eq!(node.send(node.host, request.clone()), vec![(bb2, request)]);
+    let reply = udp_datagram(BUSYBOX2_MAC, gw, local_backend, remote_client, 64, true, 20);
+    assert_eq!(
+        node.send(bb2, reply.clone()),
+        vec![(node.host, between_macs(&reply, gw, gw))]
+    );
     assert_eq!(node.stats().total_drops(), 0);
     assert_eq!(
         node.tables.host_connections.len(),
-        4,
-        "two connections and their pairs"
+        6,
+        "three connections and their pairs"
     );
 }
 

@@ -1,7 +1,8 @@
 //! # podswitch-host: setting up the host around the data path
 //!
 //! What podswitch does to the node rather than to packets: links,
-//! addresses and routes through rtnetlink ([`netlink`]), work inside a
+//! addresses and routes through rtnetlink ([`netlink`]), the connections
+//! the node's rules translated ([`conntrack`]), work inside a
 //! pod's network namespace ([`netlink::in_netns`]), and flannel's subnet
 //! file ([`subnet_file`]), which podswitchd writes and the CNI plugin reads.
 //!
@@ -17,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod conntrack;
 pub mod fd;
 pub mod netlink;
 pub mod subnet_file;

@@ -50,6 +50,34 @@ pub const POD_GSO_IPV4_MAX_SIZE: u32 = 196_608;
 /// answers rtnetlink synchronously: this guards against a lost answer).
 const ANSWER_TIMEOUT_MS: libc::c_int = 5000;
 
+/// Receives the next datagram of an answer on the non-blocking netlink
+/// `socket` into `buf`, waiting at most [`ANSWER_TIMEOUT_MS`] for it: a
+/// lost answer is an error after a while rather than a hung caller.
+pub(crate) fn receive(socket: &Socket, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, for the duration of the call.
+        let ready = cvt(unsafe { libc::poll(&mut pfd, 1, ANSWER_TIMEOUT_MS) })?;
+        if ready == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "netlink: no answer",
+            ));
+        }
+        match socket.recv(&mut &mut buf[..], 0) {
+            Ok(n) => return Ok(n),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// One link as the kernel describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -175,23 +203,6 @@ impl Netlink {
         })
     }
 
-    fn wait_answer(&self) -> io::Result<()> {
-        let mut pfd = libc::pollfd {
-            fd: self.socket.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, for the duration of the call.
-        let ready = cvt(unsafe { libc::poll(&mut pfd, 1, ANSWER_TIMEOUT_MS) })?;
-        if ready == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "netlink: no answer",
-            ));
-        }
-        Ok(())
-    }
-
     /// Sends a request and collects the messages of the answer (for a
     /// dump, every part) until the kernel's acknowledgement, the end of
     /// the dump, or its error (the errno it carries).
@@ -213,17 +224,7 @@ impl Netlink {
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut out = Vec::new();
         loop {
-            self.wait_answer()?;
-            let n = match self.socket.recv(&mut &mut self.answer[..], 0) {
-                Ok(n) => n,
-                Err(e)
-                    if e.kind() == io::ErrorKind::WouldBlock
-                        || e.kind() == io::ErrorKind::Interrupted =>
-                {
-                    continue
-                }
-                Err(e) => return Err(e),
-            };
+            let n = receive(&self.socket, &mut self.answer)?;
             // One datagram holds one or more messages, each aligned to 4.
             let mut at = 0;
             while at < n {

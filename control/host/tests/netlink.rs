@@ -7,48 +7,13 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::process::Command;
 
+mod support;
+
 use podswitch_host::netlink::{
     in_netns, LinkChange, LinkWatch, Netlink, POD_GSO_IPV4_MAX_SIZE, RT_SCOPE_LINK,
     RT_SCOPE_UNIVERSE,
 };
-
-/// A namespace deleted on drop.
-struct Namespace(String);
-
-impl Namespace {
-    fn new(what: &str) -> Namespace {
-        let name = format!("psw-t{}-nl-{what}", std::process::id());
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .expect("ip netns add: this test needs iproute2");
-        assert!(
-            out.status.success(),
-            "ip netns add (this test needs root): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Namespace(name)
-    }
-
-    fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.0)
-    }
-
-    fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.0])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
+use support::Namespace;
 
 #[test]
 fn every_request_against_the_kernel() {

@@ -109,7 +109,9 @@ impl Pipeline {
                 // A Service backend answers its client on the segment;
                 // the node's kernel must see the reply (host_connections).
                 let connections = &ctx.tables.host_connections;
-                if connections.is_reply_packet(&buf.frame()[ETH..], ctx.now) {
+                if connections.is_reply_packet(&buf.frame()[ETH..], ctx.now)
+                    && ctx.snap.ports.host.is_some()
+                {
                     t.step(|| Step::Classified("IPv4 to another MAC, a reply of a connection the node's kernel forwarded: routed"));
                     return self.route(ctx, buf, Origin::Pod(expected_src), pool, out, t);
                 }

@@ -233,7 +233,11 @@ impl Pipeline {
                 self.record_host_connection(ctx, buf, src, t);
                 next_hop
             }
-            (Origin::Pod(_) | Origin::Tunnel(_) | Origin::Direct(_), NextHop::Local(_)) => {
+            // A client on another node (its packet to this node's own
+            // address, a NodePort, translated here): only a pod's reply
+            // can be for it, a tunnel's would be transit.
+            (Origin::Pod(_) | Origin::Tunnel(_) | Origin::Direct(_), NextHop::Local(_))
+            | (Origin::Pod(_), NextHop::Peer(_) | NextHop::Direct(_)) => {
                 let connections = &ctx.tables.host_connections;
                 if !connections.is_reply_packet(&buf.frame()[ETH..], ctx.now)
                     || ctx.snap.ports.host.is_none()
@@ -266,12 +270,13 @@ impl Pipeline {
         let Some(flow) = Flow::of_ipv4(&buf.frame()[ETH..]).filter(|_| from_pod) else {
             return;
         };
-        if ctx.learning {
+        let what = if ctx.learning {
             ctx.tables.host_connections.record(&flow, ctx.now);
-        }
-        t.step(|| Step::HostConnection {
-            what: "from a pod to a pod through the node's kernel: recorded, its replies go back through the host port",
-        });
+            "from a pod to a pod through the node's kernel: recorded, its replies go back through the host port"
+        } else {
+            "from a pod to a pod through the node's kernel: its replies go back through the host port (not recorded in a trace)"
+        };
+        t.step(|| Step::HostConnection { what });
     }
 
     /// Cuts a BIG TCP super-frame into super-frames of at most 64 KiB

@@ -39,8 +39,10 @@
 //!   address (a Service with `externalTrafficPolicy: Local`), its replies
 //!   going through the node anyway.
 //! - `forward` (filter): into the host port only replies
-//!   (`ct state established,related`) and Service traffic (`ct status
-//!   dnat`, above); everything else the kernel would forward towards pods
+//!   (`ct state established,related`), Service traffic (`ct status
+//!   dnat`, above) and what podswitch itself sent in (a frame it took for
+//!   a Service connection's reply and was not, which the kernel hands
+//!   back unchanged); everything else the kernel would forward towards pods
 //!   is dropped, so forwarding never makes the kernel a second, unchecked
 //!   path into pods (a host-gw peer's packets for our pods reach the
 //!   underlay interface too; where tcx exists they end there, after
@@ -116,6 +118,7 @@ pub(crate) fn ruleset(config: &EgressConfig) -> String {
          \t\ttype filter hook forward priority filter; policy accept;\n\
          \t\toifname \"{host}\" ct state established,related accept\n\
          \t\toifname \"{host}\" ct status dnat accept\n\
+         \t\tiifname \"{host}\" oifname \"{host}\" accept\n\
          \t\toifname \"{host}\" drop\n\
          \t}}\n\
          \tchain prerouting {{\n\
@@ -259,6 +262,7 @@ mod tests {
         ));
         assert!(rules.contains("oifname \"podswitch0\" ct state established,related accept"));
         assert!(rules.contains("oifname \"podswitch0\" drop"));
+        assert!(rules.contains("iifname \"podswitch0\" oifname \"podswitch0\" accept"));
         // Service traffic: the node's own into the host port from the
         // node's address there; a pod's keeps the pod's (host_connections).
         assert!(!rules.contains("ip saddr 10.244.0.0/16 ct status dnat"));

@@ -53,6 +53,52 @@ fn clock_secs() -> u32 {
     STARTED.get_or_init(Instant::now).elapsed().as_secs() as u32
 }
 
+/// Records in the data path the connections from a pod to a pod that the
+/// node's kernel translated before this start (a Service's, after
+/// kube-proxy's DNAT) and still tracks: their replies must keep going
+/// back through the host port (`podswitch_engine::host_connections`),
+/// and a restarted daemon's table is empty. The kernel's conntrack table
+/// says which they are: the client is the original source, the server
+/// the replies' source.
+fn recall_host_connections(tables: &Tables, cluster: Prefix) {
+    use podswitch_engine::host_connections::Flow;
+    let connections = match podswitch_host::conntrack::translated_connections() {
+        Ok(connections) => connections,
+        Err(e) => {
+            tracing::warn!(
+                "the kernel's tracked connections not read ({e}): replies of Service connections opened before this start reach their clients untranslated"
+            );
+            return;
+        }
+    };
+    let now = clock_secs();
+    let mut recalled = 0;
+    for connection in connections {
+        let (client, server) = (connection.original.src, connection.reply.src);
+        if !(cluster.contains(client.0) && cluster.contains(server.0)) {
+            continue;
+        }
+        // Protocols without ports are not recorded (Flow::of_ipv4).
+        if !matches!(connection.original.protocol, 6 | 17 | 132) {
+            continue;
+        }
+        let flow = Flow {
+            protocol: connection.original.protocol,
+            src: client,
+            dst: server,
+            closing: false,
+            opening: false,
+            fragment: false,
+        };
+        tables.host_connections.record(&flow, now);
+        recalled += 1;
+    }
+    tracing::info!(
+        recalled,
+        "Service connections the kernel tracked before this start: their replies go back through the host port"
+    );
+}
+
 fn clock_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -342,6 +388,7 @@ fn run(settings: Settings, leased: Option<cluster::Leased>) -> Result<(), String
             None
         }
     };
+    recall_host_connections(&tables, node.cluster_cidr);
     // Without the table's forward chain, nothing keeps the kernel from
     // forwarding host-gw packets for pods as well, if forwarding is on.
     if egress.is_none() && matches!(node.backend, Backend::HostGw | Backend::DirectRouting) {

@@ -11,9 +11,11 @@
 //! client, which drops a reply from an address it never spoke to. So the
 //! pipeline records here each connection that comes in from the host port
 //! from a pod to a pod (what Antrea's connection tracking does in Open
-//! vSwitch for the same reason), and sends a reply to one of them, from a
-//! local pod or from a tunnel, to the host port instead of to the client:
-//! the backend sees the client pod's own address, as on a flannel node.
+//! vSwitch for the same reason), and sends a reply to one of them to the
+//! host port instead of to the client: one for a local pod, from a local
+//! pod or a tunnel, and one from a local pod for another node's pod (a
+//! client there that reached a NodePort here). The backend sees the
+//! client pod's own address, as on a flannel node.
 //!
 //! # Contract
 //! - Writers and readers: the data path, from every worker, without
@@ -45,6 +47,8 @@
 //!   protocol, hashed) is set when a connection is recorded and never
 //!   cleared, and a frame whose source's bit is clear costs a read of the
 //!   header and of that bit (`scripts/instructions.sh`, docs/benchmarks.md).
+//!   ICMP packets and fragments, which have no ports to hash, skip the
+//!   bitmap and are looked up in the table.
 //! - Bounds: the table's memory is fixed when it is made
 //!   ([`HostConnections::SLOTS`] slots, in buckets of eight). A new
 //!   connection whose bucket is full of live entries replaces the closed
@@ -259,7 +263,7 @@ impl HostConnections {
     /// True while a connection last seen at `seen` has not timed out.
     #[inline]
     fn live(seen: u32, now: u32) -> bool {
-        let idle = now.wrapping_sub(seen) & SECONDS;
+        let idle = Self::idle(seen, now);
         let limit = if seen & CLOSING != 0 {
             CLOSING_IDLE_SECS
         } else if seen & TCP != 0 {
@@ -268,6 +272,20 @@ impl HostConnections {
             OTHER_IDLE_SECS
         };
         idle <= limit
+    }
+
+    /// Seconds since `seen` at `now`. Each worker reads the clock once a
+    /// batch, so another may have refreshed an entry a second later than
+    /// this one's `now`: a time ahead of `now` is no time idle, not the
+    /// wrapped-around 34 years.
+    #[inline]
+    fn idle(seen: u32, now: u32) -> u32 {
+        let idle = now.wrapping_sub(seen) & SECONDS;
+        if idle > SECONDS / 2 {
+            0
+        } else {
+            idle
+        }
     }
 
     /// The last-seen word for `flow` at `now`, keeping a FIN or RST seen
@@ -425,12 +443,17 @@ impl HostConnections {
                 if k == CLAIMING {
                     continue;
                 }
+                if k == key {
+                    // Another worker recorded it since the lookup above.
+                    Self::refresh(bucket, i, flow, now);
+                    return Recorded::Refreshed;
+                }
                 let was = bucket.seen[i].load(Ordering::Relaxed);
                 if k == 0 || !Self::live(was, now) {
                     free = Some((i, k));
                     break;
                 }
-                let rank = (was & CLOSING != 0, now.wrapping_sub(was) & SECONDS);
+                let rank = (was & CLOSING != 0, Self::idle(was, now));
                 if !matches!(victim, Some((_, _, best)) if best >= rank) {
                     victim = Some((i, k, rank));
                 }
@@ -800,6 +823,21 @@ mod tests {
             }
         }
         assert_eq!(table.evicted(), 0);
+        // Each connection and each client's pair of addresses once, though
+        // workers recorded the same pairs at once.
+        assert_eq!(table.len(), WORKERS * EACH + WORKERS);
+    }
+
+    #[test]
+    fn a_worker_whose_clock_is_a_second_behind_finds_what_another_refreshed() {
+        let table = HostConnections::with_slots(64);
+        let open = tcp("10.244.1.2", 40000, "10.244.1.3", 80, false);
+        table.record(&open, 100);
+        // Another worker, already at second 101, refreshes it.
+        assert!(table.is_reply(&open.reversed(), 101));
+        // This one still reads 100: the entry is fresh, not 34 years old.
+        assert!(table.is_reply(&open.reversed(), 100));
+        assert_eq!(table.record(&open, 100), Recorded::Refreshed);
     }
 
     #[test]

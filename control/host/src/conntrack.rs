@@ -64,9 +64,11 @@ pub struct Translated {
 }
 
 /// The IPv4 connections the calling thread's network namespace tracks
-/// whose destination was translated. Needs `CAP_NET_ADMIN`; a kernel
-/// without connection tracking (no `nf_conntrack` loaded) answers with no
-/// connection or `EPROTONOSUPPORT`, which is returned as an error.
+/// whose destination was translated: marked so (`IPS_DST_NAT`, a DNAT
+/// rule's), or whose replies come from elsewhere than the original
+/// destination (IPVS, which kube-proxy's IPVS mode uses, changes the
+/// reply tuple without the mark). Needs `CAP_NET_ADMIN`; a kernel without
+/// connection tracking answers with an error, which is returned.
 pub fn translated_connections() -> io::Result<Vec<Translated>> {
     let mut socket = Socket::new(NETLINK_NETFILTER)?;
     socket.bind_auto()?;
@@ -115,16 +117,19 @@ fn parse_datagram(mut bytes: &[u8], seq: u32, found: &mut Vec<Translated>) -> io
             continue;
         }
         match kind {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let errno = body
-                    .get(0..4)
-                    .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
-                    .ok_or_else(|| invalid("a short error"))?;
-                if errno == 0 {
-                    return Ok(true);
-                }
-                return Err(io::Error::from_raw_os_error(-errno));
+            // Both carry an int: 0, or a negative errno (a dump that
+            // failed part-way ends with its error in NLMSG_DONE).
+            NLMSG_DONE | NLMSG_ERROR => {
+                let code = match body.get(0..4) {
+                    Some(b) => i32::from_ne_bytes(b.try_into().expect("4 bytes")),
+                    None if kind == NLMSG_DONE => 0,
+                    None => return Err(invalid("a short error")),
+                };
+                return match code {
+                    0 => Ok(true),
+                    code if code < 0 && code > -4096 => Err(io::Error::from_raw_os_error(-code)),
+                    _ => Err(invalid("an error code that is no errno")),
+                };
             }
             _ => {
                 // struct nfgenmsg, then the connection's attributes.
@@ -166,10 +171,9 @@ fn translated(attrs: &[u8]) -> Option<Translated> {
             _ => {}
         }
     }
-    (status & IPS_DST_NAT != 0).then_some(Translated {
-        original: original?,
-        reply: reply?,
-    })
+    let (original, reply) = (original?, reply?);
+    (status & IPS_DST_NAT != 0 || reply.src != original.dst)
+        .then_some(Translated { original, reply })
 }
 
 fn tuple(attrs: &[u8]) -> Option<Tuple> {
@@ -247,22 +251,51 @@ mod tests {
     }
 
     fn message(status: u32, seq: u32) -> Vec<u8> {
-        let attrs = [
-            tuple_attribute(
-                CTA_TUPLE_ORIG,
-                [10, 244, 1, 2],
-                [10, 96, 0, 10],
-                (40000, 80),
-            ),
-            tuple_attribute(
-                CTA_TUPLE_REPLY,
-                [10, 244, 2, 5],
-                [10, 244, 1, 2],
-                (8080, 40000),
-            ),
-            attribute(CTA_STATUS, &status.to_be_bytes()),
-        ]
-        .concat();
+        framed(
+            &[
+                tuple_attribute(
+                    CTA_TUPLE_ORIG,
+                    [10, 244, 1, 2],
+                    [10, 96, 0, 10],
+                    (40000, 80),
+                ),
+                tuple_attribute(
+                    CTA_TUPLE_REPLY,
+                    [10, 244, 2, 5],
+                    [10, 244, 1, 2],
+                    (8080, 40000),
+                ),
+                attribute(CTA_STATUS, &status.to_be_bytes()),
+            ]
+            .concat(),
+            seq,
+        )
+    }
+
+    /// A connection whose replies come from its original destination.
+    fn untranslated(seq: u32) -> Vec<u8> {
+        framed(
+            &[
+                tuple_attribute(
+                    CTA_TUPLE_ORIG,
+                    [10, 244, 1, 2],
+                    [10, 244, 2, 5],
+                    (40001, 80),
+                ),
+                tuple_attribute(
+                    CTA_TUPLE_REPLY,
+                    [10, 244, 2, 5],
+                    [10, 244, 1, 2],
+                    (80, 40001),
+                ),
+                attribute(CTA_STATUS, &0x8u32.to_be_bytes()),
+            ]
+            .concat(),
+            seq,
+        )
+    }
+
+    fn framed(attrs: &[u8], seq: u32) -> Vec<u8> {
         let len = 16 + 4 + attrs.len();
         let mut out = (len as u32).to_ne_bytes().to_vec();
         out.extend_from_slice(&(1u16 << 8).to_ne_bytes()); // IPCTNL_MSG_CT_NEW
@@ -270,14 +303,14 @@ mod tests {
         out.extend_from_slice(&seq.to_ne_bytes());
         out.extend_from_slice(&0u32.to_ne_bytes());
         out.extend_from_slice(&[2, 0, 0, 0]);
-        out.extend_from_slice(&attrs);
+        out.extend_from_slice(attrs);
         out
     }
 
     #[test]
     fn a_dump_yields_the_translated_connections_and_ends_at_done() {
-        let mut datagram = message(IPS_DST_NAT | 0x8, 1); // and SEEN_REPLY
-        datagram.extend(message(0x8, 1)); // not translated: left out
+        let mut datagram = message(IPS_DST_NAT | 0x8, 1); // and IPS_CONFIRMED
+        datagram.extend(untranslated(1)); // left out
         datagram.extend(message(IPS_DST_NAT, 9)); // another request's
         let mut found = Vec::new();
         assert!(!parse_datagram(&datagram, 1, &mut found).unwrap());
@@ -296,12 +329,25 @@ mod tests {
                 },
             }]
         );
-        let mut done = 20u32.to_ne_bytes().to_vec();
-        done.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
-        done.extend_from_slice(&[0, 0]);
-        done.extend_from_slice(&1u32.to_ne_bytes());
-        done.extend_from_slice(&[0; 8]);
-        assert!(parse_datagram(&done, 1, &mut found).unwrap());
+        // IPVS's connections carry no DNAT mark: their replies come from
+        // elsewhere than the original destination.
+        let mut ipvs = Vec::new();
+        assert!(!parse_datagram(&message(0x8, 1), 1, &mut ipvs).unwrap());
+        assert_eq!(ipvs, found);
+        let done = |code: i32| {
+            let mut done = 20u32.to_ne_bytes().to_vec();
+            done.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+            done.extend_from_slice(&[0, 0]);
+            done.extend_from_slice(&1u32.to_ne_bytes());
+            done.extend_from_slice(&[0; 4]);
+            done.extend_from_slice(&code.to_ne_bytes());
+            done
+        };
+        assert!(parse_datagram(&done(0), 1, &mut found).unwrap());
+        // A dump that failed part-way: its error, not a short answer.
+        let e = parse_datagram(&done(-libc::EINTR), 1, &mut found).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINTR));
+        assert!(parse_datagram(&done(i32::MIN), 1, &mut found).is_err());
     }
 
     #[test]

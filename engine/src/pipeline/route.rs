@@ -214,8 +214,9 @@ impl Pipeline {
 
     /// Where a connection the node's kernel forwards from a pod to a pod
     /// (a Service's, after kube-proxy's DNAT) has its packets go: one from
-    /// the host port is recorded, and a reply of one, for a local pod
-    /// from a pod or a tunnel, goes back to the host port instead, whose
+    /// the host port is recorded, and a reply of one (for a local pod from
+    /// a pod or a tunnel, or from a local pod for another node's pod) goes
+    /// back to the host port instead, whose
     /// conntrack turns the Service's address back (see
     /// [`crate::host_connections`]). Everything else keeps `next_hop`.
     #[inline(always)]

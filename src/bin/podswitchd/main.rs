@@ -78,6 +78,12 @@ fn recall_host_connections(tables: &Tables, cluster: Prefix) {
         if !(cluster.contains(client.0) && cluster.contains(server.0)) {
             continue;
         }
+        // Masqueraded as well (hairpin, kube-proxy's --masquerade-all): the
+        // backend answers the node, and the host port hands on no packet
+        // from the pod, so the data path would not have recorded it.
+        if connection.reply.dst != client {
+            continue;
+        }
         // Protocols without ports are not recorded (Flow::of_ipv4).
         if !matches!(connection.original.protocol, 6 | 17 | 132) {
             continue;

@@ -250,21 +250,14 @@ mod tests {
         )
     }
 
-    fn message(status: u32, seq: u32) -> Vec<u8> {
+    /// A dump's message: a connection sent to `(to, port)` and answered
+    /// from `(from, from_port)`, with `status`.
+    fn connection(to: ([u8; 4], u16), from: ([u8; 4], u16), status: u32, seq: u32) -> Vec<u8> {
+        let client = ([10, 244, 1, 2], 40000);
         framed(
             &[
-                tuple_attribute(
-                    CTA_TUPLE_ORIG,
-                    [10, 244, 1, 2],
-                    [10, 96, 0, 10],
-                    (40000, 80),
-                ),
-                tuple_attribute(
-                    CTA_TUPLE_REPLY,
-                    [10, 244, 2, 5],
-                    [10, 244, 1, 2],
-                    (8080, 40000),
-                ),
+                tuple_attribute(CTA_TUPLE_ORIG, client.0, to.0, (client.1, to.1)),
+                tuple_attribute(CTA_TUPLE_REPLY, from.0, client.0, (from.1, client.1)),
                 attribute(CTA_STATUS, &status.to_be_bytes()),
             ]
             .concat(),
@@ -272,27 +265,14 @@ mod tests {
         )
     }
 
+    /// A connection to a Service's address answered by a backend.
+    fn message(status: u32, seq: u32) -> Vec<u8> {
+        connection(([10, 96, 0, 10], 80), ([10, 244, 2, 5], 8080), status, seq)
+    }
+
     /// A connection whose replies come from its original destination.
     fn untranslated(seq: u32) -> Vec<u8> {
-        framed(
-            &[
-                tuple_attribute(
-                    CTA_TUPLE_ORIG,
-                    [10, 244, 1, 2],
-                    [10, 244, 2, 5],
-                    (40001, 80),
-                ),
-                tuple_attribute(
-                    CTA_TUPLE_REPLY,
-                    [10, 244, 2, 5],
-                    [10, 244, 1, 2],
-                    (80, 40001),
-                ),
-                attribute(CTA_STATUS, &0x8u32.to_be_bytes()),
-            ]
-            .concat(),
-            seq,
-        )
+        connection(([10, 244, 2, 5], 80), ([10, 244, 2, 5], 80), 0x8, seq)
     }
 
     fn framed(attrs: &[u8], seq: u32) -> Vec<u8> {

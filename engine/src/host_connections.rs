@@ -125,6 +125,12 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// True for the protocols whose connections the table tells apart by
+    /// their ports: TCP, UDP and SCTP.
+    pub const fn has_ports(protocol: u8) -> bool {
+        matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP)
+    }
+
     /// The flow of the IPv4 packet `packet` (from its first byte), if it
     /// is TCP, UDP or SCTP (a fragment after the first has no ports).
     #[inline]
@@ -137,13 +143,14 @@ impl Flow {
             return None;
         }
         let protocol = packet[9];
-        if !matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+        if !Self::has_ports(protocol) {
             return None;
         }
         // More fragments (0x2000), and the offset in 8-byte units.
         let flags_and_offset = u16::from_be_bytes([packet[6], packet[7]]);
         let fragment = flags_and_offset & 0x3fff != 0;
-        let ports = if flags_and_offset & 0x1fff == 0 {
+        let first = flags_and_offset & 0x1fff == 0;
+        let ports = if first {
             packet.get(header_len..header_len + 4)?
         } else {
             &[0; 4]
@@ -153,9 +160,7 @@ impl Flow {
         // FIN (0x01), SYN (0x02), RST (0x04) and ACK (0x10) in TCP's
         // flags byte, 13 bytes in (none in a later fragment).
         let flags = match protocol {
-            IPPROTO_TCP if flags_and_offset & 0x1fff == 0 => {
-                packet.get(header_len + 13).copied().unwrap_or(0)
-            }
+            IPPROTO_TCP if first => packet.get(header_len + 13).copied().unwrap_or(0),
             _ => 0,
         };
         Some(Flow {
@@ -427,15 +432,13 @@ impl HostConnections {
 
     fn record_key(&self, key: u64, flow: &Flow, now: u32) -> Recorded {
         let bucket = self.bucket(key);
-        if let Some(i) = Self::find(bucket, key, now) {
-            Self::refresh(bucket, i, flow, now);
-            return Recorded::Refreshed;
-        }
         let seen = Self::seen_word(flow, now, 0);
         loop {
-            // An empty or timed-out slot, else the closed connection idle
-            // longest, else the connection idle longest. A slot another
-            // writer is claiming is left alone.
+            // The connection itself, live (another worker may have
+            // recorded it a moment ago); else the first empty or timed-out
+            // slot, else the closed connection idle longest, else the
+            // connection idle longest. A slot another writer is claiming
+            // is left alone.
             let mut free = None;
             let mut victim: Option<(usize, u64, (bool, u32))> = None;
             for i in 0..BUCKET_SLOTS {
@@ -443,15 +446,15 @@ impl HostConnections {
                 if k == CLAIMING {
                     continue;
                 }
-                if k == key {
-                    // Another worker recorded it since the lookup above.
+                let was = bucket.seen[i].load(Ordering::Relaxed);
+                let live = k != 0 && Self::live(was, now);
+                if k == key && live {
                     Self::refresh(bucket, i, flow, now);
                     return Recorded::Refreshed;
                 }
-                let was = bucket.seen[i].load(Ordering::Relaxed);
-                if k == 0 || !Self::live(was, now) {
-                    free = Some((i, k));
-                    break;
+                if !live {
+                    free = free.or(Some((i, k)));
+                    continue;
                 }
                 let rank = (was & CLOSING != 0, Self::idle(was, now));
                 if !matches!(victim, Some((_, _, best)) if best >= rank) {

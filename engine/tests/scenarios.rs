@@ -737,13 +737,6 @@ fn replies_of_a_connection_the_host_port_handed_on_go_back_through_it() {
     let client = ("10.244.1.2", 40000);
     let local_backend = ("10.244.1.3", 8080);
     let remote_backend = ("10.244.2.5", 8080);
-    // The frame from `src` to `dst`, bytes unchanged past the MACs.
-    let between_macs = |frame: &[u8], src: MacAddr, dst: MacAddr| {
-        let mut f = frame.to_vec();
-        f[0..6].copy_from_slice(&dst.0);
-        f[6..12].copy_from_slice(&src.0);
-        f
-    };
 
     // The request, after the DNAT: to the backend, TTL untouched.
     let request = udp_datagram(gw, BUSYBOX2_MAC, client, local_backend, 63, true, 20);
@@ -761,7 +754,7 @@ fn replies_of_a_connection_the_host_port_handed_on_go_back_through_it() {
         true,
         20,
     );
-    let to_host = between_macs(&reply, gw, gw);
+    let to_host = with_macs(&reply, gw, gw);
     assert_eq!(node.send(bb2, reply.clone()), vec![(node.host, to_host)]);
     let trace = node.pipeline.trace(&reply, bb2, node.now);
     assert!(
@@ -811,7 +804,7 @@ fn replies_of_a_connection_the_host_port_handed_on_go_back_through_it() {
         true,
         20,
     );
-    let to_host = between_macs(&reply, gw, gw);
+    let to_host = with_macs(&reply, gw, gw);
     let encapsulated = from_node2(&node, TunnelConfig::vxlan(), &reply);
     assert_eq!(
         node.send(node.underlay, encapsulated),
@@ -842,7 +835,7 @@ fn replies_of_a_connection_the_host_port_handed_on_go_back_through_it() {
     let reply = udp_datagram(BUSYBOX2_MAC, gw, local_backend, remote_client, 64, true, 20);
     assert_eq!(
         node.send(bb2, reply.clone()),
-        vec![(node.host, between_macs(&reply, gw, gw))]
+        vec![(node.host, with_macs(&reply, gw, gw))]
     );
     assert_eq!(node.stats().total_drops(), 0);
     assert_eq!(

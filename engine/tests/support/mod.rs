@@ -274,12 +274,18 @@ pub fn arp_reply(answer_mac: MacAddr, answer_ip: &str, to_mac: MacAddr, to_ip: &
     arp_frame(to_mac.0, 2, answer_mac, answer_ip, to_mac.0, to_ip)
 }
 
-/// What a router does to a frame: new MACs, TTL - 1, header checksum
-/// recomputed from scratch by etherparse.
-pub fn routed(frame: &[u8], src_mac: MacAddr, dst_mac: MacAddr) -> Vec<u8> {
+/// The frame from `src_mac` to `dst_mac`, unchanged past the MACs.
+pub fn with_macs(frame: &[u8], src_mac: MacAddr, dst_mac: MacAddr) -> Vec<u8> {
     let mut f = frame.to_vec();
     f[0..6].copy_from_slice(&dst_mac.0);
     f[6..12].copy_from_slice(&src_mac.0);
+    f
+}
+
+/// What a router does to a frame: new MACs, TTL - 1, header checksum
+/// recomputed from scratch by etherparse.
+pub fn routed(frame: &[u8], src_mac: MacAddr, dst_mac: MacAddr) -> Vec<u8> {
+    let mut f = with_macs(frame, src_mac, dst_mac);
     let (mut header, _) = Ipv4Header::from_slice(&f[14..]).unwrap();
     header.time_to_live -= 1;
     header.header_checksum = header.calc_header_checksum();

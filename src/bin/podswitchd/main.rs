@@ -84,8 +84,7 @@ fn recall_host_connections(tables: &Tables, cluster: Prefix) {
         if connection.reply.dst != client {
             continue;
         }
-        // Protocols without ports are not recorded (Flow::of_ipv4).
-        if !matches!(connection.original.protocol, 6 | 17 | 132) {
+        if !Flow::has_ports(connection.original.protocol) {
             continue;
         }
         let flow = Flow {
